@@ -1,0 +1,115 @@
+"""Recipe -> objects: the registry lookups that turn a validated recipe into data, a model,
+a loss, an optimizer, a schedule, augmentations and regularizers."""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn as nn
+
+from clfkit import registry
+from clfkit.data import ImageSet, Splits, stratified_split
+from clfkit.errors import DataError
+from clfkit.recipe import IMAGENET, Recipe
+
+
+class ImageClassifier(nn.Module):
+    """The network plus its input normalization: takes images in 0..255 (uint8 or float,
+    (N, C, H, W)) and returns logits. Export wraps exactly this module, so the ONNX file
+    carries the normalization inside."""
+
+    def __init__(self, net: nn.Module, mean: list[float], std: list[float]):
+        super().__init__()
+        self.net = net
+        c = len(mean)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1) * 255.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x.float() - self.mean) / self.std)
+
+
+def build_data(recipe: Recipe) -> Splits:
+    """Load the dataset and make sure there is a validation split."""
+    d = recipe.data
+    name, args = registry.split_spec(d.source)
+    channels = None if d.channels == "auto" else d.channels
+    splits: Splits = registry.create("dataset", name, image_size=d.size, channels=channels,
+                                     resize=d.resize, seed=recipe.seed, on_error=d.on_error, **args)
+    if not isinstance(splits, Splits):
+        raise DataError(f"dataset {name!r} returned {type(splits).__name__}, expected clfkit.data.Splits")
+    if len(splits.train) == 0:
+        raise DataError(f"dataset {name!r} has no training images")
+    if splits.val is None and d.val_fraction > 0:
+        keep, held = stratified_split(splits.train.labels, d.val_fraction, recipe.seed)
+        splits.val = splits.train.subset(held)
+        splits.train = splits.train.subset(keep)
+    return splits
+
+
+def normalization(recipe: Recipe, train: ImageSet) -> tuple[list[float], list[float]]:
+    """Mean and std (0..1 scale) per channel, as the recipe asks."""
+    c = train.images.shape[1]
+    n = recipe.data.normalize
+    if n == "none":
+        return [0.0] * c, [1.0] * c
+    if n == "imagenet":
+        n = IMAGENET
+    if n == "auto":
+        x = train.images[: 50000].float().div_(255)
+        mean = x.mean((0, 2, 3))
+        std = x.std((0, 2, 3)).clamp_min(1e-3)
+        return [round(v, 6) for v in mean.tolist()], [round(v, 6) for v in std.tolist()]
+    mean, std = list(n.mean), list(n.std)
+    if c == 1 and len(mean) == 3:  # an RGB recipe run on grayscale data
+        mean, std = [sum(mean) / 3], [sum(std) / 3]
+    if len(mean) != c or len(std) != c:
+        raise DataError(f"data.normalize gives {len(mean)} mean / {len(std)} std values, "
+                        f"but the data has {c} channel(s)")
+    return mean, std
+
+
+def build_model(recipe: Recipe, num_classes: int, in_chans: int, image_size: tuple[int, int],
+                mean: list[float], std: list[float]) -> ImageClassifier:
+    name, args = registry.split_spec(recipe.model)
+    net = registry.create("model", name, num_classes=num_classes, in_chans=in_chans,
+                          image_size=tuple(image_size), **args)
+    return ImageClassifier(net, mean, std)
+
+
+def build_loss(recipe: Recipe, num_classes: int) -> nn.Module:
+    name, args = registry.split_spec(recipe.loss)
+    return registry.create("loss", name, num_classes=num_classes, **args)
+
+
+def build_regularizers(recipe: Recipe) -> list[Any]:
+    return [registry.create("regularizer", name, **args)
+            for name, args in map(registry.split_spec, recipe.regularizers)]
+
+
+def build_optimizer(recipe: Recipe, model: nn.Module, regularizers: list[Any]) -> torch.optim.Optimizer:
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    for r in regularizers:
+        if hasattr(r, "on_param_groups"):
+            groups = r.on_param_groups(groups)
+    name, args = registry.split_spec(recipe.optim)
+    return registry.create("optimizer", name, params=groups, **args)
+
+
+def build_schedule(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
+    name, args = registry.split_spec(recipe.schedule)
+    epochs = recipe.train.epochs
+    return registry.create("schedule", name, total_steps=epochs * steps_per_epoch,
+                           steps_per_epoch=steps_per_epoch, epochs=epochs, **args)
+
+
+def build_augmentations(recipe: Recipe) -> tuple[list[Any], list[Any]]:
+    """(per-image CPU transforms, batched transforms), each in recipe order. A batched
+    transform listed before a per-image one still runs after it (batched ones run on the
+    training device once the batch is assembled)."""
+    per_image, batched = [], []
+    for spec in recipe.data.augment:
+        name, args = registry.split_spec(spec)
+        t = registry.create("augmentation", name, **args)
+        (batched if getattr(t, "batched", False) else per_image).append(t)
+    return per_image, batched

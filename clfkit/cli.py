@@ -1,0 +1,187 @@
+"""The command line: a thin shell over library functions.
+
+Each command parses its arguments, calls one function, and turns clfkit's own errors into a
+short message on stderr and a non-zero exit. ``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from clfkit import __version__
+from clfkit.errors import ClfkitError
+
+
+class Context:
+    debug = False
+
+
+def _fail(e: BaseException) -> None:
+    if Context.debug:
+        raise e
+    click.echo(f"error: {e}", err=True)
+    sys.exit(getattr(e, "exit_code", 1))
+
+
+def run_guarded(fn, *args, **kwargs):
+    """Call ``fn``; clfkit errors become a message and an exit code, not a traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except ClfkitError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="clfkit")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+def cli(debug: bool) -> None:
+    """clfkit: train, export and run image classifiers from validated recipes."""
+    Context.debug = debug
+
+
+# --------------------------------------------------------------------------- train
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
+              help="Override a recipe field, e.g. --set train.epochs=3 --set optim.lr=0.01 (repeatable).")
+@click.option("--out", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder that receives the run folder.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def train(recipe: Path, overrides: tuple[str, ...], out: Path, quiet: bool) -> None:
+    """Train RECIPE; writes runs/<name>/ (checkpoints, metrics, summary)."""
+    from clfkit.recipe import load_recipe
+    from clfkit.train import train as train_fn
+
+    r = run_guarded(load_recipe, recipe, overrides)
+    run_guarded(train_fn, r, out, quiet=quiet)
+
+
+# --------------------------------------------------------------------------- export
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="ONNX file to write [default: exported/<run name>.onnx].")
+@click.option("--atol", default=1e-3, show_default=True, help="Max abs logit difference allowed (fp32).")
+@click.option("--checkpoint", default="best.pt", show_default=True, help="Checkpoint in the run folder.")
+def export(run_dir: Path, output: Path | None, atol: float, checkpoint: str) -> None:
+    """Export RUN_DIR's best checkpoint to ONNX and prove parity with torch."""
+    from clfkit.export import export_run
+
+    res = run_guarded(export_run, run_dir, output, atol=atol, checkpoint=checkpoint)
+    click.echo(f"wrote {res.path}: parity on {res.n_images} validation images: max abs diff "
+               f"{res.max_abs_diff:.2e}, top-1 agreement {res.agreement:.2%}")
+
+
+# --------------------------------------------------------------------------- predict
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("image_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", default="test.txt", show_default=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
+@click.option("--format", "fmt", default="name", show_default=True, type=click.Choice(["name", "index"]),
+              help="Write class names or class indices.")
+@click.option("--threads", type=click.IntRange(min=1), help="onnxruntime threads [default: all cores].")
+def predict(model: Path, image_dir: Path, output: Path, batch_size: int, fmt: str, threads: int | None) -> None:
+    """Classify every image under IMAGE_DIR with an exported MODEL.onnx; write test.txt."""
+    from clfkit.predict import predict_folder
+
+    res = run_guarded(predict_folder, model, image_dir, output, batch_size=batch_size, fmt=fmt, threads=threads)
+    for path, why in res.skipped:
+        click.echo(f"skipped {path}: {why}", err=True)
+    click.echo(f"wrote {res.written} predictions to {res.out}; skipped {len(res.skipped)} file(s)")
+
+
+# --------------------------------------------------------------------------- plugins
+@cli.group(invoke_without_command=True)
+@click.option("--kind", help="Only this kind (model, norm, ...).")
+@click.pass_context
+def plugins(ctx: click.Context, kind: str | None) -> None:
+    """List every registered component by kind, with the package that provides it."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from clfkit.registry import KINDS, REGISTRY
+    from rich.console import Console
+    from rich.table import Table
+
+    REGISTRY.load()
+    if kind and kind not in KINDS:
+        _fail(ClfkitError(f"unknown kind {kind!r}; kinds are: {', '.join(KINDS)}"))
+    console = Console(width=max(100, Console().width))
+    for k in ([kind] if kind else KINDS):
+        table = Table(title=f"{k}s", title_justify="left", show_edge=False, pad_edge=False)
+        for col in ("name", "provider", "version", "description"):
+            table.add_column(col, overflow="fold")
+        for e in REGISTRY.entries(k):
+            table.add_row(e.name, e.provider, e.version, e.doc)
+        if table.row_count:
+            console.print(table)
+    if REGISTRY.plugins:
+        console.print("plugins loaded: " + ", ".join(f"{d} {v}" for d, v in REGISTRY.plugins))
+    for err in REGISTRY.plugin_errors:
+        console.print(f"[red]broken plugin[/red]: {err}", highlight=False)
+
+
+@plugins.command("show")
+@click.argument("name")
+@click.option("--kind", help="Disambiguate when several kinds use NAME.")
+def plugins_show(name: str, kind: str | None) -> None:
+    """Print a component's arguments with types and defaults."""
+    from clfkit.registry import KINDS, REGISTRY
+
+    REGISTRY.load()
+    found = []
+    for k in ([kind] if kind else KINDS):
+        try:
+            found.append(REGISTRY.get(k, name))
+        except ClfkitError:
+            pass
+    if not found:
+        _fail(ClfkitError(f"no component named {name!r}; `clfkit plugins` lists them all"))
+    for e in found:
+        click.echo(f"{e.kind} {e.name}  ({e.provider} {e.version})".rstrip())
+        import inspect
+
+        doc = inspect.getdoc(e.obj) or ""
+        if doc:
+            click.echo("  " + doc.replace("\n", "\n  "))
+        args = e.describe_args()
+        click.echo("  arguments:" if args else "  arguments: none")
+        for arg, tname, default in args:
+            click.echo(f"    {arg}: {tname} = {default}")
+
+
+# --------------------------------------------------------------------------- recipe
+@cli.group()
+def recipe() -> None:
+    """Work with recipe files."""
+
+
+@recipe.command("check")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a field (repeatable).")
+def recipe_check(path: Path, overrides: tuple[str, ...]) -> None:
+    """Validate a recipe; print it resolved, with parameter count and MACs."""
+    from clfkit.recipe import load_recipe
+    from clfkit.summary import model_stats
+
+    r = run_guarded(load_recipe, path, overrides)
+    click.echo(r.to_yaml().rstrip())
+    stats = run_guarded(model_stats, r)
+    click.echo(f"# model: {stats['params']:,} parameters, {stats['macs']:,} MACs per image at "
+               f"{stats['in_chans']}x{stats['image_size'][0]}x{stats['image_size'][1]}, {stats['num_classes']} classes")
+    click.echo("# recipe OK")
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    cli(prog_name="clfkit")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Augmentations. Contract: a factory returns either
+
+- a per-image transform, albumentations-style: ``t(image=HWC uint8 ndarray) -> {"image": ...}``
+  (run on the CPU in DataLoader workers), or
+- a batched transform: an object with ``batched = True`` and ``__call__(x, generator) -> x``
+  where x is a float (N, C, H, W) tensor in 0..255 on the training device, with per-sample
+  randomness drawn from ``generator``. These run on the GPU when training there.
+
+Any albumentations transform can be named by its class name (``{name: ColorJitter, ...}``);
+its arguments are checked by constructing it when the recipe is loaded. The names below are
+batched versions of the common small-image transforms and win over albumentations' names.
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from typing_extensions import Annotated
+
+from clfkit.registry import REGISTRY, Entry, register
+
+Prob = Annotated[float, Field(ge=0, le=1)]
+
+
+def _rand(n, gen, x):
+    return torch.rand(n, generator=gen, device=gen.device if gen is not None else x.device)
+
+
+class Flip:
+    batched = True
+
+    def __init__(self, p: float, dim: int):
+        self.p, self.dim = p, dim
+
+    def __call__(self, x, gen=None):
+        mask = _rand(x.shape[0], gen, x).to(x.device) < self.p
+        return torch.where(mask[:, None, None, None], x.flip(self.dim), x)
+
+
+@register("augmentation", "HorizontalFlip")
+def horizontal_flip(p: Prob = 0.5) -> Flip:
+    """Mirror left-right with probability p (batched, per sample)."""
+    return Flip(p, -1)
+
+
+@register("augmentation", "VerticalFlip")
+def vertical_flip(p: Prob = 0.5) -> Flip:
+    """Mirror top-bottom with probability p (batched, per sample)."""
+    return Flip(p, -2)
+
+
+class PadCropT:
+    batched = True
+
+    def __init__(self, padding: int, mode: str):
+        self.padding, self.mode = padding, mode
+
+    def __call__(self, x, gen=None):
+        n, _, h, w = x.shape
+        p = self.padding
+        xp = F.pad(x, (p, p, p, p), mode=self.mode)
+        dev = x.device
+        dy = (_rand(n, gen, x) * (2 * p + 1)).long().clamp_max(2 * p).to(dev)
+        dx = (_rand(n, gen, x) * (2 * p + 1)).long().clamp_max(2 * p).to(dev)
+        rows = (torch.arange(h, device=dev)[None, :] + dy[:, None])  # (N, H)
+        cols = (torch.arange(w, device=dev)[None, :] + dx[:, None])  # (N, W)
+        idx = torch.arange(n, device=dev)[:, None, None]
+        out = xp.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
+        return out.permute(0, 3, 1, 2).contiguous()
+
+
+@register("augmentation", "PadCrop")
+def pad_crop(padding: Annotated[int, Field(ge=1)] = 4, mode: str = "reflect") -> PadCropT:
+    """Pad by ``padding`` pixels (reflect, replicate or constant) and crop back at a random
+    offset: the standard CIFAR random translation (batched, per sample)."""
+    if mode not in ("reflect", "replicate", "constant"):
+        raise ValueError(f"mode must be reflect, replicate or constant, got {mode!r}")
+    return PadCropT(padding, mode)
+
+
+class CutoutT:
+    batched = True
+
+    def __init__(self, size: int, p: float):
+        self.size, self.p = size, p
+
+    def __call__(self, x, gen=None):
+        n, _, h, w = x.shape
+        dev = x.device
+        cy = (_rand(n, gen, x) * h).long().to(dev)
+        cx = (_rand(n, gen, x) * w).long().to(dev)
+        apply = (_rand(n, gen, x) < self.p).to(dev)
+        ys = torch.arange(h, device=dev)[None, :]
+        xs = torch.arange(w, device=dev)[None, :]
+        half = self.size // 2
+        my = ((ys - cy[:, None]).abs() <= half)[:, :, None]
+        mx = ((xs - cx[:, None]).abs() <= half)[:, None, :]
+        mask = (my & mx & apply[:, None, None])[:, None]
+        return x.masked_fill(mask, 0.0)
+
+
+@register("augmentation", "Cutout")
+def cutout(size: Annotated[int, Field(ge=1)] = 8, p: Prob = 1.0) -> CutoutT:
+    """Zero a size x size square at a random centre (DeVries & Taylor 2017), batched."""
+    return CutoutT(size, p)
+
+
+# --------------------------------------------------------------------------- albumentations
+def _albumentations_entry(name: str) -> Entry | None:
+    """Any albumentations transform by class name; its args are checked by building it."""
+    try:
+        import albumentations as A
+    except ImportError:
+        return None
+    cls = getattr(A, name, None)
+    if not (inspect.isclass(cls) and issubclass(cls, A.BasicTransform)):
+        return None
+
+    def validate(args: dict) -> dict:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # albumentations warns on unknown args
+            cls(**args)
+        return args
+
+    return Entry("augmentation", name, cls, provider=f"albumentations {A.__version__}",
+                 version=A.__version__, validator=validate)
+
+
+REGISTRY.add_fallback("augmentation", _albumentations_entry)

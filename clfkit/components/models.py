@@ -1,0 +1,323 @@
+"""Built-in models: linear, mlp, cnn, resnet, and any timm architecture.
+
+Contract (see README "Writing a plugin"): ``factory(num_classes, in_chans, image_size, norm,
+activation, **own_args) -> nn.Module`` mapping float (N, in_chans, H, W) to (N, num_classes)
+logits. ``norm(num_features, dim)`` and ``activation()`` are factories clfkit builds from the
+recipe; ``image_size`` is (H, W). Inputs arrive already normalized (mean/std).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Literal, Optional
+
+import torch
+import torch.nn as nn
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from typing_extensions import Annotated
+
+from clfkit.registry import register
+
+NormSpec = Optional[object]  # a norm component spec: "batch" or {name: group, groups: 8}
+ActSpec = object
+Rate = Annotated[float, Field(ge=0.0, lt=1.0)]
+PosInt = Annotated[int, Field(ge=1)]
+
+
+def _dropout(kind: str, p: float) -> nn.Module:
+    if p <= 0:
+        return nn.Identity()
+    return nn.Dropout2d(p) if kind == "dropout2d" else nn.Dropout(p)
+
+
+def _init_weights(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+# --------------------------------------------------------------------------- linear / mlp
+@register("model", "linear")
+def linear(num_classes: int, in_chans: int, image_size: tuple[int, int]) -> nn.Module:
+    """Softmax regression: one linear layer on the flattened image."""
+    h, w = image_size
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_chans * h * w, num_classes))
+
+
+class MLP(nn.Module):
+    def __init__(self, in_features, num_classes, hidden, norm, activation, dropout, residual):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.blocks = nn.ModuleList()
+        self.residual = residual
+        prev = in_features
+        for width in hidden:
+            self.blocks.append(nn.Sequential(
+                nn.Linear(prev, width), norm(width, dim=1), activation(), _dropout("dropout", dropout)))
+            prev = width
+        self.head = nn.Linear(prev, num_classes)
+
+    def forward(self, x):
+        x = self.flatten(x)
+        for block in self.blocks:
+            y = block(x)
+            # a skip connection where the widths agree (the "MLP with residual connections" study)
+            x = x + y if self.residual and y.shape == x.shape else y
+        return self.head(x)
+
+
+@register("model", "mlp")
+def mlp(num_classes: int, in_chans: int, image_size: tuple[int, int],
+        norm: NormSpec = "none", activation: ActSpec = "relu",
+        hidden: list[PosInt] = [1024], dropout: Rate = 0.0, residual: bool = False) -> nn.Module:
+    """Multi-layer perceptron: per hidden layer Linear -> norm -> activation -> dropout."""
+    h, w = image_size
+    return MLP(in_chans * h * w, num_classes, hidden, norm, activation, dropout, residual)
+
+
+# --------------------------------------------------------------------------- cnn
+class ConvBlock(BaseModel):
+    """One conv block of the `cnn` model: conv -> norm -> activation -> dropout -> pool."""
+
+    model_config = ConfigDict(extra="forbid")
+    channels: PosInt
+    kernel: PosInt = 3
+    stride: PosInt = 1
+    padding: Optional[Annotated[int, Field(ge=0)]] = None  # None: kernel // 2 ("same")
+    norm: bool = True  # apply the model's norm in this block
+    dropout: Rate = 0.0
+    pool: Optional[Literal["max", "avg"]] = None
+    pool_kernel: PosInt = 2
+    pool_stride: Optional[PosInt] = None  # None: pool_kernel
+    pool_padding: Annotated[int, Field(ge=0)] = 0
+
+
+def _default_blocks() -> list[ConvBlock]:
+    return [ConvBlock(channels=32, pool="max"), ConvBlock(channels=64, pool="max")]
+
+
+@register("model", "cnn")
+def cnn(num_classes: int, in_chans: int, image_size: tuple[int, int],
+        norm: NormSpec = "batch", activation: ActSpec = "relu",
+        blocks: list[ConvBlock] = _default_blocks(),
+        dropout_kind: Literal["dropout", "dropout2d"] = "dropout",
+        global_pool: bool = False, head_dropout: Rate = 0.0) -> nn.Module:
+    """Plain CNN from a list of conv blocks, then flatten (or global average pool) -> linear."""
+    layers: list[nn.Module] = []
+    c = in_chans
+    for b in blocks:
+        b = ConvBlock.model_validate(b) if isinstance(b, dict) else b
+        pad = b.kernel // 2 if b.padding is None else b.padding
+        layers += [nn.Conv2d(c, b.channels, b.kernel, b.stride, pad),
+                   norm(b.channels, dim=2) if b.norm else nn.Identity(),
+                   activation(), _dropout(dropout_kind, b.dropout)]
+        if b.pool:
+            pool = nn.MaxPool2d if b.pool == "max" else nn.AvgPool2d
+            layers.append(pool(b.pool_kernel, b.pool_stride or b.pool_kernel, b.pool_padding))
+        c = b.channels
+    features = nn.Sequential(*layers)
+    with torch.no_grad():  # the flattened size depends on the image size: measure it
+        n_out = features.eval()(torch.zeros(1, in_chans, *image_size)).numel()
+    features.train()
+    head = [nn.AdaptiveAvgPool2d(1), nn.Flatten()] if global_pool else [nn.Flatten()]
+    head += [_dropout("dropout", head_dropout), nn.Linear(c if global_pool else n_out, num_classes)]
+    model = nn.Sequential(features, *head)
+    _init_weights(model)
+    return model
+
+
+# --------------------------------------------------------------------------- resnet
+class DropPath(nn.Module):
+    """Stochastic depth: drop a residual branch per sample."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        keep = x.new_empty(x.shape[0], 1, 1, 1).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin, planes, stride, norm, activation, residual, drop_path):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+        self.bn1 = norm(planes, dim=2)
+        self.act1 = activation()
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = norm(planes, dim=2)
+        self.act2 = activation()
+        self.residual = residual
+        self.drop_path = DropPath(drop_path)
+        self.downsample = _shortcut(cin, planes, stride, norm) if residual else None
+
+    def last_norm(self):
+        return self.bn2
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
+        if self.residual:
+            out = self.drop_path(out) + (x if self.downsample is None else self.downsample(x))
+        return self.act2(out)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin, planes, stride, norm, activation, residual, drop_path):
+        super().__init__()
+        out = planes * 4
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = norm(planes, dim=2)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = norm(planes, dim=2)
+        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+        self.bn3 = norm(out, dim=2)
+        self.act1, self.act2, self.act3 = activation(), activation(), activation()
+        self.residual = residual
+        self.drop_path = DropPath(drop_path)
+        self.downsample = _shortcut(cin, out, stride, norm) if residual else None
+
+    def last_norm(self):
+        return self.bn3
+
+    def forward(self, x):
+        y = self.act1(self.bn1(self.conv1(x)))
+        y = self.act2(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        if self.residual:
+            y = self.drop_path(y) + (x if self.downsample is None else self.downsample(x))
+        return self.act3(y)
+
+
+def _shortcut(cin, cout, stride, norm):
+    if stride == 1 and cin == cout:
+        return None
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), norm(cout, dim=2))
+
+
+RESNET_DEPTHS: dict[int, tuple[str, list[int]]] = {
+    10: ("basic", [1, 1, 1, 1]),
+    14: ("basic", [1, 2, 2, 1]),
+    18: ("basic", [2, 2, 2, 2]),
+    26: ("basic", [2, 3, 4, 3]),
+    34: ("basic", [3, 4, 6, 3]),
+    50: ("bottleneck", [3, 4, 6, 3]),
+    101: ("bottleneck", [3, 4, 23, 3]),
+    152: ("bottleneck", [3, 8, 36, 3]),
+}
+
+
+class ResNet(nn.Module):
+    def __init__(self, num_classes, in_chans, layers, block, stem, width, residual, norm,
+                 activation, drop_rate, drop_path, zero_init_last):
+        super().__init__()
+        Block = BasicBlock if block == "basic" else Bottleneck
+        widths = [max(1, int(round(w * width))) for w in (64, 128, 256, 512)]
+        c = widths[0]
+        if stem == "imagenet":  # 7x7 stride 2 + max-pool: 4x smaller feature maps
+            self.stem = nn.Sequential(nn.Conv2d(in_chans, c, 7, 2, 3, bias=False), norm(c, dim=2),
+                                      activation(), nn.MaxPool2d(3, 2, 1))
+        elif stem == "cifar":  # 3x3 stride 1, no pool: full resolution (slow, accurate on 32px)
+            self.stem = nn.Sequential(nn.Conv2d(in_chans, c, 3, 1, 1, bias=False), norm(c, dim=2),
+                                      activation())
+        else:  # "small": 3x3 stride 2, no pool: a 2x reduction, between the two
+            self.stem = nn.Sequential(nn.Conv2d(in_chans, c, 3, 2, 1, bias=False), norm(c, dim=2),
+                                      activation())
+        total = sum(layers)
+        stages, idx, cin = [], 0, c
+        for i, (n, planes) in enumerate(zip(layers, widths)):
+            blocks = []
+            for j in range(n):
+                stride = 2 if (i > 0 and j == 0) else 1
+                dp = drop_path * idx / max(1, total - 1)
+                blocks.append(Block(cin, planes, stride, norm, activation, residual, dp))
+                cin = planes * Block.expansion
+                idx += 1
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        self.fc = nn.Linear(cin, num_classes)
+        self.num_features = cin
+        _init_weights(self)
+        if zero_init_last:  # each residual branch starts as identity (Goyal et al. 2017)
+            for m in self.modules():
+                if isinstance(m, (BasicBlock, Bottleneck)):
+                    last = m.last_norm()
+                    if getattr(last, "weight", None) is not None:
+                        nn.init.zeros_(last.weight)
+
+    def forward(self, x):
+        x = self.stages(self.stem(x))
+        return self.fc(self.drop(torch.flatten(self.pool(x), 1)))
+
+
+@register("model", "resnet")
+def resnet(num_classes: int, in_chans: int, norm: NormSpec = "batch", activation: ActSpec = "relu",
+           depth: Literal[10, 14, 18, 26, 34, 50, 101, 152] = 18,
+           layers: Optional[list[Annotated[int, Field(ge=0)]]] = None,
+           block: Optional[Literal["basic", "bottleneck"]] = None,
+           stem: Literal["imagenet", "cifar", "small"] = "imagenet",
+           width: Annotated[float, Field(gt=0, le=8)] = 1.0,
+           residual: bool = True, drop_rate: Rate = 0.0, drop_path: Rate = 0.0,
+           zero_init_last: bool = False) -> nn.Module:
+    """ResNet (He et al.) with ablation switches: stem, width, depth or blocks per stage,
+    residual on/off, norm, activation, dropout before the classifier, stochastic depth."""
+    default_block, default_layers = RESNET_DEPTHS[depth]
+    layers = list(layers) if layers is not None else default_layers
+    if len(layers) != 4:
+        raise ValueError(f"layers must give blocks for 4 stages, got {layers}")
+    return ResNet(num_classes, in_chans, layers, block or default_block, stem, width, residual,
+                  norm, activation, drop_rate, drop_path, zero_init_last)
+
+
+# --------------------------------------------------------------------------- timm
+def _timm_arch(name: str) -> str:
+    import timm
+
+    if name not in timm.list_models():
+        import difflib
+
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"timm has no architecture {name!r}{hint} (see timm.list_models())")
+    return name
+
+
+def _existing_file(path: Optional[str]) -> Optional[str]:
+    if path is not None and not Path(path).is_file():
+        raise ValueError(f"weights file {path!r} does not exist (clfkit never downloads weights)")
+    return path
+
+
+@register("model", "timm")
+def timm_model(num_classes: int, in_chans: int, arch: Annotated[str, AfterValidator(_timm_arch)],
+               weights: Annotated[Optional[str], AfterValidator(_existing_file)] = None,
+               drop_rate: Rate = 0.0, drop_path_rate: Rate = 0.0, **kwargs) -> nn.Module:
+    """Any timm architecture by name, randomly initialized or loaded from a local weights file
+    (.safetensors or a torch state dict); the classifier is resized to num_classes."""
+    import timm
+
+    model = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans,
+                              drop_rate=drop_rate, drop_path_rate=drop_path_rate, **kwargs)
+    if weights:
+        if weights.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(weights)
+        else:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            state = state.get("model", state) if isinstance(state, dict) else state
+        own = model.state_dict()
+        # keep matching tensors; the classifier (and a changed stem) stay freshly initialized
+        state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(state, strict=False)
+    return model

@@ -1,0 +1,43 @@
+"""Optimizers. Contract: ``factory(params, **args) -> torch.optim.Optimizer`` where ``params``
+is a list of parameter-group dicts (regularizers may have edited them)."""
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from typing_extensions import Annotated
+
+from clfkit.registry import register
+
+LR = Annotated[float, Field(gt=0, le=10)]
+WD = Annotated[float, Field(ge=0, le=1)]
+Beta = Annotated[float, Field(ge=0, lt=1)]
+
+
+@register("optimizer", "sgd")
+def sgd(params: list, lr: LR = 0.1, momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9,
+        nesterov: bool = False, weight_decay: WD = 0.0) -> torch.optim.Optimizer:
+    """SGD with (optionally Nesterov) momentum."""
+    if nesterov and momentum == 0:
+        raise ValueError("nesterov needs momentum > 0")
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+
+
+@register("optimizer", "adam")
+def adam(params: list, lr: LR = 1e-3, betas: tuple[Beta, Beta] = (0.9, 0.999),
+         eps: Annotated[float, Field(gt=0)] = 1e-8, weight_decay: WD = 0.0) -> torch.optim.Optimizer:
+    """Adam (L2 weight decay added to the gradient)."""
+    return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+@register("optimizer", "adamw")
+def adamw(params: list, lr: LR = 1e-3, betas: tuple[Beta, Beta] = (0.9, 0.999),
+          eps: Annotated[float, Field(gt=0)] = 1e-8, weight_decay: WD = 0.01) -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay)."""
+    return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+@register("optimizer", "rmsprop")
+def rmsprop(params: list, lr: LR = 1e-3, alpha: Beta = 0.99, momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0,
+            eps: Annotated[float, Field(gt=0)] = 1e-8, weight_decay: WD = 0.0) -> torch.optim.Optimizer:
+    """RMSprop."""
+    return torch.optim.RMSprop(params, lr=lr, alpha=alpha, momentum=momentum, eps=eps, weight_decay=weight_decay)

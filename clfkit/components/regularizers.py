@@ -1,0 +1,124 @@
+"""Regularizers. Contract: ``factory(**args)`` returns an object with any of these hooks,
+called by the trainer in this order (a missing hook is skipped):
+
+- ``on_model(model) -> model | None``            once, after the model is built
+- ``on_param_groups(groups) -> groups``          once, before the optimizer is built
+- ``on_batch(x, y, num_classes) -> (x, y)``      each training batch; y may become (N, C) soft labels
+- ``on_loss(loss, model) -> loss``               each training step, before backward
+- ``before_step(model, optimizer)``              after backward (gradients unscaled), before the step
+
+Dropout and weight decay are arguments of the models and optimizers; the regularizers here
+are the ones that act on the training step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import Field
+from typing_extensions import Annotated
+
+from clfkit.registry import register
+
+Prob = Annotated[float, Field(ge=0, le=1)]
+
+
+def _soft(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return y if y.ndim == 2 else F.one_hot(y, num_classes).float()
+
+
+@dataclass
+class Mixup:
+    alpha: float
+    p: float
+
+    def on_batch(self, x, y, num_classes):
+        if self.p < 1 and torch.rand(()).item() > self.p:
+            return x, _soft(y, num_classes)
+        lam = float(torch.distributions.Beta(self.alpha, self.alpha).sample())
+        perm = torch.randperm(x.shape[0], device=x.device)
+        y = _soft(y, num_classes)
+        return lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm]
+
+
+@register("regularizer", "mixup")
+def mixup(alpha: Annotated[float, Field(gt=0)] = 0.2, p: Prob = 1.0) -> Mixup:
+    """Mixup (Zhang et al. 2018): convex blends of image pairs and of their labels."""
+    return Mixup(alpha, p)
+
+
+@dataclass
+class CutMix:
+    alpha: float
+    p: float
+
+    def on_batch(self, x, y, num_classes):
+        y = _soft(y, num_classes)
+        if self.p < 1 and torch.rand(()).item() > self.p:
+            return x, y
+        lam = float(torch.distributions.Beta(self.alpha, self.alpha).sample())
+        h, w = x.shape[-2:]
+        ch, cw = int(h * (1 - lam) ** 0.5), int(w * (1 - lam) ** 0.5)
+        cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+        y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+        x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+        perm = torch.randperm(x.shape[0], device=x.device)
+        x = x.clone()
+        x[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)  # the area actually pasted
+        return x, lam * y + (1 - lam) * y[perm]
+
+
+@register("regularizer", "cutmix")
+def cutmix(alpha: Annotated[float, Field(gt=0)] = 1.0, p: Prob = 1.0) -> CutMix:
+    """CutMix (Yun et al. 2019): paste a box from another image; labels mix by area."""
+    return CutMix(alpha, p)
+
+
+@dataclass
+class LabelSmoothing:
+    eps: float
+
+    def on_batch(self, x, y, num_classes):
+        y = _soft(y, num_classes)
+        return x, y * (1 - self.eps) + self.eps / num_classes
+
+
+@register("regularizer", "label_smoothing")
+def label_smoothing(eps: Annotated[float, Field(gt=0, lt=1)] = 0.1) -> LabelSmoothing:
+    """Label smoothing: targets become (1 - eps) * one_hot + eps / num_classes."""
+    return LabelSmoothing(eps)
+
+
+@dataclass
+class GradClip:
+    max_norm: float
+
+    def before_step(self, model, optimizer):
+        torch.nn.utils.clip_grad_norm_(model.parameters(), self.max_norm)
+
+
+@register("regularizer", "grad_clip")
+def grad_clip(max_norm: Annotated[float, Field(gt=0)] = 1.0) -> GradClip:
+    """Clip the global gradient norm to ``max_norm`` before each step."""
+    return GradClip(max_norm)
+
+
+class NoDecayNormBias:
+    def on_param_groups(self, groups):
+        out = []
+        for g in groups:
+            decay = [p for p in g["params"] if p.ndim > 1]
+            other = [p for p in g["params"] if p.ndim <= 1]  # biases and norm scales/shifts
+            out.append({**g, "params": decay})
+            if other:
+                out.append({**g, "params": other, "weight_decay": 0.0})
+        return out
+
+
+@register("regularizer", "no_decay_norm_bias")
+def no_decay_norm_bias() -> NoDecayNormBias:
+    """Exempt biases and normalization parameters (all 0-d/1-d tensors) from weight decay."""
+    return NoDecayNormBias()

@@ -1,0 +1,117 @@
+"""Batch inference with onnxruntime over a folder of images, written to ``test.txt``.
+
+Everything needed to prepare an image (size, channels, resize method) comes from the ONNX
+file's clfkit metadata; normalization is inside the graph. Files are walked recursively in
+sorted order; decoding (threads) overlaps with inference.
+"""
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from clfkit import imageio
+from clfkit.errors import DataError, ModelFileError
+from clfkit.export import INPUT_NAME, META_PREFIX, OUTPUT_NAME
+from clfkit.io import atomic_open
+
+
+@dataclass
+class OnnxClassifier:
+    """An onnxruntime session plus the clfkit metadata of the file."""
+
+    session: object
+    class_names: list[str]
+    image_size: tuple[int, int]
+    channels: int
+    resize: str
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+
+
+def load_onnx(path: str | os.PathLike, threads: Optional[int] = None) -> OnnxClassifier:
+    """Open an exported clfkit model; a file that is not one gets a clear error."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    try:
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise ModelFileError(f"{path} is not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from None
+    meta = sess.get_modelmeta().custom_metadata_map
+    need = ["class_names", "image_size", "channels"]
+    missing = [k for k in need if META_PREFIX + k not in meta]
+    if missing:
+        raise ModelFileError(f"{path} is an ONNX model but lacks clfkit metadata ({', '.join(META_PREFIX + k for k in missing)}); "
+                             f"export it with `clfkit export RUN_DIR`")
+    try:
+        names = json.loads(meta[META_PREFIX + "class_names"])
+        h, w = json.loads(meta[META_PREFIX + "image_size"])
+        c = int(meta[META_PREFIX + "channels"])
+    except (ValueError, TypeError) as e:
+        raise ModelFileError(f"{path}: malformed clfkit metadata ({e})") from None
+    return OnnxClassifier(sess, names, (h, w), c, meta.get(META_PREFIX + "resize", "squash"))
+
+
+@dataclass
+class PredictResult:
+    out: Path
+    written: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def predict_folder(model_path: str | os.PathLike, image_dir: str | os.PathLike, out: str | os.PathLike = "test.txt",
+                   *, batch_size: int = 256, fmt: str = "name", threads: Optional[int] = None) -> PredictResult:
+    """Classify every image under ``image_dir``; write ``<relative path> <class>`` lines."""
+    if batch_size < 1:
+        raise DataError(f"batch size must be at least 1, got {batch_size}")
+    if fmt not in ("name", "index"):
+        raise DataError(f"format must be 'name' or 'index', got {fmt!r}")
+    clf = load_onnx(model_path, threads)
+    root = Path(image_dir)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist or is not a folder")
+    images, others = imageio.list_images(root)
+    skipped = [(p.relative_to(root).as_posix(), "not an image file (extension)") for p in others]
+    if not images:
+        raise DataError(f"{root} holds no images (looked recursively for {', '.join(imageio.IMAGE_EXTENSIONS)})")
+
+    def decode(p: Path):
+        try:
+            return imageio.decode(p, clf.image_size, clf.channels, clf.resize), None
+        except imageio.DecodeError as e:
+            return None, str(e)
+
+    chunks = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
+    written = 0
+    with ThreadPoolExecutor(max(2, (os.cpu_count() or 1))) as pool, atomic_open(out, "w") as f:
+        pending = [pool.submit(decode, p) for p in chunks[0]]
+        for i, chunk in enumerate(chunks):
+            results = [fut.result() for fut in pending]
+            if i + 1 < len(chunks):  # decode the next batch while this one runs
+                pending = [pool.submit(decode, p) for p in chunks[i + 1]]
+            ok = [(p, arr) for p, (arr, err) in zip(chunk, results) if err is None]
+            skipped += [(p.relative_to(root).as_posix(), err) for p, (arr, err) in zip(chunk, results) if err]
+            if not ok:
+                continue
+            batch = np.stack([arr for _, arr in ok]).transpose(0, 3, 1, 2)
+            pred = clf(np.ascontiguousarray(batch)).argmax(1)
+            for (p, _), k in zip(ok, pred.tolist()):
+                label = clf.class_names[k] if fmt == "name" else str(k)
+                f.write(f"{p.relative_to(root).as_posix()} {label}\n")
+                written += 1
+    skipped.sort()
+    return PredictResult(Path(out), written, skipped)

@@ -1,0 +1,298 @@
+"""Recipes: YAML files validated by pydantic, with every component checked against its own
+signature when the recipe is loaded, so a typo fails before any data is read.
+
+A component is written as a name or ``{name: ..., <args>}``::
+
+    model: {name: resnet, depth: 18, stem: imagenet, width: 0.5}
+    optim: {name: sgd, lr: 0.1, momentum: 0.9}
+
+``load_recipe(path, overrides)`` returns a :class:`Recipe` whose component specs have every
+default filled in: the *resolved* recipe, which the run folder and checkpoints record.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import pydantic
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from typing_extensions import Annotated
+
+from clfkit import registry
+from clfkit.errors import RecipeError
+
+
+def _to_spec(value: Any) -> Any:
+    if isinstance(value, str):
+        return {"name": value}
+    if isinstance(value, dict):
+        if "name" not in value:
+            raise ValueError("a component needs a 'name' (write it as a name or {name: ..., <args>})")
+        if not isinstance(value["name"], str):
+            raise ValueError(f"a component's name must be a string, got {value['name']!r}")
+        return value
+    raise ValueError(f"a component is a name or {{name: ..., <args>}}, got {value!r}")
+
+
+# {name: ..., **args}; the args are checked against the component by Recipe validation below.
+Component = Annotated[dict, BeforeValidator(_to_spec)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Normalize(Strict):
+    """Per-channel mean and std on the 0..1 scale."""
+
+    mean: list[float]
+    std: list[Annotated[float, Field(gt=0)]]
+
+
+IMAGENET = Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+
+
+class DataConfig(Strict):
+    """Where images come from and how they are shaped before the model sees them."""
+
+    source: Component = Field(default_factory=lambda: {"name": "shapes"},
+                              description="dataset component: shapes, folder, ...")
+    image_size: Union[Annotated[int, Field(ge=4, le=4096)],
+                      tuple[Annotated[int, Field(ge=4, le=4096)], Annotated[int, Field(ge=4, le=4096)]]] = 32
+    channels: Literal["auto", 1, 3] = Field("auto", description="auto: 1 for grayscale data, else 3")
+    resize: Literal["squash", "crop"] = Field("squash", description="squash to size, or scale + center crop")
+    val_fraction: Annotated[float, Field(ge=0, le=0.9)] = Field(
+        0.1, description="held out of train (stratified, seeded) when the data has no val split")
+    normalize: Union[Literal["auto", "none", "imagenet"], Normalize] = Field(
+        "auto", description="auto: mean/std of the train split, stored with the run")
+    augment: list[Component] = Field(default_factory=list, description="augmentation components, in order")
+    on_error: Literal["skip", "fail"] = Field("skip", description="undecodable images: skip (listed) or fail")
+    workers: Optional[Annotated[int, Field(ge=0, le=64)]] = Field(
+        None, description="loader processes for per-image augmentations; None: one per core")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        s = self.image_size
+        return (s, s) if isinstance(s, int) else tuple(s)
+
+
+class TrainConfig(Strict):
+    """How the trainer runs."""
+
+    epochs: Annotated[int, Field(ge=1, le=100000)] = 10
+    batch_size: Annotated[int, Field(ge=1, le=65536)] = 128
+    eval_batch_size: Optional[Annotated[int, Field(ge=1)]] = Field(None, description="None: 2x batch_size")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto | cpu | cuda | cuda:N")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
+    channels_last: Optional[bool] = Field(None, description="None: on for CUDA")
+    compile: bool = False
+    deterministic: bool = False
+    drop_last: bool = Field(True, description="drop the last incomplete training batch")
+
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+
+
+class Recipe(Strict):
+    """A whole training run."""
+
+    name: str = Field(pattern=NAME_RE, description="run name; also the default run-folder and ONNX name")
+    description: str = ""
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: Component
+    loss: Component = Field(default_factory=lambda: {"name": "cross_entropy"})
+    optim: Component = Field(default_factory=lambda: {"name": "sgd"})
+    schedule: Component = Field(default_factory=lambda: {"name": "constant"})
+    regularizers: list[Component] = Field(default_factory=list)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def components(self) -> list[tuple[str, str, Any]]:
+        """(kind, dotted path, spec) for every component in the recipe."""
+        out = [("dataset", "data.source", self.data.source), ("model", "model", self.model),
+               ("loss", "loss", self.loss), ("optimizer", "optim", self.optim),
+               ("schedule", "schedule", self.schedule)]
+        out += [("augmentation", f"data.augment.{i}", s) for i, s in enumerate(self.data.augment)]
+        out += [("regularizer", f"regularizers.{i}", s) for i, s in enumerate(self.regularizers)]
+        return out
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+
+
+# --------------------------------------------------------------------------- loading
+def read_yaml(path: str | Path) -> dict:
+    """Read a recipe file with ``yaml.safe_load`` (no code runs); errors name line and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError([("", f"file {path} does not exist")], source=str(path))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise RecipeError([("", f"YAML syntax error at {where}{problem}")], source=str(path)) from None
+    except UnicodeDecodeError as e:
+        raise RecipeError([("", f"not a UTF-8 text file ({e})")], source=str(path)) from None
+    if not isinstance(data, dict):
+        raise RecipeError([("", f"a recipe is a YAML mapping of fields, got {type(data).__name__}")],
+                          source=str(path))
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=0.01"`` -> (["optim", "lr"], 0.01). Values are YAML scalars or lists."""
+    if "=" not in text:
+        raise RecipeError([("", f"--set {text!r}: expected dotted.path=value, e.g. optim.lr=0.01")],
+                          source="--set")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", key):
+        raise RecipeError([(key, f"--set {text!r}: not a dotted path like train.epochs")], source="--set")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_override(data: dict, path: list[str], value: Any) -> None:
+    """Set ``data[path] = value`` creating mappings on the way; list items by index."""
+    node: Any = data
+    for i, part in enumerate(path[:-1]):
+        nxt = path[i + 1]
+        if isinstance(node, list):
+            node = _list_item(node, part, path[: i + 1])
+            continue
+        child = node.get(part)
+        if isinstance(child, str) and not nxt.isdigit():  # `model: resnet` + model.depth=34
+            child = {"name": child}
+        if child is None:
+            child = {}
+        if not isinstance(child, (dict, list)):
+            raise RecipeError([(".".join(path[: i + 1]), f"is {child!r}, not a mapping; cannot set "
+                                                         f"{'.'.join(path)}")], source="--set")
+        node[part] = child
+        node = child
+    last = path[-1]
+    if isinstance(node, list):
+        idx = _index(node, last, path)
+        node[idx] = value
+    else:
+        node[last] = value
+
+
+def _index(node: list, part: str, path: list[str]) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise RecipeError([(".".join(path), f"list index {part!r} out of range "
+                                            f"(the list has {len(node)} item(s))")], source="--set")
+    return int(part)
+
+
+def _list_item(node: list, part: str, path: list[str]) -> Any:
+    return node[_index(node, part, path)]
+
+
+def validate_recipe(data: dict, source: str = "recipe") -> Recipe:
+    """Validate a recipe mapping: structure (pydantic), then every component's arguments."""
+    try:
+        recipe = Recipe.model_validate(data)
+    except pydantic.ValidationError as e:
+        raise RecipeError(_pydantic_problems(e, data), source=source) from None
+    problems: list[tuple[str, str]] = []
+    for kind, path, spec in recipe.components():
+        problems += registry.check_spec(kind, spec, path)
+    if problems:
+        raise RecipeError(problems, source=source)
+    # fill every default in, so the saved recipe says exactly what ran
+    resolved = recipe.to_dict()
+    for kind, path, spec in recipe.components():
+        _set_path(resolved, path, registry.resolve_spec(kind, spec))
+    return Recipe.model_validate(resolved)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, override (``dotted.path=value``) and validate a recipe file."""
+    data = read_yaml(path)
+    for text in overrides:
+        keys, value = parse_override(text)
+        apply_override(data, keys, value)
+    return validate_recipe(data, source=str(path))
+
+
+def _set_path(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node: Any = data
+    for p in parts[:-1]:
+        node = node[int(p)] if isinstance(node, list) else node[p]
+    if isinstance(node, list):
+        node[int(parts[-1])] = value
+    else:
+        node[parts[-1]] = value
+
+
+def _model_at(loc: tuple) -> Optional[type[BaseModel]]:
+    """The pydantic model class holding the field at ``loc`` (for did-you-mean)."""
+    model: Any = Recipe
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        model = next((a for a in getattr(ann, "__args__", ()) + (ann,)
+                      if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
+def _pydantic_problems(e: pydantic.ValidationError, data: dict) -> list[tuple[str, str]]:
+    problems = []
+    for err in e.errors():
+        loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x in _UNION_TAGS))
+        path = ".".join(str(x) for x in loc)
+        if err["type"] == "extra_forbidden":
+            model = _model_at(loc)
+            valid = list(model.model_fields) if model else []
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            msg = f"unknown field{hint} Valid fields here: {', '.join(valid)}"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        else:
+            msg = err["msg"]
+            if "input" in err and not isinstance(err["input"], (dict, list)):
+                msg += f" (got {err['input']!r})"
+        if (path, msg) not in problems:
+            problems.append((path, msg))
+    return problems
+
+
+# pydantic names union members in error locations ("int", "tuple[...]", "literal[...]"); hide them
+_UNION_TAGS = {"int", "tuple[int,int]", "function-after[_to_spec(), dict[any,any]]", "Normalize"}
+
+
+def peek_data(recipe: Recipe) -> tuple[int, int]:
+    """(num_classes, in_chans) without reading the data when the dataset can tell (for
+    ``recipe check``); falls back to building the data."""
+    name, args = registry.split_spec(recipe.data.source)
+    entry = registry.get("dataset", name)
+    peek = getattr(entry.obj, "peek", None)
+    channels = None if recipe.data.channels == "auto" else recipe.data.channels
+    if peek is not None:
+        n, c = peek(**args)
+        return n, channels or c
+    from clfkit.build import build_data
+
+    splits = build_data(recipe)
+    return splits.num_classes, splits.in_chans

@@ -1,0 +1,470 @@
+"""The trainer: recipe in, run folder out.
+
+Reads top to bottom: set up (device, precision, data, model) -> for each epoch
+``train_one_epoch`` then ``evaluate`` -> checkpoints and metrics -> final test evaluation and
+``summary.json``. Data lives in memory as uint8 tensors (see clfkit.data); on CUDA the whole
+train split moves to the GPU and batched augmentation runs there. Metrics are accumulated on
+the device and read once per epoch, so the step loop never waits for the host.
+
+Run folder::
+
+    runs/<name>/
+      recipe.yaml      the resolved recipe (every default filled in)
+      metrics.jsonl    one JSON line per epoch
+      best.pt last.pt  checkpoints (weights + recipe + class names + input spec)
+      summary.json     best_val_acc, best_epoch, test_acc, per-class test accuracy, ...
+      skipped.txt      images that could not be decoded (when any)
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from clfkit import __version__
+from clfkit.build import (build_augmentations, build_data, build_loss, build_model, build_optimizer,
+                          build_regularizers, build_schedule, normalization)
+from clfkit.checkpoint import save_checkpoint
+from clfkit.data import ImageSet, Splits
+from clfkit.errors import TrainingError
+from clfkit.io import append_line, write_json, write_text
+from clfkit.recipe import Recipe
+
+
+# --------------------------------------------------------------------------- device & precision
+@dataclass
+class Runtime:
+    device: torch.device
+    precision: str  # fp32 | bf16 | fp16
+    channels_last: bool
+
+    @property
+    def amp_dtype(self) -> Optional[torch.dtype]:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+def resolve_runtime(recipe: Recipe) -> Runtime:
+    """Pick device and precision; asking for what the machine lacks is a clear error."""
+    t = recipe.train
+    want = t.device
+    if want == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    elif want.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise TrainingError(f"train.device is {want!r} but no CUDA GPU is available here; "
+                                f"use train.device=auto or cpu")
+        device = torch.device(want)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise TrainingError(f"train.device {want!r}: only {torch.cuda.device_count()} GPU(s)")
+    else:
+        device = torch.device("cpu")
+    precision = t.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision in ("bf16", "fp16") and device.type != "cuda":
+        raise TrainingError(f"train.precision {precision} needs a CUDA GPU; this run is on the CPU, "
+                            f"where clfkit trains in fp32 (set train.precision=fp32 or auto)")
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise TrainingError("train.precision bf16: this GPU does not support bfloat16; use fp16")
+    channels_last = t.channels_last if t.channels_last is not None else device.type == "cuda"
+    return Runtime(device, precision, channels_last)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+
+
+# --------------------------------------------------------------------------- batches
+class PerImage(torch.utils.data.Dataset):
+    """uint8 tensors through albumentations-style per-image transforms (CPU workers)."""
+
+    def __init__(self, data: ImageSet, transforms: list[Any]):
+        self.data, self.transforms = data, transforms
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        img = self.data.images[i].permute(1, 2, 0).numpy()
+        for t in self.transforms:
+            img = t(image=img)["image"]
+        img = np.ascontiguousarray(img)
+        if img.ndim == 2:
+            img = img[:, :, None]
+        return torch.from_numpy(img).permute(2, 0, 1), self.data.labels[i]
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled order of epoch ``epoch``: a pure function of (seed, epoch), so a resumed
+    run sees exactly the batches an uninterrupted one would."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+
+
+def train_batches(data: ImageSet, batch_size: int, seed: int, epoch: int, drop_last: bool,
+                  device: torch.device, per_image: list[Any], workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (uint8 images, labels) batches on ``device`` in this epoch's order."""
+    order = epoch_order(len(data), seed, epoch)
+    if per_image:
+        sampler = order.tolist()
+        loader = torch.utils.data.DataLoader(
+            PerImage(data, per_image), batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+            num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=False,
+            prefetch_factor=4 if workers else None)
+        for x, y in loader:
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        return
+    order = order.to(data.images.device)
+    n = len(order)
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for i in range(0, stop, batch_size):
+        idx = order[i:i + batch_size]
+        yield (data.images.index_select(0, idx).to(device, non_blocking=True),
+               data.labels.index_select(0, idx).to(device, non_blocking=True))
+
+
+def eval_batches(data: ImageSet, batch_size: int, device: torch.device):
+    for i in range(0, len(data), batch_size):
+        x = data.images[i:i + batch_size].to(device, non_blocking=True)
+        y = data.labels[i:i + batch_size].to(device, non_blocking=True) if data.labels is not None else None
+        yield x, y
+
+
+# --------------------------------------------------------------------------- one epoch
+@dataclass
+class StepState:
+    step: int = 0                 # optimizer steps taken so far in the run
+    warned_probs: bool = False
+
+
+def _looks_like_probabilities(out: torch.Tensor) -> bool:
+    out = out.detach().float()
+    return bool((out >= 0).all() and torch.allclose(out.sum(1), torch.ones(len(out), device=out.device), atol=1e-3))
+
+
+def train_one_epoch(model: nn.Module, data: ImageSet, *, rt: Runtime, loss_fn: nn.Module,
+                    optimizer: torch.optim.Optimizer, scheduler, scaler, regularizers: list[Any],
+                    batched_aug: list[Any], num_classes: int, batch_size: int, seed: int, epoch: int,
+                    drop_last: bool, per_image: list[Any], workers: int, state: StepState,
+                    progress: Callable[[int], None]) -> dict[str, float]:
+    """One pass over the training split. Returns mean loss and accuracy (one host sync)."""
+    model.train()
+    loss_sum = torch.zeros((), device=rt.device)
+    correct = torch.zeros((), device=rt.device)
+    seen = 0
+    gen = torch.Generator(device=rt.device).manual_seed(seed * 7919 + epoch)  # augmentation draws
+    on_batch = [r for r in regularizers if hasattr(r, "on_batch")]
+    on_loss = [r for r in regularizers if hasattr(r, "on_loss")]
+    before_step = [r for r in regularizers if hasattr(r, "before_step")]
+    for x, y in train_batches(data, batch_size, seed, epoch, drop_last, rt.device, per_image, workers):
+        x = x.float()
+        for t in batched_aug:
+            x = t(x, gen)
+        target = y
+        for r in on_batch:
+            x, target = r.on_batch(x, target, num_classes)
+        if rt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with rt.autocast():
+            out = model(x)
+            loss = loss_fn(out, target)
+        for r in on_loss:
+            loss = r.on_loss(loss, model)
+        if not state.warned_probs:
+            state.warned_probs = True
+            if _looks_like_probabilities(out):
+                warnings.warn(
+                    "the model's outputs on the first batch are already probabilities (non-negative, "
+                    "rows sum to 1): the model probably ends in softmax, and the loss applies softmax "
+                    "again, which trains badly. Return raw logits from the model.", stacklevel=2)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            for r in before_step:
+                r.before_step(model, optimizer)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            for r in before_step:
+                r.before_step(model, optimizer)
+            optimizer.step()
+        scheduler.step()
+        state.step += 1
+        n = y.shape[0]
+        loss_sum += loss.detach().float() * n
+        correct += (out.detach().argmax(1) == y).sum()
+        seen += n
+        progress(n)
+    if seen == 0:
+        raise TrainingError(f"no training batch: {len(data)} training images and batch_size "
+                            f"{batch_size} with drop_last; lower train.batch_size")
+    loss_v, correct_v = float(loss_sum), float(correct)  # the one sync of the epoch
+    if not math.isfinite(loss_v):
+        raise TrainingError(
+            f"non-finite training loss in epoch {epoch + 1} (step {state.step}): the learning rate "
+            f"is probably too high" + (", or fp16 overflowed (try bf16)" if rt.precision == "fp16" else "")
+            + "; the last good checkpoint is kept")
+    return {"train_loss": loss_v / seen, "train_acc": correct_v / seen}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: ImageSet, *, rt: Runtime, loss_fn: nn.Module, num_classes: int,
+             batch_size: int) -> dict[str, Any]:
+    """Loss, accuracy and the confusion matrix (rows: true class) on a labelled split."""
+    model.eval()
+    loss_sum = torch.zeros((), device=rt.device)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=rt.device)
+    for x, y in eval_batches(data, batch_size, rt.device):
+        if rt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with rt.autocast():
+            out = model(x)
+            loss = loss_fn(out, y)
+        loss_sum += loss.float() * y.shape[0]
+        confusion += torch.bincount(y * num_classes + out.argmax(1), minlength=num_classes ** 2)
+    cm = confusion.view(num_classes, num_classes).cpu()
+    n = int(cm.sum())
+    return {"loss": float(loss_sum) / max(n, 1), "acc": float(cm.diag().sum()) / max(n, 1), "confusion": cm}
+
+
+def per_class(cm: torch.Tensor, class_names: list[str]) -> list[dict[str, Any]]:
+    """Accuracy (= recall), precision and support per class from a confusion matrix."""
+    rows = []
+    for i, name in enumerate(class_names):
+        support = int(cm[i].sum())
+        predicted = int(cm[:, i].sum())
+        tp = int(cm[i, i])
+        rows.append({"class": name, "accuracy": tp / support if support else None,
+                     "precision": tp / predicted if predicted else None, "recall": tp / support if support else None,
+                     "support": support})
+    return rows
+
+
+# --------------------------------------------------------------------------- run folder
+def new_run_dir(out: str | Path, name: str) -> Path:
+    """``out/name``, or ``out/name-2``, ``-3``... if taken: never overwrite a run."""
+    out = Path(out)
+    for i in range(1, 10000):
+        path = out / (name if i == 1 else f"{name}-{i}")
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as e:
+            from clfkit.io import WriteError
+
+            raise WriteError(f"cannot create run folder {path}: {e.strerror or e}") from None
+    raise TrainingError(f"too many runs named {name} under {out}")
+
+
+class Reporter:
+    """A rich progress bar on a terminal; one plain line per epoch otherwise."""
+
+    def __init__(self, total_epochs: int, quiet: bool = False):
+        self.total = total_epochs
+        self.quiet = quiet
+        self.live = sys.stdout.isatty() and not quiet
+        self._progress = None
+
+    def start_epoch(self, epoch: int, n_images: int) -> Callable[[int], None]:
+        if not self.live:
+            return lambda n: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        if self._progress is None:
+            self._progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
+                                      MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
+            self._progress.start()
+        self._task = self._progress.add_task("train", total=n_images, epoch=f"{epoch + 1}/{self.total}")
+        return lambda n: self._progress.advance(self._task, n)
+
+    def end_epoch(self, row: dict) -> None:
+        if self._progress is not None:
+            self._progress.remove_task(self._task)
+        if self.quiet:
+            return
+        line = (f"epoch {row['epoch']:>3}/{self.total}  train loss {row['train_loss']:.4f} "
+                f"acc {row['train_acc']:.4f}")
+        if "val_acc" in row:
+            line += f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
+        line += f"  lr {row['lr']:.3g}  {row['seconds']:.1f}s  {row['images_per_s']:.0f} img/s"
+        self.print(line)
+
+    def print(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self._progress is not None:
+            self._progress.console.print(text, highlight=False)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+# --------------------------------------------------------------------------- the run
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
+          run_dir: str | Path | None = None) -> RunResult:
+    """Train ``recipe``; write everything into a new run folder under ``out``."""
+    t_start = time.perf_counter()
+    rt = resolve_runtime(recipe)
+    tc = recipe.train
+    seed_everything(recipe.seed, tc.deterministic)
+    report = Reporter(tc.epochs, quiet)
+
+    # ---- data (read before the run folder exists: a data error leaves nothing behind)
+    t0 = time.perf_counter()
+    splits: Splits = build_data(recipe)
+    data_seconds = time.perf_counter() - t0
+    mean, std = normalization(recipe, splits.train)
+    num_classes = splits.num_classes
+
+    run = Path(run_dir) if run_dir else new_run_dir(out, recipe.name)
+    run.mkdir(parents=True, exist_ok=True)
+    write_text(run / "recipe.yaml", f"# resolved by clfkit {__version__}\n" + recipe.to_yaml())
+    if splits.skipped:
+        write_text(run / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in splits.skipped))
+    report.print(f"run {run}  device {rt.device} ({rt.precision})  data: {splits.description}: "
+                 f"{len(splits.train)} train / {len(splits.val) if splits.val else 0} val / "
+                 f"{len(splits.test) if splits.test else 0} test, {num_classes} classes, "
+                 f"{splits.in_chans}x{splits.image_size[0]}x{splits.image_size[1]} "
+                 f"(loaded in {data_seconds:.1f}s)" + (f", {len(splits.skipped)} unreadable file(s) skipped, "
+                                                       f"listed in skipped.txt" if splits.skipped else ""))
+
+    # ---- model and optimization
+    model = build_model(recipe, num_classes, splits.in_chans, splits.image_size, mean, std)
+    regularizers = build_regularizers(recipe)
+    for r in regularizers:
+        if hasattr(r, "on_model"):
+            model = r.on_model(model) or model
+    model = model.to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    n_params = sum(p.numel() for p in model.parameters())
+    loss_fn = build_loss(recipe, num_classes).to(rt.device)
+    optimizer = build_optimizer(recipe, model, regularizers)
+    per_image, batched_aug = build_augmentations(recipe)
+    n_train = len(splits.train)
+    steps_per_epoch = n_train // tc.batch_size if tc.drop_last and n_train >= tc.batch_size \
+        else math.ceil(n_train / tc.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, build_schedule(recipe, steps_per_epoch))
+    scaler = torch.amp.GradScaler("cuda") if rt.precision == "fp16" else None
+    train_model = torch.compile(model) if tc.compile else model
+    workers = recipe.data.workers if recipe.data.workers is not None else min(8, os.cpu_count() or 1)
+
+    # In-memory data goes to the GPU once; per-image CPU augmentation keeps it on the host.
+    train_set = splits.train
+    if rt.device.type == "cuda" and not per_image:
+        train_set = ImageSet(train_set.images.to(rt.device), train_set.labels.to(rt.device))
+    eval_bs = tc.eval_batch_size or tc.batch_size * 2
+    ckpt_base = {"recipe": recipe.to_dict(), "class_names": splits.class_names,
+                 "input": {"image_size": list(splits.image_size), "channels": splits.in_chans,
+                           "mean": mean, "std": std, "resize": recipe.data.resize}}
+    _save_parity_samples(run, splits)
+
+    # ---- epochs
+    best = {"val_acc": -1.0, "epoch": 0}
+    history: list[dict] = []
+    state = StepState()
+    train_seconds = 0.0
+    try:
+        for epoch in range(tc.epochs):
+            t0 = time.perf_counter()
+            progress = report.start_epoch(epoch, n_train)
+            lr = optimizer.param_groups[0]["lr"]
+            row: dict[str, Any] = {"epoch": epoch + 1}
+            row.update(train_one_epoch(
+                train_model, train_set, rt=rt, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
+                scaler=scaler, regularizers=regularizers, batched_aug=batched_aug, num_classes=num_classes,
+                batch_size=tc.batch_size, seed=recipe.seed, epoch=epoch, drop_last=tc.drop_last,
+                per_image=per_image, workers=workers, state=state, progress=progress))
+            t_train = time.perf_counter() - t0
+            train_seconds += t_train
+            if splits.val is not None and len(splits.val):
+                ev = evaluate(model, splits.val, rt=rt, loss_fn=loss_fn, num_classes=num_classes, batch_size=eval_bs)
+                row.update(val_loss=ev["loss"], val_acc=ev["acc"])
+            row.update(lr=lr, seconds=round(time.perf_counter() - t0, 3),
+                       images_per_s=round(n_train / max(t_train, 1e-9), 1), step=state.step)
+            history.append(row)
+            append_line(run / "metrics.jsonl", json.dumps(row))
+            report.end_epoch(row)
+            score = row.get("val_acc", row["train_acc"])
+            ckpt = {**ckpt_base, "model": model.state_dict(), "epoch": epoch + 1, "metrics": row}
+            if score > best["val_acc"]:
+                best = {"val_acc": score, "epoch": epoch + 1, "row": row}
+                save_checkpoint(run / "best.pt", ckpt)
+            save_checkpoint(run / "last.pt", {**ckpt, "optimizer": optimizer.state_dict(),
+                                              "scheduler": scheduler.state_dict(), "step": state.step,
+                                              "scaler": scaler.state_dict() if scaler else None})
+    finally:
+        report.close()
+
+    # ---- test with the best checkpoint
+    summary: dict[str, Any] = {
+        "name": recipe.name, "run_dir": str(run), "epochs": tc.epochs, "best_epoch": best["epoch"],
+        "best_val_acc": best["val_acc"] if splits.val is not None else None,
+        "train_acc_at_best": best["row"]["train_acc"], "params": n_params,
+        "device": str(rt.device) + (f" ({torch.cuda.get_device_name(rt.device)})" if rt.device.type == "cuda" else ""),
+        "precision": rt.precision, "num_classes": num_classes, "class_names": splits.class_names,
+        "train_images": n_train, "val_images": len(splits.val) if splits.val else 0,
+        "test_acc": None, "test_loss": None, "skipped_files": len(splits.skipped),
+        "data_seconds": round(data_seconds, 2), "train_seconds": round(train_seconds, 2),
+        "clfkit_version": __version__,
+    }
+    if splits.test is not None and splits.test.labelled:
+        from clfkit.checkpoint import load_checkpoint
+
+        model.load_state_dict(load_checkpoint(run / "best.pt", map_location=rt.device)["model"])
+        ev = evaluate(model, splits.test, rt=rt, loss_fn=loss_fn, num_classes=num_classes, batch_size=eval_bs)
+        summary.update(test_acc=ev["acc"], test_loss=ev["loss"], test_images=len(splits.test),
+                       per_class=per_class(ev["confusion"], splits.class_names),
+                       confusion=ev["confusion"].tolist())
+    summary["wall_seconds"] = round(time.perf_counter() - t_start, 2)
+    write_json(run / "summary.json", summary)
+    msg = f"done in {summary['wall_seconds']:.0f}s: best val acc {best['val_acc']:.4f} (epoch {best['epoch']})"
+    if summary["test_acc"] is not None:
+        msg += f", test acc {summary['test_acc']:.4f}"
+    report.print(msg + f"  -> {run}")
+    return RunResult(run, summary)
+
+
+def _save_parity_samples(run: Path, splits: Splits, n: int = 64) -> None:
+    """A few real validation images for the exporter's parity check (uint8, .npy: no pickle)."""
+    src = splits.val if splits.val is not None and len(splits.val) else splits.train
+    with open(run / "samples.npy", "wb") as f:
+        np.save(f, src.images[:n].numpy(), allow_pickle=False)
