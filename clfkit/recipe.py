@@ -206,8 +206,12 @@ def validate_recipe(data: dict, source: str = "recipe") -> Recipe:
     try:
         recipe = Recipe.model_validate(data)
     except pydantic.ValidationError as e:
-        raise RecipeError(_pydantic_problems(e, data), source=source) from None
-    problems: list[tuple[str, str]] = []
+        # report the components' problems too, so one run shows every mistake
+        problems = _pydantic_problems(e, data)
+        for kind, path, spec in _raw_components(data):
+            problems += [p for p in registry.check_spec(kind, spec, path) if p not in problems]
+        raise RecipeError(problems, source=source) from None
+    problems = []
     for kind, path, spec in recipe.components():
         problems += registry.check_spec(kind, spec, path)
     if problems:
@@ -217,6 +221,23 @@ def validate_recipe(data: dict, source: str = "recipe") -> Recipe:
     for kind, path, spec in recipe.components():
         _set_path(resolved, path, registry.resolve_spec(kind, spec))
     return Recipe.model_validate(resolved)
+
+
+def _raw_components(data: dict) -> list[tuple[str, str, Any]]:
+    """Component specs found in an unvalidated recipe mapping (those that look well formed)."""
+    found = []
+    d = data.get("data") if isinstance(data.get("data"), dict) else {}
+    singles = [("dataset", "data.source", d.get("source")), ("model", "model", data.get("model")),
+               ("loss", "loss", data.get("loss")), ("optimizer", "optim", data.get("optim")),
+               ("schedule", "schedule", data.get("schedule"))]
+    lists = [("augmentation", "data.augment", d.get("augment")), ("regularizer", "regularizers", data.get("regularizers"))]
+    for kind, path, items in lists:
+        if isinstance(items, list):
+            singles += [(kind, f"{path}.{i}", s) for i, s in enumerate(items)]
+    for kind, path, spec in singles:
+        if isinstance(spec, str) or (isinstance(spec, dict) and isinstance(spec.get("name"), str)):
+            found.append((kind, path, spec))
+    return found
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

@@ -437,7 +437,9 @@ def check_args(entry: Entry, args: dict, path: str) -> list[tuple[str, str]]:
     except pydantic.ValidationError as e:
         for err in e.errors():
             loc = ".".join(str(x) for x in err["loc"])
-            if err["type"] == "extra_forbidden":
+            if err["type"] == "extra_forbidden" and len(err["loc"]) > 1:
+                msg = f"unknown field {err['loc'][-1]!r} here"
+            elif err["type"] == "extra_forbidden":
                 close = difflib.get_close_matches(str(err["loc"][0]), valid, n=1, cutoff=0.5)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 msg = (f"{entry.kind} {entry.name!r} has no argument {err['loc'][0]!r}{hint} "

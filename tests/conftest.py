@@ -1,0 +1,58 @@
+"""Shared fixtures. Tests are hermetic: tiny data made here, no downloads, built-ins only
+(CLFKIT_PLUGINS is not read here; plugin tests build their own registries)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {"source": {"name": "shapes", "num_classes": 4, "train_size": 480, "val_size": 96,
+                        "test_size": 96}, "image_size": 16},
+    "model": {"name": "cnn", "blocks": [{"channels": 16, "pool": "max"}, {"channels": 32, "pool": "max"}]},
+    "optim": {"name": "adam", "lr": 3e-3},
+    "train": {"epochs": 4, "batch_size": 32},
+}
+
+
+def tiny_recipe(**changes):
+    """TINY with top-level or dotted-path changes."""
+    import copy
+
+    from clfkit.recipe import apply_override, validate_recipe
+
+    data = copy.deepcopy(TINY)
+    for key, value in changes.items():
+        apply_override(data, key.split("__"), value)
+    return validate_recipe(data)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """One tiny training run shared by export / predict / checkpoint tests."""
+    from clfkit.train import train
+
+    out = tmp_path_factory.mktemp("runs")
+    return train(tiny_recipe(), out, quiet=True)
+
+
+def write_image_folder(root: Path, classes=("cat", "dog"), per_class=6, size=20, seed=0) -> Path:
+    """root/train/<class>/*.png with class-dependent content (cats dark, dogs bright)."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", per_class), ("test", 2)):
+        for k, c in enumerate(classes):
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                base = 40 + 170 * k
+                arr = np.clip(rng.normal(base, 20, (size, size + 3, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(d / f"{c}_{i}.png")
+    return root
