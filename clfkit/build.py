@@ -34,8 +34,12 @@ def build_data(recipe: Recipe) -> Splits:
     d = recipe.data
     name, args = registry.split_spec(d.source)
     channels = None if d.channels == "auto" else d.channels
-    splits: Splits = registry.create("dataset", name, image_size=d.size, channels=channels,
-                                     resize=d.resize, seed=recipe.seed, on_error=d.on_error, **args)
+    from clfkit.data import cache  # decoded once per (files, settings); see clfkit/data/cache.py
+
+    settings = {"image_size": list(d.size), "channels": channels, "resize": d.resize, "on_error": d.on_error}
+    splits: Splits = cache.cached(name, args, settings, lambda: registry.create(
+        "dataset", name, image_size=d.size, channels=channels, resize=d.resize, seed=recipe.seed,
+        on_error=d.on_error, **args))
     if not isinstance(splits, Splits):
         raise DataError(f"dataset {name!r} returned {type(splits).__name__}, expected clfkit.data.Splits")
     if len(splits.train) == 0:

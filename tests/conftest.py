@@ -11,6 +11,9 @@ import torch
 from PIL import Image
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The decoded-data cache (clfkit/data/cache.py) stays off unless a test turns it on with its own
+# tmp dir: no test reads or writes ~/.cache, and no test sees another's entries.
+os.environ["CLFKIT_CACHE"] = "0"
 
 TINY = {
     "name": "tiny",
