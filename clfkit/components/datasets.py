@@ -3,12 +3,18 @@ clfkit.data.Splits`` with uint8 (N, C, H, W) images at ``image_size``. ``channel
 when the recipe says ``auto``: then the dataset decides (1 for grayscale data)."""
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
 from pydantic import Field
 from typing_extensions import Annotated
 
-import torch
-
 from clfkit.data import ImageSet, Splits
+from clfkit.errors import DataError
 from clfkit.registry import register
 
 
@@ -60,3 +66,143 @@ def _folder_peek(root: str, **_):
 
 
 folder.peek = _folder_peek
+
+
+# --------------------------------------------------------------------------- files on disk
+FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
+                   "bag", "ankle boot"]
+
+
+def _arrays_to_splits(arrays: dict, class_names: list[str], native_channels: int,
+                      image_size: tuple[int, int], channels: Optional[int], resize: str,
+                      description: str) -> Splits:
+    from clfkit.data.parsers import fit_images
+
+    c = native_channels if channels is None else channels
+    sets = {split: ImageSet(fit_images(x, image_size, c, resize), torch.from_numpy(y))
+            for split, (x, y) in arrays.items()}
+    for split, s in sets.items():
+        bad = s.labels[(s.labels < 0) | (s.labels >= len(class_names))]
+        if len(bad):
+            raise DataError(f"{description}: {split} labels {sorted(set(bad.tolist()))[:5]} are outside "
+                            f"0..{len(class_names) - 1}")
+    return Splits(train=sets["train"], test=sets.get("test"), class_names=class_names,
+                  description=description)
+
+
+@register("dataset", "cifar10")
+def cifar10(image_size: tuple[int, int], channels: int | None, resize: str, root: str) -> Splits:
+    """CIFAR-10 python batches: root is cifar-10-batches-py/ or the folder holding it."""
+    from clfkit.data.parsers import read_cifar10
+
+    arrays, names = read_cifar10(root)
+    return _arrays_to_splits(arrays, names, 3, image_size, channels, resize, f"CIFAR-10 from {root}")
+
+
+@register("dataset", "cifar100")
+def cifar100(image_size: tuple[int, int], channels: int | None, resize: str, root: str,
+             labels: Literal["fine", "coarse"] = "fine") -> Splits:
+    """CIFAR-100 python batches (cifar-100-python/); 100 fine or 20 coarse classes."""
+    from clfkit.data.parsers import read_cifar100
+
+    arrays, names = read_cifar100(root, labels)
+    return _arrays_to_splits(arrays, names, 3, image_size, channels, resize,
+                             f"CIFAR-100 ({labels} labels) from {root}")
+
+
+@register("dataset", "mnist")
+def mnist(image_size: tuple[int, int], channels: int | None, resize: str, root: str) -> Splits:
+    """MNIST digits from IDX files (plain or .gz) in root: train-images-idx3-ubyte, ..."""
+    from clfkit.data.parsers import read_mnist
+
+    return _arrays_to_splits(read_mnist(root, "MNIST"), [str(i) for i in range(10)], 1, image_size,
+                             channels, resize, f"MNIST from {root}")
+
+
+@register("dataset", "fashion_mnist")
+def fashion_mnist(image_size: tuple[int, int], channels: int | None, resize: str, root: str) -> Splits:
+    """Fashion-MNIST from IDX files (same file names as MNIST, plain or .gz) in root."""
+    from clfkit.data.parsers import read_mnist
+
+    return _arrays_to_splits(read_mnist(root, "FashionMNIST"), FASHION_CLASSES, 1, image_size,
+                             channels, resize, f"Fashion-MNIST from {root}")
+
+
+def _decode_rows(rows, size, resize, on_error, skipped):
+    """Decode (path, label) rows in threads; returns [(HWC array, is_gray, label)] of the good ones."""
+    from clfkit import imageio
+
+    def work(row):
+        path, label = row
+        try:
+            img = imageio.open_image(path)
+            return imageio.decode_image(img, size, 3, resize), imageio.is_grayscale(img), label, None
+        except imageio.DecodeError as e:
+            return None, False, label, str(e)
+
+    with ThreadPoolExecutor(min(32, (os.cpu_count() or 1) * 2)) as pool:
+        results = list(pool.map(work, rows))
+    good = []
+    for (path, _), (arr, gray, label, err) in zip(rows, results):
+        if err is None:
+            good.append((arr, gray, label))
+        elif on_error == "fail":
+            raise DataError(f"{path}: {err} (set data.on_error: skip to skip such files)")
+        else:
+            skipped.append((str(path), err))
+    return good
+
+
+@register("dataset", "csv")
+def csv_index(image_size: tuple[int, int], channels: int | None, resize: str, on_error: str,
+              train: str, val: Optional[str] = None, test: Optional[str] = None) -> Splits:
+    """CSV files of 'path,label' rows (paths relative to the CSV); val and test are optional."""
+    from clfkit.data.parsers import label_order, read_csv_index
+
+    indexes = {"train": read_csv_index(train)}
+    for split, path in (("val", val), ("test", test)):
+        if path:
+            indexes[split] = read_csv_index(path)
+    class_names = label_order([label for _, label in indexes["train"]])
+    if len(class_names) < 2:
+        raise DataError(f"{train} must name at least two classes, found {class_names}")
+    skipped: list[tuple[str, str]] = []
+    decoded = {}
+    for split, rows in indexes.items():
+        unknown = sorted({label for _, label in rows} - set(class_names))
+        if unknown:
+            raise DataError(f"{split} CSV {val if split == 'val' else test} has labels the train CSV "
+                            f"{train} lacks: {unknown[:10]}")
+        decoded[split] = _decode_rows(rows, image_size, resize, on_error, skipped)
+    if not decoded["train"]:
+        raise DataError(f"no readable training images listed in {train} ({len(skipped)} unreadable)")
+    if channels is None:  # grayscale data needs no recipe change
+        channels = 1 if all(gray for _, gray, _ in decoded["train"]) else 3
+    index = {name: i for i, name in enumerate(class_names)}
+    sets = {}
+    for split, good in decoded.items():
+        if not good:
+            continue
+        x = np.stack([arr[..., :1] if channels == 1 else arr for arr, _, _ in good])
+        y = torch.tensor([index[label] for _, _, label in good], dtype=torch.int64)
+        sets[split] = ImageSet(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), y)
+    return Splits(train=sets["train"], val=sets.get("val"), test=sets.get("test"),
+                  class_names=class_names, skipped=skipped, description=f"CSV index {train}")
+
+
+# `clfkit recipe check` asks (num_classes, channels) without reading the images.
+cifar10.peek = lambda **_: (10, 3)
+cifar100.peek = lambda labels="fine", **_: (100 if labels == "fine" else 20, 3)
+mnist.peek = lambda **_: (10, 1)
+fashion_mnist.peek = lambda **_: (10, 1)
+
+
+def _csv_peek(train: str, **_):
+    from clfkit.data.parsers import label_order, read_csv_index
+
+    if not Path(train).expanduser().is_file():
+        return 0, 3
+    return len(label_order([label for _, label in read_csv_index(train)])), 3
+
+
+csv_index.peek = _csv_peek
