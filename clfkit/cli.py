@@ -5,6 +5,7 @@ short message on stderr and a non-zero exit. ``--debug`` shows the traceback ins
 """
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -107,24 +108,32 @@ def plugins(ctx: click.Context, kind: str | None) -> None:
         return
     from clfkit.registry import KINDS, REGISTRY
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     REGISTRY.load()
     if kind and kind not in KINDS:
         _fail(ClfkitError(f"unknown kind {kind!r}; kinds are: {', '.join(KINDS)}"))
     console = Console(width=max(100, Console().width))
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("kind", "name", "distribution", "version", "description"):
+        table.add_column(col, overflow="fold")
     for k in ([kind] if kind else KINDS):
-        table = Table(title=f"{k}s", title_justify="left", show_edge=False, pad_edge=False)
-        for col in ("name", "provider", "version", "description"):
-            table.add_column(col, overflow="fold")
-        for e in REGISTRY.entries(k):
-            table.add_row(e.name, e.provider, e.version, e.doc)
+        for i, e in enumerate(REGISTRY.entries(k)):
+            table.add_row(k if i == 0 else "", e.name, e.provider, e.version, e.doc,
+                          end_section=False)
         if table.row_count:
-            console.print(table)
+            table.rows[-1].end_section = True
+    console.print(table)
+    console.print("albumentations transforms are available too, by class name (e.g. ColorJitter).",
+                  highlight=False)
     if REGISTRY.plugins:
-        console.print("plugins loaded: " + ", ".join(f"{d} {v}" for d, v in REGISTRY.plugins))
+        console.print("plugins loaded: " + ", ".join(f"{d} {v}" for d, v in REGISTRY.plugins),
+                      highlight=False)
     for err in REGISTRY.plugin_errors:
-        console.print(f"[red]broken plugin[/red]: {err}", highlight=False)
+        console.print(f"[red]broken plugin[/red] {escape(err.dist)}: {escape(str(err))}", highlight=False)
+    if os.environ.get("CLFKIT_PLUGINS", "").strip().lower() in ("none", "0", "off"):
+        console.print("CLFKIT_PLUGINS=none: plugins were not loaded (built-ins only)", highlight=False)
 
 
 @plugins.command("show")
@@ -154,6 +163,18 @@ def plugins_show(name: str, kind: str | None) -> None:
         click.echo("  arguments:" if args else "  arguments: none")
         for arg, tname, default in args:
             click.echo(f"    {arg}: {tname} = {default}")
+
+
+@plugins.command("new")
+@click.argument("name")
+@click.option("--dir", "dest", default=".", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder in which the package folder clfkit-NAME/ is written.")
+def plugins_new(name: str, dest: Path) -> None:
+    """Write a plugin package skeleton (one component of each kind, a test) for NAME."""
+    from clfkit.scaffold import new_plugin
+
+    path = run_guarded(new_plugin, name, dest)
+    click.echo(f"wrote {path}\nnext: pip install -e {path} && pytest {path} && clfkit plugins --kind model")
 
 
 # --------------------------------------------------------------------------- recipe

@@ -105,8 +105,8 @@ class Entry:
 
     @property
     def doc(self) -> str:
-        text = inspect.getdoc(self.obj) or ""
-        return text.strip().splitlines()[0] if text.strip() else ""
+        text = (inspect.getdoc(self.obj) or "").strip()
+        return " ".join(text.split("\n\n")[0].split())  # the first paragraph, on one line
 
     @functools.cached_property
     def signature(self) -> inspect.Signature:
@@ -173,6 +173,9 @@ def _type_name(ann: Any) -> str:
 # --------------------------------------------------------------------------- registry
 _provider: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar(
     "clfkit_provider", default=(BUILTIN, ""))
+# The registry loading a plugin right now: module-level ``register`` decorators run while a
+# plugin is imported land there (a private ``Registry()`` in tests, not the global one).
+_loading: contextvars.ContextVar["Registry | None"] = contextvars.ContextVar("clfkit_loading", default=None)
 
 
 class Registry:
@@ -202,10 +205,11 @@ class Registry:
         self._check_kind(kind)
         provider, version = _provider.get()
         if provider == BUILTIN:
-            from clfkit import __version__ as version
+            provider, version = _infer_provider(obj)
         if not callable(obj):
             raise RegistryError(f"{kind} {name!r} from {provider} is a {type(obj).__name__}, "
-                                f"not a function or class: a component must be callable")
+                                f"not a function or class: a {kind} must be a factory "
+                                f"({KINDS[kind].doc})")
         entry = Entry(kind, name, obj, provider, version, validator)
         _check_contract(entry)
         with self._lock:
@@ -296,6 +300,12 @@ class Registry:
                 return
             self._loaded = True
             importlib.import_module("clfkit.components")
+            if self is not REGISTRY:  # a private registry starts from the built-ins too
+                for kind, table in REGISTRY._entries.items():
+                    self._entries.setdefault(kind, {}).update(
+                        {n: e for n, e in table.items() if e.provider == BUILTIN})
+                for kind, resolvers in REGISTRY._fallbacks.items():
+                    self._fallbacks.setdefault(kind, []).extend(resolvers)
             if os.environ.get("CLFKIT_PLUGINS", "").strip().lower() in ("none", "0", "off"):
                 return
             for ep in md.entry_points(group=ENTRY_POINT_GROUP):
@@ -305,19 +315,24 @@ class Registry:
         dist = ep.dist.name if ep.dist else ep.value.split(":")[0]
         version = ep.dist.version if ep.dist else ""
         token = _provider.set((dist, version))
+        loading = _loading.set(self)
         self._log = []
         try:
             _check_requirement(ep)
-            obj = ep.load()
-            if callable(obj) and not inspect.ismodule(obj):
-                obj()
+            obj = ep.load()  # a module registers with decorators as it is imported ...
+            if not inspect.ismodule(obj):
+                if not callable(obj):
+                    raise PluginError(dist, f"entry point {ep.value!r} names a {type(obj).__name__}; "
+                                      f"it must name a module or a function to call", ep.name)
+                obj()  # ... a function registers when called (with no arguments)
             self.plugins.append((dist, version))
         except Exception as e:  # a broken plugin must not break clfkit: record and roll back
             for entry in self._log:
                 self.remove(entry.kind, entry.name)
-            self.plugin_errors.append(PluginError(dist, e, ep.name))
+            self.plugin_errors.append(e if isinstance(e, PluginError) else PluginError(dist, e, ep.name))
         finally:
             self._log = None
+            _loading.reset(loading)
             _provider.reset(token)
 
     # ---- helpers
@@ -356,15 +371,83 @@ def _check_contract(entry: Entry) -> None:
             f"({KINDS[entry.kind].doc})")
 
 
+REGULARIZER_HOOKS = ("on_model", "on_param_groups", "on_batch", "on_loss", "before_step")
+
+
 def _check_result(entry: Entry, obj: Any) -> None:
+    """Refuse, at first use, what a factory returned when it breaks its kind's contract."""
+    import torch
     import torch.nn as nn
 
-    expected = {"model": nn.Module, "norm": nn.Module, "activation": nn.Module, "loss": nn.Module}
-    want = expected.get(entry.kind)
-    if want is not None and not isinstance(obj, want):
+    def refuse(expected: str) -> None:
         raise RegistryError(
             f"{entry.kind} {entry.name!r} from {entry.provider} returned a {type(obj).__name__}; "
-            f"the {entry.kind} contract expects a {want.__module__}.{want.__name__}")
+            f"the {entry.kind} contract expects {expected}")
+
+    expected = {"model": nn.Module, "norm": nn.Module, "activation": nn.Module, "loss": nn.Module,
+                "optimizer": torch.optim.Optimizer}
+    want = expected.get(entry.kind)
+    if want is not None and not isinstance(obj, want):
+        refuse(f"a {want.__module__}.{want.__name__}")
+    if entry.kind == "schedule" and not callable(obj):
+        refuse("a function step -> LR multiplier")
+    if entry.kind == "regularizer":
+        hooks = [h for h in REGULARIZER_HOOKS if callable(getattr(obj, h, None))]
+        if not hooks:
+            refuse(f"an object with at least one of the methods {', '.join(REGULARIZER_HOOKS)}")
+        for hook in hooks:
+            _check_arity(entry, obj, hook, getattr(obj, hook), _HOOK_ARGS[hook])
+    if entry.kind == "augmentation":
+        if not callable(obj):
+            refuse("a callable: a per-image transform t(image=HWC uint8 array) -> {'image': ...}, "
+                   "or a batched transform with `batched = True` and __call__(x, generator) -> x")
+        if getattr(obj, "batched", False):
+            _check_arity(entry, obj, "__call__", obj, ("x", "generator"))
+        else:
+            try:
+                inspect.signature(obj).bind(image=None)
+            except TypeError:
+                refuse("a per-image transform called as t(image=HWC uint8 array) -> {'image': ...}; "
+                       "a batched transform must set `batched = True` and take (x, generator)")
+            except ValueError:
+                pass
+
+
+_HOOK_ARGS = {"on_model": ("model",), "on_param_groups": ("groups",),
+              "on_batch": ("x", "y", "num_classes"), "on_loss": ("loss", "model"),
+              "before_step": ("model", "optimizer")}
+
+
+def _check_arity(entry: Entry, obj: Any, hook: str, fn: Callable, args: tuple[str, ...]) -> None:
+    """``fn`` must be callable with ``len(args)`` positional arguments."""
+    try:
+        inspect.signature(fn).bind(*args)
+    except TypeError:
+        raise RegistryError(
+            f"{entry.kind} {entry.name!r} from {entry.provider}: {type(obj).__name__}.{hook} has "
+            f"the signature {inspect.signature(fn)}; the {entry.kind} contract calls it as "
+            f"{hook}({', '.join(args)})") from None
+    except ValueError:  # builtins without a signature: nothing to check
+        pass
+
+
+def _infer_provider(obj: Any) -> tuple[str, str]:
+    """The distribution a component registered outside plugin loading comes from (a plugin's
+    module imported directly, e.g. by its own tests); clfkit when it is not installed code."""
+    from clfkit import __version__
+
+    top = (getattr(obj, "__module__", None) or "").split(".")[0]
+    if top and top != "clfkit":
+        dists = _packages_distributions().get(top)
+        if dists and dists[0].lower() != BUILTIN:
+            with contextlib.suppress(md.PackageNotFoundError):
+                return dists[0], md.version(dists[0])
+    return BUILTIN, __version__
+
+
+@functools.lru_cache(maxsize=1)
+def _packages_distributions() -> dict[str, list[str]]:
+    return md.packages_distributions()
 
 
 def _check_requirement(ep: md.EntryPoint) -> None:
@@ -373,14 +456,17 @@ def _check_requirement(ep: md.EntryPoint) -> None:
         return
     from clfkit import __version__
 
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.version import Version
+
     for req in ep.dist.requires or []:
         try:
-            from packaging.requirements import Requirement
-            from packaging.version import Version
-        except ImportError:  # packaging ships with pip/setuptools; without it we skip the check
-            return
-        r = Requirement(req)
-        if r.name.lower() == "clfkit" and r.specifier and (r.marker is None or r.marker.evaluate()):
+            r = Requirement(req)
+        except InvalidRequirement:
+            continue
+        if r.marker is not None and not r.marker.evaluate({"extra": ""}):
+            continue  # an optional extra's requirement, or another platform's
+        if r.name.lower() == "clfkit" and r.specifier:
             if not r.specifier.contains(Version(__version__), prereleases=True):
                 raise PluginError(ep.dist.name, f"requires clfkit{r.specifier} but clfkit "
                                   f"{__version__} is installed; upgrade clfkit", ep.name)
@@ -494,8 +580,9 @@ REGISTRY = Registry()
 
 
 def register(kind: str, name: str | None = None, **kw):
-    """Decorator registering a component in the global registry."""
-    return REGISTRY.register(kind, name, **kw)
+    """Decorator registering a component in the global registry (or, while a plugin is being
+    loaded, in the registry loading it)."""
+    return (_loading.get() or REGISTRY).register(kind, name, **kw)
 
 
 def create(kind: str, name: str, /, **kwargs):

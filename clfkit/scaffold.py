@@ -1,0 +1,63 @@
+"""``clfkit plugins new NAME``: write a plugin package that installs and passes its own tests.
+
+The skeleton comes from ``clfkit/templates/plugin/`` (package data): a pyproject with the
+``clfkit.plugins`` entry point, one component of each pluggable kind, a recipe using them, a
+README and a test. ``plugins/clfkit-example`` in clfkit's repository is exactly
+``new_plugin("example", "plugins")``, and a test keeps the two identical.
+"""
+from __future__ import annotations
+
+import keyword
+import re
+from importlib import resources
+from pathlib import Path
+
+from clfkit import __version__
+from clfkit.errors import ClfkitError
+
+TEMPLATE = "templates/plugin"
+SUFFIX = ".tmpl"
+
+
+def plugin_names(name: str) -> dict[str, str]:
+    """The names a plugin called ``name`` uses: distribution, module and component prefix."""
+    base = name.strip().lower().replace("-", "_")
+    if base.startswith("clfkit_"):
+        base = base[len("clfkit_"):]
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", base) or keyword.iskeyword(base):
+        raise ClfkitError(f"plugin name {name!r}: use lowercase letters, digits, '-' or '_', "
+                          f"starting with a letter (e.g. 'mynets')")
+    release = __version__.split("+")[0]
+    return {"name": base, "dist": "clfkit-" + base.replace("_", "-"), "module": "clfkit_" + base,
+            "clfkit_version": release}
+
+
+def render(text: str, names: dict[str, str]) -> str:
+    for key, value in names.items():
+        text = text.replace("{{" + key + "}}", value)
+    return text
+
+
+def new_plugin(name: str, dest: str | Path = ".") -> Path:
+    """Write the package ``dest/clfkit-NAME/``; refuse to overwrite an existing, non-empty folder."""
+    names = plugin_names(name)
+    root = Path(dest) / names["dist"]
+    if root.exists() and any(root.iterdir()):
+        raise ClfkitError(f"{root} already exists and is not empty; pick another name or --dir")
+    template = resources.files("clfkit").joinpath(TEMPLATE)
+    for src, rel in _walk(template, ()):
+        parts = [p.replace("MODULE", names["module"]) for p in rel]
+        parts[-1] = parts[-1].removesuffix(SUFFIX)
+        out = root.joinpath(*parts)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(render(src.read_text(encoding="utf-8"), names), encoding="utf-8")
+    return root
+
+
+def _walk(folder, rel: tuple[str, ...]):
+    for item in sorted(folder.iterdir(), key=lambda p: p.name):
+        if item.is_dir():
+            if item.name != "__pycache__":
+                yield from _walk(item, rel + (item.name,))
+        elif item.name.endswith(SUFFIX):
+            yield item, rel + (item.name,)
