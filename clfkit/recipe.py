@@ -79,19 +79,51 @@ class DataConfig(Strict):
         return (s, s) if isinstance(s, int) else tuple(s)
 
 
+def _switch(value: Any) -> Any:
+    """``true`` turns an optional block on with its defaults, ``false`` turns it off."""
+    if value is True:
+        return {}
+    return None if value is False else value
+
+
+class EarlyStopping(Strict):
+    """Stop once ``metric`` has not improved by more than ``min_delta`` for ``patience``
+    epochs in a row (best.pt and the test are unaffected: they use the best val-acc epoch)."""
+
+    metric: Literal["val_acc", "val_loss"] = "val_acc"
+    patience: Annotated[int, Field(ge=1)] = 5
+    min_delta: Annotated[float, Field(ge=0)] = 0.0
+
+
+class EMA(Strict):
+    """An exponential moving average of the weights (timm's ModelEmaV3), updated every step;
+    validation, best.pt and the test use the averaged weights."""
+
+    decay: Annotated[float, Field(gt=0, lt=1)] = 0.999
+    warmup: bool = Field(True, description="ramp the decay up from 0 over the first steps (short runs need it)")
+
+
 class TrainConfig(Strict):
     """How the trainer runs."""
 
-    epochs: Annotated[int, Field(ge=1, le=100000)] = 10
-    batch_size: Annotated[int, Field(ge=1, le=65536)] = 128
+    epochs: Annotated[int, Field(ge=1, le=100000)] = Field(10, description="passes over the training split")
+    batch_size: Annotated[int, Field(ge=1, le=65536)] = Field(128, description="images per optimizer step")
     eval_batch_size: Optional[Annotated[int, Field(ge=1)]] = Field(None, description="None: 2x batch_size")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto | cpu | cuda | cuda:N")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     channels_last: Optional[bool] = Field(None, description="None: on for CUDA")
-    compile: bool = False
-    deterministic: bool = False
+    compile: bool = Field(False, description="torch.compile the model (compile time reported apart)")
+    deterministic: bool = Field(False, description="deterministic kernels: bit-exact reruns and resumes on CPU")
     drop_last: bool = Field(True, description="drop the last incomplete training batch")
+    checkpoint_every_steps: Optional[Annotated[int, Field(ge=1)]] = Field(
+        None, description="also save last.pt every N optimizer steps (None: once per epoch)")
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="a NaN/inf loss: stop (last good checkpoint kept) or skip the batch and count it")
+    early_stopping: Annotated[Optional[EarlyStopping], BeforeValidator(_switch)] = Field(
+        None, description="stop when a val metric stops improving; true for the defaults")
+    ema: Annotated[Optional[EMA], BeforeValidator(_switch)] = Field(
+        None, description="moving average of the weights, used for val, best.pt and test; true for defaults")
 
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
@@ -101,15 +133,16 @@ class Recipe(Strict):
     """A whole training run."""
 
     name: str = Field(pattern=NAME_RE, description="run name; also the default run-folder and ONNX name")
-    description: str = ""
-    seed: int = 0
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: Component
-    loss: Component = Field(default_factory=lambda: {"name": "cross_entropy"})
-    optim: Component = Field(default_factory=lambda: {"name": "sgd"})
-    schedule: Component = Field(default_factory=lambda: {"name": "constant"})
-    regularizers: list[Component] = Field(default_factory=list)
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    description: str = Field("", description="free text, kept with the run")
+    seed: int = Field(0, description="seeds data generation, val split, shuffling, augmentation and init")
+    data: DataConfig = Field(default_factory=DataConfig, description="the data section below")
+    model: Component = Field(description="model component: linear, mlp, cnn, resnet, timm, or a plugin's")
+    loss: Component = Field(default_factory=lambda: {"name": "cross_entropy"}, description="loss component")
+    optim: Component = Field(default_factory=lambda: {"name": "sgd"}, description="optimizer component (lr, weight decay, ...)")
+    schedule: Component = Field(default_factory=lambda: {"name": "constant"},
+                                description="LR schedule component, evaluated every step")
+    regularizers: list[Component] = Field(default_factory=list, description="regularizer components (mixup, grad_clip, ...)")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="the train section below")
 
     def components(self) -> list[tuple[str, str, Any]]:
         """(kind, dotted path, spec) for every component in the recipe."""
@@ -317,3 +350,65 @@ def peek_data(recipe: Recipe) -> tuple[int, int]:
 
     splits = build_data(recipe)
     return splits.num_classes, splits.in_chans
+
+
+def reference_markdown() -> str:
+    """The recipe fields as markdown tables, generated from the pydantic models (README)."""
+    lines = []
+    for title, model, prefix in (("top level", Recipe, ""), ("data", DataConfig, "data."),
+                                 ("train", TrainConfig, "train.")):
+        props = model.model_json_schema()["properties"]
+        lines += [f"**{title}**", "", "| field | type | default | meaning |", "|---|---|---|---|"]
+        for name, f in model.model_fields.items():
+            if f.is_required():
+                default = "required"
+            else:
+                default = f.get_default(call_default_factory=True)
+                default = "see below" if isinstance(default, BaseModel) else \
+                    yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+            kind = "component" if name in _COMPONENT_FIELDS else _schema_type(props[name])
+            if name in ("augment", "regularizers"):
+                kind = "list of components"
+            doc = (f.description or "").replace("|", "\\|")
+            lines.append(f"| `{prefix}{name}` | {kind} | `{default}` | {doc} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+_COMPONENT_FIELDS = {"source", "model", "loss", "optim", "schedule"}
+
+
+def _schema_type(s: dict) -> str:
+    """A short human type from a JSON-schema property: 'int >= 1', 'auto \\| 1 \\| 3', ..."""
+    if "anyOf" in s:
+        return " \\| ".join(_schema_type(x) for x in s["anyOf"])
+    if "enum" in s:
+        return " \\| ".join(str(v) for v in s["enum"])
+    if "const" in s:
+        return str(s["const"])
+    if "$ref" in s:
+        return s["$ref"].rsplit("/", 1)[-1]
+    t = {"integer": "int", "number": "float", "string": "str", "boolean": "bool", "null": "null"}.get(s.get("type"), s.get("type", "any"))
+    if t == "array":
+        items = s.get("prefixItems") or [s.get("items", {})]
+        return f"[{', '.join(_schema_type(x) for x in items)}]" if "prefixItems" in s else f"list of {_schema_type(items[0])}"
+    bounds = [f">= {s['minimum']}" if "minimum" in s else "", f"> {s['exclusiveMinimum']}" if "exclusiveMinimum" in s else "",
+              f"<= {s['maximum']}" if "maximum" in s else ""]
+    return " ".join([t] + [b for b in bounds if b])
+
+
+def update_readme(path: str | Path = "README.md", write: bool = True) -> bool:
+    """Regenerate the recipe reference between its README markers; True if it changed."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    start, end = "<!-- recipe-reference:start -->", "<!-- recipe-reference:end -->"
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    new = f"{head}{start}\n{reference_markdown()}\n{end}{tail}"
+    if new != text and write:
+        path.write_text(new, encoding="utf-8")
+    return new != text
+
+
+if __name__ == "__main__":  # python -m clfkit.recipe: refresh the README's recipe reference
+    update_readme()

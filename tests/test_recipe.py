@@ -112,3 +112,13 @@ def test_committed_recipes_validate():
         if path.name.startswith("example_plugin"):
             continue  # needs the example plugin installed; covered by the plugin tests
         load_recipe(path)
+
+
+def test_readme_recipe_reference_is_current():
+    """README's recipe reference is generated; regenerate with `python -m clfkit.recipe`."""
+    from pathlib import Path
+
+    from clfkit.recipe import update_readme
+
+    readme = Path(__file__).parent.parent / "README.md"
+    assert not update_readme(readme, write=False), "README recipe reference is stale: run python -m clfkit.recipe"
