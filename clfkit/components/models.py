@@ -27,7 +27,7 @@ PosInt = Annotated[int, Field(ge=1)]
 def _dropout(kind: str, p: float) -> nn.Module:
     if p <= 0:
         return nn.Identity()
-    return nn.Dropout2d(p) if kind == "dropout2d" else nn.Dropout(p)
+    return {"dropout": nn.Dropout, "dropout2d": nn.Dropout2d, "alpha": nn.AlphaDropout}[kind](p)
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -47,34 +47,40 @@ def linear(num_classes: int, in_chans: int, image_size: tuple[int, int]) -> nn.M
 
 
 class MLP(nn.Module):
-    def __init__(self, in_features, num_classes, hidden, norm, activation, dropout, residual):
+    def __init__(self, in_features, num_classes, hidden, norm, activation, dropout, dropout_kind, residual):
         super().__init__()
         self.flatten = nn.Flatten()
         self.blocks = nn.ModuleList()
-        self.residual = residual
+        self.skip: list[bool] = []
         prev = in_features
         for width in hidden:
             self.blocks.append(nn.Sequential(
-                nn.Linear(prev, width), norm(width, dim=1), activation(), _dropout("dropout", dropout)))
+                nn.Linear(prev, width), norm(width, dim=1), activation(), _dropout(dropout_kind, dropout)))
+            # a skip connection where the widths agree (the "MLP with residual connections" study)
+            self.skip.append(residual and prev == width)
             prev = width
+        if residual and not any(self.skip):
+            raise ValueError(f"residual needs a hidden layer as wide as the one before it (a skip "
+                             f"connection adds input and output), e.g. hidden: [512, 512, 512]; "
+                             f"got hidden {list(hidden)} on {in_features} input features")
         self.head = nn.Linear(prev, num_classes)
 
     def forward(self, x):
         x = self.flatten(x)
-        for block in self.blocks:
-            y = block(x)
-            # a skip connection where the widths agree (the "MLP with residual connections" study)
-            x = x + y if self.residual and y.shape == x.shape else y
+        for block, skip in zip(self.blocks, self.skip):
+            x = x + block(x) if skip else block(x)
         return self.head(x)
 
 
 @register("model", "mlp")
 def mlp(num_classes: int, in_chans: int, image_size: tuple[int, int],
         norm: NormSpec = "none", activation: ActSpec = "relu",
-        hidden: list[PosInt] = [1024], dropout: Rate = 0.0, residual: bool = False) -> nn.Module:
-    """Multi-layer perceptron: per hidden layer Linear -> norm -> activation -> dropout."""
+        hidden: list[PosInt] = [1024], dropout: Rate = 0.0,
+        dropout_kind: Literal["dropout", "alpha"] = "dropout", residual: bool = False) -> nn.Module:
+    """Multi-layer perceptron: per hidden layer Linear -> norm -> activation -> dropout; with
+    ``residual``, layers as wide as their input add it back (x + f(x))."""
     h, w = image_size
-    return MLP(in_chans * h * w, num_classes, hidden, norm, activation, dropout, residual)
+    return MLP(in_chans * h * w, num_classes, hidden, norm, activation, dropout, dropout_kind, residual)
 
 
 # --------------------------------------------------------------------------- cnn
@@ -87,7 +93,9 @@ class ConvBlock(BaseModel):
     stride: PosInt = 1
     padding: Optional[Annotated[int, Field(ge=0)]] = None  # None: kernel // 2 ("same")
     norm: bool = True  # apply the model's norm in this block
+    activation: bool = True  # apply the model's activation in this block
     dropout: Rate = 0.0
+    dropout_kind: Optional[Literal["dropout", "dropout2d"]] = None  # None: the model's dropout_kind
     pool: Optional[Literal["max", "avg"]] = None
     pool_kernel: PosInt = 2
     pool_stride: Optional[PosInt] = None  # None: pool_kernel
@@ -104,7 +112,8 @@ def cnn(num_classes: int, in_chans: int, image_size: tuple[int, int],
         blocks: list[ConvBlock] = _default_blocks(),
         dropout_kind: Literal["dropout", "dropout2d"] = "dropout",
         global_pool: bool = False, head_dropout: Rate = 0.0) -> nn.Module:
-    """Plain CNN from a list of conv blocks, then flatten (or global average pool) -> linear."""
+    """Plain CNN from a list of conv blocks (conv -> norm -> activation -> dropout -> pool),
+    then flatten (or global average pool) -> dropout -> linear."""
     layers: list[nn.Module] = []
     c = in_chans
     for b in blocks:
@@ -112,14 +121,19 @@ def cnn(num_classes: int, in_chans: int, image_size: tuple[int, int],
         pad = b.kernel // 2 if b.padding is None else b.padding
         layers += [nn.Conv2d(c, b.channels, b.kernel, b.stride, pad),
                    norm(b.channels, dim=2) if b.norm else nn.Identity(),
-                   activation(), _dropout(dropout_kind, b.dropout)]
+                   activation() if b.activation else nn.Identity(),
+                   _dropout(b.dropout_kind or dropout_kind, b.dropout)]
         if b.pool:
             pool = nn.MaxPool2d if b.pool == "max" else nn.AvgPool2d
             layers.append(pool(b.pool_kernel, b.pool_stride or b.pool_kernel, b.pool_padding))
         c = b.channels
     features = nn.Sequential(*layers)
     with torch.no_grad():  # the flattened size depends on the image size: measure it
-        n_out = features.eval()(torch.zeros(1, in_chans, *image_size)).numel()
+        try:
+            n_out = features.eval()(torch.zeros(1, in_chans, *image_size)).numel()
+        except (RuntimeError, ValueError) as e:
+            raise ValueError(f"the conv blocks do not fit {image_size[0]}x{image_size[1]} images "
+                             f"(the feature map shrinks to nothing): {e}") from None
     features.train()
     head = [nn.AdaptiveAvgPool2d(1), nn.Flatten()] if global_pool else [nn.Flatten()]
     head += [_dropout("dropout", head_dropout), nn.Linear(c if global_pool else n_out, num_classes)]
@@ -148,18 +162,18 @@ class BasicBlock(nn.Module):
 
     def __init__(self, cin, planes, stride, norm, activation, residual, drop_path):
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
-        self.bn1 = norm(planes, dim=2)
+        self.bn1, self.bn2 = norm(planes, dim=2), norm(planes, dim=2)
+        bias = _no_norm(self.bn1)
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=bias)
         self.act1 = activation()
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = norm(planes, dim=2)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=bias)
         self.act2 = activation()
         self.residual = residual
         self.drop_path = DropPath(drop_path)
         self.downsample = _shortcut(cin, planes, stride, norm) if residual else None
 
-    def last_norm(self):
-        return self.bn2
+    def last_layers(self):
+        return self.conv2, self.bn2
 
     def forward(self, x):
         out = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
@@ -174,19 +188,18 @@ class Bottleneck(nn.Module):
     def __init__(self, cin, planes, stride, norm, activation, residual, drop_path):
         super().__init__()
         out = planes * 4
-        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
-        self.bn1 = norm(planes, dim=2)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = norm(planes, dim=2)
-        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
-        self.bn3 = norm(out, dim=2)
+        self.bn1, self.bn2, self.bn3 = norm(planes, dim=2), norm(planes, dim=2), norm(out, dim=2)
+        bias = _no_norm(self.bn1)
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=bias)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=bias)
+        self.conv3 = nn.Conv2d(planes, out, 1, bias=bias)
         self.act1, self.act2, self.act3 = activation(), activation(), activation()
         self.residual = residual
         self.drop_path = DropPath(drop_path)
         self.downsample = _shortcut(cin, out, stride, norm) if residual else None
 
-    def last_norm(self):
-        return self.bn3
+    def last_layers(self):
+        return self.conv3, self.bn3
 
     def forward(self, x):
         y = self.act1(self.bn1(self.conv1(x)))
@@ -200,7 +213,13 @@ class Bottleneck(nn.Module):
 def _shortcut(cin, cout, stride, norm):
     if stride == 1 and cin == cout:
         return None
-    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), norm(cout, dim=2))
+    n = norm(cout, dim=2)
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=_no_norm(n)), n)
+
+
+def _no_norm(layer: nn.Module) -> bool:
+    """Convs before a norm need no bias (the norm's shift replaces it); without one they do."""
+    return isinstance(layer, nn.Identity)
 
 
 RESNET_DEPTHS: dict[int, tuple[str, list[int]]] = {
@@ -222,15 +241,14 @@ class ResNet(nn.Module):
         Block = BasicBlock if block == "basic" else Bottleneck
         widths = [max(1, int(round(w * width))) for w in (64, 128, 256, 512)]
         c = widths[0]
+        n = norm(c, dim=2)
         if stem == "imagenet":  # 7x7 stride 2 + max-pool: 4x smaller feature maps
-            self.stem = nn.Sequential(nn.Conv2d(in_chans, c, 7, 2, 3, bias=False), norm(c, dim=2),
+            self.stem = nn.Sequential(nn.Conv2d(in_chans, c, 7, 2, 3, bias=_no_norm(n)), n,
                                       activation(), nn.MaxPool2d(3, 2, 1))
         elif stem == "cifar":  # 3x3 stride 1, no pool: full resolution (slow, accurate on 32px)
-            self.stem = nn.Sequential(nn.Conv2d(in_chans, c, 3, 1, 1, bias=False), norm(c, dim=2),
-                                      activation())
+            self.stem = nn.Sequential(nn.Conv2d(in_chans, c, 3, 1, 1, bias=_no_norm(n)), n, activation())
         else:  # "small": 3x3 stride 2, no pool: a 2x reduction, between the two
-            self.stem = nn.Sequential(nn.Conv2d(in_chans, c, 3, 2, 1, bias=False), norm(c, dim=2),
-                                      activation())
+            self.stem = nn.Sequential(nn.Conv2d(in_chans, c, 3, 2, 1, bias=_no_norm(n)), n, activation())
         total = sum(layers)
         stages, idx, cin = [], 0, c
         for i, (n, planes) in enumerate(zip(layers, widths)):
@@ -251,31 +269,65 @@ class ResNet(nn.Module):
         if zero_init_last:  # each residual branch starts as identity (Goyal et al. 2017)
             for m in self.modules():
                 if isinstance(m, (BasicBlock, Bottleneck)):
-                    last = m.last_norm()
-                    if getattr(last, "weight", None) is not None:
-                        nn.init.zeros_(last.weight)
+                    conv, last = m.last_layers()
+                    # without an affine norm, zero the branch's last conv instead (Fixup-style)
+                    target = last if getattr(last, "weight", None) is not None else conv
+                    nn.init.zeros_(target.weight)
 
     def forward(self, x):
         x = self.stages(self.stem(x))
         return self.fc(self.drop(torch.flatten(self.pool(x), 1)))
 
 
+def _resnet_depth(block: str, layers: list[int]) -> int:
+    """Weighted layers: stem conv + 2 or 3 convs per block + the classifier."""
+    return 2 + (2 if block == "basic" else 3) * sum(layers)
+
+
+def _feature_sizes(image_size: tuple[int, int], stem: str, layers: list[int]) -> list[tuple[int, int]]:
+    """Spatial size after the stem and after each stage (each stride-2 step is ceil(h / 2))."""
+    half = lambda hw: ((hw[0] + 1) // 2, (hw[1] + 1) // 2)  # noqa: E731
+    hw = tuple(image_size)
+    hw = half(half(hw)) if stem == "imagenet" else half(hw) if stem == "small" else hw
+    sizes = [hw]
+    for i, n in enumerate(layers):
+        if i > 0 and n > 0:
+            hw = half(hw)
+        sizes.append(hw)
+    return sizes
+
+
 @register("model", "resnet")
-def resnet(num_classes: int, in_chans: int, norm: NormSpec = "batch", activation: ActSpec = "relu",
-           depth: Literal[10, 14, 18, 26, 34, 50, 101, 152] = 18,
+def resnet(num_classes: int, in_chans: int, image_size: tuple[int, int] = (224, 224),
+           norm: NormSpec = "batch", activation: ActSpec = "relu",
+           depth: Optional[Literal[10, 14, 18, 26, 34, 50, 101, 152]] = None,
            layers: Optional[list[Annotated[int, Field(ge=0)]]] = None,
            block: Optional[Literal["basic", "bottleneck"]] = None,
            stem: Literal["imagenet", "cifar", "small"] = "imagenet",
            width: Annotated[float, Field(gt=0, le=8)] = 1.0,
            residual: bool = True, drop_rate: Rate = 0.0, drop_path: Rate = 0.0,
            zero_init_last: bool = False) -> nn.Module:
-    """ResNet (He et al.) with ablation switches: stem, width, depth or blocks per stage,
-    residual on/off, norm, activation, dropout before the classifier, stochastic depth."""
-    default_block, default_layers = RESNET_DEPTHS[depth]
-    layers = list(layers) if layers is not None else default_layers
-    if len(layers) != 4:
+    """ResNet (He et al.) with ablation switches: depth (18 when neither depth nor layers is
+    given) or blocks per stage, stem, width, residual on/off, norm, activation, dropout before
+    the classifier (drop_rate), stochastic depth (drop_path)."""
+    if layers is None:
+        default_block, layers = RESNET_DEPTHS[depth or 18]
+        block = block or default_block
+    elif len(layers) != 4:
         raise ValueError(f"layers must give blocks for 4 stages, got {layers}")
-    return ResNet(num_classes, in_chans, layers, block or default_block, stem, width, residual,
+    block = block or "basic"
+    if depth is not None and _resnet_depth(block, layers) != depth:
+        raise ValueError(f"depth {depth} contradicts block {block!r} with layers {list(layers)}, which make "
+                         f"a ResNet-{_resnet_depth(block, layers)}; give depth or layers, not both")
+    if not residual and (drop_path > 0 or zero_init_last):
+        raise ValueError("drop_path and zero_init_last act on residual branches; with residual: false "
+                         "they would silently do nothing (or zero the whole network): unset them")
+    sizes = _feature_sizes(image_size, stem, layers)
+    if min(sizes[-1]) == 1 and isinstance(norm(4, dim=2), nn.InstanceNorm2d):
+        raise ValueError(f"at {image_size[0]}x{image_size[1]} with stem {stem!r} the last stage runs at "
+                         f"1x1, where instance norm has one value per channel and outputs zeros; "
+                         f"use stem: cifar or small, or larger images")
+    return ResNet(num_classes, in_chans, list(layers), block, stem, width, residual,
                   norm, activation, drop_rate, drop_path, zero_init_last)
 
 
@@ -299,15 +351,22 @@ def _existing_file(path: Optional[str]) -> Optional[str]:
 
 
 @register("model", "timm")
-def timm_model(num_classes: int, in_chans: int, arch: Annotated[str, AfterValidator(_timm_arch)],
+def timm_model(num_classes: int, in_chans: int, image_size: tuple[int, int],
+               arch: Annotated[str, AfterValidator(_timm_arch)],
                weights: Annotated[Optional[str], AfterValidator(_existing_file)] = None,
                drop_rate: Rate = 0.0, drop_path_rate: Rate = 0.0, **kwargs) -> nn.Module:
-    """Any timm architecture by name, randomly initialized or loaded from a local weights file
-    (.safetensors or a torch state dict); the classifier is resized to num_classes."""
+    """Any timm architecture by name (extra args go to timm.create_model), randomly initialized
+    or loaded from a local weights file (.safetensors or a torch state dict); never downloads."""
     import timm
 
-    model = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans,
-                              drop_rate=drop_rate, drop_path_rate=drop_path_rate, **kwargs)
+    args = dict(pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
+                drop_path_rate=drop_path_rate, **kwargs)
+    try:  # models with a fixed input size (ViTs, ...) take img_size; the others refuse it
+        model = timm.create_model(arch, img_size=tuple(image_size), **args)
+    except TypeError as e:
+        if "img_size" not in str(e):
+            raise
+        model = timm.create_model(arch, **args)
     if weights:
         if weights.endswith(".safetensors"):
             from safetensors.torch import load_file
