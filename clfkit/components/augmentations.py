@@ -94,20 +94,32 @@ class CutoutT:
         apply = (_rand(n, gen, x) < self.p).to(dev)
         ys = torch.arange(h, device=dev)[None, :]
         xs = torch.arange(w, device=dev)[None, :]
-        half = self.size // 2
-        my = ((ys - cy[:, None]).abs() <= half)[:, :, None]
-        mx = ((xs - cx[:, None]).abs() <= half)[:, None, :]
+        # rows cy - size//2 ... cy - size//2 + size - 1: exactly `size` wide (clipped at edges)
+        lo_y, lo_x = cy[:, None] - self.size // 2, cx[:, None] - self.size // 2
+        my = ((ys >= lo_y) & (ys < lo_y + self.size))[:, :, None]
+        mx = ((xs >= lo_x) & (xs < lo_x + self.size))[:, None, :]
         mask = (my & mx & apply[:, None, None])[:, None]
         return x.masked_fill(mask, 0.0)
 
 
 @register("augmentation", "Cutout")
 def cutout(size: Annotated[int, Field(ge=1)] = 8, p: Prob = 1.0) -> CutoutT:
-    """Zero a size x size square at a random centre (DeVries & Taylor 2017), batched."""
+    """Zero a size x size square at a random centre, clipped at the border (DeVries & Taylor
+    2017), with probability p per sample (batched)."""
     return CutoutT(size, p)
 
 
 # --------------------------------------------------------------------------- albumentations
+# Transforms whose job clfkit does itself: listed in data.augment they would apply twice or
+# hand the model floats where it expects 0..255 images.
+_NOT_AUGMENTATIONS = {
+    "Normalize": "clfkit normalizes inside the model (data.normalize: auto, imagenet, none or "
+                 "{mean, std}), so the exported ONNX file does it too; remove Normalize from data.augment",
+    "ToTensorV2": "clfkit makes tensors itself; remove ToTensorV2 from data.augment",
+    "ToFloat": "clfkit scales 0..255 images itself (data.normalize); remove ToFloat from data.augment",
+    "FromFloat": "clfkit's images are already uint8; remove FromFloat from data.augment",
+}
+
 def _albumentations_entry(name: str) -> Entry | None:
     """Any albumentations transform by class name; its args are checked by building it."""
     try:
@@ -117,6 +129,12 @@ def _albumentations_entry(name: str) -> Entry | None:
     cls = getattr(A, name, None)
     if not (inspect.isclass(cls) and issubclass(cls, A.BasicTransform)):
         return None
+    if name in _NOT_AUGMENTATIONS:
+        def refuse(args: dict) -> dict:
+            raise ValueError(_NOT_AUGMENTATIONS[name])
+
+        return Entry("augmentation", name, cls, provider=f"albumentations {A.__version__}",
+                     version=A.__version__, validator=refuse)
 
     def validate(args: dict) -> dict:
         import warnings

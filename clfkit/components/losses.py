@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from typing import Literal
+
 from pydantic import Field
 from typing_extensions import Annotated
 
@@ -25,6 +27,8 @@ def cross_entropy(num_classes: int, label_smoothing: Annotated[float, Field(ge=0
 
 
 class SquaredError(nn.Module):
+    """1/2 * sum_k (out_k - t_k)^2, averaged over the batch; t is one-hot or soft."""
+
     def __init__(self, num_classes: int, on: str):
         super().__init__()
         self.num_classes, self.on = num_classes, on
@@ -35,30 +39,36 @@ class SquaredError(nn.Module):
 
 
 @register("loss", "squared_error")
-def squared_error(num_classes: int, on: str = "logits") -> nn.Module:
+def squared_error(num_classes: int, on: Literal["logits", "probs"] = "logits") -> nn.Module:
     """Euclidean loss: 1/2 * sum over classes of (output - one_hot)^2, averaged over the batch.
     ``on: probs`` compares softmax probabilities instead of raw outputs."""
-    if on not in ("logits", "probs"):
-        raise ValueError(f"on must be 'logits' or 'probs', got {on!r}")
     return SquaredError(num_classes, on)
 
 
 class MultiClassHinge(nn.Module):
+    """Weston-Watkins hinge. For soft targets t (mixup, cutmix, label smoothing) the loss is
+    the target-weighted sum of each class's hinge, sum_k t_k * L(s, k): mixup's
+    lam * L(a) + (1 - lam) * L(b), never a silent argmax."""
+
     def __init__(self, num_classes: int, margin: float):
         super().__init__()
         self.num_classes, self.margin = num_classes, margin
 
     def forward(self, logits, targets):
-        if targets.ndim == 2:  # soft targets: the hinge needs one true class per sample
-            targets = targets.argmax(1)
         logits = logits.float()
-        true = logits.gather(1, targets[:, None])
-        margins = (self.margin - true + logits).clamp_min(0)
-        margins = margins.scatter(1, targets[:, None], 0.0)  # j == y does not count
-        return margins.sum(1).mean()
+        if targets.ndim == 1:
+            true = logits.gather(1, targets[:, None])
+            margins = (self.margin - true + logits).clamp_min(0)
+            margins = margins.scatter(1, targets[:, None], 0.0)  # j == y does not count
+            return margins.sum(1).mean()
+        # per_class[n, k] = sum_{j != k} max(0, margin - s_k + s_j)
+        pair = (self.margin - logits[:, :, None] + logits[:, None, :]).clamp_min(0)  # (N, k, j)
+        per_class = pair.sum(2) - self.margin  # drop j == k, which contributes exactly margin
+        return (targets.to(per_class.dtype) * per_class).sum(1).mean()
 
 
 @register("loss", "hinge")
 def hinge(num_classes: int, margin: Annotated[float, Field(gt=0)] = 1.0) -> nn.Module:
-    """Multi-class hinge (Weston-Watkins): sum over j != y of max(0, margin - s_y + s_j)."""
+    """Multi-class hinge (Weston-Watkins): sum over j != y of max(0, margin - s_y + s_j);
+    soft targets weight each class's hinge by its target mass."""
     return MultiClassHinge(num_classes, margin)

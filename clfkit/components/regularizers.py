@@ -43,6 +43,21 @@ class Mixup:
         return lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm]
 
 
+def _soft_label_check(recipe, path):
+    """Label smoothing asked twice (the loss's own argument and a regularizer) would apply twice."""
+    problems = []
+    loss = dict(recipe.loss)
+    if loss.get("label_smoothing"):
+        problems.append((path, f"label smoothing is already set in loss.label_smoothing "
+                               f"({loss['label_smoothing']}); both would apply, smoothing twice. Keep one: "
+                               f"remove this regularizer or set loss.label_smoothing=0"))
+    mine = [i for i, r in enumerate(recipe.regularizers) if r["name"] == "label_smoothing"]
+    if len(mine) > 1 and path == f"regularizers.{mine[-1]}":
+        problems.append((path, f"label_smoothing is listed {len(mine)} times (regularizers."
+                               f"{', regularizers.'.join(map(str, mine))}); it would apply each time"))
+    return problems
+
+
 @register("regularizer", "mixup")
 def mixup(alpha: Annotated[float, Field(gt=0)] = 0.2, p: Prob = 1.0) -> Mixup:
     """Mixup (Zhang et al. 2018): convex blends of image pairs and of their labels."""
@@ -90,6 +105,9 @@ class LabelSmoothing:
 def label_smoothing(eps: Annotated[float, Field(gt=0, lt=1)] = 0.1) -> LabelSmoothing:
     """Label smoothing: targets become (1 - eps) * one_hot + eps / num_classes."""
     return LabelSmoothing(eps)
+
+
+label_smoothing.check_recipe = _soft_label_check
 
 
 @dataclass
