@@ -253,7 +253,16 @@ def validate_recipe(data: dict, source: str = "recipe") -> Recipe:
     resolved = recipe.to_dict()
     for kind, path, spec in recipe.components():
         _set_path(resolved, path, registry.resolve_spec(kind, spec))
-    return Recipe.model_validate(resolved)
+    final = Recipe.model_validate(resolved)
+    # rules between components (a component's optional ``check_recipe(recipe, path)``), e.g.
+    # label smoothing asked for twice, once in the loss and once as a regularizer
+    for kind, path, spec in final.components():
+        check = getattr(registry.get(kind, registry.split_spec(spec)[0]).obj, "check_recipe", None)
+        if check is not None:
+            problems += check(final, path)
+    if problems:
+        raise RecipeError(problems, source=source)
+    return final
 
 
 def _raw_components(data: dict) -> list[tuple[str, str, Any]]:
