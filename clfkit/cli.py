@@ -29,8 +29,13 @@ def _fail(e: BaseException) -> None:
 
 def run_guarded(fn, *args, **kwargs):
     """Call ``fn``; clfkit errors become a message and an exit code, not a traceback."""
+    from clfkit.signals import Interrupted
+
     try:
         return fn(*args, **kwargs)
+    except Interrupted as e:  # not an error: state saved, message says how to resume
+        click.echo(str(e), err=True)
+        sys.exit(e.exit_code)
     except ClfkitError as e:
         _fail(e)
     except KeyboardInterrupt:
@@ -48,17 +53,29 @@ def cli(debug: bool) -> None:
 
 # --------------------------------------------------------------------------- train
 @cli.command()
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path), metavar="RUN_DIR",
+              help="Continue the run in RUN_DIR from its last.pt (instead of RECIPE).")
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
               help="Override a recipe field, e.g. --set train.epochs=3 --set optim.lr=0.01 (repeatable).")
 @click.option("--out", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder that receives the run folder.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def train(recipe: Path, overrides: tuple[str, ...], out: Path, quiet: bool) -> None:
+def train(recipe: Path | None, resume_dir: Path | None, overrides: tuple[str, ...], out: Path, quiet: bool) -> None:
     """Train RECIPE; writes runs/<name>/ (checkpoints, metrics, summary)."""
     from clfkit.recipe import load_recipe
     from clfkit.train import train as train_fn
 
+    if resume_dir is not None:
+        from clfkit.resume import resume_run
+
+        if recipe is not None or overrides:
+            _fail(ClfkitError("--resume continues a run exactly as it was recorded in last.pt; give "
+                              "no RECIPE and no --set with it"))
+        run_guarded(resume_run, resume_dir, quiet=quiet)
+        return
+    if recipe is None:
+        _fail(ClfkitError("give a RECIPE file to train, or --resume RUN_DIR to continue a run"))
     r = run_guarded(load_recipe, recipe, overrides)
     run_guarded(train_fn, r, out, quiet=quiet)
 

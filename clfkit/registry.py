@@ -176,6 +176,8 @@ _provider: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar(
 # The registry loading a plugin right now: module-level ``register`` decorators run while a
 # plugin is imported land there (a private ``Registry()`` in tests, not the global one).
 _loading: contextvars.ContextVar["Registry | None"] = contextvars.ContextVar("clfkit_loading", default=None)
+# What each plugin entry point registered when it was loaded, to replay into later registries.
+_PLUGIN_REGISTRATIONS: dict[str, list[tuple[str, str, Callable, Any]]] = {}
 
 
 class Registry:
@@ -300,11 +302,11 @@ class Registry:
                 return
             self._loaded = True
             importlib.import_module("clfkit.components")
-            if self is not REGISTRY:  # a private registry starts from the built-ins too
-                for kind, table in REGISTRY._entries.items():
+            if self is not _BUILTIN_HOME:  # a private registry starts from the built-ins too
+                for kind, table in _BUILTIN_HOME._entries.items():
                     self._entries.setdefault(kind, {}).update(
                         {n: e for n, e in table.items() if e.provider == BUILTIN})
-                for kind, resolvers in REGISTRY._fallbacks.items():
+                for kind, resolvers in _BUILTIN_HOME._fallbacks.items():
                     self._fallbacks.setdefault(kind, []).extend(resolvers)
             if os.environ.get("CLFKIT_PLUGINS", "").strip().lower() in ("none", "0", "off"):
                 return
@@ -319,12 +321,18 @@ class Registry:
         self._log = []
         try:
             _check_requirement(ep)
-            obj = ep.load()  # a module registers with decorators as it is imported ...
-            if not inspect.ismodule(obj):
-                if not callable(obj):
-                    raise PluginError(dist, f"entry point {ep.value!r} names a {type(obj).__name__}; "
-                                      f"it must name a module or a function to call", ep.name)
-                obj()  # ... a function registers when called (with no arguments)
+            if ep.value in _PLUGIN_REGISTRATIONS:
+                # Python imports a module once: another registry loaded this plugin already
+                for kind, name, obj, validator in _PLUGIN_REGISTRATIONS[ep.value]:
+                    self.add(kind, name, obj, validator=validator)
+            else:
+                obj = ep.load()  # a module registers with decorators as it is imported ...
+                if not inspect.ismodule(obj):
+                    if not callable(obj):
+                        raise PluginError(dist, f"entry point {ep.value!r} names a {type(obj).__name__}; "
+                                          f"it must name a module or a function to call", ep.name)
+                    obj()  # ... a function registers when called (with no arguments)
+                _PLUGIN_REGISTRATIONS[ep.value] = [(e.kind, e.name, e.obj, e.validator) for e in self._log]
             self.plugins.append((dist, version))
         except Exception as e:  # a broken plugin must not break clfkit: record and roll back
             for entry in self._log:
@@ -577,6 +585,7 @@ def _plain(value: Any) -> Any:
 
 # --------------------------------------------------------------------------- module API
 REGISTRY = Registry()
+_BUILTIN_HOME = REGISTRY  # where clfkit.components registers (tests may swap REGISTRY)
 
 
 def register(kind: str, name: str | None = None, **kw):
