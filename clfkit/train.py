@@ -41,6 +41,8 @@ from clfkit.data import ImageSet, Splits
 from clfkit.errors import TrainingError
 from clfkit.io import append_line, write_json, write_text
 from clfkit.recipe import Recipe
+from clfkit.resume import EpochProgress, Resumed, restore, rng_state, set_rng_state, training_state
+from clfkit.signals import Interrupted, catch_stop_signals
 
 
 # --------------------------------------------------------------------------- device & precision
@@ -134,7 +136,10 @@ def train_batches(data: ImageSet, batch_size: int, seed: int, epoch: int, drop_l
         loader = torch.utils.data.DataLoader(
             PerImage(data, per_image), batch_size=batch_size, sampler=sampler, drop_last=drop_last,
             num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=False,
-            prefetch_factor=4 if workers else None)
+            prefetch_factor=4 if workers else None,
+            # workers' seeds from (seed, epoch), not from the global generator: a resumed run
+            # replays the epoch's augmentations exactly
+            generator=torch.Generator().manual_seed(seed * 100003 + epoch + 7))
         for x, y in loader:
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         return
@@ -170,17 +175,42 @@ def train_one_epoch(model: nn.Module, data: ImageSet, *, rt: Runtime, loss_fn: n
                     optimizer: torch.optim.Optimizer, scheduler, scaler, regularizers: list[Any],
                     batched_aug: list[Any], num_classes: int, batch_size: int, seed: int, epoch: int,
                     drop_last: bool, per_image: list[Any], workers: int, state: StepState,
-                    progress: Callable[[int], None]) -> dict[str, float]:
-    """One pass over the training split. Returns mean loss and accuracy (one host sync)."""
+                    progress: Callable[[int], None], on_nonfinite: str = "stop",
+                    resume_at: Optional[EpochProgress] = None,
+                    after_step: Optional[Callable[[int, Callable[[], EpochProgress]], None]] = None,
+                    ) -> dict[str, float]:
+    """One pass over the training split. Returns mean loss and accuracy (one host sync).
+
+    ``resume_at``: continue a half-done epoch (see clfkit.resume). ``after_step(batch,
+    snapshot)`` runs after every optimizer step; ``snapshot()`` (which syncs) captures the
+    epoch's position for a mid-epoch checkpoint."""
     model.train()
     loss_sum = torch.zeros((), device=rt.device)
     correct = torch.zeros((), device=rt.device)
     seen = 0
     gen = torch.Generator(device=rt.device).manual_seed(seed * 7919 + epoch)  # augmentation draws
+    guard = NonFiniteGuard(rt, on_nonfinite, epoch, optimizer)
+    start = 0
+    if resume_at is not None:
+        start, seen = resume_at.batch, resume_at.seen
+        loss_sum += resume_at.loss_sum
+        correct += resume_at.correct
+        guard.skipped = resume_at.nonfinite
+
+    def snapshot(batch: int) -> EpochProgress:
+        guard.check(state.step)  # never checkpoint weights a non-finite step has touched
+        return EpochProgress(batch=batch, aug_rng=gen.get_state(), loss_sum=float(loss_sum),
+                             correct=float(correct), seen=seen, nonfinite=guard.skipped, rng=rng_state())
     on_batch = [r for r in regularizers if hasattr(r, "on_batch")]
     on_loss = [r for r in regularizers if hasattr(r, "on_loss")]
     before_step = [r for r in regularizers if hasattr(r, "before_step")]
-    for x, y in train_batches(data, batch_size, seed, epoch, drop_last, rt.device, per_image, workers):
+    for i, (x, y) in enumerate(train_batches(data, batch_size, seed, epoch, drop_last, rt.device, per_image,
+                                             workers)):
+        if i < start:  # resuming: replay the loader up to the checkpoint, without training
+            continue
+        if i == start and resume_at is not None:  # every generator as it was at the checkpoint
+            set_rng_state(resume_at.rng)
+            gen.set_state(resume_at.aug_rng)
         x = x.float()
         for t in batched_aug:
             x = t(x, gen)
@@ -202,6 +232,8 @@ def train_one_epoch(model: nn.Module, data: ImageSet, *, rt: Runtime, loss_fn: n
                     "rows sum to 1): the model probably ends in softmax, and the loss applies softmax "
                     "again, which trains badly. Return raw logits from the model.", stacklevel=2)
         optimizer.zero_grad(set_to_none=True)
+        if not guard.ok(loss, state.step + 1, i + 1):  # on_nonfinite: skip, and this batch's loss is NaN/inf
+            continue
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -221,16 +253,70 @@ def train_one_epoch(model: nn.Module, data: ImageSet, *, rt: Runtime, loss_fn: n
         correct += (out.detach().argmax(1) == y).sum()
         seen += n
         progress(n)
+        if after_step is not None:
+            after_step(i + 1, lambda: snapshot(i + 1))
     if seen == 0:
         raise TrainingError(f"no training batch: {len(data)} training images and batch_size "
                             f"{batch_size} with drop_last; lower train.batch_size")
     loss_v, correct_v = float(loss_sum), float(correct)  # the one sync of the epoch
+    guard.check(state.step)
     if not math.isfinite(loss_v):
-        raise TrainingError(
-            f"non-finite training loss in epoch {epoch + 1} (step {state.step}): the learning rate "
-            f"is probably too high" + (", or fp16 overflowed (try bf16)" if rt.precision == "fp16" else "")
-            + "; the last good checkpoint is kept")
-    return {"train_loss": loss_v / seen, "train_acc": correct_v / seen}
+        raise TrainingError(guard.message(state.step, None, loss_v))
+    row = {"train_loss": loss_v / seen, "train_acc": correct_v / seen}
+    if on_nonfinite == "skip":
+        row["nonfinite_skipped"] = guard.skipped
+    return row
+
+
+class NonFiniteGuard:
+    """Watches the loss for NaN/inf. On the CPU it checks every step (free: no device to wait
+    for) and stops at the exact step. On CUDA, reading the loss each step would stall the GPU,
+    so in ``stop`` mode the first bad step is recorded on the device and read at the next
+    checkpoint or epoch end (the weights of that epoch are not saved; the last good checkpoint
+    stays). ``skip`` must decide before the optimizer step, so it reads the loss every step on
+    CUDA too: that host sync is the price of skipping."""
+
+    def __init__(self, rt: Runtime, mode: str, epoch: int, optimizer):
+        self.rt, self.mode, self.epoch, self.optimizer = rt, mode, epoch, optimizer
+        self.skipped = 0
+        self.sync_each_step = rt.device.type != "cuda" or mode == "skip"
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=rt.device)  # CUDA stop mode
+
+    def ok(self, loss: torch.Tensor, step: int, batch: int) -> bool:
+        """False: skip this batch. Raises in stop mode when the loss is not finite."""
+        if not self.sync_each_step:
+            bad = ~torch.isfinite(loss.detach())
+            self.first_bad = torch.where(bad & (self.first_bad < 0), torch.full_like(self.first_bad, step),
+                                         self.first_bad)
+            return True
+        value = float(loss.detach())
+        if math.isfinite(value):
+            return True
+        if self.mode == "skip":
+            self.skipped += 1
+            return False
+        raise TrainingError(self.message(step, batch, value))
+
+    def check(self, step: int) -> None:
+        """Raise if the device recorded a non-finite loss (CUDA stop mode; one sync)."""
+        if not self.sync_each_step:
+            first = int(self.first_bad)
+            if first >= 0:
+                raise TrainingError(self.message(first, None, float("nan")))
+
+    def message(self, step: int, batch: Optional[int], value: float) -> str:
+        lr = self.optimizer.param_groups[0]["lr"]
+        where = f"epoch {self.epoch + 1}, step {step}" + (f" (batch {batch} of the epoch)" if batch else "")
+        if step <= 1:
+            cause = ("at the very first step, so the model or loss produces it on fresh weights "
+                     "(a custom component, or data normalization with std 0)")
+        else:
+            cause = f"the learning rate ({lr:.3g}) is probably too high"
+            if self.rt.precision == "fp16":
+                cause += ", or fp16 overflowed (use train.precision: bf16)"
+        return (f"non-finite training loss ({value}) at {where}: {cause}. Stopped; last.pt keeps the last "
+                f"good checkpoint. Lower optim.lr, add warmup or gradient clipping, or set "
+                f"train.on_nonfinite: skip to skip such batches")
 
 
 @torch.inference_mode()
@@ -339,8 +425,9 @@ class RunResult:
 
 
 def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
-          run_dir: str | Path | None = None) -> RunResult:
-    """Train ``recipe``; write everything into a new run folder under ``out``."""
+          run_dir: str | Path | None = None, resume: Optional[Resumed] = None) -> RunResult:
+    """Train ``recipe``; write everything into a new run folder under ``out``. ``resume``
+    (from clfkit.resume.load_resume_state) continues the run in ``run_dir`` from its last.pt."""
     t_start = time.perf_counter()
     rt = resolve_runtime(recipe)
     tc = recipe.train
@@ -356,7 +443,8 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
 
     run = Path(run_dir) if run_dir else new_run_dir(out, recipe.name)
     run.mkdir(parents=True, exist_ok=True)
-    write_text(run / "recipe.yaml", f"# resolved by clfkit {__version__}\n" + recipe.to_yaml())
+    if resume is None:
+        write_text(run / "recipe.yaml", f"# resolved by clfkit {__version__}\n" + recipe.to_yaml())
     if splits.skipped:
         write_text(run / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in splits.skipped))
     report.print(f"run {run}  device {rt.device} ({rt.precision})  data: {splits.description}: "
@@ -395,24 +483,66 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
     ckpt_base = {"recipe": recipe.to_dict(), "class_names": splits.class_names,
                  "input": {"image_size": list(splits.image_size), "channels": splits.in_chans,
                            "mean": mean, "std": std, "resize": recipe.data.resize}}
-    _save_parity_samples(run, splits)
+    if resume is None:
+        _save_parity_samples(run, splits)
 
     # ---- epochs
     best = {"val_acc": -1.0, "epoch": 0}
     history: list[dict] = []
     state = StepState()
     train_seconds = 0.0
-    try:
-        for epoch in range(tc.epochs):
+    # Objects with state_dict()/load_state_dict() that last.pt must carry (EMA, early
+    # stopping, ...): add them here under a stable key and resume restores them.
+    resumable: dict[str, Any] = {}
+    start_epoch, resume_at = 0, None
+    if resume is not None:
+        restore(resume, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, extra=resumable)
+        best, history, state.step = dict(resume.state["best"]), list(resume.history), int(resume.state["step"])
+        start_epoch, resume_at = resume.epoch, resume.progress
+        # drop a metrics line written after last.pt (a crash between the two writes)
+        write_text(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        if resume_at is None:
+            set_rng_state(resume.state["rng"])
+        report.print(f"resuming {run} at epoch {start_epoch + 1}" + (
+            f", batch {resume_at.batch + 1}" if resume_at else "") + f" (step {state.step})")
+
+    def save_last(epochs_done: int, in_epoch: Optional[EpochProgress], row: Optional[dict] = None) -> None:
+        save_checkpoint(run / "last.pt", {
+            **ckpt_base, "model": model.state_dict(), "metrics": row,
+            **training_state(epoch=epochs_done, step=state.step, progress=in_epoch, optimizer=optimizer,
+                             scheduler=scheduler, scaler=scaler, best=best, history=history, extra=resumable)})
+
+    def stop_message(where: str) -> str:
+        return (f"{stop.name} received: stopped {where}, step {state.step}; saved {run / 'last.pt'}.\n"
+                f"Resume with: clfkit train --resume {run}")
+
+    def after_step(batch: int, snapshot: Callable[[], EpochProgress]) -> None:
+        # the last batch of an epoch is followed by the epoch-end checkpoint anyway
+        due = tc.checkpoint_every_steps is not None and state.step % tc.checkpoint_every_steps == 0
+        if not (due or stop.pending) or batch >= steps_per_epoch:
+            return
+        in_epoch = snapshot()
+        in_epoch.lr = epoch_lr
+        save_last(epoch, in_epoch)
+        if stop.pending:
+            raise Interrupted(stop_message(f"in epoch {epoch + 1} after batch {batch}/{steps_per_epoch}"),
+                              stop.signum)
+
+    with catch_stop_signals() as stop, contextlib.closing(report):
+        for epoch in range(start_epoch, tc.epochs):
             t0 = time.perf_counter()
             progress = report.start_epoch(epoch, n_train)
-            lr = optimizer.param_groups[0]["lr"]
+            lr = epoch_lr = optimizer.param_groups[0]["lr"]
+            if resume_at is not None and resume_at.lr is not None:
+                lr = epoch_lr = resume_at.lr  # the row reports the LR the epoch started with
             row: dict[str, Any] = {"epoch": epoch + 1}
             row.update(train_one_epoch(
                 train_model, train_set, rt=rt, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
                 scaler=scaler, regularizers=regularizers, batched_aug=batched_aug, num_classes=num_classes,
                 batch_size=tc.batch_size, seed=recipe.seed, epoch=epoch, drop_last=tc.drop_last,
-                per_image=per_image, workers=workers, state=state, progress=progress))
+                per_image=per_image, workers=workers, state=state, progress=progress,
+                on_nonfinite=tc.on_nonfinite, resume_at=resume_at, after_step=after_step))
+            resume_at = None
             t_train = time.perf_counter() - t0
             train_seconds += t_train
             if splits.val is not None and len(splits.val):
@@ -428,11 +558,10 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
             if score > best["val_acc"]:
                 best = {"val_acc": score, "epoch": epoch + 1, "row": row}
                 save_checkpoint(run / "best.pt", ckpt)
-            save_checkpoint(run / "last.pt", {**ckpt, "optimizer": optimizer.state_dict(),
-                                              "scheduler": scheduler.state_dict(), "step": state.step,
-                                              "scaler": scaler.state_dict() if scaler else None})
-    finally:
-        report.close()
+            save_last(epoch + 1, None, row)
+            if stop.pending:
+                raise Interrupted(stop_message(f"at the end of epoch {epoch + 1}"), stop.signum)
+                break
 
     # ---- test with the best checkpoint
     summary: dict[str, Any] = {
