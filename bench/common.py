@@ -53,10 +53,11 @@ def _write_chunk(args) -> int:
     from clfkit.data import synthetic
 
     root, start, n, size, classes, seed, layout = args
-    x, y = synthetic.generate(n, size, classes, seed + start, 0)
+    x, y = synthetic.generate(n, size, min(classes, 10), seed + start, 0)
     for i in range(n):
         name = f"img_{start + i:07d}.png"
-        d = Path(root) / (f"train/{synthetic.CLASSES[y[i]]}" if layout == "train" else "")
+        label = int(y[i]) if classes <= 10 else (start + i) % classes  # >10: timing-only labels
+        d = Path(root) / (f"train/c{label:03d}" if layout == "train" else "")
         Image.fromarray(x[i]).save(d / name)
     return n
 
@@ -66,15 +67,13 @@ def make_folder(root: str | Path, n: int, size: int, classes: int = 10, seed: in
     """``n`` PNG images of clfkit's procedural shapes, written with every core. ``layout``
     "train": root/train/<class>/*.png (a training folder); "flat": root/*.png (for predict).
     Reuses a folder already holding exactly ``n`` images."""
-    from clfkit.data import synthetic
-
     root = Path(root)
     marker = root / f".bench-{layout}-{n}-{size}-{classes}-{seed}"
     if marker.exists():
         return root
     if layout == "train":
-        for c in synthetic.CLASSES[:classes]:
-            (root / "train" / c).mkdir(parents=True, exist_ok=True)
+        for c in range(classes):
+            (root / "train" / f"c{c:03d}").mkdir(parents=True, exist_ok=True)
     else:
         root.mkdir(parents=True, exist_ok=True)
     chunk = 1000
