@@ -165,6 +165,21 @@ def _type_hints(obj) -> dict[str, Any]:
 
 
 def _type_name(ann: Any) -> str:
+    """``Annotated[int, Field(ge=1)]`` -> ``int >= 1``; ``list[...]`` recursively."""
+    import typing
+
+    if typing.get_origin(ann) is typing.Annotated:
+        base, *meta = typing.get_args(ann)
+        bounds = []
+        for m in meta:
+            for item in [m, *getattr(m, "metadata", [])]:
+                for attr, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+                    if type(item).__name__.lower() == attr and hasattr(item, attr):
+                        bounds.append(f"{op} {getattr(item, attr)}")
+        return " ".join([_type_name(base), *bounds])
+    if typing.get_origin(ann) in (list, tuple, dict) and typing.get_args(ann):
+        inner = ", ".join(_type_name(a) for a in typing.get_args(ann))
+        return f"{typing.get_origin(ann).__name__}[{inner}]"
     if isinstance(ann, type):
         return ann.__name__
     return str(ann).replace("typing.", "")

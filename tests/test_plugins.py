@@ -335,3 +335,19 @@ def test_example_recipe_trains_a_few_steps_on_cpu(tmp_path):
     res = train(recipe, tmp_path, quiet=True)
     assert res.summary["test_acc"] is not None
     assert (res.run_dir / "recipe.yaml").read_text().count("example_") >= 4
+
+
+@pytest.mark.skipif(importlib.util.find_spec("clfkit_airbench") is None,
+                    reason="plugins/clfkit-airbench is not installed (pip install -e plugins/clfkit-airbench; "
+                           ".ci/run installs it)")
+def test_airbench_recipe_trains_a_few_steps_on_cpu(tmp_path):
+    from clfkit.recipe import load_recipe
+    from clfkit.train import train
+
+    recipe = load_recipe(ROOT / "recipes" / "airbench_shapes.yaml", [
+        "data.source.train_size=128", "data.source.val_size=32", "data.source.test_size=32",
+        "model.widths=[8,16,16]", "model.stem_width=8", "train.epochs=1", "train.batch_size=64",
+        "train.device=cpu"])
+    assert registry.get("model", "airbench").provider == "clfkit-airbench"
+    res = train(recipe, tmp_path, quiet=True)
+    assert res.summary["test_acc"] is not None
