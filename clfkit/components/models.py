@@ -94,7 +94,7 @@ class ConvBlock(BaseModel):
     padding: Optional[Annotated[int, Field(ge=0)]] = None  # None: kernel // 2 ("same")
     norm: bool = True  # apply the model's norm in this block
     activation: bool = True  # apply the model's activation in this block
-    dropout: Rate = 0.0
+    dropout: Optional[Rate] = None  # None: the model's dropout
     dropout_kind: Optional[Literal["dropout", "dropout2d"]] = None  # None: the model's dropout_kind
     pool: Optional[Literal["max", "avg"]] = None
     pool_kernel: PosInt = 2
@@ -110,10 +110,11 @@ def _default_blocks() -> list[ConvBlock]:
 def cnn(num_classes: int, in_chans: int, image_size: tuple[int, int],
         norm: NormSpec = "batch", activation: ActSpec = "relu",
         blocks: list[ConvBlock] = _default_blocks(),
-        dropout_kind: Literal["dropout", "dropout2d"] = "dropout",
+        dropout: Rate = 0.0, dropout_kind: Literal["dropout", "dropout2d"] = "dropout",
         global_pool: bool = False, head_dropout: Rate = 0.0) -> nn.Module:
     """Plain CNN from a list of conv blocks (conv -> norm -> activation -> dropout -> pool),
-    then flatten (or global average pool) -> dropout -> linear."""
+    then flatten (or global average pool) -> dropout -> linear. A block's unset dropout rate
+    and kind are the model's ``dropout`` and ``dropout_kind``."""
     layers: list[nn.Module] = []
     c = in_chans
     for b in blocks:
@@ -122,7 +123,7 @@ def cnn(num_classes: int, in_chans: int, image_size: tuple[int, int],
         layers += [nn.Conv2d(c, b.channels, b.kernel, b.stride, pad),
                    norm(b.channels, dim=2) if b.norm else nn.Identity(),
                    activation() if b.activation else nn.Identity(),
-                   _dropout(b.dropout_kind or dropout_kind, b.dropout)]
+                   _dropout(b.dropout_kind or dropout_kind, dropout if b.dropout is None else b.dropout)]
         if b.pool:
             pool = nn.MaxPool2d if b.pool == "max" else nn.AvgPool2d
             layers.append(pool(b.pool_kernel, b.pool_stride or b.pool_kernel, b.pool_padding))
