@@ -33,6 +33,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)  # make the rename itself durable (a power cut keeps the new name)
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -40,6 +41,19 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
             why = "disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
             raise WriteError(f"cannot write {path}: {why}; the previous file (if any) is intact") from None
         raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not supported everywhere (Windows); the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -57,11 +71,25 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:
-    """Append one line and fsync (metrics logs: a crash loses at most the line being written)."""
+    """Add one line to a small log (metrics.jsonl: one line per epoch) by rewriting it
+    atomically, so a crash never leaves half a line. A torn last line left by an older,
+    non-atomic writer is dropped."""
+    path = Path(path)
     try:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(line.rstrip("\n") + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        old = path.read_text(encoding="utf-8") if path.exists() else ""
     except OSError as e:
-        raise WriteError(f"cannot append to {path}: {e.strerror or e}") from None
+        raise WriteError(f"cannot read {path} to append to it: {e.strerror or e}") from None
+    if old and not old.endswith("\n"):
+        old = old[: old.rfind("\n") + 1]
+    write_text(path, old + line.rstrip("\n") + "\n")
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete temp files that a crash left behind in ``folder`` (``.<name>.*.tmp``, made by
+    :func:`atomic_open`). Only call this when no other process writes into ``folder``."""
+    removed = []
+    for p in Path(folder).glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed.append(p)
+    return removed

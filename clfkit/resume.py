@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from clfkit.errors import ClfkitError
+from clfkit.io import remove_stale_temps
 
 RESUME_FORMAT = 1
 
@@ -161,6 +162,7 @@ def load_resume_state(run_dir: str | Path) -> Resumed:
         raise ResumeError(f"cannot resume: {run_dir} has no last.pt (the run stopped before its first "
                           f"checkpoint); start it again with `clfkit train RECIPE`")
     state = load_checkpoint(last)
+    remove_stale_temps(run_dir)  # half-written files of the crash being resumed from
     if "optimizer" not in state or "rng" not in state:
         raise ResumeError(f"cannot resume: {last} holds weights only, not the training state")
     if state.get("resume_format", 0) > RESUME_FORMAT:
