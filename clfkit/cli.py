@@ -216,6 +216,74 @@ def recipe_check(path: Path, overrides: tuple[str, ...]) -> None:
     click.echo("# recipe OK")
 
 
+# --------------------------------------------------------------------------- studies
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--grid", multiple=True, metavar="PATH=V1,V2,...",
+              help="A sweep axis, e.g. --grid optim.lr=1e-3,5e-4 (repeatable; runs the Cartesian product, "
+                   "added to the recipe's sweep: block).")
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a field in every run.")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Runs at once, each in its own process (the CPU cores are split between them).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Sweep folder [default: sweeps/<recipe name>].")
+@click.option("--top", default=10, show_default=True, type=click.IntRange(min=1), help="Runs drawn in compare.png.")
+@click.option("--quiet", is_flag=True, help="No per-epoch output.")
+def sweep(recipe: Path, grid: tuple[str, ...], overrides: tuple[str, ...], jobs: int, out: Path | None,
+          top: int, quiet: bool) -> None:
+    """Train every combination of --grid values (or the recipe's sweep: block) and rank the runs.
+
+    Finished runs are skipped when the sweep is run again; unfinished ones resume."""
+    from clfkit.sweep import run_sweep
+
+    res = run_guarded(run_sweep, recipe, grid, overrides, out, jobs=jobs, quiet=quiet, log=click.echo, top=top)
+    click.echo((res.out / "sweep.md").read_text(encoding="utf-8").rstrip())
+    click.echo(f"wrote {res.out / 'sweep.csv'}, {res.out / 'sweep.md'}, {res.out / 'compare.png'}")
+    failed = [t for t in res.trials if t.status == "failed"]
+    if failed:
+        click.echo(f"error: {len(failed)} run(s) failed: {', '.join(t.name for t in failed)}", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--top", default=10, show_default=True, type=click.IntRange(min=1), help="Draw the best N runs.")
+@click.option("--metric", default="val_acc", show_default=True,
+              type=click.Choice(["val_acc", "val_loss", "test_acc", "train_acc", "train_loss"]),
+              help="Rank runs by this (best val acc, lowest val loss, ...).")
+@click.option("-o", "--output", default="compare.png", show_default=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--title", default="", help="Figure title.")
+def compare(paths: tuple[Path, ...], top: int, metric: str, output: Path, title: str) -> None:
+    """Overlay the loss and accuracy curves of runs (run folders or sweep folders), 2x2."""
+    from clfkit.plots import compare_runs
+
+    path, runs = run_guarded(compare_runs, list(paths), output, top=top, metric=metric, title=title)
+    for r in runs:
+        click.echo(r.legend())
+    click.echo(f"wrote {path} ({len(runs)} run(s); legend: best train acc, best val acc, test acc at best val)")
+
+
+@cli.command("eval")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--split", type=click.Choice(["test", "val"]), help="[default: test if labelled, else val]")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
+              help="Read the run's folder dataset from here instead (it moved).")
+@click.option("--checkpoint", default="best.pt", show_default=True, help="Checkpoint in the run folder.")
+def eval_cmd(run_dir: Path, split: str | None, data_root: Path | None, checkpoint: str) -> None:
+    """Evaluate a run's checkpoint; rewrite per_class.csv, confusion.png and curves.png."""
+    from clfkit.evaluate import eval_run
+
+    res = run_guarded(eval_run, run_dir, split, data_root, checkpoint)
+    click.echo(f"{res.split}: accuracy {res.acc:.4f}, loss {res.loss:.4f} on {res.images} images")
+    width = max(len(r["class"]) for r in res.per_class)
+    click.echo(f"  {'class':<{width}}  accuracy  precision  support")
+    for r in res.per_class:
+        acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
+        prec = "-" if r["precision"] is None else f"{r['precision']:.4f}"
+        click.echo(f"  {r['class']:<{width}}  {acc:>8}  {prec:>9}  {r['support']:>7}")
+    click.echo("wrote " + ", ".join(str(f) for f in res.files))
+
+
 def main() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     cli(prog_name="clfkit")

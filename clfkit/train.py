@@ -10,10 +10,14 @@ Run folder::
 
     runs/<name>/
       recipe.yaml      the resolved recipe (every default filled in)
-      metrics.jsonl    one JSON line per epoch
+      metrics.jsonl    one JSON line per epoch (metrics.csv: the same rows; tensorboard/: event
+                       files when tensorboard is installed)
       best.pt last.pt  checkpoints (weights + recipe + class names + input spec)
       summary.json     best_val_acc, best_epoch, test_acc, per-class test accuracy, ...
       skipped.txt      images that could not be decoded (when any)
+      curves.png       loss and accuracy per epoch, train vs val (clfkit.evaluate)
+      per_class.csv    accuracy, precision, recall, f1, support per class on the test split
+      confusion.png    row-normalized confusion matrix (val split when there is no labelled test)
 """
 from __future__ import annotations
 
@@ -39,10 +43,14 @@ from clfkit.build import (build_augmentations, build_data, build_loss, build_mod
 from clfkit.checkpoint import save_checkpoint
 from clfkit.data import ImageSet, Splits
 from clfkit.errors import TrainingError
-from clfkit.io import append_line, atomic_open, write_json, write_text
+from clfkit.io import append_line, write_json, write_text
 from clfkit.recipe import Recipe
 from clfkit.resume import EpochProgress, Resumed, restore, rng_state, set_rng_state, training_state
 from clfkit.signals import Interrupted, catch_stop_signals
+from clfkit.ema import WeightEMA
+from clfkit.evaluate import write_run_reports
+from clfkit.logs import MetricsLog
+from clfkit.stopping import EarlyStopper
 
 
 # --------------------------------------------------------------------------- device & precision
@@ -494,6 +502,10 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
     # Objects with state_dict()/load_state_dict() that last.pt must carry (EMA, early
     # stopping, ...): add them here under a stable key and resume restores them.
     resumable: dict[str, Any] = {}
+    ema = WeightEMA(model, tc.ema) if tc.ema else None  # clfkit.ema: val, best.pt and test use it
+    stopper = EarlyStopper(tc.early_stopping, bool(splits.val)) if tc.early_stopping else None
+    resumable.update({k: v for k, v in (("ema", ema), ("early_stopping", stopper)) if v is not None})
+    eval_model = ema.module if ema is not None else model
     start_epoch, resume_at = 0, None
     if resume is not None:
         restore(resume, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, extra=resumable)
@@ -517,6 +529,8 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
                 f"Resume with: clfkit train --resume {run}")
 
     def after_step(batch: int, snapshot: Callable[[], EpochProgress]) -> None:
+        if ema is not None:
+            ema.update(state.step)
         # the last batch of an epoch is followed by the epoch-end checkpoint anyway
         due = tc.checkpoint_every_steps is not None and state.step % tc.checkpoint_every_steps == 0
         if not (due or stop.pending) or batch >= steps_per_epoch:
@@ -528,7 +542,8 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
             raise Interrupted(stop_message(f"in epoch {epoch + 1} after batch {batch}/{steps_per_epoch}"),
                               stop.signum)
 
-    with catch_stop_signals() as stop, contextlib.closing(report):
+    with catch_stop_signals() as stop, contextlib.closing(report), \
+            contextlib.closing(MetricsLog(run, start_epoch)) as metrics_log:
         for epoch in range(start_epoch, tc.epochs):
             t0 = time.perf_counter()
             progress = report.start_epoch(epoch, n_train)
@@ -546,21 +561,26 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
             t_train = time.perf_counter() - t0
             train_seconds += t_train
             if splits.val is not None and len(splits.val):
-                ev = evaluate(model, splits.val, rt=rt, loss_fn=loss_fn, num_classes=num_classes, batch_size=eval_bs)
+                ev = evaluate(eval_model, splits.val, rt=rt, loss_fn=loss_fn, num_classes=num_classes,
+                              batch_size=eval_bs)
                 row.update(val_loss=ev["loss"], val_acc=ev["acc"])
             row.update(lr=lr, seconds=round(time.perf_counter() - t0, 3),
                        images_per_s=round(n_train / max(t_train, 1e-9), 1), step=state.step)
             history.append(row)
             append_line(run / "metrics.jsonl", json.dumps(row))
+            metrics_log.write(row)
             report.end_epoch(row)
             score = row.get("val_acc", row["train_acc"])
-            ckpt = {**ckpt_base, "model": model.state_dict(), "epoch": epoch + 1, "metrics": row}
+            ckpt = {**ckpt_base, "model": eval_model.state_dict(), "epoch": epoch + 1, "metrics": row}
             if score > best["val_acc"]:
                 best = {"val_acc": score, "epoch": epoch + 1, "row": row}
                 save_checkpoint(run / "best.pt", ckpt)
+            early_stop = stopper is not None and stopper.update(row)
             save_last(epoch + 1, None, row)
             if stop.pending:
                 raise Interrupted(stop_message(f"at the end of epoch {epoch + 1}"), stop.signum)
+            if early_stop:
+                report.print(stopper.describe())
                 break
 
     # ---- test with the best checkpoint
@@ -573,18 +593,23 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
         "train_images": n_train, "val_images": len(splits.val) if splits.val else 0,
         "test_acc": None, "test_loss": None, "skipped_files": len(splits.skipped),
         "data_seconds": round(data_seconds, 2), "train_seconds": round(train_seconds, 2),
-        "clfkit_version": __version__,
+        "clfkit_version": __version__, "epochs_run": len(history), "ema": ema is not None,
+        "stopped_early_at": stopper.stopped_epoch or None if stopper else None,
     }
-    if splits.test is not None and splits.test.labelled:
+    eval_split = "test" if splits.test is not None and splits.test.labelled else "val" if splits.val else None
+    if eval_split:
         from clfkit.checkpoint import load_checkpoint
 
         model.load_state_dict(load_checkpoint(run / "best.pt", map_location=rt.device)["model"])
-        ev = evaluate(model, splits.test, rt=rt, loss_fn=loss_fn, num_classes=num_classes, batch_size=eval_bs)
-        summary.update(test_acc=ev["acc"], test_loss=ev["loss"], test_images=len(splits.test),
-                       per_class=per_class(ev["confusion"], splits.class_names),
+        ev = evaluate(model, getattr(splits, eval_split), rt=rt, loss_fn=loss_fn, num_classes=num_classes,
+                      batch_size=eval_bs)
+        summary.update(eval_split=eval_split, per_class=per_class(ev["confusion"], splits.class_names),
                        confusion=ev["confusion"].tolist())
+        if eval_split == "test":
+            summary.update(test_acc=ev["acc"], test_loss=ev["loss"], test_images=len(splits.test))
     summary["wall_seconds"] = round(time.perf_counter() - t_start, 2)
     write_json(run / "summary.json", summary)
+    write_run_reports(run)  # curves.png, per_class.csv, confusion.png (clfkit.evaluate)
     msg = f"done in {summary['wall_seconds']:.0f}s: best val acc {best['val_acc']:.4f} (epoch {best['epoch']})"
     if summary["test_acc"] is not None:
         msg += f", test acc {summary['test_acc']:.4f}"
@@ -595,5 +620,5 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
 def _save_parity_samples(run: Path, splits: Splits, n: int = 64) -> None:
     """A few real validation images for the exporter's parity check (uint8, .npy: no pickle)."""
     src = splits.val if splits.val is not None and len(splits.val) else splits.train
-    with atomic_open(run / "samples.npy", "wb") as f:
+    with open(run / "samples.npy", "wb") as f:
         np.save(f, src.images[:n].numpy(), allow_pickle=False)

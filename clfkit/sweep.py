@@ -1,0 +1,437 @@
+"""Sweeps: one recipe, a grid of overrides, one run folder per combination, and a table of
+the runs ranked by best val accuracy.
+
+    clfkit sweep RECIPE --grid optim.lr=1e-3,5e-4 --grid model.head_dropout=0,0.3 --jobs 2
+
+or a sweep file: a recipe with a ``sweep:`` block (removed before the recipe is validated)::
+
+    sweep:
+      optim.lr: [1.0e-3, 5.0e-4]            # a grid axis: dotted path -> values
+      model.norm: {bn: batch, no_bn: none}  # labelled values: the label names the run
+      variants:                             # one axis of named override sets (ablations)
+        full: {}
+        wo_drop: {model.head_dropout: 0.0}
+
+The runs are the Cartesian product of the axes. Each run folder is named by its values
+(``lr=0.001,norm=bn``) under ``--out`` (default ``sweeps/<recipe name>``). Running the same
+sweep again skips finished runs (those with summary.json), resumes unfinished ones from their
+last.pt when the trainer can, and restarts the others. At the end it writes::
+
+    sweep.csv, sweep.md   one row per run, best val acc first: the varied values, best val acc,
+                          its epoch, train acc and test acc at that epoch, wall time
+    sweep.json            the base recipe, the axes and every run's values
+    compare.png           the top 10 runs' curves overlaid (see clfkit.plots.plot_compare)
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import inspect
+import itertools
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import yaml
+
+from clfkit.errors import ClfkitError, RecipeError
+from clfkit.io import atomic_open, write_json, write_text
+from clfkit.recipe import Recipe, apply_override, parse_override, read_yaml, validate_recipe
+from clfkit.runs import RunInfo, rank, read_run
+
+
+class SweepError(ClfkitError):
+    """A sweep that cannot be planned or whose folders do not match it."""
+
+
+# --------------------------------------------------------------------------- axes
+@dataclass
+class Axis:
+    """One dimension of the grid: a dotted path (or ``variant``) and its labelled options,
+    each option being the overrides it applies."""
+
+    key: str
+    options: list[tuple[str, dict[str, Any]]]
+
+
+def _split_top_level(raw: str) -> list[str]:
+    """Split on commas outside brackets and braces: ``0,[1,2],{a: 1}`` -> 3 items."""
+    items, depth, cur = [], 0, ""
+    for ch in raw:
+        if ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        if ch == "," and depth == 0:
+            items.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    items.append(cur)
+    return [i.strip() for i in items]
+
+
+def _parse_value(text: str) -> Any:
+    """A YAML scalar, except that ``1e-3`` (a string to YAML 1.1) is the number users mean."""
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _label(value: Any) -> str:
+    """A short, path-safe text for a value: 0.001, batch, group-groups8, none."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, dict):
+        name = str(value.get("name", "x"))
+        args = "".join(f"-{k}{_label(v)}" for k, v in value.items() if k != "name")
+        return name + args
+    if isinstance(value, (list, tuple)):
+        return "-".join(_label(v) for v in value) or "empty"
+    return str(value)
+
+
+def parse_grid(text: str) -> Axis:
+    """``"optim.lr=1e-3,5e-4"`` -> Axis("optim.lr", [("1e-3", {...}), ("5e-4", {...})])."""
+    if "=" not in text:
+        raise SweepError(f"--grid {text!r}: expected dotted.path=value1,value2,...")
+    key, _, raw = text.partition("=")
+    keys, _ = parse_override(f"{key.strip()}=0")  # same path rules as --set
+    items = _split_top_level(raw)
+    if not raw.strip() or any(not i for i in items):
+        raise SweepError(f"--grid {text!r}: empty value; write values separated by commas")
+    path = ".".join(keys)
+    return Axis(path, [(item, {path: _parse_value(item)}) for item in items])
+
+
+def axes_from_block(block: Any, source: str) -> list[Axis]:
+    """The axes of a ``sweep:`` block (see the module docstring)."""
+    if not isinstance(block, dict) or not block:
+        raise SweepError(f"{source}: 'sweep:' must be a mapping of dotted.path: [values] (and/or variants:)")
+    axes = []
+    for key, spec in block.items():
+        if key == "variants":
+            if not isinstance(spec, dict) or not spec:
+                raise SweepError(f"{source}: sweep.variants must map a name to its overrides, "
+                                 f"e.g. {{full: {{}}, wo_bn: {{model.norm: none}}}}")
+            options = []
+            for name, sets in spec.items():
+                if sets is None:
+                    sets = {}
+                if not isinstance(sets, dict):
+                    raise SweepError(f"{source}: sweep.variants.{name} must be a mapping of "
+                                     f"dotted.path: value, got {sets!r}")
+                options.append((str(name), {str(k): v for k, v in sets.items()}))
+            axes.append(Axis("variant", options))
+        elif isinstance(spec, dict):   # labelled values
+            axes.append(Axis(str(key), [(str(label), {str(key): v}) for label, v in spec.items()]))
+        elif isinstance(spec, list) and spec:
+            axes.append(Axis(str(key), [(_label(v), {str(key): v}) for v in spec]))
+        else:
+            raise SweepError(f"{source}: sweep.{key} must be a non-empty list of values "
+                             f"(or a mapping label: value), got {spec!r}")
+    return axes
+
+
+def _short_names(axes: list[Axis]) -> dict[str, str]:
+    """optim.lr -> lr, unless two axes end the same way (then the whole path)."""
+    last = [a.key.split(".")[-1] for a in axes]
+    return {a.key: (s if last.count(s) == 1 else a.key) for a, s in zip(axes, last)}
+
+
+# --------------------------------------------------------------------------- planning
+@dataclass
+class Trial:
+    name: str                      # run folder name, e.g. "lr=0.001,head_dropout=0.3"
+    values: dict[str, str]         # axis key -> option label
+    overrides: dict[str, Any]      # dotted path -> value
+    recipe: Recipe
+    run_dir: Path
+    status: str = "new"            # new | done | unfinished | failed | skipped
+    error: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class Sweep:
+    recipe_path: Path
+    out: Path
+    axes: list[Axis]
+    trials: list[Trial]
+
+
+_UNSAFE = re.compile(r"[\s/\\:*?\"<>|]+")
+
+
+def plan_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
+               overrides: list[str] | tuple[str, ...] = (), out: Optional[str | Path] = None) -> Sweep:
+    """Read the recipe (and its ``sweep:`` block), add ``--grid`` axes, and validate every
+    combination's recipe before anything trains."""
+    recipe_path = Path(recipe_path)
+    data = read_yaml(recipe_path)
+    block = data.pop("sweep", None)
+    axes = axes_from_block(block, str(recipe_path)) if block is not None else []
+    for text in grid:  # a --grid axis replaces a sweep-file axis of the same path
+        axis = parse_grid(text)
+        axes = [a for a in axes if a.key != axis.key] + [axis]
+    if not axes:
+        raise SweepError(f"nothing to sweep: give --grid dotted.path=v1,v2 or a 'sweep:' block in {recipe_path}")
+    for text in overrides:
+        keys, value = parse_override(text)
+        apply_override(data, keys, value)
+    base = validate_recipe(copy.deepcopy(data), source=str(recipe_path))
+    out = Path(out) if out is not None else Path("sweeps") / base.name
+    short = _short_names(axes)
+
+    trials, problems = [], []
+    for combo in itertools.product(*(a.options for a in axes)):
+        values = {a.key: label for a, (label, _) in zip(axes, combo)}
+        parts = [label if a.key == "variant" else f"{short[a.key]}={label}" for a, (label, _) in zip(axes, combo)]
+        name = _UNSAFE.sub("_", ",".join(parts))
+        sets: dict[str, Any] = {}
+        for _, o in combo:
+            sets.update(o)
+        d = copy.deepcopy(data)
+        d["name"] = f"{base.name}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}"[:200]
+        try:
+            for path, value in sets.items():
+                apply_override(d, path.split("."), copy.deepcopy(value))
+            recipe = validate_recipe(d, source=f"{recipe_path} [{name}]")
+        except RecipeError as e:
+            problems.append(str(e))
+            continue
+        trials.append(Trial(name, values, sets, recipe, out / name))
+    if problems:
+        raise SweepError("some combinations are not valid recipes (nothing was trained):\n" + "\n".join(problems))
+    names = [t.name for t in trials]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SweepError(f"two combinations would share the run folder {dupes[0]!r}; give the values labels "
+                         f"(sweep: {{path: {{label: value}}}})")
+    return Sweep(recipe_path, out, axes, trials)
+
+
+def _check_same_recipe(trial: Trial) -> None:
+    """A run folder left by an earlier sweep must hold this combination's recipe: a changed
+    base recipe would otherwise mix old and new runs in one table."""
+    saved = trial.run_dir / "recipe.yaml"
+    if not saved.is_file():
+        return
+    try:
+        old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        return
+    new = trial.recipe.to_dict()
+    if old == new:
+        return
+    diff = sorted(_diff_paths(old, new))
+    raise SweepError(f"{trial.run_dir} holds a run of a different recipe (differs at: {', '.join(diff[:5])}); "
+                     f"delete that folder or sweep into another --out")
+
+
+def _diff_paths(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _diff_paths(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if a == b else [prefix or "(root)"]
+
+
+# --------------------------------------------------------------------------- running
+def _can_resume() -> bool:
+    from clfkit.train import train
+
+    return "resume" in inspect.signature(train).parameters
+
+
+def run_trial(recipe_dict: dict, run_dir: str, quiet: bool = True, threads: int = 0) -> dict:
+    """Train one combination into ``run_dir`` (a worker process's entry point): resume it
+    from last.pt when it was started before and the trainer can, else start it afresh."""
+    import torch
+
+    from clfkit.train import train
+
+    if threads:
+        torch.set_num_threads(threads)
+    run = Path(run_dir)
+    recipe = Recipe.model_validate(recipe_dict)
+    if run.exists() and not (run / "summary.json").is_file():
+        if (run / "last.pt").is_file() and _can_resume():
+            from clfkit.resume import resume_run
+
+            return {"summary": resume_run(run, quiet=quiet).summary, "resumed": True}
+        if any(run.iterdir()) and not (run / "recipe.yaml").is_file():
+            raise SweepError(f"{run} exists and is not a clfkit run folder; not touching it")
+        shutil.rmtree(run)
+    return {"summary": train(recipe, run_dir=run, quiet=quiet).summary, "resumed": False}
+
+
+def _run_trial_safe(recipe_dict: dict, run_dir: str, quiet: bool, threads: int) -> dict:
+    """run_trial, with a failure returned rather than raised (one bad run must not end the sweep)."""
+    t0 = time.perf_counter()
+    try:
+        res = run_trial(recipe_dict, run_dir, quiet, threads)
+        res["ok"] = True
+    except ClfkitError as e:
+        res = {"ok": False, "error": str(e)}
+    except Exception as e:  # a bug, but the other runs still deserve to finish
+        res = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    res["seconds"] = time.perf_counter() - t0
+    return res
+
+
+def run_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
+              overrides: list[str] | tuple[str, ...] = (), out: Optional[str | Path] = None,
+              jobs: int = 1, quiet: bool = False, log: Callable[[str], None] = print,
+              top: int = 10) -> Sweep:
+    """Plan, train what is not finished (``jobs`` at a time), and write the sweep tables."""
+    sweep = plan_sweep(recipe_path, grid, overrides, out)
+    for t in sweep.trials:
+        _check_same_recipe(t)
+        t.status = "done" if (t.run_dir / "summary.json").is_file() else ("unfinished" if t.run_dir.exists() else "new")
+    todo = [t for t in sweep.trials if t.status != "done"]
+    sweep.out.mkdir(parents=True, exist_ok=True)
+    _write_manifest(sweep)
+    n = len(sweep.trials)
+    log(f"sweep {sweep.out}: {n} run(s), {n - len(todo)} already finished, {len(todo)} to train"
+        + (f", {jobs} at a time" if jobs > 1 and len(todo) > 1 else ""))
+    if jobs <= 1 or len(todo) <= 1:
+        for i, t in enumerate(todo, 1):
+            log(f"[{i}/{len(todo)}] {t.name}" + (" (resuming)" if t.status == "unfinished" else ""))
+            _record(t, _run_trial_safe(t.recipe.to_dict(), str(t.run_dir), quiet, 0), log)
+    else:
+        _run_parallel(todo, jobs, log)
+    write_tables(sweep, top=top)
+    return sweep
+
+
+def _run_parallel(todo: list[Trial], jobs: int, log: Callable[[str], None]) -> None:
+    """Each run in its own process (spawned: no forked torch state), the cores split evenly."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        futures = {pool.submit(_run_trial_safe, t.recipe.to_dict(), str(t.run_dir), True, threads): t
+                   for t in todo}
+        log(f"started {len(todo)} run(s) in {jobs} processes, {threads} thread(s) each")
+        try:
+            for done, fut in enumerate(as_completed(futures), 1):
+                t = futures[fut]
+                log(f"[{done}/{len(todo)}] {t.name}")
+                _record(t, fut.result(), log)
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def _record(t: Trial, res: dict, log: Callable[[str], None]) -> None:
+    t.seconds = res.get("seconds", 0.0)
+    if res["ok"]:
+        t.status = "done"
+        s = res["summary"]
+        val = s.get("best_val_acc")
+        log(f"    done in {t.seconds:.0f}s: best val acc {val:.4f} (epoch {s.get('best_epoch')})"
+            if val is not None else f"    done in {t.seconds:.0f}s")
+    else:
+        t.status, t.error = "failed", res["error"]
+        log(f"    FAILED: {t.error.splitlines()[0] if t.error else ''}")
+
+
+# --------------------------------------------------------------------------- tables
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return ""
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def sweep_rows(sweep: Sweep) -> list[dict[str, Any]]:
+    """One row per run, ranked by best val acc (finished runs first)."""
+    infos: dict[str, RunInfo] = {}
+    for t in sweep.trials:
+        if (t.run_dir / "metrics.jsonl").is_file() or (t.run_dir / "summary.json").is_file():
+            infos[t.name] = read_run(t.run_dir)
+            infos[t.name].values = t.values
+    finished = [infos[t.name] for t in sweep.trials if t.name in infos and infos[t.name].finished]
+    ranked = rank(finished, "val_acc")
+    order = [r.path.name for r in ranked] + [t.name for t in sweep.trials if t.name not in {r.path.name for r in ranked}]
+    by_name = {t.name: t for t in sweep.trials}
+    rows = []
+    for i, name in enumerate(order, 1):
+        t, info = by_name[name], infos.get(name)
+        done = info is not None and info.finished
+        row: dict[str, Any] = {"rank": i if done else None, "run": name}
+        row.update({a.key: t.values[a.key] for a in sweep.axes})
+        row.update({
+            "best_val_acc": info.best_val_acc if info else None,
+            "best_epoch": info.best_epoch if info else None,
+            "train_acc": info.train_acc_at_best if info else None,
+            "test_acc": info.test_acc if info else None,
+            "epochs_run": len(info.history) if info else 0,
+            "wall_seconds": round(info.wall_seconds, 1) if info and info.wall_seconds is not None else None,
+            "status": "done" if done else (t.status if t.status == "failed" else "unfinished"),
+        })
+        if t.status == "failed" and t.error:
+            row["status"] = "failed: " + t.error.splitlines()[0][:200]
+        rows.append(row)
+    return rows
+
+
+def write_tables(sweep: Sweep, top: int = 10) -> list[Path]:
+    """sweep.csv, sweep.md and compare.png (top runs) in the sweep folder."""
+    from clfkit.plots import plot_compare
+
+    rows = sweep_rows(sweep)
+    cols = list(rows[0]) if rows else []
+    with atomic_open(sweep.out / "sweep.csv", "w") as f:
+        w = csv.DictWriter(f, fieldnames=cols, lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (round(v, 6) if isinstance(v, float) else ("" if v is None else v)) for k, v in r.items()})
+    short = _short_names(sweep.axes)
+    head = ["#", "run"] + [short[a.key] for a in sweep.axes] + [
+        "best val acc", "epoch", "train acc", "test acc", "epochs", "wall s", "status"]
+    lines = [f"Sweep of `{sweep.recipe_path}`: {len(rows)} run(s), ranked by best val acc; train and test "
+             f"acc are those of the best-val epoch (the test uses best.pt).", "",
+             "| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 2 + len(sweep.axes) else "---:"
+                                                          for i in range(len(head))) + "|"]
+    for r in rows:
+        cells = [_fmt(r["rank"]), f"`{r['run']}`"] + [str(r[a.key]) for a in sweep.axes] + [
+            _fmt(r["best_val_acc"]), _fmt(r["best_epoch"]), _fmt(r["train_acc"]), _fmt(r["test_acc"]),
+            _fmt(r["epochs_run"]), _fmt(r["wall_seconds"], 1), r["status"]]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    write_text(sweep.out / "sweep.md", "\n".join(lines) + "\n")
+    files = [sweep.out / "sweep.csv", sweep.out / "sweep.md"]
+    finished = [read_run(sweep.out / r["run"], label=r["run"].replace(",", ", ")) for r in rows
+                if r["status"] == "done"]
+    if finished:
+        files.append(plot_compare(finished[:top], sweep.out / "compare.png",
+                                  title=f"{sweep.recipe_path.name}: top {min(top, len(finished))} of "
+                                        f"{len(rows)} runs by best val acc"))
+    return files
+
+
+def _write_manifest(sweep: Sweep) -> None:
+    write_json(sweep.out / "sweep.json", {
+        "recipe": str(sweep.recipe_path),
+        "axes": [{"key": a.key, "options": [{"label": lbl, "overrides": o} for lbl, o in a.options]}
+                 for a in sweep.axes],
+        "runs": [{"name": t.name, "values": t.values, "overrides": t.overrides} for t in sweep.trials],
+    })
