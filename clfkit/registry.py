@@ -606,7 +606,7 @@ _BUILTIN_HOME = REGISTRY  # where clfkit.components registers (tests may swap RE
 def register(kind: str, name: str | None = None, **kw):
     """Decorator registering a component in the global registry (or, while a plugin is being
     loaded, in the registry loading it)."""
-    return (_loading.get() or REGISTRY).register(kind, name, **kw)
+    return (_loading.get() or _BUILTIN_HOME).register(kind, name, **kw)
 
 
 def create(kind: str, name: str, /, **kwargs):
