@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from clfkit import __version__
+from clfkit import __version__, distributed
 from clfkit.build import (build_augmentations, build_data, build_loss, build_model, build_optimizer,
                           build_regularizers, build_schedule, normalization)
 from clfkit.checkpoint import save_checkpoint
@@ -139,6 +139,7 @@ def train_batches(data: ImageSet, batch_size: int, seed: int, epoch: int, drop_l
                   device: torch.device, per_image: list[Any], workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (uint8 images, labels) batches on ``device`` in this epoch's order."""
     order = epoch_order(len(data), seed, epoch)
+    order, batch_size = distributed.shard_order(order, batch_size, drop_last)  # DDP: this rank's part
     if per_image:
         sampler = order.tolist()
         loader = torch.utils.data.DataLoader(
@@ -196,7 +197,7 @@ def train_one_epoch(model: nn.Module, data: ImageSet, *, rt: Runtime, loss_fn: n
     loss_sum = torch.zeros((), device=rt.device)
     correct = torch.zeros((), device=rt.device)
     seen = 0
-    gen = torch.Generator(device=rt.device).manual_seed(seed * 7919 + epoch)  # augmentation draws
+    gen = torch.Generator(device=rt.device).manual_seed(distributed.rank_seed(seed * 7919 + epoch))  # augmentation draws
     guard = NonFiniteGuard(rt, on_nonfinite, epoch, optimizer)
     start = 0
     if resume_at is not None:
@@ -266,7 +267,7 @@ def train_one_epoch(model: nn.Module, data: ImageSet, *, rt: Runtime, loss_fn: n
     if seen == 0:
         raise TrainingError(f"no training batch: {len(data)} training images and batch_size "
                             f"{batch_size} with drop_last; lower train.batch_size")
-    loss_v, correct_v = float(loss_sum), float(correct)  # the one sync of the epoch
+    loss_v, correct_v, seen = distributed.sum_over_ranks(loss_sum, correct, seen)  # the one sync of the epoch
     guard.check(state.step)
     if not math.isfinite(loss_v):
         raise TrainingError(guard.message(state.step, None, loss_v))
@@ -332,6 +333,7 @@ def evaluate(model: nn.Module, data: ImageSet, *, rt: Runtime, loss_fn: nn.Modul
              batch_size: int) -> dict[str, Any]:
     """Loss, accuracy and the confusion matrix (rows: true class) on a labelled split."""
     model.eval()
+    data = distributed.eval_shard(model, data)  # DDP: this rank's part
     loss_sum = torch.zeros((), device=rt.device)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=rt.device)
     for x, y in eval_batches(data, batch_size, rt.device):
@@ -342,6 +344,7 @@ def evaluate(model: nn.Module, data: ImageSet, *, rt: Runtime, loss_fn: nn.Modul
             loss = loss_fn(out, y)
         loss_sum += loss.float() * y.shape[0]
         confusion += torch.bincount(y * num_classes + out.argmax(1), minlength=num_classes ** 2)
+    distributed.all_reduce_(loss_sum, confusion)
     cm = confusion.view(num_classes, num_classes).cpu()
     n = int(cm.sum())
     return {"loss": float(loss_sum) / max(n, 1), "acc": float(cm.diag().sum()) / max(n, 1), "confusion": cm}
@@ -438,18 +441,21 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
     (from clfkit.resume.load_resume_state) continues the run in ``run_dir`` from its last.pt."""
     t_start = time.perf_counter()
     rt = resolve_runtime(recipe)
+    distributed.setup(rt)  # under torchrun: join the group, pin this rank's GPU
     tc = recipe.train
     seed_everything(recipe.seed, tc.deterministic)
-    report = Reporter(tc.epochs, quiet)
+    report = Reporter(tc.epochs, quiet or not distributed.is_main())
 
     # ---- data (read before the run folder exists: a data error leaves nothing behind)
     t0 = time.perf_counter()
-    splits: Splits = build_data(recipe)
+    with distributed.main_first():  # rank 0 fills the data cache, the others read it
+        splits: Splits = build_data(recipe)
     data_seconds = time.perf_counter() - t0
     mean, std = normalization(recipe, splits.train)
     num_classes = splits.num_classes
 
-    run = Path(run_dir) if run_dir else new_run_dir(out, recipe.name)
+    # only rank 0 writes the run folder; other DDP ranks get a private temp folder
+    run = distributed.private_run_dir() or (Path(run_dir) if run_dir else new_run_dir(out, recipe.name))
     run.mkdir(parents=True, exist_ok=True)
     if resume is None:
         write_text(run / "recipe.yaml", f"# resolved by clfkit {__version__}\n" + recipe.to_yaml())
@@ -480,7 +486,8 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
         else math.ceil(n_train / tc.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, build_schedule(recipe, steps_per_epoch))
     scaler = torch.amp.GradScaler("cuda") if rt.precision == "fp16" else None
-    train_model = torch.compile(model) if tc.compile else model
+    train_model = distributed.wrap(model)  # DDP when launched by torchrun
+    train_model = torch.compile(train_model) if tc.compile else train_model
     workers = recipe.data.workers if recipe.data.workers is not None else min(8, os.cpu_count() or 1)
 
     # In-memory data goes to the GPU once; per-image CPU augmentation keeps it on the host.
