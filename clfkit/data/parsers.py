@@ -164,7 +164,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(data) - header != expected:
         raise DataError(f"{path}: the header says shape {shape} ({expected} bytes of data) but the "
                         f"file holds {len(data) - header} bytes; the file is truncated or corrupt")
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).copy()  # writable
 
 
 def _find_idx(root: Path, stem: str, subdir: str) -> Path:
