@@ -88,17 +88,17 @@ class ConvBlock(BaseModel):
     """One conv block of the `cnn` model: conv -> norm -> activation -> dropout -> pool."""
 
     model_config = ConfigDict(extra="forbid")
-    channels: PosInt
+    channels: PosInt = Field(description="output channels of the conv")
     kernel: PosInt = 3
     stride: PosInt = 1
-    padding: Optional[Annotated[int, Field(ge=0)]] = None  # None: kernel // 2 ("same")
-    norm: bool = True  # apply the model's norm in this block
-    activation: bool = True  # apply the model's activation in this block
-    dropout: Optional[Rate] = None  # None: the model's dropout
-    dropout_kind: Optional[Literal["dropout", "dropout2d"]] = None  # None: the model's dropout_kind
-    pool: Optional[Literal["max", "avg"]] = None
+    padding: Optional[Annotated[int, Field(ge=0)]] = Field(None, description='null: kernel // 2 ("same")')
+    norm: bool = Field(True, description="apply the model's norm in this block")
+    activation: bool = Field(True, description="apply the model's activation in this block")
+    dropout: Optional[Rate] = Field(None, description="null: the model's dropout")
+    dropout_kind: Optional[Literal["dropout", "dropout2d"]] = Field(None, description="null: the model's dropout_kind")
+    pool: Optional[Literal["max", "avg"]] = Field(None, description="null: no pooling")
     pool_kernel: PosInt = 2
-    pool_stride: Optional[PosInt] = None  # None: pool_kernel
+    pool_stride: Optional[PosInt] = Field(None, description="null: pool_kernel")
     pool_padding: Annotated[int, Field(ge=0)] = 0
 
 

@@ -1,0 +1,41 @@
+"""The README's component reference is generated from the registry; this fails when it drifts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from clfkit import docs, registry
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_component_reference_is_current():
+    text = README.read_text(encoding="utf-8")
+    assert docs.BEGIN in text and docs.END in text, "run: python -m clfkit.docs --write"
+    assert docs.updated_readme(text, docs.render()) == text, (
+        "README's component reference is out of date; run: python -m clfkit.docs --write")
+    assert text.index(docs.SECTION) < text.index(docs.BEGIN)
+
+
+def test_reference_lists_every_builtin_component_and_argument():
+    ref = docs.render()
+    for entry in registry.REGISTRY.entries():
+        if entry.provider != registry.BUILTIN:
+            continue
+        assert f"| `{entry.name}` |" in ref
+        for p in entry.user_params():
+            assert f"`{p.name}`:" in ref
+    assert "`margin`: float (> 0) = `1.0`" in ref
+    assert "`stem`: 'imagenet' \\| 'cifar' \\| 'small' = `imagenet`" in ref
+
+
+def test_write_and_check_roundtrip(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- section:components -->\n\n<!-- section:plugins -->\n")
+    assert docs.main(["--check", "--readme", str(readme)]) == 1
+    assert docs.main(["--write", "--readme", str(readme)]) == 0
+    assert docs.main(["--check", "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# x\n\n<!-- section:components -->\n\n" + docs.BEGIN)
+    assert text.rstrip().endswith("<!-- section:plugins -->")
+    docs.main(["--write", "--readme", str(readme)])
+    assert readme.read_text() == text  # idempotent
