@@ -43,7 +43,7 @@ from clfkit.build import (build_augmentations, build_data, build_loss, build_mod
 from clfkit.checkpoint import save_checkpoint
 from clfkit.data import ImageSet, Splits
 from clfkit.errors import TrainingError
-from clfkit.io import append_line, write_json, write_text
+from clfkit.io import append_line, atomic_open, write_json, write_text
 from clfkit.recipe import Recipe
 from clfkit.resume import EpochProgress, Resumed, restore, rng_state, set_rng_state, training_state
 from clfkit.signals import Interrupted, catch_stop_signals
@@ -627,5 +627,5 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
 def _save_parity_samples(run: Path, splits: Splits, n: int = 64) -> None:
     """A few real validation images for the exporter's parity check (uint8, .npy: no pickle)."""
     src = splits.val if splits.val is not None and len(splits.val) else splits.train
-    with open(run / "samples.npy", "wb") as f:
+    with atomic_open(run / "samples.npy", "wb") as f:
         np.save(f, src.images[:n].numpy(), allow_pickle=False)
