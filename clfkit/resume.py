@@ -17,10 +17,10 @@ no numpy objects, no pickled classes)::
                                       trainer was given (EMA, early stopping, ...)
 
 Why a resumed run matches an uninterrupted one bit for bit (deterministic CPU runs): the
-batch order of an epoch is a pure function of (seed, epoch) (``train.epoch_order``); a
-mid-epoch resume replays the epoch's first ``batch`` batches through the loader without
-training on them (so per-image augmentation workers, seeded per epoch, are where they would
-be) and then restores every generator to its state at the checkpoint.
+batch order of an epoch is a pure function of (seed, epoch) (``train.epoch_order``), and so
+are per-image (albumentations) draws, reseeded per image; a mid-epoch resume skips the
+epoch's first ``batch`` batches and restores every generator (global ones and the batched
+augmentation generator) to its state at the checkpoint.
 """
 from __future__ import annotations
 

@@ -113,15 +113,20 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 class PerImage(torch.utils.data.Dataset):
     """uint8 tensors through albumentations-style per-image transforms (CPU workers)."""
 
-    def __init__(self, data: ImageSet, transforms: list[Any]):
-        self.data, self.transforms = data, transforms
+    def __init__(self, data: ImageSet, transforms: list[Any], seed: int = 0):
+        self.data, self.transforms, self.seed = data, transforms, seed
 
     def __len__(self):
         return len(self.data)
 
     def __getitem__(self, i):
         img = self.data.images[i].permute(1, 2, 0).numpy()
-        for t in self.transforms:
+        for k, t in enumerate(self.transforms):
+            if hasattr(t, "set_random_seed"):
+                # albumentations draws from the transform's own generator, seeded from OS
+                # entropy: reseed per (run seed, epoch, image, transform) so runs repeat and a
+                # resume need not replay the loader, whatever the worker count
+                t.set_random_seed((self.seed * 1_000_003 + i) * 101 + k)
             img = t(image=img)["image"]
         img = np.ascontiguousarray(img)
         if img.ndim == 2:
@@ -136,18 +141,21 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 def train_batches(data: ImageSet, batch_size: int, seed: int, epoch: int, drop_last: bool,
-                  device: torch.device, per_image: list[Any], workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (uint8 images, labels) batches on ``device`` in this epoch's order."""
+                  device: torch.device, per_image: list[Any], workers: int,
+                  start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (uint8 images, labels) batches on ``device`` in this epoch's order, from batch
+    ``start_batch`` on (a resumed epoch)."""
     order = epoch_order(len(data), seed, epoch)
     order, batch_size = distributed.shard_order(order, batch_size, drop_last)  # DDP: this rank's part
+    order = order[start_batch * batch_size:]  # a resumed epoch skips the batches it trained on
     if per_image:
         sampler = order.tolist()
         loader = torch.utils.data.DataLoader(
-            PerImage(data, per_image), batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+            PerImage(data, per_image, seed * 100003 + epoch), batch_size=batch_size, sampler=sampler, drop_last=drop_last,
             num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=False,
             prefetch_factor=4 if workers else None,
-            # workers' seeds from (seed, epoch), not from the global generator: a resumed run
-            # replays the epoch's augmentations exactly
+            # workers' seeds from (seed, epoch): creating the loader must not draw from the
+            # global generator, which a mid-epoch resume has just restored
             generator=torch.Generator().manual_seed(seed * 100003 + epoch + 7))
         for x, y in loader:
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -213,13 +221,11 @@ def train_one_epoch(model: nn.Module, data: ImageSet, *, rt: Runtime, loss_fn: n
     on_batch = [r for r in regularizers if hasattr(r, "on_batch")]
     on_loss = [r for r in regularizers if hasattr(r, "on_loss")]
     before_step = [r for r in regularizers if hasattr(r, "before_step")]
+    if resume_at is not None:  # every generator as it was at the checkpoint
+        set_rng_state(resume_at.rng)
+        gen.set_state(resume_at.aug_rng)
     for i, (x, y) in enumerate(train_batches(data, batch_size, seed, epoch, drop_last, rt.device, per_image,
-                                             workers)):
-        if i < start:  # resuming: replay the loader up to the checkpoint, without training
-            continue
-        if i == start and resume_at is not None:  # every generator as it was at the checkpoint
-            set_rng_state(resume_at.rng)
-            gen.set_state(resume_at.aug_rng)
+                                             workers, start_batch=start), start=start):
         x = x.float()
         for t in batched_aug:
             x = t(x, gen)

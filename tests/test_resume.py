@@ -139,13 +139,19 @@ def test_signal_saves_last_and_says_how_to_resume(tmp_path, sig, code):
     assert len(resumed.history) == resumed.epoch
 
 
-def test_resume_of_interrupted_run_continues_in_process(tmp_path):
+@pytest.mark.parametrize("extra", [
+    {},
+    # per-image albumentations in a worker process, EMA and early stopping carried in last.pt
+    {"data__augment": [{"name": "Rotate", "limit": 20, "p": 1.0}], "data__workers": 1,
+     "train__ema": True, "train__early_stopping": True},
+], ids=["plain", "albumentations-workers-ema-early-stopping"])
+def test_resume_of_interrupted_run_continues_in_process(tmp_path, extra):
     """An in-process SIGINT (flag set from inside the loop) then resume: same as uninterrupted."""
     from clfkit import resume as R
     from clfkit.signals import Interrupted
     from clfkit.train import train
 
-    recipe = tiny_recipe(train__epochs=2, train__deterministic=True)
+    recipe = tiny_recipe(train__epochs=2, train__deterministic=True, **extra)
     ref = train(recipe, tmp_path / "ref", quiet=True)
 
     import clfkit.train as T
@@ -165,7 +171,10 @@ def test_resume_of_interrupted_run_continues_in_process(tmp_path):
         T.NonFiniteGuard.ok = real_ok
     assert e.value.exit_code == 130
     run = tmp_path / "cut" / "tiny"
-    assert _load(run / "last.pt")["in_epoch"]["batch"] == 5  # epoch 2, after step 20
+    last = _load(run / "last.pt")
+    assert last["in_epoch"]["batch"] == 5  # epoch 2, after step 20
+    if extra:
+        assert set(last["extra"]) == {"ema", "early_stopping"}
     res = R.resume_run(run, quiet=True)
     # in-process: same interpreter, same threads: bit-identical too
     _assert_same_run(ref.run_dir, res.run_dir)
