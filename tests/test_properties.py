@@ -160,6 +160,7 @@ def _decode_or_decode_error(path, size=(8, 8), channels=3):
     return arr
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # PIL warns about what it then rejects
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=600), ext=st.sampled_from(imageio.IMAGE_EXTENSIONS))
 def test_random_bytes_never_crash_the_decoder(tmp_path, data, ext):
@@ -168,6 +169,7 @@ def test_random_bytes_never_crash_the_decoder(tmp_path, data, ext):
     _decode_or_decode_error(path)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # PIL warns about what it then rejects
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(fmt=st.sampled_from(sorted(SEEDS)), cut=st.integers(0, 10_000),
        flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=8),

@@ -206,8 +206,12 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path, trained_run):
 
 
 def test_resume_cli_rejects_recipe_and_set(tmp_path):
-    r = _clfkit("train", "x.yaml", "--resume", str(tmp_path))
-    assert r.returncode != 0 and "--resume" in r.stderr and "Traceback" not in r.stderr
+    from click.testing import CliRunner
+
+    from clfkit.cli import cli
+
+    r = CliRunner().invoke(cli, ["train", "x.yaml", "--resume", str(tmp_path)])
+    assert r.exit_code == 2 and "--resume" in r.output and isinstance(r.exception, SystemExit)
 
 
 # --------------------------------------------------------------------------- non-finite loss
