@@ -410,8 +410,9 @@ def write_tables(sweep: Sweep, top: int = 10) -> list[Path]:
         "best val acc", "epoch", "train acc", "test acc", "epochs", "wall s", "status"]
     lines = [f"Sweep of `{sweep.recipe_path}`: {len(rows)} run(s), ranked by best val acc; train and test "
              f"acc are those of the best-val epoch (the test uses best.pt).", "",
-             "| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 2 + len(sweep.axes) else "---:"
-                                                          for i in range(len(head))) + "|"]
+             "| " + " | ".join(head) + " |",
+             "|" + "|".join("---:" if 2 + len(sweep.axes) <= i < len(head) - 1 else "---"
+                            for i in range(len(head))) + "|"]
     for r in rows:
         cells = [_fmt(r["rank"]), f"`{r['run']}`"] + [str(r[a.key]) for a in sweep.axes] + [
             _fmt(r["best_val_acc"]), _fmt(r["best_epoch"]), _fmt(r["train_acc"]), _fmt(r["test_acc"]),

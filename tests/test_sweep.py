@@ -186,3 +186,16 @@ def test_invalid_combination_fails_before_training(tmp_path):
     assert not (tmp_path / "o").exists()
     with pytest.raises(Exception, match="did you mean"):
         plan_sweep(recipe, ["optim.lrr=0.1,0.2"])
+
+
+def test_committed_sweep_files_plan(monkeypatch):
+    """Every recipes/*.yaml with a sweep: block plans (all combinations validate)."""
+    from clfkit.recipe import read_yaml
+
+    repo = Path(__file__).parent.parent
+    monkeypatch.chdir(repo)  # the recipes' data roots are relative to the repository
+    files = [p for p in sorted((repo / "recipes").glob("*.yaml")) if "sweep" in read_yaml(p)]
+    assert files
+    for path in files:
+        sweep = plan_sweep(path.relative_to(repo))
+        assert len(sweep.trials) >= 2
