@@ -285,6 +285,10 @@ def _raw_components(data: dict) -> list[tuple[str, str, Any]]:
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read, override (``dotted.path=value``) and validate a recipe file."""
     data = read_yaml(path)
+    if "sweep" in data:
+        raise RecipeError([("sweep", "this is a sweep file: run it with `clfkit sweep "
+                                     f"{path}` (or remove the sweep: block to train one recipe)")],
+                          source=str(path))
     for text in overrides:
         keys, value = parse_override(text)
         apply_override(data, keys, value)
