@@ -97,7 +97,8 @@ def build_optimizer(recipe: Recipe, model: nn.Module, regularizers: list[Any]) -
         if hasattr(r, "on_param_groups"):
             groups = r.on_param_groups(groups)
     name, args = registry.split_spec(recipe.optim)
-    return registry.create("optimizer", name, params=groups, **args)
+    device = next(model.parameters()).device.type if any(True for _ in model.parameters()) else "cpu"
+    return registry.create("optimizer", name, params=groups, device=device, **args)
 
 
 def build_schedule(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:

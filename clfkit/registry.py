@@ -83,7 +83,8 @@ define_kind("regularizer", "returns an object with any of the hooks on_model, on
 define_kind("augmentation", "returns a per-image transform (albumentations-style) or a BatchTransform")
 define_kind("loss", "builds a loss nn.Module taking (logits, targets); targets are indices or (N, C) soft labels",
             required=("num_classes",))
-define_kind("optimizer", "builds a torch.optim.Optimizer over `params` (parameter groups)", required=("params",))
+define_kind("optimizer", "builds a torch.optim.Optimizer over `params` (parameter groups); `device` is 'cuda' or 'cpu'",
+            required=("params",), context=("device",))
 define_kind("schedule", "builds a per-step LR multiplier function f(step) -> float",
             context=("total_steps", "steps_per_epoch", "epochs"))
 define_kind("dataset", "returns a clfkit.data.Splits (uint8 images, labels, class names)",

@@ -244,8 +244,9 @@ def train_one_epoch(model: nn.Module, data: ImageSet, *, rt: Runtime, loss_fn: n
             if _looks_like_probabilities(out):
                 warnings.warn(
                     "the model's outputs on the first batch are already probabilities (non-negative, "
-                    "rows sum to 1): the model probably ends in softmax, and the loss applies softmax "
-                    "again, which trains badly. Return raw logits from the model.", stacklevel=2)
+                    "rows sum to 1): the model probably ends in softmax. clfkit's losses expect raw "
+                    "logits (cross_entropy applies log-softmax itself, so a second softmax flattens the "
+                    "gradients and trains badly). Remove the final softmax from the model.", stacklevel=2)
         optimizer.zero_grad(set_to_none=True)
         if not guard.ok(loss, state.step + 1, i + 1):  # on_nonfinite: skip, and this batch's loss is NaN/inf
             continue
@@ -541,7 +542,15 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
         return (f"{stop.name} received: stopped {where}, step {state.step}; saved {run / 'last.pt'}.\n"
                 f"Resume with: clfkit train --resume {run}")
 
+    # torch.compile compiles on the first step: time that step apart so epoch throughput is honest
+    compile_clock: dict[str, Optional[float]] = {"t0": None, "seconds": None}
+
     def after_step(batch: int, snapshot: Callable[[], EpochProgress]) -> None:
+        if compile_clock["t0"] is not None and compile_clock["seconds"] is None:
+            if rt.device.type == "cuda":
+                torch.cuda.synchronize(rt.device)
+            compile_clock["seconds"] = round(time.perf_counter() - compile_clock["t0"], 2)
+            report.print(f"torch.compile: first step took {compile_clock['seconds']:.1f}s (compilation included)")
         if ema is not None:
             ema.update(state.step)
         # the last batch of an epoch is followed by the epoch-end checkpoint anyway
@@ -564,6 +573,8 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
             if resume_at is not None and resume_at.lr is not None:
                 lr = epoch_lr = resume_at.lr  # the row reports the LR the epoch started with
             row: dict[str, Any] = {"epoch": epoch + 1}
+            if tc.compile and compile_clock["t0"] is None:
+                compile_clock["t0"] = time.perf_counter()
             row.update(train_one_epoch(
                 train_model, train_set, rt=rt, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
                 scaler=scaler, regularizers=regularizers, batched_aug=batched_aug, num_classes=num_classes,
@@ -606,6 +617,7 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
         "train_images": n_train, "val_images": len(splits.val) if splits.val else 0,
         "test_acc": None, "test_loss": None, "skipped_files": len(splits.skipped),
         "data_seconds": round(data_seconds, 2), "train_seconds": round(train_seconds, 2),
+        "compile_seconds": compile_clock["seconds"],
         "clfkit_version": __version__, "epochs_run": len(history), "ema": ema is not None,
         "stopped_early_at": stopper.stopped_epoch or None if stopper else None,
     }

@@ -157,3 +157,17 @@ def test_every_run_artifact_goes_through_atomic_writes(trained_run, tmp_path, mo
     predict_folder(onnx, imgs, out)
     assert onnx in opened and out in opened
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "m.onnx", "test.txt"]
+
+
+
+def test_atomic_files_get_normal_permissions(tmp_path):
+    """mkstemp makes 0600 files; outputs must get the usual 0666 & ~umask instead."""
+    import os
+    import stat
+
+    from clfkit.io import write_text
+
+    mask = os.umask(0)
+    os.umask(mask)
+    write_text(tmp_path / "a.txt", "x")
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o666 & ~mask

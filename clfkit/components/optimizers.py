@@ -1,5 +1,9 @@
-"""Optimizers. Contract: ``factory(params, **args) -> torch.optim.Optimizer`` where ``params``
-is a list of parameter-group dicts (regularizers may have edited them)."""
+"""Optimizers. Contract: ``factory(params, device, **args) -> torch.optim.Optimizer`` where
+``params`` is a list of parameter-group dicts (regularizers may have edited them) and ``device``
+the type of the device the model lives on ("cuda" or "cpu"); a factory may ignore it.
+
+On CUDA the built-ins use the fused kernels (one launch for all parameters instead of several
+per tensor); on the CPU torch picks its default (foreach) implementation."""
 from __future__ import annotations
 
 import torch
@@ -13,27 +17,32 @@ WD = Annotated[float, Field(ge=0, le=1)]
 Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
+def _fused(device: str):
+    return True if device == "cuda" else None  # None: torch's default for the device
+
+
 @register("optimizer", "sgd")
-def sgd(params: list, lr: LR = 0.1, momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9,
+def sgd(params: list, device: str = "cpu", lr: LR = 0.1, momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9,
         nesterov: bool = False, weight_decay: WD = 0.0) -> torch.optim.Optimizer:
     """SGD with (optionally Nesterov) momentum."""
     if nesterov and momentum == 0:
         raise ValueError("nesterov needs momentum > 0")
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                           fused=_fused(device))
 
 
 @register("optimizer", "adam")
-def adam(params: list, lr: LR = 1e-3, betas: tuple[Beta, Beta] = (0.9, 0.999),
+def adam(params: list, device: str = "cpu", lr: LR = 1e-3, betas: tuple[Beta, Beta] = (0.9, 0.999),
          eps: Annotated[float, Field(gt=0)] = 1e-8, weight_decay: WD = 0.0) -> torch.optim.Optimizer:
     """Adam (L2 weight decay added to the gradient)."""
-    return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=_fused(device))
 
 
 @register("optimizer", "adamw")
-def adamw(params: list, lr: LR = 1e-3, betas: tuple[Beta, Beta] = (0.9, 0.999),
+def adamw(params: list, device: str = "cpu", lr: LR = 1e-3, betas: tuple[Beta, Beta] = (0.9, 0.999),
           eps: Annotated[float, Field(gt=0)] = 1e-8, weight_decay: WD = 0.01) -> torch.optim.Optimizer:
     """AdamW (decoupled weight decay)."""
-    return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=_fused(device))
 
 
 @register("optimizer", "rmsprop")
