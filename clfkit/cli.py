@@ -212,7 +212,9 @@ def recipe_check(path: Path, overrides: tuple[str, ...]) -> None:
     click.echo(r.to_yaml().rstrip())
     stats = run_guarded(model_stats, r)
     click.echo(f"# model: {stats['params']:,} parameters, {stats['macs']:,} MACs per image at "
-               f"{stats['in_chans']}x{stats['image_size'][0]}x{stats['image_size'][1]}, {stats['num_classes']} classes")
+               f"{stats['in_chans']}x{stats['image_size'][0]}x{stats['image_size'][1]}, {stats['num_classes']} classes"
+               + (" (assumed: the data was not found here, so the class count is unknown)"
+                  if stats.get("classes_assumed") else ""))
     click.echo("# recipe OK")
 
 

@@ -12,6 +12,8 @@ def model_stats(recipe: Recipe) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     num_classes, in_chans = peek_data(recipe)
+    assumed = not num_classes  # e.g. a folder dataset whose root is not on this machine
+    num_classes = num_classes or 10
     size = recipe.data.size
     c = in_chans
     model = build_model(recipe, num_classes, c, size, [0.0] * c, [1.0] * c).eval()
@@ -19,4 +21,4 @@ def model_stats(recipe: Recipe) -> dict:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, c, *size))
     return {"params": params, "macs": counter.get_total_flops() // 2, "num_classes": num_classes,
-            "in_chans": c, "image_size": size}
+            "in_chans": c, "image_size": size, "classes_assumed": assumed}
