@@ -90,16 +90,16 @@ class EarlyStopping(Strict):
     """Stop once ``metric`` has not improved by more than ``min_delta`` for ``patience``
     epochs in a row (best.pt and the test are unaffected: they use the best val-acc epoch)."""
 
-    metric: Literal["val_acc", "val_loss"] = "val_acc"
-    patience: Annotated[int, Field(ge=1)] = 5
-    min_delta: Annotated[float, Field(ge=0)] = 0.0
+    metric: Literal["val_acc", "val_loss"] = Field("val_acc", description="the val metric watched")
+    patience: Annotated[int, Field(ge=1)] = Field(5, description="epochs without improvement before stopping")
+    min_delta: Annotated[float, Field(ge=0)] = Field(0.0, description="smallest change that counts as improvement")
 
 
 class EMA(Strict):
     """An exponential moving average of the weights (timm's ModelEmaV3), updated every step;
     validation, best.pt and the test use the averaged weights."""
 
-    decay: Annotated[float, Field(gt=0, lt=1)] = 0.999
+    decay: Annotated[float, Field(gt=0, lt=1)] = Field(0.999, description="weight of the old average per step")
     warmup: bool = Field(True, description="ramp the decay up from 0 over the first steps (short runs need it)")
 
 
@@ -369,7 +369,10 @@ def reference_markdown() -> str:
     """The recipe fields as markdown tables, generated from the pydantic models (README)."""
     lines = []
     for title, model, prefix in (("top level", Recipe, ""), ("data", DataConfig, "data."),
-                                 ("train", TrainConfig, "train.")):
+                                 ("data.normalize (when given as mean/std)", Normalize, "data.normalize."),
+                                 ("train", TrainConfig, "train."),
+                                 ("train.early_stopping", EarlyStopping, "train.early_stopping."),
+                                 ("train.ema", EMA, "train.ema.")):
         props = model.model_json_schema()["properties"]
         lines += [f"**{title}**", "", "| field | type | default | meaning |", "|---|---|---|---|"]
         for name, f in model.model_fields.items():
