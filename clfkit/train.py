@@ -618,6 +618,7 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
         "test_acc": None, "test_loss": None, "skipped_files": len(splits.skipped),
         "data_seconds": round(data_seconds, 2), "train_seconds": round(train_seconds, 2),
         "compile_seconds": compile_clock["seconds"],
+        "normalize": {"mean": mean, "std": std},  # as used (computed from train when `auto`)
         "clfkit_version": __version__, "epochs_run": len(history), "ema": ema is not None,
         "stopped_early_at": stopper.stopped_epoch or None if stopper else None,
     }

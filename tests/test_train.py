@@ -33,6 +33,7 @@ def test_run_folder_contents(trained_run):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["best_val_acc"] == max(r["val_acc"] for r in rows)
     assert len(summary["per_class"]) == 4 and sum(r["support"] for r in summary["per_class"]) == 96
+    assert len(summary["normalize"]["mean"]) == 3 and all(0 < v < 1 for v in summary["normalize"]["std"])
 
 
 def test_resolved_recipe_reloads(trained_run):
