@@ -50,6 +50,26 @@ def test_grayscale_data_gets_one_channel(tmp_path):
     assert load_folder(root, (8, 8), channels=3).train.images.shape == (4, 3, 8, 8)
 
 
+def test_colour_images_as_one_channel_match_predict(tmp_path):
+    """channels: 1 on colour files trains on what predict feeds the model (PIL's luma), for
+    folder and CSV data alike, not on one of the RGB channels."""
+    from clfkit import registry
+
+    root = tmp_path / "d"
+    rng = np.random.default_rng(0)
+    files = []
+    for c in ("a", "b"):
+        (root / "train" / c).mkdir(parents=True)
+        files.append(root / "train" / c / "x.png")
+        Image.fromarray(rng.integers(0, 255, (10, 14, 3), dtype=np.uint8)).save(files[-1])
+    expected = np.stack([imageio.decode(f, (8, 8), 1).transpose(2, 0, 1) for f in files])
+    assert np.array_equal(load_folder(root, (8, 8), channels=1).train.images.numpy(), expected)
+    (tmp_path / "train.csv").write_text("d/train/a/x.png,a\nd/train/b/x.png,b\n")
+    s = registry.create("dataset", "csv", image_size=(8, 8), channels=1, resize="squash", seed=0,
+                        on_error="skip", train=str(tmp_path / "train.csv"))
+    assert np.array_equal(s.train.images.numpy(), expected)
+
+
 def test_corrupt_files_skipped_or_fail(tmp_path):
     root = write_image_folder(tmp_path / "d")
     (root / "train/cat/broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")

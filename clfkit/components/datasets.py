@@ -3,12 +3,9 @@ clfkit.data.Splits`` with uint8 (N, C, H, W) images at ``image_size``. ``channel
 when the recipe says ``auto``: then the dataset decides (1 for grayscale data)."""
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, Optional
 
-import numpy as np
 import torch
 from pydantic import Field
 from typing_extensions import Annotated
@@ -58,8 +55,6 @@ shapes.peek = lambda num_classes=10, **_: (num_classes, 3)
 
 
 def _folder_peek(root: str, **_):
-    from pathlib import Path
-
     train = Path(root).expanduser() / "train"
     n = sum(1 for d in train.iterdir() if d.is_dir() and not d.name.startswith(".")) if train.is_dir() else 0
     return n, 3
@@ -128,35 +123,11 @@ def fashion_mnist(image_size: tuple[int, int], channels: int | None, resize: str
                              channels, resize, f"Fashion-MNIST from {root}")
 
 
-def _decode_rows(rows, size, resize, on_error, skipped):
-    """Decode (path, label) rows in threads; returns [(HWC array, is_gray, label)] of the good ones."""
-    from clfkit import imageio
-
-    def work(row):
-        path, label = row
-        try:
-            img = imageio.open_image(path)
-            return imageio.decode_image(img, size, 3, resize), imageio.is_grayscale(img), label, None
-        except imageio.DecodeError as e:
-            return None, False, label, str(e)
-
-    with ThreadPoolExecutor(min(32, (os.cpu_count() or 1) * 2)) as pool:
-        results = list(pool.map(work, rows))
-    good = []
-    for (path, _), (arr, gray, label, err) in zip(rows, results):
-        if err is None:
-            good.append((arr, gray, label))
-        elif on_error == "fail":
-            raise DataError(f"{path}: {err} (set data.on_error: skip to skip such files)")
-        else:
-            skipped.append((str(path), err))
-    return good
-
-
 @register("dataset", "csv")
 def csv_index(image_size: tuple[int, int], channels: int | None, resize: str, on_error: str,
               train: str, val: Optional[str] = None, test: Optional[str] = None) -> Splits:
     """CSV files of 'path,label' rows (paths relative to the CSV); val and test are optional."""
+    from clfkit.data.folder import auto_channels, decode_files, to_image_set
     from clfkit.data.parsers import label_order, read_csv_index
 
     indexes = {"train": read_csv_index(train)}
@@ -173,19 +144,13 @@ def csv_index(image_size: tuple[int, int], channels: int | None, resize: str, on
         if unknown:
             raise DataError(f"{split} CSV {val if split == 'val' else test} has labels the train CSV "
                             f"{train} lacks: {unknown[:10]}")
-        decoded[split] = _decode_rows(rows, image_size, resize, on_error, skipped)
-    if not decoded["train"]:
-        raise DataError(f"no readable training images listed in {train} ({len(skipped)} unreadable)")
-    if channels is None:  # grayscale data needs no recipe change
-        channels = 1 if all(gray for _, gray, _ in decoded["train"]) else 3
+        decoded[split] = decode_files([p for p, _ in rows], image_size, channels, resize, on_error, skipped)
+    gray = channels is None and auto_channels(decoded["train"]) == 1  # grayscale data needs no recipe change
     index = {name: i for i, name in enumerate(class_names)}
-    sets = {}
-    for split, good in decoded.items():
-        if not good:
-            continue
-        x = np.stack([arr[..., :1] if channels == 1 else arr for arr, _, _ in good])
-        y = torch.tensor([index[label] for _, _, label in good], dtype=torch.int64)
-        sets[split] = ImageSet(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), y)
+    sets = {split: to_image_set(decoded[split], [index[label] for _, label in rows], None, gray)
+            for split, rows in indexes.items()}
+    if sets["train"] is None:
+        raise DataError(f"no readable training images listed in {train} ({len(skipped)} unreadable)")
     return Splits(train=sets["train"], val=sets.get("val"), test=sets.get("test"),
                   class_names=class_names, skipped=skipped, description=f"CSV index {train}")
 

@@ -32,39 +32,47 @@ def _scan_labelled(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return [d.name for d in classes], items
 
 
-def _decode_all(items: list[Path], root: Path, size, channels, resize, on_error, skipped):
-    """Decode in threads (PIL releases the GIL while decoding). Returns (arrays, gray, ok-mask)."""
+def decode_files(paths: list[Path], size: tuple[int, int], channels: Optional[int], resize: str,
+                 on_error: str, skipped: list[tuple[str, str]], show=str) -> list[Optional[tuple[np.ndarray, bool]]]:
+    """Decode files in threads (PIL releases the GIL while decoding): per file (HWC uint8 array,
+    is grayscale), or None when it could not be decoded (reported in ``skipped`` under
+    ``show(path)``, or raised when ``on_error`` is "fail"). ``channels`` None decodes to RGB;
+    the caller picks 1 or 3 afterwards from the grayscale flags."""
     def work(p: Path):
         try:
             img = imageio.open_image(p)
             gray = imageio.is_grayscale(img)
-            return imageio.decode_image(img, size, 3 if channels is None else channels, resize), gray, None
+            return imageio.decode_image(img, size, 3 if channels is None else channels, resize), gray
         except imageio.DecodeError as e:
-            return None, False, str(e)
+            return str(e)
 
     workers = min(32, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(work, items))
-    ok = []
-    for p, (arr, _, err) in zip(items, results):
-        if err is not None:
-            rel = p.relative_to(root).as_posix()
+        results = list(pool.map(work, paths))
+    for i, (p, r) in enumerate(zip(paths, results)):
+        if isinstance(r, str):
             if on_error == "fail":
-                raise DataError(f"{rel}: {err} (set data.on_error: skip to skip such files)")
-            skipped.append((rel, err))
-        ok.append(err is None)
-    return results, ok
+                raise DataError(f"{show(p)}: {r} (set data.on_error: skip to skip such files)")
+            skipped.append((show(p), r))
+            results[i] = None
+    return results
 
 
-def _to_set(results, ok, labels, paths) -> ImageSet:
-    arrays = [r[0] for r, good in zip(results, ok) if good]
-    if not arrays:
+def auto_channels(decoded: list[Optional[tuple[np.ndarray, bool]]]) -> int:
+    """1 when every decoded (training) image is grayscale, else 3."""
+    return 1 if all(r[1] for r in decoded if r is not None) else 3
+
+
+def to_image_set(decoded, labels, paths, gray: bool) -> Optional[ImageSet]:
+    """The decoded images as an ImageSet (bad files dropped); ``gray``: keep one of the RGB
+    channels, which are equal for grayscale images."""
+    ok = [i for i, r in enumerate(decoded) if r is not None]
+    if not ok:
         return None
+    arrays = [decoded[i][0][..., :1] if gray else decoded[i][0] for i in ok]
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    lab = None
-    if labels is not None:
-        lab = torch.tensor([l for l, good in zip(labels, ok) if good], dtype=torch.int64)
-    return ImageSet(images, lab, [p for p, good in zip(paths, ok) if good])
+    lab = torch.tensor([labels[i] for i in ok], dtype=torch.int64) if labels is not None else None
+    return ImageSet(images, lab, [paths[i] for i in ok] if paths is not None else None)
 
 
 def load_folder(root: str | os.PathLike, image_size: tuple[int, int], channels: Optional[int] = None,
@@ -106,19 +114,12 @@ def load_folder(root: str | os.PathLike, image_size: tuple[int, int], channels: 
                 splits["test"] = (images, None)
 
     skipped: list[tuple[str, str]] = []
-    decoded = {}
-    for name, (paths, labels) in splits.items():
-        decoded[name] = _decode_all(paths, root, image_size, None, resize, on_error, skipped)
-    if channels is None:  # grayscale data needs no recipe change
-        results, ok = decoded["train"]
-        channels = 1 if all(r[1] for r, good in zip(results, ok) if good) else 3
-    sets = {}
-    for name, (paths, labels) in splits.items():
-        results, ok = decoded[name]
-        if channels == 1:
-            results = [((r[0][..., :1] if r[0] is not None else None), r[1], r[2]) for r in results]
-        rel = [p.relative_to(root / name).as_posix() for p in paths]
-        sets[name] = _to_set(results, ok, labels, rel)
+    decoded = {name: decode_files(paths, image_size, channels, resize, on_error, skipped,
+                                  show=lambda p: p.relative_to(root).as_posix())
+               for name, (paths, _) in splits.items()}
+    gray = channels is None and auto_channels(decoded["train"]) == 1  # grayscale data needs no recipe change
+    sets = {name: to_image_set(decoded[name], labels, [p.relative_to(root / name).as_posix() for p in paths], gray)
+            for name, (paths, labels) in splits.items()}
     if sets["train"] is None:
         raise DataError(f"no readable training images under {train_dir} "
                         f"({len(skipped)} files could not be decoded)")
