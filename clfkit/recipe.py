@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import difflib
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -306,36 +308,48 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
         node[parts[-1]] = value
 
 
-def _model_at(loc: tuple) -> Optional[type[BaseModel]]:
-    """The pydantic model class holding the field at ``loc`` (for did-you-mean)."""
+def _field_loc(loc: tuple) -> tuple[tuple, Optional[type[BaseModel]]]:
+    """An error location as the recipe spells it, and the model class holding its last field
+    (for did-you-mean). pydantic names the union member it tried after a union field
+    (``data.image_size.constrained-int``, ``data.normalize.Normalize.std``); those tags are
+    dropped, found from the fields' types rather than from a list of tag spellings."""
+    out: list = []
     model: Any = Recipe
-    for part in loc[:-1]:
-        if isinstance(part, int):
+    holder = None
+    members: tuple = ()  # set right after a union field: the next part is a member's tag
+    for part in loc:
+        if members:
+            model = next((m for m in members if getattr(m, "__name__", None) == part), None)
+            members = ()
+            continue
+        out.append(part)
+        holder = model
+        if isinstance(part, int):  # a list item: the items' model, if any, stays current
             continue
         field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return None
-        ann = field.annotation
-        model = next((a for a in getattr(ann, "__args__", ()) + (ann,)
-                      if isinstance(a, type) and issubclass(a, BaseModel)), None)
-        if model is None:
-            return None
-    return model
+        ann = field.annotation if field is not None else None
+        args = tuple(a for a in typing.get_args(ann) if a is not type(None))
+        if typing.get_origin(ann) in (Union, types.UnionType) and len(args) > 1:
+            members, model = args, None
+        else:
+            model = next((a for a in (*args, ann) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return tuple(out), holder
 
 
 def _pydantic_problems(e: pydantic.ValidationError, data: dict) -> list[tuple[str, str]]:
     problems = []
     for err in e.errors():
-        loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x in _UNION_TAGS))
+        loc, model = _field_loc(err["loc"])
         path = ".".join(str(x) for x in loc)
         if err["type"] == "extra_forbidden":
-            model = _model_at(loc)
             valid = list(model.model_fields) if model else []
             close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             msg = f"unknown field{hint} Valid fields here: {', '.join(valid)}"
         elif err["type"] == "missing":
             msg = "required field is missing"
+        elif err["type"] == "value_error":  # our own validators' messages already show the input
+            msg = str(err["ctx"]["error"])
         else:
             msg = err["msg"]
             if "input" in err and not isinstance(err["input"], (dict, list)):
@@ -344,9 +358,6 @@ def _pydantic_problems(e: pydantic.ValidationError, data: dict) -> list[tuple[st
             problems.append((path, msg))
     return problems
 
-
-# pydantic names union members in error locations ("int", "tuple[...]", "literal[...]"); hide them
-_UNION_TAGS = {"int", "tuple[int,int]", "function-after[_to_spec(), dict[any,any]]", "Normalize"}
 
 
 def peek_data(recipe: Recipe) -> tuple[int, int]:

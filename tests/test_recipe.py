@@ -126,3 +126,20 @@ def test_readme_recipe_reference_is_current():
 
     readme = Path(__file__).parent.parent / "README.md"
     assert not update_readme(readme, write=False), "README recipe reference is stale: run python -m clfkit.recipe"
+
+
+@pytest.mark.parametrize("data, path", [
+    (dict(data={"image_size": [32, "a"]}), "data.image_size.1"),
+    (dict(data={"normalize": {"mean": [0.5], "std": [0]}}), "data.normalize.std.0"),
+    (dict(data={"normalize": {"mean": [0.5], "sdt": [1]}}), "data.normalize.sdt"),
+])
+def test_union_fields_report_the_recipe_path(data, path):
+    """pydantic's union-member tags (constrained-int, Normalize, ...) never show in a path."""
+    found = problems(dict(TINY, **data))
+    assert path in {p for p, _ in found}, found
+    assert all("constrained" not in p and "Normalize" not in p for p, _ in found), found
+
+
+def test_component_value_error_shows_the_input_once():
+    (path, msg), = problems(dict(TINY, model=3))
+    assert path == "model" and msg.count("got 3") == 1 and "Value error" not in msg, msg
