@@ -229,8 +229,8 @@ def label_order(labels: list[str]) -> list[str]:
 
 # --------------------------------------------------------------------------- size & channels
 def fit_images(x: np.ndarray, size: tuple[int, int], channels: int, method: str) -> torch.Tensor:
-    """uint8 (N, C, H, W) array -> uint8 tensor at ``size`` with ``channels``, through the same
-    PIL conversion and resize that :func:`clfkit.imageio.decode_image` applies to files."""
+    """uint8 (N, C, H, W) array -> uint8 tensor at ``size`` with ``channels``, through
+    :func:`clfkit.imageio.decode_image`, the conversion and resize that image files get."""
     n, c, h, w = x.shape
     if (h, w) == tuple(size) and c == channels:
         return torch.from_numpy(np.ascontiguousarray(x))
@@ -238,7 +238,5 @@ def fit_images(x: np.ndarray, size: tuple[int, int], channels: int, method: str)
     hwc = x.transpose(0, 2, 3, 1)
     for i in range(n):
         img = Image.fromarray(np.ascontiguousarray(hwc[i, :, :, 0] if c == 1 else hwc[i]))  # L or RGB
-        img = imageio.resize(imageio.to_mode(img, channels), size, method)
-        arr = np.asarray(img, dtype=np.uint8)
-        out[i] = arr[:, :, None] if arr.ndim == 2 else arr
+        out[i] = imageio.decode_image(img, size, channels, method)
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
