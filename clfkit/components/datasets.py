@@ -23,6 +23,7 @@ def shapes(image_size: tuple[int, int], channels: int | None, seed: int,
            test_size: Annotated[int, Field(ge=0)] = 2000) -> Splits:
     """Built-in procedural shapes and textures (10 classes), generated from the seed; no files."""
     from clfkit.data import synthetic
+    from clfkit.data.parsers import fit_images
 
     if image_size[0] != image_size[1]:
         raise ValueError(f"shapes makes square images; got image_size {image_size}")
@@ -31,9 +32,9 @@ def shapes(image_size: tuple[int, int], channels: int | None, seed: int,
         if n == 0:
             return None
         x, y = synthetic.generate(n, image_size[0], num_classes, seed, split)
-        x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-        if channels == 1:
-            x = x.float().mean(1, keepdim=True).round().to(torch.uint8)
+        x = x.transpose(0, 3, 1, 2)
+        # to gray exactly as predict converts an RGB file (PIL's luma), not by a channel mean
+        x = fit_images(x, image_size, 1, "squash") if channels == 1 else torch.from_numpy(x).contiguous()
         return ImageSet(x, torch.from_numpy(y))
 
     return Splits(train=make(train_size, 0), val=make(val_size, 1), test=make(test_size, 2),
