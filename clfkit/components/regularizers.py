@@ -81,7 +81,7 @@ class CutMix:
         x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
         perm = torch.randperm(x.shape[0], device=x.device)
         x = x.clone()
-        x[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+        x[..., y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]  # gather only the box, not the whole batch
         lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)  # the area actually pasted
         return x, lam * y + (1 - lam) * y[perm]
 
