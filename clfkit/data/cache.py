@@ -38,7 +38,7 @@ import torch
 
 from clfkit.data import ImageSet, Splits
 
-FORMAT = 1
+FORMAT = 2  # 2: channels: 1 decodes colour files to luma (1 kept their red channel)
 SPLITS = ("train", "val", "test")
 
 
