@@ -148,18 +148,37 @@ class Recipe(Strict):
 
     def components(self) -> list[tuple[str, str, Any]]:
         """(kind, dotted path, spec) for every component in the recipe."""
-        out = [("dataset", "data.source", self.data.source), ("model", "model", self.model),
-               ("loss", "loss", self.loss), ("optimizer", "optim", self.optim),
-               ("schedule", "schedule", self.schedule)]
-        out += [("augmentation", f"data.augment.{i}", s) for i, s in enumerate(self.data.augment)]
-        out += [("regularizer", f"regularizers.{i}", s) for i, s in enumerate(self.regularizers)]
-        return out
+        return _components_in(self)
 
     def to_dict(self) -> dict:
+        """The recipe as plain JSON-friendly data (what run folders and checkpoints record)."""
         return self.model_dump(mode="json")
 
     def to_yaml(self) -> str:
+        """The recipe as YAML, fields in declaration order."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+
+
+# Where components sit in a recipe: (kind, dotted path, whether the field is a list of them).
+_COMPONENTS = (("dataset", "data.source", False), ("model", "model", False), ("loss", "loss", False),
+               ("optimizer", "optim", False), ("schedule", "schedule", False),
+               ("augmentation", "data.augment", True), ("regularizer", "regularizers", True))
+
+
+def _components_in(recipe: Any) -> list[tuple[str, str, Any]]:
+    """(kind, dotted path, spec) for every component found in a :class:`Recipe` or in a raw,
+    not yet validated recipe mapping (where missing or misshapen sections are skipped)."""
+    found = []
+    for kind, path, many in _COMPONENTS:
+        node = recipe
+        for part in path.split("."):
+            node = (node.get(part) if isinstance(node, dict)
+                    else getattr(node, part, None) if isinstance(node, BaseModel) else None)
+        if many:
+            found += [(kind, f"{path}.{i}", s) for i, s in enumerate(node)] if isinstance(node, list) else []
+        elif node is not None:
+            found.append((kind, path, node))
+    return found
 
 
 # --------------------------------------------------------------------------- loading
@@ -205,7 +224,7 @@ def apply_override(data: dict, path: list[str], value: Any) -> None:
     for i, part in enumerate(path[:-1]):
         nxt = path[i + 1]
         if isinstance(node, list):
-            node = _list_item(node, part, path[: i + 1])
+            node = node[_index(node, part, path[: i + 1])]
             continue
         child = node.get(part)
         if isinstance(child, str) and not nxt.isdigit():  # `model: resnet` + model.depth=34
@@ -232,10 +251,6 @@ def _index(node: list, part: str, path: list[str]) -> int:
     return int(part)
 
 
-def _list_item(node: list, part: str, path: list[str]) -> Any:
-    return node[_index(node, part, path)]
-
-
 def validate_recipe(data: dict, source: str = "recipe") -> Recipe:
     """Validate a recipe mapping: structure (pydantic), then every component's arguments."""
     try:
@@ -243,7 +258,9 @@ def validate_recipe(data: dict, source: str = "recipe") -> Recipe:
     except pydantic.ValidationError as e:
         # report the components' problems too, so one run shows every mistake
         problems = _pydantic_problems(e, data)
-        for kind, path, spec in _raw_components(data):
+        for kind, path, spec in _components_in(data):
+            if not (isinstance(spec, str) or (isinstance(spec, dict) and isinstance(spec.get("name"), str))):
+                continue  # a misshapen spec: pydantic has reported it already
             problems += [p for p in registry.check_spec(kind, spec, path) if p not in problems]
         raise RecipeError(problems, source=source) from None
     problems = []
@@ -254,7 +271,7 @@ def validate_recipe(data: dict, source: str = "recipe") -> Recipe:
     # fill every default in, so the saved recipe says exactly what ran
     resolved = recipe.to_dict()
     for kind, path, spec in recipe.components():
-        _set_path(resolved, path, registry.resolve_spec(kind, spec))
+        apply_override(resolved, path.split("."), registry.resolve_spec(kind, spec))
     final = Recipe.model_validate(resolved)
     # rules between components (a component's optional ``check_recipe(recipe, path)``), e.g.
     # label smoothing asked for twice, once in the loss and once as a regularizer
@@ -265,23 +282,6 @@ def validate_recipe(data: dict, source: str = "recipe") -> Recipe:
     if problems:
         raise RecipeError(problems, source=source)
     return final
-
-
-def _raw_components(data: dict) -> list[tuple[str, str, Any]]:
-    """Component specs found in an unvalidated recipe mapping (those that look well formed)."""
-    found = []
-    d = data.get("data") if isinstance(data.get("data"), dict) else {}
-    singles = [("dataset", "data.source", d.get("source")), ("model", "model", data.get("model")),
-               ("loss", "loss", data.get("loss")), ("optimizer", "optim", data.get("optim")),
-               ("schedule", "schedule", data.get("schedule"))]
-    lists = [("augmentation", "data.augment", d.get("augment")), ("regularizer", "regularizers", data.get("regularizers"))]
-    for kind, path, items in lists:
-        if isinstance(items, list):
-            singles += [(kind, f"{path}.{i}", s) for i, s in enumerate(items)]
-    for kind, path, spec in singles:
-        if isinstance(spec, str) or (isinstance(spec, dict) and isinstance(spec.get("name"), str)):
-            found.append((kind, path, spec))
-    return found
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -295,17 +295,6 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         keys, value = parse_override(text)
         apply_override(data, keys, value)
     return validate_recipe(data, source=str(path))
-
-
-def _set_path(data: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node: Any = data
-    for p in parts[:-1]:
-        node = node[int(p)] if isinstance(node, list) else node[p]
-    if isinstance(node, list):
-        node[int(parts[-1])] = value
-    else:
-        node[parts[-1]] = value
 
 
 def _field_loc(loc: tuple) -> tuple[tuple, Optional[type[BaseModel]]]:
@@ -379,6 +368,7 @@ def peek_data(recipe: Recipe) -> tuple[int, int]:
 def reference_markdown() -> str:
     """The recipe fields as markdown tables, generated from the pydantic models (README)."""
     lines = []
+    component_fields = {path: many for _, path, many in _COMPONENTS}
     for title, model, prefix in (("top level", Recipe, ""), ("data", DataConfig, "data."),
                                  ("data.normalize (when given as mean/std)", Normalize, "data.normalize."),
                                  ("train", TrainConfig, "train."),
@@ -393,16 +383,12 @@ def reference_markdown() -> str:
                 default = f.get_default(call_default_factory=True)
                 default = "see below" if isinstance(default, BaseModel) else \
                     yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
-            kind = "component" if name in _COMPONENT_FIELDS else _schema_type(props[name])
-            if name in ("augment", "regularizers"):
-                kind = "list of components"
+            many = component_fields.get(f"{prefix}{name}")
+            kind = _schema_type(props[name]) if many is None else "list of components" if many else "component"
             doc = (f.description or "").replace("|", "\\|")
             lines.append(f"| `{prefix}{name}` | {kind} | `{default}` | {doc} |")
         lines.append("")
     return "\n".join(lines)
-
-
-_COMPONENT_FIELDS = {"source", "model", "loss", "optim", "schedule"}
 
 
 def _schema_type(s: dict) -> str:
