@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel
 
 from clfkit import registry
+from clfkit.errors import ClfkitError
 from clfkit.registry import KINDS, BUILTIN
 
 SECTION = "<!-- section:components -->"
@@ -142,19 +143,27 @@ def render() -> str:
 
 
 # --------------------------------------------------------------------------- README
+def replace_block(text: str, begin: str, end: str, body: str) -> str:
+    """``text`` with what lies between the ``begin`` and ``end`` markers replaced by ``body``
+    (the README's generated references: this one and ``clfkit.recipe``'s)."""
+    head, found, rest = text.partition(begin)
+    if not found or end not in rest:
+        raise ClfkitError(f"the README has no {begin} ... {end} markers to put the reference between")
+    return f"{head}{begin}\n{body}{end}{rest.split(end, 1)[1]}"
+
+
 def updated_readme(text: str, reference: str) -> str:
     """``text`` with the block between BEGIN and END replaced (inserted after SECTION if absent)."""
-    block = f"{BEGIN}\n{reference}{END}"
     if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        return head + block + rest.split(END, 1)[1]
+        return replace_block(text, BEGIN, END, reference)
     if SECTION not in text:
-        raise SystemExit(f"README has no {SECTION} line to put the component reference after")
+        raise ClfkitError(f"the README has no {SECTION} line to put the component reference after")
     head, rest = text.split(SECTION, 1)
-    return head + SECTION + "\n\n" + block + "\n" + rest
+    return f"{head}{SECTION}\n\n{BEGIN}\n{reference}{END}\n{rest}"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m clfkit.docs [--write | --check] [--readme PATH]``; returns the exit status."""
     ap = argparse.ArgumentParser(prog="python -m clfkit.docs", description=__doc__.splitlines()[0])
     ap.add_argument("--write", action="store_true", help="rewrite the reference in README.md")
     ap.add_argument("--check", action="store_true", help="exit 1 when README.md is out of date")
@@ -165,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(reference)
         return 0
     text = a.readme.read_text(encoding="utf-8")
-    new = updated_readme(text, reference)
+    try:
+        new = updated_readme(text, reference)
+    except ClfkitError as e:
+        print(f"{a.readme}: {e}", file=sys.stderr)
+        return 1
     if a.check:
         if new != text:
             print(f"{a.readme}: the component reference is out of date; run python -m clfkit.docs --write")

@@ -410,14 +410,15 @@ def _schema_type(s: dict) -> str:
     return " ".join([t] + [b for b in bounds if b])
 
 
-def update_readme(path: str | Path = "README.md", write: bool = True) -> bool:
-    """Regenerate the recipe reference between its README markers; True if it changed."""
-    path = Path(path)
+def update_readme(path: str | Path | None = None, write: bool = True) -> bool:
+    """Regenerate the recipe reference between its README markers (clfkit's own README by
+    default); True if it changed."""
+    from clfkit.docs import README, replace_block
+
+    path = Path(path or README)
     text = path.read_text(encoding="utf-8")
-    start, end = "<!-- recipe-reference:start -->", "<!-- recipe-reference:end -->"
-    head, _, rest = text.partition(start)
-    _, _, tail = rest.partition(end)
-    new = f"{head}{start}\n{reference_markdown()}\n{end}{tail}"
+    new = replace_block(text, "<!-- recipe-reference:start -->", "<!-- recipe-reference:end -->",
+                        reference_markdown() + "\n")
     if new != text and write:
         path.write_text(new, encoding="utf-8")
     return new != text

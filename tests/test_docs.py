@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from clfkit import docs, registry
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -39,3 +41,16 @@ def test_write_and_check_roundtrip(tmp_path):
     assert text.rstrip().endswith("<!-- section:plugins -->")
     docs.main(["--write", "--readme", str(readme)])
     assert readme.read_text() == text  # idempotent
+
+
+def test_readme_without_markers_is_refused_not_appended_to(tmp_path, capsys):
+    from clfkit.errors import ClfkitError
+    from clfkit.recipe import update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n")
+    assert docs.main(["--write", "--readme", str(readme)]) == 1
+    assert "section:components" in capsys.readouterr().err
+    with pytest.raises(ClfkitError, match="recipe-reference"):
+        update_readme(readme)
+    assert readme.read_text() == "# x\n"
