@@ -5,7 +5,7 @@ short message on stderr and a non-zero exit. ``--debug`` shows the traceback ins
 """
 from __future__ import annotations
 
-import os
+import contextlib
 import sys
 import warnings
 from pathlib import Path
@@ -63,9 +63,6 @@ def cli(debug: bool) -> None:
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def train(recipe: Path | None, resume_dir: Path | None, overrides: tuple[str, ...], out: Path, quiet: bool) -> None:
     """Train RECIPE; writes runs/<name>/ (checkpoints, metrics, summary)."""
-    from clfkit.recipe import load_recipe
-    from clfkit.train import train as train_fn
-
     if resume_dir is not None:
         from clfkit.resume import resume_run
 
@@ -76,6 +73,9 @@ def train(recipe: Path | None, resume_dir: Path | None, overrides: tuple[str, ..
         return
     if recipe is None:
         _fail(ClfkitError("give a RECIPE file to train, or --resume RUN_DIR to continue a run"))
+    from clfkit.recipe import load_recipe
+    from clfkit.train import train as train_fn
+
     r = run_guarded(load_recipe, recipe, overrides)
     run_guarded(train_fn, r, out, quiet=quiet)
 
@@ -123,14 +123,14 @@ def plugins(ctx: click.Context, kind: str | None) -> None:
     """List every registered component by kind, with the package that provides it."""
     if ctx.invoked_subcommand is not None:
         return
-    from clfkit.registry import KINDS, REGISTRY
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    REGISTRY.load()
-    if kind and kind not in KINDS:
-        _fail(ClfkitError(f"unknown kind {kind!r}; kinds are: {', '.join(KINDS)}"))
+    from clfkit.registry import KINDS, REGISTRY, check_kind, plugins_disabled
+
+    if kind:
+        run_guarded(check_kind, kind)
     console = Console(width=max(100, Console().width))
     table = Table(show_edge=False, pad_edge=False)
     for col in ("kind", "name", "distribution", "version", "description"):
@@ -149,7 +149,7 @@ def plugins(ctx: click.Context, kind: str | None) -> None:
                       highlight=False)
     for err in REGISTRY.plugin_errors:
         console.print(f"[red]broken plugin[/red] {escape(err.dist)}: {escape(str(err))}", highlight=False)
-    if os.environ.get("CLFKIT_PLUGINS", "").strip().lower() in ("none", "0", "off"):
+    if plugins_disabled():
         console.print("CLFKIT_PLUGINS=none: plugins were not loaded (built-ins only)", highlight=False)
 
 
@@ -158,21 +158,24 @@ def plugins(ctx: click.Context, kind: str | None) -> None:
 @click.option("--kind", help="Disambiguate when several kinds use NAME.")
 def plugins_show(name: str, kind: str | None) -> None:
     """Print a component's arguments with types and defaults."""
+    import difflib
+    import inspect
+
     from clfkit.registry import KINDS, REGISTRY
 
-    REGISTRY.load()
-    found = []
-    for k in ([kind] if kind else KINDS):
-        try:
-            found.append(REGISTRY.get(k, name))
-        except ClfkitError:
-            pass
+    if kind:  # one kind: its own unknown-name message, with the nearest names
+        found = [run_guarded(REGISTRY.get, kind, name)]
+    else:
+        found = []
+        for k in KINDS:
+            with contextlib.suppress(ClfkitError):
+                found.append(REGISTRY.get(k, name))
     if not found:
-        _fail(ClfkitError(f"no component named {name!r}; `clfkit plugins` lists them all"))
+        close = difflib.get_close_matches(name, sorted({e.name for e in REGISTRY.entries()}), n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        _fail(ClfkitError(f"no component named {name!r}{hint} `clfkit plugins` lists them all"))
     for e in found:
         click.echo(f"{e.kind} {e.name}  ({e.provider} {e.version})".rstrip())
-        import inspect
-
         doc = inspect.getdoc(e.obj) or ""
         if doc:
             click.echo("  " + doc.replace("\n", "\n  "))

@@ -67,7 +67,8 @@ class Kind:
 KINDS: dict[str, Kind] = {}
 
 
-def define_kind(name: str, doc: str, required=(), context=(), refs=None) -> Kind:
+def define_kind(name: str, doc: str, required: tuple[str, ...] = (), context: tuple[str, ...] = (),
+                refs: dict[str, str] | None = None) -> Kind:
     """Add a kind of component. Adding one is one line; see the calls below."""
     KINDS[name] = Kind(name, doc, tuple(required), tuple(context), dict(refs or {}))
     return KINDS[name]
@@ -324,7 +325,7 @@ class Registry:
                         {n: e for n, e in table.items() if e.provider == BUILTIN})
                 for kind, resolvers in _BUILTIN_HOME._fallbacks.items():
                     self._fallbacks.setdefault(kind, []).extend(resolvers)
-            if os.environ.get("CLFKIT_PLUGINS", "").strip().lower() in ("none", "0", "off"):
+            if plugins_disabled():
                 return
             for ep in md.entry_points(group=ENTRY_POINT_GROUP):
                 self.load_entry_point(ep)
@@ -361,8 +362,7 @@ class Registry:
 
     # ---- helpers
     def _check_kind(self, kind: str) -> None:
-        if kind not in KINDS:
-            raise RegistryError(f"unknown kind {kind!r}; kinds are: {', '.join(KINDS)}")
+        check_kind(kind)
         self._entries.setdefault(kind, {})
 
     def _unknown_message(self, kind: str, name: str) -> str:
@@ -376,6 +376,18 @@ class Registry:
         if self.plugin_errors:
             msg += " Note: " + "; ".join(str(e) for e in self.plugin_errors)
         return msg
+
+
+def check_kind(kind: str) -> Kind:
+    """The kind called ``kind``; an unknown one is a RegistryError listing the kinds."""
+    if kind not in KINDS:
+        raise RegistryError(f"unknown kind {kind!r}; kinds are: {', '.join(KINDS)}")
+    return KINDS[kind]
+
+
+def plugins_disabled() -> bool:
+    """True when ``CLFKIT_PLUGINS=none`` (or 0, off) asks for the built-ins only."""
+    return os.environ.get("CLFKIT_PLUGINS", "").strip().lower() in ("none", "0", "off")
 
 
 def _check_contract(entry: Entry) -> None:

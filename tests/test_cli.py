@@ -71,3 +71,10 @@ def test_missing_run_dir_and_model():
     assert res.exit_code != 0 and "does not exist" in res.output
     res = CliRunner().invoke(cli, ["predict", "no.onnx", "."])
     assert res.exit_code != 0 and "does not exist" in res.output
+
+
+def test_unknown_names_in_plugins_commands_are_short_errors_with_suggestions():
+    res = CliRunner().invoke(cli, ["plugins", "show", "resnt"])
+    assert res.exit_code == 2 and "did you mean 'resnet'?" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(cli, ["plugins", "--kind", "modle"])
+    assert res.exit_code == 2 and "unknown kind 'modle'; kinds are: model" in res.output
