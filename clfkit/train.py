@@ -140,6 +140,12 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
 
 
+def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    """Batches in an epoch of ``n`` images. drop_last drops a last partial batch, but never the
+    only one (a split smaller than the batch still trains)."""
+    return n // batch_size if drop_last and n >= batch_size else math.ceil(n / batch_size)
+
+
 def train_batches(data: ImageSet, batch_size: int, seed: int, epoch: int, drop_last: bool,
                   device: torch.device, per_image: list[Any], workers: int,
                   start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -147,11 +153,11 @@ def train_batches(data: ImageSet, batch_size: int, seed: int, epoch: int, drop_l
     ``start_batch`` on (a resumed epoch)."""
     order = epoch_order(len(data), seed, epoch)
     order, batch_size = distributed.shard_order(order, batch_size, drop_last)  # DDP: this rank's part
-    order = order[start_batch * batch_size:]  # a resumed epoch skips the batches it trained on
+    # the epoch's batches, less those a resumed epoch has already trained on
+    order = order[start_batch * batch_size:num_batches(len(order), batch_size, drop_last) * batch_size]
     if per_image:
-        sampler = order.tolist()
         loader = torch.utils.data.DataLoader(
-            PerImage(data, per_image, seed * 100003 + epoch), batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+            PerImage(data, per_image, seed * 100003 + epoch), batch_size=batch_size, sampler=order.tolist(),
             num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=False,
             prefetch_factor=4 if workers else None,
             # workers' seeds from (seed, epoch): creating the loader must not draw from the
@@ -161,9 +167,7 @@ def train_batches(data: ImageSet, batch_size: int, seed: int, epoch: int, drop_l
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         return
     order = order.to(data.images.device)
-    n = len(order)
-    stop = n - n % batch_size if drop_last and n >= batch_size else n
-    for i in range(0, stop, batch_size):
+    for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
         yield (data.images.index_select(0, idx).to(device, non_blocking=True),
                data.labels.index_select(0, idx).to(device, non_blocking=True))
@@ -271,9 +275,9 @@ def train_one_epoch(model: nn.Module, data: ImageSet, *, rt: Runtime, loss_fn: n
         progress(n)
         if after_step is not None:
             after_step(i + 1, lambda: snapshot(i + 1))
-    if seen == 0:
-        raise TrainingError(f"no training batch: {len(data)} training images and batch_size "
-                            f"{batch_size} with drop_last; lower train.batch_size")
+    if seen == 0:  # every batch has at least one image (num_batches), so all were skipped
+        raise TrainingError(f"every batch of epoch {epoch + 1} had a non-finite loss and was skipped "
+                            f"(train.on_nonfinite: skip); lower optim.lr or check the data and model")
     loss_v, correct_v, seen = distributed.sum_over_ranks(loss_sum, correct, seen)  # the one sync of the epoch
     guard.check(state.step)
     if not math.isfinite(loss_v):
@@ -489,8 +493,7 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
     optimizer = build_optimizer(recipe, model, regularizers)
     per_image, batched_aug = build_augmentations(recipe)
     n_train = len(splits.train)
-    steps_per_epoch = n_train // tc.batch_size if tc.drop_last and n_train >= tc.batch_size \
-        else math.ceil(n_train / tc.batch_size)
+    steps_per_epoch = num_batches(n_train, tc.batch_size, tc.drop_last)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, build_schedule(recipe, steps_per_epoch))
     scaler = torch.amp.GradScaler("cuda") if rt.precision == "fp16" else None
     train_model = distributed.wrap(model)  # DDP when launched by torchrun

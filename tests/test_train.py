@@ -115,3 +115,22 @@ def test_softmax_model_warns(tmp_path):
             train(r, tmp_path, quiet=True)
     finally:
         registry.REGISTRY.remove("model", "_softmax_linear")
+
+
+@pytest.mark.parametrize("n,batch_size,drop_last", [(10, 4, False), (10, 4, True), (3, 4, True), (8, 4, True)])
+@pytest.mark.parametrize("per_image", [False, True], ids=["in-memory", "per-image"])
+def test_both_batch_paths_yield_the_scheduled_batches(n, batch_size, drop_last, per_image):
+    """The schedule counts num_batches() steps per epoch; both batch paths must yield exactly those
+    (a split smaller than the batch trains one batch even with drop_last)."""
+    from clfkit.data import ImageSet
+    from clfkit.train import num_batches, train_batches
+
+    data = ImageSet(torch.zeros(n, 1, 2, 2, dtype=torch.uint8), torch.arange(n))
+    identity = [lambda image: {"image": image}] if per_image else []
+    sizes = [len(y) for _, y in train_batches(data, batch_size, 0, 0, drop_last, torch.device("cpu"),
+                                              identity, 0)]
+    assert len(sizes) == num_batches(n, batch_size, drop_last)
+    assert sum(sizes) == (n if not drop_last or n < batch_size else n - n % batch_size)
+    resumed = [len(y) for _, y in train_batches(data, batch_size, 0, 0, drop_last, torch.device("cpu"),
+                                                identity, 0, start_batch=1)]
+    assert resumed == sizes[1:]
