@@ -30,6 +30,7 @@ import importlib.metadata as md
 import inspect
 import os
 import threading
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -132,10 +133,7 @@ class Entry:
     def args_model(self) -> type[BaseModel]:
         """A pydantic model of the user parameters, built from the signature's type hints."""
         refs = KINDS[self.kind].refs
-        try:
-            hints = _type_hints(self.obj)
-        except Exception:  # unresolvable forward references: fall back to no types
-            hints = {}
+        hints = type_hints(self.obj)
         fields: dict[str, Any] = {}
         for p in self.user_params():
             ann = Any if p.name in refs else hints.get(p.name, Any)
@@ -147,44 +145,63 @@ class Entry:
 
     def describe_args(self) -> list[tuple[str, str, str]]:
         """(name, type, default) for each user parameter, for `clfkit plugins show`."""
-        hints = {}
-        with contextlib.suppress(Exception):
-            hints = _type_hints(self.obj)
+        hints = type_hints(self.obj)
+        refs = KINDS[self.kind].refs
         out = []
         for p in self.user_params():
-            ann = hints.get(p.name, p.annotation)
-            tname = "any" if ann is inspect.Parameter.empty else _type_name(ann)
+            tname = (f"{refs[p.name]} component" if p.name in refs
+                     else type_text(hints.get(p.name, p.annotation), literal_sep=" | "))
             default = "required" if p.default is inspect.Parameter.empty else repr(p.default)
             out.append((p.name, tname, default))
         return out
 
 
-def _type_hints(obj) -> dict[str, Any]:
-    import typing
-
+def type_hints(obj: Any) -> dict[str, Any]:
+    """The type hints of a component's arguments (a class's ``__init__``); {} when they cannot
+    be resolved (unresolvable forward references: the arguments are then checked untyped)."""
     target = obj.__init__ if inspect.isclass(obj) else obj
-    return typing.get_type_hints(target, include_extras=True)
+    try:
+        return typing.get_type_hints(target, include_extras=True)
+    except Exception:
+        return {}
 
 
-def _type_name(ann: Any) -> str:
-    """``Annotated[int, Field(ge=1)]`` -> ``int >= 1``; ``list[...]`` recursively."""
-    import typing
+def _constraints(meta: list[Any]) -> list[str]:
+    out = []
+    for m in meta:
+        inner = getattr(m, "metadata", None)
+        if isinstance(inner, list):  # a pydantic FieldInfo from Field(ge=..., ...)
+            out += _constraints(inner)
+            continue
+        for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if hasattr(m, attr) and getattr(m, attr) is not None:
+                out.append(f"{sym} {getattr(m, attr)}")
+    return out
 
-    if typing.get_origin(ann) is typing.Annotated:
-        base, *meta = typing.get_args(ann)
-        bounds = []
-        for m in meta:
-            for item in [m, *getattr(m, "metadata", [])]:
-                for attr, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
-                    if type(item).__name__.lower() == attr and hasattr(item, attr):
-                        bounds.append(f"{op} {getattr(item, attr)}")
-        return " ".join([_type_name(base), *bounds])
-    if typing.get_origin(ann) in (list, tuple, dict) and typing.get_args(ann):
-        inner = ", ".join(_type_name(a) for a in typing.get_args(ann))
-        return f"{typing.get_origin(ann).__name__}[{inner}]"
-    if isinstance(ann, type):
-        return ann.__name__
-    return str(ann).replace("typing.", "")
+
+def type_text(ann: Any, models: dict[str, type] | None = None, literal_sep: str = " \\| ") -> str:
+    """A short, stable description of a type hint: ``float (>= 0, < 1)``, ``'a' | 'b'``.
+    Pydantic models met on the way are collected in ``models`` (the README documents them);
+    ``literal_sep`` joins a Literal's choices (escaped for markdown tables by default)."""
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if ann is inspect.Parameter.empty or ann is Any or ann is object:
+        return "any"
+    if ann is type(None):
+        return "null"
+    if origin is typing.Annotated:
+        base = type_text(args[0], models, literal_sep)
+        cons = _constraints(list(args[1:]))
+        return f"{base} ({', '.join(cons)})" if cons else base
+    if origin is typing.Literal:
+        return literal_sep.join(repr(a) for a in args)
+    if origin is typing.Union or type(ann).__name__ == "UnionType":
+        return " or ".join(type_text(a, models, literal_sep) for a in args)
+    if origin in (list, tuple):
+        inner = ", ".join(type_text(a, models, literal_sep) for a in args if a is not Ellipsis)
+        return f"{origin.__name__}[{inner}]"
+    if inspect.isclass(ann) and issubclass(ann, BaseModel) and models is not None:
+        models[ann.__name__] = ann
+    return ann.__name__ if inspect.isclass(ann) else str(ann).replace("typing.", "")
 
 
 # --------------------------------------------------------------------------- registry
