@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+
 from clfkit.errors import ClfkitError, DataError
 from clfkit.io import atomic_open, write_json
 from clfkit.runs import read_run
@@ -33,13 +35,22 @@ class EvalResult:
     files: list[Path]
 
 
+def per_class(cm: torch.Tensor, class_names: list[str]) -> list[dict[str, Any]]:
+    """Accuracy (= recall), precision and support per class from a confusion matrix."""
+    rows = []
+    for i, name in enumerate(class_names):
+        support = int(cm[i].sum())
+        predicted = int(cm[:, i].sum())
+        tp = int(cm[i, i])
+        rows.append({"class": name, "accuracy": tp / support if support else None,
+                     "precision": tp / predicted if predicted else None, "recall": tp / support if support else None,
+                     "support": support})
+    return rows
+
+
 def per_class_rows(confusion, class_names: list[str]) -> list[dict[str, Any]]:
     """Per-class accuracy, precision, recall, f1 and support from a confusion matrix
     (rows: true class)."""
-    import torch
-
-    from clfkit.train import per_class
-
     rows = per_class(torch.as_tensor(confusion), class_names)
     for r in rows:
         p, rc = r["precision"], r["recall"]

@@ -48,7 +48,7 @@ from clfkit.recipe import Recipe
 from clfkit.resume import EpochProgress, Resumed, restore, rng_state, set_rng_state, training_state
 from clfkit.signals import Interrupted, catch_stop_signals
 from clfkit.ema import WeightEMA
-from clfkit.evaluate import write_run_reports
+from clfkit.evaluate import per_class, write_run_reports
 from clfkit.logs import MetricsLog
 from clfkit.stopping import EarlyStopper
 
@@ -359,19 +359,6 @@ def evaluate(model: nn.Module, data: ImageSet, *, rt: Runtime, loss_fn: nn.Modul
     cm = confusion.view(num_classes, num_classes).cpu()
     n = int(cm.sum())
     return {"loss": float(loss_sum) / max(n, 1), "acc": float(cm.diag().sum()) / max(n, 1), "confusion": cm}
-
-
-def per_class(cm: torch.Tensor, class_names: list[str]) -> list[dict[str, Any]]:
-    """Accuracy (= recall), precision and support per class from a confusion matrix."""
-    rows = []
-    for i, name in enumerate(class_names):
-        support = int(cm[i].sum())
-        predicted = int(cm[:, i].sum())
-        tp = int(cm[i, i])
-        rows.append({"class": name, "accuracy": tp / support if support else None,
-                     "precision": tp / predicted if predicted else None, "recall": tp / support if support else None,
-                     "support": support})
-    return rows
 
 
 # --------------------------------------------------------------------------- run folder
