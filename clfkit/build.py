@@ -2,7 +2,7 @@
 a loss, an optimizer, a schedule, augmentations and regularizers."""
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -75,6 +75,7 @@ def normalization(recipe: Recipe, train: ImageSet) -> tuple[list[float], list[fl
 
 def build_model(recipe: Recipe, num_classes: int, in_chans: int, image_size: tuple[int, int],
                 mean: list[float], std: list[float]) -> ImageClassifier:
+    """The recipe's model for data of this shape, wrapped with its input normalization."""
     name, args = registry.split_spec(recipe.model)
     net = registry.create("model", name, num_classes=num_classes, in_chans=in_chans,
                           image_size=tuple(image_size), **args)
@@ -82,26 +83,32 @@ def build_model(recipe: Recipe, num_classes: int, in_chans: int, image_size: tup
 
 
 def build_loss(recipe: Recipe, num_classes: int) -> nn.Module:
+    """The recipe's loss."""
     name, args = registry.split_spec(recipe.loss)
     return registry.create("loss", name, num_classes=num_classes, **args)
 
 
 def build_regularizers(recipe: Recipe) -> list[Any]:
+    """The recipe's regularizers, in recipe order."""
     return [registry.create("regularizer", name, **args)
             for name, args in map(registry.split_spec, recipe.regularizers)]
 
 
 def build_optimizer(recipe: Recipe, model: nn.Module, regularizers: list[Any]) -> torch.optim.Optimizer:
+    """The recipe's optimizer over the trainable parameters, grouped by the regularizers'
+    ``on_param_groups`` hooks (e.g. no weight decay on norms)."""
     groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
     for r in regularizers:
         if hasattr(r, "on_param_groups"):
             groups = r.on_param_groups(groups)
     name, args = registry.split_spec(recipe.optim)
-    device = next(model.parameters()).device.type if any(True for _ in model.parameters()) else "cpu"
+    first = next(model.parameters(), None)
+    device = first.device.type if first is not None else "cpu"
     return registry.create("optimizer", name, params=groups, device=device, **args)
 
 
 def build_schedule(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
+    """The recipe's LR multiplier as a function of the optimizer step."""
     name, args = registry.split_spec(recipe.schedule)
     epochs = recipe.train.epochs
     return registry.create("schedule", name, total_steps=epochs * steps_per_epoch,

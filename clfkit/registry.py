@@ -237,7 +237,8 @@ class Registry:
 
         return deco
 
-    def add(self, kind: str, name: str, obj: Callable, *, validator=None) -> Entry:
+    def add(self, kind: str, name: str, obj: Callable, *, validator: Callable[[dict], dict] | None = None) -> Entry:
+        """Register ``obj`` as ``name`` of ``kind``; refuse a duplicate or a broken contract."""
         self._check_kind(kind)
         provider, version = _provider.get()
         if provider == BUILTIN:
@@ -265,10 +266,12 @@ class Registry:
         self._fallbacks.setdefault(kind, []).append(resolver)
 
     def remove(self, kind: str, name: str) -> None:
+        """Forget a component (a plugin that failed half-way through registering)."""
         self._entries.get(kind, {}).pop(name, None)
 
     # ---- looking up
     def get(self, kind: str, name: str) -> Entry:
+        """The entry for ``name``; an unknown name is an error offering the nearest names."""
         self._check_kind(kind)
         self.load()
         entry = self._entries[kind].get(name)
@@ -281,11 +284,13 @@ class Registry:
         raise RegistryError(self._unknown_message(kind, name))
 
     def names(self, kind: str) -> list[str]:
+        """Registered names of ``kind``, sorted (fallbacks such as albumentations excluded)."""
         self._check_kind(kind)
         self.load()
         return sorted(self._entries[kind])
 
     def entries(self, kind: str | None = None) -> Iterator[Entry]:
+        """Every entry (of ``kind``, or of all kinds in kind order), sorted by name."""
         self.load()
         for k in ([kind] if kind else KINDS):
             yield from (self._entries[k][n] for n in sorted(self._entries.get(k, {})))
@@ -348,6 +353,7 @@ class Registry:
                 self.load_entry_point(ep)
 
     def load_entry_point(self, ep: md.EntryPoint) -> None:
+        """Load one plugin; a failure is recorded in ``plugin_errors`` and rolled back."""
         dist = ep.dist.name if ep.dist else ep.value.split(":")[0]
         version = ep.dist.version if ep.dist else ""
         token = _provider.set((dist, version))
@@ -424,7 +430,11 @@ def _check_contract(entry: Entry) -> None:
             f"({KINDS[entry.kind].doc})")
 
 
-REGULARIZER_HOOKS = ("on_model", "on_param_groups", "on_batch", "on_loss", "before_step")
+# A regularizer's hooks and the arguments the trainer calls each with.
+_HOOK_ARGS = {"on_model": ("model",), "on_param_groups": ("groups",),
+              "on_batch": ("x", "y", "num_classes"), "on_loss": ("loss", "model"),
+              "before_step": ("model", "optimizer")}
+REGULARIZER_HOOKS = tuple(_HOOK_ARGS)
 
 
 def _check_result(entry: Entry, obj: Any) -> None:
@@ -464,11 +474,6 @@ def _check_result(entry: Entry, obj: Any) -> None:
                        "a batched transform must set `batched = True` and take (x, generator)")
             except ValueError:
                 pass
-
-
-_HOOK_ARGS = {"on_model": ("model",), "on_param_groups": ("groups",),
-              "on_batch": ("x", "y", "num_classes"), "on_loss": ("loss", "model"),
-              "before_step": ("model", "optimizer")}
 
 
 def _check_arity(entry: Entry, obj: Any, hook: str, fn: Callable, args: tuple[str, ...]) -> None:
@@ -645,10 +650,12 @@ def create(kind: str, name: str, /, **kwargs):
 
 
 def get(kind: str, name: str) -> Entry:
+    """The registered entry for ``name`` of ``kind``."""
     return REGISTRY.get(kind, name)
 
 
 def names(kind: str) -> list[str]:
+    """Registered names of ``kind``, sorted."""
     return REGISTRY.names(kind)
 
 

@@ -10,10 +10,14 @@ from __future__ import annotations
 import keyword
 import re
 from importlib import resources
+from typing import TYPE_CHECKING, Iterator
 from pathlib import Path
 
 from clfkit import __version__
 from clfkit.errors import ClfkitError
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 TEMPLATE = "templates/plugin"
 SUFFIX = ".tmpl"
@@ -33,6 +37,7 @@ def plugin_names(name: str) -> dict[str, str]:
 
 
 def render(text: str, names: dict[str, str]) -> str:
+    """Fill the ``{{key}}`` placeholders of a template."""
     for key, value in names.items():
         text = text.replace("{{" + key + "}}", value)
     return text
@@ -54,7 +59,8 @@ def new_plugin(name: str, dest: str | Path = ".") -> Path:
     return root
 
 
-def _walk(folder, rel: tuple[str, ...]):
+def _walk(folder: Traversable, rel: tuple[str, ...]) -> Iterator[tuple[Traversable, tuple[str, ...]]]:
+    """(template file, its path parts) for every ``*.tmpl`` under ``folder``, sorted."""
     for item in sorted(folder.iterdir(), key=lambda p: p.name):
         if item.is_dir():
             if item.name != "__pycache__":
