@@ -29,7 +29,7 @@ import random
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -40,7 +40,7 @@ import torch.nn as nn
 from clfkit import __version__, distributed
 from clfkit.build import (build_augmentations, build_data, build_loss, build_model, build_optimizer,
                           build_regularizers, build_schedule, normalization)
-from clfkit.checkpoint import save_checkpoint
+from clfkit.checkpoint import load_checkpoint, save_checkpoint
 from clfkit.data import ImageSet, Splits
 from clfkit.errors import TrainingError
 from clfkit.io import append_line, atomic_open, write_json, write_text
@@ -459,12 +459,7 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
         write_text(run / "recipe.yaml", f"# resolved by clfkit {__version__}\n" + recipe.to_yaml())
     if splits.skipped:
         write_text(run / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in splits.skipped))
-    report.print(f"run {run}  device {rt.device} ({rt.precision})  data: {splits.description}: "
-                 f"{len(splits.train)} train / {len(splits.val) if splits.val else 0} val / "
-                 f"{len(splits.test) if splits.test else 0} test, {num_classes} classes, "
-                 f"{splits.in_chans}x{splits.image_size[0]}x{splits.image_size[1]} "
-                 f"(loaded in {data_seconds:.1f}s)" + (f", {len(splits.skipped)} unreadable file(s) skipped, "
-                                                       f"listed in skipped.txt" if splits.skipped else ""))
+    report.print(f"run {run}  device {rt.device} ({rt.precision})  data: {_describe(splits, data_seconds)}")
 
     # ---- model and optimization
     model = build_model(recipe, num_classes, splits.in_chans, splits.image_size, mean, std)
@@ -487,10 +482,13 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
     train_model = torch.compile(train_model) if tc.compile else train_model
     workers = recipe.data.workers if recipe.data.workers is not None else min(8, os.cpu_count() or 1)
 
-    # In-memory data goes to the GPU once; per-image CPU augmentation keeps it on the host.
-    train_set = splits.train
+    # In-memory data goes to the GPU once (val too: it is evaluated every epoch); per-image CPU
+    # augmentation keeps it on the host.
+    train_set, val_set = splits.train, splits.val if splits.val is not None and len(splits.val) else None
     if rt.device.type == "cuda" and not per_image:
         train_set = ImageSet(train_set.images.to(rt.device), train_set.labels.to(rt.device))
+        if val_set is not None:
+            val_set = ImageSet(val_set.images.to(rt.device), val_set.labels.to(rt.device))
     eval_bs = tc.eval_batch_size or tc.batch_size * 2
     ckpt_base = {"recipe": recipe.to_dict(), "class_names": splits.class_names,
                  "input": {"image_size": list(splits.image_size), "channels": splits.in_chans,
@@ -503,12 +501,11 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
     history: list[dict] = []
     state = StepState()
     train_seconds = 0.0
-    # Objects with state_dict()/load_state_dict() that last.pt must carry (EMA, early
-    # stopping, ...): add them here under a stable key and resume restores them.
-    resumable: dict[str, Any] = {}
     ema = WeightEMA(model, tc.ema) if tc.ema else None  # clfkit.ema: val, best.pt and test use it
     stopper = EarlyStopper(tc.early_stopping, bool(splits.val)) if tc.early_stopping else None
-    resumable.update({k: v for k, v in (("ema", ema), ("early_stopping", stopper)) if v is not None})
+    # Objects with state_dict()/load_state_dict() that last.pt must carry (EMA, early
+    # stopping, ...): add them here under a stable key and resume restores them.
+    resumable = {k: v for k, v in {"ema": ema, "early_stopping": stopper}.items() if v is not None}
     eval_model = ema.module if ema is not None else model
     start_epoch, resume_at = 0, None
     if resume is not None:
@@ -532,7 +529,8 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
         return (f"{stop.name} received: stopped {where}, step {state.step}; saved {run / 'last.pt'}.\n"
                 f"Resume with: clfkit train --resume {run}")
 
-    # torch.compile compiles on the first step: time that step apart so epoch throughput is honest
+    # torch.compile compiles on the first step: time that step and report it (summary
+    # compile_seconds); epoch 1's seconds and images_per_s still include it
     compile_clock: dict[str, Optional[float]] = {"t0": None, "seconds": None}
 
     def after_step(batch: int, snapshot: Callable[[], EpochProgress]) -> None:
@@ -559,9 +557,9 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
         for epoch in range(start_epoch, tc.epochs):
             t0 = time.perf_counter()
             progress = report.start_epoch(epoch, n_train)
-            lr = epoch_lr = optimizer.param_groups[0]["lr"]
+            epoch_lr = optimizer.param_groups[0]["lr"]
             if resume_at is not None and resume_at.lr is not None:
-                lr = epoch_lr = resume_at.lr  # the row reports the LR the epoch started with
+                epoch_lr = resume_at.lr  # the row reports the LR the epoch started with
             row: dict[str, Any] = {"epoch": epoch + 1}
             if tc.compile and compile_clock["t0"] is None:
                 compile_clock["t0"] = time.perf_counter()
@@ -574,21 +572,21 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
             resume_at = None
             t_train = time.perf_counter() - t0
             train_seconds += t_train
-            if splits.val is not None and len(splits.val):
-                ev = evaluate(eval_model, splits.val, rt=rt, loss_fn=loss_fn, num_classes=num_classes,
+            if val_set is not None:
+                ev = evaluate(eval_model, val_set, rt=rt, loss_fn=loss_fn, num_classes=num_classes,
                               batch_size=eval_bs)
                 row.update(val_loss=ev["loss"], val_acc=ev["acc"])
-            row.update(lr=lr, seconds=round(time.perf_counter() - t0, 3),
+            row.update(lr=epoch_lr, seconds=round(time.perf_counter() - t0, 3),
                        images_per_s=round(n_train / max(t_train, 1e-9), 1), step=state.step)
             history.append(row)
             append_line(run / "metrics.jsonl", json.dumps(row))
             metrics_log.write(row)
             report.end_epoch(row)
             score = row.get("val_acc", row["train_acc"])
-            ckpt = {**ckpt_base, "model": eval_model.state_dict(), "epoch": epoch + 1, "metrics": row}
             if score > best["val_acc"]:
                 best = {"val_acc": score, "epoch": epoch + 1, "row": row}
-                save_checkpoint(run / "best.pt", ckpt)
+                save_checkpoint(run / "best.pt", {**ckpt_base, "model": eval_model.state_dict(),
+                                                  "epoch": epoch + 1, "metrics": row})
             early_stop = stopper is not None and stopper.update(row)
             save_last(epoch + 1, None, row)
             if stop.pending:
@@ -610,19 +608,10 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
         "compile_seconds": compile_clock["seconds"],
         "normalize": {"mean": mean, "std": std},  # as used (computed from train when `auto`)
         "clfkit_version": __version__, "epochs_run": len(history), "ema": ema is not None,
-        "stopped_early_at": stopper.stopped_epoch or None if stopper else None,
+        "stopped_early_at": stopper.stopped_epoch if stopper and stopper.stopped_epoch else None,
     }
-    eval_split = "test" if splits.test is not None and splits.test.labelled else "val" if splits.val else None
-    if eval_split:
-        from clfkit.checkpoint import load_checkpoint
-
-        model.load_state_dict(load_checkpoint(run / "best.pt", map_location=rt.device)["model"])
-        ev = evaluate(model, getattr(splits, eval_split), rt=rt, loss_fn=loss_fn, num_classes=num_classes,
-                      batch_size=eval_bs)
-        summary.update(eval_split=eval_split, per_class=per_class(ev["confusion"], splits.class_names),
-                       confusion=ev["confusion"].tolist())
-        if eval_split == "test":
-            summary.update(test_acc=ev["acc"], test_loss=ev["loss"], test_images=len(splits.test))
+    summary.update(_evaluate_best(run / "best.pt", model, splits, val_set, rt=rt, loss_fn=loss_fn,
+                                  batch_size=eval_bs))
     summary["wall_seconds"] = round(time.perf_counter() - t_start, 2)
     write_json(run / "summary.json", summary)
     write_run_reports(run)  # curves.png, per_class.csv, confusion.png (clfkit.evaluate)
@@ -631,6 +620,36 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
         msg += f", test acc {summary['test_acc']:.4f}"
     report.print(msg + f"  -> {run}")
     return RunResult(run, summary)
+
+
+def _describe(splits: Splits, data_seconds: float) -> str:
+    """The data part of the run's first line: source, split sizes, classes, input shape."""
+    return (f"{splits.description}: {len(splits.train)} train / {len(splits.val) if splits.val else 0} val / "
+            f"{len(splits.test) if splits.test else 0} test, {splits.num_classes} classes, "
+            f"{splits.in_chans}x{splits.image_size[0]}x{splits.image_size[1]} (loaded in {data_seconds:.1f}s)"
+            + (f", {len(splits.skipped)} unreadable file(s) skipped, listed in skipped.txt"
+               if splits.skipped else ""))
+
+
+def _evaluate_best(best_pt: Path, model: nn.Module, splits: Splits, val_set: Optional[ImageSet], *,
+                   rt: Runtime, loss_fn: nn.Module, batch_size: int) -> dict[str, Any]:
+    """Load best.pt into ``model`` and evaluate it on the labelled test split (the val split
+    when there is none). Returns the summary's eval_split, per_class and confusion, plus
+    test_acc, test_loss and test_images when it was the test split; nothing without either.
+    ``val_set``: the val split as training evaluated it (on the GPU when it lives there)."""
+    if splits.test is not None and splits.test.labelled:
+        split, data = "test", splits.test
+    elif val_set is not None:
+        split, data = "val", val_set
+    else:
+        return {}
+    model.load_state_dict(load_checkpoint(best_pt, map_location=rt.device)["model"])
+    ev = evaluate(model, data, rt=rt, loss_fn=loss_fn, num_classes=splits.num_classes, batch_size=batch_size)
+    out = {"eval_split": split, "per_class": per_class(ev["confusion"], splits.class_names),
+           "confusion": ev["confusion"].tolist()}
+    if split == "test":
+        out.update(test_acc=ev["acc"], test_loss=ev["loss"], test_images=len(splits.test))
+    return out
 
 
 def _save_parity_samples(run: Path, splits: Splits, n: int = 64) -> None:
