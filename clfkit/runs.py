@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -50,7 +50,6 @@ class RunInfo:
     history: list[dict[str, Any]]
     summary: Optional[dict[str, Any]]
     label: str = ""
-    values: dict[str, str] = field(default_factory=dict)  # sweep axis -> value label
 
     @property
     def finished(self) -> bool:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import inspect
 import itertools
 import os
 import re
@@ -41,7 +40,7 @@ import yaml
 from clfkit.errors import ClfkitError, RecipeError
 from clfkit.io import atomic_open, write_json, write_text
 from clfkit.recipe import Recipe, apply_override, parse_override, read_yaml, validate_recipe
-from clfkit.runs import RunInfo, rank, read_run
+from clfkit.runs import RunInfo, is_run, rank, read_run
 
 
 class SweepError(ClfkitError):
@@ -254,15 +253,9 @@ def _diff_paths(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 # --------------------------------------------------------------------------- running
-def _can_resume() -> bool:
-    from clfkit.train import train
-
-    return "resume" in inspect.signature(train).parameters
-
-
 def run_trial(recipe_dict: dict, run_dir: str, quiet: bool = True, threads: int = 0) -> dict:
     """Train one combination into ``run_dir`` (a worker process's entry point): resume it
-    from last.pt when it was started before and the trainer can, else start it afresh."""
+    from last.pt when it was started before and got that far, else start it afresh."""
     import torch
 
     from clfkit.train import train
@@ -272,7 +265,7 @@ def run_trial(recipe_dict: dict, run_dir: str, quiet: bool = True, threads: int 
     run = Path(run_dir)
     recipe = Recipe.model_validate(recipe_dict)
     if run.exists() and not (run / "summary.json").is_file():
-        if (run / "last.pt").is_file() and _can_resume():
+        if (run / "last.pt").is_file():
             from clfkit.resume import resume_run
 
             return {"summary": resume_run(run, quiet=quiet).summary, "resumed": True}
@@ -362,43 +355,47 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
+def _ranked_runs(sweep: Sweep) -> list[tuple[Trial, Optional[RunInfo]]]:
+    """Every trial with its run folder read back (None before it has one): finished runs by
+    best val acc first, then the others in plan order."""
+    infos = {t.name: read_run(t.run_dir, label=t.name.replace(",", ", ")) for t in sweep.trials
+             if is_run(t.run_dir)}
+    finished = rank([infos[t.name] for t in sweep.trials if t.name in infos and infos[t.name].finished], "val_acc")
+    first = {r.path.name for r in finished}
+    by_name = {t.name: t for t in sweep.trials}
+    return ([(by_name[r.path.name], r) for r in finished]
+            + [(t, infos.get(t.name)) for t in sweep.trials if t.name not in first])
+
+
+def _row(sweep: Sweep, i: int, t: Trial, info: Optional[RunInfo]) -> dict[str, Any]:
+    done = info is not None and info.finished
+    row: dict[str, Any] = {"rank": i if done else None, "run": t.name}
+    row.update({a.key: t.values[a.key] for a in sweep.axes})
+    row.update({
+        "best_val_acc": info.best_val_acc if info else None,
+        "best_epoch": info.best_epoch if info else None,
+        "train_acc": info.train_acc_at_best if info else None,
+        "test_acc": info.test_acc if info else None,
+        "epochs_run": len(info.history) if info else 0,
+        "wall_seconds": round(info.wall_seconds, 1) if info and info.wall_seconds is not None else None,
+        "status": "done" if done else (t.status if t.status == "failed" else "unfinished"),
+    })
+    if t.status == "failed" and t.error:
+        row["status"] = "failed: " + t.error.splitlines()[0][:200]
+    return row
+
+
 def sweep_rows(sweep: Sweep) -> list[dict[str, Any]]:
     """One row per run, ranked by best val acc (finished runs first)."""
-    infos: dict[str, RunInfo] = {}
-    for t in sweep.trials:
-        if (t.run_dir / "metrics.jsonl").is_file() or (t.run_dir / "summary.json").is_file():
-            infos[t.name] = read_run(t.run_dir)
-            infos[t.name].values = t.values
-    finished = [infos[t.name] for t in sweep.trials if t.name in infos and infos[t.name].finished]
-    ranked = rank(finished, "val_acc")
-    order = [r.path.name for r in ranked] + [t.name for t in sweep.trials if t.name not in {r.path.name for r in ranked}]
-    by_name = {t.name: t for t in sweep.trials}
-    rows = []
-    for i, name in enumerate(order, 1):
-        t, info = by_name[name], infos.get(name)
-        done = info is not None and info.finished
-        row: dict[str, Any] = {"rank": i if done else None, "run": name}
-        row.update({a.key: t.values[a.key] for a in sweep.axes})
-        row.update({
-            "best_val_acc": info.best_val_acc if info else None,
-            "best_epoch": info.best_epoch if info else None,
-            "train_acc": info.train_acc_at_best if info else None,
-            "test_acc": info.test_acc if info else None,
-            "epochs_run": len(info.history) if info else 0,
-            "wall_seconds": round(info.wall_seconds, 1) if info and info.wall_seconds is not None else None,
-            "status": "done" if done else (t.status if t.status == "failed" else "unfinished"),
-        })
-        if t.status == "failed" and t.error:
-            row["status"] = "failed: " + t.error.splitlines()[0][:200]
-        rows.append(row)
-    return rows
+    return [_row(sweep, i, t, info) for i, (t, info) in enumerate(_ranked_runs(sweep), 1)]
 
 
 def write_tables(sweep: Sweep, top: int = 10) -> list[Path]:
     """sweep.csv, sweep.md and compare.png (top runs) in the sweep folder."""
     from clfkit.plots import plot_compare
 
-    rows = sweep_rows(sweep)
+    ranked = _ranked_runs(sweep)  # each run folder read once, for the tables and the figure
+    rows = [_row(sweep, i, t, info) for i, (t, info) in enumerate(ranked, 1)]
     cols = list(rows[0]) if rows else []
     with atomic_open(sweep.out / "sweep.csv", "w") as f:
         w = csv.DictWriter(f, fieldnames=cols, lineterminator="\n")
@@ -420,8 +417,7 @@ def write_tables(sweep: Sweep, top: int = 10) -> list[Path]:
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     write_text(sweep.out / "sweep.md", "\n".join(lines) + "\n")
     files = [sweep.out / "sweep.csv", sweep.out / "sweep.md"]
-    finished = [read_run(sweep.out / r["run"], label=r["run"].replace(",", ", ")) for r in rows
-                if r["status"] == "done"]
+    finished = [info for _, info in ranked if info is not None and info.finished]
     if finished:
         files.append(plot_compare(finished[:top], sweep.out / "compare.png",
                                   title=f"{sweep.recipe_path.name}: top {min(top, len(finished))} of "
