@@ -44,10 +44,10 @@ def plot_curves(run: RunInfo, path: str | Path) -> Path:
     axes = fig.subplots(1, 2)
     best = run.best_epoch
     for ax, what in zip(axes, ("loss", "acc")):
-        for split, style in (("train", "-"), ("val", "-")):
+        for split in ("train", "val"):
             x, y = _series(run.history, f"{split}_{what}")
             if x:
-                ax.plot(x, y, style, marker="o" if len(x) <= 30 else None, ms=3, label=split)
+                ax.plot(x, y, "-", marker="o" if len(x) <= 30 else None, ms=3, label=split)
         if best:
             ax.axvline(best, color="0.6", ls=":", lw=1, label=f"best val (epoch {best})")
         ax.set_xlabel("epoch")

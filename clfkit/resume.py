@@ -25,6 +25,7 @@ augmentation generator) to its state at the checkpoint.
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -71,8 +72,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     cuda = state.get("cuda") or []
     if cuda and torch.cuda.is_available():
         if len(cuda) != torch.cuda.device_count():
-            import warnings
-
             warnings.warn(f"the checkpoint holds {len(cuda)} CUDA generator state(s) but this machine has "
                           f"{torch.cuda.device_count()} GPU(s); CUDA random draws will differ from the "
                           f"uninterrupted run", stacklevel=2)
@@ -144,8 +143,6 @@ def restore(resumed: Resumed, *, model, optimizer, scheduler, scaler, extra: dic
             obj.load_state_dict(saved[key])
     unknown = sorted(set(saved) - set(extra))
     if unknown:
-        import warnings
-
         warnings.warn(f"last.pt holds state for {unknown}, which this trainer does not use; ignored",
                       stacklevel=2)
 

@@ -122,7 +122,7 @@ class RunInfo:
 
 def read_run(path: str | Path, label: str | None = None) -> RunInfo:
     path = Path(path)
-    if not (path / "metrics.jsonl").is_file() and not (path / "summary.json").is_file():
+    if not is_run(path):
         raise RunFolderError(f"{path} is not a run folder (no metrics.jsonl or summary.json)")
     summary = None
     if (path / "summary.json").is_file():

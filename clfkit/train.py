@@ -243,7 +243,7 @@ def train_one_epoch(model: nn.Module, data: ImageSet, *, rt: Runtime, loss_fn: n
             loss = loss_fn(out, target)
         for r in on_loss:
             loss = r.on_loss(loss, model)
-        if not state.warned_probs:
+        if not state.warned_probs:  # the first batch only: one host sync per run
             state.warned_probs = True
             if _looks_like_probabilities(out):
                 warnings.warn(
