@@ -16,6 +16,10 @@ Metrics are summed over ranks before they are read; evaluation is sharded and it
 matrix summed. Only rank 0 writes into the run folder and prints; the other ranks write their
 (identical) checkpoints into a private temp folder that is removed at exit.
 
+Checkpoints: ``last.pt`` holds every rank's RNG states and, mid-epoch, every rank's
+augmentation generator and partial metric sums (:func:`gather`), so each rank resumes from its
+own (see clfkit.resume).
+
 The trainer calls these functions; DDP itself lives only here.
 """
 from __future__ import annotations
@@ -147,6 +151,16 @@ def sum_over_ranks(*values) -> list[float]:
     if WORLD.active:
         dist.all_reduce(stacked)
     return stacked.tolist()
+
+
+def gather(obj):
+    """Every rank's ``obj`` (small picklable values: RNG states, partial sums), as a list by rank;
+    ``[obj]`` in one process. Called by all ranks at once (a checkpoint)."""
+    if not WORLD.active:
+        return [obj]
+    out = [None] * WORLD.size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def all_reduce_(*tensors: torch.Tensor) -> None:

@@ -9,9 +9,12 @@ no numpy objects, no pickled classes)::
     epoch                             epochs completed
     in_epoch                          None at an epoch boundary; mid-epoch (a step checkpoint or
                                       an interrupt): {"batch": batches done in the epoch,
-                                      "aug_rng": augmentation generator state,
-                                      "loss_sum", "correct", "seen", "nonfinite": partial sums}
-    rng                               python, numpy, torch, cuda generator states (see rng_state)
+                                      "lr": the LR the epoch started with}
+    ranks                             one dict per process, by rank (one for a plain run, the world
+                                      size under DDP): {"rng": its global generators
+                                      (see rng_state)}, and mid-epoch also "aug_rng" (its
+                                      augmentation generator) and its partial sums "loss_sum",
+                                      "correct", "seen", "nonfinite"
     best, history                     best epoch so far and the metrics rows written so far
     extra                             {key: state_dict()} of any other stateful object the
                                       trainer was given (EMA, early stopping, ...)
@@ -21,6 +24,13 @@ batch order of an epoch is a pure function of (seed, epoch) (``train.epoch_order
 are per-image (albumentations) draws, reseeded per image; a mid-epoch resume skips the
 epoch's first ``batch`` batches and restores every generator (global ones and the batched
 augmentation generator) to its state at the checkpoint.
+
+Under DDP each rank has its own augmentation stream (``distributed.rank_seed``) and sums its
+own share of the epoch's metrics, so each rank restores its own entry of ``ranks``, and the
+epoch-end reduction over ranks gives what an uninterrupted run reports. A mid-epoch checkpoint
+therefore resumes only with the world size that saved it (anything else is refused). An
+epoch-boundary one resumes with any: every rank's next augmentation seed and batch order
+derive from (seed, epoch, rank), and a rank with no saved entry takes rank 0's generators.
 """
 from __future__ import annotations
 
@@ -33,10 +43,12 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from clfkit.errors import ClfkitError
+from clfkit import distributed
+from clfkit.errors import ClfkitError, TrainingError
 from clfkit.io import remove_stale_temps
 
-RESUME_FORMAT = 1
+RESUME_FORMAT = 2  # 2: per-rank "ranks" list (1: one process, "rng" and in_epoch sums at the top)
+RANK_KEYS = ("aug_rng", "loss_sum", "correct", "seen", "nonfinite")  # a rank's own in-epoch state
 
 
 class ResumeError(ClfkitError):
@@ -82,26 +94,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- in-epoch position
 @dataclass
 class EpochProgress:
-    """Where a run stands inside an epoch, and the epoch's partial sums so far."""
+    """Where this rank stands inside an epoch, and its partial sums so far."""
 
-    batch: int = 0                        # batches finished in this epoch
+    batch: int = 0                        # batches finished in this epoch (the same on every rank)
     aug_rng: Optional[torch.Tensor] = None  # augmentation generator state after `batch` batches
     loss_sum: float = 0.0
     correct: float = 0.0
     seen: int = 0
     nonfinite: int = 0                    # batches skipped for a non-finite loss
-    rng: Optional[dict] = None            # global generators after `batch` batches
+    rng: Optional[dict] = None            # global generators at the checkpoint (set on loading)
     lr: Optional[float] = None            # the LR the epoch started with (its metrics row)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"batch": self.batch, "aug_rng": self.aug_rng, "loss_sum": self.loss_sum,
-                "correct": self.correct, "seen": self.seen, "nonfinite": self.nonfinite, "lr": self.lr}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], rng: dict) -> "EpochProgress":
-        return cls(batch=int(d["batch"]), aug_rng=d.get("aug_rng"), loss_sum=d["loss_sum"],
-                   correct=d["correct"], seen=int(d["seen"]), nonfinite=int(d.get("nonfinite", 0)), rng=rng,
-                   lr=d.get("lr"))
 
 
 @dataclass
@@ -111,20 +113,51 @@ class Resumed:
     run_dir: Path
     state: dict[str, Any]
     epoch: int                           # epochs completed
-    progress: Optional[EpochProgress]    # None at an epoch boundary
     history: list[dict] = field(default_factory=list)
+
+    @property
+    def mid_epoch(self) -> bool:
+        return self.state["in_epoch"] is not None
+
+    def for_rank(self, rank: int, world_size: int) -> tuple[dict, Optional[EpochProgress]]:
+        """This rank's global generator states and, mid-epoch, its :class:`EpochProgress`.
+        A mid-epoch checkpoint saved by another number of processes is refused."""
+        ranks, in_epoch = self.state["ranks"], self.state["in_epoch"]
+        if in_epoch is None:
+            return (ranks[rank] if len(ranks) == world_size else ranks[0])["rng"], None
+        if len(ranks) != world_size:
+            saved = len(ranks)
+            how = ("clfkit train --resume RUN" if saved == 1 else
+                   f"torchrun --nproc_per_node={saved} -m clfkit train --resume RUN on one machine")
+            raise TrainingError(
+                f"cannot resume {self.run_dir} with {world_size} process(es): its last.pt was saved in the "
+                f"middle of epoch {self.epoch + 1} (after batch {in_epoch['batch']}) by {saved} process(es) "
+                f"and holds each one's own random and augmentation state, so it continues only with {saved}. "
+                f"Resume with {saved} ({how}); to change the number of processes, let that resumed run pass "
+                f"an epoch end and stop it there (Ctrl-C after an epoch line): an epoch-end last.pt resumes "
+                f"with any number")
+        mine = ranks[rank]
+        return mine["rng"], EpochProgress(
+            batch=int(in_epoch["batch"]), lr=in_epoch.get("lr"), aug_rng=mine["aug_rng"],
+            loss_sum=mine["loss_sum"], correct=mine["correct"], seen=int(mine["seen"]),
+            nonfinite=int(mine["nonfinite"]), rng=mine["rng"])
 
 
 def training_state(*, epoch: int, step: int, progress: Optional[EpochProgress], optimizer, scheduler,
                    scaler, best: dict, history: list[dict], extra: dict[str, Any]) -> dict[str, Any]:
-    """The resume part of ``last.pt`` (merged with the weights and recipe by the trainer)."""
+    """The resume part of ``last.pt`` (merged with the weights and recipe by the trainer).
+    Under DDP every rank must call it at once: it gathers the ranks' own states."""
     best = {k: v for k, v in best.items() if k in ("val_acc", "epoch", "row")}
+    mine = {"rng": rng_state()}
+    if progress is not None:
+        mine.update({k: getattr(progress, k) for k in RANK_KEYS})
     return {
         "resume_format": RESUME_FORMAT, "epoch": epoch, "step": step,
-        "in_epoch": progress.to_dict() if progress is not None else None,
+        "in_epoch": {"batch": progress.batch, "lr": progress.lr} if progress is not None else None,
+        "ranks": distributed.gather(mine),
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": rng_state(), "best": best, "history": history,
+        "best": best, "history": history,
         "extra": {k: obj.state_dict() for k, obj in extra.items()},
     }
 
@@ -160,14 +193,15 @@ def load_resume_state(run_dir: str | Path) -> Resumed:
                           f"checkpoint); start it again with `clfkit train RECIPE`")
     state = load_checkpoint(last)
     remove_stale_temps(run_dir)  # half-written files of the crash being resumed from
-    if "optimizer" not in state or "rng" not in state:
+    if "optimizer" not in state or ("rng" not in state and "ranks" not in state):
         raise ResumeError(f"cannot resume: {last} holds weights only, not the training state")
     if state.get("resume_format", 0) > RESUME_FORMAT:
         raise ResumeError(f"cannot resume: {last} was written by a newer clfkit; upgrade clfkit")
-    progress = None
-    if state.get("in_epoch") is not None:
-        progress = EpochProgress.from_dict(state["in_epoch"], state["rng"])
-    return Resumed(run_dir, state, int(state["epoch"]), progress, list(state.get("history") or []))
+    if "ranks" not in state:  # format 1: one process, its own state at the top level
+        in_epoch = state.get("in_epoch")
+        state["ranks"] = [{"rng": state["rng"], **({k: in_epoch.get(k, 0) for k in RANK_KEYS} if in_epoch else {})}]
+        state["in_epoch"] = {"batch": in_epoch["batch"], "lr": in_epoch.get("lr")} if in_epoch else None
+    return Resumed(run_dir, state, int(state["epoch"]), list(state.get("history") or []))
 
 
 def resume_run(run_dir: str | Path, *, quiet: bool = False):
@@ -178,6 +212,6 @@ def resume_run(run_dir: str | Path, *, quiet: bool = False):
     resumed = load_resume_state(run_dir)
     recipe = validate_recipe(resumed.state["recipe"], source=f"{Path(run_dir) / 'last.pt'} recipe")
     epochs = recipe.train.epochs
-    if resumed.epoch >= epochs and resumed.progress is None and (Path(run_dir) / "summary.json").is_file():
+    if resumed.epoch >= epochs and not resumed.mid_epoch and (Path(run_dir) / "summary.json").is_file():
         raise ResumeError(f"cannot resume: the run in {run_dir} already finished all {epochs} epochs")
     return train(recipe, run_dir=run_dir, quiet=quiet, resume=resumed)

@@ -45,7 +45,7 @@ from clfkit.data import ImageSet, Splits
 from clfkit.errors import TrainingError
 from clfkit.io import append_line, atomic_open, write_json, write_text
 from clfkit.recipe import Recipe
-from clfkit.resume import EpochProgress, Resumed, restore, rng_state, set_rng_state, training_state
+from clfkit.resume import EpochProgress, Resumed, restore, set_rng_state, training_state
 from clfkit.signals import Interrupted, catch_stop_signals
 from clfkit.ema import WeightEMA
 from clfkit.evaluate import per_class, write_run_reports
@@ -220,8 +220,9 @@ def train_one_epoch(model: nn.Module, data: ImageSet, *, rt: Runtime, loss_fn: n
 
     def snapshot(batch: int) -> EpochProgress:
         guard.check(state.step)  # never checkpoint weights a non-finite step has touched
+        # this rank's own sums and generator: each rank restores its own (clfkit.resume)
         return EpochProgress(batch=batch, aug_rng=gen.get_state(), loss_sum=float(loss_sum),
-                             correct=float(correct), seen=seen, nonfinite=guard.skipped, rng=rng_state())
+                             correct=float(correct), seen=seen, nonfinite=guard.skipped)
     on_batch = [r for r in regularizers if hasattr(r, "on_batch")]
     on_loss = [r for r in regularizers if hasattr(r, "on_loss")]
     before_step = [r for r in regularizers if hasattr(r, "before_step")]
@@ -439,7 +440,9 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
     (from clfkit.resume.load_resume_state) continues the run in ``run_dir`` from its last.pt."""
     t_start = time.perf_counter()
     rt = resolve_runtime(recipe)
-    distributed.setup(rt)  # under torchrun: join the group, pin this rank's GPU
+    world = distributed.setup(rt)  # under torchrun: join the group, pin this rank's GPU
+    # this rank's part of last.pt (a mid-epoch one resumes only with the world size that saved it)
+    resume_rng, resume_at = resume.for_rank(world.rank, world.size) if resume is not None else (None, None)
     tc = recipe.train
     seed_everything(recipe.seed, tc.deterministic)
     report = Reporter(tc.epochs, quiet or not distributed.is_main())
@@ -507,15 +510,15 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
     # stopping, ...): add them here under a stable key and resume restores them.
     resumable = {k: v for k, v in {"ema": ema, "early_stopping": stopper}.items() if v is not None}
     eval_model = ema.module if ema is not None else model
-    start_epoch, resume_at = 0, None
+    start_epoch = 0
     if resume is not None:
         restore(resume, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, extra=resumable)
         best, history, state.step = dict(resume.state["best"]), list(resume.history), int(resume.state["step"])
-        start_epoch, resume_at = resume.epoch, resume.progress
+        start_epoch = resume.epoch
         # drop a metrics line written after last.pt (a crash between the two writes)
         write_text(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
         if resume_at is None:
-            set_rng_state(resume.state["rng"])
+            set_rng_state(resume_rng)
         report.print(f"resuming {run} at epoch {start_epoch + 1}" + (
             f", batch {resume_at.batch + 1}" if resume_at else "") + f" (step {state.step})")
 

@@ -255,3 +255,19 @@ def test_nonfinite_skip_counts_skipped_batches(tmp_path, monkeypatch):
     assert rows[0]["nonfinite_skipped"] == 2 and rows[1]["nonfinite_skipped"] == 0
     assert rows[0]["step"] == 13 and rows[1]["step"] == 28
     assert np.isfinite(rows[1]["train_loss"])
+
+
+def test_format_1_last_pt_loads_as_one_rank(tmp_path):
+    """A last.pt written before per-rank states (one process, its state at the top level)."""
+    from clfkit.checkpoint import save_checkpoint
+    from clfkit.resume import load_resume_state, rng_state
+
+    rng, aug = rng_state(), torch.Generator().manual_seed(5).get_state()
+    save_checkpoint(tmp_path / "last.pt", {
+        "resume_format": 1, "epoch": 1, "step": 24, "optimizer": {}, "rng": rng, "history": [{"epoch": 1}],
+        "in_epoch": {"batch": 9, "aug_rng": aug, "loss_sum": 1.5, "correct": 3.0, "seen": 288, "lr": 0.1}})
+    resumed = load_resume_state(tmp_path)
+    got_rng, progress = resumed.for_rank(0, 1)
+    assert resumed.mid_epoch and torch.equal(got_rng["torch"], rng["torch"]) and progress.rng is got_rng
+    assert (progress.batch, progress.seen, progress.loss_sum, progress.nonfinite, progress.lr) == (9, 288, 1.5, 0, 0.1)
+    assert torch.equal(progress.aug_rng, aug)
