@@ -16,9 +16,12 @@ Metrics are summed over ranks before they are read; evaluation is sharded and it
 matrix summed. Only rank 0 writes into the run folder and prints; the other ranks write their
 (identical) checkpoints into a private temp folder that is removed at exit.
 
-Checkpoints: ``last.pt`` holds every rank's RNG states and, mid-epoch, every rank's
+Checkpoints and stops: ``last.pt`` holds every rank's RNG states and, mid-epoch, every rank's
 augmentation generator and partial metric sums (:func:`gather`), so each rank resumes from its
-own (see clfkit.resume).
+own (see clfkit.resume). A SIGINT/SIGTERM may reach the ranks at different steps, or only some
+of them; a rank that stopped alone would leave the others waiting in the gradient all-reduce, so
+the ranks agree on stopping (:func:`stop_agreed`) every ``STOP_CHECK_EVERY`` steps and at
+every epoch end, and all stop at the same step.
 
 The trainer calls these functions; DDP itself lives only here.
 """
@@ -38,6 +41,7 @@ import torch
 import torch.distributed as dist
 
 from clfkit.errors import TrainingError
+from clfkit.signals import StopFlag
 
 
 @dataclass
@@ -45,6 +49,7 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    device: torch.device = torch.device("cpu")  # where this rank's collectives run (NCCL: its GPU)
 
     @property
     def active(self) -> bool:
@@ -71,6 +76,7 @@ def setup(rt) -> World:
         dist.init_process_group("nccl" if rt.device.type == "cuda" else "gloo")
         atexit.register(_teardown)
     WORLD.rank, WORLD.size, WORLD.local_rank = dist.get_rank(), dist.get_world_size(), local_rank
+    WORLD.device = rt.device
     return WORLD
 
 
@@ -161,6 +167,39 @@ def gather(obj):
     out = [None] * WORLD.size
     dist.all_gather_object(out, obj)
     return out
+
+
+# Under DDP the ranks agree on a stop every this many optimizer steps (and at each epoch end):
+# one scalar all-reduce and host sync per STOP_CHECK_EVERY steps instead of one per step on the
+# GPU path. A signal therefore takes effect up to this many steps late; torchrun gives its
+# workers 30 s (--shutdown_timeout) after forwarding a SIGTERM before it kills them.
+STOP_CHECK_EVERY = 8
+
+
+def stop_agreed(flag: StopFlag, step: Optional[int] = None) -> bool:
+    """Whether every rank stops now. One process: ``flag.pending``, read every step as before.
+    Under DDP, at steps that are multiples of STOP_CHECK_EVERY and when ``step`` is None (epoch
+    end; every rank must call it there too), the ranks all-reduce the largest signal number any
+    of them received; all then agree, and ``flag`` takes that signal. Other steps: False."""
+    if not WORLD.active:
+        return flag.pending
+    if step is not None and step % STOP_CHECK_EVERY:
+        return False
+    signum = torch.tensor(flag.signum or 0, dtype=torch.int64, device=WORLD.device)
+    dist.all_reduce(signum, op=dist.ReduceOp.MAX)
+    if int(signum):
+        flag.signum = int(signum)
+    return flag.pending
+
+
+def launch_command(args: str) -> str:
+    """How to run ``clfkit ARGS`` with this run's processes (what a resume message shows)."""
+    if not WORLD.active:
+        return f"clfkit {args}"
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", WORLD.size))
+    if per_node == WORLD.size:
+        return f"torchrun --nproc_per_node={WORLD.size} -m clfkit {args}"
+    return f"torchrun (as launched: {WORLD.size} processes, {per_node} per node) -m clfkit {args}"
 
 
 def all_reduce_(*tensors: torch.Tensor) -> None:

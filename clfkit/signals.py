@@ -2,7 +2,8 @@
 resume, exit 130 (SIGINT) or 143 (SIGTERM).
 
 The handler only sets a flag; the trainer looks at it after every optimizer step, so the
-weights are never saved halfway through an update. A second Ctrl-C while the first is being
+weights are never saved halfway through an update. Under DDP the ranks agree on it every
+``distributed.STOP_CHECK_EVERY`` steps and at each epoch end instead, and all stop together. A second Ctrl-C while the first is being
 handled stops at once (KeyboardInterrupt), leaving the previous checkpoint intact.
 """
 from __future__ import annotations

@@ -529,8 +529,10 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
                              scheduler=scheduler, scaler=scaler, best=best, history=history, extra=resumable)})
 
     def stop_message(where: str) -> str:
+        if not distributed.is_main():  # its last.pt is a private copy; rank 0's message says what to do
+            return f"rank {world.rank}: {stop.name}: stopped with the other ranks {where}, step {state.step}"
         return (f"{stop.name} received: stopped {where}, step {state.step}; saved {run / 'last.pt'}.\n"
-                f"Resume with: clfkit train --resume {run}")
+                f"Resume with: {distributed.launch_command(f'train --resume {run}')}")
 
     # torch.compile compiles on the first step: time that step and report it (summary
     # compile_seconds); epoch 1's seconds and images_per_s still include it
@@ -544,14 +546,16 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
             report.print(f"torch.compile: first step took {compile_clock['seconds']:.1f}s (compilation included)")
         if ema is not None:
             ema.update(state.step)
+        # one process: the signal flag, every step; DDP: all ranks agree every few steps
+        stopping = distributed.stop_agreed(stop, state.step)
         # the last batch of an epoch is followed by the epoch-end checkpoint anyway
         due = tc.checkpoint_every_steps is not None and state.step % tc.checkpoint_every_steps == 0
-        if not (due or stop.pending) or batch >= steps_per_epoch:
+        if not (due or stopping) or batch >= steps_per_epoch:
             return
         in_epoch = snapshot()
         in_epoch.lr = epoch_lr
         save_last(epoch, in_epoch)
-        if stop.pending:
+        if stopping:
             raise Interrupted(stop_message(f"in epoch {epoch + 1} after batch {batch}/{steps_per_epoch}"),
                               stop.signum)
 
@@ -592,7 +596,7 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
                                                   "epoch": epoch + 1, "metrics": row})
             early_stop = stopper is not None and stopper.update(row)
             save_last(epoch + 1, None, row)
-            if stop.pending:
+            if distributed.stop_agreed(stop):  # every epoch end, on every rank
                 raise Interrupted(stop_message(f"at the end of epoch {epoch + 1}"), stop.signum)
             if early_stop:
                 report.print(stopper.describe())
