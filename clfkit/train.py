@@ -617,8 +617,10 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
         "clfkit_version": __version__, "epochs_run": len(history), "ema": ema is not None,
         "stopped_early_at": stopper.stopped_epoch if stopper and stopper.stopped_epoch else None,
     }
-    summary.update(_evaluate_best(run / "best.pt", model, splits, val_set, rt=rt, loss_fn=loss_fn,
-                                  batch_size=eval_bs))
+    # a resumed DDP rank's private folder lacks the best.pt of epochs before the resume: every
+    # rank reads rank 0's (written before the last checkpoint's gather, which they all passed)
+    best_pt = (resume.run_dir if resume is not None else run) / "best.pt"
+    summary.update(_evaluate_best(best_pt, model, splits, val_set, rt=rt, loss_fn=loss_fn, batch_size=eval_bs))
     summary["wall_seconds"] = round(time.perf_counter() - t_start, 2)
     write_json(run / "summary.json", summary)
     write_run_reports(run)  # curves.png, per_class.csv, confusion.png (clfkit.evaluate)

@@ -1,10 +1,14 @@
 """DDP: the epoch order is split over ranks batch by batch; two CPU processes with gloo both
-train, see the same reduced metrics, end with the same weights, and only rank 0 writes."""
+train, see the same reduced metrics, end with the same weights, and only rank 0 writes; a
+2-rank run stopped mid-epoch and resumed with 2 ranks ends bit-identical to an uninterrupted one."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import socket
+import time
 
 import pytest
 import torch
@@ -46,10 +50,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, port: int, out: str, results: str) -> None:
+def _join(rank: int, port: int) -> None:
+    """What torchrun would set for rank ``rank`` of 2."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), CLFKIT_CACHE="0")
     torch.set_num_threads(1)
+
+
+def _spawn(fn, *args, timeout: float = 120) -> None:
+    """Run ``fn(rank, port, *args)`` in 2 processes; ranks stuck in a collective fail the test
+    instead of hanging it."""
+    ctx = mp.start_processes(fn, args=(_free_port(), *args), nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"the ranks did not finish in {timeout:.0f}s (blocked in a collective?)")
+
+
+def _rank_main(rank: int, port: int, out: str, results: str) -> None:
+    _join(rank, port)
     from clfkit.train import train
 
     res = train(tiny_recipe(train__epochs=2, train__batch_size=32, train__device="cpu"), out, quiet=True)
@@ -68,8 +89,7 @@ def _weights(run_dir):
 def test_two_gloo_processes_train_and_only_rank0_writes(tmp_path):
     out, results = tmp_path / "runs", tmp_path / "results"
     results.mkdir()
-    mp.start_processes(_rank_main, args=(_free_port(), str(out), str(results)), nprocs=2, join=True,
-                       start_method="spawn")
+    _spawn(_rank_main, str(out), str(results))
     r0, r1 = (json.loads((results / f"rank{r}.json").read_text()) for r in range(2))
     assert [p.name for p in out.iterdir()] == ["tiny"], "one run folder, written by rank 0"
     assert r0["run_dir"] == str(out / "tiny") and not r1["run_dir"].startswith(str(out))
@@ -81,3 +101,70 @@ def test_two_gloo_processes_train_and_only_rank0_writes(tmp_path):
         assert a["train_loss"] == pytest.approx(b["train_loss"]) and a["val_acc"] == pytest.approx(b["val_acc"])
     assert r0["weights"] == pytest.approx(r1["weights"], rel=1e-6), "DDP keeps the ranks' weights equal"
     assert r0["test_acc"] == r1["test_acc"] and r0["test_acc"] > 0.3
+
+
+STOP_AT = 20  # rank 1 alone is signalled after this step; the ranks agree at the next check
+
+
+def _stop_resume_main(rank: int, port: int, out: str, results: str) -> None:
+    """Per rank: a reference run, the same run with SIGTERM to rank 1 only mid-epoch, then its
+    resume with 2 ranks. One process group for all three (one spawn: the test stays short)."""
+    _join(rank, port)
+    import clfkit.train as T
+    from clfkit.resume import resume_run
+    from clfkit.signals import Interrupted
+
+    # lr 0.1: epoch 2 validates worse than epoch 1, so the resumed part never writes best.pt and
+    # the final test evaluation reads the one written before the stop
+    recipe = tiny_recipe(train__epochs=2, train__device="cpu", train__deterministic=True,
+                         train__checkpoint_every_steps=5, optim__lr=0.1)
+    T.train(recipe, os.path.join(out, "ref"), quiet=True)
+    real_ok = T.NonFiniteGuard.ok
+
+    def ok(self, loss, step, batch):  # called once per step, before the optimizer step
+        if rank == 1 and step == STOP_AT + 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_ok(self, loss, step, batch)
+
+    T.NonFiniteGuard.ok = ok
+    try:
+        T.train(recipe, os.path.join(out, "cut"), quiet=True)
+        raise AssertionError("the signalled run did not stop")
+    except Interrupted as e:
+        stopped = {"exit_code": e.exit_code, "message": str(e)}
+    finally:
+        T.NonFiniteGuard.ok = real_ok
+    run = os.path.join(out, "cut", "tiny")
+    if rank == 0:
+        shutil.copy(os.path.join(run, "last.pt"), os.path.join(results, "interrupted.pt"))
+    resume_run(run, quiet=True)
+    with open(os.path.join(results, f"rank{rank}.json"), "w") as f:
+        json.dump(stopped, f)
+
+
+def test_two_ranks_stopped_mid_epoch_resume_bit_identical(tmp_path):
+    from test_resume import _assert_same_run
+
+    from clfkit.resume import resume_run
+
+    out, results = tmp_path / "runs", tmp_path / "results"
+    results.mkdir()
+    _spawn(_stop_resume_main, str(out), str(results))
+    stops = [json.loads((results / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [s["exit_code"] for s in stops] == [143, 143], "both ranks stop, on rank 1's SIGTERM"
+    assert "torchrun --nproc_per_node=2 -m clfkit train --resume" in stops[0]["message"]
+
+    # the ranks agreed at the first check after step 20: step 24, batch 9 of epoch 2
+    last = torch.load(results / "interrupted.pt", weights_only=True)
+    assert (last["epoch"], last["step"], last["in_epoch"]["batch"]) == (1, 24, 9)
+    assert len(last["ranks"]) == 2 and [r["seen"] for r in last["ranks"]] == [144, 144]
+    assert not torch.equal(last["ranks"][0]["aug_rng"], last["ranks"][1]["aug_rng"]), "own streams"
+
+    _assert_same_run(out / "ref" / "tiny", out / "cut" / "tiny")
+
+    # one process cannot continue a 2-process mid-epoch checkpoint
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(results / "interrupted.pt", one / "last.pt")
+    with pytest.raises(TrainingError, match=r"by 2 process\(es\).*torchrun --nproc_per_node=2"):
+        resume_run(one, quiet=True)
