@@ -134,6 +134,9 @@ def _stop_resume_main(rank: int, port: int, out: str, results: str) -> None:
         stopped = {"exit_code": e.exit_code, "message": str(e)}
     finally:
         T.NonFiniteGuard.ok = real_ok
+    # a real resume is a new launch; these processes go on, so rank 1 must not read last.pt (or
+    # clear its temp file) while rank 0 is still writing it
+    torch.distributed.barrier()
     run = os.path.join(out, "cut", "tiny")
     if rank == 0:
         shutil.copy(os.path.join(run, "last.pt"), os.path.join(results, "interrupted.pt"))
