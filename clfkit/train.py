@@ -444,6 +444,10 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
     # this rank's part of last.pt (a mid-epoch one resumes only with the world size that saved it)
     resume_rng, resume_at = resume.for_rank(world.rank, world.size) if resume is not None else (None, None)
     tc = recipe.train
+    if world.active and tc.on_nonfinite == "skip":
+        # a rank skipping its step alone would desynchronize DDP's gradient all-reduce
+        raise TrainingError("train.on_nonfinite: skip is not supported with several processes "
+                            "(torchrun); use the default `stop`, or train in one process")
     seed_everything(recipe.seed, tc.deterministic)
     report = Reporter(tc.epochs, quiet or not distributed.is_main())
 

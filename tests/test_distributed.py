@@ -44,6 +44,18 @@ def test_batch_size_must_divide(monkeypatch):
         distributed.shard_order(torch.arange(10), 32, True)
 
 
+def test_nonfinite_skip_refused_under_ddp(monkeypatch, tmp_path):
+    """A rank skipping a step alone would desynchronize the gradient all-reduce."""
+    from clfkit.train import train
+
+    from conftest import tiny_recipe
+
+    monkeypatch.setattr(distributed, "setup", lambda rt: distributed.World(rank=0, size=2))
+    with pytest.raises(TrainingError, match="on_nonfinite: skip is not supported with several processes"):
+        train(tiny_recipe(train__on_nonfinite="skip"), tmp_path, quiet=True)
+    assert not list(tmp_path.iterdir())
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
