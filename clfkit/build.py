@@ -2,7 +2,7 @@
 a loss, an optimizer, a schedule, augmentations and regularizers."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -115,13 +115,17 @@ def build_schedule(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], floa
                            steps_per_epoch=steps_per_epoch, epochs=epochs, **args)
 
 
-def build_augmentations(recipe: Recipe) -> tuple[list[Any], list[Any]]:
+def build_augmentations(recipe: Recipe, names: Optional[dict[str, list[str]]] = None) -> tuple[list[Any], list[Any]]:
     """(per-image CPU transforms, batched transforms), each in recipe order. A batched
     transform listed before a per-image one still runs after it (batched ones run on the
-    training device once the batch is assembled)."""
+    training device once the batch is assembled). ``names``, if given, receives the recipe
+    names under "per_image" and "batched" (for the run log)."""
     per_image, batched = [], []
     for spec in recipe.data.augment:
         name, args = registry.split_spec(spec)
         t = registry.create("augmentation", name, **args)
-        (batched if getattr(t, "batched", False) else per_image).append(t)
+        is_batched = getattr(t, "batched", False)
+        (batched if is_batched else per_image).append(t)
+        if names is not None:
+            names.setdefault("batched" if is_batched else "per_image", []).append(name)
     return per_image, batched

@@ -480,7 +480,8 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
     n_params = sum(p.numel() for p in model.parameters())
     loss_fn = build_loss(recipe, num_classes).to(rt.device)
     optimizer = build_optimizer(recipe, model, regularizers)
-    per_image, batched_aug = build_augmentations(recipe)
+    aug_names: dict[str, list[str]] = {}
+    per_image, batched_aug = build_augmentations(recipe, aug_names)
     n_train = len(splits.train)
     steps_per_epoch = num_batches(n_train, tc.batch_size, tc.drop_last)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, build_schedule(recipe, steps_per_epoch))
@@ -496,6 +497,7 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
         train_set = ImageSet(train_set.images.to(rt.device), train_set.labels.to(rt.device))
         if val_set is not None:
             val_set = ImageSet(val_set.images.to(rt.device), val_set.labels.to(rt.device))
+    report.print(_data_path(aug_names, rt, workers))
     eval_bs = tc.eval_batch_size or tc.batch_size * 2
     ckpt_base = {"recipe": recipe.to_dict(), "class_names": splits.class_names,
                  "input": {"image_size": list(splits.image_size), "channels": splits.in_chans,
@@ -633,6 +635,19 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
         msg += f", test acc {summary['test_acc']:.4f}"
     report.print(msg + f"  -> {run}")
     return RunResult(run, summary)
+
+
+def _data_path(names: dict[str, list[str]], rt: Runtime, workers: int) -> str:
+    """Which input path the run takes, for the log: a transform without a batched version
+    sends every batch through CPU loader workers, and users should see that."""
+    per_image, batched = names.get("per_image", []), names.get("batched", [])
+    where = "host memory" if per_image or rt.device.type == "cpu" else f"{rt.device.type} memory"
+    line = f"data path: uint8 tensors in {where}"
+    if per_image:
+        line += f"; per-image augmentation on the CPU in {workers} loader worker(s): {', '.join(per_image)}"
+    if batched:
+        line += f"; batched augmentation on {rt.device.type}: {', '.join(batched)}"
+    return line if per_image or batched else line + "; no augmentation"
 
 
 def _describe(splits: Splits, data_seconds: float) -> str:

@@ -134,3 +134,17 @@ def test_both_batch_paths_yield_the_scheduled_batches(n, batch_size, drop_last, 
     resumed = [len(y) for _, y in train_batches(data, batch_size, 0, 0, drop_last, torch.device("cpu"),
                                                 identity, 0, start_batch=1)]
     assert resumed == sizes[1:]
+
+
+def test_run_log_names_the_data_path():
+    """Users see when a per-image transform sends batches through CPU loader workers."""
+    from clfkit.build import build_augmentations
+    from clfkit.train import Runtime, _data_path
+
+    names: dict = {}
+    per_image, batched = build_augmentations(tiny_recipe(data__augment=["HorizontalFlip", {"name": "ColorJitter"}]), names)
+    assert len(per_image) == 1 and len(batched) == 1
+    gpu = Runtime(torch.device("cuda"), "bf16", True)
+    line = _data_path(names, gpu, workers=4)
+    assert "host memory" in line and "4 loader worker(s): ColorJitter" in line and "on cuda: HorizontalFlip" in line
+    assert "in cuda memory" in _data_path({"batched": ["HorizontalFlip"]}, gpu, workers=4)
