@@ -102,8 +102,9 @@ def export(run_dir: Path, output: Path | None, atol: float, checkpoint: str) -> 
 @click.argument("image_dir", type=click.Path(path_type=Path))
 @click.option("-o", "--output", default="test.txt", show_default=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
-@click.option("--format", "fmt", default="name", show_default=True, type=click.Choice(["name", "index"]),
-              help="Write class names or class indices.")
+@click.option("--format", "fmt", default="name", show_default=True, type=click.Choice(["name", "index", "csv"]),
+              help="Lines '<path> <class name>', '<path> <class index>', or a CSV with "
+                   "path,class,index,confidence.")
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime threads [default: all cores].")
 def predict(model: Path, image_dir: Path, output: Path, batch_size: int, fmt: str, threads: int | None) -> None:
     """Classify every image under IMAGE_DIR with an exported MODEL.onnx; write test.txt."""

@@ -6,6 +6,7 @@ sorted order; decoding (threads) overlaps with inference.
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,9 @@ from clfkit import imageio
 from clfkit.errors import DataError, ModelFileError
 from clfkit.export import INPUT_NAME, META_PREFIX, OUTPUT_NAME
 from clfkit.io import atomic_open
+
+
+FORMATS = ("name", "index", "csv")
 
 
 @dataclass
@@ -79,11 +83,13 @@ class PredictResult:
 
 def predict_folder(model_path: str | os.PathLike, image_dir: str | os.PathLike, out: str | os.PathLike = "test.txt",
                    *, batch_size: int = 256, fmt: str = "name", threads: Optional[int] = None) -> PredictResult:
-    """Classify every image under ``image_dir``; write ``<relative path> <class>`` lines."""
+    """Classify every image under ``image_dir``; write ``<relative path> <class>`` lines
+    (``fmt="index"``: class indices; ``fmt="csv"``: a CSV with header
+    ``path,class,index,confidence``, the confidence being the softmax probability)."""
     if batch_size < 1:
         raise DataError(f"batch size must be at least 1, got {batch_size}")
-    if fmt not in ("name", "index"):
-        raise DataError(f"format must be 'name' or 'index', got {fmt!r}")
+    if fmt not in FORMATS:
+        raise DataError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     clf = load_onnx(model_path, threads)
     root = Path(image_dir)
     if not root.is_dir():
@@ -108,6 +114,9 @@ def predict_folder(model_path: str | os.PathLike, image_dir: str | os.PathLike, 
     bufs = [np.empty((min(batch_size, len(images)), clf.channels, h, w), np.uint8) for _ in range(2)]
     written = 0
     with ThreadPoolExecutor(max(2, (os.cpu_count() or 1))) as pool, atomic_open(out, "w") as f:
+        table = csv.writer(f, lineterminator="\n") if fmt == "csv" else None
+        if table is not None:
+            table.writerow(["path", "class", "index", "confidence"])
         submit = lambda k: [pool.submit(decode_into, bufs[k % 2], j, p) for j, p in enumerate(chunks[k])]  # noqa: E731
         pending = submit(0)
         for i, chunk in enumerate(chunks):
@@ -120,10 +129,17 @@ def predict_folder(model_path: str | os.PathLike, image_dir: str | os.PathLike, 
                 continue
             buf = bufs[i % 2]
             batch = buf[:len(chunk)] if len(ok) == len(chunk) else buf[ok]
-            pred = clf(batch).argmax(1)
-            for j, k in zip(ok, pred.tolist()):
-                label = clf.class_names[k] if fmt == "name" else str(k)
-                f.write(f"{chunk[j].relative_to(root).as_posix()} {label}\n")
+            logits = clf(batch)
+            pred = logits.argmax(1)
+            if table is not None:
+                z = np.exp(logits - logits.max(1, keepdims=True))
+                conf = (z.max(1) / z.sum(1)).tolist()
+            for n, (j, k) in enumerate(zip(ok, pred.tolist())):
+                rel = chunk[j].relative_to(root).as_posix()
+                if table is not None:
+                    table.writerow([rel, clf.class_names[k], k, f"{conf[n]:.6f}"])
+                else:
+                    f.write(f"{rel} {clf.class_names[k] if fmt == 'name' else k}\n")
                 written += 1
     skipped.sort()
     return PredictResult(Path(out), written, skipped)

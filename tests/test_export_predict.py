@@ -104,6 +104,20 @@ def test_predict_agrees_with_torch_on_training_images(trained_run, onnx_file, tm
     assert got == want
 
 
+def test_predict_csv_has_confidences_and_same_classes(onnx_file, tmp_path):
+    import csv
+
+    root = _mixed_folder(tmp_path / "imgs")
+    predict_folder(onnx_file, root, tmp_path / "n.txt")
+    predict_folder(onnx_file, root, tmp_path / "p.csv", fmt="csv")
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    names = [l.split(" ") for l in (tmp_path / "n.txt").read_text().splitlines()]
+    assert [(r["path"], r["class"]) for r in rows] == [tuple(n) for n in names]
+    names_all = ["circle", "square", "triangle", "ring"]
+    assert all(names_all[int(r["index"])] == r["class"] for r in rows)
+    assert all(1 / 4 <= float(r["confidence"]) <= 1 for r in rows)  # top-1 softmax of 4 classes
+
+
 def test_not_onnx_or_no_metadata(tmp_path, onnx_file):
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")
