@@ -319,35 +319,28 @@ def test_scaffold_installs_and_passes_its_own_tests(tmp_path):
 
 
 # --------------------------------------------------------------------------- shipped plugins
-@pytest.mark.skipif(importlib.util.find_spec("clfkit_example") is None,
-                    reason="plugins/clfkit-example is not installed (pip install -e plugins/clfkit-example; "
-                           ".ci/run installs it)")
-def test_example_recipe_trains_a_few_steps_on_cpu(tmp_path):
+SMALL = ["data.source.train_size=128", "data.source.val_size=32", "data.source.test_size=32",
+         "train.epochs=1", "train.device=cpu"]
+
+
+@pytest.mark.parametrize("module,recipe_file,overrides,components", [
+    ("clfkit_example", "example_plugin.yaml", ["data.image_size=16", "train.batch_size=32"],
+     [("model", "example_net"), ("norm", "example_rmsnorm"), ("regularizer", "example_l1"),
+      ("augmentation", "example_noise")]),
+    ("clfkit_airbench", "airbench_shapes.yaml",
+     ["model.widths=[8,16,16]", "model.stem_width=8", "train.batch_size=64"], [("model", "airbench")]),
+], ids=["example", "airbench"])
+def test_shipped_plugin_recipe_trains_a_few_steps_on_cpu(tmp_path, module, recipe_file, overrides, components):
     from clfkit.recipe import load_recipe
     from clfkit.train import train
 
-    recipe = load_recipe(ROOT / "recipes" / "example_plugin.yaml", [
-        "data.source.train_size=128", "data.source.val_size=32", "data.source.test_size=32",
-        "data.image_size=16", "train.epochs=1", "train.batch_size=32", "train.device=cpu"])
-    for kind, name in (("model", "example_net"), ("norm", "example_rmsnorm"),
-                       ("regularizer", "example_l1"), ("augmentation", "example_noise")):
-        assert registry.get(kind, name).provider == "clfkit-example"
+    dist = "clfkit-" + module.split("_", 1)[1]
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"plugins/{dist} is not installed (pip install -e plugins/{dist}; .ci/run installs it)")
+    recipe = load_recipe(ROOT / "recipes" / recipe_file, SMALL + overrides)
+    for kind, name in components:
+        assert registry.get(kind, name).provider == dist
     res = train(recipe, tmp_path, quiet=True)
     assert res.summary["test_acc"] is not None
-    assert (res.run_dir / "recipe.yaml").read_text().count("example_") >= 4
-
-
-@pytest.mark.skipif(importlib.util.find_spec("clfkit_airbench") is None,
-                    reason="plugins/clfkit-airbench is not installed (pip install -e plugins/clfkit-airbench; "
-                           ".ci/run installs it)")
-def test_airbench_recipe_trains_a_few_steps_on_cpu(tmp_path):
-    from clfkit.recipe import load_recipe
-    from clfkit.train import train
-
-    recipe = load_recipe(ROOT / "recipes" / "airbench_shapes.yaml", [
-        "data.source.train_size=128", "data.source.val_size=32", "data.source.test_size=32",
-        "model.widths=[8,16,16]", "model.stem_width=8", "train.epochs=1", "train.batch_size=64",
-        "train.device=cpu"])
-    assert registry.get("model", "airbench").provider == "clfkit-airbench"
-    res = train(recipe, tmp_path, quiet=True)
-    assert res.summary["test_acc"] is not None
+    if module == "clfkit_example":
+        assert (res.run_dir / "recipe.yaml").read_text().count("example_") >= 4
