@@ -54,3 +54,16 @@ def test_readme_without_markers_is_refused_not_appended_to(tmp_path, capsys):
     with pytest.raises(ClfkitError, match="recipe-reference"):
         update_readme(readme)
     assert readme.read_text() == "# x\n"
+
+
+def test_ci_runs_exactly_the_readme_set_up_command():
+    """CI is a newcomer: after torch, it runs README command 2 as written and installs nothing
+    else, so a suite that needs an extra install fails CI instead of the first user."""
+    readme = README.read_text(encoding="utf-8")
+    setup = readme[readme.index("## Set up"):]
+    command2 = setup.split("# 2.", 1)[1].splitlines()[1].strip()
+    ci = [line.strip() for line in (README.parent / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.lstrip().startswith("#")]
+    installs = [line for line in ci if "pip install" in line]
+    assert installs == ["pip install -q torch==2.14.1 torchvision==0.29.1", command2]
+    assert ci[-1] == command2

@@ -111,8 +111,6 @@ def test_committed_recipes_validate():
     from clfkit.recipe import read_yaml
 
     for path in sorted(Path(__file__).parent.parent.joinpath("recipes").glob("*.yaml")):
-        if path.name.startswith("example_plugin"):
-            continue  # needs the example plugin installed; covered by the plugin tests
         if "sweep" in read_yaml(path):
             continue  # a sweep file: tests/test_sweep.py plans every combination of it
         load_recipe(path)
