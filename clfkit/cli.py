@@ -83,7 +83,7 @@ def train(recipe: Path | None, resume_dir: Path | None, overrides: tuple[str, ..
 # --------------------------------------------------------------------------- export
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", type=click.Path(path_type=Path),
               help="ONNX file to write [default: exported/<run name>.onnx].")
 @click.option("--atol", default=1e-3, show_default=True, help="Max abs logit difference allowed (fp32).")
 @click.option("--checkpoint", metavar="NAME",
@@ -102,9 +102,10 @@ def export(run_dir: Path, output: Path | None, atol: float, checkpoint: str) -> 
 
 # --------------------------------------------------------------------------- predict
 @cli.command()
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.argument("image_dir", type=click.Path(path_type=Path))
-@click.option("-o", "--output", default="test.txt", show_default=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", default="test.txt", show_default=True, type=click.Path(path_type=Path),
+              help="File to write; never the model, an input image or a path inside IMAGE_DIR.")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--format", "fmt", default="name", show_default=True, type=click.Choice(["name", "index", "csv"]),
               help="Lines '<path> <class name>', '<path> <class index>', or a CSV with "
@@ -276,7 +277,7 @@ def compare(paths: tuple[Path, ...], top: int, metric: str, output: Path, title:
 
 
 @cli.command("eval")
-@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--split", type=click.Choice(["test", "val"]), help="[default: test if labelled, else val]")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
               help="Read the run's folder dataset from here instead (it moved).")
