@@ -60,6 +60,9 @@ def _check_output(out: Path, run_dir: Path) -> None:
     if (resolved.is_relative_to(run) and resolved.exists()) or any(_same_file(out, p) for p in own):
         raise ExportError(f"-o {out} is a file of the run folder {run_dir}; exporting there would overwrite "
                           f"it. Give a new file name, e.g. -o {default_output(run_dir)}")
+    if out.exists() and out.suffix.lower() != ".onnx":  # e.g. another run's best.pt, a dataset file
+        raise ExportError(f"-o {out} exists and is not an .onnx file; an export replaces only an earlier "
+                          f"export. Give a new name or one ending in .onnx")
 
 
 def _same_file(a: Path, b: Path) -> bool:

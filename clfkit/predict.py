@@ -23,6 +23,8 @@ from clfkit.onnx_meta import INPUT_NAME, META_PREFIX, OUTPUT_NAME, validate_meta
 
 
 FORMATS = ("name", "index", "csv")
+# -o with one of these suffixes is a mistyped argument order, not a place for predictions
+NOT_PREDICTIONS = (".onnx", ".pt", ".pth", ".safetensors", ".npy")
 
 # --------------------------------------------------------------------------- path escaping
 # A file name may hold any byte but "/" and NUL, and need not be UTF-8. So that test.txt stays one
@@ -162,12 +164,13 @@ def _check_output(out: Path, model: Path, root: Path, images: list[Path]) -> Non
         why = "is the model file"
     elif resolved.is_relative_to(root.resolve()):
         why = f"is inside the image folder {root}"
-    elif out.exists():
-        if any(_same_file(out, p) for p in images):
-            why = "is one of the input images"
+    elif out.exists() and any(_same_file(out, p) for p in images):
+        why = "is one of the input images"
+    elif out.suffix.lower() in NOT_PREDICTIONS or imageio.is_image_file(out):
+        why = f"names a model or image file ({out.suffix}), not a predictions file"
     if why:
-        raise DataError(f"-o {out} {why}; writing there would overwrite an input. Write the predictions "
-                        f"elsewhere, e.g. -o test.txt outside {root}")
+        raise DataError(f"-o {out} {why}; predictions are never written over or among the inputs. "
+                        f"Write them elsewhere, e.g. -o test.txt outside {root}")
 
 
 @dataclass

@@ -303,3 +303,14 @@ def test_timm_weights_of_another_arch_or_not_a_state_dict(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"garbage")
     refused(["junk.safetensors", "cannot be read as a state dict"], "train",
             _timm_recipe(tmp_path, tmp_path / "junk.safetensors"), "--out", tmp_path / "runs", "--quiet")
+
+
+def test_outputs_never_replace_other_models_or_images(model, run_a, run_b, tmp_path):
+    images = _images(tmp_path / "imgs", ["a.png"])
+    (tmp_path / "other.png").write_bytes(b"keep")
+    for name in ["other.onnx", "weights.pt", "other.png", "w.safetensors"]:
+        refused(["-o", "not a predictions file"], "predict", model, images, "-o", tmp_path / name)
+    before = snapshot(run_b)
+    refused(["-o", "not an .onnx file"], "export", run_a, "-o", run_b / "best.pt")
+    refused(["-o", "not an .onnx file"], "export", run_a, "-o", tmp_path / "other.png")
+    assert snapshot(run_b) == before and (tmp_path / "other.png").read_bytes() == b"keep"
