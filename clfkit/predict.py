@@ -170,7 +170,7 @@ def _check_output(out: Path, model: Path, root: Path, images: list[Path]) -> Non
         why = f"names a model or image file ({out.suffix}), not a predictions file"
     if why:
         raise DataError(f"-o {out} {why}; predictions are never written over or among the inputs. "
-                        f"Write them elsewhere, e.g. -o test.txt outside {root}")
+                        f"Write them elsewhere, e.g. -o {root.resolve().parent / 'test.txt'}")
 
 
 @dataclass
@@ -191,8 +191,8 @@ def predict_folder(model_path: str | os.PathLike, image_dir: str | os.PathLike, 
         raise DataError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     root = Path(image_dir)
     images, others = _list_inputs(root)
-    _check_output(Path(out), Path(model_path), root, images)
     clf = load_onnx(model_path, threads)
+    _check_output(Path(out), Path(model_path), root, images)
     skipped = [(escape_field(p.relative_to(root).as_posix()), "not an image file (extension)") for p in others]
 
     h, w = clf.image_size

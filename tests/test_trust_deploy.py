@@ -314,3 +314,22 @@ def test_outputs_never_replace_other_models_or_images(model, run_a, run_b, tmp_p
     refused(["-o", "not an .onnx file"], "export", run_a, "-o", run_b / "best.pt")
     refused(["-o", "not an .onnx file"], "export", run_a, "-o", tmp_path / "other.png")
     assert snapshot(run_b) == before and (tmp_path / "other.png").read_bytes() == b"keep"
+
+
+def test_checkpoint_given_as_a_path_inside_the_run_is_accepted(run_a, tmp_path):
+    code, out = invoke("export", run_a, "--checkpoint", run_a / "last.pt", "-o", tmp_path / "m.onnx")
+    assert code == 0 and "note:" in out and "exported last.pt" in out, out
+
+
+@pytest.mark.parametrize("samples", ["garbage", "wrong-shape", "empty", "objects"])
+def test_bad_samples_npy_is_a_clear_error(run_a, tmp_path, samples):
+    path = run_a / "samples.npy"
+    if samples == "garbage":
+        path.write_bytes(b"\x93NUMPY garbage")
+    else:
+        arr = {"wrong-shape": np.zeros((4, 3, 8, 8), np.uint8), "empty": np.zeros((0, 3, 16, 16), np.uint8),
+               "objects": np.array([{"a": 1}], dtype=object)}[samples]
+        with open(path, "wb") as f:
+            np.save(f, arr, allow_pickle=True)
+    refused(["samples.npy", "delete it"], "export", run_a, "-o", tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
