@@ -55,9 +55,9 @@ def _check_output(out: Path, run_dir: Path) -> None:
     """Refuse an output that would replace the run's own files (checkpoints, reports, ...)."""
     if out.is_dir():
         raise ExportError(f"-o {out} is a folder; give a file name, e.g. {out / (run_dir.resolve().name + '.onnx')}")
-    resolved, run = out.resolve(), run_dir.resolve()
-    own = [p for p in run_dir.rglob("*") if p.is_file()]
-    if (resolved.is_relative_to(run) and resolved.exists()) or any(_same_file(out, p) for p in own):
+    # an earlier export kept in the run folder may be replaced; nothing else there may
+    own = [p for p in run_dir.rglob("*") if p.is_file() and p.suffix.lower() != ".onnx"]
+    if any(_same_file(out, p) for p in own):
         raise ExportError(f"-o {out} is a file of the run folder {run_dir}; exporting there would overwrite "
                           f"it. Give a new file name, e.g. -o {default_output(run_dir)}")
     if out.exists() and out.suffix.lower() != ".onnx":  # e.g. another run's best.pt, a dataset file

@@ -127,6 +127,8 @@ def test_default_name_comes_from_the_resolved_run_folder(run_a, monkeypatch):
     code, out = invoke("export", ".")
     assert code == 0, out
     assert (run_a / "exported" / "run_a.onnx").is_file() and "exported/run_a.onnx" in out
+    code, out = invoke("export", ".")  # again: an earlier export is replaced
+    assert code == 0, out
 
 
 def test_unfinished_run_exports_last_and_says_so(run_a, tmp_path):
