@@ -196,6 +196,8 @@ def predict_folder(model_path: str | os.PathLike, image_dir: str | os.PathLike, 
     skipped = [(escape_field(p.relative_to(root).as_posix()), "not an image file (extension)") for p in others]
 
     h, w = clf.image_size
+    # escaped once: a class name is one field, the last on a "name" line (so its spaces too)
+    labels = [escape_field(n, spaces=fmt == "name") for n in clf.class_names]
 
     def decode_into(buf: np.ndarray, j: int, p: Path) -> Optional[str]:
         """Decode straight into row ``j`` of a preallocated NCHW batch: no stack or copy later."""
@@ -233,9 +235,9 @@ def predict_folder(model_path: str | os.PathLike, image_dir: str | os.PathLike, 
             for n, (j, k) in enumerate(zip(ok, pred.tolist())):
                 rel = escape_field(chunk[j].relative_to(root).as_posix())
                 if table is not None:
-                    table.writerow([rel, escape_field(clf.class_names[k]), k, f"{conf[n]:.6f}"])
+                    table.writerow([rel, labels[k], k, f"{conf[n]:.6f}"])
                 else:
-                    f.write(f"{rel} {escape_field(clf.class_names[k], spaces=True) if fmt == 'name' else k}\n")
+                    f.write(f"{rel} {labels[k] if fmt == 'name' else k}\n")
                 written += 1
         if not written:  # raising here leaves no output file behind
             first = skipped[len(others)] if len(skipped) > len(others) else ("", "")

@@ -200,13 +200,33 @@ def test_awkward_file_names_round_trip(model, tmp_path, fmt):
     assert {c for _, c in back} <= classes
 
 
-def test_class_names_with_spaces_stay_the_last_field(tmp_path):
-    from clfkit.predict import escape_field, unescape_field
+def _with_meta(model: Path, dest: Path, **changes: str | None) -> Path:
+    """A copy of ``model`` with clfkit metadata fields changed (None: removed)."""
+    m = onnx.load(str(model))
+    props = {p.key: p.value for p in m.metadata_props}
+    for key, value in changes.items():
+        if value is None:
+            del props["clfkit." + key]
+        else:
+            props["clfkit." + key] = value
+    del m.metadata_props[:]
+    for k, v in props.items():
+        p = m.metadata_props.add()
+        p.key, p.value = k, v
+    onnx.save(m, str(dest))
+    return dest
 
-    for name in ["golden retriever", " x", "a\\x20b", "tab\tcat"]:
-        line = f"some path.png {escape_field(name, spaces=True)}"
-        path, cls = line.rsplit(" ", 1)
-        assert path == "some path.png" and unescape_field(cls) == name
+
+def test_class_names_with_spaces_stay_the_last_field(model, tmp_path):
+    names = ["golden retriever", " x", "a\\x20b", "tab\tcat"]
+    spaced = _with_meta(model, tmp_path / "spaced.onnx", class_names=json.dumps(names))
+    images = _images(tmp_path / "imgs", ["a b.png", "c.png", "d .png"])
+    code, out = invoke("predict", spaced, images, "-o", tmp_path / "t.txt")
+    assert code == 0, out
+    lines = (tmp_path / "t.txt").read_text().splitlines()
+    assert all(len(line.rsplit(" ", 1)) == 2 and " " not in line.rsplit(" ", 1)[1] for line in lines)
+    back = read_predictions(tmp_path / "t.txt")
+    assert [p for p, _ in back] == ["a b.png", "c.png", "d .png"] and {c for _, c in back} <= set(names)
 
 
 # --------------------------------------------------------------------------- predict inputs
@@ -252,18 +272,7 @@ BAD_META = [
 
 @pytest.mark.parametrize("key,value,words", BAD_META, ids=[f"{k}={v}" for k, v, _ in BAD_META])
 def test_edited_onnx_metadata_is_a_clear_error(model, tmp_path, key, value, words):
-    m = onnx.load(str(model))
-    props = {p.key: p.value for p in m.metadata_props}
-    if value is None:
-        del props["clfkit." + key]
-    else:
-        props["clfkit." + key] = value
-    del m.metadata_props[:]
-    for k, v in props.items():
-        p = m.metadata_props.add()
-        p.key, p.value = k, v
-    edited = tmp_path / "edited.onnx"
-    onnx.save(m, str(edited))
+    edited = _with_meta(model, tmp_path / "edited.onnx", **{key: value})
     images = _images(tmp_path / "imgs", ["a.png"])
     refused(["edited.onnx", f"clfkit.{key}", words], "predict", edited, images, "-o", tmp_path / "t.txt")
     assert not (tmp_path / "t.txt").exists()
