@@ -83,28 +83,35 @@ def train(recipe: Path | None, resume_dir: Path | None, overrides: tuple[str, ..
 # --------------------------------------------------------------------------- export
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", type=click.Path(path_type=Path),
               help="ONNX file to write [default: exported/<run name>.onnx].")
 @click.option("--atol", default=1e-3, show_default=True, help="Max abs logit difference allowed (fp32).")
-@click.option("--checkpoint", default="best.pt", show_default=True, help="Checkpoint in the run folder.")
+@click.option("--checkpoint", metavar="NAME",
+              help="Checkpoint file name in the run folder, e.g. last.pt [default: best.pt, or last.pt "
+                   "of an unfinished run].")
 def export(run_dir: Path, output: Path | None, atol: float, checkpoint: str) -> None:
     """Export RUN_DIR's best checkpoint to ONNX and prove parity with torch."""
     from clfkit.export import export_run
 
     res = run_guarded(export_run, run_dir, output, atol=atol, checkpoint=checkpoint)
+    if res.note:
+        click.echo(f"note: {res.note}")
     click.echo(f"wrote {res.path}: parity on {res.n_images} validation images: max abs diff "
                f"{res.max_abs_diff:.2e}, top-1 agreement {res.agreement:.2%}")
 
 
 # --------------------------------------------------------------------------- predict
 @cli.command()
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.argument("image_dir", type=click.Path(path_type=Path))
-@click.option("-o", "--output", default="test.txt", show_default=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", default="test.txt", show_default=True, type=click.Path(path_type=Path),
+              help="File to write; never the model, an input image or a path inside IMAGE_DIR.")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--format", "fmt", default="name", show_default=True, type=click.Choice(["name", "index", "csv"]),
               help="Lines '<path> <class name>', '<path> <class index>', or a CSV with "
-                   "path,class,index,confidence.")
+                   "path,class,index,confidence. The class is the last space-separated field; in the "
+                   "path, a backslash, newline, tab or byte that is not UTF-8 is written \\\\, \\n, \\t, "
+                   "\\xNN (README: Troubleshooting).")
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime threads [default: all cores].")
 def predict(model: Path, image_dir: Path, output: Path, batch_size: int, fmt: str, threads: int | None) -> None:
     """Classify every image under IMAGE_DIR with an exported MODEL.onnx; write test.txt."""
@@ -270,11 +277,13 @@ def compare(paths: tuple[Path, ...], top: int, metric: str, output: Path, title:
 
 
 @cli.command("eval")
-@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--split", type=click.Choice(["test", "val"]), help="[default: test if labelled, else val]")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
               help="Read the run's folder dataset from here instead (it moved).")
-@click.option("--checkpoint", default="best.pt", show_default=True, help="Checkpoint in the run folder.")
+@click.option("--checkpoint", metavar="NAME",
+              help="Checkpoint file name in the run folder, e.g. last.pt [default: best.pt, or last.pt "
+                   "of an unfinished run].")
 def eval_cmd(run_dir: Path, split: str | None, data_root: Path | None, checkpoint: str) -> None:
     """Evaluate a run's checkpoint; rewrite per_class.csv, confusion.png and curves.png."""
     from clfkit.evaluate import eval_run

@@ -96,17 +96,19 @@ def write_run_reports(run_dir: str | Path, confusion=None, class_names: Optional
 
 
 def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Optional[str | Path] = None,
-             checkpoint: str = "best.pt", batch_size: int = 256) -> EvalResult:
-    """Evaluate ``run_dir/checkpoint`` on ``split`` (default: test if labelled, else val) of
-    the run's own data, read as the run read it (same size, resize, val hold-out and seed);
-    ``data_root`` points a folder dataset elsewhere. Rewrites the run's report files."""
+             checkpoint: Optional[str] = None, batch_size: int = 256) -> EvalResult:
+    """Evaluate ``run_dir/checkpoint`` (default best.pt, or last.pt of an unfinished run) on
+    ``split`` (default: test if labelled, else val) of the run's own data, read as the run read
+    it (same size, resize, val hold-out and seed); ``data_root`` points a folder dataset
+    elsewhere. Rewrites the run's report files, so a checkpoint of another run is refused."""
     from clfkit.build import build_data, build_loss
-    from clfkit.checkpoint import load_checkpoint, model_from_checkpoint
+    from clfkit.checkpoint import model_from_checkpoint, run_checkpoint
     from clfkit.recipe import validate_recipe
     from clfkit.train import evaluate, resolve_runtime
 
     run_dir = Path(run_dir)
-    state = load_checkpoint(run_dir / checkpoint)
+    ckpt_path, state = run_checkpoint(run_dir, checkpoint, "eval")
+    checkpoint = ckpt_path.name
     data = dict(state["recipe"])
     if data_root is not None:
         source = dict(data["data"]["source"])

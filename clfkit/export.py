@@ -24,13 +24,12 @@ import numpy as np
 import torch
 
 from clfkit import __version__
-from clfkit.checkpoint import load_checkpoint, model_from_checkpoint
+from clfkit.checkpoint import model_from_checkpoint, run_checkpoint
 from clfkit.errors import ExportError
 from clfkit.io import write_bytes
+from clfkit.onnx_meta import INPUT_NAME, META_FORMAT, META_PREFIX, OUTPUT_NAME, build_metadata, validate_metadata
 
-INPUT_NAME, OUTPUT_NAME = "image", "logits"
-META_PREFIX = "clfkit."
-META_FORMAT = 1
+__all__ = ["INPUT_NAME", "META_FORMAT", "META_PREFIX", "OUTPUT_NAME", "ExportResult", "export_run"]
 
 
 @dataclass
@@ -39,10 +38,56 @@ class ExportResult:
     max_abs_diff: float
     agreement: float
     n_images: int
+    checkpoint: Optional[Path] = None
+    note: str = ""  # what was exported when it is not the finished run's best.pt
 
 
 def default_output(run_dir: Path) -> Path:
-    return Path("exported") / f"{run_dir.name}.onnx"
+    """exported/<run name>.onnx, the name taken from the resolved folder (``export .`` inside a
+    run gives the run's name, never ".onnx")."""
+    name = Path(run_dir).resolve().name.lstrip(".")
+    if not name:
+        raise ExportError(f"cannot name the export after {run_dir}; give -o FILE.onnx")
+    return Path("exported") / f"{name}.onnx"
+
+
+def _check_output(out: Path, run_dir: Path) -> None:
+    """Refuse an output that would replace the run's own files (checkpoints, reports, ...)."""
+    if out.is_dir():
+        raise ExportError(f"-o {out} is a folder; give a file name, e.g. {out / (run_dir.resolve().name + '.onnx')}")
+    # an earlier export kept in the run folder may be replaced; nothing else there may
+    own = [p for p in run_dir.rglob("*") if p.is_file() and p.suffix.lower() != ".onnx"]
+    if any(_same_file(out, p) for p in own):
+        raise ExportError(f"-o {out} is a file of the run folder {run_dir}; exporting there would overwrite "
+                          f"it. Give a new file name, e.g. -o {default_output(run_dir)}")
+    if out.exists() and out.suffix.lower() != ".onnx":  # e.g. another run's best.pt, a dataset file
+        raise ExportError(f"-o {out} exists and is not an .onnx file; an export replaces only an earlier "
+                          f"export. Give a new name or one ending in .onnx")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _parity_images(run_dir: Path, channels: int, h: int, w: int) -> np.ndarray:
+    """The validation images the trainer saved for parity (random ones for an older run)."""
+    path = run_dir / "samples.npy"
+    if not path.is_file():
+        return np.random.default_rng(0).integers(0, 256, (16, channels, h, w), dtype=np.uint8)
+    try:
+        images = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ExportError(f"{path} is not a readable array ({type(e).__name__}); delete it to check parity "
+                          f"on random images instead") from None
+    if not isinstance(images, np.ndarray) or images.shape[1:] != (channels, h, w) or images.dtype != np.uint8 \
+            or len(images) == 0:
+        shape = getattr(images, "shape", "?")
+        raise ExportError(f"{path} holds {getattr(images, 'dtype', '?')} {shape}, the model expects uint8 "
+                          f"(N>=1, {channels}, {h}, {w}); delete it to check parity on random images instead")
+    return images
 
 
 def to_onnx_bytes(model: torch.nn.Module, example: torch.Tensor, opset: int = 17) -> bytes:
@@ -76,26 +121,18 @@ def parity(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
 
 
 def export_run(run_dir: str | Path, out: Optional[str | Path] = None, *, atol: float = 1e-3,
-               opset: int = 17, checkpoint: str = "best.pt") -> ExportResult:
-    """Export a run's checkpoint to ONNX, verify parity, then write ``out`` atomically."""
+               opset: int = 17, checkpoint: Optional[str] = None) -> ExportResult:
+    """Export a run's checkpoint (default best.pt, or last.pt of an unfinished run) to ONNX,
+    verify parity, then write ``out`` atomically."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ExportError(f"run folder {run_dir} does not exist")
-    ckpt_path = run_dir / checkpoint
-    if not ckpt_path.is_file() and (run_dir / "last.pt").is_file():
-        ckpt_path = run_dir / "last.pt"
-    state = load_checkpoint(ckpt_path)
+    ckpt_path, state = run_checkpoint(run_dir, checkpoint, "export")
+    out = Path(out) if out else default_output(run_dir)
+    _check_output(out, run_dir)
     model = model_from_checkpoint(state).float().cpu().eval()
     spec = state["input"]
     h, w = spec["image_size"]
     c = spec["channels"]
-    samples_path = run_dir / "samples.npy"
-    if samples_path.is_file():
-        images = np.load(samples_path, allow_pickle=False)
-    else:  # an older run: fall back to random images of the right shape
-        images = np.random.default_rng(0).integers(0, 256, (16, c, h, w), dtype=np.uint8)
-    if images.shape[1:] != (c, h, w) or images.dtype != np.uint8:
-        raise ExportError(f"{samples_path} holds {images.dtype} {images.shape[1:]}, the model expects uint8 {(c, h, w)}")
+    images = _parity_images(run_dir, c, h, w)
 
     model_bytes = to_onnx_bytes(model, torch.from_numpy(images[:2]), opset)
     ref = torch_reference(model, images)
@@ -109,26 +146,24 @@ def export_run(run_dir: str | Path, out: Optional[str | Path] = None, *, atol: f
     import onnx
 
     proto = onnx.load_from_string(model_bytes)
-    meta = {
-        "format": str(META_FORMAT),
-        "version": __version__,
-        "class_names": json.dumps(state["class_names"]),
-        "image_size": json.dumps([h, w]),
-        "channels": str(c),
-        "color": "RGB" if c == 3 else "L",
-        "resize": spec.get("resize", "squash"),
-        "mean": json.dumps(spec["mean"]),
-        "std": json.dumps(spec["std"]),
-        "input": "uint8 NCHW 0..255; normalization (mean/std) is inside the graph",
-        "recipe": json.dumps(state["recipe"]),
-        "epoch": str(state.get("epoch", "")),
-        "parity": json.dumps({"max_abs_diff": max_diff, "top1_agreement": agreement, "images": len(images)}),
-    }
+    run_name = run_dir.resolve().name
+    meta = build_metadata(
+        state["class_names"], spec, version=__version__,
+        input="uint8 NCHW 0..255; normalization (mean/std) is inside the graph",
+        recipe=json.dumps(state["recipe"]), run=run_name, checkpoint=ckpt_path.name,
+        epoch=str(state.get("epoch", "")),
+        parity=json.dumps({"max_abs_diff": max_diff, "top1_agreement": agreement, "images": len(images)}))
+    # the exporter's output passes the same check every reader applies
+    graph_in = [None, c, h, w]
+    validate_metadata(meta, "the export", graph_in, [None, len(state["class_names"])])
     for k, v in meta.items():
         p = proto.metadata_props.add()
         p.key, p.value = META_PREFIX + k, v
     proto.producer_name, proto.producer_version = "clfkit", __version__
-    proto.doc_string = f"clfkit export of {run_dir.name}: {len(state['class_names'])} classes"
-    out = Path(out) if out else default_output(run_dir)
+    proto.doc_string = f"clfkit export of {run_name} ({ckpt_path.name}): {len(state['class_names'])} classes"
     write_bytes(out, proto.SerializeToString())
-    return ExportResult(out, max_diff, agreement, len(images))
+    note = ""
+    if ckpt_path.name != "best.pt":
+        unfinished = "" if (run_dir / "best.pt").is_file() else "the run has no best.pt (unfinished?); "
+        note = f"{unfinished}exported {ckpt_path.name} (epoch {state.get('epoch', '?')})"
+    return ExportResult(out, max_diff, agreement, len(images), ckpt_path, note)

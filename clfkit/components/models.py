@@ -369,15 +369,48 @@ def timm_model(num_classes: int, in_chans: int, image_size: tuple[int, int],
             raise
         model = timm.create_model(arch, **args)
     if weights:
-        if weights.endswith(".safetensors"):
+        _load_matching(model, weights)
+    return model
+
+
+def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """A weights file as {name: tensor}; anything else is a clear error naming the file."""
+    from clfkit.errors import ModelFileError
+
+    try:
+        if path.endswith(".safetensors"):
             from safetensors.torch import load_file
 
-            state = load_file(weights)
+            state = load_file(path)
         else:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-            state = state.get("model", state) if isinstance(state, dict) else state
-        own = model.state_dict()
-        # keep matching tensors; the classifier (and a changed stem) stay freshly initialized
-        state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        model.load_state_dict(state, strict=False)
-    return model
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch/safetensors raise many types for a file that is not theirs
+        # torch's weights_only refusal is a page about pickle; the type says enough
+        cause = "" if "Weights only load failed" in str(e) else f": {str(e).splitlines()[0][:160]}" if str(e) else ""
+        raise ModelFileError(f"model.weights {path} cannot be read as a state dict ({type(e).__name__}{cause}); "
+                             f"give a .safetensors file or a torch.save()d state dict of tensors") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # a training checkpoint that wraps the weights
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelFileError(f"model.weights {path} is not a state dict (a mapping of parameter names to "
+                             f"tensors); got {type(state).__name__}")
+    return state
+
+
+def _load_matching(model: nn.Module, path: str) -> None:
+    """Load the tensors of ``path`` whose name and shape match; the classifier (and a changed
+    stem) stay freshly initialized. Fewer than half matching means weights of another model."""
+    from clfkit.errors import ModelFileError
+
+    state, own = _read_state_dict(path), model.state_dict()
+    matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if len(matching) * 2 < len(own):
+        def why(k: str) -> str:
+            if k not in state:
+                return f"{k} (missing from the file)"
+            return f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
+        first = [why(k) for k in own if k not in matching][:3]
+        raise ModelFileError(f"model.weights {path} matches only {len(matching)} of the model's {len(own)} "
+                             f"tensors, so it holds weights of another architecture; first mismatches: "
+                             f"{'; '.join(first)}. Use weights saved from this model.arch")
+    model.load_state_dict(matching, strict=False)
