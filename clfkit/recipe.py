@@ -23,8 +23,9 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from typing_extensions import Annotated
 
-from clfkit import registry
+from clfkit import registry, yamltext
 from clfkit.errors import RecipeError
+from clfkit.names import ALLOWED, name_problem
 
 
 def _to_spec(value: Any) -> Any:
@@ -128,13 +129,10 @@ class TrainConfig(Strict):
         None, description="moving average of the weights, used for val, best.pt and test; true for defaults")
 
 
-NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
-
-
 class Recipe(Strict):
     """A whole training run."""
 
-    name: str = Field(pattern=NAME_RE, description="run name; also the default run-folder and ONNX name")
+    name: str = Field(description="run name; also the default run-folder and ONNX name")
     description: str = Field("", description="free text, kept with the run")
     seed: int = Field(0, description="seeds data generation, val split, shuffling, augmentation and init")
     data: DataConfig = Field(default_factory=DataConfig, description="the data section below")
@@ -145,6 +143,14 @@ class Recipe(Strict):
                                 description="LR schedule component, evaluated every step")
     regularizers: list[Component] = Field(default_factory=list, description="regularizer components (mixup, grad_clip, ...)")
     train: TrainConfig = Field(default_factory=TrainConfig, description="the train section below")
+
+    @field_validator("name")
+    @classmethod
+    def _folder_safe(cls, name: str) -> str:
+        problem = name_problem(name)
+        if problem is not None:  # the run folder and the ONNX file are named after it
+            raise ValueError(f"{name!r} {problem}; a run name may only hold {ALLOWED}")
+        return name
 
     def components(self) -> list[tuple[str, str, Any]]:
         """(kind, dotted path, spec) for every component in the recipe."""
@@ -183,12 +189,15 @@ def _components_in(recipe: Any) -> list[tuple[str, str, Any]]:
 
 # --------------------------------------------------------------------------- loading
 def read_yaml(path: str | Path) -> dict:
-    """Read a recipe file with ``yaml.safe_load`` (no code runs); errors name line and column."""
+    """Read a recipe or sweep file with clfkit's YAML reader (clfkit/yamltext.py: no code
+    runs, YAML 1.2 numbers, duplicate keys and alias bombs refused); errors name the line."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError([("", f"file {path} does not exist")], source=str(path))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yamltext.load(path.read_text(encoding="utf-8"))
+    except yamltext.YAMLProblem as e:
+        raise RecipeError([("", str(e))], source=str(path)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -203,7 +212,8 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"optim.lr=0.01"`` -> (["optim", "lr"], 0.01). Values are YAML scalars or lists."""
+    """``"optim.lr=0.01"`` -> (["optim", "lr"], 0.01). The value is read as in a recipe file
+    (clfkit.yamltext.parse_value, the same for --grid values and sweep files)."""
     if "=" not in text:
         raise RecipeError([("", f"--set {text!r}: expected dotted.path=value, e.g. optim.lr=0.01")],
                           source="--set")
@@ -212,9 +222,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", key):
         raise RecipeError([(key, f"--set {text!r}: not a dotted path like train.epochs")], source="--set")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+        value = yamltext.parse_value(raw)
+    except yamltext.YAMLProblem as e:
+        raise RecipeError([(key, f"--set {key}=...: {e}")], source="--set") from None
     return key.split("."), value
 
 

@@ -41,6 +41,7 @@ from clfkit.errors import ClfkitError, RecipeError
 from clfkit.io import atomic_open, write_json, write_text
 from clfkit.recipe import Recipe, apply_override, parse_override, read_yaml, validate_recipe
 from clfkit.runs import RunInfo, is_run, rank, read_run
+from clfkit.yamltext import YAMLProblem, parse_value
 
 
 class SweepError(ClfkitError):
@@ -75,17 +76,11 @@ def _split_top_level(raw: str) -> list[str]:
 
 
 def _parse_value(text: str) -> Any:
-    """A YAML scalar, except that ``1e-3`` (a string to YAML 1.1) is the number users mean."""
+    """One --grid value, read exactly as --set and sweep files read it."""
     try:
-        value = yaml.safe_load(text) if text else ""
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
+        return parse_value(text)
+    except YAMLProblem as e:
+        raise SweepError(f"--grid value {text[:80]!r}: {e}") from None
 
 
 def _label(value: Any) -> str:
