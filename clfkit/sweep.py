@@ -28,7 +28,6 @@ import copy
 import csv
 import itertools
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from typing import Any, Callable, Optional
 import yaml
 
 from clfkit.errors import ClfkitError, RecipeError
+from clfkit.names import check_name, child_folder, name_problem, safe_label
 from clfkit.io import atomic_open, write_json, write_text
 from clfkit.recipe import Recipe, apply_override, parse_override, read_yaml, validate_recipe
 from clfkit.runs import RunInfo, is_run, rank, read_run
@@ -110,7 +110,24 @@ def parse_grid(text: str) -> Axis:
     if not raw.strip() or any(not i for i in items):
         raise SweepError(f"--grid {text!r}: empty value; write values separated by commas")
     path = ".".join(keys)
-    return Axis(path, [(item, {path: _parse_value(item)}) for item in items])
+    return Axis(path, [(_value_label(item, value), {path: value})
+                       for item, value in ((item, _parse_value(item)) for item in items)])
+
+
+def _value_label(text: str, value: Any) -> str:
+    """A --grid value's label: its text as typed when that is a valid name (``1e-3``), else
+    one made from the value (``[1024,512]`` -> ``1024-512``)."""
+    return text if name_problem(text) is None else safe_label(_label(value))
+
+
+def _dotted_path(key: Any, source: str) -> str:
+    """A sweep-file key as a dotted path, checked as --set checks its paths."""
+    if not isinstance(key, str):
+        raise SweepError(f"{source}: sweep key {key!r} is not a dotted.path like optim.lr")
+    try:
+        return ".".join(parse_override(f"{key}=0")[0])
+    except RecipeError:
+        raise SweepError(f"{source}: sweep key {key!r} is not a dotted.path like optim.lr") from None
 
 
 def axes_from_block(block: Any, source: str) -> list[Axis]:
@@ -130,12 +147,16 @@ def axes_from_block(block: Any, source: str) -> list[Axis]:
                 if not isinstance(sets, dict):
                     raise SweepError(f"{source}: sweep.variants.{name} must be a mapping of "
                                      f"dotted.path: value, got {sets!r}")
-                options.append((str(name), {str(k): v for k, v in sets.items()}))
+                label = check_name(str(name), "sweep variant name")
+                options.append((label, {_dotted_path(k, source): v for k, v in sets.items()}))
             axes.append(Axis("variant", options))
-        elif isinstance(spec, dict):   # labelled values
-            axes.append(Axis(str(key), [(str(label), {str(key): v}) for label, v in spec.items()]))
+        elif isinstance(spec, dict):   # labelled values: the user names them
+            path = _dotted_path(key, source)
+            axes.append(Axis(path, [(check_name(str(label), "sweep value label"), {path: v})
+                                    for label, v in spec.items()]))
         elif isinstance(spec, list) and spec:
-            axes.append(Axis(str(key), [(_label(v), {str(key): v}) for v in spec]))
+            path = _dotted_path(key, source)
+            axes.append(Axis(path, [(safe_label(_label(v)), {path: v}) for v in spec]))
         else:
             raise SweepError(f"{source}: sweep.{key} must be a non-empty list of values "
                              f"(or a mapping label: value), got {spec!r}")
@@ -169,9 +190,6 @@ class Sweep:
     trials: list[Trial]
 
 
-_UNSAFE = re.compile(r"[\s/\\:*?\"<>|]+")
-
-
 def plan_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
                overrides: list[str] | tuple[str, ...] = (), out: Optional[str | Path] = None) -> Sweep:
     """Read the recipe (and its ``sweep:`` block), add ``--grid`` axes, and validate every
@@ -180,31 +198,49 @@ def plan_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
     data = read_yaml(recipe_path)
     block = data.pop("sweep", None)
     axes = axes_from_block(block, str(recipe_path)) if block is not None else []
+    given: set[str] = set()
     for text in grid:  # a --grid axis replaces a sweep-file axis of the same path
         axis = parse_grid(text)
+        if axis.key in given:
+            raise SweepError(f"--grid {axis.key} is given twice; give all its values in one --grid "
+                             f"{axis.key}=v1,v2,...")
+        given.add(axis.key)
         axes = [a for a in axes if a.key != axis.key] + [axis]
     if not axes:
         raise SweepError(f"nothing to sweep: give --grid dotted.path=v1,v2 or a 'sweep:' block in {recipe_path}")
-    for text in overrides:
-        keys, value = parse_override(text)
-        apply_override(data, keys, value)
-    base = validate_recipe(copy.deepcopy(data), source=str(recipe_path))
-    out = Path(out) if out is not None else Path("sweeps") / base.name
-    short = _short_names(axes)
+    _check_overlaps(axes)
+    fixed = [parse_override(text) for text in overrides]
+    base_data = copy.deepcopy(data)
+    for keys, value in fixed:
+        apply_override(base_data, keys, value)
+    base = validate_recipe(base_data, source=str(recipe_path))
+    out = Path(out) if out is not None else Path("sweeps") / check_name(base.name, "sweep name")
+    trials = _plan_trials(data, fixed, axes, base.name, out, recipe_path)
+    names = [t.name for t in trials]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SweepError(f"two combinations would share the run folder {dupes[0]!r}; give the values labels "
+                         f"(sweep: {{path: {{label: value}}}})")
+    return Sweep(recipe_path, out, axes, trials)
 
+
+def _plan_trials(data: dict, fixed: list[tuple[list[str], Any]], axes: list[Axis], base_name: str,
+                 out: Path, recipe_path: Path) -> list[Trial]:
+    """One validated Trial per combination of the axes' options."""
+    short = _short_names(axes)
     trials, problems = [], []
     for combo in itertools.product(*(a.options for a in axes)):
         values = {a.key: label for a, (label, _) in zip(axes, combo)}
         parts = [label if a.key == "variant" else f"{short[a.key]}={label}" for a, (label, _) in zip(axes, combo)]
-        name = _UNSAFE.sub("_", ",".join(parts))
+        name = check_name(",".join(parts), "sweep run name")
         sets: dict[str, Any] = {}
         for _, o in combo:
             sets.update(o)
         d = copy.deepcopy(data)
-        d["name"] = f"{base.name}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}"[:200]
+        d["name"] = f"{base_name}-{name}"[:200]
         try:
-            for path, value in sets.items():
-                apply_override(d, path.split("."), copy.deepcopy(value))
+            for keys, value in _merge_order(fixed, sets):
+                apply_override(d, keys, copy.deepcopy(value))
             recipe = validate_recipe(d, source=f"{recipe_path} [{name}]")
         except RecipeError as e:
             problems.append(str(e))
@@ -212,12 +248,50 @@ def plan_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
         trials.append(Trial(name, values, sets, recipe, out / name))
     if problems:
         raise SweepError("some combinations are not valid recipes (nothing was trained):\n" + "\n".join(problems))
-    names = [t.name for t in trials]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise SweepError(f"two combinations would share the run folder {dupes[0]!r}; give the values labels "
-                         f"(sweep: {{path: {{label: value}}}})")
-    return Sweep(recipe_path, out, axes, trials)
+    return trials
+
+
+def _merge_order(fixed: list[tuple[list[str], Any]], sets: dict[str, Any]) -> list[tuple[list[str], Any]]:
+    """--set overrides, then the combination's values (which win on the same path), applied
+    shallow paths first: a component (``optim``) is replaced before one of its fields
+    (``optim.lr``) is set on top, whatever order the axes came in."""
+    swept = set(sets)
+    merged = [(keys, v) for keys, v in fixed if ".".join(keys) not in swept]
+    merged += [(path.split("."), v) for path, v in sets.items()]
+    return sorted(merged, key=lambda kv: len(kv[0]))  # stable: same depth keeps its order
+
+
+def _check_overlaps(axes: list[Axis]) -> None:
+    """Two axes may not set the same path, and a value that replaces a component may not also
+    set a field that another axis sweeps: either way one would silently win over the other
+    and a run's label would lie about what it trained with."""
+    sets = [(a, path, value) for a in axes for _, o in a.options for path, value in o.items()]
+    for (a, p, v), (b, q, w) in itertools.combinations(sets, 2):
+        if a is b:
+            continue
+        if p == q:
+            raise SweepError(f"sweep axes {a.key!r} and {b.key!r} both set {p}; sweep it in one axis "
+                             f"(or in the variants only)")
+        (outer, outer_path, value), inner_path = ((a, p, v), q) if q.startswith(p + ".") else \
+            ((b, q, w), p) if p.startswith(q + ".") else ((None, "", None), "")
+        field = inner_path[len(outer_path) + 1:]
+        if outer is not None and _sets_field(value, field.split(".")):
+            other = b if outer is a else a
+            raise SweepError(f"sweep axis {outer.key!r} gives {outer_path} a value that sets {field} "
+                             f"({value!r}), and axis {other.key!r} sweeps {inner_path}: one would win "
+                             f"silently; drop {field} from the {outer.key!r} values")
+
+
+def _sets_field(value: Any, field: list[str]) -> bool:
+    """Whether ``value`` (a component or mapping) spells out ``field`` (a dotted path in it)."""
+    for part in field:
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return False
+    return True
 
 
 def _check_same_recipe(trial: Trial) -> None:
@@ -257,7 +331,8 @@ def run_trial(recipe_dict: dict, run_dir: str, quiet: bool = True, threads: int 
 
     if threads:
         torch.set_num_threads(threads)
-    run = Path(run_dir)
+    # the run folder, the rmtree below included, never reaches outside the sweep folder
+    run = child_folder(Path(run_dir).parent, Path(run_dir).name, "sweep run name")
     recipe = Recipe.model_validate(recipe_dict)
     if run.exists() and not (run / "summary.json").is_file():
         if (run / "last.pt").is_file():
