@@ -29,6 +29,8 @@ import csv
 import itertools
 import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,7 @@ from clfkit.names import check_name, child_folder, name_problem, safe_label
 from clfkit.io import atomic_open, write_json, write_text
 from clfkit.recipe import Recipe, apply_override, parse_override, read_yaml, validate_recipe
 from clfkit.runs import RunInfo, is_run, rank, read_run
+from clfkit.signals import Interrupted, StopFlag, catch_stop_signals
 from clfkit.yamltext import YAMLProblem, parse_value
 
 
@@ -346,24 +349,57 @@ def run_trial(recipe_dict: dict, run_dir: str, quiet: bool = True, threads: int 
 
 
 def _run_trial_safe(recipe_dict: dict, run_dir: str, quiet: bool, threads: int) -> dict:
-    """run_trial, with a failure returned rather than raised (one bad run must not end the sweep)."""
+    """run_trial, with a failure returned rather than raised (one bad run must not end the
+    sweep); a stop signal ends the run resumable (last.pt) and is returned as ``interrupted``."""
+    global _BUSY
     t0 = time.perf_counter()
-    try:
-        res = run_trial(recipe_dict, run_dir, quiet, threads)
-        res["ok"] = True
-    except ClfkitError as e:
-        res = {"ok": False, "error": str(e)}
-    except Exception as e:  # a bug, but the other runs still deserve to finish
-        res = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    with catch_stop_signals():  # a signal before training starts still stops it (signals.py)
+        _BUSY = True
+        try:
+            if _STOPPING is not None and _STOPPING.is_set():  # queued before the sweep stopped
+                return {"ok": False, "not_started": True, "error": "", "seconds": 0.0}
+            res = run_trial(recipe_dict, run_dir, quiet, threads)
+            res["ok"] = True
+        except Interrupted as e:
+            res = {"ok": False, "interrupted": e.signum, "error": str(e)}
+        except ClfkitError as e:
+            res = {"ok": False, "error": str(e)}
+        except Exception as e:  # a bug, but the other runs still deserve to finish
+            res = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        finally:
+            _BUSY = False
     res["seconds"] = time.perf_counter() - t0
     return res
+
+
+# In a --jobs worker process: the parent's "stop" event, and whether a run is in progress.
+_STOPPING: Any = None
+_BUSY = False
+
+
+def _worker_init(stopping: Any) -> None:
+    """A --jobs worker: ignore Ctrl-C while idle (the terminal sends it to every process; a
+    run in progress handles it itself), and when the parent stops the sweep, stop the run in
+    progress as SIGTERM would: it saves last.pt and returns."""
+    global _STOPPING
+    _STOPPING = stopping
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        stopping.wait()
+        if _BUSY:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def run_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
               overrides: list[str] | tuple[str, ...] = (), out: Optional[str | Path] = None,
               jobs: int = 1, quiet: bool = False, log: Callable[[str], None] = print,
               top: int = 10) -> Sweep:
-    """Plan, train what is not finished (``jobs`` at a time), and write the sweep tables."""
+    """Plan, train what is not finished (``jobs`` at a time), and write the sweep tables.
+    SIGINT/SIGTERM stops the whole sweep: no further run starts, the runs in progress save
+    their last.pt, the tables are written, and :class:`Interrupted` says how to continue."""
     sweep = plan_sweep(recipe_path, grid, overrides, out)
     for t in sweep.trials:
         _check_same_recipe(t)
@@ -374,33 +410,59 @@ def run_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
     n = len(sweep.trials)
     log(f"sweep {sweep.out}: {n} run(s), {n - len(todo)} already finished, {len(todo)} to train"
         + (f", {jobs} at a time" if jobs > 1 and len(todo) > 1 else ""))
-    if jobs <= 1 or len(todo) <= 1:
-        for i, t in enumerate(todo, 1):
-            log(f"[{i}/{len(todo)}] {t.name}" + (" (resuming)" if t.status == "unfinished" else ""))
-            _record(t, _run_trial_safe(t.recipe.to_dict(), str(t.run_dir), quiet, 0), log)
-    else:
-        _run_parallel(todo, jobs, log)
+    with catch_stop_signals() as stop:
+        if jobs <= 1 or len(todo) <= 1:
+            for i, t in enumerate(todo, 1):
+                if stop.pending:
+                    break
+                log(f"[{i}/{len(todo)}] {t.name}" + (" (resuming)" if t.status == "unfinished" else ""))
+                _record(t, _run_trial_safe(t.recipe.to_dict(), str(t.run_dir), quiet, 0), log)
+        else:
+            _run_parallel(todo, jobs, log, stop)
     write_tables(sweep, top=top)
+    if stop.pending:
+        raise Interrupted(_stopped_message(sweep, stop.name), stop.signum)
     return sweep
 
 
-def _run_parallel(todo: list[Trial], jobs: int, log: Callable[[str], None]) -> None:
-    """Each run in its own process (spawned: no forked torch state), the cores split evenly."""
+def _stopped_message(sweep: Sweep, signame: str) -> str:
+    stopped = [t.name for t in sweep.trials if t.status == "interrupted"]
+    waiting = [t.name for t in sweep.trials if t.status in ("new", "unfinished")]
+    return (f"{signame} received: sweep {sweep.out} stopped; "
+            + (f"{len(stopped)} run(s) saved their last.pt mid-way ({', '.join(stopped)}); " if stopped else "")
+            + f"{len(waiting)} run(s) not started. To continue, run the same `clfkit sweep` command "
+              f"again: finished runs are skipped, stopped ones resume from their last.pt.")
+
+
+def _run_parallel(todo: list[Trial], jobs: int, log: Callable[[str], None], stop: StopFlag) -> None:
+    """Each run in its own process (spawned: no forked torch state), the cores split evenly.
+    The parent polls for its stop flag, since a signal does not wake a blocked wait."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+    stopping = ctx.Event()
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
+                             initargs=(stopping,)) as pool:
         futures = {pool.submit(_run_trial_safe, t.recipe.to_dict(), str(t.run_dir), True, threads): t
                    for t in todo}
         log(f"started {len(todo)} run(s) in {jobs} processes, {threads} thread(s) each")
+        pending, finished = set(futures), 0
         try:
-            for done, fut in enumerate(as_completed(futures), 1):
-                t = futures[fut]
-                log(f"[{done}/{len(todo)}] {t.name}")
-                _record(t, fut.result(), log)
-        except KeyboardInterrupt:
+            while pending:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    if fut.cancelled():
+                        continue
+                    finished += 1
+                    log(f"[{finished}/{len(todo)}] {futures[fut].name}")
+                    _record(futures[fut], fut.result(), log)
+                if stop.pending and not stopping.is_set():
+                    stopping.set()  # the runs in progress save last.pt; queued ones do not start
+                    for fut in pending:
+                        fut.cancel()
+        except KeyboardInterrupt:  # a second Ctrl-C: stop now
             pool.shutdown(wait=False, cancel_futures=True)
             raise
 
@@ -413,6 +475,11 @@ def _record(t: Trial, res: dict, log: Callable[[str], None]) -> None:
         val = s.get("best_val_acc")
         log(f"    done in {t.seconds:.0f}s: best val acc {val:.4f} (epoch {s.get('best_epoch')})"
             if val is not None else f"    done in {t.seconds:.0f}s")
+    elif res.get("not_started"):
+        log("    not started: the sweep is stopping")
+    elif res.get("interrupted"):
+        t.status = "interrupted"
+        log(f"    stopped after {t.seconds:.0f}s; its last.pt resumes it")
     else:
         t.status, t.error = "failed", res["error"]
         log(f"    FAILED: {t.error.splitlines()[0] if t.error else ''}")
