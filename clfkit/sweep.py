@@ -270,19 +270,17 @@ def _check_overlaps(axes: list[Axis]) -> None:
     set a field that another axis sweeps: either way one would silently win over the other
     and a run's label would lie about what it trained with."""
     sets = [(a, path, value) for a in axes for _, o in a.options for path, value in o.items()]
-    for (a, p, v), (b, q, w) in itertools.combinations(sets, 2):
-        if a is b:
+    for first, second in itertools.permutations(sets, 2):
+        (outer, outer_path, value), (inner, inner_path, _) = first, second
+        if outer is inner:
             continue
-        if p == q:
-            raise SweepError(f"sweep axes {a.key!r} and {b.key!r} both set {p}; sweep it in one axis "
-                             f"(or in the variants only)")
-        (outer, outer_path, value), inner_path = ((a, p, v), q) if q.startswith(p + ".") else \
-            ((b, q, w), p) if p.startswith(q + ".") else ((None, "", None), "")
-        field = inner_path[len(outer_path) + 1:]
-        if outer is not None and _sets_field(value, field.split(".")):
-            other = b if outer is a else a
+        if outer_path == inner_path:
+            raise SweepError(f"sweep axes {outer.key!r} and {inner.key!r} both set {outer_path}; "
+                             f"sweep it in one axis (or in the variants only)")
+        field = inner_path[len(outer_path) + 1:] if inner_path.startswith(outer_path + ".") else ""
+        if field and _sets_field(value, field.split(".")):
             raise SweepError(f"sweep axis {outer.key!r} gives {outer_path} a value that sets {field} "
-                             f"({value!r}), and axis {other.key!r} sweeps {inner_path}: one would win "
+                             f"({value!r}), and axis {inner.key!r} sweeps {inner_path}: one would win "
                              f"silently; drop {field} from the {outer.key!r} values")
 
 
