@@ -2,6 +2,7 @@
 a loss, an optimizer, a schedule, augmentations and regularizers."""
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Optional
 
 import torch
@@ -9,7 +10,7 @@ import torch.nn as nn
 
 from clfkit import registry
 from clfkit.data import ImageSet, Splits, stratified_split
-from clfkit.errors import DataError
+from clfkit.errors import ClfkitError, DataError, RecipeError
 from clfkit.recipe import IMAGENET, Recipe
 
 
@@ -77,9 +78,53 @@ def build_model(recipe: Recipe, num_classes: int, in_chans: int, image_size: tup
                 mean: list[float], std: list[float]) -> ImageClassifier:
     """The recipe's model for data of this shape, wrapped with its input normalization."""
     name, args = registry.split_spec(recipe.model)
-    net = registry.create("model", name, num_classes=num_classes, in_chans=in_chans,
-                          image_size=tuple(image_size), **args)
+    context = dict(num_classes=num_classes, in_chans=in_chans, image_size=tuple(image_size))
+    _check_model_size(name, args, context)
+    net = registry.create("model", name, **context, **args)
     return ImageClassifier(net, mean, std)
+
+
+def check_model_size(recipe: Recipe) -> None:
+    """The model-size cap checked from the recipe alone, before any data is read: with the
+    fewest classes (2) and the recipe's channels (3 when auto), a lower bound of its size."""
+    name, args = registry.split_spec(recipe.model)
+    channels = 3 if recipe.data.channels == "auto" else recipe.data.channels
+    _check_model_size(name, args, dict(num_classes=2, in_chans=channels, image_size=recipe.data.size))
+
+
+DEFAULT_MAX_PARAMS = 2_000_000_000  # 8 GB of fp32 weights: beyond that, a typo is likelier
+
+
+def _check_model_size(name: str, args: dict, context: dict) -> None:
+    """Refuse a model with more than CLFKIT_MAX_PARAMS parameters before allocating it (an
+    mlp's first layer grows with the image: 3x4096x4096 inputs x 1024 = 51 billion), by
+    building it first on the meta device, which allocates nothing."""
+    if args.get("pretrained"):
+        return  # loading weights onto the meta device makes no sense (and may download)
+    try:
+        with torch.device("meta"):
+            params = sum(p.numel() for p in registry.create("model", name, **context, **args).parameters())
+    except Exception:  # noqa: BLE001 - cannot tell without building it: the real build will say
+        return
+    cap = _max_params()
+    if params > cap:
+        c, (h, w) = context["in_chans"], context["image_size"]
+        raise RecipeError([("model", (
+            f"{name} for {c}x{h}x{w} images has {params:,} parameters ({params * 4 / 1e9:,.1f} GB as "
+            f"fp32), more than the cap of {cap:,}; use a smaller data.image_size or a model whose "
+            f"size does not grow with the image (cnn, resnet), or raise the cap with "
+            f"CLFKIT_MAX_PARAMS=<count>"))])
+
+
+def _max_params() -> int:
+    text = os.environ.get("CLFKIT_MAX_PARAMS", "").strip().replace("_", "")
+    if not text:
+        return DEFAULT_MAX_PARAMS
+    try:
+        return int(float(text)) if "e" in text.lower() else int(text)
+    except ValueError:
+        raise ClfkitError(f"CLFKIT_MAX_PARAMS={text!r} is not a number of parameters "
+                          f"(e.g. 5e9, or unset for {DEFAULT_MAX_PARAMS:,})") from None
 
 
 def build_loss(recipe: Recipe, num_classes: int) -> nn.Module:

@@ -23,8 +23,9 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from typing_extensions import Annotated
 
-from clfkit import registry
+from clfkit import registry, yamltext
 from clfkit.errors import RecipeError
+from clfkit.names import ALLOWED, name_problem
 
 
 def _to_spec(value: Any) -> Any:
@@ -128,15 +129,13 @@ class TrainConfig(Strict):
         None, description="moving average of the weights, used for val, best.pt and test; true for defaults")
 
 
-NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
-
-
 class Recipe(Strict):
     """A whole training run."""
 
-    name: str = Field(pattern=NAME_RE, description="run name; also the default run-folder and ONNX name")
+    name: str = Field(description="run name; also the default run-folder and ONNX name")
     description: str = Field("", description="free text, kept with the run")
-    seed: int = Field(0, description="seeds data generation, val split, shuffling, augmentation and init")
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = Field(
+        0, description="seeds data generation, val split, shuffling, augmentation and init")
     data: DataConfig = Field(default_factory=DataConfig, description="the data section below")
     model: Component = Field(description="model component: linear, mlp, cnn, resnet, timm, or a plugin's")
     loss: Component = Field(default_factory=lambda: {"name": "cross_entropy"}, description="loss component")
@@ -145,6 +144,14 @@ class Recipe(Strict):
                                 description="LR schedule component, evaluated every step")
     regularizers: list[Component] = Field(default_factory=list, description="regularizer components (mixup, grad_clip, ...)")
     train: TrainConfig = Field(default_factory=TrainConfig, description="the train section below")
+
+    @field_validator("name")
+    @classmethod
+    def _folder_safe(cls, name: str) -> str:
+        problem = name_problem(name)
+        if problem is not None:  # the run folder and the ONNX file are named after it
+            raise ValueError(f"{name!r} {problem}; a run name may only hold {ALLOWED}")
+        return name
 
     def components(self) -> list[tuple[str, str, Any]]:
         """(kind, dotted path, spec) for every component in the recipe."""
@@ -183,12 +190,15 @@ def _components_in(recipe: Any) -> list[tuple[str, str, Any]]:
 
 # --------------------------------------------------------------------------- loading
 def read_yaml(path: str | Path) -> dict:
-    """Read a recipe file with ``yaml.safe_load`` (no code runs); errors name line and column."""
+    """Read a recipe or sweep file with clfkit's YAML reader (clfkit/yamltext.py: no code
+    runs, YAML 1.2 numbers, duplicate keys and alias bombs refused); errors name the line."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError([("", f"file {path} does not exist")], source=str(path))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yamltext.load(path.read_text(encoding="utf-8"))
+    except yamltext.YAMLProblem as e:
+        raise RecipeError([("", str(e))], source=str(path)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -203,7 +213,8 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"optim.lr=0.01"`` -> (["optim", "lr"], 0.01). Values are YAML scalars or lists."""
+    """``"optim.lr=0.01"`` -> (["optim", "lr"], 0.01). The value is read as in a recipe file
+    (clfkit.yamltext.parse_value, the same for --grid values and sweep files)."""
     if "=" not in text:
         raise RecipeError([("", f"--set {text!r}: expected dotted.path=value, e.g. optim.lr=0.01")],
                           source="--set")
@@ -212,36 +223,34 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", key):
         raise RecipeError([(key, f"--set {text!r}: not a dotted path like train.epochs")], source="--set")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+        value = yamltext.parse_value(raw)
+    except yamltext.YAMLProblem as e:
+        raise RecipeError([(key, f"--set {key}=...: {e}")], source="--set") from None
     return key.split("."), value
 
 
 def apply_override(data: dict, path: list[str], value: Any) -> None:
-    """Set ``data[path] = value`` creating mappings on the way; list items by index."""
+    """Set ``data[path] = value`` creating mappings on the way; list items by index. A
+    component written as a name (``model: resnet``, an augmentation ``HorizontalFlip``)
+    becomes ``{name: ...}`` when one of its arguments is set."""
     node: Any = data
     for i, part in enumerate(path[:-1]):
-        nxt = path[i + 1]
-        if isinstance(node, list):
-            node = node[_index(node, part, path[: i + 1])]
-            continue
-        child = node.get(part)
-        if isinstance(child, str) and not nxt.isdigit():  # `model: resnet` + model.depth=34
+        here = path[: i + 1]
+        key = _index(node, part, here) if isinstance(node, list) else part
+        child = node[key] if isinstance(node, list) else node.get(part)
+        if isinstance(child, str) and not path[i + 1].isdigit():  # `model: resnet` + model.depth=34
             child = {"name": child}
-        if child is None:
+        if child is None and isinstance(node, dict):
             child = {}
         if not isinstance(child, (dict, list)):
-            raise RecipeError([(".".join(path[: i + 1]), f"is {child!r}, not a mapping; cannot set "
-                                                         f"{'.'.join(path)}")], source="--set")
-        node[part] = child
+            raise RecipeError([(".".join(here), f"is {child!r}, not a mapping or a list; cannot set "
+                                                f"{'.'.join(path)}")], source="--set")
+        node[key] = child
         node = child
-    last = path[-1]
     if isinstance(node, list):
-        idx = _index(node, last, path)
-        node[idx] = value
+        node[_index(node, path[-1], path)] = value
     else:
-        node[last] = value
+        node[path[-1]] = value
 
 
 def _index(node: list, part: str, path: list[str]) -> int:
@@ -253,6 +262,10 @@ def _index(node: list, part: str, path: list[str]) -> int:
 
 def validate_recipe(data: dict, source: str = "recipe") -> Recipe:
     """Validate a recipe mapping: structure (pydantic), then every component's arguments."""
+    too_big = [(path, f"{value} does not fit in 64 bits (torch and numpy need it to)")
+               for path, value in _ints_in(data) if not -2**63 <= value < 2**63]
+    if too_big:
+        raise RecipeError(too_big, source=source)
     try:
         recipe = Recipe.model_validate(data)
     except pydantic.ValidationError as e:
@@ -284,6 +297,15 @@ def validate_recipe(data: dict, source: str = "recipe") -> Recipe:
     return final
 
 
+def _ints_in(node: Any, path: str = "") -> list[tuple[str, int]]:
+    """(dotted path, value) of every integer in a raw recipe mapping."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    found = [(path, node)] if isinstance(node, int) and not isinstance(node, bool) else []
+    for key, child in items:
+        found += _ints_in(child, f"{path}.{key}" if path else str(key))
+    return found
+
+
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read, override (``dotted.path=value``) and validate a recipe file."""
     data = read_yaml(path)
@@ -294,7 +316,19 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     for text in overrides:
         keys, value = parse_override(text)
         apply_override(data, keys, value)
-    return validate_recipe(data, source=str(path))
+    recipe = validate_recipe(data, source=str(path))
+    check_size(recipe, source=str(path))
+    return recipe
+
+
+def check_size(recipe: Recipe, source: str = "recipe") -> None:
+    """A model too large to allocate is refused before any data is read (clfkit.build)."""
+    from clfkit.build import check_model_size
+
+    try:
+        check_model_size(recipe)
+    except RecipeError as e:
+        raise RecipeError(e.problems, source=source) from None
 
 
 def _field_loc(loc: tuple) -> tuple[tuple, Optional[type[BaseModel]]]:

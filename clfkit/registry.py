@@ -28,7 +28,10 @@ import functools
 import importlib
 import importlib.metadata as md
 import inspect
+import logging
 import os
+import re
+import signal
 import threading
 import typing
 from dataclasses import dataclass, field
@@ -38,6 +41,8 @@ import pydantic
 from pydantic import BaseModel, ConfigDict
 
 from clfkit.errors import PluginError, RecipeError, RegistryError
+
+_log = logging.getLogger("clfkit.plugins")
 
 ENTRY_POINT_GROUP = "clfkit.plugins"
 BUILTIN = "clfkit"
@@ -347,14 +352,32 @@ class Registry:
                         {n: e for n, e in table.items() if e.provider == BUILTIN})
                 for kind, resolvers in _BUILTIN_HOME._fallbacks.items():
                     self._fallbacks.setdefault(kind, []).extend(resolvers)
-            if plugins_disabled():
+            wanted = plugin_selection()
+            if wanted == set():
                 return
-            for ep in md.entry_points(group=ENTRY_POINT_GROUP):
-                self.load_entry_point(ep)
+            installed = list(md.entry_points(group=ENTRY_POINT_GROUP))
+            with _telling_real_ctrl_c() as pressed:
+                for ep in installed:
+                    if wanted is None or _dist_key(_dist_of(ep)) in wanted:
+                        self.load_entry_point(ep, pressed)
+            self._check_selection(wanted, installed)
+            for err in self.plugin_errors:  # one line each; `clfkit plugins` lists them too
+                _log.warning("warning: %s", err)
 
-    def load_entry_point(self, ep: md.EntryPoint) -> None:
-        """Load one plugin; a failure is recorded in ``plugin_errors`` and rolled back."""
-        dist = ep.dist.name if ep.dist else ep.value.split(":")[0]
+    def _check_selection(self, wanted: set[str] | None, installed: list[md.EntryPoint]) -> None:
+        """A name in CLFKIT_PLUGINS that no installed plugin has is recorded (and warned about)
+        with the installed names: a typo must not silently train without the plugin."""
+        names = sorted({_dist_of(ep) for ep in installed})
+        for key in sorted((wanted or set()) - {_dist_key(n) for n in names}):
+            self.plugin_errors.append(PluginError(
+                key, f"CLFKIT_PLUGINS names {key!r}, but no installed plugin distribution is called "
+                     f"that; installed: {', '.join(names) or '(none)'} (or CLFKIT_PLUGINS=none / all)"))
+
+    def load_entry_point(self, ep: md.EntryPoint, ctrl_c: threading.Event | None = None) -> None:
+        """Load one plugin; a failure is recorded in ``plugin_errors`` and rolled back. That
+        includes ``sys.exit()``, SystemExit and KeyboardInterrupt raised by the plugin itself;
+        only a real Ctrl-C (seen by ``ctrl_c``, see _telling_real_ctrl_c) still interrupts."""
+        dist = _dist_of(ep)
         version = ep.dist.version if ep.dist else ""
         token = _provider.set((dist, version))
         loading = _loading.set(self)
@@ -374,7 +397,11 @@ class Registry:
                     obj()  # ... a function registers when called (with no arguments)
                 _PLUGIN_REGISTRATIONS[ep.value] = [(e.kind, e.name, e.obj, e.validator) for e in self._log]
             self.plugins.append((dist, version))
-        except Exception as e:  # a broken plugin must not break clfkit: record and roll back
+        except BaseException as e:  # a broken plugin must not break clfkit: record and roll back
+            if isinstance(e, KeyboardInterrupt) and (ctrl_c is None or ctrl_c.is_set()):
+                raise  # the user pressed Ctrl-C (or we cannot tell): stop as asked
+            if isinstance(e, SystemExit):
+                e = PluginError(dist, f"it called sys.exit({e.code!r}) while loading", ep.name)
             for entry in self._log:
                 self.remove(entry.kind, entry.name)
             self.plugin_errors.append(e if isinstance(e, PluginError) else PluginError(dist, e, ep.name))
@@ -410,7 +437,55 @@ def check_kind(kind: str) -> Kind:
 
 def plugins_disabled() -> bool:
     """True when ``CLFKIT_PLUGINS=none`` (or 0, off) asks for the built-ins only."""
-    return os.environ.get("CLFKIT_PLUGINS", "").strip().lower() in ("none", "0", "off")
+    return plugin_selection() == set()
+
+
+def plugin_selection() -> set[str] | None:
+    """The plugin distributions CLFKIT_PLUGINS asks for: None for all (unset, empty, ``all``),
+    an empty set for none (``none``, ``0``, ``off``), else its comma-separated names."""
+    text = os.environ.get("CLFKIT_PLUGINS", "").strip()
+    if text.lower() in ("", "all"):
+        return None
+    if text.lower() in ("none", "0", "off"):
+        return set()
+    return {_dist_key(name) for name in text.split(",") if name.strip()}
+
+
+def _dist_of(ep: md.EntryPoint) -> str:
+    return ep.dist.name if ep.dist else ep.value.split(":")[0]
+
+
+def _dist_key(name: str) -> str:
+    """A distribution name as pip compares them: clfkit_Airbench == clfkit-airbench."""
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
+
+
+@contextlib.contextmanager
+def _telling_real_ctrl_c() -> Iterator[threading.Event | None]:
+    """While plugins load, an Event set when SIGINT really arrives, to tell a user's Ctrl-C
+    from a KeyboardInterrupt a plugin raises itself. None where no handler can be installed
+    (not the main thread): then a KeyboardInterrupt is taken as the user's."""
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    pressed = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None:  # a handler installed outside Python: leave it alone
+        yield None
+        return
+
+    def handler(signum, frame):
+        pressed.set()
+        if callable(previous):
+            return previous(signum, frame)
+        if previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _check_contract(entry: Entry) -> None:

@@ -42,23 +42,35 @@ class StopFlag:
         return signal.Signals(self.signum).name if self.signum is not None else ""
 
 
+_ACTIVE: list[StopFlag] = []  # the flags of the blocks now open, outermost first
+
+
 @contextlib.contextmanager
 def catch_stop_signals() -> Iterator[StopFlag]:
     """Turn SIGINT/SIGTERM into a :class:`StopFlag` for the duration of the block. Outside the
-    main thread (where Python cannot install handlers) the flag simply never gets set."""
+    main thread (where Python cannot install handlers) the flag simply never gets set.
+
+    Blocks nest (a sweep around each run's training): a signal sets every open block's flag,
+    and a block opened after a signal starts with its flag already set, so a run started
+    (or still loading its data) when Ctrl-C came stops at its first step instead of training
+    on unnoticed."""
     flag = StopFlag()
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
+    flag.signum = next((f.signum for f in reversed(_ACTIVE) if f.pending), None)
 
     def handler(signum, frame):
         if flag.pending and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl-C: stop now
-        flag.signum = signum
+        for open_flag in _ACTIVE:
+            open_flag.signum = signum
 
     previous = {s: signal.signal(s, handler) for s in EXIT_CODES}
+    _ACTIVE.append(flag)
     try:
         yield flag
     finally:
+        _ACTIVE.remove(flag)
         for s, h in previous.items():
             signal.signal(s, h)

@@ -28,8 +28,9 @@ import copy
 import csv
 import itertools
 import os
-import re
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +39,12 @@ from typing import Any, Callable, Optional
 import yaml
 
 from clfkit.errors import ClfkitError, RecipeError
+from clfkit.names import check_name, child_folder, name_problem, safe_label
 from clfkit.io import atomic_open, write_json, write_text
-from clfkit.recipe import Recipe, apply_override, parse_override, read_yaml, validate_recipe
+from clfkit.recipe import Recipe, apply_override, check_size, parse_override, read_yaml, validate_recipe
 from clfkit.runs import RunInfo, is_run, rank, read_run
+from clfkit.signals import Interrupted, StopFlag, catch_stop_signals
+from clfkit.yamltext import YAMLProblem, parse_value
 
 
 class SweepError(ClfkitError):
@@ -75,17 +79,11 @@ def _split_top_level(raw: str) -> list[str]:
 
 
 def _parse_value(text: str) -> Any:
-    """A YAML scalar, except that ``1e-3`` (a string to YAML 1.1) is the number users mean."""
+    """One --grid value, read exactly as --set and sweep files read it."""
     try:
-        value = yaml.safe_load(text) if text else ""
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
+        return parse_value(text)
+    except YAMLProblem as e:
+        raise SweepError(f"--grid value {text[:80]!r}: {e}") from None
 
 
 def _label(value: Any) -> str:
@@ -115,7 +113,24 @@ def parse_grid(text: str) -> Axis:
     if not raw.strip() or any(not i for i in items):
         raise SweepError(f"--grid {text!r}: empty value; write values separated by commas")
     path = ".".join(keys)
-    return Axis(path, [(item, {path: _parse_value(item)}) for item in items])
+    return Axis(path, [(_value_label(item, value), {path: value})
+                       for item, value in ((item, _parse_value(item)) for item in items)])
+
+
+def _value_label(text: str, value: Any) -> str:
+    """A --grid value's label: its text as typed when that is a valid name (``1e-3``), else
+    one made from the value (``[1024,512]`` -> ``1024-512``)."""
+    return text if name_problem(text) is None else safe_label(_label(value))
+
+
+def _dotted_path(key: Any, source: str) -> str:
+    """A sweep-file key as a dotted path, checked as --set checks its paths."""
+    if not isinstance(key, str):
+        raise SweepError(f"{source}: sweep key {key!r} is not a dotted.path like optim.lr")
+    try:
+        return ".".join(parse_override(f"{key}=0")[0])
+    except RecipeError:
+        raise SweepError(f"{source}: sweep key {key!r} is not a dotted.path like optim.lr") from None
 
 
 def axes_from_block(block: Any, source: str) -> list[Axis]:
@@ -135,12 +150,16 @@ def axes_from_block(block: Any, source: str) -> list[Axis]:
                 if not isinstance(sets, dict):
                     raise SweepError(f"{source}: sweep.variants.{name} must be a mapping of "
                                      f"dotted.path: value, got {sets!r}")
-                options.append((str(name), {str(k): v for k, v in sets.items()}))
+                label = check_name(str(name), "sweep variant name")
+                options.append((label, {_dotted_path(k, source): v for k, v in sets.items()}))
             axes.append(Axis("variant", options))
-        elif isinstance(spec, dict):   # labelled values
-            axes.append(Axis(str(key), [(str(label), {str(key): v}) for label, v in spec.items()]))
+        elif isinstance(spec, dict):   # labelled values: the user names them
+            path = _dotted_path(key, source)
+            axes.append(Axis(path, [(check_name(str(label), "sweep value label"), {path: v})
+                                    for label, v in spec.items()]))
         elif isinstance(spec, list) and spec:
-            axes.append(Axis(str(key), [(_label(v), {str(key): v}) for v in spec]))
+            path = _dotted_path(key, source)
+            axes.append(Axis(path, [(safe_label(_label(v)), {path: v}) for v in spec]))
         else:
             raise SweepError(f"{source}: sweep.{key} must be a non-empty list of values "
                              f"(or a mapping label: value), got {spec!r}")
@@ -174,9 +193,6 @@ class Sweep:
     trials: list[Trial]
 
 
-_UNSAFE = re.compile(r"[\s/\\:*?\"<>|]+")
-
-
 def plan_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
                overrides: list[str] | tuple[str, ...] = (), out: Optional[str | Path] = None) -> Sweep:
     """Read the recipe (and its ``sweep:`` block), add ``--grid`` axes, and validate every
@@ -185,44 +201,99 @@ def plan_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
     data = read_yaml(recipe_path)
     block = data.pop("sweep", None)
     axes = axes_from_block(block, str(recipe_path)) if block is not None else []
+    given: set[str] = set()
     for text in grid:  # a --grid axis replaces a sweep-file axis of the same path
         axis = parse_grid(text)
+        if axis.key in given:
+            raise SweepError(f"--grid {axis.key} is given twice; give all its values in one --grid "
+                             f"{axis.key}=v1,v2,...")
+        given.add(axis.key)
         axes = [a for a in axes if a.key != axis.key] + [axis]
     if not axes:
         raise SweepError(f"nothing to sweep: give --grid dotted.path=v1,v2 or a 'sweep:' block in {recipe_path}")
-    for text in overrides:
-        keys, value = parse_override(text)
-        apply_override(data, keys, value)
-    base = validate_recipe(copy.deepcopy(data), source=str(recipe_path))
-    out = Path(out) if out is not None else Path("sweeps") / base.name
-    short = _short_names(axes)
-
-    trials, problems = [], []
-    for combo in itertools.product(*(a.options for a in axes)):
-        values = {a.key: label for a, (label, _) in zip(axes, combo)}
-        parts = [label if a.key == "variant" else f"{short[a.key]}={label}" for a, (label, _) in zip(axes, combo)]
-        name = _UNSAFE.sub("_", ",".join(parts))
-        sets: dict[str, Any] = {}
-        for _, o in combo:
-            sets.update(o)
-        d = copy.deepcopy(data)
-        d["name"] = f"{base.name}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}"[:200]
-        try:
-            for path, value in sets.items():
-                apply_override(d, path.split("."), copy.deepcopy(value))
-            recipe = validate_recipe(d, source=f"{recipe_path} [{name}]")
-        except RecipeError as e:
-            problems.append(str(e))
-            continue
-        trials.append(Trial(name, values, sets, recipe, out / name))
-    if problems:
-        raise SweepError("some combinations are not valid recipes (nothing was trained):\n" + "\n".join(problems))
+    _check_overlaps(axes)
+    fixed = [parse_override(text) for text in overrides]
+    base_data = copy.deepcopy(data)
+    for keys, value in fixed:
+        apply_override(base_data, keys, value)
+    base = validate_recipe(base_data, source=str(recipe_path))
+    out = Path(out) if out is not None else Path("sweeps") / check_name(base.name, "sweep name")
+    trials = _plan_trials(data, fixed, axes, base.name, out, recipe_path)
     names = [t.name for t in trials]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise SweepError(f"two combinations would share the run folder {dupes[0]!r}; give the values labels "
                          f"(sweep: {{path: {{label: value}}}})")
     return Sweep(recipe_path, out, axes, trials)
+
+
+def _plan_trials(data: dict, fixed: list[tuple[list[str], Any]], axes: list[Axis], base_name: str,
+                 out: Path, recipe_path: Path) -> list[Trial]:
+    """One validated Trial per combination of the axes' options."""
+    short = _short_names(axes)
+    trials, problems = [], []
+    for combo in itertools.product(*(a.options for a in axes)):
+        values = {a.key: label for a, (label, _) in zip(axes, combo)}
+        parts = [label if a.key == "variant" else f"{short[a.key]}={label}" for a, (label, _) in zip(axes, combo)]
+        name = check_name(",".join(parts), "sweep run name")
+        sets: dict[str, Any] = {}
+        for _, o in combo:
+            sets.update(o)
+        d = copy.deepcopy(data)
+        d["name"] = f"{base_name}-{name}"[:200]
+        try:
+            for keys, value in _merge_order(fixed, sets):
+                apply_override(d, keys, copy.deepcopy(value))
+            recipe = validate_recipe(d, source=f"{recipe_path} [{name}]")
+            check_size(recipe, source=f"{recipe_path} [{name}]")
+        except RecipeError as e:
+            problems.append(str(e))
+            continue
+        trials.append(Trial(name, values, sets, recipe, out / name))
+    if problems:
+        raise SweepError("some combinations are not valid recipes (nothing was trained):\n" + "\n".join(problems))
+    return trials
+
+
+def _merge_order(fixed: list[tuple[list[str], Any]], sets: dict[str, Any]) -> list[tuple[list[str], Any]]:
+    """--set overrides, then the combination's values (which win on the same path), applied
+    shallow paths first: a component (``optim``) is replaced before one of its fields
+    (``optim.lr``) is set on top, whatever order the axes came in."""
+    swept = set(sets)
+    merged = [(keys, v) for keys, v in fixed if ".".join(keys) not in swept]
+    merged += [(path.split("."), v) for path, v in sets.items()]
+    return sorted(merged, key=lambda kv: len(kv[0]))  # stable: same depth keeps its order
+
+
+def _check_overlaps(axes: list[Axis]) -> None:
+    """Two axes may not set the same path, and a value that replaces a component may not also
+    set a field that another axis sweeps: either way one would silently win over the other
+    and a run's label would lie about what it trained with."""
+    sets = [(a, path, value) for a in axes for _, o in a.options for path, value in o.items()]
+    for first, second in itertools.permutations(sets, 2):
+        (outer, outer_path, value), (inner, inner_path, _) = first, second
+        if outer is inner:
+            continue
+        if outer_path == inner_path:
+            raise SweepError(f"sweep axes {outer.key!r} and {inner.key!r} both set {outer_path}; "
+                             f"sweep it in one axis (or in the variants only)")
+        field = inner_path[len(outer_path) + 1:] if inner_path.startswith(outer_path + ".") else ""
+        if field and _sets_field(value, field.split(".")):
+            raise SweepError(f"sweep axis {outer.key!r} gives {outer_path} a value that sets {field} "
+                             f"({value!r}), and axis {inner.key!r} sweeps {inner_path}: one would win "
+                             f"silently; drop {field} from the {outer.key!r} values")
+
+
+def _sets_field(value: Any, field: list[str]) -> bool:
+    """Whether ``value`` (a component or mapping) spells out ``field`` (a dotted path in it)."""
+    for part in field:
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return False
+    return True
 
 
 def _check_same_recipe(trial: Trial) -> None:
@@ -262,7 +333,8 @@ def run_trial(recipe_dict: dict, run_dir: str, quiet: bool = True, threads: int 
 
     if threads:
         torch.set_num_threads(threads)
-    run = Path(run_dir)
+    # the run folder, the rmtree below included, never reaches outside the sweep folder
+    run = child_folder(Path(run_dir).parent, Path(run_dir).name, "sweep run name")
     recipe = Recipe.model_validate(recipe_dict)
     if run.exists() and not (run / "summary.json").is_file():
         if (run / "last.pt").is_file():
@@ -276,24 +348,57 @@ def run_trial(recipe_dict: dict, run_dir: str, quiet: bool = True, threads: int 
 
 
 def _run_trial_safe(recipe_dict: dict, run_dir: str, quiet: bool, threads: int) -> dict:
-    """run_trial, with a failure returned rather than raised (one bad run must not end the sweep)."""
+    """run_trial, with a failure returned rather than raised (one bad run must not end the
+    sweep); a stop signal ends the run resumable (last.pt) and is returned as ``interrupted``."""
+    global _BUSY
     t0 = time.perf_counter()
-    try:
-        res = run_trial(recipe_dict, run_dir, quiet, threads)
-        res["ok"] = True
-    except ClfkitError as e:
-        res = {"ok": False, "error": str(e)}
-    except Exception as e:  # a bug, but the other runs still deserve to finish
-        res = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    with catch_stop_signals():  # a signal before training starts still stops it (signals.py)
+        _BUSY = True
+        try:
+            if _STOPPING is not None and _STOPPING.is_set():  # queued before the sweep stopped
+                return {"ok": False, "not_started": True, "error": "", "seconds": 0.0}
+            res = run_trial(recipe_dict, run_dir, quiet, threads)
+            res["ok"] = True
+        except Interrupted as e:
+            res = {"ok": False, "interrupted": e.signum, "error": str(e)}
+        except ClfkitError as e:
+            res = {"ok": False, "error": str(e)}
+        except Exception as e:  # a bug, but the other runs still deserve to finish
+            res = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        finally:
+            _BUSY = False
     res["seconds"] = time.perf_counter() - t0
     return res
+
+
+# In a --jobs worker process: the parent's "stop" event, and whether a run is in progress.
+_STOPPING: Any = None
+_BUSY = False
+
+
+def _worker_init(stopping: Any) -> None:
+    """A --jobs worker: ignore Ctrl-C while idle (the terminal sends it to every process; a
+    run in progress handles it itself), and when the parent stops the sweep, stop the run in
+    progress as SIGTERM would: it saves last.pt and returns."""
+    global _STOPPING
+    _STOPPING = stopping
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        stopping.wait()
+        if _BUSY:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def run_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
               overrides: list[str] | tuple[str, ...] = (), out: Optional[str | Path] = None,
               jobs: int = 1, quiet: bool = False, log: Callable[[str], None] = print,
               top: int = 10) -> Sweep:
-    """Plan, train what is not finished (``jobs`` at a time), and write the sweep tables."""
+    """Plan, train what is not finished (``jobs`` at a time), and write the sweep tables.
+    SIGINT/SIGTERM stops the whole sweep: no further run starts, the runs in progress save
+    their last.pt, the tables are written, and :class:`Interrupted` says how to continue."""
     sweep = plan_sweep(recipe_path, grid, overrides, out)
     for t in sweep.trials:
         _check_same_recipe(t)
@@ -304,33 +409,59 @@ def run_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
     n = len(sweep.trials)
     log(f"sweep {sweep.out}: {n} run(s), {n - len(todo)} already finished, {len(todo)} to train"
         + (f", {jobs} at a time" if jobs > 1 and len(todo) > 1 else ""))
-    if jobs <= 1 or len(todo) <= 1:
-        for i, t in enumerate(todo, 1):
-            log(f"[{i}/{len(todo)}] {t.name}" + (" (resuming)" if t.status == "unfinished" else ""))
-            _record(t, _run_trial_safe(t.recipe.to_dict(), str(t.run_dir), quiet, 0), log)
-    else:
-        _run_parallel(todo, jobs, log)
+    with catch_stop_signals() as stop:
+        if jobs <= 1 or len(todo) <= 1:
+            for i, t in enumerate(todo, 1):
+                if stop.pending:
+                    break
+                log(f"[{i}/{len(todo)}] {t.name}" + (" (resuming)" if t.status == "unfinished" else ""))
+                _record(t, _run_trial_safe(t.recipe.to_dict(), str(t.run_dir), quiet, 0), log)
+        else:
+            _run_parallel(todo, jobs, log, stop)
     write_tables(sweep, top=top)
+    if stop.pending:
+        raise Interrupted(_stopped_message(sweep, stop.name), stop.signum)
     return sweep
 
 
-def _run_parallel(todo: list[Trial], jobs: int, log: Callable[[str], None]) -> None:
-    """Each run in its own process (spawned: no forked torch state), the cores split evenly."""
+def _stopped_message(sweep: Sweep, signame: str) -> str:
+    stopped = [t.name for t in sweep.trials if t.status == "interrupted"]
+    waiting = [t.name for t in sweep.trials if t.status in ("new", "unfinished")]
+    return (f"{signame} received: sweep {sweep.out} stopped; "
+            + (f"{len(stopped)} run(s) saved their last.pt mid-way ({', '.join(stopped)}); " if stopped else "")
+            + f"{len(waiting)} run(s) not started. To continue, run the same `clfkit sweep` command "
+              f"again: finished runs are skipped, stopped ones resume from their last.pt.")
+
+
+def _run_parallel(todo: list[Trial], jobs: int, log: Callable[[str], None], stop: StopFlag) -> None:
+    """Each run in its own process (spawned: no forked torch state), the cores split evenly.
+    The parent polls for its stop flag, since a signal does not wake a blocked wait."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+    stopping = ctx.Event()
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
+                             initargs=(stopping,)) as pool:
         futures = {pool.submit(_run_trial_safe, t.recipe.to_dict(), str(t.run_dir), True, threads): t
                    for t in todo}
         log(f"started {len(todo)} run(s) in {jobs} processes, {threads} thread(s) each")
+        pending, finished = set(futures), 0
         try:
-            for done, fut in enumerate(as_completed(futures), 1):
-                t = futures[fut]
-                log(f"[{done}/{len(todo)}] {t.name}")
-                _record(t, fut.result(), log)
-        except KeyboardInterrupt:
+            while pending:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    if fut.cancelled():
+                        continue
+                    finished += 1
+                    log(f"[{finished}/{len(todo)}] {futures[fut].name}")
+                    _record(futures[fut], fut.result(), log)
+                if stop.pending and not stopping.is_set():
+                    stopping.set()  # the runs in progress save last.pt; queued ones do not start
+                    for fut in pending:
+                        fut.cancel()
+        except KeyboardInterrupt:  # a second Ctrl-C: stop now
             pool.shutdown(wait=False, cancel_futures=True)
             raise
 
@@ -343,6 +474,11 @@ def _record(t: Trial, res: dict, log: Callable[[str], None]) -> None:
         val = s.get("best_val_acc")
         log(f"    done in {t.seconds:.0f}s: best val acc {val:.4f} (epoch {s.get('best_epoch')})"
             if val is not None else f"    done in {t.seconds:.0f}s")
+    elif res.get("not_started"):
+        log("    not started: the sweep is stopping")
+    elif res.get("interrupted"):
+        t.status = "interrupted"
+        log(f"    stopped after {t.seconds:.0f}s; its last.pt resumes it")
     else:
         t.status, t.error = "failed", res["error"]
         log(f"    FAILED: {t.error.splitlines()[0] if t.error else ''}")

@@ -365,6 +365,7 @@ def evaluate(model: nn.Module, data: ImageSet, *, rt: Runtime, loss_fn: nn.Modul
 # --------------------------------------------------------------------------- run folder
 def new_run_dir(out: str | Path, name: str) -> Path:
     """``out/name``, or ``out/name-2``, ``-3``... if taken: never overwrite a run."""
+    from clfkit.names import check_name; check_name(name, "run name")  # never outside out/
     out = Path(out)
     for i in range(1, 10000):
         path = out / (name if i == 1 else f"{name}-{i}")

@@ -1,0 +1,146 @@
+"""The one YAML reader for what users write: recipe files, sweep files and the values of
+``--set`` and ``--grid``, so the same text always means the same value.
+
+It is ``yaml.SafeLoader`` (no code runs) with three changes:
+
+* Scalars follow YAML 1.2's core schema, which is what people expect, not YAML 1.1's:
+  ``1e-3`` and ``1E5`` are floats (1.1 reads them as strings), ``.5`` is 0.5, ``1_000`` is
+  1000, ``0x10`` 16, ``0o10`` 8 and ``010`` is 10 (not octal 8); only ``true``/``false`` are
+  booleans: ``on``, ``off``, ``yes``, ``no``, ``y``, ``n`` stay text (a yes/no field still
+  accepts them, pydantic reads them as booleans), and ``1:30`` stays text (1.1: 5400).
+* A key given twice in one mapping, at any depth, is an error naming the key and both lines
+  (YAML would silently keep the last).
+* Anchors and aliases are allowed, but the document they expand to is limited to
+  ``MAX_NODES`` nodes, so an alias bomb ("billion laughs") fails at once with a short message.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import yaml
+
+MAX_NODES = 100_000  # far above any recipe (a few hundred nodes), far below a bomb's billions
+
+_BOOL = "tag:yaml.org,2002:bool"
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_EXP = r"[eE][-+]?[0-9]+"
+_INT_RE = re.compile(r"^[-+]?(?:[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+|0b[01_]+)$")
+_FLOAT_RE = re.compile(rf"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:{_EXP})?|\.[0-9][0-9_]*(?:{_EXP})?"
+                       rf"|[0-9][0-9_]*{_EXP}|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+_BOOL_RE = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+
+
+class YAMLProblem(ValueError):
+    """Text that is not acceptable YAML for clfkit; ``line`` is 1-based (0: unknown)."""
+
+    def __init__(self, message: str, line: int = 0):
+        super().__init__(message)
+        self.line = line
+
+
+class Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 scalars, duplicate keys refused and aliases budgeted."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _INT, _FLOAT)]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+    def construct_yaml_int(self, node: yaml.Node) -> int:
+        text = self.construct_scalar(node).replace("_", "")
+        sign = -1 if text.startswith("-") else 1
+        digits = text.lstrip("+-")
+        base = {"0x": 16, "0o": 8, "0b": 2}.get(digits[:2].lower(), 10)
+        return sign * int(digits[2:] if base != 10 else digits, base)
+
+    def construct_yaml_float(self, node: yaml.Node) -> float:
+        text = self.construct_scalar(node).replace("_", "").lower()
+        if text.lstrip("+-") == ".inf":
+            return -math.inf if text.startswith("-") else math.inf
+        return math.nan if text.endswith(".nan") else float(text)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        _refuse_duplicate_keys(self, node)
+        return super().construct_mapping(node, deep=deep)
+
+    def get_single_node(self) -> Any:
+        node = super().get_single_node()
+        if node is not None:
+            _check_expanded_size(node)
+        return node
+
+
+for _tag, _rx, _first in ((_BOOL, _BOOL_RE, list("tTfF")), (_INT, _INT_RE, list("-+0123456789")),
+                          (_FLOAT, _FLOAT_RE, list("-+0123456789."))):
+    Loader.add_implicit_resolver(_tag, _rx, _first)
+Loader.add_constructor(_INT, Loader.construct_yaml_int)
+Loader.add_constructor(_FLOAT, Loader.construct_yaml_float)
+
+
+def _refuse_duplicate_keys(loader: Loader, node: yaml.MappingNode) -> None:
+    """A key twice in one mapping is a mistake; ``<<`` merge keys are YAML's way to override."""
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            first = seen.get(key)
+        except TypeError:  # an unhashable key: SafeLoader reports it itself
+            continue
+        if first is not None:
+            raise YAMLProblem(f"key {key!r} is given twice, on line {first} and on line {line}; "
+                              f"keep one", line)
+        seen[key] = line
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Count the nodes the document expands to (each alias counted in full, shared subtrees
+    measured once), stopping as soon as it passes MAX_NODES."""
+    sizes: dict[int, int] = {}
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        kids = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) \
+            else node.value if isinstance(node, yaml.SequenceNode) else []
+        if not children_done:
+            stack.append((node, True))
+            stack.extend((k, False) for k in kids if id(k) not in sizes)
+            continue
+        sizes[id(node)] = 1 + sum(sizes.get(id(k), 1) for k in kids)
+        if sizes[id(node)] > MAX_NODES:
+            raise YAMLProblem(f"the YAML expands to more than {MAX_NODES:,} values through its "
+                              f"anchors (&) and aliases (*), around line {node.start_mark.line + 1}: "
+                              f"an alias bomb? Write the values out, or use fewer aliases",
+                              node.start_mark.line + 1)
+
+
+def load(text: str) -> Any:
+    """Parse YAML text with :class:`Loader`; YAML syntax errors raise ``yaml.YAMLError``,
+    clfkit's own refusals :class:`YAMLProblem`."""
+    return _unshare(yaml.load(text, Loader=Loader))  # noqa: S506 (Loader is a SafeLoader)
+
+
+def _unshare(value: Any) -> Any:
+    """Copies of aliased parts, so that overriding one place never changes another."""
+    if isinstance(value, dict):
+        return {k: _unshare(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unshare(v) for v in value]
+    return value
+
+
+def parse_value(text: str) -> Any:
+    """One ``--set``/``--grid`` value: YAML as in a recipe file (``1e-3`` -> 0.001, ``[1, 2]``,
+    ``{name: sgd}``); empty -> ``""``; text that is not valid YAML stays that text."""
+    if not text.strip():
+        return ""
+    try:
+        return load(text)
+    except yaml.YAMLError:
+        return text
