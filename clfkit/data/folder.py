@@ -73,7 +73,7 @@ def _entries(folder: Path) -> list[Path]:
         raise DataError(f"cannot list {_show(folder)}: {e.strerror or e}") from None
 
 
-def _class_dirs(split_dir: Path) -> list[Path]:
+def class_folders(split_dir: Path) -> list[Path]:
     """The class folders of a split. A dangling link (not named like an image) or a link to a
     folder that holds the split (a loop: it would hold every other class) is an error."""
     real_split = os.path.realpath(split_dir)
@@ -105,7 +105,7 @@ def _check_class_name(folder: Path) -> None:
 
 
 def _scan_labelled(split_dir: Path, plan: FolderPlan) -> tuple[list[str], list[tuple[Path, int]]]:
-    classes = _class_dirs(split_dir)
+    classes = class_folders(split_dir)
     items: list[tuple[Path, int]] = []
     owner: dict[tuple[int, int], Path] = {}  # every folder read, to catch one read by two classes
     for label, d in enumerate(classes):
@@ -151,7 +151,7 @@ def scan_folder(root: str | os.PathLike) -> FolderPlan:
 
 
 def _scan_test(test_dir: Path, plan: FolderPlan) -> None:
-    if _class_dirs(test_dir):
+    if class_folders(test_dir):
         test_classes, test_items = _scan_labelled(test_dir, plan)
         unknown = sorted(set(test_classes) - set(plan.class_names))
         if unknown:
