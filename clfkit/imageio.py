@@ -75,8 +75,8 @@ def escape_path(name: str) -> str:
     tab, ...), a Unicode line separator, and each byte of a file name that is not valid UTF-8
     (held by Python as a surrogate escape) are written as backslash escapes: ``\\``, ``\n``,
     ``\t``, ``\r``, ``\xNN`` for a raw byte NN (or an ASCII control), ``\uNNNN`` for a Unicode
-    control or separator. Other characters, spaces included, are kept as they are. The escapes
-    are unambiguous: the original name, byte for byte, can be read back."""
+    line break (U+0085, U+2028, U+2029). Other characters, spaces included, are kept as they
+    are. The escapes are unambiguous: the original name, byte for byte, can be read back."""
     if name.isprintable() and "\\" not in name:
         return name
     out = []
@@ -88,7 +88,7 @@ def escape_path(name: str) -> str:
             out.append(f"\\x{code - 0xDC00:02x}")
         elif code < 0x20 or code == 0x7F:
             out.append(f"\\x{code:02x}")
-        elif 0x80 <= code <= 0x9F or code in (0x2028, 0x2029) or 0xD800 <= code <= 0xDFFF:
+        elif code in (0x85, 0x2028, 0x2029) or 0xD800 <= code <= 0xDFFF:  # Unicode line breaks
             out.append(f"\\u{code:04x}")
         else:
             out.append(ch)

@@ -48,6 +48,7 @@ import torch
 from clfkit.data import ImageSet, Splits
 from clfkit.data.folder import folder_fingerprint
 
+# Bump whenever the same file bytes would decode to other pixels (the key cannot see code changes).
 FORMAT = 3  # 3: EXIF orientation applied; content-hash fingerprints; entries checked on read
 SPLITS = ("train", "val", "test")
 
@@ -168,7 +169,8 @@ def read_entry(path: Path, settings: dict[str, Any]) -> Splits:
         names = index["class_names"]
         _require(isinstance(names, list) and len(names) >= 1 and all(isinstance(c, str) for c in names),
                  "class names are not a list of names")
-        _require("train" in index["splits"] and set(index["splits"]) <= set(SPLITS), "the splits are not train/val/test")
+        _require("train" in index["splits"] and set(index["splits"]) <= set(SPLITS),
+                 "the splits are not train/val/test")
         sets = {name: _read_split(path, name, info, index, settings) for name, info in index["splits"].items()}
         _require(sets["train"].labels is not None and len(sets["train"]) > 0, "train has no labelled images")
         _require(len({s.images.shape[1] for s in sets.values()}) == 1, "the splits have different channel counts")

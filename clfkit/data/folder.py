@@ -99,9 +99,9 @@ def _check_class_name(folder: Path) -> None:
     that prints on one line."""
     name = folder.name
     if any(unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") for ch in name):  # Cs: non-UTF-8 bytes
-        raise DataError(f"class folder name {imageio.escape_path(name)!r} (in {_show(folder.parent)}) is not valid UTF-8 "
-                        f"or holds a control character such as a newline or tab; class names are "
-                        f"written to the ONNX file and to prediction files: rename the folder")
+        raise DataError(f"class folder name {imageio.escape_path(name)!r} (in {_show(folder.parent)}) is not "
+                        f"valid UTF-8 or holds a control character such as a newline or tab; class names "
+                        f"are written to the ONNX file and to prediction files: rename the folder")
 
 
 def _scan_labelled(split_dir: Path, plan: FolderPlan) -> tuple[list[str], list[tuple[Path, int]]]:
