@@ -5,18 +5,22 @@ Only PIL and numpy: predict needs no torch for this part.
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                     ".pgm", ".pbm", ".jfif")
 # Larger than any sane photo, far below what would exhaust memory: 64 Mpx.
 MAX_PIXELS = 64_000_000
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+EXIF_ORIENTATION = 0x0112  # 1 upright; 2-8 mirrored and/or rotated; 5-8 swap width and height
 
 
 class DecodeError(Exception):
@@ -27,14 +31,28 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
-    """Open and fully load an image, refusing decompression bombs and truncated files."""
+def read_file(path: str | os.PathLike) -> bytes:
+    """The file's bytes (symbolic links followed), or DecodeError saying why it cannot be read."""
     try:
-        if os.path.getsize(path) == 0:
-            raise DecodeError("empty file (0 bytes)")
+        data = Path(path).read_bytes()
+    except OSError as e:
+        if os.path.islink(path) and not os.path.exists(path):
+            raise DecodeError(f"symbolic link to {os.readlink(path)}, which does not exist") from None
+        raise DecodeError(f"cannot read the file ({e.strerror or e})") from None
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
+    return data
+
+
+def open_image(path: str | os.PathLike, data: Optional[bytes] = None) -> Image.Image:
+    """Open an image, refusing decompression bombs. ``data``: the file's bytes when the caller
+    has read them already (the data cache hashes exactly the bytes that are decoded)."""
+    if data is None:
+        data = read_file(path)
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(io.BytesIO(data))
             w, h = img.size
             if w * h > MAX_PIXELS:
                 raise DecodeError(f"{w}x{h} pixels is over the {MAX_PIXELS:,}-pixel limit "
@@ -46,6 +64,35 @@ def open_image(path: str | os.PathLike) -> Image.Image:
         raise DecodeError(f"decompression bomb refused: {e}") from None
     except Exception as e:  # PIL raises many types for bad bytes
         raise DecodeError(f"not a readable image ({type(e).__name__}: {e})") from None
+
+
+# Characters that would break a one-name-per-line file (or a tab-separated one) if written raw.
+_LINE_BREAKING = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}
+
+
+def escape_path(name: str) -> str:
+    r"""``name`` fit for one line of a text file: a backslash, a control character (newline,
+    tab, ...), a Unicode line separator, and each byte of a file name that is not valid UTF-8
+    (held by Python as a surrogate escape) are written as backslash escapes: ``\\``, ``\n``,
+    ``\t``, ``\r``, ``\xNN`` for a raw byte NN (or an ASCII control), ``\uNNNN`` for a Unicode
+    line break (U+0085, U+2028, U+2029). Other characters, spaces included, are kept as they
+    are. The escapes are unambiguous: the original name, byte for byte, can be read back."""
+    if name.isprintable() and "\\" not in name:
+        return name
+    out = []
+    for ch in name:
+        code = ord(ch)
+        if ch in _LINE_BREAKING:
+            out.append(_LINE_BREAKING[ch])
+        elif 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's stand-in for the byte code - 0xDC00
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
+        elif code in (0x85, 0x2028, 0x2029) or 0xD800 <= code <= 0xDFFF:  # Unicode line breaks
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def is_grayscale(img: Image.Image) -> bool:
@@ -99,11 +146,25 @@ def decode(path: str | os.PathLike, size: tuple[int, int], channels: int,
     return decode_image(open_image(path), size, channels, method)
 
 
-def decode_image(img: Image.Image, size: tuple[int, int], channels: int, method: str = "squash") -> np.ndarray:
-    """An opened PIL image -> (H, W, channels) uint8 array."""
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1 = upright), 1 when absent or unreadable."""
     try:
+        value = img.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # a damaged EXIF block must not cost the image: PIL raises many types
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def decode_image(img: Image.Image, size: tuple[int, int], channels: int, method: str = "squash") -> np.ndarray:
+    """An opened PIL image -> (H, W, channels) uint8 array, turned upright as its EXIF
+    orientation says (cameras store portrait photos sideways and set the tag)."""
+    try:
+        orientation = exif_orientation(img)
         if img.format == "JPEG":  # let libjpeg decode at 1/2, 1/4, 1/8 scale when it can
-            img.draft("RGB" if channels == 3 else "L", (size[1] * 2, size[0] * 2))
+            h, w = size if orientation < 5 else size[::-1]  # the stored image is still sideways
+            img.draft("RGB" if channels == 3 else "L", (w * 2, h * 2))
+        if orientation != 1:
+            img = ImageOps.exif_transpose(img)
         img = to_mode(img, channels)
         img = resize(img, size, method)
         arr = np.asarray(img, dtype=np.uint8)
@@ -114,19 +175,71 @@ def decode_image(img: Image.Image, size: tuple[int, int], channels: int, method:
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-def list_images(root: str | os.PathLike) -> tuple[list[Path], list[Path]]:
-    """All files under ``root`` recursively, sorted by relative path: (images, other files)."""
+@dataclass
+class Listing:
+    """What :func:`walk_files` found under a folder."""
+
+    images: list[Path] = field(default_factory=list)  # sorted by relative path
+    others: list[Path] = field(default_factory=list)  # files without an image extension
+    not_followed: list[tuple[Path, str]] = field(default_factory=list)  # (folder, why it was not read)
+    folders: dict[tuple[int, int], Path] = field(default_factory=dict)  # (device, inode) -> path walked
+
+
+def walk_files(root: str | os.PathLike) -> Listing:
+    """Every non-hidden file under ``root``, recursively, following symbolic links to folders.
+    A link to a folder already walked, or to one that holds ``root`` (a loop), is not followed
+    (listed in ``not_followed``), so no folder is read twice and no walk runs forever."""
     root = Path(root)
-    images, others = [], []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for f in sorted(filenames):
-            if f.startswith("."):
-                continue
-            p = Path(dirpath) / f
-            (images if is_image_file(p) else others).append(p)
-    key = lambda p: p.relative_to(root).as_posix()  # noqa: E731
-    return sorted(images, key=key), sorted(others, key=key)
+    real_root = os.path.realpath(root)
+    out = Listing()
+    out.folders[_identity(root)] = root
+
+    def unreadable(e: OSError) -> None:
+        out.not_followed.append((Path(e.filename), f"cannot list the folder ({e.strerror or e})"))
+
+    found: dict[bool, list[tuple[str, Path]]] = {True: [], False: []}  # is image -> (relative path, path)
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=True):
+        keep = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            p = Path(dirpath, d)
+            ident = _identity(p)
+            if contains(os.path.realpath(p), real_root):
+                out.not_followed.append((p, f"link to {escape_path(os.path.realpath(p))}, which holds "
+                                            f"this folder (a loop); not followed"))
+            elif ident in out.folders:
+                out.not_followed.append((p, f"the same folder as {escape_path(str(out.folders[ident]))}; "
+                                            f"not read twice"))
+            elif ident is not None:
+                out.folders[ident] = p
+                keep.append(d)
+        dirnames[:] = keep
+        rel_dir = os.path.relpath(dirpath, root)
+        for f in filenames:
+            if not f.startswith("."):
+                found[is_image_file(f)].append((f if rel_dir == "." else f"{rel_dir}/{f}", Path(dirpath, f)))
+    out.images = [p for _, p in sorted(found[True], key=lambda item: item[0])]
+    out.others = [p for _, p in sorted(found[False], key=lambda item: item[0])]
+    return out
+
+
+def _identity(path: Path) -> Optional[tuple[int, int]]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def contains(folder: str, path: str) -> bool:
+    """``folder`` is ``path`` or one of its ancestors (both real paths)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def list_images(root: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """All files under ``root`` recursively (symbolic links followed, loops not), sorted by
+    relative path: (images, other files)."""
+    listing = walk_files(root)
+    return listing.images, listing.others
 
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image

@@ -56,9 +56,10 @@ shapes.peek = lambda num_classes=10, **_: (num_classes, 3)
 
 
 def _folder_peek(root: str, **_):
+    from clfkit.data.folder import class_folders  # the training rule: links checked, loops refused
+
     train = Path(root).expanduser() / "train"
-    n = sum(1 for d in train.iterdir() if d.is_dir() and not d.name.startswith(".")) if train.is_dir() else 0
-    return n, 3
+    return (len(class_folders(train)) if train.is_dir() else 0), 3
 
 
 folder.peek = _folder_peek

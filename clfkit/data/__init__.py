@@ -50,6 +50,9 @@ class Splits:
     test: Optional[ImageSet] = None
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     description: str = ""
+    # A hash of the files read (names and content) when the dataset is read from files: the
+    # data cache keys its entry by it. None for generated data.
+    fingerprint: Optional[str] = None
 
     @property
     def num_classes(self) -> int:

@@ -1,21 +1,30 @@
 """A disk cache of decoded datasets: a folder is decoded once, and every later run, sweep
 point or DDP rank with the same decode settings loads the uint8 tensors instead.
 
-An entry is keyed by the dataset's fingerprint (for a folder: every file's relative path,
-size and mtime) and the decode settings (size, channels, resize, on_error), plus the cache
-format and the PIL version (a new PIL may resize differently). Changing, adding or removing
-a file changes the key, so a stale entry is never read; older entries for the same root and
-settings are deleted when the new one is written.
+An entry is named ``<group>-<fingerprint>``. The group hashes the source (dataset name and
+resolved root), the decode settings (size, channels, resize, on_error), the cache format and
+the PIL version (a new PIL may resize differently). The fingerprint hashes what the dataset
+read: for a folder, every file's relative path and a blake2b hash of its bytes (symbolic
+links followed), so an edit that keeps size and mtime, a file swapped under a linked folder
+or a re-pointed link all change it. Stale pixels are never served: an entry is only read
+after every file has been hashed again, and it is stored under the fingerprint of the very
+bytes that were decoded. When no entry of the group exists (a first run) the files are read
+once, by the decoder; otherwise each file is read twice on a miss (hash, then decode) and
+once on a hit. Older entries of the group are deleted when a new one is written.
 
 Layout, no pickle anywhere (arrays load with ``allow_pickle=False``)::
 
-    <cache dir>/<key>/
-      index.json                  class names, paths, skipped files, description, shapes
+    <cache dir>/<group>-<fingerprint>/
+      index.json                  class names, paths, skipped files, description, shapes,
+                                  and a blake2b hash of each array file's contents
       train.images.npy            uint8 (N, C, H, W)
       train.labels.npy            int64 (N,)      (and val.*, test.* when present)
 
 An entry is written into a temporary folder beside it and renamed into place, so a crash or
-a concurrent writer never leaves a half entry that a reader would take.
+a concurrent writer never leaves a half entry that a reader would take. What is read back is
+checked (hashes, shapes, dtypes, label range, counts); an entry that fails is reported in one
+warning line and decoded again. A cache dir that cannot be written (read-only, disk full) is
+reported in one warning line; the run goes on with the decoded data.
 
 The cache dir is ``$CLFKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/clfkit``, else
 ``~/.cache/clfkit``; ``CLFKIT_CACHE=0`` turns the cache off. It is a property of the machine,
@@ -23,11 +32,11 @@ not of the recipe, so recipes stay portable.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,8 +46,10 @@ import numpy as np
 import torch
 
 from clfkit.data import ImageSet, Splits
+from clfkit.data.folder import folder_fingerprint
 
-FORMAT = 2  # 2: channels: 1 decodes colour files to luma (1 kept their red channel)
+# Bump whenever the same file bytes would decode to other pixels (the key cannot see code changes).
+FORMAT = 3  # 3: EXIF orientation applied; content-hash fingerprints; entries checked on read
 SPLITS = ("train", "val", "test")
 
 
@@ -52,34 +63,31 @@ def cache_dir() -> Optional[Path]:
     return Path(base) / "clfkit"
 
 
-def folder_fingerprint(root: str | os.PathLike) -> str:
-    """A hash of every file under ``root`` (relative path, size, mtime in ns), in sorted order.
-    Stat only: no file is read, so this costs a directory walk (~1 s per 100k files)."""
-    root = Path(root).expanduser().resolve()
-    h = hashlib.sha256(str(root).encode())
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        rel = os.path.relpath(dirpath, root)
-        for f in sorted(filenames):
-            st = os.stat(os.path.join(dirpath, f))
-            h.update(f"{rel}/{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
-
-
-def entry_key(source: str, fingerprint: str, settings: dict[str, Any]) -> str:
+def group_name(source: str, settings: dict[str, Any]) -> str:
+    """The name prefix shared by every entry of one dataset source decoded with ``settings``."""
     import PIL
 
-    blob = json.dumps({"format": FORMAT, "source": source, "fingerprint": fingerprint,
-                       "settings": settings, "pil": PIL.__version__}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+    blob = json.dumps({"format": FORMAT, "source": source, "settings": settings, "pil": PIL.__version__},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-# --------------------------------------------------------------------------- read / write
-def _save_array(folder: Path, name: str, arr: np.ndarray) -> None:
+def _array_hash(arr: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(arr), digest_size=16).hexdigest()
+
+
+def warn(message: str) -> None:
+    """One line on stderr: the cache never stops a run, but its failures are not silent."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- write
+def _save_array(folder: Path, name: str, arr: np.ndarray, hashes: dict[str, str]) -> None:
     with open(folder / name, "wb") as f:
         np.save(f, arr, allow_pickle=False)
         f.flush()
         os.fsync(f.fileno())
+    hashes[name] = _array_hash(arr)
 
 
 def write_entry(path: Path, splits: Splits, meta: dict[str, Any]) -> None:
@@ -89,18 +97,18 @@ def write_entry(path: Path, splits: Splits, meta: dict[str, Any]) -> None:
     try:
         index: dict[str, Any] = {"format": FORMAT, **meta, "class_names": splits.class_names,
                                  "description": splits.description,
-                                 "skipped": [list(s) for s in splits.skipped], "splits": {}}
+                                 "skipped": [list(s) for s in splits.skipped], "splits": {}, "hashes": {}}
         for name in SPLITS:
             s: Optional[ImageSet] = getattr(splits, name)
             if s is None:
                 continue
-            _save_array(tmp, f"{name}.images.npy", s.images.cpu().numpy())
+            _save_array(tmp, f"{name}.images.npy", s.images.cpu().numpy(), index["hashes"])
             if s.labels is not None:
-                _save_array(tmp, f"{name}.labels.npy", s.labels.cpu().numpy())
+                _save_array(tmp, f"{name}.labels.npy", s.labels.cpu().numpy(), index["hashes"])
             index["splits"][name] = {"n": len(s), "shape": list(s.images.shape),
                                      "labelled": s.labels is not None, "paths": s.paths}
         with open(tmp / "index.json", "w", encoding="utf-8") as f:  # written last: marks complete
-            json.dump(index, f)
+            json.dump(index, f)  # ASCII escapes: any file name, non-UTF-8 bytes included, fits
             f.flush()
             os.fsync(f.fileno())
         try:
@@ -113,73 +121,146 @@ def write_entry(path: Path, splits: Splits, meta: dict[str, Any]) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def read_entry(path: Path) -> Optional[Splits]:
-    """The cached Splits, or None when the entry is missing or unreadable (then re-decode)."""
+# --------------------------------------------------------------------------- read and check
+class DamagedEntry(Exception):
+    """A cache entry whose files do not hold what its index says; the message says what."""
+
+
+def _require(ok: bool, problem: str) -> None:
+    if not ok:
+        raise DamagedEntry(problem)
+
+
+def _load_array(path: Path, name: str, index: dict[str, Any]) -> np.ndarray:
+    try:
+        arr = np.load(path / name, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:  # missing, truncated, not an .npy file
+        raise DamagedEntry(f"{name}: {e}") from None
+    _require(_array_hash(arr) == index["hashes"].get(name), f"{name}: its contents changed since it was written")
+    return arr
+
+
+def _read_split(path: Path, name: str, info: dict[str, Any], index: dict[str, Any],
+                settings: dict[str, Any]) -> ImageSet:
+    n, classes = info["n"], len(index["class_names"])
+    images = _load_array(path, f"{name}.images.npy", index)
+    size, channels = tuple(settings["image_size"]), settings["channels"]
+    _require(images.dtype == np.uint8 and images.ndim == 4 and len(images) == n
+             and images.shape[2:] == size and images.shape[1] in ((1, 3) if channels is None else (channels,)),
+             f"{name} images are {images.dtype} {images.shape}, expected uint8 ({n}, C, {size[0]}, {size[1]})")
+    labels = None
+    if info["labelled"]:
+        labels = _load_array(path, f"{name}.labels.npy", index)
+        _require(labels.dtype == np.int64 and labels.shape == (n,),
+                 f"{name} labels are {labels.dtype} {labels.shape}, expected int64 ({n},)")
+        _require(n == 0 or (labels.min() >= 0 and labels.max() < classes),
+                 f"{name} labels {labels.min()}..{labels.max()} are outside 0..{classes - 1}")
+    paths = info["paths"]
+    _require(paths is None or (isinstance(paths, list) and len(paths) == n and all(isinstance(p, str) for p in paths)),
+             f"{name} paths are not {n} names")
+    return ImageSet(torch.from_numpy(images), torch.from_numpy(labels) if labels is not None else None, paths)
+
+
+def read_entry(path: Path, settings: dict[str, Any]) -> Splits:
+    """The cached Splits, checked against the index and ``settings``; DamagedEntry if not sound."""
     try:
         index = json.loads((path / "index.json").read_text(encoding="utf-8"))
-        if index.get("format") != FORMAT:
-            return None
-        sets = {}
-        for name, info in index["splits"].items():
-            images = np.load(path / f"{name}.images.npy", allow_pickle=False)
-            labels = np.load(path / f"{name}.labels.npy", allow_pickle=False) if info["labelled"] else None
-            if list(images.shape) != info["shape"] or images.dtype != np.uint8:
-                return None
-            sets[name] = ImageSet(torch.from_numpy(images),
-                                  torch.from_numpy(labels) if labels is not None else None, info["paths"])
-        return Splits(train=sets["train"], class_names=index["class_names"], val=sets.get("val"),
-                      test=sets.get("test"), skipped=[tuple(s) for s in index["skipped"]],
-                      description=index["description"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _prune_siblings(base: Path, keep: str, meta: dict[str, Any]) -> None:
-    """Delete entries for the same source and settings whose fingerprint is out of date."""
-    for entry in base.iterdir():
-        if entry.name == keep or entry.name.startswith("."):
-            continue
-        with contextlib.suppress(OSError, ValueError):
-            index = json.loads((entry / "index.json").read_text(encoding="utf-8"))
-            if index.get("source") == meta["source"] and index.get("settings") == meta["settings"]:
-                shutil.rmtree(entry, ignore_errors=True)
+        _require(index.get("format") == FORMAT, f"format {index.get('format')}, expected {FORMAT}")
+        names = index["class_names"]
+        _require(isinstance(names, list) and len(names) >= 1 and all(isinstance(c, str) for c in names),
+                 "class names are not a list of names")
+        _require("train" in index["splits"] and set(index["splits"]) <= set(SPLITS),
+                 "the splits are not train/val/test")
+        sets = {name: _read_split(path, name, info, index, settings) for name, info in index["splits"].items()}
+        _require(sets["train"].labels is not None and len(sets["train"]) > 0, "train has no labelled images")
+        _require(len({s.images.shape[1] for s in sets.values()}) == 1, "the splits have different channel counts")
+        skipped = [tuple(s) for s in index["skipped"]]
+        _require(all(len(s) == 2 and all(isinstance(x, str) for x in s) for s in skipped), "bad skipped list")
+        return Splits(train=sets["train"], class_names=names, val=sets.get("val"), test=sets.get("test"),
+                      skipped=skipped, description=str(index["description"]), fingerprint=index.get("fingerprint"))
+    except DamagedEntry:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # no index, bad JSON, wrong types
+        raise DamagedEntry(f"index.json: {type(e).__name__}: {e}") from None
 
 
 # --------------------------------------------------------------------------- the entry point
 FINGERPRINTS: dict[str, Callable[..., str]] = {
-    # dataset name -> fingerprint of its args. Only datasets read from files are worth caching.
+    # dataset name -> fingerprint of its args (reads every file). Only datasets read from
+    # files are worth caching; each must also set Splits.fingerprint the same way.
     "folder": lambda root, **_: folder_fingerprint(root),
 }
 
 
+def _entries(base: Path, group: str) -> list[Path]:
+    try:
+        return [p for p in base.glob(f"{group}-*") if p.is_dir()]
+    except OSError:  # an unreadable cache dir is a miss; writing will say why
+        return []
+
+
+def _lookup(base: Path, group: str, fingerprint_of: Callable[[], str], settings: dict[str, Any],
+            log: Callable[[str], None]) -> Optional[Splits]:
+    """The cached Splits for the data as it is now, or None."""
+    if not _entries(base, group):  # a first run: skip hashing, the decoder hashes what it reads
+        return None
+    path = base / f"{group}-{fingerprint_of()}"
+    if not path.is_dir():
+        return None
+    t0 = time.perf_counter()
+    try:
+        hit = read_entry(path, settings)
+    except DamagedEntry as e:
+        log(f"the data cache entry {path} is damaged ({e}); decoding the images again")
+        return None
+    hit.description += f" (decoded images from cache {path}, {time.perf_counter() - t0:.1f}s)"
+    return hit
+
+
+def _store(base: Path, group: str, splits: Splits, meta: dict[str, Any], log: Callable[[str], None]) -> None:
+    path = base / f"{group}-{splits.fingerprint}"
+    try:
+        if path.exists():  # damaged (see _lookup): replace it
+            shutil.rmtree(path)
+        write_entry(path, splits, {**meta, "fingerprint": splits.fingerprint})
+        for old in _entries(base, group):  # the same data and settings, files since changed
+            if old != path:
+                shutil.rmtree(old, ignore_errors=True)
+        _prune_format_2(base, meta["source"])
+    except OSError as e:  # a read-only or full cache dir must not stop training
+        log(f"could not write the data cache {path}: {e.strerror or e}; the run goes on without it")
+
+
+def _prune_format_2(base: Path, source: str) -> None:
+    """Delete this source's entries from clfkit before format 3 (named by one 32-digit hash,
+    keyed by size and mtime): they are never read again."""
+    for entry in base.iterdir():
+        if len(entry.name) != 32 or "-" in entry.name:
+            continue
+        try:
+            index = json.loads((entry / "index.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(index, dict) and index.get("format", FORMAT) < FORMAT and index.get("source") == source:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def cached(name: str, args: dict[str, Any], settings: dict[str, Any], load: Callable[[], Splits],
-           log: Callable[[str], None] = lambda s: None) -> Splits:
-    """``load()`` through the cache: the cached Splits when the dataset and settings are
-    unchanged, else ``load()`` once and store its result. Datasets without a fingerprint
-    (procedural ones) and a turned-off cache go straight to ``load()``."""
+           log: Callable[[str], None] = warn) -> Splits:
+    """``load()`` through the cache: the cached Splits when the dataset's files and the
+    settings are unchanged, else ``load()`` once and store its result. Datasets without a
+    fingerprint (procedural ones) and a turned-off cache go straight to ``load()``."""
     base = cache_dir()
     fingerprint_of = FINGERPRINTS.get(name)
     if base is None or fingerprint_of is None:
         return load()
-    try:
-        fingerprint = fingerprint_of(**args)
-    except OSError:  # let the dataset report a missing root in its own words
-        return load()
     source = f"{name}:{Path(str(args.get('root', ''))).expanduser().resolve()}" if "root" in args else name
-    meta = {"source": source, "settings": settings, "fingerprint": fingerprint}
-    key = entry_key(source, fingerprint, settings)
-    path = base / key
-    t0 = time.perf_counter()
-    hit = read_entry(path) if path.is_dir() else None
+    group = group_name(source, settings)
+    hit = _lookup(base, group, lambda: fingerprint_of(**args), settings, log)
     if hit is not None:
-        hit.description += f" (decoded images from cache {path}, {time.perf_counter() - t0:.1f}s)"
         return hit
     splits = load()
-    try:
-        if path.exists():  # unreadable (interrupted copy, older format): replace it
-            shutil.rmtree(path)
-        write_entry(path, splits, meta)
-        _prune_siblings(base, key, meta)
-    except OSError as e:  # a read-only or full cache dir must not stop training
-        log(f"could not write the data cache {path}: {e.strerror or e}")
+    if splits.fingerprint is None:  # a dataset that does not hash while it reads: hash now
+        splits.fingerprint = fingerprint_of(**args)
+    _store(base, group, splits, {"source": source, "settings": settings}, log)
     return splits

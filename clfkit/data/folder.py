@@ -1,11 +1,24 @@
 """Image folders on disk: ``root/train/<class>/*``, optional ``root/val/<class>/*``, optional
-``root/test/`` (class folders, or a flat folder of unlabelled images)."""
+``root/test/`` (class folders, or a flat folder of unlabelled images).
+
+Symbolic links are followed (datasets are often assembled from links), but a link may not
+make a class out of other classes' images: a class folder that links to a folder holding the
+split, or two class folders that reach the same folder, are errors; a link further down that
+loops back up is not followed and is listed in ``skipped``.
+
+Every file is read once: the same bytes are hashed (:attr:`Splits.fingerprint`, the data
+cache's key) and decoded, so the cache can never pair one file content with another's pixels.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -14,51 +27,223 @@ from clfkit import imageio
 from clfkit.data import ImageSet, Splits
 from clfkit.errors import DataError
 
-
-def _class_dirs(split_dir: Path) -> list[Path]:
-    return sorted((d for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith(".")),
-                  key=lambda d: d.name)
+LAYOUT = "<root>/train/<class>/<images>, optional <root>/val/<class>/<images> and <root>/test/"
 
 
-def _scan_labelled(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    classes = _class_dirs(split_dir)
+def _show(path: Path) -> str:
+    return imageio.escape_path(str(path))
+
+
+# --------------------------------------------------------------------------- scanning
+@dataclass
+class FolderPlan:
+    """What a folder dataset will read: per split the image files and their labels (None for
+    an unlabelled test folder), before any file is opened."""
+
+    root: Path
+    class_names: list[str]
+    splits: dict[str, tuple[list[Path], Optional[list[int]]]]
+    not_followed: list[tuple[str, str]] = field(default_factory=list)  # (shown path, why)
+
+    def show(self, path: Path) -> str:
+        """A path as skipped.txt and messages print it: relative to the root, escaped."""
+        return imageio.escape_path(path.relative_to(self.root).as_posix())
+
+
+def _split_folder(root: Path, name: str, required: bool) -> Optional[Path]:
+    """``root/name`` when it is a folder; None when absent and optional; else a DataError."""
+    path = root / name
+    if path.is_dir():
+        return path
+    if path.is_symlink() and not path.exists():
+        raise DataError(f"{_show(path)} is a symbolic link to {_show(Path(os.readlink(path)))}, which "
+                        f"does not exist; fix or remove the link (expected {LAYOUT})")
+    if path.exists():
+        raise DataError(f"{_show(path)} is a file, not a folder; expected {LAYOUT}")
+    if required:
+        raise DataError(f"{_show(root)} has no train/ folder (it is empty or holds other things); "
+                        f"expected {LAYOUT}")
+    return None
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return sorted((p for p in folder.iterdir() if not p.name.startswith(".")), key=lambda p: p.name)
+    except OSError as e:
+        raise DataError(f"cannot list {_show(folder)}: {e.strerror or e}") from None
+
+
+def class_folders(split_dir: Path) -> list[Path]:
+    """The class folders of a split. A dangling link (not named like an image) or a link to a
+    folder that holds the split (a loop: it would hold every other class) is an error."""
+    real_split = os.path.realpath(split_dir)
+    classes = []
+    for p in _entries(split_dir):
+        if p.is_symlink() and not p.exists() and not imageio.is_image_file(p):
+            raise DataError(f"class folder {_show(p)} is a symbolic link to "
+                            f"{_show(Path(os.readlink(p)))}, which does not exist; fix or remove the link")
+        if not p.is_dir():
+            continue
+        real = os.path.realpath(p)
+        if imageio.contains(real, real_split):
+            raise DataError(f"class folder {_show(p)} is a link to {_show(Path(real))}, which holds "
+                            f"{_show(split_dir)} itself: it would be a class made of every other class's "
+                            f"images; remove the link")
+        _check_class_name(p)
+        classes.append(p)
+    return classes
+
+
+def _check_class_name(folder: Path) -> None:
+    """Class names go into checkpoints, the ONNX file and prediction lines: they must be text
+    that prints on one line."""
+    name = folder.name
+    if any(unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") for ch in name):  # Cs: non-UTF-8 bytes
+        raise DataError(f"class folder name {imageio.escape_path(name)!r} (in {_show(folder.parent)}) is not "
+                        f"valid UTF-8 or holds a control character such as a newline or tab; class names "
+                        f"are written to the ONNX file and to prediction files: rename the folder")
+
+
+def _scan_labelled(split_dir: Path, plan: FolderPlan) -> tuple[list[str], list[tuple[Path, int]]]:
+    classes = class_folders(split_dir)
     items: list[tuple[Path, int]] = []
+    owner: dict[tuple[int, int], Path] = {}  # every folder read, to catch one read by two classes
     for label, d in enumerate(classes):
-        images, _ = imageio.list_images(d)
-        if not images:
-            raise DataError(f"class folder {d} holds no images (looked for "
+        listing = imageio.walk_files(d)
+        for ident, folder in listing.folders.items():
+            if ident in owner:
+                raise DataError(f"{_show(folder)} and {_show(owner[ident])} are the same folder (through "
+                                f"a symbolic link): its images would belong to two classes; remove the link")
+            owner[ident] = folder
+        plan.not_followed += [(plan.show(p), why) for p, why in listing.not_followed]
+        if not listing.images:
+            raise DataError(f"class folder {_show(d)} holds no images (looked for "
                             f"{', '.join(imageio.IMAGE_EXTENSIONS)}); remove it or add images")
-        items += [(p, label) for p in images]
+        items += [(p, label) for p in listing.images]
     return [d.name for d in classes], items
 
 
+def scan_folder(root: str | os.PathLike) -> FolderPlan:
+    """List an image-folder dataset (no image is opened). Raises DataError for a layout that
+    cannot be read as classes."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data root {_show(root)} does not exist or is not a folder; expected {LAYOUT}")
+    plan = FolderPlan(root, [], {})
+    train_dir = _split_folder(root, "train", required=True)
+    plan.class_names, train_items = _scan_labelled(train_dir, plan)
+    if len(plan.class_names) < 2:
+        raise DataError(f"{_show(train_dir)} must hold at least two class folders, found "
+                        f"{plan.class_names or 'none'}")
+    plan.splits["train"] = ([p for p, _ in train_items], [l for _, l in train_items])
+    val_dir = _split_folder(root, "val", required=False)
+    if val_dir is not None:
+        val_classes, val_items = _scan_labelled(val_dir, plan)
+        if val_classes != plan.class_names:
+            raise DataError(f"train and val have different class folders: only in train "
+                            f"{sorted(set(plan.class_names) - set(val_classes))}, only in val "
+                            f"{sorted(set(val_classes) - set(plan.class_names))}")
+        plan.splits["val"] = ([p for p, _ in val_items], [l for _, l in val_items])
+    test_dir = _split_folder(root, "test", required=False)
+    if test_dir is not None:
+        _scan_test(test_dir, plan)
+    return plan
+
+
+def _scan_test(test_dir: Path, plan: FolderPlan) -> None:
+    if class_folders(test_dir):
+        test_classes, test_items = _scan_labelled(test_dir, plan)
+        unknown = sorted(set(test_classes) - set(plan.class_names))
+        if unknown:
+            raise DataError(f"test has class folders that train lacks: {unknown}")
+        remap = [plan.class_names.index(c) for c in test_classes]
+        plan.splits["test"] = ([p for p, _ in test_items], [remap[l] for _, l in test_items])
+    else:
+        listing = imageio.walk_files(test_dir)
+        plan.not_followed += [(plan.show(p), why) for p, why in listing.not_followed]
+        if listing.images:
+            plan.splits["test"] = (listing.images, None)
+
+
+# --------------------------------------------------------------------------- reading and hashing
+def read_and_hash(path: Path) -> tuple[Optional[bytes], str, Optional[str]]:
+    """(bytes or None, content hash, why it cannot be read or None). An unreadable file hashes
+    to its reason, so fixing it changes the fingerprint too."""
+    try:
+        data = imageio.read_file(path)
+    except imageio.DecodeError as e:
+        return None, f"unreadable: {e}", str(e)
+    return data, hashlib.blake2b(data, digest_size=16).hexdigest(), None
+
+
+def plan_fingerprint(plan: FolderPlan, digests: dict[str, list[str]]) -> str:
+    """A hash of everything a folder dataset's decoded form depends on: class names, each
+    split's files (paths, labels, content hashes) and the links not followed."""
+    h = hashlib.blake2b(digest_size=20)
+    # json with ASCII escapes: unambiguous for any name, newlines and non-UTF-8 bytes included
+    h.update(json.dumps([plan.class_names, plan.not_followed]).encode())
+    for name, (paths, labels) in plan.splits.items():  # the root is part of the cache key already
+        h.update(json.dumps([name, [str(p) for p in paths], labels, digests[name]]).encode())
+    return h.hexdigest()
+
+
+def _workers() -> int:
+    return min(32, (os.cpu_count() or 1) * 2)
+
+
+def _hash_files(paths: list[Path], pool: ThreadPoolExecutor) -> list[str]:
+    # File reads and hashlib release the GIL. Tasks of 64 files: one task per small file
+    # costs more in thread hand-offs than the hashing itself.
+    chunks = [paths[i:i + 64] for i in range(0, len(paths), 64)]
+    return [d for part in pool.map(lambda c: [read_and_hash(p)[1] for p in c], chunks) for d in part]
+
+
+def folder_fingerprint(root: str | os.PathLike) -> str:
+    """The fingerprint :func:`load_folder` would give, from reading (not decoding) every file."""
+    plan = scan_folder(root)
+    with ThreadPoolExecutor(_workers()) as pool:
+        digests = {name: _hash_files(paths, pool) for name, (paths, _) in plan.splits.items()}
+    return plan_fingerprint(plan, digests)
+
+
+DecodeResult = Optional[tuple[np.ndarray, bool]]  # (HWC uint8 array, is grayscale), None if unreadable
+
+
 def decode_files(paths: list[Path], size: tuple[int, int], channels: Optional[int], resize: str,
-                 on_error: str, skipped: list[tuple[str, str]], show=str) -> list[Optional[tuple[np.ndarray, bool]]]:
+                 on_error: str, skipped: list[tuple[str, str]], show: Callable[[Path], str] = _show,
+                 digests: Optional[list[str]] = None) -> list[DecodeResult]:
     """Decode files in threads (PIL releases the GIL while decoding): per file (HWC uint8 array,
     is grayscale), or None when it could not be decoded (reported in ``skipped`` under
     ``show(path)``, or raised when ``on_error`` is "fail"). ``channels`` None decodes to RGB;
-    the caller picks 1 or 3 afterwards from the grayscale flags."""
-    def work(p: Path):
+    the caller picks 1 or 3 afterwards from the grayscale flags. ``digests``, when given,
+    receives each file's content hash, of the very bytes that were decoded."""
+    def work(p: Path) -> tuple[DecodeResult | str, str]:
+        data, digest, unreadable = read_and_hash(p)
+        if unreadable:
+            return unreadable, digest
         try:
-            img = imageio.open_image(p)
+            img = imageio.open_image(p, data)
             gray = imageio.is_grayscale(img)
-            return imageio.decode_image(img, size, 3 if channels is None else channels, resize), gray
+            return (imageio.decode_image(img, size, 3 if channels is None else channels, resize), gray), digest
         except imageio.DecodeError as e:
-            return str(e)
+            return str(e), digest
 
-    workers = min(32, (os.cpu_count() or 1) * 2)
-    with ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(work, paths))
-    for i, (p, r) in enumerate(zip(paths, results)):
+    with ThreadPoolExecutor(_workers()) as pool:
+        done = list(pool.map(work, paths))
+    results: list[DecodeResult] = []
+    for p, (r, _) in zip(paths, done):
         if isinstance(r, str):
             if on_error == "fail":
                 raise DataError(f"{show(p)}: {r} (set data.on_error: skip to skip such files)")
             skipped.append((show(p), r))
-            results[i] = None
+            r = None
+        results.append(r)
+    if digests is not None:
+        digests += [d for _, d in done]
     return results
 
 
-def auto_channels(decoded: list[Optional[tuple[np.ndarray, bool]]]) -> int:
+def auto_channels(decoded: list[DecodeResult]) -> int:
     """1 when every decoded (training) image is grayscale, else 3."""
     return 1 if all(r[1] for r in decoded if r is not None) else 3
 
@@ -75,53 +260,38 @@ def to_image_set(decoded, labels, paths, gray: bool) -> Optional[ImageSet]:
     return ImageSet(images, lab, [paths[i] for i in ok] if paths is not None else None)
 
 
+def _check_every_class_readable(plan: FolderPlan, decoded: list[DecodeResult],
+                                skipped: list[tuple[str, str]]) -> None:
+    """A class whose every training image failed to decode would be a class the model never
+    sees: an error, not a silent gap."""
+    paths, labels = plan.splits["train"]
+    readable = {labels[i] for i, r in enumerate(decoded) if r is not None}
+    empty = [c for k, c in enumerate(plan.class_names) if k not in readable]
+    if not readable:
+        raise DataError(f"no readable training images under {_show(plan.root / 'train')} "
+                        f"({len(skipped)} files could not be decoded, e.g. {skipped[0][0]}: {skipped[0][1]})")
+    if empty:
+        raise DataError(f"no image of class folder(s) {[imageio.escape_path(c) for c in empty]} in "
+                        f"{_show(plan.root / 'train')} could be decoded; fix or remove them "
+                        f"(unreadable files are listed with data.on_error: skip in skipped.txt)")
+
+
 def load_folder(root: str | os.PathLike, image_size: tuple[int, int], channels: Optional[int] = None,
                 resize: str = "squash", on_error: str = "skip") -> Splits:
     """Read an image-folder dataset into memory. ``channels`` None: 1 if every training image
     is grayscale, else 3."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data root {root} does not exist or is not a folder")
-    train_dir = root / "train"
-    if not train_dir.is_dir():
-        raise DataError(f"{root} has no train/ folder; expected {root}/train/<class>/<images>")
-    class_names, train_items = _scan_labelled(train_dir)
-    if len(class_names) < 2:
-        raise DataError(f"{train_dir} must hold at least two class folders, found "
-                        f"{class_names or 'none'}")
-    splits: dict[str, tuple[list[Path], Optional[list[int]]]] = {
-        "train": ([p for p, _ in train_items], [l for _, l in train_items])}
-    val_dir = root / "val"
-    if val_dir.is_dir():
-        val_classes, val_items = _scan_labelled(val_dir)
-        if val_classes != class_names:
-            raise DataError(f"train and val have different class folders: only in train "
-                            f"{sorted(set(class_names) - set(val_classes))}, only in val "
-                            f"{sorted(set(val_classes) - set(class_names))}")
-        splits["val"] = ([p for p, _ in val_items], [l for _, l in val_items])
-    test_dir = root / "test"
-    if test_dir.is_dir():
-        if _class_dirs(test_dir):
-            test_classes, test_items = _scan_labelled(test_dir)
-            unknown = sorted(set(test_classes) - set(class_names))
-            if unknown:
-                raise DataError(f"test has class folders that train lacks: {unknown}")
-            remap = [class_names.index(c) for c in test_classes]
-            splits["test"] = ([p for p, _ in test_items], [remap[l] for _, l in test_items])
-        else:
-            images, _ = imageio.list_images(test_dir)
-            if images:
-                splits["test"] = (images, None)
-
-    skipped: list[tuple[str, str]] = []
-    decoded = {name: decode_files(paths, image_size, channels, resize, on_error, skipped,
-                                  show=lambda p: p.relative_to(root).as_posix())
-               for name, (paths, _) in splits.items()}
+    plan = scan_folder(root)
+    skipped: list[tuple[str, str]] = list(plan.not_followed)
+    decoded, digests = {}, {}
+    for name, (paths, _) in plan.splits.items():
+        digests[name] = []
+        decoded[name] = decode_files(paths, image_size, channels, resize, on_error, skipped,
+                                     show=plan.show, digests=digests[name])
+    _check_every_class_readable(plan, decoded["train"], skipped)
     gray = channels is None and auto_channels(decoded["train"]) == 1  # grayscale data needs no recipe change
-    sets = {name: to_image_set(decoded[name], labels, [p.relative_to(root / name).as_posix() for p in paths], gray)
-            for name, (paths, labels) in splits.items()}
-    if sets["train"] is None:
-        raise DataError(f"no readable training images under {train_dir} "
-                        f"({len(skipped)} files could not be decoded)")
-    return Splits(train=sets["train"], class_names=class_names, val=sets.get("val"),
-                  test=sets.get("test"), skipped=skipped, description=f"image folder {root}")
+    sets = {name: to_image_set(decoded[name], labels,
+                               [p.relative_to(plan.root / name).as_posix() for p in paths], gray)
+            for name, (paths, labels) in plan.splits.items()}
+    return Splits(train=sets["train"], class_names=plan.class_names, val=sets.get("val"),
+                  test=sets.get("test"), skipped=skipped, description=f"image folder {_show(plan.root)}",
+                  fingerprint=plan_fingerprint(plan, digests))
