@@ -266,7 +266,8 @@ def compare(paths: tuple[Path, ...], top: int, metric: str, output: Path, title:
     path, runs = run_guarded(compare_runs, list(paths), output, top=top, metric=metric, title=title)
     for r in runs:
         click.echo(r.legend())
-    click.echo(f"wrote {path} ({len(runs)} run(s); legend: best train acc, best val acc, test acc at best val)")
+    click.echo(f"wrote {path} ({len(runs)} run(s); legend: best train acc, best val acc, test acc of best.pt: "
+               f"the best val epoch, or the last epoch of a run without a val split)")
 
 
 @cli.command("eval")
