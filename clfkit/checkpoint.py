@@ -21,6 +21,13 @@ FORMAT = "clfkit.checkpoint"
 FORMAT_VERSION = 1
 
 
+class Checkpoint(dict):
+    """A loaded checkpoint: its dict, plus ``path``, the file it came from (for messages).
+    Saving one writes a plain dict (save_checkpoint copies it)."""
+
+    path: Path | None = None
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Atomically write ``state`` (with format markers) to ``path``."""
     state = {"format": FORMAT, "format_version": FORMAT_VERSION, "clfkit_version": __version__, **state}
@@ -48,6 +55,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if problem:
         raise ModelFileError(f"{path} is a damaged or hand-edited clfkit checkpoint: {problem}; use another "
                              f"checkpoint of the run (best.pt or last.pt) or train again")
+    state = Checkpoint(state)
+    state.path = path
     return state
 
 
@@ -95,17 +104,25 @@ def model_from_checkpoint(state: dict[str, Any], path: str | Path | None = None)
     from clfkit.build import build_model
     from clfkit.recipe import validate_recipe
 
+    path = path or getattr(state, "path", None)
     name = str(path) if path else "the checkpoint"
-    missing = [k for k in ("model", "recipe", "class_names", "input") if k not in state]
-    if missing:
-        raise ModelFileError(f"{name} lacks {', '.join(map(repr, missing))}: it cannot rebuild the model "
-                             f"(a damaged or hand-edited checkpoint, or not one saved by the trainer)")
+    require_model_fields(state, name)
     recipe = validate_recipe(state["recipe"], source=f"{name} recipe")
     spec = state["input"]
     model = build_model(recipe, len(state["class_names"]), spec["channels"], tuple(spec["image_size"]),
                         spec["mean"], spec["std"])
     load_weights(model, state["model"], name)
     return model.eval()
+
+
+MODEL_FIELDS = ("model", "recipe", "class_names", "input")  # what rebuilding the model needs
+
+
+def require_model_fields(state: dict[str, Any], name: str) -> None:
+    missing = [k for k in MODEL_FIELDS if k not in state]
+    if missing:
+        raise ModelFileError(f"{name} lacks {', '.join(map(repr, missing))}: it cannot rebuild the model "
+                             f"(a damaged or hand-edited checkpoint, or not one saved by the trainer)")
 
 
 def load_weights(model: torch.nn.Module, weights: dict[str, Any], name: str) -> None:

@@ -211,9 +211,23 @@ def load_resume_state(run_dir: str | Path) -> Resumed:
         state["ranks"] = [{"rng": state["rng"], **({k: in_epoch.get(k, 0) for k in RANK_KEYS} if in_epoch else {})}]
         state["in_epoch"] = {"batch": in_epoch["batch"], "lr": in_epoch.get("lr")} if in_epoch else None
     best = run_dir / "best.pt"
-    if best.exists():  # the final test evaluation loads it: refuse now, not after the training
-        load_checkpoint(best)
+    if best.exists():  # the final test evaluation (and export) use it: refuse now, not after the training
+        _check_best(load_checkpoint(best), state, best)
     return Resumed(run_dir, state, int(state["epoch"]), list(state.get("history") or []))
+
+
+def _check_best(best_state: dict[str, Any], last_state: dict[str, Any], best: Path) -> None:
+    """best.pt must rebuild the same model as last.pt (same weight names and shapes)."""
+    from clfkit.checkpoint import require_model_fields
+
+    require_model_fields(best_state, str(best))
+    shapes = {k: tuple(getattr(v, "shape", ())) for k, v in (last_state.get("model") or {}).items()}
+    theirs = {k: tuple(getattr(v, "shape", ())) for k, v in best_state["model"].items()}
+    if shapes and shapes != theirs:
+        odd = sorted(k for k in shapes.keys() | theirs.keys() if shapes.get(k) != theirs.get(k))
+        raise ResumeError(f"cannot resume: {best} does not hold the weights of this run's model (they differ "
+                          f"from last.pt's at {', '.join(odd[:3])}{' ...' if len(odd) > 3 else ''}); a damaged or "
+                          f"hand-edited best.pt. Restore it, or train the run again")
 
 
 def _resume_state_problem(state: dict[str, Any]) -> Optional[str]:
