@@ -291,8 +291,20 @@ def eval_cmd(run_dir: Path, split: str | None, data_root: Path | None, checkpoin
     click.echo("wrote " + ", ".join(str(f) for f in res.files))
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """clfkit's own warnings (a skipped metrics line, ...) as one line, without the source
+    line that Python's default format adds; other libraries' keep their usual format."""
+    if category.__module__.startswith("clfkit"):
+        return f"warning: {message}\n"
+    return _default_format_warning(message, category, filename, lineno, line)
+
+
+_default_format_warning = warnings.formatwarning
+
+
 def main() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.formatwarning = _format_warning
     cli(prog_name="clfkit")
 
 

@@ -21,6 +21,7 @@ import os
 import socket
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -38,6 +39,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 class RunLockedError(ClfkitError):
     """Another process is writing into this run folder."""
+
+
+class RunLockWarning(UserWarning):
+    """The run folder's filesystem does not support locks."""
 
 
 def _holder_text(lock_path: Path) -> str:
@@ -78,6 +83,10 @@ def _acquire(run: Path, purpose: str) -> int:
         except BlockingIOError:
             os.close(fd)
             raise RunLockedError(_locked_message(run, lock_path, purpose)) from None
+        except OSError as e:  # a filesystem without locks (some network mounts)
+            warnings.warn(f"cannot lock {run} ({e.strerror or e}): nothing stops a second clfkit process from "
+                          f"writing into it at the same time", RunLockWarning, stacklevel=4)
+            return fd
         try:
             same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
