@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -283,10 +284,13 @@ def test_one_best_rule_for_trainer_and_readers(tmp_path):
 
 
 # --------------------------------------------------------------------------- row 19: damaged run files
-def _trained(tmp_path) -> Path:
-    res = _invoke("train", _tiny_file(tmp_path, epochs=1), "--out", tmp_path / "runs", "--quiet")
+@pytest.fixture(scope="module")
+def shapes_run(tmp_path_factory) -> Path:
+    """One finished 1-epoch run on the built-in shapes (no data path: it can be copied)."""
+    tmp = tmp_path_factory.mktemp("shapes")
+    res = _invoke("train", _tiny_file(tmp, epochs=1), "--out", tmp / "runs", "--quiet")
     assert res.exit_code == 0, res.output
-    return tmp_path / "runs" / "tiny"
+    return tmp / "runs" / "tiny"
 
 
 def _damage(path: Path, how: str) -> None:
@@ -315,8 +319,8 @@ def _damage(path: Path, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["truncated", "garbage", "no_input", "bad_classes", "wrong_shape",
                                  "bad_image_size", "bad_epoch"])
-def test_damaged_checkpoints_are_clear_errors(tmp_path, how):
-    run = _trained(tmp_path)
+def test_damaged_checkpoints_are_clear_errors(tmp_path, shapes_run, how):
+    run = Path(shutil.copytree(shapes_run, tmp_path / "runs" / "tiny"))
     _set_epochs(run, 2)
     for name, commands in (("last.pt", [["train", "--resume", run],
                                         ["export", run, "--checkpoint", "last.pt", "-o", tmp_path / "m.onnx"]]),
@@ -417,3 +421,16 @@ def test_plugins_new_into_empty_folder_and_permissions(tmp_path):
     assert (made / "pyproject.toml").is_file()
     assert made.stat().st_mode & 0o755 == 0o755
     assert [p.name for p in tmp_path.iterdir()] == ["clfkit-mine"], "no temp folder left"
+
+
+def test_resume_refuses_images_that_changed_channels(folder_run):
+    """Same class names, but every image is now grayscale: 1 input channel instead of 3."""
+    from PIL import Image
+
+    root, run = folder_run
+    for p in root.rglob("*.png"):
+        Image.open(p).convert("L").save(p)
+    before = _snapshot(run)
+    res = _invoke("train", "--resume", run)
+    assert res.exit_code == 2 and "'channels': 3" in res.output and "'channels': 1" in res.output, res.output
+    assert _snapshot(run) == before
