@@ -139,11 +139,12 @@ def run_lock(run: str | os.PathLike, purpose: str = "write into") -> Iterator[No
 
 
 def holds_run_lock(purpose: str) -> Callable[[F], F]:
-    """Decorator: the function's first argument is a run folder, locked for the whole call."""
+    """Decorator: the function's first argument (or ``run_dir=``) is a run folder, locked for
+    the whole call."""
     def wrap(fn: F) -> F:
         @functools.wraps(fn)
-        def locked(run_dir, *args, **kwargs):
-            with run_lock(run_dir, purpose):
-                return fn(run_dir, *args, **kwargs)
+        def locked(*args, **kwargs):
+            with run_lock(args[0] if args else kwargs["run_dir"], purpose):
+                return fn(*args, **kwargs)
         return locked  # type: ignore[return-value]
     return wrap
