@@ -76,7 +76,10 @@ def read_history(run: Path) -> list[dict[str, Any]]:
     rows: dict[int, dict] = {}
     if not path.is_file():
         return []
-    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise RunFolderError(f"cannot read {path}: {e.strerror or e}") from None
     lines = text.splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -189,10 +192,18 @@ def read_run(path: str | Path, label: str | None = None) -> RunInfo:
             summary = json.loads((path / "summary.json").read_text(encoding="utf-8", errors="replace"))
         except (json.JSONDecodeError, RecursionError):
             summary = None
+        except OSError as e:
+            raise RunFolderError(f"cannot read {path / 'summary.json'}: {e.strerror or e}") from None
         if not isinstance(summary, dict):
             warnings.warn(f"{path / 'summary.json'} is not a JSON object; read as an unfinished run",
                           RunFileWarning, stacklevel=2)
             summary = None
+        for key in ("test_acc", "best_val_acc", "wall_seconds", "best_epoch"):
+            v = (summary or {}).get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+                warnings.warn(f"{path / 'summary.json'}: {key!r} is {v!r}, not a finite number; ignored",
+                              RunFileWarning, stacklevel=2)
+                summary[key] = None
     return RunInfo(path, read_history(path), summary, label or path.name)
 
 

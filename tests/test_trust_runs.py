@@ -391,6 +391,10 @@ def test_summary_that_is_not_an_object(tmp_path):
     with pytest.warns(UserWarning, match="summary.json is not a JSON object"):
         res = _invoke("compare", run, "-o", tmp_path / "c.png")
     assert res.exit_code == 0, res.output
+    (run / "summary.json").write_text(json.dumps({"test_acc": "high", "best_epoch": 1, "wall_seconds": "NaN"}))
+    with pytest.warns(UserWarning, match="'test_acc' is 'high'"):
+        res = _invoke("compare", run, "--metric", "test_acc", "-o", tmp_path / "c.png")
+    assert res.exit_code == 0 and "r (0.500, 0.500, -)" in res.output, res.output
 
 
 @pytest.mark.parametrize("existing", ["nonempty", "file", "dir_is_file"])
