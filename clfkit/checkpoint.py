@@ -21,6 +21,13 @@ FORMAT = "clfkit.checkpoint"
 FORMAT_VERSION = 1
 
 
+class Checkpoint(dict):
+    """A loaded checkpoint: its dict, plus ``path``, the file it came from (for messages).
+    Saving one writes a plain dict (save_checkpoint copies it)."""
+
+    path: Path | None = None
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Atomically write ``state`` (with format markers) to ``path``."""
     state = {"format": FORMAT, "format_version": FORMAT_VERSION, "clfkit_version": __version__, **state}
@@ -41,22 +48,70 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ModelFileError(f"{path} is a torch file but not a clfkit checkpoint (no '{FORMAT}' marker)")
-    if state.get("format_version", 0) > FORMAT_VERSION:
+    if not isinstance(state.get("format_version", 0), int) or state.get("format_version", 0) > FORMAT_VERSION:
         raise ModelFileError(f"{path} was written by a newer clfkit ({state.get('clfkit_version')}); "
                              f"upgrade clfkit to read it")
+    problem = _field_problem(state)
+    if problem:
+        raise ModelFileError(f"{path} is a damaged or hand-edited clfkit checkpoint: {problem}; use another "
+                             f"checkpoint of the run (best.pt or last.pt) or train again")
+    state = Checkpoint(state)
+    state.path = path
     return state
 
 
-def model_from_checkpoint(state: dict[str, Any]):
-    """Rebuild the ImageClassifier a checkpoint was trained as and load its weights."""
+def _field_problem(state: dict[str, Any]) -> str | None:
+    """Why the fields that a checkpoint holds cannot be used (None when they can). Only the
+    fields present are checked: a partial checkpoint is refused where a field is needed."""
+    if "model" in state and not isinstance(state["model"], dict):  # its entries: load_weights
+        return "'model' is not a dict of weights"
+    if "recipe" in state and not isinstance(state["recipe"], dict):
+        return "'recipe' is not a mapping"
+    names = state.get("class_names")
+    if "class_names" in state and not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)
+                                       and len(set(names)) == len(names)):
+        return f"'class_names' is {names!r}, not a list of distinct names"
+    if "input" in state:
+        return _input_problem(state["input"])
+    return None
+
+
+def _input_problem(spec: Any) -> str | None:
+    def ints(v, n):
+        return isinstance(v, (list, tuple)) and len(v) == n and all(
+            isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)
+
+    if not isinstance(spec, dict):
+        return "'input' is not a mapping"
+    channels = spec.get("channels")
+    if channels not in (1, 3):
+        return f"input.channels is {channels!r}, not 1 or 3"
+    if not ints(spec.get("image_size"), 2):
+        return f"input.image_size is {spec.get('image_size')!r}, not [height, width]"
+    for key in ("mean", "std"):
+        v = spec.get(key)
+        if not (isinstance(v, (list, tuple)) and len(v) == channels and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
+            return f"input.{key} is {v!r}, not {channels} number(s)"
+    if any(x == 0 for x in spec["std"]):
+        return "input.std holds a 0"
+    return None
+
+
+def model_from_checkpoint(state: dict[str, Any], path: str | Path | None = None):
+    """Rebuild the ImageClassifier a checkpoint was trained as and load its weights.
+    ``path`` (the file ``state`` came from) names the file in errors."""
     from clfkit.build import build_model
     from clfkit.recipe import validate_recipe
 
-    recipe = validate_recipe(state["recipe"], source="checkpoint recipe")
+    path = path or getattr(state, "path", None)
+    name = str(path) if path else "the checkpoint"
+    require_model_fields(state, name)
+    recipe = validate_recipe(state["recipe"], source=f"{name} recipe")
     spec = state["input"]
     model = build_model(recipe, len(state["class_names"]), spec["channels"], tuple(spec["image_size"]),
                         spec["mean"], spec["std"])
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], name)
     return model.eval()
 
 
@@ -157,3 +212,25 @@ def _normalized(data: Any) -> Any:
         return validate_recipe(data).to_dict()
     except ClfkitError:
         return data
+
+
+MODEL_FIELDS = ("model", "recipe", "class_names", "input")  # what rebuilding the model needs
+
+
+def require_model_fields(state: dict[str, Any], name: str) -> None:
+    missing = [k for k in MODEL_FIELDS if k not in state]
+    if missing:
+        raise ModelFileError(f"{name} lacks {', '.join(map(repr, missing))}: it cannot rebuild the model "
+                             f"(a damaged or hand-edited checkpoint, or not one saved by the trainer)")
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, Any], name: str) -> None:
+    """``model.load_state_dict(weights)``; weights that do not fit the model the checkpoint's
+    own recipe builds (a hand-edited or damaged file) are a ModelFileError naming it."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:  # missing/unexpected keys, shape mismatches
+        first = str(e).strip().splitlines()
+        raise ModelFileError(f"{name}: its weights do not fit the model its recipe describes "
+                             f"({' '.join(l.strip() for l in first[:3])[:400]}); a damaged or "
+                             f"hand-edited checkpoint") from None

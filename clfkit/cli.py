@@ -273,7 +273,8 @@ def compare(paths: tuple[Path, ...], top: int, metric: str, output: Path, title:
     path, runs = run_guarded(compare_runs, list(paths), output, top=top, metric=metric, title=title)
     for r in runs:
         click.echo(r.legend())
-    click.echo(f"wrote {path} ({len(runs)} run(s); legend: best train acc, best val acc, test acc at best val)")
+    click.echo(f"wrote {path} ({len(runs)} run(s); legend: best train acc, best val acc, test acc of best.pt: "
+               f"the best val epoch, or the last epoch of a run without a val split)")
 
 
 @cli.command("eval")
@@ -299,8 +300,20 @@ def eval_cmd(run_dir: Path, split: str | None, data_root: Path | None, checkpoin
     click.echo("wrote " + ", ".join(str(f) for f in res.files))
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """clfkit's own warnings (a skipped metrics line, ...) as one line, without the source
+    line that Python's default format adds; other libraries' keep their usual format."""
+    if category.__module__.startswith("clfkit"):
+        return f"warning: {message}\n"
+    return _default_format_warning(message, category, filename, lineno, line)
+
+
+_default_format_warning = warnings.formatwarning
+
+
 def main() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.formatwarning = _format_warning
     cli(prog_name="clfkit")
 
 

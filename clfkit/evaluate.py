@@ -21,7 +21,7 @@ import torch
 
 from clfkit.errors import ClfkitError, DataError
 from clfkit.io import atomic_open, write_json
-from clfkit.runs import read_run
+from clfkit.runs import holds_run_lock, read_run
 
 
 @dataclass
@@ -95,6 +95,7 @@ def write_run_reports(run_dir: str | Path, confusion=None, class_names: Optional
     return files
 
 
+@holds_run_lock("evaluate")  # it rewrites the run's reports: not while the run trains
 def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Optional[str | Path] = None,
              checkpoint: Optional[str] = None, batch_size: int = 256) -> EvalResult:
     """Evaluate ``run_dir/checkpoint`` (default best.pt, or last.pt of an unfinished run) on

@@ -74,19 +74,11 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _parity_images(run_dir: Path, channels: int, h: int, w: int) -> np.ndarray:
     """The validation images the trainer saved for parity (random ones for an older run)."""
-    path = run_dir / "samples.npy"
-    if not path.is_file():
-        return np.random.default_rng(0).integers(0, 256, (16, channels, h, w), dtype=np.uint8)
-    try:
-        images = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise ExportError(f"{path} is not a readable array ({type(e).__name__}); delete it to check parity "
-                          f"on random images instead") from None
-    if not isinstance(images, np.ndarray) or images.shape[1:] != (channels, h, w) or images.dtype != np.uint8 \
-            or len(images) == 0:
-        shape = getattr(images, "shape", "?")
-        raise ExportError(f"{path} holds {getattr(images, 'dtype', '?')} {shape}, the model expects uint8 "
-                          f"(N>=1, {channels}, {h}, {w}); delete it to check parity on random images instead")
+    from clfkit.runs import read_samples
+
+    images = read_samples(run_dir, (channels, h, w))
+    if images is None:  # an older run
+        images = np.random.default_rng(0).integers(0, 256, (16, channels, h, w), dtype=np.uint8)
     return images
 
 

@@ -17,12 +17,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from clfkit.io import write_bytes
-from clfkit.runs import RunInfo
+from clfkit.runs import SELECTED_ON_VAL, RunInfo
 
 DPI = 100
 CURVES_INCHES = (12.0, 4.5)          # curves.png: 1200 x 450 px
 COMPARE_PANEL_INCHES = (14.0, 9.0)   # the 2x2 panels of compare.png; the legend adds rows below
 LEGEND_ROW_INCHES = 0.26
+# best.pt is the best val epoch, or the last epoch of a run without a val split (clfkit.runs)
+LEGEND_TITLE = "run (best train acc, best val acc, test acc of best.pt: best val epoch, or last without val)"
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -39,24 +41,28 @@ def _series(history: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 # --------------------------------------------------------------------------- one run
 def plot_curves(run: RunInfo, path: str | Path) -> Path:
-    """curves.png: loss and accuracy per epoch, train vs val, best-val epoch marked."""
+    """curves.png: loss and accuracy per epoch, train vs val, best.pt's epoch marked (the best
+    val epoch; the last epoch when there is no val split)."""
     fig = Figure(figsize=CURVES_INCHES, dpi=DPI, layout="constrained")
     axes = fig.subplots(1, 2)
     best = run.best_epoch
+    on_val = run.selected_on == SELECTED_ON_VAL
     for ax, what in zip(axes, ("loss", "acc")):
         for split in ("train", "val"):
             x, y = _series(run.history, f"{split}_{what}")
             if x:
                 ax.plot(x, y, "-", marker="o" if len(x) <= 30 else None, ms=3, label=split)
         if best:
-            ax.axvline(best, color="0.6", ls=":", lw=1, label=f"best val (epoch {best})")
+            ax.axvline(best, color="0.6", ls=":", lw=1,
+                       label=f"best val (epoch {best})" if on_val else f"best.pt = last epoch ({best})")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("accuracy" if what == "acc" else "loss")
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=9)
-    test = f", test at best val {run.test_acc:.4f}" if run.test_acc is not None else ""
-    val = f"best val acc {run.best_val_acc:.4f} (epoch {best})" if run.best_val_acc is not None else "no val split"
+    test = f", test of best.pt {run.test_acc:.4f}" if run.test_acc is not None else ""
+    val = (f"best val acc {run.best_val_acc:.4f} (epoch {best})" if on_val and run.best_val_acc is not None
+           else f"no val split: best.pt is the last epoch ({best})" if best else "no epochs yet")
     fig.suptitle(f"{run.label}: {val}{test}", fontsize=11)
     return _save(fig, path)
 
@@ -110,7 +116,7 @@ def _legend_inches(n_runs: int, ncol: int) -> float:
 
 def plot_compare(runs: list[RunInfo], path: str | Path, title: str = "", ncol: int = 2) -> Path:
     """compare.png: train loss, val loss, train acc, val acc of every run overlaid (2x2);
-    one legend below, "label (best train, best val, test at best val)"."""
+    one legend below, "label (best train, best val, test of best.pt)"."""
     w, h = compare_inches(len(runs), ncol)
     fig = Figure(figsize=(w, h), dpi=DPI, layout="constrained")
     axes = fig.subplots(2, 2)
@@ -136,7 +142,7 @@ def plot_compare(runs: list[RunInfo], path: str | Path, title: str = "", ncol: i
         ax.grid(alpha=0.3)
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=9, frameon=False,
-                   title="run (best train acc, best val acc, test acc at best val)", title_fontsize=9)
+                   title=LEGEND_TITLE, title_fontsize=9)
     fig.suptitle(title or "comparison", fontsize=11)
     return _save(fig, path)
 

@@ -45,7 +45,7 @@ import torch
 
 from clfkit import distributed
 from clfkit.errors import ClfkitError, TrainingError
-from clfkit.io import remove_stale_temps
+from clfkit.locks import run_lock
 
 RESUME_FORMAT = 2  # 2: per-rank "ranks" list (1: one process, "rng" and in_epoch sums at the top)
 RANK_KEYS = ("aug_rng", "loss_sum", "correct", "seen", "nonfinite")  # a rank's own in-epoch state
@@ -164,16 +164,23 @@ def training_state(*, epoch: int, step: int, progress: Optional[EpochProgress], 
 
 def restore(resumed: Resumed, *, model, optimizer, scheduler, scaler, extra: dict[str, Any]) -> None:
     """Load model, optimizer, scheduler, scaler and extra states from a resume checkpoint."""
-    s = resumed.state
-    model.load_state_dict(s["model"])
-    optimizer.load_state_dict(s["optimizer"])
-    scheduler.load_state_dict(s["scheduler"])
-    if scaler is not None and s.get("scaler") is not None:
-        scaler.load_state_dict(s["scaler"])
+    from clfkit.checkpoint import load_weights
+
+    s, last = resumed.state, resumed.run_dir / "last.pt"
+    load_weights(model, s["model"], str(last))
     saved = s.get("extra") or {}
-    for key, obj in extra.items():
-        if key in saved:
-            obj.load_state_dict(saved[key])
+    try:  # states that do not fit what the recipe builds: a hand-edited or damaged last.pt
+        optimizer.load_state_dict(s["optimizer"])
+        scheduler.load_state_dict(s["scheduler"])
+        if scaler is not None and s.get("scaler") is not None:
+            scaler.load_state_dict(s["scaler"])
+        for key, obj in extra.items():
+            if key in saved:
+                obj.load_state_dict(saved[key])
+    except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as e:
+        raise ResumeError(f"cannot resume: the training state in {last} does not fit the run its recipe "
+                          f"builds ({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); "
+                          f"a damaged or hand-edited last.pt. Train the run again") from None
     unknown = sorted(set(saved) - set(extra))
     if unknown:
         warnings.warn(f"last.pt holds state for {unknown}, which this trainer does not use; ignored",
@@ -191,25 +198,83 @@ def load_resume_state(run_dir: str | Path) -> Resumed:
     if not last.is_file():
         raise ResumeError(f"cannot resume: {run_dir} has no last.pt (the run stopped before its first "
                           f"checkpoint); start it again with `clfkit train RECIPE`")
-    state = load_checkpoint(last)
-    remove_stale_temps(run_dir)  # half-written files of the crash being resumed from
+    state = load_checkpoint(last)  # a truncated or non-clfkit file: a ModelFileError naming it
     if "optimizer" not in state or ("rng" not in state and "ranks" not in state):
         raise ResumeError(f"cannot resume: {last} holds weights only, not the training state")
-    if state.get("resume_format", 0) > RESUME_FORMAT:
+    if not isinstance(state.get("resume_format", 0), int) or state.get("resume_format", 0) > RESUME_FORMAT:
         raise ResumeError(f"cannot resume: {last} was written by a newer clfkit; upgrade clfkit")
+    problem = _resume_state_problem(state)
+    if problem:
+        raise ResumeError(f"cannot resume: {last} is damaged or hand-edited: {problem}. Train the run again")
     if "ranks" not in state:  # format 1: one process, its own state at the top level
         in_epoch = state.get("in_epoch")
         state["ranks"] = [{"rng": state["rng"], **({k: in_epoch.get(k, 0) for k in RANK_KEYS} if in_epoch else {})}]
         state["in_epoch"] = {"batch": in_epoch["batch"], "lr": in_epoch.get("lr")} if in_epoch else None
+    best = run_dir / "best.pt"
+    if best.exists():  # the final test evaluation (and export) use it: refuse now, not after the training
+        _check_best(load_checkpoint(best), state, best)
     return Resumed(run_dir, state, int(state["epoch"]), list(state.get("history") or []))
 
 
+def _check_best(best_state: dict[str, Any], last_state: dict[str, Any], best: Path) -> None:
+    """best.pt must rebuild the same model as last.pt (same weight names and shapes)."""
+    from clfkit.checkpoint import require_model_fields
+
+    require_model_fields(best_state, str(best))
+    shapes = {k: tuple(getattr(v, "shape", ())) for k, v in (last_state.get("model") or {}).items()}
+    theirs = {k: tuple(getattr(v, "shape", ())) for k, v in best_state["model"].items()}
+    if shapes and shapes != theirs:
+        odd = sorted(k for k in shapes.keys() | theirs.keys() if shapes.get(k) != theirs.get(k))
+        raise ResumeError(f"cannot resume: {best} does not hold the weights of this run's model (they differ "
+                          f"from last.pt's at {', '.join(odd[:3])}{' ...' if len(odd) > 3 else ''}); a damaged or "
+                          f"hand-edited best.pt. Restore it, or train the run again")
+
+
+def _resume_state_problem(state: dict[str, Any]) -> Optional[str]:
+    """Why the training-state fields of a last.pt are unusable (None when they look right)."""
+    missing = [k for k in ("epoch", "step") if k not in state]
+    if missing:
+        return f"it lacks {', '.join(map(repr, missing))}"
+    for key in ("epoch", "step"):
+        v = state[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            return f"{key!r} is {v!r}, not a whole number >= 0"
+    in_epoch = state.get("in_epoch")
+    if in_epoch is not None and not (isinstance(in_epoch, dict) and isinstance(in_epoch.get("batch"), int)):
+        return f"'in_epoch' is {in_epoch!r}"
+    ranks = state.get("ranks", [{"rng": state.get("rng")}])
+    if not (isinstance(ranks, list) and ranks and all(isinstance(r, dict) and isinstance(r.get("rng"), dict)
+                                                        for r in ranks)):
+        return "'ranks' is not a list of per-process states"
+    if not isinstance(state.get("best", {}), dict) or not isinstance(state.get("history", []), list):
+        return "'best' or 'history' is not what the trainer writes"
+    return None
+
+
 def resume_run(run_dir: str | Path, *, quiet: bool = False):
-    """Continue the run in ``run_dir`` from its ``last.pt`` (``clfkit train --resume``)."""
+    """Continue the run in ``run_dir`` from its ``last.pt`` (``clfkit train --resume``). The
+    run folder's lock is taken before anything is read: a run still training elsewhere (or
+    another resume of it) is refused, with nothing touched."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ResumeError(f"cannot resume: run folder {run_dir} does not exist")
+    if not (run_dir / "last.pt").is_file():
+        raise ResumeError(f"cannot resume: {run_dir} has no last.pt (the run stopped before its first "
+                          f"checkpoint); start it again with `clfkit train RECIPE`")
+    with run_lock(run_dir, "resume"):
+        return _resume_locked(run_dir, quiet)
+
+
+def _resume_locked(run_dir: Path, quiet: bool):
     from clfkit.recipe import validate_recipe
     from clfkit.train import train
 
     resumed = load_resume_state(run_dir)
+    last = run_dir / "last.pt"
+    missing = [k for k in ("model", "recipe", "class_names", "input", "scheduler", "best") if k not in resumed.state]
+    if missing:
+        raise ResumeError(f"cannot resume: {last} is damaged or hand-edited: it lacks "
+                          f"{', '.join(map(repr, missing))}. Train the run again")
     recipe = validate_recipe(resumed.state["recipe"], source=f"{Path(run_dir) / 'last.pt'} recipe")
     epochs = recipe.train.epochs
     if resumed.epoch >= epochs and not resumed.mid_epoch and (Path(run_dir) / "summary.json").is_file():

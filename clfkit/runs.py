@@ -9,36 +9,93 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from clfkit.errors import ClfkitError
 from clfkit.io import atomic_open
+from clfkit.locks import RunLockedError, holds_run_lock, run_lock  # noqa: F401  (re-exported)
 
 
 class RunFolderError(ClfkitError):
     """A path that is not a run folder (or a folder of runs)."""
 
 
+class RunFileWarning(UserWarning):
+    """A line of a run file that cannot be read (skipped, named with its file and line)."""
+
+
 # metric -> True when larger is better; what ``--metric`` may sort by
 METRICS = {"val_acc": True, "val_loss": False, "test_acc": True, "train_acc": True, "train_loss": False}
+# metrics.jsonl values that must be finite numbers when present (the curves and rankings use them)
+NUMERIC = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+
+
+# --------------------------------------------------------------------------- best.pt: one rule
+# The trainer keeps best.pt by this rule, and RunInfo reads it back by the same rule:
+# with a val split, the first epoch with the highest val acc; without one there is nothing
+# honest to select on (train accuracy only rewards fitting the training data), so best.pt is
+# the last epoch's weights.
+SELECTED_ON_VAL, SELECTED_ON_LAST = "best_val_acc", "last_epoch"
+
+
+def replaces_best(row: dict[str, Any], best_row: Optional[dict[str, Any]]) -> bool:
+    """True when epoch ``row`` becomes best.pt instead of ``best_row`` (None: none yet)."""
+    if best_row is None or row.get("val_acc") is None:
+        return True
+    return best_row.get("val_acc") is None or row["val_acc"] > best_row["val_acc"]
+
+
+def selected_on(best_row: Optional[dict[str, Any]]) -> str:
+    """How best.pt was chosen: ``best_val_acc`` or ``last_epoch`` (no val split)."""
+    return SELECTED_ON_VAL if best_row is not None and best_row.get("val_acc") is not None else SELECTED_ON_LAST
+
+
+def _row_problem(row: Any) -> Optional[str]:
+    """Why a parsed metrics.jsonl line is not a usable epoch row (None when it is)."""
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not an object"
+    epoch = row.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        return f"'epoch' is {epoch!r}, not a whole number >= 1"
+    for key in NUMERIC:
+        v = row.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            return f"{key!r} is {v!r}, not a finite number"
+    return None
 
 
 def read_history(run: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl as a list of rows; a torn last line (a crash mid-write) is ignored, and a
-    resumed run's re-written epochs keep only their latest row."""
+    """metrics.jsonl as a list of rows; a resumed run's re-written epochs keep only their
+    latest row. A torn last line (a crash mid-write by an older, non-atomic clfkit) is
+    ignored; any other unreadable line is skipped with a RunFileWarning naming file and line."""
     path = Path(run) / "metrics.jsonl"
     rows: dict[int, dict] = {}
     if not path.is_file():
         return []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise RunFolderError(f"cannot read {path}: {e.strerror or e}") from None
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
+            if number == len(lines) and not text.endswith("\n"):
+                continue  # torn last line
+            row, problem = None, "not valid JSON"
+        else:
+            problem = _row_problem(row)
+        if problem:
+            warnings.warn(f"{path}, line {number}: {problem}; line skipped", RunFileWarning, stacklevel=2)
             continue
-        if isinstance(row, dict) and "epoch" in row:
-            rows[int(row["epoch"])] = row
+        rows[row["epoch"]] = row
     return [rows[e] for e in sorted(rows)]
 
 
@@ -57,18 +114,22 @@ class RunInfo:
 
     @property
     def best_row(self) -> Optional[dict[str, Any]]:
-        """The epoch the trainer kept as best.pt: first epoch with the highest val acc (train
-        acc when there is no val split), exactly as the trainer chooses it."""
+        """The epoch the trainer kept as best.pt (:func:`replaces_best`: best val acc, or the
+        last epoch without a val split); the summary's best_epoch when the run finished."""
         if self.summary and self.summary.get("best_epoch"):
             for row in self.history:
                 if row["epoch"] == self.summary["best_epoch"]:
                     return row
         best = None
         for row in self.history:
-            score = row.get("val_acc", row.get("train_acc", -1.0))
-            if best is None or score > best.get("val_acc", best.get("train_acc", -1.0)):
+            if replaces_best(row, best):
                 best = row
         return best
+
+    @property
+    def selected_on(self) -> str:
+        """``best_val_acc``, or ``last_epoch`` for a run without a val split."""
+        return selected_on(self.best_row)
 
     @property
     def best_epoch(self) -> Optional[int]:
@@ -114,7 +175,8 @@ class RunInfo:
         return min(vals) if vals else None
 
     def legend(self) -> str:
-        """``label (best train, best val, test at best val)``, the study reports' style."""
+        """``label (best train, best val, test of best.pt)``, the study reports' style; a run
+        without a val split shows ``-`` for best val (its best.pt is the last epoch)."""
         def f(v):
             return "-" if v is None else f"{v:.3f}"
         return f"{self.label} ({f(self.best_train_acc)}, {f(self.best_val_acc)}, {f(self.test_acc)})"
@@ -127,9 +189,21 @@ def read_run(path: str | Path, label: str | None = None) -> RunInfo:
     summary = None
     if (path / "summary.json").is_file():
         try:
-            summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
+            summary = json.loads((path / "summary.json").read_text(encoding="utf-8", errors="replace"))
+        except (json.JSONDecodeError, RecursionError):
             summary = None
+        except OSError as e:
+            raise RunFolderError(f"cannot read {path / 'summary.json'}: {e.strerror or e}") from None
+        if not isinstance(summary, dict):
+            warnings.warn(f"{path / 'summary.json'} is not a JSON object; read as an unfinished run",
+                          RunFileWarning, stacklevel=2)
+            summary = None
+        for key in ("test_acc", "best_val_acc", "wall_seconds", "best_epoch"):
+            v = (summary or {}).get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+                warnings.warn(f"{path / 'summary.json'}: {key!r} is {v!r}, not a finite number; ignored",
+                              RunFileWarning, stacklevel=2)
+                summary[key] = None
     return RunInfo(path, read_history(path), summary, label or path.name)
 
 
@@ -181,3 +255,45 @@ def write_metrics_csv(run: str | Path) -> Path:
         w.writeheader()
         w.writerows(rows)
     return run / "metrics.csv"
+
+
+def describe_class_change(old: list[str], new: list[str]) -> Optional[str]:
+    """What changed between the classes a run was trained on and the data's classes now
+    (None when nothing did): labels are class indices, so any change would mislabel."""
+    if list(old) == list(new):
+        return None
+    added = [c for c in new if c not in old]
+    removed = [c for c in old if c not in new]
+    parts = []
+    if removed:
+        parts.append(f"gone: {', '.join(map(repr, removed))}")
+    if added:
+        parts.append(f"new: {', '.join(map(repr, added))}")
+    if not parts:
+        parts.append("the same names in another order")
+    return (f"the run was trained on {len(old)} classes {list(old)}, but its data now has {len(new)} classes "
+            f"{list(new)} ({'; '.join(parts)}). Class indices would no longer match the labels the model "
+            f"learned")
+
+
+def read_samples(run: str | Path, shape: tuple[int, int, int]):
+    """The exporter's parity images ``run/samples.npy`` as a uint8 (N, C, H, W) array, checked
+    against the model's input ``shape`` (C, H, W); None when the run has none (an older run).
+    A file that is not such an array is a RunFolderError naming it and what is wrong."""
+    import numpy as np
+
+    path = Path(run) / "samples.npy"
+    if not path.is_file():
+        return None
+    try:
+        images = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise RunFolderError(f"{path} is not a readable .npy array ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                             f"delete it to export with random images instead") from None
+    want = f"uint8 images of shape (N, {shape[0]}, {shape[1]}, {shape[2]})"
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 \
+            or tuple(images.shape[1:]) != tuple(shape) or len(images) == 0:
+        got = f"{images.dtype} of shape {tuple(images.shape)}" if isinstance(images, np.ndarray) else type(images).__name__
+        raise RunFolderError(f"{path} holds {got}, but the model expects {want}; delete it to export "
+                             f"with random images instead")
+    return images

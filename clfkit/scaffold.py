@@ -8,13 +8,17 @@ README and a test. ``plugins/clfkit-example`` in clfkit's repository is exactly
 from __future__ import annotations
 
 import keyword
+import os
 import re
+import shutil
+import tempfile
 from importlib import resources
 from typing import TYPE_CHECKING, Iterator
 from pathlib import Path
 
 from clfkit import __version__
 from clfkit.errors import ClfkitError
+from clfkit.io import _UMASK, WriteError
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -44,11 +48,38 @@ def render(text: str, names: dict[str, str]) -> str:
 
 
 def new_plugin(name: str, dest: str | Path = ".") -> Path:
-    """Write the package ``dest/clfkit-NAME/``; refuse to overwrite an existing, non-empty folder."""
+    """Write the package ``dest/clfkit-NAME/``; refuse to overwrite anything that exists there
+    (a non-empty folder, or a file). The package is written into a temp folder beside it and
+    renamed into place, so a failure half-way leaves nothing behind."""
     names = plugin_names(name)
-    root = Path(dest) / names["dist"]
-    if root.exists() and any(root.iterdir()):
-        raise ClfkitError(f"{root} already exists and is not empty; pick another name or --dir")
+    dest = Path(dest)
+    root = dest / names["dist"]
+    if dest.exists() and not dest.is_dir():
+        raise ClfkitError(f"--dir {dest} is a file, not a folder; give a folder to write {names['dist']}/ in")
+    if root.is_symlink() or (root.exists() and not root.is_dir()):
+        raise ClfkitError(f"{root} already exists and is not a folder; pick another name or --dir")
+    if root.is_dir() and any(root.iterdir()):
+        raise ClfkitError(f"{root} already exists and is not empty; nothing was written. Pick another "
+                          f"name or --dir, or remove that folder first")
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{names['dist']}.", suffix=".tmp", dir=dest))
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; the package gets the usual permissions
+    except OSError as e:
+        raise WriteError(f"cannot write the plugin package in {dest}: {e.strerror or e}") from None
+    try:
+        _write_template(tmp, names)
+        if root.is_dir():
+            root.rmdir()  # empty (checked above); rename needs the name free
+        os.rename(tmp, root)
+    except OSError as e:
+        raise WriteError(f"cannot write the plugin package {root}: {e.strerror or e}; nothing was written") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def _write_template(root: Path, names: dict[str, str]) -> None:
     template = resources.files("clfkit").joinpath(TEMPLATE)
     for src, rel in _walk(template, ()):
         parts = [p.replace("MODULE", names["module"]) for p in rel]
@@ -56,7 +87,6 @@ def new_plugin(name: str, dest: str | Path = ".") -> Path:
         out = root.joinpath(*parts)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(render(src.read_text(encoding="utf-8"), names), encoding="utf-8")
-    return root
 
 
 def _walk(folder: Traversable, rel: tuple[str, ...]) -> Iterator[tuple[Traversable, tuple[str, ...]]]:

@@ -40,16 +40,18 @@ import torch.nn as nn
 from clfkit import __version__, distributed
 from clfkit.build import (build_augmentations, build_data, build_loss, build_model, build_optimizer,
                           build_regularizers, build_schedule, normalization)
-from clfkit.checkpoint import load_checkpoint, save_checkpoint
+from clfkit.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from clfkit.data import ImageSet, Splits
 from clfkit.errors import TrainingError
-from clfkit.io import append_line, atomic_open, write_json, write_text
+from clfkit.io import append_line, atomic_open, remove_stale_temps, write_json, write_text
+from clfkit.locks import run_lock
 from clfkit.recipe import Recipe
 from clfkit.resume import EpochProgress, Resumed, restore, set_rng_state, training_state
 from clfkit.signals import Interrupted, catch_stop_signals
 from clfkit.ema import WeightEMA
 from clfkit.evaluate import per_class, write_run_reports
 from clfkit.logs import MetricsLog
+from clfkit.runs import describe_class_change, replaces_best, selected_on
 from clfkit.stopping import EarlyStopper
 
 
@@ -438,7 +440,14 @@ class RunResult:
 def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
           run_dir: str | Path | None = None, resume: Optional[Resumed] = None) -> RunResult:
     """Train ``recipe``; write everything into a new run folder under ``out``. ``resume``
-    (from clfkit.resume.load_resume_state) continues the run in ``run_dir`` from its last.pt."""
+    (from clfkit.resume.load_resume_state) continues the run in ``run_dir`` from its last.pt.
+    The run folder is locked (clfkit.locks) from its creation to the end of the run."""
+    with contextlib.ExitStack() as lock:
+        return _train(recipe, out, quiet=quiet, run_dir=run_dir, resume=resume, lock=lock)
+
+
+def _train(recipe: Recipe, out: str | Path, *, quiet: bool, run_dir: str | Path | None,
+           resume: Optional[Resumed], lock: contextlib.ExitStack) -> RunResult:
     t_start = time.perf_counter()
     rt = resolve_runtime(recipe)
     world = distributed.setup(rt)  # under torchrun: join the group, pin this rank's GPU
@@ -457,12 +466,18 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
     with distributed.main_first():  # rank 0 fills the data cache, the others read it
         splits: Splits = build_data(recipe)
     data_seconds = time.perf_counter() - t0
+    if resume is not None:  # the labels are class indices: other classes would silently mislabel
+        _check_same_data(resume, splits)
     mean, std = normalization(recipe, splits.train)
     num_classes = splits.num_classes
 
     # only rank 0 writes the run folder; other DDP ranks get a private temp folder
     run = distributed.private_run_dir() or (Path(run_dir) if run_dir else new_run_dir(out, recipe.name))
     run.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():  # first, before anything in the folder is touched
+        lock.enter_context(run_lock(run, "resume" if resume is not None else "train into"))
+    if resume is not None and distributed.is_main():
+        remove_stale_temps(run)  # half-written files of the crash being resumed from
     if resume is None:
         write_text(run / "recipe.yaml", f"# resolved by clfkit {__version__}\n" + recipe.to_yaml())
     if splits.skipped:
@@ -596,9 +611,8 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
             append_line(run / "metrics.jsonl", json.dumps(row))
             metrics_log.write(row)
             report.end_epoch(row)
-            score = row.get("val_acc", row["train_acc"])
-            if score > best["val_acc"]:
-                best = {"val_acc": score, "epoch": epoch + 1, "row": row}
+            if replaces_best(row, best.get("row")):  # clfkit.runs: best val acc, or the last epoch
+                best = {"val_acc": row.get("val_acc"), "epoch": epoch + 1, "row": row}
                 save_checkpoint(run / "best.pt", {**ckpt_base, "model": eval_model.state_dict(),
                                                   "epoch": epoch + 1, "metrics": row})
             early_stop = stopper is not None and stopper.update(row)
@@ -612,7 +626,7 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
     # ---- test with the best checkpoint
     summary: dict[str, Any] = {
         "name": recipe.name, "run_dir": str(run), "epochs": tc.epochs, "best_epoch": best["epoch"],
-        "best_val_acc": best["val_acc"] if splits.val is not None else None,
+        "best_val_acc": best["row"].get("val_acc"), "selected_on": selected_on(best["row"]),
         "train_acc_at_best": best["row"]["train_acc"], "params": n_params,
         "device": str(rt.device) + (f" ({torch.cuda.get_device_name(rt.device)})" if rt.device.type == "cuda" else ""),
         "precision": rt.precision, "num_classes": num_classes, "class_names": splits.class_names,
@@ -631,7 +645,11 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
     summary["wall_seconds"] = round(time.perf_counter() - t_start, 2)
     write_json(run / "summary.json", summary)
     write_run_reports(run)  # curves.png, per_class.csv, confusion.png (clfkit.evaluate)
-    msg = f"done in {summary['wall_seconds']:.0f}s: best val acc {best['val_acc']:.4f} (epoch {best['epoch']})"
+    if summary["best_val_acc"] is not None:
+        msg = f"done in {summary['wall_seconds']:.0f}s: best val acc {summary['best_val_acc']:.4f} (epoch {best['epoch']})"
+    else:  # never call train accuracy "val"
+        msg = (f"done in {summary['wall_seconds']:.0f}s: no val split, so best.pt is the last epoch ({best['epoch']}, "
+               f"train acc {summary['train_acc_at_best']:.4f})")
     if summary["test_acc"] is not None:
         msg += f", test acc {summary['test_acc']:.4f}"
     report.print(msg + f"  -> {run}")
@@ -660,6 +678,23 @@ def _describe(splits: Splits, data_seconds: float) -> str:
                if splits.skipped else ""))
 
 
+def _check_same_data(resume: Resumed, splits: Splits) -> None:
+    """A resumed run must see the classes and input shape its last.pt was trained on."""
+    from clfkit.resume import ResumeError
+
+    last = resume.run_dir / "last.pt"
+    change = describe_class_change(resume.state["class_names"], splits.class_names)
+    if change:
+        raise ResumeError(f"cannot resume {resume.run_dir}: {change}. Restore the class folders as they were, "
+                          f"or train a new run on the new classes; nothing was changed in the run folder")
+    spec = resume.state["input"]
+    now = {"channels": splits.in_chans, "image_size": list(splits.image_size)}
+    was = {"channels": spec["channels"], "image_size": list(spec["image_size"])}
+    if now != was:
+        raise ResumeError(f"cannot resume {resume.run_dir}: {last} was trained on {was}, but the data now "
+                          f"gives {now}; train a new run instead")
+
+
 def _evaluate_best(best_pt: Path, model: nn.Module, splits: Splits, val_set: Optional[ImageSet], *,
                    rt: Runtime, loss_fn: nn.Module, batch_size: int) -> dict[str, Any]:
     """Load best.pt into ``model`` and evaluate it on the labelled test split (the val split
@@ -672,7 +707,7 @@ def _evaluate_best(best_pt: Path, model: nn.Module, splits: Splits, val_set: Opt
         split, data = "val", val_set
     else:
         return {}
-    model.load_state_dict(load_checkpoint(best_pt, map_location=rt.device)["model"])
+    load_weights(model, load_checkpoint(best_pt, map_location=rt.device)["model"], str(best_pt))
     ev = evaluate(model, data, rt=rt, loss_fn=loss_fn, num_classes=splits.num_classes, batch_size=batch_size)
     out = {"eval_split": split, "per_class": per_class(ev["confusion"], splits.class_names),
            "confusion": ev["confusion"].tolist()}
