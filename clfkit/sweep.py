@@ -343,7 +343,15 @@ def run_trial(recipe_dict: dict, run_dir: str, quiet: bool = True, threads: int 
             return {"summary": resume_run(run, quiet=quiet).summary, "resumed": True}
         if any(run.iterdir()) and not (run / "recipe.yaml").is_file():
             raise SweepError(f"{run} exists and is not a clfkit run folder; not touching it")
-        shutil.rmtree(run)
+        from clfkit.locks import LOCK_NAME, run_lock
+
+        # a run started before that never got to last.pt: restart it, under its lock (another
+        # sweep process may be training it right now) and keeping the lock file we hold
+        with run_lock(run, "restart"):
+            for child in run.iterdir():
+                if child.name != LOCK_NAME:
+                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            return {"summary": train(recipe, run_dir=run, quiet=quiet).summary, "resumed": False}
     return {"summary": train(recipe, run_dir=run, quiet=quiet).summary, "resumed": False}
 
 

@@ -23,7 +23,7 @@ import yaml
 from click.testing import CliRunner
 
 from clfkit.cli import cli
-from conftest import TINY, write_image_folder
+from conftest import TINY, tiny_recipe, write_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -438,3 +438,30 @@ def test_resume_refuses_images_that_changed_channels(folder_run):
     res = _invoke("train", "--resume", run)
     assert res.exit_code == 2 and "'channels': 3" in res.output and "'channels': 1" in res.output, res.output
     assert _snapshot(run) == before
+
+
+def test_sweep_restart_of_an_unstarted_run_waits_for_no_one_and_deletes_nothing_held(tmp_path):
+    """A sweep re-run restarts a run folder that never got to last.pt, but only under the run's
+    lock: a folder another process is writing into is refused, with its files left alone."""
+    import subprocess
+    import sys
+
+    from clfkit.locks import RunLockedError
+    from clfkit.sweep import run_trial
+
+    run = tmp_path / "sweep" / "lr=0.1"
+    run.mkdir(parents=True)
+    (run / "recipe.yaml").write_text("name: x\n")
+    (run / "partial.tmp").write_text("another process's file")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom clfkit.locks import run_lock\n"
+         f"with run_lock({str(run)!r}, 'train'):\n    print('held', flush=True)\n    time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError, match=str(holder.pid)):
+            run_trial(tiny_recipe(name="x").to_dict(), str(run))
+        assert (run / "partial.tmp").read_text() == "another process's file"
+    finally:
+        holder.kill()
+        holder.wait()
