@@ -27,7 +27,7 @@ def make_model(work: Path, size: int, depth: int, stem: str, width: float, class
     import torch
 
     from clfkit.build import build_model
-    from clfkit.checkpoint import save_checkpoint
+    from clfkit.run.checkpoint import save_checkpoint
     from clfkit.export import export_run
     from clfkit.recipe import validate_recipe
 
@@ -66,7 +66,7 @@ def main() -> None:
     import torch
 
     from clfkit import imageio
-    from clfkit.checkpoint import load_checkpoint, model_from_checkpoint
+    from clfkit.run.checkpoint import load_checkpoint, model_from_checkpoint
     from clfkit.predict import load_onnx, predict_folder
 
     threads = a.threads or os.cpu_count() or 1

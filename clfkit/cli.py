@@ -64,7 +64,7 @@ def cli(debug: bool) -> None:
 def train(recipe: Path | None, resume_dir: Path | None, overrides: tuple[str, ...], out: Path, quiet: bool) -> None:
     """Train RECIPE; writes runs/<name>/ (checkpoints, metrics, summary)."""
     if resume_dir is not None:
-        from clfkit.resume import resume_run
+        from clfkit.run.resume import resume_run
 
         if recipe is not None or overrides:
             _fail(ClfkitError("--resume continues a run exactly as it was recorded in last.pt; give "
@@ -287,7 +287,7 @@ def compare(paths: tuple[Path, ...], top: int, metric: str, output: Path, title:
                    "of an unfinished run].")
 def eval_cmd(run_dir: Path, split: str | None, data_root: Path | None, checkpoint: str) -> None:
     """Evaluate a run's checkpoint; rewrite per_class.csv, confusion.png and curves.png."""
-    from clfkit.evaluate import eval_run
+    from clfkit.evaluation import eval_run
 
     res = run_guarded(eval_run, run_dir, split, data_root, checkpoint)
     click.echo(f"{res.split}: accuracy {res.acc:.4f}, loss {res.loss:.4f} on {res.images} images")

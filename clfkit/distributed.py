@@ -18,7 +18,7 @@ matrix summed. Only rank 0 writes into the run folder and prints; the other rank
 
 Checkpoints and stops: ``last.pt`` holds every rank's RNG states and, mid-epoch, every rank's
 augmentation generator and partial metric sums (:func:`gather`), so each rank resumes from its
-own (see clfkit.resume). A SIGINT/SIGTERM may reach the ranks at different steps, or only some
+own (see clfkit.run.resume). A SIGINT/SIGTERM may reach the ranks at different steps, or only some
 of them; a rank that stopped alone would leave the others waiting in the gradient all-reduce, so
 the ranks agree on stopping (:func:`stop_agreed`) every ``STOP_CHECK_EVERY`` steps and at
 every epoch end, and all stop at the same step.

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from clfkit import __version__
-from clfkit.checkpoint import model_from_checkpoint, run_checkpoint
+from clfkit.run.checkpoint import model_from_checkpoint, run_checkpoint
+from clfkit.run.folder import BEST_PT
 from clfkit.errors import ExportError
 from clfkit.io import write_bytes
 from clfkit.onnx_meta import INPUT_NAME, META_FORMAT, META_PREFIX, OUTPUT_NAME, build_metadata, validate_metadata
@@ -74,7 +75,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _parity_images(run_dir: Path, channels: int, h: int, w: int) -> np.ndarray:
     """The validation images the trainer saved for parity (random ones for an older run)."""
-    from clfkit.runs import read_samples
+    from clfkit.run.reader import read_samples
 
     images = read_samples(run_dir, (channels, h, w))
     if images is None:  # an older run
@@ -155,7 +156,7 @@ def export_run(run_dir: str | Path, out: Optional[str | Path] = None, *, atol: f
     proto.doc_string = f"clfkit export of {run_name} ({ckpt_path.name}): {len(state['class_names'])} classes"
     write_bytes(out, proto.SerializeToString())
     note = ""
-    if ckpt_path.name != "best.pt":
-        unfinished = "" if (run_dir / "best.pt").is_file() else "the run has no best.pt (unfinished?); "
+    if ckpt_path.name != BEST_PT:
+        unfinished = "" if (run_dir / BEST_PT).is_file() else "the run has no best.pt (unfinished?); "
         note = f"{unfinished}exported {ckpt_path.name} (epoch {state.get('epoch', '?')})"
     return ExportResult(out, max_diff, agreement, len(images), ckpt_path, note)

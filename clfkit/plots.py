@@ -17,13 +17,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from clfkit.io import write_bytes
-from clfkit.runs import SELECTED_ON_VAL, RunInfo
+from clfkit.run.reader import SELECTED_ON_VAL, RunInfo, find_runs, rank
 
 DPI = 100
 CURVES_INCHES = (12.0, 4.5)          # curves.png: 1200 x 450 px
 COMPARE_PANEL_INCHES = (14.0, 9.0)   # the 2x2 panels of compare.png; the legend adds rows below
 LEGEND_ROW_INCHES = 0.26
-# best.pt is the best val epoch, or the last epoch of a run without a val split (clfkit.runs)
+# best.pt is the best val epoch, or the last epoch of a run without a val split (clfkit.run.reader)
 LEGEND_TITLE = "run (best train acc, best val acc, test acc of best.pt: best val epoch, or last without val)"
 
 
@@ -151,8 +151,6 @@ def compare_runs(paths: list[str | Path], output: str | Path = "compare.png", to
                  metric: str = "val_acc", title: str = "") -> tuple[Path, list[RunInfo]]:
     """``clfkit compare``: the ``top`` runs (by ``metric``) among run folders and sweep
     folders, overlaid in one compare.png. Returns the file and the runs drawn, best first."""
-    from clfkit.runs import find_runs, rank
-
     runs = rank(find_runs(list(paths)), metric)[:top]
     for r in runs:
         r.label = r.label.replace(",", ", ")

@@ -42,7 +42,8 @@ from clfkit.errors import ClfkitError, RecipeError
 from clfkit.names import check_name, child_folder, name_problem, safe_label
 from clfkit.io import atomic_open, write_json, write_text
 from clfkit.recipe import Recipe, apply_override, check_size, parse_override, read_yaml, validate_recipe
-from clfkit.runs import RunInfo, is_run, rank, read_run
+from clfkit.run.folder import LOCK_NAME, RunFolder, run_lock
+from clfkit.run.reader import RunInfo, is_run, rank, read_run
 from clfkit.signals import Interrupted, StopFlag, catch_stop_signals
 from clfkit.yamltext import YAMLProblem, parse_value
 
@@ -299,7 +300,7 @@ def _sets_field(value: Any, field: list[str]) -> bool:
 def _check_same_recipe(trial: Trial) -> None:
     """A run folder left by an earlier sweep must hold this combination's recipe: a changed
     base recipe would otherwise mix old and new runs in one table."""
-    saved = trial.run_dir / "recipe.yaml"
+    saved = RunFolder(trial.run_dir).recipe
     if not saved.is_file():
         return
     try:
@@ -336,15 +337,14 @@ def run_trial(recipe_dict: dict, run_dir: str, quiet: bool = True, threads: int 
     # the run folder, the rmtree below included, never reaches outside the sweep folder
     run = child_folder(Path(run_dir).parent, Path(run_dir).name, "sweep run name")
     recipe = Recipe.model_validate(recipe_dict)
-    if run.exists() and not (run / "summary.json").is_file():
-        if (run / "last.pt").is_file():
-            from clfkit.resume import resume_run
+    folder = RunFolder(run)
+    if run.exists() and not folder.finished:
+        if folder.last.is_file():
+            from clfkit.run.resume import resume_run
 
             return {"summary": resume_run(run, quiet=quiet).summary, "resumed": True}
-        if any(run.iterdir()) and not (run / "recipe.yaml").is_file():
+        if any(run.iterdir()) and not folder.recipe.is_file():
             raise SweepError(f"{run} exists and is not a clfkit run folder; not touching it")
-        from clfkit.locks import LOCK_NAME, run_lock
-
         # a run started before that never got to last.pt: restart it, under its lock (another
         # sweep process may be training it right now) and keeping the lock file we hold
         with run_lock(run, "restart"):
@@ -410,7 +410,7 @@ def run_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
     sweep = plan_sweep(recipe_path, grid, overrides, out)
     for t in sweep.trials:
         _check_same_recipe(t)
-        t.status = "done" if (t.run_dir / "summary.json").is_file() else ("unfinished" if t.run_dir.exists() else "new")
+        t.status = "done" if RunFolder(t.run_dir).finished else ("unfinished" if t.run_dir.exists() else "new")
     todo = [t for t in sweep.trials if t.status != "done"]
     sweep.out.mkdir(parents=True, exist_ok=True)
     _write_manifest(sweep)

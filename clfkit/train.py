@@ -40,18 +40,18 @@ import torch.nn as nn
 from clfkit import __version__, distributed
 from clfkit.build import (build_augmentations, build_data, build_loss, build_model, build_optimizer,
                           build_regularizers, build_schedule, normalization)
-from clfkit.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from clfkit.run.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from clfkit.data import ImageSet, Splits
 from clfkit.errors import TrainingError
-from clfkit.io import append_line, atomic_open, remove_stale_temps, write_json, write_text
-from clfkit.locks import run_lock
+from clfkit.io import remove_stale_temps
+from clfkit.run.folder import RunFolder, run_lock
 from clfkit.recipe import Recipe
-from clfkit.resume import EpochProgress, Resumed, restore, set_rng_state, training_state
+from clfkit.run.resume import EpochProgress, Resumed, check_same_data, restore, set_rng_state, training_state
 from clfkit.signals import Interrupted, catch_stop_signals
 from clfkit.ema import WeightEMA
-from clfkit.evaluate import per_class, write_run_reports
-from clfkit.logs import MetricsLog
-from clfkit.runs import describe_class_change, replaces_best, selected_on
+from clfkit.run.metrics_log import MetricsLog
+from clfkit.run.reader import replaces_best, selected_on
+from clfkit.run.reports import per_class, write_run_reports
 from clfkit.stopping import EarlyStopper
 
 
@@ -364,25 +364,6 @@ def evaluate(model: nn.Module, data: ImageSet, *, rt: Runtime, loss_fn: nn.Modul
     return {"loss": float(loss_sum) / max(n, 1), "acc": float(cm.diag().sum()) / max(n, 1), "confusion": cm}
 
 
-# --------------------------------------------------------------------------- run folder
-def new_run_dir(out: str | Path, name: str) -> Path:
-    """``out/name``, or ``out/name-2``, ``-3``... if taken: never overwrite a run."""
-    from clfkit.names import check_name; check_name(name, "run name")  # never outside out/
-    out = Path(out)
-    for i in range(1, 10000):
-        path = out / (name if i == 1 else f"{name}-{i}")
-        try:
-            path.mkdir(parents=True, exist_ok=False)
-            return path
-        except FileExistsError:
-            continue
-        except OSError as e:
-            from clfkit.io import WriteError
-
-            raise WriteError(f"cannot create run folder {path}: {e.strerror or e}") from None
-    raise TrainingError(f"too many runs named {name} under {out}")
-
-
 class Reporter:
     """A rich progress bar on a terminal; one plain line per epoch otherwise."""
 
@@ -467,21 +448,23 @@ def _train(recipe: Recipe, out: str | Path, *, quiet: bool, run_dir: str | Path 
         splits: Splits = build_data(recipe)
     data_seconds = time.perf_counter() - t0
     if resume is not None:  # the labels are class indices: other classes would silently mislabel
-        _check_same_data(resume, splits)
+        check_same_data(resume, splits.class_names, splits.in_chans, splits.image_size)
     mean, std = normalization(recipe, splits.train)
     num_classes = splits.num_classes
 
     # only rank 0 writes the run folder; other DDP ranks get a private temp folder
-    run = distributed.private_run_dir() or (Path(run_dir) if run_dir else new_run_dir(out, recipe.name))
+    private = distributed.private_run_dir()
+    folder = RunFolder(private) if private else RunFolder(run_dir) if run_dir else RunFolder.create(out, recipe.name)
+    run = folder.path
     run.mkdir(parents=True, exist_ok=True)
     if distributed.is_main():  # first, before anything in the folder is touched
         lock.enter_context(run_lock(run, "resume" if resume is not None else "train into"))
     if resume is not None and distributed.is_main():
         remove_stale_temps(run)  # half-written files of the crash being resumed from
     if resume is None:
-        write_text(run / "recipe.yaml", f"# resolved by clfkit {__version__}\n" + recipe.to_yaml())
+        folder.write_recipe(recipe.to_yaml(), __version__)
     if splits.skipped:
-        write_text(run / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in splits.skipped))
+        folder.write_skipped(splits.skipped)
     report.print(f"run {run}  device {rt.device} ({rt.precision})  data: {_describe(splits, data_seconds)}")
 
     # ---- model and optimization
@@ -519,7 +502,7 @@ def _train(recipe: Recipe, out: str | Path, *, quiet: bool, run_dir: str | Path 
                  "input": {"image_size": list(splits.image_size), "channels": splits.in_chans,
                            "mean": mean, "std": std, "resize": recipe.data.resize}}
     if resume is None:
-        _save_parity_samples(run, splits)
+        _save_parity_samples(folder, splits)
 
     # ---- epochs
     best = {"val_acc": -1.0, "epoch": 0}
@@ -538,14 +521,14 @@ def _train(recipe: Recipe, out: str | Path, *, quiet: bool, run_dir: str | Path 
         best, history, state.step = dict(resume.state["best"]), list(resume.history), int(resume.state["step"])
         start_epoch = resume.epoch
         # drop a metrics line written after last.pt (a crash between the two writes)
-        write_text(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        folder.rewrite_metrics(history)
         if resume_at is None:
             set_rng_state(resume_rng)
         report.print(f"resuming {run} at epoch {start_epoch + 1}" + (
             f", batch {resume_at.batch + 1}" if resume_at else "") + f" (step {state.step})")
 
     def save_last(epochs_done: int, in_epoch: Optional[EpochProgress], row: Optional[dict] = None) -> None:
-        save_checkpoint(run / "last.pt", {
+        save_checkpoint(folder.last, {
             **ckpt_base, "model": model.state_dict(), "metrics": row,
             **training_state(epoch=epochs_done, step=state.step, progress=in_epoch, optimizer=optimizer,
                              scheduler=scheduler, scaler=scaler, best=best, history=history, extra=resumable)})
@@ -553,7 +536,7 @@ def _train(recipe: Recipe, out: str | Path, *, quiet: bool, run_dir: str | Path 
     def stop_message(where: str) -> str:
         if not distributed.is_main():  # its last.pt is a private copy; rank 0's message says what to do
             return f"rank {world.rank}: {stop.name}: stopped with the other ranks {where}, step {state.step}"
-        return (f"{stop.name} received: stopped {where}, step {state.step}; saved {run / 'last.pt'}.\n"
+        return (f"{stop.name} received: stopped {where}, step {state.step}; saved {folder.last}.\n"
                 f"Resume with: {distributed.launch_command(f'train --resume {run}')}")
 
     # torch.compile compiles on the first step: time that step and report it (summary
@@ -608,12 +591,12 @@ def _train(recipe: Recipe, out: str | Path, *, quiet: bool, run_dir: str | Path 
             row.update(lr=epoch_lr, seconds=round(time.perf_counter() - t0, 3),
                        images_per_s=round(n_train / max(t_train, 1e-9), 1), step=state.step)
             history.append(row)
-            append_line(run / "metrics.jsonl", json.dumps(row))
+            folder.append_metrics(row)
             metrics_log.write(row)
             report.end_epoch(row)
             if replaces_best(row, best.get("row")):  # clfkit.runs: best val acc, or the last epoch
                 best = {"val_acc": row.get("val_acc"), "epoch": epoch + 1, "row": row}
-                save_checkpoint(run / "best.pt", {**ckpt_base, "model": eval_model.state_dict(),
+                save_checkpoint(folder.best, {**ckpt_base, "model": eval_model.state_dict(),
                                                   "epoch": epoch + 1, "metrics": row})
             early_stop = stopper is not None and stopper.update(row)
             save_last(epoch + 1, None, row)
@@ -640,10 +623,10 @@ def _train(recipe: Recipe, out: str | Path, *, quiet: bool, run_dir: str | Path 
     }
     # a resumed DDP rank's private folder lacks the best.pt of epochs before the resume: every
     # rank reads rank 0's (written before the last checkpoint's gather, which they all passed)
-    best_pt = (resume.run_dir if resume is not None else run) / "best.pt"
+    best_pt = RunFolder(resume.run_dir if resume is not None else run).best
     summary.update(_evaluate_best(best_pt, model, splits, val_set, rt=rt, loss_fn=loss_fn, batch_size=eval_bs))
     summary["wall_seconds"] = round(time.perf_counter() - t_start, 2)
-    write_json(run / "summary.json", summary)
+    folder.write_summary(summary)
     write_run_reports(run)  # curves.png, per_class.csv, confusion.png (clfkit.evaluate)
     if summary["best_val_acc"] is not None:
         msg = f"done in {summary['wall_seconds']:.0f}s: best val acc {summary['best_val_acc']:.4f} (epoch {best['epoch']})"
@@ -678,23 +661,6 @@ def _describe(splits: Splits, data_seconds: float) -> str:
                if splits.skipped else ""))
 
 
-def _check_same_data(resume: Resumed, splits: Splits) -> None:
-    """A resumed run must see the classes and input shape its last.pt was trained on."""
-    from clfkit.resume import ResumeError
-
-    last = resume.run_dir / "last.pt"
-    change = describe_class_change(resume.state["class_names"], splits.class_names)
-    if change:
-        raise ResumeError(f"cannot resume {resume.run_dir}: {change}. Restore the class folders as they were, "
-                          f"or train a new run on the new classes; nothing was changed in the run folder")
-    spec = resume.state["input"]
-    now = {"channels": splits.in_chans, "image_size": list(splits.image_size)}
-    was = {"channels": spec["channels"], "image_size": list(spec["image_size"])}
-    if now != was:
-        raise ResumeError(f"cannot resume {resume.run_dir}: {last} was trained on {was}, but the data now "
-                          f"gives {now}; train a new run instead")
-
-
 def _evaluate_best(best_pt: Path, model: nn.Module, splits: Splits, val_set: Optional[ImageSet], *,
                    rt: Runtime, loss_fn: nn.Module, batch_size: int) -> dict[str, Any]:
     """Load best.pt into ``model`` and evaluate it on the labelled test split (the val split
@@ -716,8 +682,7 @@ def _evaluate_best(best_pt: Path, model: nn.Module, splits: Splits, val_set: Opt
     return out
 
 
-def _save_parity_samples(run: Path, splits: Splits, n: int = 64) -> None:
-    """A few real validation images for the exporter's parity check (uint8, .npy: no pickle)."""
+def _save_parity_samples(folder: RunFolder, splits: Splits, n: int = 64) -> None:
+    """A few real validation images for the exporter's parity check."""
     src = splits.val if splits.val is not None and len(splits.val) else splits.train
-    with atomic_open(run / "samples.npy", "wb") as f:
-        np.save(f, src.images[:n].numpy(), allow_pickle=False)
+    folder.write_samples(src.images[:n].numpy())

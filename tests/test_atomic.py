@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from clfkit import io as cio
-from clfkit.checkpoint import load_checkpoint, save_checkpoint
+from clfkit.run.checkpoint import load_checkpoint, save_checkpoint
 from clfkit.io import WriteError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def test_append_line_drops_a_torn_last_line(tmp_path):
 KILL_DURING_SAVE = textwrap.dedent("""
     import os, signal, sys
     import torch
-    from clfkit.checkpoint import save_checkpoint
+    from clfkit.run.checkpoint import save_checkpoint
     path = sys.argv[1]
     save_checkpoint(path, {"epoch": 1, "w": torch.zeros(100_000)})
     real_replace = os.replace

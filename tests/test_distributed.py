@@ -93,7 +93,7 @@ def _rank_main(rank: int, port: int, out: str, results: str) -> None:
 
 
 def _weights(run_dir):
-    from clfkit.checkpoint import load_checkpoint
+    from clfkit.run.checkpoint import load_checkpoint
 
     return load_checkpoint(run_dir / "last.pt")["model"]
 
@@ -123,7 +123,7 @@ def _stop_resume_main(rank: int, port: int, out: str, results: str) -> None:
     resume with 2 ranks. One process group for all three (one spawn: the test stays short)."""
     _join(rank, port)
     import clfkit.train as T
-    from clfkit.resume import resume_run
+    from clfkit.run.resume import resume_run
     from clfkit.signals import Interrupted
 
     # lr 0.1: epoch 2 validates worse than epoch 1, so the resumed part never writes best.pt and
@@ -160,7 +160,7 @@ def _stop_resume_main(rank: int, port: int, out: str, results: str) -> None:
 def test_two_ranks_stopped_mid_epoch_resume_bit_identical(tmp_path):
     from test_resume import _assert_same_run
 
-    from clfkit.resume import resume_run
+    from clfkit.run.resume import resume_run
 
     out, results = tmp_path / "runs", tmp_path / "results"
     results.mkdir()

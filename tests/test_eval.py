@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from clfkit.errors import DataError
-from clfkit.evaluate import eval_run
+from clfkit.evaluation import eval_run
 from conftest import tiny_recipe, write_image_folder
 
 
@@ -84,7 +84,7 @@ def test_data_root_needs_a_folder_dataset(trained_run, tmp_path):
 
 
 def test_ema_weights_are_validated_and_kept(tmp_path):
-    from clfkit.checkpoint import load_checkpoint
+    from clfkit.run.checkpoint import load_checkpoint
     from clfkit.train import train
 
     res = train(tiny_recipe(train__epochs=2, train__ema={"decay": 0.9}), tmp_path, quiet=True)
@@ -101,7 +101,7 @@ def test_ema_weights_are_validated_and_kept(tmp_path):
 
 
 def test_early_stopping_stops_and_keeps_its_state(tmp_path):
-    from clfkit.checkpoint import load_checkpoint
+    from clfkit.run.checkpoint import load_checkpoint
     from clfkit.train import train
 
     # a learning rate too small to change anything: val acc is flat, so patience 1 stops at epoch 2

@@ -89,7 +89,7 @@ def test_predict_agrees_with_torch_on_training_images(trained_run, onnx_file, tm
     """The decode path of predict equals the data the model was trained on (lossless PNGs)."""
     import torch
 
-    from clfkit.checkpoint import load_checkpoint, model_from_checkpoint
+    from clfkit.run.checkpoint import load_checkpoint, model_from_checkpoint
 
     samples = np.load(trained_run.run_dir / "samples.npy")[:8]
     root = tmp_path / "s"

@@ -9,7 +9,9 @@ from PIL import Image
 
 from clfkit.plots import CURVES_INCHES, DPI, compare_inches, compare_runs, confusion_inches, plot_compare, \
     plot_confusion, plot_curves
-from clfkit.runs import RunFolderError, find_runs, rank, read_history, read_run, write_metrics_csv
+from clfkit.run.folder import RunFolderError
+from clfkit.run.metrics_log import write_metrics_csv
+from clfkit.run.reader import find_runs, rank, read_history, read_run
 
 
 def fake_run(root, name, peak=0.8, epochs=6, test=0.75, summary=True):

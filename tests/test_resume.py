@@ -132,7 +132,7 @@ def test_signal_saves_last_and_says_how_to_resume(tmp_path, sig, code):
     last = _load(run / "last.pt")
     assert last["step"] >= 15 and "optimizer" in last
     # the saved state is a consistent point to continue from
-    from clfkit.resume import load_resume_state
+    from clfkit.run.resume import load_resume_state
 
     resumed = load_resume_state(run)
     assert resumed.epoch == last["epoch"]
@@ -147,7 +147,7 @@ def test_signal_saves_last_and_says_how_to_resume(tmp_path, sig, code):
 ], ids=["plain", "albumentations-workers-ema-early-stopping"])
 def test_resume_of_interrupted_run_continues_in_process(tmp_path, extra):
     """An in-process SIGINT (flag set from inside the loop) then resume: same as uninterrupted."""
-    from clfkit import resume as R
+    from clfkit.run import resume as R
     from clfkit.signals import Interrupted
     from clfkit.train import train
 
@@ -181,8 +181,8 @@ def test_resume_of_interrupted_run_continues_in_process(tmp_path, extra):
 
 
 def test_rng_state_round_trip_is_weights_only_safe(tmp_path):
-    from clfkit.checkpoint import load_checkpoint, save_checkpoint
-    from clfkit.resume import rng_state, set_rng_state
+    from clfkit.run.checkpoint import load_checkpoint, save_checkpoint
+    from clfkit.run.resume import rng_state, set_rng_state
 
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     random.gauss(0, 1), np.random.standard_normal()  # leave cached gaussians in both
@@ -194,7 +194,7 @@ def test_rng_state_round_trip_is_weights_only_safe(tmp_path):
 
 
 def test_resume_refuses_what_it_cannot_continue(tmp_path, trained_run):
-    from clfkit.resume import ResumeError, resume_run
+    from clfkit.run.resume import ResumeError, resume_run
 
     with pytest.raises(ResumeError, match="does not exist"):
         resume_run(tmp_path / "nope")
@@ -259,8 +259,8 @@ def test_nonfinite_skip_counts_skipped_batches(tmp_path, monkeypatch):
 
 def test_format_1_last_pt_loads_as_one_rank(tmp_path):
     """A last.pt written before per-rank states (one process, its state at the top level)."""
-    from clfkit.checkpoint import save_checkpoint
-    from clfkit.resume import load_resume_state, rng_state
+    from clfkit.run.checkpoint import save_checkpoint
+    from clfkit.run.resume import load_resume_state, rng_state
 
     rng, aug = rng_state(), torch.Generator().manual_seed(5).get_state()
     save_checkpoint(tmp_path / "last.pt", {

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from clfkit.checkpoint import load_checkpoint, model_from_checkpoint
+from clfkit.run.checkpoint import load_checkpoint, model_from_checkpoint
 from clfkit.errors import TrainingError
 from clfkit.train import epoch_order, resolve_runtime, train
 

@@ -67,7 +67,7 @@ def _snapshot(folder: Path) -> dict:
 
 def _set_epochs(run: Path, epochs: int) -> None:
     """Make a finished run resumable: its last.pt's recipe asks for more epochs."""
-    from clfkit.checkpoint import load_checkpoint, save_checkpoint
+    from clfkit.run.checkpoint import load_checkpoint, save_checkpoint
 
     state = load_checkpoint(run / "last.pt")
     state["recipe"]["train"]["epochs"] = epochs
@@ -169,12 +169,12 @@ def test_two_resumes_at_once_and_no_stale_lock_after_kill(tmp_path):
 
 
 def test_lock_unit_holder_details_reentry_and_release(tmp_path):
-    from clfkit.locks import RunLockedError, run_lock
+    from clfkit.run.folder import RunLockedError, run_lock
 
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         sys.argv = ["clfkit", "eval", "somewhere"]
-        from clfkit.locks import run_lock
+        from clfkit.run.folder import run_lock
         with run_lock({str(tmp_path)!r}):
             print("held", flush=True)
             time.sleep(60)
@@ -267,7 +267,7 @@ def test_no_val_split_never_says_val(tmp_path):
 def test_one_best_rule_for_trainer_and_readers(tmp_path):
     """RunInfo.best_row applies the trainer's rule: with val, the first epoch of the highest
     val acc; without, the last epoch (never the best train acc)."""
-    from clfkit.runs import read_run
+    from clfkit.run.reader import read_run
 
     for name, rows, want, on in (
         ("val", [{"val_acc": 0.5}, {"val_acc": 0.7}, {"val_acc": 0.7}, {"val_acc": 0.6}], 2, "best_val_acc"),
@@ -294,7 +294,7 @@ def shapes_run(tmp_path_factory) -> Path:
 
 
 def _damage(path: Path, how: str) -> None:
-    from clfkit.checkpoint import load_checkpoint, save_checkpoint
+    from clfkit.run.checkpoint import load_checkpoint, save_checkpoint
 
     if how == "truncated":
         data = path.read_bytes()
@@ -343,9 +343,9 @@ def test_damaged_checkpoints_are_clear_errors(tmp_path, shapes_run, how):
 
 @pytest.mark.parametrize("content", ["garbage", "float", "shape", "pickle", "empty"])
 def test_bad_samples_npy_is_named(tmp_path, content):
-    """The parity images the exporter reads (clfkit.runs.read_samples)."""
+    """The parity images the exporter reads (clfkit.run.reader.read_samples)."""
     from clfkit.errors import ClfkitError
-    from clfkit.runs import read_samples
+    from clfkit.run.reader import read_samples
 
     path = tmp_path / "samples.npy"
     if content == "garbage":
@@ -446,7 +446,7 @@ def test_sweep_restart_of_an_unstarted_run_waits_for_no_one_and_deletes_nothing_
     import subprocess
     import sys
 
-    from clfkit.locks import RunLockedError
+    from clfkit.run.folder import RunLockedError
     from clfkit.sweep import run_trial
 
     run = tmp_path / "sweep" / "lr=0.1"
@@ -454,7 +454,7 @@ def test_sweep_restart_of_an_unstarted_run_waits_for_no_one_and_deletes_nothing_
     (run / "recipe.yaml").write_text("name: x\n")
     (run / "partial.tmp").write_text("another process's file")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom clfkit.locks import run_lock\n"
+        [sys.executable, "-c", "import sys, time\nfrom clfkit.run.folder import run_lock\n"
          f"with run_lock({str(run)!r}, 'train'):\n    print('held', flush=True)\n    time.sleep(60)\n"],
         stdout=subprocess.PIPE, text=True, env=_env())
     try:

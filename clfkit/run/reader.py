@@ -7,7 +7,6 @@ wrote those.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import warnings
@@ -15,13 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from clfkit.errors import ClfkitError
-from clfkit.io import atomic_open
-from clfkit.locks import RunLockedError, holds_run_lock, run_lock  # noqa: F401  (re-exported)
-
-
-class RunFolderError(ClfkitError):
-    """A path that is not a run folder (or a folder of runs)."""
+from clfkit.run.folder import SAMPLES_NPY, RunFolder, RunFolderError
 
 
 class RunFileWarning(UserWarning):
@@ -72,7 +65,7 @@ def read_history(run: Path) -> list[dict[str, Any]]:
     """metrics.jsonl as a list of rows; a resumed run's re-written epochs keep only their
     latest row. A torn last line (a crash mid-write by an older, non-atomic clfkit) is
     ignored; any other unreadable line is skipped with a RunFileWarning naming file and line."""
-    path = Path(run) / "metrics.jsonl"
+    path = RunFolder(run).metrics
     rows: dict[int, dict] = {}
     if not path.is_file():
         return []
@@ -183,32 +176,39 @@ class RunInfo:
 
 
 def read_run(path: str | Path, label: str | None = None) -> RunInfo:
+    """The run folder ``path`` read back (history and summary); a RunFolderError if it is none."""
     path = Path(path)
     if not is_run(path):
         raise RunFolderError(f"{path} is not a run folder (no metrics.jsonl or summary.json)")
-    summary = None
-    if (path / "summary.json").is_file():
-        try:
-            summary = json.loads((path / "summary.json").read_text(encoding="utf-8", errors="replace"))
-        except (json.JSONDecodeError, RecursionError):
-            summary = None
-        except OSError as e:
-            raise RunFolderError(f"cannot read {path / 'summary.json'}: {e.strerror or e}") from None
-        if not isinstance(summary, dict):
-            warnings.warn(f"{path / 'summary.json'} is not a JSON object; read as an unfinished run",
-                          RunFileWarning, stacklevel=2)
-            summary = None
-        for key in ("test_acc", "best_val_acc", "wall_seconds", "best_epoch"):
-            v = (summary or {}).get(key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
-                warnings.warn(f"{path / 'summary.json'}: {key!r} is {v!r}, not a finite number; ignored",
-                              RunFileWarning, stacklevel=2)
-                summary[key] = None
-    return RunInfo(path, read_history(path), summary, label or path.name)
+    return RunInfo(path, read_history(path), read_summary(path), label or path.name)
+
+
+def read_summary(path: str | Path) -> Optional[dict[str, Any]]:
+    """summary.json as a dict (None when absent or not a JSON object: an unfinished run); a
+    field the tables use that is not a finite number is dropped with a RunFileWarning."""
+    file = RunFolder(path).summary
+    if not file.is_file():
+        return None
+    try:
+        summary = json.loads(file.read_text(encoding="utf-8", errors="replace"))
+    except (json.JSONDecodeError, RecursionError):
+        summary = None
+    except OSError as e:
+        raise RunFolderError(f"cannot read {file}: {e.strerror or e}") from None
+    if not isinstance(summary, dict):
+        warnings.warn(f"{file} is not a JSON object; read as an unfinished run", RunFileWarning, stacklevel=3)
+        return None
+    for key in ("test_acc", "best_val_acc", "wall_seconds", "best_epoch"):
+        v = summary.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            warnings.warn(f"{file}: {key!r} is {v!r}, not a finite number; ignored", RunFileWarning, stacklevel=3)
+            summary[key] = None
+    return summary
 
 
 def is_run(path: Path) -> bool:
-    return (path / "metrics.jsonl").is_file() or (path / "summary.json").is_file()
+    """A folder the trainer has written into (clfkit.run.folder.RunFolder.is_run)."""
+    return RunFolder(path).is_run
 
 
 def find_runs(paths: list[str | Path]) -> list[RunInfo]:
@@ -243,46 +243,13 @@ def rank(runs: list[RunInfo], metric: str) -> list[RunInfo]:
     return sorted(have, key=lambda r: r.score(metric), reverse=larger) + rest
 
 
-def write_metrics_csv(run: str | Path) -> Path:
-    """metrics.csv next to metrics.jsonl (same rows; columns in first-seen order)."""
-    run = Path(run)
-    rows = read_history(run)
-    cols: list[str] = []
-    for row in rows:
-        cols += [k for k in row if k not in cols]
-    with atomic_open(run / "metrics.csv", "w") as f:
-        w = csv.DictWriter(f, fieldnames=cols, lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    return run / "metrics.csv"
-
-
-def describe_class_change(old: list[str], new: list[str]) -> Optional[str]:
-    """What changed between the classes a run was trained on and the data's classes now
-    (None when nothing did): labels are class indices, so any change would mislabel."""
-    if list(old) == list(new):
-        return None
-    added = [c for c in new if c not in old]
-    removed = [c for c in old if c not in new]
-    parts = []
-    if removed:
-        parts.append(f"gone: {', '.join(map(repr, removed))}")
-    if added:
-        parts.append(f"new: {', '.join(map(repr, added))}")
-    if not parts:
-        parts.append("the same names in another order")
-    return (f"the run was trained on {len(old)} classes {list(old)}, but its data now has {len(new)} classes "
-            f"{list(new)} ({'; '.join(parts)}). Class indices would no longer match the labels the model "
-            f"learned")
-
-
 def read_samples(run: str | Path, shape: tuple[int, int, int]):
     """The exporter's parity images ``run/samples.npy`` as a uint8 (N, C, H, W) array, checked
     against the model's input ``shape`` (C, H, W); None when the run has none (an older run).
     A file that is not such an array is a RunFolderError naming it and what is wrong."""
     import numpy as np
 
-    path = Path(run) / "samples.npy"
+    path = Path(run) / SAMPLES_NPY
     if not path.is_file():
         return None
     try:

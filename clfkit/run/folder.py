@@ -1,6 +1,25 @@
-"""One writer per run folder: an exclusive lock that every command writing into a run folder
-(``train``, ``train --resume``, ``eval``) takes first, before it reads or removes anything.
+"""The run folder: every file name of a run, how a new one is created, when it counts as
+finished, and its lock. Every module that reads or writes a run goes through :class:`RunFolder`
+(or the file-name constants below), so a file name is spelled once.
 
+Run folder::
+
+    runs/<name>/
+      recipe.yaml      the resolved recipe (every default filled in)
+      metrics.jsonl    one JSON line per epoch (metrics.csv: the same rows; tensorboard/: event
+                       files when tensorboard is installed)
+      best.pt last.pt  checkpoints (weights + recipe + class names + input spec)
+      summary.json     best_val_acc, best_epoch, test_acc, per-class test accuracy, ...; written
+                       last: a run is finished when it exists
+      samples.npy      a few real images for the exporter's parity check
+      skipped.txt      images that could not be decoded (when any)
+      curves.png       loss and accuracy per epoch, train vs val (clfkit.run.reports)
+      per_class.csv    accuracy, precision, recall, f1, support per class on the test split
+      confusion.png    row-normalized confusion matrix (val split when there is no labelled test)
+      eval_<split>.json  ``clfkit eval``'s result
+
+One writer per run folder: an exclusive lock that every command writing into a run folder
+(``train``, ``train --resume``, ``eval``) takes first, before it reads or removes anything.
 The lock is ``fcntl.flock`` on ``RUN/.clfkit.lock``. The kernel releases it when the holding
 process ends, however it ends (``kill -9`` included), so a crash never leaves a stale lock. The
 file holds the holder's pid, host, start time and command, for the error the next process gets.
@@ -25,16 +44,35 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
-from clfkit.errors import ClfkitError
+from clfkit.errors import ClfkitError, TrainingError
+from clfkit.io import WriteError, append_line, atomic_open, write_json, write_text
+from clfkit.names import check_name
 
 try:
     import fcntl
 except ImportError:  # Windows: no flock; runs are not locked there
     fcntl = None  # type: ignore[assignment]
 
+# every file name of a run folder
+RECIPE_YAML = "recipe.yaml"
+METRICS_JSONL = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+TENSORBOARD_DIR = "tensorboard"
+SUMMARY_JSON = "summary.json"
+BEST_PT = "best.pt"
+LAST_PT = "last.pt"
+SAMPLES_NPY = "samples.npy"
+SKIPPED_TXT = "skipped.txt"
+CURVES_PNG = "curves.png"
+PER_CLASS_CSV = "per_class.csv"
+CONFUSION_PNG = "confusion.png"
 LOCK_NAME = ".clfkit.lock"
 _HELD: dict[str, list] = {}  # resolved run folder -> [fd, depth]: locks this process holds
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class RunFolderError(ClfkitError):
+    """A path that is not a run folder (or a folder of runs)."""
 
 
 class RunLockedError(ClfkitError):
@@ -74,8 +112,6 @@ def _acquire(run: Path, purpose: str) -> int:
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            from clfkit.io import WriteError
-
             raise WriteError(f"cannot {purpose} {run}: cannot create its lock file {lock_path}: "
                              f"{e.strerror or e}") from None
         try:
@@ -115,8 +151,6 @@ def run_lock(run: str | os.PathLike, purpose: str = "write into") -> Iterator[No
         yield
         return
     if not run.is_dir():
-        from clfkit.runs import RunFolderError
-
         raise RunFolderError(f"cannot {purpose} {run}: no such run folder")
     key = os.path.realpath(run)
     if key in _HELD:  # this process holds it already
@@ -148,3 +182,94 @@ def holds_run_lock(purpose: str) -> Callable[[F], F]:
                 return fn(*args, **kwargs)
         return locked  # type: ignore[return-value]
     return wrap
+
+
+# --------------------------------------------------------------------------- the folder
+class RunFolder:
+    """One run folder: the path of each of its files, "finished", the lock and the writes
+    the trainer makes (each atomic, see clfkit.io)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    recipe = property(lambda self: self.path / RECIPE_YAML)
+    metrics = property(lambda self: self.path / METRICS_JSONL)
+    metrics_csv = property(lambda self: self.path / METRICS_CSV)
+    tensorboard = property(lambda self: self.path / TENSORBOARD_DIR)
+    summary = property(lambda self: self.path / SUMMARY_JSON)
+    best = property(lambda self: self.path / BEST_PT)
+    last = property(lambda self: self.path / LAST_PT)
+    samples = property(lambda self: self.path / SAMPLES_NPY)
+    skipped = property(lambda self: self.path / SKIPPED_TXT)
+    curves = property(lambda self: self.path / CURVES_PNG)
+    per_class = property(lambda self: self.path / PER_CLASS_CSV)
+    confusion = property(lambda self: self.path / CONFUSION_PNG)
+
+    def eval_json(self, split: str) -> Path:
+        """``clfkit eval``'s result for ``split``."""
+        return self.path / f"eval_{split}.json"
+
+    @property
+    def finished(self) -> bool:
+        """The one definition: the trainer writes summary.json last, after the test evaluation."""
+        return self.summary.is_file()
+
+    @property
+    def is_run(self) -> bool:
+        """A folder the trainer has written into (at least one epoch, or a summary)."""
+        return self.metrics.is_file() or self.summary.is_file()
+
+    def lock(self, purpose: str = "write into"):
+        """:func:`run_lock` on this folder."""
+        return run_lock(self.path, purpose)
+
+    @classmethod
+    def create(cls, out: str | os.PathLike, name: str) -> "RunFolder":
+        """``out/name``, or ``out/name-2``, ``-3``... if taken: never overwrite a run. ``name``
+        follows clfkit.names' rule, so the folder is never outside ``out``."""
+        check_name(name, "run name")
+        out = Path(out)
+        for i in range(1, 10000):
+            path = out / (name if i == 1 else f"{name}-{i}")
+            try:
+                path.mkdir(parents=True, exist_ok=False)
+                return cls(path)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise WriteError(f"cannot create run folder {path}: {e.strerror or e}") from None
+        raise TrainingError(f"too many runs named {name} under {out}")
+
+    # ---- the trainer's writes
+    def write_recipe(self, yaml_text: str, version: str) -> None:
+        write_text(self.recipe, f"# resolved by clfkit {version}\n" + yaml_text)
+
+    def write_skipped(self, skipped: list[tuple[str, str]]) -> None:
+        write_text(self.skipped, "".join(f"{p}\t{why}\n" for p, why in skipped))
+
+    def write_summary(self, summary: dict) -> None:
+        """summary.json, written last: from now on the run counts as finished."""
+        write_json(self.summary, summary)
+
+    def append_metrics(self, row: dict) -> None:
+        append_line(self.metrics, json.dumps(row))
+
+    def rewrite_metrics(self, rows: list[dict]) -> None:
+        """metrics.jsonl as exactly ``rows`` (a resume drops lines written after its last.pt)."""
+        write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def write_samples(self, images) -> None:
+        """The exporter's parity images: a uint8 (N, C, H, W) numpy array (.npy: no pickle)."""
+        import numpy as np
+
+        with atomic_open(self.samples, "wb") as f:
+            np.save(f, images, allow_pickle=False)

@@ -6,10 +6,27 @@ also after a resume re-runs epochs.
 """
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
-from clfkit.runs import write_metrics_csv
+from clfkit.io import atomic_open
+from clfkit.run.folder import RunFolder
+from clfkit.run.reader import read_history
+
+
+def write_metrics_csv(run: str | Path) -> Path:
+    """metrics.csv next to metrics.jsonl (same rows; columns in first-seen order)."""
+    run = Path(run)
+    rows = read_history(run)
+    cols: list[str] = []
+    for row in rows:
+        cols += [k for k in row if k not in cols]
+    with atomic_open(RunFolder(run).metrics_csv, "w") as f:
+        w = csv.DictWriter(f, fieldnames=cols, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    return RunFolder(run).metrics_csv
 
 
 def _tag(key: str) -> str:
@@ -31,7 +48,7 @@ class MetricsLog:
         except ImportError:  # the optional extra is not installed: CSV and JSONL only
             return
         # purge_step drops events a resumed run is about to write again
-        self.tb = SummaryWriter(log_dir=str(self.run / "tensorboard"),
+        self.tb = SummaryWriter(log_dir=str(RunFolder(self.run).tensorboard),
                                 purge_step=start_epoch + 1 if start_epoch else None)
 
     def write(self, row: dict[str, Any]) -> None:

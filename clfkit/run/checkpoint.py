@@ -16,6 +16,7 @@ import torch
 from clfkit import __version__
 from clfkit.errors import ModelFileError
 from clfkit.io import write_bytes
+from clfkit.run.folder import BEST_PT, LAST_PT, RunFolder, RunFolderError
 
 FORMAT = "clfkit.checkpoint"
 FORMAT_VERSION = 1
@@ -120,8 +121,6 @@ def run_checkpoint(run_dir: str | Path, name: str | None, command: str) -> tuple
     """Checkpoint ``name`` of the run folder ``run_dir`` (default: best.pt, or last.pt of an
     unfinished run), loaded and checked to belong to that run: ``clfkit export``/``eval`` name
     their outputs after the run, so a checkpoint from elsewhere must never pass as it."""
-    from clfkit.runs import RunFolderError
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         what = "is a file, not a folder" if run_dir.exists() else "does not exist"
@@ -138,14 +137,12 @@ def run_checkpoint(run_dir: str | Path, name: str | None, command: str) -> tuple
 def _checkpoint_name(run_dir: Path, name: str | None, command: str) -> str:
     """A checkpoint file name in ``run_dir``; a path leading elsewhere is refused, a typo lists
     the checkpoints there are."""
-    from clfkit.runs import RunFolderError
-
     found = sorted(p.name for p in run_dir.glob("*.pt") if p.is_file())
     if not found:
         raise RunFolderError(f"{run_dir} is not a run folder: it holds no checkpoint (*.pt). Give a folder "
                              f"written by `clfkit train`, e.g. runs/<name>")
     if name is None:  # an unfinished run has only last.pt
-        name = "best.pt" if "best.pt" in found or "last.pt" not in found else "last.pt"
+        name = BEST_PT if BEST_PT in found or LAST_PT not in found else LAST_PT
     if Path(name).name != name or name in ("", ".", ".."):
         given = Path(name)
         inside = [p for p in (given, run_dir / given) if p.resolve().parent == run_dir.resolve()]
@@ -165,9 +162,7 @@ def _check_belongs(run_dir: Path, path: Path, state: dict[str, Any], command: st
 
     import yaml
 
-    from clfkit.runs import RunFolderError
-
-    recipe_file = run_dir / "recipe.yaml"
+    recipe_file = RunFolder(run_dir).recipe
     try:
         run_recipe = yaml.safe_load(recipe_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -180,7 +175,7 @@ def _check_belongs(run_dir: Path, path: Path, state: dict[str, Any], command: st
         raise RunFolderError(f"{path} was not trained by this run: its recipe differs from {recipe_file} at "
                              f"{where or '<root>'}. It was copied from another run; run `clfkit {command}` on "
                              f"the run folder it came from")
-    summary = run_dir / "summary.json"
+    summary = RunFolder(run_dir).summary
     try:
         names = json.loads(summary.read_text(encoding="utf-8")).get("class_names") if summary.is_file() else None
     except (OSError, ValueError, AttributeError):

@@ -20,7 +20,7 @@ no numpy objects, no pickled classes)::
                                       trainer was given (EMA, early stopping, ...)
 
 Why a resumed run matches an uninterrupted one bit for bit (deterministic CPU runs): the
-batch order of an epoch is a pure function of (seed, epoch) (``train.epoch_order``), and so
+batch order of an epoch is a pure function of (seed, epoch) (``engine.batches.epoch_order``), and so
 are per-image (albumentations) draws, reseeded per image; a mid-epoch resume skips the
 epoch's first ``batch`` batches and restores every generator (global ones and the batched
 augmentation generator) to its state at the checkpoint.
@@ -45,7 +45,8 @@ import torch
 
 from clfkit import distributed
 from clfkit.errors import ClfkitError, TrainingError
-from clfkit.locks import run_lock
+from clfkit.run.checkpoint import load_checkpoint, load_weights, require_model_fields
+from clfkit.run.folder import RunFolder, run_lock
 
 RESUME_FORMAT = 2  # 2: per-rank "ranks" list (1: one process, "rng" and in_epoch sums at the top)
 RANK_KEYS = ("aug_rng", "loss_sum", "correct", "seen", "nonfinite")  # a rank's own in-epoch state
@@ -164,9 +165,7 @@ def training_state(*, epoch: int, step: int, progress: Optional[EpochProgress], 
 
 def restore(resumed: Resumed, *, model, optimizer, scheduler, scaler, extra: dict[str, Any]) -> None:
     """Load model, optimizer, scheduler, scaler and extra states from a resume checkpoint."""
-    from clfkit.checkpoint import load_weights
-
-    s, last = resumed.state, resumed.run_dir / "last.pt"
+    s, last = resumed.state, RunFolder(resumed.run_dir).last
     load_weights(model, s["model"], str(last))
     saved = s.get("extra") or {}
     try:  # states that do not fit what the recipe builds: a hand-edited or damaged last.pt
@@ -189,12 +188,10 @@ def restore(resumed: Resumed, *, model, optimizer, scheduler, scaler, extra: dic
 
 def load_resume_state(run_dir: str | Path) -> Resumed:
     """Read ``RUN_DIR/last.pt`` for resuming; every way it can be unusable is a clear error."""
-    from clfkit.checkpoint import load_checkpoint
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ResumeError(f"cannot resume: run folder {run_dir} does not exist")
-    last = run_dir / "last.pt"
+    last = RunFolder(run_dir).last
     if not last.is_file():
         raise ResumeError(f"cannot resume: {run_dir} has no last.pt (the run stopped before its first "
                           f"checkpoint); start it again with `clfkit train RECIPE`")
@@ -210,16 +207,49 @@ def load_resume_state(run_dir: str | Path) -> Resumed:
         in_epoch = state.get("in_epoch")
         state["ranks"] = [{"rng": state["rng"], **({k: in_epoch.get(k, 0) for k in RANK_KEYS} if in_epoch else {})}]
         state["in_epoch"] = {"batch": in_epoch["batch"], "lr": in_epoch.get("lr")} if in_epoch else None
-    best = run_dir / "best.pt"
+    best = RunFolder(run_dir).best
     if best.exists():  # the final test evaluation (and export) use it: refuse now, not after the training
         _check_best(load_checkpoint(best), state, best)
     return Resumed(run_dir, state, int(state["epoch"]), list(state.get("history") or []))
 
 
+def describe_class_change(old: list[str], new: list[str]) -> Optional[str]:
+    """What changed between the classes a run was trained on and the data's classes now
+    (None when nothing did): labels are class indices, so any change would mislabel."""
+    if list(old) == list(new):
+        return None
+    added = [c for c in new if c not in old]
+    removed = [c for c in old if c not in new]
+    parts = []
+    if removed:
+        parts.append(f"gone: {', '.join(map(repr, removed))}")
+    if added:
+        parts.append(f"new: {', '.join(map(repr, added))}")
+    if not parts:
+        parts.append("the same names in another order")
+    return (f"the run was trained on {len(old)} classes {list(old)}, but its data now has {len(new)} classes "
+            f"{list(new)} ({'; '.join(parts)}). Class indices would no longer match the labels the model "
+            f"learned")
+
+
+def check_same_data(resumed: Resumed, class_names: list[str], channels: int, image_size) -> None:
+    """A resumed run must see the classes and input shape its last.pt was trained on: the
+    labels are class indices, so other classes would silently mislabel."""
+    last = RunFolder(resumed.run_dir).last
+    change = describe_class_change(resumed.state["class_names"], class_names)
+    if change:
+        raise ResumeError(f"cannot resume {resumed.run_dir}: {change}. Restore the class folders as they were, "
+                          f"or train a new run on the new classes; nothing was changed in the run folder")
+    spec = resumed.state["input"]
+    now = {"channels": channels, "image_size": list(image_size)}
+    was = {"channels": spec["channels"], "image_size": list(spec["image_size"])}
+    if now != was:
+        raise ResumeError(f"cannot resume {resumed.run_dir}: {last} was trained on {was}, but the data now "
+                          f"gives {now}; train a new run instead")
+
+
 def _check_best(best_state: dict[str, Any], last_state: dict[str, Any], best: Path) -> None:
     """best.pt must rebuild the same model as last.pt (same weight names and shapes)."""
-    from clfkit.checkpoint import require_model_fields
-
     require_model_fields(best_state, str(best))
     shapes = {k: tuple(getattr(v, "shape", ())) for k, v in (last_state.get("model") or {}).items()}
     theirs = {k: tuple(getattr(v, "shape", ())) for k, v in best_state["model"].items()}
@@ -258,7 +288,7 @@ def resume_run(run_dir: str | Path, *, quiet: bool = False):
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ResumeError(f"cannot resume: run folder {run_dir} does not exist")
-    if not (run_dir / "last.pt").is_file():
+    if not RunFolder(run_dir).last.is_file():
         raise ResumeError(f"cannot resume: {run_dir} has no last.pt (the run stopped before its first "
                           f"checkpoint); start it again with `clfkit train RECIPE`")
     with run_lock(run_dir, "resume"):
@@ -270,13 +300,14 @@ def _resume_locked(run_dir: Path, quiet: bool):
     from clfkit.train import train
 
     resumed = load_resume_state(run_dir)
-    last = run_dir / "last.pt"
+    folder = RunFolder(run_dir)
+    last = folder.last
     missing = [k for k in ("model", "recipe", "class_names", "input", "scheduler", "best") if k not in resumed.state]
     if missing:
         raise ResumeError(f"cannot resume: {last} is damaged or hand-edited: it lacks "
                           f"{', '.join(map(repr, missing))}. Train the run again")
-    recipe = validate_recipe(resumed.state["recipe"], source=f"{Path(run_dir) / 'last.pt'} recipe")
+    recipe = validate_recipe(resumed.state["recipe"], source=f"{last} recipe")
     epochs = recipe.train.epochs
-    if resumed.epoch >= epochs and not resumed.mid_epoch and (Path(run_dir) / "summary.json").is_file():
+    if resumed.epoch >= epochs and not resumed.mid_epoch and folder.finished:
         raise ResumeError(f"cannot resume: the run in {run_dir} already finished all {epochs} epochs")
     return train(recipe, run_dir=run_dir, quiet=quiet, resume=resumed)

@@ -1,0 +1,80 @@
+"""A run's report files. Every run folder gets, when training ends::
+
+    curves.png      loss and accuracy per epoch, train vs val
+    per_class.csv   accuracy (= recall), precision, recall, f1, support per class
+    confusion.png   row-normalized confusion matrix, class names on the axes
+
+for the labelled test split, or the val split when there is none. ``clfkit eval``
+(clfkit.evaluation.eval_run) rewrites them from another checkpoint or split.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from clfkit.io import atomic_open
+from clfkit.plots import plot_confusion, plot_curves
+from clfkit.run.folder import RunFolder
+from clfkit.run.reader import read_run
+
+
+def per_class(cm: torch.Tensor, class_names: list[str]) -> list[dict[str, Any]]:
+    """Accuracy (= recall), precision and support per class from a confusion matrix."""
+    rows = []
+    for i, name in enumerate(class_names):
+        support = int(cm[i].sum())
+        predicted = int(cm[:, i].sum())
+        tp = int(cm[i, i])
+        rows.append({"class": name, "accuracy": tp / support if support else None,
+                     "precision": tp / predicted if predicted else None, "recall": tp / support if support else None,
+                     "support": support})
+    return rows
+
+
+def per_class_rows(confusion, class_names: list[str]) -> list[dict[str, Any]]:
+    """Per-class accuracy, precision, recall, f1 and support from a confusion matrix
+    (rows: true class)."""
+    rows = per_class(torch.as_tensor(confusion), class_names)
+    for r in rows:
+        p, rc = r["precision"], r["recall"]
+        r["f1"] = 2 * p * rc / (p + rc) if p is not None and rc is not None and p + rc > 0 else None
+    return rows
+
+
+def write_per_class_csv(rows: list[dict[str, Any]], path: str | Path, split: str) -> Path:
+    """per_class.csv: one row per class, ``split`` in the first column; empty cells for None."""
+    cols = ["split", "class", "accuracy", "precision", "recall", "f1", "support"]
+    with atomic_open(path, "w") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(cols)
+        for r in rows:
+            w.writerow([split] + ["" if r.get(c) is None else (f"{r[c]:.6f}" if isinstance(r[c], float) else r[c])
+                                  for c in cols[1:]])
+    return Path(path)
+
+
+def write_run_reports(run_dir: str | Path, confusion=None, class_names: Optional[list[str]] = None,
+                      split: Optional[str] = None) -> list[Path]:
+    """curves.png always; per_class.csv and confusion.png from ``confusion`` or, by default,
+    from the confusion matrix the trainer stored in summary.json. Returns the files written."""
+    folder = RunFolder(run_dir)
+    info = read_run(folder.path)
+    files = [plot_curves(info, folder.curves)]
+    summary = info.summary or {}
+    if confusion is None and summary.get("confusion") is not None:
+        confusion = summary["confusion"]
+        split = summary.get("eval_split", "test")
+    class_names = class_names or summary.get("class_names")
+    if confusion is not None and class_names:
+        split = split or "test"
+        rows = per_class_rows(confusion, class_names)
+        files.append(write_per_class_csv(rows, folder.per_class, split))
+        n = sum(sum(r) for r in confusion)
+        acc = sum(confusion[i][i] for i in range(len(confusion))) / max(n, 1)
+        files.append(plot_confusion(confusion, class_names, folder.confusion,
+                                    f"{info.label}: {split} split, {n} images\n"
+                                    f"accuracy {acc:.4f}; rows normalized (%)"))
+    return files
