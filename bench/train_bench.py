@@ -48,7 +48,7 @@ def model_only(recipe, size: int, classes: int, steps: int, warmup: int) -> dict
     import torch
 
     from clfkit.build import build_loss, build_model, build_optimizer
-    from clfkit.train import resolve_runtime
+    from clfkit.trainer import resolve_runtime
 
     rt = resolve_runtime(recipe)
     b = recipe.train.batch_size
@@ -86,7 +86,7 @@ def model_only(recipe, size: int, classes: int, steps: int, warmup: int) -> dict
 
 
 def run_one(root: Path, size: int, stem: str, compile_: bool, a, classes: int, out: Path) -> dict:
-    from clfkit.train import train
+    from clfkit.trainer import train
 
     recipe = recipe_for(root, size, stem, compile_, a, classes)
     res = train(recipe, out, quiet=True)
@@ -108,7 +108,7 @@ def study(a, work: Path) -> dict:
     """The reports' study shape: 100k 64x64 images, 100 classes, 25 epochs, ResNet-18,
     evaluation included; wall time from the trainer's summary."""
     from clfkit.recipe import validate_recipe
-    from clfkit.train import train
+    from clfkit.trainer import train
 
     root = make_folder(work / "study", a.images, 64, classes=100)
     r = validate_recipe({

@@ -1,7 +1,7 @@
 """clfkit: a plugin-based image-classification toolkit.
 
 The public surface is small: :mod:`clfkit.registry` (register and create components),
-:mod:`clfkit.recipe` (load and validate recipes), :func:`clfkit.train.train`,
+:mod:`clfkit.recipe` (load and validate recipes), :func:`clfkit.trainer.train`,
 :func:`clfkit.export.export_run` and :func:`clfkit.predict.predict_folder`.
 """
 import os as _os

@@ -74,7 +74,7 @@ def train(recipe: Path | None, resume_dir: Path | None, overrides: tuple[str, ..
     if recipe is None:
         _fail(ClfkitError("give a RECIPE file to train, or --resume RUN_DIR to continue a run"))
     from clfkit.recipe import load_recipe
-    from clfkit.train import train as train_fn
+    from clfkit.trainer import train as train_fn
 
     r = run_guarded(load_recipe, recipe, overrides)
     run_guarded(train_fn, r, out, quiet=quiet)

@@ -40,7 +40,7 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
     from clfkit.build import build_data, build_loss
     from clfkit.run.checkpoint import model_from_checkpoint, run_checkpoint
     from clfkit.recipe import validate_recipe
-    from clfkit.train import evaluate, resolve_runtime
+    from clfkit.trainer import evaluate, resolve_runtime
 
     run_dir = Path(run_dir)
     ckpt_path, state = run_checkpoint(run_dir, checkpoint, "eval")

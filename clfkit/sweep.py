@@ -330,7 +330,7 @@ def run_trial(recipe_dict: dict, run_dir: str, quiet: bool = True, threads: int 
     from last.pt when it was started before and got that far, else start it afresh."""
     import torch
 
-    from clfkit.train import train
+    from clfkit.trainer import train
 
     if threads:
         torch.set_num_threads(threads)

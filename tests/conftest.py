@@ -41,7 +41,7 @@ def tiny_recipe(**changes):
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """One tiny training run shared by export / predict / checkpoint tests."""
-    from clfkit.train import train
+    from clfkit.trainer import train
 
     out = tmp_path_factory.mktemp("runs")
     return train(tiny_recipe(), out, quiet=True)

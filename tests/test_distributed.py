@@ -46,7 +46,7 @@ def test_batch_size_must_divide(monkeypatch):
 
 def test_nonfinite_skip_refused_under_ddp(monkeypatch, tmp_path):
     """A rank skipping a step alone would desynchronize the gradient all-reduce."""
-    from clfkit.train import train
+    from clfkit.trainer import train
 
     from conftest import tiny_recipe
 
@@ -83,7 +83,7 @@ def _spawn(fn, *args, timeout: float = 120) -> None:
 
 def _rank_main(rank: int, port: int, out: str, results: str) -> None:
     _join(rank, port)
-    from clfkit.train import train
+    from clfkit.trainer import train
 
     res = train(tiny_recipe(train__epochs=2, train__batch_size=32, train__device="cpu"), out, quiet=True)
     weights = sum(float(v.double().sum()) for v in _weights(res.run_dir).values())
@@ -122,7 +122,7 @@ def _stop_resume_main(rank: int, port: int, out: str, results: str) -> None:
     """Per rank: a reference run, the same run with SIGTERM to rank 1 only mid-epoch, then its
     resume with 2 ranks. One process group for all three (one spawn: the test stays short)."""
     _join(rank, port)
-    import clfkit.train as T
+    import clfkit.trainer as T
     from clfkit.run.resume import resume_run
     from clfkit.signals import Interrupted
 

@@ -357,7 +357,7 @@ def shipped_plugin_registry(dist: str, site_dir: Path, monkeypatch) -> Registry:
 def test_shipped_plugin_recipe_trains_a_few_steps_on_cpu(tmp_path, monkeypatch, dist, recipe_file, overrides,
                                                         components):
     from clfkit.recipe import load_recipe
-    from clfkit.train import train
+    from clfkit.trainer import train
 
     shipped_plugin_registry(dist, tmp_path / "site", monkeypatch)
     recipe = load_recipe(ROOT / "plugins" / dist / recipe_file, SMALL + overrides)

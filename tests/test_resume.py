@@ -149,12 +149,12 @@ def test_resume_of_interrupted_run_continues_in_process(tmp_path, extra):
     """An in-process SIGINT (flag set from inside the loop) then resume: same as uninterrupted."""
     from clfkit.run import resume as R
     from clfkit.signals import Interrupted
-    from clfkit.train import train
+    from clfkit.trainer import train
 
     recipe = tiny_recipe(train__epochs=2, train__deterministic=True, **extra)
     ref = train(recipe, tmp_path / "ref", quiet=True)
 
-    import clfkit.train as T
+    import clfkit.trainer as T
 
     real_ok = T.NonFiniteGuard.ok
 
@@ -231,7 +231,7 @@ def _nan_loss_at(steps: set[int]):
 
 
 def test_nonfinite_loss_stops_with_epoch_step_and_cause(tmp_path, monkeypatch):
-    import clfkit.train as T
+    import clfkit.trainer as T
     from clfkit.errors import TrainingError
 
     monkeypatch.setattr(T, "build_loss", lambda recipe, n: _nan_loss_at({20}))
@@ -246,7 +246,7 @@ def test_nonfinite_loss_stops_with_epoch_step_and_cause(tmp_path, monkeypatch):
 
 
 def test_nonfinite_skip_counts_skipped_batches(tmp_path, monkeypatch):
-    import clfkit.train as T
+    import clfkit.trainer as T
 
     # evaluation calls the loss too (val: 96 images / batch 64 = 2 calls per epoch)
     monkeypatch.setattr(T, "build_loss", lambda recipe, n: _nan_loss_at({3, 5}))

@@ -96,7 +96,7 @@ def test_six_run_sweep_tables_and_rerun(tmp_path, one_thread, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr("clfkit.train.train", no_training)
+    monkeypatch.setattr("clfkit.trainer.train", no_training)
     logs.clear()
     again = run_sweep(recipe, ["model.head_dropout=0,0.3,0.6"], out=out, quiet=True, log=logs.append)
     assert "6 already finished, 0 to train" in logs[0]

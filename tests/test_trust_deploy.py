@@ -46,7 +46,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def run_b(tmp_path_factory) -> Path:
     """A second run with another recipe (another seed, 1 epoch)."""
-    from clfkit.train import train
+    from clfkit.trainer import train
 
     return train(tiny_recipe(seed=1, train__epochs=1), tmp_path_factory.mktemp("runs_b"), quiet=True).run_dir
 

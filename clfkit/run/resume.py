@@ -297,7 +297,7 @@ def resume_run(run_dir: str | Path, *, quiet: bool = False):
 
 def _resume_locked(run_dir: Path, quiet: bool):
     from clfkit.recipe import validate_recipe
-    from clfkit.train import train
+    from clfkit.trainer import train
 
     resumed = load_resume_state(run_dir)
     folder = RunFolder(run_dir)
