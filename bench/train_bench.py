@@ -48,7 +48,7 @@ def model_only(recipe, size: int, classes: int, steps: int, warmup: int) -> dict
     import torch
 
     from clfkit.build import build_loss, build_model, build_optimizer
-    from clfkit.trainer import resolve_runtime
+    from clfkit.engine.runtime import resolve_runtime
 
     rt = resolve_runtime(recipe)
     b = recipe.train.batch_size

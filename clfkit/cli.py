@@ -64,7 +64,7 @@ def cli(debug: bool) -> None:
 def train(recipe: Path | None, resume_dir: Path | None, overrides: tuple[str, ...], out: Path, quiet: bool) -> None:
     """Train RECIPE; writes runs/<name>/ (checkpoints, metrics, summary)."""
     if resume_dir is not None:
-        from clfkit.run.resume import resume_run
+        from clfkit.trainer import resume_run
 
         if recipe is not None or overrides:
             _fail(ClfkitError("--resume continues a run exactly as it was recorded in last.pt; give "
@@ -268,7 +268,7 @@ def sweep(recipe: Path, grid: tuple[str, ...], overrides: tuple[str, ...], jobs:
 @click.option("--title", default="", help="Figure title.")
 def compare(paths: tuple[Path, ...], top: int, metric: str, output: Path, title: str) -> None:
     """Overlay the loss and accuracy curves of runs (run folders or sweep folders), 2x2."""
-    from clfkit.plots import compare_runs
+    from clfkit.run.plots import compare_runs
 
     path, runs = run_guarded(compare_runs, list(paths), output, top=top, metric=metric, title=title)
     for r in runs:

@@ -11,10 +11,64 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+import torch.nn as nn
+
+from clfkit.build import build_data, build_loss
+from clfkit.data import ImageSet, Splits
+from clfkit.engine import distributed
+from clfkit.engine.batches import eval_batches
+from clfkit.engine.runtime import Runtime, resolve_runtime
 from clfkit.errors import ClfkitError, DataError
 from clfkit.io import write_json
-from clfkit.run.folder import holds_run_lock, RunFolder
-from clfkit.run.reports import per_class_rows, write_run_reports
+from clfkit.recipe import validate_recipe
+from clfkit.run.checkpoint import load_checkpoint, load_weights, model_from_checkpoint, run_checkpoint
+from clfkit.run.folder import RunFolder, holds_run_lock
+from clfkit.run.reports import per_class, per_class_rows, write_run_reports
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: ImageSet, *, rt: Runtime, loss_fn: nn.Module, num_classes: int,
+             batch_size: int) -> dict[str, Any]:
+    """Loss, accuracy and the confusion matrix (rows: true class) on a labelled split."""
+    model.eval()
+    data = distributed.eval_shard(model, data)  # DDP: this rank's part
+    loss_sum = torch.zeros((), device=rt.device)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=rt.device)
+    for x, y in eval_batches(data, batch_size, rt.device):
+        if rt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with rt.autocast():
+            out = model(x)
+            loss = loss_fn(out, y)
+        loss_sum += loss.float() * y.shape[0]
+        confusion += torch.bincount(y * num_classes + out.argmax(1), minlength=num_classes ** 2)
+    distributed.all_reduce_(loss_sum, confusion)
+    cm = confusion.view(num_classes, num_classes).cpu()
+    n = int(cm.sum())
+    return {"loss": float(loss_sum) / max(n, 1), "acc": float(cm.diag().sum()) / max(n, 1), "confusion": cm}
+
+
+def evaluate_best(best_pt: Path, model: nn.Module, splits: Splits, val_set: Optional[ImageSet], *,
+                  rt: Runtime, loss_fn: nn.Module, batch_size: int) -> dict[str, Any]:
+    """The trainer's final evaluation: load best.pt into ``model`` and evaluate it on the
+    labelled test split (the val split when there is none). Returns the summary's eval_split,
+    per_class and confusion, plus test_acc, test_loss and test_images when it was the test
+    split; nothing without either. ``val_set``: the val split as training evaluated it (on the
+    GPU when it lives there)."""
+    if splits.test is not None and splits.test.labelled:
+        split, data = "test", splits.test
+    elif val_set is not None:
+        split, data = "val", val_set
+    else:
+        return {}
+    load_weights(model, load_checkpoint(best_pt, map_location=rt.device)["model"], str(best_pt))
+    ev = evaluate(model, data, rt=rt, loss_fn=loss_fn, num_classes=splits.num_classes, batch_size=batch_size)
+    out = {"eval_split": split, "per_class": per_class(ev["confusion"], splits.class_names),
+           "confusion": ev["confusion"].tolist()}
+    if split == "test":
+        out.update(test_acc=ev["acc"], test_loss=ev["loss"], test_images=len(splits.test))
+    return out
 
 
 @dataclass
@@ -37,23 +91,10 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
     ``split`` (default: test if labelled, else val) of the run's own data, read as the run read
     it (same size, resize, val hold-out and seed); ``data_root`` points a folder dataset
     elsewhere. Rewrites the run's report files, so a checkpoint of another run is refused."""
-    from clfkit.build import build_data, build_loss
-    from clfkit.run.checkpoint import model_from_checkpoint, run_checkpoint
-    from clfkit.recipe import validate_recipe
-    from clfkit.trainer import evaluate, resolve_runtime
-
     run_dir = Path(run_dir)
     ckpt_path, state = run_checkpoint(run_dir, checkpoint, "eval")
     checkpoint = ckpt_path.name
-    data = dict(state["recipe"])
-    if data_root is not None:
-        source = dict(data["data"]["source"])
-        if "root" not in source:
-            raise DataError(f"--data-root: this run's dataset {source['name']!r} is not read from a folder "
-                            f"(it has no root to replace)")
-        source["root"] = str(data_root)
-        data["data"] = {**data["data"], "source": source}
-    recipe = validate_recipe(data, source=f"{run_dir / checkpoint} recipe")
+    recipe = _recipe_with_data_root(state["recipe"], data_root, f"{run_dir / checkpoint} recipe")
     splits = build_data(recipe)
     if splits.class_names != state["class_names"]:
         raise DataError(f"the data now has classes {splits.class_names}, but the run was trained on "
@@ -78,3 +119,16 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
                      "images": len(subset), "class_names": splits.class_names, "per_class": rows,
                      "confusion": cm, "data_root": str(data_root) if data_root else None})
     return EvalResult(run_dir, split, ev["acc"], ev["loss"], len(subset), rows, files + [out])
+
+
+def _recipe_with_data_root(recorded: dict[str, Any], data_root: Optional[str | Path], source: str):
+    """The checkpoint's recipe, its folder dataset's root replaced by ``data_root`` if given."""
+    data = dict(recorded)
+    if data_root is not None:
+        spec = dict(data["data"]["source"])
+        if "root" not in spec:
+            raise DataError(f"--data-root: this run's dataset {spec['name']!r} is not read from a folder "
+                            f"(it has no root to replace)")
+        spec["root"] = str(data_root)
+        data["data"] = {**data["data"], "source": spec}
+    return validate_recipe(data, source=source)

@@ -20,7 +20,7 @@ last.pt when the trainer can, and restarts the others. At the end it writes::
     sweep.csv, sweep.md   one row per run, best val acc first: the varied values, best val acc,
                           its epoch, train acc and test acc at that epoch, wall time
     sweep.json            the base recipe, the axes and every run's values
-    compare.png           the top 10 runs' curves overlaid (see clfkit.plots.plot_compare)
+    compare.png           the top 10 runs' curves overlaid (see clfkit.run.plots.plot_compare)
 """
 from __future__ import annotations
 
@@ -340,7 +340,7 @@ def run_trial(recipe_dict: dict, run_dir: str, quiet: bool = True, threads: int 
     folder = RunFolder(run)
     if run.exists() and not folder.finished:
         if folder.last.is_file():
-            from clfkit.run.resume import resume_run
+            from clfkit.trainer import resume_run
 
             return {"summary": resume_run(run, quiet=quiet).summary, "resumed": True}
         if any(run.iterdir()) and not folder.recipe.is_file():
@@ -536,7 +536,7 @@ def sweep_rows(sweep: Sweep) -> list[dict[str, Any]]:
 
 def write_tables(sweep: Sweep, top: int = 10) -> list[Path]:
     """sweep.csv, sweep.md and compare.png (top runs) in the sweep folder."""
-    from clfkit.plots import plot_compare
+    from clfkit.run.plots import plot_compare
 
     ranked = _ranked_runs(sweep)  # each run folder read once, for the tables and the figure
     rows = [_row(sweep, i, t, info) for i, (t, info) in enumerate(ranked, 1)]

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from clfkit import distributed
+from clfkit.engine import distributed
 from clfkit.errors import TrainingError
 
 from conftest import tiny_recipe
@@ -123,7 +123,8 @@ def _stop_resume_main(rank: int, port: int, out: str, results: str) -> None:
     resume with 2 ranks. One process group for all three (one spawn: the test stays short)."""
     _join(rank, port)
     import clfkit.trainer as T
-    from clfkit.run.resume import resume_run
+    from clfkit.engine.guard import NonFiniteGuard
+    from clfkit.trainer import resume_run
     from clfkit.signals import Interrupted
 
     # lr 0.1: epoch 2 validates worse than epoch 1, so the resumed part never writes best.pt and
@@ -131,21 +132,21 @@ def _stop_resume_main(rank: int, port: int, out: str, results: str) -> None:
     recipe = tiny_recipe(train__epochs=2, train__device="cpu", train__deterministic=True,
                          train__checkpoint_every_steps=5, optim__lr=0.1)
     T.train(recipe, os.path.join(out, "ref"), quiet=True)
-    real_ok = T.NonFiniteGuard.ok
+    real_ok = NonFiniteGuard.ok
 
     def ok(self, loss, step, batch):  # called once per step, before the optimizer step
         if rank == 1 and step == STOP_AT + 1:
             os.kill(os.getpid(), signal.SIGTERM)
         return real_ok(self, loss, step, batch)
 
-    T.NonFiniteGuard.ok = ok
+    NonFiniteGuard.ok = ok
     try:
         T.train(recipe, os.path.join(out, "cut"), quiet=True)
         raise AssertionError("the signalled run did not stop")
     except Interrupted as e:
         stopped = {"exit_code": e.exit_code, "message": str(e)}
     finally:
-        T.NonFiniteGuard.ok = real_ok
+        NonFiniteGuard.ok = real_ok
     # a real resume is a new launch; these processes go on, so rank 1 must not read last.pt (or
     # clear its temp file) while rank 0 is still writing it
     torch.distributed.barrier()
@@ -160,7 +161,7 @@ def _stop_resume_main(rank: int, port: int, out: str, results: str) -> None:
 def test_two_ranks_stopped_mid_epoch_resume_bit_identical(tmp_path):
     from test_resume import _assert_same_run
 
-    from clfkit.run.resume import resume_run
+    from clfkit.trainer import resume_run
 
     out, results = tmp_path / "runs", tmp_path / "results"
     results.mkdir()

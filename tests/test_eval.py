@@ -117,7 +117,7 @@ def test_early_stopping_stops_and_keeps_its_state(tmp_path):
 def test_early_stopper_unit():
     from clfkit.errors import TrainingError
     from clfkit.recipe import EarlyStopping
-    from clfkit.stopping import EarlyStopper
+    from clfkit.engine.stopping import EarlyStopper
 
     s = EarlyStopper(EarlyStopping(metric="val_loss", patience=2, min_delta=0.01), has_val=True)
     assert not s.update({"epoch": 1, "val_loss": 1.0})

@@ -7,7 +7,7 @@ import math
 import pytest
 from PIL import Image
 
-from clfkit.plots import CURVES_INCHES, DPI, compare_inches, compare_runs, confusion_inches, plot_compare, \
+from clfkit.run.plots import CURVES_INCHES, DPI, compare_inches, compare_runs, confusion_inches, plot_compare, \
     plot_confusion, plot_curves
 from clfkit.run.folder import RunFolderError
 from clfkit.run.metrics_log import write_metrics_csv

@@ -147,7 +147,7 @@ def test_signal_saves_last_and_says_how_to_resume(tmp_path, sig, code):
 ], ids=["plain", "albumentations-workers-ema-early-stopping"])
 def test_resume_of_interrupted_run_continues_in_process(tmp_path, extra):
     """An in-process SIGINT (flag set from inside the loop) then resume: same as uninterrupted."""
-    from clfkit.run import resume as R
+    from clfkit import trainer as R
     from clfkit.signals import Interrupted
     from clfkit.trainer import train
 
@@ -155,20 +155,21 @@ def test_resume_of_interrupted_run_continues_in_process(tmp_path, extra):
     ref = train(recipe, tmp_path / "ref", quiet=True)
 
     import clfkit.trainer as T
+    from clfkit.engine.guard import NonFiniteGuard
 
-    real_ok = T.NonFiniteGuard.ok
+    real_ok = NonFiniteGuard.ok
 
     def ok(self, loss, step, batch):
         if step == 20:
             os.kill(os.getpid(), signal.SIGINT)  # handled by the trainer's flag, after this step
         return real_ok(self, loss, step, batch)
 
-    T.NonFiniteGuard.ok = ok
+    NonFiniteGuard.ok = ok
     try:
         with pytest.raises(Interrupted) as e:
             train(recipe, tmp_path / "cut", quiet=True)
     finally:
-        T.NonFiniteGuard.ok = real_ok
+        NonFiniteGuard.ok = real_ok
     assert e.value.exit_code == 130
     run = tmp_path / "cut" / "tiny"
     last = _load(run / "last.pt")
@@ -182,7 +183,7 @@ def test_resume_of_interrupted_run_continues_in_process(tmp_path, extra):
 
 def test_rng_state_round_trip_is_weights_only_safe(tmp_path):
     from clfkit.run.checkpoint import load_checkpoint, save_checkpoint
-    from clfkit.run.resume import rng_state, set_rng_state
+    from clfkit.engine.snapshot import rng_state, set_rng_state
 
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     random.gauss(0, 1), np.random.standard_normal()  # leave cached gaussians in both
@@ -194,7 +195,8 @@ def test_rng_state_round_trip_is_weights_only_safe(tmp_path):
 
 
 def test_resume_refuses_what_it_cannot_continue(tmp_path, trained_run):
-    from clfkit.run.resume import ResumeError, resume_run
+    from clfkit.run.resume import ResumeError
+    from clfkit.trainer import resume_run
 
     with pytest.raises(ResumeError, match="does not exist"):
         resume_run(tmp_path / "nope")
@@ -260,7 +262,8 @@ def test_nonfinite_skip_counts_skipped_batches(tmp_path, monkeypatch):
 def test_format_1_last_pt_loads_as_one_rank(tmp_path):
     """A last.pt written before per-rank states (one process, its state at the top level)."""
     from clfkit.run.checkpoint import save_checkpoint
-    from clfkit.run.resume import load_resume_state, rng_state
+    from clfkit.engine.snapshot import rng_state
+    from clfkit.run.resume import load_resume_state
 
     rng, aug = rng_state(), torch.Generator().manual_seed(5).get_state()
     save_checkpoint(tmp_path / "last.pt", {

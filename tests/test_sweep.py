@@ -11,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from clfkit.plots import DPI, compare_inches
+from clfkit.run.plots import DPI, compare_inches
 from clfkit.sweep import SweepError, parse_grid, plan_sweep, run_sweep
 
 # Three classes of 16 px shapes, a two-block CNN of 8 and 16 channels, three epochs.

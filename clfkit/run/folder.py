@@ -151,7 +151,8 @@ def run_lock(run: str | os.PathLike, purpose: str = "write into") -> Iterator[No
         yield
         return
     if not run.is_dir():
-        raise RunFolderError(f"cannot {purpose} {run}: no such run folder")
+        what = "it is a file, not a run folder" if run.exists() else "no such run folder"
+        raise RunFolderError(f"cannot {purpose} {run}: {what}")
     key = os.path.realpath(run)
     if key in _HELD:  # this process holds it already
         _HELD[key][1] += 1

@@ -34,19 +34,17 @@ derive from (seed, epoch, rank), and a rank with no saved entry takes rank 0's g
 """
 from __future__ import annotations
 
-import random
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
-import torch
-
-from clfkit import distributed
+from clfkit.engine import distributed
+from clfkit.engine.snapshot import EpochProgress, rng_state
 from clfkit.errors import ClfkitError, TrainingError
+from clfkit.recipe import validate_recipe
 from clfkit.run.checkpoint import load_checkpoint, load_weights, require_model_fields
-from clfkit.run.folder import RunFolder, run_lock
+from clfkit.run.folder import RunFolder
 
 RESUME_FORMAT = 2  # 2: per-rank "ranks" list (1: one process, "rng" and in_epoch sums at the top)
 RANK_KEYS = ("aug_rng", "loss_sum", "correct", "seen", "nonfinite")  # a rank's own in-epoch state
@@ -54,57 +52,6 @@ RANK_KEYS = ("aug_rng", "loss_sum", "correct", "seen", "nonfinite")  # a rank's 
 
 class ResumeError(ClfkitError):
     """A run folder that cannot be resumed."""
-
-
-# --------------------------------------------------------------------------- RNG states
-def rng_state() -> dict[str, Any]:
-    """Every global generator's state as tensors and plain values (weights_only-safe)."""
-    version, mt, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": {"version": int(version), "state": torch.tensor(mt, dtype=torch.int64),
-                   "gauss": gauss},
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "torch": torch.get_rng_state(),
-        "cuda": [],
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` captured."""
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
-    npy = state["numpy"]
-    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
-                         npy["has_gauss"], npy["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda") or []
-    if cuda and torch.cuda.is_available():
-        if len(cuda) != torch.cuda.device_count():
-            warnings.warn(f"the checkpoint holds {len(cuda)} CUDA generator state(s) but this machine has "
-                          f"{torch.cuda.device_count()} GPU(s); CUDA random draws will differ from the "
-                          f"uninterrupted run", stacklevel=2)
-        for i, s in enumerate(cuda[: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(s, i)
-
-
-# --------------------------------------------------------------------------- in-epoch position
-@dataclass
-class EpochProgress:
-    """Where this rank stands inside an epoch, and its partial sums so far."""
-
-    batch: int = 0                        # batches finished in this epoch (the same on every rank)
-    aug_rng: Optional[torch.Tensor] = None  # augmentation generator state after `batch` batches
-    loss_sum: float = 0.0
-    correct: float = 0.0
-    seen: int = 0
-    nonfinite: int = 0                    # batches skipped for a non-finite loss
-    rng: Optional[dict] = None            # global generators at the checkpoint (set on loading)
-    lr: Optional[float] = None            # the LR the epoch started with (its metrics row)
 
 
 @dataclass
@@ -115,6 +62,7 @@ class Resumed:
     state: dict[str, Any]
     epoch: int                           # epochs completed
     history: list[dict] = field(default_factory=list)
+    recipe: Any = None                   # the validated recipe of last.pt (check_resumable)
 
     @property
     def mid_epoch(self) -> bool:
@@ -281,24 +229,11 @@ def _resume_state_problem(state: dict[str, Any]) -> Optional[str]:
     return None
 
 
-def resume_run(run_dir: str | Path, *, quiet: bool = False):
-    """Continue the run in ``run_dir`` from its ``last.pt`` (``clfkit train --resume``). The
-    run folder's lock is taken before anything is read: a run still training elsewhere (or
-    another resume of it) is refused, with nothing touched."""
+def check_resumable(run_dir: str | Path) -> Resumed:
+    """``run_dir``'s last.pt read for resuming (``clfkit train --resume``): a missing folder or
+    last.pt, a damaged checkpoint or a run that already finished is a ResumeError. Call it
+    holding the run's lock (the trainer's resume_run does)."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ResumeError(f"cannot resume: run folder {run_dir} does not exist")
-    if not RunFolder(run_dir).last.is_file():
-        raise ResumeError(f"cannot resume: {run_dir} has no last.pt (the run stopped before its first "
-                          f"checkpoint); start it again with `clfkit train RECIPE`")
-    with run_lock(run_dir, "resume"):
-        return _resume_locked(run_dir, quiet)
-
-
-def _resume_locked(run_dir: Path, quiet: bool):
-    from clfkit.recipe import validate_recipe
-    from clfkit.trainer import train
-
     resumed = load_resume_state(run_dir)
     folder = RunFolder(run_dir)
     last = folder.last
@@ -306,8 +241,17 @@ def _resume_locked(run_dir: Path, quiet: bool):
     if missing:
         raise ResumeError(f"cannot resume: {last} is damaged or hand-edited: it lacks "
                           f"{', '.join(map(repr, missing))}. Train the run again")
-    recipe = validate_recipe(resumed.state["recipe"], source=f"{last} recipe")
-    epochs = recipe.train.epochs
+    resumed.recipe = validate_recipe(resumed.state["recipe"], source=f"{last} recipe")
+    epochs = resumed.recipe.train.epochs
     if resumed.epoch >= epochs and not resumed.mid_epoch and folder.finished:
         raise ResumeError(f"cannot resume: the run in {run_dir} already finished all {epochs} epochs")
-    return train(recipe, run_dir=run_dir, quiet=quiet, resume=resumed)
+    return resumed
+
+
+def check_folder_resumable(run_dir: Path) -> None:
+    """The cheap checks before the lock is taken: the folder and its last.pt exist."""
+    if not run_dir.is_dir():
+        raise ResumeError(f"cannot resume: run folder {run_dir} does not exist")
+    if not RunFolder(run_dir).last.is_file():
+        raise ResumeError(f"cannot resume: {run_dir} has no last.pt (the run stopped before its first "
+                          f"checkpoint); start it again with `clfkit train RECIPE`")

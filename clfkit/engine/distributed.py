@@ -61,7 +61,7 @@ WORLD = World()
 
 def setup(rt) -> World:
     """Join the process group torchrun describes (if any) and pin this rank's device on
-    ``rt`` (a clfkit.trainer.Runtime). Called once at the start of ``train``."""
+    ``rt`` (a clfkit.engine.runtime.Runtime). Called once at the start of ``train``."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return WORLD
