@@ -103,6 +103,8 @@ class RunInfo:
 
     @property
     def finished(self) -> bool:
+        """:attr:`RunFolder.finished <clfkit.run.folder.RunFolder.finished>` (summary.json
+        written), counting a summary.json that cannot be read as unfinished."""
         return self.summary is not None
 
     @property
