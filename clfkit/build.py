@@ -84,12 +84,29 @@ def build_model(recipe: Recipe, num_classes: int, in_chans: int, image_size: tup
     return ImageClassifier(net, mean, std)
 
 
-def check_model_size(recipe: Recipe) -> None:
+def check_model_size(recipe: Recipe, source: str = "recipe") -> None:
     """The model-size cap checked from the recipe alone, before any data is read: with the
-    fewest classes (2) and the recipe's channels (3 when auto), a lower bound of its size."""
+    fewest classes (2) and the recipe's channels (3 when auto), a lower bound of its size.
+    A RecipeError names ``source`` (the recipe file) like the recipe's other problems."""
     name, args = registry.split_spec(recipe.model)
     channels = 3 if recipe.data.channels == "auto" else recipe.data.channels
-    _check_model_size(name, args, dict(num_classes=2, in_chans=channels, image_size=recipe.data.size))
+    try:
+        _check_model_size(name, args, dict(num_classes=2, in_chans=channels, image_size=recipe.data.size))
+    except RecipeError as e:
+        raise RecipeError(e.problems, source=source) from None
+
+
+def peek_data(recipe: Recipe) -> tuple[int, int]:
+    """(num_classes, in_chans) without reading the data when the dataset can tell (for
+    ``recipe check``); falls back to building the data."""
+    name, args = registry.split_spec(recipe.data.source)
+    peek = getattr(registry.get("dataset", name).obj, "peek", None)
+    channels = None if recipe.data.channels == "auto" else recipe.data.channels
+    if peek is not None:
+        n, c = peek(**args)
+        return n, channels or c
+    splits = build_data(recipe)
+    return splits.num_classes, splits.in_chans
 
 
 DEFAULT_MAX_PARAMS = 2_000_000_000  # 8 GB of fp32 weights: beyond that, a typo is likelier
