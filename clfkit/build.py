@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn as nn
 
-from clfkit import registry
+from clfkit import registry, yamltext
 from clfkit.data import ImageSet, Splits, stratified_split
 from clfkit.errors import ClfkitError, DataError, RecipeError
 from clfkit.recipe import IMAGENET, Recipe
@@ -134,14 +134,18 @@ def _check_model_size(name: str, args: dict, context: dict) -> None:
 
 
 def _max_params() -> int:
-    text = os.environ.get("CLFKIT_MAX_PARAMS", "").strip().replace("_", "")
+    """CLFKIT_MAX_PARAMS read like any value clfkit reads (clfkit.yamltext: 5e9, 2_000_000)."""
+    text = os.environ.get("CLFKIT_MAX_PARAMS", "").strip()
     if not text:
         return DEFAULT_MAX_PARAMS
     try:
-        return int(float(text)) if "e" in text.lower() else int(text)
-    except ValueError:
+        value = yamltext.parse_value(text)
+    except yamltext.YAMLProblem:
+        value = None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
         raise ClfkitError(f"CLFKIT_MAX_PARAMS={text!r} is not a number of parameters "
-                          f"(e.g. 5e9, or unset for {DEFAULT_MAX_PARAMS:,})") from None
+                          f"(e.g. 5e9, or unset for {DEFAULT_MAX_PARAMS:,})")
+    return int(value)
 
 
 def build_loss(recipe: Recipe, num_classes: int) -> nn.Module:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
+from clfkit.registry import specs
 from clfkit.registry.entries import Entry
 from clfkit.registry.hints import type_hints, type_text
 from clfkit.registry.kinds import BUILTIN, KINDS, REGULARIZER_HOOKS, Kind, check_kind, define_kind
@@ -49,7 +50,7 @@ from clfkit.registry.table import Registry
 __all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "KINDS", "REGISTRY", "REGULARIZER_HOOKS", "Entry", "Kind",
            "Registry", "check_kind", "check_spec", "create", "define_kind", "get", "names",
            "plugin_selection", "plugins_disabled", "register", "resolve_spec", "split_spec",
-           "type_hints", "type_text"]
+           "type_hints", "type_text", "validate_args"]
 
 # The one registry clfkit uses; built-ins and direct registrations land in it (its "home").
 REGISTRY = Registry()
@@ -85,6 +86,11 @@ def check_spec(kind: str, spec: Any, path: str) -> list[tuple[str, str]]:
 def resolve_spec(kind: str, spec: Any) -> dict:
     """``spec`` with defaults filled in: what the resolved recipe records."""
     return REGISTRY.resolve_spec(kind, spec)
+
+
+def validate_args(entry: Entry, args: dict, path: str = "") -> dict:
+    """Validate user ``args`` against ``entry``'s signature; raise RecipeError with paths."""
+    return specs.validate_args(entry, args, REGISTRY.get, path)
 
 
 register_model = functools.partial(register, "model")

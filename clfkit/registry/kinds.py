@@ -34,6 +34,8 @@ class Kind:
         return self.required + self.context
 
 
+# Filled by the define_kind calls at the end of this module, when it is imported, and only
+# read afterwards (each Registry makes its tables from it): a constant built in steps.
 KINDS: dict[str, Kind] = {}
 
 

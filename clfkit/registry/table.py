@@ -27,7 +27,8 @@ class Registry:
         self._lock = threading.RLock()
 
     # ---- registering
-    def register(self, kind: str, name: str | None = None, *, validator=None) -> Callable[[Any], Any]:
+    def register(self, kind: str, name: str | None = None, *,
+                 validator: Callable[[dict], dict] | None = None) -> Callable[[Any], Any]:
         """Decorator: register a function or class as component ``name`` of ``kind``."""
         self._check_kind(kind)
 
