@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn as nn
 
-from clfkit import registry
+from clfkit import registry, yamltext
 from clfkit.data import ImageSet, Splits, stratified_split
 from clfkit.errors import ClfkitError, DataError, RecipeError
 from clfkit.recipe import IMAGENET, Recipe
@@ -84,12 +84,29 @@ def build_model(recipe: Recipe, num_classes: int, in_chans: int, image_size: tup
     return ImageClassifier(net, mean, std)
 
 
-def check_model_size(recipe: Recipe) -> None:
+def check_model_size(recipe: Recipe, source: str = "recipe") -> None:
     """The model-size cap checked from the recipe alone, before any data is read: with the
-    fewest classes (2) and the recipe's channels (3 when auto), a lower bound of its size."""
+    fewest classes (2) and the recipe's channels (3 when auto), a lower bound of its size.
+    A RecipeError names ``source`` (the recipe file) like the recipe's other problems."""
     name, args = registry.split_spec(recipe.model)
     channels = 3 if recipe.data.channels == "auto" else recipe.data.channels
-    _check_model_size(name, args, dict(num_classes=2, in_chans=channels, image_size=recipe.data.size))
+    try:
+        _check_model_size(name, args, dict(num_classes=2, in_chans=channels, image_size=recipe.data.size))
+    except RecipeError as e:
+        raise RecipeError(e.problems, source=source) from None
+
+
+def peek_data(recipe: Recipe) -> tuple[int, int]:
+    """(num_classes, in_chans) without reading the data when the dataset can tell (for
+    ``recipe check``); falls back to building the data."""
+    name, args = registry.split_spec(recipe.data.source)
+    peek = getattr(registry.get("dataset", name).obj, "peek", None)
+    channels = None if recipe.data.channels == "auto" else recipe.data.channels
+    if peek is not None:
+        n, c = peek(**args)
+        return n, channels or c
+    splits = build_data(recipe)
+    return splits.num_classes, splits.in_chans
 
 
 DEFAULT_MAX_PARAMS = 2_000_000_000  # 8 GB of fp32 weights: beyond that, a typo is likelier
@@ -117,14 +134,18 @@ def _check_model_size(name: str, args: dict, context: dict) -> None:
 
 
 def _max_params() -> int:
-    text = os.environ.get("CLFKIT_MAX_PARAMS", "").strip().replace("_", "")
+    """CLFKIT_MAX_PARAMS read like any value clfkit reads (clfkit.yamltext: 5e9, 2_000_000)."""
+    text = os.environ.get("CLFKIT_MAX_PARAMS", "").strip()
     if not text:
         return DEFAULT_MAX_PARAMS
     try:
-        return int(float(text)) if "e" in text.lower() else int(text)
-    except ValueError:
+        value = yamltext.parse_value(text)
+    except yamltext.YAMLProblem:
+        value = None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
         raise ClfkitError(f"CLFKIT_MAX_PARAMS={text!r} is not a number of parameters "
-                          f"(e.g. 5e9, or unset for {DEFAULT_MAX_PARAMS:,})") from None
+                          f"(e.g. 5e9, or unset for {DEFAULT_MAX_PARAMS:,})")
+    return int(value)
 
 
 def build_loss(recipe: Recipe, num_classes: int) -> nn.Module:

@@ -73,10 +73,12 @@ def train(recipe: Path | None, resume_dir: Path | None, overrides: tuple[str, ..
         return
     if recipe is None:
         _fail(ClfkitError("give a RECIPE file to train, or --resume RUN_DIR to continue a run"))
+    from clfkit.build import check_model_size
     from clfkit.recipe import load_recipe
     from clfkit.trainer import train as train_fn
 
     r = run_guarded(load_recipe, recipe, overrides)
+    run_guarded(check_model_size, r, str(recipe))  # before any data is read
     run_guarded(train_fn, r, out, quiet=quiet)
 
 
@@ -166,10 +168,10 @@ def plugins(ctx: click.Context, kind: str | None) -> None:
 @click.option("--kind", help="Disambiguate when several kinds use NAME.")
 def plugins_show(name: str, kind: str | None) -> None:
     """Print a component's arguments with types and defaults."""
-    import difflib
     import inspect
 
     from clfkit.registry import KINDS, REGISTRY
+    from clfkit.suggest import did_you_mean
 
     if kind:  # one kind: its own unknown-name message, with the nearest names
         found = [run_guarded(REGISTRY.get, kind, name)]
@@ -179,8 +181,7 @@ def plugins_show(name: str, kind: str | None) -> None:
             with contextlib.suppress(ClfkitError):
                 found.append(REGISTRY.get(k, name))
     if not found:
-        close = difflib.get_close_matches(name, sorted({e.name for e in REGISTRY.entries()}), n=3, cutoff=0.5)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, sorted({e.name for e in REGISTRY.entries()}))
         _fail(ClfkitError(f"no component named {name!r}{hint} `clfkit plugins` lists them all"))
     for e in found:
         click.echo(f"{e.kind} {e.name}  ({e.provider} {e.version})".rstrip())
@@ -216,10 +217,12 @@ def recipe() -> None:
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a field (repeatable).")
 def recipe_check(path: Path, overrides: tuple[str, ...]) -> None:
     """Validate a recipe; print it resolved, with parameter count and MACs."""
+    from clfkit.build import check_model_size
+    from clfkit.model_stats import model_stats
     from clfkit.recipe import load_recipe
-    from clfkit.summary import model_stats
 
     r = run_guarded(load_recipe, path, overrides)
+    run_guarded(check_model_size, r, str(path))
     click.echo(r.to_yaml().rstrip())
     stats = run_guarded(model_stats, r)
     click.echo(f"# model: {stats['params']:,} parameters, {stats['macs']:,} MACs per image at "

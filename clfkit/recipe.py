@@ -11,7 +11,6 @@ default filled in: the *resolved* recipe, which the run folder and checkpoints r
 """
 from __future__ import annotations
 
-import difflib
 import re
 import types
 import typing
@@ -26,6 +25,7 @@ from typing_extensions import Annotated
 from clfkit import registry, yamltext
 from clfkit.errors import RecipeError
 from clfkit.names import ALLOWED, name_problem
+from clfkit.suggest import did_you_mean
 
 
 def _to_spec(value: Any) -> Any:
@@ -142,7 +142,7 @@ class Recipe(Strict):
     optim: Component = Field(default_factory=lambda: {"name": "sgd"}, description="optimizer component (lr, weight decay, ...)")
     schedule: Component = Field(default_factory=lambda: {"name": "constant"},
                                 description="LR schedule component, evaluated every step")
-    regularizers: list[Component] = Field(default_factory=list, description="regularizer components (mixup, grad_clip, ...)")
+    regularizers: list[Component] = Field(default_factory=list, description="regularizers and training-step hooks (mixup, label_smoothing, grad_clip, no_decay_norm_bias, ...)")
     train: TrainConfig = Field(default_factory=TrainConfig, description="the train section below")
 
     @field_validator("name")
@@ -167,7 +167,7 @@ class Recipe(Strict):
 
 
 # Where components sit in a recipe: (kind, dotted path, whether the field is a list of them).
-_COMPONENTS = (("dataset", "data.source", False), ("model", "model", False), ("loss", "loss", False),
+COMPONENT_FIELDS = (("dataset", "data.source", False), ("model", "model", False), ("loss", "loss", False),
                ("optimizer", "optim", False), ("schedule", "schedule", False),
                ("augmentation", "data.augment", True), ("regularizer", "regularizers", True))
 
@@ -176,7 +176,7 @@ def _components_in(recipe: Any) -> list[tuple[str, str, Any]]:
     """(kind, dotted path, spec) for every component found in a :class:`Recipe` or in a raw,
     not yet validated recipe mapping (where missing or misshapen sections are skipped)."""
     found = []
-    for kind, path, many in _COMPONENTS:
+    for kind, path, many in COMPONENT_FIELDS:
         node = recipe
         for part in path.split("."):
             node = (node.get(part) if isinstance(node, dict)
@@ -307,7 +307,9 @@ def _ints_in(node: Any, path: str = "") -> list[tuple[str, int]]:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read, override (``dotted.path=value``) and validate a recipe file."""
+    """Read, override (``dotted.path=value``) and validate a recipe file. The model-size cap
+    needs the model built: :func:`clfkit.build.check_model_size` checks it, still before any
+    data is read."""
     data = read_yaml(path)
     if "sweep" in data:
         raise RecipeError([("sweep", "this is a sweep file: run it with `clfkit sweep "
@@ -316,19 +318,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     for text in overrides:
         keys, value = parse_override(text)
         apply_override(data, keys, value)
-    recipe = validate_recipe(data, source=str(path))
-    check_size(recipe, source=str(path))
-    return recipe
-
-
-def check_size(recipe: Recipe, source: str = "recipe") -> None:
-    """A model too large to allocate is refused before any data is read (clfkit.build)."""
-    from clfkit.build import check_model_size
-
-    try:
-        check_model_size(recipe)
-    except RecipeError as e:
-        raise RecipeError(e.problems, source=source) from None
+    return validate_recipe(data, source=str(path))
 
 
 def _field_loc(loc: tuple) -> tuple[tuple, Optional[type[BaseModel]]]:
@@ -366,8 +356,7 @@ def _pydantic_problems(e: pydantic.ValidationError, data: dict) -> list[tuple[st
         path = ".".join(str(x) for x in loc)
         if err["type"] == "extra_forbidden":
             valid = list(model.model_fields) if model else []
-            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(str(loc[-1]), valid, n=1)
             msg = f"unknown field{hint} Valid fields here: {', '.join(valid)}"
         elif err["type"] == "missing":
             msg = "required field is missing"
@@ -380,83 +369,3 @@ def _pydantic_problems(e: pydantic.ValidationError, data: dict) -> list[tuple[st
         if (path, msg) not in problems:
             problems.append((path, msg))
     return problems
-
-
-
-def peek_data(recipe: Recipe) -> tuple[int, int]:
-    """(num_classes, in_chans) without reading the data when the dataset can tell (for
-    ``recipe check``); falls back to building the data."""
-    name, args = registry.split_spec(recipe.data.source)
-    entry = registry.get("dataset", name)
-    peek = getattr(entry.obj, "peek", None)
-    channels = None if recipe.data.channels == "auto" else recipe.data.channels
-    if peek is not None:
-        n, c = peek(**args)
-        return n, channels or c
-    from clfkit.build import build_data
-
-    splits = build_data(recipe)
-    return splits.num_classes, splits.in_chans
-
-
-def reference_markdown() -> str:
-    """The recipe fields as markdown tables, generated from the pydantic models (README)."""
-    lines = []
-    component_fields = {path: many for _, path, many in _COMPONENTS}
-    for title, model, prefix in (("top level", Recipe, ""), ("data", DataConfig, "data."),
-                                 ("data.normalize (when given as mean/std)", Normalize, "data.normalize."),
-                                 ("train", TrainConfig, "train."),
-                                 ("train.early_stopping", EarlyStopping, "train.early_stopping."),
-                                 ("train.ema", EMA, "train.ema.")):
-        props = model.model_json_schema()["properties"]
-        lines += [f"**{title}**", "", "| field | type | default | meaning |", "|---|---|---|---|"]
-        for name, f in model.model_fields.items():
-            if f.is_required():
-                default = "required"
-            else:
-                default = f.get_default(call_default_factory=True)
-                default = "see below" if isinstance(default, BaseModel) else \
-                    yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
-            many = component_fields.get(f"{prefix}{name}")
-            kind = _schema_type(props[name]) if many is None else "list of components" if many else "component"
-            doc = (f.description or "").replace("|", "\\|")
-            lines.append(f"| `{prefix}{name}` | {kind} | `{default}` | {doc} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _schema_type(s: dict) -> str:
-    """A short human type from a JSON-schema property: 'int >= 1', 'auto \\| 1 \\| 3', ..."""
-    if "anyOf" in s:
-        return " \\| ".join(_schema_type(x) for x in s["anyOf"])
-    if "enum" in s:
-        return " \\| ".join(str(v) for v in s["enum"])
-    if "const" in s:
-        return str(s["const"])
-    if "$ref" in s:
-        return s["$ref"].rsplit("/", 1)[-1]
-    t = {"integer": "int", "number": "float", "string": "str", "boolean": "bool", "null": "null"}.get(s.get("type"), s.get("type", "any"))
-    if t == "array":
-        items = s.get("prefixItems") or [s.get("items", {})]
-        return f"[{', '.join(_schema_type(x) for x in items)}]" if "prefixItems" in s else f"list of {_schema_type(items[0])}"
-    bounds = [f">= {s['minimum']}" if "minimum" in s else "", f"> {s['exclusiveMinimum']}" if "exclusiveMinimum" in s else "",
-              f"<= {s['maximum']}" if "maximum" in s else ""]
-    return " ".join([t] + [b for b in bounds if b])
-
-
-def update_readme(path: str | Path | None = None, write: bool = True) -> bool:
-    """Regenerate the recipe reference between its README markers (clfkit's own README by
-    default); True if it changed."""
-    from clfkit.docs import README, replace_block
-
-    path = Path(path or README)
-    text = path.read_text(encoding="utf-8")
-    new = replace_block(text, "<!-- recipe-reference:start -->", "<!-- recipe-reference:end -->",
-                        reference_markdown() + "\n")
-    if new != text and write:
-        path.write_text(new, encoding="utf-8")
-    return new != text
-
-
-if __name__ == "__main__":  # python -m clfkit.recipe: refresh the README's recipe reference
-    update_readme()

@@ -38,10 +38,11 @@ from typing import Any, Callable, Optional
 
 import yaml
 
+from clfkit.build import check_model_size
 from clfkit.errors import ClfkitError, RecipeError
 from clfkit.names import check_name, child_folder, name_problem, safe_label
 from clfkit.io import atomic_open, write_json, write_text
-from clfkit.recipe import Recipe, apply_override, check_size, parse_override, read_yaml, validate_recipe
+from clfkit.recipe import Recipe, apply_override, parse_override, read_yaml, validate_recipe
 from clfkit.run.folder import LOCK_NAME, RunFolder, run_lock
 from clfkit.run.reader import RunInfo, is_run, rank, read_run
 from clfkit.signals import Interrupted, StopFlag, catch_stop_signals
@@ -246,7 +247,7 @@ def _plan_trials(data: dict, fixed: list[tuple[list[str], Any]], axes: list[Axis
             for keys, value in _merge_order(fixed, sets):
                 apply_override(d, keys, copy.deepcopy(value))
             recipe = validate_recipe(d, source=f"{recipe_path} [{name}]")
-            check_size(recipe, source=f"{recipe_path} [{name}]")
+            check_model_size(recipe, source=f"{recipe_path} [{name}]")
         except RecipeError as e:
             problems.append(str(e))
             continue

@@ -45,14 +45,13 @@ def test_write_and_check_roundtrip(tmp_path):
 
 def test_readme_without_markers_is_refused_not_appended_to(tmp_path, capsys):
     from clfkit.errors import ClfkitError
-    from clfkit.recipe import update_readme
 
     readme = tmp_path / "README.md"
     readme.write_text("# x\n")
     assert docs.main(["--write", "--readme", str(readme)]) == 1
     assert "section:components" in capsys.readouterr().err
     with pytest.raises(ClfkitError, match="recipe-reference"):
-        update_readme(readme)
+        docs.update_recipe_reference(readme)
     assert readme.read_text() == "# x\n"
 
 

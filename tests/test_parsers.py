@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from clfkit import imageio, registry
+from clfkit.build import peek_data
 from clfkit.data.parsers import read_idx
 from clfkit.errors import DataError
-from clfkit.recipe import peek_data, validate_recipe
+from clfkit.recipe import validate_recipe
 
 
 def dataset(name, size=(32, 32), channels=None, **args):

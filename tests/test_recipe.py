@@ -117,13 +117,14 @@ def test_committed_recipes_validate():
 
 
 def test_readme_recipe_reference_is_current():
-    """README's recipe reference is generated; regenerate with `python -m clfkit.recipe`."""
+    """README's recipe reference is generated; regenerate with `python -m clfkit.docs --write`."""
     from pathlib import Path
 
-    from clfkit.recipe import update_readme
+    from clfkit.docs import update_recipe_reference
 
     readme = Path(__file__).parent.parent / "README.md"
-    assert not update_readme(readme, write=False), "README recipe reference is stale: run python -m clfkit.recipe"
+    assert not update_recipe_reference(readme, write=False), \
+        "README recipe reference is stale: run python -m clfkit.docs --write"
 
 
 @pytest.mark.parametrize("data, path", [

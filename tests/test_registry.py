@@ -7,6 +7,7 @@ import torch.nn as nn
 from clfkit import registry
 from clfkit.errors import RecipeError, RegistryError
 from clfkit.registry import KINDS, Registry
+from clfkit.registry.registrations import REGISTRATIONS
 
 
 def test_builtin_kinds_and_names():
@@ -34,12 +35,8 @@ def test_duplicate_names_both_providers():
     reg = Registry()
     reg._loaded = True  # a private registry: no built-ins, no plugins
     reg.add("norm", "mine", lambda num_features, dim=2: nn.Identity())
-    token = registry._provider.set(("acme-norms", "1.2"))
-    try:
-        with pytest.raises(RegistryError) as e:
-            reg.add("norm", "mine", lambda num_features, dim=2: nn.Identity())
-    finally:
-        registry._provider.reset(token)
+    with REGISTRATIONS.loading(reg, "acme-norms", "1.2"), pytest.raises(RegistryError) as e:
+        reg.add("norm", "mine", lambda num_features, dim=2: nn.Identity())
     assert "registered twice" in str(e.value)
     assert "clfkit" in str(e.value) and "acme-norms" in str(e.value)
 

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from typing_extensions import Annotated
 
 from clfkit.registry import register
+from clfkit.suggest import did_you_mean
 
 NormSpec = Optional[object]  # a norm component spec: "batch" or {name: group, groups: 8}
 ActSpec = object
@@ -337,10 +338,7 @@ def _timm_arch(name: str) -> str:
     import timm
 
     if name not in timm.list_models():
-        import difflib
-
-        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = did_you_mean(name, timm.list_models(), cutoff=0.6)
         raise ValueError(f"timm has no architecture {name!r}{hint} (see timm.list_models())")
     return name
 

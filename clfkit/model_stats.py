@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from clfkit.build import build_model
-from clfkit.recipe import Recipe, peek_data
+from clfkit.build import build_model, peek_data
+from clfkit.recipe import Recipe
 
 
 def model_stats(recipe: Recipe) -> dict:
