@@ -27,7 +27,7 @@ from clfkit import __version__
 from clfkit.checkpoint import model_from_checkpoint, run_checkpoint
 from clfkit.errors import ExportError
 from clfkit.io import write_bytes
-from clfkit.onnx_meta import INPUT_NAME, META_FORMAT, META_PREFIX, OUTPUT_NAME, build_metadata, validate_metadata
+from clfkit.onnx_contract import INPUT_NAME, META_FORMAT, META_PREFIX, OUTPUT_NAME, build_metadata, validate_metadata
 
 __all__ = ["INPUT_NAME", "META_FORMAT", "META_PREFIX", "OUTPUT_NAME", "ExportResult", "export_run"]
 

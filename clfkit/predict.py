@@ -19,7 +19,7 @@ import numpy as np
 from clfkit import imageio
 from clfkit.errors import DataError, ModelFileError
 from clfkit.io import atomic_open
-from clfkit.onnx_meta import INPUT_NAME, META_PREFIX, OUTPUT_NAME, validate_metadata
+from clfkit.onnx_contract import INPUT_NAME, META_PREFIX, OUTPUT_NAME, validate_metadata
 
 
 FORMATS = ("name", "index", "csv")
