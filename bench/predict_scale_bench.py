@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,18 +21,27 @@ from common import machine, make_folder, report  # noqa: E402
 from predict_bench import make_model  # noqa: E402
 
 
+# A child's ru_maxrss counts what it inherited at fork: forked from this process (torch
+# imported for the export) it would report this process's size. So a small launcher forks the
+# CLI and reports the CLI's own peak.
+LAUNCHER = """
+import os, subprocess, sys, time
+t0 = time.perf_counter()
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(proc.pid, 0)
+print(os.waitstatus_to_exitcode(status), time.perf_counter() - t0, usage.ru_maxrss / 1024)
+"""
+
+
 def run_predict(model: Path, folder: Path, out: Path, extra: list[str]) -> tuple[float, float]:
     """(seconds, peak RSS in MB) of one ``clfkit predict`` process."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "clfkit", "predict", str(model), str(folder), "-o", str(out),
-                             *extra], env=env, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise SystemExit(f"clfkit predict failed ({proc.returncode})")
-    return seconds, usage.ru_maxrss / 1024  # kB on Linux
+    cmd = [sys.executable, "-m", "clfkit", "predict", str(model), str(folder), "-o", str(out), *extra]
+    r = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], env=env, capture_output=True, text=True, check=True)
+    code, seconds, rss = r.stdout.split()
+    if int(code):
+        raise SystemExit(f"clfkit predict failed ({code})")
+    return float(seconds), float(rss)
 
 
 def main() -> None:

@@ -96,15 +96,18 @@ def write_run_reports(run_dir: str | Path, confusion=None, class_names: Optional
 
 
 def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Optional[str | Path] = None,
-             checkpoint: Optional[str] = None, batch_size: int = 256) -> EvalResult:
+             checkpoint: Optional[str] = None, batch_size: int = 256, tta: str = "none") -> EvalResult:
     """Evaluate ``run_dir/checkpoint`` (default best.pt, or last.pt of an unfinished run) on
     ``split`` (default: test if labelled, else val) of the run's own data, read as the run read
     it (same size, resize, val hold-out and seed); ``data_root`` points a folder dataset
-    elsewhere. Rewrites the run's report files, so a checkpoint of another run is refused."""
+    elsewhere. Rewrites the run's report files, so a checkpoint of another run is refused.
+    ``tta="flip"`` evaluates the flip-averaging model that ``export --tta flip`` writes; it
+    writes ``eval_<split>_tta-flip.json`` only, leaving the report files of the plain model."""
     from clfkit.build import build_data, build_loss
     from clfkit.checkpoint import model_from_checkpoint, run_checkpoint
     from clfkit.recipe import validate_recipe
     from clfkit.train import evaluate, resolve_runtime
+    from clfkit.tta import with_tta
 
     run_dir = Path(run_dir)
     ckpt_path, state = run_checkpoint(run_dir, checkpoint, "eval")
@@ -131,14 +134,14 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
         other = "val" if split == "test" else "test"
         raise DataError(f"this run's data has no labelled {split} split; try --split {other}")
     rt = resolve_runtime(recipe)
-    model = model_from_checkpoint(state).to(rt.device)
+    model = with_tta(model_from_checkpoint(state).to(rt.device), tta)
     loss_fn = build_loss(recipe, splits.num_classes).to(rt.device)
     ev = evaluate(model, subset, rt=rt, loss_fn=loss_fn, num_classes=splits.num_classes, batch_size=batch_size)
     cm = ev["confusion"].tolist()
     rows = per_class_rows(cm, splits.class_names)
-    files = write_run_reports(run_dir, cm, splits.class_names, split)
-    out = run_dir / f"eval_{split}.json"
-    write_json(out, {"split": split, "checkpoint": checkpoint, "acc": ev["acc"], "loss": ev["loss"],
+    files = write_run_reports(run_dir, cm, splits.class_names, split) if tta == "none" else []
+    out = run_dir / (f"eval_{split}.json" if tta == "none" else f"eval_{split}_tta-{tta}.json")
+    write_json(out, {"split": split, "tta": tta, "checkpoint": checkpoint, "acc": ev["acc"], "loss": ev["loss"],
                      "images": len(subset), "class_names": splits.class_names, "per_class": rows,
                      "confusion": cm, "data_root": str(data_root) if data_root else None})
     return EvalResult(run_dir, split, ev["acc"], ev["loss"], len(subset), rows, files + [out])
