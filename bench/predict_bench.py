@@ -41,6 +41,9 @@ def make_model(work: Path, size: int, depth: int, stem: str, width: float, class
                                       "input": {"image_size": [size, size], "channels": 3, "mean": mean,
                                                 "std": std, "resize": "squash"},
                                       "model": model.state_dict(), "epoch": 0})
+    import yaml
+
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict()))  # what makes it a run folder
     samples = np.random.default_rng(0).integers(0, 256, (8, 3, size, size), dtype=np.uint8)
     np.save(run / "samples.npy", samples, allow_pickle=False)
     out = work / "model.onnx"
@@ -66,8 +69,9 @@ def main() -> None:
     import torch
 
     from clfkit import imageio
+    from clfkit.predict import predict_folder
+    from clfkit.predictor import load_onnx
     from clfkit.run.checkpoint import load_checkpoint, model_from_checkpoint
-    from clfkit.predict import load_onnx, predict_folder
 
     threads = a.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)

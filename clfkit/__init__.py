@@ -2,7 +2,8 @@
 
 The public surface is small: :mod:`clfkit.registry` (register and create components),
 :mod:`clfkit.recipe` (load and validate recipes), :func:`clfkit.trainer.train`,
-:func:`clfkit.export.export_run` and :func:`clfkit.predict.predict_folder`.
+:func:`clfkit.export.export_run`, :func:`clfkit.predict.predict_folder` and
+:class:`clfkit.Predictor` (``from clfkit import Predictor``).
 """
 import os as _os
 
@@ -11,3 +12,12 @@ import os as _os
 _os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Lazily, so that ``import clfkit`` stays light (no onnxruntime, no torch) for every command.
+    if name in ("Predictor", "Prediction"):
+        from clfkit import predictor
+
+        return getattr(predictor, name)
+    raise AttributeError(f"module 'clfkit' has no attribute {name!r}")

@@ -91,15 +91,33 @@ def train(recipe: Path | None, resume_dir: Path | None, overrides: tuple[str, ..
 @click.option("--checkpoint", metavar="NAME",
               help="Checkpoint file name in the run folder, e.g. last.pt [default: best.pt, or last.pt "
                    "of an unfinished run].")
-def export(run_dir: Path, output: Path | None, atol: float, checkpoint: str) -> None:
+@click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
+              help="Test-time augmentation inside the graph: flip averages the logits of the image and its "
+                   "mirror image (predict needs no change).")
+@click.option("--int8", is_flag=True, help="Write a static int8 (QDQ, per-channel) model, calibrated on training "
+                                           "images; refused if its top-1 agreement with fp32 is below "
+                                           "--min-agreement.")
+@click.option("--min-agreement", default=99.0, show_default=True, type=float, metavar="PERCENT",
+              help="With --int8: the least top-1 agreement with the fp32 model, in %, on held-out images.")
+def export(run_dir: Path, output: Path | None, atol: float, checkpoint: str, tta: str, int8: bool,
+           min_agreement: float) -> None:
     """Export RUN_DIR's best checkpoint to ONNX and prove parity with torch."""
     from clfkit.export import export_run
 
-    res = run_guarded(export_run, run_dir, output, atol=atol, checkpoint=checkpoint)
+    res = run_guarded(export_run, run_dir, output, atol=atol, checkpoint=checkpoint, tta=tta, int8=int8,
+                      min_agreement=min_agreement)
     if res.note:
         click.echo(f"note: {res.note}")
-    click.echo(f"wrote {res.path}: parity on {res.n_images} validation images: max abs diff "
-               f"{res.max_abs_diff:.2e}, top-1 agreement {res.agreement:.2%}")
+    if res.exporter != "dynamo":
+        click.echo(f"note: exported with {res.exporter}")
+    click.echo(f"wrote {res.path}{' (flip TTA)' if res.tta == 'flip' else ''}: parity on {res.n_images} "
+               f"validation images: max abs diff {res.max_abs_diff:.2e}, top-1 agreement {res.agreement:.2%}")
+    if res.int8:
+        q = res.int8
+        click.echo(f"int8: top-1 agreement with fp32 {q['agreement']:.2f}% on {q['images']} {q['images_from']} "
+                   f"images (threshold {q['min_agreement']:g}%); file {q['size_ratio']:.1%} of fp32 "
+                   f"({q['bytes']:,} vs {q['fp32_bytes']:,} bytes); CPU speed {q['speed_ratio']:.2f}x fp32 "
+                   f"(batch {q['speed_batch']})")
 
 
 # --------------------------------------------------------------------------- predict
@@ -115,11 +133,15 @@ def export(run_dir: Path, output: Path | None, atol: float, checkpoint: str) -> 
                    "path, a backslash, newline, tab or byte that is not UTF-8 is written \\\\, \\n, \\t, "
                    "\\xNN (README: Troubleshooting).")
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime threads [default: all cores].")
-def predict(model: Path, image_dir: Path, output: Path, batch_size: int, fmt: str, threads: int | None) -> None:
-    """Classify every image under IMAGE_DIR with an exported MODEL.onnx; write test.txt."""
+@click.option("--workers", type=click.IntRange(min=1), help="Image decoding threads [default: all cores, at least 2].")
+def predict(model: Path, image_dir: Path, output: Path, batch_size: int, fmt: str, threads: int | None,
+            workers: int | None) -> None:
+    """Classify every image under IMAGE_DIR with an exported MODEL.onnx; write test.txt (into a
+    temp file, renamed when every image is done). A progress bar shows on a terminal."""
     from clfkit.predict import predict_folder
 
-    res = run_guarded(predict_folder, model, image_dir, output, batch_size=batch_size, fmt=fmt, threads=threads)
+    res = run_guarded(predict_folder, model, image_dir, output, batch_size=batch_size, fmt=fmt, threads=threads,
+                      workers=workers, progress=sys.stderr.isatty())
     for path, why in res.skipped:
         click.echo(f"skipped {path}: {why}", err=True)
     click.echo(f"wrote {res.written} predictions to {res.out}; skipped {len(res.skipped)} file(s)")
@@ -288,12 +310,15 @@ def compare(paths: tuple[Path, ...], top: int, metric: str, output: Path, title:
 @click.option("--checkpoint", metavar="NAME",
               help="Checkpoint file name in the run folder, e.g. last.pt [default: best.pt, or last.pt "
                    "of an unfinished run].")
-def eval_cmd(run_dir: Path, split: str | None, data_root: Path | None, checkpoint: str) -> None:
+@click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
+              help="Evaluate with test-time augmentation (as `clfkit export --tta`); writes "
+                   "eval_<split>_tta-<mode>.json and leaves the report files as they are.")
+def eval_cmd(run_dir: Path, split: str | None, data_root: Path | None, checkpoint: str, tta: str) -> None:
     """Evaluate a run's checkpoint; rewrite per_class.csv, confusion.png and curves.png."""
     from clfkit.evaluation import eval_run
 
-    res = run_guarded(eval_run, run_dir, split, data_root, checkpoint)
-    click.echo(f"{res.split}: accuracy {res.acc:.4f}, loss {res.loss:.4f} on {res.images} images")
+    res = run_guarded(eval_run, run_dir, split, data_root, checkpoint, tta=tta)
+    click.echo(f"{res.split}{' (flip TTA)' if tta == 'flip' else ''}: accuracy {res.acc:.4f}, loss {res.loss:.4f} on {res.images} images")
     width = max(len(r["class"]) for r in res.per_class)
     click.echo(f"  {'class':<{width}}  accuracy  precision  support")
     for r in res.per_class:

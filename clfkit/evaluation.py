@@ -86,11 +86,15 @@ class EvalResult:
 
 @holds_run_lock("evaluate")  # it rewrites the run's reports: not while the run trains
 def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Optional[str | Path] = None,
-             checkpoint: Optional[str] = None, batch_size: int = 256) -> EvalResult:
+             checkpoint: Optional[str] = None, batch_size: int = 256, tta: str = "none") -> EvalResult:
     """Evaluate ``run_dir/checkpoint`` (default best.pt, or last.pt of an unfinished run) on
     ``split`` (default: test if labelled, else val) of the run's own data, read as the run read
     it (same size, resize, val hold-out and seed); ``data_root`` points a folder dataset
-    elsewhere. Rewrites the run's report files, so a checkpoint of another run is refused."""
+    elsewhere. Rewrites the run's report files, so a checkpoint of another run is refused.
+    ``tta="flip"`` evaluates the flip-averaging model that ``export --tta flip`` writes; it
+    writes ``eval_<split>_tta-flip.json`` only, leaving the report files of the plain model."""
+    from clfkit.tta import with_tta
+
     run_dir = Path(run_dir)
     ckpt_path, state = run_checkpoint(run_dir, checkpoint, "eval")
     checkpoint = ckpt_path.name
@@ -108,14 +112,14 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
         other = "val" if split == "test" else "test"
         raise DataError(f"this run's data has no labelled {split} split; try --split {other}")
     rt = resolve_runtime(recipe)
-    model = model_from_checkpoint(state).to(rt.device)
+    model = with_tta(model_from_checkpoint(state).to(rt.device), tta)
     loss_fn = build_loss(recipe, splits.num_classes).to(rt.device)
     ev = evaluate(model, subset, rt=rt, loss_fn=loss_fn, num_classes=splits.num_classes, batch_size=batch_size)
     cm = ev["confusion"].tolist()
     rows = per_class_rows(cm, splits.class_names)
-    files = write_run_reports(run_dir, cm, splits.class_names, split)
-    out = RunFolder(run_dir).eval_json(split)
-    write_json(out, {"split": split, "checkpoint": checkpoint, "acc": ev["acc"], "loss": ev["loss"],
+    files = write_run_reports(run_dir, cm, splits.class_names, split) if tta == "none" else []
+    out = RunFolder(run_dir).eval_json(split, tta)
+    write_json(out, {"split": split, "tta": tta, "checkpoint": checkpoint, "acc": ev["acc"], "loss": ev["loss"],
                      "images": len(subset), "class_names": splits.class_names, "per_class": rows,
                      "confusion": cm, "data_root": str(data_root) if data_root else None})
     return EvalResult(run_dir, split, ev["acc"], ev["loss"], len(subset), rows, files + [out])

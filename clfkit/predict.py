@@ -2,24 +2,29 @@
 
 Everything needed to prepare an image (size, channels, resize method) comes from the ONNX
 file's clfkit metadata; normalization is inside the graph. Files are walked recursively in
-sorted order; decoding (threads) overlaps with inference.
+sorted order, lazily: memory does not grow with the folder. Decoding (threads) overlaps with
+inference, lines are written as batches finish into a temp file that replaces the output only
+when every image is done (an error or Ctrl-C leaves no half-written file).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import itertools
 import os
 import re
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
 from clfkit import imageio
-from clfkit.errors import DataError, ModelFileError
+from clfkit.errors import DataError
 from clfkit.io import atomic_open
-from clfkit.onnx_meta import INPUT_NAME, META_PREFIX, OUTPUT_NAME, validate_metadata
+from clfkit.predictor import OnnxClassifier, load_onnx, prepare, softmax
 
 
 FORMATS = ("name", "index", "csv")
@@ -86,66 +91,6 @@ def read_predictions(path: str | os.PathLike, fmt: str = "name") -> list[tuple[s
     return [(unescape_field(p), unescape_field(c)) for p, c in pairs]
 
 
-@dataclass
-class OnnxClassifier:
-    """An onnxruntime session plus the clfkit metadata of the file."""
-
-    session: object
-    class_names: list[str]
-    image_size: tuple[int, int]
-    channels: int
-    resize: str
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
-
-
-def load_onnx(path: str | os.PathLike, threads: Optional[int] = None) -> OnnxClassifier:
-    """Open an exported clfkit model; a file that is not one gets a clear error."""
-    import onnxruntime as ort
-
-    path = Path(path)
-    if not path.is_file():
-        what = "is a folder, not a model file" if path.is_dir() else "does not exist"
-        raise ModelFileError(f"model file {path} {what}")
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # predict_folder's decode threads share the cores with onnxruntime's: idle onnxruntime
-    # workers that spin-wait would take CPU from decoding (and from anyone sharing the machine).
-    # The memory arena and memory-pattern planning stay on (their defaults): batches repeat shapes.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise ModelFileError(f"{path} is not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from None
-    inputs, outputs = sess.get_inputs(), sess.get_outputs()
-    meta = sess.get_modelmeta().custom_metadata_map
-    fields = {k[len(META_PREFIX):]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
-    logits = next((o for o in outputs if o.name == OUTPUT_NAME), None)
-    spec = validate_metadata(fields, str(path), inputs[0].shape if inputs else None, logits.shape if logits else None)
-    if [i.name for i in inputs] != [INPUT_NAME] or OUTPUT_NAME not in [o.name for o in outputs] \
-            or inputs[0].type != "tensor(uint8)":
-        raise ModelFileError(f"{path} is an ONNX model but not a clfkit export (it needs one uint8 input "
-                             f"{INPUT_NAME!r} and an output {OUTPUT_NAME!r}); export it with `clfkit export RUN_DIR`")
-    return OnnxClassifier(sess, spec.class_names, spec.image_size, spec.channels, spec.resize)
-
-
-def _list_inputs(root: Path) -> tuple[list[Path], list[Path]]:
-    """(images, other files) under the image folder; an error when there is nothing to classify."""
-    if not root.is_dir():
-        what = "is a file, not a folder" if root.exists() else "does not exist"
-        raise DataError(f"image folder {root} {what}; give the folder that holds the images")
-    images, others = imageio.list_images(root)
-    if not images:
-        found = f"only {len(others)} file(s) without an image extension" if others else "nothing"
-        raise DataError(f"image folder {root} holds no images: {found} (looked recursively for "
-                        f"{', '.join(imageio.IMAGE_EXTENSIONS)})")
-    return images, others
-
-
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -153,9 +98,10 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _check_output(out: Path, model: Path, root: Path, images: list[Path]) -> None:
+def _check_output(out: Path, model: Path, root: Path, images: Callable[[], Iterable[Path]]) -> None:
     """Refuse an output that would replace an input: the model, an image (also through a symlink
-    or a hard link), anything inside the image folder, or a folder."""
+    or a hard link), anything inside the image folder, or a folder. ``images()`` walks the inputs
+    again (only when ``out`` exists)."""
     if out.is_dir():
         raise DataError(f"-o {out} is a folder; give a file name, e.g. {out / 'test.txt'}")
     resolved = out.resolve()
@@ -164,13 +110,141 @@ def _check_output(out: Path, model: Path, root: Path, images: list[Path]) -> Non
         why = "is the model file"
     elif resolved.is_relative_to(root.resolve()):
         why = f"is inside the image folder {root}"
-    elif out.exists() and any(_same_file(out, p) for p in images):
+    elif out.exists() and any(_same_file(out, p) for p in images()):
         why = "is one of the input images"
     elif out.suffix.lower() in NOT_PREDICTIONS or imageio.is_image_file(out):
         why = f"names a model or image file ({out.suffix}), not a predictions file"
     if why:
         raise DataError(f"-o {out} {why}; predictions are never written over or among the inputs. "
                         f"Write them elsewhere, e.g. -o {root.resolve().parent / 'test.txt'}")
+
+
+
+
+# --------------------------------------------------------------------------- walking the folder
+def walk_files(root: Path) -> Iterator[Path]:
+    """Every non-hidden file under ``root``, lazily, in the order of their relative POSIX paths
+    (the order of :func:`imageio.list_images`): one folder's names are sorted with a folder
+    keyed as ``name/``, which is where its files fall in that order. Symlinked folders are not
+    entered (as os.walk); unreadable folders are passed over."""
+    try:
+        with os.scandir(root) as it:
+            entries = [(e.name, e.is_dir() and not e.is_symlink(), e.is_dir()) for e in it
+                       if not e.name.startswith(".")]
+    except OSError:
+        return
+    for name, enter, is_dir in sorted(entries, key=lambda e: e[0] + "/" if e[2] else e[0]):
+        if enter:
+            yield from walk_files(root / name)
+        elif not is_dir:
+            yield root / name
+
+
+def _first_image(root: Path) -> Iterator[Path]:
+    """All files under ``root`` (lazily); an error now if none is an image."""
+    if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DataError(f"image folder {root} {what}; give the folder that holds the images")
+    files = walk_files(root)
+    head = []
+    for p in files:
+        head.append(p)
+        if imageio.is_image_file(p):
+            return itertools.chain(head, files)
+    found = f"only {len(head)} file(s) without an image extension" if head else "nothing"
+    raise DataError(f"image folder {root} holds no images: {found} (looked recursively for "
+                    f"{', '.join(imageio.IMAGE_EXTENSIONS)})")
+
+
+def _chunks(files: Iterator[Path], size: int, skipped: list, root: Path) -> Iterator[list[Path]]:
+    """Images in lists of ``size``; other files go to ``skipped`` as they pass."""
+    chunk: list[Path] = []
+    for p in files:
+        if not imageio.is_image_file(p):
+            skipped.append((escape_field(p.relative_to(root).as_posix()), "not an image file (extension)"))
+            continue
+        chunk.append(p)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+# --------------------------------------------------------------------------- decode + infer
+def _batches(clf: OnnxClassifier, chunks: Iterator[list[Path]], batch_size: int,
+             workers: int) -> Iterator[tuple[list[Path], list[Optional[str]], Optional[np.ndarray]]]:
+    """(chunk, decode error per image or None, logits of the decoded ones) per chunk. Threads
+    decode chunk i+1 straight into one of two preallocated NCHW buffers while onnxruntime runs
+    chunk i from the other: no stack or copy, and memory bounded by two batches."""
+    h, w = clf.image_size
+    bufs = [np.empty((batch_size, clf.channels, h, w), np.uint8) for _ in range(2)]
+
+    def decode_into(buf: np.ndarray, j: int, p: Path) -> Optional[str]:
+        try:
+            buf[j] = prepare(p, clf)
+            return None
+        except imageio.DecodeError as e:
+            return str(e)
+
+    with ThreadPoolExecutor(workers) as pool:
+        submit = lambda k, chunk: [pool.submit(decode_into, bufs[k % 2], j, p) for j, p in enumerate(chunk)]  # noqa: E731
+        chunk = next(chunks, None)
+        pending = submit(0, chunk) if chunk else []
+        for i in itertools.count():
+            if chunk is None:
+                return
+            errors = [fut.result() for fut in pending]
+            nxt = next(chunks, None)
+            if nxt is not None:  # decode the next batch while this one runs
+                pending = submit(i + 1, nxt)
+            ok = [j for j, err in enumerate(errors) if err is None]
+            buf = bufs[i % 2]
+            batch = buf[:len(chunk)] if len(ok) == len(chunk) else buf[ok]
+            yield chunk, errors, (clf(batch) if ok else None)
+            chunk = nxt
+
+
+# --------------------------------------------------------------------------- writing test.txt
+def _line_writer(f, fmt: str, class_names: list[str]) -> Callable[[str, np.ndarray], None]:
+    """A function writing the lines of one batch: (relative paths, logits)."""
+    # escaped once: a class name is one field, the last on a "name" line (so its spaces too)
+    labels = [escape_field(n, spaces=fmt == "name") for n in class_names]
+    table = csv.writer(f, lineterminator="\n") if fmt == "csv" else None
+    if table is not None:
+        table.writerow(["path", "class", "index", "confidence"])
+
+    def write(rels: list[str], logits: np.ndarray) -> None:
+        pred = logits.argmax(1).tolist()
+        if table is not None:
+            conf = softmax(logits).max(1).tolist()
+            table.writerows([rel, labels[k], k, f"{c:.6f}"] for rel, k, c in zip(rels, pred, conf))
+        else:
+            f.writelines(f"{rel} {labels[k] if fmt == 'name' else k}\n" for rel, k in zip(rels, pred))
+    return write
+
+
+@contextlib.contextmanager
+def _progress(root: Path, show: bool) -> Iterator[Callable[[int], None]]:
+    """advance(n) for a progress bar with rate on stderr (when ``show``), else a no-op."""
+    if not show:
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, \
+        TimeElapsedColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"{task.speed or 0:,.0f} images/s")
+
+    total = sum(1 for p in walk_files(root) if imageio.is_image_file(p))  # names only: cheap
+    columns = (TextColumn("predict"), BarColumn(), MofNCompleteColumn(), Rate(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task("predict", total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 @dataclass
@@ -181,67 +255,38 @@ class PredictResult:
 
 
 def predict_folder(model_path: str | os.PathLike, image_dir: str | os.PathLike, out: str | os.PathLike = "test.txt",
-                   *, batch_size: int = 256, fmt: str = "name", threads: Optional[int] = None) -> PredictResult:
+                   *, batch_size: int = 256, fmt: str = "name", threads: Optional[int] = None,
+                   workers: Optional[int] = None, progress: bool = False) -> PredictResult:
     """Classify every image under ``image_dir``; write ``<relative path> <class>`` lines
     (``fmt="index"``: class indices; ``fmt="csv"``: a CSV with header
-    ``path,class,index,confidence``, the confidence being the softmax probability)."""
+    ``path,class,index,confidence``, the confidence being the softmax probability).
+    ``workers``: decode threads [all cores, at least 2]; ``progress``: a bar with the rate on
+    stderr."""
     if batch_size < 1:
         raise DataError(f"batch size must be at least 1, got {batch_size}")
     if fmt not in FORMATS:
         raise DataError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     root = Path(image_dir)
-    images, others = _list_inputs(root)
+    files = _first_image(root)
     clf = load_onnx(model_path, threads)
-    _check_output(Path(out), Path(model_path), root, images)
-    skipped = [(escape_field(p.relative_to(root).as_posix()), "not an image file (extension)") for p in others]
-
-    h, w = clf.image_size
-    # escaped once: a class name is one field, the last on a "name" line (so its spaces too)
-    labels = [escape_field(n, spaces=fmt == "name") for n in clf.class_names]
-
-    def decode_into(buf: np.ndarray, j: int, p: Path) -> Optional[str]:
-        """Decode straight into row ``j`` of a preallocated NCHW batch: no stack or copy later."""
-        try:
-            buf[j] = imageio.decode(p, clf.image_size, clf.channels, clf.resize).transpose(2, 0, 1)
-            return None
-        except imageio.DecodeError as e:
-            return str(e)
-
-    chunks = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
-    # Two batch buffers: threads decode batch i+1 into one while onnxruntime reads the other.
-    bufs = [np.empty((min(batch_size, len(images)), clf.channels, h, w), np.uint8) for _ in range(2)]
-    written = 0
-    with ThreadPoolExecutor(max(2, (os.cpu_count() or 1))) as pool, atomic_open(out, "w") as f:
-        table = csv.writer(f, lineterminator="\n") if fmt == "csv" else None
-        if table is not None:
-            table.writerow(["path", "class", "index", "confidence"])
-        submit = lambda k: [pool.submit(decode_into, bufs[k % 2], j, p) for j, p in enumerate(chunks[k])]  # noqa: E731
-        pending = submit(0)
-        for i, chunk in enumerate(chunks):
-            errors = [fut.result() for fut in pending]
-            if i + 1 < len(chunks):  # decode the next batch while this one runs
-                pending = submit(i + 1)
-            skipped += [(escape_field(p.relative_to(root).as_posix()), err) for p, err in zip(chunk, errors) if err]
-            ok = [j for j, err in enumerate(errors) if err is None]
-            if not ok:
-                continue
-            buf = bufs[i % 2]
-            batch = buf[:len(chunk)] if len(ok) == len(chunk) else buf[ok]
-            logits = clf(batch)
-            pred = logits.argmax(1)
-            if table is not None:
-                z = np.exp(logits - logits.max(1, keepdims=True))
-                conf = (z.max(1) / z.sum(1)).tolist()
-            for n, (j, k) in enumerate(zip(ok, pred.tolist())):
-                rel = escape_field(chunk[j].relative_to(root).as_posix())
-                if table is not None:
-                    table.writerow([rel, labels[k], k, f"{conf[n]:.6f}"])
-                else:
-                    f.write(f"{rel} {labels[k] if fmt == 'name' else k}\n")
-                written += 1
+    _check_output(Path(out), Path(model_path), root,
+                  lambda: (p for p in walk_files(root) if imageio.is_image_file(p)))
+    skipped: list[tuple[str, str]] = []
+    written = bad = 0
+    chunks = _chunks(files, batch_size, skipped, root)
+    with _progress(root, progress) as advance, atomic_open(out, "w") as f:
+        write = _line_writer(f, fmt, clf.class_names)
+        for chunk, errors, logits in _batches(clf, chunks, batch_size, workers or max(2, os.cpu_count() or 1)):
+            rels = [escape_field(p.relative_to(root).as_posix()) for p in chunk]
+            skipped += [(rel, err) for rel, err in zip(rels, errors) if err]
+            bad += sum(err is not None for err in errors)
+            if logits is not None:
+                write([rel for rel, err in zip(rels, errors) if err is None], logits)
+                written += len(logits)
+            advance(len(chunk))
         if not written:  # raising here leaves no output file behind
-            first = skipped[len(others)] if len(skipped) > len(others) else ("", "")
-            raise DataError(f"none of the {len(images)} image file(s) under {root} could be decoded "
+            first = next(((p, e) for p, e in skipped if e != "not an image file (extension)"), ("", ""))
+            raise DataError(f"none of the {bad} image file(s) under {root} could be decoded "
                             f"(first: {first[0]}: {first[1]}); nothing was written")
     skipped.sort()
     return PredictResult(Path(out), written, skipped)

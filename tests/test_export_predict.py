@@ -11,7 +11,8 @@ from PIL import Image
 from clfkit import export as export_mod
 from clfkit.errors import ExportError, ModelFileError
 from clfkit.export import export_run
-from clfkit.predict import load_onnx, predict_folder
+from clfkit.predict import predict_folder
+from clfkit.predictor import load_onnx
 
 
 @pytest.fixture(scope="module")

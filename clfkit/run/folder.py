@@ -215,9 +215,9 @@ class RunFolder:
     per_class = property(lambda self: self.path / PER_CLASS_CSV)
     confusion = property(lambda self: self.path / CONFUSION_PNG)
 
-    def eval_json(self, split: str) -> Path:
-        """``clfkit eval``'s result for ``split``."""
-        return self.path / f"eval_{split}.json"
+    def eval_json(self, split: str, tta: str = "none") -> Path:
+        """``clfkit eval``'s result for ``split`` (with test-time augmentation ``tta``)."""
+        return self.path / (f"eval_{split}.json" if tta == "none" else f"eval_{split}_tta-{tta}.json")
 
     @property
     def finished(self) -> bool:

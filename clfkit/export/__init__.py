@@ -6,17 +6,21 @@ normalization is part of the graph. Only the batch dimension is dynamic. ``metad
 carry what a predictor needs to prepare images (size, channels, resize method), the class
 names, mean/std, the recipe and the parity figures.
 
-After writing, onnxruntime and torch run the same batch of real validation images (saved by
-the trainer in ``samples.npy``); the file is only put in place if top-1 agreement is 100% and
-the max abs difference of logits is within tolerance.
+Before writing, the graph passes ``onnx.checker`` (full check), and onnxruntime and torch run the
+same batch of real validation images (saved by the trainer in ``samples.npy``); the file is only
+put in place if top-1 agreement is 100% and the max abs difference of logits is within
+tolerance. ``tta="flip"`` exports the flip-averaging model of :mod:`clfkit.tta` (parity is
+proven on that graph); ``int8=True`` then quantizes it (:mod:`clfkit.export.quantize`) and
+writes it only if it agrees with the fp32 graph on at least ``min_agreement`` % of held-out
+images.
+
+Modules: ``graph`` (torch -> checked ONNX bytes, parity figures), ``quantize`` (int8).
 """
 from __future__ import annotations
 
-import io as _io
 import json
 import os
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -28,7 +32,9 @@ from clfkit.run.checkpoint import model_from_checkpoint, run_checkpoint
 from clfkit.run.folder import BEST_PT
 from clfkit.errors import ExportError
 from clfkit.io import write_bytes
-from clfkit.onnx_meta import INPUT_NAME, META_FORMAT, META_PREFIX, OUTPUT_NAME, build_metadata, validate_metadata
+from clfkit.export.graph import DEFAULT_OPSET, parity, run_onnx, to_onnx_bytes, torch_reference
+from clfkit.onnx_contract import INPUT_NAME, META_FORMAT, META_PREFIX, OUTPUT_NAME, build_metadata, validate_metadata
+from clfkit.tta import TTA_MODES, with_tta
 
 __all__ = ["INPUT_NAME", "META_FORMAT", "META_PREFIX", "OUTPUT_NAME", "ExportResult", "export_run"]
 
@@ -41,6 +47,9 @@ class ExportResult:
     n_images: int
     checkpoint: Optional[Path] = None
     note: str = ""  # what was exported when it is not the finished run's best.pt
+    exporter: str = "dynamo"
+    tta: str = "none"
+    int8: dict = field(default_factory=dict)  # quantize.Int8Report as a dict when --int8
 
 
 def default_output(run_dir: Path) -> Path:
@@ -83,51 +92,8 @@ def _parity_images(run_dir: Path, channels: int, h: int, w: int) -> np.ndarray:
     return images
 
 
-def to_onnx_bytes(model: torch.nn.Module, example: torch.Tensor, opset: int = 17) -> bytes:
-    """Trace ``model`` to ONNX bytes; only dim 0 of input and output is dynamic."""
-    buf = _io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        # The TorchScript exporter handles every built-in model, needs no onnxscript and is
-        # fast; parity below is what guarantees the result either way.
-        torch.onnx.export(model, (example,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                          opset_version=opset, dynamo=False)
-    return buf.getvalue()
-
-
-def run_onnx(model_bytes: bytes, images: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    return sess.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
-
-
-def torch_reference(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        return model(torch.from_numpy(images)).float().numpy()
-
-
-def parity(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
-    """(max abs difference, top-1 agreement) between two logit arrays."""
-    return float(np.abs(ref - got).max()), float((ref.argmax(1) == got.argmax(1)).mean())
-
-
-def export_run(run_dir: str | Path, out: Optional[str | Path] = None, *, atol: float = 1e-3,
-               opset: int = 17, checkpoint: Optional[str] = None) -> ExportResult:
-    """Export a run's checkpoint (default best.pt, or last.pt of an unfinished run) to ONNX,
-    verify parity, then write ``out`` atomically."""
-    run_dir = Path(run_dir)
-    ckpt_path, state = run_checkpoint(run_dir, checkpoint, "export")
-    out = Path(out) if out else default_output(run_dir)
-    _check_output(out, run_dir)
-    model = model_from_checkpoint(state).float().cpu().eval()
-    spec = state["input"]
-    h, w = spec["image_size"]
-    c = spec["channels"]
-    images = _parity_images(run_dir, c, h, w)
-
-    model_bytes = to_onnx_bytes(model, torch.from_numpy(images[:2]), opset)
+def _prove_parity(model: torch.nn.Module, model_bytes: bytes, images: np.ndarray, atol: float) -> tuple[float, float]:
+    """(max abs diff, top-1 agreement) of the ONNX graph against torch; ExportError unless exact."""
     ref = torch_reference(model, images)
     got = run_onnx(model_bytes, images)
     max_diff, agreement = parity(ref, got)
@@ -135,28 +101,60 @@ def export_run(run_dir: str | Path, out: Optional[str | Path] = None, *, atol: f
     if agreement < 1.0 or not max_diff <= atol:
         raise ExportError(f"exported model does not match the trained one ({report}; tolerance {atol:g}); "
                           f"nothing was written")
+    return max_diff, agreement
 
+
+def _with_metadata(model_bytes: bytes, meta: dict[str, str], state: dict, doc: str) -> bytes:
+    """The graph with clfkit's metadata, checked as every reader will check it."""
     import onnx
 
+    spec = state["input"]
+    h, w = spec["image_size"]
+    validate_metadata(meta, "the export", [None, spec["channels"], h, w], [None, len(state["class_names"])])
     proto = onnx.load_from_string(model_bytes)
-    run_name = run_dir.resolve().name
-    meta = build_metadata(
-        state["class_names"], spec, version=__version__,
-        input="uint8 NCHW 0..255; normalization (mean/std) is inside the graph",
-        recipe=json.dumps(state["recipe"]), run=run_name, checkpoint=ckpt_path.name,
-        epoch=str(state.get("epoch", "")),
-        parity=json.dumps({"max_abs_diff": max_diff, "top1_agreement": agreement, "images": len(images)}))
-    # the exporter's output passes the same check every reader applies
-    graph_in = [None, c, h, w]
-    validate_metadata(meta, "the export", graph_in, [None, len(state["class_names"])])
     for k, v in meta.items():
         p = proto.metadata_props.add()
         p.key, p.value = META_PREFIX + k, v
     proto.producer_name, proto.producer_version = "clfkit", __version__
-    proto.doc_string = f"clfkit export of {run_name} ({ckpt_path.name}): {len(state['class_names'])} classes"
-    write_bytes(out, proto.SerializeToString())
+    proto.doc_string = doc
+    return proto.SerializeToString()
+
+
+def export_run(run_dir: str | Path, out: Optional[str | Path] = None, *, atol: float = 1e-3,
+               opset: int = DEFAULT_OPSET, checkpoint: Optional[str] = None, tta: str = "none",
+               int8: bool = False, min_agreement: float = 99.0) -> ExportResult:
+    """Export a run's checkpoint (default best.pt, or last.pt of an unfinished run) to ONNX,
+    verify parity (and with ``int8``, agreement of the quantized graph), then write ``out``
+    atomically."""
+    if tta not in TTA_MODES:
+        raise ExportError(f"--tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
+    run_dir = Path(run_dir)
+    ckpt_path, state = run_checkpoint(run_dir, checkpoint, "export")
+    out = Path(out) if out else default_output(run_dir)
+    _check_output(out, run_dir)
+    model = with_tta(model_from_checkpoint(state).float().cpu().eval(), tta)
+    spec = state["input"]
+    images = _parity_images(run_dir, spec["channels"], *spec["image_size"])
+    model_bytes, exporter = to_onnx_bytes(model, torch.from_numpy(images[:2]), opset)
+    max_diff, agreement = _prove_parity(model, model_bytes, images, atol)
+    int8_report: dict = {}
+    if int8:
+        from clfkit.export.quantize import quantize_run
+
+        model_bytes, int8_report = quantize_run(model_bytes, state, min_agreement)
+    run_name = run_dir.resolve().name
+    extra = {"int8": json.dumps(int8_report)} if int8 else {}
+    meta = build_metadata(
+        state["class_names"], spec, version=__version__,
+        input="uint8 NCHW 0..255; normalization (mean/std) is inside the graph",
+        recipe=json.dumps(state["recipe"]), run=run_name, checkpoint=ckpt_path.name,
+        epoch=str(state.get("epoch", "")), exporter=exporter, tta=tta,
+        parity=json.dumps({"max_abs_diff": max_diff, "top1_agreement": agreement, "images": len(images)}), **extra)
+    doc = (f"clfkit export of {run_name} ({ckpt_path.name}): {len(state['class_names'])} classes"
+           f"{', flip TTA' if tta == 'flip' else ''}{', int8' if int8 else ''}")
+    write_bytes(out, _with_metadata(model_bytes, meta, state, doc))
     note = ""
     if ckpt_path.name != BEST_PT:
         unfinished = "" if (run_dir / BEST_PT).is_file() else "the run has no best.pt (unfinished?); "
         note = f"{unfinished}exported {ckpt_path.name} (epoch {state.get('epoch', '?')})"
-    return ExportResult(out, max_diff, agreement, len(images), ckpt_path, note)
+    return ExportResult(out, max_diff, agreement, len(images), ckpt_path, note, exporter, tta, int8_report)

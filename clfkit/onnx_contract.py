@@ -1,5 +1,6 @@
-"""The clfkit metadata of an exported ONNX file: the one definition of what the exporter writes
-and the one validator everything that reads an exported model goes through.
+"""The contract between exporter and predictor: the metadata names of an exported ONNX file, the
+pre-processing it promises (input name, dtype, layout, size, channels, resize), and the one
+validator everything that reads an exported model goes through.
 
 No torch here: predict imports this module.
 """

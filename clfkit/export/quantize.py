@@ -1,0 +1,132 @@
+"""Static int8 quantization of an exported graph, kept only if it still agrees with fp32.
+
+onnxruntime's quantization tools write QDQ nodes with per-channel int8 weights and uint8
+activations, calibrated (min/max) on a few hundred of the run's training images; the images
+come from the run's own dataset through the same decode path as training (``build_data``, its
+cache included). Agreement is top-1 agreement with the fp32 graph on the run's val images
+(held-out training images when there is no val split); below the threshold nothing is written.
+Size and CPU speed are measured against the fp32 graph in the same process.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clfkit.errors import ExportError
+from clfkit.onnx_contract import INPUT_NAME, OUTPUT_NAME
+
+CALIBRATION_IMAGES = 256
+AGREEMENT_IMAGES = 1000
+SPEED_BATCH = 64
+
+
+def run_images(state: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
+    """(calibration images from train, agreement images, where those come from), uint8 NCHW."""
+    from clfkit.build import build_data
+    from clfkit.recipe import validate_recipe
+
+    try:
+        splits = build_data(validate_recipe(state["recipe"], source="the checkpoint's recipe"))
+    except Exception as e:  # noqa: BLE001 - missing or moved data: say what int8 needs
+        raise ExportError(f"--int8 calibrates on the run's training images, which cannot be read "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); nothing was written") from None
+    train = splits.train.images.numpy()
+    order = np.random.default_rng(0).permutation(len(train))
+    calibration = train[order[:CALIBRATION_IMAGES]]
+    if splits.val is not None and len(splits.val):
+        return calibration, splits.val.images[:AGREEMENT_IMAGES].numpy(), "val"
+    held_out = train[order[CALIBRATION_IMAGES:CALIBRATION_IMAGES + AGREEMENT_IMAGES]]
+    if not len(held_out):
+        raise ExportError("--int8 needs val images or more training images than the calibration set; "
+                          "nothing was written")
+    return calibration, held_out, "held-out train"
+
+
+class _Batches:
+    """onnxruntime's CalibrationDataReader protocol over uint8 images, 32 at a time."""
+
+    def __init__(self, images: np.ndarray, batch: int = 32) -> None:
+        self._it = iter([{INPUT_NAME: images[i:i + batch]} for i in range(0, len(images), batch)])
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """onnxruntime's quantizer logs advice on the root logger and prints; clfkit reports figures."""
+    root, level = logging.getLogger(), logging.getLogger().level
+    root.setLevel(logging.ERROR)
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_bytes(fp32_bytes: bytes, calibration: np.ndarray) -> bytes:
+    """The fp32 graph as static int8 QDQ (per-channel weights), calibrated on ``calibration``."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="clfkit-int8-") as tmp, _quiet():
+        src, pre, dst = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
+        src.write_bytes(fp32_bytes)
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(dst), _Batches(calibration), quant_format=QuantFormat.QDQ,
+                        per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+        return dst.read_bytes()
+
+
+def _session(model_bytes: bytes):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def _logits(sess, images: np.ndarray) -> np.ndarray:
+    return np.concatenate([sess.run([OUTPUT_NAME], {INPUT_NAME: images[i:i + SPEED_BATCH]})[0]
+                           for i in range(0, len(images), SPEED_BATCH)])
+
+
+def _seconds_per_batch(sessions: list, batch: np.ndarray, rounds: int = 7) -> list[float]:
+    """Best time of one batch for each session, rounds interleaved so load hits them alike."""
+    best = [float("inf")] * len(sessions)
+    for s in sessions:  # warm up: the first run allocates
+        s.run([OUTPUT_NAME], {INPUT_NAME: batch})
+    for _ in range(rounds):
+        for k, s in enumerate(sessions):
+            t0 = time.perf_counter()
+            s.run([OUTPUT_NAME], {INPUT_NAME: batch})
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
+
+
+def quantize_run(fp32_bytes: bytes, state: dict[str, Any], min_agreement: float) -> tuple[bytes, dict[str, Any]]:
+    """(int8 graph bytes, report) for a run's fp32 graph; ExportError with the figure when the
+    int8 graph agrees with fp32 on less than ``min_agreement`` % of the held-out images."""
+    calibration, check, source = run_images(state)
+    int8_bytes = quantize_bytes(fp32_bytes, calibration)
+    fp32, int8 = _session(fp32_bytes), _session(int8_bytes)
+    agreement = 100.0 * float((_logits(fp32, check).argmax(1) == _logits(int8, check).argmax(1)).mean())
+    if not agreement >= min_agreement:
+        raise ExportError(f"the int8 model agrees with fp32 on {agreement:.2f}% of {len(check)} {source} images, "
+                          f"below --min-agreement {min_agreement:g}%; nothing was written")
+    t_fp32, t_int8 = _seconds_per_batch([fp32, int8], check[:SPEED_BATCH])
+    return int8_bytes, {
+        "agreement": agreement, "images": int(len(check)), "images_from": source, "min_agreement": min_agreement,
+        "calibration_images": int(len(calibration)), "fp32_bytes": len(fp32_bytes), "bytes": len(int8_bytes),
+        "size_ratio": len(int8_bytes) / len(fp32_bytes), "speed_ratio": t_fp32 / t_int8,
+        "speed_batch": int(min(SPEED_BATCH, len(check))), "fp32_ms": 1000 * t_fp32, "int8_ms": 1000 * t_int8,
+        "method": "onnxruntime quantize_static: QDQ, per-channel int8 weights, uint8 activations, min/max"}

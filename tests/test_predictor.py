@@ -1,0 +1,102 @@
+"""The Python predictor: same decode path and results as `clfkit predict`, every item kind,
+no torch (its README example runs with torch hidden)."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clfkit.errors import DataError
+from clfkit.export import export_run
+from clfkit.predict import predict_folder, read_predictions
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_TORCH = str(Path(__file__).with_name("no_torch.py"))
+
+
+@pytest.fixture(scope="module")
+def model(trained_run, tmp_path_factory):
+    return export_run(trained_run.run_dir, tmp_path_factory.mktemp("pr") / "m.onnx").path
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(1)
+    for i in range(11):  # odd sizes: resized on the way in; not a multiple of the batch size
+        arr = rng.integers(0, 256, (13 + i, 30 - i, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(d / f"{i:02d}.png")
+    return d
+
+
+def test_same_classes_and_probabilities_as_clfkit_predict(model, photos, tmp_path):
+    from clfkit import Predictor
+
+    out = predict_folder(model, photos, tmp_path / "p.csv", fmt="csv", batch_size=4).out
+    rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
+    preds = Predictor(model, batch_size=4).predict(sorted(photos.glob("*.png")), topk=2)
+    assert [p.label for p in preds] == [r[1] for r in rows]
+    assert [f"{p.prob:.6f}" for p in preds] == [r[3] for r in rows]
+
+
+def test_paths_pil_images_and_arrays_agree(model, photos):
+    from clfkit import Predictor
+
+    p = Predictor(model, batch_size=3)
+    files = sorted(photos.glob("*.png"))
+    pils = [Image.open(f) for f in files]
+    arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    by = [p.predict(items, topk=4) for items in (files, [str(f) for f in files], pils, arrays)]
+    for other in by[1:]:
+        assert [q.classes for q in other] == [q.classes for q in by[0]]
+        np.testing.assert_allclose([q.probs for q in other], [q.probs for q in by[0]], rtol=0, atol=1e-7)
+
+
+def test_topk_order_single_item_and_bad_items(model, photos):
+    from clfkit import Prediction, Predictor
+
+    p = Predictor(model)
+    one = p.predict(photos / "00.png", topk=99)  # clamped to the number of classes
+    assert isinstance(one, Prediction) and len(one.classes) == len(p.class_names)
+    assert one.probs == sorted(one.probs, reverse=True) and abs(sum(one.probs) - 1) < 1e-6
+    assert sorted(one.classes) == sorted(p.class_names) and one.indices[0] == p.class_names.index(one.label)
+    assert p.predict(np.zeros((9, 9), np.uint8)).label in p.class_names  # a gray array
+    with pytest.raises(DataError, match="uint8"):
+        p.predict([np.zeros((8, 8, 3), np.float32)])
+    with pytest.raises(DataError, match="cannot classify a dict"):
+        p.predict([{}])
+    assert p.predict([]) == []
+
+
+def _readme_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"<!-- example:predictor .*?-->\n```python\n(.*?)```", text, re.S)
+    assert m, "README lost its Predictor example"
+    return m.group(1)
+
+
+def test_readme_example_runs_without_torch(model, photos, tmp_path):
+    (tmp_path / "exported").mkdir()
+    shutil.copy(model, tmp_path / "exported" / "flowers5.onnx")
+    (tmp_path / "photos").mkdir()
+    shutil.copy(photos / "00.png", tmp_path / "photos" / "tulip.png")
+    Image.open(photos / "01.png").convert("RGB").save(tmp_path / "photos" / "rose.jpg")
+    code = _readme_example() + "\nimport sys; assert 'torch' not in sys.modules\n"
+    r = subprocess.run([sys.executable, NO_TORCH, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 5 and lines[3] in {*lines[4].strip("[]").replace("'", "").split(", ")}
+
+
+def test_import_clfkit_stays_light():
+    r = subprocess.run([sys.executable, "-c", "import clfkit, sys; assert 'onnxruntime' not in sys.modules; "
+                        "from clfkit import Predictor; assert 'onnxruntime' not in sys.modules; clfkit.Nope"],
+                       capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)}, timeout=120)
+    assert "has no attribute 'Nope'" in r.stderr, r.stderr
