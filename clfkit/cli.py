@@ -61,7 +61,10 @@ def cli(debug: bool) -> None:
 @click.option("--out", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder that receives the run folder.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def train(recipe: Path | None, resume_dir: Path | None, overrides: tuple[str, ...], out: Path, quiet: bool) -> None:
+@click.option("--track", multiple=True, type=click.Choice(["tensorboard", "mlflow"]),
+              help="Also report to this tracker (added to the recipe's train.track; repeatable).")
+def train(recipe: Path | None, resume_dir: Path | None, overrides: tuple[str, ...], out: Path, quiet: bool,
+          track: tuple[str, ...]) -> None:
     """Train RECIPE; writes runs/<name>/ (checkpoints, metrics, summary)."""
     if resume_dir is not None:
         from clfkit.resume import resume_run
@@ -77,6 +80,12 @@ def train(recipe: Path | None, resume_dir: Path | None, overrides: tuple[str, ..
     from clfkit.train import train as train_fn
 
     r = run_guarded(load_recipe, recipe, overrides)
+    if track:  # the recipe's trackers plus these, so recipe.yaml records every one
+        from clfkit.recipe import validate_recipe
+
+        data = r.to_dict()
+        data["train"]["track"] = list(dict.fromkeys(list(r.train.track) + list(track)))
+        r = run_guarded(validate_recipe, data, "--track")
     run_guarded(train_fn, r, out, quiet=quiet)
 
 
@@ -275,6 +284,18 @@ def compare(paths: tuple[Path, ...], top: int, metric: str, output: Path, title:
         click.echo(r.legend())
     click.echo(f"wrote {path} ({len(runs)} run(s); legend: best train acc, best val acc, test acc of best.pt: "
                f"the best val epoch, or the last epoch of a run without a val split)")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+def report(run_dir: Path) -> None:
+    """Rebuild RUN_DIR/report.html from the run folder's files (one self-contained page)."""
+    from clfkit.report_html import write_run_report
+    from clfkit.runs import RunFolderError, is_run
+
+    if not is_run(run_dir):
+        _fail(RunFolderError(f"{run_dir} is not a run folder (no metrics.jsonl or summary.json)"))
+    click.echo(f"wrote {run_guarded(write_run_report, run_dir)}")
 
 
 @cli.command("eval")

@@ -51,6 +51,9 @@ from clfkit.signals import Interrupted, catch_stop_signals
 from clfkit.ema import WeightEMA
 from clfkit.evaluate import per_class, write_run_reports
 from clfkit.logs import MetricsLog
+from clfkit.mistakes import write_mistakes
+from clfkit.report_html import write_run_report
+from clfkit.tracking import open_trackers, require_trackers
 from clfkit.runs import describe_class_change, replaces_best, selected_on
 from clfkit.stopping import EarlyStopper
 
@@ -438,17 +441,20 @@ class RunResult:
 
 
 def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
-          run_dir: str | Path | None = None, resume: Optional[Resumed] = None) -> RunResult:
+          run_dir: str | Path | None = None, resume: Optional[Resumed] = None,
+          trackers: tuple[Any, ...] = ()) -> RunResult:
     """Train ``recipe``; write everything into a new run folder under ``out``. ``resume``
     (from clfkit.resume.load_resume_state) continues the run in ``run_dir`` from its last.pt.
-    The run folder is locked (clfkit.locks) from its creation to the end of the run."""
+    The run folder is locked (clfkit.locks) from its creation to the end of the run.
+    ``trackers``: extra per-epoch observers besides the recipe's train.track (clfkit.tracking)."""
     with contextlib.ExitStack() as lock:
-        return _train(recipe, out, quiet=quiet, run_dir=run_dir, resume=resume, lock=lock)
+        return _train(recipe, out, quiet=quiet, run_dir=run_dir, resume=resume, lock=lock, trackers=trackers)
 
 
 def _train(recipe: Recipe, out: str | Path, *, quiet: bool, run_dir: str | Path | None,
-           resume: Optional[Resumed], lock: contextlib.ExitStack) -> RunResult:
+           resume: Optional[Resumed], lock: contextlib.ExitStack, trackers: tuple[Any, ...] = ()) -> RunResult:
     t_start = time.perf_counter()
+    require_trackers(recipe.train.track)  # a missing tracker package fails before the run folder exists
     rt = resolve_runtime(recipe)
     world = distributed.setup(rt)  # under torchrun: join the group, pin this rank's GPU
     # this rank's part of last.pt (a mid-epoch one resumes only with the world size that saved it)
@@ -581,8 +587,11 @@ def _train(recipe: Recipe, out: str | Path, *, quiet: bool, run_dir: str | Path 
             raise Interrupted(stop_message(f"in epoch {epoch + 1} after batch {batch}/{steps_per_epoch}"),
                               stop.signum)
 
+    run_trackers = open_trackers(recipe.train.track, run, recipe.to_dict(), start_epoch, trackers,
+                                 main=distributed.is_main())  # clfkit.tracking
+    lock.callback(run_trackers.close)  # closed with the run, after finish() logged the summary
     with catch_stop_signals() as stop, contextlib.closing(report), \
-            contextlib.closing(MetricsLog(run, start_epoch)) as metrics_log:
+            contextlib.closing(MetricsLog(run, start_epoch, run_trackers)) as metrics_log:
         for epoch in range(start_epoch, tc.epochs):
             t0 = time.perf_counter()
             progress = report.start_epoch(epoch, n_train)
@@ -642,9 +651,14 @@ def _train(recipe: Recipe, out: str | Path, *, quiet: bool, run_dir: str | Path 
     # rank reads rank 0's (written before the last checkpoint's gather, which they all passed)
     best_pt = (resume.run_dir if resume is not None else run) / "best.pt"
     summary.update(_evaluate_best(best_pt, model, splits, val_set, rt=rt, loss_fn=loss_fn, batch_size=eval_bs))
+    if summary.get("eval_split") and distributed.is_main():  # model holds best.pt: its surest errors
+        write_mistakes(run, model, splits.test if summary["eval_split"] == "test" else val_set,
+                       summary["eval_split"], rt, splits.class_names, eval_bs)
     summary["wall_seconds"] = round(time.perf_counter() - t_start, 2)
     write_json(run / "summary.json", summary)
     write_run_reports(run)  # curves.png, per_class.csv, confusion.png (clfkit.evaluate)
+    write_run_report(run)  # report.html (clfkit.report_html)
+    run_trackers.finish(run, summary)  # MLflow: the summary and the report files
     if summary["best_val_acc"] is not None:
         msg = f"done in {summary['wall_seconds']:.0f}s: best val acc {summary['best_val_acc']:.4f} (epoch {best['epoch']})"
     else:  # never call train accuracy "val"
