@@ -61,7 +61,10 @@ def cli(debug: bool) -> None:
 @click.option("--out", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder that receives the run folder.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def train(recipe: Path | None, resume_dir: Path | None, overrides: tuple[str, ...], out: Path, quiet: bool) -> None:
+@click.option("--track", multiple=True, type=click.Choice(["tensorboard", "mlflow"]),
+              help="Also report to this tracker (added to the recipe's train.track; repeatable).")
+def train(recipe: Path | None, resume_dir: Path | None, overrides: tuple[str, ...], out: Path, quiet: bool,
+          track: tuple[str, ...]) -> None:
     """Train RECIPE; writes runs/<name>/ (checkpoints, metrics, summary)."""
     if resume_dir is not None:
         from clfkit.trainer import resume_run
@@ -78,6 +81,12 @@ def train(recipe: Path | None, resume_dir: Path | None, overrides: tuple[str, ..
     from clfkit.trainer import train as train_fn
 
     r = run_guarded(load_recipe, recipe, overrides)
+    if track:  # the recipe's trackers plus these, so recipe.yaml records every one
+        from clfkit.recipe import validate_recipe
+
+        data = r.to_dict()
+        data["train"]["track"] = list(dict.fromkeys(list(r.train.track) + list(track)))
+        r = run_guarded(validate_recipe, data, "--track")
     run_guarded(check_model_size, r, str(recipe))  # before any data is read
     run_guarded(train_fn, r, out, quiet=quiet)
 
@@ -284,6 +293,37 @@ def sweep(recipe: Path, grid: tuple[str, ...], overrides: tuple[str, ...], jobs:
 
 
 @cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--trials", default=20, show_default=True, type=click.IntRange(min=1),
+              help="Trials in the study (finished or pruned); a re-run continues up to this many.")
+@click.option("--space", "spaces", multiple=True, metavar="PATH=KIND(ARGS)",
+              help="A searched field: uniform(lo,hi), loguniform(lo,hi), int(lo,hi), logint(lo,hi) or "
+                   "choice(v1,v2,...), e.g. --space 'optim.lr=loguniform(1e-4,1e-1)' (repeatable).")
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a field in every trial.")
+@click.option("--pruner", default="median", show_default=True, type=click.Choice(["median", "halving", "none"]),
+              help="Stop trials whose val accuracy falls behind: median rule or successive halving.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the TPE sampler.")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Trials at once, each in its own process (the CPU cores are split between them).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Tune folder [default: tunes/<recipe name>].")
+@click.option("--quiet", is_flag=True, help="No per-epoch output.")
+def tune(recipe: Path, trials: int, spaces: tuple[str, ...], overrides: tuple[str, ...], pruner: str, seed: int,
+         jobs: int, out: Path | None, quiet: bool) -> None:
+    """Search hyperparameters with Optuna (TPE), pruning trials that fall behind.
+
+    The study lives in OUT/study.db: running the same command again continues it."""
+    from clfkit.tune import plan_tune, run_tune
+
+    setup = run_guarded(plan_tune, recipe, spaces, trials, overrides, out, seed, pruner, quiet)
+    res = run_guarded(run_tune, setup, jobs, click.echo)
+    click.echo((res.out / "trials.md").read_text(encoding="utf-8").rstrip())
+    if res.best is not None:
+        click.echo(f"best: trial {res.best['trial']}, val acc {res.best['best_val_acc']:.4f}; "
+                   f"train it with: clfkit train {res.out / 'best.yaml'}")
+
+
+@cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--top", default=10, show_default=True, type=click.IntRange(min=1), help="Draw the best N runs.")
 @click.option("--metric", default="val_acc", show_default=True,
@@ -300,6 +340,19 @@ def compare(paths: tuple[Path, ...], top: int, metric: str, output: Path, title:
         click.echo(r.legend())
     click.echo(f"wrote {path} ({len(runs)} run(s); legend: best train acc, best val acc, test acc of best.pt: "
                f"the best val epoch, or the last epoch of a run without a val split)")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+def report(run_dir: Path) -> None:
+    """Rebuild RUN_DIR/report.html from the run folder's files (one self-contained page)."""
+    from clfkit.report_html import write_run_report
+    from clfkit.run.folder import RunFolderError
+    from clfkit.run.reader import is_run
+
+    if not is_run(run_dir):
+        _fail(RunFolderError(f"{run_dir} is not a run folder (no metrics.jsonl or summary.json)"))
+    click.echo(f"wrote {run_guarded(write_run_report, run_dir)}")
 
 
 @cli.command("eval")

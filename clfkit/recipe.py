@@ -127,6 +127,8 @@ class TrainConfig(Strict):
         None, description="stop when a val metric stops improving; true for the defaults")
     ema: Annotated[Optional[EMA], BeforeValidator(_switch)] = Field(
         None, description="moving average of the weights, used for val, best.pt and test; true for defaults")
+    track: list[Literal["tensorboard", "mlflow"]] = Field(
+        ["tensorboard"], description="trackers (clfkit.tracking): tensorboard when installed; mlflow needs the mlflow extra")
 
 
 class Recipe(Strict):

@@ -43,8 +43,10 @@ from clfkit.errors import ClfkitError, RecipeError
 from clfkit.names import check_name, child_folder, name_problem, safe_label
 from clfkit.io import atomic_open, write_json, write_text
 from clfkit.recipe import Recipe, apply_override, parse_override, read_yaml, validate_recipe
+from clfkit.report_html import write_folder_report
 from clfkit.run.folder import LOCK_NAME, RunFolder, run_lock
 from clfkit.run.reader import RunInfo, is_run, rank, read_run
+from clfkit.tracking import parent_run
 from clfkit.signals import Interrupted, StopFlag, catch_stop_signals
 from clfkit.yamltext import YAMLProblem, parse_value
 
@@ -418,7 +420,9 @@ def run_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
     n = len(sweep.trials)
     log(f"sweep {sweep.out}: {n} run(s), {n - len(todo)} already finished, {len(todo)} to train"
         + (f", {jobs} at a time" if jobs > 1 and len(todo) > 1 else ""))
-    with catch_stop_signals() as stop:
+    # MLflow (when a run tracks to it): the sweep is the parent run of its runs (clfkit.tracking)
+    with parent_run(f"sweep {sweep.out.name}", {"recipe": str(recipe_path), "grid": " ".join(grid)}, sweep.out,
+                    any("mlflow" in t.recipe.train.track for t in sweep.trials)), catch_stop_signals() as stop:
         if jobs <= 1 or len(todo) <= 1:
             for i, t in enumerate(todo, 1):
                 if stop.pending:
@@ -427,7 +431,7 @@ def run_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
                 _record(t, _run_trial_safe(t.recipe.to_dict(), str(t.run_dir), quiet, 0), log)
         else:
             _run_parallel(todo, jobs, log, stop)
-    write_tables(sweep, top=top)
+        write_tables(sweep, top=top)
     if stop.pending:
         raise Interrupted(_stopped_message(sweep, stop.name), stop.signum)
     return sweep
@@ -567,6 +571,8 @@ def write_tables(sweep: Sweep, top: int = 10) -> list[Path]:
         files.append(plot_compare(finished[:top], sweep.out / "compare.png",
                                   title=f"{sweep.recipe_path.name}: top {min(top, len(finished))} of "
                                         f"{len(rows)} runs by best val acc"))
+    files.append(write_folder_report(sweep.out, f"sweep {sweep.out.name}", lines[0].replace("`", ""), rows,
+                                     [("Top runs", sweep.out / "compare.png")]))  # report.html
     return files
 
 

@@ -35,8 +35,10 @@ from clfkit.engine.stopping import EarlyStopper
 from clfkit.errors import TrainingError
 from clfkit.evaluation import evaluate, evaluate_best
 from clfkit.io import remove_stale_temps
+from clfkit.mistakes import write_mistakes
 from clfkit.progress import Reporter
 from clfkit.recipe import Recipe
+from clfkit.report_html import write_run_report
 from clfkit.run.checkpoint import save_checkpoint
 from clfkit.run.folder import RunFolder, run_lock
 from clfkit.run.metrics_log import MetricsLog
@@ -45,6 +47,7 @@ from clfkit.run.reports import write_run_reports
 from clfkit.run.resume import (Resumed, check_folder_resumable, check_resumable, check_same_data, restore,
                                training_state)
 from clfkit.signals import Interrupted, catch_stop_signals
+from clfkit.tracking import open_trackers, require_trackers
 
 
 @dataclass
@@ -56,16 +59,20 @@ class RunResult:
 
 
 def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
-          run_dir: str | Path | None = None, resume: Optional[Resumed] = None) -> RunResult:
+          run_dir: str | Path | None = None, resume: Optional[Resumed] = None,
+          trackers: tuple[Any, ...] = ()) -> RunResult:
     """Train ``recipe``; write everything into a new run folder under ``out``. ``resume``
     (from clfkit.run.resume.check_resumable) continues the run in ``run_dir`` from its last.pt.
-    The run folder is locked (clfkit.run.folder) from its creation to the end of the run."""
+    The run folder is locked (clfkit.run.folder) from its creation to the end of the run.
+    ``trackers``: extra per-epoch observers besides the recipe's train.track (clfkit.tracking)."""
+    require_trackers(recipe.train.track)  # a missing tracker package fails before the run folder exists
     with contextlib.ExitStack() as lock:
         trainer = Trainer(recipe, quiet=quiet, resume=resume)
         trainer.load_data()
         trainer.open_folder(out, run_dir, lock)
         trainer.build()
         trainer.start()
+        trainer.open_trackers(trackers, lock)
         trainer.fit()
         return trainer.finish()
 
@@ -194,12 +201,19 @@ class Trainer:
         self.report.print(f"resuming {self.folder} at epoch {self.start_epoch + 1}" + (
             f", batch {self.resume_at.batch + 1}" if self.resume_at else "") + f" (step {state.step})")
 
+    def open_trackers(self, extra: tuple[Any, ...], lock: contextlib.ExitStack) -> None:
+        """The recipe's trackers (TensorBoard, MLflow) plus ``extra`` observers (a tune pruner);
+        closed with the run, after finish() has logged the summary to them."""
+        self.trackers = open_trackers(self.recipe.train.track, self.folder.path, self.recipe.to_dict(),
+                                      self.start_epoch, extra, main=distributed.is_main())
+        lock.callback(self.trackers.close)
+
     # ------------------------------------------------------------------ the epochs
     def fit(self) -> None:
         """Train from start_epoch to train.epochs (or an early stop); a stop signal saves last.pt
         and raises Interrupted."""
         with catch_stop_signals() as self.stop, contextlib.closing(self.report), \
-                contextlib.closing(MetricsLog(self.folder.path, self.start_epoch)) as self.metrics_log:
+                contextlib.closing(MetricsLog(self.folder.path, self.start_epoch, self.trackers)) as self.metrics_log:
             for epoch in range(self.start_epoch, self.tc.epochs):
                 if self._epoch(epoch):
                     self.report.print(self.stopper.describe())
@@ -295,9 +309,15 @@ class Trainer:
         best_pt = RunFolder(self.resume.run_dir).best if self.resume is not None else self.folder.best
         summary.update(evaluate_best(best_pt, self.state.net, self.splits, self.val_set, rt=self.rt,
                                      loss_fn=self.loss_fn, batch_size=self.eval_bs))
+        if summary.get("eval_split") and distributed.is_main():  # the net holds best.pt: its surest errors
+            data = self.splits.test if summary["eval_split"] == "test" else self.val_set
+            write_mistakes(self.folder.path, self.state.net, data, summary["eval_split"], self.rt,
+                           self.splits.class_names, self.eval_bs)
         summary["wall_seconds"] = round(time.perf_counter() - self.t_start, 2)
         self.folder.write_summary(summary)
         write_run_reports(self.folder.path)  # curves.png, per_class.csv, confusion.png (clfkit.run.reports)
+        write_run_report(self.folder.path)  # report.html (clfkit.report_html)
+        self.trackers.finish(self.folder.path, summary)  # MLflow: the summary and the report files
         self.report.print(_done_message(summary) + f"  -> {self.folder}")
         return RunResult(self.folder.path, summary)
 

@@ -66,6 +66,8 @@ SKIPPED_TXT = "skipped.txt"
 CURVES_PNG = "curves.png"
 PER_CLASS_CSV = "per_class.csv"
 CONFUSION_PNG = "confusion.png"
+MISTAKES_JSON = "mistakes.json"
+REPORT_HTML = "report.html"
 LOCK_NAME = ".clfkit.lock"
 _HELD: dict[str, list] = {}  # resolved run folder -> [fd, depth]: locks this process holds
 F = TypeVar("F", bound=Callable[..., Any])
@@ -214,6 +216,8 @@ class RunFolder:
     curves = property(lambda self: self.path / CURVES_PNG)
     per_class = property(lambda self: self.path / PER_CLASS_CSV)
     confusion = property(lambda self: self.path / CONFUSION_PNG)
+    mistakes = property(lambda self: self.path / MISTAKES_JSON)
+    report_html = property(lambda self: self.path / REPORT_HTML)
 
     def eval_json(self, split: str, tta: str = "none") -> Path:
         """``clfkit eval``'s result for ``split`` (with test-time augmentation ``tta``)."""

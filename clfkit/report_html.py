@@ -1,0 +1,168 @@
+"""report.html: one self-contained page per run folder (and per sweep or tune folder).
+
+The page needs no network and no other file: figures and thumbnails are inlined as base64
+``data:`` URIs, the style sheet is inline, there is no script. It is built only from files the
+run folder already holds (recipe.yaml, summary.json, curves.png, confusion.png, per_class.csv,
+mistakes.json), so ``clfkit report RUN`` can rebuild it for any finished run, and it is written
+atomically like every other run file.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from clfkit.io import write_text
+from clfkit.mistakes import MISTAKES_FILE
+from clfkit.run.folder import REPORT_HTML as REPORT_FILE  # one home for run file names
+
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1250px;
+     color:#222;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.2em;border-bottom:1px solid #ddd;margin-top:1.6em}
+table{border-collapse:collapse;font-size:.9em} td,th{border:1px solid #ddd;padding:.25em .6em}
+th{background:#f4f4f4;text-align:left} td.num{text-align:right;font-variant-numeric:tabular-nums}
+pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.85em;max-height:30em}
+img.fig{max-width:100%;border:1px solid #eee}
+.grid{display:flex;flex-wrap:wrap;gap:.8em} .grid figure{margin:0;width:120px;font-size:.8em;text-align:center}
+.grid img{width:96px;height:96px;object-fit:contain;image-rendering:pixelated;border:2px solid #c33}
+.muted{color:#777} .true{color:#171} .pred{color:#c33}
+"""
+
+
+def _png_uri(path: Path) -> Optional[str]:
+    """``data:image/png;base64,...`` of a PNG file, or None when it is missing."""
+    if not path.is_file():
+        return None
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _table(rows: list[dict[str, Any]], columns: Optional[list[str]] = None) -> str:
+    """An HTML table of ``rows`` (dicts), numbers right-aligned."""
+    if not rows:
+        return '<p class="muted">none</p>'
+    columns = columns or list(rows[0])
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for r in rows:
+        cells = []
+        for c in columns:
+            v = r.get(c)
+            num = isinstance(v, (int, float)) and not isinstance(v, bool)
+            cells.append(f'<td{" class=num" if num else ""}>{html.escape(_fmt(v))}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _figure(title: str, path: Path) -> str:
+    uri = _png_uri(path)
+    if uri is None:
+        return f'<h2>{html.escape(title)}</h2><p class="muted">{html.escape(path.name)} not written</p>'
+    return f'<h2>{html.escape(title)}</h2><img class="fig" alt="{html.escape(path.name)}" src="{uri}">'
+
+
+def _page(title: str, sections: Iterable[str]) -> str:
+    return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+            f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
+            + "\n".join(sections) + "</body></html>\n")
+
+
+def _read_json(path: Path) -> Optional[dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# --------------------------------------------------------------------------- one run
+SUMMARY_KEYS = ("best_val_acc", "best_epoch", "test_acc", "test_loss", "train_acc_at_best", "epochs_run",
+                "stopped_early_at", "eval_split", "params", "device", "precision", "train_images",
+                "val_images", "test_images", "skipped_files", "train_seconds", "wall_seconds",
+                "clfkit_version")
+
+
+def _mistakes_section(run: Path) -> str:
+    data = _read_json(run / MISTAKES_FILE)
+    head = '<h2 id="mistakes">Most confidently misclassified</h2>'
+    if data is None:
+        return head + '<p class="muted">no mistakes.json (no labelled test or val split)</p>'
+    found = data.get("mistakes") or []
+    if not found:
+        return head + f'<p>no misclassified image in the {html.escape(str(data.get("split")))} split</p>'
+    cards = []
+    for m in found:
+        where = html.escape(m.get("path") or f"#{m.get('index')}")
+        cards.append(f'<figure><img alt="{where}" title="{where}" src="data:image/png;base64,{m["png_base64"]}">'
+                     f'<figcaption><span class="true">true: {html.escape(m["true"])}</span><br>'
+                     f'<span class="pred">predicted: {html.escape(m["predicted"])}</span><br>'
+                     f'p = {m["confidence"]:.3f}</figcaption></figure>')
+    return (head + f'<p>{len(found)} most confident errors of best.pt on the {html.escape(str(data.get("split")))} '
+            f'split ({data.get("images")} images), most confident first.</p><div class="grid">'
+            + "".join(cards) + "</div>")
+
+
+def _per_class_rows(run: Path) -> list[dict[str, Any]]:
+    path = run / "per_class.csv"
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k, v in r.items():
+            try:
+                r[k] = int(v) if k == "support" else (float(v) if k not in ("split", "class") and v else v)
+            except ValueError:
+                pass
+    return rows
+
+
+def write_run_report(run: str | Path) -> Path:
+    """Write ``run/report.html`` from the run folder's files; returns its path."""
+    run = Path(run)
+    summary = _read_json(run / "summary.json") or {}
+    recipe = (run / "recipe.yaml").read_text(encoding="utf-8") if (run / "recipe.yaml").is_file() else ""
+    name = summary.get("name") or run.name
+    facts = [{"field": k, "value": summary[k]} for k in SUMMARY_KEYS if k in summary]
+    sections = [
+        f"<h1>{html.escape(str(name))}</h1><p class=muted>{html.escape(str(run))}</p>",
+        "<h2>Summary</h2>" + _table(facts) if facts else "<h2>Summary</h2><p class=muted>unfinished run</p>",
+        _figure("Curves", run / "curves.png"),
+        _figure("Confusion matrix", run / "confusion.png"),
+        "<h2>Per class</h2>" + _table(_per_class_rows(run)),
+        _mistakes_section(run),
+        f"<h2>Recipe</h2><pre>{html.escape(recipe)}</pre>",
+    ]
+    path = run / REPORT_FILE
+    write_text(path, _page(f"clfkit run {name}", sections))
+    return path
+
+
+# --------------------------------------------------------------------------- sweep / tune folders
+def write_folder_report(folder: str | Path, title: str, intro: str, rows: list[dict[str, Any]],
+                        figures: list[tuple[str, Path]]) -> Path:
+    """``folder/report.html`` for a sweep or tune folder: ``intro``, the comparison table
+    ``rows`` and ``figures`` ((title, png path), inlined). Runs link to their own reports."""
+    folder = Path(folder)
+    links = [f'<li><a href="{html.escape(r["run"])}/{REPORT_FILE}">{html.escape(r["run"])}</a></li>'
+             for r in rows if r.get("run") and (folder / str(r["run"]) / REPORT_FILE).is_file()]
+    sections = [f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>",
+                "<h2>Runs</h2>" + _table(rows)]
+    sections += [_figure(t, p) for t, p in figures]
+    if links:
+        sections.append("<h2>Run reports</h2><ul>" + "".join(links) + "</ul>")
+    path = folder / REPORT_FILE
+    write_text(path, _page(title, sections))
+    return path

@@ -1,0 +1,267 @@
+"""Experiment trackers: where a run's numbers go besides its run folder.
+
+A tracker is any object with three methods, called by the trainer (through
+clfkit.run.metrics_log.MetricsLog for the epochs)::
+
+    epoch(row)              after each epoch, with the row written to metrics.jsonl
+    finish(run, summary)    once, after summary.json and the report files are written
+    close()                 always, at the end of the run (also after an error or a stop)
+
+Built in, chosen by the recipe's ``train.track`` (or ``clfkit train --track``):
+
+- ``tensorboard``: event files in ``run/tensorboard/`` when the ``tensorboard`` extra is
+  installed (silently off otherwise, as before trackers were a recipe field).
+- ``mlflow``: one MLflow run per clfkit run (``pip install -e ".[mlflow]"``): the flattened
+  recipe as params, each epoch's metrics with step = epoch, the summary's numbers as metrics,
+  summary.json and the report files as artifacts. The store is ``MLFLOW_TRACKING_URI``, or
+  ``mlruns/`` in the working folder (an SQLite database plus an artifact folder: MLflow's file
+  store is in maintenance mode). A sweep or tune sets ``CLFKIT_MLFLOW_PARENT`` (see
+  :func:`parent_run`) and its runs become that run's children.
+
+Anything with ``epoch`` (and optionally ``finish``/``close``) can be passed to
+``clfkit.trainer.train(..., trackers=[...])``; ``clfkit tune`` feeds its pruner this way.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional, Protocol, Sequence
+
+from clfkit.errors import ClfkitError
+from clfkit.run.folder import RunFolder
+
+TRACKERS = ("tensorboard", "mlflow")
+PARENT_ENV = "CLFKIT_MLFLOW_PARENT"  # run id of the sweep's / study's MLflow run
+EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
+DEFAULT_EXPERIMENT = "clfkit"
+TRACKING_FILE = "tracking.json"  # the MLflow run id, so a resumed run logs into the same run
+# the report files a finished run hands to MLflow as artifacts (those that exist)
+ARTIFACTS = ("summary.json", "recipe.yaml", "curves.png", "confusion.png", "per_class.csv", "report.html",
+             "mistakes.json")
+
+
+class TrackingError(ClfkitError):
+    """A tracker that was asked for cannot run (its package is missing)."""
+
+
+class Tracker(Protocol):
+    def epoch(self, row: dict[str, Any]) -> None: ...
+
+
+# --------------------------------------------------------------------------- TensorBoard
+def _tag(key: str) -> str:
+    """train_loss -> loss/train, val_acc -> acc/val: TensorBoard then overlays train and val."""
+    for split in ("train", "val", "test"):
+        if key.startswith(split + "_"):
+            return f"{key[len(split) + 1:]}/{split}"
+    return f"run/{key}"
+
+
+def _numbers(row: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in row.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"}
+
+
+class TensorBoardTracker:
+    """Event files in ``run/tensorboard``; None from :meth:`open` without tensorboard."""
+
+    def __init__(self, writer: Any):
+        self.writer = writer
+
+    @classmethod
+    def open(cls, run: Path, start_epoch: int) -> Optional["TensorBoardTracker"]:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # the optional extra is not installed: CSV and JSONL only
+            return None
+        # purge_step drops events a resumed run is about to write again
+        return cls(SummaryWriter(log_dir=str(RunFolder(run).tensorboard),
+                                 purge_step=start_epoch + 1 if start_epoch else None))
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        for key, value in _numbers(row).items():
+            self.writer.add_scalar(_tag(key), value, int(row["epoch"]))
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+# --------------------------------------------------------------------------- MLflow
+def _require_mlflow() -> Any:
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        raise TrackingError('train.track asks for mlflow, but MLflow is not installed here: '
+                            'pip install -e ".[mlflow]" (or pip install mlflow-skinny sqlalchemy alembic), '
+                            'or remove mlflow from train.track') from None
+    return MlflowClient
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI``, else an SQLite store in ``./mlruns``."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    folder = Path.cwd() / "mlruns"
+    folder.mkdir(exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def _client_and_experiment() -> tuple[Any, str]:
+    client = _require_mlflow()(tracking_uri())
+    name = os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return client, exp.experiment_id
+    artifacts = None
+    if not os.environ.get("MLFLOW_TRACKING_URI"):  # the local store keeps artifacts next to its database
+        artifacts = (Path.cwd() / "mlruns" / "artifacts").as_uri()
+    try:
+        return client, client.create_experiment(name, artifact_location=artifacts)
+    except Exception:  # another process created it first
+        return client, client.get_experiment_by_name(name).experiment_id
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, str]:
+    """A recipe as dotted-path params: ``{"optim.lr": "0.01", "data.augment.0.name": ...}``."""
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else None
+    if items is None:
+        return {prefix: str(data)[:500]}
+    flat: dict[str, str] = {}
+    for key, child in items:
+        flat.update(flatten(child, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+class MLflowTracker:
+    """One MLflow run for one clfkit run, written through MlflowClient (explicit run ids, no
+    process-global active run: sweeps in worker processes and tune trials stay apart)."""
+
+    def __init__(self, client: Any, run_id: str):
+        self.client, self.run_id, self.finished = client, run_id, False
+
+    @classmethod
+    def open(cls, run: Path, recipe: dict[str, Any], resuming: bool) -> "MLflowTracker":
+        """Start (or, resuming, continue) the MLflow run of run folder ``run``."""
+        client, experiment = _client_and_experiment()
+        saved = run / TRACKING_FILE
+        if resuming and saved.is_file():
+            run_id = json.loads(saved.read_text(encoding="utf-8"))["mlflow_run_id"]
+            client.update_run(run_id, status="RUNNING")
+            return cls(client, run_id)
+        tags = {"clfkit.run_dir": str(run.resolve())}
+        if os.environ.get(PARENT_ENV):
+            tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
+        mlrun = client.create_run(experiment, run_name=run.name, tags=tags)
+        from clfkit.io import write_json
+
+        write_json(saved, {"mlflow_run_id": mlrun.info.run_id, "tracking_uri": tracking_uri()})
+        tracker = cls(client, mlrun.info.run_id)
+        tracker.log_params(flatten(recipe))
+        return tracker
+
+    def log_params(self, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_numbers(self, numbers: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in numbers.items()])
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        self.log_numbers(_numbers(row), int(row["epoch"]))
+
+    def finish(self, run: Path, summary: dict[str, Any]) -> None:
+        numbers = {k: v for k, v in _numbers(summary).items() if k not in ("num_classes",)}
+        self.log_numbers(numbers, int(summary.get("epochs_run") or 0))
+        for name in ARTIFACTS:
+            if (run / name).is_file():
+                self.client.log_artifact(self.run_id, str(run / name))
+        self.client.set_terminated(self.run_id, "FINISHED")
+        self.finished = True
+
+    def close(self) -> None:
+        if not self.finished:  # an error, a stop signal or a pruned trial
+            self.client.set_terminated(self.run_id, "KILLED")
+            self.finished = True
+
+
+@contextlib.contextmanager
+def parent_run(name: str, params: dict[str, str], folder: Path, enabled: bool) -> Iterator[Optional[str]]:
+    """An MLflow run for a sweep or a study while the block runs; its id is put in the
+    environment (inherited by worker processes), so the runs trained inside become its
+    children. Does nothing (yields None) unless ``enabled``."""
+    if not enabled:
+        yield None
+        return
+    client, experiment = _client_and_experiment()
+    mlrun = client.create_run(experiment, run_name=name, tags={"clfkit.folder": str(Path(folder).resolve())})
+    parent = MLflowTracker(client, mlrun.info.run_id)
+    parent.log_params(params)
+    before = os.environ.get(PARENT_ENV)
+    os.environ[PARENT_ENV] = mlrun.info.run_id
+    try:
+        yield mlrun.info.run_id
+        for file in ("report.html", "sweep.md", "sweep.csv", "compare.png", "trials.md", "trials.csv",
+                     "best.yaml", "history.png", "importance.png"):
+            if (Path(folder) / file).is_file():
+                client.log_artifact(mlrun.info.run_id, str(Path(folder) / file))
+        client.set_terminated(mlrun.info.run_id, "FINISHED")
+        parent.finished = True
+    finally:
+        parent.close()
+        if before is None:
+            os.environ.pop(PARENT_ENV, None)
+        else:
+            os.environ[PARENT_ENV] = before
+
+
+# --------------------------------------------------------------------------- the run's trackers
+class Trackers:
+    """The trackers of one run, called in order."""
+
+    def __init__(self, trackers: Sequence[Any]):
+        self.trackers = list(trackers)
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        for t in self.trackers:
+            t.epoch(row)
+
+    def finish(self, run: Path, summary: dict[str, Any]) -> None:
+        for t in self.trackers:
+            if hasattr(t, "finish"):
+                t.finish(run, summary)
+
+    def close(self) -> None:
+        for t in self.trackers:
+            if hasattr(t, "close"):
+                t.close()
+
+
+def require_trackers(names: Sequence[str]) -> None:
+    """Fail before the run folder exists when a tracker's package is missing."""
+    if "mlflow" in names:
+        _require_mlflow()
+
+
+def open_trackers(names: Sequence[str], run: Path, recipe: dict[str, Any], start_epoch: int,
+                  extra: Sequence[Any] = (), main: bool = True) -> Trackers:
+    """The trackers ``names`` (the recipe's train.track) for run folder ``run``, then ``extra``.
+    Only the main process of a multi-process run reports to MLflow."""
+    found: list[Any] = []
+    if "tensorboard" in names:
+        tb = TensorBoardTracker.open(run, start_epoch)
+        if tb is not None:
+            found.append(tb)
+    if "mlflow" in names and main:
+        found.append(MLflowTracker.open(run, recipe, resuming=start_epoch > 0))
+    return Trackers(found + list(extra))

@@ -1,0 +1,114 @@
+"""MLflow tracking against a real local store, read back through the MLflow API."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from conftest import tiny_recipe
+
+
+def _small(**changes):
+    small = {"train__epochs": 2, "train__track": ["mlflow"],
+             "data__source": {"name": "shapes", "num_classes": 4, "train_size": 96, "val_size": 32, "test_size": 32}}
+    return tiny_recipe(**{**small, **changes})
+
+
+def test_missing_mlflow_is_a_clear_error_before_the_run_folder(tmp_path, monkeypatch):
+    from clfkit.tracking import TrackingError
+    from clfkit.trainer import train
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow now raises ImportError
+    with pytest.raises(TrackingError, match=r'pip install -e "\.\[mlflow\]"'):
+        train(_small(), tmp_path / "runs", quiet=True)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_tracker_is_a_recipe_error():
+    from clfkit.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="train.track"):
+        tiny_recipe(train__track=["wandb"])
+
+
+@pytest.fixture()
+def store(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "clfkit-test")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def test_run_is_logged_with_params_metric_history_and_artifacts(tmp_path, store, monkeypatch):
+    from clfkit.trainer import train
+
+    # artifacts of a store given by URI go where the experiment says: keep them in tmp_path
+    exp = store.create_experiment("clfkit-test", artifact_location=(tmp_path / "art").as_uri())
+    res = train(_small(), tmp_path / "runs", quiet=True)
+    runs = store.search_runs([exp], filter_string="params.`optim.lr` = '0.003'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.info.run_name == res.run_dir.name
+    assert run.data.params["model.name"] == "cnn" and run.data.params["train.epochs"] == "2"
+    history = store.get_metric_history(run.info.run_id, "val_acc")
+    assert [m.step for m in history] == [1, 2]
+    assert [m.value for m in history] == pytest.approx(
+        [r["val_acc"] for r in __import__("clfkit.run.reader", fromlist=["read_history"]).read_history(res.run_dir)])
+    assert run.data.metrics["test_acc"] == pytest.approx(res.summary["test_acc"])
+    artifacts = {a.path for a in store.list_artifacts(run.info.run_id)}
+    assert {"summary.json", "curves.png", "confusion.png", "report.html", "recipe.yaml"} <= artifacts
+
+
+def test_local_mlruns_store_by_default(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from clfkit.trainer import train
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    train(_small(train__epochs=1), "runs", quiet=True)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("clfkit")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert "report.html" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert (tmp_path / "mlruns" / "artifacts").is_dir()
+
+
+def test_sweep_is_a_parent_run_with_child_runs(tmp_path, store):
+    import yaml
+
+    from clfkit.sweep import run_sweep
+
+    exp = store.create_experiment("clfkit-test", artifact_location=(tmp_path / "art").as_uri())
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(_small(train__epochs=1).to_dict()))
+    run_sweep(recipe, ["optim.lr=1e-3,3e-3"], out=tmp_path / "sw", quiet=True, log=lambda s: None)
+    runs = store.search_runs([exp])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(r.data.params["optim.lr"] for r in children) == ["0.001", "0.003"]
+    assert "report.html" in {a.path for a in store.list_artifacts(parents[0].info.run_id)}
+
+
+def test_cli_track_option_adds_mlflow(tmp_path, store):
+    import yaml
+    from click.testing import CliRunner
+
+    from clfkit.cli import cli
+
+    exp = store.create_experiment("clfkit-test", artifact_location=(tmp_path / "art").as_uri())
+    data = _small(train__epochs=1).to_dict()
+    data["train"]["track"] = ["tensorboard"]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    res = CliRunner().invoke(cli, ["train", str(recipe), "--out", str(tmp_path / "runs"), "--quiet",
+                                   "--track", "mlflow"])
+    assert res.exit_code == 0, res.output
+    (run,) = store.search_runs([exp])
+    assert run.data.params["train.track.1"] == "mlflow"
