@@ -38,7 +38,7 @@ from clfkit.io import write_text
 from clfkit.names import check_name
 from clfkit.recipe import apply_override, parse_override, read_yaml, validate_recipe
 from clfkit.signals import Interrupted
-from clfkit.sweep import _split_top_level
+from clfkit.sweep.plan import split_top_level
 from clfkit.yamltext import YAMLProblem, parse_value
 
 KINDS = {"uniform": 2, "loguniform": 2, "int": 2, "logint": 2, "choice": None}  # kind -> argument count
@@ -98,7 +98,7 @@ def parse_space(text: str) -> Dimension:
         raise TuneError(f"--space {text!r}: the value must be one of {', '.join(k + '(...)' for k in KINDS)}")
     kind = m.group(1)
     try:
-        args = [parse_value(a) for a in _split_top_level(m.group(2))]
+        args = [parse_value(a) for a in split_top_level(m.group(2))]
     except YAMLProblem as e:
         raise TuneError(f"--space {text!r}: {e}") from None
     need = KINDS[kind]
