@@ -117,3 +117,19 @@ def test_the_graph_sees_function_level_and_package_imports():
     graph = import_graph()
     assert "clfkit.registry.table" in graph["clfkit.registry"]
     assert "clfkit.build" in graph["clfkit.cli"]  # imported inside the command functions
+
+
+def test_import_linter_contracts_are_kept():
+    """ARCHITECTURE.md's import rules (layers; a deployment side without torch) are
+    import-linter contracts in pyproject.toml: a back-reference fails here."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = PACKAGE.parent
+    exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
+    assert exe, "import-linter is a test dependency: pip install -e '.[test]'"
+    done = subprocess.run([exe, "--no-cache", "--config", str(root / "pyproject.toml")], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "0 broken" in done.stdout
