@@ -48,7 +48,7 @@ from clfkit.registry.specs import split_spec
 from clfkit.registry.table import Registry
 
 __all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "KINDS", "REGISTRY", "REGULARIZER_HOOKS", "Entry", "Kind",
-           "Registry", "check_kind", "check_spec", "create", "define_kind", "get", "names",
+           "Registry", "check_args", "check_kind", "check_spec", "create", "define_kind", "get", "names",
            "plugin_selection", "plugins_disabled", "register", "resolve_spec", "split_spec",
            "type_hints", "type_text", "validate_args"]
 
@@ -86,6 +86,11 @@ def check_spec(kind: str, spec: Any, path: str) -> list[tuple[str, str]]:
 def resolve_spec(kind: str, spec: Any) -> dict:
     """``spec`` with defaults filled in: what the resolved recipe records."""
     return REGISTRY.resolve_spec(kind, spec)
+
+
+def check_args(entry: Entry, args: dict, path: str) -> list[tuple[str, str]]:
+    """All problems with ``args`` for ``entry``, as (dotted path, message) pairs."""
+    return specs.check_args(entry, args, path, REGISTRY.get)
 
 
 def validate_args(entry: Entry, args: dict, path: str = "") -> dict:
