@@ -15,6 +15,8 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from clfkit.errors import DataError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                     ".pgm", ".pbm", ".jfif")
 # Larger than any sane photo, far below what would exhaust memory: 64 Mpx.
@@ -23,8 +25,9 @@ GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 EXIF_ORIENTATION = 0x0112  # 1 upright; 2-8 mirrored and/or rotated; 5-8 swap width and height
 
 
-class DecodeError(Exception):
-    """A file that is not a decodable image; the message says why."""
+class DecodeError(DataError):
+    """A file that is not a decodable image; the message says why. A DataError, so a caller
+    (the Python ``Predictor``, a notebook) gets clfkit's one exception family."""
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
