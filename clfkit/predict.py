@@ -13,7 +13,6 @@ import csv
 import itertools
 import os
 import re
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,26 +37,12 @@ NOT_PREDICTIONS = (".onnx", ".pt", ".pth", ".safetensors", ".npy")
 # name that is not UTF-8, "\uNNNN" for Unicode line breaks (U+0085, U+2028, U+2029), and a space
 # at the very start or end of the field as "\x20" (so stripping a line loses nothing). A class
 # name's spaces are "\x20" too: the class is always the last space-separated field.
-_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 _UNESCAPE = re.compile(r"\\(\\|n|t|r|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4})")
-
-
-def _escape_char(ch: str) -> str:
-    o = ord(ch)
-    if ch in _ESCAPES:
-        return _ESCAPES[ch]
-    if 0xDC80 <= o <= 0xDCFF:  # an undecodable byte, as os.fsdecode (surrogateescape) gives it
-        return f"\\x{o - 0xDC00:02x}"
-    if o < 0x20 or o == 0x7F:
-        return f"\\x{o:02x}"
-    if o in (0x85, 0x2028, 0x2029) or 0xD800 <= o <= 0xDFFF:
-        return f"\\u{o:04x}"
-    return ch
 
 
 def escape_field(text: str, *, spaces: bool = False) -> str:
     """One field of a test.txt line; ``spaces=True`` escapes every space (class names)."""
-    out = "".join(_escape_char(ch) for ch in text)
+    out = imageio.escape_path(text)  # the escapes of skipped.txt and every other list of names
     if spaces:
         return out.replace(" ", "\\x20")
     if out.startswith(" "):
