@@ -68,7 +68,7 @@ def main() -> None:
 
     import torch
 
-    from clfkit import imageio
+    from clfkit import image_files
     from clfkit.predict import predict_folder
     from clfkit.predictor import load_onnx
     from clfkit.run.checkpoint import load_checkpoint, model_from_checkpoint
@@ -79,8 +79,8 @@ def main() -> None:
     images_dir = make_folder(work / "images", a.images, a.size, a.classes, layout="flat")
     onnx_path = make_model(work, a.size, a.depth, a.stem, a.width, a.classes)
 
-    files, _ = imageio.list_images(images_dir)
-    pre = np.stack([imageio.decode(p, (a.size, a.size), 3) for p in files]).transpose(0, 3, 1, 2).copy()
+    files, _ = image_files.list_images(images_dir)
+    pre = np.stack([image_files.decode(p, (a.size, a.size), 3) for p in files]).transpose(0, 3, 1, 2).copy()
     clf = load_onnx(onnx_path, threads)
     tmodel = model_from_checkpoint(load_checkpoint(work / "run" / "best.pt")).float().eval()
     b = a.batch_size
@@ -102,7 +102,7 @@ def main() -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(lambda p: imageio.decode(p, (a.size, a.size), 3), files))
+            list(pool.map(lambda p: image_files.decode(p, (a.size, a.size), 3), files))
 
     clf(pre[:b])  # warm up: onnxruntime's first run allocates its arena
     with torch.inference_mode():

@@ -20,7 +20,7 @@ from clfkit.engine import distributed
 from clfkit.engine.batches import eval_batches
 from clfkit.engine.runtime import Runtime, resolve_runtime
 from clfkit.errors import ClfkitError, DataError
-from clfkit.io import write_json
+from clfkit.atomic import write_json
 from clfkit.recipe import validate_recipe
 from clfkit.run.checkpoint import load_checkpoint, load_weights, model_from_checkpoint, run_checkpoint
 from clfkit.run.folder import RunFolder, holds_run_lock

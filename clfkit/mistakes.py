@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from clfkit.io import write_json
+from clfkit.atomic import write_json
 from clfkit.run.folder import MISTAKES_JSON as MISTAKES_FILE  # one home for run file names
 
 THUMB_PIXELS = 96  # the longer side of a thumbnail

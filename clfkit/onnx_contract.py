@@ -19,7 +19,7 @@ META_FORMAT = 1
 REQUIRED = ("class_names", "image_size", "channels", "resize")
 RESIZE_METHODS = ("squash", "crop")
 CHANNELS = (1, 3)
-# Each side at most this, and no more pixels than a decodable image may have (imageio.MAX_PIXELS).
+# Each side at most this, and no more pixels than a decodable image may have (image_files.MAX_PIXELS).
 MAX_SIDE, MAX_PIXELS = 16384, 64_000_000
 
 

@@ -20,9 +20,9 @@ from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
-from clfkit import imageio
+from clfkit import image_files
 from clfkit.errors import DataError
-from clfkit.io import atomic_open
+from clfkit.atomic import atomic_open
 from clfkit.predictor import OnnxClassifier, load_onnx, prepare, softmax
 
 
@@ -42,7 +42,7 @@ _UNESCAPE = re.compile(r"\\(\\|n|t|r|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4})")
 
 def escape_field(text: str, *, spaces: bool = False) -> str:
     """One field of a test.txt line; ``spaces=True`` escapes every space (class names)."""
-    out = imageio.escape_path(text)  # the escapes of skipped.txt and every other list of names
+    out = image_files.escape_path(text)  # the escapes of skipped.txt and every other list of names
     if spaces:
         return out.replace(" ", "\\x20")
     if out.startswith(" "):
@@ -97,7 +97,7 @@ def _check_output(out: Path, model: Path, root: Path, images: Callable[[], Itera
         why = f"is inside the image folder {root}"
     elif out.exists() and any(_same_file(out, p) for p in images()):
         why = "is one of the input images"
-    elif out.suffix.lower() in NOT_PREDICTIONS or imageio.is_image_file(out):
+    elif out.suffix.lower() in NOT_PREDICTIONS or image_files.is_image_file(out):
         why = f"names a model or image file ({out.suffix}), not a predictions file"
     if why:
         raise DataError(f"-o {out} {why}; predictions are never written over or among the inputs. "
@@ -109,7 +109,7 @@ def _check_output(out: Path, model: Path, root: Path, images: Callable[[], Itera
 # --------------------------------------------------------------------------- walking the folder
 def walk_files(root: Path) -> Iterator[Path]:
     """Every non-hidden file under ``root``, lazily, in the order of their relative POSIX paths
-    (the order of :func:`imageio.list_images`): one folder's names are sorted with a folder
+    (the order of :func:`image_files.list_images`): one folder's names are sorted with a folder
     keyed as ``name/``, which is where its files fall in that order. Symlinked folders are not
     entered (as os.walk); unreadable folders are passed over."""
     try:
@@ -134,18 +134,18 @@ def _first_image(root: Path) -> Iterator[Path]:
     head = []
     for p in files:
         head.append(p)
-        if imageio.is_image_file(p):
+        if image_files.is_image_file(p):
             return itertools.chain(head, files)
     found = f"only {len(head)} file(s) without an image extension" if head else "nothing"
     raise DataError(f"image folder {root} holds no images: {found} (looked recursively for "
-                    f"{', '.join(imageio.IMAGE_EXTENSIONS)})")
+                    f"{', '.join(image_files.IMAGE_EXTENSIONS)})")
 
 
 def _chunks(files: Iterator[Path], size: int, skipped: list, root: Path) -> Iterator[list[Path]]:
     """Images in lists of ``size``; other files go to ``skipped`` as they pass."""
     chunk: list[Path] = []
     for p in files:
-        if not imageio.is_image_file(p):
+        if not image_files.is_image_file(p):
             skipped.append((escape_field(p.relative_to(root).as_posix()), "not an image file (extension)"))
             continue
         chunk.append(p)
@@ -169,7 +169,7 @@ def _batches(clf: OnnxClassifier, chunks: Iterator[list[Path]], batch_size: int,
         try:
             buf[j] = prepare(p, clf)
             return None
-        except imageio.DecodeError as e:
+        except image_files.DecodeError as e:
             return str(e)
 
     with ThreadPoolExecutor(workers) as pool:
@@ -224,7 +224,7 @@ def _progress(root: Path, show: bool) -> Iterator[Callable[[int], None]]:
         def render(self, task) -> Text:
             return Text(f"{task.speed or 0:,.0f} images/s")
 
-    total = sum(1 for p in walk_files(root) if imageio.is_image_file(p))  # names only: cheap
+    total = sum(1 for p in walk_files(root) if image_files.is_image_file(p))  # names only: cheap
     columns = (TextColumn("predict"), BarColumn(), MofNCompleteColumn(), Rate(), TimeElapsedColumn(),
                TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
@@ -255,7 +255,7 @@ def predict_folder(model_path: str | os.PathLike, image_dir: str | os.PathLike, 
     files = _first_image(root)
     clf = load_onnx(model_path, threads)
     _check_output(Path(out), Path(model_path), root,
-                  lambda: (p for p in walk_files(root) if imageio.is_image_file(p)))
+                  lambda: (p for p in walk_files(root) if image_files.is_image_file(p)))
     skipped: list[tuple[str, str]] = []
     written = bad = 0
     chunks = _chunks(files, batch_size, skipped, root)

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator, Optional, Union
 import numpy as np
 from PIL import Image
 
-from clfkit import imageio
+from clfkit import image_files
 from clfkit.errors import DataError, ModelFileError
 from clfkit.onnx_contract import INPUT_NAME, META_PREFIX, OUTPUT_NAME, validate_metadata
 
@@ -91,14 +91,14 @@ def _array_image(arr: np.ndarray) -> Image.Image:
 def prepare(item: Item, clf: OnnxClassifier) -> np.ndarray:
     """One input -> the (C, H, W) uint8 array the graph takes: an image file is decoded and a PIL
     image or HxWxC uint8 array (RGB order) converted, then each resized as the model's metadata
-    says, through :mod:`clfkit.imageio` exactly as in training. Raises imageio.DecodeError."""
+    says, through :mod:`clfkit.image_files` exactly as in training. Raises image_files.DecodeError."""
     if isinstance(item, (str, os.PathLike)):
-        hwc = imageio.decode(item, clf.image_size, clf.channels, clf.resize)
+        hwc = image_files.decode(item, clf.image_size, clf.channels, clf.resize)
     else:
         img = _array_image(item) if isinstance(item, np.ndarray) else item
         if not isinstance(img, Image.Image):
             raise DataError(f"cannot classify a {type(item).__name__}: give a path, a PIL image or a uint8 array")
-        hwc = imageio.decode_image(img, clf.image_size, clf.channels, clf.resize)
+        hwc = image_files.decode_image(img, clf.image_size, clf.channels, clf.resize)
     return hwc.transpose(2, 0, 1)
 
 

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from clfkit.io import write_text
+from clfkit.atomic import write_text
 from clfkit.mistakes import MISTAKES_FILE
 from clfkit.run.folder import REPORT_HTML as REPORT_FILE  # one home for run file names
 

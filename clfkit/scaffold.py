@@ -18,7 +18,7 @@ from pathlib import Path
 
 from clfkit import __version__
 from clfkit.errors import ClfkitError
-from clfkit.io import _UMASK, WriteError
+from clfkit.atomic import _UMASK, WriteError
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable

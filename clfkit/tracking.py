@@ -157,7 +157,7 @@ class MLflowTracker:
         if os.environ.get(PARENT_ENV):
             tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
         mlrun = client.create_run(experiment, run_name=run.name, tags=tags)
-        from clfkit.io import write_json
+        from clfkit.atomic import write_json
 
         write_json(saved, {"mlflow_run_id": mlrun.info.run_id, "tracking_uri": tracking_uri()})
         tracker = cls(client, mlrun.info.run_id)

@@ -34,7 +34,7 @@ from clfkit.engine.snapshot import EpochProgress, set_rng_state
 from clfkit.engine.stopping import EarlyStopper
 from clfkit.errors import TrainingError
 from clfkit.evaluation import evaluate, evaluate_best
-from clfkit.io import remove_stale_temps
+from clfkit.atomic import remove_stale_temps
 from clfkit.mistakes import write_mistakes
 from clfkit.progress import Reporter
 from clfkit.recipe import Recipe

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from clfkit.errors import ClfkitError
-from clfkit.io import write_text
+from clfkit.atomic import write_text
 from clfkit.names import check_name
 from clfkit.recipe import apply_override, parse_override, read_yaml, validate_recipe
 from clfkit.signals import Interrupted
@@ -298,7 +298,7 @@ def _fmt(v: Any) -> str:
 def write_tables(out: Path, rows: list[dict[str, Any]]) -> list[Path]:
     """trials.csv and trials.md."""
     cols = list(rows[0]) if rows else ["trial"]
-    from clfkit.io import atomic_open
+    from clfkit.atomic import atomic_open
 
     with atomic_open(out / "trials.csv", "w") as f:
         w = csv.DictWriter(f, fieldnames=cols, lineterminator="\n")

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from clfkit import io as cio
+from clfkit import atomic as cio
 from clfkit.run.checkpoint import load_checkpoint, save_checkpoint
-from clfkit.io import WriteError
+from clfkit.atomic import WriteError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,7 +124,7 @@ def test_sigkill_during_checkpoint_save_leaves_previous_checkpoint(tmp_path):
 
 
 def test_every_run_artifact_goes_through_atomic_writes(trained_run, tmp_path, monkeypatch):
-    """Export and predict write their outputs only through clfkit.io.atomic_open, and the run
+    """Export and predict write their outputs only through clfkit.atomic.atomic_open, and the run
     folder holds no leftover temp files."""
     from clfkit.export import export_run
     from clfkit.predict import predict_folder
@@ -165,7 +165,7 @@ def test_atomic_files_get_normal_permissions(tmp_path):
     import os
     import stat
 
-    from clfkit.io import write_text
+    from clfkit.atomic import write_text
 
     mask = os.umask(0)
     os.umask(mask)

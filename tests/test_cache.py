@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clfkit import imageio
+from clfkit import image_files
 from clfkit.build import build_data
 from clfkit.data import cache
 
@@ -27,13 +27,13 @@ def cache_on(tmp_path, monkeypatch):
 @pytest.fixture
 def count_decodes(monkeypatch):
     calls = []
-    real = imageio.decode_image
+    real = image_files.decode_image
 
     def counting(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(imageio, "decode_image", counting)
+    monkeypatch.setattr(image_files, "decode_image", counting)
     return calls
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clfkit import imageio
+from clfkit import image_files
 from clfkit.data import synthetic
 from clfkit.data.folder import load_folder
 from clfkit.errors import DataError
@@ -62,7 +62,7 @@ def test_colour_images_as_one_channel_match_predict(tmp_path):
         (root / "train" / c).mkdir(parents=True)
         files.append(root / "train" / c / "x.png")
         Image.fromarray(rng.integers(0, 255, (10, 14, 3), dtype=np.uint8)).save(files[-1])
-    expected = np.stack([imageio.decode(f, (8, 8), 1).transpose(2, 0, 1) for f in files])
+    expected = np.stack([image_files.decode(f, (8, 8), 1).transpose(2, 0, 1) for f in files])
     assert np.array_equal(load_folder(root, (8, 8), channels=1).train.images.numpy(), expected)
     (tmp_path / "train.csv").write_text("d/train/a/x.png,a\nd/train/b/x.png,b\n")
     s = registry.create("dataset", "csv", image_size=(8, 8), channels=1, resize="squash", seed=0,
@@ -103,8 +103,8 @@ def test_train_val_class_mismatch(tmp_path):
 
 def test_resize_methods():
     img = Image.fromarray(np.zeros((20, 40, 3), np.uint8))
-    assert imageio.resize(img, (10, 10), "squash").size == (10, 10)
-    assert imageio.resize(img, (10, 10), "crop").size == (10, 10)
+    assert image_files.resize(img, (10, 10), "squash").size == (10, 10)
+    assert image_files.resize(img, (10, 10), "crop").size == (10, 10)
 
 
 def test_shapes_deterministic_and_balanced():

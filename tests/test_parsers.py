@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clfkit import imageio, registry
+from clfkit import image_files, registry
 from clfkit.build import peek_data
 from clfkit.data.parsers import read_idx
 from clfkit.errors import DataError
@@ -63,13 +63,13 @@ def test_cifar10_reads_channel_planes_in_order(tmp_path):
     assert torch.equal(again.train.images, s.train.images)
 
 
-def test_cifar_resize_and_gray_match_imageio(tmp_path):
+def test_cifar_resize_and_gray_match_images(tmp_path):
     write_cifar10(tmp_path)
     s = dataset("cifar10", size=(16, 16), channels=1, root=str(tmp_path))
     assert s.train.images.shape == (10, 1, 16, 16)
     first = s.train.images[0]
     rgb = _cifar_rows(2, 1)[0].reshape(3, 32, 32).transpose(1, 2, 0)
-    img = imageio.resize(imageio.to_mode(Image.fromarray(rgb), 1), (16, 16), "squash")
+    img = image_files.resize(image_files.to_mode(Image.fromarray(rgb), 1), (16, 16), "squash")
     assert np.array_equal(first[0].numpy(), np.asarray(img))
 
 

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from clfkit import imageio
+from clfkit import image_files
 from clfkit import predict as predict_mod
 from clfkit.cli import cli
 from clfkit.export import export_run
@@ -37,7 +37,7 @@ def test_lazy_walk_keeps_the_sorted_relative_path_order(tmp_path):
         (tmp_path / n).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / n).write_bytes(b"x")
     (tmp_path / "link").symlink_to(tmp_path / "a", target_is_directory=True)
-    images, others = imageio.list_images(tmp_path)
+    images, others = image_files.list_images(tmp_path)
     walked = list(walk_files(tmp_path))
     key = lambda p: p.relative_to(tmp_path).as_posix()  # noqa: E731
     assert [key(p) for p in walked] == sorted(key(p) for p in images + others)

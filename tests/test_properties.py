@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from clfkit import imageio
+from clfkit import image_files
 from clfkit.errors import RecipeError
 from clfkit.recipe import apply_override, parse_override, read_yaml, validate_recipe
 
@@ -152,8 +152,8 @@ SEEDS = {fmt: _valid_image_bytes(fmt) for fmt in ("PNG", "JPEG", "GIF", "BMP", "
 
 def _decode_or_decode_error(path, size=(8, 8), channels=3):
     try:
-        arr = imageio.decode(path, size, channels)
-    except imageio.DecodeError as e:
+        arr = image_files.decode(path, size, channels)
+    except image_files.DecodeError as e:
         assert str(e)
         return None
     assert arr.shape == (*size, channels) and arr.dtype == np.uint8
@@ -162,7 +162,7 @@ def _decode_or_decode_error(path, size=(8, 8), channels=3):
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # PIL warns about what it then rejects
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.binary(max_size=600), ext=st.sampled_from(imageio.IMAGE_EXTENSIONS))
+@given(data=st.binary(max_size=600), ext=st.sampled_from(image_files.IMAGE_EXTENSIONS))
 def test_random_bytes_never_crash_the_decoder(tmp_path, data, ext):
     path = tmp_path / f"x{ext}"
     path.write_bytes(data)
@@ -193,7 +193,7 @@ def test_random_files_in_a_dataset_are_skipped_not_fatal(tmp_path):
     root = write_image_folder(tmp_path / "d", per_class=3, size=12)
     rng = np.random.default_rng(1)
     bad = 0
-    for i, ext in enumerate(imageio.IMAGE_EXTENSIONS):
+    for i, ext in enumerate(image_files.IMAGE_EXTENSIONS):
         data = SEEDS["PNG"][: rng.integers(1, 60)] if i % 2 else rng.bytes(int(rng.integers(0, 300)))
         (root / "train" / "cat" / f"junk{i}{ext}").write_bytes(data)
         bad += 1

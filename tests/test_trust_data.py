@@ -17,7 +17,7 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from clfkit import imageio
+from clfkit import image_files
 from clfkit.build import build_data
 from clfkit.cli import cli
 from clfkit.data import cache
@@ -334,7 +334,7 @@ def test_file_names_of_any_bytes_train_and_are_listed_one_per_line(tmp_path, cac
     again, output = trained(tmp_path, root, "2")  # a cache hit: names round-trip through index.json
     assert "warning" not in output and pixels_of(again) == pixels_of(first)
     assert first["train_images"] + first["val_images"] == 8 + len(GOOD_NAMES)
-    expected = sorted(f"train/cat/{imageio.escape_path(os.fsdecode(n))}" for n in BAD_NAMES)
+    expected = sorted(f"train/cat/{image_files.escape_path(os.fsdecode(n))}" for n in BAD_NAMES)
     for run in (tmp_path / "runs-1/tiny", tmp_path / "runs-2/tiny"):
         lines = (run / "skipped.txt").read_text(encoding="utf-8").split("\n")[:-1]
         assert sorted(line.split("\t")[0] for line in lines) == expected, lines
@@ -343,11 +343,11 @@ def test_file_names_of_any_bytes_train_and_are_listed_one_per_line(tmp_path, cac
 
 def test_escape_path_is_one_line_and_unambiguous():
     for raw in ODD_NAMES + [b"caf\xc3\xa9 ok.png", "a\u2028b".encode(), "c\x85d".encode()]:
-        shown = imageio.escape_path(os.fsdecode(raw))
+        shown = image_files.escape_path(os.fsdecode(raw))
         assert shown.isprintable() and "\t" not in shown
-    assert imageio.escape_path(os.fsdecode(b"caf\xe9")) == "caf\\xe9"
-    assert imageio.escape_path("café  x ") == "café  x "  # valid names are kept as they are
-    assert imageio.escape_path("c\x85d") == "c\\u0085d" != imageio.escape_path(os.fsdecode(b"c\x85d"))
+    assert image_files.escape_path(os.fsdecode(b"caf\xe9")) == "caf\\xe9"
+    assert image_files.escape_path("café  x ") == "café  x "  # valid names are kept as they are
+    assert image_files.escape_path("c\x85d") == "c\\u0085d" != image_files.escape_path(os.fsdecode(b"c\x85d"))
 
 
 @pytest.mark.parametrize("name", [b"bad\xffclass", b"two\nlines"], ids=["not-utf8", "newline"])
@@ -365,7 +365,7 @@ def _sideways_jpeg(path: Path) -> np.ndarray:
     stored[:, :16] = (250, 20, 20)
     stored[:, 16:] = (20, 20, 250)
     exif = Image.Exif()
-    exif[imageio.EXIF_ORIENTATION] = 6
+    exif[image_files.EXIF_ORIENTATION] = 6
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(stored).save(path, "JPEG", quality=100, subsampling=0, exif=exif.tobytes())
     return np.rot90(stored, k=-1)  # clockwise: 16 wide, 32 tall, red on top
@@ -374,7 +374,7 @@ def _sideways_jpeg(path: Path) -> np.ndarray:
 def test_exif_orientation_in_training_data_and_predict(tmp_path, monkeypatch):
     upright = _sideways_jpeg(tmp_path / "data/train/cat/photo.jpg")
     bmp_folder(tmp_path / "data")
-    decoded = imageio.decode(tmp_path / "data/train/cat/photo.jpg", (32, 16), 3)
+    decoded = image_files.decode(tmp_path / "data/train/cat/photo.jpg", (32, 16), 3)
     assert decoded.shape == (32, 16, 3)
     far_from_the_edge = np.r_[0:12, 20:32]  # JPEG blurs the red/blue boundary a little
     assert np.abs(decoded.astype(int) - upright)[far_from_the_edge].max() < 12, "decoded upright, red on top"
@@ -391,8 +391,8 @@ def test_exif_orientation_in_training_data_and_predict(tmp_path, monkeypatch):
     model = tmp_path / "m.onnx"
     assert CliRunner().invoke(cli, ["export", summary["run_dir"], "-o", str(model)]).exit_code == 0
     seen = []
-    real = imageio.decode_image
-    monkeypatch.setattr(imageio, "decode_image", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    real = image_files.decode_image
+    monkeypatch.setattr(image_files, "decode_image", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
     photos = tmp_path / "photos"
     _sideways_jpeg(photos / "p.jpg")
     os.symlink(".", photos / "loop")  # not followed: predict ends, and sees the photo once
@@ -406,10 +406,10 @@ def test_upright_and_damaged_exif_decode_unchanged(tmp_path):
     arr = np.random.default_rng(0).integers(0, 255, (10, 14, 3), dtype=np.uint8)
     Image.fromarray(arr).save(tmp_path / "plain.png")
     exif = Image.Exif()
-    exif[imageio.EXIF_ORIENTATION] = 99  # nonsense: ignored, not an error
+    exif[image_files.EXIF_ORIENTATION] = 99  # nonsense: ignored, not an error
     Image.fromarray(arr).save(tmp_path / "odd.png", exif=exif.tobytes())
     for name in ("plain.png", "odd.png"):
-        assert np.array_equal(imageio.decode(tmp_path / name, (10, 14), 3), arr)
+        assert np.array_equal(image_files.decode(tmp_path / name, (10, 14), 3), arr)
 
 
 # --------------------------------------------------------------------------- rows 19 and 21: folders and links

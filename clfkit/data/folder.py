@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from clfkit import imageio
+from clfkit import image_files
 from clfkit.data import ImageSet, Splits
 from clfkit.errors import DataError
 
@@ -31,7 +31,7 @@ LAYOUT = "<root>/train/<class>/<images>, optional <root>/val/<class>/<images> an
 
 
 def _show(path: Path) -> str:
-    return imageio.escape_path(str(path))
+    return image_files.escape_path(str(path))
 
 
 # --------------------------------------------------------------------------- scanning
@@ -47,7 +47,7 @@ class FolderPlan:
 
     def show(self, path: Path) -> str:
         """A path as skipped.txt and messages print it: relative to the root, escaped."""
-        return imageio.escape_path(path.relative_to(self.root).as_posix())
+        return image_files.escape_path(path.relative_to(self.root).as_posix())
 
 
 def _split_folder(root: Path, name: str, required: bool) -> Optional[Path]:
@@ -79,13 +79,13 @@ def class_folders(split_dir: Path) -> list[Path]:
     real_split = os.path.realpath(split_dir)
     classes = []
     for p in _entries(split_dir):
-        if p.is_symlink() and not p.exists() and not imageio.is_image_file(p):
+        if p.is_symlink() and not p.exists() and not image_files.is_image_file(p):
             raise DataError(f"class folder {_show(p)} is a symbolic link to "
                             f"{_show(Path(os.readlink(p)))}, which does not exist; fix or remove the link")
         if not p.is_dir():
             continue
         real = os.path.realpath(p)
-        if imageio.contains(real, real_split):
+        if image_files.contains(real, real_split):
             raise DataError(f"class folder {_show(p)} is a link to {_show(Path(real))}, which holds "
                             f"{_show(split_dir)} itself: it would be a class made of every other class's "
                             f"images; remove the link")
@@ -99,7 +99,7 @@ def _check_class_name(folder: Path) -> None:
     that prints on one line."""
     name = folder.name
     if any(unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") for ch in name):  # Cs: non-UTF-8 bytes
-        raise DataError(f"class folder name {imageio.escape_path(name)!r} (in {_show(folder.parent)}) is not "
+        raise DataError(f"class folder name {image_files.escape_path(name)!r} (in {_show(folder.parent)}) is not "
                         f"valid UTF-8 or holds a control character such as a newline or tab; class names "
                         f"are written to the ONNX file and to prediction files: rename the folder")
 
@@ -109,7 +109,7 @@ def _scan_labelled(split_dir: Path, plan: FolderPlan) -> tuple[list[str], list[t
     items: list[tuple[Path, int]] = []
     owner: dict[tuple[int, int], Path] = {}  # every folder read, to catch one read by two classes
     for label, d in enumerate(classes):
-        listing = imageio.walk_files(d)
+        listing = image_files.walk_files(d)
         for ident, folder in listing.folders.items():
             if ident in owner:
                 raise DataError(f"{_show(folder)} and {_show(owner[ident])} are the same folder (through "
@@ -118,7 +118,7 @@ def _scan_labelled(split_dir: Path, plan: FolderPlan) -> tuple[list[str], list[t
         plan.not_followed += [(plan.show(p), why) for p, why in listing.not_followed]
         if not listing.images:
             raise DataError(f"class folder {_show(d)} holds no images (looked for "
-                            f"{', '.join(imageio.IMAGE_EXTENSIONS)}); remove it or add images")
+                            f"{', '.join(image_files.IMAGE_EXTENSIONS)}); remove it or add images")
         items += [(p, label) for p in listing.images]
     return [d.name for d in classes], items
 
@@ -159,7 +159,7 @@ def _scan_test(test_dir: Path, plan: FolderPlan) -> None:
         remap = [plan.class_names.index(c) for c in test_classes]
         plan.splits["test"] = ([p for p, _ in test_items], [remap[l] for _, l in test_items])
     else:
-        listing = imageio.walk_files(test_dir)
+        listing = image_files.walk_files(test_dir)
         plan.not_followed += [(plan.show(p), why) for p, why in listing.not_followed]
         if listing.images:
             plan.splits["test"] = (listing.images, None)
@@ -170,8 +170,8 @@ def read_and_hash(path: Path) -> tuple[Optional[bytes], str, Optional[str]]:
     """(bytes or None, content hash, why it cannot be read or None). An unreadable file hashes
     to its reason, so fixing it changes the fingerprint too."""
     try:
-        data = imageio.read_file(path)
-    except imageio.DecodeError as e:
+        data = image_files.read_file(path)
+    except image_files.DecodeError as e:
         return None, f"unreadable: {e}", str(e)
     return data, hashlib.blake2b(data, digest_size=16).hexdigest(), None
 
@@ -222,10 +222,10 @@ def decode_files(paths: list[Path], size: tuple[int, int], channels: Optional[in
         if unreadable:
             return unreadable, digest
         try:
-            img = imageio.open_image(p, data)
-            gray = imageio.is_grayscale(img)
-            return (imageio.decode_image(img, size, 3 if channels is None else channels, resize), gray), digest
-        except imageio.DecodeError as e:
+            img = image_files.open_image(p, data)
+            gray = image_files.is_grayscale(img)
+            return (image_files.decode_image(img, size, 3 if channels is None else channels, resize), gray), digest
+        except image_files.DecodeError as e:
             return str(e), digest
 
     with ThreadPoolExecutor(_workers()) as pool:
@@ -271,7 +271,7 @@ def _check_every_class_readable(plan: FolderPlan, decoded: list[DecodeResult],
         raise DataError(f"no readable training images under {_show(plan.root / 'train')} "
                         f"({len(skipped)} files could not be decoded, e.g. {skipped[0][0]}: {skipped[0][1]})")
     if empty:
-        raise DataError(f"no image of class folder(s) {[imageio.escape_path(c) for c in empty]} in "
+        raise DataError(f"no image of class folder(s) {[image_files.escape_path(c) for c in empty]} in "
                         f"{_show(plan.root / 'train')} could be decoded; fix or remove them "
                         f"(unreadable files are listed with data.on_error: skip in skipped.txt)")
 

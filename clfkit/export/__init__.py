@@ -31,7 +31,7 @@ from clfkit import __version__
 from clfkit.run.checkpoint import model_from_checkpoint, run_checkpoint
 from clfkit.run.folder import BEST_PT
 from clfkit.errors import ExportError
-from clfkit.io import write_bytes
+from clfkit.atomic import write_bytes
 from clfkit.export.graph import DEFAULT_OPSET, parity, run_onnx, to_onnx_bytes, torch_reference
 from clfkit.onnx_contract import INPUT_NAME, META_FORMAT, META_PREFIX, OUTPUT_NAME, build_metadata, validate_metadata
 from clfkit.tta import TTA_MODES, with_tta

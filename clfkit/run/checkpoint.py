@@ -15,7 +15,7 @@ import torch
 
 from clfkit import __version__
 from clfkit.errors import ModelFileError
-from clfkit.io import write_bytes
+from clfkit.atomic import write_bytes
 from clfkit.run.folder import BEST_PT, LAST_PT, RunFolder, RunFolderError
 
 FORMAT = "clfkit.checkpoint"

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from clfkit.errors import ClfkitError, TrainingError
-from clfkit.io import WriteError, append_line, atomic_open, write_json, write_text
+from clfkit.atomic import WriteError, append_line, atomic_open, write_json, write_text
 from clfkit.names import check_name
 
 try:
@@ -190,7 +190,7 @@ def holds_run_lock(purpose: str) -> Callable[[F], F]:
 # --------------------------------------------------------------------------- the folder
 class RunFolder:
     """One run folder: the path of each of its files, "finished", the lock and the writes
-    the trainer makes (each atomic, see clfkit.io)."""
+    the trainer makes (each atomic, see clfkit.atomic)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)

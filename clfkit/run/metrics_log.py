@@ -10,7 +10,7 @@ import csv
 from pathlib import Path
 from typing import Any, Optional
 
-from clfkit.io import atomic_open
+from clfkit.atomic import atomic_open
 from clfkit.run.folder import RunFolder
 from clfkit.run.reader import read_history
 

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import torch
 
-from clfkit.io import atomic_open
+from clfkit.atomic import atomic_open
 from clfkit.run.plots import plot_confusion, plot_curves
 from clfkit.run.folder import RunFolder
 from clfkit.run.reader import read_run

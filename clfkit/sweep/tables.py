@@ -5,7 +5,7 @@ import csv
 from pathlib import Path
 from typing import Any, Optional
 
-from clfkit.io import atomic_open, write_json, write_text
+from clfkit.atomic import atomic_open, write_json, write_text
 from clfkit.report_html import write_folder_report
 from clfkit.run.reader import RunInfo, is_run, rank, read_run
 from clfkit.sweep.plan import Sweep, Trial, short_names
