@@ -28,7 +28,7 @@ from clfkit.data import ImageSet, Splits
 from clfkit.engine import distributed
 from clfkit.engine.batches import BatchPrep, TrainBatches, num_batches
 from clfkit.engine.ema import WeightEMA
-from clfkit.engine.loop import TrainState, train_one_epoch
+from clfkit.engine.loop import TrainState, optimizer_steps, train_one_epoch
 from clfkit.engine.runtime import Runtime, compiled, grad_scaler, place_model, resolve_runtime, seed_everything
 from clfkit.engine.snapshot import EpochProgress, set_rng_state
 from clfkit.engine.stopping import EarlyStopper
@@ -41,6 +41,7 @@ from clfkit.recipe import Recipe
 from clfkit.report_html import write_run_report
 from clfkit.run.checkpoint import save_checkpoint
 from clfkit.run.folder import RunFolder, run_lock
+from clfkit.run.init import load_init
 from clfkit.run.metrics_log import MetricsLog
 from clfkit.run.reader import replaces_best, selected_on
 from clfkit.run.reports import write_run_reports
@@ -149,6 +150,8 @@ class Trainer:
         :class:`TrainState` the loop runs on and the :class:`TrainBatches` it reads."""
         recipe, tc, rt, splits = self.recipe, self.tc, self.rt, self.splits
         model = build_model(recipe, splits.num_classes, splits.in_chans, splits.image_size, self.mean, self.std)
+        if self.resume is None:  # resuming, last.pt holds the weights
+            self._weights_in(model)
         regularizers = build_regularizers(recipe)
         for r in regularizers:
             if hasattr(r, "on_model"):
@@ -159,7 +162,8 @@ class Trainer:
         optimizer = build_optimizer(recipe, model, regularizers)
         aug_names: dict[str, list[str]] = {}
         per_image, batched_aug = build_augmentations(recipe, aug_names)
-        self.steps_per_epoch = num_batches(len(splits.train), tc.batch_size, tc.drop_last)
+        self.batches_per_epoch = num_batches(len(splits.train), tc.batch_size, tc.drop_last)
+        self.steps_per_epoch = optimizer_steps(self.batches_per_epoch, tc.accumulate)  # what schedules count
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, build_schedule(recipe, self.steps_per_epoch))
         train_model = compiled(distributed.wrap(model), tc.compile)  # DDP when launched by torchrun
         workers = recipe.data.workers if recipe.data.workers is not None else min(8, os.cpu_count() or 1)
@@ -175,6 +179,17 @@ class Trainer:
         self.ckpt_base = {"recipe": recipe.to_dict(), "class_names": splits.class_names,
                           "input": {"image_size": list(splits.image_size), "channels": splits.in_chans,
                                     "mean": self.mean, "std": self.std, "resize": recipe.data.resize}}
+
+    def _weights_in(self, model: torch.nn.Module) -> None:
+        """``model.weights`` (loaded by the model) and ``init:``: one receipt line each, the full
+        lists in weights.json."""
+        receipts = [r for r in [getattr(model.net, "weights_receipt", None)] if r is not None]
+        if self.recipe.init:
+            receipts.append(load_init(model, self.recipe.init, self.recipe.init_min_match, self.splits.num_classes))
+        for r in receipts:
+            self.report.print(r.line())
+        if receipts and distributed.is_main():
+            self.folder.write_weights([r.to_dict() for r in receipts])
 
     def start(self) -> None:
         """Fresh run: the parity samples. Resumed run: every state as last.pt saved it."""
@@ -231,7 +246,7 @@ class Trainer:
         if tc.compile and self.compile_t0 is None:
             self.compile_t0 = time.perf_counter()
         row.update(train_one_epoch(state, self.batches, epoch, progress=progress, resume_at=self.resume_at,
-                                   after_step=self._after_step))
+                                   after_step=self._after_step, accumulate=tc.accumulate))
         self.resume_at = None
         t_train = time.perf_counter() - t0
         self.train_seconds += t_train
@@ -276,13 +291,13 @@ class Trainer:
         stopping = distributed.stop_agreed(self.stop, state.step)
         # the last batch of an epoch is followed by the epoch-end checkpoint anyway
         due = tc.checkpoint_every_steps is not None and state.step % tc.checkpoint_every_steps == 0
-        if not (due or stopping) or batch >= self.steps_per_epoch:
+        if not (due or stopping) or batch >= self.batches_per_epoch:
             return
         in_epoch = snapshot()
         in_epoch.lr = self.epoch_lr
         self._save_last(self.epoch, in_epoch)
         if stopping:
-            where = f"in epoch {self.epoch + 1} after batch {batch}/{self.steps_per_epoch}"
+            where = f"in epoch {self.epoch + 1} after batch {batch}/{self.batches_per_epoch}"
             raise Interrupted(self._stop_message(where), self.stop.signum)
 
     def _save_last(self, epochs_done: int, in_epoch: Optional[EpochProgress], row: Optional[dict] = None) -> None:

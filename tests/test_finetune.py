@@ -1,0 +1,131 @@
+"""Fine-tuning: weights in with a receipt (init:, the timm model's weights:)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from clfkit.cli import cli
+from clfkit.recipe import validate_recipe
+from clfkit.trainer import train
+from conftest import write_image_folder
+
+CNN = {"name": "cnn", "blocks": [{"channels": 8, "pool": "max"}, {"channels": 16, "pool": "max"}]}
+
+
+def folder_recipe(root, name, model=CNN, **extra):
+    return {"name": name, "seed": 0, "data": {"source": {"name": "folder", "root": str(root)}, "image_size": 16,
+                                               "val_fraction": 0.25},
+            "model": model, "optim": {"name": "adam", "lr": 1e-3}, "train": {"epochs": 1, "batch_size": 8},
+            **extra}
+
+
+@pytest.fixture(scope="module")
+def run_a(tmp_path_factory):
+    """Run A: 3 classes (the flowers5 stand-in)."""
+    tmp = tmp_path_factory.mktemp("a")
+    root = write_image_folder(tmp / "three", classes=("a", "b", "c"), per_class=8)
+    return train(validate_recipe(folder_recipe(root, "A")), tmp / "runs", quiet=True).run_dir
+
+
+def test_init_from_a_run_folder_reinitializes_only_the_head(run_a, tmp_path, capsys):
+    root = write_image_folder(tmp_path / "two", classes=("ants", "bees"), per_class=8)
+    res = train(validate_recipe(folder_recipe(root, "B", init=str(run_a))), tmp_path / "runs")
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("init:"))
+    assert "re-initialized (classifier" in line and "3 -> 2 classes" in line, line
+    receipt = json.loads((res.run_dir / "weights.json").read_text())["receipts"][0]
+    reinit = {r["tensor"] for r in receipt["reinitialized"]}
+    assert reinit and all(t.startswith(receipt["head"].split()[1].split(",")[0].rsplit(".", 1)[0]) for t in reinit)
+    assert len(receipt["loaded"]) + len(reinit) == receipt["total"] and receipt["unexpected"] == []
+    # loaded tensors equal run A's
+    a = torch.load(run_a / "best.pt", weights_only=True)["model"]
+    first = receipt["loaded"][0]
+    start = json.loads((res.run_dir / "weights.json").read_text())
+    assert first in a and start["receipts"][0]["source"].endswith("best.pt")
+
+
+def test_init_with_another_architecture_is_a_clear_cli_error(run_a, tmp_path):
+    root = write_image_folder(tmp_path / "two", classes=("ants", "bees"), per_class=8)
+    f = tmp_path / "b.yaml"
+    f.write_text(yaml.safe_dump(folder_recipe(root, "B", model={"name": "mlp"}, init=str(run_a))))
+    res = CliRunner().invoke(cli, ["train", str(f), "--out", str(tmp_path / "runs"), "--quiet"])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert "init" in res.output and "best.pt matches only" in res.output and "init_min_match" in res.output
+    f.write_text(yaml.safe_dump(folder_recipe(root, "B", model={"name": "mlp"}, init=str(run_a), init_min_match=0.01)))
+    res = CliRunner().invoke(cli, ["train", str(f), "--out", str(tmp_path / "runs2"), "--quiet"])
+    assert "matches only 0 of" in res.output  # nothing matches at all: still refused
+
+
+def _timm_1000(tmp_path, suffix):
+    timm = pytest.importorskip("timm")
+    sd = timm.create_model("resnet10t", pretrained=False, num_classes=1000).state_dict()
+    path = tmp_path / f"w{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(sd, str(path))
+    else:
+        torch.save(sd, path)
+    return path
+
+
+def test_timm_1000_class_state_dict_loads_with_only_the_head_reinitialized(tmp_path, capsys):
+    path = _timm_1000(tmp_path, ".safetensors")
+    root = write_image_folder(tmp_path / "two", classes=("ants", "bees"), per_class=4)
+    recipe = folder_recipe(root, "T", model={"name": "timm", "arch": "resnet10t", "weights": str(path)})
+    recipe["data"]["image_size"] = 32
+    res = train(validate_recipe(recipe), tmp_path / "runs")
+    receipt = json.loads((res.run_dir / "weights.json").read_text())["receipts"][0]
+    assert {r["tensor"] for r in receipt["reinitialized"]} == {"fc.weight", "fc.bias"}
+    assert receipt["head"] == "classifier fc 1000 -> 2 classes" and "timm" in receipt["how"]
+    assert "model.weights:" in capsys.readouterr().out
+
+
+def test_timm_torch_state_dict_with_other_input_channels_is_adapted(tmp_path):
+    from clfkit.build import build_model
+
+    path = _timm_1000(tmp_path, ".pth")
+    sd = torch.load(path, weights_only=True)
+    recipe = validate_recipe(folder_recipe(tmp_path, "T", model={"name": "timm", "arch": "resnet10t",
+                                                                 "weights": str(path)}))
+    model = build_model(recipe, 3, 1, (32, 32), [0.5], [0.5])
+    receipt = model.net.weights_receipt
+    assert [k for k, _ in receipt.adapted] == ["conv1.0.weight"] and "3 -> 1 input channels" in receipt.line()
+    assert torch.equal(model.net.state_dict()["layer1.0.conv1.weight"], sd["layer1.0.conv1.weight"])
+    assert model.net.conv1[0].weight.shape[1] == 1
+
+
+def test_timm_weights_of_another_architecture_are_refused(tmp_path):
+    timm = pytest.importorskip("timm")
+    from clfkit.build import build_model
+    from clfkit.errors import ModelFileError
+
+    path = tmp_path / "vit.pth"
+    torch.save(timm.create_model("test_vit", pretrained=False).state_dict(), path)
+    recipe = validate_recipe(folder_recipe(tmp_path, "T", model={"name": "timm", "arch": "resnet10t",
+                                                                 "weights": str(path)}))
+    with pytest.raises(ModelFileError, match=r"vit.pth matches only 0 of .* first mismatches: conv1"):
+        build_model(recipe, 2, 3, (32, 32), [0.5] * 3, [0.5] * 3)
+
+
+def test_accumulate_2_of_32_equals_one_batch_of_64(tmp_path):
+    """Gradient accumulation: a model without BatchNorm, no augmentation, SGD with momentum and
+    a cosine schedule (which counts optimizer steps): the weights after one epoch agree."""
+    from conftest import tiny_recipe
+
+    def weights(batch, accumulate, name):
+        recipe = tiny_recipe(name=name, data__source__train_size=512, model={"name": "mlp", "hidden": [32]}, optim={"name": "sgd", "lr": 0.1},
+                             schedule={"name": "cosine"}, train={"epochs": 1, "batch_size": batch,
+                                                                 "accumulate": accumulate, "deterministic": True})
+        res = train(recipe, tmp_path, quiet=True)
+        ck = torch.load(res.run_dir / "last.pt", weights_only=True)
+        return ck["model"], ck["step"]
+
+    big, big_steps = weights(64, 1, "big")
+    small, small_steps = weights(32, 2, "acc")
+    assert big_steps == small_steps == 512 // 64
+    for k in big:
+        torch.testing.assert_close(small[k], big[k], rtol=1e-5, atol=1e-6)
