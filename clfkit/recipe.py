@@ -130,6 +130,10 @@ class TrainConfig(Strict):
         None, description="stop when a val metric stops improving; true for the defaults")
     ema: Annotated[Optional[EMA], BeforeValidator(_switch)] = Field(
         None, description="moving average of the weights, used for val, best.pt and test; true for defaults")
+    freeze: Optional[Literal["backbone"]] = Field(
+        None, description="backbone: only the classifier head trains (frozen BatchNorm statistics stay too)")
+    unfreeze_epoch: Optional[Annotated[int, Field(ge=1)]] = Field(
+        None, description="with freeze: everything trains from this epoch (1-based) on")
     track: list[Literal["tensorboard", "mlflow"]] = Field(
         ["tensorboard"], description="trackers (clfkit.tracking): tensorboard when installed; mlflow needs the mlflow extra")
 

@@ -28,6 +28,7 @@ from clfkit.data import ImageSet, Splits
 from clfkit.engine import distributed
 from clfkit.engine.batches import BatchPrep, TrainBatches, num_batches
 from clfkit.engine.ema import WeightEMA
+from clfkit.engine.freeze import frozen_in_epoch, set_backbone_frozen
 from clfkit.engine.loop import TrainState, optimizer_steps, train_one_epoch
 from clfkit.engine.runtime import Runtime, compiled, grad_scaler, place_model, resolve_runtime, seed_everything
 from clfkit.engine.snapshot import EpochProgress, set_rng_state
@@ -102,6 +103,9 @@ class Trainer:
         # this rank's part of last.pt (a mid-epoch one resumes only with the world size that saved it)
         self.resume_rng, self.resume_at = (resume.for_rank(self.world.rank, self.world.size)
                                            if resume is not None else (None, None))
+        if self.world.active and self.tc.freeze:  # DDP registers its gradients once, at wrap time
+            raise TrainingError("train.freeze is not supported with several processes (torchrun) yet; "
+                                "train in one process")
         if self.world.active and self.tc.on_nonfinite == "skip":
             # a rank skipping its step alone would desynchronize DDP's gradient all-reduce
             raise TrainingError("train.on_nonfinite: skip is not supported with several processes "
@@ -240,6 +244,9 @@ class Trainer:
         t0 = time.perf_counter()
         progress = self.report.start_epoch(epoch, len(self.splits.train))
         self.epoch, self.epoch_lr = epoch, state.optimizer.param_groups[0]["lr"]
+        if tc.freeze:  # a function of the epoch alone: a resume freezes exactly as the run did
+            state.frozen_norms = set_backbone_frozen(
+                getattr(state.net, "net", state.net), frozen_in_epoch(tc.freeze, tc.unfreeze_epoch, epoch))
         if self.resume_at is not None and self.resume_at.lr is not None:
             self.epoch_lr = self.resume_at.lr  # the row reports the LR the epoch started with
         row: dict[str, Any] = {"epoch": epoch + 1}

@@ -129,3 +129,46 @@ def test_accumulate_2_of_32_equals_one_batch_of_64(tmp_path):
     assert big_steps == small_steps == 512 // 64
     for k in big:
         torch.testing.assert_close(small[k], big[k], rtol=1e-5, atol=1e-6)
+
+
+def test_frozen_backbone_keeps_every_backbone_tensor_and_bn_statistic(run_a, tmp_path):
+    root = write_image_folder(tmp_path / "two", classes=("ants", "bees"), per_class=8)
+    recipe = folder_recipe(root, "B", init=str(run_a), train={"epochs": 2, "batch_size": 8, "freeze": "backbone"})
+    res = train(validate_recipe(recipe), tmp_path / "runs", quiet=True)
+    start = torch.load(run_a / "best.pt", weights_only=True)["model"]
+    end = torch.load(res.run_dir / "last.pt", weights_only=True)["model"]
+    head = {r["tensor"] for r in json.loads((res.run_dir / "weights.json").read_text())["receipts"][0]["reinitialized"]}
+    backbone = [k for k in end if k not in head and k not in ("mean", "std")]
+    assert any("running_mean" in k for k in backbone) and len(backbone) > 4
+    for k in backbone:
+        assert torch.equal(start[k], end[k]), k
+    assert head == {"net.head.weight", "net.head.bias"} or len(head) == 2, head  # the head alone trained
+
+
+def test_resume_across_the_unfreeze_epoch_matches_an_uninterrupted_run(tmp_path):
+    from clfkit.trainer import resume_run
+    from conftest import tiny_recipe
+
+    def recipe(epochs):
+        return tiny_recipe(train__epochs=epochs, train__deterministic=True, train__freeze="backbone",
+                           train__unfreeze_epoch=2, data__source__train_size=128)
+
+    ref = train(recipe(3), tmp_path / "ref", quiet=True)
+    cut = train(recipe(1), tmp_path / "cut", quiet=True)  # epoch 1 frozen; then resume for 3 epochs
+    import yaml as _yaml
+    (cut.run_dir / "summary.json").unlink()  # an unfinished run, as if stopped after epoch 1
+    ck = torch.load(cut.run_dir / "last.pt", weights_only=True)
+    ck["recipe"]["train"]["epochs"] = 3
+    from clfkit.run.checkpoint import save_checkpoint
+    save_checkpoint(cut.run_dir / "last.pt", {k: v for k, v in ck.items()
+                                             if k not in ("format", "format_version", "clfkit_version")})
+    rec = _yaml.safe_load((cut.run_dir / "recipe.yaml").read_text())
+    rec["train"]["epochs"] = 3
+    (cut.run_dir / "recipe.yaml").write_text(_yaml.safe_dump(rec, sort_keys=False))
+    res = resume_run(cut.run_dir, quiet=True)
+    a = torch.load(ref.run_dir / "last.pt", weights_only=True)["model"]
+    b = torch.load(res.run_dir / "last.pt", weights_only=True)["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    first_conv = next(k for k in a if k.endswith("weight") and a[k].ndim == 4)
+    assert not torch.equal(ck["model"][first_conv], a[first_conv])  # the backbone trained after unfreezing

@@ -45,6 +45,7 @@ class TrainState:
     regularizers: list[Any] = field(default_factory=list)
     on_nonfinite: str = "stop"     # train.on_nonfinite: stop | skip
     ema: Any = None
+    frozen_norms: list[nn.Module] = field(default_factory=list)  # kept in eval mode (clfkit.engine.freeze)
     step: int = 0                  # optimizer steps taken so far in the run
     warned_probs: bool = False
 
@@ -179,6 +180,8 @@ def train_one_epoch(state: TrainState, batches: TrainBatches, epoch: int, *,
     epoch (at an optimizer step); ``after_step``: see :data:`AfterStep`; ``accumulate``:
     micro-batches per optimizer step (train.accumulate; the epoch's last group may be shorter)."""
     state.model.train()
+    for m in state.frozen_norms:  # a frozen backbone's BatchNorm statistics stay as they are
+        m.eval()
     sums = _start_epoch(state, batches.seed, epoch, resume_at)
     start = resume_at.batch if resume_at is not None else 0
     total = len(batches)
