@@ -261,6 +261,8 @@ class Trainer:
             ev = evaluate(state.eval_model, self.val_set, rt=self.rt, loss_fn=self.loss_fn,
                           num_classes=self.splits.num_classes, batch_size=self.eval_bs)
             row.update(val_loss=ev["loss"], val_acc=ev["acc"])
+            if ev["top5_acc"] is not None:
+                row["val_top5_acc"] = ev["top5_acc"]
         n_train = len(self.splits.train)
         row.update(lr=self.epoch_lr, seconds=round(time.perf_counter() - t0, 3),
                    images_per_s=round(n_train / max(t_train, 1e-9), 1), step=state.step)
@@ -354,7 +356,7 @@ class Trainer:
             "device": str(rt.device) + (f" ({torch.cuda.get_device_name(rt.device)})" if rt.device.type == "cuda" else ""),
             "precision": rt.precision, "num_classes": splits.num_classes, "class_names": splits.class_names,
             "train_images": len(splits.train), "val_images": len(splits.val) if splits.val else 0,
-            "test_acc": None, "test_loss": None, "skipped_files": len(splits.skipped),
+            "test_acc": None, "test_top5_acc": None, "test_loss": None, "skipped_files": len(splits.skipped),
             "data_seconds": round(self.data_seconds, 2), "train_seconds": round(self.train_seconds, 2),
             "compile_seconds": self.compile_seconds,
             "normalize": {"mean": self.mean, "std": self.std},  # as used (computed from train when `auto`)

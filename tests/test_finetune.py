@@ -172,3 +172,34 @@ def test_resume_across_the_unfreeze_epoch_matches_an_uninterrupted_run(tmp_path)
         assert torch.equal(a[k], b[k]), k
     first_conv = next(k for k in a if k.endswith("weight") and a[k].ndim == 4)
     assert not torch.equal(ck["model"][first_conv], a[first_conv])  # the backbone trained after unfreezing
+
+
+def test_top5_in_summary_and_per_class_csv_and_predict_topk(tmp_path, monkeypatch):
+    from conftest import tiny_recipe
+
+    monkeypatch.chdir(tmp_path)
+    recipe = tiny_recipe(data__source__num_classes=7, data__source__train_size=140, train__epochs=1)
+    res = train(recipe, "runs", quiet=True)
+    assert 0 <= res.summary["test_top5_acc"] <= 1 and res.summary["test_top5_acc"] >= res.summary["test_acc"]
+    header = (res.run_dir / "per_class.csv").read_text().splitlines()[0]
+    assert "top5_accuracy" in header.split(",")
+    assert "val_top5_acc" in json.loads((res.run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    run = CliRunner().invoke(cli, ["export", str(res.run_dir)])
+    assert run.exit_code == 0, run.output
+    import numpy as np
+    from PIL import Image
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((16, 16, 3), 60 * i, np.uint8)).save(imgs / f"x{i}.png")
+    onnx = next((tmp_path / "exported").glob("*.onnx"))
+    run = CliRunner().invoke(cli, ["predict", str(onnx), str(imgs), "--topk", "3"])
+    assert run.exit_code == 0, run.output
+    lines = (tmp_path / "test.txt").read_text().splitlines()
+    assert len(lines) == 3 and all(len(l.split(" ")) == 4 for l in lines)
+    run = CliRunner().invoke(cli, ["predict", str(onnx), str(imgs), "--topk", "3", "--format", "csv", "-o", "p.csv"])
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert rows[0] == "path,class_1,prob_1,class_2,prob_2,class_3,prob_3"
+    probs = [float(v) for v in rows[1].split(",")[2::2]]
+    assert probs == sorted(probs, reverse=True)
