@@ -116,7 +116,7 @@ def _check_model_size(name: str, args: dict, context: dict) -> None:
     """Refuse a model with more than CLFKIT_MAX_PARAMS parameters before allocating it (an
     mlp's first layer grows with the image: 3x4096x4096 inputs x 1024 = 51 billion), by
     building it first on the meta device, which allocates nothing."""
-    if args.get("pretrained"):
+    if args.get("pretrained") or args.get("weights"):
         return  # loading weights onto the meta device makes no sense (and may download)
     try:
         with torch.device("meta"):

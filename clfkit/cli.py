@@ -143,14 +143,16 @@ def export(run_dir: Path, output: Path | None, atol: float, checkpoint: str, tta
                    "\\xNN (README: Troubleshooting).")
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime threads [default: all cores].")
 @click.option("--workers", type=click.IntRange(min=1), help="Image decoding threads [default: all cores, at least 2].")
+@click.option("--topk", default=1, show_default=True, type=click.IntRange(min=1),
+              help="The K likeliest classes per image, likeliest first (csv: path,class_1,prob_1,...).")
 def predict(model: Path, image_dir: Path, output: Path, batch_size: int, fmt: str, threads: int | None,
-            workers: int | None) -> None:
+            workers: int | None, topk: int) -> None:
     """Classify every image under IMAGE_DIR with an exported MODEL.onnx; write test.txt (into a
     temp file, renamed when every image is done). A progress bar shows on a terminal."""
     from clfkit.predict import predict_folder
 
     res = run_guarded(predict_folder, model, image_dir, output, batch_size=batch_size, fmt=fmt, threads=threads,
-                      workers=workers, progress=sys.stderr.isatty())
+                      workers=workers, progress=sys.stderr.isatty(), topk=topk)
     for path, why in res.skipped:
         click.echo(f"skipped {path}: {why}", err=True)
     click.echo(f"wrote {res.written} predictions to {res.out}; skipped {len(res.skipped)} file(s)")

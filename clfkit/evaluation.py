@@ -27,14 +27,19 @@ from clfkit.run.folder import RunFolder, holds_run_lock
 from clfkit.run.reports import per_class, per_class_rows, write_run_reports
 
 
+TOP_K = 5  # top-5 accuracy, reported when a task has more than 5 classes
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: ImageSet, *, rt: Runtime, loss_fn: nn.Module, num_classes: int,
              batch_size: int) -> dict[str, Any]:
-    """Loss, accuracy and the confusion matrix (rows: true class) on a labelled split."""
+    """Loss, accuracy and the confusion matrix (rows: true class) on a labelled split; with
+    more than 5 classes also top-5 accuracy (``top5_acc``) and its hits per true class."""
     model.eval()
     data = distributed.eval_shard(model, data)  # DDP: this rank's part
     loss_sum = torch.zeros((), device=rt.device)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=rt.device)
+    top5_hits = torch.zeros(num_classes, dtype=torch.long, device=rt.device)
     for x, y in eval_batches(data, batch_size, rt.device):
         if rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -43,10 +48,16 @@ def evaluate(model: nn.Module, data: ImageSet, *, rt: Runtime, loss_fn: nn.Modul
             loss = loss_fn(out, y)
         loss_sum += loss.float() * y.shape[0]
         confusion += torch.bincount(y * num_classes + out.argmax(1), minlength=num_classes ** 2)
-    distributed.all_reduce_(loss_sum, confusion)
+        if num_classes > TOP_K:  # top-k counts only where k < classes
+            hit = (out.topk(TOP_K, 1).indices == y[:, None]).any(1)
+            top5_hits += torch.bincount(y[hit], minlength=num_classes)
+    distributed.all_reduce_(loss_sum, confusion, top5_hits)
     cm = confusion.view(num_classes, num_classes).cpu()
     n = int(cm.sum())
-    return {"loss": float(loss_sum) / max(n, 1), "acc": float(cm.diag().sum()) / max(n, 1), "confusion": cm}
+    top5 = num_classes > TOP_K
+    return {"loss": float(loss_sum) / max(n, 1), "acc": float(cm.diag().sum()) / max(n, 1), "confusion": cm,
+            "top5_acc": float(top5_hits.sum()) / max(n, 1) if top5 else None,
+            "top5_hits": top5_hits.cpu().tolist() if top5 else None}
 
 
 def evaluate_best(best_pt: Path, model: nn.Module, splits: Splits, val_set: Optional[ImageSet], *,
@@ -66,6 +77,9 @@ def evaluate_best(best_pt: Path, model: nn.Module, splits: Splits, val_set: Opti
     ev = evaluate(model, data, rt=rt, loss_fn=loss_fn, num_classes=splits.num_classes, batch_size=batch_size)
     out = {"eval_split": split, "per_class": per_class(ev["confusion"], splits.class_names),
            "confusion": ev["confusion"].tolist()}
+    if ev["top5_hits"] is not None:
+        out["top5_hits"] = ev["top5_hits"]  # per true class: per_class.csv's top5_accuracy
+        out[f"{split}_top5_acc"] = ev["top5_acc"]
     if split == "test":
         out.update(test_acc=ev["acc"], test_loss=ev["loss"], test_images=len(splits.test))
     return out

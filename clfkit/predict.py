@@ -191,8 +191,10 @@ def _batches(clf: OnnxClassifier, chunks: Iterator[list[Path]], batch_size: int,
 
 
 # --------------------------------------------------------------------------- writing test.txt
-def _line_writer(f, fmt: str, class_names: list[str]) -> Callable[[str, np.ndarray], None]:
+def _line_writer(f, fmt: str, class_names: list[str], topk: int = 1) -> Callable[[str, np.ndarray], None]:
     """A function writing the lines of one batch: (relative paths, logits)."""
+    if topk > 1:
+        return _topk_writer(f, fmt, class_names, topk)
     # escaped once: a class name is one field, the last on a "name" line (so its spaces too)
     labels = [escape_field(n, spaces=fmt == "name") for n in class_names]
     table = csv.writer(f, lineterminator="\n") if fmt == "csv" else None
@@ -206,6 +208,26 @@ def _line_writer(f, fmt: str, class_names: list[str]) -> Callable[[str, np.ndarr
             table.writerows([rel, labels[k], k, f"{c:.6f}"] for rel, k, c in zip(rels, pred, conf))
         else:
             f.writelines(f"{rel} {labels[k] if fmt == 'name' else k}\n" for rel, k in zip(rels, pred))
+    return write
+
+
+def _topk_writer(f, fmt: str, class_names: list[str], topk: int) -> Callable[[str, np.ndarray], None]:
+    """``--topk K``: the K likeliest classes per image, likeliest first. csv: columns
+    path,class_1,prob_1,...,class_K,prob_K; name / index: the path then K fields (class names
+    escaped with their spaces, as they are no longer the line's last field)."""
+    labels = [escape_field(n, spaces=True) for n in class_names]
+    table = csv.writer(f, lineterminator="\n") if fmt == "csv" else None
+    if table is not None:
+        table.writerow(["path"] + [c for i in range(1, topk + 1) for c in (f"class_{i}", f"prob_{i}")])
+
+    def write(rels: list[str], logits: np.ndarray) -> None:
+        probs = softmax(logits)
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :topk]
+        for rel, ks, p in zip(rels, order.tolist(), probs):
+            if table is not None:
+                table.writerow([rel] + [v for k in ks for v in (class_names[k], f"{p[k]:.6f}")])
+            else:
+                f.write(rel + " " + " ".join(labels[k] if fmt == "name" else str(k) for k in ks) + "\n")
     return write
 
 
@@ -241,12 +263,12 @@ class PredictResult:
 
 def predict_folder(model_path: str | os.PathLike, image_dir: str | os.PathLike, out: str | os.PathLike = "test.txt",
                    *, batch_size: int = 256, fmt: str = "name", threads: Optional[int] = None,
-                   workers: Optional[int] = None, progress: bool = False) -> PredictResult:
+                   workers: Optional[int] = None, progress: bool = False, topk: int = 1) -> PredictResult:
     """Classify every image under ``image_dir``; write ``<relative path> <class>`` lines
     (``fmt="index"``: class indices; ``fmt="csv"``: a CSV with header
     ``path,class,index,confidence``, the confidence being the softmax probability).
     ``workers``: decode threads [all cores, at least 2]; ``progress``: a bar with the rate on
-    stderr."""
+    stderr. ``topk`` > 1: the K likeliest classes per line (see :func:`_topk_writer`)."""
     if batch_size < 1:
         raise DataError(f"batch size must be at least 1, got {batch_size}")
     if fmt not in FORMATS:
@@ -254,13 +276,15 @@ def predict_folder(model_path: str | os.PathLike, image_dir: str | os.PathLike, 
     root = Path(image_dir)
     files = _first_image(root)
     clf = load_onnx(model_path, threads)
+    if not 1 <= topk <= len(clf.class_names):
+        raise DataError(f"--topk {topk}: the model has {len(clf.class_names)} classes; give 1 to {len(clf.class_names)}")
     _check_output(Path(out), Path(model_path), root,
                   lambda: (p for p in walk_files(root) if image_files.is_image_file(p)))
     skipped: list[tuple[str, str]] = []
     written = bad = 0
     chunks = _chunks(files, batch_size, skipped, root)
     with _progress(root, progress) as advance, atomic_open(out, "w") as f:
-        write = _line_writer(f, fmt, clf.class_names)
+        write = _line_writer(f, fmt, clf.class_names, topk)
         for chunk, errors, logits in _batches(clf, chunks, batch_size, workers or max(2, os.cpu_count() or 1)):
             rels = [escape_field(p.relative_to(root).as_posix()) for p in chunk]
             skipped += [(rel, err) for rel, err in zip(rels, errors) if err]

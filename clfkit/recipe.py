@@ -110,7 +110,10 @@ class TrainConfig(Strict):
     """How the trainer runs."""
 
     epochs: Annotated[int, Field(ge=1, le=100000)] = Field(10, description="passes over the training split")
-    batch_size: Annotated[int, Field(ge=1, le=65536)] = Field(128, description="images per optimizer step")
+    batch_size: Annotated[int, Field(ge=1, le=65536)] = Field(
+        128, description="images per forward pass (per optimizer step: batch_size x accumulate)")
+    accumulate: Annotated[int, Field(ge=1, le=4096)] = Field(
+        1, description="micro-batches per optimizer step (gradient accumulation); schedules count optimizer steps")
     eval_batch_size: Optional[Annotated[int, Field(ge=1)]] = Field(None, description="None: 2x batch_size")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto | cpu | cuda | cuda:N")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
@@ -127,6 +130,10 @@ class TrainConfig(Strict):
         None, description="stop when a val metric stops improving; true for the defaults")
     ema: Annotated[Optional[EMA], BeforeValidator(_switch)] = Field(
         None, description="moving average of the weights, used for val, best.pt and test; true for defaults")
+    freeze: Optional[Literal["backbone"]] = Field(
+        None, description="backbone: only the classifier head trains (frozen BatchNorm statistics stay too)")
+    unfreeze_epoch: Optional[Annotated[int, Field(ge=1)]] = Field(
+        None, description="with freeze: everything trains from this epoch (1-based) on")
     track: list[Literal["tensorboard", "mlflow"]] = Field(
         ["tensorboard"], description="trackers (clfkit.tracking): tensorboard when installed; mlflow needs the mlflow extra")
 
@@ -146,6 +153,10 @@ class Recipe(Strict):
                                 description="LR schedule component, evaluated every step")
     regularizers: list[Component] = Field(default_factory=list, description="regularizers and training-step hooks (mixup, label_smoothing, grad_clip, no_decay_norm_bias, ...)")
     train: TrainConfig = Field(default_factory=TrainConfig, description="the train section below")
+    init: Optional[str] = Field(None, description="start the model from a clfkit checkpoint or run folder "
+                                                  "(its best.pt); tensors load by name and shape (weights.json)")
+    init_min_match: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.5, description="share of the model's tensors init must match; below it is an error")
 
     @field_validator("name")
     @classmethod

@@ -28,7 +28,8 @@ from clfkit.data import ImageSet, Splits
 from clfkit.engine import distributed
 from clfkit.engine.batches import BatchPrep, TrainBatches, num_batches
 from clfkit.engine.ema import WeightEMA
-from clfkit.engine.loop import TrainState, train_one_epoch
+from clfkit.engine.freeze import frozen_in_epoch, set_backbone_frozen
+from clfkit.engine.loop import TrainState, optimizer_steps, train_one_epoch
 from clfkit.engine.runtime import Runtime, compiled, grad_scaler, place_model, resolve_runtime, seed_everything
 from clfkit.engine.snapshot import EpochProgress, set_rng_state
 from clfkit.engine.stopping import EarlyStopper
@@ -41,6 +42,7 @@ from clfkit.recipe import Recipe
 from clfkit.report_html import write_run_report
 from clfkit.run.checkpoint import save_checkpoint
 from clfkit.run.folder import RunFolder, run_lock
+from clfkit.run.init import load_init
 from clfkit.run.metrics_log import MetricsLog
 from clfkit.run.reader import replaces_best, selected_on
 from clfkit.run.reports import write_run_reports
@@ -101,6 +103,9 @@ class Trainer:
         # this rank's part of last.pt (a mid-epoch one resumes only with the world size that saved it)
         self.resume_rng, self.resume_at = (resume.for_rank(self.world.rank, self.world.size)
                                            if resume is not None else (None, None))
+        if self.world.active and self.tc.freeze:  # DDP registers its gradients once, at wrap time
+            raise TrainingError("train.freeze is not supported with several processes (torchrun) yet; "
+                                "train in one process")
         if self.world.active and self.tc.on_nonfinite == "skip":
             # a rank skipping its step alone would desynchronize DDP's gradient all-reduce
             raise TrainingError("train.on_nonfinite: skip is not supported with several processes "
@@ -149,6 +154,8 @@ class Trainer:
         :class:`TrainState` the loop runs on and the :class:`TrainBatches` it reads."""
         recipe, tc, rt, splits = self.recipe, self.tc, self.rt, self.splits
         model = build_model(recipe, splits.num_classes, splits.in_chans, splits.image_size, self.mean, self.std)
+        if self.resume is None:  # resuming, last.pt holds the weights
+            self._weights_in(model)
         regularizers = build_regularizers(recipe)
         for r in regularizers:
             if hasattr(r, "on_model"):
@@ -159,7 +166,8 @@ class Trainer:
         optimizer = build_optimizer(recipe, model, regularizers)
         aug_names: dict[str, list[str]] = {}
         per_image, batched_aug = build_augmentations(recipe, aug_names)
-        self.steps_per_epoch = num_batches(len(splits.train), tc.batch_size, tc.drop_last)
+        self.batches_per_epoch = num_batches(len(splits.train), tc.batch_size, tc.drop_last)
+        self.steps_per_epoch = optimizer_steps(self.batches_per_epoch, tc.accumulate)  # what schedules count
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, build_schedule(recipe, self.steps_per_epoch))
         train_model = compiled(distributed.wrap(model), tc.compile)  # DDP when launched by torchrun
         workers = recipe.data.workers if recipe.data.workers is not None else min(8, os.cpu_count() or 1)
@@ -175,6 +183,17 @@ class Trainer:
         self.ckpt_base = {"recipe": recipe.to_dict(), "class_names": splits.class_names,
                           "input": {"image_size": list(splits.image_size), "channels": splits.in_chans,
                                     "mean": self.mean, "std": self.std, "resize": recipe.data.resize}}
+
+    def _weights_in(self, model: torch.nn.Module) -> None:
+        """``model.weights`` (loaded by the model) and ``init:``: one receipt line each, the full
+        lists in weights.json."""
+        receipts = [r for r in [getattr(model.net, "weights_receipt", None)] if r is not None]
+        if self.recipe.init:
+            receipts.append(load_init(model, self.recipe.init, self.recipe.init_min_match, self.splits.num_classes))
+        for r in receipts:
+            self.report.print(r.line())
+        if receipts and distributed.is_main():
+            self.folder.write_weights([r.to_dict() for r in receipts])
 
     def start(self) -> None:
         """Fresh run: the parity samples. Resumed run: every state as last.pt saved it."""
@@ -225,13 +244,16 @@ class Trainer:
         t0 = time.perf_counter()
         progress = self.report.start_epoch(epoch, len(self.splits.train))
         self.epoch, self.epoch_lr = epoch, state.optimizer.param_groups[0]["lr"]
+        if tc.freeze:  # a function of the epoch alone: a resume freezes exactly as the run did
+            state.frozen_norms = set_backbone_frozen(
+                getattr(state.net, "net", state.net), frozen_in_epoch(tc.freeze, tc.unfreeze_epoch, epoch))
         if self.resume_at is not None and self.resume_at.lr is not None:
             self.epoch_lr = self.resume_at.lr  # the row reports the LR the epoch started with
         row: dict[str, Any] = {"epoch": epoch + 1}
         if tc.compile and self.compile_t0 is None:
             self.compile_t0 = time.perf_counter()
         row.update(train_one_epoch(state, self.batches, epoch, progress=progress, resume_at=self.resume_at,
-                                   after_step=self._after_step))
+                                   after_step=self._after_step, accumulate=tc.accumulate))
         self.resume_at = None
         t_train = time.perf_counter() - t0
         self.train_seconds += t_train
@@ -239,6 +261,8 @@ class Trainer:
             ev = evaluate(state.eval_model, self.val_set, rt=self.rt, loss_fn=self.loss_fn,
                           num_classes=self.splits.num_classes, batch_size=self.eval_bs)
             row.update(val_loss=ev["loss"], val_acc=ev["acc"])
+            if ev["top5_acc"] is not None:
+                row["val_top5_acc"] = ev["top5_acc"]
         n_train = len(self.splits.train)
         row.update(lr=self.epoch_lr, seconds=round(time.perf_counter() - t0, 3),
                    images_per_s=round(n_train / max(t_train, 1e-9), 1), step=state.step)
@@ -276,13 +300,13 @@ class Trainer:
         stopping = distributed.stop_agreed(self.stop, state.step)
         # the last batch of an epoch is followed by the epoch-end checkpoint anyway
         due = tc.checkpoint_every_steps is not None and state.step % tc.checkpoint_every_steps == 0
-        if not (due or stopping) or batch >= self.steps_per_epoch:
+        if not (due or stopping) or batch >= self.batches_per_epoch:
             return
         in_epoch = snapshot()
         in_epoch.lr = self.epoch_lr
         self._save_last(self.epoch, in_epoch)
         if stopping:
-            where = f"in epoch {self.epoch + 1} after batch {batch}/{self.steps_per_epoch}"
+            where = f"in epoch {self.epoch + 1} after batch {batch}/{self.batches_per_epoch}"
             raise Interrupted(self._stop_message(where), self.stop.signum)
 
     def _save_last(self, epochs_done: int, in_epoch: Optional[EpochProgress], row: Optional[dict] = None) -> None:
@@ -332,7 +356,7 @@ class Trainer:
             "device": str(rt.device) + (f" ({torch.cuda.get_device_name(rt.device)})" if rt.device.type == "cuda" else ""),
             "precision": rt.precision, "num_classes": splits.num_classes, "class_names": splits.class_names,
             "train_images": len(splits.train), "val_images": len(splits.val) if splits.val else 0,
-            "test_acc": None, "test_loss": None, "skipped_files": len(splits.skipped),
+            "test_acc": None, "test_top5_acc": None, "test_loss": None, "skipped_files": len(splits.skipped),
             "data_seconds": round(self.data_seconds, 2), "train_seconds": round(self.train_seconds, 2),
             "compile_seconds": self.compile_seconds,
             "normalize": {"mean": self.mean, "std": self.std},  # as used (computed from train when `auto`)

@@ -353,62 +353,58 @@ def _existing_file(path: Optional[str]) -> Optional[str]:
 def timm_model(num_classes: int, in_chans: int, image_size: tuple[int, int],
                arch: Annotated[str, AfterValidator(_timm_arch)],
                weights: Annotated[Optional[str], AfterValidator(_existing_file)] = None,
+               weights_min_match: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5,
                drop_rate: Rate = 0.0, drop_path_rate: Rate = 0.0, **kwargs) -> nn.Module:
     """Any timm architecture by name (extra args go to timm.create_model), randomly initialized
-    or loaded from a local weights file (.safetensors or a torch state dict); never downloads."""
-    import timm
-
-    args = dict(pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
+    or loaded from a local weights file (.safetensors, a torch state dict or a timm
+    checkpoint) through timm's pretrained loader, which adapts the classifier and the first
+    conv; never downloads. ``weights_min_match``: the share of the model's tensors the file must
+    match (below it the file is another architecture: an error). The model carries the
+    loading's receipt as ``weights_receipt`` (the trainer prints it and writes weights.json)."""
+    args = dict(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
                 drop_path_rate=drop_path_rate, **kwargs)
-    try:  # models with a fixed input size (ViTs, ...) take img_size; the others refuse it
-        model = timm.create_model(arch, img_size=tuple(image_size), **args)
-    except TypeError as e:
-        if "img_size" not in str(e):
-            raise
-        model = timm.create_model(arch, **args)
+    model = _create_timm(arch, image_size, pretrained=False, **args)
     if weights:
-        _load_matching(model, weights)
+        model = _load_timm_weights(model, arch, image_size, weights, weights_min_match, args)
     return model
 
 
-def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """A weights file as {name: tensor}; anything else is a clear error naming the file."""
-    from clfkit.errors import ModelFileError
+def _create_timm(arch: str, image_size: tuple[int, int], **args) -> nn.Module:
+    import timm
 
+    try:  # models with a fixed input size (ViTs, ...) take img_size; the others refuse it
+        return timm.create_model(arch, img_size=tuple(image_size), **args)
+    except TypeError as e:
+        if "img_size" not in str(e):
+            raise
+        return timm.create_model(arch, **args)
+
+
+def _load_timm_weights(model: nn.Module, arch: str, image_size: tuple[int, int], path: str,
+                       min_match: float, args: dict) -> nn.Module:
+    """``model`` (fresh) with the weights of ``path``: checked by name and shape first (a file of
+    another architecture is an error), then loaded by timm's own pretrained machinery
+    (``pretrained_cfg_overlay=dict(file=...)``); where timm refuses the file, by name."""
+    from clfkit.weights_receipt import compare, read_state_dict, require_match
+
+    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    state = read_state_dict(path, "model.weights")
+    first_conv = cfg.get("first_conv") if isinstance(cfg.get("first_conv"), str) else None
+    receipt = compare(model.state_dict(), state, source=path, field_name="model.weights",
+                      num_classes=args["num_classes"], first_conv=first_conv and f"{first_conv}.weight")
+    require_match(receipt, min_match, "model.weights_min_match")
+    classifier = cfg.get("classifier") if isinstance(cfg.get("classifier"), str) else None
+    head = state.get(f"{classifier}.weight") if classifier else None
+    overlay = dict(file=path, num_classes=int(head.shape[0]) if head is not None else 0)
+    conv = state.get(f"{first_conv}.weight") if first_conv else None
+    if conv is not None and conv.ndim == 4:
+        overlay["input_size"] = (int(conv.shape[1]), *tuple(cfg.get("input_size", (3, 224, 224)))[1:])
     try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch/safetensors raise many types for a file that is not theirs
-        # torch's weights_only refusal is a page about pickle; the type says enough
-        cause = "" if "Weights only load failed" in str(e) else f": {str(e).splitlines()[0][:160]}" if str(e) else ""
-        raise ModelFileError(f"model.weights {path} cannot be read as a state dict ({type(e).__name__}{cause}); "
-                             f"give a .safetensors file or a torch.save()d state dict of tensors") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]  # a training checkpoint that wraps the weights
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelFileError(f"model.weights {path} is not a state dict (a mapping of parameter names to "
-                             f"tensors); got {type(state).__name__}")
-    return state
-
-
-def _load_matching(model: nn.Module, path: str) -> None:
-    """Load the tensors of ``path`` whose name and shape match; the classifier (and a changed
-    stem) stay freshly initialized. Fewer than half matching means weights of another model."""
-    from clfkit.errors import ModelFileError
-
-    state, own = _read_state_dict(path), model.state_dict()
-    matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if len(matching) * 2 < len(own):
-        def why(k: str) -> str:
-            if k not in state:
-                return f"{k} (missing from the file)"
-            return f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
-        first = [why(k) for k in own if k not in matching][:3]
-        raise ModelFileError(f"model.weights {path} matches only {len(matching)} of the model's {len(own)} "
-                             f"tensors, so it holds weights of another architecture; first mismatches: "
-                             f"{'; '.join(first)}. Use weights saved from this model.arch")
-    model.load_state_dict(matching, strict=False)
+        loaded = _create_timm(arch, image_size, pretrained=True, pretrained_cfg_overlay=overlay, **args)
+        receipt.how = "timm pretrained loader (pretrained_cfg_overlay file)"
+    except Exception as e:  # noqa: BLE001 - timm's strict load refuses partial files: load by name
+        model.load_state_dict({k: state[k] for k in receipt.loaded}, strict=False)
+        receipt.how = f"by name and shape (timm's loader refused the file: {str(e).splitlines()[0][:120]})"
+        loaded = model
+    loaded.weights_receipt = receipt
+    return loaded

@@ -45,6 +45,7 @@ class TrainState:
     regularizers: list[Any] = field(default_factory=list)
     on_nonfinite: str = "stop"     # train.on_nonfinite: stop | skip
     ema: Any = None
+    frozen_norms: list[nn.Module] = field(default_factory=list)  # kept in eval mode (clfkit.engine.freeze)
     step: int = 0                  # optimizer steps taken so far in the run
     warned_probs: bool = False
 
@@ -101,28 +102,30 @@ def _warn_if_probabilities(state: TrainState, out: torch.Tensor) -> None:
             "gradients and trains badly). Remove the final softmax from the model.", stacklevel=4)
 
 
-def _backward_and_step(state: TrainState, loss: torch.Tensor) -> None:
-    """Backward, the regularizers' before_step (e.g. gradient clipping, on unscaled gradients),
-    the optimizer step; through the GradScaler in fp16."""
+def _step(state: TrainState) -> None:
+    """The regularizers' before_step (e.g. gradient clipping, on unscaled gradients) and the
+    optimizer step, through the GradScaler in fp16; then the schedule."""
     before_step = state.hooks("before_step")
     if state.scaler is not None:
-        state.scaler.scale(loss).backward()
         state.scaler.unscale_(state.optimizer)
-        for r in before_step:
-            r.before_step(state.model, state.optimizer)
+    for r in before_step:
+        r.before_step(state.model, state.optimizer)
+    if state.scaler is not None:
         state.scaler.step(state.optimizer)
         state.scaler.update()
     else:
-        loss.backward()
-        for r in before_step:
-            r.before_step(state.model, state.optimizer)
         state.optimizer.step()
+    state.scheduler.step()
+    state.step += 1
 
 
 def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, sums: EpochSums,
-               batch: int) -> Optional[torch.Tensor]:
-    """One optimizer step on the uint8 batch (x, y), ``batch`` (1-based) of the epoch. Returns
-    the model's output, or None when on_nonfinite=skip skipped the batch."""
+               batch: int, micro: int = 0, group: int = 1) -> Optional[torch.Tensor]:
+    """Micro-batch ``micro`` (0-based) of a group of ``group`` (train.accumulate) on the uint8
+    batch (x, y), ``batch`` (1-based) of the epoch: the gradients of the group's mean loss
+    accumulate, and the group's last micro-batch takes the optimizer step (group 1: one step
+    per batch). Returns the model's output, or None when on_nonfinite=skip skipped the batch
+    (a skipped last micro-batch skips its group's step)."""
     x, target = state.prep(x, y, sums.gen)
     with state.rt.autocast():
         out = state.model(x)
@@ -130,12 +133,14 @@ def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, sums: EpochS
     for r in state.hooks("on_loss"):
         loss = r.on_loss(loss, state.model)
     _warn_if_probabilities(state, out)
-    state.optimizer.zero_grad(set_to_none=True)
+    if micro == 0:
+        state.optimizer.zero_grad(set_to_none=True)
     if not sums.guard.ok(loss, state.step + 1, batch):  # on_nonfinite: skip, and this batch's loss is NaN/inf
         return None
-    _backward_and_step(state, loss)
-    state.scheduler.step()
-    state.step += 1
+    scaled = loss / group if group > 1 else loss
+    (state.scaler.scale(scaled) if state.scaler is not None else scaled).backward()
+    if micro == group - 1:
+        _step(state)
     sums.add(loss, out, y)
     return out
 
@@ -156,20 +161,36 @@ def _start_epoch(state: TrainState, seed: int, epoch: int, resume_at: Optional[E
     return sums
 
 
+def _in_group(batch: int, total: int, accumulate: int) -> tuple[int, int]:
+    """(position in its group, the group's size) of the 0-based ``batch`` of ``total``."""
+    first = batch - batch % accumulate
+    return batch - first, min(accumulate, total - first)
+
+
+def optimizer_steps(batches: int, accumulate: int) -> int:
+    """Optimizer steps in an epoch of ``batches`` micro-batches (what schedules count)."""
+    return -(-batches // accumulate)
+
+
 def train_one_epoch(state: TrainState, batches: TrainBatches, epoch: int, *,
                     progress: Callable[[int], None], resume_at: Optional[EpochProgress] = None,
-                    after_step: Optional[AfterStep] = None) -> dict[str, float]:
+                    after_step: Optional[AfterStep] = None, accumulate: int = 1) -> dict[str, float]:
     """One pass over the training split. Returns mean loss and accuracy (one host sync), and
     the count of skipped batches under on_nonfinite=skip. ``resume_at``: continue a half-done
-    epoch; ``after_step``: see :data:`AfterStep`."""
+    epoch (at an optimizer step); ``after_step``: see :data:`AfterStep`; ``accumulate``:
+    micro-batches per optimizer step (train.accumulate; the epoch's last group may be shorter)."""
     state.model.train()
+    for m in state.frozen_norms:  # a frozen backbone's BatchNorm statistics stay as they are
+        m.eval()
     sums = _start_epoch(state, batches.seed, epoch, resume_at)
     start = resume_at.batch if resume_at is not None else 0
+    total = len(batches)
     for i, (x, y) in enumerate(batches.epoch(epoch, start_batch=start), start=start):
-        if train_step(state, x, y, sums, i + 1) is None:
+        micro, group = _in_group(i, total, accumulate)
+        if train_step(state, x, y, sums, i + 1, micro, group) is None:
             continue
         progress(y.shape[0])
-        if after_step is not None:
+        if after_step is not None and micro == group - 1:
             after_step(i + 1, lambda: sums.snapshot(i + 1, state.step))
     if sums.seen == 0:  # every batch has at least one image (num_batches), so all were skipped
         raise TrainingError(f"every batch of epoch {epoch + 1} had a non-finite loss and was skipped "

@@ -11,6 +11,8 @@ Run folder::
       best.pt last.pt  checkpoints (weights + recipe + class names + input spec)
       summary.json     best_val_acc, best_epoch, test_acc, per-class test accuracy, ...; written
                        last: a run is finished when it exists
+      weights.json     what init: / model.weights loaded, re-initialized and found unexpected (when
+                       the run started from weights)
       samples.npy      a few real images for the exporter's parity check
       skipped.txt      images that could not be decoded (when any)
       curves.png       loss and accuracy per epoch, train vs val (clfkit.run.reports)
@@ -68,6 +70,7 @@ PER_CLASS_CSV = "per_class.csv"
 CONFUSION_PNG = "confusion.png"
 MISTAKES_JSON = "mistakes.json"
 REPORT_HTML = "report.html"
+WEIGHTS_JSON = "weights.json"
 LOCK_NAME = ".clfkit.lock"
 _HELD: dict[str, list] = {}  # resolved run folder -> [fd, depth]: locks this process holds
 F = TypeVar("F", bound=Callable[..., Any])
@@ -218,6 +221,7 @@ class RunFolder:
     confusion = property(lambda self: self.path / CONFUSION_PNG)
     mistakes = property(lambda self: self.path / MISTAKES_JSON)
     report_html = property(lambda self: self.path / REPORT_HTML)
+    weights = property(lambda self: self.path / WEIGHTS_JSON)
 
     def eval_json(self, split: str, tta: str = "none") -> Path:
         """``clfkit eval``'s result for ``split`` (with test-time augmentation ``tta``)."""
@@ -264,6 +268,10 @@ class RunFolder:
     def write_summary(self, summary: dict) -> None:
         """summary.json, written last: from now on the run counts as finished."""
         write_json(self.summary, summary)
+
+    def write_weights(self, receipts: list[dict]) -> None:
+        """weights.json: the full receipts of the weights the run started from."""
+        write_json(self.weights, {"receipts": receipts})
 
     def append_metrics(self, row: dict) -> None:
         append_line(self.metrics, json.dumps(row))

@@ -34,11 +34,13 @@ def per_class(cm: torch.Tensor, class_names: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def per_class_rows(confusion, class_names: list[str]) -> list[dict[str, Any]]:
+def per_class_rows(confusion, class_names: list[str], top5_hits: Optional[list[int]] = None) -> list[dict[str, Any]]:
     """Per-class accuracy, precision, recall, f1 and support from a confusion matrix
-    (rows: true class)."""
+    (rows: true class); top5_accuracy too when ``top5_hits`` (per true class) are given."""
     rows = per_class(torch.as_tensor(confusion), class_names)
-    for r in rows:
+    for i, r in enumerate(rows):
+        if top5_hits is not None:
+            r["top5_accuracy"] = top5_hits[i] / r["support"] if r["support"] else None
         p, rc = r["precision"], r["recall"]
         r["f1"] = 2 * p * rc / (p + rc) if p is not None and rc is not None and p + rc > 0 else None
     return rows
@@ -47,6 +49,8 @@ def per_class_rows(confusion, class_names: list[str]) -> list[dict[str, Any]]:
 def write_per_class_csv(rows: list[dict[str, Any]], path: str | Path, split: str) -> Path:
     """per_class.csv: one row per class, ``split`` in the first column; empty cells for None."""
     cols = ["split", "class", "accuracy", "precision", "recall", "f1", "support"]
+    if rows and "top5_accuracy" in rows[0]:
+        cols.insert(3, "top5_accuracy")
     with atomic_open(path, "w") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(cols)
@@ -70,7 +74,7 @@ def write_run_reports(run_dir: str | Path, confusion=None, class_names: Optional
     class_names = class_names or summary.get("class_names")
     if confusion is not None and class_names:
         split = split or "test"
-        rows = per_class_rows(confusion, class_names)
+        rows = per_class_rows(confusion, class_names, summary.get("top5_hits") if confusion is summary.get("confusion") else None)
         files.append(write_per_class_csv(rows, folder.per_class, split))
         n = sum(sum(r) for r in confusion)
         acc = sum(confusion[i][i] for i in range(len(confusion))) / max(n, 1)

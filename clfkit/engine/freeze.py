@@ -1,0 +1,50 @@
+"""``train.freeze: backbone`` and ``train.unfreeze_epoch``: which tensors train in an epoch.
+
+The head is the model's classifier: a timm model's ``get_classifier()``, otherwise the module
+that owns the model's last parameter (the final Linear of clfkit's models and of most plugin
+models). Frozen tensors get ``requires_grad=False``: their gradients stay None, so every torch
+optimizer skips them (no step, no weight decay, no state), and the optimizer built over all
+tensors at the start simply starts updating them at the unfreeze epoch. Frozen normalization
+layers with running statistics (BatchNorm) are put in eval mode after ``model.train()``, so
+their statistics do not change either. Which tensors are frozen is a function of the epoch
+alone, so a resume is exact across the unfreeze epoch.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch.nn as nn
+
+
+def head_names(net: nn.Module) -> set[str]:
+    """Names (relative to ``net``) of the classifier head's parameters."""
+    get_classifier = getattr(net, "get_classifier", None)
+    if callable(get_classifier) and isinstance(get_classifier(), nn.Module):
+        head = get_classifier()
+        owner = next((n for n, m in net.named_modules() if m is head), None)
+        if owner is not None and any(True for _ in head.parameters()):
+            return {f"{owner}.{n}" if owner else n for n, _ in head.named_parameters()}
+    names = [n for n, _ in net.named_parameters()]
+    if not names:
+        return set()
+    owner = names[-1].rsplit(".", 1)[0] if "." in names[-1] else ""
+    return {n for n in names if (n.rsplit(".", 1)[0] if "." in n else "") == owner}
+
+
+def frozen_in_epoch(freeze: Optional[str], unfreeze_epoch: Optional[int], epoch: int) -> bool:
+    """Whether the backbone is frozen in 0-based ``epoch`` (unfreeze_epoch is 1-based)."""
+    return freeze == "backbone" and (unfreeze_epoch is None or epoch + 1 < unfreeze_epoch)
+
+
+def set_backbone_frozen(net: nn.Module, frozen: bool) -> list[nn.Module]:
+    """Freeze (or unfreeze) every parameter of ``net`` outside its head; returns the frozen
+    modules with running statistics, which the loop keeps in eval mode."""
+    head = head_names(net)
+    for name, p in net.named_parameters():
+        p.requires_grad_(not frozen or name in head)
+    if not frozen:
+        return []
+    head_modules = {n.rsplit(".", 1)[0] for n in head}
+    return [m for n, m in net.named_modules()
+            if n not in head_modules and getattr(m, "track_running_stats", False)
+            and getattr(m, "running_mean", None) is not None]

@@ -1,0 +1,121 @@
+"""Weights in, with a receipt: which tensors of a weights file a model took, which it keeps
+freshly initialized and why, and which the file had that the model does not.
+
+Used by the timm model's ``weights:`` (clfkit.components.models) and by the recipe's
+``init:`` (clfkit.run.init). A file matching fewer than ``min_match`` of the model's tensors
+holds another architecture: that is an error, never a silent start from scratch. The trainer
+prints :meth:`WeightsReceipt.line` and writes :meth:`WeightsReceipt.to_dict` to weights.json.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+from typing import Any, Optional
+
+import torch
+
+from clfkit.errors import ModelFileError
+
+# where a training checkpoint (clfkit's, timm's train.py, a Lightning-like dict) keeps its weights
+_WRAPPER_KEYS = ("model", "state_dict_ema", "state_dict", "model_state_dict")
+
+
+@dataclass
+class WeightsReceipt:
+    """What loading ``source`` into a model did. ``reinitialized`` and ``unexpected``: (tensor
+    name, why); ``adapted``: loaded after a change (a first conv for other input channels)."""
+
+    source: str
+    field: str                     # the recipe field that asked for it: init, model.weights
+    total: int                     # the model's tensors (parameters and buffers) considered
+    loaded: list[str] = dc_field(default_factory=list)
+    adapted: list[tuple[str, str]] = dc_field(default_factory=list)
+    reinitialized: list[tuple[str, str]] = dc_field(default_factory=list)
+    unexpected: list[tuple[str, str]] = dc_field(default_factory=list)
+    how: str = "by name and shape"
+    head: Optional[str] = None     # "classifier net.fc 5 -> 2 classes" when the head was re-initialized
+
+    def line(self) -> str:
+        """The one console line: counts and the main reason."""
+        why = f" ({self.head})" if self.head else ""
+        adapted = f", {len(self.adapted)} adapted ({self.adapted[0][1]})" if self.adapted else ""
+        return (f"{self.field}: {self.source}: {len(self.loaded)}/{self.total} tensors loaded{adapted}, "
+                f"{len(self.reinitialized)} re-initialized{why}, {len(self.unexpected)} unexpected "
+                f"[weights.json]")
+
+    def to_dict(self) -> dict[str, Any]:
+        """weights.json's entry: every list in full."""
+        return {"source": self.source, "field": self.field, "how": self.how, "total": self.total,
+                "loaded": self.loaded, "adapted": [{"tensor": k, "why": w} for k, w in self.adapted],
+                "reinitialized": [{"tensor": k, "why": w} for k, w in self.reinitialized],
+                "unexpected": [{"tensor": k, "why": w} for k, w in self.unexpected], "head": self.head}
+
+
+def read_state_dict(path: str, what: str) -> dict[str, torch.Tensor]:
+    """A weights file as {name: tensor}: .safetensors, a torch state dict, or a training
+    checkpoint wrapping one (under model / state_dict_ema / state_dict); a ``module.`` prefix
+    (DDP) is dropped. Anything else is a clear error naming ``what`` (the recipe field) and the file."""
+    try:
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch/safetensors raise many types for a file that is not theirs
+        # torch's weights_only refusal is a page about pickle; the type says enough
+        cause = "" if "Weights only load failed" in str(e) else f": {str(e).splitlines()[0][:160]}" if str(e) else ""
+        raise ModelFileError(f"{what} {path} cannot be read as a state dict ({type(e).__name__}{cause}); "
+                             f"give a .safetensors file or a torch.save()d state dict of tensors") from None
+    for key in _WRAPPER_KEYS:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelFileError(f"{what} {path} is not a state dict (a mapping of parameter names to "
+                             f"tensors); got {type(state).__name__}")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def compare(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], *, source: str, field_name: str,
+            num_classes: Optional[int] = None, first_conv: Optional[str] = None) -> WeightsReceipt:
+    """The receipt of loading ``state`` into a model whose state dict is ``own``, by name and
+    shape. ``num_classes`` names the head when its class count differs; ``first_conv`` (a
+    weight name) counts as adapted when only its input channels differ (timm adapts it)."""
+    receipt = WeightsReceipt(source=source, field=field_name, total=len(own))
+    heads: dict[str, tuple[int, int]] = {}
+    for k, v in own.items():
+        if k not in state:
+            receipt.reinitialized.append((k, "not in the file"))
+        elif tuple(state[k].shape) == tuple(v.shape):
+            receipt.loaded.append(k)
+        elif k == first_conv and state[k].ndim == 4 and state[k].shape[0] == v.shape[0]:
+            receipt.adapted.append((k, f"first conv {state[k].shape[1]} -> {v.shape[1]} input channels"))
+        elif num_classes is not None and v.ndim >= 1 and v.shape[0] == num_classes and state[k].ndim == v.ndim:
+            heads[k.rsplit(".", 1)[0]] = (state[k].shape[0], num_classes)
+            receipt.reinitialized.append((k, f"classifier {state[k].shape[0]} -> {num_classes} classes"))
+        else:
+            receipt.reinitialized.append((k, f"shape in the file {tuple(state[k].shape)}, "
+                                             f"in the model {tuple(v.shape)}"))
+    receipt.unexpected = [(k, "not in the model") for k in state if k not in own]
+    if heads:
+        (was, now), names = next(iter(heads.values())), ", ".join(heads)
+        receipt.head = f"classifier {names} {was} -> {now} classes"
+    return receipt
+
+
+def require_match(receipt: WeightsReceipt, min_match: float, bar_field: str) -> None:
+    """Refuse a file that matches fewer than ``min_match`` of the model's tensors: it holds
+    weights of another architecture (the error names the file and the first mismatches)."""
+    matched = len(receipt.loaded) + len(receipt.adapted)
+    if matched >= min_match * receipt.total:
+        return
+    first = "; ".join(f"{k} ({why})" for k, why in receipt.reinitialized[:3])
+    extra = "; ".join(k for k, _ in receipt.unexpected[:3])
+    raise ModelFileError(
+        f"{receipt.field} {receipt.source} matches only {matched} of the model's {receipt.total} tensors "
+        f"(needs {min_match:g} of them), so it holds weights of another architecture; first mismatches: "
+        f"{first}" + (f"; in the file but not the model: {extra}" if extra else "")
+        + f". Use weights saved from this model, or lower the bar with {bar_field}")
