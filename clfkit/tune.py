@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import os
 import re
 from concurrent.futures import ProcessPoolExecutor
@@ -217,7 +218,38 @@ def open_study(setup: TuneSetup) -> Any:
         study.set_user_attr("recipe", setup.recipe_path)
     elif had != space:
         raise TuneError(f"{setup.out}/study.db searched {had}, not {space}; use another --out for a new space")
+    _check_same_base(study, setup)
+    # a continued study would otherwise redraw the first run's values (same seed, fresh sampler)
+    study.sampler = optuna.samplers.TPESampler(seed=setup.seed + len(study.get_trials(deepcopy=False)))
     return study
+
+
+def _check_same_base(study: Any, setup: TuneSetup) -> None:
+    """Trials of one study must share the fixed recipe (file + --set), else the table and
+    best.yaml mix runs trained under other settings."""
+    base = json.loads(json.dumps(setup.base, sort_keys=True, default=str))
+    had = study.user_attrs.get("base")
+    if had is None:
+        study.set_user_attr("base", base)
+        return
+    if had != base:
+        where = _first_change(had, base) or "<root>"
+        raise TuneError(f"{setup.out}/study.db was run with another recipe or --set (they differ at {where}); "
+                        f"run the same recipe and --set to continue it, or use another --out for a new study")
+
+
+def _first_change(a: Any, b: Any, path: str = "") -> Optional[str]:
+    """The dotted path of the first difference between two JSON-like values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in a or key not in b:
+                return sub
+            found = _first_change(a[key], b[key], sub)
+            if found:
+                return found
+        return None
+    return None if a == b else (path or "<root>")
 
 
 def _counted(study: Any) -> int:
@@ -380,6 +412,13 @@ def write_results(setup: TuneSetup, log: Callable[[str], None]) -> TuneResult:
 
 
 # --------------------------------------------------------------------------- the command
+def _refuse_set_on_space(key: str, dims: list[Dimension]) -> None:
+    """A --set on a searched field (or inside it) would be replaced by every trial's value."""
+    for d in dims:
+        if key == d.key or key.startswith(d.key + "."):
+            raise TuneError(f"--set {key} is searched by --space {d.text or d.describe()}; every trial would "
+                            f"replace it. Drop the --set, or the --space")
+
 def plan_tune(recipe_path: str | Path, spaces: list[str] | tuple[str, ...], trials: int,
               overrides: list[str] | tuple[str, ...] = (), out: Optional[str | Path] = None,
               seed: int = 0, pruner: str = "median", quiet: bool = True) -> TuneSetup:
@@ -391,11 +430,12 @@ def plan_tune(recipe_path: str | Path, spaces: list[str] | tuple[str, ...], tria
     data = read_yaml(recipe_path)
     if "sweep" in data:
         raise TuneError(f"{recipe_path} is a sweep file; tune a plain recipe (remove its sweep: block)")
+    dims = [parse_space(s) for s in spaces]
     for text in overrides:
         keys, value = parse_override(text)
+        _refuse_set_on_space(".".join(keys), dims)
         apply_override(data, keys, value)
     base = validate_recipe(data, source=str(recipe_path))
-    dims = [parse_space(s) for s in spaces]
     check_space(data, dims, str(recipe_path))
     out = Path(out) if out is not None else Path("tunes") / check_name(base.name, "tune name")
     return TuneSetup(str(recipe_path), data, dims, str(out), trials, seed, pruner, quiet,

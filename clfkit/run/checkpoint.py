@@ -147,9 +147,13 @@ def _checkpoint_name(run_dir: Path, name: str | None, command: str) -> str:
         given = Path(name)
         inside = [p for p in (given, run_dir / given) if p.resolve().parent == run_dir.resolve()]
         if not inside:
+            # the path is read from the working folder or from the run folder; suggest the one that exists
+            elsewhere = next((p for p in (given, run_dir / given) if p.is_file()), None)
+            hint = (f". To use that checkpoint, run `clfkit {command} {elsewhere.resolve().parent}` instead"
+                    if elsewhere else f"; no such file exists either (for another run's checkpoint, "
+                                      f"run `clfkit {command} THAT_RUN_DIR`)")
             raise RunFolderError(f"--checkpoint {name} is not in the run folder {run_dir}; a checkpoint is "
-                                 f"named by its file name there ({', '.join(found)}). To use that checkpoint, "
-                                 f"run `clfkit {command} {given.resolve().parent}` instead")
+                                 f"named by its file name there ({', '.join(found)}){hint}")
         name = inside[0].name
     if name not in found:
         raise RunFolderError(f"--checkpoint {name}: no such checkpoint in {run_dir}; it has {', '.join(found)}")
