@@ -106,13 +106,17 @@ def train(recipe: Path | None, resume_dir: Path | None, overrides: tuple[str, ..
 @click.option("--int8", is_flag=True, help="Write a static int8 (QDQ, per-channel) model, calibrated on training "
                                            "images; refused if its top-1 agreement with fp32 is below "
                                            "--min-agreement.")
-@click.option("--min-agreement", default=99.0, show_default=True, type=float, metavar="PERCENT",
-              help="With --int8: the least top-1 agreement with the fp32 model, in %, on held-out images.")
+@click.option("--min-agreement", type=click.FloatRange(0, 100), metavar="PERCENT",
+              help="With --int8: the least top-1 agreement with the fp32 model, in %, on held-out images "
+                   "[default: 99].")
 def export(run_dir: Path, output: Path | None, atol: float, checkpoint: str, tta: str, int8: bool,
-           min_agreement: float) -> None:
+           min_agreement: float | None) -> None:
     """Export RUN_DIR's best checkpoint to ONNX and prove parity with torch."""
     from clfkit.export import export_run
 
+    if min_agreement is not None and not int8:
+        _fail(ClfkitError("--min-agreement is the int8 model's threshold: give it with --int8"))
+    min_agreement = 99.0 if min_agreement is None else min_agreement
     res = run_guarded(export_run, run_dir, output, atol=atol, checkpoint=checkpoint, tta=tta, int8=int8,
                       min_agreement=min_agreement)
     if res.note:

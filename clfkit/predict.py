@@ -29,6 +29,8 @@ from clfkit.predictor import OnnxClassifier, load_onnx, prepare, softmax
 FORMATS = ("name", "index", "csv")
 # -o with one of these suffixes is a mistyped argument order, not a place for predictions
 NOT_PREDICTIONS = (".onnx", ".pt", ".pth", ".safetensors", ".npy")
+# an existing file is replaced only when it looks like an earlier predictions file
+PREDICTION_SUFFIXES = (".txt", ".csv", ".tsv", "")
 
 # --------------------------------------------------------------------------- path escaping
 # A file name may hold any byte but "/" and NUL, and need not be UTF-8. So that test.txt stays one
@@ -99,6 +101,9 @@ def _check_output(out: Path, model: Path, root: Path, images: Callable[[], Itera
         why = "is one of the input images"
     elif out.suffix.lower() in NOT_PREDICTIONS or image_files.is_image_file(out):
         why = f"names a model or image file ({out.suffix}), not a predictions file"
+    elif out.is_file() and out.suffix.lower() not in PREDICTION_SUFFIXES:
+        why = (f"is an existing {out.suffix} file, not an earlier predictions file "
+               f"({', '.join(s for s in PREDICTION_SUFFIXES if s)})")
     if why:
         raise DataError(f"-o {out} {why}; predictions are never written over or among the inputs. "
                         f"Write them elsewhere, e.g. -o {root.resolve().parent / 'test.txt'}")

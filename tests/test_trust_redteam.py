@@ -89,3 +89,30 @@ def test_checkpoint_path_elsewhere_names_the_real_run(tmp_path, monkeypatch):
     refused(["not in the run folder", f"clfkit export {other.resolve()}"],
             "export", "a", "--checkpoint", "../b/best.pt")
     assert (run / "best.pt").read_bytes() == b"stand-in"
+
+
+@pytest.mark.parametrize("existing", ["recipe.yaml", "notes.md", "other.json"])
+def test_predict_never_replaces_a_file_it_did_not_write(trained_run, tmp_path, existing):
+    """-o over an existing recipe, note or JSON is a mistyped argument, not a predictions file:
+    refused with the file unchanged (an earlier test.txt/.csv is replaced as before)."""
+    from clfkit.export import export_run
+    from conftest import write_image_folder
+
+    model = export_run(trained_run.run_dir, tmp_path / "m.onnx").path
+    images = write_image_folder(tmp_path / "imgs", size=16) / "test"
+    target = tmp_path / existing
+    target.write_text("keep me")
+    refused([existing, "not an earlier predictions file"], "predict", model, images, "-o", target)
+    assert target.read_text() == "keep me"
+    earlier = tmp_path / "old.txt"
+    earlier.write_text("stale")
+    code, out = invoke("predict", model, images, "-o", earlier)
+    assert code == 0 and earlier.read_text() != "stale", out
+
+
+def test_min_agreement_is_a_percentage_of_the_int8_export(trained_run, tmp_path):
+    code, out = invoke("export", trained_run.run_dir, "-o", tmp_path / "a.onnx", "--int8", "--min-agreement", "150")
+    assert code == 2 and "150" in out and "0<=x<=100" in out.replace(" ", ""), out
+    refused(["--min-agreement", "--int8"], "export", trained_run.run_dir, "-o", tmp_path / "b.onnx",
+            "--min-agreement", "50")
+    assert not (tmp_path / "a.onnx").exists() and not (tmp_path / "b.onnx").exists()
