@@ -42,7 +42,10 @@ def evaluate(model: nn.Module, data: ImageSet, *, rt: Runtime, loss_fn: nn.Modul
             out = model(x)
             loss = loss_fn(out, y)
         loss_sum += loss.float() * y.shape[0]
-        confusion += torch.bincount(y * num_classes + out.argmax(1), minlength=num_classes ** 2)
+        # accumulate in place: bincount sizes its output from the data's max (a host sync per
+        # batch on CUDA); the matrix is read once, after the loop
+        cells = y * num_classes + out.argmax(1)
+        confusion.index_put_((cells,), torch.ones_like(cells), accumulate=True)
     distributed.all_reduce_(loss_sum, confusion)
     cm = confusion.view(num_classes, num_classes).cpu()
     n = int(cm.sum())
