@@ -47,10 +47,13 @@ def evaluate(model: nn.Module, data: ImageSet, *, rt: Runtime, loss_fn: nn.Modul
             out = model(x)
             loss = loss_fn(out, y)
         loss_sum += loss.float() * y.shape[0]
-        confusion += torch.bincount(y * num_classes + out.argmax(1), minlength=num_classes ** 2)
+        # accumulate in place: bincount sizes its output from the data's max (a host sync per
+        # batch on CUDA); the counts are read once, after the loop
+        cells = y * num_classes + out.argmax(1)
+        confusion.index_put_((cells,), torch.ones_like(cells), accumulate=True)
         if num_classes > TOP_K:  # top-k counts only where k < classes
             hit = (out.topk(TOP_K, 1).indices == y[:, None]).any(1)
-            top5_hits += torch.bincount(y[hit], minlength=num_classes)
+            top5_hits.index_put_((y,), hit.to(top5_hits.dtype), accumulate=True)
     distributed.all_reduce_(loss_sum, confusion, top5_hits)
     cm = confusion.view(num_classes, num_classes).cpu()
     n = int(cm.sum())

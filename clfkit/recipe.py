@@ -122,6 +122,8 @@ class TrainConfig(Strict):
     compile: bool = Field(False, description="torch.compile the model (compile time reported apart)")
     deterministic: bool = Field(False, description="deterministic kernels: bit-exact reruns and resumes on CPU")
     drop_last: bool = Field(True, description="drop the last incomplete training batch")
+    sync_bn: bool = Field(False, description="DDP on GPUs (torchrun): BatchNorm statistics over all "
+                                             "ranks' batches (SyncBatchNorm); one process: no effect")
     checkpoint_every_steps: Optional[Annotated[int, Field(ge=1)]] = Field(
         None, description="also save last.pt every N optimizer steps (None: once per epoch)")
     on_nonfinite: Literal["stop", "skip"] = Field(

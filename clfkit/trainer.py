@@ -169,7 +169,7 @@ class Trainer:
         self.batches_per_epoch = num_batches(len(splits.train), tc.batch_size, tc.drop_last)
         self.steps_per_epoch = optimizer_steps(self.batches_per_epoch, tc.accumulate)  # what schedules count
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, build_schedule(recipe, self.steps_per_epoch))
-        train_model = compiled(distributed.wrap(model), tc.compile)  # DDP when launched by torchrun
+        train_model = compiled(distributed.wrap(model, tc.sync_bn), tc.compile)  # DDP when launched by torchrun
         workers = recipe.data.workers if recipe.data.workers is not None else min(8, os.cpu_count() or 1)
         prep = BatchPrep(batched_aug, [r for r in regularizers if hasattr(r, "on_batch")], splits.num_classes,
                          rt.channels_last)
@@ -263,7 +263,7 @@ class Trainer:
             row.update(val_loss=ev["loss"], val_acc=ev["acc"])
             if ev["top5_acc"] is not None:
                 row["val_top5_acc"] = ev["top5_acc"]
-        n_train = len(self.splits.train)
+        n_train = self.batches.images_per_epoch()  # drop_last's dropped images are not trained on
         row.update(lr=self.epoch_lr, seconds=round(time.perf_counter() - t0, 3),
                    images_per_s=round(n_train / max(t_train, 1e-9), 1), step=state.step)
         self._record(row)

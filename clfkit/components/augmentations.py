@@ -68,7 +68,9 @@ class PadCropT:
         cols = (torch.arange(w, device=dev)[None, :] + dx[:, None])  # (N, W)
         idx = torch.arange(n, device=dev)[:, None, None]
         out = xp.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
-        return out.permute(0, 3, 1, 2).contiguous()
+        # (N, C, H, W) view with channels_last strides: no copy back to NCHW here, which the
+        # channels_last runtime would only undo (BatchPrep sets the layout the model wants)
+        return out.permute(0, 3, 1, 2)
 
 
 @register("augmentation", "PadCrop")

@@ -51,6 +51,11 @@ def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last and n >= batch_size else math.ceil(n / batch_size)
 
 
+def images_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
+    """Images an epoch trains on (all ranks together): drop_last's dropped tail not counted."""
+    return n - n % batch_size if drop_last and n >= batch_size else n
+
+
 def train_batches(data: ImageSet, batch_size: int, seed: int, epoch: int, drop_last: bool,
                   device: torch.device, per_image: list[Any], workers: int,
                   start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -103,6 +108,10 @@ class TrainBatches:
     def __len__(self) -> int:
         return num_batches(len(self.data), self.batch_size, self.drop_last)
 
+    def images_per_epoch(self) -> int:
+        """Images one full epoch trains on (what images_per_s counts)."""
+        return images_per_epoch(len(self.data), self.batch_size, self.drop_last)
+
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This epoch's batches from ``start_batch`` on."""
         return train_batches(self.data, self.batch_size, self.seed, epoch, self.drop_last, self.device,
@@ -129,6 +138,6 @@ class BatchPrep:
         target = y
         for r in self.on_batch:
             x, target = r.on_batch(x, target, self.num_classes)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        # one layout step at the end (a no-op when the augmentations already left that layout)
+        x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         return x, target

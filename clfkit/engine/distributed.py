@@ -109,14 +109,29 @@ def private_run_dir() -> Optional[Path]:
     return path
 
 
-def wrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The model in DistributedDataParallel when there is more than one rank."""
+def wrap(model: torch.nn.Module, sync_bn: bool = False) -> torch.nn.Module:
+    """The model in DistributedDataParallel when there is more than one rank. ``sync_bn``
+    (train.sync_bn): its BatchNorm layers become SyncBatchNorm first, in place inside ``model``
+    (same state_dict keys, so checkpoints and export are unchanged); in one process there is
+    nothing to synchronize and the model stays as it is."""
     if not WORLD.active:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     p = next(model.parameters())
+    if sync_bn:
+        to_sync_bn(model, p.device)
     return DistributedDataParallel(model, device_ids=[p.device.index] if p.is_cuda else None)
+
+
+def to_sync_bn(model: torch.nn.Module, device: torch.device) -> None:
+    """``model``'s BatchNorm layers as SyncBatchNorm, replaced in place (train.sync_bn)."""
+    if device.type != "cuda":  # DDP refuses SyncBatchNorm on CPU (gloo) processes
+        raise TrainingError("train.sync_bn needs CUDA GPUs (NCCL); this DDP run is on the CPU: "
+                            "set train.sync_bn=false")
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if converted is not model:  # the model is one bare BatchNorm layer: no parent to replace it in
+        raise TrainingError("train.sync_bn needs a model that contains its BatchNorm layers")
 
 
 def shard_order(order: torch.Tensor, batch_size: int, drop_last: bool) -> tuple[torch.Tensor, int]:
@@ -176,6 +191,25 @@ def gather(obj):
 STOP_CHECK_EVERY = 8
 
 
+_SIGNAL_BUFFERS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _signal_on_device(signum: int) -> torch.Tensor:
+    """``signum`` as a one-element tensor on this rank's collective device. On CUDA through a
+    pinned host buffer and a non-blocking copy: ``torch.tensor(..., device=cuda)`` would copy
+    from pageable memory and block the host every check. The buffers are reused: the previous
+    check's result was read on the host (a sync), so its copy has finished."""
+    if WORLD.device.type != "cuda":
+        return torch.tensor(signum, dtype=torch.int64, device=WORLD.device)
+    if WORLD.device not in _SIGNAL_BUFFERS:
+        _SIGNAL_BUFFERS[WORLD.device] = (torch.zeros((), dtype=torch.int64).pin_memory(),
+                                         torch.zeros((), dtype=torch.int64, device=WORLD.device))
+    host, dev = _SIGNAL_BUFFERS[WORLD.device]
+    host.fill_(signum)
+    dev.copy_(host, non_blocking=True)
+    return dev
+
+
 def stop_agreed(flag: StopFlag, step: Optional[int] = None) -> bool:
     """Whether every rank stops now. One process: ``flag.pending``, read every step as before.
     Under DDP, at steps that are multiples of STOP_CHECK_EVERY and when ``step`` is None (epoch
@@ -185,7 +219,7 @@ def stop_agreed(flag: StopFlag, step: Optional[int] = None) -> bool:
         return flag.pending
     if step is not None and step % STOP_CHECK_EVERY:
         return False
-    signum = torch.tensor(flag.signum or 0, dtype=torch.int64, device=WORLD.device)
+    signum = _signal_on_device(flag.signum or 0)
     dist.all_reduce(signum, op=dist.ReduceOp.MAX)
     if int(signum):
         flag.signum = int(signum)

@@ -21,7 +21,7 @@ from clfkit.engine.batches import BatchPrep, TrainBatches
 from clfkit.engine.guard import NonFiniteGuard
 from clfkit.engine.runtime import Runtime
 from clfkit.errors import TrainingError
-from clfkit.engine.snapshot import EpochProgress, set_rng_state
+from clfkit.engine.snapshot import EpochProgress, restore_generator, set_rng_state
 
 # after_step(batch, snapshot): called after every optimizer step with the batches done in the
 # epoch; snapshot() (which syncs) captures the epoch's position for a mid-epoch checkpoint
@@ -157,7 +157,7 @@ def _start_epoch(state: TrainState, seed: int, epoch: int, resume_at: Optional[E
         sums.correct += resume_at.correct
         sums.guard.skipped = resume_at.nonfinite
         set_rng_state(resume_at.rng)  # every generator as it was at the checkpoint
-        sums.gen.set_state(resume_at.aug_rng)
+        restore_generator(sums.gen, resume_at.aug_rng)
     return sums
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from clfkit.engine import distributed
 from clfkit.errors import TrainingError
 from clfkit.recipe import Recipe
 
@@ -67,7 +68,9 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     """Seed Python, numpy and torch; ``deterministic`` asks torch for deterministic kernels."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # CPU: the same on every rank (model init before DDP's broadcast)
+    # CUDA: per rank, or every rank would draw the same dropout masks (rank 0 keeps `seed`)
+    torch.cuda.manual_seed_all(distributed.rank_seed(seed))
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False

@@ -48,6 +48,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state(s, i)
 
 
+def restore_generator(gen: torch.Generator, state: Optional[torch.Tensor]) -> None:
+    """Set ``gen`` to ``state`` when the state is of its kind. A CUDA generator's state is 16
+    bytes and a CPU one's 5056: a run checkpointed on one device and resumed on the other keeps
+    the freshly seeded ``gen`` (with a warning: its draws differ from the uninterrupted run)."""
+    if state is None:
+        return
+    if state.numel() != gen.get_state().numel():
+        warnings.warn(f"the checkpoint's augmentation generator is from another device kind (state of "
+                      f"{state.numel()} bytes, this {gen.device.type} generator's is {gen.get_state().numel()}); "
+                      f"the rest of this epoch draws its flips and crops afresh", stacklevel=2)
+        return
+    gen.set_state(state)
+
+
 @dataclass
 class EpochProgress:
     """Where this rank stands inside an epoch, and its partial sums so far."""
