@@ -117,9 +117,20 @@ def test_int8_export_is_small_agrees_and_predicts(mlp_run, tmp_path):
     assert predict_folder(out, _images(tmp_path / "imgs"), tmp_path / "t.txt").written == 6
 
 
-def test_int8_below_the_threshold_is_refused_with_the_figure(mlp_run, tmp_path):
+def test_int8_below_the_threshold_is_refused_with_the_figure(mlp_run, tmp_path, monkeypatch):
+    """An int8 graph that disagrees (its logits negated here: the argmax moves) is refused at the
+    default threshold with the measured figure, and nothing is written."""
+    from clfkit.export import quantize
+
+    real, calls = quantize._logits, []
+
+    def int8_disagrees(sess, images):  # quantize_run asks fp32 first, then int8
+        calls.append(1)
+        return real(sess, images) * (1 if len(calls) % 2 else -1)
+
+    monkeypatch.setattr(quantize, "_logits", int8_disagrees)
     out = tmp_path / "int8.onnx"
-    r = CliRunner().invoke(cli, ["export", str(mlp_run), "-o", str(out), "--int8", "--min-agreement", "100.1"])
+    r = CliRunner().invoke(cli, ["export", str(mlp_run), "-o", str(out), "--int8"])
     assert r.exit_code != 0
-    assert "the int8 model agrees with fp32 on" in r.output and "below --min-agreement 100.1%" in r.output
+    assert "the int8 model agrees with fp32 on" in r.output and "below --min-agreement 99%" in r.output
     assert not out.exists() and not list(tmp_path.iterdir())
