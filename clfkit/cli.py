@@ -92,14 +92,17 @@ def train(recipe: Path | None, resume_dir: Path | None, overrides: tuple[str, ..
 
 
 # --------------------------------------------------------------------------- export
+# export and eval name a run's checkpoint the same way (clfkit.run.checkpoint.run_checkpoint)
+checkpoint_option = click.option(
+    "--checkpoint", metavar="NAME",
+    help="Checkpoint file name in the run folder, e.g. last.pt [default: best.pt, or last.pt of an unfinished run].")
+
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="ONNX file to write [default: exported/<run name>.onnx].")
 @click.option("--atol", default=1e-3, show_default=True, help="Max abs logit difference allowed (fp32).")
-@click.option("--checkpoint", metavar="NAME",
-              help="Checkpoint file name in the run folder, e.g. last.pt [default: best.pt, or last.pt "
-                   "of an unfinished run].")
+@checkpoint_option
 @click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
               help="Test-time augmentation inside the graph: flip averages the logits of the image and its "
                    "mirror image (predict needs no change).")
@@ -366,9 +369,7 @@ def report(run_dir: Path) -> None:
 @click.option("--split", type=click.Choice(["test", "val"]), help="[default: test if labelled, else val]")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
               help="Read the run's folder dataset from here instead (it moved).")
-@click.option("--checkpoint", metavar="NAME",
-              help="Checkpoint file name in the run folder, e.g. last.pt [default: best.pt, or last.pt "
-                   "of an unfinished run].")
+@checkpoint_option
 @click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
               help="Evaluate with test-time augmentation (as `clfkit export --tta`); writes "
                    "eval_<split>_tta-<mode>.json and leaves the report files as they are.")
