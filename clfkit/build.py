@@ -148,10 +148,15 @@ def _max_params() -> int:
     return int(value)
 
 
-def build_loss(recipe: Recipe, num_classes: int) -> nn.Module:
-    """The recipe's loss."""
+def build_loss(recipe: Recipe, num_classes: int, splits: Optional[Splits] = None) -> nn.Module:
+    """The recipe's loss; with ``splits``, it may read the train split's class counts and the
+    class names (``loss.class_weights: balanced``)."""
     name, args = registry.split_spec(recipe.loss)
-    return registry.create("loss", name, num_classes=num_classes, **args)
+    context: dict[str, Any] = {}
+    if splits is not None:
+        context = dict(class_counts=torch.bincount(splits.train.labels.cpu(), minlength=num_classes).tolist(),
+                       class_names=list(splits.class_names))
+    return registry.create("loss", name, num_classes=num_classes, **context, **args)
 
 
 def build_regularizers(recipe: Recipe) -> list[Any]:

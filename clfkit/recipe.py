@@ -72,6 +72,9 @@ class DataConfig(Strict):
     normalize: Union[Literal["auto", "none", "imagenet"], Normalize] = Field(
         "auto", description="auto: mean/std of the train split, stored with the run")
     augment: list[Component] = Field(default_factory=list, description="augmentation components, in order")
+    sampler: Literal["shuffle", "balanced"] = Field(
+        "shuffle", description="shuffle: each train image once per epoch; balanced: as many draws, with "
+                               "replacement, every class equally likely")
     on_error: Literal["skip", "fail"] = Field("skip", description="undecodable images: skip (listed) or fail")
     workers: Optional[Annotated[int, Field(ge=0, le=64)]] = Field(
         None, description="loader processes for per-image augmentations; None: one per core")
