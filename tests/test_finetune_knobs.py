@@ -284,3 +284,22 @@ def test_a_bad_init_leaves_no_run_folder(tmp_path, case):
     res = CliRunner().invoke(cli, ["train", str(f), "--out", str(out), "--quiet"])
     assert res.exit_code != 0 and "Traceback" not in res.output and "init" in res.output, res.output
     assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
+
+
+def test_balanced_sampler_augments_each_draw_of_an_image_anew():
+    from clfkit.engine.batches import PerImage
+
+    class Noise:  # an albumentations-style transform with its own seeded generator
+        def set_random_seed(self, s):
+            self.g = torch.Generator().manual_seed(s)
+
+        def __call__(self, image):
+            return {"image": image + int(torch.randint(0, 200, (), generator=self.g))}
+
+    data = ImageSet(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 0, 0, 1]))
+    ds = PerImage(data, [Noise()], seed=5)
+    assert torch.equal(ds[3][0], ds[3][0]) and torch.equal(ds[(3, 3)][0], ds[3][0])  # shuffle: as before
+    assert not torch.equal(ds[(10, 3)][0], ds[(11, 3)][0])  # two draws of image 3: two augmentations
+    batches = TrainBatches(data, 4, 0, True, torch.device("cpu"), [Noise()], 0, "balanced")
+    full = [x for x, _ in batches.epoch(2)]
+    assert len(full) == 1 and full[0].shape == (4, 1, 2, 2)

@@ -25,14 +25,17 @@ class PerImage(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.data)
 
-    def __getitem__(self, i):
+    def __getitem__(self, item):
+        # an image index, or (draw, index) when an image may be drawn twice in an epoch
+        # (data.sampler: balanced): each draw is then augmented anew
+        key, i = item if isinstance(item, tuple) else (item, item)
         img = self.data.images[i].permute(1, 2, 0).numpy()
         for k, t in enumerate(self.transforms):
             if hasattr(t, "set_random_seed"):
                 # albumentations draws from the transform's own generator, seeded from OS
                 # entropy: reseed per (run seed, epoch, image, transform) so runs repeat and a
                 # resume need not replay the loader, whatever the worker count
-                t.set_random_seed((self.seed * 1_000_003 + i) * 101 + k)
+                t.set_random_seed((self.seed * 1_000_003 + key) * 101 + k)
             img = t(image=img)["image"]
         img = np.ascontiguousarray(img)
         if img.ndim == 2:
@@ -80,8 +83,12 @@ def train_batches(data: ImageSet, batch_size: int, seed: int, epoch: int, drop_l
     # the epoch's batches, less those a resumed epoch has already trained on
     order = order[start_batch * batch_size:num_batches(len(order), batch_size, drop_last) * batch_size]
     if per_image:
+        items, aug_seed = order.tolist(), seed * 100003 + epoch
+        if weights is not None:  # draws with replacement: key each by its place in the epoch (and rank)
+            items = [(start_batch * batch_size + k, i) for k, i in enumerate(items)]
+            aug_seed = distributed.rank_seed(aug_seed)
         loader = torch.utils.data.DataLoader(
-            PerImage(data, per_image, seed * 100003 + epoch), batch_size=batch_size, sampler=order.tolist(),
+            PerImage(data, per_image, aug_seed), batch_size=batch_size, sampler=items,
             num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=False,
             prefetch_factor=4 if workers else None,
             # workers' seeds from (seed, epoch): creating the loader must not draw from the
