@@ -258,8 +258,8 @@ def apply_override(data: dict, path: list[str], value: Any) -> None:
         child = node[key] if isinstance(node, list) else node.get(part)
         if isinstance(child, str) and not path[i + 1].isdigit():  # `model: resnet` + model.depth=34
             child = {"name": child}
-        if child is None and isinstance(node, dict):
-            child = {}
+        if child is None and isinstance(node, dict):  # `--set optim.lr=...` with no optim: its default
+            child = _default_component(".".join(here)) or {}
         if not isinstance(child, (dict, list)):
             raise RecipeError([(".".join(here), f"is {child!r}, not a mapping or a list; cannot set "
                                                 f"{'.'.join(path)}")], source="--set")
@@ -269,6 +269,15 @@ def apply_override(data: dict, path: list[str], value: Any) -> None:
         node[_index(node, path[-1], path)] = value
     else:
         node[path[-1]] = value
+
+
+def _default_component(path: str) -> Optional[dict]:
+    """The default spec of a component field a recipe leaves out (``optim`` -> {name: sgd})."""
+    if path not in {p for _, p, many in COMPONENT_FIELDS if not many}:
+        return None
+    holder = DataConfig if path == "data.source" else Recipe
+    field = holder.model_fields.get(path.rsplit(".", 1)[-1])
+    return dict(field.default_factory()) if field is not None and field.default_factory else None
 
 
 def _index(node: list, part: str, path: list[str]) -> int:

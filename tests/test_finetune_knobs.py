@@ -303,3 +303,13 @@ def test_balanced_sampler_augments_each_draw_of_an_image_anew():
     batches = TrainBatches(data, 4, 0, True, torch.device("cpu"), [Noise()], 0, "balanced")
     full = [x for x, _ in batches.epoch(2)]
     assert len(full) == 1 and full[0].shape == (4, 1, 2, 2)
+
+
+def test_set_on_a_component_the_recipe_leaves_out_starts_from_its_default(tmp_path):
+    from clfkit.recipe import load_recipe
+
+    f = tmp_path / "r.yaml"
+    f.write_text("name: x\nmodel: linear\n")
+    r = load_recipe(f, ["loss.class_weights=balanced", "optim.layer_decay=0.5", "schedule.warmup_epochs=1"])
+    assert r.loss["name"] == "cross_entropy" and r.loss["class_weights"] == "balanced"
+    assert r.optim["name"] == "sgd" and r.optim["layer_decay"] == 0.5 and r.schedule["name"] == "constant"
