@@ -267,11 +267,11 @@ def test_a_run_with_every_knob_resumes_exactly_across_the_unfreeze(tmp_path):
 
 
 # ------------------------------------------------------------------ init: before the run folder
-@pytest.mark.parametrize("case", ["missing", "not_a_checkpoint", "other_architecture"])
-def test_a_bad_init_leaves_no_run_folder(tmp_path, case):
+@pytest.mark.parametrize("case", ["missing", "not_a_checkpoint", "other_architecture", "class_weights"])
+def test_a_bad_init_or_class_weights_leaves_no_run_folder(tmp_path, case):
     root = write_image_folder(tmp_path / "data", classes=("a", "b"), per_class=4, size=16)
     init = {"missing": tmp_path / "nope.pt", "not_a_checkpoint": tmp_path / "junk.pt",
-            "other_architecture": tmp_path / "other.pt"}[case]
+            "other_architecture": tmp_path / "other.pt"}.get(case)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     if case == "other_architecture":
         from clfkit.run.checkpoint import save_checkpoint
@@ -279,10 +279,13 @@ def test_a_bad_init_leaves_no_run_folder(tmp_path, case):
     f = tmp_path / "r.yaml"
     f.write_text(yaml.safe_dump({"name": "b", "data": {"source": {"name": "folder", "root": str(root)},
                                                        "image_size": 16, "val_fraction": 0.25},
-                                 "model": "linear", "train": {"epochs": 1, "batch_size": 4}, "init": str(init)}))
+                                 "model": "linear", "train": {"epochs": 1, "batch_size": 4},
+                                 **({"init": str(init)} if init else
+                                    {"loss": {"name": "cross_entropy", "class_weights": [1, 2, 3]}})}))
     out = tmp_path / "runs"
     res = CliRunner().invoke(cli, ["train", str(f), "--out", str(out), "--quiet"])
-    assert res.exit_code != 0 and "Traceback" not in res.output and "init" in res.output, res.output
+    assert res.exit_code != 0 and "Traceback" not in res.output, res.output
+    assert ("init" in res.output) if init else ("3 value(s), but the data has 2 classes (a, b)" in res.output)
     assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
 
 
