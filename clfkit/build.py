@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn as nn
 
-from clfkit import registry, yamltext
+from clfkit import param_groups, registry, yamltext
 from clfkit.data import ImageSet, Splits, stratified_split
 from clfkit.errors import ClfkitError, DataError, RecipeError
 from clfkit.recipe import IMAGENET, Recipe
@@ -148,10 +148,15 @@ def _max_params() -> int:
     return int(value)
 
 
-def build_loss(recipe: Recipe, num_classes: int) -> nn.Module:
-    """The recipe's loss."""
+def build_loss(recipe: Recipe, num_classes: int, splits: Optional[Splits] = None) -> nn.Module:
+    """The recipe's loss; with ``splits``, it may read the train split's class counts and the
+    class names (``loss.class_weights: balanced``)."""
     name, args = registry.split_spec(recipe.loss)
-    return registry.create("loss", name, num_classes=num_classes, **args)
+    context: dict[str, Any] = {}
+    if splits is not None:
+        context = dict(class_counts=torch.bincount(splits.train.labels.cpu(), minlength=num_classes).tolist(),
+                       class_names=list(splits.class_names))
+    return registry.create("loss", name, num_classes=num_classes, **context, **args)
 
 
 def build_regularizers(recipe: Recipe) -> list[Any]:
@@ -161,16 +166,21 @@ def build_regularizers(recipe: Recipe) -> list[Any]:
 
 
 def build_optimizer(recipe: Recipe, model: nn.Module, regularizers: list[Any]) -> torch.optim.Optimizer:
-    """The recipe's optimizer over the trainable parameters, grouped by the regularizers'
-    ``on_param_groups`` hooks (e.g. no weight decay on norms)."""
-    groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    """The recipe's optimizer over the trainable parameters: grouped by LR multiplier
+    (optim.layer_decay, optim.head_lr_mult: clfkit.param_groups), then by the regularizers'
+    ``on_param_groups`` hooks (e.g. no weight decay on norms), which keep each group's
+    ``lr_scale``; each group's lr is the optimizer's lr x its lr_scale."""
+    name, args = registry.split_spec(recipe.optim)
+    layer_decay, head_lr_mult = args.pop("layer_decay", 1.0), args.pop("head_lr_mult", 1.0)
+    groups = param_groups.lr_groups(model, layer_decay, head_lr_mult, registry.split_spec(recipe.model)[0])
     for r in regularizers:
         if hasattr(r, "on_param_groups"):
             groups = r.on_param_groups(groups)
-    name, args = registry.split_spec(recipe.optim)
     first = next(model.parameters(), None)
     device = first.device.type if first is not None else "cpu"
-    return registry.create("optimizer", name, params=groups, device=device, **args)
+    optimizer = registry.create("optimizer", name, params=groups, device=device, **args)
+    param_groups.apply_lr_scales(optimizer)
+    return optimizer
 
 
 def build_schedule(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:

@@ -130,7 +130,7 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
         raise DataError(f"this run's data has no labelled {split} split; try --split {other}")
     rt = resolve_runtime(recipe)
     model = with_tta(model_from_checkpoint(state).to(rt.device), tta)
-    loss_fn = build_loss(recipe, splits.num_classes).to(rt.device)
+    loss_fn = build_loss(recipe, splits.num_classes, splits).to(rt.device)
     ev = evaluate(model, subset, rt=rt, loss_fn=loss_fn, num_classes=splits.num_classes, batch_size=batch_size)
     cm = ev["confusion"].tolist()
     rows = per_class_rows(cm, splits.class_names)

@@ -72,6 +72,9 @@ class DataConfig(Strict):
     normalize: Union[Literal["auto", "none", "imagenet"], Normalize] = Field(
         "auto", description="auto: mean/std of the train split, stored with the run")
     augment: list[Component] = Field(default_factory=list, description="augmentation components, in order")
+    sampler: Literal["shuffle", "balanced"] = Field(
+        "shuffle", description="shuffle: each train image once per epoch; balanced: as many draws, with "
+                               "replacement, every class equally likely")
     on_error: Literal["skip", "fail"] = Field("skip", description="undecodable images: skip (listed) or fail")
     workers: Optional[Annotated[int, Field(ge=0, le=64)]] = Field(
         None, description="loader processes for per-image augmentations; None: one per core")
@@ -255,8 +258,8 @@ def apply_override(data: dict, path: list[str], value: Any) -> None:
         child = node[key] if isinstance(node, list) else node.get(part)
         if isinstance(child, str) and not path[i + 1].isdigit():  # `model: resnet` + model.depth=34
             child = {"name": child}
-        if child is None and isinstance(node, dict):
-            child = {}
+        if child is None and isinstance(node, dict):  # `--set optim.lr=...` with no optim: its default
+            child = _default_component(".".join(here)) or {}
         if not isinstance(child, (dict, list)):
             raise RecipeError([(".".join(here), f"is {child!r}, not a mapping or a list; cannot set "
                                                 f"{'.'.join(path)}")], source="--set")
@@ -266,6 +269,15 @@ def apply_override(data: dict, path: list[str], value: Any) -> None:
         node[_index(node, path[-1], path)] = value
     else:
         node[path[-1]] = value
+
+
+def _default_component(path: str) -> Optional[dict]:
+    """The default spec of a component field a recipe leaves out (``optim`` -> {name: sgd})."""
+    if path not in {p for _, p, many in COMPONENT_FIELDS if not many}:
+        return None
+    holder = DataConfig if path == "data.source" else Recipe
+    field = holder.model_fields.get(path.rsplit(".", 1)[-1])
+    return dict(field.default_factory()) if field is not None and field.default_factory else None
 
 
 def _index(node: list, part: str, path: list[str]) -> int:

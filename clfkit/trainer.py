@@ -37,6 +37,7 @@ from clfkit.errors import TrainingError
 from clfkit.evaluation import evaluate, evaluate_best
 from clfkit.atomic import remove_stale_temps
 from clfkit.mistakes import write_mistakes
+from clfkit.param_groups import base_lr
 from clfkit.progress import Reporter
 from clfkit.recipe import Recipe
 from clfkit.report_html import write_run_report
@@ -71,8 +72,8 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
     with contextlib.ExitStack() as lock:
         trainer = Trainer(recipe, quiet=quiet, resume=resume)
         trainer.load_data()
+        trainer.build()  # before the run folder too: a bad init: file or loss.class_weights leaves nothing
         trainer.open_folder(out, run_dir, lock)
-        trainer.build()
         trainer.start()
         trainer.open_trackers(trackers, lock)
         trainer.fit()
@@ -91,7 +92,7 @@ def resume_run(run_dir: str | Path, *, quiet: bool = False) -> RunResult:
 
 
 class Trainer:
-    """One training run. ``train`` calls its steps in order: load_data, open_folder, build,
+    """One training run. ``train`` calls its steps in order: load_data, build, open_folder,
     start (fresh or resumed), fit (the epochs), finish (test, summary, reports). Each step
     sets the attributes the next ones read."""
 
@@ -148,21 +149,28 @@ class Trainer:
             self.folder.write_skipped(self.splits.skipped)
         self.report.print(f"run {self.folder}  device {self.rt.device} ({self.rt.precision})  "
                           f"data: {_describe(self.splits, self.data_seconds)}")
+        for r in self.receipts:
+            self.report.print(r.line())
+        if self.receipts and distributed.is_main():
+            self.folder.write_weights([r.to_dict() for r in self.receipts])
+        for line in self.build_lines:
+            self.report.print(line)
 
     def build(self) -> None:
         """Model, loss, optimizer, schedule, augmentation and the data on its device: the
         :class:`TrainState` the loop runs on and the :class:`TrainBatches` it reads."""
         recipe, tc, rt, splits = self.recipe, self.tc, self.rt, self.splits
         model = build_model(recipe, splits.num_classes, splits.in_chans, splits.image_size, self.mean, self.std)
-        if self.resume is None:  # resuming, last.pt holds the weights
-            self._weights_in(model)
+        # resuming, last.pt holds the weights
+        self.receipts = self._weights_in(model) if self.resume is None else []
         regularizers = build_regularizers(recipe)
         for r in regularizers:
             if hasattr(r, "on_model"):
                 model = r.on_model(model) or model
         model = place_model(model, rt)
         self.n_params = sum(p.numel() for p in model.parameters())
-        self.loss_fn = build_loss(recipe, splits.num_classes).to(rt.device)
+        self.loss_fn = build_loss(recipe, splits.num_classes, splits).to(rt.device)
+        self.class_weights = getattr(self.loss_fn, "class_weights", None)
         optimizer = build_optimizer(recipe, model, regularizers)
         aug_names: dict[str, list[str]] = {}
         per_image, batched_aug = build_augmentations(recipe, aug_names)
@@ -177,23 +185,23 @@ class Trainer:
                                 regularizers, tc.on_nonfinite)
         train_set, self.val_set = _place_data(splits, rt, on_device=not per_image)
         self.batches = TrainBatches(train_set, tc.batch_size, recipe.seed, tc.drop_last, rt.device, per_image,
-                                    workers)
-        self.report.print(_data_path(aug_names, rt, workers))
+                                    workers, recipe.data.sampler)
+        # printed once the run folder is open (clfkit.engine.batches; the loss's class weights)
+        self.build_lines = [_data_path(aug_names, rt, workers, recipe.data.sampler)]
+        if self.class_weights is not None:
+            self.build_lines.append(_weights_line(recipe.loss, splits.class_names, self.class_weights))
         self.eval_bs = tc.eval_batch_size or tc.batch_size * 2
         self.ckpt_base = {"recipe": recipe.to_dict(), "class_names": splits.class_names,
                           "input": {"image_size": list(splits.image_size), "channels": splits.in_chans,
                                     "mean": self.mean, "std": self.std, "resize": recipe.data.resize}}
 
-    def _weights_in(self, model: torch.nn.Module) -> None:
-        """``model.weights`` (loaded by the model) and ``init:``: one receipt line each, the full
-        lists in weights.json."""
+    def _weights_in(self, model: torch.nn.Module) -> list[Any]:
+        """The receipts of ``model.weights`` (loaded by the model) and ``init:`` (loaded here):
+        open_folder prints one line each and writes the full lists to weights.json."""
         receipts = [r for r in [getattr(model.net, "weights_receipt", None)] if r is not None]
         if self.recipe.init:
             receipts.append(load_init(model, self.recipe.init, self.recipe.init_min_match, self.splits.num_classes))
-        for r in receipts:
-            self.report.print(r.line())
-        if receipts and distributed.is_main():
-            self.folder.write_weights([r.to_dict() for r in receipts])
+        return receipts
 
     def start(self) -> None:
         """Fresh run: the parity samples. Resumed run: every state as last.pt saved it."""
@@ -243,7 +251,7 @@ class Trainer:
         tc, state = self.tc, self.state
         t0 = time.perf_counter()
         progress = self.report.start_epoch(epoch, len(self.splits.train))
-        self.epoch, self.epoch_lr = epoch, state.optimizer.param_groups[0]["lr"]
+        self.epoch, self.epoch_lr = epoch, base_lr(state.optimizer)  # the recipe's lr, whatever the groups
         if tc.freeze:  # a function of the epoch alone: a resume freezes exactly as the run did
             state.frozen_norms = set_backbone_frozen(
                 getattr(state.net, "net", state.net), frozen_in_epoch(tc.freeze, tc.unfreeze_epoch, epoch))
@@ -360,6 +368,7 @@ class Trainer:
             "data_seconds": round(self.data_seconds, 2), "train_seconds": round(self.train_seconds, 2),
             "compile_seconds": self.compile_seconds,
             "normalize": {"mean": self.mean, "std": self.std},  # as used (computed from train when `auto`)
+            "class_weights": self.class_weights, "sampler": self.recipe.data.sampler,
             "clfkit_version": __version__, "epochs_run": len(self.history), "ema": self.state.ema is not None,
             "stopped_early_at": stopper.stopped_epoch if stopper and stopper.stopped_epoch else None,
         }
@@ -389,12 +398,20 @@ def _place_data(splits: Splits, rt: Runtime, on_device: bool) -> tuple[ImageSet,
     return train_set, val_set
 
 
-def _data_path(names: dict[str, list[str]], rt: Runtime, workers: int) -> str:
+def _weights_line(loss: dict, class_names: list[str], weights: list[float]) -> str:
+    """The run log's record of loss.class_weights (summary.json keeps the list too)."""
+    how = "balanced: n / (classes x train count)" if loss.get("class_weights") == "balanced" else "as given"
+    return f"loss class weights ({how}): " + ", ".join(f"{n} {w:.3g}" for n, w in zip(class_names, weights))
+
+
+def _data_path(names: dict[str, list[str]], rt: Runtime, workers: int, sampler: str = "shuffle") -> str:
     """Which input path the run takes, for the log: a transform without a batched version
     sends every batch through CPU loader workers, and users should see that."""
     per_image, batched = names.get("per_image", []), names.get("batched", [])
     where = "host memory" if per_image or rt.device.type == "cpu" else f"{rt.device.type} memory"
     line = f"data path: uint8 tensors in {where}"
+    if sampler == "balanced":
+        line += "; class-balanced sampling (with replacement)"
     if per_image:
         line += f"; per-image augmentation on the CPU in {workers} loader worker(s): {', '.join(per_image)}"
     if batched:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from typing import Literal
+from typing import Any, Literal, Optional, Union
 
 from pydantic import Field
 from typing_extensions import Annotated
@@ -20,10 +20,69 @@ def _one_hot(targets: torch.Tensor, num_classes: int, like: torch.Tensor) -> tor
     return F.one_hot(targets, num_classes).to(like.dtype)
 
 
+ClassWeights = Optional[Union[Literal["balanced"], list[Annotated[float, Field(ge=0)]]]]
+
+
+def class_weight_values(spec: Any, class_counts: Optional[list[int]], class_names: Optional[list[str]],
+                        num_classes: int) -> Optional[list[float]]:
+    """``loss.class_weights`` as one float per class. balanced: n / (C x count_c) from the
+    train split's counts (sklearn's "balanced"); a list must have one weight per class."""
+    names = class_names or [str(i) for i in range(num_classes)]
+    if spec is None:
+        return None
+    if spec == "balanced":
+        if class_counts is None:
+            raise ValueError("class_weights: balanced needs the train split's class counts")
+        empty = [n for n, c in zip(names, class_counts) if c == 0]
+        if empty:
+            raise ValueError(f"class_weights: balanced: class(es) {', '.join(map(repr, empty))} have no "
+                             f"training images (a weight of n / (C x 0)); give the weights as a list")
+        total = sum(class_counts)
+        return [round(total / (num_classes * c), 6) for c in class_counts]
+    if len(spec) != num_classes:
+        raise ValueError(f"class_weights has {len(spec)} value(s), but the data has {num_classes} classes "
+                         f"({', '.join(names)}): give one weight per class, in that order")
+    if not any(spec):
+        raise ValueError("class_weights are all 0: no class would count")
+    return [float(w) for w in spec]
+
+
+class WeightedCrossEntropy(nn.Module):
+    """Cross-entropy with a weight per class, for index and soft targets alike: the batch loss
+    is sum_i sum_c w_c t_ic (-log p_ic) / sum_i sum_c w_c t_ic, which for index targets is
+    exactly ``F.cross_entropy(weight=w)`` (a weighted mean) and for mixup / cutmix / label
+    smoothing targets weights each class's share of the target."""
+
+    def __init__(self, weights: list[float], label_smoothing: float):
+        super().__init__()
+        self.label_smoothing = label_smoothing
+        self.register_buffer("weight", torch.tensor(weights, dtype=torch.float32))
+
+    def forward(self, logits, targets):
+        if targets.ndim == 1:
+            return F.cross_entropy(logits, targets, weight=self.weight.to(logits.dtype),
+                                   label_smoothing=self.label_smoothing)
+        logp = logits.float().log_softmax(1)
+        t = targets.float()
+        if self.label_smoothing:
+            t = t * (1 - self.label_smoothing) + self.label_smoothing / t.shape[1]
+        wt = t * self.weight
+        return -(wt * logp).sum() / wt.sum()
+
+
 @register("loss", "cross_entropy")
-def cross_entropy(num_classes: int, label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0) -> nn.Module:
-    """Softmax cross-entropy on logits (index or soft targets), with optional label smoothing."""
-    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+def cross_entropy(num_classes: int, label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0,
+                  class_weights: ClassWeights = None, class_counts: Optional[list[int]] = None,
+                  class_names: Optional[list[str]] = None) -> nn.Module:
+    """Softmax cross-entropy on logits (index or soft targets), with optional label smoothing.
+    ``class_weights``: balanced (n / (classes x count) from the train split) or one weight per
+    class, in class order; the weighted loss is a weighted mean over the batch, as torch's."""
+    weights = class_weight_values(class_weights, class_counts, class_names, num_classes)
+    if weights is None:
+        return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    loss = WeightedCrossEntropy(weights, label_smoothing)
+    loss.class_weights = weights  # the trainer records them (summary.json, the run log)
+    return loss
 
 
 class SquaredError(nn.Module):

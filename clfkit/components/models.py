@@ -4,6 +4,10 @@ Contract (see README "Writing a plugin"): ``factory(num_classes, in_chans, image
 activation, **own_args) -> nn.Module`` mapping float (N, in_chans, H, W) to (N, num_classes)
 logits. ``norm(num_features, dim)`` and ``activation()`` are factories clfkit builds from the
 recipe; ``image_size`` is (H, W). Inputs arrive already normalized (mean/std).
+
+Each built-in model says its layers for ``optim.layer_decay`` with timm's
+``group_matcher(coarse)`` method (clfkit.param_groups): name patterns (or a function) giving
+each parameter's layer, stem first; parameters no pattern matches (the classifier) come last.
 """
 from __future__ import annotations
 
@@ -40,11 +44,18 @@ def _init_weights(module: nn.Module) -> None:
 
 
 # --------------------------------------------------------------------------- linear / mlp
+class Linear(nn.Sequential):
+    """Flatten -> Linear (the same state dict as a plain nn.Sequential)."""
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return {}  # one layer: the classifier
+
+
 @register("model", "linear")
 def linear(num_classes: int, in_chans: int, image_size: tuple[int, int]) -> nn.Module:
     """Softmax regression: one linear layer on the flattened image."""
     h, w = image_size
-    return nn.Sequential(nn.Flatten(), nn.Linear(in_chans * h * w, num_classes))
+    return Linear(nn.Flatten(), nn.Linear(in_chans * h * w, num_classes))
 
 
 class MLP(nn.Module):
@@ -65,6 +76,9 @@ class MLP(nn.Module):
                              f"connection adds input and output), e.g. hidden: [512, 512, 512]; "
                              f"got hidden {list(hidden)} on {in_features} input features")
         self.head = nn.Linear(prev, num_classes)
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return {"blocks": r"^blocks\.(\d+)"}  # one layer per hidden block, then the head
 
     def forward(self, x):
         x = self.flatten(x)
@@ -103,6 +117,21 @@ class ConvBlock(BaseModel):
     pool_padding: Annotated[int, Field(ge=0)] = 0
 
 
+class CNN(nn.Sequential):
+    """features (conv blocks) -> head modules (the same state dict as a plain nn.Sequential);
+    ``block_of[i]`` is the conv block of features module ``i``."""
+
+    def __init__(self, features: nn.Sequential, *head: nn.Module, block_of: list[int]):
+        super().__init__(features, *head)
+        self.block_of = block_of
+
+    def group_matcher(self, coarse: bool = False):
+        def layer(name: str) -> tuple[float]:  # "0.<i>.weight": features module i; else the head
+            parts = name.split(".")
+            return (float(self.block_of[int(parts[1])]),) if parts[0] == "0" else (float("inf"),)
+        return layer
+
+
 def _default_blocks() -> list[ConvBlock]:
     return [ConvBlock(channels=32, pool="max"), ConvBlock(channels=64, pool="max")]
 
@@ -117,8 +146,9 @@ def cnn(num_classes: int, in_chans: int, image_size: tuple[int, int],
     then flatten (or global average pool) -> dropout -> linear. A block's unset dropout rate
     and kind are the model's ``dropout`` and ``dropout_kind``."""
     layers: list[nn.Module] = []
+    block_of: list[int] = []  # features module -> its conv block (for group_matcher)
     c = in_chans
-    for b in blocks:
+    for k, b in enumerate(blocks):
         b = ConvBlock.model_validate(b) if isinstance(b, dict) else b
         pad = b.kernel // 2 if b.padding is None else b.padding
         layers += [nn.Conv2d(c, b.channels, b.kernel, b.stride, pad),
@@ -128,6 +158,7 @@ def cnn(num_classes: int, in_chans: int, image_size: tuple[int, int],
         if b.pool:
             pool = nn.MaxPool2d if b.pool == "max" else nn.AvgPool2d
             layers.append(pool(b.pool_kernel, b.pool_stride or b.pool_kernel, b.pool_padding))
+        block_of += [k] * (len(layers) - len(block_of))
         c = b.channels
     features = nn.Sequential(*layers)
     with torch.no_grad():  # the flattened size depends on the image size: measure it
@@ -139,7 +170,7 @@ def cnn(num_classes: int, in_chans: int, image_size: tuple[int, int],
     features.train()
     head = [nn.AdaptiveAvgPool2d(1), nn.Flatten()] if global_pool else [nn.Flatten()]
     head += [_dropout("dropout", head_dropout), nn.Linear(c if global_pool else n_out, num_classes)]
-    model = nn.Sequential(features, *head)
+    model = CNN(features, *head, block_of=block_of)
     _init_weights(model)
     return model
 
@@ -275,6 +306,10 @@ class ResNet(nn.Module):
                     # without an affine norm, zero the branch's last conv instead (Fixup-style)
                     target = last if getattr(last, "weight", None) is not None else conv
                     nn.init.zeros_(target.weight)
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        # the stem, then each block (coarse: each stage); fc, unmatched, is the top layer
+        return {"stem": r"^stem", "blocks": r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)"}
 
     def forward(self, x):
         x = self.stages(self.stem(x))

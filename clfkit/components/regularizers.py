@@ -92,6 +92,51 @@ def cutmix(alpha: Annotated[float, Field(gt=0)] = 1.0, p: Prob = 1.0) -> CutMix:
     return CutMix(alpha, p)
 
 
+_MIXES = ("mixup", "cutmix", "mixup_cutmix")
+
+
+def _one_mix_check(recipe, path):
+    """Mixup and cutmix each listed would both apply to every batch (a cutmix box pasted into a
+    mixed image): ambiguous, so refused at load; ``mixup_cutmix`` picks one per batch."""
+    listed = [(i, r["name"]) for i, r in enumerate(recipe.regularizers) if r["name"] in _MIXES]
+    if len(listed) < 2 or path != f"regularizers.{listed[-1][0]}":
+        return []  # reported once, at the last of them
+    where = ", ".join(f"regularizers.{i} ({name})" for i, name in listed)
+    return [(path, f"{where}: more than one image-mixing regularizer would mix every batch more than once. "
+                   f"Keep one; for mixup and cutmix both, list only {{name: mixup_cutmix, mixup_alpha: ..., "
+                   f"cutmix_alpha: ..., switch_prob: ...}}, which picks one of them per batch")]
+
+
+@dataclass
+class MixupCutMix:
+    """One of mixup or cutmix per batch (timm's Mixup with both alphas): cutmix with
+    probability ``switch_prob``, else mixup; ``p``: the chance a batch is mixed at all."""
+
+    mixup: Mixup
+    cutmix: CutMix
+    switch_prob: float
+    p: float
+
+    def on_batch(self, x, y, num_classes):
+        if self.p < 1 and torch.rand(()).item() > self.p:
+            return x, _soft(y, num_classes)
+        pick = self.cutmix if torch.rand(()).item() < self.switch_prob else self.mixup
+        return pick.on_batch(x, y, num_classes)
+
+
+@register("regularizer", "mixup_cutmix")
+def mixup_cutmix(mixup_alpha: Annotated[float, Field(gt=0)] = 0.8,
+                 cutmix_alpha: Annotated[float, Field(gt=0)] = 1.0,
+                 switch_prob: Prob = 0.5, p: Prob = 1.0) -> MixupCutMix:
+    """Mixup or CutMix, one per batch (timm's Mixup): CutMix with probability ``switch_prob``,
+    else Mixup; ``p`` is the chance a batch is mixed at all. Listing mixup and cutmix apart is
+    refused (both would mix the same batch)."""
+    return MixupCutMix(Mixup(mixup_alpha, 1.0), CutMix(cutmix_alpha, 1.0), switch_prob, p)
+
+
+mixup.check_recipe = cutmix.check_recipe = mixup_cutmix.check_recipe = _one_mix_check
+
+
 @dataclass
 class LabelSmoothing:
     eps: float

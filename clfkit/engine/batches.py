@@ -1,4 +1,5 @@
-"""Batches: the epoch's order (a pure function of seed and epoch, which makes resume exact),
+"""Batches: the epoch's order (a pure function of seed and epoch, which makes resume exact;
+shuffled, or class-balanced draws with replacement),
 the training and evaluation batches of in-memory uint8 data, and :class:`BatchPrep`, the one
 device-side step that turns a uint8 batch into the model's input (batched augmentation,
 batch regularizers such as mixup, channels_last)."""
@@ -24,14 +25,17 @@ class PerImage(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.data)
 
-    def __getitem__(self, i):
+    def __getitem__(self, item):
+        # an image index, or (draw, index) when an image may be drawn twice in an epoch
+        # (data.sampler: balanced): each draw is then augmented anew
+        key, i = item if isinstance(item, tuple) else (item, item)
         img = self.data.images[i].permute(1, 2, 0).numpy()
         for k, t in enumerate(self.transforms):
             if hasattr(t, "set_random_seed"):
                 # albumentations draws from the transform's own generator, seeded from OS
                 # entropy: reseed per (run seed, epoch, image, transform) so runs repeat and a
                 # resume need not replay the loader, whatever the worker count
-                t.set_random_seed((self.seed * 1_000_003 + i) * 101 + k)
+                t.set_random_seed((self.seed * 1_000_003 + key) * 101 + k)
             img = t(image=img)["image"]
         img = np.ascontiguousarray(img)
         if img.ndim == 2:
@@ -39,10 +43,23 @@ class PerImage(torch.utils.data.Dataset):
         return torch.from_numpy(img).permute(2, 0, 1), self.data.labels[i]
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The shuffled order of epoch ``epoch``: a pure function of (seed, epoch), so a resumed
-    run sees exactly the batches an uninterrupted one would."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+def epoch_order(n: int, seed: int, epoch: int, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The order of epoch ``epoch``: a pure function of (seed, epoch), so a resumed run sees
+    exactly the batches an uninterrupted one would. A permutation of the ``n`` images, or with
+    per-image ``weights`` (``data.sampler: balanced``) ``n`` draws with replacement in proportion
+    to them, from the same (seed, epoch) generator. Drawn on the CPU whatever the device, so a
+    run resumes on another device with the same batches."""
+    gen = torch.Generator().manual_seed(seed * 100003 + epoch)
+    if weights is None:
+        return torch.randperm(n, generator=gen)
+    return torch.multinomial(weights, n, replacement=True, generator=gen)
+
+
+def balanced_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Per-image sampling weights 1 / (images of its class): every class is drawn equally often."""
+    labels = labels.cpu()
+    counts = torch.bincount(labels).double()
+    return (1.0 / counts)[labels]
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
@@ -57,17 +74,21 @@ def images_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
 
 
 def train_batches(data: ImageSet, batch_size: int, seed: int, epoch: int, drop_last: bool,
-                  device: torch.device, per_image: list[Any], workers: int,
-                  start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                  device: torch.device, per_image: list[Any], workers: int, start_batch: int = 0,
+                  weights: Optional[torch.Tensor] = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (uint8 images, labels) batches on ``device`` in this epoch's order, from batch
-    ``start_batch`` on (a resumed epoch)."""
-    order = epoch_order(len(data), seed, epoch)
+    ``start_batch`` on (a resumed epoch); ``weights``: see :func:`epoch_order`."""
+    order = epoch_order(len(data), seed, epoch, weights)
     order, batch_size = distributed.shard_order(order, batch_size, drop_last)  # DDP: this rank's part
     # the epoch's batches, less those a resumed epoch has already trained on
     order = order[start_batch * batch_size:num_batches(len(order), batch_size, drop_last) * batch_size]
     if per_image:
+        items, aug_seed = order.tolist(), seed * 100003 + epoch
+        if weights is not None:  # draws with replacement: key each by its place in the epoch (and rank)
+            items = [(start_batch * batch_size + k, i) for k, i in enumerate(items)]
+            aug_seed = distributed.rank_seed(aug_seed)
         loader = torch.utils.data.DataLoader(
-            PerImage(data, per_image, seed * 100003 + epoch), batch_size=batch_size, sampler=order.tolist(),
+            PerImage(data, per_image, aug_seed), batch_size=batch_size, sampler=items,
             num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=False,
             prefetch_factor=4 if workers else None,
             # workers' seeds from (seed, epoch): creating the loader must not draw from the
@@ -104,6 +125,10 @@ class TrainBatches:
     device: torch.device
     per_image: list[Any]
     workers: int
+    sampler: str = "shuffle"  # data.sampler: shuffle | balanced
+
+    def __post_init__(self):
+        self.weights = balanced_weights(self.data.labels) if self.sampler == "balanced" else None
 
     def __len__(self) -> int:
         return num_batches(len(self.data), self.batch_size, self.drop_last)
@@ -115,7 +140,7 @@ class TrainBatches:
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This epoch's batches from ``start_batch`` on."""
         return train_batches(self.data, self.batch_size, self.seed, epoch, self.drop_last, self.device,
-                             self.per_image, self.workers, start_batch=start_batch)
+                             self.per_image, self.workers, start_batch=start_batch, weights=self.weights)
 
 
 @dataclass

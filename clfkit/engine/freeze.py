@@ -1,13 +1,12 @@
 """``train.freeze: backbone`` and ``train.unfreeze_epoch``: which tensors train in an epoch.
 
-The head is the model's classifier: a timm model's ``get_classifier()``, otherwise the module
-that owns the model's last parameter (the final Linear of clfkit's models and of most plugin
-models). Frozen tensors get ``requires_grad=False``: their gradients stay None, so every torch
-optimizer skips them (no step, no weight decay, no state), and the optimizer built over all
-tensors at the start simply starts updating them at the unfreeze epoch. Frozen normalization
-layers with running statistics (BatchNorm) are put in eval mode after ``model.train()``, so
-their statistics do not change either. Which tensors are frozen is a function of the epoch
-alone, so a resume is exact across the unfreeze epoch.
+The head is the model's classifier (clfkit.param_groups.head_names). Frozen tensors get
+``requires_grad=False``: their gradients stay None, so every torch optimizer skips them (no
+step, no weight decay, no state), and the optimizer built over all tensors at the start simply
+starts updating them at the unfreeze epoch. Frozen normalization layers with running
+statistics (BatchNorm) are put in eval mode after ``model.train()``, so their statistics do not
+change either. Which tensors are frozen is a function of the epoch alone, so a resume is exact
+across the unfreeze epoch.
 """
 from __future__ import annotations
 
@@ -15,20 +14,7 @@ from typing import Optional
 
 import torch.nn as nn
 
-
-def head_names(net: nn.Module) -> set[str]:
-    """Names (relative to ``net``) of the classifier head's parameters."""
-    get_classifier = getattr(net, "get_classifier", None)
-    if callable(get_classifier) and isinstance(get_classifier(), nn.Module):
-        head = get_classifier()
-        owner = next((n for n, m in net.named_modules() if m is head), None)
-        if owner is not None and any(True for _ in head.parameters()):
-            return {f"{owner}.{n}" if owner else n for n, _ in head.named_parameters()}
-    names = [n for n, _ in net.named_parameters()]
-    if not names:
-        return set()
-    owner = names[-1].rsplit(".", 1)[0] if "." in names[-1] else ""
-    return {n for n in names if (n.rsplit(".", 1)[0] if "." in n else "") == owner}
+from clfkit.param_groups import head_names
 
 
 def frozen_in_epoch(freeze: Optional[str], unfreeze_epoch: Optional[int], epoch: int) -> bool:

@@ -8,6 +8,7 @@ import torch
 
 from clfkit.engine.runtime import Runtime
 from clfkit.errors import TrainingError
+from clfkit.param_groups import base_lr
 
 
 class NonFiniteGuard:
@@ -47,7 +48,7 @@ class NonFiniteGuard:
                 raise TrainingError(self.message(first, None, float("nan")))
 
     def message(self, step: int, batch: Optional[int], value: float) -> str:
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = base_lr(self.optimizer)  # the recipe's lr as scheduled, not one layer's share of it
         where = f"epoch {self.epoch + 1}, step {step}" + (f" (batch {batch} of the epoch)" if batch else "")
         if step <= 1:
             cause = ("at the very first step, so the model or loss produces it on fresh weights "

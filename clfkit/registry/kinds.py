@@ -72,8 +72,9 @@ define_kind("regularizer", "returns a regularizer or a training-step hook: an ob
                            "every step (mixup and label smoothing regularize; grad_clip and no_decay_norm_bias "
                            "are step hooks)")
 define_kind("augmentation", "returns a per-image transform (albumentations-style) or a BatchTransform")
-define_kind("loss", "builds a loss nn.Module taking (logits, targets); targets are indices or (N, C) soft labels",
-            required=("num_classes",))
+define_kind("loss", "builds a loss nn.Module taking (logits, targets); targets are indices or (N, C) soft labels; "
+                    "`class_counts` (train images per class) and `class_names` are passed when accepted",
+            required=("num_classes",), context=("class_counts", "class_names"))
 define_kind("optimizer", "builds a torch.optim.Optimizer over `params` (parameter groups); `device` is 'cuda' or 'cpu'",
             required=("params",), context=("device",))
 define_kind("schedule", "builds a per-step LR multiplier function f(step) -> float",
