@@ -1,18 +1,26 @@
 """Batches: the epoch's order (a pure function of seed and epoch, which makes resume exact),
-the training and evaluation batches of in-memory uint8 data, and :class:`BatchPrep`, the one
-device-side step that turns a uint8 batch into the model's input (batched augmentation,
-batch regularizers such as mixup, channels_last)."""
+the training and evaluation batches of uint8 data (in memory, or in a split's file with
+``data.storage: disk``), and :class:`BatchPrep`, the one device-side step that turns a uint8
+batch into the model's input (batched augmentation, batch regularizers such as mixup,
+channels_last)."""
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 
-from clfkit.data import ImageSet
+from clfkit.data import ImageSet, storage
 from clfkit.engine import distributed
+
+# Disk storage reads an epoch as shuffled chunks of consecutive images (one sequential read
+# each), shuffled again within windows of chunks read as one block while the previous block
+# trains: CHUNK_BYTES per read, WINDOW_BYTES per block (at most ~4 blocks' worth in memory).
+CHUNK_BYTES = 4 << 20
+WINDOW_BYTES = 64 << 20
 
 
 class PerImage(torch.utils.data.Dataset):
@@ -45,6 +53,29 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
 
 
+def disk_chunks(row_bytes: int) -> tuple[int, int]:
+    """(images per chunk, chunks per window) of a disk split whose images are ``row_bytes``."""
+    chunk = max(1, CHUNK_BYTES // row_bytes)
+    return chunk, max(1, WINDOW_BYTES // (chunk * row_bytes))
+
+
+def disk_epoch_order(n: int, seed: int, epoch: int, chunk: int, window: int) -> torch.Tensor:
+    """The order of epoch ``epoch`` over a disk split: chunks of ``chunk`` consecutive images
+    in shuffled order, the images of each ``window`` chunks shuffled together. Every image once
+    per epoch; a pure function of (seed, epoch) like :func:`epoch_order` (resume stays exact),
+    and equal to it when the split fits in one window, so a small set trains the same batches
+    from disk as from memory."""
+    if n <= chunk * window:
+        return epoch_order(n, seed, epoch)
+    g = torch.Generator().manual_seed(seed * 100003 + epoch)
+    chunks = torch.randperm(math.ceil(n / chunk), generator=g).tolist()
+    parts = []
+    for w in range(0, len(chunks), window):
+        rows = torch.cat([torch.arange(c * chunk, min(n, (c + 1) * chunk)) for c in chunks[w:w + window]])
+        parts.append(rows[torch.randperm(len(rows), generator=g)])
+    return torch.cat(parts)
+
+
 def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
     """Batches in an epoch of ``n`` images. drop_last drops a last partial batch, but never the
     only one (a split smaller than the batch still trains)."""
@@ -61,7 +92,11 @@ def train_batches(data: ImageSet, batch_size: int, seed: int, epoch: int, drop_l
                   start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (uint8 images, labels) batches on ``device`` in this epoch's order, from batch
     ``start_batch`` on (a resumed epoch)."""
-    order = epoch_order(len(data), seed, epoch)
+    disk = storage.is_disk(data.images)
+    if disk:
+        order = disk_epoch_order(len(data), seed, epoch, *disk_chunks(data.images.row_bytes))
+    else:
+        order = epoch_order(len(data), seed, epoch)
     order, batch_size = distributed.shard_order(order, batch_size, drop_last)  # DDP: this rank's part
     # the epoch's batches, less those a resumed epoch has already trained on
     order = order[start_batch * batch_size:num_batches(len(order), batch_size, drop_last) * batch_size]
@@ -76,11 +111,40 @@ def train_batches(data: ImageSet, batch_size: int, seed: int, epoch: int, drop_l
         for x, y in loader:
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         return
+    if disk:
+        yield from _disk_batches(data, order, batch_size, device)
+        return
     order = order.to(data.images.device)
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
         yield (data.images.index_select(0, idx).to(device, non_blocking=True),
                data.labels.index_select(0, idx).to(device, non_blocking=True))
+
+
+def _disk_batches(data: ImageSet, order: torch.Tensor, batch_size: int,
+                  device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of a disk split in ``order``: blocks of about a window's images (whole
+    batches), each read in runs of consecutive rows into one (pinned, for CUDA) buffer by a
+    reader thread while the previous block trains."""
+    chunk, window = disk_chunks(data.images.row_bytes)
+    step = max(1, chunk * window // batch_size) * batch_size
+    blocks = [order[i:i + step] for i in range(0, len(order), step)]
+    pin = device.type == "cuda"
+
+    def read(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # a fresh buffer per block: torch's pinned allocator reuses one only after the copies
+        # queued from it have finished
+        out = torch.empty((len(idx), *data.images.row_shape), dtype=torch.uint8, pin_memory=pin)
+        y = data.labels[idx]
+        return data.images.read(idx.numpy(), out=out), (y.pin_memory() if pin else y)
+
+    with ThreadPoolExecutor(1) as reader:
+        pending = reader.submit(read, blocks[0]) if blocks else None
+        for k in range(len(blocks)):
+            x, y = pending.result()
+            pending = reader.submit(read, blocks[k + 1]) if k + 1 < len(blocks) else None
+            for i in range(0, len(x), batch_size):
+                yield x[i:i + batch_size].to(device, non_blocking=True), y[i:i + batch_size].to(device, non_blocking=True)
 
 
 def eval_batches(data: ImageSet, batch_size: int,
