@@ -389,13 +389,13 @@ def _place_data(splits: Splits, rt: Runtime, on_device: bool) -> tuple[ImageSet,
     return train_set, val_set
 
 
-def _data_path(names: dict[str, list[str]], rt: Runtime, workers: int, train: ImageSet) -> str:
+def _data_path(names: dict[str, list[str]], rt: Runtime, workers: int, train: Optional[ImageSet] = None) -> str:
     """Which input path the run takes, for the log: a transform without a batched version
     sends every batch through CPU loader workers, and users should see that."""
     per_image, batched = names.get("per_image", []), names.get("batched", [])
     where = "host memory" if per_image or rt.device.type == "cpu" else f"{rt.device.type} memory"
     line = f"data path: uint8 tensors in {where}"
-    if storage.is_disk(train.images):
+    if train is not None and storage.is_disk(train.images):
         line = f"data path: uint8 images on disk ({train.images.path}), read in shuffled chunks"
     if per_image:
         line += f"; per-image augmentation on the CPU in {workers} loader worker(s): {', '.join(per_image)}"

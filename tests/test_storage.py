@@ -97,7 +97,7 @@ def test_folder_decoded_to_disk_equals_memory(tmp_path, gray):
     root = _mixed_folder(tmp_path / "data", gray=gray)
     mem = load_folder(root, (SIZE, SIZE))
     (tmp_path / "entry").mkdir()
-    with storage.decode_target(storage.Target("disk", tmp_path / "entry")):
+    with storage.decode_target(storage.Target("disk", lambda: tmp_path / "entry")):
         disk = load_folder(root, (SIZE, SIZE))
     assert storage.is_disk(disk.train.images) and not storage.is_disk(mem.train.images)
     assert disk.train.images.shape[1] == mem.train.images.shape[1] == (1 if gray else 3)

@@ -61,14 +61,16 @@ def private_folder(parent: Optional[Path]) -> Path:
 def uncached(load: Callable[[], Splits], storage_mode: str, parent: Optional[Path],
              log: Callable[[str], None]) -> Splits:
     """A dataset the cache does not keep, with its splits in a private folder."""
-    folder = private_folder(parent)
+    target = storage.Target(storage_mode, lambda: private_folder(parent))
     try:
-        with storage.decode_target(storage.Target(storage_mode, folder)):
+        with storage.decode_target(target):
             splits = load()
-        return reopen(splits, folder, storage_mode)
+        if target.made is None and storage.resolve(storage_mode, _nbytes(splits)) == "memory":
+            return splits  # auto, under the budget: nothing written
+        return reopen(splits, target.folder, storage_mode)
     except OSError as e:  # a full disk: the run may still fit in memory
-        shutil.rmtree(folder, ignore_errors=True)
-        log(f"could not write the decoded images to {folder}: {e.strerror or e}; loading them into memory")
+        shutil.rmtree(target.folder, ignore_errors=True)
+        log(f"could not write the decoded images to {target.folder}: {e.strerror or e}; loading them into memory")
         return load()
 
 
@@ -83,7 +85,7 @@ def cached_miss(load: Callable[[], Splits], storage_mode: str, base: Path, group
         log(f"could not write the data cache {base}: {e.strerror or e}; decoding to a temporary folder")
         return uncached(load, storage_mode, None, log)
     try:
-        with storage.decode_target(storage.Target(storage_mode, tmp)):
+        with storage.decode_target(storage.Target(storage_mode, lambda: tmp)):
             splits = load()
         if splits.fingerprint is None:
             splits.fingerprint = fingerprint_of()

@@ -21,7 +21,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -70,10 +70,18 @@ def resolve(storage: str, nbytes: int) -> str:
 @dataclass
 class Target:
     """Set around a dataset's load by the data cache: ``storage`` as the recipe asks, and the
-    folder a disk split's file is decoded into (the cache entry being written)."""
+    folder a disk split's file is decoded into (the cache entry being written), made by
+    ``make_folder`` when first asked for (a set that stays in memory makes none)."""
 
     storage: str
-    folder: Path
+    make_folder: Callable[[], Path]
+    made: Optional[Path] = None
+
+    @property
+    def folder(self) -> Path:
+        if self.made is None:
+            self.made = self.make_folder()
+        return self.made
 
 
 _TARGET: contextvars.ContextVar[Optional[Target]] = contextvars.ContextVar("clfkit_storage_target", default=None)
@@ -247,7 +255,7 @@ def is_disk(images) -> bool:
 
 
 # --------------------------------------------------------------------------- streaming statistics
-def channel_mean_std(images, limit: int = 50000, block_bytes: int = 32 << 20) -> tuple[list[float], list[float]]:
+def channel_mean_std(images, limit: int = 50000, block_bytes: int = 16 << 20) -> tuple[list[float], list[float]]:
     """Per-channel mean and std (0..1 scale, std with Bessel's correction) of the first
     ``limit`` images, read in blocks: exact integer sums, so memory and disk storage (and any
     block size) give the very same numbers, and a disk set is never loaded whole."""

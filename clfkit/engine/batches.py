@@ -19,8 +19,8 @@ from clfkit.engine import distributed
 # Disk storage reads an epoch as shuffled chunks of consecutive images (one sequential read
 # each), shuffled again within windows of chunks read as one block while the previous block
 # trains: CHUNK_BYTES per read, WINDOW_BYTES per block (at most ~4 blocks' worth in memory).
-CHUNK_BYTES = 4 << 20
-WINDOW_BYTES = 64 << 20
+CHUNK_BYTES = 1 << 20
+WINDOW_BYTES = 32 << 20
 
 
 class PerImage(torch.utils.data.Dataset):
