@@ -136,7 +136,8 @@ def decode_into(paths: list, size: tuple[int, int], channels: int, resize: str, 
     auto = workers is None
     workers = default_workers() if auto else workers
     spans = [(i, min(i + TASK_FILES, len(paths))) for i in range(0, len(paths), TASK_FILES)]
-    if workers <= 1 or len(spans) <= 1 or (auto and len(paths) < POOL_MIN_FILES):
+    in_daemon = multiprocessing.current_process().daemon  # a daemon (a user's Pool worker) may not fork
+    if workers <= 1 or len(spans) <= 1 or (auto and len(paths) < POOL_MIN_FILES) or in_daemon:
         fd = os.open(out.path, os.O_WRONLY) if out.path is not None else None
         try:
             return [r for s in spans for r in _decode_range(paths, *s, size, channels, resize, out, fd)]
