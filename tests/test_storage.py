@@ -304,3 +304,26 @@ def test_disk_storage_without_the_cache_uses_a_private_folder(tmp_path, cache_tm
     assert not [p for p in cache_tmp.iterdir() if not p.name.startswith(".")]  # no cache entry
     mem = build_data(_folder_recipe(root, data__storage="memory"))
     assert torch.equal(s.train.images[:], mem.train.images) and torch.equal(s.val.labels, mem.val.labels)
+
+
+def test_disk_full_while_decoding_is_one_warning_and_the_same_data(tmp_path, cache_tmp, monkeypatch, capsys):
+    import errno
+
+    root = _mixed_folder(tmp_path / "data")
+    monkeypatch.setenv("CLFKIT_CACHE", "1")
+
+    real = os.pwrite
+
+    def full(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(decode_pool.os, "pwrite", full)
+    capsys.readouterr()
+    s = build_data(_folder_recipe(root, data__storage="disk"))
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "No space left on device" in err and "into memory" in err
+    monkeypatch.setattr(decode_pool.os, "pwrite", real)
+    monkeypatch.setenv("CLFKIT_CACHE", "0")
+    mem = build_data(_folder_recipe(root, data__storage="memory"))
+    assert isinstance(s.train.images, torch.Tensor) and torch.equal(s.train.images, mem.train.images)
+    assert not [p for p in cache_tmp.iterdir()]  # no entry, no temp folder left

@@ -25,7 +25,7 @@ SPLITS = ("train", "val", "test")
 
 
 def _nbytes(splits: Splits) -> int:
-    return sum(int(np.prod(tuple(s.images.shape))) for s in (splits.train, splits.val, splits.test) if s is not None)
+    return sum(int(np.prod(tuple(s.images.shape))) for s in _sets(splits))
 
 
 def reopen(splits: Splits, folder: Path, storage_mode: str) -> Splits:
@@ -82,19 +82,26 @@ def cached_miss(load: Callable[[], Splits], storage_mode: str, base: Path, group
         base.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{group}-decoding.", suffix=".tmp", dir=base))
     except OSError as e:
-        log(f"could not write the data cache {base}: {e.strerror or e}; decoding to a temporary folder")
+        log(f"could not write the data cache {base}: {e.strerror or e}; the run goes on without it")
         return uncached(load, storage_mode, None, log)
+    splits = None
     try:
         with storage.decode_target(storage.Target(storage_mode, lambda: tmp)):
             splits = load()
         if splits.fingerprint is None:
             splits.fingerprint = fingerprint_of()
-        path = store(splits, tmp)
+        path = store(splits, tmp)  # None (and one warning) when it could not be written
     except OSError as e:  # decoding ran out of space
-        path = None
+        path, splits = None, None
         log(f"could not decode to the data cache {tmp}: {e.strerror or e}; loading the images into memory")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # renamed away when the entry was stored
-    if path is None:
-        return load()
-    return reopen(splits, path, storage_mode)
+    if path is not None:
+        return reopen(splits, path, storage_mode)
+    if splits is not None and not any(storage.is_disk(s.images) for s in _sets(splits)):
+        return splits  # in memory already: the entry alone is lost
+    return load()  # its files went with the temp folder
+
+
+def _sets(splits: Splits) -> list[ImageSet]:
+    return [s for s in (splits.train, splits.val, splits.test) if s is not None]
