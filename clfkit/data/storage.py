@@ -205,16 +205,21 @@ class DiskImages:
             self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
         return self._fd
 
-    def read(self, positions: np.ndarray, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def read(self, positions: np.ndarray, out: Optional[torch.Tensor] = None,
+             staging: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The images at ``positions`` as one (n, C, H, W) tensor (into ``out`` when given,
-        e.g. a pinned buffer). Rows are read in runs of consecutive file rows, one read each."""
+        e.g. a pinned buffer). Rows are read in runs of consecutive file rows, one read each,
+        into ``staging`` when given and large enough (a reader's reused buffer)."""
         positions = np.asarray(positions, dtype=np.int64)
         if len(positions) and (positions.min() < 0 or positions.max() >= len(self)):
             raise IndexError(f"positions outside 0..{len(self) - 1}")
         wanted = positions if self.rows is None else self.rows[positions]
         in_order = len(wanted) < 2 or bool((np.diff(wanted) > 0).all())
         unique, inverse = (wanted, None) if in_order else np.unique(wanted, return_inverse=True)
-        staging = torch.empty((len(unique), *self.row_shape), dtype=torch.uint8)
+        if staging is not None and len(staging) >= len(unique):
+            staging = staging[:len(unique)]
+        else:
+            staging = torch.empty((len(unique), *self.row_shape), dtype=torch.uint8)
         if in_order and out is not None:
             staging = out  # read straight into the caller's buffer
         flat = memoryview(staging.numpy().reshape(-1)).cast("B") if len(unique) else None

@@ -18,7 +18,7 @@ from clfkit.engine import distributed
 
 # Disk storage reads an epoch as shuffled chunks of consecutive images (one sequential read
 # each), shuffled again within windows of chunks read as one block while the previous block
-# trains: CHUNK_BYTES per read, WINDOW_BYTES per block (at most ~4 blocks' worth in memory).
+# trains: CHUNK_BYTES per read, WINDOW_BYTES per block (at most 3 blocks in memory).
 CHUNK_BYTES = 1 << 20
 WINDOW_BYTES = 32 << 20
 
@@ -131,12 +131,18 @@ def _disk_batches(data: ImageSet, order: torch.Tensor, batch_size: int,
     blocks = [order[i:i + step] for i in range(0, len(order), step)]
     pin = device.type == "cuda"
 
+    # The reader's staging buffer (file order) is its own, reused for every block. The block
+    # handed on is a fresh buffer: its batches may still be in use (queued copies from pinned
+    # memory, which torch's pinned allocator reuses only once they finish). Measured over a
+    # 2 GB file on the CPU: the read path's peak +185 MB with the staging buffer reused, +370 MB
+    # with a fresh one per block (heap fragmentation); 48 MB blocks (over glibc's mmap
+    # threshold) peak at +140 MB but read 2.5x slower (fresh pages zeroed for every block).
+    staging = torch.empty((step, *data.images.row_shape), dtype=torch.uint8)
+
     def read(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # a fresh buffer per block: torch's pinned allocator reuses one only after the copies
-        # queued from it have finished
         out = torch.empty((len(idx), *data.images.row_shape), dtype=torch.uint8, pin_memory=pin)
         y = data.labels[idx]
-        return data.images.read(idx.numpy(), out=out), (y.pin_memory() if pin else y)
+        return data.images.read(idx.numpy(), out=out, staging=staging), (y.pin_memory() if pin else y)
 
     with ThreadPoolExecutor(1) as reader:
         pending = reader.submit(read, blocks[0]) if blocks else None
