@@ -26,6 +26,11 @@ checked (hashes, shapes, dtypes, label range, counts); an entry that fails is re
 warning line and decoded again. A cache dir that cannot be written (read-only, disk full) is
 reported in one warning line; the run goes on with the decoded data.
 
+With ``data.storage: disk`` (or ``auto`` over the memory budget) the entry's image files are
+the training data: a folder decodes straight into the new entry's temp folder, and the splits
+are reopened from the entry (clfkit.data.storage, clfkit.data.disk_spill); a hit checks each
+file's hash by reading it through in blocks instead of loading it.
+
 The cache dir is ``$CLFKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/clfkit``, else
 ``~/.cache/clfkit``; ``CLFKIT_CACHE=0`` turns the cache off. It is a property of the machine,
 not of the recipe, so recipes stay portable.
