@@ -40,7 +40,7 @@ def build_data(recipe: Recipe) -> Splits:
     settings = {"image_size": list(d.size), "channels": channels, "resize": d.resize, "on_error": d.on_error}
     splits: Splits = cache.cached(name, args, settings, lambda: registry.create(
         "dataset", name, image_size=d.size, channels=channels, resize=d.resize, seed=recipe.seed,
-        on_error=d.on_error, **args))
+        on_error=d.on_error, **args), storage_mode=d.storage)
     if not isinstance(splits, Splits):
         raise DataError(f"dataset {name!r} returned {type(splits).__name__}, expected clfkit.data.Splits")
     if len(splits.train) == 0:
@@ -60,11 +60,10 @@ def normalization(recipe: Recipe, train: ImageSet) -> tuple[list[float], list[fl
         return [0.0] * c, [1.0] * c
     if n == "imagenet":
         n = IMAGENET
-    if n == "auto":
-        x = train.images[: 50000].float().div_(255)
-        mean = x.mean((0, 2, 3))
-        std = x.std((0, 2, 3)).clamp_min(1e-3)
-        return [round(v, 6) for v in mean.tolist()], [round(v, 6) for v in std.tolist()]
+    if n == "auto":  # in blocks: a disk split is never loaded whole
+        from clfkit.data.storage import channel_mean_std
+
+        return channel_mean_std(train.images, limit=50000)
     mean, std = list(n.mean), list(n.std)
     if c == 1 and len(mean) == 3:  # an RGB recipe run on grayscale data
         mean, std = [sum(mean) / 3], [sum(std) / 3]

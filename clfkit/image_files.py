@@ -65,6 +65,8 @@ def open_image(path: str | os.PathLike, data: Optional[bytes] = None) -> Image.I
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DecodeError(f"decompression bomb refused: {e}") from None
+    except Image.UnidentifiedImageError:  # its message names a memory address: no use to anyone
+        raise DecodeError("not a readable image (no image format recognises its bytes)") from None
     except Exception as e:  # PIL raises many types for bad bytes
         raise DecodeError(f"not a readable image ({type(e).__name__}: {e})") from None
 

@@ -78,6 +78,10 @@ class DataConfig(Strict):
     on_error: Literal["skip", "fail"] = Field("skip", description="undecodable images: skip (listed) or fail")
     workers: Optional[Annotated[int, Field(ge=0, le=64)]] = Field(
         None, description="loader processes for per-image augmentations; None: one per core")
+    storage: Literal["auto", "memory", "disk"] = Field(
+        "auto", description="decoded images in memory, or on disk (one .npy file per split, read in large "
+                            "shuffled chunks); auto: disk above the memory budget (CLFKIT_MEMORY_BUDGET, "
+                            "default half the available memory)")
 
     @property
     def size(self) -> tuple[int, int]:

@@ -24,7 +24,7 @@ import torch
 from clfkit import __version__
 from clfkit.build import (build_augmentations, build_data, build_loss, build_model, build_optimizer,
                           build_regularizers, build_schedule, normalization)
-from clfkit.data import ImageSet, Splits
+from clfkit.data import ImageSet, Splits, storage
 from clfkit.engine import distributed
 from clfkit.engine.batches import BatchPrep, TrainBatches, num_batches
 from clfkit.engine.ema import WeightEMA
@@ -187,7 +187,7 @@ class Trainer:
         self.batches = TrainBatches(train_set, tc.batch_size, recipe.seed, tc.drop_last, rt.device, per_image,
                                     workers, recipe.data.sampler)
         # printed once the run folder is open (clfkit.engine.batches; the loss's class weights)
-        self.build_lines = [_data_path(aug_names, rt, workers, recipe.data.sampler)]
+        self.build_lines = [_data_path(aug_names, rt, workers, recipe.data.sampler, train_set)]
         if self.class_weights is not None:
             self.build_lines.append(_weights_line(recipe.loss, splits.class_names, self.class_weights))
         self.eval_bs = tc.eval_batch_size or tc.batch_size * 2
@@ -391,9 +391,9 @@ def _place_data(splits: Splits, rt: Runtime, on_device: bool) -> tuple[ImageSet,
     """The train and val splits where training reads them. In-memory data goes to the GPU once
     (val too: it is evaluated every epoch); per-image CPU augmentation keeps it on the host."""
     train_set, val_set = splits.train, splits.val if splits.val is not None and len(splits.val) else None
-    if rt.device.type == "cuda" and on_device:
+    if rt.device.type == "cuda" and on_device and not storage.is_disk(train_set.images):
         train_set = ImageSet(train_set.images.to(rt.device), train_set.labels.to(rt.device))
-        if val_set is not None:
+        if val_set is not None and not storage.is_disk(val_set.images):
             val_set = ImageSet(val_set.images.to(rt.device), val_set.labels.to(rt.device))
     return train_set, val_set
 
@@ -404,12 +404,15 @@ def _weights_line(loss: dict, class_names: list[str], weights: list[float]) -> s
     return f"loss class weights ({how}): " + ", ".join(f"{n} {w:.3g}" for n, w in zip(class_names, weights))
 
 
-def _data_path(names: dict[str, list[str]], rt: Runtime, workers: int, sampler: str = "shuffle") -> str:
+def _data_path(names: dict[str, list[str]], rt: Runtime, workers: int, sampler: str = "shuffle",
+               train: Optional[ImageSet] = None) -> str:
     """Which input path the run takes, for the log: a transform without a batched version
     sends every batch through CPU loader workers, and users should see that."""
     per_image, batched = names.get("per_image", []), names.get("batched", [])
     where = "host memory" if per_image or rt.device.type == "cpu" else f"{rt.device.type} memory"
     line = f"data path: uint8 tensors in {where}"
+    if train is not None and storage.is_disk(train.images):
+        line = f"data path: uint8 images on disk ({train.images.path}), read in shuffled chunks"
     if sampler == "balanced":
         line += "; class-balanced sampling (with replacement)"
     if per_image:

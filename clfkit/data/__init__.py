@@ -1,4 +1,5 @@
-"""Data: every source becomes in-memory uint8 tensors (N, C, H, W) plus labels.
+"""Data: every source becomes uint8 tensors (N, C, H, W) plus labels (with ``data.storage:
+disk``, images that stay in their file and are read as tensors: clfkit.data.storage).
 
 The datasets these studies use (28-128 px, up to ~100k images) fit in memory once decoded;
 holding them as one uint8 tensor makes batching an index operation, lets augmentation run
@@ -37,7 +38,9 @@ class ImageSet:
     def subset(self, idx: torch.Tensor) -> "ImageSet":
         paths = [self.paths[i] for i in idx.tolist()] if self.paths is not None else None
         labels = self.labels[idx] if self.labels is not None else None
-        return ImageSet(self.images[idx], labels, paths)
+        # a disk split (clfkit.data.storage) stays on disk: the subset is a list of its rows
+        images = self.images.select(idx) if getattr(self.images, "on_disk", False) else self.images[idx]
+        return ImageSet(images, labels, paths)
 
 
 @dataclass

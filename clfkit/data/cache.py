@@ -26,6 +26,11 @@ checked (hashes, shapes, dtypes, label range, counts); an entry that fails is re
 warning line and decoded again. A cache dir that cannot be written (read-only, disk full) is
 reported in one warning line; the run goes on with the decoded data.
 
+With ``data.storage: disk`` (or ``auto`` over the memory budget) the entry's image files are
+the training data: a folder decodes straight into the new entry's temp folder, and the splits
+are reopened from the entry (clfkit.data.storage, clfkit.data.disk_spill); a hit checks each
+file's hash by reading it through in blocks instead of loading it.
+
 The cache dir is ``$CLFKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/clfkit``, else
 ``~/.cache/clfkit``; ``CLFKIT_CACHE=0`` turns the cache off. It is a property of the machine,
 not of the recipe, so recipes stay portable.
@@ -45,8 +50,10 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from clfkit.data import ImageSet, Splits
+from clfkit.data import ImageSet, Splits, storage
+from clfkit.data import disk_spill
 from clfkit.data.folder import folder_fingerprint
+from clfkit.errors import DataError
 
 # Bump whenever the same file bytes would decode to other pixels (the key cannot see code changes).
 FORMAT = 3  # 3: EXIF orientation applied; content-hash fingerprints; entries checked on read
@@ -57,6 +64,11 @@ def cache_dir() -> Optional[Path]:
     """Where entries live, or None when caching is turned off (``CLFKIT_CACHE=0``)."""
     if os.environ.get("CLFKIT_CACHE", "1").strip().lower() in ("0", "false", "no", "off"):
         return None
+    return cache_location()
+
+
+def cache_location() -> Path:
+    """The cache dir, whether or not caching is on (disk storage keeps uncached splits there)."""
     if os.environ.get("CLFKIT_CACHE_DIR"):
         return Path(os.environ["CLFKIT_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -90,23 +102,37 @@ def _save_array(folder: Path, name: str, arr: np.ndarray, hashes: dict[str, str]
     hashes[name] = _array_hash(arr)
 
 
-def write_entry(path: Path, splits: Splits, meta: dict[str, Any]) -> None:
-    """Write ``splits`` as the entry ``path`` atomically (temp folder, then rename)."""
+def _write_splits(folder: Path, splits: Splits, index: dict[str, Any]) -> None:
+    """Each split's arrays into ``folder`` and into the index. A disk split decoded into
+    ``folder`` already (clfkit.data.storage) is hashed from its file, in blocks."""
+    for name in SPLITS:
+        s: Optional[ImageSet] = getattr(splits, name)
+        if s is None:
+            continue
+        file = f"{name}.images.npy"
+        if storage.is_disk(s.images) and s.images.rows is None and Path(s.images.path) == folder / file:
+            index["hashes"][file] = s.images.data_hash()
+        elif storage.is_disk(s.images):  # rows of another file (not made by a loader)
+            storage.copy_rows(s.images, np.arange(len(s.images)), folder / file)
+            index["hashes"][file] = storage.DiskImages(folder / file).data_hash()
+        else:
+            _save_array(folder, file, s.images.cpu().numpy(), index["hashes"])
+        if s.labels is not None:
+            _save_array(folder, f"{name}.labels.npy", s.labels.cpu().numpy(), index["hashes"])
+        index["splits"][name] = {"n": len(s), "shape": list(s.images.shape),
+                                 "labelled": s.labels is not None, "paths": s.paths}
+
+
+def write_entry(path: Path, splits: Splits, meta: dict[str, Any], tmp: Optional[Path] = None) -> None:
+    """Write ``splits`` as the entry ``path`` atomically (temp folder, then rename). ``tmp``:
+    the temp folder when the loader has decoded disk splits into it already."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = tmp or Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         index: dict[str, Any] = {"format": FORMAT, **meta, "class_names": splits.class_names,
                                  "description": splits.description,
                                  "skipped": [list(s) for s in splits.skipped], "splits": {}, "hashes": {}}
-        for name in SPLITS:
-            s: Optional[ImageSet] = getattr(splits, name)
-            if s is None:
-                continue
-            _save_array(tmp, f"{name}.images.npy", s.images.cpu().numpy(), index["hashes"])
-            if s.labels is not None:
-                _save_array(tmp, f"{name}.labels.npy", s.labels.cpu().numpy(), index["hashes"])
-            index["splits"][name] = {"n": len(s), "shape": list(s.images.shape),
-                                     "labelled": s.labels is not None, "paths": s.paths}
+        _write_splits(tmp, splits, index)
         with open(tmp / "index.json", "w", encoding="utf-8") as f:  # written last: marks complete
             json.dump(index, f)  # ASCII escapes: any file name, non-UTF-8 bytes included, fits
             f.flush()
@@ -140,12 +166,21 @@ def _load_array(path: Path, name: str, index: dict[str, Any]) -> np.ndarray:
     return arr
 
 
+def _open_disk_array(path: Path, name: str, index: dict[str, Any]) -> storage.DiskImages:
+    try:
+        images = storage.DiskImages(path / name)
+    except DataError as e:  # missing, truncated, not an .npy file
+        raise DamagedEntry(str(e)) from None
+    _require(images.data_hash() == index["hashes"].get(name), f"{name}: its contents changed since it was written")
+    return images
+
+
 def _read_split(path: Path, name: str, info: dict[str, Any], index: dict[str, Any],
-                settings: dict[str, Any]) -> ImageSet:
+                settings: dict[str, Any], on_disk: bool = False) -> ImageSet:
     n, classes = info["n"], len(index["class_names"])
-    images = _load_array(path, f"{name}.images.npy", index)
+    images = (_open_disk_array if on_disk else _load_array)(path, f"{name}.images.npy", index)
     size, channels = tuple(settings["image_size"]), settings["channels"]
-    _require(images.dtype == np.uint8 and images.ndim == 4 and len(images) == n
+    _require(images.dtype in (np.uint8, torch.uint8) and images.ndim == 4 and len(images) == n
              and images.shape[2:] == size and images.shape[1] in ((1, 3) if channels is None else (channels,)),
              f"{name} images are {images.dtype} {images.shape}, expected uint8 ({n}, C, {size[0]}, {size[1]})")
     labels = None
@@ -158,11 +193,14 @@ def _read_split(path: Path, name: str, info: dict[str, Any], index: dict[str, An
     paths = info["paths"]
     _require(paths is None or (isinstance(paths, list) and len(paths) == n and all(isinstance(p, str) for p in paths)),
              f"{name} paths are not {n} names")
-    return ImageSet(torch.from_numpy(images), torch.from_numpy(labels) if labels is not None else None, paths)
+    return ImageSet(images if on_disk else torch.from_numpy(images),
+                    torch.from_numpy(labels) if labels is not None else None, paths)
 
 
-def read_entry(path: Path, settings: dict[str, Any]) -> Splits:
-    """The cached Splits, checked against the index and ``settings``; DamagedEntry if not sound."""
+def read_entry(path: Path, settings: dict[str, Any], storage_mode: str = "memory") -> Splits:
+    """The cached Splits, checked against the index and ``settings``; DamagedEntry if not
+    sound. ``storage_mode`` (data.storage): disk splits stay in their files (checked by
+    reading them through once, in blocks)."""
     try:
         index = json.loads((path / "index.json").read_text(encoding="utf-8"))
         _require(index.get("format") == FORMAT, f"format {index.get('format')}, expected {FORMAT}")
@@ -171,7 +209,9 @@ def read_entry(path: Path, settings: dict[str, Any]) -> Splits:
                  "class names are not a list of names")
         _require("train" in index["splits"] and set(index["splits"]) <= set(SPLITS),
                  "the splits are not train/val/test")
-        sets = {name: _read_split(path, name, info, index, settings) for name, info in index["splits"].items()}
+        nbytes = sum(int(np.prod(info["shape"])) for info in index["splits"].values())
+        on_disk = storage.resolve(storage_mode, nbytes) == "disk"
+        sets = {name: _read_split(path, name, info, index, settings, on_disk) for name, info in index["splits"].items()}
         _require(sets["train"].labels is not None and len(sets["train"]) > 0, "train has no labelled images")
         _require(len({s.images.shape[1] for s in sets.values()}) == 1, "the splits have different channel counts")
         skipped = [tuple(s) for s in index["skipped"]]
@@ -180,7 +220,7 @@ def read_entry(path: Path, settings: dict[str, Any]) -> Splits:
                       skipped=skipped, description=str(index["description"]), fingerprint=index.get("fingerprint"))
     except DamagedEntry:
         raise
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # no index, bad JSON, wrong types
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, DataError) as e:  # no index, bad JSON, types
         raise DamagedEntry(f"index.json: {type(e).__name__}: {e}") from None
 
 
@@ -200,7 +240,7 @@ def _entries(base: Path, group: str) -> list[Path]:
 
 
 def _lookup(base: Path, group: str, fingerprint_of: Callable[[], str], settings: dict[str, Any],
-            log: Callable[[str], None]) -> Optional[Splits]:
+            log: Callable[[str], None], storage_mode: str) -> Optional[Splits]:
     """The cached Splits for the data as it is now, or None."""
     if not _entries(base, group):  # a first run: skip hashing, the decoder hashes what it reads
         return None
@@ -209,7 +249,7 @@ def _lookup(base: Path, group: str, fingerprint_of: Callable[[], str], settings:
         return None
     t0 = time.perf_counter()
     try:
-        hit = read_entry(path, settings)
+        hit = read_entry(path, settings, storage_mode)
     except DamagedEntry as e:
         log(f"the data cache entry {path} is damaged ({e}); decoding the images again")
         return None
@@ -217,18 +257,23 @@ def _lookup(base: Path, group: str, fingerprint_of: Callable[[], str], settings:
     return hit
 
 
-def _store(base: Path, group: str, splits: Splits, meta: dict[str, Any], log: Callable[[str], None]) -> None:
+def _store(base: Path, group: str, splits: Splits, meta: dict[str, Any], log: Callable[[str], None],
+           tmp: Optional[Path] = None) -> Optional[Path]:
+    """Write the entry (from ``tmp`` when disk splits were decoded there); its path, or None
+    when it could not be written."""
     path = base / f"{group}-{splits.fingerprint}"
     try:
         if path.exists():  # damaged (see _lookup): replace it
             shutil.rmtree(path)
-        write_entry(path, splits, {**meta, "fingerprint": splits.fingerprint})
+        write_entry(path, splits, {**meta, "fingerprint": splits.fingerprint}, tmp)
         for old in _entries(base, group):  # the same data and settings, files since changed
             if old != path:
                 shutil.rmtree(old, ignore_errors=True)
         _prune_format_2(base, meta["source"])
     except OSError as e:  # a read-only or full cache dir must not stop training
         log(f"could not write the data cache {path}: {e.strerror or e}; the run goes on without it")
+        return None
+    return path
 
 
 def _prune_format_2(base: Path, source: str) -> None:
@@ -246,21 +291,28 @@ def _prune_format_2(base: Path, source: str) -> None:
 
 
 def cached(name: str, args: dict[str, Any], settings: dict[str, Any], load: Callable[[], Splits],
-           log: Callable[[str], None] = warn) -> Splits:
+           log: Callable[[str], None] = warn, storage_mode: str = "memory") -> Splits:
     """``load()`` through the cache: the cached Splits when the dataset's files and the
     settings are unchanged, else ``load()`` once and store its result. Datasets without a
-    fingerprint (procedural ones) and a turned-off cache go straight to ``load()``."""
+    fingerprint (procedural ones) and a turned-off cache go straight to ``load()``.
+    ``storage_mode`` (data.storage): "disk" (or "auto" above the memory budget) returns splits
+    whose images stay in the entry's files (clfkit.data.storage)."""
     base = cache_dir()
     fingerprint_of = FINGERPRINTS.get(name)
     if base is None or fingerprint_of is None:
-        return load()
+        return load() if storage_mode == "memory" else disk_spill.uncached(load, storage_mode, cache_location(), log)
     source = f"{name}:{Path(str(args.get('root', ''))).expanduser().resolve()}" if "root" in args else name
     group = group_name(source, settings)
-    hit = _lookup(base, group, lambda: fingerprint_of(**args), settings, log)
+    hit = _lookup(base, group, lambda: fingerprint_of(**args), settings, log, storage_mode)
     if hit is not None:
         return hit
+    meta = {"source": source, "settings": settings}
+    if storage_mode != "memory":
+        return disk_spill.cached_miss(load, storage_mode, base, group, log,
+                                      lambda splits, tmp: _store(base, group, splits, meta, log, tmp),
+                                      lambda: fingerprint_of(**args))
     splits = load()
     if splits.fingerprint is None:  # a dataset that does not hash while it reads: hash now
         splits.fingerprint = fingerprint_of(**args)
-    _store(base, group, splits, {"source": source, "settings": settings}, log)
+    _store(base, group, splits, meta, log)
     return splits

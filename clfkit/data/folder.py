@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from clfkit import image_files
-from clfkit.data import ImageSet, Splits
+from clfkit.data import ImageSet, Splits, storage
+from clfkit.data.decode_pool import FileResult, Output, decode_into
 from clfkit.errors import DataError
 
 LAYOUT = "<root>/train/<class>/<images>, optional <root>/val/<class>/<images> and <root>/test/"
@@ -260,12 +261,12 @@ def to_image_set(decoded, labels, paths, gray: bool) -> Optional[ImageSet]:
     return ImageSet(images, lab, [paths[i] for i in ok] if paths is not None else None)
 
 
-def _check_every_class_readable(plan: FolderPlan, decoded: list[DecodeResult],
+def _check_every_class_readable(plan: FolderPlan, readable_files: list[bool],
                                 skipped: list[tuple[str, str]]) -> None:
     """A class whose every training image failed to decode would be a class the model never
     sees: an error, not a silent gap."""
     paths, labels = plan.splits["train"]
-    readable = {labels[i] for i, r in enumerate(decoded) if r is not None}
+    readable = {labels[i] for i, ok in enumerate(readable_files) if ok}
     empty = [c for k, c in enumerate(plan.class_names) if k not in readable]
     if not readable:
         raise DataError(f"no readable training images under {_show(plan.root / 'train')} "
@@ -276,22 +277,63 @@ def _check_every_class_readable(plan: FolderPlan, decoded: list[DecodeResult],
                         f"(unreadable files are listed with data.on_error: skip in skipped.txt)")
 
 
+def _note_errors(paths: list[Path], results: list[FileResult], on_error: str, skipped: list[tuple[str, str]],
+                 show: Callable[[Path], str]) -> None:
+    for p, r in zip(paths, results):
+        if r.error is not None:
+            if on_error == "fail":
+                raise DataError(f"{show(p)}: {r.error} (set data.on_error: skip to skip such files)")
+            skipped.append((show(p), r.error))
+
+
+def _finish_split(out: Output, results: list[FileResult], labels: Optional[list[int]], paths: list[str],
+                  gray: bool, final: Optional[Path]) -> Optional[ImageSet]:
+    """The decoded rows as an ImageSet: undecodable files dropped, one channel kept for
+    grayscale data. A disk split (``final``) is renamed into place, or copied there in blocks
+    when rows must be dropped."""
+    ok = np.array([i for i, r in enumerate(results) if r.error is None], dtype=np.int64)
+    if not len(ok):
+        return None
+    keep_all = len(ok) == len(results) and not gray
+    if final is None:
+        arr = out.array()
+        images = torch.from_numpy(arr if keep_all else np.ascontiguousarray(arr[ok, :1] if gray else arr[ok]))
+    else:
+        if keep_all:
+            os.replace(out.path, final)
+        else:
+            storage.copy_rows(storage.DiskImages(out.path), ok, final, 1 if gray else None)
+            os.unlink(out.path)
+        images = storage.DiskImages(final)
+    lab = torch.tensor([labels[i] for i in ok], dtype=torch.int64) if labels is not None else None
+    return ImageSet(images, lab, [paths[i] for i in ok])
+
+
 def load_folder(root: str | os.PathLike, image_size: tuple[int, int], channels: Optional[int] = None,
                 resize: str = "squash", on_error: str = "skip") -> Splits:
-    """Read an image-folder dataset into memory. ``channels`` None: 1 if every training image
-    is grayscale, else 3."""
+    """Read an image-folder dataset, decoding with every core. ``channels`` None: 1 if every
+    training image is grayscale, else 3. Under a disk :class:`storage.Target` (set by the data
+    cache) each split is decoded straight into its .npy file, never held in memory whole."""
     plan = scan_folder(root)
     skipped: list[tuple[str, str]] = list(plan.not_followed)
-    decoded, digests = {}, {}
+    target = storage.current_target()
+    shape = (3 if channels is None else channels, *image_size)
+    rows = sum(len(paths) for paths, _ in plan.splits.values())
+    to_disk = target is not None and storage.resolve(target.storage, rows * int(np.prod(shape))) == "disk"
+    decoded: dict[str, tuple[Output, list[FileResult]]] = {}
     for name, (paths, _) in plan.splits.items():
-        digests[name] = []
-        decoded[name] = decode_files(paths, image_size, channels, resize, on_error, skipped,
-                                     show=plan.show, digests=digests[name])
-    _check_every_class_readable(plan, decoded["train"], skipped)
-    gray = channels is None and auto_channels(decoded["train"]) == 1  # grayscale data needs no recipe change
-    sets = {name: to_image_set(decoded[name], labels,
-                               [p.relative_to(plan.root / name).as_posix() for p in paths], gray)
+        out = Output(len(paths), shape, path=target.folder / f".{name}.decoding.npy" if to_disk else None)
+        results = decode_into(paths, image_size, shape[0], resize, out)
+        _note_errors(paths, results, on_error, skipped, plan.show)
+        decoded[name] = (out, results)
+    train_results = decoded["train"][1]
+    _check_every_class_readable(plan, [r.error is None for r in train_results], skipped)
+    # grayscale data needs no recipe change
+    gray = channels is None and all(r.gray for r in train_results if r.error is None)
+    sets = {name: _finish_split(*decoded[name], labels, [p.relative_to(plan.root / name).as_posix() for p in paths],
+                                gray, target.folder / f"{name}.images.npy" if to_disk else None)
             for name, (paths, labels) in plan.splits.items()}
+    digests = {name: [r.digest for r in results] for name, (_, results) in decoded.items()}
     return Splits(train=sets["train"], class_names=plan.class_names, val=sets.get("val"),
                   test=sets.get("test"), skipped=skipped, description=f"image folder {_show(plan.root)}",
                   fingerprint=plan_fingerprint(plan, digests))

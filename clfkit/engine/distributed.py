@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -252,7 +253,9 @@ def eval_shard(model: torch.nn.Module, data):
         dist.broadcast(buf, 0)
     per = math.ceil(len(data) / WORLD.size)
     lo, hi = min(WORLD.rank * per, len(data)), min((WORLD.rank + 1) * per, len(data))
-    from clfkit.data import ImageSet
+    from clfkit.data import ImageSet, storage
 
-    return ImageSet(data.images[lo:hi], data.labels[lo:hi] if data.labels is not None else None,
+    # a disk split (data.storage) stays on disk: its shard is a range of rows, read as evaluated
+    images = data.images.select(np.arange(lo, hi)) if storage.is_disk(data.images) else data.images[lo:hi]
+    return ImageSet(images, data.labels[lo:hi] if data.labels is not None else None,
                     data.paths[lo:hi] if data.paths is not None else None)

@@ -30,6 +30,8 @@ SPEED_BATCH = 64
 
 def run_images(state: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
     """(calibration images from train, agreement images, where those come from), uint8 NCHW."""
+    import torch
+
     from clfkit.build import build_data
     from clfkit.recipe import validate_recipe
 
@@ -38,12 +40,12 @@ def run_images(state: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
     except Exception as e:  # noqa: BLE001 - missing or moved data: say what int8 needs
         raise ExportError(f"--int8 calibrates on the run's training images, which cannot be read "
                           f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); nothing was written") from None
-    train = splits.train.images.numpy()
-    order = np.random.default_rng(0).permutation(len(train))
-    calibration = train[order[:CALIBRATION_IMAGES]]
+    train = splits.train.images  # indexed, never loaded whole: it may be a data.storage: disk file
+    order = torch.from_numpy(np.random.default_rng(0).permutation(len(train)))
+    calibration = train[order[:CALIBRATION_IMAGES]].numpy()
     if splits.val is not None and len(splits.val):
         return calibration, splits.val.images[:AGREEMENT_IMAGES].numpy(), "val"
-    held_out = train[order[CALIBRATION_IMAGES:CALIBRATION_IMAGES + AGREEMENT_IMAGES]]
+    held_out = train[order[CALIBRATION_IMAGES:CALIBRATION_IMAGES + AGREEMENT_IMAGES]].numpy()
     if not len(held_out):
         raise ExportError("--int8 needs val images or more training images than the calibration set; "
                           "nothing was written")

@@ -1,0 +1,155 @@
+"""First decode with every core: worker processes each decode a slice of the files straight
+into the shared output (an .npy file on disk, or an anonymous shared memory block), so no
+pixel array is pickled back to the parent; only a few bytes per file return (content hash,
+grayscale flag, or why the file could not be decoded).
+
+Processes, not threads: PIL releases the GIL inside the decoder, but the per-file Python
+around it (open, EXIF, mode conversion, resize call, array) holds it, and with small images
+that part dominates. Files are decoded by exactly the code of the single-process path
+(:func:`decode_one`), so the two give byte-identical arrays (tests/test_storage.py).
+
+Output rows are file positions: row ``i`` holds file ``i`` as (C, H, W) uint8; a file that
+cannot be decoded leaves its row zero and the caller drops it afterwards.
+"""
+from __future__ import annotations
+
+import hashlib
+import mmap
+import multiprocessing
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from clfkit import image_files
+
+# Files per task: large enough that hand-offs cost nothing next to decoding, small enough
+# that the last tasks do not leave cores idle.
+TASK_FILES = 64
+# Below this many files a pool costs more (fork, hand-offs) than it saves.
+POOL_MIN_FILES = 512
+
+
+@dataclass
+class FileResult:
+    """What a worker returns per file: the content hash of the bytes it decoded, and either
+    the grayscale flag (decoded) or why it could not be decoded."""
+
+    digest: str
+    gray: bool = False
+    error: Optional[str] = None
+
+
+class Output:
+    """Where decoded rows go: ``rows`` x ``row_shape`` uint8, in an .npy file (``path``, written
+    with pwrite: no mapping, so neither the parent's nor a worker's resident memory grows with
+    the set) or in anonymous shared memory (``memory``, created before the workers fork)."""
+
+    def __init__(self, rows: int, row_shape: tuple[int, ...], path: Optional[Path] = None):
+        self.rows, self.row_shape = rows, tuple(row_shape)
+        self.row_bytes = int(np.prod(row_shape))
+        self.path, self.memory, self.offset = path, None, 0
+        if path is not None:
+            arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(rows, *row_shape))
+            self.offset = arr.offset
+            del arr  # zero-filled sparse file with its header; rows are written with pwrite
+        else:
+            self.memory = mmap.mmap(-1, max(1, rows * self.row_bytes))  # MAP_SHARED | MAP_ANONYMOUS
+
+    def array(self) -> np.ndarray:
+        """The memory output as (rows, *row_shape) uint8 (a view of the shared block)."""
+        return np.frombuffer(self.memory, np.uint8, self.rows * self.row_bytes).reshape(self.rows, *self.row_shape)
+
+    def write(self, row: int, block: np.ndarray, fd: Optional[int]) -> None:
+        """Rows ``row``.. from ``block`` (n, *row_shape) uint8."""
+        if fd is None:
+            self.array()[row:row + len(block)] = block
+            return
+        data = memoryview(np.ascontiguousarray(block)).cast("B")
+        pos = self.offset + row * self.row_bytes
+        while len(data):
+            n = os.pwrite(fd, data, pos)
+            data, pos = data[n:], pos + n
+
+
+def decode_one(path: Union[str, Path], size: tuple[int, int], channels: int,
+               resize: str) -> tuple[Optional[np.ndarray], FileResult]:
+    """One file -> ((C, H, W) uint8 or None, its FileResult): read and hash the bytes once,
+    decode those very bytes (the data cache pairs the hash with these pixels)."""
+    try:
+        data = image_files.read_file(path)
+    except image_files.DecodeError as e:
+        return None, FileResult(f"unreadable: {e}", error=str(e))
+    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    try:
+        img = image_files.open_image(path, data)
+        gray = image_files.is_grayscale(img)
+        arr = image_files.decode_image(img, size, channels, resize)
+    except image_files.DecodeError as e:
+        return None, FileResult(digest, error=str(e))
+    return arr.transpose(2, 0, 1), FileResult(digest, gray=gray)
+
+
+# The job of a pool, set in the parent before the workers fork (they inherit it, nothing of
+# it is pickled): (paths, size, channels, resize, output).
+_JOB: Optional[tuple] = None
+
+
+def _decode_span(span: tuple[int, int]) -> list[FileResult]:
+    paths, size, channels, resize, out = _JOB
+    start, stop = span
+    fd = os.open(out.path, os.O_WRONLY) if out.path is not None else None
+    try:
+        return _decode_range(paths, start, stop, size, channels, resize, out, fd)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _decode_range(paths, start, stop, size, channels, resize, out: Output, fd) -> list[FileResult]:
+    block = np.zeros((stop - start, *out.row_shape), np.uint8)  # an undecodable file stays zero
+    results = []
+    for k in range(start, stop):
+        arr, res = decode_one(paths[k], size, channels, resize)
+        if arr is not None:
+            block[k - start] = arr
+        results.append(res)
+    out.write(start, block, fd)
+    return results
+
+
+def default_workers() -> int:
+    """Decode processes: one per core this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def decode_into(paths: list, size: tuple[int, int], channels: int, resize: str, out: Output,
+                workers: Optional[int] = None) -> list[FileResult]:
+    """Decode ``paths`` into rows 0.. of ``out`` with ``workers`` processes (None: one per
+    core; 1, or fewer than POOL_MIN_FILES files: in this process). Returns per file its
+    FileResult, in order."""
+    auto = workers is None
+    workers = default_workers() if auto else workers
+    spans = [(i, min(i + TASK_FILES, len(paths))) for i in range(0, len(paths), TASK_FILES)]
+    in_daemon = multiprocessing.current_process().daemon  # a daemon (a user's Pool worker) may not fork
+    if workers <= 1 or len(spans) <= 1 or (auto and len(paths) < POOL_MIN_FILES) or in_daemon:
+        fd = os.open(out.path, os.O_WRONLY) if out.path is not None else None
+        try:
+            return [r for s in spans for r in _decode_range(paths, *s, size, channels, resize, out, fd)]
+        finally:
+            if fd is not None:
+                os.close(fd)
+    global _JOB
+    _JOB = (paths, size, channels, resize, out)
+    try:
+        # fork: the workers inherit the job and the shared memory; they never touch torch
+        with multiprocessing.get_context("fork").Pool(min(workers, len(spans))) as pool:
+            parts = pool.map(_decode_span, spans, chunksize=1)
+    finally:
+        _JOB = None
+    return [r for part in parts for r in part]

@@ -1,0 +1,107 @@
+"""The data cache's side of ``data.storage: disk`` (and ``auto`` above the memory budget):
+where a dataset is decoded to and how its splits end up as files (clfkit.data.storage).
+
+- A cached dataset (folders) decodes straight into the temp folder of the cache entry being
+  written; once the entry is renamed into place, the splits are reopened from it.
+- A dataset the cache does not keep (procedural data, ``CLFKIT_CACHE=0``) is written to a
+  private folder beside the cache (or in the system temp dir), deleted when the process ends.
+- A dataset that can only load into memory (CIFAR, CSV, plugins) is written out after its load
+  and dropped from memory: its peak stays, but the run holds only batches afterwards.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from clfkit.data import ImageSet, Splits, storage
+
+SPLITS = ("train", "val", "test")
+
+
+def _nbytes(splits: Splits) -> int:
+    return sum(int(np.prod(tuple(s.images.shape))) for s in _sets(splits))
+
+
+def reopen(splits: Splits, folder: Path, storage_mode: str) -> Splits:
+    """``splits`` with each split's images read from ``folder/<split>.images.npy`` when the set
+    goes to disk (memory splits not written there yet are written first), or in memory when it
+    does not (a loader that decoded to disk on an estimate: three channels, then grayscale)."""
+    on_disk = storage.resolve(storage_mode, _nbytes(splits)) == "disk"
+    for name in SPLITS:
+        s: Optional[ImageSet] = getattr(splits, name)
+        if s is None:
+            continue
+        file = folder / f"{name}.images.npy"
+        if on_disk and not storage.is_disk(s.images) and not file.exists():
+            np.save(file, s.images.cpu().numpy(), allow_pickle=False)
+        if on_disk or storage.is_disk(s.images):
+            images = storage.DiskImages(file)
+            setattr(splits, name, ImageSet(images if on_disk else images[:], s.labels, s.paths))
+    return splits
+
+
+def private_folder(parent: Optional[Path]) -> Path:
+    """A folder for one process's disk splits, removed when it exits."""
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=".clfkit-disk-", dir=parent))
+    except (OSError, AttributeError):  # no cache location, or not writable
+        folder = Path(tempfile.mkdtemp(prefix="clfkit-disk-"))
+    owner = os.getpid()
+    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, ignore_errors=True))
+    return folder
+
+
+def uncached(load: Callable[[], Splits], storage_mode: str, parent: Optional[Path],
+             log: Callable[[str], None]) -> Splits:
+    """A dataset the cache does not keep, with its splits in a private folder."""
+    target = storage.Target(storage_mode, lambda: private_folder(parent))
+    try:
+        with storage.decode_target(target):
+            splits = load()
+        if target.made is None and storage.resolve(storage_mode, _nbytes(splits)) == "memory":
+            return splits  # auto, under the budget: nothing written
+        return reopen(splits, target.folder, storage_mode)
+    except OSError as e:  # a full disk: the run may still fit in memory
+        shutil.rmtree(target.folder, ignore_errors=True)
+        log(f"could not write the decoded images to {target.folder}: {e.strerror or e}; loading them into memory")
+        return load()
+
+
+def cached_miss(load: Callable[[], Splits], storage_mode: str, base: Path, group: str,
+                log: Callable[[str], None], store: Callable[[Splits, Path], Optional[Path]],
+                fingerprint_of: Callable[[], str]) -> Splits:
+    """Decode into a new cache entry's temp folder, store the entry, reopen from it."""
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{group}-decoding.", suffix=".tmp", dir=base))
+    except OSError as e:
+        log(f"could not write the data cache {base}: {e.strerror or e}; the run goes on without it")
+        return uncached(load, storage_mode, None, log)
+    splits = None
+    try:
+        with storage.decode_target(storage.Target(storage_mode, lambda: tmp)):
+            splits = load()
+        if splits.fingerprint is None:
+            splits.fingerprint = fingerprint_of()
+        path = store(splits, tmp)  # None (and one warning) when it could not be written
+    except OSError as e:  # decoding ran out of space
+        path, splits = None, None
+        log(f"could not decode to the data cache {tmp}: {e.strerror or e}; loading the images into memory")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # renamed away when the entry was stored
+    if path is not None:
+        return reopen(splits, path, storage_mode)
+    if splits is not None and not any(storage.is_disk(s.images) for s in _sets(splits)):
+        return splits  # in memory already: the entry alone is lost
+    return load()  # its files went with the temp folder
+
+
+def _sets(splits: Splits) -> list[ImageSet]:
+    return [s for s in (splits.train, splits.val, splits.test) if s is not None]
