@@ -47,6 +47,28 @@ def trained_run(tmp_path_factory):
     return train(tiny_recipe(), out, quiet=True)
 
 
+def invoke(*args) -> tuple[int, str]:
+    """Run the CLI in-process with ``args`` (str()-ed); (exit code, output), never a traceback."""
+    from click.testing import CliRunner
+
+    from clfkit.cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    return result.exit_code, result.output
+
+
+def refused(words: list[str], *args, max_lines: int | None = 6) -> str:
+    """The CLI refuses ``args`` as the bar asks: exit 2, one short ``error: ...`` (at most
+    ``max_lines`` lines; None: any length) naming every one of ``words``."""
+    code, out = invoke(*args)
+    assert code == 2 and out.startswith("error: "), out
+    assert max_lines is None or len(out.splitlines()) <= max_lines, out
+    for w in words:
+        assert w in out, f"{w!r} not in {out!r}"
+    return out
+
+
 def write_image_folder(root: Path, classes=("cat", "dog"), per_class=6, size=20, seed=0) -> Path:
     """root/train/<class>/*.png with class-dependent content (cats dark, dogs bright)."""
     rng = np.random.default_rng(seed)

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -154,7 +153,6 @@ def test_resume_of_interrupted_run_continues_in_process(tmp_path, extra):
     recipe = tiny_recipe(train__epochs=2, train__deterministic=True, **extra)
     ref = train(recipe, tmp_path / "ref", quiet=True)
 
-    import clfkit.trainer as T
     from clfkit.engine.guard import NonFiniteGuard
 
     real_ok = NonFiniteGuard.ok

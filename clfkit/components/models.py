@@ -7,9 +7,8 @@ recipe; ``image_size`` is (H, W). Inputs arrive already normalized (mean/std).
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn as nn
