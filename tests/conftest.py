@@ -47,6 +47,24 @@ def trained_run(tmp_path_factory):
     return train(tiny_recipe(), out, quiet=True)
 
 
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory) -> str:
+    """The URI of one local SQLite MLflow store for the whole session: creating one runs
+    MLflow's database migrations (seconds), so tests share it and keep apart by experiment."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    MlflowClient(uri).search_experiments()  # creates the tables now, once
+    return uri
+
+
+def new_experiment(client, name: str, folder: Path) -> str:
+    """An experiment in a shared store whose artifacts stay in ``folder`` (of a store given
+    by URI, artifacts go where the experiment says); its id."""
+    return client.create_experiment(name, artifact_location=(folder / "art").as_uri())
+
+
 def invoke(*args) -> tuple[int, str]:
     """Run the CLI in-process with ``args`` (str()-ed); (exit code, output), never a traceback."""
     from click.testing import CliRunner

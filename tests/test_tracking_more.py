@@ -10,26 +10,23 @@ import warnings
 
 import pytest
 
-from conftest import invoke, tiny_recipe
+from conftest import invoke, new_experiment, tiny_recipe
 
 
 # --------------------------------------------------------------------------- export -> MLflow
 @pytest.fixture(scope="module")
-def mlflow_run(tmp_path_factory):
-    """One tiny run trained with train.track: [mlflow] into a local SQLite store, and that store."""
-    pytest.importorskip("mlflow")
+def mlflow_run(mlflow_store, tmp_path_factory):
+    """One tiny run trained with train.track: [mlflow] into the session's SQLite store."""
     from mlflow.tracking import MlflowClient
 
     from clfkit.trainer import train
 
-    tmp = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    tmp = tmp_path_factory.mktemp("mlflow-export")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("MLFLOW_TRACKING_URI", mlflow_store)
         mp.setenv("MLFLOW_EXPERIMENT_NAME", "clfkit-export")
-        client = MlflowClient(uri)
-        # artifacts of a store given by URI go where the experiment says: keep them in tmp
-        client.create_experiment("clfkit-export", artifact_location=(tmp / "art").as_uri())
+        client = MlflowClient(mlflow_store)
+        new_experiment(client, "clfkit-export", tmp)
         recipe = tiny_recipe(train__epochs=1, train__track=["mlflow"], data__source={
             "name": "shapes", "num_classes": 4, "train_size": 64, "val_size": 32, "test_size": 32})
         res = train(recipe, tmp / "runs", quiet=True)
