@@ -162,7 +162,7 @@ def write_run_report(run: str | Path) -> Path:
         "<h2>Summary</h2>" + _table(facts) if facts else "<h2>Summary</h2><p class=muted>unfinished run</p>",
         _figure("Curves", run / "curves.png"),
         _figure("Confusion matrix", run / "confusion.png"),
-        "<h2>Per class</h2>" + _table(_per_class_rows(run)),
+        '<h2 id="per-class">Per class</h2>' + _table(_per_class_rows(run)),
         _mistakes_section(run),
         '<h2 id="evals">clfkit eval results</h2>' + _table(_eval_rows(run), list(EVAL_KEYS)),
         '<h2 id="epochs">Epochs</h2>' + _table(_epoch_rows(run)),
