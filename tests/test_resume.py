@@ -27,7 +27,7 @@ TIMING = {"seconds", "images_per_s"}  # wall-clock fields: the only ones allowed
 
 
 def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="2", MKL_NUM_THREADS="2", PYTHONHASHSEED="0")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     return env
 
@@ -85,7 +85,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
 
 
 def _in_process(*args: str):
-    """The CLI in this process (torch already imported; the same 2 threads as the subprocesses)."""
+    """The CLI in this process (torch already imported; the same one thread as the subprocesses)."""
     from click.testing import CliRunner
 
     from clfkit.cli import cli
