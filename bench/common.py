@@ -16,8 +16,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 

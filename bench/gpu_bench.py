@@ -64,6 +64,7 @@ def study(work: Path, s: SimpleNamespace) -> dict:
     import torch
 
     from clfkit.recipe import validate_recipe
+    from clfkit.run.reader import read_history
     from clfkit.trainer import train
 
     torch._dynamo.reset()
@@ -80,7 +81,7 @@ def study(work: Path, s: SimpleNamespace) -> dict:
     t0 = time.perf_counter()
     res = train(r, work / "runs", quiet=True)
     wall = time.perf_counter() - t0
-    rows = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_history(res.run_dir)  # the one metrics.jsonl reader (skips and warns about a bad line)
     epoch_s = rows[-1]["seconds"]
     extrapolated = wall + (s.study_target_epochs - len(rows)) * epoch_s
     return {"images": s.study_images, "size": s.study_size, "classes": s.study_classes, "stem": "cifar", "compile": compile_,

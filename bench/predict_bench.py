@@ -24,8 +24,6 @@ from common import machine, make_folder, median, report, timed  # noqa: E402
 
 def make_model(work: Path, size: int, depth: int, stem: str, width: float, classes: int) -> Path:
     """An (untrained) clfkit ResNet exported to ONNX through the real export path, parity checked."""
-    import torch
-
     from clfkit.build import build_model
     from clfkit.run.checkpoint import save_checkpoint
     from clfkit.export import export_run

@@ -86,11 +86,12 @@ def model_only(recipe, size: int, classes: int, steps: int, warmup: int) -> dict
 
 
 def run_one(root: Path, size: int, stem: str, compile_: bool, a, classes: int, out: Path) -> dict:
+    from clfkit.run.reader import read_history
     from clfkit.trainer import train
 
     recipe = recipe_for(root, size, stem, compile_, a, classes)
     res = train(recipe, out, quiet=True)
-    rows = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_history(res.run_dir)  # the one metrics.jsonl reader (skips and warns about a bad line)
     later = rows[1:] or rows  # the first epoch pays for warm-up (cudnn autotune, compile)
     pipeline = sum(r["images_per_s"] for r in later) / len(later)
     limit = model_only(recipe, size, classes, a.model_steps, a.warmup_steps + (20 if compile_ else 0))

@@ -134,6 +134,19 @@ def export(run_dir: Path, output: Path | None, atol: float, checkpoint: str, tta
                    f"images (threshold {q['min_agreement']:g}%); file {q['size_ratio']:.1%} of fp32 "
                    f"({q['bytes']:,} vs {q['fp32_bytes']:,} bytes); CPU speed {q['speed_ratio']:.2f}x fp32 "
                    f"(batch {q['speed_batch']})")
+    _log_export_to_mlflow(run_dir, res.path)
+
+
+def _log_export_to_mlflow(run_dir: Path, onnx: Path) -> None:
+    """A run trained with train.track: [mlflow] gets its export as an artifact of that MLflow
+    run; when that fails the export still stands: one warning line, exit 0."""
+    from clfkit.tracking import EXPORT_ARTIFACTS, log_export
+
+    run_id, problem = log_export(run_dir, [onnx])
+    if run_id:
+        click.echo(f"logged {onnx.name} to MLflow run {run_id} ({EXPORT_ARTIFACTS}/)")
+    if problem:
+        click.echo(f"warning: {problem}", err=True)
 
 
 # --------------------------------------------------------------------------- predict
@@ -372,9 +385,10 @@ def report(run_dir: Path) -> None:
 @checkpoint_option
 @click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
               help="Evaluate with test-time augmentation (as `clfkit export --tta`); writes "
-                   "eval_<split>_tta-<mode>.json and leaves the report files as they are.")
+                   "eval_<split>_tta-<mode>.json and leaves the other report files as they are.")
 def eval_cmd(run_dir: Path, split: str | None, data_root: Path | None, checkpoint: str, tta: str) -> None:
-    """Evaluate a run's checkpoint; rewrite per_class.csv, confusion.png and curves.png."""
+    """Evaluate a run's checkpoint; rewrite per_class.csv, confusion.png, curves.png,
+    mistakes.json, eval_<split>.json and report.html."""
     from clfkit.evaluation import eval_run
 
     res = run_guarded(eval_run, run_dir, split, data_root, checkpoint, tta=tta)

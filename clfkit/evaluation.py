@@ -3,7 +3,7 @@ split), used by the trainer every epoch and for the final test, by ``clfkit eval
 (:func:`eval_run`) and so by sweeps.
 
 ``eval_run`` recomputes a finished run's reports from ``best.pt`` (on another split, or with
-the data moved elsewhere) and also writes ``eval_<split>.json``.
+the data moved elsewhere), writes ``eval_<split>.json`` and rebuilds ``report.html``.
 """
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ from clfkit.engine.batches import eval_batches
 from clfkit.engine.runtime import Runtime, resolve_runtime
 from clfkit.errors import ClfkitError, DataError
 from clfkit.atomic import write_json
+from clfkit.mistakes import write_mistakes
 from clfkit.recipe import validate_recipe
+from clfkit.report_html import write_run_report
 from clfkit.run.checkpoint import load_checkpoint, load_weights, model_from_checkpoint, run_checkpoint
 from clfkit.run.folder import RunFolder, holds_run_lock
 from clfkit.run.reports import per_class, per_class_rows, write_run_reports
@@ -109,7 +111,8 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
     it (same size, resize, val hold-out and seed); ``data_root`` points a folder dataset
     elsewhere. Rewrites the run's report files, so a checkpoint of another run is refused.
     ``tta="flip"`` evaluates the flip-averaging model that ``export --tta flip`` writes; it
-    writes ``eval_<split>_tta-flip.json`` only, leaving the report files of the plain model."""
+    writes ``eval_<split>_tta-flip.json``, leaving the report files of the plain model. Either
+    way report.html is rebuilt last, so it shows this evaluation."""
     from clfkit.tta import with_tta
 
     run_dir = Path(run_dir)
@@ -134,12 +137,18 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
     ev = evaluate(model, subset, rt=rt, loss_fn=loss_fn, num_classes=splits.num_classes, batch_size=batch_size)
     cm = ev["confusion"].tolist()
     rows = per_class_rows(cm, splits.class_names)
-    files = write_run_reports(run_dir, cm, splits.class_names, split) if tta == "none" else []
+    files = []
+    if tta == "none":  # the report files describe the plain model: now this checkpoint on this split
+        files = write_run_reports(run_dir, cm, splits.class_names, split)
+        files.append(write_mistakes(run_dir, model, subset, split, rt, splits.class_names, batch_size,
+                                    checkpoint=checkpoint))
     out = RunFolder(run_dir).eval_json(split, tta)
     write_json(out, {"split": split, "tta": tta, "checkpoint": checkpoint, "acc": ev["acc"], "loss": ev["loss"],
                      "images": len(subset), "class_names": splits.class_names, "per_class": rows,
                      "confusion": cm, "data_root": str(data_root) if data_root else None})
-    return EvalResult(run_dir, split, ev["acc"], ev["loss"], len(subset), rows, files + [out])
+    # last: report.html inlines every file above, so it never shows the numbers of before
+    files += [out, write_run_report(run_dir)]
+    return EvalResult(run_dir, split, ev["acc"], ev["loss"], len(subset), rows, files)
 
 
 def _recipe_with_data_root(recorded: dict[str, Any], data_root: Optional[str | Path], source: str):

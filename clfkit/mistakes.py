@@ -2,7 +2,7 @@
 
 The trainer calls :func:`write_mistakes` once, right after it has evaluated best.pt (the model
 then holds best.pt's weights), so the report shows the images best.pt gets wrong with the
-highest confidence. ``mistakes.json`` holds, per image: its index in the split, its path when
+highest confidence; ``clfkit eval`` rewrites it for the checkpoint and split it evaluated. ``mistakes.json`` holds, per image: its index in the split, its path when
 the data came from a folder, true and predicted class, the predicted probability and a small
 PNG thumbnail as base64 (so report.html can inline it without reading the data again).
 """
@@ -66,9 +66,10 @@ def most_confident_mistakes(model: torch.nn.Module, data: Any, rt: Any, class_na
 
 
 def write_mistakes(run: Path, model: torch.nn.Module, data: Any, split: str, rt: Any,
-                   class_names: list[str], batch_size: int, k: int = 16) -> Path:
-    """``run/mistakes.json``: :func:`most_confident_mistakes` of ``data`` (the ``split`` split)."""
+                   class_names: list[str], batch_size: int, k: int = 16, checkpoint: str = "best.pt") -> Path:
+    """``run/mistakes.json``: :func:`most_confident_mistakes` of ``data`` (the ``split`` split)
+    by ``model`` (the weights of ``checkpoint``)."""
     found = most_confident_mistakes(model, data, rt, class_names, batch_size, k)
     path = Path(run) / MISTAKES_FILE
-    write_json(path, {"split": split, "images": int(len(data)), "mistakes": found})
+    write_json(path, {"split": split, "checkpoint": checkpoint, "images": int(len(data)), "mistakes": found})
     return path

@@ -220,7 +220,7 @@ def read_yaml(path: str | Path) -> dict:
     try:
         data = yamltext.load(path.read_text(encoding="utf-8"))
     except yamltext.YAMLProblem as e:
-        raise RecipeError([("", str(e))], source=str(path)) from None
+        raise RecipeError([(e.path, str(e))], source=str(path)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -247,7 +247,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yamltext.parse_value(raw)
     except yamltext.YAMLProblem as e:
-        raise RecipeError([(key, f"--set {key}=...: {e}")], source="--set") from None
+        raise RecipeError([(f"{key}.{e.path}" if e.path else key, f"--set {key}=...: {e}")], source="--set") from None
     return key.split("."), value
 
 

@@ -2,8 +2,9 @@
 
 The page needs no network and no other file: figures and thumbnails are inlined as base64
 ``data:`` URIs, the style sheet is inline, there is no script. It is built only from files the
-run folder already holds (recipe.yaml, summary.json, curves.png, confusion.png, per_class.csv,
-mistakes.json), so ``clfkit report RUN`` can rebuild it for any finished run, and it is written
+run folder already holds (recipe.yaml, summary.json, metrics.jsonl, curves.png, confusion.png,
+per_class.csv, mistakes.json, eval_*.json), so ``clfkit report RUN`` can rebuild it for any
+finished run; ``clfkit eval`` rebuilds it after rewriting the files it shows. It is written
 atomically like every other run file.
 """
 from __future__ import annotations
@@ -16,8 +17,8 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from clfkit.atomic import write_text
-from clfkit.mistakes import MISTAKES_FILE
-from clfkit.run.folder import REPORT_HTML as REPORT_FILE  # one home for run file names
+from clfkit.run.folder import MISTAKES_JSON as MISTAKES_FILE, REPORT_HTML as REPORT_FILE  # one home for run file names
+from clfkit.run.reader import read_history
 
 
 _STYLE = """
@@ -109,9 +110,29 @@ def _mistakes_section(run: Path) -> str:
                      f'<figcaption><span class="true">true: {html.escape(m["true"])}</span><br>'
                      f'<span class="pred">predicted: {html.escape(m["predicted"])}</span><br>'
                      f'p = {m["confidence"]:.3f}</figcaption></figure>')
-    return (head + f'<p>{len(found)} most confident errors of best.pt on the {html.escape(str(data.get("split")))} '
+    checkpoint = html.escape(str(data.get("checkpoint") or "best.pt"))  # older runs: the trainer's best.pt
+    return (head + f'<p>{len(found)} most confident errors of {checkpoint} on the {html.escape(str(data.get("split")))} '
             f'split ({data.get("images")} images), most confident first.</p><div class="grid">'
             + "".join(cards) + "</div>")
+
+
+EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+EVAL_KEYS = ("file", "split", "tta", "checkpoint", "acc", "loss", "images", "data_root")
+
+
+def _epoch_rows(run: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl's rows (read_history: a garbage line is skipped with a warning naming it)."""
+    return [{k: row[k] for k in EPOCH_KEYS if k in row} for row in read_history(run)]
+
+
+def _eval_rows(run: Path) -> list[dict[str, Any]]:
+    """One row per ``clfkit eval`` result file (eval_<split>[_tta-<mode>].json)."""
+    rows = []
+    for path in sorted(run.glob("eval_*.json")):
+        data = _read_json(path)
+        if data is not None:
+            rows.append({"file": path.name, **{k: data.get(k) for k in EVAL_KEYS[1:]}})
+    return rows
 
 
 def _per_class_rows(run: Path) -> list[dict[str, Any]]:
@@ -141,8 +162,10 @@ def write_run_report(run: str | Path) -> Path:
         "<h2>Summary</h2>" + _table(facts) if facts else "<h2>Summary</h2><p class=muted>unfinished run</p>",
         _figure("Curves", run / "curves.png"),
         _figure("Confusion matrix", run / "confusion.png"),
-        "<h2>Per class</h2>" + _table(_per_class_rows(run)),
+        '<h2 id="per-class">Per class</h2>' + _table(_per_class_rows(run)),
         _mistakes_section(run),
+        '<h2 id="evals">clfkit eval results</h2>' + _table(_eval_rows(run), list(EVAL_KEYS)),
+        '<h2 id="epochs">Epochs</h2>' + _table(_epoch_rows(run)),
         f"<h2>Recipe</h2><pre>{html.escape(recipe)}</pre>",
     ]
     path = run / REPORT_FILE

@@ -18,6 +18,9 @@ Built in, chosen by the recipe's ``train.track`` (or ``clfkit train --track``):
   store is in maintenance mode). A sweep or tune sets ``CLFKIT_MLFLOW_PARENT`` (see
   :func:`parent_run`) and its runs become that run's children.
 
+After the run, ``clfkit export`` logs the ONNX file it wrote into the same MLflow run
+(:func:`log_export`, by the id the run folder's ``tracking.json`` records).
+
 Anything with ``epoch`` (and optionally ``finish``/``close``) can be passed to
 ``clfkit.trainer.train(..., trackers=[...])``; ``clfkit tune`` feeds its pruner this way.
 """
@@ -223,6 +226,66 @@ def parent_run(name: str, params: dict[str, str], folder: Path, enabled: bool) -
             os.environ.pop(PARENT_ENV, None)
         else:
             os.environ[PARENT_ENV] = before
+
+
+# --------------------------------------------------------------------------- after the run
+EXPORT_ARTIFACTS = "exported"  # the MLflow artifact folder that receives `clfkit export`'s files
+# an HTTP store that is gone should cost seconds, not MLflow's default minutes of retries
+_QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
+def _local_store_missing(uri: str) -> Optional[str]:
+    """The path of a local store (SQLite file, file store folder) that no longer exists:
+    opening it would silently create an empty one."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+    elif uri.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        path = Path(unquote(urlparse(uri).path))
+    elif "://" not in uri:
+        path = Path(uri)
+    else:
+        return None  # a server: asked below
+    return None if path.exists() else str(path)
+
+
+def log_export(run: str | Path, files: Sequence[str | Path]) -> tuple[Optional[str], Optional[str]]:
+    """Log ``files`` (an export of run folder ``run``) as artifacts of the MLflow run that
+    trained it, reopened by the id in ``run/tracking.json``, under ``exported/``. Returns
+    (MLflow run id, None) when logged, (None, None) for a run trained without MLflow, and
+    (None, why) when it could not be logged (mlflow not installed, the store or the run gone):
+    the export stands either way, so this never raises."""
+    saved = Path(run) / TRACKING_FILE
+    if not saved.is_file():
+        return None, None
+    try:
+        record = json.loads(saved.read_text(encoding="utf-8"))
+        run_id, uri = str(record["mlflow_run_id"]), str(record["tracking_uri"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return None, f"{saved} cannot be read ({type(e).__name__}); the export was not logged to MLflow"
+    why = f"the export was not logged to MLflow run {run_id}"
+    try:
+        MlflowClient = _require_mlflow()
+    except TrackingError:
+        return None, f"{why}: mlflow is not installed here (pip install -e \".[mlflow]\")"
+    missing = _local_store_missing(uri)
+    if missing:
+        return None, f"{why}: its store {missing} no longer exists"
+    quick = {k: v for k, v in _QUICK_HTTP.items() if k not in os.environ}
+    os.environ.update(quick)
+    try:
+        client = MlflowClient(uri)
+        client.get_run(run_id)  # a run deleted from the store fails here, before any upload
+        for file in files:
+            client.log_artifact(run_id, str(file), artifact_path=EXPORT_ARTIFACTS)
+    except Exception as e:  # noqa: BLE001 - any store failure: the export itself succeeded
+        first = str(e).splitlines()[0][:200] if str(e) else ""
+        return None, f"{why} ({uri}): {type(e).__name__}: {first}"
+    finally:
+        for k in quick:
+            os.environ.pop(k, None)
+    return run_id, None
 
 
 # --------------------------------------------------------------------------- the run's trackers

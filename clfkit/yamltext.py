@@ -8,8 +8,8 @@ It is ``yaml.SafeLoader`` (no code runs) with three changes:
   1000, ``0x10`` 16, ``0o10`` 8 and ``010`` is 10 (not octal 8); only ``true``/``false`` are
   booleans: ``on``, ``off``, ``yes``, ``no``, ``y``, ``n`` stay text (a yes/no field still
   accepts them, pydantic reads them as booleans), and ``1:30`` stays text (1.1: 5400).
-* A key given twice in one mapping, at any depth, is an error naming the key and both lines
-  (YAML would silently keep the last).
+* A key given twice in one mapping, at any depth, is an error naming the key's dotted path
+  (``optim.lr``, ``data.augment.0.p``) and both lines (YAML would silently keep the last).
 * Anchors and aliases are allowed, but the document they expand to is limited to
   ``MAX_NODES`` nodes, so an alias bomb ("billion laughs") fails at once with a short message.
 """
@@ -34,11 +34,13 @@ _BOOL_RE = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
 
 
 class YAMLProblem(ValueError):
-    """Text that is not acceptable YAML for clfkit; ``line`` is 1-based (0: unknown)."""
+    """Text that is not acceptable YAML for clfkit; ``line`` is 1-based (0: unknown), ``path``
+    the dotted path of the offending key ("" when the problem is not one key's)."""
 
-    def __init__(self, message: str, line: int = 0):
+    def __init__(self, message: str, line: int = 0, path: str = ""):
         super().__init__(message)
         self.line = line
+        self.path = path
 
 
 class Loader(yaml.SafeLoader):
@@ -61,14 +63,11 @@ class Loader(yaml.SafeLoader):
             return -math.inf if text.startswith("-") else math.inf
         return math.nan if text.endswith(".nan") else float(text)
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        _refuse_duplicate_keys(self, node)
-        return super().construct_mapping(node, deep=deep)
-
     def get_single_node(self) -> Any:
         node = super().get_single_node()
         if node is not None:
-            _check_expanded_size(node)
+            _check_expanded_size(node)  # first: the walk below must not expand a bomb
+            _refuse_duplicate_keys(self, node)
         return node
 
 
@@ -79,22 +78,47 @@ Loader.add_constructor(_INT, Loader.construct_yaml_int)
 Loader.add_constructor(_FLOAT, Loader.construct_yaml_float)
 
 
-def _refuse_duplicate_keys(loader: Loader, node: yaml.MappingNode) -> None:
-    """A key twice in one mapping is a mistake; ``<<`` merge keys are YAML's way to override."""
+def _refuse_duplicate_keys(loader: Loader, root: yaml.Node) -> None:
+    """A key twice in one mapping is a mistake, reported at its dotted path from the document's
+    root (the first path a mapping is reached by, when aliases share it); ``<<`` merge keys are
+    YAML's way to override and are not counted."""
+    done: set[int] = set()
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in done:
+            continue
+        done.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(reversed([(child, _join(path, i)) for i, child in enumerate(node.value)]))
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(reversed(_check_mapping(loader, node, path)))  # document order
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _check_mapping(loader: Loader, node: yaml.MappingNode, path: str) -> list[tuple[yaml.Node, str]]:
+    """Raise on a key given twice in ``node`` (at ``path``); returns its values with their paths."""
     seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
+    children = []
+    for key_node, value_node in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":
+            children.append((value_node, path))
             continue
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
+        children.append((value_node, _join(path, key)))
         try:
             first = seen.get(key)
         except TypeError:  # an unhashable key: SafeLoader reports it itself
             continue
         if first is not None:
             raise YAMLProblem(f"key {key!r} is given twice, on line {first} and on line {line}; "
-                              f"keep one", line)
+                              f"keep one", line, _join(path, key))
         seen[key] = line
+    return children
 
 
 def _check_expanded_size(root: yaml.Node) -> None:

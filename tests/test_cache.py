@@ -11,7 +11,6 @@ from PIL import Image
 
 from clfkit import image_files
 from clfkit.build import build_data
-from clfkit.data import cache
 
 from conftest import tiny_recipe, write_image_folder
 

@@ -151,7 +151,7 @@ def test_resume_across_the_unfreeze_epoch_matches_an_uninterrupted_run(tmp_path)
 
     def recipe(epochs):
         return tiny_recipe(train__epochs=epochs, train__deterministic=True, train__freeze="backbone",
-                           train__unfreeze_epoch=2, data__source__train_size=128)
+                           train__unfreeze_epoch=2, data__source__train_size=128, data__image_size=8)
 
     ref = train(recipe(3), tmp_path / "ref", quiet=True)
     cut = train(recipe(1), tmp_path / "cut", quiet=True)  # epoch 1 frozen; then resume for 3 epochs

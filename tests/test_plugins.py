@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
 from click.testing import CliRunner
 
 from clfkit import registry

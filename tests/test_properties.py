@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import io
-import os
 import string
 
 import numpy as np

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,22 +27,18 @@ TIMING = {"seconds", "images_per_s"}  # wall-clock fields: the only ones allowed
 
 
 def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="2", MKL_NUM_THREADS="2", PYTHONHASHSEED="0")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     return env
 
 
 def _recipe_file(tmp_path: Path, **train) -> Path:
     data = json.loads(json.dumps(TINY))
+    data["data"]["image_size"] = 8  # TINY's steps per epoch, a quarter of the pixels: resume is the test
     data["train"].update({"epochs": 3, "deterministic": True, **train})
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-def _clfkit(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "clfkit", *args], capture_output=True, text=True,
-                          env=_env(), timeout=300, **kw)
 
 
 # SIGKILL itself at the N-th optimizer step: a crash at a known point, mid-epoch.
@@ -89,12 +84,23 @@ def _assert_same_run(a: Path, b: Path) -> None:
         assert sa[key] == sb[key], key
 
 
+def _in_process(*args: str):
+    """The CLI in this process (torch already imported; the same one thread as the subprocesses)."""
+    from click.testing import CliRunner
+
+    from clfkit.cli import cli
+
+    assert torch.get_num_threads() == int(_env()["OMP_NUM_THREADS"])
+    return CliRunner().invoke(cli, list(args))
+
+
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     # 480 images / batch 32 = 15 steps per epoch; step checkpoints every 4 steps. Killed at
     # step 27 (epoch 2, batch 12): last.pt is the step-24 checkpoint, 9 batches into epoch 2.
-    recipe = _recipe_file(tmp_path, checkpoint_every_steps=4)
-    ref = _clfkit("train", str(recipe), "--out", str(tmp_path / "ref"), "--quiet")
-    assert ref.returncode == 0, ref.stderr
+    # Only the killed run needs a process of its own; the reference and the resume run here.
+    recipe = _recipe_file(tmp_path, epochs=2, checkpoint_every_steps=4)
+    ref = _in_process("train", str(recipe), "--out", str(tmp_path / "ref"), "--quiet")
+    assert ref.exit_code == 0, ref.output
 
     killed = subprocess.run([sys.executable, "-c", KILLER, "27", "train", str(recipe), "--out",
                              str(tmp_path / "crash"), "--quiet"], capture_output=True, text=True,
@@ -105,9 +111,9 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     assert (last["epoch"], last["step"], last["in_epoch"]["batch"]) == (1, 24, 9)
     assert not (run / "summary.json").exists()
 
-    resumed = _clfkit("train", "--resume", str(run))
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stdout and "epoch 2, batch 10" in resumed.stdout
+    resumed = _in_process("train", "--resume", str(run))
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming" in resumed.output and "epoch 2, batch 10" in resumed.output
     _assert_same_run(tmp_path / "ref" / "tiny", run)
 
 
@@ -151,10 +157,9 @@ def test_resume_of_interrupted_run_continues_in_process(tmp_path, extra):
     from clfkit.signals import Interrupted
     from clfkit.trainer import train
 
-    recipe = tiny_recipe(train__epochs=2, train__deterministic=True, **extra)
+    recipe = tiny_recipe(train__epochs=2, train__deterministic=True, data__image_size=8, **extra)
     ref = train(recipe, tmp_path / "ref", quiet=True)
 
-    import clfkit.trainer as T
     from clfkit.engine.guard import NonFiniteGuard
 
     real_ok = NonFiniteGuard.ok

@@ -40,7 +40,6 @@ def test_gpu_sh_is_one_prepared_script():
 
 # ---------------------------------------------------------------- GPU-path fixes, on CPU
 import copy  # noqa: E402
-import warnings  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import tiny_recipe
+from conftest import new_experiment, tiny_recipe
 
 
 def _small(**changes):
@@ -32,21 +32,26 @@ def test_unknown_tracker_is_a_recipe_error():
 
 
 @pytest.fixture()
-def store(tmp_path, monkeypatch):
-    pytest.importorskip("mlflow")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "clfkit-test")
+def store(mlflow_store, tmp_path, monkeypatch, request):
+    """The session's MLflow store, with this test's own experiment (MLFLOW_EXPERIMENT_NAME)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", f"clfkit-test-{request.node.name}")
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(uri)
+    return MlflowClient(mlflow_store)
+
+
+def _experiment(store, tmp_path) -> str:
+    """This test's experiment (named by the store fixture), its artifacts in tmp_path."""
+    import os
+
+    return new_experiment(store, os.environ["MLFLOW_EXPERIMENT_NAME"], tmp_path)
 
 
 def test_run_is_logged_with_params_metric_history_and_artifacts(tmp_path, store, monkeypatch):
     from clfkit.trainer import train
 
-    # artifacts of a store given by URI go where the experiment says: keep them in tmp_path
-    exp = store.create_experiment("clfkit-test", artifact_location=(tmp_path / "art").as_uri())
+    exp = _experiment(store, tmp_path)
     res = train(_small(), tmp_path / "runs", quiet=True)
     runs = store.search_runs([exp], filter_string="params.`optim.lr` = '0.003'")
     assert len(runs) == 1
@@ -84,7 +89,7 @@ def test_sweep_is_a_parent_run_with_child_runs(tmp_path, store):
 
     from clfkit.sweep import run_sweep
 
-    exp = store.create_experiment("clfkit-test", artifact_location=(tmp_path / "art").as_uri())
+    exp = _experiment(store, tmp_path)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(_small(train__epochs=1).to_dict()))
     run_sweep(recipe, ["optim.lr=1e-3,3e-3"], out=tmp_path / "sw", quiet=True, log=lambda s: None)
@@ -102,7 +107,7 @@ def test_cli_track_option_adds_mlflow(tmp_path, store):
 
     from clfkit.cli import cli
 
-    exp = store.create_experiment("clfkit-test", artifact_location=(tmp_path / "art").as_uri())
+    exp = _experiment(store, tmp_path)
     data = _small(train__epochs=1).to_dict()
     data["train"]["track"] = ["tensorboard"]
     recipe = tmp_path / "r.yaml"

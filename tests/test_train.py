@@ -100,8 +100,6 @@ def test_val_carved_from_train_when_missing(tmp_path):
 
 
 def test_softmax_model_warns(tmp_path):
-    import warnings
-
     import torch.nn as nn
 
     from clfkit import registry

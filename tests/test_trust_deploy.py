@@ -13,27 +13,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from clfkit.cli import cli
 from clfkit.predict import read_predictions
-from conftest import tiny_recipe
-
-
-def invoke(*args) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    return result.exit_code, result.output
-
-
-def refused(out_words: list[str], *args) -> str:
-    code, out = invoke(*args)
-    assert code == 2 and out.startswith("error: "), out
-    assert len(out.splitlines()) <= 6, out
-    for w in out_words:
-        assert w in out, f"{w!r} not in {out!r}"
-    return out
+from conftest import invoke, refused, tiny_recipe
 
 
 def snapshot(folder: Path) -> dict[str, str]:

@@ -9,24 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from clfkit.cli import cli
-from conftest import tiny_recipe
-
-
-def invoke(*args) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    return result.exit_code, result.output
-
-
-def refused(words: list[str], *args) -> str:
-    code, out = invoke(*args)
-    assert code == 2 and out.startswith("error: "), out
-    for w in words:
-        assert w in out, f"{w!r} not in {out!r}"
-    return out
+from conftest import invoke, refused, tiny_recipe
 
 
 @pytest.fixture

@@ -35,11 +35,6 @@ def _env() -> dict:
     return env
 
 
-def _clfkit(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "clfkit", *args], capture_output=True, text=True,
-                          env=_env(), timeout=300)
-
-
 def _invoke(*args: str):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
@@ -154,10 +149,10 @@ def test_two_resumes_at_once_and_no_stale_lock_after_kill(tmp_path):
     try:
         _wait_for_lock(run, first)
         before = (run / "metrics.jsonl").read_text()
-        second = _clfkit("train", "--resume", str(run))
-        assert second.returncode == 2, second.stderr
-        assert f"pid {first.pid}" in second.stderr and "train --resume" in second.stderr
-        assert "Traceback" not in second.stderr
+        second = _invoke("train", "--resume", run)  # this test's process: another one than the holder
+        assert second.exit_code == 2, second.output
+        assert f"pid {first.pid}" in second.output and "train --resume" in second.output
+        assert "Traceback" not in second.output
         assert (run / "metrics.jsonl").read_text() == before
     finally:
         _kill(first)

@@ -11,3 +11,7 @@ from clfkit.components import (  # noqa: F401
     regularizers,
     schedules,
 )
+
+# imported for their registrations; __all__ says so to linters that do not read noqa (pyflakes)
+__all__ = ["activations", "augmentations", "datasets", "losses", "models", "norms", "optimizers",
+           "regularizers", "schedules"]

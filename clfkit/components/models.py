@@ -11,9 +11,8 @@ each parameter's layer, stem first; parameters no pattern matches (the classifie
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn as nn

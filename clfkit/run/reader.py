@@ -61,18 +61,40 @@ def _row_problem(row: Any) -> Optional[str]:
     return None
 
 
+# (file, warning) pairs already shown: a file read many times in one process (the trainer's
+# metrics.csv every epoch, report + curves + compare) warns about its bad lines once
+_WARNED: set[tuple[str, str]] = set()
+
+
 def read_history(run: Path) -> list[dict[str, Any]]:
     """metrics.jsonl as a list of rows; a resumed run's re-written epochs keep only their
     latest row. A torn last line (a crash mid-write by an older, non-atomic clfkit) is
-    ignored; any other unreadable line is skipped with a RunFileWarning naming file and line."""
+    ignored; any other unreadable line is skipped, with one RunFileWarning per file naming
+    it and the line numbers (once per process for the same file and lines).
+
+    Every reader of metrics.jsonl goes through here (compare, report, eval, sweeps, metrics.csv,
+    the benchmarks), so they all skip and warn alike."""
     path = RunFolder(run).metrics
-    rows: dict[int, dict] = {}
     if not path.is_file():
         return []
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as e:
         raise RunFolderError(f"cannot read {path}: {e.strerror or e}") from None
+    rows, problems = _parse_history(text)
+    if problems:
+        message = f"{path}, {'; '.join(problems)}; {'line' if len(problems) == 1 else f'{len(problems)} lines'} skipped"
+        key = (str(path.resolve()), message)
+        if key not in _WARNED:
+            _WARNED.add(key)
+            warnings.warn(message, RunFileWarning, stacklevel=2)
+    return [rows[e] for e in sorted(rows)]
+
+
+def _parse_history(text: str) -> tuple[dict[int, dict[str, Any]], list[str]]:
+    """(row by epoch, the latest row of each; ``line N: why`` for each line skipped)."""
+    rows: dict[int, dict[str, Any]] = {}
+    problems: list[str] = []
     lines = text.splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -86,10 +108,10 @@ def read_history(run: Path) -> list[dict[str, Any]]:
         else:
             problem = _row_problem(row)
         if problem:
-            warnings.warn(f"{path}, line {number}: {problem}; line skipped", RunFileWarning, stacklevel=2)
+            problems.append(f"line {number}: {problem}")
             continue
         rows[row["epoch"]] = row
-    return [rows[e] for e in sorted(rows)]
+    return rows, problems
 
 
 @dataclass
