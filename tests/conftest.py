@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +105,15 @@ def write_image_folder(root: Path, classes=("cat", "dog"), per_class=6, size=20,
                 arr = np.clip(rng.normal(base, 20, (size, size + 3, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(arr).save(d / f"{c}_{i}.png")
     return root
+
+
+@pytest.fixture(autouse=True)
+def _sigint_handler_restored():
+    """Every command and context manager that handles Ctrl-C must put the previous handler back:
+    a leaked handler makes a library user's (or a later test's) Ctrl-C do nothing."""
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after is not before:
+        signal.signal(signal.SIGINT, before)
+        pytest.fail(f"the test left SIGINT handled by {after!r} (was {before!r})")
