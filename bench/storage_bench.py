@@ -47,6 +47,7 @@ sys.exit(os.waitstatus_to_exitcode(status))
 
 CHILD = """
 import json, os, resource, sys, time
+from clfkit.run.reader import read_history
 from clfkit.recipe import validate_recipe
 from clfkit.trainer import train
 root, storage, out, size, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
@@ -58,7 +59,7 @@ load = os.getloadavg()[0]
 t0 = time.perf_counter()
 run = train(recipe, out, quiet=True)
 wall = time.perf_counter() - t0
-row = json.loads((run.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+row = read_history(run.run_dir)[-1]
 s = run.summary
 print("RESULT", json.dumps({"storage": storage, "train_images": s["train_images"], "val_images": s["val_images"],
     "data_seconds": s["data_seconds"], "train_seconds": s["train_seconds"], "wall_seconds": round(wall, 1),
