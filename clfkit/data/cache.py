@@ -43,7 +43,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -128,7 +127,8 @@ def write_entry(path: Path, splits: Splits, meta: dict[str, Any], tmp: Optional[
     """Write ``splits`` as the entry ``path`` atomically (temp folder, then rename). ``tmp``:
     the temp folder when the loader has decoded disk splits into it already."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp or Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    made = tmp is None
+    tmp = tmp or disk_spill.locked_temp_folder(path.parent, f".{path.name}.", ".tmp")
     try:
         index: dict[str, Any] = {"format": FORMAT, **meta, "class_names": splits.class_names,
                                  "description": splits.description,
@@ -146,6 +146,8 @@ def write_entry(path: Path, splits: Splits, meta: dict[str, Any], tmp: Optional[
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if made:
+            disk_spill.release(tmp)
 
 
 # --------------------------------------------------------------------------- read and check
@@ -356,6 +358,7 @@ def cached(name: str, args: dict[str, Any], settings: dict[str, Any], load: Call
     if hit is not None:
         return _hold(hit)
     meta = {"source": source, "settings": settings}
+    disk_spill.remove_stale(base, f".{group}-*.tmp")  # left by a run killed while it wrote an entry
     if storage_mode != "memory":
         return _hold(disk_spill.cached_miss(load, storage_mode, base, group, log,
                                             lambda splits, tmp: _store(base, group, splits, meta, log, tmp),
