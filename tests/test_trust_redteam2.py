@@ -116,3 +116,33 @@ def test_temp_folders_left_by_a_killed_run_are_removed(tmp_path, monkeypatch):
     disk_spill._LOCKS.pop(live)  # as if another process held it (its lock stays open)
     disk_spill.remove_stale(tmp_path, ".g-*.tmp")
     assert not stale.exists() and live.is_dir() and fresh.is_dir()
+
+
+# --------------------------------------------------------------------------- MLflow tracking
+@pytest.mark.parametrize("record", ['{"mlflow_run_id": "deadbeef"}', "{", '{"other": 1}'])
+def test_resume_with_an_edited_tracking_json_names_the_file(tmp_path, monkeypatch, mlflow_store, record):
+    # before: a KeyError / JSONDecodeError / MlflowException traceback on --resume
+    from clfkit.tracking import TRACKING_FILE, MLflowTracker, TrackingError
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
+    (tmp_path / TRACKING_FILE).write_text(record)
+    with pytest.raises(TrackingError, match="cannot continue the MLflow run recorded in .*tracking.json"):
+        MLflowTracker.open(tmp_path, {}, resuming=True)
+    assert (tmp_path / TRACKING_FILE).read_text() == record
+
+
+def test_a_tracking_store_that_fails_is_refused_before_the_run_folder(tmp_path, monkeypatch):
+    # before: MLFLOW_TRACKING_URI=file:///... (MLflow's retired file store; MlflowException on
+    # the first call) was a traceback from inside MLflow, after the run folder was made.
+    # The store's failure is simulated: MLflow's own takes seconds to import and raise.
+    from clfkit import tracking
+
+    def store_down():
+        raise RuntimeError("The filesystem tracking backend is in maintenance mode")
+
+    monkeypatch.setattr(tracking, "_client_and_experiment", store_down)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    refused(["train.track", "mlflow", "tracking store", str(tmp_path / "mlruns"), "maintenance mode",
+             "MLFLOW_TRACKING_URI"],
+            "train", _recipe_file(tmp_path), "--track", "mlflow", "--out", tmp_path / "runs", "--quiet")
+    assert not (tmp_path / "runs").exists()
