@@ -129,6 +129,22 @@ def _client_and_experiment() -> tuple[Any, str]:
         return client, client.get_experiment_by_name(name).experiment_id
 
 
+def _first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
+def checked_store() -> tuple[Any, str]:
+    """The MLflow client and experiment id, or a TrackingError naming the store that cannot
+    be used (a file store MLflow refuses, a server that does not answer, a damaged database)."""
+    try:
+        return _client_and_experiment()
+    except TrackingError:
+        raise
+    except Exception as e:  # noqa: BLE001 - MLflow raises many kinds for one cause: the store
+        raise TrackingError(f"train.track: mlflow: the tracking store {tracking_uri()} cannot be used "
+                            f"({_first_line(e)}); fix MLFLOW_TRACKING_URI or remove mlflow from train.track") from None
+
+
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
     """A recipe as dotted-path params: ``{"optim.lr": "0.01", "data.augment.0.name": ...}``."""
     items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else None
@@ -150,11 +166,16 @@ class MLflowTracker:
     @classmethod
     def open(cls, run: Path, recipe: dict[str, Any], resuming: bool) -> "MLflowTracker":
         """Start (or, resuming, continue) the MLflow run of run folder ``run``."""
-        client, experiment = _client_and_experiment()
+        client, experiment = checked_store()
         saved = run / TRACKING_FILE
         if resuming and saved.is_file():
-            run_id = json.loads(saved.read_text(encoding="utf-8"))["mlflow_run_id"]
-            client.update_run(run_id, status="RUNNING")
+            try:
+                run_id = str(json.loads(saved.read_text(encoding="utf-8"))["mlflow_run_id"])
+                client.update_run(run_id, status="RUNNING")
+            except Exception as e:  # noqa: BLE001 - an edited tracking.json, a run deleted from the store
+                raise TrackingError(f"train.track: mlflow: cannot continue the MLflow run recorded in {saved} "
+                                    f"({_first_line(e)}); restore that file (or the run in the store), or "
+                                    f"delete the file to log the rest of the run as a new MLflow run") from None
             return cls(client, run_id)
         tags = {"clfkit.run_dir": str(run.resolve())}
         if os.environ.get(PARENT_ENV):
@@ -311,9 +332,9 @@ class Trackers:
 
 
 def require_trackers(names: Sequence[str]) -> None:
-    """Fail before the run folder exists when a tracker's package is missing."""
+    """Fail before the run folder exists when a tracker's package is missing or its store fails."""
     if "mlflow" in names:
-        _require_mlflow()
+        checked_store()  # the package, and a store that works, before the run folder exists
 
 
 def open_trackers(names: Sequence[str], run: Path, recipe: dict[str, Any], start_epoch: int,

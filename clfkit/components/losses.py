@@ -20,7 +20,7 @@ def _one_hot(targets: torch.Tensor, num_classes: int, like: torch.Tensor) -> tor
     return F.one_hot(targets, num_classes).to(like.dtype)
 
 
-ClassWeights = Optional[Union[Literal["balanced"], list[Annotated[float, Field(ge=0)]]]]
+ClassWeights = Optional[Union[Literal["balanced"], list[Annotated[float, Field(ge=0, allow_inf_nan=False)]]]]
 
 
 def class_weight_values(spec: Any, class_counts: Optional[list[int]], class_names: Optional[list[str]],
@@ -60,14 +60,22 @@ class WeightedCrossEntropy(nn.Module):
 
     def forward(self, logits, targets):
         if targets.ndim == 1:
-            return F.cross_entropy(logits, targets, weight=self.weight.to(logits.dtype),
-                                   label_smoothing=self.label_smoothing)
+            total = F.cross_entropy(logits, targets, weight=self.weight.to(logits.dtype),
+                                    label_smoothing=self.label_smoothing, reduction="sum")
+            return _weighted_mean(total, self.weight[targets].sum())
         logp = logits.float().log_softmax(1)
         t = targets.float()
         if self.label_smoothing:
             t = t * (1 - self.label_smoothing) + self.label_smoothing / t.shape[1]
         wt = t * self.weight
-        return -(wt * logp).sum() / wt.sum()
+        return _weighted_mean(-(wt * logp).sum(), wt.sum())
+
+
+def _weighted_mean(total: torch.Tensor, weight_sum: torch.Tensor) -> torch.Tensor:
+    """``total / weight_sum`` (torch's weighted mean), but 0 for a batch whose images are all of
+    0-weight classes: nothing to learn from it, where 0 / 0 would stop the run as a NaN loss."""
+    weight_sum = weight_sum.float()
+    return torch.where(weight_sum > 0, total.float() / weight_sum.clamp_min(1e-12), total.float() * 0)
 
 
 @register("loss", "cross_entropy")

@@ -37,12 +37,12 @@ not of the recipe, so recipes stay portable.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -127,7 +127,8 @@ def write_entry(path: Path, splits: Splits, meta: dict[str, Any], tmp: Optional[
     """Write ``splits`` as the entry ``path`` atomically (temp folder, then rename). ``tmp``:
     the temp folder when the loader has decoded disk splits into it already."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp or Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    made = tmp is None
+    tmp = tmp or disk_spill.locked_temp_folder(path.parent, f".{path.name}.", ".tmp")
     try:
         index: dict[str, Any] = {"format": FORMAT, **meta, "class_names": splits.class_names,
                                  "description": splits.description,
@@ -145,6 +146,8 @@ def write_entry(path: Path, splits: Splits, meta: dict[str, Any], tmp: Optional[
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if made:
+            disk_spill.release(tmp)
 
 
 # --------------------------------------------------------------------------- read and check
@@ -254,7 +257,47 @@ def _lookup(base: Path, group: str, fingerprint_of: Callable[[], str], settings:
         log(f"the data cache entry {path} is damaged ({e}); decoding the images again")
         return None
     hit.description += f" (decoded images from cache {path}, {time.perf_counter() - t0:.1f}s)"
+    _prune_group(base, group, keep=path)
     return hit
+
+
+# entry folder -> an open descriptor of its index.json, share-locked while this process may
+# read the entry's files (disk storage; kept until exit: loader workers reopen the files)
+_HELD: dict[Path, int] = {}
+
+
+def _hold(splits: Splits) -> Splits:
+    """Share-lock the entry whose files ``splits`` reads from (disk storage), so another run
+    that writes a newer entry of the group leaves this one in place instead of deleting it
+    under a running training (its loader workers open the files anew each epoch)."""
+    for s in (splits.train, splits.val, splits.test):
+        entry = Path(s.images.path).parent if s is not None and storage.is_disk(s.images) else None
+        if entry is None or entry in _HELD:
+            continue
+        try:
+            fd = os.open(entry / "index.json", os.O_RDONLY)
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            _HELD[entry] = fd
+        except OSError:  # not an entry (a private folder), or locked: the run goes on unlocked
+            pass
+    return splits
+
+
+def _in_use(entry: Path) -> bool:
+    """Whether a process (this one included) holds ``entry`` (see :func:`_hold`)."""
+    if entry in _HELD:
+        return True
+    try:
+        fd = os.open(entry / "index.json", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _store(base: Path, group: str, splits: Splits, meta: dict[str, Any], log: Callable[[str], None],
@@ -264,16 +307,24 @@ def _store(base: Path, group: str, splits: Splits, meta: dict[str, Any], log: Ca
     path = base / f"{group}-{splits.fingerprint}"
     try:
         if path.exists():  # damaged (see _lookup): replace it
+            if path in _HELD:
+                os.close(_HELD.pop(path))
             shutil.rmtree(path)
         write_entry(path, splits, {**meta, "fingerprint": splits.fingerprint}, tmp)
-        for old in _entries(base, group):  # the same data and settings, files since changed
-            if old != path:
-                shutil.rmtree(old, ignore_errors=True)
+        _prune_group(base, group, keep=path)
         _prune_format_2(base, meta["source"])
     except OSError as e:  # a read-only or full cache dir must not stop training
         log(f"could not write the data cache {path}: {e.strerror or e}; the run goes on without it")
         return None
     return path
+
+
+def _prune_group(base: Path, group: str, keep: Path) -> None:
+    """Delete the group's entries other than ``keep`` (the same data and settings, files since
+    changed), except one a running training reads (see :func:`_hold`): a later run deletes it."""
+    for old in _entries(base, group):
+        if old != keep and not _in_use(old):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _prune_format_2(base: Path, source: str) -> None:
@@ -305,12 +356,13 @@ def cached(name: str, args: dict[str, Any], settings: dict[str, Any], load: Call
     group = group_name(source, settings)
     hit = _lookup(base, group, lambda: fingerprint_of(**args), settings, log, storage_mode)
     if hit is not None:
-        return hit
+        return _hold(hit)
     meta = {"source": source, "settings": settings}
+    disk_spill.remove_stale(base, f".{group}-*.tmp")  # left by a run killed while it wrote an entry
     if storage_mode != "memory":
-        return disk_spill.cached_miss(load, storage_mode, base, group, log,
-                                      lambda splits, tmp: _store(base, group, splits, meta, log, tmp),
-                                      lambda: fingerprint_of(**args))
+        return _hold(disk_spill.cached_miss(load, storage_mode, base, group, log,
+                                            lambda splits, tmp: _store(base, group, splits, meta, log, tmp),
+                                            lambda: fingerprint_of(**args)))
     splits = load()
     if splits.fingerprint is None:  # a dataset that does not hash while it reads: hash now
         splits.fingerprint = fingerprint_of(**args)

@@ -11,7 +11,9 @@ where a dataset is decoded to and how its splits end up as files (clfkit.data.st
 from __future__ import annotations
 
 import atexit
+import fcntl
 import os
+import time
 import shutil
 import tempfile
 from pathlib import Path
@@ -46,15 +48,62 @@ def reopen(splits: Splits, folder: Path, storage_mode: str) -> Splits:
     return splits
 
 
+STALE_AFTER_S = 60  # a temp folder younger than this may be one another process has just made
+
+
+def locked_temp_folder(parent: Path, prefix: str, suffix: str = "") -> Path:
+    """A new temp folder in ``parent``, exclusively locked while this process lives: a run
+    killed mid-write (kill -9, a power cut) leaves it unlocked, and :func:`remove_stale` deletes
+    it then (it may hold as many bytes as the decoded data)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
+    fd = os.open(folder, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    _LOCKS[folder] = fd  # released when the process exits, whatever the way
+    return folder
+
+
+_LOCKS: dict[Path, int] = {}
+
+
+def release(folder: Path) -> None:
+    """Drop the lock of a temp folder this process made (once it is renamed or deleted)."""
+    fd = _LOCKS.pop(folder, None)
+    if fd is not None:
+        os.close(fd)
+
+
+def remove_stale(parent: Path, pattern: str) -> None:
+    """Delete the temp folders in ``parent`` matching ``pattern`` that no live process holds."""
+    try:
+        found = [p for p in parent.glob(pattern) if p.is_dir() and p not in _LOCKS]
+    except OSError:
+        return
+    for folder in found:
+        try:
+            if time.time() - folder.stat().st_mtime < STALE_AFTER_S:
+                continue
+            fd = os.open(folder, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by its maker while it lives
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
 def private_folder(parent: Optional[Path]) -> Path:
     """A folder for one process's disk splits, removed when it exits."""
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix=".clfkit-disk-", dir=parent))
+        remove_stale(parent, ".clfkit-disk-*")
+        folder = locked_temp_folder(parent, ".clfkit-disk-")
     except (OSError, AttributeError):  # no cache location, or not writable
         folder = Path(tempfile.mkdtemp(prefix="clfkit-disk-"))
     owner = os.getpid()
-    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, ignore_errors=True))
+    atexit.register(lambda: os.getpid() == owner and (shutil.rmtree(folder, ignore_errors=True), release(folder)))
     return folder
 
 
@@ -80,7 +129,7 @@ def cached_miss(load: Callable[[], Splits], storage_mode: str, base: Path, group
     """Decode into a new cache entry's temp folder, store the entry, reopen from it."""
     try:
         base.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{group}-decoding.", suffix=".tmp", dir=base))
+        tmp = locked_temp_folder(base, f".{group}-decoding.", ".tmp")
     except OSError as e:
         log(f"could not write the data cache {base}: {e.strerror or e}; the run goes on without it")
         return uncached(load, storage_mode, None, log)
@@ -96,6 +145,7 @@ def cached_miss(load: Callable[[], Splits], storage_mode: str, base: Path, group
         log(f"could not decode to the data cache {tmp}: {e.strerror or e}; loading the images into memory")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # renamed away when the entry was stored
+        release(tmp)
     if path is not None:
         return reopen(splits, path, storage_mode)
     if splits is not None and not any(storage.is_disk(s.images) for s in _sets(splits)):

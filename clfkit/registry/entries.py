@@ -66,7 +66,8 @@ class Entry:
             default = ... if p.default is inspect.Parameter.empty else p.default
             fields[p.name] = (ann, default)
         extra = "allow" if self.accepts_var_kwargs else "forbid"
-        config = ConfigDict(extra=extra, arbitrary_types_allowed=True, protected_namespaces=())
+        # allow_inf_nan=False: an inf or NaN float argument (mixup_alpha: .inf) is a typo, never a setting
+        config = ConfigDict(extra=extra, arbitrary_types_allowed=True, protected_namespaces=(), allow_inf_nan=False)
         return pydantic.create_model(f"{self.kind}.{self.name}", __config__=config, **fields)
 
     def describe_args(self) -> list[tuple[str, str, str]]:
