@@ -385,7 +385,8 @@ def report(run_dir: Path) -> None:
 @checkpoint_option
 @click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
               help="Evaluate with test-time augmentation (as `clfkit export --tta`); writes "
-                   "eval_<split>_tta-<mode>.json and leaves the other report files as they are.")
+                   "eval_<split>_tta-<mode>.json and adds it to report.html; the other report files "
+                   "stay as they are.")
 def eval_cmd(run_dir: Path, split: str | None, data_root: Path | None, checkpoint: str, tta: str) -> None:
     """Evaluate a run's checkpoint; rewrite per_class.csv, confusion.png, curves.png,
     mistakes.json, eval_<split>.json and report.html."""
