@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -290,7 +291,7 @@ def _disk_full(tmp: Path, monkeypatch) -> str:
 
 
 def _read_only(tmp: Path, monkeypatch) -> str:
-    real_mkdtemp = cache.tempfile.mkdtemp
+    real_mkdtemp = tempfile.mkdtemp
     cache_dir = os.environ["CLFKIT_CACHE_DIR"]
 
     def mkdtemp(*a, **k):  # what a read-only folder answers (a chmod does not stop root)
@@ -298,7 +299,7 @@ def _read_only(tmp: Path, monkeypatch) -> str:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), k.get("dir"))
         return real_mkdtemp(*a, **k)
 
-    monkeypatch.setattr(cache.tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)  # wherever clfkit makes its temp folders
     return "Permission denied"
 
 

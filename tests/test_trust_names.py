@@ -347,8 +347,16 @@ def test_plugin_that_exits_is_isolated_and_commands_keep_working(site, monkeypat
 
 def test_real_ctrl_c_while_a_plugin_loads_still_interrupts(site):
     site("acme-slow", "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(2)\n")
-    with pytest.raises(KeyboardInterrupt):
-        Registry().load()
+    # Python's own handler, armed afresh. In long mixed runs this test sometimes did not see the
+    # KeyboardInterrupt while no Python-level handler had leaked (the conftest guard checks that);
+    # the suspect, not yet found, is a C-level SIGINT handler some earlier test's library leaves,
+    # which getsignal() cannot see. This test is about clfkit's loader, given Python's handler.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Registry().load()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_clfkit_plugins_names_what_to_load_and_unknown_names_are_listed(site, monkeypatch, tmp_path, caplog):
