@@ -117,3 +117,37 @@ def _sigint_handler_restored():
     if after is not before:
         signal.signal(signal.SIGINT, before)
         pytest.fail(f"the test left SIGINT handled by {after!r} (was {before!r})")
+
+
+def sigint_at_step(monkeypatch, step: int) -> None:
+    """Send this process SIGINT from inside the training loop right after optimizer step
+    ``step`` (the trainer's stop flag handles it after that step); monkeypatch undoes it."""
+    from clfkit.engine.guard import NonFiniteGuard
+
+    real_ok = NonFiniteGuard.ok
+
+    def ok(self, loss, step_now, batch):
+        if step_now == step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_ok(self, loss, step_now, batch)
+
+    monkeypatch.setattr(NonFiniteGuard, "ok", ok)
+
+
+def extend_and_resume(run_dir: Path, epochs: int):
+    """Resume a finished short run as if it had been stopped on its way to ``epochs`` epochs:
+    summary.json removed, last.pt's and recipe.yaml's epochs raised. Returns resume_run's result."""
+    import yaml
+
+    from clfkit.run.checkpoint import save_checkpoint
+    from clfkit.trainer import resume_run
+
+    (run_dir / "summary.json").unlink()
+    ck = torch.load(run_dir / "last.pt", weights_only=True)
+    ck["recipe"]["train"]["epochs"] = epochs
+    save_checkpoint(run_dir / "last.pt", {k: v for k, v in ck.items()
+                                         if k not in ("format", "format_version", "clfkit_version")})
+    rec = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    rec["train"]["epochs"] = epochs
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(rec, sort_keys=False))
+    return resume_run(run_dir, quiet=True)

@@ -146,8 +146,7 @@ def test_frozen_backbone_keeps_every_backbone_tensor_and_bn_statistic(run_a, tmp
 
 
 def test_resume_across_the_unfreeze_epoch_matches_an_uninterrupted_run(tmp_path):
-    from clfkit.trainer import resume_run
-    from conftest import tiny_recipe
+    from conftest import extend_and_resume, tiny_recipe
 
     def recipe(epochs):
         return tiny_recipe(train__epochs=epochs, train__deterministic=True, train__freeze="backbone",
@@ -155,17 +154,8 @@ def test_resume_across_the_unfreeze_epoch_matches_an_uninterrupted_run(tmp_path)
 
     ref = train(recipe(3), tmp_path / "ref", quiet=True)
     cut = train(recipe(1), tmp_path / "cut", quiet=True)  # epoch 1 frozen; then resume for 3 epochs
-    import yaml as _yaml
-    (cut.run_dir / "summary.json").unlink()  # an unfinished run, as if stopped after epoch 1
-    ck = torch.load(cut.run_dir / "last.pt", weights_only=True)
-    ck["recipe"]["train"]["epochs"] = 3
-    from clfkit.run.checkpoint import save_checkpoint
-    save_checkpoint(cut.run_dir / "last.pt", {k: v for k, v in ck.items()
-                                             if k not in ("format", "format_version", "clfkit_version")})
-    rec = _yaml.safe_load((cut.run_dir / "recipe.yaml").read_text())
-    rec["train"]["epochs"] = 3
-    (cut.run_dir / "recipe.yaml").write_text(_yaml.safe_dump(rec, sort_keys=False))
-    res = resume_run(cut.run_dir, quiet=True)
+    ck = torch.load(cut.run_dir / "last.pt", weights_only=True)  # after the frozen epoch
+    res = extend_and_resume(cut.run_dir, 3)
     a = torch.load(ref.run_dir / "last.pt", weights_only=True)["model"]
     b = torch.load(res.run_dir / "last.pt", weights_only=True)["model"]
     for k in a:

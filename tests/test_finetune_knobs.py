@@ -19,7 +19,7 @@ from clfkit.data import ImageSet, Splits
 from clfkit.engine.batches import TrainBatches, epoch_order
 from clfkit.errors import RecipeError, RegistryError
 from clfkit.recipe import validate_recipe
-from conftest import tiny_recipe, write_image_folder
+from conftest import extend_and_resume, tiny_recipe, write_image_folder
 
 RESNET10 = {"name": "resnet", "depth": 10, "width": 0.125, "stem": "small"}
 
@@ -232,8 +232,7 @@ def test_mixup_and_cutmix_listed_apart_fail_at_load():
 
 # ------------------------------------------------------------------ a whole run
 def test_a_run_with_every_knob_resumes_exactly_across_the_unfreeze(tmp_path):
-    from clfkit.run.checkpoint import save_checkpoint
-    from clfkit.trainer import resume_run, train
+    from clfkit.trainer import train
 
     def recipe(epochs):
         return tiny_recipe(train__epochs=epochs, train__deterministic=True, train__freeze="backbone",
@@ -247,15 +246,7 @@ def test_a_run_with_every_knob_resumes_exactly_across_the_unfreeze(tmp_path):
     summary = ref.summary
     assert summary["sampler"] == "balanced" and len(summary["class_weights"]) == 4
     cut = train(recipe(1), tmp_path / "cut", quiet=True)
-    (cut.run_dir / "summary.json").unlink()  # as if stopped after epoch 1
-    ck = torch.load(cut.run_dir / "last.pt", weights_only=True)
-    ck["recipe"]["train"]["epochs"] = 2
-    save_checkpoint(cut.run_dir / "last.pt", {k: v for k, v in ck.items()
-                                             if k not in ("format", "format_version", "clfkit_version")})
-    rec = yaml.safe_load((cut.run_dir / "recipe.yaml").read_text())
-    rec["train"]["epochs"] = 2
-    (cut.run_dir / "recipe.yaml").write_text(yaml.safe_dump(rec, sort_keys=False))
-    res = resume_run(cut.run_dir, quiet=True)
+    res = extend_and_resume(cut.run_dir, 2)  # as if stopped after epoch 1
     a = torch.load(ref.run_dir / "last.pt", weights_only=True)
     b = torch.load(res.run_dir / "last.pt", weights_only=True)
     for k in a["model"]:

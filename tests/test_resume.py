@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY, tiny_recipe
+from conftest import TINY, sigint_at_step, tiny_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = {"seconds", "images_per_s"}  # wall-clock fields: the only ones allowed to differ
@@ -160,21 +160,10 @@ def test_resume_of_interrupted_run_continues_in_process(tmp_path, extra):
     recipe = tiny_recipe(train__epochs=2, train__deterministic=True, data__image_size=8, **extra)
     ref = train(recipe, tmp_path / "ref", quiet=True)
 
-    from clfkit.engine.guard import NonFiniteGuard
-
-    real_ok = NonFiniteGuard.ok
-
-    def ok(self, loss, step, batch):
-        if step == 20:
-            os.kill(os.getpid(), signal.SIGINT)  # handled by the trainer's flag, after this step
-        return real_ok(self, loss, step, batch)
-
-    NonFiniteGuard.ok = ok
-    try:
+    with pytest.MonkeyPatch.context() as interrupting:
+        sigint_at_step(interrupting, 20)
         with pytest.raises(Interrupted) as e:
             train(recipe, tmp_path / "cut", quiet=True)
-    finally:
-        NonFiniteGuard.ok = real_ok
     assert e.value.exit_code == 130
     run = tmp_path / "cut" / "tiny"
     last = _load(run / "last.pt")

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_recipe
+from conftest import sigint_at_step, tiny_recipe
 from clfkit import image_files
 from clfkit.build import build_data, normalization
 from clfkit.data import ImageSet, decode_pool, storage
@@ -223,7 +222,6 @@ def test_disk_and_memory_storage_train_the_same_run(tmp_path, cache_tmp, capsys)
 
 
 def test_resume_with_disk_storage_is_exact(tmp_path, cache_tmp, monkeypatch):
-    from clfkit.engine.guard import NonFiniteGuard
     from clfkit.signals import Interrupted
     from clfkit.trainer import resume_run, train
 
@@ -233,17 +231,10 @@ def test_resume_with_disk_storage_is_exact(tmp_path, cache_tmp, monkeypatch):
                                                             "val_size": 32, "test_size": 0},
                          train__epochs=2, train__deterministic=True)
     ref = train(recipe, tmp_path / "ref", quiet=True)
-    real_ok = NonFiniteGuard.ok
-
-    def ok(self, loss, step, batch):
-        if step == 7:
-            os.kill(os.getpid(), signal.SIGINT)  # handled by the trainer's flag, after this step
-        return real_ok(self, loss, step, batch)
-
-    monkeypatch.setattr(NonFiniteGuard, "ok", ok)
-    with pytest.raises(Interrupted):
-        train(recipe, tmp_path / "cut", quiet=True)
-    monkeypatch.setattr(NonFiniteGuard, "ok", real_ok)
+    with pytest.MonkeyPatch.context() as interrupting:  # the chunk sizes stay patched
+        sigint_at_step(interrupting, 7)
+        with pytest.raises(Interrupted):
+            train(recipe, tmp_path / "cut", quiet=True)
     res = resume_run(tmp_path / "cut" / "tiny", quiet=True)
     a, b = (torch.load(r / "last.pt", weights_only=False)["model"] for r in (ref.run_dir, res.run_dir))
     assert all(torch.equal(a[k], b[k]) for k in a)
