@@ -316,28 +316,33 @@ def sweep(recipe: Path, grid: tuple[str, ...], overrides: tuple[str, ...], jobs:
 
 @cli.command()
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--trials", default=20, show_default=True, type=click.IntRange(min=1),
-              help="Trials in the study (finished or pruned); a re-run continues up to this many.")
+@click.option("--trials", default=None, type=click.IntRange(min=1),
+              help="Trials in the study (finished or pruned); a re-run continues up to this many "
+                   "[default: 20; with --sampler grid, the whole grid].")
 @click.option("--space", "spaces", multiple=True, metavar="PATH=KIND(ARGS)",
               help="A searched field: uniform(lo,hi), loguniform(lo,hi), int(lo,hi), logint(lo,hi) or "
                    "choice(v1,v2,...), e.g. --space 'optim.lr=loguniform(1e-4,1e-1)' (repeatable).")
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a field in every trial.")
 @click.option("--pruner", default="median", show_default=True, type=click.Choice(["median", "halving", "none"]),
-              help="Stop trials whose val accuracy falls behind: median rule or successive halving.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the TPE sampler.")
+              help="Stop trials whose val accuracy falls behind (not before a third of the epochs): "
+                   "median rule or successive halving.")
+@click.option("--sampler", default="tpe", show_default=True, type=click.Choice(["tpe", "grid", "random"]),
+              help="How trials draw values: TPE, every combination of choice() values once (a grid "
+                   "with pruning), or uniformly at random.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the sampler.")
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
               help="Trials at once, each in its own process (the CPU cores are split between them).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Tune folder [default: tunes/<recipe name>].")
 @click.option("--quiet", is_flag=True, help="No per-epoch output.")
-def tune(recipe: Path, trials: int, spaces: tuple[str, ...], overrides: tuple[str, ...], pruner: str, seed: int,
-         jobs: int, out: Path | None, quiet: bool) -> None:
+def tune(recipe: Path, trials: int | None, spaces: tuple[str, ...], overrides: tuple[str, ...], pruner: str,
+         sampler: str, seed: int, jobs: int, out: Path | None, quiet: bool) -> None:
     """Search hyperparameters with Optuna (TPE), pruning trials that fall behind.
 
     The study lives in OUT/study.db: running the same command again continues it."""
     from clfkit.tune import plan_tune, run_tune
 
-    setup = run_guarded(plan_tune, recipe, spaces, trials, overrides, out, seed, pruner, quiet)
+    setup = run_guarded(plan_tune, recipe, spaces, trials, overrides, out, seed, pruner, quiet, sampler)
     res = run_guarded(run_tune, setup, jobs, click.echo)
     click.echo((res.out / "trials.md").read_text(encoding="utf-8").rstrip())
     if res.best is not None:

@@ -44,6 +44,7 @@ from clfkit.yamltext import YAMLProblem, parse_value
 
 KINDS = {"uniform": 2, "loguniform": 2, "int": 2, "logint": 2, "choice": None}  # kind -> argument count
 PRUNERS = ("median", "halving", "none")
+SAMPLERS = ("tpe", "grid", "random")
 STUDY_NAME = "clfkit"
 
 
@@ -162,6 +163,8 @@ class TuneSetup:
     seed: int
     pruner: str
     quiet: bool = True
+    sampler: str = "tpe"          # tpe | grid (every combination of choice() values) | random
+    epochs: int = 1               # a full trial's epochs (the most a searched train.epochs allows)
     threads: int = 0
     track: list[str] = field(default_factory=list)
 
@@ -205,12 +208,9 @@ def open_study(setup: TuneSetup) -> Any:
     another space is refused (its trials would not be comparable)."""
     optuna = _optuna()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are in the table
-    pruner = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
-              "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
-              "none": optuna.pruners.NopPruner}[setup.pruner]()
     study = optuna.create_study(storage=f"sqlite:///{Path(setup.out).resolve() / 'study.db'}",
                                 study_name=STUDY_NAME, direction="maximize", load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=setup.seed), pruner=pruner)
+                                sampler=make_sampler(setup, 0), pruner=make_pruner(setup))
     space = [d.describe() for d in setup.dims]
     had = study.user_attrs.get("space")
     if had is None:
@@ -219,9 +219,63 @@ def open_study(setup: TuneSetup) -> Any:
     elif had != space:
         raise TuneError(f"{setup.out}/study.db searched {had}, not {space}; use another --out for a new space")
     _check_same_base(study, setup)
+    _check_same_sampler(study, setup)
     # a continued study would otherwise redraw the first run's values (same seed, fresh sampler)
-    study.sampler = optuna.samplers.TPESampler(seed=setup.seed + len(study.get_trials(deepcopy=False)))
+    study.sampler = make_sampler(setup, len(study.get_trials(deepcopy=False)))
     return study
+
+
+def pruning_start(epochs: int) -> int:
+    """The first epoch a trial may be pruned at: a third of the run. Val accuracy after one
+    epoch of a 6-epoch run ranks trials poorly (a high lr starts low and ends best), and pruning
+    there cost the measured flowers5 study its best region (README "Tuning")."""
+    return max(1, round(epochs / 3))
+
+
+def make_pruner(setup: TuneSetup) -> Any:
+    """--pruner as an Optuna pruner, scaled to the run: nothing is pruned before
+    :func:`pruning_start`; halving's first rung is there too."""
+    pruners = _optuna().pruners
+    start = pruning_start(setup.epochs)
+    if setup.pruner == "median":  # step = epoch (1-based); Optuna prunes from step n_warmup_steps on
+        return pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=start)
+    if setup.pruner == "halving":
+        return pruners.SuccessiveHalvingPruner(min_resource=start, reduction_factor=3)
+    return pruners.NopPruner()
+
+
+def make_sampler(setup: TuneSetup, drawn: int) -> Any:
+    """--sampler as an Optuna sampler, seeded by --seed and the trials already drawn. TPE's
+    random start is a third of --trials (2 to 10): Optuna's fixed 10 would leave a 12-trial
+    study nearly all random. grid walks every combination of the choice() values in a seeded
+    order, each once."""
+    samplers = _optuna().samplers
+    seed = setup.seed + drawn
+    if setup.sampler == "grid":
+        return samplers.GridSampler({d.key: list(d.args) for d in setup.dims}, seed=seed)
+    if setup.sampler == "random":
+        return samplers.RandomSampler(seed=seed)
+    return samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, setup.trials // 3)))
+
+
+def grid_size(dims: list[Dimension]) -> int:
+    """How many combinations --sampler grid walks."""
+    size = 1
+    for d in dims:
+        size *= len(d.args)
+    return size
+
+
+def _check_same_sampler(study: Any, setup: TuneSetup) -> None:
+    """One study, one sampler: a grid continued by TPE (or back) would count and order its
+    trials by two rules. Studies from before --sampler existed are TPE studies."""
+    had = study.user_attrs.get("sampler")
+    if had is None:
+        had = "tpe" if study.get_trials(deepcopy=False) else setup.sampler
+        study.set_user_attr("sampler", had)
+    if had != setup.sampler:
+        raise TuneError(f"{setup.out}/study.db was searched with --sampler {had}, not {setup.sampler}; "
+                        f"continue it with --sampler {had}, or use another --out for a new study")
 
 
 def _check_same_base(study: Any, setup: TuneSetup) -> None:
@@ -401,7 +455,8 @@ def write_results(setup: TuneSetup, log: Callable[[str], None]) -> TuneResult:
     figures = write_plots(study, out, log)
     files += figures
     pruned = sum(r["state"] == "pruned" for r in rows)
-    intro = (f"clfkit tune {setup.recipe_path}: {len(rows)} trial(s), {pruned} pruned ({setup.pruner} pruner), "
+    intro = (f"clfkit tune {setup.recipe_path}: {len(rows)} trial(s), {pruned} pruned ({setup.sampler} sampler, {setup.pruner} pruner "
+             f"from epoch {pruning_start(setup.epochs)}), "
              f"{sum(r['epochs_run'] for r in rows)} epochs trained; space: "
              + "; ".join(d.describe() for d in setup.dims))
     files.append(write_folder_report(out, f"tune {out.name}", intro, rows,
@@ -419,14 +474,17 @@ def _refuse_set_on_space(key: str, dims: list[Dimension]) -> None:
             raise TuneError(f"--set {key} is searched by --space {d.text or d.describe()}; every trial would "
                             f"replace it. Drop the --set, or the --space")
 
-def plan_tune(recipe_path: str | Path, spaces: list[str] | tuple[str, ...], trials: int,
+def plan_tune(recipe_path: str | Path, spaces: list[str] | tuple[str, ...], trials: Optional[int],
               overrides: list[str] | tuple[str, ...] = (), out: Optional[str | Path] = None,
-              seed: int = 0, pruner: str = "median", quiet: bool = True) -> TuneSetup:
-    """Read the recipe, apply --set, parse and check every --space; nothing runs yet."""
+              seed: int = 0, pruner: str = "median", quiet: bool = True, sampler: str = "tpe") -> TuneSetup:
+    """Read the recipe, apply --set, parse and check every --space; nothing runs yet.
+    ``trials`` None: 20, or the whole grid with ``sampler="grid"``."""
     if not spaces:
         raise TuneError("give at least one --space, e.g. --space 'optim.lr=loguniform(1e-4,1e-1)'")
     if pruner not in PRUNERS:
         raise TuneError(f"--pruner {pruner!r}: choose one of {', '.join(PRUNERS)}")
+    if sampler not in SAMPLERS:
+        raise TuneError(f"--sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
     data = read_yaml(recipe_path)
     if "sweep" in data:
         raise TuneError(f"{recipe_path} is a sweep file; tune a plain recipe (remove its sweep: block)")
@@ -437,9 +495,25 @@ def plan_tune(recipe_path: str | Path, spaces: list[str] | tuple[str, ...], tria
         apply_override(data, keys, value)
     base = validate_recipe(data, source=str(recipe_path))
     check_space(data, dims, str(recipe_path))
+    trials = _trials_for(sampler, dims, trials)
     out = Path(out) if out is not None else Path("tunes") / check_name(base.name, "tune name")
+    epochs = next((max(d.args) for d in dims if d.key == "train.epochs"), base.train.epochs)
     return TuneSetup(str(recipe_path), data, dims, str(out), trials, seed, pruner, quiet,
-                     track=list(base.train.track))
+                     track=list(base.train.track), sampler=sampler, epochs=int(epochs))
+
+
+def _trials_for(sampler: str, dims: list[Dimension], trials: Optional[int]) -> int:
+    """--trials as given, else 20; a grid needs choice() dimensions and has at most its size."""
+    if sampler != "grid":
+        return 20 if trials is None else trials
+    ranged = [d.text or d.describe() for d in dims if d.kind != "choice"]
+    if ranged:
+        raise TuneError(f"--sampler grid walks choice() values; {', '.join(ranged)} is a range. Give it as "
+                        f"choice(v1,v2,...), or use --sampler tpe")
+    size = grid_size(dims)
+    if trials is not None and trials > size:
+        raise TuneError(f"--trials {trials}: the grid has {size} combination(s); give --trials {size} or fewer")
+    return size if trials is None else trials
 
 
 def run_tune(setup: TuneSetup, jobs: int = 1, log: Callable[[str], None] = print) -> TuneResult:
@@ -456,6 +530,7 @@ def run_tune(setup: TuneSetup, jobs: int = 1, log: Callable[[str], None] = print
     log(f"tune {out}: {done} of {setup.trials} trial(s) already done"
         + (f", {jobs} at a time" if jobs > 1 else ""))
     params = {"recipe": setup.recipe_path, "trials": str(setup.trials), "pruner": setup.pruner,
+              "sampler": setup.sampler,
               "space": "; ".join(d.describe() for d in setup.dims)}
     stopped: Optional[Interrupted] = None
     with parent_run(f"tune {out.name}", params, out, "mlflow" in setup.track):
