@@ -1,0 +1,96 @@
+"""clfkit tune --sampler (tpe | grid | random) and where pruning starts."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from conftest import refused, tiny_recipe
+
+optuna = pytest.importorskip("optuna")
+
+GRID = ["optim.lr=choice(1e-3,3e-2)", "model.dropout=choice(0,0.3)"]
+
+
+@pytest.fixture(scope="module")
+def recipe_file(tmp_path_factory):
+    data = tiny_recipe(train__epochs=2, train__batch_size=32, data__image_size=8,
+                       model__blocks=[{"channels": 8, "pool": "max"}]).to_dict()
+    data["data"]["source"].update(train_size=96, val_size=32, test_size=16)
+    path = tmp_path_factory.mktemp("tune_sampler") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("epochs, start", [(1, 1), (2, 1), (4, 1), (5, 2), (6, 2), (9, 3), (30, 10)])
+def test_pruning_starts_at_a_third_of_the_epochs(epochs, start):
+    from clfkit.tune import pruning_start
+
+    assert pruning_start(epochs) == start
+
+
+def test_pruners_are_scaled_to_the_run(recipe_file, tmp_path):
+    from clfkit.tune import make_pruner, plan_tune
+
+    setup = plan_tune(recipe_file, GRID, None, ["train.epochs=9"], out=tmp_path / "t")
+    assert setup.epochs == 9
+    assert make_pruner(setup)._n_warmup_steps == 3
+    setup.pruner = "halving"
+    assert make_pruner(setup)._min_resource == 3
+    # a searched train.epochs: the longest run sets the scale
+    longest = plan_tune(recipe_file, GRID + ["train.epochs=choice(3,12)"], None, out=tmp_path / "u")
+    assert longest.epochs == 12
+
+
+def test_tpe_random_start_is_a_third_of_the_trials(recipe_file, tmp_path):
+    from clfkit.tune import make_sampler, plan_tune
+
+    for trials, startup in ((3, 2), (12, 4), (60, 10)):
+        setup = plan_tune(recipe_file, GRID, trials, out=tmp_path / "t")
+        assert make_sampler(setup, 0)._n_startup_trials == startup
+
+
+def test_grid_walks_every_combination_once_and_trials_equal_plain_runs(recipe_file, tmp_path):
+    from clfkit.recipe import validate_recipe
+    from clfkit.trainer import train
+    from clfkit.tune import plan_tune, run_tune, trial_recipe
+
+    setup = plan_tune(recipe_file, GRID, None, ["train.epochs=1"], out=tmp_path / "t", pruner="none", sampler="grid")
+    assert setup.trials == 4
+    rows = run_tune(setup, log=lambda s: None).rows
+    assert sorted((r["optim.lr"], r["model.dropout"]) for r in rows) == [(1e-3, 0), (1e-3, 0.3), (3e-2, 0), (3e-2, 0.3)]
+    assert all(r["state"] == "complete" for r in rows)
+    # a trial is the plain run of its values: the same seed, the same accuracy
+    row = rows[0]
+    params = {"optim.lr": row["optim.lr"], "model.dropout": row["model.dropout"]}
+    plain = train(validate_recipe(trial_recipe(setup, params, "plain")), tmp_path / "plain", quiet=True)
+    assert plain.summary["best_val_acc"] == row["best_val_acc"]
+    lines = []
+    run_tune(plan_tune(recipe_file, GRID, None, ["train.epochs=1"], out=tmp_path / "t", pruner="none", sampler="grid"),
+             log=lines.append)
+    assert "4 of 4 trial(s) already done" in lines[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sampler", "grid", "--space", "optim.lr=loguniform(1e-4,1e-1)"], "is a range"),
+    (["--sampler", "grid", "--trials", "5", *[a for s in GRID for a in ("--space", s)]], "has 4 combination"),
+])
+def test_bad_sampler_use_is_refused(recipe_file, tmp_path, args, message):
+    out = tmp_path / "t"
+    refused([message], "tune", recipe_file, "--out", out, "--quiet", *args)
+    assert not out.exists()
+
+
+def test_unknown_sampler_names_the_choices(recipe_file, tmp_path):
+    from clfkit.tune import TuneError, plan_tune
+
+    with pytest.raises(TuneError, match="'sobol': choose one of tpe, grid, random"):
+        plan_tune(recipe_file, GRID, None, out=tmp_path / "t", sampler="sobol")
+
+
+def test_a_study_keeps_its_sampler(recipe_file, tmp_path):
+    from clfkit.tune import TuneError, plan_tune, run_tune
+
+    out = tmp_path / "t"
+    run_tune(plan_tune(recipe_file, GRID, 1, ["train.epochs=1"], out=out, sampler="random"), log=lambda s: None)
+    with pytest.raises(TuneError, match="--sampler random, not grid"):
+        run_tune(plan_tune(recipe_file, GRID, 2, ["train.epochs=1"], out=out, sampler="grid"), log=lambda s: None)
