@@ -101,23 +101,24 @@ def _join(path: str, key: Any) -> str:
 
 def _check_mapping(loader: Loader, node: yaml.MappingNode, path: str) -> list[tuple[yaml.Node, str]]:
     """Raise on a key given twice in ``node`` (at ``path``); returns its values with their paths."""
-    seen: dict[Any, int] = {}
+    seen: dict[Any, tuple[int, int]] = {}  # key -> (line, column), 1-based
     children = []
     for key_node, value_node in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":
             children.append((value_node, path))
             continue
         key = loader.construct_object(key_node, deep=True)
-        line = key_node.start_mark.line + 1
+        line, column = key_node.start_mark.line + 1, key_node.start_mark.column + 1
         children.append((value_node, _join(path, key)))
         try:
             first = seen.get(key)
         except TypeError:  # an unhashable key: SafeLoader reports it itself
             continue
         if first is not None:
-            raise YAMLProblem(f"key {key!r} is given twice, on line {first} and on line {line}; "
-                              f"keep one", line, _join(path, key))
-        seen[key] = line
+            where = (f"on line {line} (columns {first[1]} and {column})" if first[0] == line
+                     else f"on line {first[0]} and on line {line}")
+            raise YAMLProblem(f"key {key!r} is given twice, {where}; keep one", line, _join(path, key))
+        seen[key] = (line, column)
     return children
 
 

@@ -201,8 +201,8 @@ def test_eval_rebuilds_report_html(trained_run, tmp_path):
     ("data:\n  source:\n    name: shapes\n    name: folder\n", "data.source.name", (3, 4)),
     ("data:\n  augment:\n    - name: HorizontalFlip\n    - name: PadCrop\n      padding: 2\n      padding: 4\n",
      "data.augment.1.padding", (5, 6)),
-    ("sweep:\n  variants:\n    - [1, {lr: 1, lr: 2}]\n", "sweep.variants.0.1.lr", (3, 3)),
-    ("base: &b {lr: 1, lr: 2}\noptim: *b\n", "base.lr", (1, 1)),
+    ("sweep:\n  variants:\n    - [1, {lr: 1, lr: 2}]\n", "sweep.variants.0.1.lr", (3, (12, 19))),
+    ("base: &b {lr: 1, lr: 2}\noptim: *b\n", "base.lr", (1, (11, 18))),
 ])
 def test_duplicate_key_is_reported_at_its_dotted_path(tmp_path, text, path, lines):
     from clfkit.errors import RecipeError
@@ -214,7 +214,10 @@ def test_duplicate_key_is_reported_at_its_dotted_path(tmp_path, text, path, line
         read_yaml(file)
     ((where, message),) = err.value.problems
     key = path.rsplit(".", 1)[-1]
-    assert where == path and f"key {key!r} is given twice, on line {lines[0]} and on line {lines[1]}" in message
+    line, other = lines  # other: the second line, or the two columns when both are on one line
+    where_text = (f"on line {line} (columns {other[0]} and {other[1]})" if isinstance(other, tuple)
+                  else f"on line {line} and on line {other}")
+    assert where == path and f"key {key!r} is given twice, {where_text}" in message, message
     code, out = invoke("recipe", "check", file)
     assert code == 2 and f"  {path}: key {key!r} is given twice" in out and "<root>" not in out, out
 
