@@ -151,14 +151,16 @@ def test_anchors_within_budget_still_work_and_are_not_shared(tmp_path):
 @pytest.mark.parametrize("text, key, lines", [
     ("name: a\nmodel: linear\nname: b\n", "name", (1, 3)),
     ("name: a\nmodel: linear\noptim:\n  name: sgd\n  lr: 0.1\n  lr: 0.2\n", "lr", (5, 6)),
-    ("name: a\nmodel: linear\ndata:\n  augment:\n  - {name: PadCrop, pad: 2, pad: 3}\n", "pad", (5, 5)),
+    ("name: a\nmodel: linear\ndata:\n  augment:\n  - {name: PadCrop, pad: 2, pad: 3}\n", "pad", (5, (21, 29))),
     ("name: a\nmodel: linear\nsweep:\n  optim.lr: [1, 2]\n  optim.lr: [3]\n", "optim.lr", (4, 5)),
     ("name: a\nmodel: linear\nsweep:\n  variants:\n    v: {seed: 1}\n    v: {seed: 2}\n", "v", (5, 6)),
 ])
 def test_duplicate_key_names_key_and_both_lines(tmp_path, text, key, lines):
     recipe = write(tmp_path / "r.yaml", text)
     cmd = ("sweep", recipe, "--out", tmp_path / "sw") if "sweep:" in text else ("recipe", "check", recipe)
-    clear_error(invoke(*cmd), f"key {key!r} is given twice", f"line {lines[0]} and on line {lines[1]}")
+    line, other = lines  # other: the second line, or both columns when the two are on one line
+    where = f"line {line} (columns {other[0]} and {other[1]})" if isinstance(other, tuple) else f"line {line} and on line {other}"
+    clear_error(invoke(*cmd), f"key {key!r} is given twice", where)
     assert not (tmp_path / "sw").exists()
 
 
