@@ -49,25 +49,51 @@ def test_tpe_random_start_is_a_third_of_the_trials(recipe_file, tmp_path):
         assert make_sampler(setup, 0)._n_startup_trials == startup
 
 
-def test_grid_walks_every_combination_once_and_trials_equal_plain_runs(recipe_file, tmp_path):
+def test_grid_walks_every_combination_once_and_a_stopped_point_runs_again(recipe_file, tmp_path):
     from clfkit.recipe import validate_recipe
     from clfkit.trainer import train
-    from clfkit.tune import plan_tune, run_tune, trial_recipe
+    from clfkit.tune import open_study, plan_tune, run_tune, trial_recipe
 
-    setup = plan_tune(recipe_file, GRID, None, ["train.epochs=1"], out=tmp_path / "t", pruner="none", sampler="grid")
-    assert setup.trials == 4
-    rows = run_tune(setup, log=lambda s: None).rows
-    assert sorted((r["optim.lr"], r["model.dropout"]) for r in rows) == [(1e-3, 0), (1e-3, 0.3), (3e-2, 0), (3e-2, 0.3)]
-    assert all(r["state"] == "complete" for r in rows)
+    def plan(trials):
+        return plan_tune(recipe_file, GRID, trials, ["train.epochs=1"], out=tmp_path / "t", pruner="none", sampler="grid")
+
+    assert plan(None).trials == 4
+    first = run_tune(plan(2), log=lambda s: None).rows
+    assert len(first) == 2
+    # a third point as a Ctrl-C or a crash leaves it: started, values drawn, still RUNNING
+    study = open_study(plan(None))
+    done = {(r["optim.lr"], r["model.dropout"]) for r in first}
+    lr, dropout = next(p for p in [(1e-3, 0), (1e-3, 0.3), (3e-2, 0), (3e-2, 0.3)] if p not in done)
+    study.enqueue_trial({"optim.lr": lr, "model.dropout": dropout})
+    stopped = study.ask()
+    stopped.suggest_categorical("optim.lr", [1e-3, 3e-2])
+    stopped.suggest_categorical("model.dropout", [0, 0.3])
+    lines = []
+    rows = run_tune(plan(None), log=lines.append).rows
+    assert "2 of 4 trial(s) already done" in lines[0]
+    points = [(r["optim.lr"], r["model.dropout"]) for r in rows if r["state"] == "complete"]
+    assert sorted(points) == [(1e-3, 0), (1e-3, 0.3), (3e-2, 0), (3e-2, 0.3)]  # each once, the stopped one too
+    assert [r["state"] for r in rows].count("fail") == 1 and len(rows) == 5
     # a trial is the plain run of its values: the same seed, the same accuracy
     row = rows[0]
     params = {"optim.lr": row["optim.lr"], "model.dropout": row["model.dropout"]}
-    plain = train(validate_recipe(trial_recipe(setup, params, "plain")), tmp_path / "plain", quiet=True)
+    plain = train(validate_recipe(trial_recipe(plan(None), params, "plain")), tmp_path / "plain", quiet=True)
     assert plain.summary["best_val_acc"] == row["best_val_acc"]
     lines = []
-    run_tune(plan_tune(recipe_file, GRID, None, ["train.epochs=1"], out=tmp_path / "t", pruner="none", sampler="grid"),
-             log=lines.append)
+    assert len(run_tune(plan(None), log=lines.append).rows) == 5
     assert "4 of 4 trial(s) already done" in lines[0]
+
+
+def test_a_grid_point_that_fails_is_not_retried(recipe_file, tmp_path):
+    from clfkit.tune import plan_tune, run_tune
+
+    space = ["init=choice(null,no_such_run)", "model.dropout=choice(0)"]  # a missing init: the run fails
+    setup = plan_tune(recipe_file, space, None, ["train.epochs=1"], out=tmp_path / "t", sampler="grid")
+    rows = run_tune(setup, log=lambda s: None).rows
+    assert sorted(r["state"].split(":")[0] for r in rows) == ["complete", "fail"]
+    lines = []
+    assert len(run_tune(setup, log=lines.append).rows) == 2
+    assert "2 of 2 trial(s) already done" in lines[0]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,0 +1,227 @@
+"""``clfkit tune``: a hyperparameter search on Optuna, with pruning.
+
+    clfkit tune RECIPE --trials 20 --space 'optim.lr=loguniform(1e-4,1e-1)' \\
+        --space 'model.dropout=uniform(0,0.5)' --space 'train.batch_size=choice(64,128,256)'
+
+Each trial trains the recipe with values drawn by a seeded TPE (or random) sampler, or taken
+from the queue of a grid (``--sampler grid``). After every epoch the
+trial's val accuracy goes to the pruner (a median or successive-halving rule) through the
+trainer's tracker hook (clfkit.tracking), and a trial that falls behind stops there: pruned
+trials cost a few epochs instead of the full run. The tune folder (``tunes/<recipe name>``)::
+
+    study.db              the Optuna study (SQLite): running the same command again continues it
+    trials/trial-NNN/     one run folder per trial (a pruned one has no summary.json)
+    trials.csv trials.md  trial, params, best val acc, epochs run, state
+    best.yaml             the best trial's recipe, ready for ``clfkit train``
+    history.png           val accuracy per trial (optuna.visualization.matplotlib)
+    importance.png        each parameter's importance (the same; needs 2+ finished trials)
+    report.html           the table and both figures on one page
+
+A space is ``dotted.path=kind(args)``: ``uniform(lo,hi)``, ``loguniform(lo,hi)``,
+``int(lo,hi)``, ``logint(lo,hi)``, ``choice(v1,v2,...)``; values are read as ``--set`` reads
+them, and the path and every bound are checked by validating the recipe with that value, so a
+typo or an out-of-range bound fails with the recipe's own message before any trial runs.
+
+The package: :mod:`~clfkit.tune.space` (--space, the grid), :mod:`~clfkit.tune.study` (the
+Optuna study, its sampler, pruner and checks), :mod:`~clfkit.tune.results` (tables, plots,
+best.yaml, report.html); here: one trial, the run loop and the command.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from clfkit.errors import ClfkitError
+from clfkit.names import check_name
+from clfkit.recipe import apply_override, parse_override, read_yaml, validate_recipe
+from clfkit.signals import Interrupted
+from clfkit.tune.results import TuneResult, trial_rows, write_results
+from clfkit.tune.space import (Dimension, TuneError, check_space, grid_size, optuna_module,
+                               parse_space)
+from clfkit.tune.study import (PRUNERS, SAMPLERS, TuneSetup, counted, make_pruner, make_sampler, open_study,
+                               pruning_start, queue_grid, queued, trial_recipe)
+from clfkit.tune.study import _mark_stale_running
+
+__all__ = ["Dimension", "TuneError", "TuneResult", "TuneSetup", "check_space", "make_pruner", "make_sampler",
+           "parse_space", "plan_tune", "pruning_start", "run_tune", "trial_recipe", "trial_rows"]
+
+
+class TrialFailed(Exception):
+    """One trial's training failed (a clfkit error); Optuna records it and the search goes on.
+    Not a ClfkitError on purpose: Optuna's ``catch`` must not also catch a stop signal."""
+
+
+
+# --------------------------------------------------------------------------- one trial
+class PruneOnEpoch:
+    """A tracker (clfkit.tracking) that reports each epoch's val acc to the Optuna trial and
+    stops the run (optuna.TrialPruned) when the pruner says so."""
+
+    def __init__(self, trial: Any):
+        self.trial = trial
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        self.trial.set_user_attr("epochs_run", int(row["epoch"]))
+        if row.get("val_acc") is None:
+            return  # nothing honest to prune on without a val split
+        self.trial.report(float(row["val_acc"]), step=int(row["epoch"]))
+        if self.trial.should_prune():
+            raise optuna_module().TrialPruned(f"val acc {row['val_acc']:.4f} at epoch {row['epoch']}")
+
+
+
+def _objective(setup: TuneSetup) -> Callable[[Any], float]:
+    from clfkit.trainer import train
+
+    def objective(trial: Any) -> float:
+        if setup.sampler == "grid" and not _queued_values(trial):
+            # another --jobs worker took the last queued point between our check and this trial
+            trial.set_user_attr("grid_drained", True)
+            trial.study.stop()
+            raise TrialFailed("no grid point left")
+        params = {d.key: d.suggest(trial) for d in setup.dims}
+        name = f"trial-{trial.number:03d}"
+        recipe = validate_recipe(trial_recipe(setup, params, name), source=f"trial {trial.number}")
+        run_dir = Path(setup.out) / "trials" / name
+        trial.set_user_attr("run_dir", str(run_dir))
+        try:
+            summary = train(recipe, run_dir=run_dir, quiet=setup.quiet, trackers=(PruneOnEpoch(trial),)).summary
+        except Interrupted:
+            raise  # a stop signal ends the search (the trial is marked failed)
+        except ClfkitError as e:  # e.g. a non-finite loss at a high lr: this trial fails, the search goes on
+            trial.set_user_attr("error", str(e).splitlines()[0][:300])
+            raise TrialFailed(str(e)) from None
+        trial.set_user_attr("test_acc", summary.get("test_acc"))
+        score = summary.get("best_val_acc")
+        if score is None:
+            raise TuneError("clfkit tune ranks trials by val accuracy: the data needs a val split "
+                            "(data.val_fraction > 0)")
+        return float(score)
+    return objective
+
+
+
+def optimize(setup: TuneSetup) -> None:
+    """Run trials until the study holds ``setup.trials`` finished or pruned ones (one process;
+    also the body of each --jobs worker)."""
+    optuna = optuna_module()
+    if setup.threads:
+        import torch
+
+        torch.set_num_threads(setup.threads)
+    study = open_study(setup)
+    if setup.sampler == "grid":  # run_tune queued the points; each worker takes them until none wait
+        remaining, stop = queued(study), _stop_when_queue_empty
+    else:  # MaxTrialsCallback: parallel workers stop together at the total
+        remaining = max(0, setup.trials - counted(study, setup))
+        states = optuna.trial.TrialState
+        stop = optuna.study.MaxTrialsCallback(setup.trials, states=(states.COMPLETE, states.PRUNED))
+    if remaining:
+        study.optimize(_objective(setup), n_trials=remaining, catch=(TrialFailed,), callbacks=[stop])
+
+
+def _queued_values(trial: Any) -> dict[str, Any]:
+    """The values a queued trial was given (enqueue_trial), {} for a drawn one."""
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+    return frozen.system_attrs.get("fixed_params", {})
+
+
+def _stop_when_queue_empty(study: Any, trial: Any) -> None:
+    if not queued(study):
+        study.stop()
+
+
+def _run_jobs(setup: TuneSetup, jobs: int) -> None:
+    """``jobs`` worker processes share the study through its SQLite file."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    # each worker's sampler gets its own seed, else all would propose the same values; the
+    # total may end up to jobs-1 over --trials (workers check the count when a trial ends)
+    workers = [TuneSetup(**{**setup.__dict__, "threads": threads, "seed": setup.seed + i}) for i in range(jobs)]
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+        for f in [pool.submit(optimize, w) for w in workers]:
+            f.result()
+
+
+
+# --------------------------------------------------------------------------- the command
+def _refuse_set_on_space(key: str, dims: list[Dimension]) -> None:
+    """A --set on a searched field (or inside it) would be replaced by every trial's value."""
+    for d in dims:
+        if key == d.key or key.startswith(d.key + "."):
+            raise TuneError(f"--set {key} is searched by --space {d.text or d.describe()}; every trial would "
+                            f"replace it. Drop the --set, or the --space")
+
+def plan_tune(recipe_path: str | Path, spaces: list[str] | tuple[str, ...], trials: Optional[int],
+              overrides: list[str] | tuple[str, ...] = (), out: Optional[str | Path] = None,
+              seed: int = 0, pruner: str = "median", quiet: bool = True, sampler: str = "tpe") -> TuneSetup:
+    """Read the recipe, apply --set, parse and check every --space; nothing runs yet.
+    ``trials`` None: 20, or the whole grid with ``sampler="grid"``."""
+    if not spaces:
+        raise TuneError("give at least one --space, e.g. --space 'optim.lr=loguniform(1e-4,1e-1)'")
+    if pruner not in PRUNERS:
+        raise TuneError(f"--pruner {pruner!r}: choose one of {', '.join(PRUNERS)}")
+    if sampler not in SAMPLERS:
+        raise TuneError(f"--sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    data = read_yaml(recipe_path)
+    if "sweep" in data:
+        raise TuneError(f"{recipe_path} is a sweep file; tune a plain recipe (remove its sweep: block)")
+    dims = [parse_space(s) for s in spaces]
+    for text in overrides:
+        keys, value = parse_override(text)
+        _refuse_set_on_space(".".join(keys), dims)
+        apply_override(data, keys, value)
+    base = validate_recipe(data, source=str(recipe_path))
+    check_space(data, dims, str(recipe_path))
+    trials = _trials_for(sampler, dims, trials)
+    out = Path(out) if out is not None else Path("tunes") / check_name(base.name, "tune name")
+    epochs = next((max(d.args) for d in dims if d.key == "train.epochs"), base.train.epochs)
+    return TuneSetup(str(recipe_path), data, dims, str(out), trials, seed, pruner, quiet,
+                     track=list(base.train.track), sampler=sampler, epochs=int(epochs))
+
+
+def _trials_for(sampler: str, dims: list[Dimension], trials: Optional[int]) -> int:
+    """--trials as given, else 20; a grid needs choice() dimensions and has at most its size."""
+    if sampler != "grid":
+        return 20 if trials is None else trials
+    ranged = [d.text or d.describe() for d in dims if d.kind != "choice"]
+    if ranged:
+        raise TuneError(f"--sampler grid walks choice() values; {', '.join(ranged)} is a range. Give it as "
+                        f"choice(v1,v2,...), or use --sampler tpe")
+    size = grid_size(dims)
+    if trials is not None and trials > size:
+        raise TuneError(f"--trials {trials}: the grid has {size} combination(s); give --trials {size} or fewer")
+    return size if trials is None else trials
+
+
+def run_tune(setup: TuneSetup, jobs: int = 1, log: Callable[[str], None] = print) -> TuneResult:
+    """Run the study to ``setup.trials`` trials (continuing one already in the folder), then
+    write its results. A stop signal ends it cleanly: results are written for the trials so
+    far and :class:`Interrupted` says how to continue."""
+    from clfkit.tracking import parent_run
+
+    out = Path(setup.out)
+    out.mkdir(parents=True, exist_ok=True)
+    study = open_study(setup)
+    _mark_stale_running(study)
+    if setup.sampler == "grid":
+        queue_grid(study, setup)
+    done = counted(study, setup)
+    log(f"tune {out}: {done} of {setup.trials} trial(s) already done"
+        + (f", {jobs} at a time" if jobs > 1 else ""))
+    params = {"recipe": setup.recipe_path, "trials": str(setup.trials), "pruner": setup.pruner,
+              "sampler": setup.sampler,
+              "space": "; ".join(d.describe() for d in setup.dims)}
+    stopped: Optional[Interrupted] = None
+    with parent_run(f"tune {out.name}", params, out, "mlflow" in setup.track):
+        try:
+            optimize(setup) if jobs <= 1 else _run_jobs(setup, jobs)
+        except (Interrupted, KeyboardInterrupt) as e:
+            stopped = e if isinstance(e, Interrupted) else Interrupted("interrupted", 2)
+        result = write_results(setup, log)
+    if stopped is not None:
+        raise Interrupted(f"tune stopped after {counted(study, setup)} of {setup.trials} trial(s); results so far are "
+                          f"in {out}. Run the same command again to continue the study", stopped.signum)
+    return result

@@ -1,0 +1,192 @@
+"""The Optuna study of a tune folder: what every trial needs (:class:`TuneSetup`), the study in
+``study.db`` with its sampler and pruner, the checks that keep one study to one space, recipe
+and sampler, and the queue of a grid."""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from clfkit.recipe import apply_override
+from clfkit.tune.space import Dimension, TuneError, grid_points, optuna_module, point_key
+
+PRUNERS = ("median", "halving", "none")
+SAMPLERS = ("tpe", "grid", "random")
+STUDY_NAME = "clfkit"
+
+
+@dataclass
+class TuneSetup:
+    """What every trial needs (picklable: it travels to --jobs worker processes)."""
+
+    recipe_path: str
+    base: dict[str, Any]          # the recipe file's mapping with --set applied
+    dims: list[Dimension]
+    out: str
+    trials: int
+    seed: int
+    pruner: str
+    quiet: bool = True
+    sampler: str = "tpe"          # tpe | grid (every combination of choice() values) | random
+    epochs: int = 1               # a full trial's epochs (the most a searched train.epochs allows)
+    threads: int = 0
+    track: list[str] = field(default_factory=list)
+
+
+def trial_recipe(setup: TuneSetup, params: dict[str, Any], name: str) -> dict[str, Any]:
+    """The recipe mapping of one trial: the base with ``params`` applied, named ``name``."""
+    data = copy.deepcopy(setup.base)
+    for key, value in params.items():
+        apply_override(data, key.split("."), value)
+    data["name"] = name
+    return data
+
+
+
+def open_study(setup: TuneSetup) -> Any:
+    """Create, or load and continue, the study in ``out/study.db``; a study searched over
+    another space is refused (its trials would not be comparable)."""
+    optuna = optuna_module()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are in the table
+    study = optuna.create_study(storage=f"sqlite:///{Path(setup.out).resolve() / 'study.db'}",
+                                study_name=STUDY_NAME, direction="maximize", load_if_exists=True,
+                                sampler=make_sampler(setup, 0), pruner=make_pruner(setup))
+    space = [d.describe() for d in setup.dims]
+    had = study.user_attrs.get("space")
+    if had is None:
+        study.set_user_attr("space", space)
+        study.set_user_attr("recipe", setup.recipe_path)
+    elif had != space:
+        raise TuneError(f"{setup.out}/study.db searched {had}, not {space}; use another --out for a new space")
+    _check_same_base(study, setup)
+    _check_same_sampler(study, setup)
+    # a continued study would otherwise redraw the first run's values (same seed, fresh sampler)
+    study.sampler = make_sampler(setup, len(study.get_trials(deepcopy=False)))
+    return study
+
+
+def pruning_start(epochs: int) -> int:
+    """The first epoch a trial may be pruned at: a third of the run. Val accuracy after one
+    epoch of a 6-epoch run ranks trials poorly (a high lr starts low and ends best), and pruning
+    there cost the measured flowers5 study its best region (README "Tuning")."""
+    return max(1, round(epochs / 3))
+
+
+def make_pruner(setup: TuneSetup) -> Any:
+    """--pruner as an Optuna pruner, scaled to the run: nothing is pruned before
+    :func:`pruning_start`; halving's first rung is there too."""
+    pruners = optuna_module().pruners
+    start = pruning_start(setup.epochs)
+    if setup.pruner == "median":  # step = epoch (1-based); Optuna prunes from step n_warmup_steps on
+        return pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=start)
+    if setup.pruner == "halving":
+        return pruners.SuccessiveHalvingPruner(min_resource=start, reduction_factor=3)
+    return pruners.NopPruner()
+
+
+def make_sampler(setup: TuneSetup, drawn: int) -> Any:
+    """--sampler as an Optuna sampler, seeded by --seed and the trials already drawn. TPE's
+    random start is a third of --trials (2 to 10): Optuna's fixed 10 would leave a 12-trial
+    study nearly all random. A grid is not drawn: :func:`queue_grid` queues its points (Optuna's
+    GridSampler would count a stopped point as visited and never run it again)."""
+    samplers = optuna_module().samplers
+    seed = setup.seed + drawn
+    if setup.sampler in ("grid", "random"):  # a grid's trials take queued values (queue_grid), never drawn ones
+        return samplers.RandomSampler(seed=seed)
+    return samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, setup.trials // 3)))
+
+
+def grid_size(dims: list[Dimension]) -> int:
+    """How many combinations --sampler grid walks."""
+    size = 1
+    for d in dims:
+        size *= len(d.args)
+    return size
+
+
+def _check_same_sampler(study: Any, setup: TuneSetup) -> None:
+    """One study, one sampler: a grid continued by TPE (or back) would count and order its
+    trials by two rules. Studies from before --sampler existed are TPE studies."""
+    had = study.user_attrs.get("sampler")
+    if had is None:
+        had = "tpe" if study.get_trials(deepcopy=False) else setup.sampler
+        study.set_user_attr("sampler", had)
+    if had != setup.sampler:
+        raise TuneError(f"{setup.out}/study.db was searched with --sampler {had}, not {setup.sampler}; "
+                        f"continue it with --sampler {had}, or use another --out for a new study")
+
+
+def _check_same_base(study: Any, setup: TuneSetup) -> None:
+    """Trials of one study must share the fixed recipe (file + --set), else the table and
+    best.yaml mix runs trained under other settings."""
+    base = json.loads(json.dumps(setup.base, sort_keys=True, default=str))
+    had = study.user_attrs.get("base")
+    if had is None:
+        study.set_user_attr("base", base)
+        return
+    if had != base:
+        where = _first_change(had, base) or "<root>"
+        raise TuneError(f"{setup.out}/study.db was run with another recipe or --set (they differ at {where}); "
+                        f"run the same recipe and --set to continue it, or use another --out for a new study")
+
+
+def _first_change(a: Any, b: Any, path: str = "") -> Optional[str]:
+    """The dotted path of the first difference between two JSON-like values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in a or key not in b:
+                return sub
+            found = _first_change(a[key], b[key], sub)
+            if found:
+                return found
+        return None
+    return None if a == b else (path or "<root>")
+
+
+def counted(study: Any, setup: TuneSetup) -> int:
+    """Trials that count toward --trials: finished or pruned ones. A grid counts its points
+    done, and a point whose training failed with an error is done (it would fail again).
+    A stopped trial (Ctrl-C, a crash) never counts: it runs again."""
+    states = optuna_module().trial.TrialState
+    if setup.sampler == "grid":
+        return len(_grid_done(study, setup))
+    return len(study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED)))
+
+
+def _grid_done(study: Any, setup: TuneSetup) -> set[tuple[str, ...]]:
+    states = optuna_module().trial.TrialState
+    return {point_key(t.params, setup.dims)
+            for t in study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED, states.FAIL))
+            if t.params and (t.state != states.FAIL or t.user_attrs.get("error"))}
+
+
+def queue_grid(study: Any, setup: TuneSetup) -> int:
+    """Put the next grid points in the study's queue (Optuna's enqueue_trial), up to --trials:
+    points with no trial done and none waiting, in the seeded grid order; a stopped point goes
+    back in. Called once per tune, before any worker starts. Returns how many wait."""
+    states = optuna_module().trial.TrialState
+    done = _grid_done(study, setup)
+    waiting = {point_key(t.system_attrs.get("fixed_params", {}), setup.dims)
+               for t in study.get_trials(deepcopy=False, states=(states.WAITING,))}
+    room = max(0, setup.trials - len(done) - len(waiting))
+    todo = [p for p in grid_points(setup.dims, setup.seed) if point_key(p, setup.dims) not in done | waiting]
+    for params in todo[:room]:
+        study.enqueue_trial(params)
+    return len(waiting) + min(room, len(todo))
+
+
+def queued(study: Any) -> int:
+    """Trials waiting in the study's queue (a grid's points not yet started)."""
+    return len(study.get_trials(deepcopy=False, states=(optuna_module().trial.TrialState.WAITING,)))
+
+
+def _mark_stale_running(study: Any) -> None:
+    """A trial left RUNNING by a stopped or crashed tune is marked FAIL, so it is not waited on."""
+    states = optuna_module().trial.TrialState
+    for t in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
+        study._storage.set_trial_state_values(t._trial_id, state=states.FAIL)
+
+
