@@ -83,7 +83,7 @@ def test_augmentation_generator_from_another_device_kind_does_not_crash():
 
 def test_padcrop_keeps_channels_last_and_values():
     from clfkit.components.augmentations import PadCropT
-    from clfkit.engine.batches import BatchPrep
+    from clfkit.engine.prep import BatchPrep
 
     x = torch.rand(4, 3, 8, 8)
     out = PadCropT(2, "reflect")(x, torch.Generator().manual_seed(0))
