@@ -30,6 +30,9 @@ def test_gpu_bench_smoke_writes_the_json(tmp_path):
     st = result["study"]
     assert st["timed_epochs"] == 2 and st["target_epochs"] == 25
     assert st["extrapolated_wall_seconds"] >= st["timed_wall_seconds"]
+    prep = result["prep"]["rows"]  # batch preparation alone (eager only in the smoke run)
+    assert [r["chain"] for r in prep] == ["flip+padcrop", "flip+padcrop+cutout+mixup_cutmix"]
+    assert all(r["eager_ms_per_step"] > 0 and r["batch_size"] == 16 for r in prep)
 
 
 def test_gpu_sh_is_one_prepared_script():
