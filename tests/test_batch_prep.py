@@ -6,6 +6,8 @@ inductor's C++ build (tens of seconds cold on this machine); bench/gpu_bench.py'
 checks inductor's graph against eager on the device."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,7 +15,8 @@ import torch.nn.functional as F
 from clfkit.components.augmentations import CutoutT, Flip, PadCropT
 from clfkit.components.regularizers import CutMix, LabelSmoothing, Mixup, MixupCutMix
 from clfkit.engine.prep import BatchPrep
-from clfkit.errors import TrainingError
+from clfkit.errors import RegistryError, TrainingError
+from clfkit.registry.entries import Entry, check_result
 
 NUM_CLASSES = 5
 SEED = 0  # a seed whose 6 batches take every branch of mixup_cutmix (asserted)
@@ -163,3 +166,30 @@ def test_a_split_transform_that_resizes_is_a_clear_error():
     with pytest.raises(TrainingError, match=r"Shrink: apply changed the batch's shape from \[6, 3, 8, 8\] "
                                             r"to \[6, 3, 4, 4\].*__call__\(x, generator\) only"):
         prep(x, y, torch.Generator())
+
+
+class DrawWithoutGenerator(Brighten):
+    def draw(self, shape, device):  # the contract calls draw(shape, device, generator)
+        return None
+
+    def apply(self, x, draws):
+        return x
+
+
+class MixDrawWrong:
+    def on_batch(self, x, y, num_classes):
+        return x, y
+
+    def on_batch_draw(self, shape):  # the contract calls on_batch_draw(shape, device)
+        return None
+
+
+@pytest.mark.parametrize("kind, obj, expected", [
+    ("augmentation", DrawWithoutGenerator(), "DrawWithoutGenerator.draw has the signature (shape, device); "
+                                             "the augmentation contract calls it as draw(shape, device, generator)"),
+    ("regularizer", MixDrawWrong(), "MixDrawWrong.on_batch_draw has the signature (shape); the regularizer "
+                                    "contract calls it as on_batch_draw(shape, device)"),
+])
+def test_a_draw_apply_split_with_the_wrong_signature_is_refused_when_built(kind, obj, expected):
+    with pytest.raises(RegistryError, match=re.escape(f"{kind} 'acme_x' from acme: {expected}")):
+        check_result(Entry(kind, "acme_x", lambda: obj, provider="acme"), obj)
