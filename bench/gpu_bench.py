@@ -1,6 +1,10 @@
 """The one device check of issue 15: training throughput against the model-only limit, and
 the 100k x 64 px x 25-epoch study extrapolated from a timed 2-epoch run, as one JSON.
 
+Last, the ``prep`` row (bench/prep_bench.py): batch preparation alone per step (flip + pad-crop,
+and with cutout and mixup_cutmix), eager against compiled, with kernels per step and a
+bit-for-bit check of the compiled graph against eager.
+
 Cases: ResNet-18 with the CIFAR stem and the ImageNet stem, at 32 and 64 px, bf16,
 channels_last, eager and compiled. For each case clfkit trains the recipe (epochs after the
 first are averaged) and then the model alone (cast, forward, backward, step on on-device
@@ -25,7 +29,10 @@ from types import SimpleNamespace
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, make_folder  # noqa: E402
+from prep_bench import options as prep_options, prep_rows  # noqa: E402
 from train_bench import run_one  # noqa: E402
+
+PREP_START_BY_S = 330  # gpu.sh kills this script at 450 s: start the prep row (~1 min) only before this
 
 FULL = dict(images=20_000, sizes=(32, 64), stems=("cifar", "imagenet"), compile=(False, True),
             epochs=3, batch_size=256, width=1.0, model_steps=200, warmup_steps=20,
@@ -98,6 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--work", default=None, help="datasets, cache and runs [a temp folder]")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--no-study", action="store_true")
+    ap.add_argument("--no-prep", action="store_true", help="skip the batch-preparation row")
     ap.add_argument("--budget-s", type=float, default=300.0,
                     help="skip the study when the cases took longer than this [300]")
     a = ap.parse_args(argv)
@@ -129,7 +137,21 @@ def main(argv: list[str] | None = None) -> dict:
         result["study"] = study(work, s)
         print(json.dumps(result["study"]), flush=True)
     _write(out, result)
+    result["prep"] = prep_row(a, s, time.perf_counter() - t0)
+    _write(out, result)
     return result
+
+
+def prep_row(a, s: SimpleNamespace, spent: float) -> dict:
+    """Batch preparation alone, eager and compiled (smoke: eager only, tiny), on the cases' device."""
+    import torch
+
+    if a.no_prep or spent > PREP_START_BY_S:
+        return {"skipped": "--no-prep" if a.no_prep else f"{spent:.0f} s spent before it"}
+    device = torch.device(a.device if a.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    p = prep_options([], batch_size=s.batch_size, size=s.sizes[0], steps=3 if s.smoke else 200,
+                     warmup=2 if s.smoke else 10, no_compile=s.smoke)
+    return {"rows": prep_rows(p, device)}
 
 
 def _write(out: Path, result: dict) -> None:

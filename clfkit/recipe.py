@@ -126,7 +126,7 @@ class TrainConfig(Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     channels_last: Optional[bool] = Field(None, description="None: on for CUDA")
-    compile: bool = Field(False, description="torch.compile the model (compile time reported apart)")
+    compile: bool = Field(False, description="torch.compile the model, and the training batch preparation (augmentation, mixup, layout) as one graph (compile time reported apart)")
     deterministic: bool = Field(False, description="deterministic kernels: bit-exact reruns and resumes on CPU")
     drop_last: bool = Field(True, description="drop the last incomplete training batch")
     sync_bn: bool = Field(False, description="DDP on GPUs (torchrun): BatchNorm statistics over all "

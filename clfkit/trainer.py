@@ -26,7 +26,8 @@ from clfkit.build import (build_augmentations, build_data, build_loss, build_mod
                           build_regularizers, build_schedule, normalization)
 from clfkit.data import ImageSet, Splits, storage
 from clfkit.engine import distributed
-from clfkit.engine.batches import BatchPrep, TrainBatches, num_batches
+from clfkit.engine.batches import TrainBatches, num_batches
+from clfkit.engine.prep import BatchPrep
 from clfkit.engine.ema import WeightEMA
 from clfkit.engine.freeze import frozen_in_epoch, set_backbone_frozen
 from clfkit.engine.loop import TrainState, optimizer_steps, train_one_epoch
@@ -180,7 +181,7 @@ class Trainer:
         train_model = compiled(distributed.wrap(model, tc.sync_bn), tc.compile)  # DDP when launched by torchrun
         workers = recipe.data.workers if recipe.data.workers is not None else min(8, os.cpu_count() or 1)
         prep = BatchPrep(batched_aug, [r for r in regularizers if hasattr(r, "on_batch")], splits.num_classes,
-                         rt.channels_last)
+                         rt.channels_last, compile=tc.compile)  # train.compile: the batch preparation too
         self.state = TrainState(rt, train_model, model, self.loss_fn, optimizer, scheduler, grad_scaler(rt), prep,
                                 regularizers, tc.on_nonfinite)
         train_set, self.val_set = _place_data(splits, rt, on_device=not per_image)

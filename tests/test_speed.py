@@ -30,6 +30,9 @@ def test_gpu_bench_smoke_writes_the_json(tmp_path):
     st = result["study"]
     assert st["timed_epochs"] == 2 and st["target_epochs"] == 25
     assert st["extrapolated_wall_seconds"] >= st["timed_wall_seconds"]
+    prep = result["prep"]["rows"]  # batch preparation alone (eager only in the smoke run)
+    assert [r["chain"] for r in prep] == ["flip+padcrop", "flip+padcrop+cutout+mixup_cutmix"]
+    assert all(r["eager_ms_per_step"] > 0 and r["batch_size"] == 16 for r in prep)
 
 
 def test_gpu_sh_is_one_prepared_script():
@@ -83,7 +86,7 @@ def test_augmentation_generator_from_another_device_kind_does_not_crash():
 
 def test_padcrop_keeps_channels_last_and_values():
     from clfkit.components.augmentations import PadCropT
-    from clfkit.engine.batches import BatchPrep
+    from clfkit.engine.prep import BatchPrep
 
     x = torch.rand(4, 3, 8, 8)
     out = PadCropT(2, "reflect")(x, torch.Generator().manual_seed(0))

@@ -4,7 +4,12 @@
   (run on the CPU in DataLoader workers), or
 - a batched transform: an object with ``batched = True`` and ``__call__(x, generator) -> x``
   where x is a float (N, C, H, W) tensor in 0..255 on the training device, with per-sample
-  randomness drawn from ``generator``. These run on the GPU when training there.
+  randomness drawn from ``generator``. These run on the GPU when training there. A batched
+  transform may also split its randomness from its work: ``draw(shape, device, generator)``
+  draws all of the batch's random numbers (``shape``: the batch's (N, C, H, W)) and
+  ``apply(x, draws) -> x`` is a pure tensor function of them that keeps the shape; BatchPrep
+  then compiles ``apply`` with the rest of the batch preparation under ``train.compile``
+  (clfkit.engine.prep). Without the split, ``__call__`` runs eagerly.
 
 Any albumentations transform can be named by its class name (``{name: ColorJitter, ...}``);
 its arguments are checked by constructing it when the recipe is loaded. The names below are
@@ -24,19 +29,30 @@ from clfkit.registry import REGISTRY, Entry, register
 Prob = Annotated[float, Field(ge=0, le=1)]
 
 
-def _rand(n, gen, x):
-    return torch.rand(n, generator=gen, device=gen.device if gen is not None else x.device)
+def _rand(n, gen, device):
+    """``n`` uniforms from ``gen`` (its device), or from ``device``'s global generator, on ``device``."""
+    return torch.rand(n, generator=gen, device=gen.device if gen is not None else device).to(device)
 
 
-class Flip:
+class Split:
+    """A batched transform whose randomness is drawn apart from its work: ``draw`` (eager,
+    from the generator) and ``apply`` (a pure tensor function BatchPrep may compile)."""
+
     batched = True
 
+    def __call__(self, x, gen=None):
+        return self.apply(x, self.draw(x.shape, x.device, gen))
+
+
+class Flip(Split):
     def __init__(self, p: float, dim: int):
         self.p, self.dim = p, dim
 
-    def __call__(self, x, gen=None):
-        mask = _rand(x.shape[0], gen, x).to(x.device) < self.p
-        return torch.where(mask[:, None, None, None], x.flip(self.dim), x)
+    def draw(self, shape, device, gen):
+        return _rand(shape[0], gen, device)
+
+    def apply(self, x, u):
+        return torch.where((u < self.p)[:, None, None, None], x.flip(self.dim), x)
 
 
 @register("augmentation", "HorizontalFlip")
@@ -51,19 +67,19 @@ def vertical_flip(p: Prob = 0.5) -> Flip:
     return Flip(p, -2)
 
 
-class PadCropT:
-    batched = True
-
+class PadCropT(Split):
     def __init__(self, padding: int, mode: str):
         self.padding, self.mode = padding, mode
 
-    def __call__(self, x, gen=None):
+    def draw(self, shape, device, gen):
+        return _rand(shape[0], gen, device), _rand(shape[0], gen, device)  # rows' offset, then columns'
+
+    def apply(self, x, draws):
         n, _, h, w = x.shape
         p = self.padding
         xp = F.pad(x, (p, p, p, p), mode=self.mode)
         dev = x.device
-        dy = (_rand(n, gen, x) * (2 * p + 1)).long().clamp_max(2 * p).to(dev)
-        dx = (_rand(n, gen, x) * (2 * p + 1)).long().clamp_max(2 * p).to(dev)
+        dy, dx = ((u * (2 * p + 1)).long().clamp_max(2 * p) for u in draws)
         rows = (torch.arange(h, device=dev)[None, :] + dy[:, None])  # (N, H)
         cols = (torch.arange(w, device=dev)[None, :] + dx[:, None])  # (N, W)
         idx = torch.arange(n, device=dev)[:, None, None]
@@ -82,18 +98,18 @@ def pad_crop(padding: Annotated[int, Field(ge=1)] = 4, mode: str = "reflect") ->
     return PadCropT(padding, mode)
 
 
-class CutoutT:
-    batched = True
-
+class CutoutT(Split):
     def __init__(self, size: int, p: float):
         self.size, self.p = size, p
 
-    def __call__(self, x, gen=None):
+    def draw(self, shape, device, gen):
+        return tuple(_rand(shape[0], gen, device) for _ in range(3))  # centre row, column, apply?
+
+    def apply(self, x, draws):
         n, _, h, w = x.shape
         dev = x.device
-        cy = (_rand(n, gen, x) * h).long().to(dev)
-        cx = (_rand(n, gen, x) * w).long().to(dev)
-        apply = (_rand(n, gen, x) < self.p).to(dev)
+        cy, cx = (draws[0] * h).long(), (draws[1] * w).long()
+        apply = draws[2] < self.p
         ys = torch.arange(h, device=dev)[None, :]
         xs = torch.arange(w, device=dev)[None, :]
         # rows cy - size//2 ... cy - size//2 + size - 1: exactly `size` wide (clipped at edges)

@@ -4,6 +4,12 @@ called by the trainer in this order (a missing hook is skipped):
 - ``on_model(model) -> model | None``            once, after the model is built
 - ``on_param_groups(groups) -> groups``          once, before the optimizer is built
 - ``on_batch(x, y, num_classes) -> (x, y)``      each training batch; y may become (N, C) soft labels
+
+``on_batch`` may be split as the batched augmentations' draw/apply are: ``on_batch_draw(shape,
+device)`` draws the batch's random numbers (None: leave this batch as it is) and
+``on_batch_apply(x, y, num_classes, draws) -> (x, y)`` is a pure tensor function of them, which
+BatchPrep compiles with the rest of the batch preparation under ``train.compile``. Draws that
+become tensors are tensors (not Python numbers, which a compiled graph would bake in).
 - ``on_loss(loss, model) -> loss``               each training step, before backward
 - ``before_step(model, optimizer)``              after backward (gradients unscaled), before the step
 
@@ -28,18 +34,41 @@ def _soft(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     return y if y.ndim == 2 else F.one_hot(y, num_classes).float()
 
 
+def _on_device(values: list[float], device: torch.device) -> torch.Tensor:
+    """Host-drawn numbers as one float32 tensor on ``device``: pinned and copied without
+    blocking on CUDA (a plain copy from pageable memory would wait for the GPU every step).
+    float32 is what eager arithmetic with the Python numbers rounds them to, so results match."""
+    t = torch.tensor(values, dtype=torch.float32)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+class SplitBatch:
+    """``on_batch`` as its two halves: the draws, then the pure work on them."""
+
+    def on_batch(self, x, y, num_classes):
+        return self.on_batch_apply(x, y, num_classes, self.on_batch_draw(tuple(x.shape), x.device))
+
+
 @dataclass
-class Mixup:
+class Mixup(SplitBatch):
     alpha: float
     p: float
 
-    def on_batch(self, x, y, num_classes):
+    def on_batch_draw(self, shape, device):
         if self.p < 1 and torch.rand(()).item() > self.p:
-            return x, _soft(y, num_classes)
+            return None
         lam = float(torch.distributions.Beta(self.alpha, self.alpha).sample())
-        perm = torch.randperm(x.shape[0], device=x.device)
+        perm = torch.randperm(shape[0], device=device)
+        return "mixup", _on_device([lam, 1 - lam], device), perm
+
+    def on_batch_apply(self, x, y, num_classes, draws):
         y = _soft(y, num_classes)
-        return lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm]
+        if draws is None:
+            return x, y
+        _, w, perm = draws
+        return w[0] * x + w[1] * x[perm], w[0] * y + w[1] * y[perm]
 
 
 def _soft_label_check(recipe, path):
@@ -64,25 +93,34 @@ def mixup(alpha: Annotated[float, Field(gt=0)] = 0.2, p: Prob = 1.0) -> Mixup:
 
 
 @dataclass
-class CutMix:
+class CutMix(SplitBatch):
     alpha: float
     p: float
 
-    def on_batch(self, x, y, num_classes):
-        y = _soft(y, num_classes)
+    def on_batch_draw(self, shape, device):
         if self.p < 1 and torch.rand(()).item() > self.p:
-            return x, y
+            return None
         lam = float(torch.distributions.Beta(self.alpha, self.alpha).sample())
-        h, w = x.shape[-2:]
+        h, w = shape[-2:]
         ch, cw = int(h * (1 - lam) ** 0.5), int(w * (1 - lam) ** 0.5)
         cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
         y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
         x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
-        perm = torch.randperm(x.shape[0], device=x.device)
-        x = x.clone()
-        x[..., y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]  # gather only the box, not the whole batch
+        perm = torch.randperm(shape[0], device=device)
         lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)  # the area actually pasted
-        return x, lam * y + (1 - lam) * y[perm]
+        # the box as tensor values, not Python ints: one compiled graph for every box
+        return "cutmix", _on_device([y0, y1, x0, x1, lam, 1 - lam], device), perm
+
+    def on_batch_apply(self, x, y, num_classes, draws):
+        y = _soft(y, num_classes)
+        if draws is None:
+            return x, y
+        _, v, perm = draws
+        h, w = x.shape[-2:]
+        rows = torch.arange(h, device=x.device)
+        cols = torch.arange(w, device=x.device)
+        box = ((rows >= v[0]) & (rows < v[1]))[:, None] & ((cols >= v[2]) & (cols < v[3]))[None, :]
+        return torch.where(box, x[perm], x), v[4] * y + v[5] * y[perm]
 
 
 @register("regularizer", "cutmix")
@@ -122,6 +160,18 @@ class MixupCutMix:
         pick = self.cutmix if torch.rand(()).item() < self.switch_prob else self.mixup
         return pick.on_batch(x, y, num_classes)
 
+    def on_batch_draw(self, shape, device):  # the same draws, in the same order, as on_batch
+        if self.p < 1 and torch.rand(()).item() > self.p:
+            return None
+        pick = self.cutmix if torch.rand(()).item() < self.switch_prob else self.mixup
+        return pick.on_batch_draw(shape, device)
+
+    def on_batch_apply(self, x, y, num_classes, draws):
+        if draws is None:
+            return x, _soft(y, num_classes)
+        pick = self.cutmix if draws[0] == "cutmix" else self.mixup
+        return pick.on_batch_apply(x, y, num_classes, draws)
+
 
 @register("regularizer", "mixup_cutmix")
 def mixup_cutmix(mixup_alpha: Annotated[float, Field(gt=0)] = 0.8,
@@ -137,10 +187,13 @@ mixup.check_recipe = cutmix.check_recipe = mixup_cutmix.check_recipe = _one_mix_
 
 
 @dataclass
-class LabelSmoothing:
+class LabelSmoothing(SplitBatch):
     eps: float
 
-    def on_batch(self, x, y, num_classes):
+    def on_batch_draw(self, shape, device):
+        return None  # no randomness: all of it is the pure part
+
+    def on_batch_apply(self, x, y, num_classes, draws):
         y = _soft(y, num_classes)
         return x, y * (1 - self.eps) + self.eps / num_classes
 

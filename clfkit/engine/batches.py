@@ -1,8 +1,8 @@
 """Batches: the epoch's order (a pure function of seed and epoch, which makes resume exact;
 shuffled, or class-balanced draws with replacement), the training and evaluation batches of
-uint8 data (in memory, or in a split's file with ``data.storage: disk``), and
-:class:`BatchPrep`, the one device-side step that turns a uint8 batch into the model's input
-(batched augmentation, batch regularizers such as mixup, channels_last)."""
+uint8 data (in memory, or in a split's file with ``data.storage: disk``). What the device then
+does to a training batch (augmentation, mixup, layout) is :class:`BatchPrep`, in
+clfkit.engine.prep."""
 from __future__ import annotations
 
 import math
@@ -210,28 +210,3 @@ class TrainBatches:
         """This epoch's batches from ``start_batch`` on."""
         return train_batches(self.data, self.batch_size, self.seed, epoch, self.drop_last, self.device,
                              self.per_image, self.workers, start_batch=start_batch, weights=self.weights)
-
-
-@dataclass
-class BatchPrep:
-    """The device-side preparation of one training batch, in order: uint8 -> float, the batched
-    augmentations (drawing from the epoch's generator), the regularizers' ``on_batch`` (mixup,
-    cutmix: they may change the targets), channels_last."""
-
-    batched_aug: list[Any]
-    on_batch: list[Any]
-    num_classes: int
-    channels_last: bool
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor,
-                 gen: Optional[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(model input, training target) of the batch (x, y)."""
-        x = x.float()
-        for t in self.batched_aug:
-            x = t(x, gen)
-        target = y
-        for r in self.on_batch:
-            x, target = r.on_batch(x, target, self.num_classes)
-        # one layout step at the end (a no-op when the augmentations already left that layout)
-        x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-        return x, target

@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 
 from clfkit.engine import distributed
-from clfkit.engine.batches import BatchPrep, TrainBatches
+from clfkit.engine.batches import TrainBatches
+from clfkit.engine.prep import BatchPrep
 from clfkit.engine.guard import NonFiniteGuard
 from clfkit.engine.runtime import Runtime
 from clfkit.errors import TrainingError

@@ -125,8 +125,17 @@ def check_result(entry: Entry, obj: Any) -> None:
             _refuse(entry, obj, f"an object with at least one of the methods {', '.join(REGULARIZER_HOOKS)}")
         for hook in hooks:
             _check_arity(entry, obj, hook, getattr(obj, hook), HOOK_ARGS[hook])
+        _check_split(entry, obj, {"on_batch_draw": ("shape", "device"),
+                                  "on_batch_apply": ("x", "y", "num_classes", "draws")})
     if entry.kind == "augmentation":
         _check_augmentation(entry, obj)
+
+
+def _check_split(entry: Entry, obj: Any, methods: dict[str, tuple[str, ...]]) -> None:
+    """The optional draw/apply halves of a batched step (clfkit.engine.prep), where present."""
+    for name, args in methods.items():
+        if callable(getattr(obj, name, None)):
+            _check_arity(entry, obj, name, getattr(obj, name), args)
 
 
 def _check_augmentation(entry: Entry, obj: Any) -> None:
@@ -135,6 +144,7 @@ def _check_augmentation(entry: Entry, obj: Any) -> None:
                             "or a batched transform with `batched = True` and __call__(x, generator) -> x")
     if getattr(obj, "batched", False):
         _check_arity(entry, obj, "__call__", obj, ("x", "generator"))
+        _check_split(entry, obj, {"draw": ("shape", "device", "generator"), "apply": ("x", "draws")})
         return
     try:
         inspect.signature(obj).bind(image=None)
