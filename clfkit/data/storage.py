@@ -181,8 +181,8 @@ class DiskImages:
             if not 0 <= i < len(self):
                 raise IndexError(f"index {key} out of range for {len(self)} images")
             return self.read(np.array([i]))[0]
-        if isinstance(key, slice):
-            return self.read(np.arange(len(self))[key])
+        if isinstance(key, slice):  # its own rows only: batch-by-batch slicing stays linear
+            return self.read(np.arange(*key.indices(len(self)), dtype=np.int64))
         return self.read(np.asarray(key.cpu() if isinstance(key, torch.Tensor) else key, dtype=np.int64))
 
     def index_select(self, dim: int, idx: torch.Tensor) -> torch.Tensor:
