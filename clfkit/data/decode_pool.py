@@ -17,6 +17,9 @@ import hashlib
 import mmap
 import multiprocessing
 import os
+import signal
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -24,6 +27,7 @@ from typing import Optional, Union
 import numpy as np
 
 from clfkit import image_files
+from clfkit.errors import DataError
 
 # Files per task: large enough that hand-offs cost nothing next to decoding, small enough
 # that the last tasks do not leave cores idle.
@@ -93,25 +97,47 @@ def decode_one(path: Union[str, Path], size: tuple[int, int], channels: int,
 
 
 # The job of a pool, set in the parent before the workers fork (they inherit it, nothing of
-# it is pickled): (paths, size, channels, resize, output).
+# it is pickled): (paths, size, channels, resize, output, marks). ``marks[t]`` is 1 + the file
+# task ``t``'s worker is decoding, 0 when it is not decoding one: shared memory, so the parent
+# can name the file a worker died on (a crash in a decoder, the OOM killer).
 _JOB: Optional[tuple] = None
+_TASK = -1  # in a worker: the task it is running
 
 
-def _decode_span(span: tuple[int, int]) -> list[FileResult]:
-    paths, size, channels, resize, out = _JOB
-    start, stop = span
+def _worker_start() -> None:
+    # Ctrl-C reaches the whole process group: the parent alone stops the pool (no traceback
+    # from every worker). A worker the pool terminates because another died clears its mark,
+    # so the marks left name the file the dead worker was decoding.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum, frame) -> None:
+    if _TASK >= 0 and _JOB is not None:
+        _JOB[5][_TASK] = 0
+    os._exit(128 + signum)
+
+
+def _decode_task(task: tuple[int, int, int]) -> list[FileResult]:
+    global _TASK
+    paths, size, channels, resize, out, marks = _JOB
+    _TASK, (start, stop) = task[0], task[1:]
     fd = os.open(out.path, os.O_WRONLY) if out.path is not None else None
     try:
-        return _decode_range(paths, start, stop, size, channels, resize, out, fd)
+        return _decode_range(paths, start, stop, size, channels, resize, out, fd, marks[task[0]:task[0] + 1])
     finally:
         if fd is not None:
             os.close(fd)
+        marks[task[0]], _TASK = 0, -1
 
 
-def _decode_range(paths, start, stop, size, channels, resize, out: Output, fd) -> list[FileResult]:
+def _decode_range(paths, start, stop, size, channels, resize, out: Output, fd,
+                  mark: Optional[np.ndarray] = None) -> list[FileResult]:
     block = np.zeros((stop - start, *out.row_shape), np.uint8)  # an undecodable file stays zero
     results = []
     for k in range(start, stop):
+        if mark is not None:
+            mark[0] = k + 1
         arr, res = decode_one(paths[k], size, channels, resize)
         if arr is not None:
             block[k - start] = arr
@@ -128,28 +154,55 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
+def _fork_context():
+    """multiprocessing's fork context, or None on a platform without fork (Windows): the
+    workers inherit their job and the shared memory by fork, so there the decode runs in the
+    calling process."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    return multiprocessing.get_context("fork")
+
+
 def decode_into(paths: list, size: tuple[int, int], channels: int, resize: str, out: Output,
                 workers: Optional[int] = None) -> list[FileResult]:
     """Decode ``paths`` into rows 0.. of ``out`` with ``workers`` processes (None: one per
     core; 1, or fewer than POOL_MIN_FILES files: in this process). Returns per file its
-    FileResult, in order."""
+    FileResult, in order. A worker that dies is a DataError naming the file it was on."""
     auto = workers is None
     workers = default_workers() if auto else workers
     spans = [(i, min(i + TASK_FILES, len(paths))) for i in range(0, len(paths), TASK_FILES)]
     in_daemon = multiprocessing.current_process().daemon  # a daemon (a user's Pool worker) may not fork
-    if workers <= 1 or len(spans) <= 1 or (auto and len(paths) < POOL_MIN_FILES) or in_daemon:
+    context = None if workers <= 1 or len(spans) <= 1 or in_daemon else _fork_context()
+    if context is None or (auto and len(paths) < POOL_MIN_FILES):
         fd = os.open(out.path, os.O_WRONLY) if out.path is not None else None
         try:
             return [r for s in spans for r in _decode_range(paths, *s, size, channels, resize, out, fd)]
         finally:
             if fd is not None:
                 os.close(fd)
+    return _decode_in_pool(paths, spans, (size, channels, resize, out), context, workers)
+
+
+def _decode_in_pool(paths: list, spans: list[tuple[int, int]], settings: tuple, context,
+                    workers: int) -> list[FileResult]:
     global _JOB
-    _JOB = (paths, size, channels, resize, out)
+    marks = np.frombuffer(mmap.mmap(-1, 8 * len(spans)), np.int64)  # zeros, shared with the workers
+    _JOB = (paths, *settings, marks)
+    tasks = [(t, *span) for t, span in enumerate(spans)]
     try:
         # fork: the workers inherit the job and the shared memory; they never touch torch
-        with multiprocessing.get_context("fork").Pool(min(workers, len(spans))) as pool:
-            parts = pool.map(_decode_span, spans, chunksize=1)
+        with ProcessPoolExecutor(min(workers, len(spans)), mp_context=context, initializer=_worker_start) as pool:
+            try:
+                parts = list(pool.map(_decode_task, tasks))
+            except BaseException:  # Ctrl-C, a dead worker: hand out no more tasks; running ones are short
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    except BrokenProcessPool:
+        # read once the pool has joined its workers: those it terminated have cleared their marks
+        dead = [image_files.escape_path(str(paths[m - 1])) for m in marks.tolist() if m]
+        raise DataError(f"a decode worker process died while decoding {' or '.join(dead) or 'an image'} "
+                        f"(a crash in the image decoder on that file, or the process was killed, e.g. for "
+                        f"lack of memory); move the file out of the dataset and run again") from None
     finally:
         _JOB = None
     return [r for part in parts for r in part]
