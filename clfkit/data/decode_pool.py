@@ -183,6 +183,14 @@ def decode_into(paths: list, size: tuple[int, int], channels: int, resize: str, 
     return _decode_in_pool(paths, spans, (size, channels, resize, out), context, workers)
 
 
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate the pool's workers and wait for them. ``_processes`` is private (Python 3.14
+    adds terminate_workers()), hence the getattr: without it the running tasks finish first."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _decode_in_pool(paths: list, spans: list[tuple[int, int]], settings: tuple, context,
                     workers: int) -> list[FileResult]:
     global _JOB
@@ -194,8 +202,10 @@ def _decode_in_pool(paths: list, spans: list[tuple[int, int]], settings: tuple, 
         with ProcessPoolExecutor(min(workers, len(spans)), mp_context=context, initializer=_worker_start) as pool:
             try:
                 parts = list(pool.map(_decode_task, tasks))
-            except BaseException:  # Ctrl-C, a dead worker: hand out no more tasks; running ones are short
-                pool.shutdown(wait=True, cancel_futures=True)
+            except BrokenProcessPool:
+                raise
+            except BaseException:  # Ctrl-C: stop now, not after each worker's task (64 large photos: seconds)
+                _stop_workers(pool)
                 raise
     except BrokenProcessPool:
         # read once the pool has joined its workers: those it terminated have cleared their marks
