@@ -118,9 +118,19 @@ def uncached(load: Callable[[], Splits], storage_mode: str, parent: Optional[Pat
             return splits  # auto, under the budget: nothing written
         return reopen(splits, target.folder, storage_mode)
     except OSError as e:  # a full disk: the run may still fit in memory
-        shutil.rmtree(target.folder, ignore_errors=True)
-        log(f"could not write the decoded images to {target.folder}: {e.strerror or e}; loading them into memory")
+        _remove(target.made)
+        log(f"could not write the decoded images to {target.made or 'a private folder'}: {e.strerror or e}; "
+            f"loading them into memory")
         return load()
+    except BaseException:  # bad data, Ctrl-C: its half-written files must not wait for the process to end
+        _remove(target.made)
+        raise
+
+
+def _remove(folder: Optional[Path]) -> None:
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+        release(folder)
 
 
 def cached_miss(load: Callable[[], Splits], storage_mode: str, base: Path, group: str,
