@@ -88,6 +88,31 @@ def test_a_read_error_in_the_reader_thread_surfaces_as_a_data_error(tmp_path, mo
     assert not _reader_threads()
 
 
+@pytest.mark.parametrize("failure", ["io-error", "file-removed"])
+def test_an_os_error_while_reading_is_a_data_error_naming_the_file(tmp_path, monkeypatch, failure):
+    """A disk error (EIO) or a split file removed under the run reaches the CLI as one
+    clfkit error naming the file, not an OSError traceback from the reader thread."""
+    import errno
+
+    _small_windows(monkeypatch, chunk=2, window=2)
+    data = ImageSet(_disk(tmp_path, _images(30)), torch.arange(30))
+    if failure == "io-error":
+        def eio(*_):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        monkeypatch.setattr(os, "preadv", eio)
+        problem = "Input/output error"
+    else:
+        os.unlink(data.images.path)
+        problem = "No such file"
+    with pytest.raises(DataError, match=rf"x\.npy.*{problem}"):
+        for _ in batches.train_batches(data, 4, 0, 0, False, CPU, [], 0):
+            pass
+    with pytest.raises(DataError, match=rf"x\.npy.*{problem}"):
+        next(batches.eval_batches(data, 4, CPU))
+    assert not _reader_threads()
+
+
 def test_breaking_out_of_an_epoch_stops_the_reader(tmp_path, monkeypatch):
     _small_windows(monkeypatch, chunk=2, window=2)
     data = ImageSet(_disk(tmp_path, _images(40)), torch.arange(40))

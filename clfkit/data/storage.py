@@ -103,8 +103,11 @@ def current_target() -> Optional[Target]:
 
 # --------------------------------------------------------------------------- reading
 def _read_exact(fd: int, buf: memoryview, offset: int, path: str) -> None:
-    while len(buf):
-        n = os.preadv(fd, [buf], offset)
+    while len(buf):  # pread may return fewer bytes than asked: read on
+        try:
+            n = os.preadv(fd, [buf], offset)
+        except OSError as e:  # e.g. EIO: the error names no file by itself
+            raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
         if n <= 0:
             raise DataError(f"{path} ended early (truncated while in use?)")
         buf, offset = buf[n:], offset + n
@@ -201,8 +204,11 @@ class DiskImages:
             os.close(self._fd)
 
     def _descriptor(self) -> int:
-        if self._fd is None or self._pid != os.getpid():
-            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        if self._fd is None or self._pid != os.getpid():  # first read, or a forked loader worker
+            try:
+                self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+            except OSError as e:  # removed or unreadable while the run uses it
+                raise DataError(f"{self.path}: cannot open ({e.strerror or e})") from None
         return self._fd
 
     def read(self, positions: np.ndarray, out: Optional[torch.Tensor] = None,
