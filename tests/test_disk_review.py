@@ -59,6 +59,7 @@ def test_disk_order_is_every_row_once_at_chunk_and_window_edges(n):
 @pytest.mark.parametrize("n,batch,drop_last,start", [
     (23, 4, False, 0), (23, 4, True, 0), (20, 4, True, 0), (3, 8, True, 0), (23, 4, False, 3), (40, 10, False, 4),
     (23, 4, False, 6),  # start_batch at the epoch's end: nothing left
+    (23, 2, False, 0), (24, 3, True, 1),  # blocks of several batches (6 rows a window)
 ])
 def test_disk_batches_are_the_order_rows_whole(tmp_path, monkeypatch, n, batch, drop_last, start):
     """Blocks straddle windows and end in a partial batch; each batch is the order's rows."""
@@ -123,22 +124,23 @@ def test_breaking_out_of_an_epoch_stops_the_reader(tmp_path, monkeypatch):
     assert not _reader_threads()
 
 
-def test_an_epoch_that_raises_does_not_keep_its_reader(tmp_path, monkeypatch):
-    """A non-finite stop (or any error) leaves train_one_epoch by an exception, which a
-    notebook keeps (sys.last_exc) with the frames it went through: the epoch's generator, its
-    reader thread and two blocks of images must not stay alive with it."""
+@pytest.mark.parametrize("where", ["train_step", "after_step"])
+def test_an_epoch_that_raises_does_not_keep_its_reader(tmp_path, monkeypatch, where):
+    """A non-finite stop (in the step) or a stop signal (after it) leaves train_one_epoch by
+    an exception, which a notebook keeps (sys.last_exc) with the frames it went through: the
+    epoch's generator, its reader thread and two blocks of images must not stay alive with it."""
     _small_windows(monkeypatch, chunk=2, window=2)
     data = ImageSet(_disk(tmp_path, _images(40)), torch.arange(40))
     tb = batches.TrainBatches(data, 4, 0, False, CPU, [], 0)
 
     def stop(*_):
-        raise TrainingError("loss is nan")
+        raise TrainingError("stopped")
 
     monkeypatch.setattr(loop, "_start_epoch", lambda *_: None)
-    monkeypatch.setattr(loop, "train_step", stop)
+    monkeypatch.setattr(loop, "train_step", stop if where == "train_step" else lambda *_: True)
     state = SimpleNamespace(model=torch.nn.Identity(), frozen_norms=[])
     with pytest.raises(TrainingError) as kept:
-        loop.train_one_epoch(state, tb, 0, progress=lambda n: None)
+        loop.train_one_epoch(state, tb, 0, progress=lambda n: None, after_step=stop)
     assert kept.value.__traceback__ is not None  # the frames are still held here
     assert not _reader_threads()
 
@@ -309,12 +311,52 @@ def test_a_crashed_decode_worker_is_an_error_naming_its_file_not_a_hang(tmp_path
 
     monkeypatch.setattr(decode_pool, "decode_one", crash_on_7)
     monkeypatch.setattr(decode_pool, "TASK_FILES", 2)
-    before = _children()
+    before, shm = _children(), set(os.listdir("/dev/shm"))
     out = decode_pool.Output(12, (3, SIZE, SIZE), tmp_path / "o.npy")
     with pytest.raises(DataError, match=r"img07\.png") as e:
         _in_thread(lambda: decode_pool.decode_into(paths, (SIZE, SIZE), 3, "squash", out, workers=2), 20)
     assert "decode worker process died" in str(e.value) and str(e.value).count(".png") == 1  # that file alone
-    assert _children() <= before  # no worker left running, no zombie
+    assert _children() <= before and set(os.listdir("/dev/shm")) <= shm  # no worker, zombie or segment left
+
+
+def test_a_crashed_worker_under_the_cache_leaves_no_files(tmp_path, monkeypatch):
+    """The decode into a new cache entry's temp folder fails: the partial .npy goes with it."""
+    from clfkit.data import cache
+    from clfkit.data.folder import load_folder
+
+    root = tmp_path / "data"
+    for c in ("a", "b"):
+        _pngs(root / "train" / c, 4)
+    monkeypatch.setenv("CLFKIT_CACHE", "1")
+    monkeypatch.setenv("CLFKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(decode_pool, "POOL_MIN_FILES", 2)
+    monkeypatch.setattr(decode_pool, "TASK_FILES", 2)
+    monkeypatch.setattr(decode_pool, "default_workers", lambda: 2)
+    real = decode_pool.decode_one
+    monkeypatch.setattr(decode_pool, "decode_one", lambda p, *a: os._exit(9) if p.name == "img02.png" else real(p, *a))
+    settings = {"image_size": [SIZE, SIZE], "channels": None, "resize": "squash", "on_error": "skip"}
+    with pytest.raises(DataError, match=r"img02\.png"):
+        _in_thread(lambda: cache.cached("folder", {"root": str(root)}, settings, lambda: load_folder(root, (SIZE, SIZE)),
+                                        storage_mode="disk"), 20)
+    assert [p for p in (tmp_path / "cache").rglob("*")] == []
+
+
+def test_a_worker_outliving_its_parent_exits():
+    """kill -9 of the parent leaves its workers blocked on the task pipe forever (measured:
+    both still alive 3 s after); each watches its parent and exits when it is gone."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    orphan = ctx.Process(target=decode_pool._exit_with_parent, args=(-1, 0.01))  # -1: never its parent
+    kept = ctx.Process(target=decode_pool._exit_with_parent, args=(os.getpid(), 0.01))
+    orphan.start(), kept.start()
+    orphan.join(5)
+    time.sleep(0.05)
+    try:
+        assert orphan.exitcode == 1 and kept.is_alive()
+    finally:
+        kept.terminate()
+        kept.join()
 
 
 def test_the_pool_leaves_no_process_or_shared_memory_behind(tmp_path, monkeypatch):
@@ -356,7 +398,7 @@ def test_ctrl_c_during_the_pool_stops_it_promptly_and_leaves_no_worker(tmp_path,
 
     monkeypatch.setattr(decode_pool, "decode_one", slow)
     monkeypatch.setattr(decode_pool, "TASK_FILES", 20)  # 1.6 s a task: stopping must not wait for it
-    before = _children()
+    before, shm = _children(), set(os.listdir("/dev/shm"))
     out = decode_pool.Output(40, (3, SIZE, SIZE))
     timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
     old = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -369,7 +411,7 @@ def test_ctrl_c_during_the_pool_stops_it_promptly_and_leaves_no_worker(tmp_path,
         timer.cancel()
         signal.signal(signal.SIGINT, old)
     assert time.perf_counter() - t0 < 0.3 + 0.6
-    assert _children() <= before
+    assert _children() <= before and set(os.listdir("/dev/shm")) <= shm
 
 
 # --------------------------------------------------------------------------- leftovers of a failed load

@@ -18,6 +18,8 @@ import mmap
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -104,12 +106,21 @@ _JOB: Optional[tuple] = None
 _TASK = -1  # in a worker: the task it is running
 
 
-def _worker_start() -> None:
+def _worker_start(parent: int) -> None:
     # Ctrl-C reaches the whole process group: the parent alone stops the pool (no traceback
     # from every worker). A worker the pool terminates because another died clears its mark,
     # so the marks left name the file the dead worker was decoding.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _terminated)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
+    """A worker whose parent is gone (kill -9) would wait for tasks forever: the workers
+    hold the task pipe's write end too, so it never reads end-of-file."""
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(1)
 
 
 def _terminated(signum, frame) -> None:
@@ -199,7 +210,8 @@ def _decode_in_pool(paths: list, spans: list[tuple[int, int]], settings: tuple, 
     tasks = [(t, *span) for t, span in enumerate(spans)]
     try:
         # fork: the workers inherit the job and the shared memory; they never touch torch
-        with ProcessPoolExecutor(min(workers, len(spans)), mp_context=context, initializer=_worker_start) as pool:
+        with ProcessPoolExecutor(min(workers, len(spans)), mp_context=context,
+                                 initializer=_worker_start, initargs=(os.getpid(),)) as pool:
             try:
                 parts = list(pool.map(_decode_task, tasks))
             except BrokenProcessPool:
