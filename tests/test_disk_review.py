@@ -369,6 +369,29 @@ def test_the_pool_leaves_no_process_or_shared_memory_behind(tmp_path, monkeypatc
     assert set(os.listdir("/dev/shm")) <= shm and _children() <= kids
 
 
+def test_two_threads_decoding_at_once_each_get_their_own_files(tmp_path, monkeypatch):
+    """The pool's job is a module global its forked workers inherit: two decodes at once (two
+    trainings in one notebook's threads) must not hand one's files to the other's workers."""
+    first, second = _pngs(tmp_path / "a", 6), _pngs(tmp_path / "b", 30)[24:]  # values 0..5 and 24..29
+    real = decode_pool.decode_one
+
+    def slow(path, *args):
+        time.sleep(0.02)
+        return real(path, *args)
+
+    monkeypatch.setattr(decode_pool, "decode_one", slow)
+    monkeypatch.setattr(decode_pool, "TASK_FILES", 2)
+    outs = [decode_pool.Output(6, (3, SIZE, SIZE)) for _ in range(2)]
+    threads = [threading.Thread(target=decode_pool.decode_into, args=(paths, (SIZE, SIZE), 3, "squash", out, 2))
+               for paths, out in zip((first, second), outs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert [int(v) for v in outs[0].array()[:, 0, 0, 0]] == list(range(6))
+    assert [int(v) for v in outs[1].array()[:, 0, 0, 0]] == list(range(24, 30))
+
+
 def test_without_fork_the_decode_runs_in_this_process(tmp_path, monkeypatch):
     """Windows has no fork; the pool's workers inherit their job by fork, so elsewhere the
     decode runs in the calling process (same rows, same results) instead of failing."""

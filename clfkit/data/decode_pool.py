@@ -103,6 +103,7 @@ def decode_one(path: Union[str, Path], size: tuple[int, int], channels: int,
 # task ``t``'s worker is decoding, 0 when it is not decoding one: shared memory, so the parent
 # can name the file a worker died on (a crash in a decoder, the OOM killer).
 _JOB: Optional[tuple] = None
+_JOB_LOCK = threading.Lock()  # one pool at a time in a process (each uses every core anyway)
 _TASK = -1  # in a worker: the task it is running
 
 
@@ -191,7 +192,8 @@ def decode_into(paths: list, size: tuple[int, int], channels: int, resize: str, 
         finally:
             if fd is not None:
                 os.close(fd)
-    return _decode_in_pool(paths, spans, (size, channels, resize, out), context, workers)
+    with _JOB_LOCK:  # decodes in two threads at once would share the one job
+        return _decode_in_pool(paths, spans, (size, channels, resize, out), context, workers)
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
