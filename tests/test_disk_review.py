@@ -180,17 +180,17 @@ def test_descriptors_do_not_pile_up_over_epochs_and_evals(tmp_path, monkeypatch)
     train = ImageSet(_disk(tmp_path, x), torch.arange(30))
     val = train.subset(torch.tensor([3, 1, 4, 15, 9, 2, 6]))
 
-    def epoch_and_eval(e):
+    def epoch_and_eval(train, val, e):
         for _ in batches.train_batches(train, 4, 0, e, False, CPU, [], 0):
             pass
         for _ in batches.eval_batches(val, 3, CPU):
             pass
         storage.channel_mean_std(val.images)
 
-    epoch_and_eval(0)
+    epoch_and_eval(train, val, 0)
     before = _open_fds()
     for e in range(1, 30):
-        epoch_and_eval(e)
+        epoch_and_eval(train, val, e)
     assert _open_fds() == before
     del train, val
     assert _open_fds() == before - 2  # the file's descriptor and the subset's
@@ -452,3 +452,30 @@ def test_a_failed_disk_load_without_the_cache_leaves_no_files(tmp_path):
     with pytest.raises(DataError, match="broken.png"):
         disk_spill.uncached(lambda: load_folder(root, (SIZE, SIZE), on_error="fail"), "disk", parent, print)
     assert [p for p in parent.rglob("*") if p.is_file()] == []
+
+
+def test_a_private_folder_goes_when_nothing_reads_it_any_more(tmp_path):
+    """Runs of one process (a sweep or tune run in-process) each decode an uncached dataset to
+    their own private folder: each is deleted once its splits (and views of them) are gone,
+    not when the process exits (20 sweep points of a 2 GB set: 40 GB until then)."""
+    import gc
+
+    from clfkit.data import Splits
+
+    x = _images(12)
+    parent = tmp_path / "spill"
+
+    def load():
+        return Splits(train=ImageSet(x.clone(), torch.arange(12) % 2), class_names=["a", "b"])
+
+    splits = disk_spill.uncached(load, "disk", parent, print)
+    folder = Path(splits.train.images.path).parent
+    val = splits.train.subset(torch.tensor([1, 5, 7]))  # a view keeps the file
+    del splits
+    gc.collect()
+    assert folder.is_dir() and torch.equal(val.images[:], x[[1, 5, 7]])
+    del val
+    gc.collect()
+    assert not folder.exists() and list(parent.iterdir()) == []
+    memory = disk_spill.uncached(load, "memory", parent, print)  # nothing written, nothing kept
+    assert not storage.is_disk(memory.train.images) and list(parent.iterdir()) == []

@@ -139,6 +139,9 @@ class DiskImages:
     ndim = 4
     device = torch.device("cpu")
     on_disk = True
+    # whatever must live while the file is read (a private folder's lease, clfkit.data.disk_spill):
+    # shared by the subsets of :meth:`select`, so the last one gone lets the folder go
+    keeper: object = None
 
     def __init__(self, path: Union[str, Path], rows: Optional[np.ndarray] = None):
         try:
