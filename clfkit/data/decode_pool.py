@@ -10,6 +10,10 @@ that part dominates. Files are decoded by exactly the code of the single-process
 
 Output rows are file positions: row ``i`` holds file ``i`` as (C, H, W) uint8; a file that
 cannot be decoded leaves its row zero and the caller drops it afterwards.
+
+Failures: a worker that dies (a crash inside a decoder, the OOM killer) is a DataError naming
+the file it was on, never a wait for a lost task; Ctrl-C stops the workers at once; a worker
+whose parent is gone exits. Without fork (Windows) the decode runs in the calling process.
 """
 from __future__ import annotations
 
