@@ -362,11 +362,13 @@ def test_a_worker_outliving_its_parent_exits():
 def test_the_pool_leaves_no_process_or_shared_memory_behind(tmp_path, monkeypatch):
     paths = _pngs(tmp_path / "imgs", 10)
     monkeypatch.setattr(decode_pool, "TASK_FILES", 2)
-    shm, kids = set(os.listdir("/dev/shm")), _children()
-    out = decode_pool.Output(10, (3, SIZE, SIZE))
-    results = decode_pool.decode_into(paths, (SIZE, SIZE), 3, "squash", out, workers=2)
-    assert all(r.error is None for r in results) and [int(out.array()[i, 0, 0, 0]) for i in range(10)] == list(range(10))
-    assert set(os.listdir("/dev/shm")) <= shm and _children() <= kids
+    shm, kids, fds = set(os.listdir("/dev/shm")), _children(), _open_fds()
+    for to_file in (False, True, True):
+        out = decode_pool.Output(10, (3, SIZE, SIZE), tmp_path / "o.npy" if to_file else None)
+        results = decode_pool.decode_into(paths, (SIZE, SIZE), 3, "squash", out, workers=2)
+        rows = np.load(out.path) if to_file else out.array()
+        assert all(r.error is None for r in results) and [int(rows[i, 0, 0, 0]) for i in range(10)] == list(range(10))
+    assert set(os.listdir("/dev/shm")) <= shm and _children() <= kids and _open_fds() == fds
 
 
 def test_two_threads_decoding_at_once_each_get_their_own_files(tmp_path, monkeypatch):
