@@ -266,6 +266,12 @@ def _pngs(folder: Path, n: int) -> list[Path]:
     return paths
 
 
+def _shm() -> set[str]:
+    """Named shared memory of the kinds Python's multiprocessing makes (segments, semaphores);
+    other processes' own segments (torch's, other test runs') are not this test's business."""
+    return {name for name in os.listdir("/dev/shm") if name.startswith(("psm_", "sem.mp", "mp-", "wnsm_"))}
+
+
 def _children() -> set[int]:
     """Live or zombie child processes of this one."""
     me, kids = str(os.getpid()), set()
@@ -311,12 +317,12 @@ def test_a_crashed_decode_worker_is_an_error_naming_its_file_not_a_hang(tmp_path
 
     monkeypatch.setattr(decode_pool, "decode_one", crash_on_7)
     monkeypatch.setattr(decode_pool, "TASK_FILES", 2)
-    before, shm = _children(), set(os.listdir("/dev/shm"))
+    before, shm = _children(), _shm()
     out = decode_pool.Output(12, (3, SIZE, SIZE), tmp_path / "o.npy")
     with pytest.raises(DataError, match=r"img07\.png") as e:
         _in_thread(lambda: decode_pool.decode_into(paths, (SIZE, SIZE), 3, "squash", out, workers=2), 20)
     assert "decode worker process died" in str(e.value) and str(e.value).count(".png") == 1  # that file alone
-    assert _children() <= before and set(os.listdir("/dev/shm")) <= shm  # no worker, zombie or segment left
+    assert _children() <= before and _shm() <= shm  # no worker, zombie or segment left
 
 
 def test_a_crashed_worker_under_the_cache_leaves_no_files(tmp_path, monkeypatch):
@@ -362,13 +368,13 @@ def test_a_worker_outliving_its_parent_exits():
 def test_the_pool_leaves_no_process_or_shared_memory_behind(tmp_path, monkeypatch):
     paths = _pngs(tmp_path / "imgs", 10)
     monkeypatch.setattr(decode_pool, "TASK_FILES", 2)
-    shm, kids, fds = set(os.listdir("/dev/shm")), _children(), _open_fds()
+    shm, kids, fds = _shm(), _children(), _open_fds()
     for to_file in (False, True, True):
         out = decode_pool.Output(10, (3, SIZE, SIZE), tmp_path / "o.npy" if to_file else None)
         results = decode_pool.decode_into(paths, (SIZE, SIZE), 3, "squash", out, workers=2)
         rows = np.load(out.path) if to_file else out.array()
         assert all(r.error is None for r in results) and [int(rows[i, 0, 0, 0]) for i in range(10)] == list(range(10))
-    assert set(os.listdir("/dev/shm")) <= shm and _children() <= kids and _open_fds() == fds
+    assert _shm() <= shm and _children() <= kids and _open_fds() == fds
 
 
 def test_two_threads_decoding_at_once_each_get_their_own_files(tmp_path, monkeypatch):
@@ -423,7 +429,7 @@ def test_ctrl_c_during_the_pool_stops_it_promptly_and_leaves_no_worker(tmp_path,
 
     monkeypatch.setattr(decode_pool, "decode_one", slow)
     monkeypatch.setattr(decode_pool, "TASK_FILES", 20)  # 1.6 s a task: stopping must not wait for it
-    before, shm = _children(), set(os.listdir("/dev/shm"))
+    before, shm = _children(), _shm()
     out = decode_pool.Output(40, (3, SIZE, SIZE))
     timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
     old = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -436,7 +442,7 @@ def test_ctrl_c_during_the_pool_stops_it_promptly_and_leaves_no_worker(tmp_path,
         timer.cancel()
         signal.signal(signal.SIGINT, old)
     assert time.perf_counter() - t0 < 0.3 + 0.6
-    assert _children() <= before and set(os.listdir("/dev/shm")) <= shm
+    assert _children() <= before and _shm() <= shm
 
 
 # --------------------------------------------------------------------------- leftovers of a failed load
