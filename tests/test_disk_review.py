@@ -40,8 +40,19 @@ def _small_windows(monkeypatch, chunk: int, window: int) -> None:
     monkeypatch.setattr(batches, "WINDOW_BYTES", window * chunk * ROW)
 
 
+_THREADS_BEFORE: set[threading.Thread] = set()
+
+
+@pytest.fixture(autouse=True)
+def _threads_before():
+    """The threads alive before each test: a reader left by another test is not this one's."""
+    _THREADS_BEFORE.clear()
+    _THREADS_BEFORE.update(threading.enumerate())
+
+
 def _reader_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("ThreadPoolExecutor")]
+    """Executor threads (the disk reader's) started by this test and still alive."""
+    return [t for t in threading.enumerate() if t.name.startswith("ThreadPoolExecutor") and t not in _THREADS_BEFORE]
 
 
 def _open_fds() -> int:
