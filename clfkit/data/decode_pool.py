@@ -103,10 +103,11 @@ def decode_one(path: Union[str, Path], size: tuple[int, int], channels: int,
 
 
 # The job of a pool, set in the parent before the workers fork (they inherit it, nothing of
-# it is pickled): (paths, size, channels, resize, output, marks). ``marks[t]`` is 1 + the file
-# task ``t``'s worker is decoding, 0 when it is not decoding one: shared memory, so the parent
-# can name the file a worker died on (a crash in a decoder, the OOM killer).
+# it is pickled): (paths, size, channels, resize, output). ``_MARKS[t]`` is 1 + the file task
+# ``t``'s worker is decoding, 0 when it is not decoding one: shared memory, so the parent can
+# name the file a worker died on (a crash in a decoder, the OOM killer).
 _JOB: Optional[tuple] = None
+_MARKS: Optional[np.ndarray] = None
 _JOB_LOCK = threading.Lock()  # one pool at a time in a process (each uses every core anyway)
 _TASK = -1  # in a worker: the task it is running
 
@@ -129,22 +130,22 @@ def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
 
 
 def _terminated(signum, frame) -> None:
-    if _TASK >= 0 and _JOB is not None:
-        _JOB[5][_TASK] = 0
+    if _TASK >= 0 and _MARKS is not None:
+        _MARKS[_TASK] = 0
     os._exit(128 + signum)
 
 
 def _decode_task(task: tuple[int, int, int]) -> list[FileResult]:
     global _TASK
-    paths, size, channels, resize, out, marks = _JOB
-    _TASK, (start, stop) = task[0], task[1:]
+    paths, size, channels, resize, out = _JOB
+    _TASK, start, stop = task
     fd = os.open(out.path, os.O_WRONLY) if out.path is not None else None
     try:
-        return _decode_range(paths, start, stop, size, channels, resize, out, fd, marks[task[0]:task[0] + 1])
+        return _decode_range(paths, start, stop, size, channels, resize, out, fd, _MARKS[_TASK:_TASK + 1])
     finally:
         if fd is not None:
             os.close(fd)
-        marks[task[0]], _TASK = 0, -1
+        _MARKS[_TASK], _TASK = 0, -1
 
 
 def _decode_range(paths, start, stop, size, channels, resize, out: Output, fd,
@@ -210,9 +211,9 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
 
 def _decode_in_pool(paths: list, spans: list[tuple[int, int]], settings: tuple, context,
                     workers: int) -> list[FileResult]:
-    global _JOB
+    global _JOB, _MARKS
     marks = np.frombuffer(mmap.mmap(-1, 8 * len(spans)), np.int64)  # zeros, shared with the workers
-    _JOB = (paths, *settings, marks)
+    _JOB, _MARKS = (paths, *settings), marks
     tasks = [(t, *span) for t, span in enumerate(spans)]
     try:
         # fork: the workers inherit the job and the shared memory; they never touch torch
@@ -220,7 +221,7 @@ def _decode_in_pool(paths: list, spans: list[tuple[int, int]], settings: tuple, 
                                  initializer=_worker_start, initargs=(os.getpid(),)) as pool:
             try:
                 parts = list(pool.map(_decode_task, tasks))
-            except BrokenProcessPool:
+            except BrokenProcessPool:  # a worker died: the pool has stopped the others itself
                 raise
             except BaseException:  # Ctrl-C: stop now, not after each worker's task (64 large photos: seconds)
                 _stop_workers(pool)
@@ -232,5 +233,5 @@ def _decode_in_pool(paths: list, spans: list[tuple[int, int]], settings: tuple, 
                         f"(a crash in the image decoder on that file, or the process was killed, e.g. for "
                         f"lack of memory); move the file out of the dataset and run again") from None
     finally:
-        _JOB = None
+        _JOB, _MARKS = None, None
     return [r for part in parts for r in part]
