@@ -10,6 +10,10 @@ that part dominates. Files are decoded by exactly the code of the single-process
 
 Output rows are file positions: row ``i`` holds file ``i`` as (C, H, W) uint8; a file that
 cannot be decoded leaves its row zero and the caller drops it afterwards.
+
+Failures: a worker that dies (a crash inside a decoder, the OOM killer) is a DataError naming
+the file it was on, never a wait for a lost task; Ctrl-C stops the workers at once; a worker
+whose parent is gone exits. Without fork (Windows) the decode runs in the calling process.
 """
 from __future__ import annotations
 
@@ -17,6 +21,11 @@ import hashlib
 import mmap
 import multiprocessing
 import os
+import signal
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -24,6 +33,7 @@ from typing import Optional, Union
 import numpy as np
 
 from clfkit import image_files
+from clfkit.errors import DataError
 
 # Files per task: large enough that hand-offs cost nothing next to decoding, small enough
 # that the last tasks do not leave cores idle.
@@ -93,25 +103,58 @@ def decode_one(path: Union[str, Path], size: tuple[int, int], channels: int,
 
 
 # The job of a pool, set in the parent before the workers fork (they inherit it, nothing of
-# it is pickled): (paths, size, channels, resize, output).
+# it is pickled): (paths, size, channels, resize, output). ``_MARKS[t]`` is 1 + the file task
+# ``t``'s worker is decoding, 0 when it is not decoding one: shared memory, so the parent can
+# name the file a worker died on (a crash in a decoder, the OOM killer).
 _JOB: Optional[tuple] = None
+_MARKS: Optional[np.ndarray] = None
+_JOB_LOCK = threading.Lock()  # one pool at a time in a process (each uses every core anyway)
+_TASK = -1  # in a worker: the task it is running
 
 
-def _decode_span(span: tuple[int, int]) -> list[FileResult]:
+def _worker_start(parent: int) -> None:
+    # Ctrl-C reaches the whole process group: the parent alone stops the pool (no traceback
+    # from every worker). A worker the pool terminates because another died clears its mark,
+    # so the marks left name the file the dead worker was decoding.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _terminated)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
+    """A worker whose parent is gone (kill -9) would wait for tasks forever: the workers
+    hold the task pipe's write end too, so it never reads end-of-file."""
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(1)
+
+
+def _terminated(signum, frame) -> None:
+    if _TASK >= 0 and _MARKS is not None:
+        _MARKS[_TASK] = 0
+    os._exit(128 + signum)
+
+
+def _decode_task(task: tuple[int, int, int]) -> list[FileResult]:
+    global _TASK
     paths, size, channels, resize, out = _JOB
-    start, stop = span
+    _TASK, start, stop = task
     fd = os.open(out.path, os.O_WRONLY) if out.path is not None else None
     try:
-        return _decode_range(paths, start, stop, size, channels, resize, out, fd)
+        return _decode_range(paths, start, stop, size, channels, resize, out, fd, _MARKS[_TASK:_TASK + 1])
     finally:
         if fd is not None:
             os.close(fd)
+        _MARKS[_TASK], _TASK = 0, -1
 
 
-def _decode_range(paths, start, stop, size, channels, resize, out: Output, fd) -> list[FileResult]:
+def _decode_range(paths, start, stop, size, channels, resize, out: Output, fd,
+                  mark: Optional[np.ndarray] = None) -> list[FileResult]:
     block = np.zeros((stop - start, *out.row_shape), np.uint8)  # an undecodable file stays zero
     results = []
     for k in range(start, stop):
+        if mark is not None:
+            mark[0] = k + 1
         arr, res = decode_one(paths[k], size, channels, resize)
         if arr is not None:
             block[k - start] = arr
@@ -128,28 +171,67 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
+def _fork_context():
+    """multiprocessing's fork context, or None on a platform without fork (Windows): the
+    workers inherit their job and the shared memory by fork, so there the decode runs in the
+    calling process."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    return multiprocessing.get_context("fork")
+
+
 def decode_into(paths: list, size: tuple[int, int], channels: int, resize: str, out: Output,
                 workers: Optional[int] = None) -> list[FileResult]:
     """Decode ``paths`` into rows 0.. of ``out`` with ``workers`` processes (None: one per
     core; 1, or fewer than POOL_MIN_FILES files: in this process). Returns per file its
-    FileResult, in order."""
+    FileResult, in order. A worker that dies is a DataError naming the file it was on."""
     auto = workers is None
     workers = default_workers() if auto else workers
     spans = [(i, min(i + TASK_FILES, len(paths))) for i in range(0, len(paths), TASK_FILES)]
     in_daemon = multiprocessing.current_process().daemon  # a daemon (a user's Pool worker) may not fork
-    if workers <= 1 or len(spans) <= 1 or (auto and len(paths) < POOL_MIN_FILES) or in_daemon:
+    context = None if workers <= 1 or len(spans) <= 1 or in_daemon else _fork_context()
+    if context is None or (auto and len(paths) < POOL_MIN_FILES):
         fd = os.open(out.path, os.O_WRONLY) if out.path is not None else None
         try:
             return [r for s in spans for r in _decode_range(paths, *s, size, channels, resize, out, fd)]
         finally:
             if fd is not None:
                 os.close(fd)
-    global _JOB
-    _JOB = (paths, size, channels, resize, out)
+    with _JOB_LOCK:  # decodes in two threads at once would share the one job
+        return _decode_in_pool(paths, spans, (size, channels, resize, out), context, workers)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate the pool's workers and wait for them. ``_processes`` is private (Python 3.14
+    adds terminate_workers()), hence the getattr: without it the running tasks finish first."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _decode_in_pool(paths: list, spans: list[tuple[int, int]], settings: tuple, context,
+                    workers: int) -> list[FileResult]:
+    global _JOB, _MARKS
+    marks = np.frombuffer(mmap.mmap(-1, 8 * len(spans)), np.int64)  # zeros, shared with the workers
+    _JOB, _MARKS = (paths, *settings), marks
+    tasks = [(t, *span) for t, span in enumerate(spans)]
     try:
         # fork: the workers inherit the job and the shared memory; they never touch torch
-        with multiprocessing.get_context("fork").Pool(min(workers, len(spans))) as pool:
-            parts = pool.map(_decode_span, spans, chunksize=1)
+        with ProcessPoolExecutor(min(workers, len(spans)), mp_context=context,
+                                 initializer=_worker_start, initargs=(os.getpid(),)) as pool:
+            try:
+                parts = list(pool.map(_decode_task, tasks))
+            except BrokenProcessPool:  # a worker died: the pool has stopped the others itself
+                raise
+            except BaseException:  # Ctrl-C: stop now, not after each worker's task (64 large photos: seconds)
+                _stop_workers(pool)
+                raise
+    except BrokenProcessPool:
+        # read once the pool has joined its workers: those it terminated have cleared their marks
+        dead = [image_files.escape_path(str(paths[m - 1])) for m in marks.tolist() if m]
+        raise DataError(f"a decode worker process died while decoding {' or '.join(dead) or 'an image'} "
+                        f"(a crash in the image decoder on that file, or the process was killed, e.g. for "
+                        f"lack of memory); move the file out of the dataset and run again") from None
     finally:
-        _JOB = None
+        _JOB, _MARKS = None, None
     return [r for part in parts for r in part]

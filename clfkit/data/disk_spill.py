@@ -10,12 +10,12 @@ where a dataset is decoded to and how its splits end up as files (clfkit.data.st
 """
 from __future__ import annotations
 
-import atexit
 import fcntl
 import os
 import time
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -95,16 +95,30 @@ def remove_stale(parent: Path, pattern: str) -> None:
 
 
 def private_folder(parent: Optional[Path]) -> Path:
-    """A folder for one process's disk splits, removed when it exits."""
+    """A folder for one load's disk splits (see :func:`uncached` for when it goes)."""
     try:
         parent.mkdir(parents=True, exist_ok=True)
         remove_stale(parent, ".clfkit-disk-*")
-        folder = locked_temp_folder(parent, ".clfkit-disk-")
+        return locked_temp_folder(parent, ".clfkit-disk-")
     except (OSError, AttributeError):  # no cache location, or not writable
-        folder = Path(tempfile.mkdtemp(prefix="clfkit-disk-"))
-    owner = os.getpid()
-    atexit.register(lambda: os.getpid() == owner and (shutil.rmtree(folder, ignore_errors=True), release(folder)))
-    return folder
+        return Path(tempfile.mkdtemp(prefix="clfkit-disk-"))
+
+
+class _Lease:
+    """Held by every disk split read from a private folder (``DiskImages.keeper``): the folder
+    is deleted when the last of them is garbage (a sweep's next run must not find the disk
+    full of its predecessors' splits), or when the process exits."""
+
+    def __init__(self, folder: Path):
+        weakref.finalize(self, _remove, folder, os.getpid())
+
+
+def _leased(splits: Splits, folder: Path) -> Splits:
+    lease = _Lease(folder)  # no split on disk: dropped on return, and the folder with it
+    for s in _sets(splits):
+        if storage.is_disk(s.images) and Path(s.images.path).parent == folder:
+            s.images.keeper = lease
+    return splits
 
 
 def uncached(load: Callable[[], Splits], storage_mode: str, parent: Optional[Path],
@@ -116,11 +130,21 @@ def uncached(load: Callable[[], Splits], storage_mode: str, parent: Optional[Pat
             splits = load()
         if target.made is None and storage.resolve(storage_mode, _nbytes(splits)) == "memory":
             return splits  # auto, under the budget: nothing written
-        return reopen(splits, target.folder, storage_mode)
+        return _leased(reopen(splits, target.folder, storage_mode), target.folder)
     except OSError as e:  # a full disk: the run may still fit in memory
-        shutil.rmtree(target.folder, ignore_errors=True)
-        log(f"could not write the decoded images to {target.folder}: {e.strerror or e}; loading them into memory")
+        _remove(target.made)
+        log(f"could not write the decoded images to {target.made or 'a private folder'}: {e.strerror or e}; "
+            f"loading them into memory")
         return load()
+    except BaseException:  # bad data, Ctrl-C: its half-written files must not wait for the process to end
+        _remove(target.made)
+        raise
+
+
+def _remove(folder: Optional[Path], owner: Optional[int] = None) -> None:
+    if folder is not None and owner in (None, os.getpid()):  # never from a forked child
+        shutil.rmtree(folder, ignore_errors=True)
+        release(folder)
 
 
 def cached_miss(load: Callable[[], Splits], storage_mode: str, base: Path, group: str,

@@ -103,8 +103,11 @@ def current_target() -> Optional[Target]:
 
 # --------------------------------------------------------------------------- reading
 def _read_exact(fd: int, buf: memoryview, offset: int, path: str) -> None:
-    while len(buf):
-        n = os.preadv(fd, [buf], offset)
+    while len(buf):  # pread may return fewer bytes than asked: read on
+        try:
+            n = os.preadv(fd, [buf], offset)
+        except OSError as e:  # e.g. EIO: the error names no file by itself
+            raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
         if n <= 0:
             raise DataError(f"{path} ended early (truncated while in use?)")
         buf, offset = buf[n:], offset + n
@@ -136,6 +139,9 @@ class DiskImages:
     ndim = 4
     device = torch.device("cpu")
     on_disk = True
+    # whatever must live while the file is read (a private folder's lease, clfkit.data.disk_spill):
+    # shared by the subsets of :meth:`select`, so the last one gone lets the folder go
+    keeper: object = None
 
     def __init__(self, path: Union[str, Path], rows: Optional[np.ndarray] = None):
         try:
@@ -181,8 +187,8 @@ class DiskImages:
             if not 0 <= i < len(self):
                 raise IndexError(f"index {key} out of range for {len(self)} images")
             return self.read(np.array([i]))[0]
-        if isinstance(key, slice):
-            return self.read(np.arange(len(self))[key])
+        if isinstance(key, slice):  # its own rows only: batch-by-batch slicing stays linear
+            return self.read(np.arange(*key.indices(len(self)), dtype=np.int64))
         return self.read(np.asarray(key.cpu() if isinstance(key, torch.Tensor) else key, dtype=np.int64))
 
     def index_select(self, dim: int, idx: torch.Tensor) -> torch.Tensor:
@@ -201,8 +207,11 @@ class DiskImages:
             os.close(self._fd)
 
     def _descriptor(self) -> int:
-        if self._fd is None or self._pid != os.getpid():
-            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        if self._fd is None or self._pid != os.getpid():  # first read, or a forked loader worker
+            try:
+                self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+            except OSError as e:  # removed or unreadable while the run uses it
+                raise DataError(f"{self.path}: cannot open ({e.strerror or e})") from None
         return self._fd
 
     def read(self, positions: np.ndarray, out: Optional[torch.Tensor] = None,
