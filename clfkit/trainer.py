@@ -23,7 +23,7 @@ import torch
 
 from clfkit import __version__
 from clfkit.build import (build_augmentations, build_data, build_loss, build_model, build_optimizer,
-                          build_regularizers, build_schedule, normalization)
+                          build_regularizers, build_schedule)
 from clfkit.data import ImageSet, Splits, storage
 from clfkit.engine import distributed
 from clfkit.engine.batches import BatchPrep, TrainBatches, num_batches
@@ -43,12 +43,12 @@ from clfkit.recipe import Recipe
 from clfkit.report_html import write_run_report
 from clfkit.run.checkpoint import save_checkpoint
 from clfkit.run.folder import RunFolder, run_lock
-from clfkit.run.init import load_init
+from clfkit.run.init import input_normalization, load_init
 from clfkit.run.metrics_log import MetricsLog
 from clfkit.run.reader import replaces_best, selected_on
 from clfkit.run.reports import write_run_reports
 from clfkit.run.resume import (Resumed, check_folder_resumable, check_resumable, check_same_data, restore,
-                               training_state)
+                               stored_normalization, training_state)
 from clfkit.signals import Interrupted, catch_stop_signals
 from clfkit.tracking import open_trackers, require_trackers
 
@@ -130,7 +130,9 @@ class Trainer:
         self.data_seconds = time.perf_counter() - t0
         if self.resume is not None:  # the labels are class indices: other classes would silently mislabel
             check_same_data(self.resume, self.splits.class_names, self.splits.in_chans, self.splits.image_size)
-        self.mean, self.std = normalization(self.recipe, self.splits.train)
+        # resuming: the statistics the run started with (the init run may have changed since)
+        self.mean, self.std, self.normalize_from = (stored_normalization(self.resume) if self.resume is not None
+                                                    else input_normalization(self.recipe, self.splits.train))
 
     def open_folder(self, out: str | Path, run_dir: str | Path | None, lock: contextlib.ExitStack) -> None:
         """Create (or, resuming, reopen) the run folder and lock it for the rest of the run."""
@@ -187,13 +189,15 @@ class Trainer:
         self.batches = TrainBatches(train_set, tc.batch_size, recipe.seed, tc.drop_last, rt.device, per_image,
                                     workers, recipe.data.sampler)
         # printed once the run folder is open (clfkit.engine.batches; the loss's class weights)
-        self.build_lines = [_data_path(aug_names, rt, workers, recipe.data.sampler, train_set)]
+        self.build_lines = [_data_path(aug_names, rt, workers, recipe.data.sampler, train_set),
+                            f"normalize ({self.normalize_from}): mean {_rounded(self.mean)} std {_rounded(self.std)}"]
         if self.class_weights is not None:
             self.build_lines.append(_weights_line(recipe.loss, splits.class_names, self.class_weights))
         self.eval_bs = tc.eval_batch_size or tc.batch_size * 2
         self.ckpt_base = {"recipe": recipe.to_dict(), "class_names": splits.class_names,
                           "input": {"image_size": list(splits.image_size), "channels": splits.in_chans,
-                                    "mean": self.mean, "std": self.std, "resize": recipe.data.resize}}
+                                    "mean": self.mean, "std": self.std, "resize": recipe.data.resize,
+                                    "normalize_from": self.normalize_from}}
 
     def _weights_in(self, model: torch.nn.Module) -> list[Any]:
         """The receipts of ``model.weights`` (loaded by the model) and ``init:`` (loaded here):
@@ -367,7 +371,8 @@ class Trainer:
             "test_acc": None, "test_top5_acc": None, "test_loss": None, "skipped_files": len(splits.skipped),
             "data_seconds": round(self.data_seconds, 2), "train_seconds": round(self.train_seconds, 2),
             "compile_seconds": self.compile_seconds,
-            "normalize": {"mean": self.mean, "std": self.std},  # as used (computed from train when `auto`)
+            # as used, and where from (the train split, the init run, the recipe)
+            "normalize": {"mean": self.mean, "std": self.std, "from": self.normalize_from},
             "class_weights": self.class_weights, "sampler": self.recipe.data.sampler,
             "clfkit_version": __version__, "epochs_run": len(self.history), "ema": self.state.ema is not None,
             "stopped_early_at": stopper.stopped_epoch if stopper and stopper.stopped_epoch else None,
@@ -396,6 +401,10 @@ def _place_data(splits: Splits, rt: Runtime, on_device: bool) -> tuple[ImageSet,
         if val_set is not None and not storage.is_disk(val_set.images):
             val_set = ImageSet(val_set.images.to(rt.device), val_set.labels.to(rt.device))
     return train_set, val_set
+
+
+def _rounded(values: list[float]) -> list[float]:
+    return [round(v, 4) for v in values]
 
 
 def _weights_line(loss: dict, class_names: list[str], weights: list[float]) -> str:

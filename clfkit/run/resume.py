@@ -196,6 +196,13 @@ def check_same_data(resumed: Resumed, class_names: list[str], channels: int, ima
                           f"gives {now}; train a new run instead")
 
 
+def stored_normalization(resumed: Resumed) -> tuple[list[float], list[float], str]:
+    """The input mean/std the run started with (last.pt's input record, checked by
+    check_resumable), and where they came from."""
+    spec = resumed.state["input"]
+    return list(spec["mean"]), list(spec["std"]), spec.get("normalize_from", "run's last.pt")
+
+
 def _check_best(best_state: dict[str, Any], last_state: dict[str, Any], best: Path) -> None:
     """best.pt must rebuild the same model as last.pt (same weight names and shapes)."""
     require_model_fields(best_state, str(best))
