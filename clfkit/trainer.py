@@ -42,6 +42,7 @@ from clfkit.progress import Reporter
 from clfkit.recipe import Recipe
 from clfkit.report_html import write_run_report
 from clfkit.run.checkpoint import save_checkpoint
+from clfkit.run.data_record import check_unchanged, data_record, write_manifest
 from clfkit.run.folder import RunFolder, run_lock
 from clfkit.run.init import input_normalization, load_init
 from clfkit.run.metrics_log import MetricsLog
@@ -80,14 +81,16 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
         return trainer.finish()
 
 
-def resume_run(run_dir: str | Path, *, quiet: bool = False) -> RunResult:
+def resume_run(run_dir: str | Path, *, quiet: bool = False, allow_data_change: bool = False) -> RunResult:
     """Continue the run in ``run_dir`` from its ``last.pt`` (``clfkit train --resume``). The
     run folder's lock is taken before anything is read: a run still training elsewhere (or
-    another resume of it) is refused, with nothing touched."""
+    another resume of it) is refused, with nothing touched. Data that changed since the run
+    started is refused too, unless ``allow_data_change`` (clfkit.run.data_record)."""
     run_dir = Path(run_dir)
     check_folder_resumable(run_dir)
     with run_lock(run_dir, "resume"):
         resumed = check_resumable(run_dir)
+        resumed.allow_data_change = allow_data_change
         return train(resumed.recipe, run_dir=run_dir, quiet=quiet, resume=resumed)
 
 
@@ -130,6 +133,11 @@ class Trainer:
         self.data_seconds = time.perf_counter() - t0
         if self.resume is not None:  # the labels are class indices: other classes would silently mislabel
             check_same_data(self.resume, self.splits.class_names, self.splits.in_chans, self.splits.image_size)
+        # the files themselves (clfkit.run.data_record): other data would silently train on other images
+        self.data_record, self.data_note = (
+            check_unchanged(self.resume.run_dir, self.resume.state.get("data"), self.splits, self.recipe.data.source,
+                            self.resume.allow_data_change, self.resume.epoch)
+            if self.resume is not None else (data_record(self.splits), None))
         # resuming: the statistics the run started with (the init run may have changed since)
         self.mean, self.std, self.normalize_from = (stored_normalization(self.resume) if self.resume is not None
                                                     else input_normalization(self.recipe, self.splits.train))
@@ -149,8 +157,12 @@ class Trainer:
             self.folder.write_recipe(self.recipe.to_yaml(), __version__)
         if self.splits.skipped:
             self.folder.write_skipped(self.splits.skipped)
+        if self.resume is None or self.data_note:  # the files the run (from now on) trains on
+            write_manifest(self.folder, self.recipe.data.source)
         self.report.print(f"run {self.folder}  device {self.rt.device} ({self.rt.precision})  "
                           f"data: {_describe(self.splits, self.data_seconds)}")
+        if self.data_note:
+            self.report.print(self.data_note)
         for r in self.receipts:
             self.report.print(r.line())
         if self.receipts and distributed.is_main():
@@ -197,7 +209,7 @@ class Trainer:
         self.ckpt_base = {"recipe": recipe.to_dict(), "class_names": splits.class_names,
                           "input": {"image_size": list(splits.image_size), "channels": splits.in_chans,
                                     "mean": self.mean, "std": self.std, "resize": recipe.data.resize,
-                                    "normalize_from": self.normalize_from}}
+                                    "normalize_from": self.normalize_from}, "data": self.data_record}
 
     def _weights_in(self, model: torch.nn.Module) -> list[Any]:
         """The receipts of ``model.weights`` (loaded by the model) and ``init:`` (loaded here):
@@ -373,6 +385,7 @@ class Trainer:
             "compile_seconds": self.compile_seconds,
             # as used, and where from (the train split, the init run, the recipe)
             "normalize": {"mean": self.mean, "std": self.std, "from": self.normalize_from},
+            "data": self.data_record,  # its fingerprint, and any resume on changed data (--allow-data-change)
             "class_weights": self.class_weights, "sampler": self.recipe.data.sampler,
             "clfkit_version": __version__, "epochs_run": len(self.history), "ema": self.state.ema is not None,
             "stopped_early_at": stopper.stopped_epoch if stopper and stopper.stopped_epoch else None,

@@ -63,6 +63,7 @@ class Resumed:
     epoch: int                           # epochs completed
     history: list[dict] = field(default_factory=list)
     recipe: Any = None                   # the validated recipe of last.pt (check_resumable)
+    allow_data_change: bool = False      # --allow-data-change (clfkit.run.data_record)
 
     @property
     def mid_epoch(self) -> bool:
