@@ -18,7 +18,7 @@ from PIL import Image
 from clfkit.cli import cli
 from clfkit.run.checkpoint import load_checkpoint, save_checkpoint
 from clfkit.build import build_data
-from clfkit.run.data_record import DataChangedError, eval_data_changed
+from clfkit.run.data_record import DataChangedError, DataRecordWarning, eval_data_changed
 from clfkit.trainer import resume_run, train
 from conftest import tiny_recipe, write_image_folder
 
@@ -136,10 +136,10 @@ def test_cli_refusal_and_allow_data_change(here):
     res = runner.invoke(cli, ["train", "--resume", str(here / "run"), "--allow-data-change"])
     assert res.exit_code == 0, res.output
     assert "warning: the data at data changed since the run started (1 file(s) removed); continuing on it " \
-           "after epoch 1 (--allow-data-change)" in res.output
+           "from epoch 2 (--allow-data-change)" in res.output
     summary = json.loads((here / "run" / "summary.json").read_text())
     (allowed,) = summary["data"]["changes_allowed"]
-    assert allowed["epoch"] == 1 and allowed["detail"] == "1 file(s) removed"
+    assert allowed["after_epoch"] == 1 and allowed["detail"] == "1 file(s) removed"
     assert allowed["now"] == summary["data"]["fingerprint"] != allowed["was"]
     files = json.loads((here / "run" / "data_files.json").read_text())["files"]  # the data from now on
     assert len(files) == 15 and "train/cat/cat_5.png" not in files
@@ -149,7 +149,7 @@ def test_run_without_a_record_resumes_with_one_warning(here):
     state = load_checkpoint(here / "run" / "last.pt")
     del state["data"]
     save_checkpoint(here / "run" / "last.pt", {k: v for k, v in state.items() if k not in ("format", "format_version")})
-    with pytest.warns(UserWarning, match="does not record which data it trained on") as caught:
+    with pytest.warns(DataRecordWarning, match="does not record which data it trained on") as caught:
         res = resume_run(here / "run", quiet=True)
     assert len([w for w in caught if "record" in str(w.message)]) == 1
     assert res.summary["data"]["fingerprint"] is not None  # recorded from now on
@@ -160,7 +160,7 @@ def test_eval_on_changed_data_warns_and_says_so(here):
     recipe = _recipe()
     assert eval_data_changed(state, build_data(recipe), recipe.data.source, None) is False
     shutil.copy(here / "data/test/cat/cat_0.png", here / "data/test/cat/cat_9.png")
-    with pytest.warns(UserWarning, match="the data at data changed since this run trained on it"):
+    with pytest.warns(DataRecordWarning, match="the data at data changed since this run trained on it"):
         res = CliRunner().invoke(cli, ["eval", str(here / "run")])
     assert res.exit_code == 0, res.output
     assert json.loads((here / "run" / "eval_test.json").read_text())["data_changed"] is True

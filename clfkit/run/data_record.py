@@ -33,6 +33,10 @@ class DataChangedError(ClfkitError):
     """A run resumed on data other than the data it started on."""
 
 
+class DataRecordWarning(UserWarning):
+    """Data that cannot be checked (an old run), or an evaluation on changed data."""
+
+
 def data_record(splits: Splits, previous: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The checkpoints' ``data`` entry for ``splits``, carrying ``previous``'s allowed changes."""
     return {"fingerprint": splits.fingerprint,
@@ -95,13 +99,13 @@ def check_unchanged(run_dir: Path, recorded: Optional[dict[str, Any]], splits: S
     than the run's is a DataChangedError, unless ``allow`` (--allow-data-change): then the
     change is kept in the record. A last.pt without a record (older clfkit): one warning."""
     now = splits.fingerprint
-    if not isinstance(recorded, dict):
-        if now is not None:
+    if not isinstance(recorded, dict) or recorded.get("fingerprint") is None:
+        if now is not None:  # a run from before the record, or from a dataset that had no fingerprint
             warnings.warn(f"{run_dir}'s last.pt does not record which data it trained on (an older clfkit): "
                           f"cannot check that the data at {where(source)} is unchanged since the run started; "
-                          f"it is recorded from now on", stacklevel=2)
-        return data_record(splits), None
-    if recorded.get("fingerprint") == now:
+                          f"it is recorded from now on", DataRecordWarning, stacklevel=2)
+        return data_record(splits, recorded if isinstance(recorded, dict) else None), None
+    if recorded["fingerprint"] == now:
         return data_record(splits, recorded), None
     detail = describe_changes(run_dir, source)
     what = f"the data at {where(source)} changed since the run started" + (f" ({detail})" if detail else "")
@@ -113,9 +117,9 @@ def check_unchanged(run_dir: Path, recorded: Optional[dict[str, Any]], splits: S
             f"data anyway: clfkit train --resume {run_dir} --allow-data-change. Nothing in the run folder "
             f"was changed")
     record = data_record(splits, recorded)
-    record["changes_allowed"].append({"epoch": epoch, "was": recorded.get("fingerprint"), "now": now,
+    record["changes_allowed"].append({"after_epoch": epoch, "was": recorded.get("fingerprint"), "now": now,
                                       "detail": detail})
-    return record, f"warning: {what}; continuing on it after epoch {epoch} (--allow-data-change)"
+    return record, f"warning: {what}; continuing on it from epoch {epoch + 1} (--allow-data-change)"
 
 
 def eval_data_changed(state: dict[str, Any], splits: Splits, source: Any, data_root: Any) -> Optional[bool]:
@@ -129,5 +133,5 @@ def eval_data_changed(state: dict[str, Any], splits: Splits, source: Any, data_r
     if changed and data_root is None:
         warnings.warn(f"the data at {where(source)} changed since this run trained on it: these numbers are "
                       f"on other images than its summary.json's, and val (held out of train by seed) may now "
-                      f"hold images it trained on", stacklevel=2)
+                      f"hold images it trained on", DataRecordWarning, stacklevel=2)
     return changed
