@@ -17,6 +17,7 @@ from PIL import Image
 
 from clfkit.cli import cli
 from clfkit.run.checkpoint import load_checkpoint, save_checkpoint
+from clfkit.run.resume import ResumeError
 from clfkit.build import build_data
 from clfkit.run.data_record import DataChangedError, DataRecordWarning, eval_data_changed
 from clfkit.trainer import resume_run, train
@@ -88,7 +89,7 @@ CHANGES = {
     "added": (lambda d: shutil.copy(d / "train/cat/cat_0.png", d / "train/cat/cat_new.png"), "1 file(s) added"),
     "removed": (lambda d: (d / "test/dog/dog_1.png").unlink(), "1 file(s) removed"),
     "edited_in_place": (lambda d: _edit_in_place(d / "train/dog/dog_3.png"),
-                        "file contents changed (names, sizes and times as they were)"),
+                        "the contents of files changed, their names, sizes and times did not"),
     "rewritten": (lambda d: Image.new("RGB", (19, 16), "red").save(d / "train/dog/dog_2.png"), "1 file(s) changed"),
 }
 
@@ -110,7 +111,7 @@ def test_renamed_class_folder_is_refused(here):
     for split in ("train", "test"):
         (here / "data" / split / "dog").rename(here / "data" / split / "wolf")
     before = _snapshot(here / "run")
-    with pytest.raises(Exception, match="gone: 'dog'; new: 'wolf'"):
+    with pytest.raises(ResumeError, match="gone: 'dog'; new: 'wolf'"):
         resume_run(here / "run", quiet=True)
     assert _snapshot(here / "run") == before
 
@@ -186,7 +187,7 @@ def test_disk_storage_through_the_cache_is_checked(tmp_path, monkeypatch):
     assert isinstance(fingerprint, str)
     _made_resumable(run)
     _edit_in_place(tmp_path / "data/test/cat/cat_1.png")
-    with pytest.raises(DataChangedError, match="file contents changed"):
+    with pytest.raises(DataChangedError, match="the contents of files changed"):
         resume_run(run, quiet=True)
     shutil.rmtree(tmp_path / "data")
     _write_data(tmp_path / "data")  # the same images again: new files and times, the same bytes

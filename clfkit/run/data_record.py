@@ -90,7 +90,7 @@ def describe_changes(run_dir: Path, source: Any) -> str:
     counts = {"added": len(new.keys() - old.keys()), "removed": len(old.keys() - new.keys()),
               "changed": sum(list(old[k]) != new[k] for k in old.keys() & new.keys())}
     parts = [f"{n} file(s) {what}" for what, n in counts.items() if n]
-    return ", ".join(parts) if parts else "file contents changed (names, sizes and times as they were)"
+    return ", ".join(parts) if parts else "the contents of files changed, their names, sizes and times did not"
 
 
 def check_unchanged(run_dir: Path, recorded: Optional[dict[str, Any]], splits: Splits, source: Any,
