@@ -42,7 +42,7 @@ def test_init_without_init_is_a_recipe_error_naming_the_field():
         tiny_recipe(data__normalize="init")
     (path, msg), = e.value.problems
     assert path == "data.normalize" and "no init:" in msg
-    assert all(v in msg for v in ("auto", "imagenet", "none", "mean"))
+    assert all(v in msg for v in ("auto", "train", "imagenet", "none", "mean"))
 
 
 def test_cli_says_so_before_reading_data(tmp_path):
@@ -68,8 +68,10 @@ def test_explicit_choices_win_over_init(init_file):
     mean, std, source = input_normalization(tiny_recipe(init=str(init_file), data__normalize="imagenet"),
                                             _train_set())
     assert mean == [0.485, 0.456, 0.406] and source == "imagenet"
-    mean, _, source = input_normalization(tiny_recipe(data__normalize="auto"), _train_set())
-    assert source == "train split" and mean != INIT_MEAN
+    own, _, source = input_normalization(tiny_recipe(data__normalize="auto"), _train_set())
+    assert source == "train split" and own != INIT_MEAN
+    mean, _, source = input_normalization(tiny_recipe(init=str(init_file), data__normalize="train"), _train_set())
+    assert (mean, source) == (own, "train split")
 
 
 def test_an_init_without_statistics(tmp_path):

@@ -64,7 +64,8 @@ def input_normalization(recipe: Any, train: ImageSet) -> tuple[list[float], list
     """(mean, std, where they come from) for a new run, as ``data.normalize`` asks. ``auto``
     with ``init:`` takes the init run's statistics like ``init``: its backbone (frozen BatchNorm
     above all) learned features of inputs normalized that way; an init that records none falls
-    back to the train split's (and says so). ``init`` without them is an error."""
+    back to the train split's (and says so). ``init`` without them is an error; ``train`` is
+    the train split's whatever the init."""
     asked = recipe.data.normalize
     if asked in ("auto", "init") and recipe.init:
         file = init_checkpoint(recipe.init)
@@ -73,13 +74,13 @@ def input_normalization(recipe: Any, train: ImageSet) -> tuple[list[float], list
             return (*_for_channels(*stats, int(train.images.shape[1]), file), f"init run {file}")
         if asked == "init":
             raise RecipeError([("data.normalize", f"`init` takes the init run's mean/std, but {file} records "
-                                                  f"none (no input.mean/std in it); use auto (the train split's), "
-                                                  f"imagenet, none or {{mean: [...], std: [...]}}")],
+                                                  f"none (no input.mean/std in it); use auto or train (the train "
+                                                  f"split's), imagenet, none or {{mean: [...], std: [...]}}")],
                               source="recipe")
         return (*train_statistics(train), f"train split ({file} records no mean/std)")
     mean, std = normalization(recipe, train)
     source = asked if isinstance(asked, str) else "recipe"
-    return mean, std, {"auto": "train split"}.get(source, source)
+    return mean, std, {"auto": "train split", "train": "train split"}.get(source, source)
 
 
 def _for_channels(mean: list[float], std: list[float], channels: int, file: Path) -> tuple[list[float], list[float]]:
