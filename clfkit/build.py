@@ -68,7 +68,7 @@ def normalization(recipe: Recipe, train: ImageSet) -> tuple[list[float], list[fl
         return [0.0] * c, [1.0] * c
     if n == "imagenet":
         n = IMAGENET
-    if n in ("auto", "train"):
+    if n == "auto":
         return train_statistics(train)
     if n == "init":  # the init run's: clfkit.run.init.input_normalization resolves it
         raise RecipeError([("data.normalize", "`init` is resolved from the init run (clfkit.run.init)")])

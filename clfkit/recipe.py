@@ -69,9 +69,8 @@ class DataConfig(Strict):
     resize: Literal["squash", "crop"] = Field("squash", description="squash to size, or scale + center crop")
     val_fraction: Annotated[float, Field(ge=0, le=0.9)] = Field(
         0.1, description="held out of train (stratified, seeded) when the data has no val split")
-    normalize: Union[Literal["auto", "train", "init", "none", "imagenet"], Normalize] = Field(
-        "auto", description="auto: with init:, the init run's mean/std (what its weights learned on), else the "
-                            "train split's; train: the train split's; init: the init run's (needs init:); "
+    normalize: Union[Literal["auto", "init", "none", "imagenet"], Normalize] = Field(
+        "auto", description="auto: mean/std of the train split; init: the init run's (needs init:); "
                             "stored with the run")
     augment: list[Component] = Field(default_factory=list, description="augmentation components, in order")
     sampler: Literal["shuffle", "balanced"] = Field(
@@ -327,8 +326,8 @@ def validate_recipe(data: dict, source: str = "recipe") -> Recipe:
             problems += check(final, path)
     if final.data.normalize == "init" and not final.init:
         problems.append(("data.normalize", "`init` takes the mean/std of the init: run, but this recipe has no "
-                                           "init:; name a run folder in init:, or use auto, train, imagenet, none "
-                                           "or {mean: [...], std: [...]}"))
+                                           "init:; name a run folder in init:, or use auto, imagenet, none or "
+                                           "{mean: [...], std: [...]}"))
     if problems:
         raise RecipeError(problems, source=source)
     return final

@@ -1,6 +1,6 @@
 """data.normalize with init: (clfkit.run.init.input_normalization): `init` takes the init
-run's mean/std, `auto` with init: too (the fine-tuning convention: the backbone learned on
-inputs normalized that way), explicit choices win; a resume keeps what the run started with."""
+run's mean/std (the fine-tuning convention: the backbone learned on inputs normalized that
+way), `auto` stays the train split's; a resume keeps what the run started with."""
 from __future__ import annotations
 
 import json
@@ -42,7 +42,7 @@ def test_init_without_init_is_a_recipe_error_naming_the_field():
         tiny_recipe(data__normalize="init")
     (path, msg), = e.value.problems
     assert path == "data.normalize" and "no init:" in msg
-    assert all(v in msg for v in ("auto", "train", "imagenet", "none", "mean"))
+    assert all(v in msg for v in ("auto", "imagenet", "none", "mean"))
 
 
 def test_cli_says_so_before_reading_data(tmp_path):
@@ -53,10 +53,11 @@ def test_cli_says_so_before_reading_data(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("asked", ["auto", "init"])
-def test_auto_and_init_take_the_init_runs_statistics(init_file, asked):
-    mean, std, source = input_normalization(tiny_recipe(init=str(init_file), data__normalize=asked), _train_set())
+def test_init_takes_the_init_runs_statistics_and_auto_the_train_splits(init_file):
+    mean, std, source = input_normalization(tiny_recipe(init=str(init_file), data__normalize="init"), _train_set())
     assert (mean, std) == (INIT_MEAN, INIT_STD) and source == f"init run {init_file}"
+    mean, std, source = input_normalization(tiny_recipe(init=str(init_file)), _train_set())
+    assert source == "train split" and (mean, std) == train_statistics(_train_set()) and mean != INIT_MEAN
 
 
 def test_grayscale_data_averages_an_rgb_inits_statistics(init_file):
@@ -64,14 +65,13 @@ def test_grayscale_data_averages_an_rgb_inits_statistics(init_file):
     assert mean == pytest.approx([0.5]) and std == pytest.approx([0.2])
 
 
-def test_explicit_choices_win_over_init(init_file):
+def test_explicit_choices_ignore_init(init_file):
     mean, std, source = input_normalization(tiny_recipe(init=str(init_file), data__normalize="imagenet"),
                                             _train_set())
     assert mean == [0.485, 0.456, 0.406] and source == "imagenet"
-    own, _, source = input_normalization(tiny_recipe(data__normalize="auto"), _train_set())
-    assert source == "train split" and own != INIT_MEAN
-    mean, _, source = input_normalization(tiny_recipe(init=str(init_file), data__normalize="train"), _train_set())
-    assert (mean, source) == (own, "train split")
+    mean, std, source = input_normalization(
+        tiny_recipe(init=str(init_file), data__normalize={"mean": [0.5] * 3, "std": [0.25] * 3}), _train_set())
+    assert (mean, std, source) == ([0.5] * 3, [0.25] * 3, "recipe")
 
 
 def test_an_init_without_statistics(tmp_path):
@@ -81,8 +81,6 @@ def test_an_init_without_statistics(tmp_path):
         input_normalization(tiny_recipe(init=str(bare), data__normalize="init"), _train_set())
     (path, msg), = e.value.problems
     assert path == "data.normalize" and str(bare) in msg and "records none" in msg and "auto" in msg
-    mean, _, source = input_normalization(tiny_recipe(init=str(bare)), _train_set())  # auto: the train split's
-    assert source == f"train split ({bare} records no mean/std)" and len(mean) == 3
 
 
 def test_a_run_from_init_uses_and_records_its_statistics_and_resume_keeps_them(trained_run, tmp_path, capsys):
@@ -90,7 +88,7 @@ def test_a_run_from_init_uses_and_records_its_statistics_and_resume_keeps_them(t
     init = tmp_path / "init.pt"
     shutil.copy(trained_run.run_dir / "best.pt", init)
     # other data than the init run's (another seed and size): its own mean differs
-    recipe = tiny_recipe(init=str(init), seed=1, train__epochs=1, data__source__train_size=64,
+    recipe = tiny_recipe(init=str(init), data__normalize="init", seed=1, train__epochs=1, data__source__train_size=64,
                          data__source__val_size=16, data__source__test_size=16)
     res = train(recipe, tmp_path / "runs", quiet=False)
     assert res.summary["normalize"]["mean"] == init_mean
@@ -98,7 +96,7 @@ def test_a_run_from_init_uses_and_records_its_statistics_and_resume_keeps_them(t
     assert f"normalize (init run {init}): mean" in capsys.readouterr().out
     model = load_checkpoint(res.run_dir / "best.pt")["model"]
     assert torch.allclose(model["mean"].flatten(), torch.tensor(init_mean) * 255)
-    own_mean, _ = train_statistics(build_data(recipe).train)  # what it used before init: counted
+    own_mean, _ = train_statistics(build_data(recipe).train)  # what `auto` would use: counted
     assert max(abs(a - b) for a, b in zip(own_mean, init_mean)) > 1e-3
     init.unlink()  # a resume needs no init run: last.pt holds the statistics it started with
     resumed = extend_and_resume(res.run_dir, 2)

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import torch.nn as nn
 
-from clfkit.build import normalization, train_statistics
+from clfkit.build import normalization
 from clfkit.data import ImageSet
 from clfkit.errors import DataError, RecipeError
 from clfkit.run.checkpoint import load_checkpoint
@@ -61,26 +61,24 @@ def init_statistics(path: str | Path) -> Optional[tuple[list[float], list[float]
 
 
 def input_normalization(recipe: Any, train: ImageSet) -> tuple[list[float], list[float], str]:
-    """(mean, std, where they come from) for a new run, as ``data.normalize`` asks. ``auto``
-    with ``init:`` takes the init run's statistics like ``init``: its backbone (frozen BatchNorm
-    above all) learned features of inputs normalized that way; an init that records none falls
-    back to the train split's (and says so). ``init`` without them is an error; ``train`` is
-    the train split's whatever the init."""
+    """(mean, std, where they come from) for a new run, as ``data.normalize`` asks. ``init``
+    takes the init run's statistics (the timm/torchvision fine-tuning convention: its backbone,
+    frozen BatchNorm above all, learned on inputs normalized that way); an init that records
+    none is an error. ``auto`` stays the train split's with ``init:`` too: on the shipped
+    fine-tuning benchmark the init's statistics were no better (README "Fine-tuning")."""
     asked = recipe.data.normalize
-    if asked in ("auto", "init") and recipe.init:
+    if asked == "init":
         file = init_checkpoint(recipe.init)
         stats = init_statistics(file)
-        if stats is not None:
-            return (*_for_channels(*stats, int(train.images.shape[1]), file), f"init run {file}")
-        if asked == "init":
+        if stats is None:
             raise RecipeError([("data.normalize", f"`init` takes the init run's mean/std, but {file} records "
-                                                  f"none (no input.mean/std in it); use auto or train (the train "
-                                                  f"split's), imagenet, none or {{mean: [...], std: [...]}}")],
+                                                  f"none (no input.mean/std in it); use auto (the train split's), "
+                                                  f"imagenet, none or {{mean: [...], std: [...]}}")],
                               source="recipe")
-        return (*train_statistics(train), f"train split ({file} records no mean/std)")
+        return (*_for_channels(*stats, int(train.images.shape[1]), file), f"init run {file}")
     mean, std = normalization(recipe, train)
     source = asked if isinstance(asked, str) else "recipe"
-    return mean, std, {"auto": "train split", "train": "train split"}.get(source, source)
+    return mean, std, {"auto": "train split"}.get(source, source)
 
 
 def _for_channels(mean: list[float], std: list[float], channels: int, file: Path) -> tuple[list[float], list[float]]:
