@@ -52,6 +52,14 @@ def build_data(recipe: Recipe) -> Splits:
     return splits
 
 
+def train_statistics(train: ImageSet) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (0..1 scale) of the train split, in blocks: a disk split is
+    never loaded whole."""
+    from clfkit.data.storage import channel_mean_std
+
+    return channel_mean_std(train.images, limit=50000)
+
+
 def normalization(recipe: Recipe, train: ImageSet) -> tuple[list[float], list[float]]:
     """Mean and std (0..1 scale) per channel, as the recipe asks."""
     c = train.images.shape[1]
@@ -60,10 +68,10 @@ def normalization(recipe: Recipe, train: ImageSet) -> tuple[list[float], list[fl
         return [0.0] * c, [1.0] * c
     if n == "imagenet":
         n = IMAGENET
-    if n == "auto":  # in blocks: a disk split is never loaded whole
-        from clfkit.data.storage import channel_mean_std
-
-        return channel_mean_std(train.images, limit=50000)
+    if n == "auto":
+        return train_statistics(train)
+    if n == "init":  # the init run's: clfkit.run.init.input_normalization resolves it
+        raise RecipeError([("data.normalize", "`init` is resolved from the init run (clfkit.run.init)")])
     mean, std = list(n.mean), list(n.std)
     if c == 1 and len(mean) == 3:  # an RGB recipe run on grayscale data
         mean, std = [sum(mean) / 3], [sum(std) / 3]

@@ -63,16 +63,20 @@ def cli(debug: bool) -> None:
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--track", multiple=True, type=click.Choice(["tensorboard", "mlflow"]),
               help="Also report to this tracker (added to the recipe's train.track; repeatable).")
+@click.option("--allow-data-change", is_flag=True,
+              help="With --resume: continue even though the data changed since the run started (recorded).")
 def train(recipe: Path | None, resume_dir: Path | None, overrides: tuple[str, ...], out: Path, quiet: bool,
-          track: tuple[str, ...]) -> None:
+          track: tuple[str, ...], allow_data_change: bool) -> None:
     """Train RECIPE; writes runs/<name>/ (checkpoints, metrics, summary)."""
+    if allow_data_change and resume_dir is None:
+        _fail(ClfkitError("--allow-data-change goes with --resume RUN_DIR (a new run reads the data as it is)"))
     if resume_dir is not None:
         from clfkit.trainer import resume_run
 
         if recipe is not None or overrides:
             _fail(ClfkitError("--resume continues a run exactly as it was recorded in last.pt; give "
                               "no RECIPE and no --set with it"))
-        run_guarded(resume_run, resume_dir, quiet=quiet)
+        run_guarded(resume_run, resume_dir, quiet=quiet, allow_data_change=allow_data_change)
         return
     if recipe is None:
         _fail(ClfkitError("give a RECIPE file to train, or --resume RUN_DIR to continue a run"))

@@ -25,6 +25,7 @@ from clfkit.mistakes import write_mistakes
 from clfkit.recipe import validate_recipe
 from clfkit.report_html import write_run_report
 from clfkit.run.checkpoint import load_checkpoint, load_weights, model_from_checkpoint, run_checkpoint
+from clfkit.run.data_record import eval_data_changed
 from clfkit.run.folder import RunFolder, holds_run_lock
 from clfkit.run.reports import per_class, per_class_rows, write_run_reports
 
@@ -123,6 +124,7 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
     if splits.class_names != state["class_names"]:
         raise DataError(f"the data now has classes {splits.class_names}, but the run was trained on "
                         f"{state['class_names']}")
+    data_changed = eval_data_changed(state, splits, recipe.data.source, data_root)  # warned, not refused
     if split is None:
         split = "test" if splits.test is not None and splits.test.labelled else "val"
     if split not in ("test", "val"):
@@ -145,7 +147,8 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
     out = RunFolder(run_dir).eval_json(split, tta)
     write_json(out, {"split": split, "tta": tta, "checkpoint": checkpoint, "acc": ev["acc"], "loss": ev["loss"],
                      "images": len(subset), "class_names": splits.class_names, "per_class": rows,
-                     "confusion": cm, "data_root": str(data_root) if data_root else None})
+                     "confusion": cm, "data_root": str(data_root) if data_root else None,
+                     "data_changed": data_changed})
     # last: report.html inlines every file above, so it never shows the numbers of before
     files += [out, write_run_report(run_dir)]
     return EvalResult(run_dir, split, ev["acc"], ev["loss"], len(subset), rows, files)

@@ -69,8 +69,9 @@ class DataConfig(Strict):
     resize: Literal["squash", "crop"] = Field("squash", description="squash to size, or scale + center crop")
     val_fraction: Annotated[float, Field(ge=0, le=0.9)] = Field(
         0.1, description="held out of train (stratified, seeded) when the data has no val split")
-    normalize: Union[Literal["auto", "none", "imagenet"], Normalize] = Field(
-        "auto", description="auto: mean/std of the train split, stored with the run")
+    normalize: Union[Literal["auto", "init", "none", "imagenet"], Normalize] = Field(
+        "auto", description="auto: mean/std of the train split; init: the init run's (needs init:); "
+                            "stored with the run")
     augment: list[Component] = Field(default_factory=list, description="augmentation components, in order")
     sampler: Literal["shuffle", "balanced"] = Field(
         "shuffle", description="shuffle: each train image once per epoch; balanced: as many draws, with "
@@ -323,6 +324,10 @@ def validate_recipe(data: dict, source: str = "recipe") -> Recipe:
         check = getattr(registry.get(kind, registry.split_spec(spec)[0]).obj, "check_recipe", None)
         if check is not None:
             problems += check(final, path)
+    if final.data.normalize == "init" and not final.init:
+        problems.append(("data.normalize", "`init` takes the mean/std of the init: run, but this recipe has no "
+                                           "init:; name a run folder in init:, or use auto, imagenet, none or "
+                                           "{mean: [...], std: [...]}"))
     if problems:
         raise RecipeError(problems, source=source)
     return final

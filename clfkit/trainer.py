@@ -23,7 +23,7 @@ import torch
 
 from clfkit import __version__
 from clfkit.build import (build_augmentations, build_data, build_loss, build_model, build_optimizer,
-                          build_regularizers, build_schedule, normalization)
+                          build_regularizers, build_schedule)
 from clfkit.data import ImageSet, Splits, storage
 from clfkit.engine import distributed
 from clfkit.engine.batches import TrainBatches, num_batches
@@ -43,13 +43,14 @@ from clfkit.progress import Reporter
 from clfkit.recipe import Recipe
 from clfkit.report_html import write_run_report
 from clfkit.run.checkpoint import save_checkpoint
+from clfkit.run.data_record import check_unchanged, data_record, write_manifest
 from clfkit.run.folder import RunFolder, run_lock
-from clfkit.run.init import load_init
+from clfkit.run.init import input_normalization, load_init
 from clfkit.run.metrics_log import MetricsLog
 from clfkit.run.reader import replaces_best, selected_on
 from clfkit.run.reports import write_run_reports
 from clfkit.run.resume import (Resumed, check_folder_resumable, check_resumable, check_same_data, restore,
-                               training_state)
+                               stored_normalization, training_state)
 from clfkit.signals import Interrupted, catch_stop_signals
 from clfkit.tracking import open_trackers, require_trackers
 
@@ -81,14 +82,16 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
         return trainer.finish()
 
 
-def resume_run(run_dir: str | Path, *, quiet: bool = False) -> RunResult:
+def resume_run(run_dir: str | Path, *, quiet: bool = False, allow_data_change: bool = False) -> RunResult:
     """Continue the run in ``run_dir`` from its ``last.pt`` (``clfkit train --resume``). The
     run folder's lock is taken before anything is read: a run still training elsewhere (or
-    another resume of it) is refused, with nothing touched."""
+    another resume of it) is refused, with nothing touched. Data that changed since the run
+    started is refused too, unless ``allow_data_change`` (clfkit.run.data_record)."""
     run_dir = Path(run_dir)
     check_folder_resumable(run_dir)
     with run_lock(run_dir, "resume"):
         resumed = check_resumable(run_dir)
+        resumed.allow_data_change = allow_data_change
         return train(resumed.recipe, run_dir=run_dir, quiet=quiet, resume=resumed)
 
 
@@ -131,7 +134,14 @@ class Trainer:
         self.data_seconds = time.perf_counter() - t0
         if self.resume is not None:  # the labels are class indices: other classes would silently mislabel
             check_same_data(self.resume, self.splits.class_names, self.splits.in_chans, self.splits.image_size)
-        self.mean, self.std = normalization(self.recipe, self.splits.train)
+        # the files themselves (clfkit.run.data_record): other data would silently train on other images
+        self.data_record, self.data_note = (
+            check_unchanged(self.resume.run_dir, self.resume.state.get("data"), self.splits, self.recipe.data.source,
+                            self.resume.allow_data_change, self.resume.epoch)
+            if self.resume is not None else (data_record(self.splits), None))
+        # resuming: the statistics the run started with (the init run may have changed since)
+        self.mean, self.std, self.normalize_from = (stored_normalization(self.resume) if self.resume is not None
+                                                    else input_normalization(self.recipe, self.splits.train))
 
     def open_folder(self, out: str | Path, run_dir: str | Path | None, lock: contextlib.ExitStack) -> None:
         """Create (or, resuming, reopen) the run folder and lock it for the rest of the run."""
@@ -148,8 +158,12 @@ class Trainer:
             self.folder.write_recipe(self.recipe.to_yaml(), __version__)
         if self.splits.skipped:
             self.folder.write_skipped(self.splits.skipped)
+        if self.resume is None or self.data_note:  # the files the run (from now on) trains on
+            write_manifest(self.folder, self.recipe.data.source)
         self.report.print(f"run {self.folder}  device {self.rt.device} ({self.rt.precision})  "
                           f"data: {_describe(self.splits, self.data_seconds)}")
+        if self.data_note:
+            self.report.print(self.data_note)
         for r in self.receipts:
             self.report.print(r.line())
         if self.receipts and distributed.is_main():
@@ -188,13 +202,15 @@ class Trainer:
         self.batches = TrainBatches(train_set, tc.batch_size, recipe.seed, tc.drop_last, rt.device, per_image,
                                     workers, recipe.data.sampler)
         # printed once the run folder is open (clfkit.engine.batches; the loss's class weights)
-        self.build_lines = [_data_path(aug_names, rt, workers, recipe.data.sampler, train_set)]
+        self.build_lines = [_data_path(aug_names, rt, workers, recipe.data.sampler, train_set),
+                            f"normalize ({self.normalize_from}): mean {_rounded(self.mean)} std {_rounded(self.std)}"]
         if self.class_weights is not None:
             self.build_lines.append(_weights_line(recipe.loss, splits.class_names, self.class_weights))
         self.eval_bs = tc.eval_batch_size or tc.batch_size * 2
         self.ckpt_base = {"recipe": recipe.to_dict(), "class_names": splits.class_names,
                           "input": {"image_size": list(splits.image_size), "channels": splits.in_chans,
-                                    "mean": self.mean, "std": self.std, "resize": recipe.data.resize}}
+                                    "mean": self.mean, "std": self.std, "resize": recipe.data.resize,
+                                    "normalize_from": self.normalize_from}, "data": self.data_record}
 
     def _weights_in(self, model: torch.nn.Module) -> list[Any]:
         """The receipts of ``model.weights`` (loaded by the model) and ``init:`` (loaded here):
@@ -368,7 +384,9 @@ class Trainer:
             "test_acc": None, "test_top5_acc": None, "test_loss": None, "skipped_files": len(splits.skipped),
             "data_seconds": round(self.data_seconds, 2), "train_seconds": round(self.train_seconds, 2),
             "compile_seconds": self.compile_seconds,
-            "normalize": {"mean": self.mean, "std": self.std},  # as used (computed from train when `auto`)
+            # as used, and where from (the train split, the init run, the recipe)
+            "normalize": {"mean": self.mean, "std": self.std, "from": self.normalize_from},
+            "data": self.data_record,  # its fingerprint, and any resume on changed data (--allow-data-change)
             "class_weights": self.class_weights, "sampler": self.recipe.data.sampler,
             "clfkit_version": __version__, "epochs_run": len(self.history), "ema": self.state.ema is not None,
             "stopped_early_at": stopper.stopped_epoch if stopper and stopper.stopped_epoch else None,
@@ -397,6 +415,10 @@ def _place_data(splits: Splits, rt: Runtime, on_device: bool) -> tuple[ImageSet,
         if val_set is not None and not storage.is_disk(val_set.images):
             val_set = ImageSet(val_set.images.to(rt.device), val_set.labels.to(rt.device))
     return train_set, val_set
+
+
+def _rounded(values: list[float]) -> list[float]:
+    return [round(v, 4) for v in values]
 
 
 def _weights_line(loss: dict, class_names: list[str], weights: list[float]) -> str:

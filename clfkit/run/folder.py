@@ -13,6 +13,8 @@ Run folder::
                        last: a run is finished when it exists
       weights.json     what init: / model.weights loaded, re-initialized and found unexpected (when
                        the run started from weights)
+      data_files.json  a folder dataset's files with size and modification time at the start (so a
+                       resume refused for changed data can say what changed: clfkit.run.data_record)
       samples.npy      a few real images for the exporter's parity check
       skipped.txt      images that could not be decoded (when any)
       curves.png       loss and accuracy per epoch, train vs val (clfkit.run.reports)
@@ -71,6 +73,7 @@ CONFUSION_PNG = "confusion.png"
 MISTAKES_JSON = "mistakes.json"
 REPORT_HTML = "report.html"
 WEIGHTS_JSON = "weights.json"
+DATA_FILES_JSON = "data_files.json"
 LOCK_NAME = ".clfkit.lock"
 _HELD: dict[str, list] = {}  # resolved run folder -> [fd, depth]: locks this process holds
 F = TypeVar("F", bound=Callable[..., Any])
@@ -222,6 +225,7 @@ class RunFolder:
     mistakes = property(lambda self: self.path / MISTAKES_JSON)
     report_html = property(lambda self: self.path / REPORT_HTML)
     weights = property(lambda self: self.path / WEIGHTS_JSON)
+    data_files = property(lambda self: self.path / DATA_FILES_JSON)
 
     def eval_json(self, split: str, tta: str = "none") -> Path:
         """``clfkit eval``'s result for ``split`` (with test-time augmentation ``tta``)."""
@@ -272,6 +276,10 @@ class RunFolder:
     def write_weights(self, receipts: list[dict]) -> None:
         """weights.json: the full receipts of the weights the run started from."""
         write_json(self.weights, {"receipts": receipts})
+
+    def write_data_files(self, manifest: dict) -> None:
+        """data_files.json: the data's files as the run started on them (clfkit.run.data_record)."""
+        write_json(self.data_files, manifest)
 
     def append_metrics(self, row: dict) -> None:
         append_line(self.metrics, json.dumps(row))

@@ -63,6 +63,7 @@ class Resumed:
     epoch: int                           # epochs completed
     history: list[dict] = field(default_factory=list)
     recipe: Any = None                   # the validated recipe of last.pt (check_resumable)
+    allow_data_change: bool = False      # --allow-data-change (clfkit.run.data_record)
 
     @property
     def mid_epoch(self) -> bool:
@@ -194,6 +195,13 @@ def check_same_data(resumed: Resumed, class_names: list[str], channels: int, ima
     if now != was:
         raise ResumeError(f"cannot resume {resumed.run_dir}: {last} was trained on {was}, but the data now "
                           f"gives {now}; train a new run instead")
+
+
+def stored_normalization(resumed: Resumed) -> tuple[list[float], list[float], str]:
+    """The input mean/std the run started with (last.pt's input record, checked by
+    check_resumable), and where they came from."""
+    spec = resumed.state["input"]
+    return list(spec["mean"]), list(spec["std"]), spec.get("normalize_from", "run's last.pt")
 
 
 def _check_best(best_state: dict[str, Any], last_state: dict[str, Any], best: Path) -> None:
