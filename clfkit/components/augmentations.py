@@ -131,7 +131,7 @@ def cutout(size: Annotated[int, Field(ge=1)] = 8, p: Prob = 1.0) -> CutoutT:
 # Transforms whose job clfkit does itself: listed in data.augment they would apply twice or
 # hand the model floats where it expects 0..255 images.
 _NOT_AUGMENTATIONS = {
-    "Normalize": "clfkit normalizes inside the model (data.normalize: auto, imagenet, none or "
+    "Normalize": "clfkit normalizes inside the model (data.normalize: auto, imagenet, init, none or "
                  "{mean, std}), so the exported ONNX file does it too; remove Normalize from data.augment",
     "ToTensorV2": "clfkit makes tensors itself; remove ToTensorV2 from data.augment",
     "ToFloat": "clfkit scales 0..255 images itself (data.normalize); remove ToFloat from data.augment",
