@@ -2,8 +2,9 @@
 # Pruning vs a full grid on flowers5 (README "Tuning"): one recipe, three searches, each one's
 # best val acc and the epochs it trained in all.
 #   grid:        clfkit sweep, 4 lr x 3 dropout = 12 runs to the last epoch
-#   pruned grid: clfkit tune --sampler grid, the same 12 points, median pruner (pruning alone)
+#   pruned grid: clfkit tune --sampler grid, the same 12 points, the default pruner (pruning alone)
 #   tpe:         clfkit tune, TPE over the continuous ranges that hold the grid, 12 trials, pruned
+# then bench/prune_replay.py replays every pruner over 500 orders of the grid's own curves.
 # Trials run with the recipe's seed like sweep runs do, so a grid point that survives pruning
 # reproduces its sweep run's accuracy exactly (CPU runs are deterministic).
 #   bench/tune_vs_grid.sh [OUT]      (run from the project root; ~45 min on 2 free CPU cores)
@@ -45,3 +46,4 @@ for name in ("pruned_grid", "tpe"):
     print(f"{name}: {len(rows)} trials ({pruned} pruned), {te} epochs ({te / ge:.2f} of the grid's), "
           f"best val acc {tb:.4f} ({tb - gb:+.4f} vs the grid)")
 PY
+python bench/prune_replay.py "$OUT/grid" --orders 500 --out "$OUT/replay.json"

@@ -327,9 +327,12 @@ def sweep(recipe: Path, grid: tuple[str, ...], overrides: tuple[str, ...], jobs:
               help="A searched field: uniform(lo,hi), loguniform(lo,hi), int(lo,hi), logint(lo,hi) or "
                    "choice(v1,v2,...), e.g. --space 'optim.lr=loguniform(1e-4,1e-1)' (repeatable).")
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a field in every trial.")
-@click.option("--pruner", default="median", show_default=True, type=click.Choice(["median", "halving", "none"]),
-              help="Stop trials whose val accuracy falls behind (not before a third of the epochs): "
-                   "median rule or successive halving.")
+@click.option("--pruner", default="quartile", show_default=True,
+              type=click.Choice(["quartile", "median", "halving", "none"]),
+              help="Stop a trial whose best val accuracy so far is in the bottom quarter of the others' at "
+                   "that epoch, below their median, or outside the top third (successive halving).")
+@click.option("--prune-from", type=click.IntRange(min=1), metavar="EPOCH",
+              help="First epoch a trial may be pruned at [default: a third of the epochs].")
 @click.option("--sampler", default="tpe", show_default=True, type=click.Choice(["tpe", "grid", "random"]),
               help="How trials draw values: TPE, every combination of choice() values once (a grid "
                    "with pruning), or uniformly at random.")
@@ -340,13 +343,13 @@ def sweep(recipe: Path, grid: tuple[str, ...], overrides: tuple[str, ...], jobs:
               help="Tune folder [default: tunes/<recipe name>].")
 @click.option("--quiet", is_flag=True, help="No per-epoch output.")
 def tune(recipe: Path, trials: int | None, spaces: tuple[str, ...], overrides: tuple[str, ...], pruner: str,
-         sampler: str, seed: int, jobs: int, out: Path | None, quiet: bool) -> None:
+         prune_from: int | None, sampler: str, seed: int, jobs: int, out: Path | None, quiet: bool) -> None:
     """Search hyperparameters with Optuna (TPE), pruning trials that fall behind.
 
     The study lives in OUT/study.db: running the same command again continues it."""
     from clfkit.tune import plan_tune, run_tune
 
-    setup = run_guarded(plan_tune, recipe, spaces, trials, overrides, out, seed, pruner, quiet, sampler)
+    setup = run_guarded(plan_tune, recipe, spaces, trials, overrides, out, seed, pruner, quiet, sampler, prune_from)
     res = run_guarded(run_tune, setup, jobs, click.echo)
     click.echo((res.out / "trials.md").read_text(encoding="utf-8").rstrip())
     if res.best is not None:

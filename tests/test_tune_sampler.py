@@ -32,13 +32,40 @@ def test_pruners_are_scaled_to_the_run(recipe_file, tmp_path):
     from clfkit.tune import make_pruner, plan_tune
 
     setup = plan_tune(recipe_file, GRID, None, ["train.epochs=9"], out=tmp_path / "t")
-    assert setup.epochs == 9
+    assert setup.epochs == 9 and setup.pruner == "quartile"
+    quartile = make_pruner(setup)
+    assert type(quartile).__name__ == "PercentilePruner" and quartile._n_warmup_steps == 3
+    assert quartile._percentile == 75.0  # Optuna keeps the top 75% of a maximized value: prunes the bottom quarter
+    setup.pruner = "median"
     assert make_pruner(setup)._n_warmup_steps == 3
     setup.pruner = "halving"
     assert make_pruner(setup)._min_resource == 3
+    setup.prune_from = 1  # --prune-from
+    assert make_pruner(setup)._min_resource == 1
     # a searched train.epochs: the longest run sets the scale
     longest = plan_tune(recipe_file, GRID + ["train.epochs=choice(3,12)"], None, out=tmp_path / "u")
     assert longest.epochs == 12
+
+
+def test_quartile_prunes_only_the_bottom_quarter():
+    from types import SimpleNamespace
+
+    from clfkit.tune import make_pruner
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    pruner = make_pruner(SimpleNamespace(pruner="quartile", epochs=3, prune_from=1))
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for acc in (0.2, 0.4, 0.6, 0.8):  # four finished trials: their 25th percentile at epoch 1 is 0.35
+        trial = study.ask()
+        trial.report(acc, 1)
+        study.tell(trial, acc)
+    decisions = {}
+    for acc in (0.3, 0.38, 0.5):
+        trial = study.ask()
+        trial.report(acc, 1)
+        decisions[acc] = trial.should_prune()
+        study.tell(trial, acc)
+    assert decisions == {0.3: True, 0.38: False, 0.5: False}  # the median (0.5) rule would also stop 0.38
 
 
 def test_tpe_random_start_is_a_third_of_the_trials(recipe_file, tmp_path):
@@ -99,6 +126,7 @@ def test_a_grid_point_that_fails_is_not_retried(recipe_file, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--sampler", "grid", "--space", "optim.lr=loguniform(1e-4,1e-1)"], "is a range"),
     (["--sampler", "grid", "--trials", "5", *[a for s in GRID for a in ("--space", s)]], "has 4 combination"),
+    (["--prune-from", "3", "--space", GRID[0]], "--prune-from 3: a trial runs 2 epoch(s); give 1 to 2"),
 ])
 def test_bad_sampler_use_is_refused(recipe_file, tmp_path, args, message):
     out = tmp_path / "t"

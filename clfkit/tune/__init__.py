@@ -5,7 +5,7 @@
 
 Each trial trains the recipe with values drawn by a seeded TPE (or random) sampler, or taken
 from the queue of a grid (``--sampler grid``). After every epoch the
-trial's val accuracy goes to the pruner (a median or successive-halving rule) through the
+trial's val accuracy goes to the pruner (a bottom-quarter, median or successive-halving rule) through the
 trainer's tracker hook (clfkit.tracking), and a trial that falls behind stops there: pruned
 trials cost a few epochs instead of the full run. The tune folder (``tunes/<recipe name>``)::
 
@@ -41,11 +41,12 @@ from clfkit.signals import Interrupted
 from clfkit.tune.results import TuneResult, trial_rows, write_results
 from clfkit.tune.space import (Dimension, TuneError, check_space, grid_size, optuna_module,
                                parse_space)
-from clfkit.tune.study import (PRUNERS, SAMPLERS, TuneSetup, counted, make_pruner, make_sampler, open_study,
-                               pruning_start, queue_grid, queued, trial_recipe)
+from clfkit.tune.study import (PRUNERS, SAMPLERS, TuneSetup, counted, first_prune_epoch, make_pruner,
+                               make_sampler, open_study, pruning_start, queue_grid, queued, trial_recipe)
 from clfkit.tune.study import _mark_stale_running
 
-__all__ = ["Dimension", "TuneError", "TuneResult", "TuneSetup", "check_space", "make_pruner", "make_sampler",
+__all__ = ["Dimension", "TuneError", "TuneResult", "TuneSetup", "check_space", "first_prune_epoch", "make_pruner",
+           "make_sampler",
            "parse_space", "plan_tune", "pruning_start", "run_tune", "trial_recipe", "trial_rows"]
 
 
@@ -156,7 +157,8 @@ def _refuse_set_on_space(key: str, dims: list[Dimension]) -> None:
 
 def plan_tune(recipe_path: str | Path, spaces: list[str] | tuple[str, ...], trials: Optional[int],
               overrides: list[str] | tuple[str, ...] = (), out: Optional[str | Path] = None,
-              seed: int = 0, pruner: str = "median", quiet: bool = True, sampler: str = "tpe") -> TuneSetup:
+              seed: int = 0, pruner: str = "quartile", quiet: bool = True, sampler: str = "tpe",
+              prune_from: Optional[int] = None) -> TuneSetup:
     """Read the recipe, apply --set, parse and check every --space; nothing runs yet.
     ``trials`` None: 20, or the whole grid with ``sampler="grid"``."""
     if not spaces:
@@ -178,8 +180,11 @@ def plan_tune(recipe_path: str | Path, spaces: list[str] | tuple[str, ...], tria
     trials = _trials_for(sampler, dims, trials)
     out = Path(out) if out is not None else Path("tunes") / check_name(base.name, "tune name")
     epochs = next((max(d.args) for d in dims if d.key == "train.epochs"), base.train.epochs)
+    if prune_from is not None and not 1 <= prune_from <= epochs:
+        raise TuneError(f"--prune-from {prune_from}: a trial runs {epochs} epoch(s); give 1 to {epochs} "
+                        f"(or --pruner none to prune nothing)")
     return TuneSetup(str(recipe_path), data, dims, str(out), trials, seed, pruner, quiet,
-                     track=list(base.train.track), sampler=sampler, epochs=int(epochs))
+                     track=list(base.train.track), sampler=sampler, epochs=int(epochs), prune_from=prune_from)
 
 
 def _trials_for(sampler: str, dims: list[Dimension], trials: Optional[int]) -> int:
@@ -212,7 +217,7 @@ def run_tune(setup: TuneSetup, jobs: int = 1, log: Callable[[str], None] = print
     log(f"tune {out}: {done} of {setup.trials} trial(s) already done"
         + (f", {jobs} at a time" if jobs > 1 else ""))
     params = {"recipe": setup.recipe_path, "trials": str(setup.trials), "pruner": setup.pruner,
-              "sampler": setup.sampler,
+              "sampler": setup.sampler, "prune_from": str(first_prune_epoch(setup)),
               "space": "; ".join(d.describe() for d in setup.dims)}
     stopped: Optional[Interrupted] = None
     with parent_run(f"tune {out.name}", params, out, "mlflow" in setup.track):

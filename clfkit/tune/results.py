@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 from clfkit.atomic import write_text
 from clfkit.recipe import validate_recipe
 from clfkit.tune.space import Dimension, optuna_module
-from clfkit.tune.study import TuneSetup, open_study, pruning_start, trial_recipe
+from clfkit.tune.study import TuneSetup, first_prune_epoch, open_study, trial_recipe
 
 
 @dataclass
@@ -125,7 +125,7 @@ def write_results(setup: TuneSetup, log: Callable[[str], None]) -> TuneResult:
     files += figures
     pruned = sum(r["state"] == "pruned" for r in rows)
     intro = (f"clfkit tune {setup.recipe_path}: {len(rows)} trial(s), {pruned} pruned ({setup.sampler} sampler, {setup.pruner} pruner "
-             f"from epoch {pruning_start(setup.epochs)}), "
+             f"from epoch {first_prune_epoch(setup)}), "
              f"{sum(r['epochs_run'] for r in rows)} epochs trained; space: "
              + "; ".join(d.describe() for d in setup.dims))
     files.append(write_folder_report(out, f"tune {out.name}", intro, rows,

@@ -12,7 +12,7 @@ from typing import Any, Optional
 from clfkit.recipe import apply_override
 from clfkit.tune.space import Dimension, TuneError, grid_points, optuna_module, point_key
 
-PRUNERS = ("median", "halving", "none")
+PRUNERS = ("quartile", "median", "halving", "none")
 SAMPLERS = ("tpe", "grid", "random")
 STUDY_NAME = "clfkit"
 
@@ -31,6 +31,7 @@ class TuneSetup:
     quiet: bool = True
     sampler: str = "tpe"          # tpe | grid (every combination of choice() values) | random
     epochs: int = 1               # a full trial's epochs (the most a searched train.epochs allows)
+    prune_from: Optional[int] = None  # --prune-from: the first epoch a trial may be pruned at
     threads: int = 0
     track: list[str] = field(default_factory=list)
 
@@ -68,18 +69,27 @@ def open_study(setup: TuneSetup) -> Any:
 
 
 def pruning_start(epochs: int) -> int:
-    """The first epoch a trial may be pruned at: a third of the run. Val accuracy after one
-    epoch of a 6-epoch run ranks trials poorly (a high lr starts low and ends best), and pruning
-    there cost the measured flowers5 study its best region (README "Tuning")."""
+    """The first epoch a trial may be pruned at by default: a third of the run, past a
+    learning-rate warmup and the first noisy epochs (a high lr often starts lowest)."""
     return max(1, round(epochs / 3))
 
 
+def first_prune_epoch(setup: TuneSetup) -> int:
+    """--prune-from, else :func:`pruning_start` of the run's epochs."""
+    return setup.prune_from or pruning_start(setup.epochs)
+
+
 def make_pruner(setup: TuneSetup) -> Any:
-    """--pruner as an Optuna pruner, scaled to the run: nothing is pruned before
-    :func:`pruning_start`; halving's first rung is there too."""
+    """--pruner as an Optuna pruner; nothing is pruned before :func:`first_prune_epoch` (and
+    halving's first rung is there). From then on, at each epoch, a trial whose best val acc so
+    far is below the others' at that epoch stops: below their 25th percentile (quartile) or
+    their median, or outside the top third of its rung (halving)."""
     pruners = optuna_module().pruners
-    start = pruning_start(setup.epochs)
-    if setup.pruner == "median":  # step = epoch (1-based); Optuna prunes from step n_warmup_steps on
+    start = first_prune_epoch(setup)
+    # step = epoch (1-based); Optuna prunes from step n_warmup_steps on, once 2 trials finished
+    if setup.pruner == "quartile":  # Optuna's percentile is the share kept for a maximized value
+        return pruners.PercentilePruner(75.0, n_startup_trials=2, n_warmup_steps=start)
+    if setup.pruner == "median":
         return pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=start)
     if setup.pruner == "halving":
         return pruners.SuccessiveHalvingPruner(min_resource=start, reduction_factor=3)
