@@ -1,0 +1,90 @@
+"""Red team of 2026-12-01: clfkit tune's grid queue, choice() values and study.db, found by
+running the CLI the way a hurried user would (Ctrl-C, a continued tune with fewer --trials,
+odd choice values, an edited study.db). No trial trains here: the study is driven directly."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from conftest import refused, tiny_recipe
+
+optuna = pytest.importorskip("optuna")
+
+LR4 = ["optim.lr=choice(0.001,0.002,0.003,0.004)"]
+
+
+@pytest.fixture(scope="module")
+def recipe_file(tmp_path_factory):
+    data = tiny_recipe(train__epochs=1, data__image_size=8).to_dict()
+    path = tmp_path_factory.mktemp("rt18") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _states(study):
+    return [t.state.name for t in study.get_trials(deepcopy=False)]
+
+
+def test_a_continued_grid_with_fewer_trials_runs_no_more_than_asked(recipe_file, tmp_path):
+    """A Ctrl-C'd grid of 4 left 4 points queued; continuing with --trials 2 ran all of them
+    (3 trials for --trials 2). The queue is now cut back to what --trials asks."""
+    from clfkit.tune import plan_tune
+    from clfkit.tune.results import trial_rows
+    from clfkit.tune.study import open_study, queue_grid, queued
+
+    def plan(trials):
+        return plan_tune(recipe_file, LR4, trials, out=tmp_path / "t", sampler="grid")
+
+    (tmp_path / "t").mkdir()
+    study = open_study(plan(None))
+    assert queue_grid(study, plan(None)) == 4 and queued(study) == 4
+    # the first point was stopped by Ctrl-C (a FAIL without an error: it runs again)
+    first = study.ask()
+    stopped_lr = study.get_trials()[0].system_attrs["fixed_params"]["optim.lr"]
+    study.tell(first, state=optuna.trial.TrialState.FAIL)
+    setup = plan(2)
+    assert queue_grid(open_study(setup), setup) == 2
+    waiting = [t.system_attrs["fixed_params"]["optim.lr"]
+               for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))]
+    assert len(waiting) == 2 and stopped_lr in waiting  # the stopped point runs again, first in line
+    assert _states(study).count("WAITING") == 2
+    rows = trial_rows(study, setup.dims)
+    assert [r["state"] for r in rows] == ["stopped"]  # withdrawn points are no rows; Ctrl-C is not "fail"
+    # back to the whole grid: the withdrawn points are queued again, nothing twice
+    setup = plan(None)
+    assert queue_grid(open_study(setup), setup) == 4 and queued(study) == 4
+
+
+@pytest.mark.parametrize("space, words", [
+    ("model.dropout=choice(0,0.0)", ["0 and 0.0", "same value"]),
+    ("train.channels_last=choice(true,1)", ["True and 1", "same value"]),
+    ("model.blocks=choice([{channels: 4}],[{channels: 8}])", ["numbers, strings", "[{'channels': 4}]", "sweep"]),
+])
+def test_choice_values_optuna_cannot_tell_apart_or_store_are_refused(recipe_file, tmp_path, space, words):
+    """0 and 0.0 both ran as 0 (Optuna stores a choice as the index of the first == value);
+    a list choice trained, then the plots died with a traceback (unhashable list)."""
+    refused(["--space", *words], "tune", recipe_file, "--sampler", "grid", "--space", space,
+            "--out", tmp_path / "t")
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_quoted_choice_value_keeps_its_comma(recipe_file, tmp_path):
+    from clfkit.sweep.plan import split_top_level
+    from clfkit.tune import plan_tune
+
+    assert split_top_level('"a,b", b') == ['"a,b"', "b"]
+    assert split_top_level("it's,b") == ["it's", "b"]
+    assert split_top_level("'it''s,x', [1,'y,z'], {a: 'p,q'}") == ["'it''s,x'", "[1,'y,z']", "{a: 'p,q'}"]
+    setup = plan_tune(recipe_file, ['name=choice("a,b", c)'], None, out=tmp_path / "t", sampler="grid")
+    assert setup.dims[0].args == ["a,b", "c"]
+
+
+@pytest.mark.parametrize("content", [b"garbage\n", b"SQLite format 3\x00" + b"\x00" * 200])
+def test_an_unreadable_study_db_is_a_clear_error(recipe_file, tmp_path, content):
+    out = tmp_path / "t"
+    out.mkdir()
+    (out / "study.db").write_bytes(content)
+    refused([str(out / "study.db"), "not a readable Optuna study", "--out"],
+            "tune", recipe_file, "--sampler", "grid", "--space", LR4[0], "--out", out, max_lines=2)
+    assert (out / "study.db").read_bytes() == content
+    assert sorted(p.name for p in out.iterdir()) == ["study.db"]
