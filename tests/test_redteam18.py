@@ -88,3 +88,26 @@ def test_an_unreadable_study_db_is_a_clear_error(recipe_file, tmp_path, content)
             "tune", recipe_file, "--sampler", "grid", "--space", LR4[0], "--out", out, max_lines=2)
     assert (out / "study.db").read_bytes() == content
     assert sorted(p.name for p in out.iterdir()) == ["study.db"]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="needs named pipes")
+def test_a_fifo_or_a_device_named_like_an_image_is_skipped_not_read(tmp_path):
+    """A FIFO named x.png in a class folder hung the first decode forever (no output, no
+    error); a link to /dev/zero would read until memory ran out. Both are now unreadable
+    files like any other: listed with the reason, never opened for reading."""
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    from clfkit.data.decode_pool import Output, decode_into
+
+    Image.fromarray(np.full((4, 4, 3), 200, np.uint8)).save(tmp_path / "ok.png")
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    paths = [tmp_path / n for n in ("ok.png", "pipe.png", "zero.png")]
+    out = Output(len(paths), (3, 4, 4))
+    results = decode_into(paths, (4, 4), 3, "squash", out, workers=1)
+    assert [r.error for r in results] == [None, "not a regular file: a named pipe (FIFO)",
+                                          "not a regular file: a character device (through a symbolic link)"]
+    assert out.array()[0].min() == 200 and out.array()[1:].max() == 0
