@@ -59,6 +59,8 @@ def test_a_continued_grid_with_fewer_trials_runs_no_more_than_asked(recipe_file,
     ("model.dropout=choice(0,0.0)", ["0 and 0.0", "same value"]),
     ("train.channels_last=choice(true,1)", ["True and 1", "same value"]),
     ("model.blocks=choice([{channels: 4}],[{channels: 8}])", ["numbers, strings", "[{'channels': 4}]", "sweep"]),
+    ("optim.lr=choice(0.1,)", ["empty value", "choice(v1,v2,...)"]),
+    ("optim.lr=choice()", ["empty value"]),
 ])
 def test_choice_values_optuna_cannot_tell_apart_or_store_are_refused(recipe_file, tmp_path, space, words):
     """0 and 0.0 both ran as 0 (Optuna stores a choice as the index of the first == value);

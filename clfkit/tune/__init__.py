@@ -209,8 +209,10 @@ def run_tune(setup: TuneSetup, jobs: int = 1, log: Callable[[str], None] = print
     if setup.sampler == "grid":
         queue_grid(study, setup)
     done = counted(study, setup)
-    log(f"tune {out}: {done} of {setup.trials} trial(s) already done"
-        + (f", {jobs} at a time" if jobs > 1 else ""))
+    if done > setup.trials:  # a study continued with a smaller --trials
+        log(f"tune {out}: {done} trial(s) already done, --trials {setup.trials} asks for no more")
+    else:
+        log(f"tune {out}: {done} of {setup.trials} trial(s) already done" + (f", {jobs} at a time" if jobs > 1 else ""))
     params = {"recipe": setup.recipe_path, "trials": str(setup.trials), "pruner": setup.pruner,
               "sampler": setup.sampler,
               "space": "; ".join(d.describe() for d in setup.dims)}

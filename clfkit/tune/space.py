@@ -64,8 +64,11 @@ def parse_space(text: str) -> Dimension:
     if not m or m.group(1) not in KINDS:
         raise TuneError(f"--space {text!r}: the value must be one of {', '.join(k + '(...)' for k in KINDS)}")
     kind = m.group(1)
+    texts = split_top_level(m.group(2))
+    if "" in texts:  # choice(0.1,) would search 0.1 and the empty string
+        raise TuneError(f"--space {text!r}: an empty value; write {kind}(v1,v2,...) with values between the commas")
     try:
-        args = [parse_value(a) for a in split_top_level(m.group(2))]
+        args = [parse_value(a) for a in texts]
     except YAMLProblem as e:
         raise TuneError(f"--space {text!r}: {e}") from None
     need = KINDS[kind]
