@@ -113,3 +113,16 @@ def test_a_fifo_or_a_device_named_like_an_image_is_skipped_not_read(tmp_path):
     assert [r.error for r in results] == [None, "not a regular file: a named pipe (FIFO)",
                                           "not a regular file: a character device (through a symbolic link)"]
     assert out.array()[0].min() == 200 and out.array()[1:].max() == 0
+
+
+def test_tune_out_into_a_run_folder_is_refused_and_leaves_it_alone(recipe_file, tmp_path):
+    """--out runs/fold (a training run) wrote study.db, trials/, best.yaml there and replaced
+    the run's own report.html."""
+    run = tmp_path / "fold"
+    run.mkdir()
+    (run / "report.html").write_text("the run's report")
+    (run / "recipe.yaml").write_text("name: fold\n")
+    refused(["--out", str(run), "not a tune folder", "recipe.yaml, report.html"],
+            "tune", recipe_file, "--sampler", "grid", "--space", LR4[0], "--out", run, max_lines=2)
+    assert sorted(p.name for p in run.iterdir()) == ["recipe.yaml", "report.html"]
+    assert (run / "report.html").read_text() == "the run's report"

@@ -177,9 +177,24 @@ def plan_tune(recipe_path: str | Path, spaces: list[str] | tuple[str, ...], tria
     check_space(data, dims, str(recipe_path))
     trials = _trials_for(sampler, dims, trials)
     out = Path(out) if out is not None else Path("tunes") / check_name(base.name, "tune name")
+    _check_tune_folder(out)
     epochs = next((max(d.args) for d in dims if d.key == "train.epochs"), base.train.epochs)
     return TuneSetup(str(recipe_path), data, dims, str(out), trials, seed, pruner, quiet,
                      track=list(base.train.track), sampler=sampler, epochs=int(epochs))
+
+
+def _check_tune_folder(out: Path) -> None:
+    """--out is new, empty, or a tune folder (it has study.db): a tune writes report.html,
+    best.yaml and trials/ there, which in a run or sweep folder would replace its own files."""
+    if out.exists() and not out.is_dir():
+        raise TuneError(f"--out {out} is a file; give a folder for the tune")
+    if not out.is_dir() or (out / "study.db").exists():
+        return
+    held = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    if held:
+        raise TuneError(f"--out {out} is not a tune folder (no study.db; it holds {', '.join(held[:4])}"
+                        f"{', ...' if len(held) > 4 else ''}): the tune's files would mix with or replace "
+                        f"those. Give a new or empty folder, or a tune folder to continue")
 
 
 def _trials_for(sampler: str, dims: list[Dimension], trials: Optional[int]) -> int:
