@@ -126,3 +126,55 @@ def test_tune_out_into_a_run_folder_is_refused_and_leaves_it_alone(recipe_file, 
             "tune", recipe_file, "--sampler", "grid", "--space", LR4[0], "--out", run, max_lines=2)
     assert sorted(p.name for p in run.iterdir()) == ["recipe.yaml", "report.html"]
     assert (run / "report.html").read_text() == "the run's report"
+
+
+def test_ctrl_c_during_the_pool_decode_leaves_no_traceback_from_the_pool(monkeypatch, tmp_path):
+    """Ctrl-C during the first decode printed "InvalidStateError: CANCELLED" from the pool's
+    own thread: map's cleanup cancelled the queued futures, then stopping the workers made
+    Python 3.11's pool mark those very futures broken. Some tasks are still queued here when
+    Ctrl-C comes (the workers are slowed down; they inherit the patch by fork)."""
+    import _thread
+    import threading
+    import time
+
+    from clfkit.data import decode_pool
+
+    def slow(paths, start, stop, *rest, **kw):
+        time.sleep(0.2)
+        return [decode_pool.FileResult("x")] * (stop - start)
+
+    monkeypatch.setattr(decode_pool, "_decode_range", slow)
+    # a main thread slow to reach shutdown (busy, or the GIL elsewhere): the pool's thread sees
+    # the stopped workers first, the order that raced into the traceback 1 run in 10
+    from concurrent.futures import ProcessPoolExecutor
+
+    shutdown = ProcessPoolExecutor.shutdown
+    monkeypatch.setattr(ProcessPoolExecutor, "shutdown", lambda self, *a, **k: (time.sleep(0.3), shutdown(self, *a, **k)))
+    errors = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+    paths = [tmp_path / f"{i}.png" for i in range(decode_pool.TASK_FILES * 12)]
+    out = decode_pool.Output(len(paths), (3, 2, 2))
+    timer = threading.Timer(0.5, _thread.interrupt_main)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        decode_pool.decode_into(paths, (2, 2), 3, "squash", out, workers=2)
+    timer.join()
+    time.sleep(0.2)  # the pool's thread has finished (shutdown joined it); nothing it raised is lost
+    assert errors == []
+
+
+def test_ctrl_c_while_the_pool_forks_is_held_until_the_fork_is_done():
+    """A Ctrl-C landing in Python's at-fork hooks was dropped ("Exception ignored in
+    _releaseLock") and the run trained on; held over the fork, it arrives just after."""
+    import os
+    import signal
+
+    from clfkit.data.decode_pool import _sigint_held
+
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with _sigint_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            reached.append("after the signal")  # not raised inside the block
+    assert reached == ["after the signal"]
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
