@@ -178,3 +178,30 @@ def test_ctrl_c_while_the_pool_forks_is_held_until_the_fork_is_done():
             reached.append("after the signal")  # not raised inside the block
     assert reached == ["after the signal"]
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+
+
+def test_a_second_ctrl_c_while_clfkit_exits_after_a_stop_is_ignored(monkeypatch):
+    """After "interrupted" (exit 130) a second SIGINT landed in the atexit clean-up: a
+    KeyboardInterrupt traceback, and the temp-folder removal cut short."""
+    import signal
+    import warnings
+
+    from clfkit import cli
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # main() sets clfkit's
+    monkeypatch.setattr(warnings, "filters", list(warnings.filters))
+
+    def stopped(**kw):
+        raise SystemExit(130)
+
+    monkeypatch.setattr(cli, "cli", stopped)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):
+            cli.main()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+    monkeypatch.setattr(cli, "cli", lambda **kw: None)  # a normal end leaves Ctrl-C alone
+    cli.main()
+    assert signal.getsignal(signal.SIGINT) is before
