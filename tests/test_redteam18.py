@@ -205,3 +205,32 @@ def test_a_second_ctrl_c_while_clfkit_exits_after_a_stop_is_ignored(monkeypatch)
     monkeypatch.setattr(cli, "cli", lambda **kw: None)  # a normal end leaves Ctrl-C alone
     cli.main()
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_an_error_after_ctrl_c_is_a_stop_not_a_traceback(monkeypatch, tmp_path):
+    """Ctrl-C during torch.compile's first step (train.compile on CPU builds C++) reaches g++
+    too: it died, inductor raised CppCompileError, and clfkit printed a traceback and exited 1
+    with no last.pt. An error raised once a stop signal came is now that stop: exit 130,
+    last.pt of the point before the step, and how to resume."""
+    import os
+    import signal
+
+    from clfkit import trainer
+    from clfkit.signals import Interrupted
+
+    def compiler_killed(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # caught by the trainer's handler: only the flag is set
+        raise RuntimeError("C++ compile error\ncommand: g++ ...")
+
+    small = dict(train__epochs=1, data__image_size=8, data__source__train_size=48, data__source__val_size=12,
+                 data__source__test_size=0)
+    monkeypatch.setattr(trainer, "train_one_epoch", compiler_killed)
+    with pytest.raises(Interrupted) as stop:
+        trainer.train(tiny_recipe(**small), tmp_path, quiet=True)
+    assert stop.value.exit_code == 130
+    message = str(stop.value)
+    assert "SIGINT received" in message and "RuntimeError: C++ compile error" in message
+    assert "train --resume" in message and (tmp_path / "tiny" / "last.pt").exists()
+    monkeypatch.setattr(trainer, "train_one_epoch", lambda *a, **k: 1 / 0)  # no signal: the error itself
+    with pytest.raises(ZeroDivisionError):
+        trainer.train(tiny_recipe(**small), tmp_path, quiet=True)
