@@ -297,19 +297,18 @@ class Trainer:
         """train_one_epoch; an error raised after a stop signal came is the signal's doing: Ctrl-C
         reaches the whole process group, and a compiler torch.compile runs (g++ building the
         first step) dies of it mid-build. That stop is Interrupted, not a traceback."""
-        steps_before = self.state.step
         try:
             return train_one_epoch(self.state, self.batches, epoch, progress=progress, resume_at=self.resume_at,
                                    after_step=self._after_step, accumulate=self.tc.accumulate)
         except Exception as e:
             if not self.stop.pending:
                 raise
-            if self.state.step == steps_before:  # no step of this call trained: its start point is exact
-                self._save_last(epoch, self.resume_at)
+            # nothing is saved now: the broken step may have run part of its work (a forward
+            # pass updates BatchNorm statistics), so no state of this moment resumes exactly
             why = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:120]}"
-            then = (f"last.pt holds step {self.state.step} or earlier; resume with: "
+            then = (f"resume from the last checkpoint with: "
                     f"{distributed.launch_command(f'train --resume {self.folder}')}" if self.folder.last.exists()
-                    else "nothing was saved; run the same command again")
+                    else f"no checkpoint was saved yet; remove {self.folder} and run the same command again")
             raise Interrupted(f"{self.stop.name} received: stopped in epoch {epoch + 1} at step {self.state.step} "
                               f"while a step was running ({why}; the signal stops the compiler torch.compile "
                               f"runs too); {then}", self.stop.signum) from None
