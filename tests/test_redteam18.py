@@ -236,3 +236,29 @@ def test_an_error_after_ctrl_c_is_a_stop_not_a_traceback(monkeypatch, tmp_path):
     monkeypatch.setattr(trainer, "train_one_epoch", lambda *a, **k: 1 / 0)  # no signal: the error itself
     with pytest.raises(ZeroDivisionError):
         trainer.train(tiny_recipe(**small), tmp_path, quiet=True)
+
+
+def test_a_second_tune_on_the_same_folder_is_refused_while_the_first_runs(recipe_file, tmp_path):
+    """The same command started twice: the second marked the first's running trial failed,
+    and the first died with a traceback (ValueError: Cannot tell a FAIL trial)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "t"
+    out.mkdir()
+    holder = ("import fcntl, json, os, sys, time\n"
+              "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+              "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+              "os.write(fd, json.dumps({'pid': os.getpid(), 'command': 'clfkit tune first'}).encode())\n"
+              "print('locked', flush=True)\n"
+              "time.sleep(60)\n")
+    first = subprocess.Popen([sys.executable, "-c", holder, str(out / ".clfkit.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "locked"
+        refused([f"cannot tune into {out}", "another clfkit tune is running there", "clfkit tune first",
+                 "run the same command again"],
+                "tune", recipe_file, "--sampler", "grid", "--space", LR4[0], "--out", out, max_lines=2)
+    finally:
+        first.kill()
+        first.wait()
+    assert not (out / "study.db").exists()

@@ -28,11 +28,12 @@ best.yaml, report.html); here: one trial, the run loop and the command.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from clfkit.errors import ClfkitError
 from clfkit.names import check_name
@@ -215,10 +216,32 @@ def run_tune(setup: TuneSetup, jobs: int = 1, log: Callable[[str], None] = print
     """Run the study to ``setup.trials`` trials (continuing one already in the folder), then
     write its results. A stop signal ends it cleanly: results are written for the trials so
     far and :class:`Interrupted` says how to continue."""
+    out = Path(setup.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with _tune_lock(out):
+        return _run_locked(setup, jobs, log)
+
+
+@contextlib.contextmanager
+def _tune_lock(out: Path) -> Iterator[None]:
+    """One tune per folder: a second one on the same study.db marked the first's running trial
+    failed (its stale-trial sweep), and the first then died telling Optuna that trial's result."""
+    from clfkit.run.folder import LOCK_NAME, RunLockedError, _holder_text, run_lock
+
+    try:
+        with run_lock(out, "tune into"):
+            yield
+    except RunLockedError:
+        holder = _holder_text(out / LOCK_NAME)  # the run lock's message speaks of runs and --resume
+        raise TuneError(f"cannot tune into {out}: another clfkit tune is running there ({holder}); two tunes on "
+                        f"one study would fail each other's trials. Wait for it to finish, or stop it (Ctrl-C) "
+                        f"and run the same command again") from None
+
+
+def _run_locked(setup: TuneSetup, jobs: int, log: Callable[[str], None]) -> TuneResult:
     from clfkit.tracking import parent_run
 
     out = Path(setup.out)
-    out.mkdir(parents=True, exist_ok=True)
     study = open_study(setup)
     _mark_stale_running(study)
     if setup.sampler == "grid":
