@@ -29,7 +29,7 @@ def test_a_continued_grid_with_fewer_trials_runs_no_more_than_asked(recipe_file,
     """A Ctrl-C'd grid of 4 left 4 points queued; continuing with --trials 2 ran all of them
     (3 trials for --trials 2). The queue is now cut back to what --trials asks."""
     from clfkit.tune import plan_tune
-    from clfkit.tune.results import trial_rows
+    from clfkit.tune.results import trial_rows, write_results
     from clfkit.tune.study import open_study, queue_grid, queued
 
     def plan(trials):
@@ -40,6 +40,7 @@ def test_a_continued_grid_with_fewer_trials_runs_no_more_than_asked(recipe_file,
     assert queue_grid(study, plan(None)) == 4 and queued(study) == 4
     # the first point was stopped by Ctrl-C (a FAIL without an error: it runs again)
     first = study.ask()
+    plan(None).dims[0].suggest(first)  # the trial takes its queued value, as a real one does
     stopped_lr = study.get_trials()[0].system_attrs["fixed_params"]["optim.lr"]
     study.tell(first, state=optuna.trial.TrialState.FAIL)
     setup = plan(2)
@@ -50,6 +51,11 @@ def test_a_continued_grid_with_fewer_trials_runs_no_more_than_asked(recipe_file,
     assert _states(study).count("WAITING") == 2
     rows = trial_rows(study, setup.dims)
     assert [r["state"] for r in rows] == ["stopped"]  # withdrawn points are no rows; Ctrl-C is not "fail"
+    setup.pruner = "none"
+    write_results(setup, log=lambda s: None)
+    assert (tmp_path / "t" / "trials.csv").read_text().splitlines()[1:] == [f"0,trials/trial-000,{stopped_lr},,0,,stopped"]
+    report = (tmp_path / "t" / "report.html").read_text()
+    assert "no pruning" in report and "none pruner" not in report and not (tmp_path / "t" / "best.yaml").exists()
     # back to the whole grid: the withdrawn points are queued again, nothing twice
     setup = plan(None)
     assert queue_grid(open_study(setup), setup) == 4 and queued(study) == 4

@@ -126,8 +126,9 @@ def write_results(setup: TuneSetup, log: Callable[[str], None]) -> TuneResult:
     figures = write_plots(study, out, log)
     files += figures
     pruned = sum(r["state"] == "pruned" for r in rows)
-    intro = (f"clfkit tune {setup.recipe_path}: {len(rows)} trial(s), {pruned} pruned ({setup.sampler} sampler, {setup.pruner} pruner "
-             f"from epoch {pruning_start(setup.epochs)}), "
+    pruning = ("no pruning" if setup.pruner == "none"
+               else f"{setup.pruner} pruner from epoch {pruning_start(setup.epochs)}")
+    intro = (f"clfkit tune {setup.recipe_path}: {len(rows)} trial(s), {pruned} pruned ({setup.sampler} sampler, {pruning}), "
              f"{sum(r['epochs_run'] for r in rows)} epochs trained; space: "
              + "; ".join(d.describe() for d in setup.dims))
     files.append(write_folder_report(out, f"tune {out.name}", intro, rows,
