@@ -429,7 +429,16 @@ _default_format_warning = warnings.formatwarning
 def main() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.formatwarning = _format_warning
-    cli(prog_name="clfkit")
+    try:
+        cli(prog_name="clfkit")
+    except SystemExit as e:
+        if e.code in (130, 143):  # stopped by a signal: a second Ctrl-C (or timeout's signal to the
+            # group) while Python shuts down would interrupt the atexit clean-up that removes temp
+            # folders, with a traceback ("Exception ignored in atexit callback")
+            import signal
+
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise
 
 
 if __name__ == "__main__":

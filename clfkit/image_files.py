@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +36,15 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 
 def read_file(path: str | os.PathLike) -> bytes:
-    """The file's bytes (symbolic links followed), or DecodeError saying why it cannot be read."""
+    """The file's bytes (symbolic links followed), or DecodeError saying why it cannot be read.
+    Only a regular file is read: a FIFO would block the read forever, a device such as
+    /dev/zero would fill memory."""
     try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            kind = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device",
+                    stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode), "not a file")
+            raise DecodeError(f"not a regular file: {kind}{' (through a symbolic link)' if os.path.islink(path) else ''}")
         data = Path(path).read_bytes()
     except OSError as e:
         if os.path.islink(path) and not os.path.exists(path):

@@ -277,8 +277,7 @@ class Trainer:
         row: dict[str, Any] = {"epoch": epoch + 1}
         if tc.compile and self.compile_t0 is None:
             self.compile_t0 = time.perf_counter()
-        row.update(train_one_epoch(state, self.batches, epoch, progress=progress, resume_at=self.resume_at,
-                                   after_step=self._after_step, accumulate=tc.accumulate))
+        row.update(self._train_epoch(epoch, progress))
         self.resume_at = None
         t_train = time.perf_counter() - t0
         self.train_seconds += t_train
@@ -309,6 +308,26 @@ class Trainer:
             self.best = {"val_acc": row.get("val_acc"), "epoch": row["epoch"], "row": row}
             save_checkpoint(self.folder.best, {**self.ckpt_base, "model": self.state.eval_model.state_dict(),
                                                "epoch": row["epoch"], "metrics": row})
+
+    def _train_epoch(self, epoch: int, progress: Callable[[int], None]) -> dict[str, float]:
+        """train_one_epoch; an error raised after a stop signal came is the signal's doing: Ctrl-C
+        reaches the whole process group, and a compiler torch.compile runs (g++ building the
+        first step) dies of it mid-build. That stop is Interrupted, not a traceback."""
+        try:
+            return train_one_epoch(self.state, self.batches, epoch, progress=progress, resume_at=self.resume_at,
+                                   after_step=self._after_step, accumulate=self.tc.accumulate)
+        except Exception as e:
+            if not self.stop.pending:
+                raise
+            # nothing is saved now: the broken step may have run part of its work (a forward
+            # pass updates BatchNorm statistics), so no state of this moment resumes exactly
+            why = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:120]}"
+            then = (f"resume from the last checkpoint with: "
+                    f"{distributed.launch_command(f'train --resume {self.folder}')}" if self.folder.last.exists()
+                    else f"no checkpoint was saved yet; remove {self.folder} and run the same command again")
+            raise Interrupted(f"{self.stop.name} received: stopped in epoch {epoch + 1} at step {self.state.step} "
+                              f"while a step was running ({why}; the signal stops the compiler torch.compile "
+                              f"runs too); {then}", self.stop.signum) from None
 
     def _after_step(self, batch: int, snapshot: Callable[[], EpochProgress]) -> None:
         """After every optimizer step: compile timing, EMA, and a mid-epoch last.pt when due

@@ -100,7 +100,7 @@ def test_grid_walks_every_combination_once_and_a_stopped_point_runs_again(recipe
     assert "2 of 4 trial(s) already done" in lines[0]
     points = [(r["optim.lr"], r["model.dropout"]) for r in rows if r["state"] == "complete"]
     assert sorted(points) == [(1e-3, 0), (1e-3, 0.3), (3e-2, 0), (3e-2, 0.3)]  # each once, the stopped one too
-    assert [r["state"] for r in rows].count("fail") == 1 and len(rows) == 5
+    assert [r["state"] for r in rows].count("stopped") == 1 and len(rows) == 5
     # a trial is the plain run of its values: the same seed, the same accuracy
     row = rows[0]
     params = {"optim.lr": row["optim.lr"], "model.dropout": row["model.dropout"]}

@@ -17,6 +17,7 @@ whose parent is gone exits. Without fork (Windows) the decode runs in the callin
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import mmap
 import multiprocessing
@@ -28,7 +29,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 import numpy as np
 
@@ -118,6 +119,8 @@ def _worker_start(parent: int) -> None:
     # so the marks left name the file the dead worker was decoding.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _terminated)
+    if hasattr(signal, "pthread_sigmask"):  # blocked by the parent while it forked (_sigint_held)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
 
@@ -201,12 +204,29 @@ def decode_into(paths: list, size: tuple[int, int], channels: int, resize: str, 
         return _decode_in_pool(paths, spans, (size, channels, resize, out), context, workers)
 
 
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Hold Ctrl-C back while the pool forks its workers (the first submit forks them all): a
+    KeyboardInterrupt raised in Python's at-fork hooks is printed and dropped ("Exception
+    ignored in _releaseLock"), and the run went on as if Ctrl-C had not been pressed. Held, it
+    arrives right after, in plain code. The workers inherit the mask and unblock it once they
+    ignore SIGINT."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
     """Terminate the pool's workers and wait for them. ``_processes`` is private (Python 3.14
     adds terminate_workers()), hence the getattr: without it the running tasks finish first."""
     for process in list((getattr(pool, "_processes", None) or {}).values()):
         process.terminate()
-    pool.shutdown(wait=True, cancel_futures=True)
+    pool.shutdown(wait=True)  # no cancel_futures: the broken pool fails the pending ones itself
 
 
 def _decode_in_pool(paths: list, spans: list[tuple[int, int]], settings: tuple, context,
@@ -219,8 +239,13 @@ def _decode_in_pool(paths: list, spans: list[tuple[int, int]], settings: tuple, 
         # fork: the workers inherit the job and the shared memory; they never touch torch
         with ProcessPoolExecutor(min(workers, len(spans)), mp_context=context,
                                  initializer=_worker_start, initargs=(os.getpid(),)) as pool:
+            # submit, not map: map's cleanup cancels the futures still queued, and Python 3.11's
+            # pool then fails in its own thread (InvalidStateError, a traceback after Ctrl-C)
+            # when the workers are stopped and it marks every pending future broken
+            with _sigint_held():
+                futures = [pool.submit(_decode_task, t) for t in tasks]
             try:
-                parts = list(pool.map(_decode_task, tasks))
+                parts = [f.result() for f in futures]
             except BrokenProcessPool:  # a worker died: the pool has stopped the others itself
                 raise
             except BaseException:  # Ctrl-C: stop now, not after each worker's task (64 large photos: seconds)

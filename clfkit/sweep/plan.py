@@ -33,14 +33,18 @@ class Axis:
 
 
 def split_top_level(raw: str) -> list[str]:
-    """Split on commas outside brackets and braces: ``0,[1,2],{a: 1}`` -> 3 items."""
-    items, depth, cur = [], 0, ""
+    """Split on commas outside brackets, braces and quotes: ``0,[1,2],{a: 1},"a,b"`` -> 4 items."""
+    items, depth, cur, quote = [], 0, "", ""
     for ch in raw:
-        if ch in "[{(":
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"" and (cur.rstrip()[-1:] in ("", "[", "{", ",", ":") or cur[-1:] == ch == "'"):
+            quote = ch  # a quote opens a YAML scalar only at its start ('' inside '...' is one quote)
+        elif ch in "[{(":
             depth += 1
         elif ch in "]})":
             depth -= 1
-        if ch == "," and depth == 0:
+        if ch == "," and depth == 0 and not quote:
             items.append(cur)
             cur = ""
         else:

@@ -28,11 +28,12 @@ best.yaml, report.html); here: one trial, the run loop and the command.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from clfkit.errors import ClfkitError
 from clfkit.names import check_name
@@ -179,12 +180,27 @@ def plan_tune(recipe_path: str | Path, spaces: list[str] | tuple[str, ...], tria
     check_space(data, dims, str(recipe_path))
     trials = _trials_for(sampler, dims, trials)
     out = Path(out) if out is not None else Path("tunes") / check_name(base.name, "tune name")
+    _check_tune_folder(out)
     epochs = next((max(d.args) for d in dims if d.key == "train.epochs"), base.train.epochs)
     if prune_from is not None and not 1 <= prune_from <= epochs:
         raise TuneError(f"--prune-from {prune_from}: a trial runs {epochs} epoch(s); give 1 to {epochs} "
                         f"(or --pruner none to prune nothing)")
     return TuneSetup(str(recipe_path), data, dims, str(out), trials, seed, pruner, quiet,
                      track=list(base.train.track), sampler=sampler, epochs=int(epochs), prune_from=prune_from)
+
+
+def _check_tune_folder(out: Path) -> None:
+    """--out is new, empty, or a tune folder (it has study.db): a tune writes report.html,
+    best.yaml and trials/ there, which in a run or sweep folder would replace its own files."""
+    if out.exists() and not out.is_dir():
+        raise TuneError(f"--out {out} is a file; give a folder for the tune")
+    if not out.is_dir() or (out / "study.db").exists():
+        return
+    held = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    if held:
+        raise TuneError(f"--out {out} is not a tune folder (no study.db; it holds {', '.join(held[:4])}"
+                        f"{', ...' if len(held) > 4 else ''}): the tune's files would mix with or replace "
+                        f"those. Give a new or empty folder, or a tune folder to continue")
 
 
 def _trials_for(sampler: str, dims: list[Dimension], trials: Optional[int]) -> int:
@@ -205,17 +221,41 @@ def run_tune(setup: TuneSetup, jobs: int = 1, log: Callable[[str], None] = print
     """Run the study to ``setup.trials`` trials (continuing one already in the folder), then
     write its results. A stop signal ends it cleanly: results are written for the trials so
     far and :class:`Interrupted` says how to continue."""
+    out = Path(setup.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with _tune_lock(out):
+        return _run_locked(setup, jobs, log)
+
+
+@contextlib.contextmanager
+def _tune_lock(out: Path) -> Iterator[None]:
+    """One tune per folder: a second one on the same study.db marked the first's running trial
+    failed (its stale-trial sweep), and the first then died telling Optuna that trial's result."""
+    from clfkit.run.folder import LOCK_NAME, RunLockedError, _holder_text, run_lock
+
+    try:
+        with run_lock(out, "tune into"):
+            yield
+    except RunLockedError:
+        holder = _holder_text(out / LOCK_NAME)  # the run lock's message speaks of runs and --resume
+        raise TuneError(f"cannot tune into {out}: another clfkit tune is running there ({holder}); two tunes on "
+                        f"one study would fail each other's trials. Wait for it to finish, or stop it (Ctrl-C) "
+                        f"and run the same command again") from None
+
+
+def _run_locked(setup: TuneSetup, jobs: int, log: Callable[[str], None]) -> TuneResult:
     from clfkit.tracking import parent_run
 
     out = Path(setup.out)
-    out.mkdir(parents=True, exist_ok=True)
     study = open_study(setup)
     _mark_stale_running(study)
     if setup.sampler == "grid":
         queue_grid(study, setup)
     done = counted(study, setup)
-    log(f"tune {out}: {done} of {setup.trials} trial(s) already done"
-        + (f", {jobs} at a time" if jobs > 1 else ""))
+    if done > setup.trials:  # a study continued with a smaller --trials
+        log(f"tune {out}: {done} trial(s) already done, --trials {setup.trials} asks for no more")
+    else:
+        log(f"tune {out}: {done} of {setup.trials} trial(s) already done" + (f", {jobs} at a time" if jobs > 1 else ""))
     params = {"recipe": setup.recipe_path, "trials": str(setup.trials), "pruner": setup.pruner,
               "sampler": setup.sampler, "prune_from": str(first_prune_epoch(setup)),
               "space": "; ".join(d.describe() for d in setup.dims)}

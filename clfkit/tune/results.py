@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 from clfkit.atomic import write_text
 from clfkit.recipe import validate_recipe
 from clfkit.tune.space import Dimension, optuna_module
-from clfkit.tune.study import TuneSetup, first_prune_epoch, open_study, trial_recipe
+from clfkit.tune.study import WITHDRAWN, TuneSetup, first_prune_epoch, open_study, trial_recipe
 
 
 @dataclass
@@ -28,10 +28,10 @@ class TuneResult:
 def trial_rows(study: Any, dims: list[Dimension]) -> list[dict[str, Any]]:
     """One row per trial, in trial order: number, params, best val acc, epochs run, state."""
     rows = []
-    waiting = optuna_module().trial.TrialState.WAITING
+    waiting, fail = optuna_module().trial.TrialState.WAITING, optuna_module().trial.TrialState.FAIL
     for t in study.get_trials(deepcopy=False):
-        if t.state == waiting or t.user_attrs.get("grid_drained"):
-            continue  # a queued grid point not started yet; a worker's draw after the queue ran out
+        if t.state == waiting or t.user_attrs.get("grid_drained") or t.user_attrs.get(WITHDRAWN):
+            continue  # a queued grid point not started yet (or taken back); a worker's draw after the queue ran out
         row: dict[str, Any] = {"trial": t.number, "run": f"trials/trial-{t.number:03d}"}
         row.update({d.key: t.params.get(d.key) for d in dims})
         value = t.value if t.value is not None else (max(t.intermediate_values.values())
@@ -40,6 +40,8 @@ def trial_rows(study: Any, dims: list[Dimension]) -> list[dict[str, Any]]:
                    test_acc=t.user_attrs.get("test_acc"), state=t.state.name.lower())
         if t.user_attrs.get("error"):
             row["state"] += ": " + t.user_attrs["error"]
+        elif t.state == fail:
+            row["state"] = "stopped"  # Ctrl-C or a crash, not the trial's error: it runs again
         rows.append(row)
     return rows
 
@@ -124,8 +126,9 @@ def write_results(setup: TuneSetup, log: Callable[[str], None]) -> TuneResult:
     figures = write_plots(study, out, log)
     files += figures
     pruned = sum(r["state"] == "pruned" for r in rows)
-    intro = (f"clfkit tune {setup.recipe_path}: {len(rows)} trial(s), {pruned} pruned ({setup.sampler} sampler, {setup.pruner} pruner "
-             f"from epoch {first_prune_epoch(setup)}), "
+    pruning = ("no pruning" if setup.pruner == "none"
+               else f"{setup.pruner} pruner from epoch {first_prune_epoch(setup)}")
+    intro = (f"clfkit tune {setup.recipe_path}: {len(rows)} trial(s), {pruned} pruned ({setup.sampler} sampler, {pruning}), "
              f"{sum(r['epochs_run'] for r in rows)} epochs trained; space: "
              + "; ".join(d.describe() for d in setup.dims))
     files.append(write_folder_report(out, f"tune {out.name}", intro, rows,

@@ -64,8 +64,11 @@ def parse_space(text: str) -> Dimension:
     if not m or m.group(1) not in KINDS:
         raise TuneError(f"--space {text!r}: the value must be one of {', '.join(k + '(...)' for k in KINDS)}")
     kind = m.group(1)
+    texts = split_top_level(m.group(2))
+    if "" in texts:  # choice(0.1,) would search 0.1 and the empty string
+        raise TuneError(f"--space {text!r}: an empty value; write {kind}(v1,v2,...) with values between the commas")
     try:
-        args = [parse_value(a) for a in split_top_level(m.group(2))]
+        args = [parse_value(a) for a in texts]
     except YAMLProblem as e:
         raise TuneError(f"--space {text!r}: {e}") from None
     need = KINDS[kind]
@@ -79,9 +82,29 @@ def parse_space(text: str) -> Dimension:
             raise TuneError(f"--space {text!r}: {kind} needs whole numbers")
         if kind.startswith("log") and args[0] <= 0:
             raise TuneError(f"--space {text!r}: {kind} needs low > 0")
-    if kind == "choice" and (not args or len(set(map(repr, args))) != len(args)):
-        raise TuneError(f"--space {text!r}: choice needs distinct values")
+    if kind == "choice":
+        _check_choices(text, args)
     return Dimension(".".join(path), kind, args, text)
+
+
+def _check_choices(text: str, args: list[Any]) -> None:
+    """choice() values Optuna can store and tell apart: it keeps a categorical parameter as
+    the index of the first choice ``==`` to it, so 0 and 0.0 (or 1 and true) would both run
+    as the first, and a list or mapping is not a storable choice at all."""
+    if not args:
+        raise TuneError(f"--space {text!r}: choice needs at least one value")
+    for a in args:
+        if a is not None and not isinstance(a, (bool, int, float, str)):
+            raise TuneError(f"--space {text!r}: choice values must be numbers, strings, true/false or null, "
+                            f"not {a!r}; search lists and mappings with clfkit sweep --grid")
+    for i, a in enumerate(args):
+        same = next((b for b in args[:i] if b == a or (a != a and b != b)), _NONE)  # a != a: nan
+        if same is not _NONE:
+            raise TuneError(f"--space {text!r}: choice needs distinct values; {same!r} and {a!r} are the same "
+                            f"value to Optuna (give one of them)")
+
+
+_NONE = object()
 
 
 def check_space(data: dict, dims: list[Dimension], source: str) -> None:

@@ -15,6 +15,7 @@ from clfkit.tune.space import Dimension, TuneError, grid_points, optuna_module, 
 PRUNERS = ("quartile", "median", "halving", "none")
 SAMPLERS = ("tpe", "grid", "random")
 STUDY_NAME = "clfkit"
+WITHDRAWN = "grid_withdrawn"  # user attr of a queued grid point taken back out of the queue
 
 
 @dataclass
@@ -51,9 +52,17 @@ def open_study(setup: TuneSetup) -> Any:
     another space is refused (its trials would not be comparable)."""
     optuna = optuna_module()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are in the table
-    study = optuna.create_study(storage=f"sqlite:///{Path(setup.out).resolve() / 'study.db'}",
-                                study_name=STUDY_NAME, direction="maximize", load_if_exists=True,
-                                sampler=make_sampler(setup, 0), pruner=make_pruner(setup))
+    from sqlalchemy.exc import SQLAlchemyError  # optuna's storage layer
+
+    db = Path(setup.out) / "study.db"
+    try:
+        study = optuna.create_study(storage=f"sqlite:///{db.resolve()}",
+                                    study_name=STUDY_NAME, direction="maximize", load_if_exists=True,
+                                    sampler=make_sampler(setup, 0), pruner=make_pruner(setup))
+    except SQLAlchemyError as e:
+        reason = str(getattr(e, "orig", None) or e).splitlines()[0]
+        raise TuneError(f"{db} is not a readable Optuna study ({reason}); move it away to start a new "
+                        f"study there, or give another --out") from None
     space = [d.describe() for d in setup.dims]
     had = study.user_attrs.get("space")
     if had is None:
@@ -174,18 +183,28 @@ def _grid_done(study: Any, setup: TuneSetup) -> set[tuple[str, ...]]:
 
 
 def queue_grid(study: Any, setup: TuneSetup) -> int:
-    """Put the next grid points in the study's queue (Optuna's enqueue_trial), up to --trials:
-    points with no trial done and none waiting, in the seeded grid order; a stopped point goes
-    back in. Called once per tune, before any worker starts. Returns how many wait."""
+    """Make the study's queue (Optuna's enqueue_trial) the next grid points up to --trials:
+    points with no trial done, in the seeded grid order; a stopped point goes back in. Points
+    still waiting from a stopped tune of a larger --trials (or twice) are withdrawn, so a
+    continued tune runs what this --trials asks, no more. Called once per tune, before any
+    worker starts. Returns how many wait."""
     states = optuna_module().trial.TrialState
     done = _grid_done(study, setup)
-    waiting = {point_key(t.system_attrs.get("fixed_params", {}), setup.dims)
-               for t in study.get_trials(deepcopy=False, states=(states.WAITING,))}
-    room = max(0, setup.trials - len(done) - len(waiting))
-    todo = [p for p in grid_points(setup.dims, setup.seed) if point_key(p, setup.dims) not in done | waiting]
-    for params in todo[:room]:
-        study.enqueue_trial(params)
-    return len(waiting) + min(room, len(todo))
+    todo = [p for p in grid_points(setup.dims, setup.seed) if point_key(p, setup.dims) not in done]
+    todo = todo[:max(0, setup.trials - len(done))]
+    wanted = {point_key(p, setup.dims) for p in todo}
+    waiting = set()
+    for t in study.get_trials(deepcopy=False, states=(states.WAITING,)):
+        key = point_key(t.system_attrs.get("fixed_params", {}), setup.dims)
+        if key in wanted and key not in waiting:
+            waiting.add(key)
+        else:  # hidden from the table and never run (a FAIL without "error" is not a done point)
+            study._storage.set_trial_user_attr(t._trial_id, WITHDRAWN, True)
+            study._storage.set_trial_state_values(t._trial_id, state=states.FAIL)
+    for params in todo:
+        if point_key(params, setup.dims) not in waiting:
+            study.enqueue_trial(params)
+    return len(todo)
 
 
 def queued(study: Any) -> int:
