@@ -226,10 +226,10 @@ def walk_files(root: str | os.PathLike) -> Listing:
                 out.folders[ident] = p
                 keep.append(d)
         dirnames[:] = keep
-        rel_dir = os.path.relpath(dirpath, root)
+        rel_dir, folder = os.path.relpath(dirpath, root), Path(dirpath)  # folder / name parses the name only
         for f in filenames:
             if not f.startswith("."):
-                found[is_image_file(f)].append((f if rel_dir == "." else f"{rel_dir}/{f}", Path(dirpath, f)))
+                found[is_image_file(f)].append((f if rel_dir == "." else f"{rel_dir}/{f}", folder / f))
     out.images = [p for _, p in sorted(found[True], key=lambda item: item[0])]
     out.others = [p for _, p in sorted(found[False], key=lambda item: item[0])]
     return out

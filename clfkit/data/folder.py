@@ -309,6 +309,15 @@ def _finish_split(out: Output, results: list[FileResult], labels: Optional[list[
     return ImageSet(images, lab, [paths[i] for i in ok])
 
 
+def _relative_names(paths: list[Path], base: Path) -> list[str]:
+    """Each path relative to ``base``, with / (the names a split keeps). String slicing: the walk
+    built every path under ``base``, and Path.relative_to costs 7 us a file (0.14 s of a 20k
+    decode that takes 2.3 s on 2 cores)."""
+    prefix = str(base) + os.sep
+    return [s[len(prefix):].replace(os.sep, "/") if s.startswith(prefix) else p.relative_to(base).as_posix()
+            for p, s in ((p, str(p)) for p in paths)]
+
+
 def load_folder(root: str | os.PathLike, image_size: tuple[int, int], channels: Optional[int] = None,
                 resize: str = "squash", on_error: str = "skip") -> Splits:
     """Read an image-folder dataset, decoding with every core. ``channels`` None: 1 if every
@@ -330,7 +339,7 @@ def load_folder(root: str | os.PathLike, image_size: tuple[int, int], channels: 
     _check_every_class_readable(plan, [r.error is None for r in train_results], skipped)
     # grayscale data needs no recipe change
     gray = channels is None and all(r.gray for r in train_results if r.error is None)
-    sets = {name: _finish_split(*decoded[name], labels, [p.relative_to(plan.root / name).as_posix() for p in paths],
+    sets = {name: _finish_split(*decoded[name], labels, _relative_names(paths, plan.root / name),
                                 gray, target.folder / f"{name}.images.npy" if to_disk else None)
             for name, (paths, labels) in plan.splits.items()}
     digests = {name: [r.digest for r in results] for name, (_, results) in decoded.items()}
