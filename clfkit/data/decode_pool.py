@@ -119,8 +119,6 @@ def _worker_start(parent: int) -> None:
     # so the marks left name the file the dead worker was decoding.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _terminated)
-    if hasattr(signal, "pthread_sigmask"):  # blocked by the parent while it forked (_sigint_held)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
 
@@ -209,16 +207,23 @@ def _sigint_held() -> Iterator[None]:
     """Hold Ctrl-C back while the pool forks its workers (the first submit forks them all): a
     KeyboardInterrupt raised in Python's at-fork hooks is printed and dropped ("Exception
     ignored in _releaseLock"), and the run went on as if Ctrl-C had not been pressed. Held, it
-    arrives right after, in plain code. The workers inherit the mask and unblock it once they
-    ignore SIGINT."""
-    if not hasattr(signal, "pthread_sigmask"):
+    arrives right after, in plain code, to whatever handler was installed.
+
+    A Python-level handler that only records the signal, not a blocked signal mask: the mask
+    is per thread, and in a process with other threads (torch's, a reader thread) the kernel
+    hands the signal to one of those, so the main thread raised inside the block anyway.
+    Outside the main thread (where handlers cannot be set) nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            signal.raise_signal(signal.SIGINT)  # this thread, the restored handler, now
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
