@@ -125,3 +125,43 @@ def test_real_photos_if_present():
     assert s.class_names == ["ants", "bees"] and len(s.train) >= 240
     # the GIF placeholder is palette mode, decoded like the rest, never a crash
     assert "ants/imageNotFound.gif" in s.train.paths or any("imageNotFound" in p for p, _ in s.skipped)
+
+
+# ------------------------------------------------------------------ read_file: one open, any file
+def test_read_file_reads_whole_files_and_names_what_it_cannot_read(tmp_path):
+    """read_file opens once (non-blocking) and fstat-s: every kind of entry a folder can hold
+    gets its reason, and a regular file of any size comes back whole."""
+    import os
+    import socket
+
+    from clfkit.image_files import DecodeError, read_file
+
+    big = os.urandom(3 * (1 << 20) + 7)  # more than one 1 MB chunk, odd length
+    (tmp_path / "big.png").write_bytes(big)
+    assert read_file(tmp_path / "big.png") == big
+    assert read_file(str(tmp_path / "big.png")) == big
+    (tmp_path / "one.png").write_bytes(b"x")
+    assert read_file(tmp_path / "one.png") == b"x"
+
+    cases = {"empty.png": "empty file (0 bytes)", "folder.png": "not a regular file: a folder",
+             "pipe.png": "not a regular file: a named pipe (FIFO)",
+             "sock.png": "not a regular file: a socket",
+             "dangling.png": "symbolic link to nowhere.png, which does not exist"}
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "folder.png").mkdir()
+    os.mkfifo(tmp_path / "pipe.png")  # would block a plain open forever: no writer
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "sock.png"))
+    (tmp_path / "dangling.png").symlink_to("nowhere.png")
+    try:
+        for name, why in cases.items():
+            with pytest.raises(DecodeError) as e:
+                read_file(tmp_path / name)
+            assert str(e.value) == why, name
+    finally:
+        server.close()
+    if os.geteuid() != 0:
+        (tmp_path / "locked.png").write_bytes(b"x")
+        (tmp_path / "locked.png").chmod(0)
+        with pytest.raises(DecodeError, match=r"cannot read the file \(Permission denied\)"):
+            read_file(tmp_path / "locked.png")

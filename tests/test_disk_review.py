@@ -350,7 +350,7 @@ def test_a_crashed_worker_under_the_cache_leaves_no_files(tmp_path, monkeypatch)
     monkeypatch.setattr(decode_pool, "TASK_FILES", 2)
     monkeypatch.setattr(decode_pool, "default_workers", lambda: 2)
     real = decode_pool.decode_one
-    monkeypatch.setattr(decode_pool, "decode_one", lambda p, *a: os._exit(9) if p.name == "img02.png" else real(p, *a))
+    monkeypatch.setattr(decode_pool, "decode_one", lambda p, *a: os._exit(9) if Path(p).name == "img02.png" else real(p, *a))
     settings = {"image_size": [SIZE, SIZE], "channels": None, "resize": "squash", "on_error": "skip"}
     with pytest.raises(DataError, match=r"img02\.png"):
         _in_thread(lambda: cache.cached("folder", {"root": str(root)}, settings, lambda: load_folder(root, (SIZE, SIZE)),

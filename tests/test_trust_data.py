@@ -491,14 +491,14 @@ def test_unreadable_image_is_skipped_with_the_reason(tmp_path, monkeypatch):
     if os.geteuid() != 0:
         locked.chmod(0)
     else:  # root reads any file: answer as the kernel would for a user without permission
-        real = Path.read_bytes
+        real = os.open
 
-        def read_bytes(self):
-            if self == locked:
-                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
-            return real(self)
+        def os_open(path, flags, *args, **kwargs):
+            if os.fspath(path) == str(locked):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return real(path, flags, *args, **kwargs)
 
-        monkeypatch.setattr(Path, "read_bytes", read_bytes)
+        monkeypatch.setattr(os, "open", os_open)
     summary, _ = trained(tmp_path, root, "1")
     assert summary["skipped_files"] == 1
     line = (tmp_path / "runs-1/tiny/skipped.txt").read_text()

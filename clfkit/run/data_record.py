@@ -18,13 +18,14 @@ anyway; each such resume is kept in ``changes_allowed`` (checkpoints and summary
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 from clfkit import registry
 from clfkit.data import Splits
-from clfkit.data.folder import scan_folder
+from clfkit.data.folder import relative_names, scan_folder
 from clfkit.errors import ClfkitError, DataError
 from clfkit.run.folder import RunFolder
 
@@ -61,12 +62,12 @@ def file_manifest(source: Any) -> Optional[dict[str, list[int]]]:
         return None
     files = {}
     for paths, _ in plan.splits.values():
-        for path in paths:
+        for path, name in zip(paths, relative_names(paths, plan.root)):
             try:
-                st = path.stat()  # through links, as the loader reads them
-                files[path.relative_to(plan.root).as_posix()] = [st.st_size, st.st_mtime_ns]
+                st = os.stat(path)  # through links, as the loader reads them
+                files[name] = [st.st_size, st.st_mtime_ns]
             except OSError:
-                files[path.relative_to(plan.root).as_posix()] = [-1, -1]
+                files[name] = [-1, -1]
     return files
 
 
