@@ -117,3 +117,27 @@ def test_cli_track_option_adds_mlflow(tmp_path, store):
     assert res.exit_code == 0, res.output
     (run,) = store.search_runs([exp])
     assert run.data.params["train.track.1"] == "mlflow"
+
+
+def test_tune_is_a_parent_run_with_a_child_run_per_trial(tmp_path, store):
+    """A tune with train.track: [mlflow]: one parent run for the study, each trial a child run
+    with its sampled value as a param and its per-epoch val accuracy."""
+    import yaml
+
+    pytest.importorskip("optuna")
+    from clfkit.tune import plan_tune, run_tune
+
+    exp = _experiment(store, tmp_path)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(_small(train__epochs=2, train__track=["mlflow"]).to_dict()))
+    res = run_tune(plan_tune(recipe, ["optim.lr=loguniform(1e-4,1e-2)"], trials=2, out=tmp_path / "tune",
+                             pruner="none"), log=lambda s: None)
+    runs = store.search_runs([exp])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == 2 == len(res.rows)
+    assert sorted(float(r.data.params["optim.lr"]) for r in children) == pytest.approx(
+        sorted(row["optim.lr"] for row in res.rows))
+    for child in children:
+        assert len(store.get_metric_history(child.info.run_id, "val_acc")) == 2

@@ -110,3 +110,24 @@ def test_cli_tune(recipe_file, tmp_path):
                                    "--set", "train.epochs=1", "--out", str(tmp_path / "t"), "--quiet"])
     assert res.exit_code == 0, res.output
     assert "best: trial" in res.output and "best.yaml" in res.output
+
+
+def test_jobs_run_trials_in_worker_processes_on_one_study(recipe_file, tmp_path):
+    """--jobs 2: two spawned workers share the SQLite study; every trial is in the table with
+    its own run folder, and a re-run with --jobs finds the study done."""
+    from clfkit.tune import plan_tune, run_tune
+
+    out = tmp_path / "tune-jobs"
+    setup = plan_tune(recipe_file, SPACES[:1], trials=3, out=out, pruner="none", overrides=["train.epochs=1"])
+    res = run_tune(setup, jobs=2, log=lambda s: None)
+    trials = [r["trial"] for r in res.rows]
+    assert 3 <= len(trials) <= 4 and len(set(trials)) == len(trials)  # up to jobs-1 over --trials
+    assert all(r["state"] == "complete" for r in res.rows)
+    assert {p.name for p in (out / "trials").iterdir()} == {f"trial-{t:03d}" for t in trials}
+    lrs = [r["optim.lr"] for r in res.rows]
+    assert len(set(lrs)) == len(lrs)  # the workers' samplers have their own seeds
+    lines = []
+    again = run_tune(plan_tune(recipe_file, SPACES[:1], trials=3, out=out, pruner="none", overrides=["train.epochs=1"]),
+                     jobs=2, log=lines.append)
+    assert [r["trial"] for r in again.rows] == trials
+    assert any("already done" in line for line in lines)
