@@ -221,6 +221,9 @@ def run_tune(setup: TuneSetup, jobs: int = 1, log: Callable[[str], None] = print
     """Run the study to ``setup.trials`` trials (continuing one already in the folder), then
     write its results. A stop signal ends it cleanly: results are written for the trials so
     far and :class:`Interrupted` says how to continue."""
+    from clfkit.tracking import require_trackers
+
+    require_trackers(setup.track)  # a store that cannot be used fails before the tune folder exists
     out = Path(setup.out)
     out.mkdir(parents=True, exist_ok=True)
     with _tune_lock(out):

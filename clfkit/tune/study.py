@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from clfkit.recipe import apply_override
+from clfkit.tracking import sqlite_url
 from clfkit.tune.space import Dimension, TuneError, grid_points, optuna_module, point_key
 
 PRUNERS = ("quartile", "median", "halving", "none")
@@ -56,7 +57,7 @@ def open_study(setup: TuneSetup) -> Any:
 
     db = Path(setup.out) / "study.db"
     try:
-        study = optuna.create_study(storage=f"sqlite:///{db.resolve()}",
+        study = optuna.create_study(storage=sqlite_url(db),
                                     study_name=STUDY_NAME, direction="maximize", load_if_exists=True,
                                     sampler=make_sampler(setup, 0), pruner=make_pruner(setup))
     except SQLAlchemyError as e:

@@ -1,0 +1,100 @@
+"""Red team of 2026-12-02 (rtA): clfkit tune / sweep / MLflow tracking through the CLI, with
+odd folder names, MLflow stores that cannot be used, and edited tune folders."""
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+import yaml
+
+from conftest import invoke, refused, tiny_recipe
+
+ODD_NAMES = ["a?b", "50%41", "n#1", "sp ace ü"]
+
+
+@pytest.fixture(scope="module")
+def recipe_file(tmp_path_factory):
+    data = tiny_recipe(train__epochs=1, data__image_size=8).to_dict()
+    path = tmp_path_factory.mktemp("rt19") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# --------------------------------------------------------------------------- odd folder names
+@pytest.mark.parametrize("name", ODD_NAMES)
+def test_the_study_db_is_in_a_tune_folder_with_an_odd_name(recipe_file, tmp_path, name):
+    """--out 't?x' kept study.db in a file named 't' beside it (SQLAlchemy read '?x' as URL
+    options), so 't?y' continued the same study; '50%41' opened '50A' and was refused as
+    'not a readable Optuna study'."""
+    pytest.importorskip("optuna")
+    from clfkit.tune import plan_tune
+    from clfkit.tune.study import open_study
+
+    out = tmp_path / name
+    out.mkdir()
+    open_study(plan_tune(recipe_file, ["optim.lr=choice(0.1,0.01)"], None, out=out, sampler="grid"))
+    assert (out / "study.db").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+@pytest.mark.parametrize("name", ODD_NAMES)
+def test_the_default_mlflow_store_is_in_an_odd_working_folder(tmp_path, monkeypatch, name):
+    """Run from a folder named '50%41', the default store's URL opened '50A/mlruns/mlflow.db'
+    (MLflow retried for a minute, then blamed MLFLOW_TRACKING_URI, which was not set)."""
+    from sqlalchemy.engine import make_url
+
+    from clfkit.tracking import sqlite_path, tracking_uri
+
+    cwd = tmp_path / name
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = tracking_uri()
+    assert make_url(uri).database == str(cwd / "mlruns" / "mlflow.db")
+    assert sqlite_path(uri) == cwd / "mlruns" / "mlflow.db"
+
+
+# --------------------------------------------------------------------------- stores that cannot be used
+def test_a_file_named_mlruns_in_the_working_folder_is_a_clear_error(recipe_file, tmp_path, monkeypatch):
+    """A file named mlruns where the default store goes: a FileExistsError traceback."""
+    pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "mlruns").write_text("notes\n")
+    refused(["mlruns", "MLFLOW_TRACKING_URI", "remove mlflow from train.track"],
+            "train", recipe_file, "--track", "mlflow", "--out", tmp_path / "runs", "--quiet")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlruns"]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_http_store_nothing_listens_on_fails_in_seconds(recipe_file, tmp_path, monkeypatch):
+    """MLflow's default retries took 255 s to say that nothing listens at the URL."""
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_closed_port()}")
+    t0 = time.perf_counter()
+    refused(["cannot be used", "MLFLOW_TRACKING_URI"], "train", recipe_file, "--track", "mlflow",
+            "--out", tmp_path / "runs", "--quiet", max_lines=None)
+    assert time.perf_counter() - t0 < 60
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["tune", "--space", "optim.lr=choice(0.1,0.01)", "--sampler", "grid"],
+    ["sweep", "--grid", "optim.lr=0.1,0.01"],
+])
+def test_tune_and_sweep_refuse_a_store_that_cannot_be_used_before_their_folder(recipe_file, tmp_path,
+                                                                               monkeypatch, command):
+    """A tune or sweep tracking to a store MLflow refuses died with MLflow's traceback, after
+    writing study.db or sweep.json; now it is refused as `clfkit train` refuses it."""
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", str(recipe_file))  # a plain file: MLflow's refused file store
+    out = tmp_path / "study"
+    refused(["cannot be used", "sqlite:///", "MLFLOW_TRACKING_URI"], command[0], recipe_file, *command[1:],
+            "--set", "train.track=[mlflow]", "--out", out, max_lines=None)
+    assert not out.exists()
