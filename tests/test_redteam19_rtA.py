@@ -98,3 +98,22 @@ def test_tune_and_sweep_refuse_a_store_that_cannot_be_used_before_their_folder(r
     refused(["cannot be used", "sqlite:///", "MLFLOW_TRACKING_URI"], command[0], recipe_file, *command[1:],
             "--set", "train.track=[mlflow]", "--out", out, max_lines=None)
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- --seed
+def test_a_seed_at_the_top_of_its_range_runs_every_trial(recipe_file, tmp_path):
+    """--seed 4294967295 died with numpy's 'Seed must be between 0 and 2**32 - 1' traceback
+    after the first trial (the sampler's seed is --seed plus the trials drawn); --seed -1
+    before any."""
+    pytest.importorskip("optuna")
+    from clfkit.tune import TuneError, plan_tune
+
+    code, out = invoke("tune", recipe_file, "--trials", 2, "--seed", 2**32 - 1, "--space",
+                       "optim.lr=loguniform(1e-3,1e-1)", "--out", tmp_path / "t", "--quiet")
+    assert code == 0, out
+    assert len((tmp_path / "t" / "trials.csv").read_text().splitlines()) == 3
+    code, out = invoke("tune", recipe_file, "--seed", -1, "--space", "optim.lr=loguniform(1e-3,1e-1)",
+                       "--out", tmp_path / "u")
+    assert code == 2 and "--seed" in out and "4294967295" in out and not (tmp_path / "u").exists()
+    with pytest.raises(TuneError, match="--seed -1: give a seed from 0 to 4294967295"):
+        plan_tune(recipe_file, ["optim.lr=loguniform(1e-3,1e-1)"], 2, out=tmp_path / "v", seed=-1)

@@ -168,6 +168,8 @@ def plan_tune(recipe_path: str | Path, spaces: list[str] | tuple[str, ...], tria
         raise TuneError(f"--pruner {pruner!r}: choose one of {', '.join(PRUNERS)}")
     if sampler not in SAMPLERS:
         raise TuneError(f"--sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    if not 0 <= seed < 2**32:
+        raise TuneError(f"--seed {seed}: give a seed from 0 to {2**32 - 1}")
     data = read_yaml(recipe_path)
     if "sweep" in data:
         raise TuneError(f"{recipe_path} is a sweep file; tune a plain recipe (remove its sweep: block)")

@@ -112,7 +112,7 @@ def make_sampler(setup: TuneSetup, drawn: int) -> Any:
     study nearly all random. A grid is not drawn: :func:`queue_grid` queues its points (Optuna's
     GridSampler would count a stopped point as visited and never run it again)."""
     samplers = optuna_module().samplers
-    seed = setup.seed + drawn
+    seed = (setup.seed + drawn) % 2**32  # numpy's range: a seed near its top plus the trials drawn
     if setup.sampler in ("grid", "random"):  # a grid's trials take queued values (queue_grid), never drawn ones
         return samplers.RandomSampler(seed=seed)
     return samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, setup.trials // 3)))
