@@ -117,3 +117,37 @@ def test_a_seed_at_the_top_of_its_range_runs_every_trial(recipe_file, tmp_path):
     assert code == 2 and "--seed" in out and "4294967295" in out and not (tmp_path / "u").exists()
     with pytest.raises(TuneError, match="--seed -1: give a seed from 0 to 4294967295"):
         plan_tune(recipe_file, ["optim.lr=loguniform(1e-3,1e-1)"], 2, out=tmp_path / "v", seed=-1)
+
+
+# --------------------------------------------------------------------------- text in figures
+MATH = ["$\\frac$ a", "$x$", "cost $5"]  # matplotlib reads text between two $ as math
+
+
+def test_class_and_run_names_with_dollar_signs_are_drawn_as_text(tmp_path, monkeypatch):
+    """A class folder named '$\\frac$ a' ended training with matplotlib's ParseSyntaxException
+    traceback while drawing confusion.png (after summary.json, before report.html); a run
+    folder named so did the same to `clfkit compare`, and '$x$' was drawn as math."""
+    import json
+
+    from matplotlib.text import Text
+
+    from clfkit.run import plots
+
+    drawn = []
+    real = Text.__init__
+
+    def spy(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        drawn.append(self)
+
+    monkeypatch.setattr(Text, "__init__", spy)
+    plots.plot_confusion([[1, 0, 1], [0, 2, 0], [1, 1, 0]], MATH, tmp_path / "confusion.png", title="$\\frac$")
+    run = tmp_path / "r$\\frac$"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 1.0, "train_acc": 0.5,
+                                                   "val_loss": 1.0, "val_acc": 0.5}) + "\n")
+    code, out = invoke("compare", run, "-o", tmp_path / "compare.png", "--title", "$x$")
+    assert code == 0, out
+    assert (tmp_path / "confusion.png").is_file() and (tmp_path / "compare.png").is_file()
+    texts = [t for t in drawn if "$" in t.get_text()]
+    assert texts and not any(t.get_parse_math() for t in texts)
