@@ -192,3 +192,14 @@ def test_report_shows_a_recipe_that_is_not_utf8(tmp_path):
     code, out = invoke("report", run)
     assert code == 0, out
     assert "name: caf\ufffd" in (run / "report.html").read_text()
+
+
+def test_a_recipe_name_at_the_length_limit_gets_its_best_yaml(recipe_file, tmp_path):
+    """A 200-character recipe name: every trial trained, then best.yaml's '<name>-best' (205
+    characters) was refused, so the tune exited 2 with no report.html, and so did every rerun."""
+    pytest.importorskip("optuna")
+    code, out = invoke("tune", recipe_file, "--trials", 1, "--set", f"name={'a' * 200}", "--space",
+                       "optim.lr=loguniform(1e-3,1e-1)", "--out", tmp_path / "t", "--quiet")
+    assert code == 0, out
+    best = yaml.safe_load((tmp_path / "t" / "best.yaml").read_text())
+    assert best["name"] == "a" * 195 + "-best" and (tmp_path / "t" / "report.html").is_file()
