@@ -138,6 +138,10 @@ def _client_and_experiment() -> tuple[Any, str]:
     client = _require_mlflow()(tracking_uri())
     name = os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
     exp = client.get_experiment_by_name(name)
+    if exp is not None and exp.lifecycle_stage == "deleted":  # MLflow refuses runs in it, and a new one of that name
+        raise TrackingError(f"train.track: mlflow: the experiment {name!r} (id {exp.experiment_id}) was deleted "
+                            f"from the store {tracking_uri()}; restore it (MlflowClient().restore_experiment"
+                            f"({exp.experiment_id!r})), or set {EXPERIMENT_ENV} to another name")
     if exp is not None:
         return client, exp.experiment_id
     artifacts = None

@@ -203,3 +203,17 @@ def test_a_recipe_name_at_the_length_limit_gets_its_best_yaml(recipe_file, tmp_p
     assert code == 0, out
     best = yaml.safe_load((tmp_path / "t" / "best.yaml").read_text())
     assert best["name"] == "a" * 195 + "-best" and (tmp_path / "t" / "report.html").is_file()
+
+
+def test_a_deleted_experiment_is_refused_before_the_run_folder(recipe_file, tmp_path, monkeypatch, mlflow_store):
+    """The experiment deleted in MLflow (to clean up, say): every tracked run died with
+    MLflow's 'must be in the active state' traceback, leaving a half-made run folder."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_store)
+    client.delete_experiment(client.create_experiment("rt19-deleted", artifact_location=(tmp_path / "a").as_uri()))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "rt19-deleted")
+    refused(["'rt19-deleted'", "was deleted", "restore_experiment", "MLFLOW_EXPERIMENT_NAME"], "train", recipe_file,
+            "--track", "mlflow", "--out", tmp_path / "runs", "--quiet", max_lines=None)
+    assert not (tmp_path / "runs").exists()
