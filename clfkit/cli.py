@@ -336,7 +336,8 @@ def sweep(recipe: Path, grid: tuple[str, ...], overrides: tuple[str, ...], jobs:
 @click.option("--sampler", default="tpe", show_default=True, type=click.Choice(["tpe", "grid", "random"]),
               help="How trials draw values: TPE, every combination of choice() values once (a grid "
                    "with pruning), or uniformly at random.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the sampler.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Seed of the sampler (0 to 2**32-1).")
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
               help="Trials at once, each in its own process (the CPU cores are split between them).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),

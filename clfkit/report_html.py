@@ -13,12 +13,13 @@ import base64
 import csv
 import html
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from clfkit.atomic import write_text
 from clfkit.run.folder import MISTAKES_JSON as MISTAKES_FILE, REPORT_HTML as REPORT_FILE  # one home for run file names
-from clfkit.run.reader import read_history
+from clfkit.run.reader import RunFileWarning, read_history
 
 
 _STYLE = """
@@ -83,9 +84,18 @@ def _page(title: str, sections: Iterable[str]) -> str:
 def _read_json(path: Path) -> Optional[dict[str, Any]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
         return None
     return data if isinstance(data, dict) else None
+
+
+def _unreadable(path: Path, e: Exception | str) -> str:
+    """The note a section shows for a run file that is there but cannot be shown (edited,
+    saved by a spreadsheet in another encoding, cut short), also given as a warning: the
+    page is still written."""
+    why = e if isinstance(e, str) else f"{type(e).__name__}: {str(e)[:120]}"
+    warnings.warn(f"{path} cannot be read ({why}); report.html shows the rest", RunFileWarning, stacklevel=2)
+    return f'<p class="muted">{html.escape(path.name)} cannot be read ({html.escape(why)})</p>'
 
 
 # --------------------------------------------------------------------------- one run
@@ -93,6 +103,16 @@ SUMMARY_KEYS = ("best_val_acc", "best_epoch", "test_acc", "test_loss", "train_ac
                 "stopped_early_at", "eval_split", "params", "device", "precision", "train_images",
                 "val_images", "test_images", "skipped_files", "train_seconds", "wall_seconds",
                 "clfkit_version")
+
+
+def _mistake_card(m: dict[str, Any]) -> str:
+    """One misclassified image of mistakes.json; a KeyError/TypeError for an entry that is not one."""
+    where = html.escape(str(m.get("path") or f"#{m.get('index')}"))
+    png = base64.b64encode(base64.b64decode(m["png_base64"], validate=True)).decode("ascii")  # only base64 reaches the page
+    return (f'<figure><img alt="{where}" title="{where}" src="data:image/png;base64,{png}">'
+            f'<figcaption><span class="true">true: {html.escape(str(m["true"]))}</span><br>'
+            f'<span class="pred">predicted: {html.escape(str(m["predicted"]))}</span><br>'
+            f'p = {float(m["confidence"]):.3f}</figcaption></figure>')
 
 
 def _mistakes_section(run: Path) -> str:
@@ -103,13 +123,10 @@ def _mistakes_section(run: Path) -> str:
     found = data.get("mistakes") or []
     if not found:
         return head + f'<p>no misclassified image in the {html.escape(str(data.get("split")))} split</p>'
-    cards = []
-    for m in found:
-        where = html.escape(m.get("path") or f"#{m.get('index')}")
-        cards.append(f'<figure><img alt="{where}" title="{where}" src="data:image/png;base64,{m["png_base64"]}">'
-                     f'<figcaption><span class="true">true: {html.escape(m["true"])}</span><br>'
-                     f'<span class="pred">predicted: {html.escape(m["predicted"])}</span><br>'
-                     f'p = {m["confidence"]:.3f}</figcaption></figure>')
+    try:
+        cards = [_mistake_card(m) for m in found]
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        return head + _unreadable(run / MISTAKES_FILE, f"not the list of mistakes clfkit writes: {type(e).__name__}: {e}")
     checkpoint = html.escape(str(data.get("checkpoint") or "best.pt"))  # older runs: the trainer's best.pt
     return (head + f'<p>{len(found)} most confident errors of {checkpoint} on the {html.escape(str(data.get("split")))} '
             f'split ({data.get("images")} images), most confident first.</p><div class="grid">'
@@ -135,26 +152,45 @@ def _eval_rows(run: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _per_class_rows(run: Path) -> list[dict[str, Any]]:
+def _per_class_section(run: Path) -> str:
+    """per_class.csv as a table; a note when it cannot be read."""
     path = run / "per_class.csv"
+    head = '<h2 id="per-class">Per class</h2>'
     if not path.is_file():
-        return []
-    with path.open(encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        for k, v in r.items():
-            try:
-                r[k] = int(v) if k == "support" else (float(v) if k not in ("split", "class") and v else v)
-            except ValueError:
-                pass
-    return rows
+        return head + _table([])
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, ValueError, csv.Error) as e:
+        return head + _unreadable(path, e)
+    if any(None in r or None in r.values() for r in rows):  # more (or fewer) cells than columns
+        return head + _unreadable(path, "a row does not have one cell per column")
+    return head + _table([{k: _cell(k, v) for k, v in r.items()} for r in rows])
+
+
+def _cell(column: str, value: str) -> Any:
+    """A per_class.csv cell as a number where it is one (right-aligned in the table)."""
+    try:
+        return int(value) if column == "support" else (float(value) if column not in ("split", "class") and value else value)
+    except ValueError:
+        return value
+
+
+def _recipe_text(path: Path) -> str:
+    """recipe.yaml as text (a byte that is not UTF-8 shown as U+FFFD), "" when missing."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    except OSError as e:
+        return f"# {path.name} cannot be read ({e.strerror})"
 
 
 def write_run_report(run: str | Path) -> Path:
     """Write ``run/report.html`` from the run folder's files; returns its path."""
     run = Path(run)
     summary = _read_json(run / "summary.json") or {}
-    recipe = (run / "recipe.yaml").read_text(encoding="utf-8") if (run / "recipe.yaml").is_file() else ""
+    recipe = _recipe_text(run / "recipe.yaml")
     name = summary.get("name") or run.name
     facts = [{"field": k, "value": summary[k]} for k in SUMMARY_KEYS if k in summary]
     sections = [
@@ -162,7 +198,7 @@ def write_run_report(run: str | Path) -> Path:
         "<h2>Summary</h2>" + _table(facts) if facts else "<h2>Summary</h2><p class=muted>unfinished run</p>",
         _figure("Curves", run / "curves.png"),
         _figure("Confusion matrix", run / "confusion.png"),
-        '<h2 id="per-class">Per class</h2>' + _table(_per_class_rows(run)),
+        _per_class_section(run),
         _mistakes_section(run),
         '<h2 id="evals">clfkit eval results</h2>' + _table(_eval_rows(run), list(EVAL_KEYS)),
         '<h2 id="epochs">Epochs</h2>' + _table(_epoch_rows(run)),

@@ -32,6 +32,7 @@ import os
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, Protocol, Sequence
+from urllib.parse import quote, unquote
 
 from clfkit.errors import ClfkitError
 from clfkit.run.folder import RunFolder
@@ -104,20 +105,43 @@ def _require_mlflow() -> Any:
     return MlflowClient
 
 
+def sqlite_url(path: Path) -> str:
+    """The SQLAlchemy URL of the SQLite file ``path`` (MLflow's store, a tune's study.db). The
+    path is percent-encoded: SQLAlchemy decodes it, and reads ``?`` as the start of options, so
+    a folder named ``a?b``, ``50%`` or ``#1`` would otherwise open another file, or none."""
+    return "sqlite:///" + quote(str(Path(path).resolve()), safe="/")
+
+
+def sqlite_path(uri: str) -> Optional[Path]:
+    """The file of an ``sqlite:///`` URL (:func:`sqlite_url`'s or a user's), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(unquote(uri[len("sqlite:///"):].split("?", 1)[0]))
+
+
 def tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI``, else an SQLite store in ``./mlruns``."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
     folder = Path.cwd() / "mlruns"
-    folder.mkdir(exist_ok=True)
-    return f"sqlite:///{folder / 'mlflow.db'}"
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as e:  # a file named mlruns, a read-only working folder
+        raise TrackingError(f"train.track: mlflow: cannot use {folder} as the MLflow store ({e.strerror}); "
+                            f"run from a writable folder without a file named mlruns, set MLFLOW_TRACKING_URI "
+                            f"(e.g. sqlite:///PATH/mlflow.db), or remove mlflow from train.track") from None
+    return sqlite_url(folder / "mlflow.db")
 
 
 def _client_and_experiment() -> tuple[Any, str]:
     client = _require_mlflow()(tracking_uri())
     name = os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
     exp = client.get_experiment_by_name(name)
+    if exp is not None and exp.lifecycle_stage == "deleted":  # MLflow refuses runs in it, and a new one of that name
+        raise TrackingError(f"train.track: mlflow: the experiment {name!r} (id {exp.experiment_id}) was deleted "
+                            f"from the store {tracking_uri()}; restore it (MlflowClient().restore_experiment"
+                            f"({exp.experiment_id!r})), or set {EXPERIMENT_ENV} to another name")
     if exp is not None:
         return client, exp.experiment_id
     artifacts = None
@@ -129,6 +153,23 @@ def _client_and_experiment() -> tuple[Any, str]:
         return client, client.get_experiment_by_name(name).experiment_id
 
 
+# an HTTP store that is gone should cost seconds, not MLflow's default minutes of retries
+# (about 4 minutes against a port nothing listens on); a user's own settings win
+_QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
+@contextlib.contextmanager
+def _quick_http() -> Iterator[None]:
+    """MLflow's HTTP requests give up quickly inside the block (checks, not a run's logging)."""
+    quick = {k: v for k, v in _QUICK_HTTP.items() if k not in os.environ}
+    os.environ.update(quick)
+    try:
+        yield
+    finally:
+        for k in quick:
+            os.environ.pop(k, None)
+
+
 def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
 
@@ -137,11 +178,15 @@ def checked_store() -> tuple[Any, str]:
     """The MLflow client and experiment id, or a TrackingError naming the store that cannot
     be used (a file store MLflow refuses, a server that does not answer, a damaged database)."""
     try:
-        return _client_and_experiment()
+        with _quick_http():  # a server that is not there: an error in seconds, not minutes
+            return _client_and_experiment()
     except TrackingError:
         raise
     except Exception as e:  # noqa: BLE001 - MLflow raises many kinds for one cause: the store
-        raise TrackingError(f"train.track: mlflow: the tracking store {tracking_uri()} cannot be used "
+        uri = tracking_uri()
+        hint = (" (a folder or file: URI is MLflow's file store, which MLflow refuses now; give "
+                "sqlite:///PATH/mlflow.db)" if "://" not in uri or uri.startswith("file:") else "")
+        raise TrackingError(f"train.track: mlflow: the tracking store {uri} cannot be used{hint} "
                             f"({_first_line(e)}); fix MLFLOW_TRACKING_URI or remove mlflow from train.track") from None
 
 
@@ -227,7 +272,7 @@ def parent_run(name: str, params: dict[str, str], folder: Path, enabled: bool) -
     if not enabled:
         yield None
         return
-    client, experiment = _client_and_experiment()
+    client, experiment = checked_store()
     mlrun = client.create_run(experiment, run_name=name, tags={"clfkit.folder": str(Path(folder).resolve())})
     parent = MLflowTracker(client, mlrun.info.run_id)
     parent.log_params(params)
@@ -251,17 +296,15 @@ def parent_run(name: str, params: dict[str, str], folder: Path, enabled: bool) -
 
 # --------------------------------------------------------------------------- after the run
 EXPORT_ARTIFACTS = "exported"  # the MLflow artifact folder that receives `clfkit export`'s files
-# an HTTP store that is gone should cost seconds, not MLflow's default minutes of retries
-_QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
 
 
 def _local_store_missing(uri: str) -> Optional[str]:
     """The path of a local store (SQLite file, file store folder) that no longer exists:
     opening it would silently create an empty one."""
     if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
+        path = sqlite_path(uri)
     elif uri.startswith("file:"):
-        from urllib.parse import unquote, urlparse
+        from urllib.parse import urlparse
 
         path = Path(unquote(urlparse(uri).path))
     elif "://" not in uri:
@@ -293,19 +336,15 @@ def log_export(run: str | Path, files: Sequence[str | Path]) -> tuple[Optional[s
     missing = _local_store_missing(uri)
     if missing:
         return None, f"{why}: its store {missing} no longer exists"
-    quick = {k: v for k, v in _QUICK_HTTP.items() if k not in os.environ}
-    os.environ.update(quick)
     try:
-        client = MlflowClient(uri)
-        client.get_run(run_id)  # a run deleted from the store fails here, before any upload
-        for file in files:
-            client.log_artifact(run_id, str(file), artifact_path=EXPORT_ARTIFACTS)
+        with _quick_http():
+            client = MlflowClient(uri)
+            client.get_run(run_id)  # a run deleted from the store fails here, before any upload
+            for file in files:
+                client.log_artifact(run_id, str(file), artifact_path=EXPORT_ARTIFACTS)
     except Exception as e:  # noqa: BLE001 - any store failure: the export itself succeeded
         first = str(e).splitlines()[0][:200] if str(e) else ""
         return None, f"{why} ({uri}): {type(e).__name__}: {first}"
-    finally:
-        for k in quick:
-            os.environ.pop(k, None)
     return run_id, None
 
 

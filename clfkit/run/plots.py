@@ -6,10 +6,11 @@ fixed pixel size, so reports can lay them out. PNGs are written atomically.
 """
 from __future__ import annotations
 
+import functools
 import io
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, ParamSpec, Sequence
 
 import matplotlib
 import numpy as np
@@ -23,8 +24,20 @@ DPI = 100
 CURVES_INCHES = (12.0, 4.5)          # curves.png: 1200 x 450 px
 COMPARE_PANEL_INCHES = (14.0, 9.0)   # the 2x2 panels of compare.png; the legend adds rows below
 LEGEND_ROW_INCHES = 0.26
+P = ParamSpec("P")
 # best.pt is the best val epoch, or the last epoch of a run without a val split (clfkit.run.reader)
 LEGEND_TITLE = "run (best train acc, best val acc, test acc of best.pt: best val epoch, or last without val)"
+
+
+def _plain_text(plot: Callable[P, Path]) -> Callable[P, Path]:
+    """Draw every text of the figure as given: class names, run names and titles come from
+    folder names and options, and matplotlib reads text between two ``$`` as math (a class
+    folder named ``$\\frac$`` ended the run with a traceback, ``$x$`` showed as math)."""
+    @functools.wraps(plot)
+    def drawn(*args: P.args, **kwargs: P.kwargs) -> Path:
+        with matplotlib.rc_context({"text.parse_math": False}):  # tick labels are made at savefig
+            return plot(*args, **kwargs)
+    return drawn
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -40,6 +53,7 @@ def _series(history: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 # --------------------------------------------------------------------------- one run
+@_plain_text
 def plot_curves(run: RunInfo, path: str | Path) -> Path:
     """curves.png: loss and accuracy per epoch, train vs val, best.pt's epoch marked (the best
     val epoch; the last epoch when there is no val split)."""
@@ -72,6 +86,7 @@ def confusion_inches(num_classes: int) -> float:
     return float(min(16.0, max(5.0, 2.5 + 0.5 * num_classes)))
 
 
+@_plain_text
 def plot_confusion(cm: Sequence[Sequence[int]], class_names: list[str], path: str | Path,
                    title: str = "") -> Path:
     """confusion.png: rows (true class) normalized to 1, class names on both axes, the
@@ -114,6 +129,7 @@ def _legend_inches(n_runs: int, ncol: int) -> float:
     return LEGEND_ROW_INCHES * (math.ceil(max(n_runs, 1) / ncol) + 1) + 0.2
 
 
+@_plain_text
 def plot_compare(runs: list[RunInfo], path: str | Path, title: str = "", ncol: int = 2) -> Path:
     """compare.png: train loss, val loss, train acc, val acc of every run overlaid (2x2);
     one legend below, "label (best train, best val, test of best.pt)"."""

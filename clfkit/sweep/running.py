@@ -17,7 +17,7 @@ from clfkit.run.folder import LOCK_NAME, RunFolder, run_lock
 from clfkit.signals import Interrupted, StopFlag, catch_stop_signals
 from clfkit.sweep.plan import Sweep, SweepError, Trial, check_same_recipe, plan_sweep
 from clfkit.sweep.tables import write_manifest, write_tables
-from clfkit.tracking import parent_run
+from clfkit.tracking import parent_run, require_trackers
 
 
 # --------------------------------------------------------------------------- running
@@ -108,6 +108,8 @@ def run_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
         check_same_recipe(t)
         t.status = "done" if RunFolder(t.run_dir).finished else ("unfinished" if t.run_dir.exists() else "new")
     todo = [t for t in sweep.trials if t.status != "done"]
+    tracked = any("mlflow" in t.recipe.train.track for t in sweep.trials)
+    require_trackers(["mlflow"] if tracked else [])  # a store that cannot be used: before the sweep folder
     sweep.out.mkdir(parents=True, exist_ok=True)
     write_manifest(sweep)
     n = len(sweep.trials)
@@ -115,7 +117,7 @@ def run_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
         + (f", {jobs} at a time" if jobs > 1 and len(todo) > 1 else ""))
     # MLflow (when a run tracks to it): the sweep is the parent run of its runs (clfkit.tracking)
     with parent_run(f"sweep {sweep.out.name}", {"recipe": str(recipe_path), "grid": " ".join(grid)}, sweep.out,
-                    any("mlflow" in t.recipe.train.track for t in sweep.trials)), catch_stop_signals() as stop:
+                    tracked), catch_stop_signals() as stop:
         if jobs <= 1 or len(todo) <= 1:
             for i, t in enumerate(todo, 1):
                 if stop.pending:

@@ -168,6 +168,8 @@ def plan_tune(recipe_path: str | Path, spaces: list[str] | tuple[str, ...], tria
         raise TuneError(f"--pruner {pruner!r}: choose one of {', '.join(PRUNERS)}")
     if sampler not in SAMPLERS:
         raise TuneError(f"--sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    if not 0 <= seed < 2**32:
+        raise TuneError(f"--seed {seed}: give a seed from 0 to {2**32 - 1}")
     data = read_yaml(recipe_path)
     if "sweep" in data:
         raise TuneError(f"{recipe_path} is a sweep file; tune a plain recipe (remove its sweep: block)")
@@ -221,6 +223,9 @@ def run_tune(setup: TuneSetup, jobs: int = 1, log: Callable[[str], None] = print
     """Run the study to ``setup.trials`` trials (continuing one already in the folder), then
     write its results. A stop signal ends it cleanly: results are written for the trials so
     far and :class:`Interrupted` says how to continue."""
+    from clfkit.tracking import require_trackers
+
+    require_trackers(setup.track)  # a store that cannot be used fails before the tune folder exists
     out = Path(setup.out)
     out.mkdir(parents=True, exist_ok=True)
     with _tune_lock(out):

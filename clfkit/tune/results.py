@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from clfkit.atomic import write_text
+from clfkit.names import MAX_LENGTH
 from clfkit.recipe import validate_recipe
 from clfkit.tune.space import Dimension, optuna_module
 from clfkit.tune.study import WITHDRAWN, TuneSetup, first_prune_epoch, open_study, trial_recipe
@@ -105,7 +106,8 @@ def write_best(setup: TuneSetup, study: Any) -> Optional[Path]:
     if not study.get_trials(deepcopy=False, states=(states.COMPLETE,)):
         return None
     best = study.best_trial
-    name = f"{setup.base.get('name', 'tuned')}-best"
+    # a name at the length limit stays in it: best.yaml failing after every trial lost the tables' report
+    name = f"{str(setup.base.get('name', 'tuned'))[:MAX_LENGTH - len('-best')]}-best"
     recipe = validate_recipe(trial_recipe(setup, best.params, name), source="best.yaml")
     text = (f"# clfkit tune {setup.recipe_path}: trial {best.number}, best val acc {best.value:.4f}\n"
             f"# " + ", ".join(f"{k}={v!r}" for k, v in best.params.items()) + "\n" + recipe.to_yaml())

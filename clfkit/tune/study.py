@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from clfkit.recipe import apply_override
+from clfkit.tracking import sqlite_url
 from clfkit.tune.space import Dimension, TuneError, grid_points, optuna_module, point_key
 
 PRUNERS = ("quartile", "median", "halving", "none")
@@ -56,7 +57,7 @@ def open_study(setup: TuneSetup) -> Any:
 
     db = Path(setup.out) / "study.db"
     try:
-        study = optuna.create_study(storage=f"sqlite:///{db.resolve()}",
+        study = optuna.create_study(storage=sqlite_url(db),
                                     study_name=STUDY_NAME, direction="maximize", load_if_exists=True,
                                     sampler=make_sampler(setup, 0), pruner=make_pruner(setup))
     except SQLAlchemyError as e:
@@ -111,7 +112,7 @@ def make_sampler(setup: TuneSetup, drawn: int) -> Any:
     study nearly all random. A grid is not drawn: :func:`queue_grid` queues its points (Optuna's
     GridSampler would count a stopped point as visited and never run it again)."""
     samplers = optuna_module().samplers
-    seed = setup.seed + drawn
+    seed = (setup.seed + drawn) % 2**32  # numpy's range: a seed near its top plus the trials drawn
     if setup.sampler in ("grid", "random"):  # a grid's trials take queued values (queue_grid), never drawn ones
         return samplers.RandomSampler(seed=seed)
     return samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, setup.trials // 3)))
