@@ -18,7 +18,9 @@ def test_missing_mlflow_is_a_clear_error_before_the_run_folder(tmp_path, monkeyp
     from clfkit.tracking import TrackingError
     from clfkit.trainer import train
 
-    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow now raises ImportError
+    # import mlflow (and any of its modules an earlier test imported) now raises ImportError
+    for name in [m for m in sys.modules if m == "mlflow" or m.startswith("mlflow.")] + ["mlflow"]:
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(TrackingError, match=r'pip install -e "\.\[mlflow\]"'):
         train(_small(), tmp_path / "runs", quiet=True)
     assert not (tmp_path / "runs").exists()
