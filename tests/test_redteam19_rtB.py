@@ -1,0 +1,80 @@
+"""Red team 19 (rtB): the data path, resume, export and predict through the real CLI."""
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from clfkit import atomic as cio
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _clfkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "clfkit", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _read_fifo(fifo: Path, into: list) -> threading.Thread:
+    t = threading.Thread(target=lambda: into.append(fifo.read_bytes()), daemon=True)
+    t.start()
+    return t
+
+
+# --------------------------------------------------------------------------- outputs that are not files
+def test_writing_to_a_fifo_writes_into_it_and_leaves_the_fifo(tmp_path):
+    """A rename over -o /dev/null (as root) had put a plain file in place of the device; a
+    FIFO stands in for it here."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = _read_fifo(fifo, got)
+    cio.write_text(fifo, "hello\n")
+    reader.join(10)
+    assert got == [b"hello\n"]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_writing_through_a_symlink_replaces_its_target_and_keeps_the_link(tmp_path):
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "pred.txt"
+    target.write_text("old\n")
+    link = tmp_path / "latest.txt"
+    link.symlink_to(target)
+    cio.write_text(link, "new\n")
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_text() == "new\n"
+
+
+def test_predict_into_a_pipe_gets_only_prediction_lines(trained_run, tmp_path):
+    from clfkit.export import export_run
+    from PIL import Image
+
+    model = export_run(trained_run.run_dir, tmp_path / "m.onnx").path
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        Image.new("RGB", (16, 16), (60 * i, 0, 0)).save(tmp_path / "imgs" / f"{i}.png")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = _read_fifo(fifo, got)
+    res = _clfkit("predict", model, tmp_path / "imgs", "-o", fifo, cwd=tmp_path)
+    reader.join(10)
+    assert res.returncode == 0, res.stderr
+    assert [line.split(" ")[0] for line in got[0].decode().splitlines()] == ["0.png", "1.png", "2.png"]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    # with stdout as the output, the summary goes to stderr, not among the predictions
+    with open(tmp_path / "out.txt", "w") as f:
+        res = subprocess.run([sys.executable, "-m", "clfkit", "predict", str(model), str(tmp_path / "imgs"),
+                              "-o", "/dev/stdout"], stdout=f, stderr=subprocess.PIPE, text=True, timeout=300,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert len((tmp_path / "out.txt").read_text().splitlines()) == 3
+    assert "wrote 3 predictions" in res.stderr
