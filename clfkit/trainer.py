@@ -317,7 +317,7 @@ class Trainer:
             return train_one_epoch(self.state, self.batches, epoch, progress=progress, resume_at=self.resume_at,
                                    after_step=self._after_step, accumulate=self.tc.accumulate)
         except Exception as e:
-            if not self.stop.pending:
+            if not self.stop.pending or isinstance(e, Interrupted):  # Interrupted: the step ended, last.pt saved
                 raise
             # nothing is saved now: the broken step may have run part of its work (a forward
             # pass updates BatchNorm statistics), so no state of this moment resumes exactly

@@ -78,3 +78,22 @@ def test_predict_into_a_pipe_gets_only_prediction_lines(trained_run, tmp_path):
     assert res.returncode == 0, res.stderr
     assert len((tmp_path / "out.txt").read_text().splitlines()) == 3
     assert "wrote 3 predictions" in res.stderr
+
+
+# --------------------------------------------------------------------------- Ctrl-C mid-epoch
+def test_ctrl_c_mid_epoch_says_it_saved_not_that_a_step_broke(monkeypatch, tmp_path):
+    """The mid-epoch stop (a step finished, last.pt saved, Interrupted raised) was caught by the
+    'error after Ctrl-C' path and reworded as 'stopped ... while a step was running
+    (Interrupted: ...; the signal stops the compiler torch.compile runs too)' without compile."""
+    from conftest import sigint_at_step, tiny_recipe
+
+    from clfkit import trainer
+    from clfkit.signals import Interrupted
+
+    sigint_at_step(monkeypatch, 3)
+    with pytest.raises(Interrupted) as stop:
+        trainer.train(tiny_recipe(train__epochs=2), tmp_path, quiet=True)
+    message = str(stop.value)
+    assert "while a step was running" not in message and "compile" not in message, message
+    assert "saved" in message and (tmp_path / "tiny" / "last.pt").exists()
+    assert message.count("SIGINT received") == 1, message
