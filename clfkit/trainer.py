@@ -154,7 +154,7 @@ class Trainer:
             lock.enter_context(self.folder.lock("resume" if self.resume is not None else "train into"))
         if self.resume is not None and distributed.is_main():
             remove_stale_temps(self.folder.path)  # half-written files of the crash being resumed from
-        if self.resume is None:
+        if self.resume is None or not self.folder.recipe.is_file():  # resuming: written back if deleted
             self.folder.write_recipe(self.recipe.to_yaml(), __version__)
         if self.splits.skipped:
             self.folder.write_skipped(self.splits.skipped)

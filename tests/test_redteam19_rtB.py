@@ -97,3 +97,55 @@ def test_ctrl_c_mid_epoch_says_it_saved_not_that_a_step_broke(monkeypatch, tmp_p
     assert "while a step was running" not in message and "compile" not in message, message
     assert "saved" in message and (tmp_path / "tiny" / "last.pt").exists()
     assert message.count("SIGINT received") == 1, message
+
+
+# --------------------------------------------------------------------------- resume after editing the recipe
+@pytest.fixture
+def stopped_run(monkeypatch, tmp_path) -> Path:
+    """A 2-epoch run stopped by Ctrl-C in its first epoch."""
+    from conftest import sigint_at_step, tiny_recipe
+
+    from clfkit import trainer
+    from clfkit.signals import Interrupted
+
+    with monkeypatch.context() as m:
+        sigint_at_step(m, 3)
+        with pytest.raises(Interrupted):
+            trainer.train(tiny_recipe(train__epochs=2), tmp_path, quiet=True)
+    return tmp_path / "tiny"
+
+
+def test_resume_refuses_a_recipe_yaml_edited_since_the_run_started(stopped_run):
+    """--resume trains last.pt's recipe: an edited recipe.yaml was silently ignored, and the run
+    folder then recorded an lr and epoch count its run never used."""
+    from clfkit.run.resume import ResumeError
+    from clfkit.trainer import resume_run
+
+    recipe = stopped_run / "recipe.yaml"
+    original = recipe.read_bytes()
+    recipe.write_text(recipe.read_text().replace("lr: 0.003", "lr: 0.5").replace("epochs: 2", "epochs: 9"))
+    last = (stopped_run / "last.pt").read_bytes()
+    res = _clfkit("train", "--resume", stopped_run, cwd=stopped_run.parent)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "was edited since the run started (optim.lr: 0.003 -> 0.5; train.epochs: 2 -> 9)" in res.stderr
+    assert "clfkit train " + str(recipe) in res.stderr
+    assert (stopped_run / "last.pt").read_bytes() == last and not (stopped_run / "summary.json").exists()
+    recipe.write_text("train: [\n")
+    with pytest.raises(ResumeError, match="no longer reads as the run's recipe"):
+        resume_run(stopped_run, quiet=True)
+    recipe.unlink()  # deleted: written back from last.pt, and the run goes on
+    resume_run(stopped_run, quiet=True)
+    assert recipe.read_bytes() == original and (stopped_run / "summary.json").exists()
+
+
+def test_export_of_a_run_with_an_edited_recipe_yaml_says_it_may_be_the_edit(trained_run, tmp_path):
+    """It said only 'It was copied from another run', for a checkpoint that never moved."""
+    import shutil
+
+    run = Path(shutil.copytree(trained_run.run_dir, tmp_path / "run"))
+    recipe = run / "recipe.yaml"
+    recipe.write_text(recipe.read_text().replace("lr: 0.003", "lr: 0.5"))
+    res = _clfkit("export", run, "-o", tmp_path / "m.onnx", cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "at optim.lr" in res.stderr and "recipe.yaml was edited (restore it" in res.stderr
+    assert not (tmp_path / "m.onnx").exists()
