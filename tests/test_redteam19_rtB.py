@@ -149,3 +149,12 @@ def test_export_of_a_run_with_an_edited_recipe_yaml_says_it_may_be_the_edit(trai
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "at optim.lr" in res.stderr and "recipe.yaml was edited (restore it" in res.stderr
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_of_a_stopped_run_says_the_run_is_not_finished(stopped_run, tmp_path):
+    """An interrupted run's best.pt was exported with no word that training had stopped early."""
+    res = _clfkit("export", stopped_run, "-o", tmp_path / "m.onnx", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "note: the run is not finished (no summary.json; 2 epochs planned" in res.stdout
+    assert f"clfkit train --resume {stopped_run}" in res.stdout and "exported last.pt" in res.stdout
+    assert (tmp_path / "m.onnx").is_file()
