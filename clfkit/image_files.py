@@ -63,15 +63,13 @@ def read_file(path: str | os.PathLike) -> bytes:
 _OPEN_FLAGS = getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 
-_MAX_READ = 0x7FFFF000  # Linux returns at most this much from one read()
-
-
 def _read_all(fd: int, size: int) -> bytes:
     """Everything up to end-of-file: one read() when the file is ``size`` bytes as fstat said
-    (asking for one more byte shows it ended there), more when it grew or is over 2 GB."""
-    want = size + 1
-    data = os.read(fd, want)
-    if len(data) < min(want, _MAX_READ):
+    (asking for one more byte shows it ended there), more when it grew, is over 2 GB, or the
+    read came back short (FUSE and network filesystems may return less than asked before the
+    end: Python's own readall loops too)."""
+    data = os.read(fd, size + 1)
+    if len(data) == size:
         return data  # end of file reached
     parts = [data]
     while chunk := os.read(fd, 1 << 24):

@@ -8,6 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from clfkit import atomic as cio
@@ -158,3 +159,20 @@ def test_export_of_a_stopped_run_says_the_run_is_not_finished(stopped_run, tmp_p
     assert "note: the run is not finished (no summary.json; 2 epochs planned" in res.stdout
     assert f"clfkit train --resume {stopped_run}" in res.stdout and "exported last.pt" in res.stdout
     assert (tmp_path / "m.onnx").is_file()
+
+
+# --------------------------------------------------------------------------- read_file (open + fstat + read)
+def test_read_file_keeps_reading_after_a_short_read(tmp_path, monkeypatch):
+    """One read() was taken as the whole file unless it filled the buffer: on a filesystem that
+    returns less than asked (FUSE direct_io, some network mounts) every image came back cut
+    and was skipped as truncated. Path.read_bytes, which it replaced, loops."""
+    from PIL import Image
+
+    from clfkit import image_files
+
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+    real_read = os.read
+    monkeypatch.setattr(os, "read", lambda fd, n: real_read(fd, min(n, 1000)))  # a short-read filesystem
+    assert image_files.read_file(path) == path.read_bytes()
+    assert image_files.decode(path, (8, 8), 3).shape == (8, 8, 3)
