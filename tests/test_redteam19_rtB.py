@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -176,3 +177,33 @@ def test_read_file_keeps_reading_after_a_short_read(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "read", lambda fd, n: real_read(fd, min(n, 1000)))  # a short-read filesystem
     assert image_files.read_file(path) == path.read_bytes()
     assert image_files.decode(path, (8, 8), 3).shape == (8, 8, 3)
+
+
+# --------------------------------------------------------------------------- files a folder dataset leaves out
+def test_training_says_which_files_it_leaves_out_for_their_extension(tmp_path):
+    """A phone's .heic photos (or .avif, .jpe) beside its .jpg ones were dropped without a word:
+    the run trained on part of the class. Said on every run, cache hit or not; not data."""
+    from conftest import write_image_folder
+
+    root = write_image_folder(tmp_path / "data", per_class=6, size=16)
+    cls = sorted(p for p in (root / "train").iterdir())[0]
+    (cls / "IMG_0001.heic").write_bytes(b"heic bytes")
+    (root / "test").mkdir(exist_ok=True)
+    (root / "test" / "labels.csv").write_text("x")
+    shutil.copy(next(cls.glob("*.png")), root / "train" / "stray.png")  # an image in no class folder
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: t\ndata: {{source: {{name: folder, root: {root}}}, image_size: 8}}\n"
+                      f"model: {{name: cnn, blocks: [{{channels: 4}}]}}\ntrain: {{epochs: 1, batch_size: 8}}\n")
+    env_cache = {"CLFKIT_CACHE": "1", "CLFKIT_CACHE_DIR": str(tmp_path / "cache")}
+    for attempt in ("decoded", "from the cache"):
+        res = subprocess.run([sys.executable, "-m", "clfkit", "train", str(recipe), "--out", str(tmp_path / attempt)],
+                             env={**os.environ, "PYTHONPATH": str(ROOT), **env_cache}, capture_output=True, text=True,
+                             timeout=300, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        lines = [line for line in res.stderr.splitlines() if "not read" in line]
+        assert len(lines) == 2, res.stderr
+        assert lines[0].startswith("warning: 1 file(s) under ") and "their extension is not an image's" in lines[0]
+        assert f"train/{cls.name}/IMG_0001.heic" in lines[0]
+        assert lines[1].startswith("warning: 2 file(s) under ") and "in no class" in lines[1]
+        assert "train/stray.png, test/labels.csv" in lines[1]
+    assert "decoded images from cache" in res.stdout
