@@ -207,3 +207,30 @@ def test_training_says_which_files_it_leaves_out_for_their_extension(tmp_path):
         assert lines[1].startswith("warning: 2 file(s) under ") and "in no class" in lines[1]
         assert "train/stray.png, test/labels.csv" in lines[1]
     assert "decoded images from cache" in res.stdout
+
+
+# --------------------------------------------------------------------------- predict over linked folders
+def test_predict_follows_linked_folders_as_training_does_and_names_loops(trained_run, tmp_path):
+    """A folder of links to image folders (how datasets are often assembled; training follows
+    them) got predictions for none of the linked images, and no word about them."""
+    from PIL import Image
+
+    from clfkit.export import export_run
+    from clfkit.predict import predict_folder
+
+    model = export_run(trained_run.run_dir, tmp_path / "m.onnx").path
+    elsewhere = tmp_path / "elsewhere" / "bees"
+    elsewhere.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (16, 16), (0, 80 * i, 0)).save(elsewhere / f"b{i}.png")
+    photos = tmp_path / "photos"
+    (photos / "ants").mkdir(parents=True)
+    Image.new("RGB", (16, 16)).save(photos / "ants" / "a.png")
+    (photos / "bees").symlink_to(elsewhere, target_is_directory=True)
+    (photos / "ants" / "up").symlink_to(photos, target_is_directory=True)  # a loop
+    (photos / "bees_again").symlink_to(elsewhere, target_is_directory=True)  # read once only
+    res = predict_folder(model, photos, tmp_path / "test.txt")
+    names = [line.split(" ")[0] for line in (tmp_path / "test.txt").read_text().splitlines()]
+    assert names == ["ants/a.png", "bees/b0.png", "bees/b1.png", "bees/b2.png"]
+    assert [p for p, _ in res.skipped] == ["ants/up", "bees_again"]
+    assert all("not followed" in why for _, why in res.skipped)
