@@ -234,3 +234,16 @@ def test_predict_follows_linked_folders_as_training_does_and_names_loops(trained
     assert names == ["ants/a.png", "bees/b0.png", "bees/b1.png", "bees/b2.png"]
     assert [p for p, _ in res.skipped] == ["ants/up", "bees_again"]
     assert all("not followed" in why for _, why in res.skipped)
+
+
+def test_a_model_path_that_is_a_fifo_is_named_so_not_missing(tmp_path):
+    """It said 'does not exist' for a FIFO (or /dev/zero) that plainly exists."""
+    from clfkit.errors import ModelFileError
+    from clfkit.predictor import load_onnx
+
+    fifo = tmp_path / "model.onnx"
+    os.mkfifo(fifo)
+    with pytest.raises(ModelFileError, match=r"model.onnx is a named pipe \(FIFO\), not a model file"):
+        load_onnx(fifo)
+    with pytest.raises(ModelFileError, match="does not exist"):
+        load_onnx(tmp_path / "gone.onnx")
