@@ -6,6 +6,7 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -28,14 +29,22 @@ _UMASK = _read_umask()
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """Open a temp file next to ``path``; on success it replaces ``path`` atomically."""
+    """Open a temp file next to ``path``; on success it replaces ``path`` atomically.
+    A symbolic link is written through (its target is replaced, the link stays). A path that
+    names no file to replace, a device, a FIFO or a socket (``-o /dev/stdout``, ``/dev/null``,
+    a pipe), is written straight into: a rename would put a plain file in its place."""
     path = Path(path)
+    if _is_stream(path):
+        with _stream_open(path, mode, encoding) as f:
+            yield f
+        return
+    shown, path = path, Path(os.path.realpath(path)) if path.is_symlink() else path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
     except OSError as e:
-        raise WriteError(f"cannot write {path}: {e.strerror or e}") from None
+        raise WriteError(f"cannot write {shown}: {e.strerror or e}") from None
     binary = "b" in mode
     try:
         with os.fdopen(fd, mode, **({} if binary else {"encoding": encoding})) as f:
@@ -48,9 +57,34 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(e, OSError):
-            why = "disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-            raise WriteError(f"cannot write {path}: {why}; the previous file (if any) is intact") from None
+            raise WriteError(f"cannot write {shown}: {_why(e)}; the previous file (if any) is intact") from None
         raise
+
+
+def _why(e: OSError) -> str:
+    return "disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+
+
+def _is_stream(path: Path) -> bool:
+    """``path`` (through links) is an existing device, FIFO or socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+@contextlib.contextmanager
+def _stream_open(path: Path, mode: str, encoding: str | None) -> Iterator[IO]:
+    try:
+        f = open(path, mode, **({} if "b" in mode else {"encoding": encoding}))
+    except OSError as e:
+        raise WriteError(f"cannot write {path}: {_why(e)}") from None
+    try:
+        with f:
+            yield f
+    except OSError as e:
+        raise WriteError(f"cannot write {path}: {_why(e)}") from None
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -6,6 +6,8 @@ short message on stderr and a non-zero exit. ``--debug`` shows the traceback ins
 from __future__ import annotations
 
 import contextlib
+import io
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -172,14 +174,24 @@ def _log_export_to_mlflow(run_dir: Path, onnx: Path) -> None:
 def predict(model: Path, image_dir: Path, output: Path, batch_size: int, fmt: str, threads: int | None,
             workers: int | None, topk: int) -> None:
     """Classify every image under IMAGE_DIR with an exported MODEL.onnx; write test.txt (into a
-    temp file, renamed when every image is done). A progress bar shows on a terminal."""
+    temp file, renamed when every image is done; a device or pipe such as /dev/stdout is written
+    straight into). A progress bar shows on a terminal."""
     from clfkit.predict import predict_folder
 
     res = run_guarded(predict_folder, model, image_dir, output, batch_size=batch_size, fmt=fmt, threads=threads,
                       workers=workers, progress=sys.stderr.isatty(), topk=topk)
     for path, why in res.skipped:
         click.echo(f"skipped {path}: {why}", err=True)
-    click.echo(f"wrote {res.written} predictions to {res.out}; skipped {len(res.skipped)} file(s)")
+    # -o /dev/stdout: the summary must not become the last line of the predictions
+    click.echo(f"wrote {res.written} predictions to {res.out}; skipped {len(res.skipped)} file(s)",
+               err=_is_stdout(res.out))
+
+
+def _is_stdout(path: Path) -> bool:
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):  # no real stdout (tests)
+        return False
 
 
 # --------------------------------------------------------------------------- plugins

@@ -48,7 +48,7 @@ def read_file(path: str | os.PathLike) -> bytes:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise DecodeError(f"not a regular file: {_file_kind(st.st_mode)}"
+            raise DecodeError(f"not a regular file: {file_kind(st.st_mode)}"
                               f"{' (through a symbolic link)' if os.path.islink(path) else ''}")
         data = _read_all(fd, st.st_size)
     except OSError as e:
@@ -63,15 +63,13 @@ def read_file(path: str | os.PathLike) -> bytes:
 _OPEN_FLAGS = getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 
-_MAX_READ = 0x7FFFF000  # Linux returns at most this much from one read()
-
-
 def _read_all(fd: int, size: int) -> bytes:
     """Everything up to end-of-file: one read() when the file is ``size`` bytes as fstat said
-    (asking for one more byte shows it ended there), more when it grew or is over 2 GB."""
-    want = size + 1
-    data = os.read(fd, want)
-    if len(data) < min(want, _MAX_READ):
+    (asking for one more byte shows it ended there), more when it grew, is over 2 GB, or the
+    read came back short (FUSE and network filesystems may return less than asked before the
+    end: Python's own readall loops too)."""
+    data = os.read(fd, size + 1)
+    if len(data) == size:
         return data  # end of file reached
     parts = [data]
     while chunk := os.read(fd, 1 << 24):
@@ -79,7 +77,8 @@ def _read_all(fd: int, size: int) -> bytes:
     return b"".join(parts)
 
 
-def _file_kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular one is, in words ("a named pipe (FIFO)", "a folder")."""
     return {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
             stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}.get(stat.S_IFMT(mode), "not a file")
 
@@ -92,7 +91,7 @@ def _unreadable(path: str | os.PathLike, e: OSError) -> str:
     except OSError:
         mode = None
     if mode is not None and not stat.S_ISREG(mode):  # a socket cannot be opened at all (ENXIO)
-        return f"not a regular file: {_file_kind(mode)}"
+        return f"not a regular file: {file_kind(mode)}"
     return f"cannot read the file ({e.strerror or e})"
 
 

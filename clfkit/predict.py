@@ -112,30 +112,49 @@ def _check_output(out: Path, model: Path, root: Path, images: Callable[[], Itera
 
 
 # --------------------------------------------------------------------------- walking the folder
-def walk_files(root: Path) -> Iterator[Path]:
+def walk_files(root: Path, not_followed: Optional[list[tuple[Path, str]]] = None,
+               _seen: Optional[set] = None) -> Iterator[Path]:
     """Every non-hidden file under ``root``, lazily, in the order of their relative POSIX paths
     (the order of :func:`image_files.list_images`): one folder's names are sorted with a folder
-    keyed as ``name/``, which is where its files fall in that order. Symlinked folders are not
-    entered (as os.walk); unreadable folders are passed over."""
+    keyed as ``name/``, which is where its files fall in that order. Symbolic links to folders
+    are followed, as training's walk follows them, except to a folder already walked (a second
+    link, or a loop back up); those and unreadable folders go to ``not_followed``."""
+    _seen = {_identity(root)} if _seen is None else _seen
     try:
         with os.scandir(root) as it:
-            entries = [(e.name, e.is_dir() and not e.is_symlink(), e.is_dir()) for e in it
-                       if not e.name.startswith(".")]
-    except OSError:
+            entries = [(e.name, e.is_dir()) for e in it if not e.name.startswith(".")]
+    except OSError as e:
+        if not_followed is not None:
+            not_followed.append((root, f"cannot list the folder ({e.strerror or e})"))
         return
-    for name, enter, is_dir in sorted(entries, key=lambda e: e[0] + "/" if e[2] else e[0]):
-        if enter:
-            yield from walk_files(root / name)
-        elif not is_dir:
+    for name, is_dir in sorted(entries, key=lambda e: e[0] + "/" if e[1] else e[0]):
+        if not is_dir:
             yield root / name
+            continue
+        ident = _identity(root / name)
+        if ident in _seen:
+            if not_followed is not None:
+                not_followed.append((root / name, "a link to a folder read already, or to one holding it "
+                                                  "(a loop); not followed"))
+            continue
+        _seen.add(ident)
+        yield from walk_files(root / name, not_followed, _seen)
 
 
-def _first_image(root: Path) -> Iterator[Path]:
+def _identity(folder: Path) -> Optional[tuple[int, int]]:
+    try:
+        st = os.stat(folder)
+    except OSError:  # gone since it was listed: walking it finds nothing and says so
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _first_image(root: Path, not_followed: list[tuple[Path, str]]) -> Iterator[Path]:
     """All files under ``root`` (lazily); an error now if none is an image."""
     if not root.is_dir():
         what = "is a file, not a folder" if root.exists() else "does not exist"
         raise DataError(f"image folder {root} {what}; give the folder that holds the images")
-    files = walk_files(root)
+    files = walk_files(root, not_followed)
     head = []
     for p in files:
         head.append(p)
@@ -279,7 +298,8 @@ def predict_folder(model_path: str | os.PathLike, image_dir: str | os.PathLike, 
     if fmt not in FORMATS:
         raise DataError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     root = Path(image_dir)
-    files = _first_image(root)
+    not_followed: list[tuple[Path, str]] = []
+    files = _first_image(root, not_followed)
     clf = load_onnx(model_path, threads)
     if not 1 <= topk <= len(clf.class_names):
         raise DataError(f"--topk {topk}: the model has {len(clf.class_names)} classes; give 1 to {len(clf.class_names)}")
@@ -302,5 +322,6 @@ def predict_folder(model_path: str | os.PathLike, image_dir: str | os.PathLike, 
             first = next(((p, e) for p, e in skipped if e != "not an image file (extension)"), ("", ""))
             raise DataError(f"none of the {bad} image file(s) under {root} could be decoded "
                             f"(first: {first[0]}: {first[1]}); nothing was written")
+    skipped += [(escape_field(p.relative_to(root).as_posix()), why) for p, why in not_followed]
     skipped.sort()
     return PredictResult(Path(out), written, skipped)

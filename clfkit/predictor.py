@@ -61,7 +61,10 @@ def load_onnx(path: str | os.PathLike, threads: Optional[int] = None) -> OnnxCla
 
     path = Path(path)
     if not path.is_file():
-        what = "is a folder, not a model file" if path.is_dir() else "does not exist"
+        try:  # a FIFO or a device exists: "does not exist" would send the user looking elsewhere
+            what = f"is {image_files.file_kind(os.stat(path).st_mode)}, not a model file"
+        except OSError:
+            what = "does not exist"
         raise ModelFileError(f"model file {path} {what}")
     try:
         sess = ort.InferenceSession(str(path), sess_options=_session_options(threads),

@@ -154,7 +154,7 @@ class Trainer:
             lock.enter_context(self.folder.lock("resume" if self.resume is not None else "train into"))
         if self.resume is not None and distributed.is_main():
             remove_stale_temps(self.folder.path)  # half-written files of the crash being resumed from
-        if self.resume is None:
+        if self.resume is None or not self.folder.recipe.is_file():  # resuming: written back if deleted
             self.folder.write_recipe(self.recipe.to_yaml(), __version__)
         if self.splits.skipped:
             self.folder.write_skipped(self.splits.skipped)
@@ -317,7 +317,7 @@ class Trainer:
             return train_one_epoch(self.state, self.batches, epoch, progress=progress, resume_at=self.resume_at,
                                    after_step=self._after_step, accumulate=self.tc.accumulate)
         except Exception as e:
-            if not self.stop.pending:
+            if not self.stop.pending or isinstance(e, Interrupted):  # Interrupted: the step ended, last.pt saved
                 raise
             # nothing is saved now: the broken step may have run part of its work (a forward
             # pass updates BatchNorm statistics), so no state of this moment resumes exactly

@@ -134,20 +134,30 @@ def sigint_at_step(monkeypatch, step: int) -> None:
     monkeypatch.setattr(NonFiniteGuard, "ok", ok)
 
 
-def extend_and_resume(run_dir: Path, epochs: int):
-    """Resume a finished short run as if it had been stopped on its way to ``epochs`` epochs:
-    summary.json removed, last.pt's and recipe.yaml's epochs raised. Returns resume_run's result."""
+def set_recorded_epochs(run_dir: Path, epochs: int) -> None:
+    """The run recorded as one of ``epochs`` epochs, in its checkpoints and recipe.yaml alike
+    (a resume refuses a recipe.yaml that disagrees with last.pt, eval one that disagrees with
+    best.pt)."""
     import yaml
 
     from clfkit.run.checkpoint import save_checkpoint
-    from clfkit.trainer import resume_run
 
-    (run_dir / "summary.json").unlink()
-    ck = torch.load(run_dir / "last.pt", weights_only=True)
-    ck["recipe"]["train"]["epochs"] = epochs
-    save_checkpoint(run_dir / "last.pt", {k: v for k, v in ck.items()
-                                         if k not in ("format", "format_version", "clfkit_version")})
+    for name in ("last.pt", "best.pt"):  # a stopped run's checkpoints all hold its one recipe
+        if (run_dir / name).is_file():
+            ck = torch.load(run_dir / name, weights_only=True)
+            ck["recipe"]["train"]["epochs"] = epochs
+            save_checkpoint(run_dir / name, {k: v for k, v in ck.items()
+                                             if k not in ("format", "format_version", "clfkit_version")})
     rec = yaml.safe_load((run_dir / "recipe.yaml").read_text())
     rec["train"]["epochs"] = epochs
     (run_dir / "recipe.yaml").write_text(yaml.safe_dump(rec, sort_keys=False))
+
+
+def extend_and_resume(run_dir: Path, epochs: int):
+    """Resume a finished short run as if it had been stopped on its way to ``epochs`` epochs:
+    summary.json removed, last.pt's and recipe.yaml's epochs raised. Returns resume_run's result."""
+    from clfkit.trainer import resume_run
+
+    (run_dir / "summary.json").unlink()
+    set_recorded_epochs(run_dir, epochs)
     return resume_run(run_dir, quiet=True)

@@ -21,7 +21,7 @@ from clfkit.run.resume import ResumeError
 from clfkit.build import build_data
 from clfkit.run.data_record import DataChangedError, DataRecordWarning, eval_data_changed
 from clfkit.trainer import resume_run, train
-from conftest import tiny_recipe, write_image_folder
+from conftest import set_recorded_epochs, tiny_recipe, write_image_folder
 
 
 def _recipe(**changes):
@@ -40,9 +40,7 @@ def _write_data(root: Path) -> Path:
 
 def _made_resumable(run: Path) -> None:
     """As if the finished 1-epoch run had been stopped on its way to 2 epochs."""
-    state = load_checkpoint(run / "last.pt")
-    state["recipe"]["train"]["epochs"] = 2
-    save_checkpoint(run / "last.pt", {k: v for k, v in state.items() if k not in ("format", "format_version")})
+    set_recorded_epochs(run, 2)
     (run / "summary.json").unlink()
 
 

@@ -278,7 +278,13 @@ def test_damaged_entry_is_a_warned_miss_and_rebuilt(damage, fix_hash, words, tmp
 def _cache_under_a_file(tmp: Path, monkeypatch) -> str:
     (tmp / "blocker").write_text("x")
     monkeypatch.setenv("CLFKIT_CACHE_DIR", str(tmp / "blocker" / "cache"))
-    return "Not a directory"
+    return "blocker is a file, not a folder (CLFKIT_CACHE_DIR must name a folder)"
+
+
+def _cache_is_a_file(tmp: Path, monkeypatch) -> str:
+    (tmp / "blocker").write_text("x")  # mkdir says "File exists" here: no help
+    monkeypatch.setenv("CLFKIT_CACHE_DIR", str(tmp / "blocker"))
+    return "blocker is a file, not a folder (CLFKIT_CACHE_DIR must name a folder)"
 
 
 def _disk_full(tmp: Path, monkeypatch) -> str:
@@ -303,7 +309,7 @@ def _read_only(tmp: Path, monkeypatch) -> str:
     return "Permission denied"
 
 
-@pytest.mark.parametrize("make_unwritable", [_cache_under_a_file, _disk_full, _read_only],
+@pytest.mark.parametrize("make_unwritable", [_cache_under_a_file, _cache_is_a_file, _disk_full, _read_only],
                          ids=lambda f: f.__name__.strip("_"))
 def test_unwritable_cache_is_one_warning_and_the_same_run(make_unwritable, tmp_path, cache_on, monkeypatch,
                                                           reference):

@@ -23,7 +23,7 @@ import yaml
 from click.testing import CliRunner
 
 from clfkit.cli import cli
-from conftest import TINY, tiny_recipe, write_image_folder
+from conftest import TINY, set_recorded_epochs, tiny_recipe, write_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,12 +61,8 @@ def _snapshot(folder: Path) -> dict:
 
 
 def _set_epochs(run: Path, epochs: int) -> None:
-    """Make a finished run resumable: its last.pt's recipe asks for more epochs."""
-    from clfkit.run.checkpoint import load_checkpoint, save_checkpoint
-
-    state = load_checkpoint(run / "last.pt")
-    state["recipe"]["train"]["epochs"] = epochs
-    save_checkpoint(run / "last.pt", {k: v for k, v in state.items() if k not in ("format", "format_version")})
+    """Make a finished run resumable: it asks for more epochs."""
+    set_recorded_epochs(run, epochs)
 
 
 # A clfkit process that, after its first optimizer step, waits while the file argv[1] exists:

@@ -314,7 +314,7 @@ def _store(base: Path, group: str, splits: Splits, meta: dict[str, Any], log: Ca
         _prune_group(base, group, keep=path)
         _prune_format_2(base, meta["source"])
     except OSError as e:  # a read-only or full cache dir must not stop training
-        log(f"could not write the data cache {path}: {e.strerror or e}; the run goes on without it")
+        log(f"could not write the data cache {path}: {disk_spill.unwritable(path, e)}; the run goes on without it")
         return None
     return path
 

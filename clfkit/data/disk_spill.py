@@ -155,7 +155,7 @@ def cached_miss(load: Callable[[], Splits], storage_mode: str, base: Path, group
         base.mkdir(parents=True, exist_ok=True)
         tmp = locked_temp_folder(base, f".{group}-decoding.", ".tmp")
     except OSError as e:
-        log(f"could not write the data cache {base}: {e.strerror or e}; the run goes on without it")
+        log(f"could not write the data cache {base}: {unwritable(base, e)}; the run goes on without it")
         return uncached(load, storage_mode, None, log)
     splits = None
     try:
@@ -175,6 +175,17 @@ def cached_miss(load: Callable[[], Splits], storage_mode: str, base: Path, group
     if splits is not None and not any(storage.is_disk(s.images) for s in _sets(splits)):
         return splits  # in memory already: the entry alone is lost
     return load()  # its files went with the temp folder
+
+
+def unwritable(path: Path, e: OSError) -> str:
+    """Why the cache cannot be written at ``path``: a file where a folder should be (mkdir then
+    says "File exists", which misleads), else the system's reason."""
+    for p in (path, *path.parents):
+        if p.is_dir():
+            break
+        if p.exists():
+            return f"{p} is a file, not a folder (CLFKIT_CACHE_DIR must name a folder)"
+    return e.strerror or str(e)
 
 
 def _sets(splits: Splits) -> list[ImageSet]:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import unicodedata
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,10 @@ class FolderPlan:
     class_names: list[str]
     splits: dict[str, tuple[list[str], Optional[list[int]]]]  # paths as strings (image_files.Listing)
     not_followed: list[tuple[str, str]] = field(default_factory=list)  # (shown path, why)
+    # files left out, not data (not hashed, not in skipped.txt) but said aloud: without an image
+    # extension, or beside the class folders of a split (in no class)
+    not_images: list[str] = field(default_factory=list)  # shown paths
+    in_no_class: list[str] = field(default_factory=list)
 
     def show(self, path: str | os.PathLike) -> str:
         """A path as skipped.txt and messages print it: relative to the root, escaped."""
@@ -107,6 +112,7 @@ def _check_class_name(folder: Path) -> None:
 
 def _scan_labelled(split_dir: Path, plan: FolderPlan) -> tuple[list[str], list[tuple[str, int]]]:
     classes = class_folders(split_dir)
+    plan.in_no_class += [plan.show(p) for p in _entries(split_dir) if not p.is_dir() and p.exists()]
     items: list[tuple[str, int]] = []
     owner: dict[tuple[int, int], Path] = {}  # every folder read, to catch one read by two classes
     for label, d in enumerate(classes):
@@ -117,6 +123,7 @@ def _scan_labelled(split_dir: Path, plan: FolderPlan) -> tuple[list[str], list[t
                                 f"a symbolic link): its images would belong to two classes; remove the link")
             owner[ident] = folder
         plan.not_followed += [(plan.show(p), why) for p, why in listing.not_followed]
+        plan.not_images += [plan.show(p) for p in listing.others]
         if not listing.images:
             raise DataError(f"class folder {_show(d)} holds no images (looked for "
                             f"{', '.join(image_files.IMAGE_EXTENSIONS)}); remove it or add images")
@@ -162,8 +169,31 @@ def _scan_test(test_dir: Path, plan: FolderPlan) -> None:
     else:
         listing = image_files.walk_files(test_dir)
         plan.not_followed += [(plan.show(p), why) for p, why in listing.not_followed]
+        plan.not_images += [plan.show(p) for p in listing.others]
         if listing.images:
             plan.splits["test"] = (listing.images, None)
+
+
+class NotImagesWarning(UserWarning):
+    """Files in a folder dataset that are not read because their extension is not an image's."""
+
+
+def warn_not_images(plan: FolderPlan) -> None:
+    """Warnings (each shown once a run: the same text from the same line) naming files the
+    dataset leaves out: a phone's .heic photos, or images dropped into train/ beside the class
+    folders, would otherwise vanish without a word."""
+    def some(paths: list[str]) -> str:
+        return ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+
+    if plan.not_images:
+        warnings.warn(f"{len(plan.not_images)} file(s) under {_show(plan.root)} are not read, their extension "
+                      f"is not an image's: {some(plan.not_images)} (clfkit reads "
+                      f"{' '.join(image_files.IMAGE_EXTENSIONS)}); convert them or move them out of the "
+                      f"dataset", NotImagesWarning, stacklevel=2)
+    if plan.in_no_class:
+        warnings.warn(f"{len(plan.in_no_class)} file(s) under {_show(plan.root)} lie beside the class folders, "
+                      f"in no class, and are not read: {some(plan.in_no_class)}; move images into "
+                      f"<split>/<class>/", NotImagesWarning, stacklevel=2)
 
 
 # --------------------------------------------------------------------------- reading and hashing
@@ -202,6 +232,7 @@ def _hash_files(paths: list[str], pool: ThreadPoolExecutor) -> list[str]:
 def folder_fingerprint(root: str | os.PathLike) -> str:
     """The fingerprint :func:`load_folder` would give, from reading (not decoding) every file."""
     plan = scan_folder(root)
+    warn_not_images(plan)
     with ThreadPoolExecutor(_workers()) as pool:
         digests = {name: _hash_files(paths, pool) for name, (paths, _) in plan.splits.items()}
     return plan_fingerprint(plan, digests)
@@ -324,6 +355,7 @@ def load_folder(root: str | os.PathLike, image_size: tuple[int, int], channels: 
     training image is grayscale, else 3. Under a disk :class:`storage.Target` (set by the data
     cache) each split is decoded straight into its .npy file, never held in memory whole."""
     plan = scan_folder(root)
+    warn_not_images(plan)
     skipped: list[tuple[str, str]] = list(plan.not_followed)
     target = storage.current_target()
     shape = (3 if channels is None else channels, *image_size)

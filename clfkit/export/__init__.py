@@ -29,7 +29,7 @@ import torch
 
 from clfkit import __version__
 from clfkit.run.checkpoint import model_from_checkpoint, run_checkpoint
-from clfkit.run.folder import BEST_PT
+from clfkit.run.folder import BEST_PT, RunFolder
 from clfkit.errors import ExportError
 from clfkit.atomic import write_bytes
 from clfkit.export.graph import DEFAULT_OPSET, parity, run_onnx, to_onnx_bytes, torch_reference
@@ -153,8 +153,22 @@ def export_run(run_dir: str | Path, out: Optional[str | Path] = None, *, atol: f
     doc = (f"clfkit export of {run_name} ({ckpt_path.name}): {len(state['class_names'])} classes"
            f"{', flip TTA' if tta == 'flip' else ''}{', int8' if int8 else ''}")
     write_bytes(out, _with_metadata(model_bytes, meta, state, doc))
-    note = ""
+    return ExportResult(out, max_diff, agreement, len(images), ckpt_path, _note(run_dir, ckpt_path, state),
+                        exporter, tta, int8_report)
+
+
+def _note(run_dir: Path, ckpt_path: Path, state: dict) -> str:
+    """What was exported when it is not a finished run's best.pt: a run stopped (or still
+    training) exports its best epoch so far, which a finished run may well beat."""
+    notes = []
+    if not RunFolder(run_dir).finished:
+        planned = state.get("recipe", {}).get("train", {}).get("epochs", "?")
+        notes.append(f"the run is not finished (no summary.json; {planned} epochs planned, later ones may "
+                     f"do better); `clfkit train --resume {run_dir}` continues a stopped run")
     if ckpt_path.name != BEST_PT:
-        unfinished = "" if (run_dir / BEST_PT).is_file() else "the run has no best.pt (unfinished?); "
-        note = f"{unfinished}exported {ckpt_path.name} (epoch {state.get('epoch', '?')})"
-    return ExportResult(out, max_diff, agreement, len(images), ckpt_path, note, exporter, tta, int8_report)
+        if not (run_dir / BEST_PT).is_file():
+            notes.append("the run has no best.pt")
+        notes.append(f"exported {ckpt_path.name} (epoch {state.get('epoch', '?')})")
+    elif notes:
+        notes.append(f"exported {BEST_PT} (epoch {state.get('epoch', '?')})")
+    return "; ".join(notes)

@@ -177,8 +177,9 @@ def _check_belongs(run_dir: Path, path: Path, state: dict[str, Any], command: st
     where = _first_difference(run_recipe, state.get("recipe"))
     if where is not None and _normalized(run_recipe) != _normalized(state.get("recipe")):
         raise RunFolderError(f"{path} was not trained by this run: its recipe differs from {recipe_file} at "
-                             f"{where or '<root>'}. It was copied from another run; run `clfkit {command}` on "
-                             f"the run folder it came from")
+                             f"{where or '<root>'}. Either {recipe_file.name} was edited (restore it: it must "
+                             f"say what the run trained) or the checkpoint was copied from another run (run "
+                             f"`clfkit {command}` on the run folder it came from)")
     summary = RunFolder(run_dir).summary
     try:
         names = json.loads(summary.read_text(encoding="utf-8")).get("class_names") if summary.is_file() else None
