@@ -18,6 +18,7 @@ def test_missing_mlflow_is_a_clear_error_before_the_run_folder(tmp_path, monkeyp
     from clfkit.tracking import TrackingError
     from clfkit.trainer import train
 
+    monkeypatch.chdir(tmp_path)  # were mlflow importable after all, its default store goes here
     # import mlflow (and any of its modules an earlier test imported) now raises ImportError
     for name in [m for m in sys.modules if m == "mlflow" or m.startswith("mlflow.")] + ["mlflow"]:
         monkeypatch.setitem(sys.modules, name, None)
