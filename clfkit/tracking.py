@@ -30,8 +30,9 @@ import contextlib
 import json
 import os
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Iterator, Optional, Protocol, Sequence
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 from urllib.parse import quote, unquote
 
 from clfkit.errors import ClfkitError
@@ -49,6 +50,10 @@ ARTIFACTS = ("summary.json", "recipe.yaml", "curves.png", "confusion.png", "per_
 
 class TrackingError(ClfkitError):
     """A tracker that was asked for cannot run (its package is missing)."""
+
+
+class TrackingWarning(UserWarning):
+    """A tracker's store failed during a run: the run goes on (its folder has everything)."""
 
 
 class Tracker(Protocol):
@@ -207,6 +212,9 @@ class MLflowTracker:
 
     def __init__(self, client: Any, run_id: str):
         self.client, self.run_id, self.finished = client, run_id, False
+        self.params: dict[str, str] = {}  # the recipe's, until logged
+        self.pending: list[tuple[dict[str, float], int]] = []  # epochs not logged yet (store failing)
+        self.failing = False
 
     @classmethod
     def open(cls, run: Path, recipe: dict[str, Any], resuming: bool) -> "MLflowTracker":
@@ -230,7 +238,8 @@ class MLflowTracker:
 
         write_json(saved, {"mlflow_run_id": mlrun.info.run_id, "tracking_uri": tracking_uri()})
         tracker = cls(client, mlrun.info.run_id)
-        tracker.log_params(flatten(recipe))
+        tracker.params = flatten(recipe)
+        tracker._guarded("the recipe's params", tracker._flush)
         return tracker
 
     def log_params(self, params: dict[str, str]) -> None:
@@ -246,21 +255,60 @@ class MLflowTracker:
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in numbers.items()])
 
+    # A store that fails during the run (a server restarting, a locked SQLite file, a full
+    # disk) must not end days of training: the run folder is the record, MLflow a copy. Each
+    # failure is one warning line; the epochs not logged are sent with the next epoch that
+    # gets through; requests give up in seconds, so an unreachable server costs each epoch
+    # seconds, not MLflow's minutes of retries.
     def epoch(self, row: dict[str, Any]) -> None:
-        self.log_numbers(_numbers(row), int(row["epoch"]))
+        self.pending.append((_numbers(row), int(row["epoch"])))
+        self._guarded(f"epoch {row['epoch']}", self._flush)
+
+    def _flush(self) -> None:
+        if self.params:
+            self.log_params(self.params)
+            self.params = {}
+        while self.pending:
+            self.log_numbers(*self.pending[0])
+            self.pending.pop(0)
+
+    def _guarded(self, what: str, action: Callable[[], None]) -> bool:
+        try:
+            with _quick_http():
+                action()
+        except Exception as e:  # noqa: BLE001 - MLflow raises many kinds for one cause: the store
+            if not self.failing:
+                warnings.warn(f"MLflow: logging {what} to {getattr(self.client, 'tracking_uri', 'the store')} failed ({_first_line(e)}); training "
+                              f"goes on and the run folder keeps everything; clfkit tries again after each epoch",
+                              TrackingWarning, stacklevel=2)
+            self.failing = True
+            return False
+        if self.failing:
+            warnings.warn(f"MLflow: logging works again at {what}; the epochs it missed were sent",
+                          TrackingWarning, stacklevel=2)
+        self.failing = False
+        return True
 
     def finish(self, run: Path, summary: dict[str, Any]) -> None:
-        numbers = {k: v for k, v in _numbers(summary).items() if k not in ("num_classes",)}
-        self.log_numbers(numbers, int(summary.get("epochs_run") or 0))
-        for name in ARTIFACTS:
-            if (run / name).is_file():
-                self.client.log_artifact(self.run_id, str(run / name))
-        self.client.set_terminated(self.run_id, "FINISHED")
-        self.finished = True
+        def send() -> None:
+            self._flush()
+            numbers = {k: v for k, v in _numbers(summary).items() if k not in ("num_classes",)}
+            self.log_numbers(numbers, int(summary.get("epochs_run") or 0))
+            for name in ARTIFACTS:
+                if (run / name).is_file():
+                    self.client.log_artifact(self.run_id, str(run / name))
+            self.client.set_terminated(self.run_id, "FINISHED")
+
+        self.failing = False  # the end of the run: say it again if it still fails
+        self.finished = self._guarded("the summary and report files", send)
+        if not self.finished:
+            warnings.warn(f"MLflow run {self.run_id} is incomplete (the run folder {run} is complete)",
+                          TrackingWarning, stacklevel=2)
 
     def close(self) -> None:
-        if not self.finished:  # an error, a stop signal or a pruned trial
-            self.client.set_terminated(self.run_id, "KILLED")
+        if not self.finished:  # an error, a stop signal, a pruned trial, or a store that failed
+            self.failing = False
+            self._guarded("the run's end", lambda: self.client.set_terminated(self.run_id, "KILLED"))
             self.finished = True
 
 

@@ -144,3 +144,44 @@ def test_tune_is_a_parent_run_with_a_child_run_per_trial(tmp_path, store):
         sorted(row["optim.lr"] for row in res.rows))
     for child in children:
         assert len(store.get_metric_history(child.info.run_id, "val_acc")) == 2
+
+
+def test_a_store_failing_during_the_run_does_not_end_it(tmp_path, store, monkeypatch):
+    """The store fails at epoch 1 (a server restarting, a locked SQLite file): one warning,
+    training goes on, and epoch 1 is sent with epoch 2 once the store answers again. A store
+    that fails for the rest of the run leaves an incomplete MLflow run, never a dead run."""
+    from mlflow.tracking import MlflowClient
+
+    from clfkit.tracking import TrackingWarning
+    from clfkit.trainer import train
+
+    exp = _experiment(store, tmp_path)
+    real = MlflowClient.log_batch
+    calls = {"n": 0}
+
+    def flaky(self, run_id, metrics=(), params=(), tags=()):
+        if metrics and any(m.step == 1 for m in metrics) and calls["n"] == 0:
+            calls["n"] += 1
+            raise ConnectionError("store restarting")
+        return real(self, run_id, metrics=metrics, params=params, tags=tags)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", flaky)
+    with pytest.warns(TrackingWarning) as caught:
+        res = train(_small(train__epochs=3), tmp_path / "runs", quiet=True)
+    messages = [str(w.message) for w in caught]
+    assert any("logging epoch 1" in m and "store restarting" in m and "training goes on" in m for m in messages)
+    assert any("works again at epoch 2" in m for m in messages)
+    (run,) = store.search_runs([exp])
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in store.get_metric_history(run.info.run_id, "val_acc")] == [1, 2, 3]
+    assert res.summary["epochs_run"] == 3
+
+    def down(self, *a, **kw):
+        raise ConnectionError("store gone")
+
+    monkeypatch.setattr(MlflowClient, "log_batch", down)
+    monkeypatch.setattr(MlflowClient, "log_artifact", down)
+    with pytest.warns(TrackingWarning) as caught:
+        res = train(_small(train__epochs=2), tmp_path / "runs2", quiet=True)
+    assert res.summary["epochs_run"] == 2 and (res.run_dir / "report.html").is_file()
+    assert any("is incomplete" in str(w.message) for w in caught)
