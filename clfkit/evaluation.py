@@ -24,7 +24,7 @@ from clfkit.atomic import write_json
 from clfkit.mistakes import write_mistakes
 from clfkit.recipe import validate_recipe
 from clfkit.report_html import write_run_report
-from clfkit.run.checkpoint import load_checkpoint, load_weights, model_from_checkpoint, run_checkpoint
+from clfkit.run.checkpoint import load_checkpoint, load_weights, model_from_checkpoint, run_checkpoint, unfinished_note
 from clfkit.run.data_record import eval_data_changed
 from clfkit.run.folder import RunFolder, holds_run_lock
 from clfkit.run.reports import per_class, per_class_rows, write_run_reports
@@ -102,6 +102,7 @@ class EvalResult:
     images: int
     per_class: list[dict[str, Any]]
     files: list[Path]
+    note: str = ""  # a stopped run: whose numbers these are
 
 
 @holds_run_lock("evaluate")  # it rewrites the run's reports: not while the run trains
@@ -148,10 +149,13 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
     write_json(out, {"split": split, "tta": tta, "checkpoint": checkpoint, "acc": ev["acc"], "loss": ev["loss"],
                      "images": len(subset), "class_names": splits.class_names, "per_class": rows,
                      "confusion": cm, "data_root": str(data_root) if data_root else None,
-                     "data_changed": data_changed})
+                     "data_changed": data_changed, "run_finished": RunFolder(run_dir).finished})
     # last: report.html inlines every file above, so it never shows the numbers of before
     files += [out, write_run_report(run_dir)]
-    return EvalResult(run_dir, split, ev["acc"], ev["loss"], len(subset), rows, files)
+    note = unfinished_note(run_dir, state)
+    if note:
+        note += f"; evaluated {checkpoint} (epoch {state.get('epoch', '?')})"
+    return EvalResult(run_dir, split, ev["acc"], ev["loss"], len(subset), rows, files, note)
 
 
 def _recipe_with_data_root(recorded: dict[str, Any], data_root: Optional[str | Path], source: str):

@@ -162,6 +162,21 @@ def test_export_of_a_stopped_run_says_the_run_is_not_finished(stopped_run, tmp_p
     assert (tmp_path / "m.onnx").is_file()
 
 
+def test_eval_of_a_stopped_run_says_whose_numbers_they_are(trained_run, tmp_path):
+    """export said the run was not finished; eval printed the stopped run's numbers as if final."""
+    import json
+    import shutil
+
+    run = Path(shutil.copytree(trained_run.run_dir, tmp_path / "run"))
+    (run / "summary.json").unlink()  # killed after its epochs, before the summary
+    res = _clfkit("eval", run, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "note: the run is not finished (no summary.json;" in res.stdout
+    assert f"clfkit train --resume {run}" in res.stdout and "evaluated best.pt (epoch" in res.stdout
+    (report,) = run.glob("eval_*.json")
+    assert json.loads(report.read_text())["run_finished"] is False
+
+
 # --------------------------------------------------------------------------- read_file (open + fstat + read)
 def test_read_file_keeps_reading_after_a_short_read(tmp_path, monkeypatch):
     """One read() was taken as the whole file unless it filled the buffer: on a filesystem that

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from clfkit import __version__
-from clfkit.run.checkpoint import model_from_checkpoint, run_checkpoint
-from clfkit.run.folder import BEST_PT, RunFolder
+from clfkit.run.checkpoint import model_from_checkpoint, run_checkpoint, unfinished_note
+from clfkit.run.folder import BEST_PT
 from clfkit.errors import ExportError
 from clfkit.atomic import write_bytes
 from clfkit.export.graph import DEFAULT_OPSET, parity, run_onnx, to_onnx_bytes, torch_reference
@@ -160,11 +160,7 @@ def export_run(run_dir: str | Path, out: Optional[str | Path] = None, *, atol: f
 def _note(run_dir: Path, ckpt_path: Path, state: dict) -> str:
     """What was exported when it is not a finished run's best.pt: a run stopped (or still
     training) exports its best epoch so far, which a finished run may well beat."""
-    notes = []
-    if not RunFolder(run_dir).finished:
-        planned = state.get("recipe", {}).get("train", {}).get("epochs", "?")
-        notes.append(f"the run is not finished (no summary.json; {planned} epochs planned, later ones may "
-                     f"do better); `clfkit train --resume {run_dir}` continues a stopped run")
+    notes = [n for n in [unfinished_note(run_dir, state)] if n]
     if ckpt_path.name != BEST_PT:
         if not (run_dir / BEST_PT).is_file():
             notes.append("the run has no best.pt")

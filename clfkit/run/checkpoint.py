@@ -134,6 +134,16 @@ def run_checkpoint(run_dir: str | Path, name: str | None, command: str) -> tuple
     return path, state
 
 
+def unfinished_note(run_dir: str | Path, state: dict[str, Any]) -> str:
+    """"" for a finished run; else what `export` and `eval` say of its checkpoint: a stopped
+    run's best epoch so far, which the epochs still planned may well beat."""
+    if RunFolder(run_dir).finished:
+        return ""
+    planned = state.get("recipe", {}).get("train", {}).get("epochs", "?")
+    return (f"the run is not finished (no summary.json; {planned} epochs planned, later ones may do better); "
+            f"`clfkit train --resume {run_dir}` continues a stopped run")
+
+
 def _checkpoint_name(run_dir: Path, name: str | None, command: str) -> str:
     """A checkpoint file name in ``run_dir``; a path leading elsewhere is refused, a typo lists
     the checkpoints there are."""
