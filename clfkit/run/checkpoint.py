@@ -184,8 +184,9 @@ def _check_belongs(run_dir: Path, path: Path, state: dict[str, Any], command: st
                              f"`clfkit train` has one)") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise RunFolderError(f"{recipe_file} cannot be read ({type(e).__name__}); the run folder is damaged") from None
-    where = _first_difference(run_recipe, state.get("recipe"))
-    if where is not None and _normalized(run_recipe) != _normalized(state.get("recipe")):
+    differences = recipe_differences(run_recipe, state.get("recipe"))
+    if differences and _normalized(run_recipe) != _normalized(state.get("recipe")):
+        where = differences[0][0]
         raise RunFolderError(f"{path} was not trained by this run: its recipe differs from {recipe_file} at "
                              f"{where or '<root>'}. Either {recipe_file.name} was edited (restore it: it must "
                              f"say what the run trained) or the checkpoint was copied from another run (run "
@@ -200,17 +201,13 @@ def _check_belongs(run_dir: Path, path: Path, state: dict[str, Any], command: st
                              f"from the run's {names} (summary.json)")
 
 
-def _first_difference(a: Any, b: Any, where: str = "") -> str | None:
-    """Dotted path of the first place two JSON-like values differ; None when equal."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in list(a) + [k for k in b if k not in a]:
-            if k not in a or k not in b:
-                return f"{where}.{k}".lstrip(".")
-            sub = _first_difference(a[k], b[k], f"{where}.{k}")
-            if sub is not None:
-                return sub
-        return None
-    return None if a == b else where.lstrip(".")
+def recipe_differences(old: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted path, old, new) of every value that differs between two recipe mappings, in
+    the order of their keys ("" for values that are not both mappings)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for key in dict.fromkeys([*old, *new])
+                for d in recipe_differences(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))]
+    return [] if old == new else [(path, old, new)]
 
 
 def _normalized(data: Any) -> Any:

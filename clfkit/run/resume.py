@@ -43,7 +43,7 @@ from clfkit.engine import distributed
 from clfkit.engine.snapshot import EpochProgress, rng_state
 from clfkit.errors import ClfkitError, TrainingError
 from clfkit.recipe import Recipe, read_yaml, validate_recipe
-from clfkit.run.checkpoint import load_checkpoint, load_weights, require_model_fields
+from clfkit.run.checkpoint import load_checkpoint, load_weights, recipe_differences, require_model_fields
 from clfkit.run.folder import RunFolder
 
 RESUME_FORMAT = 2  # 2: per-rank "ranks" list (1: one process, "rng" and in_epoch sums at the top)
@@ -269,21 +269,13 @@ def check_recipe_file(folder: RunFolder, recipe: Recipe) -> None:
         on_file = validate_recipe(read_yaml(folder.recipe), source=str(folder.recipe)).to_dict()
     except ClfkitError as e:
         raise ResumeError(f"cannot resume: {folder.recipe} no longer reads as the run's recipe ({e}); {how}") from None
-    changed = _differences(recipe.to_dict(), on_file)
+    changed = recipe_differences(recipe.to_dict(), on_file)
     if changed:
         shown = "; ".join(f"{path}: {old!r} -> {new!r}" for path, old, new in changed[:5])
         more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
         raise ResumeError(f"cannot resume: {folder.recipe} was edited since the run started ({shown}{more}); "
                           f"--resume continues the run exactly as last.pt records it, so the edit would be "
                           f"ignored; {how}")
-
-
-def _differences(old: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any]]:
-    """(dotted path, old, new) of every value that differs between two recipe mappings."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [d for key in dict.fromkeys([*old, *new])
-                for d in _differences(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))]
-    return [] if old == new else [(path, old, new)]
 
 
 def check_folder_resumable(run_dir: Path) -> None:
