@@ -18,5 +18,5 @@ timeout 450 python3 bench/gpu_bench.py --work /tmp/bench --out "$OUT/gpu_bench.j
   | tee "$OUT/gpu_bench.log" | grep -v '^\s*$' | tail -30
 # The first-decode ratio (issue 15 item 4) needs an idle many-core machine: this one's CPUs,
 # after the GPU cases; only when the 8 minutes leave room, and it never costs the figures above.
-[ "$SECONDS" -lt 400 ] && timeout 60 python3 bench/decode_bench.py --images 20000 --work /tmp/decode \
+[ "$SECONDS" -lt 400 ] && timeout 60 python3 bench/decode_bench.py --images 20000 --rounds 3 --work /tmp/decode \
   --out "$OUT/decode_gpu_host.json" > "$OUT/decode_gpu_host.log" 2>&1 || echo "decode bench: skipped (no time left), failed or timed out (see decode_gpu_host.log)"
