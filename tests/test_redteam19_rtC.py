@@ -1,0 +1,57 @@
+"""Red team of 2026-12-02 (rtC): the training front door through the CLI as a hurried student
+uses it: odd recipe files and values, ``--set``, ``init:``, plugins, eval/compare on odd runs."""
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+import pytest
+import yaml
+
+from conftest import invoke, refused, tiny_recipe
+
+
+@pytest.fixture(scope="module")
+def recipe_file(tmp_path_factory):
+    data = tiny_recipe(train__epochs=1, data__image_size=8).to_dict()
+    path = tmp_path_factory.mktemp("rt19c") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# --------------------------------------------------------------------------- YAML that contains itself
+def _check_in_a_child(args: list[str], queue) -> None:
+    queue.put(invoke(*args))
+
+
+def invoke_briefly(*args, seconds: float = 60) -> tuple[int, str]:
+    """``invoke`` in a child process that must answer within ``seconds`` (a hang is a failure,
+    not a stuck test run)."""
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_check_in_a_child, args=([str(a) for a in args], queue))
+    child.start()
+    try:
+        return queue.get(timeout=seconds)
+    finally:
+        child.kill()
+        child.join()
+
+
+@pytest.mark.parametrize("text", ["name: &a [*a]\n",
+                                  "name: tiny\ndata: &d\n  image_size: 8\n  x: [1, *d]\n",
+                                  "name: tiny\ntrain: &t {<<: *t, epochs: 1}\n"])
+def test_an_alias_inside_its_own_anchor_is_refused_at_once(tmp_path, text):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    t0 = time.perf_counter()
+    code, out = invoke_briefly("train", recipe, "--out", tmp_path / "runs")
+    assert code == 2 and out.startswith("error: "), out
+    assert "inside itself" in out and "line " in out, out
+    assert time.perf_counter() - t0 < 30
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_alias_inside_its_own_anchor_in_set_is_refused(recipe_file):
+    code, out = invoke_briefly("recipe", "check", recipe_file, "--set", "optim.lr=&a [1, *a]")
+    assert code == 2 and "optim.lr" in out and "inside itself" in out, out
