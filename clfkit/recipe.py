@@ -324,6 +324,7 @@ def validate_recipe(data: dict, source: str = "recipe") -> Recipe:
         check = getattr(registry.get(kind, registry.split_spec(spec)[0]).obj, "check_recipe", None)
         if check is not None:
             problems += check(final, path)
+    problems += _bools_read_as_numbers(data, final.to_dict())
     if final.data.normalize == "init" and not final.init:
         problems.append(("data.normalize", "`init` takes the mean/std of the init: run, but this recipe has no "
                                            "init:; name a run folder in init:, or use auto, imagenet, none or "
@@ -333,13 +334,39 @@ def validate_recipe(data: dict, source: str = "recipe") -> Recipe:
     return final
 
 
-def _ints_in(node: Any, path: str = "") -> list[tuple[str, int]]:
+def _leaves(node: Any, path: tuple = ()) -> list[tuple[tuple, Any]]:
+    """(keys, value) of every value in a recipe mapping that is neither a mapping nor a list."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else None
+    if items is None:
+        return [(path, node)]
+    return [leaf for key, child in items for leaf in _leaves(child, (*path, key))]
+
+
+def _ints_in(node: Any) -> list[tuple[str, int]]:
     """(dotted path, value) of every integer in a raw recipe mapping."""
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-    found = [(path, node)] if isinstance(node, int) and not isinstance(node, bool) else []
-    for key, child in items:
-        found += _ints_in(child, f"{path}.{key}" if path else str(key))
-    return found
+    return [(".".join(map(str, keys)), value) for keys, value in _leaves(node)
+            if isinstance(value, int) and not isinstance(value, bool)]
+
+
+def _bools_read_as_numbers(data: dict, resolved: dict) -> list[tuple[str, str]]:
+    """pydantic reads true/false as 1/0 where a number is expected (``batch_size: true`` would
+    train with batch 1, ``lr: true`` at 1.0): a yes/no written where the resolved recipe holds a
+    number is a mistake, reported at its path. Fields that take true as a shorthand (``ema:
+    true``) resolve to a mapping, so they pass."""
+    problems = []
+    for keys, value in _leaves(data):
+        if not isinstance(value, bool):
+            continue
+        got: Any = resolved
+        for key in keys:
+            ok = isinstance(got, dict) and key in got or isinstance(got, list) and isinstance(key, int) \
+                and key < len(got)
+            got = got[key] if ok else None
+        if isinstance(got, (int, float)) and not isinstance(got, bool):
+            problems.append((".".join(map(str, keys)), f"{str(value).lower()} is a yes/no value, but this "
+                                                       f"field takes a number (it would be read as {got!r}); "
+                                                       f"write the number"))
+    return problems
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

@@ -55,3 +55,25 @@ def test_an_alias_inside_its_own_anchor_is_refused_at_once(tmp_path, text):
 def test_an_alias_inside_its_own_anchor_in_set_is_refused(recipe_file):
     code, out = invoke_briefly("recipe", "check", recipe_file, "--set", "optim.lr=&a [1, *a]")
     assert code == 2 and "optim.lr" in out and "inside itself" in out, out
+
+
+# --------------------------------------------------------------------------- true/false where a number goes
+@pytest.mark.parametrize("override, path, read_as", [
+    ("train.batch_size=true", "train.batch_size", "1"),
+    ("optim.lr=true", "optim.lr", "1.0"),
+    ("seed=false", "seed", "0"),
+    ("model.blocks=[{channels: true}]", "model.blocks.0.channels", "1"),
+    ("data.source.val_size=true", "data.source.val_size", "1"),
+])
+def test_true_or_false_where_a_number_goes_is_refused(recipe_file, tmp_path, override, path, read_as):
+    out = refused([path, "yes/no value", "takes a number", f"read as {read_as}"],
+                  "train", recipe_file, "--set", override, "--out", tmp_path / "runs")
+    assert "1 problem" in out
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("override", ["train.ema=true", "train.early_stopping=true",
+                                      "train.deterministic=true", "train.channels_last=false"])
+def test_true_or_false_where_a_yes_no_or_shorthand_goes_still_works(override):
+    key, value = override.split("=")
+    tiny_recipe(**{key.replace(".", "__"): value == "true"})
