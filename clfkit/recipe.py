@@ -216,10 +216,8 @@ def read_yaml(path: str | Path) -> dict:
     """Read a recipe or sweep file with clfkit's YAML reader (clfkit/yamltext.py: no code
     runs, YAML 1.2 numbers, duplicate keys and alias bombs refused); errors name the line."""
     path = Path(path)
-    if not path.is_file():
-        raise RecipeError([("", f"file {path} does not exist")], source=str(path))
     try:
-        data = yamltext.load(path.read_text(encoding="utf-8"))
+        data = yamltext.load(_recipe_text(path))
     except yamltext.YAMLProblem as e:
         raise RecipeError([(e.path, str(e))], source=str(path)) from None
     except yaml.YAMLError as e:
@@ -230,9 +228,32 @@ def read_yaml(path: str | Path) -> dict:
     except UnicodeDecodeError as e:
         raise RecipeError([("", f"not a UTF-8 text file ({e})")], source=str(path)) from None
     if not isinstance(data, dict):
-        raise RecipeError([("", f"a recipe is a YAML mapping of fields, got {type(data).__name__}")],
-                          source=str(path))
+        got = "nothing (the file is empty, or holds only comments or null)" if data is None \
+            else type(data).__name__
+        raise RecipeError([("", f"a recipe is a YAML mapping of fields (name:, data:, model:, ...), "
+                                f"got {got}")], source=str(path))
     return data
+
+
+MAX_RECIPE_BYTES = 10_000_000  # recipes are a few KB; this bounds a read of /dev/zero or a huge file
+
+
+def _recipe_text(path: Path) -> str:
+    """The text of a recipe file, read once: a plain file, or a pipe such as bash's
+    ``<(sed ... r.yaml)``; a folder, or more than MAX_RECIPE_BYTES, is refused."""
+    if path.is_dir():
+        raise RecipeError([("", f"{path} is a folder, not a recipe file")], source=str(path))
+    if not path.exists():
+        raise RecipeError([("", f"file {path} does not exist")], source=str(path))
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_RECIPE_BYTES + 1)
+    except OSError as e:
+        raise RecipeError([("", f"cannot read {path} ({e.strerror or e})")], source=str(path)) from None
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise RecipeError([("", f"{path} is larger than {MAX_RECIPE_BYTES:,} bytes: not a recipe "
+                                f"(a recipe is a small YAML text file)")], source=str(path))
+    return raw.decode("utf-8")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -77,3 +77,46 @@ def test_true_or_false_where_a_number_goes_is_refused(recipe_file, tmp_path, ove
 def test_true_or_false_where_a_yes_no_or_shorthand_goes_still_works(override):
     key, value = override.split("=")
     tiny_recipe(**{key.replace(".", "__"): value == "true"})
+
+
+# --------------------------------------------------------------------------- odd recipe files, odd init:
+def test_a_recipe_from_a_pipe_trains(recipe_file, tmp_path):
+    """bash's ``clfkit train <(sed ... r.yaml)`` passes /dev/fd/N, a pipe (was 'does not exist')."""
+    import os
+    import threading
+
+    fifo = tmp_path / "recipe.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_text, args=(recipe_file.read_text(),))
+    writer.start()
+    code, out = invoke("recipe", "check", fifo)
+    writer.join()
+    assert code == 0 and "recipe OK" in out, out
+
+
+@pytest.mark.parametrize("content, words", [
+    ("", ["got nothing", "empty"]),
+    ("# only a comment\n", ["got nothing", "comments"]),
+    ("- name: tiny\n", ["got list"]),
+])
+def test_a_recipe_that_is_no_mapping_says_what_it_got(tmp_path, content, words):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(content)
+    refused(["r.yaml", "a recipe is a YAML mapping of fields", *words], "train", recipe,
+            "--out", tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_endless_recipe_file_is_refused_by_size(tmp_path):
+    refused(["/dev/zero", "larger than", "not a recipe"], "recipe", "check", "/dev/zero")
+
+
+@pytest.mark.parametrize("target", ["/dev/null", "fifo"])
+def test_init_naming_a_device_or_a_pipe_says_so(recipe_file, tmp_path, target):
+    import os
+
+    if target == "fifo":
+        target = tmp_path / "weights.pt"
+        os.mkfifo(target)
+    refused(["init:", str(target), "not a regular file"], "train", recipe_file, "--set", f"init={target}",
+            "--out", tmp_path / "runs")
