@@ -6,7 +6,7 @@ import importlib
 import threading
 from typing import Any, Callable, Iterator
 
-from clfkit.errors import PluginError, RegistryError
+from clfkit.errors import ClfkitError, PluginError, RegistryError
 from clfkit.registry.entries import Entry, check_contract, check_result
 from clfkit.registry.kinds import BUILTIN, KINDS, check_kind
 from clfkit.registry.plugins import infer_provider, load_plugins
@@ -114,10 +114,13 @@ class Registry:
         context = {a: v for a, v in context.items() if entry.accepts(a)}
         try:
             obj = entry.obj(**context, **user)
-        except (TypeError, ValueError) as e:
+        except ClfkitError:
+            raise
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - a plugin's own code: named, with its error
             shown = {k: getattr(v, "spec", v) for k, v in user.items()}
+            why = str(e) if isinstance(e, (TypeError, ValueError)) else f"{type(e).__name__}: {e}"
             raise RegistryError(f"{kind} {name!r} (from {entry.provider}) failed to build "
-                                f"with {shown}: {e}") from e
+                                f"with {shown}: {why}") from e
         check_result(entry, obj)
         return obj
 
