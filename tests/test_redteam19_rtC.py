@@ -136,3 +136,20 @@ def test_plugins_new_takes_a_name_at_the_length_limit(tmp_path):
     code, out = invoke("plugins", "new", "--dir", tmp_path, "a" * 64)
     assert code == 0, out
     assert (tmp_path / f"clfkit-{'a' * 64}" / f"clfkit_{'a' * 64}").is_dir()
+
+
+# --------------------------------------------------------------------------- eval / export on odd run folders
+def test_a_finished_run_without_best_pt_is_not_silently_evaluated_on_last_pt(trained_run, tmp_path):
+    """eval rewrote per_class.csv, confusion.png and report.html from last.pt, and export made
+    last.pt the run's model, without a word."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run.run_dir, run)
+    (run / "best.pt").unlink()
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    for command in ("eval", "export"):
+        refused([str(run), "finished run without its best.pt", "--checkpoint last.pt"], command, run)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    code, out = invoke("eval", run, "--checkpoint", "last.pt")
+    assert code == 0, out
