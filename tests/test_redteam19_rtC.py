@@ -153,3 +153,20 @@ def test_a_finished_run_without_best_pt_is_not_silently_evaluated_on_last_pt(tra
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     code, out = invoke("eval", run, "--checkpoint", "last.pt")
     assert code == 0, out
+
+
+# --------------------------------------------------------------------------- --resume combinations
+@pytest.mark.parametrize("extra", [["--out", "elsewhere"], ["--track", "tensorboard"]])
+def test_resume_refuses_out_and_track_it_would_ignore(trained_run, tmp_path, extra):
+    """--out was ignored (the run went on in its own folder) and --track too, silently."""
+    refused(["--resume", "--out", "--track", "give no RECIPE"], "train", "--resume", trained_run.run_dir, *extra)
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_resume_of_the_folder_holding_runs_names_them(trained_run, tmp_path):
+    """'--resume runs' said 'the run stopped before its first checkpoint'."""
+    import shutil
+
+    shutil.copytree(trained_run.run_dir, tmp_path / "runs" / "tiny")
+    refused(["is not a run folder, it holds run folders", str(tmp_path / "runs" / "tiny")],
+            "train", "--resume", tmp_path / "runs")
