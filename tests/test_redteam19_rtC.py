@@ -170,3 +170,22 @@ def test_resume_of_the_folder_holding_runs_names_them(trained_run, tmp_path):
     shutil.copytree(trained_run.run_dir, tmp_path / "runs" / "tiny")
     refused(["is not a run folder, it holds run folders", str(tmp_path / "runs" / "tiny")],
             "train", "--resume", tmp_path / "runs")
+
+
+# --------------------------------------------------------------------------- compare -o
+def test_compare_never_writes_over_a_run_file_or_a_file_that_is_no_picture(trained_run, tmp_path):
+    """`compare A B -o A/best.pt` replaced best.pt with a PNG, as did -o notes.txt."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run.run_dir, run)
+    (tmp_path / "notes.txt").write_text("mine")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for out in (run / "best.pt", run / "curves.png", run / "summary.json"):
+        refused(["-o", "is a file of the run folder", "compare.png"], "compare", run, "-o", out)
+    refused(["-o", "exists and is not a .png file"], "compare", run, "-o", tmp_path / "notes.txt")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    code, out = invoke("compare", run, "-o", tmp_path / "c.png")
+    assert code == 0 and (tmp_path / "c.png").is_file(), out
+    code, out = invoke("compare", run, "-o", tmp_path / "c.png")  # an earlier picture is replaced
+    assert code == 0, out
