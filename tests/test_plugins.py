@@ -463,3 +463,32 @@ def test_defaults_a_recipe_cannot_hold_stay_out_of_recipe_yaml(site, monkeypatch
     assert yaml.safe_load(saved.read_text())["model"] == {"name": "acme_odd_defaults", "scale": [1, 2]}
     code, out = invoke("train", saved, "--out", tmp_path / "runs")
     assert code == 0, out
+
+
+@pytest.mark.parametrize("name, words", [
+    ("true", "would read it as True (bool)"), ("null", "would read it as None"), ("1e3", "as 1000.0 (float)"),
+    ("[x]", "(list)"), ("a\nb", "control character"), ("net ", "ends with a space"), (7, "is a int, not text"),
+])
+def test_a_name_no_recipe_could_write_is_refused_at_registration(site, name, words):
+    """'model: true' reads as a yes/no and 'model: 1e3' as a number: such a component was
+    registered and listed, but no recipe could name it."""
+    site("acme-names", f"""
+        import torch.nn as nn
+        from clfkit.registry import register
+        register("norm", {name!r})(lambda num_features, dim=2: nn.Identity())
+    """)
+    reg = fresh()
+    (error,) = errors_of(reg, "acme-names")
+    assert "acme-names" in error and words in error, error
+
+
+def test_names_a_recipe_can_write_are_taken(site):
+    site("acme-names-ok", """
+        import torch.nn as nn
+        from clfkit.registry import register
+        for name in ("MyNorm", "my norm", "x.y", "üñí", "v2-1"):
+            register("norm", name)(lambda num_features, dim=2: nn.Identity())
+    """)
+    reg = fresh()
+    assert errors_of(reg, "acme-names-ok") == []
+    assert {"MyNorm", "my norm", "x.y", "üñí", "v2-1"} <= set(reg.names("norm"))

@@ -6,6 +6,7 @@ import importlib
 import threading
 from typing import Any, Callable, Iterator
 
+from clfkit import yamltext
 from clfkit.errors import ClfkitError, PluginError, RegistryError
 from clfkit.registry.entries import Entry, check_contract, check_result
 from clfkit.registry.kinds import BUILTIN, KINDS, check_kind
@@ -48,6 +49,10 @@ class Registry:
             raise RegistryError(f"{kind} {name!r} from {provider} is a {type(obj).__name__}, "
                                 f"not a function or class: a {kind} must be a factory "
                                 f"({KINDS[kind].doc})")
+        problem = _name_problem(name)
+        if problem:
+            raise RegistryError(f"{kind} {name!r} from {provider}: {problem}; a component name is text a "
+                                f"recipe can write as it is, e.g. 'my_net' or 'MyNet'")
         entry = Entry(kind, name, obj, provider, version, validator)
         check_contract(entry)
         with self._lock:
@@ -181,3 +186,19 @@ class Registry:
         if self.plugin_errors:
             msg += " Note: " + "; ".join(str(e) for e in self.plugin_errors)
         return msg
+
+
+def _name_problem(name: Any) -> str:
+    """Why a recipe could not name a component ``name`` (empty when it can): a recipe reads
+    ``model: true`` as a yes/no and ``model: 1e3`` as a number, never as those names."""
+    if not isinstance(name, str):
+        return f"the name is a {type(name).__name__}, not text"
+    if not name or name != name.strip() or any(not c.isprintable() for c in name):
+        return "the name is empty, starts or ends with a space, or holds a control character"
+    try:
+        read = yamltext.parse_value(name)
+    except yamltext.YAMLProblem:
+        read = None
+    if read != name:
+        return f"a recipe would read it as {read!r} ({type(read).__name__}), not as the name"
+    return ""
