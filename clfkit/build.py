@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from clfkit import param_groups, registry, yamltext
 from clfkit.data import ImageSet, Splits, stratified_split
-from clfkit.errors import ClfkitError, DataError, RecipeError
+from clfkit.errors import ClfkitError, DataError, RecipeError, RegistryError
 from clfkit.recipe import IMAGENET, Recipe
 
 
@@ -88,7 +88,31 @@ def build_model(recipe: Recipe, num_classes: int, in_chans: int, image_size: tup
     context = dict(num_classes=num_classes, in_chans=in_chans, image_size=tuple(image_size))
     _check_model_size(name, args, context)
     net = registry.create("model", name, **context, **args)
+    _check_output(net, name, num_classes, in_chans, tuple(image_size))
     return ImageClassifier(net, mean, std)
+
+
+def _check_output(net: nn.Module, name: str, num_classes: int, in_chans: int, size: tuple[int, int]) -> None:
+    """The model contract checked on one blank image before any training: (N, num_classes)
+    float logits, and a forward that runs (a lazy module's parameters get their shapes here)."""
+    who = f"model {name!r} from {registry.get('model', name).provider}"
+    x = torch.zeros(1, in_chans, *size)
+    was_training = net.training
+    try:
+        with torch.no_grad():
+            out = net.eval()(x)
+    except ClfkitError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the plugin's own code: named, with its error
+        raise RegistryError(f"{who} failed on a batch of shape {tuple(x.shape)}: {type(e).__name__}: "
+                            f"{e}") from e
+    finally:
+        net.train(was_training)
+    if not (isinstance(out, torch.Tensor) and out.is_floating_point() and tuple(out.shape) == (1, num_classes)):
+        got = (f"a {out.dtype} tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor)
+               else f"a {type(out).__name__}")
+        raise RegistryError(f"{who} returned {got} for a batch of shape {tuple(x.shape)}; the model "
+                            f"contract expects float logits of shape (N, num_classes) = (1, {num_classes})")
 
 
 def check_model_size(recipe: Recipe, source: str = "recipe") -> None:

@@ -75,9 +75,10 @@ def train(recipe: Path | None, resume_dir: Path | None, overrides: tuple[str, ..
     if resume_dir is not None:
         from clfkit.trainer import resume_run
 
-        if recipe is not None or overrides:
-            _fail(ClfkitError("--resume continues a run exactly as it was recorded in last.pt; give "
-                              "no RECIPE and no --set with it"))
+        given_out = click.get_current_context().get_parameter_source("out") != click.core.ParameterSource.DEFAULT
+        if recipe is not None or overrides or given_out or track:
+            _fail(ClfkitError("--resume continues a run exactly as it was recorded in last.pt, in its own "
+                              "folder; give no RECIPE, --set, --out or --track with it"))
         run_guarded(resume_run, resume_dir, quiet=quiet, allow_data_change=allow_data_change)
         return
     if recipe is None:

@@ -216,10 +216,8 @@ def read_yaml(path: str | Path) -> dict:
     """Read a recipe or sweep file with clfkit's YAML reader (clfkit/yamltext.py: no code
     runs, YAML 1.2 numbers, duplicate keys and alias bombs refused); errors name the line."""
     path = Path(path)
-    if not path.is_file():
-        raise RecipeError([("", f"file {path} does not exist")], source=str(path))
     try:
-        data = yamltext.load(path.read_text(encoding="utf-8"))
+        data = yamltext.load(_recipe_text(path))
     except yamltext.YAMLProblem as e:
         raise RecipeError([(e.path, str(e))], source=str(path)) from None
     except yaml.YAMLError as e:
@@ -230,9 +228,32 @@ def read_yaml(path: str | Path) -> dict:
     except UnicodeDecodeError as e:
         raise RecipeError([("", f"not a UTF-8 text file ({e})")], source=str(path)) from None
     if not isinstance(data, dict):
-        raise RecipeError([("", f"a recipe is a YAML mapping of fields, got {type(data).__name__}")],
-                          source=str(path))
+        got = "nothing (the file is empty, or holds only comments or null)" if data is None \
+            else type(data).__name__
+        raise RecipeError([("", f"a recipe is a YAML mapping of fields (name:, data:, model:, ...), "
+                                f"got {got}")], source=str(path))
     return data
+
+
+MAX_RECIPE_BYTES = 10_000_000  # recipes are a few KB; this bounds a read of /dev/zero or a huge file
+
+
+def _recipe_text(path: Path) -> str:
+    """The text of a recipe file, read once: a plain file, or a pipe such as bash's
+    ``<(sed ... r.yaml)``; a folder, or more than MAX_RECIPE_BYTES, is refused."""
+    if path.is_dir():
+        raise RecipeError([("", f"{path} is a folder, not a recipe file")], source=str(path))
+    if not path.exists():
+        raise RecipeError([("", f"file {path} does not exist")], source=str(path))
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_RECIPE_BYTES + 1)
+    except OSError as e:
+        raise RecipeError([("", f"cannot read {path} ({e.strerror or e})")], source=str(path)) from None
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise RecipeError([("", f"{path} is larger than {MAX_RECIPE_BYTES:,} bytes: not a recipe "
+                                f"(a recipe is a small YAML text file)")], source=str(path))
+    return raw.decode("utf-8")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -324,6 +345,7 @@ def validate_recipe(data: dict, source: str = "recipe") -> Recipe:
         check = getattr(registry.get(kind, registry.split_spec(spec)[0]).obj, "check_recipe", None)
         if check is not None:
             problems += check(final, path)
+    problems += _bools_read_as_numbers(data, final.to_dict())
     if final.data.normalize == "init" and not final.init:
         problems.append(("data.normalize", "`init` takes the mean/std of the init: run, but this recipe has no "
                                            "init:; name a run folder in init:, or use auto, imagenet, none or "
@@ -333,13 +355,39 @@ def validate_recipe(data: dict, source: str = "recipe") -> Recipe:
     return final
 
 
-def _ints_in(node: Any, path: str = "") -> list[tuple[str, int]]:
+def _leaves(node: Any, path: tuple = ()) -> list[tuple[tuple, Any]]:
+    """(keys, value) of every value in a recipe mapping that is neither a mapping nor a list."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else None
+    if items is None:
+        return [(path, node)]
+    return [leaf for key, child in items for leaf in _leaves(child, (*path, key))]
+
+
+def _ints_in(node: Any) -> list[tuple[str, int]]:
     """(dotted path, value) of every integer in a raw recipe mapping."""
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-    found = [(path, node)] if isinstance(node, int) and not isinstance(node, bool) else []
-    for key, child in items:
-        found += _ints_in(child, f"{path}.{key}" if path else str(key))
-    return found
+    return [(".".join(map(str, keys)), value) for keys, value in _leaves(node)
+            if isinstance(value, int) and not isinstance(value, bool)]
+
+
+def _bools_read_as_numbers(data: dict, resolved: dict) -> list[tuple[str, str]]:
+    """pydantic reads true/false as 1/0 where a number is expected (``batch_size: true`` would
+    train with batch 1, ``lr: true`` at 1.0): a yes/no written where the resolved recipe holds a
+    number is a mistake, reported at its path. Fields that take true as a shorthand (``ema:
+    true``) resolve to a mapping, so they pass."""
+    problems = []
+    for keys, value in _leaves(data):
+        if not isinstance(value, bool):
+            continue
+        got: Any = resolved
+        for key in keys:
+            ok = isinstance(got, dict) and key in got or isinstance(got, list) and isinstance(key, int) \
+                and key < len(got)
+            got = got[key] if ok else None
+        if isinstance(got, (int, float)) and not isinstance(got, bool):
+            problems.append((".".join(map(str, keys)), f"{str(value).lower()} is a yes/no value, but this "
+                                                       f"field takes a number (it would be read as {got!r}); "
+                                                       f"write the number"))
+    return problems
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 TEMPLATE = "templates/plugin"
 SUFFIX = ".tmpl"
+MAX_NAME = 64  # the folder, module and component names grow from it; file names stop at 255 bytes
 
 
 def plugin_names(name: str) -> dict[str, str]:
@@ -32,9 +33,12 @@ def plugin_names(name: str) -> dict[str, str]:
     base = name.strip().lower().replace("-", "_")
     if base.startswith("clfkit_"):
         base = base[len("clfkit_"):]
-    if not re.fullmatch(r"[a-z][a-z0-9_]*", base) or keyword.iskeyword(base):
+    # a distribution name ends with a letter or digit (PEP 508: pip refuses 'clfkit-x-')
+    if not re.fullmatch(r"[a-z](?:[a-z0-9_]*[a-z0-9])?", base) or keyword.iskeyword(base) \
+            or len(base) > MAX_NAME:
         raise ClfkitError(f"plugin name {name!r}: use lowercase letters, digits, '-' or '_', "
-                          f"starting with a letter (e.g. 'mynets')")
+                          f"starting with a letter and ending with a letter or digit, at most "
+                          f"{MAX_NAME} characters (e.g. 'mynets')")
     release = __version__.split("+")[0]
     return {"name": base, "dist": "clfkit-" + base.replace("_", "-"), "module": "clfkit_" + base,
             "clfkit_version": release}

@@ -11,7 +11,8 @@ It is ``yaml.SafeLoader`` (no code runs) with three changes:
 * A key given twice in one mapping, at any depth, is an error naming the key's dotted path
   (``optim.lr``, ``data.augment.0.p``) and both lines (YAML would silently keep the last).
 * Anchors and aliases are allowed, but the document they expand to is limited to
-  ``MAX_NODES`` nodes, so an alias bomb ("billion laughs") fails at once with a short message.
+  ``MAX_NODES`` nodes, so an alias bomb ("billion laughs") fails at once with a short message,
+  and an alias inside its own anchor (a value that would contain itself) is refused.
 """
 from __future__ import annotations
 
@@ -124,8 +125,10 @@ def _check_mapping(loader: Loader, node: yaml.MappingNode, path: str) -> list[tu
 
 def _check_expanded_size(root: yaml.Node) -> None:
     """Count the nodes the document expands to (each alias counted in full, shared subtrees
-    measured once), stopping as soon as it passes MAX_NODES."""
+    measured once), stopping as soon as it passes MAX_NODES; an alias inside its own anchor
+    (``a: &x [*x]``), which would expand forever, is refused."""
     sizes: dict[int, int] = {}
+    open_: set[int] = set()  # the nodes being measured: the ancestors of the one at hand
     stack = [(root, False)]
     while stack:
         node, children_done = stack.pop()
@@ -134,9 +137,17 @@ def _check_expanded_size(root: yaml.Node) -> None:
         kids = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) \
             else node.value if isinstance(node, yaml.SequenceNode) else []
         if not children_done:
+            if any(id(k) in open_ or k is node for k in kids):
+                line = node.start_mark.line + 1
+                raise YAMLProblem(f"the anchor (&) on line {line} is used by an alias (*) inside "
+                                  f"itself, so its value would contain itself without end; "
+                                  f"write the value out, or move the alias outside the anchored block",
+                                  line)
+            open_.add(id(node))
             stack.append((node, True))
             stack.extend((k, False) for k in kids if id(k) not in sizes)
             continue
+        open_.discard(id(node))
         sizes[id(node)] = 1 + sum(sizes.get(id(k), 1) for k in kids)
         if sizes[id(node)] > MAX_NODES:
             raise YAMLProblem(f"the YAML expands to more than {MAX_NODES:,} values through its "

@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 from click.testing import CliRunner
 
@@ -367,3 +368,127 @@ def test_shipped_plugin_recipe_trains_a_few_steps_on_cpu(tmp_path, monkeypatch, 
     if dist == "clfkit-example":
         assert (res.run_dir / "recipe.yaml").read_text().count("example_") >= 4
 
+
+
+# --------------------------------------------------------------------------- a model that breaks when built or run
+ODD_MODELS = """
+    import math, pathlib
+    import torch.nn as nn
+    from clfkit.registry import register
+
+    def head(in_chans, n):
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_chans, n))
+
+    @register("model", "acme_keyerror")
+    def acme_keyerror(num_classes: int, in_chans: int):
+        raise KeyError("depth")
+
+    @register("model", "acme_exits")
+    def acme_exits(num_classes: int, in_chans: int):
+        raise SystemExit(3)
+
+    @register("model", "acme_extra_class")
+    def acme_extra_class(num_classes: int, in_chans: int):
+        return head(in_chans, num_classes + 1)
+
+    @register("model", "acme_squeezed")
+    def acme_squeezed(num_classes: int, in_chans: int):
+        return nn.Sequential(head(in_chans, 1), nn.Flatten(0))
+
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    @register("model", "acme_broken_forward")
+    def acme_broken_forward(num_classes: int, in_chans: int):
+        return Broken()
+
+    @register("model", "acme_lazy")
+    def acme_lazy(num_classes: int, in_chans: int):
+        '''A LazyLinear head: its parameters take their shape on the first forward.'''
+        return nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.LazyLinear(num_classes))
+
+    @register("model", "acme_odd_defaults")
+    def acme_odd_defaults(num_classes: int, in_chans: int, root=pathlib.Path("/tmp"), fn=math.sqrt,
+                          big=10**30, missing=float("nan"), scale=(1, 2)):
+        '''Defaults a recipe cannot hold.'''
+        return head(in_chans, num_classes)
+"""
+
+
+def _train_with_model(site, monkeypatch, tmp_path, model: str):
+    from conftest import invoke, tiny_recipe
+
+    site("acme-odd", ODD_MODELS)
+    monkeypatch.setattr(registry, "REGISTRY", Registry())
+    recipe = tmp_path / "r.yaml"
+    data = tiny_recipe(train__epochs=1, data__image_size=8).to_dict()
+    recipe.write_text(yaml.safe_dump({**data, "model": model}))
+    return invoke("train", recipe, "--out", tmp_path / "runs")
+
+
+@pytest.mark.parametrize("model, words", [
+    ("acme_keyerror", ["failed to build", "KeyError: 'depth'"]),
+    ("acme_exits", ["failed to build", "SystemExit: 3"]),
+    ("acme_extra_class", ["returned a torch.float32 tensor of shape (1, 5)", "(N, num_classes) = (1, 4)"]),
+    ("acme_squeezed", ["returned a torch.float32 tensor of shape (1,)", "(N, num_classes)"]),
+    ("acme_broken_forward", ["failed on a batch of shape (1, 3, 8, 8)", "RuntimeError: mat1 and mat2"]),
+])
+def test_a_model_that_breaks_when_built_or_run_is_named_before_the_run_folder(site, monkeypatch, tmp_path,
+                                                                             model, words):
+    """Was a traceback (any error but TypeError/ValueError; a wrong output shape from the loss,
+    after the run folder was made), or exit 3 and no message from a plugin's sys.exit."""
+    code, out = _train_with_model(site, monkeypatch, tmp_path, model)
+    assert code == 2 and out.startswith("error: "), out
+    assert f"model {model!r}" in out and "acme-odd" in out, out
+    for w in words:
+        assert w in out, out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_model_with_lazy_layers_trains(site, monkeypatch, tmp_path):
+    code, out = _train_with_model(site, monkeypatch, tmp_path, "acme_lazy")
+    assert code == 0, out
+    assert (tmp_path / "runs" / "tiny" / "best.pt").is_file()
+
+
+def test_defaults_a_recipe_cannot_hold_stay_out_of_recipe_yaml(site, monkeypatch, tmp_path):
+    """A function default made recipe.yaml unwritable (a traceback); 2**100 and nan were written,
+    so recipe.yaml did not load again (too big) or ran with null instead of nan."""
+    from conftest import invoke
+
+    code, out = _train_with_model(site, monkeypatch, tmp_path, "acme_odd_defaults")
+    assert code == 0, out
+    saved = tmp_path / "runs" / "tiny" / "recipe.yaml"
+    assert yaml.safe_load(saved.read_text())["model"] == {"name": "acme_odd_defaults", "scale": [1, 2]}
+    code, out = invoke("train", saved, "--out", tmp_path / "runs")
+    assert code == 0, out
+
+
+@pytest.mark.parametrize("name, words", [
+    ("true", "would read it as True (bool)"), ("null", "would read it as None"), ("1e3", "as 1000.0 (float)"),
+    ("[x]", "(list)"), ("a\nb", "control character"), ("net ", "ends with a space"), (7, "is a int, not text"),
+])
+def test_a_name_no_recipe_could_write_is_refused_at_registration(site, name, words):
+    """'model: true' reads as a yes/no and 'model: 1e3' as a number: such a component was
+    registered and listed, but no recipe could name it."""
+    site("acme-names", f"""
+        import torch.nn as nn
+        from clfkit.registry import register
+        register("norm", {name!r})(lambda num_features, dim=2: nn.Identity())
+    """)
+    reg = fresh()
+    (error,) = errors_of(reg, "acme-names")
+    assert "acme-names" in error and words in error, error
+
+
+def test_names_a_recipe_can_write_are_taken(site):
+    site("acme-names-ok", """
+        import torch.nn as nn
+        from clfkit.registry import register
+        for name in ("MyNorm", "my norm", "x.y", "üñí", "v2-1"):
+            register("norm", name)(lambda num_features, dim=2: nn.Identity())
+    """)
+    reg = fresh()
+    assert errors_of(reg, "acme-names-ok") == []
+    assert {"MyNorm", "my norm", "x.y", "üñí", "v2-1"} <= set(reg.names("norm"))

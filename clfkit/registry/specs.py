@@ -5,6 +5,7 @@ The functions take ``lookup(kind, name) -> Entry`` (a registry's ``get``) rather
 registry, so that the spec rules do not depend on where the components are kept."""
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import pydantic
@@ -107,7 +108,23 @@ def resolve_spec(kind: str, spec: Any, lookup: Lookup) -> dict:
     for arg, ref_kind in KINDS[kind].refs.items():
         if full.get(arg) is not None and entry.accepts(arg) and not callable(full[arg]):
             full[arg] = resolve_spec(ref_kind, full[arg], lookup)
-    return {"name": name, **plain(full)}
+    # a default a recipe cannot hold (a function, a Path, nan, 2**70) stays the component's own:
+    # left out, so recipe.yaml still loads and the component still gets that default
+    full = {k: v for k, v in plain(full).items() if k in args or _recordable(v)}
+    return {"name": name, **full}
+
+
+def _recordable(value: Any) -> bool:
+    """Whether a recipe (YAML) can hold ``value`` as it is."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _recordable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_recordable(v) for v in value)
+    if isinstance(value, float):
+        return math.isfinite(value)  # JSON has no nan/inf: they would be saved as null
+    if isinstance(value, int) and not isinstance(value, bool):
+        return -2**63 <= value < 2**63  # what a recipe may hold (clfkit.recipe)
+    return value is None or isinstance(value, (bool, str))
 
 
 def plain(value: Any) -> Any:

@@ -6,7 +6,8 @@ import importlib
 import threading
 from typing import Any, Callable, Iterator
 
-from clfkit.errors import PluginError, RegistryError
+from clfkit import yamltext
+from clfkit.errors import ClfkitError, PluginError, RegistryError
 from clfkit.registry.entries import Entry, check_contract, check_result
 from clfkit.registry.kinds import BUILTIN, KINDS, check_kind
 from clfkit.registry.plugins import infer_provider, load_plugins
@@ -48,6 +49,10 @@ class Registry:
             raise RegistryError(f"{kind} {name!r} from {provider} is a {type(obj).__name__}, "
                                 f"not a function or class: a {kind} must be a factory "
                                 f"({KINDS[kind].doc})")
+        problem = _name_problem(name)
+        if problem:
+            raise RegistryError(f"{kind} {name!r} from {provider}: {problem}; a component name is text a "
+                                f"recipe can write as it is, e.g. 'my_net' or 'MyNet'")
         entry = Entry(kind, name, obj, provider, version, validator)
         check_contract(entry)
         with self._lock:
@@ -114,10 +119,13 @@ class Registry:
         context = {a: v for a, v in context.items() if entry.accepts(a)}
         try:
             obj = entry.obj(**context, **user)
-        except (TypeError, ValueError) as e:
+        except ClfkitError:
+            raise
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - a plugin's own code: named, with its error
             shown = {k: getattr(v, "spec", v) for k, v in user.items()}
+            why = str(e) if isinstance(e, (TypeError, ValueError)) else f"{type(e).__name__}: {e}"
             raise RegistryError(f"{kind} {name!r} (from {entry.provider}) failed to build "
-                                f"with {shown}: {e}") from e
+                                f"with {shown}: {why}") from e
         check_result(entry, obj)
         return obj
 
@@ -178,3 +186,19 @@ class Registry:
         if self.plugin_errors:
             msg += " Note: " + "; ".join(str(e) for e in self.plugin_errors)
         return msg
+
+
+def _name_problem(name: Any) -> str:
+    """Why a recipe could not name a component ``name`` (empty when it can): a recipe reads
+    ``model: true`` as a yes/no and ``model: 1e3`` as a number, never as those names."""
+    if not isinstance(name, str):
+        return f"the name is a {type(name).__name__}, not text"
+    if not name or name != name.strip() or any(not c.isprintable() for c in name):
+        return "the name is empty, starts or ends with a space, or holds a control character"
+    try:
+        read = yamltext.parse_value(name)
+    except yamltext.YAMLProblem:
+        read = None
+    if read != name:
+        return f"a recipe would read it as {read!r} ({type(read).__name__}), not as the name"
+    return ""

@@ -151,7 +151,12 @@ def _checkpoint_name(run_dir: Path, name: str | None, command: str) -> str:
     if not found:
         raise RunFolderError(f"{run_dir} is not a run folder: it holds no checkpoint (*.pt). Give a folder "
                              f"written by `clfkit train`, e.g. runs/<name>")
-    if name is None:  # an unfinished run has only last.pt
+    if name is None:  # an unfinished run may have only last.pt; a finished one always has best.pt
+        if BEST_PT not in found and LAST_PT in found and RunFolder(run_dir).finished:
+            raise RunFolderError(f"{run_dir} is a finished run without its best.pt (removed or moved?); "
+                                 f"its summary and reports are best.pt's, so clfkit {command} does not "
+                                 f"silently use last.pt: restore best.pt, or give --checkpoint last.pt for "
+                                 f"the last epoch's weights")
         name = BEST_PT if BEST_PT in found or LAST_PT not in found else LAST_PT
     if Path(name).name != name or name in ("", ".", ".."):
         given = Path(name)

@@ -30,7 +30,8 @@ def init_checkpoint(path: str | Path) -> Path:
                                  f"name a run folder or a checkpoint file")
         return best
     if not path.is_file():
-        raise RunFolderError(f"init: {path} does not exist (a run folder or a clfkit checkpoint file)")
+        what = "is not a regular file (a device, a pipe or a socket)" if path.exists() else "does not exist"
+        raise RunFolderError(f"init: {path} {what}; name a run folder or a clfkit checkpoint file")
     return path
 
 

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from clfkit.atomic import write_bytes
+from clfkit.run.folder import RunFolder, RunFolderError
 from clfkit.run.reader import SELECTED_ON_VAL, RunInfo, find_runs, rank
 
 DPI = 100
@@ -167,8 +168,25 @@ def compare_runs(paths: list[str | Path], output: str | Path = "compare.png", to
                  metric: str = "val_acc", title: str = "") -> tuple[Path, list[RunInfo]]:
     """``clfkit compare``: the ``top`` runs (by ``metric``) among run folders and sweep
     folders, overlaid in one compare.png. Returns the file and the runs drawn, best first."""
+    _check_output(Path(output))
     runs = rank(find_runs(list(paths)), metric)[:top]
     for r in runs:
         r.label = r.label.replace(",", ", ")
     title = title or f"top {len(runs)} run(s) by {metric.replace('_', ' ')}"
     return plot_compare(runs, output, title=title), runs
+
+
+def _check_output(out: Path) -> None:
+    """Refuse an output that would replace a file of a run (its best.pt, curves.png, ...) or
+    any other file that is not a picture: compare.png is written as PNG whatever its name."""
+    if out.is_dir():
+        raise RunFolderError(f"-o {out} is a folder; give a file name, e.g. -o {out / 'compare.png'}")
+    if not out.exists():
+        return
+    owner = next((p for p in out.resolve().parents if RunFolder(p).is_run), None)
+    if owner is not None:
+        raise RunFolderError(f"-o {out} is a file of the run folder {owner}; writing the comparison there "
+                             f"would overwrite it. Give a new file name, e.g. -o compare.png")
+    if out.suffix.lower() != ".png":
+        raise RunFolderError(f"-o {out} exists and is not a .png file; clfkit compare replaces only an "
+                             f"earlier picture. Give a new name or one ending in .png")

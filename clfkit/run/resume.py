@@ -142,8 +142,7 @@ def load_resume_state(run_dir: str | Path) -> Resumed:
         raise ResumeError(f"cannot resume: run folder {run_dir} does not exist")
     last = RunFolder(run_dir).last
     if not last.is_file():
-        raise ResumeError(f"cannot resume: {run_dir} has no last.pt (the run stopped before its first "
-                          f"checkpoint); start it again with `clfkit train RECIPE`")
+        raise _no_last_pt(run_dir)
     state = load_checkpoint(last)  # a truncated or non-clfkit file: a ModelFileError naming it
     if "optimizer" not in state or ("rng" not in state and "ranks" not in state):
         raise ResumeError(f"cannot resume: {last} holds weights only, not the training state")
@@ -283,5 +282,20 @@ def check_folder_resumable(run_dir: Path) -> None:
     if not run_dir.is_dir():
         raise ResumeError(f"cannot resume: run folder {run_dir} does not exist")
     if not RunFolder(run_dir).last.is_file():
-        raise ResumeError(f"cannot resume: {run_dir} has no last.pt (the run stopped before its first "
-                          f"checkpoint); start it again with `clfkit train RECIPE`")
+        raise _no_last_pt(run_dir)
+
+
+def _no_last_pt(run_dir: Path) -> ResumeError:
+    """The error for a folder without last.pt: a run stopped early, or the folder that holds runs
+    (``--resume runs`` for ``--resume runs/NAME``)."""
+    if not RunFolder(run_dir).is_run:
+        try:
+            runs = sorted(p.name for p in run_dir.iterdir() if RunFolder(p).last.is_file())
+        except OSError:  # an unreadable folder: the plain message below
+            runs = []
+        if runs:
+            shown = ", ".join(str(run_dir / r) for r in runs[:5]) + (", ..." if len(runs) > 5 else "")
+            return ResumeError(f"cannot resume: {run_dir} is not a run folder, it holds run folders; "
+                               f"name one of them: {shown}")
+    return ResumeError(f"cannot resume: {run_dir} has no last.pt (the run stopped before its first "
+                       f"checkpoint); start it again with `clfkit train RECIPE`")
