@@ -273,6 +273,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def parse_overrides(texts: list[str] | tuple[str, ...]) -> list[tuple[list[str], Any]]:
+    """Every ``--set`` parsed; a path set twice, or a path set after one inside it (``model.depth=34``
+    then ``model=cnn`` drops the depth), is refused: one of the two would be lost silently."""
+    parsed = [parse_override(text) for text in texts]
+    for i, (keys, _) in enumerate(parsed):
+        earlier = next((k for k, _ in parsed[:i] if k[:len(keys)] == keys), None)
+        if earlier is not None:
+            what = "is set twice" if earlier == keys else f"replaces the earlier --set {'.'.join(earlier)}"
+            raise RecipeError([(".".join(keys), f"--set {'.'.join(keys)} {what}; keep one (the later "
+                                                f"would silently win)")], source="--set")
+    return parsed
+
+
 def apply_override(data: dict, path: list[str], value: Any) -> None:
     """Set ``data[path] = value`` creating mappings on the way; list items by index. A
     component written as a name (``model: resnet``, an augmentation ``HorizontalFlip``)
@@ -399,8 +412,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise RecipeError([("sweep", "this is a sweep file: run it with `clfkit sweep "
                                      f"{path}` (or remove the sweep: block to train one recipe)")],
                           source=str(path))
-    for text in overrides:
-        keys, value = parse_override(text)
+    for keys, value in parse_overrides(overrides):
         apply_override(data, keys, value)
     return validate_recipe(data, source=str(path))
 

@@ -189,3 +189,27 @@ def test_compare_never_writes_over_a_run_file_or_a_file_that_is_no_picture(train
     assert code == 0 and (tmp_path / "c.png").is_file(), out
     code, out = invoke("compare", run, "-o", tmp_path / "c.png")  # an earlier picture is replaced
     assert code == 0, out
+
+
+# --------------------------------------------------------------------------- --set twice
+@pytest.mark.parametrize("sets, words", [
+    (["train.epochs=3", "train.epochs=4"], ["train.epochs", "is set twice"]),
+    (["model.blocks.0.channels=4", "model=mlp"], ["model", "replaces the earlier --set model.blocks.0.channels"]),
+])
+def test_a_set_that_would_silently_lose_an_earlier_one_is_refused(recipe_file, tmp_path, sets, words):
+    """The later --set won without a word (a recipe file's duplicate key is an error)."""
+    args = [a for s in sets for a in ("--set", s)]
+    refused(words, "train", recipe_file, *args, "--out", tmp_path / "runs")
+    refused(words, "sweep", recipe_file, "--grid", "seed=0,1", *args, "--out", tmp_path / "sw")
+    refused(words, "tune", recipe_file, "--space", "optim.lr=loguniform(1e-4,1e-2)", *args,
+            "--out", tmp_path / "tu")
+    assert not any((tmp_path / d).exists() for d in ("runs", "sw", "tu"))
+
+
+def test_a_component_then_its_argument_is_still_fine():
+    from clfkit.recipe import apply_override, parse_overrides
+
+    data: dict = {}
+    for keys, value in parse_overrides(["model=resnet", "model.depth=34"]):
+        apply_override(data, keys, value)
+    assert data == {"model": {"name": "resnet", "depth": 34}}

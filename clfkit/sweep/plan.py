@@ -13,7 +13,7 @@ import yaml
 from clfkit.build import check_model_size
 from clfkit.errors import ClfkitError, RecipeError
 from clfkit.names import check_name, name_problem, safe_label
-from clfkit.recipe import Recipe, apply_override, parse_override, read_yaml, validate_recipe
+from clfkit.recipe import Recipe, apply_override, parse_override, parse_overrides, read_yaml, validate_recipe
 from clfkit.run.folder import RunFolder
 from clfkit.yamltext import YAMLProblem, parse_value
 
@@ -187,7 +187,7 @@ def plan_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
     if not axes:
         raise SweepError(f"nothing to sweep: give --grid dotted.path=v1,v2 or a 'sweep:' block in {recipe_path}")
     _check_overlaps(axes)
-    fixed = [parse_override(text) for text in overrides]
+    fixed = parse_overrides(overrides)
     base_data = copy.deepcopy(data)
     for keys, value in fixed:
         apply_override(base_data, keys, value)

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from clfkit.errors import ClfkitError
 from clfkit.names import check_name
-from clfkit.recipe import apply_override, parse_override, read_yaml, validate_recipe
+from clfkit.recipe import apply_override, parse_overrides, read_yaml, validate_recipe
 from clfkit.signals import Interrupted
 from clfkit.tune.results import TuneResult, trial_rows, write_results
 from clfkit.tune.space import (Dimension, TuneError, check_space, grid_size, optuna_module,
@@ -174,8 +174,7 @@ def plan_tune(recipe_path: str | Path, spaces: list[str] | tuple[str, ...], tria
     if "sweep" in data:
         raise TuneError(f"{recipe_path} is a sweep file; tune a plain recipe (remove its sweep: block)")
     dims = [parse_space(s) for s in spaces]
-    for text in overrides:
-        keys, value = parse_override(text)
+    for keys, value in parse_overrides(overrides):
         _refuse_set_on_space(".".join(keys), dims)
         apply_override(data, keys, value)
     base = validate_recipe(data, source=str(recipe_path))
