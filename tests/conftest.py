@@ -44,6 +44,15 @@ def tiny_recipe(**changes):
     return validate_recipe(data)
 
 
+def tiny_recipe_file(folder: Path, **changes) -> Path:
+    """``folder/tiny.yaml``: tiny_recipe(**changes) as a recipe file, for the CLI."""
+    import yaml
+
+    path = Path(folder) / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(**changes).to_dict()))
+    return path
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """One tiny training run shared by export / predict / checkpoint tests."""

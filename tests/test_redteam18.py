@@ -4,9 +4,8 @@ odd choice values, an edited study.db). No trial trains here: the study is drive
 from __future__ import annotations
 
 import pytest
-import yaml
 
-from conftest import refused, tiny_recipe
+from conftest import refused, tiny_recipe, tiny_recipe_file
 
 optuna = pytest.importorskip("optuna")
 
@@ -15,10 +14,7 @@ LR4 = ["optim.lr=choice(0.001,0.002,0.003,0.004)"]
 
 @pytest.fixture(scope="module")
 def recipe_file(tmp_path_factory):
-    data = tiny_recipe(train__epochs=1, data__image_size=8).to_dict()
-    path = tmp_path_factory.mktemp("rt18") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return tiny_recipe_file(tmp_path_factory.mktemp("rt18"), train__epochs=1, data__image_size=8)
 
 
 def _states(study):

@@ -8,17 +8,14 @@ import time
 import pytest
 import yaml
 
-from conftest import invoke, refused, tiny_recipe
+from conftest import invoke, refused, tiny_recipe_file
 
 ODD_NAMES = ["a?b", "50%41", "n#1", "sp ace ü"]
 
 
 @pytest.fixture(scope="module")
 def recipe_file(tmp_path_factory):
-    data = tiny_recipe(train__epochs=1, data__image_size=8).to_dict()
-    path = tmp_path_factory.mktemp("rt19") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return tiny_recipe_file(tmp_path_factory.mktemp("rt19"), train__epochs=1, data__image_size=8)
 
 
 # --------------------------------------------------------------------------- odd folder names

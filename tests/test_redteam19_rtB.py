@@ -173,8 +173,7 @@ def test_eval_of_a_stopped_run_says_whose_numbers_they_are(trained_run, tmp_path
     assert res.returncode == 0, res.stderr
     assert "note: the run is not finished (no summary.json;" in res.stdout
     assert f"clfkit train --resume {run}" in res.stdout and "evaluated best.pt (epoch" in res.stdout
-    (report,) = run.glob("eval_*.json")
-    assert json.loads(report.read_text())["run_finished"] is False
+    assert json.loads((run / "eval_test.json").read_text())["run_finished"] is False
 
 
 # --------------------------------------------------------------------------- read_file (open + fstat + read)

@@ -6,17 +6,13 @@ import multiprocessing
 import time
 
 import pytest
-import yaml
 
-from conftest import invoke, refused, tiny_recipe
+from conftest import invoke, refused, tiny_recipe, tiny_recipe_file
 
 
 @pytest.fixture(scope="module")
 def recipe_file(tmp_path_factory):
-    data = tiny_recipe(train__epochs=1, data__image_size=8).to_dict()
-    path = tmp_path_factory.mktemp("rt19c") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return tiny_recipe_file(tmp_path_factory.mktemp("rt19c"), train__epochs=1, data__image_size=8)
 
 
 # --------------------------------------------------------------------------- YAML that contains itself

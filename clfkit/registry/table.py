@@ -119,8 +119,8 @@ class Registry:
         context = {a: v for a, v in context.items() if entry.accepts(a)}
         try:
             obj = entry.obj(**context, **user)
-        except ClfkitError:
-            raise
+        except (ClfkitError, OSError, MemoryError):
+            raise  # clfkit's own errors say what they need; the machine's (a full disk) are handled above
         except (Exception, SystemExit) as e:  # noqa: BLE001 - a plugin's own code: named, with its error
             shown = {k: getattr(v, "spec", v) for k, v in user.items()}
             why = str(e) if isinstance(e, (TypeError, ValueError)) else f"{type(e).__name__}: {e}"
