@@ -78,7 +78,7 @@ class TensorBoardTracker:
     """Event files in ``run/tensorboard``; None from :meth:`open` without tensorboard."""
 
     def __init__(self, writer: Any):
-        self.writer = writer
+        self.writer: Optional[Any] = writer  # None once writing failed: the run goes on without it
 
     @classmethod
     def open(cls, run: Path, start_epoch: int) -> Optional["TensorBoardTracker"]:
@@ -91,12 +91,23 @@ class TensorBoardTracker:
                                  purge_step=start_epoch + 1 if start_epoch else None))
 
     def epoch(self, row: dict[str, Any]) -> None:
-        for key, value in _numbers(row).items():
-            self.writer.add_scalar(_tag(key), value, int(row["epoch"]))
-        self.writer.flush()
+        if self.writer is None:
+            return
+        try:
+            for key, value in _numbers(row).items():
+                self.writer.add_scalar(_tag(key), value, int(row["epoch"]))
+            self.writer.flush()
+        except OSError as e:  # a full disk must not end the run: the event files are a copy
+            warnings.warn(f"TensorBoard: writing {self.writer.log_dir} failed at epoch {row['epoch']} "
+                          f"({e.strerror or e}); training goes on without TensorBoard, and metrics.jsonl "
+                          f"has every epoch", TrackingWarning, stacklevel=2)
+            self.close()
 
     def close(self) -> None:
-        self.writer.close()
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            with contextlib.suppress(OSError):
+                writer.close()
 
 
 # --------------------------------------------------------------------------- MLflow

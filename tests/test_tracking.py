@@ -185,3 +185,25 @@ def test_a_store_failing_during_the_run_does_not_end_it(tmp_path, store, monkeyp
         res = train(_small(train__epochs=2), tmp_path / "runs2", quiet=True)
     assert res.summary["epochs_run"] == 2 and (res.run_dir / "report.html").is_file()
     assert any("is incomplete" in str(w.message) for w in caught)
+
+
+def test_tensorboard_failing_during_the_run_does_not_end_it(tmp_path, monkeypatch):
+    """A full disk under run/tensorboard raised out of the epoch and ended the run."""
+    import errno
+
+    pytest.importorskip("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    from clfkit.tracking import TrackingWarning
+    from clfkit.trainer import train
+
+    def full(self, *a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(SummaryWriter, "flush", full)
+    monkeypatch.setattr(SummaryWriter, "close", full)
+    with pytest.warns(TrackingWarning, match=r"TensorBoard: writing .*tensorboard failed at epoch 1 "
+                                             r"\(No space left on device\); training goes on") as caught:
+        res = train(_small(train__epochs=2, train__track=["tensorboard"]), tmp_path / "runs", quiet=True)
+    assert res.summary["epochs_run"] == 2
+    assert sum("TensorBoard" in str(w.message) for w in caught) == 1  # said once, then off
