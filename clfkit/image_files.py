@@ -211,6 +211,8 @@ def exif_orientation(img: Image.Image) -> int:
 def decode_image(img: Image.Image, size: tuple[int, int], channels: int, method: str = "squash") -> np.ndarray:
     """An opened PIL image -> (H, W, channels) uint8 array, turned upright as its EXIF
     orientation says (cameras store portrait photos sideways and set the tag)."""
+    if 0 in img.size:  # resizing would invent pixels: a prediction of nothing
+        raise DecodeError(f"the image is empty ({img.size[0]}x{img.size[1]} pixels)")
     try:
         orientation = exif_orientation(img)
         if img.format == "JPEG":  # let libjpeg decode at 1/2, 1/4, 1/8 scale when it can

@@ -142,11 +142,10 @@ class Predictor:
 
     def __init__(self, model: str | os.PathLike, *, batch_size: int = 64, threads: Optional[int] = None,
                  workers: Optional[int] = None) -> None:
-        if batch_size < 1:
-            raise DataError(f"batch size must be at least 1, got {batch_size}")
+        self.batch_size = _count("batch_size", batch_size)
+        threads = None if threads is None else _count("threads", threads)
+        self.workers = max(2, os.cpu_count() or 1) if workers is None else _count("workers", workers)
         self.model = load_onnx(model, threads)
-        self.batch_size = batch_size
-        self.workers = workers or max(2, os.cpu_count() or 1)
 
     @property
     def class_names(self) -> list[str]:
@@ -157,15 +156,16 @@ class Predictor:
         """float32 logits (n, classes) per batch of up to ``batch_size`` items, in order."""
         clf = self.model
         with ThreadPoolExecutor(self.workers) as pool:
-            for chunk in _chunks(iter(items), self.batch_size):
-                yield clf(np.stack(list(pool.map(lambda it: prepare(it, clf), chunk))))
+            for start, chunk in _chunks(_iterate(items), self.batch_size):
+                yield clf(np.stack(list(pool.map(_prepare_nth, range(start, start + len(chunk)), chunk,
+                                                 [clf] * len(chunk)))))
 
     def predict(self, items: Item | Iterable[Item], topk: int = 1) -> Prediction | list[Prediction]:
         """The ``topk`` classes and softmax probabilities of each item: one :class:`Prediction`
         for a single path, PIL image or HxWxC array, else a list in the order of ``items``."""
         single = isinstance(items, (str, os.PathLike, Image.Image)) or (isinstance(items, np.ndarray)
                                                                         and items.ndim in (2, 3))
-        k = max(1, min(int(topk), len(self.class_names)))
+        k = min(_count("topk", topk), len(self.class_names))
         out = []
         for logits in self.logits([items] if single else items):
             probs = softmax(logits)
@@ -175,9 +175,44 @@ class Predictor:
         return out[0] if single else out
 
 
-def _chunks(it: Iterator, size: int) -> Iterator[list]:
+def _count(name: str, value: Any) -> int:
+    """A whole number of at least 1 for the argument ``name``, or a DataError saying so."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise DataError(f"{name} must be a whole number of at least 1, got {value!r}")
+    return int(value)
+
+
+def _iterate(items: Any) -> Iterator:
+    """The items of a list, tuple, generator or (N, H, W[, C]) array; a DataError for what only
+    looks iterable (bytes, a string, an open file, a dict, a 0-d or 1-d array) or is not."""
+    if isinstance(items, np.ndarray) and items.ndim not in (3, 4):
+        raise DataError(f"an array of items must be (N, H, W) or (N, H, W, C) uint8, got shape {items.shape}")
+    what = f"cannot classify a {type(items).__name__}: give a path, a PIL image, a uint8 array or a list of them"
+    if isinstance(items, (bytes, bytearray, memoryview)) or hasattr(items, "read"):
+        raise DataError(f"{what} (for encoded image bytes: PIL.Image.open(io.BytesIO(data)))")
+    if isinstance(items, (str, dict)):
+        raise DataError(what)
+    try:
+        return iter(items)
+    except TypeError:
+        raise DataError(what) from None
+
+
+def _prepare_nth(n: int, item: Item, clf: OnnxClassifier) -> np.ndarray:
+    """:func:`prepare`, its DataError saying which item (its number, and its path if it has one)."""
+    try:
+        return prepare(item, clf)
+    except DataError as e:
+        where = f"item {n}" + (f" ({os.fspath(item)})" if isinstance(item, (str, os.PathLike)) else "")
+        raise type(e)(f"{where}: {e}") from None
+
+
+def _chunks(it: Iterator, size: int) -> Iterator[tuple[int, list]]:
+    """(number of the first item, up to ``size`` items) until ``it`` ends."""
+    start = 0
     while True:
         chunk = [x for _, x in zip(range(size), it)]
         if not chunk:
             return
-        yield chunk
+        yield start, chunk
+        start += len(chunk)

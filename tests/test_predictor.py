@@ -100,3 +100,49 @@ def test_import_clfkit_stays_light():
                         "from clfkit import Predictor; assert 'onnxruntime' not in sys.modules; clfkit.Nope"],
                        capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)}, timeout=120)
     assert "has no attribute 'Nope'" in r.stderr, r.stderr
+
+
+def test_bad_arguments_and_containers_get_a_clear_data_error(model, photos, tmp_path):
+    """Red team 19: arguments of the wrong type, things that only look like lists of items and
+    empty images were TypeErrors, items of the wrong kind, or silent predictions of nothing."""
+    import io
+
+    from clfkit import Predictor
+
+    for name, value in [("batch_size", None), ("batch_size", "4"), ("batch_size", True), ("workers", -1),
+                        ("threads", 0)]:
+        with pytest.raises(DataError, match=f"{name} must be a whole number of at least 1, got {value!r}"):
+            Predictor(model, **{name: value})
+    p = Predictor(model, batch_size=2)
+    for topk in (0, -3, None, 1.5):
+        with pytest.raises(DataError, match="topk must be"):
+            p.predict(photos / "00.png", topk=topk)
+    png = io.BytesIO()
+    Image.new("RGB", (9, 9)).save(png, "PNG")
+    for items in (png.getvalue(), bytearray(png.getvalue()), io.BytesIO(png.getvalue())):
+        with pytest.raises(DataError, match=r"cannot classify a \w+: .*PIL.Image.open\(io.BytesIO"):
+            p.predict(items)
+    for items in (None, 3, {"a": 1}):
+        with pytest.raises(DataError, match=f"cannot classify a {type(items).__name__}: give a path"):
+            p.predict(items)
+    for arr in (np.zeros(9, np.uint8), np.array(3, np.uint8)):
+        with pytest.raises(DataError, match=r"an array of items must be \(N, H, W\)"):
+            p.predict(arr)
+    for empty in (np.zeros((0, 9, 3), np.uint8), Image.new("RGB", (0, 5))):
+        with pytest.raises(DataError, match=r"item 0: the image is empty \(\d+x\d+ pixels\)"):
+            p.predict(empty)
+    assert len(p.predict(np.zeros((3, 9, 9, 3), np.uint8))) == 3  # an (N, H, W, C) array is N items
+    assert len(p.predict(x for x in [photos / "00.png"] * 3)) == 3  # a generator
+
+
+def test_a_bad_item_is_named_by_its_number_and_path(model, photos, tmp_path):
+    from clfkit import Predictor
+
+    (tmp_path / "dir.png").mkdir()
+    p = Predictor(model, batch_size=2)
+    good = photos / "00.png"
+    for bad, why in [(tmp_path / "dir.png", "a folder"), (tmp_path / "gone.png", "No such file")]:
+        with pytest.raises(DataError, match=rf"^item 2 \({re.escape(str(bad))}\): .*{why}"):
+            p.predict([good, good, bad])
+    with pytest.raises(DataError, match=r"^item 1: an array item must be uint8"):
+        p.predict([good, np.zeros((8, 8, 3), np.float32)])
