@@ -56,6 +56,20 @@ def test_nonfinite_skip_refused_under_ddp(monkeypatch, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_batch_size_not_dividing_is_refused_before_the_run_folder(monkeypatch, tmp_path):
+    """Red team 19: torchrun with 2 ranks and train.batch_size 7 read the data and made the run
+    folder (recipe.yaml, samples.npy) before the first epoch refused the batch size; the
+    leftover folder pushed the next run to NAME-2."""
+    from clfkit.trainer import train
+
+    monkeypatch.setattr(distributed, "setup", lambda rt: distributed.World(rank=0, size=2))
+    monkeypatch.setattr("clfkit.trainer.build_data", lambda recipe: pytest.fail("the data was read"))
+    with pytest.raises(TrainingError, match="train.batch_size 7 is the global batch and must divide by the 2 "
+                                            "processes; use a multiple of 2"):
+        train(tiny_recipe(train__batch_size=7), tmp_path, quiet=True)
+    assert not list(tmp_path.iterdir())
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

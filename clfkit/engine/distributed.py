@@ -135,6 +135,14 @@ def to_sync_bn(model: torch.nn.Module, device: torch.device) -> None:
         raise TrainingError("train.sync_bn needs a model that contains its BatchNorm layers")
 
 
+def check_batch_size(batch_size: int, w: int) -> None:
+    """The global train.batch_size splits evenly over the ``w`` ranks; checked when the run
+    starts, before its data is read or its folder made, and again where the batches are cut."""
+    if w > 1 and batch_size % w:
+        raise TrainingError(f"train.batch_size {batch_size} is the global batch and must divide by the "
+                            f"{w} processes; use a multiple of {w}")
+
+
 def shard_order(order: torch.Tensor, batch_size: int, drop_last: bool) -> tuple[torch.Tensor, int]:
     """This rank's part of the epoch's order and its per-rank batch size. Global batch i is
     ``order[i*B:(i+1)*B]`` as in one process; rank r takes its r-th B/world slice. A last
@@ -143,9 +151,7 @@ def shard_order(order: torch.Tensor, batch_size: int, drop_last: bool) -> tuple[
     if not WORLD.active:
         return order, batch_size
     w, r = WORLD.size, WORLD.rank
-    if batch_size % w:
-        raise TrainingError(f"train.batch_size {batch_size} is the global batch and must divide by the "
-                            f"{w} processes; use a multiple of {w}")
+    check_batch_size(batch_size, w)
     b, n = batch_size // w, len(order)
     full = n // batch_size
     mine = order[:full * batch_size].view(full, w, b)[:, r].reshape(-1)
