@@ -268,19 +268,22 @@ SLOW = {**TINY, "name": "slow", "model": {"name": "mlp", "hidden": [64]},
         "train": {"epochs": 500, "batch_size": 16}}
 
 
-@pytest.mark.parametrize("jobs, sig, code", [("1", signal.SIGINT, 130), ("2", signal.SIGTERM, 143)])
-def test_signal_stops_the_whole_sweep_resumable(tmp_path, jobs, sig, code):
+@pytest.mark.parametrize("jobs, sig, code, group", [("1", signal.SIGINT, 130, False), ("2", signal.SIGTERM, 143, False),
+                                                     ("2", signal.SIGINT, 130, True)])
+def test_signal_stops_the_whole_sweep_resumable(tmp_path, jobs, sig, code, group):
+    """group: Ctrl-C in a terminal, to every process (red team 19: with --jobs 2 a worker whose
+    run stopped took the next queued run before the parent's stop reached it, and started it)."""
     recipe = write(tmp_path / "slow.yaml", SLOW)
     out = tmp_path / "sw"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CLFKIT_PLUGINS": "none"}
     cmd = [sys.executable, "-m", "clfkit", "sweep", str(recipe), "--out", str(out), "--jobs", jobs,
            "--grid", "optim.lr=0.01,0.02,0.03"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            cwd=tmp_path)
+                            cwd=tmp_path, start_new_session=group)
     deadline = time.time() + 120
     while not list(out.glob("*/last.pt")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)  # until a run has trained an epoch
-    proc.send_signal(sig)
+    os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
     t0 = time.time()
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == code, output

@@ -59,11 +59,12 @@ def _run_trial_safe(recipe_dict: dict, run_dir: str, quiet: bool, threads: int) 
     with catch_stop_signals():  # a signal before training starts still stops it (signals.py)
         _BUSY = True
         try:
-            if _STOPPING is not None and _STOPPING.is_set():  # queued before the sweep stopped
+            if _STOPPED_HERE or (_STOPPING is not None and _STOPPING.is_set()):  # queued before the stop
                 return {"ok": False, "not_started": True, "error": "", "seconds": 0.0}
             res = run_trial(recipe_dict, run_dir, quiet, threads)
             res["ok"] = True
         except Interrupted as e:
+            _stopped_here()  # a Ctrl-C reached this worker: the sweep is stopping, start nothing more
             res = {"ok": False, "interrupted": e.signum, "error": str(e)}
         except ClfkitError as e:
             res = {"ok": False, "error": str(e)}
@@ -75,18 +76,26 @@ def _run_trial_safe(recipe_dict: dict, run_dir: str, quiet: bool, threads: int) 
     return res
 
 
-# In a --jobs worker process: the parent's "stop" event, and whether a run is in progress.
+# In a --jobs worker process: the parent's "stop" event, whether a run is in progress, and
+# whether this worker saw the stop signal itself (Ctrl-C reaches every process of the group at
+# once; the parent's event follows at its next poll, after this worker may have taken the next run).
 _STOPPING: Any = None
 _BUSY = False
+_STOPPED_HERE = False
+
+
+def _stopped_here(*_: Any) -> None:
+    global _STOPPED_HERE
+    _STOPPED_HERE = True
 
 
 def _worker_init(stopping: Any) -> None:
-    """A --jobs worker: ignore Ctrl-C while idle (the terminal sends it to every process; a
-    run in progress handles it itself), and when the parent stops the sweep, stop the run in
-    progress as SIGTERM would: it saves last.pt and returns."""
+    """A --jobs worker: a Ctrl-C while idle (the terminal sends it to every process; a run in
+    progress handles it itself) only means "start no further run", and when the parent stops the
+    sweep, stop the run in progress as SIGTERM would: it saves last.pt and returns."""
     global _STOPPING
     _STOPPING = stopping
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, _stopped_here)
 
     def watch() -> None:
         stopping.wait()
