@@ -108,7 +108,7 @@ class Trainer:
         # this rank's part of last.pt (a mid-epoch one resumes only with the world size that saved it)
         self.resume_rng, self.resume_at = (resume.for_rank(self.world.rank, self.world.size)
                                            if resume is not None else (None, None))
-        distributed.check_batch_size(self.tc.batch_size, self.world.size)  # before the data is read or the run folder made
+        distributed.check_batch_size(self.tc.batch_size, self.world.size, resume is not None)  # before the data is read or the run folder made
         if self.world.active and self.tc.freeze:  # DDP registers its gradients once, at wrap time
             raise TrainingError("train.freeze is not supported with several processes (torchrun) yet; "
                                 "train in one process")

@@ -68,6 +68,9 @@ def test_batch_size_not_dividing_is_refused_before_the_run_folder(monkeypatch, t
                                             "processes; use a multiple of 2"):
         train(tiny_recipe(train__batch_size=7), tmp_path, quiet=True)
     assert not list(tmp_path.iterdir())
+    with pytest.raises(TrainingError, match="must divide by the 3 processes; resume it with a number of processes "
+                                            r"that divides 8 \(--nproc_per_node\)"):
+        distributed.check_batch_size(8, 3, resuming=True)  # --resume cannot change the batch size
 
 
 def _free_port() -> int:

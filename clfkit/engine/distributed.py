@@ -135,12 +135,15 @@ def to_sync_bn(model: torch.nn.Module, device: torch.device) -> None:
         raise TrainingError("train.sync_bn needs a model that contains its BatchNorm layers")
 
 
-def check_batch_size(batch_size: int, w: int) -> None:
+def check_batch_size(batch_size: int, w: int, resuming: bool = False) -> None:
     """The global train.batch_size splits evenly over the ``w`` ranks; checked when the run
-    starts, before its data is read or its folder made, and again where the batches are cut."""
+    starts, before its data is read or its folder made, and again where the batches are cut.
+    ``resuming``: the recipe is the run's own and cannot change; the number of processes can."""
     if w > 1 and batch_size % w:
+        fix = (f"resume it with a number of processes that divides {batch_size} (--nproc_per_node)" if resuming
+               else f"use a multiple of {w}")
         raise TrainingError(f"train.batch_size {batch_size} is the global batch and must divide by the "
-                            f"{w} processes; use a multiple of {w}")
+                            f"{w} processes; {fix}")
 
 
 def shard_order(order: torch.Tensor, batch_size: int, drop_last: bool) -> tuple[torch.Tensor, int]:
