@@ -36,8 +36,15 @@ class OnnxClassifier:
     metadata: dict[str, str]
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 (N, C, H, W) -> float32 logits (N, classes)."""
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+        """uint8 (N, C, H, W) -> float32 logits (N, classes); ModelFileError when the graph gives
+        something else (a hand-made file with clfkit's names and metadata)."""
+        out = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+        want = (len(batch), len(self.class_names))
+        if out.shape != want or not np.issubdtype(out.dtype, np.floating):
+            raise ModelFileError(f"the model's output {OUTPUT_NAME!r} is {out.dtype} {out.shape} for {len(batch)} "
+                                 f"image(s), not float logits {want} (one per class); it is not a clfkit export: "
+                                 f"export it with `clfkit export RUN_DIR`")
+        return out
 
 
 def _session_options(threads: Optional[int]):

@@ -2,6 +2,7 @@
 no torch (its README example runs with torch hidden)."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -146,3 +147,33 @@ def test_a_bad_item_is_named_by_its_number_and_path(model, photos, tmp_path):
             p.predict([good, good, bad])
     with pytest.raises(DataError, match=r"^item 1: an array item must be uint8"):
         p.predict([good, np.zeros((8, 8, 3), np.float32)])
+
+
+def test_a_graph_with_clfkits_names_and_metadata_but_other_outputs_is_refused(model, photos, tmp_path):
+    """Red team 19: a hand-made ONNX file with the input 'image' (uint8), the output 'logits'
+    and clfkit's metadata, whose output is not (N, classes) floats, crashed with a TypeError in
+    the Predictor; `clfkit predict` must refuse it and write nothing."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from clfkit import Predictor
+    from clfkit.errors import ModelFileError
+
+    meta = {p.key: p.value for p in onnx.load(model).metadata_props}
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("image", TensorProto.UINT8, [None, 3, 16, 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.UINT8, [None, 3, 16, 16])])
+    fake = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    fake.ir_version = 8
+    for k, v in meta.items():
+        fake.metadata_props.add(key=k, value=v)
+    onnx.save(fake, tmp_path / "fake.onnx")
+    p = Predictor(tmp_path / "fake.onnx")
+    with pytest.raises(ModelFileError, match=r"output 'logits' is uint8 \(1, 3, 16, 16\) for 1 image\(s\), not float "
+                                             r"logits \(1, 4\) .*clfkit export RUN_DIR"):
+        p.predict(photos / "00.png")
+    r = subprocess.run([sys.executable, "-m", "clfkit", "predict", str(tmp_path / "fake.onnx"), str(photos), "-o",
+                        str(tmp_path / "p.csv")], capture_output=True, text=True, env={**os.environ,
+                                                                                    "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 2 and "not float logits" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "p.csv").exists()
