@@ -169,7 +169,9 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
         img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+    if img.mode == "La":  # premultiplied alpha: PIL converts it only to LA
+        img = img.convert("LA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa"):
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, img)

@@ -133,6 +133,8 @@ def test_bad_arguments_and_containers_get_a_clear_data_error(model, photos, tmp_
         with pytest.raises(DataError, match=r"item 0: the image is empty \(\d+x\d+ pixels\)"):
             p.predict(empty)
     assert len(p.predict(np.zeros((3, 9, 9, 3), np.uint8))) == 3  # an (N, H, W, C) array is N items
+    opaque_gray = Image.new("LA", (9, 9), (40, 255))  # premultiplied "La" raised "conversion not supported"
+    assert p.predict(opaque_gray.convert("La")).probs == p.predict(opaque_gray).probs
     assert len(p.predict(x for x in [photos / "00.png"] * 3)) == 3  # a generator
 
 
