@@ -251,7 +251,7 @@ def walk_files(root: str | os.PathLike) -> Listing:
     root = Path(root)
     real_root = os.path.realpath(root)
     out = Listing()
-    out.folders[_identity(root)] = root
+    out.folders[folder_identity(root)] = root
 
     def unreadable(e: OSError) -> None:
         out.not_followed.append((Path(e.filename), f"cannot list the folder ({e.strerror or e})"))
@@ -261,7 +261,7 @@ def walk_files(root: str | os.PathLike) -> Listing:
         keep = []
         for d in sorted(d for d in dirnames if not d.startswith(".")):
             p = Path(dirpath, d)
-            ident = _identity(p)
+            ident = folder_identity(p)
             if contains(os.path.realpath(p), real_root):
                 out.not_followed.append((p, f"link to {escape_path(os.path.realpath(p))}, which holds "
                                             f"this folder (a loop); not followed"))
@@ -281,7 +281,9 @@ def walk_files(root: str | os.PathLike) -> Listing:
     return out
 
 
-def _identity(path: Path) -> Optional[tuple[int, int]]:
+def folder_identity(path: str | os.PathLike) -> Optional[tuple[int, int]]:
+    """(device, inode) of what ``path`` names, through links: one folder reached two ways
+    (links, loops) has one identity. None when it cannot be stat-ed."""
     try:
         st = os.stat(path)
     except OSError:

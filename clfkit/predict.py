@@ -119,7 +119,7 @@ def walk_files(root: Path, not_followed: Optional[list[tuple[Path, str]]] = None
     keyed as ``name/``, which is where its files fall in that order. Symbolic links to folders
     are followed, as training's walk follows them, except to a folder already walked (a second
     link, or a loop back up); those and unreadable folders go to ``not_followed``."""
-    _seen = {_identity(root)} if _seen is None else _seen
+    _seen = {image_files.folder_identity(root)} if _seen is None else _seen
     try:
         with os.scandir(root) as it:
             entries = [(e.name, e.is_dir()) for e in it if not e.name.startswith(".")]
@@ -131,7 +131,7 @@ def walk_files(root: Path, not_followed: Optional[list[tuple[Path, str]]] = None
         if not is_dir:
             yield root / name
             continue
-        ident = _identity(root / name)
+        ident = image_files.folder_identity(root / name)
         if ident in _seen:
             if not_followed is not None:
                 not_followed.append((root / name, "a link to a folder read already, or to one holding it "
@@ -139,14 +139,6 @@ def walk_files(root: Path, not_followed: Optional[list[tuple[Path, str]]] = None
             continue
         _seen.add(ident)
         yield from walk_files(root / name, not_followed, _seen)
-
-
-def _identity(folder: Path) -> Optional[tuple[int, int]]:
-    try:
-        st = os.stat(folder)
-    except OSError:  # gone since it was listed: walking it finds nothing and says so
-        return None
-    return st.st_dev, st.st_ino
 
 
 def _first_image(root: Path, not_followed: list[tuple[Path, str]]) -> Iterator[Path]:
