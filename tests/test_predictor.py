@@ -76,9 +76,9 @@ def test_topk_order_single_item_and_bad_items(model, photos):
 
 
 def _readme_example() -> str:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "export-predict.md").read_text()
     m = re.search(r"<!-- example:predictor .*?-->\n```python\n(.*?)```", text, re.S)
-    assert m, "README lost its Predictor example"
+    assert m, "docs/export-predict.md lost its Predictor example"
     return m.group(1)
 
 
