@@ -1,4 +1,5 @@
-"""The README's component reference is generated from the registry; this fails when it drifts."""
+"""The generated references (docs/components.md from the registry, docs/recipe-reference.md from
+the recipe's models) fail here when they drift; README's set-up command is CI's."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,12 +11,29 @@ from clfkit import docs, registry
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def test_readme_component_reference_is_current():
-    text = README.read_text(encoding="utf-8")
+def test_component_reference_is_current():
+    text = docs.COMPONENTS_DOC.read_text(encoding="utf-8")
     assert docs.BEGIN in text and docs.END in text, "run: python -m clfkit.docs --write"
     assert docs.updated_readme(text, docs.render()) == text, (
-        "README's component reference is out of date; run: python -m clfkit.docs --write")
+        "docs/components.md is out of date; run: python -m clfkit.docs --write")
     assert text.index(docs.SECTION) < text.index(docs.BEGIN)
+
+
+def test_regenerate_command_checks_both_generated_files(capsys):
+    """`python -m clfkit.docs --check` (no --file) covers both docs files and finds them current."""
+    assert docs.main(["--check"]) == 0, capsys.readouterr()
+    assert docs.RECIPE_BEGIN in docs.RECIPE_DOC.read_text(encoding="utf-8")
+    assert docs.RECIPE_BEGIN not in README.read_text(encoding="utf-8")  # generated parts left the README
+    assert docs.BEGIN not in README.read_text(encoding="utf-8")
+
+
+def test_write_brings_a_stale_copy_back_and_check_names_it(tmp_path, capsys):
+    stale = tmp_path / "recipe-reference.md"
+    stale.write_text(docs.RECIPE_DOC.read_text(encoding="utf-8").replace("| `train.epochs` |", "| `train.epoks` |"))
+    assert docs.main(["--check", "--file", str(stale)]) == 1
+    assert "recipe-reference.md: the generated reference is out of date" in capsys.readouterr().out
+    assert docs.main(["--write", "--file", str(stale)]) == 0
+    assert stale.read_text(encoding="utf-8") == docs.RECIPE_DOC.read_text(encoding="utf-8")
 
 
 def test_reference_lists_every_builtin_component_and_argument():
@@ -33,13 +51,13 @@ def test_reference_lists_every_builtin_component_and_argument():
 def test_write_and_check_roundtrip(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\n<!-- section:components -->\n\n<!-- section:plugins -->\n")
-    assert docs.main(["--check", "--readme", str(readme)]) == 1
-    assert docs.main(["--write", "--readme", str(readme)]) == 0
-    assert docs.main(["--check", "--readme", str(readme)]) == 0
+    assert docs.main(["--check", "--file", str(readme)]) == 1
+    assert docs.main(["--write", "--file", str(readme)]) == 0
+    assert docs.main(["--check", "--file", str(readme)]) == 0
     text = readme.read_text()
     assert text.startswith("# x\n\n<!-- section:components -->\n\n" + docs.BEGIN)
     assert text.rstrip().endswith("<!-- section:plugins -->")
-    docs.main(["--write", "--readme", str(readme)])
+    docs.main(["--write", "--file", str(readme)])
     assert readme.read_text() == text  # idempotent
 
 
@@ -48,7 +66,7 @@ def test_readme_without_markers_is_refused_not_appended_to(tmp_path, capsys):
 
     readme = tmp_path / "README.md"
     readme.write_text("# x\n")
-    assert docs.main(["--write", "--readme", str(readme)]) == 1
+    assert docs.main(["--write", "--file", str(readme)]) == 1
     assert "section:components" in capsys.readouterr().err
     with pytest.raises(ClfkitError, match="recipe-reference"):
         docs.update_recipe_reference(readme)

@@ -116,15 +116,15 @@ def test_committed_recipes_validate():
         load_recipe(path)
 
 
-def test_readme_recipe_reference_is_current():
-    """README's recipe reference is generated; regenerate with `python -m clfkit.docs --write`."""
+def test_recipe_reference_is_current():
+    """docs/recipe-reference.md is generated; regenerate with `python -m clfkit.docs --write`."""
     from pathlib import Path
 
     from clfkit.docs import update_recipe_reference
 
-    readme = Path(__file__).parent.parent / "README.md"
-    assert not update_recipe_reference(readme, write=False), \
-        "README recipe reference is stale: run python -m clfkit.docs --write"
+    reference = Path(__file__).parent.parent / "docs" / "recipe-reference.md"
+    assert not update_recipe_reference(reference, write=False), \
+        "docs/recipe-reference.md is stale: run python -m clfkit.docs --write"
 
 
 @pytest.mark.parametrize("data, path", [
