@@ -1,5 +1,5 @@
-"""The README and docs/ as a newcomer meets them: every `clfkit ...` command in README.md parses
-with the real CLI (and is run where that is cheap: recipes are checked, the plugin example is
+"""The README and docs/ as a newcomer meets them: every `clfkit ...` command in README.md (and in
+docs/*.md code blocks) parses with the real CLI (and is run where that is cheap: recipes are checked, the plugin example is
 built and trained), every relative link and image in README.md and docs/*.md resolves to a file
 and heading, and the README stays a short front door."""
 from __future__ import annotations
@@ -114,10 +114,16 @@ def test_readme_shows_the_everyday_commands():
         assert needed in firsts, f"README shows no `clfkit {' '.join(needed)}` command"
 
 
-@pytest.mark.parametrize("args", README_COMMANDS, ids=[" ".join(c)[:60] for c in README_COMMANDS])
-def test_readme_command_parses(args, monkeypatch):
+DOCS_COMMANDS = [(page, c) for page in DOCS for c in dict.fromkeys(map(tuple, clfkit_commands(page)))]
+EVERY_COMMAND = [(README, tuple(c)) for c in README_COMMANDS] + DOCS_COMMANDS
+
+
+@pytest.mark.parametrize("page, args", EVERY_COMMAND,
+                         ids=[f"{p.name}: {' '.join(c)[:60]}" for p, c in EVERY_COMMAND])
+def test_documented_command_parses(page, args, monkeypatch):
+    """README's commands, and those in docs/*.md code blocks too."""
     code, out, ran = leaf_reached(list(args), monkeypatch)
-    assert code == 0, f"clfkit {shlex.join(args)}:\n{out}"
+    assert code == 0, f"{page.name}: clfkit {shlex.join(args)}:\n{out}"
     leaf = [w for w in args if not w.startswith("-")][:2]
     assert ran[-1] in leaf, (ran, args)  # the subcommand the line names is the one that would run
     for word in args:  # a file the line names inside the repository exists there
