@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fine-tuned vs from-scratch on hymenoptera (README "Fine-tuning"): recipes/hymenoptera_finetune.yaml
+# Fine-tuned vs from-scratch on hymenoptera (docs/fine-tuning.md): recipes/hymenoptera_finetune.yaml
 # as shipped (init: a flowers5 run, backbone frozen for 3 epochs) against the same recipe with no
 # init and nothing frozen, same epochs, same data, seeds 0..N-1. Prints mean and spread of test acc.
 #   bench/finetune_vs_scratch.sh INIT_RUN [SEEDS] [OUT]   (run from the project root)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Class imbalance on flowers5 (586..842 train images per class; README "Fine-tuning"): one small
+# Class imbalance on flowers5 (586..842 train images per class; docs/fine-tuning.md): one small
 # recipe trained three ways with the same seed (plain; loss.class_weights: balanced;
 # data.sampler: balanced); prints each class's test recall (per_class.csv) and the test acc.
 #   bench/imbalance.sh [OUT] [EPOCHS]   (run from the project root; EPOCHS defaults to 6)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Pruning vs a full grid on flowers5 (README "Tuning"): one recipe, three searches, each one's
+# Pruning vs a full grid on flowers5 (docs/studies.md, "Tuning"): one recipe, three searches, each one's
 # best val acc and the epochs it trained in all.
 #   grid:        clfkit sweep, 4 lr x 3 dropout = 12 runs to the last epoch
 #   pruned grid: clfkit tune --sampler grid, the same 12 points, the default pruner (pruning alone)
