@@ -186,7 +186,8 @@ def updated_readme(text: str, reference: str) -> str:
     if BEGIN in text and END in text:
         return replace_block(text, BEGIN, END, reference)
     if SECTION not in text:
-        raise ClfkitError(f"the file has no {SECTION} line to put the component reference after")
+        raise ClfkitError(f"the file has no {SECTION} line to put the component reference after "
+                          f"(nor {RECIPE_BEGIN} ... {RECIPE_END} markers for the recipe reference)")
     head, rest = text.split(SECTION, 1)
     return f"{head}{SECTION}\n\n{BEGIN}\n{reference}{END}\n{rest}"
 
@@ -215,24 +216,25 @@ def main(argv: list[str] | None = None) -> int:
     if not (a.write or a.check):
         sys.stdout.write(reference)
         return 0
-    status = 0
-    for path in a.files or (COMPONENTS_DOC, RECIPE_DOC):
+    return max(_regenerate(path, reference, a.check) for path in a.files or (COMPONENTS_DOC, RECIPE_DOC))
+
+
+def _regenerate(path: Path, reference: str, check: bool) -> int:
+    """Check (``check``) or rewrite the generated references in one file; its exit status."""
+    try:
         text = path.read_text(encoding="utf-8")
-        try:
-            new = regenerated(text, reference)
-        except ClfkitError as e:
-            print(f"{path}: {e}", file=sys.stderr)
-            status = 1
-            continue
-        if a.check:
-            if new != text:
-                print(f"{path}: the generated reference is out of date; run python -m clfkit.docs --write")
-                status = 1
-            continue
-        if new != text:
+        new = regenerated(text, reference)
+        if check and new != text:
+            print(f"{path}: the generated reference is out of date; run python -m clfkit.docs --write")
+            return 1
+        if not check and new != text:
             path.write_text(new, encoding="utf-8")
+    except (OSError, UnicodeDecodeError, ClfkitError) as e:
+        print(f"{path}: {e.strerror if isinstance(e, OSError) and e.strerror else e}", file=sys.stderr)
+        return 1
+    if not check:
         print(f"{path}: generated references {'updated' if new != text else 'already current'}")
-    return status
+    return 0
 
 
 if __name__ == "__main__":

@@ -84,3 +84,14 @@ def test_ci_runs_exactly_the_readme_set_up_command():
     installs = [line for line in ci if "pip install" in line]
     assert installs == ["pip install -q torch==2.14.1 torchvision==0.29.1", command2]
     assert ci[-1] == command2
+
+
+def test_a_missing_or_unreadable_file_is_one_message_not_a_traceback(tmp_path, capsys):
+    assert docs.main(["--check", "--file", str(tmp_path / "gone.md")]) == 1
+    assert "gone.md: No such file or directory" in capsys.readouterr().err
+    assert docs.main(["--write", "--file", str(tmp_path)]) == 1  # a folder
+    assert "Is a directory" in capsys.readouterr().err
+    bad = tmp_path / "latin1.md"
+    bad.write_bytes(b"# caf\xe9\n")
+    assert docs.main(["--write", "--file", str(bad)]) == 1
+    assert bad.read_bytes() == b"# caf\xe9\n"
