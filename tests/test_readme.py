@@ -1,7 +1,8 @@
-"""The README and docs/ as a newcomer meets them: every `clfkit ...` command in README.md (and in
-docs/*.md code blocks) parses with the real CLI (and is run where that is cheap: recipes are checked, the plugin example is
-built and trained), every relative link and image in README.md and docs/*.md resolves to a file
-and heading, and the README stays a short front door."""
+"""The README and docs/ as a newcomer meets them: every `clfkit ...` command in README.md (and
+in docs/*.md code blocks) parses with the real CLI, and is run where that is cheap (recipes are
+checked, the plugin example is built and trained); every relative link and image in README.md
+and docs/*.md resolves to a file and heading; and the README stays a short front door."""
+
 from __future__ import annotations
 
 import json
@@ -109,8 +110,17 @@ README_COMMANDS = [list(c) for c in dict.fromkeys(map(tuple, clfkit_commands(REA
 
 def test_readme_shows_the_everyday_commands():
     firsts = {tuple(c[:2]) if c[0] in ("recipe", "plugins") else (c[0],) for c in README_COMMANDS}
-    for needed in [("train",), ("recipe", "check"), ("eval",), ("export",), ("predict",), ("compare",),
-                   ("sweep",), ("tune",), ("plugins", "show")]:
+    for needed in [
+        ("train",),
+        ("recipe", "check"),
+        ("eval",),
+        ("export",),
+        ("predict",),
+        ("compare",),
+        ("sweep",),
+        ("tune",),
+        ("plugins", "show"),
+    ]:
         assert needed in firsts, f"README shows no `clfkit {' '.join(needed)}` command"
 
 
@@ -118,8 +128,7 @@ DOCS_COMMANDS = [(page, c) for page in DOCS for c in dict.fromkeys(map(tuple, cl
 EVERY_COMMAND = [(README, tuple(c)) for c in README_COMMANDS] + DOCS_COMMANDS
 
 
-@pytest.mark.parametrize("page, args", EVERY_COMMAND,
-                         ids=[f"{p.name}: {' '.join(c)[:60]}" for p, c in EVERY_COMMAND])
+@pytest.mark.parametrize("page, args", EVERY_COMMAND, ids=[f"{p.name}: {' '.join(c)[:60]}" for p, c in EVERY_COMMAND])
 def test_documented_command_parses(page, args, monkeypatch):
     """README's commands, and those in docs/*.md code blocks too."""
     code, out, ran = leaf_reached(list(args), monkeypatch)
@@ -131,9 +140,11 @@ def test_documented_command_parses(page, args, monkeypatch):
             assert (ROOT / word).exists(), f"clfkit {shlex.join(args)}: {word} is not in the repository"
 
 
-RECIPE_LINES = [c for c in README_COMMANDS
-                if c[:1] == ["train"] and len(c) > 1 and (ROOT / c[1]).is_file()
-                or c[:2] == ["recipe", "check"]]
+RECIPE_LINES = [
+    c
+    for c in README_COMMANDS
+    if c[:1] == ["train"] and len(c) > 1 and (ROOT / c[1]).is_file() or c[:2] == ["recipe", "check"]
+]
 
 
 @pytest.mark.parametrize("args", RECIPE_LINES, ids=[" ".join(c)[:60] for c in RECIPE_LINES])
@@ -158,8 +169,8 @@ def test_readme_recipe_and_overrides_are_valid(args, monkeypatch):
 def plugin_example() -> dict[str, str]:
     """The files of README's "From nothing to a trained recipe": each block after a `name`: line."""
     text = README.read_text(encoding="utf-8")
-    section = text[text.index("### From nothing to a trained recipe"):]
-    section = section[:section.index("\n## ")]
+    section = text[text.index("### From nothing to a trained recipe") :]
+    section = section[: section.index("\n## ")]
     files = dict(re.findall(r"^`([\w.]+)`:\n\n```\w+\n(.*?)```", section, re.S | re.M))
     assert set(files) == {"pyproject.toml", "clfkit_wide.py", "wide.yaml"}, set(files)
     return files
@@ -171,8 +182,10 @@ def installed_like_pip(pkg: Path, site: Path) -> None:
     project = tomllib.loads((pkg / "pyproject.toml").read_text())["project"]
     info = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
     info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n"
-                                   + "".join(f"Requires-Dist: {r}\n" for r in project["dependencies"]))
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n"
+        + "".join(f"Requires-Dist: {r}\n" for r in project["dependencies"])
+    )
     eps = project["entry-points"]["clfkit.plugins"]
     (info / "entry_points.txt").write_text("[clfkit.plugins]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()))
 
@@ -183,8 +196,19 @@ from click.testing import CliRunner
 from clfkit.cli import cli
 print(json.dumps([(r.exit_code, r.output) for r in (CliRunner().invoke(cli, a) for a in json.loads(sys.argv[1]))]))
 """
-SMALL = ["--set", "data.source.train_size=64", "--set", "data.image_size=8", "--set", "train.epochs=1",
-         "--set", "model.width=8", "--set", "train.batch_size=16", "--quiet"]
+SMALL = [
+    "--set",
+    "data.source.train_size=64",
+    "--set",
+    "data.image_size=8",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "model.width=8",
+    "--set",
+    "train.batch_size=16",
+    "--quiet",
+]
 
 
 def test_readme_plugin_example_goes_from_nothing_to_a_trained_recipe(tmp_path):
@@ -195,12 +219,23 @@ def test_readme_plugin_example_goes_from_nothing_to_a_trained_recipe(tmp_path):
     for name, content in plugin_example().items():
         (pkg / name).write_text(content)
     installed_like_pip(pkg, tmp_path / "site")
-    shown = [c for c in clfkit_commands(README) if "wide_cnn" in c or "wide.yaml" in c or c == ["plugins", "--kind", "model"]]
+    shown = [
+        c for c in clfkit_commands(README) if "wide_cnn" in c or "wide.yaml" in c or c == ["plugins", "--kind", "model"]
+    ]
     assert shown == [["plugins", "--kind", "model"], ["plugins", "show", "wide_cnn"], ["train", "wide.yaml"]]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(pkg), str(ROOT)]),
-           "CLFKIT_PLUGINS": "clfkit-wide"}
-    r = subprocess.run([sys.executable, "-c", RUN_IN_FRESH_PROCESS, json.dumps(shown[:2] + [shown[2] + SMALL])],
-                       cwd=pkg, env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(pkg), str(ROOT)]),
+        "CLFKIT_PLUGINS": "clfkit-wide",
+    }
+    r = subprocess.run(
+        [sys.executable, "-c", RUN_IN_FRESH_PROCESS, json.dumps(shown[:2] + [shown[2] + SMALL])],
+        cwd=pkg,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     (listed, listed_out), (show, show_out), (train, train_out) = json.loads(r.stdout.splitlines()[-1])
     assert listed == 0 and "wide_cnn" in listed_out and "clfkit-wide" in listed_out, listed_out
