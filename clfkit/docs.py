@@ -55,7 +55,7 @@ _NOTES = {
 
 # --------------------------------------------------------------------------- formatting
 def default_text(value: Any) -> str:
-    """A default as the README shows it: flow-style YAML (``required`` when there is none)."""
+    """A default as the generated references show it: flow-style YAML (``required`` when there is none)."""
     if value is inspect.Parameter.empty:
         return "required"
     text = yaml.safe_dump(plain(value), default_flow_style=True, width=10_000).strip()
@@ -111,7 +111,7 @@ def render() -> str:
 
 
 # --------------------------------------------------------------------------- recipe fields
-# The recipe's sections, in README order: (title, model, dotted prefix of its fields).
+# The recipe's sections, in docs/recipe-reference.md order: (title, model, dotted prefix of its fields).
 _SECTIONS = (("top level", Recipe, ""), ("data", DataConfig, "data."),
              ("data.normalize (when given as mean/std)", Normalize, "data.normalize."),
              ("train", TrainConfig, "train."),
