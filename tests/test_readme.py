@@ -274,3 +274,13 @@ def test_readme_is_a_short_front_door():
     lines = README.read_text(encoding="utf-8").splitlines()
     assert len(lines) <= 300, f"README.md has {len(lines)} lines; move reference text into docs/"
     assert "## More" in lines
+
+
+@pytest.mark.parametrize("page", [README, *DOCS], ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_table_line_renders_as_a_table_row(page):
+    """A paragraph dropped inside a table cuts it in two: the rows after it render as text (the
+    errors table of the old README lost 15 rows that way)."""
+    text = page.read_text(encoding="utf-8")
+    rows = sum(t.type == "tr_open" for t in MD.parse(text))
+    table_lines = [line for line in text.splitlines() if line.startswith("|") and not set(line) <= set("|-: ")]
+    assert rows == len(table_lines), f"{page.name}: {len(table_lines) - rows} table line(s) render as text"
