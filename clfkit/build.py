@@ -2,6 +2,7 @@
 a loss, an optimizer, a schedule, augmentations and regularizers."""
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any, Callable, Optional
 
@@ -210,8 +211,30 @@ def build_optimizer(recipe: Recipe, model: nn.Module, regularizers: list[Any]) -
     first = next(model.parameters(), None)
     device = first.device.type if first is not None else "cpu"
     optimizer = registry.create("optimizer", name, params=groups, device=device, **args)
+    if recipe.train.precision == "fp16":  # the one precision with a GradScaler ("auto" is never fp16)
+        optimizer = without_fused_step(optimizer)
     param_groups.apply_lr_scales(optimizer)
     return optimizer
+
+
+def without_fused_step(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """``optimizer`` rebuilt with torch's default (foreach) step when it was made fused, for
+    training under a GradScaler (fp16). Why: a fused optimizer takes the scaler's found_inf
+    into its kernel instead of being skipped by the scaler, and torch's fused SGD (seen in
+    torch 2.11 and 2.14, torch/optim/sgd.py ``_fused_sgd``) allocates the momentum buffers
+    with ``torch.empty_like`` before that kernel runs; when the first step overflows (the
+    normal case with GradScaler's large initial scale) the kernel skips the step, buffer
+    initialization included, and the next step reads uninitialized memory as momentum: the
+    weights blow up (1e13 in a minimal check). Unfused, the scaler skips ``step()`` itself and
+    no state is made. Applies to any optimizer class whose constructor takes ``fused``
+    (plugins' too); it is rebuilt before any step, so there is no state to carry over."""
+    if not optimizer.defaults.get("fused"):
+        return optimizer
+    cls = type(optimizer)
+    accepted = inspect.signature(cls).parameters
+    settings = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    groups = [{**g, "fused": None} for g in optimizer.param_groups]
+    return cls(groups, **{**settings, "fused": None})
 
 
 def build_schedule(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:

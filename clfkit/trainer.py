@@ -31,6 +31,7 @@ from clfkit.engine.prep import BatchPrep
 from clfkit.engine.ema import WeightEMA
 from clfkit.engine.freeze import frozen_in_epoch, set_backbone_frozen
 from clfkit.engine.loop import TrainState, optimizer_steps, train_one_epoch
+from clfkit.engine.placement import place_splits
 from clfkit.engine.runtime import Runtime, compiled, grad_scaler, place_model, resolve_runtime, seed_everything
 from clfkit.engine.snapshot import EpochProgress, set_rng_state
 from clfkit.engine.stopping import EarlyStopper
@@ -199,12 +200,14 @@ class Trainer:
                          rt.channels_last, compile=tc.compile)  # train.compile: the batch preparation too
         self.state = TrainState(rt, train_model, model, self.loss_fn, optimizer, scheduler, grad_scaler(rt), prep,
                                 regularizers, tc.on_nonfinite)
-        train_set, self.val_set = _place_data(splits, rt, on_device=not per_image)
+        placed = place_splits(splits, rt, on_device=not per_image)  # the device's free memory decides
+        train_set, self.val_set = placed.train, placed.val
         self.batches = TrainBatches(train_set, tc.batch_size, recipe.seed, tc.drop_last, rt.device, per_image,
                                     workers, recipe.data.sampler)
         # printed once the run folder is open (clfkit.engine.batches; the loss's class weights)
         self.build_lines = [_data_path(aug_names, rt, workers, recipe.data.sampler, train_set),
                             f"normalize ({self.normalize_from}): mean {_rounded(self.mean)} std {_rounded(self.std)}"]
+        self.build_lines += [placed.note] if placed.note else []
         if self.class_weights is not None:
             self.build_lines.append(_weights_line(recipe.loss, splits.class_names, self.class_weights))
         self.eval_bs = tc.eval_batch_size or tc.batch_size * 2
@@ -426,17 +429,6 @@ def _done_message(summary: dict[str, Any]) -> str:
     return msg
 
 
-def _place_data(splits: Splits, rt: Runtime, on_device: bool) -> tuple[ImageSet, Optional[ImageSet]]:
-    """The train and val splits where training reads them. In-memory data goes to the GPU once
-    (val too: it is evaluated every epoch); per-image CPU augmentation keeps it on the host."""
-    train_set, val_set = splits.train, splits.val if splits.val is not None and len(splits.val) else None
-    if rt.device.type == "cuda" and on_device and not storage.is_disk(train_set.images):
-        train_set = ImageSet(train_set.images.to(rt.device), train_set.labels.to(rt.device))
-        if val_set is not None and not storage.is_disk(val_set.images):
-            val_set = ImageSet(val_set.images.to(rt.device), val_set.labels.to(rt.device))
-    return train_set, val_set
-
-
 def _rounded(values: list[float]) -> list[float]:
     return [round(v, 4) for v in values]
 
@@ -452,7 +444,8 @@ def _data_path(names: dict[str, list[str]], rt: Runtime, workers: int, sampler: 
     """Which input path the run takes, for the log: a transform without a batched version
     sends every batch through CPU loader workers, and users should see that."""
     per_image, batched = names.get("per_image", []), names.get("batched", [])
-    where = "host memory" if per_image or rt.device.type == "cpu" else f"{rt.device.type} memory"
+    on_host = per_image or rt.device.type == "cpu" or (train is not None and train.images.device.type == "cpu")
+    where = "host memory" if on_host else f"{rt.device.type} memory"
     line = f"data path: uint8 tensors in {where}"
     if train is not None and storage.is_disk(train.images):
         line = f"data path: uint8 images on disk ({train.images.path}), read in shuffled chunks"

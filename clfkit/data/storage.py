@@ -52,10 +52,18 @@ def memory_budget() -> int:
     if not text:
         ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)  # each torchrun rank holds a copy
         return _available_memory() // 2 // max(1, ranks)
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?", text, re.IGNORECASE)
-    if not m:
+    try:
+        return parse_bytes(text)
+    except ValueError:
         raise ClfkitError(f"{BUDGET_ENV}={text!r} is not an amount of memory (e.g. 8G, 512M, 1000000; "
-                          f"unset: half the available memory)")
+                          f"unset: half the available memory)") from None
+
+
+def parse_bytes(text: str) -> int:
+    """Bytes in ``text``: a number, optionally with a K/M/G/T suffix (KiB.. also read); ValueError if not."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?", text.strip(), re.IGNORECASE)
+    if not m:
+        raise ValueError(f"not an amount of memory: {text!r}")
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 

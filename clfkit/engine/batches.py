@@ -135,10 +135,22 @@ def train_batches(data: ImageSet, batch_size: int, seed: int, epoch: int, drop_l
         yield from _disk_batches(data, order, batch_size, device)
         return
     order = order.to(data.images.device)
+    # a set left in host memory for a GPU run (clfkit.engine.placement: over the device's
+    # budget) is gathered into pinned memory, so the copy runs asynchronously
+    pin = data.images.device.type == "cpu" and device.type == "cuda"
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
-        yield (data.images.index_select(0, idx).to(device, non_blocking=True),
-               data.labels.index_select(0, idx).to(device, non_blocking=True))
+        yield (gather(data.images, idx, pin).to(device, non_blocking=True),
+               gather(data.labels, idx, pin).to(device, non_blocking=True))
+
+
+def gather(values: torch.Tensor, idx: torch.Tensor, pin: bool) -> torch.Tensor:
+    """``values[idx]`` along the first dimension, into pinned host memory when ``pin`` (torch's
+    pinned allocator reuses a buffer only once the copies queued from it have finished)."""
+    if not pin:
+        return values.index_select(0, idx)
+    out = torch.empty((len(idx), *values.shape[1:]), dtype=values.dtype, pin_memory=True)
+    return torch.index_select(values, 0, idx, out=out)
 
 
 def _disk_batches(data: ImageSet, order: torch.Tensor, batch_size: int,

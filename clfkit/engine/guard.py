@@ -11,6 +11,12 @@ from clfkit.errors import TrainingError
 from clfkit.param_groups import base_lr
 
 
+def checks_each_step(device: torch.device, mode: str) -> bool:
+    """Whether the guard reads the loss on the host every step (see NonFiniteGuard); False:
+    the deferred check of CUDA's stop mode."""
+    return device.type != "cuda" or mode == "skip"
+
+
 class NonFiniteGuard:
     """Watches the loss for NaN/inf. On the CPU it checks every step (free: no device to wait
     for) and stops at the exact step. On CUDA, reading the loss each step would stall the GPU,
@@ -22,7 +28,7 @@ class NonFiniteGuard:
     def __init__(self, rt: Runtime, mode: str, epoch: int, optimizer):
         self.rt, self.mode, self.epoch, self.optimizer = rt, mode, epoch, optimizer
         self.skipped = 0
-        self.sync_each_step = rt.device.type != "cuda" or mode == "skip"
+        self.sync_each_step = checks_each_step(rt.device, mode)
         self.first_bad = torch.full((), -1, dtype=torch.long, device=rt.device)  # CUDA stop mode
 
     def ok(self, loss: torch.Tensor, step: int, batch: int) -> bool:

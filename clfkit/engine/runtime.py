@@ -40,19 +40,31 @@ class Runtime:
 def resolve_runtime(recipe: Recipe) -> Runtime:
     """Pick device and precision; asking for what the machine lacks is a clear error."""
     t = recipe.train
-    want = t.device
+    device = resolve_device(t.device)
+    precision = resolve_precision(t.precision, device)
+    channels_last = t.channels_last if t.channels_last is not None else device.type == "cuda"
+    return Runtime(device, precision, channels_last)
+
+
+def resolve_device(want: str) -> torch.device:
+    """train.device (auto, cpu, cuda, cuda:N) as a device this machine has."""
     if want == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    elif want.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise TrainingError(f"train.device is {want!r} but no CUDA GPU is available here; "
-                                f"use train.device=auto or cpu")
-        device = torch.device(want)
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise TrainingError(f"train.device {want!r}: only {torch.cuda.device_count()} GPU(s)")
-    else:
-        device = torch.device("cpu")
-    precision = t.precision
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not want.startswith("cuda"):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise TrainingError(f"train.device is {want!r} but no CUDA GPU is available here; "
+                            f"use train.device=auto or cpu")
+    device = torch.device(want)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise TrainingError(f"train.device {want!r}: only {torch.cuda.device_count()} GPU(s)")
+    return device
+
+
+def resolve_precision(want: str, device: torch.device) -> str:
+    """train.precision (auto, fp32, bf16, fp16) on ``device``: auto is bf16 on a GPU that has
+    it, else fp32; mixed precision on the CPU is refused (clfkit trains there in fp32)."""
+    precision = want
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if precision in ("bf16", "fp16") and device.type != "cuda":
@@ -60,8 +72,7 @@ def resolve_runtime(recipe: Recipe) -> Runtime:
                             f"where clfkit trains in fp32 (set train.precision=fp32 or auto)")
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         raise TrainingError("train.precision bf16: this GPU does not support bfloat16; use fp16")
-    channels_last = t.channels_last if t.channels_last is not None else device.type == "cuda"
-    return Runtime(device, precision, channels_last)
+    return precision
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -89,7 +100,7 @@ def place_model(model: nn.Module, rt: Runtime) -> nn.Module:
 
 def grad_scaler(rt: Runtime) -> Optional[torch.amp.GradScaler]:
     """A GradScaler for fp16 only (bf16 has fp32's range and needs none)."""
-    return torch.amp.GradScaler("cuda") if rt.precision == "fp16" else None
+    return torch.amp.GradScaler(rt.device.type) if rt.precision == "fp16" else None
 
 
 def compiled(model: nn.Module, compile_model: bool) -> nn.Module:
