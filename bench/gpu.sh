@@ -1,22 +1,92 @@
 #!/usr/bin/env bash
-# The one device check (issue 15), <= 8 min wall on an H100/H200. Run from the project root on
-# the GPU machine with `.whl` carried (see shared/gpu/README.md: ../shared/gpu/fetch-wheels.sh
-# fills it once); results go to $OUT (gpu_bench.json + gpu_bench.log), to commit under
-# bench/results/. CPU check of the driver: python bench/gpu_bench.py --smoke --out /tmp/x.json
-set -euo pipefail
-OUT=${OUT:-bench/results}
-mkdir -p "$OUT"
-export NO_ALBUMENTATIONS_UPDATE=1
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-  python3 -m pip install -q --no-deps --no-build-isolation -e .
-fi
-nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/gpu.txt" || true
-# 450 s for the cases and the study, leaving the install and the copy-back inside 8 minutes
-timeout 450 python3 bench/gpu_bench.py --work /tmp/bench --out "$OUT/gpu_bench.json" "$@" 2>&1 \
-  | tee "$OUT/gpu_bench.log" | grep -v '^\s*$' | tail -30
-# The first-decode ratio (issue 15 item 4) needs an idle many-core machine: this one's CPUs,
-# after the GPU cases; only when the 8 minutes leave room, and it never costs the figures above.
-[ "$SECONDS" -lt 400 ] && timeout 60 python3 bench/decode_bench.py --images 20000 --rounds 3 --work /tmp/decode \
-  --out "$OUT/decode_gpu_host.json" > "$OUT/decode_gpu_host.log" 2>&1 || echo "decode bench: skipped (no time left), failed or timed out (see decode_gpu_host.log)"
+# The one device check (issues 15 and 24). On the GPU machine, from the project root, with .whl
+# carried (docs/gpu.md):  bash bench/gpu.sh        -> $OUT/gpu_bench.json, gpu_bench.log,
+# pip_list.txt, nvidia_smi.txt. On a CPU (the test of this script): bash bench/gpu.sh --cpu
+#
+# Order: wheels checked and installed, versions recorded, a ~5 s preflight (every import, CUDA,
+# one step, a tiny torch.compile) that stops everything early with one clear line; then the
+# headline study; then the pipeline vs model-only cases and the prep row, each its own process
+# under its own `timeout -k` (a failure or a hang costs its row only), the JSON rewritten after
+# each. A case starts only if its timeout fits before GPU_BENCH_DEADLINE_S (default 420 s
+# from the start of this script); GPU_BENCH_CASES="study c32-cifar-compile ..." runs a subset.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+MODE=()
+[ "${1:-}" = "--cpu" ] && MODE=(--cpu)
+OUT=${OUT:-bench/results/gpu}
+WHEELS=${GPU_BENCH_WHEELS:-.whl}
+WORK=${GPU_BENCH_WORK:-$(mktemp -d /tmp/clfkit-gpu-bench.XXXXXX)}
+DEADLINE=${GPU_BENCH_DEADLINE_S:-420}
+ROWS=$WORK/rows
+mkdir -p "$OUT" "$ROWS"
+export NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1
+
+say() { echo "[gpu.sh +${SECONDS}s] $*"; }
+stop() { say "STOP: $*"; exit 3; }
+
+install_wheels() {
+  local missing=() dist
+  for dist in $(grep -v '^\s*#' bench/gpu_wheels.txt); do
+    ls "$WHEELS/${dist//-/_}"-*.whl >/dev/null 2>&1 || ls "$WHEELS/$dist"-*.whl >/dev/null 2>&1 || missing+=("$dist")
+  done
+  [ ${#missing[@]} -eq 0 ] || stop "no wheel in $WHEELS/ for: ${missing[*]}. In the project root run \
+../shared/gpu/fetch-wheels.sh, then call the device tool's run with carry [\".whl\"] (docs/gpu.md)"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    "$WHEELS"/*.whl || stop "pip could not install the wheels in $WHEELS/ (two versions of one package?)"
+  export PYTHONPATH=/tmp/site:$PWD
+}
+
+run_case() {  # name timeout
+  local name=$1 limit=$2 left=$((DEADLINE - SECONDS))
+  if [ "$left" -lt "$limit" ]; then
+    say "skip $name: ${left} s left before the ${DEADLINE} s deadline, it may take ${limit} s"
+    echo "no time left: ${left} s before the ${DEADLINE} s deadline, the case may take ${limit} s" > "$ROWS/$name.skip"
+    return
+  fi
+  say "case $name (timeout ${limit} s)"
+  timeout -k 10 "$limit" python3 bench/gpu_bench.py "${MODE[@]}" --case "$name" --rows "$ROWS" --work "$WORK" \
+    2>&1 | tee "$ROWS/$name.log"
+  local rc=${PIPESTATUS[0]}
+  echo "$rc" > "$ROWS/$name.rc"
+  [ "$rc" = 0 ] || say "case $name FAILED (exit $rc$([ "$rc" = 124 ] || [ "$rc" = 137 ] && echo ", timed out")); going on"
+}
+
+collect() {
+  python3 bench/gpu_bench.py "${MODE[@]}" --collect --rows "$ROWS" --out "$OUT/gpu_bench.json" \
+    || say "could not write $OUT/gpu_bench.json"
+}
+
+main() {
+  say "start: $(date -u '+%F %T') UTC, deadline ${DEADLINE} s, work $WORK, results $OUT"
+  if [ ${#MODE[@]} -eq 0 ]; then
+    install_wheels
+    nvidia-smi > "$OUT/nvidia_smi.txt" 2>&1 || say "nvidia-smi failed (see nvidia_smi.txt)"
+    head -n 12 "$OUT/nvidia_smi.txt"
+  else
+    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  python3 -m pip list --format=freeze > "$OUT/pip_list.txt" 2>&1 || say "pip list failed"
+  python3 -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda)' \
+    || stop "python3 cannot import torch"
+  timeout -k 5 90 python3 bench/gpu_bench.py "${MODE[@]}" --preflight --rows "$ROWS"
+  local rc=$?
+  if [ "$rc" != 0 ]; then
+    collect
+    stop "the preflight failed (exit $rc): nothing else ran; the line above says what to fix"
+  fi
+  local name limit
+  while read -r name limit; do
+    run_case "$name" "$limit"
+    collect
+  done < <(python3 bench/gpu_bench.py "${MODE[@]}" --list-cases)
+  cp "$ROWS"/*.log "$WORK/" 2>/dev/null
+  say "done: $OUT/gpu_bench.json"
+  python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); s = r.get("study", {})
+print("study:", {k: s.get(k) for k in ("finished", "epochs_done", "wall_seconds", "extrapolated_wall_seconds", "meets_target", "failed", "skipped")})
+for c in r["cases"]: print(c["case"], {k: c.get(k) for k in ("ratio", "images_per_s", "model_only_images_per_s", "failed", "skipped")})' \
+    "$OUT/gpu_bench.json"
+  ! grep -q '"failed"' "$OUT/gpu_bench.json"  # exit 1 when a case failed (its row says why)
+}
+
+main "$@" 2>&1 | tee "$OUT/gpu_bench.log"
+exit "${PIPESTATUS[0]}"
