@@ -15,6 +15,7 @@ MODE=()
 [ "${1:-}" = "--cpu" ] && MODE=(--cpu)
 OUT=${OUT:-bench/results/gpu}
 WHEELS=${GPU_BENCH_WHEELS:-.whl}
+SITE=${GPU_BENCH_SITE:-/tmp/site}  # where the wheels are installed (on PYTHONPATH)
 WORK=${GPU_BENCH_WORK:-$(mktemp -d /tmp/clfkit-gpu-bench.XXXXXX)}
 DEADLINE=${GPU_BENCH_DEADLINE_S:-420}
 ROWS=$WORK/rows
@@ -31,9 +32,9 @@ install_wheels() {
   done
   [ ${#missing[@]} -eq 0 ] || stop "no wheel in $WHEELS/ for: ${missing[*]}. In the project root run \
 ../shared/gpu/fetch-wheels.sh, then call the device tool's run with carry [\".whl\"] (docs/gpu.md)"
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
     "$WHEELS"/*.whl || stop "pip could not install the wheels in $WHEELS/ (two versions of one package?)"
-  export PYTHONPATH=/tmp/site:$PWD
+  export PYTHONPATH=$SITE:$PWD
 }
 
 run_case() {  # name timeout
@@ -79,7 +80,6 @@ main() {
     run_case "$name" "$limit"
     collect
   done < <(python3 bench/gpu_bench.py "${MODE[@]}" --list-cases)
-  cp "$ROWS"/*.log "$WORK/" 2>/dev/null
   say "done: $OUT/gpu_bench.json"
   python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); s = r.get("study", {})
 print("study:", {k: s.get(k) for k in ("finished", "epochs_done", "wall_seconds", "extrapolated_wall_seconds", "meets_target", "failed", "skipped")})

@@ -174,6 +174,27 @@ def test_placement_on_the_device_keeps_the_file_paths(monkeypatch):
     assert host.train is splits.train  # per-image CPU augmentation reads from the host
 
 
+def test_a_disk_split_that_fits_is_read_onto_the_device_with_its_paths(tmp_path, monkeypatch):
+    import numpy as np
+
+    from clfkit.data import storage
+    from clfkit.engine import placement
+
+    monkeypatch.setattr(placement, "COPY_BLOCK_BYTES", 400)  # 2 images of 192 bytes per read: 3 reads
+    monkeypatch.setenv(placement.DEVICE_BUDGET_ENV, "1M")
+    splits = _splits(5)
+    np.save(tmp_path / "train.npy", splits.train.images.numpy())
+    disk = ImageSet(storage.DiskImages(tmp_path / "train.npy"), splits.train.labels, splits.train.paths)
+    reads = []
+    real_read = storage.DiskImages.read
+    monkeypatch.setattr(storage.DiskImages, "read", lambda self, pos, **kw: reads.append(len(pos)) or real_read(self, pos, **kw))
+    placed = placement.place_splits(Splits(disk, ["a", "b"]), Runtime(torch.device("meta"), "bf16", True), True)
+    assert placed.on_device and not storage.is_disk(placed.train.images) and placed.train.paths == splits.train.paths
+    assert placed.train.images.shape == (5, 3, 8, 8) and reads == [2, 2, 1]
+    cpu = placement.place_splits(Splits(disk, ["a", "b"]), Runtime(torch.device("cpu"), "fp32", False), True)
+    assert cpu.train is disk
+
+
 def test_a_set_over_the_free_gpu_memory_streams_from_host(monkeypatch):
     from clfkit.engine import placement
 

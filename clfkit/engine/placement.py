@@ -1,13 +1,17 @@
 """Where the training and validation splits live while a run trains: on the training device
-when they fit its free memory (batches are then index operations there), else in host memory,
-from where each batch is gathered into pinned memory and copied over (clfkit.engine.batches).
+when they fit its free memory (batches are then index operations there), else where they are
+(host memory, or a disk split's file: clfkit.data.storage), from where each batch is gathered
+into pinned memory and copied over (clfkit.engine.batches).
 
 The budget is asked of the device itself when the run starts (``torch.cuda.mem_get_info``:
 what is free now, other processes' allocations excluded): at most DEVICE_DATA_SHARE of it goes
 to data, the rest stays for the model, its activations and the optimizer. A set over the budget
-trains from host memory instead of failing with an out-of-memory error at the copy or, worse,
-at the first forward pass. ``CLFKIT_DEVICE_DATA_BUDGET`` (bytes, or with K/M/G/T) overrides it,
-like ``CLFKIT_MEMORY_BUDGET`` does for host memory (clfkit.data.storage).
+trains from the host instead of failing with an out-of-memory error at the copy or, worse, at
+the first forward pass. ``CLFKIT_DEVICE_DATA_BUDGET`` (bytes, or with K/M/G/T) overrides it,
+like ``CLFKIT_MEMORY_BUDGET`` does for host memory. The two budgets are separate questions:
+``data.storage: auto`` asks host memory whether the decoded set stays in memory or on disk;
+this module asks the GPU whether it holds the set, which a disk split can too (read into it
+in blocks, once).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from clfkit.engine.runtime import Runtime
 
 DEVICE_DATA_SHARE = 0.5
 DEVICE_BUDGET_ENV = "CLFKIT_DEVICE_DATA_BUDGET"
+COPY_BLOCK_BYTES = 64 << 20  # a disk split goes to the device in reads of this size
 
 
 @dataclass
@@ -60,30 +65,38 @@ def device_data_budget(device: torch.device) -> Optional[int]:
 
 
 def place_splits(splits: Splits, rt: Runtime, on_device: bool) -> Placed:
-    """The train and val splits where training reads them. In-memory data goes to the
-    training device once (val too: it is evaluated every epoch) when it fits the device's
-    budget; per-image CPU augmentation (``on_device`` False), disk storage and a set over the
-    budget keep it on the host. File paths stay with the images wherever they go (mistakes.json
-    and report.html name the files)."""
+    """The train and val splits where training reads them. The data goes to the training
+    device once (val too: it is evaluated every epoch) when it fits the device's budget: from
+    memory, or from a disk split's file in blocks (``data.storage`` is about host memory; a
+    set too large for it may still fit a large GPU, and is then read once instead of every
+    epoch). Per-image CPU augmentation (``on_device`` False) and a set over the budget keep it
+    where it is. File paths stay with the images wherever they go (mistakes.json and
+    report.html name the files)."""
     train, val = splits.train, splits.val if splits.val is not None and len(splits.val) else None
-    if rt.device.type == "cpu" or not on_device or storage.is_disk(train.images):
+    if rt.device.type == "cpu" or not on_device:
         return Placed(train, val)
-    movable = [s for s in (train, val) if s is not None and not storage.is_disk(s.images)]
-    need = sum(s.images.nbytes + s.labels.nbytes for s in movable)
+    need = sum(s.images.nbytes + s.labels.nbytes for s in (train, val) if s is not None)
     budget = device_data_budget(rt.device)
     if budget is not None and need > budget:
+        where = "on disk, read in shuffled chunks" if storage.is_disk(train.images) else "in host memory"
         return Placed(train, val, note=(
-            f"data placement: the {_size(need)} of train/val data (images and labels) do not fit the {_size(budget)} data budget "
-            f"on {rt.device} ({_budget_source()}); they stay in host memory and each batch is "
-            f"copied over from pinned memory (slower than on-device batches; free GPU memory, "
-            f"use smaller images, or set {DEVICE_BUDGET_ENV})"))
-    keep_val = val is None or storage.is_disk(val.images)  # a disk val split is read from its file
-    return Placed(_moved(train, rt.device), val if keep_val else _moved(val, rt.device))
+            f"data placement: the {_size(need)} of train/val data (images and labels) do not fit the "
+            f"{_size(budget)} data budget on {rt.device} ({_budget_source()}); they stay {where} and "
+            f"each batch is copied over from pinned memory (slower than on-device batches; free GPU "
+            f"memory, use smaller images, or set {DEVICE_BUDGET_ENV})"))
+    return Placed(_moved(train, rt.device), _moved(val, rt.device) if val is not None else None)
 
 
 def _moved(data: ImageSet, device: torch.device) -> ImageSet:
     labels = data.labels.to(device) if data.labels is not None else None
-    return ImageSet(data.images.to(device), labels, data.paths)
+    if not storage.is_disk(data.images):
+        return ImageSet(data.images.to(device), labels, data.paths)
+    # a disk split: read in blocks straight into the device tensor, never whole in host memory
+    images = torch.empty(tuple(data.images.shape), dtype=torch.uint8, device=device)
+    step = max(1, COPY_BLOCK_BYTES // data.images.row_bytes)
+    for i in range(0, len(images), step):
+        images[i:i + step].copy_(data.images[i:i + step])
+    return ImageSet(images, labels, data.paths)
 
 
 def _budget_source() -> str:
