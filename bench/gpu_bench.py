@@ -9,7 +9,8 @@
 
 Cases, in order: ``study`` first (the headline: S002's shape, 100k 64 px images of 100 classes,
 ResNet-18 with the CIFAR stem, 25 epochs, evaluation included, compiled; target under 240 s
-on one H200; a study stopped by its timeout keeps the epochs it did and an extrapolation),
+on one H200; the study's timeout, 300 s, includes writing its 100k PNGs, which its wall time
+does not; a study stopped by its timeout keeps the epochs it did and an extrapolation),
 then the pipeline against the model-only limit (``c<size>-<stem>-<eager|compile>``: clfkit's
 epoch rate, epochs after the first averaged, against cast + forward + backward + step on
 on-device uint8 batches of the same model and settings, in the same process; target ratio
@@ -51,7 +52,7 @@ IMPORTS = {"torch": "torch", "torchvision": "torchvision", "timm": "timm", "nump
 
 FULL = dict(images=20_000, epochs=3, batch_size=256, width=1.0, model_steps=200, warmup_steps=20,
             study_images=100_000, study_classes=100, study_size=64, study_epochs=25, study_compile=True,
-            device="auto", timeouts={"study": 270, "eager": 60, "compile": 150, "prep": 90},
+            device="auto", timeouts={"study": 300, "eager": 60, "compile": 120, "prep": 90},
             cases=["c32-cifar-eager", "c32-imagenet-eager", "c64-cifar-eager", "c64-imagenet-eager",
                    "c32-cifar-compile", "c64-cifar-compile", "c32-imagenet-compile", "c64-imagenet-compile"])
 CPU = dict(images=64, epochs=2, batch_size=16, width=0.0625, model_steps=3, warmup_steps=1,
@@ -288,7 +289,7 @@ def study_case(s: SimpleNamespace, work: Path, row_path: Path) -> dict:
                train_seconds=summ["train_seconds"], compile_seconds=summ.get("compile_seconds"),
                best_val_acc=summ["best_val_acc"], test_acc=summ.get("test_acc"), device=summ["device"],
                precision=summ["precision"])
-    row["meets_target"] = row["wall_seconds"] < STUDY_TARGET_S
+    row.update(extrapolated_wall_seconds=row["wall_seconds"], meets_target=row["wall_seconds"] < STUDY_TARGET_S)
     return row
 
 
