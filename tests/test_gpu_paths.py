@@ -16,7 +16,7 @@ from clfkit.data import ImageSet, Splits
 from clfkit.engine import runtime
 from clfkit.engine.runtime import Runtime
 from clfkit.errors import ClfkitError, TrainingError
-from conftest import tiny_recipe
+from conftest import extend_and_resume, tiny_recipe
 
 SMALL = dict(data__source__train_size=64, data__source__val_size=32, data__source__test_size=32,
              train__epochs=1, train__batch_size=16)
@@ -112,8 +112,11 @@ def test_fp16_plugin_optimizer_made_fused_is_unfused():
 
 # ---------------------------------------------------------------- the trainer under autocast
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_trainer_trains_under_autocast_with_channels_last(tmp_path, cpu_amp, precision):
+def test_trainer_trains_under_autocast_with_channels_last(tmp_path, cpu_amp, monkeypatch, precision):
+    from clfkit.components import optimizers
     from clfkit.trainer import train
+
+    monkeypatch.setattr(optimizers, "_fused", lambda device: True)  # the optimizer CUDA gets (fp16: unfused)
 
     r = tiny_recipe(**SMALL, train__precision=precision, train__channels_last=True,
                     optim={"name": "sgd", "lr": 0.05, "momentum": 0.9})
@@ -123,8 +126,11 @@ def test_trainer_trains_under_autocast_with_channels_last(tmp_path, cpu_amp, pre
     row = json.loads((res.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert row["train_loss"] == row["train_loss"] and row["train_loss"] < 10  # finite, not blown up
     ckpt = torch.load(res.run_dir / "last.pt", map_location="cpu", weights_only=False)
-    if precision == "fp16":  # the scaler's state is saved for a resume
-        assert ckpt.get("scaler") or any("scaler" in k for k in ckpt)
+    assert (ckpt["scaler"] is not None) == (precision == "fp16")  # fp16: the scaler's state, for a resume
+    if precision == "fp16":  # and a resume restores it (GradScaler("cpu") as "cuda" on a GPU)
+        assert ckpt["scaler"]["scale"] > 0
+        resumed = extend_and_resume(res.run_dir, 2)
+        assert resumed.summary["epochs_run"] == 2 and resumed.summary["precision"] == "fp16"
     assert all(v.dtype != torch.bfloat16 for v in ckpt["model"].values())  # weights stay fp32
 
 
