@@ -59,6 +59,9 @@ collect() {
 
 main() {
   say "start: $(date -u '+%F %T') UTC, deadline ${DEADLINE} s, work $WORK, results $OUT"
+  [[ "$DEADLINE" =~ ^[0-9]+$ ]] || stop "GPU_BENCH_DEADLINE_S=$DEADLINE is not a number of seconds"
+  local cases  # first: a mistyped GPU_BENCH_CASES or GPU_BENCH_TIMEOUTS stops before anything runs
+  cases=$(python3 bench/gpu_bench.py "${MODE[@]}" --list-cases) || stop "bad case selection (the line above)"
   if [ ${#MODE[@]} -eq 0 ]; then
     install_wheels
     nvidia-smi > "$OUT/nvidia_smi.txt" 2>&1 || say "nvidia-smi failed (see nvidia_smi.txt)"
@@ -79,7 +82,7 @@ main() {
   while read -r name limit; do
     run_case "$name" "$limit"
     collect
-  done < <(python3 bench/gpu_bench.py "${MODE[@]}" --list-cases)
+  done <<< "$cases"
   say "done: $OUT/gpu_bench.json"
   python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); s = r.get("study", {})
 print("study:", {k: s.get(k) for k in ("finished", "epochs_done", "wall_seconds", "extrapolated_wall_seconds", "meets_target", "failed", "skipped")})

@@ -15,7 +15,8 @@ then the pipeline against the model-only limit (``c<size>-<stem>-<eager|compile>
 epoch rate, epochs after the first averaged, against cast + forward + backward + step on
 on-device uint8 batches of the same model and settings, in the same process; target ratio
 >= 0.95), eager cases before compiled ones (cheaper, so more rows survive a short lease),
-then ``prep`` (batch preparation alone, bench/prep_bench.py). Each case runs in its own
+then ``prep`` (batch preparation alone, bench/prep_bench.py) and ``decode`` (the first-decode
+ratio of bench/decode_bench.py on the GPU machine's idle cores). Each case runs in its own
 process under its own ``timeout -k`` (gpu.sh): a crash, a CUDA error or a hang costs that row
 only. Every row records peak GPU memory (allocated and reserved, pipeline and model-only).
 
@@ -52,7 +53,7 @@ IMPORTS = {"torch": "torch", "torchvision": "torchvision", "timm": "timm", "nump
 
 FULL = dict(images=20_000, epochs=3, batch_size=256, width=1.0, model_steps=200, warmup_steps=20,
             study_images=100_000, study_classes=100, study_size=64, study_epochs=25, study_compile=True,
-            device="auto", timeouts={"study": 300, "eager": 60, "compile": 120, "prep": 90},
+            device="auto", timeouts={"study": 300, "eager": 60, "compile": 120, "prep": 90, "decode": 60},
             cases=["c32-cifar-eager", "c32-imagenet-eager", "c64-cifar-eager", "c64-imagenet-eager",
                    "c32-cifar-compile", "c64-cifar-compile", "c32-imagenet-compile", "c64-imagenet-compile"])
 CPU = dict(images=64, epochs=2, batch_size=16, width=0.0625, model_steps=3, warmup_steps=1,
@@ -69,7 +70,7 @@ def settings(cpu: bool) -> SimpleNamespace:
 
 def case_list(s: SimpleNamespace) -> list[tuple[str, int]]:
     """(name, timeout in s) in the order gpu.sh runs them; GPU_BENCH_CASES picks a subset."""
-    names = ["study", *s.cases] + ([] if s.cpu else ["prep"])
+    names = ["study", *s.cases] + ([] if s.cpu else ["prep", "decode"])
     limits = {n: s.timeouts.get(n, s.timeouts["compile" if n.endswith("compile") else "eager"]) for n in names}
     for item in os.environ.get("GPU_BENCH_TIMEOUTS", "").replace(",", " ").split():  # name=seconds
         name, _, seconds = item.partition("=")
@@ -303,6 +304,16 @@ def prep_case(s: SimpleNamespace) -> dict:
     return {"case": "prep", "rows": prep_rows(p, device)}
 
 
+def decode_case(rows: Path, work: Path) -> dict:
+    """The first-decode ratio of issue 15 (bench/decode_bench.py) on this idle many-core host."""
+    import subprocess
+
+    out = rows / "decode_bench.json"
+    subprocess.run([sys.executable, str(Path(__file__).with_name("decode_bench.py")), "--images", "20000",
+                    "--rounds", "3", "--work", str(work / "decode"), "--out", str(out)], check=True)
+    return {"case": "decode", **json.loads(out.read_text())}
+
+
 def run_case(name: str, s: SimpleNamespace, rows: Path, work: Path) -> dict:
     injected = os.environ.get("GPU_BENCH_FAIL", "").replace(",", " ").split()
     if f"{name}:hang" in injected:  # the test of the timeout guard
@@ -317,6 +328,8 @@ def run_case(name: str, s: SimpleNamespace, rows: Path, work: Path) -> dict:
         return study_case(s, work, rows / "study.json")
     if name == "prep":
         return prep_case(s)
+    if name == "decode":
+        return decode_case(rows, work)
     return pipeline_case(name, s, work)
 
 
@@ -340,8 +353,8 @@ def collect(s: SimpleNamespace, rows: Path) -> dict:
             row["skipped"] = skip.read_text().strip() if skip.exists() else "not run"
         if name == "study":
             result["study"] = row
-        elif name == "prep":
-            result["prep"] = row
+        elif name in ("prep", "decode"):
+            result[name] = row
         else:
             result["cases"].append(row)
     ran = [c for c in result["cases"] if "ratio" in c]
