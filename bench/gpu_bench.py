@@ -230,7 +230,8 @@ def pipeline_case(name: str, s: SimpleNamespace, work: Path) -> dict:
     size, compile_ = int(size), mode == "compile"
     root = make_folder(work / f"data{size}", s.images, size)
     recipe = _recipe(root, size, stem, compile_, s, epochs=s.epochs)
-    _peak_memory()
+    # no peak reset before: CUDA is not initialized yet in this process, and must not be before
+    # the trainer's decode workers start
     res = train(recipe, work / "runs", quiet=True)
     rows = read_history(res.run_dir)
     later = rows[1:] or rows  # the first epoch pays for warm-up (cudnn autotune, compile)
