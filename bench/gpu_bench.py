@@ -140,11 +140,14 @@ def _imports() -> dict[str, Optional[str]]:
         raise PreflightFailed(f"cannot import {'; '.join(missing)}. Carry the wheels: run "
                               f"../shared/gpu/fetch-wheels.sh $(grep -v '^#' bench/gpu_wheels.txt) in the project "
                               f"root (add the missing distributions to bench/gpu_wheels.txt), then carry .whl")
-    try:
-        import clfkit.trainer  # noqa: F401 - the whole training side, components by name
-        from clfkit import __version__
-    except Exception as e:  # noqa: BLE001
-        raise PreflightFailed(f"cannot import clfkit.trainer: {type(e).__name__}: {_first(e)}") from None
+    for module in ("clfkit.trainer", "clfkit.run.plots"):  # the training side; the figures every run draws
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # noqa: BLE001
+            raise PreflightFailed(f"cannot import {module}: {type(e).__name__}: {_first(e)} (matplotlib and "
+                                  f"its dependencies must import for {module.split('.')[-1]})") from None
+    from clfkit import __version__
+
     versions["clfkit"] = __version__
     return versions
 
@@ -203,7 +206,9 @@ def _recipe(root: Path, size: int, stem: str, compile_: bool, s: SimpleNamespace
         "optim": {"name": "sgd", "lr": 0.2 if classes_folder else 0.1, "momentum": 0.9, "nesterov": True,
                   "weight_decay": 5e-4},
         "schedule": {"name": "cosine"},
-        "train": {"epochs": epochs, "batch_size": s.batch_size, "compile": compile_, "device": s.device}})
+        # no TensorBoard event files: nothing reads them, and their writing is not what is timed
+        "train": {"epochs": epochs, "batch_size": s.batch_size, "compile": compile_, "device": s.device,
+                  "track": []}})
 
 
 def _peak_memory() -> dict[str, Optional[float]]:
