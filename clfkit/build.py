@@ -234,7 +234,13 @@ def without_fused_step(optimizer: torch.optim.Optimizer) -> torch.optim.Optimize
     accepted = inspect.signature(cls).parameters
     settings = {k: v for k, v in optimizer.defaults.items() if k in accepted}
     groups = [{**g, "fused": None} for g in optimizer.param_groups]
-    return cls(groups, **{**settings, "fused": None})
+    try:
+        return cls(groups, **{**settings, "fused": None})
+    except (TypeError, ValueError, RuntimeError) as e:  # a plugin class that cannot be rebuilt from its defaults
+        raise RecipeError([("optim", f"{cls.__name__} was made fused, which fp16 cannot use (a fused step "
+                                     f"ignores GradScaler's skipped steps), and rebuilding it unfused failed "
+                                     f"({type(e).__name__}: {e}); use train.precision: bf16, or an optimizer "
+                                     f"that is not fused")]) from None
 
 
 def build_schedule(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:

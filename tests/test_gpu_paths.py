@@ -15,7 +15,7 @@ import torch.nn as nn
 from clfkit.data import ImageSet, Splits
 from clfkit.engine import runtime
 from clfkit.engine.runtime import Runtime
-from clfkit.errors import ClfkitError, TrainingError
+from clfkit.errors import ClfkitError, RecipeError, TrainingError
 from conftest import extend_and_resume, tiny_recipe
 
 SMALL = dict(data__source__train_size=64, data__source__val_size=32, data__source__test_size=32,
@@ -108,6 +108,13 @@ def test_fp16_plugin_optimizer_made_fused_is_unfused():
     assert (g["lr_scale"], g["nesterov"], g["momentum"], g["params"][0] is params[0]) == (0.5, True, 0.9, True)
     rms = torch.optim.RMSprop(params)  # no fused variant: untouched
     assert without_fused_step(rms) is rms
+
+    class NeedsWarmup(torch.optim.SGD):  # a plugin's optimizer whose constructor wants more than its defaults
+        def __init__(self, params, warmup, **kw):
+            super().__init__(params, **kw)
+
+    with pytest.raises(RecipeError, match=r"NeedsWarmup was made fused.*train.precision: bf16"):
+        without_fused_step(NeedsWarmup(params, 5, lr=0.1, fused=True))
 
 
 # ---------------------------------------------------------------- the trainer under autocast
