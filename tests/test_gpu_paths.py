@@ -206,6 +206,9 @@ def test_a_disk_split_that_fits_is_read_onto_the_device_with_its_paths(tmp_path,
     assert placed.train.images.shape == (5, 3, 8, 8) and reads == [2, 2, 1]
     cpu = placement.place_splits(Splits(disk, ["a", "b"]), Runtime(torch.device("cpu"), "fp32", False), True)
     assert cpu.train is disk
+    monkeypatch.setenv(placement.DEVICE_BUDGET_ENV, "100")  # over the budget: read from its file every epoch
+    over = placement.place_splits(Splits(disk, ["a", "b"]), Runtime(torch.device("meta"), "bf16", True), True)
+    assert over.train is disk and "stay on disk" in over.note and reads == [2, 2, 1]
 
 
 def test_a_set_over_the_free_gpu_memory_streams_from_host(monkeypatch):
