@@ -220,8 +220,9 @@ def build_optimizer(recipe: Recipe, model: nn.Module, regularizers: list[Any]) -
 def without_fused_step(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     """``optimizer`` rebuilt with torch's default (foreach) step when it was made fused, for
     training under a GradScaler (fp16). Why: a fused optimizer takes the scaler's found_inf
-    into its kernel instead of being skipped by the scaler, and torch's fused SGD (seen in
-    torch 2.11 and 2.14, torch/optim/sgd.py ``_fused_sgd``) allocates the momentum buffers
+    into its kernel instead of being skipped by the scaler, and torch's fused SGD (torch 2.14,
+    torch/optim/sgd.py ``_fused_sgd``: long-standing code, the GPU image's 2.11 has it too)
+    allocates the momentum buffers
     with ``torch.empty_like`` before that kernel runs; when the first step overflows (the
     normal case with GradScaler's large initial scale) the kernel skips the step, buffer
     initialization included, and the next step reads uninitialized memory as momentum: the
