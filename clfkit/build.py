@@ -222,8 +222,8 @@ def without_fused_step(optimizer: torch.optim.Optimizer) -> torch.optim.Optimize
     training under a GradScaler (fp16). Why: a fused optimizer takes the scaler's found_inf
     into its kernel instead of being skipped by the scaler, and torch's fused SGD (torch 2.14,
     torch/optim/sgd.py ``_fused_sgd``: long-standing code, the GPU image's 2.11 has it too)
-    allocates the momentum buffers
-    with ``torch.empty_like`` before that kernel runs; when the first step overflows (the
+    allocates the momentum buffers with ``torch.empty_like`` before that kernel runs; when the
+    first step overflows (the
     normal case with GradScaler's large initial scale) the kernel skips the step, buffer
     initialization included, and the next step reads uninitialized memory as momentum: the
     weights blow up (1e13 in a minimal check). Unfused, the scaler skips ``step()`` itself and
