@@ -302,7 +302,8 @@ def study_case(s: SimpleNamespace, work: Path, row_path: Path) -> dict:
 
 def prep_case(s: SimpleNamespace) -> dict:
     import torch
-    from prep_bench import options as prep_options, prep_rows
+    from prep_bench import options as prep_options
+    from prep_bench import prep_rows
 
     device = torch.device("cuda" if torch.cuda.is_available() and not s.cpu else "cpu")
     p = prep_options([], batch_size=s.batch_size, size=32, steps=3 if s.cpu else 200,

@@ -11,12 +11,12 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
+from conftest import extend_and_resume, tiny_recipe
 
 from clfkit.data import ImageSet, Splits
 from clfkit.engine import runtime
 from clfkit.engine.runtime import Runtime
 from clfkit.errors import ClfkitError, RecipeError, TrainingError
-from conftest import extend_and_resume, tiny_recipe
 
 SMALL = dict(data__source__train_size=64, data__source__val_size=32, data__source__test_size=32,
              train__epochs=1, train__batch_size=16)

@@ -22,8 +22,8 @@ from typing import Optional
 import torch
 
 from clfkit.data import ImageSet, Splits, storage
-from clfkit.errors import ClfkitError
 from clfkit.engine.runtime import Runtime
+from clfkit.errors import ClfkitError
 
 DEVICE_DATA_SHARE = 0.5
 DEVICE_BUDGET_ENV = "CLFKIT_DEVICE_DATA_BUDGET"
