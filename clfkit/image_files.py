@@ -192,8 +192,10 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
 
 def wide_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
     """The pixel values of a ``mode`` image (one of :data:`WIDE_MODES`) as uint8 by the mode's
-    fixed range, rounded to the nearest level; a DecodeError when any is NaN or infinite (no
-    pixel value says what such a pixel looked like)."""
+    fixed range, rounded to the nearest level; values outside the range clip. A DecodeError
+    when any is NaN or infinite (no pixel value says what such a pixel looked like), or when
+    most lie outside the range (data in another scale, e.g. a float image of 0..255, which
+    clipping would turn white)."""
     low, high = WIDE_MODES[mode]
     if values.dtype.kind == "f":
         finite = np.isfinite(values)
@@ -201,6 +203,12 @@ def wide_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
             bad = int(values.size - np.count_nonzero(finite))
             raise DecodeError(f"{bad} of its {values.size} pixel values are not finite (NaN or infinite) in this "
                               f"mode {mode} (32-bit float) image; fix or remove the image")
+    outside = np.count_nonzero((values < low) | (values > high))
+    if outside * 2 > values.size:  # a few hot pixels clip; an image mostly outside would decode flat
+        raise DecodeError(f"{outside} of its {values.size} pixel values lie outside {low}..{high}, the range mode "
+                          f"{mode} images are read in (this one holds {values.min():g}..{values.max():g}), so it "
+                          f"would decode nearly flat; rescale it into that range or to 8 bits first "
+                          f"(docs/images.md)")
     scaled = (np.clip(values, low, high).astype(np.float64) - low) * (255.0 / (high - low))
     return np.rint(scaled).astype(np.uint8)
 

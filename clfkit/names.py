@@ -72,9 +72,11 @@ def child_folder(parent: str | Path, name: str, what: str = "name") -> Path:
 # --------------------------------------------------------------------------- class names
 def class_key(name: str) -> str:
     """What two class names that print alike share: Unicode NFC form (a folder made on macOS
-    spells 'café' as 'cafe' + a combining accent, NFD), surrounding whitespace trimmed. Case
-    is kept: 'A' and 'a' are two classes in a letters dataset (EMNIST) and print differently."""
-    return unicodedata.normalize("NFC", name).strip()
+    spells 'café' as 'cafe' + a combining accent, NFD), invisible format characters (a
+    zero-width space) dropped, surrounding whitespace trimmed. Case is kept: 'A' and 'a' are
+    two classes in a letters dataset (EMNIST) and print differently."""
+    visible = "".join(ch for ch in name if unicodedata.category(ch) != "Cf")
+    return unicodedata.normalize("NFC", visible).strip()
 
 
 def _spellings(pairs: list[tuple[str, str]]) -> str:
@@ -83,8 +85,8 @@ def _spellings(pairs: list[tuple[str, str]]) -> str:
 
 
 def check_class_names(names: list[str], where: str) -> None:
-    """A DataError when two of ``names`` (the classes of ``where``) differ only in Unicode
-    normalization or surrounding whitespace: they would print identically as two classes."""
+    """A DataError when two of ``names`` (the classes of ``where``) have one :func:`class_key`:
+    they would print identically as two classes."""
     first: dict[str, str] = {}
     pairs = []
     for name in names:
@@ -92,17 +94,17 @@ def check_class_names(names: list[str], where: str) -> None:
         if other != name:
             pairs.append((other, name))
     if pairs:
-        raise DataError(f"{where} has class names that differ only in Unicode normalization (NFC/NFD) or "
-                        f"surrounding whitespace: {_spellings(pairs)}; they would print as the same name. "
-                        f"Rename one of each pair (merge the folders, or fix the labels)")
+        raise DataError(f"{where} has class names that differ only in Unicode normalization (NFC/NFD), "
+                        f"invisible characters or surrounding whitespace: {_spellings(pairs)}; they would "
+                        f"print as the same name. Rename one of each pair (merge the folders, or fix the labels)")
 
 
 def check_same_spelling(a: list[str], b: list[str], a_what: str, b_what: str) -> None:
-    """A DataError when a name of ``a`` and one of ``b`` differ only in Unicode normalization
-    or whitespace: the same class to a reader, two classes to clfkit. Both spellings named."""
+    """A DataError when a name of ``a`` and one of ``b`` differ but have one :func:`class_key`:
+    the same class to a reader, two classes to clfkit. Both spellings named."""
     keys = {class_key(n): n for n in a}
     pairs = [(keys[class_key(n)], n) for n in b if class_key(n) in keys and keys[class_key(n)] != n]
     if pairs:
-        raise DataError(f"{a_what} and {b_what} spell the same class differently (Unicode NFC/NFD or "
-                        f"surrounding whitespace): {_spellings(pairs)}. Rename one so both spell it "
-                        f"identically")
+        raise DataError(f"{a_what} and {b_what} spell the same class differently (Unicode NFC/NFD, "
+                        f"invisible characters or surrounding whitespace): {_spellings(pairs)}. Rename one so "
+                        f"both spell it identically")

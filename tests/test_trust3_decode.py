@@ -81,6 +81,15 @@ def test_a_non_finite_float_image_is_refused_in_predict(predictor, onnx_file, tm
     assert (tmp_path / "out.txt").read_text().split()[0] == "good.tif"
 
 
+@pytest.mark.parametrize("mode, values", [("F", LEVELS * 255), ("I", LEVELS * 2**31)])
+def test_an_image_mostly_outside_its_modes_range_is_refused_not_decoded_flat(predictor, tmp_path, mode, values):
+    """A float image of 0..255 (or a 32-bit int one using its whole range) would clip nearly white."""
+    img = Image.fromarray(values.astype(np.float32)) if mode == "F" else Image.fromarray(values.astype(np.int32), "I")
+    img.save(tmp_path / "x.tif")
+    with pytest.raises(DataError, match=r"x.tif.*pixel values lie outside 0(\.0)?\.\.(1|65535).*docs/images.md"):
+        predictor.predict(tmp_path / "x.tif")
+
+
 def test_training_uses_the_same_rule_and_lists_a_non_finite_image_in_skipped(tmp_path):
     root = tmp_path / "data"
     for k, cls in enumerate(("dark", "light")):

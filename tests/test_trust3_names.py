@@ -22,7 +22,8 @@ def _folder_recipe(tmp_path, root, **source):
     return path
 
 
-@pytest.mark.parametrize("a, b", [(NFC, NFD), ("rose", "rose "), ("rose", " rose"), ("tulip", "tulip\u00a0")])
+@pytest.mark.parametrize("a, b", [(NFC, NFD), ("rose", "rose "), ("rose", " rose"), ("tulip", "tulip\u00a0"),
+                                  ("lily", "li\u200bly")])
 def test_two_train_folders_that_print_alike_are_an_error_naming_both(tmp_path, a, b):
     root = write_image_folder(tmp_path / "d", classes=(a, b, "other"), per_class=2, size=8)
     out = refused([repr(a), repr(b), "Unicode normalization", "whitespace"], "train",
