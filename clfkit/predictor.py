@@ -94,7 +94,7 @@ def _array_image(arr: np.ndarray) -> Image.Image:
     if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
         raise DataError(f"an array item must be uint8 HxW or HxWxC with C in 1, 3, 4; got {arr.dtype} {arr.shape}"
                         + (" (N grayscale images: an (N, H, W, 1) array or a list of HxW arrays)"
-                           if arr.ndim == 3 else ""))
+                           if arr.ndim == 3 and arr.shape[2] not in (1, 3, 4) else ""))
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     # PIL shares a contiguous array's memory read-only: every step after this makes a new image

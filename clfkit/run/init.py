@@ -27,11 +27,15 @@ def init_checkpoint(path: str | Path) -> Path:
     """The checkpoint file ``init:`` names: the file itself, or a run folder's best.pt."""
     path = Path(path)
     if path.is_dir():
-        best = RunFolder(path).best
-        if not best.is_file():
-            raise RunFolderError(f"init: {path} is a folder without best.pt (not a finished clfkit run); "
-                                 f"name a run folder or a checkpoint file")
-        return best
+        folder = RunFolder(path)
+        if folder.best.is_file():
+            return folder.best
+        if folder.last.is_file():
+            raise RunFolderError(f"init: {path} holds last.pt but no best.pt: the run stopped before its first "
+                                 f"evaluated epoch; continue it with `clfkit train --resume {path}`, or name "
+                                 f"{folder.last} itself to start from those weights")
+        raise RunFolderError(f"init: {path} is a folder without best.pt (not a clfkit run folder); "
+                             f"name a run folder or a checkpoint file")
     if not path.is_file():
         what = "is not a regular file (a device, a pipe or a socket)" if path.exists() else "does not exist"
         raise RunFolderError(f"init: {path} {what}; name a run folder or a clfkit checkpoint file")
