@@ -5,6 +5,7 @@ the same way, never changes the caller's objects, and is safe to call with one o
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,14 +91,19 @@ def test_an_image_mostly_outside_its_modes_range_is_refused_not_decoded_flat(pre
         predictor.predict(tmp_path / "x.tif")
 
 
-def test_training_uses_the_same_rule_and_lists_a_non_finite_image_in_skipped(tmp_path):
-    root = tmp_path / "data"
+MODES = ("F", "I", "I;16", "I;16B")
+
+
+def test_training_uses_the_same_rule_for_every_mode_and_lists_a_non_finite_image_in_skipped(tmp_path):
+    root, expected = tmp_path / "data", {}
     for k, cls in enumerate(("dark", "light")):
-        for split, n in (("train", 6), ("test", 2)):
+        for split, n in (("train", 6), ("test", 4)):
             (root / split / cls).mkdir(parents=True)
             for i in range(n):
-                levels = np.clip(LEVELS * 0.3 + 0.6 * k + 0.01 * i, 0, 1)
-                Image.fromarray(levels.astype(np.float32)).save(root / split / cls / f"{i}.tif")
+                mode = MODES[i % len(MODES)]
+                img, pixels = _wide(mode, np.clip(LEVELS * 0.3 + 0.6 * k + 0.01 * i, 0, 1))
+                img.save(root / split / cls / f"{i}.tif")
+                expected[f"{cls}/{i}.tif"] = pixels
     nan = LEVELS.astype(np.float32)
     nan[0, 0] = np.nan
     Image.fromarray(nan).save(root / "train" / "dark" / "nan.tif")
@@ -113,10 +119,11 @@ def test_training_uses_the_same_rule_and_lists_a_non_finite_image_in_skipped(tmp
     from clfkit.build import build_data
     from clfkit.recipe import validate_recipe
 
-    splits = build_data(validate_recipe(yaml.safe_load(recipe.read_text())))
-    expected = np.rint(np.clip(LEVELS * 0.3, 0, 1) * 255).astype(np.uint8)  # dark/0.tif
-    images = splits.test.images.numpy()
-    assert any(np.array_equal(im[0], expected) for im in images), "test dark/0.tif not decoded by the rule"
+    test = build_data(validate_recipe(yaml.safe_load(recipe.read_text()))).test  # every mode in it
+    assert test.images.shape[1] == 1 and len(test.paths) == 8  # grayscale: one channel
+    for path, image in zip(test.paths, test.images.numpy()):
+        name = "/".join(Path(path).parts[-2:])
+        np.testing.assert_array_equal(image[0], expected[name], err_msg=name)
     assert json.loads((run / "summary.json").read_text())["class_names"] == ["dark", "light"]
 
 
