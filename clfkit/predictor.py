@@ -172,7 +172,7 @@ class Predictor:
         """float32 logits (n, classes) per batch of up to ``batch_size`` items, in order; a
         single item (as :meth:`predict` reads one) is one batch of one."""
         clf = self.model
-        single, iterator = _items(items)
+        _, iterator = _items(items)
         with ThreadPoolExecutor(self.workers) as pool:
             for start, chunk in _chunks(iterator, self.batch_size):
                 yield clf(np.stack(list(pool.map(_prepare_nth, range(start, start + len(chunk)), chunk,

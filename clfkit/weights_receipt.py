@@ -8,9 +8,10 @@ prints :meth:`WeightsReceipt.line` and writes :meth:`WeightsReceipt.to_dict` to 
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from dataclasses import field as dc_field
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import torch
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import TINY, invoke
 from PIL import Image, ImageOps
 
 from clfkit import Predictor, image_files
 from clfkit.errors import DataError
 from clfkit.export import export_run
-from conftest import TINY, invoke
 
 RNG = np.random.default_rng(3)
 LEVELS = RNG.uniform(0.05, 0.95, (16, 16))  # an image's content, 0..1

@@ -10,7 +10,6 @@ import shutil
 import pytest
 import torch
 import yaml
-
 from conftest import TINY, invoke, refused, write_image_folder
 
 SHAPES = ("circle", "square", "triangle", "ring")

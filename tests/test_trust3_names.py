@@ -8,7 +8,6 @@ import unicodedata
 
 import pytest
 import yaml
-
 from conftest import TINY, invoke, refused, write_image_folder
 
 NFC, NFD = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")

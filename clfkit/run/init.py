@@ -1,14 +1,14 @@
 """``init: PATH``: start any model (clfkit's own or a plugin's) from the weights of a clfkit
-checkpoint, or of a run folder's best.pt. Tensors load by name and shape; the receipt
-(clfkit.weights_receipt) says what loaded, what stays freshly initialized and why."""
+checkpoint, or of a run folder's best.pt. Tensors load by name and shape, the classifier head
+by class name (docs/fine-tuning.md); the receipt (clfkit.weights_receipt) says what loaded,
+what stays freshly initialized and why."""
 from __future__ import annotations
 
 import math
 from pathlib import Path
 from typing import Any, Optional
 
-import torch.nn as nn
-from torch import Tensor
+from torch import Tensor, nn
 
 from clfkit.build import normalization
 from clfkit.data import ImageSet
