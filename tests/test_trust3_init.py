@@ -104,6 +104,16 @@ def test_an_image_size_change_is_reported_as_a_shape_and_a_head_loads_whole_or_n
     assert all("classes" not in why and "(3, 768)" in why for _, why in receipt.reinitialized)
 
 
+def test_an_image_size_change_reinitializes_the_whole_head_with_the_shape_as_reason(trained_run, tmp_path):
+    """The cnn flattens its last feature map: at 20 px its head's weight no longer fits, its bias
+    would. Both start fresh; the reason is the weight's shape, not '4 -> 4 classes'."""
+    out, receipt = _train(tmp_path, _recipe_file(tmp_path, sorted(SHAPES), trained_run.run_dir, image_size=20))
+    why = {r["tensor"]: r["why"] for r in receipt["reinitialized"]}
+    assert set(why) == {"net.3.weight", "net.3.bias"}, why
+    assert all("shape in the file (4, 512), in the model (4, 800)" in w for w in why.values())
+    assert "classes" not in out.split("init:")[1].splitlines()[0] and "net.3.bias" not in receipt["loaded"]
+
+
 def test_an_unfinished_source_run_gets_exports_note(trained_run, tmp_path):
     stopped = tmp_path / "stopped"
     shutil.copytree(trained_run.run_dir, stopped)
