@@ -10,6 +10,8 @@ import os
 import stat
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -274,8 +276,27 @@ _UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4
             5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
             8: Image.Transpose.ROTATE_90}
 # PIL loads an opened image lazily from its file and caches its EXIF: one image object read by
-# two threads at once (the same object twice in one Predictor call) can fail or mix data.
-_CALLERS_IMAGES = threading.Lock()
+# two threads at once (the same object twice in one Predictor call) can fail or mix data. One
+# lock per object (by id: a PIL image is not hashable; the caller holds it alive meanwhile), so
+# distinct images still load in parallel.
+_LOCKS_GUARD = threading.Lock()
+_IMAGE_LOCKS: dict[int, list] = {}  # id(image) -> [its lock, threads using the entry]
+
+
+@contextmanager
+def _reading(img: Image.Image) -> Iterator[None]:
+    """Hold ``img``'s own lock: one thread at a time reads that object."""
+    with _LOCKS_GUARD:
+        entry = _IMAGE_LOCKS.setdefault(id(img), [threading.Lock(), 0])
+        entry[1] += 1
+    try:
+        with entry[0]:
+            yield
+    finally:
+        with _LOCKS_GUARD:
+            entry[1] -= 1
+            if not entry[1]:
+                del _IMAGE_LOCKS[id(img)]
 
 
 def decode_callers_image(img: Image.Image, size: tuple[int, int], channels: int,
@@ -286,7 +307,7 @@ def decode_callers_image(img: Image.Image, size: tuple[int, int], channels: int,
     if not isinstance(img, Image.Image):
         raise DecodeError(f"not a PIL image: {type(img).__name__}")
     check_pixels(img)
-    with _CALLERS_IMAGES:
+    with _reading(img):
         orientation = exif_orientation(img)
         try:
             private = img.copy()  # loads the caller's image once; the copy is ours to change
