@@ -70,6 +70,20 @@ def test_shared_classes_keep_their_rows_by_name_new_ones_start_fresh(trained_run
     assert "adapted (classifier net.3 4 -> 3 classes, rows mapped" in receipt.line()
 
 
+def test_no_class_in_common_leaves_the_head_as_freshly_initialized(trained_run):
+    from clfkit.build import build_model
+    from clfkit.recipe import validate_recipe
+
+    old = torch.load(trained_run.run_dir / "best.pt", weights_only=True)["model"]
+    state, receipt = _head_after_init(trained_run.run_dir, ["ant", "bee", "cat", "dog"])
+    torch.manual_seed(1)  # the model _head_after_init built, before init
+    fresh = build_model(validate_recipe(TINY), 4, 3, (16, 16), [0.5] * 3, [0.25] * 3).state_dict()
+    for tensor in ("net.3.weight", "net.3.bias"):
+        assert torch.equal(state[tensor], fresh[tensor]) and not torch.equal(state[tensor], old[tensor])
+    assert torch.equal(state["net.0.0.weight"], old["net.0.0.weight"])  # the backbone did load
+    assert "no class in common" in receipt.head
+
+
 def test_the_same_classes_in_another_order_are_reordered_not_loaded_as_is(trained_run):
     old = torch.load(trained_run.run_dir / "best.pt", weights_only=True)["model"]
     state, receipt = _head_after_init(trained_run.run_dir, list(reversed(SHAPES)))

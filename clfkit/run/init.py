@@ -55,8 +55,8 @@ def load_init(model: nn.Module, path: str | Path, min_match: float, class_names:
     prefix = "net." if hasattr(model, "net") else ""
     head = [prefix + k for k in head_names(getattr(model, "net", model))]
     receipt = compare(own, state, source=str(file), field_name="init", head=head)
-    weights = {k: state[k] for k in receipt.loaded}
-    weights.update(_head_by_name(receipt, head, own, state, checkpoint.get("class_names"), class_names))
+    mapped = _head_by_name(receipt, head, own, state, checkpoint.get("class_names"), class_names)
+    weights = {**{k: state[k] for k in receipt.loaded}, **mapped}  # after the head's verdict
     require_match(receipt, min_match, "init_min_match")
     note = _unfinished(path, file, checkpoint)
     if note:
@@ -72,7 +72,9 @@ def _head_by_name(receipt: WeightsReceipt, head: list[str], own: dict[str, Tenso
     copy the rows of the shared classes into a freshly initialized head (counted as adapted);
     no shared class, or no recorded names, leaves the head freshly initialized. The receipt
     says which happened."""
-    if not head or not (set(head) <= set(receipt.loaded) or class_counts({k: own[k] for k in head}, state)):
+    if not head or any(own[k].ndim == 0 or own[k].shape[0] != len(new) for k in head):
+        return {}  # not one row per class (a plugin model's last module is no classifier): as compare() said
+    if not (set(head) <= set(receipt.loaded) or class_counts({k: own[k] for k in head}, state)):
         return {}  # the head did not fit at all: compare() said why
     if old is not None and any(state[k].shape[0] != len(old) for k in head):
         old = None  # a hand-edited checkpoint: its names do not say which row is which
