@@ -94,10 +94,12 @@ def _head_by_name(receipt: WeightsReceipt, head: list[str], own: dict[str, Tenso
         receipt.reinitialized += [(k, receipt.head) for k in head]
         return {}
     fresh, unused = [c for c in new if c not in shared], [c for c in old if c not in new]
-    same_set = not fresh and not unused
-    receipt.head = (f"{counts}, rows mapped by class name: " + ("the same classes in another order" if same_set else
-                    f"{len(shared)} shared" + (f", {len(fresh)} new freshly initialized ({_few(fresh)})" if fresh else "")
-                    + (f", {len(unused)} of the init run's dropped ({_few(unused)})" if unused else "")))
+    parts = [f"{len(shared)} shared"] if fresh or unused else ["the same classes in another order"]
+    if fresh:
+        parts.append(f"{len(fresh)} new freshly initialized ({_few(fresh)})")
+    if unused:
+        parts.append(f"{len(unused)} of the init run's dropped ({_few(unused)})")
+    receipt.head = f"{counts}, rows mapped by class name: " + ", ".join(parts)
     receipt.adapted += [(k, receipt.head) for k in head]
     rows = [(new.index(c), old.index(c)) for c in shared]
     out = {}
