@@ -162,6 +162,14 @@ def require_match(receipt: WeightsReceipt, min_match: float, bar_field: str) -> 
     matched = len(receipt.loaded) + len(receipt.adapted)
     if matched >= min_match * receipt.total:
         return
+    head_only = all(why.startswith("classifier") for _, why in receipt.reinitialized)
+    if receipt.head and head_only and not receipt.unexpected:
+        # the classifier is all that differs: the file is this architecture, the model is mostly head
+        raise ModelFileError(
+            f"{receipt.field} {receipt.source}: only the classifier differs ({receipt.head}), but it is "
+            f"{len(receipt.reinitialized)} of the model's {receipt.total} tensors, so {matched} would load "
+            f"(needs {min_match:g} of them): next to nothing to start from. Train without {receipt.field}"
+            + (f", or lower the bar with {bar_field}" if matched else ""))
     first = "; ".join(f"{k} ({why})" for k, why in receipt.reinitialized[:3])
     extra = "; ".join(k for k, _ in receipt.unexpected[:3])
     raise ModelFileError(
