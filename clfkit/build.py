@@ -12,6 +12,7 @@ import torch.nn as nn
 from clfkit import param_groups, registry, yamltext
 from clfkit.data import ImageSet, Splits, stratified_split
 from clfkit.errors import ClfkitError, DataError, RecipeError, RegistryError
+from clfkit.names import check_class_names
 from clfkit.recipe import IMAGENET, Recipe
 
 
@@ -46,6 +47,7 @@ def build_data(recipe: Recipe) -> Splits:
         raise DataError(f"dataset {name!r} returned {type(splits).__name__}, expected clfkit.data.Splits")
     if len(splits.train) == 0:
         raise DataError(f"dataset {name!r} has no training images")
+    check_class_names(list(splits.class_names), f"dataset {name!r}")  # a plugin's too
     if splits.val is None and d.val_fraction > 0:
         keep, held = stratified_split(splits.train.labels, d.val_fraction, recipe.seed)
         splits.val = splits.train.subset(held)

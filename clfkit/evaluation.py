@@ -20,6 +20,7 @@ from clfkit.engine import distributed
 from clfkit.engine.batches import eval_batches
 from clfkit.engine.runtime import Runtime, resolve_runtime
 from clfkit.errors import ClfkitError, DataError
+from clfkit.names import check_same_spelling
 from clfkit.atomic import write_json
 from clfkit.mistakes import write_mistakes
 from clfkit.recipe import validate_recipe
@@ -122,6 +123,8 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
     checkpoint = ckpt_path.name
     recipe = _recipe_with_data_root(state["recipe"], data_root, f"{run_dir / checkpoint} recipe")
     splits = build_data(recipe)
+    check_same_spelling(state["class_names"], splits.class_names, "the run's classes (its checkpoint)",
+                        "the data's classes")
     if splits.class_names != state["class_names"]:
         raise DataError(f"the data now has classes {splits.class_names}, but the run was trained on "
                         f"{state['class_names']}")

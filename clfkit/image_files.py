@@ -8,13 +8,16 @@ from __future__ import annotations
 import io
 import os
 import stat
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile
 
 from clfkit.errors import DataError
 
@@ -22,7 +25,14 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
                     ".pgm", ".pbm", ".jfif")
 # Larger than any sane photo, far below what would exhaust memory: 64 Mpx.
 MAX_PIXELS = 64_000_000
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+# Images of more than 8 bits per pixel map to 0..255 by a fixed rule per mode (docs/images.md),
+# never by each image's own range: a 4x darker copy must stay 4x darker, and one hot or
+# non-finite pixel must not blacken the rest. Mode -> (lowest, highest) value kept; the range
+# maps linearly onto 0..255 and values outside it are clipped.
+WIDE_MODES = {"I;16": (0, 65535), "I;16B": (0, 65535), "I;16L": (0, 65535), "I;16N": (0, 65535),
+              "I": (0, 65535),   # 32-bit int: what PIL gives 16-bit PNGs and most 16-bit TIFFs
+              "F": (0.0, 1.0)}   # 32-bit float: the 0..1 convention of float images
 EXIF_ORIENTATION = 0x0112  # 1 upright; 2-8 mirrored and/or rotated; 5-8 swap width and height
 
 
@@ -104,10 +114,7 @@ def open_image(path: str | os.PathLike, data: Optional[bytes] = None) -> Image.I
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > MAX_PIXELS:
-                raise DecodeError(f"{w}x{h} pixels is over the {MAX_PIXELS:,}-pixel limit "
-                                  f"(possible decompression bomb)")
+            check_pixels(img)
             return img
     except DecodeError:
         raise
@@ -117,6 +124,14 @@ def open_image(path: str | os.PathLike, data: Optional[bytes] = None) -> Image.I
         raise DecodeError("not a readable image (no image format recognises its bytes)") from None
     except Exception as e:  # PIL raises many types for bad bytes
         raise DecodeError(f"not a readable image ({type(e).__name__}: {e})") from None
+
+
+def check_pixels(img: Image.Image) -> None:
+    """A DecodeError for an image over :data:`MAX_PIXELS`: every item kind (file, PIL image,
+    array) has the same limit."""
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise DecodeError(f"{w}x{h} pixels is over the {MAX_PIXELS:,}-pixel limit (possible decompression bomb)")
 
 
 # Characters that would break a one-name-per-line file (or a tab-separated one) if written raw.
@@ -162,11 +177,9 @@ def _palette_is_gray(img: Image.Image) -> bool:
 
 def to_mode(img: Image.Image, channels: int) -> Image.Image:
     """Convert any PIL mode to 'RGB' (channels=3) or 'L' (channels=1). Transparent pixels are
-    composited on white; 16-bit and float images are scaled to 0..255."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float32)
-        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
+    composited on white; 16-bit, 32-bit and float images map by :data:`WIDE_MODES`."""
+    if img.mode in WIDE_MODES:
+        img = Image.fromarray(wide_to_uint8(np.asarray(img), img.mode), "L")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode == "La":  # premultiplied alpha: PIL converts it only to LA
@@ -177,6 +190,29 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
         img = Image.alpha_composite(background, img)
     target = "RGB" if channels == 3 else "L"
     return img if img.mode == target else img.convert(target)
+
+
+def wide_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """The pixel values of a ``mode`` image (one of :data:`WIDE_MODES`) as uint8 by the mode's
+    fixed range, rounded to the nearest level; values outside the range clip. A DecodeError
+    when any is NaN or infinite (no pixel value says what such a pixel looked like), or when
+    most lie outside the range (data in another scale, e.g. a float image of 0..255, which
+    clipping would turn white)."""
+    low, high = WIDE_MODES[mode]
+    if values.dtype.kind == "f":
+        finite = np.isfinite(values)
+        if not finite.all():
+            bad = int(values.size - np.count_nonzero(finite))
+            raise DecodeError(f"{bad} of its {values.size} pixel values are not finite (NaN or infinite) in this "
+                              f"mode {mode} (32-bit float) image; fix or remove the image")
+    outside = np.count_nonzero((values < low) | (values > high))
+    if outside * 2 > values.size:  # a few hot pixels clip; an image mostly outside would decode flat
+        raise DecodeError(f"{outside} of its {values.size} pixel values lie outside {low}..{high}, the range mode "
+                          f"{mode} images are read in (this one holds {values.min():g}..{values.max():g}), so it "
+                          f"would decode nearly flat; rescale it into that range or to 8 bits first "
+                          f"(docs/images.md)")
+    scaled = (np.clip(values, low, high).astype(np.float64) - low) * (255.0 / (high - low))
+    return np.rint(scaled).astype(np.uint8)
 
 
 def resize(img: Image.Image, size: tuple[int, int], method: str) -> Image.Image:
@@ -210,18 +246,21 @@ def exif_orientation(img: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def decode_image(img: Image.Image, size: tuple[int, int], channels: int, method: str = "squash") -> np.ndarray:
-    """An opened PIL image -> (H, W, channels) uint8 array, turned upright as its EXIF
-    orientation says (cameras store portrait photos sideways and set the tag)."""
+def decode_image(img: Image.Image, size: tuple[int, int], channels: int, method: str = "squash",
+                 orientation: Optional[int] = None) -> np.ndarray:
+    """An opened PIL image that is clfkit's own (it may be changed) -> (H, W, channels) uint8
+    array, turned upright as its EXIF ``orientation`` says (cameras store portrait photos
+    sideways and set the tag; None: read it from ``img``). A caller's image goes through
+    :func:`decode_callers_image`."""
     if 0 in img.size:  # resizing would invent pixels: a prediction of nothing
         raise DecodeError(f"the image is empty ({img.size[0]}x{img.size[1]} pixels)")
     try:
-        orientation = exif_orientation(img)
+        orientation = exif_orientation(img) if orientation is None else orientation
         if img.format == "JPEG":  # let libjpeg decode at 1/2, 1/4, 1/8 scale when it can
             h, w = size if orientation < 5 else size[::-1]  # the stored image is still sideways
             img.draft("RGB" if channels == 3 else "L", (w * 2, h * 2))
         if orientation != 1:
-            img = ImageOps.exif_transpose(img)
+            img = img.transpose(_UPRIGHT[orientation])
         img = to_mode(img, channels)
         img = resize(img, size, method)
         arr = np.asarray(img, dtype=np.uint8)
@@ -230,6 +269,51 @@ def decode_image(img: Image.Image, size: tuple[int, int], channels: int, method:
     except Exception as e:  # truncated data surfaces on load, not on open
         raise DecodeError(f"cannot decode ({type(e).__name__}: {e})") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+# EXIF orientation -> the transpose that makes the stored pixels upright (as ImageOps.exif_transpose)
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+# PIL loads an opened image lazily from its file and caches its EXIF: one image object read by
+# two threads at once (the same object twice in one Predictor call) can fail or mix data. One
+# lock per object (by id: a PIL image is not hashable; the caller holds it alive meanwhile), so
+# distinct images still load in parallel.
+_LOCKS_GUARD = threading.Lock()
+_IMAGE_LOCKS: dict[int, list] = {}  # id(image) -> [its lock, threads using the entry]
+
+
+@contextmanager
+def _reading(img: Image.Image) -> Iterator[None]:
+    """Hold ``img``'s own lock: one thread at a time reads that object."""
+    with _LOCKS_GUARD:
+        entry = _IMAGE_LOCKS.setdefault(id(img), [threading.Lock(), 0])
+        entry[1] += 1
+    try:
+        with entry[0]:
+            yield
+    finally:
+        with _LOCKS_GUARD:
+            entry[1] -= 1
+            if not entry[1]:
+                del _IMAGE_LOCKS[id(img)]
+
+
+def decode_callers_image(img: Image.Image, size: tuple[int, int], channels: int,
+                         method: str = "squash") -> np.ndarray:
+    """A PIL image the caller owns -> the array :func:`decode` gives for a file of it: upright
+    by its EXIF orientation, converted and resized the same way. The caller's object is only
+    read (never drafted, resized or converted in place), one thread at a time."""
+    if not isinstance(img, Image.Image):
+        raise DecodeError(f"not a PIL image: {type(img).__name__}")
+    check_pixels(img)
+    with _reading(img):
+        orientation = exif_orientation(img)
+        try:
+            private = img.copy()  # loads the caller's image once; the copy is ours to change
+        except Exception as e:  # a truncated file surfaces here, on load
+            raise DecodeError(f"cannot decode ({type(e).__name__}: {e})") from None
+    return decode_image(private, size, channels, method, orientation=orientation)
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """The one rule for names that become folder names: run names (a recipe's ``name:``), sweep
-folders and sweep runs (``lr=0.001,norm=bn``, variant and value labels).
+folders and sweep runs (``lr=0.001,norm=bn``, variant and value labels); and the rule for class
+names that only look alike (:func:`class_key`).
 
 A name is one plain path component: it can never be ``..``, hold a separator, be absolute or
 hide a control character, so a folder made from it always stays inside its parent and a
@@ -8,9 +9,10 @@ clean-up of it can never reach anything else.
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 
-from clfkit.errors import ClfkitError
+from clfkit.errors import ClfkitError, DataError
 
 MAX_LENGTH = 200  # file systems allow 255 bytes per component; leave room for "-2", ".onnx"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.,=+\-]*")
@@ -65,3 +67,44 @@ def child_folder(parent: str | Path, name: str, what: str = "name") -> Path:
         raise BadNameError(f"{path} is not a folder directly inside {parent} (a symlink?); "
                          f"not touching it")
     return path
+
+
+# --------------------------------------------------------------------------- class names
+def class_key(name: str) -> str:
+    """What two class names that print alike share: Unicode NFC form (a folder made on macOS
+    spells 'café' as 'cafe' + a combining accent, NFD), invisible format characters (a
+    zero-width space) dropped, surrounding whitespace trimmed. Case is kept: 'A' and 'a' are
+    two classes in a letters dataset (EMNIST) and print differently."""
+    visible = "".join(ch for ch in name if unicodedata.category(ch) != "Cf")
+    return unicodedata.normalize("NFC", visible).strip()
+
+
+def _spellings(pairs: list[tuple[str, str]]) -> str:
+    return "; ".join(f"{a!r} and {b!r}" for a, b in pairs[:5]) + (f" and {len(pairs) - 5} more pair(s)"
+                                                                  if len(pairs) > 5 else "")
+
+
+def check_class_names(names: list[str], where: str) -> None:
+    """A DataError when two of ``names`` (the classes of ``where``) have one :func:`class_key`:
+    they would print identically as two classes."""
+    first: dict[str, str] = {}
+    pairs = []
+    for name in names:
+        other = first.setdefault(class_key(name), name)
+        if other != name:
+            pairs.append((other, name))
+    if pairs:
+        raise DataError(f"{where} has class names that differ only in Unicode normalization (NFC/NFD), "
+                        f"invisible characters or surrounding whitespace: {_spellings(pairs)}; they would "
+                        f"print as the same name. Rename one of each pair (merge the folders, or fix the labels)")
+
+
+def check_same_spelling(a: list[str], b: list[str], a_what: str, b_what: str) -> None:
+    """A DataError when a name of ``a`` and one of ``b`` differ but have one :func:`class_key`:
+    the same class to a reader, two classes to clfkit. Both spellings named."""
+    keys = {class_key(n): n for n in a}
+    pairs = [(keys[class_key(n)], n) for n in b if class_key(n) in keys and keys[class_key(n)] != n]
+    if pairs:
+        raise DataError(f"{a_what} and {b_what} spell the same class differently (Unicode NFC/NFD, "
+                        f"invisible characters or surrounding whitespace): {_spellings(pairs)}. Rename one so "
+                        f"both spell it identically")

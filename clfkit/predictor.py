@@ -92,23 +92,32 @@ def load_onnx(path: str | os.PathLike, threads: Optional[int] = None) -> OnnxCla
 
 def _array_image(arr: np.ndarray) -> Image.Image:
     if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
-        raise DataError(f"an array item must be uint8 HxW or HxWxC with C in 1, 3, 4; got {arr.dtype} {arr.shape}")
+        raise DataError(f"an array item must be uint8 HxW or HxWxC with C in 1, 3, 4; got {arr.dtype} {arr.shape}"
+                        + (" (N grayscale images: an (N, H, W, 1) array or a list of HxW arrays)"
+                           if arr.ndim == 3 and arr.shape[2] not in (1, 3, 4) else ""))
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
+    # PIL shares a contiguous array's memory read-only: every step after this makes a new image
     return Image.fromarray(np.ascontiguousarray(arr))
 
 
 def prepare(item: Item, clf: OnnxClassifier) -> np.ndarray:
-    """One input -> the (C, H, W) uint8 array the graph takes: an image file is decoded and a PIL
-    image or HxWxC uint8 array (RGB order) converted, then each resized as the model's metadata
-    says, through :mod:`clfkit.image_files` exactly as in training. Raises image_files.DecodeError."""
+    """One input -> the (C, H, W) uint8 array the graph takes, through :mod:`clfkit.image_files`
+    exactly as in training: an image file is decoded; a PIL image is read as that file would be
+    (turned upright by its EXIF orientation); an HxW[xC] uint8 array (RGB order) is pixels
+    already decoded, so no EXIF applies. All three are converted and resized as the model's
+    metadata says, under the same pixel limit; the caller's objects are never changed.
+    Raises image_files.DecodeError (a DataError)."""
     if isinstance(item, (str, os.PathLike)):
         hwc = image_files.decode(item, clf.image_size, clf.channels, clf.resize)
+    elif isinstance(item, Image.Image):
+        hwc = image_files.decode_callers_image(item, clf.image_size, clf.channels, clf.resize)
+    elif isinstance(item, np.ndarray):
+        img = _array_image(item)
+        image_files.check_pixels(img)
+        hwc = image_files.decode_image(img, clf.image_size, clf.channels, clf.resize, orientation=1)
     else:
-        img = _array_image(item) if isinstance(item, np.ndarray) else item
-        if not isinstance(img, Image.Image):
-            raise DataError(f"cannot classify a {type(item).__name__}: give a path, a PIL image or a uint8 array")
-        hwc = image_files.decode_image(img, clf.image_size, clf.channels, clf.resize)
+        raise DataError(f"cannot classify a {type(item).__name__}: give a path, a PIL image or a uint8 array")
     return hwc.transpose(2, 0, 1)
 
 
@@ -159,22 +168,24 @@ class Predictor:
         """The model's classes, in the order of its outputs."""
         return self.model.class_names
 
-    def logits(self, items: Iterable[Item]) -> Iterator[np.ndarray]:
-        """float32 logits (n, classes) per batch of up to ``batch_size`` items, in order."""
+    def logits(self, items: Item | Iterable[Item]) -> Iterator[np.ndarray]:
+        """float32 logits (n, classes) per batch of up to ``batch_size`` items, in order; a
+        single item (as :meth:`predict` reads one) is one batch of one."""
         clf = self.model
+        _, iterator = _items(items)
         with ThreadPoolExecutor(self.workers) as pool:
-            for start, chunk in _chunks(_iterate(items), self.batch_size):
+            for start, chunk in _chunks(iterator, self.batch_size):
                 yield clf(np.stack(list(pool.map(_prepare_nth, range(start, start + len(chunk)), chunk,
                                                  [clf] * len(chunk)))))
 
     def predict(self, items: Item | Iterable[Item], topk: int = 1) -> Prediction | list[Prediction]:
         """The ``topk`` classes and softmax probabilities of each item: one :class:`Prediction`
-        for a single path, PIL image or HxWxC array, else a list in the order of ``items``."""
-        single = isinstance(items, (str, os.PathLike, Image.Image)) or (isinstance(items, np.ndarray)
-                                                                        and items.ndim in (2, 3))
+        for a single path, PIL image or HxW / HxWxC array, else a list in the order of ``items``
+        (a list, a generator, or an (N, H, W, C) array)."""
+        single, _ = _items(items)
         k = min(_count("topk", topk), len(self.class_names))
         out = []
-        for logits in self.logits([items] if single else items):
+        for logits in self.logits(items):
             probs = softmax(logits)
             order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
             out += [Prediction([self.class_names[i] for i in row], [float(probs[n, i]) for i in row],
@@ -189,11 +200,23 @@ def _count(name: str, value: Any) -> int:
     return int(value)
 
 
+def _items(items: Any) -> tuple[bool, Iterator]:
+    """(whether ``items`` is one item, an iterator over the items): the one reading of what
+    :meth:`Predictor.predict` and :meth:`Predictor.logits` are given. One item: a path, a PIL
+    image, an HxW or HxWxC array; many: a list, tuple or generator of those, or an (N, H, W, C)
+    array. A 3-d array is always one HxWxC image, never N grayscale images (which (N, H, W, 1)
+    says without doubt)."""
+    single = isinstance(items, (str, os.PathLike, Image.Image)) or (isinstance(items, np.ndarray)
+                                                                    and items.ndim in (2, 3))
+    return single, iter([items]) if single else _iterate(items)
+
+
 def _iterate(items: Any) -> Iterator:
-    """The items of a list, tuple, generator or (N, H, W[, C]) array; a DataError for what only
+    """The items of a list, tuple, generator or (N, H, W, C) array; a DataError for what only
     looks iterable (bytes, a string, an open file, a dict, a 0-d or 1-d array) or is not."""
-    if isinstance(items, np.ndarray) and items.ndim not in (3, 4):
-        raise DataError(f"an array of items must be (N, H, W) or (N, H, W, C) uint8, got shape {items.shape}")
+    if isinstance(items, np.ndarray) and items.ndim != 4:
+        raise DataError(f"an array of items must be (N, H, W, C) uint8 (an HxW or HxWxC array is one image), "
+                        f"got shape {items.shape}")
     what = f"cannot classify a {type(items).__name__}: give a path, a PIL image, a uint8 array or a list of them"
     if isinstance(items, (bytes, bytearray, memoryview)) or hasattr(items, "read"):
         raise DataError(f"{what} (for encoded image bytes: PIL.Image.open(io.BytesIO(data)))")

@@ -221,7 +221,7 @@ class Trainer:
         open_folder prints one line each and writes the full lists to weights.json."""
         receipts = [r for r in [getattr(model.net, "weights_receipt", None)] if r is not None]
         if self.recipe.init:
-            receipts.append(load_init(model, self.recipe.init, self.recipe.init_min_match, self.splits.num_classes))
+            receipts.append(load_init(model, self.recipe.init, self.recipe.init_min_match, self.splits.class_names))
         return receipts
 
     def start(self) -> None:

@@ -8,6 +8,7 @@ prints :meth:`WeightsReceipt.line` and writes :meth:`WeightsReceipt.to_dict` to 
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from typing import Any, Optional
@@ -33,22 +34,27 @@ class WeightsReceipt:
     reinitialized: list[tuple[str, str]] = dc_field(default_factory=list)
     unexpected: list[tuple[str, str]] = dc_field(default_factory=list)
     how: str = "by name and shape"
-    head: Optional[str] = None     # "classifier net.fc 5 -> 2 classes" when the head was re-initialized
+    head: Optional[str] = None     # what became of the classifier when it did not load as is
+    notes: list[str] = dc_field(default_factory=list)  # said on the console and in weights.json
 
     def line(self) -> str:
-        """The one console line: counts and the main reason."""
-        why = f" ({self.head})" if self.head else ""
-        adapted = f", {len(self.adapted)} adapted ({self.adapted[0][1]})" if self.adapted else ""
+        """The console line (counts and the main reason), then one line per note."""
+        head_reinit = self.head and all(w != self.head for _, w in self.adapted)  # else said as adapted
+        why = f" ({self.head})" if head_reinit else ""
+        reasons = "; ".join(dict.fromkeys(w for _, w in self.adapted))
+        adapted = f", {len(self.adapted)} adapted ({reasons})" if self.adapted else ""
+        notes = "".join(f"\n{self.field}: note: {n}" for n in self.notes)
         return (f"{self.field}: {self.source}: {len(self.loaded)}/{self.total} tensors loaded{adapted}, "
                 f"{len(self.reinitialized)} re-initialized{why}, {len(self.unexpected)} unexpected "
-                f"[weights.json]")
+                f"[weights.json]{notes}")
 
     def to_dict(self) -> dict[str, Any]:
         """weights.json's entry: every list in full."""
         return {"source": self.source, "field": self.field, "how": self.how, "total": self.total,
                 "loaded": self.loaded, "adapted": [{"tensor": k, "why": w} for k, w in self.adapted],
                 "reinitialized": [{"tensor": k, "why": w} for k, w in self.reinitialized],
-                "unexpected": [{"tensor": k, "why": w} for k, w in self.unexpected], "head": self.head}
+                "unexpected": [{"tensor": k, "why": w} for k, w in self.unexpected], "head": self.head,
+                "notes": self.notes}
 
 
 def read_state_dict(path: str, what: str) -> dict[str, torch.Tensor]:
@@ -80,30 +86,74 @@ def read_state_dict(path: str, what: str) -> dict[str, torch.Tensor]:
 
 
 def compare(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], *, source: str, field_name: str,
-            num_classes: Optional[int] = None, first_conv: Optional[str] = None) -> WeightsReceipt:
+            head: Iterable[str] = (), first_conv: Optional[str] = None) -> WeightsReceipt:
     """The receipt of loading ``state`` into a model whose state dict is ``own``, by name and
-    shape. ``num_classes`` names the head when its class count differs; ``first_conv`` (a
-    weight name) counts as adapted when only its input channels differ (timm adapts it)."""
+    shape. ``head``: the classifier's tensor names, loaded whole or not at all (an old bias
+    under a new weight would be neither model); when only their class count differs the
+    receipt says so. ``first_conv`` (a weight name) counts as adapted when only its input
+    channels differ (timm adapts it)."""
     receipt = WeightsReceipt(source=source, field=field_name, total=len(own))
-    heads: dict[str, tuple[int, int]] = {}
+    head = [k for k in own if k in set(head)]
     for k, v in own.items():
-        if k not in state:
-            receipt.reinitialized.append((k, "not in the file"))
-        elif tuple(state[k].shape) == tuple(v.shape):
+        if k in head:
+            continue
+        why = _mismatch(v, state.get(k))
+        if why is None:
             receipt.loaded.append(k)
-        elif k == first_conv and state[k].ndim == 4 and state[k].shape[0] == v.shape[0]:
+        elif k == first_conv and k in state and state[k].ndim == 4 and state[k].shape[0] == v.shape[0]:
             receipt.adapted.append((k, f"first conv {state[k].shape[1]} -> {v.shape[1]} input channels"))
-        elif num_classes is not None and v.ndim >= 1 and v.shape[0] == num_classes and state[k].ndim == v.ndim:
-            heads[k.rsplit(".", 1)[0]] = (state[k].shape[0], num_classes)
-            receipt.reinitialized.append((k, f"classifier {state[k].shape[0]} -> {num_classes} classes"))
         else:
-            receipt.reinitialized.append((k, f"shape in the file {tuple(state[k].shape)}, "
-                                             f"in the model {tuple(v.shape)}"))
+            receipt.reinitialized.append((k, why))
     receipt.unexpected = [(k, "not in the model") for k in state if k not in own]
-    if heads:
-        (was, now), names = next(iter(heads.values())), ", ".join(heads)
-        receipt.head = f"classifier {names} {was} -> {now} classes"
+    if head:
+        _compare_head(receipt, {k: own[k] for k in head}, state)
     return receipt
+
+
+def _mismatch(mine: torch.Tensor, theirs: Optional[torch.Tensor]) -> Optional[str]:
+    """Why the file's tensor cannot load into the model's (None when it can)."""
+    if theirs is None:
+        return "not in the file"
+    if tuple(theirs.shape) != tuple(mine.shape):
+        return f"shape in the file {tuple(theirs.shape)}, in the model {tuple(mine.shape)}"
+    return None
+
+
+def _compare_head(receipt: WeightsReceipt, head: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> None:
+    """The classifier's tensors: all loaded, or all re-initialized with the true reason (other
+    class counts; else the first tensor that does not fit, which costs the whole head)."""
+    problems = [(k, _mismatch(v, state.get(k))) for k, v in head.items()]
+    problems = [(k, why) for k, why in problems if why is not None]
+    if not problems:
+        receipt.loaded += list(head)
+        return
+    owner = head_owner(head)
+    counts = class_counts(head, state)
+    if counts is not None:
+        why = f"classifier {counts[0]} -> {counts[1]} classes"
+        receipt.head = f"classifier {owner} {counts[0]} -> {counts[1]} classes"
+    else:
+        k, first = problems[0]
+        why = f"classifier loaded whole or not at all: {k}: {first}"
+        receipt.head = f"classifier {owner}: {k}: {first}"
+    receipt.reinitialized += [(k, why) for k in head]
+
+
+def head_owner(head: Iterable[str]) -> str:
+    """The module(s) that hold the head tensors ``head``, for messages: "net.fc"."""
+    return ", ".join(dict.fromkeys(k.rsplit(".", 1)[0] for k in head))
+
+
+def class_counts(head: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> Optional[tuple[int, int]]:
+    """(classes in the file, classes in the model) when every head tensor is in the file and
+    differs from the model's in its first (class) dimension only; else None."""
+    counts = set()
+    for k, v in head.items():
+        theirs = state.get(k)
+        if theirs is None or theirs.ndim != v.ndim or v.ndim == 0 or tuple(theirs.shape[1:]) != tuple(v.shape[1:]):
+            return None
+        counts.add((int(theirs.shape[0]), int(v.shape[0])))
+    return next(iter(counts)) if len(counts) == 1 else None
 
 
 def require_match(receipt: WeightsReceipt, min_match: float, bar_field: str) -> None:
@@ -112,6 +162,14 @@ def require_match(receipt: WeightsReceipt, min_match: float, bar_field: str) -> 
     matched = len(receipt.loaded) + len(receipt.adapted)
     if matched >= min_match * receipt.total:
         return
+    head_only = all(why.startswith("classifier") for _, why in receipt.reinitialized)
+    if receipt.head and head_only and not receipt.unexpected:
+        # the classifier is all that differs: the file is this architecture, the model is mostly head
+        raise ModelFileError(
+            f"{receipt.field} {receipt.source}: only the classifier differs ({receipt.head}), but it is "
+            f"{len(receipt.reinitialized)} of the model's {receipt.total} tensors, so {matched} would load "
+            f"(needs {min_match:g} of them): next to nothing to start from. Train without {receipt.field}"
+            + (f", or lower the bar with {bar_field}" if matched else ""))
     first = "; ".join(f"{k} ({why})" for k, why in receipt.reinitialized[:3])
     extra = "; ".join(k for k, _ in receipt.unexpected[:3])
     raise ModelFileError(

@@ -127,7 +127,7 @@ def test_bad_arguments_and_containers_get_a_clear_data_error(model, photos, tmp_
         with pytest.raises(DataError, match=f"cannot classify a {type(items).__name__}: give a path"):
             p.predict(items)
     for arr in (np.zeros(9, np.uint8), np.array(3, np.uint8)):
-        with pytest.raises(DataError, match=r"an array of items must be \(N, H, W\)"):
+        with pytest.raises(DataError, match=r"an array of items must be \(N, H, W, C\)"):
             p.predict(arr)
     for empty in (np.zeros((0, 9, 3), np.uint8), Image.new("RGB", (0, 5))):
         with pytest.raises(DataError, match=r"item 0: the image is empty \(\d+x\d+ pixels\)"):

@@ -61,7 +61,7 @@ def test_not_a_checkpoint(tmp_path):
 
     bad = tmp_path / "x.pt"
     bad.write_bytes(b"hello")
-    with pytest.raises(ModelFileError, match="not a loadable clfkit checkpoint"):
+    with pytest.raises(ModelFileError, match="is not a clfkit checkpoint"):
         load_checkpoint(bad)
     torch.save({"a": torch.zeros(1)}, bad)
     with pytest.raises(ModelFileError, match="not a clfkit checkpoint"):

@@ -12,6 +12,7 @@ from typing_extensions import Annotated
 
 from clfkit.data import ImageSet, Splits
 from clfkit.errors import DataError
+from clfkit.names import check_class_names, check_same_spelling
 from clfkit.registry import register
 
 
@@ -137,11 +138,14 @@ def csv_index(image_size: tuple[int, int], channels: int | None, resize: str, on
         if path:
             indexes[split] = read_csv_index(path)
     class_names = label_order([label for _, label in indexes["train"]])
+    check_class_names(class_names, f"the train CSV {train}")
     if len(class_names) < 2:
         raise DataError(f"{train} must name at least two classes, found {class_names}")
     skipped: list[tuple[str, str]] = []
     decoded = {}
     for split, rows in indexes.items():
+        check_same_spelling(class_names, sorted({label for _, label in rows}), f"the train CSV {train}",
+                            f"the {split} CSV {val if split == 'val' else test}")
         unknown = sorted({label for _, label in rows} - set(class_names))
         if unknown:
             raise DataError(f"{split} CSV {val if split == 'val' else test} has labels the train CSV "

@@ -419,13 +419,14 @@ def _load_timm_weights(model: nn.Module, arch: str, image_size: tuple[int, int],
     """``model`` (fresh) with the weights of ``path``: checked by name and shape first (a file of
     another architecture is an error), then loaded by timm's own pretrained machinery
     (``pretrained_cfg_overlay=dict(file=...)``); where timm refuses the file, by name."""
+    from clfkit.param_groups import head_names
     from clfkit.weights_receipt import compare, read_state_dict, require_match
 
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
     state = read_state_dict(path, "model.weights")
     first_conv = cfg.get("first_conv") if isinstance(cfg.get("first_conv"), str) else None
     receipt = compare(model.state_dict(), state, source=path, field_name="model.weights",
-                      num_classes=args["num_classes"], first_conv=first_conv and f"{first_conv}.weight")
+                      head=head_names(model), first_conv=first_conv and f"{first_conv}.weight")
     require_match(receipt, min_match, "model.weights_min_match")
     classifier = cfg.get("classifier") if isinstance(cfg.get("classifier"), str) else None
     head = state.get(f"{classifier}.weight") if classifier else None

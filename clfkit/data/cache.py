@@ -56,7 +56,8 @@ from clfkit.data.folder import folder_fingerprint
 from clfkit.errors import DataError
 
 # Bump whenever the same file bytes would decode to other pixels (the key cannot see code changes).
-FORMAT = 3  # 3: EXIF orientation applied; content-hash fingerprints; entries checked on read
+FORMAT = 4  # 3: EXIF orientation applied; content-hash fingerprints; entries checked on read;
+           # 4: 16/32-bit and float images by a fixed range per mode (image_files.WIDE_MODES)
 SPLITS = ("train", "val", "test")
 
 

@@ -28,6 +28,7 @@ from clfkit import image_files
 from clfkit.data import ImageSet, Splits, storage
 from clfkit.data.decode_pool import FileResult, Output, decode_into
 from clfkit.errors import DataError
+from clfkit.names import check_class_names, check_same_spelling
 
 LAYOUT = "<root>/train/<class>/<images>, optional <root>/val/<class>/<images> and <root>/test/"
 
@@ -128,7 +129,9 @@ def _scan_labelled(split_dir: Path, plan: FolderPlan) -> tuple[list[str], list[t
             raise DataError(f"class folder {_show(d)} holds no images (looked for "
                             f"{', '.join(image_files.IMAGE_EXTENSIONS)}); remove it or add images")
         items += [(p, label) for p in listing.images]
-    return [d.name for d in classes], items
+    names = [d.name for d in classes]
+    check_class_names(names, _show(split_dir))
+    return names, items
 
 
 def scan_folder(root: str | os.PathLike) -> FolderPlan:
@@ -147,6 +150,7 @@ def scan_folder(root: str | os.PathLike) -> FolderPlan:
     val_dir = _split_folder(root, "val", required=False)
     if val_dir is not None:
         val_classes, val_items = _scan_labelled(val_dir, plan)
+        check_same_spelling(plan.class_names, val_classes, f"train ({_show(train_dir)})", f"val ({_show(val_dir)})")
         if val_classes != plan.class_names:
             raise DataError(f"train and val have different class folders: only in train "
                             f"{sorted(set(plan.class_names) - set(val_classes))}, only in val "
@@ -161,6 +165,7 @@ def scan_folder(root: str | os.PathLike) -> FolderPlan:
 def _scan_test(test_dir: Path, plan: FolderPlan) -> None:
     if class_folders(test_dir):
         test_classes, test_items = _scan_labelled(test_dir, plan)
+        check_same_spelling(plan.class_names, test_classes, "train", f"test ({_show(test_dir)})")
         unknown = sorted(set(test_classes) - set(plan.class_names))
         if unknown:
             raise DataError(f"test has class folders that train lacks: {unknown}")

@@ -8,6 +8,7 @@ resize), plus the training state in ``last.pt``.
 from __future__ import annotations
 
 import io as _io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise ModelFileError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns of pickle protocols in files it then refuses
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise ModelFileError(f"{path} is not a loadable clfkit checkpoint ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        raise ModelFileError(f"{path} is not a clfkit checkpoint: {_unloadable(e)}; give a run folder or a "
+                             f"checkpoint (best.pt, last.pt) written by `clfkit train`") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ModelFileError(f"{path} is a torch file but not a clfkit checkpoint (no '{FORMAT}' marker)")
     if not isinstance(state.get("format_version", 0), int) or state.get("format_version", 0) > FORMAT_VERSION:
@@ -59,6 +62,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     state = Checkpoint(state)
     state.path = path
     return state
+
+
+def _unloadable(e: Exception) -> str:
+    """Why torch.load(weights_only=True) refused a file, in clfkit's words: torch's own message
+    advises loading with weights_only=False, which runs whatever code the file holds."""
+    text = str(e)
+    if "Weights only load failed" in text:
+        return ("it holds Python objects other than tensors and plain values (a pickle, or a whole model "
+                "saved with torch.save(model)); clfkit never unpickles those, as opening them could run code")
+    if isinstance(e, EOFError) or not text:
+        return f"the file is empty or cut short ({type(e).__name__})"
+    return f"not a torch file ({type(e).__name__}: {text.splitlines()[0][:160]})"
 
 
 def _field_problem(state: dict[str, Any]) -> str | None:

@@ -1,20 +1,23 @@
 """``init: PATH``: start any model (clfkit's own or a plugin's) from the weights of a clfkit
-checkpoint, or of a run folder's best.pt. Tensors load by name and shape; the receipt
-(clfkit.weights_receipt) says what loaded, what stays freshly initialized and why."""
+checkpoint, or of a run folder's best.pt. Tensors load by name and shape, the classifier head
+by class name (docs/fine-tuning.md); the receipt (clfkit.weights_receipt) says what loaded,
+what stays freshly initialized and why."""
 from __future__ import annotations
 
 import math
 from pathlib import Path
 from typing import Any, Optional
 
-import torch.nn as nn
+from torch import Tensor, nn
 
 from clfkit.build import normalization
 from clfkit.data import ImageSet
 from clfkit.errors import DataError, RecipeError
-from clfkit.run.checkpoint import load_checkpoint
+from clfkit.names import check_same_spelling
+from clfkit.param_groups import head_names
+from clfkit.run.checkpoint import load_checkpoint, unfinished_note
 from clfkit.run.folder import RunFolder, RunFolderError
-from clfkit.weights_receipt import WeightsReceipt, compare, require_match
+from clfkit.weights_receipt import WeightsReceipt, class_counts, compare, head_owner, require_match
 
 # the input normalization is not loaded as weights: input_normalization decides it (data.normalize)
 _NOT_WEIGHTS = ("mean", "std")
@@ -24,28 +27,101 @@ def init_checkpoint(path: str | Path) -> Path:
     """The checkpoint file ``init:`` names: the file itself, or a run folder's best.pt."""
     path = Path(path)
     if path.is_dir():
-        best = RunFolder(path).best
-        if not best.is_file():
-            raise RunFolderError(f"init: {path} is a folder without best.pt (not a finished clfkit run); "
-                                 f"name a run folder or a checkpoint file")
-        return best
+        folder = RunFolder(path)
+        if folder.best.is_file():
+            return folder.best
+        if folder.last.is_file():
+            raise RunFolderError(f"init: {path} holds last.pt but no best.pt: the run stopped before its first "
+                                 f"evaluated epoch; continue it with `clfkit train --resume {path}`, or name "
+                                 f"{folder.last} itself to start from those weights")
+        raise RunFolderError(f"init: {path} is a folder without best.pt (not a clfkit run folder); "
+                             f"name a run folder or a checkpoint file")
     if not path.is_file():
         what = "is not a regular file (a device, a pipe or a socket)" if path.exists() else "does not exist"
         raise RunFolderError(f"init: {path} {what}; name a run folder or a clfkit checkpoint file")
     return path
 
 
-def load_init(model: nn.Module, path: str | Path, min_match: float, num_classes: int) -> WeightsReceipt:
+def load_init(model: nn.Module, path: str | Path, min_match: float, class_names: list[str]) -> WeightsReceipt:
     """Load the weights of the checkpoint (or run folder) ``path`` into ``model`` (an
-    ImageClassifier) by name and shape; fewer than ``min_match`` of its tensors matching is an
-    error (init_min_match lowers the bar)."""
+    ImageClassifier for ``class_names``) by name and shape; fewer than ``min_match`` of its
+    tensors matching is an error (init_min_match lowers the bar). The classifier head loads
+    whole or not at all, and by class NAME: rows of the classes both runs have are copied to
+    their new places, the others start fresh (:func:`_head_by_name`)."""
     file = init_checkpoint(path)
-    state = {k: v for k, v in load_checkpoint(file)["model"].items() if k not in _NOT_WEIGHTS}
+    checkpoint = load_checkpoint(file)
+    state = {k: v for k, v in checkpoint["model"].items() if k not in _NOT_WEIGHTS}
     own = {k: v for k, v in model.state_dict().items() if k not in _NOT_WEIGHTS}
-    receipt = compare(own, state, source=str(file), field_name="init", num_classes=num_classes)
+    prefix = "net." if hasattr(model, "net") else ""
+    head = [prefix + k for k in head_names(getattr(model, "net", model))]
+    receipt = compare(own, state, source=str(file), field_name="init", head=head)
+    mapped = _head_by_name(receipt, head, own, state, checkpoint.get("class_names"), class_names)
+    weights = {**{k: state[k] for k in receipt.loaded}, **mapped}  # after the head's verdict
     require_match(receipt, min_match, "init_min_match")
-    model.load_state_dict({k: state[k] for k in receipt.loaded}, strict=False)
+    note = _unfinished(path, file, checkpoint)
+    if note:
+        receipt.notes.append(f"{file}: {note}")
+    model.load_state_dict(weights, strict=False)
     return receipt
+
+
+def _head_by_name(receipt: WeightsReceipt, head: list[str], own: dict[str, Tensor], state: dict[str, Tensor],
+                  old: Optional[list[str]], new: list[str]) -> dict[str, Tensor]:
+    """The head tensors to load, after matching the init run's classes ``old`` to ``new`` by
+    name: the same names in the same order load as they are; other names (or another order)
+    copy the rows of the shared classes into a freshly initialized head (counted as adapted);
+    no shared class, or no recorded names, leaves the head freshly initialized. The receipt
+    says which happened."""
+    if not head or any(own[k].ndim == 0 or own[k].shape[0] != len(new) for k in head):
+        return {}  # not one row per class (a plugin model's last module is no classifier): as compare() said
+    if not (set(head) <= set(receipt.loaded) or class_counts({k: own[k] for k in head}, state)):
+        return {}  # the head did not fit at all: compare() said why
+    if old is not None and any(state[k].shape[0] != len(old) for k in head):
+        old = None  # a hand-edited checkpoint: its names do not say which row is which
+    check_same_spelling(old or [], new, "the init run's classes", "this data's classes")
+    receipt.loaded = [k for k in receipt.loaded if k not in head]
+    receipt.reinitialized = [(k, why) for k, why in receipt.reinitialized if k not in head]
+    shared = [c for c in new if old and c in old]
+    if old == new:
+        receipt.loaded += head
+        receipt.head = None
+        return {k: state[k] for k in head}
+    counts = f"classifier {head_owner(head)} {len(old) if old else '?'} -> {len(new)} classes"
+    if not shared:
+        why = ("the init checkpoint records no class names" if not old else
+               f"no class in common: the init run's {_few(old)}, this data's {_few(new)}")
+        receipt.head = f"{counts}, re-initialized: {why}"
+        receipt.reinitialized += [(k, receipt.head) for k in head]
+        return {}
+    fresh, unused = [c for c in new if c not in shared], [c for c in old if c not in new]
+    parts = [f"{len(shared)} shared"] if fresh or unused else ["the same classes in another order"]
+    if fresh:
+        parts.append(f"{len(fresh)} new freshly initialized ({_few(fresh)})")
+    if unused:
+        parts.append(f"{len(unused)} of the init run's dropped ({_few(unused)})")
+    receipt.head = f"{counts}, rows mapped by class name: " + ", ".join(parts)
+    receipt.adapted += [(k, receipt.head) for k in head]
+    rows = [(new.index(c), old.index(c)) for c in shared]
+    out = {}
+    for k in head:
+        tensor = own[k].clone()
+        for to, frm in rows:
+            tensor[to] = state[k][frm]
+        out[k] = tensor
+    return out
+
+
+def _few(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _unfinished(given: str | Path, file: Path, checkpoint: dict) -> str:
+    """export's note for a checkpoint of an unfinished run ("" when finished, or not in a run folder)."""
+    run_dir = Path(given) if Path(given).is_dir() else file.parent
+    if not RunFolder(run_dir).recipe.is_file():
+        return ""  # a checkpoint file copied out of its run: nothing says whether that run finished
+    return unfinished_note(run_dir, checkpoint)
 
 
 def init_statistics(path: str | Path) -> Optional[tuple[list[float], list[float]]]:
