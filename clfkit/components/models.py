@@ -124,6 +124,10 @@ class CNN(nn.Sequential):
         super().__init__(features, *head)
         self.block_of = block_of
 
+    def cam_target_layer(self) -> nn.Module:
+        """Grad-CAM's layer (clfkit.run.gradcam): the conv features, the last map before the head."""
+        return self[0]
+
     def group_matcher(self, coarse: bool = False):
         def layer(name: str) -> tuple[float]:  # "0.<i>.weight": features module i; else the head
             parts = name.split(".")
@@ -305,6 +309,10 @@ class ResNet(nn.Module):
                     # without an affine norm, zero the branch's last conv instead (Fixup-style)
                     target = last if getattr(last, "weight", None) is not None else conv
                     nn.init.zeros_(target.weight)
+
+    def cam_target_layer(self) -> nn.Module:
+        """Grad-CAM's layer (clfkit.run.gradcam): the last stage, the last map before pooling."""
+        return self.stages[-1]
 
     def group_matcher(self, coarse: bool = False) -> dict:
         # the stem, then each block (coarse: each stage); fc, unmatched, is the top layer
