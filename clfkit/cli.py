@@ -119,8 +119,11 @@ checkpoint_option = click.option(
 @click.option("--min-agreement", type=click.FloatRange(0, 100), metavar="PERCENT",
               help="With --int8: the least top-1 agreement with the fp32 model, in %, on held-out images "
                    "[default: 99].")
+@click.option("--calibrate", is_flag=True, help="Divide the logits by a temperature fitted on the run's val split "
+                                                "(temperature scaling), so predict's probabilities are calibrated; "
+                                                "top-1 is unchanged.")
 def export(run_dir: Path, output: Path | None, atol: float, checkpoint: str, tta: str, int8: bool,
-           min_agreement: float | None) -> None:
+           min_agreement: float | None, calibrate: bool) -> None:
     """Export RUN_DIR's best checkpoint to ONNX and prove parity with torch."""
     from clfkit.export import export_run
 
@@ -128,13 +131,18 @@ def export(run_dir: Path, output: Path | None, atol: float, checkpoint: str, tta
         _fail(ClfkitError("--min-agreement is the int8 model's threshold: give it with --int8"))
     min_agreement = 99.0 if min_agreement is None else min_agreement
     res = run_guarded(export_run, run_dir, output, atol=atol, checkpoint=checkpoint, tta=tta, int8=int8,
-                      min_agreement=min_agreement)
+                      min_agreement=min_agreement, calibrate=calibrate)
     if res.note:
         click.echo(f"note: {res.note}")
     if res.exporter != "dynamo":
         click.echo(f"note: exported with {res.exporter}")
     click.echo(f"wrote {res.path}{' (flip TTA)' if res.tta == 'flip' else ''}: parity on {res.n_images} "
                f"validation images: max abs diff {res.max_abs_diff:.2e}, top-1 agreement {res.agreement:.2%}")
+    if res.calibration:
+        c = res.calibration
+        click.echo(f"calibrated: temperature {c['temperature']:.4f} fitted on {c['images']} val images; ECE "
+                   f"{c['ece_before']:.4f} -> {c['ece_after']:.4f}, NLL {c['nll_before']:.4f} -> {c['nll_after']:.4f}"
+                   + (f" (few images: the temperature is a rough estimate)" if c["images"] < 200 else ""))
     if res.int8:
         q = res.int8
         click.echo(f"int8: top-1 agreement with fp32 {q['agreement']:.2f}% on {q['images']} {q['images_from']} "

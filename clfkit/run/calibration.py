@@ -81,7 +81,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The temperature T > 0 that minimizes the NLL of ``softmax(logits / T)`` (Guo et al.):
     L-BFGS on log T (so T stays positive), started at T = 1. Dividing by T > 0 never changes
     the top-1 class."""
-    logits, labels = logits.double(), labels.long()
+    logits, labels = logits.double().clone(), labels.long().clone()  # not inference tensors: autograd needs them
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
 
