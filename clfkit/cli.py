@@ -322,16 +322,22 @@ def recipe_check(path: Path, overrides: tuple[str, ...]) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Sweep folder [default: sweeps/<recipe name>].")
 @click.option("--top", default=10, show_default=True, type=click.IntRange(min=1), help="Runs drawn in compare.png.")
+@click.option("--seeds", type=click.IntRange(min=1), metavar="N",
+              help="Run every variant under N seeds (the recipe's seed and the next N-1) and compare variants as "
+                   "mean +- sd with a Welch t-test [default: the sweep block's seeds:, else 1].")
 @click.option("--quiet", is_flag=True, help="No per-epoch output.")
 def sweep(recipe: Path, grid: tuple[str, ...], overrides: tuple[str, ...], jobs: int, out: Path | None,
-          top: int, quiet: bool) -> None:
+          top: int, seeds: int | None, quiet: bool) -> None:
     """Train every combination of --grid values (or the recipe's sweep: block) and rank the runs.
 
     Finished runs are skipped when the sweep is run again; unfinished ones resume."""
     from clfkit.sweep import run_sweep
 
-    res = run_guarded(run_sweep, recipe, grid, overrides, out, jobs=jobs, quiet=quiet, log=click.echo, top=top)
+    res = run_guarded(run_sweep, recipe, grid, overrides, out, jobs=jobs, quiet=quiet, log=click.echo, top=top,
+                      seeds=seeds)
     click.echo((res.out / "sweep.md").read_text(encoding="utf-8").rstrip())
+    if res.seeds > 1:
+        click.echo("\n" + (res.out / "seeds.md").read_text(encoding="utf-8").rstrip())
     click.echo(f"wrote {res.out / 'sweep.csv'}, {res.out / 'sweep.md'}, {res.out / 'compare.png'}")
     failed = [t for t in res.trials if t.status == "failed"]
     if failed:

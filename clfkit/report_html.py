@@ -214,14 +214,16 @@ def write_run_report(run: str | Path) -> Path:
 
 # --------------------------------------------------------------------------- sweep / tune folders
 def write_folder_report(folder: str | Path, title: str, intro: str, rows: list[dict[str, Any]],
-                        figures: list[tuple[str, Path]]) -> Path:
-    """``folder/report.html`` for a sweep or tune folder: ``intro``, the comparison table
-    ``rows`` and ``figures`` ((title, png path), inlined). Runs link to their own reports."""
+                        figures: list[tuple[str, Path]], tables: Iterable[tuple[str, str, list[dict]]] = ()) -> Path:
+    """``folder/report.html`` for a sweep or tune folder: ``intro``, ``tables`` ((title, note,
+    rows): a sweep over seeds' comparison), the table of runs ``rows`` and ``figures`` ((title,
+    png path), inlined). Runs link to their own reports."""
     folder = Path(folder)
     links = [f'<li><a href="{html.escape(r["run"])}/{REPORT_FILE}">{html.escape(r["run"])}</a></li>'
              for r in rows if r.get("run") and (folder / str(r["run"]) / REPORT_FILE).is_file()]
-    sections = [f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>",
-                "<h2>Runs</h2>" + _table(rows)]
+    sections = [f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>"]
+    sections += [f"<h2>{html.escape(t)}</h2><p>{html.escape(note)}</p>" + _table(r) for t, note, r in tables]
+    sections.append("<h2>Runs</h2>" + _table(rows))
     sections += [_figure(t, p) for t, p in figures]
     if links:
         sections.append("<h2>Run reports</h2><ul>" + "".join(links) + "</ul>")
