@@ -98,6 +98,30 @@ def train(recipe: Path | None, resume_dir: Path | None, overrides: tuple[str, ..
     run_guarded(train_fn, r, out, quiet=quiet)
 
 
+@cli.command("lr-find")
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a recipe field (repeatable).")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="The plot (.png; a folder: the default name in it) [default: lr_find_<recipe name>.png].")
+@click.option("--start-lr", default=1e-7, show_default=True, type=float, help="First LR of the ramp.")
+@click.option("--end-lr", default=10.0, show_default=True, type=float, help="Last LR of the ramp.")
+@click.option("--steps", default=100, show_default=True, type=click.IntRange(min=10), help="Optimizer steps at most.")
+def lr_find(recipe: Path, overrides: tuple[str, ...], output: Path | None, start_lr: float, end_lr: float,
+            steps: int) -> None:
+    """LR range test: train RECIPE's model while the LR grows exponentially, plot loss against LR
+    and suggest optim.lr. Writes only the plot (no run folder)."""
+    from clfkit.build import check_model_size
+    from clfkit.lr_find import lr_find as lr_find_fn
+    from clfkit.recipe import load_recipe
+
+    r = run_guarded(load_recipe, recipe, overrides)
+    run_guarded(check_model_size, r, str(recipe))
+    res = run_guarded(lr_find_fn, r, output, start_lr=start_lr, end_lr=end_lr, steps=steps)
+    for line in res.lines():
+        click.echo(line)
+    click.echo(f"wrote {res.plot}")
+
+
 # --------------------------------------------------------------------------- export
 # export and eval name a run's checkpoint the same way (clfkit.run.checkpoint.run_checkpoint)
 checkpoint_option = click.option(
@@ -119,9 +143,8 @@ checkpoint_option = click.option(
 @click.option("--min-agreement", type=click.FloatRange(0, 100), metavar="PERCENT",
               help="With --int8: the least top-1 agreement with the fp32 model, in %, on held-out images "
                    "[default: 99].")
-@click.option("--calibrate", is_flag=True, help="Divide the logits by a temperature fitted on the run's val split "
-                                                "(temperature scaling), so predict's probabilities are calibrated; "
-                                                "top-1 is unchanged.")
+@click.option("--calibrate", is_flag=True, help="Divide the logits by a temperature fitted on the run's val "
+                                                "split, so predict's probabilities are calibrated (top-1 unchanged).")
 def export(run_dir: Path, output: Path | None, atol: float, checkpoint: str, tta: str, int8: bool,
            min_agreement: float | None, calibrate: bool) -> None:
     """Export RUN_DIR's best checkpoint to ONNX and prove parity with torch."""
@@ -139,10 +162,9 @@ def export(run_dir: Path, output: Path | None, atol: float, checkpoint: str, tta
     click.echo(f"wrote {res.path}{' (flip TTA)' if res.tta == 'flip' else ''}: parity on {res.n_images} "
                f"validation images: max abs diff {res.max_abs_diff:.2e}, top-1 agreement {res.agreement:.2%}")
     if res.calibration:
-        c = res.calibration
-        click.echo(f"calibrated: temperature {c['temperature']:.4f} fitted on {c['images']} val images; ECE "
-                   f"{c['ece_before']:.4f} -> {c['ece_after']:.4f}, NLL {c['nll_before']:.4f} -> {c['nll_after']:.4f}"
-                   + (f" (few images: the temperature is a rough estimate)" if c["images"] < 200 else ""))
+        from clfkit.export.calibrate import describe
+
+        click.echo(describe(res.calibration))
     if res.int8:
         q = res.int8
         click.echo(f"int8: top-1 agreement with fp32 {q['agreement']:.2f}% on {q['images']} {q['images_from']} "

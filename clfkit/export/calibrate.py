@@ -65,3 +65,11 @@ def calibrate(model: torch.nn.Module, state: dict, batch_size: int = 256) -> tup
               "ece_before": before["ece"], "ece_after": after["ece"],
               "nll_before": nll(logits, labels), "nll_after": nll(logits, labels, t)}
     return TemperatureScaled(model, t).eval(), report
+
+
+def describe(report: dict[str, Any]) -> str:
+    """The export's line about the calibration (``report``: :func:`calibrate`'s)."""
+    return (f"calibrated: temperature {report['temperature']:.4f} fitted on {report['images']} val images; ECE "
+            f"{report['ece_before']:.4f} -> {report['ece_after']:.4f}, NLL {report['nll_before']:.4f} -> "
+            f"{report['nll_after']:.4f}" + (" (few images: the temperature is a rough estimate)"
+                                            if report["images"] < SMALL_VAL else ""))
