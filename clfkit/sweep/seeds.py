@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -79,7 +80,9 @@ def welch_p(a: list[float], b: list[float]) -> Optional[float]:
         return None
     if np.std(a) == 0 and np.std(b) == 0:
         return 1.0 if np.mean(a) == np.mean(b) else 0.0
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    with warnings.catch_warnings():  # nearly equal accuracies: scipy warns of precision loss, p is still right
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def seed_rows(groups: list[tuple[str, list[RunInfo]]]) -> list[dict[str, Any]]:
