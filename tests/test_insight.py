@@ -79,7 +79,7 @@ def test_gradcam_maps_in_report_and_eval(overconfident_run, tmp_path):
     code, out = invoke("eval", run, "--split", "val")
     assert code == 0 and "cam.json" in out and "calibration.json" in out, out
     cam = json.loads((run / "cam.json").read_text())
-    assert cam["split"] == "val" and cam["target_layer"].startswith("0 ")  # the cnn's conv features
+    assert cam["split"] == "val" and cam["target_layer"].startswith("0 (Sequential")  # the cnn's conv features
     assert cam["mistakes"] and cam["correct"]
     m = cam["mistakes"][0]
     assert m["true"] != m["predicted"] and {"png_base64", "cam_predicted", "cam_true"} <= set(m)
@@ -98,6 +98,13 @@ def test_a_model_without_feature_maps_is_said_so_not_an_error(tmp_path, model):
     cam = json.loads((tmp_path / "runs" / "flat" / "cam.json").read_text())
     assert cam["target_layer"] is None and "no convolutional feature map" in cam["note"]
     assert "no convolutional feature map" in (tmp_path / "runs" / "flat" / "report.html").read_text()
+
+
+def _resnet(stem: str):
+    from clfkit.registry import create
+
+    return create("model", "resnet", num_classes=2, in_chans=3, image_size=(16, 16), layers=[1, 1, 1, 1],
+                  width=0.125, stem=stem)
 
 
 def test_resnet_and_plugin_named_layers(tmp_path):
@@ -120,11 +127,14 @@ def test_resnet_and_plugin_named_layers(tmp_path):
 
     x = torch.zeros(2, 3, 16, 16, dtype=torch.uint8)
     layer, name = target_layer(ImageClassifier(Plugin(), [0.5] * 3, [0.2] * 3), x)
-    assert name == "body (Conv2d)"
+    assert name == "body (Conv2d, 16x16 map)"
     Plugin.cam_target_layer = lambda self: None  # "none of mine fits"
     assert target_layer(Plugin(), x)[0] is None
     recipe = tiny_recipe_file(tmp_path, name="res", model={"name": "resnet", "layers": [1, 1, 1, 1], "width": 0.125,
                                                            "stem": "cifar"}, train__epochs=1,
                               data__source__train_size=64, data__source__val_size=16, data__source__test_size=16)
     assert invoke("train", recipe, "--out", tmp_path / "runs", "--quiet")[0] == 0
-    assert json.loads((tmp_path / "runs" / "res" / "cam.json").read_text())["target_layer"] == "stages.3 (Sequential)"
+    assert json.loads((tmp_path / "runs" / "res" / "cam.json").read_text())["target_layer"] == "stages.3 (Sequential, 2x2 map)"
+    # its last stage pooled to 1x1 (imagenet stem at 16 px): the deepest stage with a map instead
+    layer, name = target_layer(ImageClassifier(_resnet("imagenet"), [0.5] * 3, [0.2] * 3), x)
+    assert name == "stages.1 (Sequential, 2x2 map)"

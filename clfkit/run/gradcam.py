@@ -3,14 +3,16 @@ most confident mistakes and of a few correct images per class, for report.html.
 
 The target layer, the feature map Grad-CAM weighs by its gradients, is chosen per model:
 
-1. the model's own ``cam_target_layer()`` method (or an attribute holding the module): the
-   built-in ``cnn`` (its conv features) and ``resnet`` (its last stage) name theirs this way,
-   and a plugin model names its own the same way (returning None says "none fits");
-2. a timm model: the last entry of its ``feature_info`` (the last stage of a CNN);
+1. the model's own ``cam_target_layer()`` method (or an attribute): a module, or a list of
+   candidates deepest first. The built-in ``cnn`` (its conv features) and ``resnet`` (its
+   stages, last first) name theirs this way, and a plugin model names its own the same way
+   (None or [] says "none fits");
+2. a timm model: the stages of its ``feature_info``, last first;
 3. anything else (``mlp``, ``linear``): no feature map, and the page says so.
 
-The layer must give a (N, C, H, W) map bigger than 1x1 on the run's images (a ViT's tokens or a
-map pooled down to one pixel show nothing), else the page says why. A model Grad-CAM fails on is
+The first candidate that gives a (N, C, H, W) map bigger than 1x1 on the run's images is used
+(small images can leave the last stage 1x1; a ViT's tokens are not a map); with none, the page
+says why. A model Grad-CAM fails on is
 noted on the page too: the run's other reports never depend on it.
 
 ``cam.json`` holds the layer (or why there is none) and, per image, the image and its overlay as
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -38,40 +41,45 @@ METHOD = "Grad-CAM (pytorch-grad-cam)"
 
 def target_layer(model: torch.nn.Module, example: torch.Tensor) -> tuple[Optional[torch.nn.Module], str]:
     """(the module to weigh, its name) or (None, why none fits) for ``model`` (a
-    clfkit.build.ImageClassifier, or a bare network); ``example``: one input batch."""
+    clfkit.build.ImageClassifier, or a bare network); ``example``: one input batch. Of the
+    candidates a model names (deepest first), the first whose map is bigger than 1x1."""
     net = getattr(model, "net", model)
-    layer, why = _named_layer(net)
-    if layer is None:
-        return None, why
-    name = next((n for n, m in net.named_modules() if m is layer), None)
-    if name is None:
-        return None, f"the target layer the model names ({type(layer).__name__}) is not one of its modules"
-    shape = _output_shape(model, layer, example)
-    if shape is None or len(shape) != 4:
-        return None, (f"its layer {name or type(net).__name__} gives a {len(shape or ())}-d output, not a "
-                      f"(N, C, H, W) feature map")
-    if shape[2] * shape[3] <= 1:
-        return None, f"its layer {name} is pooled down to {shape[2]}x{shape[3]} at this image size: no map to show"
-    return layer, f"{name or '(the model)'} ({type(layer).__name__})"
+    candidates, why = _candidates(net)
+    for layer in candidates:
+        name = next((n for n, m in net.named_modules() if m is layer), None)
+        if name is None:
+            why = f"the target layer the model names ({type(layer).__name__}) is not one of its modules"
+            continue
+        shape = _output_shape(model, layer, example)
+        if shape is None or len(shape) != 4:
+            why = (f"its layer {name or type(net).__name__} gives a {len(shape or ())}-d output, not a "
+                   f"(N, C, H, W) feature map")
+        elif shape[2] * shape[3] <= 1:
+            why = f"its layer {name} is pooled down to {shape[2]}x{shape[3]} at this image size: no map to show"
+        else:
+            return layer, f"{name or '(the model)'} ({type(layer).__name__}, {shape[2]}x{shape[3]} map)"
+    return None, why
 
 
-def _named_layer(net: torch.nn.Module) -> tuple[Optional[torch.nn.Module], str]:
+def _candidates(net: torch.nn.Module) -> tuple[list[torch.nn.Module], str]:
+    """The layers a model offers (deepest first), or ([], why none)."""
     own = getattr(net, "cam_target_layer", None)
     if own is not None:  # the model's own choice (built-ins and plugins alike)
         layer = own() if callable(own) and not isinstance(own, torch.nn.Module) else own
-        if layer is None:
-            return None, f"the model ({type(net).__name__}) says no layer fits Grad-CAM"
-        if not isinstance(layer, torch.nn.Module):
-            return None, f"the model's cam_target_layer gave {type(layer).__name__}, not a torch module"
-        return layer, ""
-    info = getattr(net, "feature_info", None)  # timm models: their feature stages
+        layers = list(layer) if isinstance(layer, (list, tuple)) else [] if layer is None else [layer]
+        if not layers:
+            return [], f"the model ({type(net).__name__}) says no layer fits Grad-CAM"
+        if not all(isinstance(m, torch.nn.Module) for m in layers):
+            return [], "the model's cam_target_layer gave something that is not a torch module"
+        return layers, ""
+    info = getattr(net, "feature_info", None)  # timm models: their feature stages, deepest first
     if info is not None:
         try:
-            return net.get_submodule(info[-1]["module"]), ""
-        except (AttributeError, IndexError, KeyError, TypeError):
+            return [net.get_submodule(f["module"]) for f in reversed(list(info))], ""
+        except (AttributeError, KeyError, TypeError):
             pass
-    return None, (f"the model ({type(net).__name__}) has no convolutional feature map for Grad-CAM "
-                  f"(cnn, resnet and timm CNNs have one; a plugin names its own with a cam_target_layer() method)")
+    return [], (f"the model ({type(net).__name__}) has no convolutional feature map for Grad-CAM "
+                f"(cnn, resnet and timm CNNs have one; a plugin names its own with a cam_target_layer() method)")
 
 
 @torch.no_grad()
@@ -165,11 +173,13 @@ def write_cams(run: str | Path, model: torch.nn.Module, data: Any, probs: torch.
                class_names: list[str], device: torch.device, checkpoint: str = "best.pt") -> Path:
     """``run/cam.json``: :func:`cam_cards` of ``model`` (the weights of ``checkpoint``) on the
     ``split`` split. A model Grad-CAM fails on gets a note, not an error: the run's reports stand."""
+    t0 = time.perf_counter()
     try:
         found = cam_cards(model, data, probs, class_names, device)
     except Exception as e:  # noqa: BLE001 - a plugin's model may defeat the hooks in any way
         found = {"method": METHOD, "target_layer": None, "mistakes": [], "correct": [],
                  "note": f"Grad-CAM failed on this model ({type(e).__name__}: {str(e)[:200]})"}
     path = Path(run) / CAM_JSON
-    write_json(path, {"split": split, "checkpoint": checkpoint, "images": int(len(data)), **found})
+    write_json(path, {"split": split, "checkpoint": checkpoint, "images": int(len(data)),
+                      "seconds": round(time.perf_counter() - t0, 3), **found})
     return path
