@@ -40,8 +40,10 @@ def calibration_section(run: Path) -> str:
     """ECE per split, the binning, and reliability.png inlined."""
     head = '<h2 id="calibration">Calibration</h2>'
     data = _read(run / CALIBRATION_JSON)
-    if data is None or not isinstance(data.get("splits"), dict):
+    if data is None:
         return head + f'<p class="muted">no {CALIBRATION_JSON} (no labelled val or test split, or an older run)</p>'
+    if not isinstance(data.get("splits"), dict) or "binning" not in data:
+        return head + f'<p class="muted">{CALIBRATION_JSON} cannot be shown (not the file clfkit writes)</p>'
     rows = []
     for name, r in data["splits"].items():
         if isinstance(r, dict):
