@@ -111,7 +111,7 @@ def suggestions(lrs: list[float], smoothed: list[float]) -> tuple[Optional[float
 def lr_find(recipe: Recipe, out: Optional[str | Path] = None, *, start_lr: float = 1e-7, end_lr: float = 10.0,
             steps: int = 100, log: Callable[[str], None] = print) -> LRFindResult:
     """Run the range test on ``recipe`` and write its plot; see the module docstring."""
-    if not 0 < start_lr < end_lr:
+    if not (math.isfinite(start_lr) and math.isfinite(end_lr) and 0 < start_lr < end_lr):
         raise LRFindError(f"--start-lr {start_lr:g} and --end-lr {end_lr:g}: need 0 < start < end")
     path = plot_path(recipe, out)  # before any data is read: a bad -o fails at once
     result = LRFindResult(path)
