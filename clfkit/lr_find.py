@@ -18,15 +18,22 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from clfkit.atomic import write_bytes
-from clfkit.build import build_augmentations, build_data, build_loss, build_model, build_optimizer, build_regularizers
+from clfkit.build import (
+    build_augmentations,
+    build_data,
+    build_loss,
+    build_model,
+    build_optimizer,
+    build_regularizers,
+)
 from clfkit.engine.batches import train_batches
 from clfkit.engine.prep import BatchPrep
 from clfkit.engine.runtime import place_model, resolve_runtime, seed_everything
@@ -50,8 +57,8 @@ class LRFindResult:
     lrs: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)     # each step's loss
     smoothed: list[float] = field(default_factory=list)   # the bias-corrected moving average
-    suggested: Optional[float] = None                     # steepest descent of the smoothed loss
-    min_over_10: Optional[float] = None                   # the LR of the lowest smoothed loss / 10
+    suggested: float | None = None                     # steepest descent of the smoothed loss
+    min_over_10: float | None = None                   # the LR of the lowest smoothed loss / 10
     stopped: str = ""                                     # why the test ended before end_lr, if it did
 
     def lines(self) -> list[str]:
@@ -68,7 +75,7 @@ class LRFindResult:
         return out + [f"wrote {self.plot}"]
 
 
-def plot_path(recipe: Recipe, out: Optional[str | Path]) -> Path:
+def plot_path(recipe: Recipe, out: str | Path | None) -> Path:
     """Where the plot goes; an LRFindError for a place that would overwrite a file that is not a
     PNG plot, lies in a run folder, or whose folder does not exist."""
     path = Path(out) if out is not None else Path(f"lr_find_{recipe.name}.png")
@@ -93,7 +100,7 @@ def plot_path(recipe: Recipe, out: Optional[str | Path]) -> Path:
     return path
 
 
-def suggestions(lrs: list[float], smoothed: list[float]) -> tuple[Optional[float], Optional[float]]:
+def suggestions(lrs: list[float], smoothed: list[float]) -> tuple[float | None, float | None]:
     """(steepest descent LR, LR of the minimum / 10), both past the first tenth of the steps; None
     where there are too few points to say. The steepest descent is looked for between the first tenth of the steps and the minimum: past
     the minimum the loss is diverging, and its swings there are no descent."""
@@ -108,7 +115,7 @@ def suggestions(lrs: list[float], smoothed: list[float]) -> tuple[Optional[float
     return float(lrs[skip + int(np.argmin(slope))]), float(lrs[lowest]) / 10
 
 
-def lr_find(recipe: Recipe, out: Optional[str | Path] = None, *, start_lr: float = 1e-7, end_lr: float = 10.0,
+def lr_find(recipe: Recipe, out: str | Path | None = None, *, start_lr: float = 1e-7, end_lr: float = 10.0,
             steps: int = 100, log: Callable[[str], None] = print) -> LRFindResult:
     """Run the range test on ``recipe`` and write its plot; see the module docstring."""
     if not (math.isfinite(start_lr) and math.isfinite(end_lr) and 0 < start_lr < end_lr):

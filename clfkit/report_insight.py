@@ -10,7 +10,7 @@ import base64
 import html
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from clfkit.run.folder import CALIBRATION_JSON, CAM_JSON, RELIABILITY_PNG
 
@@ -19,7 +19,7 @@ STYLE = """
 """
 
 
-def _read(path: Path) -> Optional[dict[str, Any]]:
+def _read(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -65,8 +65,8 @@ def calibration_section(run: Path) -> str:
 def _cam_card(c: dict[str, Any], mistake: bool) -> str:
     where = html.escape(str(c.get("path") or f"#{c.get('index')}"))
     imgs = [f'<img alt="{where}" title="{where}" src="data:image/png;base64,{_b64(c["png_base64"])}">',
-            f'<img alt="map for {html.escape(str(c["predicted"]))}" title="where it looked for the predicted class" '
-            f'src="data:image/png;base64,{_b64(c["cam_predicted"])}">']
+            (f'<img alt="map for {html.escape(str(c["predicted"]))}" title="where it looked for the predicted class" '
+            f'src="data:image/png;base64,{_b64(c["cam_predicted"])}">')]
     if mistake:
         imgs.append(f'<img alt="map for {html.escape(str(c["true"]))}" title="where it looked for the true class" '
                     f'src="data:image/png;base64,{_b64(c["cam_true"])}">')

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
 from conftest import invoke, refused, tiny_recipe_file
 
 
@@ -126,7 +125,7 @@ def test_resnet_and_plugin_named_layers(tmp_path):
             return self.head(self.body(x).mean((2, 3)))
 
     x = torch.zeros(2, 3, 16, 16, dtype=torch.uint8)
-    layer, name = target_layer(ImageClassifier(Plugin(), [0.5] * 3, [0.2] * 3), x)
+    _layer, name = target_layer(ImageClassifier(Plugin(), [0.5] * 3, [0.2] * 3), x)
     assert name == "body (Conv2d, 16x16 map)"
     Plugin.cam_target_layer = lambda self: None  # "none of mine fits"
     assert target_layer(Plugin(), x)[0] is None
@@ -136,5 +135,5 @@ def test_resnet_and_plugin_named_layers(tmp_path):
     assert invoke("train", recipe, "--out", tmp_path / "runs", "--quiet")[0] == 0
     assert json.loads((tmp_path / "runs" / "res" / "cam.json").read_text())["target_layer"] == "stages.3 (Sequential, 2x2 map)"
     # its last stage pooled to 1x1 (imagenet stem at 16 px): the deepest stage with a map instead
-    layer, name = target_layer(ImageClassifier(_resnet("imagenet"), [0.5] * 3, [0.2] * 3), x)
+    _, name = target_layer(ImageClassifier(_resnet("imagenet"), [0.5] * 3, [0.2] * 3), x)
     assert name == "stages.1 (Sequential, 2x2 map)"

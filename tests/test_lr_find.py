@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 
 import numpy as np
-
 from conftest import invoke, refused, tiny_recipe_file
 
 

@@ -7,10 +7,9 @@ import math
 
 import pytest
 import yaml
-
 from conftest import invoke, refused, tiny_recipe
 
-SMALL = dict(data__source__train_size=96, data__source__val_size=32, data__source__test_size=32, train__epochs=2)
+SMALL = {"data__source__train_size": 96, "data__source__val_size": 32, "data__source__test_size": 32, "train__epochs": 2}
 
 
 def _recipe(path, sweep=None):

@@ -17,7 +17,13 @@ from typing import Any
 import torch
 
 from clfkit.errors import ExportError
-from clfkit.run.calibration import BINNING, fit_temperature, nll, reliability, split_logits
+from clfkit.run.calibration import (
+    BINNING,
+    fit_temperature,
+    nll,
+    reliability,
+    split_logits,
+)
 
 SMALL_VAL = 200  # fewer val images than this: the fitted T is noisy, and the result says so
 

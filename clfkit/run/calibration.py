@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import matplotlib
 import torch
@@ -100,7 +100,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def write_calibration(run: str | Path, by_split: dict[str, Any], checkpoint: str = "best.pt",
-                      seconds: Optional[float] = None) -> list[Path]:
+                      seconds: float | None = None) -> list[Path]:
     """``calibration.json`` and ``reliability.png`` of ``by_split`` (split name -> :func:`reliability`)
     for ``checkpoint``; ``seconds``: what computing them took."""
     run = Path(run)
@@ -109,7 +109,7 @@ def write_calibration(run: str | Path, by_split: dict[str, Any], checkpoint: str
     return [run / CALIBRATION_JSON, plot_reliability(by_split, run / RELIABILITY_PNG, checkpoint)]
 
 
-def ece_fields(by_split: dict[str, Any]) -> dict[str, Optional[float]]:
+def ece_fields(by_split: dict[str, Any]) -> dict[str, float | None]:
     """summary.json's ``val_ece`` / ``test_ece`` of ``by_split`` (split name -> :func:`reliability`)."""
     return {f"{name}_ece": r["ece"] for name, r in by_split.items()}
 

@@ -24,7 +24,7 @@ import base64
 import io
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ THUMB_PIXELS = 96
 METHOD = "Grad-CAM (pytorch-grad-cam)"
 
 
-def target_layer(model: torch.nn.Module, example: torch.Tensor) -> tuple[Optional[torch.nn.Module], str]:
+def target_layer(model: torch.nn.Module, example: torch.Tensor) -> tuple[torch.nn.Module | None, str]:
     """(the module to weigh, its name) or (None, why none fits) for ``model`` (a
     clfkit.build.ImageClassifier, or a bare network); ``example``: one input batch. Of the
     candidates a model names (deepest first), the first whose map is bigger than 1x1."""
@@ -83,7 +83,7 @@ def _candidates(net: torch.nn.Module) -> tuple[list[torch.nn.Module], str]:
 
 
 @torch.no_grad()
-def _output_shape(model: torch.nn.Module, layer: torch.nn.Module, example: torch.Tensor) -> Optional[tuple]:
+def _output_shape(model: torch.nn.Module, layer: torch.nn.Module, example: torch.Tensor) -> tuple | None:
     seen: list[tuple] = []
     hook = layer.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape) if torch.is_tensor(o) else ()))
     try:
@@ -180,6 +180,6 @@ def write_cams(run: str | Path, model: torch.nn.Module, data: Any, probs: torch.
         found = {"method": METHOD, "target_layer": None, "mistakes": [], "correct": [],
                  "note": f"Grad-CAM failed on this model ({type(e).__name__}: {str(e)[:200]})"}
     path = Path(run) / CAM_JSON
-    write_json(path, {"split": split, "checkpoint": checkpoint, "images": int(len(data)),
+    write_json(path, {"split": split, "checkpoint": checkpoint, "images": len(data),
                       "seconds": round(time.perf_counter() - t0, 3), **found})
     return path

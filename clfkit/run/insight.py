@@ -12,7 +12,12 @@ from typing import Any
 
 import torch
 
-from clfkit.run.calibration import ece_fields, reliability, split_logits, write_calibration
+from clfkit.run.calibration import (
+    ece_fields,
+    reliability,
+    split_logits,
+    write_calibration,
+)
 from clfkit.run.gradcam import write_cams
 
 

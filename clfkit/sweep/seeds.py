@@ -23,7 +23,7 @@ import io
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -56,7 +56,7 @@ def variant_name(sweep: Sweep, trial: Trial) -> str:
     return ",".join(parts) or "(recipe)"
 
 
-def mean_sd_ci(values: list[float]) -> dict[str, Optional[float]]:
+def mean_sd_ci(values: list[float]) -> dict[str, float | None]:
     """n, mean, sample sd and the 95% t-interval of the mean (None where n is too small)."""
     from scipy import stats
 
@@ -71,7 +71,7 @@ def mean_sd_ci(values: list[float]) -> dict[str, Optional[float]]:
     return {"n": n, "mean": mean, "sd": sd, "ci_low": mean - half, "ci_high": mean + half}
 
 
-def welch_p(a: list[float], b: list[float]) -> Optional[float]:
+def welch_p(a: list[float], b: list[float]) -> float | None:
     """Two-sided p of Welch's t-test between ``a`` and ``b``; None with fewer than 2 of either.
     Two samples without spread: 1 when their means are equal, else 0."""
     from scipy import stats
@@ -109,7 +109,7 @@ def seed_rows(groups: list[tuple[str, list[RunInfo]]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _pm(mean: Optional[float], sd: Optional[float]) -> str:
+def _pm(mean: float | None, sd: float | None) -> str:
     if mean is None:
         return "-"
     return f"{mean:.4f}" + (f" ± {sd:.4f}" if sd is not None else "")
@@ -158,8 +158,8 @@ def class_deltas(groups: list[tuple[str, list[RunInfo]]], best: str) -> tuple[st
     base, top = means(by_name[baseline]), means(by_name[best])
     rows = [{"class": c, f"baseline ({baseline})": base[c], f"best ({best})": top[c], "delta": top[c] - base[c]}
             for c in top if c in base]
-    return (f"Per-class accuracy (per_class.csv of each run: its test split, or val without one), mean over "
-            f"seeds: best variant {best} minus baseline {baseline} (the plan's first variant).",
+    return ((f"Per-class accuracy (per_class.csv of each run: its test split, or val without one), mean over "
+            f"seeds: best variant {best} minus baseline {baseline} (the plan's first variant)."),
             sorted(rows, key=lambda r: r["delta"]))
 
 
