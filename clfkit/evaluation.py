@@ -27,7 +27,7 @@ from clfkit.report_html import write_run_report
 from clfkit.run.checkpoint import load_checkpoint, load_weights, model_from_checkpoint, run_checkpoint, unfinished_note
 from clfkit.run.data_record import eval_data_changed
 from clfkit.run.folder import CALIBRATION_JSON, CAM_JSON, RELIABILITY_PNG, RunFolder, holds_run_lock
-from clfkit.run.insight import write_insight
+from clfkit.run.insight import insight_line, write_insight
 from clfkit.run.reports import per_class, per_class_rows, write_run_reports
 
 
@@ -104,6 +104,7 @@ class EvalResult:
     per_class: list[dict[str, Any]]
     files: list[Path]
     note: str = ""  # a stopped run: whose numbers these are
+    insight: str = ""  # the ECE of val and test, the Grad-CAM layer (clfkit.run.insight)
 
 
 @holds_run_lock("evaluate")  # it rewrites the run's reports: not while the run trains
@@ -159,7 +160,17 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
     note = unfinished_note(run_dir, state)
     if note:
         note += f"; evaluated {checkpoint} (epoch {state.get('epoch', '?')})"
-    return EvalResult(run_dir, split, ev["acc"], ev["loss"], len(subset), rows, files, note)
+    insight = insight_line(calibration, _read_cam(run_dir)) if tta == "none" else ""
+    return EvalResult(run_dir, split, ev["acc"], ev["loss"], len(subset), rows, files, note, insight)
+
+
+def _read_cam(run_dir: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads((run_dir / CAM_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def _recipe_with_data_root(recorded: dict[str, Any], data_root: Optional[str | Path], source: str):

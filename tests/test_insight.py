@@ -77,6 +77,7 @@ def test_gradcam_maps_in_report_and_eval(overconfident_run, tmp_path):
     shutil.copytree(overconfident_run, run)
     code, out = invoke("eval", run, "--split", "val")
     assert code == 0 and "cam.json" in out and "calibration.json" in out, out
+    assert "calibration: ECE val 0." in out and "Grad-CAM on 0 (Sequential" in out, out
     cam = json.loads((run / "cam.json").read_text())
     assert cam["split"] == "val" and cam["target_layer"].startswith("0 (Sequential")  # the cnn's conv features
     assert cam["mistakes"] and cam["correct"]

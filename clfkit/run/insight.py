@@ -21,6 +21,13 @@ from clfkit.run.calibration import (
 from clfkit.run.gradcam import write_cams
 
 
+def insight_line(by_split: dict[str, Any], cam: dict[str, Any]) -> str:
+    """One console line: the ECE of each split and the Grad-CAM layer (or why there is none)."""
+    ece = ", ".join(f"{name.removesuffix('_ece')} {value:.4f}" for name, value in by_split.items() if value is not None)
+    where = f"Grad-CAM on {cam['target_layer']}" if cam.get("target_layer") else str(cam.get("note") or "no Grad-CAM")
+    return f"calibration: ECE {ece or '-'} (15 equal-width bins); {where}; see report.html"
+
+
 def write_insight(run: str | Path, model: torch.nn.Module, splits: dict[str, Any], eval_split: str, rt: Any,
                   class_names: list[str], batch_size: int, checkpoint: str = "best.pt") -> dict[str, Any]:
     """calibration.json, reliability.png (each labelled split of ``splits``: name -> ImageSet or
