@@ -98,6 +98,30 @@ def train(recipe: Path | None, resume_dir: Path | None, overrides: tuple[str, ..
     run_guarded(train_fn, r, out, quiet=quiet)
 
 
+@cli.command("lr-find")
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a recipe field (repeatable).")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="The plot (.png; a folder: the default name in it) [default: lr_find_<recipe name>.png].")
+@click.option("--start-lr", default=1e-7, show_default=True, type=float, help="First LR of the ramp.")
+@click.option("--end-lr", default=10.0, show_default=True, type=float, help="Last LR of the ramp.")
+@click.option("--steps", default=100, show_default=True, type=click.IntRange(min=10), help="Optimizer steps at most.")
+def lr_find(recipe: Path, overrides: tuple[str, ...], output: Path | None, start_lr: float, end_lr: float,
+            steps: int) -> None:
+    """LR range test: train RECIPE's model while the LR grows exponentially, plot loss against LR
+    and suggest optim.lr. Writes only the plot (no run folder)."""
+    from clfkit.build import check_model_size
+    from clfkit.lr_find import lr_find as lr_find_fn
+    from clfkit.recipe import load_recipe
+
+    r = run_guarded(load_recipe, recipe, overrides)
+    run_guarded(check_model_size, r, str(recipe))
+    res = run_guarded(lr_find_fn, r, output, start_lr=start_lr, end_lr=end_lr, steps=steps)
+    for line in res.lines():
+        click.echo(line)
+    click.echo(f"wrote {res.plot}")
+
+
 # --------------------------------------------------------------------------- export
 # export and eval name a run's checkpoint the same way (clfkit.run.checkpoint.run_checkpoint)
 checkpoint_option = click.option(
@@ -119,8 +143,10 @@ checkpoint_option = click.option(
 @click.option("--min-agreement", type=click.FloatRange(0, 100), metavar="PERCENT",
               help="With --int8: the least top-1 agreement with the fp32 model, in %, on held-out images "
                    "[default: 99].")
+@click.option("--calibrate", is_flag=True, help="Divide the logits by a temperature fitted on the run's val "
+                                                "split, so predict's probabilities are calibrated (top-1 unchanged).")
 def export(run_dir: Path, output: Path | None, atol: float, checkpoint: str, tta: str, int8: bool,
-           min_agreement: float | None) -> None:
+           min_agreement: float | None, calibrate: bool) -> None:
     """Export RUN_DIR's best checkpoint to ONNX and prove parity with torch."""
     from clfkit.export import export_run
 
@@ -128,13 +154,17 @@ def export(run_dir: Path, output: Path | None, atol: float, checkpoint: str, tta
         _fail(ClfkitError("--min-agreement is the int8 model's threshold: give it with --int8"))
     min_agreement = 99.0 if min_agreement is None else min_agreement
     res = run_guarded(export_run, run_dir, output, atol=atol, checkpoint=checkpoint, tta=tta, int8=int8,
-                      min_agreement=min_agreement)
+                      min_agreement=min_agreement, calibrate=calibrate)
     if res.note:
         click.echo(f"note: {res.note}")
     if res.exporter != "dynamo":
         click.echo(f"note: exported with {res.exporter}")
     click.echo(f"wrote {res.path}{' (flip TTA)' if res.tta == 'flip' else ''}: parity on {res.n_images} "
                f"validation images: max abs diff {res.max_abs_diff:.2e}, top-1 agreement {res.agreement:.2%}")
+    if res.calibration:
+        from clfkit.export.calibrate import describe
+
+        click.echo(describe(res.calibration))
     if res.int8:
         q = res.int8
         click.echo(f"int8: top-1 agreement with fp32 {q['agreement']:.2f}% on {q['images']} {q['images_from']} "
@@ -314,16 +344,22 @@ def recipe_check(path: Path, overrides: tuple[str, ...]) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Sweep folder [default: sweeps/<recipe name>].")
 @click.option("--top", default=10, show_default=True, type=click.IntRange(min=1), help="Runs drawn in compare.png.")
+@click.option("--seeds", type=click.IntRange(min=1), metavar="N",
+              help="Run every variant under N seeds (the recipe's seed and the next N-1) and compare variants as "
+                   "mean +- sd with a Welch t-test [default: the sweep block's seeds:, else 1].")
 @click.option("--quiet", is_flag=True, help="No per-epoch output.")
 def sweep(recipe: Path, grid: tuple[str, ...], overrides: tuple[str, ...], jobs: int, out: Path | None,
-          top: int, quiet: bool) -> None:
+          top: int, seeds: int | None, quiet: bool) -> None:
     """Train every combination of --grid values (or the recipe's sweep: block) and rank the runs.
 
     Finished runs are skipped when the sweep is run again; unfinished ones resume."""
     from clfkit.sweep import run_sweep
 
-    res = run_guarded(run_sweep, recipe, grid, overrides, out, jobs=jobs, quiet=quiet, log=click.echo, top=top)
+    res = run_guarded(run_sweep, recipe, grid, overrides, out, jobs=jobs, quiet=quiet, log=click.echo, top=top,
+                      seeds=seeds)
     click.echo((res.out / "sweep.md").read_text(encoding="utf-8").rstrip())
+    if res.seeds > 1:
+        click.echo("\n" + (res.out / "seeds.md").read_text(encoding="utf-8").rstrip())
     click.echo(f"wrote {res.out / 'sweep.csv'}, {res.out / 'sweep.md'}, {res.out / 'compare.png'}")
     failed = [t for t in res.trials if t.status == "failed"]
     if failed:
@@ -427,6 +463,8 @@ def eval_cmd(run_dir: Path, split: str | None, data_root: Path | None, checkpoin
         prec = "-" if r["precision"] is None else f"{r['precision']:.4f}"
         click.echo(f"  {r['class']:<{width}}  {acc:>8}  {prec:>9}  {r['support']:>7}")
     click.echo("wrote " + ", ".join(str(f) for f in res.files))
+    if res.insight:
+        click.echo(res.insight)
     if res.note:
         click.echo(f"note: {res.note}")
 

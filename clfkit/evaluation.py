@@ -27,7 +27,8 @@ from clfkit.recipe import validate_recipe
 from clfkit.report_html import write_run_report
 from clfkit.run.checkpoint import load_checkpoint, load_weights, model_from_checkpoint, run_checkpoint, unfinished_note
 from clfkit.run.data_record import eval_data_changed
-from clfkit.run.folder import RunFolder, holds_run_lock
+from clfkit.run.folder import CALIBRATION_JSON, CAM_JSON, RELIABILITY_PNG, RunFolder, holds_run_lock
+from clfkit.run.insight import insight_line, write_insight
 from clfkit.run.reports import per_class, per_class_rows, write_run_reports
 
 
@@ -104,6 +105,7 @@ class EvalResult:
     per_class: list[dict[str, Any]]
     files: list[Path]
     note: str = ""  # a stopped run: whose numbers these are
+    insight: str = ""  # the ECE of val and test, the Grad-CAM layer (clfkit.run.insight)
 
 
 @holds_run_lock("evaluate")  # it rewrites the run's reports: not while the run trains
@@ -143,22 +145,35 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
     ev = evaluate(model, subset, rt=rt, loss_fn=loss_fn, num_classes=splits.num_classes, batch_size=batch_size)
     cm = ev["confusion"].tolist()
     rows = per_class_rows(cm, splits.class_names)
-    files = []
+    files, calibration = [], {}
     if tta == "none":  # the report files describe the plain model: now this checkpoint on this split
         files = write_run_reports(run_dir, cm, splits.class_names, split)
         files.append(write_mistakes(run_dir, model, subset, split, rt, splits.class_names, batch_size,
                                     checkpoint=checkpoint))
+        calibration = write_insight(run_dir, model, {"val": splits.val, "test": splits.test}, split, rt,
+                                    splits.class_names, batch_size, checkpoint)  # ECE of val and test, Grad-CAM
+        files += [RunFolder(run_dir).path / n for n in (CALIBRATION_JSON, RELIABILITY_PNG, CAM_JSON)]
     out = RunFolder(run_dir).eval_json(split, tta)
     write_json(out, {"split": split, "tta": tta, "checkpoint": checkpoint, "acc": ev["acc"], "loss": ev["loss"],
                      "images": len(subset), "class_names": splits.class_names, "per_class": rows,
                      "confusion": cm, "data_root": str(data_root) if data_root else None,
-                     "data_changed": data_changed, "run_finished": RunFolder(run_dir).finished})
+                     "data_changed": data_changed, "run_finished": RunFolder(run_dir).finished, **calibration})
     # last: report.html inlines every file above, so it never shows the numbers of before
     files += [out, write_run_report(run_dir)]
     note = unfinished_note(run_dir, state)
     if note:
         note += f"; evaluated {checkpoint} (epoch {state.get('epoch', '?')})"
-    return EvalResult(run_dir, split, ev["acc"], ev["loss"], len(subset), rows, files, note)
+    insight = insight_line(calibration, _read_cam(run_dir)) if tta == "none" else ""
+    return EvalResult(run_dir, split, ev["acc"], ev["loss"], len(subset), rows, files, note, insight)
+
+
+def _read_cam(run_dir: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads((run_dir / CAM_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def _recipe_with_data_root(recorded: dict[str, Any], data_root: Optional[str | Path], source: str):

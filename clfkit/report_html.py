@@ -3,7 +3,7 @@
 The page needs no network and no other file: figures and thumbnails are inlined as base64
 ``data:`` URIs, the style sheet is inline, there is no script. It is built only from files the
 run folder already holds (recipe.yaml, summary.json, metrics.jsonl, curves.png, confusion.png,
-per_class.csv, mistakes.json, eval_*.json), so ``clfkit report RUN`` can rebuild it for any
+per_class.csv, mistakes.json, cam.json, calibration.json, reliability.png, eval_*.json), so ``clfkit report RUN`` can rebuild it for any
 finished run; ``clfkit eval`` rebuilds it after rewriting the files it shows. It is written
 atomically like every other run file.
 """
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from clfkit.atomic import write_text
+from clfkit.report_insight import STYLE as _INSIGHT_STYLE, calibration_section, cam_section
 from clfkit.run.folder import MISTAKES_JSON as MISTAKES_FILE, REPORT_HTML as REPORT_FILE  # one home for run file names
 from clfkit.run.reader import RunFileWarning, read_history
 
@@ -77,7 +78,7 @@ def _figure(title: str, path: Path) -> str:
 
 def _page(title: str, sections: Iterable[str]) -> str:
     return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
-            f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
+            f"<title>{html.escape(title)}</title><style>{_STYLE}{_INSIGHT_STYLE}</style></head><body>"
             + "\n".join(sections) + "</body></html>\n")
 
 
@@ -99,7 +100,7 @@ def _unreadable(path: Path, e: Exception | str) -> str:
 
 
 # --------------------------------------------------------------------------- one run
-SUMMARY_KEYS = ("best_val_acc", "best_epoch", "test_acc", "test_loss", "train_acc_at_best", "epochs_run",
+SUMMARY_KEYS = ("best_val_acc", "best_epoch", "test_acc", "test_loss", "val_ece", "test_ece", "train_acc_at_best", "epochs_run",
                 "stopped_early_at", "eval_split", "params", "device", "precision", "train_images",
                 "val_images", "test_images", "skipped_files", "train_seconds", "wall_seconds",
                 "clfkit_version")
@@ -200,6 +201,8 @@ def write_run_report(run: str | Path) -> Path:
         _figure("Confusion matrix", run / "confusion.png"),
         _per_class_section(run),
         _mistakes_section(run),
+        cam_section(run),  # clfkit.report_insight
+        calibration_section(run),
         '<h2 id="evals">clfkit eval results</h2>' + _table(_eval_rows(run), list(EVAL_KEYS)),
         '<h2 id="epochs">Epochs</h2>' + _table(_epoch_rows(run)),
         f"<h2>Recipe</h2><pre>{html.escape(recipe)}</pre>",
@@ -211,14 +214,16 @@ def write_run_report(run: str | Path) -> Path:
 
 # --------------------------------------------------------------------------- sweep / tune folders
 def write_folder_report(folder: str | Path, title: str, intro: str, rows: list[dict[str, Any]],
-                        figures: list[tuple[str, Path]]) -> Path:
-    """``folder/report.html`` for a sweep or tune folder: ``intro``, the comparison table
-    ``rows`` and ``figures`` ((title, png path), inlined). Runs link to their own reports."""
+                        figures: list[tuple[str, Path]], tables: Iterable[tuple[str, str, list[dict]]] = ()) -> Path:
+    """``folder/report.html`` for a sweep or tune folder: ``intro``, ``tables`` ((title, note,
+    rows): a sweep over seeds' comparison), the table of runs ``rows`` and ``figures`` ((title,
+    png path), inlined). Runs link to their own reports."""
     folder = Path(folder)
     links = [f'<li><a href="{html.escape(r["run"])}/{REPORT_FILE}">{html.escape(r["run"])}</a></li>'
              for r in rows if r.get("run") and (folder / str(r["run"]) / REPORT_FILE).is_file()]
-    sections = [f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>",
-                "<h2>Runs</h2>" + _table(rows)]
+    sections = [f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>"]
+    sections += [f"<h2>{html.escape(t)}</h2><p>{html.escape(note)}</p>" + _table(r) for t, note, r in tables]
+    sections.append("<h2>Runs</h2>" + _table(rows))
     sections += [_figure(t, p) for t, p in figures]
     if links:
         sections.append("<h2>Run reports</h2><ul>" + "".join(links) + "</ul>")

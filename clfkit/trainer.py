@@ -47,6 +47,7 @@ from clfkit.run.checkpoint import save_checkpoint
 from clfkit.run.data_record import check_unchanged, data_record, write_manifest
 from clfkit.run.folder import RunFolder, run_lock
 from clfkit.run.init import input_normalization, load_init
+from clfkit.run.insight import write_insight
 from clfkit.run.metrics_log import MetricsLog
 from clfkit.run.reader import replaces_best, selected_on
 from clfkit.run.reports import write_run_reports
@@ -385,6 +386,9 @@ class Trainer:
             data = self.splits.test if summary["eval_split"] == "test" else self.val_set
             write_mistakes(self.folder.path, self.state.net, data, summary["eval_split"], self.rt,
                            self.splits.class_names, self.eval_bs)
+            # calibration of val and test, Grad-CAM of the evaluated split (clfkit.run.insight)
+            summary.update(write_insight(self.folder.path, self.state.net, {"val": self.val_set, "test": self.splits.test},
+                                         summary["eval_split"], self.rt, self.splits.class_names, self.eval_bs))
         summary["wall_seconds"] = round(time.perf_counter() - self.t_start, 2)
         self.folder.write_summary(summary)
         write_run_reports(self.folder.path)  # curves.png, per_class.csv, confusion.png (clfkit.run.reports)

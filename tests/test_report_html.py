@@ -91,22 +91,63 @@ def test_report_command_rebuilds_it(run_with_report, tmp_path):
     assert (copy / "report.html").is_file() and str(copy / "report.html") in res.output
 
 
-def test_sweep_folder_gets_a_report(tmp_path):
+def test_sweep_folder_gets_a_report(seed_sweep_page):
+    page = _parse(seed_sweep_page)
+    assert not page.external
+    assert len(page.images) == 2 and all(s.startswith("data:image/png;base64,") for s in page.images)
+    text = " ".join(page.text)
+    assert "best_val_acc" in text and "Top runs" in text
+    assert all(f"lr={v}" in text for v in ("1e-3", "3e-3")), text  # both variants in the tables
+
+
+@pytest.fixture(scope="module")
+def seed_sweep_page(tmp_path_factory) -> Path:
+    """report.html of a sweep of two LRs under two seeds each (the seeds table, mean curves)."""
     import yaml
 
     from clfkit.sweep import run_sweep
 
-    recipe = tmp_path / "r.yaml"
+    folder = tmp_path_factory.mktemp("seeds")
     data = tiny_recipe(train__epochs=1).to_dict()
-    data["data"]["source"].update(train_size=96, val_size=32, test_size=32)
-    recipe.write_text(yaml.safe_dump(data))
-    sweep = run_sweep(recipe, ["optim.lr=1e-3,3e-3"], out=tmp_path / "sw", quiet=True)
-    page = _parse(sweep.out / "report.html")
-    assert not page.external
-    assert any(s.startswith("data:image/png;base64,") for s in page.images)  # compare.png
-    text = " ".join(page.text)
-    assert "best_val_acc" in text and "Top runs" in text
-    assert all(f"lr={v}" in text for v in ("1e-3", "3e-3")), text  # both runs in the table
+    data["data"]["source"].update(train_size=64, val_size=32, test_size=32)
+    (folder / "r.yaml").write_text(yaml.safe_dump(data))
+    return run_sweep(folder / "r.yaml", ["optim.lr=1e-3,3e-3"], out=folder / "sw", quiet=True, seeds=2).out / "report.html"
+
+
+# appended to a copy of a page: after loading, the body records how many images it has and how
+# many the browser could not decode (a broken data: URI has no natural width)
+_IMAGE_PROBE = ("<script>addEventListener('load', () => { const all = [...document.images];"
+                "document.body.dataset.images = all.length;"
+                "document.body.dataset.broken = all.filter(i => !i.complete || !i.naturalWidth).length; });</script>")
+
+
+def _images_loaded(page: Path, tmp_path: Path) -> tuple[int, int]:
+    """(images on the page, images the headless browser failed to load)."""
+    import re
+
+    probe = tmp_path / f"probe_{page.parent.name}.html"
+    probe.write_text(page.read_text(encoding="utf-8").replace("</body>", _IMAGE_PROBE + "</body>"), encoding="utf-8")
+    dom = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--virtual-time-budget=10000",
+         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", probe.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    body = re.search(r"<body[^>]*>", dom.stdout).group(0)
+    found = dict(re.findall(r'data-(images|broken)="(\d+)"', body))
+    assert found, f"the probe did not run: {body}"
+    return int(found["images"]), int(found["broken"])
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium at /usr/bin/chromium (Debian: apt-get install chromium); "
+                                              "the pages are still checked by html.parser")
+def test_every_image_loads_in_headless_chromium(run_with_report, seed_sweep_page, tmp_path):
+    run_images, broken = _images_loaded(run_with_report / "report.html", tmp_path)
+    # curves, confusion, reliability, mistake thumbnails, Grad-CAM images and maps
+    assert run_images >= 10 and broken == 0, (run_images, broken)
+    sweep_images, broken = _images_loaded(seed_sweep_page, tmp_path)
+    assert sweep_images == 2 and broken == 0  # the mean curves over seeds and compare.png
+    page = seed_sweep_page.read_text()
+    assert "Variants over seeds" in page and "Mean curves over seeds" in page
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium at /usr/bin/chromium (Debian: apt-get install chromium); "

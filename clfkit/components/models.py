@@ -124,6 +124,11 @@ class CNN(nn.Sequential):
         super().__init__(features, *head)
         self.block_of = block_of
 
+    def cam_target_layer(self) -> list[nn.Module]:
+        """Grad-CAM's layer (clfkit.run.gradcam): the conv features (the last map before the head),
+        then each features module from the last back, for when pooling leaves the last map 1x1."""
+        return [self[0], *reversed(list(self[0]))]
+
     def group_matcher(self, coarse: bool = False):
         def layer(name: str) -> tuple[float]:  # "0.<i>.weight": features module i; else the head
             parts = name.split(".")
@@ -305,6 +310,11 @@ class ResNet(nn.Module):
                     # without an affine norm, zero the branch's last conv instead (Fixup-style)
                     target = last if getattr(last, "weight", None) is not None else conv
                     nn.init.zeros_(target.weight)
+
+    def cam_target_layer(self) -> list[nn.Module]:
+        """Grad-CAM's layer (clfkit.run.gradcam): the last stage (the last map before pooling),
+        then the earlier ones, for small images whose last stage is 1x1."""
+        return list(reversed(self.stages))
 
     def group_matcher(self, coarse: bool = False) -> dict:
         # the stem, then each block (coarse: each stage); fc, unmatched, is the top layer

@@ -50,6 +50,7 @@ class ExportResult:
     exporter: str = "dynamo"
     tta: str = "none"
     int8: dict = field(default_factory=dict)  # quantize.Int8Report as a dict when --int8
+    calibration: dict = field(default_factory=dict)  # --calibrate: temperature, ECE before/after (export.calibrate)
 
 
 def default_output(run_dir: Path) -> Path:
@@ -122,10 +123,11 @@ def _with_metadata(model_bytes: bytes, meta: dict[str, str], state: dict, doc: s
 
 def export_run(run_dir: str | Path, out: Optional[str | Path] = None, *, atol: float = 1e-3,
                opset: int = DEFAULT_OPSET, checkpoint: Optional[str] = None, tta: str = "none",
-               int8: bool = False, min_agreement: float = 99.0) -> ExportResult:
+               int8: bool = False, min_agreement: float = 99.0, calibrate: bool = False) -> ExportResult:
     """Export a run's checkpoint (default best.pt, or last.pt of an unfinished run) to ONNX,
     verify parity (and with ``int8``, agreement of the quantized graph), then write ``out``
-    atomically."""
+    atomically. ``calibrate``: divide the logits by a temperature fitted on the run's val split
+    (:mod:`clfkit.export.calibrate`)."""
     if tta not in TTA_MODES:
         raise ExportError(f"--tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
     run_dir = Path(run_dir)
@@ -133,6 +135,11 @@ def export_run(run_dir: str | Path, out: Optional[str | Path] = None, *, atol: f
     out = Path(out) if out else default_output(run_dir)
     _check_output(out, run_dir)
     model = with_tta(model_from_checkpoint(state).float().cpu().eval(), tta)
+    calibration: dict = {}
+    if calibrate:  # before the export: parity is proven on the scaled graph
+        from clfkit.export.calibrate import calibrate as fit_temperature
+
+        model, calibration = fit_temperature(model, state)
     spec = state["input"]
     images = _parity_images(run_dir, spec["channels"], *spec["image_size"])
     model_bytes, exporter = to_onnx_bytes(model, torch.from_numpy(images[:2]), opset)
@@ -144,6 +151,8 @@ def export_run(run_dir: str | Path, out: Optional[str | Path] = None, *, atol: f
         model_bytes, int8_report = quantize_run(model_bytes, state, min_agreement)
     run_name = run_dir.resolve().name
     extra = {"int8": json.dumps(int8_report)} if int8 else {}
+    if calibrate:
+        extra["calibration"] = json.dumps(calibration)
     meta = build_metadata(
         state["class_names"], spec, version=__version__,
         input="uint8 NCHW 0..255; normalization (mean/std) is inside the graph",
@@ -151,10 +160,11 @@ def export_run(run_dir: str | Path, out: Optional[str | Path] = None, *, atol: f
         epoch=str(state.get("epoch", "")), exporter=exporter, tta=tta,
         parity=json.dumps({"max_abs_diff": max_diff, "top1_agreement": agreement, "images": len(images)}), **extra)
     doc = (f"clfkit export of {run_name} ({ckpt_path.name}): {len(state['class_names'])} classes"
-           f"{', flip TTA' if tta == 'flip' else ''}{', int8' if int8 else ''}")
+           f"{', flip TTA' if tta == 'flip' else ''}{', int8' if int8 else ''}"
+           f"{', temperature-scaled' if calibrate else ''}")
     write_bytes(out, _with_metadata(model_bytes, meta, state, doc))
     return ExportResult(out, max_diff, agreement, len(images), ckpt_path, _note(run_dir, ckpt_path, state),
-                        exporter, tta, int8_report)
+                        exporter, tta, int8_report, calibration)
 
 
 def _note(run_dir: Path, ckpt_path: Path, state: dict) -> str:

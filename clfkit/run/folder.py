@@ -21,6 +21,8 @@ Run folder::
       per_class.csv    accuracy, precision, recall, f1, support per class on the test split
       confusion.png    row-normalized confusion matrix (val split when there is no labelled test)
       eval_<split>.json  ``clfkit eval``'s result
+      calibration.json, reliability.png  ECE and reliability bins of val and test (clfkit.run.calibration)
+      cam.json         Grad-CAM overlays of mistakes and correct images (clfkit.run.gradcam)
 
 One writer per run folder: an exclusive lock that every command writing into a run folder
 (``train``, ``train --resume``, ``eval``) takes first, before it reads or removes anything.
@@ -71,6 +73,9 @@ CURVES_PNG = "curves.png"
 PER_CLASS_CSV = "per_class.csv"
 CONFUSION_PNG = "confusion.png"
 MISTAKES_JSON = "mistakes.json"
+CALIBRATION_JSON = "calibration.json"  # ECE and reliability bins (clfkit.run.calibration)
+RELIABILITY_PNG = "reliability.png"
+CAM_JSON = "cam.json"  # Grad-CAM overlays (clfkit.run.gradcam)
 REPORT_HTML = "report.html"
 WEIGHTS_JSON = "weights.json"
 DATA_FILES_JSON = "data_files.json"

@@ -166,15 +166,40 @@ class Sweep:
     out: Path
     axes: list[Axis]
     trials: list[Trial]
+    seeds: int = 1                 # runs per variant, each under its own seed (clfkit.sweep.seeds)
+
+
+SEED_AXIS = "seed"  # the axis --seeds adds: its runs are one variant's repeats
+
+
+def pop_seeds(block: Any, source: str) -> tuple[Any, Optional[int]]:
+    """(the sweep block without its ``seeds: N`` key, N or None)."""
+    if not isinstance(block, dict) or "seeds" not in block:
+        return block, None
+    block = dict(block)
+    n = block.pop("seeds")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise SweepError(f"{source}: sweep.seeds must be a whole number of seeds per variant (1 or more), got {n!r}")
+    return (block or None), n
+
+
+def seed_axis(seeds: int, base_seed: int) -> list[Axis]:
+    """The ``seed`` axis of ``--seeds N``: the recipe's seed, then the next N - 1 (none for N = 1)."""
+    if seeds <= 1:
+        return []
+    return [Axis(SEED_AXIS, [(str(base_seed + i), {"seed": base_seed + i}) for i in range(seeds)])]
 
 
 def plan_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
-               overrides: list[str] | tuple[str, ...] = (), out: Optional[str | Path] = None) -> Sweep:
-    """Read the recipe (and its ``sweep:`` block), add ``--grid`` axes, and validate every
-    combination's recipe before anything trains."""
+               overrides: list[str] | tuple[str, ...] = (), out: Optional[str | Path] = None,
+               seeds: Optional[int] = None) -> Sweep:
+    """Read the recipe (and its ``sweep:`` block), add ``--grid`` axes (and the seed axis of
+    ``seeds``, default the block's ``seeds:``), and validate every combination's recipe before
+    anything trains."""
     recipe_path = Path(recipe_path)
     data = read_yaml(recipe_path)
-    block = data.pop("sweep", None)
+    block, file_seeds = pop_seeds(data.pop("sweep", None), str(recipe_path))
+    seeds = seeds if seeds is not None else (file_seeds or 1)
     axes = axes_from_block(block, str(recipe_path)) if block is not None else []
     given: set[str] = set()
     for text in grid:  # a --grid axis replaces a sweep-file axis of the same path
@@ -184,14 +209,19 @@ def plan_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
                              f"{axis.key}=v1,v2,...")
         given.add(axis.key)
         axes = [a for a in axes if a.key != axis.key] + [axis]
-    if not axes:
-        raise SweepError(f"nothing to sweep: give --grid dotted.path=v1,v2 or a 'sweep:' block in {recipe_path}")
-    _check_overlaps(axes)
+    if not axes and seeds <= 1:
+        raise SweepError(f"nothing to sweep: give --grid dotted.path=v1,v2, --seeds N or a 'sweep:' block in "
+                         f"{recipe_path}")
+    if seeds > 1 and any(a.key == SEED_AXIS for a in axes):
+        raise SweepError("--seeds N (or sweep.seeds) runs every variant under N seeds, and a 'seed' axis sweeps "
+                         "the seed too: give one of them")
     fixed = parse_overrides(overrides)
     base_data = copy.deepcopy(data)
     for keys, value in fixed:
         apply_override(base_data, keys, value)
     base = validate_recipe(base_data, source=str(recipe_path))
+    axes = axes + seed_axis(seeds, base.seed)
+    _check_overlaps(axes)
     out = Path(out) if out is not None else Path("sweeps") / check_name(base.name, "sweep name")
     trials = _plan_trials(data, fixed, axes, base.name, out, recipe_path)
     names = [t.name for t in trials]
@@ -199,7 +229,7 @@ def plan_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
     if dupes:
         raise SweepError(f"two combinations would share the run folder {dupes[0]!r}; give the values labels "
                          f"(sweep: {{path: {{label: value}}}})")
-    return Sweep(recipe_path, out, axes, trials)
+    return Sweep(recipe_path, out, axes, trials, seeds)
 
 
 def _plan_trials(data: dict, fixed: list[tuple[list[str], Any]], axes: list[Axis], base_name: str,

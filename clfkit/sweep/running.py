@@ -108,11 +108,11 @@ def _worker_init(stopping: Any) -> None:
 def run_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
               overrides: list[str] | tuple[str, ...] = (), out: Optional[str | Path] = None,
               jobs: int = 1, quiet: bool = False, log: Callable[[str], None] = print,
-              top: int = 10) -> Sweep:
+              top: int = 10, seeds: Optional[int] = None) -> Sweep:
     """Plan, train what is not finished (``jobs`` at a time), and write the sweep tables.
     SIGINT/SIGTERM stops the whole sweep: no further run starts, the runs in progress save
     their last.pt, the tables are written, and :class:`Interrupted` says how to continue."""
-    sweep = plan_sweep(recipe_path, grid, overrides, out)
+    sweep = plan_sweep(recipe_path, grid, overrides, out, seeds)
     for t in sweep.trials:
         check_same_recipe(t)
         t.status = "done" if RunFolder(t.run_dir).finished else ("unfinished" if t.run_dir.exists() else "new")

@@ -9,6 +9,7 @@ from clfkit.atomic import atomic_open, write_json, write_text
 from clfkit.report_html import write_folder_report
 from clfkit.run.reader import RunInfo, is_run, rank, read_run
 from clfkit.sweep.plan import Sweep, Trial, short_names
+from clfkit.sweep.seeds import write_seed_files
 
 
 # --------------------------------------------------------------------------- tables
@@ -80,8 +81,13 @@ def write_tables(sweep: Sweep, top: int = 10) -> list[Path]:
         files.append(plot_compare(finished[:top], sweep.out / "compare.png",
                                   title=f"{sweep.recipe_path.name}: top {min(top, len(finished))} of "
                                         f"{len(rows)} runs by best val acc"))
+    figures, tables = [("Top runs", sweep.out / "compare.png")], []
+    if sweep.seeds > 1:  # mean +- sd per variant, its verdict, curves with bands (clfkit.sweep.seeds)
+        seed_files, tables = write_seed_files(sweep, {t.name: info for t, info in ranked if info is not None})
+        files += seed_files
+        figures.insert(0, ("Mean curves over seeds (band: ± 1 sd)", sweep.out / "seeds_curves.png"))
     files.append(write_folder_report(sweep.out, f"sweep {sweep.out.name}", lines[0].replace("`", ""), rows,
-                                     [("Top runs", sweep.out / "compare.png")]))  # report.html
+                                     figures, tables))  # report.html
     return files
 
 

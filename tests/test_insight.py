@@ -1,0 +1,140 @@
+"""Insight a user can look at: calibration (ECE, reliability diagram, export --calibrate) and
+Grad-CAM maps in report.html and ``clfkit eval``, through the CLI."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import invoke, refused, tiny_recipe_file
+
+
+@pytest.fixture(scope="module")
+def overconfident_run(tmp_path_factory) -> Path:
+    """A tiny CNN trained 12 epochs on 64 images, without norm: it fits them and its val
+    probabilities run far ahead of its val accuracy (measured: ECE 0.15, T 8)."""
+    folder = tmp_path_factory.mktemp("over")
+    recipe = tiny_recipe_file(folder, name="over", data__source__train_size=64, data__source__val_size=96,
+                              data__source__test_size=32, train__epochs=12, model__norm="none")
+    code, out = invoke("train", recipe, "--out", folder / "runs", "--quiet")
+    assert code == 0, out
+    return folder / "runs" / "over"
+
+
+def _meta(path: Path) -> dict:
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def test_every_run_reports_ece_and_a_reliability_diagram(overconfident_run):
+    summary = json.loads((overconfident_run / "summary.json").read_text())
+    cal = json.loads((overconfident_run / "calibration.json").read_text())
+    assert set(cal["splits"]) == {"val", "test"} and "15 equal-width bins" in cal["binning"]
+    for split in ("val", "test"):
+        r = cal["splits"][split]
+        assert summary[f"{split}_ece"] == pytest.approx(r["ece"])
+        assert sum(b["count"] for b in r["bins"]) == r["images"]
+        # ECE: the image-weighted gap between accuracy and confidence, bin by bin
+        gap = sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in r["bins"] if b["count"]) / r["images"]
+        assert r["ece"] == pytest.approx(gap)
+    assert cal["splits"]["val"]["mean_confidence"] > cal["splits"]["val"]["accuracy"]  # overconfident
+    page = (overconfident_run / "report.html").read_text()
+    assert 'id="calibration"' in page and "ECE" in page and 'alt="reliability.png"' in page
+
+
+def test_export_calibrate_lowers_ece_keeps_top1_and_predict_uses_it(overconfident_run, tmp_path):
+    from clfkit.predictor import Predictor
+
+    plain, scaled = tmp_path / "plain.onnx", tmp_path / "scaled.onnx"
+    assert invoke("export", overconfident_run, "-o", plain)[0] == 0
+    code, out = invoke("export", overconfident_run, "-o", scaled, "--calibrate")
+    assert code == 0 and "calibrated: temperature" in out and "top-1 agreement 100.00%" in out, out
+    cal = json.loads(_meta(scaled)["clfkit.calibration"])
+    assert cal["temperature"] > 1.5 and cal["split"] == "val"
+    assert cal["ece_after"] < cal["ece_before"] and cal["nll_after"] < cal["nll_before"]
+    summary = json.loads((overconfident_run / "summary.json").read_text())
+    assert cal["ece_before"] == pytest.approx(summary["val_ece"], abs=1e-6)  # the same best.pt on the same val
+    assert "clfkit.calibration" not in _meta(plain)
+    images = list(np.load(overconfident_run / "samples.npy").transpose(0, 2, 3, 1))
+    before, after = Predictor(plain).predict(images), Predictor(scaled).predict(images)
+    assert [p.label for p in before] == [p.label for p in after]  # top-1 unchanged
+    assert np.mean([p.prob for p in after]) < np.mean([p.prob for p in before])  # less sure
+
+
+def test_calibrate_needs_a_val_split(tmp_path):
+    recipe = tiny_recipe_file(tmp_path, name="noval", train__epochs=1, data__val_fraction=0,
+                              data__source__val_size=0, data__source__train_size=64, data__source__test_size=16)
+    assert invoke("train", recipe, "--out", tmp_path / "runs", "--quiet")[0] == 0
+    refused(["--calibrate", "val split"], "export", tmp_path / "runs" / "noval", "-o", tmp_path / "x.onnx",
+            "--calibrate")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_gradcam_maps_in_report_and_eval(overconfident_run, tmp_path):
+    run = tmp_path / "copy"
+    shutil.copytree(overconfident_run, run)
+    code, out = invoke("eval", run, "--split", "val")
+    assert code == 0 and "cam.json" in out and "calibration.json" in out, out
+    assert "calibration: ECE val 0." in out and "Grad-CAM on 0 (Sequential" in out, out
+    cam = json.loads((run / "cam.json").read_text())
+    assert cam["split"] == "val" and cam["target_layer"].startswith("0 (Sequential")  # the cnn's conv features
+    assert cam["mistakes"] and cam["correct"]
+    m = cam["mistakes"][0]
+    assert m["true"] != m["predicted"] and {"png_base64", "cam_predicted", "cam_true"} <= set(m)
+    assert [c["confidence"] for c in cam["mistakes"]] == sorted((c["confidence"] for c in cam["mistakes"]), reverse=True)
+    page = (run / "report.html").read_text()
+    assert 'id="gradcam"' in page and m["cam_true"] in page and cam["correct"][0]["cam_predicted"] in page
+    ev = json.loads((run / "eval_val.json").read_text())
+    assert ev["val_ece"] is not None and ev["test_ece"] is not None
+
+
+@pytest.mark.parametrize("model", [{"name": "mlp", "hidden": [16]}, {"name": "linear"}])
+def test_a_model_without_feature_maps_is_said_so_not_an_error(tmp_path, model):
+    recipe = tiny_recipe_file(tmp_path, name="flat", model=model, train__epochs=1, data__source__train_size=64,
+                              data__source__val_size=16, data__source__test_size=16)
+    assert invoke("train", recipe, "--out", tmp_path / "runs", "--quiet")[0] == 0
+    cam = json.loads((tmp_path / "runs" / "flat" / "cam.json").read_text())
+    assert cam["target_layer"] is None and "no convolutional feature map" in cam["note"]
+    assert "no convolutional feature map" in (tmp_path / "runs" / "flat" / "report.html").read_text()
+
+
+def _resnet(stem: str):
+    from clfkit.registry import create
+
+    return create("model", "resnet", num_classes=2, in_chans=3, image_size=(16, 16), layers=[1, 1, 1, 1],
+                  width=0.125, stem=stem)
+
+
+def test_resnet_and_plugin_named_layers(tmp_path):
+    import torch
+
+    from clfkit.build import ImageClassifier
+    from clfkit.run.gradcam import target_layer
+
+    class Plugin(torch.nn.Module):  # a plugin model naming its own layer
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.head = torch.nn.Linear(4, 2)
+
+        def cam_target_layer(self):
+            return self.body
+
+        def forward(self, x):
+            return self.head(self.body(x).mean((2, 3)))
+
+    x = torch.zeros(2, 3, 16, 16, dtype=torch.uint8)
+    _layer, name = target_layer(ImageClassifier(Plugin(), [0.5] * 3, [0.2] * 3), x)
+    assert name == "body (Conv2d, 16x16 map)"
+    Plugin.cam_target_layer = lambda self: None  # "none of mine fits"
+    assert target_layer(Plugin(), x)[0] is None
+    recipe = tiny_recipe_file(tmp_path, name="res", model={"name": "resnet", "layers": [1, 1, 1, 1], "width": 0.125,
+                                                           "stem": "cifar"}, train__epochs=1,
+                              data__source__train_size=64, data__source__val_size=16, data__source__test_size=16)
+    assert invoke("train", recipe, "--out", tmp_path / "runs", "--quiet")[0] == 0
+    assert json.loads((tmp_path / "runs" / "res" / "cam.json").read_text())["target_layer"] == "stages.3 (Sequential, 2x2 map)"
+    # its last stage pooled to 1x1 (imagenet stem at 16 px): the deepest stage with a map instead
+    _, name = target_layer(ImageClassifier(_resnet("imagenet"), [0.5] * 3, [0.2] * 3), x)
+    assert name == "stages.1 (Sequential, 2x2 map)"
