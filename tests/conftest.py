@@ -20,6 +20,9 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 # The decoded-data cache (clfkit/data/cache.py) stays off unless a test turns it on with its own
 # tmp dir: no test reads or writes ~/.cache, and no test sees another's entries.
 os.environ["CLFKIT_CACHE"] = "0"
+# Grad-CAM maps (clfkit/run/gradcam.py) stay off unless a test turns them on: importing
+# pytorch-grad-cam costs every training process about 2 s; tests/test_insight.py tests them.
+os.environ["CLFKIT_GRADCAM"] = "0"
 
 TINY = {
     "name": "tiny",

@@ -12,6 +12,22 @@ import pytest
 from conftest import invoke, refused, tiny_recipe_file
 
 
+@pytest.fixture(autouse=True)
+def gradcam_on(monkeypatch):
+    """The maps are this file's subject: on here (conftest turns them off for the suite)."""
+    monkeypatch.setenv("CLFKIT_GRADCAM", "1")
+
+
+def test_gradcam_off_says_so_on_the_page(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLFKIT_GRADCAM", "0")
+    recipe = tiny_recipe_file(tmp_path, name="off", train__epochs=1, data__source__train_size=32,
+                              data__source__val_size=16, data__source__test_size=16)
+    assert invoke("train", recipe, "--out", tmp_path / "runs", "--quiet")[0] == 0
+    cam = json.loads((tmp_path / "runs" / "off" / "cam.json").read_text())
+    assert cam["target_layer"] is None and not cam["mistakes"] and "CLFKIT_GRADCAM=0" in cam["note"]
+    assert "CLFKIT_GRADCAM=0" in (tmp_path / "runs" / "off" / "report.html").read_text()
+
+
 @pytest.fixture(scope="module")
 def overconfident_run(tmp_path_factory) -> Path:
     """A tiny CNN trained 12 epochs on 64 images, without norm: it fits them and its val

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,16 @@ MISTAKES = 8           # the most confident mistakes shown with their maps
 CORRECT_PER_CLASS = 2  # the most confident right answers per class
 THUMB_PIXELS = 96
 METHOD = "Grad-CAM (pytorch-grad-cam)"
+# CLFKIT_GRADCAM=0 leaves the maps out: importing pytorch-grad-cam loads scikit-learn and OpenCV
+# (about 2 s on an idle 2-core CPU), paid by every process that ends a run; the test suite,
+# which trains a few hundred tiny runs, sets it (tests/conftest.py) and turns it on where the
+# maps are the test.
+OFF_VARIABLE = "CLFKIT_GRADCAM"
+
+
+def enabled() -> bool:
+    """False when the user turned the maps off (``CLFKIT_GRADCAM=0``)."""
+    return os.environ.get(OFF_VARIABLE, "1").strip() != "0"
 
 
 def target_layer(model: torch.nn.Module, example: torch.Tensor) -> tuple[torch.nn.Module | None, str]:
@@ -174,12 +185,20 @@ def write_cams(run: str | Path, model: torch.nn.Module, data: Any, probs: torch.
     """``run/cam.json``: :func:`cam_cards` of ``model`` (the weights of ``checkpoint``) on the
     ``split`` split. A model Grad-CAM fails on gets a note, not an error: the run's reports stand."""
     t0 = time.perf_counter()
+    if not enabled():
+        found = {"method": METHOD, "target_layer": None, "mistakes": [], "correct": [],
+                 "note": f"Grad-CAM maps are off ({OFF_VARIABLE}=0 in the environment)"}
+        return _write(run, {"split": split, "checkpoint": checkpoint, "images": len(data), "seconds": 0.0, **found})
     try:
         found = cam_cards(model, data, probs, class_names, device)
     except Exception as e:  # noqa: BLE001 - a plugin's model may defeat the hooks in any way
         found = {"method": METHOD, "target_layer": None, "mistakes": [], "correct": [],
                  "note": f"Grad-CAM failed on this model ({type(e).__name__}: {str(e)[:200]})"}
+    return _write(run, {"split": split, "checkpoint": checkpoint, "images": len(data),
+                        "seconds": round(time.perf_counter() - t0, 3), **found})
+
+
+def _write(run: str | Path, cam: dict[str, Any]) -> Path:
     path = Path(run) / CAM_JSON
-    write_json(path, {"split": split, "checkpoint": checkpoint, "images": len(data),
-                      "seconds": round(time.perf_counter() - t0, 3), **found})
+    write_json(path, cam)
     return path
