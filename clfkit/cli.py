@@ -161,7 +161,8 @@ def _log_export_to_mlflow(run_dir: Path, onnx: Path) -> None:
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("image_dir", type=click.Path(path_type=Path))
 @click.option("-o", "--output", default="test.txt", show_default=True, type=click.Path(path_type=Path),
-              help="File to write; never the model, an input image or a path inside IMAGE_DIR.")
+              help="File to write; never the model, an input image, a path inside IMAGE_DIR, a file of a run "
+                   "folder or an existing file of another kind (links are followed to their target).")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--format", "fmt", default="name", show_default=True, type=click.Choice(["name", "index", "csv"]),
               help="Lines '<path> <class name>', '<path> <class index>', or a CSV with "
@@ -171,7 +172,8 @@ def _log_export_to_mlflow(run_dir: Path, onnx: Path) -> None:
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime threads [default: all cores].")
 @click.option("--workers", type=click.IntRange(min=1), help="Image decoding threads [default: all cores, at least 2].")
 @click.option("--topk", default=1, show_default=True, type=click.IntRange(min=1),
-              help="The K likeliest classes per image, likeliest first (csv: path,class_1,prob_1,...).")
+              help="The K likeliest classes per image, likeliest first: '<path>\\t<class 1>\\t<class 2>...' "
+                   "(tab-separated, as a path may hold spaces; csv: path,class_1,prob_1,...).")
 def predict(model: Path, image_dir: Path, output: Path, batch_size: int, fmt: str, threads: int | None,
             workers: int | None, topk: int) -> None:
     """Classify every image under IMAGE_DIR with an exported MODEL.onnx; write test.txt (into a

@@ -51,6 +51,7 @@ from typing import Any, Callable, Iterator, TypeVar
 from clfkit.errors import ClfkitError, TrainingError
 from clfkit.atomic import WriteError, append_line, atomic_open, write_json, write_text
 from clfkit.names import check_name
+from clfkit.output_file import is_run_folder
 
 try:
     import fcntl
@@ -239,7 +240,7 @@ class RunFolder:
     @property
     def is_run(self) -> bool:
         """A folder the trainer has written into (at least one epoch, or a summary)."""
-        return self.metrics.is_file() or self.summary.is_file()
+        return is_run_folder(self.path)  # one rule, shared with the -o checks of predict and compare
 
     def lock(self, purpose: str = "write into"):
         """:func:`run_lock` on this folder."""
