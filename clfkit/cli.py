@@ -119,16 +119,22 @@ checkpoint_option = click.option(
 @click.option("--min-agreement", type=click.FloatRange(0, 100), metavar="PERCENT",
               help="With --int8: the least top-1 agreement with the fp32 model, in %, on held-out images "
                    "[default: 99].")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
+              help="With --int8: read the run's folder dataset (calibration and agreement images) from here "
+                   "instead (it moved), as `clfkit eval --data-root` does.")
 def export(run_dir: Path, output: Path | None, atol: float, checkpoint: str, tta: str, int8: bool,
-           min_agreement: float | None) -> None:
+           min_agreement: float | None, data_root: Path | None) -> None:
     """Export RUN_DIR's best checkpoint to ONNX and prove parity with torch."""
     from clfkit.export import export_run
 
     if min_agreement is not None and not int8:
         _fail(ClfkitError("--min-agreement is the int8 model's threshold: give it with --int8"))
+    if data_root is not None and not int8:
+        _fail(ClfkitError("--data-root is where --int8 reads its calibration images (an fp32 export reads "
+                          "no data): give it with --int8, or leave it out"))
     min_agreement = 99.0 if min_agreement is None else min_agreement
     res = run_guarded(export_run, run_dir, output, atol=atol, checkpoint=checkpoint, tta=tta, int8=int8,
-                      min_agreement=min_agreement)
+                      min_agreement=min_agreement, data_root=data_root)
     if res.note:
         click.echo(f"note: {res.note}")
     if res.exporter != "dynamo":

@@ -22,10 +22,9 @@ from clfkit.engine.runtime import Runtime, resolve_runtime
 from clfkit.errors import ClfkitError, DataError
 from clfkit.atomic import write_json
 from clfkit.mistakes import write_mistakes
-from clfkit.recipe import validate_recipe
 from clfkit.report_html import write_run_report
 from clfkit.run.checkpoint import load_checkpoint, load_weights, model_from_checkpoint, run_checkpoint, unfinished_note
-from clfkit.run.data_record import eval_data_changed
+from clfkit.run.data_record import eval_data_changed, recipe_on_data
 from clfkit.run.folder import RunFolder, holds_run_lock
 from clfkit.run.reports import per_class, per_class_rows, write_run_reports
 
@@ -120,7 +119,7 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
     run_dir = Path(run_dir)
     ckpt_path, state = run_checkpoint(run_dir, checkpoint, "eval")
     checkpoint = ckpt_path.name
-    recipe = _recipe_with_data_root(state["recipe"], data_root, f"{run_dir / checkpoint} recipe")
+    recipe = recipe_on_data(state["recipe"], data_root, f"{run_dir / checkpoint} recipe", "clfkit eval")
     splits = build_data(recipe)
     if splits.class_names != state["class_names"]:
         raise DataError(f"the data now has classes {splits.class_names}, but the run was trained on "
@@ -156,16 +155,3 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
     if note:
         note += f"; evaluated {checkpoint} (epoch {state.get('epoch', '?')})"
     return EvalResult(run_dir, split, ev["acc"], ev["loss"], len(subset), rows, files, note)
-
-
-def _recipe_with_data_root(recorded: dict[str, Any], data_root: Optional[str | Path], source: str):
-    """The checkpoint's recipe, its folder dataset's root replaced by ``data_root`` if given."""
-    data = dict(recorded)
-    if data_root is not None:
-        spec = dict(data["data"]["source"])
-        if "root" not in spec:
-            raise DataError(f"--data-root: this run's dataset {spec['name']!r} is not read from a folder "
-                            f"(it has no root to replace)")
-        spec["root"] = str(data_root)
-        data["data"] = {**data["data"], "source": spec}
-    return validate_recipe(data, source=source)

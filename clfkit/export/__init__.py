@@ -122,9 +122,11 @@ def _with_metadata(model_bytes: bytes, meta: dict[str, str], state: dict, doc: s
 
 def export_run(run_dir: str | Path, out: Optional[str | Path] = None, *, atol: float = 1e-3,
                opset: int = DEFAULT_OPSET, checkpoint: Optional[str] = None, tta: str = "none",
-               int8: bool = False, min_agreement: float = 99.0) -> ExportResult:
+               int8: bool = False, min_agreement: float = 99.0,
+               data_root: Optional[str | Path] = None) -> ExportResult:
     """Export a run's checkpoint (default best.pt, or last.pt of an unfinished run) to ONNX,
-    verify parity (and with ``int8``, agreement of the quantized graph), then write ``out``
+    verify parity (and with ``int8``, agreement of the quantized graph, calibrated on the run's
+    training images: ``data_root`` reads its folder dataset from there), then write ``out``
     atomically."""
     if tta not in TTA_MODES:
         raise ExportError(f"--tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
@@ -141,7 +143,7 @@ def export_run(run_dir: str | Path, out: Optional[str | Path] = None, *, atol: f
     if int8:
         from clfkit.export.quantize import quantize_run
 
-        model_bytes, int8_report = quantize_run(model_bytes, state, min_agreement)
+        model_bytes, int8_report = quantize_run(model_bytes, state, min_agreement, data_root)
     run_name = run_dir.resolve().name
     extra = {"int8": json.dumps(int8_report)} if int8 else {}
     meta = build_metadata(

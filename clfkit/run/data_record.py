@@ -136,3 +136,26 @@ def eval_data_changed(state: dict[str, Any], splits: Splits, source: Any, data_r
                       f"on other images than its summary.json's, and val (held out of train by seed) may now "
                       f"hold images it trained on", DataRecordWarning, stacklevel=2)
     return changed
+
+
+def recipe_on_data(recorded: dict[str, Any], data_root: Optional[str | Path], source: str, purpose: str) -> Any:
+    """The checkpoint's recipe with its folder dataset's root replaced by ``data_root`` (``--data-root``
+    of eval and export) when given. A DataError naming the option when the folder it would read
+    is not there (the run's data moved), or when the dataset is not read from a folder."""
+    from clfkit.recipe import validate_recipe
+
+    data = dict(recorded)
+    name, args = registry.split_spec(data["data"]["source"])
+    if data_root is not None:
+        if "root" not in args:
+            raise DataError(f"--data-root: this run's dataset {name!r} is not read from a folder "
+                            f"(it has no root to replace)")
+        args = {**args, "root": str(data_root)}
+        data["data"] = {**data["data"], "source": {"name": name, **args}}
+    root = args.get("root")
+    if root is not None and not Path(root).is_dir():
+        what = f"--data-root {root}" if data_root is not None else f"the run's data folder {root}"
+        state = "is a file, not a folder" if Path(root).exists() else "does not exist"
+        raise DataError(f"{purpose} reads the run's {name} dataset, but {what} {state}. If the data moved, "
+                        f"give its new place with --data-root PATH (the folder holding train/)")
+    return validate_recipe(data, source=source)
