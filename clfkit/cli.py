@@ -435,6 +435,8 @@ def eval_cmd(run_dir: Path, split: str | None, data_root: Path | None, checkpoin
         prec = "-" if r["precision"] is None else f"{r['precision']:.4f}"
         click.echo(f"  {r['class']:<{width}}  {acc:>8}  {prec:>9}  {r['support']:>7}")
     click.echo("wrote " + ", ".join(str(f) for f in res.files))
+    if res.data:
+        click.echo(f"data: {res.data}")
     if res.note:
         click.echo(f"note: {res.note}")
 

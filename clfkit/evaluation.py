@@ -24,7 +24,7 @@ from clfkit.atomic import write_json
 from clfkit.mistakes import write_mistakes
 from clfkit.report_html import write_run_report
 from clfkit.run.checkpoint import load_checkpoint, load_weights, model_from_checkpoint, run_checkpoint, unfinished_note
-from clfkit.run.data_record import eval_data_changed, recipe_on_data
+from clfkit.run.data_record import compare_eval_data, recipe_on_data
 from clfkit.run.folder import RunFolder, holds_run_lock
 from clfkit.run.reports import per_class, per_class_rows, write_run_reports
 
@@ -102,6 +102,7 @@ class EvalResult:
     per_class: list[dict[str, Any]]
     files: list[Path]
     note: str = ""  # a stopped run: whose numbers these are
+    data: str = ""  # the data evaluated, against the data the run trained on
 
 
 @holds_run_lock("evaluate")  # it rewrites the run's reports: not while the run trains
@@ -124,7 +125,8 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
     if splits.class_names != state["class_names"]:
         raise DataError(f"the data now has classes {splits.class_names}, but the run was trained on "
                         f"{state['class_names']}")
-    data_changed = eval_data_changed(state, splits, recipe.data.source, data_root)  # warned, not refused
+    # warned, not refused: which data these numbers are on is said on every report file
+    data_changed, data_text = compare_eval_data(state, splits, recipe.data.source, data_root, run_dir)
     if split is None:
         split = "test" if splits.test is not None and splits.test.labelled else "val"
     if split not in ("test", "val"):
@@ -141,17 +143,19 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
     rows = per_class_rows(cm, splits.class_names)
     files = []
     if tta == "none":  # the report files describe the plain model: now this checkpoint on this split
-        files = write_run_reports(run_dir, cm, splits.class_names, split)
+        source = {"by": "clfkit eval", "checkpoint": checkpoint, "data_root": str(data_root) if data_root else None,
+                  "data": data_text, "data_changed": data_changed}
+        files = write_run_reports(run_dir, cm, splits.class_names, split, source)
         files.append(write_mistakes(run_dir, model, subset, split, rt, splits.class_names, batch_size,
                                     checkpoint=checkpoint))
     out = RunFolder(run_dir).eval_json(split, tta)
     write_json(out, {"split": split, "tta": tta, "checkpoint": checkpoint, "acc": ev["acc"], "loss": ev["loss"],
                      "images": len(subset), "class_names": splits.class_names, "per_class": rows,
                      "confusion": cm, "data_root": str(data_root) if data_root else None,
-                     "data_changed": data_changed, "run_finished": RunFolder(run_dir).finished})
+                     "data_changed": data_changed, "data": data_text, "run_finished": RunFolder(run_dir).finished})
     # last: report.html inlines every file above, so it never shows the numbers of before
     files += [out, write_run_report(run_dir)]
     note = unfinished_note(run_dir, state)
     if note:
         note += f"; evaluated {checkpoint} (epoch {state.get('epoch', '?')})"
-    return EvalResult(run_dir, split, ev["acc"], ev["loss"], len(subset), rows, files, note)
+    return EvalResult(run_dir, split, ev["acc"], ev["loss"], len(subset), rows, files, note, data_text)

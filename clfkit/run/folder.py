@@ -13,14 +13,17 @@ Run folder::
                        last: a run is finished when it exists
       weights.json     what init: / model.weights loaded, re-initialized and found unexpected (when
                        the run started from weights)
-      data_files.json  a folder dataset's files with size and modification time at the start (so a
-                       resume refused for changed data can say what changed: clfkit.run.data_record)
+      data_files.json  a folder dataset's files with size, modification time and content hash at
+                       the start (so a resume refused for changed data can say what changed, and
+                       eval can tell the run's data from other data: clfkit.run.data_record)
       samples.npy      a few real images for the exporter's parity check
       skipped.txt      images that could not be decoded (when any)
       curves.png       loss and accuracy per epoch, train vs val (clfkit.run.reports)
       per_class.csv    accuracy, precision, recall, f1, support per class on the test split
       confusion.png    row-normalized confusion matrix (val split when there is no labelled test)
       eval_<split>.json  ``clfkit eval``'s result
+      reports_source.json  which checkpoint, split and data per_class.csv, confusion.png and
+                       mistakes.json were computed on (training, or the last ``clfkit eval``)
 
 One writer per run folder: an exclusive lock that every command writing into a run folder
 (``train``, ``train --resume``, ``eval``) takes first, before it reads or removes anything.
@@ -75,6 +78,7 @@ MISTAKES_JSON = "mistakes.json"
 REPORT_HTML = "report.html"
 WEIGHTS_JSON = "weights.json"
 DATA_FILES_JSON = "data_files.json"
+REPORTS_SOURCE_JSON = "reports_source.json"
 LOCK_NAME = ".clfkit.lock"
 _HELD: dict[str, list] = {}  # resolved run folder -> [fd, depth]: locks this process holds
 F = TypeVar("F", bound=Callable[..., Any])
@@ -227,6 +231,7 @@ class RunFolder:
     report_html = property(lambda self: self.path / REPORT_HTML)
     weights = property(lambda self: self.path / WEIGHTS_JSON)
     data_files = property(lambda self: self.path / DATA_FILES_JSON)
+    reports_source = property(lambda self: self.path / REPORTS_SOURCE_JSON)
 
     def eval_json(self, split: str, tta: str = "none") -> Path:
         """``clfkit eval``'s result for ``split`` (with test-time augmentation ``tta``)."""
