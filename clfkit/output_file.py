@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 # the files a run folder has once the trainer wrote into it (clfkit.run.folder.RunFolder.is_run)
 RUN_FOLDER_MARKERS = ("metrics.jsonl", "summary.json")
@@ -20,7 +19,7 @@ def is_run_folder(folder: str | os.PathLike) -> bool:
     return any((Path(folder) / name).is_file() for name in RUN_FOLDER_MARKERS)
 
 
-def run_folder_holding(path: str | os.PathLike) -> Optional[Path]:
+def run_folder_holding(path: str | os.PathLike) -> Path | None:
     """The run folder that ``path`` (links resolved) lies in, or None."""
     return next((p for p in Path(path).resolve().parents if is_run_folder(p)), None)
 
@@ -30,7 +29,7 @@ def _via(out: Path) -> str:
     return f" (a link to {out.resolve()})" if out.is_symlink() else ""
 
 
-def run_file_refusal(out: str | os.PathLike) -> Optional[str]:
+def run_file_refusal(out: str | os.PathLike) -> str | None:
     """Why ``out`` (links resolved) may not be written: it is an existing file of a run
     folder (best.pt, summary.json, ...); None otherwise."""
     out = Path(out)
@@ -38,7 +37,7 @@ def run_file_refusal(out: str | os.PathLike) -> Optional[str]:
     return None if owner is None else f"is a file of the run folder {owner}{_via(out)}; writing there would overwrite it"
 
 
-def overwrite_refusal(out: str | os.PathLike, replaceable: tuple[str, ...], kind: str) -> Optional[str]:
+def overwrite_refusal(out: str | os.PathLike, replaceable: tuple[str, ...], kind: str) -> str | None:
     """Why writing ``out`` would lose a file, or None when it may be written: its target (links
     resolved) is an existing file of a run folder, or an existing file whose suffix is not in
     ``replaceable`` (the suffixes of an earlier ``kind`` file, "" for none)."""

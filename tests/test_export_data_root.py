@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import TINY, invoke, refused, write_image_folder
 
 pytest.importorskip("onnxruntime")

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from conftest import invoke, refused
 from PIL import Image
 
 from clfkit.predict import read_predictions, read_ranked
-from conftest import invoke, refused
 
 
 @pytest.fixture(scope="module")

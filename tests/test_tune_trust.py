@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import TINY, invoke, new_experiment, refused, write_image_folder
 
 pytest.importorskip("optuna")

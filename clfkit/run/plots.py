@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator
 
 from clfkit.atomic import write_bytes
 from clfkit.output_file import overwrite_refusal
-from clfkit.run.folder import RunFolder, RunFolderError
+from clfkit.run.folder import RunFolderError
 from clfkit.run.reader import SELECTED_ON_VAL, RunInfo, find_runs, rank
 
 DPI = 100

@@ -31,113 +31,21 @@ from __future__ import annotations
 import contextlib
 import signal
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
-from clfkit.errors import ClfkitError
 from clfkit.names import check_name
 from clfkit.recipe import apply_override, parse_overrides, read_yaml, validate_recipe
-from clfkit.signals import Interrupted, StopFlag, catch_stop_signals
+from clfkit.signals import Interrupted, catch_stop_signals
 from clfkit.tune.results import TuneResult, trial_rows, write_results
-from clfkit.tune.space import (Dimension, TuneError, check_space, grid_size, optuna_module,
-                               parse_space)
+from clfkit.tune.space import Dimension, TuneError, check_space, grid_size, parse_space
 from clfkit.tune.study import (PRUNERS, SAMPLERS, TuneSetup, counted, fail_stale_trials, first_prune_epoch,
-                               make_pruner, make_sampler, open_study, pruning_start, queue_grid, queued,
-                               trial_recipe)
+                               make_pruner, make_sampler, open_study, pruning_start, queue_grid, trial_recipe)
 from clfkit.tune.study_data import check_study_data, check_val_split
+from clfkit.tune.trials import optimize
 
 __all__ = ["Dimension", "TuneError", "TuneResult", "TuneSetup", "check_space", "first_prune_epoch", "make_pruner",
            "make_sampler",
            "parse_space", "plan_tune", "pruning_start", "run_tune", "trial_recipe", "trial_rows"]
-
-
-class TrialFailed(Exception):
-    """One trial's training failed (a clfkit error); Optuna records it and the search goes on.
-    Not a ClfkitError on purpose: Optuna's ``catch`` must not also catch a stop signal."""
-
-
-
-# --------------------------------------------------------------------------- one trial
-class PruneOnEpoch:
-    """A tracker (clfkit.tracking) that reports each epoch's val acc to the Optuna trial and
-    stops the run (optuna.TrialPruned) when the pruner says so."""
-
-    def __init__(self, trial: Any):
-        self.trial = trial
-
-    def epoch(self, row: dict[str, Any]) -> None:
-        self.trial.set_user_attr("epochs_run", int(row["epoch"]))
-        if row.get("val_acc") is None:
-            return  # nothing honest to prune on without a val split
-        self.trial.report(float(row["val_acc"]), step=int(row["epoch"]))
-        if self.trial.should_prune():
-            raise optuna_module().TrialPruned(f"val acc {row['val_acc']:.4f} at epoch {row['epoch']}")
-
-
-
-def _objective(setup: TuneSetup, stop: StopFlag) -> Callable[[Any], float]:
-    from clfkit.trainer import train
-
-    def objective(trial: Any) -> float:
-        if stop.pending:  # the signal came between two trials: this one must not start training
-            trial.study.stop()
-            raise Interrupted("stopped before the trial started", stop.signum)
-        if setup.sampler == "grid" and not _queued_values(trial):
-            # another --jobs worker took the last queued point between our check and this trial
-            trial.set_user_attr("grid_drained", True)
-            trial.study.stop()
-            raise TrialFailed("no grid point left")
-        params = {d.key: d.suggest(trial) for d in setup.dims}
-        name = f"trial-{trial.number:03d}"
-        recipe = validate_recipe(trial_recipe(setup, params, name), source=f"trial {trial.number}")
-        run_dir = Path(setup.out) / "trials" / name
-        trial.set_user_attr("run_dir", str(run_dir))
-        try:
-            summary = train(recipe, run_dir=run_dir, quiet=setup.quiet, trackers=(PruneOnEpoch(trial),)).summary
-        except Interrupted:
-            raise  # a stop signal ends the search (the trial is marked failed)
-        except ClfkitError as e:  # e.g. a non-finite loss at a high lr: this trial fails, the search goes on
-            trial.set_user_attr("error", str(e).splitlines()[0][:300])
-            raise TrialFailed(str(e)) from None
-        trial.set_user_attr("test_acc", summary.get("test_acc"))
-        return float(summary["best_val_acc"])  # a val split: checked before the first trial (check_val_split)
-    return objective
-
-
-
-def optimize(setup: TuneSetup, stop: Optional[StopFlag] = None) -> None:
-    """Run trials until the study holds ``setup.trials`` finished or pruned ones (one process;
-    also the body of each --jobs worker). ``stop`` set by a signal: no further trial starts."""
-    optuna = optuna_module()
-    if setup.threads:
-        import torch
-
-        torch.set_num_threads(setup.threads)
-    study = open_study(setup)
-    if setup.sampler == "grid":  # run_tune queued the points; each worker takes them until none wait
-        remaining, stop_rule = queued(study), _stop_when_queue_empty
-    else:  # MaxTrialsCallback: parallel workers stop together at the total
-        remaining = max(0, setup.trials - counted(study, setup))
-        states = optuna.trial.TrialState
-        stop_rule = optuna.study.MaxTrialsCallback(setup.trials, states=(states.COMPLETE, states.PRUNED))
-    stop = stop or StopFlag()
-
-    def stop_on_signal(study: Any, trial: Any) -> None:
-        if stop.pending:
-            study.stop()
-    if remaining:
-        study.optimize(_objective(setup, stop), n_trials=remaining, catch=(TrialFailed,),
-                       callbacks=[stop_rule, stop_on_signal])
-
-
-def _queued_values(trial: Any) -> dict[str, Any]:
-    """The values a queued trial was given (enqueue_trial), {} for a drawn one."""
-    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-    return frozen.system_attrs.get("fixed_params", {})
-
-
-def _stop_when_queue_empty(study: Any, trial: Any) -> None:
-    if not queued(study):
-        study.stop()
 
 
 # --------------------------------------------------------------------------- the command

@@ -11,12 +11,18 @@ continued study on other files is refused. A generated dataset has no files: the
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from clfkit import registry
 from clfkit.recipe import apply_override, validate_recipe
-from clfkit.run.data_record import DataChangedError, describe_changes, where, write_manifest
+from clfkit.run.data_record import (
+    DataChangedError,
+    describe_changes,
+    where,
+    write_manifest,
+)
 from clfkit.run.folder import RunFolder
 from clfkit.tune.space import TuneError
 from clfkit.tune.study import TuneSetup
@@ -83,5 +89,5 @@ def check_study_data(study: Any, setup: TuneSetup, log: Callable[[str], None]) -
     raise DataChangedError(
         f"cannot continue the study in {out}: the data at {where(source)} changed since it began"
         + (f" ({detail})" if detail else "") + ". Its trials so far were ranked on the old val split; new "
-        f"ones would be scored on another and the ranking would mix the two. Restore the data as it was, or "
-        f"start a new study on the changed data with another --out. Nothing in the tune folder was changed")
+        "ones would be scored on another and the ranking would mix the two. Restore the data as it was, or "
+        "start a new study on the changed data with another --out. Nothing in the tune folder was changed")

@@ -12,15 +12,17 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
-from typing import Any, Callable, Optional
+from typing import Any
 
 from clfkit.errors import ClfkitError
 from clfkit.signals import Interrupted, StopFlag, catch_stop_signals
 from clfkit.tune.space import TuneError
 from clfkit.tune.study import TuneSetup
+from clfkit.tune.trials import optimize
 
 # In a worker process: the parent's stop Event, and whether a search is running here (its
 # signal handlers installed, so a SIGTERM to itself stops it instead of killing the process).
@@ -50,8 +52,6 @@ def _worker_init(stopping: Any) -> None:
 def _work(setup: TuneSetup) -> dict[str, Any]:
     """One worker's search (clfkit.tune.optimize); what ended it, as plain data (a clfkit
     exception does not always survive pickling back to the parent)."""
-    from clfkit.tune import optimize
-
     global _BUSY
     with catch_stop_signals() as stop:
         _BUSY = True
@@ -68,7 +68,7 @@ def _work(setup: TuneSetup) -> dict[str, Any]:
             _BUSY = False
 
 
-def run_jobs(setup: TuneSetup, jobs: int, stop: StopFlag, log: Callable[[str], None]) -> Optional[int]:
+def run_jobs(setup: TuneSetup, jobs: int, stop: StopFlag, log: Callable[[str], None]) -> int | None:
     """``jobs`` worker processes share the study through its SQLite file; the signal that
     stopped them (None: they ran to the end). The parent polls for its stop flag, since a
     signal does not wake a blocked wait."""
