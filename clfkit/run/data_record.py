@@ -163,7 +163,8 @@ def compare_eval_data(state: dict[str, Any], splits: Splits, source: Any, data_r
         changed, detail = any(counts.values()), _counts_text(counts)
         same = f"same data as the run trained on ({len(new)} files, names and contents)"
     elif data_root is None or fingerprint == splits.fingerprint:
-        changed, detail = fingerprint != splits.fingerprint, ""
+        changed = fingerprint != splits.fingerprint
+        detail = describe_changes(run_dir, source) if changed and run_dir is not None else ""
         same = "same data as the run trained on (fingerprint)"
     else:  # another folder, and a record without content hashes: files cannot be matched
         return None, (f"cannot say whether --data-root {data_root} holds the run's data: its data_files.json "
