@@ -58,8 +58,8 @@ def test_signal_stops_a_parallel_tune_cleanly(tmp_path, sig, code, group):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             cwd=tmp_path, start_new_session=True)  # its own group, whichever way it is signalled
     deadline = time.time() + 150
-    while len(list(out.glob("trials/*/last.pt"))) < 2 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)  # until both workers have trained an epoch
+    while not list(out.glob("trials/*/last.pt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)  # until a trial has trained an epoch (the other worker may still be starting)
     os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
     t0 = time.time()
     output, _ = proc.communicate(timeout=120)
@@ -70,8 +70,9 @@ def test_signal_stops_a_parallel_tune_cleanly(tmp_path, sig, code, group):
     time.sleep(0.5)
     assert _group_alive(proc.pid) == [], output  # no worker left training
     md = (out / "trials.md").read_text()
-    assert md.count("| stopped |") == 2, md
-    for run in (out / "trials").iterdir():  # each stopped trial saved its state, none finished
+    runs = list((out / "trials").iterdir())
+    assert md.count("| stopped |") == len(runs) in (1, 2), md  # no trial started after the signal
+    for run in runs:  # each stopped trial saved its state, none finished
         assert (run / "last.pt").is_file() and not (run / "summary.json").exists()
 
 
