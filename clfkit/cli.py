@@ -172,7 +172,7 @@ def _log_export_to_mlflow(run_dir: Path, onnx: Path) -> None:
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--format", "fmt", default="name", show_default=True, type=click.Choice(["name", "index", "csv"]),
               help="Lines '<path> <class name>', '<path> <class index>', or a CSV with "
-                   "path,class,index,confidence. The class is the last space-separated field; in the "
+                   "path,class,index,confidence. The class is the last space-separated field (--topk: tabs); in the "
                    "path, a backslash, newline, tab or byte that is not UTF-8 is written \\\\, \\n, \\t, "
                    "\\xNN (README: Troubleshooting).")
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime threads [default: all cores].")
