@@ -145,16 +145,22 @@ checkpoint_option = click.option(
                    "[default: 99].")
 @click.option("--calibrate", is_flag=True, help="Divide the logits by a temperature fitted on the run's val "
                                                 "split, so predict's probabilities are calibrated (top-1 unchanged).")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
+              help="With --int8 or --calibrate: read the run's folder dataset (the images they fit on) from here "
+                   "instead (it moved), as `clfkit eval --data-root` does.")
 def export(run_dir: Path, output: Path | None, atol: float, checkpoint: str, tta: str, int8: bool,
-           min_agreement: float | None, calibrate: bool) -> None:
+           min_agreement: float | None, calibrate: bool, data_root: Path | None) -> None:
     """Export RUN_DIR's best checkpoint to ONNX and prove parity with torch."""
     from clfkit.export import export_run
 
     if min_agreement is not None and not int8:
         _fail(ClfkitError("--min-agreement is the int8 model's threshold: give it with --int8"))
+    if data_root is not None and not (int8 or calibrate):
+        _fail(ClfkitError("--data-root is where --int8 and --calibrate read the run's images (a plain export "
+                          "reads no data): give it with one of them, or leave it out"))
     min_agreement = 99.0 if min_agreement is None else min_agreement
     res = run_guarded(export_run, run_dir, output, atol=atol, checkpoint=checkpoint, tta=tta, int8=int8,
-                      min_agreement=min_agreement, calibrate=calibrate)
+                      min_agreement=min_agreement, calibrate=calibrate, data_root=data_root)
     if res.note:
         click.echo(f"note: {res.note}")
     if res.exporter != "dynamo":
@@ -191,17 +197,19 @@ def _log_export_to_mlflow(run_dir: Path, onnx: Path) -> None:
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("image_dir", type=click.Path(path_type=Path))
 @click.option("-o", "--output", default="test.txt", show_default=True, type=click.Path(path_type=Path),
-              help="File to write; never the model, an input image or a path inside IMAGE_DIR.")
+              help="File to write; never the model, an input image, a path inside IMAGE_DIR, a file of a run "
+                   "folder or an existing file of another kind (links are followed to their target).")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--format", "fmt", default="name", show_default=True, type=click.Choice(["name", "index", "csv"]),
               help="Lines '<path> <class name>', '<path> <class index>', or a CSV with "
-                   "path,class,index,confidence. The class is the last space-separated field; in the "
+                   "path,class,index,confidence. The class is the last space-separated field (--topk: tabs); in the "
                    "path, a backslash, newline, tab or byte that is not UTF-8 is written \\\\, \\n, \\t, "
                    "\\xNN (README: Troubleshooting).")
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime threads [default: all cores].")
 @click.option("--workers", type=click.IntRange(min=1), help="Image decoding threads [default: all cores, at least 2].")
 @click.option("--topk", default=1, show_default=True, type=click.IntRange(min=1),
-              help="The K likeliest classes per image, likeliest first (csv: path,class_1,prob_1,...).")
+              help="The K likeliest classes per image, likeliest first: '<path>\\t<class 1>\\t<class 2>...' "
+                   "(tab-separated, as a path may hold spaces; csv: path,class_1,prob_1,...).")
 def predict(model: Path, image_dir: Path, output: Path, batch_size: int, fmt: str, threads: int | None,
             workers: int | None, topk: int) -> None:
     """Classify every image under IMAGE_DIR with an exported MODEL.onnx; write test.txt (into a
@@ -463,6 +471,8 @@ def eval_cmd(run_dir: Path, split: str | None, data_root: Path | None, checkpoin
         prec = "-" if r["precision"] is None else f"{r['precision']:.4f}"
         click.echo(f"  {r['class']:<{width}}  {acc:>8}  {prec:>9}  {r['support']:>7}")
     click.echo("wrote " + ", ".join(str(f) for f in res.files))
+    if res.data:
+        click.echo(f"data: {res.data}")
     if res.insight:
         click.echo(res.insight)
     if res.note:

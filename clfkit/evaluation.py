@@ -23,10 +23,9 @@ from clfkit.errors import ClfkitError, DataError
 from clfkit.names import check_same_spelling
 from clfkit.atomic import write_json
 from clfkit.mistakes import write_mistakes
-from clfkit.recipe import validate_recipe
 from clfkit.report_html import write_run_report
 from clfkit.run.checkpoint import load_checkpoint, load_weights, model_from_checkpoint, run_checkpoint, unfinished_note
-from clfkit.run.data_record import eval_data_changed
+from clfkit.run.data_record import compare_eval_data, recipe_on_data
 from clfkit.run.folder import CALIBRATION_JSON, CAM_JSON, RELIABILITY_PNG, RunFolder, holds_run_lock
 from clfkit.run.insight import insight_line, write_insight
 from clfkit.run.reports import per_class, per_class_rows, write_run_reports
@@ -106,6 +105,7 @@ class EvalResult:
     files: list[Path]
     note: str = ""  # a stopped run: whose numbers these are
     insight: str = ""  # the ECE of val and test, the Grad-CAM layer (clfkit.run.insight)
+    data: str = ""  # the data evaluated, against the data the run trained on
 
 
 @holds_run_lock("evaluate")  # it rewrites the run's reports: not while the run trains
@@ -123,14 +123,15 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
     run_dir = Path(run_dir)
     ckpt_path, state = run_checkpoint(run_dir, checkpoint, "eval")
     checkpoint = ckpt_path.name
-    recipe = _recipe_with_data_root(state["recipe"], data_root, f"{run_dir / checkpoint} recipe")
+    recipe = recipe_on_data(state["recipe"], data_root, f"{run_dir / checkpoint} recipe", "clfkit eval")
     splits = build_data(recipe)
     check_same_spelling(state["class_names"], splits.class_names, "the run's classes (its checkpoint)",
                         "the data's classes")
     if splits.class_names != state["class_names"]:
         raise DataError(f"the data now has classes {splits.class_names}, but the run was trained on "
                         f"{state['class_names']}")
-    data_changed = eval_data_changed(state, splits, recipe.data.source, data_root)  # warned, not refused
+    # warned, not refused: which data these numbers are on is said on every report file
+    data_changed, data_text = compare_eval_data(state, splits, recipe.data.source, data_root, run_dir)
     if split is None:
         split = "test" if splits.test is not None and splits.test.labelled else "val"
     if split not in ("test", "val"):
@@ -147,7 +148,9 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
     rows = per_class_rows(cm, splits.class_names)
     files, calibration = [], {}
     if tta == "none":  # the report files describe the plain model: now this checkpoint on this split
-        files = write_run_reports(run_dir, cm, splits.class_names, split)
+        source = {"by": "clfkit eval", "checkpoint": checkpoint, "data_root": str(data_root) if data_root else None,
+                  "data": data_text, "data_changed": data_changed}
+        files = write_run_reports(run_dir, cm, splits.class_names, split, source)
         files.append(write_mistakes(run_dir, model, subset, split, rt, splits.class_names, batch_size,
                                     checkpoint=checkpoint))
         calibration = write_insight(run_dir, model, {"val": splits.val, "test": splits.test}, split, rt,
@@ -157,14 +160,15 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
     write_json(out, {"split": split, "tta": tta, "checkpoint": checkpoint, "acc": ev["acc"], "loss": ev["loss"],
                      "images": len(subset), "class_names": splits.class_names, "per_class": rows,
                      "confusion": cm, "data_root": str(data_root) if data_root else None,
-                     "data_changed": data_changed, "run_finished": RunFolder(run_dir).finished, **calibration})
+                     "data_changed": data_changed, "data": data_text, "run_finished": RunFolder(run_dir).finished,
+                     **calibration})
     # last: report.html inlines every file above, so it never shows the numbers of before
     files += [out, write_run_report(run_dir)]
     note = unfinished_note(run_dir, state)
     if note:
         note += f"; evaluated {checkpoint} (epoch {state.get('epoch', '?')})"
     insight = insight_line(calibration, _read_cam(run_dir)) if tta == "none" else ""
-    return EvalResult(run_dir, split, ev["acc"], ev["loss"], len(subset), rows, files, note, insight)
+    return EvalResult(run_dir, split, ev["acc"], ev["loss"], len(subset), rows, files, note, insight, data_text)
 
 
 def _read_cam(run_dir: Path) -> dict[str, Any]:
@@ -174,16 +178,3 @@ def _read_cam(run_dir: Path) -> dict[str, Any]:
         return json.loads((run_dir / CAM_JSON).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-
-
-def _recipe_with_data_root(recorded: dict[str, Any], data_root: Optional[str | Path], source: str):
-    """The checkpoint's recipe, its folder dataset's root replaced by ``data_root`` if given."""
-    data = dict(recorded)
-    if data_root is not None:
-        spec = dict(data["data"]["source"])
-        if "root" not in spec:
-            raise DataError(f"--data-root: this run's dataset {spec['name']!r} is not read from a folder "
-                            f"(it has no root to replace)")
-        spec["root"] = str(data_root)
-        data["data"] = {**data["data"], "source": spec}
-    return validate_recipe(data, source=source)

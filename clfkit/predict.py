@@ -23,6 +23,7 @@ import numpy as np
 from clfkit import image_files
 from clfkit.errors import DataError
 from clfkit.atomic import atomic_open
+from clfkit.output_file import overwrite_refusal, run_file_refusal
 from clfkit.predictor import OnnxClassifier, load_onnx, prepare, softmax
 
 
@@ -38,7 +39,8 @@ PREDICTION_SUFFIXES = (".txt", ".csv", ".tsv", "")
 # "\n" "\t" "\r" for those, "\xNN" for any other ASCII control character and for each byte of a
 # name that is not UTF-8, "\uNNNN" for Unicode line breaks (U+0085, U+2028, U+2029), and a space
 # at the very start or end of the field as "\x20" (so stripping a line loses nothing). A class
-# name's spaces are "\x20" too: the class is always the last space-separated field.
+# name's spaces are "\x20" too on a one-class line: the class is always the last space-separated
+# field. A --topk line separates its fields by tabs, which no escaped field holds.
 _UNESCAPE = re.compile(r"\\(\\|n|t|r|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4})")
 
 
@@ -68,14 +70,34 @@ def unescape_field(text: str) -> str:
     return _UNESCAPE.sub(one, text)
 
 
-def read_predictions(path: str | os.PathLike, fmt: str = "name") -> list[tuple[str, str]]:
-    """test.txt back as (relative path, class name or index) pairs, unescaped."""
+def read_ranked(path: str | os.PathLike, fmt: str = "name") -> list[tuple[str, list[str]]]:
+    """A predictions file back as (relative path, [classes, likeliest first]) per image,
+    unescaped: one class per line as ``predict`` writes by default, or the K of ``--topk K``.
+    The one reader of the one writer (:func:`_line_writer`): a line holding a tab is a top-k
+    line (fields split at tabs; a tab inside a field is always escaped), else the class is
+    its last space-separated field (a class name's spaces are escaped there)."""
     with open(path, encoding="utf-8", newline="") as f:
         if fmt == "csv":
-            rows = list(csv.reader(f))[1:]
-            return [(unescape_field(r[0]), r[1]) for r in rows]
-        pairs = [line.rstrip("\n").rsplit(" ", 1) for line in f if line.strip()]
-    return [(unescape_field(p), unescape_field(c)) for p, c in pairs]
+            rows = list(csv.reader(f))
+            ranked = [(r[0], r[1::2] if rows[0][1:2] == ["class_1"] else r[1:2]) for r in rows[1:] if r]
+        else:
+            ranked = []
+            for number, line in enumerate(f, 1):
+                line = line.rstrip("\n")
+                if not line.strip():
+                    continue
+                fields = line.split("\t") if "\t" in line else line.rsplit(" ", 1)
+                if len(fields) < 2 or "" in fields:
+                    raise DataError(f"{path}, line {number}: {line[:80]!r} is not '<path> <class>' nor "
+                                    f"'<path>\\t<class 1>\\t<class 2>...' (clfkit predict's formats)")
+                ranked.append((fields[0], fields[1:]))
+    return [(unescape_field(p), [unescape_field(c) for c in classes]) for p, classes in ranked]
+
+
+def read_predictions(path: str | os.PathLike, fmt: str = "name") -> list[tuple[str, str]]:
+    """A predictions file back as (relative path, predicted class name or index) pairs,
+    unescaped; of a ``--topk`` file, the likeliest class (:func:`read_ranked` gives all K)."""
+    return [(p, classes[0]) for p, classes in read_ranked(path, fmt)]
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -85,30 +107,42 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _check_output(out: Path, model: Path, root: Path, images: Callable[[], Iterable[Path]]) -> None:
-    """Refuse an output that would replace an input: the model, an image (also through a symlink
-    or a hard link), anything inside the image folder, or a folder. ``images()`` walks the inputs
-    again (only when ``out`` exists)."""
-    if out.is_dir():
-        raise DataError(f"-o {out} is a folder; give a file name, e.g. {out / 'test.txt'}")
+def _refusal(out: Path, model: Path, root: Path, images: Callable[[], Iterable[Path]]) -> Optional[str]:
+    """Why ``out`` may not receive the predictions, or None. Links are resolved: a write goes
+    to the target (clfkit.atomic), so the target is what must not be an input or a run's file."""
     resolved = out.resolve()
-    why = None
+    if out.is_dir():
+        return "is a folder"
     if resolved == model.resolve() or _same_file(out, model):
-        why = "is the model file"
-    elif resolved.is_relative_to(root.resolve()):
-        why = f"is inside the image folder {root}"
-    elif out.exists() and any(_same_file(out, p) for p in images()):
-        why = "is one of the input images"
-    elif out.suffix.lower() in NOT_PREDICTIONS or image_files.is_image_file(out):
-        why = f"names a model or image file ({out.suffix}), not a predictions file"
-    elif out.is_file() and out.suffix.lower() not in PREDICTION_SUFFIXES:
-        why = (f"is an existing {out.suffix} file, not an earlier predictions file "
-               f"({', '.join(s for s in PREDICTION_SUFFIXES if s)})")
-    if why:
-        raise DataError(f"-o {out} {why}; predictions are never written over or among the inputs. "
-                        f"Write them elsewhere, e.g. -o {root.resolve().parent / 'test.txt'}")
+        return "is the model file" + (f" (through the link to {resolved})" if out.is_symlink() else "")
+    if resolved.is_relative_to(root.resolve()):
+        return f"is inside the image folder {root}"
+    if out.exists() and any(_same_file(out, p) for p in images()):
+        return "is one of the input images"
+    if run_file_refusal(out):
+        return run_file_refusal(out)
+    for name in {out, resolved}:
+        if name.suffix.lower() in NOT_PREDICTIONS or image_files.is_image_file(name):
+            return f"names a model or image file ({name}), not a predictions file"
+    return overwrite_refusal(out, PREDICTION_SUFFIXES, "predictions file")
 
 
+def _check_output(out: Path, model: Path, root: Path, images: Callable[[], Iterable[Path]]) -> None:
+    """Refuse an output that would replace an input (the model, an image, also through a
+    symbolic or hard link, anything inside the image folder), a file of a run folder, a file
+    of another kind, or a folder; the suggested path is one that would be accepted.
+    ``images()`` walks the inputs again (only when ``out`` exists)."""
+    why = _refusal(out, model, root, images)
+    if why is None:
+        return
+    candidates = ([out / "test.txt"] if out.is_dir() else []) + [root.resolve().parent / "test.txt",
+                                                                 Path.cwd() / "test.txt"]
+    fine = next((c for c in candidates if _refusal(c, model, root, images) is None), None)
+    hint = f"e.g. -o {fine}" if fine is not None else "give a new file name outside the image folder"
+    if out.is_dir():
+        raise DataError(f"-o {out} is a folder; give a file name, {hint}")
+    raise DataError(f"-o {out} {why}; predictions are never written over or among the inputs, nor over "
+                    f"another file. Write them elsewhere, {hint}")
 
 
 # --------------------------------------------------------------------------- walking the folder
@@ -208,7 +242,8 @@ def _batches(clf: OnnxClassifier, chunks: Iterator[list[Path]], batch_size: int,
 
 # --------------------------------------------------------------------------- writing test.txt
 def _line_writer(f, fmt: str, class_names: list[str], topk: int = 1) -> Callable[[str, np.ndarray], None]:
-    """A function writing the lines of one batch: (relative paths, logits)."""
+    """A function writing the lines of one batch: (relative paths, logits). Read back by
+    :func:`read_ranked`."""
     if topk > 1:
         return _topk_writer(f, fmt, class_names, topk)
     # escaped once: a class name is one field, the last on a "name" line (so its spaces too)
@@ -229,9 +264,10 @@ def _line_writer(f, fmt: str, class_names: list[str], topk: int = 1) -> Callable
 
 def _topk_writer(f, fmt: str, class_names: list[str], topk: int) -> Callable[[str, np.ndarray], None]:
     """``--topk K``: the K likeliest classes per image, likeliest first. csv: columns
-    path,class_1,prob_1,...,class_K,prob_K; name / index: the path then K fields (class names
-    escaped with their spaces, as they are no longer the line's last field)."""
-    labels = [escape_field(n, spaces=True) for n in class_names]
+    path,class_1,prob_1,...,class_K,prob_K; name / index: the path and the K classes separated
+    by tabs (a path may hold spaces, so "x.jpg tulip daisy" could not say where the path ends;
+    a tab in a path or class name is always escaped as \\t)."""
+    labels = [escape_field(n) for n in class_names]
     table = csv.writer(f, lineterminator="\n") if fmt == "csv" else None
     if table is not None:
         table.writerow(["path"] + [c for i in range(1, topk + 1) for c in (f"class_{i}", f"prob_{i}")])
@@ -241,9 +277,9 @@ def _topk_writer(f, fmt: str, class_names: list[str], topk: int) -> Callable[[st
         order = np.argsort(-probs, axis=1, kind="stable")[:, :topk]
         for rel, ks, p in zip(rels, order.tolist(), probs):
             if table is not None:
-                table.writerow([rel] + [v for k in ks for v in (class_names[k], f"{p[k]:.6f}")])
+                table.writerow([rel] + [v for k in ks for v in (labels[k], f"{p[k]:.6f}")])
             else:
-                f.write(rel + " " + " ".join(labels[k] if fmt == "name" else str(k) for k in ks) + "\n")
+                f.write("\t".join([rel] + [labels[k] if fmt == "name" else str(k) for k in ks]) + "\n")
     return write
 
 

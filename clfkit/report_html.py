@@ -19,7 +19,8 @@ from typing import Any, Iterable, Optional
 
 from clfkit.atomic import write_text
 from clfkit.report_insight import STYLE as _INSIGHT_STYLE, calibration_section, cam_section
-from clfkit.run.folder import MISTAKES_JSON as MISTAKES_FILE, REPORT_HTML as REPORT_FILE  # one home for run file names
+from clfkit.run.folder import (MISTAKES_JSON as MISTAKES_FILE, REPORT_HTML as REPORT_FILE,  # one home for run file names
+                               REPORTS_SOURCE_JSON as REPORTS_SOURCE_FILE)
 from clfkit.run.reader import RunFileWarning, read_history
 
 
@@ -34,6 +35,7 @@ img.fig{max-width:100%;border:1px solid #eee}
 .grid{display:flex;flex-wrap:wrap;gap:.8em} .grid figure{margin:0;width:120px;font-size:.8em;text-align:center}
 .grid img{width:96px;height:96px;object-fit:contain;image-rendering:pixelated;border:2px solid #c33}
 .muted{color:#777} .true{color:#171} .pred{color:#c33}
+.source{background:#f4f7fb;border-left:4px solid #79a;padding:.4em .8em} .other{background:#fdf0ee;border-color:#c33}
 """
 
 
@@ -135,7 +137,7 @@ def _mistakes_section(run: Path) -> str:
 
 
 EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
-EVAL_KEYS = ("file", "split", "tta", "checkpoint", "acc", "loss", "images", "data_root")
+EVAL_KEYS = ("file", "split", "tta", "checkpoint", "acc", "loss", "images", "data_root", "data")
 
 
 def _epoch_rows(run: Path) -> list[dict[str, Any]]:
@@ -187,6 +189,22 @@ def _recipe_text(path: Path) -> str:
         return f"# {path.name} cannot be read ({e.strerror})"
 
 
+def _source_note(run: Path) -> str:
+    """What the confusion matrix, per-class table and mistakes were computed on (reports_source.json,
+    written with them), marked when that is other data than the summary's and the curves'."""
+    src = _read_json(run / REPORTS_SOURCE_FILE)
+    if src is None:  # an older run: its report files are the trainer's
+        return ""
+    other = src.get("data_changed") is True
+    text = (f"Confusion matrix, per-class table and mistakes: {src.get('checkpoint')} on the {src.get('split')} "
+            f"split ({src.get('images')} images) by {src.get('by')}"
+            + (f", data from --data-root {src['data_root']}" if src.get("data_root") else "")
+            + f"; {src.get('data')}."
+            + (" The summary and the curves are from training, on the run's own data: the two do not compare."
+               if other else ""))
+    return f'<p class="source{" other" if other else ""}">{html.escape(text)}</p>'
+
+
 def write_run_report(run: str | Path) -> Path:
     """Write ``run/report.html`` from the run folder's files; returns its path."""
     run = Path(run)
@@ -198,7 +216,7 @@ def write_run_report(run: str | Path) -> Path:
         f"<h1>{html.escape(str(name))}</h1><p class=muted>{html.escape(str(run))}</p>",
         "<h2>Summary</h2>" + _table(facts) if facts else "<h2>Summary</h2><p class=muted>unfinished run</p>",
         _figure("Curves", run / "curves.png"),
-        _figure("Confusion matrix", run / "confusion.png"),
+        _source_note(run) + _figure("Confusion matrix", run / "confusion.png"),
         _per_class_section(run),
         _mistakes_section(run),
         cam_section(run),  # clfkit.report_insight

@@ -332,18 +332,24 @@ def parent_run(name: str, params: dict[str, str], folder: Path, enabled: bool) -
         yield None
         return
     client, experiment = checked_store()
-    mlrun = client.create_run(experiment, run_name=name, tags={"clfkit.folder": str(Path(folder).resolve())})
-    parent = MLflowTracker(client, mlrun.info.run_id)
-    parent.log_params(params)
+    run_id = _continued_parent(client, Path(folder))
+    if run_id is None:
+        mlrun = client.create_run(experiment, run_name=name, tags={"clfkit.folder": str(Path(folder).resolve())})
+        run_id = mlrun.info.run_id
+        from clfkit.atomic import write_json
+
+        write_json(Path(folder) / TRACKING_FILE, {"mlflow_run_id": run_id, "tracking_uri": tracking_uri()})
+        MLflowTracker(client, run_id).log_params(params)  # a continued run keeps its first params (MLflow's are fixed)
+    parent = MLflowTracker(client, run_id)
     before = os.environ.get(PARENT_ENV)
-    os.environ[PARENT_ENV] = mlrun.info.run_id
+    os.environ[PARENT_ENV] = run_id
     try:
-        yield mlrun.info.run_id
+        yield run_id
         for file in ("report.html", "sweep.md", "sweep.csv", "compare.png", "trials.md", "trials.csv",
                      "best.yaml", "history.png", "importance.png"):
             if (Path(folder) / file).is_file():
-                client.log_artifact(mlrun.info.run_id, str(Path(folder) / file))
-        client.set_terminated(mlrun.info.run_id, "FINISHED")
+                client.log_artifact(run_id, str(Path(folder) / file))
+        client.set_terminated(run_id, "FINISHED")
         parent.finished = True
     finally:
         parent.close()
@@ -351,6 +357,23 @@ def parent_run(name: str, params: dict[str, str], folder: Path, enabled: bool) -
             os.environ.pop(PARENT_ENV, None)
         else:
             os.environ[PARENT_ENV] = before
+
+
+def _continued_parent(client: Any, folder: Path) -> Optional[str]:
+    """The MLflow run a sweep or study in ``folder`` began with, set running again, when its
+    tracking.json names one in this store (a continued study is one run, its children all
+    under it); None: start a new one (a first run, another store, a run deleted from it)."""
+    try:
+        saved = json.loads((folder / TRACKING_FILE).read_text(encoding="utf-8"))
+        if saved.get("tracking_uri") != tracking_uri():
+            return None
+        run_id = str(saved["mlflow_run_id"])
+        if client.get_run(run_id).info.lifecycle_stage != "active":
+            return None
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    except Exception:  # noqa: BLE001 - no file, an edited one, a run not in the store: a new parent run
+        return None
 
 
 # --------------------------------------------------------------------------- after the run

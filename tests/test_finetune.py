@@ -187,7 +187,7 @@ def test_top5_in_summary_and_per_class_csv_and_predict_topk(tmp_path, monkeypatc
     run = CliRunner().invoke(cli, ["predict", str(onnx), str(imgs), "--topk", "3"])
     assert run.exit_code == 0, run.output
     lines = (tmp_path / "test.txt").read_text().splitlines()
-    assert len(lines) == 3 and all(len(l.split(" ")) == 4 for l in lines)
+    assert len(lines) == 3 and all(len(l.split("\t")) == 4 for l in lines)  # --topk lines are tab-separated
     run = CliRunner().invoke(cli, ["predict", str(onnx), str(imgs), "--topk", "3", "--format", "csv", "-o", "p.csv"])
     rows = (tmp_path / "p.csv").read_text().splitlines()
     assert rows[0] == "path,class_1,prob_1,class_2,prob_2,class_3,prob_3"

@@ -123,11 +123,13 @@ def _with_metadata(model_bytes: bytes, meta: dict[str, str], state: dict, doc: s
 
 def export_run(run_dir: str | Path, out: Optional[str | Path] = None, *, atol: float = 1e-3,
                opset: int = DEFAULT_OPSET, checkpoint: Optional[str] = None, tta: str = "none",
-               int8: bool = False, min_agreement: float = 99.0, calibrate: bool = False) -> ExportResult:
+               int8: bool = False, min_agreement: float = 99.0, calibrate: bool = False,
+               data_root: Optional[str | Path] = None) -> ExportResult:
     """Export a run's checkpoint (default best.pt, or last.pt of an unfinished run) to ONNX,
-    verify parity (and with ``int8``, agreement of the quantized graph), then write ``out``
-    atomically. ``calibrate``: divide the logits by a temperature fitted on the run's val split
-    (:mod:`clfkit.export.calibrate`)."""
+    verify parity (and with ``int8``, agreement of the quantized graph, calibrated on the run's
+    training images), then write ``out`` atomically. ``calibrate``: divide the logits by a
+    temperature fitted on the run's val split (:mod:`clfkit.export.calibrate`). ``data_root``
+    reads the run's folder dataset from there (it moved), for --int8 and --calibrate."""
     if tta not in TTA_MODES:
         raise ExportError(f"--tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
     run_dir = Path(run_dir)
@@ -139,7 +141,7 @@ def export_run(run_dir: str | Path, out: Optional[str | Path] = None, *, atol: f
     if calibrate:  # before the export: parity is proven on the scaled graph
         from clfkit.export.calibrate import calibrate as fit_temperature
 
-        model, calibration = fit_temperature(model, state)
+        model, calibration = fit_temperature(model, state, data_root=data_root)
     spec = state["input"]
     images = _parity_images(run_dir, spec["channels"], *spec["image_size"])
     model_bytes, exporter = to_onnx_bytes(model, torch.from_numpy(images[:2]), opset)
@@ -148,7 +150,7 @@ def export_run(run_dir: str | Path, out: Optional[str | Path] = None, *, atol: f
     if int8:
         from clfkit.export.quantize import quantize_run
 
-        model_bytes, int8_report = quantize_run(model_bytes, state, min_agreement)
+        model_bytes, int8_report = quantize_run(model_bytes, state, min_agreement, data_root)
     run_name = run_dir.resolve().name
     extra = {"int8": json.dumps(int8_report)} if int8 else {}
     if calibrate:

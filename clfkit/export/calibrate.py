@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import types
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 import torch
 
@@ -40,13 +41,23 @@ class TemperatureScaled(torch.nn.Module):
         return self.model(x) / self.temperature
 
 
-def _val_split(state: dict) -> Any:
-    """The run's val split, read as the run read it (its recipe: same data, size, hold-out, seed)."""
+def _val_split(state: dict, data_root: Optional[str | Path] = None) -> Any:
+    """The run's val split, read as the run read it (its recipe: same data, size, hold-out, seed);
+    ``data_root`` (``export --data-root``) reads its folder dataset from there instead."""
     from clfkit.build import build_data
-    from clfkit.recipe import validate_recipe
+    from clfkit.errors import DataError
+    from clfkit.run.data_record import recipe_on_data
 
-    recipe = validate_recipe(state["recipe"], source="the checkpoint's recipe")
-    splits = build_data(recipe)
+    try:
+        recipe = recipe_on_data(state["recipe"], data_root, "the checkpoint's recipe", "export --calibrate")
+    except DataError as e:
+        raise ExportError(f"{e}; nothing was written") from None
+    try:
+        splits = build_data(recipe)
+    except Exception as e:  # noqa: BLE001 - unreadable data: say what --calibrate needs
+        raise ExportError(f"--calibrate fits on the run's val images, which cannot be read ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200]}); give the data's place with --data-root; nothing "
+                          f"was written") from None
     if splits.class_names != state["class_names"]:
         raise ExportError(f"--calibrate: the run's data now has classes {splits.class_names}, but the model was "
                           f"trained on {state['class_names']}; nothing was written")
@@ -57,9 +68,10 @@ def _val_split(state: dict) -> Any:
     return val
 
 
-def calibrate(model: torch.nn.Module, state: dict, batch_size: int = 256) -> tuple[TemperatureScaled, dict[str, Any]]:
+def calibrate(model: torch.nn.Module, state: dict, batch_size: int = 256,
+              data_root: Optional[str | Path] = None) -> tuple[TemperatureScaled, dict[str, Any]]:
     """(``model`` scaled by the temperature fitted on the run's val split, the metadata's report)."""
-    val = _val_split(state)
+    val = _val_split(state, data_root)
     cpu = types.SimpleNamespace(device=torch.device("cpu"), channels_last=False, autocast=contextlib.nullcontext)
     logits, labels = split_logits(model, val, cpu, batch_size)
     t = fit_temperature(logits, labels)

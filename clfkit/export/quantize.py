@@ -16,7 +16,7 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -28,18 +28,30 @@ AGREEMENT_IMAGES = 1000
 SPEED_BATCH = 64
 
 
-def run_images(state: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
-    """(calibration images from train, agreement images, where those come from), uint8 NCHW."""
+def run_images(state: dict[str, Any], data_root: Optional[str | Path] = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """(calibration images from train, agreement images, where those come from), uint8 NCHW,
+    read from the run's folder dataset or, with ``data_root`` (``export --data-root``), from
+    that folder instead."""
     import torch
 
     from clfkit.build import build_data
-    from clfkit.recipe import validate_recipe
+    from clfkit.errors import DataError
+    from clfkit.run.data_record import recipe_on_data, where
 
     try:
-        splits = build_data(validate_recipe(state["recipe"], source="the checkpoint's recipe"))
-    except Exception as e:  # noqa: BLE001 - missing or moved data: say what int8 needs
+        recipe = recipe_on_data(state["recipe"], data_root, "the checkpoint's recipe", "export --int8 (calibration)")
+    except DataError as e:
+        raise ExportError(f"{e}; nothing was written") from None
+    try:
+        splits = build_data(recipe)
+    except Exception as e:  # noqa: BLE001 - unreadable data: say what int8 needs
         raise ExportError(f"--int8 calibrates on the run's training images, which cannot be read "
-                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); nothing was written") from None
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); give the data's place "
+                          f"with --data-root; nothing was written") from None
+    if splits.class_names != state["class_names"]:
+        raise ExportError(f"--int8: the data at {where(recipe.data.source)} has classes {splits.class_names}, but the "
+                          f"run was trained on {state['class_names']}; give the run's data with --data-root; nothing "
+                          f"was written")
     train = splits.train.images  # indexed, never loaded whole: it may be a data.storage: disk file
     order = torch.from_numpy(np.random.default_rng(0).permutation(len(train)))
     calibration = train[order[:CALIBRATION_IMAGES]].numpy()
@@ -132,10 +144,12 @@ def _seconds_per_batch(sessions: list, batch: np.ndarray, rounds: int = 7) -> li
     return best
 
 
-def quantize_run(fp32_bytes: bytes, state: dict[str, Any], min_agreement: float) -> tuple[bytes, dict[str, Any]]:
+def quantize_run(fp32_bytes: bytes, state: dict[str, Any], min_agreement: float,
+                 data_root: Optional[str | Path] = None) -> tuple[bytes, dict[str, Any]]:
     """(int8 graph bytes, report) for a run's fp32 graph; ExportError with the figure when the
-    int8 graph agrees with fp32 on less than ``min_agreement`` % of the held-out images."""
-    calibration, check, source = run_images(state)
+    int8 graph agrees with fp32 on less than ``min_agreement`` % of the held-out images.
+    ``data_root``: read the run's folder dataset from there (it moved)."""
+    calibration, check, source = run_images(state, data_root)
     int8_bytes = quantize_bytes(fp32_bytes, calibration)
     fp32, int8 = _session(fp32_bytes), _session(int8_bytes)
     agreement = 100.0 * float((_logits(fp32, check).argmax(1) == _logits(int8, check).argmax(1)).mean())

@@ -13,8 +13,9 @@ Run folder::
                        last: a run is finished when it exists
       weights.json     what init: / model.weights loaded, re-initialized and found unexpected (when
                        the run started from weights)
-      data_files.json  a folder dataset's files with size and modification time at the start (so a
-                       resume refused for changed data can say what changed: clfkit.run.data_record)
+      data_files.json  a folder dataset's files with size, modification time and content hash at
+                       the start (so a resume refused for changed data can say what changed, and
+                       eval can tell the run's data from other data: clfkit.run.data_record)
       samples.npy      a few real images for the exporter's parity check
       skipped.txt      images that could not be decoded (when any)
       curves.png       loss and accuracy per epoch, train vs val (clfkit.run.reports)
@@ -23,6 +24,8 @@ Run folder::
       eval_<split>.json  ``clfkit eval``'s result
       calibration.json, reliability.png  ECE and reliability bins of val and test (clfkit.run.calibration)
       cam.json         Grad-CAM overlays of mistakes and correct images (clfkit.run.gradcam)
+      reports_source.json  which checkpoint, split and data per_class.csv, confusion.png and
+                       mistakes.json were computed on (training, or the last ``clfkit eval``)
 
 One writer per run folder: an exclusive lock that every command writing into a run folder
 (``train``, ``train --resume``, ``eval``) takes first, before it reads or removes anything.
@@ -53,6 +56,7 @@ from typing import Any, Callable, Iterator, TypeVar
 from clfkit.errors import ClfkitError, TrainingError
 from clfkit.atomic import WriteError, append_line, atomic_open, write_json, write_text
 from clfkit.names import check_name
+from clfkit.output_file import is_run_folder
 
 try:
     import fcntl
@@ -79,6 +83,7 @@ CAM_JSON = "cam.json"  # Grad-CAM overlays (clfkit.run.gradcam)
 REPORT_HTML = "report.html"
 WEIGHTS_JSON = "weights.json"
 DATA_FILES_JSON = "data_files.json"
+REPORTS_SOURCE_JSON = "reports_source.json"
 LOCK_NAME = ".clfkit.lock"
 _HELD: dict[str, list] = {}  # resolved run folder -> [fd, depth]: locks this process holds
 F = TypeVar("F", bound=Callable[..., Any])
@@ -231,6 +236,7 @@ class RunFolder:
     report_html = property(lambda self: self.path / REPORT_HTML)
     weights = property(lambda self: self.path / WEIGHTS_JSON)
     data_files = property(lambda self: self.path / DATA_FILES_JSON)
+    reports_source = property(lambda self: self.path / REPORTS_SOURCE_JSON)
 
     def eval_json(self, split: str, tta: str = "none") -> Path:
         """``clfkit eval``'s result for ``split`` (with test-time augmentation ``tta``)."""
@@ -244,7 +250,7 @@ class RunFolder:
     @property
     def is_run(self) -> bool:
         """A folder the trainer has written into (at least one epoch, or a summary)."""
-        return self.metrics.is_file() or self.summary.is_file()
+        return is_run_folder(self.path)  # one rule, shared with the -o checks of predict and compare
 
     def lock(self, purpose: str = "write into"):
         """:func:`run_lock` on this folder."""

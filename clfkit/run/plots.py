@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from clfkit.atomic import write_bytes
-from clfkit.run.folder import RunFolder, RunFolderError
+from clfkit.output_file import overwrite_refusal
+from clfkit.run.folder import RunFolderError
 from clfkit.run.reader import SELECTED_ON_VAL, RunInfo, find_runs, rank
 
 DPI = 100
@@ -178,15 +179,10 @@ def compare_runs(paths: list[str | Path], output: str | Path = "compare.png", to
 
 def _check_output(out: Path) -> None:
     """Refuse an output that would replace a file of a run (its best.pt, curves.png, ...) or
-    any other file that is not a picture: compare.png is written as PNG whatever its name."""
+    any other file that is not a picture, links resolved (clfkit.output_file): compare.png is
+    written as PNG whatever its name."""
     if out.is_dir():
         raise RunFolderError(f"-o {out} is a folder; give a file name, e.g. -o {out / 'compare.png'}")
-    if not out.exists():
-        return
-    owner = next((p for p in out.resolve().parents if RunFolder(p).is_run), None)
-    if owner is not None:
-        raise RunFolderError(f"-o {out} is a file of the run folder {owner}; writing the comparison there "
-                             f"would overwrite it. Give a new file name, e.g. -o compare.png")
-    if out.suffix.lower() != ".png":
-        raise RunFolderError(f"-o {out} exists and is not a .png file; clfkit compare replaces only an "
-                             f"earlier picture. Give a new name or one ending in .png")
+    why = overwrite_refusal(out, (".png",), "picture")
+    if why:
+        raise RunFolderError(f"-o {out} {why}. Give a new file name, e.g. -o compare.png")

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import torch
 
-from clfkit.atomic import atomic_open
+from clfkit.atomic import atomic_open, write_json
 from clfkit.run.folder import RunFolder
 from clfkit.run.reader import read_run
 
@@ -60,9 +60,11 @@ def write_per_class_csv(rows: list[dict[str, Any]], path: str | Path, split: str
 
 
 def write_run_reports(run_dir: str | Path, confusion=None, class_names: Optional[list[str]] = None,
-                      split: Optional[str] = None) -> list[Path]:
+                      split: Optional[str] = None, source: Optional[dict[str, Any]] = None) -> list[Path]:
     """curves.png always; per_class.csv and confusion.png from ``confusion`` or, by default,
-    from the confusion matrix the trainer stored in summary.json. Returns the files written."""
+    from the confusion matrix the trainer stored in summary.json, and reports_source.json: what
+    they were computed on (``source``: clfkit eval's checkpoint, split and data; by default the
+    trainer's best.pt on the run's own data). Returns the files written."""
     # matplotlib only now, when figures are drawn: importing the trainer needs none (a GPU
     # machine's image may lack it; bench/gpu_bench.py's preflight checks it is there)
     from clfkit.run.plots import plot_confusion, plot_curves
@@ -81,7 +83,12 @@ def write_run_reports(run_dir: str | Path, confusion=None, class_names: Optional
         files.append(write_per_class_csv(rows, folder.per_class, split))
         n = sum(sum(r) for r in confusion)
         acc = sum(confusion[i][i] for i in range(len(confusion))) / max(n, 1)
+        source = source or {"by": "training", "checkpoint": "best.pt", "data": "the data the run trained on",
+                            "data_changed": False}
+        other = "\nON OTHER DATA THAN TRAINING (report.html says which)" if source.get("data_changed") else ""
         files.append(plot_confusion(confusion, class_names, folder.confusion,
                                     f"{info.label}: {split} split, {n} images\n"
-                                    f"accuracy {acc:.4f}; rows normalized (%)"))
+                                    f"accuracy {acc:.4f}; rows normalized (%){other}"))
+        write_json(folder.reports_source, {**source, "split": split, "images": n})
+        files.append(folder.reports_source)
     return files

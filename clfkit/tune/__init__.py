@@ -29,123 +29,23 @@ best.yaml, report.html); here: one trial, the run loop and the command.
 from __future__ import annotations
 
 import contextlib
-import os
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
+import signal
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
-from clfkit.errors import ClfkitError
 from clfkit.names import check_name
 from clfkit.recipe import apply_override, parse_overrides, read_yaml, validate_recipe
-from clfkit.signals import Interrupted
+from clfkit.signals import Interrupted, catch_stop_signals
 from clfkit.tune.results import TuneResult, trial_rows, write_results
-from clfkit.tune.space import (Dimension, TuneError, check_space, grid_size, optuna_module,
-                               parse_space)
-from clfkit.tune.study import (PRUNERS, SAMPLERS, TuneSetup, counted, first_prune_epoch, make_pruner,
-                               make_sampler, open_study, pruning_start, queue_grid, queued, trial_recipe)
-from clfkit.tune.study import _mark_stale_running
+from clfkit.tune.space import Dimension, TuneError, check_space, grid_size, parse_space
+from clfkit.tune.study import (PRUNERS, SAMPLERS, TuneSetup, counted, fail_stale_trials, first_prune_epoch,
+                               make_pruner, make_sampler, open_study, pruning_start, queue_grid, trial_recipe)
+from clfkit.tune.study_data import check_study_data, check_val_split
+from clfkit.tune.trials import optimize
 
 __all__ = ["Dimension", "TuneError", "TuneResult", "TuneSetup", "check_space", "first_prune_epoch", "make_pruner",
            "make_sampler",
            "parse_space", "plan_tune", "pruning_start", "run_tune", "trial_recipe", "trial_rows"]
-
-
-class TrialFailed(Exception):
-    """One trial's training failed (a clfkit error); Optuna records it and the search goes on.
-    Not a ClfkitError on purpose: Optuna's ``catch`` must not also catch a stop signal."""
-
-
-
-# --------------------------------------------------------------------------- one trial
-class PruneOnEpoch:
-    """A tracker (clfkit.tracking) that reports each epoch's val acc to the Optuna trial and
-    stops the run (optuna.TrialPruned) when the pruner says so."""
-
-    def __init__(self, trial: Any):
-        self.trial = trial
-
-    def epoch(self, row: dict[str, Any]) -> None:
-        self.trial.set_user_attr("epochs_run", int(row["epoch"]))
-        if row.get("val_acc") is None:
-            return  # nothing honest to prune on without a val split
-        self.trial.report(float(row["val_acc"]), step=int(row["epoch"]))
-        if self.trial.should_prune():
-            raise optuna_module().TrialPruned(f"val acc {row['val_acc']:.4f} at epoch {row['epoch']}")
-
-
-
-def _objective(setup: TuneSetup) -> Callable[[Any], float]:
-    from clfkit.trainer import train
-
-    def objective(trial: Any) -> float:
-        if setup.sampler == "grid" and not _queued_values(trial):
-            # another --jobs worker took the last queued point between our check and this trial
-            trial.set_user_attr("grid_drained", True)
-            trial.study.stop()
-            raise TrialFailed("no grid point left")
-        params = {d.key: d.suggest(trial) for d in setup.dims}
-        name = f"trial-{trial.number:03d}"
-        recipe = validate_recipe(trial_recipe(setup, params, name), source=f"trial {trial.number}")
-        run_dir = Path(setup.out) / "trials" / name
-        trial.set_user_attr("run_dir", str(run_dir))
-        try:
-            summary = train(recipe, run_dir=run_dir, quiet=setup.quiet, trackers=(PruneOnEpoch(trial),)).summary
-        except Interrupted:
-            raise  # a stop signal ends the search (the trial is marked failed)
-        except ClfkitError as e:  # e.g. a non-finite loss at a high lr: this trial fails, the search goes on
-            trial.set_user_attr("error", str(e).splitlines()[0][:300])
-            raise TrialFailed(str(e)) from None
-        trial.set_user_attr("test_acc", summary.get("test_acc"))
-        score = summary.get("best_val_acc")
-        if score is None:
-            raise TuneError("clfkit tune ranks trials by val accuracy: the data needs a val split "
-                            "(data.val_fraction > 0)")
-        return float(score)
-    return objective
-
-
-
-def optimize(setup: TuneSetup) -> None:
-    """Run trials until the study holds ``setup.trials`` finished or pruned ones (one process;
-    also the body of each --jobs worker)."""
-    optuna = optuna_module()
-    if setup.threads:
-        import torch
-
-        torch.set_num_threads(setup.threads)
-    study = open_study(setup)
-    if setup.sampler == "grid":  # run_tune queued the points; each worker takes them until none wait
-        remaining, stop = queued(study), _stop_when_queue_empty
-    else:  # MaxTrialsCallback: parallel workers stop together at the total
-        remaining = max(0, setup.trials - counted(study, setup))
-        states = optuna.trial.TrialState
-        stop = optuna.study.MaxTrialsCallback(setup.trials, states=(states.COMPLETE, states.PRUNED))
-    if remaining:
-        study.optimize(_objective(setup), n_trials=remaining, catch=(TrialFailed,), callbacks=[stop])
-
-
-def _queued_values(trial: Any) -> dict[str, Any]:
-    """The values a queued trial was given (enqueue_trial), {} for a drawn one."""
-    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-    return frozen.system_attrs.get("fixed_params", {})
-
-
-def _stop_when_queue_empty(study: Any, trial: Any) -> None:
-    if not queued(study):
-        study.stop()
-
-
-def _run_jobs(setup: TuneSetup, jobs: int) -> None:
-    """``jobs`` worker processes share the study through its SQLite file."""
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    # each worker's sampler gets its own seed, else all would propose the same values; the
-    # total may end up to jobs-1 over --trials (workers check the count when a trial ends)
-    workers = [TuneSetup(**{**setup.__dict__, "threads": threads, "seed": setup.seed + i}) for i in range(jobs)]
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-        for f in [pool.submit(optimize, w) for w in workers]:
-            f.result()
-
 
 
 # --------------------------------------------------------------------------- the command
@@ -249,10 +149,13 @@ def _tune_lock(out: Path) -> Iterator[None]:
 
 def _run_locked(setup: TuneSetup, jobs: int, log: Callable[[str], None]) -> TuneResult:
     from clfkit.tracking import parent_run
+    from clfkit.tune.workers import run_jobs
 
     out = Path(setup.out)
     study = open_study(setup)
-    _mark_stale_running(study)
+    check_val_split(setup)  # before the first trial, not after it
+    check_study_data(study, setup, log)  # trials ranked on one val set
+    fail_stale_trials(study)
     if setup.sampler == "grid":
         queue_grid(study, setup)
     done = counted(study, setup)
@@ -263,14 +166,22 @@ def _run_locked(setup: TuneSetup, jobs: int, log: Callable[[str], None]) -> Tune
     params = {"recipe": setup.recipe_path, "trials": str(setup.trials), "pruner": setup.pruner,
               "sampler": setup.sampler, "prune_from": str(first_prune_epoch(setup)),
               "space": "; ".join(d.describe() for d in setup.dims)}
-    stopped: Optional[Interrupted] = None
-    with parent_run(f"tune {out.name}", params, out, "mlflow" in setup.track):
+    signum: Optional[int] = None
+    with parent_run(f"tune {out.name}", params, out, "mlflow" in setup.track), catch_stop_signals() as stop:
         try:
-            optimize(setup) if jobs <= 1 else _run_jobs(setup, jobs)
-        except (Interrupted, KeyboardInterrupt) as e:
-            stopped = e if isinstance(e, Interrupted) else Interrupted("interrupted", 2)
+            if jobs <= 1:
+                optimize(setup, stop)
+            else:
+                signum = run_jobs(setup, jobs, stop, log)
+        except Interrupted as e:
+            signum = e.signum
+        except TuneError:  # a worker's error: the trials so far still get their tables
+            write_results(setup, log)
+            raise
         result = write_results(setup, log)
-    if stopped is not None:
-        raise Interrupted(f"tune stopped after {counted(study, setup)} of {setup.trials} trial(s); results so far are "
-                          f"in {out}. Run the same command again to continue the study", stopped.signum)
+    signum = signum or stop.signum
+    if signum is not None:
+        raise Interrupted(f"{signal.Signals(signum).name} received: tune stopped after {counted(study, setup)} of "
+                          f"{setup.trials} trial(s); results so far are in {out}. Run the same command again to "
+                          f"continue the study (a stopped trial runs again)", signum)
     return result

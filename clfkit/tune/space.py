@@ -133,7 +133,9 @@ def grid_size(dims: list[Dimension]) -> int:
 
 def grid_points(dims: list[Dimension], seed: int) -> list[dict[str, Any]]:
     """Every combination of the dimensions' choice() values, in an order shuffled by ``seed``
-    (the same order every time: a continued grid takes up where it stopped)."""
+    (the same order every time, whatever the order of the --space options: a continued grid
+    takes up where it stopped)."""
+    dims = sorted(dims, key=lambda d: d.key)  # the order of the --space options changes nothing
     points = [dict(zip((d.key for d in dims), values)) for values in itertools.product(*(d.args for d in dims))]
     random.Random(seed).shuffle(points)
     return points

@@ -69,7 +69,7 @@ def open_study(setup: TuneSetup) -> Any:
     if had is None:
         study.set_user_attr("space", space)
         study.set_user_attr("recipe", setup.recipe_path)
-    elif had != space:
+    elif sorted(had) != sorted(space):  # the order of the --space options searches nothing else
         raise TuneError(f"{setup.out}/study.db searched {had}, not {space}; use another --out for a new space")
     _check_same_base(study, setup)
     _check_same_sampler(study, setup)
@@ -193,15 +193,12 @@ def queue_grid(study: Any, setup: TuneSetup) -> int:
     done = _grid_done(study, setup)
     todo = [p for p in grid_points(setup.dims, setup.seed) if point_key(p, setup.dims) not in done]
     todo = todo[:max(0, setup.trials - len(done))]
+    waiting = [point_key(t.system_attrs.get("fixed_params", {}), setup.dims)
+               for t in study.get_trials(deepcopy=False, states=(states.WAITING,))]
     wanted = {point_key(p, setup.dims) for p in todo}
-    waiting = set()
-    for t in study.get_trials(deepcopy=False, states=(states.WAITING,)):
-        key = point_key(t.system_attrs.get("fixed_params", {}), setup.dims)
-        if key in wanted and key not in waiting:
-            waiting.add(key)
-        else:  # hidden from the table and never run (a FAIL without "error" is not a done point)
-            study._storage.set_trial_user_attr(t._trial_id, WITHDRAWN, True)
-            study._storage.set_trial_state_values(t._trial_id, state=states.FAIL)
+    if len(set(waiting)) < len(waiting) or not set(waiting) <= wanted:
+        _withdraw_queue(study, len(waiting))
+        waiting = []
     for params in todo:
         if point_key(params, setup.dims) not in waiting:
             study.enqueue_trial(params)
@@ -213,10 +210,19 @@ def queued(study: Any) -> int:
     return len(study.get_trials(deepcopy=False, states=(optuna_module().trial.TrialState.WAITING,)))
 
 
-def _mark_stale_running(study: Any) -> None:
-    """A trial left RUNNING by a stopped or crashed tune is marked FAIL, so it is not waited on."""
+def fail_stale_trials(study: Any) -> None:
+    """A trial left RUNNING by a stopped or crashed tune is marked FAIL, so it is not waited on
+    (run_tune holds the folder's lock: no other tune is running one of them)."""
     states = optuna_module().trial.TrialState
     for t in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
-        study._storage.set_trial_state_values(t._trial_id, state=states.FAIL)
+        study.tell(t.number, state=states.FAIL, skip_if_finished=True)
 
 
+def _withdraw_queue(study: Any, count: int) -> None:
+    """Take the ``count`` queued trials out of the queue, through the public API: ask() hands
+    out the oldest waiting trial, and it is finished as FAIL marked WITHDRAWN (hidden from the
+    table, never run; a FAIL without "error" is not a done point)."""
+    for _ in range(count):
+        trial = study.ask()
+        trial.set_user_attr(WITHDRAWN, True)
+        study.tell(trial, state=optuna_module().trial.TrialState.FAIL)
