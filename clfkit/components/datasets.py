@@ -173,3 +173,26 @@ def _csv_peek(train: str, **_):
 
 
 csv_index.peek = _csv_peek
+
+
+# --------------------------------------------------------------------------- the ecosystem's formats
+@register("dataset", "hf")
+def hf(image_size: tuple[int, int], channels: int | None, resize: str, on_error: str, path: str,
+       image: Optional[str] = None, label: Optional[str] = None, config: Optional[str] = None,
+       train_split: Optional[str] = None, val_split: Optional[str] = None,
+       test_split: Optional[str] = None) -> Splits:
+    """A Hugging Face dataset, offline: a save_to_disk folder, parquet file(s), or a name in the
+    local HF cache; image/label columns from the features (ClassLabel names) or as named."""
+    from clfkit.data.hf import load_hf
+
+    return load_hf(path, image_size=image_size, channels=channels, resize=resize, on_error=on_error, image=image,
+                   label=label, config=config, train_split=train_split, val_split=val_split, test_split=test_split)
+
+
+def _hf_peek(**args):
+    from clfkit.data.hf import peek_hf
+
+    return peek_hf(**args)
+
+
+hf.peek = _hf_peek
