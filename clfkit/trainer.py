@@ -26,7 +26,8 @@ from clfkit.build import (build_augmentations, build_data, build_loss, build_mod
                           build_regularizers, build_schedule)
 from clfkit.data import ImageSet, Splits, storage
 from clfkit.engine import distributed
-from clfkit.engine.batches import TrainBatches, num_batches
+from clfkit.engine.batches import num_batches
+from clfkit.engine.stream_batches import train_batches_for
 from clfkit.engine.prep import BatchPrep
 from clfkit.engine.ema import WeightEMA
 from clfkit.engine.freeze import frozen_in_epoch, set_backbone_frozen
@@ -200,8 +201,8 @@ class Trainer:
         self.state = TrainState(rt, train_model, model, self.loss_fn, optimizer, scheduler, grad_scaler(rt), prep,
                                 regularizers, tc.on_nonfinite)
         train_set, self.val_set = _place_data(splits, rt, on_device=not per_image)
-        self.batches = TrainBatches(train_set, tc.batch_size, recipe.seed, tc.drop_last, rt.device, per_image,
-                                    workers, recipe.data.sampler)
+        self.batches = train_batches_for(train_set, tc.batch_size, recipe.seed, tc.drop_last, rt.device, per_image,
+                                         workers, recipe.data.sampler)  # streamed shards: StreamBatches
         # printed once the run folder is open (clfkit.engine.batches; the loss's class weights)
         self.build_lines = [_data_path(aug_names, rt, workers, recipe.data.sampler, train_set),
                             f"normalize ({self.normalize_from}): mean {_rounded(self.mean)} std {_rounded(self.std)}"]
@@ -430,7 +431,7 @@ def _place_data(splits: Splits, rt: Runtime, on_device: bool) -> tuple[ImageSet,
     """The train and val splits where training reads them. In-memory data goes to the GPU once
     (val too: it is evaluated every epoch); per-image CPU augmentation keeps it on the host."""
     train_set, val_set = splits.train, splits.val if splits.val is not None and len(splits.val) else None
-    if rt.device.type == "cuda" and on_device and not storage.is_disk(train_set.images):
+    if rt.device.type == "cuda" and on_device and not storage.is_disk(train_set.images) and isinstance(train_set, ImageSet):
         train_set = ImageSet(train_set.images.to(rt.device), train_set.labels.to(rt.device))
         if val_set is not None and not storage.is_disk(val_set.images):
             val_set = ImageSet(val_set.images.to(rt.device), val_set.labels.to(rt.device))
@@ -454,7 +455,9 @@ def _data_path(names: dict[str, list[str]], rt: Runtime, workers: int, sampler: 
     per_image, batched = names.get("per_image", []), names.get("batched", [])
     where = "host memory" if per_image or rt.device.type == "cpu" else f"{rt.device.type} memory"
     line = f"data path: uint8 tensors in {where}"
-    if train is not None and storage.is_disk(train.images):
+    if getattr(train, "streamed", False):  # clfkit.data.streamed
+        line = f"data path: {train.describe()}"
+    elif train is not None and storage.is_disk(train.images):
         line = f"data path: uint8 images on disk ({train.images.path}), read in shuffled chunks"
     if sampler == "balanced":
         line += "; class-balanced sampling (with replacement)"
