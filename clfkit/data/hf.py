@@ -83,7 +83,7 @@ def _not_loaded(path: str, p: Path, e: Exception) -> str:
             f"path: DIR, or `hf download --repo-type dataset {path}` into the cache ({why})")
 
 
-def _pick_split(available: dict[str, Any], wanted: Optional[str], defaults: tuple[str, ...], role: str,
+def pick_split(available: dict[str, Any], wanted: Optional[str], defaults: tuple[str, ...], role: str,
                 required: bool) -> Optional[str]:
     if wanted is not None:
         if wanted not in available:
@@ -147,7 +147,7 @@ def class_names_of(features: Any, label_col: str, train: Any) -> list[str]:
     raise DataError(f"label column {label_col!r} is {dtype}; expected a ClassLabel, integers or strings")
 
 
-def _image_bytes(value: Any, name: str) -> Optional[bytes]:
+def image_bytes(value: Any, name: str) -> Optional[bytes]:
     """The bytes of one cell of an image column read with decode=False (a dict of bytes and
     path), or of a plain binary column."""
     if isinstance(value, (bytes, bytearray)):
@@ -160,7 +160,7 @@ def _image_bytes(value: Any, name: str) -> Optional[bytes]:
     return None
 
 
-def _label_indexer(features: Any, label_col: str, class_names: list[str]):
+def label_indexer(features: Any, label_col: str, class_names: list[str]):
     """label value -> class index, None for "no label" (None, or -1 as datasets writes it for
     unlabelled rows); a value outside the classes raises."""
     import datasets
@@ -179,7 +179,7 @@ def _label_indexer(features: Any, label_col: str, class_names: list[str]):
     return to_index
 
 
-def _check_image_column(features: Any, image_col: str) -> None:
+def check_image_column(features: Any, image_col: str) -> None:
     import datasets
 
     feature = features[image_col]
@@ -189,14 +189,23 @@ def _check_image_column(features: Any, image_col: str) -> None:
                     f"column); its columns: {_columns(features)}")
 
 
+def plain_images(ds: Any, image_col: str) -> Any:
+    """``ds`` with its image column as bytes (datasets.Image(decode=False)): clfkit decodes them
+    through its own path (clfkit.image_files), as it decodes files."""
+    import datasets
+
+    if isinstance(ds.features[image_col], datasets.Image):
+        return ds.cast_column(image_col, datasets.Image(decode=False))
+    return ds
+
+
 def read_split(ds: Any, split: str, columns: tuple[str, str], to_index, settings: dict[str, Any],
                skipped: list[tuple[str, str]], digest) -> tuple[list, list[Optional[int]]]:
     """Decode one split in blocks: (decode results, class index per row or None)."""
     import datasets
 
     image_col, label_col = columns
-    if isinstance(ds.features[image_col], datasets.Image):
-        ds = ds.cast_column(image_col, datasets.Image(decode=False))  # bytes: decoded by clfkit's path
+    ds = plain_images(ds, image_col)
     decoded, labels = [], []
     for start in range(0, len(ds), BLOCK):
         block = ds[start:start + BLOCK]
@@ -207,7 +216,7 @@ def read_split(ds: Any, split: str, columns: tuple[str, str], to_index, settings
             except ValueError:
                 raise DataError(f"{name}: label {value!r} in column {label_col!r} is not one of the "
                                 f"{settings['num_classes']} classes of the train split") from None
-        blobs = [(n, _image_bytes(v, n)) for n, v in zip(names, block[image_col])]
+        blobs = [(n, image_bytes(v, n)) for n, v in zip(names, block[image_col])]
         decoded += decode_blobs(blobs, settings["size"], settings["channels"], settings["resize"],
                                 settings["on_error"], skipped, digest)
         digest.update(repr(labels[-len(names):]).encode())
@@ -235,17 +244,17 @@ def load_hf(path: str, *, image_size: tuple[int, int], channels: Optional[int], 
             test_split: Optional[str] = None) -> Splits:
     """The dataset at ``path`` as Splits (see the module doc)."""
     available = open_dataset(path, config)
-    roles = {"train": _pick_split(available, train_split, ("train",), "train", required=True),
-             "val": _pick_split(available, val_split, VAL_NAMES, "val", required=False),
-             "test": _pick_split(available, test_split, ("test",), "test", required=False)}
+    roles = {"train": pick_split(available, train_split, ("train",), "train", required=True),
+             "val": pick_split(available, val_split, VAL_NAMES, "val", required=False),
+             "test": pick_split(available, test_split, ("test",), "test", required=False)}
     train = available[roles["train"]]
     columns = find_columns(train.features, image, label)
-    _check_image_column(train.features, columns[0])
+    check_image_column(train.features, columns[0])
     class_names = class_names_of(train.features, columns[1], train)
     if len(class_names) < 2:
         raise DataError(f"{path}: the train split has {len(class_names)} class(es) in column {columns[1]!r}; "
                         f"need at least two")
-    to_index = _label_indexer(train.features, columns[1], class_names)
+    to_index = label_indexer(train.features, columns[1], class_names)
     settings = dict(size=tuple(image_size), channels=channels, resize=resize, on_error=on_error,
                     num_classes=len(class_names))
     skipped: list[tuple[str, str]] = []
@@ -272,7 +281,7 @@ def peek_hf(path: str, image: Optional[str] = None, label: Optional[str] = None,
             train_split: Optional[str] = None, **_) -> tuple[int, int]:
     """(num_classes, 3) from the features alone, for ``clfkit recipe check``."""
     available = open_dataset(path, config)
-    train = available[_pick_split(available, train_split, ("train",), "train", required=True)]
+    train = available[pick_split(available, train_split, ("train",), "train", required=True)]
     columns = find_columns(train.features, image, label)
-    _check_image_column(train.features, columns[0])
+    check_image_column(train.features, columns[0])
     return len(class_names_of(train.features, columns[1], train)), 3
