@@ -140,3 +140,155 @@ def test_hf_dataset_packs_too(tmp_path):
     assert code == 0, out
     manifest = json.loads((tmp_path / "packed" / "manifest.json").read_text())
     assert manifest["class_names"] == ["a", "b", "c"] and manifest["shards"][0]["per_class"] == [3, 3, 3]
+
+
+
+# --------------------------------------------------------------------------- several processes
+def _gloo_main(rank: int, port: int, pattern: str, out: str, results: str) -> None:
+    from test_distributed import _join
+
+    _join(rank, port)
+    from clfkit.trainer import train
+
+    recipe = tiny_recipe(data__source={"name": "webdataset", "train": pattern}, data__image_size=8,
+                         data__val_fraction=0, data__workers=1, train__epochs=1, train__batch_size=8,
+                         train__device="cpu", model__blocks=[{"channels": 4, "pool": "max"}])
+    res = train(recipe, out, quiet=True)  # DDP over streamed shards: both ranks must take the same steps
+    from clfkit.build import build_data
+
+    split = build_data(recipe).train
+    seen = {f"epoch{e}": _keys(split, e, workers=2)[0] for e in (0, 1)}
+    seen["steps"] = [json.loads(line)["step"] for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    Path(results, f"rank{rank}.json").write_text(json.dumps(seen))
+
+
+def test_two_gloo_ranks_see_every_sample_exactly_once(tmp_path):
+    from test_distributed import _spawn
+
+    pattern = write_shards(tmp_path / "s", 46, 6)  # 8 shards of uneven sizes (the last holds 4)
+    results = tmp_path / "results"
+    results.mkdir()
+    _spawn(_gloo_main, pattern, str(tmp_path / "runs"), str(results))
+    ranks = [json.loads((results / f"rank{r}.json").read_text()) for r in range(2)]
+    everything = sorted(f"train{i:05d}" for i in range(46))
+    for epoch in ("epoch0", "epoch1"):
+        a, b = ranks[0][epoch], ranks[1][epoch]
+        assert len(a) == len(b) == 23 and not set(a) & set(b), "each rank its own half"
+        assert sorted(a + b) == everything, "every sample exactly once over the ranks"
+    assert ranks[0]["epoch0"] != ranks[0]["epoch1"]
+    assert ranks[0]["steps"] == ranks[1]["steps"] == [5], "46 // 8 global batches (drop_last), on both ranks"
+
+
+# --------------------------------------------------------------------------- over http
+class _Server:
+    """http.server on 127.0.0.1 in a thread, serving ``root``; ``drops[name]`` requests for a
+    file are cut off after half of it (a dropped connection)."""
+
+    def __init__(self, root: Path, drops: dict[str, int]):
+        import functools
+        import http.server
+        import threading
+
+        drops = dict(drops)
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                name = self.path.rsplit("/", 1)[-1]
+                if drops.get(name, 0) > 0:
+                    drops[name] -= 1
+                    data = (root / name).read_bytes()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data[:len(data) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(2)  # the peer sees the connection drop mid-body
+                    return
+                super().do_GET()
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                                     functools.partial(Handler, directory=str(root)))
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.skipif(not __import__("shutil").which("curl"), reason="webdataset reads http(s) URLs with curl")
+def test_http_shards_dropped_connection_retried_or_a_clear_error(tmp_path, monkeypatch):
+    from clfkit.data import shards
+
+    monkeypatch.setattr(shards, "RETRY_DELAY_S", 0.01)
+    write_shards(tmp_path / "s", 30, 10)
+    server = _Server(tmp_path / "s", {"train-000001.tar": 1})
+    try:
+        split = _streamed(server.url + "/train-{000000..000002}.tar")
+        assert split.decoding.class_names == ["dark", "bright"], "classes.json beside the shards, over http"
+        keys, _, _ = _keys(split, 0)
+        assert sorted(keys) == sorted(f"train{i:05d}" for i in range(30)), "the dropped shard was read again, whole"
+        server.close()
+        server = _Server(tmp_path / "s", {"train-000002.tar": 99})  # drops every time
+        split.shards.urls = [u.replace(split.shards.urls[0].rsplit("/", 1)[0], server.url) for u in split.shards.urls]
+        with pytest.raises(Exception, match=r"train-000002.tar: read failed after \d+ samples .*3 retries failed"):
+            _keys(split, 0)
+    finally:
+        server.close()
+
+
+# --------------------------------------------------------------------------- bad input
+def test_truncated_shard_is_an_error_never_a_short_epoch(tmp_path):
+    pattern = write_shards(tmp_path / "s", 30, 10)
+    shard = tmp_path / "s" / "train-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:5000])  # cut mid-sample
+    out = refused(["train-000001.tar"], "train", _recipe(tmp_path, {"train": pattern}), "--out", tmp_path / "runs",
+                  max_lines=None)
+    assert "truncated" in out or "read failed" in out, out
+    # cut after it was counted (a manifest's count, or the run's start): the epoch fails, not shrinks
+    pattern = write_shards(tmp_path / "t", 30, 10)
+    split = _streamed(pattern)
+    shard = tmp_path / "t" / "train-000002.tar"
+    shard.write_bytes(shard.read_bytes()[:4096])
+    with pytest.raises(Exception, match="train-000002.tar"):
+        _keys(split, 0)
+
+
+def test_bad_samples_are_counted_skips_and_the_epoch_keeps_its_size(tmp_path):
+    from clfkit.engine.stream_batches import SkippedSamples
+
+    bad = {3: {"cls": None}, 5: {"cls": "7"}, 8: {"png": b"not a png"}, 11: {"cls": "zebra"}}
+    split = _streamed(write_shards(tmp_path / "s", 32, 8, bad=bad))
+    with pytest.warns(SkippedSamples, match="epoch 1: 4 training sample"):
+        keys, sizes, n = _keys(split, 0)
+    assert len(keys) == 32 and sum(sizes) == 32 and n == 4, "made up for from the stream: same steps"
+    assert not {"train00003", "train00005", "train00008", "train00011"} & set(keys)
+    from clfkit.data.shard_source import load_webdataset
+
+    with pytest.raises(Exception, match=r"sample 'train00003': no label"):
+        load_webdataset(train=write_shards(tmp_path / "v", 32, 8, bad={3: {"cls": None}}), image_size=(8, 8),
+                        channels=None, resize="squash", on_error="fail")
+    code, out = invoke("train", _recipe(tmp_path, {"train": str(tmp_path / "s" / "train-{000000..000003}.tar"),
+                                                  "val": str(tmp_path / "s" / "train-000000.tar")}),
+                       "--out", tmp_path / "runs")
+    assert code == 0, out
+    listed = (tmp_path / "runs" / "tiny" / "skipped.txt").read_text()
+    assert "train00003" in listed and "no label" in listed and "outside the 2 classes" in listed
+
+
+def test_sources_without_classes_or_shards_are_refused(tmp_path):
+    pattern = write_shards(tmp_path / "s", 8, 8)
+    (tmp_path / "s" / "classes.json").unlink()
+    refused(["no class names", "classes.json"], "train", _recipe(tmp_path, {"train": pattern}), "--out", tmp_path / "r")
+    refused(["does not exist"], "train", _recipe(tmp_path, {"train": str(tmp_path / "s" / "x-{0..3}.tar"),
+                                                            "classes": ["a", "b"]}), "--out", tmp_path / "r")
+    refused(["holds out whole shards", "one shard"], "train",
+            _recipe(tmp_path, {"train": pattern, "classes": ["a", "b"]}, data__val_fraction=0.2), "--out", tmp_path / "r")
+    refused(["data.sampler: balanced", "streamed"], "train",
+            _recipe(tmp_path, {"train": pattern, "classes": ["a", "b"]}, data__val_fraction=0, data__sampler="balanced"),
+            "--out", tmp_path / "r")
+    assert not (tmp_path / "r").exists()

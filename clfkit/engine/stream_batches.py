@@ -246,6 +246,7 @@ class StreamBatches:
                     self.keys += batch["keys"]
                 yield batch["x"].to(self.device, non_blocking=True), batch["y"].to(self.device, non_blocking=True)
         finally:
+            skipped = list(dict(skipped).items())  # a sample met again while making up for skips counts once
             if skipped:
                 warnings.warn(SkippedSamples(
                     f"epoch {epoch + 1}: {len(skipped)} training sample(s) skipped and made up for from their "
