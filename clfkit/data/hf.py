@@ -39,7 +39,7 @@ def _datasets():
         import datasets
         import huggingface_hub.constants
     except ImportError as e:
-        raise DataError(f"data.source hf needs the `datasets` package ({e}); pip install datasets") from None
+        raise DataError(f"data.source hf needs the `datasets` package ({e}); pip install 'clfkit[data]'") from None
     datasets.config.HF_HUB_OFFLINE = True
     datasets.disable_progress_bars()  # clfkit's own run log says what was read
     datasets.config.HF_DATASETS_OFFLINE = True

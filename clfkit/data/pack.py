@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 from PIL import Image
 
 from clfkit import image_files
-from clfkit.data.shards import MANIFEST, MANIFEST_FORMAT
+from clfkit.data.shards import MANIFEST, MANIFEST_FORMAT, wds
 from clfkit.errors import DataError
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -127,10 +127,8 @@ def _image_ext(data: bytes) -> Optional[str]:
 def _write_split(role: str, items: list[Item], tmp: Path, limits: tuple[int, int], num_classes: int,
                  skipped: list[tuple[str, str]], progress: Callable[[str], None]) -> list[dict[str, Any]]:
     """``role``-%06d.tar shards of ``items``; the manifest's entry of each shard."""
-    import webdataset
-
     shards: list[dict[str, Any]] = []
-    with webdataset.ShardWriter(str(tmp / f"{role}-%06d.tar"), maxcount=limits[0], maxsize=limits[1],
+    with wds().ShardWriter(str(tmp / f"{role}-%06d.tar"), maxcount=limits[0], maxsize=limits[1],
                                 verbose=0) as writer:
         for k, item in enumerate(items):
             try:

@@ -66,14 +66,22 @@ class Shards:
         return Shards(self.urls[first:stop], self.counts[first:stop], self.image_key, self.label_key, part)
 
 
+def wds():
+    """The webdataset library, or a clear error naming the extra that installs it."""
+    try:
+        import webdataset
+    except ImportError as e:
+        raise DataError(f"WebDataset shards need the `webdataset` package ({e}); pip install 'clfkit[data]'") from None
+    return webdataset
+
+
 def is_url(text: str) -> bool:
     return urlparse(text).scheme in ("http", "https")
 
 
 def expand(pattern: str | list[str]) -> list[str]:
     """A brace pattern (or a list of them) -> shard URLs/paths; local paths made absolute."""
-    from webdataset.shardlists import expand_urls
-
+    expand_urls = wds().shardlists.expand_urls
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
     urls = [u for p in patterns for u in expand_urls(p)]
     return [u if is_url(u) else str(Path(u).expanduser().absolute()) for u in urls]
@@ -88,10 +96,8 @@ def read_small(url: str) -> Optional[bytes]:
     """A small file beside the shards (manifest, class names), None when there is none."""
     if not is_url(url):
         return Path(url).read_bytes() if Path(url).is_file() else None
-    from webdataset.gopen import gopen
-
     try:
-        with gopen(url, "rb") as f:
+        with wds().gopen(url, "rb") as f:
             return f.read()
     except Exception:  # noqa: BLE001 - curl's exit status for a missing file (404): there is none
         return None
@@ -136,19 +142,16 @@ def _open(url: str):
         if not Path(url).is_file():
             raise DataError(f"shard {url} does not exist")
         return open(url, "rb")
-    from webdataset.gopen import gopen
-
-    return gopen(url, "rb")
+    return wds().gopen(url, "rb")
 
 
 def _samples(url: str, image_key: Optional[str], label_key: str) -> Iterator[Sample]:
     """The samples of one shard in file order, through webdataset's tar iteration and grouping."""
-    from webdataset.tariterators import group_by_keys, tar_file_expander
-
+    tariterators = wds().tariterators
     stream = _open(url)
     try:
-        files = tar_file_expander([{"url": url, "stream": stream}], eof_value={})
-        for s in group_by_keys(files):
+        files = tariterators.tar_file_expander([{"url": url, "stream": stream}], eof_value={})
+        for s in tariterators.group_by_keys(files):
             image = s.get(image_key) if image_key else next((s[e] for e in IMAGE_EXTENSIONS if e in s), None)
             label = s.get(label_key, s.get("label"))
             yield Sample(s["__key__"], image, label.decode("utf-8", "replace").strip() if label is not None else None)
