@@ -292,3 +292,26 @@ def test_sources_without_classes_or_shards_are_refused(tmp_path):
             _recipe(tmp_path, {"train": pattern, "classes": ["a", "b"]}, data__val_fraction=0, data__sampler="balanced"),
             "--out", tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+def test_streamed_run_stopped_mid_epoch_resumes_bit_identical(tmp_path):
+    """Ctrl-C mid-epoch, then --resume: the streams skip the trained samples undecoded and the
+    run ends with the weights of an uninterrupted one (per-image augmentation in a worker too)."""
+    from test_resume import _assert_same_run
+
+    from conftest import sigint_at_step
+    from clfkit.signals import Interrupted
+    from clfkit.trainer import resume_run, train
+
+    pattern = write_shards(tmp_path / "s", 90, 16)
+    recipe = tiny_recipe(data__source={"name": "webdataset", "train": pattern}, data__image_size=8,
+                         data__val_fraction=0.2, data__workers=1, data__augment=[{"name": "Rotate", "limit": 20, "p": 1.0}],
+                         train__epochs=2, train__batch_size=8, train__deterministic=True,
+                         model__blocks=[{"channels": 4, "pool": "max"}])
+    ref = train(recipe, tmp_path / "ref", quiet=True)
+    with pytest.MonkeyPatch.context() as interrupting:
+        sigint_at_step(interrupting, 11)  # epoch 2 (of 8 steps each), after batch 3
+        with pytest.raises(Interrupted):
+            train(recipe, tmp_path / "cut", quiet=True)
+    res = resume_run(tmp_path / "cut" / "tiny", quiet=True)
+    _assert_same_run(ref.run_dir, res.run_dir)
