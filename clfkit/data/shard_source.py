@@ -84,7 +84,8 @@ def load_webdataset(*, train: str | list[str], image_size: tuple[int, int], chan
     return Splits(train=split, val=_in_memory(sets["val"], decoding, on_error, skipped),
                   test=_in_memory(sets["test"], decoding, on_error, skipped), class_names=names, skipped=skipped,
                   description=f"WebDataset shards {sets['train'].urls[0]}" + (
-                      f" (+{len(sets['train'].urls) - 1})" if len(sets["train"].urls) > 1 else ""),
+                      f" (+{len(sets['train'].urls) - 1})" if len(sets["train"].urls) > 1 else "")
+                  + "".join(f" [{note}]" for s in sets.values() if s is not None for note in s.notes),
                   fingerprint=digest.hexdigest())
 
 
