@@ -76,6 +76,9 @@ def _not_loaded(path: str, p: Path, e: Exception) -> str:
     why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
     if p.exists():
         return f"cannot read the Hugging Face dataset at {p} ({why})"
+    if path.startswith(("/", "./", "../", "~")):  # a path, not a Hub name
+        return (f"{p} does not exist; data.source hf reads a save_to_disk folder, parquet file(s), or a dataset "
+                f"name in the local Hugging Face cache")
     cache = os.environ.get("HF_HOME") or "~/.cache/huggingface"
     return (f"{path!r} is neither a local folder or parquet file nor a dataset in the local Hugging Face cache "
             f"({cache}); clfkit does not download. Fetch it on a machine with internet access, e.g. "

@@ -108,6 +108,10 @@ def read_source(src: str, image: Optional[str] = None, label: Optional[str] = No
     """(class names, {split: items}, notes) of SRC: an image folder (root/train/<class>/...), a
     CSV index (path,label rows), or a Hugging Face dataset (save_to_disk folder, parquet, cached name)."""
     p = Path(src).expanduser()
+    if not p.exists() and str(src).startswith(("/", "./", "../", "~")):
+        raise DataError(f"{src} does not exist; clfkit data pack reads an image folder (root/train/<class>/...), "
+                        f"a CSV index (path,label rows) or a Hugging Face dataset (a save_to_disk folder, parquet, "
+                        f"or a name in the local cache)")
     if p.is_file() and p.suffix.lower() == ".csv":
         return _csv_items(p)
     if p.is_dir() and (p / "train").is_dir() and not (p / "dataset_dict.json").is_file():

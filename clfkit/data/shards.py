@@ -83,7 +83,7 @@ def expand(pattern: str | list[str]) -> list[str]:
     """A brace pattern (or a list of them) -> shard URLs/paths; local paths made absolute."""
     expand_urls = wds().shardlists.expand_urls
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
-    urls = [u for p in patterns for u in expand_urls(p)]
+    urls = [u for p in patterns if str(p).strip() for u in expand_urls(str(p).strip())]
     return [u if is_url(u) else str(Path(u).expanduser().absolute()) for u in urls]
 
 
@@ -180,8 +180,8 @@ def read_shard(url: str, start: int, stop: Optional[int], *, image_key: Optional
         except Exception as e:  # noqa: BLE001 - tarfile, curl's pipe, sockets: many types
             attempt += 1
             if not is_url(url) or attempt > RETRIES:
-                raise DataError(f"shard {url}: read failed after {done} samples "
-                                f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+                cause = str(e.args[0] if e.args else e).splitlines()[0][:200] if str(e) else ""
+                raise DataError(f"shard {url}: read failed after {done} samples ({type(e).__name__}: {cause})"
                                 + (f"; {RETRIES} retries failed too" if is_url(url) else "; truncated?")) from None
             time.sleep(RETRY_DELAY_S * attempt)
     want = stop if stop is not None else expected
