@@ -30,8 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, make_folder, report  # noqa: E402
-from storage_bench import LAUNCHER  # noqa: E402
+from common import machine, make_folder, report
+from storage_bench import LAUNCHER
 
 MODELS = {"linear": {"name": "linear"},
           "cnn": {"name": "cnn", "blocks": [{"channels": 16, "pool": "max"}, {"channels": 32, "pool": "max"}]}}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import sys
 import warnings
@@ -320,19 +319,11 @@ def data() -> None:
 def data_pack(src: str, out: Path, shard_size: str, seed: int, image: str | None, label: str | None) -> None:
     """Write SRC (an image folder, a CSV index or a Hugging Face dataset) as WebDataset shards
     in the new folder OUT, with manifest.json (class names, samples per shard and class)."""
-    from clfkit.data.pack import pack
+    from clfkit.data.pack import pack, pack_summary
 
     manifest = run_guarded(pack, src, out, shard_size, seed=seed, image=image, label=label,
                            progress=lambda line: click.echo(line, err=True))
-    for role, split in manifest["splits"].items():
-        click.echo(f"{role}: {split['count']} samples in {out / split['pattern']}")
-    for note in manifest["notes"]:
-        click.echo(f"note: {note}")
-    if manifest["skipped"]:
-        click.echo(f"{len(manifest['skipped'])} unreadable image(s) left out, listed in {out / 'manifest.json'}")
-    given = ", ".join(f"{r}: {json.dumps(str(out / manifest['splits'][r]['pattern']))}"
-                      for r in ("train", "val", "test") if r in manifest["splits"])
-    click.echo(f"recipe: data.source: {{name: webdataset, {given}}}")
+    click.echo("\n".join(pack_summary(manifest, out)))
 
 
 # --------------------------------------------------------------------------- studies

@@ -8,9 +8,8 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import invoke, refused, tiny_recipe_file
+from PIL import Image
 
 datasets = pytest.importorskip("datasets")
 

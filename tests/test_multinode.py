@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_recipe, write_image_folder
 
 pytest.importorskip("webdataset")

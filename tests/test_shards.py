@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import invoke, refused, tiny_recipe, tiny_recipe_file, write_image_folder
+from PIL import Image
 
 wds = pytest.importorskip("webdataset")
 
@@ -297,9 +296,9 @@ def test_sources_without_classes_or_shards_are_refused(tmp_path):
 def test_streamed_run_stopped_mid_epoch_resumes_bit_identical(tmp_path):
     """Ctrl-C mid-epoch, then --resume: the streams skip the trained samples undecoded and the
     run ends with the weights of an uninterrupted one (per-image augmentation in a worker too)."""
+    from conftest import sigint_at_step
     from test_resume import _assert_same_run
 
-    from conftest import sigint_at_step
     from clfkit.signals import Interrupted
     from clfkit.trainer import resume_run, train
 

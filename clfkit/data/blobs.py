@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional
 
 import numpy as np
 
@@ -16,7 +15,7 @@ from clfkit.errors import DataError
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm", "pnm")
 
 
-def decode_blob(data: bytes, size: tuple[int, int], channels: Optional[int], resize: str) -> tuple[np.ndarray, bool]:
+def decode_blob(data: bytes, size: tuple[int, int], channels: int | None, resize: str) -> tuple[np.ndarray, bool]:
     """One image's bytes -> (HWC uint8 array, is grayscale); ``channels`` None decodes to RGB.
     Raises image_files.DecodeError."""
     img = image_files.open_image("<bytes>", data)
@@ -24,13 +23,13 @@ def decode_blob(data: bytes, size: tuple[int, int], channels: Optional[int], res
     return image_files.decode_image(img, size, 3 if channels is None else channels, resize), gray
 
 
-def decode_blobs(blobs: list[tuple[str, Optional[bytes]]], size: tuple[int, int], channels: Optional[int],
+def decode_blobs(blobs: list[tuple[str, bytes | None]], size: tuple[int, int], channels: int | None,
                  resize: str, on_error: str, skipped: list[tuple[str, str]],
-                 digest: Optional["hashlib._Hash"] = None) -> list[DecodeResult]:
+                 digest: hashlib._Hash | None = None) -> list[DecodeResult]:
     """(name, bytes) pairs -> per blob (HWC uint8, is grayscale) or None when unreadable (listed in
     ``skipped`` under its name, or raised when ``on_error`` is "fail"). ``digest`` is fed every
     blob's name and bytes, in order."""
-    def work(item: tuple[str, Optional[bytes]]) -> DecodeResult | str:
+    def work(item: tuple[str, bytes | None]) -> DecodeResult | str:
         name, data = item
         if not data:
             return "no image bytes"

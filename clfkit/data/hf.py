@@ -14,9 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Optional
-
-import torch
+from typing import Any
 
 from clfkit.data import ImageSet, Splits
 from clfkit.data.blobs import decode_blobs
@@ -47,7 +45,7 @@ def _datasets():
     return datasets
 
 
-def open_dataset(path: str, config: Optional[str] = None) -> dict[str, Any]:
+def open_dataset(path: str, config: str | None = None) -> dict[str, Any]:
     """{split name: datasets.Dataset} of ``path`` (see the module doc)."""
     datasets = _datasets()
     p = Path(path).expanduser()
@@ -86,8 +84,8 @@ def _not_loaded(path: str, p: Path, e: Exception) -> str:
             f"path: DIR, or `hf download --repo-type dataset {path}` into the cache ({why})")
 
 
-def pick_split(available: dict[str, Any], wanted: Optional[str], defaults: tuple[str, ...], role: str,
-                required: bool) -> Optional[str]:
+def pick_split(available: dict[str, Any], wanted: str | None, defaults: tuple[str, ...], role: str,
+                required: bool) -> str | None:
     if wanted is not None:
         if wanted not in available:
             raise DataError(f"the dataset has no split {wanted!r} ({role}); its splits: {sorted(available)}")
@@ -108,11 +106,11 @@ def _kind(feature: Any) -> str:
     return name if name in ("Image", "ClassLabel") else str(getattr(feature, "dtype", None) or name)
 
 
-def find_columns(features: Any, image: Optional[str], label: Optional[str]) -> tuple[str, str]:
+def find_columns(features: Any, image: str | None, label: str | None) -> tuple[str, str]:
     """The image and label columns: as named, else found from the feature types, then names."""
     import datasets
 
-    def pick(named: Optional[str], role: str, kinds: tuple, names: tuple[str, ...]) -> str:
+    def pick(named: str | None, role: str, kinds: tuple, names: tuple[str, ...]) -> str:
         if named is not None:
             if named not in features:
                 raise DataError(f"the dataset has no {role} column {named!r}; its columns: {_columns(features)}")
@@ -134,6 +132,7 @@ def find_columns(features: Any, image: Optional[str], label: Optional[str]) -> t
 def class_names_of(features: Any, label_col: str, train: Any) -> list[str]:
     """ClassLabel names, else the label column's values: integers 0..max, or sorted strings."""
     import datasets
+
     from clfkit.data.parsers import label_order
 
     feature = features[label_col]
@@ -150,7 +149,7 @@ def class_names_of(features: Any, label_col: str, train: Any) -> list[str]:
     raise DataError(f"label column {label_col!r} is {dtype}; expected a ClassLabel, integers or strings")
 
 
-def image_bytes(value: Any, name: str) -> Optional[bytes]:
+def image_bytes(value: Any, name: str) -> bytes | None:
     """The bytes of one cell of an image column read with decode=False (a dict of bytes and
     path), or of a plain binary column."""
     if isinstance(value, (bytes, bytearray)):
@@ -171,7 +170,7 @@ def label_indexer(features: Any, label_col: str, class_names: list[str]):
     is_class_label = isinstance(features[label_col], datasets.ClassLabel)
     index = {name: i for i, name in enumerate(class_names)}
 
-    def to_index(value: Any) -> Optional[int]:
+    def to_index(value: Any) -> int | None:
         if value is None or (is_class_label and value == -1):
             return None
         i = value if is_class_label else index.get(str(value))
@@ -203,9 +202,8 @@ def plain_images(ds: Any, image_col: str) -> Any:
 
 
 def read_split(ds: Any, split: str, columns: tuple[str, str], to_index, settings: dict[str, Any],
-               skipped: list[tuple[str, str]], digest) -> tuple[list, list[Optional[int]]]:
+               skipped: list[tuple[str, str]], digest) -> tuple[list, list[int | None]]:
     """Decode one split in blocks: (decode results, class index per row or None)."""
-    import datasets
 
     image_col, label_col = columns
     ds = plain_images(ds, image_col)
@@ -226,8 +224,8 @@ def read_split(ds: Any, split: str, columns: tuple[str, str], to_index, settings
     return decoded, labels
 
 
-def _to_set(split: str, decoded: list, labels: list[Optional[int]], gray: bool, on_error: str,
-            skipped: list[tuple[str, str]]) -> Optional[ImageSet]:
+def _to_set(split: str, decoded: list, labels: list[int | None], gray: bool, on_error: str,
+            skipped: list[tuple[str, str]]) -> ImageSet | None:
     """The split's ImageSet: rows without a label skipped (listed) or, on_error: fail, an
     error; a test split with no labels at all stays unlabelled."""
     if split == "test" and all(label is None for label in labels):
@@ -241,10 +239,10 @@ def _to_set(split: str, decoded: list, labels: list[Optional[int]], gray: bool, 
     return to_image_set(decoded, [-1 if v is None else v for v in labels], None, gray)
 
 
-def load_hf(path: str, *, image_size: tuple[int, int], channels: Optional[int], resize: str, on_error: str,
-            image: Optional[str] = None, label: Optional[str] = None, config: Optional[str] = None,
-            train_split: Optional[str] = None, val_split: Optional[str] = None,
-            test_split: Optional[str] = None) -> Splits:
+def load_hf(path: str, *, image_size: tuple[int, int], channels: int | None, resize: str, on_error: str,
+            image: str | None = None, label: str | None = None, config: str | None = None,
+            train_split: str | None = None, val_split: str | None = None,
+            test_split: str | None = None) -> Splits:
     """The dataset at ``path`` as Splits (see the module doc)."""
     available = open_dataset(path, config)
     roles = {"train": pick_split(available, train_split, ("train",), "train", required=True),
@@ -280,8 +278,8 @@ def load_hf(path: str, *, image_size: tuple[int, int], channels: Optional[int], 
                   skipped=skipped, description=f"Hugging Face dataset {path}", fingerprint=digest.hexdigest())
 
 
-def peek_hf(path: str, image: Optional[str] = None, label: Optional[str] = None, config: Optional[str] = None,
-            train_split: Optional[str] = None, **_) -> tuple[int, int]:
+def peek_hf(path: str, image: str | None = None, label: str | None = None, config: str | None = None,
+            train_split: str | None = None, **_) -> tuple[int, int]:
     """(num_classes, 3) from the features alone, for ``clfkit recipe check``."""
     available = open_dataset(path, config)
     train = available[pick_split(available, train_split, ("train",), "train", required=True)]

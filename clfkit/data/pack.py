@@ -19,9 +19,10 @@ import random
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from PIL import Image
 
@@ -38,7 +39,7 @@ class Item:
     """One image to pack: a name for messages, its bytes (read when written), its class."""
 
     name: str
-    read: Callable[[], Optional[bytes]]
+    read: Callable[[], bytes | None]
     label: int
 
 
@@ -74,7 +75,7 @@ def _csv_items(src: Path) -> tuple[list[str], dict[str, list[Item]], list[str]]:
     return names, {"train": [Item(str(p), lambda p=p: image_files.read_file(p), index[y]) for p, y in rows]}, []
 
 
-def _hf_items(src: str, image: Optional[str], label: Optional[str]) -> tuple[list[str], dict[str, list[Item]], list[str]]:
+def _hf_items(src: str, image: str | None, label: str | None) -> tuple[list[str], dict[str, list[Item]], list[str]]:
     from clfkit.data import hf
 
     available = hf.open_dataset(src)
@@ -104,7 +105,7 @@ def _hf_items(src: str, image: Optional[str], label: Optional[str]) -> tuple[lis
     return names, splits, notes
 
 
-def read_source(src: str, image: Optional[str] = None, label: Optional[str] = None):
+def read_source(src: str, image: str | None = None, label: str | None = None):
     """(class names, {split: items}, notes) of SRC: an image folder (root/train/<class>/...), a
     CSV index (path,label rows), or a Hugging Face dataset (save_to_disk folder, parquet, cached name)."""
     p = Path(src).expanduser()
@@ -119,7 +120,7 @@ def read_source(src: str, image: Optional[str] = None, label: Optional[str] = No
     return _hf_items(src, image, label)
 
 
-def _image_ext(data: bytes) -> Optional[str]:
+def _image_ext(data: bytes) -> str | None:
     """The file extension of the image format of ``data`` (PIL reads the header only), None if
     no format recognises it."""
     try:
@@ -168,8 +169,8 @@ def _pattern(role: str, shards: list[dict[str, Any]]) -> str:
     return f"{role}-{{{shards[0]['name'][len(role) + 1:-4]}..{shards[-1]['name'][len(role) + 1:-4]}}}.tar"
 
 
-def pack(src: str, out: str | os.PathLike, shard_size: str = "1000", *, seed: int = 0, image: Optional[str] = None,
-         label: Optional[str] = None, progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+def pack(src: str, out: str | os.PathLike, shard_size: str = "1000", *, seed: int = 0, image: str | None = None,
+         label: str | None = None, progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """Write SRC (see :func:`read_source`) as shards in the new folder OUT; returns the manifest."""
     out = Path(out).expanduser()
     if out.exists():
@@ -201,3 +202,15 @@ def pack(src: str, out: str | os.PathLike, shard_size: str = "1000", *, seed: in
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return manifest
+
+
+def pack_summary(manifest: dict[str, Any], out: Path) -> list[str]:
+    """What ``clfkit data pack`` prints: the splits written, what was left out, the data.source
+    to use (JSON-quoted: a brace pattern is not plain YAML)."""
+    splits = manifest["splits"]
+    lines = [f"{role}: {split['count']} samples in {out / split['pattern']}" for role, split in splits.items()]
+    lines += [f"note: {note}" for note in manifest["notes"]]
+    if manifest["skipped"]:
+        lines.append(f"{len(manifest['skipped'])} unreadable image(s) left out, listed in {out / MANIFEST}")
+    given = ", ".join(f"{r}: {json.dumps(str(out / splits[r]['pattern']))}" for r in ("train", "val", "test") if r in splits)
+    return lines + [f"recipe: data.source: {{name: webdataset, {given}}}"]

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
 from clfkit.data import ImageSet, Splits
-from clfkit.data.shards import Shards, class_names_beside, count_samples, expand, read_manifest
+from clfkit.data.shards import (
+    Shards,
+    class_names_beside,
+    count_samples,
+    expand,
+    read_manifest,
+)
 from clfkit.data.streamed import HEAD, Decoding, StreamedSplit, read_all
 from clfkit.errors import DataError
 
@@ -19,8 +25,8 @@ def _name(url: str) -> str:
     return url.rsplit("/", 1)[-1]
 
 
-def open_shards(pattern: str | list[str], role: str, image_key: Optional[str], label_key: str,
-                manifest: Optional[dict[str, Any]]) -> Shards:
+def open_shards(pattern: str | list[str], role: str, image_key: str | None, label_key: str,
+                manifest: dict[str, Any] | None) -> Shards:
     """The shards ``pattern`` names, with their sample counts (the manifest's, else counted)."""
     urls = expand(pattern)
     if not urls:
@@ -38,7 +44,7 @@ def open_shards(pattern: str | list[str], role: str, image_key: Optional[str], l
     return Shards(urls, counts, image_key, label_key, shard_classes, notes)
 
 
-def class_names_for(first_shard: str, classes: Optional[list[str]], manifest: Optional[dict[str, Any]]) -> list[str]:
+def class_names_for(first_shard: str, classes: list[str] | None, manifest: dict[str, Any] | None) -> list[str]:
     """The recipe's ``classes``, else the manifest's, else classes.json / classes.txt beside the shards."""
     names = classes or (manifest or {}).get("class_names") or class_names_beside(first_shard)
     if not names:
@@ -50,17 +56,17 @@ def class_names_for(first_shard: str, classes: Optional[list[str]], manifest: Op
     return list(names)
 
 
-def _in_memory(shards: Optional[Shards], decoding: Decoding, on_error: str,
-               skipped: list[tuple[str, str]]) -> Optional[ImageSet]:
+def _in_memory(shards: Shards | None, decoding: Decoding, on_error: str,
+               skipped: list[tuple[str, str]]) -> ImageSet | None:
     if shards is None:
         return None
     x, y = read_all(shards, decoding, on_error, skipped)
     return ImageSet(torch.from_numpy(x), torch.from_numpy(y)) if len(x) else None
 
 
-def load_webdataset(*, train: str | list[str], image_size: tuple[int, int], channels: Optional[int], resize: str,
+def load_webdataset(*, train: str | list[str], image_size: tuple[int, int], channels: int | None, resize: str,
                     on_error: str, val: str | list[str] | None = None, test: str | list[str] | None = None,
-                    classes: Optional[list[str]] = None, image_key: Optional[str] = None, label_key: str = "cls",
+                    classes: list[str] | None = None, image_key: str | None = None, label_key: str = "cls",
                     shuffle_buffer: int = 512) -> Splits:
     """Splits whose train is a StreamedSplit; val and test decoded into memory."""
     first = expand(train)[:1]
@@ -89,7 +95,7 @@ def load_webdataset(*, train: str | list[str], image_size: tuple[int, int], chan
                   fingerprint=digest.hexdigest())
 
 
-def hold_out(split: StreamedSplit, fraction: float) -> tuple[StreamedSplit, Optional[ImageSet], list[tuple[str, str]]]:
+def hold_out(split: StreamedSplit, fraction: float) -> tuple[StreamedSplit, ImageSet | None, list[tuple[str, str]]]:
     """``fraction`` of the train shards (whole shards, the last ones) decoded into memory as val."""
     shards = split.shards
     n = len(shards.urls)

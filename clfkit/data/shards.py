@@ -12,13 +12,12 @@ clfkit.engine.stream_batches.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 from urllib.parse import urlparse
 
 from clfkit.data.blobs import IMAGE_EXTENSIONS
@@ -36,8 +35,8 @@ class Sample:
     """One raw sample: its key, the image's bytes (None if it has none) and its label text."""
 
     key: str
-    image: Optional[bytes]
-    label: Optional[str]
+    image: bytes | None
+    label: str | None
 
 
 @dataclass
@@ -47,20 +46,20 @@ class Shards:
 
     urls: list[str]
     counts: list[int]
-    image_key: Optional[str] = None
+    image_key: str | None = None
     label_key: str = "cls"
-    shard_classes: Optional[list[list[int]]] = None  # per shard, its images per class (the manifest's)
+    shard_classes: list[list[int]] | None = None  # per shard, its images per class (the manifest's)
     notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return sum(self.counts)
 
     @property
-    def per_class(self) -> Optional[list[int]]:
+    def per_class(self) -> list[int] | None:
         """Images per class over all the shards, when the manifest gives them."""
         return None if self.shard_classes is None else [sum(c) for c in zip(*self.shard_classes)]
 
-    def subset(self, first: int, stop: int) -> "Shards":
+    def subset(self, first: int, stop: int) -> Shards:
         """Shards ``first``..``stop`` (whole shards)."""
         part = None if self.shard_classes is None else self.shard_classes[first:stop]
         return Shards(self.urls[first:stop], self.counts[first:stop], self.image_key, self.label_key, part)
@@ -92,7 +91,7 @@ def beside(url: str, name: str) -> str:
     return url.rsplit("/", 1)[0] + "/" + name if is_url(url) else str(Path(url).parent / name)
 
 
-def read_small(url: str) -> Optional[bytes]:
+def read_small(url: str) -> bytes | None:
     """A small file beside the shards (manifest, class names), None when there is none."""
     if not is_url(url):
         return Path(url).read_bytes() if Path(url).is_file() else None
@@ -103,7 +102,7 @@ def read_small(url: str) -> Optional[bytes]:
         return None
 
 
-def read_manifest(first_shard: str) -> Optional[dict[str, Any]]:
+def read_manifest(first_shard: str) -> dict[str, Any] | None:
     """The manifest beside the shards (written by ``clfkit data pack``), or None."""
     where = beside(first_shard, MANIFEST)
     raw = read_small(where)
@@ -118,7 +117,7 @@ def read_manifest(first_shard: str) -> Optional[dict[str, Any]]:
     return {**manifest, "__where__": where}
 
 
-def class_names_beside(first_shard: str) -> Optional[list[str]]:
+def class_names_beside(first_shard: str) -> list[str] | None:
     """Class names from classes.json (a list) or classes.txt (one a line) beside the shards."""
     for name in CLASS_FILES:
         where = beside(first_shard, name)
@@ -145,7 +144,7 @@ def _open(url: str):
     return wds().gopen(url, "rb")
 
 
-def _samples(url: str, image_key: Optional[str], label_key: str) -> Iterator[Sample]:
+def _samples(url: str, image_key: str | None, label_key: str) -> Iterator[Sample]:
     """The samples of one shard in file order, through webdataset's tar iteration and grouping."""
     tariterators = wds().tariterators
     stream = _open(url)
@@ -159,8 +158,8 @@ def _samples(url: str, image_key: Optional[str], label_key: str) -> Iterator[Sam
         stream.close()
 
 
-def read_shard(url: str, start: int, stop: Optional[int], *, image_key: Optional[str] = None,
-               label_key: str = "cls", expected: Optional[int] = None) -> Iterator[Sample]:
+def read_shard(url: str, start: int, stop: int | None, *, image_key: str | None = None,
+               label_key: str = "cls", expected: int | None = None) -> Iterator[Sample]:
     """Samples ``start``..``stop`` of shard ``url`` (``stop`` None: to its end). A failed read of
     a URL is retried (RETRIES re-opens, skipping what was read); a shard ending before ``stop``
     (or with fewer than ``expected`` samples) is a DataError: never a silently short epoch."""
@@ -190,6 +189,6 @@ def read_shard(url: str, start: int, stop: Optional[int], *, image_key: Optional
                         f"the count at the run's start): truncated or replaced while in use?")
 
 
-def count_samples(url: str, image_key: Optional[str] = None, label_key: str = "cls") -> int:
+def count_samples(url: str, image_key: str | None = None, label_key: str = "cls") -> int:
     """Samples in a shard (read once, nothing decoded): for shards without a manifest."""
     return sum(1 for _ in read_shard(url, 0, None, image_key=image_key, label_key=label_key))

@@ -8,15 +8,14 @@ manifest and from ``images``: the first HEAD images of the stream, decoded once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 import torch
 
+from clfkit import image_files
 from clfkit.data.blobs import decode_blob
 from clfkit.data.shards import Sample, Shards, read_shard
 from clfkit.errors import DataError
-from clfkit import image_files
 
 HEAD = 2048  # images decoded at load: channels (auto), normalization statistics, parity samples
 
@@ -54,7 +53,7 @@ class Decoding:
 
 
 def read_all(shards: Shards, decoding: Decoding, on_error: str, skipped: list[tuple[str, str]],
-             limit: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+             limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Every sample of ``shards`` (or the first ``limit``), decoded: (N, C, H, W) uint8 and
     labels; bad samples listed in ``skipped`` or, with on_error: fail, an error."""
     images, labels = [], []
@@ -100,7 +99,7 @@ class StreamedSplit:
     def labelled(self) -> bool:
         return True
 
-    def class_counts(self) -> Optional[list[int]]:
+    def class_counts(self) -> list[int] | None:
         """Images per class from the shards' manifest (clfkit data pack writes them), else None."""
         return self.shards.per_class
 

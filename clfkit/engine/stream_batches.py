@@ -26,8 +26,9 @@ from __future__ import annotations
 import math
 import random
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -150,7 +151,7 @@ class StreamDataset(torch.utils.data.IterableDataset):
                                      expected=shards.counts[shard]):
                 yield url, sample
 
-    def _decoded(self, stream: Stream, raw: Iterator[Any]) -> Iterator[tuple[Optional[tuple], Optional[tuple]]]:
+    def _decoded(self, stream: Stream, raw: Iterator[Any]) -> Iterator[tuple[tuple | None, tuple | None]]:
         """((HWC image, class, key), None) per good sample, (None, (name, why)) per bad one. Past
         the end, the stream is read again from its start (skips made it short): a pass with
         no good sample is an error, never an endless loop."""
@@ -215,7 +216,7 @@ class StreamBatches:
     per_image: list[Any]
     workers: int
     sampler: str = "shuffle"
-    keys: Optional[list[str]] = None
+    keys: list[str] | None = None
 
     def __post_init__(self):
         if self.sampler != "shuffle":
