@@ -106,5 +106,6 @@ def hold_out(split: StreamedSplit, fraction: float) -> tuple[StreamedSplit, Imag
     keep, held = shards.subset(0, n - k), shards.subset(n - k, n)
     skipped: list[tuple[str, str]] = []
     val = _in_memory(held, split.decoding, split.on_error, skipped)
-    kept = StreamedSplit(keep, split.decoding, split.on_error, split.shuffle_buffer, split.images, split.head_labels)
+    n = len(keep)  # the head is in shard order: its part from the held-out shards goes (about: skips aside)
+    kept = StreamedSplit(keep, split.decoding, split.on_error, split.shuffle_buffer, split.images[:n], split.head_labels[:n])
     return kept, val, skipped
