@@ -16,6 +16,8 @@ import torch
 from conftest import invoke, refused, tiny_recipe, tiny_recipe_file, write_image_folder
 from PIL import Image
 
+from clfkit.errors import DataError
+
 wds = pytest.importorskip("webdataset")
 
 
@@ -253,8 +255,10 @@ def test_truncated_shard_is_an_error_never_a_short_epoch(tmp_path):
     split = _streamed(pattern)
     shard = tmp_path / "t" / "train-000002.tar"
     shard.write_bytes(shard.read_bytes()[:4096])
-    with pytest.raises(Exception, match="train-000002.tar"):
-        _keys(split, 0)
+    for workers in (0, 2):  # from a loader worker too: the message, not the worker's traceback text
+        with pytest.raises(DataError, match="train-000002.tar") as e:
+            _keys(split, 0, workers=workers)
+        assert "Traceback" not in str(e.value) and len(str(e.value).splitlines()) == 1
 
 
 def test_bad_samples_are_counted_skips_and_the_epoch_keeps_its_size(tmp_path):

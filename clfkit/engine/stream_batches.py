@@ -139,9 +139,12 @@ class StreamDataset(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         mine = {s.index: s for s in self.streams if info is None or s.index % info.num_workers == info.id}
         its = {j: self._batches(s) for j, s in mine.items()}
-        for j, _ in self.order[self.start:]:
-            if j in its:
-                yield next(its[j])
+        try:
+            for j, _ in self.order[self.start:]:
+                if j in its:
+                    yield next(its[j])
+        except DataError as e:  # handed to the main process as a message: a loader worker's
+            yield {"error": str(e)}  # exception would arrive wrapped in its traceback text
 
     def _raw(self, stream: Stream) -> Iterator[Any]:
         shards = self.split.shards
@@ -264,7 +267,11 @@ def _in_order(batches: Iterator[dict[str, Any]], order: list[tuple[int, int]]) -
     pending: dict[int, list[dict[str, Any]]] = {}
     for j, _ in order:
         while not pending.get(j):
-            batch = next(batches)
+            batch = next(batches, None)
+            if batch is None:
+                raise DataError(f"the stream ended before batch {j} of the epoch's plan")
+            if "error" in batch:
+                raise DataError(batch["error"])
             pending.setdefault(batch["stream"], []).append(batch)
         yield pending[j].pop(0)
 
