@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from clfkit import param_groups, registry, yamltext
 from clfkit.data import ImageSet, Splits, stratified_split
+from clfkit.data.streamed import is_streamed
 from clfkit.errors import ClfkitError, DataError, RecipeError, RegistryError
 from clfkit.names import check_class_names
 from clfkit.recipe import IMAGENET, Recipe
@@ -40,15 +41,25 @@ def build_data(recipe: Recipe) -> Splits:
     from clfkit.data import cache  # decoded once per (files, settings); see clfkit/data/cache.py
 
     settings = {"image_size": list(d.size), "channels": channels, "resize": d.resize, "on_error": d.on_error}
-    splits: Splits = cache.cached(name, args, settings, lambda: registry.create(
-        "dataset", name, image_size=d.size, channels=channels, resize=d.resize, seed=recipe.seed,
-        on_error=d.on_error, **args), storage_mode=d.storage)
+
+    def load() -> Splits:
+        return registry.create("dataset", name, image_size=d.size, channels=channels, resize=d.resize,
+                               seed=recipe.seed, on_error=d.on_error, **args)
+
+    # a streamed source (WebDataset shards) is read while training: nothing to decode or cache
+    streamed = getattr(registry.get("dataset", name).obj, "streamed", False)
+    splits: Splits = load() if streamed else cache.cached(name, args, settings, load, storage_mode=d.storage)
     if not isinstance(splits, Splits):
         raise DataError(f"dataset {name!r} returned {type(splits).__name__}, expected clfkit.data.Splits")
     if len(splits.train) == 0:
         raise DataError(f"dataset {name!r} has no training images")
     check_class_names(list(splits.class_names), f"dataset {name!r}")  # a plugin's too
-    if splits.val is None and d.val_fraction > 0:
+    if splits.val is None and d.val_fraction > 0 and is_streamed(splits.train):
+        from clfkit.data.shard_source import hold_out  # whole shards: a stream has no index to split by
+
+        splits.train, splits.val, skipped = hold_out(splits.train, d.val_fraction)
+        splits.skipped += skipped
+    elif splits.val is None and d.val_fraction > 0:
         keep, held = stratified_split(splits.train.labels, d.val_fraction, recipe.seed)
         splits.val = splits.train.subset(held)
         splits.train = splits.train.subset(keep)
@@ -188,8 +199,9 @@ def build_loss(recipe: Recipe, num_classes: int, splits: Optional[Splits] = None
     name, args = registry.split_spec(recipe.loss)
     context: dict[str, Any] = {}
     if splits is not None:
-        context = dict(class_counts=torch.bincount(splits.train.labels.cpu(), minlength=num_classes).tolist(),
-                       class_names=list(splits.class_names))
+        counts = (splits.train.class_counts() if is_streamed(splits.train)
+                  else torch.bincount(splits.train.labels.cpu(), minlength=num_classes).tolist())
+        context = dict(class_counts=counts, class_names=list(splits.class_names))
     return registry.create("loss", name, num_classes=num_classes, **context, **args)
 
 

@@ -340,6 +340,30 @@ def recipe_check(path: Path, overrides: tuple[str, ...]) -> None:
     click.echo("# recipe OK")
 
 
+# --------------------------------------------------------------------------- data
+@cli.group()
+def data() -> None:
+    """Prepare and inspect data."""
+
+
+@data.command("pack")
+@click.argument("src")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--shard-size", default="1000", show_default=True, metavar="N|SIZE",
+              help="Samples per shard (1000), or bytes per shard (64M, 1G).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the order samples are written in.")
+@click.option("--image", default=None, metavar="COLUMN", help="Hugging Face source: the image column.")
+@click.option("--label", default=None, metavar="COLUMN", help="Hugging Face source: the label column.")
+def data_pack(src: str, out: Path, shard_size: str, seed: int, image: str | None, label: str | None) -> None:
+    """Write SRC (an image folder, a CSV index or a Hugging Face dataset) as WebDataset shards
+    in the new folder OUT, with manifest.json (class names, samples per shard and class)."""
+    from clfkit.data.pack import pack, pack_summary
+
+    manifest = run_guarded(pack, src, out, shard_size, seed=seed, image=image, label=label,
+                           progress=lambda line: click.echo(line, err=True))
+    click.echo("\n".join(pack_summary(manifest, out)))
+
+
 # --------------------------------------------------------------------------- studies
 @cli.command()
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))

@@ -26,7 +26,8 @@ from clfkit.build import (build_augmentations, build_data, build_loss, build_mod
                           build_regularizers, build_schedule)
 from clfkit.data import ImageSet, Splits, storage
 from clfkit.engine import distributed
-from clfkit.engine.batches import TrainBatches, num_batches
+from clfkit.engine.batches import num_batches
+from clfkit.engine.stream_batches import train_batches_for
 from clfkit.engine.prep import BatchPrep
 from clfkit.engine.ema import WeightEMA
 from clfkit.engine.freeze import frozen_in_epoch, set_backbone_frozen
@@ -203,8 +204,8 @@ class Trainer:
                                 regularizers, tc.on_nonfinite)
         placed = place_splits(splits, rt, on_device=not per_image)  # the device's free memory decides
         train_set, self.val_set = placed.train, placed.val
-        self.batches = TrainBatches(train_set, tc.batch_size, recipe.seed, tc.drop_last, rt.device, per_image,
-                                    workers, recipe.data.sampler)
+        self.batches = train_batches_for(train_set, tc.batch_size, recipe.seed, tc.drop_last, rt.device, per_image,
+                                         workers, recipe.data.sampler)  # streamed shards: StreamBatches
         # printed once the run folder is open (clfkit.engine.batches; the loss's class weights)
         self.build_lines = [_data_path(aug_names, rt, workers, recipe.data.sampler, train_set),
                             f"normalize ({self.normalize_from}): mean {_rounded(self.mean)} std {_rounded(self.std)}"]
@@ -451,7 +452,9 @@ def _data_path(names: dict[str, list[str]], rt: Runtime, workers: int, sampler: 
     on_host = per_image or rt.device.type == "cpu" or (train is not None and train.images.device.type == "cpu")
     where = "host memory" if on_host else f"{rt.device.type} memory"
     line = f"data path: uint8 tensors in {where}"
-    if train is not None and storage.is_disk(train.images):
+    if getattr(train, "streamed", False):  # clfkit.data.streamed
+        line = f"data path: {train.describe()}"
+    elif train is not None and storage.is_disk(train.images):
         line = f"data path: uint8 images on disk ({train.images.path}), read in shuffled chunks"
     if sampler == "balanced":
         line += "; class-balanced sampling (with replacement)"

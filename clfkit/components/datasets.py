@@ -177,3 +177,57 @@ def _csv_peek(train: str, **_):
 
 
 csv_index.peek = _csv_peek
+
+
+# --------------------------------------------------------------------------- the ecosystem's formats
+@register("dataset", "hf")
+def hf(image_size: tuple[int, int], channels: int | None, resize: str, on_error: str, path: str,
+       image: Optional[str] = None, label: Optional[str] = None, config: Optional[str] = None,
+       train_split: Optional[str] = None, val_split: Optional[str] = None,
+       test_split: Optional[str] = None) -> Splits:
+    """A Hugging Face dataset, offline: a save_to_disk folder, parquet file(s), or a name in the
+    local HF cache; image/label columns from the features (ClassLabel names) or as named."""
+    from clfkit.data.hf import load_hf
+
+    return load_hf(path, image_size=image_size, channels=channels, resize=resize, on_error=on_error, image=image,
+                   label=label, config=config, train_split=train_split, val_split=val_split, test_split=test_split)
+
+
+def _hf_peek(**args):
+    from clfkit.data.hf import peek_hf
+
+    return peek_hf(**args)
+
+
+hf.peek = _hf_peek
+
+
+@register("dataset", "webdataset")
+def webdataset(image_size: tuple[int, int], channels: int | None, resize: str, on_error: str,
+               train: str | list[str], val: str | list[str] | None = None, test: str | list[str] | None = None,
+               classes: Optional[list[str]] = None, image_key: Optional[str] = None, label_key: str = "cls",
+               shuffle_buffer: Annotated[int, Field(ge=1)] = 512) -> Splits:
+    """WebDataset tar shards (paths or http(s) URLs, brace patterns): train streamed while it
+    trains, val/test decoded into memory; class names from classes, the manifest or classes.json/txt."""
+    from clfkit.data.shard_source import load_webdataset
+
+    return load_webdataset(train=train, val=val, test=test, image_size=image_size, channels=channels, resize=resize,
+                           on_error=on_error, classes=classes, image_key=image_key, label_key=label_key,
+                           shuffle_buffer=shuffle_buffer)
+
+
+webdataset.streamed = True  # build_data: no decode cache, val held out as whole shards
+
+
+def _webdataset_peek(train, classes=None, **_):
+    from clfkit.data.shard_source import class_names_for
+    from clfkit.data.shards import expand, read_manifest
+
+    urls = expand(train)
+    if not urls:
+        return 0, 3
+    manifest = read_manifest(urls[0])
+    return len(class_names_for(urls[0], classes, manifest)), int((manifest or {}).get("channels", 3))
+
+
+webdataset.peek = _webdataset_peek

@@ -36,18 +36,23 @@ class PerImage(torch.utils.data.Dataset):
         # an image index, or (draw, index) when an image may be drawn twice in an epoch
         # (data.sampler: balanced): each draw is then augmented anew
         key, i = item if isinstance(item, tuple) else (item, item)
-        img = self.data.images[i].permute(1, 2, 0).numpy()
-        for k, t in enumerate(self.transforms):
-            if hasattr(t, "set_random_seed"):
-                # albumentations draws from the transform's own generator, seeded from OS
-                # entropy: reseed per (run seed, epoch, image, transform) so runs repeat and a
-                # resume need not replay the loader, whatever the worker count
-                t.set_random_seed((self.seed * 1_000_003 + key) * 101 + k)
-            img = t(image=img)["image"]
-        img = np.ascontiguousarray(img)
-        if img.ndim == 2:
-            img = img[:, :, None]
+        img = augment_image(self.data.images[i].permute(1, 2, 0).numpy(), self.transforms,
+                            self.seed * 1_000_003 + key)
         return torch.from_numpy(img).permute(2, 0, 1), self.data.labels[i]
+
+
+def augment_image(img: np.ndarray, transforms: list[Any], key: int) -> np.ndarray:
+    """An HWC uint8 image through per-image transforms, their random draws seeded by ``key``
+    (run seed, epoch and the image's place in it)."""
+    for k, t in enumerate(transforms):
+        if hasattr(t, "set_random_seed"):
+            # albumentations draws from the transform's own generator, seeded from OS
+            # entropy: reseed per (run seed, epoch, image, transform) so runs repeat and a
+            # resume need not replay the loader, whatever the worker count
+            t.set_random_seed(key * 101 + k)
+        img = t(image=img)["image"]
+    img = np.ascontiguousarray(img)
+    return img[:, :, None] if img.ndim == 2 else img
 
 
 def epoch_order(n: int, seed: int, epoch: int, weights: Optional[torch.Tensor] = None) -> torch.Tensor:

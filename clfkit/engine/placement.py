@@ -73,8 +73,8 @@ def place_splits(splits: Splits, rt: Runtime, on_device: bool) -> Placed:
     where it is. File paths stay with the images wherever they go (mistakes.json and
     report.html name the files)."""
     train, val = splits.train, splits.val if splits.val is not None and len(splits.val) else None
-    if rt.device.type == "cpu" or not on_device:
-        return Placed(train, val)
+    if rt.device.type == "cpu" or not on_device or getattr(train, "streamed", False):
+        return Placed(train, val)  # a streamed split (webdataset shards) has no whole tensor to move
     need = sum(s.images.nbytes + s.labels.nbytes for s in (train, val) if s is not None)
     budget = device_data_budget(rt.device)
     if budget is not None and need > budget:

@@ -155,7 +155,9 @@ def input_normalization(recipe: Any, train: ImageSet) -> tuple[list[float], list
         return (*_for_channels(*stats, int(train.images.shape[1]), file), f"init run {file}")
     mean, std = normalization(recipe, train)
     source = asked if isinstance(asked, str) else "recipe"
-    return mean, std, {"auto": "train split"}.get(source, source)
+    # a streamed split's statistics are its head's (clfkit.data.streamed): say so
+    auto = f"train split, first {len(train.images)} streamed images" if getattr(train, "streamed", False) else "train split"
+    return mean, std, {"auto": auto}.get(source, source)
 
 
 def _for_channels(mean: list[float], std: list[float], channels: int, file: Path) -> tuple[list[float], list[float]]:

@@ -1,0 +1,194 @@
+"""WebDataset tar shards (``data.source: {name: webdataset, ...}``) read through the
+``webdataset`` library: local paths or http(s) URLs, brace patterns
+(``shard-{000000..000099}.tar``), samples grouped by key (``00042.png`` + ``00042.cls``).
+
+What this module knows is the shards themselves: which there are, how many samples each holds
+(the manifest ``clfkit data pack`` writes beside them, else one counting pass), the class names
+(the recipe, the manifest, or a ``classes.json`` / ``classes.txt`` beside the shards), and how to
+read a run of samples from one shard with a retried, counted read: a dropped connection is
+re-opened and the samples already read are skipped; a shard that still ends early is an error,
+never a short epoch. How an epoch streams them (ranks, workers, shuffling, batches) is
+clfkit.engine.stream_batches.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from clfkit.data.blobs import IMAGE_EXTENSIONS
+from clfkit.errors import DataError
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "clfkit-shards/1"
+CLASS_FILES = ("classes.json", "classes.txt")
+RETRIES = 3  # re-opens of a URL shard whose read failed, before the error
+RETRY_DELAY_S = 1.0
+
+
+@dataclass
+class Sample:
+    """One raw sample: its key, the image's bytes (None if it has none) and its label text."""
+
+    key: str
+    image: bytes | None
+    label: str | None
+
+
+@dataclass
+class Shards:
+    """A split's shards: their URLs or paths, in the order given (brace patterns expanded), and
+    the samples each holds."""
+
+    urls: list[str]
+    counts: list[int]
+    image_key: str | None = None
+    label_key: str = "cls"
+    shard_classes: list[list[int]] | None = None  # per shard, its images per class (the manifest's)
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return sum(self.counts)
+
+    @property
+    def per_class(self) -> list[int] | None:
+        """Images per class over all the shards, when the manifest gives them."""
+        return None if self.shard_classes is None else [sum(c) for c in zip(*self.shard_classes)]
+
+    def subset(self, first: int, stop: int) -> Shards:
+        """Shards ``first``..``stop`` (whole shards)."""
+        part = None if self.shard_classes is None else self.shard_classes[first:stop]
+        return Shards(self.urls[first:stop], self.counts[first:stop], self.image_key, self.label_key, part)
+
+
+def wds():
+    """The webdataset library, or a clear error naming the extra that installs it."""
+    try:
+        import webdataset
+    except ImportError as e:
+        raise DataError(f"WebDataset shards need the `webdataset` package ({e}); pip install 'clfkit[data]'") from None
+    return webdataset
+
+
+def is_url(text: str) -> bool:
+    return urlparse(text).scheme in ("http", "https")
+
+
+def expand(pattern: str | list[str]) -> list[str]:
+    """A brace pattern (or a list of them) -> shard URLs/paths; local paths made absolute."""
+    expand_urls = wds().shardlists.expand_urls
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    urls = [u for p in patterns if str(p).strip() for u in expand_urls(str(p).strip())]
+    return [u if is_url(u) else str(Path(u).expanduser().absolute()) for u in urls]
+
+
+def beside(url: str, name: str) -> str:
+    """The URL/path of file ``name`` in the folder of shard ``url``."""
+    return url.rsplit("/", 1)[0] + "/" + name if is_url(url) else str(Path(url).parent / name)
+
+
+def read_small(url: str) -> bytes | None:
+    """A small file beside the shards (manifest, class names), None when there is none."""
+    if not is_url(url):
+        return Path(url).read_bytes() if Path(url).is_file() else None
+    try:
+        with wds().gopen(url, "rb") as f:
+            return f.read()
+    except Exception:  # noqa: BLE001 - curl's exit status for a missing file (404): there is none
+        return None
+
+
+def read_manifest(first_shard: str) -> dict[str, Any] | None:
+    """The manifest beside the shards (written by ``clfkit data pack``), or None."""
+    where = beside(first_shard, MANIFEST)
+    raw = read_small(where)
+    if raw is None:
+        return None
+    try:
+        manifest = json.loads(raw)
+    except ValueError as e:
+        raise DataError(f"{where} is not valid JSON ({e}); remove it or write it again with clfkit data pack") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise DataError(f"{where} is not a clfkit shard manifest (format {MANIFEST_FORMAT!r})")
+    return {**manifest, "__where__": where}
+
+
+def class_names_beside(first_shard: str) -> list[str] | None:
+    """Class names from classes.json (a list) or classes.txt (one a line) beside the shards."""
+    for name in CLASS_FILES:
+        where = beside(first_shard, name)
+        raw = read_small(where)
+        if raw is None:
+            continue
+        try:
+            text = raw.decode("utf-8-sig")
+            names = json.loads(text) if name.endswith(".json") else [ln.strip() for ln in text.splitlines() if ln.strip()]
+        except (UnicodeDecodeError, ValueError) as e:
+            raise DataError(f"cannot read class names from {where} ({e})") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise DataError(f"{where} must hold a list of class names (strings)")
+        return names
+    return None
+
+
+# --------------------------------------------------------------------------- reading samples
+def _open(url: str):
+    if not is_url(url):
+        if not Path(url).is_file():
+            raise DataError(f"shard {url} does not exist")
+        return open(url, "rb")
+    return wds().gopen(url, "rb")
+
+
+def _samples(url: str, image_key: str | None, label_key: str) -> Iterator[Sample]:
+    """The samples of one shard in file order, through webdataset's tar iteration and grouping."""
+    tariterators = wds().tariterators
+    stream = _open(url)
+    try:
+        files = tariterators.tar_file_expander([{"url": url, "stream": stream}], eof_value={})
+        for s in tariterators.group_by_keys(files):
+            image = s.get(image_key) if image_key else next((s[e] for e in IMAGE_EXTENSIONS if e in s), None)
+            label = s.get(label_key, s.get("label"))
+            yield Sample(s["__key__"], image, label.decode("utf-8", "replace").strip() if label is not None else None)
+    finally:
+        stream.close()
+
+
+def read_shard(url: str, start: int, stop: int | None, *, image_key: str | None = None,
+               label_key: str = "cls", expected: int | None = None) -> Iterator[Sample]:
+    """Samples ``start``..``stop`` of shard ``url`` (``stop`` None: to its end). A failed read of
+    a URL is retried (RETRIES re-opens, skipping what was read); a shard ending before ``stop``
+    (or with fewer than ``expected`` samples) is a DataError: never a silently short epoch."""
+    done, attempt = start, 0
+    while True:
+        try:
+            for i, sample in enumerate(_samples(url, image_key, label_key)):
+                if i < done:
+                    continue
+                if stop is not None and i >= stop:
+                    return
+                done += 1
+                yield sample
+            break
+        except DataError:
+            raise
+        except Exception as e:  # noqa: BLE001 - tarfile, curl's pipe, sockets: many types
+            attempt += 1
+            if not is_url(url) or attempt > RETRIES:
+                cause = str(e.args[0] if e.args else e).splitlines()[0][:200] if str(e) else ""
+                raise DataError(f"shard {url}: read failed after {done} samples ({type(e).__name__}: {cause})"
+                                + (f"; {RETRIES} retries failed too" if is_url(url) else "; truncated?")) from None
+            time.sleep(RETRY_DELAY_S * attempt)
+    want = stop if stop is not None else expected
+    if want is not None and done < want:
+        raise DataError(f"shard {url} ended after {done} samples, but {want} were expected (from the manifest or "
+                        f"the count at the run's start): truncated or replaced while in use?")
+
+
+def count_samples(url: str, image_key: str | None = None, label_key: str = "cls") -> int:
+    """Samples in a shard (read once, nothing decoded): for shards without a manifest."""
+    return sum(1 for _ in read_shard(url, 0, None, image_key=image_key, label_key=label_key))

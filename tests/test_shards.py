@@ -1,0 +1,320 @@
+"""data.source webdataset: tar shards streamed while they train. The epoch plan covers every
+sample once over all ranks with equal steps; the worker count changes nothing and resume
+mid-epoch is exact; shards over http are read (a dropped connection retried, never a short
+epoch); bad shards and samples are errors or counted skips; clfkit data pack writes shards a
+run trains on, exports and predicts from."""
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import invoke, refused, tiny_recipe, tiny_recipe_file, write_image_folder
+from PIL import Image
+
+from clfkit.errors import DataError
+
+wds = pytest.importorskip("webdataset")
+
+
+def _png(value: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def write_shards(folder: Path, n: int, per_shard: int, prefix: str = "train", classes=("dark", "bright"),
+                 bad: dict | None = None) -> str:
+    """``n`` 8 px samples (class i % 2: dark or bright) in shards of ``per_shard``, classes.json
+    beside them; ``bad``: {index: sample fields to replace}. Returns the brace pattern."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with wds.ShardWriter(str(folder / f"{prefix}-%06d.tar"), maxcount=per_shard, verbose=0) as w:
+        for i in range(n):
+            y = i % 2
+            sample = {"__key__": f"{prefix}{i:05d}", "png": _png(30 + 180 * y + i % 5), "cls": str(y)}
+            sample.update((bad or {}).get(i, {}))
+            w.write({k: v for k, v in sample.items() if v is not None})
+    (folder / "classes.json").write_text(json.dumps(list(classes)))
+    last = (n - 1) // per_shard
+    return str(folder / (f"{prefix}-000000.tar" if last == 0 else f"{prefix}-{{000000..{last:06d}}}.tar"))
+
+
+def _recipe(folder: Path, source: dict, **changes) -> Path:
+    settings = dict(data__source={"name": "webdataset", **source}, data__image_size=8, train__epochs=1,
+                    train__batch_size=8, model__blocks=[{"channels": 4, "pool": "max"}])
+    return tiny_recipe_file(folder, **{**settings, **changes})
+
+
+def _streamed(pattern: str, **args):
+    from clfkit.build import build_data
+
+    recipe = tiny_recipe(data__source={"name": "webdataset", "train": pattern, **args}, data__image_size=8,
+                         data__val_fraction=0)
+    return build_data(recipe).train
+
+
+def _keys(split, epoch: int, *, workers: int = 0, start: int = 0, batch_size: int = 8, drop_last: bool = False):
+    from clfkit.engine.stream_batches import StreamBatches
+
+    keys: list[str] = []
+    batches = StreamBatches(split, batch_size, 0, drop_last, torch.device("cpu"), [], workers, keys=keys)
+    sizes = [len(y) for _, y in batches.epoch(epoch, start_batch=start)]
+    return keys, sizes, len(batches)
+
+
+# --------------------------------------------------------------------------- the epoch plan
+@pytest.mark.parametrize("counts", [[10, 10, 10, 10], [7, 13, 1, 0, 9], [3]])
+@pytest.mark.parametrize("world,batch,drop_last", [(1, 4, False), (2, 4, False), (2, 4, True), (3, 6, False)])
+def test_plan_covers_every_sample_once_over_ranks_with_equal_steps(counts, world, batch, drop_last):
+    from clfkit.engine.batches import num_batches
+    from clfkit.engine.stream_batches import rank_plan
+
+    n = sum(counts)
+    seen, steps = [], set()
+    for rank in range(world):
+        streams, b = rank_plan(counts, 0, 1, batch, drop_last, rank, world)
+        steps.add(sum(s.batches for s in streams))
+        for s in streams:
+            got = [(shard, i) for shard, first, stop in s.segments for i in range(first, stop)]
+            assert len(got) == s.samples
+            seen += got
+    assert steps == {num_batches(n, batch, drop_last)}, "every rank takes the single-process step count"
+    unique = set(seen)
+    if drop_last and n >= batch:
+        assert len(seen) == len(unique) == (n // batch) * batch
+    else:
+        assert unique == {(s, i) for s, c in enumerate(counts) for i in range(c)}
+        assert len(seen) - n < world, "padding: at most one sample per rank repeated"
+
+
+def test_worker_count_changes_nothing_and_resume_skips_exactly(tmp_path):
+    split = _streamed(write_shards(tmp_path / "s", 70, 16))
+    keys0, sizes0, n = _keys(split, 0)
+    assert sorted(keys0) == sorted(f"train{i:05d}" for i in range(70)) and n == 9 and sum(sizes0) == 70
+    assert keys0 != sorted(keys0), "shuffled"
+    assert _keys(split, 0, workers=2)[0] == keys0, "2 loader workers: the very same batches"
+    assert _keys(split, 1)[0] != keys0, "another epoch, another order"
+    tail, sizes, _ = _keys(split, 0, workers=2, start=4)
+    assert tail == keys0[sum(sizes0[:4]):] and len(sizes) == n - 4, "a resumed epoch trains the rest exactly"
+
+
+# --------------------------------------------------------------------------- train, export, predict
+def test_pack_train_export_predict(tmp_path):
+    src = write_image_folder(tmp_path / "imgs", per_class=12, size=12)
+    code, out = invoke("data", "pack", src, tmp_path / "packed", "--shard-size", "5")
+    assert code == 0, out
+    manifest = json.loads((tmp_path / "packed" / "manifest.json").read_text())
+    assert manifest["class_names"] == ["cat", "dog"] and manifest["splits"]["train"]["count"] == 24
+    assert [s["count"] for s in manifest["shards"] if s["split"] == "train"] == [5, 5, 5, 5, 4]
+    assert sum(sum(s["per_class"]) for s in manifest["shards"]) == 28
+    train_pattern = str(tmp_path / "packed" / manifest["splits"]["train"]["pattern"])
+    assert f'train: "{train_pattern}"' in out, "the data.source to use is printed, as valid YAML"
+    source = {"train": train_pattern, "test": str(tmp_path / "packed" / manifest["splits"]["test"]["pattern"])}
+    code, out = invoke("train", _recipe(tmp_path, source, train__epochs=2), "--out", tmp_path / "runs")
+    assert code == 0, out
+    run = tmp_path / "runs" / "tiny"
+    summary = json.loads((run / "summary.json").read_text())
+    # val_fraction 0.1 holds out one whole shard of five (4 or 5 samples: the last one given)
+    assert (summary["train_images"], summary["val_images"]) == (20, 4) and summary["test_acc"] is not None
+    code, out = invoke("export", run, "-o", tmp_path / "m.onnx")
+    assert code == 0, out
+    code, out = invoke("predict", tmp_path / "m.onnx", src / "test", "-o", tmp_path / "pred.txt")
+    assert code == 0, out
+    lines = (tmp_path / "pred.txt").read_text().splitlines()
+    assert len(lines) == 4 and all(line.split()[-1] in ("cat", "dog") for line in lines)
+    refused(["exists", "never writes into an existing one"], "data", "pack", src, tmp_path / "packed")
+    refused(["--shard-size 'lots'"], "data", "pack", src, tmp_path / "p2", "--shard-size", "lots")
+    assert not (tmp_path / "p2").exists()
+
+
+def test_hf_dataset_packs_too(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    os.environ.setdefault("HF_HOME", str(tmp_path / "hf_home"))
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])})
+    rows = {"image": [{"bytes": _png(i), "path": None} for i in range(9)], "label": [i % 3 for i in range(9)]}
+    datasets.DatasetDict(train=datasets.Dataset.from_dict(rows, features=feats)).save_to_disk(str(tmp_path / "hf"))
+    code, out = invoke("data", "pack", tmp_path / "hf", tmp_path / "packed")
+    assert code == 0, out
+    manifest = json.loads((tmp_path / "packed" / "manifest.json").read_text())
+    assert manifest["class_names"] == ["a", "b", "c"] and manifest["shards"][0]["per_class"] == [3, 3, 3]
+
+
+
+# --------------------------------------------------------------------------- several processes
+def _gloo_main(rank: int, port: int, pattern: str, out: str, results: str) -> None:
+    from test_distributed import _join
+
+    _join(rank, port)
+    from clfkit.trainer import train
+
+    recipe = tiny_recipe(data__source={"name": "webdataset", "train": pattern}, data__image_size=8,
+                         data__val_fraction=0, data__workers=0, train__epochs=1, train__batch_size=8,
+                         train__device="cpu", model__blocks=[{"channels": 4, "pool": "max"}])
+    res = train(recipe, out, quiet=True)  # DDP over streamed shards: both ranks must take the same steps
+    from clfkit.build import build_data
+
+    split = build_data(recipe).train
+    seen = {f"epoch{e}": _keys(split, e)[0] for e in (0, 1)}
+    seen["steps"] = [json.loads(line)["step"] for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    Path(results, f"rank{rank}.json").write_text(json.dumps(seen))
+
+
+def test_two_gloo_ranks_see_every_sample_exactly_once(tmp_path):
+    from test_distributed import _spawn
+
+    pattern = write_shards(tmp_path / "s", 46, 6)  # 8 shards of uneven sizes (the last holds 4)
+    results = tmp_path / "results"
+    results.mkdir()
+    _spawn(_gloo_main, pattern, str(tmp_path / "runs"), str(results))
+    ranks = [json.loads((results / f"rank{r}.json").read_text()) for r in range(2)]
+    everything = sorted(f"train{i:05d}" for i in range(46))
+    for epoch in ("epoch0", "epoch1"):
+        a, b = ranks[0][epoch], ranks[1][epoch]
+        assert len(a) == len(b) == 23 and not set(a) & set(b), "each rank its own half"
+        assert sorted(a + b) == everything, "every sample exactly once over the ranks"
+    assert ranks[0]["epoch0"] != ranks[0]["epoch1"]
+    assert ranks[0]["steps"] == ranks[1]["steps"] == [5], "46 // 8 global batches (drop_last), on both ranks"
+
+
+# --------------------------------------------------------------------------- over http
+class _Server:
+    """http.server on 127.0.0.1 in a thread, serving ``root``; ``drops[name]`` requests for a
+    file are cut off after half of it (a dropped connection)."""
+
+    def __init__(self, root: Path, drops: dict[str, int]):
+        import functools
+        import http.server
+        import threading
+
+        drops = dict(drops)
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                name = self.path.rsplit("/", 1)[-1]
+                if drops.get(name, 0) > 0:
+                    drops[name] -= 1
+                    data = (root / name).read_bytes()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data[:len(data) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(2)  # the peer sees the connection drop mid-body
+                    return
+                super().do_GET()
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                                     functools.partial(Handler, directory=str(root)))
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.skipif(not __import__("shutil").which("curl"), reason="webdataset reads http(s) URLs with curl")
+def test_http_shards_dropped_connection_retried_or_a_clear_error(tmp_path, monkeypatch):
+    from clfkit.data import shards
+
+    monkeypatch.setattr(shards, "RETRY_DELAY_S", 0.01)
+    write_shards(tmp_path / "s", 30, 10)
+    server = _Server(tmp_path / "s", {"train-000001.tar": 1})
+    try:
+        split = _streamed(server.url + "/train-{000000..000002}.tar")
+        assert split.decoding.class_names == ["dark", "bright"], "classes.json beside the shards, over http"
+        keys, _, _ = _keys(split, 0)
+        assert sorted(keys) == sorted(f"train{i:05d}" for i in range(30)), "the dropped shard was read again, whole"
+        server.close()
+        server = _Server(tmp_path / "s", {"train-000002.tar": 99})  # drops every time
+        split.shards.urls = [u.replace(split.shards.urls[0].rsplit("/", 1)[0], server.url) for u in split.shards.urls]
+        with pytest.raises(Exception, match=r"train-000002.tar: read failed after \d+ samples .*3 retries failed"):
+            _keys(split, 0)
+    finally:
+        server.close()
+
+
+# --------------------------------------------------------------------------- bad input
+def test_truncated_shard_is_an_error_never_a_short_epoch(tmp_path):
+    pattern = write_shards(tmp_path / "s", 30, 10)
+    shard = tmp_path / "s" / "train-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:5000])  # cut mid-sample
+    out = refused(["train-000001.tar"], "train", _recipe(tmp_path, {"train": pattern}), "--out", tmp_path / "runs",
+                  max_lines=None)
+    assert "truncated" in out or "read failed" in out, out
+    # cut after it was counted (a manifest's count, or the run's start): the epoch fails, not shrinks
+    pattern = write_shards(tmp_path / "t", 30, 10)
+    split = _streamed(pattern)
+    shard = tmp_path / "t" / "train-000002.tar"
+    shard.write_bytes(shard.read_bytes()[:4096])
+    for workers in (0, 2):  # from a loader worker too: the message, not the worker's traceback text
+        with pytest.raises(DataError, match="train-000002.tar") as e:
+            _keys(split, 0, workers=workers)
+        assert "Traceback" not in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+def test_bad_samples_are_counted_skips_and_the_epoch_keeps_its_size(tmp_path):
+    from clfkit.engine.stream_batches import SkippedSamples
+
+    bad = {3: {"cls": None}, 5: {"cls": "7"}, 8: {"png": b"not a png"}, 11: {"cls": "zebra"}}
+    split = _streamed(write_shards(tmp_path / "s", 32, 8, bad=bad))
+    with pytest.warns(SkippedSamples, match="epoch 1: 4 training sample"):
+        keys, sizes, n = _keys(split, 0)
+    assert len(keys) == 32 and sum(sizes) == 32 and n == 4, "made up for from the stream: same steps"
+    assert not {"train00003", "train00005", "train00008", "train00011"} & set(keys)
+    from clfkit.data.shard_source import load_webdataset
+
+    with pytest.raises(Exception, match=r"sample 'train00003': no label"):
+        load_webdataset(train=write_shards(tmp_path / "v", 32, 8, bad={3: {"cls": None}}), image_size=(8, 8),
+                        channels=None, resize="squash", on_error="fail")
+    code, out = invoke("train", _recipe(tmp_path, {"train": str(tmp_path / "s" / "train-{000000..000003}.tar"),
+                                                  "val": str(tmp_path / "s" / "train-000000.tar")}),
+                       "--out", tmp_path / "runs")
+    assert code == 0, out
+    listed = (tmp_path / "runs" / "tiny" / "skipped.txt").read_text()
+    assert "train00003" in listed and "no label" in listed and "outside the 2 classes" in listed
+
+
+def test_sources_without_classes_or_shards_are_refused(tmp_path):
+    pattern = write_shards(tmp_path / "s", 8, 8)
+    (tmp_path / "s" / "classes.json").unlink()
+    refused(["no class names", "classes.json"], "train", _recipe(tmp_path, {"train": pattern}), "--out", tmp_path / "r")
+    refused(["does not exist"], "train", _recipe(tmp_path, {"train": str(tmp_path / "s" / "x-{0..3}.tar"),
+                                                            "classes": ["a", "b"]}), "--out", tmp_path / "r")
+    refused(["holds out whole shards", "one shard"], "train",
+            _recipe(tmp_path, {"train": pattern, "classes": ["a", "b"]}, data__val_fraction=0.2), "--out", tmp_path / "r")
+    refused(["data.sampler: balanced", "streamed"], "train",
+            _recipe(tmp_path, {"train": pattern, "classes": ["a", "b"]}, data__val_fraction=0, data__sampler="balanced"),
+            "--out", tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+def test_streamed_run_stopped_mid_epoch_resumes_bit_identical(tmp_path):
+    """Ctrl-C mid-epoch, then --resume: the streams skip the trained samples undecoded and the
+    run ends with the weights of an uninterrupted one (per-image augmentation in a worker too)."""
+    from conftest import sigint_at_step
+    from test_resume import _assert_same_run
+
+    from clfkit.signals import Interrupted
+    from clfkit.trainer import resume_run, train
+
+    pattern = write_shards(tmp_path / "s", 90, 16)
+    recipe = tiny_recipe(data__source={"name": "webdataset", "train": pattern}, data__image_size=8,
+                         data__val_fraction=0.2, data__workers=1, data__augment=[{"name": "Rotate", "limit": 20, "p": 1.0}],
+                         train__epochs=2, train__batch_size=8, train__deterministic=True,
+                         model__blocks=[{"channels": 4, "pool": "max"}])
+    ref = train(recipe, tmp_path / "ref", quiet=True)
+    with pytest.MonkeyPatch.context() as interrupting:
+        sigint_at_step(interrupting, 11)  # epoch 2 (of 8 steps each), after batch 3
+        with pytest.raises(Interrupted):
+            train(recipe, tmp_path / "cut", quiet=True)
+    res = resume_run(tmp_path / "cut" / "tiny", quiet=True)
+    _assert_same_run(ref.run_dir, res.run_dir)
