@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from clfkit import image_files
 from clfkit.data.audit import neighbours
 
 KINDS = ("conflict", "leak", "exact_duplicate", "near_duplicate", "feature_neighbour", "label_issue",
@@ -59,7 +60,7 @@ class Catalog:
 
     def file(self, row: int) -> dict[str, Any]:
         lab = int(self.label[row])
-        return {"split": self.split[row], "path": self.path[row],
+        return {"split": self.split[row], "path": image_files.escape_path(self.path[row]),
                 "label": self.class_names[lab] if lab >= 0 else None}
 
 
