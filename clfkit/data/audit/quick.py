@@ -49,7 +49,8 @@ def split_findings(splits: Any) -> tuple[list[Finding], list[str], list[str], np
 
 
 def _example(f: Finding, names: list[str], paths: list[str]) -> str:
-    return " = ".join(f"{names[r]}/{paths[r]}" for r in f.rows[:3]) + (" = ..." if len(f.rows) > 3 else "")
+    # "in val", not "val/...": a val split carved from train has no folder of its own
+    return " = ".join(f"{paths[r]} in {names[r]}" for r in f.rows[:3]) + (" = ..." if len(f.rows) > 3 else "")
 
 
 WHY = {"conflict": "the same image under two classes: one label is wrong",
