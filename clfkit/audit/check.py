@@ -19,10 +19,8 @@ from typing import Any, Optional
 import numpy as np
 
 from clfkit import image_files
-from clfkit.audit.model_findings import FEATURE_SIMILARITY, feature_neighbour_findings, label_findings
-from clfkit.audit.model_outputs import fold_probabilities, recipe_for_root, run_outputs
 from clfkit.data.audit.catalog import load_catalog
-from clfkit.data.audit.findings import (KINDS, PHASH_DISTANCE, Catalog, Finding, exact_findings, near_duplicate_findings,
+from clfkit.data.audit.findings import (FEATURE_SIMILARITY, KINDS, PHASH_DISTANCE, Catalog, Finding, exact_findings, near_duplicate_findings,
                                         overview, quality_findings, sort_findings)
 from clfkit.data.cache import cache_dir
 from clfkit.errors import ClfkitError, DataError
@@ -81,6 +79,8 @@ def _check_out(out: Path, root: Path) -> None:
     if image_files.contains(os.path.realpath(root), os.path.realpath(out)):
         raise ClfkitError(f"--out {out} is inside the data folder {root}; clfkit data check never writes "
                           f"there: choose a folder outside it")
+    if out.exists() and not out.is_dir():
+        raise ClfkitError(f"--out {out} is a file; give a folder (it receives data_check.json and data_check.html)")
 
 
 def _pixel_findings(catalog: Catalog, phash_distance: int) -> list[Finding]:
@@ -96,6 +96,10 @@ def _empty_split_notes(catalog: Catalog) -> list[str]:
 
 def _model_findings(check: DataCheck, run: Optional[Path], recipe: Optional[Recipe], folds: int,
                     fold_epochs: Optional[int], feature_similarity: float) -> None:
+    # torch and the trainer load only for a check that needs a model (2 s of a 60k-image check)
+    from clfkit.audit.model_findings import feature_neighbour_findings, label_findings
+    from clfkit.audit.model_outputs import fold_probabilities, recipe_for_root, run_outputs
+
     catalog = check.catalog
     index = {(s, p): i for i, (s, p) in enumerate(zip(catalog.split, catalog.path)) if catalog.readable[i]}
     if run is not None:

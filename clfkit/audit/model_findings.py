@@ -7,9 +7,8 @@ gives the image's own label: lowest first). cleanlab is an optional dependency
 
 Feature neighbours: each val/test image's nearest train image by cosine similarity of the
 model's penultimate features; a pair is reported when the similarity is at least
-``FEATURE_SIMILARITY`` and the pair was not already found by pixels or perceptual hash. The
-threshold was chosen on the planted flowers5_128 bench (bench/data_check_bench.py, a 32-px
-CNN): see docs/data-check.md for the distributions it separates.
+``FEATURE_SIMILARITY`` (clfkit.data.audit.findings, where the threshold's choice is written
+down) and the pair was not already found by pixels or perceptual hash.
 """
 from __future__ import annotations
 
@@ -20,10 +19,8 @@ import numpy as np
 
 from clfkit.audit.model_outputs import SplitOutputs
 from clfkit.data.audit import neighbours
-from clfkit.data.audit.findings import Catalog, Finding
+from clfkit.data.audit.findings import FEATURE_SIMILARITY, Catalog, Finding
 from clfkit.errors import ClfkitError
-
-FEATURE_SIMILARITY = 0.97
 
 
 class MissingDependency(ClfkitError):

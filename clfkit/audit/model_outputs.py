@@ -97,6 +97,10 @@ def run_outputs(run_dir: Path, root: Path, class_names: list[str], index: dict[t
                         f"at {root} has {class_names}: its probabilities would be for other labels; "
                         f"give a run trained on this data")
     splits = build_data(recipe)
+    if splits.in_chans != state["input"]["channels"]:
+        raise DataError(f"the run {run_dir} takes {state['input']['channels']}-channel images, but the data at "
+                        f"{root} decodes to {splits.in_chans} channel(s) (data.channels: auto); give a run "
+                        f"trained on this data")
     rt = resolve_runtime(recipe)
     model = model_from_checkpoint(state, path).to(rt.device)
     out = {}

@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from clfkit.atomic import atomic_open, write_json
+from clfkit.atomic import WriteError, atomic_open, write_json
 from clfkit.audit.check import DataCheck, leaked_files, summary_rows
 from clfkit.audit.page import write_page
 
@@ -21,7 +21,10 @@ def to_json(check: DataCheck) -> dict[str, Any]:
 
 def write_outputs(check: DataCheck, out: Path, fix_split: bool) -> list[Path]:
     """data_check.json, data_check.html and (``fix_split``) leaked_files.csv in ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"cannot write to --out {out}: {e.strerror or e}") from None
     write_json(out / JSON_NAME, to_json(check))
     files = [out / JSON_NAME, write_page(check, out / HTML_NAME)]
     if fix_split:

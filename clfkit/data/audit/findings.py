@@ -34,6 +34,10 @@ QUALITY_THRESHOLDS = {"dark": 0.32, "light": 0.05, "blurry": 0.29, "low_informat
 # are 0-4 bits away, 90% resizes 0-2, 4-px crops 2-12 (most under 8), while of the 3.3 million
 # cross-split pairs of distinct photos the closest was 12 bits away; 8 leaves 4 bits of margin.
 PHASH_DISTANCE = 8
+# Cosine similarity of penultimate features (``--run``) from which a val/test image and its
+# nearest train image are reported (unless pixels or hashes paired them already). Chosen on the
+# planted flowers5_128 bench with a 32-px CNN: see docs/data-check.md.
+FEATURE_SIMILARITY = 0.97
 
 
 @dataclass

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
@@ -120,8 +121,16 @@ def compute(paths: list[str], workers: Optional[int] = None) -> list[tuple[Optio
     chunks = [paths[i:i + TASK_FILES] for i in range(0, len(paths), TASK_FILES)]
     if workers <= 1 or len(chunks) <= 1 or "fork" not in multiprocessing.get_all_start_methods():
         return _records_of(paths)
-    with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=multiprocessing.get_context("fork")) as pool:
+    pool = ProcessPoolExecutor(min(workers, len(chunks)), mp_context=multiprocessing.get_context("fork"),
+                               initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+    try:  # Ctrl-C reaches the workers too: they ignore it, the parent stops them (no traceback each)
         return [r for part in pool.map(_records_of, chunks) for r in part]
+    except BaseException:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):  # not after every task
+            process.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------- the cache
