@@ -225,34 +225,90 @@ def synthetic_timing(n: int, work: Path) -> dict:
             "findings": {k: cold.count(k) for k in ("leak", "exact_duplicate", "near_duplicate", "conflict")}}
 
 
+def feature_similarities(root: Path, work: Path, truth: dict, epochs: int) -> dict:
+    """Train one run on the planted folder (the bench recipe), then the cosine similarity of
+    penultimate features between each planted test copy and its train source, and each
+    unplanted test image's nearest train image: what FEATURE_SIMILARITY must separate."""
+    from clfkit.audit.model_outputs import run_outputs
+    from clfkit.data.audit import neighbours
+    from clfkit.data.audit.catalog import load_catalog
+    from clfkit.recipe import load_recipe
+    from clfkit.trainer import train
+
+    t0 = time.perf_counter()
+    run = train(load_recipe(recipe_file(work, root, epochs)), work / "runs", quiet=True).run_dir
+    train_s = time.perf_counter() - t0
+    catalog, _ = load_catalog(root, None)
+    index = {(s, p): i for i, (s, p) in enumerate(zip(catalog.split, catalog.path)) if catalog.readable[i]}
+    outputs, _ = run_outputs(run, root, catalog.class_names, index)
+    tr, te = outputs["train"], outputs["test"]
+    position = {int(r): k for k, r in enumerate(tr.rows)}
+    feats_tr, feats_te = neighbours.unit_rows(tr.features), neighbours.unit_rows(te.features)
+    nn_idx, nn_sim = neighbours.nearest(feats_te, feats_tr)
+    source_of = {c: s for kind in ("exact", "jpeg70", "resize90", "crop4") for c, s in truth[kind].items()}
+    row_of = {p: i for i, p in enumerate(catalog.path)}
+    out: dict = {"train_seconds": round(train_s, 1), "test_acc": None}
+    planted: dict = {k: [] for k in ("exact", "jpeg70", "resize90", "crop4")}
+    unplanted = []
+    for k, r in enumerate(te.rows):
+        path = catalog.path[r]
+        if path in source_of:
+            kind = next(x for x in planted if path in truth[x])
+            src = feats_tr[position[row_of[source_of[path]]]]
+            planted[kind].append(round(float(feats_te[k] @ src), 4))
+        else:
+            unplanted.append(float(nn_sim[k]))
+    out["planted_cosine_to_source"] = {k: {"min": min(v), "median": float(np.median(v))} for k, v in planted.items()}
+    u = np.sort(np.array(unplanted))[::-1]
+    out["unplanted_nearest_cosine"] = {"max": round(float(u[0]), 4), "top10": [round(float(x), 4) for x in u[:10]],
+                                       "p99": round(float(np.percentile(u, 99)), 4),
+                                       "median": round(float(np.median(u)), 4)}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="/work/shared/data/flowers5_128")
     ap.add_argument("--per-kind", type=int, default=30)
     ap.add_argument("--flip", type=float, default=0.05)
     ap.add_argument("--folds", type=int, default=3)
-    ap.add_argument("--fold-epochs", type=int, default=10)
-    ap.add_argument("--synthetic", type=int, default=60000, help="0: skip the 60k timing")
+    ap.add_argument("--fold-epochs", type=int, default=8)
+    ap.add_argument("--synthetic", type=int, default=60000, help="images of the timing section")
+    ap.add_argument("--only", default="planted,features,synthetic",
+                    help="sections to run (planted: clfkit vs CleanVision and --folds; features: one run's "
+                         "feature similarities; synthetic: the 60k timing); merged into --out if it exists")
     ap.add_argument("--out", default="bench/results/data_check.json")
     args = ap.parse_args()
+    import json
     import os
 
+    only = set(args.only.split(","))
+    res = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+    res.setdefault("machine_by_section", {})
     with tempfile.TemporaryDirectory(prefix="clfkit-check-bench-") as tmp:
         work = Path(tmp)
         os.environ["CLFKIT_CACHE_DIR"] = str(work / "cache")
         original = Path(args.data).resolve()
-        known = known_findings(original)
         root = work / "planted"
-        truth = plant(original, root, args.per_kind, args.flip, seed=0)
-        result, times = run_clfkit(root, work, args.folds, args.fold_epochs)
-        ours = score_clfkit(result, truth, known)
-        cv = run_cleanvision(root, truth, known)
-        synthetic = synthetic_timing(args.synthetic, work) if args.synthetic else None
-        res = {"machine": machine(), "data": str(original), "per_kind": args.per_kind, "flip": args.flip,
-               "folds": args.folds, "fold_epochs": args.fold_epochs, "known_in_original": {k: len(v) for k, v in known.items()},
-               "clfkit": {"scores": ours, "times": times, "counts": result["counts"]},
-               "phash_distance_of_planted": phash_distances(root, truth), "cleanvision": cv,
-               "synthetic": synthetic}
+        if only & {"planted", "features"}:
+            known = known_findings(original)
+            truth = plant(original, root, args.per_kind, args.flip, seed=0)
+            res.update(data=str(original), per_kind=args.per_kind, flip=args.flip,
+                       known_in_original={k: len(v) for k, v in known.items()},
+                       phash_distance_of_planted=phash_distances(root, truth))
+        if "planted" in only:
+            result, times = run_clfkit(root, work, args.folds, args.fold_epochs)
+            res.update(folds=args.folds, fold_epochs=args.fold_epochs, cleanvision=run_cleanvision(root, truth, known),
+                       clfkit={"scores": score_clfkit(result, truth, known), "times": times, "counts": result["counts"]})
+            res["machine_by_section"]["planted"] = machine()
+        if "features" in only:
+            res["features"] = feature_similarities(root, work, truth, args.fold_epochs)
+            res["machine_by_section"]["features"] = machine()
+        if "synthetic" in only:
+            res["synthetic"] = synthetic_timing(args.synthetic, work)
+            res["machine_by_section"]["synthetic"] = machine()
+    res["machine"] = machine()
+    ours, cv = res.get("clfkit", {}).get("scores", {}), res.get("cleanvision", {})
     rows = [{"finding": k, "clfkit_recall": v.get("recall", v.get("recall_top_2x")),
              "clfkit_precision": v.get("precision", v.get("precision_all")),
              "cv_recall": (cv.get("exact_duplicates", {}) if k == "exact" else cv.get("near_duplicates", {}).get(k, {})).get("recall"),

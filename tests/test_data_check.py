@@ -207,6 +207,10 @@ def test_a_split_of_unreadable_files_is_listed_not_checked(tmp_path):
     assert code == 0, text
     assert any("test: none of its 6 file(s) could be decoded" in n for n in result["notes"])
     assert len(result["overview"]["skipped"]) == 6
+    shutil.rmtree(root / "test")
+    (root / "test").mkdir()  # an empty test folder: said, not skipped silently
+    code, text, result = check(root, "--out", tmp_path / "out")
+    assert code == 0 and "note: test/ holds no images; not checked" in text
 
 
 def test_records_are_cached_by_content_and_never_stale(tmp_path, monkeypatch):

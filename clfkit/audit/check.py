@@ -89,9 +89,12 @@ def _pixel_findings(catalog: Catalog, phash_distance: int) -> list[Finding]:
     return found + near_duplicate_findings(catalog, phash_distance) + quality_findings(catalog)
 
 
-def _empty_split_notes(catalog: Catalog) -> list[str]:
-    return [f"{s}: none of its {sum(1 for x in catalog.split if x == s)} file(s) could be decoded; not checked"
-            for s in catalog.splits() if not len(catalog.rows_of(s))]
+def _empty_split_notes(catalog: Catalog, root: Path) -> list[str]:
+    """A split folder without images, or whose every file failed to decode: said, not skipped silently."""
+    notes = [f"{s}/ holds no images; not checked" for s in ("val", "test")
+             if (root / s).is_dir() and s not in catalog.splits()]
+    return notes + [f"{s}: none of its {sum(1 for x in catalog.split if x == s)} file(s) could be decoded; "
+                    f"not checked" for s in catalog.splits() if not len(catalog.rows_of(s))]
 
 
 def _model_findings(check: DataCheck, run: Optional[Path], recipe: Optional[Recipe], folds: int,
@@ -146,7 +149,7 @@ def check_data(target: str | Path, *, run: Optional[str | Path] = None, folds: i
     check.seconds["catalog"] = stats["seconds"]
     check.settings.update(decoded=stats["decoded"], from_cache=stats["cached"])
     check.notes += [stats["cache_note"]] if stats["cache_note"] else []
-    check.notes += _empty_split_notes(catalog)
+    check.notes += _empty_split_notes(catalog, root)
     t0 = time.perf_counter()
     check.findings = _pixel_findings(catalog, phash_distance)
     check.seconds["pixel_checks"] = round(time.perf_counter() - t0, 3)
