@@ -462,7 +462,9 @@ def data_check(target: Path, run_dir: Path | None, folds: int, fold_epochs: int 
                          overrides=overrides, phash_distance=phash_distance, out=out)
     files = run_guarded(write_outputs, result, out, fix_split)
     click.echo(console_report(result), nl=False)
-    click.echo("wrote " + ", ".join(str(f) for f in files))
+    from clfkit.image_files import escape_path
+
+    click.echo("wrote " + ", ".join(escape_path(str(f)) for f in files))
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:

@@ -53,6 +53,11 @@ class DataCheck:
     settings: dict[str, Any] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
 
+    @property
+    def shown_root(self) -> str:
+        """The data root as messages and pages print it (any file name, escaped)."""
+        return image_files.escape_path(str(self.root))
+
     def count(self, kind: str) -> int:
         return sum(1 for f in self.findings if f.kind == kind)
 
@@ -69,7 +74,7 @@ def resolve_target(target: Path, overrides: tuple[str, ...] = ()) -> tuple[Path,
     recipe = load_recipe(target, overrides)
     spec = recipe.data.source
     if spec.get("name") != "folder" or "root" not in spec:
-        raise DataError(f"{target}: data.source is {spec.get('name')!r}; clfkit data check reads image folders "
+        raise DataError(f"{image_files.escape_path(str(target))}: data.source is {spec.get('name')!r}; clfkit data check reads image folders "
                         f"(data.source: {{name: folder, root: ...}})")
     return Path(spec["root"]).expanduser(), recipe
 
@@ -77,10 +82,11 @@ def resolve_target(target: Path, overrides: tuple[str, ...] = ()) -> tuple[Path,
 def _check_out(out: Path, root: Path) -> None:
     """The report never goes into the data folder: the data is only read."""
     if image_files.contains(os.path.realpath(root), os.path.realpath(out)):
-        raise ClfkitError(f"--out {out} is inside the data folder {root}; clfkit data check never writes "
+        raise ClfkitError(f"--out {image_files.escape_path(str(out))} is inside the data folder "
+                          f"{image_files.escape_path(str(root))}; clfkit data check never writes "
                           f"there: choose a folder outside it")
     if out.exists() and not out.is_dir():
-        raise ClfkitError(f"--out {out} is a file; give a folder (it receives data_check.json and data_check.html)")
+        raise ClfkitError(f"--out {image_files.escape_path(str(out))} is a file; give a folder (it receives data_check.json and data_check.html)")
 
 
 def _pixel_findings(catalog: Catalog, phash_distance: int) -> list[Finding]:

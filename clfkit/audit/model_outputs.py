@@ -20,6 +20,7 @@ from clfkit.build import build_data
 from clfkit.data import ImageSet, Splits
 from clfkit.engine.runtime import resolve_runtime
 from clfkit.errors import DataError
+from clfkit.image_files import escape_path
 from clfkit.recipe import Recipe, validate_recipe
 from clfkit.run.checkpoint import load_checkpoint, model_from_checkpoint, run_checkpoint
 from clfkit.run.folder import RunFolder
@@ -93,13 +94,13 @@ def run_outputs(run_dir: Path, root: Path, class_names: list[str], index: dict[t
     path, state = run_checkpoint(run_dir, None, "data check --run")
     recipe = recipe_for_root(state["recipe"], root, f"{path} recipe")
     if list(state["class_names"]) != list(class_names):
-        raise DataError(f"the run {run_dir} was trained on classes {state['class_names']}, but the data "
-                        f"at {root} has {class_names}: its probabilities would be for other labels; "
+        raise DataError(f"the run {escape_path(str(run_dir))} was trained on classes {state['class_names']}, but "
+                        f"the data at {escape_path(str(root))} has {class_names}: its probabilities would be for other labels; "
                         f"give a run trained on this data")
     splits = build_data(recipe)
     if splits.in_chans != state["input"]["channels"]:
-        raise DataError(f"the run {run_dir} takes {state['input']['channels']}-channel images, but the data at "
-                        f"{root} decodes to {splits.in_chans} channel(s) (data.channels: auto); give a run "
+        raise DataError(f"the run {escape_path(str(run_dir))} takes {state['input']['channels']}-channel images, "
+                        f"but the data at {escape_path(str(root))} decodes to {splits.in_chans} channel(s) (data.channels: auto); give a run "
                         f"trained on this data")
     rt = resolve_runtime(recipe)
     model = model_from_checkpoint(state, path).to(rt.device)

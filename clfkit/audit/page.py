@@ -85,9 +85,9 @@ def write_page(check: DataCheck, path: Path) -> Path:
     """Write the page to ``path`` (atomically) and return it."""
     summary = [{k: r[k] for k in ("finding", "count", "files", "meaning")} for r in summary_rows(check)]
     settings = ", ".join(f"{k} {v}" for k, v in check.settings.items())
-    intro = (f"<h1>Data check</h1><p>{html.escape(str(check.root))}</p>"
+    intro = (f"<h1>Data check</h1><p>{html.escape(check.shown_root)}</p>"
              f'<p class="muted">{html.escape(settings)}; seconds: {html.escape(str(check.seconds))}</p>')
     sections = [_EXTRA_STYLE, intro, html_table(summary), _overview(check)]
     sections += [_section(check, kind) for kind in KINDS]
-    write_text(path, html_page(f"data check: {check.root}", sections))
+    write_text(path, html_page(f"data check: {check.shown_root}", sections))
     return path

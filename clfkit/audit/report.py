@@ -14,7 +14,7 @@ JSON_NAME, HTML_NAME, CSV_NAME = "data_check.json", "data_check.html", "leaked_f
 
 
 def to_json(check: DataCheck) -> dict[str, Any]:
-    return {"root": str(check.root), "settings": check.settings, "seconds": check.seconds,
+    return {"root": check.shown_root, "settings": check.settings, "seconds": check.seconds,
             "notes": check.notes, "counts": {r["finding"]: r["count"] for r in summary_rows(check)},
             "overview": check.overview, "findings": [f.to_dict(check.catalog) for f in check.findings]}
 
@@ -43,7 +43,7 @@ def console_report(check: DataCheck, width: int = 120) -> str:
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"data check of {escape(str(check.root))}", title_justify="left")
+    table = Table(title=f"data check of {escape(check.shown_root)}", title_justify="left")
     for col in ("finding", "count", "files", "most certain", "meaning"):
         table.add_column(col, justify="right" if col in ("count", "files") else "left",
                          overflow="fold", max_width=48 if col == "most certain" else None)

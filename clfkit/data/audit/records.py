@@ -179,7 +179,10 @@ def cache_file(base: Optional[Path], root: Path) -> Optional[Path]:
     """Where the records of the data under ``root`` are cached (None: caching off)."""
     if base is None:
         return None
-    key = hashlib.sha256(str(root.expanduser().resolve()).encode()).hexdigest()[:16]
+    import PIL  # another PIL may decode the same bytes to other pixels: its own cache file
+
+    source = os.fsencode(root.expanduser().resolve()) + f"\0{PIL.__version__}\0{VERSION}".encode()
+    key = hashlib.sha256(source).hexdigest()[:16]  # fsencode: a root whose name is not UTF-8 too
     return base / "audit" / f"{key}.npz"
 
 
