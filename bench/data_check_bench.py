@@ -314,6 +314,12 @@ def main() -> None:
              "cv_recall": (cv.get("exact_duplicates", {}) if k == "exact" else cv.get("near_duplicates", {}).get(k, {})).get("recall"),
              "cv_precision": (cv.get("exact_duplicates", {}) if k == "exact" else cv.get("near_duplicates", {}).get(k, {})).get("precision")}
             for k, v in ours.items()]
+    syn = res.get("synthetic")
+    if syn:
+        rows.append({"finding": f"{syn['images']} synthetic: check cold/warm over decode",
+                     "clfkit_recall": syn["cold_over_decode"], "clfkit_precision": syn["warm_over_decode"]})
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")  # before the table: nothing lost to a print
     report("clfkit data check vs CleanVision", res, rows,
            ["finding", "clfkit_recall", "clfkit_precision", "cv_recall", "cv_precision"], args.out)
 
