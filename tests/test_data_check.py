@@ -75,7 +75,7 @@ def test_exact_findings_fix_split_and_the_data_untouched(tmp_path):
     assert [(r["split"], r["path"], r["copy_of"]) for r in rows] == [("test", "test/cat/copy of cat0.bmp",
                                                                       "train/cat/cat0.png")]
     page = (tmp_path / "out/data_check.html").read_text()
-    assert page.count("data:image/png;base64,") >= 6 and "copy of cat0.bmp" in page
+    assert page.count("data:image/jpeg;base64,") >= 6 and "copy of cat0.bmp" in page
 
 
 def test_near_duplicates_across_splits_not_within_or_unrelated(tmp_path):
