@@ -44,9 +44,12 @@ def label_findings(catalog: Catalog, outputs: SplitOutputs, split: str, source: 
     if len(rows) < 2 or len(np.unique(labels)) < 2:
         return [], f"{split}: label errors not checked (needs labelled images of two classes or more)"
     find_label_issues = _cleanlab()
-    with warnings.catch_warnings():  # cleanlab warns about classes with few images; the note says so
+    with warnings.catch_warnings():  # cleanlab warns about classes with few images
         warnings.simplefilter("ignore")
-        ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")
+        try:
+            ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")
+        except (ValueError, IndexError) as e:  # e.g. too few images of a class to estimate its noise
+            return [], f"{split}: label errors not checked (cleanlab: {type(e).__name__}: {e})"
     found = []
     for i in ranked:
         given, suggested = int(labels[i]), int(probs[i].argmax())
