@@ -40,19 +40,20 @@ _DCT = np.cos(np.pi * np.outer(np.arange(32), 2 * np.arange(32) + 1) / 64)  # DC
 TASK_FILES = 128  # files per pool task: small results, few hand-offs
 
 
+BRIGHT_BINS = 1024  # brightness percentiles are read from a histogram: within 1/1024 of exact
+
+
+def perceptual_hashes(gray32: np.ndarray) -> np.ndarray:
+    """imagehash's ``phash`` (hash_size 8) of grey 32x32 Lanczos-resized images (N, 32, 32), as
+    uint64 (bit 63 first, in imagehash's row-major order): one batched DCT, one median call."""
+    low = (_DCT[:8] @ gray32.astype(np.float64) @ _DCT[:8].T).reshape(len(gray32), 64)
+    bits = low > np.median(low, axis=1, keepdims=True)
+    return np.packbits(bits, axis=1).view(">u8")[:, 0].astype(np.uint64)
+
+
 def perceptual_hash(gray: Image.Image) -> int:
-    """imagehash's ``phash`` (hash_size 8) of a grey PIL image, as a 64-bit integer (bit 63
-    first, in imagehash's row-major order)."""
-    pixels = np.asarray(gray.resize((32, 32), Image.LANCZOS), dtype=np.float64)
-    low = (_DCT @ pixels @ _DCT.T)[:8, :8]
-    bits = (low > np.median(low)).ravel()
-    return int(np.packbits(bits).view(">u8")[0])
-
-
-def _brightness(rgb: Image.Image) -> np.ndarray:
-    small = rgb if max(rgb.size) <= 256 else rgb.resize(_fit(rgb.size, 256), Image.BILINEAR)
-    a = np.asarray(small, dtype=np.float32)
-    return np.sqrt(0.241 * a[..., 0] ** 2 + 0.691 * a[..., 1] ** 2 + 0.068 * a[..., 2] ** 2) / 255
+    """:func:`perceptual_hashes` of one grey PIL image."""
+    return int(perceptual_hashes(np.asarray(gray.resize((32, 32), Image.LANCZOS))[None])[0])
 
 
 def _fit(size: tuple[int, int], longest: int) -> tuple[int, int]:
@@ -60,17 +61,25 @@ def _fit(size: tuple[int, int], longest: int) -> tuple[int, int]:
     return max(int(size[0] // ratio), 1), max(int(size[1] // ratio), 1)
 
 
-def _blur_score(gray: Image.Image) -> float:
-    """CleanVision's blurry score (issue below 0.29): edge variance plus grey-level spread."""
-    small = gray if max(gray.size) <= 64 else gray.resize(_fit(gray.size, 64))
-    edges = np.asarray(small.filter(ImageFilter.FIND_EDGES), dtype=np.float64)
-    blur = 1 - np.exp(-0.01 * np.sqrt(edges.var()))
-    spread = 1 - np.exp(-0.01 * np.std(small.histogram()))
-    return float(min(blur + (spread if spread > 0.18 else 0.0), 1.0))
+def _row_histograms(arrays: list[np.ndarray], bins: int) -> np.ndarray:
+    """(N, bins) counts of each integer array's values, in one bincount over all of them."""
+    owner = np.repeat(np.arange(len(arrays)), [a.size for a in arrays])
+    values = np.concatenate([a.ravel() for a in arrays]).astype(np.int64)
+    return np.bincount(owner * bins + values, minlength=len(arrays) * bins).reshape(len(arrays), bins)
 
 
-def describe(img: Image.Image, digest: str) -> tuple:
-    """The record (a RECORD row as a tuple) of an opened image whose file bytes hash to ``digest``."""
+def _percentiles(hist: np.ndarray, q: float) -> np.ndarray:
+    """The ``q``-th percentile (0..100) of each row's histogram, as a bin centre in 0..1."""
+    cum = np.cumsum(hist, axis=1)
+    rank = (cum >= (q / 100) * cum[:, -1:]).argmax(axis=1)
+    return (rank + 0.5) / BRIGHT_BINS
+
+
+def measure(img: Image.Image, digest: str) -> tuple:
+    """What one image contributes to its record: (fields known now, grey 32x32 for pHash, RGB
+    pixels for brightness (at most 256 px a side), edges and grey levels at CleanVision's blur
+    size (64 px)); the rest is computed in batches (:func:`finish`): per-image numpy calls would
+    cost more than the decode on small images."""
     mode = img.mode
     if image_files.exif_orientation(img) != 1:
         img = ImageOps.exif_transpose(img)
@@ -80,23 +89,51 @@ def describe(img: Image.Image, digest: str) -> tuple:
     h = hashlib.blake2b(f"{pixels.shape}".encode(), digest_size=16)
     h.update(pixels.tobytes())
     gray = rgb.convert("L")
-    light = _brightness(rgb)
+    small = gray if max(gray.size) <= 64 else gray.resize(_fit(gray.size, 64))
     w, hgt = rgb.size
-    return (digest, h.hexdigest(), perceptual_hash(gray), w, hgt, mode[:8],
-            float(np.percentile(light, 99)), float(1 - np.percentile(light, 5)),
-            min(1.0, 0.1 * (gray if gray_image else rgb).entropy()), _blur_score(gray),
-            min(w / hgt, hgt / w))
+    fields = (digest, h.hexdigest(), w, hgt, mode[:8], min(1.0, 0.1 * (gray if gray_image else rgb).entropy()),
+              min(w / hgt, hgt / w))
+    for_light = pixels if max(rgb.size) <= 256 else np.asarray(rgb.resize(_fit(rgb.size, 256), Image.BILINEAR))
+    return (fields, np.asarray(gray.resize((32, 32), Image.LANCZOS)), for_light.reshape(-1, 3),
+            np.asarray(small.filter(ImageFilter.FIND_EDGES)), np.asarray(small))
 
 
-def file_record(path: str) -> tuple[Optional[tuple], Optional[str]]:
-    """(record, None) for a decodable file, (None, why not) otherwise."""
+def _brightness_histograms(pixels: list[np.ndarray]) -> np.ndarray:
+    """CleanVision's perceived brightness of every pixel, as (N, BRIGHT_BINS) counts over 0..1."""
+    a = np.concatenate(pixels).astype(np.float32)
+    light = np.sqrt((a * a) @ np.array([0.241, 0.691, 0.068], np.float32)) / 255
+    bins = np.minimum((light * BRIGHT_BINS).astype(np.int64), BRIGHT_BINS - 1)
+    owner = np.repeat(np.arange(len(pixels)), [len(p) for p in pixels])
+    return np.bincount(owner * BRIGHT_BINS + bins, minlength=len(pixels) * BRIGHT_BINS).reshape(len(pixels), -1)
+
+
+def finish(measured: list[tuple]) -> list[tuple]:
+    """RECORD rows (tuples) of :func:`measure` results, the numeric work done once per batch."""
+    if not measured:
+        return []
+    fields, gray32, pixels, edges, grays = zip(*measured)
+    hashes = perceptual_hashes(np.stack(gray32))
+    bright = _brightness_histograms(list(pixels))
+    dark, light = _percentiles(bright, 99), 1 - _percentiles(bright, 5)
+    edge_hist = _row_histograms(list(edges), 256).astype(np.float64)
+    levels = np.arange(256)
+    n = edge_hist.sum(axis=1)
+    mean = edge_hist @ levels / n
+    blur = 1 - np.exp(-0.01 * np.sqrt(np.maximum(edge_hist @ (levels ** 2) / n - mean ** 2, 0)))
+    spread = 1 - np.exp(-0.01 * np.std(_row_histograms(list(grays), 256), axis=1))
+    blurry = np.minimum(blur + np.where(spread > 0.18, spread, 0.0), 1.0)  # CleanVision's blurry score
+    return [(f[0], f[1], int(hv), f[2], f[3], f[4], float(d), float(lt), f[5], float(b), f[6])
+            for f, hv, d, lt, b in zip(fields, hashes, dark, light, blurry)]
+
+
+def _measure_file(path: str) -> tuple[Optional[tuple], Optional[str]]:
     try:
         data = image_files.read_file(path)
         digest = hashlib.blake2b(data, digest_size=16).hexdigest()
         img = image_files.open_image(path, data)
         if 0 in img.size:
             return None, f"the image is empty ({img.size[0]}x{img.size[1]} pixels)"
-        return describe(img, digest), None
+        return measure(img, digest), None
     except image_files.DecodeError as e:
         return None, str(e)
     except Exception as e:  # truncated data surfaces on load, not on open; PIL raises many types
@@ -104,7 +141,15 @@ def file_record(path: str) -> tuple[Optional[tuple], Optional[str]]:
 
 
 def _records_of(paths: list[str]) -> list[tuple[Optional[tuple], Optional[str]]]:
-    return [file_record(p) for p in paths]
+    """(record, None) for each decodable file, (None, why not) otherwise."""
+    measured = [_measure_file(p) for p in paths]
+    done = iter(finish([m for m, _ in measured if m is not None]))
+    return [(next(done), None) if m is not None else (None, why) for m, why in measured]
+
+
+def file_record(path: str) -> tuple[Optional[tuple], Optional[str]]:
+    """(record, None) for a decodable file, (None, why not) otherwise."""
+    return _records_of([path])[0]
 
 
 def _workers() -> int:
