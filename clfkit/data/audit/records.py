@@ -9,9 +9,11 @@ information (entropy / 10), blurry (edge strength and grey-level spread), odd as
 
 The perceptual hash is pHash as the ``imagehash`` library defines it (grey, 32x32 Lanczos, 2-D
 DCT-II, the 8x8 lowest frequencies above their median), computed here on the decoded image:
-a few lines of numpy, no dependency, and no second decode. Brightness percentiles are taken on
-the image reduced to at most 256 px a side (CleanVision takes them on every pixel; for a
-12-megapixel photo that costs more than the decode), blur on at most 64 px like CleanVision.
+a few lines of numpy, no dependency, and no second decode; it equals ``imagehash.phash`` bit for
+bit. Brightness percentiles are read from a 1024-bin histogram of the image reduced to at most
+256 px a side (CleanVision sorts every pixel; for a 12-megapixel photo that costs more than the
+decode), blur on at most 64 px like CleanVision. The numeric work (DCT, medians, histograms) is
+done once per batch of files, not per image: on 28x28 images per-call overhead is the cost.
 
 Records are computed with one process per core, and cached under the cache dir by file content
 (``audit/<root hash>.npz``): a second check hashes each file's bytes and decodes only files
