@@ -343,7 +343,7 @@ def recipe_check(path: Path, overrides: tuple[str, ...]) -> None:
 # --------------------------------------------------------------------------- data
 @cli.group()
 def data() -> None:
-    """Prepare and inspect data."""
+    """Prepare data (pack as shards) and look at it before training (check)."""
 
 
 @data.command("pack")
@@ -501,6 +501,36 @@ def eval_cmd(run_dir: Path, split: str | None, data_root: Path | None, checkpoin
         click.echo(res.insight)
     if res.note:
         click.echo(f"note: {res.note}")
+
+
+@data.command("check")
+@click.argument("target", type=click.Path(path_type=Path), metavar="RECIPE|DATA_ROOT")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), metavar="RUN",
+              help="A run trained on this data: label errors on val/test and feature neighbours.")
+@click.option("--folds", default=0, type=click.IntRange(0, 20), metavar="K",
+              help="Train K models, each on all train folds but one, for label errors in train.")
+@click.option("--fold-epochs", type=click.IntRange(1), metavar="N", help="Epochs per fold [default: the recipe's].")
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a recipe field (repeatable).")
+@click.option("--out", default="data_check", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for data_check.json, data_check.html (never inside the data).")
+@click.option("--fix-split", is_flag=True, help="Also write leaked_files.csv: the val/test files to drop.")
+@click.option("--phash-distance", default=8, show_default=True, type=click.IntRange(0, 32),
+              help="Most differing bits (of 64) of two near-duplicates' perceptual hashes.")
+def data_check(target: Path, run_dir: Path | None, folds: int, fold_epochs: int | None, overrides: tuple[str, ...],
+               out: Path, fix_split: bool, phash_distance: int) -> None:
+    """Duplicates, leaks across splits, likely label errors and image-quality issues."""
+    from clfkit.audit.check import check_data
+    from clfkit.audit.report import console_report, write_outputs
+
+    if folds == 1:
+        _fail(ClfkitError("--folds 1 leaves nothing to train on: give 2 or more (or 0 for none)"))
+    result = run_guarded(check_data, target, run=run_dir, folds=folds, fold_epochs=fold_epochs,
+                         overrides=overrides, phash_distance=phash_distance, out=out)
+    files = run_guarded(write_outputs, result, out, fix_split)
+    click.echo(console_report(result), nl=False)
+    from clfkit.image_files import escape_path
+
+    click.echo("wrote " + ", ".join(escape_path(str(f)) for f in files))
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:

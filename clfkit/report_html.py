@@ -248,3 +248,8 @@ def write_folder_report(folder: str | Path, title: str, intro: str, rows: list[d
     path = folder / REPORT_FILE
     write_text(path, _page(title, sections))
     return path
+
+
+# other pages in this style (clfkit.audit.page: the data check) build on these
+html_page = _page
+html_table = _table

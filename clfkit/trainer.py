@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -25,6 +26,7 @@ from clfkit import __version__
 from clfkit.build import (build_augmentations, build_data, build_loss, build_model, build_optimizer,
                           build_regularizers, build_schedule)
 from clfkit.data import ImageSet, Splits, storage
+from clfkit.data.audit.quick import DataCheckWarning, quick_check
 from clfkit.engine import distributed
 from clfkit.engine.batches import num_batches
 from clfkit.engine.stream_batches import train_batches_for
@@ -68,15 +70,16 @@ class RunResult:
 
 def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
           run_dir: str | Path | None = None, resume: Optional[Resumed] = None,
-          trackers: tuple[Any, ...] = ()) -> RunResult:
-    """Train ``recipe``; write everything into a new run folder under ``out``. ``resume``
+          trackers: tuple[Any, ...] = (), splits: Optional[Splits] = None) -> RunResult:
+    """Train ``recipe``; write everything into a new run folder under ``out``. ``splits``: train
+    on these instead of the recipe's data (``clfkit data check --folds``: one fold each). ``resume``
     (from clfkit.run.resume.check_resumable) continues the run in ``run_dir`` from its last.pt.
     The run folder is locked (clfkit.run.folder) from its creation to the end of the run.
     ``trackers``: extra per-epoch observers besides the recipe's train.track (clfkit.tracking)."""
     require_trackers(recipe.train.track)  # a missing tracker package fails before the run folder exists
     with contextlib.ExitStack() as lock:
         trainer = Trainer(recipe, quiet=quiet, resume=resume)
-        trainer.load_data()
+        trainer.load_data(splits)
         trainer.build()  # before the run folder too: a bad init: file or loss.class_weights leaves nothing
         trainer.open_folder(out, run_dir, lock)
         trainer.start()
@@ -130,12 +133,17 @@ class Trainer:
         self.compile_seconds: Optional[float] = None
 
     # ------------------------------------------------------------------ set-up
-    def load_data(self) -> None:
-        """Read the data (before the run folder exists: a data error leaves nothing behind)."""
+    def load_data(self, splits: Optional[Splits] = None) -> None:
+        """Read the data (before the run folder exists: a data error leaves nothing behind);
+        ``splits``: these instead (already read)."""
         t0 = time.perf_counter()
         with distributed.main_first():  # rank 0 fills the data cache, the others read it
-            self.splits: Splits = build_data(self.recipe)
+            self.splits: Splits = splits if splits is not None else build_data(self.recipe)
         self.data_seconds = time.perf_counter() - t0
+        self.data_check: dict[str, Any] = {}
+        if self.resume is None and distributed.is_main():  # duplicates, leaks, conflicts: one hash per image
+            line, self.data_check = quick_check(self.splits, lambda w: warnings.warn(w, DataCheckWarning, 2))
+            self.report.print(line)
         if self.resume is not None:  # the labels are class indices: other classes would silently mislabel
             check_same_data(self.resume, self.splits.class_names, self.splits.in_chans, self.splits.image_size)
         # the files themselves (clfkit.run.data_record): other data would silently train on other images
@@ -414,6 +422,7 @@ class Trainer:
             "compile_seconds": self.compile_seconds,
             # as used, and where from (the train split, the init run, the recipe)
             "normalize": {"mean": self.mean, "std": self.std, "from": self.normalize_from},
+            "data_check": self.data_check,  # exact duplicates, leaks, conflicts (clfkit.data.audit.quick)
             "data": self.data_record,  # its fingerprint, and any resume on changed data (--allow-data-change)
             "class_weights": self.class_weights, "sampler": self.recipe.data.sampler,
             "clfkit_version": __version__, "epochs_run": len(self.history), "ema": self.state.ema is not None,
