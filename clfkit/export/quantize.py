@@ -16,7 +16,8 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 
@@ -75,20 +76,67 @@ def _quiet():
         root.setLevel(level)
 
 
-def quantize_bytes(fp32_bytes: bytes, calibration: np.ndarray) -> bytes:
-    """The fp32 graph as static int8 QDQ (per-channel weights), calibrated on ``calibration``."""
+@dataclass(frozen=True)
+class Int8Config:
+    """One way to quantize with onnxruntime (the options int8_bench.py measures).
+
+    ``fmt``: "qdq" (Q/DQ pairs that onnxruntime fuses into integer kernels when the session
+    optimizes) or "qoperator" (QLinearConv/QLinearMatMul written directly); ``activations`` /
+    ``weights``: "u8"/"s8"; ``keep``: which weight layers stay fp32 ("none", "first" when it
+    is small, "first_last"); ``op_types``: the op types to quantize (None: every one onnxruntime
+    can)."""
+
+    fmt: str = "qdq"
+    activations: str = "u8"
+    weights: str = "s8"
+    per_channel: bool = True
+    reduce_range: bool = False
+    keep: str = "first"
+    op_types: Optional[tuple[str, ...]] = None
+
+    def describe(self) -> str:
+        kept = {"none": "every layer int8", "first": "a small first layer kept in fp32",
+                "first_last": "first and last layers kept in fp32"}[self.keep]
+        ops = f", only {'/'.join(self.op_types)}" if self.op_types else ""
+        return (f"onnxruntime quantize_static: {self.fmt.upper()}, {self.activations.upper()}{self.weights.upper()} "
+                f"(activations/weights), {'per-channel' if self.per_channel else 'per-tensor'} weights"
+                f"{', reduce_range' if self.reduce_range else ''}, min/max; {kept}{ops}")
+
+
+# the default, chosen by bench/int8_bench.py (docs/performance.md gives the figures)
+DEFAULT_CONFIG = Int8Config()
+
+
+def quantize_bytes(fp32_bytes: bytes, calibration: np.ndarray, config: Int8Config = DEFAULT_CONFIG) -> bytes:
+    """The fp32 graph as static int8 (``config``), calibrated (min/max) on ``calibration``."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    types = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
     with tempfile.TemporaryDirectory(prefix="clfkit-int8-") as tmp, _quiet():
         src, pre, dst = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
         src.write_bytes(fp32_bytes)
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        keep = first_layer_to_keep(pre.read_bytes())
-        quantize_static(str(pre), str(dst), _Batches(calibration), quant_format=QuantFormat.QDQ,
-                        per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep)
+        quantize_static(str(pre), str(dst), _Batches(calibration),
+                        quant_format=QuantFormat.QDQ if config.fmt == "qdq" else QuantFormat.QOperator,
+                        per_channel=config.per_channel, reduce_range=config.reduce_range,
+                        weight_type=types[config.weights], activation_type=types[config.activations],
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=layers_to_keep(pre.read_bytes(), config.keep),
+                        op_types_to_quantize=list(config.op_types) if config.op_types else None)
         return dst.read_bytes()
+
+
+def layers_to_keep(model_bytes: bytes, keep: str) -> list[str]:
+    """The weight layers ``keep`` names ("none", "first", "first_last") that stay fp32."""
+    if keep == "none":
+        return []
+    first = first_layer_to_keep(model_bytes)
+    if keep == "first":
+        return first
+    import onnx
+
+    layers = [n.name for n in onnx.load_from_string(model_bytes).graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    return sorted(set(first) | set(layers[-1:]))
 
 
 def first_layer_to_keep(model_bytes: bytes, share: float = 0.05) -> list[str]:
@@ -104,6 +152,23 @@ def first_layer_to_keep(model_bytes: bytes, share: float = 0.05) -> list[str]:
               if n.op_type in ("Conv", "Gemm", "MatMul")]
     total = sum(s for _, s in layers)
     return [layers[0][0]] if layers and total and layers[0][1] < share * total else []
+
+
+INT8_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_int8_support(cpuinfo: str = "/proc/cpuinfo") -> dict[str, Any]:
+    """The CPU's int8-relevant flags (as /proc/cpuinfo lists them) and whether it has an int8
+    dot-product unit (VNNI or AMX), without which int8 convolutions rarely beat fp32. An
+    unreadable cpuinfo (not Linux) gives ``vnni: None``."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return {"flags": [], "vnni": None}
+    flags = next((set(line.split(":", 1)[1].split()) for line in text.splitlines()
+                  if line.startswith("flags")), set())
+    have = [f for f in INT8_FLAGS if f in flags]
+    return {"flags": have, "vnni": any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))}
 
 
 def _session(model_bytes: bytes):
