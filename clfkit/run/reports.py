@@ -16,7 +16,6 @@ from typing import Any, Optional
 import torch
 
 from clfkit.atomic import atomic_open
-from clfkit.run.plots import plot_confusion, plot_curves
 from clfkit.run.folder import RunFolder
 from clfkit.run.reader import read_run
 
@@ -64,6 +63,9 @@ def write_run_reports(run_dir: str | Path, confusion=None, class_names: Optional
                       split: Optional[str] = None) -> list[Path]:
     """curves.png always; per_class.csv and confusion.png from ``confusion`` or, by default,
     from the confusion matrix the trainer stored in summary.json. Returns the files written."""
+    # matplotlib (~20 MB, 0.3 s) only now, at the end of a run: not resident while it trains
+    from clfkit.run.plots import plot_confusion, plot_curves
+
     folder = RunFolder(run_dir)
     info = read_run(folder.path)
     files = [plot_curves(info, folder.curves)]
