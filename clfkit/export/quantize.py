@@ -1,11 +1,13 @@
 """Static int8 quantization of an exported graph, kept only if it still agrees with fp32.
 
-onnxruntime's quantization tools write QDQ nodes with per-channel int8 weights and uint8
-activations (a small first layer stays fp32: see :func:`first_layer_to_keep`), calibrated
-(min/max) on a few hundred of the run's training images; the images
+onnxruntime's quantize_static writes the graph with int8 weights and uint8 activations,
+calibrated (min/max) on a few hundred of the run's training images, in each way of
+:data:`CONFIGS` in turn (fastest first: per-tensor QOperator; then per-channel QDQ with a small
+first layer in fp32, see :func:`first_layer_to_keep`) until one agrees; the images
 come from the run's own dataset through the same decode path as training (``build_data``, its
 cache included). Agreement is top-1 agreement with the fp32 graph on the run's val images
-(held-out training images when there is no val split); below the threshold nothing is written.
+(held-out training images when there is no val split); when no configuration reaches the
+threshold nothing is written.
 Size and CPU speed are measured against the fp32 graph in the same process.
 """
 from __future__ import annotations
@@ -103,8 +105,18 @@ class Int8Config:
                 f"{', reduce_range' if self.reduce_range else ''}, min/max; {kept}{ops}")
 
 
-# the default, chosen by bench/int8_bench.py (docs/performance.md gives the figures)
-DEFAULT_CONFIG = Int8Config()
+    def short(self) -> str:
+        return (f"{self.fmt} {self.activations}{self.weights} {'per-channel' if self.per_channel else 'per-tensor'}"
+                f"{' reduce_range' if self.reduce_range else ''}{'' if self.keep == 'none' else ' keep ' + self.keep}")
+
+
+# What --int8 tries, fastest first; export keeps the first that meets --min-agreement. Chosen by
+# bench/int8_bench.py on a 2-core AVX-512 VNNI EPYC (docs/performance.md gives the figures):
+# per-tensor QOperator U8S8 ran fastest there; per-channel QDQ with the first layer in fp32 (the
+# earlier default) agrees best and is the fallback.
+CONFIGS = (Int8Config("qoperator", "u8", "s8", per_channel=False, keep="none"),
+           Int8Config("qdq", "u8", "s8", per_channel=True, keep="first"))
+DEFAULT_CONFIG = CONFIGS[0]
 
 
 def quantize_bytes(fp32_bytes: bytes, calibration: np.ndarray, config: Int8Config = DEFAULT_CONFIG) -> bytes:
@@ -197,15 +209,26 @@ def _seconds_per_batch(sessions: list, batch: np.ndarray, rounds: int = 7) -> li
     return best
 
 
+def _agreement(fp32, int8, check: np.ndarray) -> float:
+    return 100.0 * float((_logits(fp32, check).argmax(1) == _logits(int8, check).argmax(1)).mean())
+
+
 def quantize_run(fp32_bytes: bytes, state: dict[str, Any], min_agreement: float) -> tuple[bytes, dict[str, Any]]:
-    """(int8 graph bytes, report) for a run's fp32 graph; ExportError with the figure when the
-    int8 graph agrees with fp32 on less than ``min_agreement`` % of the held-out images."""
+    """(int8 graph bytes, report) for a run's fp32 graph: the first of :data:`CONFIGS` (fastest
+    first) whose graph agrees with fp32 on at least ``min_agreement`` % of the held-out images;
+    ExportError with the figures when none does."""
     calibration, check, source = run_images(state)
-    int8_bytes = quantize_bytes(fp32_bytes, calibration)
-    fp32, int8 = _session(fp32_bytes), _session(int8_bytes)
-    agreement = 100.0 * float((_logits(fp32, check).argmax(1) == _logits(int8, check).argmax(1)).mean())
-    if not agreement >= min_agreement:
-        raise ExportError(f"the int8 model agrees with fp32 on {agreement:.2f}% of {len(check)} {source} images, "
+    fp32 = _session(fp32_bytes)
+    tried = []
+    for config in CONFIGS:
+        int8_bytes = quantize_bytes(fp32_bytes, calibration, config)
+        int8 = _session(int8_bytes)
+        agreement = _agreement(fp32, int8, check)
+        if agreement >= min_agreement:
+            break
+        tried.append(f"{agreement:.2f}% {config.short()}")
+    else:
+        raise ExportError(f"the int8 model agrees with fp32 on {'; '.join(tried)} of {len(check)} {source} images, "
                           f"below --min-agreement {min_agreement:g}%; nothing was written")
     t_fp32, t_int8 = _seconds_per_batch([fp32, int8], check[:SPEED_BATCH])
     return int8_bytes, {
@@ -213,4 +236,15 @@ def quantize_run(fp32_bytes: bytes, state: dict[str, Any], min_agreement: float)
         "calibration_images": int(len(calibration)), "fp32_bytes": len(fp32_bytes), "bytes": len(int8_bytes),
         "size_ratio": len(int8_bytes) / len(fp32_bytes), "speed_ratio": t_fp32 / t_int8,
         "speed_batch": int(min(SPEED_BATCH, len(check))), "fp32_ms": 1000 * t_fp32, "int8_ms": 1000 * t_int8,
-        "method": "onnxruntime quantize_static: QDQ, per-channel int8 weights, uint8 activations, min/max; a small first layer kept in fp32"}
+        "method": config.describe(), "config": config.short(), "fell_back_from": tried, "cpu": cpu_int8_support()}
+
+
+def cpu_note(report: dict[str, Any]) -> str:
+    """One line when this CPU has no int8 dot-product unit (VNNI/AMX), else "": int8 then runs
+    near fp32 speed, or slower, whatever the configuration (docs/performance.md)."""
+    cpu = report.get("cpu") or {}
+    if cpu.get("vnni") is False:
+        return (f"note: this CPU has no VNNI/AMX int8 unit (int8 flags: {', '.join(cpu['flags']) or 'none'}), so "
+                f"int8 runs near fp32 speed here ({report['speed_ratio']:.2f}x); its gain is the smaller file, "
+                f"and speed on a CPU with avx512_vnni, avx_vnni or amx_int8")
+    return ""
