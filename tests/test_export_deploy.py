@@ -124,7 +124,7 @@ def test_int8_below_the_threshold_is_refused_with_the_figure(mlp_run, tmp_path, 
 
     real, calls = quantize._logits, []
 
-    def int8_disagrees(sess, images):  # quantize_run asks fp32 first, then int8
+    def int8_disagrees(sess, images):  # quantize_run asks fp32 first, then int8 (per configuration)
         calls.append(1)
         return real(sess, images) * (1 if len(calls) % 2 else -1)
 
@@ -133,6 +133,7 @@ def test_int8_below_the_threshold_is_refused_with_the_figure(mlp_run, tmp_path, 
     r = CliRunner().invoke(cli, ["export", str(mlp_run), "-o", str(out), "--int8"])
     assert r.exit_code != 0
     assert "the int8 model agrees with fp32 on" in r.output and "below --min-agreement 99%" in r.output
+    assert all(c.short() in r.output for c in quantize.CONFIGS)  # every configuration was tried, with its figure
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
