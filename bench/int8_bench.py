@@ -15,6 +15,14 @@ the mlp) and reports, per configuration and graph optimization level:
 
     python bench/int8_bench.py --out bench/results/int8.json
     python bench/int8_bench.py --kinds cnn --sizes 32 --rounds 3        # a quick look
+    python bench/int8_bench.py --kinds cnn,resnet --sizes 64 --rounds 5 \
+        --configs "qop u8s8 pt,qdq u8s8 pt,qop u8s8 pc,qdq u8s8 pc,qdq u8s8 pc first,qdq u8s8 pc first_last" \
+        --out bench/results/int8_64px.json
+
+bench/results/int8.json (every configuration) was taken with onnxruntime's threads spinning
+after each run (its default), which lets one session's idle threads take CPU from the next
+one timed: its batch-1 column and the mlp rows are not usable; int8_64px.json was taken with
+spinning off.
 """
 from __future__ import annotations
 
@@ -80,6 +88,9 @@ def session(model_bytes: bytes, level: str):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    # threads that spin after a run would take the CPU from the next session timed (and
+    # clfkit predict turns spinning off too)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                                      "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
                                      "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
@@ -140,11 +151,12 @@ def bench_model(kind: str, size: int, a) -> list[dict]:
     fp32_bytes, _ = to_onnx_bytes(model, torch.from_numpy(held[:2]))
     graphs = {"fp32": fp32_bytes}
     for name, cfg in CONFIGS.items():
-        graphs[name] = quantize_bytes(fp32_bytes, calibration, cfg)
+        if not a.configs or name in a.configs:
+            graphs[name] = quantize_bytes(fp32_bytes, calibration, cfg)
     if kind == "mlp":
         graphs["dynamic s8"] = dynamic_bytes(fp32_bytes)
     sessions = {(k, "all"): session(b, "all") for k, b in graphs.items()}
-    sessions.update({(k, lvl): session(graphs[k], lvl) for k, lvl in EXTRA_LEVELS})
+    sessions.update({(k, lvl): session(graphs[k], lvl) for k, lvl in EXTRA_LEVELS if k in graphs and not a.configs})
     ref = sessions[("fp32", "all")].run(None, {"image": held})[0]
     named = {("fp32" if k == ("fp32", "all") else f"{k[0]} @{k[1]}"): s for k, s in sessions.items()}
     ratios = interleaved_ratios(named, held, a.rounds, a.batch1_runs)
@@ -156,7 +168,7 @@ def bench_model(kind: str, size: int, a) -> list[dict]:
         rows.append({"model": kind, "px": size, "config": k, "level": lvl, "agreement": agreement(ref, s, held),
                      "size": len(graphs[k]) / len(fp32_bytes), "x_b64": r["b64"], "x_b1": r["b1"],
                      "fp32_ms_b64": r["fp32_ms_b64"], "int8_ms_b64": r["ms_b64"], "load_1m": os.getloadavg()[0],
-                     **({"settings": asdict(CONFIGS[k])} if k in CONFIGS else {})})
+                     "spinning": False, **({"settings": asdict(CONFIGS[k])} if k in CONFIGS else {})})
     print(f"{kind} {size}px done (load {os.getloadavg()[0]:.1f})", flush=True)
     return rows
 
@@ -168,8 +180,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--batch1-runs", type=int, default=8)
     p.add_argument("--train-steps", type=int, default=40)
+    p.add_argument("--configs", default="", help="comma-separated names of CONFIGS to run (default all, "
+                   "and the extra optimization levels)")
     p.add_argument("--out", default=None)
     a = p.parse_args()
+    a.configs = [c.strip() for c in a.configs.split(",") if c.strip()]
     rows = [r for kind in a.kinds.split(",") for size in map(int, a.sizes.split(",")) for r in bench_model(kind, size, a)]
     info = machine() | {"cpu_int8": cpu_int8_support()}
     result = {"bench": "int8", "machine": info, "rounds": a.rounds, "rows": rows,

@@ -192,6 +192,9 @@ def _session(model_bytes: bytes):
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # the speed ratio times two sessions in turn: one's threads spinning after its run would
+    # take the CPU from the other's (clfkit predict runs with spinning off too)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
