@@ -137,9 +137,9 @@ checkpoint_option = click.option(
 @click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
               help="Test-time augmentation inside the graph: flip averages the logits of the image and its "
                    "mirror image (predict needs no change).")
-@click.option("--int8", is_flag=True, help="Write a static int8 (QDQ, per-channel) model, calibrated on training "
-                                           "images; refused if its top-1 agreement with fp32 is below "
-                                           "--min-agreement.")
+@click.option("--int8", is_flag=True, help="Write a static int8 model, calibrated on training images: the fastest "
+                                           "of clfkit's int8 settings whose top-1 agreement with fp32 is at "
+                                           "least --min-agreement (refused if none is).")
 @click.option("--min-agreement", type=click.FloatRange(0, 100), metavar="PERCENT",
               help="With --int8: the least top-1 agreement with the fp32 model, in %, on held-out images "
                    "[default: 99].")
@@ -176,7 +176,11 @@ def export(run_dir: Path, output: Path | None, atol: float, checkpoint: str, tta
         click.echo(f"int8: top-1 agreement with fp32 {q['agreement']:.2f}% on {q['images']} {q['images_from']} "
                    f"images (threshold {q['min_agreement']:g}%); file {q['size_ratio']:.1%} of fp32 "
                    f"({q['bytes']:,} vs {q['fp32_bytes']:,} bytes); CPU speed {q['speed_ratio']:.2f}x fp32 "
-                   f"(batch {q['speed_batch']})")
+                   f"(batch {q['speed_batch']}); {q['config']}")
+        from clfkit.export.quantize import cpu_note
+
+        if cpu_note(q):
+            click.echo(cpu_note(q))
     _log_export_to_mlflow(run_dir, res.path)
 
 

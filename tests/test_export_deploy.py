@@ -124,7 +124,7 @@ def test_int8_below_the_threshold_is_refused_with_the_figure(mlp_run, tmp_path, 
 
     real, calls = quantize._logits, []
 
-    def int8_disagrees(sess, images):  # quantize_run asks fp32 first, then int8
+    def int8_disagrees(sess, images):  # quantize_run asks fp32 first, then int8 (per configuration)
         calls.append(1)
         return real(sess, images) * (1 if len(calls) % 2 else -1)
 
@@ -133,4 +133,53 @@ def test_int8_below_the_threshold_is_refused_with_the_figure(mlp_run, tmp_path, 
     r = CliRunner().invoke(cli, ["export", str(mlp_run), "-o", str(out), "--int8"])
     assert r.exit_code != 0
     assert "the int8 model agrees with fp32 on" in r.output and "below --min-agreement 99%" in r.output
+    assert all(c.short() in r.output for c in quantize.CONFIGS)  # every configuration was tried, with its figure
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_int8_falls_back_to_the_next_configuration_when_the_fastest_disagrees(mlp_run, tmp_path, monkeypatch):
+    """The fastest int8 configuration disagreeing (its logits negated here) is not the end: the
+    next one is tried, and the report names both."""
+    from clfkit.export import quantize
+
+    real, calls = quantize._logits, []
+
+    def first_int8_disagrees(sess, images):  # fp32, int8 (first config), fp32, int8 (second)
+        calls.append(1)
+        return real(sess, images) * (-1 if len(calls) == 2 else 1)
+
+    monkeypatch.setattr(quantize, "_logits", first_int8_disagrees)
+    out = tmp_path / "int8.onnx"
+    r = CliRunner().invoke(cli, ["export", str(mlp_run), "-o", str(out), "--int8", "--min-agreement", "90"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(_meta(out)["clfkit.int8"])
+    assert report["config"] == quantize.CONFIGS[1].short() and report["config"] in r.output
+    assert len(report["fell_back_from"]) == 1 and quantize.CONFIGS[0].short() in report["fell_back_from"][0]
+
+
+def test_int8_on_a_cpu_without_vnni_says_so_in_one_line(mlp_run, tmp_path, monkeypatch):
+    from clfkit.export import quantize
+
+    monkeypatch.setattr(quantize, "cpu_int8_support", lambda: {"flags": ["avx2"], "vnni": False})
+    r = CliRunner().invoke(cli, ["export", str(mlp_run), "-o", str(tmp_path / "q.onnx"), "--int8",
+                                 "--min-agreement", "90"])
+    assert r.exit_code == 0, r.output
+    notes = [line for line in r.output.splitlines() if "VNNI" in line]
+    assert len(notes) == 1 and "avx2" in notes[0] and "x)" in notes[0]
+    monkeypatch.setattr(quantize, "cpu_int8_support", lambda: {"flags": ["avx2", "avx512_vnni"], "vnni": True})
+    r = CliRunner().invoke(cli, ["export", str(mlp_run), "-o", str(tmp_path / "q.onnx"), "--int8",
+                                 "--min-agreement", "90"])
+    assert r.exit_code == 0 and "VNNI" not in r.output, r.output
+
+
+def test_cpu_int8_support_reads_the_flags(tmp_path):
+    from clfkit.export.quantize import cpu_int8_support
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx2 fma\n")
+    assert cpu_int8_support(str(info)) == {"flags": ["avx2"], "vnni": False}
+    info.write_text("flags\t: avx2 avx512f avx512bw avx512_vnni\n")
+    assert cpu_int8_support(str(info)) == {"flags": ["avx2", "avx512f", "avx512bw", "avx512_vnni"], "vnni": True}
+    info.write_text("flags\t: avx2 avx_vnni amx_int8\n")
+    assert cpu_int8_support(str(info))["vnni"] is True
+    assert cpu_int8_support(str(tmp_path / "missing")) == {"flags": [], "vnni": None}

@@ -1,11 +1,14 @@
 """Static int8 quantization of an exported graph, kept only if it still agrees with fp32.
 
-onnxruntime's quantization tools write QDQ nodes with per-channel int8 weights and uint8
-activations (a small first layer stays fp32: see :func:`first_layer_to_keep`), calibrated
-(min/max) on a few hundred of the run's training images; the images
+onnxruntime's quantize_static writes the graph with int8 weights and uint8 activations,
+calibrated (min/max) on a few hundred of the run's training images, in each way of
+:data:`CONFIGS` in turn (fastest first: per-tensor QOperator; then per-channel QDQ with a small
+first layer in fp32, see :func:`first_layer_to_keep`; then the last layer in fp32 too) until
+one agrees; the images
 come from the run's own dataset through the same decode path as training (``build_data``, its
 cache included). Agreement is top-1 agreement with the fp32 graph on the run's val images
-(held-out training images when there is no val split); below the threshold nothing is written.
+(held-out training images when there is no val split); when no configuration reaches the
+threshold nothing is written.
 Size and CPU speed are measured against the fp32 graph in the same process.
 """
 from __future__ import annotations
@@ -16,6 +19,7 @@ import logging
 import tempfile
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -87,20 +91,80 @@ def _quiet():
         root.setLevel(level)
 
 
-def quantize_bytes(fp32_bytes: bytes, calibration: np.ndarray) -> bytes:
-    """The fp32 graph as static int8 QDQ (per-channel weights), calibrated on ``calibration``."""
+@dataclass(frozen=True)
+class Int8Config:
+    """One way to quantize with onnxruntime (the options int8_bench.py measures).
+
+    ``fmt``: "qdq" (Q/DQ pairs that onnxruntime fuses into integer kernels when the session
+    optimizes) or "qoperator" (QLinearConv/QLinearMatMul written directly); ``activations`` /
+    ``weights``: "u8"/"s8"; ``keep``: which weight layers stay fp32 ("none", "first" when it
+    is small, "first_last"); ``op_types``: the op types to quantize (None: every one onnxruntime
+    can)."""
+
+    fmt: str = "qdq"
+    activations: str = "u8"
+    weights: str = "s8"
+    per_channel: bool = True
+    reduce_range: bool = False
+    keep: str = "first"
+    op_types: Optional[tuple[str, ...]] = None
+
+    def describe(self) -> str:
+        kept = {"none": "every layer int8", "first": "a small first layer kept in fp32",
+                "first_last": "first and last layers kept in fp32"}[self.keep]
+        ops = f", only {'/'.join(self.op_types)}" if self.op_types else ""
+        return (f"onnxruntime quantize_static: {self.fmt.upper()}, {self.activations.upper()}{self.weights.upper()} "
+                f"(activations/weights), {'per-channel' if self.per_channel else 'per-tensor'} weights"
+                f"{', reduce_range' if self.reduce_range else ''}, min/max; {kept}{ops}")
+
+
+    def short(self) -> str:
+        return (f"{self.fmt} {self.activations}{self.weights} {'per-channel' if self.per_channel else 'per-tensor'}"
+                f"{' reduce_range' if self.reduce_range else ''}{'' if self.keep == 'none' else ' keep ' + self.keep}")
+
+
+# What --int8 tries, fastest first; export keeps the first that meets --min-agreement. Measured
+# by bench/int8_bench.py on a 2-core AVX-512 VNNI EPYC (docs/performance.md#int8-on-the-cpu):
+# per-tensor QOperator U8S8 ran fastest on every model (batch 64: 2.6x fp32 on resnet 64 px, 1.5x
+# on cnn 64 px); per-channel QDQ with the first layer in fp32 (the former default: 1.5x and
+# 0.8x) agrees best on most; keeping the last layer too rescued a cnn whose large final Gemm
+# lost all agreement in int8 (2% -> 100%). S8S8 activations ran 3-10x slower than U8S8 there.
+CONFIGS = (Int8Config("qoperator", "u8", "s8", per_channel=False, keep="none"),
+           Int8Config("qdq", "u8", "s8", per_channel=True, keep="first"),
+           Int8Config("qdq", "u8", "s8", per_channel=True, keep="first_last"))
+DEFAULT_CONFIG = CONFIGS[0]
+
+
+def quantize_bytes(fp32_bytes: bytes, calibration: np.ndarray, config: Int8Config = DEFAULT_CONFIG) -> bytes:
+    """The fp32 graph as static int8 (``config``), calibrated (min/max) on ``calibration``."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    types = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
     with tempfile.TemporaryDirectory(prefix="clfkit-int8-") as tmp, _quiet():
         src, pre, dst = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
         src.write_bytes(fp32_bytes)
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        keep = first_layer_to_keep(pre.read_bytes())
-        quantize_static(str(pre), str(dst), _Batches(calibration), quant_format=QuantFormat.QDQ,
-                        per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep)
+        quantize_static(str(pre), str(dst), _Batches(calibration),
+                        quant_format=QuantFormat.QDQ if config.fmt == "qdq" else QuantFormat.QOperator,
+                        per_channel=config.per_channel, reduce_range=config.reduce_range,
+                        weight_type=types[config.weights], activation_type=types[config.activations],
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=layers_to_keep(pre.read_bytes(), config.keep),
+                        op_types_to_quantize=list(config.op_types) if config.op_types else None)
         return dst.read_bytes()
+
+
+def layers_to_keep(model_bytes: bytes, keep: str) -> list[str]:
+    """The weight layers ``keep`` names ("none", "first", "first_last") that stay fp32."""
+    if keep == "none":
+        return []
+    first = first_layer_to_keep(model_bytes)
+    if keep == "first":
+        return first
+    import onnx
+
+    layers = [n.name for n in onnx.load_from_string(model_bytes).graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    return sorted(set(first) | set(layers[-1:]))
 
 
 def first_layer_to_keep(model_bytes: bytes, share: float = 0.05) -> list[str]:
@@ -118,11 +182,31 @@ def first_layer_to_keep(model_bytes: bytes, share: float = 0.05) -> list[str]:
     return [layers[0][0]] if layers and total and layers[0][1] < share * total else []
 
 
+INT8_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_int8_support(cpuinfo: str = "/proc/cpuinfo") -> dict[str, Any]:
+    """The CPU's int8-relevant flags (as /proc/cpuinfo lists them) and whether it has an int8
+    dot-product unit (VNNI or AMX), without which int8 convolutions rarely beat fp32. An
+    unreadable cpuinfo (not Linux) gives ``vnni: None``."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return {"flags": [], "vnni": None}
+    flags = next((set(line.split(":", 1)[1].split()) for line in text.splitlines()
+                  if line.startswith("flags")), set())
+    have = [f for f in INT8_FLAGS if f in flags]
+    return {"flags": have, "vnni": any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))}
+
+
 def _session(model_bytes: bytes):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # the speed ratio times two sessions in turn: one's threads spinning after its run would
+    # take the CPU from the other's (clfkit predict runs with spinning off too)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
@@ -144,17 +228,29 @@ def _seconds_per_batch(sessions: list, batch: np.ndarray, rounds: int = 7) -> li
     return best
 
 
+def _agreement(fp32, int8, check: np.ndarray) -> float:
+    return 100.0 * float((_logits(fp32, check).argmax(1) == _logits(int8, check).argmax(1)).mean())
+
+
 def quantize_run(fp32_bytes: bytes, state: dict[str, Any], min_agreement: float,
                  data_root: Optional[str | Path] = None) -> tuple[bytes, dict[str, Any]]:
-    """(int8 graph bytes, report) for a run's fp32 graph; ExportError with the figure when the
-    int8 graph agrees with fp32 on less than ``min_agreement`` % of the held-out images.
-    ``data_root``: read the run's folder dataset from there (it moved)."""
+    """(int8 graph bytes, report) for a run's fp32 graph: the first of :data:`CONFIGS` (fastest
+    first) whose graph agrees with fp32 on at least ``min_agreement`` % of the held-out images;
+    ExportError with the figures when none does. ``data_root``: read the run's folder dataset from
+    there (it moved)."""
     calibration, check, source = run_images(state, data_root)
-    int8_bytes = quantize_bytes(fp32_bytes, calibration)
-    fp32, int8 = _session(fp32_bytes), _session(int8_bytes)
-    agreement = 100.0 * float((_logits(fp32, check).argmax(1) == _logits(int8, check).argmax(1)).mean())
-    if not agreement >= min_agreement:
-        raise ExportError(f"the int8 model agrees with fp32 on {agreement:.2f}% of {len(check)} {source} images, "
+    fp32 = _session(fp32_bytes)
+    tried = []
+    for config in CONFIGS:
+        int8_bytes = quantize_bytes(fp32_bytes, calibration, config)
+        int8 = _session(int8_bytes)
+        agreement = _agreement(fp32, int8, check)
+        if agreement >= min_agreement:
+            break
+        tried.append(f"{agreement:.2f}% ({config.short()})")
+    else:
+        figures = "; ".join(tried)
+        raise ExportError(f"the int8 model agrees with fp32 on {figures} of {len(check)} {source} images, "
                           f"below --min-agreement {min_agreement:g}%; nothing was written")
     t_fp32, t_int8 = _seconds_per_batch([fp32, int8], check[:SPEED_BATCH])
     return int8_bytes, {
@@ -162,4 +258,15 @@ def quantize_run(fp32_bytes: bytes, state: dict[str, Any], min_agreement: float,
         "calibration_images": int(len(calibration)), "fp32_bytes": len(fp32_bytes), "bytes": len(int8_bytes),
         "size_ratio": len(int8_bytes) / len(fp32_bytes), "speed_ratio": t_fp32 / t_int8,
         "speed_batch": int(min(SPEED_BATCH, len(check))), "fp32_ms": 1000 * t_fp32, "int8_ms": 1000 * t_int8,
-        "method": "onnxruntime quantize_static: QDQ, per-channel int8 weights, uint8 activations, min/max; a small first layer kept in fp32"}
+        "method": config.describe(), "config": config.short(), "fell_back_from": tried, "cpu": cpu_int8_support()}
+
+
+def cpu_note(report: dict[str, Any]) -> str:
+    """One line when this CPU has no int8 dot-product unit (VNNI/AMX), else "": int8 then runs
+    near fp32 speed, or slower, whatever the configuration (docs/performance.md)."""
+    cpu = report.get("cpu") or {}
+    if cpu.get("vnni") is False:
+        return (f"note: this CPU has no VNNI/AMX int8 unit (int8 flags: {', '.join(cpu['flags']) or 'none'}), so "
+                f"int8 runs near fp32 speed here ({report['speed_ratio']:.2f}x); its gain is the smaller file, "
+                f"and speed on a CPU with avx512_vnni, avx_vnni or amx_int8")
+    return ""
