@@ -80,7 +80,8 @@ def class_key(name: str) -> str:
 
 
 def _spellings(pairs: list[tuple[str, str]]) -> str:
-    return "; ".join(f"{a!r} and {b!r}" for a, b in pairs[:5]) + (f" and {len(pairs) - 5} more pair(s)"
+    # ascii(), not repr(): repr shows NFD 'cafe\u0301' as 'café', the very look-alike being reported
+    return "; ".join(f"{ascii(a)} and {ascii(b)}" for a, b in pairs[:5]) + (f" and {len(pairs) - 5} more pair(s)"
                                                                   if len(pairs) > 5 else "")
 
 

@@ -25,7 +25,7 @@ def _folder_recipe(tmp_path, root, **source):
                                   ("lily", "li\u200bly")])
 def test_two_train_folders_that_print_alike_are_an_error_naming_both(tmp_path, a, b):
     root = write_image_folder(tmp_path / "d", classes=(a, b, "other"), per_class=2, size=8)
-    out = refused([repr(a), repr(b), "Unicode normalization", "whitespace"], "train",
+    out = refused([ascii(a), ascii(b), "Unicode normalization", "whitespace"], "train",
                   _folder_recipe(tmp_path, root), "--out", tmp_path / "runs", max_lines=None)
     assert str(root / "train") in out
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
@@ -43,7 +43,7 @@ def test_a_split_spelling_a_train_class_otherwise_names_both_spellings(tmp_path,
     if split == "val":
         shutil.copytree(root / "train", root / "val")
     (root / split / NFC).rename(root / split / NFD)
-    out = refused([repr(NFC), repr(NFD), "spell the same class differently", split], "train",
+    out = refused([ascii(NFC), ascii(NFD), "spell the same class differently", split], "train",
                   _folder_recipe(tmp_path, root), "--out", tmp_path / "runs", max_lines=None)
     assert "lacks" not in out and "different class folders" not in out
 
@@ -62,12 +62,12 @@ def test_csv_labels_that_print_alike_are_an_error(tmp_path):
                                       "train": {"epochs": 1, "batch_size": 8}}))
     _csv(root / "train.csv", root, "train", lambda name: name)
     _csv(root / "test.csv", root, "test", lambda name: unicodedata.normalize("NFD", name))
-    refused([repr(NFC), repr(NFD), "test CSV", "spell the same class differently"], "train", recipe,
+    refused([ascii(NFC), ascii(NFD), "test CSV", "spell the same class differently"], "train", recipe,
             "--out", tmp_path / "runs", max_lines=None)
     text = (root / "train.csv").read_text(encoding="utf-8").splitlines()
     text[1] = text[1].replace(NFC, NFD)  # one row of the train CSV in the other form
     (root / "train.csv").write_text("\n".join(text) + "\n", encoding="utf-8")
-    refused([repr(NFC), repr(NFD), "train CSV", "Unicode normalization"], "train", recipe,
+    refused([ascii(NFC), ascii(NFD), "train CSV", "Unicode normalization"], "train", recipe,
             "--out", tmp_path / "runs", max_lines=None)
 
 
@@ -80,5 +80,5 @@ def test_eval_on_data_spelled_otherwise_names_both_spellings(tmp_path):
     shutil.copytree(root, other)
     for split in ("train", "test"):
         (other / split / NFC).rename(other / split / NFD)
-    refused([repr(NFC), repr(NFD), "spell the same class differently"], "eval", run, "--data-root", other,
+    refused([ascii(NFC), ascii(NFD), "spell the same class differently"], "eval", run, "--data-root", other,
             max_lines=None)

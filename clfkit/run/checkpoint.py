@@ -51,7 +51,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ModelFileError(f"{path} is not a clfkit checkpoint: {_unloadable(e)}; give a run folder or a "
                              f"checkpoint (best.pt, last.pt) written by `clfkit train`") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ModelFileError(f"{path} is a torch file but not a clfkit checkpoint (no '{FORMAT}' marker)")
+        raise ModelFileError(f"{path} is a torch file but not a clfkit checkpoint (no '{FORMAT}' marker); give a "
+                             f"run folder or a checkpoint (best.pt, last.pt) written by `clfkit train`. Plain "
+                             f"weights (a state dict, a .safetensors file) go to a timm model's `weights:` "
+                             f"(docs/fine-tuning.md)")
     if not isinstance(state.get("format_version", 0), int) or state.get("format_version", 0) > FORMAT_VERSION:
         raise ModelFileError(f"{path} was written by a newer clfkit ({state.get('clfkit_version')}); "
                              f"upgrade clfkit to read it")
