@@ -141,9 +141,12 @@ class Trainer:
             self.splits: Splits = splits if splits is not None else build_data(self.recipe)
         self.data_seconds = time.perf_counter() - t0
         self.data_check: dict[str, Any] = {}
+        # said after the run's first line (open_folder): a recipe refused later prints only its error
+        self.data_check_lines: list[str] = []
+        self.data_check_warnings: list[str] = []
         if self.resume is None and distributed.is_main():  # duplicates, leaks, conflicts: one hash per image
-            line, self.data_check = quick_check(self.splits, lambda w: warnings.warn(w, DataCheckWarning, 2))
-            self.report.print(line)
+            line, self.data_check = quick_check(self.splits, self.data_check_warnings.append)
+            self.data_check_lines.append(line)
         if self.resume is not None:  # the labels are class indices: other classes would silently mislabel
             check_same_data(self.resume, self.splits.class_names, self.splits.in_chans, self.splits.image_size)
         # the files themselves (clfkit.run.data_record): other data would silently train on other images
@@ -176,6 +179,10 @@ class Trainer:
                           f"data: {_describe(self.splits, self.data_seconds)}")
         if self.data_note:
             self.report.print(self.data_note)
+        for line in self.data_check_lines:
+            self.report.print(line)
+        for message in self.data_check_warnings:
+            warnings.warn(message, DataCheckWarning, 2)
         for r in self.receipts:
             self.report.print(r.line())
         if self.receipts and distributed.is_main():

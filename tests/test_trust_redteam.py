@@ -86,7 +86,7 @@ def test_predict_never_replaces_a_file_it_did_not_write(trained_run, tmp_path, e
     images = write_image_folder(tmp_path / "imgs", size=16) / "test"
     target = tmp_path / existing
     target.write_text("keep me")
-    refused([existing, "not an earlier predictions file"], "predict", model, images, "-o", target)
+    refused([existing, "only an earlier predictions file is replaced"], "predict", model, images, "-o", target)
     assert target.read_text() == "keep me"
     earlier = tmp_path / "old.txt"
     earlier.write_text("stale")

@@ -20,9 +20,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import torch
-from matplotlib.figure import Figure
 
 from clfkit.atomic import write_bytes, write_json
 from clfkit.engine.batches import eval_batches
@@ -117,6 +115,11 @@ def ece_fields(by_split: dict[str, Any]) -> dict[str, float | None]:
 def plot_reliability(by_split: dict[str, Any], path: Path, checkpoint: str) -> Path:
     """reliability.png: per split, accuracy against mean confidence per bin (the diagonal is a
     calibrated model), bar widths the bins, the share of images per bin below."""
+    # matplotlib only now, when the figure is drawn: importing the trainer needs none (a GPU
+    # machine's image may lack it; a training epoch keeps it out of memory)
+    import matplotlib
+    from matplotlib.figure import Figure
+
     splits = list(by_split) or ["none"]
     fig = Figure(figsize=(5.0 * len(splits), 5.2), dpi=100, layout="constrained")
     axes = fig.subplots(2, len(splits), squeeze=False, height_ratios=[3, 1], sharex=True)
