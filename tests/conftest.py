@@ -173,3 +173,17 @@ def extend_and_resume(run_dir: Path, epochs: int):
     (run_dir / "summary.json").unlink()
     set_recorded_epochs(run_dir, epochs)
     return resume_run(run_dir, quiet=True)
+
+
+def train_folder_run(base: Path, name: str, per_class: int, val_fraction: float) -> tuple[Path, Path]:
+    """(a 1-epoch tiny mlp run trained through the CLI on a folder dataset made in ``base``, that
+    dataset's root): for tests about a run's data (moved, changed, evaluated elsewhere)."""
+    import yaml
+
+    root = write_image_folder(base / "data", per_class=per_class, size=8)
+    recipe = {**TINY, "name": name, "model": {"name": "mlp", "hidden": [8]}, "train": {"epochs": 1, "batch_size": 4},
+              "data": {"source": {"name": "folder", "root": str(root)}, "image_size": 8, "val_fraction": val_fraction}}
+    (base / f"{name}.yaml").write_text(yaml.safe_dump(recipe))
+    code, out = invoke("train", base / f"{name}.yaml", "--out", base / "runs", "--quiet")
+    assert code == 0, out
+    return base / "runs" / name, root

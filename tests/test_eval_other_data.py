@@ -8,20 +8,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import TINY, invoke, write_image_folder
+from conftest import invoke, train_folder_run
 
 
 @pytest.fixture(scope="module")
 def folder_run(tmp_path_factory) -> tuple[Path, Path]:
-    base = tmp_path_factory.mktemp("evaldata")
-    root = write_image_folder(base / "data", per_class=6, size=8)
-    recipe = {**TINY, "name": "e", "model": {"name": "mlp", "hidden": [8]}, "train": {"epochs": 1, "batch_size": 4},
-              "data": {"source": {"name": "folder", "root": str(root)}, "image_size": 8, "val_fraction": 0.34}}
-    (base / "e.yaml").write_text(yaml.safe_dump(recipe))
-    code, out = invoke("train", base / "e.yaml", "--out", base / "runs", "--quiet")
-    assert code == 0, out
-    return base / "runs" / "e", root
+    """(a run trained on a folder dataset, that dataset's root)."""
+    return train_folder_run(tmp_path_factory.mktemp("evaldata"), "e", per_class=6, val_fraction=0.34)
 
 
 def _eval(run: Path, *args) -> str:

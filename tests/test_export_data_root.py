@@ -6,8 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import TINY, invoke, refused, write_image_folder
+from conftest import invoke, refused, train_folder_run, write_image_folder
 
 pytest.importorskip("onnxruntime")
 
@@ -15,14 +14,7 @@ pytest.importorskip("onnxruntime")
 @pytest.fixture(scope="module")
 def folder_run(tmp_path_factory) -> tuple[Path, Path]:
     """(a run trained on a folder dataset, that dataset's root)."""
-    base = tmp_path_factory.mktemp("moved")
-    root = write_image_folder(base / "data", per_class=8, size=8)
-    recipe = {**TINY, "name": "f", "model": {"name": "mlp", "hidden": [8]}, "train": {"epochs": 1, "batch_size": 4},
-              "data": {"source": {"name": "folder", "root": str(root)}, "image_size": 8, "val_fraction": 0.25}}
-    (base / "f.yaml").write_text(yaml.safe_dump(recipe))
-    code, out = invoke("train", base / "f.yaml", "--out", base / "runs", "--quiet")
-    assert code == 0, out
-    return base / "runs" / "f", root
+    return train_folder_run(tmp_path_factory.mktemp("moved"), "f", per_class=8, val_fraction=0.25)
 
 
 def test_int8_export_after_the_data_moved(folder_run, tmp_path):

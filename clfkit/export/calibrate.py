@@ -44,23 +44,9 @@ class TemperatureScaled(torch.nn.Module):
 def _val_split(state: dict, data_root: Optional[str | Path] = None) -> Any:
     """The run's val split, read as the run read it (its recipe: same data, size, hold-out, seed);
     ``data_root`` (``export --data-root``) reads its folder dataset from there instead."""
-    from clfkit.build import build_data
-    from clfkit.errors import DataError
-    from clfkit.run.data_record import recipe_on_data
+    from clfkit.export.run_data import read_run_splits
 
-    try:
-        recipe = recipe_on_data(state["recipe"], data_root, "the checkpoint's recipe", "export --calibrate")
-    except DataError as e:
-        raise ExportError(f"{e}; nothing was written") from None
-    try:
-        splits = build_data(recipe)
-    except Exception as e:  # noqa: BLE001 - unreadable data: say what --calibrate needs
-        raise ExportError(f"--calibrate fits on the run's val images, which cannot be read ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:200]}); give the data's place with --data-root; nothing "
-                          f"was written") from None
-    if splits.class_names != state["class_names"]:
-        raise ExportError(f"--calibrate: the run's data now has classes {splits.class_names}, but the model was "
-                          f"trained on {state['class_names']}; nothing was written")
+    splits = read_run_splits(state, data_root, "--calibrate", "fits the temperature on the run's val images")
     val = splits.val
     if val is None or len(val) == 0 or not val.labelled:
         raise ExportError("--calibrate fits the temperature on the run's val split, and this run's data has no "

@@ -38,24 +38,9 @@ def run_images(state: dict[str, Any], data_root: Optional[str | Path] = None) ->
     that folder instead."""
     import torch
 
-    from clfkit.build import build_data
-    from clfkit.errors import DataError
-    from clfkit.run.data_record import recipe_on_data, where
+    from clfkit.export.run_data import read_run_splits
 
-    try:
-        recipe = recipe_on_data(state["recipe"], data_root, "the checkpoint's recipe", "export --int8 (calibration)")
-    except DataError as e:
-        raise ExportError(f"{e}; nothing was written") from None
-    try:
-        splits = build_data(recipe)
-    except Exception as e:  # noqa: BLE001 - unreadable data: say what int8 needs
-        raise ExportError(f"--int8 calibrates on the run's training images, which cannot be read "
-                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); give the data's place "
-                          f"with --data-root; nothing was written") from None
-    if splits.class_names != state["class_names"]:
-        raise ExportError(f"--int8: the data at {where(recipe.data.source)} has classes {splits.class_names}, but the "
-                          f"run was trained on {state['class_names']}; give the run's data with --data-root; nothing "
-                          f"was written")
+    splits = read_run_splits(state, data_root, "--int8", "calibrates on the run's training images")
     train = splits.train.images  # indexed, never loaded whole: it may be a data.storage: disk file
     order = torch.from_numpy(np.random.default_rng(0).permutation(len(train)))
     calibration = train[order[:CALIBRATION_IMAGES]].numpy()
