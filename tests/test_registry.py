@@ -7,7 +7,7 @@ import torch.nn as nn
 from clfkit import registry
 from clfkit.errors import RecipeError, RegistryError
 from clfkit.registry import KINDS, Registry
-from clfkit.registry.registrations import REGISTRATIONS
+from clfkit.registry.plugins import REGISTRATIONS
 
 
 def test_builtin_kinds_and_names():

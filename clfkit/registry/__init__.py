@@ -21,13 +21,13 @@ its distribution name and the cause, and the rest of clfkit keeps working.
 
 The package, one concern per module:
 
-* ``kinds``         the kinds of component and their calling contracts (KINDS)
-* ``entries``       one registered component (Entry) and the checks of its contract
+* ``entries``       the kinds of component and their calling contracts (KINDS), one
+                    registered component (Entry) and the checks of its contract, type hints as text
 * ``table``         Registry: add, get, create, remove, entries, fallbacks
 * ``specs``         ``{name, args}`` specs checked against the component's signature
-* ``plugins``       entry-point discovery, CLFKIT_PLUGINS, isolation of broken plugins
-* ``registrations`` where ``@register`` puts a component (the process-wide state)
-* ``hints``         type hints as text, for the README and ``clfkit plugins show``
+* ``plugins``       where ``@register`` puts a component (the process-wide state); entry-point
+                    discovery, CLFKIT_PLUGINS, isolation of broken plugins
+* ``scaffold``      ``clfkit plugins new``: a plugin package from ``templates/plugin``
 
 This module holds the one registry clfkit uses, :data:`REGISTRY`, and the functions over it
 that components, recipes and plugins call. They read ``REGISTRY`` when called, so a test may
@@ -39,11 +39,8 @@ import functools
 from typing import Any, Callable
 
 from clfkit.registry import specs
-from clfkit.registry.entries import Entry
-from clfkit.registry.hints import type_hints, type_text
-from clfkit.registry.kinds import BUILTIN, KINDS, REGULARIZER_HOOKS, Kind, check_kind, define_kind
-from clfkit.registry.plugins import ENTRY_POINT_GROUP, plugin_selection, plugins_disabled
-from clfkit.registry.registrations import REGISTRATIONS
+from clfkit.registry.entries import BUILTIN, Entry, Kind, KINDS, REGULARIZER_HOOKS, check_kind, define_kind, type_hints, type_text
+from clfkit.registry.plugins import ENTRY_POINT_GROUP, REGISTRATIONS, plugin_selection, plugins_disabled
 from clfkit.registry.specs import split_spec
 from clfkit.registry.table import Registry
 

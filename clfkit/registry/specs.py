@@ -12,8 +12,7 @@ import pydantic
 from pydantic import BaseModel
 
 from clfkit.errors import RecipeError, RegistryError
-from clfkit.registry.entries import Entry
-from clfkit.registry.kinds import KINDS
+from clfkit.registry.entries import Entry, KINDS
 from clfkit.suggest import did_you_mean
 
 Lookup = Callable[[str, str], Entry]

@@ -8,10 +8,8 @@ from typing import Any, Callable, Iterator
 
 from clfkit import yamltext
 from clfkit.errors import ClfkitError, PluginError, RegistryError
-from clfkit.registry.entries import Entry, check_contract, check_result
-from clfkit.registry.kinds import BUILTIN, KINDS, check_kind
-from clfkit.registry.plugins import infer_provider, load_plugins
-from clfkit.registry.registrations import REGISTRATIONS
+from clfkit.registry.entries import BUILTIN, Entry, KINDS, check_contract, check_kind, check_result
+from clfkit.registry.plugins import REGISTRATIONS, infer_provider, load_plugins
 from clfkit.registry.specs import check_spec, resolve_spec, split_spec, validate_args
 from clfkit.suggest import did_you_mean
 
