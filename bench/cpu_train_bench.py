@@ -2,7 +2,7 @@
 
 For each model kind (mlp on 28 px, cnn and resnet18 half width on 32 px; clfkit's procedural
 shapes, in memory, no augmentation) it builds a run with clfkit's Trainer (load_data, build:
-the run's TrainState and TrainBatches) and times clfkit.engine.loop.train_one_epoch, and times
+the run's TrainState and TrainBatches) and times clfkit.train.engine.loop.train_one_epoch, and times
 a plain loop written here on the same uint8 tensor: randperm, index, forward (the same
 ImageClassifier, normalization inside), cross-entropy, zero_grad, backward, SGD step. Epochs
 alternate (clfkit, plain, clfkit, plain, ...) so load that comes and goes hits both alike; the
@@ -43,8 +43,8 @@ def recipe_for(kind: str, a, compile_: bool = False, channels_last: bool = False
 
 def clfkit_epoch(recipe):
     """A function that trains one more epoch through clfkit's engine and returns its seconds."""
-    from clfkit.engine.loop import train_one_epoch
-    from clfkit.trainer import Trainer
+    from clfkit.train.engine.loop import train_one_epoch
+    from clfkit.train.trainer import Trainer
 
     trainer = Trainer(recipe, quiet=True, resume=None)
     trainer.load_data()
@@ -64,7 +64,7 @@ def plain_epoch(recipe, train):
     import torch
     import torch.nn.functional as F
 
-    from clfkit.build import build_model
+    from clfkit.train.build import build_model
 
     torch.manual_seed(0)
     model = build_model(recipe, 10, train.images.shape[1], tuple(train.images.shape[2:]), [0.5] * 3, [0.25] * 3)
@@ -127,7 +127,7 @@ def main() -> None:
     p.add_argument("--out", default=None)
     a = p.parse_args()
     rows = [bench_kind(k, a) for k in a.kinds.split(",")]
-    from clfkit.export.quantize import cpu_int8_support
+    from clfkit.deploy.export.quantize import cpu_int8_support
 
     result = {"bench": "cpu_train", "machine": machine() | {"cpu_int8": cpu_int8_support()}, "rows": rows,
               "note": "ratio = median over interleaved rounds of plain-loop epoch time / clfkit epoch time "

@@ -202,7 +202,7 @@ def synthetic_timing(n: int, work: Path) -> dict:
     """Exact + perceptual + quality checks on ``n`` 28x28 PNGs (1/6 moved to test/) against one
     decode of the same files by clfkit's loader (every core, no cache)."""
     from clfkit.audit.check import check_data
-    from clfkit.data.folder import load_folder
+    from clfkit.data.class_folders import load_folder
 
     root = make_folder(work / f"synthetic{n}", n, 28)
     if not (root / "test").exists():
@@ -233,7 +233,7 @@ def feature_similarities(root: Path, work: Path, truth: dict, epochs: int) -> di
     from clfkit.data.audit import neighbours
     from clfkit.data.audit.catalog import load_catalog
     from clfkit.recipe import load_recipe
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     t0 = time.perf_counter()
     run = train(load_recipe(recipe_file(work, root, epochs)), work / "runs", quiet=True).run_dir

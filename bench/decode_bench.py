@@ -78,7 +78,7 @@ def one_process_rate(paths: list[Path], size: int) -> float:
 
 def clfkit_rate(root: Path, size: int, n: int) -> tuple[float, float, float]:
     """(images/s, images per CPU second over every process, cores obtained = CPU s / wall s)."""
-    from clfkit.data.folder import load_folder
+    from clfkit.data.class_folders import load_folder
 
     t0, c0 = time.perf_counter(), _cpu_seconds()
     load_folder(root, (size, size), channels=3)

@@ -140,7 +140,7 @@ def _imports() -> dict[str, Optional[str]]:
         raise PreflightFailed(f"cannot import {'; '.join(missing)}. Carry the wheels: run "
                               f"../shared/gpu/fetch-wheels.sh $(grep -v '^#' bench/gpu_wheels.txt) in the project "
                               f"root (add the missing distributions to bench/gpu_wheels.txt), then carry .whl")
-    for module in ("clfkit.trainer", "clfkit.run.plots"):  # the training side; the figures every run draws
+    for module in ("clfkit.train.trainer", "clfkit.run.plots"):  # the training side; the figures every run draws
         try:
             importlib.import_module(module)
         except Exception as e:  # noqa: BLE001
@@ -156,8 +156,8 @@ def _one_step(s: SimpleNamespace) -> str:
     """One training step of the cases' model on the cases' runtime (autocast, channels_last)."""
     import torch
 
-    from clfkit.build import build_loss, build_model, build_optimizer
-    from clfkit.engine.runtime import place_model, resolve_runtime
+    from clfkit.train.build import build_loss, build_model, build_optimizer
+    from clfkit.train.engine.runtime import place_model, resolve_runtime
 
     try:
         recipe = _recipe(Path("/nonexistent"), 32, "cifar", False, s, epochs=1)
@@ -229,7 +229,7 @@ def pipeline_case(name: str, s: SimpleNamespace, work: Path) -> dict:
     from train_bench import model_only
 
     from clfkit.run.reader import read_history
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     size, stem, mode = name[1:].split("-")
     size, compile_ = int(size), mode == "compile"
@@ -254,7 +254,7 @@ def pipeline_case(name: str, s: SimpleNamespace, work: Path) -> dict:
 
 
 class StudyProgress:
-    """A tracker (clfkit.tracking): after each epoch the study's row is rewritten, so a study
+    """A tracker (clfkit.run.tracking): after each epoch the study's row is rewritten, so a study
     stopped by its timeout still leaves the epochs it did and an extrapolation to the target."""
 
     def __init__(self, row: dict, path: Path, t0: float):
@@ -280,7 +280,7 @@ def study_case(s: SimpleNamespace, work: Path, row_path: Path) -> dict:
     compile and evaluation included; writing the image folder excluded)."""
     from common import make_folder
 
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     t_folder = time.perf_counter()
     root = make_folder(work / "study", s.study_images, s.study_size, classes=s.study_classes)

@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, median, report  # noqa: E402
 
-from clfkit.export.quantize import Int8Config, cpu_int8_support  # noqa: E402
+from clfkit.deploy.export.quantize import Int8Config, cpu_int8_support  # noqa: E402
 
 CONFIGS = {
     "qdq u8s8 pc first": Int8Config("qdq", "u8", "s8", True, False, "first"),
@@ -63,7 +63,7 @@ def trained_model(kind: str, size: int, steps: int):
     import numpy as np
     import torch
 
-    from clfkit.build import build_model
+    from clfkit.train.build import build_model
     from clfkit.data import synthetic
     from clfkit.recipe import validate_recipe
 
@@ -143,8 +143,8 @@ def interleaved_ratios(sessions: dict, images, rounds: int, batch1_runs: int) ->
 def bench_model(kind: str, size: int, a) -> list[dict]:
     import torch
 
-    from clfkit.export.graph import to_onnx_bytes
-    from clfkit.export.quantize import quantize_bytes
+    from clfkit.deploy.export.graph import to_onnx_bytes
+    from clfkit.deploy.export.quantize import quantize_bytes
 
     torch.manual_seed(0)
     model, calibration, held = trained_model(kind, size, a.train_steps)

@@ -24,9 +24,9 @@ from common import machine, make_folder, median, report, timed  # noqa: E402
 
 def make_model(work: Path, size: int, depth: int, stem: str, width: float, classes: int) -> Path:
     """An (untrained) clfkit ResNet exported to ONNX through the real export path, parity checked."""
-    from clfkit.build import build_model
+    from clfkit.train.build import build_model
     from clfkit.run.checkpoint import save_checkpoint
-    from clfkit.export import export_run
+    from clfkit.deploy.export import export_run
     from clfkit.recipe import validate_recipe
 
     recipe = validate_recipe({"name": "bench", "data": {"image_size": size, "normalize": "imagenet"},
@@ -66,9 +66,9 @@ def main() -> None:
 
     import torch
 
-    from clfkit import image_files
-    from clfkit.predict import predict_folder
-    from clfkit.predictor import load_onnx
+    from clfkit.data import image_files
+    from clfkit.deploy.batch_predict import predict_folder
+    from clfkit.deploy.predictor import load_onnx
     from clfkit.run.checkpoint import load_checkpoint, model_from_checkpoint
 
     threads = a.threads or os.cpu_count() or 1

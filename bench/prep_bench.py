@@ -1,4 +1,4 @@
-"""Batch preparation alone (clfkit.engine.prep.BatchPrep: uint8 -> float, batched
+"""Batch preparation alone (clfkit.train.engine.prep.BatchPrep: uint8 -> float, batched
 augmentation, mixup/cutmix, channels_last) per training step, eager against compiled
 (train.compile), on uint8 batches already on the device: what the step loop spends on it
 outside the model. Per chain and mode: ms per step (synchronized over the timed steps),
@@ -31,7 +31,7 @@ CHAINS = {
 
 def build(chain: str, size: int, channels_last: bool, compile_: bool, backend: str, classes: int):
     from clfkit import registry
-    from clfkit.engine.prep import BatchPrep
+    from clfkit.train.engine.prep import BatchPrep
 
     augs, regs = CHAINS[chain]
     args = {"PadCrop": {"padding": max(2, size // 8)}, "Cutout": {"size": max(1, size // 4)}}

@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import optuna  # noqa: E402
 
 from clfkit.run.reader import read_history  # noqa: E402
-from clfkit.tune import make_pruner, pruning_start  # noqa: E402
+from clfkit.studies.tune import make_pruner, pruning_start  # noqa: E402
 
 def _clfkit(pruner: str, prune_from=None):
-    """clfkit tune's own pruner (clfkit.tune.make_pruner) for a run of ``e`` epochs."""
+    """clfkit tune's own pruner (clfkit.studies.tune.make_pruner) for a run of ``e`` epochs."""
     return lambda e: make_pruner(SimpleNamespace(pruner=pruner, epochs=e, prune_from=prune_from))
 
 

@@ -40,7 +40,7 @@ CHILD = """
 import json, os, resource, sys, time
 from clfkit.run.reader import read_history
 from clfkit.recipe import validate_recipe
-from clfkit.trainer import train
+from clfkit.train.trainer import train
 source, out, size, batch, model = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), json.loads(sys.argv[5])
 recipe = validate_recipe({"name": "shards_bench", "data": {"source": source, "image_size": size,
     "storage": "memory", "val_fraction": 0}, "model": model, "optim": {"name": "sgd", "lr": 0.01},

@@ -23,7 +23,7 @@ COMMANDS = {
     "import onnxruntime, numpy, PIL": ["-c", "import onnxruntime, numpy, PIL"],
     "clfkit predict --help": ["-m", "clfkit", "predict", "--help"],
     # everything predict has imported by the time it opens the model (--help stops earlier)
-    "import clfkit.cli, clfkit.predict, onnxruntime": ["-c", "import clfkit.cli, clfkit.predict, onnxruntime"],
+    "import clfkit.cli, clfkit.deploy.batch_predict, onnxruntime": ["-c", "import clfkit.cli, clfkit.deploy.batch_predict, onnxruntime"],
     "import torch (for scale)": ["-c", "import torch"],
 }
 BASE = "import onnxruntime, numpy, PIL"

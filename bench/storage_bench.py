@@ -49,7 +49,7 @@ CHILD = """
 import json, os, resource, sys, time
 from clfkit.run.reader import read_history
 from clfkit.recipe import validate_recipe
-from clfkit.trainer import train
+from clfkit.train.trainer import train
 root, storage, out, size, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 recipe = validate_recipe({"name": "storage_bench", "data": {"source": {"name": "folder", "root": root},
     "image_size": size, "storage": storage, "val_fraction": 0.1},

@@ -47,8 +47,8 @@ def model_only(recipe, size: int, classes: int, steps: int, warmup: int) -> dict
     batches: the same model, precision, memory format, optimizer and compile setting."""
     import torch
 
-    from clfkit.build import build_loss, build_model, build_optimizer
-    from clfkit.engine.runtime import resolve_runtime
+    from clfkit.train.build import build_loss, build_model, build_optimizer
+    from clfkit.train.engine.runtime import resolve_runtime
 
     rt = resolve_runtime(recipe)
     b = recipe.train.batch_size
@@ -87,7 +87,7 @@ def model_only(recipe, size: int, classes: int, steps: int, warmup: int) -> dict
 
 def run_one(root: Path, size: int, stem: str, compile_: bool, a, classes: int, out: Path) -> dict:
     from clfkit.run.reader import read_history
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     recipe = recipe_for(root, size, stem, compile_, a, classes)
     res = train(recipe, out, quiet=True)
@@ -109,7 +109,7 @@ def study(a, work: Path) -> dict:
     """The reports' study shape: 100k 64x64 images, 100 classes, 25 epochs, ResNet-18,
     evaluation included; wall time from the trainer's summary."""
     from clfkit.recipe import validate_recipe
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     root = make_folder(work / "study", a.images, 64, classes=100)
     r = validate_recipe({

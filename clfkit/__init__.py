@@ -1,8 +1,8 @@
 """clfkit: a plugin-based image-classification toolkit.
 
 The public surface is small: :mod:`clfkit.registry` (register and create components),
-:mod:`clfkit.recipe` (load and validate recipes), :func:`clfkit.trainer.train`,
-:func:`clfkit.export.export_run`, :func:`clfkit.predict.predict_folder` and
+:mod:`clfkit.recipe` (load and validate recipes), :func:`clfkit.train.trainer.train`,
+:func:`clfkit.deploy.export.export_run`, :func:`clfkit.deploy.batch_predict.predict_folder` and
 :class:`clfkit.Predictor` (``from clfkit import Predictor``).
 """
 import os as _os
@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     # Lazily, so that ``import clfkit`` stays light (no onnxruntime, no torch) for every command.
     if name in ("Predictor", "Prediction"):
-        from clfkit import predictor
+        from clfkit.deploy import predictor
 
         return getattr(predictor, name)
     raise AttributeError(f"module 'clfkit' has no attribute {name!r}")

@@ -22,10 +22,11 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from typing_extensions import Annotated
 
-from clfkit import registry, yamltext
+from clfkit import registry
+from clfkit.util import yaml_text as yamltext
 from clfkit.errors import RecipeError
-from clfkit.names import ALLOWED, name_problem
-from clfkit.suggest import did_you_mean
+from clfkit.util.safe_names import ALLOWED, name_problem
+from clfkit.util.did_you_mean import did_you_mean
 
 
 def _to_spec(value: Any) -> Any:
@@ -145,7 +146,7 @@ class TrainConfig(Strict):
     unfreeze_epoch: Optional[Annotated[int, Field(ge=1)]] = Field(
         None, description="with freeze: everything trains from this epoch (1-based) on")
     track: list[Literal["tensorboard", "mlflow"]] = Field(
-        ["tensorboard"], description="trackers (clfkit.tracking): tensorboard when installed; mlflow needs the mlflow extra")
+        ["tensorboard"], description="trackers (clfkit.run.tracking): tensorboard when installed; mlflow needs the mlflow extra")
 
 
 class Recipe(Strict):
@@ -213,7 +214,7 @@ def _components_in(recipe: Any) -> list[tuple[str, str, Any]]:
 
 # --------------------------------------------------------------------------- loading
 def read_yaml(path: str | Path) -> dict:
-    """Read a recipe or sweep file with clfkit's YAML reader (clfkit/yamltext.py: no code
+    """Read a recipe or sweep file with clfkit's YAML reader (clfkit/util/yaml_text.py: no code
     runs, YAML 1.2 numbers, duplicate keys and alias bombs refused); errors name the line."""
     path = Path(path)
     try:
@@ -258,7 +259,7 @@ def _recipe_text(path: Path) -> str:
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"optim.lr=0.01"`` -> (["optim", "lr"], 0.01). The value is read as in a recipe file
-    (clfkit.yamltext.parse_value, the same for --grid values and sweep files)."""
+    (clfkit.util.yaml_text.parse_value, the same for --grid values and sweep files)."""
     if "=" not in text:
         raise RecipeError([("", f"--set {text!r}: expected dotted.path=value, e.g. optim.lr=0.01")],
                           source="--set")
@@ -405,7 +406,7 @@ def _bools_read_as_numbers(data: dict, resolved: dict) -> list[tuple[str, str]]:
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read, override (``dotted.path=value``) and validate a recipe file. The model-size cap
-    needs the model built: :func:`clfkit.build.check_model_size` checks it, still before any
+    needs the model built: :func:`clfkit.train.build.check_model_size` checks it, still before any
     data is read."""
     data = read_yaml(path)
     if "sweep" in data:

@@ -59,7 +59,7 @@ def tiny_recipe_file(folder: Path, **changes) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """One tiny training run shared by export / predict / checkpoint tests."""
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     out = tmp_path_factory.mktemp("runs")
     return train(tiny_recipe(), out, quiet=True)
@@ -134,7 +134,7 @@ def _sigint_handler_restored():
 def sigint_at_step(monkeypatch, step: int) -> None:
     """Send this process SIGINT from inside the training loop right after optimizer step
     ``step`` (the trainer's stop flag handles it after that step); monkeypatch undoes it."""
-    from clfkit.engine.guard import NonFiniteGuard
+    from clfkit.train.engine.guard import NonFiniteGuard
 
     real_ok = NonFiniteGuard.ok
 
@@ -168,7 +168,7 @@ def set_recorded_epochs(run_dir: Path, epochs: int) -> None:
 def extend_and_resume(run_dir: Path, epochs: int):
     """Resume a finished short run as if it had been stopped on its way to ``epochs`` epochs:
     summary.json removed, last.pt's and recipe.yaml's epochs raised. Returns resume_run's result."""
-    from clfkit.trainer import resume_run
+    from clfkit.train.trainer import resume_run
 
     (run_dir / "summary.json").unlink()
     set_recorded_epochs(run_dir, epochs)

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from clfkit import atomic as cio
+from clfkit.util import atomic as cio
 from clfkit.run.checkpoint import load_checkpoint, save_checkpoint
-from clfkit.atomic import WriteError
+from clfkit.util.atomic import WriteError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,10 +124,10 @@ def test_sigkill_during_checkpoint_save_leaves_previous_checkpoint(tmp_path):
 
 
 def test_every_run_artifact_goes_through_atomic_writes(trained_run, tmp_path, monkeypatch):
-    """Export and predict write their outputs only through clfkit.atomic.atomic_open, and the run
+    """Export and predict write their outputs only through clfkit.util.atomic.atomic_open, and the run
     folder holds no leftover temp files."""
-    from clfkit.export import export_run
-    from clfkit.predict import predict_folder
+    from clfkit.deploy.export import export_run
+    from clfkit.deploy.batch_predict import predict_folder
 
     run = trained_run.run_dir
     assert _no_temps(run)
@@ -142,7 +142,7 @@ def test_every_run_artifact_goes_through_atomic_writes(trained_run, tmp_path, mo
         return real(path, *a, **kw)
 
     monkeypatch.setattr(cio, "atomic_open", spy)
-    import clfkit.predict as P
+    import clfkit.deploy.batch_predict as P
 
     monkeypatch.setattr(P, "atomic_open", spy)
     onnx = tmp_path / "m.onnx"
@@ -165,7 +165,7 @@ def test_atomic_files_get_normal_permissions(tmp_path):
     import os
     import stat
 
-    from clfkit.atomic import write_text
+    from clfkit.util.atomic import write_text
 
     mask = os.umask(0)
     os.umask(mask)

@@ -259,7 +259,7 @@ def _not_pwned(tmp: Path) -> None:
 
 @pytest.fixture(scope="module")
 def exported(trained_run, tmp_path_factory) -> Path:
-    from clfkit.export import export_run
+    from clfkit.deploy.export import export_run
 
     out = tmp_path_factory.mktemp("exp") / "tiny.onnx"
     export_run(trained_run.run_dir, out)

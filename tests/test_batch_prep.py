@@ -1,4 +1,4 @@
-"""BatchPrep (clfkit.engine.prep): the batch preparation's random draws stay eager and exact,
+"""BatchPrep (clfkit.train.engine.prep): the batch preparation's random draws stay eager and exact,
 its pure part is one torch.compile graph under train.compile, and both give the results of the
 one-call transforms they replaced. The compiled cases use torch.compile's ``aot_eager``
 backend: Dynamo's capture, guards and AOT functionalization as inductor sees them, without
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from clfkit.components.augmentations import CutoutT, Flip, PadCropT
 from clfkit.components.regularizers import CutMix, LabelSmoothing, Mixup, MixupCutMix
-from clfkit.engine.prep import BatchPrep
+from clfkit.train.engine.prep import BatchPrep
 from clfkit.errors import RegistryError, TrainingError
 from clfkit.registry.entries import Entry, check_result
 

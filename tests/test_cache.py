@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from clfkit import image_files
-from clfkit.build import build_data
+from clfkit.data import image_files
+from clfkit.train.build import build_data
 
 from conftest import tiny_recipe, write_image_folder
 

@@ -142,7 +142,7 @@ def test_cnn_dropout_kind_and_rate_reach_every_block():
 
 @pytest.mark.parametrize("recipe,params", [("cifar10_mlp", 3_159_050), ("cifar10_cnn", 3_268_874)])
 def test_study_parameter_counts(recipe, params):
-    from clfkit.model_stats import model_stats
+    from clfkit.train.model_stats import model_stats
 
     stats = model_stats(load_recipe(RECIPES / f"{recipe}.yaml"))
     assert stats["params"] == params

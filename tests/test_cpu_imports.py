@@ -13,14 +13,14 @@ HEAVY = ["matplotlib", "onnx", "onnxruntime", "onnxscript", "timm", "albumentati
 SCRIPT = """
 import json, sys
 from clfkit.recipe import validate_recipe
-import clfkit.trainer
+import clfkit.train.trainer
 at_import = [m for m in {heavy} if m in sys.modules]
 recipe = validate_recipe(json.loads(sys.argv[1]))
-import clfkit.trainer as t
+import clfkit.train.trainer as t
 trainer = t.Trainer(recipe, quiet=True, resume=None)
 trainer.load_data()
 trainer.build()
-from clfkit.engine.loop import train_one_epoch
+from clfkit.train.engine.loop import train_one_epoch
 train_one_epoch(trainer.state, trainer.batches, 0, progress=lambda n: None)
 print(json.dumps({{"import": at_import, "epoch": [m for m in {heavy} if m in sys.modules]}}))
 """

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from clfkit import image_files
+from clfkit.data import image_files
 from clfkit.data import synthetic
-from clfkit.data.folder import load_folder
+from clfkit.data.class_folders import load_folder
 from clfkit.errors import DataError
 
 from conftest import write_image_folder
@@ -134,7 +134,7 @@ def test_read_file_reads_whole_files_and_names_what_it_cannot_read(tmp_path):
     import os
     import socket
 
-    from clfkit.image_files import DecodeError, read_file
+    from clfkit.data.image_files import DecodeError, read_file
 
     big = os.urandom(3 * (1 << 20) + 7)  # more than one 1 MB chunk, odd length
     (tmp_path / "big.png").write_bytes(big)

@@ -17,8 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from clfkit.data import ImageSet, decode_pool, disk_spill, storage
-from clfkit.engine import batches, loop
+from clfkit.data import ImageSet, decode_pool, disk_storage as disk_spill, disk_storage as storage
+from clfkit.train.engine import batches, loop
 from clfkit.errors import DataError, TrainingError
 
 SIZE = 8
@@ -339,7 +339,7 @@ def test_a_crashed_decode_worker_is_an_error_naming_its_file_not_a_hang(tmp_path
 def test_a_crashed_worker_under_the_cache_leaves_no_files(tmp_path, monkeypatch):
     """The decode into a new cache entry's temp folder fails: the partial .npy goes with it."""
     from clfkit.data import cache
-    from clfkit.data.folder import load_folder
+    from clfkit.data.class_folders import load_folder
 
     root = tmp_path / "data"
     for c in ("a", "b"):
@@ -461,7 +461,7 @@ def test_a_failed_disk_load_without_the_cache_leaves_no_files(tmp_path):
     """CLFKIT_CACHE=0 (conftest) with data.storage: disk decodes into a private folder; a load
     that fails (data.on_error: fail and a broken file) must not leave its partial .npy there
     until the process exits."""
-    from clfkit.data.folder import load_folder
+    from clfkit.data.class_folders import load_folder
 
     root = tmp_path / "data"
     for c in ("a", "b"):

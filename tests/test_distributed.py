@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from clfkit.engine import distributed
+from clfkit.train.engine import distributed
 from clfkit.errors import TrainingError
 
 from conftest import tiny_recipe
@@ -46,7 +46,7 @@ def test_batch_size_must_divide(monkeypatch):
 
 def test_nonfinite_skip_refused_under_ddp(monkeypatch, tmp_path):
     """A rank skipping a step alone would desynchronize the gradient all-reduce."""
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     from conftest import tiny_recipe
 
@@ -60,10 +60,10 @@ def test_batch_size_not_dividing_is_refused_before_the_run_folder(monkeypatch, t
     """Red team 19: torchrun with 2 ranks and train.batch_size 7 read the data and made the run
     folder (recipe.yaml, samples.npy) before the first epoch refused the batch size; the
     leftover folder pushed the next run to NAME-2."""
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     monkeypatch.setattr(distributed, "setup", lambda rt: distributed.World(rank=0, size=2))
-    monkeypatch.setattr("clfkit.trainer.build_data", lambda recipe: pytest.fail("the data was read"))
+    monkeypatch.setattr("clfkit.train.trainer.build_data", lambda recipe: pytest.fail("the data was read"))
     with pytest.raises(TrainingError, match="train.batch_size 7 is the global batch and must divide by the 2 "
                                             "processes; use a multiple of 2"):
         train(tiny_recipe(train__batch_size=7), tmp_path, quiet=True)
@@ -100,7 +100,7 @@ def _spawn(fn, *args, timeout: float = 120) -> None:
 
 def _rank_main(rank: int, port: int, out: str, results: str) -> None:
     _join(rank, port)
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     res = train(tiny_recipe(train__epochs=2, train__batch_size=32, train__device="cpu"), out, quiet=True)
     weights = sum(float(v.double().sum()) for v in _weights(res.run_dir).values())
@@ -139,10 +139,10 @@ def _stop_resume_main(rank: int, port: int, out: str, results: str) -> None:
     """Per rank: a reference run, the same run with SIGTERM to rank 1 only mid-epoch, then its
     resume with 2 ranks. One process group for all three (one spawn: the test stays short)."""
     _join(rank, port)
-    import clfkit.trainer as T
-    from clfkit.engine.guard import NonFiniteGuard
-    from clfkit.trainer import resume_run
-    from clfkit.signals import Interrupted
+    import clfkit.train.trainer as T
+    from clfkit.train.engine.guard import NonFiniteGuard
+    from clfkit.train.trainer import resume_run
+    from clfkit.util.signals import Interrupted
 
     # lr 0.1: epoch 2 validates worse than epoch 1, so the resumed part never writes best.pt and
     # the final test evaluation reads the one written before the stop
@@ -178,7 +178,7 @@ def _stop_resume_main(rank: int, port: int, out: str, results: str) -> None:
 def test_two_ranks_stopped_mid_epoch_resume_bit_identical(tmp_path):
     from test_resume import _assert_same_run
 
-    from clfkit.trainer import resume_run
+    from clfkit.train.trainer import resume_run
 
     out, results = tmp_path / "runs", tmp_path / "results"
     results.mkdir()

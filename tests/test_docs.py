@@ -6,21 +6,22 @@ from pathlib import Path
 
 import pytest
 
-from clfkit import docs, registry
+from clfkit.registry import reference as docs
+from clfkit import registry
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def test_component_reference_is_current():
     text = docs.COMPONENTS_DOC.read_text(encoding="utf-8")
-    assert docs.BEGIN in text and docs.END in text, "run: python -m clfkit.docs --write"
+    assert docs.BEGIN in text and docs.END in text, "run: python -m clfkit.registry.reference --write"
     assert docs.updated_readme(text, docs.render()) == text, (
-        "docs/components.md is out of date; run: python -m clfkit.docs --write")
+        "docs/components.md is out of date; run: python -m clfkit.registry.reference --write")
     assert text.index(docs.SECTION) < text.index(docs.BEGIN)
 
 
 def test_regenerate_command_checks_both_generated_files(capsys):
-    """`python -m clfkit.docs --check` (no --file) covers both docs files and finds them current."""
+    """`python -m clfkit.registry.reference --check` (no --file) covers both docs files and finds them current."""
     assert docs.main(["--check"]) == 0, capsys.readouterr()
     assert docs.RECIPE_BEGIN in docs.RECIPE_DOC.read_text(encoding="utf-8")
     assert docs.RECIPE_BEGIN not in README.read_text(encoding="utf-8")  # generated parts left the README

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from clfkit.errors import DataError
-from clfkit.evaluation import eval_run
+from clfkit.run.evaluation import eval_run
 from conftest import tiny_recipe, write_image_folder
 
 
@@ -56,7 +56,7 @@ def test_eval_recomputes_the_test_numbers(trained_run, tmp_path):
 
 def test_val_split_when_no_labelled_test_and_data_root(tmp_path):
     from clfkit.recipe import validate_recipe
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     root = write_image_folder(tmp_path / "imgs", per_class=10, size=16)
     shutil.rmtree(root / "test")
@@ -85,7 +85,7 @@ def test_data_root_needs_a_folder_dataset(trained_run, tmp_path):
 
 def test_ema_weights_are_validated_and_kept(tmp_path):
     from clfkit.run.checkpoint import load_checkpoint
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     res = train(tiny_recipe(train__epochs=2, train__ema={"decay": 0.9}), tmp_path, quiet=True)
     last = load_checkpoint(res.run_dir / "last.pt")
@@ -102,7 +102,7 @@ def test_ema_weights_are_validated_and_kept(tmp_path):
 
 def test_early_stopping_stops_and_keeps_its_state(tmp_path):
     from clfkit.run.checkpoint import load_checkpoint
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     # a learning rate too small to change anything: val acc is flat, so patience 1 stops at epoch 2
     recipe = tiny_recipe(train__epochs=6, optim={"name": "sgd", "lr": 1e-12},
@@ -117,7 +117,7 @@ def test_early_stopping_stops_and_keeps_its_state(tmp_path):
 def test_early_stopper_unit():
     from clfkit.errors import TrainingError
     from clfkit.recipe import EarlyStopping
-    from clfkit.engine.stopping import EarlyStopper
+    from clfkit.train.engine.stopping import EarlyStopper
 
     s = EarlyStopper(EarlyStopping(metric="val_loss", patience=2, min_delta=0.01), has_val=True)
     assert not s.update({"epoch": 1, "val_loss": 1.0})
@@ -142,7 +142,7 @@ def test_recipe_switches():
 
 def test_tensorboard_events_when_installed(tmp_path):
     pytest.importorskip("tensorboard")
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     res = train(tiny_recipe(train__epochs=1), tmp_path, quiet=True)
     assert list((res.run_dir / "tensorboard").glob("events.out.tfevents.*"))

@@ -18,9 +18,9 @@ from PIL import Image
 
 from clfkit.cli import cli
 from clfkit.errors import ExportError
-from clfkit.export import export_run, graph
-from clfkit.export.graph import check_onnx, run_onnx
-from clfkit.predict import predict_folder
+from clfkit.deploy.export import export_run, graph
+from clfkit.deploy.export.graph import check_onnx, run_onnx
+from clfkit.deploy.batch_predict import predict_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_ONNXSCRIPT = importlib.util.find_spec("onnxscript") is not None
@@ -95,7 +95,7 @@ def mlp_run(tmp_path_factory):
     """A tiny run whose weights dominate the file (a 768 -> 1024 -> 4 MLP): int8 shrinks it."""
     from conftest import tiny_recipe
 
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     recipe = tiny_recipe(model={"name": "mlp", "hidden": [1024]}, train__epochs=3)
     return train(recipe, tmp_path_factory.mktemp("mlp"), quiet=True).run_dir
@@ -120,7 +120,7 @@ def test_int8_export_is_small_agrees_and_predicts(mlp_run, tmp_path):
 def test_int8_below_the_threshold_is_refused_with_the_figure(mlp_run, tmp_path, monkeypatch):
     """An int8 graph that disagrees (its logits negated here: the argmax moves) is refused at the
     default threshold with the measured figure, and nothing is written."""
-    from clfkit.export import quantize
+    from clfkit.deploy.export import quantize
 
     real, calls = quantize._logits, []
 
@@ -140,7 +140,7 @@ def test_int8_below_the_threshold_is_refused_with_the_figure(mlp_run, tmp_path, 
 def test_int8_falls_back_to_the_next_configuration_when_the_fastest_disagrees(mlp_run, tmp_path, monkeypatch):
     """The fastest int8 configuration disagreeing (its logits negated here) is not the end: the
     next one is tried, and the report names both."""
-    from clfkit.export import quantize
+    from clfkit.deploy.export import quantize
 
     real, calls = quantize._logits, []
 
@@ -158,7 +158,7 @@ def test_int8_falls_back_to_the_next_configuration_when_the_fastest_disagrees(ml
 
 
 def test_int8_on_a_cpu_without_vnni_says_so_in_one_line(mlp_run, tmp_path, monkeypatch):
-    from clfkit.export import quantize
+    from clfkit.deploy.export import quantize
 
     monkeypatch.setattr(quantize, "cpu_int8_support", lambda: {"flags": ["avx2"], "vnni": False})
     r = CliRunner().invoke(cli, ["export", str(mlp_run), "-o", str(tmp_path / "q.onnx"), "--int8",
@@ -173,7 +173,7 @@ def test_int8_on_a_cpu_without_vnni_says_so_in_one_line(mlp_run, tmp_path, monke
 
 
 def test_cpu_int8_support_reads_the_flags(tmp_path):
-    from clfkit.export.quantize import cpu_int8_support
+    from clfkit.deploy.export.quantize import cpu_int8_support
 
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx2 fma\n")

@@ -8,11 +8,11 @@ import onnx
 import pytest
 from PIL import Image
 
-from clfkit import export as export_mod
+from clfkit.deploy import export as export_mod
 from clfkit.errors import ExportError, ModelFileError
-from clfkit.export import export_run
-from clfkit.predict import predict_folder
-from clfkit.predictor import load_onnx
+from clfkit.deploy.export import export_run
+from clfkit.deploy.batch_predict import predict_folder
+from clfkit.deploy.predictor import load_onnx
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from clfkit.cli import cli
 from clfkit.recipe import validate_recipe
-from clfkit.trainer import train
+from clfkit.train.trainer import train
 from conftest import write_image_folder
 
 CNN = {"name": "cnn", "blocks": [{"channels": 8, "pool": "max"}, {"channels": 16, "pool": "max"}]}
@@ -85,7 +85,7 @@ def test_timm_1000_class_state_dict_loads_with_only_the_head_reinitialized(tmp_p
 
 
 def test_timm_torch_state_dict_with_other_input_channels_is_adapted(tmp_path):
-    from clfkit.build import build_model
+    from clfkit.train.build import build_model
 
     path = _timm_1000(tmp_path, ".pth")
     sd = torch.load(path, weights_only=True)
@@ -100,7 +100,7 @@ def test_timm_torch_state_dict_with_other_input_channels_is_adapted(tmp_path):
 
 def test_timm_weights_of_another_architecture_are_refused(tmp_path):
     timm = pytest.importorskip("timm")
-    from clfkit.build import build_model
+    from clfkit.train.build import build_model
     from clfkit.errors import ModelFileError
 
     path = tmp_path / "vit.pth"

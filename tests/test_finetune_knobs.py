@@ -1,4 +1,4 @@
-"""Fine-tuning knobs: layer-wise LR decay and the head's LR multiplier (clfkit.param_groups),
+"""Fine-tuning knobs: layer-wise LR decay and the head's LR multiplier (clfkit.train.param_groups),
 loss class weights, class-balanced sampling, mixup-or-cutmix per batch, init: checked before
 the run folder exists."""
 from __future__ import annotations
@@ -13,10 +13,10 @@ import yaml
 from click.testing import CliRunner
 
 from clfkit import registry
-from clfkit.build import build_loss, build_model, build_optimizer, build_regularizers, build_schedule
+from clfkit.train.build import build_loss, build_model, build_optimizer, build_regularizers, build_schedule
 from clfkit.cli import cli
 from clfkit.data import ImageSet, Splits
-from clfkit.engine.batches import TrainBatches, epoch_order
+from clfkit.train.engine.batches import TrainBatches, epoch_order
 from clfkit.errors import RecipeError, RegistryError
 from clfkit.recipe import validate_recipe
 from conftest import extend_and_resume, tiny_recipe, write_image_folder
@@ -191,7 +191,7 @@ def test_balanced_sampler_draws_classes_evenly_and_repeats_per_epoch():
 
 
 def test_balanced_sampler_under_ddp_splits_each_global_batch(monkeypatch):
-    from clfkit.engine import distributed
+    from clfkit.train.engine import distributed
 
     labels = torch.tensor([0] * 30 + [1] * 10)
     data = ImageSet(torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1), labels)
@@ -232,7 +232,7 @@ def test_mixup_and_cutmix_listed_apart_fail_at_load():
 
 # ------------------------------------------------------------------ a whole run
 def test_a_run_with_every_knob_resumes_exactly_across_the_unfreeze(tmp_path):
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     def recipe(epochs):
         return tiny_recipe(train__epochs=epochs, train__deterministic=True, train__freeze="backbone",
@@ -281,7 +281,7 @@ def test_a_bad_init_or_class_weights_leaves_no_run_folder(tmp_path, case):
 
 
 def test_balanced_sampler_augments_each_draw_of_an_image_anew():
-    from clfkit.engine.batches import PerImage
+    from clfkit.train.engine.batches import PerImage
 
     class Noise:  # an albumentations-style transform with its own seeded generator
         def set_random_seed(self, s):

@@ -14,8 +14,8 @@ import torch.nn as nn
 from conftest import extend_and_resume, tiny_recipe
 
 from clfkit.data import ImageSet, Splits
-from clfkit.engine import runtime
-from clfkit.engine.runtime import Runtime
+from clfkit.train.engine import runtime
+from clfkit.train.engine.runtime import Runtime
 from clfkit.errors import ClfkitError, RecipeError, TrainingError
 
 SMALL = dict(data__source__train_size=64, data__source__val_size=32, data__source__test_size=32,
@@ -81,7 +81,7 @@ def test_fp16_optimizer_keeps_no_state_after_a_skipped_step(monkeypatch, optim):
     """torch's fused SGD allocates its momentum with empty_like before the kernel sees the
     scaler's found_inf, and keeps the garbage after a skipped first step; under fp16 clfkit
     steps unfused, so a skipped step leaves no momentum at all."""
-    from clfkit.build import build_optimizer
+    from clfkit.train.build import build_optimizer
     from clfkit.components import optimizers
 
     monkeypatch.setattr(optimizers, "_fused", lambda device: True)  # as on CUDA
@@ -98,7 +98,7 @@ def test_fp16_optimizer_keeps_no_state_after_a_skipped_step(monkeypatch, optim):
 
 
 def test_fp16_plugin_optimizer_made_fused_is_unfused():
-    from clfkit.build import without_fused_step
+    from clfkit.train.build import without_fused_step
 
     params = [nn.Parameter(torch.ones(3))]
     opt = torch.optim.SGD([{"params": params, "lr_scale": 0.5}], lr=0.1, momentum=0.9, nesterov=True, fused=True)
@@ -121,7 +121,7 @@ def test_fp16_plugin_optimizer_made_fused_is_unfused():
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_trainer_trains_under_autocast_with_channels_last(tmp_path, cpu_amp, monkeypatch, precision):
     from clfkit.components import optimizers
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     monkeypatch.setattr(optimizers, "_fused", lambda device: True)  # the optimizer CUDA gets (fp16: unfused)
 
@@ -142,7 +142,7 @@ def test_trainer_trains_under_autocast_with_channels_last(tmp_path, cpu_amp, mon
 
 
 def test_trainer_compiles_with_inductor(tmp_path):
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     r = tiny_recipe(**SMALL, model={"name": "linear"}, train__compile=True, train__device="cpu")
     res = train(r, tmp_path, quiet=True)
@@ -151,7 +151,7 @@ def test_trainer_compiles_with_inductor(tmp_path):
 
 # ---------------------------------------------------------------- the deferred NaN guard
 def test_deferred_guard_reports_the_first_bad_step_at_the_check(monkeypatch):
-    from clfkit.engine import guard
+    from clfkit.train.engine import guard
 
     real = guard.checks_each_step
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
@@ -175,7 +175,7 @@ def _splits(n=6):
 
 
 def test_placement_on_the_device_keeps_the_file_paths(monkeypatch):
-    from clfkit.engine import placement
+    from clfkit.train.engine import placement
 
     monkeypatch.delenv(placement.DEVICE_BUDGET_ENV, raising=False)
     splits = _splits()
@@ -190,8 +190,8 @@ def test_placement_on_the_device_keeps_the_file_paths(monkeypatch):
 def test_a_disk_split_that_fits_is_read_onto_the_device_with_its_paths(tmp_path, monkeypatch):
     import numpy as np
 
-    from clfkit.data import storage
-    from clfkit.engine import placement
+    from clfkit.data import disk_storage as storage
+    from clfkit.train.engine import placement
 
     monkeypatch.setattr(placement, "COPY_BLOCK_BYTES", 400)  # 2 images of 192 bytes per read: 3 reads
     monkeypatch.setenv(placement.DEVICE_BUDGET_ENV, "1M")
@@ -212,7 +212,7 @@ def test_a_disk_split_that_fits_is_read_onto_the_device_with_its_paths(tmp_path,
 
 
 def test_a_set_over_the_free_gpu_memory_streams_from_host(monkeypatch):
-    from clfkit.engine import placement
+    from clfkit.train.engine import placement
 
     monkeypatch.delenv(placement.DEVICE_BUDGET_ENV, raising=False)
     asked = []
@@ -230,7 +230,7 @@ def test_a_set_over_the_free_gpu_memory_streams_from_host(monkeypatch):
 
 
 def test_host_batches_for_a_gpu_are_gathered_into_pinned_memory(monkeypatch):
-    from clfkit.engine import batches
+    from clfkit.train.engine import batches
 
     made = []
     real_empty = torch.empty
@@ -247,6 +247,6 @@ def test_host_batches_for_a_gpu_are_gathered_into_pinned_memory(monkeypatch):
 
 
 def test_trainer_imports_without_matplotlib():
-    code = "import sys; sys.modules['matplotlib'] = None; import clfkit.trainer; print('ok')"
+    code = "import sys; sys.modules['matplotlib'] = None; import clfkit.train.trainer; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

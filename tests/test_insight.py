@@ -61,7 +61,7 @@ def test_every_run_reports_ece_and_a_reliability_diagram(overconfident_run):
 
 
 def test_export_calibrate_lowers_ece_keeps_top1_and_predict_uses_it(overconfident_run, tmp_path):
-    from clfkit.predictor import Predictor
+    from clfkit.deploy.predictor import Predictor
 
     plain, scaled = tmp_path / "plain.onnx", tmp_path / "scaled.onnx"
     assert invoke("export", overconfident_run, "-o", plain)[0] == 0
@@ -126,7 +126,7 @@ def _resnet(stem: str):
 def test_resnet_and_plugin_named_layers(tmp_path):
     import torch
 
-    from clfkit.build import ImageClassifier
+    from clfkit.train.build import ImageClassifier
     from clfkit.run.gradcam import target_layer
 
     class Plugin(torch.nn.Module):  # a plugin model naming its own layer

@@ -37,7 +37,7 @@ def test_lr_find_never_overwrites_what_is_not_a_plot(tmp_path, trained_run):
 
 
 def test_suggestion_is_the_steepest_descent_before_the_minimum():
-    from clfkit.lr_find import suggestions
+    from clfkit.studies.lr_find import suggestions
 
     lrs = list(np.logspace(-6, 1, 71))
     x = np.log10(lrs)

@@ -23,7 +23,7 @@ import json, os, sys
 import torch
 torch.set_num_threads(1)
 from clfkit.recipe import validate_recipe
-from clfkit.trainer import train
+from clfkit.train.trainer import train
 out = sys.argv[1]
 for name, recipe in json.loads(open(sys.argv[2]).read()).items():
     res = train(validate_recipe(recipe), os.path.join(out, name), quiet=True)
@@ -50,7 +50,7 @@ def _free_port() -> int:
 def test_two_torchrun_nodes_match_one_process(tmp_path):
     from clfkit.data.pack import pack
     from clfkit.recipe import validate_recipe
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     images = write_image_folder(tmp_path / "imgs", per_class=24, size=12)
     pack(str(images), tmp_path / "shards", "8")

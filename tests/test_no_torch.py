@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clfkit.export import export_run
+from clfkit.deploy.export import export_run
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_TORCH = str(Path(__file__).with_name("no_torch.py"))
@@ -23,7 +23,7 @@ def run_py(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=_env(), cwd=cwd, timeout=300)
 
 
-@pytest.mark.parametrize("module", ["clfkit", "clfkit.cli", "clfkit.predict", "clfkit.onnx_contract"])
+@pytest.mark.parametrize("module", ["clfkit", "clfkit.cli", "clfkit.deploy.batch_predict", "clfkit.deploy.onnx_contract"])
 def test_deployment_modules_import_no_torch(module):
     r = run_py("-c", f"import {module}, sys; assert 'torch' not in sys.modules, sorted(m for m in sys.modules "
                      f"if m.startswith('torch'))[:5]")

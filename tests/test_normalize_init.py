@@ -1,4 +1,4 @@
-"""data.normalize with init: (clfkit.run.init.input_normalization): `init` takes the init
+"""data.normalize with init: (clfkit.train.init_weights.input_normalization): `init` takes the init
 run's mean/std (the fine-tuning convention: the backbone learned on inputs normalized that
 way), `auto` stays the train split's; a resume keeps what the run started with."""
 from __future__ import annotations
@@ -10,13 +10,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from clfkit.build import build_data, train_statistics
+from clfkit.train.build import build_data, train_statistics
 from clfkit.cli import cli
 from clfkit.data import ImageSet
 from clfkit.errors import RecipeError
 from clfkit.run.checkpoint import load_checkpoint, save_checkpoint
-from clfkit.run.init import input_normalization
-from clfkit.trainer import train
+from clfkit.train.init_weights import input_normalization
+from clfkit.train.trainer import train
 from conftest import extend_and_resume, tiny_recipe
 
 INIT_MEAN, INIT_STD = [0.25, 0.5, 0.75], [0.1, 0.2, 0.3]

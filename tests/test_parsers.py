@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from clfkit import image_files, registry
-from clfkit.build import peek_data
+from clfkit.data import image_files
+from clfkit import registry
+from clfkit.train.build import peek_data
 from clfkit.data.parsers import read_idx
 from clfkit.errors import DataError
 from clfkit.recipe import validate_recipe

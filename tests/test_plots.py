@@ -9,7 +9,7 @@ from PIL import Image
 
 from clfkit.run.plots import CURVES_INCHES, DPI, compare_inches, compare_runs, confusion_inches, plot_compare, \
     plot_confusion, plot_curves
-from clfkit.run.folder import RunFolderError
+from clfkit.run.run_folder import RunFolderError
 from clfkit.run.metrics_log import write_metrics_csv
 from clfkit.run.reader import find_runs, rank, read_history, read_run
 

@@ -272,7 +272,7 @@ def test_cli_lists_components_and_broken_plugins(site, monkeypatch):
 
 # --------------------------------------------------------------------------- scaffold
 def test_scaffold_refuses_bad_names_and_existing_folders(tmp_path):
-    from clfkit.scaffold import new_plugin, plugin_names
+    from clfkit.registry.scaffold import new_plugin, plugin_names
 
     assert plugin_names("My-Nets") == {"name": "my_nets", "dist": "clfkit-my-nets",
                                        "module": "clfkit_my_nets",
@@ -287,7 +287,7 @@ def test_scaffold_refuses_bad_names_and_existing_folders(tmp_path):
 
 def test_shipped_example_is_the_scaffold(tmp_path):
     """plugins/clfkit-example is exactly what `clfkit plugins new example` writes."""
-    from clfkit.scaffold import new_plugin
+    from clfkit.registry.scaffold import new_plugin
 
     made = new_plugin("example", tmp_path)
     shipped = ROOT / "plugins" / "clfkit-example"
@@ -357,7 +357,7 @@ def shipped_plugin_registry(dist: str, site_dir: Path, monkeypatch) -> Registry:
 def test_shipped_plugin_recipe_trains_a_few_steps_on_cpu(tmp_path, monkeypatch, dist, recipe_file, overrides,
                                                         components):
     from clfkit.recipe import load_recipe
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     shipped_plugin_registry(dist, tmp_path / "site", monkeypatch)
     recipe = load_recipe(ROOT / "plugins" / dist / recipe_file, SMALL + overrides)

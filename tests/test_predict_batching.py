@@ -2,8 +2,8 @@
 size, with unreadable files anywhere in a batch skipped (no timing here)."""
 from __future__ import annotations
 
-from clfkit.export import export_run
-from clfkit.predict import predict_folder
+from clfkit.deploy.export import export_run
+from clfkit.deploy.batch_predict import predict_folder
 
 from conftest import write_image_folder
 

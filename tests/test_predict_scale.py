@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from clfkit import image_files
-from clfkit import predict as predict_mod
+from clfkit.data import image_files
+from clfkit.deploy import batch_predict as predict_mod
 from clfkit.cli import cli
-from clfkit.export import export_run
-from clfkit.predict import predict_folder, walk_files
+from clfkit.deploy.export import export_run
+from clfkit.deploy.batch_predict import predict_folder, walk_files
 
 
 @pytest.fixture(scope="module")

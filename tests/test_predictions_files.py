@@ -14,12 +14,12 @@ import pytest
 from conftest import invoke, refused
 from PIL import Image
 
-from clfkit.predict import read_predictions, read_ranked
+from clfkit.deploy.batch_predict import read_predictions, read_ranked
 
 
 @pytest.fixture(scope="module")
 def model(trained_run, tmp_path_factory) -> Path:
-    from clfkit.export import export_run
+    from clfkit.deploy.export import export_run
 
     return export_run(trained_run.run_dir, tmp_path_factory.mktemp("exp") / "tiny.onnx").path
 
@@ -119,7 +119,7 @@ def test_output_links_are_resolved(model, trained_run, tmp_path):
 
 
 def test_run_folder_markers_match_the_run_folder():
-    from clfkit.output_file import RUN_FOLDER_MARKERS
-    from clfkit.run.folder import METRICS_JSONL, SUMMARY_JSON
+    from clfkit.util.output_file import RUN_FOLDER_MARKERS
+    from clfkit.run.run_folder import METRICS_JSONL, SUMMARY_JSON
 
     assert set(RUN_FOLDER_MARKERS) == {METRICS_JSONL, SUMMARY_JSON}

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from clfkit.errors import DataError
-from clfkit.export import export_run
-from clfkit.predict import predict_folder
+from clfkit.deploy.export import export_run
+from clfkit.deploy.batch_predict import predict_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_TORCH = str(Path(__file__).with_name("no_torch.py"))

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from clfkit import image_files
+from clfkit.data import image_files
 from clfkit.errors import RecipeError
 from clfkit.recipe import apply_override, parse_override, read_yaml, validate_recipe
 
@@ -187,7 +187,7 @@ def test_damaged_real_images_never_crash_the_decoder(tmp_path, fmt, cut, flips, 
 def test_random_files_in_a_dataset_are_skipped_not_fatal(tmp_path):
     """The whole folder path (threads, on_error: skip) with garbage mixed in."""
     from conftest import write_image_folder
-    from clfkit.data.folder import load_folder
+    from clfkit.data.class_folders import load_folder
 
     root = write_image_folder(tmp_path / "d", per_class=3, size=12)
     rng = np.random.default_rng(1)

@@ -117,14 +117,14 @@ def test_committed_recipes_validate():
 
 
 def test_recipe_reference_is_current():
-    """docs/recipe-reference.md is generated; regenerate with `python -m clfkit.docs --write`."""
+    """docs/recipe-reference.md is generated; regenerate with `python -m clfkit.registry.reference --write`."""
     from pathlib import Path
 
-    from clfkit.docs import update_recipe_reference
+    from clfkit.registry.reference import update_recipe_reference
 
     reference = Path(__file__).parent.parent / "docs" / "recipe-reference.md"
     assert not update_recipe_reference(reference, write=False), \
-        "docs/recipe-reference.md is stale: run python -m clfkit.docs --write"
+        "docs/recipe-reference.md is stale: run python -m clfkit.registry.reference --write"
 
 
 @pytest.mark.parametrize("data, path", [

@@ -24,9 +24,9 @@ def _states(study):
 def test_a_continued_grid_with_fewer_trials_runs_no_more_than_asked(recipe_file, tmp_path):
     """A Ctrl-C'd grid of 4 left 4 points queued; continuing with --trials 2 ran all of them
     (3 trials for --trials 2). The queue is now cut back to what --trials asks."""
-    from clfkit.tune import plan_tune
-    from clfkit.tune.results import trial_rows, write_results
-    from clfkit.tune.study import open_study, queue_grid, queued
+    from clfkit.studies.tune import plan_tune
+    from clfkit.studies.tune.results import trial_rows, write_results
+    from clfkit.studies.tune.study import open_study, queue_grid, queued
 
     def plan(trials):
         return plan_tune(recipe_file, LR4, trials, out=tmp_path / "t", sampler="grid")
@@ -73,8 +73,8 @@ def test_choice_values_optuna_cannot_tell_apart_or_store_are_refused(recipe_file
 
 
 def test_a_quoted_choice_value_keeps_its_comma(recipe_file, tmp_path):
-    from clfkit.sweep.plan import split_top_level
-    from clfkit.tune import plan_tune
+    from clfkit.studies.sweep.plan import split_top_level
+    from clfkit.studies.tune import plan_tune
 
     assert split_top_level('"a,b", b') == ['"a,b"', "b"]
     assert split_top_level("it's,b") == ["it's", "b"]
@@ -234,8 +234,8 @@ def test_an_error_after_ctrl_c_is_a_stop_not_a_traceback(monkeypatch, tmp_path):
     import os
     import signal
 
-    from clfkit import trainer
-    from clfkit.signals import Interrupted
+    from clfkit.train import trainer
+    from clfkit.util.signals import Interrupted
 
     def compiler_killed(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)  # caught by the trainer's handler: only the flag is set

@@ -25,8 +25,8 @@ def test_the_study_db_is_in_a_tune_folder_with_an_odd_name(recipe_file, tmp_path
     options), so 't?y' continued the same study; '50%41' opened '50A' and was refused as
     'not a readable Optuna study'."""
     pytest.importorskip("optuna")
-    from clfkit.tune import plan_tune
-    from clfkit.tune.study import open_study
+    from clfkit.studies.tune import plan_tune
+    from clfkit.studies.tune.study import open_study
 
     out = tmp_path / name
     out.mkdir()
@@ -41,7 +41,7 @@ def test_the_default_mlflow_store_is_in_an_odd_working_folder(tmp_path, monkeypa
     (MLflow retried for a minute, then blamed MLFLOW_TRACKING_URI, which was not set)."""
     from sqlalchemy.engine import make_url
 
-    from clfkit.tracking import sqlite_path, tracking_uri
+    from clfkit.run.tracking import sqlite_path, tracking_uri
 
     cwd = tmp_path / name
     cwd.mkdir()
@@ -103,7 +103,7 @@ def test_a_seed_at_the_top_of_its_range_runs_every_trial(recipe_file, tmp_path):
     after the first trial (the sampler's seed is --seed plus the trials drawn); --seed -1
     before any."""
     pytest.importorskip("optuna")
-    from clfkit.tune import TuneError, plan_tune
+    from clfkit.studies.tune import TuneError, plan_tune
 
     code, out = invoke("tune", recipe_file, "--trials", 2, "--seed", 2**32 - 1, "--space",
                        "optim.lr=loguniform(1e-3,1e-1)", "--out", tmp_path / "t", "--quiet")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clfkit import atomic as cio
+from clfkit.util import atomic as cio
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def test_writing_through_a_symlink_replaces_its_target_and_keeps_the_link(tmp_pa
 
 
 def test_predict_into_a_pipe_gets_only_prediction_lines(trained_run, tmp_path):
-    from clfkit.export import export_run
+    from clfkit.deploy.export import export_run
     from PIL import Image
 
     model = export_run(trained_run.run_dir, tmp_path / "m.onnx").path
@@ -89,8 +89,8 @@ def test_ctrl_c_mid_epoch_says_it_saved_not_that_a_step_broke(monkeypatch, tmp_p
     (Interrupted: ...; the signal stops the compiler torch.compile runs too)' without compile."""
     from conftest import sigint_at_step, tiny_recipe
 
-    from clfkit import trainer
-    from clfkit.signals import Interrupted
+    from clfkit.train import trainer
+    from clfkit.util.signals import Interrupted
 
     sigint_at_step(monkeypatch, 3)
     with pytest.raises(Interrupted) as stop:
@@ -107,8 +107,8 @@ def stopped_run(monkeypatch, tmp_path) -> Path:
     """A 2-epoch run stopped by Ctrl-C in its first epoch."""
     from conftest import sigint_at_step, tiny_recipe
 
-    from clfkit import trainer
-    from clfkit.signals import Interrupted
+    from clfkit.train import trainer
+    from clfkit.util.signals import Interrupted
 
     with monkeypatch.context() as m:
         sigint_at_step(m, 3)
@@ -121,7 +121,7 @@ def test_resume_refuses_a_recipe_yaml_edited_since_the_run_started(stopped_run):
     """--resume trains last.pt's recipe: an edited recipe.yaml was silently ignored, and the run
     folder then recorded an lr and epoch count its run never used."""
     from clfkit.run.resume import ResumeError
-    from clfkit.trainer import resume_run
+    from clfkit.train.trainer import resume_run
 
     recipe = stopped_run / "recipe.yaml"
     original = recipe.read_bytes()
@@ -183,7 +183,7 @@ def test_read_file_keeps_reading_after_a_short_read(tmp_path, monkeypatch):
     and was skipped as truncated. Path.read_bytes, which it replaced, loops."""
     from PIL import Image
 
-    from clfkit import image_files
+    from clfkit.data import image_files
 
     path = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
@@ -229,8 +229,8 @@ def test_predict_follows_linked_folders_as_training_does_and_names_loops(trained
     them) got predictions for none of the linked images, and no word about them."""
     from PIL import Image
 
-    from clfkit.export import export_run
-    from clfkit.predict import predict_folder
+    from clfkit.deploy.export import export_run
+    from clfkit.deploy.batch_predict import predict_folder
 
     model = export_run(trained_run.run_dir, tmp_path / "m.onnx").path
     elsewhere = tmp_path / "elsewhere" / "bees"
@@ -253,7 +253,7 @@ def test_predict_follows_linked_folders_as_training_does_and_names_loops(trained
 def test_a_model_path_that_is_a_fifo_is_named_so_not_missing(tmp_path):
     """It said 'does not exist' for a FIFO (or /dev/zero) that plainly exists."""
     from clfkit.errors import ModelFileError
-    from clfkit.predictor import load_onnx
+    from clfkit.deploy.predictor import load_onnx
 
     fifo = tmp_path / "model.onnx"
     os.mkfifo(fifo)

@@ -51,7 +51,7 @@ def _parse(path: Path) -> _Page:
 
 @pytest.fixture(scope="module")
 def run_with_report(tmp_path_factory):
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     # a short run on hard-to-separate data still gets some test images wrong
     return train(tiny_recipe(train__epochs=1), tmp_path_factory.mktemp("runs"), quiet=True).run_dir
@@ -105,7 +105,7 @@ def seed_sweep_page(tmp_path_factory) -> Path:
     """report.html of a sweep of two LRs under two seeds each (the seeds table, mean curves)."""
     import yaml
 
-    from clfkit.sweep import run_sweep
+    from clfkit.studies.sweep import run_sweep
 
     folder = tmp_path_factory.mktemp("seeds")
     data = tiny_recipe(train__epochs=1).to_dict()

@@ -153,9 +153,9 @@ def test_signal_saves_last_and_says_how_to_resume(tmp_path, sig, code):
 ], ids=["plain", "albumentations-workers-ema-early-stopping"])
 def test_resume_of_interrupted_run_continues_in_process(tmp_path, extra):
     """An in-process SIGINT (flag set from inside the loop) then resume: same as uninterrupted."""
-    from clfkit import trainer as R
-    from clfkit.signals import Interrupted
-    from clfkit.trainer import train
+    from clfkit.train import trainer as R
+    from clfkit.util.signals import Interrupted
+    from clfkit.train.trainer import train
 
     recipe = tiny_recipe(train__epochs=2, train__deterministic=True, data__image_size=8, **extra)
     ref = train(recipe, tmp_path / "ref", quiet=True)
@@ -177,7 +177,7 @@ def test_resume_of_interrupted_run_continues_in_process(tmp_path, extra):
 
 def test_rng_state_round_trip_is_weights_only_safe(tmp_path):
     from clfkit.run.checkpoint import load_checkpoint, save_checkpoint
-    from clfkit.engine.snapshot import rng_state, set_rng_state
+    from clfkit.train.engine.snapshot import rng_state, set_rng_state
 
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     random.gauss(0, 1), np.random.standard_normal()  # leave cached gaussians in both
@@ -190,7 +190,7 @@ def test_rng_state_round_trip_is_weights_only_safe(tmp_path):
 
 def test_resume_refuses_what_it_cannot_continue(tmp_path, trained_run):
     from clfkit.run.resume import ResumeError
-    from clfkit.trainer import resume_run
+    from clfkit.train.trainer import resume_run
 
     with pytest.raises(ResumeError, match="does not exist"):
         resume_run(tmp_path / "nope")
@@ -227,7 +227,7 @@ def _nan_loss_at(steps: set[int]):
 
 
 def test_nonfinite_loss_stops_with_epoch_step_and_cause(tmp_path, monkeypatch):
-    import clfkit.trainer as T
+    import clfkit.train.trainer as T
     from clfkit.errors import TrainingError
 
     monkeypatch.setattr(T, "build_loss", lambda recipe, n, splits=None: _nan_loss_at({20}))
@@ -242,7 +242,7 @@ def test_nonfinite_loss_stops_with_epoch_step_and_cause(tmp_path, monkeypatch):
 
 
 def test_nonfinite_skip_counts_skipped_batches(tmp_path, monkeypatch):
-    import clfkit.trainer as T
+    import clfkit.train.trainer as T
 
     # evaluation calls the loss too (val: 96 images / batch 64 = 2 calls per epoch)
     monkeypatch.setattr(T, "build_loss", lambda recipe, n, splits=None: _nan_loss_at({3, 5}))
@@ -256,7 +256,7 @@ def test_nonfinite_skip_counts_skipped_batches(tmp_path, monkeypatch):
 def test_format_1_last_pt_loads_as_one_rank(tmp_path):
     """A last.pt written before per-rank states (one process, its state at the top level)."""
     from clfkit.run.checkpoint import save_checkpoint
-    from clfkit.engine.snapshot import rng_state
+    from clfkit.train.engine.snapshot import rng_state
     from clfkit.run.resume import load_resume_state
 
     rng, aug = rng_state(), torch.Generator().manual_seed(5).get_state()

@@ -18,9 +18,9 @@ from PIL import Image
 from clfkit.cli import cli
 from clfkit.run.checkpoint import load_checkpoint, save_checkpoint
 from clfkit.run.resume import ResumeError
-from clfkit.build import build_data
+from clfkit.train.build import build_data
 from clfkit.run.data_record import DataChangedError, DataRecordWarning, eval_data_changed
-from clfkit.trainer import resume_run, train
+from clfkit.train.trainer import resume_run, train
 from conftest import set_recorded_epochs, tiny_recipe, write_image_folder
 
 

@@ -50,7 +50,7 @@ def _recipe(folder: Path, source: dict, **changes) -> Path:
 
 
 def _streamed(pattern: str, **args):
-    from clfkit.build import build_data
+    from clfkit.train.build import build_data
 
     recipe = tiny_recipe(data__source={"name": "webdataset", "train": pattern, **args}, data__image_size=8,
                          data__val_fraction=0)
@@ -58,7 +58,7 @@ def _streamed(pattern: str, **args):
 
 
 def _keys(split, epoch: int, *, workers: int = 0, start: int = 0, batch_size: int = 8, drop_last: bool = False):
-    from clfkit.engine.stream_batches import StreamBatches
+    from clfkit.train.engine.stream_batches import StreamBatches
 
     keys: list[str] = []
     batches = StreamBatches(split, batch_size, 0, drop_last, torch.device("cpu"), [], workers, keys=keys)
@@ -70,8 +70,8 @@ def _keys(split, epoch: int, *, workers: int = 0, start: int = 0, batch_size: in
 @pytest.mark.parametrize("counts", [[10, 10, 10, 10], [7, 13, 1, 0, 9], [3]])
 @pytest.mark.parametrize("world,batch,drop_last", [(1, 4, False), (2, 4, False), (2, 4, True), (3, 6, False)])
 def test_plan_covers_every_sample_once_over_ranks_with_equal_steps(counts, world, batch, drop_last):
-    from clfkit.engine.batches import num_batches
-    from clfkit.engine.stream_batches import rank_plan
+    from clfkit.train.engine.batches import num_batches
+    from clfkit.train.engine.stream_batches import rank_plan
 
     n = sum(counts)
     seen, steps = [], set()
@@ -149,13 +149,13 @@ def _gloo_main(rank: int, port: int, pattern: str, out: str, results: str) -> No
     from test_distributed import _join
 
     _join(rank, port)
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     recipe = tiny_recipe(data__source={"name": "webdataset", "train": pattern}, data__image_size=8,
                          data__val_fraction=0, data__workers=0, train__epochs=1, train__batch_size=8,
                          train__device="cpu", model__blocks=[{"channels": 4, "pool": "max"}])
     res = train(recipe, out, quiet=True)  # DDP over streamed shards: both ranks must take the same steps
-    from clfkit.build import build_data
+    from clfkit.train.build import build_data
 
     split = build_data(recipe).train
     seen = {f"epoch{e}": _keys(split, e)[0] for e in (0, 1)}
@@ -262,7 +262,7 @@ def test_truncated_shard_is_an_error_never_a_short_epoch(tmp_path):
 
 
 def test_bad_samples_are_counted_skips_and_the_epoch_keeps_its_size(tmp_path):
-    from clfkit.engine.stream_batches import SkippedSamples
+    from clfkit.train.engine.stream_batches import SkippedSamples
 
     bad = {3: {"cls": None}, 5: {"cls": "7"}, 8: {"png": b"not a png"}, 11: {"cls": "zebra"}}
     split = _streamed(write_shards(tmp_path / "s", 32, 8, bad=bad))
@@ -303,8 +303,8 @@ def test_streamed_run_stopped_mid_epoch_resumes_bit_identical(tmp_path):
     from conftest import sigint_at_step
     from test_resume import _assert_same_run
 
-    from clfkit.signals import Interrupted
-    from clfkit.trainer import resume_run, train
+    from clfkit.util.signals import Interrupted
+    from clfkit.train.trainer import resume_run, train
 
     pattern = write_shards(tmp_path / "s", 90, 16)
     recipe = tiny_recipe(data__source={"name": "webdataset", "train": pattern}, data__image_size=8,

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 
 def test_images_per_epoch_leaves_out_drop_last_tail():
-    from clfkit.engine.batches import images_per_epoch, num_batches
+    from clfkit.train.engine.batches import images_per_epoch, num_batches
 
     assert images_per_epoch(1000, 256, True) == 768 == num_batches(1000, 256, True) * 256
     assert images_per_epoch(1000, 256, False) == 1000
@@ -21,7 +21,7 @@ def test_images_per_epoch_leaves_out_drop_last_tail():
 
 
 def test_cuda_generators_are_seeded_per_rank(monkeypatch):
-    from clfkit.engine import distributed, runtime
+    from clfkit.train.engine import distributed, runtime
 
     last = {}
     monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda s: last.update(seed=s))
@@ -34,7 +34,7 @@ def test_cuda_generators_are_seeded_per_rank(monkeypatch):
 
 
 def test_augmentation_generator_from_another_device_kind_does_not_crash():
-    from clfkit.engine.snapshot import restore_generator
+    from clfkit.train.engine.snapshot import restore_generator
 
     gen = torch.Generator().manual_seed(3)
     fresh = gen.get_state().clone()
@@ -49,7 +49,7 @@ def test_augmentation_generator_from_another_device_kind_does_not_crash():
 
 def test_padcrop_keeps_channels_last_and_values():
     from clfkit.components.augmentations import PadCropT
-    from clfkit.engine.prep import BatchPrep
+    from clfkit.train.engine.prep import BatchPrep
 
     x = torch.rand(4, 3, 8, 8)
     out = PadCropT(2, "reflect")(x, torch.Generator().manual_seed(0))
@@ -65,7 +65,7 @@ def test_padcrop_keeps_channels_last_and_values():
 def test_ema_matches_timm_model_ema_v3():
     from timm.utils import ModelEmaV3
 
-    from clfkit.engine.ema import WeightEMA
+    from clfkit.train.engine.ema import WeightEMA
     from clfkit.recipe import EMA
 
     torch.manual_seed(0)
@@ -86,8 +86,8 @@ def test_ema_matches_timm_model_ema_v3():
 
 def test_evaluate_confusion_counts_without_bincount():
     from clfkit.data import ImageSet
-    from clfkit.engine.runtime import Runtime
-    from clfkit.evaluation import evaluate
+    from clfkit.train.engine.runtime import Runtime
+    from clfkit.run.evaluation import evaluate
 
     class Fixed(nn.Module):
         def forward(self, x):
@@ -105,7 +105,7 @@ def test_evaluate_confusion_counts_without_bincount():
 
 
 def test_sync_bn_converts_in_place_and_is_a_no_op_in_one_process():
-    from clfkit.engine import distributed
+    from clfkit.train.engine import distributed
     from clfkit.errors import TrainingError
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))

@@ -17,11 +17,11 @@ import torch
 from PIL import Image
 
 from conftest import sigint_at_step, tiny_recipe
-from clfkit import image_files
-from clfkit.build import build_data, normalization
-from clfkit.data import ImageSet, decode_pool, storage
-from clfkit.data.folder import decode_files, load_folder
-from clfkit.engine import batches
+from clfkit.data import image_files
+from clfkit.train.build import build_data, normalization
+from clfkit.data import ImageSet, decode_pool, disk_storage as storage
+from clfkit.data.class_folders import decode_files, load_folder
+from clfkit.train.engine import batches
 
 SIZE = 8
 
@@ -211,7 +211,7 @@ def _summary(run):
 
 
 def test_disk_and_memory_storage_train_the_same_run(tmp_path, cache_tmp, capsys):
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     small = dict(data__source={"name": "shapes", "num_classes": 3, "train_size": 96, "val_size": 32,
                                "test_size": 32}, train__epochs=1)
@@ -222,8 +222,8 @@ def test_disk_and_memory_storage_train_the_same_run(tmp_path, cache_tmp, capsys)
 
 
 def test_resume_with_disk_storage_is_exact(tmp_path, cache_tmp, monkeypatch):
-    from clfkit.signals import Interrupted
-    from clfkit.trainer import resume_run, train
+    from clfkit.util.signals import Interrupted
+    from clfkit.train.trainer import resume_run, train
 
     monkeypatch.setattr(batches, "CHUNK_BYTES", 4 * 768)  # 16x16x3 images: chunks of 4,
     monkeypatch.setattr(batches, "WINDOW_BYTES", 5 * 4 * 768)  # windows of 20: the chunked order

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from clfkit.run.plots import DPI, compare_inches
-from clfkit.sweep import SweepError, parse_grid, plan_sweep, run_sweep
+from clfkit.studies.sweep import SweepError, parse_grid, plan_sweep, run_sweep
 
 # Three classes of 8 px shapes, a two-block CNN of 8 and 16 channels, two epochs: the sweep's
 # planning, tables and re-runs are the test, not what the runs learn.
@@ -97,7 +97,7 @@ def test_six_run_sweep_tables_and_rerun(tmp_path, one_thread, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr("clfkit.trainer.train", no_training)
+    monkeypatch.setattr("clfkit.train.trainer.train", no_training)
     logs.clear()
     again = run_sweep(recipe, ["model.head_dropout=0,0.3,0.6"], out=out, quiet=True, log=logs.append)
     assert "6 already finished, 0 to train" in logs[0]

@@ -57,7 +57,7 @@ def test_seeds_flag_on_a_grid_gives_intervals_and_class_deltas(tmp_path):
 
 
 def test_statistics():
-    from clfkit.sweep.seeds import mean_sd_ci, welch_p
+    from clfkit.studies.sweep.seeds import mean_sd_ci, welch_p
 
     s = mean_sd_ci([1.0, 2.0, 3.0])
     assert s["mean"] == 2 and s["sd"] == 1 and s["ci_high"] == pytest.approx(2 + 4.3027 / math.sqrt(3), abs=1e-4)

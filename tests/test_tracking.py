@@ -15,8 +15,8 @@ def _small(**changes):
 
 
 def test_missing_mlflow_is_a_clear_error_before_the_run_folder(tmp_path, monkeypatch):
-    from clfkit.tracking import TrackingError
-    from clfkit.trainer import train
+    from clfkit.run.tracking import TrackingError
+    from clfkit.train.trainer import train
 
     monkeypatch.chdir(tmp_path)  # were mlflow importable after all, its default store goes here
     # import mlflow (and any of its modules an earlier test imported) now raises ImportError
@@ -52,7 +52,7 @@ def _experiment(store, tmp_path) -> str:
 
 
 def test_run_is_logged_with_params_metric_history_and_artifacts(tmp_path, store, monkeypatch):
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     exp = _experiment(store, tmp_path)
     res = train(_small(), tmp_path / "runs", quiet=True)
@@ -74,7 +74,7 @@ def test_local_mlruns_store_by_default(tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
@@ -90,7 +90,7 @@ def test_local_mlruns_store_by_default(tmp_path, monkeypatch):
 def test_sweep_is_a_parent_run_with_child_runs(tmp_path, store):
     import yaml
 
-    from clfkit.sweep import run_sweep
+    from clfkit.studies.sweep import run_sweep
 
     exp = _experiment(store, tmp_path)
     recipe = tmp_path / "r.yaml"
@@ -128,7 +128,7 @@ def test_tune_is_a_parent_run_with_a_child_run_per_trial(tmp_path, store):
     import yaml
 
     pytest.importorskip("optuna")
-    from clfkit.tune import plan_tune, run_tune
+    from clfkit.studies.tune import plan_tune, run_tune
 
     exp = _experiment(store, tmp_path)
     recipe = tmp_path / "r.yaml"
@@ -152,8 +152,8 @@ def test_a_store_failing_during_the_run_does_not_end_it(tmp_path, store, monkeyp
     that fails for the rest of the run leaves an incomplete MLflow run, never a dead run."""
     from mlflow.tracking import MlflowClient
 
-    from clfkit.tracking import TrackingWarning
-    from clfkit.trainer import train
+    from clfkit.run.tracking import TrackingWarning
+    from clfkit.train.trainer import train
 
     exp = _experiment(store, tmp_path)
     real = MlflowClient.log_batch
@@ -194,8 +194,8 @@ def test_tensorboard_failing_during_the_run_does_not_end_it(tmp_path, monkeypatc
     pytest.importorskip("tensorboard")
     from torch.utils.tensorboard import SummaryWriter
 
-    from clfkit.tracking import TrackingWarning
-    from clfkit.trainer import train
+    from clfkit.run.tracking import TrackingWarning
+    from clfkit.train.trainer import train
 
     def full(self, *a, **kw):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -19,7 +19,7 @@ def mlflow_run(mlflow_store, tmp_path_factory):
     """One tiny run trained with train.track: [mlflow] into the session's SQLite store."""
     from mlflow.tracking import MlflowClient
 
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     tmp = tmp_path_factory.mktemp("mlflow-export")
     with pytest.MonkeyPatch.context() as mp:
@@ -62,7 +62,7 @@ def _copy_with_tracking(run, dest, **record):
 
 @pytest.mark.parametrize("why", ["no mlflow", "store gone", "unknown run"])
 def test_export_succeeds_with_one_warning_when_mlflow_cannot_log(mlflow_run, tmp_path, monkeypatch, why):
-    from clfkit.tracking import log_export
+    from clfkit.run.tracking import log_export
 
     run, _, _ = mlflow_run
     onnx = tmp_path / "model.onnx"
@@ -84,7 +84,7 @@ def test_export_succeeds_with_one_warning_when_mlflow_cannot_log(mlflow_run, tmp
 
 
 def test_export_of_a_run_without_mlflow_says_nothing_about_it(tmp_path):
-    from clfkit.tracking import log_export
+    from clfkit.run.tracking import log_export
 
     (tmp_path / "best.pt").write_bytes(b"")
     assert log_export(tmp_path, [tmp_path / "best.pt"]) == (None, None)
@@ -92,15 +92,15 @@ def test_export_of_a_run_without_mlflow_says_nothing_about_it(tmp_path):
 
 def test_cli_export_warns_in_one_line_and_exits_0_without_mlflow(mlflow_run, tmp_path, monkeypatch):
     """The CLI's side: an export that succeeded (test above: a real one) stays a success."""
-    import clfkit.export
-    from clfkit.export import ExportResult
+    import clfkit.deploy.export
+    from clfkit.deploy.export import ExportResult
 
     def fake_export(run_dir, out, **options):
         out.write_bytes(b"onnx")
         return ExportResult(out, 0.0, 1.0, 16)
 
     run, _, _ = mlflow_run
-    monkeypatch.setattr(clfkit.export, "export_run", fake_export)
+    monkeypatch.setattr(clfkit.deploy.export, "export_run", fake_export)
     _hide_mlflow(monkeypatch)
     code, text = invoke("export", run, "-o", tmp_path / "m.onnx")
     assert code == 0 and (tmp_path / "m.onnx").is_file() and "wrote " in text, text

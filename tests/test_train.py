@@ -8,9 +8,9 @@ import torch
 
 from clfkit.run.checkpoint import load_checkpoint, model_from_checkpoint
 from clfkit.errors import TrainingError
-from clfkit.engine.batches import epoch_order
-from clfkit.engine.runtime import resolve_runtime
-from clfkit.trainer import train
+from clfkit.train.engine.batches import epoch_order
+from clfkit.train.engine.runtime import resolve_runtime
+from clfkit.train.trainer import train
 
 from conftest import tiny_recipe
 
@@ -90,7 +90,7 @@ def test_gpu_only_settings_refused_on_cpu():
 
 
 def test_val_carved_from_train_when_missing(tmp_path):
-    from clfkit.build import build_data
+    from clfkit.train.build import build_data
 
     r = tiny_recipe(data__source__val_size=0, data__val_fraction=0.25)
     s = build_data(r)
@@ -123,7 +123,7 @@ def test_both_batch_paths_yield_the_scheduled_batches(n, batch_size, drop_last, 
     """The schedule counts num_batches() steps per epoch; both batch paths must yield exactly those
     (a split smaller than the batch trains one batch even with drop_last)."""
     from clfkit.data import ImageSet
-    from clfkit.engine.batches import num_batches, train_batches
+    from clfkit.train.engine.batches import num_batches, train_batches
 
     data = ImageSet(torch.zeros(n, 1, 2, 2, dtype=torch.uint8), torch.arange(n))
     identity = [lambda image: {"image": image}] if per_image else []
@@ -138,9 +138,9 @@ def test_both_batch_paths_yield_the_scheduled_batches(n, batch_size, drop_last, 
 
 def test_run_log_names_the_data_path():
     """Users see when a per-image transform sends batches through CPU loader workers."""
-    from clfkit.build import build_augmentations
-    from clfkit.engine.runtime import Runtime
-    from clfkit.trainer import _data_path
+    from clfkit.train.build import build_augmentations
+    from clfkit.train.engine.runtime import Runtime
+    from clfkit.train.trainer import _data_path
 
     names: dict = {}
     per_image, batched = build_augmentations(tiny_recipe(data__augment=["HorizontalFlip", {"name": "ColorJitter"}]), names)

@@ -13,9 +13,10 @@ import yaml
 from conftest import TINY, invoke
 from PIL import Image, ImageOps
 
-from clfkit import Predictor, image_files
+from clfkit import Predictor
+from clfkit.data import image_files
 from clfkit.errors import DataError
-from clfkit.export import export_run
+from clfkit.deploy.export import export_run
 
 RNG = np.random.default_rng(3)
 LEVELS = RNG.uniform(0.05, 0.95, (16, 16))  # an image's content, 0..1
@@ -116,7 +117,7 @@ def test_training_uses_the_same_rule_for_every_mode_and_lists_a_non_finite_image
     run = next((tmp_path / "runs").iterdir())
     skipped = (run / "skipped.txt").read_text()
     assert "nan.tif" in skipped and "not finite" in skipped, skipped
-    from clfkit.build import build_data
+    from clfkit.train.build import build_data
     from clfkit.recipe import validate_recipe
 
     test = build_data(validate_recipe(yaml.safe_load(recipe.read_text()))).test  # every mode in it

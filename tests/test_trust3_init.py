@@ -35,9 +35,9 @@ def _train(tmp_path, *args):
 def _head_after_init(run_dir, class_names):
     """The classifier rows a model for ``class_names`` starts from after init from ``run_dir``
     (what the trainer does before the first step), and the receipt."""
-    from clfkit.build import build_model
+    from clfkit.train.build import build_model
     from clfkit.recipe import validate_recipe
-    from clfkit.run.init import load_init
+    from clfkit.train.init_weights import load_init
 
     recipe = validate_recipe({**TINY, "data": {**TINY["data"], "source": {**TINY["data"]["source"],
                                                                           "num_classes": len(class_names)}}})
@@ -71,7 +71,7 @@ def test_shared_classes_keep_their_rows_by_name_new_ones_start_fresh(trained_run
 
 
 def test_no_class_in_common_leaves_the_head_as_freshly_initialized(trained_run):
-    from clfkit.build import build_model
+    from clfkit.train.build import build_model
     from clfkit.recipe import validate_recipe
 
     old = torch.load(trained_run.run_dir / "best.pt", weights_only=True)["model"]
@@ -97,7 +97,7 @@ def test_the_same_classes_in_another_order_are_reordered_not_loaded_as_is(traine
 def test_an_image_size_change_is_reported_as_a_shape_and_a_head_loads_whole_or_not_at_all(tmp_path):
     """The linear model's head holds every tensor: after an image-size change its weight no
     longer fits while its bias would; neither loads, and no reason speaks of classes."""
-    from clfkit.weights_receipt import compare
+    from clfkit.train.weights_receipt import compare
 
     first = tmp_path / "first"
     recipe = _recipe_file(first, ("a", "b", "c"), "none", model={"name": "linear"})

@@ -18,8 +18,8 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from clfkit import image_files
-from clfkit.build import build_data
+from clfkit.data import image_files
+from clfkit.train.build import build_data
 from clfkit.cli import cli
 from clfkit.data import cache
 

@@ -15,7 +15,7 @@ import onnx
 import pytest
 from PIL import Image
 
-from clfkit.predict import read_predictions
+from clfkit.deploy.batch_predict import read_predictions
 from conftest import invoke, refused, tiny_recipe
 
 
@@ -29,7 +29,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def run_b(tmp_path_factory) -> Path:
     """A second run with another recipe (another seed, 1 epoch)."""
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     return train(tiny_recipe(seed=1, train__epochs=1), tmp_path_factory.mktemp("runs_b"), quiet=True).run_dir
 
@@ -42,7 +42,7 @@ def run_a(trained_run, tmp_path) -> Path:
 
 @pytest.fixture(scope="module")
 def model(trained_run, tmp_path_factory) -> Path:
-    from clfkit.export import export_run
+    from clfkit.deploy.export import export_run
 
     return export_run(trained_run.run_dir, tmp_path_factory.mktemp("exp") / "tiny.onnx").path
 

@@ -23,7 +23,7 @@ from clfkit import registry
 from clfkit.cli import cli
 from clfkit.recipe import parse_override, read_yaml
 from clfkit.registry import Registry
-from clfkit.sweep import plan_sweep
+from clfkit.studies.sweep import plan_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -100,7 +100,7 @@ def test_grid_values_that_are_not_names_get_safe_labels(tmp_path):
 def test_sweep_cleanup_never_deletes_outside_the_sweep_folder(tmp_path):
     from clfkit.errors import ClfkitError
     from clfkit.recipe import validate_recipe
-    from clfkit.sweep import run_trial
+    from clfkit.studies.sweep import run_trial
 
     recipe = validate_recipe(dict(TINY)).to_dict()
     sweep_dir = tmp_path / "sw"
@@ -191,7 +191,7 @@ def test_same_text_same_value_in_set_grid_and_sweep_file(tmp_path):
 def plan_sweep_axes(tmp_path: Path, grid: list[str] = (), block: str = "") -> list[tuple[str, object]]:
     """(label, value) of the one axis planned from a --grid or a sweep-file block, read
     without validating the recipes (values of any type go in)."""
-    from clfkit.sweep import axes_from_block, parse_grid
+    from clfkit.studies.sweep import axes_from_block, parse_grid
 
     if grid:
         axis = parse_grid(grid[0])

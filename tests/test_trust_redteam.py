@@ -79,7 +79,7 @@ def test_checkpoint_path_elsewhere_names_the_real_run(tmp_path, monkeypatch):
 def test_predict_never_replaces_a_file_it_did_not_write(trained_run, tmp_path, existing):
     """-o over an existing recipe, note or JSON is a mistyped argument, not a predictions file:
     refused with the file unchanged (an earlier test.txt/.csv is replaced as before)."""
-    from clfkit.export import export_run
+    from clfkit.deploy.export import export_run
     from conftest import write_image_folder
 
     model = export_run(trained_run.run_dir, tmp_path / "m.onnx").path

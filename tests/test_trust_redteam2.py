@@ -14,9 +14,9 @@ import yaml
 from PIL import Image
 
 from conftest import refused, tiny_recipe, write_image_folder
-from clfkit.build import build_data
+from clfkit.train.build import build_data
 from clfkit.components.losses import WeightedCrossEntropy
-from clfkit.data import cache, disk_spill
+from clfkit.data import cache, disk_storage as disk_spill
 
 
 def _recipe_file(tmp_path, **changes):
@@ -122,7 +122,7 @@ def test_temp_folders_left_by_a_killed_run_are_removed(tmp_path, monkeypatch):
 @pytest.mark.parametrize("record", ['{"mlflow_run_id": "deadbeef"}', "{", '{"other": 1}'])
 def test_resume_with_an_edited_tracking_json_names_the_file(tmp_path, monkeypatch, mlflow_store, record):
     # before: a KeyError / JSONDecodeError / MlflowException traceback on --resume
-    from clfkit.tracking import TRACKING_FILE, MLflowTracker, TrackingError
+    from clfkit.run.tracking import TRACKING_FILE, MLflowTracker, TrackingError
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
     (tmp_path / TRACKING_FILE).write_text(record)
@@ -135,7 +135,7 @@ def test_a_tracking_store_that_fails_is_refused_before_the_run_folder(tmp_path, 
     # before: MLFLOW_TRACKING_URI=file:///... (MLflow's retired file store; MlflowException on
     # the first call) was a traceback from inside MLflow, after the run folder was made.
     # The store's failure is simulated: MLflow's own takes seconds to import and raise.
-    from clfkit import tracking
+    from clfkit.run import tracking
 
     def store_down():
         raise RuntimeError("The filesystem tracking backend is in maintenance mode")

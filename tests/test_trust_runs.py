@@ -160,12 +160,12 @@ def test_two_resumes_at_once_and_no_stale_lock_after_kill(tmp_path):
 
 
 def test_lock_unit_holder_details_reentry_and_release(tmp_path):
-    from clfkit.run.folder import RunLockedError, run_lock
+    from clfkit.run.run_folder import RunLockedError, run_lock
 
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         sys.argv = ["clfkit", "eval", "somewhere"]
-        from clfkit.run.folder import run_lock
+        from clfkit.run.run_folder import run_lock
         with run_lock({str(tmp_path)!r}):
             print("held", flush=True)
             time.sleep(60)
@@ -437,15 +437,15 @@ def test_sweep_restart_of_an_unstarted_run_waits_for_no_one_and_deletes_nothing_
     import subprocess
     import sys
 
-    from clfkit.run.folder import RunLockedError
-    from clfkit.sweep import run_trial
+    from clfkit.run.run_folder import RunLockedError
+    from clfkit.studies.sweep import run_trial
 
     run = tmp_path / "sweep" / "lr=0.1"
     run.mkdir(parents=True)
     (run / "recipe.yaml").write_text("name: x\n")
     (run / "partial.tmp").write_text("another process's file")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom clfkit.run.folder import run_lock\n"
+        [sys.executable, "-c", "import sys, time\nfrom clfkit.run.run_folder import run_lock\n"
          f"with run_lock({str(run)!r}, 'train'):\n    print('held', flush=True)\n    time.sleep(60)\n"],
         stdout=subprocess.PIPE, text=True, env=_env())
     try:

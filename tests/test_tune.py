@@ -27,7 +27,7 @@ SPACES = ["optim.lr=loguniform(1e-5,1e-2)", "model.dropout=uniform(0,0.5)", "tra
 
 @pytest.fixture(scope="module")
 def tuned(recipe_file):
-    from clfkit.tune import plan_tune, run_tune
+    from clfkit.studies.tune import plan_tune, run_tune
 
     out = recipe_file.parent / "tune"
     setup = plan_tune(recipe_file, SPACES, trials=6, out=out, pruner="halving")
@@ -52,7 +52,7 @@ def test_six_trials_with_pruning(tuned):
 
 def test_best_yaml_trains(tuned, tmp_path):
     from clfkit.recipe import load_recipe
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     setup, res = tuned
     recipe = load_recipe(res.out / "best.yaml", ["train.epochs=1"])
@@ -61,7 +61,7 @@ def test_best_yaml_trains(tuned, tmp_path):
 
 
 def test_rerun_continues_the_study(tuned):
-    from clfkit.tune import plan_tune, run_tune
+    from clfkit.studies.tune import plan_tune, run_tune
 
     setup, res = tuned
     again = plan_tune(setup.recipe_path, SPACES, trials=6, out=setup.out, pruner="halving")
@@ -74,7 +74,7 @@ def test_rerun_continues_the_study(tuned):
 
 
 def test_another_space_in_the_same_folder_is_refused(tuned):
-    from clfkit.tune import TuneError, plan_tune, run_tune
+    from clfkit.studies.tune import TuneError, plan_tune, run_tune
 
     setup, _ = tuned
     other = plan_tune(setup.recipe_path, SPACES[:1], trials=6, out=setup.out)
@@ -94,7 +94,7 @@ def test_another_space_in_the_same_folder_is_refused(tuned):
 ])
 def test_space_is_validated_like_set(recipe_file, tmp_path, space, message):
     from clfkit.errors import ClfkitError
-    from clfkit.tune import plan_tune
+    from clfkit.studies.tune import plan_tune
 
     with pytest.raises(ClfkitError, match=message):
         plan_tune(recipe_file, [space], trials=2, out=tmp_path / "t")
@@ -115,7 +115,7 @@ def test_cli_tune(recipe_file, tmp_path):
 def test_jobs_run_trials_in_worker_processes_on_one_study(recipe_file, tmp_path):
     """--jobs 2: two spawned workers share the SQLite study; every trial is in the table with
     its own run folder, and a re-run with --jobs finds the study done."""
-    from clfkit.tune import plan_tune, run_tune
+    from clfkit.studies.tune import plan_tune, run_tune
 
     out = tmp_path / "tune-jobs"
     setup = plan_tune(recipe_file, SPACES[:1], trials=3, out=out, pruner="none", overrides=["train.epochs=1"])

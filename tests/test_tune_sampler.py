@@ -23,13 +23,13 @@ def recipe_file(tmp_path_factory):
 
 @pytest.mark.parametrize("epochs, start", [(1, 1), (2, 1), (4, 1), (5, 2), (6, 2), (9, 3), (30, 10)])
 def test_pruning_starts_at_a_third_of_the_epochs(epochs, start):
-    from clfkit.tune import pruning_start
+    from clfkit.studies.tune import pruning_start
 
     assert pruning_start(epochs) == start
 
 
 def test_pruners_are_scaled_to_the_run(recipe_file, tmp_path):
-    from clfkit.tune import make_pruner, plan_tune
+    from clfkit.studies.tune import make_pruner, plan_tune
 
     setup = plan_tune(recipe_file, GRID, None, ["train.epochs=9"], out=tmp_path / "t")
     assert setup.epochs == 9 and setup.pruner == "quartile"
@@ -50,7 +50,7 @@ def test_pruners_are_scaled_to_the_run(recipe_file, tmp_path):
 def test_quartile_prunes_only_the_bottom_quarter():
     from types import SimpleNamespace
 
-    from clfkit.tune import make_pruner
+    from clfkit.studies.tune import make_pruner
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     pruner = make_pruner(SimpleNamespace(pruner="quartile", epochs=3, prune_from=1))
@@ -69,7 +69,7 @@ def test_quartile_prunes_only_the_bottom_quarter():
 
 
 def test_tpe_random_start_is_a_third_of_the_trials(recipe_file, tmp_path):
-    from clfkit.tune import make_sampler, plan_tune
+    from clfkit.studies.tune import make_sampler, plan_tune
 
     for trials, startup in ((3, 2), (12, 4), (60, 10)):
         setup = plan_tune(recipe_file, GRID, trials, out=tmp_path / "t")
@@ -78,8 +78,8 @@ def test_tpe_random_start_is_a_third_of_the_trials(recipe_file, tmp_path):
 
 def test_grid_walks_every_combination_once_and_a_stopped_point_runs_again(recipe_file, tmp_path):
     from clfkit.recipe import validate_recipe
-    from clfkit.trainer import train
-    from clfkit.tune import open_study, plan_tune, run_tune, trial_recipe
+    from clfkit.train.trainer import train
+    from clfkit.studies.tune import open_study, plan_tune, run_tune, trial_recipe
 
     def plan(trials):
         return plan_tune(recipe_file, GRID, trials, ["train.epochs=1"], out=tmp_path / "t", pruner="none", sampler="grid")
@@ -112,7 +112,7 @@ def test_grid_walks_every_combination_once_and_a_stopped_point_runs_again(recipe
 
 
 def test_a_grid_point_that_fails_is_not_retried(recipe_file, tmp_path):
-    from clfkit.tune import plan_tune, run_tune
+    from clfkit.studies.tune import plan_tune, run_tune
 
     space = ["init=choice(null,no_such_run)", "model.dropout=choice(0)"]  # a missing init: the run fails
     setup = plan_tune(recipe_file, space, None, ["train.epochs=1"], out=tmp_path / "t", sampler="grid")
@@ -135,14 +135,14 @@ def test_bad_sampler_use_is_refused(recipe_file, tmp_path, args, message):
 
 
 def test_unknown_sampler_names_the_choices(recipe_file, tmp_path):
-    from clfkit.tune import TuneError, plan_tune
+    from clfkit.studies.tune import TuneError, plan_tune
 
     with pytest.raises(TuneError, match="'sobol': choose one of tpe, grid, random"):
         plan_tune(recipe_file, GRID, None, out=tmp_path / "t", sampler="sobol")
 
 
 def test_a_study_keeps_its_sampler(recipe_file, tmp_path):
-    from clfkit.tune import TuneError, plan_tune, run_tune
+    from clfkit.studies.tune import TuneError, plan_tune, run_tune
 
     out = tmp_path / "t"
     run_tune(plan_tune(recipe_file, GRID, 1, ["train.epochs=1"], out=out, sampler="random"), log=lambda s: None)

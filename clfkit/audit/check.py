@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from clfkit import image_files
+from clfkit.data import image_files
 from clfkit.data.audit.catalog import load_catalog
 from clfkit.data.audit.findings import (FEATURE_SIMILARITY, KINDS, PHASH_DISTANCE, Catalog, Finding, exact_findings, near_duplicate_findings,
                                         overview, quality_findings, sort_findings)

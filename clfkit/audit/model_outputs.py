@@ -16,15 +16,15 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from clfkit.build import build_data
+from clfkit.train.build import build_data
 from clfkit.data import ImageSet, Splits
-from clfkit.engine.runtime import resolve_runtime
+from clfkit.train.engine.runtime import resolve_runtime
 from clfkit.errors import DataError
-from clfkit.image_files import escape_path
+from clfkit.data.image_files import escape_path
 from clfkit.recipe import Recipe, validate_recipe
 from clfkit.run.checkpoint import load_checkpoint, model_from_checkpoint, run_checkpoint
-from clfkit.run.folder import RunFolder
-from clfkit.trainer import train
+from clfkit.run.run_folder import RunFolder
+from clfkit.train.trainer import train
 
 
 @dataclass

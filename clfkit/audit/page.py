@@ -13,11 +13,11 @@ from typing import Optional
 
 from PIL import Image, ImageOps
 
-from clfkit import image_files
-from clfkit.atomic import write_text
+from clfkit.data import image_files
+from clfkit.util.atomic import write_text
 from clfkit.audit.check import MEANING, DataCheck, summary_rows
 from clfkit.data.audit.findings import KINDS, Finding
-from clfkit.report_html import html_page, html_table
+from clfkit.run.report_page import html_page, html_table
 
 THUMB = 96
 MAX_SHOWN = 500

@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from clfkit.atomic import WriteError, atomic_open, write_json
+from clfkit.util.atomic import WriteError, atomic_open, write_json
 from clfkit.audit.check import DataCheck, leaked_files, summary_rows
 from clfkit.audit.page import write_page
 

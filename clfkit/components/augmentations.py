@@ -9,7 +9,7 @@
   draws all of the batch's random numbers (``shape``: the batch's (N, C, H, W)) and
   ``apply(x, draws) -> x`` is a pure tensor function of them that keeps the shape; BatchPrep
   then compiles ``apply`` with the rest of the batch preparation under ``train.compile``
-  (clfkit.engine.prep). Without the split, ``__call__`` runs eagerly.
+  (clfkit.train.engine.prep). Without the split, ``__call__`` runs eagerly.
 
 Any albumentations transform can be named by its class name (``{name: ColorJitter, ...}``);
 its arguments are checked by constructing it when the recipe is loaded. The names below are

@@ -12,7 +12,7 @@ from typing_extensions import Annotated
 
 from clfkit.data import ImageSet, Splits
 from clfkit.errors import DataError
-from clfkit.names import check_class_names, check_same_spelling
+from clfkit.util.safe_names import check_class_names, check_same_spelling
 from clfkit.registry import register
 
 
@@ -47,7 +47,7 @@ def shapes(image_size: tuple[int, int], channels: int | None, seed: int,
 def folder(image_size: tuple[int, int], channels: int | None, resize: str, on_error: str,
            root: str) -> Splits:
     """Image folders: root/train/<class>/*, optional root/val/<class>/*, optional root/test/."""
-    from clfkit.data.folder import load_folder
+    from clfkit.data.class_folders import load_folder
 
     return load_folder(root, image_size, channels, resize, on_error)
 
@@ -57,7 +57,7 @@ shapes.peek = lambda num_classes=10, **_: (num_classes, 3)
 
 
 def _folder_peek(root: str, **_):
-    from clfkit.data.folder import class_folders  # the training rule: links checked, loops refused
+    from clfkit.data.class_folders import class_folders  # the training rule: links checked, loops refused
 
     train = Path(root).expanduser() / "train"
     return (len(class_folders(train)) if train.is_dir() else 0), 3
@@ -130,7 +130,7 @@ def fashion_mnist(image_size: tuple[int, int], channels: int | None, resize: str
 def csv_index(image_size: tuple[int, int], channels: int | None, resize: str, on_error: str,
               train: str, val: Optional[str] = None, test: Optional[str] = None) -> Splits:
     """CSV files of 'path,label' rows (paths relative to the CSV); val and test are optional."""
-    from clfkit.data.folder import auto_channels, decode_files, to_image_set
+    from clfkit.data.class_folders import auto_channels, decode_files, to_image_set
     from clfkit.data.parsers import label_order, read_csv_index
 
     indexes = {"train": read_csv_index(train)}

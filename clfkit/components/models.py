@@ -6,7 +6,7 @@ logits. ``norm(num_features, dim)`` and ``activation()`` are factories clfkit bu
 recipe; ``image_size`` is (H, W). Inputs arrive already normalized (mean/std).
 
 Each built-in model says its layers for ``optim.layer_decay`` with timm's
-``group_matcher(coarse)`` method (clfkit.param_groups): name patterns (or a function) giving
+``group_matcher(coarse)`` method (clfkit.train.param_groups): name patterns (or a function) giving
 each parameter's layer, stem first; parameters no pattern matches (the classifier) come last.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from typing_extensions import Annotated
 
 from clfkit.registry import register
-from clfkit.suggest import did_you_mean
+from clfkit.util.did_you_mean import did_you_mean
 
 NormSpec = Optional[object]  # a norm component spec: "batch" or {name: group, groups: 8}
 ActSpec = object
@@ -429,8 +429,8 @@ def _load_timm_weights(model: nn.Module, arch: str, image_size: tuple[int, int],
     """``model`` (fresh) with the weights of ``path``: checked by name and shape first (a file of
     another architecture is an error), then loaded by timm's own pretrained machinery
     (``pretrained_cfg_overlay=dict(file=...)``); where timm refuses the file, by name."""
-    from clfkit.param_groups import head_names
-    from clfkit.weights_receipt import compare, read_state_dict, require_match
+    from clfkit.train.param_groups import head_names
+    from clfkit.train.weights_receipt import compare, read_state_dict, require_match
 
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
     state = read_state_dict(path, "model.weights")

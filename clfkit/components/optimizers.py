@@ -3,7 +3,7 @@
 the type of the device the model lives on ("cuda" or "cpu"); a factory may ignore it.
 
 ``layer_decay`` and ``head_lr_mult`` are arguments of every built-in optimizer, but clfkit
-(clfkit.build.build_optimizer, clfkit.param_groups) reads them before the factory runs: they
+(clfkit.train.build.build_optimizer, clfkit.train.param_groups) reads them before the factory runs: they
 make the parameter groups, each with its ``lr_scale``. The factories receive them and ignore them.
 
 On CUDA the built-ins use the fused kernels (one launch for all parameters instead of several
@@ -19,7 +19,7 @@ from clfkit.registry import register
 LR = Annotated[float, Field(gt=0, le=10)]
 WD = Annotated[float, Field(ge=0, le=1)]
 Beta = Annotated[float, Field(ge=0, lt=1)]
-# read by clfkit.build.build_optimizer, not by the factories (see the module docstring)
+# read by clfkit.train.build.build_optimizer, not by the factories (see the module docstring)
 LayerDecay = Annotated[float, Field(gt=0, le=1, description=(
     "layer-wise LR decay: layer i of L learns at lr x layer_decay^(L - i); 1: off"))]
 HeadMult = Annotated[float, Field(gt=0, le=1000, description="the classifier head learns at lr x head_lr_mult")]

@@ -1,5 +1,5 @@
 """Data: every source becomes uint8 tensors (N, C, H, W) plus labels (with ``data.storage:
-disk``, images that stay in their file and are read as tensors: clfkit.data.storage).
+disk``, images that stay in their file and are read as tensors: clfkit.data.disk_storage).
 
 :class:`ImageSet`, :class:`Splits` and :func:`stratified_split` live in
 :mod:`clfkit.data.splits` and are re-exported here lazily: importing the package imports no

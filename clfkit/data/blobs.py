@@ -1,5 +1,5 @@
 """Images that arrive as bytes rather than files (a Hugging Face column, a WebDataset sample):
-decoded through the one decode path (clfkit.image_files) in threads, with the content hash
+decoded through the one decode path (clfkit.data.image_files) in threads, with the content hash
 the run's data record needs."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from clfkit import image_files
-from clfkit.data.folder import DecodeResult, _workers
+from clfkit.data import image_files
+from clfkit.data.class_folders import DecodeResult, _workers
 from clfkit.errors import DataError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm", "pnm")

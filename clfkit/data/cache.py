@@ -28,7 +28,7 @@ reported in one warning line; the run goes on with the decoded data.
 
 With ``data.storage: disk`` (or ``auto`` over the memory budget) the entry's image files are
 the training data: a folder decodes straight into the new entry's temp folder, and the splits
-are reopened from the entry (clfkit.data.storage, clfkit.data.disk_spill); a hit checks each
+are reopened from the entry (clfkit.data.disk_storage, clfkit.data.disk_storage); a hit checks each
 file's hash by reading it through in blocks instead of loading it.
 
 The cache dir is ``$CLFKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/clfkit``, else
@@ -50,9 +50,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from clfkit.data import ImageSet, Splits, storage
-from clfkit.data import disk_spill
-from clfkit.data.folder import folder_fingerprint
+from clfkit.data import ImageSet, Splits, disk_storage as storage
+from clfkit.data import disk_storage as disk_spill
+from clfkit.data.class_folders import folder_fingerprint
 from clfkit.errors import DataError
 
 # Bump whenever the same file bytes would decode to other pixels (the key cannot see code changes).
@@ -105,7 +105,7 @@ def _save_array(folder: Path, name: str, arr: np.ndarray, hashes: dict[str, str]
 
 def _write_splits(folder: Path, splits: Splits, index: dict[str, Any]) -> None:
     """Each split's arrays into ``folder`` and into the index. A disk split decoded into
-    ``folder`` already (clfkit.data.storage) is hashed from its file, in blocks."""
+    ``folder`` already (clfkit.data.disk_storage) is hashed from its file, in blocks."""
     for name in SPLITS:
         s: Optional[ImageSet] = getattr(splits, name)
         if s is None:
@@ -348,7 +348,7 @@ def cached(name: str, args: dict[str, Any], settings: dict[str, Any], load: Call
     settings are unchanged, else ``load()`` once and store its result. Datasets without a
     fingerprint (procedural ones) and a turned-off cache go straight to ``load()``.
     ``storage_mode`` (data.storage): "disk" (or "auto" above the memory budget) returns splits
-    whose images stay in the entry's files (clfkit.data.storage)."""
+    whose images stay in the entry's files (clfkit.data.disk_storage)."""
     base = cache_dir()
     fingerprint_of = FINGERPRINTS.get(name)
     if base is None or fingerprint_of is None:

@@ -33,7 +33,7 @@ from typing import Iterator, Optional, Union
 
 import numpy as np
 
-from clfkit import image_files
+from clfkit.data import image_files
 from clfkit.errors import DataError
 
 # Files per task: at least TASK_FILES, and up to TASK_FILES_MAX while every worker still gets

@@ -18,7 +18,7 @@ from typing import Any
 
 from clfkit.data import ImageSet, Splits
 from clfkit.data.blobs import decode_blobs
-from clfkit.data.folder import auto_channels, to_image_set
+from clfkit.data.class_folders import auto_channels, to_image_set
 from clfkit.errors import DataError
 
 VAL_NAMES = ("validation", "val", "valid", "dev")
@@ -193,7 +193,7 @@ def check_image_column(features: Any, image_col: str) -> None:
 
 def plain_images(ds: Any, image_col: str) -> Any:
     """``ds`` with its image column as bytes (datasets.Image(decode=False)): clfkit decodes them
-    through its own path (clfkit.image_files), as it decodes files."""
+    through its own path (clfkit.data.image_files), as it decodes files."""
     import datasets
 
     if isinstance(ds.features[image_col], datasets.Image):

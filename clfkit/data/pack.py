@@ -26,7 +26,7 @@ from typing import Any
 
 from PIL import Image
 
-from clfkit import image_files
+from clfkit.data import image_files
 from clfkit.data.shards import MANIFEST, MANIFEST_FORMAT, wds
 from clfkit.errors import DataError
 
@@ -54,7 +54,7 @@ def shard_limits(shard_size: str) -> tuple[int, int]:
 
 
 def _folder_items(src: Path) -> tuple[list[str], dict[str, list[Item]], list[str]]:
-    from clfkit.data.folder import scan_folder
+    from clfkit.data.class_folders import scan_folder
 
     plan = scan_folder(src)
     splits, notes = {}, []

@@ -6,7 +6,7 @@
 
 Every reader returns uint8 arrays shaped (N, C, H, W) plus int64 labels; :func:`fit_images`
 then brings them to the recipe's size and channel count with exactly the resize and colour
-conversion that :mod:`clfkit.image_files` applies to image files (so predict on an exported PNG
+conversion that :mod:`clfkit.data.image_files` applies to image files (so predict on an exported PNG
 sees what training saw).
 
 Why not torchvision's ``CIFAR10`` / ``MNIST`` classes: with ``download=False`` they still
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clfkit import image_files
+from clfkit.data import image_files
 from clfkit.errors import DataError
 
 CIFAR10_LAYOUT = ("cifar-10-batches-py/ with data_batch_1 ... data_batch_5, test_batch and batches.meta "
@@ -230,7 +230,7 @@ def label_order(labels: list[str]) -> list[str]:
 # --------------------------------------------------------------------------- size & channels
 def fit_images(x: np.ndarray, size: tuple[int, int], channels: int, method: str) -> torch.Tensor:
     """uint8 (N, C, H, W) array -> uint8 tensor at ``size`` with ``channels``, through
-    :func:`clfkit.image_files.decode_image`, the conversion and resize that image files get."""
+    :func:`clfkit.data.image_files.decode_image`, the conversion and resize that image files get."""
     n, c, h, w = x.shape
     if (h, w) == tuple(size) and c == channels:
         return torch.from_numpy(np.ascontiguousarray(x))

@@ -8,7 +8,7 @@ What this module knows is the shards themselves: which there are, how many sampl
 read a run of samples from one shard with a retried, counted read: a dropped connection is
 re-opened and the samples already read are skipped; a shard that still ends early is an error,
 never a short epoch. How an epoch streams them (ranks, workers, shuffling, batches) is
-clfkit.engine.stream_batches.
+clfkit.train.engine.stream_batches.
 """
 from __future__ import annotations
 

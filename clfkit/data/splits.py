@@ -38,7 +38,7 @@ class ImageSet:
     def subset(self, idx: torch.Tensor) -> "ImageSet":
         paths = [self.paths[i] for i in idx.tolist()] if self.paths is not None else None
         labels = self.labels[idx] if self.labels is not None else None
-        # a disk split (clfkit.data.storage) stays on disk: the subset is a list of its rows
+        # a disk split (clfkit.data.disk_storage) stays on disk: the subset is a list of its rows
         images = self.images.select(idx) if getattr(self.images, "on_disk", False) else self.images[idx]
         return ImageSet(images, labels, paths)
 

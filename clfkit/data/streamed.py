@@ -1,6 +1,6 @@
 """A streamed split: a train split that is never held whole, in memory or on disk. Its images
 are read from WebDataset shards batch by batch while the epoch trains
-(clfkit.engine.stream_batches); what the rest of clfkit needs of a train split besides the
+(clfkit.train.engine.stream_batches); what the rest of clfkit needs of a train split besides the
 batches (its size, class counts, input shape, a sample of images for the normalization
 statistics, the exporter's parity samples and int8 calibration) it answers from the shards'
 manifest and from ``images``: the first HEAD images of the stream, decoded once.
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from clfkit import image_files
+from clfkit.data import image_files
 from clfkit.data.blobs import decode_blob
 from clfkit.data.shards import Sample, Shards, read_shard
 from clfkit.errors import DataError

@@ -262,7 +262,7 @@ def check_result(entry: Entry, obj: Any) -> None:
 
 
 def _check_split(entry: Entry, obj: Any, methods: dict[str, tuple[str, ...]]) -> None:
-    """The optional draw/apply halves of a batched step (clfkit.engine.prep), where present."""
+    """The optional draw/apply halves of a batched step (clfkit.train.engine.prep), where present."""
     for name, args in methods.items():
         if callable(getattr(obj, name, None)):
             _check_arity(entry, obj, name, getattr(obj, name), args)

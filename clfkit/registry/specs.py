@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from clfkit.errors import RecipeError, RegistryError
 from clfkit.registry.entries import Entry, KINDS
-from clfkit.suggest import did_you_mean
+from clfkit.util.did_you_mean import did_you_mean
 
 Lookup = Callable[[str, str], Entry]
 

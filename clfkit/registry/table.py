@@ -6,12 +6,12 @@ import importlib
 import threading
 from typing import Any, Callable, Iterator
 
-from clfkit import yamltext
+from clfkit.util import yaml_text as yamltext
 from clfkit.errors import ClfkitError, PluginError, RegistryError
 from clfkit.registry.entries import BUILTIN, Entry, KINDS, check_contract, check_kind, check_result
 from clfkit.registry.plugins import REGISTRATIONS, infer_provider, load_plugins
 from clfkit.registry.specs import check_spec, resolve_spec, split_spec, validate_args
-from clfkit.suggest import did_you_mean
+from clfkit.util.did_you_mean import did_you_mean
 
 
 class Registry:

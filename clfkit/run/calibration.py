@@ -11,7 +11,7 @@ The trainer (best.pt) and ``clfkit eval`` (the checkpoint it evaluates) write
 ``calibration.json`` (per split: ECE, accuracy, mean confidence, the bins) and
 ``reliability.png`` for the val and the labelled test split; report.html shows both.
 ``clfkit export --calibrate`` fits a temperature T on the val split with :func:`fit_temperature`
-and divides the graph's logits by it (clfkit.export.calibrate).
+and divides the graph's logits by it (clfkit.deploy.export.calibrate).
 """
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from clfkit.atomic import write_bytes, write_json
-from clfkit.engine.batches import eval_batches
-from clfkit.run.folder import CALIBRATION_JSON, RELIABILITY_PNG
+from clfkit.util.atomic import write_bytes, write_json
+from clfkit.train.engine.batches import eval_batches
+from clfkit.run.run_folder import CALIBRATION_JSON, RELIABILITY_PNG
 
 BINS = 15
 BINNING = f"{BINS} equal-width bins of the top-1 probability over [0, 1]"

@@ -16,8 +16,8 @@ import torch
 
 from clfkit import __version__
 from clfkit.errors import ModelFileError
-from clfkit.atomic import write_bytes
-from clfkit.run.folder import BEST_PT, LAST_PT, RunFolder, RunFolderError
+from clfkit.util.atomic import write_bytes
+from clfkit.run.run_folder import BEST_PT, LAST_PT, RunFolder, RunFolderError
 
 FORMAT = "clfkit.checkpoint"
 FORMAT_VERSION = 1
@@ -120,7 +120,7 @@ def _input_problem(spec: Any) -> str | None:
 def model_from_checkpoint(state: dict[str, Any], path: str | Path | None = None):
     """Rebuild the ImageClassifier a checkpoint was trained as and load its weights.
     ``path`` (the file ``state`` came from) names the file in errors."""
-    from clfkit.build import build_model
+    from clfkit.train.build import build_model
     from clfkit.recipe import validate_recipe
 
     path = path or getattr(state, "path", None)

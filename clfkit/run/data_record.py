@@ -27,9 +27,9 @@ from typing import Any, Optional
 
 from clfkit import registry
 from clfkit.data import Splits
-from clfkit.data.folder import read_and_hash, relative_names, scan_folder
+from clfkit.data.class_folders import read_and_hash, relative_names, scan_folder
 from clfkit.errors import ClfkitError, DataError
-from clfkit.run.folder import RunFolder
+from clfkit.run.run_folder import RunFolder
 
 
 class DataChangedError(ClfkitError):
@@ -54,7 +54,7 @@ def where(source: Any) -> str:
 
 def file_manifest(source: Any) -> Optional[dict[str, list]]:
     """{path relative to the root: [size, modification time in ns, content hash]} of every
-    file a folder dataset reads (the hash of clfkit.data.folder.read_and_hash, the one the
+    file a folder dataset reads (the hash of clfkit.data.class_folders.read_and_hash, the one the
     fingerprint is made of); None for other datasets or a folder that cannot be read. Relative
     names and content only: an identical copy of the data elsewhere gives the same hashes."""
     name, args = registry.split_spec(source)

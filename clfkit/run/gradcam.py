@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clfkit.atomic import write_json
-from clfkit.run.folder import CAM_JSON
+from clfkit.util.atomic import write_json
+from clfkit.run.run_folder import CAM_JSON
 
 MISTAKES = 8           # the most confident mistakes shown with their maps
 CORRECT_PER_CLASS = 2  # the most confident right answers per class
@@ -52,7 +52,7 @@ def enabled() -> bool:
 
 def target_layer(model: torch.nn.Module, example: torch.Tensor) -> tuple[torch.nn.Module | None, str]:
     """(the module to weigh, its name) or (None, why none fits) for ``model`` (a
-    clfkit.build.ImageClassifier, or a bare network); ``example``: one input batch. Of the
+    clfkit.train.build.ImageClassifier, or a bare network); ``example``: one input batch. Of the
     candidates a model names (deepest first), the first whose map is bigger than 1x1."""
     net = getattr(model, "net", model)
     candidates, why = _candidates(net)

@@ -1,5 +1,5 @@
 """Per-epoch metrics besides metrics.jsonl: ``metrics.csv`` always, and every tracker of the
-run (clfkit.tracking: TensorBoard event files, MLflow, a tune study's pruner).
+run (clfkit.run.tracking: TensorBoard event files, MLflow, a tune study's pruner).
 
 metrics.csv is rewritten from metrics.jsonl after every epoch, so it always agrees with it,
 also after a resume re-runs epochs.
@@ -10,8 +10,8 @@ import csv
 from pathlib import Path
 from typing import Any, Optional
 
-from clfkit.atomic import atomic_open
-from clfkit.run.folder import RunFolder
+from clfkit.util.atomic import atomic_open
+from clfkit.run.run_folder import RunFolder
 from clfkit.run.reader import read_history
 
 
@@ -31,7 +31,7 @@ def write_metrics_csv(run: str | Path) -> Path:
 
 class MetricsLog:
     """Writes one epoch's row to metrics.csv, then hands it to the run's trackers (an object
-    with ``epoch(row)``, e.g. clfkit.tracking.Trackers; the trainer closes them)."""
+    with ``epoch(row)``, e.g. clfkit.run.tracking.Trackers; the trainer closes them)."""
 
     def __init__(self, run: str | Path, start_epoch: int = 0, trackers: Optional[Any] = None):
         self.run = Path(run)

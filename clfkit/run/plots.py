@@ -17,9 +17,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from clfkit.atomic import write_bytes
-from clfkit.output_file import overwrite_refusal
-from clfkit.run.folder import RunFolderError
+from clfkit.util.atomic import write_bytes
+from clfkit.util.output_file import overwrite_refusal
+from clfkit.run.run_folder import RunFolderError
 from clfkit.run.reader import SELECTED_ON_VAL, RunInfo, find_runs, rank
 
 DPI = 100
@@ -179,7 +179,7 @@ def compare_runs(paths: list[str | Path], output: str | Path = "compare.png", to
 
 def _check_output(out: Path) -> None:
     """Refuse an output that would replace a file of a run (its best.pt, curves.png, ...) or
-    any other file that is not a picture, links resolved (clfkit.output_file): compare.png is
+    any other file that is not a picture, links resolved (clfkit.util.output_file): compare.png is
     written as PNG whatever its name."""
     if out.is_dir():
         raise RunFolderError(f"-o {out} is a folder; give a file name, e.g. -o {out / 'compare.png'}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from clfkit.run.folder import SAMPLES_NPY, RunFolder, RunFolderError
+from clfkit.run.run_folder import SAMPLES_NPY, RunFolder, RunFolderError
 
 
 class RunFileWarning(UserWarning):
@@ -125,7 +125,7 @@ class RunInfo:
 
     @property
     def finished(self) -> bool:
-        """:attr:`RunFolder.finished <clfkit.run.folder.RunFolder.finished>` (summary.json
+        """:attr:`RunFolder.finished <clfkit.run.run_folder.RunFolder.finished>` (summary.json
         written), counting a summary.json that cannot be read as unfinished."""
         return self.summary is not None
 
@@ -231,7 +231,7 @@ def read_summary(path: str | Path) -> Optional[dict[str, Any]]:
 
 
 def is_run(path: Path) -> bool:
-    """A folder the trainer has written into (clfkit.run.folder.RunFolder.is_run)."""
+    """A folder the trainer has written into (clfkit.run.run_folder.RunFolder.is_run)."""
     return RunFolder(path).is_run
 
 

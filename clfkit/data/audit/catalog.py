@@ -1,5 +1,5 @@
 """A folder dataset's files as a :class:`~clfkit.data.audit.findings.Catalog`: the folder's own
-listing (clfkit.data.folder.scan_folder: the same files, labels and refusals as training) and
+listing (clfkit.data.class_folders.scan_folder: the same files, labels and refusals as training) and
 each file's record (clfkit.data.audit.records, cached by content). Nothing under the root is
 written."""
 from __future__ import annotations
@@ -10,17 +10,17 @@ from typing import Any, Optional
 
 import numpy as np
 
-from clfkit import image_files
+from clfkit.data import image_files
 from clfkit.data.audit import records
 from clfkit.data.audit.findings import Catalog
-from clfkit.data.folder import relative_names, scan_folder, warn_not_images
+from clfkit.data.class_folders import relative_names, scan_folder, warn_not_images
 from clfkit.errors import DataError
 
 
 def load_catalog(root: str | Path, cache_base: Optional[Path]) -> tuple[Catalog, dict[str, Any]]:
     """(the catalog of the folder dataset at ``root``, timings and cache statistics).
     ``cache_base``: the cache dir (None: no cache). A DataError for a layout that cannot be
-    read as classes (clfkit.data.folder), or when no image can be decoded."""
+    read as classes (clfkit.data.class_folders), or when no image can be decoded."""
     t0 = time.perf_counter()
     plan = scan_folder(root)
     warn_not_images(plan)

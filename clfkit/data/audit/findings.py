@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from clfkit import image_files
+from clfkit.data import image_files
 from clfkit.data.audit import neighbours
 
 KINDS = ("conflict", "leak", "exact_duplicate", "near_duplicate", "feature_neighbour", "label_issue",

@@ -32,7 +32,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
-from clfkit import image_files
+from clfkit.data import image_files
 
 VERSION = 1  # bump when a field's meaning changes: older cached records are then ignored
 RECORD = np.dtype([("digest", "S32"), ("pixels", "S32"), ("phash", "<u8"), ("width", "<i4"),

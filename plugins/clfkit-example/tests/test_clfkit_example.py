@@ -37,7 +37,7 @@ def test_components_build_and_keep_their_contracts():
 
 def test_recipe_trains(tmp_path):
     from clfkit.recipe import validate_recipe
-    from clfkit.trainer import train
+    from clfkit.train.trainer import train
 
     data = yaml.safe_load((Path(__file__).parents[1] / "recipe.yaml").read_text())
     data["data"]["source"].update(train_size=64, val_size=16, test_size=16)
