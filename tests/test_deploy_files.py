@@ -17,6 +17,8 @@ from PIL import Image
 
 from clfkit.deploy.batch_predict import read_predictions
 from conftest import invoke, refused, tiny_recipe
+import subprocess
+import sys
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -327,3 +329,108 @@ def test_bad_samples_npy_is_a_clear_error(run_a, tmp_path, samples):
             np.save(f, arr, allow_pickle=True)
     refused(["samples.npy", "delete it"], "export", run_a, "-o", tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _clfkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "clfkit", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+# --------------------------------------------------------------------------- resume after editing the recipe
+@pytest.fixture
+def stopped_run(monkeypatch, tmp_path) -> Path:
+    """A 2-epoch run stopped by Ctrl-C in its first epoch."""
+    from conftest import sigint_at_step, tiny_recipe
+
+    from clfkit.train import trainer
+    from clfkit.util.signals import Interrupted
+
+    with monkeypatch.context() as m:
+        sigint_at_step(m, 3)
+        with pytest.raises(Interrupted):
+            trainer.train(tiny_recipe(train__epochs=2), tmp_path, quiet=True)
+    return tmp_path / "tiny"
+
+
+def test_export_of_a_run_with_an_edited_recipe_yaml_says_it_may_be_the_edit(trained_run, tmp_path):
+    """It said only 'It was copied from another run', for a checkpoint that never moved."""
+    import shutil
+
+    run = Path(shutil.copytree(trained_run.run_dir, tmp_path / "run"))
+    recipe = run / "recipe.yaml"
+    recipe.write_text(recipe.read_text().replace("lr: 0.003", "lr: 0.5"))
+    res = _clfkit("export", run, "-o", tmp_path / "m.onnx", cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "at optim.lr" in res.stderr and "recipe.yaml was edited (restore it" in res.stderr
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_of_a_stopped_run_says_the_run_is_not_finished(stopped_run, tmp_path):
+    """An interrupted run's best.pt was exported with no word that training had stopped early."""
+    res = _clfkit("export", stopped_run, "-o", tmp_path / "m.onnx", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "note: the run is not finished (no summary.json; 2 epochs planned" in res.stdout
+    assert f"clfkit train --resume {stopped_run}" in res.stdout and "exported last.pt" in res.stdout
+    assert (tmp_path / "m.onnx").is_file()
+
+
+def test_eval_of_a_stopped_run_says_whose_numbers_they_are(trained_run, tmp_path):
+    """export said the run was not finished; eval printed the stopped run's numbers as if final."""
+    import json
+    import shutil
+
+    run = Path(shutil.copytree(trained_run.run_dir, tmp_path / "run"))
+    (run / "summary.json").unlink()  # killed after its epochs, before the summary
+    res = _clfkit("eval", run, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "note: the run is not finished (no summary.json;" in res.stdout
+    assert f"clfkit train --resume {run}" in res.stdout and "evaluated best.pt (epoch" in res.stdout
+    assert json.loads((run / "eval_test.json").read_text())["run_finished"] is False
+
+
+def test_checkpoint_path_elsewhere_names_the_real_run(tmp_path, monkeypatch):
+    # the name is checked before any checkpoint is read, so stand-in files do
+    run, other = tmp_path / "a", tmp_path / "b"
+    for folder in (run, other):
+        folder.mkdir()
+        (folder / "best.pt").write_bytes(b"stand-in")
+    monkeypatch.chdir(tmp_path)
+    # before: a path relative to the working folder that is no file got a command for a folder
+    # that does not exist (/tmp/.../zz); now it says there is no such file
+    out = refused(["not in the run folder", "no such file"], "eval", "a", "--checkpoint", "../zz/best.pt")
+    assert "clfkit eval /" not in out
+    # a path relative to the run folder (as ../a/best.pt is accepted) names that run
+    refused(["not in the run folder", f"clfkit export {other.resolve()}"],
+            "export", "a", "--checkpoint", "../b/best.pt")
+    assert (run / "best.pt").read_bytes() == b"stand-in"
+
+
+@pytest.mark.parametrize("existing", ["recipe.yaml", "notes.md", "other.json"])
+def test_predict_never_replaces_a_file_it_did_not_write(trained_run, tmp_path, existing):
+    """-o over an existing recipe, note or JSON is a mistyped argument, not a predictions file:
+    refused with the file unchanged (an earlier test.txt/.csv is replaced as before)."""
+    from clfkit.deploy.export import export_run
+    from conftest import write_image_folder
+
+    model = export_run(trained_run.run_dir, tmp_path / "m.onnx").path
+    images = write_image_folder(tmp_path / "imgs", size=16) / "test"
+    target = tmp_path / existing
+    target.write_text("keep me")
+    refused([existing, "only an earlier predictions file is replaced"], "predict", model, images, "-o", target)
+    assert target.read_text() == "keep me"
+    earlier = tmp_path / "old.txt"
+    earlier.write_text("stale")
+    code, out = invoke("predict", model, images, "-o", earlier)
+    assert code == 0 and earlier.read_text() != "stale", out
+
+
+def test_min_agreement_is_a_percentage_of_the_int8_export(trained_run, tmp_path):
+    code, out = invoke("export", trained_run.run_dir, "-o", tmp_path / "a.onnx", "--int8", "--min-agreement", "150")
+    assert code == 2 and "150" in out and "0<=x<=100" in out.replace(" ", ""), out
+    refused(["--min-agreement", "--int8"], "export", trained_run.run_dir, "-o", tmp_path / "b.onnx",
+            "--min-agreement", "50")
+    assert not (tmp_path / "a.onnx").exists() and not (tmp_path / "b.onnx").exists()

@@ -20,6 +20,10 @@ from PIL import Image
 from clfkit.data import ImageSet, decode_pool, disk_storage as disk_spill, disk_storage as storage
 from clfkit.train.engine import batches, loop
 from clfkit.errors import DataError, TrainingError
+import fcntl
+from conftest import tiny_recipe, write_image_folder
+from clfkit.train.build import build_data
+from clfkit.data import cache
 
 SIZE = 8
 ROW = 3 * SIZE * SIZE
@@ -498,3 +502,60 @@ def test_a_private_folder_goes_when_nothing_reads_it_any_more(tmp_path):
     assert not folder.exists() and list(parent.iterdir()) == []
     memory = disk_spill.uncached(load, "memory", parent, print)  # nothing written, nothing kept
     assert not storage.is_disk(memory.train.images) and list(parent.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- the data cache
+@pytest.fixture
+def cache_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLFKIT_CACHE", "1")
+    monkeypatch.setenv("CLFKIT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _entries(base):
+    return sorted(p for p in base.iterdir() if not p.name.startswith("."))
+
+
+def _folder_recipe(root, **kw):
+    return tiny_recipe(data__source={"name": "folder", "root": str(root)}, data__image_size=8,
+                       data__val_fraction=0.25, data__storage="disk", **kw)
+
+
+def test_an_entry_a_disk_run_reads_is_not_deleted_by_a_newer_one(tmp_path, cache_on):
+    # before: run A trained from entry E1 (disk storage); the user edited one image and started
+    # run B, which wrote E2 and deleted E1: A's loader workers then died with FileNotFoundError
+    root = write_image_folder(tmp_path / "data", per_class=4, size=10)
+    first = build_data(_folder_recipe(root))
+    (e1,) = _entries(cache_on)
+    # another process reading E1 (a lock of its own, as a running training holds)
+    fd = os.open(e1 / "index.json", os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    os.close(cache._HELD.pop(e1))  # this process is done with it: only the other one holds E1
+    try:
+        Image.new("RGB", (10, 13), (9, 9, 9)).save(root / "train/cat/cat_0.png")
+        second = build_data(_folder_recipe(root))
+        assert len(_entries(cache_on)) == 2 and e1.is_dir()
+        assert first.train.images[:].shape == second.train.images[:].shape  # E1 still reads
+    finally:
+        os.close(fd)
+    for entry in list(cache._HELD):
+        os.close(cache._HELD.pop(entry))
+    build_data(_folder_recipe(root))  # a later run (a hit) deletes E1, held by no one now
+    assert _entries(cache_on) == [p for p in _entries(cache_on) if p != e1] and not e1.exists()
+
+
+def test_temp_folders_left_by_a_killed_run_are_removed(tmp_path, monkeypatch):
+    # before: kill -9 during the first decode left .<group>-decoding.*.tmp (as large as the
+    # decoded data) in the cache dir forever
+    stale = tmp_path / ".g-decoding.abc.tmp"
+    stale.mkdir()
+    (stale / ".train.decoding.npy").write_bytes(b"x" * 100)
+    live = disk_spill.locked_temp_folder(tmp_path, ".g-decoding.", ".tmp")  # a running decode's
+    fresh = tmp_path / ".g-decoding.new.tmp"  # just made by another process, not locked yet
+    fresh.mkdir()
+    old = time.time() - 2 * disk_spill.STALE_AFTER_S
+    for folder in (stale, live):
+        os.utime(folder, (old, old))
+    disk_spill._LOCKS.pop(live)  # as if another process held it (its lock stays open)
+    disk_spill.remove_stale(tmp_path, ".g-*.tmp")
+    assert not stale.exists() and live.is_dir() and fresh.is_dir()

@@ -24,6 +24,9 @@ from clfkit.cli import cli
 from clfkit.data import cache
 
 from conftest import TINY, tiny_recipe
+import shutil
+import subprocess
+import sys
 
 SIZE = 8  # the recipe's image size: small, training is not what these tests look at
 
@@ -509,3 +512,103 @@ def test_unreadable_image_is_skipped_with_the_reason(tmp_path, monkeypatch):
     assert summary["skipped_files"] == 1
     line = (tmp_path / "runs-1/tiny/skipped.txt").read_text()
     assert line == "train/cat/cat_1.bmp\tcannot read the file (Permission denied)\n"
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="needs named pipes")
+def test_a_fifo_or_a_device_named_like_an_image_is_skipped_not_read(tmp_path):
+    """A FIFO named x.png in a class folder hung the first decode forever (no output, no
+    error); a link to /dev/zero would read until memory ran out. Both are now unreadable
+    files like any other: listed with the reason, never opened for reading."""
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    from clfkit.data.decode_pool import Output, decode_into
+
+    Image.fromarray(np.full((4, 4, 3), 200, np.uint8)).save(tmp_path / "ok.png")
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    paths = [tmp_path / n for n in ("ok.png", "pipe.png", "zero.png")]
+    out = Output(len(paths), (3, 4, 4))
+    results = decode_into(paths, (4, 4), 3, "squash", out, workers=1)
+    assert [r.error for r in results] == [None, "not a regular file: a named pipe (FIFO)",
+                                          "not a regular file: a character device (through a symbolic link)"]
+    assert out.array()[0].min() == 200 and out.array()[1:].max() == 0
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- read_file (open + fstat + read)
+def test_read_file_keeps_reading_after_a_short_read(tmp_path, monkeypatch):
+    """One read() was taken as the whole file unless it filled the buffer: on a filesystem that
+    returns less than asked (FUSE direct_io, some network mounts) every image came back cut
+    and was skipped as truncated. Path.read_bytes, which it replaced, loops."""
+    from PIL import Image
+
+    from clfkit.data import image_files
+
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+    real_read = os.read
+    monkeypatch.setattr(os, "read", lambda fd, n: real_read(fd, min(n, 1000)))  # a short-read filesystem
+    assert image_files.read_file(path) == path.read_bytes()
+    assert image_files.decode(path, (8, 8), 3).shape == (8, 8, 3)
+
+
+# --------------------------------------------------------------------------- files a folder dataset leaves out
+def test_training_says_which_files_it_leaves_out_for_their_extension(tmp_path):
+    """A phone's .heic photos (or .avif, .jpe) beside its .jpg ones were dropped without a word:
+    the run trained on part of the class. Said on every run, cache hit or not; not data."""
+    from conftest import write_image_folder
+
+    root = write_image_folder(tmp_path / "data", per_class=6, size=16)
+    cls = sorted(p for p in (root / "train").iterdir())[0]
+    (cls / "IMG_0001.heic").write_bytes(b"heic bytes")
+    (root / "test").mkdir(exist_ok=True)
+    (root / "test" / "labels.csv").write_text("x")
+    shutil.copy(next(cls.glob("*.png")), root / "train" / "stray.png")  # an image in no class folder
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: t\ndata: {{source: {{name: folder, root: {root}}}, image_size: 8}}\n"
+                      f"model: {{name: cnn, blocks: [{{channels: 4}}]}}\ntrain: {{epochs: 1, batch_size: 8}}\n")
+    env_cache = {"CLFKIT_CACHE": "1", "CLFKIT_CACHE_DIR": str(tmp_path / "cache")}
+    for attempt in ("decoded", "from the cache"):
+        res = subprocess.run([sys.executable, "-m", "clfkit", "train", str(recipe), "--out", str(tmp_path / attempt)],
+                             env={**os.environ, "PYTHONPATH": str(ROOT), **env_cache}, capture_output=True, text=True,
+                             timeout=300, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        lines = [line for line in res.stderr.splitlines() if "not read" in line]
+        assert len(lines) == 2, res.stderr
+        assert lines[0].startswith("warning: 1 file(s) under ") and "their extension is not an image's" in lines[0]
+        assert f"train/{cls.name}/IMG_0001.heic" in lines[0]
+        assert lines[1].startswith("warning: 2 file(s) under ") and "in no class" in lines[1]
+        assert "train/stray.png, test/labels.csv" in lines[1]
+    assert "decoded images from cache" in res.stdout
+
+
+# --------------------------------------------------------------------------- predict over linked folders
+def test_predict_follows_linked_folders_as_training_does_and_names_loops(trained_run, tmp_path):
+    """A folder of links to image folders (how datasets are often assembled; training follows
+    them) got predictions for none of the linked images, and no word about them."""
+    from PIL import Image
+
+    from clfkit.deploy.export import export_run
+    from clfkit.deploy.batch_predict import predict_folder
+
+    model = export_run(trained_run.run_dir, tmp_path / "m.onnx").path
+    elsewhere = tmp_path / "elsewhere" / "bees"
+    elsewhere.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (16, 16), (0, 80 * i, 0)).save(elsewhere / f"b{i}.png")
+    photos = tmp_path / "photos"
+    (photos / "ants").mkdir(parents=True)
+    Image.new("RGB", (16, 16)).save(photos / "ants" / "a.png")
+    (photos / "bees").symlink_to(elsewhere, target_is_directory=True)
+    (photos / "ants" / "up").symlink_to(photos, target_is_directory=True)  # a loop
+    (photos / "bees_again").symlink_to(elsewhere, target_is_directory=True)  # read once only
+    res = predict_folder(model, photos, tmp_path / "test.txt")
+    names = [line.split(" ")[0] for line in (tmp_path / "test.txt").read_text().splitlines()]
+    assert names == ["ants/a.png", "bees/b0.png", "bees/b1.png", "bees/b2.png"]
+    assert [p for p, _ in res.skipped] == ["ants/up", "bees_again"]
+    assert all("not followed" in why for _, why in res.skipped)

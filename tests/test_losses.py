@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from clfkit import registry
+import torch.nn.functional as F
+from clfkit.components.losses import WeightedCrossEntropy
 
 LOGITS = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
 Y = torch.tensor([0, 2])
@@ -67,3 +69,22 @@ def test_every_loss_takes_index_and_soft_targets_and_has_gradients(name):
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
     soft = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.2, 0.8]])
     assert torch.isfinite(fn(LOGITS, soft))
+
+
+def test_a_batch_of_only_zero_weight_classes_has_loss_zero_not_nan():
+    # before: class_weights [0, 1, 1] with a batch of class 0 only: 0 / 0, and the run stopped
+    # with "non-finite training loss ... the learning rate is probably too high"
+    torch.manual_seed(0)
+    loss = WeightedCrossEntropy([0.0, 1.0, 1.0], label_smoothing=0.1)
+    logits = torch.randn(4, 3, requires_grad=True)
+    zeros = torch.zeros(4, dtype=torch.long)
+    # index targets (smoothing or not), and soft targets (mixup) without smoothing
+    for fn, targets in ((loss, zeros), (WeightedCrossEntropy([0.0, 1.0, 1.0], 0.0), F.one_hot(zeros, 3).float())):
+        value = fn(logits, targets)
+        value.backward()
+        assert value.item() == 0.0 and torch.isfinite(logits.grad).all()
+        logits.grad = None
+    # and a batch with weight keeps torch's weighted mean
+    y = torch.tensor([0, 1, 2, 1])
+    expected = F.cross_entropy(logits, y, weight=loss.weight, label_smoothing=0.1)
+    assert torch.allclose(loss(logits, y), expected)

@@ -1,5 +1,7 @@
-"""Red team of 2026-12-02 (rtC): the training front door through the CLI as a hurried student
-uses it: odd recipe files and values, ``--set``, ``init:``, plugins, eval/compare on odd runs."""
+"""Recipe files and --set (clfkit.recipe, clfkit.util.yaml_text) through the CLI: odd files (a
+pipe, no mapping, endless), odd values (aliases, true/false, inf/nan), overrides that would
+lose an earlier one, init: paths that are devices, a model too large, names at the limit.
+"""
 from __future__ import annotations
 
 import multiprocessing
@@ -8,6 +10,8 @@ import time
 import pytest
 
 from conftest import invoke, refused, tiny_recipe, tiny_recipe_file
+import yaml
+from pathlib import Path
 
 
 @pytest.fixture(scope="module")
@@ -118,75 +122,6 @@ def test_init_naming_a_device_or_a_pipe_says_so(recipe_file, tmp_path, target):
             "--out", tmp_path / "runs")
 
 
-# --------------------------------------------------------------------------- plugins new NAME
-@pytest.mark.parametrize("name", ["x_", "nets-", "a" * 65, "a" * 300])
-def test_plugins_new_refuses_names_pip_or_the_file_system_would(tmp_path, name):
-    """'x_' made the distribution 'clfkit-x-', which pip refuses; 300 characters was an
-    OSError traceback (file name too long)."""
-    refused(["plugin name", "ending with a letter or digit", "at most 64"],
-            "plugins", "new", "--dir", tmp_path, name)
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_plugins_new_takes_a_name_at_the_length_limit(tmp_path):
-    code, out = invoke("plugins", "new", "--dir", tmp_path, "a" * 64)
-    assert code == 0, out
-    assert (tmp_path / f"clfkit-{'a' * 64}" / f"clfkit_{'a' * 64}").is_dir()
-
-
-# --------------------------------------------------------------------------- eval / export on odd run folders
-def test_a_finished_run_without_best_pt_is_not_silently_evaluated_on_last_pt(trained_run, tmp_path):
-    """eval rewrote per_class.csv, confusion.png and report.html from last.pt, and export made
-    last.pt the run's model, without a word."""
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(trained_run.run_dir, run)
-    (run / "best.pt").unlink()
-    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-    for command in ("eval", "export"):
-        refused([str(run), "finished run without its best.pt", "--checkpoint last.pt"], command, run)
-    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
-    code, out = invoke("eval", run, "--checkpoint", "last.pt")
-    assert code == 0, out
-
-
-# --------------------------------------------------------------------------- --resume combinations
-@pytest.mark.parametrize("extra", [["--out", "elsewhere"], ["--track", "tensorboard"]])
-def test_resume_refuses_out_and_track_it_would_ignore(trained_run, tmp_path, extra):
-    """--out was ignored (the run went on in its own folder) and --track too, silently."""
-    refused(["--resume", "--out", "--track", "give no RECIPE"], "train", "--resume", trained_run.run_dir, *extra)
-    assert not (tmp_path / "elsewhere").exists()
-
-
-def test_resume_of_the_folder_holding_runs_names_them(trained_run, tmp_path):
-    """'--resume runs' said 'the run stopped before its first checkpoint'."""
-    import shutil
-
-    shutil.copytree(trained_run.run_dir, tmp_path / "runs" / "tiny")
-    refused(["is not a run folder, it holds run folders", str(tmp_path / "runs" / "tiny")],
-            "train", "--resume", tmp_path / "runs")
-
-
-# --------------------------------------------------------------------------- compare -o
-def test_compare_never_writes_over_a_run_file_or_a_file_that_is_no_picture(trained_run, tmp_path):
-    """`compare A B -o A/best.pt` replaced best.pt with a PNG, as did -o notes.txt."""
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(trained_run.run_dir, run)
-    (tmp_path / "notes.txt").write_text("mine")
-    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    for out in (run / "best.pt", run / "curves.png", run / "summary.json"):
-        refused(["-o", "is a file of the run folder", "compare.png"], "compare", run, "-o", out)
-    refused(["-o", "exists and is not a .png file"], "compare", run, "-o", tmp_path / "notes.txt")
-    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
-    code, out = invoke("compare", run, "-o", tmp_path / "c.png")
-    assert code == 0 and (tmp_path / "c.png").is_file(), out
-    code, out = invoke("compare", run, "-o", tmp_path / "c.png")  # an earlier picture is replaced
-    assert code == 0, out
-
-
 # --------------------------------------------------------------------------- --set twice
 @pytest.mark.parametrize("sets, words", [
     (["train.epochs=3", "train.epochs=4"], ["train.epochs", "is set twice"]),
@@ -209,3 +144,102 @@ def test_a_component_then_its_argument_is_still_fine():
     for keys, value in parse_overrides(["model=resnet", "model.depth=34"]):
         apply_override(data, keys, value)
     assert data == {"model": {"name": "resnet", "depth": 34}}
+
+
+def test_a_recipe_name_at_the_length_limit_gets_its_best_yaml(recipe_file, tmp_path):
+    """A 200-character recipe name: every trial trained, then best.yaml's '<name>-best' (205
+    characters) was refused, so the tune exited 2 with no report.html, and so did every rerun."""
+    pytest.importorskip("optuna")
+    code, out = invoke("tune", recipe_file, "--trials", 1, "--set", f"name={'a' * 200}", "--space",
+                       "optim.lr=loguniform(1e-3,1e-1)", "--out", tmp_path / "t", "--quiet")
+    assert code == 0, out
+    best = yaml.safe_load((tmp_path / "t" / "best.yaml").read_text())
+    assert best["name"] == "a" * 195 + "-best" and (tmp_path / "t" / "report.html").is_file()
+
+
+TINY = {
+    "name": "tiny",
+    "data": {"source": {"name": "shapes", "num_classes": 2, "train_size": 64, "val_size": 16,
+                        "test_size": 16}, "image_size": 8},
+    "model": "linear",
+    "optim": {"name": "sgd", "lr": 0.1},
+    "train": {"epochs": 1, "batch_size": 16},
+}
+
+
+def write(path: Path, data: dict | str) -> Path:
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def clear_error(result, *words: str) -> str:
+    """Exit 2, `error: ...` naming the words, no traceback."""
+    text = result.output
+    assert result.exit_code == 2, text
+    assert "Traceback" not in text and not isinstance(result.exception, (AssertionError, TypeError)), text
+    for w in words:
+        assert w in text, (w, text)
+    return text
+
+
+# --------------------------------------------------------------------------- row 19: tracebacks
+@pytest.mark.parametrize("override, words", [
+    ("seed=12345678901234567890", ["seed", "does not fit in 64 bits"]),
+    ("seed=4294967296", ["seed", "less than or equal to 4294967295"]),
+    ("seed=-1", ["seed", "greater than or equal to 0"]),
+    ("data.source.train_size=123456789012345678901234", ["data.source.train_size", "64 bits"]),
+    ("data.normalize.mean.0.x=1", ["data.normalize.mean.0", "not a mapping or a list"]),
+    ("data.augment.0.x.y=1", ["data.augment.0.x", "HorizontalFlip", "no argument 'x'"]),
+    ("data.augment.5.p=1", ["data.augment.5", "out of range"]),
+    ("name.0=x", ["name", "not a mapping or a list"]),
+])
+def test_bad_overrides_are_clear_errors(tmp_path, override, words):
+    recipe = write(tmp_path / "r.yaml", {**TINY, "data": {**TINY["data"], "augment": ["HorizontalFlip"],
+                                                          "normalize": {"mean": [0.5] * 3, "std": [1.0] * 3}}})
+    for cmd in (("recipe", "check", recipe), ("train", recipe, "--out", tmp_path / "runs")):
+        clear_error(invoke(*cmd, "--set", override), *words)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_set_into_a_component_named_in_a_list(tmp_path):
+    recipe = write(tmp_path / "r.yaml", {**TINY, "data": {**TINY["data"], "augment": ["HorizontalFlip"]}})
+    result = invoke("recipe", "check", recipe, "--set", "data.augment.0.p=0.25")
+    assert result.exit_code == 0 and "p: 0.25" in result.output, result.output
+
+
+def test_model_too_large_is_refused_before_data_or_allocation(tmp_path, monkeypatch):
+    big = {**TINY, "model": "mlp", "data": {**TINY["data"], "image_size": 4096}}
+    recipe = write(tmp_path / "r.yaml", big)
+    for cmd in (("recipe", "check", recipe), ("train", recipe, "--out", tmp_path / "runs"),
+                ("sweep", recipe, "--grid", "seed=0,1", "--out", tmp_path / "sw")):
+        t0 = time.perf_counter()
+        clear_error(invoke(*cmd), "mlp for 3x4096x4096", "parameters", "GB", "CLFKIT_MAX_PARAMS")
+        assert time.perf_counter() - t0 < 20
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "sw").exists()
+    monkeypatch.setenv("CLFKIT_MAX_PARAMS", "100")  # the cap can be set
+    clear_error(invoke("recipe", "check", write(tmp_path / "s.yaml", TINY)), "more than the cap of 100")
+    monkeypatch.setenv("CLFKIT_MAX_PARAMS", "lots")
+    clear_error(invoke("recipe", "check", write(tmp_path / "s.yaml", TINY)), "CLFKIT_MAX_PARAMS='lots'")
+
+
+def _recipe_file(tmp_path, **changes):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(**changes).to_dict()))
+    return path
+
+
+# --------------------------------------------------------------------------- non-finite numbers
+@pytest.mark.parametrize("field, value, words", [
+    ("loss.class_weights", "[1, .inf, 1, 1]", ["loss.class_weights", "finite"]),
+    ("loss.class_weights", "[1, .nan, 1, 1]", ["loss.class_weights", "finite"]),
+    # any component's float argument: Beta(inf, inf) trained without a word before
+    ("regularizers", "[{name: mixup_cutmix, mixup_alpha: .inf}]", ["regularizers.0.mixup_alpha", "finite"]),
+    ("regularizers", "[{name: grad_clip, max_norm: .nan}]", ["regularizers.0.max_norm", "finite"]),
+])
+def test_inf_and_nan_arguments_are_refused_at_load(tmp_path, field, value, words):
+    # before: class_weights [1, inf, 1] started training and stopped at step 1 as a NaN loss
+    # blaming the learning rate; mixup_alpha: .inf trained silently
+    recipe = _recipe_file(tmp_path)
+    refused(words, "train", recipe, "--set", f"{field}={value}", "--out", tmp_path / "runs", "--quiet",
+            max_lines=None)
+    assert not (tmp_path / "runs").exists()

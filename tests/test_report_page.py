@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_recipe
+from conftest import invoke
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
@@ -171,3 +172,78 @@ def test_report_renders_in_headless_chromium(run_with_report, tmp_path):
         assert img.size == (1280, 900)
         # something was drawn: not a blank white page
         assert len(set(img.convert("L").getdata())) > 10
+
+
+# --------------------------------------------------------------------------- text in figures
+MATH = ["$\\frac$ a", "$x$", "cost $5"]  # matplotlib reads text between two $ as math
+
+
+# --------------------------------------------------------------------------- report.html of a damaged run
+def _run_folder(path):
+    import json
+
+    path.mkdir()
+    (path / "summary.json").write_text(json.dumps({"name": "r", "best_val_acc": 0.5, "best_epoch": 1}))
+    (path / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_acc": 0.5}) + "\n")
+    return path
+
+
+def test_class_and_run_names_with_dollar_signs_are_drawn_as_text(tmp_path, monkeypatch):
+    """A class folder named '$\\frac$ a' ended training with matplotlib's ParseSyntaxException
+    traceback while drawing confusion.png (after summary.json, before report.html); a run
+    folder named so did the same to `clfkit compare`, and '$x$' was drawn as math."""
+    import json
+
+    from matplotlib.text import Text
+
+    from clfkit.run import plots
+
+    drawn = []
+    real = Text.__init__
+
+    def spy(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        drawn.append(self)
+
+    monkeypatch.setattr(Text, "__init__", spy)
+    plots.plot_confusion([[1, 0, 1], [0, 2, 0], [1, 1, 0]], MATH, tmp_path / "confusion.png", title="$\\frac$")
+    run = tmp_path / "r$\\frac$"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 1.0, "train_acc": 0.5,
+                                                   "val_loss": 1.0, "val_acc": 0.5}) + "\n")
+    code, out = invoke("compare", run, "-o", tmp_path / "compare.png", "--title", "$x$")
+    assert code == 0, out
+    assert (tmp_path / "confusion.png").is_file() and (tmp_path / "compare.png").is_file()
+    texts = [t for t in drawn if "$" in t.get_text()]
+    assert texts and not any(t.get_parse_math() for t in texts)
+
+
+@pytest.mark.parametrize("file, content, why", [
+    ("per_class.csv", b"split,class,accuracy\r\ntest,\xe9t\xe9,0.5\r\n", "UnicodeDecodeError"),  # a spreadsheet's cp1252
+    ("per_class.csv", b"split,class,accuracy\ntest,a,0.5,extra\n", "one cell per column"),
+    ("mistakes.json", b'{"mistakes": "none", "split": "test"}', "not the list of mistakes"),
+    ("mistakes.json", b'{"mistakes": [{"true": "a"}], "split": "test"}', "png_base64"),
+    ("mistakes.json", b'{"mistakes": [{"true": "a", "predicted": "b", "confidence": 0.5, '
+                      b'"png_base64": "\\" onerror=\\"alert(1)"}]}', "base64"),
+])
+def test_report_of_a_run_with_a_damaged_file_shows_the_rest(tmp_path, file, content, why):
+    """`clfkit report` died with a traceback (TypeError, KeyError, UnicodeDecodeError,
+    AttributeError) on a per_class.csv or mistakes.json that was edited or re-saved; and an
+    edited image string reached the page unescaped (an onerror attribute on a 'no script' page)."""
+    run = _run_folder(tmp_path / "r")
+    (run / file).write_bytes(content)
+    with pytest.warns(UserWarning) as shown:
+        code, out = invoke("report", run)
+    assert code == 0, out
+    said = [str(w.message) for w in shown if f"{run / file} cannot be read" in str(w.message)]
+    assert len(said) == 1 and why in said[0], [str(w.message) for w in shown]
+    page = (run / "report.html").read_text()
+    assert f"{file} cannot be read" in page and "onerror" not in page and "Epochs" in page
+
+
+def test_report_shows_a_recipe_that_is_not_utf8(tmp_path):
+    run = _run_folder(tmp_path / "r")
+    (run / "recipe.yaml").write_bytes(b"name: caf\xe9\n")
+    code, out = invoke("report", run)
+    assert code == 0, out
+    assert "name: caf\ufffd" in (run / "report.html").read_text()

@@ -24,6 +24,7 @@ from click.testing import CliRunner
 
 from clfkit.cli import cli
 from conftest import TINY, set_recorded_epochs, tiny_recipe, write_image_folder
+from conftest import invoke, refused
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -456,3 +457,82 @@ def test_sweep_restart_of_an_unstarted_run_waits_for_no_one_and_deletes_nothing_
     finally:
         holder.kill()
         holder.wait()
+
+
+def _clfkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "clfkit", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+# --------------------------------------------------------------------------- resume after editing the recipe
+@pytest.fixture
+def stopped_run(monkeypatch, tmp_path) -> Path:
+    """A 2-epoch run stopped by Ctrl-C in its first epoch."""
+    from conftest import sigint_at_step, tiny_recipe
+
+    from clfkit.train import trainer
+    from clfkit.util.signals import Interrupted
+
+    with monkeypatch.context() as m:
+        sigint_at_step(m, 3)
+        with pytest.raises(Interrupted):
+            trainer.train(tiny_recipe(train__epochs=2), tmp_path, quiet=True)
+    return tmp_path / "tiny"
+
+
+def test_resume_refuses_a_recipe_yaml_edited_since_the_run_started(stopped_run):
+    """--resume trains last.pt's recipe: an edited recipe.yaml was silently ignored, and the run
+    folder then recorded an lr and epoch count its run never used."""
+    from clfkit.run.resume import ResumeError
+    from clfkit.train.trainer import resume_run
+
+    recipe = stopped_run / "recipe.yaml"
+    original = recipe.read_bytes()
+    recipe.write_text(recipe.read_text().replace("lr: 0.003", "lr: 0.5").replace("epochs: 2", "epochs: 9"))
+    last = (stopped_run / "last.pt").read_bytes()
+    res = _clfkit("train", "--resume", stopped_run, cwd=stopped_run.parent)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "was edited since the run started (optim.lr: 0.003 -> 0.5; train.epochs: 2 -> 9)" in res.stderr
+    assert "clfkit train " + str(recipe) in res.stderr
+    assert (stopped_run / "last.pt").read_bytes() == last and not (stopped_run / "summary.json").exists()
+    recipe.write_text("train: [\n")
+    with pytest.raises(ResumeError, match="no longer reads as the run's recipe"):
+        resume_run(stopped_run, quiet=True)
+    recipe.unlink()  # deleted: written back from last.pt, and the run goes on
+    resume_run(stopped_run, quiet=True)
+    assert recipe.read_bytes() == original and (stopped_run / "summary.json").exists()
+
+
+# --------------------------------------------------------------------------- eval / export on odd run folders
+def test_a_finished_run_without_best_pt_is_not_silently_evaluated_on_last_pt(trained_run, tmp_path):
+    """eval rewrote per_class.csv, confusion.png and report.html from last.pt, and export made
+    last.pt the run's model, without a word."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run.run_dir, run)
+    (run / "best.pt").unlink()
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    for command in ("eval", "export"):
+        refused([str(run), "finished run without its best.pt", "--checkpoint last.pt"], command, run)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    code, out = invoke("eval", run, "--checkpoint", "last.pt")
+    assert code == 0, out
+
+
+# --------------------------------------------------------------------------- --resume combinations
+@pytest.mark.parametrize("extra", [["--out", "elsewhere"], ["--track", "tensorboard"]])
+def test_resume_refuses_out_and_track_it_would_ignore(trained_run, tmp_path, extra):
+    """--out was ignored (the run went on in its own folder) and --track too, silently."""
+    refused(["--resume", "--out", "--track", "give no RECIPE"], "train", "--resume", trained_run.run_dir, *extra)
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_resume_of_the_folder_holding_runs_names_them(trained_run, tmp_path):
+    """'--resume runs' said 'the run stopped before its first checkpoint'."""
+    import shutil
+
+    shutil.copytree(trained_run.run_dir, tmp_path / "runs" / "tiny")
+    refused(["is not a run folder, it holds run folders", str(tmp_path / "runs" / "tiny")],
+            "train", "--resume", tmp_path / "runs")

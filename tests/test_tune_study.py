@@ -1,11 +1,17 @@
-"""Red team of 2026-12-01: clfkit tune's grid queue, choice() values and study.db, found by
-running the CLI the way a hurried user would (Ctrl-C, a continued tune with fewer --trials,
-odd choice values, an edited study.db). No trial trains here: the study is driven directly."""
+"""clfkit tune's study (clfkit.studies.tune): a continued grid runs no more than asked, choice
+values optuna cannot tell apart or store are refused, an unreadable or foreign study.db, a study
+continued under another recipe or --set, odd folder names, the seed range, one tune per folder.
+No trial trains in most of them: the study is driven directly.
+"""
 from __future__ import annotations
 
 import pytest
 
 from conftest import refused, tiny_recipe, tiny_recipe_file
+from conftest import invoke
+import csv
+from pathlib import Path
+import yaml
 
 optuna = pytest.importorskip("optuna")
 
@@ -94,29 +100,6 @@ def test_an_unreadable_study_db_is_a_clear_error(recipe_file, tmp_path, content)
     assert sorted(p.name for p in out.iterdir()) == ["study.db"]
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="needs named pipes")
-def test_a_fifo_or_a_device_named_like_an_image_is_skipped_not_read(tmp_path):
-    """A FIFO named x.png in a class folder hung the first decode forever (no output, no
-    error); a link to /dev/zero would read until memory ran out. Both are now unreadable
-    files like any other: listed with the reason, never opened for reading."""
-    import os
-
-    import numpy as np
-    from PIL import Image
-
-    from clfkit.data.decode_pool import Output, decode_into
-
-    Image.fromarray(np.full((4, 4, 3), 200, np.uint8)).save(tmp_path / "ok.png")
-    os.mkfifo(tmp_path / "pipe.png")
-    (tmp_path / "zero.png").symlink_to("/dev/zero")
-    paths = [tmp_path / n for n in ("ok.png", "pipe.png", "zero.png")]
-    out = Output(len(paths), (3, 4, 4))
-    results = decode_into(paths, (4, 4), 3, "squash", out, workers=1)
-    assert [r.error for r in results] == [None, "not a regular file: a named pipe (FIFO)",
-                                          "not a regular file: a character device (through a symbolic link)"]
-    assert out.array()[0].min() == 200 and out.array()[1:].max() == 0
-
-
 def test_tune_out_into_a_run_folder_is_refused_and_leaves_it_alone(recipe_file, tmp_path):
     """--out runs/fold (a training run) wrote study.db, trials/, best.yaml there and replaced
     the run's own report.html."""
@@ -128,132 +111,6 @@ def test_tune_out_into_a_run_folder_is_refused_and_leaves_it_alone(recipe_file, 
             "tune", recipe_file, "--sampler", "grid", "--space", LR4[0], "--out", run, max_lines=2)
     assert sorted(p.name for p in run.iterdir()) == ["recipe.yaml", "report.html"]
     assert (run / "report.html").read_text() == "the run's report"
-
-
-def test_ctrl_c_during_the_pool_decode_leaves_no_traceback_from_the_pool(monkeypatch, tmp_path):
-    """Ctrl-C during the first decode printed "InvalidStateError: CANCELLED" from the pool's
-    own thread: map's cleanup cancelled the queued futures, then stopping the workers made
-    Python 3.11's pool mark those very futures broken. Some tasks are still queued here when
-    Ctrl-C comes (the workers are slowed down; they inherit the patch by fork)."""
-    import _thread
-    import threading
-    import time
-
-    from clfkit.data import decode_pool
-
-    def slow(paths, start, stop, *rest, **kw):
-        time.sleep(0.2)
-        return [decode_pool.FileResult("x")] * (stop - start)
-
-    monkeypatch.setattr(decode_pool, "_decode_range", slow)
-    # a main thread slow to reach shutdown (busy, or the GIL elsewhere): the pool's thread sees
-    # the stopped workers first, the order that raced into the traceback 1 run in 10
-    from concurrent.futures import ProcessPoolExecutor
-
-    shutdown = ProcessPoolExecutor.shutdown
-    monkeypatch.setattr(ProcessPoolExecutor, "shutdown", lambda self, *a, **k: (time.sleep(0.3), shutdown(self, *a, **k)))
-    errors = []
-    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
-    paths = [tmp_path / f"{i}.png" for i in range(decode_pool.TASK_FILES * 12)]
-    out = decode_pool.Output(len(paths), (3, 2, 2))
-    timer = threading.Timer(0.5, _thread.interrupt_main)
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        decode_pool.decode_into(paths, (2, 2), 3, "squash", out, workers=2)
-    timer.join()
-    time.sleep(0.2)  # the pool's thread has finished (shutdown joined it); nothing it raised is lost
-    assert errors == []
-
-
-@pytest.mark.parametrize("other_thread", [False, True])
-def test_ctrl_c_while_the_pool_forks_is_held_until_the_fork_is_done(other_thread):
-    """A Ctrl-C landing in Python's at-fork hooks was dropped ("Exception ignored in
-    _releaseLock") and the run trained on; held over the fork, it arrives just after. With
-    another thread alive (torch's, a reader thread) a blocked signal mask did not hold it: the
-    kernel handed SIGINT to that thread and the main thread raised inside the block."""
-    import os
-    import signal
-    import threading
-    import time
-
-    from clfkit.data.decode_pool import _sigint_held
-
-    done = threading.Event()
-    waiter = threading.Thread(target=done.wait)
-    if other_thread:
-        waiter.start()
-    handler_before = signal.getsignal(signal.SIGINT)
-    reached = []
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            with _sigint_held():
-                os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(0.05)  # a pending Python handler runs between bytecodes
-                reached.append("after the signal")  # not raised inside the block
-    finally:
-        done.set()
-        if other_thread:
-            waiter.join()
-    assert reached == ["after the signal"]
-    assert signal.getsignal(signal.SIGINT) is handler_before
-
-
-def test_a_second_ctrl_c_while_clfkit_exits_after_a_stop_is_ignored(monkeypatch):
-    """After "interrupted" (exit 130) a second SIGINT landed in the atexit clean-up: a
-    KeyboardInterrupt traceback, and the temp-folder removal cut short."""
-    import signal
-    import warnings
-
-    from clfkit import cli
-
-    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # main() sets clfkit's
-    monkeypatch.setattr(warnings, "filters", list(warnings.filters))
-
-    def stopped(**kw):
-        raise SystemExit(130)
-
-    monkeypatch.setattr(cli, "cli", stopped)
-    before = signal.getsignal(signal.SIGINT)
-    try:
-        with pytest.raises(SystemExit):
-            cli.main()
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    finally:
-        signal.signal(signal.SIGINT, before)
-    monkeypatch.setattr(cli, "cli", lambda **kw: None)  # a normal end leaves Ctrl-C alone
-    cli.main()
-    assert signal.getsignal(signal.SIGINT) is before
-
-
-def test_an_error_after_ctrl_c_is_a_stop_not_a_traceback(monkeypatch, tmp_path):
-    """Ctrl-C during torch.compile's first step (train.compile on CPU builds C++) reaches g++
-    too: it died, inductor raised CppCompileError, and clfkit printed a traceback and exited 1.
-    An error raised once a stop signal came is now that stop: exit 130 and what to do. No
-    last.pt is written then: the broken step may have run its forward pass (BatchNorm
-    statistics moved), so a resume from that moment would not match an unbroken run."""
-    import os
-    import signal
-
-    from clfkit.train import trainer
-    from clfkit.util.signals import Interrupted
-
-    def compiler_killed(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGINT)  # caught by the trainer's handler: only the flag is set
-        raise RuntimeError("C++ compile error\ncommand: g++ ...")
-
-    small = dict(train__epochs=1, data__image_size=8, data__source__train_size=48, data__source__val_size=12,
-                 data__source__test_size=0)
-    monkeypatch.setattr(trainer, "train_one_epoch", compiler_killed)
-    with pytest.raises(Interrupted) as stop:
-        trainer.train(tiny_recipe(**small), tmp_path, quiet=True)
-    assert stop.value.exit_code == 130
-    message = str(stop.value)
-    assert "SIGINT received" in message and "RuntimeError: C++ compile error" in message
-    assert "no checkpoint was saved yet" in message and str(tmp_path / "tiny") in message
-    assert not (tmp_path / "tiny" / "last.pt").exists()
-    monkeypatch.setattr(trainer, "train_one_epoch", lambda *a, **k: 1 / 0)  # no signal: the error itself
-    with pytest.raises(ZeroDivisionError):
-        trainer.train(tiny_recipe(**small), tmp_path, quiet=True)
 
 
 def test_a_second_tune_on_the_same_folder_is_refused_while_the_first_runs(recipe_file, tmp_path):
@@ -280,3 +137,87 @@ def test_a_second_tune_on_the_same_folder_is_refused_while_the_first_runs(recipe
         first.kill()
         first.wait()
     assert not (out / "study.db").exists()
+
+
+ODD_NAMES = ["a?b", "50%41", "n#1", "sp ace ü"]
+
+
+# --------------------------------------------------------------------------- odd folder names
+@pytest.mark.parametrize("name", ODD_NAMES)
+def test_the_study_db_is_in_a_tune_folder_with_an_odd_name(recipe_file, tmp_path, name):
+    """--out 't?x' kept study.db in a file named 't' beside it (SQLAlchemy read '?x' as URL
+    options), so 't?y' continued the same study; '50%41' opened '50A' and was refused as
+    'not a readable Optuna study'."""
+    pytest.importorskip("optuna")
+    from clfkit.studies.tune import plan_tune
+    from clfkit.studies.tune.study import open_study
+
+    out = tmp_path / name
+    out.mkdir()
+    open_study(plan_tune(recipe_file, ["optim.lr=choice(0.1,0.01)"], None, out=out, sampler="grid"))
+    assert (out / "study.db").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+# --------------------------------------------------------------------------- --seed
+def test_a_seed_at_the_top_of_its_range_runs_every_trial(recipe_file, tmp_path):
+    """--seed 4294967295 died with numpy's 'Seed must be between 0 and 2**32 - 1' traceback
+    after the first trial (the sampler's seed is --seed plus the trials drawn); --seed -1
+    before any."""
+    pytest.importorskip("optuna")
+    from clfkit.studies.tune import TuneError, plan_tune
+
+    code, out = invoke("tune", recipe_file, "--trials", 2, "--seed", 2**32 - 1, "--space",
+                       "optim.lr=loguniform(1e-3,1e-1)", "--out", tmp_path / "t", "--quiet")
+    assert code == 0, out
+    assert len((tmp_path / "t" / "trials.csv").read_text().splitlines()) == 3
+    code, out = invoke("tune", recipe_file, "--seed", -1, "--space", "optim.lr=loguniform(1e-3,1e-1)",
+                       "--out", tmp_path / "u")
+    assert code == 2 and "--seed" in out and "4294967295" in out and not (tmp_path / "u").exists()
+    with pytest.raises(TuneError, match="--seed -1: give a seed from 0 to 4294967295"):
+        plan_tune(recipe_file, ["optim.lr=loguniform(1e-3,1e-1)"], 2, out=tmp_path / "v", seed=-1)
+
+
+@pytest.fixture
+def tune_recipe(tmp_path) -> Path:
+    data = tiny_recipe(train__epochs=1, data__image_size=8).to_dict()
+    data["data"]["source"].update(train_size=64, val_size=32, test_size=32)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+SPACE = "optim.lr=uniform(1e-3,1e-2)"
+
+
+def _tune(recipe: Path, out: Path, trials: int, *extra) -> tuple[int, str]:
+    return invoke("tune", recipe, "--trials", trials, "--space", SPACE, "--out", out, "--quiet",
+                  "--pruner", "none", *extra)
+
+
+def test_tune_refuses_to_continue_a_study_under_another_recipe(tune_recipe, tmp_path):
+    pytest.importorskip("optuna")
+    out = tmp_path / "t"
+    assert _tune(tune_recipe, out, 1)[0] == 0
+    table = (out / "trials.csv").read_bytes()
+    # before: trials trained with another --set joined the study; best.yaml mixed the two
+    refused(["study.db", "another recipe or --set", "train.epochs", "another --out"],
+            "tune", tune_recipe, "--trials", 2, "--space", SPACE, "--out", out, "--quiet",
+            "--pruner", "none", "--set", "train.epochs=2")
+    assert (out / "trials.csv").read_bytes() == table
+    assert sorted(p.name for p in (out / "trials").iterdir()) == ["trial-000"]
+    # the same recipe and --set continue it, with values not redrawn from the first run's seed
+    assert _tune(tune_recipe, out, 2)[0] == 0
+    with open(out / "trials.csv", newline="") as f:
+        lrs = [row["optim.lr"] for row in csv.DictReader(f)]
+    assert len(lrs) == 2 and lrs[0] != lrs[1], lrs
+
+
+@pytest.mark.parametrize("space", [SPACE, "optim=choice(adam,sgd)"])
+def test_tune_refuses_a_set_on_a_searched_field(tune_recipe, tmp_path, space):
+    pytest.importorskip("optuna")
+    out = tmp_path / "t"
+    # before: the --set was silently replaced by every trial's value
+    refused(["--set optim.lr", "searched", space], "tune", tune_recipe, "--trials", 1, "--space", space,
+            "--set", "optim.lr=0.5", "--out", out)
+    assert not out.exists()
