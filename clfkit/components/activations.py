@@ -5,7 +5,7 @@ import torch.nn as nn
 from pydantic import Field
 from typing_extensions import Annotated
 
-from clfkit.registry import register
+from clfkit.registry.plugins import register
 
 
 @register("activation", "relu")

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from typing_extensions import Annotated
 
-from clfkit.registry import REGISTRY, Entry, register
+from clfkit.registry.entries import Entry
+from clfkit.registry.plugins import add_fallback, register
 
 Prob = Annotated[float, Field(ge=0, le=1)]
 
@@ -166,4 +167,4 @@ def _albumentations_entry(name: str) -> Entry | None:
                  version=A.__version__, validator=validate)
 
 
-REGISTRY.add_fallback("augmentation", _albumentations_entry)
+add_fallback("augmentation", _albumentations_entry)

@@ -12,8 +12,8 @@ from typing_extensions import Annotated
 
 from clfkit.data import ImageSet, Splits
 from clfkit.errors import DataError
+from clfkit.registry.plugins import register
 from clfkit.util.safe_names import check_class_names, check_same_spelling
-from clfkit.registry import register
 
 
 @register("dataset", "shapes")

@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import Field
 from typing_extensions import Annotated
 
-from clfkit.registry import register
+from clfkit.registry.plugins import register
 
 
 def _one_hot(targets: torch.Tensor, num_classes: int, like: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch.nn as nn
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from typing_extensions import Annotated
 
-from clfkit.registry import register
+from clfkit.registry.plugins import register
 from clfkit.util.did_you_mean import did_you_mean
 
 NormSpec = Optional[object]  # a norm component spec: "batch" or {name: group, groups: 8}

@@ -14,7 +14,7 @@ import torch
 from pydantic import Field
 from typing_extensions import Annotated
 
-from clfkit.registry import register
+from clfkit.registry.plugins import register
 
 LR = Annotated[float, Field(gt=0, le=10)]
 WD = Annotated[float, Field(ge=0, le=1)]

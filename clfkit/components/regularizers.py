@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from typing_extensions import Annotated
 
-from clfkit.registry import register
+from clfkit.registry.plugins import register
 
 Prob = Annotated[float, Field(ge=0, le=1)]
 

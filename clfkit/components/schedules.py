@@ -10,7 +10,7 @@ from typing import Callable
 from pydantic import Field
 from typing_extensions import Annotated
 
-from clfkit.registry import register
+from clfkit.registry.plugins import register
 
 Epochs = Annotated[float, Field(ge=0)]
 Gamma = Annotated[float, Field(gt=0, le=1)]

@@ -36,11 +36,11 @@ swap it for a private ``Registry()``.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any
 
 from clfkit.registry import specs
 from clfkit.registry.entries import BUILTIN, Entry, Kind, KINDS, REGULARIZER_HOOKS, check_kind, define_kind, type_hints, type_text
-from clfkit.registry.plugins import ENTRY_POINT_GROUP, REGISTRATIONS, plugin_selection, plugins_disabled
+from clfkit.registry.plugins import ENTRY_POINT_GROUP, REGISTRATIONS, plugin_selection, plugins_disabled, register
 from clfkit.registry.specs import split_spec
 from clfkit.registry.table import Registry
 
@@ -52,12 +52,6 @@ __all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "KINDS", "REGISTRY", "REGULARIZER_HOO
 # The one registry clfkit uses; built-ins and direct registrations land in it (its "home").
 REGISTRY = Registry()
 REGISTRATIONS.home = REGISTRY
-
-
-def register(kind: str, name: str | None = None, **kw: Any) -> Callable[[Any], Any]:
-    """Decorator registering a component in the global registry (or, while a plugin is being
-    loaded, in the registry loading it)."""
-    return REGISTRATIONS.target().register(kind, name, **kw)
 
 
 def create(kind: str, name: str, /, **kwargs: Any) -> Any:

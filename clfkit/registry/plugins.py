@@ -33,7 +33,7 @@ import os
 import re
 import signal
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from clfkit.errors import PluginError
 from clfkit.registry.entries import BUILTIN, Entry
@@ -78,6 +78,20 @@ class Registrations:
 
 
 REGISTRATIONS = Registrations()
+
+
+def register(kind: str, name: str | None = None, **kw: Any) -> Callable[[Any], Any]:
+    """Decorator registering a component in the global registry (or, while a plugin is being
+    loaded, in the registry loading it). Built-ins import it from here, the registration point,
+    not the table (which imports them on first use): ``from clfkit.registry import register``
+    is the same function."""
+    return REGISTRATIONS.target().register(kind, name, **kw)
+
+
+def add_fallback(kind: str, resolver: Callable[[str], Entry | None]) -> None:
+    """Resolve names of ``kind`` not in the table with ``resolver`` (e.g. any albumentations
+    transform by class name), in the registry clfkit uses."""
+    REGISTRATIONS.home.add_fallback(kind, resolver)
 
 
 ENTRY_POINT_GROUP = "clfkit.plugins"
