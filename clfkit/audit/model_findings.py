@@ -20,11 +20,7 @@ import numpy as np
 from clfkit.audit.model_outputs import SplitOutputs
 from clfkit.data.audit import neighbours
 from clfkit.data.audit.findings import FEATURE_SIMILARITY, Catalog, Finding
-from clfkit.errors import ClfkitError
-
-
-class MissingDependency(ClfkitError):
-    """An optional package a requested check needs is not installed."""
+from clfkit.errors import MissingDependency
 
 
 def _cleanlab():

@@ -27,7 +27,7 @@ import torch
 from clfkit.data import image_files
 from clfkit.data import ImageSet, Splits, disk_storage as storage
 from clfkit.data.decode_pool import FileResult, Output, decode_into
-from clfkit.errors import DataError
+from clfkit.errors import DataError, NotImagesWarning
 from clfkit.util.safe_names import check_class_names, check_same_spelling
 
 LAYOUT = "<root>/train/<class>/<images>, optional <root>/val/<class>/<images> and <root>/test/"
@@ -177,10 +177,6 @@ def _scan_test(test_dir: Path, plan: FolderPlan) -> None:
         plan.not_images += [plan.show(p) for p in listing.others]
         if listing.images:
             plan.splits["test"] = (listing.images, None)
-
-
-class NotImagesWarning(UserWarning):
-    """Files in a folder dataset that are not read because their extension is not an image's."""
 
 
 def warn_not_images(plan: FolderPlan) -> None:

@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageFile
 
-from clfkit.errors import DataError
+from clfkit.errors import DecodeError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                     ".pgm", ".pbm", ".jfif")
@@ -34,11 +34,6 @@ WIDE_MODES = {"I;16": (0, 65535), "I;16B": (0, 65535), "I;16L": (0, 65535), "I;1
               "I": (0, 65535),   # 32-bit int: what PIL gives 16-bit PNGs and most 16-bit TIFFs
               "F": (0.0, 1.0)}   # 32-bit float: the 0..1 convention of float images
 EXIF_ORIENTATION = 0x0112  # 1 upright; 2-8 mirrored and/or rotated; 5-8 swap width and height
-
-
-class DecodeError(DataError):
-    """A file that is not a decodable image; the message says why. A DataError, so a caller
-    (the Python ``Predictor``, a notebook) gets clfkit's one exception family."""
 
 
 def is_image_file(path: str | os.PathLike) -> bool:

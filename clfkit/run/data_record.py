@@ -28,16 +28,8 @@ from typing import Any, Optional
 from clfkit import registry
 from clfkit.data import Splits
 from clfkit.data.class_folders import read_and_hash, relative_names, scan_folder
-from clfkit.errors import ClfkitError, DataError
+from clfkit.errors import DataChangedError, DataError, DataRecordWarning
 from clfkit.run.run_folder import RunFolder
-
-
-class DataChangedError(ClfkitError):
-    """A run resumed on data other than the data it started on."""
-
-
-class DataRecordWarning(UserWarning):
-    """Data that cannot be checked (an old run), or an evaluation on changed data."""
 
 
 def data_record(splits: Splits, previous: Optional[dict[str, Any]] = None) -> dict[str, Any]:

@@ -15,10 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from clfkit.run.run_folder import SAMPLES_NPY, RunFolder, RunFolderError
-
-
-class RunFileWarning(UserWarning):
-    """A line of a run file that cannot be read (skipped, named with its file and line)."""
+from clfkit.errors import RunFileWarning
 
 
 # metric -> True when larger is better; what ``--metric`` may sort by

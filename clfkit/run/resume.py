@@ -41,17 +41,13 @@ from typing import Any, Optional
 
 from clfkit.train.engine import distributed
 from clfkit.train.engine.snapshot import EpochProgress, rng_state
-from clfkit.errors import ClfkitError, TrainingError
+from clfkit.errors import ClfkitError, ResumeError, TrainingError
 from clfkit.recipe import Recipe, read_yaml, validate_recipe
 from clfkit.run.checkpoint import load_checkpoint, load_weights, recipe_differences, require_model_fields
 from clfkit.run.run_folder import RunFolder
 
 RESUME_FORMAT = 2  # 2: per-rank "ranks" list (1: one process, "rng" and in_epoch sums at the top)
 RANK_KEYS = ("aug_rng", "loss_sum", "correct", "seen", "nonfinite")  # a rank's own in-epoch state
-
-
-class ResumeError(ClfkitError):
-    """A run folder that cannot be resumed."""
 
 
 @dataclass

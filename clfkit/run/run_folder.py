@@ -53,7 +53,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
-from clfkit.errors import ClfkitError, TrainingError
+from clfkit.errors import RunFolderError, RunLockedError, RunLockWarning, TrainingError
 from clfkit.util.atomic import WriteError, append_line, atomic_open, write_json, write_text
 from clfkit.util.safe_names import check_name
 from clfkit.util.output_file import is_run_folder
@@ -87,18 +87,6 @@ REPORTS_SOURCE_JSON = "reports_source.json"
 LOCK_NAME = ".clfkit.lock"
 _HELD: dict[str, list] = {}  # resolved run folder -> [fd, depth]: locks this process holds
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class RunFolderError(ClfkitError):
-    """A path that is not a run folder (or a folder of runs)."""
-
-
-class RunLockedError(ClfkitError):
-    """Another process is writing into this run folder."""
-
-
-class RunLockWarning(UserWarning):
-    """The run folder's filesystem does not support locks."""
 
 
 def _holder_text(lock_path: Path) -> str:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 from urllib.parse import quote, unquote
 
-from clfkit.errors import ClfkitError
+from clfkit.errors import TrackingError, TrackingWarning
 from clfkit.run.run_folder import RunFolder
 
 TRACKERS = ("tensorboard", "mlflow")
@@ -46,14 +46,6 @@ TRACKING_FILE = "tracking.json"  # the MLflow run id, so a resumed run logs into
 # the report files a finished run hands to MLflow as artifacts (those that exist)
 ARTIFACTS = ("summary.json", "recipe.yaml", "curves.png", "confusion.png", "per_class.csv", "report.html",
              "mistakes.json")
-
-
-class TrackingError(ClfkitError):
-    """A tracker that was asked for cannot run (its package is missing)."""
-
-
-class TrackingWarning(UserWarning):
-    """A tracker's store failed during a run: the run goes on (its folder has everything)."""
 
 
 class Tracker(Protocol):

@@ -37,7 +37,7 @@ from clfkit.train.build import (
 from clfkit.train.engine.batches import train_batches
 from clfkit.train.engine.prep import BatchPrep
 from clfkit.train.engine.runtime import place_model, resolve_runtime, seed_everything
-from clfkit.errors import ClfkitError
+from clfkit.errors import LRFindError
 from clfkit.recipe import Recipe
 from clfkit.train.init_weights import input_normalization, load_init
 from clfkit.run.reader import is_run
@@ -45,10 +45,6 @@ from clfkit.run.reader import is_run
 BETA = 0.98      # the loss's moving average
 DIVERGE = 4.0    # stop once the smoothed loss is this many times its minimum
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-class LRFindError(ClfkitError):
-    """An LR range test that cannot run or whose plot cannot be written."""
 
 
 @dataclass

@@ -11,12 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from clfkit.errors import ClfkitError
-
-
-class WriteError(ClfkitError):
-    """An output that cannot be written (permissions, missing folder, full disk)."""
-
+from clfkit.errors import WriteError
 
 
 def _read_umask() -> int:

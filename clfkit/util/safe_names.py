@@ -12,17 +12,13 @@ import re
 import unicodedata
 from pathlib import Path
 
-from clfkit.errors import ClfkitError, DataError
+from clfkit.errors import BadNameError, DataError
 
 MAX_LENGTH = 200  # file systems allow 255 bytes per component; leave room for "-2", ".onnx"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.,=+\-]*")
 ALLOWED = (f"letters, digits and _ . , = + - (ASCII), starting with a letter or digit, "
            f"at most {MAX_LENGTH} characters")
 _NOT_ALLOWED_CHAR = re.compile(r"[^A-Za-z0-9_.,=+\-]")
-
-
-class BadNameError(ClfkitError):
-    """A name that cannot safely be a folder name."""
 
 
 def name_problem(name: object) -> str | None:

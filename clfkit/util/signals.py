@@ -13,18 +13,9 @@ import signal
 import threading
 from typing import Iterator, Optional
 
-from clfkit.errors import ClfkitError
+from clfkit.errors import Interrupted  # noqa: F401 - defined in errors.py, importable from here too
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-
-class Interrupted(ClfkitError):
-    """Training stopped by a signal after saving its state; ``exit_code`` is 128 + signal."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = signum
-        self.exit_code = EXIT_CODES.get(signum, 128 + int(signum))
 
 
 class StopFlag:

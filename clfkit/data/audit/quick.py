@@ -15,12 +15,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from clfkit.data.audit.findings import Finding, class_counts, exact_findings, imbalance_note
+from clfkit.errors import DataCheckWarning  # noqa: F401 - defined in errors.py, importable from here too
 
 BLOCK_ROWS = 4096  # rows read at a time: a disk split is never loaded whole
-
-
-class DataCheckWarning(UserWarning):
-    """A finding of the train-time data check."""
 
 
 def row_hashes(images: Any) -> np.ndarray:

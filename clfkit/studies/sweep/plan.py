@@ -11,15 +11,11 @@ from typing import Any, Optional
 import yaml
 
 from clfkit.train.build import check_model_size
-from clfkit.errors import ClfkitError, RecipeError
+from clfkit.errors import RecipeError, SweepError
 from clfkit.util.safe_names import check_name, name_problem, safe_label
 from clfkit.recipe import Recipe, apply_override, parse_override, parse_overrides, read_yaml, validate_recipe
 from clfkit.run.run_folder import RunFolder
 from clfkit.util.yaml_text import YAMLProblem, parse_value
-
-
-class SweepError(ClfkitError):
-    """A sweep that cannot be planned or whose folders do not match it."""
 
 
 # --------------------------------------------------------------------------- axes

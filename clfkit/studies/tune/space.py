@@ -10,16 +10,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from clfkit.errors import ClfkitError
+from clfkit.errors import ClfkitError, TuneError
 from clfkit.recipe import apply_override, parse_override, validate_recipe
 from clfkit.studies.sweep.plan import split_top_level
 from clfkit.util.yaml_text import YAMLProblem, parse_value
 
 KINDS = {"uniform": 2, "loguniform": 2, "int": 2, "logint": 2, "choice": None}  # kind -> argument count
-
-
-class TuneError(ClfkitError):
-    """A tune that cannot run: a bad --space, a study of another space, optuna missing."""
 
 
 def optuna_module() -> Any:

@@ -38,13 +38,9 @@ from clfkit.data.shards import read_shard
 from clfkit.data.streamed import StreamedSplit
 from clfkit.train.engine import distributed
 from clfkit.train.engine.batches import augment_image, images_per_epoch, num_batches
-from clfkit.errors import DataError
+from clfkit.errors import DataError, SkippedSamples
 
 STREAMS = 8  # streams per rank: the unit of reading (and of workers); fixed, so the plan is too
-
-
-class SkippedSamples(UserWarning):
-    """Training samples skipped in an epoch (no label, a label outside the classes, undecodable)."""
 
 
 @dataclass
