@@ -81,7 +81,7 @@ def test_disk_batches_are_the_order_rows_whole(tmp_path, monkeypatch, n, batch, 
     _small_windows(monkeypatch, chunk=3, window=2)
     x = _images(n)
     data = ImageSet(_disk(tmp_path, x), torch.arange(n))
-    got = list(batches.train_batches(data, batch, 7, 1, drop_last, CPU, [], 0, start_batch=start))
+    got = list(batches.train_batches(data, batch, 7, 1, drop_last=drop_last, device=CPU, per_image=[], workers=0, start_batch=start))
     order = batches.disk_epoch_order(n, 7, 1, *batches.disk_chunks(ROW))
     total = batches.num_batches(n, batch, drop_last)
     assert len(got) == max(0, total - start)
@@ -99,7 +99,7 @@ def test_a_read_error_in_the_reader_thread_surfaces_as_a_data_error(tmp_path, mo
     with open(data.images.path, "r+b") as f:  # cut the file after the header and 10 rows
         f.truncate(data.images.offset + 10 * ROW)
     with pytest.raises(DataError, match=r"x\.npy ended early"):
-        for _ in batches.train_batches(data, 4, 0, 0, False, CPU, [], 0):
+        for _ in batches.train_batches(data, 4, 0, 0, drop_last=False, device=CPU, per_image=[], workers=0):
             pass
     assert not _reader_threads()
 
@@ -122,7 +122,7 @@ def test_an_os_error_while_reading_is_a_data_error_naming_the_file(tmp_path, mon
         os.unlink(data.images.path)
         problem = "No such file"
     with pytest.raises(DataError, match=rf"x\.npy.*{problem}"):
-        for _ in batches.train_batches(data, 4, 0, 0, False, CPU, [], 0):
+        for _ in batches.train_batches(data, 4, 0, 0, drop_last=False, device=CPU, per_image=[], workers=0):
             pass
     with pytest.raises(DataError, match=rf"x\.npy.*{problem}"):
         next(batches.eval_batches(data, 4, CPU))
@@ -132,7 +132,7 @@ def test_an_os_error_while_reading_is_a_data_error_naming_the_file(tmp_path, mon
 def test_breaking_out_of_an_epoch_stops_the_reader(tmp_path, monkeypatch):
     _small_windows(monkeypatch, chunk=2, window=2)
     data = ImageSet(_disk(tmp_path, _images(40)), torch.arange(40))
-    epoch = batches.train_batches(data, 4, 0, 0, False, CPU, [], 0)
+    epoch = batches.train_batches(data, 4, 0, 0, drop_last=False, device=CPU, per_image=[], workers=0)
     next(epoch)
     assert len(_reader_threads()) == 1  # the next block is being read
     epoch.close()  # what a for loop's break does
@@ -148,11 +148,11 @@ def test_an_epoch_that_raises_does_not_keep_its_reader(tmp_path, monkeypatch, wh
     data = ImageSet(_disk(tmp_path, _images(40)), torch.arange(40))
     tb = batches.TrainBatches(data, 4, 0, False, CPU, [], 0)
 
-    def stop(*_):
+    def stop(*_, **__):
         raise TrainingError("stopped")
 
     monkeypatch.setattr(loop, "_start_epoch", lambda *_: None)
-    monkeypatch.setattr(loop, "train_step", stop if where == "train_step" else lambda *_: True)
+    monkeypatch.setattr(loop, "train_step", stop if where == "train_step" else lambda *_, **__: True)
     state = SimpleNamespace(model=torch.nn.Identity(), frozen_norms=[])
     with pytest.raises(TrainingError) as kept:
         loop.train_one_epoch(state, tb, 0, progress=lambda n: None, after_step=stop)
@@ -196,7 +196,7 @@ def test_descriptors_do_not_pile_up_over_epochs_and_evals(tmp_path, monkeypatch)
     val = train.subset(torch.tensor([3, 1, 4, 15, 9, 2, 6]))
 
     def epoch_and_eval(train, val, e):
-        for _ in batches.train_batches(train, 4, 0, e, False, CPU, [], 0):
+        for _ in batches.train_batches(train, 4, 0, e, drop_last=False, device=CPU, per_image=[], workers=0):
             pass
         for _ in batches.eval_batches(val, 3, CPU):
             pass

@@ -76,7 +76,7 @@ def test_plan_covers_every_sample_once_over_ranks_with_equal_steps(counts, world
     n = sum(counts)
     seen, steps = [], set()
     for rank in range(world):
-        streams, b = rank_plan(counts, 0, 1, batch, drop_last, rank, world)
+        streams, b = rank_plan(counts, 0, 1, batch_size=batch, drop_last=drop_last, rank=rank, world=world)
         steps.add(sum(s.batches for s in streams))
         for s in streams:
             got = [(shard, i) for shard, first, stop in s.segments for i in range(first, stop)]

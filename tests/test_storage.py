@@ -82,7 +82,7 @@ def test_parallel_decode_is_byte_identical_to_one_process(tmp_path, monkeypatch,
     assert sum(r.error is not None for r in r1) == 3  # truncated, empty, text
     # and what the thread decoder (csv datasets) gives, file by file: EXIF applied the same way
     skipped = []
-    old = decode_files(paths, (SIZE, SIZE), 3, "squash", "skip", skipped)
+    old = decode_files(paths, (SIZE, SIZE), 3, resize="squash", on_error="skip", skipped=skipped)
     for k, r in enumerate(old):
         assert (r is None) == (r1[k].error is not None)
         if r is not None:
@@ -154,7 +154,7 @@ def test_disk_order_is_chunked_shuffled_and_a_pure_function(monkeypatch):
 
 
 def _epoch(data, epoch=0, start_batch=0, per_image=(), workers=0):
-    return list(batches.train_batches(data, 8, 5, epoch, True, torch.device("cpu"), list(per_image), workers,
+    return list(batches.train_batches(data, 8, 5, epoch, drop_last=True, device=torch.device("cpu"), per_image=list(per_image), workers=workers,
                                       start_batch=start_batch))
 
 

@@ -127,12 +127,12 @@ def test_both_batch_paths_yield_the_scheduled_batches(n, batch_size, drop_last, 
 
     data = ImageSet(torch.zeros(n, 1, 2, 2, dtype=torch.uint8), torch.arange(n))
     identity = [lambda image: {"image": image}] if per_image else []
-    sizes = [len(y) for _, y in train_batches(data, batch_size, 0, 0, drop_last, torch.device("cpu"),
-                                              identity, 0)]
+    sizes = [len(y) for _, y in train_batches(data, batch_size, 0, 0, drop_last=drop_last, device=torch.device("cpu"),
+                                              per_image=identity, workers=0)]
     assert len(sizes) == num_batches(n, batch_size, drop_last)
     assert sum(sizes) == (n if not drop_last or n < batch_size else n - n % batch_size)
-    resumed = [len(y) for _, y in train_batches(data, batch_size, 0, 0, drop_last, torch.device("cpu"),
-                                                identity, 0, start_batch=1)]
+    resumed = [len(y) for _, y in train_batches(data, batch_size, 0, 0, drop_last=drop_last, device=torch.device("cpu"),
+                                                per_image=identity, workers=0, start_batch=1)]
     assert resumed == sizes[1:]
 
 

@@ -31,7 +31,7 @@ def test_pruning_starts_at_a_third_of_the_epochs(epochs, start):
 def test_pruners_are_scaled_to_the_run(recipe_file, tmp_path):
     from clfkit.studies.tune import make_pruner, plan_tune
 
-    setup = plan_tune(recipe_file, GRID, None, ["train.epochs=9"], out=tmp_path / "t")
+    setup = plan_tune(recipe_file, GRID, trials=None, overrides=["train.epochs=9"], out=tmp_path / "t")
     assert setup.epochs == 9 and setup.pruner == "quartile"
     quartile = make_pruner(setup)
     assert type(quartile).__name__ == "PercentilePruner" and quartile._n_warmup_steps == 3
@@ -43,7 +43,7 @@ def test_pruners_are_scaled_to_the_run(recipe_file, tmp_path):
     setup.prune_from = 1  # --prune-from
     assert make_pruner(setup)._min_resource == 1
     # a searched train.epochs: the longest run sets the scale
-    longest = plan_tune(recipe_file, GRID + ["train.epochs=choice(3,12)"], None, out=tmp_path / "u")
+    longest = plan_tune(recipe_file, GRID + ["train.epochs=choice(3,12)"], trials=None, out=tmp_path / "u")
     assert longest.epochs == 12
 
 
@@ -72,7 +72,7 @@ def test_tpe_random_start_is_a_third_of_the_trials(recipe_file, tmp_path):
     from clfkit.studies.tune import make_sampler, plan_tune
 
     for trials, startup in ((3, 2), (12, 4), (60, 10)):
-        setup = plan_tune(recipe_file, GRID, trials, out=tmp_path / "t")
+        setup = plan_tune(recipe_file, GRID, trials=trials, out=tmp_path / "t")
         assert make_sampler(setup, 0)._n_startup_trials == startup
 
 
@@ -82,7 +82,7 @@ def test_grid_walks_every_combination_once_and_a_stopped_point_runs_again(recipe
     from clfkit.studies.tune import open_study, plan_tune, run_tune, trial_recipe
 
     def plan(trials):
-        return plan_tune(recipe_file, GRID, trials, ["train.epochs=1"], out=tmp_path / "t", pruner="none", sampler="grid")
+        return plan_tune(recipe_file, GRID, trials=trials, overrides=["train.epochs=1"], out=tmp_path / "t", pruner="none", sampler="grid")
 
     assert plan(None).trials == 4
     first = run_tune(plan(2), log=lambda s: None).rows
@@ -115,7 +115,7 @@ def test_a_grid_point_that_fails_is_not_retried(recipe_file, tmp_path):
     from clfkit.studies.tune import plan_tune, run_tune
 
     space = ["init=choice(null,no_such_run)", "model.dropout=choice(0)"]  # a missing init: the run fails
-    setup = plan_tune(recipe_file, space, None, ["train.epochs=1"], out=tmp_path / "t", sampler="grid")
+    setup = plan_tune(recipe_file, space, trials=None, overrides=["train.epochs=1"], out=tmp_path / "t", sampler="grid")
     rows = run_tune(setup, log=lambda s: None).rows
     assert sorted(r["state"].split(":")[0] for r in rows) == ["complete", "fail"]
     lines = []
@@ -138,13 +138,13 @@ def test_unknown_sampler_names_the_choices(recipe_file, tmp_path):
     from clfkit.studies.tune import TuneError, plan_tune
 
     with pytest.raises(TuneError, match="'sobol': choose one of tpe, grid, random"):
-        plan_tune(recipe_file, GRID, None, out=tmp_path / "t", sampler="sobol")
+        plan_tune(recipe_file, GRID, trials=None, out=tmp_path / "t", sampler="sobol")
 
 
 def test_a_study_keeps_its_sampler(recipe_file, tmp_path):
     from clfkit.studies.tune import TuneError, plan_tune, run_tune
 
     out = tmp_path / "t"
-    run_tune(plan_tune(recipe_file, GRID, 1, ["train.epochs=1"], out=out, sampler="random"), log=lambda s: None)
+    run_tune(plan_tune(recipe_file, GRID, trials=1, overrides=["train.epochs=1"], out=out, sampler="random"), log=lambda s: None)
     with pytest.raises(TuneError, match="--sampler random, not grid"):
-        run_tune(plan_tune(recipe_file, GRID, 2, ["train.epochs=1"], out=out, sampler="grid"), log=lambda s: None)
+        run_tune(plan_tune(recipe_file, GRID, trials=2, overrides=["train.epochs=1"], out=out, sampler="grid"), log=lambda s: None)

@@ -35,7 +35,7 @@ def test_a_continued_grid_with_fewer_trials_runs_no_more_than_asked(recipe_file,
     from clfkit.studies.tune.study import open_study, queue_grid, queued
 
     def plan(trials):
-        return plan_tune(recipe_file, LR4, trials, out=tmp_path / "t", sampler="grid")
+        return plan_tune(recipe_file, LR4, trials=trials, out=tmp_path / "t", sampler="grid")
 
     (tmp_path / "t").mkdir()
     study = open_study(plan(None))
@@ -85,7 +85,7 @@ def test_a_quoted_choice_value_keeps_its_comma(recipe_file, tmp_path):
     assert split_top_level('"a,b", b') == ['"a,b"', "b"]
     assert split_top_level("it's,b") == ["it's", "b"]
     assert split_top_level("'it''s,x', [1,'y,z'], {a: 'p,q'}") == ["'it''s,x'", "[1,'y,z']", "{a: 'p,q'}"]
-    setup = plan_tune(recipe_file, ['name=choice("a,b", c)'], None, out=tmp_path / "t", sampler="grid")
+    setup = plan_tune(recipe_file, ['name=choice("a,b", c)'], trials=None, out=tmp_path / "t", sampler="grid")
     assert setup.dims[0].args == ["a,b", "c"]
 
 
@@ -154,7 +154,7 @@ def test_the_study_db_is_in_a_tune_folder_with_an_odd_name(recipe_file, tmp_path
 
     out = tmp_path / name
     out.mkdir()
-    open_study(plan_tune(recipe_file, ["optim.lr=choice(0.1,0.01)"], None, out=out, sampler="grid"))
+    open_study(plan_tune(recipe_file, ["optim.lr=choice(0.1,0.01)"], trials=None, out=out, sampler="grid"))
     assert (out / "study.db").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
 
@@ -175,7 +175,7 @@ def test_a_seed_at_the_top_of_its_range_runs_every_trial(recipe_file, tmp_path):
                        "--out", tmp_path / "u")
     assert code == 2 and "--seed" in out and "4294967295" in out and not (tmp_path / "u").exists()
     with pytest.raises(TuneError, match="--seed -1: give a seed from 0 to 4294967295"):
-        plan_tune(recipe_file, ["optim.lr=loguniform(1e-3,1e-1)"], 2, out=tmp_path / "v", seed=-1)
+        plan_tune(recipe_file, ["optim.lr=loguniform(1e-3,1e-1)"], trials=2, out=tmp_path / "v", seed=-1)
 
 
 @pytest.fixture

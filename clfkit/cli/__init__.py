@@ -43,7 +43,7 @@ def cli(debug: bool) -> None:
               help="Also report to this tracker (added to the recipe's train.track; repeatable).")
 @click.option("--allow-data-change", is_flag=True,
               help="With --resume: continue even though the data changed since the run started (recorded).")
-def train(recipe: Path | None, resume_dir: Path | None, overrides: tuple[str, ...], out: Path, quiet: bool,
+def train(recipe: Path | None, *, resume_dir: Path | None, overrides: tuple[str, ...], out: Path, quiet: bool,
           track: tuple[str, ...], allow_data_change: bool) -> None:
     """Train RECIPE; writes runs/<name>/ (checkpoints, metrics, summary)."""
     if allow_data_change and resume_dir is None:
@@ -124,7 +124,7 @@ checkpoint_option = click.option(
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
               help="With --int8 or --calibrate: read the run's folder dataset (the images they fit on) from here "
                    "instead (it moved), as `clfkit eval --data-root` does.")
-def export(run_dir: Path, output: Path | None, atol: float, checkpoint: str, tta: str, int8: bool,
+def export(run_dir: Path, *, output: Path | None, atol: float, checkpoint: str, tta: str, int8: bool,
            min_agreement: float | None, calibrate: bool, data_root: Path | None) -> None:
     """Export RUN_DIR's best checkpoint to ONNX and prove parity with torch."""
     from clfkit.deploy.export import export_run
@@ -190,7 +190,7 @@ def _log_export_to_mlflow(run_dir: Path, onnx: Path) -> None:
 @click.option("--topk", default=1, show_default=True, type=click.IntRange(min=1),
               help="The K likeliest classes per image, likeliest first: '<path>\\t<class 1>\\t<class 2>...' "
                    "(tab-separated, as a path may hold spaces; csv: path,class_1,prob_1,...).")
-def predict(model: Path, image_dir: Path, output: Path, batch_size: int, fmt: str, threads: int | None,
+def predict(model: Path, image_dir: Path, *, output: Path, batch_size: int, fmt: str, threads: int | None,
             workers: int | None, topk: int) -> None:
     """Classify every image under IMAGE_DIR with an exported MODEL.onnx; write test.txt (into a
     temp file, renamed when every image is done; a device or pipe such as /dev/stdout is written
@@ -336,14 +336,14 @@ def recipe_check(path: Path, overrides: tuple[str, ...]) -> None:
               help="Run every variant under N seeds (the recipe's seed and the next N-1) and compare variants as "
                    "mean +- sd with a Welch t-test [default: the sweep block's seeds:, else 1].")
 @click.option("--quiet", is_flag=True, help="No per-epoch output.")
-def sweep(recipe: Path, grid: tuple[str, ...], overrides: tuple[str, ...], jobs: int, out: Path | None,
+def sweep(recipe: Path, *, grid: tuple[str, ...], overrides: tuple[str, ...], jobs: int, out: Path | None,
           top: int, seeds: int | None, quiet: bool) -> None:
     """Train every combination of --grid values (or the recipe's sweep: block) and rank the runs.
 
     Finished runs are skipped when the sweep is run again; unfinished ones resume."""
     from clfkit.studies.sweep import run_sweep
 
-    res = run_guarded(run_sweep, recipe, grid, overrides, out, jobs=jobs, quiet=quiet, log=click.echo, top=top,
+    res = run_guarded(run_sweep, recipe, grid, overrides=overrides, out=out, jobs=jobs, quiet=quiet, log=click.echo, top=top,
                       seeds=seeds)
     click.echo((res.out / "sweep.md").read_text(encoding="utf-8").rstrip())
     if res.seeds > 1:
@@ -380,14 +380,15 @@ def sweep(recipe: Path, grid: tuple[str, ...], overrides: tuple[str, ...], jobs:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Tune folder [default: tunes/<recipe name>].")
 @click.option("--quiet", is_flag=True, help="No per-epoch output.")
-def tune(recipe: Path, trials: int | None, spaces: tuple[str, ...], overrides: tuple[str, ...], pruner: str,
+def tune(recipe: Path, *, trials: int | None, spaces: tuple[str, ...], overrides: tuple[str, ...], pruner: str,
          prune_from: int | None, sampler: str, seed: int, jobs: int, out: Path | None, quiet: bool) -> None:
     """Search hyperparameters with Optuna (TPE), pruning trials that fall behind.
 
     The study lives in OUT/study.db: running the same command again continues it."""
     from clfkit.studies.tune import plan_tune, run_tune
 
-    setup = run_guarded(plan_tune, recipe, spaces, trials, overrides, out, seed, pruner, quiet, sampler, prune_from)
+    setup = run_guarded(plan_tune, recipe, spaces, trials=trials, overrides=overrides, out=out, seed=seed,
+                        pruner=pruner, quiet=quiet, sampler=sampler, prune_from=prune_from)
     res = run_guarded(run_tune, setup, jobs, click.echo)
     click.echo((res.out / "trials.md").read_text(encoding="utf-8").rstrip())
     if res.best is not None:

@@ -45,7 +45,7 @@ def data_pack(src: str, out: Path, shard_size: str, seed: int, image: str | None
 @click.option("--fix-split", is_flag=True, help="Also write leaked_files.csv: the val/test files to drop.")
 @click.option("--phash-distance", default=8, show_default=True, type=click.IntRange(0, 32),
               help="Most differing bits (of 64) of two near-duplicates' perceptual hashes.")
-def data_check(target: Path, run_dir: Path | None, folds: int, fold_epochs: int | None, overrides: tuple[str, ...],
+def data_check(target: Path, *, run_dir: Path | None, folds: int, fold_epochs: int | None, overrides: tuple[str, ...],
                out: Path, fix_split: bool, phash_distance: int) -> None:
     """Duplicates, leaks across splits, likely label errors and image-quality issues."""
     from clfkit.audit.check import check_data

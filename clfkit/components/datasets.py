@@ -18,7 +18,7 @@ from clfkit.util.safe_names import check_class_names, check_same_spelling
 
 @register("dataset", "shapes")
 def shapes(image_size: tuple[int, int], channels: int | None, seed: int,
-           num_classes: Annotated[int, Field(ge=2, le=10)] = 10,
+           *, num_classes: Annotated[int, Field(ge=2, le=10)] = 10,
            train_size: Annotated[int, Field(ge=2)] = 10000,
            val_size: Annotated[int, Field(ge=0)] = 1000,
            test_size: Annotated[int, Field(ge=0)] = 2000) -> Splits:
@@ -72,7 +72,7 @@ FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", 
 
 
 def _arrays_to_splits(arrays: dict, class_names: list[str], native_channels: int,
-                      image_size: tuple[int, int], channels: Optional[int], resize: str,
+                      *, image_size: tuple[int, int], channels: Optional[int], resize: str,
                       description: str) -> Splits:
     from clfkit.data.parsers import fit_images
 
@@ -94,7 +94,7 @@ def cifar10(image_size: tuple[int, int], channels: int | None, resize: str, root
     from clfkit.data.parsers import read_cifar10
 
     arrays, names = read_cifar10(root)
-    return _arrays_to_splits(arrays, names, 3, image_size, channels, resize, f"CIFAR-10 from {root}")
+    return _arrays_to_splits(arrays, names, 3, image_size=image_size, channels=channels, resize=resize, description=f"CIFAR-10 from {root}")
 
 
 @register("dataset", "cifar100")
@@ -104,8 +104,8 @@ def cifar100(image_size: tuple[int, int], channels: int | None, resize: str, roo
     from clfkit.data.parsers import read_cifar100
 
     arrays, names = read_cifar100(root, labels)
-    return _arrays_to_splits(arrays, names, 3, image_size, channels, resize,
-                             f"CIFAR-100 ({labels} labels) from {root}")
+    return _arrays_to_splits(arrays, names, 3, image_size=image_size, channels=channels, resize=resize,
+                             description=f"CIFAR-100 ({labels} labels) from {root}")
 
 
 @register("dataset", "mnist")
@@ -113,8 +113,8 @@ def mnist(image_size: tuple[int, int], channels: int | None, resize: str, root: 
     """MNIST digits from IDX files (plain or .gz) in root: train-images-idx3-ubyte, ..."""
     from clfkit.data.parsers import read_mnist
 
-    return _arrays_to_splits(read_mnist(root, "MNIST"), [str(i) for i in range(10)], 1, image_size,
-                             channels, resize, f"MNIST from {root}")
+    return _arrays_to_splits(read_mnist(root, "MNIST"), [str(i) for i in range(10)], 1, image_size=image_size,
+                             channels=channels, resize=resize, description=f"MNIST from {root}")
 
 
 @register("dataset", "fashion_mnist")
@@ -122,13 +122,13 @@ def fashion_mnist(image_size: tuple[int, int], channels: int | None, resize: str
     """Fashion-MNIST from IDX files (same file names as MNIST, plain or .gz) in root."""
     from clfkit.data.parsers import read_mnist
 
-    return _arrays_to_splits(read_mnist(root, "FashionMNIST"), FASHION_CLASSES, 1, image_size,
-                             channels, resize, f"Fashion-MNIST from {root}")
+    return _arrays_to_splits(read_mnist(root, "FashionMNIST"), FASHION_CLASSES, 1, image_size=image_size,
+                             channels=channels, resize=resize, description=f"Fashion-MNIST from {root}")
 
 
 @register("dataset", "csv")
 def csv_index(image_size: tuple[int, int], channels: int | None, resize: str, on_error: str,
-              train: str, val: Optional[str] = None, test: Optional[str] = None) -> Splits:
+              *, train: str, val: Optional[str] = None, test: Optional[str] = None) -> Splits:
     """CSV files of 'path,label' rows (paths relative to the CSV); val and test are optional."""
     from clfkit.data.class_folders import auto_channels, decode_files, to_image_set
     from clfkit.data.parsers import label_order, read_csv_index
@@ -150,7 +150,7 @@ def csv_index(image_size: tuple[int, int], channels: int | None, resize: str, on
         if unknown:
             raise DataError(f"{split} CSV {val if split == 'val' else test} has labels the train CSV "
                             f"{train} lacks: {unknown[:10]}")
-        decoded[split] = decode_files([p for p, _ in rows], image_size, channels, resize, on_error, skipped)
+        decoded[split] = decode_files([p for p, _ in rows], image_size, channels, resize=resize, on_error=on_error, skipped=skipped)
     gray = channels is None and auto_channels(decoded["train"]) == 1  # grayscale data needs no recipe change
     index = {name: i for i, name in enumerate(class_names)}
     sets = {split: to_image_set(decoded[split], [index[label] for _, label in rows], None, gray)
@@ -181,7 +181,7 @@ csv_index.peek = _csv_peek
 
 # --------------------------------------------------------------------------- the ecosystem's formats
 @register("dataset", "hf")
-def hf(image_size: tuple[int, int], channels: int | None, resize: str, on_error: str, path: str,
+def hf(image_size: tuple[int, int], channels: int | None, resize: str, on_error: str, *, path: str,
        image: Optional[str] = None, label: Optional[str] = None, config: Optional[str] = None,
        train_split: Optional[str] = None, val_split: Optional[str] = None,
        test_split: Optional[str] = None) -> Splits:
@@ -204,7 +204,7 @@ hf.peek = _hf_peek
 
 @register("dataset", "webdataset")
 def webdataset(image_size: tuple[int, int], channels: int | None, resize: str, on_error: str,
-               train: str | list[str], val: str | list[str] | None = None, test: str | list[str] | None = None,
+               *, train: str | list[str], val: str | list[str] | None = None, test: str | list[str] | None = None,
                classes: Optional[list[str]] = None, image_key: Optional[str] = None, label_key: str = "cls",
                shuffle_buffer: Annotated[int, Field(ge=1)] = 512) -> Splits:
     """WebDataset tar shards (paths or http(s) URLs, brace patterns): train streamed while it

@@ -58,7 +58,7 @@ def linear(num_classes: int, in_chans: int, image_size: tuple[int, int]) -> nn.M
 
 
 class MLP(nn.Module):
-    def __init__(self, in_features, num_classes, hidden, norm, activation, dropout, dropout_kind, residual):
+    def __init__(self, in_features, num_classes, hidden, *, norm, activation, dropout, dropout_kind, residual):
         super().__init__()
         self.flatten = nn.Flatten()
         self.blocks = nn.ModuleList()
@@ -88,13 +88,13 @@ class MLP(nn.Module):
 
 @register("model", "mlp")
 def mlp(num_classes: int, in_chans: int, image_size: tuple[int, int],
-        norm: NormSpec = "none", activation: ActSpec = "relu",
+        *, norm: NormSpec = "none", activation: ActSpec = "relu",
         hidden: list[PosInt] = [1024], dropout: Rate = 0.0,
         dropout_kind: Literal["dropout", "alpha"] = "dropout", residual: bool = False) -> nn.Module:
     """Multi-layer perceptron: per hidden layer Linear -> norm -> activation -> dropout; with
     ``residual``, layers as wide as their input add it back (x + f(x))."""
     h, w = image_size
-    return MLP(in_chans * h * w, num_classes, hidden, norm, activation, dropout, dropout_kind, residual)
+    return MLP(in_chans * h * w, num_classes, hidden, norm=norm, activation=activation, dropout=dropout, dropout_kind=dropout_kind, residual=residual)
 
 
 # --------------------------------------------------------------------------- cnn
@@ -142,7 +142,7 @@ def _default_blocks() -> list[ConvBlock]:
 
 @register("model", "cnn")
 def cnn(num_classes: int, in_chans: int, image_size: tuple[int, int],
-        norm: NormSpec = "batch", activation: ActSpec = "relu",
+        *, norm: NormSpec = "batch", activation: ActSpec = "relu",
         blocks: list[ConvBlock] = _default_blocks(),
         dropout: Rate = 0.0, dropout_kind: Literal["dropout", "dropout2d"] = "dropout",
         global_pool: bool = False, head_dropout: Rate = 0.0) -> nn.Module:
@@ -197,7 +197,7 @@ class DropPath(nn.Module):
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, cin, planes, stride, norm, activation, residual, drop_path):
+    def __init__(self, cin, planes, stride, *, norm, activation, residual, drop_path):
         super().__init__()
         self.bn1, self.bn2 = norm(planes, dim=2), norm(planes, dim=2)
         bias = _no_norm(self.bn1)
@@ -222,7 +222,7 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, cin, planes, stride, norm, activation, residual, drop_path):
+    def __init__(self, cin, planes, stride, *, norm, activation, residual, drop_path):
         super().__init__()
         out = planes * 4
         self.bn1, self.bn2, self.bn3 = norm(planes, dim=2), norm(planes, dim=2), norm(out, dim=2)
@@ -272,7 +272,7 @@ RESNET_DEPTHS: dict[int, tuple[str, list[int]]] = {
 
 
 class ResNet(nn.Module):
-    def __init__(self, num_classes, in_chans, layers, block, stem, width, residual, norm,
+    def __init__(self, num_classes, in_chans, *, layers, block, stem, width, residual, norm,
                  activation, drop_rate, drop_path, zero_init_last):
         super().__init__()
         Block = BasicBlock if block == "basic" else Bottleneck
@@ -293,7 +293,7 @@ class ResNet(nn.Module):
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
                 dp = drop_path * idx / max(1, total - 1)
-                blocks.append(Block(cin, planes, stride, norm, activation, residual, dp))
+                blocks.append(Block(cin, planes, stride, norm=norm, activation=activation, residual=residual, drop_path=dp))
                 cin = planes * Block.expansion
                 idx += 1
             stages.append(nn.Sequential(*blocks))
@@ -345,7 +345,7 @@ def _feature_sizes(image_size: tuple[int, int], stem: str, layers: list[int]) ->
 
 @register("model", "resnet")
 def resnet(num_classes: int, in_chans: int, image_size: tuple[int, int] = (224, 224),
-           norm: NormSpec = "batch", activation: ActSpec = "relu",
+           *, norm: NormSpec = "batch", activation: ActSpec = "relu",
            depth: Optional[Literal[10, 14, 18, 26, 34, 50, 101, 152]] = None,
            layers: Optional[list[Annotated[int, Field(ge=0)]]] = None,
            block: Optional[Literal["basic", "bottleneck"]] = None,
@@ -373,8 +373,8 @@ def resnet(num_classes: int, in_chans: int, image_size: tuple[int, int] = (224, 
         raise ValueError(f"at {image_size[0]}x{image_size[1]} with stem {stem!r} the last stage runs at "
                          f"1x1, where instance norm has one value per channel and outputs zeros; "
                          f"use stem: cifar or small, or larger images")
-    return ResNet(num_classes, in_chans, list(layers), block, stem, width, residual,
-                  norm, activation, drop_rate, drop_path, zero_init_last)
+    return ResNet(num_classes, in_chans, layers=list(layers), block=block, stem=stem, width=width, residual=residual,
+                  norm=norm, activation=activation, drop_rate=drop_rate, drop_path=drop_path, zero_init_last=zero_init_last)
 
 
 # --------------------------------------------------------------------------- timm
@@ -395,7 +395,7 @@ def _existing_file(path: Optional[str]) -> Optional[str]:
 
 @register("model", "timm")
 def timm_model(num_classes: int, in_chans: int, image_size: tuple[int, int],
-               arch: Annotated[str, AfterValidator(_timm_arch)],
+               *, arch: Annotated[str, AfterValidator(_timm_arch)],
                weights: Annotated[Optional[str], AfterValidator(_existing_file)] = None,
                weights_min_match: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5,
                drop_rate: Rate = 0.0, drop_path_rate: Rate = 0.0, **kwargs) -> nn.Module:

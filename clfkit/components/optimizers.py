@@ -30,7 +30,7 @@ def _fused(device: str):
 
 
 @register("optimizer", "sgd")
-def sgd(params: list, device: str = "cpu", lr: LR = 0.1, momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9,
+def sgd(params: list, device: str = "cpu", lr: LR = 0.1, *, momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9,
         nesterov: bool = False, weight_decay: WD = 0.0,
         layer_decay: LayerDecay = 1.0, head_lr_mult: HeadMult = 1.0) -> torch.optim.Optimizer:
     """SGD with (optionally Nesterov) momentum."""
@@ -41,7 +41,7 @@ def sgd(params: list, device: str = "cpu", lr: LR = 0.1, momentum: Annotated[flo
 
 
 @register("optimizer", "adam")
-def adam(params: list, device: str = "cpu", lr: LR = 1e-3, betas: tuple[Beta, Beta] = (0.9, 0.999),
+def adam(params: list, device: str = "cpu", lr: LR = 1e-3, *, betas: tuple[Beta, Beta] = (0.9, 0.999),
          eps: Annotated[float, Field(gt=0)] = 1e-8, weight_decay: WD = 0.0,
         layer_decay: LayerDecay = 1.0, head_lr_mult: HeadMult = 1.0) -> torch.optim.Optimizer:
     """Adam (L2 weight decay added to the gradient)."""
@@ -49,7 +49,7 @@ def adam(params: list, device: str = "cpu", lr: LR = 1e-3, betas: tuple[Beta, Be
 
 
 @register("optimizer", "adamw")
-def adamw(params: list, device: str = "cpu", lr: LR = 1e-3, betas: tuple[Beta, Beta] = (0.9, 0.999),
+def adamw(params: list, device: str = "cpu", lr: LR = 1e-3, *, betas: tuple[Beta, Beta] = (0.9, 0.999),
           eps: Annotated[float, Field(gt=0)] = 1e-8, weight_decay: WD = 0.01,
         layer_decay: LayerDecay = 1.0, head_lr_mult: HeadMult = 1.0) -> torch.optim.Optimizer:
     """AdamW (decoupled weight decay)."""
@@ -57,7 +57,7 @@ def adamw(params: list, device: str = "cpu", lr: LR = 1e-3, betas: tuple[Beta, B
 
 
 @register("optimizer", "rmsprop")
-def rmsprop(params: list, lr: LR = 1e-3, alpha: Beta = 0.99, momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0,
+def rmsprop(params: list, lr: LR = 1e-3, *, alpha: Beta = 0.99, momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0,
             eps: Annotated[float, Field(gt=0)] = 1e-8, weight_decay: WD = 0.0,
         layer_decay: LayerDecay = 1.0, head_lr_mult: HeadMult = 1.0) -> torch.optim.Optimizer:
     """RMSprop."""

@@ -24,7 +24,7 @@ def decode_blob(data: bytes, size: tuple[int, int], channels: int | None, resize
 
 
 def decode_blobs(blobs: list[tuple[str, bytes | None]], size: tuple[int, int], channels: int | None,
-                 resize: str, on_error: str, skipped: list[tuple[str, str]],
+                 *, resize: str, on_error: str, skipped: list[tuple[str, str]],
                  digest: hashlib._Hash | None = None) -> list[DecodeResult]:
     """(name, bytes) pairs -> per blob (HWC uint8, is grayscale) or None when unreadable (listed in
     ``skipped`` under its name, or raised when ``on_error`` is "fail"). ``digest`` is fed every

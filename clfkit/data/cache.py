@@ -361,9 +361,9 @@ def cached(name: str, args: dict[str, Any], settings: dict[str, Any], load: Call
     meta = {"source": source, "settings": settings}
     disk_spill.remove_stale(base, f".{group}-*.tmp")  # left by a run killed while it wrote an entry
     if storage_mode != "memory":
-        return _hold(disk_spill.cached_miss(load, storage_mode, base, group, log,
-                                            lambda splits, tmp: _store(base, group, splits, meta, log, tmp),
-                                            lambda: fingerprint_of(**args)))
+        return _hold(disk_spill.cached_miss(load, storage_mode, base=base, group=group, log=log,
+                                            store=lambda splits, tmp: _store(base, group, splits, meta, log, tmp),
+                                            fingerprint_of=lambda: fingerprint_of(**args)))
     splits = load()
     if splits.fingerprint is None:  # a dataset that does not hash while it reads: hash now
         splits.fingerprint = fingerprint_of(**args)

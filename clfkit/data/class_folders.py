@@ -242,7 +242,7 @@ def folder_fingerprint(root: str | os.PathLike) -> str:
 DecodeResult = Optional[tuple[np.ndarray, bool]]  # (HWC uint8 array, is grayscale), None if unreadable
 
 
-def decode_files(paths: list[Path], size: tuple[int, int], channels: Optional[int], resize: str,
+def decode_files(paths: list[Path], size: tuple[int, int], channels: Optional[int], *, resize: str,
                  on_error: str, skipped: list[tuple[str, str]], show: Callable[[Path], str] = _show,
                  digests: Optional[list[str]] = None) -> list[DecodeResult]:
     """Decode files in threads (PIL releases the GIL while decoding): per file (HWC uint8 array,

@@ -149,7 +149,7 @@ def _decode_task(task: tuple[int, int, int]) -> tuple:
     _TASK, start, stop = task
     fd = os.open(out.path, os.O_WRONLY) if out.path is not None else None
     try:
-        return _pack(_decode_range(paths, start, stop, size, channels, resize, out, fd, _MARKS[_TASK:_TASK + 1]))
+        return _pack(_decode_range(paths, start, stop, size=size, channels=channels, resize=resize, out=out, fd=fd, mark=_MARKS[_TASK:_TASK + 1]))
     finally:
         if fd is not None:
             os.close(fd)
@@ -171,7 +171,7 @@ def _unpack(packed: tuple[str, bytes, dict[int, FileResult]]) -> list[FileResult
             for i, g in enumerate(gray)]
 
 
-def _decode_range(paths, start, stop, size, channels, resize, out: Output, fd,
+def _decode_range(paths, start, stop, *, size, channels, resize, out: Output, fd,
                   mark: Optional[np.ndarray] = None) -> list[FileResult]:
     block = np.zeros((stop - start, *out.row_shape), np.uint8)  # an undecodable file stays zero
     results = []
@@ -217,7 +217,7 @@ def decode_into(paths: list, size: tuple[int, int], channels: int, resize: str, 
     if context is None or (auto and len(paths) < POOL_MIN_FILES):
         fd = os.open(out.path, os.O_WRONLY) if out.path is not None else None
         try:
-            return [r for s in spans for r in _decode_range(paths, *s, size, channels, resize, out, fd)]
+            return [r for s in spans for r in _decode_range(paths, *s, size=size, channels=channels, resize=resize, out=out, fd=fd)]
         finally:
             if fd is not None:
                 os.close(fd)

@@ -440,7 +440,7 @@ def _remove(folder: Optional[Path], owner: Optional[int] = None) -> None:
         release(folder)
 
 
-def cached_miss(load: Callable[[], Splits], storage_mode: str, base: Path, group: str,
+def cached_miss(load: Callable[[], Splits], storage_mode: str, *, base: Path, group: str,
                 log: Callable[[str], None], store: Callable[[Splits, Path], Optional[Path]],
                 fingerprint_of: Callable[[], str]) -> Splits:
     """Decode into a new cache entry's temp folder, store the entry, reopen from it."""

@@ -201,7 +201,7 @@ def plain_images(ds: Any, image_col: str) -> Any:
     return ds
 
 
-def read_split(ds: Any, split: str, columns: tuple[str, str], to_index, settings: dict[str, Any],
+def read_split(ds: Any, split: str, *, columns: tuple[str, str], to_index, settings: dict[str, Any],
                skipped: list[tuple[str, str]], digest) -> tuple[list, list[int | None]]:
     """Decode one split in blocks: (decode results, class index per row or None)."""
 
@@ -218,8 +218,8 @@ def read_split(ds: Any, split: str, columns: tuple[str, str], to_index, settings
                 raise DataError(f"{name}: label {value!r} in column {label_col!r} is not one of the "
                                 f"{settings['num_classes']} classes of the train split") from None
         blobs = [(n, image_bytes(v, n)) for n, v in zip(names, block[image_col])]
-        decoded += decode_blobs(blobs, settings["size"], settings["channels"], settings["resize"],
-                                settings["on_error"], skipped, digest)
+        decoded += decode_blobs(blobs, settings["size"], settings["channels"], resize=settings["resize"],
+                                on_error=settings["on_error"], skipped=skipped, digest=digest)
         digest.update(repr(labels[-len(names):]).encode())
     return decoded, labels
 
@@ -269,7 +269,7 @@ def load_hf(path: str, *, image_size: tuple[int, int], channels: int | None, res
         missing = [c for c in columns if c not in ds.features]
         if missing:
             raise DataError(f"split {name!r} lacks column(s) {missing}; its columns: {_columns(ds.features)}")
-        raw[role] = read_split(ds, name, columns, to_index, settings, skipped, digest)
+        raw[role] = read_split(ds, name, columns=columns, to_index=to_index, settings=settings, skipped=skipped, digest=digest)
     gray = channels is None and auto_channels(raw["train"][0]) == 1
     sets = {role: _to_set(role, decoded, labels, gray, on_error, skipped) for role, (decoded, labels) in raw.items()}
     if sets["train"] is None:

@@ -130,7 +130,7 @@ def _image_ext(data: bytes) -> str | None:
         return None
 
 
-def _write_split(role: str, items: list[Item], tmp: Path, limits: tuple[int, int], num_classes: int,
+def _write_split(role: str, items: list[Item], tmp: Path, *, limits: tuple[int, int], num_classes: int,
                  skipped: list[tuple[str, str]], progress: Callable[[str], None]) -> list[dict[str, Any]]:
     """``role``-%06d.tar shards of ``items``; the manifest's entry of each shard."""
     shards: list[dict[str, Any]] = []
@@ -191,7 +191,7 @@ def pack(src: str, out: str | os.PathLike, shard_size: str = "1000", *, seed: in
         for role, items in splits.items():
             items = list(items)
             random.Random(f"{seed}/{role}").shuffle(items)  # classes mixed within every shard
-            written = _write_split(role, items, tmp, limits, len(class_names), skipped, progress)
+            written = _write_split(role, items, tmp, limits=limits, num_classes=len(class_names), skipped=skipped, progress=progress)
             if written:
                 manifest["shards"] += written
                 manifest["splits"][role] = {"pattern": _pattern(role, written),

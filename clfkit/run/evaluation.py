@@ -151,10 +151,10 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
         source = {"by": "clfkit eval", "checkpoint": checkpoint, "data_root": str(data_root) if data_root else None,
                   "data": data_text, "data_changed": data_changed}
         files = write_run_reports(run_dir, cm, splits.class_names, split, source)
-        files.append(write_mistakes(run_dir, model, subset, split, rt, splits.class_names, batch_size,
+        files.append(write_mistakes(run_dir, model, subset, split=split, rt=rt, class_names=splits.class_names, batch_size=batch_size,
                                     checkpoint=checkpoint))
-        calibration = write_insight(run_dir, model, {"val": splits.val, "test": splits.test}, split, rt,
-                                    splits.class_names, batch_size, checkpoint)  # ECE of val and test, Grad-CAM
+        calibration = write_insight(run_dir, model, {"val": splits.val, "test": splits.test}, eval_split=split, rt=rt,
+                                    class_names=splits.class_names, batch_size=batch_size, checkpoint=checkpoint)  # ECE of val and test, Grad-CAM
         files += [RunFolder(run_dir).path / n for n in (CALIBRATION_JSON, RELIABILITY_PNG, CAM_JSON)]
     out = RunFolder(run_dir).eval_json(split, tta)
     write_json(out, {"split": split, "tta": tta, "checkpoint": checkpoint, "acc": ev["acc"], "loss": ev["loss"],

@@ -180,7 +180,7 @@ def cam_cards(model: torch.nn.Module, data: Any, probs: torch.Tensor, class_name
             "correct": cards[len(mistakes):]}
 
 
-def write_cams(run: str | Path, model: torch.nn.Module, data: Any, probs: torch.Tensor, split: str,
+def write_cams(run: str | Path, model: torch.nn.Module, data: Any, *, probs: torch.Tensor, split: str,
                class_names: list[str], device: torch.device, checkpoint: str = "best.pt") -> Path:
     """``run/cam.json``: :func:`cam_cards` of ``model`` (the weights of ``checkpoint``) on the
     ``split`` split. A model Grad-CAM fails on gets a note, not an error: the run's reports stand."""

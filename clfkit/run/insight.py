@@ -28,7 +28,7 @@ def insight_line(by_split: dict[str, Any], cam: dict[str, Any]) -> str:
     return f"calibration: ECE {ece or '-'} (15 equal-width bins); {where}; see report.html"
 
 
-def write_insight(run: str | Path, model: torch.nn.Module, splits: dict[str, Any], eval_split: str, rt: Any,
+def write_insight(run: str | Path, model: torch.nn.Module, splits: dict[str, Any], *, eval_split: str, rt: Any,
                   class_names: list[str], batch_size: int, checkpoint: str = "best.pt") -> dict[str, Any]:
     """calibration.json, reliability.png (each labelled split of ``splits``: name -> ImageSet or
     None) and cam.json (the ``eval_split`` split); returns summary.json's ``val_ece``/``test_ece``."""
@@ -43,5 +43,5 @@ def write_insight(run: str | Path, model: torch.nn.Module, splits: dict[str, Any
             probs = logits.softmax(1)
     write_calibration(run, by_split, checkpoint, seconds=round(time.perf_counter() - t0, 3))
     if probs is not None:
-        write_cams(run, model, splits[eval_split], probs, eval_split, class_names, rt.device, checkpoint)
+        write_cams(run, model, splits[eval_split], probs=probs, split=eval_split, class_names=class_names, device=rt.device, checkpoint=checkpoint)
     return ece_fields(by_split)

@@ -65,7 +65,7 @@ def most_confident_mistakes(model: torch.nn.Module, data: Any, rt: Any, class_na
     return found
 
 
-def write_mistakes(run: Path, model: torch.nn.Module, data: Any, split: str, rt: Any,
+def write_mistakes(run: Path, model: torch.nn.Module, data: Any, *, split: str, rt: Any,
                    class_names: list[str], batch_size: int, k: int = 16, checkpoint: str = "best.pt") -> Path:
     """``run/mistakes.json``: :func:`most_confident_mistakes` of ``data`` (the ``split`` split)
     by ``model`` (the weights of ``checkpoint``)."""

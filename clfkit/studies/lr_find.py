@@ -153,7 +153,7 @@ def _range_test(recipe: Recipe, result: LRFindResult, start_lr: float, end_lr: f
     model.train()
     avg, epoch = 0.0, 0
     while len(result.lrs) < steps:
-        batches = train_batches(train, tc.batch_size, recipe.seed, epoch, tc.drop_last, rt.device, per_image, workers)
+        batches = train_batches(train, tc.batch_size, recipe.seed, epoch, drop_last=tc.drop_last, device=rt.device, per_image=per_image, workers=workers)
         for x, y in batches:
             i = len(result.lrs)
             lr = start_lr * (end_lr / start_lr) ** (i / max(steps - 1, 1))

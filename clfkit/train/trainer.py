@@ -219,8 +219,8 @@ class Trainer:
                                 regularizers, tc.on_nonfinite)
         placed = place_splits(splits, rt, on_device=not per_image)  # the device's free memory decides
         train_set, self.val_set = placed.train, placed.val
-        self.batches = train_batches_for(train_set, tc.batch_size, recipe.seed, tc.drop_last, rt.device, per_image,
-                                         workers, recipe.data.sampler)  # streamed shards: StreamBatches
+        self.batches = train_batches_for(train_set, tc.batch_size, recipe.seed, drop_last=tc.drop_last, device=rt.device, per_image=per_image,
+                                         workers=workers, sampler=recipe.data.sampler)  # streamed shards: StreamBatches
         # printed once the run folder is open (clfkit.train.engine.batches; the loss's class weights)
         self.build_lines = [_data_path(aug_names, rt, workers, recipe.data.sampler, train_set),
                             f"normalize ({self.normalize_from}): mean {_rounded(self.mean)} std {_rounded(self.std)}"]
@@ -400,11 +400,11 @@ class Trainer:
                                      loss_fn=self.loss_fn, batch_size=self.eval_bs))
         if summary.get("eval_split") and distributed.is_main():  # the net holds best.pt: its surest errors
             data = self.splits.test if summary["eval_split"] == "test" else self.val_set
-            write_mistakes(self.folder.path, self.state.net, data, summary["eval_split"], self.rt,
-                           self.splits.class_names, self.eval_bs)
+            write_mistakes(self.folder.path, self.state.net, data, split=summary["eval_split"], rt=self.rt,
+                           class_names=self.splits.class_names, batch_size=self.eval_bs)
             # calibration of val and test, Grad-CAM of the evaluated split (clfkit.run.insight)
             summary.update(write_insight(self.folder.path, self.state.net, {"val": self.val_set, "test": self.splits.test},
-                                         summary["eval_split"], self.rt, self.splits.class_names, self.eval_bs))
+                                         eval_split=summary["eval_split"], rt=self.rt, class_names=self.splits.class_names, batch_size=self.eval_bs))
         summary["wall_seconds"] = round(time.perf_counter() - self.t_start, 2)
         self.folder.write_summary(summary)
         write_run_reports(self.folder.path)  # curves.png, per_class.csv, confusion.png (clfkit.run.per_class)

@@ -106,7 +106,7 @@ def _worker_init(stopping: Any) -> None:
 
 
 def run_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
-              overrides: list[str] | tuple[str, ...] = (), out: Optional[str | Path] = None,
+              *, overrides: list[str] | tuple[str, ...] = (), out: Optional[str | Path] = None,
               jobs: int = 1, quiet: bool = False, log: Callable[[str], None] = print,
               top: int = 10, seeds: Optional[int] = None) -> Sweep:
     """Plan, train what is not finished (``jobs`` at a time), and write the sweep tables.

@@ -56,7 +56,7 @@ def _refuse_set_on_space(key: str, dims: list[Dimension]) -> None:
             raise TuneError(f"--set {key} is searched by --space {d.text or d.describe()}; every trial would "
                             f"replace it. Drop the --set, or the --space")
 
-def plan_tune(recipe_path: str | Path, spaces: list[str] | tuple[str, ...], trials: Optional[int],
+def plan_tune(recipe_path: str | Path, spaces: list[str] | tuple[str, ...], *, trials: Optional[int],
               overrides: list[str] | tuple[str, ...] = (), out: Optional[str | Path] = None,
               seed: int = 0, pruner: str = "quartile", quiet: bool = True, sampler: str = "tpe",
               prune_from: Optional[int] = None) -> TuneSetup:

@@ -108,7 +108,7 @@ def images_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
     return n - n % batch_size if drop_last and n >= batch_size else n
 
 
-def train_batches(data: ImageSet, batch_size: int, seed: int, epoch: int, drop_last: bool,
+def train_batches(data: ImageSet, batch_size: int, seed: int, epoch: int, *, drop_last: bool,
                   device: torch.device, per_image: list[Any], workers: int, start_batch: int = 0,
                   weights: Optional[torch.Tensor] = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (uint8 images, labels) batches on ``device`` in this epoch's order, from batch
@@ -225,5 +225,5 @@ class TrainBatches:
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This epoch's batches from ``start_batch`` on."""
-        return train_batches(self.data, self.batch_size, self.seed, epoch, self.drop_last, self.device,
-                             self.per_image, self.workers, start_batch=start_batch, weights=self.weights)
+        return train_batches(self.data, self.batch_size, self.seed, epoch, drop_last=self.drop_last, device=self.device,
+                             per_image=self.per_image, workers=self.workers, start_batch=start_batch, weights=self.weights)

@@ -120,7 +120,7 @@ def _step(state: TrainState) -> None:
     state.step += 1
 
 
-def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, sums: EpochSums,
+def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, *, sums: EpochSums,
                batch: int, micro: int = 0, group: int = 1) -> Optional[torch.Tensor]:
     """Micro-batch ``micro`` (0-based) of a group of ``group`` (train.accumulate) on the uint8
     batch (x, y), ``batch`` (1-based) of the epoch: the gradients of the group's mean loss
@@ -188,7 +188,7 @@ def train_one_epoch(state: TrainState, batches: TrainBatches, epoch: int, *,
     total = len(batches)
     for i, (x, y) in enumerate(batches.epoch(epoch, start_batch=start), start=start):
         micro, group = _in_group(i, total, accumulate)
-        if train_step(state, x, y, sums, i + 1, micro, group) is None:
+        if train_step(state, x, y, sums=sums, batch=i + 1, micro=micro, group=group) is None:
             continue
         progress(y.shape[0])
         if after_step is not None and micro == group - 1:

@@ -77,7 +77,7 @@ def segments(counts: list[int], order: list[int], lo: int, hi: int) -> list[tupl
     return runs
 
 
-def rank_plan(counts: list[int], seed: int, epoch: int, batch_size: int, drop_last: bool,
+def rank_plan(counts: list[int], seed: int, epoch: int, *, batch_size: int, drop_last: bool,
               rank: int, world: int) -> tuple[list[Stream], int]:
     """(this rank's streams, its per-rank batch size) for the epoch; see the module doc."""
     n, b = sum(counts), batch_size // world
@@ -231,8 +231,8 @@ class StreamBatches:
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's batches of epoch ``epoch`` from ``start_batch`` on, in the plan's order."""
         world = distributed.WORLD
-        streams, b = rank_plan(self.data.shards.counts, self.seed, epoch, self.batch_size, self.drop_last,
-                               world.rank, world.size)
+        streams, b = rank_plan(self.data.shards.counts, self.seed, epoch, batch_size=self.batch_size, drop_last=self.drop_last,
+                               rank=world.rank, world=world.size)
         dataset = StreamDataset(self.data, streams, b, start_batch, self.per_image, self.seed * 100003 + epoch)
         workers = min(self.workers, len(streams))
         loader = (torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=2,
@@ -272,7 +272,7 @@ def _in_order(batches: Iterator[dict[str, Any]], order: list[tuple[int, int]]) -
         yield pending[j].pop(0)
 
 
-def train_batches_for(data, batch_size: int, seed: int, drop_last: bool, device: torch.device, per_image: list[Any],
+def train_batches_for(data, batch_size: int, seed: int, *, drop_last: bool, device: torch.device, per_image: list[Any],
                       workers: int, sampler: str = "shuffle"):
     """TrainBatches for in-memory or disk data, StreamBatches for a streamed split."""
     from clfkit.data.streamed import is_streamed
