@@ -172,6 +172,15 @@ def write(path: Path, data: dict | str) -> Path:
     return path
 
 
+def cli_result(*args: str):
+    """The CLI's click Result (exit code, output) for ``args`` (conftest's ``invoke`` returns a tuple)."""
+    from click.testing import CliRunner
+
+    from clfkit.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
 def clear_error(result, *words: str) -> str:
     """Exit 2, `error: ...` naming the words, no traceback."""
     text = result.output
@@ -197,13 +206,13 @@ def test_bad_overrides_are_clear_errors(tmp_path, override, words):
     recipe = write(tmp_path / "r.yaml", {**TINY, "data": {**TINY["data"], "augment": ["HorizontalFlip"],
                                                           "normalize": {"mean": [0.5] * 3, "std": [1.0] * 3}}})
     for cmd in (("recipe", "check", recipe), ("train", recipe, "--out", tmp_path / "runs")):
-        clear_error(invoke(*cmd, "--set", override), *words)
+        clear_error(cli_result(*cmd, "--set", override), *words)
     assert not (tmp_path / "runs").exists()
 
 
 def test_set_into_a_component_named_in_a_list(tmp_path):
     recipe = write(tmp_path / "r.yaml", {**TINY, "data": {**TINY["data"], "augment": ["HorizontalFlip"]}})
-    result = invoke("recipe", "check", recipe, "--set", "data.augment.0.p=0.25")
+    result = cli_result("recipe", "check", recipe, "--set", "data.augment.0.p=0.25")
     assert result.exit_code == 0 and "p: 0.25" in result.output, result.output
 
 
@@ -213,13 +222,13 @@ def test_model_too_large_is_refused_before_data_or_allocation(tmp_path, monkeypa
     for cmd in (("recipe", "check", recipe), ("train", recipe, "--out", tmp_path / "runs"),
                 ("sweep", recipe, "--grid", "seed=0,1", "--out", tmp_path / "sw")):
         t0 = time.perf_counter()
-        clear_error(invoke(*cmd), "mlp for 3x4096x4096", "parameters", "GB", "CLFKIT_MAX_PARAMS")
+        clear_error(cli_result(*cmd), "mlp for 3x4096x4096", "parameters", "GB", "CLFKIT_MAX_PARAMS")
         assert time.perf_counter() - t0 < 20
     assert not (tmp_path / "runs").exists() and not (tmp_path / "sw").exists()
     monkeypatch.setenv("CLFKIT_MAX_PARAMS", "100")  # the cap can be set
-    clear_error(invoke("recipe", "check", write(tmp_path / "s.yaml", TINY)), "more than the cap of 100")
+    clear_error(cli_result("recipe", "check", write(tmp_path / "s.yaml", TINY)), "more than the cap of 100")
     monkeypatch.setenv("CLFKIT_MAX_PARAMS", "lots")
-    clear_error(invoke("recipe", "check", write(tmp_path / "s.yaml", TINY)), "CLFKIT_MAX_PARAMS='lots'")
+    clear_error(cli_result("recipe", "check", write(tmp_path / "s.yaml", TINY)), "CLFKIT_MAX_PARAMS='lots'")
 
 
 def _recipe_file(tmp_path, **changes):
