@@ -1,7 +1,7 @@
 """clfkit's training epoch on a CPU against a plain PyTorch loop: same model, data, batch size.
 
 For each model kind (mlp on 28 px, cnn and resnet18 half width on 32 px; clfkit's procedural
-shapes, in memory, no augmentation) it builds a run with clfkit's Trainer (load_data, build:
+shapes, in memory, no augmentation) it builds a run with clfkit's set-up steps (clfkit.train.prepare: load_data, build:
 the run's TrainState and TrainBatches) and times clfkit.train.engine.loop.train_one_epoch, and times
 a plain loop written here on the same uint8 tensor: randperm, index, forward (the same
 ImageClassifier, normalization inside), cross-entropy, zero_grad, backward, SGD step. Epochs
@@ -44,19 +44,19 @@ def recipe_for(kind: str, a, compile_: bool = False, channels_last: bool = False
 def clfkit_epoch(recipe):
     """A function that trains one more epoch through clfkit's engine and returns its seconds."""
     from clfkit.train.engine.loop import train_one_epoch
-    from clfkit.train.trainer import Trainer
+    from clfkit.train import prepare
 
-    trainer = Trainer(recipe, quiet=True, resume=None)
-    trainer.load_data()
-    trainer.build()
+    setup = prepare.set_up(recipe, quiet=True, resume=None)
+    data = prepare.load_data(recipe, None)
+    built = prepare.build(recipe, setup.rt, data, None)
     epoch = iter(range(10**6))
 
     def run() -> float:
         t0 = time.perf_counter()
-        train_one_epoch(trainer.state, trainer.batches, next(epoch), progress=lambda n: None)
+        train_one_epoch(built.state, built.batches, next(epoch), progress=lambda n: None)
         return time.perf_counter() - t0
 
-    return run, trainer.splits.train
+    return run, data.splits.train
 
 
 def plain_epoch(recipe, train):

@@ -234,9 +234,6 @@ def late_attributes(tree: ast.AST) -> list[str]:
 TRAINER_CODE = ("clfkit.train",)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 23, not done yet: the Trainer's set-up steps (load_data, build, "
-                   "open_folder, start, fit) still set ~30 attributes outside __init__; b23's b6ef16c "
-                   "(steps as frozen records) is the way. Strict: remove this mark once it passes.")
 def test_trainer_state_is_set_in_init():
     """Trainer code sets every attribute in ``__init__``: steps pass explicit values, so the
     order they run in is no invisible contract."""

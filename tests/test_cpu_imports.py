@@ -16,12 +16,11 @@ from clfkit.recipe import validate_recipe
 import clfkit.train.trainer
 at_import = [m for m in {heavy} if m in sys.modules]
 recipe = validate_recipe(json.loads(sys.argv[1]))
-import clfkit.train.trainer as t
-trainer = t.Trainer(recipe, quiet=True, resume=None)
-trainer.load_data()
-trainer.build()
+from clfkit.train import prepare
+setup = prepare.set_up(recipe, quiet=True, resume=None)
+built = prepare.build(recipe, setup.rt, prepare.load_data(recipe, None), None)
 from clfkit.train.engine.loop import train_one_epoch
-train_one_epoch(trainer.state, trainer.batches, 0, progress=lambda n: None)
+train_one_epoch(built.state, built.batches, 0, progress=lambda n: None)
 print(json.dumps({{"import": at_import, "epoch": [m for m in {heavy} if m in sys.modules]}}))
 """
 

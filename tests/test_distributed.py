@@ -63,7 +63,7 @@ def test_batch_size_not_dividing_is_refused_before_the_run_folder(monkeypatch, t
     from clfkit.train.trainer import train
 
     monkeypatch.setattr(distributed, "setup", lambda rt: distributed.World(rank=0, size=2))
-    monkeypatch.setattr("clfkit.train.trainer.build_data", lambda recipe: pytest.fail("the data was read"))
+    monkeypatch.setattr("clfkit.train.prepare.build_data", lambda recipe: pytest.fail("the data was read"))
     with pytest.raises(TrainingError, match="train.batch_size 7 is the global batch and must divide by the 2 "
                                             "processes; use a multiple of 2"):
         train(tiny_recipe(train__batch_size=7), tmp_path, quiet=True)

@@ -229,8 +229,9 @@ def _nan_loss_at(steps: set[int]):
 def test_nonfinite_loss_stops_with_epoch_step_and_cause(tmp_path, monkeypatch):
     import clfkit.train.trainer as T
     from clfkit.errors import TrainingError
+    from clfkit.train import prepare
 
-    monkeypatch.setattr(T, "build_loss", lambda recipe, n, splits=None: _nan_loss_at({20}))
+    monkeypatch.setattr(prepare, "build_loss", lambda recipe, n, splits=None: _nan_loss_at({20}))
     recipe = tiny_recipe(train__epochs=3)
     with pytest.raises(TrainingError) as e:
         T.train(recipe, tmp_path, quiet=True)
@@ -243,9 +244,10 @@ def test_nonfinite_loss_stops_with_epoch_step_and_cause(tmp_path, monkeypatch):
 
 def test_nonfinite_skip_counts_skipped_batches(tmp_path, monkeypatch):
     import clfkit.train.trainer as T
+    from clfkit.train import prepare
 
     # evaluation calls the loss too (val: 96 images / batch 64 = 2 calls per epoch)
-    monkeypatch.setattr(T, "build_loss", lambda recipe, n, splits=None: _nan_loss_at({3, 5}))
+    monkeypatch.setattr(prepare, "build_loss", lambda recipe, n, splits=None: _nan_loss_at({3, 5}))
     res = T.train(tiny_recipe(train__epochs=2, train__on_nonfinite="skip"), tmp_path, quiet=True)
     rows = _metrics(res.run_dir)
     assert rows[0]["nonfinite_skipped"] == 2 and rows[1]["nonfinite_skipped"] == 0

@@ -140,7 +140,7 @@ def test_run_log_names_the_data_path():
     """Users see when a per-image transform sends batches through CPU loader workers."""
     from clfkit.train.build import build_augmentations
     from clfkit.train.engine.runtime import Runtime
-    from clfkit.train.trainer import _data_path
+    from clfkit.train.prepare import _data_path
 
     names: dict = {}
     per_image, batched = build_augmentations(tiny_recipe(data__augment=["HorizontalFlip", {"name": "ColorJitter"}]), names)
