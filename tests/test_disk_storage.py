@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clfkit.data import ImageSet, decode_pool, disk_storage as disk_spill, disk_storage as storage
+from clfkit.data import ImageSet, decode_pool, disk_spill, disk_storage as storage
 from clfkit.train.engine import batches, loop
 from clfkit.errors import DataError, TrainingError
 import fcntl

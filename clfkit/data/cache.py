@@ -28,7 +28,7 @@ reported in one warning line; the run goes on with the decoded data.
 
 With ``data.storage: disk`` (or ``auto`` over the memory budget) the entry's image files are
 the training data: a folder decodes straight into the new entry's temp folder, and the splits
-are reopened from the entry (clfkit.data.disk_storage, clfkit.data.disk_storage); a hit checks each
+are reopened from the entry (clfkit.data.disk_spill, clfkit.data.disk_storage); a hit checks each
 file's hash by reading it through in blocks instead of loading it.
 
 The cache dir is ``$CLFKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/clfkit``, else
@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from clfkit.data import ImageSet, Splits, disk_storage as storage
-from clfkit.data import disk_storage as disk_spill
+from clfkit.data import disk_spill
 from clfkit.data.class_folders import folder_fingerprint
 from clfkit.errors import DataError
 

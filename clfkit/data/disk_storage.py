@@ -1,49 +1,31 @@
-"""``data.storage: disk`` (and ``auto`` above the memory budget), in one place: the disk format
-of a split (:class:`DiskImages`), the memory budget, and where the data cache decodes a
-dataset to and reopens its splits from.
+"""``data.storage: disk``: a split's decoded images stay in their .npy file (one per split, the
+data cache's entry) and are read in large runs of rows, never mapped whole into memory.
 
-The format: a split's decoded images stay in their .npy file (one per split, the data cache's
-entry) and are read in large runs of rows, never mapped whole into memory. Reads use ``pread``
-into fresh buffers rather than a memory map: pages of a mapping that a process has touched
-count toward its resident memory, so walking a 2 GB mapping once would show 2 GB of RSS; reads
-leave the pages in the kernel's page cache (shared, reclaimable) and the process holds only
-the buffers it reads into.
+Reads use ``pread`` into fresh buffers rather than a memory map: pages of a mapping that a
+process has touched count toward its resident memory, so walking a 2 GB mapping once would
+show 2 GB of RSS; reads leave the pages in the kernel's page cache (shared, reclaimable) and
+the process holds only the buffers it reads into.
 
-The budget: ``auto`` picks disk when the decoded set is larger than the memory budget: half
-the memory available when the run starts, shared by the processes of a torchrun launch on this
-machine, or ``CLFKIT_MEMORY_BUDGET`` (bytes, or with a K/M/G/T suffix). The budget is a
-property of the machine, not of the recipe (like the cache dir), so it is an environment
-variable: the same recipe runs from memory on a large machine and from disk on a small one.
-
-Where splits are written (the data cache's side):
-
-- A cached dataset (folders) decodes straight into the temp folder of the cache entry being
-  written; once the entry is renamed into place, the splits are reopened from it.
-- A dataset the cache does not keep (procedural data, ``CLFKIT_CACHE=0``) is written to a
-  private folder beside the cache (or in the system temp dir), deleted when the process ends.
-- A dataset that can only load into memory (CIFAR, CSV, plugins) is written out after its load
-  and dropped from memory: its peak stays, but the run holds only batches afterwards.
+``auto`` picks disk when the decoded set is larger than the memory budget: half the memory
+available when the run starts, shared by the processes of a torchrun launch on this machine,
+or ``CLFKIT_MEMORY_BUDGET`` (bytes, or with a K/M/G/T suffix). The budget is a property of the
+machine, not of the recipe (like the cache dir), so it is an environment variable: the same
+recipe runs from memory on a large machine and from disk on a small one.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
 from dataclasses import dataclass
-import fcntl
 import hashlib
 import os
 from pathlib import Path
 import re
-import shutil
-import tempfile
-import time
 from typing import Callable, Iterator, Optional, Union
-import weakref
 
 import numpy as np
 import torch
 
-from clfkit.data.splits import ImageSet, Splits
 from clfkit.errors import ClfkitError, DataError
 
 
@@ -166,7 +148,7 @@ class DiskImages:
     ndim = 4
     device = torch.device("cpu")
     on_disk = True
-    # whatever must live while the file is read (a private folder's lease, clfkit.data.disk_storage):
+    # whatever must live while the file is read (a private folder's lease, clfkit.data.disk_spill):
     # shared by the subsets of :meth:`select`, so the last one gone lets the folder go
     keeper: object = None
 
@@ -314,172 +296,3 @@ def channel_mean_std(images, limit: int = 50000, block_bytes: int = 16 << 20) ->
     var = (squares.double() - total.double() * mean) / max(1, count - 1)
     std = (var.clamp_min(0).sqrt() / 255).clamp_min(1e-3)
     return [round(v, 6) for v in (mean / 255).tolist()], [round(v, 6) for v in std.tolist()]
-
-
-SPLITS = ("train", "val", "test")
-
-
-def _nbytes(splits: Splits) -> int:
-    return sum(int(np.prod(tuple(s.images.shape))) for s in _sets(splits))
-
-
-def reopen(splits: Splits, folder: Path, storage_mode: str) -> Splits:
-    """``splits`` with each split's images read from ``folder/<split>.images.npy`` when the set
-    goes to disk (memory splits not written there yet are written first), or in memory when it
-    does not (a loader that decoded to disk on an estimate: three channels, then grayscale)."""
-    on_disk = resolve(storage_mode, _nbytes(splits)) == "disk"
-    for name in SPLITS:
-        s: Optional[ImageSet] = getattr(splits, name)
-        if s is None:
-            continue
-        file = folder / f"{name}.images.npy"
-        if on_disk and not is_disk(s.images) and not file.exists():
-            np.save(file, s.images.cpu().numpy(), allow_pickle=False)
-        if on_disk or is_disk(s.images):
-            images = DiskImages(file)
-            setattr(splits, name, ImageSet(images if on_disk else images[:], s.labels, s.paths))
-    return splits
-
-
-STALE_AFTER_S = 60  # a temp folder younger than this may be one another process has just made
-
-
-def locked_temp_folder(parent: Path, prefix: str, suffix: str = "") -> Path:
-    """A new temp folder in ``parent``, exclusively locked while this process lives: a run
-    killed mid-write (kill -9, a power cut) leaves it unlocked, and :func:`remove_stale` deletes
-    it then (it may hold as many bytes as the decoded data)."""
-    folder = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
-    fd = os.open(folder, os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    _LOCKS[folder] = fd  # released when the process exits, whatever the way
-    return folder
-
-
-_LOCKS: dict[Path, int] = {}
-
-
-def release(folder: Path) -> None:
-    """Drop the lock of a temp folder this process made (once it is renamed or deleted)."""
-    fd = _LOCKS.pop(folder, None)
-    if fd is not None:
-        os.close(fd)
-
-
-def remove_stale(parent: Path, pattern: str) -> None:
-    """Delete the temp folders in ``parent`` matching ``pattern`` that no live process holds."""
-    try:
-        found = [p for p in parent.glob(pattern) if p.is_dir() and p not in _LOCKS]
-    except OSError:
-        return
-    for folder in found:
-        try:
-            if time.time() - folder.stat().st_mtime < STALE_AFTER_S:
-                continue
-            fd = os.open(folder, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by its maker while it lives
-            shutil.rmtree(folder, ignore_errors=True)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-
-
-def private_folder(parent: Optional[Path]) -> Path:
-    """A folder for one load's disk splits (see :func:`uncached` for when it goes)."""
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        remove_stale(parent, ".clfkit-disk-*")
-        return locked_temp_folder(parent, ".clfkit-disk-")
-    except (OSError, AttributeError):  # no cache location, or not writable
-        return Path(tempfile.mkdtemp(prefix="clfkit-disk-"))
-
-
-class _Lease:
-    """Held by every disk split read from a private folder (``DiskImages.keeper``): the folder
-    is deleted when the last of them is garbage (a sweep's next run must not find the disk
-    full of its predecessors' splits), or when the process exits."""
-
-    def __init__(self, folder: Path):
-        weakref.finalize(self, _remove, folder, os.getpid())
-
-
-def _leased(splits: Splits, folder: Path) -> Splits:
-    lease = _Lease(folder)  # no split on disk: dropped on return, and the folder with it
-    for s in _sets(splits):
-        if is_disk(s.images) and Path(s.images.path).parent == folder:
-            s.images.keeper = lease
-    return splits
-
-
-def uncached(load: Callable[[], Splits], storage_mode: str, parent: Optional[Path],
-             log: Callable[[str], None]) -> Splits:
-    """A dataset the cache does not keep, with its splits in a private folder."""
-    target = Target(storage_mode, lambda: private_folder(parent))
-    try:
-        with decode_target(target):
-            splits = load()
-        if target.made is None and resolve(storage_mode, _nbytes(splits)) == "memory":
-            return splits  # auto, under the budget: nothing written
-        return _leased(reopen(splits, target.folder, storage_mode), target.folder)
-    except OSError as e:  # a full disk: the run may still fit in memory
-        _remove(target.made)
-        log(f"could not write the decoded images to {target.made or 'a private folder'}: {e.strerror or e}; "
-            f"loading them into memory")
-        return load()
-    except BaseException:  # bad data, Ctrl-C: its half-written files must not wait for the process to end
-        _remove(target.made)
-        raise
-
-
-def _remove(folder: Optional[Path], owner: Optional[int] = None) -> None:
-    if folder is not None and owner in (None, os.getpid()):  # never from a forked child
-        shutil.rmtree(folder, ignore_errors=True)
-        release(folder)
-
-
-def cached_miss(load: Callable[[], Splits], storage_mode: str, *, base: Path, group: str,
-                log: Callable[[str], None], store: Callable[[Splits, Path], Optional[Path]],
-                fingerprint_of: Callable[[], str]) -> Splits:
-    """Decode into a new cache entry's temp folder, store the entry, reopen from it."""
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-        tmp = locked_temp_folder(base, f".{group}-decoding.", ".tmp")
-    except OSError as e:
-        log(f"could not write the data cache {base}: {unwritable(base, e)}; the run goes on without it")
-        return uncached(load, storage_mode, None, log)
-    splits = None
-    try:
-        with decode_target(Target(storage_mode, lambda: tmp)):
-            splits = load()
-        if splits.fingerprint is None:
-            splits.fingerprint = fingerprint_of()
-        path = store(splits, tmp)  # None (and one warning) when it could not be written
-    except OSError as e:  # decoding ran out of space
-        path, splits = None, None
-        log(f"could not decode to the data cache {tmp}: {e.strerror or e}; loading the images into memory")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # renamed away when the entry was stored
-        release(tmp)
-    if path is not None:
-        return reopen(splits, path, storage_mode)
-    if splits is not None and not any(is_disk(s.images) for s in _sets(splits)):
-        return splits  # in memory already: the entry alone is lost
-    return load()  # its files went with the temp folder
-
-
-def unwritable(path: Path, e: OSError) -> str:
-    """Why the cache cannot be written at ``path``: a file where a folder should be (mkdir then
-    says "File exists", which misleads), else the system's reason."""
-    for p in (path, *path.parents):
-        if p.is_dir():
-            break
-        if p.exists():
-            return f"{p} is a file, not a folder (CLFKIT_CACHE_DIR must name a folder)"
-    return e.strerror or str(e)
-
-
-def _sets(splits: Splits) -> list[ImageSet]:
-    return [s for s in (splits.train, splits.val, splits.test) if s is not None]

@@ -132,14 +132,7 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
                         f"{state['class_names']}")
     # warned, not refused: which data these numbers are on is said on every report file
     data_changed, data_text = compare_eval_data(state, splits, recipe.data.source, data_root, run_dir)
-    if split is None:
-        split = "test" if splits.test is not None and splits.test.labelled else "val"
-    if split not in ("test", "val"):
-        raise ClfkitError(f"--split {split!r}: choose test or val")
-    subset = splits.test if split == "test" else splits.val
-    if subset is None or len(subset) == 0 or not subset.labelled:
-        other = "val" if split == "test" else "test"
-        raise DataError(f"this run's data has no labelled {split} split; try --split {other}")
+    split, subset = _eval_split(splits, split)
     rt = resolve_runtime(recipe)
     model = with_tta(model_from_checkpoint(state).to(rt.device), tta)
     loss_fn = build_loss(recipe, splits.num_classes, splits).to(rt.device)
@@ -150,12 +143,8 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
     if tta == "none":  # the report files describe the plain model: now this checkpoint on this split
         source = {"by": "clfkit eval", "checkpoint": checkpoint, "data_root": str(data_root) if data_root else None,
                   "data": data_text, "data_changed": data_changed}
-        files = write_run_reports(run_dir, cm, splits.class_names, split, source)
-        files.append(write_mistakes(run_dir, model, subset, split=split, rt=rt, class_names=splits.class_names, batch_size=batch_size,
-                                    checkpoint=checkpoint))
-        calibration = write_insight(run_dir, model, {"val": splits.val, "test": splits.test}, eval_split=split, rt=rt,
-                                    class_names=splits.class_names, batch_size=batch_size, checkpoint=checkpoint)  # ECE of val and test, Grad-CAM
-        files += [RunFolder(run_dir).path / n for n in (CALIBRATION_JSON, RELIABILITY_PNG, CAM_JSON)]
+        files, calibration = _write_reports(run_dir, model, splits, split=split, cm=cm, source=source, rt=rt,
+                                            batch_size=batch_size)
     out = RunFolder(run_dir).eval_json(split, tta)
     write_json(out, {"split": split, "tta": tta, "checkpoint": checkpoint, "acc": ev["acc"], "loss": ev["loss"],
                      "images": len(subset), "class_names": splits.class_names, "per_class": rows,
@@ -169,6 +158,34 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
         note += f"; evaluated {checkpoint} (epoch {state.get('epoch', '?')})"
     insight = insight_line(calibration, _read_cam(run_dir)) if tta == "none" else ""
     return EvalResult(run_dir, split, ev["acc"], ev["loss"], len(subset), rows, files, note, insight, data_text)
+
+
+def _eval_split(splits, split: Optional[str]) -> tuple[str, Any]:
+    """The split ``clfkit eval`` evaluates (default: test if labelled, else val) and its data;
+    a split that is not there, or has no labels, is an error naming the other."""
+    if split is None:
+        split = "test" if splits.test is not None and splits.test.labelled else "val"
+    if split not in ("test", "val"):
+        raise ClfkitError(f"--split {split!r}: choose test or val")
+    subset = splits.test if split == "test" else splits.val
+    if subset is None or len(subset) == 0 or not subset.labelled:
+        other = "val" if split == "test" else "test"
+        raise DataError(f"this run's data has no labelled {split} split; try --split {other}")
+    return split, subset
+
+
+def _write_reports(run_dir: Path, model, splits, *, split: str, cm: list, source: dict[str, Any], rt,
+                   batch_size: int) -> tuple[list[Path], dict[str, Any]]:
+    """The run's report files for the plain model, now this checkpoint on this split: per-class
+    tables and figures, mistakes.json, the insight files (ECE of val and test, Grad-CAM)."""
+    checkpoint, subset = source["checkpoint"], splits.test if split == "test" else splits.val
+    files = write_run_reports(run_dir, cm, splits.class_names, split, source)
+    files.append(write_mistakes(run_dir, model, subset, split=split, rt=rt, class_names=splits.class_names,
+                                batch_size=batch_size, checkpoint=checkpoint))
+    calibration = write_insight(run_dir, model, {"val": splits.val, "test": splits.test}, eval_split=split, rt=rt,
+                                class_names=splits.class_names, batch_size=batch_size, checkpoint=checkpoint)
+    files += [RunFolder(run_dir).path / n for n in (CALIBRATION_JSON, RELIABILITY_PNG, CAM_JSON)]
+    return files, calibration
 
 
 def _read_cam(run_dir: Path) -> dict[str, Any]:

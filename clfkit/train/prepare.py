@@ -188,14 +188,20 @@ def build(recipe: Recipe, rt: Runtime, data: RunData, resume: Optional[Resumed])
     lines += [placed.note] if placed.note else []
     if class_weights is not None:
         lines.append(_weights_line(recipe.loss, splits.class_names, class_weights))
-    checkpoint_base = {"recipe": recipe.to_dict(), "class_names": splits.class_names,
-                       "input": {"image_size": list(splits.image_size), "channels": splits.in_chans,
-                                 "mean": data.mean, "std": data.std, "resize": recipe.data.resize,
-                                 "normalize_from": data.normalize_from}, "data": data.record}
     return Built(state, batches, placed.val, n_params=sum(p.numel() for p in model.parameters()),
                  class_weights=class_weights, batches_per_epoch=batches_per_epoch,
-                 eval_batch_size=tc.eval_batch_size or tc.batch_size * 2, checkpoint_base=checkpoint_base,
-                 receipts=receipts, lines=lines)
+                 eval_batch_size=tc.eval_batch_size or tc.batch_size * 2,
+                 checkpoint_base=_checkpoint_base(recipe, data), receipts=receipts, lines=lines)
+
+
+def _checkpoint_base(recipe: Recipe, data: RunData) -> dict[str, Any]:
+    """Every checkpoint's fields besides the weights: the recipe, the classes, the input the
+    model expects (what export and predict read back) and the data's record."""
+    splits = data.splits
+    return {"recipe": recipe.to_dict(), "class_names": splits.class_names,
+            "input": {"image_size": list(splits.image_size), "channels": splits.in_chans,
+                      "mean": data.mean, "std": data.std, "resize": recipe.data.resize,
+                      "normalize_from": data.normalize_from}, "data": data.record}
 
 
 def _weights_in(recipe: Recipe, model: torch.nn.Module, class_names: list[str]) -> list[Any]:
