@@ -33,3 +33,10 @@ def run_guarded(fn, *args, **kwargs):
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+
+
+# --------------------------------------------------------------------------- export
+# export and eval name a run's checkpoint the same way (clfkit.run.checkpoint.run_checkpoint)
+checkpoint_option = click.option(
+    "--checkpoint", metavar="NAME",
+    help="Checkpoint file name in the run folder, e.g. last.pt [default: best.pt, or last.pt of an unfinished run].")
