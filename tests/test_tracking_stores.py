@@ -120,12 +120,12 @@ def test_a_tracking_store_that_fails_is_refused_before_the_run_folder(tmp_path, 
     # before: MLFLOW_TRACKING_URI=file:///... (MLflow's retired file store; MlflowException on
     # the first call) was a traceback from inside MLflow, after the run folder was made.
     # The store's failure is simulated: MLflow's own takes seconds to import and raise.
-    from clfkit.run import tracking
+    from clfkit.run import mlflow_tracking
 
     def store_down():
         raise RuntimeError("The filesystem tracking backend is in maintenance mode")
 
-    monkeypatch.setattr(tracking, "_client_and_experiment", store_down)
+    monkeypatch.setattr(mlflow_tracking, "_client_and_experiment", store_down)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
     refused(["train.track", "mlflow", "tracking store", str(tmp_path / "mlruns"), "maintenance mode",
              "MLFLOW_TRACKING_URI"],
