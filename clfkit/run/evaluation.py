@@ -123,13 +123,7 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
     run_dir = Path(run_dir)
     ckpt_path, state = run_checkpoint(run_dir, checkpoint, "eval")
     checkpoint = ckpt_path.name
-    recipe = recipe_on_data(state["recipe"], data_root, f"{run_dir / checkpoint} recipe", "clfkit eval")
-    splits = build_data(recipe)
-    check_same_spelling(state["class_names"], splits.class_names, "the run's classes (its checkpoint)",
-                        "the data's classes")
-    if splits.class_names != state["class_names"]:
-        raise DataError(f"the data now has classes {splits.class_names}, but the run was trained on "
-                        f"{state['class_names']}")
+    recipe, splits = _run_data(run_dir / checkpoint, state, data_root)
     # warned, not refused: which data these numbers are on is said on every report file
     data_changed, data_text = compare_eval_data(state, splits, recipe.data.source, data_root, run_dir)
     split, subset = _eval_split(splits, split)
@@ -158,6 +152,19 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
         note += f"; evaluated {checkpoint} (epoch {state.get('epoch', '?')})"
     insight = insight_line(calibration, _read_cam(run_dir)) if tta == "none" else ""
     return EvalResult(run_dir, split, ev["acc"], ev["loss"], len(subset), rows, files, note, insight, data_text)
+
+
+def _run_data(checkpoint_path: Path, state: dict[str, Any], data_root: Optional[str | Path]):
+    """The recipe of the checkpoint (its data under ``data_root`` when given) and the data read as
+    the run read it; classes other than the run's (or spelled otherwise) are an error."""
+    recipe = recipe_on_data(state["recipe"], data_root, f"{checkpoint_path} recipe", "clfkit eval")
+    splits = build_data(recipe)
+    check_same_spelling(state["class_names"], splits.class_names, "the run's classes (its checkpoint)",
+                        "the data's classes")
+    if splits.class_names != state["class_names"]:
+        raise DataError(f"the data now has classes {splits.class_names}, but the run was trained on "
+                        f"{state['class_names']}")
+    return recipe, splits
 
 
 def _eval_split(splits, split: Optional[str]) -> tuple[str, Any]:
