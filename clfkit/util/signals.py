@@ -52,8 +52,10 @@ def catch_stop_signals() -> Iterator[StopFlag]:
     flag.signum = next((f.signum for f in reversed(_ACTIVE) if f.pending), None)
 
     def handler(signum, frame):
-        if flag.pending and signum == signal.SIGINT:
+        if flag.signum == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl-C: stop now
+        # (a SIGINT after a SIGTERM is the first Ctrl-C: a --jobs worker gets the group's Ctrl-C
+        # after the SIGTERM its parent's stop sent it, and must still save its trial)
         for open_flag in _ACTIVE:
             open_flag.signum = signum
 
