@@ -1,4 +1,4 @@
-"""clfkit.signals: which signal turns a stop request into "stop now"."""
+"""clfkit.util.signals: which signal turns a stop request into "stop now"."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from clfkit.signals import catch_stop_signals
+from clfkit.util.signals import catch_stop_signals
 
 
 def test_a_sigint_after_a_sigterm_is_a_stop_request_and_a_second_sigint_stops_now():
