@@ -161,7 +161,7 @@ def _one_step(s: SimpleNamespace) -> str:
 
     try:
         recipe = _recipe(Path("/nonexistent"), 32, "cifar", False, s, epochs=1)
-        rt = resolve_runtime(recipe)
+        rt = resolve_runtime(recipe.train.device, recipe.train.precision, recipe.train.channels_last)
         model = place_model(build_model(recipe, 10, 3, (32, 32), [0.5] * 3, [0.25] * 3), rt)
         opt = build_optimizer(recipe, model, [])
         x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, device=rt.device)

@@ -50,7 +50,7 @@ def model_only(recipe, size: int, classes: int, steps: int, warmup: int) -> dict
     from clfkit.train.build import build_loss, build_model, build_optimizer
     from clfkit.train.engine.runtime import resolve_runtime
 
-    rt = resolve_runtime(recipe)
+    rt = resolve_runtime(recipe.train.device, recipe.train.precision, recipe.train.channels_last)
     b = recipe.train.batch_size
     model = build_model(recipe, classes, 3, (size, size), [0.5] * 3, [0.25] * 3).to(rt.device)
     if rt.channels_last:

@@ -116,18 +116,17 @@ def test_early_stopping_stops_and_keeps_its_state(tmp_path):
 
 def test_early_stopper_unit():
     from clfkit.errors import TrainingError
-    from clfkit.recipe import EarlyStopping
     from clfkit.train.engine.stopping import EarlyStopper
 
-    s = EarlyStopper(EarlyStopping(metric="val_loss", patience=2, min_delta=0.01), has_val=True)
+    s = EarlyStopper(metric="val_loss", patience=2, min_delta=0.01, has_val=True)
     assert not s.update({"epoch": 1, "val_loss": 1.0})
     assert not s.update({"epoch": 2, "val_loss": 0.995})  # not better by more than min_delta
     saved = s.state_dict()
-    s2 = EarlyStopper(EarlyStopping(metric="val_loss", patience=2, min_delta=0.01), has_val=True)
+    s2 = EarlyStopper(metric="val_loss", patience=2, min_delta=0.01, has_val=True)
     s2.load_state_dict(saved)
     assert s2.update({"epoch": 3, "val_loss": 0.999}) and s2.stopped_epoch == 3 and s2.best_epoch == 1
     with pytest.raises(TrainingError, match="no validation split"):
-        EarlyStopper(EarlyStopping(), has_val=False)
+        EarlyStopper(metric="val_acc", patience=5, min_delta=0.0, has_val=False)
 
 
 def test_recipe_switches():

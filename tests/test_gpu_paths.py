@@ -22,6 +22,12 @@ SMALL = dict(data__source__train_size=64, data__source__val_size=32, data__sourc
              train__epochs=1, train__batch_size=16)
 
 
+def _plain(recipe):
+    """A recipe's train.device, train.precision, train.channels_last: what resolve_runtime takes."""
+    t = recipe.train
+    return t.device, t.precision, t.channels_last
+
+
 @pytest.fixture
 def cuda_machine(monkeypatch):
     """torch's device queries answer as on a machine with 2 GPUs that have bfloat16."""
@@ -40,22 +46,22 @@ def cpu_amp(monkeypatch):
 
 # ---------------------------------------------------------------- device and precision choice
 def test_cuda_machine_defaults_to_bf16_channels_last(cuda_machine):
-    rt = runtime.resolve_runtime(tiny_recipe())
+    rt = runtime.resolve_runtime(*_plain(tiny_recipe()))
     assert (rt.device, rt.precision, rt.channels_last) == (torch.device("cuda"), "bf16", True)
-    assert runtime.resolve_runtime(tiny_recipe(train__device="cuda:1")).device == torch.device("cuda", 1)
-    cpu = runtime.resolve_runtime(tiny_recipe(train__device="cpu"))  # asked for: the GPU is not used
+    assert runtime.resolve_runtime(*_plain(tiny_recipe(train__device="cuda:1"))).device == torch.device("cuda", 1)
+    cpu = runtime.resolve_runtime(*_plain(tiny_recipe(train__device="cpu")))  # asked for: the GPU is not used
     assert (cpu.device.type, cpu.precision, cpu.channels_last) == ("cpu", "fp32", False)
-    fp16 = runtime.resolve_runtime(tiny_recipe(train__precision="fp16", train__channels_last=False))
+    fp16 = runtime.resolve_runtime(*_plain(tiny_recipe(train__precision="fp16", train__channels_last=False)))
     assert (fp16.precision, fp16.channels_last) == ("fp16", False)
 
 
 def test_cuda_machine_refusals(cuda_machine):
     with pytest.raises(TrainingError, match=r"'cuda:2': only 2 GPU"):
-        runtime.resolve_runtime(tiny_recipe(train__device="cuda:2"))
+        runtime.resolve_runtime(*_plain(tiny_recipe(train__device="cuda:2")))
     cuda_machine.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert runtime.resolve_runtime(tiny_recipe()).precision == "fp32"  # auto: no bf16 -> fp32, not fp16
+    assert runtime.resolve_runtime(*_plain(tiny_recipe())).precision == "fp32"  # auto: no bf16 -> fp32, not fp16
     with pytest.raises(TrainingError, match="does not support bfloat16; use fp16"):
-        runtime.resolve_runtime(tiny_recipe(train__precision="bf16"))
+        runtime.resolve_runtime(*_plain(tiny_recipe(train__precision="bf16")))
 
 
 def test_grad_scaler_is_made_for_the_run_device_and_fp16_only():

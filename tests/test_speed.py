@@ -72,7 +72,7 @@ def test_ema_matches_timm_model_ema_v3():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
     model(torch.rand(2, 3, 6, 6))
     cfg = EMA(decay=0.9, warmup=True)
-    ours, ref = WeightEMA(model, cfg), ModelEmaV3(copy.deepcopy(model), decay=0.9, use_warmup=True)
+    ours, ref = WeightEMA(model, decay=cfg.decay, warmup=cfg.warmup), ModelEmaV3(copy.deepcopy(model), decay=0.9, use_warmup=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     for step in range(1, 8):
         model(torch.rand(2, 3, 6, 6)).sum().backward()

@@ -15,6 +15,12 @@ from clfkit.train.trainer import train
 from conftest import tiny_recipe
 
 
+def _plain(recipe):
+    """A recipe's train.device, train.precision, train.channels_last: what resolve_runtime takes."""
+    t = recipe.train
+    return t.device, t.precision, t.channels_last
+
+
 def test_tiny_run_learns_above_chance(trained_run):
     s = trained_run.summary
     assert s["num_classes"] == 4
@@ -84,9 +90,9 @@ def test_epoch_order_is_a_function_of_seed_and_epoch():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU errors")
 def test_gpu_only_settings_refused_on_cpu():
     with pytest.raises(TrainingError, match="no CUDA GPU"):
-        resolve_runtime(tiny_recipe(train__device="cuda"))
+        resolve_runtime(*_plain(tiny_recipe(train__device="cuda")))
     with pytest.raises(TrainingError, match="bf16 needs a CUDA GPU"):
-        resolve_runtime(tiny_recipe(train__precision="bf16"))
+        resolve_runtime(*_plain(tiny_recipe(train__precision="bf16")))
 
 
 def test_val_carved_from_train_when_missing(tmp_path):

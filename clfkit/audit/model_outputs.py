@@ -102,7 +102,7 @@ def run_outputs(run_dir: Path, root: Path, class_names: list[str], index: dict[t
         raise DataError(f"the run {escape_path(str(run_dir))} takes {state['input']['channels']}-channel images, "
                         f"but the data at {escape_path(str(root))} decodes to {splits.in_chans} channel(s) (data.channels: auto); give a run "
                         f"trained on this data")
-    rt = resolve_runtime(recipe)
+    rt = resolve_runtime(recipe.train.device, recipe.train.precision, recipe.train.channels_last)
     model = model_from_checkpoint(state, path).to(rt.device)
     out = {}
     for split in ("train", "val", "test"):
@@ -134,7 +134,7 @@ def fold_probabilities(recipe: Recipe, folds: int, index: dict[tuple[str, str], 
                         f"image in every fold; the smallest train class has {np.bincount(labels).min()})")
     fold = fold_assignment(labels, folds, recipe.seed)
     probs = np.zeros((len(labels), len(splits.class_names)), np.float32)
-    rt = resolve_runtime(recipe)
+    rt = resolve_runtime(recipe.train.device, recipe.train.precision, recipe.train.channels_last)
     with tempfile.TemporaryDirectory(prefix="clfkit-folds-") as tmp:
         for k in range(folds):
             held, keep = torch.from_numpy(np.flatnonzero(fold == k)), torch.from_numpy(np.flatnonzero(fold != k))

@@ -127,7 +127,7 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
     # warned, not refused: which data these numbers are on is said on every report file
     data_changed, data_text = compare_eval_data(state, splits, recipe.data.source, data_root, run_dir)
     split, subset = _eval_split(splits, split)
-    rt = resolve_runtime(recipe)
+    rt = resolve_runtime(recipe.train.device, recipe.train.precision, recipe.train.channels_last)
     model = with_tta(model_from_checkpoint(state).to(rt.device), tta)
     loss_fn = build_loss(recipe, splits.num_classes, splits).to(rt.device)
     ev = evaluate(model, subset, rt=rt, loss_fn=loss_fn, num_classes=splits.num_classes, batch_size=batch_size)

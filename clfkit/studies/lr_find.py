@@ -126,7 +126,7 @@ def lr_find(recipe: Recipe, out: str | Path | None = None, *, start_lr: float = 
 
 def _setup(recipe: Recipe):
     """(runtime, model, loss, optimizer, batch preparation, per-image augmentations, train split)."""
-    rt = resolve_runtime(recipe)
+    rt = resolve_runtime(recipe.train.device, recipe.train.precision, recipe.train.channels_last)
     seed_everything(recipe.seed, recipe.train.deterministic)
     splits = build_data(recipe)
     mean, std, _ = input_normalization(recipe, splits.train)

@@ -282,3 +282,4 @@ def build_augmentations(recipe: Recipe, names: Optional[dict[str, list[str]]] = 
         if names is not None:
             names.setdefault("batched" if is_batched else "per_image", []).append(name)
     return per_image, batched
+

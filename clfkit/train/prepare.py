@@ -107,7 +107,7 @@ def set_up(recipe: Recipe, *, quiet: bool, resume: Optional[Resumed]) -> RunSetu
     """Device and precision, the torchrun group, seeds; refuses what cannot run before anything
     is read."""
     tc = recipe.train
-    rt = resolve_runtime(recipe)
+    rt = resolve_runtime(recipe.train.device, recipe.train.precision, recipe.train.channels_last)
     world = distributed.setup(rt)  # under torchrun: join the group, pin this rank's GPU
     # this rank's part of last.pt (a mid-epoch one resumes only with the world size that saved it)
     resume_rng, resume_at = resume.for_rank(world.rank, world.size) if resume is not None else (None, None)
@@ -255,8 +255,11 @@ def start(recipe: Recipe, setup: RunSetup, data: RunData, built: Built, folder: 
     if resume is None:
         src = splits.val if splits.val is not None and len(splits.val) else splits.train
         folder.write_samples(src.images[:64].numpy())  # for the exporter's parity check
-    state.ema = WeightEMA(state.net, tc.ema) if tc.ema else None  # val, best.pt and test use it
-    stopper = EarlyStopper(tc.early_stopping, bool(splits.val)) if tc.early_stopping else None
+    # val, best.pt and test use the EMA weights when train.ema is set
+    state.ema = WeightEMA(state.net, decay=tc.ema.decay, warmup=tc.ema.warmup) if tc.ema else None
+    stopper = (EarlyStopper(metric=tc.early_stopping.metric, patience=tc.early_stopping.patience,
+                            min_delta=tc.early_stopping.min_delta, has_val=bool(splits.val))
+               if tc.early_stopping else None)
     # Objects with state_dict()/load_state_dict() that last.pt must carry (EMA, early
     # stopping, ...): add them here under a stable key and resume restores them.
     resumable = {k: v for k, v in {"ema": state.ema, "early_stopping": stopper}.items() if v is not None}

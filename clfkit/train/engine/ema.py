@@ -11,20 +11,19 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from clfkit.recipe import EMA
 
 
 class WeightEMA:
     """An averaged copy of ``model`` (same device and dtype), updated from ``model``."""
 
-    def __init__(self, model: nn.Module, cfg: EMA):
+    def __init__(self, model: nn.Module, *, decay: float, warmup: bool):
         # timm (and torchvision under it) only when a run asks for EMA: importing it costs
         # ~200 MB of resident memory and seconds of start-up in every run
         from timm.utils import ModelEmaV3
 
         # Holding the plain module (not a torch.compile wrapper) keeps state_dict keys equal.
         self.source = model
-        self._ema = ModelEmaV3(model, decay=cfg.decay, use_warmup=cfg.warmup)
+        self._ema = ModelEmaV3(model, decay=decay, use_warmup=warmup)
         # (averaged float tensors, source float tensors, averaged others, source others), built
         # once: rebuilding two state_dicts every step costs more host time than the update
         self._pairs: Optional[tuple[list[torch.Tensor], ...]] = None

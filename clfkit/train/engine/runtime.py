@@ -15,7 +15,6 @@ import torch.nn as nn
 
 from clfkit.train.engine import distributed
 from clfkit.errors import TrainingError
-from clfkit.recipe import Recipe
 
 
 @dataclass
@@ -37,13 +36,13 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
-def resolve_runtime(recipe: Recipe) -> Runtime:
-    """Pick device and precision; asking for what the machine lacks is a clear error."""
-    t = recipe.train
-    device = resolve_device(t.device)
-    precision = resolve_precision(t.precision, device)
-    channels_last = t.channels_last if t.channels_last is not None else device.type == "cuda"
-    return Runtime(device, precision, channels_last)
+def resolve_runtime(device: str, precision: str, channels_last: Optional[bool]) -> Runtime:
+    """Pick device and precision (train.device, train.precision, train.channels_last; "auto"
+    and None: what this machine does best); asking for what it lacks is a clear error."""
+    chosen = resolve_device(device)
+    precision = resolve_precision(precision, chosen)
+    channels_last = channels_last if channels_last is not None else chosen.type == "cuda"
+    return Runtime(chosen, precision, channels_last)
 
 
 def resolve_device(want: str) -> torch.device:
