@@ -1,8 +1,8 @@
 """The command line: a thin shell over library functions.
 
-Each command parses its arguments, calls one function, and turns clfkit's own errors into a
-short message on stderr and a non-zero exit (clfkit.cli.support). ``--debug`` shows the
-traceback instead. Here: the ``clfkit`` group, ``train`` and ``lr-find``; the other commands
+Each command parses its arguments and calls one function; its ``@reports_errors`` decorator
+(clfkit.cli.support) turns clfkit's own errors into a short message on stderr and a non-zero
+exit. ``--debug`` shows the traceback instead. Here: the ``clfkit`` group, ``train`` and ``lr-find``; the other commands
 live in a module per subject (``deploy_commands``, ``study_commands``, ``plugin_commands``,
 ``data_commands``) and are added to the group below.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from clfkit import __version__
-from clfkit.cli.support import Context, _fail, run_guarded
+from clfkit.cli.support import Context, _fail, reports_errors
 from clfkit.errors import ClfkitError
 
 
@@ -40,6 +40,7 @@ def cli(debug: bool) -> None:
               help="Also report to this tracker (added to the recipe's train.track; repeatable).")
 @click.option("--allow-data-change", is_flag=True,
               help="With --resume: continue even though the data changed since the run started (recorded).")
+@reports_errors
 def train(recipe: Path | None, *, resume_dir: Path | None, overrides: tuple[str, ...], out: Path, quiet: bool,
           track: tuple[str, ...], allow_data_change: bool) -> None:
     """Train RECIPE; writes runs/<name>/ (checkpoints, metrics, summary)."""
@@ -52,7 +53,7 @@ def train(recipe: Path | None, *, resume_dir: Path | None, overrides: tuple[str,
         if recipe is not None or overrides or given_out or track:
             _fail(ClfkitError("--resume continues a run exactly as it was recorded in last.pt, in its own "
                               "folder; give no RECIPE, --set, --out or --track with it"))
-        run_guarded(resume_run, resume_dir, quiet=quiet, allow_data_change=allow_data_change)
+        resume_run(resume_dir, quiet=quiet, allow_data_change=allow_data_change)
         return
     if recipe is None:
         _fail(ClfkitError("give a RECIPE file to train, or --resume RUN_DIR to continue a run"))
@@ -60,15 +61,15 @@ def train(recipe: Path | None, *, resume_dir: Path | None, overrides: tuple[str,
     from clfkit.recipe import load_recipe
     from clfkit.train.trainer import train as train_fn
 
-    r = run_guarded(load_recipe, recipe, overrides)
+    r = load_recipe(recipe, overrides)
     if track:  # the recipe's trackers plus these, so recipe.yaml records every one
         from clfkit.recipe import validate_recipe
 
         data = r.to_dict()
         data["train"]["track"] = list(dict.fromkeys(list(r.train.track) + list(track)))
-        r = run_guarded(validate_recipe, data, "--track")
-    run_guarded(check_model_size, r, str(recipe))  # before any data is read
-    run_guarded(train_fn, r, out, quiet=quiet)
+        r = validate_recipe(data, "--track")
+    check_model_size(r, str(recipe))  # before any data is read
+    train_fn(r, out, quiet=quiet)
 
 
 @cli.command("lr-find")
@@ -79,6 +80,7 @@ def train(recipe: Path | None, *, resume_dir: Path | None, overrides: tuple[str,
 @click.option("--start-lr", default=1e-7, show_default=True, type=float, help="First LR of the ramp.")
 @click.option("--end-lr", default=10.0, show_default=True, type=float, help="Last LR of the ramp.")
 @click.option("--steps", default=100, show_default=True, type=click.IntRange(min=10), help="Optimizer steps at most.")
+@reports_errors
 def lr_find(recipe: Path, overrides: tuple[str, ...], output: Path | None, start_lr: float, end_lr: float,
             steps: int) -> None:
     """LR range test: train RECIPE's model while the LR grows exponentially, plot loss against LR
@@ -87,9 +89,9 @@ def lr_find(recipe: Path, overrides: tuple[str, ...], output: Path | None, start
     from clfkit.studies.lr_find import lr_find as lr_find_fn
     from clfkit.recipe import load_recipe
 
-    r = run_guarded(load_recipe, recipe, overrides)
-    run_guarded(check_model_size, r, str(recipe))
-    res = run_guarded(lr_find_fn, r, output, start_lr=start_lr, end_lr=end_lr, steps=steps)
+    r = load_recipe(recipe, overrides)
+    check_model_size(r, str(recipe))
+    res = lr_find_fn(r, output, start_lr=start_lr, end_lr=end_lr, steps=steps)
     for line in res.lines():
         click.echo(line)
     click.echo(f"wrote {res.plot}")

@@ -5,11 +5,12 @@ from pathlib import Path
 
 import click
 
-from clfkit.cli.support import _fail, run_guarded  # noqa: F401
+from clfkit.cli.support import _fail, reports_errors  # noqa: F401
 from clfkit.errors import ClfkitError
 
 
 @click.group()
+@reports_errors
 def data() -> None:
     """Prepare data (pack as shards) and look at it before training (check)."""
 
@@ -22,12 +23,13 @@ def data() -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed of the order samples are written in.")
 @click.option("--image", default=None, metavar="COLUMN", help="Hugging Face source: the image column.")
 @click.option("--label", default=None, metavar="COLUMN", help="Hugging Face source: the label column.")
+@reports_errors
 def data_pack(src: str, out: Path, shard_size: str, seed: int, image: str | None, label: str | None) -> None:
     """Write SRC (an image folder, a CSV index or a Hugging Face dataset) as WebDataset shards
     in the new folder OUT, with manifest.json (class names, samples per shard and class)."""
     from clfkit.data.pack import pack, pack_summary
 
-    manifest = run_guarded(pack, src, out, shard_size, seed=seed, image=image, label=label,
+    manifest = pack(src, out, shard_size, seed=seed, image=image, label=label,
                            progress=lambda line: click.echo(line, err=True))
     click.echo("\n".join(pack_summary(manifest, out)))
 
@@ -45,6 +47,7 @@ def data_pack(src: str, out: Path, shard_size: str, seed: int, image: str | None
 @click.option("--fix-split", is_flag=True, help="Also write leaked_files.csv: the val/test files to drop.")
 @click.option("--phash-distance", default=8, show_default=True, type=click.IntRange(0, 32),
               help="Most differing bits (of 64) of two near-duplicates' perceptual hashes.")
+@reports_errors
 def data_check(target: Path, *, run_dir: Path | None, folds: int, fold_epochs: int | None, overrides: tuple[str, ...],
                out: Path, fix_split: bool, phash_distance: int) -> None:
     """Duplicates, leaks across splits, likely label errors and image-quality issues."""
@@ -53,9 +56,9 @@ def data_check(target: Path, *, run_dir: Path | None, folds: int, fold_epochs: i
 
     if folds == 1:
         _fail(ClfkitError("--folds 1 leaves nothing to train on: give 2 or more (or 0 for none)"))
-    result = run_guarded(check_data, target, run=run_dir, folds=folds, fold_epochs=fold_epochs,
+    result = check_data(target, run=run_dir, folds=folds, fold_epochs=fold_epochs,
                          overrides=overrides, phash_distance=phash_distance, out=out)
-    files = run_guarded(write_outputs, result, out, fix_split)
+    files = write_outputs(result, out, fix_split)
     click.echo(console_report(result), nl=False)
     from clfkit.data.image_files import escape_path
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from clfkit.cli.support import _fail, checkpoint_option, run_guarded
+from clfkit.cli.support import _fail, checkpoint_option, reports_errors
 from clfkit.errors import ClfkitError
 
 
@@ -32,6 +32,7 @@ from clfkit.errors import ClfkitError
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
               help="With --int8 or --calibrate: read the run's folder dataset (the images they fit on) from here "
                    "instead (it moved), as `clfkit eval --data-root` does.")
+@reports_errors
 def export(run_dir: Path, *, output: Path | None, atol: float, checkpoint: str, tta: str, int8: bool,
            min_agreement: float | None, calibrate: bool, data_root: Path | None) -> None:
     """Export RUN_DIR's best checkpoint to ONNX and prove parity with torch."""
@@ -43,7 +44,7 @@ def export(run_dir: Path, *, output: Path | None, atol: float, checkpoint: str, 
         _fail(ClfkitError("--data-root is where --int8 and --calibrate read the run's images (a plain export "
                           "reads no data): give it with one of them, or leave it out"))
     min_agreement = 99.0 if min_agreement is None else min_agreement
-    res = run_guarded(export_run, run_dir, output, atol=atol, checkpoint=checkpoint, tta=tta, int8=int8,
+    res = export_run(run_dir, output, atol=atol, checkpoint=checkpoint, tta=tta, int8=int8,
                       min_agreement=min_agreement, calibrate=calibrate, data_root=data_root)
     if res.note:
         click.echo(f"note: {res.note}")
@@ -98,6 +99,7 @@ def _log_export_to_mlflow(run_dir: Path, onnx: Path) -> None:
 @click.option("--topk", default=1, show_default=True, type=click.IntRange(min=1),
               help="The K likeliest classes per image, likeliest first: '<path>\\t<class 1>\\t<class 2>...' "
                    "(tab-separated, as a path may hold spaces; csv: path,class_1,prob_1,...).")
+@reports_errors
 def predict(model: Path, image_dir: Path, *, output: Path, batch_size: int, fmt: str, threads: int | None,
             workers: int | None, topk: int) -> None:
     """Classify every image under IMAGE_DIR with an exported MODEL.onnx; write test.txt (into a
@@ -105,7 +107,7 @@ def predict(model: Path, image_dir: Path, *, output: Path, batch_size: int, fmt:
     straight into). A progress bar shows on a terminal."""
     from clfkit.deploy.batch_predict import predict_folder
 
-    res = run_guarded(predict_folder, model, image_dir, output, batch_size=batch_size, fmt=fmt, threads=threads,
+    res = predict_folder(model, image_dir, output, batch_size=batch_size, fmt=fmt, threads=threads,
                       workers=workers, progress=sys.stderr.isatty(), topk=topk)
     for path, why in res.skipped:
         click.echo(f"skipped {path}: {why}", err=True)
@@ -131,12 +133,13 @@ def _is_stdout(path: Path) -> bool:
               help="Evaluate with test-time augmentation (as `clfkit export --tta`); writes "
                    "eval_<split>_tta-<mode>.json and adds it to report.html; the other report files "
                    "stay as they are.")
+@reports_errors
 def eval_cmd(run_dir: Path, split: str | None, data_root: Path | None, checkpoint: str, tta: str) -> None:
     """Evaluate a run's checkpoint; rewrite per_class.csv, confusion.png, curves.png,
     mistakes.json, eval_<split>.json and report.html."""
     from clfkit.run.evaluation import eval_run
 
-    res = run_guarded(eval_run, run_dir, split, data_root, checkpoint, tta=tta)
+    res = eval_run(run_dir, split, data_root, checkpoint, tta=tta)
     click.echo(f"{res.split}{' (flip TTA)' if tta == 'flip' else ''}: accuracy {res.acc:.4f}, loss {res.loss:.4f} on {res.images} images")
     width = max(len(r["class"]) for r in res.per_class)
     click.echo(f"  {'class':<{width}}  accuracy  precision  support")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from clfkit.cli.support import _fail, run_guarded
+from clfkit.cli.support import _fail, reports_errors
 from clfkit.errors import ClfkitError
 
 
@@ -14,6 +14,7 @@ from clfkit.errors import ClfkitError
 @click.group(invoke_without_command=True)
 @click.option("--kind", help="Only this kind (model, norm, ...).")
 @click.pass_context
+@reports_errors
 def plugins(ctx: click.Context, kind: str | None) -> None:
     """List every registered component by kind, with the package that provides it."""
     if ctx.invoked_subcommand is not None:
@@ -25,7 +26,7 @@ def plugins(ctx: click.Context, kind: str | None) -> None:
     from clfkit.registry import KINDS, REGISTRY, check_kind, plugins_disabled
 
     if kind:
-        run_guarded(check_kind, kind)
+        check_kind(kind)
     console = Console(width=max(100, Console().width))
     table = Table(show_edge=False, pad_edge=False)
     for col in ("kind", "name", "distribution", "version", "description"):
@@ -51,6 +52,7 @@ def plugins(ctx: click.Context, kind: str | None) -> None:
 @plugins.command("show")
 @click.argument("name")
 @click.option("--kind", help="Disambiguate when several kinds use NAME.")
+@reports_errors
 def plugins_show(name: str, kind: str | None) -> None:
     """Print a component's arguments with types and defaults."""
     import inspect
@@ -59,7 +61,7 @@ def plugins_show(name: str, kind: str | None) -> None:
     from clfkit.util.did_you_mean import did_you_mean
 
     if kind:  # one kind: its own unknown-name message, with the nearest names
-        found = [run_guarded(REGISTRY.get, kind, name)]
+        found = [REGISTRY.get(kind, name)]
     else:
         found = []
         for k in KINDS:
@@ -83,16 +85,18 @@ def plugins_show(name: str, kind: str | None) -> None:
 @click.argument("name")
 @click.option("--dir", "dest", default=".", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder in which the package folder clfkit-NAME/ is written.")
+@reports_errors
 def plugins_new(name: str, dest: Path) -> None:
     """Write a plugin package skeleton (one component of each kind, a test) for NAME."""
     from clfkit.registry.scaffold import new_plugin
 
-    path = run_guarded(new_plugin, name, dest)
+    path = new_plugin(name, dest)
     click.echo(f"wrote {path}\nnext: pip install -e {path} && pytest {path} && clfkit plugins --kind model")
 
 
 # --------------------------------------------------------------------------- recipe
 @click.group()
+@reports_errors
 def recipe() -> None:
     """Work with recipe files."""
 
@@ -100,16 +104,17 @@ def recipe() -> None:
 @recipe.command("check")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a field (repeatable).")
+@reports_errors
 def recipe_check(path: Path, overrides: tuple[str, ...]) -> None:
     """Validate a recipe; print it resolved, with parameter count and MACs."""
     from clfkit.train.build import check_model_size
     from clfkit.train.model_stats import model_stats
     from clfkit.recipe import load_recipe
 
-    r = run_guarded(load_recipe, path, overrides)
-    run_guarded(check_model_size, r, str(path))
+    r = load_recipe(path, overrides)
+    check_model_size(r, str(path))
     click.echo(r.to_yaml().rstrip())
-    stats = run_guarded(model_stats, r)
+    stats = model_stats(r)
     click.echo(f"# model: {stats['params']:,} parameters, {stats['macs']:,} MACs per image at "
                f"{stats['in_chans']}x{stats['image_size'][0]}x{stats['image_size'][1]}, {stats['num_classes']} classes"
                + (" (assumed: the data was not found here, so the class count is unknown)"

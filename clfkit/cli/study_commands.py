@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from clfkit.cli.support import _fail, run_guarded
+from clfkit.cli.support import _fail, reports_errors
 
 
 # --------------------------------------------------------------------------- studies
@@ -25,6 +25,7 @@ from clfkit.cli.support import _fail, run_guarded
               help="Run every variant under N seeds (the recipe's seed and the next N-1) and compare variants as "
                    "mean +- sd with a Welch t-test [default: the sweep block's seeds:, else 1].")
 @click.option("--quiet", is_flag=True, help="No per-epoch output.")
+@reports_errors
 def sweep(recipe: Path, *, grid: tuple[str, ...], overrides: tuple[str, ...], jobs: int, out: Path | None,
           top: int, seeds: int | None, quiet: bool) -> None:
     """Train every combination of --grid values (or the recipe's sweep: block) and rank the runs.
@@ -32,7 +33,7 @@ def sweep(recipe: Path, *, grid: tuple[str, ...], overrides: tuple[str, ...], jo
     Finished runs are skipped when the sweep is run again; unfinished ones resume."""
     from clfkit.studies.sweep import run_sweep
 
-    res = run_guarded(run_sweep, recipe, grid, overrides=overrides, out=out, jobs=jobs, quiet=quiet, log=click.echo, top=top,
+    res = run_sweep(recipe, grid, overrides=overrides, out=out, jobs=jobs, quiet=quiet, log=click.echo, top=top,
                       seeds=seeds)
     click.echo((res.out / "sweep.md").read_text(encoding="utf-8").rstrip())
     if res.seeds > 1:
@@ -69,6 +70,7 @@ def sweep(recipe: Path, *, grid: tuple[str, ...], overrides: tuple[str, ...], jo
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Tune folder [default: tunes/<recipe name>].")
 @click.option("--quiet", is_flag=True, help="No per-epoch output.")
+@reports_errors
 def tune(recipe: Path, *, trials: int | None, spaces: tuple[str, ...], overrides: tuple[str, ...], pruner: str,
          prune_from: int | None, sampler: str, seed: int, jobs: int, out: Path | None, quiet: bool) -> None:
     """Search hyperparameters with Optuna (TPE), pruning trials that fall behind.
@@ -76,9 +78,9 @@ def tune(recipe: Path, *, trials: int | None, spaces: tuple[str, ...], overrides
     The study lives in OUT/study.db: running the same command again continues it."""
     from clfkit.studies.tune import plan_tune, run_tune
 
-    setup = run_guarded(plan_tune, recipe, spaces, trials=trials, overrides=overrides, out=out, seed=seed,
+    setup = plan_tune(recipe, spaces, trials=trials, overrides=overrides, out=out, seed=seed,
                         pruner=pruner, quiet=quiet, sampler=sampler, prune_from=prune_from)
-    res = run_guarded(run_tune, setup, jobs, click.echo)
+    res = run_tune(setup, jobs, click.echo)
     click.echo((res.out / "trials.md").read_text(encoding="utf-8").rstrip())
     if res.best is not None:
         click.echo(f"best: trial {res.best['trial']}, val acc {res.best['best_val_acc']:.4f}; "
@@ -93,11 +95,12 @@ def tune(recipe: Path, *, trials: int | None, spaces: tuple[str, ...], overrides
               help="Rank runs by this (best val acc, lowest val loss, ...).")
 @click.option("-o", "--output", default="compare.png", show_default=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--title", default="", help="Figure title.")
+@reports_errors
 def compare(paths: tuple[Path, ...], top: int, metric: str, output: Path, title: str) -> None:
     """Overlay the loss and accuracy curves of runs (run folders or sweep folders), 2x2."""
     from clfkit.run.plots import compare_runs
 
-    path, runs = run_guarded(compare_runs, list(paths), output, top=top, metric=metric, title=title)
+    path, runs = compare_runs(list(paths), output, top=top, metric=metric, title=title)
     for r in runs:
         click.echo(r.legend())
     click.echo(f"wrote {path} ({len(runs)} run(s); legend: best train acc, best val acc, test acc of best.pt: "
@@ -106,6 +109,7 @@ def compare(paths: tuple[Path, ...], top: int, metric: str, output: Path, title:
 
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@reports_errors
 def report(run_dir: Path) -> None:
     """Rebuild RUN_DIR/report.html from the run folder's files (one self-contained page)."""
     from clfkit.run.report_page import write_run_report
@@ -114,4 +118,4 @@ def report(run_dir: Path) -> None:
 
     if not is_run(run_dir):
         _fail(RunFolderError(f"{run_dir} is not a run folder (no metrics.jsonl or summary.json)"))
-    click.echo(f"wrote {run_guarded(write_run_report, run_dir)}")
+    click.echo(f"wrote {write_run_report(run_dir)}")

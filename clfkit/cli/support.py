@@ -1,7 +1,9 @@
 """What every command of the CLI shares: clfkit errors turned into one line and an exit code."""
 from __future__ import annotations
 
+import functools
 import sys
+from typing import Any, Callable
 
 import click
 
@@ -19,8 +21,21 @@ def _fail(e: BaseException) -> None:
     sys.exit(getattr(e, "exit_code", 1))
 
 
+def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator of every command: clfkit's errors become one ``error:`` line on stderr and
+    their exit code (``--debug``: the traceback); a stop signal's :class:`Interrupted` prints
+    how to resume (exit 128 + signal); Ctrl-C outside a run exits 130. Anything else is a bug
+    and keeps its traceback."""
+
+    @functools.wraps(command)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        return run_guarded(command, *args, **kwargs)
+
+    return guarded
+
+
 def run_guarded(fn, *args, **kwargs):
-    """Call ``fn``; clfkit errors become a message and an exit code, not a traceback."""
+    """Call ``fn`` as a command body would (see :func:`reports_errors`, which commands use)."""
     from clfkit.util.signals import Interrupted
 
     try:
