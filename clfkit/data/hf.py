@@ -140,7 +140,7 @@ def class_names_of(features: Any, label_col: str, train: Any) -> list[str]:
         return list(feature.names)
     dtype = _kind(feature)
     if dtype in ("string", "large_string"):
-        return label_order([str(v) for v in train.unique(label_col) if v is not None])
+        return label_order([str(v) for v in train.unique(label_col) if not _blank(v)])
     if dtype.startswith(("int", "uint")):
         values = [v for v in train.unique(label_col) if v is not None]
         if any(v < 0 for v in values):
@@ -162,6 +162,12 @@ def image_bytes(value: Any, name: str) -> bytes | None:
     return None
 
 
+def _blank(value: Any) -> bool:
+    """No label: None, or an empty or all-space string (a CSV row with one is refused; here, as
+    rows go, it is a counted skip, never a class named '')."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 def label_indexer(features: Any, label_col: str, class_names: list[str]):
     """label value -> class index, None for "no label" (None, or -1 as datasets writes it for
     unlabelled rows); a value outside the classes raises."""
@@ -171,7 +177,7 @@ def label_indexer(features: Any, label_col: str, class_names: list[str]):
     index = {name: i for i, name in enumerate(class_names)}
 
     def to_index(value: Any) -> int | None:
-        if value is None or (is_class_label and value == -1):
+        if _blank(value) or (is_class_label and value == -1):
             return None
         i = value if is_class_label else index.get(str(value))
         if i is None or not 0 <= i < len(class_names):
