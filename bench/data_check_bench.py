@@ -240,7 +240,7 @@ def feature_similarities(root: Path, work: Path, truth: dict, epochs: int) -> di
     train_s = time.perf_counter() - t0
     catalog, _ = load_catalog(root, None)
     index = {(s, p): i for i, (s, p) in enumerate(zip(catalog.split, catalog.path)) if catalog.readable[i]}
-    outputs, _ = run_outputs(run, root, catalog.class_names, index)
+    outputs, _, _ = run_outputs(run, root, catalog.class_names, index)
     tr, te = outputs["train"], outputs["test"]
     position = {int(r): k for k, r in enumerate(tr.rows)}
     feats_tr, feats_te = neighbours.unit_rows(tr.features), neighbours.unit_rows(te.features)

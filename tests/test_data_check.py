@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import invoke, refused
+from conftest import invoke, refused, train_folder_run
 
 
 def smooth_image(rng, size: int = 32) -> np.ndarray:
@@ -248,3 +248,32 @@ def test_train_warns_once_per_kind_and_records_the_check(tmp_path):
     assert "cat0.png in " in leak and "leaked.png in test" in leak
     summary = json.loads((tmp_path / "runs/dc/summary.json").read_text())
     assert summary["data_check"]["conflict"] == 1 and summary["data_check"]["leak"] >= 1
+
+
+def test_a_data_root_that_is_a_file_is_refused_naming_both_readings(tmp_path):
+    for name, content in (("photo.png", b"\x89PNG\r\n\x1a\n\x00\xff"), ("notes.txt", b"just text")):
+        (tmp_path / name).write_bytes(content)
+        refused(["is a file", "neither a data folder", "nor a recipe"], "data", "check", tmp_path / name,
+                "--out", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_notes_unfinished_run_and_its_training_images_in_test(tmp_path):
+    run, root = train_folder_run(tmp_path, "r", per_class=4, val_fraction=0)
+    other = tmp_path / "other"  # the same classes; its test holds two of the run's training files
+    shutil.copytree(root / "train", other / "train")
+    (other / "test/cat").mkdir(parents=True)
+    (other / "test/dog").mkdir(parents=True)
+    shutil.copy(root / "test/cat/cat_0.png", other / "test/cat")
+    shutil.copy(root / "train/cat/cat_1.png", other / "test/cat/seen.png")
+    shutil.copy(root / "train/dog/dog_2.png", other / "test/dog/also seen.png")
+    shutil.copy(root / "test/dog/dog_1.png", other / "test/dog")
+    code, text, result = check(other, "--run", run, "--out", tmp_path / "o1")
+    assert code == 0, text
+    assert any("test: 2 image(s) are files the run had under train/" in n for n in result["notes"]), result["notes"]
+    labelled = {f["path"] for x in result["findings"] if x["kind"] == "label_issue" for f in x["files"]}
+    assert not labelled & {"test/cat/seen.png", "test/dog/also seen.png"}
+    (run / "summary.json").unlink()  # as a stopped run leaves it
+    code, text, result = check(root, "--run", run, "--out", tmp_path / "o2")
+    assert code == 0 and "the run is not finished" in text and "latest checkpoint was used" in text, text
+    assert not any("files the run had under train/" in n for n in result["notes"])
