@@ -277,3 +277,25 @@ def test_run_notes_unfinished_run_and_its_training_images_in_test(tmp_path):
     code, text, result = check(root, "--run", run, "--out", tmp_path / "o2")
     assert code == 0 and "the run is not finished" in text and "latest checkpoint was used" in text, text
     assert not any("files the run had under train/" in n for n in result["notes"])
+
+
+def test_batched_records_equal_pil_for_every_small_size(tmp_path):
+    """Small images' pHash resize and blur edges are computed in batches (numpy), larger ones
+    through PIL: both give PIL's numbers, so the size of an image never changes its findings."""
+    from PIL import ImageFilter
+
+    from clfkit.data.audit import records
+
+    rng = np.random.default_rng(3)
+    paths = []
+    for h, w in [(1, 1), (2, 7), (3, 3), (9, 31), (32, 32), (31, 17), (33, 20), (70, 12)]:
+        arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8) // (1 + 63 * (h % 2))
+        paths.append(tmp_path / f"{h}x{w}.png")
+        Image.fromarray(arr).save(paths[-1])
+    for path, (record, why) in zip(paths, records.compute([str(p) for p in paths], workers=1)):
+        assert why is None, why
+        gray = Image.open(path).convert("L")
+        assert record[2] == records.perceptual_hash(gray), path.name  # PIL's Lanczos resize
+        small = np.asarray(gray if max(gray.size) <= 64 else gray.resize(records._fit(gray.size, 64)))
+        edges = np.asarray((gray if max(gray.size) <= 64 else Image.fromarray(small)).filter(ImageFilter.FIND_EDGES))
+        assert (records.find_edges(small) == edges).all(), path.name
