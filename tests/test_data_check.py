@@ -107,7 +107,8 @@ def test_quality_issues_sizes_modes_and_skipped_files(tmp_path):
     assert flagged["odd_aspect_ratio"] == {"train/dog/strip.png"}
     ov = result["overview"]
     assert ov["modes"] == {"RGB": 24, "L": 1} and ov["sizes"]["32x32"] == 24 and ov["distinct_sizes"] == 2
-    assert ov["class_counts"]["train"] == {"cat": 9, "dog": 11} and ov["class_counts"]["test"] == {"cat": 3, "dog": 3}
+    # decoded images: broken.png is listed as skipped, not counted as a dog
+    assert ov["class_counts"]["train"] == {"cat": 9, "dog": 10} and ov["class_counts"]["test"] == {"cat": 3, "dog": 3}
     assert [s[0] for s in ov["skipped"]] == ["train/dog/broken.png"]
     assert "skipped: train/dog/broken.png" in text
 
@@ -299,3 +300,15 @@ def test_batched_records_equal_pil_for_every_small_size(tmp_path):
         small = np.asarray(gray if max(gray.size) <= 64 else gray.resize(records._fit(gray.size, 64)))
         edges = np.asarray((gray if max(gray.size) <= 64 else Image.fromarray(small)).filter(ImageFilter.FIND_EDGES))
         assert (records.find_edges(small) == edges).all(), path.name
+
+
+def test_a_class_of_unreadable_files_counts_zero_and_is_said(tmp_path):
+    root = make_folder(tmp_path / "d")
+    for p in (root / "train/dog").iterdir():
+        p.write_bytes(b"")  # every dog of train: zero-byte files
+    code, text, result = check(root, "--out", tmp_path / "out")
+    assert code == 0, text
+    assert result["overview"]["class_counts"]["train"] == {"cat": 8, "dog": 0}
+    assert result["overview"]["images"] == {"train": 8, "test": 6}
+    assert "train/dog: none of its 8 file(s) could be decoded" in text and "dog has no images" in text
+    assert len(result["overview"]["skipped"]) == 8

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,8 +107,22 @@ def _empty_split_notes(catalog: Catalog, root: Path) -> list[str]:
     """A split folder without images, or whose every file failed to decode: said, not skipped silently."""
     notes = [f"{s}/ holds no images; not checked" for s in ("val", "test")
              if (root / s).is_dir() and s not in catalog.splits()]
-    return notes + [f"{s}: none of its {sum(1 for x in catalog.split if x == s)} file(s) could be decoded; "
-                    f"not checked" for s in catalog.splits() if not len(catalog.rows_of(s))]
+    notes += [f"{s}: none of its {sum(1 for x in catalog.split if x == s)} file(s) could be decoded; "
+              f"not checked" for s in catalog.splits() if not len(catalog.rows_of(s))]
+    return notes + _unreadable_class_notes(catalog)
+
+
+def _unreadable_class_notes(catalog: Catalog) -> list[str]:
+    """A class folder whose every file failed to decode: training refuses such data, so it is
+    said here too (its files are listed as skipped, and it counts 0 images)."""
+    files, readable = Counter(), Counter()
+    for i, (s, y) in enumerate(zip(catalog.split, catalog.label.tolist())):
+        if y >= 0:
+            files[s, y] += 1
+            readable[s, y] += bool(catalog.readable[i])
+    return [f"{s}/{image_files.escape_path(catalog.class_names[y])}: none of its {n} file(s) could be decoded "
+            f"(clfkit train refuses a class without readable images)"
+            for (s, y), n in files.items() if not readable[s, y] and len(catalog.rows_of(s))]
 
 
 def _unseen(catalog: Catalog, outputs: Any, seen: Optional[set[bytes]], split: str, notes: list[str]) -> Any:
