@@ -158,3 +158,15 @@ def test_blank_string_labels_are_counted_skips_not_a_class_named_empty(tmp_path)
     code, out = invoke("data", "pack", pq, tmp_path / "shards")
     assert code == 0 and "3 row(s) without a label left out" in out, out
     assert json.loads((tmp_path / "shards" / "manifest.json").read_text())["class_names"] == ["cat", "dog"]
+
+
+def test_an_empty_parquet_split_is_named(tmp_path):
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    ds = datasets.Dataset.from_dict({"image": [_png(30), _png(210)] * 4, "label": [0, 1] * 4})
+    ds.to_parquet(str(folder / "train.parquet"))
+    ds.select([]).to_parquet(str(folder / "test.parquet"))
+    refused(["empty split 'test'", "hold no rows"], "train", _recipe(tmp_path, {"name": "hf", "path": str(folder)}),
+            "--out", tmp_path / "runs", max_lines=None)
+    refused(["empty split 'test'"], "data", "pack", folder, tmp_path / "shards", max_lines=None)
+    assert not (tmp_path / "shards").exists()

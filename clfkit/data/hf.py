@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,10 @@ def open_dataset(path: str, config: str | None = None) -> dict[str, Any]:
 
 def _not_loaded(path: str, p: Path, e: Exception) -> str:
     why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    empty = re.search(r'Instruction "([^"]+)" corresponds to no data', str(e))
+    if p.exists() and empty:  # datasets' words for a split whose files hold no rows
+        return (f"the Hugging Face dataset at {p} has an empty split {empty.group(1)!r} (its file(s) hold no rows): "
+                f"remove them, or give that split rows ({why})")
     if p.exists():
         return f"cannot read the Hugging Face dataset at {p} ({why})"
     if path.startswith(("/", "./", "../", "~")):  # a path, not a Hub name
