@@ -13,7 +13,10 @@ a few lines of numpy, no dependency, and no second decode; it equals ``imagehash
 bit. Brightness percentiles are read from a 1024-bin histogram of the image reduced to at most
 256 px a side (CleanVision sorts every pixel; for a 12-megapixel photo that costs more than the
 decode), blur on at most 64 px like CleanVision. The numeric work (DCT, medians, histograms) is
-done once per batch of files, not per image: on 28x28 images per-call overhead is the cost.
+done once per batch of files, not per image: on 28x28 images per-call overhead is the cost; so is,
+for images up to 32 px a side, the pHash's Lanczos enlargement (Pillow's fixed-point arithmetic
+as one matrix product per stack of same-sized images), and for every image the blur edges
+(``FIND_EDGES``), both equal to PIL's bit for bit.
 
 Records are computed with one process per core, and cached under the cache dir by file content
 (``audit/<root hash>.npz``): a second check hashes each file's bytes and decodes only files
