@@ -318,3 +318,26 @@ def test_streamed_run_stopped_mid_epoch_resumes_bit_identical(tmp_path):
             train(recipe, tmp_path / "cut", quiet=True)
     res = resume_run(tmp_path / "cut" / "tiny", quiet=True)
     _assert_same_run(ref.run_dir, res.run_dir)
+
+
+def test_shard_globs_expand_sorted_and_one_matching_nothing_is_named(tmp_path):
+    write_shards(tmp_path / "s", 24, 8)
+    code, out = invoke("train", _recipe(tmp_path, {"train": str(tmp_path / "s" / "train-*.tar")}, data__val_fraction=0),
+                       "--out", tmp_path / "runs")
+    assert code == 0, out
+    assert json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())["train_images"] == 24
+    for pattern in ("nothing-*.tar", "train-00000[7-9].tar"):
+        refused(["matches no file", pattern], "train", _recipe(tmp_path, {"train": str(tmp_path / "s" / pattern)}),
+                "--out", tmp_path / "r2", max_lines=None)
+    assert not (tmp_path / "r2").exists()
+
+
+def test_pack_refuses_a_folder_inside_its_source(tmp_path):
+    src = write_image_folder(tmp_path / "imgs", per_class=3, size=8)
+    before = sorted(p.relative_to(src) for p in src.rglob("*"))
+    for inside in (src / "shards", src / "train" / "cat" / "shards"):
+        refused(["inside the source folder", "never writes into the data"], "data", "pack", src, inside,
+                max_lines=None)
+    (tmp_path / "link").symlink_to(src)
+    refused(["inside the source folder"], "data", "pack", tmp_path / "link", src / "x", max_lines=None)
+    assert sorted(p.relative_to(src) for p in src.rglob("*")) == before

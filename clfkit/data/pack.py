@@ -169,6 +169,16 @@ def _pattern(role: str, shards: list[dict[str, Any]]) -> str:
     return f"{role}-{{{shards[0]['name'][len(role) + 1:-4]}..{shards[-1]['name'][len(role) + 1:-4]}}}.tar"
 
 
+def _refuse_inside_source(src: str, out: Path) -> None:
+    """The shards never go into the folder they are read from: the data is only read (and a
+    folder source would list them as images of a class on its next read)."""
+    source = Path(src).expanduser()
+    if source.is_dir() and image_files.contains(os.path.realpath(source), os.path.realpath(out)):
+        raise DataError(f"{image_files.escape_path(str(out))} is inside the source folder "
+                        f"{image_files.escape_path(str(src))}; clfkit data pack never writes into the data it "
+                        f"reads: choose a folder outside it")
+
+
 def pack(src: str, out: str | os.PathLike, shard_size: str = "1000", *, seed: int = 0, image: str | None = None,
          label: str | None = None, progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """Write SRC (see :func:`read_source`) as shards in the new folder OUT; returns the manifest."""
@@ -177,6 +187,7 @@ def pack(src: str, out: str | os.PathLike, shard_size: str = "1000", *, seed: in
         raise DataError(f"{out} exists; clfkit data pack writes a new folder and never writes into an existing one")
     if not out.parent.is_dir():
         raise DataError(f"the folder {out.parent} for {out.name} does not exist")
+    _refuse_inside_source(src, out)
     limits = shard_limits(shard_size)
     class_names, splits, notes = read_source(src, image, label)
     if not splits.get("train"):

@@ -12,6 +12,7 @@ clfkit.engine.stream_batches.
 """
 from __future__ import annotations
 
+import glob
 import json
 import time
 from collections.abc import Iterator
@@ -79,11 +80,25 @@ def is_url(text: str) -> bool:
 
 
 def expand(pattern: str | list[str]) -> list[str]:
-    """A brace pattern (or a list of them) -> shard URLs/paths; local paths made absolute."""
+    """A brace pattern (or a list of them) -> shard URLs/paths; local paths made absolute, and
+    a local glob (``train-*.tar``) expanded in sorted order: users write both."""
     expand_urls = wds().shardlists.expand_urls
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
     urls = [u for p in patterns if str(p).strip() for u in expand_urls(str(p).strip())]
-    return [u if is_url(u) else str(Path(u).expanduser().absolute()) for u in urls]
+    return [found for u in urls for found in ([u] if is_url(u) else _local_paths(u))]
+
+
+def _local_paths(path: str) -> list[str]:
+    """``path`` made absolute; a glob's matches, sorted (one matching nothing is an error: an
+    empty shard list would otherwise read as a missing file or an empty split)."""
+    full = Path(path).expanduser().absolute()
+    if full.exists() or not glob.has_magic(str(full)):
+        return [str(full)]
+    matches = sorted(p for p in glob.glob(str(full)) if Path(p).is_file())
+    if not matches:
+        raise DataError(f"shard pattern {path!r} matches no file (looked for {full}); give existing shards "
+                        f"as a path, a glob or a brace pattern like train-{{000000..000009}}.tar")
+    return matches
 
 
 def beside(url: str, name: str) -> str:
