@@ -81,7 +81,8 @@ def train(recipe: Path | None, resume_dir: Path | None, overrides: tuple[str, ..
               help="The plot (.png; a folder: the default name in it) [default: lr_find_<recipe name>.png].")
 @click.option("--start-lr", default=1e-7, show_default=True, type=float, help="First LR of the ramp.")
 @click.option("--end-lr", default=10.0, show_default=True, type=float, help="Last LR of the ramp.")
-@click.option("--steps", default=100, show_default=True, type=click.IntRange(min=10), help="Optimizer steps at most.")
+@click.option("--steps", default=100, show_default=True, type=click.IntRange(min=10, max=10_000),
+              help="Optimizer steps at most (10 to 10000).")
 def lr_find(recipe: Path, overrides: tuple[str, ...], output: Path | None, start_lr: float, end_lr: float,
             steps: int) -> None:
     """LR range test: train RECIPE's model while the LR grows exponentially, plot loss against LR

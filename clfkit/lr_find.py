@@ -23,9 +23,9 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +43,12 @@ from clfkit.engine.freeze import frozen_in_epoch, set_backbone_frozen
 from clfkit.engine.guard import NonFiniteGuard
 from clfkit.engine.loop import EpochSums, TrainState, in_group, train_step
 from clfkit.engine.prep import BatchPrep
-from clfkit.engine.runtime import grad_scaler, place_model, resolve_runtime, seed_everything
+from clfkit.engine.runtime import (
+    grad_scaler,
+    place_model,
+    resolve_runtime,
+    seed_everything,
+)
 from clfkit.engine.stream_batches import train_batches_for
 from clfkit.errors import ClfkitError
 from clfkit.param_groups import base_lr
@@ -53,6 +58,7 @@ from clfkit.run.reader import is_run
 
 BETA = 0.98      # the loss's moving average
 DIVERGE = 4.0    # stop once the smoothed loss is this many times its minimum
+STEPS = (10, 10_000)  # --steps: fewer find no descent; more is a typo (fastai and Lightning take 100)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -134,6 +140,8 @@ def lr_find(recipe: Recipe, out: str | Path | None = None, *, start_lr: float = 
     """Run the range test on ``recipe`` and write its plot; see the module docstring."""
     if not (math.isfinite(start_lr) and math.isfinite(end_lr) and 0 < start_lr < end_lr):
         raise LRFindError(f"--start-lr {start_lr:g} and --end-lr {end_lr:g}: need 0 < start < end")
+    if not STEPS[0] <= steps <= STEPS[1]:
+        raise LRFindError(f"--steps {steps}: give {STEPS[0]} to {STEPS[1]:,} optimizer steps (100 is the usual)")
     path = plot_path(recipe, out)  # before any data is read: a bad -o fails at once
     result = LRFindResult(path, settings=as_trained(recipe))
     _range_test(recipe, result, start_lr, end_lr, steps)
@@ -177,7 +185,7 @@ def as_trained(recipe: Recipe) -> str:
     return (f"each step as in training: batch {tc.batch_size}" + (f" x accumulate {tc.accumulate}" if tc.accumulate > 1
                                                                  else "")
             + f", precision {tc.precision}" + (f", regularizers {', '.join(hooks)}" if hooks else "")
-            + (f", backbone frozen as in epoch 1 (train.freeze)" if frozen_in_epoch(tc.freeze, tc.unfreeze_epoch, 0)
+            + (", backbone frozen as in epoch 1 (train.freeze)" if frozen_in_epoch(tc.freeze, tc.unfreeze_epoch, 0)
                else ""))
 
 

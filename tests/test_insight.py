@@ -158,8 +158,9 @@ def test_resnet_and_plugin_named_layers(tmp_path):
 
 def test_gradcam_maps_are_capped_and_batched_and_the_page_says_so(overconfident_run, tmp_path, monkeypatch):
     """Many classes would mean thousands of maps: at most MAX_MAPS, CAM_BATCH images per pass."""
-    import clfkit.run.gradcam as gradcam
     from pytorch_grad_cam import GradCAM
+
+    from clfkit.run import gradcam
 
     run = tmp_path / "copy"
     shutil.copytree(overconfident_run, run)

@@ -34,6 +34,8 @@ def test_lr_find_never_overwrites_what_is_not_a_plot(tmp_path, trained_run):
     refused(["run folder"], "lr-find", recipe, "-o", trained_run.run_dir / "lr.png")
     assert not (trained_run.run_dir / "lr.png").exists()
     refused(["--start-lr"], "lr-find", recipe, "--start-lr", "1", "--end-lr", "0.1", "-o", tmp_path / "a.png")
+    code, out = invoke("lr-find", recipe, "--steps", "100000000", "-o", tmp_path / "a.png")  # a typo, not a plan
+    assert code == 2 and "10<=x<=10000" in out and not (tmp_path / "a.png").exists()
 
 
 def test_suggestion_is_the_steepest_descent_before_the_minimum():
@@ -86,9 +88,10 @@ def test_every_loop_ends_when_no_batch_comes_out(tmp_path, monkeypatch):
 
 def test_each_step_is_the_training_step(tmp_path, monkeypatch):
     """accumulate, gradient clipping and a frozen backbone work in lr-find as in training."""
+    from conftest import tiny_recipe
+
     import clfkit.lr_find as lr_find_module
     from clfkit.lr_find import lr_find
-    from conftest import tiny_recipe
 
     calls, backbone_grads = [], []
     real = lr_find_module.train_step

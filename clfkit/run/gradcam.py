@@ -181,7 +181,7 @@ def cam_cards(model: torch.nn.Module, data: Any, probs: torch.Tensor, class_name
     pred = probs.argmax(1)
     picked = mistakes + correct
     images = data.images[picked] if picked else data.images[:0]
-    # one batch: the predicted class of every image, then the true class of each mistake
+    # the maps' classes: the predicted class of every image, then the true class of each mistake
     classes = [int(pred[i]) for i in picked] + [int(labels[i]) for i in mistakes]
     maps = _maps(model, layer, torch.cat([images, images[:len(mistakes)]]), classes, device) if picked else []
     cards = []

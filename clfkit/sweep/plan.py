@@ -15,8 +15,16 @@ import yaml
 from clfkit.build import check_model_size
 from clfkit.errors import ClfkitError, RecipeError
 from clfkit.names import check_name, name_problem, safe_label
-from clfkit.recipe import (SEED_MAX, Recipe, apply_override, parse_override, parse_overrides, read_yaml,
-                           seed_range_problem, validate_recipe)
+from clfkit.recipe import (
+    SEED_MAX,
+    Recipe,
+    apply_override,
+    parse_override,
+    parse_overrides,
+    read_yaml,
+    seed_range_problem,
+    validate_recipe,
+)
 from clfkit.run.folder import RunFolder
 from clfkit.yamltext import YAMLProblem, parse_value
 
