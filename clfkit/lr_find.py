@@ -143,7 +143,7 @@ def lr_find(recipe: Recipe, out: str | Path | None = None, *, start_lr: float = 
     if not STEPS[0] <= steps <= STEPS[1]:
         raise LRFindError(f"--steps {steps}: give {STEPS[0]} to {STEPS[1]:,} optimizer steps (100 is the usual)")
     path = plot_path(recipe, out)  # before any data is read: a bad -o fails at once
-    result = LRFindResult(path, settings=as_trained(recipe))
+    result = LRFindResult(path)
     _range_test(recipe, result, start_lr, end_lr, steps)
     result.suggested, result.min_over_10 = suggestions(result.lrs, result.smoothed)
     _plot(result, recipe.name)
@@ -178,13 +178,13 @@ def _setup(recipe: Recipe) -> tuple[TrainState, Any, Any]:
     return state, batches, splits
 
 
-def as_trained(recipe: Recipe) -> str:
-    """The training settings the test's steps follow, for the CLI and the plot."""
+def as_trained(recipe: Recipe, precision: str) -> str:
+    """The training settings the test's steps follow (``precision``: as resolved on this machine)."""
     tc = recipe.train
     hooks = [str(r.get("name", "?")) for r in recipe.regularizers]
     return (f"each step as in training: batch {tc.batch_size}" + (f" x accumulate {tc.accumulate}" if tc.accumulate > 1
                                                                  else "")
-            + f", precision {tc.precision}" + (f", regularizers {', '.join(hooks)}" if hooks else "")
+            + f", precision {precision}" + (f", regularizers {', '.join(hooks)}" if hooks else "")
             + (", backbone frozen as in epoch 1 (train.freeze)" if frozen_in_epoch(tc.freeze, tc.unfreeze_epoch, 0)
                else ""))
 
@@ -194,6 +194,7 @@ def _range_test(recipe: Recipe, result: LRFindResult, start_lr: float, end_lr: f
     accumulation, gradient clipping and other hooks, GradScaler, frozen backbone) while a LambdaLR
     ramps the LR; every loop ends: each epoch takes a step or raises, and steps are counted."""
     state, batches, splits = _setup(recipe)
+    result.settings = as_trained(recipe, state.rt.precision)
     base = base_lr(state.optimizer)  # the groups keep their ratios (lr_scale) to the recipe's LR
 
     def ramp(step: int) -> float:

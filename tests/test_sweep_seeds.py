@@ -180,3 +180,17 @@ def test_ctrl_c_stops_a_parallel_seed_sweep_and_a_rerun_continues(tmp_path):
     assert "0 already finished, 4 to train" in text and text.count("(resuming)") == len(stopped), text
     rows = list(csv.DictReader((out / "seeds.csv").open()))
     assert sorted(r["seeds"] for r in rows) == ["2", "2"] and all(r["val_acc_mean"] for r in rows)
+
+
+def test_tables_of_a_sweep_with_no_finished_run_leave_no_earlier_figure(tmp_path):
+    from clfkit.sweep import plan_sweep, write_tables
+
+    sweep = plan_sweep(_recipe(tmp_path / "r.yaml"), ["optim.lr=1e-3,2e-3"], out=tmp_path / "sw")
+    sweep.out.mkdir()
+    for name in ("compare.png", "seeds.md", "notes.md"):
+        (sweep.out / name).write_text("earlier")
+    write_tables(sweep)
+    assert sorted(p.name for p in sweep.removed) == ["compare.png", "seeds.md"]
+    assert (sweep.out / "notes.md").read_text() == "earlier"  # not a file the sweep writes: kept
+    page = (sweep.out / "report.html").read_text()
+    assert "compare.png not written" in page and 'alt="compare.png"' not in page  # was: the earlier figure inlined
