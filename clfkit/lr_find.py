@@ -241,7 +241,11 @@ def _epoch(recipe: Recipe, state: TrainState, batches: Any, epoch: int, result: 
 
 
 def _record(result: LRFindResult, lr: float, value: float) -> bool:
-    """Add one step's loss; sets ``result.stopped`` once the smoothed loss diverges."""
+    """Add one step's loss; sets ``result.stopped`` once the smoothed loss diverges (or the
+    step's mean loss overflowed: it is then left out, so the plot's scale stays finite)."""
+    if not math.isfinite(value):
+        _not_finite(result, lr)
+        return bool(result.lrs)
     i = len(result.lrs)
     avg = result.smoothed[-1] * (1 - BETA ** i) if i else 0.0  # the moving average before bias correction
     avg = BETA * avg + (1 - BETA) * value
@@ -249,9 +253,7 @@ def _record(result: LRFindResult, lr: float, value: float) -> bool:
     result.lrs.append(lr)
     result.losses.append(value)
     result.smoothed.append(smooth)
-    if not math.isfinite(value):
-        result.stopped = f"the loss was {value} at lr {lr:.3g}"
-    elif smooth > DIVERGE * min(result.smoothed):
+    if smooth > DIVERGE * min(result.smoothed):
         result.stopped = f"the smoothed loss passed {DIVERGE:g}x its minimum at lr {lr:.3g}"
     return True
 
