@@ -194,3 +194,17 @@ def test_tables_of_a_sweep_with_no_finished_run_leave_no_earlier_figure(tmp_path
     assert (sweep.out / "notes.md").read_text() == "earlier"  # not a file the sweep writes: kept
     page = (sweep.out / "report.html").read_text()
     assert "compare.png not written" in page and 'alt="compare.png"' not in page  # was: the earlier figure inlined
+
+
+def test_a_grid_tune_too_big_to_walk_is_refused_at_once(tmp_path):
+    """The same class in clfkit tune: --sampler grid queued every point (hours for 357,604)."""
+    pytest.importorskip("optuna")
+    recipe = _recipe(tmp_path / "r.yaml")
+    many = ",".join(str(i) for i in range(1, 300))
+    refused(["357,604 combinations", "at most 1,000 of at most 100,000"], "tune", recipe, "--sampler", "grid",
+            "--space", f"train.batch_size=choice({many})", "--space",
+            f"optim.lr=choice({','.join(str(i / 1000) for i in range(1, 300))})", "--space",
+            "model.head_dropout=choice(0,0.1,0.2,0.3)", "--out", tmp_path / "tu")
+    refused(["1,196 combinations", "--trials 1000 or fewer"], "tune", recipe, "--sampler", "grid", "--space",
+            f"train.batch_size=choice({many})", "--space", "optim.lr=choice(0.1,0.2,0.3,0.4)", "--out", tmp_path / "tu")
+    assert not (tmp_path / "tu").exists()
