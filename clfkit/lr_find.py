@@ -14,7 +14,9 @@ layer_decay). Each step is the trainer's own (clfkit.engine.loop.train_step): ba
 ``train.accumulate`` (one LR per optimizer step, its loss the mean over the micro-batches),
 precision and its GradScaler, the regularizers' hooks (gradient clipping, mixup, ...), and a
 ``train.freeze`` backbone frozen as in the first epoch. A loss that is not finite on the first
-step is an error (no LR is to blame); later, it ends the test like a diverging loss. Nothing is written but the plot: no run folder, no checkpoint. The plot goes
+step is an error (no LR is to blame); later, it ends the test like a diverging loss.
+
+Nothing is written but the plot: no run folder, no checkpoint. The plot goes
 where ``out`` says (default ``lr_find_<recipe name>.png`` in the current folder), and an
 existing file there is replaced only when it is a PNG.
 """
