@@ -81,7 +81,8 @@ def train(recipe: Path | None, resume_dir: Path | None, overrides: tuple[str, ..
               help="The plot (.png; a folder: the default name in it) [default: lr_find_<recipe name>.png].")
 @click.option("--start-lr", default=1e-7, show_default=True, type=float, help="First LR of the ramp.")
 @click.option("--end-lr", default=10.0, show_default=True, type=float, help="Last LR of the ramp.")
-@click.option("--steps", default=100, show_default=True, type=click.IntRange(min=10), help="Optimizer steps at most.")
+@click.option("--steps", default=100, show_default=True, type=click.IntRange(min=10, max=10_000),
+              help="Optimizer steps at most (10 to 10000).")
 def lr_find(recipe: Path, overrides: tuple[str, ...], output: Path | None, start_lr: float, end_lr: float,
             steps: int) -> None:
     """LR range test: train RECIPE's model while the LR grows exponentially, plot loss against LR
@@ -93,9 +94,8 @@ def lr_find(recipe: Path, overrides: tuple[str, ...], output: Path | None, start
     r = run_guarded(load_recipe, recipe, overrides)
     run_guarded(check_model_size, r, str(recipe))
     res = run_guarded(lr_find_fn, r, output, start_lr=start_lr, end_lr=end_lr, steps=steps)
-    for line in res.lines():
+    for line in res.lines():  # the last one names the plot
         click.echo(line)
-    click.echo(f"wrote {res.plot}")
 
 
 # --------------------------------------------------------------------------- export
@@ -348,7 +348,10 @@ def sweep(recipe: Path, grid: tuple[str, ...], overrides: tuple[str, ...], jobs:
     click.echo((res.out / "sweep.md").read_text(encoding="utf-8").rstrip())
     if res.seeds > 1:
         click.echo("\n" + (res.out / "seeds.md").read_text(encoding="utf-8").rstrip())
-    click.echo(f"wrote {res.out / 'sweep.csv'}, {res.out / 'sweep.md'}, {res.out / 'compare.png'}")
+    click.echo(f"wrote {', '.join(str(p) for p in res.written)}")
+    if res.removed:
+        click.echo(f"removed {', '.join(p.name for p in res.removed)} from {res.out}: written by an earlier run of this "
+                   f"sweep with other settings (--seeds, finished runs), not true of this one")
     failed = [t for t in res.trials if t.status == "failed"]
     if failed:
         click.echo(f"error: {len(failed)} run(s) failed: {', '.join(t.name for t in failed)}", err=True)
