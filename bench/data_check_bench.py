@@ -3,7 +3,7 @@ exact + perceptual checks on 60,000 small synthetic PNGs against one decode of t
 before and after the check; the faster one divides).
 
     python bench/data_check_bench.py [--data ../shared/data/flowers5_128] [--per-kind 30]
-        [--folds 3] [--fold-epochs 8] [--synthetic 60000] [--out bench/results/data_check.json]
+        [--folds 3] [--fold-epochs 15] [--synthetic 60000] [--out bench/results/data_check.json]
 
 Planted into a temporary copy (the original is only read): exact copies of train images in
 test, JPEG re-encodes at quality 70, 90% resizes, 4-px crops (4 px off the left and top), each
@@ -277,7 +277,7 @@ def main() -> None:
     ap.add_argument("--per-kind", type=int, default=30)
     ap.add_argument("--flip", type=float, default=0.05)
     ap.add_argument("--folds", type=int, default=3)
-    ap.add_argument("--fold-epochs", type=int, default=8)
+    ap.add_argument("--fold-epochs", type=int, default=15)
     ap.add_argument("--synthetic", type=int, default=60000, help="images of the timing section")
     ap.add_argument("--only", default="planted,features,synthetic",
                     help="sections to run (planted: clfkit vs CleanVision and --folds; features: one run's "
