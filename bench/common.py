@@ -17,21 +17,26 @@ from pathlib import Path
 from typing import Any, Callable
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
+              "avx512_bf16", "amx_int8")
 
 
 def machine() -> dict[str, Any]:
     """What the figures were taken on, and how busy the machine was when they were."""
     import torch
 
-    cpu = platform.processor() or ""
+    cpu, flags = platform.processor() or "", []
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == (platform.processor() or ""):
                 cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):  # the SIMD sets that decide int8 and conv speed
+                have = set(line.split(":", 1)[1].split())
+                flags = [f for f in SIMD_FLAGS if f in have]
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "python": sys.version.split()[0],
+    info = {"cpu": cpu, "cpu_flags": flags, "cores": os.cpu_count(), "python": sys.version.split()[0],
             "torch": torch.__version__, "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -97,7 +102,8 @@ def report(name: str, result: dict[str, Any], rows: list[dict[str, Any]], column
     """Print a table of ``rows`` and the whole ``result`` as one JSON line; write it to ``out``."""
     widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
     print(f"\n{name}  ({result['machine'].get('gpu') or result['machine']['cpu']}, "
-          f"{result['machine']['cores']} cores, load {result['machine']['load_avg_1m']})")
+          f"{result['machine']['cores']} cores, flags {' '.join(result['machine'].get('cpu_flags', []))}, "
+          f"load {result['machine']['load_avg_1m']}; on a shared machine times are upper bounds)")
     print("  ".join(c.ljust(widths[c]) for c in columns))
     for r in rows:
         print("  ".join(_fmt(r.get(c)).ljust(widths[c]) for c in columns))

@@ -6,7 +6,8 @@ that a change in machine load hits them alike; the medians give the ratios.
     python bench/predict_bench.py                       # ResNet-18, 64x64, batch 256, 4096 images
     python bench/predict_bench.py --images 1024 --rounds 2 --out bench/results/predict.json
 
-Targets (issue 6): end-to-end >= 0.80 x onnxruntime alone and >= 1.3 x torch eager.
+Targets: end-to-end >= 0.80 x the slower of onnxruntime alone (pre-decoded tensors) and the
+decode alone (PIL in threads), per round (issue 27); >= 1.3 x torch eager (issue 6).
 """
 from __future__ import annotations
 
@@ -108,21 +109,30 @@ def main() -> None:
     modes = {"end_to_end": end_to_end, "onnxruntime_alone": ort_alone, "torch_eager": torch_eager,
              "decode_only": decode_only}
     times: dict[str, list[float]] = {k: [] for k in modes}
-    for r in range(a.rounds):
+    loads: list[float] = []
+    for r in range(a.rounds):  # interleaved: every mode once per round, in the same order
+        loads.append(os.getloadavg()[0])
         for k, fn in modes.items():
             times[k].append(timed(fn))
             print(f"round {r + 1}/{a.rounds} {k}: {n / times[k][-1]:.0f} images/s", file=sys.stderr, flush=True)
     ips = {k: n / median(v) for k, v in times.items()}
-    ratios = {"end_to_end / onnxruntime_alone": ips["end_to_end"] / ips["onnxruntime_alone"],
+    # the limit of each round: the slower of its two halves done alone (decode, inference)
+    per_round = [max(times["onnxruntime_alone"][r], times["decode_only"][r]) / times["end_to_end"][r]
+                 for r in range(a.rounds)]
+    ratios = {"end_to_end / min(onnxruntime_alone, decode_only)": median(per_round),
+              "end_to_end / onnxruntime_alone": ips["end_to_end"] / ips["onnxruntime_alone"],
               "end_to_end / torch_eager": ips["end_to_end"] / ips["torch_eager"],
               "onnxruntime_alone / torch_eager": ips["onnxruntime_alone"] / ips["torch_eager"]}
-    targets = {"end_to_end / onnxruntime_alone": 0.80, "end_to_end / torch_eager": 1.3}
+    targets = {"end_to_end / min(onnxruntime_alone, decode_only)": 0.80, "end_to_end / torch_eager": 1.3}
     result = {"bench": "predict", "machine": machine(),
               "settings": {"images": n, "size": a.size, "batch_size": b, "model": f"resnet{a.depth}",
                            "stem": a.stem, "width": a.width, "threads": threads, "rounds": a.rounds},
               "images_per_s": ips, "all_images_per_s": {k: [n / t for t in v] for k, v in times.items()},
+              "ratio_to_limit_per_round": per_round, "load_avg_1m_per_round": loads,
               "ratios": ratios, "targets": targets,
-              "met": {k: ratios[k] >= v for k, v in targets.items()}}
+              "met": {k: ratios[k] >= v for k, v in targets.items()},
+              "note": "shared 2-core VM: absolute images/s are upper bounds on time; the ratio to the limit is taken "
+                      "per round (modes run back to back) and its median is given"}
     rows = [{"measure": k, "images/s (median)": v} for k, v in ips.items()]
     rows += [{"measure": k, "ratio": v, "target": targets.get(k)} for k, v in ratios.items()]
     report("predict throughput", result, rows, ["measure", "images/s (median)", "ratio", "target"], a.out)

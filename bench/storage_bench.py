@@ -55,7 +55,9 @@ recipe = validate_recipe({"name": "storage_bench", "data": {"source": {"name": "
     "image_size": size, "storage": storage, "val_fraction": 0.1},
     "model": {"name": "linear"}, "optim": {"name": "sgd", "lr": 0.01},
     "train": {"epochs": 1, "batch_size": batch, "device": "cpu"}})
-load = os.getloadavg()[0]
+def rss_mb():
+    return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) // 1024
+load, imports_rss = os.getloadavg()[0], rss_mb()
 t0 = time.perf_counter()
 run = train(recipe, out, quiet=True)
 wall = time.perf_counter() - t0
@@ -66,6 +68,9 @@ print("RESULT", json.dumps({"storage": storage, "train_images": s["train_images"
     "train_images_per_s": row.get("images_per_s"),
     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     "children_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    "rss_after_imports_mb": imports_rss,
+    "heavy_modules_loaded": [m for m in ("torch._dynamo", "triton", "sympy", "torch._inductor", "matplotlib",
+                                         "tensorboard", "timm", "albumentations", "onnx", "onnxruntime") if m in sys.modules],
     "load_avg_1m_before_after": [load, os.getloadavg()[0]]}))
 """
 
@@ -107,6 +112,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--work", default=None, help="folder for the images, cache and runs [a temp folder]")
     ap.add_argument("--keep", action="store_true", help="keep the images and cache afterwards")
+    ap.add_argument("--no-memory", action="store_true", help="skip the storage: memory run")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     work = Path(a.work or tempfile.mkdtemp(prefix="clfkit-bench-storage-"))
@@ -117,14 +123,14 @@ def main() -> None:
     decoded_gb = a.images * 3 * a.size * a.size / 1e9
     rows = [{"run": "disk, first decode", **run_child(root, "disk", runs / "d0", a.size, a.batch_size, cache)},
             {"run": "disk", **run_child(root, "disk", runs / "d1", a.size, a.batch_size, cache)}]
-    if _available() > 3 * decoded_gb * 1e9:
+    if not a.no_memory and _available() > 3 * decoded_gb * 1e9:
         rows.append({"run": "memory", **run_child(root, "memory", runs / "m", a.size, a.batch_size, cache)})
         rows[-1]["disk_throughput_vs_memory"] = rows[1]["train_images_per_s"] / rows[-1]["train_images_per_s"]
     result = {"bench": "storage", "machine": machine(), "images": a.images, "size": a.size,
               "decoded_gb": round(decoded_gb, 3), "unique_images": min(a.unique, a.images), "batch_size": a.batch_size, "model": "linear", "rows": rows,
               "target": "peak RSS of a storage: disk run on a 2 GB decoded set < 1 GB"}
     report("data.storage: disk vs memory, 1 epoch", result, rows,
-           ["run", "train_images", "data_seconds", "train_images_per_s", "peak_rss_mb",
+           ["run", "train_images", "data_seconds", "train_images_per_s", "peak_rss_mb", "rss_after_imports_mb",
             "children_peak_rss_mb", "load_avg_1m_before_after"], a.out)
     if not a.keep:
         shutil.rmtree(work, ignore_errors=True)

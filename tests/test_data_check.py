@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import invoke, refused
+from conftest import invoke, refused, train_folder_run
 
 
 def smooth_image(rng, size: int = 32) -> np.ndarray:
@@ -107,7 +107,8 @@ def test_quality_issues_sizes_modes_and_skipped_files(tmp_path):
     assert flagged["odd_aspect_ratio"] == {"train/dog/strip.png"}
     ov = result["overview"]
     assert ov["modes"] == {"RGB": 24, "L": 1} and ov["sizes"]["32x32"] == 24 and ov["distinct_sizes"] == 2
-    assert ov["class_counts"]["train"] == {"cat": 9, "dog": 11} and ov["class_counts"]["test"] == {"cat": 3, "dog": 3}
+    # decoded images: broken.png is listed as skipped, not counted as a dog
+    assert ov["class_counts"]["train"] == {"cat": 9, "dog": 10} and ov["class_counts"]["test"] == {"cat": 3, "dog": 3}
     assert [s[0] for s in ov["skipped"]] == ["train/dog/broken.png"]
     assert "skipped: train/dog/broken.png" in text
 
@@ -248,3 +249,66 @@ def test_train_warns_once_per_kind_and_records_the_check(tmp_path):
     assert "cat0.png in " in leak and "leaked.png in test" in leak
     summary = json.loads((tmp_path / "runs/dc/summary.json").read_text())
     assert summary["data_check"]["conflict"] == 1 and summary["data_check"]["leak"] >= 1
+
+
+def test_a_data_root_that_is_a_file_is_refused_naming_both_readings(tmp_path):
+    for name, content in (("photo.png", b"\x89PNG\r\n\x1a\n\x00\xff"), ("notes.txt", b"just text")):
+        (tmp_path / name).write_bytes(content)
+        refused(["is a file", "neither a data folder", "nor a recipe"], "data", "check", tmp_path / name,
+                "--out", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_notes_unfinished_run_and_its_training_images_in_test(tmp_path):
+    run, root = train_folder_run(tmp_path, "r", per_class=4, val_fraction=0)
+    other = tmp_path / "other"  # the same classes; its test holds two of the run's training files
+    shutil.copytree(root / "train", other / "train")
+    (other / "test/cat").mkdir(parents=True)
+    (other / "test/dog").mkdir(parents=True)
+    shutil.copy(root / "test/cat/cat_0.png", other / "test/cat")
+    shutil.copy(root / "train/cat/cat_1.png", other / "test/cat/seen.png")
+    shutil.copy(root / "train/dog/dog_2.png", other / "test/dog/also seen.png")
+    shutil.copy(root / "test/dog/dog_1.png", other / "test/dog")
+    code, text, result = check(other, "--run", run, "--out", tmp_path / "o1")
+    assert code == 0, text
+    assert any("test: 2 image(s) are files the run had under train/" in n for n in result["notes"]), result["notes"]
+    labelled = {f["path"] for x in result["findings"] if x["kind"] == "label_issue" for f in x["files"]}
+    assert not labelled & {"test/cat/seen.png", "test/dog/also seen.png"}
+    (run / "summary.json").unlink()  # as a stopped run leaves it
+    code, text, result = check(root, "--run", run, "--out", tmp_path / "o2")
+    assert code == 0 and "the run is not finished" in text and "latest checkpoint was used" in text, text
+    assert not any("files the run had under train/" in n for n in result["notes"])
+
+
+def test_batched_records_equal_pil_for_every_small_size(tmp_path):
+    """Small images' pHash resize and blur edges are computed in batches (numpy), larger ones
+    through PIL: both give PIL's numbers, so the size of an image never changes its findings."""
+    from PIL import ImageFilter
+
+    from clfkit.data.audit import records
+
+    rng = np.random.default_rng(3)
+    paths = []
+    for h, w in [(1, 1), (2, 7), (3, 3), (9, 31), (32, 32), (31, 17), (33, 20), (70, 12)]:
+        arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8) // (1 + 63 * (h % 2))
+        paths.append(tmp_path / f"{h}x{w}.png")
+        Image.fromarray(arr).save(paths[-1])
+    for path, (record, why) in zip(paths, records.compute([str(p) for p in paths], workers=1)):
+        assert why is None, why
+        gray = Image.open(path).convert("L")
+        assert record[2] == records.perceptual_hash(gray), path.name  # PIL's Lanczos resize
+        small = np.asarray(gray if max(gray.size) <= 64 else gray.resize(records._fit(gray.size, 64)))
+        edges = np.asarray((gray if max(gray.size) <= 64 else Image.fromarray(small)).filter(ImageFilter.FIND_EDGES))
+        assert (records.find_edges(small) == edges).all(), path.name
+
+
+def test_a_class_of_unreadable_files_counts_zero_and_is_said(tmp_path):
+    root = make_folder(tmp_path / "d")
+    for p in (root / "train/dog").iterdir():
+        p.write_bytes(b"")  # every dog of train: zero-byte files
+    code, text, result = check(root, "--out", tmp_path / "out")
+    assert code == 0, text
+    assert result["overview"]["class_counts"]["train"] == {"cat": 8, "dog": 0}
+    assert result["overview"]["images"] == {"train": 8, "test": 6}
+    assert "train/dog: none of its 8 file(s) could be decoded" in text and "dog has no images" in text
+    assert len(result["overview"]["skipped"]) == 8

@@ -142,3 +142,31 @@ def test_recipe_check_reads_classes_from_the_features(tmp_path):
     assert code == 0 and "2 classes" in out, out
     code, out = invoke("recipe", "check", _recipe(tmp_path, {"name": "hf", "path": path, "image": "img"}))
     assert code == 2 and "error: the dataset has no image column 'img'" in out, out
+
+
+def test_blank_string_labels_are_counted_skips_not_a_class_named_empty(tmp_path):
+    pq = tmp_path / "strings.parquet"
+    labels = ["cat", "dog", "", "  ", None, "cat", "dog", "cat", "dog", "cat"]
+    datasets.Dataset.from_dict({"image": [_png(30 + 180 * (i % 2)) for i in range(10)], "label": labels}).to_parquet(str(pq))
+    code, out = invoke("train", _recipe(tmp_path, {"name": "hf", "path": str(pq)}, data__val_fraction=0),
+                       "--out", tmp_path / "runs")
+    assert code == 0, out
+    summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
+    assert summary["train_images"] == 7 and summary["class_names"] == ["cat", "dog"]
+    skipped = (tmp_path / "runs" / "tiny" / "skipped.txt").read_text()
+    assert all(f"train[{i}]" in skipped for i in (2, 3, 4)), skipped
+    code, out = invoke("data", "pack", pq, tmp_path / "shards")
+    assert code == 0 and "3 row(s) without a label left out" in out, out
+    assert json.loads((tmp_path / "shards" / "manifest.json").read_text())["class_names"] == ["cat", "dog"]
+
+
+def test_an_empty_parquet_split_is_named(tmp_path):
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    ds = datasets.Dataset.from_dict({"image": [_png(30), _png(210)] * 4, "label": [0, 1] * 4})
+    ds.to_parquet(str(folder / "train.parquet"))
+    ds.select([]).to_parquet(str(folder / "test.parquet"))
+    refused(["empty split 'test'", "hold no rows"], "train", _recipe(tmp_path, {"name": "hf", "path": str(folder)}),
+            "--out", tmp_path / "runs", max_lines=None)
+    refused(["empty split 'test'"], "data", "pack", folder, tmp_path / "shards", max_lines=None)
+    assert not (tmp_path / "shards").exists()

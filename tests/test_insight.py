@@ -154,3 +154,58 @@ def test_resnet_and_plugin_named_layers(tmp_path):
     # its last stage pooled to 1x1 (imagenet stem at 16 px): the deepest stage with a map instead
     _, name = target_layer(ImageClassifier(_resnet("imagenet"), [0.5] * 3, [0.2] * 3), x)
     assert name == "stages.1 (Sequential, 2x2 map)"
+
+
+def test_gradcam_maps_are_capped_and_batched_and_the_page_says_so(overconfident_run, tmp_path, monkeypatch):
+    """Many classes would mean thousands of maps: at most MAX_MAPS, CAM_BATCH images per pass."""
+    from pytorch_grad_cam import GradCAM
+
+    from clfkit.run import gradcam
+
+    run = tmp_path / "copy"
+    shutil.copytree(overconfident_run, run)
+    batches = []
+    real = GradCAM.__call__
+
+    def call(self, input_tensor, targets=None, **kw):  # one pass of the maps: its batch size
+        batches.append(len(input_tensor))
+        return real(self, input_tensor, targets, **kw)
+
+    monkeypatch.setattr(gradcam, "MAX_MAPS", 20)  # 8 mistakes take 16 maps: room for two classes' right answers
+    monkeypatch.setattr(gradcam, "CAM_BATCH", 7)
+    monkeypatch.setattr(GradCAM, "__call__", call)
+    code, out = invoke("eval", run, "--split", "val")
+    assert code == 0 and "right answers shown for the first 2 of 4 classes" in out, out
+    cam = json.loads((run / "cam.json").read_text())
+    names = json.loads((run / "eval_val.json").read_text())["class_names"]
+    assert len(cam["mistakes"]) == 8 and 0 < len(cam["correct"]) <= 4 and cam["maps"] <= 20
+    assert {c["true"] for c in cam["correct"]} <= set(names[:2])
+    assert max(batches) == 7 and sum(batches) == cam["maps"] == 16 + len(cam["correct"])
+    assert "first 2 of 4 classes" in (run / "report.html").read_text()
+
+
+def test_calibrate_int8_and_flip_tta_compose_with_the_temperature_applied_once(overconfident_run, tmp_path):
+    from clfkit.deploy.export.graph import run_onnx
+    from clfkit.deploy.predictor import Predictor
+
+    flip, scaled, int8 = tmp_path / "flip.onnx", tmp_path / "scaled.onnx", tmp_path / "int8.onnx"
+    assert invoke("export", overconfident_run, "-o", flip, "--tta", "flip")[0] == 0
+    assert invoke("export", overconfident_run, "-o", scaled, "--tta", "flip", "--calibrate")[0] == 0
+    code, out = invoke("export", overconfident_run, "-o", int8, "--tta", "flip", "--calibrate", "--int8",
+                       "--min-agreement", "50")
+    assert code == 0, out
+    t = json.loads(_meta(scaled)["clfkit.calibration"])["temperature"]
+    assert t > 2  # far enough from 1 that once and twice differ
+    assert json.loads(_meta(int8)["clfkit.calibration"])["temperature"] == pytest.approx(t)
+    images = np.load(overconfident_run / "samples.npy")
+    logits = {p: run_onnx(p.read_bytes(), images) for p in (flip, scaled, int8)}
+    np.testing.assert_allclose(logits[scaled], logits[flip] / t, rtol=1e-4, atol=1e-4)  # TTA logits / T, once
+    ratio = np.abs(logits[int8]).mean() / np.abs(logits[flip]).mean()
+    assert abs(ratio - 1 / t) < 0.3 / t  # int8 of the scaled graph: about 1/T of the plain scale, not 1/T**2
+    ops = [n.op_type for n in onnx.load(str(int8)).graph.node]
+    assert ops.count("Div") == [n.op_type for n in onnx.load(str(flip)).graph.node].count("Div") + 1
+    # predict reads the graph as it is: no second temperature on top
+    probs = Predictor(scaled).predict(list(images.transpose(0, 2, 3, 1)))
+    expected = np.exp(logits[scaled] - logits[scaled].max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    assert [p.prob for p in probs] == pytest.approx(list(expected.max(1)), abs=1e-4)

@@ -28,11 +28,14 @@ def _png(value: int) -> bytes:
 
 
 def write_shards(folder: Path, n: int, per_shard: int, prefix: str = "train", classes=("dark", "bright"),
-                 bad: dict | None = None) -> str:
+                 bad: dict | None = None, plain: bool = False) -> str:
     """``n`` 8 px samples (class i % 2: dark or bright) in shards of ``per_shard``, classes.json
-    beside them; ``bad``: {index: sample fields to replace}. Returns the brace pattern."""
+    beside them; ``bad``: {index: sample fields to replace}. Returns the brace pattern.
+    webdataset's default float mtime writes a PAX header per member, which clfkit's own tar
+    reader leaves to tarfile; ``plain``: an integer mtime, plain ustar (what data pack writes)."""
     folder.mkdir(parents=True, exist_ok=True)
-    with wds.ShardWriter(str(folder / f"{prefix}-%06d.tar"), maxcount=per_shard, verbose=0) as w:
+    with wds.ShardWriter(str(folder / f"{prefix}-%06d.tar"), maxcount=per_shard, verbose=0,
+                         **({"mtime": 1_700_000_000} if plain else {})) as w:
         for i in range(n):
             y = i % 2
             sample = {"__key__": f"{prefix}{i:05d}", "png": _png(30 + 180 * y + i % 5), "cls": str(y)}
@@ -91,8 +94,9 @@ def test_plan_covers_every_sample_once_over_ranks_with_equal_steps(counts, world
         assert len(seen) - n < world, "padding: at most one sample per rank repeated"
 
 
-def test_worker_count_changes_nothing_and_resume_skips_exactly(tmp_path):
-    split = _streamed(write_shards(tmp_path / "s", 70, 16))
+@pytest.mark.parametrize("plain", [False, True])
+def test_worker_count_changes_nothing_and_resume_skips_exactly(tmp_path, plain):
+    split = _streamed(write_shards(tmp_path / "s", 70, 16, plain=plain))
     keys0, sizes0, n = _keys(split, 0)
     assert sorted(keys0) == sorted(f"train{i:05d}" for i in range(70)) and n == 9 and sum(sizes0) == 70
     assert keys0 != sorted(keys0), "shuffled"
@@ -243,15 +247,16 @@ def test_http_shards_dropped_connection_retried_or_a_clear_error(tmp_path, monke
 
 
 # --------------------------------------------------------------------------- bad input
-def test_truncated_shard_is_an_error_never_a_short_epoch(tmp_path):
-    pattern = write_shards(tmp_path / "s", 30, 10)
+@pytest.mark.parametrize("plain", [False, True])
+def test_truncated_shard_is_an_error_never_a_short_epoch(tmp_path, plain):
+    pattern = write_shards(tmp_path / "s", 30, 10, plain=plain)
     shard = tmp_path / "s" / "train-000001.tar"
     shard.write_bytes(shard.read_bytes()[:5000])  # cut mid-sample
     out = refused(["train-000001.tar"], "train", _recipe(tmp_path, {"train": pattern}), "--out", tmp_path / "runs",
                   max_lines=None)
     assert "truncated" in out or "read failed" in out, out
     # cut after it was counted (a manifest's count, or the run's start): the epoch fails, not shrinks
-    pattern = write_shards(tmp_path / "t", 30, 10)
+    pattern = write_shards(tmp_path / "t", 30, 10, plain=plain)
     split = _streamed(pattern)
     shard = tmp_path / "t" / "train-000002.tar"
     shard.write_bytes(shard.read_bytes()[:4096])
@@ -261,15 +266,17 @@ def test_truncated_shard_is_an_error_never_a_short_epoch(tmp_path):
         assert "Traceback" not in str(e.value) and len(str(e.value).splitlines()) == 1
 
 
-def test_bad_samples_are_counted_skips_and_the_epoch_keeps_its_size(tmp_path):
+@pytest.mark.parametrize("plain", [False, True])
+def test_bad_samples_are_counted_skips_and_the_epoch_keeps_its_size(tmp_path, plain):
     from clfkit.train.engine.stream_batches import SkippedSamples
 
-    bad = {3: {"cls": None}, 5: {"cls": "7"}, 8: {"png": b"not a png"}, 11: {"cls": "zebra"}}
-    split = _streamed(write_shards(tmp_path / "s", 32, 8, bad=bad))
-    with pytest.warns(SkippedSamples, match="epoch 1: 4 training sample"):
+    bad = {3: {"cls": None}, 5: {"cls": "7"}, 8: {"png": b"not a png"}, 11: {"cls": "zebra"},
+           13: {"png": None, "npy": b"\x93NUMPY\x01\x00garbage"}}
+    split = _streamed(write_shards(tmp_path / "s", 32, 8, bad=bad, plain=plain))
+    with pytest.warns(SkippedSamples, match="epoch 1: 5 training sample"):
         keys, sizes, n = _keys(split, 0)
     assert len(keys) == 32 and sum(sizes) == 32 and n == 4, "made up for from the stream: same steps"
-    assert not {"train00003", "train00005", "train00008", "train00011"} & set(keys)
+    assert not {"train00003", "train00005", "train00008", "train00011", "train00013"} & set(keys)
     from clfkit.data.shard_source import load_webdataset
 
     with pytest.raises(Exception, match=r"sample 'train00003': no label"):
@@ -318,3 +325,111 @@ def test_streamed_run_stopped_mid_epoch_resumes_bit_identical(tmp_path):
             train(recipe, tmp_path / "cut", quiet=True)
     res = resume_run(tmp_path / "cut" / "tiny", quiet=True)
     _assert_same_run(ref.run_dir, res.run_dir)
+
+
+def test_shard_globs_expand_sorted_and_one_matching_nothing_is_named(tmp_path):
+    write_shards(tmp_path / "s", 24, 8)
+    code, out = invoke("train", _recipe(tmp_path, {"train": str(tmp_path / "s" / "train-*.tar")}, data__val_fraction=0),
+                       "--out", tmp_path / "runs")
+    assert code == 0, out
+    assert json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())["train_images"] == 24
+    for pattern in ("nothing-*.tar", "train-00000[7-9].tar"):
+        refused(["matches no file", pattern], "train", _recipe(tmp_path, {"train": str(tmp_path / "s" / pattern)}),
+                "--out", tmp_path / "r2", max_lines=None)
+    assert not (tmp_path / "r2").exists()
+
+
+def test_pack_refuses_a_folder_inside_its_source(tmp_path):
+    src = write_image_folder(tmp_path / "imgs", per_class=3, size=8)
+    before = sorted(p.relative_to(src) for p in src.rglob("*"))
+    for inside in (src / "shards", src / "train" / "cat" / "shards"):
+        refused(["inside the source folder", "never writes into the data"], "data", "pack", src, inside,
+                max_lines=None)
+    (tmp_path / "link").symlink_to(src)
+    refused(["inside the source folder"], "data", "pack", tmp_path / "link", src / "x", max_lines=None)
+    assert sorted(p.relative_to(src) for p in src.rglob("*")) == before
+
+
+# --------------------------------------------------------------------------- clfkit's tar reader, raw pixels
+def test_own_tar_reader_reads_what_webdataset_reads(tmp_path):
+    """The same samples from any start, plain ustar (read by clfkit.data.tar_stream) or PAX (left
+    to webdataset), with members that are no samples (a folder, __meta__ files) and gzip."""
+    import gzip
+    import tarfile
+
+    from clfkit.data import shards, tar_stream
+
+    write_shards(tmp_path / "plain", 9, 9, plain=True)
+    write_shards(tmp_path / "pax", 9, 9)
+    odd = tmp_path / "odd.tar"
+    with tarfile.open(odd, "w", format=tarfile.USTAR_FORMAT) as t:
+        t.add(tmp_path / "plain", arcname="sub", recursive=False)  # a folder member
+        for name, data in (("__meta__", b"x"), ("sub/a.png", _png(1)), ("sub/a.cls", b"0"), ("b.PNG", _png(2)),
+                           ("b.cls", b"1"), ("noext", b"z")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    (tmp_path / "odd.tar.gz").write_bytes(gzip.compress(odd.read_bytes()))
+
+    def both(url, start=0, stop=None):
+        fast = list(shards.read_shard(url, start, stop))
+        unsupported = url.endswith((".gz", "pax/train-000000.tar"))
+        with open(url, "rb") as f, pytest.raises(tar_stream.Unsupported) if unsupported else _nothing():
+            list(tar_stream.samples(f))
+        slow = list(shards._samples(url, None, "cls", start, fast=False))[:None if stop is None else stop - start]
+        assert fast == slow, url
+        return fast
+
+    for start, stop in ((0, None), (4, 7), (8, 9)):
+        a, b = both(str(tmp_path / "plain" / "train-000000.tar"), start, stop), both(str(tmp_path / "pax" / "train-000000.tar"), start, stop)
+        assert a == b and [s.key for s in a] == [f"train{i:05d}" for i in range(start, stop or 9)]
+    assert [(s.key, s.label) for s in both(str(odd))] == [("sub/a", "0"), ("b", "1")]
+    assert [s.key for s in both(str(tmp_path / "odd.tar.gz"), 1)] == ["b"]
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_pack_raw_pixels_train_the_same_pixels(tmp_path):
+    """data pack --raw auto stores small RGB/gray PNGs as .npy pixels (JPEGs and large images keep
+    their bytes); streamed, they give exactly the batches the original files give, resized or not."""
+    import tarfile
+
+    src = write_image_folder(tmp_path / "imgs", per_class=4, size=10)
+    Image.fromarray(np.arange(100, dtype=np.uint8).reshape(10, 10)).save(src / "train" / "cat" / "gray.png")
+    Image.fromarray(np.full((10, 10, 3), 99, np.uint8)).save(src / "train" / "dog" / "photo.jpg", quality=80)
+    Image.fromarray(np.full((70, 70, 3), 7, np.uint8)).save(src / "train" / "dog" / "large.png")
+    for raw in ("auto", "never"):
+        code, out = invoke("data", "pack", src, tmp_path / raw, "--shard-size", "4", "--raw", raw)
+        assert code == 0, out
+    def members(folder):
+        names = []
+        for p in sorted(folder.glob("train-*.tar")):
+            with tarfile.open(p) as t:
+                names += t.getnames()
+        return names
+
+    auto = members(tmp_path / "auto")
+    assert sum(m.endswith(".npy") for m in auto) == 9 and sum(m.endswith((".jpg", ".png")) for m in auto) == 2
+    assert not any(m.endswith(".npy") for m in members(tmp_path / "never"))
+    for size, channels in ((10, None), (8, None), (8, 1)):
+        batches = {}
+        for raw in ("auto", "never"):
+            from clfkit.train.build import build_data
+
+            recipe = tiny_recipe(data__source={"name": "webdataset", "train": str(tmp_path / raw / "train-{000000..000002}.tar")},
+                                 data__image_size=size, data__val_fraction=0, data__channels=channels or "auto")
+            split = build_data(recipe).train
+            keys: list[str] = []
+            from clfkit.train.engine.stream_batches import StreamBatches
+
+            xs = [x for x, _ in StreamBatches(split, 4, 0, False, torch.device("cpu"), [], 0, keys=keys).epoch(0)]
+            batches[raw] = (keys, torch.cat(xs))
+        assert batches["auto"][0] == batches["never"][0]
+        assert torch.equal(batches["auto"][1], batches["never"][1]), (size, channels)
+    refused(["--raw", "sometimes"], "data", "pack", src, tmp_path / "x", "--raw", "sometimes")

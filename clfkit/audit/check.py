@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +72,14 @@ def resolve_target(target: Path, overrides: tuple[str, ...] = ()) -> tuple[Path,
     if not target.exists():
         raise DataError(f"{image_files.escape_path(str(target))} does not exist: give a recipe file or a data "
                         f"folder (<root>/train/<class>/...)")
-    recipe = load_recipe(target, overrides)
+    try:
+        recipe = load_recipe(target, overrides)
+    except ClfkitError as e:
+        if target.suffix.lower() in (".yaml", ".yml"):
+            raise
+        first = str(e).splitlines()[-1].strip()  # the recipe loader's reason, for a file that may be neither
+        raise DataError(f"{image_files.escape_path(str(target))} is a file, neither a data folder "
+                        f"(<root>/train/<class>/...) nor a recipe ({first})") from None
     spec = recipe.data.source
     if spec.get("name") != "folder" or "root" not in spec:
         raise DataError(f"{image_files.escape_path(str(target))}: data.source is {spec.get('name')!r}; clfkit data check reads image folders "
@@ -99,25 +107,56 @@ def _empty_split_notes(catalog: Catalog, root: Path) -> list[str]:
     """A split folder without images, or whose every file failed to decode: said, not skipped silently."""
     notes = [f"{s}/ holds no images; not checked" for s in ("val", "test")
              if (root / s).is_dir() and s not in catalog.splits()]
-    return notes + [f"{s}: none of its {sum(1 for x in catalog.split if x == s)} file(s) could be decoded; "
-                    f"not checked" for s in catalog.splits() if not len(catalog.rows_of(s))]
+    notes += [f"{s}: none of its {sum(1 for x in catalog.split if x == s)} file(s) could be decoded; "
+              f"not checked" for s in catalog.splits() if not len(catalog.rows_of(s))]
+    return notes + _unreadable_class_notes(catalog)
+
+
+def _unreadable_class_notes(catalog: Catalog) -> list[str]:
+    """A class folder whose every file failed to decode: training refuses such data, so it is
+    said here too (its files are listed as skipped, and it counts 0 images)."""
+    files, readable = Counter(), Counter()
+    for i, (s, y) in enumerate(zip(catalog.split, catalog.label.tolist())):
+        if y >= 0:
+            files[s, y] += 1
+            readable[s, y] += bool(catalog.readable[i])
+    return [f"{s}/{image_files.escape_path(catalog.class_names[y])}: none of its {n} file(s) could be decoded "
+            f"(clfkit train refuses a class without readable images)"
+            for (s, y), n in files.items() if not readable[s, y] and len(catalog.rows_of(s))]
+
+
+def _unseen(catalog: Catalog, outputs: Any, seen: Optional[set[bytes]], split: str, notes: list[str]) -> Any:
+    """``outputs`` without the images the run trained on (by content: ``seen``): their
+    probabilities are not out of sample, so they are said, not ranked as label errors."""
+    if not seen:
+        return outputs
+    trained = np.array([catalog.records["digest"][r] in seen if r >= 0 else False for r in outputs.rows], bool)
+    if trained.any():
+        notes.append(f"{split}: {int(trained.sum())} image(s) are files the run had under train/ (same bytes): "
+                     f"left out of its label errors (its probabilities there are not out of sample)")
+    keep = ~trained
+    return type(outputs)(outputs.rows[keep], outputs.probs[keep],
+                         None if outputs.features is None else outputs.features[keep])
 
 
 def _model_findings(check: DataCheck, run: Optional[Path], recipe: Optional[Recipe], folds: int,
                     fold_epochs: Optional[int], feature_similarity: float) -> None:
     # torch and the trainer load only for a check that needs a model (2 s of a 60k-image check)
     from clfkit.audit.model_findings import feature_neighbour_findings, label_findings
-    from clfkit.audit.model_outputs import fold_probabilities, recipe_for_root, run_outputs
+    from clfkit.audit.model_outputs import fold_probabilities, recipe_for_root, run_outputs, trained_digests
 
     catalog = check.catalog
     index = {(s, p): i for i, (s, p) in enumerate(zip(catalog.split, catalog.path)) if catalog.readable[i]}
     if run is not None:
         t0 = time.perf_counter()
-        outputs, run_recipe = run_outputs(run, check.root, catalog.class_names, index)
+        outputs, run_recipe, notes = run_outputs(run, check.root, catalog.class_names, index)
+        check.notes += notes
         recipe = recipe or run_recipe
+        seen = trained_digests(run)
         for split in ("val", "test"):
             if split in outputs:
-                found, note = label_findings(catalog, outputs[split], split, f"run {run.name}")
+                found, note = label_findings(catalog, _unseen(catalog, outputs[split], seen, split, check.notes),
+                                             split, f"run {run.name}")
                 check.findings += found
                 check.notes += [note] if note else []
         already = {frozenset(f.rows) for f in check.findings if f.kind in ("leak", "near_duplicate")}

@@ -8,6 +8,7 @@ with a linear head (the built-in CNNs, timm models) gives them without a code ch
 """
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from clfkit.train.engine.runtime import resolve_runtime
 from clfkit.errors import DataError
 from clfkit.data.image_files import escape_path
 from clfkit.recipe import Recipe, validate_recipe
-from clfkit.run.checkpoint import load_checkpoint, model_from_checkpoint, run_checkpoint
+from clfkit.run.checkpoint import load_checkpoint, model_from_checkpoint, run_checkpoint, unfinished_note
 from clfkit.run.run_folder import RunFolder
 from clfkit.train.trainer import train
 
@@ -87,10 +88,28 @@ def catalog_rows(s: ImageSet, split: str, index: dict[tuple[str, str], int]) -> 
     return np.array([index.get((split, f"{split}/{p}"), -1) for p in s.paths], dtype=np.int64)
 
 
+def trained_digests(run_dir: Path) -> Optional[set[bytes]]:
+    """Content hashes of the files under train/ when the run started (its data_files.json;
+    None without one): images the run trained on (or validated on, when it carved val from
+    train), whose probabilities are not out of sample."""
+    try:
+        files = json.loads(RunFolder(run_dir).data_files.read_text(encoding="utf-8"))["files"]
+        return {str(entry[2]).encode() for name, entry in files.items() if name.startswith("train/") and len(entry) > 2}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def run_notes(run_dir: Path, state: dict[str, Any]) -> list[str]:
+    """What to know of the run's probabilities: an unfinished run gives its last checkpoint's."""
+    note = unfinished_note(run_dir, state)
+    return [f"--run {escape_path(str(run_dir))}: {note}; its latest checkpoint was used"] if note else []
+
+
 def run_outputs(run_dir: Path, root: Path, class_names: list[str], index: dict[tuple[str, str], int]
-                ) -> tuple[dict[str, SplitOutputs], Recipe]:
-    """Per split, the outputs of ``run_dir``'s best model on the data at ``root``; and the
-    run's recipe pointed at ``root``. A DataError when the run's classes are not the data's."""
+                ) -> tuple[dict[str, SplitOutputs], Recipe, list[str]]:
+    """Per split, the outputs of ``run_dir``'s best model on the data at ``root``; the run's
+    recipe pointed at ``root``; notes (:func:`run_notes`). A DataError when the run's classes
+    are not the data's."""
     path, state = run_checkpoint(run_dir, None, "data check --run")
     recipe = recipe_for_root(state["recipe"], root, f"{path} recipe")
     if list(state["class_names"]) != list(class_names):
@@ -110,7 +129,7 @@ def run_outputs(run_dir: Path, root: Path, class_names: list[str], index: dict[t
         if s is not None and len(s):
             probs, features = predict(model, s.images, rt)
             out[split] = SplitOutputs(catalog_rows(s, split, index), probs, features)
-    return out, recipe
+    return out, recipe, run_notes(run_dir, state)
 
 
 def fold_assignment(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:

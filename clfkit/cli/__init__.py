@@ -79,7 +79,8 @@ def train(recipe: Path | None, *, resume_dir: Path | None, overrides: tuple[str,
               help="The plot (.png; a folder: the default name in it) [default: lr_find_<recipe name>.png].")
 @click.option("--start-lr", default=1e-7, show_default=True, type=float, help="First LR of the ramp.")
 @click.option("--end-lr", default=10.0, show_default=True, type=float, help="Last LR of the ramp.")
-@click.option("--steps", default=100, show_default=True, type=click.IntRange(min=10), help="Optimizer steps at most.")
+@click.option("--steps", default=100, show_default=True, type=click.IntRange(min=10, max=10_000),
+              help="Optimizer steps at most (10 to 10000).")
 @reports_errors
 def lr_find(recipe: Path, overrides: tuple[str, ...], output: Path | None, start_lr: float, end_lr: float,
             steps: int) -> None:
@@ -92,9 +93,8 @@ def lr_find(recipe: Path, overrides: tuple[str, ...], output: Path | None, start
     r = load_recipe(recipe, overrides)
     check_model_size(r, str(recipe))
     res = lr_find_fn(r, output, start_lr=start_lr, end_lr=end_lr, steps=steps)
-    for line in res.lines():
+    for line in res.lines():  # the last one names the plot
         click.echo(line)
-    click.echo(f"wrote {res.plot}")
 
 
 # the other commands, by subject, each module a group of plain click commands

@@ -23,13 +23,17 @@ def data() -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed of the order samples are written in.")
 @click.option("--image", default=None, metavar="COLUMN", help="Hugging Face source: the image column.")
 @click.option("--label", default=None, metavar="COLUMN", help="Hugging Face source: the label column.")
+@click.option("--raw", default="auto", show_default=True, metavar="auto|never",
+              help="auto: small lossless images (<= 64x64 px, RGB or gray) as raw uint8 pixels (.npy samples), "
+                   "read without decoding when streamed; never: every image as its file's bytes.")
 @reports_errors
-def data_pack(src: str, out: Path, shard_size: str, seed: int, image: str | None, label: str | None) -> None:
+def data_pack(src: str, out: Path, shard_size: str, *, seed: int, image: str | None, label: str | None,
+              raw: str) -> None:
     """Write SRC (an image folder, a CSV index or a Hugging Face dataset) as WebDataset shards
     in the new folder OUT, with manifest.json (class names, samples per shard and class)."""
     from clfkit.data.pack import pack, pack_summary
 
-    manifest = pack(src, out, shard_size, seed=seed, image=image, label=label,
+    manifest = pack(src, out, shard_size, seed=seed, image=image, label=label, raw=raw,
                            progress=lambda line: click.echo(line, err=True))
     click.echo("\n".join(pack_summary(manifest, out)))
 

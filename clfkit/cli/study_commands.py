@@ -38,7 +38,10 @@ def sweep(recipe: Path, *, grid: tuple[str, ...], overrides: tuple[str, ...], jo
     click.echo((res.out / "sweep.md").read_text(encoding="utf-8").rstrip())
     if res.seeds > 1:
         click.echo("\n" + (res.out / "seeds.md").read_text(encoding="utf-8").rstrip())
-    click.echo(f"wrote {res.out / 'sweep.csv'}, {res.out / 'sweep.md'}, {res.out / 'compare.png'}")
+    click.echo(f"wrote {', '.join(str(p) for p in res.written)}")
+    if res.removed:
+        click.echo(f"removed {', '.join(p.name for p in res.removed)} from {res.out}: written by an earlier run of this "
+                   f"sweep with other settings (--seeds, finished runs), not true of this one")
     failed = [t for t in res.trials if t.status == "failed"]
     if failed:
         click.echo(f"error: {len(failed)} run(s) failed: {', '.join(t.name for t in failed)}", err=True)

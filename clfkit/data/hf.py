@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,10 @@ def open_dataset(path: str, config: str | None = None) -> dict[str, Any]:
 
 def _not_loaded(path: str, p: Path, e: Exception) -> str:
     why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    empty = re.search(r'Instruction "([^"]+)" corresponds to no data', str(e))
+    if p.exists() and empty:  # datasets' words for a split whose files hold no rows
+        return (f"the Hugging Face dataset at {p} has an empty split {empty.group(1)!r} (its file(s) hold no rows): "
+                f"remove them, or give that split rows ({why})")
     if p.exists():
         return f"cannot read the Hugging Face dataset at {p} ({why})"
     if path.startswith(("/", "./", "../", "~")):  # a path, not a Hub name
@@ -140,7 +145,7 @@ def class_names_of(features: Any, label_col: str, train: Any) -> list[str]:
         return list(feature.names)
     dtype = _kind(feature)
     if dtype in ("string", "large_string"):
-        return label_order([str(v) for v in train.unique(label_col) if v is not None])
+        return label_order([str(v) for v in train.unique(label_col) if not _blank(v)])
     if dtype.startswith(("int", "uint")):
         values = [v for v in train.unique(label_col) if v is not None]
         if any(v < 0 for v in values):
@@ -162,6 +167,12 @@ def image_bytes(value: Any, name: str) -> bytes | None:
     return None
 
 
+def _blank(value: Any) -> bool:
+    """No label: None, or an empty or all-space string (a CSV row with one is refused; here, as
+    rows go, it is a counted skip, never a class named '')."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 def label_indexer(features: Any, label_col: str, class_names: list[str]):
     """label value -> class index, None for "no label" (None, or -1 as datasets writes it for
     unlabelled rows); a value outside the classes raises."""
@@ -171,7 +182,7 @@ def label_indexer(features: Any, label_col: str, class_names: list[str]):
     index = {name: i for i, name in enumerate(class_names)}
 
     def to_index(value: Any) -> int | None:
-        if value is None or (is_class_label and value == -1):
+        if _blank(value) or (is_class_label and value == -1):
             return None
         i = value if is_class_label else index.get(str(value))
         if i is None or not 0 <= i < len(class_names):

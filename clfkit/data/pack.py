@@ -3,7 +3,9 @@ once as WebDataset shards (webdataset.ShardWriter) with a manifest, the way a la
 prepared for streaming (``data.source: {name: webdataset}``).
 
 The images go in as their original bytes (no decode, no resize: the recipe's size is applied
-when training reads them), in a seeded shuffled order (a shard of one class would defeat the
+when training reads them), except that with ``raw="auto"`` (the default) a small lossless image
+goes in as its decoded pixels (a ``.npy`` sample: clfkit.data.raw_pixels), which a streamed
+epoch reads without decoding and which trains the same pixels. The samples go in a seeded shuffled order (a shard of one class would defeat the
 streaming shuffle buffer), keys ``000000042``; labels as the class index (``.cls``).
 ``manifest.json`` holds the class names and, per shard, its sample count and count per class:
 what a streamed run needs to plan an epoch without reading the shards first. The shards are
@@ -26,10 +28,11 @@ from typing import Any
 
 from PIL import Image
 
-from clfkit.data import image_files
+from clfkit.data import image_files, raw_pixels
 from clfkit.data.shards import MANIFEST, MANIFEST_FORMAT, wds
 from clfkit.errors import DataError
 
+RAW_CHOICES = ("auto", "never")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "GIF": "gif", "TIFF": "tif", "PPM": "ppm"}
 
@@ -131,7 +134,7 @@ def _image_ext(data: bytes) -> str | None:
 
 
 def _write_split(role: str, items: list[Item], tmp: Path, *, limits: tuple[int, int], num_classes: int,
-                 skipped: list[tuple[str, str]], progress: Callable[[str], None]) -> list[dict[str, Any]]:
+                 skipped: list[tuple[str, str]], progress: Callable[[str], None], raw: str) -> list[dict[str, Any]]:
     """``role``-%06d.tar shards of ``items``; the manifest's entry of each shard."""
     shards: list[dict[str, Any]] = []
     # an integer mtime: webdataset's default (time.time(), a float) makes tarfile write a PAX
@@ -149,7 +152,9 @@ def _write_split(role: str, items: list[Item], tmp: Path, *, limits: tuple[int, 
             if ext is None:
                 skipped.append((item.name, "not a readable image"))
                 continue
-            writer.write({"__key__": f"{k:09d}", ext: data, "cls": str(item.label)})
+            pixels = raw_pixels.encode(data) if raw == "auto" else None
+            writer.write({"__key__": f"{k:09d}", **({"npy": pixels} if pixels else {ext: data}),
+                          "cls": str(item.label)})
             if not shards or shards[-1]["name"] != Path(writer.fname).name:  # the writer began a shard
                 shards.append({"name": Path(writer.fname).name, "split": role, "count": 0,
                                "per_class": [0] * num_classes})
@@ -169,14 +174,29 @@ def _pattern(role: str, shards: list[dict[str, Any]]) -> str:
     return f"{role}-{{{shards[0]['name'][len(role) + 1:-4]}..{shards[-1]['name'][len(role) + 1:-4]}}}.tar"
 
 
+def _refuse_inside_source(src: str, out: Path) -> None:
+    """The shards never go into the folder they are read from: the data is only read (and a
+    folder source would list them as images of a class on its next read)."""
+    source = Path(src).expanduser()
+    if source.is_dir() and image_files.contains(os.path.realpath(source), os.path.realpath(out)):
+        raise DataError(f"{image_files.escape_path(str(out))} is inside the source folder "
+                        f"{image_files.escape_path(str(src))}; clfkit data pack never writes into the data it "
+                        f"reads: choose a folder outside it")
+
+
 def pack(src: str, out: str | os.PathLike, shard_size: str = "1000", *, seed: int = 0, image: str | None = None,
-         label: str | None = None, progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
-    """Write SRC (see :func:`read_source`) as shards in the new folder OUT; returns the manifest."""
+         label: str | None = None, progress: Callable[[str], None] = lambda line: None,
+         raw: str = "auto") -> dict[str, Any]:
+    """Write SRC (see :func:`read_source`) as shards in the new folder OUT; returns the manifest.
+    ``raw``: "auto" stores small lossless images as raw pixels, "never" keeps every file's bytes."""
+    if raw not in RAW_CHOICES:
+        raise DataError(f"--raw {raw!r}: choose one of {', '.join(RAW_CHOICES)}")
     out = Path(out).expanduser()
     if out.exists():
         raise DataError(f"{out} exists; clfkit data pack writes a new folder and never writes into an existing one")
     if not out.parent.is_dir():
         raise DataError(f"the folder {out.parent} for {out.name} does not exist")
+    _refuse_inside_source(src, out)
     limits = shard_limits(shard_size)
     class_names, splits, notes = read_source(src, image, label)
     if not splits.get("train"):
@@ -187,11 +207,12 @@ def pack(src: str, out: str | os.PathLike, shard_size: str = "1000", *, seed: in
     skipped: list[tuple[str, str]] = []
     try:
         manifest: dict[str, Any] = {"format": MANIFEST_FORMAT, "class_names": class_names, "source": str(src),
-                                    "seed": seed, "splits": {}, "shards": []}
+                                    "seed": seed, "raw": raw, "splits": {}, "shards": []}
         for role, items in splits.items():
             items = list(items)
             random.Random(f"{seed}/{role}").shuffle(items)  # classes mixed within every shard
-            written = _write_split(role, items, tmp, limits=limits, num_classes=len(class_names), skipped=skipped, progress=progress)
+            written = _write_split(role, items, tmp, limits=limits, num_classes=len(class_names), skipped=skipped,
+                                   progress=progress, raw=raw)
             if written:
                 manifest["shards"] += written
                 manifest["splits"][role] = {"pattern": _pattern(role, written),

@@ -12,6 +12,8 @@ clfkit.train.engine.stream_batches.
 """
 from __future__ import annotations
 
+import glob
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from clfkit.data import tar_stream
 from clfkit.data.blobs import IMAGE_EXTENSIONS
 from clfkit.errors import DataError
 
@@ -28,6 +31,7 @@ MANIFEST_FORMAT = "clfkit-shards/1"
 CLASS_FILES = ("classes.json", "classes.txt")
 RETRIES = 3  # re-opens of a URL shard whose read failed, before the error
 RETRY_DELAY_S = 1.0
+SAMPLE_EXTENSIONS = (*IMAGE_EXTENSIONS, "npy")  # .npy: raw pixels (clfkit.data.raw_pixels)
 
 
 @dataclass
@@ -79,11 +83,25 @@ def is_url(text: str) -> bool:
 
 
 def expand(pattern: str | list[str]) -> list[str]:
-    """A brace pattern (or a list of them) -> shard URLs/paths; local paths made absolute."""
+    """A brace pattern (or a list of them) -> shard URLs/paths; local paths made absolute, and
+    a local glob (``train-*.tar``) expanded in sorted order: users write both."""
     expand_urls = wds().shardlists.expand_urls
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
     urls = [u for p in patterns if str(p).strip() for u in expand_urls(str(p).strip())]
-    return [u if is_url(u) else str(Path(u).expanduser().absolute()) for u in urls]
+    return [found for u in urls for found in ([u] if is_url(u) else _local_paths(u))]
+
+
+def _local_paths(path: str) -> list[str]:
+    """``path`` made absolute; a glob's matches, sorted (one matching nothing is an error: an
+    empty shard list would otherwise read as a missing file or an empty split)."""
+    full = Path(path).expanduser().absolute()
+    if full.exists() or not glob.has_magic(str(full)):
+        return [str(full)]
+    matches = sorted(p for p in glob.glob(str(full)) if Path(p).is_file())
+    if not matches:
+        raise DataError(f"shard pattern {path!r} matches no file (looked for {full}); give existing shards "
+                        f"as a path, a glob or a brace pattern like train-{{000000..000009}}.tar")
+    return matches
 
 
 def beside(url: str, name: str) -> str:
@@ -140,20 +158,31 @@ def _open(url: str):
     if not is_url(url):
         if not Path(url).is_file():
             raise DataError(f"shard {url} does not exist")
-        return open(url, "rb")
+        return open(url, "rb", buffering=1 << 20)
     return wds().gopen(url, "rb")
 
 
-def _samples(url: str, image_key: str | None, label_key: str) -> Iterator[Sample]:
-    """The samples of one shard in file order, through webdataset's tar iteration and grouping."""
-    tariterators = wds().tariterators
+def _sample(s: dict[str, Any], image_key: str | None, label_key: str) -> Sample:
+    image = s.get(image_key) if image_key else next((s[e] for e in SAMPLE_EXTENSIONS if e in s), None)
+    label = s.get(label_key, s.get("label"))
+    return Sample(s["__key__"], image, label.decode("utf-8", "replace").strip() if label is not None else None)
+
+
+def _samples(url: str, image_key: str | None, label_key: str, skip: int, fast: bool) -> Iterator[Sample]:
+    """The samples of one shard in file order from sample ``skip`` on: through
+    clfkit.data.tar_stream (``fast``: the skipped ones not even read), else webdataset's tar
+    iteration and grouping (the skipped ones read and dropped)."""
     stream = _open(url)
     try:
-        files = tariterators.tar_file_expander([{"url": url, "stream": stream}], eof_value={})
-        for s in tariterators.group_by_keys(files):
-            image = s.get(image_key) if image_key else next((s[e] for e in IMAGE_EXTENSIONS if e in s), None)
-            label = s.get(label_key, s.get("label"))
-            yield Sample(s["__key__"], image, label.decode("utf-8", "replace").strip() if label is not None else None)
+        if fast:
+            grouped = tar_stream.samples(stream, skip)
+        else:
+            tariterators = wds().tariterators
+            grouped = tariterators.group_by_keys(
+                tariterators.tar_file_expander([{"url": url, "stream": stream}], eof_value={}))
+            grouped = itertools.islice(grouped, skip, None)
+        for s in grouped:
+            yield _sample(s, image_key, label_key)
     finally:
         stream.close()
 
@@ -163,12 +192,10 @@ def read_shard(url: str, start: int, stop: int | None, *, image_key: str | None 
     """Samples ``start``..``stop`` of shard ``url`` (``stop`` None: to its end). A failed read of
     a URL is retried (RETRIES re-opens, skipping what was read); a shard ending before ``stop``
     (or with fewer than ``expected`` samples) is a DataError: never a silently short epoch."""
-    done, attempt = start, 0
+    done, attempt, fast = start, 0, True
     while True:
         try:
-            for i, sample in enumerate(_samples(url, image_key, label_key)):
-                if i < done:
-                    continue
+            for i, sample in enumerate(_samples(url, image_key, label_key, done, fast), start=done):
                 if stop is not None and i >= stop:
                     return
                 done += 1
@@ -176,6 +203,8 @@ def read_shard(url: str, start: int, stop: int | None, *, image_key: str | None 
             break
         except DataError:
             raise
+        except tar_stream.Unsupported:  # read on from sample `done` through webdataset
+            fast = False
         except Exception as e:  # noqa: BLE001 - tarfile, curl's pipe, sockets: many types
             attempt += 1
             if not is_url(url) or attempt > RETRIES:

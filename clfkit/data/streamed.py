@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from clfkit.data import image_files
+from clfkit.data import image_files, raw_pixels
 from clfkit.data.blobs import decode_blob
 from clfkit.data.shards import Sample, Shards, read_shard
 from clfkit.errors import DataError
@@ -49,6 +49,8 @@ class Decoding:
         y = self.label(sample)
         if not sample.image:
             raise ValueError("no image in the sample")
+        if sample.image.startswith(raw_pixels.MAGIC):
+            return raw_pixels.decode(sample.image, self.size, self.channels, self.resize), y
         return decode_blob(sample.image, self.size, self.channels, self.resize)[0], y
 
 

@@ -25,8 +25,8 @@ from pydantic import BaseModel
 from clfkit import registry
 from clfkit.errors import RecipeError
 from clfkit.recipe.models import (  # noqa: F401 - the models are part of clfkit.recipe's API
-    COMPONENT_FIELDS, EMA, IMAGENET, Component, DataConfig, EarlyStopping, Normalize, Recipe, Strict,
-    TrainConfig, _components_in)
+    COMPONENT_FIELDS, EMA, IMAGENET, SEED_MAX, Component, DataConfig, EarlyStopping, Normalize, Recipe, Strict,
+    TrainConfig, _components_in, seed_range_problem)
 from clfkit.util import yaml_text as yamltext
 from clfkit.util.did_you_mean import did_you_mean
 

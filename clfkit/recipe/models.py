@@ -12,6 +12,13 @@ from typing_extensions import Annotated
 
 from clfkit.util.safe_names import ALLOWED, name_problem
 
+SEED_MAX = 2**32 - 1  # numpy's generators take seeds 0..2**32 - 1
+
+
+def seed_range_problem(seed: Any) -> str:
+    """What is wrong with a seed outside 0..SEED_MAX, and the valid range."""
+    return f"{seed} is outside the valid seed range: a whole number from 0 to {SEED_MAX} (2**32 - 1)"
+
 
 def _to_spec(value: Any) -> Any:
     if isinstance(value, str):
@@ -138,7 +145,7 @@ class Recipe(Strict):
 
     name: str = Field(description="run name; also the default run-folder and ONNX name")
     description: str = Field("", description="free text, kept with the run")
-    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = Field(
+    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = Field(
         0, description="seeds data generation, val split, shuffling, augmentation and init")
     data: DataConfig = Field(default_factory=DataConfig, description="the data section below")
     model: Component = Field(description="model component: linear, mlp, cnn, resnet, timm, or a plugin's")
@@ -152,6 +159,14 @@ class Recipe(Strict):
                                                   "(its best.pt); tensors load by name and shape (weights.json)")
     init_min_match: Annotated[float, Field(gt=0, le=1)] = Field(
         0.5, description="share of the model's tensors init must match; below it is an error")
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _seed_in_range(cls, seed: Any) -> Any:
+        # numpy seeds its generators with 0..2**32 - 1; say the range, not only the bound missed
+        if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed <= SEED_MAX:
+            raise ValueError(seed_range_problem(seed))
+        return seed
 
     @field_validator("name")
     @classmethod

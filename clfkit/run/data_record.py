@@ -44,6 +44,9 @@ def where(source: Any) -> str:
     return str(args["root"]) if "root" in args else f"dataset {name!r}"
 
 
+FILES_PER_TASK = 256
+
+
 def file_manifest(source: Any) -> Optional[dict[str, list]]:
     """{path relative to the root: [size, modification time in ns, content hash]} of every
     file a folder dataset reads (the hash of clfkit.data.class_folders.read_and_hash, the one the
@@ -58,8 +61,15 @@ def file_manifest(source: Any) -> Optional[dict[str, list]]:
         return None
     paths = [(path, name) for paths, _ in plan.splits.values()
              for path, name in zip(paths, relative_names(paths, plan.root))]
-    with ThreadPoolExecutor(min(32, 2 * (os.cpu_count() or 1))) as pool:  # reads and hashing release the GIL
-        return dict(pool.map(lambda item: (item[1], _file_entry(item[0])), paths))
+    # reads and hashing release the GIL. Tasks of FILES_PER_TASK files: a future per file (175k
+    # of them, all submitted at once by map) held ~300 MB of a 175k-image run's peak RSS
+    chunks = [paths[i:i + FILES_PER_TASK] for i in range(0, len(paths), FILES_PER_TASK)]
+    with ThreadPoolExecutor(min(32, 2 * (os.cpu_count() or 1))) as pool:
+        return {name: entry for done in pool.map(_file_entries, chunks) for name, entry in done}
+
+
+def _file_entries(items: list[tuple[str, str]]) -> list[tuple[str, list]]:
+    return [(name, _file_entry(path)) for path, name in items]
 
 
 def _file_entry(path: str) -> list:

@@ -36,6 +36,12 @@ from clfkit.run.run_folder import CAM_JSON
 
 MISTAKES = 8           # the most confident mistakes shown with their maps
 CORRECT_PER_CLASS = 2  # the most confident right answers per class
+# Every map is a backward pass and two inlined PNGs in report.html: with many classes the right
+# answers per class alone would be thousands. At most MAX_MAPS maps (a mistake takes two, its
+# predicted and its true class), computed CAM_BATCH images at a time; cam.json and the page say
+# what was left out.
+MAX_MAPS = 48
+CAM_BATCH = 16
 THUMB_PIXELS = 96
 METHOD = "Grad-CAM (pytorch-grad-cam)"
 # CLFKIT_GRADCAM=0 leaves the maps out: importing pytorch-grad-cam loads scikit-learn and OpenCV
@@ -105,16 +111,24 @@ def _output_shape(model: torch.nn.Module, layer: torch.nn.Module, example: torch
     return seen[-1] if seen else None
 
 
-def _chosen(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[list[int], list[int]]:
-    """(the most confident mistakes, the most confident right images per class) as indices."""
+def _chosen(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[list[int], list[int], str]:
+    """(the most confident mistakes, the most confident right images per class, what the
+    MAX_MAPS cap left out or ""), as indices: the right answers of the first classes that fit."""
     conf, pred = probs.max(1)
     wrong = (pred != labels).nonzero().flatten()
     mistakes = wrong[conf[wrong].argsort(descending=True)][:MISTAKES].tolist()
-    correct = []
+    room, correct, shown = MAX_MAPS - 2 * len(mistakes), [], 0
     for c in range(num_classes):
         right = ((pred == labels) & (labels == c)).nonzero().flatten()
-        correct += right[conf[right].argsort(descending=True)][:CORRECT_PER_CLASS].tolist()
-    return mistakes, correct
+        best = right[conf[right].argsort(descending=True)][:CORRECT_PER_CLASS].tolist()
+        if len(correct) + len(best) > room:
+            break
+        correct += best
+        shown += 1
+    capped = "" if shown == num_classes else (
+        f"right answers shown for the first {shown} of {num_classes} classes: the page draws at most {MAX_MAPS} "
+        f"Grad-CAM maps ({len(mistakes)} mistakes take {2 * len(mistakes)})")
+    return mistakes, correct, capped
 
 
 def _png(rgb: np.ndarray) -> str:
@@ -135,14 +149,18 @@ def _rgb01(image: torch.Tensor) -> np.ndarray:
 
 def _maps(model: torch.nn.Module, layer: torch.nn.Module, images: torch.Tensor, classes: list[int],
           device: torch.device) -> np.ndarray:
-    """Grad-CAM maps (N, H, W) in 0..1 of ``images`` (uint8) for ``classes``, in fp32."""
+    """Grad-CAM maps (N, H, W) in 0..1 of ``images`` (uint8) for ``classes``, in fp32,
+    CAM_BATCH images at a time (each batch holds its activations and gradients)."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    # a float input that wants its gradient: gradients reach the layer even when it is frozen
-    x = images.to(device).float().requires_grad_(True)
+    out = []
     with GradCAM(model=model, target_layers=[layer]) as cam:
-        return cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes])
+        for i in range(0, len(images), CAM_BATCH):
+            # a float input that wants its gradient: gradients reach the layer even when it is frozen
+            x = images[i:i + CAM_BATCH].to(device).float().requires_grad_(True)
+            out.append(cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes[i:i + CAM_BATCH]]))
+    return np.concatenate(out)
 
 
 def _overlay(image: torch.Tensor, mask: np.ndarray) -> str:
@@ -159,11 +177,11 @@ def cam_cards(model: torch.nn.Module, data: Any, probs: torch.Tensor, class_name
     layer, name = target_layer(model, data.images[:1].to(device))
     if layer is None:
         return {"method": METHOD, "target_layer": None, "note": f"no Grad-CAM: {name}", "mistakes": [], "correct": []}
-    mistakes, correct = _chosen(probs, labels, len(class_names))
+    mistakes, correct, capped = _chosen(probs, labels, len(class_names))
     pred = probs.argmax(1)
     picked = mistakes + correct
     images = data.images[picked] if picked else data.images[:0]
-    # one batch: the predicted class of every image, then the true class of each mistake
+    # the maps' classes: the predicted class of every image, then the true class of each mistake
     classes = [int(pred[i]) for i in picked] + [int(labels[i]) for i in mistakes]
     maps = _maps(model, layer, torch.cat([images, images[:len(mistakes)]]), classes, device) if picked else []
     cards = []
@@ -176,8 +194,8 @@ def cam_cards(model: torch.nn.Module, data: Any, probs: torch.Tensor, class_name
         if k < len(mistakes):
             card["cam_true"] = _overlay(images[k], maps[len(picked) + k])
         cards.append(card)
-    return {"method": METHOD, "target_layer": name, "note": "", "mistakes": cards[:len(mistakes)],
-            "correct": cards[len(mistakes):]}
+    return {"method": METHOD, "target_layer": name, "note": "", "capped": capped, "maps": len(classes),
+            "mistakes": cards[:len(mistakes)], "correct": cards[len(mistakes):]}
 
 
 def write_cams(run: str | Path, model: torch.nn.Module, data: Any, *, probs: torch.Tensor, split: str,
@@ -186,9 +204,8 @@ def write_cams(run: str | Path, model: torch.nn.Module, data: Any, *, probs: tor
     ``split`` split. A model Grad-CAM fails on gets a note, not an error: the run's reports stand."""
     t0 = time.perf_counter()
     if not enabled():
-        found = {"method": METHOD, "target_layer": None, "mistakes": [], "correct": [],
-                 "note": f"Grad-CAM maps are off ({OFF_VARIABLE}=0 in the environment)"}
-        return _write(run, {"split": split, "checkpoint": checkpoint, "images": len(data), "seconds": 0.0, **found})
+        return write_no_cams(run, split, checkpoint, f"Grad-CAM maps are off ({OFF_VARIABLE}=0 in the environment)",
+                             images=len(data))
     try:
         found = cam_cards(model, data, probs, class_names, device)
     except Exception as e:  # noqa: BLE001 - a plugin's model may defeat the hooks in any way
@@ -196,6 +213,12 @@ def write_cams(run: str | Path, model: torch.nn.Module, data: Any, *, probs: tor
                  "note": f"Grad-CAM failed on this model ({type(e).__name__}: {str(e)[:200]})"}
     return _write(run, {"split": split, "checkpoint": checkpoint, "images": len(data),
                         "seconds": round(time.perf_counter() - t0, 3), **found})
+
+
+def write_no_cams(run: str | Path, split: str, checkpoint: str, note: str, images: int = 0) -> Path:
+    """``run/cam.json`` without maps, ``note`` saying why: it replaces an earlier evaluation's."""
+    return _write(run, {"split": split, "checkpoint": checkpoint, "images": images, "seconds": 0.0, "method": METHOD,
+                        "target_layer": None, "mistakes": [], "correct": [], "note": note})
 
 
 def _write(run: str | Path, cam: dict[str, Any]) -> Path:

@@ -93,6 +93,8 @@ def cam_section(run: Path) -> str:
              f"of {html.escape(str(data.get('checkpoint')))}, {html.escape(str(data.get('split')))} split: red is where "
              f"the evidence for a class lies. Mistakes show the image, the map of the predicted class, then the map of "
              f"the true class.</p>")
+    if data.get("capped"):  # many classes: not every class's right answers have maps
+        intro += f'<p class="muted">{html.escape(str(data["capped"]))}</p>'
     return (head + intro + "<h3>Most confident mistakes</h3>"
             + (f'<div class="grid cams">{wrong}</div>' if wrong else '<p class="muted">none</p>')
             + "<h3>Right, most confident per class</h3>"

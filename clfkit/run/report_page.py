@@ -13,6 +13,7 @@ import base64
 import csv
 import html
 import json
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -231,13 +232,19 @@ def write_run_report(run: str | Path) -> Path:
 
 
 # --------------------------------------------------------------------------- sweep / tune folders
+def run_href(run: str) -> str:
+    """The relative link to a run folder's report: the name percent-encoded (UTF-8), so a space,
+    ``#``, ``%``, ``?`` or a non-ASCII letter in it is part of the path, not of the URL's syntax."""
+    return f"{urllib.parse.quote(run, safe='=,+')}/{REPORT_FILE}"
+
+
 def write_folder_report(folder: str | Path, title: str, intro: str, rows: list[dict[str, Any]],
                         figures: list[tuple[str, Path]], tables: Iterable[tuple[str, str, list[dict]]] = ()) -> Path:
     """``folder/report.html`` for a sweep or tune folder: ``intro``, ``tables`` ((title, note,
     rows): a sweep over seeds' comparison), the table of runs ``rows`` and ``figures`` ((title,
     png path), inlined). Runs link to their own reports."""
     folder = Path(folder)
-    links = [f'<li><a href="{html.escape(r["run"])}/{REPORT_FILE}">{html.escape(r["run"])}</a></li>'
+    links = [f'<li><a href="{html.escape(run_href(str(r["run"])))}">{html.escape(str(r["run"]))}</a></li>'
              for r in rows if r.get("run") and (folder / str(r["run"]) / REPORT_FILE).is_file()]
     sections = [f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>"]
     sections += [f"<h2>{html.escape(t)}</h2><p>{html.escape(note)}</p>" + _table(r) for t, note, r in tables]

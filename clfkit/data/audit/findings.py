@@ -182,8 +182,9 @@ def overview(catalog: Catalog) -> dict[str, Any]:
     rec = catalog.records[ok]
     sizes = Counter(f"{w}x{h}" for w, h in zip(rec["width"].tolist(), rec["height"].tolist()))
     modes = Counter(m.decode() for m in rec["mode"].tolist())
-    counts = class_counts(catalog.split, catalog.label, catalog.class_names)
-    return {"images": {s: int(sum(1 for x in catalog.split if x == s)) for s in catalog.splits()},
+    # decoded images only: an unreadable file is listed in "skipped", never counted as its class's
+    counts = class_counts(catalog.split, np.where(catalog.readable, catalog.label, -1), catalog.class_names)
+    return {"images": {s: int(len(catalog.rows_of(s))) for s in catalog.splits()},
             "class_counts": counts,
             "imbalance": {s: imbalance_note(c) for s, c in counts.items() if imbalance_note(c)},
             "sizes": dict(sizes.most_common(8)), "distinct_sizes": len(sizes),

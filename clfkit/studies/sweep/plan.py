@@ -3,7 +3,9 @@ the trials (one validated recipe per combination). Nothing here trains or writes
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -13,9 +15,22 @@ import yaml
 from clfkit.train.build import check_model_size
 from clfkit.errors import RecipeError, SweepError
 from clfkit.util.safe_names import check_name, name_problem, safe_label
-from clfkit.recipe import Recipe, apply_override, parse_override, parse_overrides, read_yaml, validate_recipe
+from clfkit.recipe import (SEED_MAX, Recipe, apply_override, parse_override, parse_overrides, read_yaml,
+                           seed_range_problem, validate_recipe)
 from clfkit.run.run_folder import RunFolder
 from clfkit.util.yaml_text import YAMLProblem, parse_value
+
+
+# The most runs one sweep plans (grid combinations x seeds): each is a validated recipe, a run
+# folder and a row of the tables, so a typo like --seeds 100000000 must fail at once, not plan for hours.
+MAX_RUNS = 1000
+
+
+def check_run_count(runs: int, what: str) -> None:
+    """A SweepError naming the count and the cap when ``runs`` is over MAX_RUNS."""
+    if runs > MAX_RUNS:
+        raise SweepError(f"{what} make {runs:,} runs; a sweep plans at most {MAX_RUNS:,}. Give fewer values or "
+                         f"seeds, or split it into several sweeps (each its own --out)")
 
 
 # --------------------------------------------------------------------------- axes
@@ -83,6 +98,7 @@ def parse_grid(text: str) -> Axis:
     items = split_top_level(raw)
     if not raw.strip() or any(not i for i in items):
         raise SweepError(f"--grid {text!r}: empty value; write values separated by commas")
+    check_run_count(len(items), f"the {len(items):,} values of --grid {key.strip()[:80]}")  # before parsing each
     path = ".".join(keys)
     return Axis(path, [(_value_label(item, value), {path: value})
                        for item, value in ((item, _parse_value(item)) for item in items)])
@@ -163,6 +179,8 @@ class Sweep:
     axes: list[Axis]
     trials: list[Trial]
     seeds: int = 1                 # runs per variant, each under its own seed (clfkit.studies.sweep.seeds)
+    written: list[Path] = dataclasses.field(default_factory=list)  # the tables and figures write_tables wrote
+    removed: list[Path] = dataclasses.field(default_factory=list)  # stale ones of an earlier sweep it removed
 
 
 SEED_AXIS = "seed"  # the axis --seeds adds: its runs are one variant's repeats
@@ -180,9 +198,14 @@ def pop_seeds(block: Any, source: str) -> tuple[Any, Optional[int]]:
 
 
 def seed_axis(seeds: int, base_seed: int) -> list[Axis]:
-    """The ``seed`` axis of ``--seeds N``: the recipe's seed, then the next N - 1 (none for N = 1)."""
+    """The ``seed`` axis of ``--seeds N``: the recipe's seed, then the next N - 1 (none for N = 1);
+    a SweepError when the last of them is past the valid seeds."""
     if seeds <= 1:
         return []
+    if base_seed + seeds - 1 > SEED_MAX:
+        raise SweepError(f"--seeds {seeds} (or sweep.seeds) from the recipe's seed {base_seed} runs seeds {base_seed} to "
+                         f"{base_seed + seeds - 1}, and {seed_range_problem(base_seed + seeds - 1)}; lower the "
+                         f"recipe's seed (--set seed=...) or the number of seeds")
     return [Axis(SEED_AXIS, [(str(base_seed + i), {"seed": base_seed + i}) for i in range(seeds)])]
 
 
@@ -208,6 +231,8 @@ def plan_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
     if not axes and seeds <= 1:
         raise SweepError(f"nothing to sweep: give --grid dotted.path=v1,v2, --seeds N or a 'sweep:' block in "
                          f"{recipe_path}")
+    check_run_count(math.prod(len(a.options) for a in axes) * seeds,
+                    " x ".join([f"{len(a.options):,} {a.key} values" for a in axes] + [f"{seeds:,} seeds"] * (seeds > 1)))
     if seeds > 1 and any(a.key == SEED_AXIS for a in axes):
         raise SweepError("--seeds N (or sweep.seeds) runs every variant under N seeds, and a 'seed' axis sweeps "
                          "the seed too: give one of them")

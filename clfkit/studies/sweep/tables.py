@@ -77,6 +77,7 @@ def write_tables(sweep: Sweep, top: int = 10) -> list[Path]:
     write_text(sweep.out / "sweep.md", "\n".join(lines) + "\n")
     files = [sweep.out / "sweep.csv", sweep.out / "sweep.md"]
     finished = [info for _, info in ranked if info is not None and info.finished]
+    sweep.removed = remove_stale(sweep, bool(finished))
     if finished:
         files.append(plot_compare(finished[:top], sweep.out / "compare.png",
                                   title=f"{sweep.recipe_path.name}: top {min(top, len(finished))} of "
@@ -88,7 +89,26 @@ def write_tables(sweep: Sweep, top: int = 10) -> list[Path]:
         figures.insert(0, ("Mean curves over seeds (band: ± 1 sd)", sweep.out / "seeds_curves.png"))
     files.append(write_folder_report(sweep.out, f"sweep {sweep.out.name}", lines[0].replace("`", ""), rows,
                                      figures, tables))  # report.html
+    sweep.written = files
     return files
+
+
+SEED_FILES = ("seeds.csv", "seeds.md", "seeds_curves.png")
+
+
+def remove_stale(sweep: Sweep, any_finished: bool) -> list[Path]:
+    """Remove what an earlier run of this sweep folder wrote that this one would not rewrite:
+    the seed comparison of a sweep that had --seeds (now without), compare.png when no run has
+    finished. Left there, they would read as this sweep's results; each is rebuilt from the run
+    folders by running the sweep with those settings again. Returns the removed files."""
+    stale = [sweep.out / n for n in SEED_FILES] if sweep.seeds <= 1 else []
+    stale += [] if any_finished else [sweep.out / "compare.png"]
+    removed = []
+    for path in stale:
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 def write_manifest(sweep: Sweep) -> None:

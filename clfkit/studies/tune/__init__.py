@@ -36,12 +36,15 @@ from typing import Callable, Iterator, Optional
 from clfkit.util.safe_names import check_name
 from clfkit.recipe import apply_override, parse_overrides, read_yaml, validate_recipe
 from clfkit.util.signals import Interrupted, catch_stop_signals
+from clfkit.studies.sweep.plan import MAX_RUNS
 from clfkit.studies.tune.results import TuneResult, trial_rows, write_results
 from clfkit.studies.tune.space import Dimension, TuneError, check_space, grid_size, parse_space
 from clfkit.studies.tune.study import (PRUNERS, SAMPLERS, TuneSetup, counted, fail_stale_trials, first_prune_epoch,
                                make_pruner, make_sampler, open_study, pruning_start, queue_grid, trial_recipe)
 from clfkit.studies.tune.study_data import check_study_data, check_val_split
 from clfkit.studies.tune.trials import optimize
+
+GRID_POINTS = 100_000  # a grid tune enumerates (and shuffles) every point before it walks --trials of them
 
 __all__ = ["Dimension", "TuneError", "TuneResult", "TuneSetup", "check_space", "first_prune_epoch", "make_pruner",
            "make_sampler",
@@ -115,6 +118,11 @@ def _trials_for(sampler: str, dims: list[Dimension], trials: Optional[int]) -> i
     size = grid_size(dims)
     if trials is not None and trials > size:
         raise TuneError(f"--trials {trials}: the grid has {size} combination(s); give --trials {size} or fewer")
+    # as a sweep plans at most MAX_RUNS runs: a grid of a million points would be queued for hours
+    if size > GRID_POINTS or (trials or size) > MAX_RUNS:
+        raise TuneError(f"--sampler grid: the space has {size:,} combinations" + (f", --trials {trials:,}" if trials else "")
+                        + f"; a grid tune walks at most {MAX_RUNS:,} of at most {GRID_POINTS:,}. Give fewer choice() "
+                          f"values or --trials {MAX_RUNS} or fewer, or use --sampler tpe or random")
     return size if trials is None else trials
 
 

@@ -162,7 +162,7 @@ def _start_epoch(state: TrainState, seed: int, epoch: int, resume_at: Optional[E
     return sums
 
 
-def _in_group(batch: int, total: int, accumulate: int) -> tuple[int, int]:
+def in_group(batch: int, total: int, accumulate: int) -> tuple[int, int]:
     """(position in its group, the group's size) of the 0-based ``batch`` of ``total``."""
     first = batch - batch % accumulate
     return batch - first, min(accumulate, total - first)
@@ -187,7 +187,7 @@ def train_one_epoch(state: TrainState, batches: TrainBatches, epoch: int, *,
     start = resume_at.batch if resume_at is not None else 0
     total = len(batches)
     for i, (x, y) in enumerate(batches.epoch(epoch, start_batch=start), start=start):
-        micro, group = _in_group(i, total, accumulate)
+        micro, group = in_group(i, total, accumulate)
         if train_step(state, x, y, sums=sums, batch=i + 1, micro=micro, group=group) is None:
             continue
         progress(y.shape[0])
