@@ -4,6 +4,7 @@ Benches measure ratios inside one run (pipeline against the model-only limit of 
 model and settings, measured minutes apart in the same process), because absolute times on a
 shared machine are not comparable across runs.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
-              "avx512_bf16", "amx_int8")
+SIMD_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_int8",
+)
 
 
 def machine() -> dict[str, Any]:
@@ -36,8 +48,14 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "cpu_flags": flags, "cores": os.cpu_count(), "python": sys.version.split()[0],
-            "torch": torch.__version__, "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+    info = {
+        "cpu": cpu,
+        "cpu_flags": flags,
+        "cores": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpus"] = torch.cuda.device_count()
@@ -65,8 +83,9 @@ def _write_chunk(args) -> int:
     return n
 
 
-def make_folder(root: str | Path, n: int, size: int, classes: int = 10, seed: int = 0,
-                layout: str = "train") -> Path:
+def make_folder(
+    root: str | Path, n: int, size: int, classes: int = 10, seed: int = 0, layout: str = "train"
+) -> Path:
     """``n`` PNG images of clfkit's procedural shapes, written with every core. ``layout``
     "train": root/train/<class>/*.png (a training folder); "flat": root/*.png (for predict).
     Reuses a folder already holding exactly ``n`` images."""
@@ -97,13 +116,16 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-def report(name: str, result: dict[str, Any], rows: list[dict[str, Any]], columns: list[str],
-           out: str | None) -> None:
+def report(
+    name: str, result: dict[str, Any], rows: list[dict[str, Any]], columns: list[str], out: str | None
+) -> None:
     """Print a table of ``rows`` and the whole ``result`` as one JSON line; write it to ``out``."""
     widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
-    print(f"\n{name}  ({result['machine'].get('gpu') or result['machine']['cpu']}, "
-          f"{result['machine']['cores']} cores, flags {' '.join(result['machine'].get('cpu_flags', []))}, "
-          f"load {result['machine']['load_avg_1m']}; on a shared machine times are upper bounds)")
+    print(
+        f"\n{name}  ({result['machine'].get('gpu') or result['machine']['cpu']}, "
+        f"{result['machine']['cores']} cores, flags {' '.join(result['machine'].get('cpu_flags', []))}, "
+        f"load {result['machine']['load_avg_1m']}; on a shared machine times are upper bounds)"
+    )
     print("  ".join(c.ljust(widths[c]) for c in columns))
     for r in rows:
         print("  ".join(_fmt(r.get(c)).ljust(widths[c]) for c in columns))

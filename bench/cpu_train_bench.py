@@ -13,6 +13,7 @@ its compiling epoch; ``--channels-last`` one with train.channels_last: true (con
 
     python bench/cpu_train_bench.py --compile --channels-last --out bench/results/cpu_train.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,21 +25,42 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, median, report  # noqa: E402
 
-KINDS = {"mlp": (28, {"name": "mlp", "hidden": [1024]}), "cnn": (32, {"name": "cnn"}),
-         "resnet": (32, {"name": "resnet", "depth": 18, "stem": "imagenet", "width": 0.5})}
+KINDS = {
+    "mlp": (28, {"name": "mlp", "hidden": [1024]}),
+    "cnn": (32, {"name": "cnn"}),
+    "resnet": (32, {"name": "resnet", "depth": 18, "stem": "imagenet", "width": 0.5}),
+}
 
 
 def recipe_for(kind: str, a, compile_: bool = False, channels_last: bool = False):
     from clfkit.recipe import validate_recipe
 
     size, model = KINDS[kind]
-    return validate_recipe({
-        "name": f"cpu-train-{kind}", "seed": 0,
-        "data": {"source": {"name": "shapes", "num_classes": 10, "train_size": a.images, "val_size": 64,
-                            "test_size": 64}, "image_size": size},
-        "model": model, "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
-        "train": {"epochs": 100, "batch_size": a.batch_size, "device": "cpu", "compile": compile_,
-                  "channels_last": channels_last}})
+    return validate_recipe(
+        {
+            "name": f"cpu-train-{kind}",
+            "seed": 0,
+            "data": {
+                "source": {
+                    "name": "shapes",
+                    "num_classes": 10,
+                    "train_size": a.images,
+                    "val_size": 64,
+                    "test_size": 64,
+                },
+                "image_size": size,
+            },
+            "model": model,
+            "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+            "train": {
+                "epochs": 100,
+                "batch_size": a.batch_size,
+                "device": "cpu",
+                "compile": compile_,
+                "channels_last": channels_last,
+            },
+        }
+    )
 
 
 def clfkit_epoch(recipe):
@@ -67,7 +89,9 @@ def plain_epoch(recipe, train):
     from clfkit.train.build import build_model
 
     torch.manual_seed(0)
-    model = build_model(recipe, 10, train.images.shape[1], tuple(train.images.shape[2:]), [0.5] * 3, [0.25] * 3)
+    model = build_model(
+        recipe, 10, train.images.shape[1], tuple(train.images.shape[2:]), [0.5] * 3, [0.25] * 3
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     images, labels, b = train.images, train.labels, recipe.train.batch_size
 
@@ -76,7 +100,7 @@ def plain_epoch(recipe, train):
         model.train()
         order = torch.randperm(len(images))
         for i in range(0, len(order), b):
-            idx = order[i:i + b]
+            idx = order[i : i + b]
             loss = F.cross_entropy(model(images[idx]), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -105,10 +129,18 @@ def bench_kind(kind: str, a) -> dict:
             times[k].append(run())
         loads.append(os.getloadavg()[0])
     ratio = lambda k: median([p / c for p, c in zip(times["plain"], times[k])])  # noqa: E731
-    row = {"model": kind, "px": KINDS[kind][0], "images": a.images, "batch": a.batch_size,
-           "threads": torch.get_num_threads(), "ratio": ratio("clfkit"),
-           "plain_s": median(times["plain"]), "clfkit_s": median(times["clfkit"]),
-           "load_1m": median(loads), "rounds": a.rounds}
+    row = {
+        "model": kind,
+        "px": KINDS[kind][0],
+        "images": a.images,
+        "batch": a.batch_size,
+        "threads": torch.get_num_threads(),
+        "ratio": ratio("clfkit"),
+        "plain_s": median(times["plain"]),
+        "clfkit_s": median(times["clfkit"]),
+        "load_1m": median(loads),
+        "rounds": a.rounds,
+    }
     for k in ("compile", "channels_last"):
         if k in contenders:
             row[f"{k}_ratio"] = ratio(k)
@@ -123,17 +155,29 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--compile", action="store_true", help="also time train.compile: true")
-    p.add_argument("--channels-last", action="store_true", help="also time train.channels_last: true (conv models)")
+    p.add_argument(
+        "--channels-last", action="store_true", help="also time train.channels_last: true (conv models)"
+    )
     p.add_argument("--out", default=None)
     a = p.parse_args()
     rows = [bench_kind(k, a) for k in a.kinds.split(",")]
     from clfkit.deploy.export.quantize import cpu_int8_support
 
-    result = {"bench": "cpu_train", "machine": machine() | {"cpu_int8": cpu_int8_support()}, "rows": rows,
-              "note": "ratio = median over interleaved rounds of plain-loop epoch time / clfkit epoch time "
-                      "(1.0: clfkit trains at the plain loop's rate)"}
+    result = {
+        "bench": "cpu_train",
+        "machine": machine() | {"cpu_int8": cpu_int8_support()},
+        "rows": rows,
+        "note": "ratio = median over interleaved rounds of plain-loop epoch time / clfkit epoch time "
+        "(1.0: clfkit trains at the plain loop's rate)",
+    }
     cols = ["model", "px", "batch", "threads", "ratio", "plain_s", "clfkit_s", "load_1m"]
-    report("clfkit vs a plain PyTorch loop (CPU)", result, rows, cols + ["compile_ratio", "channels_last_ratio"], a.out)
+    report(
+        "clfkit vs a plain PyTorch loop (CPU)",
+        result,
+        rows,
+        cols + ["compile_ratio", "channels_last_ratio"],
+        a.out,
+    )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ CleanVision (``pip install cleanvision``, bench only) runs on the same planted f
 knows no splits or labels, so its exact and near duplicate sets are scored by the test files
 they pair with a train file. Times on a shared 2-core VM are upper bounds; compare within a run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,7 @@ def plant(src: Path, dst: Path, per_kind: int, flip_fraction: float, seed: int) 
     pick = rng.permutation(len(train))
     truth: dict = {k: {} for k in PLANTS}
     for k, kind in enumerate(PLANTS):
-        for i in pick[k * per_kind:(k + 1) * per_kind]:
+        for i in pick[k * per_kind : (k + 1) * per_kind]:
             source = train[i]
             img = Image.open(source).convert("RGB")
             out = dst / "test" / source.parent.name / f"planted_{kind}_{source.stem}"
@@ -59,16 +60,16 @@ def plant(src: Path, dst: Path, per_kind: int, flip_fraction: float, seed: int) 
                 img.crop((4, 4, img.width, img.height)).save(out)
             truth[kind][out.relative_to(dst).as_posix()] = source.relative_to(dst).as_posix()
     classes = sorted(p.name for p in (dst / "train").iterdir())
-    used = set(pick[:len(PLANTS) * per_kind].tolist())
-    rest = [i for i in pick[len(PLANTS) * per_kind:]]
+    used = set(pick[: len(PLANTS) * per_kind].tolist())
+    rest = [i for i in pick[len(PLANTS) * per_kind :]]
     truth["flipped"] = []
-    for i in rest[:round(flip_fraction * len(train))]:
+    for i in rest[: round(flip_fraction * len(train))]:
         source = train[i]
         other = rng.choice([c for c in classes if c != source.parent.name])
         target = dst / "train" / other / f"flipped_{source.name}"
         source.rename(target)
         truth["flipped"].append(target.relative_to(dst).as_posix())
-    assert not used & set(rest[:len(truth["flipped"])])
+    assert not used & set(rest[: len(truth["flipped"])])
     return truth
 
 
@@ -76,13 +77,29 @@ def recipe_file(folder: Path, root: Path, epochs: int) -> Path:
     import yaml
 
     path = folder / "bench_recipe.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "check_bench", "seed": 0,
-        "data": {"source": {"name": "folder", "root": str(root)}, "image_size": 32,
-                 "augment": [{"name": "HorizontalFlip"}, {"name": "PadCrop", "padding": 2}]},
-        "model": {"name": "cnn", "blocks": [{"channels": 32, "pool": "max"}, {"channels": 64, "pool": "max"},
-                                            {"channels": 128, "pool": "max"}]},
-        "optim": {"name": "adam", "lr": 3e-3}, "train": {"epochs": epochs, "batch_size": 64}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "check_bench",
+                "seed": 0,
+                "data": {
+                    "source": {"name": "folder", "root": str(root)},
+                    "image_size": 32,
+                    "augment": [{"name": "HorizontalFlip"}, {"name": "PadCrop", "padding": 2}],
+                },
+                "model": {
+                    "name": "cnn",
+                    "blocks": [
+                        {"channels": 32, "pool": "max"},
+                        {"channels": 64, "pool": "max"},
+                        {"channels": 128, "pool": "max"},
+                    ],
+                },
+                "optim": {"name": "adam", "lr": 3e-3},
+                "train": {"epochs": epochs, "batch_size": 64},
+            }
+        )
+    )
     return path
 
 
@@ -100,8 +117,13 @@ def test_side(findings, kinds: tuple[str, ...]) -> dict[str, float]:
 def scores(found: set, planted: set, known: set) -> dict:
     hits = found & planted
     judged = found - known
-    return {"planted": len(planted), "found": len(hits), "recall": len(hits) / max(len(planted), 1),
-            "reported": len(judged), "precision": len(hits) / max(len(judged), 1)}
+    return {
+        "planted": len(planted),
+        "found": len(hits),
+        "recall": len(hits) / max(len(planted), 1),
+        "reported": len(judged),
+        "precision": len(hits) / max(len(judged), 1),
+    }
 
 
 def run_clfkit(root: Path, work: Path, folds: int, fold_epochs: int) -> tuple[dict, dict]:
@@ -118,8 +140,13 @@ def run_clfkit(root: Path, work: Path, folds: int, fold_epochs: int) -> tuple[di
     t0 = time.perf_counter()
     full = check_data(recipe_file(work, root, fold_epochs), folds=folds)
     t_full = time.perf_counter() - t0
-    times = {"pixel_checks_cold_s": round(t_cold, 2), "pixel_checks_warm_s": round(t_warm, 2),
-             "with_folds_s": round(t_full, 2), "detail": full.seconds, "cold_detail": cold.seconds}
+    times = {
+        "pixel_checks_cold_s": round(t_cold, 2),
+        "pixel_checks_warm_s": round(t_warm, 2),
+        "with_folds_s": round(t_full, 2),
+        "detail": full.seconds,
+        "cold_detail": cold.seconds,
+    }
     return to_json(full), times
 
 
@@ -133,12 +160,16 @@ def score_clfkit(result: dict, truth: dict, known: dict) -> dict:
     planted_near = set(truth["jpeg70"]) | set(truth["resize90"]) | set(truth["crop4"])
     out["near_all"] = scores(near, planted_near, known["near"] | set(truth["exact"]))
     labels = [f["files"][0]["path"] for f in result["findings"] if f["kind"] == "label_issue"]
-    top = set(labels[:2 * len(truth["flipped"])])
+    top = set(labels[: 2 * len(truth["flipped"])])
     flipped = set(truth["flipped"])
-    out["flipped"] = {"planted": len(flipped), "suspects": len(labels), "found_in_top_2x": len(top & flipped),
-                      "recall_top_2x": len(top & flipped) / max(len(flipped), 1),
-                      "recall_all": len(set(labels) & flipped) / max(len(flipped), 1),
-                      "precision_all": len(set(labels) & flipped) / max(len(labels), 1)}
+    out["flipped"] = {
+        "planted": len(flipped),
+        "suspects": len(labels),
+        "found_in_top_2x": len(top & flipped),
+        "recall_top_2x": len(top & flipped) / max(len(flipped), 1),
+        "recall_all": len(set(labels) & flipped) / max(len(flipped), 1),
+        "precision_all": len(set(labels) & flipped) / max(len(labels), 1),
+    }
     return out
 
 
@@ -148,7 +179,10 @@ def known_findings(original: Path) -> dict:
     from clfkit.audit.report import to_json
 
     found = to_json(check_data(original))["findings"]
-    return {"exact": set(test_side(found, ("leak",))), "near": set(test_side(found, ("near_duplicate", "leak")))}
+    return {
+        "exact": set(test_side(found, ("leak",))),
+        "near": set(test_side(found, ("near_duplicate", "leak"))),
+    }
 
 
 def phash_distances(root: Path, truth: dict) -> dict:
@@ -172,8 +206,11 @@ def run_cleanvision(root: Path, truth: dict, known: dict) -> dict:
     except ImportError:
         return {"skipped": "cleanvision not installed (pip install cleanvision)"}
     out: dict = {}
-    for kinds in (["exact_duplicates"], ["near_duplicates"], ["dark", "light", "blurry", "low_information",
-                                                               "odd_aspect_ratio"]):
+    for kinds in (
+        ["exact_duplicates"],
+        ["near_duplicates"],
+        ["dark", "light", "blurry", "low_information", "odd_aspect_ratio"],
+    ):
         lab = Imagelab(data_path=str(root), verbose=False)
         t0 = time.perf_counter()
         lab.find_issues({k: {} for k in kinds})
@@ -224,10 +261,17 @@ def synthetic_timing(n: int, work: Path) -> dict:
     t0 = time.perf_counter()
     check_data(root)
     t_warm = time.perf_counter() - t0
-    return {"images": n, "decode_once_s": round(decode, 2), "decode_timings_s": [round(d, 2) for d in decodes], "check_cold_s": round(t_cold, 2),
-            "check_warm_s": round(t_warm, 2), "cold_over_decode": round(t_cold / decode, 2),
-            "warm_over_decode": round(t_warm / decode, 2), "cold_detail": cold.seconds,
-            "findings": {k: cold.count(k) for k in ("leak", "exact_duplicate", "near_duplicate", "conflict")}}
+    return {
+        "images": n,
+        "decode_once_s": round(decode, 2),
+        "decode_timings_s": [round(d, 2) for d in decodes],
+        "check_cold_s": round(t_cold, 2),
+        "check_warm_s": round(t_warm, 2),
+        "cold_over_decode": round(t_cold / decode, 2),
+        "warm_over_decode": round(t_warm / decode, 2),
+        "cold_detail": cold.seconds,
+        "findings": {k: cold.count(k) for k in ("leak", "exact_duplicate", "near_duplicate", "conflict")},
+    }
 
 
 def feature_similarities(root: Path, work: Path, truth: dict, epochs: int) -> dict:
@@ -263,11 +307,16 @@ def feature_similarities(root: Path, work: Path, truth: dict, epochs: int) -> di
             planted[kind].append(round(float(feats_te[k] @ src), 4))
         else:
             unplanted.append(float(nn_sim[k]))
-    out["planted_cosine_to_source"] = {k: {"min": min(v), "median": float(np.median(v))} for k, v in planted.items()}
+    out["planted_cosine_to_source"] = {
+        k: {"min": min(v), "median": float(np.median(v))} for k, v in planted.items()
+    }
     u = np.sort(np.array(unplanted))[::-1]
-    out["unplanted_nearest_cosine"] = {"max": round(float(u[0]), 4), "top10": [round(float(x), 4) for x in u[:10]],
-                                       "p99": round(float(np.percentile(u, 99)), 4),
-                                       "median": round(float(np.median(u)), 4)}
+    out["unplanted_nearest_cosine"] = {
+        "max": round(float(u[0]), 4),
+        "top10": [round(float(x), 4) for x in u[:10]],
+        "p99": round(float(np.percentile(u, 99)), 4),
+        "median": round(float(np.median(u)), 4),
+    }
     return out
 
 
@@ -279,9 +328,12 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--fold-epochs", type=int, default=15)
     ap.add_argument("--synthetic", type=int, default=60000, help="images of the timing section")
-    ap.add_argument("--only", default="planted,features,synthetic",
-                    help="sections to run (planted: clfkit vs CleanVision and --folds; features: one run's "
-                         "feature similarities; synthetic: the 60k timing); merged into --out if it exists")
+    ap.add_argument(
+        "--only",
+        default="planted,features,synthetic",
+        help="sections to run (planted: clfkit vs CleanVision and --folds; features: one run's "
+        "feature similarities; synthetic: the 60k timing); merged into --out if it exists",
+    )
     ap.add_argument("--out", default="bench/results/data_check.json")
     args = ap.parse_args()
     import json
@@ -298,13 +350,25 @@ def main() -> None:
         if only & {"planted", "features"}:
             known = known_findings(original)
             truth = plant(original, root, args.per_kind, args.flip, seed=0)
-            res.update(data=str(original), per_kind=args.per_kind, flip=args.flip,
-                       known_in_original={k: len(v) for k, v in known.items()},
-                       phash_distance_of_planted=phash_distances(root, truth))
+            res.update(
+                data=str(original),
+                per_kind=args.per_kind,
+                flip=args.flip,
+                known_in_original={k: len(v) for k, v in known.items()},
+                phash_distance_of_planted=phash_distances(root, truth),
+            )
         if "planted" in only:
             result, times = run_clfkit(root, work, args.folds, args.fold_epochs)
-            res.update(folds=args.folds, fold_epochs=args.fold_epochs, cleanvision=run_cleanvision(root, truth, known),
-                       clfkit={"scores": score_clfkit(result, truth, known), "times": times, "counts": result["counts"]})
+            res.update(
+                folds=args.folds,
+                fold_epochs=args.fold_epochs,
+                cleanvision=run_cleanvision(root, truth, known),
+                clfkit={
+                    "scores": score_clfkit(result, truth, known),
+                    "times": times,
+                    "counts": result["counts"],
+                },
+            )
             res["machine_by_section"]["planted"] = machine()
         if "features" in only:
             res["features"] = feature_similarities(root, work, truth, args.fold_epochs)
@@ -314,19 +378,38 @@ def main() -> None:
             res["machine_by_section"]["synthetic"] = machine()
     res["machine"] = machine()
     ours, cv = res.get("clfkit", {}).get("scores", {}), res.get("cleanvision", {})
-    rows = [{"finding": k, "clfkit_recall": v.get("recall", v.get("recall_top_2x")),
-             "clfkit_precision": v.get("precision", v.get("precision_all")),
-             "cv_recall": (cv.get("exact_duplicates", {}) if k == "exact" else cv.get("near_duplicates", {}).get(k, {})).get("recall"),
-             "cv_precision": (cv.get("exact_duplicates", {}) if k == "exact" else cv.get("near_duplicates", {}).get(k, {})).get("precision")}
-            for k, v in ours.items()]
+    rows = [
+        {
+            "finding": k,
+            "clfkit_recall": v.get("recall", v.get("recall_top_2x")),
+            "clfkit_precision": v.get("precision", v.get("precision_all")),
+            "cv_recall": (
+                cv.get("exact_duplicates", {}) if k == "exact" else cv.get("near_duplicates", {}).get(k, {})
+            ).get("recall"),
+            "cv_precision": (
+                cv.get("exact_duplicates", {}) if k == "exact" else cv.get("near_duplicates", {}).get(k, {})
+            ).get("precision"),
+        }
+        for k, v in ours.items()
+    ]
     syn = res.get("synthetic")
     if syn:
-        rows.append({"finding": f"{syn['images']} synthetic: check cold/warm over decode",
-                     "clfkit_recall": syn["cold_over_decode"], "clfkit_precision": syn["warm_over_decode"]})
+        rows.append(
+            {
+                "finding": f"{syn['images']} synthetic: check cold/warm over decode",
+                "clfkit_recall": syn["cold_over_decode"],
+                "clfkit_precision": syn["warm_over_decode"],
+            }
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")  # before the table: nothing lost to a print
-    report("clfkit data check vs CleanVision", res, rows,
-           ["finding", "clfkit_recall", "clfkit_precision", "cv_recall", "cv_precision"], args.out)
+    report(
+        "clfkit data check vs CleanVision",
+        res,
+        rows,
+        ["finding", "clfkit_recall", "clfkit_precision", "cv_recall", "cv_precision"],
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ decoders, and ``ratio_to_parallel_loop`` compares clfkit with that.
 
     python bench/decode_bench.py --images 20000 --out bench/results/decode.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -99,8 +100,9 @@ def to_jpeg(src: Path, dst: Path) -> Path:
     return dst
 
 
-def measure_format(kind: str, root: Path, files: list[Path], sample: list[Path], size: int, cores: int,
-                   rounds: int) -> dict:
+def measure_format(
+    kind: str, root: Path, files: list[Path], sample: list[Path], size: int, cores: int, rounds: int
+) -> dict:
     """One row. Each round times the one-thread loop, clfkit's decode, the loop again and the
     loop in every core, and takes its ratios from those: a shared VM's speed drifts by 10-40%
     within seconds, so a limit measured a minute away from the decode says little. The row
@@ -113,31 +115,51 @@ def measure_format(kind: str, root: Path, files: list[Path], sample: list[Path],
         after, after_cpu = pil_loop_rate(sample, size)
         parallel = parallel_loop_rate(files, size, cores)
         loop, loop_per_cpu = (before + after) / 2, (before_cpu + after_cpu) / 2
-        per_round.append({"pil_one_thread_images_per_s": loop, "pil_loop_before_after": [round(before, 1), round(after, 1)],
-                          "limit_images_per_s": loop * cores, "clfkit_images_per_s": ours,
-                          "ratio": ours / (loop * cores),
-                          "pil_loop_in_every_core_images_per_s": parallel,
-                          "machine_parallel_ratio": parallel / (loop * cores),
-                          "ratio_to_parallel_loop": ours / parallel,
-                          # under contention the wall-clock ratio says how many cores the scheduler
-                          # gave, not how well clfkit uses them: these two separate the two
-                          "cores_obtained": cores_obtained, "ratio_per_cpu_second": ours_per_cpu / loop_per_cpu})
+        per_round.append(
+            {
+                "pil_one_thread_images_per_s": loop,
+                "pil_loop_before_after": [round(before, 1), round(after, 1)],
+                "limit_images_per_s": loop * cores,
+                "clfkit_images_per_s": ours,
+                "ratio": ours / (loop * cores),
+                "pil_loop_in_every_core_images_per_s": parallel,
+                "machine_parallel_ratio": parallel / (loop * cores),
+                "ratio_to_parallel_loop": ours / parallel,
+                # under contention the wall-clock ratio says how many cores the scheduler
+                # gave, not how well clfkit uses them: these two separate the two
+                "cores_obtained": cores_obtained,
+                "ratio_per_cpu_second": ours_per_cpu / loop_per_cpu,
+            }
+        )
     median = sorted(per_round, key=lambda r: r["ratio"])[len(per_round) // 2]
     loop = median["pil_one_thread_images_per_s"]
     one = one_process_rate(sample, size)
-    return {"format": kind, "images": len(files), "size": size, "cores": cores, **median,
-            "clfkit_one_process_images_per_s": one, "per_image_overhead": loop / one,
-            "rounds": rounds, "round_ratios": [round(r["ratio"], 3) for r in per_round],
-            "round_machine_parallel_ratios": [round(r["machine_parallel_ratio"], 3) for r in per_round],
-            "round_ratios_to_parallel_loop": [round(r["ratio_to_parallel_loop"], 3) for r in per_round],
-            "load_avg_1m_before_after": [load_before, os.getloadavg()[0]]}
+    return {
+        "format": kind,
+        "images": len(files),
+        "size": size,
+        "cores": cores,
+        **median,
+        "clfkit_one_process_images_per_s": one,
+        "per_image_overhead": loop / one,
+        "rounds": rounds,
+        "round_ratios": [round(r["ratio"], 3) for r in per_round],
+        "round_machine_parallel_ratios": [round(r["machine_parallel_ratio"], 3) for r in per_round],
+        "round_ratios_to_parallel_loop": [round(r["ratio_to_parallel_loop"], 3) for r in per_round],
+        "load_avg_1m_before_after": [load_before, os.getloadavg()[0]],
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=20000)
     ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=5, help="rounds of (loop, clfkit, loop, loop in every core); the median is kept")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="rounds of (loop, clfkit, loop, loop in every core); the median is kept",
+    )
     ap.add_argument("--loop-sample", type=int, default=4000, help="files timed in the one-thread loop")
     ap.add_argument("--work", default=None)
     ap.add_argument("--out", default=None)
@@ -149,13 +171,28 @@ def main() -> None:
     rows = []
     for kind, root in (("png", png), ("jpeg", to_jpeg(png, work / "jpeg"))):
         files = sorted(p for p in root.rglob("*") if p.suffix in (".png", ".jpg"))
-        sample = files[:a.loop_sample]
+        sample = files[: a.loop_sample]
         rows.append(measure_format(kind, root, files, sample, a.size, cores, a.rounds))
     result = {"bench": "decode", "machine": machine(), "rows": rows, "target_ratio": 0.8}
-    report("first decode: clfkit vs one-thread PIL x cores", result, rows,
-           ["format", "images", "pil_one_thread_images_per_s", "clfkit_one_process_images_per_s",
-            "limit_images_per_s", "clfkit_images_per_s", "ratio", "machine_parallel_ratio", "ratio_to_parallel_loop",
-            "cores_obtained", "ratio_per_cpu_second"], a.out)
+    report(
+        "first decode: clfkit vs one-thread PIL x cores",
+        result,
+        rows,
+        [
+            "format",
+            "images",
+            "pil_one_thread_images_per_s",
+            "clfkit_one_process_images_per_s",
+            "limit_images_per_s",
+            "clfkit_images_per_s",
+            "ratio",
+            "machine_parallel_ratio",
+            "ratio_to_parallel_loop",
+            "cores_obtained",
+            "ratio_per_cpu_second",
+        ],
+        a.out,
+    )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ changes a case's timeout; ``GPU_BENCH_FAIL="name name:hang"`` makes cases fail o
 their start (the test of the guards); ``GPU_BENCH_COMPILE_BACKEND`` is the preflight's
 compile backend [inductor].
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,21 +46,67 @@ STUDY_TARGET_S = 240
 TARGET_RATIO = 0.95
 # what the bench imports, with the distribution that provides it: the preflight imports each,
 # and gpu.sh installs the wheels of bench/gpu_wheels.txt (the ones the device image lacks)
-IMPORTS = {"torch": "torch", "torchvision": "torchvision", "timm": "timm", "numpy": "numpy", "PIL": "pillow",
-           "yaml": "pyyaml", "pydantic": "pydantic", "pydantic_core": "pydantic-core",
-           "typing_inspection": "typing-inspection", "annotated_types": "annotated-types",
-           "albumentations": "albumentations", "albucore": "albucore", "cv2": "opencv-python-headless",
-           "rich": "rich", "click": "click", "packaging": "packaging", "matplotlib": "matplotlib"}
+IMPORTS = {
+    "torch": "torch",
+    "torchvision": "torchvision",
+    "timm": "timm",
+    "numpy": "numpy",
+    "PIL": "pillow",
+    "yaml": "pyyaml",
+    "pydantic": "pydantic",
+    "pydantic_core": "pydantic-core",
+    "typing_inspection": "typing-inspection",
+    "annotated_types": "annotated-types",
+    "albumentations": "albumentations",
+    "albucore": "albucore",
+    "cv2": "opencv-python-headless",
+    "rich": "rich",
+    "click": "click",
+    "packaging": "packaging",
+    "matplotlib": "matplotlib",
+}
 
-FULL = dict(images=20_000, epochs=3, batch_size=256, width=1.0, model_steps=200, warmup_steps=20,
-            study_images=100_000, study_classes=100, study_size=64, study_epochs=25, study_compile=True,
-            device="auto", timeouts={"study": 300, "eager": 60, "compile": 120, "prep": 90, "decode": 60},
-            cases=["c32-cifar-eager", "c32-imagenet-eager", "c64-cifar-eager", "c64-imagenet-eager",
-                   "c32-cifar-compile", "c64-cifar-compile", "c32-imagenet-compile", "c64-imagenet-compile"])
-CPU = dict(images=64, epochs=2, batch_size=16, width=0.0625, model_steps=3, warmup_steps=1,
-           study_images=96, study_classes=4, study_size=16, study_epochs=2, study_compile=False,
-           device="cpu", timeouts={"study": 120, "eager": 120, "compile": 300, "prep": 120},
-           cases=["c16-cifar-eager", "c16-imagenet-eager"])
+FULL = dict(
+    images=20_000,
+    epochs=3,
+    batch_size=256,
+    width=1.0,
+    model_steps=200,
+    warmup_steps=20,
+    study_images=100_000,
+    study_classes=100,
+    study_size=64,
+    study_epochs=25,
+    study_compile=True,
+    device="auto",
+    timeouts={"study": 300, "eager": 60, "compile": 120, "prep": 90, "decode": 60},
+    cases=[
+        "c32-cifar-eager",
+        "c32-imagenet-eager",
+        "c64-cifar-eager",
+        "c64-imagenet-eager",
+        "c32-cifar-compile",
+        "c64-cifar-compile",
+        "c32-imagenet-compile",
+        "c64-imagenet-compile",
+    ],
+)
+CPU = dict(
+    images=64,
+    epochs=2,
+    batch_size=16,
+    width=0.0625,
+    model_steps=3,
+    warmup_steps=1,
+    study_images=96,
+    study_classes=4,
+    study_size=16,
+    study_epochs=2,
+    study_compile=False,
+    device="cpu",
+    timeouts={"study": 120, "eager": 120, "compile": 300, "prep": 120},
+    cases=["c16-cifar-eager", "c16-imagenet-eager"],
+)
 
 
 def settings(cpu: bool) -> SimpleNamespace:
@@ -71,11 +118,15 @@ def settings(cpu: bool) -> SimpleNamespace:
 def case_list(s: SimpleNamespace) -> list[tuple[str, int]]:
     """(name, timeout in s) in the order gpu.sh runs them; GPU_BENCH_CASES picks a subset."""
     names = ["study", *s.cases] + ([] if s.cpu else ["prep", "decode"])
-    limits = {n: s.timeouts.get(n, s.timeouts["compile" if n.endswith("compile") else "eager"]) for n in names}
+    limits = {
+        n: s.timeouts.get(n, s.timeouts["compile" if n.endswith("compile") else "eager"]) for n in names
+    }
     for item in os.environ.get("GPU_BENCH_TIMEOUTS", "").replace(",", " ").split():  # name=seconds
         name, _, seconds = item.partition("=")
         if name not in limits or not seconds.isdigit():
-            raise SystemExit(f"GPU_BENCH_TIMEOUTS: {item!r} is not <case>=<seconds>; cases: {' '.join(names)}")
+            raise SystemExit(
+                f"GPU_BENCH_TIMEOUTS: {item!r} is not <case>=<seconds>; cases: {' '.join(names)}"
+            )
         limits[name] = int(seconds)
     wanted = os.environ.get("GPU_BENCH_CASES", "").replace(",", " ").split()
     if wanted:
@@ -100,16 +151,27 @@ def preflight(s: SimpleNamespace, rows: Optional[Path]) -> dict:
     except Exception as e:  # noqa: BLE001
         raise PreflightFailed(f"cannot import torch: {type(e).__name__}: {_first(e)}") from None
     if not s.cpu and not torch.cuda.is_available():  # first: the cheapest way to a useless run
-        raise PreflightFailed(f"CUDA is not visible to torch {torch.__version__} (built for CUDA {torch.version.cuda}, "
-                              f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); nothing to measure")
-    info: dict[str, Any] = {"python": platform.python_version(), "versions": _imports(),
-                            "torch_cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-                            "triton": _version("triton")}
+        raise PreflightFailed(
+            f"CUDA is not visible to torch {torch.__version__} (built for CUDA {torch.version.cuda}, "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); nothing to measure"
+        )
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "versions": _imports(),
+        "torch_cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "triton": _version("triton"),
+    }
     device = torch.device("cpu" if s.cpu else "cuda")
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info()
-        info.update(device=torch.cuda.get_device_name(0), capability=list(torch.cuda.get_device_capability(0)),
-                    bf16=torch.cuda.is_bf16_supported(), free_gb=round(free / 1e9, 1), total_gb=round(total / 1e9, 1))
+        info.update(
+            device=torch.cuda.get_device_name(0),
+            capability=list(torch.cuda.get_device_capability(0)),
+            bf16=torch.cuda.is_bf16_supported(),
+            free_gb=round(free / 1e9, 1),
+            total_gb=round(total / 1e9, 1),
+        )
     else:
         info["device"] = "cpu"
     info["step"] = _one_step(s)
@@ -137,15 +199,22 @@ def _imports() -> dict[str, Optional[str]]:
             continue
         versions[dist] = _version(dist) or getattr(mod, "__version__", None)
     if missing:
-        raise PreflightFailed(f"cannot import {'; '.join(missing)}. Carry the wheels: run "
-                              f"../shared/gpu/fetch-wheels.sh $(grep -v '^#' bench/gpu_wheels.txt) in the project "
-                              f"root (add the missing distributions to bench/gpu_wheels.txt), then carry .whl")
-    for module in ("clfkit.train.trainer", "clfkit.run.plots"):  # the training side; the figures every run draws
+        raise PreflightFailed(
+            f"cannot import {'; '.join(missing)}. Carry the wheels: run "
+            f"../shared/gpu/fetch-wheels.sh $(grep -v '^#' bench/gpu_wheels.txt) in the project "
+            f"root (add the missing distributions to bench/gpu_wheels.txt), then carry .whl"
+        )
+    for module in (
+        "clfkit.train.trainer",
+        "clfkit.run.plots",
+    ):  # the training side; the figures every run draws
         try:
             importlib.import_module(module)
         except Exception as e:  # noqa: BLE001
-            raise PreflightFailed(f"cannot import {module}: {type(e).__name__}: {_first(e)} (matplotlib and "
-                                  f"its dependencies must import for {module.split('.')[-1]})") from None
+            raise PreflightFailed(
+                f"cannot import {module}: {type(e).__name__}: {_first(e)} (matplotlib and "
+                f"its dependencies must import for {module.split('.')[-1]})"
+            ) from None
     from clfkit import __version__
 
     versions["clfkit"] = __version__
@@ -168,7 +237,9 @@ def _one_step(s: SimpleNamespace) -> str:
         if rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with rt.autocast():
-            loss = build_loss(recipe, 10).to(rt.device)(model(x), torch.zeros(8, dtype=torch.long, device=rt.device))
+            loss = build_loss(recipe, 10).to(rt.device)(
+                model(x), torch.zeros(8, dtype=torch.long, device=rt.device)
+            )
         loss.backward()
         opt.step()
         value = float(loss.detach())
@@ -193,22 +264,47 @@ def _first(e: BaseException) -> str:
 
 
 # ---------------------------------------------------------------- the cases
-def _recipe(root: Path, size: int, stem: str, compile_: bool, s: SimpleNamespace, *, epochs: int,
-            classes_folder: bool = False):
+def _recipe(
+    root: Path,
+    size: int,
+    stem: str,
+    compile_: bool,
+    s: SimpleNamespace,
+    *,
+    epochs: int,
+    classes_folder: bool = False,
+):
     from clfkit.recipe import validate_recipe
 
-    return validate_recipe({
-        "name": f"bench-{size}-{stem}-{'compile' if compile_ else 'eager'}",
-        "data": {"source": {"name": "folder", "root": str(root)}, "image_size": size,
-                 "val_fraction": 0.1 if classes_folder else s.val_fraction, "normalize": "imagenet",
-                 "augment": [{"name": "HorizontalFlip"}, {"name": "PadCrop", "padding": max(2, size // 8)}]},
-        "model": {"name": "resnet", "depth": 18, "stem": stem, "width": s.width},
-        "optim": {"name": "sgd", "lr": 0.2 if classes_folder else 0.1, "momentum": 0.9, "nesterov": True,
-                  "weight_decay": 5e-4},
-        "schedule": {"name": "cosine"},
-        # no TensorBoard event files: nothing reads them, and their writing is not what is timed
-        "train": {"epochs": epochs, "batch_size": s.batch_size, "compile": compile_, "device": s.device,
-                  "track": []}})
+    return validate_recipe(
+        {
+            "name": f"bench-{size}-{stem}-{'compile' if compile_ else 'eager'}",
+            "data": {
+                "source": {"name": "folder", "root": str(root)},
+                "image_size": size,
+                "val_fraction": 0.1 if classes_folder else s.val_fraction,
+                "normalize": "imagenet",
+                "augment": [{"name": "HorizontalFlip"}, {"name": "PadCrop", "padding": max(2, size // 8)}],
+            },
+            "model": {"name": "resnet", "depth": 18, "stem": stem, "width": s.width},
+            "optim": {
+                "name": "sgd",
+                "lr": 0.2 if classes_folder else 0.1,
+                "momentum": 0.9,
+                "nesterov": True,
+                "weight_decay": 5e-4,
+            },
+            "schedule": {"name": "cosine"},
+            # no TensorBoard event files: nothing reads them, and their writing is not what is timed
+            "train": {
+                "epochs": epochs,
+                "batch_size": s.batch_size,
+                "compile": compile_,
+                "device": s.device,
+                "track": [],
+            },
+        }
+    )
 
 
 def _peak_memory() -> dict[str, Optional[float]]:
@@ -217,8 +313,10 @@ def _peak_memory() -> dict[str, Optional[float]]:
 
     if not torch.cuda.is_available():
         return {"allocated_gb": None, "reserved_gb": None}
-    out = {"allocated_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2),
-           "reserved_gb": round(torch.cuda.max_memory_reserved() / 1e9, 2)}
+    out = {
+        "allocated_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2),
+        "reserved_gb": round(torch.cuda.max_memory_reserved() / 1e9, 2),
+    }
     torch.cuda.reset_peak_memory_stats()
     return out
 
@@ -244,13 +342,26 @@ def pipeline_case(name: str, s: SimpleNamespace, work: Path) -> dict:
     mem = _peak_memory()
     limit = model_only(recipe, size, 10, s.model_steps, s.warmup_steps + (20 if compile_ else 0))
     summ = res.summary
-    return {"case": name, "model": "resnet18", "stem": stem, "size": size, "compile": compile_,
-            "precision": summ["precision"], "device": summ["device"], "train_images": summ["train_images"],
-            "epochs": len(rows), "images_per_s": pipeline, "first_epoch_images_per_s": rows[0]["images_per_s"],
-            "model_only_images_per_s": limit["images_per_s"], "ratio": pipeline / limit["images_per_s"],
-            "meets_target": pipeline / limit["images_per_s"] >= TARGET_RATIO,
-            "compile_seconds": summ.get("compile_seconds"), "data_seconds": summ["data_seconds"],
-            "model_only_steps": s.model_steps, "peak_gpu_memory": {"pipeline": mem, "model_only": _peak_memory()}}
+    return {
+        "case": name,
+        "model": "resnet18",
+        "stem": stem,
+        "size": size,
+        "compile": compile_,
+        "precision": summ["precision"],
+        "device": summ["device"],
+        "train_images": summ["train_images"],
+        "epochs": len(rows),
+        "images_per_s": pipeline,
+        "first_epoch_images_per_s": rows[0]["images_per_s"],
+        "model_only_images_per_s": limit["images_per_s"],
+        "ratio": pipeline / limit["images_per_s"],
+        "meets_target": pipeline / limit["images_per_s"] >= TARGET_RATIO,
+        "compile_seconds": summ.get("compile_seconds"),
+        "data_seconds": summ["data_seconds"],
+        "model_only_steps": s.model_steps,
+        "peak_gpu_memory": {"pipeline": mem, "model_only": _peak_memory()},
+    }
 
 
 class StudyProgress:
@@ -262,9 +373,14 @@ class StudyProgress:
 
     def epoch(self, metrics: dict) -> None:
         done, wall = metrics["epoch"], time.perf_counter() - self.t0
-        self.row.update(epochs_done=done, wall_seconds=round(wall, 1), last_epoch_seconds=metrics["seconds"],
-                        extrapolated_wall_seconds=round(wall + (self.row["epochs"] - done) * metrics["seconds"], 1),
-                        val_acc=metrics.get("val_acc"), peak_gpu_memory=_peak_memory_now())
+        self.row.update(
+            epochs_done=done,
+            wall_seconds=round(wall, 1),
+            last_epoch_seconds=metrics["seconds"],
+            extrapolated_wall_seconds=round(wall + (self.row["epochs"] - done) * metrics["seconds"], 1),
+            val_acc=metrics.get("val_acc"),
+            peak_gpu_memory=_peak_memory_now(),
+        )
         self.row["meets_target"] = self.row["extrapolated_wall_seconds"] < STUDY_TARGET_S
         _write_json(self.path, self.row)
 
@@ -284,19 +400,40 @@ def study_case(s: SimpleNamespace, work: Path, row_path: Path) -> dict:
 
     t_folder = time.perf_counter()
     root = make_folder(work / "study", s.study_images, s.study_size, classes=s.study_classes)
-    recipe = _recipe(root, s.study_size, "cifar", s.study_compile, s, epochs=s.study_epochs, classes_folder=True)
-    row = {"case": "study", "images": s.study_images, "size": s.study_size, "classes": s.study_classes,
-           "model": "resnet18", "stem": "cifar", "compile": s.study_compile, "epochs": s.study_epochs,
-           "batch_size": s.batch_size, "folder_seconds": round(time.perf_counter() - t_folder, 1),
-           "target_seconds": STUDY_TARGET_S, "finished": False}
+    recipe = _recipe(
+        root, s.study_size, "cifar", s.study_compile, s, epochs=s.study_epochs, classes_folder=True
+    )
+    row = {
+        "case": "study",
+        "images": s.study_images,
+        "size": s.study_size,
+        "classes": s.study_classes,
+        "model": "resnet18",
+        "stem": "cifar",
+        "compile": s.study_compile,
+        "epochs": s.study_epochs,
+        "batch_size": s.batch_size,
+        "folder_seconds": round(time.perf_counter() - t_folder, 1),
+        "target_seconds": STUDY_TARGET_S,
+        "finished": False,
+    }
     t0 = time.perf_counter()
     res = train(recipe, work / "runs", quiet=True, trackers=(StudyProgress(row, row_path, t0),))
     summ = res.summary
-    row.update(finished=True, wall_seconds=round(time.perf_counter() - t0, 1), data_seconds=summ["data_seconds"],
-               train_seconds=summ["train_seconds"], compile_seconds=summ.get("compile_seconds"),
-               best_val_acc=summ["best_val_acc"], test_acc=summ.get("test_acc"), device=summ["device"],
-               precision=summ["precision"])
-    row.update(extrapolated_wall_seconds=row["wall_seconds"], meets_target=row["wall_seconds"] < STUDY_TARGET_S)
+    row.update(
+        finished=True,
+        wall_seconds=round(time.perf_counter() - t0, 1),
+        data_seconds=summ["data_seconds"],
+        train_seconds=summ["train_seconds"],
+        compile_seconds=summ.get("compile_seconds"),
+        best_val_acc=summ["best_val_acc"],
+        test_acc=summ.get("test_acc"),
+        device=summ["device"],
+        precision=summ["precision"],
+    )
+    row.update(
+        extrapolated_wall_seconds=row["wall_seconds"], meets_target=row["wall_seconds"] < STUDY_TARGET_S
+    )
     return row
 
 
@@ -306,8 +443,14 @@ def prep_case(s: SimpleNamespace) -> dict:
     from prep_bench import prep_rows
 
     device = torch.device("cuda" if torch.cuda.is_available() and not s.cpu else "cpu")
-    p = prep_options([], batch_size=s.batch_size, size=32, steps=3 if s.cpu else 200,
-                     warmup=2 if s.cpu else 10, no_compile=s.cpu)
+    p = prep_options(
+        [],
+        batch_size=s.batch_size,
+        size=32,
+        steps=3 if s.cpu else 200,
+        warmup=2 if s.cpu else 10,
+        no_compile=s.cpu,
+    )
     return {"case": "prep", "rows": prep_rows(p, device)}
 
 
@@ -316,8 +459,21 @@ def decode_case(rows: Path, work: Path) -> dict:
     import subprocess
 
     out = rows / "decode_bench.json"
-    subprocess.run([sys.executable, str(Path(__file__).with_name("decode_bench.py")), "--images", "20000",
-                    "--rounds", "3", "--work", str(work / "decode"), "--out", str(out)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("decode_bench.py")),
+            "--images",
+            "20000",
+            "--rounds",
+            "3",
+            "--work",
+            str(work / "decode"),
+            "--out",
+            str(out),
+        ],
+        check=True,
+    )
     return {"case": "decode", **json.loads(out.read_text())}
 
 
@@ -345,9 +501,14 @@ def collect(s: SimpleNamespace, rows: Path) -> dict:
     """gpu_bench.json from the rows directory: each case's row, or why it has none (its exit
     code and log tail as gpu.sh recorded them, or skipped for lack of time)."""
     pre = _read_json(rows / "preflight.json") or {}
-    result: dict[str, Any] = {"bench": "gpu", "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-                              "mode": "cpu" if s.cpu else "gpu", "preflight": pre,
-                              "target_ratio": TARGET_RATIO, "cases": []}
+    result: dict[str, Any] = {
+        "bench": "gpu",
+        "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "mode": "cpu" if s.cpu else "gpu",
+        "preflight": pre,
+        "target_ratio": TARGET_RATIO,
+        "cases": [],
+    }
     for name, limit in case_list(s):
         row = _read_json(rows / f"{name}.json") or {"case": name}
         rc_text = (rows / f"{name}.rc").read_text().strip() if (rows / f"{name}.rc").exists() else None
@@ -365,8 +526,9 @@ def collect(s: SimpleNamespace, rows: Path) -> dict:
         else:
             result["cases"].append(row)
     ran = [c for c in result["cases"] if "ratio" in c]
-    result["all_cases_meet_target"] = bool(ran) and len(ran) == len(result["cases"]) and all(
-        c["ratio"] >= TARGET_RATIO for c in ran)
+    result["all_cases_meet_target"] = (
+        bool(ran) and len(ran) == len(result["cases"]) and all(c["ratio"] >= TARGET_RATIO for c in ran)
+    )
     return result
 
 
@@ -421,8 +583,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"PREFLIGHT FAILED: {e}", flush=True)
             return 3
         _write_json(rows / "preflight.json", {"ok": True, **info})
-        print(f"preflight ok in {info['seconds']} s: {info['device']}, torch {info['versions']['torch']}, "
-              f"step {info['step']}, compile ({info['compile_backend']}) ok", flush=True)
+        print(
+            f"preflight ok in {info['seconds']} s: {info['device']}, torch {info['versions']['torch']}, "
+            f"step {info['step']}, compile ({info['compile_backend']}) ok",
+            flush=True,
+        )
         return 0
     work = a.work or Path(tempfile.mkdtemp(prefix="clfkit-gpu-bench-"))
     os.environ["CLFKIT_CACHE_DIR"] = str(work / "cache")  # decoded once, shared by the case processes

@@ -5,6 +5,7 @@ rounds each, on a run trained with
     clfkit train recipes/flowers5.yaml --set data.image_size=32 --set train.epochs=2 --set name=f5_32 --out runs
     python bench/insight_cost.py runs/f5_32
 """
+
 from __future__ import annotations
 
 import os
@@ -25,6 +26,7 @@ def main(run: str) -> None:
     import pytorch_grad_cam  # noqa: F401 - its import is part of the cost (scikit-learn, OpenCV)
 
     from clfkit.run.gradcam import cam_cards
+
     print(f"import pytorch_grad_cam {time.perf_counter() - t:.2f} s; load {os.getloadavg()[0]:.2f}")
     _, state = run_checkpoint(run, None, "eval")
     recipe = Recipe.model_validate(state["recipe"])
@@ -45,8 +47,10 @@ def main(run: str) -> None:
         t2 = time.perf_counter()
         cam = cam_cards(model, splits.test, logits.softmax(1), splits.class_names, rt.device)
         t3 = time.perf_counter()
-        print(f"round {r + 1}: test pass {t1 - t0:.2f} s, calibration {t2 - t1:.2f} s, Grad-CAM {t3 - t2:.2f} s "
-              f"({cam['maps']} maps); load {os.getloadavg()[0]:.2f}")
+        print(
+            f"round {r + 1}: test pass {t1 - t0:.2f} s, calibration {t2 - t1:.2f} s, Grad-CAM {t3 - t2:.2f} s "
+            f"({cam['maps']} maps); load {os.getloadavg()[0]:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ after each run (its default), which lets one session's idle threads take CPU fro
 one timed: its batch-1 column and the mlp rows are not usable; int8_64px.json was taken with
 spinning off.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,11 @@ CONFIGS = {
 }
 # (configuration, level) pairs timed besides every configuration at "all"
 EXTRA_LEVELS = [("qdq u8s8 pc", "basic"), ("qdq u8s8 pc", "extended"), ("qop u8s8 pc", "basic")]
-MODELS = {"mlp": {"name": "mlp", "hidden": [1024]}, "cnn": {"name": "cnn"},
-          "resnet": {"name": "resnet", "depth": 18, "stem": "imagenet", "width": 0.5}}
+MODELS = {
+    "mlp": {"name": "mlp", "hidden": [1024]},
+    "cnn": {"name": "cnn"},
+    "resnet": {"name": "resnet", "depth": 18, "stem": "imagenet", "width": 0.5},
+}
 
 
 def trained_model(kind: str, size: int, steps: int):
@@ -67,8 +71,14 @@ def trained_model(kind: str, size: int, steps: int):
     from clfkit.data import synthetic
     from clfkit.recipe import validate_recipe
 
-    recipe = validate_recipe({"name": "int8-bench", "data": {"source": {"name": "shapes"}, "image_size": size},
-                              "model": MODELS[kind], "train": {"epochs": 1, "batch_size": 64}})
+    recipe = validate_recipe(
+        {
+            "name": "int8-bench",
+            "data": {"source": {"name": "shapes"}, "image_size": size},
+            "model": MODELS[kind],
+            "train": {"epochs": 1, "batch_size": 64},
+        }
+    )
     x, y = synthetic.generate(steps * 64 + 256, size, 10, 0, 0)
     held, _ = synthetic.generate(512, size, 10, 0, 1)
     x, held = x.transpose(0, 3, 1, 2).copy(), held.transpose(0, 3, 1, 2).copy()
@@ -76,7 +86,7 @@ def trained_model(kind: str, size: int, steps: int):
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     model.train()
     for i in range(steps):
-        xb, yb = torch.from_numpy(x[i * 64:(i + 1) * 64]), torch.from_numpy(y[i * 64:(i + 1) * 64])
+        xb, yb = torch.from_numpy(x[i * 64 : (i + 1) * 64]), torch.from_numpy(y[i * 64 : (i + 1) * 64])
         loss = torch.nn.functional.cross_entropy(model(xb), yb)
         opt.zero_grad()
         loss.backward()
@@ -91,9 +101,11 @@ def session(model_bytes: bytes, level: str):
     # threads that spin after a run would take the CPU from the next session timed (and
     # clfkit predict turns spinning off too)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                                     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    opts.graph_optimization_level = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
     return ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
@@ -113,7 +125,9 @@ def dynamic_bytes(fp32_bytes: bytes) -> bytes:
 def agreement(ref, sess, images) -> float:
     import numpy as np
 
-    got = np.concatenate([sess.run(None, {"image": images[i:i + 64]})[0] for i in range(0, len(images), 64)])
+    got = np.concatenate(
+        [sess.run(None, {"image": images[i : i + 64]})[0] for i in range(0, len(images), 64)]
+    )
     return 100.0 * float((ref.argmax(1) == got.argmax(1)).mean())
 
 
@@ -135,9 +149,11 @@ def interleaved_ratios(sessions: dict, images, rounds: int, batch1_runs: int) ->
             times[k]["b64"].append(t1 - t0)
             times[k]["b1"].append((t2 - t1) / batch1_runs)
     ref = times["fp32"]
-    return {k: {b: median([r / t for r, t in zip(ref[b], v[b])]) for b in ("b64", "b1")}
-            | {"fp32_ms_b64": 1000 * median(ref["b64"]), "ms_b64": 1000 * median(v["b64"])}
-            for k, v in times.items()}
+    return {
+        k: {b: median([r / t for r, t in zip(ref[b], v[b])]) for b in ("b64", "b1")}
+        | {"fp32_ms_b64": 1000 * median(ref["b64"]), "ms_b64": 1000 * median(v["b64"])}
+        for k, v in times.items()
+    }
 
 
 def bench_model(kind: str, size: int, a) -> list[dict]:
@@ -156,7 +172,9 @@ def bench_model(kind: str, size: int, a) -> list[dict]:
     if kind == "mlp":
         graphs["dynamic s8"] = dynamic_bytes(fp32_bytes)
     sessions = {(k, "all"): session(b, "all") for k, b in graphs.items()}
-    sessions.update({(k, lvl): session(graphs[k], lvl) for k, lvl in EXTRA_LEVELS if k in graphs and not a.configs})
+    sessions.update(
+        {(k, lvl): session(graphs[k], lvl) for k, lvl in EXTRA_LEVELS if k in graphs and not a.configs}
+    )
     ref = sessions[("fp32", "all")].run(None, {"image": held})[0]
     named = {("fp32" if k == ("fp32", "all") else f"{k[0]} @{k[1]}"): s for k, s in sessions.items()}
     ratios = interleaved_ratios(named, held, a.rounds, a.batch1_runs)
@@ -165,10 +183,23 @@ def bench_model(kind: str, size: int, a) -> list[dict]:
         if k == "fp32":
             continue
         r = ratios[f"{k} @{lvl}"]
-        rows.append({"model": kind, "px": size, "config": k, "level": lvl, "agreement": agreement(ref, s, held),
-                     "size": len(graphs[k]) / len(fp32_bytes), "x_b64": r["b64"], "x_b1": r["b1"],
-                     "fp32_ms_b64": r["fp32_ms_b64"], "int8_ms_b64": r["ms_b64"], "load_1m": os.getloadavg()[0],
-                     "spinning": False, **({"settings": asdict(CONFIGS[k])} if k in CONFIGS else {})})
+        rows.append(
+            {
+                "model": kind,
+                "px": size,
+                "config": k,
+                "level": lvl,
+                "agreement": agreement(ref, s, held),
+                "size": len(graphs[k]) / len(fp32_bytes),
+                "x_b64": r["b64"],
+                "x_b1": r["b1"],
+                "fp32_ms_b64": r["fp32_ms_b64"],
+                "int8_ms_b64": r["ms_b64"],
+                "load_1m": os.getloadavg()[0],
+                "spinning": False,
+                **({"settings": asdict(CONFIGS[k])} if k in CONFIGS else {}),
+            }
+        )
     print(f"{kind} {size}px done (load {os.getloadavg()[0]:.1f})", flush=True)
     return rows
 
@@ -180,18 +211,36 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--batch1-runs", type=int, default=8)
     p.add_argument("--train-steps", type=int, default=40)
-    p.add_argument("--configs", default="", help="comma-separated names of CONFIGS to run (default all, "
-                   "and the extra optimization levels)")
+    p.add_argument(
+        "--configs",
+        default="",
+        help="comma-separated names of CONFIGS to run (default all, and the extra optimization levels)",
+    )
     p.add_argument("--out", default=None)
     a = p.parse_args()
     a.configs = [c.strip() for c in a.configs.split(",") if c.strip()]
-    rows = [r for kind in a.kinds.split(",") for size in map(int, a.sizes.split(",")) for r in bench_model(kind, size, a)]
+    rows = [
+        r
+        for kind in a.kinds.split(",")
+        for size in map(int, a.sizes.split(","))
+        for r in bench_model(kind, size, a)
+    ]
     info = machine() | {"cpu_int8": cpu_int8_support()}
-    result = {"bench": "int8", "machine": info, "rounds": a.rounds, "rows": rows,
-              "note": "speed ratio = fp32 time / int8 time, median over interleaved rounds; "
-                      "agreement = top-1 agreement with fp32 on 512 held-out images, %"}
-    report("int8 vs fp32 (onnxruntime CPU)", result, rows,
-           ["model", "px", "config", "level", "agreement", "size", "x_b64", "x_b1", "fp32_ms_b64", "load_1m"], a.out)
+    result = {
+        "bench": "int8",
+        "machine": info,
+        "rounds": a.rounds,
+        "rows": rows,
+        "note": "speed ratio = fp32 time / int8 time, median over interleaved rounds; "
+        "agreement = top-1 agreement with fp32 on 512 held-out images, %",
+    }
+    report(
+        "int8 vs fp32 (onnxruntime CPU)",
+        result,
+        rows,
+        ["model", "px", "config", "level", "agreement", "size", "x_b64", "x_b1", "fp32_ms_b64", "load_1m"],
+        a.out,
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ that a change in machine load hits them alike; the medians give the ratios.
 Targets: end-to-end >= 0.80 x the slower of onnxruntime alone (pre-decoded tensors) and the
 decode alone (PIL in threads), per round (issue 27); >= 1.3 x torch eager (issue 6).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,16 +31,33 @@ def make_model(work: Path, size: int, depth: int, stem: str, width: float, class
     from clfkit.deploy.export import export_run
     from clfkit.recipe import validate_recipe
 
-    recipe = validate_recipe({"name": "bench", "data": {"image_size": size, "normalize": "imagenet"},
-                              "model": {"name": "resnet", "depth": depth, "stem": stem, "width": width}})
+    recipe = validate_recipe(
+        {
+            "name": "bench",
+            "data": {"image_size": size, "normalize": "imagenet"},
+            "model": {"name": "resnet", "depth": depth, "stem": stem, "width": width},
+        }
+    )
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     model = build_model(recipe, classes, 3, (size, size), mean, std).eval()
     run = work / "run"
     run.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(run / "best.pt", {"recipe": recipe.to_dict(), "class_names": [f"c{i}" for i in range(classes)],
-                                      "input": {"image_size": [size, size], "channels": 3, "mean": mean,
-                                                "std": std, "resize": "squash"},
-                                      "model": model.state_dict(), "epoch": 0})
+    save_checkpoint(
+        run / "best.pt",
+        {
+            "recipe": recipe.to_dict(),
+            "class_names": [f"c{i}" for i in range(classes)],
+            "input": {
+                "image_size": [size, size],
+                "channels": 3,
+                "mean": mean,
+                "std": std,
+                "resize": "squash",
+            },
+            "model": model.state_dict(),
+            "epoch": 0,
+        },
+    )
     import yaml
 
     (run / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict()))  # what makes it a run folder
@@ -87,12 +105,12 @@ def main() -> None:
 
     def ort_alone():
         for i in range(0, n, b):
-            clf(pre[i:i + b])
+            clf(pre[i : i + b])
 
     def torch_eager():
         with torch.inference_mode():
             for i in range(0, n, b):
-                tmodel(torch.from_numpy(pre[i:i + b]))
+                tmodel(torch.from_numpy(pre[i : i + b]))
 
     def end_to_end():
         predict_folder(onnx_path, images_dir, work / "test.txt", batch_size=b, threads=threads)
@@ -106,33 +124,57 @@ def main() -> None:
     clf(pre[:b])  # warm up: onnxruntime's first run allocates its arena
     with torch.inference_mode():
         tmodel(torch.from_numpy(pre[:b]))
-    modes = {"end_to_end": end_to_end, "onnxruntime_alone": ort_alone, "torch_eager": torch_eager,
-             "decode_only": decode_only}
+    modes = {
+        "end_to_end": end_to_end,
+        "onnxruntime_alone": ort_alone,
+        "torch_eager": torch_eager,
+        "decode_only": decode_only,
+    }
     times: dict[str, list[float]] = {k: [] for k in modes}
     loads: list[float] = []
     for r in range(a.rounds):  # interleaved: every mode once per round, in the same order
         loads.append(os.getloadavg()[0])
         for k, fn in modes.items():
             times[k].append(timed(fn))
-            print(f"round {r + 1}/{a.rounds} {k}: {n / times[k][-1]:.0f} images/s", file=sys.stderr, flush=True)
+            print(
+                f"round {r + 1}/{a.rounds} {k}: {n / times[k][-1]:.0f} images/s", file=sys.stderr, flush=True
+            )
     ips = {k: n / median(v) for k, v in times.items()}
     # the limit of each round: the slower of its two halves done alone (decode, inference)
-    per_round = [max(times["onnxruntime_alone"][r], times["decode_only"][r]) / times["end_to_end"][r]
-                 for r in range(a.rounds)]
-    ratios = {"end_to_end / min(onnxruntime_alone, decode_only)": median(per_round),
-              "end_to_end / onnxruntime_alone": ips["end_to_end"] / ips["onnxruntime_alone"],
-              "end_to_end / torch_eager": ips["end_to_end"] / ips["torch_eager"],
-              "onnxruntime_alone / torch_eager": ips["onnxruntime_alone"] / ips["torch_eager"]}
+    per_round = [
+        max(times["onnxruntime_alone"][r], times["decode_only"][r]) / times["end_to_end"][r]
+        for r in range(a.rounds)
+    ]
+    ratios = {
+        "end_to_end / min(onnxruntime_alone, decode_only)": median(per_round),
+        "end_to_end / onnxruntime_alone": ips["end_to_end"] / ips["onnxruntime_alone"],
+        "end_to_end / torch_eager": ips["end_to_end"] / ips["torch_eager"],
+        "onnxruntime_alone / torch_eager": ips["onnxruntime_alone"] / ips["torch_eager"],
+    }
     targets = {"end_to_end / min(onnxruntime_alone, decode_only)": 0.80, "end_to_end / torch_eager": 1.3}
-    result = {"bench": "predict", "machine": machine(),
-              "settings": {"images": n, "size": a.size, "batch_size": b, "model": f"resnet{a.depth}",
-                           "stem": a.stem, "width": a.width, "threads": threads, "rounds": a.rounds},
-              "images_per_s": ips, "all_images_per_s": {k: [n / t for t in v] for k, v in times.items()},
-              "ratio_to_limit_per_round": per_round, "load_avg_1m_per_round": loads,
-              "ratios": ratios, "targets": targets,
-              "met": {k: ratios[k] >= v for k, v in targets.items()},
-              "note": "shared 2-core VM: absolute images/s are upper bounds on time; the ratio to the limit is taken "
-                      "per round (modes run back to back) and its median is given"}
+    result = {
+        "bench": "predict",
+        "machine": machine(),
+        "settings": {
+            "images": n,
+            "size": a.size,
+            "batch_size": b,
+            "model": f"resnet{a.depth}",
+            "stem": a.stem,
+            "width": a.width,
+            "threads": threads,
+            "rounds": a.rounds,
+        },
+        "images_per_s": ips,
+        "all_images_per_s": {k: [n / t for t in v] for k, v in times.items()},
+        "ratio_to_limit_per_round": per_round,
+        "load_avg_1m_per_round": loads,
+        "ratios": ratios,
+        "targets": targets,
+        "met": {k: ratios[k] >= v for k, v in targets.items()},
+        "note": "shared 2-core VM: absolute images/s are upper bounds on time; the ratio to the limit is taken "
+        "per round (modes run back to back) and its median is given",
+    }
     rows = [{"measure": k, "images/s (median)": v} for k, v in ips.items()]
     rows += [{"measure": k, "ratio": v, "target": targets.get(k)} for k, v in ratios.items()]
     report("predict throughput", result, rows, ["measure", "images/s (median)", "ratio", "target"], a.out)

@@ -6,6 +6,7 @@ fresh interpreter, measured by the kernel: wait4's ru_maxrss), for the default s
 Target (issue 14): 20k small PNGs keep peak RSS under 600 MB, and it does not grow with the
 folder (``--images`` at 2000 and 20000 should give about the same peak).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,9 @@ def run_predict(model: Path, folder: Path, out: Path, extra: list[str]) -> tuple
     """(seconds, peak RSS in MB) of one ``clfkit predict`` process."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "clfkit", "predict", str(model), str(folder), "-o", str(out), *extra]
-    r = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], env=env, capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, *cmd], env=env, capture_output=True, text=True, check=True
+    )
     code, seconds, rss = r.stdout.split()
     if int(code):
         raise SystemExit(f"clfkit predict failed ({code})")
@@ -64,12 +67,27 @@ def main() -> None:
         rows.append({"images": n, "images/s": n / seconds, "peak RSS MB": rss, "s": seconds})
         print(rows[-1], file=sys.stderr, flush=True)
     target = 600.0
-    result = {"bench": "predict_scale", "machine": machine(),
-              "settings": {"size": a.size, "model": f"resnet{a.depth}", "width": a.width,
-                           "batch_size": a.batch_size, "workers": "default (all cores, at least 2)"},
-              "runs": runs, "target_peak_rss_mb": target, "met": all(r["peak_rss_mb"] < target for r in runs)}
-    report("predict at scale (whole clfkit predict process)", result, rows, ["images", "images/s", "peak RSS MB", "s"],
-           a.out)
+    result = {
+        "bench": "predict_scale",
+        "machine": machine(),
+        "settings": {
+            "size": a.size,
+            "model": f"resnet{a.depth}",
+            "width": a.width,
+            "batch_size": a.batch_size,
+            "workers": "default (all cores, at least 2)",
+        },
+        "runs": runs,
+        "target_peak_rss_mb": target,
+        "met": all(r["peak_rss_mb"] < target for r in runs),
+    }
+    report(
+        "predict at scale (whole clfkit predict process)",
+        result,
+        rows,
+        ["images", "images/s", "peak RSS MB", "s"],
+        a.out,
+    )
 
 
 if __name__ == "__main__":

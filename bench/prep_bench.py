@@ -9,6 +9,7 @@ results equal the eager ones bit for bit for the same generator states.
     python bench/prep_bench.py --batch-size 256 --size 32 --steps 200 --out x.json
 gpu_bench.py runs it as its ``prep`` row.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,14 @@ def build(chain: str, size: int, channels_last: bool, compile_: bool, backend: s
     augs, regs = CHAINS[chain]
     args = {"PadCrop": {"padding": max(2, size // 8)}, "Cutout": {"size": max(1, size // 4)}}
     aug = [registry.create("augmentation", n, **args.get(n, {})) for n in augs]
-    return BatchPrep(aug, [registry.create("regularizer", n) for n in regs], classes, channels_last,
-                     compile=compile_, backend=backend)
+    return BatchPrep(
+        aug,
+        [registry.create("regularizer", n) for n in regs],
+        classes,
+        channels_last,
+        compile=compile_,
+        backend=backend,
+    )
 
 
 def _outputs(prep, x8, y, device, steps: int) -> list:
@@ -87,8 +94,12 @@ def time_mode(chain: str, compile_: bool, a, device) -> dict:
         prep(x8, y, gen)
     sync()
     ms = (time.perf_counter() - t0) / a.steps * 1e3
-    return {"ms_per_step": ms, "warmup_seconds": warm, "kernels_per_step": _kernels_per_step(prep, x8, y, gen),
-            "outputs": _outputs(prep, x8, y, device, 6)}
+    return {
+        "ms_per_step": ms,
+        "warmup_seconds": warm,
+        "kernels_per_step": _kernels_per_step(prep, x8, y, gen),
+        "outputs": _outputs(prep, x8, y, device, 6),
+    }
 
 
 def prep_rows(a, device) -> list[dict]:
@@ -98,18 +109,34 @@ def prep_rows(a, device) -> list[dict]:
     rows = []
     for chain in CHAINS:
         eager = time_mode(chain, False, a, device)
-        row = {"chain": chain, "batch_size": a.batch_size, "size": a.size, "steps": a.steps,
-               "eager_ms_per_step": eager["ms_per_step"], "eager_kernels_per_step": eager["kernels_per_step"]}
+        row = {
+            "chain": chain,
+            "batch_size": a.batch_size,
+            "size": a.size,
+            "steps": a.steps,
+            "eager_ms_per_step": eager["ms_per_step"],
+            "eager_kernels_per_step": eager["kernels_per_step"],
+        }
         if not a.no_compile:
             comp = time_mode(chain, True, a, device)
-            same = all(torch.equal(xe, xc) and torch.equal(ye, yc)
-                       for (xe, ye), (xc, yc) in zip(eager["outputs"], comp["outputs"]))
-            diff = max(float((xe - xc).abs().max()) for (xe, _), (xc, _) in zip(eager["outputs"], comp["outputs"]))
-            row.update({"backend": a.backend, "compiled_ms_per_step": comp["ms_per_step"],
-                        "compiled_kernels_per_step": comp["kernels_per_step"],
-                        "compile_and_warmup_seconds": comp["warmup_seconds"],
-                        "speedup": eager["ms_per_step"] / comp["ms_per_step"],
-                        "bit_identical": same, "max_abs_diff": diff})
+            same = all(
+                torch.equal(xe, xc) and torch.equal(ye, yc)
+                for (xe, ye), (xc, yc) in zip(eager["outputs"], comp["outputs"])
+            )
+            diff = max(
+                float((xe - xc).abs().max()) for (xe, _), (xc, _) in zip(eager["outputs"], comp["outputs"])
+            )
+            row.update(
+                {
+                    "backend": a.backend,
+                    "compiled_ms_per_step": comp["ms_per_step"],
+                    "compiled_kernels_per_step": comp["kernels_per_step"],
+                    "compile_and_warmup_seconds": comp["warmup_seconds"],
+                    "speedup": eager["ms_per_step"] / comp["ms_per_step"],
+                    "bit_identical": same,
+                    "max_abs_diff": diff,
+                }
+            )
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -136,9 +163,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device)
-    result = {"bench": "prep", "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
-              "machine": machine(), "rows": prep_rows(a, device)}
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    )
+    result = {
+        "bench": "prep",
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+        "machine": machine(),
+        "rows": prep_rows(a, device),
+    }
     result["machine_after"] = {"load_avg_1m": os.getloadavg()[0]}
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -10,6 +10,7 @@ pruned grid of that order without training anything. The fixed order of one real
 
     python bench/prune_replay.py SWEEP_FOLDER [--orders 500] [--out replay.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,6 +27,7 @@ import optuna  # noqa: E402
 from clfkit.run.reader import read_history  # noqa: E402
 from clfkit.studies.tune import make_pruner, pruning_start  # noqa: E402
 
+
 def _clfkit(pruner: str, prune_from=None):
     """clfkit tune's own pruner (clfkit.studies.tune.make_pruner) for a run of ``e`` epochs."""
     return lambda e: make_pruner(SimpleNamespace(pruner=pruner, epochs=e, prune_from=prune_from))
@@ -38,7 +40,8 @@ RULES = {  # name -> pruner factory given the run's epochs
     "median from epoch 1 (Optuna's MedianPruner)": _clfkit("median", 1),
     "median from half": lambda e: _clfkit("median", e // 2)(e),
     "median from a third, 4 trials finished first": lambda e: optuna.pruners.MedianPruner(
-        n_startup_trials=4, n_warmup_steps=pruning_start(e)),
+        n_startup_trials=4, n_warmup_steps=pruning_start(e)
+    ),
     "halving from a third (--pruner halving)": _clfkit("halving"),
     "halving from epoch 1": _clfkit("halving", 1),
 }
@@ -75,8 +78,10 @@ def main() -> None:
     grid_best, grid_epochs = max(max(c) for c in curves), sum(len(c) for c in curves)
     rng = random.Random(0)
     orders = [rng.sample(range(len(runs)), len(runs)) for _ in range(args.orders)]
-    print(f"{args.sweep}: {len(runs)} runs, {grid_epochs} epochs, grid best val acc {grid_best:.4f}; "
-          f"{args.orders} orders")
+    print(
+        f"{args.sweep}: {len(runs)} runs, {grid_epochs} epochs, grid best val acc {grid_best:.4f}; "
+        f"{args.orders} orders"
+    )
     print(f"| rule | reaches the grid's best | best val acc (mean) | epochs (share of the grid's) |")
     print("|---|---|---|---|")
     results = {}
@@ -88,8 +93,19 @@ def main() -> None:
         results[name] = {"reaches_grid_best": hit, "mean_best_val_acc": mean_best, "epoch_share": share}
         print(f"| {name} | {hit:.0%} of orders | {mean_best:.4f} | {share:.2f} |")
     if args.out:
-        args.out.write_text(json.dumps({"sweep": str(args.sweep), "runs": len(runs), "grid_epochs": grid_epochs,
-                                        "grid_best": grid_best, "orders": args.orders, "rules": results}, indent=1))
+        args.out.write_text(
+            json.dumps(
+                {
+                    "sweep": str(args.sweep),
+                    "runs": len(runs),
+                    "grid_epochs": grid_epochs,
+                    "grid_best": grid_best,
+                    "orders": args.orders,
+                    "rules": results,
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

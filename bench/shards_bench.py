@@ -16,6 +16,7 @@ hardest case for streaming) and a small ``cnn`` (closer to a real run, where the
 compute hides the decode). Ratios are taken within one run of this script; on a shared
 machine the absolute figures are upper bounds on time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, make_folder, report
 from storage_bench import LAUNCHER
 
-MODELS = {"linear": {"name": "linear"},
-          "cnn": {"name": "cnn", "blocks": [{"channels": 16, "pool": "max"}, {"channels": 32, "pool": "max"}]}}
+MODELS = {
+    "linear": {"name": "linear"},
+    "cnn": {"name": "cnn", "blocks": [{"channels": 16, "pool": "max"}, {"channels": 32, "pool": "max"}]},
+}
 
 CHILD = """
 import json, os, resource, sys, time
@@ -61,14 +64,28 @@ print("RESULT", json.dumps({"train_images": s["train_images"], "data_seconds": s
 
 
 def run_child(source: dict, out: Path, size: int, batch: int, model: dict, cache: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CLFKIT_CACHE_DIR": str(cache), "CLFKIT_CACHE": "0",
-           "NO_ALBUMENTATIONS_UPDATE": "1"}
-    cmd = [sys.executable, "-c", CHILD, json.dumps(source), str(out), str(size), str(batch), json.dumps(model)]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "CLFKIT_CACHE_DIR": str(cache),
+        "CLFKIT_CACHE": "0",
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-c",
+        CHILD,
+        json.dumps(source),
+        str(out),
+        str(size),
+        str(batch),
+        json.dumps(model),
+    ]
     r = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], env=env, capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(f"run failed:\n{r.stderr[-3000:]}")
     line = next(x for x in r.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def main() -> None:
@@ -80,8 +97,12 @@ def main() -> None:
     ap.add_argument("--models", default="linear,cnn")
     ap.add_argument("--work", default=None, help="folder for images, shards and runs [a temp folder]")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved memory/streamed rounds per model")
-    ap.add_argument("--raw", default="auto", choices=["auto", "never"],
-                    help="clfkit data pack --raw: small lossless images as decoded uint8 (.npy) samples")
+    ap.add_argument(
+        "--raw",
+        default="auto",
+        choices=["auto", "never"],
+        help="clfkit data pack --raw: small lossless images as decoded uint8 (.npy) samples",
+    )
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -98,35 +119,75 @@ def main() -> None:
     pack_s = time.perf_counter() - t0
     names = [s["name"] for s in manifest["shards"] if s["split"] == "train"]
     shards = {"name": "webdataset", "train": [str(work / "shards" / n) for n in names]}
-    quarter = {"name": "webdataset", "train": shards["train"][:max(1, len(names) // 4)]}
+    quarter = {"name": "webdataset", "train": shards["train"][: max(1, len(names) // 4)]}
     rows, ratios = [], {}
     for model in a.models.split(","):
         runs = work / "runs" / model
         ratios[model] = []
         for r in range(a.rounds):  # interleaved: memory, streamed, memory, streamed, ...
             shutil.rmtree(runs, ignore_errors=True)
-            memory = run_child({"name": "folder", "root": str(images)}, runs / "m", a.size, a.batch_size,
-                               MODELS[model], work / "cache")
+            memory = run_child(
+                {"name": "folder", "root": str(images)},
+                runs / "m",
+                a.size,
+                a.batch_size,
+                MODELS[model],
+                work / "cache",
+            )
             streamed = run_child(shards, runs / "s", a.size, a.batch_size, MODELS[model], work / "cache")
             ratio = round(streamed["train_images_per_s"] / memory["train_images_per_s"], 3)
             ratios[model].append(ratio)
-            rows += [{"model": model, "round": r + 1, "run": "memory (folder, decoded first)", **memory},
-                     {"model": model, "round": r + 1, "run": "streamed shards", **streamed, "rate_vs_memory": ratio}]
+            rows += [
+                {"model": model, "round": r + 1, "run": "memory (folder, decoded first)", **memory},
+                {
+                    "model": model,
+                    "round": r + 1,
+                    "run": "streamed shards",
+                    **streamed,
+                    "rate_vs_memory": ratio,
+                },
+            ]
         small = run_child(quarter, runs / "q", a.size, a.batch_size, MODELS[model], work / "cache")
         rows.append({"model": model, "round": "-", "run": "streamed, 1/4 of the shards", **small})
-    result = {"bench": "shards", "machine": machine(), "images": a.n, "size": a.size, "batch_size": a.batch_size,
-              "shards": len(names), "shard_size": a.shard_size, "raw": a.raw, "rounds": a.rounds,
-              "make_folder_seconds": round(make_s, 1),
-              "pack_seconds": round(pack_s, 1), "pack_images_per_s": round(a.n / pack_s, 1), "rows": rows,
-              "rate_vs_memory_median": {m: statistics.median(v) for m, v in ratios.items()},
-              "rate_vs_memory_rounds": ratios,
-              "note": "measured on a shared 2-core VM under load from other jobs (load average per run in "
-                      "load_avg_1m_before_after): absolute times are upper bounds on time; the ratio is taken per "
-                      "round, memory and streamed run back to back, and the median of the rounds is given",
-              "goal": "streamed >= 0.8 of the memory rate at 32 px on 2 cores; peak RSS flat as the set grows"}
-    report("WebDataset shards streamed vs memory, 1 epoch", result, rows,
-           ["model", "round", "run", "train_images", "data_seconds", "train_images_per_s", "rate_vs_memory", "peak_rss_mb",
-            "children_peak_rss_mb", "load_avg_1m_before_after"], a.out)
+    result = {
+        "bench": "shards",
+        "machine": machine(),
+        "images": a.n,
+        "size": a.size,
+        "batch_size": a.batch_size,
+        "shards": len(names),
+        "shard_size": a.shard_size,
+        "raw": a.raw,
+        "rounds": a.rounds,
+        "make_folder_seconds": round(make_s, 1),
+        "pack_seconds": round(pack_s, 1),
+        "pack_images_per_s": round(a.n / pack_s, 1),
+        "rows": rows,
+        "rate_vs_memory_median": {m: statistics.median(v) for m, v in ratios.items()},
+        "rate_vs_memory_rounds": ratios,
+        "note": "measured on a shared 2-core VM under load from other jobs (load average per run in "
+        "load_avg_1m_before_after): absolute times are upper bounds on time; the ratio is taken per "
+        "round, memory and streamed run back to back, and the median of the rounds is given",
+        "goal": "streamed >= 0.8 of the memory rate at 32 px on 2 cores; peak RSS flat as the set grows",
+    }
+    report(
+        "WebDataset shards streamed vs memory, 1 epoch",
+        result,
+        rows,
+        [
+            "model",
+            "round",
+            "run",
+            "train_images",
+            "data_seconds",
+            "train_images_per_s",
+            "rate_vs_memory",
+            "peak_rss_mb",
+            "children_peak_rss_mb",
+            "load_avg_1m_before_after",
+        ],
+        a.out,
+    )
     if not a.keep:
         shutil.rmtree(work, ignore_errors=True)
 

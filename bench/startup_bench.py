@@ -6,6 +6,7 @@ commands so machine load hits them alike, and the medians give the ratios.
 
 Target (issue 12): ``clfkit predict`` starts within 1.5x of ``import onnxruntime, numpy, PIL``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,10 @@ COMMANDS = {
     "import onnxruntime, numpy, PIL": ["-c", "import onnxruntime, numpy, PIL"],
     "clfkit predict --help": ["-m", "clfkit", "predict", "--help"],
     # everything predict has imported by the time it opens the model (--help stops earlier)
-    "import clfkit.cli, clfkit.deploy.batch_predict, onnxruntime": ["-c", "import clfkit.cli, clfkit.deploy.batch_predict, onnxruntime"],
+    "import clfkit.cli, clfkit.deploy.batch_predict, onnxruntime": [
+        "-c",
+        "import clfkit.cli, clfkit.deploy.batch_predict, onnxruntime",
+    ],
     "import torch (for scale)": ["-c", "import torch"],
 }
 BASE = "import onnxruntime, numpy, PIL"
@@ -53,10 +57,18 @@ def main() -> None:
     # per round, each command against the base run moments before it; the median of those
     ratios = {k: median([t / b for t, b in zip(times[k], times[BASE])]) for k in COMMANDS if k != BASE}
     target = 1.5
-    result = {"bench": "startup", "machine": machine(), "rounds": a.rounds, "median_s": med,
-              "all_s": times, "load_avg_1m_per_round": loads,
-              "note": "shared 2-core VM: times are upper bounds; ratios are per round, then the median", "ratio_to_base": ratios, "target": target,
-              "met": {k: ratios[k] <= target for k in ratios if "torch" not in k}}
+    result = {
+        "bench": "startup",
+        "machine": machine(),
+        "rounds": a.rounds,
+        "median_s": med,
+        "all_s": times,
+        "load_avg_1m_per_round": loads,
+        "note": "shared 2-core VM: times are upper bounds; ratios are per round, then the median",
+        "ratio_to_base": ratios,
+        "target": target,
+        "met": {k: ratios[k] <= target for k in ratios if "torch" not in k},
+    }
     rows = [{"command": k, "median s": med[k], "x base": ratios.get(k, 1.0)} for k in COMMANDS]
     report("start-up", result, rows, ["command", "median s", "x base"], a.out)
 

@@ -23,6 +23,7 @@ The model is deliberately tiny (softmax regression) so the data path, not the mo
 pace. The entry's pages sit in the kernel's page cache after the first run (not in the
 process): the disk figures are the read path's, not a cold device's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,14 +77,19 @@ print("RESULT", json.dumps({"storage": storage, "train_images": s["train_images"
 
 
 def run_child(root: Path, storage: str, out: Path, size: int, batch: int, cache: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CLFKIT_CACHE_DIR": str(cache), "CLFKIT_CACHE": "1",
-           "NO_ALBUMENTATIONS_UPDATE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "CLFKIT_CACHE_DIR": str(cache),
+        "CLFKIT_CACHE": "1",
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+    }
     cmd = [sys.executable, "-c", CHILD, str(root), storage, str(out), str(size), str(batch)]
     r = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], env=env, capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(f"{storage} run failed:\n{r.stderr[-3000:]}")
     line = next(x for x in r.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def linked_folder(root: Path, n: int, unique: int, size: int) -> Path:
@@ -108,7 +114,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=175000)
     ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--unique", type=int, default=20000, help="distinct images generated; the rest are hard links")
+    ap.add_argument(
+        "--unique", type=int, default=20000, help="distinct images generated; the rest are hard links"
+    )
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--work", default=None, help="folder for the images, cache and runs [a temp folder]")
     ap.add_argument("--keep", action="store_true", help="keep the images and cache afterwards")
@@ -121,17 +129,41 @@ def main() -> None:
     shutil.rmtree(cache, ignore_errors=True)
     shutil.rmtree(runs, ignore_errors=True)
     decoded_gb = a.images * 3 * a.size * a.size / 1e9
-    rows = [{"run": "disk, first decode", **run_child(root, "disk", runs / "d0", a.size, a.batch_size, cache)},
-            {"run": "disk", **run_child(root, "disk", runs / "d1", a.size, a.batch_size, cache)}]
+    rows = [
+        {"run": "disk, first decode", **run_child(root, "disk", runs / "d0", a.size, a.batch_size, cache)},
+        {"run": "disk", **run_child(root, "disk", runs / "d1", a.size, a.batch_size, cache)},
+    ]
     if not a.no_memory and _available() > 3 * decoded_gb * 1e9:
         rows.append({"run": "memory", **run_child(root, "memory", runs / "m", a.size, a.batch_size, cache)})
         rows[-1]["disk_throughput_vs_memory"] = rows[1]["train_images_per_s"] / rows[-1]["train_images_per_s"]
-    result = {"bench": "storage", "machine": machine(), "images": a.images, "size": a.size,
-              "decoded_gb": round(decoded_gb, 3), "unique_images": min(a.unique, a.images), "batch_size": a.batch_size, "model": "linear", "rows": rows,
-              "target": "peak RSS of a storage: disk run on a 2 GB decoded set < 1 GB"}
-    report("data.storage: disk vs memory, 1 epoch", result, rows,
-           ["run", "train_images", "data_seconds", "train_images_per_s", "peak_rss_mb", "rss_after_imports_mb",
-            "children_peak_rss_mb", "load_avg_1m_before_after"], a.out)
+    result = {
+        "bench": "storage",
+        "machine": machine(),
+        "images": a.images,
+        "size": a.size,
+        "decoded_gb": round(decoded_gb, 3),
+        "unique_images": min(a.unique, a.images),
+        "batch_size": a.batch_size,
+        "model": "linear",
+        "rows": rows,
+        "target": "peak RSS of a storage: disk run on a 2 GB decoded set < 1 GB",
+    }
+    report(
+        "data.storage: disk vs memory, 1 epoch",
+        result,
+        rows,
+        [
+            "run",
+            "train_images",
+            "data_seconds",
+            "train_images_per_s",
+            "peak_rss_mb",
+            "rss_after_imports_mb",
+            "children_peak_rss_mb",
+            "load_avg_1m_before_after",
+        ],
+        a.out,
+    )
     if not a.keep:
         shutil.rmtree(work, ignore_errors=True)
 

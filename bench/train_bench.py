@@ -13,6 +13,7 @@ pipeline / model-only is the figure; the issue's target on a GPU is >= 0.95.
     # CPU smoke run (minutes): small data, a narrow model, two epochs
     python bench/train_bench.py --images 512 --sizes 32 --width 0.25 --epochs 2 --model-steps 4
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,16 +31,27 @@ from common import machine, make_folder, report  # noqa: E402
 def recipe_for(root: Path, size: int, stem: str, compile_: bool, a, classes: int):
     from clfkit.recipe import validate_recipe
 
-    return validate_recipe({
-        "name": f"bench-{size}-{stem}-{'compile' if compile_ else 'eager'}",
-        "data": {"source": {"name": "folder", "root": str(root)}, "image_size": size,
-                 "val_fraction": a.val_fraction, "normalize": "imagenet",
-                 "augment": [{"name": "HorizontalFlip"}, {"name": "PadCrop", "padding": max(2, size // 8)}]},
-        "model": {"name": "resnet", "depth": 18, "stem": stem, "width": a.width},
-        "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
-        "schedule": {"name": "cosine"},
-        "train": {"epochs": a.epochs, "batch_size": a.batch_size, "compile": compile_, "device": a.device},
-    })
+    return validate_recipe(
+        {
+            "name": f"bench-{size}-{stem}-{'compile' if compile_ else 'eager'}",
+            "data": {
+                "source": {"name": "folder", "root": str(root)},
+                "image_size": size,
+                "val_fraction": a.val_fraction,
+                "normalize": "imagenet",
+                "augment": [{"name": "HorizontalFlip"}, {"name": "PadCrop", "padding": max(2, size // 8)}],
+            },
+            "model": {"name": "resnet", "depth": 18, "stem": stem, "width": a.width},
+            "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+            "schedule": {"name": "cosine"},
+            "train": {
+                "epochs": a.epochs,
+                "batch_size": a.batch_size,
+                "compile": compile_,
+                "device": a.device,
+            },
+        }
+    )
 
 
 def model_only(recipe, size: int, classes: int, steps: int, warmup: int) -> dict:
@@ -96,13 +108,23 @@ def run_one(root: Path, size: int, stem: str, compile_: bool, a, classes: int, o
     pipeline = sum(r["images_per_s"] for r in later) / len(later)
     limit = model_only(recipe, size, classes, a.model_steps, a.warmup_steps + (20 if compile_ else 0))
     s = res.summary
-    return {"size": size, "stem": stem, "compile": compile_, "train_images": s["train_images"],
-            "epochs": len(rows), "pipeline_images_per_s": pipeline,
-            "first_epoch_images_per_s": rows[0]["images_per_s"],
-            "model_only_images_per_s": limit["images_per_s"],
-            "ratio": pipeline / limit["images_per_s"], "data_seconds": s["data_seconds"],
-            "wall_seconds": s["wall_seconds"], "compile_seconds": s.get("compile_seconds"),
-            "epochs_averaged": len(later), "device": s["device"], "precision": s["precision"]}
+    return {
+        "size": size,
+        "stem": stem,
+        "compile": compile_,
+        "train_images": s["train_images"],
+        "epochs": len(rows),
+        "pipeline_images_per_s": pipeline,
+        "first_epoch_images_per_s": rows[0]["images_per_s"],
+        "model_only_images_per_s": limit["images_per_s"],
+        "ratio": pipeline / limit["images_per_s"],
+        "data_seconds": s["data_seconds"],
+        "wall_seconds": s["wall_seconds"],
+        "compile_seconds": s.get("compile_seconds"),
+        "epochs_averaged": len(later),
+        "device": s["device"],
+        "precision": s["precision"],
+    }
 
 
 def study(a, work: Path) -> dict:
@@ -112,26 +134,50 @@ def study(a, work: Path) -> dict:
     from clfkit.train.trainer import train
 
     root = make_folder(work / "study", a.images, 64, classes=100)
-    r = validate_recipe({
-        "name": "study", "data": {"source": {"name": "folder", "root": str(root)}, "image_size": 64,
-                                  "val_fraction": 0.1, "normalize": "imagenet",
-                                  "augment": [{"name": "HorizontalFlip"}, {"name": "PadCrop", "padding": 8}]},
-        "model": {"name": "resnet", "depth": 18, "stem": a.stems[0], "width": a.width},
-        "optim": {"name": "sgd", "lr": 0.2, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
-        "schedule": {"name": "cosine"},
-        "train": {"epochs": a.epochs, "batch_size": a.batch_size, "compile": a.compile[-1], "device": a.device}})
+    r = validate_recipe(
+        {
+            "name": "study",
+            "data": {
+                "source": {"name": "folder", "root": str(root)},
+                "image_size": 64,
+                "val_fraction": 0.1,
+                "normalize": "imagenet",
+                "augment": [{"name": "HorizontalFlip"}, {"name": "PadCrop", "padding": 8}],
+            },
+            "model": {"name": "resnet", "depth": 18, "stem": a.stems[0], "width": a.width},
+            "optim": {"name": "sgd", "lr": 0.2, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+            "schedule": {"name": "cosine"},
+            "train": {
+                "epochs": a.epochs,
+                "batch_size": a.batch_size,
+                "compile": a.compile[-1],
+                "device": a.device,
+            },
+        }
+    )
     t0 = time.perf_counter()
     res = train(r, work / "runs", quiet=False)
     wall = time.perf_counter() - t0
     s = res.summary
-    return {"images": a.images, "epochs": a.epochs, "stem": a.stems[0], "compile": a.compile[-1],
-            "wall_seconds": wall, "train_seconds": s["train_seconds"], "data_seconds": s["data_seconds"],
-            "best_val_acc": s["best_val_acc"], "device": s["device"], "target_seconds": 240}
+    return {
+        "images": a.images,
+        "epochs": a.epochs,
+        "stem": a.stems[0],
+        "compile": a.compile[-1],
+        "wall_seconds": wall,
+        "train_seconds": s["train_seconds"],
+        "data_seconds": s["data_seconds"],
+        "best_val_acc": s["best_val_acc"],
+        "device": s["device"],
+        "target_seconds": 240,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=None, help="images per dataset [20000; 100000 with --study]")
+    ap.add_argument(
+        "--images", type=int, default=None, help="images per dataset [20000; 100000 with --study]"
+    )
     ap.add_argument("--sizes", default="32,64")
     ap.add_argument("--stems", default="cifar,imagenet", help="cifar = 3x3 stride-1 stem, no max-pool")
     ap.add_argument("--compile", default=None, help="off,on [off,on on a GPU; off on a CPU]")
@@ -155,12 +201,19 @@ def main() -> None:
     a.images = a.images or (100_000 if a.study else 20_000)
     a.epochs = a.epochs or (25 if a.study else 4)
     a.stems = a.stems.split(",")
-    a.compile = [c == "on" for c in (a.compile or ("off,on" if torch.cuda.is_available() else "off")).split(",")]
+    a.compile = [
+        c == "on" for c in (a.compile or ("off,on" if torch.cuda.is_available() else "off")).split(",")
+    ]
     if a.study:
         r = study(a, work)
         result = {"bench": "study", "machine": machine(), "result": r}
-        report("64x64 100-class study", result, [r], ["images", "epochs", "wall_seconds", "train_seconds",
-                                                       "best_val_acc", "target_seconds"], a.out)
+        report(
+            "64x64 100-class study",
+            result,
+            [r],
+            ["images", "epochs", "wall_seconds", "train_seconds", "best_val_acc", "target_seconds"],
+            a.out,
+        )
         return
     rows = []
     for size in map(int, a.sizes.split(",")):
@@ -170,14 +223,37 @@ def main() -> None:
                 row = run_one(root, size, stem, c, a, 10, work / "runs")
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 rows.append(row)
-    result = {"bench": "train", "machine": machine(),
-              "settings": {"images": a.images, "epochs": a.epochs, "batch_size": a.batch_size,
-                           "width": a.width, "model": "resnet18", "augment": "HorizontalFlip + PadCrop",
-                           "model_steps": a.model_steps},
-              "rows": rows, "target_ratio_gpu": 0.95}
-    report("training throughput: clfkit epoch vs model-only limit", result, rows,
-           ["size", "stem", "compile", "pipeline_images_per_s", "model_only_images_per_s", "ratio",
-            "data_seconds", "compile_seconds"], a.out)
+    result = {
+        "bench": "train",
+        "machine": machine(),
+        "settings": {
+            "images": a.images,
+            "epochs": a.epochs,
+            "batch_size": a.batch_size,
+            "width": a.width,
+            "model": "resnet18",
+            "augment": "HorizontalFlip + PadCrop",
+            "model_steps": a.model_steps,
+        },
+        "rows": rows,
+        "target_ratio_gpu": 0.95,
+    }
+    report(
+        "training throughput: clfkit epoch vs model-only limit",
+        result,
+        rows,
+        [
+            "size",
+            "stem",
+            "compile",
+            "pipeline_images_per_s",
+            "model_only_images_per_s",
+            "ratio",
+            "data_seconds",
+            "compile_seconds",
+        ],
+        a.out,
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ The public surface is small: :mod:`clfkit.registry` (register and create compone
 :func:`clfkit.deploy.export.export_run`, :func:`clfkit.deploy.batch_predict.predict_folder` and
 :class:`clfkit.Predictor` (``from clfkit import Predictor``).
 """
+
 import os as _os
 
 # albumentations checks PyPI for a newer release on import; that costs a network timeout

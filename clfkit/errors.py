@@ -6,6 +6,7 @@ warnings of one part of clfkit (a run folder, a sweep, the data check) are defin
 imported by the module that raises them, so ``from clfkit.run.run_folder import RunFolderError``
 keeps working. (tests/test_architecture.py checks that no other module defines one.)
 """
+
 from __future__ import annotations
 
 

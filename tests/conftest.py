@@ -1,5 +1,6 @@
 """Shared fixtures. Tests are hermetic: tiny data made here, no downloads, built-ins only
 (CLFKIT_PLUGINS is not read here; plugin tests build their own registries)."""
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,10 @@ os.environ["CLFKIT_GRADCAM"] = "0"
 TINY = {
     "name": "tiny",
     "seed": 0,
-    "data": {"source": {"name": "shapes", "num_classes": 4, "train_size": 480, "val_size": 96,
-                        "test_size": 96}, "image_size": 16},
+    "data": {
+        "source": {"name": "shapes", "num_classes": 4, "train_size": 480, "val_size": 96, "test_size": 96},
+        "image_size": 16,
+    },
     "model": {"name": "cnn", "blocks": [{"channels": 16, "pool": "max"}, {"channels": 32, "pool": "max"}]},
     "optim": {"name": "adam", "lr": 3e-3},
     "train": {"epochs": 4, "batch_size": 32},
@@ -158,8 +161,10 @@ def set_recorded_epochs(run_dir: Path, epochs: int) -> None:
         if (run_dir / name).is_file():
             ck = torch.load(run_dir / name, weights_only=True)
             ck["recipe"]["train"]["epochs"] = epochs
-            save_checkpoint(run_dir / name, {k: v for k, v in ck.items()
-                                             if k not in ("format", "format_version", "clfkit_version")})
+            save_checkpoint(
+                run_dir / name,
+                {k: v for k, v in ck.items() if k not in ("format", "format_version", "clfkit_version")},
+            )
     rec = yaml.safe_load((run_dir / "recipe.yaml").read_text())
     rec["train"]["epochs"] = epochs
     (run_dir / "recipe.yaml").write_text(yaml.safe_dump(rec, sort_keys=False))
@@ -181,8 +186,17 @@ def train_folder_run(base: Path, name: str, per_class: int, val_fraction: float)
     import yaml
 
     root = write_image_folder(base / "data", per_class=per_class, size=8)
-    recipe = {**TINY, "name": name, "model": {"name": "mlp", "hidden": [8]}, "train": {"epochs": 1, "batch_size": 4},
-              "data": {"source": {"name": "folder", "root": str(root)}, "image_size": 8, "val_fraction": val_fraction}}
+    recipe = {
+        **TINY,
+        "name": name,
+        "model": {"name": "mlp", "hidden": [8]},
+        "train": {"epochs": 1, "batch_size": 4},
+        "data": {
+            "source": {"name": "folder", "root": str(root)},
+            "image_size": 8,
+            "val_fraction": val_fraction,
+        },
+    }
     (base / f"{name}.yaml").write_text(yaml.safe_dump(recipe))
     code, out = invoke("train", base / f"{name}.yaml", "--out", base / "runs", "--quiet")
     assert code == 0, out

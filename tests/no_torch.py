@@ -5,6 +5,7 @@ Used by the tests as ``python tests/no_torch.py -m clfkit predict ...`` or
 finder placed first refuses ``torch`` and every ``torch.*`` module, then the rest of the
 command line runs as ``python`` would run it.
 """
+
 from __future__ import annotations
 
 import runpy

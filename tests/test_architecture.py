@@ -8,6 +8,7 @@ Imports under ``if TYPE_CHECKING:`` count too, and so do string imports
 (``importlib.import_module("clfkit.x")``, ``__import__("clfkit.x")``): the registry finds the
 built-in components that way.
 """
+
 from __future__ import annotations
 
 import ast
@@ -16,7 +17,6 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "clfkit"
-
 
 
 def module_name(path: Path) -> str:
@@ -59,9 +59,13 @@ def _string_import(node: ast.Call) -> bool:
     ``__import__("clfkit.x", ...)`` with a literal clfkit module name."""
     func = node.func
     name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
-    return (name in ("import_module", "__import__") and bool(node.args)
-            and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
-            and node.args[0].value.split(".")[0] == "clfkit")
+    return (
+        name in ("import_module", "__import__")
+        and bool(node.args)
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+        and node.args[0].value.split(".")[0] == "clfkit"
+    )
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -149,8 +153,13 @@ def test_import_linter_contracts_are_kept():
     root = PACKAGE.parent
     exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
     assert exe, "import-linter is a test dependency: pip install -e '.[test]'"
-    done = subprocess.run([exe, "--no-cache", "--config", str(root / "pyproject.toml")], cwd=root,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [exe, "--no-cache", "--config", str(root / "pyproject.toml")],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "0 broken" in done.stdout
 
@@ -160,9 +169,14 @@ MAX_TOP_LEVEL = 12  # entries of clfkit/ a newcomer reads, besides __init__.py a
 
 
 def test_top_level_is_a_short_list():
-    entries = sorted(p.name for p in PACKAGE.iterdir()
-                     if p.name not in ("__init__.py", "__main__.py", "__pycache__") and not p.name.startswith("."))
-    assert len(entries) <= MAX_TOP_LEVEL, f"{len(entries)} entries at the top of clfkit/ (max {MAX_TOP_LEVEL}): {entries}"
+    entries = sorted(
+        p.name
+        for p in PACKAGE.iterdir()
+        if p.name not in ("__init__.py", "__main__.py", "__pycache__") and not p.name.startswith(".")
+    )
+    assert len(entries) <= MAX_TOP_LEVEL, (
+        f"{len(entries)} entries at the top of clfkit/ (max {MAX_TOP_LEVEL}): {entries}"
+    )
 
 
 MAX_POSITIONAL = 6  # past that, parameters are keyword-only: a call reads without the signature
@@ -189,7 +203,9 @@ def test_no_function_takes_more_than_six_positional_parameters():
             params = positional_parameters(node, method)
             if len(params) > MAX_POSITIONAL:
                 found.append(f"{name}.{node.name}: {len(params)} positional ({', '.join(params)})")
-    assert not found, f"more than {MAX_POSITIONAL} positional parameters (make the rest keyword-only):\n" + "\n".join(found)
+    assert not found, (
+        f"more than {MAX_POSITIONAL} positional parameters (make the rest keyword-only):\n" + "\n".join(found)
+    )
 
 
 def _self_attributes(node: ast.AST) -> set[str]:
@@ -221,13 +237,20 @@ def late_attributes(tree: ast.AST) -> list[str]:
     late = []
     for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
         body = [n for n in cls.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-        known = {t.id for n in cls.body if isinstance(n, (ast.Assign, ast.AnnAssign))
-                 for target in (n.targets if isinstance(n, ast.Assign) else [n.target])
-                 for t in ast.walk(target) if isinstance(t, ast.Name)}
+        known = {
+            t.id
+            for n in cls.body
+            if isinstance(n, (ast.Assign, ast.AnnAssign))
+            for target in (n.targets if isinstance(n, ast.Assign) else [n.target])
+            for t in ast.walk(target)
+            if isinstance(t, ast.Name)
+        }
         known |= {a for f in body if f.name in CONSTRUCTION for a in _self_attributes(f)}
         for f in body:
             if f.name not in CONSTRUCTION:
-                late += [f"{cls.name}.{a} (first set in {f.name})" for a in sorted(_self_attributes(f) - known)]
+                late += [
+                    f"{cls.name}.{a} (first set in {f.name})" for a in sorted(_self_attributes(f) - known)
+                ]
     return late
 
 
@@ -237,21 +260,33 @@ TRAINER_CODE = ("clfkit.train",)
 def test_trainer_state_is_set_in_init():
     """Trainer code sets every attribute in ``__init__``: steps pass explicit values, so the
     order they run in is no invisible contract."""
-    found = [f"{name}: {a}" for name, path in modules().items() if name.startswith(TRAINER_CODE)
-             for a in late_attributes(ast.parse(path.read_text(encoding="utf-8")))]
+    found = [
+        f"{name}: {a}"
+        for name, path in modules().items()
+        if name.startswith(TRAINER_CODE)
+        for a in late_attributes(ast.parse(path.read_text(encoding="utf-8")))
+    ]
     assert not found, "attributes first assigned outside __init__:\n" + "\n".join(found)
 
 
 def test_late_attribute_check_sees_them():
-    tree = ast.parse("class T:\n    x = 0\n    def __init__(self):\n        self.a = 1\n"
-                     "    def step(self):\n        self.a, self.b = 2, 3\n        self.x = 4\n"
-                     "        with open('f') as self.c:\n            pass\n")
+    tree = ast.parse(
+        "class T:\n    x = 0\n    def __init__(self):\n        self.a = 1\n"
+        "    def step(self):\n        self.a, self.b = 2, 3\n        self.x = 4\n"
+        "        with open('f') as self.c:\n            pass\n"
+    )
     assert late_attributes(tree) == ["T.b (first set in step)", "T.c (first set in step)"]
 
 
 def _class_bases(tree: ast.AST):
     for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
-        yield cls, {b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else "" for b in cls.bases}
+        yield (
+            cls,
+            {
+                b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else ""
+                for b in cls.bases
+            },
+        )
 
 
 def test_exceptions_and_warnings_live_in_errors():
@@ -259,14 +294,22 @@ def test_exceptions_and_warnings_live_in_errors():
     place to read what can go wrong. A module may keep a private exception it raises and
     catches itself (a name starting with _)."""
     errors_tree = ast.parse((PACKAGE / "errors.py").read_text(encoding="utf-8"))
-    ours = {c.name for c, _ in _class_bases(errors_tree)} | {"Exception", "Warning", "UserWarning", "ValueError"}
+    ours = {c.name for c, _ in _class_bases(errors_tree)} | {
+        "Exception",
+        "Warning",
+        "UserWarning",
+        "ValueError",
+    }
     found = []
     for name, path in modules().items():
         if name == "clfkit.errors":
             continue
         for cls, bases in _class_bases(ast.parse(path.read_text(encoding="utf-8"))):
-            if bases & ours and not cls.name.startswith("_") and (
-                    bases & ({c.name for c, _ in _class_bases(errors_tree)} | {"Warning", "UserWarning"})):
+            if (
+                bases & ours
+                and not cls.name.startswith("_")
+                and (bases & ({c.name for c, _ in _class_bases(errors_tree)} | {"Warning", "UserWarning"}))
+            ):
                 found.append(f"{name}.{cls.name}")
     assert not found, "define these in clfkit/errors.py:\n" + "\n".join(found)
 
@@ -274,7 +317,6 @@ def test_exceptions_and_warnings_live_in_errors():
 ROOT = PACKAGE.parent
 
 
-@pytest.mark.xfail(strict=False, reason="tree reformatted at merge")
 def test_code_is_formatted():
     """ruff format (pyproject [tool.ruff]) leaves the tree as it is."""
     import shutil
@@ -283,6 +325,11 @@ def test_code_is_formatted():
 
     exe = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
     assert exe, "ruff is a test dependency: pip install -e '.[test]'"
-    done = subprocess.run([exe, "format", "--check", "--no-cache", "clfkit", "tests", "plugins", "bench"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [exe, "format", "--check", "--no-cache", "clfkit", "tests", "plugins", "bench"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]

@@ -4,6 +4,7 @@ Crashes are simulated three ways: an exception in the middle of writing (Python-
 failure), ENOSPC from the disk, and a real SIGKILL of a subprocess between writing the temp
 file and renaming it.
 """
+
 from __future__ import annotations
 
 import errno
@@ -113,8 +114,9 @@ KILL_DURING_SAVE = textwrap.dedent("""
 def test_sigkill_during_checkpoint_save_leaves_previous_checkpoint(tmp_path):
     path = tmp_path / "last.pt"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    r = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, str(path)], env=env, capture_output=True,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", KILL_DURING_SAVE, str(path)], env=env, capture_output=True, timeout=120
+    )
     assert r.returncode == -signal.SIGKILL, r.stderr
     state = load_checkpoint(path)
     assert state["epoch"] == 1 and torch.equal(state["w"], torch.zeros(100_000))
@@ -157,7 +159,6 @@ def test_every_run_artifact_goes_through_atomic_writes(trained_run, tmp_path, mo
     predict_folder(onnx, imgs, out)
     assert onnx in opened and out in opened
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "m.onnx", "test.txt"]
-
 
 
 def test_atomic_files_get_normal_permissions(tmp_path):

@@ -4,6 +4,7 @@ one-call transforms they replaced. The compiled cases use torch.compile's ``aot_
 backend: Dynamo's capture, guards and AOT functionalization as inductor sees them, without
 inductor's C++ build (tens of seconds cold on this machine); bench/gpu_bench.py's ``prep`` row
 checks inductor's graph against eager on the device."""
+
 from __future__ import annotations
 
 import re
@@ -32,8 +33,10 @@ def _batches(steps: int, short: int = 2):
     g = torch.Generator().manual_seed(123)
     for s in range(steps):
         n = 4 if s == short else 6
-        yield (torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=g),
-               torch.randint(0, NUM_CLASSES, (n,), generator=g))
+        yield (
+            torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=g),
+            torch.randint(0, NUM_CLASSES, (n,), generator=g),
+        )
 
 
 def _prepare(prep, seed: int, steps: int, short: int = 2):
@@ -57,7 +60,9 @@ def _old_chain(x, y, gen):
     dy = (_old_rand(n, gen) * 5).long().clamp_max(4)
     dx = (_old_rand(n, gen) * 5).long().clamp_max(4)
     rows, cols = torch.arange(h)[None, :] + dy[:, None], torch.arange(w)[None, :] + dx[:, None]
-    x = xp.permute(0, 2, 3, 1)[torch.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    x = xp.permute(0, 2, 3, 1)[torch.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]].permute(
+        0, 3, 1, 2
+    )
     cy, cx = (_old_rand(n, gen) * h).long(), (_old_rand(n, gen) * w).long()
     on = _old_rand(n, gen) < 0.7
     ys, xs = torch.arange(h)[None, :], torch.arange(w)[None, :]
@@ -70,7 +75,12 @@ def _old_chain(x, y, gen):
             lam = float(torch.distributions.Beta(1.0, 1.0).sample())
             ch, cw = int(h * (1 - lam) ** 0.5), int(w * (1 - lam) ** 0.5)
             cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
-            y0, y1, x0, x1 = max(cy - ch // 2, 0), min(cy + ch // 2, h), max(cx - cw // 2, 0), min(cx + cw // 2, w)
+            y0, y1, x0, x1 = (
+                max(cy - ch // 2, 0),
+                min(cy + ch // 2, h),
+                max(cx - cw // 2, 0),
+                min(cx + cw // 2, w),
+            )
             perm = torch.randperm(n)
             x = x.clone()
             x[..., y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
@@ -100,7 +110,9 @@ def test_compiled_prep_equals_eager_bit_for_bit_and_keeps_channels_last():
     branches = []
     mix = _chain()[1][0]
     draw = mix.on_batch_draw
-    mix.on_batch_draw = lambda shape, device: (lambda d: (branches.append(d and d[0]), d)[1])(draw(shape, device))
+    mix.on_batch_draw = lambda shape, device: (lambda d: (branches.append(d and d[0]), d)[1])(
+        draw(shape, device)
+    )
     aug, regs = _chain()
     eager = BatchPrep(aug, [mix, regs[1]], NUM_CLASSES, channels_last=True)
     graph = BatchPrep(*_chain(), NUM_CLASSES, channels_last=True, compile=True, backend="aot_eager")
@@ -134,8 +146,13 @@ class PlainMix:
 
 def test_a_transform_without_the_split_runs_eagerly_between_the_graphs():
     def prep(**kw):
-        return BatchPrep([Flip(0.5, -1), Brighten(), PadCropT(2, "reflect")], [PlainMix()], NUM_CLASSES,
-                         channels_last=False, **kw)
+        return BatchPrep(
+            [Flip(0.5, -1), Brighten(), PadCropT(2, "reflect")],
+            [PlainMix()],
+            NUM_CLASSES,
+            channels_last=False,
+            **kw,
+        )
 
     eager, graph = prep(), prep(compile=True, backend="eager")  # Dynamo's capture and guards only: faster
     assert graph.eager_steps == ["Brighten", "PlainMix"]
@@ -143,7 +160,9 @@ def test_a_transform_without_the_split_runs_eagerly_between_the_graphs():
     torch.manual_seed(1)
     gen = torch.Generator().manual_seed(1)
     for (xa, ya), (xb, yb), (x, y) in zip(a, b, _batches(3)):
-        ref = PlainMix().on_batch(PadCropT(2, "reflect")(Brighten()(Flip(0.5, -1)(x.float(), gen), gen), gen), y, 0)[0]
+        ref = PlainMix().on_batch(
+            PadCropT(2, "reflect")(Brighten()(Flip(0.5, -1)(x.float(), gen), gen), gen), y, 0
+        )[0]
         assert torch.equal(xa, ref) and torch.equal(xb, ref) and torch.equal(ya, y) and torch.equal(yb, y)
         assert xb.is_contiguous()  # channels_last off: plain NCHW for the model
 
@@ -163,8 +182,11 @@ class Shrink:
 def test_a_split_transform_that_resizes_is_a_clear_error():
     prep = BatchPrep([Shrink()], [], NUM_CLASSES, channels_last=False)
     x, y = next(_batches(1))
-    with pytest.raises(TrainingError, match=r"Shrink: apply changed the batch's shape from \[6, 3, 8, 8\] "
-                                            r"to \[6, 3, 4, 4\].*__call__\(x, generator\) only"):
+    with pytest.raises(
+        TrainingError,
+        match=r"Shrink: apply changed the batch's shape from \[6, 3, 8, 8\] "
+        r"to \[6, 3, 4, 4\].*__call__\(x, generator\) only",
+    ):
         prep(x, y, torch.Generator())
 
 
@@ -184,12 +206,23 @@ class MixDrawWrong:
         return None
 
 
-@pytest.mark.parametrize("kind, obj, expected", [
-    ("augmentation", DrawWithoutGenerator(), "DrawWithoutGenerator.draw has the signature (shape, device); "
-                                             "the augmentation contract calls it as draw(shape, device, generator)"),
-    ("regularizer", MixDrawWrong(), "MixDrawWrong.on_batch_draw has the signature (shape); the regularizer "
-                                    "contract calls it as on_batch_draw(shape, device)"),
-])
+@pytest.mark.parametrize(
+    "kind, obj, expected",
+    [
+        (
+            "augmentation",
+            DrawWithoutGenerator(),
+            "DrawWithoutGenerator.draw has the signature (shape, device); "
+            "the augmentation contract calls it as draw(shape, device, generator)",
+        ),
+        (
+            "regularizer",
+            MixDrawWrong(),
+            "MixDrawWrong.on_batch_draw has the signature (shape); the regularizer "
+            "contract calls it as on_batch_draw(shape, device)",
+        ),
+    ],
+)
 def test_a_draw_apply_split_with_the_wrong_signature_is_refused_when_built(kind, obj, expected):
     with pytest.raises(RegistryError, match=re.escape(f"{kind} 'acme_x' from acme: {expected}")):
         check_result(Entry(kind, "acme_x", lambda: obj, provider="acme"), obj)

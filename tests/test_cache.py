@@ -1,4 +1,5 @@
 """The decoded-data cache: a folder is decoded once; a changed file or setting decodes again."""
+
 from __future__ import annotations
 
 import json

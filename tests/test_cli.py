@@ -1,4 +1,5 @@
 """The command line: the spellings of the README, short errors, non-zero exits."""
+
 from __future__ import annotations
 
 import yaml

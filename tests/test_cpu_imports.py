@@ -1,5 +1,6 @@
 """What a CPU training run loads (issue 27, memory): packages it does not use stay out of the
 process, so their memory is not part of its peak RSS. Checked in a fresh interpreter."""
+
 from __future__ import annotations
 
 import json
@@ -26,10 +27,18 @@ print(json.dumps({{"import": at_import, "epoch": [m for m in {heavy} if m in sys
 
 
 def test_a_cpu_training_epoch_loads_no_plotting_export_or_unused_augmentation_packages(tmp_path):
-    recipe = dict(TINY, data=dict(TINY["data"], storage="disk", augment=[{"name": "HorizontalFlip"}]),
-                  train=dict(TINY["train"], epochs=1, device="cpu"))
-    out = subprocess.run([sys.executable, "-c", SCRIPT.format(heavy=HEAVY), json.dumps(recipe)],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    recipe = dict(
+        TINY,
+        data=dict(TINY["data"], storage="disk", augment=[{"name": "HorizontalFlip"}]),
+        train=dict(TINY["train"], epochs=1, device="cpu"),
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT.format(heavy=HEAVY), json.dumps(recipe)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     assert loaded == {"import": [], "epoch": []}, loaded

@@ -1,4 +1,5 @@
 """Data sources: image folders in any PIL mode, the built-in shapes, decoding rules."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,7 +34,9 @@ def test_every_pil_mode_is_converted(tmp_path):
     Image.fromarray(rgb).save(root / "train/a/rgb.png")
     Image.fromarray(rgb).convert("L").save(root / "train/a/gray.png")
     Image.fromarray(rgb).convert("P").save(root / "train/a/pal.png")
-    Image.fromarray(np.dstack([rgb, np.full((10, 14), 128, np.uint8)]), "RGBA").save(root / "train/b/rgba.png")
+    Image.fromarray(np.dstack([rgb, np.full((10, 14), 128, np.uint8)]), "RGBA").save(
+        root / "train/b/rgba.png"
+    )
     Image.fromarray(rgb).convert("CMYK").save(root / "train/b/cmyk.jpg")
     Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(root / "train/b/sixteen.png")
     s = load_folder(root, (8, 8))
@@ -65,8 +68,16 @@ def test_colour_images_as_one_channel_match_predict(tmp_path):
     expected = np.stack([image_files.decode(f, (8, 8), 1).transpose(2, 0, 1) for f in files])
     assert np.array_equal(load_folder(root, (8, 8), channels=1).train.images.numpy(), expected)
     (tmp_path / "train.csv").write_text("d/train/a/x.png,a\nd/train/b/x.png,b\n")
-    s = registry.create("dataset", "csv", image_size=(8, 8), channels=1, resize="squash", seed=0,
-                        on_error="skip", train=str(tmp_path / "train.csv"))
+    s = registry.create(
+        "dataset",
+        "csv",
+        image_size=(8, 8),
+        channels=1,
+        resize="squash",
+        seed=0,
+        on_error="skip",
+        train=str(tmp_path / "train.csv"),
+    )
     assert np.array_equal(s.train.images.numpy(), expected)
 
 
@@ -81,11 +92,14 @@ def test_corrupt_files_skipped_or_fail(tmp_path):
         load_folder(root, (8, 8), on_error="fail")
 
 
-@pytest.mark.parametrize("make,words", [
-    (lambda r: None, "does not exist"),
-    (lambda r: r.mkdir(), "no train/ folder"),
-    (lambda r: (r / "train" / "a").mkdir(parents=True), "holds no images"),
-])
+@pytest.mark.parametrize(
+    "make,words",
+    [
+        (lambda r: None, "does not exist"),
+        (lambda r: r.mkdir(), "no train/ folder"),
+        (lambda r: (r / "train" / "a").mkdir(parents=True), "holds no images"),
+    ],
+)
 def test_bad_layouts(tmp_path, make, words):
     root = tmp_path / "d"
     make(root)
@@ -143,10 +157,13 @@ def test_read_file_reads_whole_files_and_names_what_it_cannot_read(tmp_path):
     (tmp_path / "one.png").write_bytes(b"x")
     assert read_file(tmp_path / "one.png") == b"x"
 
-    cases = {"empty.png": "empty file (0 bytes)", "folder.png": "not a regular file: a folder",
-             "pipe.png": "not a regular file: a named pipe (FIFO)",
-             "sock.png": "not a regular file: a socket",
-             "dangling.png": "symbolic link to nowhere.png, which does not exist"}
+    cases = {
+        "empty.png": "empty file (0 bytes)",
+        "folder.png": "not a regular file: a folder",
+        "pipe.png": "not a regular file: a named pipe (FIFO)",
+        "sock.png": "not a regular file: a socket",
+        "dangling.png": "symbolic link to nowhere.png, which does not exist",
+    }
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "folder.png").mkdir()
     os.mkfifo(tmp_path / "pipe.png")  # would block a plain open forever: no writer

@@ -1,4 +1,5 @@
 """clfkit data check and the train-time data check, through the CLI, on small planted folders."""
+
 from __future__ import annotations
 
 import csv
@@ -24,7 +25,7 @@ def smooth_image(rng, size: int = 32) -> np.ndarray:
         img[..., c] = rng.uniform(0, 120) * (xx if rng.random() < 0.5 else yy)
         for _ in range(3):
             cy, cx, r = rng.uniform(0, 1, 2).tolist() + [rng.uniform(0.1, 0.3)]
-            img[..., c] += rng.uniform(60, 130) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / r ** 2)
+            img[..., c] += rng.uniform(60, 130) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / r**2)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -72,8 +73,9 @@ def test_exact_findings_fix_split_and_the_data_untouched(tmp_path):
     assert result["counts"]["near_duplicate"] == 0  # the exact copy is not counted again
     assert "leak" in text and "conflict" in text and "wrote" in text
     rows = list(csv.DictReader(open(tmp_path / "out/leaked_files.csv")))
-    assert [(r["split"], r["path"], r["copy_of"]) for r in rows] == [("test", "test/cat/copy of cat0.bmp",
-                                                                      "train/cat/cat0.png")]
+    assert [(r["split"], r["path"], r["copy_of"]) for r in rows] == [
+        ("test", "test/cat/copy of cat0.bmp", "train/cat/cat0.png")
+    ]
     page = (tmp_path / "out/data_check.html").read_text()
     assert page.count("data:image/jpeg;base64,") >= 6 and "copy of cat0.bmp" in page
 
@@ -87,7 +89,9 @@ def test_near_duplicates_across_splits_not_within_or_unrelated(tmp_path):
     code, text, result = check(root, "--out", tmp_path / "out")
     assert code == 0, text
     pairs = sorted(files_of(result, "near_duplicate"))
-    assert pairs == [["train/dog/dog0.png", f"test/dog/{n}"] for n in ("cropped.png", "reencoded.jpg", "resized.png")]
+    assert pairs == [
+        ["train/dog/dog0.png", f"test/dog/{n}"] for n in ("cropped.png", "reencoded.jpg", "resized.png")
+    ]
     code, _, strict = check(root, "--out", tmp_path / "out2", "--phash-distance", "0")
     assert code == 0 and len(files_of(strict, "near_duplicate")) < 3  # the threshold is the one given
 
@@ -100,26 +104,42 @@ def test_quality_issues_sizes_modes_and_skipped_files(tmp_path):
     (root / "train/dog/broken.png").write_bytes(b"not an image")
     code, text, result = check(root, "--out", tmp_path / "out")
     assert code == 0, text
-    flagged = {k: {p for ps in files_of(result, k) for p in ps} for k in ("dark", "light", "low_information",
-                                                                       "odd_aspect_ratio")}
+    flagged = {
+        k: {p for ps in files_of(result, k) for p in ps}
+        for k in ("dark", "light", "low_information", "odd_aspect_ratio")
+    }
     assert "train/cat/black.png" in flagged["dark"] and "train/cat/black.png" in flagged["low_information"]
     assert "train/dog/white.png" in flagged["light"]
     assert flagged["odd_aspect_ratio"] == {"train/dog/strip.png"}
     ov = result["overview"]
     assert ov["modes"] == {"RGB": 24, "L": 1} and ov["sizes"]["32x32"] == 24 and ov["distinct_sizes"] == 2
     # decoded images: broken.png is listed as skipped, not counted as a dog
-    assert ov["class_counts"]["train"] == {"cat": 9, "dog": 10} and ov["class_counts"]["test"] == {"cat": 3, "dog": 3}
+    assert ov["class_counts"]["train"] == {"cat": 9, "dog": 10} and ov["class_counts"]["test"] == {
+        "cat": 3,
+        "dog": 3,
+    }
     assert [s[0] for s in ov["skipped"]] == ["train/dog/broken.png"]
     assert "skipped: train/dog/broken.png" in text
 
 
 def tiny_folder_recipe(folder: Path, root: Path, epochs: int = 3) -> Path:
     path = folder / "r.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "dc", "seed": 0, "data": {"source": {"name": "folder", "root": str(root)}, "image_size": 16,
-                                          "val_fraction": 0.2},
-        "model": {"name": "cnn", "blocks": [{"channels": 8, "pool": "max"}]},
-        "optim": {"name": "adam", "lr": 0.01}, "train": {"epochs": epochs, "batch_size": 16}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "dc",
+                "seed": 0,
+                "data": {
+                    "source": {"name": "folder", "root": str(root)},
+                    "image_size": 16,
+                    "val_fraction": 0.2,
+                },
+                "model": {"name": "cnn", "blocks": [{"channels": 8, "pool": "max"}]},
+                "optim": {"name": "adam", "lr": 0.01},
+                "train": {"epochs": epochs, "batch_size": 16},
+            }
+        )
+    )
     return path
 
 
@@ -166,12 +186,18 @@ def test_feature_neighbours_from_a_run(mislabelled, tmp_path):
     from clfkit.audit.check import check_data
 
     with_hash = check_data(data, run=run, feature_similarity=0.95)
-    kinds = {f.kind for f in with_hash.findings if [with_hash.catalog.path[r] for r in f.rows]
-             == ["train/dog/dog3.png", "test/dog/brighter.png"]}
+    kinds = {
+        f.kind
+        for f in with_hash.findings
+        if [with_hash.catalog.path[r] for r in f.rows] == ["train/dog/dog3.png", "test/dog/brighter.png"]
+    }
     assert kinds == {"near_duplicate"}  # found by its hash: not reported twice
     result = check_data(data, run=run, phash_distance=-1, feature_similarity=0.95)  # hashes off
-    pairs = {tuple(result.catalog.path[r] for r in f.rows): f.score for f in result.findings
-             if f.kind == "feature_neighbour"}
+    pairs = {
+        tuple(result.catalog.path[r] for r in f.rows): f.score
+        for f in result.findings
+        if f.kind == "feature_neighbour"
+    }
     assert pairs.get(("train/dog/dog3.png", "test/dog/brighter.png"), 0) >= 0.95, pairs
 
 
@@ -191,7 +217,9 @@ def test_a_run_on_other_classes_and_other_bad_input_are_refused(mislabelled, tmp
     shutil.copy(root / "train/cat/cat0.png", one / "train/cat")
     refused(["at least two class folders"], "data", "check", one, *out)
     recipe = tmp_path / "shapes.yaml"
-    recipe.write_text(yaml.safe_dump({"name": "s", "data": {"source": {"name": "shapes"}}, "model": {"name": "cnn"}}))
+    recipe.write_text(
+        yaml.safe_dump({"name": "s", "data": {"source": {"name": "shapes"}}, "model": {"name": "cnn"}})
+    )
     refused(["reads image folders"], "data", "check", recipe, *out)
     empty = make_folder(tmp_path / "e")
     shutil.rmtree(empty / "test/dog")
@@ -254,8 +282,14 @@ def test_train_warns_once_per_kind_and_records_the_check(tmp_path):
 def test_a_data_root_that_is_a_file_is_refused_naming_both_readings(tmp_path):
     for name, content in (("photo.png", b"\x89PNG\r\n\x1a\n\x00\xff"), ("notes.txt", b"just text")):
         (tmp_path / name).write_bytes(content)
-        refused(["is a file", "neither a data folder", "nor a recipe"], "data", "check", tmp_path / name,
-                "--out", tmp_path / "out")
+        refused(
+            ["is a file", "neither a data folder", "nor a recipe"],
+            "data",
+            "check",
+            tmp_path / name,
+            "--out",
+            tmp_path / "out",
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -271,7 +305,9 @@ def test_run_notes_unfinished_run_and_its_training_images_in_test(tmp_path):
     shutil.copy(root / "test/dog/dog_1.png", other / "test/dog")
     code, text, result = check(other, "--run", run, "--out", tmp_path / "o1")
     assert code == 0, text
-    assert any("test: 2 image(s) are files the run had under train/" in n for n in result["notes"]), result["notes"]
+    assert any("test: 2 image(s) are files the run had under train/" in n for n in result["notes"]), result[
+        "notes"
+    ]
     labelled = {f["path"] for x in result["findings"] if x["kind"] == "label_issue" for f in x["files"]}
     assert not labelled & {"test/cat/seen.png", "test/dog/also seen.png"}
     (run / "summary.json").unlink()  # as a stopped run leaves it
@@ -298,7 +334,9 @@ def test_batched_records_equal_pil_for_every_small_size(tmp_path):
         gray = Image.open(path).convert("L")
         assert record[2] == records.perceptual_hash(gray), path.name  # PIL's Lanczos resize
         small = np.asarray(gray if max(gray.size) <= 64 else gray.resize(records._fit(gray.size, 64)))
-        edges = np.asarray((gray if max(gray.size) <= 64 else Image.fromarray(small)).filter(ImageFilter.FIND_EDGES))
+        edges = np.asarray(
+            (gray if max(gray.size) <= 64 else Image.fromarray(small)).filter(ImageFilter.FIND_EDGES)
+        )
         assert (records.find_edges(small) == edges).all(), path.name
 
 

@@ -2,6 +2,7 @@
 (checkpoint names, paths into other runs, copied checkpoints, folders that are not runs),
 outputs never replace inputs, test.txt stays one parseable line per image whatever the file
 names, edited ONNX metadata and foreign timm weights are clear errors."""
+
 from __future__ import annotations
 
 import hashlib
@@ -23,8 +24,11 @@ import sys
 
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` (links included) -> content hash."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 # --------------------------------------------------------------------------- runs
@@ -60,7 +64,12 @@ def test_checkpoint_typo_lists_the_checkpoints(run_a, tmp_path, monkeypatch, com
 
 def _other_run_paths(run_a: Path, run_b: Path) -> list[str]:
     rel = os.path.relpath(run_b / "best.pt", run_a)
-    return [str(run_b / "best.pt"), os.path.relpath(run_b / "best.pt"), rel, str(run_a / ".." / "x" / "best.pt")]
+    return [
+        str(run_b / "best.pt"),
+        os.path.relpath(run_b / "best.pt"),
+        rel,
+        str(run_a / ".." / "x" / "best.pt"),
+    ]
 
 
 @pytest.mark.parametrize("command", ["export", "eval"])
@@ -99,8 +108,12 @@ def test_a_folder_that_is_not_a_run_is_refused(trained_run, tmp_path, monkeypatc
         shutil.rmtree(folder)
         folder.write_text("x")
     monkeypatch.chdir(folder if folder.is_dir() else tmp_path)
-    words = {"empty": ["not a run folder", "no checkpoint"], "files": ["not a run folder", "no checkpoint"],
-             "checkpoint-only": ["not a run folder", "recipe.yaml"], "file": ["is a file"]}[layout]
+    words = {
+        "empty": ["not a run folder", "no checkpoint"],
+        "files": ["not a run folder", "no checkpoint"],
+        "checkpoint-only": ["not a run folder", "recipe.yaml"],
+        "file": ["is a file"],
+    }[layout]
     target = "." if folder.is_dir() else folder
     refused(words, "export", target)
     refused(words, "eval", target)
@@ -129,8 +142,13 @@ def test_export_output_never_replaces_a_run_file(run_a, tmp_path):
     before = snapshot(run_a)
     (tmp_path / "link.pt").symlink_to(run_a / "best.pt")
     os.link(run_a / "summary.json", tmp_path / "hard.json")
-    for out in [run_a / "best.pt", run_a / "last.pt", run_a / "summary.json", tmp_path / "link.pt",
-                tmp_path / "hard.json"]:
+    for out in [
+        run_a / "best.pt",
+        run_a / "last.pt",
+        run_a / "summary.json",
+        tmp_path / "link.pt",
+        tmp_path / "hard.json",
+    ]:
         refused(["-o", "file of the run folder"], "export", run_a, "-o", out)
     refused(["is a folder"], "export", run_a, "-o", tmp_path)
     assert snapshot(run_a) == before
@@ -142,7 +160,9 @@ def _images(root: Path, names: list[str | bytes]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for name in names:
         path = os.path.join(os.fsencode(root), os.fsencode(name))
-        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(os.fsdecode(path), format="PNG")
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
+            os.fsdecode(path), format="PNG"
+        )
     return root
 
 
@@ -152,9 +172,14 @@ def test_predict_output_never_replaces_an_input(model, tmp_path):
     os.link(images / "a.png", tmp_path / "hard.png")
     (tmp_path / "img_link.png").symlink_to(images / "b.png")
     before = snapshot(images) | {"model": hashlib.sha256(model.read_bytes()).hexdigest()}
-    cases = {model: "model file", tmp_path / "model_link.onnx": "model file",
-             images / "a.png": "inside the image folder", images / "new.txt": "inside the image folder",
-             tmp_path / "hard.png": "one of the input images", tmp_path / "img_link.png": "inside the image folder"}
+    cases = {
+        model: "model file",
+        tmp_path / "model_link.onnx": "model file",
+        images / "a.png": "inside the image folder",
+        images / "new.txt": "inside the image folder",
+        tmp_path / "hard.png": "one of the input images",
+        tmp_path / "img_link.png": "inside the image folder",
+    }
     for out, words in cases.items():
         refused(["-o", words], "predict", model, images, "-o", out)
     refused(["is a folder"], "predict", model, images, "-o", tmp_path)
@@ -162,9 +187,25 @@ def test_predict_output_never_replaces_an_input(model, tmp_path):
 
 
 # --------------------------------------------------------------------------- file names
-AWKWARD = ["plain.png", "with space.png", " leading.png", "trailing .png", "new\nline.png", "tab\there.png",
-           "back\\slash.png", "cr\rx.png", "ctl\x01.png", "nel\x85x.png", "ls\u2028x.png", "café.png",
-           "x\\n.png", "end\\.png", "a b c .png", b"latin1-\xe9.png", b"bad-\xff\xfe.png"]
+AWKWARD = [
+    "plain.png",
+    "with space.png",
+    " leading.png",
+    "trailing .png",
+    "new\nline.png",
+    "tab\there.png",
+    "back\\slash.png",
+    "cr\rx.png",
+    "ctl\x01.png",
+    "nel\x85x.png",
+    "ls\u2028x.png",
+    "café.png",
+    "x\\n.png",
+    "end\\.png",
+    "a b c .png",
+    b"latin1-\xe9.png",
+    b"bad-\xff\xfe.png",
+]
 
 
 @pytest.mark.parametrize("fmt", ["name", "index", "csv"])
@@ -217,17 +258,33 @@ def test_class_names_with_spaces_stay_the_last_field(model, tmp_path):
 # --------------------------------------------------------------------------- predict inputs
 def test_predict_folders_that_hold_nothing_to_classify(model, tmp_path):
     (tmp_path / "empty").mkdir()
-    refused(["empty", "holds no images: nothing"], "predict", model, tmp_path / "empty", "-o", tmp_path / "t.txt")
+    refused(
+        ["empty", "holds no images: nothing"], "predict", model, tmp_path / "empty", "-o", tmp_path / "t.txt"
+    )
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "a.txt").write_text("x")
-    refused(["docs", "only 1 file(s) without an image extension"], "predict", model, tmp_path / "docs",
-            "-o", tmp_path / "t.txt")
-    refused(["is a file, not a folder"], "predict", model, tmp_path / "docs" / "a.txt", "-o", tmp_path / "t.txt")
+    refused(
+        ["docs", "only 1 file(s) without an image extension"],
+        "predict",
+        model,
+        tmp_path / "docs",
+        "-o",
+        tmp_path / "t.txt",
+    )
+    refused(
+        ["is a file, not a folder"], "predict", model, tmp_path / "docs" / "a.txt", "-o", tmp_path / "t.txt"
+    )
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "x.png").write_bytes(b"not a png")
-    refused(["none of the 1 image file(s)", "x.png", "nothing was written"], "predict", model, bad,
-            "-o", tmp_path / "t.txt")
+    refused(
+        ["none of the 1 image file(s)", "x.png", "nothing was written"],
+        "predict",
+        model,
+        bad,
+        "-o",
+        tmp_path / "t.txt",
+    )
     refused(["is a folder, not a model file"], "predict", tmp_path, bad, "-o", tmp_path / "t.txt")
     assert not (tmp_path / "t.txt").exists()
 
@@ -240,18 +297,31 @@ def test_predict_output_in_a_new_folder_is_created(model, tmp_path):
 
 # --------------------------------------------------------------------------- ONNX metadata
 BAD_META = [
-    ("image_size", "[0, 0]", "out of range"), ("image_size", "[-1, 16]", "out of range"),
-    ("image_size", "[100000, 100000]", "out of range"), ("image_size", "[16]", "[height, width]"),
-    ("image_size", "[16.5, 16]", "[height, width]"), ("image_size", "banana", "not JSON"),
+    ("image_size", "[0, 0]", "out of range"),
+    ("image_size", "[-1, 16]", "out of range"),
+    ("image_size", "[100000, 100000]", "out of range"),
+    ("image_size", "[16]", "[height, width]"),
+    ("image_size", "[16.5, 16]", "[height, width]"),
+    ("image_size", "banana", "not JSON"),
     ("image_size", "[32, 32]", "graph's input is [16, 16]"),
-    ("resize", "stretch", "squash, crop"), ("resize", "", "squash, crop"),
-    ("class_names", "circle", "not JSON"), ("class_names", '"circle"', "JSON list"),
-    ("class_names", "[1, 2, 3, 4]", "JSON list"), ("class_names", '["a", "b"]', "graph outputs 4"),
-    ("class_names", '["a", "a", "b", "c"]', "twice"), ("class_names", "[]", "JSON list"),
-    ("channels", "2", "1 or 3"), ("channels", "three", "1 or 3"), ("channels", "1", "graph's input has 3"),
-    ("mean", "[0.5]", "3 finite numbers"), ("std", "[0, 0, 0]", "> 0"), ("std", '"x"', "3 finite"),
-    ("format", "99", "newer clfkit"), ("format", "one", "integer"),
-    ("resize", None, "lacks clfkit metadata"), ("class_names", None, "lacks clfkit metadata"),
+    ("resize", "stretch", "squash, crop"),
+    ("resize", "", "squash, crop"),
+    ("class_names", "circle", "not JSON"),
+    ("class_names", '"circle"', "JSON list"),
+    ("class_names", "[1, 2, 3, 4]", "JSON list"),
+    ("class_names", '["a", "b"]', "graph outputs 4"),
+    ("class_names", '["a", "a", "b", "c"]', "twice"),
+    ("class_names", "[]", "JSON list"),
+    ("channels", "2", "1 or 3"),
+    ("channels", "three", "1 or 3"),
+    ("channels", "1", "graph's input has 3"),
+    ("mean", "[0.5]", "3 finite numbers"),
+    ("std", "[0, 0, 0]", "> 0"),
+    ("std", '"x"', "3 finite"),
+    ("format", "99", "newer clfkit"),
+    ("format", "one", "integer"),
+    ("resize", None, "lacks clfkit metadata"),
+    ("class_names", None, "lacks clfkit metadata"),
 ]
 
 
@@ -268,7 +338,9 @@ def test_truncated_or_foreign_onnx_is_a_clear_error(model, tmp_path):
     data = model.read_bytes()
     for name, blob in [("half.onnx", data[: len(data) // 2]), ("text.onnx", b"hello"), ("empty.onnx", b"")]:
         (tmp_path / name).write_bytes(blob)
-        refused([name, "not a loadable ONNX model"], "predict", tmp_path / name, images, "-o", tmp_path / "t.txt")
+        refused(
+            [name, "not a loadable ONNX model"], "predict", tmp_path / name, images, "-o", tmp_path / "t.txt"
+        )
     assert not (tmp_path / "t.txt").exists()
 
 
@@ -276,10 +348,15 @@ def test_truncated_or_foreign_onnx_is_a_clear_error(model, tmp_path):
 def _timm_recipe(tmp: Path, weights: Path) -> Path:
     import yaml
 
-    data = {"name": "t", "data": {"source": {"name": "shapes", "num_classes": 4, "train_size": 32, "val_size": 8,
-                                             "test_size": 8}, "image_size": 32},
-            "model": {"name": "timm", "arch": "resnet10t", "weights": str(weights)},
-            "train": {"epochs": 1, "batch_size": 16}}
+    data = {
+        "name": "t",
+        "data": {
+            "source": {"name": "shapes", "num_classes": 4, "train_size": 32, "val_size": 8, "test_size": 8},
+            "image_size": 32,
+        },
+        "model": {"name": "timm", "arch": "resnet10t", "weights": str(weights)},
+        "train": {"epochs": 1, "batch_size": 16},
+    }
     path = tmp / "r.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -289,16 +366,28 @@ def test_timm_weights_of_another_arch_or_not_a_state_dict(tmp_path):
     timm = pytest.importorskip("timm")
     import torch
 
-    cases = {"other_arch.pt": (timm.create_model("mobilenetv3_small_050", num_classes=4).state_dict(),
-                               ["other_arch.pt", "matches only", "another architecture", "conv1"]),
-             "not_sd.pt": ({"epochs": 3}, ["not_sd.pt", "is not a state dict"]),
-             "tensor.pt": (torch.zeros(3), ["tensor.pt", "is not a state dict"])}
+    cases = {
+        "other_arch.pt": (
+            timm.create_model("mobilenetv3_small_050", num_classes=4).state_dict(),
+            ["other_arch.pt", "matches only", "another architecture", "conv1"],
+        ),
+        "not_sd.pt": ({"epochs": 3}, ["not_sd.pt", "is not a state dict"]),
+        "tensor.pt": (torch.zeros(3), ["tensor.pt", "is not a state dict"]),
+    }
     for name, (obj, words) in cases.items():
         torch.save(obj, tmp_path / name)
-        refused(words, "train", _timm_recipe(tmp_path, tmp_path / name), "--out", tmp_path / "runs", "--quiet")
+        refused(
+            words, "train", _timm_recipe(tmp_path, tmp_path / name), "--out", tmp_path / "runs", "--quiet"
+        )
     (tmp_path / "junk.safetensors").write_bytes(b"garbage")
-    refused(["junk.safetensors", "cannot be read as a state dict"], "train",
-            _timm_recipe(tmp_path, tmp_path / "junk.safetensors"), "--out", tmp_path / "runs", "--quiet")
+    refused(
+        ["junk.safetensors", "cannot be read as a state dict"],
+        "train",
+        _timm_recipe(tmp_path, tmp_path / "junk.safetensors"),
+        "--out",
+        tmp_path / "runs",
+        "--quiet",
+    )
 
 
 def test_outputs_never_replace_other_models_or_images(model, run_a, run_b, tmp_path):
@@ -323,8 +412,11 @@ def test_bad_samples_npy_is_a_clear_error(run_a, tmp_path, samples):
     if samples == "garbage":
         path.write_bytes(b"\x93NUMPY garbage")
     else:
-        arr = {"wrong-shape": np.zeros((4, 3, 8, 8), np.uint8), "empty": np.zeros((0, 3, 16, 16), np.uint8),
-               "objects": np.array([{"a": 1}], dtype=object)}[samples]
+        arr = {
+            "wrong-shape": np.zeros((4, 3, 8, 8), np.uint8),
+            "empty": np.zeros((0, 3, 16, 16), np.uint8),
+            "objects": np.array([{"a": 1}], dtype=object),
+        }[samples]
         with open(path, "wb") as f:
             np.save(f, arr, allow_pickle=True)
     refused(["samples.npy", "delete it"], "export", run_a, "-o", tmp_path / "m.onnx")
@@ -336,8 +428,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _clfkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "clfkit", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "clfkit", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 # --------------------------------------------------------------------------- resume after editing the recipe
@@ -404,8 +502,13 @@ def test_checkpoint_path_elsewhere_names_the_real_run(tmp_path, monkeypatch):
     out = refused(["not in the run folder", "no such file"], "eval", "a", "--checkpoint", "../zz/best.pt")
     assert "clfkit eval /" not in out
     # a path relative to the run folder (as ../a/best.pt is accepted) names that run
-    refused(["not in the run folder", f"clfkit export {other.resolve()}"],
-            "export", "a", "--checkpoint", "../b/best.pt")
+    refused(
+        ["not in the run folder", f"clfkit export {other.resolve()}"],
+        "export",
+        "a",
+        "--checkpoint",
+        "../b/best.pt",
+    )
     assert (run / "best.pt").read_bytes() == b"stand-in"
 
 
@@ -420,7 +523,9 @@ def test_predict_never_replaces_a_file_it_did_not_write(trained_run, tmp_path, e
     images = write_image_folder(tmp_path / "imgs", size=16) / "test"
     target = tmp_path / existing
     target.write_text("keep me")
-    refused([existing, "only an earlier predictions file is replaced"], "predict", model, images, "-o", target)
+    refused(
+        [existing, "only an earlier predictions file is replaced"], "predict", model, images, "-o", target
+    )
     assert target.read_text() == "keep me"
     earlier = tmp_path / "old.txt"
     earlier.write_text("stale")
@@ -429,8 +534,17 @@ def test_predict_never_replaces_a_file_it_did_not_write(trained_run, tmp_path, e
 
 
 def test_min_agreement_is_a_percentage_of_the_int8_export(trained_run, tmp_path):
-    code, out = invoke("export", trained_run.run_dir, "-o", tmp_path / "a.onnx", "--int8", "--min-agreement", "150")
+    code, out = invoke(
+        "export", trained_run.run_dir, "-o", tmp_path / "a.onnx", "--int8", "--min-agreement", "150"
+    )
     assert code == 2 and "150" in out and "0<=x<=100" in out.replace(" ", ""), out
-    refused(["--min-agreement", "--int8"], "export", trained_run.run_dir, "-o", tmp_path / "b.onnx",
-            "--min-agreement", "50")
+    refused(
+        ["--min-agreement", "--int8"],
+        "export",
+        trained_run.run_dir,
+        "-o",
+        tmp_path / "b.onnx",
+        "--min-agreement",
+        "50",
+    )
     assert not (tmp_path / "a.onnx").exists() and not (tmp_path / "b.onnx").exists()

@@ -2,6 +2,7 @@
 thread, chunk and window edges, short reads and writes, descriptors, offsets past 4 GB, .npy
 header versions, and the forked decode pool's failure paths (a crashed worker, no fork,
 Ctrl-C, leftovers). Tiny data throughout: 8 px images, a few dozen rows."""
+
 from __future__ import annotations
 
 import os
@@ -56,7 +57,11 @@ def _threads_before():
 
 def _reader_threads() -> list[threading.Thread]:
     """Executor threads (the disk reader's) started by this test and still alive."""
-    return [t for t in threading.enumerate() if t.name.startswith("ThreadPoolExecutor") and t not in _THREADS_BEFORE]
+    return [
+        t
+        for t in threading.enumerate()
+        if t.name.startswith("ThreadPoolExecutor") and t not in _THREADS_BEFORE
+    ]
 
 
 def _open_fds() -> int:
@@ -71,21 +76,34 @@ def test_disk_order_is_every_row_once_at_chunk_and_window_edges(n):
     assert sorted(order.tolist()) == list(range(n))
 
 
-@pytest.mark.parametrize("n,batch,drop_last,start", [
-    (23, 4, False, 0), (23, 4, True, 0), (20, 4, True, 0), (3, 8, True, 0), (23, 4, False, 3), (40, 10, False, 4),
-    (23, 4, False, 6),  # start_batch at the epoch's end: nothing left
-    (23, 2, False, 0), (24, 3, True, 1),  # blocks of several batches (6 rows a window)
-])
+@pytest.mark.parametrize(
+    "n,batch,drop_last,start",
+    [
+        (23, 4, False, 0),
+        (23, 4, True, 0),
+        (20, 4, True, 0),
+        (3, 8, True, 0),
+        (23, 4, False, 3),
+        (40, 10, False, 4),
+        (23, 4, False, 6),  # start_batch at the epoch's end: nothing left
+        (23, 2, False, 0),
+        (24, 3, True, 1),  # blocks of several batches (6 rows a window)
+    ],
+)
 def test_disk_batches_are_the_order_rows_whole(tmp_path, monkeypatch, n, batch, drop_last, start):
     """Blocks straddle windows and end in a partial batch; each batch is the order's rows."""
     _small_windows(monkeypatch, chunk=3, window=2)
     x = _images(n)
     data = ImageSet(_disk(tmp_path, x), torch.arange(n))
-    got = list(batches.train_batches(data, batch, 7, 1, drop_last=drop_last, device=CPU, per_image=[], workers=0, start_batch=start))
+    got = list(
+        batches.train_batches(
+            data, batch, 7, 1, drop_last=drop_last, device=CPU, per_image=[], workers=0, start_batch=start
+        )
+    )
     order = batches.disk_epoch_order(n, 7, 1, *batches.disk_chunks(ROW))
     total = batches.num_batches(n, batch, drop_last)
     assert len(got) == max(0, total - start)
-    want = order[start * batch:total * batch]
+    want = order[start * batch : total * batch]
     if got:
         assert torch.equal(torch.cat([b[1] for b in got]), want)
         assert torch.equal(torch.cat([b[0] for b in got]), x[want])
@@ -113,6 +131,7 @@ def test_an_os_error_while_reading_is_a_data_error_naming_the_file(tmp_path, mon
     _small_windows(monkeypatch, chunk=2, window=2)
     data = ImageSet(_disk(tmp_path, _images(30)), torch.arange(30))
     if failure == "io-error":
+
         def eio(*_):
             raise OSError(errno.EIO, os.strerror(errno.EIO))
 
@@ -185,7 +204,9 @@ def test_short_reads_and_writes_are_completed(tmp_path, monkeypatch):
     os.close(fd)
     storage.copy_rows(d, idx, tmp_path / "c.npy")
     monkeypatch.setattr(os, "preadv", real_preadv)
-    assert np.array_equal(np.load(out.path), x.numpy()) and np.array_equal(np.load(tmp_path / "c.npy"), x[idx].numpy())
+    assert np.array_equal(np.load(out.path), x.numpy()) and np.array_equal(
+        np.load(tmp_path / "c.npy"), x[idx].numpy()
+    )
     assert calls["read"] > 100 and calls["write"] > 100
 
 
@@ -220,7 +241,7 @@ def test_a_slice_reads_without_indexing_the_whole_file(tmp_path):
     d = storage.DiskImages(tmp_path / "big.npy")
     tracemalloc.start()
     try:
-        part = d[rows - 5:rows - 1]
+        part = d[rows - 5 : rows - 1]
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -251,11 +272,14 @@ def test_every_npy_header_version_reads(tmp_path, version):
     assert torch.equal(d[:], x) and d.offset == np.load(tmp_path / "v.npy", mmap_mode="r").offset
 
 
-@pytest.mark.parametrize("array,problem", [
-    (np.asfortranarray(np.zeros((2, 3, 4, 4), np.uint8)), "expected uint8"),
-    (np.zeros((2, 3, 4, 4), ">u2"), "expected uint8"),
-    (np.zeros((2, 16), np.uint8), "expected uint8"),
-])
+@pytest.mark.parametrize(
+    "array,problem",
+    [
+        (np.asfortranarray(np.zeros((2, 3, 4, 4), np.uint8)), "expected uint8"),
+        (np.zeros((2, 3, 4, 4), ">u2"), "expected uint8"),
+        (np.zeros((2, 16), np.uint8), "expected uint8"),
+    ],
+)
 def test_npy_files_of_another_layout_are_refused_by_name(tmp_path, array, problem):
     np.save(tmp_path / "bad.npy", array)
     with pytest.raises(DataError, match=rf"bad\.npy.*{problem}"):
@@ -354,11 +378,21 @@ def test_a_crashed_worker_under_the_cache_leaves_no_files(tmp_path, monkeypatch)
     monkeypatch.setattr(decode_pool, "TASK_FILES", 2)
     monkeypatch.setattr(decode_pool, "default_workers", lambda: 2)
     real = decode_pool.decode_one
-    monkeypatch.setattr(decode_pool, "decode_one", lambda p, *a: os._exit(9) if Path(p).name == "img02.png" else real(p, *a))
+    monkeypatch.setattr(
+        decode_pool, "decode_one", lambda p, *a: os._exit(9) if Path(p).name == "img02.png" else real(p, *a)
+    )
     settings = {"image_size": [SIZE, SIZE], "channels": None, "resize": "squash", "on_error": "skip"}
     with pytest.raises(DataError, match=r"img02\.png"):
-        _in_thread(lambda: cache.cached("folder", {"root": str(root)}, settings, lambda: load_folder(root, (SIZE, SIZE)),
-                                        storage_mode="disk"), 20)
+        _in_thread(
+            lambda: cache.cached(
+                "folder",
+                {"root": str(root)},
+                settings,
+                lambda: load_folder(root, (SIZE, SIZE)),
+                storage_mode="disk",
+            ),
+            20,
+        )
     assert [p for p in (tmp_path / "cache").rglob("*")] == []
 
 
@@ -388,7 +422,9 @@ def test_the_pool_leaves_no_process_or_shared_memory_behind(tmp_path, monkeypatc
         out = decode_pool.Output(10, (3, SIZE, SIZE), tmp_path / "o.npy" if to_file else None)
         results = decode_pool.decode_into(paths, (SIZE, SIZE), 3, "squash", out, workers=2)
         rows = np.load(out.path) if to_file else out.array()
-        assert all(r.error is None for r in results) and [int(rows[i, 0, 0, 0]) for i in range(10)] == list(range(10))
+        assert all(r.error is None for r in results) and [int(rows[i, 0, 0, 0]) for i in range(10)] == list(
+            range(10)
+        )
     assert _shm() <= shm and _children() <= kids and _open_fds() == fds
 
 
@@ -405,8 +441,10 @@ def test_two_threads_decoding_at_once_each_get_their_own_files(tmp_path, monkeyp
     monkeypatch.setattr(decode_pool, "decode_one", slow)
     monkeypatch.setattr(decode_pool, "TASK_FILES", 2)
     outs = [decode_pool.Output(6, (3, SIZE, SIZE)) for _ in range(2)]
-    threads = [threading.Thread(target=decode_pool.decode_into, args=(paths, (SIZE, SIZE), 3, "squash", out, 2))
-               for paths, out in zip((first, second), outs)]
+    threads = [
+        threading.Thread(target=decode_pool.decode_into, args=(paths, (SIZE, SIZE), 3, "squash", out, 2))
+        for paths, out in zip((first, second), outs)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -431,7 +469,9 @@ def test_without_fork_the_decode_runs_in_this_process(tmp_path, monkeypatch):
     monkeypatch.setattr(decode_pool.multiprocessing, "get_context", no_fork)
     out = decode_pool.Output(6, (3, SIZE, SIZE))
     results = decode_pool.decode_into(paths, (SIZE, SIZE), 3, "squash", out, workers=2)
-    assert all(r.error is None for r in results) and [int(out.array()[i, 0, 0, 0]) for i in range(6)] == list(range(6))
+    assert all(r.error is None for r in results) and [int(out.array()[i, 0, 0, 0]) for i in range(6)] == list(
+        range(6)
+    )
 
 
 def test_ctrl_c_during_the_pool_stops_it_promptly_and_leaves_no_worker(tmp_path, monkeypatch):
@@ -517,8 +557,13 @@ def _entries(base):
 
 
 def _folder_recipe(root, **kw):
-    return tiny_recipe(data__source={"name": "folder", "root": str(root)}, data__image_size=8,
-                       data__val_fraction=0.25, data__storage="disk", **kw)
+    return tiny_recipe(
+        data__source={"name": "folder", "root": str(root)},
+        data__image_size=8,
+        data__val_fraction=0.25,
+        data__storage="disk",
+        **kw,
+    )
 
 
 def test_an_entry_a_disk_run_reads_is_not_deleted_by_a_newer_one(tmp_path, cache_on):

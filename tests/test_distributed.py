@@ -1,6 +1,7 @@
 """DDP: the epoch order is split over ranks batch by batch; two CPU processes with gloo both
 train, see the same reduced metrics, end with the same weights, and only rank 0 writes; a
 2-rank run stopped mid-epoch and resumed with 2 ranks ends bit-identical to an uninterrupted one."""
+
 from __future__ import annotations
 
 import json
@@ -32,10 +33,12 @@ def test_shard_order_splits_each_global_batch(monkeypatch, n, drop_last):
     assert len(parts[0]) == len(parts[1]), "every rank takes the same number of steps"
     full = n // 32
     for i in range(full):  # global batch i is the single-process batch i
-        got = torch.cat([parts[0][i * 16:(i + 1) * 16], parts[1][i * 16:(i + 1) * 16]])
-        assert torch.equal(got, order[i * 32:(i + 1) * 32])
+        got = torch.cat([parts[0][i * 16 : (i + 1) * 16], parts[1][i * 16 : (i + 1) * 16]])
+        assert torch.equal(got, order[i * 32 : (i + 1) * 32])
     covered = set(torch.cat(parts).tolist())
-    assert covered == set(order[:full * 32].tolist()) if drop_last and full else covered == set(order.tolist())
+    assert (
+        covered == set(order[: full * 32].tolist()) if drop_last and full else covered == set(order.tolist())
+    )
 
 
 def test_batch_size_must_divide(monkeypatch):
@@ -64,12 +67,18 @@ def test_batch_size_not_dividing_is_refused_before_the_run_folder(monkeypatch, t
 
     monkeypatch.setattr(distributed, "setup", lambda rt: distributed.World(rank=0, size=2))
     monkeypatch.setattr("clfkit.train.prepare.build_data", lambda recipe: pytest.fail("the data was read"))
-    with pytest.raises(TrainingError, match="train.batch_size 7 is the global batch and must divide by the 2 "
-                                            "processes; use a multiple of 2"):
+    with pytest.raises(
+        TrainingError,
+        match="train.batch_size 7 is the global batch and must divide by the 2 "
+        "processes; use a multiple of 2",
+    ):
         train(tiny_recipe(train__batch_size=7), tmp_path, quiet=True)
     assert not list(tmp_path.iterdir())
-    with pytest.raises(TrainingError, match="must divide by the 3 processes; resume it with a number of processes "
-                                            r"that divides 8 \(--nproc_per_node\)"):
+    with pytest.raises(
+        TrainingError,
+        match="must divide by the 3 processes; resume it with a number of processes "
+        r"that divides 8 \(--nproc_per_node\)",
+    ):
         distributed.check_batch_size(8, 3, resuming=True)  # --resume cannot change the batch size
 
 
@@ -81,8 +90,14 @@ def _free_port() -> int:
 
 def _join(rank: int, port: int) -> None:
     """What torchrun would set for rank ``rank`` of 2."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), CLFKIT_CACHE="0")
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        CLFKIT_CACHE="0",
+    )
     torch.set_num_threads(1)
 
 
@@ -105,8 +120,15 @@ def _rank_main(rank: int, port: int, out: str, results: str) -> None:
     res = train(tiny_recipe(train__epochs=2, train__batch_size=32, train__device="cpu"), out, quiet=True)
     weights = sum(float(v.double().sum()) for v in _weights(res.run_dir).values())
     with open(os.path.join(results, f"rank{rank}.json"), "w") as f:
-        json.dump({"run_dir": str(res.run_dir), "test_acc": res.summary["test_acc"],
-                   "metrics": (res.run_dir / "metrics.jsonl").read_text(), "weights": weights}, f)
+        json.dump(
+            {
+                "run_dir": str(res.run_dir),
+                "test_acc": res.summary["test_acc"],
+                "metrics": (res.run_dir / "metrics.jsonl").read_text(),
+                "weights": weights,
+            },
+            f,
+        )
 
 
 def _weights(run_dir):
@@ -127,7 +149,9 @@ def test_two_gloo_processes_train_and_only_rank0_writes(tmp_path):
     m1 = [json.loads(line) for line in r1["metrics"].splitlines()]
     assert len(m0) == 2 and [r["step"] for r in m0] == [15, 30]  # the single-process step count
     for a, b in zip(m0, m1):  # metrics summed over ranks: both ranks report the same figures
-        assert a["train_loss"] == pytest.approx(b["train_loss"]) and a["val_acc"] == pytest.approx(b["val_acc"])
+        assert a["train_loss"] == pytest.approx(b["train_loss"]) and a["val_acc"] == pytest.approx(
+            b["val_acc"]
+        )
     assert r0["weights"] == pytest.approx(r1["weights"], rel=1e-6), "DDP keeps the ranks' weights equal"
     assert r0["test_acc"] == r1["test_acc"] and r0["test_acc"] > 0.3
 
@@ -146,8 +170,13 @@ def _stop_resume_main(rank: int, port: int, out: str, results: str) -> None:
 
     # lr 0.1: epoch 2 validates worse than epoch 1, so the resumed part never writes best.pt and
     # the final test evaluation reads the one written before the stop
-    recipe = tiny_recipe(train__epochs=2, train__device="cpu", train__deterministic=True,
-                         train__checkpoint_every_steps=5, optim__lr=0.1)
+    recipe = tiny_recipe(
+        train__epochs=2,
+        train__device="cpu",
+        train__deterministic=True,
+        train__checkpoint_every_steps=5,
+        optim__lr=0.1,
+    )
     T.train(recipe, os.path.join(out, "ref"), quiet=True)
     real_ok = NonFiniteGuard.ok
 

@@ -1,5 +1,6 @@
 """The generated references (docs/components.md from the registry, docs/recipe-reference.md from
 the recipe's models) fail here when they drift; README's set-up command is CI's."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,7 +17,8 @@ def test_component_reference_is_current():
     text = docs.COMPONENTS_DOC.read_text(encoding="utf-8")
     assert docs.BEGIN in text and docs.END in text, "run: python -m clfkit.registry.reference --write"
     assert docs.updated_readme(text, docs.render()) == text, (
-        "docs/components.md is out of date; run: python -m clfkit.registry.reference --write")
+        "docs/components.md is out of date; run: python -m clfkit.registry.reference --write"
+    )
     assert text.index(docs.SECTION) < text.index(docs.BEGIN)
 
 
@@ -30,7 +32,9 @@ def test_regenerate_command_checks_both_generated_files(capsys):
 
 def test_write_brings_a_stale_copy_back_and_check_names_it(tmp_path, capsys):
     stale = tmp_path / "recipe-reference.md"
-    stale.write_text(docs.RECIPE_DOC.read_text(encoding="utf-8").replace("| `train.epochs` |", "| `train.epoks` |"))
+    stale.write_text(
+        docs.RECIPE_DOC.read_text(encoding="utf-8").replace("| `train.epochs` |", "| `train.epoks` |")
+    )
     assert docs.main(["--check", "--file", str(stale)]) == 1
     assert "recipe-reference.md: the generated reference is out of date" in capsys.readouterr().out
     assert docs.main(["--write", "--file", str(stale)]) == 0
@@ -78,10 +82,13 @@ def test_ci_runs_exactly_the_readme_set_up_command():
     """CI is a newcomer: after torch, it runs README command 2 as written and installs nothing
     else, so a suite that needs an extra install fails CI instead of the first user."""
     readme = README.read_text(encoding="utf-8")
-    setup = readme[readme.index("## Set up"):]
+    setup = readme[readme.index("## Set up") :]
     command2 = setup.split("# 2.", 1)[1].splitlines()[1].strip()
-    ci = [line.strip() for line in (README.parent / ".ci" / "run").read_text().splitlines()
-          if line.strip() and not line.lstrip().startswith("#")]
+    ci = [
+        line.strip()
+        for line in (README.parent / ".ci" / "run").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     installs = [line for line in ci if "pip install" in line]
     assert installs == ["pip install -q torch==2.14.1 torchvision==0.29.1", command2]
     assert ci[-1] == command2

@@ -1,4 +1,5 @@
 """Per-run reports, clfkit eval, EMA, early stopping and metrics logs."""
+
 from __future__ import annotations
 
 import csv
@@ -60,11 +61,15 @@ def test_val_split_when_no_labelled_test_and_data_root(tmp_path):
 
     root = write_image_folder(tmp_path / "imgs", per_class=10, size=16)
     shutil.rmtree(root / "test")
-    recipe = validate_recipe({
-        "name": "folders", "data": {"source": {"name": "folder", "root": str(root)}, "image_size": 16,
-                                    "val_fraction": 0.3},
-        "model": {"name": "cnn", "blocks": [{"channels": 4, "pool": "max"}]},
-        "optim": {"name": "adam", "lr": 1e-2}, "train": {"epochs": 2, "batch_size": 4}})
+    recipe = validate_recipe(
+        {
+            "name": "folders",
+            "data": {"source": {"name": "folder", "root": str(root)}, "image_size": 16, "val_fraction": 0.3},
+            "model": {"name": "cnn", "blocks": [{"channels": 4, "pool": "max"}]},
+            "optim": {"name": "adam", "lr": 1e-2},
+            "train": {"epochs": 2, "batch_size": 4},
+        }
+    )
     res = train(recipe, tmp_path / "runs", quiet=True)
     assert res.summary["eval_split"] == "val" and res.summary["test_acc"] is None
     assert {r["split"] for r in read_csv(res.run_dir / "per_class.csv")} == {"val"}
@@ -105,8 +110,11 @@ def test_early_stopping_stops_and_keeps_its_state(tmp_path):
     from clfkit.train.trainer import train
 
     # a learning rate too small to change anything: val acc is flat, so patience 1 stops at epoch 2
-    recipe = tiny_recipe(train__epochs=6, optim={"name": "sgd", "lr": 1e-12},
-                         train__early_stopping={"patience": 1, "metric": "val_acc"})
+    recipe = tiny_recipe(
+        train__epochs=6,
+        optim={"name": "sgd", "lr": 1e-12},
+        train__early_stopping={"patience": 1, "metric": "val_acc"},
+    )
     res = train(recipe, tmp_path, quiet=True)
     assert res.summary["epochs_run"] == 2 and res.summary["stopped_early_at"] == 2
     state = load_checkpoint(res.run_dir / "last.pt")["extra"]["early_stopping"]

@@ -1,6 +1,7 @@
 """clfkit eval on other data (issue 22, class 7): the data evaluated is compared with the run's
 by file name and content (an identical copy is the same data, a larger set is not), the console
 says which, and report.html marks the figures computed on other data than the summary's."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,10 @@ def test_eval_says_which_data_and_the_page_marks_other_data(folder_run, tmp_path
     (copy / "train/dog/dog_1.png").write_bytes((copy / "train/dog/dog_2.png").read_bytes())
     with pytest.warns(UserWarning, match="holds other data"):
         out = _eval(run, "--data-root", copy)  # was: a larger set was silent
-    assert f"data: changed: --data-root {copy} holds other data than this run trained on (1 file(s) added, " \
-           f"1 file(s) changed)" in out, out
+    assert (
+        f"data: changed: --data-root {copy} holds other data than this run trained on (1 file(s) added, "
+        f"1 file(s) changed)" in out
+    ), out
     assert _marked(run)
     record = json.loads((run / "eval_test.json").read_text())
     assert record["data_changed"] is True and "1 file(s) added" in record["data"]

@@ -1,6 +1,7 @@
 """Export for deployment (issue 14): every graph passes onnx.checker's full check and comes
 from torch's recommended exporter without printing warnings; flip TTA inside the graph with
 parity proven; int8 kept only with proven agreement."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -33,17 +34,26 @@ def _meta(path) -> dict[str, str]:
 def _images(root: Path, n: int = 6) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / f"{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+            root / f"{i}.png"
+        )
     return root
 
 
 # --------------------------------------------------------------------------- checked, quiet, recommended
 def test_cli_export_is_checked_and_prints_no_warnings(trained_run, tmp_path):
     out = tmp_path / "m.onnx"
-    r = subprocess.run([sys.executable, "-m", "clfkit", "export", str(trained_run.run_dir), "-o", str(out)],
-                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "clfkit", "export", str(trained_run.run_dir), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
-    assert r.stderr == "" and r.stdout.startswith("wrote ") and "warn" not in r.stdout.lower(), r.stdout + r.stderr
+    assert r.stderr == "" and r.stdout.startswith("wrote ") and "warn" not in r.stdout.lower(), (
+        r.stdout + r.stderr
+    )
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
     assert _meta(out)["clfkit.exporter"] == ("dynamo" if HAS_ONNXSCRIPT else _meta(out)["clfkit.exporter"])
 
@@ -51,6 +61,7 @@ def test_cli_export_is_checked_and_prints_no_warnings(trained_run, tmp_path):
 def test_exporter_failure_falls_back_with_parity(trained_run, tmp_path, monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("unsupported op")
+
     monkeypatch.setattr(graph, "_dynamo_bytes", broken)
     res = export_run(trained_run.run_dir, tmp_path / "m.onnx")
     assert res.exporter.startswith("torchscript (dynamo failed: RuntimeError: unsupported op")
@@ -133,7 +144,9 @@ def test_int8_below_the_threshold_is_refused_with_the_figure(mlp_run, tmp_path, 
     r = CliRunner().invoke(cli, ["export", str(mlp_run), "-o", str(out), "--int8"])
     assert r.exit_code != 0
     assert "the int8 model agrees with fp32 on" in r.output and "below --min-agreement 99%" in r.output
-    assert all(c.short() in r.output for c in quantize.CONFIGS)  # every configuration was tried, with its figure
+    assert all(
+        c.short() in r.output for c in quantize.CONFIGS
+    )  # every configuration was tried, with its figure
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
@@ -161,14 +174,18 @@ def test_int8_on_a_cpu_without_vnni_says_so_in_one_line(mlp_run, tmp_path, monke
     from clfkit.deploy.export import quantize
 
     monkeypatch.setattr(quantize, "cpu_int8_support", lambda: {"flags": ["avx2"], "vnni": False})
-    r = CliRunner().invoke(cli, ["export", str(mlp_run), "-o", str(tmp_path / "q.onnx"), "--int8",
-                                 "--min-agreement", "90"])
+    r = CliRunner().invoke(
+        cli, ["export", str(mlp_run), "-o", str(tmp_path / "q.onnx"), "--int8", "--min-agreement", "90"]
+    )
     assert r.exit_code == 0, r.output
     notes = [line for line in r.output.splitlines() if "VNNI" in line]
     assert len(notes) == 1 and "avx2" in notes[0] and "x)" in notes[0]
-    monkeypatch.setattr(quantize, "cpu_int8_support", lambda: {"flags": ["avx2", "avx512_vnni"], "vnni": True})
-    r = CliRunner().invoke(cli, ["export", str(mlp_run), "-o", str(tmp_path / "q.onnx"), "--int8",
-                                 "--min-agreement", "90"])
+    monkeypatch.setattr(
+        quantize, "cpu_int8_support", lambda: {"flags": ["avx2", "avx512_vnni"], "vnni": True}
+    )
+    r = CliRunner().invoke(
+        cli, ["export", str(mlp_run), "-o", str(tmp_path / "q.onnx"), "--int8", "--min-agreement", "90"]
+    )
     assert r.exit_code == 0 and "VNNI" not in r.output, r.output
 
 
@@ -176,10 +193,15 @@ def test_cpu_int8_support_reads_the_flags(tmp_path):
     from clfkit.deploy.export.quantize import cpu_int8_support
 
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx2 fma\n")
+    info.write_text(
+        "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx2 fma\n"
+    )
     assert cpu_int8_support(str(info)) == {"flags": ["avx2"], "vnni": False}
     info.write_text("flags\t: avx2 avx512f avx512bw avx512_vnni\n")
-    assert cpu_int8_support(str(info)) == {"flags": ["avx2", "avx512f", "avx512bw", "avx512_vnni"], "vnni": True}
+    assert cpu_int8_support(str(info)) == {
+        "flags": ["avx2", "avx512f", "avx512bw", "avx512_vnni"],
+        "vnni": True,
+    }
     info.write_text("flags\t: avx2 avx_vnni amx_int8\n")
     assert cpu_int8_support(str(info))["vnni"] is True
     assert cpu_int8_support(str(tmp_path / "missing")) == {"flags": [], "vnni": None}

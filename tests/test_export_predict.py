@@ -1,4 +1,5 @@
 """Export proves parity; predict writes one line per image and skips what is not one."""
+
 from __future__ import annotations
 
 import json

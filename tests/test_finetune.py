@@ -1,4 +1,5 @@
 """Fine-tuning: weights in with a receipt (init:, the timm model's weights:)."""
+
 from __future__ import annotations
 
 import json
@@ -17,10 +18,15 @@ CNN = {"name": "cnn", "blocks": [{"channels": 8, "pool": "max"}, {"channels": 16
 
 
 def folder_recipe(root, name, model=CNN, **extra):
-    return {"name": name, "seed": 0, "data": {"source": {"name": "folder", "root": str(root)}, "image_size": 16,
-                                               "val_fraction": 0.25},
-            "model": model, "optim": {"name": "adam", "lr": 1e-3}, "train": {"epochs": 1, "batch_size": 8},
-            **extra}
+    return {
+        "name": name,
+        "seed": 0,
+        "data": {"source": {"name": "folder", "root": str(root)}, "image_size": 16, "val_fraction": 0.25},
+        "model": model,
+        "optim": {"name": "adam", "lr": 1e-3},
+        "train": {"epochs": 1, "batch_size": 8},
+        **extra,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +44,9 @@ def test_init_from_a_run_folder_reinitializes_only_the_head(run_a, tmp_path, cap
     assert "re-initialized (classifier" in line and "3 -> 2 classes" in line, line
     receipt = json.loads((res.run_dir / "weights.json").read_text())["receipts"][0]
     reinit = {r["tensor"] for r in receipt["reinitialized"]}
-    assert reinit and all(t.startswith(receipt["head"].split()[1].split(",")[0].rsplit(".", 1)[0]) for t in reinit)
+    assert reinit and all(
+        t.startswith(receipt["head"].split()[1].split(",")[0].rsplit(".", 1)[0]) for t in reinit
+    )
     assert len(receipt["loaded"]) + len(reinit) == receipt["total"] and receipt["unexpected"] == []
     # loaded tensors equal run A's
     a = torch.load(run_a / "best.pt", weights_only=True)["model"]
@@ -54,7 +62,9 @@ def test_init_with_another_architecture_is_a_clear_cli_error(run_a, tmp_path):
     res = CliRunner().invoke(cli, ["train", str(f), "--out", str(tmp_path / "runs"), "--quiet"])
     assert res.exit_code != 0 and "Traceback" not in res.output
     assert "init" in res.output and "best.pt matches only" in res.output and "init_min_match" in res.output
-    f.write_text(yaml.safe_dump(folder_recipe(root, "B", model={"name": "mlp"}, init=str(run_a), init_min_match=0.01)))
+    f.write_text(
+        yaml.safe_dump(folder_recipe(root, "B", model={"name": "mlp"}, init=str(run_a), init_min_match=0.01))
+    )
     res = CliRunner().invoke(cli, ["train", str(f), "--out", str(tmp_path / "runs2"), "--quiet"])
     assert "matches only 0 of" in res.output  # nothing matches at all: still refused
 
@@ -89,8 +99,9 @@ def test_timm_torch_state_dict_with_other_input_channels_is_adapted(tmp_path):
 
     path = _timm_1000(tmp_path, ".pth")
     sd = torch.load(path, weights_only=True)
-    recipe = validate_recipe(folder_recipe(tmp_path, "T", model={"name": "timm", "arch": "resnet10t",
-                                                                 "weights": str(path)}))
+    recipe = validate_recipe(
+        folder_recipe(tmp_path, "T", model={"name": "timm", "arch": "resnet10t", "weights": str(path)})
+    )
     model = build_model(recipe, 3, 1, (32, 32), [0.5], [0.5])
     receipt = model.net.weights_receipt
     assert [k for k, _ in receipt.adapted] == ["conv1.0.weight"] and "3 -> 1 input channels" in receipt.line()
@@ -105,8 +116,9 @@ def test_timm_weights_of_another_architecture_are_refused(tmp_path):
 
     path = tmp_path / "vit.pth"
     torch.save(timm.create_model("test_vit", pretrained=False).state_dict(), path)
-    recipe = validate_recipe(folder_recipe(tmp_path, "T", model={"name": "timm", "arch": "resnet10t",
-                                                                 "weights": str(path)}))
+    recipe = validate_recipe(
+        folder_recipe(tmp_path, "T", model={"name": "timm", "arch": "resnet10t", "weights": str(path)})
+    )
     with pytest.raises(ModelFileError, match=r"vit.pth matches only 0 of .* first mismatches: conv1"):
         build_model(recipe, 2, 3, (32, 32), [0.5] * 3, [0.5] * 3)
 
@@ -117,9 +129,14 @@ def test_accumulate_2_of_32_equals_one_batch_of_64(tmp_path):
     from conftest import tiny_recipe
 
     def weights(batch, accumulate, name):
-        recipe = tiny_recipe(name=name, data__source__train_size=512, model={"name": "mlp", "hidden": [32]}, optim={"name": "sgd", "lr": 0.1},
-                             schedule={"name": "cosine"}, train={"epochs": 1, "batch_size": batch,
-                                                                 "accumulate": accumulate, "deterministic": True})
+        recipe = tiny_recipe(
+            name=name,
+            data__source__train_size=512,
+            model={"name": "mlp", "hidden": [32]},
+            optim={"name": "sgd", "lr": 0.1},
+            schedule={"name": "cosine"},
+            train={"epochs": 1, "batch_size": batch, "accumulate": accumulate, "deterministic": True},
+        )
         res = train(recipe, tmp_path, quiet=True)
         ck = torch.load(res.run_dir / "last.pt", weights_only=True)
         return ck["model"], ck["step"]
@@ -133,11 +150,16 @@ def test_accumulate_2_of_32_equals_one_batch_of_64(tmp_path):
 
 def test_frozen_backbone_keeps_every_backbone_tensor_and_bn_statistic(run_a, tmp_path):
     root = write_image_folder(tmp_path / "two", classes=("ants", "bees"), per_class=8)
-    recipe = folder_recipe(root, "B", init=str(run_a), train={"epochs": 2, "batch_size": 8, "freeze": "backbone"})
+    recipe = folder_recipe(
+        root, "B", init=str(run_a), train={"epochs": 2, "batch_size": 8, "freeze": "backbone"}
+    )
     res = train(validate_recipe(recipe), tmp_path / "runs", quiet=True)
     start = torch.load(run_a / "best.pt", weights_only=True)["model"]
     end = torch.load(res.run_dir / "last.pt", weights_only=True)["model"]
-    head = {r["tensor"] for r in json.loads((res.run_dir / "weights.json").read_text())["receipts"][0]["reinitialized"]}
+    head = {
+        r["tensor"]
+        for r in json.loads((res.run_dir / "weights.json").read_text())["receipts"][0]["reinitialized"]
+    }
     backbone = [k for k in end if k not in head and k not in ("mean", "std")]
     assert any("running_mean" in k for k in backbone) and len(backbone) > 4
     for k in backbone:
@@ -149,8 +171,14 @@ def test_resume_across_the_unfreeze_epoch_matches_an_uninterrupted_run(tmp_path)
     from conftest import extend_and_resume, tiny_recipe
 
     def recipe(epochs):
-        return tiny_recipe(train__epochs=epochs, train__deterministic=True, train__freeze="backbone",
-                           train__unfreeze_epoch=2, data__source__train_size=128, data__image_size=8)
+        return tiny_recipe(
+            train__epochs=epochs,
+            train__deterministic=True,
+            train__freeze="backbone",
+            train__unfreeze_epoch=2,
+            data__source__train_size=128,
+            data__image_size=8,
+        )
 
     ref = train(recipe(3), tmp_path / "ref", quiet=True)
     cut = train(recipe(1), tmp_path / "cut", quiet=True)  # epoch 1 frozen; then resume for 3 epochs
@@ -188,7 +216,9 @@ def test_top5_in_summary_and_per_class_csv_and_predict_topk(tmp_path, monkeypatc
     assert run.exit_code == 0, run.output
     lines = (tmp_path / "test.txt").read_text().splitlines()
     assert len(lines) == 3 and all(len(l.split("\t")) == 4 for l in lines)  # --topk lines are tab-separated
-    run = CliRunner().invoke(cli, ["predict", str(onnx), str(imgs), "--topk", "3", "--format", "csv", "-o", "p.csv"])
+    run = CliRunner().invoke(
+        cli, ["predict", str(onnx), str(imgs), "--topk", "3", "--format", "csv", "-o", "p.csv"]
+    )
     rows = (tmp_path / "p.csv").read_text().splitlines()
     assert rows[0] == "path,class_1,prob_1,class_2,prob_2,class_3,prob_3"
     probs = [float(v) for v in rows[1].split(",")[2::2]]

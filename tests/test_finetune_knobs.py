@@ -1,6 +1,7 @@
 """Fine-tuning knobs: layer-wise LR decay and the head's LR multiplier (clfkit.train.param_groups),
 loss class weights, class-balanced sampling, mixup-or-cutmix per batch, init: checked before
 the run folder exists."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,15 @@ RESNET10 = {"name": "resnet", "depth": 10, "width": 0.125, "stem": "small"}
 
 
 def recipe_with(model=RESNET10, optim=None, regularizers=(), loss="cross_entropy"):
-    return validate_recipe({"name": "k", "model": model, "loss": loss, "regularizers": list(regularizers),
-                            "optim": optim or {"name": "sgd", "lr": 0.1}})
+    return validate_recipe(
+        {
+            "name": "k",
+            "model": model,
+            "loss": loss,
+            "regularizers": list(regularizers),
+            "optim": optim or {"name": "sgd", "lr": 0.1},
+        }
+    )
 
 
 def built(recipe, num_classes=3):
@@ -58,21 +66,29 @@ def test_layer_decay_and_head_mult_give_each_parameter_its_lr():
 
 
 def test_layer_decay_composes_with_no_decay_norm_bias():
-    recipe = recipe_with(optim={"name": "adamw", "lr": 0.01, "weight_decay": 0.05, "layer_decay": 0.8,
-                                "head_lr_mult": 2}, regularizers=["no_decay_norm_bias"])
+    recipe = recipe_with(
+        optim={"name": "adamw", "lr": 0.01, "weight_decay": 0.05, "layer_decay": 0.8, "head_lr_mult": 2},
+        regularizers=["no_decay_norm_bias"],
+    )
     model, opt = built(recipe)
     got = lr_and_wd(model, opt)
     for name, p in model.named_parameters():
         layer = resnet10_layer(name)
         want_lr = 0.01 * 2 if layer == 5 else 0.01 * 0.8 ** (5 - layer)
         assert got[name] == (pytest.approx(want_lr), 0.0 if p.ndim <= 1 else 0.05), name
-    assert {g["lr_scale"] for g in opt.param_groups} == {2.0, *(0.8 ** k for k in range(1, 6))}
+    assert {g["lr_scale"] for g in opt.param_groups} == {2.0, *(0.8**k for k in range(1, 6))}
 
 
 def test_a_schedule_step_keeps_every_groups_ratio():
-    recipe = validate_recipe({"name": "k", "model": RESNET10, "schedule": {"name": "cosine", "warmup_epochs": 1},
-                              "optim": {"name": "sgd", "lr": 0.1, "layer_decay": 0.5, "head_lr_mult": 10},
-                              "train": {"epochs": 3}})
+    recipe = validate_recipe(
+        {
+            "name": "k",
+            "model": RESNET10,
+            "schedule": {"name": "cosine", "warmup_epochs": 1},
+            "optim": {"name": "sgd", "lr": 0.1, "layer_decay": 0.5, "head_lr_mult": 10},
+            "train": {"epochs": 3},
+        }
+    )
     model, opt = built(recipe)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, build_schedule(recipe, steps_per_epoch=4))
     bases = set()
@@ -92,18 +108,34 @@ def test_without_the_knobs_the_optimizer_has_one_plain_group():
     assert opt.param_groups[0]["lr"] == 0.1
 
 
-@pytest.mark.parametrize("spec,scales", [
-    ({"name": "cnn", "blocks": [{"channels": 4, "pool": "max"}, {"channels": 4, "pool": "max"}]},
-     {"net.0.0.weight": 0.25, "net.0.1.weight": 0.25, "net.0.5.bias": 0.5, "net.0.6.weight": 0.5, "net.3.weight": 3.0}),
-    ({"name": "mlp", "hidden": [8, 8]}, {"net.blocks.0.0.weight": 0.25, "net.blocks.1.0.bias": 0.5,
-                                         "net.head.weight": 3.0}),
-    ({"name": "linear"}, {"net.1.weight": 3.0}),
-    ({"name": "timm", "arch": "resnet10t"}, {"net.conv1.0.weight": 0.5 ** 5, "net.layer4.0.conv1.weight": 0.5,
-                                             "net.fc.weight": 3.0}),
-])
+@pytest.mark.parametrize(
+    "spec,scales",
+    [
+        (
+            {"name": "cnn", "blocks": [{"channels": 4, "pool": "max"}, {"channels": 4, "pool": "max"}]},
+            {
+                "net.0.0.weight": 0.25,
+                "net.0.1.weight": 0.25,
+                "net.0.5.bias": 0.5,
+                "net.0.6.weight": 0.5,
+                "net.3.weight": 3.0,
+            },
+        ),
+        (
+            {"name": "mlp", "hidden": [8, 8]},
+            {"net.blocks.0.0.weight": 0.25, "net.blocks.1.0.bias": 0.5, "net.head.weight": 3.0},
+        ),
+        ({"name": "linear"}, {"net.1.weight": 3.0}),
+        (
+            {"name": "timm", "arch": "resnet10t"},
+            {"net.conv1.0.weight": 0.5**5, "net.layer4.0.conv1.weight": 0.5, "net.fc.weight": 3.0},
+        ),
+    ],
+)
 def test_every_builtin_model_says_its_layers(spec, scales):
-    model, opt = built(recipe_with(model=spec, optim={"name": "sgd", "lr": 1.0, "layer_decay": 0.5,
-                                                      "head_lr_mult": 3}))
+    model, opt = built(
+        recipe_with(model=spec, optim={"name": "sgd", "lr": 1.0, "layer_decay": 0.5, "head_lr_mult": 3})
+    )
     got = lr_and_wd(model, opt)
     for name, want in scales.items():
         assert got[name][0] == pytest.approx(want), name
@@ -122,7 +154,8 @@ class Plain(nn.Module):
 @pytest.fixture
 def plainnet():
     registry.register("model", "plainnet")(
-        lambda num_classes, in_chans, image_size: Plain(num_classes, in_chans, image_size))
+        lambda num_classes, in_chans, image_size: Plain(num_classes, in_chans, image_size)
+    )
     yield "plainnet"
     registry.REGISTRY.remove("model", "plainnet")
 
@@ -146,8 +179,13 @@ def splits_with_counts(counts, names=None):
 
 def test_balanced_weights_come_from_the_train_counts_and_match_torch():
     splits = splits_with_counts([10, 30, 60])
-    loss = build_loss(validate_recipe({"name": "k", "model": "linear",
-                                       "loss": {"name": "cross_entropy", "class_weights": "balanced"}}), 3, splits)
+    loss = build_loss(
+        validate_recipe(
+            {"name": "k", "model": "linear", "loss": {"name": "cross_entropy", "class_weights": "balanced"}}
+        ),
+        3,
+        splits,
+    )
     want = [100 / (3 * 10), 100 / (3 * 30), 100 / (3 * 60)]
     assert loss.class_weights == pytest.approx(want)
     g = torch.Generator().manual_seed(0)
@@ -164,8 +202,9 @@ def test_balanced_weights_come_from_the_train_counts_and_match_torch():
 
 
 def test_class_weights_of_the_wrong_length_name_the_classes():
-    recipe = validate_recipe({"name": "k", "model": "linear",
-                              "loss": {"name": "cross_entropy", "class_weights": [1.0, 2.0]}})
+    recipe = validate_recipe(
+        {"name": "k", "model": "linear", "loss": {"name": "cross_entropy", "class_weights": [1.0, 2.0]}}
+    )
     with pytest.raises(RegistryError) as e:
         build_loss(recipe, 3, splits_with_counts([4, 4, 4], ["daisy", "rose", "tulip"]))
     assert "2 value(s)" in str(e.value) and "3 classes (daisy, rose, tulip)" in str(e.value)
@@ -177,7 +216,9 @@ def test_class_weights_of_the_wrong_length_name_the_classes():
 # ------------------------------------------------------------------ balanced sampler
 def test_balanced_sampler_draws_classes_evenly_and_repeats_per_epoch():
     labels = torch.cat([torch.zeros(90, dtype=torch.long), torch.ones(10, dtype=torch.long)])
-    data = ImageSet(torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1).expand(100, 1, 2, 2).clone(), labels)
+    data = ImageSet(
+        torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1).expand(100, 1, 2, 2).clone(), labels
+    )
     batches = TrainBatches(data, 20, 3, True, torch.device("cpu"), [], 0, "balanced")
     drawn = torch.cat([y for _, y in batches.epoch(0)])
     assert len(drawn) == 100 and 35 <= int(drawn.sum()) <= 65  # ~50 of the 10-image class
@@ -195,13 +236,21 @@ def test_balanced_sampler_under_ddp_splits_each_global_batch(monkeypatch):
 
     labels = torch.tensor([0] * 30 + [1] * 10)
     data = ImageSet(torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1), labels)
-    one = torch.cat([x.flatten() for x, _ in TrainBatches(data, 8, 0, True, torch.device("cpu"), [], 0,
-                                                          "balanced").epoch(0)])
+    one = torch.cat(
+        [
+            x.flatten()
+            for x, _ in TrainBatches(data, 8, 0, True, torch.device("cpu"), [], 0, "balanced").epoch(0)
+        ]
+    )
     parts = []
     for rank in (0, 1):
         monkeypatch.setattr(distributed, "WORLD", distributed.World(rank=rank, size=2))
-        parts.append([x.flatten() for x, _ in TrainBatches(data, 8, 0, True, torch.device("cpu"), [], 0,
-                                                           "balanced").epoch(0)])
+        parts.append(
+            [
+                x.flatten()
+                for x, _ in TrainBatches(data, 8, 0, True, torch.device("cpu"), [], 0, "balanced").epoch(0)
+            ]
+        )
     both = torch.cat([torch.cat([a, b]) for a, b in zip(*parts)])  # global batch i = rank 0's + rank 1's
     assert torch.equal(both, one)
 
@@ -235,12 +284,21 @@ def test_a_run_with_every_knob_resumes_exactly_across_the_unfreeze(tmp_path):
     from clfkit.train.trainer import train
 
     def recipe(epochs):
-        return tiny_recipe(train__epochs=epochs, train__deterministic=True, train__freeze="backbone",
-                           train__unfreeze_epoch=2, train__batch_size=32, data__source__train_size=64,
-                           data__source__val_size=32, data__source__test_size=32, train__track=[],
-                           data__sampler="balanced", loss={"name": "cross_entropy", "class_weights": "balanced"},
-                           optim={"name": "adamw", "lr": 3e-3, "layer_decay": 0.5, "head_lr_mult": 4},
-                           regularizers=["no_decay_norm_bias", {"name": "mixup_cutmix", "switch_prob": 0.5}])
+        return tiny_recipe(
+            train__epochs=epochs,
+            train__deterministic=True,
+            train__freeze="backbone",
+            train__unfreeze_epoch=2,
+            train__batch_size=32,
+            data__source__train_size=64,
+            data__source__val_size=32,
+            data__source__test_size=32,
+            train__track=[],
+            data__sampler="balanced",
+            loss={"name": "cross_entropy", "class_weights": "balanced"},
+            optim={"name": "adamw", "lr": 3e-3, "layer_decay": 0.5, "head_lr_mult": 4},
+            regularizers=["no_decay_norm_bias", {"name": "mixup_cutmix", "switch_prob": 0.5}],
+        )
 
     ref = train(recipe(2), tmp_path / "ref", quiet=True)
     summary = ref.summary
@@ -261,18 +319,36 @@ def test_a_run_with_every_knob_resumes_exactly_across_the_unfreeze(tmp_path):
 @pytest.mark.parametrize("case", ["missing", "not_a_checkpoint", "other_architecture", "class_weights"])
 def test_a_bad_init_or_class_weights_leaves_no_run_folder(tmp_path, case):
     root = write_image_folder(tmp_path / "data", classes=("a", "b"), per_class=4, size=16)
-    init = {"missing": tmp_path / "nope.pt", "not_a_checkpoint": tmp_path / "junk.pt",
-            "other_architecture": tmp_path / "other.pt"}.get(case)
+    init = {
+        "missing": tmp_path / "nope.pt",
+        "not_a_checkpoint": tmp_path / "junk.pt",
+        "other_architecture": tmp_path / "other.pt",
+    }.get(case)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     if case == "other_architecture":
         from clfkit.run.checkpoint import save_checkpoint
+
         save_checkpoint(init, {"model": {"w": torch.zeros(3)}, "recipe": {}, "class_names": ["a", "b"]})
     f = tmp_path / "r.yaml"
-    f.write_text(yaml.safe_dump({"name": "b", "data": {"source": {"name": "folder", "root": str(root)},
-                                                       "image_size": 16, "val_fraction": 0.25},
-                                 "model": "linear", "train": {"epochs": 1, "batch_size": 4},
-                                 **({"init": str(init)} if init else
-                                    {"loss": {"name": "cross_entropy", "class_weights": [1, 2, 3]}})}))
+    f.write_text(
+        yaml.safe_dump(
+            {
+                "name": "b",
+                "data": {
+                    "source": {"name": "folder", "root": str(root)},
+                    "image_size": 16,
+                    "val_fraction": 0.25,
+                },
+                "model": "linear",
+                "train": {"epochs": 1, "batch_size": 4},
+                **(
+                    {"init": str(init)}
+                    if init
+                    else {"loss": {"name": "cross_entropy", "class_weights": [1, 2, 3]}}
+                ),
+            }
+        )
+    )
     out = tmp_path / "runs"
     res = CliRunner().invoke(cli, ["train", str(f), "--out", str(out), "--quiet"])
     assert res.exit_code != 0 and "Traceback" not in res.output, res.output

@@ -2,6 +2,7 @@
 preflight runs and records versions, a failing case and a hanging one each cost their own row
 while later rows are still written, missing wheels and a machine without CUDA stop early
 with one clear line."""
+
 from __future__ import annotations
 
 import json
@@ -11,27 +12,65 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CASE_KEYS = {"case", "model", "stem", "size", "compile", "precision", "images_per_s", "model_only_images_per_s",
-             "ratio", "model_only_steps", "peak_gpu_memory"}
+CASE_KEYS = {
+    "case",
+    "model",
+    "stem",
+    "size",
+    "compile",
+    "precision",
+    "images_per_s",
+    "model_only_images_per_s",
+    "ratio",
+    "model_only_steps",
+    "peak_gpu_memory",
+}
 
 
 def _gpu_sh(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    environ = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
-               "OUT": str(tmp_path / "out"), "GPU_BENCH_WORK": str(tmp_path / "work"), **env}
-    return subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), *args], env=environ, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=420, check=False)
+    environ = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "OUT": str(tmp_path / "out"),
+        "GPU_BENCH_WORK": str(tmp_path / "work"),
+        **env,
+    }
+    return subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu.sh"), *args],
+        env=environ,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=420,
+        check=False,
+    )
 
 
 def test_gpu_sh_preflight_then_each_case_in_its_own_guard(tmp_path):
-    run = _gpu_sh(tmp_path, "--cpu", GPU_BENCH_COMPILE_BACKEND="eager",  # inductor's C++ build: minutes here
-                  GPU_BENCH_FAIL="study:hang c16-cifar-eager", GPU_BENCH_TIMEOUTS="study=3")
+    run = _gpu_sh(
+        tmp_path,
+        "--cpu",
+        GPU_BENCH_COMPILE_BACKEND="eager",  # inductor's C++ build: minutes here
+        GPU_BENCH_FAIL="study:hang c16-cifar-eager",
+        GPU_BENCH_TIMEOUTS="study=3",
+    )
     out = tmp_path / "out"
-    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-2000:]  # a case failed: said by the exit code
+    assert run.returncode == 1, (
+        run.stdout[-3000:] + run.stderr[-2000:]
+    )  # a case failed: said by the exit code
     assert "preflight ok" in run.stdout and "case study FAILED" in run.stdout
     result = json.loads((out / "gpu_bench.json").read_text())
     pre = result["preflight"]
-    assert pre["ok"] and pre["device"] == "cpu" and {"torch", "pydantic", "albumentations", "clfkit"} <= set(pre["versions"])
-    assert result["study"]["failed"] == "timed out after 3 s"  # the headline first; its hang cost its row only
+    assert (
+        pre["ok"]
+        and pre["device"] == "cpu"
+        and {"torch", "pydantic", "albumentations", "clfkit"} <= set(pre["versions"])
+    )
+    assert (
+        result["study"]["failed"] == "timed out after 3 s"
+    )  # the headline first; its hang cost its row only
     failed, ran = result["cases"]
     assert failed["case"] == "c16-cifar-eager" and failed["failed"] == "exit code 1"
     assert any("injected failure" in line for line in failed["log_tail"])
@@ -56,19 +95,30 @@ def test_gpu_sh_stops_before_anything_runs_when_wheels_are_missing(tmp_path):
 
 def test_preflight_stops_at_once_without_cuda(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
-    run = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_bench.py"), "--preflight", "--rows", str(tmp_path)],
-                         env=env, capture_output=True, text=True, timeout=180, check=False)
-    assert run.returncode == 3 and run.stdout.startswith("PREFLIGHT FAILED: CUDA is not visible to torch"), run.stdout
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_bench.py"), "--preflight", "--rows", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert run.returncode == 3 and run.stdout.startswith("PREFLIGHT FAILED: CUDA is not visible to torch"), (
+        run.stdout
+    )
     assert json.loads((tmp_path / "preflight.json").read_text())["ok"] is False
 
 
 def test_preflight_names_a_missing_import_and_its_wheel(tmp_path):
-    code = ("import runpy, sys; sys.modules['albumentations'] = None; "
-            f"sys.argv = ['gpu_bench.py', '--cpu', '--preflight', '--rows', {str(tmp_path)!r}]; "
-            f"runpy.run_path({str(ROOT / 'bench' / 'gpu_bench.py')!r}, run_name='__main__')")
+    code = (
+        "import runpy, sys; sys.modules['albumentations'] = None; "
+        f"sys.argv = ['gpu_bench.py', '--cpu', '--preflight', '--rows', {str(tmp_path)!r}]; "
+        f"runpy.run_path({str(ROOT / 'bench' / 'gpu_bench.py')!r}, run_name='__main__')"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180,
-                         check=False)
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180, check=False
+    )
     assert run.returncode == 3, run.stdout + run.stderr[-2000:]
     assert "PREFLIGHT FAILED: cannot import albumentations (distribution albumentations" in run.stdout
     assert "fetch-wheels.sh" in run.stdout
@@ -82,8 +132,11 @@ def test_wheel_list_matches_the_preflight_imports():
         import gpu_bench
     finally:
         sys.path.remove(str(ROOT / "bench"))
-    carried = [x.strip() for x in (ROOT / "bench" / "gpu_wheels.txt").read_text().splitlines()
-               if x.strip() and not x.startswith("#")]
+    carried = [
+        x.strip()
+        for x in (ROOT / "bench" / "gpu_wheels.txt").read_text().splitlines()
+        if x.strip() and not x.startswith("#")
+    ]
     imported = set(gpu_bench.IMPORTS.values())
     deps = {"typing-extensions", "stringzilla", "simsimd"}  # pydantic's and albucore's own needs
     assert set(carried) <= imported | deps and {"pydantic", "albumentations"} <= set(carried)

@@ -2,6 +2,7 @@
 device/precision/placement choices reached by patching torch's device queries, bf16 and fp16
 autocast (fp16 with a CPU GradScaler), channels_last and torch.compile through the trainer,
 fp16 with a fused optimizer, the deferred NaN guard, GPU memory respected by placement."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,13 @@ from clfkit.train.engine import runtime
 from clfkit.train.engine.runtime import Runtime
 from clfkit.errors import ClfkitError, RecipeError, TrainingError
 
-SMALL = dict(data__source__train_size=64, data__source__val_size=32, data__source__test_size=32,
-             train__epochs=1, train__batch_size=16)
+SMALL = dict(
+    data__source__train_size=64,
+    data__source__val_size=32,
+    data__source__test_size=32,
+    train__epochs=1,
+    train__batch_size=16,
+)
 
 
 def _plain(recipe):
@@ -48,7 +54,9 @@ def cpu_amp(monkeypatch):
 def test_cuda_machine_defaults_to_bf16_channels_last(cuda_machine):
     rt = runtime.resolve_runtime(*_plain(tiny_recipe()))
     assert (rt.device, rt.precision, rt.channels_last) == (torch.device("cuda"), "bf16", True)
-    assert runtime.resolve_runtime(*_plain(tiny_recipe(train__device="cuda:1"))).device == torch.device("cuda", 1)
+    assert runtime.resolve_runtime(*_plain(tiny_recipe(train__device="cuda:1"))).device == torch.device(
+        "cuda", 1
+    )
     cpu = runtime.resolve_runtime(*_plain(tiny_recipe(train__device="cpu")))  # asked for: the GPU is not used
     assert (cpu.device.type, cpu.precision, cpu.channels_last) == ("cpu", "fp32", False)
     fp16 = runtime.resolve_runtime(*_plain(tiny_recipe(train__precision="fp16", train__channels_last=False)))
@@ -59,7 +67,9 @@ def test_cuda_machine_refusals(cuda_machine):
     with pytest.raises(TrainingError, match=r"'cuda:2': only 2 GPU"):
         runtime.resolve_runtime(*_plain(tiny_recipe(train__device="cuda:2")))
     cuda_machine.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert runtime.resolve_runtime(*_plain(tiny_recipe())).precision == "fp32"  # auto: no bf16 -> fp32, not fp16
+    assert (
+        runtime.resolve_runtime(*_plain(tiny_recipe())).precision == "fp32"
+    )  # auto: no bf16 -> fp32, not fp16
     with pytest.raises(TrainingError, match="does not support bfloat16; use fp16"):
         runtime.resolve_runtime(*_plain(tiny_recipe(train__precision="bf16")))
 
@@ -79,7 +89,7 @@ def _skipped_first_step(optimizer, model):
     scaler.unscale_(optimizer)  # clfkit unscales first (gradient clipping), as engine.loop does
     scaler.step(optimizer)
     scaler.update()
-    assert scaler.get_scale() < 2.0 ** 16  # the step was seen as an overflow and skipped
+    assert scaler.get_scale() < 2.0**16  # the step was seen as an overflow and skipped
 
 
 @pytest.mark.parametrize("optim", [{"name": "sgd", "momentum": 0.9}, {"name": "adamw"}])
@@ -107,11 +117,18 @@ def test_fp16_plugin_optimizer_made_fused_is_unfused():
     from clfkit.train.build import without_fused_step
 
     params = [nn.Parameter(torch.ones(3))]
-    opt = torch.optim.SGD([{"params": params, "lr_scale": 0.5}], lr=0.1, momentum=0.9, nesterov=True, fused=True)
+    opt = torch.optim.SGD(
+        [{"params": params, "lr_scale": 0.5}], lr=0.1, momentum=0.9, nesterov=True, fused=True
+    )
     plain = without_fused_step(opt)
     assert plain is not opt and not plain.defaults["fused"]
     g = plain.param_groups[0]
-    assert (g["lr_scale"], g["nesterov"], g["momentum"], g["params"][0] is params[0]) == (0.5, True, 0.9, True)
+    assert (g["lr_scale"], g["nesterov"], g["momentum"], g["params"][0] is params[0]) == (
+        0.5,
+        True,
+        0.9,
+        True,
+    )
     rms = torch.optim.RMSprop(params)  # no fused variant: untouched
     assert without_fused_step(rms) is rms
 
@@ -131,8 +148,12 @@ def test_trainer_trains_under_autocast_with_channels_last(tmp_path, cpu_amp, mon
 
     monkeypatch.setattr(optimizers, "_fused", lambda device: True)  # the optimizer CUDA gets (fp16: unfused)
 
-    r = tiny_recipe(**SMALL, train__precision=precision, train__channels_last=True,
-                    optim={"name": "sgd", "lr": 0.05, "momentum": 0.9})
+    r = tiny_recipe(
+        **SMALL,
+        train__precision=precision,
+        train__channels_last=True,
+        optim={"name": "sgd", "lr": 0.05, "momentum": 0.9},
+    )
     res = train(r, tmp_path, quiet=True)
     s = res.summary
     assert s["precision"] == precision and s["test_acc"] is not None
@@ -164,7 +185,9 @@ def test_deferred_guard_reports_the_first_bad_step_at_the_check(monkeypatch):
     assert not real(cuda, "stop") and real(cuda, "skip") and real(cpu, "stop")
     monkeypatch.setattr(guard, "checks_each_step", lambda device, mode: real(cuda, mode))  # as on CUDA
     rt = Runtime(cpu, "bf16", True)
-    g = guard.NonFiniteGuard(rt, "stop", epoch=0, optimizer=torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.1))
+    g = guard.NonFiniteGuard(
+        rt, "stop", epoch=0, optimizer=torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.1)
+    )
     g.check(0)  # nothing recorded yet
     assert g.ok(torch.tensor(1.0), 1, 1) and g.ok(torch.tensor(float("nan")), 3, 3)
     assert g.ok(torch.tensor(float("inf")), 4, 4)  # no host read: the step goes on
@@ -186,7 +209,11 @@ def test_placement_on_the_device_keeps_the_file_paths(monkeypatch):
     monkeypatch.delenv(placement.DEVICE_BUDGET_ENV, raising=False)
     splits = _splits()
     placed = placement.place_splits(splits, Runtime(torch.device("meta"), "bf16", True), on_device=True)
-    assert placed.on_device and placed.train.images.device.type == "meta" and placed.val.labels.device.type == "meta"
+    assert (
+        placed.on_device
+        and placed.train.images.device.type == "meta"
+        and placed.val.labels.device.type == "meta"
+    )
     assert placed.train.paths == splits.train.paths and placed.val.paths == splits.val.paths
     assert placed.note is None
     host = placement.place_splits(splits, Runtime(torch.device("meta"), "bf16", True), on_device=False)
@@ -206,9 +233,19 @@ def test_a_disk_split_that_fits_is_read_onto_the_device_with_its_paths(tmp_path,
     disk = ImageSet(storage.DiskImages(tmp_path / "train.npy"), splits.train.labels, splits.train.paths)
     reads = []
     real_read = storage.DiskImages.read
-    monkeypatch.setattr(storage.DiskImages, "read", lambda self, pos, **kw: reads.append(len(pos)) or real_read(self, pos, **kw))
-    placed = placement.place_splits(Splits(disk, ["a", "b"]), Runtime(torch.device("meta"), "bf16", True), True)
-    assert placed.on_device and not storage.is_disk(placed.train.images) and placed.train.paths == splits.train.paths
+    monkeypatch.setattr(
+        storage.DiskImages,
+        "read",
+        lambda self, pos, **kw: reads.append(len(pos)) or real_read(self, pos, **kw),
+    )
+    placed = placement.place_splits(
+        Splits(disk, ["a", "b"]), Runtime(torch.device("meta"), "bf16", True), True
+    )
+    assert (
+        placed.on_device
+        and not storage.is_disk(placed.train.images)
+        and placed.train.paths == splits.train.paths
+    )
     assert placed.train.images.shape == (5, 3, 8, 8) and reads == [2, 2, 1]
     cpu = placement.place_splits(Splits(disk, ["a", "b"]), Runtime(torch.device("cpu"), "fp32", False), True)
     assert cpu.train is disk
@@ -226,10 +263,17 @@ def test_a_set_over_the_free_gpu_memory_streams_from_host(monkeypatch):
     splits = _splits(6)  # 6 x 192 + 2 x 192 bytes of images: over half of 1000 free bytes
     placed = placement.place_splits(splits, Runtime(torch.device("cuda"), "bf16", True), on_device=True)
     assert asked and not placed.on_device and placed.train is splits.train
-    assert "do not fit" in placed.note and "1600 bytes" in placed.note and "500 bytes" in placed.note and "host memory" in placed.note
+    assert (
+        "do not fit" in placed.note
+        and "1600 bytes" in placed.note
+        and "500 bytes" in placed.note
+        and "host memory" in placed.note
+    )
     monkeypatch.setenv(placement.DEVICE_BUDGET_ENV, "1K")  # the override still decides: 1600 B > 1024 B
-    assert "CLFKIT_DEVICE_DATA_BUDGET" in placement.place_splits(splits, Runtime(torch.device("cuda"), "bf16", True),
-                                                                 on_device=True).note
+    assert (
+        "CLFKIT_DEVICE_DATA_BUDGET"
+        in placement.place_splits(splits, Runtime(torch.device("cuda"), "bf16", True), on_device=True).note
+    )
     monkeypatch.setenv(placement.DEVICE_BUDGET_ENV, "lots")
     with pytest.raises(ClfkitError, match="CLFKIT_DEVICE_DATA_BUDGET='lots' is not an amount of memory"):
         placement.place_splits(splits, Runtime(torch.device("cuda"), "bf16", True), on_device=True)
@@ -249,7 +293,9 @@ def test_host_batches_for_a_gpu_are_gathered_into_pinned_memory(monkeypatch):
     data = _splits(6).train
     x = batches.gather(data.images, torch.tensor([4, 1]), pin=True)
     assert made == [True] and torch.equal(x, data.images[[4, 1]])
-    assert torch.equal(batches.gather(data.labels, torch.tensor([3]), pin=False), data.labels[[3]]) and made == [True]
+    assert torch.equal(
+        batches.gather(data.labels, torch.tensor([3]), pin=False), data.labels[[3]]
+    ) and made == [True]
 
 
 def test_trainer_imports_without_matplotlib():

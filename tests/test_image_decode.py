@@ -2,6 +2,7 @@
 to 0..255 by one fixed rule per mode, never by each image's own maximum, in training and
 prediction alike; the Python Predictor reads a path, a PIL image and an array of one photo
 the same way, never changes the caller's objects, and is safe to call with one object twice."""
+
 from __future__ import annotations
 
 import json
@@ -52,7 +53,11 @@ def _logits(predictor, item) -> np.ndarray:
 
 @pytest.mark.parametrize("mode", ["F", "I", "I;16", "I;16B"])
 def test_each_wide_mode_decodes_by_its_fixed_range_in_predict(predictor, tmp_path, mode):
-    for name, levels in [("plain", LEVELS), ("darker", LEVELS / 4), ("hot", np.where(np.eye(16) > 0, 9.0, LEVELS))]:
+    for name, levels in [
+        ("plain", LEVELS),
+        ("darker", LEVELS / 4),
+        ("hot", np.where(np.eye(16) > 0, 9.0, LEVELS)),
+    ]:
         img, expected = _wide(mode, levels)
         path = tmp_path / f"{name}.tif"
         img.save(path)
@@ -66,7 +71,9 @@ def test_each_wide_mode_decodes_by_its_fixed_range_in_predict(predictor, tmp_pat
 def test_a_16_bit_png_decodes_as_its_16_bit_values(predictor, tmp_path):
     img, expected = _wide("I;16", LEVELS)
     img.save(tmp_path / "p.png")
-    np.testing.assert_allclose(_logits(predictor, tmp_path / "p.png"), _logits(predictor, expected), atol=1e-5)
+    np.testing.assert_allclose(
+        _logits(predictor, tmp_path / "p.png"), _logits(predictor, expected), atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -84,11 +91,19 @@ def test_a_non_finite_float_image_is_refused_in_predict(predictor, onnx_file, tm
 
 
 @pytest.mark.parametrize("mode, values", [("F", LEVELS * 255), ("I", LEVELS * 2**31)])
-def test_an_image_mostly_outside_its_modes_range_is_refused_not_decoded_flat(predictor, tmp_path, mode, values):
+def test_an_image_mostly_outside_its_modes_range_is_refused_not_decoded_flat(
+    predictor, tmp_path, mode, values
+):
     """A float image of 0..255 (or a 32-bit int one using its whole range) would clip nearly white."""
-    img = Image.fromarray(values.astype(np.float32)) if mode == "F" else Image.fromarray(values.astype(np.int32), "I")
+    img = (
+        Image.fromarray(values.astype(np.float32))
+        if mode == "F"
+        else Image.fromarray(values.astype(np.int32), "I")
+    )
     img.save(tmp_path / "x.tif")
-    with pytest.raises(DataError, match=r"x.tif.*pixel values lie outside 0(\.0)?\.\.(1|65535).*docs/images.md"):
+    with pytest.raises(
+        DataError, match=r"x.tif.*pixel values lie outside 0(\.0)?\.\.(1|65535).*docs/images.md"
+    ):
         predictor.predict(tmp_path / "x.tif")
 
 
@@ -109,9 +124,19 @@ def test_training_uses_the_same_rule_for_every_mode_and_lists_a_non_finite_image
     nan[0, 0] = np.nan
     Image.fromarray(nan).save(root / "train" / "dark" / "nan.tif")
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({**TINY, "data": {"source": {"name": "folder", "root": str(root)},
-                                                       "image_size": 16, "val_fraction": 0.25},
-                                      "train": {"epochs": 1, "batch_size": 8}}))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                **TINY,
+                "data": {
+                    "source": {"name": "folder", "root": str(root)},
+                    "image_size": 16,
+                    "val_fraction": 0.25,
+                },
+                "train": {"epochs": 1, "batch_size": 8},
+            }
+        )
+    )
     code, out = invoke("train", recipe, "--out", tmp_path / "runs", "--quiet")
     assert code == 0, out
     run = next((tmp_path / "runs").iterdir())
@@ -131,7 +156,7 @@ def test_training_uses_the_same_rule_for_every_mode_and_lists_a_non_finite_image
 # --------------------------------------------------------------------------- the Predictor's items
 def _photo(path, size=(48, 32), orientation=None):
     """A JPEG with content that changes under rotation; EXIF ``orientation`` when given."""
-    y, x = np.mgrid[0:size[1], 0:size[0]]
+    y, x = np.mgrid[0 : size[1], 0 : size[0]]
     arr = np.stack([x * 255 // size[0], y * 255 // size[1], (x * y) % 256], -1).astype(np.uint8)
     exif = Image.Exif()
     if orientation:

@@ -3,6 +3,7 @@ file names of any bytes train (6), EXIF orientation is applied where pixels are 
 an unwritable cache is one warning (17), bad split and class folders are clear errors, links
 never make a fake class and never loop (19, 21). Each case runs the real CLI (click's
 CliRunner, in-process) on files made in a tmp folder."""
+
 from __future__ import annotations
 
 import errno
@@ -68,7 +69,9 @@ def recipe_file(tmp: Path, root: Path, **data) -> Path:
 def train(tmp: Path, root: Path, tag: str, **data):
     """``clfkit train`` on ``root``; (click result, run folder)."""
     out = tmp / f"runs-{tag}"
-    result = CliRunner().invoke(cli, ["train", str(recipe_file(tmp, root, **data)), "--out", str(out), "--quiet"])
+    result = CliRunner().invoke(
+        cli, ["train", str(recipe_file(tmp, root, **data)), "--out", str(out), "--quiet"]
+    )
     return result, out / "tiny"
 
 
@@ -116,8 +119,9 @@ def reference(tmp_path_factory) -> tuple:
 
 def fresh_equals_cached(root: Path, monkeypatch) -> None:
     """What the cache serves equals a decode with the cache off: images, labels, names."""
-    recipe = tiny_recipe(data__source={"name": "folder", "root": str(root)}, data__image_size=SIZE,
-                         data__val_fraction=0.0)
+    recipe = tiny_recipe(
+        data__source={"name": "folder", "root": str(root)}, data__image_size=SIZE, data__val_fraction=0.0
+    )
     served = build_data(recipe)
     with monkeypatch.context() as m:
         m.setenv("CLFKIT_CACHE", "0")
@@ -172,9 +176,17 @@ def _edit_in_linked_subfolder(root: Path, outside: Path) -> None:
     rewrite_keeping_stat(outside / "nested/n.bmp", lambda p: bmp(p, 250, seed=8))
 
 
-@pytest.mark.parametrize("change", [_swap_two_files, _edit_under_linked_class, _repoint_file_link,
-                                    _repoint_class_link, _edit_in_linked_subfolder],
-                         ids=lambda f: f.__name__.strip("_"))
+@pytest.mark.parametrize(
+    "change",
+    [
+        _swap_two_files,
+        _edit_under_linked_class,
+        _repoint_file_link,
+        _repoint_class_link,
+        _edit_in_linked_subfolder,
+    ],
+    ids=lambda f: f.__name__.strip("_"),
+)
 def test_no_change_serves_stale_pixels(change, tmp_path, cache_on, monkeypatch):
     """Files reached through links (a linked class folder, a linked file, a linked subfolder)
     are part of the fingerprint by content; a swap keeping both stats is noticed."""
@@ -247,17 +259,27 @@ def _class_names_not_a_list(entry: Path, fix_hash: bool) -> None:
     (entry / "index.json").write_text(json.dumps(index))
 
 
-DAMAGE = [(_labels_out_of_range, False, "contents changed"), (_labels_out_of_range, True, "outside 0..1"),
-          (_labels_wrong_dtype, True, "int32"), (_labels_wrong_count, True, "labels are int64"),
-          (_images_wrong_shape, True, "expected uint8"), (_pixels_edited, False, "contents changed"),
-          (_truncated_npy, False, "train.images.npy"), (_garbage_index, False, "index.json"),
-          (_class_names_not_a_list, False, "class names")]
+DAMAGE = [
+    (_labels_out_of_range, False, "contents changed"),
+    (_labels_out_of_range, True, "outside 0..1"),
+    (_labels_wrong_dtype, True, "int32"),
+    (_labels_wrong_count, True, "labels are int64"),
+    (_images_wrong_shape, True, "expected uint8"),
+    (_pixels_edited, False, "contents changed"),
+    (_truncated_npy, False, "train.images.npy"),
+    (_garbage_index, False, "index.json"),
+    (_class_names_not_a_list, False, "class names"),
+]
 
 
-@pytest.mark.parametrize("damage,fix_hash,words", DAMAGE,
-                         ids=[f"{d.__name__.strip('_')}{'-rehashed' if f else ''}" for d, f, _ in DAMAGE])
-def test_damaged_entry_is_a_warned_miss_and_rebuilt(damage, fix_hash, words, tmp_path, cache_on, monkeypatch,
-                                                    capsys):
+@pytest.mark.parametrize(
+    "damage,fix_hash,words",
+    DAMAGE,
+    ids=[f"{d.__name__.strip('_')}{'-rehashed' if f else ''}" for d, f, _ in DAMAGE],
+)
+def test_damaged_entry_is_a_warned_miss_and_rebuilt(
+    damage, fix_hash, words, tmp_path, cache_on, monkeypatch, capsys
+):
     """Two cases run ``clfkit train``; the others call build_data, the function train calls."""
     root = bmp_folder(tmp_path / "data")
     fresh_equals_cached(root, monkeypatch)  # fills the cache
@@ -312,16 +334,22 @@ def _read_only(tmp: Path, monkeypatch) -> str:
     return "Permission denied"
 
 
-@pytest.mark.parametrize("make_unwritable", [_cache_under_a_file, _cache_is_a_file, _disk_full, _read_only],
-                         ids=lambda f: f.__name__.strip("_"))
-def test_unwritable_cache_is_one_warning_and_the_same_run(make_unwritable, tmp_path, cache_on, monkeypatch,
-                                                          reference):
+@pytest.mark.parametrize(
+    "make_unwritable",
+    [_cache_under_a_file, _cache_is_a_file, _disk_full, _read_only],
+    ids=lambda f: f.__name__.strip("_"),
+)
+def test_unwritable_cache_is_one_warning_and_the_same_run(
+    make_unwritable, tmp_path, cache_on, monkeypatch, reference
+):
     root = bmp_folder(tmp_path / "data")
     reason = make_unwritable(tmp_path, monkeypatch)
     summary, output = trained(tmp_path, root, "1")
     warnings = [line for line in output.splitlines() if "cache" in line]
     assert len(warnings) == 1, output
-    assert warnings[0].startswith("warning: could not write the data cache") and reason in warnings[0], warnings
+    assert warnings[0].startswith("warning: could not write the data cache") and reason in warnings[0], (
+        warnings
+    )
     assert pixels_of(summary) == reference, "the same run as without a cache"
     if cache_on.exists():
         assert not list(cache_on.iterdir()), "no half entry or temp folder left behind"
@@ -390,8 +418,13 @@ def test_exif_orientation_in_training_data_and_predict(tmp_path, monkeypatch):
     assert np.abs(decoded.astype(int) - upright)[far_from_the_edge].max() < 12, "decoded upright, red on top"
 
     # training data: the folder dataset decodes it upright (squash to 8x8: red top, blue bottom)
-    s = build_data(tiny_recipe(data__source={"name": "folder", "root": str(tmp_path / "data")},
-                               data__image_size=SIZE, data__val_fraction=0.0))
+    s = build_data(
+        tiny_recipe(
+            data__source={"name": "folder", "root": str(tmp_path / "data")},
+            data__image_size=SIZE,
+            data__val_fraction=0.0,
+        )
+    )
     img = s.train.images[s.train.paths.index("cat/photo.jpg")].numpy()
     assert img[0, 0].mean() > 200 and img[2, 0].mean() < 60  # top row red
     assert img[0, -1].mean() < 60 and img[2, -1].mean() > 200  # bottom row blue
@@ -451,14 +484,21 @@ def test_empty_root_and_unreadable_class(tmp_path, monkeypatch):
     refused(tmp_path, root, "no image of class folder", "dog")
 
 
-@pytest.mark.parametrize("target", ["gone", ".", "..", "/", "cat"],
-                         ids=["dangling", "own-parent", "data-root", "filesystem-root", "another-class"])
+@pytest.mark.parametrize(
+    "target",
+    ["gone", ".", "..", "/", "cat"],
+    ids=["dangling", "own-parent", "data-root", "filesystem-root", "another-class"],
+)
 def test_class_folder_link_is_never_a_fake_class(target, tmp_path):
     root = bmp_folder(tmp_path / "data")
     os.symlink(target, root / "train" / "kitty")
-    words = {"gone": ["kitty", "does not exist"], ".": ["kitty", "every other class"],
-             "..": ["kitty", "every other class"], "/": ["kitty", "every other class"],
-             "cat": ["kitty", "same folder", "two classes"]}[target]
+    words = {
+        "gone": ["kitty", "does not exist"],
+        ".": ["kitty", "every other class"],
+        "..": ["kitty", "every other class"],
+        "/": ["kitty", "every other class"],
+        "cat": ["kitty", "same folder", "two classes"],
+    }[target]
     refused(tmp_path, root, *words)
 
 
@@ -479,7 +519,11 @@ def test_links_that_loop_are_listed_not_followed(tmp_path):
     assert summary["train_images"] + summary["val_images"] == 8, "no image counted twice"
     lines = (tmp_path / "runs-1/tiny/skipped.txt").read_text().splitlines()
     assert sorted(line.split("\t")[0] for line in lines) == [
-        "train/cat/self", "train/cat/up", "train/dog/sub/again", "train/dog/way_up"]
+        "train/cat/self",
+        "train/cat/up",
+        "train/dog/sub/again",
+        "train/dog/way_up",
+    ]
     assert all("not followed" in line or "not read twice" in line for line in lines)
 
 
@@ -532,8 +576,11 @@ def test_a_fifo_or_a_device_named_like_an_image_is_skipped_not_read(tmp_path):
     paths = [tmp_path / n for n in ("ok.png", "pipe.png", "zero.png")]
     out = Output(len(paths), (3, 4, 4))
     results = decode_into(paths, (4, 4), 3, "squash", out, workers=1)
-    assert [r.error for r in results] == [None, "not a regular file: a named pipe (FIFO)",
-                                          "not a regular file: a character device (through a symbolic link)"]
+    assert [r.error for r in results] == [
+        None,
+        "not a regular file: a named pipe (FIFO)",
+        "not a regular file: a character device (through a symbolic link)",
+    ]
     assert out.array()[0].min() == 200 and out.array()[1:].max() == 0
 
 
@@ -570,17 +617,27 @@ def test_training_says_which_files_it_leaves_out_for_their_extension(tmp_path):
     (root / "test" / "labels.csv").write_text("x")
     shutil.copy(next(cls.glob("*.png")), root / "train" / "stray.png")  # an image in no class folder
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"name: t\ndata: {{source: {{name: folder, root: {root}}}, image_size: 8}}\n"
-                      f"model: {{name: cnn, blocks: [{{channels: 4}}]}}\ntrain: {{epochs: 1, batch_size: 8}}\n")
+    recipe.write_text(
+        f"name: t\ndata: {{source: {{name: folder, root: {root}}}, image_size: 8}}\n"
+        f"model: {{name: cnn, blocks: [{{channels: 4}}]}}\ntrain: {{epochs: 1, batch_size: 8}}\n"
+    )
     env_cache = {"CLFKIT_CACHE": "1", "CLFKIT_CACHE_DIR": str(tmp_path / "cache")}
     for attempt in ("decoded", "from the cache"):
-        res = subprocess.run([sys.executable, "-m", "clfkit", "train", str(recipe), "--out", str(tmp_path / attempt)],
-                             env={**os.environ, "PYTHONPATH": str(ROOT), **env_cache}, capture_output=True, text=True,
-                             timeout=300, cwd=tmp_path)
+        res = subprocess.run(
+            [sys.executable, "-m", "clfkit", "train", str(recipe), "--out", str(tmp_path / attempt)],
+            env={**os.environ, "PYTHONPATH": str(ROOT), **env_cache},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
         assert res.returncode == 0, res.stderr
         lines = [line for line in res.stderr.splitlines() if "not read" in line]
         assert len(lines) == 2, res.stderr
-        assert lines[0].startswith("warning: 1 file(s) under ") and "their extension is not an image's" in lines[0]
+        assert (
+            lines[0].startswith("warning: 1 file(s) under ")
+            and "their extension is not an image's" in lines[0]
+        )
         assert f"train/{cls.name}/IMG_0001.heic" in lines[0]
         assert lines[1].startswith("warning: 2 file(s) under ") and "in no class" in lines[1]
         assert "train/stray.png, test/labels.csv" in lines[1]

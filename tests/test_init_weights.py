@@ -1,6 +1,7 @@
 """Fine-tuning from a run (``init:``) trusts the head only where the classes are the same
 classes, by name; the receipt (weights.json) says truly why a tensor did not load (issue 22,
 class 1). The source is conftest's trained_run: shapes circle, square, triangle, ring."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,20 @@ SHAPES = ("circle", "square", "triangle", "ring")
 
 def _recipe_file(tmp_path, classes, init, model=None, image_size=16, **extra):
     root = write_image_folder(tmp_path / "data", classes=classes, per_class=4, size=image_size)
-    recipe = {"name": "ft", "seed": 0, "init": str(init), "model": model or TINY["model"],
-              "data": {"source": {"name": "folder", "root": str(root)}, "image_size": image_size, "val_fraction": 0.25},
-              "optim": {"name": "adam", "lr": 1e-3}, "train": {"epochs": 1, "batch_size": 8}, **extra}
+    recipe = {
+        "name": "ft",
+        "seed": 0,
+        "init": str(init),
+        "model": model or TINY["model"],
+        "data": {
+            "source": {"name": "folder", "root": str(root)},
+            "image_size": image_size,
+            "val_fraction": 0.25,
+        },
+        "optim": {"name": "adam", "lr": 1e-3},
+        "train": {"epochs": 1, "batch_size": 8},
+        **extra,
+    }
     path = tmp_path / "ft.yaml"
     path.write_text(yaml.safe_dump(recipe, allow_unicode=True))
     return path
@@ -39,8 +51,12 @@ def _head_after_init(run_dir, class_names):
     from clfkit.recipe import validate_recipe
     from clfkit.train.init_weights import load_init
 
-    recipe = validate_recipe({**TINY, "data": {**TINY["data"], "source": {**TINY["data"]["source"],
-                                                                          "num_classes": len(class_names)}}})
+    recipe = validate_recipe(
+        {
+            **TINY,
+            "data": {**TINY["data"], "source": {**TINY["data"]["source"], "num_classes": len(class_names)}},
+        }
+    )
     torch.manual_seed(1)
     model = build_model(recipe, len(class_names), 3, (16, 16), [0.5] * 3, [0.25] * 3)
     receipt = load_init(model, run_dir, 0.5, list(class_names))
@@ -107,13 +123,25 @@ def test_an_image_size_change_is_reported_as_a_shape_and_a_head_loads_whole_or_n
     code, out = invoke("train", recipe, "--out", first / "runs", "--quiet")
     assert code == 0, out
     run = next((first / "runs").iterdir())
-    out = refused(["shape in the file (3, 768), in the model (3, 1200)"], "train",
-                  _recipe_file(tmp_path, ("a", "b", "c"), run, model={"name": "linear"}, image_size=20),
-                  "--out", tmp_path / "runs", max_lines=None)
-    assert "3 -> 3 classes" not in out and "only the classifier differs" in out and "Train without init" in out
+    out = refused(
+        ["shape in the file (3, 768), in the model (3, 1200)"],
+        "train",
+        _recipe_file(tmp_path, ("a", "b", "c"), run, model={"name": "linear"}, image_size=20),
+        "--out",
+        tmp_path / "runs",
+        max_lines=None,
+    )
+    assert (
+        "3 -> 3 classes" not in out and "only the classifier differs" in out and "Train without init" in out
+    )
     own = {"fc.weight": torch.zeros(3, 1200), "fc.bias": torch.zeros(3)}
-    receipt = compare(own, {"fc.weight": torch.ones(3, 768), "fc.bias": torch.ones(3)}, source="x",
-                      field_name="init", head=["fc.weight", "fc.bias"])
+    receipt = compare(
+        own,
+        {"fc.weight": torch.ones(3, 768), "fc.bias": torch.ones(3)},
+        source="x",
+        field_name="init",
+        head=["fc.weight", "fc.bias"],
+    )
     assert receipt.loaded == [] and {k for k, _ in receipt.reinitialized} == {"fc.weight", "fc.bias"}
     assert all("classes" not in why and "(3, 768)" in why for _, why in receipt.reinitialized)
 
@@ -121,7 +149,9 @@ def test_an_image_size_change_is_reported_as_a_shape_and_a_head_loads_whole_or_n
 def test_an_image_size_change_reinitializes_the_whole_head_with_the_shape_as_reason(trained_run, tmp_path):
     """The cnn flattens its last feature map: at 20 px its head's weight no longer fits, its bias
     would. Both start fresh; the reason is the weight's shape, not '4 -> 4 classes'."""
-    out, receipt = _train(tmp_path, _recipe_file(tmp_path, sorted(SHAPES), trained_run.run_dir, image_size=20))
+    out, receipt = _train(
+        tmp_path, _recipe_file(tmp_path, sorted(SHAPES), trained_run.run_dir, image_size=20)
+    )
     why = {r["tensor"]: r["why"] for r in receipt["reinitialized"]}
     assert set(why) == {"net.3.weight", "net.3.bias"}, why
     assert all("shape in the file (4, 512), in the model (4, 800)" in w for w in why.values())
@@ -136,7 +166,10 @@ def test_an_unfinished_source_run_gets_exports_note(trained_run, tmp_path):
     assert "init: note:" in out and "the run is not finished" in out and "train --resume" in out, out
     assert any("not finished" in n for n in receipt["notes"])
     # the same four classes (a folder's in sorted order): every tensor loads, the head reordered
-    assert len(receipt["loaded"]) + len(receipt["adapted"]) == receipt["total"] and receipt["reinitialized"] == []
+    assert (
+        len(receipt["loaded"]) + len(receipt["adapted"]) == receipt["total"]
+        and receipt["reinitialized"] == []
+    )
     out, receipt = _train(tmp_path / "again", _recipe_file(tmp_path / "again", SHAPES, trained_run.run_dir))
     assert "not finished" not in out and receipt["notes"] == []
 
@@ -156,13 +189,24 @@ def test_a_file_that_is_not_a_checkpoint_gets_clfkits_message(tmp_path, content)
         torch.save(torch.nn.Linear(2, 2).state_dict(), bad)
     else:
         bad.write_text("" if content == "empty" else "not weights\n")
-    out = refused(["w.pt", "not a clfkit checkpoint"], "train", _recipe_file(tmp_path, SHAPES, bad),
-                  "--out", tmp_path / "runs", max_lines=None)
+    out = refused(
+        ["w.pt", "not a clfkit checkpoint"],
+        "train",
+        _recipe_file(tmp_path, SHAPES, bad),
+        "--out",
+        tmp_path / "runs",
+        max_lines=None,
+    )
     assert "weights_only" not in out and "trust" not in out and len(out.splitlines()) <= 2, out
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 def test_class_names_spelled_differently_from_the_init_runs_are_an_error(trained_run, tmp_path):
-    refused(["'ring'", "'ring '", "spell the same class differently"], "train",
-            _recipe_file(tmp_path, ("circle", "square", "triangle", "ring "), trained_run.run_dir),
-            "--out", tmp_path / "runs", max_lines=None)
+    refused(
+        ["'ring'", "'ring '", "spell the same class differently"],
+        "train",
+        _recipe_file(tmp_path, ("circle", "square", "triangle", "ring "), trained_run.run_dir),
+        "--out",
+        tmp_path / "runs",
+        max_lines=None,
+    )

@@ -1,5 +1,6 @@
 """Insight a user can look at: calibration (ECE, reliability diagram, export --calibrate) and
 Grad-CAM maps in report.html and ``clfkit eval``, through the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,14 @@ def gradcam_on(monkeypatch):
 
 def test_gradcam_off_says_so_on_the_page(tmp_path, monkeypatch):
     monkeypatch.setenv("CLFKIT_GRADCAM", "0")
-    recipe = tiny_recipe_file(tmp_path, name="off", train__epochs=1, data__source__train_size=32,
-                              data__source__val_size=16, data__source__test_size=16)
+    recipe = tiny_recipe_file(
+        tmp_path,
+        name="off",
+        train__epochs=1,
+        data__source__train_size=32,
+        data__source__val_size=16,
+        data__source__test_size=16,
+    )
     assert invoke("train", recipe, "--out", tmp_path / "runs", "--quiet")[0] == 0
     cam = json.loads((tmp_path / "runs" / "off" / "cam.json").read_text())
     assert cam["target_layer"] is None and not cam["mistakes"] and "CLFKIT_GRADCAM=0" in cam["note"]
@@ -33,8 +40,15 @@ def overconfident_run(tmp_path_factory) -> Path:
     """A tiny CNN trained 12 epochs on 64 images, without norm: it fits them and its val
     probabilities run far ahead of its val accuracy (measured: ECE 0.15, T 8)."""
     folder = tmp_path_factory.mktemp("over")
-    recipe = tiny_recipe_file(folder, name="over", data__source__train_size=64, data__source__val_size=96,
-                              data__source__test_size=32, train__epochs=12, model__norm="none")
+    recipe = tiny_recipe_file(
+        folder,
+        name="over",
+        data__source__train_size=64,
+        data__source__val_size=96,
+        data__source__test_size=32,
+        train__epochs=12,
+        model__norm="none",
+    )
     code, out = invoke("train", recipe, "--out", folder / "runs", "--quiet")
     assert code == 0, out
     return folder / "runs" / "over"
@@ -53,7 +67,10 @@ def test_every_run_reports_ece_and_a_reliability_diagram(overconfident_run):
         assert summary[f"{split}_ece"] == pytest.approx(r["ece"])
         assert sum(b["count"] for b in r["bins"]) == r["images"]
         # ECE: the image-weighted gap between accuracy and confidence, bin by bin
-        gap = sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in r["bins"] if b["count"]) / r["images"]
+        gap = (
+            sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in r["bins"] if b["count"])
+            / r["images"]
+        )
         assert r["ece"] == pytest.approx(gap)
     assert cal["splits"]["val"]["mean_confidence"] > cal["splits"]["val"]["accuracy"]  # overconfident
     page = (overconfident_run / "report.html").read_text()
@@ -71,7 +88,9 @@ def test_export_calibrate_lowers_ece_keeps_top1_and_predict_uses_it(overconfiden
     assert cal["temperature"] > 1.5 and cal["split"] == "val"
     assert cal["ece_after"] < cal["ece_before"] and cal["nll_after"] < cal["nll_before"]
     summary = json.loads((overconfident_run / "summary.json").read_text())
-    assert cal["ece_before"] == pytest.approx(summary["val_ece"], abs=1e-6)  # the same best.pt on the same val
+    assert cal["ece_before"] == pytest.approx(
+        summary["val_ece"], abs=1e-6
+    )  # the same best.pt on the same val
     assert "clfkit.calibration" not in _meta(plain)
     images = list(np.load(overconfident_run / "samples.npy").transpose(0, 2, 3, 1))
     before, after = Predictor(plain).predict(images), Predictor(scaled).predict(images)
@@ -80,11 +99,24 @@ def test_export_calibrate_lowers_ece_keeps_top1_and_predict_uses_it(overconfiden
 
 
 def test_calibrate_needs_a_val_split(tmp_path):
-    recipe = tiny_recipe_file(tmp_path, name="noval", train__epochs=1, data__val_fraction=0,
-                              data__source__val_size=0, data__source__train_size=64, data__source__test_size=16)
+    recipe = tiny_recipe_file(
+        tmp_path,
+        name="noval",
+        train__epochs=1,
+        data__val_fraction=0,
+        data__source__val_size=0,
+        data__source__train_size=64,
+        data__source__test_size=16,
+    )
     assert invoke("train", recipe, "--out", tmp_path / "runs", "--quiet")[0] == 0
-    refused(["--calibrate", "val split"], "export", tmp_path / "runs" / "noval", "-o", tmp_path / "x.onnx",
-            "--calibrate")
+    refused(
+        ["--calibrate", "val split"],
+        "export",
+        tmp_path / "runs" / "noval",
+        "-o",
+        tmp_path / "x.onnx",
+        "--calibrate",
+    )
     assert not (tmp_path / "x.onnx").exists()
 
 
@@ -95,11 +127,15 @@ def test_gradcam_maps_in_report_and_eval(overconfident_run, tmp_path):
     assert code == 0 and "cam.json" in out and "calibration.json" in out, out
     assert "calibration: ECE val 0." in out and "Grad-CAM on 0 (Sequential" in out, out
     cam = json.loads((run / "cam.json").read_text())
-    assert cam["split"] == "val" and cam["target_layer"].startswith("0 (Sequential")  # the cnn's conv features
+    assert cam["split"] == "val" and cam["target_layer"].startswith(
+        "0 (Sequential"
+    )  # the cnn's conv features
     assert cam["mistakes"] and cam["correct"]
     m = cam["mistakes"][0]
     assert m["true"] != m["predicted"] and {"png_base64", "cam_predicted", "cam_true"} <= set(m)
-    assert [c["confidence"] for c in cam["mistakes"]] == sorted((c["confidence"] for c in cam["mistakes"]), reverse=True)
+    assert [c["confidence"] for c in cam["mistakes"]] == sorted(
+        (c["confidence"] for c in cam["mistakes"]), reverse=True
+    )
     page = (run / "report.html").read_text()
     assert 'id="gradcam"' in page and m["cam_true"] in page and cam["correct"][0]["cam_predicted"] in page
     ev = json.loads((run / "eval_val.json").read_text())
@@ -108,8 +144,15 @@ def test_gradcam_maps_in_report_and_eval(overconfident_run, tmp_path):
 
 @pytest.mark.parametrize("model", [{"name": "mlp", "hidden": [16]}, {"name": "linear"}])
 def test_a_model_without_feature_maps_is_said_so_not_an_error(tmp_path, model):
-    recipe = tiny_recipe_file(tmp_path, name="flat", model=model, train__epochs=1, data__source__train_size=64,
-                              data__source__val_size=16, data__source__test_size=16)
+    recipe = tiny_recipe_file(
+        tmp_path,
+        name="flat",
+        model=model,
+        train__epochs=1,
+        data__source__train_size=64,
+        data__source__val_size=16,
+        data__source__test_size=16,
+    )
     assert invoke("train", recipe, "--out", tmp_path / "runs", "--quiet")[0] == 0
     cam = json.loads((tmp_path / "runs" / "flat" / "cam.json").read_text())
     assert cam["target_layer"] is None and "no convolutional feature map" in cam["note"]
@@ -119,8 +162,16 @@ def test_a_model_without_feature_maps_is_said_so_not_an_error(tmp_path, model):
 def _resnet(stem: str):
     from clfkit.registry import create
 
-    return create("model", "resnet", num_classes=2, in_chans=3, image_size=(16, 16), layers=[1, 1, 1, 1],
-                  width=0.125, stem=stem)
+    return create(
+        "model",
+        "resnet",
+        num_classes=2,
+        in_chans=3,
+        image_size=(16, 16),
+        layers=[1, 1, 1, 1],
+        width=0.125,
+        stem=stem,
+    )
 
 
 def test_resnet_and_plugin_named_layers(tmp_path):
@@ -146,11 +197,20 @@ def test_resnet_and_plugin_named_layers(tmp_path):
     assert name == "body (Conv2d, 16x16 map)"
     Plugin.cam_target_layer = lambda self: None  # "none of mine fits"
     assert target_layer(Plugin(), x)[0] is None
-    recipe = tiny_recipe_file(tmp_path, name="res", model={"name": "resnet", "layers": [1, 1, 1, 1], "width": 0.125,
-                                                           "stem": "cifar"}, train__epochs=1,
-                              data__source__train_size=64, data__source__val_size=16, data__source__test_size=16)
+    recipe = tiny_recipe_file(
+        tmp_path,
+        name="res",
+        model={"name": "resnet", "layers": [1, 1, 1, 1], "width": 0.125, "stem": "cifar"},
+        train__epochs=1,
+        data__source__train_size=64,
+        data__source__val_size=16,
+        data__source__test_size=16,
+    )
     assert invoke("train", recipe, "--out", tmp_path / "runs", "--quiet")[0] == 0
-    assert json.loads((tmp_path / "runs" / "res" / "cam.json").read_text())["target_layer"] == "stages.3 (Sequential, 2x2 map)"
+    assert (
+        json.loads((tmp_path / "runs" / "res" / "cam.json").read_text())["target_layer"]
+        == "stages.3 (Sequential, 2x2 map)"
+    )
     # its last stage pooled to 1x1 (imagenet stem at 16 px): the deepest stage with a map instead
     _, name = target_layer(ImageClassifier(_resnet("imagenet"), [0.5] * 3, [0.2] * 3), x)
     assert name == "stages.1 (Sequential, 2x2 map)"
@@ -171,7 +231,9 @@ def test_gradcam_maps_are_capped_and_batched_and_the_page_says_so(overconfident_
         batches.append(len(input_tensor))
         return real(self, input_tensor, targets, **kw)
 
-    monkeypatch.setattr(gradcam, "MAX_MAPS", 20)  # 8 mistakes take 16 maps: room for two classes' right answers
+    monkeypatch.setattr(
+        gradcam, "MAX_MAPS", 20
+    )  # 8 mistakes take 16 maps: room for two classes' right answers
     monkeypatch.setattr(gradcam, "CAM_BATCH", 7)
     monkeypatch.setattr(GradCAM, "__call__", call)
     code, out = invoke("eval", run, "--split", "val")
@@ -191,8 +253,18 @@ def test_calibrate_int8_and_flip_tta_compose_with_the_temperature_applied_once(o
     flip, scaled, int8 = tmp_path / "flip.onnx", tmp_path / "scaled.onnx", tmp_path / "int8.onnx"
     assert invoke("export", overconfident_run, "-o", flip, "--tta", "flip")[0] == 0
     assert invoke("export", overconfident_run, "-o", scaled, "--tta", "flip", "--calibrate")[0] == 0
-    code, out = invoke("export", overconfident_run, "-o", int8, "--tta", "flip", "--calibrate", "--int8",
-                       "--min-agreement", "50")
+    code, out = invoke(
+        "export",
+        overconfident_run,
+        "-o",
+        int8,
+        "--tta",
+        "flip",
+        "--calibrate",
+        "--int8",
+        "--min-agreement",
+        "50",
+    )
     assert code == 0, out
     t = json.loads(_meta(scaled)["clfkit.calibration"])["temperature"]
     assert t > 2  # far enough from 1 that once and twice differ

@@ -1,4 +1,5 @@
 """Losses against values computed by hand."""
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,10 @@ def loss(name, **args):
 
 
 def test_cross_entropy_by_hand():
-    expected = (-math.log(math.exp(2) / (math.exp(2) + 1 + math.exp(-1)))
-                - math.log(1 / (math.exp(0.5) + math.exp(1.5) + 1))) / 2
+    expected = (
+        -math.log(math.exp(2) / (math.exp(2) + 1 + math.exp(-1)))
+        - math.log(1 / (math.exp(0.5) + math.exp(1.5) + 1))
+    ) / 2
     assert float(loss("cross_entropy")(LOGITS, Y)) == pytest.approx(expected, rel=1e-6)
 
 
@@ -28,7 +31,8 @@ def test_cross_entropy_label_smoothing_equals_smoothed_targets():
     eps = 0.1
     soft = torch.nn.functional.one_hot(Y, 3).float() * (1 - eps) + eps / 3
     assert float(loss("cross_entropy", label_smoothing=eps)(LOGITS, Y)) == pytest.approx(
-        float(loss("cross_entropy")(LOGITS, soft)), rel=1e-6)
+        float(loss("cross_entropy")(LOGITS, soft)), rel=1e-6
+    )
 
 
 def test_squared_error_by_hand():
@@ -61,7 +65,9 @@ def test_hinge_soft_targets_are_the_weighted_hinge_not_an_argmax():
     assert float(h(LOGITS[:1], target)) == pytest.approx(0.7 * l0 + 0.3 * l1)
 
 
-@pytest.mark.parametrize("name", [e.name for e in registry.REGISTRY.entries("loss") if e.provider == registry.BUILTIN])
+@pytest.mark.parametrize(
+    "name", [e.name for e in registry.REGISTRY.entries("loss") if e.provider == registry.BUILTIN]
+)
 def test_every_loss_takes_index_and_soft_targets_and_has_gradients(name):
     logits = LOGITS.clone().requires_grad_()
     fn = loss(name)
@@ -79,7 +85,10 @@ def test_a_batch_of_only_zero_weight_classes_has_loss_zero_not_nan():
     logits = torch.randn(4, 3, requires_grad=True)
     zeros = torch.zeros(4, dtype=torch.long)
     # index targets (smoothing or not), and soft targets (mixup) without smoothing
-    for fn, targets in ((loss, zeros), (WeightedCrossEntropy([0.0, 1.0, 1.0], 0.0), F.one_hot(zeros, 3).float())):
+    for fn, targets in (
+        (loss, zeros),
+        (WeightedCrossEntropy([0.0, 1.0, 1.0], 0.0), F.one_hot(zeros, 3).float()),
+    ):
         value = fn(logits, targets)
         value.backward()
         assert value.item() == 0.0 and torch.isfinite(logits.grad).all()

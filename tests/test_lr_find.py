@@ -1,4 +1,5 @@
 """clfkit lr-find: the LR range test through the CLI; it writes its plot and nothing else."""
+
 from __future__ import annotations
 
 import re
@@ -34,7 +35,9 @@ def test_lr_find_never_overwrites_what_is_not_a_plot(tmp_path, trained_run):
     refused(["run folder"], "lr-find", recipe, "-o", trained_run.run_dir / "lr.png")
     assert not (trained_run.run_dir / "lr.png").exists()
     refused(["--start-lr"], "lr-find", recipe, "--start-lr", "1", "--end-lr", "0.1", "-o", tmp_path / "a.png")
-    code, out = invoke("lr-find", recipe, "--steps", "100000000", "-o", tmp_path / "a.png")  # a typo, not a plan
+    code, out = invoke(
+        "lr-find", recipe, "--steps", "100000000", "-o", tmp_path / "a.png"
+    )  # a typo, not a plan
     assert code == 2 and "10<=x<=10000" in out and not (tmp_path / "a.png").exists()
 
 
@@ -59,7 +62,9 @@ def _nan_checkpoint(trained_run, path):
     ck = torch.load(trained_run.run_dir / "best.pt", weights_only=True)
     first = next(k for k in ck["model"] if k.endswith("weight"))
     ck["model"][first] = torch.full_like(ck["model"][first], float("nan"))
-    save_checkpoint(path, {k: v for k, v in ck.items() if k not in ("format", "format_version", "clfkit_version")})
+    save_checkpoint(
+        path, {k: v for k, v in ck.items() if k not in ("format", "format_version", "clfkit_version")}
+    )
     return path
 
 
@@ -68,8 +73,15 @@ def test_a_loss_not_finite_on_the_first_step_is_said_so(tmp_path, trained_run):
     broken = _nan_checkpoint(trained_run, tmp_path / "nan.pt")
     earlier = tmp_path / "lr.png"
     earlier.write_bytes(b"\x89PNG\r\n\x1a\n earlier plot")
-    out = refused(["not finite", "lr=1.00e-07", "first step", "Try", "earlier one"], "lr-find", recipe,
-                  "--set", f"init={broken}", "-o", earlier)
+    out = refused(
+        ["not finite", "lr=1.00e-07", "first step", "Try", "earlier one"],
+        "lr-find",
+        recipe,
+        "--set",
+        f"init={broken}",
+        "-o",
+        earlier,
+    )
     assert "no suggestion" not in out and earlier.read_bytes().endswith(b"earlier plot")
 
 
@@ -78,8 +90,12 @@ def test_every_loop_ends_when_no_batch_comes_out(tmp_path, monkeypatch):
     than the batch keeps its one batch) is an error, not an endless loop."""
     from clfkit.train.engine.batches import TrainBatches
 
-    recipe = tiny_recipe_file(tmp_path, data__source__train_size=2, train__drop_last=True, train__batch_size=64)
-    code, out = invoke("lr-find", recipe, "--steps", "12", "-o", tmp_path / "tiny.png")  # one batch of 2 per epoch
+    recipe = tiny_recipe_file(
+        tmp_path, data__source__train_size=2, train__drop_last=True, train__batch_size=64
+    )
+    code, out = invoke(
+        "lr-find", recipe, "--steps", "12", "-o", tmp_path / "tiny.png"
+    )  # one batch of 2 per epoch
     assert code == 0 and "12 steps" in out and out.count("wrote ") == 1, out
     monkeypatch.setattr(TrainBatches, "epoch", lambda self, epoch, start_batch=0: iter(()))
     refused(["no batch", "2 image(s)", "batch_size 64"], "lr-find", recipe, "-o", tmp_path / "none.png")
@@ -100,18 +116,33 @@ def test_each_step_is_the_training_step(tmp_path, monkeypatch):
         out = real(state, *args, **kwargs)
         calls.append(1)
         grads = {n: p.grad is not None for n, p in state.net.named_parameters()}  # net.3: the cnn's head
-        backbone_grads.append((any(g for n, g in grads.items() if not n.startswith("net.3.")), grads["net.3.weight"]))
+        backbone_grads.append(
+            (any(g for n, g in grads.items() if not n.startswith("net.3.")), grads["net.3.weight"])
+        )
         return out
 
     monkeypatch.setattr(lr_find_module, "train_step", spy)
-    changes = {"data__source__train_size": 64, "train__batch_size": 16, "train__accumulate": 2,
-               "train__freeze": "backbone", "optim": {"name": "sgd", "lr": 0.01}}
-    clipped = lr_find(tiny_recipe(**changes, regularizers=[{"name": "grad_clip", "max_norm": 1e-12}]),
-                      tmp_path / "p.png", steps=12, end_lr=1e4)
+    changes = {
+        "data__source__train_size": 64,
+        "train__batch_size": 16,
+        "train__accumulate": 2,
+        "train__freeze": "backbone",
+        "optim": {"name": "sgd", "lr": 0.01},
+    }
+    clipped = lr_find(
+        tiny_recipe(**changes, regularizers=[{"name": "grad_clip", "max_norm": 1e-12}]),
+        tmp_path / "p.png",
+        steps=12,
+        end_lr=1e4,
+    )
     assert len(clipped.lrs) == 12 and len(calls) == 24  # two micro-batches per optimizer step
     assert backbone_grads[-1] == (False, True)  # train.freeze: the backbone gets no gradient, the head does
     assert not any(backbone for backbone, _ in backbone_grads)
-    assert "accumulate 2" in clipped.settings and "grad_clip" in clipped.settings and "frozen" in clipped.settings
+    assert (
+        "accumulate 2" in clipped.settings
+        and "grad_clip" in clipped.settings
+        and "frozen" in clipped.settings
+    )
     # clipped to nothing, no LR moves the weights: the loss stays near where it started, even at lr 1e4,
     # where the same test without the clipping diverges
     assert not clipped.stopped and max(clipped.losses) < 2 * clipped.losses[0]

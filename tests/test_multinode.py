@@ -3,6 +3,7 @@
 reach the metrics of one process within the tolerance docs/data-formats.md states: the folder
 run trains the very same global batches (loss equal to 1e-3 relative), the shard run other
 batches of the same data (accuracy within 0.1, both high)."""
+
 from __future__ import annotations
 
 import json
@@ -33,11 +34,25 @@ for name, recipe in json.loads(open(sys.argv[2]).read()).items():
 
 
 def _recipes(images: Path, shards: Path) -> dict:
-    common = dict(data__image_size=12, data__workers=0, train__epochs=2, train__batch_size=8, train__device="cpu",
-                  train__deterministic=True, model__norm="none", model__blocks=[{"channels": 4, "pool": "max"}])
+    common = dict(
+        data__image_size=12,
+        data__workers=0,
+        train__epochs=2,
+        train__batch_size=8,
+        train__device="cpu",
+        train__deterministic=True,
+        model__norm="none",
+        model__blocks=[{"channels": 4, "pool": "max"}],
+    )
     folder = tiny_recipe(data__source={"name": "folder", "root": str(images)}, **common)
-    streamed = tiny_recipe(data__source={"name": "webdataset", "train": str(shards / "train-{000000..000005}.tar"),
-                                         "test": str(shards / "test-000000.tar")}, **common)
+    streamed = tiny_recipe(
+        data__source={
+            "name": "webdataset",
+            "train": str(shards / "train-{000000..000005}.tar"),
+            "test": str(shards / "test-000000.tar"),
+        },
+        **common,
+    )
     return {"folder": folder.to_dict(), "shards": streamed.to_dict()}
 
 
@@ -61,12 +76,28 @@ def test_two_torchrun_nodes_match_one_process(tmp_path):
     port, out = _free_port(), tmp_path / "two"
     procs = []
     for node in range(2):
-        env = {**os.environ, "CLFKIT_CACHE": "1", "CLFKIT_CACHE_DIR": str(tmp_path / f"cache{node}"),
-               "OMP_NUM_THREADS": "1"}
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-               "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=clfkit-test",
-               str(script), str(out), str(recipes)]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        env = {
+            **os.environ,
+            "CLFKIT_CACHE": "1",
+            "CLFKIT_CACHE_DIR": str(tmp_path / f"cache{node}"),
+            "OMP_NUM_THREADS": "1",
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            "--nproc_per_node=1",
+            "--rdzv_backend=c10d",
+            f"--rdzv_endpoint=127.0.0.1:{port}",
+            "--rdzv_id=clfkit-test",
+            str(script),
+            str(out),
+            str(recipes),
+        ]
+        procs.append(
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
     deadline = time.monotonic() + 300
     for p in procs:
         try:
@@ -77,15 +108,19 @@ def test_two_torchrun_nodes_match_one_process(tmp_path):
             pytest.fail("the two nodes did not finish in 300 s")
     logs = [p.stdout.read() for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
-    assert (tmp_path / "cache0").is_dir() and (tmp_path / "cache1").is_dir(), "each node decoded into its own cache"
+    assert (tmp_path / "cache0").is_dir() and (tmp_path / "cache1").is_dir(), (
+        "each node decoded into its own cache"
+    )
 
     for name, recipe in json.loads(recipes.read_text()).items():
         two = json.loads((out / f"{name}.json").read_text())
         one = train(validate_recipe(recipe), tmp_path / "one" / name, quiet=True).summary
         assert two["train_images"] == one["train_images"] and two["val_images"] == one["val_images"]
         assert one["test_acc"] > 0.9 and two["test_acc"] > 0.9, (one["test_acc"], two["test_acc"])
-        rows = [[json.loads(line) for line in (Path(s["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
-                for s in (one, two)]
+        rows = [
+            [json.loads(line) for line in (Path(s["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+            for s in (one, two)
+        ]
         if name == "folder":  # the same global batches: the same numbers, to float summation order
             for a, b in zip(*rows):
                 assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)

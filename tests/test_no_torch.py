@@ -1,5 +1,6 @@
 """Deployment needs no torch: predict, the package and the CLI import none, and a real exported
 model is classified with torch unimportable."""
+
 from __future__ import annotations
 
 import os
@@ -20,13 +21,20 @@ def _env() -> dict[str, str]:
 
 
 def run_py(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=_env(), cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=_env(), cwd=cwd, timeout=300
+    )
 
 
-@pytest.mark.parametrize("module", ["clfkit", "clfkit.cli", "clfkit.deploy.batch_predict", "clfkit.deploy.onnx_contract"])
+@pytest.mark.parametrize(
+    "module", ["clfkit", "clfkit.cli", "clfkit.deploy.batch_predict", "clfkit.deploy.onnx_contract"]
+)
 def test_deployment_modules_import_no_torch(module):
-    r = run_py("-c", f"import {module}, sys; assert 'torch' not in sys.modules, sorted(m for m in sys.modules "
-                     f"if m.startswith('torch'))[:5]")
+    r = run_py(
+        "-c",
+        f"import {module}, sys; assert 'torch' not in sys.modules, sorted(m for m in sys.modules "
+        f"if m.startswith('torch'))[:5]",
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -47,7 +55,9 @@ def test_predict_cli_runs_without_torch(exported, tmp_path):
     imgs = tmp_path / "imgs"
     imgs.mkdir()
     for i in range(5):
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(imgs / f"{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(
+            imgs / f"{i}.png"
+        )
     out = tmp_path / "test.txt"
     r = run_py(NO_TORCH, "-m", "clfkit", "predict", str(exported), str(imgs), "-o", str(out))
     assert r.returncode == 0, r.stderr

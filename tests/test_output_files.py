@@ -1,6 +1,7 @@
 """Where clfkit writes (clfkit.util.atomic and the commands' outputs): into a FIFO, through a
 symlink, into a pipe, never over a run file or a file that is no picture.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _clfkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "clfkit", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "clfkit", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _read_fifo(fifo: Path, into: list) -> threading.Thread:
@@ -76,9 +83,24 @@ def test_predict_into_a_pipe_gets_only_prediction_lines(trained_run, tmp_path):
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     # with stdout as the output, the summary goes to stderr, not among the predictions
     with open(tmp_path / "out.txt", "w") as f:
-        res = subprocess.run([sys.executable, "-m", "clfkit", "predict", str(model), str(tmp_path / "imgs"),
-                              "-o", "/dev/stdout"], stdout=f, stderr=subprocess.PIPE, text=True, timeout=300,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp_path)
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "clfkit",
+                "predict",
+                str(model),
+                str(tmp_path / "imgs"),
+                "-o",
+                "/dev/stdout",
+            ],
+            stdout=f,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            cwd=tmp_path,
+        )
     assert res.returncode == 0, res.stderr
     assert len((tmp_path / "out.txt").read_text().splitlines()) == 3
     assert "wrote 3 predictions" in res.stderr

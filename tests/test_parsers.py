@@ -1,5 +1,6 @@
 """Dataset parsers on tiny files written in the real formats: CIFAR python pickles (as the
 official archives hold them), MNIST IDX (plain and gzip), and a path,label CSV."""
+
 from __future__ import annotations
 
 import gzip
@@ -21,8 +22,9 @@ from clfkit.recipe import validate_recipe
 
 
 def dataset(name, size=(32, 32), channels=None, **args):
-    return registry.create("dataset", name, image_size=size, channels=channels, resize="squash", seed=0,
-                           on_error="skip", **args)
+    return registry.create(
+        "dataset", name, image_size=size, channels=channels, resize="squash", seed=0, on_error="skip", **args
+    )
 
 
 # --------------------------------------------------------------------------- CIFAR
@@ -42,8 +44,15 @@ def write_cifar10(root: Path, per_batch=2) -> Path:
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     _dump(base / "batches.meta", {"label_names": names, "num_cases_per_batch": per_batch, "num_vis": 3072})
     for i in range(1, 6):
-        _dump(base / f"data_batch_{i}", {"batch_label": f"training batch {i} of 5", "labels": [i, 9 - i][:per_batch],
-                                         "data": _cifar_rows(per_batch, i), "filenames": ["a.png"] * per_batch})
+        _dump(
+            base / f"data_batch_{i}",
+            {
+                "batch_label": f"training batch {i} of 5",
+                "labels": [i, 9 - i][:per_batch],
+                "data": _cifar_rows(per_batch, i),
+                "filenames": ["a.png"] * per_batch,
+            },
+        )
     # bytes keys, as Python 3 code that re-saves batches writes them
     _dump(base / "test_batch", {b"labels": [3, 4, 5], b"data": _cifar_rows(3, 9)})
     return base
@@ -77,11 +86,23 @@ def test_cifar_resize_and_gray_match_images(tmp_path):
 def test_cifar100_fine_and_coarse(tmp_path):
     base = tmp_path / "cifar-100-python"
     base.mkdir()
-    _dump(base / "meta", {"fine_label_names": [f"f{i}" for i in range(100)],
-                          "coarse_label_names": [f"c{i}" for i in range(20)]})
+    _dump(
+        base / "meta",
+        {
+            "fine_label_names": [f"f{i}" for i in range(100)],
+            "coarse_label_names": [f"c{i}" for i in range(20)],
+        },
+    )
     for split, n in (("train", 4), ("test", 2)):
-        _dump(base / split, {"data": _cifar_rows(n, n), "fine_labels": list(range(90, 90 + n)),
-                             "coarse_labels": list(range(n)), "filenames": ["x"] * n})
+        _dump(
+            base / split,
+            {
+                "data": _cifar_rows(n, n),
+                "fine_labels": list(range(90, 90 + n)),
+                "coarse_labels": list(range(n)),
+                "filenames": ["x"] * n,
+            },
+        )
     fine = dataset("cifar100", root=str(base))
     assert fine.num_classes == 100 and fine.train.labels.tolist() == [90, 91, 92, 93]
     coarse = dataset("cifar100", root=str(tmp_path), labels="coarse")
@@ -116,16 +137,20 @@ def test_cifar_pickle_cannot_run_code(tmp_path):
 # --------------------------------------------------------------------------- IDX
 def idx_bytes(arr: np.ndarray) -> bytes:
     code = {np.dtype(np.uint8): 0x08}[arr.dtype]
-    return struct.pack(">BBBB", 0, 0, code, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+    return (
+        struct.pack(">BBBB", 0, 0, code, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+    )
 
 
 def write_mnist(root: Path, gz: bool, n_train=5, n_test=3) -> None:
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    files = {"train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-             "train-labels-idx1-ubyte": np.arange(n_train, dtype=np.uint8),
-             "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-             "t10k-labels-idx1-ubyte": np.array([9, 8, 7][:n_test], dtype=np.uint8)}
+    files = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": np.arange(n_train, dtype=np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": np.array([9, 8, 7][:n_test], dtype=np.uint8),
+    }
     for name, arr in files.items():
         data = idx_bytes(arr)
         if gz:
@@ -173,8 +198,9 @@ def test_csv_index_relative_paths_labels_and_skips(tmp_path):
     for i, v in enumerate((10, 200, 30, 220)):
         Image.fromarray(np.full((12, 10), v, np.uint8)).save(img_dir / f"{i}.png")
     (img_dir / "broken.png").write_bytes(b"nope")
-    (tmp_path / "train.csv").write_text("path,label\nimgs/0.png,cat\nimgs/1.png,dog\nimgs/2.png,cat\n"
-                                        "imgs/broken.png,dog\n")
+    (tmp_path / "train.csv").write_text(
+        "path,label\nimgs/0.png,cat\nimgs/1.png,dog\nimgs/2.png,cat\nimgs/broken.png,dog\n"
+    )
     (tmp_path / "test.csv").write_text("imgs/3.png,dog\n")
     s = dataset("csv", size=(8, 8), train=str(tmp_path / "train.csv"), test=str(tmp_path / "test.csv"))
     assert s.class_names == ["cat", "dog"] and s.train.labels.tolist() == [0, 1, 0]
@@ -190,9 +216,11 @@ def test_csv_index_relative_paths_labels_and_skips(tmp_path):
 
 
 def test_peek_needs_no_data(tmp_path):
-    for source, expected in [({"name": "cifar10", "root": "nowhere"}, (10, 3)),
-                             ({"name": "cifar100", "root": "nowhere", "labels": "coarse"}, (20, 3)),
-                             ({"name": "mnist", "root": "nowhere"}, (10, 1)),
-                             ({"name": "fashion_mnist", "root": "nowhere"}, (10, 1))]:
+    for source, expected in [
+        ({"name": "cifar10", "root": "nowhere"}, (10, 3)),
+        ({"name": "cifar100", "root": "nowhere", "labels": "coarse"}, (20, 3)),
+        ({"name": "mnist", "root": "nowhere"}, (10, 1)),
+        ({"name": "fashion_mnist", "root": "nowhere"}, (10, 1)),
+    ]:
         r = validate_recipe({"name": "x", "model": "linear", "data": {"source": source}})
         assert peek_data(r) == expected

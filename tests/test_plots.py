@@ -1,4 +1,5 @@
 """Figures and run read-back, from synthetic histories (no training)."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,16 @@ import math
 import pytest
 from PIL import Image
 
-from clfkit.run.plots import CURVES_INCHES, DPI, compare_inches, compare_runs, confusion_inches, plot_compare, \
-    plot_confusion, plot_curves
+from clfkit.run.plots import (
+    CURVES_INCHES,
+    DPI,
+    compare_inches,
+    compare_runs,
+    confusion_inches,
+    plot_compare,
+    plot_confusion,
+    plot_curves,
+)
 from clfkit.run.run_folder import RunFolderError
 from clfkit.run.metrics_log import write_metrics_csv
 from clfkit.run.reader import find_runs, rank, read_history, read_run
@@ -21,12 +30,22 @@ def fake_run(root, name, peak=0.8, epochs=6, test=0.75, summary=True):
     rows = []
     for e in range(1, epochs + 1):
         val = peak - 0.05 * abs(e - 4)
-        rows.append({"epoch": e, "train_loss": 2 / e, "train_acc": min(0.99, 0.5 + 0.08 * e),
-                     "val_loss": 1.5 - val, "val_acc": val, "lr": 0.1, "seconds": 1.0})
+        rows.append(
+            {
+                "epoch": e,
+                "train_loss": 2 / e,
+                "train_acc": min(0.99, 0.5 + 0.08 * e),
+                "val_loss": 1.5 - val,
+                "val_acc": val,
+                "lr": 0.1,
+                "seconds": 1.0,
+            }
+        )
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if summary:
-        (run / "summary.json").write_text(json.dumps({"best_epoch": 4, "best_val_acc": peak, "test_acc": test,
-                                                      "wall_seconds": 12.5}))
+        (run / "summary.json").write_text(
+            json.dumps({"best_epoch": 4, "best_val_acc": peak, "test_acc": test, "wall_seconds": 12.5})
+        )
     return run
 
 
@@ -74,7 +93,7 @@ def test_find_and_rank(tmp_path):
     labels = sorted(r.label for r in find_runs([sweep, other]))
     assert "other/x=1" in labels and "sweep/x=1" in labels
     with pytest.raises(RunFolderError, match="neither a run folder"):
-        find_runs([tmp_path / "sweep" / "x=1" / ".."/ ".." ])
+        find_runs([tmp_path / "sweep" / "x=1" / ".." / ".."])
     with pytest.raises(RunFolderError, match="unknown metric"):
         rank(runs, "f1")
 
@@ -99,12 +118,17 @@ def test_compare_runs_top(tmp_path):
 
 def test_curves_and_confusion_png(tmp_path):
     run = read_run(fake_run(tmp_path, "a"))
-    assert png_size(plot_curves(run, tmp_path / "curves.png")) == (round(CURVES_INCHES[0] * DPI),
-                                                                   round(CURVES_INCHES[1] * DPI))
+    assert png_size(plot_curves(run, tmp_path / "curves.png")) == (
+        round(CURVES_INCHES[0] * DPI),
+        round(CURVES_INCHES[1] * DPI),
+    )
     # a class without test images (an all-zero row) must not break the normalization
     cm = [[5, 1, 0], [0, 0, 0], [2, 0, 7]]
     side = round(confusion_inches(3) * DPI)
     assert png_size(plot_confusion(cm, ["cat", "dog", "bird"], tmp_path / "cm.png")) == (side, side)
     many = [[int(i == j) * 3 for j in range(40)] for i in range(40)]
     side = round(confusion_inches(40) * DPI)
-    assert png_size(plot_confusion(many, [f"class_{i}" for i in range(40)], tmp_path / "cm40.png")) == (side, side)
+    assert png_size(plot_confusion(many, [f"class_{i}" for i in range(40)], tmp_path / "cm40.png")) == (
+        side,
+        side,
+    )

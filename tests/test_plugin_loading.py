@@ -1,6 +1,7 @@
 """Plugin loading (clfkit.registry.plugins): a plugin that exits is isolated and commands keep
 working, a real Ctrl-C while one loads still interrupts, `clfkit plugins` names what to load.
 """
+
 from __future__ import annotations
 
 from clfkit import registry
@@ -16,8 +17,10 @@ import yaml
 
 TINY = {
     "name": "tiny",
-    "data": {"source": {"name": "shapes", "num_classes": 2, "train_size": 64, "val_size": 16,
-                        "test_size": 16}, "image_size": 8},
+    "data": {
+        "source": {"name": "shapes", "num_classes": 2, "train_size": 64, "val_size": 16, "test_size": 16},
+        "image_size": 8,
+    },
     "model": "linear",
     "optim": {"name": "sgd", "lr": 0.1},
     "train": {"epochs": 1, "batch_size": 16},
@@ -64,15 +67,19 @@ GOOD = """
 """
 
 
-@pytest.mark.parametrize("code, words", [
-    ("import sys\nsys.exit()\n", "sys.exit(None)"),
-    ("import sys\nsys.exit(3)\n", "sys.exit(3)"),
-    ("raise SystemExit('bye')\n", "sys.exit('bye')"),
-    ("raise KeyboardInterrupt\n", "KeyboardInterrupt"),
-    ("class Odd(BaseException): pass\nraise Odd('strange')\n", "Odd: strange"),
-])
-def test_plugin_that_exits_is_isolated_and_commands_keep_working(site, monkeypatch, tmp_path, caplog,
-                                                                 code, words):
+@pytest.mark.parametrize(
+    "code, words",
+    [
+        ("import sys\nsys.exit()\n", "sys.exit(None)"),
+        ("import sys\nsys.exit(3)\n", "sys.exit(3)"),
+        ("raise SystemExit('bye')\n", "sys.exit('bye')"),
+        ("raise KeyboardInterrupt\n", "KeyboardInterrupt"),
+        ("class Odd(BaseException): pass\nraise Odd('strange')\n", "Odd: strange"),
+    ],
+)
+def test_plugin_that_exits_is_isolated_and_commands_keep_working(
+    site, monkeypatch, tmp_path, caplog, code, words
+):
     site("acme-good", GOOD)
     site("acme-exits", code)
     monkeypatch.setattr(registry, "REGISTRY", Registry())

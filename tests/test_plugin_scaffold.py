@@ -1,6 +1,7 @@
 """clfkit plugins new (clfkit.registry.scaffold): names pip or the file system would refuse
 are refused up front; a name at the length limit still makes a working package.
 """
+
 from __future__ import annotations
 
 from conftest import invoke, refused
@@ -12,8 +13,14 @@ import pytest
 def test_plugins_new_refuses_names_pip_or_the_file_system_would(tmp_path, name):
     """'x_' made the distribution 'clfkit-x-', which pip refuses; 300 characters was an
     OSError traceback (file name too long)."""
-    refused(["plugin name", "ending with a letter or digit", "at most 64"],
-            "plugins", "new", "--dir", tmp_path, name)
+    refused(
+        ["plugin name", "ending with a letter or digit", "at most 64"],
+        "plugins",
+        "new",
+        "--dir",
+        tmp_path,
+        name,
+    )
     assert list(tmp_path.iterdir()) == []
 
 

@@ -6,6 +6,7 @@ METADATA and entry_points.txt next to a module, put on sys.path) and load them i
 ``Registry()``, so they do not depend on what is installed: they only look at their own
 distributions, whatever else the scan finds.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,9 @@ def site(tmp_path, monkeypatch):
     # module names must be unique per test: Python imports a module once per process
     tag = f"t{abs(hash(str(tmp_path))) % 10**8}"
 
-    def make(dist: str, code: str, *, entry: str = "", requires: tuple[str, ...] = (),
-             version: str = "1.0") -> str:
+    def make(
+        dist: str, code: str, *, entry: str = "", requires: tuple[str, ...] = (), version: str = "1.0"
+    ) -> str:
         module = f"{dist.replace('-', '_')}_{tag}"
         (folder / f"{module}.py").write_text(textwrap.dedent(code))
         info = folder / f"{dist.replace('-', '_')}-{version}.dist-info"
@@ -88,13 +90,17 @@ def test_plugin_found_through_entry_point_with_distribution_and_version(site):
 
 
 def test_entry_point_may_name_a_function_to_call(site):
-    site("acme-func", """
+    site(
+        "acme-func",
+        """
         import torch.nn as nn
         def setup():
             from clfkit.registry import register
             register("activation", "acme_act")(lambda: nn.ReLU())
         VALUE = 3
-    """, entry="setup")
+    """,
+        entry="setup",
+    )
     site("acme-value", "VALUE = 3\n", entry="VALUE")
     reg = fresh()
     assert reg.get("activation", "acme_act").provider == "acme-func"
@@ -104,11 +110,14 @@ def test_entry_point_may_name_a_function_to_call(site):
 
 def test_import_error_is_isolated_and_named(site):
     site("acme-good", GOOD)
-    site("acme-broken", """
+    site(
+        "acme-broken",
+        """
         from clfkit.registry import register
         register("norm", "acme_half")(lambda num_features, dim=2: None)
         import acme_dependency_that_is_not_installed
-    """)
+    """,
+    )
     reg = fresh()
     (msg,) = errors_of(reg, "acme-broken")
     assert msg.startswith("plugin acme-broken")
@@ -120,12 +129,15 @@ def test_import_error_is_isolated_and_named(site):
 
 
 def test_clash_with_a_builtin_names_both_and_rolls_back(site):
-    site("acme-clash", """
+    site(
+        "acme-clash",
+        """
         import torch.nn as nn
         from clfkit.registry import register
         register("norm", "acme_fine")(lambda num_features, dim=2: nn.Identity())
         register("norm", "batch")(lambda num_features, dim=2: nn.Identity())
-    """)
+    """,
+    )
     reg = fresh()
     (msg,) = errors_of(reg, "acme-clash")
     assert "norm 'batch' is registered twice: by clfkit and by acme-clash" in msg
@@ -150,10 +162,13 @@ def test_clash_between_two_plugins(site):
 
 
 def test_non_callable_registration(site):
-    site("acme-const", """
+    site(
+        "acme-const",
+        """
         from clfkit.registry import register
         register("model", "acme_const")(42)
-    """)
+    """,
+    )
     reg = fresh()
     (msg,) = errors_of(reg, "acme-const")
     assert "model 'acme_const' from acme-const is a int, not a function or class" in msg
@@ -161,11 +176,14 @@ def test_non_callable_registration(site):
 
 
 def test_signature_contract_checked_at_registration(site):
-    site("acme-sig", """
+    site(
+        "acme-sig",
+        """
         import torch.nn as nn
         from clfkit.registry import register
         register("model", "acme_nosig")(lambda width=3: nn.Linear(1, 1))
-    """)
+    """,
+    )
     reg = fresh()
     (msg,) = errors_of(reg, "acme-sig")
     assert "model 'acme_nosig' from acme-sig breaks the model contract" in msg
@@ -175,8 +193,11 @@ def test_signature_contract_checked_at_registration(site):
 def test_minimum_clfkit_version(site):
     from clfkit import __version__
 
-    site("acme-future", "raise RuntimeError('must not be imported')\n",
-         requires=("clfkit>=99.0", "pytest; extra == 'test'"))
+    site(
+        "acme-future",
+        "raise RuntimeError('must not be imported')\n",
+        requires=("clfkit>=99.0", "pytest; extra == 'test'"),
+    )
     site("acme-now", GOOD, requires=(f"clfkit>={__version__}", "clfkit<99; extra == 'old'"))
     reg = fresh()
     (msg,) = errors_of(reg, "acme-future")
@@ -223,18 +244,34 @@ BAD_AT_USE = """
 """
 
 
-@pytest.mark.parametrize("kind, name, args, expected", [
-    ("regularizer", "acme_nohooks", {}, "at least one of the methods on_model, on_param_groups, "
-                                        "on_batch, on_loss, before_step"),
-    ("regularizer", "acme_wronghook", {}, "WrongHook.on_batch has the signature (x, y); the "
-                                          "regularizer contract calls it as on_batch(x, y, num_classes)"),
-    ("augmentation", "acme_batched", {}, "calls it as __call__(x, generator)"),
-    ("augmentation", "acme_perimage", {}, "a per-image transform called as t(image="),
-    ("augmentation", "acme_string", {}, "returned a str; the augmentation contract expects a callable"),
-    ("model", "acme_int", {"num_classes": 2}, "returned a int; the model contract expects a torch.nn"),
-    ("optimizer", "acme_opt", {"params": [torch.zeros(1, requires_grad=True)]},
-     "returned a list; the optimizer contract expects a torch.optim"),
-])
+@pytest.mark.parametrize(
+    "kind, name, args, expected",
+    [
+        (
+            "regularizer",
+            "acme_nohooks",
+            {},
+            "at least one of the methods on_model, on_param_groups, on_batch, on_loss, before_step",
+        ),
+        (
+            "regularizer",
+            "acme_wronghook",
+            {},
+            "WrongHook.on_batch has the signature (x, y); the "
+            "regularizer contract calls it as on_batch(x, y, num_classes)",
+        ),
+        ("augmentation", "acme_batched", {}, "calls it as __call__(x, generator)"),
+        ("augmentation", "acme_perimage", {}, "a per-image transform called as t(image="),
+        ("augmentation", "acme_string", {}, "returned a str; the augmentation contract expects a callable"),
+        ("model", "acme_int", {"num_classes": 2}, "returned a int; the model contract expects a torch.nn"),
+        (
+            "optimizer",
+            "acme_opt",
+            {"params": [torch.zeros(1, requires_grad=True)]},
+            "returned a list; the optimizer contract expects a torch.optim",
+        ),
+    ],
+)
 def test_result_contract_checked_at_first_use(site, kind, name, args, expected):
     site("acme-contracts", BAD_AT_USE)
     reg = fresh()
@@ -274,9 +311,12 @@ def test_cli_lists_components_and_broken_plugins(site, monkeypatch):
 def test_scaffold_refuses_bad_names_and_existing_folders(tmp_path):
     from clfkit.registry.scaffold import new_plugin, plugin_names
 
-    assert plugin_names("My-Nets") == {"name": "my_nets", "dist": "clfkit-my-nets",
-                                       "module": "clfkit_my_nets",
-                                       "clfkit_version": plugin_names("x")["clfkit_version"]}
+    assert plugin_names("My-Nets") == {
+        "name": "my_nets",
+        "dist": "clfkit-my-nets",
+        "module": "clfkit_my_nets",
+        "clfkit_version": plugin_names("x")["clfkit_version"],
+    }
     for bad in ("1nets", "nets!", "class", ""):
         with pytest.raises(ClfkitError, match="plugin name"):
             new_plugin(bad, tmp_path)
@@ -305,21 +345,57 @@ def test_scaffold_installs_and_passes_its_own_tests(tmp_path):
     pkg = tmp_path / "clfkit-scaffoldcheck"
     target = tmp_path / "site"
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "CLFKIT_PLUGINS": ""}
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                          "--no-compile", "--target", str(target), str(pkg)],
-                         capture_output=True, text=True, env=env, timeout=120)
+    pip = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-compile",
+            "--target",
+            str(target),
+            str(pkg),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert pip.returncode == 0, pip.stderr
     env["PYTHONPATH"] = str(target) + os.pathsep + env.get("PYTHONPATH", "")
-    test = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider",
-                           str(pkg / "tests")],
-                          cwd=target, capture_output=True, text=True, env=env, timeout=180)
+    test = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-o",
+            "addopts=",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(pkg / "tests"),
+        ],
+        cwd=target,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
     assert test.returncode == 0, test.stdout + test.stderr
     assert "3 passed" in test.stdout
 
 
 # --------------------------------------------------------------------------- shipped plugins
-SMALL = ["data.source.train_size=128", "data.source.val_size=32", "data.source.test_size=32",
-         "train.epochs=1", "train.device=cpu"]
+SMALL = [
+    "data.source.train_size=128",
+    "data.source.val_size=32",
+    "data.source.test_size=32",
+    "train.epochs=1",
+    "train.device=cpu",
+]
 
 
 def shipped_plugin_registry(dist: str, site_dir: Path, monkeypatch) -> Registry:
@@ -333,10 +409,14 @@ def shipped_plugin_registry(dist: str, site_dir: Path, monkeypatch) -> Registry:
     project = tomllib.loads((pkg / "pyproject.toml").read_text())["project"]
     info = site_dir / f"{dist.replace('-', '_')}-{project['version']}.dist-info"
     info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {project['version']}\n"
-                                   + "".join(f"Requires-Dist: {r}\n" for r in project["dependencies"]))
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {dist}\nVersion: {project['version']}\n"
+        + "".join(f"Requires-Dist: {r}\n" for r in project["dependencies"])
+    )
     eps = project["entry-points"]["clfkit.plugins"]
-    (info / "entry_points.txt").write_text("[clfkit.plugins]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()))
+    (info / "entry_points.txt").write_text(
+        "[clfkit.plugins]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items())
+    )
     monkeypatch.syspath_prepend(str(pkg))
     monkeypatch.syspath_prepend(str(site_dir))
     monkeypatch.delenv("CLFKIT_PLUGINS", raising=False)
@@ -347,15 +427,32 @@ def shipped_plugin_registry(dist: str, site_dir: Path, monkeypatch) -> Registry:
     return reg
 
 
-@pytest.mark.parametrize("dist,recipe_file,overrides,components", [
-    ("clfkit-example", "recipe.yaml", ["data.image_size=16", "train.batch_size=32"],
-     [("model", "example_net"), ("norm", "example_rmsnorm"), ("regularizer", "example_l1"),
-      ("augmentation", "example_noise")]),
-    ("clfkit-airbench", "recipes/airbench_shapes.yaml",
-     ["model.widths=[8,16,16]", "model.stem_width=8", "train.batch_size=64"], [("model", "airbench")]),
-], ids=["example", "airbench"])
-def test_shipped_plugin_recipe_trains_a_few_steps_on_cpu(tmp_path, monkeypatch, dist, recipe_file, overrides,
-                                                        components):
+@pytest.mark.parametrize(
+    "dist,recipe_file,overrides,components",
+    [
+        (
+            "clfkit-example",
+            "recipe.yaml",
+            ["data.image_size=16", "train.batch_size=32"],
+            [
+                ("model", "example_net"),
+                ("norm", "example_rmsnorm"),
+                ("regularizer", "example_l1"),
+                ("augmentation", "example_noise"),
+            ],
+        ),
+        (
+            "clfkit-airbench",
+            "recipes/airbench_shapes.yaml",
+            ["model.widths=[8,16,16]", "model.stem_width=8", "train.batch_size=64"],
+            [("model", "airbench")],
+        ),
+    ],
+    ids=["example", "airbench"],
+)
+def test_shipped_plugin_recipe_trains_a_few_steps_on_cpu(
+    tmp_path, monkeypatch, dist, recipe_file, overrides, components
+):
     from clfkit.recipe import load_recipe
     from clfkit.train.trainer import train
 
@@ -367,7 +464,6 @@ def test_shipped_plugin_recipe_trains_a_few_steps_on_cpu(tmp_path, monkeypatch, 
     assert res.summary["test_acc"] is not None
     if dist == "clfkit-example":
         assert (res.run_dir / "recipe.yaml").read_text().count("example_") >= 4
-
 
 
 # --------------------------------------------------------------------------- a model that breaks when built or run
@@ -427,15 +523,22 @@ def _train_with_model(site, monkeypatch, tmp_path, model: str):
     return invoke("train", recipe, "--out", tmp_path / "runs")
 
 
-@pytest.mark.parametrize("model, words", [
-    ("acme_keyerror", ["failed to build", "KeyError: 'depth'"]),
-    ("acme_exits", ["failed to build", "SystemExit: 3"]),
-    ("acme_extra_class", ["returned a torch.float32 tensor of shape (1, 5)", "(N, num_classes) = (1, 4)"]),
-    ("acme_squeezed", ["returned a torch.float32 tensor of shape (1,)", "(N, num_classes)"]),
-    ("acme_broken_forward", ["failed on a batch of shape (1, 3, 8, 8)", "RuntimeError: mat1 and mat2"]),
-])
-def test_a_model_that_breaks_when_built_or_run_is_named_before_the_run_folder(site, monkeypatch, tmp_path,
-                                                                             model, words):
+@pytest.mark.parametrize(
+    "model, words",
+    [
+        ("acme_keyerror", ["failed to build", "KeyError: 'depth'"]),
+        ("acme_exits", ["failed to build", "SystemExit: 3"]),
+        (
+            "acme_extra_class",
+            ["returned a torch.float32 tensor of shape (1, 5)", "(N, num_classes) = (1, 4)"],
+        ),
+        ("acme_squeezed", ["returned a torch.float32 tensor of shape (1,)", "(N, num_classes)"]),
+        ("acme_broken_forward", ["failed on a batch of shape (1, 3, 8, 8)", "RuntimeError: mat1 and mat2"]),
+    ],
+)
+def test_a_model_that_breaks_when_built_or_run_is_named_before_the_run_folder(
+    site, monkeypatch, tmp_path, model, words
+):
     """Was a traceback (any error but TypeError/ValueError; a wrong output shape from the loss,
     after the run folder was made), or exit 3 and no message from a plugin's sys.exit."""
     code, out = _train_with_model(site, monkeypatch, tmp_path, model)
@@ -465,30 +568,44 @@ def test_defaults_a_recipe_cannot_hold_stay_out_of_recipe_yaml(site, monkeypatch
     assert code == 0, out
 
 
-@pytest.mark.parametrize("name, words", [
-    ("true", "would read it as True (bool)"), ("null", "would read it as None"), ("1e3", "as 1000.0 (float)"),
-    ("[x]", "(list)"), ("a\nb", "control character"), ("net ", "ends with a space"), (7, "is a int, not text"),
-])
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("true", "would read it as True (bool)"),
+        ("null", "would read it as None"),
+        ("1e3", "as 1000.0 (float)"),
+        ("[x]", "(list)"),
+        ("a\nb", "control character"),
+        ("net ", "ends with a space"),
+        (7, "is a int, not text"),
+    ],
+)
 def test_a_name_no_recipe_could_write_is_refused_at_registration(site, name, words):
     """'model: true' reads as a yes/no and 'model: 1e3' as a number: such a component was
     registered and listed, but no recipe could name it."""
-    site("acme-names", f"""
+    site(
+        "acme-names",
+        f"""
         import torch.nn as nn
         from clfkit.registry import register
         register("norm", {name!r})(lambda num_features, dim=2: nn.Identity())
-    """)
+    """,
+    )
     reg = fresh()
     (error,) = errors_of(reg, "acme-names")
     assert "acme-names" in error and words in error, error
 
 
 def test_names_a_recipe_can_write_are_taken(site):
-    site("acme-names-ok", """
+    site(
+        "acme-names-ok",
+        """
         import torch.nn as nn
         from clfkit.registry import register
         for name in ("MyNorm", "my norm", "x.y", "üñí", "v2-1"):
             register("norm", name)(lambda num_features, dim=2: nn.Identity())
-    """)
+    """,
+    )
     reg = fresh()
     assert errors_of(reg, "acme-names-ok") == []
     assert {"MyNorm", "my norm", "x.y", "üñí", "v2-1"} <= set(reg.names("norm"))

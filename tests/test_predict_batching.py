@@ -1,5 +1,6 @@
 """predict_folder's double-buffered batching: every image once, in order, whatever the batch
 size, with unreadable files anywhere in a batch skipped (no timing here)."""
+
 from __future__ import annotations
 
 from clfkit.deploy.export import export_run

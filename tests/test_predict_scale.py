@@ -1,5 +1,6 @@
 """predict on big folders: a lazy walk in the same order as before, memory that does not grow
 with the folder, nothing half-written on an error or Ctrl-C, --workers and the progress bar."""
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,22 @@ def _folder(root, n, size=12):
 
 
 def test_lazy_walk_keeps_the_sorted_relative_path_order(tmp_path):
-    names = ["b.png", "b/x.png", "b.c/y.png", "bz.png", "a b/c.jpg", "a/b/c/d.png", "a/c.png", "A.PNG",
-             "a-/z.png", "notes.txt", ".hidden/q.png", "a/.q.png", "é/ü.png", "b0.png"]
+    names = [
+        "b.png",
+        "b/x.png",
+        "b.c/y.png",
+        "bz.png",
+        "a b/c.jpg",
+        "a/b/c/d.png",
+        "a/c.png",
+        "A.PNG",
+        "a-/z.png",
+        "notes.txt",
+        ".hidden/q.png",
+        "a/.q.png",
+        "é/ü.png",
+        "b0.png",
+    ]
     for n in names:
         (tmp_path / n).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / n).write_bytes(b"x")
@@ -72,6 +87,7 @@ def test_memory_does_not_grow_with_the_folder(model, tmp_path, monkeypatch):
         for item in real_batches(*a, **k):
             ahead.append(seen[0])
             yield item
+
     monkeypatch.setattr(predict_mod, "walk_files", counting_walk)
     monkeypatch.setattr(predict_mod, "_batches", watching_batches)
     assert predict_folder(model, big, tmp_path / "t2.txt", batch_size=16).written == 400
@@ -91,6 +107,7 @@ def test_an_interruption_leaves_the_old_output_and_no_temp_file(model, tmp_path,
         if len(calls) == 3:
             raise error("stop")
         return real(self, batch)
+
     monkeypatch.setattr(predict_mod.OnnxClassifier, "__call__", failing)
     with pytest.raises(error):
         predict_folder(model, folder, out, batch_size=8)
@@ -101,8 +118,9 @@ def test_an_interruption_leaves_the_old_output_and_no_temp_file(model, tmp_path,
 def test_cli_workers_and_progress(model, tmp_path, monkeypatch):
     folder = _folder(tmp_path / "imgs", 30)
     out = tmp_path / "t.txt"
-    r = CliRunner().invoke(cli, ["predict", str(model), str(folder), "-o", str(out), "--workers", "3",
-                                 "--batch-size", "7"])
+    r = CliRunner().invoke(
+        cli, ["predict", str(model), str(folder), "-o", str(out), "--workers", "3", "--batch-size", "7"]
+    )
     assert r.exit_code == 0, r.output
     assert len(out.read_text().splitlines()) == 30
     shown = predict_folder(model, folder, tmp_path / "u.txt", batch_size=7, workers=1, progress=True)

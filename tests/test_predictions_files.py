@@ -1,6 +1,7 @@
 """Predictions files (issue 22, class 6): --topk lines read back unambiguously whatever the
 file and class names, -o suggests only a path it accepts, and -o never writes through a link
 onto a run's file or a file of another kind (predict and compare share the rule)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -99,20 +100,32 @@ def test_output_links_are_resolved(model, trained_run, tmp_path):
     images = _images(tmp_path / "imgs", ["a.png"])
     run = Path(shutil.copytree(trained_run.run_dir, tmp_path / "run"))
     (tmp_path / "notes.md").write_text("mine")
-    links = {"ckpt.txt": run / "best.pt", "summary.txt": run / "summary.json", "notes.txt": tmp_path / "notes.md",
-             "pic.png": run / "curves.png", "notes.png": tmp_path / "notes.md"}
+    links = {
+        "ckpt.txt": run / "best.pt",
+        "summary.txt": run / "summary.json",
+        "notes.txt": tmp_path / "notes.md",
+        "pic.png": run / "curves.png",
+        "notes.png": tmp_path / "notes.md",
+    }
     for name, target in links.items():
         (tmp_path / name).symlink_to(target)
-    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in [*run.iterdir(), tmp_path / "notes.md"]
-              if p.is_file()}
+    before = {
+        p: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in [*run.iterdir(), tmp_path / "notes.md"]
+        if p.is_file()
+    }
     refused(["ckpt.txt", "run folder", str(run)], "predict", model, images, "-o", tmp_path / "ckpt.txt")
     refused(["summary.txt", "run folder"], "predict", model, images, "-o", tmp_path / "summary.txt")
-    refused(["notes.txt", "notes.md", "predictions file"], "predict", model, images, "-o", tmp_path / "notes.txt")
+    refused(
+        ["notes.txt", "notes.md", "predictions file"], "predict", model, images, "-o", tmp_path / "notes.txt"
+    )
     refused(["pic.png", "run folder"], "compare", run, "-o", tmp_path / "pic.png")
     refused(["notes.png", "not a .png file"], "compare", run, "-o", tmp_path / "notes.png")
     after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in before}
     assert after == before
-    (tmp_path / "old.txt").write_text("a.png circle\n")  # an earlier predictions file: written through its link
+    (tmp_path / "old.txt").write_text(
+        "a.png circle\n"
+    )  # an earlier predictions file: written through its link
     (tmp_path / "latest.txt").symlink_to(tmp_path / "old.txt")
     assert invoke("predict", model, images, "-o", tmp_path / "latest.txt")[0] == 0
     assert (tmp_path / "latest.txt").is_symlink() and len(read_predictions(tmp_path / "old.txt")) == 1

@@ -1,5 +1,6 @@
 """The Python predictor: same decode path and results as `clfkit predict`, every item kind,
 no torch (its README example runs with torch hidden)."""
+
 from __future__ import annotations
 
 import os
@@ -89,17 +90,32 @@ def test_readme_example_runs_without_torch(model, photos, tmp_path):
     shutil.copy(photos / "00.png", tmp_path / "photos" / "tulip.png")
     Image.open(photos / "01.png").convert("RGB").save(tmp_path / "photos" / "rose.jpg")
     code = _readme_example() + "\nimport sys; assert 'torch' not in sys.modules\n"
-    r = subprocess.run([sys.executable, NO_TORCH, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=300)
+    r = subprocess.run(
+        [sys.executable, NO_TORCH, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert len(lines) == 5 and lines[3] in {*lines[4].strip("[]").replace("'", "").split(", ")}
 
 
 def test_import_clfkit_stays_light():
-    r = subprocess.run([sys.executable, "-c", "import clfkit, sys; assert 'onnxruntime' not in sys.modules; "
-                        "from clfkit import Predictor; assert 'onnxruntime' not in sys.modules; clfkit.Nope"],
-                       capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)}, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import clfkit, sys; assert 'onnxruntime' not in sys.modules; "
+            "from clfkit import Predictor; assert 'onnxruntime' not in sys.modules; clfkit.Nope",
+        ],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
     assert "has no attribute 'Nope'" in r.stderr, r.stderr
 
 
@@ -110,8 +126,13 @@ def test_bad_arguments_and_containers_get_a_clear_data_error(model, photos, tmp_
 
     from clfkit import Predictor
 
-    for name, value in [("batch_size", None), ("batch_size", "4"), ("batch_size", True), ("workers", -1),
-                        ("threads", 0)]:
+    for name, value in [
+        ("batch_size", None),
+        ("batch_size", "4"),
+        ("batch_size", True),
+        ("workers", -1),
+        ("threads", 0),
+    ]:
         with pytest.raises(DataError, match=f"{name} must be a whole number of at least 1, got {value!r}"):
             Predictor(model, **{name: value})
     p = Predictor(model, batch_size=2)
@@ -162,20 +183,38 @@ def test_a_graph_with_clfkits_names_and_metadata_but_other_outputs_is_refused(mo
     from clfkit.errors import ModelFileError
 
     meta = {p.key: p.value for p in onnx.load(model).metadata_props}
-    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["logits"])], "g",
-                              [helper.make_tensor_value_info("image", TensorProto.UINT8, [None, 3, 16, 16])],
-                              [helper.make_tensor_value_info("logits", TensorProto.UINT8, [None, 3, 16, 16])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["image"], ["logits"])],
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, [None, 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.UINT8, [None, 3, 16, 16])],
+    )
     fake = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     fake.ir_version = 8
     for k, v in meta.items():
         fake.metadata_props.add(key=k, value=v)
     onnx.save(fake, tmp_path / "fake.onnx")
     p = Predictor(tmp_path / "fake.onnx")
-    with pytest.raises(ModelFileError, match=r"output 'logits' is uint8 \(1, 3, 16, 16\) for 1 image\(s\), not float "
-                                             r"logits \(1, 4\) .*clfkit export RUN_DIR"):
+    with pytest.raises(
+        ModelFileError,
+        match=r"output 'logits' is uint8 \(1, 3, 16, 16\) for 1 image\(s\), not float "
+        r"logits \(1, 4\) .*clfkit export RUN_DIR",
+    ):
         p.predict(photos / "00.png")
-    r = subprocess.run([sys.executable, "-m", "clfkit", "predict", str(tmp_path / "fake.onnx"), str(photos), "-o",
-                        str(tmp_path / "p.csv")], capture_output=True, text=True, env={**os.environ,
-                                                                                    "PYTHONPATH": str(ROOT)})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "clfkit",
+            "predict",
+            str(tmp_path / "fake.onnx"),
+            str(photos),
+            "-o",
+            str(tmp_path / "p.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert r.returncode == 2 and "not float logits" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "p.csv").exists()

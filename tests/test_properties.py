@@ -1,6 +1,7 @@
 """Property-based tests (hypothesis): recipe parsing and --set overrides either succeed or
 raise RecipeError, never anything else; a resolved recipe round-trips; random bytes through
 the image decoding path never crash (only DecodeError)."""
+
 from __future__ import annotations
 
 import copy
@@ -22,15 +23,47 @@ from conftest import TINY
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 # JSON/YAML-like values, nested
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
-                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12))
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) |
-                      st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
-FIELDS = ["name", "seed", "data", "model", "optim", "loss", "schedule", "train", "regularizers",
-          "data.image_size", "data.source", "data.val_fraction", "data.augment", "data.channels",
-          "model.name", "model.blocks", "optim.lr", "optim.name", "train.epochs", "train.batch_size",
-          "train.device", "train.precision", "train.checkpoint_every_steps", "train.on_nonfinite",
-          "model.blocks.0.channels", "typo", "train.typo"]
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+FIELDS = [
+    "name",
+    "seed",
+    "data",
+    "model",
+    "optim",
+    "loss",
+    "schedule",
+    "train",
+    "regularizers",
+    "data.image_size",
+    "data.source",
+    "data.val_fraction",
+    "data.augment",
+    "data.channels",
+    "model.name",
+    "model.blocks",
+    "optim.lr",
+    "optim.name",
+    "train.epochs",
+    "train.batch_size",
+    "train.device",
+    "train.precision",
+    "train.checkpoint_every_steps",
+    "train.on_nonfinite",
+    "model.blocks.0.channels",
+    "typo",
+    "train.typo",
+]
 
 
 def _validate(data):
@@ -54,8 +87,11 @@ def test_any_value_at_any_field_is_accepted_or_a_recipe_error(path, value):
 
 
 @FAST
-@given(data=st.dictionaries(st.sampled_from(["name", "model", "train", "data", "optim", "junk"]), values,
-                            max_size=5))
+@given(
+    data=st.dictionaries(
+        st.sampled_from(["name", "model", "train", "data", "optim", "junk"]), values, max_size=5
+    )
+)
 def test_random_recipe_mappings_never_crash(data):
     _validate(data)
 
@@ -96,8 +132,10 @@ def test_set_parsing_never_crashes(text):
 
 
 @FAST
-@given(key=st.sampled_from(["train.epochs", "optim.lr", "name", "train.device"]),
-       raw=st.text(alphabet=string.printable, max_size=20))
+@given(
+    key=st.sampled_from(["train.epochs", "optim.lr", "name", "train.device"]),
+    raw=st.text(alphabet=string.printable, max_size=20),
+)
 def test_set_values_are_yaml_scalars_or_raw_text(key, raw):
     assume("\n" not in raw and "\r" not in raw)
     keys, value = parse_override(f"{key}={raw}")
@@ -106,8 +144,12 @@ def test_set_values_are_yaml_scalars_or_raw_text(key, raw):
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 2**31), epochs=st.integers(1, 50), lr=st.floats(1e-5, 1.0), norm=st.sampled_from(
-    ["batch", "group", "layer", "none"]))
+@given(
+    seed=st.integers(0, 2**31),
+    epochs=st.integers(1, 50),
+    lr=st.floats(1e-5, 1.0),
+    norm=st.sampled_from(["batch", "group", "layer", "none"]),
+)
 def test_resolved_recipe_round_trips_through_yaml(seed, epochs, lr, norm):
     import yaml
 
@@ -170,9 +212,12 @@ def test_random_bytes_never_crash_the_decoder(tmp_path, data, ext):
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # PIL warns about what it then rejects
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(fmt=st.sampled_from(sorted(SEEDS)), cut=st.integers(0, 10_000),
-       flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=8),
-       channels=st.sampled_from([1, 3]))
+@given(
+    fmt=st.sampled_from(sorted(SEEDS)),
+    cut=st.integers(0, 10_000),
+    flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=8),
+    channels=st.sampled_from([1, 3]),
+)
 def test_damaged_real_images_never_crash_the_decoder(tmp_path, fmt, cut, flips, channels):
     """Valid headers with damaged bodies reach deeper into the decoders than pure noise."""
     data = bytearray(SEEDS[fmt])

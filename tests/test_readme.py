@@ -32,7 +32,9 @@ ENV_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=\S*$")
 # --------------------------------------------------------------------------- reading markdown
 def fences(path: Path) -> list[tuple[str, str]]:
     """(info, content) of every fenced code block in ``path``."""
-    return [(t.info.strip(), t.content) for t in MD.parse(path.read_text(encoding="utf-8")) if t.type == "fence"]
+    return [
+        (t.info.strip(), t.content) for t in MD.parse(path.read_text(encoding="utf-8")) if t.type == "fence"
+    ]
 
 
 def clfkit_commands(path: Path) -> list[list[str]]:
@@ -128,7 +130,9 @@ DOCS_COMMANDS = [(page, c) for page in DOCS for c in dict.fromkeys(map(tuple, cl
 EVERY_COMMAND = [(README, tuple(c)) for c in README_COMMANDS] + DOCS_COMMANDS
 
 
-@pytest.mark.parametrize("page, args", EVERY_COMMAND, ids=[f"{p.name}: {' '.join(c)[:60]}" for p, c in EVERY_COMMAND])
+@pytest.mark.parametrize(
+    "page, args", EVERY_COMMAND, ids=[f"{p.name}: {' '.join(c)[:60]}" for p, c in EVERY_COMMAND]
+)
 def test_documented_command_parses(page, args, monkeypatch):
     """README's commands, and those in docs/*.md code blocks too."""
     code, out, ran = leaf_reached(list(args), monkeypatch)
@@ -187,7 +191,9 @@ def installed_like_pip(pkg: Path, site: Path) -> None:
         + "".join(f"Requires-Dist: {r}\n" for r in project["dependencies"])
     )
     eps = project["entry-points"]["clfkit.plugins"]
-    (info / "entry_points.txt").write_text("[clfkit.plugins]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()))
+    (info / "entry_points.txt").write_text(
+        "[clfkit.plugins]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items())
+    )
 
 
 RUN_IN_FRESH_PROCESS = """
@@ -220,7 +226,9 @@ def test_readme_plugin_example_goes_from_nothing_to_a_trained_recipe(tmp_path):
         (pkg / name).write_text(content)
     installed_like_pip(pkg, tmp_path / "site")
     shown = [
-        c for c in clfkit_commands(README) if "wide_cnn" in c or "wide.yaml" in c or c == ["plugins", "--kind", "model"]
+        c
+        for c in clfkit_commands(README)
+        if "wide_cnn" in c or "wide.yaml" in c or c == ["plugins", "--kind", "model"]
     ]
     assert shown == [["plugins", "--kind", "model"], ["plugins", "show", "wide_cnn"], ["train", "wide.yaml"]]
     env = {
@@ -282,5 +290,7 @@ def test_every_table_line_renders_as_a_table_row(page):
     errors table of the old README lost 15 rows that way)."""
     text = page.read_text(encoding="utf-8")
     rows = sum(t.type == "tr_open" for t in MD.parse(text))
-    table_lines = [line for line in text.splitlines() if line.startswith("|") and not set(line) <= set("|-: ")]
+    table_lines = [
+        line for line in text.splitlines() if line.startswith("|") and not set(line) <= set("|-: ")
+    ]
     assert rows == len(table_lines), f"{page.name}: {len(table_lines) - rows} table line(s) render as text"

@@ -1,4 +1,5 @@
 """Recipes fail at load time, with the dotted path and a suggestion."""
+
 from __future__ import annotations
 
 import pytest
@@ -32,24 +33,27 @@ def test_tiny_recipe_is_valid_and_resolved():
     assert r.optim["betas"] == [0.9, 0.999]
 
 
-@pytest.mark.parametrize("path,value,where,words", [
-    ("train.epocs", 3, "train.epocs", "did you mean 'epochs'"),
-    ("data.imagesize", 3, "data.imagesize", "did you mean 'image_size'"),
-    ("model.name", "resnt", "model.name", "did you mean 'resnet'"),
-    ("model.blocks.0.chanels", 8, "model.blocks.0.chanels", "chanels"),
-    ("optim.momentum", 0.9, "optim.momentum", "has no argument 'momentum'"),
-    ("optim.lr", "fast", "optim.lr", "valid number"),
-    ("optim.lr", -1, "optim.lr", "greater than 0"),
-    ("train.epochs", 0, "train.epochs", "greater than or equal to 1"),
-    ("data.val_fraction", 1.5, "data.val_fraction", "less than or equal to 0.9"),
-    ("model.norm", "bach", "model.norm", "did you mean 'batch'"),
-    ("model.norm", {"name": "group", "grups": 4}, "model.norm.grups", "did you mean 'groups'"),
-    ("data.source.train_sise", 10, "data.source.train_sise", "did you mean 'train_size'"),
-    ("train.precision", "fp8", "train.precision", "fp32"),
-    ("data.augment", [{"name": "HorizontalFlip", "q": 0.5}], "data.augment.0.q", "no argument 'q'"),
-    ("data.augment", [{"name": "HorizontallFlip"}], "data.augment.0.name", "HorizontalFlip"),
-    ("regularizers", [{"name": "mixup", "alpha": -1}], "regularizers.0.alpha", "greater than 0"),
-])
+@pytest.mark.parametrize(
+    "path,value,where,words",
+    [
+        ("train.epocs", 3, "train.epocs", "did you mean 'epochs'"),
+        ("data.imagesize", 3, "data.imagesize", "did you mean 'image_size'"),
+        ("model.name", "resnt", "model.name", "did you mean 'resnet'"),
+        ("model.blocks.0.chanels", 8, "model.blocks.0.chanels", "chanels"),
+        ("optim.momentum", 0.9, "optim.momentum", "has no argument 'momentum'"),
+        ("optim.lr", "fast", "optim.lr", "valid number"),
+        ("optim.lr", -1, "optim.lr", "greater than 0"),
+        ("train.epochs", 0, "train.epochs", "greater than or equal to 1"),
+        ("data.val_fraction", 1.5, "data.val_fraction", "less than or equal to 0.9"),
+        ("model.norm", "bach", "model.norm", "did you mean 'batch'"),
+        ("model.norm", {"name": "group", "grups": 4}, "model.norm.grups", "did you mean 'groups'"),
+        ("data.source.train_sise", 10, "data.source.train_sise", "did you mean 'train_size'"),
+        ("train.precision", "fp8", "train.precision", "fp32"),
+        ("data.augment", [{"name": "HorizontalFlip", "q": 0.5}], "data.augment.0.q", "no argument 'q'"),
+        ("data.augment", [{"name": "HorizontallFlip"}], "data.augment.0.name", "HorizontalFlip"),
+        ("regularizers", [{"name": "mixup", "alpha": -1}], "regularizers.0.alpha", "greater than 0"),
+    ],
+)
 def test_typos_fail_with_dotted_path(path, value, where, words):
     found = problems(with_(path, value))
     assert any(p == where and words in m for p, m in found), found
@@ -71,7 +75,9 @@ def test_overrides(tmp_path):
 
     f = tmp_path / "r.yaml"
     f.write_text(yaml.safe_dump(TINY))
-    r = load_recipe(f, ["train.epochs=3", "optim.lr=0.01", "model.norm=none", "data.augment=[HorizontalFlip]"])
+    r = load_recipe(
+        f, ["train.epochs=3", "optim.lr=0.01", "model.norm=none", "data.augment=[HorizontalFlip]"]
+    )
     assert r.train.epochs == 3 and r.optim["lr"] == 0.01 and r.model["norm"] == {"name": "none"}
     assert r.data.augment == [{"name": "HorizontalFlip", "p": 0.5}]
     with pytest.raises(RecipeError, match="train.epochz"):
@@ -123,15 +129,19 @@ def test_recipe_reference_is_current():
     from clfkit.registry.reference import update_recipe_reference
 
     reference = Path(__file__).parent.parent / "docs" / "recipe-reference.md"
-    assert not update_recipe_reference(reference, write=False), \
+    assert not update_recipe_reference(reference, write=False), (
         "docs/recipe-reference.md is stale: run python -m clfkit.registry.reference --write"
+    )
 
 
-@pytest.mark.parametrize("data, path", [
-    (dict(data={"image_size": [32, "a"]}), "data.image_size.1"),
-    (dict(data={"normalize": {"mean": [0.5], "std": [0]}}), "data.normalize.std.0"),
-    (dict(data={"normalize": {"mean": [0.5], "sdt": [1]}}), "data.normalize.sdt"),
-])
+@pytest.mark.parametrize(
+    "data, path",
+    [
+        (dict(data={"image_size": [32, "a"]}), "data.image_size.1"),
+        (dict(data={"normalize": {"mean": [0.5], "std": [0]}}), "data.normalize.std.0"),
+        (dict(data={"normalize": {"mean": [0.5], "sdt": [1]}}), "data.normalize.sdt"),
+    ],
+)
 def test_union_fields_report_the_recipe_path(data, path):
     """pydantic's union-member tags (constrained-int, Normalize, ...) never show in a path."""
     found = problems(dict(TINY, **data))
@@ -140,5 +150,5 @@ def test_union_fields_report_the_recipe_path(data, path):
 
 
 def test_component_value_error_shows_the_input_once():
-    (path, msg), = problems(dict(TINY, model=3))
+    ((path, msg),) = problems(dict(TINY, model=3))
     assert path == "model" and msg.count("got 3") == 1 and "Value error" not in msg, msg

@@ -2,6 +2,7 @@
 pipe, no mapping, endless), odd values (aliases, true/false, inf/nan), overrides that would
 lose an earlier one, init: paths that are devices, a model too large, names at the limit.
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -38,9 +39,14 @@ def invoke_briefly(*args, seconds: float = 60) -> tuple[int, str]:
         child.join()
 
 
-@pytest.mark.parametrize("text", ["name: &a [*a]\n",
-                                  "name: tiny\ndata: &d\n  image_size: 8\n  x: [1, *d]\n",
-                                  "name: tiny\ntrain: &t {<<: *t, epochs: 1}\n"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "name: &a [*a]\n",
+        "name: tiny\ndata: &d\n  image_size: 8\n  x: [1, *d]\n",
+        "name: tiny\ntrain: &t {<<: *t, epochs: 1}\n",
+    ],
+)
 def test_an_alias_inside_its_own_anchor_is_refused_at_once(tmp_path, text):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(text)
@@ -58,22 +64,34 @@ def test_an_alias_inside_its_own_anchor_in_set_is_refused(recipe_file):
 
 
 # --------------------------------------------------------------------------- true/false where a number goes
-@pytest.mark.parametrize("override, path, read_as", [
-    ("train.batch_size=true", "train.batch_size", "1"),
-    ("optim.lr=true", "optim.lr", "1.0"),
-    ("seed=false", "seed", "0"),
-    ("model.blocks=[{channels: true}]", "model.blocks.0.channels", "1"),
-    ("data.source.val_size=true", "data.source.val_size", "1"),
-])
+@pytest.mark.parametrize(
+    "override, path, read_as",
+    [
+        ("train.batch_size=true", "train.batch_size", "1"),
+        ("optim.lr=true", "optim.lr", "1.0"),
+        ("seed=false", "seed", "0"),
+        ("model.blocks=[{channels: true}]", "model.blocks.0.channels", "1"),
+        ("data.source.val_size=true", "data.source.val_size", "1"),
+    ],
+)
 def test_true_or_false_where_a_number_goes_is_refused(recipe_file, tmp_path, override, path, read_as):
-    out = refused([path, "yes/no value", "takes a number", f"read as {read_as}"],
-                  "train", recipe_file, "--set", override, "--out", tmp_path / "runs")
+    out = refused(
+        [path, "yes/no value", "takes a number", f"read as {read_as}"],
+        "train",
+        recipe_file,
+        "--set",
+        override,
+        "--out",
+        tmp_path / "runs",
+    )
     assert "1 problem" in out
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("override", ["train.ema=true", "train.early_stopping=true",
-                                      "train.deterministic=true", "train.channels_last=false"])
+@pytest.mark.parametrize(
+    "override",
+    ["train.ema=true", "train.early_stopping=true", "train.deterministic=true", "train.channels_last=false"],
+)
 def test_true_or_false_where_a_yes_no_or_shorthand_goes_still_works(override):
     key, value = override.split("=")
     tiny_recipe(**{key.replace(".", "__"): value == "true"})
@@ -94,16 +112,24 @@ def test_a_recipe_from_a_pipe_trains(recipe_file, tmp_path):
     assert code == 0 and "recipe OK" in out, out
 
 
-@pytest.mark.parametrize("content, words", [
-    ("", ["got nothing", "empty"]),
-    ("# only a comment\n", ["got nothing", "comments"]),
-    ("- name: tiny\n", ["got list"]),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ("", ["got nothing", "empty"]),
+        ("# only a comment\n", ["got nothing", "comments"]),
+        ("- name: tiny\n", ["got list"]),
+    ],
+)
 def test_a_recipe_that_is_no_mapping_says_what_it_got(tmp_path, content, words):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(content)
-    refused(["r.yaml", "a recipe is a YAML mapping of fields", *words], "train", recipe,
-            "--out", tmp_path / "runs")
+    refused(
+        ["r.yaml", "a recipe is a YAML mapping of fields", *words],
+        "train",
+        recipe,
+        "--out",
+        tmp_path / "runs",
+    )
     assert not (tmp_path / "runs").exists()
 
 
@@ -118,22 +144,43 @@ def test_init_naming_a_device_or_a_pipe_says_so(recipe_file, tmp_path, target):
     if target == "fifo":
         target = tmp_path / "weights.pt"
         os.mkfifo(target)
-    refused(["init:", str(target), "not a regular file"], "train", recipe_file, "--set", f"init={target}",
-            "--out", tmp_path / "runs")
+    refused(
+        ["init:", str(target), "not a regular file"],
+        "train",
+        recipe_file,
+        "--set",
+        f"init={target}",
+        "--out",
+        tmp_path / "runs",
+    )
 
 
 # --------------------------------------------------------------------------- --set twice
-@pytest.mark.parametrize("sets, words", [
-    (["train.epochs=3", "train.epochs=4"], ["train.epochs", "is set twice"]),
-    (["model.blocks.0.channels=4", "model=mlp"], ["model", "replaces the earlier --set model.blocks.0.channels"]),
-])
+@pytest.mark.parametrize(
+    "sets, words",
+    [
+        (["train.epochs=3", "train.epochs=4"], ["train.epochs", "is set twice"]),
+        (
+            ["model.blocks.0.channels=4", "model=mlp"],
+            ["model", "replaces the earlier --set model.blocks.0.channels"],
+        ),
+    ],
+)
 def test_a_set_that_would_silently_lose_an_earlier_one_is_refused(recipe_file, tmp_path, sets, words):
     """The later --set won without a word (a recipe file's duplicate key is an error)."""
     args = [a for s in sets for a in ("--set", s)]
     refused(words, "train", recipe_file, *args, "--out", tmp_path / "runs")
     refused(words, "sweep", recipe_file, "--grid", "seed=0,1", *args, "--out", tmp_path / "sw")
-    refused(words, "tune", recipe_file, "--space", "optim.lr=loguniform(1e-4,1e-2)", *args,
-            "--out", tmp_path / "tu")
+    refused(
+        words,
+        "tune",
+        recipe_file,
+        "--space",
+        "optim.lr=loguniform(1e-4,1e-2)",
+        *args,
+        "--out",
+        tmp_path / "tu",
+    )
     assert not any((tmp_path / d).exists() for d in ("runs", "sw", "tu"))
 
 
@@ -150,8 +197,19 @@ def test_a_recipe_name_at_the_length_limit_gets_its_best_yaml(recipe_file, tmp_p
     """A 200-character recipe name: every trial trained, then best.yaml's '<name>-best' (205
     characters) was refused, so the tune exited 2 with no report.html, and so did every rerun."""
     pytest.importorskip("optuna")
-    code, out = invoke("tune", recipe_file, "--trials", 1, "--set", f"name={'a' * 200}", "--space",
-                       "optim.lr=loguniform(1e-3,1e-1)", "--out", tmp_path / "t", "--quiet")
+    code, out = invoke(
+        "tune",
+        recipe_file,
+        "--trials",
+        1,
+        "--set",
+        f"name={'a' * 200}",
+        "--space",
+        "optim.lr=loguniform(1e-3,1e-1)",
+        "--out",
+        tmp_path / "t",
+        "--quiet",
+    )
     assert code == 0, out
     best = yaml.safe_load((tmp_path / "t" / "best.yaml").read_text())
     assert best["name"] == "a" * 195 + "-best" and (tmp_path / "t" / "report.html").is_file()
@@ -159,8 +217,10 @@ def test_a_recipe_name_at_the_length_limit_gets_its_best_yaml(recipe_file, tmp_p
 
 TINY = {
     "name": "tiny",
-    "data": {"source": {"name": "shapes", "num_classes": 2, "train_size": 64, "val_size": 16,
-                        "test_size": 16}, "image_size": 8},
+    "data": {
+        "source": {"name": "shapes", "num_classes": 2, "train_size": 64, "val_size": 16, "test_size": 16},
+        "image_size": 8,
+    },
     "model": "linear",
     "optim": {"name": "sgd", "lr": 0.1},
     "train": {"epochs": 1, "batch_size": 16},
@@ -192,19 +252,31 @@ def clear_error(result, *words: str) -> str:
 
 
 # --------------------------------------------------------------------------- row 19: tracebacks
-@pytest.mark.parametrize("override, words", [
-    ("seed=12345678901234567890", ["seed", "does not fit in 64 bits"]),
-    ("seed=4294967296", ["seed", "outside the valid seed range", "0 to 4294967295"]),
-    ("seed=-1", ["seed", "outside the valid seed range", "0 to 4294967295"]),
-    ("data.source.train_size=123456789012345678901234", ["data.source.train_size", "64 bits"]),
-    ("data.normalize.mean.0.x=1", ["data.normalize.mean.0", "not a mapping or a list"]),
-    ("data.augment.0.x.y=1", ["data.augment.0.x", "HorizontalFlip", "no argument 'x'"]),
-    ("data.augment.5.p=1", ["data.augment.5", "out of range"]),
-    ("name.0=x", ["name", "not a mapping or a list"]),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("seed=12345678901234567890", ["seed", "does not fit in 64 bits"]),
+        ("seed=4294967296", ["seed", "outside the valid seed range", "0 to 4294967295"]),
+        ("seed=-1", ["seed", "outside the valid seed range", "0 to 4294967295"]),
+        ("data.source.train_size=123456789012345678901234", ["data.source.train_size", "64 bits"]),
+        ("data.normalize.mean.0.x=1", ["data.normalize.mean.0", "not a mapping or a list"]),
+        ("data.augment.0.x.y=1", ["data.augment.0.x", "HorizontalFlip", "no argument 'x'"]),
+        ("data.augment.5.p=1", ["data.augment.5", "out of range"]),
+        ("name.0=x", ["name", "not a mapping or a list"]),
+    ],
+)
 def test_bad_overrides_are_clear_errors(tmp_path, override, words):
-    recipe = write(tmp_path / "r.yaml", {**TINY, "data": {**TINY["data"], "augment": ["HorizontalFlip"],
-                                                          "normalize": {"mean": [0.5] * 3, "std": [1.0] * 3}}})
+    recipe = write(
+        tmp_path / "r.yaml",
+        {
+            **TINY,
+            "data": {
+                **TINY["data"],
+                "augment": ["HorizontalFlip"],
+                "normalize": {"mean": [0.5] * 3, "std": [1.0] * 3},
+            },
+        },
+    )
     for cmd in (("recipe", "check", recipe), ("train", recipe, "--out", tmp_path / "runs")):
         clear_error(cli_result(*cmd, "--set", override), *words)
     assert not (tmp_path / "runs").exists()
@@ -219,8 +291,11 @@ def test_set_into_a_component_named_in_a_list(tmp_path):
 def test_model_too_large_is_refused_before_data_or_allocation(tmp_path, monkeypatch):
     big = {**TINY, "model": "mlp", "data": {**TINY["data"], "image_size": 4096}}
     recipe = write(tmp_path / "r.yaml", big)
-    for cmd in (("recipe", "check", recipe), ("train", recipe, "--out", tmp_path / "runs"),
-                ("sweep", recipe, "--grid", "seed=0,1", "--out", tmp_path / "sw")):
+    for cmd in (
+        ("recipe", "check", recipe),
+        ("train", recipe, "--out", tmp_path / "runs"),
+        ("sweep", recipe, "--grid", "seed=0,1", "--out", tmp_path / "sw"),
+    ):
         t0 = time.perf_counter()
         clear_error(cli_result(*cmd), "mlp for 3x4096x4096", "parameters", "GB", "CLFKIT_MAX_PARAMS")
         assert time.perf_counter() - t0 < 20
@@ -238,17 +313,33 @@ def _recipe_file(tmp_path, **changes):
 
 
 # --------------------------------------------------------------------------- non-finite numbers
-@pytest.mark.parametrize("field, value, words", [
-    ("loss.class_weights", "[1, .inf, 1, 1]", ["loss.class_weights", "finite"]),
-    ("loss.class_weights", "[1, .nan, 1, 1]", ["loss.class_weights", "finite"]),
-    # any component's float argument: Beta(inf, inf) trained without a word before
-    ("regularizers", "[{name: mixup_cutmix, mixup_alpha: .inf}]", ["regularizers.0.mixup_alpha", "finite"]),
-    ("regularizers", "[{name: grad_clip, max_norm: .nan}]", ["regularizers.0.max_norm", "finite"]),
-])
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("loss.class_weights", "[1, .inf, 1, 1]", ["loss.class_weights", "finite"]),
+        ("loss.class_weights", "[1, .nan, 1, 1]", ["loss.class_weights", "finite"]),
+        # any component's float argument: Beta(inf, inf) trained without a word before
+        (
+            "regularizers",
+            "[{name: mixup_cutmix, mixup_alpha: .inf}]",
+            ["regularizers.0.mixup_alpha", "finite"],
+        ),
+        ("regularizers", "[{name: grad_clip, max_norm: .nan}]", ["regularizers.0.max_norm", "finite"]),
+    ],
+)
 def test_inf_and_nan_arguments_are_refused_at_load(tmp_path, field, value, words):
     # before: class_weights [1, inf, 1] started training and stopped at step 1 as a NaN loss
     # blaming the learning rate; mixup_alpha: .inf trained silently
     recipe = _recipe_file(tmp_path)
-    refused(words, "train", recipe, "--set", f"{field}={value}", "--out", tmp_path / "runs", "--quiet",
-            max_lines=None)
+    refused(
+        words,
+        "train",
+        recipe,
+        "--set",
+        f"{field}={value}",
+        "--out",
+        tmp_path / "runs",
+        "--quiet",
+        max_lines=None,
+    )
     assert not (tmp_path / "runs").exists()

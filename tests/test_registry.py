@@ -1,4 +1,5 @@
 """Registry: names, suggestions, duplicates, contracts, argument validation."""
+
 from __future__ import annotations
 
 import pytest
@@ -68,8 +69,15 @@ def test_create_validates_args_and_passes_context():
 
 
 def test_norm_reference_accepts_name_or_spec():
-    m = registry.create("model", "mlp", num_classes=2, in_chans=1, image_size=(2, 2), hidden=[6],
-                        norm={"name": "group", "groups": 3})
+    m = registry.create(
+        "model",
+        "mlp",
+        num_classes=2,
+        in_chans=1,
+        image_size=(2, 2),
+        hidden=[6],
+        norm={"name": "group", "groups": 3},
+    )
     gn = m.blocks[0][1]
     assert isinstance(gn, nn.GroupNorm) and gn.num_groups == 3
 

@@ -1,5 +1,6 @@
 """report.html: one self-contained page per run (and per sweep), checked by parsing it and,
 where Debian's chromium is installed, by rendering it in a real headless browser."""
+
 from __future__ import annotations
 
 import json
@@ -67,7 +68,14 @@ def test_run_report_is_self_contained_with_mistakes(run_with_report):
     assert len(data_images) == len(page.images) >= 3  # curves, confusion, thumbnails
     assert "mistakes" in page.ids
     text = " ".join(page.text)
-    for heading in ("Summary", "Curves", "Confusion matrix", "Per class", "Recipe", "Most confidently misclassified"):
+    for heading in (
+        "Summary",
+        "Curves",
+        "Confusion matrix",
+        "Per class",
+        "Recipe",
+        "Most confidently misclassified",
+    ):
         assert heading in text
     mistakes = json.loads((run_with_report / "mistakes.json").read_text())
     assert mistakes["split"] == "test" and mistakes["mistakes"], "a 1-epoch tiny run makes mistakes"
@@ -112,14 +120,19 @@ def seed_sweep_page(tmp_path_factory) -> Path:
     data = tiny_recipe(train__epochs=1).to_dict()
     data["data"]["source"].update(train_size=64, val_size=32, test_size=32)
     (folder / "r.yaml").write_text(yaml.safe_dump(data))
-    return run_sweep(folder / "r.yaml", ["optim.lr=1e-3,3e-3"], out=folder / "sw", quiet=True, seeds=2).out / "report.html"
+    return (
+        run_sweep(folder / "r.yaml", ["optim.lr=1e-3,3e-3"], out=folder / "sw", quiet=True, seeds=2).out
+        / "report.html"
+    )
 
 
 # appended to a copy of a page: after loading, the body records how many images it has and how
 # many the browser could not decode (a broken data: URI has no natural width)
-_IMAGE_PROBE = ("<script>addEventListener('load', () => { const all = [...document.images];"
-                "document.body.dataset.images = all.length;"
-                "document.body.dataset.broken = all.filter(i => !i.complete || !i.naturalWidth).length; });</script>")
+_IMAGE_PROBE = (
+    "<script>addEventListener('load', () => { const all = [...document.images];"
+    "document.body.dataset.images = all.length;"
+    "document.body.dataset.broken = all.filter(i => !i.complete || !i.naturalWidth).length; });</script>"
+)
 
 
 def _images_loaded(page: Path, tmp_path: Path) -> tuple[int, int]:
@@ -127,11 +140,25 @@ def _images_loaded(page: Path, tmp_path: Path) -> tuple[int, int]:
     import re
 
     probe = tmp_path / f"probe_{page.parent.name}.html"
-    probe.write_text(page.read_text(encoding="utf-8").replace("</body>", _IMAGE_PROBE + "</body>"), encoding="utf-8")
+    probe.write_text(
+        page.read_text(encoding="utf-8").replace("</body>", _IMAGE_PROBE + "</body>"), encoding="utf-8"
+    )
     dom = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--virtual-time-budget=10000",
-         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", probe.as_uri()],
-        capture_output=True, text=True, timeout=120)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--virtual-time-budget=10000",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert dom.returncode == 0, dom.stderr[-2000:]
     body = re.search(r"<body[^>]*>", dom.stdout).group(0)
     found = dict(re.findall(r'data-(images|broken)="(\d+)"', body))
@@ -139,8 +166,11 @@ def _images_loaded(page: Path, tmp_path: Path) -> tuple[int, int]:
     return int(found["images"]), int(found["broken"])
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium at /usr/bin/chromium (Debian: apt-get install chromium); "
-                                              "the pages are still checked by html.parser")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no chromium at /usr/bin/chromium (Debian: apt-get install chromium); "
+    "the pages are still checked by html.parser",
+)
 def test_every_image_loads_in_headless_chromium(run_with_report, seed_sweep_page, tmp_path):
     run_images, broken = _images_loaded(run_with_report / "report.html", tmp_path)
     # curves, confusion, reliability, mistake thumbnails, Grad-CAM images and maps
@@ -151,21 +181,48 @@ def test_every_image_loads_in_headless_chromium(run_with_report, seed_sweep_page
     assert "Variants over seeds" in page and "Mean curves over seeds" in page
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium at /usr/bin/chromium (Debian: apt-get install chromium); "
-                                              "the page is still checked by html.parser above")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no chromium at /usr/bin/chromium (Debian: apt-get install chromium); "
+    "the page is still checked by html.parser above",
+)
 def test_report_renders_in_headless_chromium(run_with_report, tmp_path):
     shot = tmp_path / "shot.png"
     dom = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", (run_with_report / "report.html").as_uri()],
-        capture_output=True, text=True, timeout=120)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            (run_with_report / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert dom.returncode == 0, dom.stderr[-2000:]
     # the browser parsed the whole page: the last section and the inlined thumbnails are in its DOM
     assert "Most confidently misclassified" in dom.stdout and "<pre>" in dom.stdout
     assert dom.stdout.count("data:image/png;base64,") >= 3
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,900",
-                    (run_with_report / "report.html").as_uri()], capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1280,900",
+            (run_with_report / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     from PIL import Image
 
     with Image.open(shot) as img:
@@ -206,11 +263,14 @@ def test_class_and_run_names_with_dollar_signs_are_drawn_as_text(tmp_path, monke
         drawn.append(self)
 
     monkeypatch.setattr(Text, "__init__", spy)
-    plots.plot_confusion([[1, 0, 1], [0, 2, 0], [1, 1, 0]], MATH, tmp_path / "confusion.png", title="$\\frac$")
+    plots.plot_confusion(
+        [[1, 0, 1], [0, 2, 0], [1, 1, 0]], MATH, tmp_path / "confusion.png", title="$\\frac$"
+    )
     run = tmp_path / "r$\\frac$"
     run.mkdir()
-    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 1.0, "train_acc": 0.5,
-                                                   "val_loss": 1.0, "val_acc": 0.5}) + "\n")
+    (run / "metrics.jsonl").write_text(
+        json.dumps({"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.0, "val_acc": 0.5}) + "\n"
+    )
     code, out = invoke("compare", run, "-o", tmp_path / "compare.png", "--title", "$x$")
     assert code == 0, out
     assert (tmp_path / "confusion.png").is_file() and (tmp_path / "compare.png").is_file()
@@ -218,14 +278,25 @@ def test_class_and_run_names_with_dollar_signs_are_drawn_as_text(tmp_path, monke
     assert texts and not any(t.get_parse_math() for t in texts)
 
 
-@pytest.mark.parametrize("file, content, why", [
-    ("per_class.csv", b"split,class,accuracy\r\ntest,\xe9t\xe9,0.5\r\n", "UnicodeDecodeError"),  # a spreadsheet's cp1252
-    ("per_class.csv", b"split,class,accuracy\ntest,a,0.5,extra\n", "one cell per column"),
-    ("mistakes.json", b'{"mistakes": "none", "split": "test"}', "not the list of mistakes"),
-    ("mistakes.json", b'{"mistakes": [{"true": "a"}], "split": "test"}', "png_base64"),
-    ("mistakes.json", b'{"mistakes": [{"true": "a", "predicted": "b", "confidence": 0.5, '
-                      b'"png_base64": "\\" onerror=\\"alert(1)"}]}', "base64"),
-])
+@pytest.mark.parametrize(
+    "file, content, why",
+    [
+        (
+            "per_class.csv",
+            b"split,class,accuracy\r\ntest,\xe9t\xe9,0.5\r\n",
+            "UnicodeDecodeError",
+        ),  # a spreadsheet's cp1252
+        ("per_class.csv", b"split,class,accuracy\ntest,a,0.5,extra\n", "one cell per column"),
+        ("mistakes.json", b'{"mistakes": "none", "split": "test"}', "not the list of mistakes"),
+        ("mistakes.json", b'{"mistakes": [{"true": "a"}], "split": "test"}', "png_base64"),
+        (
+            "mistakes.json",
+            b'{"mistakes": [{"true": "a", "predicted": "b", "confidence": 0.5, '
+            b'"png_base64": "\\" onerror=\\"alert(1)"}]}',
+            "base64",
+        ),
+    ],
+)
 def test_report_of_a_run_with_a_damaged_file_shows_the_rest(tmp_path, file, content, why):
     """`clfkit report` died with a traceback (TypeError, KeyError, UnicodeDecodeError,
     AttributeError) on a per_class.csv or mistakes.json that was edited or re-saved; and an

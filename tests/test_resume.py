@@ -4,6 +4,7 @@ The resume tests run the trainer in subprocesses, as a user would: a run killed 
 in the middle of an epoch and resumed must end bit-identical (weights and metrics) to one that
 was never interrupted.
 """
+
 from __future__ import annotations
 
 import json
@@ -102,9 +103,23 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     ref = _in_process("train", str(recipe), "--out", str(tmp_path / "ref"), "--quiet")
     assert ref.exit_code == 0, ref.output
 
-    killed = subprocess.run([sys.executable, "-c", KILLER, "27", "train", str(recipe), "--out",
-                             str(tmp_path / "crash"), "--quiet"], capture_output=True, text=True,
-                            env=_env(), timeout=300)
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            KILLER,
+            "27",
+            "train",
+            str(recipe),
+            "--out",
+            str(tmp_path / "crash"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     run = tmp_path / "crash" / "tiny"
     last = _load(run / "last.pt")
@@ -120,8 +135,13 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_saves_last_and_says_how_to_resume(tmp_path, sig, code):
     recipe = _recipe_file(tmp_path, epochs=1000)
-    proc = subprocess.Popen([sys.executable, "-m", "clfkit", "train", str(recipe), "--out", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clfkit", "train", str(recipe), "--out", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     try:
         for line in proc.stdout:  # one line per epoch once training runs
             if line.startswith("epoch"):
@@ -145,12 +165,20 @@ def test_signal_saves_last_and_says_how_to_resume(tmp_path, sig, code):
     assert len(resumed.history) == resumed.epoch
 
 
-@pytest.mark.parametrize("extra", [
-    {},
-    # per-image albumentations in a worker process, EMA and early stopping carried in last.pt
-    {"data__augment": [{"name": "Rotate", "limit": 20, "p": 1.0}], "data__workers": 1,
-     "train__ema": True, "train__early_stopping": True},
-], ids=["plain", "albumentations-workers-ema-early-stopping"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        # per-image albumentations in a worker process, EMA and early stopping carried in last.pt
+        {
+            "data__augment": [{"name": "Rotate", "limit": 20, "p": 1.0}],
+            "data__workers": 1,
+            "train__ema": True,
+            "train__early_stopping": True,
+        },
+    ],
+    ids=["plain", "albumentations-workers-ema-early-stopping"],
+)
 def test_resume_of_interrupted_run_continues_in_process(tmp_path, extra):
     """An in-process SIGINT (flag set from inside the loop) then resume: same as uninterrupted."""
     from clfkit.train import trainer as R
@@ -236,7 +264,9 @@ def test_nonfinite_loss_stops_with_epoch_step_and_cause(tmp_path, monkeypatch):
     with pytest.raises(TrainingError) as e:
         T.train(recipe, tmp_path, quiet=True)
     msg = str(e.value)
-    assert "epoch 2, step 18" in msg  # 15 steps in epoch 1; loss calls 16-17 are validation and "learning rate" in msg and "on_nonfinite: skip" in msg
+    assert (
+        "epoch 2, step 18" in msg
+    )  # 15 steps in epoch 1; loss calls 16-17 are validation and "learning rate" in msg and "on_nonfinite: skip" in msg
     last = _load(tmp_path / "tiny" / "last.pt")
     assert last["epoch"] == 1 and last["step"] == 15  # the last good checkpoint, untouched
     assert all(torch.isfinite(t).all() for t in last["model"].values() if t.is_floating_point())
@@ -262,11 +292,26 @@ def test_format_1_last_pt_loads_as_one_rank(tmp_path):
     from clfkit.run.resume import load_resume_state
 
     rng, aug = rng_state(), torch.Generator().manual_seed(5).get_state()
-    save_checkpoint(tmp_path / "last.pt", {
-        "resume_format": 1, "epoch": 1, "step": 24, "optimizer": {}, "rng": rng, "history": [{"epoch": 1}],
-        "in_epoch": {"batch": 9, "aug_rng": aug, "loss_sum": 1.5, "correct": 3.0, "seen": 288, "lr": 0.1}})
+    save_checkpoint(
+        tmp_path / "last.pt",
+        {
+            "resume_format": 1,
+            "epoch": 1,
+            "step": 24,
+            "optimizer": {},
+            "rng": rng,
+            "history": [{"epoch": 1}],
+            "in_epoch": {"batch": 9, "aug_rng": aug, "loss_sum": 1.5, "correct": 3.0, "seen": 288, "lr": 0.1},
+        },
+    )
     resumed = load_resume_state(tmp_path)
     got_rng, progress = resumed.for_rank(0, 1)
     assert resumed.mid_epoch and torch.equal(got_rng["torch"], rng["torch"]) and progress.rng is got_rng
-    assert (progress.batch, progress.seen, progress.loss_sum, progress.nonfinite, progress.lr) == (9, 288, 1.5, 0, 0.1)
+    assert (progress.batch, progress.seen, progress.loss_sum, progress.nonfinite, progress.lr) == (
+        9,
+        288,
+        1.5,
+        0,
+        0.1,
+    )
     assert torch.equal(progress.aug_rng, aug)

@@ -2,6 +2,7 @@
 removed, edited in place or a class folder renamed since the interrupt are refused before
 anything is written; unchanged data, generated data and old run folders without the record
 resume; --allow-data-change continues and records it; `clfkit eval` on changed data warns."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,14 @@ from conftest import set_recorded_epochs, tiny_recipe, write_image_folder
 
 def _recipe(**changes):
     # a relative root: a copy of the run and its data in another folder reads the copy
-    return tiny_recipe(data__source={"name": "folder", "root": "data"}, data__image_size=16,
-                       data__val_fraction=0.25, train__epochs=1, train__batch_size=8, **changes)
+    return tiny_recipe(
+        data__source={"name": "folder", "root": "data"},
+        data__image_size=16,
+        data__val_fraction=0.25,
+        train__epochs=1,
+        train__batch_size=8,
+        **changes,
+    )
 
 
 def _write_data(root: Path) -> Path:
@@ -84,11 +91,19 @@ def _edit_in_place(path: Path) -> None:
 
 
 CHANGES = {
-    "added": (lambda d: shutil.copy(d / "train/cat/cat_0.png", d / "train/cat/cat_new.png"), "1 file(s) added"),
+    "added": (
+        lambda d: shutil.copy(d / "train/cat/cat_0.png", d / "train/cat/cat_new.png"),
+        "1 file(s) added",
+    ),
     "removed": (lambda d: (d / "test/dog/dog_1.png").unlink(), "1 file(s) removed"),
-    "edited_in_place": (lambda d: _edit_in_place(d / "train/dog/dog_3.png"),
-                        "1 file(s) changed"),  # content hashes in data_files.json: the file is found
-    "rewritten": (lambda d: Image.new("RGB", (19, 16), "red").save(d / "train/dog/dog_2.png"), "1 file(s) changed"),
+    "edited_in_place": (
+        lambda d: _edit_in_place(d / "train/dog/dog_3.png"),
+        "1 file(s) changed",
+    ),  # content hashes in data_files.json: the file is found
+    "rewritten": (
+        lambda d: Image.new("RGB", (19, 16), "red").save(d / "train/dog/dog_2.png"),
+        "1 file(s) changed",
+    ),
 }
 
 
@@ -100,7 +115,9 @@ def test_changed_files_refuse_the_resume_and_write_nothing(here, change):
     with pytest.raises(DataChangedError) as e:
         resume_run(here / "run", quiet=True)
     msg = str(e.value)
-    assert msg.startswith(f"cannot resume {here / 'run'}: the data at data changed since the run started ({detail})")
+    assert msg.startswith(
+        f"cannot resume {here / 'run'}: the data at data changed since the run started ({detail})"
+    )
     assert "Restore the data" in msg and "start a new run" in msg and "--allow-data-change" in msg, msg
     assert _snapshot(here / "run") == before
 
@@ -134,8 +151,10 @@ def test_cli_refusal_and_allow_data_change(here):
     assert runner.invoke(cli, ["train", "--allow-data-change", "x.yaml"]).exit_code == 2
     res = runner.invoke(cli, ["train", "--resume", str(here / "run"), "--allow-data-change"])
     assert res.exit_code == 0, res.output
-    assert "warning: the data at data changed since the run started (1 file(s) removed); continuing on it " \
-           "from epoch 2 (--allow-data-change)" in res.output
+    assert (
+        "warning: the data at data changed since the run started (1 file(s) removed); continuing on it "
+        "from epoch 2 (--allow-data-change)" in res.output
+    )
     summary = json.loads((here / "run" / "summary.json").read_text())
     (allowed,) = summary["data"]["changes_allowed"]
     assert allowed["after_epoch"] == 1 and allowed["detail"] == "1 file(s) removed"
@@ -147,7 +166,9 @@ def test_cli_refusal_and_allow_data_change(here):
 def test_run_without_a_record_resumes_with_one_warning(here):
     state = load_checkpoint(here / "run" / "last.pt")
     del state["data"]
-    save_checkpoint(here / "run" / "last.pt", {k: v for k, v in state.items() if k not in ("format", "format_version")})
+    save_checkpoint(
+        here / "run" / "last.pt", {k: v for k, v in state.items() if k not in ("format", "format_version")}
+    )
     with pytest.warns(DataRecordWarning, match="does not record which data it trained on") as caught:
         res = resume_run(here / "run", quiet=True)
     assert len([w for w in caught if "record" in str(w.message)]) == 1

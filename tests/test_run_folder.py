@@ -3,6 +3,7 @@ refusing changed classes, best.pt chosen by one rule (and a run without a val sp
 calling train accuracy "val"), and damaged run files (checkpoints, samples.npy,
 metrics.jsonl) ending in clear errors. Through the real CLI: in-process (CliRunner) or as
 real processes where two must run at once."""
+
 from __future__ import annotations
 
 import json
@@ -57,8 +58,11 @@ def _folder_data(root: Path, **changes) -> dict:
 
 def _snapshot(folder: Path) -> dict:
     """Every file under ``folder`` with its size and mtime: "nothing written or deleted"."""
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _set_epochs(run: Path, epochs: int) -> None:
@@ -87,8 +91,13 @@ SLOW = textwrap.dedent("""
 
 def _start_slow(hold: Path, *args: str) -> subprocess.Popen:
     hold.write_text("")
-    return subprocess.Popen([sys.executable, "-c", SLOW, str(hold), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env())
+    return subprocess.Popen(
+        [sys.executable, "-c", SLOW, str(hold), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
 
 
 def _wait_for_lock(run: Path, proc: subprocess.Popen, also: Path | None = None, timeout=120.0) -> None:
@@ -163,21 +172,32 @@ def test_two_resumes_at_once_and_no_stale_lock_after_kill(tmp_path):
 def test_lock_unit_holder_details_reentry_and_release(tmp_path):
     from clfkit.run.run_folder import RunLockedError, run_lock
 
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time
         sys.argv = ["clfkit", "eval", "somewhere"]
         from clfkit.run.run_folder import run_lock
         with run_lock({str(tmp_path)!r}):
             print("held", flush=True)
             time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True, env=_env())
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunLockedError) as e:
             with run_lock(tmp_path, "resume"):
                 pass
         msg = str(e.value)
-        assert f"pid {holder.pid}" in msg and "clfkit eval somewhere" in msg and "host" in msg and "since" in msg
+        assert (
+            f"pid {holder.pid}" in msg and "clfkit eval somewhere" in msg and "host" in msg and "since" in msg
+        )
     finally:
         _kill(holder)
     with run_lock(tmp_path):  # the killed holder left no lock
@@ -219,8 +239,11 @@ def test_resume_and_eval_refuse_changed_classes(folder_run, change):
     res = _invoke("train", "--resume", run)
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
     assert "cannot resume" in res.output and "trained on 2 classes ['cat', 'dog']" in res.output
-    assert {"rename": "gone: 'dog'; new: 'wolf'", "add": "new: 'zebra'", "remove": "gone: 'dog'; new: 'bird'"}[
-        change] in res.output, res.output
+    assert {
+        "rename": "gone: 'dog'; new: 'wolf'",
+        "add": "new: 'zebra'",
+        "remove": "gone: 'dog'; new: 'bird'",
+    }[change] in res.output, res.output
     assert _snapshot(run) == before, "a refused resume changed the run folder"
     ev = _invoke("eval", run)
     assert ev.exit_code == 2 and "classes" in ev.output and "Traceback" not in ev.output, ev.output
@@ -267,8 +290,9 @@ def test_one_best_rule_for_trainer_and_readers(tmp_path):
     ):
         run = tmp_path / name
         run.mkdir()
-        (run / "metrics.jsonl").write_text("".join(
-            json.dumps({"epoch": i + 1, "train_acc": 0.5, **r}) + "\n" for i, r in enumerate(rows)))
+        (run / "metrics.jsonl").write_text(
+            "".join(json.dumps({"epoch": i + 1, "train_acc": 0.5, **r}) + "\n" for i, r in enumerate(rows))
+        )
         info = read_run(run)
         assert (info.best_epoch, info.selected_on) == (want, on)
         if on == "last_epoch":
@@ -309,15 +333,22 @@ def _damage(path: Path, how: str) -> None:
         save_checkpoint(path, state)
 
 
-@pytest.mark.parametrize("how", ["truncated", "garbage", "no_input", "bad_classes", "wrong_shape",
-                                 "bad_image_size", "bad_epoch"])
+@pytest.mark.parametrize(
+    "how", ["truncated", "garbage", "no_input", "bad_classes", "wrong_shape", "bad_image_size", "bad_epoch"]
+)
 def test_damaged_checkpoints_are_clear_errors(tmp_path, shapes_run, how):
     run = Path(shutil.copytree(shapes_run, tmp_path / "runs" / "tiny"))
     _set_epochs(run, 2)
-    for name, commands in (("last.pt", [["train", "--resume", run],
-                                        ["export", run, "--checkpoint", "last.pt", "-o", tmp_path / "m.onnx"]]),
-                           ("best.pt", [["eval", run], ["export", run, "-o", tmp_path / "m.onnx"],
-                                        ["train", "--resume", run]])):
+    for name, commands in (
+        (
+            "last.pt",
+            [
+                ["train", "--resume", run],
+                ["export", run, "--checkpoint", "last.pt", "-o", tmp_path / "m.onnx"],
+            ],
+        ),
+        ("best.pt", [["eval", run], ["export", run, "-o", tmp_path / "m.onnx"], ["train", "--resume", run]]),
+    ):
         if how == "bad_epoch" and name == "best.pt":
             continue  # best.pt's epoch is informative only
         saved = (run / name).read_bytes()
@@ -358,16 +389,27 @@ def test_bad_samples_npy_is_named(tmp_path, content):
     assert read_samples(tmp_path, (3, 16, 16)).shape == (2, 3, 16, 16)
 
 
-@pytest.mark.parametrize("line,why", [
-    ("{not json", "not valid JSON"), ("[1, 2]", "JSON list"), ('"text"', "JSON str"),
-    ('{"epoch": "3"}', "'epoch'"), ('{"epoch": 2.5}', "'epoch'"), ('{"epoch": true}', "'epoch'"),
-    ('{"epoch": 3, "val_acc": "NaN"}', "'val_acc'"), ('{"epoch": 3, "val_acc": NaN}', "'val_acc'"),
-    ('{"epoch": 3, "train_loss": Infinity}', "'train_loss'")])
+@pytest.mark.parametrize(
+    "line,why",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "JSON list"),
+        ('"text"', "JSON str"),
+        ('{"epoch": "3"}', "'epoch'"),
+        ('{"epoch": 2.5}', "'epoch'"),
+        ('{"epoch": true}', "'epoch'"),
+        ('{"epoch": 3, "val_acc": "NaN"}', "'val_acc'"),
+        ('{"epoch": 3, "val_acc": NaN}', "'val_acc'"),
+        ('{"epoch": 3, "train_loss": Infinity}', "'train_loss'"),
+    ],
+)
 def test_compare_warns_about_a_garbage_metrics_line(tmp_path, line, why):
     run = tmp_path / "r"
     run.mkdir()
-    good = [{"epoch": e, "train_acc": 0.5, "train_loss": 1.0, "val_acc": 0.4 + e / 10, "val_loss": 1.0}
-            for e in (1, 2)]
+    good = [
+        {"epoch": e, "train_acc": 0.5, "train_loss": 1.0, "val_acc": 0.4 + e / 10, "val_loss": 1.0}
+        for e in (1, 2)
+    ]
     (run / "metrics.jsonl").write_text(json.dumps(good[0]) + "\n" + line + "\n" + json.dumps(good[1]) + "\n")
     with pytest.warns(UserWarning, match=rf"metrics.jsonl, line 2: .*{why}"):
         res = _invoke("compare", run, "-o", tmp_path / "c.png")
@@ -383,7 +425,9 @@ def test_summary_that_is_not_an_object(tmp_path):
     with pytest.warns(UserWarning, match="summary.json is not a JSON object"):
         res = _invoke("compare", run, "-o", tmp_path / "c.png")
     assert res.exit_code == 0, res.output
-    (run / "summary.json").write_text(json.dumps({"test_acc": "high", "best_epoch": 1, "wall_seconds": "NaN"}))
+    (run / "summary.json").write_text(
+        json.dumps({"test_acc": "high", "best_epoch": 1, "wall_seconds": "NaN"})
+    )
     with pytest.warns(UserWarning, match="'test_acc' is 'high'"):
         res = _invoke("compare", run, "--metric", "test_acc", "-o", tmp_path / "c.png")
     assert res.exit_code == 0 and "r (0.500, 0.500, -)" in res.output, res.output
@@ -406,7 +450,8 @@ def test_plugins_new_never_overwrites(tmp_path, existing):
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
     assert any(w in res.output for w in ("not empty", "not a folder", "is a file")), res.output
     assert _snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        Path(k).parts[0] for k in before)
+        Path(k).parts[0] for k in before
+    )
 
 
 def test_plugins_new_into_empty_folder_and_permissions(tmp_path):
@@ -446,9 +491,16 @@ def test_sweep_restart_of_an_unstarted_run_waits_for_no_one_and_deletes_nothing_
     (run / "recipe.yaml").write_text("name: x\n")
     (run / "partial.tmp").write_text("another process's file")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom clfkit.run.run_folder import run_lock\n"
-         f"with run_lock({str(run)!r}, 'train'):\n    print('held', flush=True)\n    time.sleep(60)\n"],
-        stdout=subprocess.PIPE, text=True, env=_env())
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom clfkit.run.run_folder import run_lock\n"
+            f"with run_lock({str(run)!r}, 'train'):\n    print('held', flush=True)\n    time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunLockedError, match=str(holder.pid)):
@@ -461,8 +513,14 @@ def test_sweep_restart_of_an_unstarted_run_waits_for_no_one_and_deletes_nothing_
 
 def _clfkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "clfkit", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "clfkit", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 # --------------------------------------------------------------------------- resume after editing the recipe
@@ -525,7 +583,9 @@ def test_a_finished_run_without_best_pt_is_not_silently_evaluated_on_last_pt(tra
 @pytest.mark.parametrize("extra", [["--out", "elsewhere"], ["--track", "tensorboard"]])
 def test_resume_refuses_out_and_track_it_would_ignore(trained_run, tmp_path, extra):
     """--out was ignored (the run went on in its own folder) and --track too, silently."""
-    refused(["--resume", "--out", "--track", "give no RECIPE"], "train", "--resume", trained_run.run_dir, *extra)
+    refused(
+        ["--resume", "--out", "--track", "give no RECIPE"], "train", "--resume", trained_run.run_dir, *extra
+    )
     assert not (tmp_path / "elsewhere").exists()
 
 
@@ -534,5 +594,9 @@ def test_resume_of_the_folder_holding_runs_names_them(trained_run, tmp_path):
     import shutil
 
     shutil.copytree(trained_run.run_dir, tmp_path / "runs" / "tiny")
-    refused(["is not a run folder, it holds run folders", str(tmp_path / "runs" / "tiny")],
-            "train", "--resume", tmp_path / "runs")
+    refused(
+        ["is not a run folder, it holds run folders", str(tmp_path / "runs" / "tiny")],
+        "train",
+        "--resume",
+        tmp_path / "runs",
+    )

@@ -1,6 +1,7 @@
 """The one name rule (clfkit.util.safe_names): run, sweep and trial names that cannot safely
 be folder names are refused before anything is written; grid values become safe labels.
 """
+
 from __future__ import annotations
 
 from clfkit.cli import cli
@@ -13,8 +14,10 @@ import yaml
 
 TINY = {
     "name": "tiny",
-    "data": {"source": {"name": "shapes", "num_classes": 2, "train_size": 64, "val_size": 16,
-                        "test_size": 16}, "image_size": 8},
+    "data": {
+        "source": {"name": "shapes", "num_classes": 2, "train_size": 64, "val_size": 16, "test_size": 16},
+        "image_size": 8,
+    },
     "model": "linear",
     "optim": {"name": "sgd", "lr": 0.1},
     "train": {"epochs": 1, "batch_size": 16},
@@ -45,8 +48,24 @@ def tree(folder: Path) -> dict[str, bytes]:
 
 
 # --------------------------------------------------------------------------- row 1: names
-BAD_NAMES = ["..", ".", "a/b", "../up", "/abs", "a\\b", "", "-x", ".hidden", "a b", "tab\tname",
-             "nul\x00", "é", "x" * 201, "a:b", "*"]
+BAD_NAMES = [
+    "..",
+    ".",
+    "a/b",
+    "../up",
+    "/abs",
+    "a\\b",
+    "",
+    "-x",
+    ".hidden",
+    "a b",
+    "tab\tname",
+    "nul\x00",
+    "é",
+    "x" * 201,
+    "a:b",
+    "*",
+]
 
 
 @pytest.mark.parametrize("bad", BAD_NAMES, ids=repr)

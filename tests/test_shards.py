@@ -3,6 +3,7 @@ sample once over all ranks with equal steps; the worker count changes nothing an
 mid-epoch is exact; shards over http are read (a dropped connection retried, never a short
 epoch); bad shards and samples are errors or counted skips; clfkit data pack writes shards a
 run trains on, exports and predicts from."""
+
 from __future__ import annotations
 
 import io
@@ -27,15 +28,26 @@ def _png(value: int) -> bytes:
     return buf.getvalue()
 
 
-def write_shards(folder: Path, n: int, per_shard: int, prefix: str = "train", classes=("dark", "bright"),
-                 bad: dict | None = None, plain: bool = False) -> str:
+def write_shards(
+    folder: Path,
+    n: int,
+    per_shard: int,
+    prefix: str = "train",
+    classes=("dark", "bright"),
+    bad: dict | None = None,
+    plain: bool = False,
+) -> str:
     """``n`` 8 px samples (class i % 2: dark or bright) in shards of ``per_shard``, classes.json
     beside them; ``bad``: {index: sample fields to replace}. Returns the brace pattern.
     webdataset's default float mtime writes a PAX header per member, which clfkit's own tar
     reader leaves to tarfile; ``plain``: an integer mtime, plain ustar (what data pack writes)."""
     folder.mkdir(parents=True, exist_ok=True)
-    with wds.ShardWriter(str(folder / f"{prefix}-%06d.tar"), maxcount=per_shard, verbose=0,
-                         **({"mtime": 1_700_000_000} if plain else {})) as w:
+    with wds.ShardWriter(
+        str(folder / f"{prefix}-%06d.tar"),
+        maxcount=per_shard,
+        verbose=0,
+        **({"mtime": 1_700_000_000} if plain else {}),
+    ) as w:
         for i in range(n):
             y = i % 2
             sample = {"__key__": f"{prefix}{i:05d}", "png": _png(30 + 180 * y + i % 5), "cls": str(y)}
@@ -47,20 +59,30 @@ def write_shards(folder: Path, n: int, per_shard: int, prefix: str = "train", cl
 
 
 def _recipe(folder: Path, source: dict, **changes) -> Path:
-    settings = dict(data__source={"name": "webdataset", **source}, data__image_size=8, train__epochs=1,
-                    train__batch_size=8, model__blocks=[{"channels": 4, "pool": "max"}])
+    settings = dict(
+        data__source={"name": "webdataset", **source},
+        data__image_size=8,
+        train__epochs=1,
+        train__batch_size=8,
+        model__blocks=[{"channels": 4, "pool": "max"}],
+    )
     return tiny_recipe_file(folder, **{**settings, **changes})
 
 
 def _streamed(pattern: str, **args):
     from clfkit.train.build import build_data
 
-    recipe = tiny_recipe(data__source={"name": "webdataset", "train": pattern, **args}, data__image_size=8,
-                         data__val_fraction=0)
+    recipe = tiny_recipe(
+        data__source={"name": "webdataset", "train": pattern, **args},
+        data__image_size=8,
+        data__val_fraction=0,
+    )
     return build_data(recipe).train
 
 
-def _keys(split, epoch: int, *, workers: int = 0, start: int = 0, batch_size: int = 8, drop_last: bool = False):
+def _keys(
+    split, epoch: int, *, workers: int = 0, start: int = 0, batch_size: int = 8, drop_last: bool = False
+):
     from clfkit.train.engine.stream_batches import StreamBatches
 
     keys: list[str] = []
@@ -103,7 +125,7 @@ def test_worker_count_changes_nothing_and_resume_skips_exactly(tmp_path, plain):
     assert _keys(split, 0, workers=2)[0] == keys0, "2 loader workers: the very same batches"
     assert _keys(split, 1)[0] != keys0, "another epoch, another order"
     tail, sizes, _ = _keys(split, 0, workers=2, start=4)
-    assert tail == keys0[sum(sizes0[:4]):] and len(sizes) == n - 4, "a resumed epoch trains the rest exactly"
+    assert tail == keys0[sum(sizes0[:4]) :] and len(sizes) == n - 4, "a resumed epoch trains the rest exactly"
 
 
 # --------------------------------------------------------------------------- train, export, predict
@@ -117,7 +139,10 @@ def test_pack_train_export_predict(tmp_path):
     assert sum(sum(s["per_class"]) for s in manifest["shards"]) == 28
     train_pattern = str(tmp_path / "packed" / manifest["splits"]["train"]["pattern"])
     assert f'train: "{train_pattern}"' in out, "the data.source to use is printed, as valid YAML"
-    source = {"train": train_pattern, "test": str(tmp_path / "packed" / manifest["splits"]["test"]["pattern"])}
+    source = {
+        "train": train_pattern,
+        "test": str(tmp_path / "packed" / manifest["splits"]["test"]["pattern"]),
+    }
     code, out = invoke("train", _recipe(tmp_path, source, train__epochs=2), "--out", tmp_path / "runs")
     assert code == 0, out
     run = tmp_path / "runs" / "tiny"
@@ -138,14 +163,17 @@ def test_pack_train_export_predict(tmp_path):
 def test_hf_dataset_packs_too(tmp_path):
     datasets = pytest.importorskip("datasets")
     os.environ.setdefault("HF_HOME", str(tmp_path / "hf_home"))
-    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])})
+    feats = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])}
+    )
     rows = {"image": [{"bytes": _png(i), "path": None} for i in range(9)], "label": [i % 3 for i in range(9)]}
-    datasets.DatasetDict(train=datasets.Dataset.from_dict(rows, features=feats)).save_to_disk(str(tmp_path / "hf"))
+    datasets.DatasetDict(train=datasets.Dataset.from_dict(rows, features=feats)).save_to_disk(
+        str(tmp_path / "hf")
+    )
     code, out = invoke("data", "pack", tmp_path / "hf", tmp_path / "packed")
     assert code == 0, out
     manifest = json.loads((tmp_path / "packed" / "manifest.json").read_text())
     assert manifest["class_names"] == ["a", "b", "c"] and manifest["shards"][0]["per_class"] == [3, 3, 3]
-
 
 
 # --------------------------------------------------------------------------- several processes
@@ -155,15 +183,24 @@ def _gloo_main(rank: int, port: int, pattern: str, out: str, results: str) -> No
     _join(rank, port)
     from clfkit.train.trainer import train
 
-    recipe = tiny_recipe(data__source={"name": "webdataset", "train": pattern}, data__image_size=8,
-                         data__val_fraction=0, data__workers=0, train__epochs=1, train__batch_size=8,
-                         train__device="cpu", model__blocks=[{"channels": 4, "pool": "max"}])
+    recipe = tiny_recipe(
+        data__source={"name": "webdataset", "train": pattern},
+        data__image_size=8,
+        data__val_fraction=0,
+        data__workers=0,
+        train__epochs=1,
+        train__batch_size=8,
+        train__device="cpu",
+        model__blocks=[{"channels": 4, "pool": "max"}],
+    )
     res = train(recipe, out, quiet=True)  # DDP over streamed shards: both ranks must take the same steps
     from clfkit.train.build import build_data
 
     split = build_data(recipe).train
     seen = {f"epoch{e}": _keys(split, e)[0] for e in (0, 1)}
-    seen["steps"] = [json.loads(line)["step"] for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    seen["steps"] = [
+        json.loads(line)["step"] for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     Path(results, f"rank{rank}.json").write_text(json.dumps(seen))
 
 
@@ -208,14 +245,15 @@ class _Server:
                     self.send_response(200)
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
-                    self.wfile.write(data[:len(data) // 2])
+                    self.wfile.write(data[: len(data) // 2])
                     self.wfile.flush()
                     self.connection.shutdown(2)  # the peer sees the connection drop mid-body
                     return
                 super().do_GET()
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                                     functools.partial(Handler, directory=str(root)))
+        self.httpd = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(Handler, directory=str(root))
+        )
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -236,11 +274,17 @@ def test_http_shards_dropped_connection_retried_or_a_clear_error(tmp_path, monke
         split = _streamed(server.url + "/train-{000000..000002}.tar")
         assert split.decoding.class_names == ["dark", "bright"], "classes.json beside the shards, over http"
         keys, _, _ = _keys(split, 0)
-        assert sorted(keys) == sorted(f"train{i:05d}" for i in range(30)), "the dropped shard was read again, whole"
+        assert sorted(keys) == sorted(f"train{i:05d}" for i in range(30)), (
+            "the dropped shard was read again, whole"
+        )
         server.close()
         server = _Server(tmp_path / "s", {"train-000002.tar": 99})  # drops every time
-        split.shards.urls = [u.replace(split.shards.urls[0].rsplit("/", 1)[0], server.url) for u in split.shards.urls]
-        with pytest.raises(Exception, match=r"train-000002.tar: read failed after \d+ samples .*3 retries failed"):
+        split.shards.urls = [
+            u.replace(split.shards.urls[0].rsplit("/", 1)[0], server.url) for u in split.shards.urls
+        ]
+        with pytest.raises(
+            Exception, match=r"train-000002.tar: read failed after \d+ samples .*3 retries failed"
+        ):
             _keys(split, 0)
     finally:
         server.close()
@@ -252,8 +296,14 @@ def test_truncated_shard_is_an_error_never_a_short_epoch(tmp_path, plain):
     pattern = write_shards(tmp_path / "s", 30, 10, plain=plain)
     shard = tmp_path / "s" / "train-000001.tar"
     shard.write_bytes(shard.read_bytes()[:5000])  # cut mid-sample
-    out = refused(["train-000001.tar"], "train", _recipe(tmp_path, {"train": pattern}), "--out", tmp_path / "runs",
-                  max_lines=None)
+    out = refused(
+        ["train-000001.tar"],
+        "train",
+        _recipe(tmp_path, {"train": pattern}),
+        "--out",
+        tmp_path / "runs",
+        max_lines=None,
+    )
     assert "truncated" in out or "read failed" in out, out
     # cut after it was counted (a manifest's count, or the run's start): the epoch fails, not shrinks
     pattern = write_shards(tmp_path / "t", 30, 10, plain=plain)
@@ -270,8 +320,13 @@ def test_truncated_shard_is_an_error_never_a_short_epoch(tmp_path, plain):
 def test_bad_samples_are_counted_skips_and_the_epoch_keeps_its_size(tmp_path, plain):
     from clfkit.train.engine.stream_batches import SkippedSamples
 
-    bad = {3: {"cls": None}, 5: {"cls": "7"}, 8: {"png": b"not a png"}, 11: {"cls": "zebra"},
-           13: {"png": None, "npy": b"\x93NUMPY\x01\x00garbage"}}
+    bad = {
+        3: {"cls": None},
+        5: {"cls": "7"},
+        8: {"png": b"not a png"},
+        11: {"cls": "zebra"},
+        13: {"png": None, "npy": b"\x93NUMPY\x01\x00garbage"},
+    }
     split = _streamed(write_shards(tmp_path / "s", 32, 8, bad=bad, plain=plain))
     with pytest.warns(SkippedSamples, match="epoch 1: 5 training sample"):
         keys, sizes, n = _keys(split, 0)
@@ -280,11 +335,25 @@ def test_bad_samples_are_counted_skips_and_the_epoch_keeps_its_size(tmp_path, pl
     from clfkit.data.shard_source import load_webdataset
 
     with pytest.raises(Exception, match=r"sample 'train00003': no label"):
-        load_webdataset(train=write_shards(tmp_path / "v", 32, 8, bad={3: {"cls": None}}), image_size=(8, 8),
-                        channels=None, resize="squash", on_error="fail")
-    code, out = invoke("train", _recipe(tmp_path, {"train": str(tmp_path / "s" / "train-{000000..000003}.tar"),
-                                                  "val": str(tmp_path / "s" / "train-000000.tar")}),
-                       "--out", tmp_path / "runs")
+        load_webdataset(
+            train=write_shards(tmp_path / "v", 32, 8, bad={3: {"cls": None}}),
+            image_size=(8, 8),
+            channels=None,
+            resize="squash",
+            on_error="fail",
+        )
+    code, out = invoke(
+        "train",
+        _recipe(
+            tmp_path,
+            {
+                "train": str(tmp_path / "s" / "train-{000000..000003}.tar"),
+                "val": str(tmp_path / "s" / "train-000000.tar"),
+            },
+        ),
+        "--out",
+        tmp_path / "runs",
+    )
     assert code == 0, out
     listed = (tmp_path / "runs" / "tiny" / "skipped.txt").read_text()
     assert "train00003" in listed and "no label" in listed and "outside the 2 classes" in listed
@@ -293,14 +362,39 @@ def test_bad_samples_are_counted_skips_and_the_epoch_keeps_its_size(tmp_path, pl
 def test_sources_without_classes_or_shards_are_refused(tmp_path):
     pattern = write_shards(tmp_path / "s", 8, 8)
     (tmp_path / "s" / "classes.json").unlink()
-    refused(["no class names", "classes.json"], "train", _recipe(tmp_path, {"train": pattern}), "--out", tmp_path / "r")
-    refused(["does not exist"], "train", _recipe(tmp_path, {"train": str(tmp_path / "s" / "x-{0..3}.tar"),
-                                                            "classes": ["a", "b"]}), "--out", tmp_path / "r")
-    refused(["holds out whole shards", "one shard"], "train",
-            _recipe(tmp_path, {"train": pattern, "classes": ["a", "b"]}, data__val_fraction=0.2), "--out", tmp_path / "r")
-    refused(["data.sampler: balanced", "streamed"], "train",
-            _recipe(tmp_path, {"train": pattern, "classes": ["a", "b"]}, data__val_fraction=0, data__sampler="balanced"),
-            "--out", tmp_path / "r")
+    refused(
+        ["no class names", "classes.json"],
+        "train",
+        _recipe(tmp_path, {"train": pattern}),
+        "--out",
+        tmp_path / "r",
+    )
+    refused(
+        ["does not exist"],
+        "train",
+        _recipe(tmp_path, {"train": str(tmp_path / "s" / "x-{0..3}.tar"), "classes": ["a", "b"]}),
+        "--out",
+        tmp_path / "r",
+    )
+    refused(
+        ["holds out whole shards", "one shard"],
+        "train",
+        _recipe(tmp_path, {"train": pattern, "classes": ["a", "b"]}, data__val_fraction=0.2),
+        "--out",
+        tmp_path / "r",
+    )
+    refused(
+        ["data.sampler: balanced", "streamed"],
+        "train",
+        _recipe(
+            tmp_path,
+            {"train": pattern, "classes": ["a", "b"]},
+            data__val_fraction=0,
+            data__sampler="balanced",
+        ),
+        "--out",
+        tmp_path / "r",
+    )
     assert not (tmp_path / "r").exists()
 
 
@@ -314,10 +408,17 @@ def test_streamed_run_stopped_mid_epoch_resumes_bit_identical(tmp_path):
     from clfkit.train.trainer import resume_run, train
 
     pattern = write_shards(tmp_path / "s", 90, 16)
-    recipe = tiny_recipe(data__source={"name": "webdataset", "train": pattern}, data__image_size=8,
-                         data__val_fraction=0.2, data__workers=1, data__augment=[{"name": "Rotate", "limit": 20, "p": 1.0}],
-                         train__epochs=2, train__batch_size=8, train__deterministic=True,
-                         model__blocks=[{"channels": 4, "pool": "max"}])
+    recipe = tiny_recipe(
+        data__source={"name": "webdataset", "train": pattern},
+        data__image_size=8,
+        data__val_fraction=0.2,
+        data__workers=1,
+        data__augment=[{"name": "Rotate", "limit": 20, "p": 1.0}],
+        train__epochs=2,
+        train__batch_size=8,
+        train__deterministic=True,
+        model__blocks=[{"channels": 4, "pool": "max"}],
+    )
     ref = train(recipe, tmp_path / "ref", quiet=True)
     with pytest.MonkeyPatch.context() as interrupting:
         sigint_at_step(interrupting, 11)  # epoch 2 (of 8 steps each), after batch 3
@@ -329,13 +430,23 @@ def test_streamed_run_stopped_mid_epoch_resumes_bit_identical(tmp_path):
 
 def test_shard_globs_expand_sorted_and_one_matching_nothing_is_named(tmp_path):
     write_shards(tmp_path / "s", 24, 8)
-    code, out = invoke("train", _recipe(tmp_path, {"train": str(tmp_path / "s" / "train-*.tar")}, data__val_fraction=0),
-                       "--out", tmp_path / "runs")
+    code, out = invoke(
+        "train",
+        _recipe(tmp_path, {"train": str(tmp_path / "s" / "train-*.tar")}, data__val_fraction=0),
+        "--out",
+        tmp_path / "runs",
+    )
     assert code == 0, out
     assert json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())["train_images"] == 24
     for pattern in ("nothing-*.tar", "train-00000[7-9].tar"):
-        refused(["matches no file", pattern], "train", _recipe(tmp_path, {"train": str(tmp_path / "s" / pattern)}),
-                "--out", tmp_path / "r2", max_lines=None)
+        refused(
+            ["matches no file", pattern],
+            "train",
+            _recipe(tmp_path, {"train": str(tmp_path / "s" / pattern)}),
+            "--out",
+            tmp_path / "r2",
+            max_lines=None,
+        )
     assert not (tmp_path / "r2").exists()
 
 
@@ -343,8 +454,14 @@ def test_pack_refuses_a_folder_inside_its_source(tmp_path):
     src = write_image_folder(tmp_path / "imgs", per_class=3, size=8)
     before = sorted(p.relative_to(src) for p in src.rglob("*"))
     for inside in (src / "shards", src / "train" / "cat" / "shards"):
-        refused(["inside the source folder", "never writes into the data"], "data", "pack", src, inside,
-                max_lines=None)
+        refused(
+            ["inside the source folder", "never writes into the data"],
+            "data",
+            "pack",
+            src,
+            inside,
+            max_lines=None,
+        )
     (tmp_path / "link").symlink_to(src)
     refused(["inside the source folder"], "data", "pack", tmp_path / "link", src / "x", max_lines=None)
     assert sorted(p.relative_to(src) for p in src.rglob("*")) == before
@@ -364,8 +481,14 @@ def test_own_tar_reader_reads_what_webdataset_reads(tmp_path):
     odd = tmp_path / "odd.tar"
     with tarfile.open(odd, "w", format=tarfile.USTAR_FORMAT) as t:
         t.add(tmp_path / "plain", arcname="sub", recursive=False)  # a folder member
-        for name, data in (("__meta__", b"x"), ("sub/a.png", _png(1)), ("sub/a.cls", b"0"), ("b.PNG", _png(2)),
-                           ("b.cls", b"1"), ("noext", b"z")):
+        for name, data in (
+            ("__meta__", b"x"),
+            ("sub/a.png", _png(1)),
+            ("sub/a.cls", b"0"),
+            ("b.PNG", _png(2)),
+            ("b.cls", b"1"),
+            ("noext", b"z"),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             t.addfile(info, io.BytesIO(data))
@@ -376,12 +499,17 @@ def test_own_tar_reader_reads_what_webdataset_reads(tmp_path):
         unsupported = url.endswith((".gz", "pax/train-000000.tar"))
         with open(url, "rb") as f, pytest.raises(tar_stream.Unsupported) if unsupported else _nothing():
             list(tar_stream.samples(f))
-        slow = list(shards._samples(url, None, "cls", start, fast=False))[:None if stop is None else stop - start]
+        slow = list(shards._samples(url, None, "cls", start, fast=False))[
+            : None if stop is None else stop - start
+        ]
         assert fast == slow, url
         return fast
 
     for start, stop in ((0, None), (4, 7), (8, 9)):
-        a, b = both(str(tmp_path / "plain" / "train-000000.tar"), start, stop), both(str(tmp_path / "pax" / "train-000000.tar"), start, stop)
+        a, b = (
+            both(str(tmp_path / "plain" / "train-000000.tar"), start, stop),
+            both(str(tmp_path / "pax" / "train-000000.tar"), start, stop),
+        )
         assert a == b and [s.key for s in a] == [f"train{i:05d}" for i in range(start, stop or 9)]
     assert [(s.key, s.label) for s in both(str(odd))] == [("sub/a", "0"), ("b", "1")]
     assert [s.key for s in both(str(tmp_path / "odd.tar.gz"), 1)] == ["b"]
@@ -407,6 +535,7 @@ def test_pack_raw_pixels_train_the_same_pixels(tmp_path):
     for raw in ("auto", "never"):
         code, out = invoke("data", "pack", src, tmp_path / raw, "--shard-size", "4", "--raw", raw)
         assert code == 0, out
+
     def members(folder):
         names = []
         for p in sorted(folder.glob("train-*.tar")):
@@ -422,13 +551,23 @@ def test_pack_raw_pixels_train_the_same_pixels(tmp_path):
         for raw in ("auto", "never"):
             from clfkit.train.build import build_data
 
-            recipe = tiny_recipe(data__source={"name": "webdataset", "train": str(tmp_path / raw / "train-{000000..000002}.tar")},
-                                 data__image_size=size, data__val_fraction=0, data__channels=channels or "auto")
+            recipe = tiny_recipe(
+                data__source={
+                    "name": "webdataset",
+                    "train": str(tmp_path / raw / "train-{000000..000002}.tar"),
+                },
+                data__image_size=size,
+                data__val_fraction=0,
+                data__channels=channels or "auto",
+            )
             split = build_data(recipe).train
             keys: list[str] = []
             from clfkit.train.engine.stream_batches import StreamBatches
 
-            xs = [x for x, _ in StreamBatches(split, 4, 0, False, torch.device("cpu"), [], 0, keys=keys).epoch(0)]
+            xs = [
+                x
+                for x, _ in StreamBatches(split, 4, 0, False, torch.device("cpu"), [], 0, keys=keys).epoch(0)
+            ]
             batches[raw] = (keys, torch.cat(xs))
         assert batches["auto"][0] == batches["never"][0]
         assert torch.equal(batches["auto"][1], batches["never"][1]), (size, channels)

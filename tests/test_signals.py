@@ -1,4 +1,5 @@
 """clfkit.util.signals: which signal turns a stop request into "stop now"."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Issue 15 on CPU: the GPU-path fixes whose logic runs on a CPU."""
+
 from __future__ import annotations
 
 import copy
@@ -57,8 +58,11 @@ def test_padcrop_keeps_channels_last_and_values():
     ref = PadCropT(2, "reflect")(x, torch.Generator().manual_seed(0)).contiguous()
     assert torch.equal(out, ref)
     prep = BatchPrep([PadCropT(2, "reflect")], [], 10, channels_last=False)
-    xb, _ = prep(torch.randint(0, 255, (4, 3, 8, 8), dtype=torch.uint8), torch.zeros(4, dtype=torch.long),
-                 torch.Generator().manual_seed(0))
+    xb, _ = prep(
+        torch.randint(0, 255, (4, 3, 8, 8), dtype=torch.uint8),
+        torch.zeros(4, dtype=torch.long),
+        torch.Generator().manual_seed(0),
+    )
     assert xb.is_contiguous()
 
 
@@ -72,7 +76,10 @@ def test_ema_matches_timm_model_ema_v3():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
     model(torch.rand(2, 3, 6, 6))
     cfg = EMA(decay=0.9, warmup=True)
-    ours, ref = WeightEMA(model, decay=cfg.decay, warmup=cfg.warmup), ModelEmaV3(copy.deepcopy(model), decay=0.9, use_warmup=True)
+    ours, ref = (
+        WeightEMA(model, decay=cfg.decay, warmup=cfg.warmup),
+        ModelEmaV3(copy.deepcopy(model), decay=0.9, use_warmup=True),
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     for step in range(1, 8):
         model(torch.rand(2, 3, 6, 6)).sum().backward()
@@ -95,8 +102,14 @@ def test_evaluate_confusion_counts_without_bincount():
 
     images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 2, 2).contiguous()
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 2])
-    ev = evaluate(Fixed(), ImageSet(images, labels), rt=Runtime(torch.device("cpu"), "fp32", False),
-                  loss_fn=nn.CrossEntropyLoss(), num_classes=3, batch_size=4)
+    ev = evaluate(
+        Fixed(),
+        ImageSet(images, labels),
+        rt=Runtime(torch.device("cpu"), "fp32", False),
+        loss_fn=nn.CrossEntropyLoss(),
+        num_classes=3,
+        batch_size=4,
+    )
     pred = torch.arange(10) % 3
     expect = torch.zeros(3, 3, dtype=torch.long)
     for t, p in zip(labels, pred):

@@ -1,6 +1,7 @@
 """Stop signals (clfkit.util.signals): Ctrl-C and SIGTERM during a decode, a run, a sweep or
 clfkit's own exit end cleanly, with state saved and no traceback.
 """
+
 from __future__ import annotations
 
 from conftest import tiny_recipe
@@ -35,7 +36,9 @@ def test_ctrl_c_during_the_pool_decode_leaves_no_traceback_from_the_pool(monkeyp
     from concurrent.futures import ProcessPoolExecutor
 
     shutdown = ProcessPoolExecutor.shutdown
-    monkeypatch.setattr(ProcessPoolExecutor, "shutdown", lambda self, *a, **k: (time.sleep(0.3), shutdown(self, *a, **k)))
+    monkeypatch.setattr(
+        ProcessPoolExecutor, "shutdown", lambda self, *a, **k: (time.sleep(0.3), shutdown(self, *a, **k))
+    )
     errors = []
     monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
     paths = [tmp_path / f"{i}.png" for i in range(decode_pool.TASK_FILES * 12)]
@@ -125,8 +128,13 @@ def test_an_error_after_ctrl_c_is_a_stop_not_a_traceback(monkeypatch, tmp_path):
         os.kill(os.getpid(), signal.SIGINT)  # caught by the trainer's handler: only the flag is set
         raise RuntimeError("C++ compile error\ncommand: g++ ...")
 
-    small = dict(train__epochs=1, data__image_size=8, data__source__train_size=48, data__source__val_size=12,
-                 data__source__test_size=0)
+    small = dict(
+        train__epochs=1,
+        data__image_size=8,
+        data__source__train_size=48,
+        data__source__val_size=12,
+        data__source__test_size=0,
+    )
     monkeypatch.setattr(trainer, "train_one_epoch", compiler_killed)
     with pytest.raises(Interrupted) as stop:
         trainer.train(tiny_recipe(**small), tmp_path, quiet=True)
@@ -164,8 +172,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {
     "name": "tiny",
-    "data": {"source": {"name": "shapes", "num_classes": 2, "train_size": 64, "val_size": 16,
-                        "test_size": 16}, "image_size": 8},
+    "data": {
+        "source": {"name": "shapes", "num_classes": 2, "train_size": 64, "val_size": 16, "test_size": 16},
+        "image_size": 8,
+    },
     "model": "linear",
     "optim": {"name": "sgd", "lr": 0.1},
     "train": {"epochs": 1, "batch_size": 16},
@@ -178,23 +188,47 @@ def write(path: Path, data: dict | str) -> Path:
 
 
 # --------------------------------------------------------------------------- row 5: signals in a sweep
-SLOW = {**TINY, "name": "slow", "model": {"name": "mlp", "hidden": [64]},
-        "data": {**TINY["data"], "source": {**TINY["data"]["source"], "train_size": 128}},
-        "train": {"epochs": 500, "batch_size": 16}}
+SLOW = {
+    **TINY,
+    "name": "slow",
+    "model": {"name": "mlp", "hidden": [64]},
+    "data": {**TINY["data"], "source": {**TINY["data"]["source"], "train_size": 128}},
+    "train": {"epochs": 500, "batch_size": 16},
+}
 
 
-@pytest.mark.parametrize("jobs, sig, code, group", [("1", signal.SIGINT, 130, False), ("2", signal.SIGTERM, 143, False),
-                                                     ("2", signal.SIGINT, 130, True)])
+@pytest.mark.parametrize(
+    "jobs, sig, code, group",
+    [("1", signal.SIGINT, 130, False), ("2", signal.SIGTERM, 143, False), ("2", signal.SIGINT, 130, True)],
+)
 def test_signal_stops_the_whole_sweep_resumable(tmp_path, jobs, sig, code, group):
     """group: Ctrl-C in a terminal, to every process (red team 19: with --jobs 2 a worker whose
     run stopped took the next queued run before the parent's stop reached it, and started it)."""
     recipe = write(tmp_path / "slow.yaml", SLOW)
     out = tmp_path / "sw"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CLFKIT_PLUGINS": "none"}
-    cmd = [sys.executable, "-m", "clfkit", "sweep", str(recipe), "--out", str(out), "--jobs", jobs,
-           "--grid", "optim.lr=0.01,0.02,0.03"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            cwd=tmp_path, start_new_session=group)
+    cmd = [
+        sys.executable,
+        "-m",
+        "clfkit",
+        "sweep",
+        str(recipe),
+        "--out",
+        str(out),
+        "--jobs",
+        jobs,
+        "--grid",
+        "optim.lr=0.01,0.02,0.03",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=group,
+    )
     deadline = time.time() + 120
     while not list(out.glob("*/last.pt")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)  # until a run has trained an epoch

@@ -6,6 +6,7 @@ two give the same run); a larger one trains a different permutation (chunks shuf
 images within windows of chunks), which is tested for what must hold: every image once per
 epoch, a pure function of (seed, epoch), exact resume.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,7 +58,7 @@ def _mixed_folder(root, per_class=6, gray=False):
     if not gray:
         _sideways_jpeg(root / "train/cat/photo.jpg")
     good = (root / "train/cat/cat0.png").read_bytes()
-    (root / "train/dog/truncated.png").write_bytes(good[:len(good) // 2])
+    (root / "train/dog/truncated.png").write_bytes(good[: len(good) // 2])
     (root / "train/dog/empty.png").write_bytes(b"")
     (root / "train/dog/text.png").write_text("not an image")
     (root / "test").mkdir()
@@ -73,7 +74,9 @@ def test_parallel_decode_is_byte_identical_to_one_process(tmp_path, monkeypatch,
     monkeypatch.setattr(decode_pool, "TASK_FILES", 3)  # several tasks, so the pool really splits
     got = {}
     for workers in (1, 2):
-        out = decode_pool.Output(len(paths), (3, SIZE, SIZE), tmp_path / f"w{workers}.npy" if to_file else None)
+        out = decode_pool.Output(
+            len(paths), (3, SIZE, SIZE), tmp_path / f"w{workers}.npy" if to_file else None
+        )
         results = decode_pool.decode_into(paths, (SIZE, SIZE), 3, "squash", out, workers=workers)
         arr = np.load(out.path) if to_file else out.array().copy()
         got[workers] = (arr, results)
@@ -146,7 +149,7 @@ def test_disk_order_is_chunked_shuffled_and_a_pure_function(monkeypatch):
     assert torch.equal(a, batches.disk_epoch_order(n, 3, 1, chunk, window))
     assert not torch.equal(a, batches.disk_epoch_order(n, 3, 2, chunk, window))
     for w in range(0, n, chunk * window):  # each window holds whole chunks: 4 runs of 10 rows
-        rows = a[w:w + chunk * window].sort().values
+        rows = a[w : w + chunk * window].sort().values
         assert len(set((rows // chunk).tolist())) == window
     assert not torch.equal(a[:40].sort().values, torch.arange(40))  # chunk order shuffled
     # a split that fits in one window: exactly the memory order
@@ -154,8 +157,19 @@ def test_disk_order_is_chunked_shuffled_and_a_pure_function(monkeypatch):
 
 
 def _epoch(data, epoch=0, start_batch=0, per_image=(), workers=0):
-    return list(batches.train_batches(data, 8, 5, epoch, drop_last=True, device=torch.device("cpu"), per_image=list(per_image), workers=workers,
-                                      start_batch=start_batch))
+    return list(
+        batches.train_batches(
+            data,
+            8,
+            5,
+            epoch,
+            drop_last=True,
+            device=torch.device("cpu"),
+            per_image=list(per_image),
+            workers=workers,
+            start_batch=start_batch,
+        )
+    )
 
 
 def test_disk_batches_follow_the_disk_order_and_resume_mid_epoch(tmp_path, monkeypatch):
@@ -169,7 +183,9 @@ def test_disk_batches_follow_the_disk_order_and_resume_mid_epoch(tmp_path, monke
     assert torch.equal(torch.cat([b[1] for b in got]), order[:96])
     assert torch.equal(torch.cat([b[0] for b in got]), x[order[:96]])
     resumed = _epoch(disk, epoch=2, start_batch=7)
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got[7:], resumed, strict=True))
+    assert all(
+        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got[7:], resumed, strict=True)
+    )
     # per-image augmentation workers read the same file, in the same order
     flip = _HFlip()
     per_image = _epoch(disk, epoch=2, per_image=[flip], workers=1)
@@ -213,8 +229,10 @@ def _summary(run):
 def test_disk_and_memory_storage_train_the_same_run(tmp_path, cache_tmp, capsys):
     from clfkit.train.trainer import train
 
-    small = dict(data__source={"name": "shapes", "num_classes": 3, "train_size": 96, "val_size": 32,
-                               "test_size": 32}, train__epochs=1)
+    small = dict(
+        data__source={"name": "shapes", "num_classes": 3, "train_size": 96, "val_size": 32, "test_size": 32},
+        train__epochs=1,
+    )
     mem = train(tiny_recipe(data__storage="memory", **small), tmp_path / "m", quiet=True)
     disk = train(tiny_recipe(data__storage="disk", **small), tmp_path / "d")
     assert "uint8 images on disk" in capsys.readouterr().out
@@ -227,9 +245,12 @@ def test_resume_with_disk_storage_is_exact(tmp_path, cache_tmp, monkeypatch):
 
     monkeypatch.setattr(batches, "CHUNK_BYTES", 4 * 768)  # 16x16x3 images: chunks of 4,
     monkeypatch.setattr(batches, "WINDOW_BYTES", 5 * 4 * 768)  # windows of 20: the chunked order
-    recipe = tiny_recipe(data__storage="disk", data__source={"name": "shapes", "num_classes": 3, "train_size": 160,
-                                                            "val_size": 32, "test_size": 0},
-                         train__epochs=2, train__deterministic=True)
+    recipe = tiny_recipe(
+        data__storage="disk",
+        data__source={"name": "shapes", "num_classes": 3, "train_size": 160, "val_size": 32, "test_size": 0},
+        train__epochs=2,
+        train__deterministic=True,
+    )
     ref = train(recipe, tmp_path / "ref", quiet=True)
     with pytest.MonkeyPatch.context() as interrupting:  # the chunk sizes stay patched
         sigint_at_step(interrupting, 7)
@@ -238,15 +259,24 @@ def test_resume_with_disk_storage_is_exact(tmp_path, cache_tmp, monkeypatch):
     res = resume_run(tmp_path / "cut" / "tiny", quiet=True)
     a, b = (torch.load(r / "last.pt", weights_only=False)["model"] for r in (ref.run_dir, res.run_dir))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    rows = [[{k: v for k, v in json.loads(line).items() if "seconds" not in k and k != "images_per_s"}
-             for line in (r / "metrics.jsonl").read_text().splitlines()] for r in (ref.run_dir, res.run_dir)]
+    rows = [
+        [
+            {k: v for k, v in json.loads(line).items() if "seconds" not in k and k != "images_per_s"}
+            for line in (r / "metrics.jsonl").read_text().splitlines()
+        ]
+        for r in (ref.run_dir, res.run_dir)
+    ]
     assert rows[0] == rows[1]
 
 
 # --------------------------------------------------------------------------- the cache entry is the file
 def _folder_recipe(root, **kw):
-    return tiny_recipe(data__source={"name": "folder", "root": str(root)}, data__image_size=SIZE,
-                       data__val_fraction=0.25, **kw)
+    return tiny_recipe(
+        data__source={"name": "folder", "root": str(root)},
+        data__image_size=SIZE,
+        data__val_fraction=0.25,
+        **kw,
+    )
 
 
 def test_auto_picks_disk_above_the_memory_budget(tmp_path, cache_tmp, monkeypatch):
@@ -255,11 +285,15 @@ def test_auto_picks_disk_above_the_memory_budget(tmp_path, cache_tmp, monkeypatc
     monkeypatch.setenv(storage.BUDGET_ENV, "1K")  # 13 images of 3x8x8 = 2.5 KB: over
     over = build_data(_folder_recipe(root))
     assert storage.is_disk(over.train.images) and storage.is_disk(over.val.images)
-    assert str(cache_tmp) in over.train.images.path and over.train.images.rows is not None  # val carved, no copy
+    assert (
+        str(cache_tmp) in over.train.images.path and over.train.images.rows is not None
+    )  # val carved, no copy
     monkeypatch.setenv(storage.BUDGET_ENV, "1M")
     under = build_data(_folder_recipe(root))  # a cache hit, read into memory
     assert isinstance(under.train.images, torch.Tensor)
-    assert torch.equal(under.train.images, over.train.images[:]) and torch.equal(under.val.images, over.val.images[:])
+    assert torch.equal(under.train.images, over.train.images[:]) and torch.equal(
+        under.val.images, over.val.images[:]
+    )
     monkeypatch.setenv(storage.BUDGET_ENV, "lots")
     with pytest.raises(Exception, match=r"CLFKIT_MEMORY_BUDGET='lots' is not an amount of memory \(e.g. 8G"):
         storage.memory_budget()
@@ -284,8 +318,10 @@ def test_damaged_disk_entry_is_a_warned_rebuild(tmp_path, cache_tmp, monkeypatch
     err = capsys.readouterr().err
     assert err.count("warning:") == 1 and "damaged" in err and "train.images.npy" in err
     assert torch.equal(again.train.images[:], expected)  # rebuilt: the right pixels, never the damaged ones
-    assert storage.DiskImages(npy).data_hash() == json.loads((entry / "index.json").read_text())["hashes"][
-        "train.images.npy"]
+    assert (
+        storage.DiskImages(npy).data_hash()
+        == json.loads((entry / "index.json").read_text())["hashes"]["train.images.npy"]
+    )
 
 
 def test_disk_storage_without_the_cache_uses_a_private_folder(tmp_path, cache_tmp):

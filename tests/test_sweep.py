@@ -1,4 +1,5 @@
 """clfkit sweep: a 6-run grid of tiny settings, its tables, and a re-run that trains nothing."""
+
 from __future__ import annotations
 
 import csv
@@ -19,8 +20,10 @@ from clfkit.studies.sweep import SweepError, parse_grid, plan_sweep, run_sweep
 BASE = {
     "name": "tinysweep",
     "seed": 0,
-    "data": {"source": {"name": "shapes", "num_classes": 3, "train_size": 96, "val_size": 32, "test_size": 32},
-             "image_size": 8},
+    "data": {
+        "source": {"name": "shapes", "num_classes": 3, "train_size": 96, "val_size": 32, "test_size": 32},
+        "image_size": 8,
+    },
     "model": {"name": "cnn", "blocks": [{"channels": 8, "pool": "max"}, {"channels": 16, "pool": "max"}]},
     "optim": {"name": "adam", "lr": 3e-3},
     "train": {"epochs": 2, "batch_size": 32},
@@ -57,7 +60,9 @@ def test_six_run_sweep_tables_and_rerun(tmp_path, one_thread, monkeypatch):
     sweep = run_sweep(recipe, ["model.head_dropout=0,0.3,0.6"], out=out, quiet=True, log=logs.append)
 
     names = sorted(t.name for t in sweep.trials)
-    assert names == sorted(f"lr={lr},head_dropout={d}" for lr in ("0.003", "0.001") for d in ("0", "0.3", "0.6"))
+    assert names == sorted(
+        f"lr={lr},head_dropout={d}" for lr in ("0.003", "0.001") for d in ("0", "0.3", "0.6")
+    )
     assert all(t.status == "done" for t in sweep.trials), logs
     rows = read_csv(out / "sweep.csv")
     assert len(rows) == 6
@@ -90,8 +95,9 @@ def test_six_run_sweep_tables_and_rerun(tmp_path, one_thread, monkeypatch):
         assert im.format == "PNG" and im.size == (round(w * DPI), round(h * DPI))
 
     # ---- the same sweep again: nothing is trained
-    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*.pt")} | {p: p.stat().st_mtime_ns
-                                                                       for p in out.glob("*/summary.json")}
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*.pt")} | {
+        p: p.stat().st_mtime_ns for p in out.glob("*/summary.json")
+    }
     assert len(stamps) == 18
 
     def no_training(*a, **k):
@@ -128,7 +134,9 @@ def test_cli_sweep_and_compare(tmp_path, one_thread):
     recipe = write_recipe(tmp_path / "tiny.yaml", epochs=1)
     out = tmp_path / "sw"
     runner = CliRunner()
-    res = runner.invoke(cli, ["sweep", str(recipe), "--grid", "model.norm=batch,none", "--out", str(out), "--quiet"])
+    res = runner.invoke(
+        cli, ["sweep", str(recipe), "--grid", "model.norm=batch,none", "--out", str(out), "--quiet"]
+    )
     assert res.exit_code == 0, res.output
     assert "| 1 |" in res.output and "norm=none" in res.output
     res = runner.invoke(cli, ["compare", str(out), "--top", "1", "-o", str(tmp_path / "c.png")])
@@ -158,21 +166,35 @@ def test_parse_grid_values():
     assert [lbl for lbl, _ in axis.options] == ["1e-3", "5e-4"]
     axis = parse_grid("model.hidden=[512,256],[1024]")
     assert [o["model.hidden"] for _, o in axis.options] == [[512, 256], [1024]]
-    assert [o["model.norm"] for _, o in parse_grid("model.norm=batch,none,{name: group, groups: 4}").options] \
-        == ["batch", "none", {"name": "group", "groups": 4}]
+    assert [
+        o["model.norm"] for _, o in parse_grid("model.norm=batch,none,{name: group, groups: 4}").options
+    ] == ["batch", "none", {"name": "group", "groups": 4}]
     for bad in ("optim.lr", "optim.lr=", "optim.lr=1,,2", "9x=1,2"):
         with pytest.raises(Exception):
             parse_grid(bad)
 
 
 def test_sweep_file_variants_and_labels(tmp_path):
-    recipe = write_recipe(tmp_path / "abl.yaml", sweep={
-        "model.norm": {"bn": "batch", "no_bn": "none"},
-        "variants": {"full": {}, "wo_drop": {"model.head_dropout": 0.0}, "drop": {"model.head_dropout": 0.5}},
-    })
+    recipe = write_recipe(
+        tmp_path / "abl.yaml",
+        sweep={
+            "model.norm": {"bn": "batch", "no_bn": "none"},
+            "variants": {
+                "full": {},
+                "wo_drop": {"model.head_dropout": 0.0},
+                "drop": {"model.head_dropout": 0.5},
+            },
+        },
+    )
     sweep = plan_sweep(recipe, out=tmp_path / "o")
-    assert [t.name for t in sweep.trials] == ["norm=bn,full", "norm=bn,wo_drop", "norm=bn,drop",
-                                              "norm=no_bn,full", "norm=no_bn,wo_drop", "norm=no_bn,drop"]
+    assert [t.name for t in sweep.trials] == [
+        "norm=bn,full",
+        "norm=bn,wo_drop",
+        "norm=bn,drop",
+        "norm=no_bn,full",
+        "norm=no_bn,wo_drop",
+        "norm=no_bn,drop",
+    ]
     t = sweep.trials[5]
     assert t.recipe.model["norm"]["name"] == "none"
     assert t.recipe.model["head_dropout"] == 0.5

@@ -2,6 +2,7 @@
 their labels, conflicting axes, --set on top of swept components, and cleanup that never
 leaves the sweep folder.
 """
+
 from __future__ import annotations
 
 import textwrap
@@ -16,8 +17,10 @@ from clfkit.studies.sweep import plan_sweep
 
 TINY = {
     "name": "tiny",
-    "data": {"source": {"name": "shapes", "num_classes": 2, "train_size": 64, "val_size": 16,
-                        "test_size": 16}, "image_size": 8},
+    "data": {
+        "source": {"name": "shapes", "num_classes": 2, "train_size": 64, "val_size": 16, "test_size": 16},
+        "image_size": 8,
+    },
     "model": "linear",
     "optim": {"name": "sgd", "lr": 0.1},
     "train": {"epochs": 1, "batch_size": 16},
@@ -110,15 +113,27 @@ def test_component_and_field_axes_merge_and_labels_tell_the_truth(tmp_path, orde
         assert rec["optim"]["lr"] == float(label["lr"])
 
 
-@pytest.mark.parametrize("grid, block, words", [
-    (["optim.lr=1e-2", "optim.lr=1e-3"], None, ["--grid optim.lr is given twice"]),
-    (["optim.lr=1e-2,1e-3"], {"variants": {"a": {"optim.lr": 0.3}, "b": {}}},
-     ["'variant'", "'optim.lr'", "both set optim.lr"]),
-    (["optim={name: sgd, lr: 0.5},adam", "optim.lr=1e-2,1e-3"], None,
-     ["axis 'optim'", "sets lr", "'optim.lr' sweeps optim.lr"]),
-    (["optim.lr=1e-2,1e-3"], {"variants": {"a": {"optim": {"name": "adam", "lr": 0.3}}, "b": {}}},
-     ["axis 'variant'", "sets lr"]),
-])
+@pytest.mark.parametrize(
+    "grid, block, words",
+    [
+        (["optim.lr=1e-2", "optim.lr=1e-3"], None, ["--grid optim.lr is given twice"]),
+        (
+            ["optim.lr=1e-2,1e-3"],
+            {"variants": {"a": {"optim.lr": 0.3}, "b": {}}},
+            ["'variant'", "'optim.lr'", "both set optim.lr"],
+        ),
+        (
+            ["optim={name: sgd, lr: 0.5},adam", "optim.lr=1e-2,1e-3"],
+            None,
+            ["axis 'optim'", "sets lr", "'optim.lr' sweeps optim.lr"],
+        ),
+        (
+            ["optim.lr=1e-2,1e-3"],
+            {"variants": {"a": {"optim": {"name": "adam", "lr": 0.3}}, "b": {}}},
+            ["axis 'variant'", "sets lr"],
+        ),
+    ],
+)
 def test_conflicting_axes_are_refused_naming_both(tmp_path, grid, block, words):
     recipe = write(tmp_path / "r.yaml", {**TINY, **({"sweep": block} if block else {})})
     args = [a for g in grid for a in ("--grid", g)]
@@ -129,7 +144,10 @@ def test_conflicting_axes_are_refused_naming_both(tmp_path, grid, block, words):
 def test_set_field_applies_on_top_of_each_swept_component(tmp_path):
     recipe = write(tmp_path / "r.yaml", TINY)
     sweep = plan_sweep(recipe, ["optim=sgd,adam"], ["optim.lr=0.05"], out=tmp_path / "sw")
-    assert [(t.recipe.optim["name"], t.recipe.optim["lr"]) for t in sweep.trials] == [("sgd", 0.05), ("adam", 0.05)]
+    assert [(t.recipe.optim["name"], t.recipe.optim["lr"]) for t in sweep.trials] == [
+        ("sgd", 0.05),
+        ("adam", 0.05),
+    ]
     swept = plan_sweep(recipe, ["optim.lr=0.2,0.3"], ["optim.lr=0.05"], out=tmp_path / "sw")
     assert [t.recipe.optim["lr"] for t in swept.trials] == [0.2, 0.3]  # the swept value wins
 
@@ -153,4 +171,3 @@ def site(tmp_path, monkeypatch):
         (info / "entry_points.txt").write_text(f"[clfkit.plugins]\n{dist} = {module}\n")
 
     return make
-

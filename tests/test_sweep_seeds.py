@@ -1,5 +1,6 @@
 """Sweeps over seeds: mean +- sd and a 95% interval per variant, Welch's verdict, the sweep
 report page with curves and per-class deltas, through the CLI."""
+
 from __future__ import annotations
 
 import csv
@@ -16,7 +17,12 @@ import pytest
 import yaml
 from conftest import TINY, invoke, refused, set_recorded_epochs, tiny_recipe
 
-SMALL = {"data__source__train_size": 96, "data__source__val_size": 32, "data__source__test_size": 32, "train__epochs": 2}
+SMALL = {
+    "data__source__train_size": 96,
+    "data__source__val_size": 32,
+    "data__source__test_size": 32,
+    "train__epochs": 2,
+}
 
 
 def _recipe(path, sweep=None):
@@ -45,8 +51,9 @@ def test_a_recipe_against_itself_is_within_noise(tmp_path):
 
 def test_seeds_flag_on_a_grid_gives_intervals_and_class_deltas(tmp_path):
     recipe = _recipe(tmp_path / "r.yaml")
-    code, out = invoke("sweep", recipe, "--grid", "optim.lr=1e-6,3e-3", "--seeds", "2", "--out", tmp_path / "sw",
-                       "--quiet")
+    code, out = invoke(
+        "sweep", recipe, "--grid", "optim.lr=1e-6,3e-3", "--seeds", "2", "--out", tmp_path / "sw", "--quiet"
+    )
     assert code == 0, out
     by_run = {r["run"]: r for r in csv.DictReader((tmp_path / "sw" / "sweep.csv").open())}
     assert set(by_run) == {f"lr={lr},seed={s}" for lr in ("1e-6", "3e-3") for s in (0, 1)}
@@ -67,7 +74,9 @@ def test_statistics():
     from clfkit.studies.sweep.seeds import mean_sd_ci, welch_p
 
     s = mean_sd_ci([1.0, 2.0, 3.0])
-    assert s["mean"] == 2 and s["sd"] == 1 and s["ci_high"] == pytest.approx(2 + 4.3027 / math.sqrt(3), abs=1e-4)
+    assert (
+        s["mean"] == 2 and s["sd"] == 1 and s["ci_high"] == pytest.approx(2 + 4.3027 / math.sqrt(3), abs=1e-4)
+    )
     assert mean_sd_ci([0.5])["sd"] is None and mean_sd_ci([])["mean"] is None
     assert welch_p([0.5, 0.5], [0.5, 0.5]) == 1.0 and welch_p([0.5, 0.5], [0.7, 0.7]) == 0.0
     assert welch_p([0.1, 0.2, 0.15], [0.8, 0.9, 0.85]) < 0.05
@@ -75,7 +84,11 @@ def test_statistics():
 
 
 def test_bad_seed_settings_are_refused(tmp_path):
-    refused(["sweep.seeds", "whole number"], "sweep", _recipe(tmp_path / "a.yaml", {"seeds": "three", "optim.lr": [1e-3]}))
+    refused(
+        ["sweep.seeds", "whole number"],
+        "sweep",
+        _recipe(tmp_path / "a.yaml", {"seeds": "three", "optim.lr": [1e-3]}),
+    )
     refused(["sweep.seeds"], "sweep", _recipe(tmp_path / "b.yaml", {"seeds": 0}))
     refused(["--seeds", "seed"], "sweep", _recipe(tmp_path / "c.yaml"), "--grid", "seed=1,2", "--seeds", "2")
     code, out = invoke("sweep", _recipe(tmp_path / "d.yaml"), "--seeds", "0")
@@ -87,25 +100,69 @@ def test_bad_seed_settings_are_refused(tmp_path):
 def test_a_sweep_too_big_to_plan_is_refused_at_once(tmp_path):
     recipe = _recipe(tmp_path / "r.yaml")
     t0 = time.perf_counter()
-    refused(["100,000,000 runs", "at most 1,000"], "sweep", recipe, "--seeds", "100000000", "--out", tmp_path / "sw")
+    refused(
+        ["100,000,000 runs", "at most 1,000"],
+        "sweep",
+        recipe,
+        "--seeds",
+        "100000000",
+        "--out",
+        tmp_path / "sw",
+    )
     assert time.perf_counter() - t0 < 10  # was: planning for hours
     many = ",".join(f"{i}e-4" for i in range(1, 41))
-    refused(["40 optim.lr values x 30 train.batch_size values", "1,200 runs", "1,000"], "sweep", recipe,
-            "--grid", f"optim.lr={many}", "--grid", f"train.batch_size={','.join(map(str, range(1, 31)))}",
-            "--out", tmp_path / "sw")
-    refused(["5,000 runs"], "sweep", _recipe(tmp_path / "f.yaml", {"seeds": 2500, "optim.lr": [1e-3, 2e-3]}),
-            "--out", tmp_path / "sw")
-    refused(["2,000 values of --grid optim.lr"], "sweep", recipe, "--grid",
-            "optim.lr=" + ",".join(str(i) for i in range(2000)), "--out", tmp_path / "sw")
+    refused(
+        ["40 optim.lr values x 30 train.batch_size values", "1,200 runs", "1,000"],
+        "sweep",
+        recipe,
+        "--grid",
+        f"optim.lr={many}",
+        "--grid",
+        f"train.batch_size={','.join(map(str, range(1, 31)))}",
+        "--out",
+        tmp_path / "sw",
+    )
+    refused(
+        ["5,000 runs"],
+        "sweep",
+        _recipe(tmp_path / "f.yaml", {"seeds": 2500, "optim.lr": [1e-3, 2e-3]}),
+        "--out",
+        tmp_path / "sw",
+    )
+    refused(
+        ["2,000 values of --grid optim.lr"],
+        "sweep",
+        recipe,
+        "--grid",
+        "optim.lr=" + ",".join(str(i) for i in range(2000)),
+        "--out",
+        tmp_path / "sw",
+    )
     assert not (tmp_path / "sw").exists()
 
 
 def test_seeds_outside_the_valid_range_say_the_range(tmp_path):
     recipe = _recipe(tmp_path / "r.yaml")
-    refused(["--seeds 3", "4294967295 to 4294967297", "0 to 4294967295"], "sweep", recipe,
-            "--set", "seed=4294967295", "--seeds", "3", "--out", tmp_path / "sw")
-    refused(["seed: -1 is outside the valid seed range", "0 to 4294967295"], "sweep", recipe,
-            "--grid", "seed=0,-1", "--out", tmp_path / "sw")
+    refused(
+        ["--seeds 3", "4294967295 to 4294967297", "0 to 4294967295"],
+        "sweep",
+        recipe,
+        "--set",
+        "seed=4294967295",
+        "--seeds",
+        "3",
+        "--out",
+        tmp_path / "sw",
+    )
+    refused(
+        ["seed: -1 is outside the valid seed range", "0 to 4294967295"],
+        "sweep",
+        recipe,
+        "--grid",
+        "seed=0,-1",
+        "--out",
+        tmp_path / "sw",
+    )
     refused(["seed: 4294967296 is outside the valid seed range"], "train", recipe, "--set", "seed=4294967296")
     refused(["seed: -3 is outside the valid seed range"], "lr-find", recipe, "--set", "seed=-3")
     assert not (tmp_path / "sw").exists()
@@ -137,15 +194,24 @@ def test_run_links_are_percent_encoded(tmp_path):
         (tmp_path / n / "report.html").write_text("<html></html>")
     page = write_folder_report(tmp_path, "t", "i", [{"run": n} for n in names], []).read_text()
     hrefs = re.findall(r'href="([^"]+)"', page)
-    assert hrefs == ["a%20b/report.html", "x%231/report.html", "50%25/report.html", "%C3%A9t%C3%A9/report.html",
-                     "q%3F=1,+/report.html"]
+    assert hrefs == [
+        "a%20b/report.html",
+        "x%231/report.html",
+        "50%25/report.html",
+        "%C3%A9t%C3%A9/report.html",
+        "q%3F=1,+/report.html",
+    ]
     assert all((tmp_path / unquote(h)).is_file() for h in hrefs)
 
 
 # --------------------------------------------------------------------------- Ctrl-C
-SLOW = {**TINY, "name": "slow", "model": {"name": "mlp", "hidden": [64]},
-        "data": {**TINY["data"], "source": {**TINY["data"]["source"], "train_size": 128}},
-        "train": {"epochs": 500, "batch_size": 16}}
+SLOW = {
+    **TINY,
+    "name": "slow",
+    "model": {"name": "mlp", "hidden": [64]},
+    "data": {**TINY["data"], "source": {**TINY["data"]["source"], "train_size": 128}},
+    "train": {"epochs": 500, "batch_size": 16},
+}
 
 
 def test_ctrl_c_stops_a_parallel_seed_sweep_and_a_rerun_continues(tmp_path):
@@ -157,10 +223,27 @@ def test_ctrl_c_stops_a_parallel_seed_sweep_and_a_rerun_continues(tmp_path):
     recipe = tmp_path / "slow.yaml"
     recipe.write_text(yaml.safe_dump(SLOW))
     out = tmp_path / "sw"
-    args = ["sweep", str(recipe), "--out", str(out), "--seeds", "2", "--grid", "optim.lr=0.01,0.02", "--quiet"]
+    args = [
+        "sweep",
+        str(recipe),
+        "--out",
+        str(out),
+        "--seeds",
+        "2",
+        "--grid",
+        "optim.lr=0.01,0.02",
+        "--quiet",
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "CLFKIT_PLUGINS": "none"}
-    proc = subprocess.Popen([sys.executable, "-m", "clfkit", *args, "--jobs", "2"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clfkit", *args, "--jobs", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
     deadline = time.time() + 150
     while not list(out.glob("*/last.pt")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)  # until a run has trained an epoch
@@ -193,7 +276,9 @@ def test_tables_of_a_sweep_with_no_finished_run_leave_no_earlier_figure(tmp_path
     assert sorted(p.name for p in sweep.removed) == ["compare.png", "seeds.md"]
     assert (sweep.out / "notes.md").read_text() == "earlier"  # not a file the sweep writes: kept
     page = (sweep.out / "report.html").read_text()
-    assert "compare.png not written" in page and 'alt="compare.png"' not in page  # was: the earlier figure inlined
+    assert (
+        "compare.png not written" in page and 'alt="compare.png"' not in page
+    )  # was: the earlier figure inlined
 
 
 def test_a_grid_tune_too_big_to_walk_is_refused_at_once(tmp_path):
@@ -201,10 +286,32 @@ def test_a_grid_tune_too_big_to_walk_is_refused_at_once(tmp_path):
     pytest.importorskip("optuna")
     recipe = _recipe(tmp_path / "r.yaml")
     many = ",".join(str(i) for i in range(1, 300))
-    refused(["357,604 combinations", "at most 1,000 of at most 100,000"], "tune", recipe, "--sampler", "grid",
-            "--space", f"train.batch_size=choice({many})", "--space",
-            f"optim.lr=choice({','.join(str(i / 1000) for i in range(1, 300))})", "--space",
-            "model.head_dropout=choice(0,0.1,0.2,0.3)", "--out", tmp_path / "tu")
-    refused(["1,196 combinations", "--trials 1000 or fewer"], "tune", recipe, "--sampler", "grid", "--space",
-            f"train.batch_size=choice({many})", "--space", "optim.lr=choice(0.1,0.2,0.3,0.4)", "--out", tmp_path / "tu")
+    refused(
+        ["357,604 combinations", "at most 1,000 of at most 100,000"],
+        "tune",
+        recipe,
+        "--sampler",
+        "grid",
+        "--space",
+        f"train.batch_size=choice({many})",
+        "--space",
+        f"optim.lr=choice({','.join(str(i / 1000) for i in range(1, 300))})",
+        "--space",
+        "model.head_dropout=choice(0,0.1,0.2,0.3)",
+        "--out",
+        tmp_path / "tu",
+    )
+    refused(
+        ["1,196 combinations", "--trials 1000 or fewer"],
+        "tune",
+        recipe,
+        "--sampler",
+        "grid",
+        "--space",
+        f"train.batch_size=choice({many})",
+        "--space",
+        "optim.lr=choice(0.1,0.2,0.3,0.4)",
+        "--out",
+        tmp_path / "tu",
+    )
     assert not (tmp_path / "tu").exists()

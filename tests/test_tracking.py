@@ -1,4 +1,5 @@
 """MLflow tracking against a real local store, read back through the MLflow API."""
+
 from __future__ import annotations
 
 import sys
@@ -9,8 +10,17 @@ from conftest import new_experiment, tiny_recipe
 
 
 def _small(**changes):
-    small = {"train__epochs": 2, "train__track": ["mlflow"],
-             "data__source": {"name": "shapes", "num_classes": 4, "train_size": 96, "val_size": 32, "test_size": 32}}
+    small = {
+        "train__epochs": 2,
+        "train__track": ["mlflow"],
+        "data__source": {
+            "name": "shapes",
+            "num_classes": 4,
+            "train_size": 96,
+            "val_size": 32,
+            "test_size": 32,
+        },
+    }
     return tiny_recipe(**{**small, **changes})
 
 
@@ -64,7 +74,11 @@ def test_run_is_logged_with_params_metric_history_and_artifacts(tmp_path, store,
     history = store.get_metric_history(run.info.run_id, "val_acc")
     assert [m.step for m in history] == [1, 2]
     assert [m.value for m in history] == pytest.approx(
-        [r["val_acc"] for r in __import__("clfkit.run.reader", fromlist=["read_history"]).read_history(res.run_dir)])
+        [
+            r["val_acc"]
+            for r in __import__("clfkit.run.reader", fromlist=["read_history"]).read_history(res.run_dir)
+        ]
+    )
     assert run.data.metrics["test_acc"] == pytest.approx(res.summary["test_acc"])
     artifacts = {a.path for a in store.list_artifacts(run.info.run_id)}
     assert {"summary.json", "curves.png", "confusion.png", "report.html", "recipe.yaml"} <= artifacts
@@ -115,8 +129,9 @@ def test_cli_track_option_adds_mlflow(tmp_path, store):
     data["train"]["track"] = ["tensorboard"]
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(data))
-    res = CliRunner().invoke(cli, ["train", str(recipe), "--out", str(tmp_path / "runs"), "--quiet",
-                                   "--track", "mlflow"])
+    res = CliRunner().invoke(
+        cli, ["train", str(recipe), "--out", str(tmp_path / "runs"), "--quiet", "--track", "mlflow"]
+    )
     assert res.exit_code == 0, res.output
     (run,) = store.search_runs([exp])
     assert run.data.params["train.track.1"] == "mlflow"
@@ -133,15 +148,18 @@ def test_tune_is_a_parent_run_with_a_child_run_per_trial(tmp_path, store):
     exp = _experiment(store, tmp_path)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(_small(train__epochs=2, train__track=["mlflow"]).to_dict()))
-    res = run_tune(plan_tune(recipe, ["optim.lr=loguniform(1e-4,1e-2)"], trials=2, out=tmp_path / "tune",
-                             pruner="none"), log=lambda s: None)
+    res = run_tune(
+        plan_tune(recipe, ["optim.lr=loguniform(1e-4,1e-2)"], trials=2, out=tmp_path / "tune", pruner="none"),
+        log=lambda s: None,
+    )
     runs = store.search_runs([exp])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(children) == 2 == len(res.rows)
     assert sorted(float(r.data.params["optim.lr"]) for r in children) == pytest.approx(
-        sorted(row["optim.lr"] for row in res.rows))
+        sorted(row["optim.lr"] for row in res.rows)
+    )
     for child in children:
         assert len(store.get_metric_history(child.info.run_id, "val_acc")) == 2
 
@@ -169,7 +187,9 @@ def test_a_store_failing_during_the_run_does_not_end_it(tmp_path, store, monkeyp
     with pytest.warns(TrackingWarning) as caught:
         res = train(_small(train__epochs=3), tmp_path / "runs", quiet=True)
     messages = [str(w.message) for w in caught]
-    assert any("logging epoch 1" in m and "store restarting" in m and "training goes on" in m for m in messages)
+    assert any(
+        "logging epoch 1" in m and "store restarting" in m and "training goes on" in m for m in messages
+    )
     assert any("works again at epoch 2" in m for m in messages)
     (run,) = store.search_runs([exp])
     assert run.info.status == "FINISHED"
@@ -202,8 +222,11 @@ def test_tensorboard_failing_during_the_run_does_not_end_it(tmp_path, monkeypatc
 
     monkeypatch.setattr(SummaryWriter, "flush", full)
     monkeypatch.setattr(SummaryWriter, "close", full)
-    with pytest.warns(TrackingWarning, match=r"TensorBoard: writing .*tensorboard failed at epoch 1 "
-                                             r"\(No space left on device\); training goes on") as caught:
+    with pytest.warns(
+        TrackingWarning,
+        match=r"TensorBoard: writing .*tensorboard failed at epoch 1 "
+        r"\(No space left on device\); training goes on",
+    ) as caught:
         res = train(_small(train__epochs=2, train__track=["tensorboard"]), tmp_path / "runs", quiet=True)
     assert res.summary["epochs_run"] == 2
     assert sum("TensorBoard" in str(w.message) for w in caught) == 1  # said once, then off

@@ -1,6 +1,7 @@
 """Issue 16's loose ends: an export logged into the MLflow run that trained it, one warning per
 bad metrics.jsonl (also from `clfkit report`), `clfkit eval` rebuilding report.html, and a
 duplicated YAML key reported at its dotted path."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,17 @@ def mlflow_run(mlflow_store, tmp_path_factory):
         mp.setenv("MLFLOW_EXPERIMENT_NAME", "clfkit-export")
         client = MlflowClient(mlflow_store)
         new_experiment(client, "clfkit-export", tmp)
-        recipe = tiny_recipe(train__epochs=1, train__track=["mlflow"], data__source={
-            "name": "shapes", "num_classes": 4, "train_size": 64, "val_size": 32, "test_size": 32})
+        recipe = tiny_recipe(
+            train__epochs=1,
+            train__track=["mlflow"],
+            data__source={
+                "name": "shapes",
+                "num_classes": 4,
+                "train_size": 64,
+                "val_size": 32,
+                "test_size": 32,
+            },
+        )
         res = train(recipe, tmp / "runs", quiet=True)
     return res.run_dir, client, tmp
 
@@ -109,7 +119,10 @@ def test_cli_export_warns_in_one_line_and_exits_0_without_mlflow(mlflow_run, tmp
 
 
 # --------------------------------------------------------------------------- metrics.jsonl readers
-GOOD = [{"epoch": e, "train_acc": 0.5, "train_loss": 1.0, "val_acc": 0.4 + e / 10, "val_loss": 1.0} for e in (1, 2)]
+GOOD = [
+    {"epoch": e, "train_acc": 0.5, "train_loss": 1.0, "val_acc": 0.4 + e / 10, "val_loss": 1.0}
+    for e in (1, 2)
+]
 
 
 def _run_with_lines(tmp_path, *lines: str):
@@ -141,7 +154,11 @@ def test_bad_lines_warn_once_per_file_with_every_line_number(tmp_path):
         write_metrics_csv(run)
     assert len(caught) == 1, [str(w.message) for w in caught]
     message = str(caught[0].message)
-    assert "line 2: a JSON list" in message and "line 4: 'epoch' is 0" in message and "2 lines skipped" in message
+    assert (
+        "line 2: a JSON list" in message
+        and "line 4: 'epoch' is 0" in message
+        and "2 lines skipped" in message
+    )
     assert (run / "metrics.csv").read_text().count("\n") == 3  # header + the two good rows
 
 
@@ -150,10 +167,13 @@ def test_no_metrics_reader_parses_the_file_itself():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    offenders = [str(p.relative_to(root)) for folder in ("clfkit", "bench", "plugins")
-                 for p in (root / folder).rglob("*.py")
-                 if "metrics.jsonl\").read_text" in p.read_text(encoding="utf-8")
-                 or "metrics.jsonl').read_text" in p.read_text(encoding="utf-8")]
+    offenders = [
+        str(p.relative_to(root))
+        for folder in ("clfkit", "bench", "plugins")
+        for p in (root / folder).rglob("*.py")
+        if 'metrics.jsonl").read_text' in p.read_text(encoding="utf-8")
+        or "metrics.jsonl').read_text" in p.read_text(encoding="utf-8")
+    ]
     assert offenders == []
 
 
@@ -179,7 +199,14 @@ def test_eval_rebuilds_report_html(trained_run, tmp_path):
     result = json.loads((run / "eval_val.json").read_text())
     page = (run / "report.html").read_text()
     (row,) = _table_rows(page, "evals")
-    assert row[:6] == ["eval_val.json", "val", "none", "last.pt", f"{result['acc']:.4f}", f"{result['loss']:.4f}"]
+    assert row[:6] == [
+        "eval_val.json",
+        "val",
+        "none",
+        "last.pt",
+        f"{result['acc']:.4f}",
+        f"{result['loss']:.4f}",
+    ]
     assert "errors of last.pt on the val split" in page  # mistakes.json rewritten too
     assert json.loads((run / "mistakes.json").read_text())["split"] == "val"
     per_class = _table_rows(page, "per-class")  # per_class.csv: the val split now
@@ -189,21 +216,29 @@ def test_eval_rebuilds_report_html(trained_run, tmp_path):
     assert code == 0, text
     flip = json.loads((run / "eval_val_tta-flip.json").read_text())
     rows = _table_rows((run / "report.html").read_text(), "evals")
-    assert [r[:5] for r in rows] == [["eval_val.json", "val", "none", "last.pt", f"{result['acc']:.4f}"],
-                                    ["eval_val_tta-flip.json", "val", "flip", "best.pt", f"{flip['acc']:.4f}"]]
+    assert [r[:5] for r in rows] == [
+        ["eval_val.json", "val", "none", "last.pt", f"{result['acc']:.4f}"],
+        ["eval_val_tta-flip.json", "val", "flip", "best.pt", f"{flip['acc']:.4f}"],
+    ]
     assert "errors of last.pt on the val split" in (run / "report.html").read_text()  # flip leaves them
 
 
 # --------------------------------------------------------------------------- duplicate YAML keys
-@pytest.mark.parametrize("text,path,lines", [
-    ("name: a\nname: b\n", "name", (1, 2)),
-    ("optim:\n  name: sgd\n  lr: 0.1\n  lr: 0.2\n", "optim.lr", (3, 4)),
-    ("data:\n  source:\n    name: shapes\n    name: folder\n", "data.source.name", (3, 4)),
-    ("data:\n  augment:\n    - name: HorizontalFlip\n    - name: PadCrop\n      padding: 2\n      padding: 4\n",
-     "data.augment.1.padding", (5, 6)),
-    ("sweep:\n  variants:\n    - [1, {lr: 1, lr: 2}]\n", "sweep.variants.0.1.lr", (3, (12, 19))),
-    ("base: &b {lr: 1, lr: 2}\noptim: *b\n", "base.lr", (1, (11, 18))),
-])
+@pytest.mark.parametrize(
+    "text,path,lines",
+    [
+        ("name: a\nname: b\n", "name", (1, 2)),
+        ("optim:\n  name: sgd\n  lr: 0.1\n  lr: 0.2\n", "optim.lr", (3, 4)),
+        ("data:\n  source:\n    name: shapes\n    name: folder\n", "data.source.name", (3, 4)),
+        (
+            "data:\n  augment:\n    - name: HorizontalFlip\n    - name: PadCrop\n      padding: 2\n      padding: 4\n",
+            "data.augment.1.padding",
+            (5, 6),
+        ),
+        ("sweep:\n  variants:\n    - [1, {lr: 1, lr: 2}]\n", "sweep.variants.0.1.lr", (3, (12, 19))),
+        ("base: &b {lr: 1, lr: 2}\noptim: *b\n", "base.lr", (1, (11, 18))),
+    ],
+)
 def test_duplicate_key_is_reported_at_its_dotted_path(tmp_path, text, path, lines):
     from clfkit.errors import RecipeError
     from clfkit.recipe import read_yaml
@@ -215,8 +250,11 @@ def test_duplicate_key_is_reported_at_its_dotted_path(tmp_path, text, path, line
     ((where, message),) = err.value.problems
     key = path.rsplit(".", 1)[-1]
     line, other = lines  # other: the second line, or the two columns when both are on one line
-    where_text = (f"on line {line} (columns {other[0]} and {other[1]})" if isinstance(other, tuple)
-                  else f"on line {line} and on line {other}")
+    where_text = (
+        f"on line {line} (columns {other[0]} and {other[1]})"
+        if isinstance(other, tuple)
+        else f"on line {line} and on line {other}"
+    )
     assert where == path and f"key {key!r} is given twice, {where_text}" in message, message
     code, out = invoke("recipe", "check", file)
     assert code == 2 and f"  {path}: key {key!r} is given twice" in out and "<root>" not in out, out

@@ -2,6 +2,7 @@
 an http store nothing listens on, a deleted experiment, a store that fails: each refused
 before any run folder exists; an edited tracking.json on resume is named.
 """
+
 from __future__ import annotations
 
 import socket
@@ -45,8 +46,16 @@ def test_a_file_named_mlruns_in_the_working_folder_is_a_clear_error(recipe_file,
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "mlruns").write_text("notes\n")
-    refused(["mlruns", "MLFLOW_TRACKING_URI", "remove mlflow from train.track"],
-            "train", recipe_file, "--track", "mlflow", "--out", tmp_path / "runs", "--quiet")
+    refused(
+        ["mlruns", "MLFLOW_TRACKING_URI", "remove mlflow from train.track"],
+        "train",
+        recipe_file,
+        "--track",
+        "mlflow",
+        "--out",
+        tmp_path / "runs",
+        "--quiet",
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlruns"]
 
 
@@ -61,39 +70,74 @@ def test_an_http_store_nothing_listens_on_fails_in_seconds(recipe_file, tmp_path
     pytest.importorskip("mlflow")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_closed_port()}")
     t0 = time.perf_counter()
-    refused(["cannot be used", "MLFLOW_TRACKING_URI"], "train", recipe_file, "--track", "mlflow",
-            "--out", tmp_path / "runs", "--quiet", max_lines=None)
+    refused(
+        ["cannot be used", "MLFLOW_TRACKING_URI"],
+        "train",
+        recipe_file,
+        "--track",
+        "mlflow",
+        "--out",
+        tmp_path / "runs",
+        "--quiet",
+        max_lines=None,
+    )
     assert time.perf_counter() - t0 < 60
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("command", [
-    ["tune", "--space", "optim.lr=choice(0.1,0.01)", "--sampler", "grid"],
-    ["sweep", "--grid", "optim.lr=0.1,0.01"],
-])
-def test_tune_and_sweep_refuse_a_store_that_cannot_be_used_before_their_folder(recipe_file, tmp_path,
-                                                                               monkeypatch, command):
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["tune", "--space", "optim.lr=choice(0.1,0.01)", "--sampler", "grid"],
+        ["sweep", "--grid", "optim.lr=0.1,0.01"],
+    ],
+)
+def test_tune_and_sweep_refuse_a_store_that_cannot_be_used_before_their_folder(
+    recipe_file, tmp_path, monkeypatch, command
+):
     """A tune or sweep tracking to a store MLflow refuses died with MLflow's traceback, after
     writing study.db or sweep.json; now it is refused as `clfkit train` refuses it."""
     pytest.importorskip("mlflow")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", str(recipe_file))  # a plain file: MLflow's refused file store
     out = tmp_path / "study"
-    refused(["cannot be used", "sqlite:///", "MLFLOW_TRACKING_URI"], command[0], recipe_file, *command[1:],
-            "--set", "train.track=[mlflow]", "--out", out, max_lines=None)
+    refused(
+        ["cannot be used", "sqlite:///", "MLFLOW_TRACKING_URI"],
+        command[0],
+        recipe_file,
+        *command[1:],
+        "--set",
+        "train.track=[mlflow]",
+        "--out",
+        out,
+        max_lines=None,
+    )
     assert not out.exists()
 
 
-def test_a_deleted_experiment_is_refused_before_the_run_folder(recipe_file, tmp_path, monkeypatch, mlflow_store):
+def test_a_deleted_experiment_is_refused_before_the_run_folder(
+    recipe_file, tmp_path, monkeypatch, mlflow_store
+):
     """The experiment deleted in MLflow (to clean up, say): every tracked run died with
     MLflow's 'must be in the active state' traceback, leaving a half-made run folder."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(mlflow_store)
-    client.delete_experiment(client.create_experiment("rt19-deleted", artifact_location=(tmp_path / "a").as_uri()))
+    client.delete_experiment(
+        client.create_experiment("rt19-deleted", artifact_location=(tmp_path / "a").as_uri())
+    )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "rt19-deleted")
-    refused(["'rt19-deleted'", "was deleted", "restore_experiment", "MLFLOW_EXPERIMENT_NAME"], "train", recipe_file,
-            "--track", "mlflow", "--out", tmp_path / "runs", "--quiet", max_lines=None)
+    refused(
+        ["'rt19-deleted'", "was deleted", "restore_experiment", "MLFLOW_EXPERIMENT_NAME"],
+        "train",
+        recipe_file,
+        "--track",
+        "mlflow",
+        "--out",
+        tmp_path / "runs",
+        "--quiet",
+        max_lines=None,
+    )
     assert not (tmp_path / "runs").exists()
 
 
@@ -127,7 +171,21 @@ def test_a_tracking_store_that_fails_is_refused_before_the_run_folder(tmp_path, 
 
     monkeypatch.setattr(mlflow_tracking, "_client_and_experiment", store_down)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
-    refused(["train.track", "mlflow", "tracking store", str(tmp_path / "mlruns"), "maintenance mode",
-             "MLFLOW_TRACKING_URI"],
-            "train", _recipe_file(tmp_path), "--track", "mlflow", "--out", tmp_path / "runs", "--quiet")
+    refused(
+        [
+            "train.track",
+            "mlflow",
+            "tracking store",
+            str(tmp_path / "mlruns"),
+            "maintenance mode",
+            "MLFLOW_TRACKING_URI",
+        ],
+        "train",
+        _recipe_file(tmp_path),
+        "--track",
+        "mlflow",
+        "--out",
+        tmp_path / "runs",
+        "--quiet",
+    )
     assert not (tmp_path / "runs").exists()

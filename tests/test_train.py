@@ -1,4 +1,5 @@
 """The trainer end to end on CPU: learns, writes the run folder, checkpoints load safely."""
+
 from __future__ import annotations
 
 import json
@@ -75,8 +76,9 @@ def test_not_a_checkpoint(tmp_path):
 
 
 def test_runs_never_overwrite(tmp_path):
-    r = tiny_recipe(train__epochs=1, data__source__train_size=64, data__source__val_size=16,
-                    data__source__test_size=0)
+    r = tiny_recipe(
+        train__epochs=1, data__source__train_size=64, data__source__val_size=16, data__source__test_size=0
+    )
     a = train(r, tmp_path, quiet=True).run_dir
     b = train(r, tmp_path, quiet=True).run_dir
     assert a.name == "tiny" and b.name == "tiny-2"
@@ -112,8 +114,9 @@ def test_softmax_model_warns(tmp_path):
 
     @registry.register("model", "_softmax_linear")
     def _softmax_linear(num_classes: int, in_chans: int, image_size: tuple) -> nn.Module:
-        return nn.Sequential(nn.Flatten(), nn.Linear(in_chans * image_size[0] * image_size[1], num_classes),
-                             nn.Softmax(dim=1))
+        return nn.Sequential(
+            nn.Flatten(), nn.Linear(in_chans * image_size[0] * image_size[1], num_classes), nn.Softmax(dim=1)
+        )
 
     try:
         r = tiny_recipe(model={"name": "_softmax_linear"}, train__epochs=1)
@@ -123,7 +126,9 @@ def test_softmax_model_warns(tmp_path):
         registry.REGISTRY.remove("model", "_softmax_linear")
 
 
-@pytest.mark.parametrize("n,batch_size,drop_last", [(10, 4, False), (10, 4, True), (3, 4, True), (8, 4, True)])
+@pytest.mark.parametrize(
+    "n,batch_size,drop_last", [(10, 4, False), (10, 4, True), (3, 4, True), (8, 4, True)]
+)
 @pytest.mark.parametrize("per_image", [False, True], ids=["in-memory", "per-image"])
 def test_both_batch_paths_yield_the_scheduled_batches(n, batch_size, drop_last, per_image):
     """The schedule counts num_batches() steps per epoch; both batch paths must yield exactly those
@@ -133,12 +138,35 @@ def test_both_batch_paths_yield_the_scheduled_batches(n, batch_size, drop_last, 
 
     data = ImageSet(torch.zeros(n, 1, 2, 2, dtype=torch.uint8), torch.arange(n))
     identity = [lambda image: {"image": image}] if per_image else []
-    sizes = [len(y) for _, y in train_batches(data, batch_size, 0, 0, drop_last=drop_last, device=torch.device("cpu"),
-                                              per_image=identity, workers=0)]
+    sizes = [
+        len(y)
+        for _, y in train_batches(
+            data,
+            batch_size,
+            0,
+            0,
+            drop_last=drop_last,
+            device=torch.device("cpu"),
+            per_image=identity,
+            workers=0,
+        )
+    ]
     assert len(sizes) == num_batches(n, batch_size, drop_last)
     assert sum(sizes) == (n if not drop_last or n < batch_size else n - n % batch_size)
-    resumed = [len(y) for _, y in train_batches(data, batch_size, 0, 0, drop_last=drop_last, device=torch.device("cpu"),
-                                                per_image=identity, workers=0, start_batch=1)]
+    resumed = [
+        len(y)
+        for _, y in train_batches(
+            data,
+            batch_size,
+            0,
+            0,
+            drop_last=drop_last,
+            device=torch.device("cpu"),
+            per_image=identity,
+            workers=0,
+            start_batch=1,
+        )
+    ]
     assert resumed == sizes[1:]
 
 
@@ -149,9 +177,15 @@ def test_run_log_names_the_data_path():
     from clfkit.train.prepare import _data_path
 
     names: dict = {}
-    per_image, batched = build_augmentations(tiny_recipe(data__augment=["HorizontalFlip", {"name": "ColorJitter"}]), names)
+    per_image, batched = build_augmentations(
+        tiny_recipe(data__augment=["HorizontalFlip", {"name": "ColorJitter"}]), names
+    )
     assert len(per_image) == 1 and len(batched) == 1
     gpu = Runtime(torch.device("cuda"), "bf16", True)
     line = _data_path(names, gpu, workers=4)
-    assert "host memory" in line and "4 loader worker(s): ColorJitter" in line and "on cuda: HorizontalFlip" in line
+    assert (
+        "host memory" in line
+        and "4 loader worker(s): ColorJitter" in line
+        and "on cuda: HorizontalFlip" in line
+    )
     assert "in cuda memory" in _data_path({"batched": ["HorizontalFlip"]}, gpu, workers=4)

@@ -1,4 +1,5 @@
 """clfkit tune: a 6-trial Optuna study on tiny data, with pruning, continued when re-run."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,8 +14,12 @@ optuna = pytest.importorskip("optuna")
 def recipe_file(tmp_path_factory):
     # 8 px images and an 8/16-channel CNN: the study's behaviour (pruning, tables, re-runs) is the
     # test, not the accuracy; seed 0 still prunes 4 of the 6 trials
-    data = tiny_recipe(train__epochs=4, train__batch_size=32, data__image_size=8,
-                       model__blocks=[{"channels": 8, "pool": "max"}, {"channels": 16, "pool": "max"}]).to_dict()
+    data = tiny_recipe(
+        train__epochs=4,
+        train__batch_size=32,
+        data__image_size=8,
+        model__blocks=[{"channels": 8, "pool": "max"}, {"channels": 16, "pool": "max"}],
+    ).to_dict()
     data["data"]["source"].update(train_size=128, val_size=64, test_size=32)
     path = tmp_path_factory.mktemp("tune") / "tiny.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -43,7 +48,15 @@ def test_six_trials_with_pruning(tuned):
     pruned = [r for r in res.rows if r["state"] == "pruned"]
     assert all(r["epochs_run"] < 4 for r in pruned)  # pruned trials stopped early
     assert all(r["epochs_run"] == 4 for r in res.rows if r["state"] == "complete")
-    for name in ("trials.csv", "trials.md", "best.yaml", "history.png", "importance.png", "report.html", "study.db"):
+    for name in (
+        "trials.csv",
+        "trials.md",
+        "best.yaml",
+        "history.png",
+        "importance.png",
+        "report.html",
+        "study.db",
+    ):
         assert (res.out / name).is_file(), name
     md = (res.out / "trials.md").read_text()
     assert f"{res.pruned} pruned" in md and "optim.lr" in md
@@ -82,16 +95,19 @@ def test_another_space_in_the_same_folder_is_refused(tuned):
         run_tune(other, log=lambda s: None)
 
 
-@pytest.mark.parametrize("space, message", [
-    ("optim.lrr=loguniform(1e-4,1e-1)", "did you mean 'lr'"),
-    ("train.epocs=int(1,3)", "did you mean 'epochs'"),
-    ("train.batch_size=choice(64,abc)", "batch_size"),
-    ("model.dropout=uniform(0,1.5)", "dropout"),
-    ("optim.lr=loguniform(0,1)", "low > 0"),
-    ("optim.lr=uniform(1)", "takes 2 values"),
-    ("optim.lr=normal(0,1)", "must be one of"),
-    ("optim lr=uniform(0,1)", "dotted.path"),
-])
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ("optim.lrr=loguniform(1e-4,1e-1)", "did you mean 'lr'"),
+        ("train.epocs=int(1,3)", "did you mean 'epochs'"),
+        ("train.batch_size=choice(64,abc)", "batch_size"),
+        ("model.dropout=uniform(0,1.5)", "dropout"),
+        ("optim.lr=loguniform(0,1)", "low > 0"),
+        ("optim.lr=uniform(1)", "takes 2 values"),
+        ("optim.lr=normal(0,1)", "must be one of"),
+        ("optim lr=uniform(0,1)", "dotted.path"),
+    ],
+)
 def test_space_is_validated_like_set(recipe_file, tmp_path, space, message):
     from clfkit.errors import ClfkitError
     from clfkit.studies.tune import plan_tune
@@ -106,8 +122,22 @@ def test_cli_tune(recipe_file, tmp_path):
 
     from clfkit.cli import cli
 
-    res = CliRunner().invoke(cli, ["tune", str(recipe_file), "--trials", "2", "--space", SPACES[0],
-                                   "--set", "train.epochs=1", "--out", str(tmp_path / "t"), "--quiet"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "tune",
+            str(recipe_file),
+            "--trials",
+            "2",
+            "--space",
+            SPACES[0],
+            "--set",
+            "train.epochs=1",
+            "--out",
+            str(tmp_path / "t"),
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "best: trial" in res.output and "best.yaml" in res.output
 
@@ -127,7 +157,10 @@ def test_jobs_run_trials_in_worker_processes_on_one_study(recipe_file, tmp_path)
     lrs = [r["optim.lr"] for r in res.rows]
     assert len(set(lrs)) == len(lrs)  # the workers' samplers have their own seeds
     lines = []
-    again = run_tune(plan_tune(recipe_file, SPACES[:1], trials=3, out=out, pruner="none", overrides=["train.epochs=1"]),
-                     jobs=2, log=lines.append)
+    again = run_tune(
+        plan_tune(recipe_file, SPACES[:1], trials=3, out=out, pruner="none", overrides=["train.epochs=1"]),
+        jobs=2,
+        log=lines.append,
+    )
     assert [r["trial"] for r in again.rows] == trials
     assert any("already done" in line for line in lines)

@@ -2,6 +2,7 @@
 on Ctrl-C to the group, SIGINT or SIGTERM to the tune process alone; a continued study on changed
 data is refused, a missing val split is found before the first trial, the --space order does not
 matter, and a continued study stays one MLflow parent run."""
+
 from __future__ import annotations
 
 import os
@@ -25,10 +26,17 @@ def _write(path: Path, data: dict) -> Path:
 
 
 # --------------------------------------------------------------------------- signals with --jobs 2
-SLOW = {**TINY, "name": "slow", "model": {"name": "mlp", "hidden": [32]},
-        "data": {**TINY["data"], "image_size": 8, "source": {**TINY["data"]["source"], "train_size": 128,
-                                                               "val_size": 32, "test_size": 16}},
-        "train": {"epochs": 500, "batch_size": 16}}
+SLOW = {
+    **TINY,
+    "name": "slow",
+    "model": {"name": "mlp", "hidden": [32]},
+    "data": {
+        **TINY["data"],
+        "image_size": 8,
+        "source": {**TINY["data"]["source"], "train_size": 128, "val_size": 32, "test_size": 16},
+    },
+    "train": {"epochs": 500, "batch_size": 16},
+}
 
 
 def _group_alive(pgid: int) -> list[str]:
@@ -53,10 +61,33 @@ def test_signal_stops_a_parallel_tune_cleanly(tmp_path, sig, code, group):
     recipe = _write(tmp_path / "slow.yaml", SLOW)
     out = tmp_path / "tune"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CLFKIT_PLUGINS": "none"}
-    cmd = [sys.executable, "-m", "clfkit", "tune", str(recipe), "--out", str(out), "--jobs", "2", "--trials", "4",
-           "--space", "optim.lr=loguniform(1e-3,1e-2)", "--pruner", "none", "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            cwd=tmp_path, start_new_session=True)  # its own group, whichever way it is signalled
+    cmd = [
+        sys.executable,
+        "-m",
+        "clfkit",
+        "tune",
+        str(recipe),
+        "--out",
+        str(out),
+        "--jobs",
+        "2",
+        "--trials",
+        "4",
+        "--space",
+        "optim.lr=loguniform(1e-3,1e-2)",
+        "--pruner",
+        "none",
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,
+    )  # its own group, whichever way it is signalled
     deadline = time.time() + 150
     while not list(out.glob("trials/*/last.pt")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)  # until a trial has trained an epoch (the other worker may still be starting)
@@ -79,10 +110,18 @@ def test_signal_stops_a_parallel_tune_cleanly(tmp_path, sig, code, group):
 # --------------------------------------------------------------------------- changes between runs
 def _folder_recipe(tmp_path: Path, **data_changes) -> Path:
     root = write_image_folder(tmp_path / "data", per_class=6, size=8)
-    data = {**TINY, "name": "ftune", "model": {"name": "mlp", "hidden": [8]},
-            "data": {"source": {"name": "folder", "root": str(root)}, "image_size": 8, "val_fraction": 0.34,
-                     **data_changes},
-            "train": {"epochs": 1, "batch_size": 4}}
+    data = {
+        **TINY,
+        "name": "ftune",
+        "model": {"name": "mlp", "hidden": [8]},
+        "data": {
+            "source": {"name": "folder", "root": str(root)},
+            "image_size": 8,
+            "val_fraction": 0.34,
+            **data_changes,
+        },
+        "train": {"epochs": 1, "batch_size": 4},
+    }
     return _write(tmp_path / "f.yaml", data)
 
 
@@ -96,10 +135,23 @@ def test_a_study_on_changed_data_is_refused(tmp_path):
     assert _tune(recipe, out, 1)[0] == 0
     extra = tmp_path / "data" / "train" / "cat" / "cat_0.png"
     extra.write_bytes(extra.read_bytes() + b"\0")  # one file's content: same name, another size
-    (tmp_path / "data" / "train" / "dog" / "new.png").write_bytes((tmp_path / "data/train/dog/dog_0.png").read_bytes())
-    msg = refused(["changed since it began", "1 file(s) added", "1 file(s) changed", "another --out"],
-                  "tune", recipe, "--out", out, "--trials", 2, "--pruner", "none", "--quiet",
-                  "--space", "optim.lr=loguniform(1e-3,1e-2)")
+    (tmp_path / "data" / "train" / "dog" / "new.png").write_bytes(
+        (tmp_path / "data/train/dog/dog_0.png").read_bytes()
+    )
+    msg = refused(
+        ["changed since it began", "1 file(s) added", "1 file(s) changed", "another --out"],
+        "tune",
+        recipe,
+        "--out",
+        out,
+        "--trials",
+        2,
+        "--pruner",
+        "none",
+        "--quiet",
+        "--space",
+        "optim.lr=loguniform(1e-3,1e-2)",
+    )
     assert str(tmp_path / "data") in msg
     assert [p.name for p in (out / "trials").iterdir()] == ["trial-000"]  # no trial ran
     (tmp_path / "data" / "train" / "dog" / "new.png").unlink()
@@ -113,8 +165,17 @@ def test_no_val_split_is_refused_before_the_first_trial(tmp_path, space):
     recipe, out = _folder_recipe(tmp_path, val_fraction=0.0 if space is None else 0.3), tmp_path / "t"
     spaces = ("optim.lr=loguniform(1e-3,1e-2)",) + ((space,) if space else ())
     words = [w for s in spaces for w in ("--space", s)]
-    refused(["val accuracy", "data.val_fraction", "val/ folder", "No trial was run"],
-            "tune", recipe, "--out", out, "--trials", 2, "--quiet", *words)
+    refused(
+        ["val accuracy", "data.val_fraction", "val/ folder", "No trial was run"],
+        "tune",
+        recipe,
+        "--out",
+        out,
+        "--trials",
+        2,
+        "--quiet",
+        *words,
+    )
     assert not (out / "trials").exists()
 
 

@@ -1,4 +1,5 @@
 """clfkit tune --sampler (tpe | grid | random) and where pruning starts."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,8 +14,12 @@ GRID = ["optim.lr=choice(1e-3,3e-2)", "model.dropout=choice(0,0.3)"]
 
 @pytest.fixture(scope="module")
 def recipe_file(tmp_path_factory):
-    data = tiny_recipe(train__epochs=2, train__batch_size=32, data__image_size=8,
-                       model__blocks=[{"channels": 8, "pool": "max"}]).to_dict()
+    data = tiny_recipe(
+        train__epochs=2,
+        train__batch_size=32,
+        data__image_size=8,
+        model__blocks=[{"channels": 8, "pool": "max"}],
+    ).to_dict()
     data["data"]["source"].update(train_size=96, val_size=32, test_size=16)
     path = tmp_path_factory.mktemp("tune_sampler") / "tiny.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -35,7 +40,9 @@ def test_pruners_are_scaled_to_the_run(recipe_file, tmp_path):
     assert setup.epochs == 9 and setup.pruner == "quartile"
     quartile = make_pruner(setup)
     assert type(quartile).__name__ == "PercentilePruner" and quartile._n_warmup_steps == 3
-    assert quartile._percentile == 75.0  # Optuna keeps the top 75% of a maximized value: prunes the bottom quarter
+    assert (
+        quartile._percentile == 75.0
+    )  # Optuna keeps the top 75% of a maximized value: prunes the bottom quarter
     setup.pruner = "median"
     assert make_pruner(setup)._n_warmup_steps == 3
     setup.pruner = "halving"
@@ -82,7 +89,15 @@ def test_grid_walks_every_combination_once_and_a_stopped_point_runs_again(recipe
     from clfkit.studies.tune import open_study, plan_tune, run_tune, trial_recipe
 
     def plan(trials):
-        return plan_tune(recipe_file, GRID, trials=trials, overrides=["train.epochs=1"], out=tmp_path / "t", pruner="none", sampler="grid")
+        return plan_tune(
+            recipe_file,
+            GRID,
+            trials=trials,
+            overrides=["train.epochs=1"],
+            out=tmp_path / "t",
+            pruner="none",
+            sampler="grid",
+        )
 
     assert plan(None).trials == 4
     first = run_tune(plan(2), log=lambda s: None).rows
@@ -99,7 +114,12 @@ def test_grid_walks_every_combination_once_and_a_stopped_point_runs_again(recipe
     rows = run_tune(plan(None), log=lines.append).rows
     assert "2 of 4 trial(s) already done" in lines[0]
     points = [(r["optim.lr"], r["model.dropout"]) for r in rows if r["state"] == "complete"]
-    assert sorted(points) == [(1e-3, 0), (1e-3, 0.3), (3e-2, 0), (3e-2, 0.3)]  # each once, the stopped one too
+    assert sorted(points) == [
+        (1e-3, 0),
+        (1e-3, 0.3),
+        (3e-2, 0),
+        (3e-2, 0.3),
+    ]  # each once, the stopped one too
     assert [r["state"] for r in rows].count("stopped") == 1 and len(rows) == 5
     # a trial is the plain run of its values: the same seed, the same accuracy
     row = rows[0]
@@ -115,7 +135,9 @@ def test_a_grid_point_that_fails_is_not_retried(recipe_file, tmp_path):
     from clfkit.studies.tune import plan_tune, run_tune
 
     space = ["init=choice(null,no_such_run)", "model.dropout=choice(0)"]  # a missing init: the run fails
-    setup = plan_tune(recipe_file, space, trials=None, overrides=["train.epochs=1"], out=tmp_path / "t", sampler="grid")
+    setup = plan_tune(
+        recipe_file, space, trials=None, overrides=["train.epochs=1"], out=tmp_path / "t", sampler="grid"
+    )
     rows = run_tune(setup, log=lambda s: None).rows
     assert sorted(r["state"].split(":")[0] for r in rows) == ["complete", "fail"]
     lines = []
@@ -123,11 +145,17 @@ def test_a_grid_point_that_fails_is_not_retried(recipe_file, tmp_path):
     assert "2 of 2 trial(s) already done" in lines[0]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--sampler", "grid", "--space", "optim.lr=loguniform(1e-4,1e-1)"], "is a range"),
-    (["--sampler", "grid", "--trials", "5", *[a for s in GRID for a in ("--space", s)]], "has 4 combination"),
-    (["--prune-from", "3", "--space", GRID[0]], "--prune-from 3: a trial runs 2 epoch(s); give 1 to 2"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--sampler", "grid", "--space", "optim.lr=loguniform(1e-4,1e-1)"], "is a range"),
+        (
+            ["--sampler", "grid", "--trials", "5", *[a for s in GRID for a in ("--space", s)]],
+            "has 4 combination",
+        ),
+        (["--prune-from", "3", "--space", GRID[0]], "--prune-from 3: a trial runs 2 epoch(s); give 1 to 2"),
+    ],
+)
 def test_bad_sampler_use_is_refused(recipe_file, tmp_path, args, message):
     out = tmp_path / "t"
     refused([message], "tune", recipe_file, "--out", out, "--quiet", *args)
@@ -145,6 +173,12 @@ def test_a_study_keeps_its_sampler(recipe_file, tmp_path):
     from clfkit.studies.tune import TuneError, plan_tune, run_tune
 
     out = tmp_path / "t"
-    run_tune(plan_tune(recipe_file, GRID, trials=1, overrides=["train.epochs=1"], out=out, sampler="random"), log=lambda s: None)
+    run_tune(
+        plan_tune(recipe_file, GRID, trials=1, overrides=["train.epochs=1"], out=out, sampler="random"),
+        log=lambda s: None,
+    )
     with pytest.raises(TuneError, match="--sampler random, not grid"):
-        run_tune(plan_tune(recipe_file, GRID, trials=2, overrides=["train.epochs=1"], out=out, sampler="grid"), log=lambda s: None)
+        run_tune(
+            plan_tune(recipe_file, GRID, trials=2, overrides=["train.epochs=1"], out=out, sampler="grid"),
+            log=lambda s: None,
+        )

@@ -3,6 +3,7 @@ values optuna cannot tell apart or store are refused, an unreadable or foreign s
 continued under another recipe or --set, odd folder names, the seed range, one tune per folder.
 No trial trains in most of them: the study is driven directly.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -47,34 +48,55 @@ def test_a_continued_grid_with_fewer_trials_runs_no_more_than_asked(recipe_file,
     study.tell(first, state=optuna.trial.TrialState.FAIL)
     setup = plan(2)
     assert queue_grid(open_study(setup), setup) == 2
-    waiting = [t.system_attrs["fixed_params"]["optim.lr"]
-               for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))]
+    waiting = [
+        t.system_attrs["fixed_params"]["optim.lr"]
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    ]
     assert len(waiting) == 2 and stopped_lr in waiting  # the stopped point runs again, first in line
     assert _states(study).count("WAITING") == 2
     rows = trial_rows(study, setup.dims)
     assert [r["state"] for r in rows] == ["stopped"]  # withdrawn points are no rows; Ctrl-C is not "fail"
     setup.pruner = "none"
     write_results(setup, log=lambda s: None)
-    assert (tmp_path / "t" / "trials.csv").read_text().splitlines()[1:] == [f"0,trials/trial-000,{stopped_lr},,0,,stopped"]
+    assert (tmp_path / "t" / "trials.csv").read_text().splitlines()[1:] == [
+        f"0,trials/trial-000,{stopped_lr},,0,,stopped"
+    ]
     report = (tmp_path / "t" / "report.html").read_text()
-    assert "no pruning" in report and "none pruner" not in report and not (tmp_path / "t" / "best.yaml").exists()
+    assert (
+        "no pruning" in report and "none pruner" not in report and not (tmp_path / "t" / "best.yaml").exists()
+    )
     # back to the whole grid: the withdrawn points are queued again, nothing twice
     setup = plan(None)
     assert queue_grid(open_study(setup), setup) == 4 and queued(study) == 4
 
 
-@pytest.mark.parametrize("space, words", [
-    ("model.dropout=choice(0,0.0)", ["0 and 0.0", "same value"]),
-    ("train.channels_last=choice(true,1)", ["True and 1", "same value"]),
-    ("model.blocks=choice([{channels: 4}],[{channels: 8}])", ["numbers, strings", "[{'channels': 4}]", "sweep"]),
-    ("optim.lr=choice(0.1,)", ["empty value", "choice(v1,v2,...)"]),
-    ("optim.lr=choice()", ["empty value"]),
-])
+@pytest.mark.parametrize(
+    "space, words",
+    [
+        ("model.dropout=choice(0,0.0)", ["0 and 0.0", "same value"]),
+        ("train.channels_last=choice(true,1)", ["True and 1", "same value"]),
+        (
+            "model.blocks=choice([{channels: 4}],[{channels: 8}])",
+            ["numbers, strings", "[{'channels': 4}]", "sweep"],
+        ),
+        ("optim.lr=choice(0.1,)", ["empty value", "choice(v1,v2,...)"]),
+        ("optim.lr=choice()", ["empty value"]),
+    ],
+)
 def test_choice_values_optuna_cannot_tell_apart_or_store_are_refused(recipe_file, tmp_path, space, words):
     """0 and 0.0 both ran as 0 (Optuna stores a choice as the index of the first == value);
     a list choice trained, then the plots died with a traceback (unhashable list)."""
-    refused(["--space", *words], "tune", recipe_file, "--sampler", "grid", "--space", space,
-            "--out", tmp_path / "t")
+    refused(
+        ["--space", *words],
+        "tune",
+        recipe_file,
+        "--sampler",
+        "grid",
+        "--space",
+        space,
+        "--out",
+        tmp_path / "t",
+    )
     assert not (tmp_path / "t").exists()
 
 
@@ -94,8 +116,18 @@ def test_an_unreadable_study_db_is_a_clear_error(recipe_file, tmp_path, content)
     out = tmp_path / "t"
     out.mkdir()
     (out / "study.db").write_bytes(content)
-    refused([str(out / "study.db"), "not a readable Optuna study", "--out"],
-            "tune", recipe_file, "--sampler", "grid", "--space", LR4[0], "--out", out, max_lines=2)
+    refused(
+        [str(out / "study.db"), "not a readable Optuna study", "--out"],
+        "tune",
+        recipe_file,
+        "--sampler",
+        "grid",
+        "--space",
+        LR4[0],
+        "--out",
+        out,
+        max_lines=2,
+    )
     assert (out / "study.db").read_bytes() == content
     assert sorted(p.name for p in out.iterdir()) == ["study.db"]
 
@@ -107,8 +139,18 @@ def test_tune_out_into_a_run_folder_is_refused_and_leaves_it_alone(recipe_file, 
     run.mkdir()
     (run / "report.html").write_text("the run's report")
     (run / "recipe.yaml").write_text("name: fold\n")
-    refused(["--out", str(run), "not a tune folder", "recipe.yaml, report.html"],
-            "tune", recipe_file, "--sampler", "grid", "--space", LR4[0], "--out", run, max_lines=2)
+    refused(
+        ["--out", str(run), "not a tune folder", "recipe.yaml, report.html"],
+        "tune",
+        recipe_file,
+        "--sampler",
+        "grid",
+        "--space",
+        LR4[0],
+        "--out",
+        run,
+        max_lines=2,
+    )
     assert sorted(p.name for p in run.iterdir()) == ["recipe.yaml", "report.html"]
     assert (run / "report.html").read_text() == "the run's report"
 
@@ -121,18 +163,36 @@ def test_a_second_tune_on_the_same_folder_is_refused_while_the_first_runs(recipe
 
     out = tmp_path / "t"
     out.mkdir()
-    holder = ("import fcntl, json, os, sys, time\n"
-              "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
-              "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-              "os.write(fd, json.dumps({'pid': os.getpid(), 'command': 'clfkit tune first'}).encode())\n"
-              "print('locked', flush=True)\n"
-              "time.sleep(60)\n")
-    first = subprocess.Popen([sys.executable, "-c", holder, str(out / ".clfkit.lock")], stdout=subprocess.PIPE, text=True)
+    holder = (
+        "import fcntl, json, os, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "os.write(fd, json.dumps({'pid': os.getpid(), 'command': 'clfkit tune first'}).encode())\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-c", holder, str(out / ".clfkit.lock")], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert first.stdout.readline().strip() == "locked"
-        refused([f"cannot tune into {out}", "another clfkit tune is running there", "clfkit tune first",
-                 "run the same command again"],
-                "tune", recipe_file, "--sampler", "grid", "--space", LR4[0], "--out", out, max_lines=2)
+        refused(
+            [
+                f"cannot tune into {out}",
+                "another clfkit tune is running there",
+                "clfkit tune first",
+                "run the same command again",
+            ],
+            "tune",
+            recipe_file,
+            "--sampler",
+            "grid",
+            "--space",
+            LR4[0],
+            "--out",
+            out,
+            max_lines=2,
+        )
     finally:
         first.kill()
         first.wait()
@@ -167,12 +227,31 @@ def test_a_seed_at_the_top_of_its_range_runs_every_trial(recipe_file, tmp_path):
     pytest.importorskip("optuna")
     from clfkit.studies.tune import TuneError, plan_tune
 
-    code, out = invoke("tune", recipe_file, "--trials", 2, "--seed", 2**32 - 1, "--space",
-                       "optim.lr=loguniform(1e-3,1e-1)", "--out", tmp_path / "t", "--quiet")
+    code, out = invoke(
+        "tune",
+        recipe_file,
+        "--trials",
+        2,
+        "--seed",
+        2**32 - 1,
+        "--space",
+        "optim.lr=loguniform(1e-3,1e-1)",
+        "--out",
+        tmp_path / "t",
+        "--quiet",
+    )
     assert code == 0, out
     assert len((tmp_path / "t" / "trials.csv").read_text().splitlines()) == 3
-    code, out = invoke("tune", recipe_file, "--seed", -1, "--space", "optim.lr=loguniform(1e-3,1e-1)",
-                       "--out", tmp_path / "u")
+    code, out = invoke(
+        "tune",
+        recipe_file,
+        "--seed",
+        -1,
+        "--space",
+        "optim.lr=loguniform(1e-3,1e-1)",
+        "--out",
+        tmp_path / "u",
+    )
     assert code == 2 and "--seed" in out and "4294967295" in out and not (tmp_path / "u").exists()
     with pytest.raises(TuneError, match="--seed -1: give a seed from 0 to 4294967295"):
         plan_tune(recipe_file, ["optim.lr=loguniform(1e-3,1e-1)"], trials=2, out=tmp_path / "v", seed=-1)
@@ -191,8 +270,20 @@ SPACE = "optim.lr=uniform(1e-3,1e-2)"
 
 
 def _tune(recipe: Path, out: Path, trials: int, *extra) -> tuple[int, str]:
-    return invoke("tune", recipe, "--trials", trials, "--space", SPACE, "--out", out, "--quiet",
-                  "--pruner", "none", *extra)
+    return invoke(
+        "tune",
+        recipe,
+        "--trials",
+        trials,
+        "--space",
+        SPACE,
+        "--out",
+        out,
+        "--quiet",
+        "--pruner",
+        "none",
+        *extra,
+    )
 
 
 def test_tune_refuses_to_continue_a_study_under_another_recipe(tune_recipe, tmp_path):
@@ -201,9 +292,22 @@ def test_tune_refuses_to_continue_a_study_under_another_recipe(tune_recipe, tmp_
     assert _tune(tune_recipe, out, 1)[0] == 0
     table = (out / "trials.csv").read_bytes()
     # before: trials trained with another --set joined the study; best.yaml mixed the two
-    refused(["study.db", "another recipe or --set", "train.epochs", "another --out"],
-            "tune", tune_recipe, "--trials", 2, "--space", SPACE, "--out", out, "--quiet",
-            "--pruner", "none", "--set", "train.epochs=2")
+    refused(
+        ["study.db", "another recipe or --set", "train.epochs", "another --out"],
+        "tune",
+        tune_recipe,
+        "--trials",
+        2,
+        "--space",
+        SPACE,
+        "--out",
+        out,
+        "--quiet",
+        "--pruner",
+        "none",
+        "--set",
+        "train.epochs=2",
+    )
     assert (out / "trials.csv").read_bytes() == table
     assert sorted(p.name for p in (out / "trials").iterdir()) == ["trial-000"]
     # the same recipe and --set continue it, with values not redrawn from the first run's seed
@@ -218,6 +322,17 @@ def test_tune_refuses_a_set_on_a_searched_field(tune_recipe, tmp_path, space):
     pytest.importorskip("optuna")
     out = tmp_path / "t"
     # before: the --set was silently replaced by every trial's value
-    refused(["--set optim.lr", "searched", space], "tune", tune_recipe, "--trials", 1, "--space", space,
-            "--set", "optim.lr=0.5", "--out", out)
+    refused(
+        ["--set optim.lr", "searched", space],
+        "tune",
+        tune_recipe,
+        "--trials",
+        1,
+        "--space",
+        space,
+        "--set",
+        "optim.lr=0.5",
+        "--out",
+        out,
+    )
     assert not out.exists()

@@ -2,6 +2,7 @@
 within budget work unshared, duplicate keys are named with both lines (merge keys are not
 duplicates), and the same text means the same value in --set, --grid and a sweep file.
 """
+
 from __future__ import annotations
 
 from clfkit.cli import cli
@@ -15,8 +16,10 @@ import yaml
 
 TINY = {
     "name": "tiny",
-    "data": {"source": {"name": "shapes", "num_classes": 2, "train_size": 64, "val_size": 16,
-                        "test_size": 16}, "image_size": 8},
+    "data": {
+        "source": {"name": "shapes", "num_classes": 2, "train_size": 64, "val_size": 16, "test_size": 16},
+        "image_size": 8,
+    },
     "model": "linear",
     "optim": {"name": "sgd", "lr": 0.1},
     "train": {"epochs": 1, "batch_size": 16},
@@ -51,11 +54,33 @@ def bomb(levels: int = 9) -> str:
 
 
 # --------------------------------------------------------------------------- row 14: one value parser
-VALUES = [("1e-3", 0.001), ("1E5", 100000.0), ("-2.5e-4", -0.00025), (".5", 0.5), ("1.", 1.0),
-          ("1_000", 1000), ("0x10", 16), ("0o10", 8), ("010", 10), ("7", 7), ("-3", -3),
-          ("on", "on"), ("no", "no"), ("yes", "yes"), ("off", "off"), ("y", "y"), ("true", True),
-          ("False", False), ("1:30", "1:30"), ("null", None), ("~", None), ("none", "none"),
-          ("sgd", "sgd"), ("[1e-3, 2]", [0.001, 2]), ("{name: sgd, lr: 1e-2}", {"name": "sgd", "lr": 0.01})]
+VALUES = [
+    ("1e-3", 0.001),
+    ("1E5", 100000.0),
+    ("-2.5e-4", -0.00025),
+    (".5", 0.5),
+    ("1.", 1.0),
+    ("1_000", 1000),
+    ("0x10", 16),
+    ("0o10", 8),
+    ("010", 10),
+    ("7", 7),
+    ("-3", -3),
+    ("on", "on"),
+    ("no", "no"),
+    ("yes", "yes"),
+    ("off", "off"),
+    ("y", "y"),
+    ("true", True),
+    ("False", False),
+    ("1:30", "1:30"),
+    ("null", None),
+    ("~", None),
+    ("none", "none"),
+    ("sgd", "sgd"),
+    ("[1e-3, 2]", [0.001, 2]),
+    ("{name: sgd, lr: 1e-2}", {"name": "sgd", "lr": 0.01}),
+]
 
 
 def plan_sweep_axes(tmp_path: Path, grid: list[str] = (), block: str = "") -> list[tuple[str, object]]:
@@ -77,8 +102,11 @@ def test_alias_bomb_in_recipe_sweep_file_and_set_is_short_and_fast(tmp_path):
     with pytest.raises(Exception, match="alias bomb"):
         read_yaml(recipe)
     assert time.perf_counter() - t0 < 1.0
-    for args in (("recipe", "check", recipe), ("train", recipe, "--out", tmp_path / "runs"),
-                 ("sweep", recipe, "--grid", "seed=0,1", "--out", tmp_path / "sw")):
+    for args in (
+        ("recipe", "check", recipe),
+        ("train", recipe, "--out", tmp_path / "runs"),
+        ("sweep", recipe, "--grid", "seed=0,1", "--out", tmp_path / "sw"),
+    ):
         text = clear_error(invoke(*args), "alias bomb", "anchors")
         assert len(text) < 600
     assert not (tmp_path / "runs").exists() and not (tmp_path / "sw").exists()
@@ -94,18 +122,29 @@ def test_anchors_within_budget_still_work_and_are_not_shared(tmp_path):
     assert data["_x"] == {"name": "sgd", "lr": 0.5}
 
 
-@pytest.mark.parametrize("text, key, lines", [
-    ("name: a\nmodel: linear\nname: b\n", "name", (1, 3)),
-    ("name: a\nmodel: linear\noptim:\n  name: sgd\n  lr: 0.1\n  lr: 0.2\n", "lr", (5, 6)),
-    ("name: a\nmodel: linear\ndata:\n  augment:\n  - {name: PadCrop, pad: 2, pad: 3}\n", "pad", (5, (21, 29))),
-    ("name: a\nmodel: linear\nsweep:\n  optim.lr: [1, 2]\n  optim.lr: [3]\n", "optim.lr", (4, 5)),
-    ("name: a\nmodel: linear\nsweep:\n  variants:\n    v: {seed: 1}\n    v: {seed: 2}\n", "v", (5, 6)),
-])
+@pytest.mark.parametrize(
+    "text, key, lines",
+    [
+        ("name: a\nmodel: linear\nname: b\n", "name", (1, 3)),
+        ("name: a\nmodel: linear\noptim:\n  name: sgd\n  lr: 0.1\n  lr: 0.2\n", "lr", (5, 6)),
+        (
+            "name: a\nmodel: linear\ndata:\n  augment:\n  - {name: PadCrop, pad: 2, pad: 3}\n",
+            "pad",
+            (5, (21, 29)),
+        ),
+        ("name: a\nmodel: linear\nsweep:\n  optim.lr: [1, 2]\n  optim.lr: [3]\n", "optim.lr", (4, 5)),
+        ("name: a\nmodel: linear\nsweep:\n  variants:\n    v: {seed: 1}\n    v: {seed: 2}\n", "v", (5, 6)),
+    ],
+)
 def test_duplicate_key_names_key_and_both_lines(tmp_path, text, key, lines):
     recipe = write(tmp_path / "r.yaml", text)
     cmd = ("sweep", recipe, "--out", tmp_path / "sw") if "sweep:" in text else ("recipe", "check", recipe)
     line, other = lines  # other: the second line, or both columns when the two are on one line
-    where = f"line {line} (columns {other[0]} and {other[1]})" if isinstance(other, tuple) else f"line {line} and on line {other}"
+    where = (
+        f"line {line} (columns {other[0]} and {other[1]})"
+        if isinstance(other, tuple)
+        else f"line {line} and on line {other}"
+    )
     clear_error(invoke(*cmd), f"key {key!r} is given twice", where)
     assert not (tmp_path / "sw").exists()
 

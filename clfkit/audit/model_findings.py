@@ -10,6 +10,7 @@ model's penultimate features; a pair is reported when the similarity is at least
 ``FEATURE_SIMILARITY`` (clfkit.data.audit.findings, where the threshold's choice is written
 down) and the pair was not already found by pixels or perceptual hash.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -27,12 +28,16 @@ def _cleanlab():
     try:
         from cleanlab.filter import find_label_issues
     except ImportError:
-        raise MissingDependency("finding label errors (--run, --folds) needs cleanlab: "
-                                "pip install 'clfkit[audit]' (or pip install cleanlab)") from None
+        raise MissingDependency(
+            "finding label errors (--run, --folds) needs cleanlab: "
+            "pip install 'clfkit[audit]' (or pip install cleanlab)"
+        ) from None
     return find_label_issues
 
 
-def label_findings(catalog: Catalog, outputs: SplitOutputs, split: str, source: str) -> tuple[list[Finding], Optional[str]]:
+def label_findings(
+    catalog: Catalog, outputs: SplitOutputs, split: str, source: str
+) -> tuple[list[Finding], Optional[str]]:
     """(likely label errors of ``split``, a note when the split cannot be checked)."""
     keep = (outputs.rows >= 0) & (catalog.label[np.maximum(outputs.rows, 0)] >= 0)
     rows, probs = outputs.rows[keep], outputs.probs[keep]
@@ -49,16 +54,30 @@ def label_findings(catalog: Catalog, outputs: SplitOutputs, split: str, source: 
     found = []
     for i in ranked:
         given, suggested = int(labels[i]), int(probs[i].argmax())
-        found.append(Finding("label_issue", [int(rows[i])], 1 - float(probs[i, given]),
-                             f"labelled {catalog.class_names[given]}, the model says "
-                             f"{catalog.class_names[suggested]} (p={probs[i, suggested]:.2f}; {source})",
-                             {"given": catalog.class_names[given], "suggested": catalog.class_names[suggested],
-                              "p_given": round(float(probs[i, given]), 4), "source": source}))
+        found.append(
+            Finding(
+                "label_issue",
+                [int(rows[i])],
+                1 - float(probs[i, given]),
+                f"labelled {catalog.class_names[given]}, the model says "
+                f"{catalog.class_names[suggested]} (p={probs[i, suggested]:.2f}; {source})",
+                {
+                    "given": catalog.class_names[given],
+                    "suggested": catalog.class_names[suggested],
+                    "p_given": round(float(probs[i, given]), 4),
+                    "source": source,
+                },
+            )
+        )
     return found, None
 
 
-def feature_neighbour_findings(catalog: Catalog, outputs: dict[str, SplitOutputs], already: set[frozenset],
-                               min_similarity: float = FEATURE_SIMILARITY) -> list[Finding]:
+def feature_neighbour_findings(
+    catalog: Catalog,
+    outputs: dict[str, SplitOutputs],
+    already: set[frozenset],
+    min_similarity: float = FEATURE_SIMILARITY,
+) -> list[Finding]:
     """Val/test images whose nearest train image (penultimate features) is at least
     ``min_similarity`` cosine-similar, except pairs in ``already`` (found by pixels or hash)."""
     train = outputs.get("train")
@@ -74,7 +93,13 @@ def feature_neighbour_findings(catalog: Catalog, outputs: dict[str, SplitOutputs
         for q, j, s in zip(out.rows, idx, sim):
             r = int(train.rows[j])
             if s >= min_similarity and q >= 0 and r >= 0 and frozenset((int(q), r)) not in already:
-                found.append(Finding("feature_neighbour", [r, int(q)], float(s),
-                                     f"train/{split}: penultimate features {s:.3f} cosine-similar",
-                                     {"similarity": round(float(s), 4)}))
+                found.append(
+                    Finding(
+                        "feature_neighbour",
+                        [r, int(q)],
+                        float(s),
+                        f"train/{split}: penultimate features {s:.3f} cosine-similar",
+                        {"similarity": round(float(s), 4)},
+                    )
+                )
     return found

@@ -6,6 +6,7 @@ other folds (:func:`fold_probabilities`, ``--folds K``). The features are the in
 model's last linear layer (its classifier head), read by a forward hook, so any clfkit model
 with a linear head (the built-in CNNs, timm models) gives them without a code change.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,15 +45,21 @@ def _head(model: torch.nn.Module) -> Optional[torch.nn.Linear]:
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, images: Any, rt: Any, batch_size: int = 256) -> tuple[np.ndarray, Optional[np.ndarray]]:
+def predict(
+    model: torch.nn.Module, images: Any, rt: Any, batch_size: int = 256
+) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """(softmax probabilities, penultimate features or None) of uint8 ``images``, in batches."""
     model.eval()
     head, seen = _head(model), []
-    hook = head.register_forward_pre_hook(lambda m, args: seen.append(args[0].float().flatten(1).cpu())) if head else None
+    hook = (
+        head.register_forward_pre_hook(lambda m, args: seen.append(args[0].float().flatten(1).cpu()))
+        if head
+        else None
+    )
     probs = []
     try:
         for i in range(0, len(images), batch_size):
-            x = images[i:i + batch_size].to(rt.device)
+            x = images[i : i + batch_size].to(rt.device)
             with rt.autocast():
                 probs.append(model(x).float().softmax(1).cpu())
     finally:
@@ -68,14 +75,18 @@ def _num_outputs(model: torch.nn.Module, probs: list) -> int:
     return probs[0].shape[1] if probs else (head.out_features if head else 0)
 
 
-def recipe_for_root(recorded: dict[str, Any], root: Path, source: str, epochs: Optional[int] = None) -> Recipe:
+def recipe_for_root(
+    recorded: dict[str, Any], root: Path, source: str, epochs: Optional[int] = None
+) -> Recipe:
     """A recorded recipe reading the folder dataset at ``root`` with no val carved from train
     (the catalog's splits are the folder's); ``epochs``: train.epochs replaced."""
     data = dict(recorded)
     spec = dict(data["data"]["source"])
     if "root" not in spec:
-        raise DataError(f"{source}: its dataset {spec.get('name')!r} is not read from a folder; "
-                        f"clfkit data check reads image folders (data.source: folder)")
+        raise DataError(
+            f"{source}: its dataset {spec.get('name')!r} is not read from a folder; "
+            f"clfkit data check reads image folders (data.source: folder)"
+        )
     spec["root"] = str(root)
     data["data"] = {**data["data"], "source": spec, "val_fraction": 0}
     if epochs is not None:
@@ -94,7 +105,11 @@ def trained_digests(run_dir: Path) -> Optional[set[bytes]]:
     train), whose probabilities are not out of sample."""
     try:
         files = json.loads(RunFolder(run_dir).data_files.read_text(encoding="utf-8"))["files"]
-        return {str(entry[2]).encode() for name, entry in files.items() if name.startswith("train/") and len(entry) > 2}
+        return {
+            str(entry[2]).encode()
+            for name, entry in files.items()
+            if name.startswith("train/") and len(entry) > 2
+        }
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -105,22 +120,27 @@ def run_notes(run_dir: Path, state: dict[str, Any]) -> list[str]:
     return [f"--run {escape_path(str(run_dir))}: {note}; its latest checkpoint was used"] if note else []
 
 
-def run_outputs(run_dir: Path, root: Path, class_names: list[str], index: dict[tuple[str, str], int]
-                ) -> tuple[dict[str, SplitOutputs], Recipe, list[str]]:
+def run_outputs(
+    run_dir: Path, root: Path, class_names: list[str], index: dict[tuple[str, str], int]
+) -> tuple[dict[str, SplitOutputs], Recipe, list[str]]:
     """Per split, the outputs of ``run_dir``'s best model on the data at ``root``; the run's
     recipe pointed at ``root``; notes (:func:`run_notes`). A DataError when the run's classes
     are not the data's."""
     path, state = run_checkpoint(run_dir, None, "data check --run")
     recipe = recipe_for_root(state["recipe"], root, f"{path} recipe")
     if list(state["class_names"]) != list(class_names):
-        raise DataError(f"the run {escape_path(str(run_dir))} was trained on classes {state['class_names']}, but "
-                        f"the data at {escape_path(str(root))} has {class_names}: its probabilities would be for other labels; "
-                        f"give a run trained on this data")
+        raise DataError(
+            f"the run {escape_path(str(run_dir))} was trained on classes {state['class_names']}, but "
+            f"the data at {escape_path(str(root))} has {class_names}: its probabilities would be for other labels; "
+            f"give a run trained on this data"
+        )
     splits = build_data(recipe)
     if splits.in_chans != state["input"]["channels"]:
-        raise DataError(f"the run {escape_path(str(run_dir))} takes {state['input']['channels']}-channel images, "
-                        f"but the data at {escape_path(str(root))} decodes to {splits.in_chans} channel(s) (data.channels: auto); give a run "
-                        f"trained on this data")
+        raise DataError(
+            f"the run {escape_path(str(run_dir))} takes {state['input']['channels']}-channel images, "
+            f"but the data at {escape_path(str(root))} decodes to {splits.in_chans} channel(s) (data.channels: auto); give a run "
+            f"trained on this data"
+        )
     rt = resolve_runtime(recipe.train.device, recipe.train.precision, recipe.train.channels_last)
     model = model_from_checkpoint(state, path).to(rt.device)
     out = {}
@@ -149,16 +169,25 @@ def fold_probabilities(recipe: Recipe, folds: int, index: dict[tuple[str, str], 
     splits = build_data(recipe)
     train_set, labels = splits.train, splits.train.labels.numpy()
     if folds < 2 or folds > np.bincount(labels).min():
-        raise DataError(f"--folds {folds}: choose 2 to {np.bincount(labels).min()} (every class needs an "
-                        f"image in every fold; the smallest train class has {np.bincount(labels).min()})")
+        raise DataError(
+            f"--folds {folds}: choose 2 to {np.bincount(labels).min()} (every class needs an "
+            f"image in every fold; the smallest train class has {np.bincount(labels).min()})"
+        )
     fold = fold_assignment(labels, folds, recipe.seed)
     probs = np.zeros((len(labels), len(splits.class_names)), np.float32)
     rt = resolve_runtime(recipe.train.device, recipe.train.precision, recipe.train.channels_last)
     with tempfile.TemporaryDirectory(prefix="clfkit-folds-") as tmp:
         for k in range(folds):
-            held, keep = torch.from_numpy(np.flatnonzero(fold == k)), torch.from_numpy(np.flatnonzero(fold != k))
-            part = Splits(train=train_set.subset(keep), class_names=splits.class_names,
-                          val=train_set.subset(held), description=f"fold {k + 1}/{folds}")
+            held, keep = (
+                torch.from_numpy(np.flatnonzero(fold == k)),
+                torch.from_numpy(np.flatnonzero(fold != k)),
+            )
+            part = Splits(
+                train=train_set.subset(keep),
+                class_names=splits.class_names,
+                val=train_set.subset(held),
+                description=f"fold {k + 1}/{folds}",
+            )
             result = train(recipe, Path(tmp) / f"fold{k}", quiet=True, splits=part)
             model = model_from_checkpoint(load_checkpoint(RunFolder(result.run_dir).last)).to(rt.device)
             probs[held.numpy()] = predict(model, part.val.images, rt)[0]

@@ -1,4 +1,5 @@
 """A data check's outputs: the console table, data_check.json and leaked_files.csv."""
+
 from __future__ import annotations
 
 import csv
@@ -14,9 +15,15 @@ JSON_NAME, HTML_NAME, CSV_NAME = "data_check.json", "data_check.html", "leaked_f
 
 
 def to_json(check: DataCheck) -> dict[str, Any]:
-    return {"root": check.shown_root, "settings": check.settings, "seconds": check.seconds,
-            "notes": check.notes, "counts": {r["finding"]: r["count"] for r in summary_rows(check)},
-            "overview": check.overview, "findings": [f.to_dict(check.catalog) for f in check.findings]}
+    return {
+        "root": check.shown_root,
+        "settings": check.settings,
+        "seconds": check.seconds,
+        "notes": check.notes,
+        "counts": {r["finding"]: r["count"] for r in summary_rows(check)},
+        "overview": check.overview,
+        "findings": [f.to_dict(check.catalog) for f in check.findings],
+    }
 
 
 def write_outputs(check: DataCheck, out: Path, fix_split: bool) -> list[Path]:
@@ -45,21 +52,29 @@ def console_report(check: DataCheck, width: int = 120) -> str:
 
     table = Table(title=f"data check of {escape(check.shown_root)}", title_justify="left")
     for col in ("finding", "count", "files", "most certain", "meaning"):
-        table.add_column(col, justify="right" if col in ("count", "files") else "left",
-                         overflow="fold", max_width=48 if col == "most certain" else None)
+        table.add_column(
+            col,
+            justify="right" if col in ("count", "files") else "left",
+            overflow="fold",
+            max_width=48 if col == "most certain" else None,
+        )
     for r in summary_rows(check):
         table.add_row(*(escape(str(r[c])) for c in ("finding", "count", "files", "most certain", "meaning")))
     buf = io.StringIO()
     console = Console(file=buf, width=width, highlight=False, soft_wrap=False)
     console.print(table)
     ov = check.overview
-    lines = [f"images: {', '.join(f'{s} {n}' for s, n in ov['images'].items())}; sizes: "
-             f"{', '.join(f'{k} ({v})' for k, v in list(ov['sizes'].items())[:3])}"
-             f"{' ...' if ov['distinct_sizes'] > 3 else ''}; modes: {', '.join(f'{k} ({v})' for k, v in ov['modes'].items())}"]
+    lines = [
+        f"images: {', '.join(f'{s} {n}' for s, n in ov['images'].items())}; sizes: "
+        f"{', '.join(f'{k} ({v})' for k, v in list(ov['sizes'].items())[:3])}"
+        f"{' ...' if ov['distinct_sizes'] > 3 else ''}; modes: {', '.join(f'{k} ({v})' for k, v in ov['modes'].items())}"
+    ]
     for split, counts in ov["class_counts"].items():
         lines.append(f"{split} classes: " + ", ".join(f"{c} {n}" for c, n in counts.items()))
     lines += [f"imbalance in {s}: {note}" for s, note in ov["imbalance"].items()]
     lines += [f"skipped: {p}: {why}" for p, why in ov["skipped"][:10]]
-    lines += [f"... {len(ov['skipped']) - 10} more skipped (data_check.json)"] if len(ov["skipped"]) > 10 else []
+    lines += (
+        [f"... {len(ov['skipped']) - 10} more skipped (data_check.json)"] if len(ov["skipped"]) > 10 else []
+    )
     lines += [f"note: {n}" for n in check.notes]
     return buf.getvalue() + "\n".join(lines) + "\n"  # paths come escaped (Catalog.file)

@@ -6,6 +6,7 @@ exit. ``--debug`` shows the traceback instead. Here: the ``clfkit`` group, ``tra
 live in a module per subject (``deploy_commands``, ``study_commands``, ``plugin_commands``,
 ``data_commands``) and are added to the group below.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -29,30 +30,68 @@ def cli(debug: bool) -> None:
 # --------------------------------------------------------------------------- train
 @cli.command()
 @click.argument("recipe", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path), metavar="RUN_DIR",
-              help="Continue the run in RUN_DIR from its last.pt (instead of RECIPE).")
-@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
-              help="Override a recipe field, e.g. --set train.epochs=3 --set optim.lr=0.01 (repeatable).")
-@click.option("--out", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder that receives the run folder.")
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="RUN_DIR",
+    help="Continue the run in RUN_DIR from its last.pt (instead of RECIPE).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="PATH=VALUE",
+    help="Override a recipe field, e.g. --set train.epochs=3 --set optim.lr=0.01 (repeatable).",
+)
+@click.option(
+    "--out",
+    default="runs",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder that receives the run folder.",
+)
 @click.option("--quiet", is_flag=True, help="No progress output.")
-@click.option("--track", multiple=True, type=click.Choice(["tensorboard", "mlflow"]),
-              help="Also report to this tracker (added to the recipe's train.track; repeatable).")
-@click.option("--allow-data-change", is_flag=True,
-              help="With --resume: continue even though the data changed since the run started (recorded).")
+@click.option(
+    "--track",
+    multiple=True,
+    type=click.Choice(["tensorboard", "mlflow"]),
+    help="Also report to this tracker (added to the recipe's train.track; repeatable).",
+)
+@click.option(
+    "--allow-data-change",
+    is_flag=True,
+    help="With --resume: continue even though the data changed since the run started (recorded).",
+)
 @reports_errors
-def train(recipe: Path | None, *, resume_dir: Path | None, overrides: tuple[str, ...], out: Path, quiet: bool,
-          track: tuple[str, ...], allow_data_change: bool) -> None:
+def train(
+    recipe: Path | None,
+    *,
+    resume_dir: Path | None,
+    overrides: tuple[str, ...],
+    out: Path,
+    quiet: bool,
+    track: tuple[str, ...],
+    allow_data_change: bool,
+) -> None:
     """Train RECIPE; writes runs/<name>/ (checkpoints, metrics, summary)."""
     if allow_data_change and resume_dir is None:
-        _fail(ClfkitError("--allow-data-change goes with --resume RUN_DIR (a new run reads the data as it is)"))
+        _fail(
+            ClfkitError("--allow-data-change goes with --resume RUN_DIR (a new run reads the data as it is)")
+        )
     if resume_dir is not None:
         from clfkit.train.trainer import resume_run
 
-        given_out = click.get_current_context().get_parameter_source("out") != click.core.ParameterSource.DEFAULT
+        given_out = (
+            click.get_current_context().get_parameter_source("out") != click.core.ParameterSource.DEFAULT
+        )
         if recipe is not None or overrides or given_out or track:
-            _fail(ClfkitError("--resume continues a run exactly as it was recorded in last.pt, in its own "
-                              "folder; give no RECIPE, --set, --out or --track with it"))
+            _fail(
+                ClfkitError(
+                    "--resume continues a run exactly as it was recorded in last.pt, in its own "
+                    "folder; give no RECIPE, --set, --out or --track with it"
+                )
+            )
         resume_run(resume_dir, quiet=quiet, allow_data_change=allow_data_change)
         return
     if recipe is None:
@@ -74,16 +113,28 @@ def train(recipe: Path | None, *, resume_dir: Path | None, overrides: tuple[str,
 
 @cli.command("lr-find")
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a recipe field (repeatable).")
-@click.option("-o", "--output", type=click.Path(path_type=Path),
-              help="The plot (.png; a folder: the default name in it) [default: lr_find_<recipe name>.png].")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a recipe field (repeatable)."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="The plot (.png; a folder: the default name in it) [default: lr_find_<recipe name>.png].",
+)
 @click.option("--start-lr", default=1e-7, show_default=True, type=float, help="First LR of the ramp.")
 @click.option("--end-lr", default=10.0, show_default=True, type=float, help="Last LR of the ramp.")
-@click.option("--steps", default=100, show_default=True, type=click.IntRange(min=10, max=10_000),
-              help="Optimizer steps at most (10 to 10000).")
+@click.option(
+    "--steps",
+    default=100,
+    show_default=True,
+    type=click.IntRange(min=10, max=10_000),
+    help="Optimizer steps at most (10 to 10000).",
+)
 @reports_errors
-def lr_find(recipe: Path, overrides: tuple[str, ...], output: Path | None, start_lr: float, end_lr: float,
-            steps: int) -> None:
+def lr_find(
+    recipe: Path, overrides: tuple[str, ...], output: Path | None, start_lr: float, end_lr: float, steps: int
+) -> None:
     """LR range test: train RECIPE's model while the LR grows exponentially, plot loss against LR
     and suggest optim.lr. Writes only the plot (no run folder)."""
     from clfkit.train.build import check_model_size

@@ -1,4 +1,5 @@
 """The CLI's plugins and recipe: what can be named in a recipe, and checking a recipe."""
+
 from __future__ import annotations
 
 import contextlib
@@ -31,18 +32,19 @@ def plugins(ctx: click.Context, kind: str | None) -> None:
     table = Table(show_edge=False, pad_edge=False)
     for col in ("kind", "name", "distribution", "version", "description"):
         table.add_column(col, overflow="fold")
-    for k in ([kind] if kind else KINDS):
+    for k in [kind] if kind else KINDS:
         for i, e in enumerate(REGISTRY.entries(k)):
-            table.add_row(k if i == 0 else "", e.name, e.provider, e.version, e.doc,
-                          end_section=False)
+            table.add_row(k if i == 0 else "", e.name, e.provider, e.version, e.doc, end_section=False)
         if table.row_count:
             table.rows[-1].end_section = True
     console.print(table)
-    console.print("albumentations transforms are available too, by class name (e.g. ColorJitter).",
-                  highlight=False)
+    console.print(
+        "albumentations transforms are available too, by class name (e.g. ColorJitter).", highlight=False
+    )
     if REGISTRY.plugins:
-        console.print("plugins loaded: " + ", ".join(f"{d} {v}" for d, v in REGISTRY.plugins),
-                      highlight=False)
+        console.print(
+            "plugins loaded: " + ", ".join(f"{d} {v}" for d, v in REGISTRY.plugins), highlight=False
+        )
     for err in REGISTRY.plugin_errors:
         console.print(f"[red]broken plugin[/red] {escape(err.dist)}: {escape(str(err))}", highlight=False)
     if plugins_disabled():
@@ -83,8 +85,14 @@ def plugins_show(name: str, kind: str | None) -> None:
 
 @plugins.command("new")
 @click.argument("name")
-@click.option("--dir", "dest", default=".", show_default=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder in which the package folder clfkit-NAME/ is written.")
+@click.option(
+    "--dir",
+    "dest",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder in which the package folder clfkit-NAME/ is written.",
+)
 @reports_errors
 def plugins_new(name: str, dest: Path) -> None:
     """Write a plugin package skeleton (one component of each kind, a test) for NAME."""
@@ -103,7 +111,9 @@ def recipe() -> None:
 
 @recipe.command("check")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a field (repeatable).")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a field (repeatable)."
+)
 @reports_errors
 def recipe_check(path: Path, overrides: tuple[str, ...]) -> None:
     """Validate a recipe; print it resolved, with parameter count and MACs."""
@@ -115,8 +125,13 @@ def recipe_check(path: Path, overrides: tuple[str, ...]) -> None:
     check_model_size(r, str(path))
     click.echo(r.to_yaml().rstrip())
     stats = model_stats(r)
-    click.echo(f"# model: {stats['params']:,} parameters, {stats['macs']:,} MACs per image at "
-               f"{stats['in_chans']}x{stats['image_size'][0]}x{stats['image_size'][1]}, {stats['num_classes']} classes"
-               + (" (assumed: the data was not found here, so the class count is unknown)"
-                  if stats.get("classes_assumed") else ""))
+    click.echo(
+        f"# model: {stats['params']:,} parameters, {stats['macs']:,} MACs per image at "
+        f"{stats['in_chans']}x{stats['image_size'][0]}x{stats['image_size'][1]}, {stats['num_classes']} classes"
+        + (
+            " (assumed: the data was not found here, so the class count is unknown)"
+            if stats.get("classes_assumed")
+            else ""
+        )
+    )
     click.echo("# recipe OK")

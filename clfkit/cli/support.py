@@ -1,4 +1,5 @@
 """What every command of the CLI shares: clfkit errors turned into one line and an exit code."""
+
 from __future__ import annotations
 
 import functools
@@ -53,5 +54,7 @@ def run_guarded(fn, *args, **kwargs):
 # --------------------------------------------------------------------------- export
 # export and eval name a run's checkpoint the same way (clfkit.run.checkpoint.run_checkpoint)
 checkpoint_option = click.option(
-    "--checkpoint", metavar="NAME",
-    help="Checkpoint file name in the run folder, e.g. last.pt [default: best.pt, or last.pt of an unfinished run].")
+    "--checkpoint",
+    metavar="NAME",
+    help="Checkpoint file name in the run folder, e.g. last.pt [default: best.pt, or last.pt of an unfinished run].",
+)

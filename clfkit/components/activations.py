@@ -1,4 +1,5 @@
 """Activations. Contract: ``factory(inplace=False) -> nn.Module``."""
+
 from __future__ import annotations
 
 import torch.nn as nn

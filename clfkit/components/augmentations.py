@@ -15,6 +15,7 @@ Any albumentations transform can be named by its class name (``{name: ColorJitte
 its arguments are checked by constructing it when the recipe is loaded. The names below are
 batched versions of the common small-image transforms and win over albumentations' names.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -81,8 +82,8 @@ class PadCropT(Split):
         xp = F.pad(x, (p, p, p, p), mode=self.mode)
         dev = x.device
         dy, dx = ((u * (2 * p + 1)).long().clamp_max(2 * p) for u in draws)
-        rows = (torch.arange(h, device=dev)[None, :] + dy[:, None])  # (N, H)
-        cols = (torch.arange(w, device=dev)[None, :] + dx[:, None])  # (N, W)
+        rows = torch.arange(h, device=dev)[None, :] + dy[:, None]  # (N, H)
+        cols = torch.arange(w, device=dev)[None, :] + dx[:, None]  # (N, W)
         idx = torch.arange(n, device=dev)[:, None, None]
         out = xp.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
         # (N, C, H, W) view with channels_last strides: no copy back to NCHW here, which the
@@ -133,11 +134,12 @@ def cutout(size: Annotated[int, Field(ge=1)] = 8, p: Prob = 1.0) -> CutoutT:
 # hand the model floats where it expects 0..255 images.
 _NOT_AUGMENTATIONS = {
     "Normalize": "clfkit normalizes inside the model (data.normalize: auto, imagenet, init, none or "
-                 "{mean, std}), so the exported ONNX file does it too; remove Normalize from data.augment",
+    "{mean, std}), so the exported ONNX file does it too; remove Normalize from data.augment",
     "ToTensorV2": "clfkit makes tensors itself; remove ToTensorV2 from data.augment",
     "ToFloat": "clfkit scales 0..255 images itself (data.normalize); remove ToFloat from data.augment",
     "FromFloat": "clfkit's images are already uint8; remove FromFloat from data.augment",
 }
+
 
 def _albumentations_entry(name: str) -> Entry | None:
     """Any albumentations transform by class name; its args are checked by building it."""
@@ -149,11 +151,18 @@ def _albumentations_entry(name: str) -> Entry | None:
     if not (inspect.isclass(cls) and issubclass(cls, A.BasicTransform)):
         return None
     if name in _NOT_AUGMENTATIONS:
+
         def refuse(args: dict) -> dict:
             raise ValueError(_NOT_AUGMENTATIONS[name])
 
-        return Entry("augmentation", name, cls, provider=f"albumentations {A.__version__}",
-                     version=A.__version__, validator=refuse)
+        return Entry(
+            "augmentation",
+            name,
+            cls,
+            provider=f"albumentations {A.__version__}",
+            version=A.__version__,
+            validator=refuse,
+        )
 
     def validate(args: dict) -> dict:
         import warnings
@@ -163,8 +172,14 @@ def _albumentations_entry(name: str) -> Entry | None:
             cls(**args)
         return args
 
-    return Entry("augmentation", name, cls, provider=f"albumentations {A.__version__}",
-                 version=A.__version__, validator=validate)
+    return Entry(
+        "augmentation",
+        name,
+        cls,
+        provider=f"albumentations {A.__version__}",
+        version=A.__version__,
+        validator=validate,
+    )
 
 
 add_fallback("augmentation", _albumentations_entry)

@@ -1,6 +1,7 @@
 """Losses. Contract: ``factory(num_classes, **args) -> nn.Module`` called as
 ``loss(logits, targets)`` where targets are class indices (N,) or soft labels (N, C) produced
 by mixup, cutmix or label smoothing."""
+
 from __future__ import annotations
 
 import torch
@@ -23,8 +24,9 @@ def _one_hot(targets: torch.Tensor, num_classes: int, like: torch.Tensor) -> tor
 ClassWeights = Optional[Union[Literal["balanced"], list[Annotated[float, Field(ge=0, allow_inf_nan=False)]]]]
 
 
-def class_weight_values(spec: Any, class_counts: Optional[list[int]], class_names: Optional[list[str]],
-                        num_classes: int) -> Optional[list[float]]:
+def class_weight_values(
+    spec: Any, class_counts: Optional[list[int]], class_names: Optional[list[str]], num_classes: int
+) -> Optional[list[float]]:
     """``loss.class_weights`` as one float per class. balanced: n / (C x count_c) from the
     train split's counts (sklearn's "balanced"); a list must have one weight per class."""
     names = class_names or [str(i) for i in range(num_classes)]
@@ -35,13 +37,17 @@ def class_weight_values(spec: Any, class_counts: Optional[list[int]], class_name
             raise ValueError("class_weights: balanced needs the train split's class counts")
         empty = [n for n, c in zip(names, class_counts) if c == 0]
         if empty:
-            raise ValueError(f"class_weights: balanced: class(es) {', '.join(map(repr, empty))} have no "
-                             f"training images (a weight of n / (C x 0)); give the weights as a list")
+            raise ValueError(
+                f"class_weights: balanced: class(es) {', '.join(map(repr, empty))} have no "
+                f"training images (a weight of n / (C x 0)); give the weights as a list"
+            )
         total = sum(class_counts)
         return [round(total / (num_classes * c), 6) for c in class_counts]
     if len(spec) != num_classes:
-        raise ValueError(f"class_weights has {len(spec)} value(s), but the data has {num_classes} classes "
-                         f"({', '.join(names)}): give one weight per class, in that order")
+        raise ValueError(
+            f"class_weights has {len(spec)} value(s), but the data has {num_classes} classes "
+            f"({', '.join(names)}): give one weight per class, in that order"
+        )
     if not any(spec):
         raise ValueError("class_weights are all 0: no class would count")
     return [float(w) for w in spec]
@@ -60,8 +66,13 @@ class WeightedCrossEntropy(nn.Module):
 
     def forward(self, logits, targets):
         if targets.ndim == 1:
-            total = F.cross_entropy(logits, targets, weight=self.weight.to(logits.dtype),
-                                    label_smoothing=self.label_smoothing, reduction="sum")
+            total = F.cross_entropy(
+                logits,
+                targets,
+                weight=self.weight.to(logits.dtype),
+                label_smoothing=self.label_smoothing,
+                reduction="sum",
+            )
             return _weighted_mean(total, self.weight[targets].sum())
         logp = logits.float().log_softmax(1)
         t = targets.float()
@@ -79,9 +90,13 @@ def _weighted_mean(total: torch.Tensor, weight_sum: torch.Tensor) -> torch.Tenso
 
 
 @register("loss", "cross_entropy")
-def cross_entropy(num_classes: int, label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0,
-                  class_weights: ClassWeights = None, class_counts: Optional[list[int]] = None,
-                  class_names: Optional[list[str]] = None) -> nn.Module:
+def cross_entropy(
+    num_classes: int,
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0,
+    class_weights: ClassWeights = None,
+    class_counts: Optional[list[int]] = None,
+    class_names: Optional[list[str]] = None,
+) -> nn.Module:
     """Softmax cross-entropy on logits (index or soft targets), with optional label smoothing.
     ``class_weights``: balanced (n / (classes x count) from the train split) or one weight per
     class, in class order; the weighted loss is a weighted mean over the batch, as torch's."""

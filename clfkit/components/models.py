@@ -9,6 +9,7 @@ Each built-in model says its layers for ``optim.layer_decay`` with timm's
 ``group_matcher(coarse)`` method (clfkit.train.param_groups): name patterns (or a function) giving
 each parameter's layer, stem first; parameters no pattern matches (the classifier) come last.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -58,22 +59,29 @@ def linear(num_classes: int, in_chans: int, image_size: tuple[int, int]) -> nn.M
 
 
 class MLP(nn.Module):
-    def __init__(self, in_features, num_classes, hidden, *, norm, activation, dropout, dropout_kind, residual):
+    def __init__(
+        self, in_features, num_classes, hidden, *, norm, activation, dropout, dropout_kind, residual
+    ):
         super().__init__()
         self.flatten = nn.Flatten()
         self.blocks = nn.ModuleList()
         self.skip: list[bool] = []
         prev = in_features
         for width in hidden:
-            self.blocks.append(nn.Sequential(
-                nn.Linear(prev, width), norm(width, dim=1), activation(), _dropout(dropout_kind, dropout)))
+            self.blocks.append(
+                nn.Sequential(
+                    nn.Linear(prev, width), norm(width, dim=1), activation(), _dropout(dropout_kind, dropout)
+                )
+            )
             # a skip connection where the widths agree (the "MLP with residual connections" study)
             self.skip.append(residual and prev == width)
             prev = width
         if residual and not any(self.skip):
-            raise ValueError(f"residual needs a hidden layer as wide as the one before it (a skip "
-                             f"connection adds input and output), e.g. hidden: [512, 512, 512]; "
-                             f"got hidden {list(hidden)} on {in_features} input features")
+            raise ValueError(
+                f"residual needs a hidden layer as wide as the one before it (a skip "
+                f"connection adds input and output), e.g. hidden: [512, 512, 512]; "
+                f"got hidden {list(hidden)} on {in_features} input features"
+            )
         self.head = nn.Linear(prev, num_classes)
 
     def group_matcher(self, coarse: bool = False) -> dict:
@@ -87,14 +95,31 @@ class MLP(nn.Module):
 
 
 @register("model", "mlp")
-def mlp(num_classes: int, in_chans: int, image_size: tuple[int, int],
-        *, norm: NormSpec = "none", activation: ActSpec = "relu",
-        hidden: list[PosInt] = [1024], dropout: Rate = 0.0,
-        dropout_kind: Literal["dropout", "alpha"] = "dropout", residual: bool = False) -> nn.Module:
+def mlp(
+    num_classes: int,
+    in_chans: int,
+    image_size: tuple[int, int],
+    *,
+    norm: NormSpec = "none",
+    activation: ActSpec = "relu",
+    hidden: list[PosInt] = [1024],
+    dropout: Rate = 0.0,
+    dropout_kind: Literal["dropout", "alpha"] = "dropout",
+    residual: bool = False,
+) -> nn.Module:
     """Multi-layer perceptron: per hidden layer Linear -> norm -> activation -> dropout; with
     ``residual``, layers as wide as their input add it back (x + f(x))."""
     h, w = image_size
-    return MLP(in_chans * h * w, num_classes, hidden, norm=norm, activation=activation, dropout=dropout, dropout_kind=dropout_kind, residual=residual)
+    return MLP(
+        in_chans * h * w,
+        num_classes,
+        hidden,
+        norm=norm,
+        activation=activation,
+        dropout=dropout,
+        dropout_kind=dropout_kind,
+        residual=residual,
+    )
 
 
 # --------------------------------------------------------------------------- cnn
@@ -109,7 +134,9 @@ class ConvBlock(BaseModel):
     norm: bool = Field(True, description="apply the model's norm in this block")
     activation: bool = Field(True, description="apply the model's activation in this block")
     dropout: Optional[Rate] = Field(None, description="null: the model's dropout")
-    dropout_kind: Optional[Literal["dropout", "dropout2d"]] = Field(None, description="null: the model's dropout_kind")
+    dropout_kind: Optional[Literal["dropout", "dropout2d"]] = Field(
+        None, description="null: the model's dropout_kind"
+    )
     pool: Optional[Literal["max", "avg"]] = Field(None, description="null: no pooling")
     pool_kernel: PosInt = 2
     pool_stride: Optional[PosInt] = Field(None, description="null: pool_kernel")
@@ -133,6 +160,7 @@ class CNN(nn.Sequential):
         def layer(name: str) -> tuple[float]:  # "0.<i>.weight": features module i; else the head
             parts = name.split(".")
             return (float(self.block_of[int(parts[1])]),) if parts[0] == "0" else (float("inf"),)
+
         return layer
 
 
@@ -141,11 +169,19 @@ def _default_blocks() -> list[ConvBlock]:
 
 
 @register("model", "cnn")
-def cnn(num_classes: int, in_chans: int, image_size: tuple[int, int],
-        *, norm: NormSpec = "batch", activation: ActSpec = "relu",
-        blocks: list[ConvBlock] = _default_blocks(),
-        dropout: Rate = 0.0, dropout_kind: Literal["dropout", "dropout2d"] = "dropout",
-        global_pool: bool = False, head_dropout: Rate = 0.0) -> nn.Module:
+def cnn(
+    num_classes: int,
+    in_chans: int,
+    image_size: tuple[int, int],
+    *,
+    norm: NormSpec = "batch",
+    activation: ActSpec = "relu",
+    blocks: list[ConvBlock] = _default_blocks(),
+    dropout: Rate = 0.0,
+    dropout_kind: Literal["dropout", "dropout2d"] = "dropout",
+    global_pool: bool = False,
+    head_dropout: Rate = 0.0,
+) -> nn.Module:
     """Plain CNN from a list of conv blocks (conv -> norm -> activation -> dropout -> pool),
     then flatten (or global average pool) -> dropout -> linear. A block's unset dropout rate
     and kind are the model's ``dropout`` and ``dropout_kind``."""
@@ -155,10 +191,12 @@ def cnn(num_classes: int, in_chans: int, image_size: tuple[int, int],
     for k, b in enumerate(blocks):
         b = ConvBlock.model_validate(b) if isinstance(b, dict) else b
         pad = b.kernel // 2 if b.padding is None else b.padding
-        layers += [nn.Conv2d(c, b.channels, b.kernel, b.stride, pad),
-                   norm(b.channels, dim=2) if b.norm else nn.Identity(),
-                   activation() if b.activation else nn.Identity(),
-                   _dropout(b.dropout_kind or dropout_kind, dropout if b.dropout is None else b.dropout)]
+        layers += [
+            nn.Conv2d(c, b.channels, b.kernel, b.stride, pad),
+            norm(b.channels, dim=2) if b.norm else nn.Identity(),
+            activation() if b.activation else nn.Identity(),
+            _dropout(b.dropout_kind or dropout_kind, dropout if b.dropout is None else b.dropout),
+        ]
         if b.pool:
             pool = nn.MaxPool2d if b.pool == "max" else nn.AvgPool2d
             layers.append(pool(b.pool_kernel, b.pool_stride or b.pool_kernel, b.pool_padding))
@@ -169,8 +207,10 @@ def cnn(num_classes: int, in_chans: int, image_size: tuple[int, int],
         try:
             n_out = features.eval()(torch.zeros(1, in_chans, *image_size)).numel()
         except (RuntimeError, ValueError) as e:
-            raise ValueError(f"the conv blocks do not fit {image_size[0]}x{image_size[1]} images "
-                             f"(the feature map shrinks to nothing): {e}") from None
+            raise ValueError(
+                f"the conv blocks do not fit {image_size[0]}x{image_size[1]} images "
+                f"(the feature map shrinks to nothing): {e}"
+            ) from None
     features.train()
     head = [nn.AdaptiveAvgPool2d(1), nn.Flatten()] if global_pool else [nn.Flatten()]
     head += [_dropout("dropout", head_dropout), nn.Linear(c if global_pool else n_out, num_classes)]
@@ -196,19 +236,31 @@ def _existing_file(path: Optional[str]) -> Optional[str]:
 
 
 @register("model", "timm")
-def timm_model(num_classes: int, in_chans: int, image_size: tuple[int, int],
-               *, arch: Annotated[str, AfterValidator(_timm_arch)],
-               weights: Annotated[Optional[str], AfterValidator(_existing_file)] = None,
-               weights_min_match: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5,
-               drop_rate: Rate = 0.0, drop_path_rate: Rate = 0.0, **kwargs) -> nn.Module:
+def timm_model(
+    num_classes: int,
+    in_chans: int,
+    image_size: tuple[int, int],
+    *,
+    arch: Annotated[str, AfterValidator(_timm_arch)],
+    weights: Annotated[Optional[str], AfterValidator(_existing_file)] = None,
+    weights_min_match: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5,
+    drop_rate: Rate = 0.0,
+    drop_path_rate: Rate = 0.0,
+    **kwargs,
+) -> nn.Module:
     """Any timm architecture by name (extra args go to timm.create_model), randomly initialized
     or loaded from a local weights file (.safetensors, a torch state dict or a timm
     checkpoint) through timm's pretrained loader, which adapts the classifier and the first
     conv; never downloads. ``weights_min_match``: the share of the model's tensors the file must
     match (below it the file is another architecture: an error). The model carries the
     loading's receipt as ``weights_receipt`` (the trainer prints it and writes weights.json)."""
-    args = dict(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
-                drop_path_rate=drop_path_rate, **kwargs)
+    args = dict(
+        num_classes=num_classes,
+        in_chans=in_chans,
+        drop_rate=drop_rate,
+        drop_path_rate=drop_path_rate,
+        **kwargs,
+    )
     model = _create_timm(arch, image_size, pretrained=False, **args)
     if weights:
         model = _load_timm_weights(model, arch, image_size, weights, weights_min_match, args)
@@ -226,8 +278,9 @@ def _create_timm(arch: str, image_size: tuple[int, int], **args) -> nn.Module:
         return timm.create_model(arch, **args)
 
 
-def _load_timm_weights(model: nn.Module, arch: str, image_size: tuple[int, int], path: str,
-                       min_match: float, args: dict) -> nn.Module:
+def _load_timm_weights(
+    model: nn.Module, arch: str, image_size: tuple[int, int], path: str, min_match: float, args: dict
+) -> nn.Module:
     """``model`` (fresh) with the weights of ``path``: checked by name and shape first (a file of
     another architecture is an error), then loaded by timm's own pretrained machinery
     (``pretrained_cfg_overlay=dict(file=...)``); where timm refuses the file, by name."""
@@ -237,8 +290,14 @@ def _load_timm_weights(model: nn.Module, arch: str, image_size: tuple[int, int],
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
     state = read_state_dict(path, "model.weights")
     first_conv = cfg.get("first_conv") if isinstance(cfg.get("first_conv"), str) else None
-    receipt = compare(model.state_dict(), state, source=path, field_name="model.weights",
-                      head=head_names(model), first_conv=first_conv and f"{first_conv}.weight")
+    receipt = compare(
+        model.state_dict(),
+        state,
+        source=path,
+        field_name="model.weights",
+        head=head_names(model),
+        first_conv=first_conv and f"{first_conv}.weight",
+    )
     require_match(receipt, min_match, "model.weights_min_match")
     classifier = cfg.get("classifier") if isinstance(cfg.get("classifier"), str) else None
     head = state.get(f"{classifier}.weight") if classifier else None

@@ -1,5 +1,6 @@
 """Normalization layers. Contract: ``factory(num_features, dim=2) -> nn.Module`` where ``dim``
 is 2 for (N, C, H, W) feature maps and 1 for (N, C) feature vectors."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -12,8 +13,12 @@ from clfkit.registry.plugins import register
 
 
 @register("norm", "batch")
-def batch_norm(num_features: int, dim: Literal[1, 2] = 2, momentum: Annotated[float, Field(gt=0, le=1)] = 0.1,
-               eps: Annotated[float, Field(gt=0)] = 1e-5) -> nn.Module:
+def batch_norm(
+    num_features: int,
+    dim: Literal[1, 2] = 2,
+    momentum: Annotated[float, Field(gt=0, le=1)] = 0.1,
+    eps: Annotated[float, Field(gt=0)] = 1e-5,
+) -> nn.Module:
     """BatchNorm over the batch (BatchNorm1d / BatchNorm2d)."""
     cls = nn.BatchNorm2d if dim == 2 else nn.BatchNorm1d
     return cls(num_features, eps=eps, momentum=momentum)
@@ -29,7 +34,9 @@ def instance_norm(num_features: int, dim: Literal[1, 2] = 2, affine: bool = True
 
 
 @register("norm", "group")
-def group_norm(num_features: int, dim: Literal[1, 2] = 2, groups: Annotated[int, Field(ge=1)] = 32) -> nn.Module:
+def group_norm(
+    num_features: int, dim: Literal[1, 2] = 2, groups: Annotated[int, Field(ge=1)] = 32
+) -> nn.Module:
     """GroupNorm; ``groups`` is reduced to the largest divisor of the channel count."""
     g = min(groups, num_features)
     while num_features % g:

@@ -16,6 +16,7 @@ become tensors are tensors (not Python numbers, which a compiled graph would bak
 Dropout and weight decay are arguments of the models and optimizers; the regularizers here
 are the ones that act on the training step.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -76,13 +77,23 @@ def _soft_label_check(recipe, path):
     problems = []
     loss = dict(recipe.loss)
     if loss.get("label_smoothing"):
-        problems.append((path, f"label smoothing is already set in loss.label_smoothing "
-                               f"({loss['label_smoothing']}); both would apply, smoothing twice. Keep one: "
-                               f"remove this regularizer or set loss.label_smoothing=0"))
+        problems.append(
+            (
+                path,
+                f"label smoothing is already set in loss.label_smoothing "
+                f"({loss['label_smoothing']}); both would apply, smoothing twice. Keep one: "
+                f"remove this regularizer or set loss.label_smoothing=0",
+            )
+        )
     mine = [i for i, r in enumerate(recipe.regularizers) if r["name"] == "label_smoothing"]
     if len(mine) > 1 and path == f"regularizers.{mine[-1]}":
-        problems.append((path, f"label_smoothing is listed {len(mine)} times (regularizers."
-                               f"{', regularizers.'.join(map(str, mine))}); it would apply each time"))
+        problems.append(
+            (
+                path,
+                f"label_smoothing is listed {len(mine)} times (regularizers."
+                f"{', regularizers.'.join(map(str, mine))}); it would apply each time",
+            )
+        )
     return problems
 
 
@@ -139,9 +150,14 @@ def _one_mix_check(recipe, path):
     if len(listed) < 2 or path != f"regularizers.{listed[-1][0]}":
         return []  # reported once, at the last of them
     where = ", ".join(f"regularizers.{i} ({name})" for i, name in listed)
-    return [(path, f"{where}: more than one image-mixing regularizer would mix every batch more than once. "
-                   f"Keep one; for mixup and cutmix both, list only {{name: mixup_cutmix, mixup_alpha: ..., "
-                   f"cutmix_alpha: ..., switch_prob: ...}}, which picks one of them per batch")]
+    return [
+        (
+            path,
+            f"{where}: more than one image-mixing regularizer would mix every batch more than once. "
+            f"Keep one; for mixup and cutmix both, list only {{name: mixup_cutmix, mixup_alpha: ..., "
+            f"cutmix_alpha: ..., switch_prob: ...}}, which picks one of them per batch",
+        )
+    ]
 
 
 @dataclass
@@ -174,9 +190,12 @@ class MixupCutMix:
 
 
 @register("regularizer", "mixup_cutmix")
-def mixup_cutmix(mixup_alpha: Annotated[float, Field(gt=0)] = 0.8,
-                 cutmix_alpha: Annotated[float, Field(gt=0)] = 1.0,
-                 switch_prob: Prob = 0.5, p: Prob = 1.0) -> MixupCutMix:
+def mixup_cutmix(
+    mixup_alpha: Annotated[float, Field(gt=0)] = 0.8,
+    cutmix_alpha: Annotated[float, Field(gt=0)] = 1.0,
+    switch_prob: Prob = 0.5,
+    p: Prob = 1.0,
+) -> MixupCutMix:
     """Mixup or CutMix, one per batch (timm's Mixup): CutMix with probability ``switch_prob``,
     else Mixup; ``p`` is the chance a batch is mixed at all. Listing mixup and cutmix apart is
     refused (both would mix the same batch)."""

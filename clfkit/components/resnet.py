@@ -1,6 +1,7 @@
 """The built-in ``resnet`` model (He et al.) with ablation switches: depth or blocks per stage,
 stem, width, residual on/off, norm, activation, dropout before the classifier, stochastic
 depth; its blocks and the ResNet module. The model contract: clfkit.components.models."""
+
 from __future__ import annotations
 
 from typing import Literal, Optional
@@ -106,16 +107,31 @@ RESNET_DEPTHS: dict[int, tuple[str, list[int]]] = {
 
 
 class ResNet(nn.Module):
-    def __init__(self, num_classes, in_chans, *, layers, block, stem, width, residual, norm,
-                 activation, drop_rate, drop_path, zero_init_last):
+    def __init__(
+        self,
+        num_classes,
+        in_chans,
+        *,
+        layers,
+        block,
+        stem,
+        width,
+        residual,
+        norm,
+        activation,
+        drop_rate,
+        drop_path,
+        zero_init_last,
+    ):
         super().__init__()
         Block = BasicBlock if block == "basic" else Bottleneck
         widths = [max(1, int(round(w * width))) for w in (64, 128, 256, 512)]
         c = widths[0]
         n = norm(c, dim=2)
         if stem == "imagenet":  # 7x7 stride 2 + max-pool: 4x smaller feature maps
-            self.stem = nn.Sequential(nn.Conv2d(in_chans, c, 7, 2, 3, bias=_no_norm(n)), n,
-                                      activation(), nn.MaxPool2d(3, 2, 1))
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_chans, c, 7, 2, 3, bias=_no_norm(n)), n, activation(), nn.MaxPool2d(3, 2, 1)
+            )
         elif stem == "cifar":  # 3x3 stride 1, no pool: full resolution (slow, accurate on 32px)
             self.stem = nn.Sequential(nn.Conv2d(in_chans, c, 3, 1, 1, bias=_no_norm(n)), n, activation())
         else:  # "small": 3x3 stride 2, no pool: a 2x reduction, between the two
@@ -127,7 +143,11 @@ class ResNet(nn.Module):
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
                 dp = drop_path * idx / max(1, total - 1)
-                blocks.append(Block(cin, planes, stride, norm=norm, activation=activation, residual=residual, drop_path=dp))
+                blocks.append(
+                    Block(
+                        cin, planes, stride, norm=norm, activation=activation, residual=residual, drop_path=dp
+                    )
+                )
                 cin = planes * Block.expansion
                 idx += 1
             stages.append(nn.Sequential(*blocks))
@@ -178,15 +198,23 @@ def _feature_sizes(image_size: tuple[int, int], stem: str, layers: list[int]) ->
 
 
 @register("model", "resnet")
-def resnet(num_classes: int, in_chans: int, image_size: tuple[int, int] = (224, 224),
-           *, norm: NormSpec = "batch", activation: ActSpec = "relu",
-           depth: Optional[Literal[10, 14, 18, 26, 34, 50, 101, 152]] = None,
-           layers: Optional[list[Annotated[int, Field(ge=0)]]] = None,
-           block: Optional[Literal["basic", "bottleneck"]] = None,
-           stem: Literal["imagenet", "cifar", "small"] = "imagenet",
-           width: Annotated[float, Field(gt=0, le=8)] = 1.0,
-           residual: bool = True, drop_rate: Rate = 0.0, drop_path: Rate = 0.0,
-           zero_init_last: bool = False) -> nn.Module:
+def resnet(
+    num_classes: int,
+    in_chans: int,
+    image_size: tuple[int, int] = (224, 224),
+    *,
+    norm: NormSpec = "batch",
+    activation: ActSpec = "relu",
+    depth: Optional[Literal[10, 14, 18, 26, 34, 50, 101, 152]] = None,
+    layers: Optional[list[Annotated[int, Field(ge=0)]]] = None,
+    block: Optional[Literal["basic", "bottleneck"]] = None,
+    stem: Literal["imagenet", "cifar", "small"] = "imagenet",
+    width: Annotated[float, Field(gt=0, le=8)] = 1.0,
+    residual: bool = True,
+    drop_rate: Rate = 0.0,
+    drop_path: Rate = 0.0,
+    zero_init_last: bool = False,
+) -> nn.Module:
     """ResNet (He et al.) with ablation switches: depth (18 when neither depth nor layers is
     given) or blocks per stage, stem, width, residual on/off, norm, activation, dropout before
     the classifier (drop_rate), stochastic depth (drop_path)."""
@@ -197,15 +225,33 @@ def resnet(num_classes: int, in_chans: int, image_size: tuple[int, int] = (224, 
         raise ValueError(f"layers must give blocks for 4 stages, got {layers}")
     block = block or "basic"
     if depth is not None and _resnet_depth(block, layers) != depth:
-        raise ValueError(f"depth {depth} contradicts block {block!r} with layers {list(layers)}, which make "
-                         f"a ResNet-{_resnet_depth(block, layers)}; give depth or layers, not both")
+        raise ValueError(
+            f"depth {depth} contradicts block {block!r} with layers {list(layers)}, which make "
+            f"a ResNet-{_resnet_depth(block, layers)}; give depth or layers, not both"
+        )
     if not residual and (drop_path > 0 or zero_init_last):
-        raise ValueError("drop_path and zero_init_last act on residual branches; with residual: false "
-                         "they would silently do nothing (or zero the whole network): unset them")
+        raise ValueError(
+            "drop_path and zero_init_last act on residual branches; with residual: false "
+            "they would silently do nothing (or zero the whole network): unset them"
+        )
     sizes = _feature_sizes(image_size, stem, layers)
     if min(sizes[-1]) == 1 and isinstance(norm(4, dim=2), nn.InstanceNorm2d):
-        raise ValueError(f"at {image_size[0]}x{image_size[1]} with stem {stem!r} the last stage runs at "
-                         f"1x1, where instance norm has one value per channel and outputs zeros; "
-                         f"use stem: cifar or small, or larger images")
-    return ResNet(num_classes, in_chans, layers=list(layers), block=block, stem=stem, width=width, residual=residual,
-                  norm=norm, activation=activation, drop_rate=drop_rate, drop_path=drop_path, zero_init_last=zero_init_last)
+        raise ValueError(
+            f"at {image_size[0]}x{image_size[1]} with stem {stem!r} the last stage runs at "
+            f"1x1, where instance norm has one value per channel and outputs zeros; "
+            f"use stem: cifar or small, or larger images"
+        )
+    return ResNet(
+        num_classes,
+        in_chans,
+        layers=list(layers),
+        block=block,
+        stem=stem,
+        width=width,
+        residual=residual,
+        norm=norm,
+        activation=activation,
+        drop_rate=drop_rate,
+        drop_path=drop_path,
+        zero_init_last=zero_init_last,
+    )

@@ -5,6 +5,7 @@ disk``, images that stay in their file and are read as tensors: clfkit.data.disk
 :mod:`clfkit.data.splits` and are re-exported here lazily: importing the package imports no
 torch, so the deployment side may use :mod:`clfkit.data.image_files` (PIL and numpy only).
 """
+
 from __future__ import annotations
 
 _SPLITS = ("ImageSet", "Splits", "stratified_split")

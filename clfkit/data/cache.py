@@ -35,6 +35,7 @@ The cache dir is ``$CLFKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/clfkit``, else
 ``~/.cache/clfkit``; ``CLFKIT_CACHE=0`` turns the cache off. It is a property of the machine,
 not of the recipe, so recipes stay portable.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -57,7 +58,7 @@ from clfkit.errors import DataError
 
 # Bump whenever the same file bytes would decode to other pixels (the key cannot see code changes).
 FORMAT = 4  # 3: EXIF orientation applied; content-hash fingerprints; entries checked on read;
-           # 4: 16/32-bit and float images by a fixed range per mode (image_files.WIDE_MODES)
+# 4: 16/32-bit and float images by a fixed range per mode (image_files.WIDE_MODES)
 SPLITS = ("train", "val", "test")
 
 
@@ -80,8 +81,9 @@ def group_name(source: str, settings: dict[str, Any]) -> str:
     """The name prefix shared by every entry of one dataset source decoded with ``settings``."""
     import PIL
 
-    blob = json.dumps({"format": FORMAT, "source": source, "settings": settings, "pil": PIL.__version__},
-                      sort_keys=True)
+    blob = json.dumps(
+        {"format": FORMAT, "source": source, "settings": settings, "pil": PIL.__version__}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -120,8 +122,12 @@ def _write_splits(folder: Path, splits: Splits, index: dict[str, Any]) -> None:
             _save_array(folder, file, s.images.cpu().numpy(), index["hashes"])
         if s.labels is not None:
             _save_array(folder, f"{name}.labels.npy", s.labels.cpu().numpy(), index["hashes"])
-        index["splits"][name] = {"n": len(s), "shape": list(s.images.shape),
-                                 "labelled": s.labels is not None, "paths": s.paths}
+        index["splits"][name] = {
+            "n": len(s),
+            "shape": list(s.images.shape),
+            "labelled": s.labels is not None,
+            "paths": s.paths,
+        }
 
 
 def write_entry(path: Path, splits: Splits, meta: dict[str, Any], tmp: Optional[Path] = None) -> None:
@@ -131,9 +137,15 @@ def write_entry(path: Path, splits: Splits, meta: dict[str, Any], tmp: Optional[
     made = tmp is None
     tmp = tmp or disk_spill.locked_temp_folder(path.parent, f".{path.name}.", ".tmp")
     try:
-        index: dict[str, Any] = {"format": FORMAT, **meta, "class_names": splits.class_names,
-                                 "description": splits.description,
-                                 "skipped": [list(s) for s in splits.skipped], "splits": {}, "hashes": {}}
+        index: dict[str, Any] = {
+            "format": FORMAT,
+            **meta,
+            "class_names": splits.class_names,
+            "description": splits.description,
+            "skipped": [list(s) for s in splits.skipped],
+            "splits": {},
+            "hashes": {},
+        }
         _write_splits(tmp, splits, index)
         with open(tmp / "index.json", "w", encoding="utf-8") as f:  # written last: marks complete
             json.dump(index, f)  # ASCII escapes: any file name, non-UTF-8 bytes included, fits
@@ -166,7 +178,9 @@ def _load_array(path: Path, name: str, index: dict[str, Any]) -> np.ndarray:
         arr = np.load(path / name, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:  # missing, truncated, not an .npy file
         raise DamagedEntry(f"{name}: {e}") from None
-    _require(_array_hash(arr) == index["hashes"].get(name), f"{name}: its contents changed since it was written")
+    _require(
+        _array_hash(arr) == index["hashes"].get(name), f"{name}: its contents changed since it was written"
+    )
     return arr
 
 
@@ -175,30 +189,53 @@ def _open_disk_array(path: Path, name: str, index: dict[str, Any]) -> storage.Di
         images = storage.DiskImages(path / name)
     except DataError as e:  # missing, truncated, not an .npy file
         raise DamagedEntry(str(e)) from None
-    _require(images.data_hash() == index["hashes"].get(name), f"{name}: its contents changed since it was written")
+    _require(
+        images.data_hash() == index["hashes"].get(name), f"{name}: its contents changed since it was written"
+    )
     return images
 
 
-def _read_split(path: Path, name: str, info: dict[str, Any], index: dict[str, Any],
-                settings: dict[str, Any], on_disk: bool = False) -> ImageSet:
+def _read_split(
+    path: Path,
+    name: str,
+    info: dict[str, Any],
+    index: dict[str, Any],
+    settings: dict[str, Any],
+    on_disk: bool = False,
+) -> ImageSet:
     n, classes = info["n"], len(index["class_names"])
     images = (_open_disk_array if on_disk else _load_array)(path, f"{name}.images.npy", index)
     size, channels = tuple(settings["image_size"]), settings["channels"]
-    _require(images.dtype in (np.uint8, torch.uint8) and images.ndim == 4 and len(images) == n
-             and images.shape[2:] == size and images.shape[1] in ((1, 3) if channels is None else (channels,)),
-             f"{name} images are {images.dtype} {images.shape}, expected uint8 ({n}, C, {size[0]}, {size[1]})")
+    _require(
+        images.dtype in (np.uint8, torch.uint8)
+        and images.ndim == 4
+        and len(images) == n
+        and images.shape[2:] == size
+        and images.shape[1] in ((1, 3) if channels is None else (channels,)),
+        f"{name} images are {images.dtype} {images.shape}, expected uint8 ({n}, C, {size[0]}, {size[1]})",
+    )
     labels = None
     if info["labelled"]:
         labels = _load_array(path, f"{name}.labels.npy", index)
-        _require(labels.dtype == np.int64 and labels.shape == (n,),
-                 f"{name} labels are {labels.dtype} {labels.shape}, expected int64 ({n},)")
-        _require(n == 0 or (labels.min() >= 0 and labels.max() < classes),
-                 f"{name} labels {labels.min()}..{labels.max()} are outside 0..{classes - 1}")
+        _require(
+            labels.dtype == np.int64 and labels.shape == (n,),
+            f"{name} labels are {labels.dtype} {labels.shape}, expected int64 ({n},)",
+        )
+        _require(
+            n == 0 or (labels.min() >= 0 and labels.max() < classes),
+            f"{name} labels {labels.min()}..{labels.max()} are outside 0..{classes - 1}",
+        )
     paths = info["paths"]
-    _require(paths is None or (isinstance(paths, list) and len(paths) == n and all(isinstance(p, str) for p in paths)),
-             f"{name} paths are not {n} names")
-    return ImageSet(images if on_disk else torch.from_numpy(images),
-                    torch.from_numpy(labels) if labels is not None else None, paths)
+    _require(
+        paths is None
+        or (isinstance(paths, list) and len(paths) == n and all(isinstance(p, str) for p in paths)),
+        f"{name} paths are not {n} names",
+    )
+    return ImageSet(
+        images if on_disk else torch.from_numpy(images),
+        torch.from_numpy(labels) if labels is not None else None,
+        paths,
+    )
 
 
 def read_entry(path: Path, settings: dict[str, Any], storage_mode: str = "memory") -> Splits:
@@ -209,22 +246,45 @@ def read_entry(path: Path, settings: dict[str, Any], storage_mode: str = "memory
         index = json.loads((path / "index.json").read_text(encoding="utf-8"))
         _require(index.get("format") == FORMAT, f"format {index.get('format')}, expected {FORMAT}")
         names = index["class_names"]
-        _require(isinstance(names, list) and len(names) >= 1 and all(isinstance(c, str) for c in names),
-                 "class names are not a list of names")
-        _require("train" in index["splits"] and set(index["splits"]) <= set(SPLITS),
-                 "the splits are not train/val/test")
+        _require(
+            isinstance(names, list) and len(names) >= 1 and all(isinstance(c, str) for c in names),
+            "class names are not a list of names",
+        )
+        _require(
+            "train" in index["splits"] and set(index["splits"]) <= set(SPLITS),
+            "the splits are not train/val/test",
+        )
         nbytes = sum(int(np.prod(info["shape"])) for info in index["splits"].values())
         on_disk = storage.resolve(storage_mode, nbytes) == "disk"
-        sets = {name: _read_split(path, name, info, index, settings, on_disk) for name, info in index["splits"].items()}
+        sets = {
+            name: _read_split(path, name, info, index, settings, on_disk)
+            for name, info in index["splits"].items()
+        }
         _require(sets["train"].labels is not None and len(sets["train"]) > 0, "train has no labelled images")
-        _require(len({s.images.shape[1] for s in sets.values()}) == 1, "the splits have different channel counts")
+        _require(
+            len({s.images.shape[1] for s in sets.values()}) == 1, "the splits have different channel counts"
+        )
         skipped = [tuple(s) for s in index["skipped"]]
         _require(all(len(s) == 2 and all(isinstance(x, str) for x in s) for s in skipped), "bad skipped list")
-        return Splits(train=sets["train"], class_names=names, val=sets.get("val"), test=sets.get("test"),
-                      skipped=skipped, description=str(index["description"]), fingerprint=index.get("fingerprint"))
+        return Splits(
+            train=sets["train"],
+            class_names=names,
+            val=sets.get("val"),
+            test=sets.get("test"),
+            skipped=skipped,
+            description=str(index["description"]),
+            fingerprint=index.get("fingerprint"),
+        )
     except DamagedEntry:
         raise
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, DataError) as e:  # no index, bad JSON, types
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        DataError,
+    ) as e:  # no index, bad JSON, types
         raise DamagedEntry(f"index.json: {type(e).__name__}: {e}") from None
 
 
@@ -243,8 +303,14 @@ def _entries(base: Path, group: str) -> list[Path]:
         return []
 
 
-def _lookup(base: Path, group: str, fingerprint_of: Callable[[], str], settings: dict[str, Any],
-            log: Callable[[str], None], storage_mode: str) -> Optional[Splits]:
+def _lookup(
+    base: Path,
+    group: str,
+    fingerprint_of: Callable[[], str],
+    settings: dict[str, Any],
+    log: Callable[[str], None],
+    storage_mode: str,
+) -> Optional[Splits]:
     """The cached Splits for the data as it is now, or None."""
     if not _entries(base, group):  # a first run: skip hashing, the decoder hashes what it reads
         return None
@@ -301,8 +367,14 @@ def _in_use(entry: Path) -> bool:
         os.close(fd)
 
 
-def _store(base: Path, group: str, splits: Splits, meta: dict[str, Any], log: Callable[[str], None],
-           tmp: Optional[Path] = None) -> Optional[Path]:
+def _store(
+    base: Path,
+    group: str,
+    splits: Splits,
+    meta: dict[str, Any],
+    log: Callable[[str], None],
+    tmp: Optional[Path] = None,
+) -> Optional[Path]:
     """Write the entry (from ``tmp`` when disk splits were decoded there); its path, or None
     when it could not be written."""
     path = base / f"{group}-{splits.fingerprint}"
@@ -315,7 +387,9 @@ def _store(base: Path, group: str, splits: Splits, meta: dict[str, Any], log: Ca
         _prune_group(base, group, keep=path)
         _prune_format_2(base, meta["source"])
     except OSError as e:  # a read-only or full cache dir must not stop training
-        log(f"could not write the data cache {path}: {disk_spill.unwritable(path, e)}; the run goes on without it")
+        log(
+            f"could not write the data cache {path}: {disk_spill.unwritable(path, e)}; the run goes on without it"
+        )
         return None
     return path
 
@@ -342,8 +416,14 @@ def _prune_format_2(base: Path, source: str) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def cached(name: str, args: dict[str, Any], settings: dict[str, Any], load: Callable[[], Splits],
-           log: Callable[[str], None] = warn, storage_mode: str = "memory") -> Splits:
+def cached(
+    name: str,
+    args: dict[str, Any],
+    settings: dict[str, Any],
+    load: Callable[[], Splits],
+    log: Callable[[str], None] = warn,
+    storage_mode: str = "memory",
+) -> Splits:
     """``load()`` through the cache: the cached Splits when the dataset's files and the
     settings are unchanged, else ``load()`` once and store its result. Datasets without a
     fingerprint (procedural ones) and a turned-off cache go straight to ``load()``.
@@ -352,7 +432,11 @@ def cached(name: str, args: dict[str, Any], settings: dict[str, Any], load: Call
     base = cache_dir()
     fingerprint_of = FINGERPRINTS.get(name)
     if base is None or fingerprint_of is None:
-        return load() if storage_mode == "memory" else disk_spill.uncached(load, storage_mode, cache_location(), log)
+        return (
+            load()
+            if storage_mode == "memory"
+            else disk_spill.uncached(load, storage_mode, cache_location(), log)
+        )
     source = f"{name}:{Path(str(args.get('root', ''))).expanduser().resolve()}" if "root" in args else name
     group = group_name(source, settings)
     hit = _lookup(base, group, lambda: fingerprint_of(**args), settings, log, storage_mode)
@@ -361,9 +445,17 @@ def cached(name: str, args: dict[str, Any], settings: dict[str, Any], load: Call
     meta = {"source": source, "settings": settings}
     disk_spill.remove_stale(base, f".{group}-*.tmp")  # left by a run killed while it wrote an entry
     if storage_mode != "memory":
-        return _hold(disk_spill.cached_miss(load, storage_mode, base=base, group=group, log=log,
-                                            store=lambda splits, tmp: _store(base, group, splits, meta, log, tmp),
-                                            fingerprint_of=lambda: fingerprint_of(**args)))
+        return _hold(
+            disk_spill.cached_miss(
+                load,
+                storage_mode,
+                base=base,
+                group=group,
+                log=log,
+                store=lambda splits, tmp: _store(base, group, splits, meta, log, tmp),
+                fingerprint_of=lambda: fingerprint_of(**args),
+            )
+        )
     splits = load()
     if splits.fingerprint is None:  # a dataset that does not hash while it reads: hash now
         splits.fingerprint = fingerprint_of(**args)

@@ -9,6 +9,7 @@ loops back up is not followed and is listed in ``skipped``.
 Every file is read once: the same bytes are hashed (:attr:`Splits.fingerprint`, the data
 cache's key) and decoded, so the cache can never pair one file content with another's pixels.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -63,13 +64,16 @@ def _split_folder(root: Path, name: str, required: bool) -> Optional[Path]:
     if path.is_dir():
         return path
     if path.is_symlink() and not path.exists():
-        raise DataError(f"{_show(path)} is a symbolic link to {_show(Path(os.readlink(path)))}, which "
-                        f"does not exist; fix or remove the link (expected {LAYOUT})")
+        raise DataError(
+            f"{_show(path)} is a symbolic link to {_show(Path(os.readlink(path)))}, which "
+            f"does not exist; fix or remove the link (expected {LAYOUT})"
+        )
     if path.exists():
         raise DataError(f"{_show(path)} is a file, not a folder; expected {LAYOUT}")
     if required:
-        raise DataError(f"{_show(root)} has no train/ folder (it is empty or holds other things); "
-                        f"expected {LAYOUT}")
+        raise DataError(
+            f"{_show(root)} has no train/ folder (it is empty or holds other things); expected {LAYOUT}"
+        )
     return None
 
 
@@ -87,15 +91,19 @@ def class_folders(split_dir: Path) -> list[Path]:
     classes = []
     for p in _entries(split_dir):
         if p.is_symlink() and not p.exists() and not image_files.is_image_file(p):
-            raise DataError(f"class folder {_show(p)} is a symbolic link to "
-                            f"{_show(Path(os.readlink(p)))}, which does not exist; fix or remove the link")
+            raise DataError(
+                f"class folder {_show(p)} is a symbolic link to "
+                f"{_show(Path(os.readlink(p)))}, which does not exist; fix or remove the link"
+            )
         if not p.is_dir():
             continue
         real = os.path.realpath(p)
         if image_files.contains(real, real_split):
-            raise DataError(f"class folder {_show(p)} is a link to {_show(Path(real))}, which holds "
-                            f"{_show(split_dir)} itself: it would be a class made of every other class's "
-                            f"images; remove the link")
+            raise DataError(
+                f"class folder {_show(p)} is a link to {_show(Path(real))}, which holds "
+                f"{_show(split_dir)} itself: it would be a class made of every other class's "
+                f"images; remove the link"
+            )
         _check_class_name(p)
         classes.append(p)
     return classes
@@ -106,9 +114,11 @@ def _check_class_name(folder: Path) -> None:
     that prints on one line."""
     name = folder.name
     if any(unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") for ch in name):  # Cs: non-UTF-8 bytes
-        raise DataError(f"class folder name {image_files.escape_path(name)!r} (in {_show(folder.parent)}) is not "
-                        f"valid UTF-8 or holds a control character such as a newline or tab; class names "
-                        f"are written to the ONNX file and to prediction files: rename the folder")
+        raise DataError(
+            f"class folder name {image_files.escape_path(name)!r} (in {_show(folder.parent)}) is not "
+            f"valid UTF-8 or holds a control character such as a newline or tab; class names "
+            f"are written to the ONNX file and to prediction files: rename the folder"
+        )
 
 
 def _scan_labelled(split_dir: Path, plan: FolderPlan) -> tuple[list[str], list[tuple[str, int]]]:
@@ -120,14 +130,18 @@ def _scan_labelled(split_dir: Path, plan: FolderPlan) -> tuple[list[str], list[t
         listing = image_files.walk_files(d)
         for ident, folder in listing.folders.items():
             if ident in owner:
-                raise DataError(f"{_show(folder)} and {_show(owner[ident])} are the same folder (through "
-                                f"a symbolic link): its images would belong to two classes; remove the link")
+                raise DataError(
+                    f"{_show(folder)} and {_show(owner[ident])} are the same folder (through "
+                    f"a symbolic link): its images would belong to two classes; remove the link"
+                )
             owner[ident] = folder
         plan.not_followed += [(plan.show(p), why) for p, why in listing.not_followed]
         plan.not_images += [plan.show(p) for p in listing.others]
         if not listing.images:
-            raise DataError(f"class folder {_show(d)} holds no images (looked for "
-                            f"{', '.join(image_files.IMAGE_EXTENSIONS)}); remove it or add images")
+            raise DataError(
+                f"class folder {_show(d)} holds no images (looked for "
+                f"{', '.join(image_files.IMAGE_EXTENSIONS)}); remove it or add images"
+            )
         items += [(p, label) for p in listing.images]
     names = [d.name for d in classes]
     check_class_names(names, _show(split_dir))
@@ -144,17 +158,22 @@ def scan_folder(root: str | os.PathLike) -> FolderPlan:
     train_dir = _split_folder(root, "train", required=True)
     plan.class_names, train_items = _scan_labelled(train_dir, plan)
     if len(plan.class_names) < 2:
-        raise DataError(f"{_show(train_dir)} must hold at least two class folders, found "
-                        f"{plan.class_names or 'none'}")
+        raise DataError(
+            f"{_show(train_dir)} must hold at least two class folders, found {plan.class_names or 'none'}"
+        )
     plan.splits["train"] = ([p for p, _ in train_items], [l for _, l in train_items])
     val_dir = _split_folder(root, "val", required=False)
     if val_dir is not None:
         val_classes, val_items = _scan_labelled(val_dir, plan)
-        check_same_spelling(plan.class_names, val_classes, f"train ({_show(train_dir)})", f"val ({_show(val_dir)})")
+        check_same_spelling(
+            plan.class_names, val_classes, f"train ({_show(train_dir)})", f"val ({_show(val_dir)})"
+        )
         if val_classes != plan.class_names:
-            raise DataError(f"train and val have different class folders: only in train "
-                            f"{sorted(set(plan.class_names) - set(val_classes))}, only in val "
-                            f"{sorted(set(val_classes) - set(plan.class_names))}")
+            raise DataError(
+                f"train and val have different class folders: only in train "
+                f"{sorted(set(plan.class_names) - set(val_classes))}, only in val "
+                f"{sorted(set(val_classes) - set(plan.class_names))}"
+            )
         plan.splits["val"] = ([p for p, _ in val_items], [l for _, l in val_items])
     test_dir = _split_folder(root, "test", required=False)
     if test_dir is not None:
@@ -183,18 +202,27 @@ def warn_not_images(plan: FolderPlan) -> None:
     """Warnings (each shown once a run: the same text from the same line) naming files the
     dataset leaves out: a phone's .heic photos, or images dropped into train/ beside the class
     folders, would otherwise vanish without a word."""
+
     def some(paths: list[str]) -> str:
         return ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
 
     if plan.not_images:
-        warnings.warn(f"{len(plan.not_images)} file(s) under {_show(plan.root)} are not read, their extension "
-                      f"is not an image's: {some(plan.not_images)} (clfkit reads "
-                      f"{' '.join(image_files.IMAGE_EXTENSIONS)}); convert them or move them out of the "
-                      f"dataset", NotImagesWarning, stacklevel=2)
+        warnings.warn(
+            f"{len(plan.not_images)} file(s) under {_show(plan.root)} are not read, their extension "
+            f"is not an image's: {some(plan.not_images)} (clfkit reads "
+            f"{' '.join(image_files.IMAGE_EXTENSIONS)}); convert them or move them out of the "
+            f"dataset",
+            NotImagesWarning,
+            stacklevel=2,
+        )
     if plan.in_no_class:
-        warnings.warn(f"{len(plan.in_no_class)} file(s) under {_show(plan.root)} lie beside the class folders, "
-                      f"in no class, and are not read: {some(plan.in_no_class)}; move images into "
-                      f"<split>/<class>/", NotImagesWarning, stacklevel=2)
+        warnings.warn(
+            f"{len(plan.in_no_class)} file(s) under {_show(plan.root)} lie beside the class folders, "
+            f"in no class, and are not read: {some(plan.in_no_class)}; move images into "
+            f"<split>/<class>/",
+            NotImagesWarning,
+            stacklevel=2,
+        )
 
 
 # --------------------------------------------------------------------------- reading and hashing
@@ -226,7 +254,7 @@ def _workers() -> int:
 def _hash_files(paths: list[str], pool: ThreadPoolExecutor) -> list[str]:
     # File reads and hashlib release the GIL. Tasks of 64 files: one task per small file
     # costs more in thread hand-offs than the hashing itself.
-    chunks = [paths[i:i + 64] for i in range(0, len(paths), 64)]
+    chunks = [paths[i : i + 64] for i in range(0, len(paths), 64)]
     return [d for part in pool.map(lambda c: [read_and_hash(p)[1] for p in c], chunks) for d in part]
 
 
@@ -242,14 +270,23 @@ def folder_fingerprint(root: str | os.PathLike) -> str:
 DecodeResult = Optional[tuple[np.ndarray, bool]]  # (HWC uint8 array, is grayscale), None if unreadable
 
 
-def decode_files(paths: list[Path], size: tuple[int, int], channels: Optional[int], *, resize: str,
-                 on_error: str, skipped: list[tuple[str, str]], show: Callable[[Path], str] = _show,
-                 digests: Optional[list[str]] = None) -> list[DecodeResult]:
+def decode_files(
+    paths: list[Path],
+    size: tuple[int, int],
+    channels: Optional[int],
+    *,
+    resize: str,
+    on_error: str,
+    skipped: list[tuple[str, str]],
+    show: Callable[[Path], str] = _show,
+    digests: Optional[list[str]] = None,
+) -> list[DecodeResult]:
     """Decode files in threads (PIL releases the GIL while decoding): per file (HWC uint8 array,
     is grayscale), or None when it could not be decoded (reported in ``skipped`` under
     ``show(path)``, or raised when ``on_error`` is "fail"). ``channels`` None decodes to RGB;
     the caller picks 1 or 3 afterwards from the grayscale flags. ``digests``, when given,
     receives each file's content hash, of the very bytes that were decoded."""
+
     def work(p: Path) -> tuple[DecodeResult | str, str]:
         data, digest, unreadable = read_and_hash(p)
         if unreadable:
@@ -257,7 +294,10 @@ def decode_files(paths: list[Path], size: tuple[int, int], channels: Optional[in
         try:
             img = image_files.open_image(p, data)
             gray = image_files.is_grayscale(img)
-            return (image_files.decode_image(img, size, 3 if channels is None else channels, resize), gray), digest
+            return (
+                image_files.decode_image(img, size, 3 if channels is None else channels, resize),
+                gray,
+            ), digest
         except image_files.DecodeError as e:
             return str(e), digest
 
@@ -293,24 +333,34 @@ def to_image_set(decoded, labels, paths, gray: bool) -> Optional[ImageSet]:
     return ImageSet(images, lab, [paths[i] for i in ok] if paths is not None else None)
 
 
-def _check_every_class_readable(plan: FolderPlan, readable_files: list[bool],
-                                skipped: list[tuple[str, str]]) -> None:
+def _check_every_class_readable(
+    plan: FolderPlan, readable_files: list[bool], skipped: list[tuple[str, str]]
+) -> None:
     """A class whose every training image failed to decode would be a class the model never
     sees: an error, not a silent gap."""
     paths, labels = plan.splits["train"]
     readable = {labels[i] for i, ok in enumerate(readable_files) if ok}
     empty = [c for k, c in enumerate(plan.class_names) if k not in readable]
     if not readable:
-        raise DataError(f"no readable training images under {_show(plan.root / 'train')} "
-                        f"({len(skipped)} files could not be decoded, e.g. {skipped[0][0]}: {skipped[0][1]})")
+        raise DataError(
+            f"no readable training images under {_show(plan.root / 'train')} "
+            f"({len(skipped)} files could not be decoded, e.g. {skipped[0][0]}: {skipped[0][1]})"
+        )
     if empty:
-        raise DataError(f"no image of class folder(s) {[image_files.escape_path(c) for c in empty]} in "
-                        f"{_show(plan.root / 'train')} could be decoded; fix or remove them "
-                        f"(unreadable files are listed with data.on_error: skip in skipped.txt)")
+        raise DataError(
+            f"no image of class folder(s) {[image_files.escape_path(c) for c in empty]} in "
+            f"{_show(plan.root / 'train')} could be decoded; fix or remove them "
+            f"(unreadable files are listed with data.on_error: skip in skipped.txt)"
+        )
 
 
-def _note_errors(paths: list[str], results: list[FileResult], on_error: str, skipped: list[tuple[str, str]],
-                 show: Callable[[str], str]) -> None:
+def _note_errors(
+    paths: list[str],
+    results: list[FileResult],
+    on_error: str,
+    skipped: list[tuple[str, str]],
+    show: Callable[[str], str],
+) -> None:
     for p, r in zip(paths, results):
         if r.error is not None:
             if on_error == "fail":
@@ -318,8 +368,14 @@ def _note_errors(paths: list[str], results: list[FileResult], on_error: str, ski
             skipped.append((show(p), r.error))
 
 
-def _finish_split(out: Output, results: list[FileResult], labels: Optional[list[int]], paths: list[str],
-                  gray: bool, final: Optional[Path]) -> Optional[ImageSet]:
+def _finish_split(
+    out: Output,
+    results: list[FileResult],
+    labels: Optional[list[int]],
+    paths: list[str],
+    gray: bool,
+    final: Optional[Path],
+) -> Optional[ImageSet]:
     """The decoded rows as an ImageSet: undecodable files dropped, one channel kept for
     grayscale data. A disk split (``final``) is renamed into place, or copied there in blocks
     when rows must be dropped."""
@@ -346,12 +402,21 @@ def relative_names(paths: list[str | os.PathLike], base: Path) -> list[str]:
     built every path under ``base``, and Path.relative_to costs 7 us a file (0.14 s of a 20k
     decode that takes 2.3 s on 2 cores)."""
     prefix = os.path.join(str(base), "")
-    return [s[len(prefix):].replace(os.sep, "/") if s.startswith(prefix) else Path(s).relative_to(base).as_posix()
-            for s in map(os.fspath, paths)]
+    return [
+        s[len(prefix) :].replace(os.sep, "/")
+        if s.startswith(prefix)
+        else Path(s).relative_to(base).as_posix()
+        for s in map(os.fspath, paths)
+    ]
 
 
-def load_folder(root: str | os.PathLike, image_size: tuple[int, int], channels: Optional[int] = None,
-                resize: str = "squash", on_error: str = "skip") -> Splits:
+def load_folder(
+    root: str | os.PathLike,
+    image_size: tuple[int, int],
+    channels: Optional[int] = None,
+    resize: str = "squash",
+    on_error: str = "skip",
+) -> Splits:
     """Read an image-folder dataset, decoding with every core. ``channels`` None: 1 if every
     training image is grayscale, else 3. Under a disk :class:`storage.Target` (set by the data
     cache) each split is decoded straight into its .npy file, never held in memory whole."""
@@ -372,10 +437,23 @@ def load_folder(root: str | os.PathLike, image_size: tuple[int, int], channels: 
     _check_every_class_readable(plan, [r.error is None for r in train_results], skipped)
     # grayscale data needs no recipe change
     gray = channels is None and all(r.gray for r in train_results if r.error is None)
-    sets = {name: _finish_split(*decoded[name], labels, relative_names(paths, plan.root / name),
-                                gray, target.folder / f"{name}.images.npy" if to_disk else None)
-            for name, (paths, labels) in plan.splits.items()}
+    sets = {
+        name: _finish_split(
+            *decoded[name],
+            labels,
+            relative_names(paths, plan.root / name),
+            gray,
+            target.folder / f"{name}.images.npy" if to_disk else None,
+        )
+        for name, (paths, labels) in plan.splits.items()
+    }
     digests = {name: [r.digest for r in results] for name, (_, results) in decoded.items()}
-    return Splits(train=sets["train"], class_names=plan.class_names, val=sets.get("val"),
-                  test=sets.get("test"), skipped=skipped, description=f"image folder {_show(plan.root)}",
-                  fingerprint=plan_fingerprint(plan, digests))
+    return Splits(
+        train=sets["train"],
+        class_names=plan.class_names,
+        val=sets.get("val"),
+        test=sets.get("test"),
+        skipped=skipped,
+        description=f"image folder {_show(plan.root)}",
+        fingerprint=plan_fingerprint(plan, digests),
+    )

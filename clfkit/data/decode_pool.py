@@ -15,6 +15,7 @@ Failures: a worker that dies (a crash inside a decoder, the OOM killer) is a Dat
 the file it was on, never a wait for a lost task; Ctrl-C stops the workers at once; a worker
 whose parent is gone exits. Without fork (Windows) the decode runs in the calling process.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -78,12 +79,14 @@ class Output:
 
     def array(self) -> np.ndarray:
         """The memory output as (rows, *row_shape) uint8 (a view of the shared block)."""
-        return np.frombuffer(self.memory, np.uint8, self.rows * self.row_bytes).reshape(self.rows, *self.row_shape)
+        return np.frombuffer(self.memory, np.uint8, self.rows * self.row_bytes).reshape(
+            self.rows, *self.row_shape
+        )
 
     def write(self, row: int, block: np.ndarray, fd: Optional[int]) -> None:
         """Rows ``row``.. from ``block`` (n, *row_shape) uint8."""
         if fd is None:
-            self.array()[row:row + len(block)] = block
+            self.array()[row : row + len(block)] = block
             return
         data = memoryview(np.ascontiguousarray(block)).cast("B")
         pos = self.offset + row * self.row_bytes
@@ -92,8 +95,9 @@ class Output:
             data, pos = data[n:], pos + n
 
 
-def decode_one(path: Union[str, Path], size: tuple[int, int], channels: int,
-               resize: str) -> tuple[Optional[np.ndarray], FileResult]:
+def decode_one(
+    path: Union[str, Path], size: tuple[int, int], channels: int, resize: str
+) -> tuple[Optional[np.ndarray], FileResult]:
     """One file -> ((C, H, W) uint8 or None, its FileResult): read and hash the bytes once,
     decode those very bytes (the data cache pairs the hash with these pixels)."""
     try:
@@ -149,7 +153,19 @@ def _decode_task(task: tuple[int, int, int]) -> tuple:
     _TASK, start, stop = task
     fd = os.open(out.path, os.O_WRONLY) if out.path is not None else None
     try:
-        return _pack(_decode_range(paths, start, stop, size=size, channels=channels, resize=resize, out=out, fd=fd, mark=_MARKS[_TASK:_TASK + 1]))
+        return _pack(
+            _decode_range(
+                paths,
+                start,
+                stop,
+                size=size,
+                channels=channels,
+                resize=resize,
+                out=out,
+                fd=fd,
+                mark=_MARKS[_TASK : _TASK + 1],
+            )
+        )
     finally:
         if fd is not None:
             os.close(fd)
@@ -162,17 +178,24 @@ def _pack(results: list[FileResult]) -> tuple[str, bytes, dict[int, FileResult]]
     parent more CPU than the result handling is worth on a 2-core machine."""
     ok = [r.error is None and len(r.digest) == DIGEST_CHARS for r in results]
     digests = "".join(r.digest if good else "-" * DIGEST_CHARS for r, good in zip(results, ok))
-    return digests, bytes(r.gray for r in results), {i: r for i, (r, good) in enumerate(zip(results, ok)) if not good}
+    return (
+        digests,
+        bytes(r.gray for r in results),
+        {i: r for i, (r, good) in enumerate(zip(results, ok)) if not good},
+    )
 
 
 def _unpack(packed: tuple[str, bytes, dict[int, FileResult]]) -> list[FileResult]:
     digests, gray, others = packed
-    return [others.get(i) or FileResult(digests[i * DIGEST_CHARS:(i + 1) * DIGEST_CHARS], bool(g))
-            for i, g in enumerate(gray)]
+    return [
+        others.get(i) or FileResult(digests[i * DIGEST_CHARS : (i + 1) * DIGEST_CHARS], bool(g))
+        for i, g in enumerate(gray)
+    ]
 
 
-def _decode_range(paths, start, stop, *, size, channels, resize, out: Output, fd,
-                  mark: Optional[np.ndarray] = None) -> list[FileResult]:
+def _decode_range(
+    paths, start, stop, *, size, channels, resize, out: Output, fd, mark: Optional[np.ndarray] = None
+) -> list[FileResult]:
     block = np.zeros((stop - start, *out.row_shape), np.uint8)  # an undecodable file stays zero
     results = []
     for k in range(start, stop):
@@ -203,8 +226,9 @@ def _fork_context():
     return multiprocessing.get_context("fork")
 
 
-def decode_into(paths: list, size: tuple[int, int], channels: int, resize: str, out: Output,
-                workers: Optional[int] = None) -> list[FileResult]:
+def decode_into(
+    paths: list, size: tuple[int, int], channels: int, resize: str, out: Output, workers: Optional[int] = None
+) -> list[FileResult]:
     """Decode ``paths`` into rows 0.. of ``out`` with ``workers`` processes (None: one per
     core; 1, or fewer than POOL_MIN_FILES files: in this process). Returns per file its
     FileResult, in order. A worker that dies is a DataError naming the file it was on."""
@@ -217,7 +241,11 @@ def decode_into(paths: list, size: tuple[int, int], channels: int, resize: str, 
     if context is None or (auto and len(paths) < POOL_MIN_FILES):
         fd = os.open(out.path, os.O_WRONLY) if out.path is not None else None
         try:
-            return [r for s in spans for r in _decode_range(paths, *s, size=size, channels=channels, resize=resize, out=out, fd=fd)]
+            return [
+                r
+                for s in spans
+                for r in _decode_range(paths, *s, size=size, channels=channels, resize=resize, out=out, fd=fd)
+            ]
         finally:
             if fd is not None:
                 os.close(fd)
@@ -257,16 +285,18 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=True)  # no cancel_futures: the broken pool fails the pending ones itself
 
 
-def _decode_in_pool(paths: list, spans: list[tuple[int, int]], settings: tuple, context,
-                    workers: int) -> list[FileResult]:
+def _decode_in_pool(
+    paths: list, spans: list[tuple[int, int]], settings: tuple, context, workers: int
+) -> list[FileResult]:
     global _JOB, _MARKS
     marks = np.frombuffer(mmap.mmap(-1, 8 * len(spans)), np.int64)  # zeros, shared with the workers
     _JOB, _MARKS = (paths, *settings), marks
     tasks = [(t, *span) for t, span in enumerate(spans)]
     try:
         # fork: the workers inherit the job and the shared memory; they never touch torch
-        with ProcessPoolExecutor(min(workers, len(spans)), mp_context=context,
-                                 initializer=_worker_start, initargs=(os.getpid(),)) as pool:
+        with ProcessPoolExecutor(
+            min(workers, len(spans)), mp_context=context, initializer=_worker_start, initargs=(os.getpid(),)
+        ) as pool:
             # submit, not map: map's cleanup cancels the futures still queued, and Python 3.11's
             # pool then fails in its own thread (InvalidStateError, a traceback after Ctrl-C)
             # when the workers are stopped and it marks every pending future broken
@@ -282,9 +312,11 @@ def _decode_in_pool(paths: list, spans: list[tuple[int, int]], settings: tuple, 
     except BrokenProcessPool:
         # read once the pool has joined its workers: those it terminated have cleared their marks
         dead = [image_files.escape_path(str(paths[m - 1])) for m in marks.tolist() if m]
-        raise DataError(f"a decode worker process died while decoding {' or '.join(dead) or 'an image'} "
-                        f"(a crash in the image decoder on that file, or the process was killed, e.g. for "
-                        f"lack of memory); move the file out of the dataset and run again") from None
+        raise DataError(
+            f"a decode worker process died while decoding {' or '.join(dead) or 'an image'} "
+            f"(a crash in the image decoder on that file, or the process was killed, e.g. for "
+            f"lack of memory); move the file out of the dataset and run again"
+        ) from None
     finally:
         _JOB, _MARKS = None, None
     return [r for part in parts for r in _unpack(part)]

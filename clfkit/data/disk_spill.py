@@ -8,6 +8,7 @@ where a dataset is decoded to and how its splits end up as files (clfkit.data.di
 - A dataset that can only load into memory (CIFAR, CSV, plugins) is written out after its load
   and dropped from memory: its peak stays, but the run holds only batches afterwards.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -23,6 +24,7 @@ import numpy as np
 
 from clfkit.data import disk_storage as storage
 from clfkit.data.splits import ImageSet, Splits
+
 SPLITS = ("train", "val", "test")
 
 
@@ -121,8 +123,9 @@ def _leased(splits: Splits, folder: Path) -> Splits:
     return splits
 
 
-def uncached(load: Callable[[], Splits], storage_mode: str, parent: Optional[Path],
-             log: Callable[[str], None]) -> Splits:
+def uncached(
+    load: Callable[[], Splits], storage_mode: str, parent: Optional[Path], log: Callable[[str], None]
+) -> Splits:
     """A dataset the cache does not keep, with its splits in a private folder."""
     target = storage.Target(storage_mode, lambda: private_folder(parent))
     try:
@@ -133,8 +136,10 @@ def uncached(load: Callable[[], Splits], storage_mode: str, parent: Optional[Pat
         return _leased(reopen(splits, target.folder, storage_mode), target.folder)
     except OSError as e:  # a full disk: the run may still fit in memory
         _remove(target.made)
-        log(f"could not write the decoded images to {target.made or 'a private folder'}: {e.strerror or e}; "
-            f"loading them into memory")
+        log(
+            f"could not write the decoded images to {target.made or 'a private folder'}: {e.strerror or e}; "
+            f"loading them into memory"
+        )
         return load()
     except BaseException:  # bad data, Ctrl-C: its half-written files must not wait for the process to end
         _remove(target.made)
@@ -147,9 +152,16 @@ def _remove(folder: Optional[Path], owner: Optional[int] = None) -> None:
         release(folder)
 
 
-def cached_miss(load: Callable[[], Splits], storage_mode: str, *, base: Path, group: str,
-                log: Callable[[str], None], store: Callable[[Splits, Path], Optional[Path]],
-                fingerprint_of: Callable[[], str]) -> Splits:
+def cached_miss(
+    load: Callable[[], Splits],
+    storage_mode: str,
+    *,
+    base: Path,
+    group: str,
+    log: Callable[[str], None],
+    store: Callable[[Splits, Path], Optional[Path]],
+    fingerprint_of: Callable[[], str],
+) -> Splits:
     """Decode into a new cache entry's temp folder, store the entry, reopen from it."""
     try:
         base.mkdir(parents=True, exist_ok=True)

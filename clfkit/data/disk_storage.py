@@ -12,6 +12,7 @@ or ``CLFKIT_MEMORY_BUDGET`` (bytes, or with a K/M/G/T suffix). The budget is a p
 machine, not of the recipe (like the cache dir), so it is an environment variable: the same
 recipe runs from memory on a large machine and from disk on a small one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,8 +57,10 @@ def memory_budget() -> int:
     try:
         return parse_bytes(text)
     except ValueError:
-        raise ClfkitError(f"{BUDGET_ENV}={text!r} is not an amount of memory (e.g. 8G, 512M, 1000000; "
-                          f"unset: half the available memory)") from None
+        raise ClfkitError(
+            f"{BUDGET_ENV}={text!r} is not an amount of memory (e.g. 8G, 512M, 1000000; "
+            f"unset: half the available memory)"
+        ) from None
 
 
 def parse_bytes(text: str) -> int:
@@ -69,7 +72,7 @@ def parse_bytes(text: str) -> int:
 
 
 def resolve(storage: str, nbytes: int) -> str:
-    """"memory" or "disk" for a decoded set of ``nbytes`` under ``storage``."""
+    """ "memory" or "disk" for a decoded set of ``nbytes`` under ``storage``."""
     if storage == "auto":
         return "disk" if nbytes > memory_budget() else "memory"
     return storage
@@ -93,7 +96,9 @@ class Target:
         return self.made
 
 
-_TARGET: contextvars.ContextVar[Optional[Target]] = contextvars.ContextVar("clfkit_storage_target", default=None)
+_TARGET: contextvars.ContextVar[Optional[Target]] = contextvars.ContextVar(
+    "clfkit_storage_target", default=None
+)
 
 
 @contextlib.contextmanager
@@ -130,7 +135,7 @@ def file_hash(path: Union[str, Path], offset: int, nbytes: int) -> str:
     fd = os.open(path, os.O_RDONLY)
     try:
         for pos in range(0, nbytes, len(buf)):
-            part = buf[:min(len(buf), nbytes - pos)]
+            part = buf[: min(len(buf), nbytes - pos)]
             _read_exact(fd, part, offset + pos, str(path))
             h.update(part)
     finally:
@@ -223,8 +228,12 @@ class DiskImages:
                 raise DataError(f"{self.path}: cannot open ({e.strerror or e})") from None
         return self._fd
 
-    def read(self, positions: np.ndarray, out: Optional[torch.Tensor] = None,
-             staging: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def read(
+        self,
+        positions: np.ndarray,
+        out: Optional[torch.Tensor] = None,
+        staging: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """The images at ``positions`` as one (n, C, H, W) tensor (into ``out`` when given,
         e.g. a pinned buffer). Rows are read in runs of consecutive file rows, one read each,
         into ``staging`` when given and large enough (a reader's reused buffer)."""
@@ -235,7 +244,7 @@ class DiskImages:
         in_order = len(wanted) < 2 or bool((np.diff(wanted) > 0).all())
         unique, inverse = (wanted, None) if in_order else np.unique(wanted, return_inverse=True)
         if staging is not None and len(staging) >= len(unique):
-            staging = staging[:len(unique)]
+            staging = staging[: len(unique)]
         else:
             staging = torch.empty((len(unique), *self.row_shape), dtype=torch.uint8)
         if in_order and out is not None:
@@ -245,25 +254,32 @@ class DiskImages:
         fd, rb = self._descriptor(), self.row_bytes
         for s, e in zip(np.concatenate([[0], breaks]), np.concatenate([breaks, [len(unique)]])):
             if e > s:
-                _read_exact(fd, flat[s * rb:e * rb], self.offset + int(unique[s]) * rb, self.path)
+                _read_exact(fd, flat[s * rb : e * rb], self.offset + int(unique[s]) * rb, self.path)
         if in_order:
             return staging
         return torch.index_select(staging, 0, torch.from_numpy(inverse.reshape(-1)), out=out)
 
 
-def copy_rows(src: DiskImages, positions: np.ndarray, dst: Path, channels: Optional[int] = None,
-              block_bytes: int = 64 << 20) -> None:
+def copy_rows(
+    src: DiskImages,
+    positions: np.ndarray,
+    dst: Path,
+    channels: Optional[int] = None,
+    block_bytes: int = 64 << 20,
+) -> None:
     """Write ``src``'s images at ``positions`` (their first ``channels`` channels when given) to
     a new .npy file ``dst``, in blocks: a disk split is never held in memory whole."""
     c = src.row_shape[0] if channels is None else channels
-    arr = np.lib.format.open_memmap(dst, mode="w+", dtype=np.uint8, shape=(len(positions), c, *src.row_shape[1:]))
+    arr = np.lib.format.open_memmap(
+        dst, mode="w+", dtype=np.uint8, shape=(len(positions), c, *src.row_shape[1:])
+    )
     offset, row_bytes = arr.offset, int(np.prod(arr.shape[1:]))
     del arr
     step = max(1, block_bytes // src.row_bytes)
     fd = os.open(dst, os.O_WRONLY)
     try:
         for i in range(0, len(positions), step):
-            block = src.read(positions[i:i + step])[:, :c].contiguous().numpy()
+            block = src.read(positions[i : i + step])[:, :c].contiguous().numpy()
             data, pos = memoryview(block.reshape(-1)).cast("B"), offset + i * row_bytes
             while len(data):
                 n = os.pwrite(fd, data, pos)
@@ -278,7 +294,9 @@ def is_disk(images) -> bool:
 
 
 # --------------------------------------------------------------------------- streaming statistics
-def channel_mean_std(images, limit: int = 50000, block_bytes: int = 16 << 20) -> tuple[list[float], list[float]]:
+def channel_mean_std(
+    images, limit: int = 50000, block_bytes: int = 16 << 20
+) -> tuple[list[float], list[float]]:
     """Per-channel mean and std (0..1 scale, std with Bessel's correction) of the first
     ``limit`` images, read in blocks: exact integer sums, so memory and disk storage (and any
     block size) give the very same numbers, and a disk set is never loaded whole."""
@@ -288,7 +306,7 @@ def channel_mean_std(images, limit: int = 50000, block_bytes: int = 16 << 20) ->
     step = max(1, block_bytes // (8 * per_image))
     total, squares = torch.zeros(c, dtype=torch.int64), torch.zeros(c, dtype=torch.int64)
     for i in range(0, n, step):
-        x = images[i:min(n, i + step)].to("cpu", torch.int64)
+        x = images[i : min(n, i + step)].to("cpu", torch.int64)
         total += x.sum((0, 2, 3))
         squares += (x * x).sum((0, 2, 3))
     count = n * per_image // c

@@ -9,6 +9,7 @@ The decoded images become uint8 tensors like every other source: a Hugging Face 
 decoded once (and held in memory or, with ``data.storage: disk``, in a file), not streamed;
 WebDataset shards (clfkit.data.shards) are the streamed format.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,7 +39,9 @@ def _datasets():
         import datasets
         import huggingface_hub.constants
     except ImportError as e:
-        raise DataError(f"data.source hf needs the `datasets` package ({e}); pip install 'clfkit[data]'") from None
+        raise DataError(
+            f"data.source hf needs the `datasets` package ({e}); pip install 'clfkit[data]'"
+        ) from None
     datasets.config.HF_HUB_OFFLINE = True
     datasets.disable_progress_bars()  # clfkit's own run log says what was read
     datasets.config.HF_DATASETS_OFFLINE = True
@@ -55,8 +58,10 @@ def open_dataset(path: str, config: str | None = None) -> dict[str, Any]:
             loaded = datasets.load_from_disk(str(p))
         elif p.is_file():
             if p.suffix.lower() != ".parquet":
-                raise DataError(f"{p} is not a parquet file; data.source hf reads a save_to_disk folder, "
-                                f"parquet files, or a dataset name in the local Hugging Face cache")
+                raise DataError(
+                    f"{p} is not a parquet file; data.source hf reads a save_to_disk folder, "
+                    f"parquet files, or a dataset name in the local Hugging Face cache"
+                )
             loaded = datasets.load_dataset("parquet", data_files={"train": str(p)})
         elif p.is_dir():
             loaded = datasets.load_dataset(str(p), config)
@@ -75,30 +80,39 @@ def _not_loaded(path: str, p: Path, e: Exception) -> str:
     why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
     empty = re.search(r'Instruction "([^"]+)" corresponds to no data', str(e))
     if p.exists() and empty:  # datasets' words for a split whose files hold no rows
-        return (f"the Hugging Face dataset at {p} has an empty split {empty.group(1)!r} (its file(s) hold no rows): "
-                f"remove them, or give that split rows ({why})")
+        return (
+            f"the Hugging Face dataset at {p} has an empty split {empty.group(1)!r} (its file(s) hold no rows): "
+            f"remove them, or give that split rows ({why})"
+        )
     if p.exists():
         return f"cannot read the Hugging Face dataset at {p} ({why})"
     if path.startswith(("/", "./", "../", "~")):  # a path, not a Hub name
-        return (f"{p} does not exist; data.source hf reads a save_to_disk folder, parquet file(s), or a dataset "
-                f"name in the local Hugging Face cache")
+        return (
+            f"{p} does not exist; data.source hf reads a save_to_disk folder, parquet file(s), or a dataset "
+            f"name in the local Hugging Face cache"
+        )
     cache = os.environ.get("HF_HOME") or "~/.cache/huggingface"
-    return (f"{path!r} is neither a local folder or parquet file nor a dataset in the local Hugging Face cache "
-            f"({cache}); clfkit does not download. Fetch it on a machine with internet access, e.g. "
-            f"`python -c \"import datasets; datasets.load_dataset('{path}').save_to_disk('DIR')\"` and give "
-            f"path: DIR, or `hf download --repo-type dataset {path}` into the cache ({why})")
+    return (
+        f"{path!r} is neither a local folder or parquet file nor a dataset in the local Hugging Face cache "
+        f"({cache}); clfkit does not download. Fetch it on a machine with internet access, e.g. "
+        f"`python -c \"import datasets; datasets.load_dataset('{path}').save_to_disk('DIR')\"` and give "
+        f"path: DIR, or `hf download --repo-type dataset {path}` into the cache ({why})"
+    )
 
 
-def pick_split(available: dict[str, Any], wanted: str | None, defaults: tuple[str, ...], role: str,
-                required: bool) -> str | None:
+def pick_split(
+    available: dict[str, Any], wanted: str | None, defaults: tuple[str, ...], role: str, required: bool
+) -> str | None:
     if wanted is not None:
         if wanted not in available:
             raise DataError(f"the dataset has no split {wanted!r} ({role}); its splits: {sorted(available)}")
         return wanted
     found = next((s for s in defaults if s in available), None)
     if found is None and required:
-        raise DataError(f"the dataset has no {role} split named {' or '.join(map(repr, defaults))}; its "
-                        f"splits: {sorted(available)} (name one with {role}_split: NAME)")
+        raise DataError(
+            f"the dataset has no {role} split named {' or '.join(map(repr, defaults))}; its "
+            f"splits: {sorted(available)} (name one with {role}_split: NAME)"
+        )
     return found
 
 
@@ -118,7 +132,9 @@ def find_columns(features: Any, image: str | None, label: str | None) -> tuple[s
     def pick(named: str | None, role: str, kinds: tuple, names: tuple[str, ...]) -> str:
         if named is not None:
             if named not in features:
-                raise DataError(f"the dataset has no {role} column {named!r}; its columns: {_columns(features)}")
+                raise DataError(
+                    f"the dataset has no {role} column {named!r}; its columns: {_columns(features)}"
+                )
             return named
         typed = [k for k, v in features.items() if isinstance(v, kinds)]
         if len(typed) == 1:
@@ -126,8 +142,10 @@ def find_columns(features: Any, image: str | None, label: str | None) -> tuple[s
         by_name = [k for k in (typed or features) if k.lower() in names]
         if len(by_name) == 1:
             return by_name[0]
-        raise DataError(f"cannot tell which column holds the {role}s ({'several' if typed else 'none'} of type "
-                        f"{kinds[0].__name__}); name it with {role}: COLUMN. Its columns: {_columns(features)}")
+        raise DataError(
+            f"cannot tell which column holds the {role}s ({'several' if typed else 'none'} of type "
+            f"{kinds[0].__name__}); name it with {role}: COLUMN. Its columns: {_columns(features)}"
+        )
 
     image_col = pick(image, "image", (datasets.Image,), IMAGE_NAMES)
     label_col = pick(label, "label", (datasets.ClassLabel,), LABEL_NAMES)
@@ -198,8 +216,10 @@ def check_image_column(features: Any, image_col: str) -> None:
     feature = features[image_col]
     if isinstance(feature, datasets.Image) or _kind(feature) in ("binary", "large_binary"):
         return
-    raise DataError(f"image column {image_col!r} is {_kind(feature)}, not images (a datasets.Image or binary "
-                    f"column); its columns: {_columns(features)}")
+    raise DataError(
+        f"image column {image_col!r} is {_kind(feature)}, not images (a datasets.Image or binary "
+        f"column); its columns: {_columns(features)}"
+    )
 
 
 def plain_images(ds: Any, image_col: str) -> Any:
@@ -212,31 +232,54 @@ def plain_images(ds: Any, image_col: str) -> Any:
     return ds
 
 
-def read_split(ds: Any, split: str, *, columns: tuple[str, str], to_index, settings: dict[str, Any],
-               skipped: list[tuple[str, str]], digest) -> tuple[list, list[int | None]]:
+def read_split(
+    ds: Any,
+    split: str,
+    *,
+    columns: tuple[str, str],
+    to_index,
+    settings: dict[str, Any],
+    skipped: list[tuple[str, str]],
+    digest,
+) -> tuple[list, list[int | None]]:
     """Decode one split in blocks: (decode results, class index per row or None)."""
 
     image_col, label_col = columns
     ds = plain_images(ds, image_col)
     decoded, labels = [], []
     for start in range(0, len(ds), BLOCK):
-        block = ds[start:start + BLOCK]
+        block = ds[start : start + BLOCK]
         names = [f"{split}[{start + k}]" for k in range(len(block[image_col]))]
         for name, value in zip(names, block[label_col]):
             try:
                 labels.append(to_index(value))
             except ValueError:
-                raise DataError(f"{name}: label {value!r} in column {label_col!r} is not one of the "
-                                f"{settings['num_classes']} classes of the train split") from None
+                raise DataError(
+                    f"{name}: label {value!r} in column {label_col!r} is not one of the "
+                    f"{settings['num_classes']} classes of the train split"
+                ) from None
         blobs = [(n, image_bytes(v, n)) for n, v in zip(names, block[image_col])]
-        decoded += decode_blobs(blobs, settings["size"], settings["channels"], resize=settings["resize"],
-                                on_error=settings["on_error"], skipped=skipped, digest=digest)
-        digest.update(repr(labels[-len(names):]).encode())
+        decoded += decode_blobs(
+            blobs,
+            settings["size"],
+            settings["channels"],
+            resize=settings["resize"],
+            on_error=settings["on_error"],
+            skipped=skipped,
+            digest=digest,
+        )
+        digest.update(repr(labels[-len(names) :]).encode())
     return decoded, labels
 
 
-def _to_set(split: str, decoded: list, labels: list[int | None], gray: bool, on_error: str,
-            skipped: list[tuple[str, str]]) -> ImageSet | None:
+def _to_set(
+    split: str,
+    decoded: list,
+    labels: list[int | None],
+    gray: bool,
+    on_error: str,
+    skipped: list[tuple[str, str]],
+) -> ImageSet | None:
     """The split's ImageSet: rows without a label skipped (listed) or, on_error: fail, an
     error; a test split with no labels at all stays unlabelled."""
     if split == "test" and all(label is None for label in labels):
@@ -250,25 +293,44 @@ def _to_set(split: str, decoded: list, labels: list[int | None], gray: bool, on_
     return to_image_set(decoded, [-1 if v is None else v for v in labels], None, gray)
 
 
-def load_hf(path: str, *, image_size: tuple[int, int], channels: int | None, resize: str, on_error: str,
-            image: str | None = None, label: str | None = None, config: str | None = None,
-            train_split: str | None = None, val_split: str | None = None,
-            test_split: str | None = None) -> Splits:
+def load_hf(
+    path: str,
+    *,
+    image_size: tuple[int, int],
+    channels: int | None,
+    resize: str,
+    on_error: str,
+    image: str | None = None,
+    label: str | None = None,
+    config: str | None = None,
+    train_split: str | None = None,
+    val_split: str | None = None,
+    test_split: str | None = None,
+) -> Splits:
     """The dataset at ``path`` as Splits (see the module doc)."""
     available = open_dataset(path, config)
-    roles = {"train": pick_split(available, train_split, ("train",), "train", required=True),
-             "val": pick_split(available, val_split, VAL_NAMES, "val", required=False),
-             "test": pick_split(available, test_split, ("test",), "test", required=False)}
+    roles = {
+        "train": pick_split(available, train_split, ("train",), "train", required=True),
+        "val": pick_split(available, val_split, VAL_NAMES, "val", required=False),
+        "test": pick_split(available, test_split, ("test",), "test", required=False),
+    }
     train = available[roles["train"]]
     columns = find_columns(train.features, image, label)
     check_image_column(train.features, columns[0])
     class_names = class_names_of(train.features, columns[1], train)
     if len(class_names) < 2:
-        raise DataError(f"{path}: the train split has {len(class_names)} class(es) in column {columns[1]!r}; "
-                        f"need at least two")
+        raise DataError(
+            f"{path}: the train split has {len(class_names)} class(es) in column {columns[1]!r}; "
+            f"need at least two"
+        )
     to_index = label_indexer(train.features, columns[1], class_names)
-    settings = dict(size=tuple(image_size), channels=channels, resize=resize, on_error=on_error,
-                    num_classes=len(class_names))
+    settings = dict(
+        size=tuple(image_size),
+        channels=channels,
+        resize=resize,
+        on_error=on_error,
+        num_classes=len(class_names),
+    )
     skipped: list[tuple[str, str]] = []
     digest = hashlib.blake2b(digest_size=16)
     digest.update(repr((columns, class_names)).encode())
@@ -280,17 +342,37 @@ def load_hf(path: str, *, image_size: tuple[int, int], channels: int | None, res
         missing = [c for c in columns if c not in ds.features]
         if missing:
             raise DataError(f"split {name!r} lacks column(s) {missing}; its columns: {_columns(ds.features)}")
-        raw[role] = read_split(ds, name, columns=columns, to_index=to_index, settings=settings, skipped=skipped, digest=digest)
+        raw[role] = read_split(
+            ds, name, columns=columns, to_index=to_index, settings=settings, skipped=skipped, digest=digest
+        )
     gray = channels is None and auto_channels(raw["train"][0]) == 1
-    sets = {role: _to_set(role, decoded, labels, gray, on_error, skipped) for role, (decoded, labels) in raw.items()}
+    sets = {
+        role: _to_set(role, decoded, labels, gray, on_error, skipped)
+        for role, (decoded, labels) in raw.items()
+    }
     if sets["train"] is None:
-        raise DataError(f"{path}: no readable training images in split {roles['train']!r} ({len(skipped)} skipped)")
-    return Splits(train=sets["train"], val=sets.get("val"), test=sets.get("test"), class_names=class_names,
-                  skipped=skipped, description=f"Hugging Face dataset {path}", fingerprint=digest.hexdigest())
+        raise DataError(
+            f"{path}: no readable training images in split {roles['train']!r} ({len(skipped)} skipped)"
+        )
+    return Splits(
+        train=sets["train"],
+        val=sets.get("val"),
+        test=sets.get("test"),
+        class_names=class_names,
+        skipped=skipped,
+        description=f"Hugging Face dataset {path}",
+        fingerprint=digest.hexdigest(),
+    )
 
 
-def peek_hf(path: str, image: str | None = None, label: str | None = None, config: str | None = None,
-            train_split: str | None = None, **_) -> tuple[int, int]:
+def peek_hf(
+    path: str,
+    image: str | None = None,
+    label: str | None = None,
+    config: str | None = None,
+    train_split: str | None = None,
+    **_,
+) -> tuple[int, int]:
     """(num_classes, 3) from the features alone, for ``clfkit recipe check``."""
     available = open_dataset(path, config)
     train = available[pick_split(available, train_split, ("train",), "train", required=True)]

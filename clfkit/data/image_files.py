@@ -3,6 +3,7 @@ training (folder datasets), export (parity batch) and predict, so the three cann
 
 Only PIL and numpy: predict needs no torch for this part.
 """
+
 from __future__ import annotations
 
 import io
@@ -21,8 +22,20 @@ from PIL import Image, ImageFile
 
 from clfkit.errors import DecodeError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-                    ".pgm", ".pbm", ".jfif")
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".jfif",
+)
 # Larger than any sane photo, far below what would exhaust memory: 64 Mpx.
 MAX_PIXELS = 64_000_000
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -30,9 +43,14 @@ GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 # never by each image's own range: a 4x darker copy must stay 4x darker, and one hot or
 # non-finite pixel must not blacken the rest. Mode -> (lowest, highest) value kept; the range
 # maps linearly onto 0..255 and values outside it are clipped.
-WIDE_MODES = {"I;16": (0, 65535), "I;16B": (0, 65535), "I;16L": (0, 65535), "I;16N": (0, 65535),
-              "I": (0, 65535),   # 32-bit int: what PIL gives 16-bit PNGs and most 16-bit TIFFs
-              "F": (0.0, 1.0)}   # 32-bit float: the 0..1 convention of float images
+WIDE_MODES = {
+    "I;16": (0, 65535),
+    "I;16B": (0, 65535),
+    "I;16L": (0, 65535),
+    "I;16N": (0, 65535),
+    "I": (0, 65535),  # 32-bit int: what PIL gives 16-bit PNGs and most 16-bit TIFFs
+    "F": (0.0, 1.0),
+}  # 32-bit float: the 0..1 convention of float images
 EXIF_ORIENTATION = 0x0112  # 1 upright; 2-8 mirrored and/or rotated; 5-8 swap width and height
 
 
@@ -53,8 +71,10 @@ def read_file(path: str | os.PathLike) -> bytes:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise DecodeError(f"not a regular file: {file_kind(st.st_mode)}"
-                              f"{' (through a symbolic link)' if os.path.islink(path) else ''}")
+            raise DecodeError(
+                f"not a regular file: {file_kind(st.st_mode)}"
+                f"{' (through a symbolic link)' if os.path.islink(path) else ''}"
+            )
         data = _read_all(fd, st.st_size)
     except OSError as e:
         raise DecodeError(_unreadable(path, e)) from None
@@ -84,8 +104,13 @@ def _read_all(fd: int, size: int) -> bytes:
 
 def file_kind(mode: int) -> str:
     """What a file that is not a regular one is, in words ("a named pipe (FIFO)", "a folder")."""
-    return {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-            stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}.get(stat.S_IFMT(mode), "not a file")
+    return {
+        stat.S_IFIFO: "a named pipe (FIFO)",
+        stat.S_IFCHR: "a character device",
+        stat.S_IFBLK: "a block device",
+        stat.S_IFSOCK: "a socket",
+        stat.S_IFDIR: "a folder",
+    }.get(stat.S_IFMT(mode), "not a file")
 
 
 def _unreadable(path: str | os.PathLike, e: OSError) -> str:
@@ -126,7 +151,9 @@ def check_pixels(img: Image.Image) -> None:
     array) has the same limit."""
     w, h = img.size
     if w * h > MAX_PIXELS:
-        raise DecodeError(f"{w}x{h} pixels is over the {MAX_PIXELS:,}-pixel limit (possible decompression bomb)")
+        raise DecodeError(
+            f"{w}x{h} pixels is over the {MAX_PIXELS:,}-pixel limit (possible decompression bomb)"
+        )
 
 
 # Characters that would break a one-name-per-line file (or a tab-separated one) if written raw.
@@ -198,14 +225,18 @@ def wide_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
         finite = np.isfinite(values)
         if not finite.all():
             bad = int(values.size - np.count_nonzero(finite))
-            raise DecodeError(f"{bad} of its {values.size} pixel values are not finite (NaN or infinite) in this "
-                              f"mode {mode} (32-bit float) image; fix or remove the image")
+            raise DecodeError(
+                f"{bad} of its {values.size} pixel values are not finite (NaN or infinite) in this "
+                f"mode {mode} (32-bit float) image; fix or remove the image"
+            )
     outside = np.count_nonzero((values < low) | (values > high))
     if outside * 2 > values.size:  # a few hot pixels clip; an image mostly outside would decode flat
-        raise DecodeError(f"{outside} of its {values.size} pixel values lie outside {low}..{high}, the range mode "
-                          f"{mode} images are read in (this one holds {values.min():g}..{values.max():g}), so it "
-                          f"would decode nearly flat; rescale it into that range or to 8 bits first "
-                          f"(docs/images.md)")
+        raise DecodeError(
+            f"{outside} of its {values.size} pixel values lie outside {low}..{high}, the range mode "
+            f"{mode} images are read in (this one holds {values.min():g}..{values.max():g}), so it "
+            f"would decode nearly flat; rescale it into that range or to 8 bits first "
+            f"(docs/images.md)"
+        )
     scaled = (np.clip(values, low, high).astype(np.float64) - low) * (255.0 / (high - low))
     return np.rint(scaled).astype(np.uint8)
 
@@ -226,8 +257,9 @@ def resize(img: Image.Image, size: tuple[int, int], method: str) -> Image.Image:
     return img.resize((w, h), Image.BILINEAR, reducing_gap=3.0)
 
 
-def decode(path: str | os.PathLike, size: tuple[int, int], channels: int,
-           method: str = "squash") -> np.ndarray:
+def decode(
+    path: str | os.PathLike, size: tuple[int, int], channels: int, method: str = "squash"
+) -> np.ndarray:
     """File -> (H, W, channels) uint8 array. Raises DecodeError for anything unreadable."""
     return decode_image(open_image(path), size, channels, method)
 
@@ -241,8 +273,13 @@ def exif_orientation(img: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def decode_image(img: Image.Image, size: tuple[int, int], channels: int, method: str = "squash",
-                 orientation: Optional[int] = None) -> np.ndarray:
+def decode_image(
+    img: Image.Image,
+    size: tuple[int, int],
+    channels: int,
+    method: str = "squash",
+    orientation: Optional[int] = None,
+) -> np.ndarray:
     """An opened PIL image that is clfkit's own (it may be changed) -> (H, W, channels) uint8
     array, turned upright as its EXIF ``orientation`` says (cameras store portrait photos
     sideways and set the tag; None: read it from ``img``). A caller's image goes through
@@ -267,9 +304,15 @@ def decode_image(img: Image.Image, size: tuple[int, int], channels: int, method:
 
 
 # EXIF orientation -> the transpose that makes the stored pixels upright (as ImageOps.exif_transpose)
-_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-            8: Image.Transpose.ROTATE_90}
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 # PIL loads an opened image lazily from its file and caches its EXIF: one image object read by
 # two threads at once (the same object twice in one Predictor call) can fail or mix data. One
 # lock per object (by id: a PIL image is not hashable; the caller holds it alive meanwhile), so
@@ -294,8 +337,9 @@ def _reading(img: Image.Image) -> Iterator[None]:
                 del _IMAGE_LOCKS[id(img)]
 
 
-def decode_callers_image(img: Image.Image, size: tuple[int, int], channels: int,
-                         method: str = "squash") -> np.ndarray:
+def decode_callers_image(
+    img: Image.Image, size: tuple[int, int], channels: int, method: str = "squash"
+) -> np.ndarray:
     """A PIL image the caller owns -> the array :func:`decode` gives for a file of it: upright
     by its EXIF orientation, converted and resized the same way. The caller's object is only
     read (never drafted, resized or converted in place), one thread at a time."""
@@ -342,11 +386,17 @@ def walk_files(root: str | os.PathLike) -> Listing:
             p = Path(dirpath, d)
             ident = folder_identity(p)
             if contains(os.path.realpath(p), real_root):
-                out.not_followed.append((p, f"link to {escape_path(os.path.realpath(p))}, which holds "
-                                            f"this folder (a loop); not followed"))
+                out.not_followed.append(
+                    (
+                        p,
+                        f"link to {escape_path(os.path.realpath(p))}, which holds "
+                        f"this folder (a loop); not followed",
+                    )
+                )
             elif ident in out.folders:
-                out.not_followed.append((p, f"the same folder as {escape_path(str(out.folders[ident]))}; "
-                                            f"not read twice"))
+                out.not_followed.append(
+                    (p, f"the same folder as {escape_path(str(out.folders[ident]))}; not read twice")
+                )
             elif ident is not None:
                 out.folders[ident] = p
                 keep.append(d)

@@ -12,6 +12,7 @@ what a streamed run needs to plan an epoch without reading the shards first. The
 written into a temporary folder beside OUT and renamed into place at the end: an interrupted
 pack leaves no half set, and an existing OUT is never written into.
 """
+
 from __future__ import annotations
 
 import io
@@ -34,7 +35,15 @@ from clfkit.errors import DataError
 
 RAW_CHOICES = ("auto", "never")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "GIF": "gif", "TIFF": "tif", "PPM": "ppm"}
+FORMAT_EXT = {
+    "JPEG": "jpg",
+    "PNG": "png",
+    "WEBP": "webp",
+    "BMP": "bmp",
+    "GIF": "gif",
+    "TIFF": "tif",
+    "PPM": "ppm",
+}
 
 
 @dataclass
@@ -50,7 +59,9 @@ def shard_limits(shard_size: str) -> tuple[int, int]:
     """``--shard-size``: a sample count (1000) or a size in bytes (64M, 1G) -> (maxcount, maxsize)."""
     m = re.fullmatch(r"\s*(\d+)\s*([KMG]?)(i?B)?\s*", str(shard_size), re.IGNORECASE)
     if not m or int(m.group(1)) <= 0:
-        raise DataError(f"--shard-size {shard_size!r} is neither a sample count (e.g. 1000) nor a size (e.g. 64M, 1G)")
+        raise DataError(
+            f"--shard-size {shard_size!r} is neither a sample count (e.g. 1000) nor a size (e.g. 64M, 1G)"
+        )
     if m.group(2) or m.group(3):
         return 10**12, int(m.group(1)) * _UNITS[m.group(2).upper()]
     return int(m.group(1)), 10**15
@@ -65,7 +76,9 @@ def _folder_items(src: Path) -> tuple[list[str], dict[str, list[Item]], list[str
         if labels is None:
             notes.append(f"{role}: {len(paths)} unlabelled image(s) left out (shards hold labelled samples)")
             continue
-        splits[role] = [Item(plan.show(p), lambda p=p: image_files.read_file(p), y) for p, y in zip(paths, labels)]
+        splits[role] = [
+            Item(plan.show(p), lambda p=p: image_files.read_file(p), y) for p, y in zip(paths, labels)
+        ]
     return plan.class_names, splits, notes
 
 
@@ -75,10 +88,16 @@ def _csv_items(src: Path) -> tuple[list[str], dict[str, list[Item]], list[str]]:
     rows = read_csv_index(src)
     names = label_order([label for _, label in rows])
     index = {n: i for i, n in enumerate(names)}
-    return names, {"train": [Item(str(p), lambda p=p: image_files.read_file(p), index[y]) for p, y in rows]}, []
+    return (
+        names,
+        {"train": [Item(str(p), lambda p=p: image_files.read_file(p), index[y]) for p, y in rows]},
+        [],
+    )
 
 
-def _hf_items(src: str, image: str | None, label: str | None) -> tuple[list[str], dict[str, list[Item]], list[str]]:
+def _hf_items(
+    src: str, image: str | None, label: str | None
+) -> tuple[list[str], dict[str, list[Item]], list[str]]:
     from clfkit.data import hf
 
     available = hf.open_dataset(src)
@@ -87,8 +106,11 @@ def _hf_items(src: str, image: str | None, label: str | None) -> tuple[list[str]
     hf.check_image_column(train.features, columns[0])
     names = hf.class_names_of(train.features, columns[1], train)
     to_index = hf.label_indexer(train.features, columns[1], names)
-    roles = {"train": "train", "val": hf.pick_split(available, None, hf.VAL_NAMES, "val", required=False),
-             "test": hf.pick_split(available, None, ("test",), "test", required=False)}
+    roles = {
+        "train": "train",
+        "val": hf.pick_split(available, None, hf.VAL_NAMES, "val", required=False),
+        "test": hf.pick_split(available, None, ("test",), "test", required=False),
+    }
     splits, notes = {}, []
     for role, split in roles.items():
         if split is None:
@@ -113,9 +135,11 @@ def read_source(src: str, image: str | None = None, label: str | None = None):
     CSV index (path,label rows), or a Hugging Face dataset (save_to_disk folder, parquet, cached name)."""
     p = Path(src).expanduser()
     if not p.exists() and str(src).startswith(("/", "./", "../", "~")):
-        raise DataError(f"{src} does not exist; clfkit data pack reads an image folder (root/train/<class>/...), "
-                        f"a CSV index (path,label rows) or a Hugging Face dataset (a save_to_disk folder, parquet, "
-                        f"or a name in the local cache)")
+        raise DataError(
+            f"{src} does not exist; clfkit data pack reads an image folder (root/train/<class>/...), "
+            f"a CSV index (path,label rows) or a Hugging Face dataset (a save_to_disk folder, parquet, "
+            f"or a name in the local cache)"
+        )
     if p.is_file() and p.suffix.lower() == ".csv":
         return _csv_items(p)
     if p.is_dir() and (p / "train").is_dir() and not (p / "dataset_dict.json").is_file():
@@ -133,15 +157,29 @@ def _image_ext(data: bytes) -> str | None:
         return None
 
 
-def _write_split(role: str, items: list[Item], tmp: Path, *, limits: tuple[int, int], num_classes: int,
-                 skipped: list[tuple[str, str]], progress: Callable[[str], None], raw: str) -> list[dict[str, Any]]:
+def _write_split(
+    role: str,
+    items: list[Item],
+    tmp: Path,
+    *,
+    limits: tuple[int, int],
+    num_classes: int,
+    skipped: list[tuple[str, str]],
+    progress: Callable[[str], None],
+    raw: str,
+) -> list[dict[str, Any]]:
     """``role``-%06d.tar shards of ``items``; the manifest's entry of each shard."""
     shards: list[dict[str, Any]] = []
     # an integer mtime: webdataset's default (time.time(), a float) makes tarfile write a PAX
     # header before every member, which doubles the headers every read parses (measured: tar
     # parsing, not image decoding, was 2/3 of a streamed 32 px epoch's worker time)
-    with wds().ShardWriter(str(tmp / f"{role}-%06d.tar"), maxcount=limits[0], maxsize=limits[1],
-                           verbose=0, mtime=int(time.time())) as writer:
+    with wds().ShardWriter(
+        str(tmp / f"{role}-%06d.tar"),
+        maxcount=limits[0],
+        maxsize=limits[1],
+        verbose=0,
+        mtime=int(time.time()),
+    ) as writer:
         for k, item in enumerate(items):
             try:
                 data = item.read()
@@ -153,11 +191,22 @@ def _write_split(role: str, items: list[Item], tmp: Path, *, limits: tuple[int, 
                 skipped.append((item.name, "not a readable image"))
                 continue
             pixels = raw_pixels.encode(data) if raw == "auto" else None
-            writer.write({"__key__": f"{k:09d}", **({"npy": pixels} if pixels else {ext: data}),
-                          "cls": str(item.label)})
+            writer.write(
+                {
+                    "__key__": f"{k:09d}",
+                    **({"npy": pixels} if pixels else {ext: data}),
+                    "cls": str(item.label),
+                }
+            )
             if not shards or shards[-1]["name"] != Path(writer.fname).name:  # the writer began a shard
-                shards.append({"name": Path(writer.fname).name, "split": role, "count": 0,
-                               "per_class": [0] * num_classes})
+                shards.append(
+                    {
+                        "name": Path(writer.fname).name,
+                        "split": role,
+                        "count": 0,
+                        "per_class": [0] * num_classes,
+                    }
+                )
             shards[-1]["count"] += 1
             shards[-1]["per_class"][item.label] += 1
             if k % 5000 == 4999:
@@ -171,7 +220,7 @@ def _pattern(role: str, shards: list[dict[str, Any]]) -> str:
     """The brace pattern naming a split's shards (what a recipe's data.source gives)."""
     if len(shards) == 1:
         return shards[0]["name"]
-    return f"{role}-{{{shards[0]['name'][len(role) + 1:-4]}..{shards[-1]['name'][len(role) + 1:-4]}}}.tar"
+    return f"{role}-{{{shards[0]['name'][len(role) + 1 : -4]}..{shards[-1]['name'][len(role) + 1 : -4]}}}.tar"
 
 
 def _refuse_inside_source(src: str, out: Path) -> None:
@@ -179,21 +228,33 @@ def _refuse_inside_source(src: str, out: Path) -> None:
     folder source would list them as images of a class on its next read)."""
     source = Path(src).expanduser()
     if source.is_dir() and image_files.contains(os.path.realpath(source), os.path.realpath(out)):
-        raise DataError(f"{image_files.escape_path(str(out))} is inside the source folder "
-                        f"{image_files.escape_path(str(src))}; clfkit data pack never writes into the data it "
-                        f"reads: choose a folder outside it")
+        raise DataError(
+            f"{image_files.escape_path(str(out))} is inside the source folder "
+            f"{image_files.escape_path(str(src))}; clfkit data pack never writes into the data it "
+            f"reads: choose a folder outside it"
+        )
 
 
-def pack(src: str, out: str | os.PathLike, shard_size: str = "1000", *, seed: int = 0, image: str | None = None,
-         label: str | None = None, progress: Callable[[str], None] = lambda line: None,
-         raw: str = "auto") -> dict[str, Any]:
+def pack(
+    src: str,
+    out: str | os.PathLike,
+    shard_size: str = "1000",
+    *,
+    seed: int = 0,
+    image: str | None = None,
+    label: str | None = None,
+    progress: Callable[[str], None] = lambda line: None,
+    raw: str = "auto",
+) -> dict[str, Any]:
     """Write SRC (see :func:`read_source`) as shards in the new folder OUT; returns the manifest.
     ``raw``: "auto" stores small lossless images as raw pixels, "never" keeps every file's bytes."""
     if raw not in RAW_CHOICES:
         raise DataError(f"--raw {raw!r}: choose one of {', '.join(RAW_CHOICES)}")
     out = Path(out).expanduser()
     if out.exists():
-        raise DataError(f"{out} exists; clfkit data pack writes a new folder and never writes into an existing one")
+        raise DataError(
+            f"{out} exists; clfkit data pack writes a new folder and never writes into an existing one"
+        )
     if not out.parent.is_dir():
         raise DataError(f"the folder {out.parent} for {out.name} does not exist")
     _refuse_inside_source(src, out)
@@ -206,19 +267,38 @@ def pack(src: str, out: str | os.PathLike, shard_size: str = "1000", *, seed: in
     tmp.mkdir()
     skipped: list[tuple[str, str]] = []
     try:
-        manifest: dict[str, Any] = {"format": MANIFEST_FORMAT, "class_names": class_names, "source": str(src),
-                                    "seed": seed, "raw": raw, "splits": {}, "shards": []}
+        manifest: dict[str, Any] = {
+            "format": MANIFEST_FORMAT,
+            "class_names": class_names,
+            "source": str(src),
+            "seed": seed,
+            "raw": raw,
+            "splits": {},
+            "shards": [],
+        }
         for role, items in splits.items():
             items = list(items)
             random.Random(f"{seed}/{role}").shuffle(items)  # classes mixed within every shard
-            written = _write_split(role, items, tmp, limits=limits, num_classes=len(class_names), skipped=skipped,
-                                   progress=progress, raw=raw)
+            written = _write_split(
+                role,
+                items,
+                tmp,
+                limits=limits,
+                num_classes=len(class_names),
+                skipped=skipped,
+                progress=progress,
+                raw=raw,
+            )
             if written:
                 manifest["shards"] += written
-                manifest["splits"][role] = {"pattern": _pattern(role, written),
-                                            "count": sum(s["count"] for s in written)}
+                manifest["splits"][role] = {
+                    "pattern": _pattern(role, written),
+                    "count": sum(s["count"] for s in written),
+                }
         manifest.update(skipped=[list(s) for s in skipped], notes=notes)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / MANIFEST).write_text(
+            json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         os.rename(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -229,9 +309,13 @@ def pack_summary(manifest: dict[str, Any], out: Path) -> list[str]:
     """What ``clfkit data pack`` prints: the splits written, what was left out, the data.source
     to use (JSON-quoted: a brace pattern is not plain YAML)."""
     splits = manifest["splits"]
-    lines = [f"{role}: {split['count']} samples in {out / split['pattern']}" for role, split in splits.items()]
+    lines = [
+        f"{role}: {split['count']} samples in {out / split['pattern']}" for role, split in splits.items()
+    ]
     lines += [f"note: {note}" for note in manifest["notes"]]
     if manifest["skipped"]:
         lines.append(f"{len(manifest['skipped'])} unreadable image(s) left out, listed in {out / MANIFEST}")
-    given = ", ".join(f"{r}: {json.dumps(str(out / splits[r]['pattern']))}" for r in ("train", "val", "test") if r in splits)
+    given = ", ".join(
+        f"{r}: {json.dumps(str(out / splits[r]['pattern']))}" for r in ("train", "val", "test") if r in splits
+    )
     return lines + [f"recipe: data.source: {{name: webdataset, {given}}}"]

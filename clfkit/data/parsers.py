@@ -14,6 +14,7 @@ insist on the md5 of the official archives and on torchvision's own folder names
 ``read_sn3_pascalvincent_tensor`` reads only uncompressed files and checks them with
 ``assert``. The formats are small enough to read here with clear errors.
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,16 +30,28 @@ from PIL import Image
 from clfkit.data import image_files
 from clfkit.errors import DataError
 
-CIFAR10_LAYOUT = ("cifar-10-batches-py/ with data_batch_1 ... data_batch_5, test_batch and batches.meta "
-                  "(the 'CIFAR-10 python version' archive, extracted)")
-CIFAR100_LAYOUT = ("cifar-100-python/ with train, test and meta "
-                   "(the 'CIFAR-100 python version' archive, extracted)")
-MNIST_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
-               "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
-MNIST_LAYOUT = ("a folder holding " + ", ".join(MNIST_FILES.values())
-                + " (each plain or .gz; torchvision's <root>/MNIST/raw/ layout works too)")
-CSV_LAYOUT = ("a CSV file with one 'path,label' row per image (an optional 'path,label' header), "
-              "paths relative to the CSV file")
+CIFAR10_LAYOUT = (
+    "cifar-10-batches-py/ with data_batch_1 ... data_batch_5, test_batch and batches.meta "
+    "(the 'CIFAR-10 python version' archive, extracted)"
+)
+CIFAR100_LAYOUT = (
+    "cifar-100-python/ with train, test and meta (the 'CIFAR-100 python version' archive, extracted)"
+)
+MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+MNIST_LAYOUT = (
+    "a folder holding "
+    + ", ".join(MNIST_FILES.values())
+    + " (each plain or .gz; torchvision's <root>/MNIST/raw/ layout works too)"
+)
+CSV_LAYOUT = (
+    "a CSV file with one 'path,label' row per image (an optional 'path,label' header), "
+    "paths relative to the CSV file"
+)
 
 
 # --------------------------------------------------------------------------- CIFAR
@@ -46,9 +59,15 @@ class _CifarUnpickler(pickle.Unpickler):
     """CIFAR batches are pickles; load them without letting a file run arbitrary code: only
     the numpy array reconstruction that the real batches use is allowed."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:
@@ -64,8 +83,9 @@ def _unpickle(path: Path, layout: str) -> dict:
             # the official batches were written by Python 2: latin1 turns their str keys into str
             raw = _CifarUnpickler(f, encoding="latin1").load()
     except Exception as e:
-        raise DataError(f"{path} is not a CIFAR python batch ({type(e).__name__}: {e}); "
-                        f"expected {layout}") from None
+        raise DataError(
+            f"{path} is not a CIFAR python batch ({type(e).__name__}: {e}); expected {layout}"
+        ) from None
     if not isinstance(raw, dict):
         raise DataError(f"{path} holds a {type(raw).__name__}, not a CIFAR batch dict; expected {layout}")
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in raw.items()}
@@ -77,8 +97,10 @@ def _cifar_images(batch: dict, path: Path, layout: str) -> np.ndarray:
         raise DataError(f"{path} has no 'data' entry; expected {layout}")
     data = np.asarray(data)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise DataError(f"{path}: 'data' is {data.dtype} {data.shape}, expected uint8 (N, 3072) "
-                        f"rows of 1024 red, 1024 green, 1024 blue values")
+        raise DataError(
+            f"{path}: 'data' is {data.dtype} {data.shape}, expected uint8 (N, 3072) "
+            f"rows of 1024 red, 1024 green, 1024 blue values"
+        )
     return data.reshape(-1, 3, 32, 32)
 
 
@@ -113,8 +135,9 @@ def read_cifar10(root: str | os.PathLike) -> tuple[dict[str, tuple[np.ndarray, n
     return out, _names(meta, "label_names")
 
 
-def read_cifar100(root: str | os.PathLike, labels: str = "fine"
-                  ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
+def read_cifar100(
+    root: str | os.PathLike, labels: str = "fine"
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
     """Like :func:`read_cifar10`; ``labels`` picks the 100 fine or the 20 coarse classes."""
     base = _cifar_root(root, "cifar-100-python", "meta")
     if not base.is_dir():
@@ -154,16 +177,20 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     except (OSError, EOFError) as e:
         raise DataError(f"cannot read IDX file {path}: {e}") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES or not 1 <= data[3] <= 4:
-        raise DataError(f"{path} is not an IDX file (bad magic number {data[:4].hex() or 'empty'}; "
-                        f"expected 0x0000 + type byte + number of dimensions)")
+        raise DataError(
+            f"{path} is not an IDX file (bad magic number {data[:4].hex() or 'empty'}; "
+            f"expected 0x0000 + type byte + number of dimensions)"
+        )
     ndim = data[3]
     header = 4 + 4 * ndim
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_TYPES[data[2]])
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - header != expected:
-        raise DataError(f"{path}: the header says shape {shape} ({expected} bytes of data) but the "
-                        f"file holds {len(data) - header} bytes; the file is truncated or corrupt")
+        raise DataError(
+            f"{path}: the header says shape {shape} ({expected} bytes of data) but the "
+            f"file holds {len(data) - header} bytes; the file is truncated or corrupt"
+        )
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).copy()  # writable
 
 
@@ -189,8 +216,9 @@ def read_mnist(root: str | os.PathLike, subdir: str = "MNIST") -> dict[str, tupl
         if x.ndim != 3 or x.dtype != np.uint8:
             raise DataError(f"{ipath}: expected uint8 images (N, H, W), got {x.dtype} {x.shape}")
         if y.ndim != 1 or len(y) != len(x):
-            raise DataError(f"{lpath}: expected {len(x)} labels (one per image in {ipath.name}), "
-                            f"got shape {y.shape}")
+            raise DataError(
+                f"{lpath}: expected {len(x)} labels (one per image in {ipath.name}), got shape {y.shape}"
+            )
         out[split] = (x[:, None], y.astype(np.int64))
     return out
 

@@ -7,6 +7,7 @@ draft scaling depends on the target size), upright (no EXIF rotation), at most
 :data:`MAX_PIXELS`. Training then gets from the raw pixels exactly what it would get from the
 original file: the same mode conversion and resize, from the same pixels.
 """
+
 from __future__ import annotations
 
 import io
@@ -18,7 +19,9 @@ from clfkit.data import image_files
 
 MAX_PIXELS = 64 * 64  # "small": above it the raw pixels outgrow a PNG, and decode is a smaller share
 MAGIC = b"\x93NUMPY"
-_HEADERS: dict[bytes, tuple[tuple[int, ...], int]] = {}  # .npy header -> (shape, bytes): a set's samples share a few
+_HEADERS: dict[
+    bytes, tuple[tuple[int, ...], int]
+] = {}  # .npy header -> (shape, bytes): a set's samples share a few
 
 
 def encode(data: bytes) -> bytes | None:
@@ -26,8 +29,12 @@ def encode(data: bytes) -> bytes | None:
     try:
         with Image.open(io.BytesIO(data)) as img:
             w, h = img.size
-            if (img.format == "JPEG" or img.mode not in ("RGB", "L") or w * h > MAX_PIXELS
-                    or image_files.exif_orientation(img) != 1):
+            if (
+                img.format == "JPEG"
+                or img.mode not in ("RGB", "L")
+                or w * h > MAX_PIXELS
+                or image_files.exif_orientation(img) != 1
+            ):
                 return None
             pixels = np.asarray(img, dtype=np.uint8)
     except Exception:  # noqa: BLE001 - unreadable: packed as it is, and reported when trained on
@@ -40,21 +47,35 @@ def encode(data: bytes) -> bytes | None:
 def _shape(data: bytes) -> tuple[tuple[int, ...], int, int]:
     """(shape, bytes, offset of the pixels) of a uint8 .npy sample; DecodeError for anything else."""
     major = data[6] if len(data) > 9 else 0
-    start = 10 + int.from_bytes(data[8:10], "little") if major == 1 else (
-        12 + int.from_bytes(data[8:12], "little") if major in (2, 3) else 0)
+    start = (
+        10 + int.from_bytes(data[8:10], "little")
+        if major == 1
+        else (12 + int.from_bytes(data[8:12], "little") if major in (2, 3) else 0)
+    )
     header = data[:start]
     known = _HEADERS.get(header)
     if known is None:
         try:
             f = io.BytesIO(header)
             version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
             shape, fortran, dtype = read(f)
         except Exception as e:  # noqa: BLE001 - numpy raises ValueError and others for bad headers
             raise image_files.DecodeError(f"not a readable .npy sample ({e})") from None
-        if dtype != np.uint8 or fortran or len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3)):
-            raise image_files.DecodeError(f".npy sample of dtype {dtype}, shape {shape}: raw pixels must be "
-                                          f"uint8 (H, W), (H, W, 1) or (H, W, 3)")
+        if (
+            dtype != np.uint8
+            or fortran
+            or len(shape) not in (2, 3)
+            or (len(shape) == 3 and shape[2] not in (1, 3))
+        ):
+            raise image_files.DecodeError(
+                f".npy sample of dtype {dtype}, shape {shape}: raw pixels must be "
+                f"uint8 (H, W), (H, W, 1) or (H, W, 3)"
+            )
         known = _HEADERS[header] = (tuple(shape), int(np.prod(shape)))
     return known[0], known[1], start
 
@@ -64,8 +85,10 @@ def decode(data: bytes, size: tuple[int, int], channels: int, resize: str) -> np
     would give from the original file. Raises image_files.DecodeError."""
     shape, nbytes, start = _shape(data)
     if len(data) - start != nbytes:
-        raise image_files.DecodeError(f".npy sample holds {len(data) - start} bytes of pixels; shape {shape} "
-                                      f"needs {nbytes} (truncated?)")
+        raise image_files.DecodeError(
+            f".npy sample holds {len(data) - start} bytes of pixels; shape {shape} "
+            f"needs {nbytes} (truncated?)"
+        )
     pixels = np.frombuffer(data, np.uint8, offset=start).reshape(shape)
     c = 1 if len(shape) == 2 else shape[2]
     if tuple(shape[:2]) == tuple(size) and c == channels:

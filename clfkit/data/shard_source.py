@@ -1,6 +1,7 @@
 """``data.source: {name: webdataset, train: ..., val: ..., test: ...}``: the train split
 streamed (clfkit.data.streamed), val and test (small) decoded into memory like any source.
 Without val shards, ``data.val_fraction`` holds out whole train shards (the last ones given)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +26,13 @@ def _name(url: str) -> str:
     return url.rsplit("/", 1)[-1]
 
 
-def open_shards(pattern: str | list[str], role: str, image_key: str | None, label_key: str,
-                manifest: dict[str, Any] | None) -> Shards:
+def open_shards(
+    pattern: str | list[str],
+    role: str,
+    image_key: str | None,
+    label_key: str,
+    manifest: dict[str, Any] | None,
+) -> Shards:
     """The shards ``pattern`` names, with their sample counts (the manifest's, else counted)."""
     urls = expand(pattern)
     if not urls:
@@ -37,75 +43,109 @@ def open_shards(pattern: str | list[str], role: str, image_key: str | None, labe
         entry = listed.get(_name(url))
         counts.append(int(entry["count"]) if entry else count_samples(url, image_key, label_key))
     if manifest is None:
-        notes.append(f"{role}: no manifest.json beside the shards: counted "
-                     f"{sum(counts)} samples by reading every shard once")
+        notes.append(
+            f"{role}: no manifest.json beside the shards: counted "
+            f"{sum(counts)} samples by reading every shard once"
+        )
     if listed and all(_name(u) in listed and "per_class" in listed[_name(u)] for u in urls):
         shard_classes = [list(listed[_name(u)]["per_class"]) for u in urls]
     return Shards(urls, counts, image_key, label_key, shard_classes, notes)
 
 
-def class_names_for(first_shard: str, classes: list[str] | None, manifest: dict[str, Any] | None) -> list[str]:
+def class_names_for(
+    first_shard: str, classes: list[str] | None, manifest: dict[str, Any] | None
+) -> list[str]:
     """The recipe's ``classes``, else the manifest's, else classes.json / classes.txt beside the shards."""
     names = classes or (manifest or {}).get("class_names") or class_names_beside(first_shard)
     if not names:
-        raise DataError(f"no class names for the shards at {first_shard}: give classes: [...] in data.source, or put "
-                        f"classes.json (a list) or classes.txt (one a line) beside them (clfkit data pack writes "
-                        f"manifest.json with them)")
+        raise DataError(
+            f"no class names for the shards at {first_shard}: give classes: [...] in data.source, or put "
+            f"classes.json (a list) or classes.txt (one a line) beside them (clfkit data pack writes "
+            f"manifest.json with them)"
+        )
     if len(names) < 2 or len(set(names)) != len(names):
         raise DataError(f"class names must be at least two and distinct; got {names}")
     return list(names)
 
 
-def _in_memory(shards: Shards | None, decoding: Decoding, on_error: str,
-               skipped: list[tuple[str, str]]) -> ImageSet | None:
+def _in_memory(
+    shards: Shards | None, decoding: Decoding, on_error: str, skipped: list[tuple[str, str]]
+) -> ImageSet | None:
     if shards is None:
         return None
     x, y = read_all(shards, decoding, on_error, skipped)
     return ImageSet(torch.from_numpy(x), torch.from_numpy(y)) if len(x) else None
 
 
-def load_webdataset(*, train: str | list[str], image_size: tuple[int, int], channels: int | None, resize: str,
-                    on_error: str, val: str | list[str] | None = None, test: str | list[str] | None = None,
-                    classes: list[str] | None = None, image_key: str | None = None, label_key: str = "cls",
-                    shuffle_buffer: int = 512) -> Splits:
+def load_webdataset(
+    *,
+    train: str | list[str],
+    image_size: tuple[int, int],
+    channels: int | None,
+    resize: str,
+    on_error: str,
+    val: str | list[str] | None = None,
+    test: str | list[str] | None = None,
+    classes: list[str] | None = None,
+    image_key: str | None = None,
+    label_key: str = "cls",
+    shuffle_buffer: int = 512,
+) -> Splits:
     """Splits whose train is a StreamedSplit; val and test decoded into memory."""
     first = expand(train)[:1]
     manifest = read_manifest(first[0]) if first else None
-    sets = {role: open_shards(p, role, image_key, label_key, manifest) if p is not None else None
-            for role, p in (("train", train), ("val", val), ("test", test))}
+    sets = {
+        role: open_shards(p, role, image_key, label_key, manifest) if p is not None else None
+        for role, p in (("train", train), ("val", val), ("test", test))
+    }
     names = class_names_for(sets["train"].urls[0], classes, manifest)
     c = channels or int((manifest or {}).get("channels", 3))
     decoding = Decoding(names, tuple(image_size), c, resize)
     skipped: list[tuple[str, str]] = []
     head, head_y = read_all(sets["train"], decoding, on_error, skipped, limit=HEAD)
     if not len(head):
-        raise DataError(f"no readable training samples in the first shards of {sets['train'].urls[0]} "
-                        f"({len(skipped)} skipped: {skipped[:3]})")
-    split = StreamedSplit(sets["train"], decoding, on_error, shuffle_buffer, torch.from_numpy(head),
-                          torch.from_numpy(head_y))
-    digest = hashlib.blake2b(repr((names, [(s.urls, s.counts) for s in sets.values() if s is not None])).encode(),
-                             digest_size=16)
+        raise DataError(
+            f"no readable training samples in the first shards of {sets['train'].urls[0]} "
+            f"({len(skipped)} skipped: {skipped[:3]})"
+        )
+    split = StreamedSplit(
+        sets["train"], decoding, on_error, shuffle_buffer, torch.from_numpy(head), torch.from_numpy(head_y)
+    )
+    digest = hashlib.blake2b(
+        repr((names, [(s.urls, s.counts) for s in sets.values() if s is not None])).encode(), digest_size=16
+    )
     if manifest is not None:
         digest.update(repr(sorted((k, v) for k, v in manifest.items() if k != "__where__")).encode())
-    return Splits(train=split, val=_in_memory(sets["val"], decoding, on_error, skipped),
-                  test=_in_memory(sets["test"], decoding, on_error, skipped), class_names=names, skipped=skipped,
-                  description=f"WebDataset shards {sets['train'].urls[0]}" + (
-                      f" (+{len(sets['train'].urls) - 1})" if len(sets["train"].urls) > 1 else "")
-                  + "".join(f" [{note}]" for s in sets.values() if s is not None for note in s.notes),
-                  fingerprint=digest.hexdigest())
+    return Splits(
+        train=split,
+        val=_in_memory(sets["val"], decoding, on_error, skipped),
+        test=_in_memory(sets["test"], decoding, on_error, skipped),
+        class_names=names,
+        skipped=skipped,
+        description=f"WebDataset shards {sets['train'].urls[0]}"
+        + (f" (+{len(sets['train'].urls) - 1})" if len(sets["train"].urls) > 1 else "")
+        + "".join(f" [{note}]" for s in sets.values() if s is not None for note in s.notes),
+        fingerprint=digest.hexdigest(),
+    )
 
 
-def hold_out(split: StreamedSplit, fraction: float) -> tuple[StreamedSplit, ImageSet | None, list[tuple[str, str]]]:
+def hold_out(
+    split: StreamedSplit, fraction: float
+) -> tuple[StreamedSplit, ImageSet | None, list[tuple[str, str]]]:
     """``fraction`` of the train shards (whole shards, the last ones) decoded into memory as val."""
     shards = split.shards
     n = len(shards.urls)
     k = min(n - 1, max(1, math.ceil(n * fraction)))
     if n < 2:
-        raise DataError(f"data.val_fraction {fraction} holds out whole shards, and the train split is one shard "
-                        f"({shards.urls[0]}); give val: SHARDS in data.source, or set data.val_fraction: 0")
+        raise DataError(
+            f"data.val_fraction {fraction} holds out whole shards, and the train split is one shard "
+            f"({shards.urls[0]}); give val: SHARDS in data.source, or set data.val_fraction: 0"
+        )
     keep, held = shards.subset(0, n - k), shards.subset(n - k, n)
     skipped: list[tuple[str, str]] = []
     val = _in_memory(held, split.decoding, split.on_error, skipped)
     n = len(keep)  # the head is in shard order: its part from the held-out shards goes (about: skips aside)
-    kept = StreamedSplit(keep, split.decoding, split.on_error, split.shuffle_buffer, split.images[:n], split.head_labels[:n])
+    kept = StreamedSplit(
+        keep, split.decoding, split.on_error, split.shuffle_buffer, split.images[:n], split.head_labels[:n]
+    )
     return kept, val, skipped

@@ -10,6 +10,7 @@ re-opened and the samples already read are skipped; a shard that still ends earl
 never a short epoch. How an epoch streams them (ranks, workers, shuffling, batches) is
 clfkit.train.engine.stream_batches.
 """
+
 from __future__ import annotations
 
 import glob
@@ -74,7 +75,9 @@ def wds():
     try:
         import webdataset
     except ImportError as e:
-        raise DataError(f"WebDataset shards need the `webdataset` package ({e}); pip install 'clfkit[data]'") from None
+        raise DataError(
+            f"WebDataset shards need the `webdataset` package ({e}); pip install 'clfkit[data]'"
+        ) from None
     return webdataset
 
 
@@ -99,8 +102,10 @@ def _local_paths(path: str) -> list[str]:
         return [str(full)]
     matches = sorted(p for p in glob.glob(str(full)) if Path(p).is_file())
     if not matches:
-        raise DataError(f"shard pattern {path!r} matches no file (looked for {full}); give existing shards "
-                        f"as a path, a glob or a brace pattern like train-{{000000..000009}}.tar")
+        raise DataError(
+            f"shard pattern {path!r} matches no file (looked for {full}); give existing shards "
+            f"as a path, a glob or a brace pattern like train-{{000000..000009}}.tar"
+        )
     return matches
 
 
@@ -129,7 +134,9 @@ def read_manifest(first_shard: str) -> dict[str, Any] | None:
     try:
         manifest = json.loads(raw)
     except ValueError as e:
-        raise DataError(f"{where} is not valid JSON ({e}); remove it or write it again with clfkit data pack") from None
+        raise DataError(
+            f"{where} is not valid JSON ({e}); remove it or write it again with clfkit data pack"
+        ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise DataError(f"{where} is not a clfkit shard manifest (format {MANIFEST_FORMAT!r})")
     return {**manifest, "__where__": where}
@@ -144,7 +151,11 @@ def class_names_beside(first_shard: str) -> list[str] | None:
             continue
         try:
             text = raw.decode("utf-8-sig")
-            names = json.loads(text) if name.endswith(".json") else [ln.strip() for ln in text.splitlines() if ln.strip()]
+            names = (
+                json.loads(text)
+                if name.endswith(".json")
+                else [ln.strip() for ln in text.splitlines() if ln.strip()]
+            )
         except (UnicodeDecodeError, ValueError) as e:
             raise DataError(f"cannot read class names from {where} ({e})") from None
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -165,7 +176,9 @@ def _open(url: str):
 def _sample(s: dict[str, Any], image_key: str | None, label_key: str) -> Sample:
     image = s.get(image_key) if image_key else next((s[e] for e in SAMPLE_EXTENSIONS if e in s), None)
     label = s.get(label_key, s.get("label"))
-    return Sample(s["__key__"], image, label.decode("utf-8", "replace").strip() if label is not None else None)
+    return Sample(
+        s["__key__"], image, label.decode("utf-8", "replace").strip() if label is not None else None
+    )
 
 
 def _samples(url: str, image_key: str | None, label_key: str, skip: int, fast: bool) -> Iterator[Sample]:
@@ -179,7 +192,8 @@ def _samples(url: str, image_key: str | None, label_key: str, skip: int, fast: b
         else:
             tariterators = wds().tariterators
             grouped = tariterators.group_by_keys(
-                tariterators.tar_file_expander([{"url": url, "stream": stream}], eof_value={}))
+                tariterators.tar_file_expander([{"url": url, "stream": stream}], eof_value={})
+            )
             grouped = itertools.islice(grouped, skip, None)
         for s in grouped:
             yield _sample(s, image_key, label_key)
@@ -187,8 +201,15 @@ def _samples(url: str, image_key: str | None, label_key: str, skip: int, fast: b
         stream.close()
 
 
-def read_shard(url: str, start: int, stop: int | None, *, image_key: str | None = None,
-               label_key: str = "cls", expected: int | None = None) -> Iterator[Sample]:
+def read_shard(
+    url: str,
+    start: int,
+    stop: int | None,
+    *,
+    image_key: str | None = None,
+    label_key: str = "cls",
+    expected: int | None = None,
+) -> Iterator[Sample]:
     """Samples ``start``..``stop`` of shard ``url`` (``stop`` None: to its end). A failed read of
     a URL is retried (RETRIES re-opens, skipping what was read); a shard ending before ``stop``
     (or with fewer than ``expected`` samples) is a DataError: never a silently short epoch."""
@@ -209,13 +230,17 @@ def read_shard(url: str, start: int, stop: int | None, *, image_key: str | None 
             attempt += 1
             if not is_url(url) or attempt > RETRIES:
                 cause = str(e.args[0] if e.args else e).splitlines()[0][:200] if str(e) else ""
-                raise DataError(f"shard {url}: read failed after {done} samples ({type(e).__name__}: {cause})"
-                                + (f"; {RETRIES} retries failed too" if is_url(url) else "; truncated?")) from None
+                raise DataError(
+                    f"shard {url}: read failed after {done} samples ({type(e).__name__}: {cause})"
+                    + (f"; {RETRIES} retries failed too" if is_url(url) else "; truncated?")
+                ) from None
             time.sleep(RETRY_DELAY_S * attempt)
     want = stop if stop is not None else expected
     if want is not None and done < want:
-        raise DataError(f"shard {url} ended after {done} samples, but {want} were expected (from the manifest or "
-                        f"the count at the run's start): truncated or replaced while in use?")
+        raise DataError(
+            f"shard {url} ended after {done} samples, but {want} were expected (from the manifest or "
+            f"the count at the run's start): truncated or replaced while in use?"
+        )
 
 
 def count_samples(url: str, image_key: str | None = None, label_key: str = "cls") -> int:

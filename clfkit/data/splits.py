@@ -5,6 +5,7 @@ The datasets these studies use (28-128 px, up to ~100k images) fit in memory onc
 holding them as one uint8 tensor makes batching an index operation, lets augmentation run
 batched on the training device, and makes re-runs independent of the disk.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -23,8 +24,9 @@ class ImageSet:
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} "
-                             f"{tuple(self.images.shape)}")
+            raise ValueError(
+                f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}"
+            )
         if self.labels is not None and len(self.labels) != len(self.images):
             raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
 

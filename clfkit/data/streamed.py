@@ -5,6 +5,7 @@ batches (its size, class counts, input shape, a sample of images for the normali
 statistics, the exporter's parity samples and int8 calibration) it answers from the shards'
 manifest and from ``images``: the first HEAD images of the stream, decoded once.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -54,20 +55,29 @@ class Decoding:
         return decode_blob(sample.image, self.size, self.channels, self.resize)[0], y
 
 
-def read_all(shards: Shards, decoding: Decoding, on_error: str, skipped: list[tuple[str, str]],
-             limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def read_all(
+    shards: Shards,
+    decoding: Decoding,
+    on_error: str,
+    skipped: list[tuple[str, str]],
+    limit: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Every sample of ``shards`` (or the first ``limit``), decoded: (N, C, H, W) uint8 and
     labels; bad samples listed in ``skipped`` or, with on_error: fail, an error."""
     images, labels = [], []
     for url, count in zip(shards.urls, shards.counts):
-        for s in read_shard(url, 0, None, image_key=shards.image_key, label_key=shards.label_key, expected=count):
+        for s in read_shard(
+            url, 0, None, image_key=shards.image_key, label_key=shards.label_key, expected=count
+        ):
             if limit is not None and len(images) >= limit:
                 break
             try:
                 x, y = decoding(s)
             except (ValueError, image_files.DecodeError) as e:
                 if on_error == "fail":
-                    raise DataError(f"{url}: sample {s.key!r}: {e} (set data.on_error: skip to skip such samples)") from None
+                    raise DataError(
+                        f"{url}: sample {s.key!r}: {e} (set data.on_error: skip to skip such samples)"
+                    ) from None
                 skipped.append((f"{url}#{s.key}", str(e)))
                 continue
             images.append(x.transpose(2, 0, 1))
@@ -106,7 +116,11 @@ class StreamedSplit:
         return self.shards.per_class
 
     def describe(self) -> str:
-        where = self.shards.urls[0] if len(self.shards.urls) == 1 else f"{self.shards.urls[0]} ... ({len(self.shards.urls)} shards)"
+        where = (
+            self.shards.urls[0]
+            if len(self.shards.urls) == 1
+            else f"{self.shards.urls[0]} ... ({len(self.shards.urls)} shards)"
+        )
         return f"streamed from WebDataset shards {where}"
 
 

@@ -6,12 +6,23 @@ is the object's kind, never its colour or place, so a linear model on pixels doe
 a small CNN learns it. Images depend only on (seed, split, index): the same seed always gives
 the same dataset.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-CLASSES = ("circle", "square", "triangle", "ring", "cross",
-           "hstripes", "vstripes", "checker", "dots", "diamond")
+CLASSES = (
+    "circle",
+    "square",
+    "triangle",
+    "ring",
+    "cross",
+    "hstripes",
+    "vstripes",
+    "checker",
+    "dots",
+    "diamond",
+)
 
 
 def _colour(rng: np.random.Generator, avoid: np.ndarray | None = None) -> np.ndarray:
@@ -33,19 +44,19 @@ def render(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
     img = b0 * (1 - t) + b1 * t
     fg = _colour(rng, avoid=(b0 + b1) / 2)
 
-    r = rng.uniform(0.22, 0.40) * size              # object radius
-    cy, cx = rng.uniform(r, size - r, 2)            # object fully inside
-    dy, dx = (yy - cy) / r, (xx - cx) / r           # object coordinates, -1..1
+    r = rng.uniform(0.22, 0.40) * size  # object radius
+    cy, cx = rng.uniform(r, size - r, 2)  # object fully inside
+    dy, dx = (yy - cy) / r, (xx - cx) / r  # object coordinates, -1..1
     name = CLASSES[kind]
-    period = rng.uniform(0.45, 0.7)                 # texture period in object units
+    period = rng.uniform(0.45, 0.7)  # texture period in object units
     if name == "circle":
-        mask = dx ** 2 + dy ** 2 <= 1
+        mask = dx**2 + dy**2 <= 1
     elif name == "square":
         mask = (np.abs(dx) <= 0.85) & (np.abs(dy) <= 0.85)
     elif name == "triangle":
         mask = (dy <= 0.8) & (dy >= -0.9 + 2 * np.abs(dx) * 0.95)
     elif name == "ring":
-        d = dx ** 2 + dy ** 2
+        d = dx**2 + dy**2
         mask = (d <= 1) & (d >= 0.42)
     elif name == "cross":
         mask = ((np.abs(dx) <= 0.3) & (np.abs(dy) <= 1)) | ((np.abs(dy) <= 0.3) & (np.abs(dx) <= 1))
@@ -61,7 +72,7 @@ def render(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
             tex = (np.mod(dx / period, 1) < 0.5) ^ (np.mod(dy / period, 1) < 0.5)
         else:  # dots
             gy, gx = np.mod(dy / period, 1) - 0.5, np.mod(dx / period, 1) - 0.5
-            tex = gx ** 2 + gy ** 2 < 0.09
+            tex = gx**2 + gy**2 < 0.09
         mask = patch & tex
     img = np.where(mask[..., None], fg, img)
     img = img + rng.normal(0, rng.uniform(4, 20), img.shape)

@@ -9,6 +9,7 @@ to other members) raises :class:`Unsupported` before that member is yielded, and
 reads the shard again through webdataset from the sample it had reached: the same samples,
 the same errors, only slower.
 """
+
 from __future__ import annotations
 
 import re
@@ -39,7 +40,11 @@ def _header(block: bytes) -> tuple[str, int, bytes]:
     name = block[:100].split(b"\0", 1)[0]
     if block[257:263] == b"ustar\0" and block[345] != 0:  # POSIX: a prefix holds the leading folders
         name = block[345:500].split(b"\0", 1)[0] + b"/" + name
-    return name.decode("utf-8", "surrogateescape"), int(block[124:136].split(b"\0", 1)[0].strip() or b"0", 8), kind
+    return (
+        name.decode("utf-8", "surrogateescape"),
+        int(block[124:136].split(b"\0", 1)[0].strip() or b"0", 8),
+        kind,
+    )
 
 
 def _members(stream: BinaryIO) -> Iterator[tuple[str, int, bytes]]:
@@ -60,8 +65,11 @@ def _members(stream: BinaryIO) -> Iterator[tuple[str, int, bytes]]:
 
 
 def _is_sample_file(name: str, kind: bytes) -> bool:
-    return kind in _REGULAR and not ("/" not in name and name.startswith("__") and name.endswith("__")) \
+    return (
+        kind in _REGULAR
+        and not ("/" not in name and name.startswith("__") and name.endswith("__"))
         and not _META.match(name)
+    )
 
 
 def _skip(stream: BinaryIO, n: int, seekable: bool, name: str) -> None:

@@ -6,6 +6,7 @@ sorted order, lazily: memory does not grow with the folder. Decoding (threads) o
 inference, lines are written as batches finish into a temp file that replaces the output only
 when every image is done (an error or Ctrl-C leaves no half-written file).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -59,6 +60,7 @@ def escape_field(text: str, *, spaces: bool = False) -> str:
 def unescape_field(text: str) -> str:
     """Inverse of :func:`escape_field`; undecodable bytes come back as os.fsdecode gives them,
     so ``os.fsencode(unescape_field(f))`` is the file name's bytes."""
+
     def one(m: re.Match) -> str:
         code = m.group(1)
         if code[0] == "x":
@@ -67,6 +69,7 @@ def unescape_field(text: str) -> str:
         if code[0] == "u":
             return chr(int(code[1:], 16))
         return {"\\": "\\", "n": "\n", "t": "\t", "r": "\r"}[code]
+
     return _UNESCAPE.sub(one, text)
 
 
@@ -88,8 +91,10 @@ def read_ranked(path: str | os.PathLike, fmt: str = "name") -> list[tuple[str, l
                     continue
                 fields = line.split("\t") if "\t" in line else line.rsplit(" ", 1)
                 if len(fields) < 2 or "" in fields:
-                    raise DataError(f"{path}, line {number}: {line[:80]!r} is not '<path> <class>' nor "
-                                    f"'<path>\\t<class 1>\\t<class 2>...' (clfkit predict's formats)")
+                    raise DataError(
+                        f"{path}, line {number}: {line[:80]!r} is not '<path> <class>' nor "
+                        f"'<path>\\t<class 1>\\t<class 2>...' (clfkit predict's formats)"
+                    )
                 ranked.append((fields[0], fields[1:]))
     return [(unescape_field(p), [unescape_field(c) for c in classes]) for p, classes in ranked]
 
@@ -135,19 +140,24 @@ def _check_output(out: Path, model: Path, root: Path, images: Callable[[], Itera
     why = _refusal(out, model, root, images)
     if why is None:
         return
-    candidates = ([out / "test.txt"] if out.is_dir() else []) + [root.resolve().parent / "test.txt",
-                                                                 Path.cwd() / "test.txt"]
+    candidates = ([out / "test.txt"] if out.is_dir() else []) + [
+        root.resolve().parent / "test.txt",
+        Path.cwd() / "test.txt",
+    ]
     fine = next((c for c in candidates if _refusal(c, model, root, images) is None), None)
     hint = f"e.g. -o {fine}" if fine is not None else "give a new file name outside the image folder"
     if out.is_dir():
         raise DataError(f"-o {out} is a folder; give a file name, {hint}")
-    raise DataError(f"-o {out} {why}; predictions are never written over or among the inputs, nor over "
-                    f"another file. Write them elsewhere, {hint}")
+    raise DataError(
+        f"-o {out} {why}; predictions are never written over or among the inputs, nor over "
+        f"another file. Write them elsewhere, {hint}"
+    )
 
 
 # --------------------------------------------------------------------------- walking the folder
-def walk_files(root: Path, not_followed: Optional[list[tuple[Path, str]]] = None,
-               _seen: Optional[set] = None) -> Iterator[Path]:
+def walk_files(
+    root: Path, not_followed: Optional[list[tuple[Path, str]]] = None, _seen: Optional[set] = None
+) -> Iterator[Path]:
     """Every non-hidden file under ``root``, lazily, in the order of their relative POSIX paths
     (the order of :func:`image_files.list_images`): one folder's names are sorted with a folder
     keyed as ``name/``, which is where its files fall in that order. Symbolic links to folders
@@ -168,8 +178,12 @@ def walk_files(root: Path, not_followed: Optional[list[tuple[Path, str]]] = None
         ident = image_files.folder_identity(root / name)
         if ident in _seen:
             if not_followed is not None:
-                not_followed.append((root / name, "a link to a folder read already, or to one holding it "
-                                                  "(a loop); not followed"))
+                not_followed.append(
+                    (
+                        root / name,
+                        "a link to a folder read already, or to one holding it (a loop); not followed",
+                    )
+                )
             continue
         _seen.add(ident)
         yield from walk_files(root / name, not_followed, _seen)
@@ -187,8 +201,10 @@ def _first_image(root: Path, not_followed: list[tuple[Path, str]]) -> Iterator[P
         if image_files.is_image_file(p):
             return itertools.chain(head, files)
     found = f"only {len(head)} file(s) without an image extension" if head else "nothing"
-    raise DataError(f"image folder {root} holds no images: {found} (looked recursively for "
-                    f"{', '.join(image_files.IMAGE_EXTENSIONS)})")
+    raise DataError(
+        f"image folder {root} holds no images: {found} (looked recursively for "
+        f"{', '.join(image_files.IMAGE_EXTENSIONS)})"
+    )
 
 
 def _chunks(files: Iterator[Path], size: int, skipped: list, root: Path) -> Iterator[list[Path]]:
@@ -207,8 +223,9 @@ def _chunks(files: Iterator[Path], size: int, skipped: list, root: Path) -> Iter
 
 
 # --------------------------------------------------------------------------- decode + infer
-def _batches(clf: OnnxClassifier, chunks: Iterator[list[Path]], batch_size: int,
-             workers: int) -> Iterator[tuple[list[Path], list[Optional[str]], Optional[np.ndarray]]]:
+def _batches(
+    clf: OnnxClassifier, chunks: Iterator[list[Path]], batch_size: int, workers: int
+) -> Iterator[tuple[list[Path], list[Optional[str]], Optional[np.ndarray]]]:
     """(chunk, decode error per image or None, logits of the decoded ones) per chunk. Threads
     decode chunk i+1 straight into one of two preallocated NCHW buffers while onnxruntime runs
     chunk i from the other: no stack or copy, and memory bounded by two batches."""
@@ -235,7 +252,7 @@ def _batches(clf: OnnxClassifier, chunks: Iterator[list[Path]], batch_size: int,
                 pending = submit(i + 1, nxt)
             ok = [j for j, err in enumerate(errors) if err is None]
             buf = bufs[i % 2]
-            batch = buf[:len(chunk)] if len(ok) == len(chunk) else buf[ok]
+            batch = buf[: len(chunk)] if len(ok) == len(chunk) else buf[ok]
             yield chunk, errors, (clf(batch) if ok else None)
             chunk = nxt
 
@@ -259,6 +276,7 @@ def _line_writer(f, fmt: str, class_names: list[str], topk: int = 1) -> Callable
             table.writerows([rel, labels[k], k, f"{c:.6f}"] for rel, k, c in zip(rels, pred, conf))
         else:
             f.writelines(f"{rel} {labels[k] if fmt == 'name' else k}\n" for rel, k in zip(rels, pred))
+
     return write
 
 
@@ -280,6 +298,7 @@ def _topk_writer(f, fmt: str, class_names: list[str], topk: int) -> Callable[[st
                 table.writerow([rel] + [v for k in ks for v in (labels[k], f"{p[k]:.6f}")])
             else:
                 f.write("\t".join([rel] + [labels[k] if fmt == "name" else str(k) for k in ks]) + "\n")
+
     return write
 
 
@@ -290,8 +309,15 @@ def _progress(root: Path, show: bool) -> Iterator[Callable[[int], None]]:
         yield lambda n: None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, \
-        TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     class Rate(ProgressColumn):
@@ -299,8 +325,14 @@ def _progress(root: Path, show: bool) -> Iterator[Callable[[int], None]]:
             return Text(f"{task.speed or 0:,.0f} images/s")
 
     total = sum(1 for p in walk_files(root) if image_files.is_image_file(p))  # names only: cheap
-    columns = (TextColumn("predict"), BarColumn(), MofNCompleteColumn(), Rate(), TimeElapsedColumn(),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("predict"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        Rate(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
         task = bar.add_task("predict", total=total)
         yield lambda n: bar.advance(task, n)
@@ -313,9 +345,18 @@ class PredictResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def predict_folder(model_path: str | os.PathLike, image_dir: str | os.PathLike, out: str | os.PathLike = "test.txt",
-                   *, batch_size: int = 256, fmt: str = "name", threads: Optional[int] = None,
-                   workers: Optional[int] = None, progress: bool = False, topk: int = 1) -> PredictResult:
+def predict_folder(
+    model_path: str | os.PathLike,
+    image_dir: str | os.PathLike,
+    out: str | os.PathLike = "test.txt",
+    *,
+    batch_size: int = 256,
+    fmt: str = "name",
+    threads: Optional[int] = None,
+    workers: Optional[int] = None,
+    progress: bool = False,
+    topk: int = 1,
+) -> PredictResult:
     """Classify every image under ``image_dir``; write ``<relative path> <class>`` lines
     (``fmt="index"``: class indices; ``fmt="csv"``: a CSV with header
     ``path,class,index,confidence``, the confidence being the softmax probability).
@@ -330,15 +371,23 @@ def predict_folder(model_path: str | os.PathLike, image_dir: str | os.PathLike, 
     files = _first_image(root, not_followed)
     clf = load_onnx(model_path, threads)
     if not 1 <= topk <= len(clf.class_names):
-        raise DataError(f"--topk {topk}: the model has {len(clf.class_names)} classes; give 1 to {len(clf.class_names)}")
-    _check_output(Path(out), Path(model_path), root,
-                  lambda: (p for p in walk_files(root) if image_files.is_image_file(p)))
+        raise DataError(
+            f"--topk {topk}: the model has {len(clf.class_names)} classes; give 1 to {len(clf.class_names)}"
+        )
+    _check_output(
+        Path(out),
+        Path(model_path),
+        root,
+        lambda: (p for p in walk_files(root) if image_files.is_image_file(p)),
+    )
     skipped: list[tuple[str, str]] = []
     written = bad = 0
     chunks = _chunks(files, batch_size, skipped, root)
     with _progress(root, progress) as advance, atomic_open(out, "w") as f:
         write = _line_writer(f, fmt, clf.class_names, topk)
-        for chunk, errors, logits in _batches(clf, chunks, batch_size, workers or max(2, os.cpu_count() or 1)):
+        for chunk, errors, logits in _batches(
+            clf, chunks, batch_size, workers or max(2, os.cpu_count() or 1)
+        ):
             rels = [escape_field(p.relative_to(root).as_posix()) for p in chunk]
             skipped += [(rel, err) for rel, err in zip(rels, errors) if err]
             bad += sum(err is not None for err in errors)
@@ -348,8 +397,10 @@ def predict_folder(model_path: str | os.PathLike, image_dir: str | os.PathLike, 
             advance(len(chunk))
         if not written:  # raising here leaves no output file behind
             first = next(((p, e) for p, e in skipped if e != "not an image file (extension)"), ("", ""))
-            raise DataError(f"none of the {bad} image file(s) under {root} could be decoded "
-                            f"(first: {first[0]}: {first[1]}); nothing was written")
+            raise DataError(
+                f"none of the {bad} image file(s) under {root} could be decoded "
+                f"(first: {first[0]}: {first[1]}); nothing was written"
+            )
     skipped += [(escape_field(p.relative_to(root).as_posix()), why) for p, why in not_followed]
     skipped.sort()
     return PredictResult(Path(out), written, skipped)

@@ -6,6 +6,7 @@ numpy, PIL and onnxruntime only: a deployment machine needs no torch. ``clfkit p
 (:mod:`clfkit.deploy.batch_predict`) uses the same session settings and the same :func:`prepare`, so the
 two give the same classes and probabilities for the same images.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,9 +42,11 @@ class OnnxClassifier:
         out = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
         want = (len(batch), len(self.class_names))
         if out.shape != want or not np.issubdtype(out.dtype, np.floating):
-            raise ModelFileError(f"the model's output {OUTPUT_NAME!r} is {out.dtype} {out.shape} for {len(batch)} "
-                                 f"image(s), not float logits {want} (one per class); it is not a clfkit export: "
-                                 f"export it with `clfkit export RUN_DIR`")
+            raise ModelFileError(
+                f"the model's output {OUTPUT_NAME!r} is {out.dtype} {out.shape} for {len(batch)} "
+                f"image(s), not float logits {want} (one per class); it is not a clfkit export: "
+                f"export it with `clfkit export RUN_DIR`"
+            )
         return out
 
 
@@ -74,27 +77,42 @@ def load_onnx(path: str | os.PathLike, threads: Optional[int] = None) -> OnnxCla
             what = "does not exist"
         raise ModelFileError(f"model file {path} {what}")
     try:
-        sess = ort.InferenceSession(str(path), sess_options=_session_options(threads),
-                                    providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(
+            str(path), sess_options=_session_options(threads), providers=["CPUExecutionProvider"]
+        )
     except Exception as e:
-        raise ModelFileError(f"{path} is not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from None
+        raise ModelFileError(
+            f"{path} is not a loadable ONNX model ({str(e).splitlines()[0][:200]})"
+        ) from None
     inputs, outputs = sess.get_inputs(), sess.get_outputs()
     meta = sess.get_modelmeta().custom_metadata_map
-    fields = {k[len(META_PREFIX):]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
+    fields = {k[len(META_PREFIX) :]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
     logits = next((o for o in outputs if o.name == OUTPUT_NAME), None)
-    spec = validate_metadata(fields, str(path), inputs[0].shape if inputs else None, logits.shape if logits else None)
-    if [i.name for i in inputs] != [INPUT_NAME] or OUTPUT_NAME not in [o.name for o in outputs] \
-            or inputs[0].type != "tensor(uint8)":
-        raise ModelFileError(f"{path} is an ONNX model but not a clfkit export (it needs one uint8 input "
-                             f"{INPUT_NAME!r} and an output {OUTPUT_NAME!r}); export it with `clfkit export RUN_DIR`")
+    spec = validate_metadata(
+        fields, str(path), inputs[0].shape if inputs else None, logits.shape if logits else None
+    )
+    if (
+        [i.name for i in inputs] != [INPUT_NAME]
+        or OUTPUT_NAME not in [o.name for o in outputs]
+        or inputs[0].type != "tensor(uint8)"
+    ):
+        raise ModelFileError(
+            f"{path} is an ONNX model but not a clfkit export (it needs one uint8 input "
+            f"{INPUT_NAME!r} and an output {OUTPUT_NAME!r}); export it with `clfkit export RUN_DIR`"
+        )
     return OnnxClassifier(sess, spec.class_names, spec.image_size, spec.channels, spec.resize, fields)
 
 
 def _array_image(arr: np.ndarray) -> Image.Image:
     if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
-        raise DataError(f"an array item must be uint8 HxW or HxWxC with C in 1, 3, 4; got {arr.dtype} {arr.shape}"
-                        + (" (N grayscale images: an (N, H, W, 1) array or a list of HxW arrays)"
-                           if arr.ndim == 3 and arr.shape[2] not in (1, 3, 4) else ""))
+        raise DataError(
+            f"an array item must be uint8 HxW or HxWxC with C in 1, 3, 4; got {arr.dtype} {arr.shape}"
+            + (
+                " (N grayscale images: an (N, H, W, 1) array or a list of HxW arrays)"
+                if arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)
+                else ""
+            )
+        )
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     # PIL shares a contiguous array's memory read-only: every step after this makes a new image
@@ -156,8 +174,14 @@ class Predictor:
     (decoding in ``workers`` threads), so memory does not grow with the number of items.
     """
 
-    def __init__(self, model: str | os.PathLike, *, batch_size: int = 64, threads: Optional[int] = None,
-                 workers: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        *,
+        batch_size: int = 64,
+        threads: Optional[int] = None,
+        workers: Optional[int] = None,
+    ) -> None:
         self.batch_size = _count("batch_size", batch_size)
         threads = None if threads is None else _count("threads", threads)
         self.workers = max(2, os.cpu_count() or 1) if workers is None else _count("workers", workers)
@@ -175,8 +199,15 @@ class Predictor:
         _, iterator = _items(items)
         with ThreadPoolExecutor(self.workers) as pool:
             for start, chunk in _chunks(iterator, self.batch_size):
-                yield clf(np.stack(list(pool.map(_prepare_nth, range(start, start + len(chunk)), chunk,
-                                                 [clf] * len(chunk)))))
+                yield clf(
+                    np.stack(
+                        list(
+                            pool.map(
+                                _prepare_nth, range(start, start + len(chunk)), chunk, [clf] * len(chunk)
+                            )
+                        )
+                    )
+                )
 
     def predict(self, items: Item | Iterable[Item], topk: int = 1) -> Prediction | list[Prediction]:
         """The ``topk`` classes and softmax probabilities of each item: one :class:`Prediction`
@@ -188,8 +219,14 @@ class Predictor:
         for logits in self.logits(items):
             probs = softmax(logits)
             order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-            out += [Prediction([self.class_names[i] for i in row], [float(probs[n, i]) for i in row],
-                               [int(i) for i in row]) for n, row in enumerate(order)]
+            out += [
+                Prediction(
+                    [self.class_names[i] for i in row],
+                    [float(probs[n, i]) for i in row],
+                    [int(i) for i in row],
+                )
+                for n, row in enumerate(order)
+            ]
         return out[0] if single else out
 
 
@@ -206,8 +243,9 @@ def _items(items: Any) -> tuple[bool, Iterator]:
     image, an HxW or HxWxC array; many: a list, tuple or generator of those, or an (N, H, W, C)
     array. A 3-d array is always one HxWxC image, never N grayscale images (which (N, H, W, 1)
     says without doubt)."""
-    single = isinstance(items, (str, os.PathLike, Image.Image)) or (isinstance(items, np.ndarray)
-                                                                    and items.ndim in (2, 3))
+    single = isinstance(items, (str, os.PathLike, Image.Image)) or (
+        isinstance(items, np.ndarray) and items.ndim in (2, 3)
+    )
     return single, iter([items]) if single else _iterate(items)
 
 
@@ -215,9 +253,13 @@ def _iterate(items: Any) -> Iterator:
     """The items of a list, tuple, generator or (N, H, W, C) array; a DataError for what only
     looks iterable (bytes, a string, an open file, a dict, a 0-d or 1-d array) or is not."""
     if isinstance(items, np.ndarray) and items.ndim != 4:
-        raise DataError(f"an array of items must be (N, H, W, C) uint8 (an HxW or HxWxC array is one image), "
-                        f"got shape {items.shape}")
-    what = f"cannot classify a {type(items).__name__}: give a path, a PIL image, a uint8 array or a list of them"
+        raise DataError(
+            f"an array of items must be (N, H, W, C) uint8 (an HxW or HxWxC array is one image), "
+            f"got shape {items.shape}"
+        )
+    what = (
+        f"cannot classify a {type(items).__name__}: give a path, a PIL image, a uint8 array or a list of them"
+    )
     if isinstance(items, (bytes, bytearray, memoryview)) or hasattr(items, "read"):
         raise DataError(f"{what} (for encoded image bytes: PIL.Image.open(io.BytesIO(data)))")
     if isinstance(items, (str, dict)):

@@ -1,6 +1,7 @@
 """Test-time augmentation as a model wrapper, so that the exported graph and ``clfkit eval``
 compute exactly the same thing: ``flip`` averages the logits of the image and its mirror image
 (horizontal flip). Torch only; no clfkit imports (export and evaluation both use it)."""
+
 from __future__ import annotations
 
 import torch

@@ -10,6 +10,7 @@ A component is written as a name or ``{name: ..., <args>}``::
 default filled in: the *resolved* recipe, which the run folder and checkpoints record.
 The models themselves are in :mod:`clfkit.recipe.models` (and importable from here).
 """
+
 from __future__ import annotations
 
 import re
@@ -25,8 +26,20 @@ from pydantic import BaseModel
 from clfkit import registry
 from clfkit.errors import RecipeError
 from clfkit.recipe.models import (  # noqa: F401 - the models are part of clfkit.recipe's API
-    COMPONENT_FIELDS, EMA, IMAGENET, SEED_MAX, Component, DataConfig, EarlyStopping, Normalize, Recipe, Strict,
-    TrainConfig, _components_in, seed_range_problem)
+    COMPONENT_FIELDS,
+    EMA,
+    IMAGENET,
+    SEED_MAX,
+    Component,
+    DataConfig,
+    EarlyStopping,
+    Normalize,
+    Recipe,
+    Strict,
+    TrainConfig,
+    _components_in,
+    seed_range_problem,
+)
 from clfkit.util import yaml_text as yamltext
 from clfkit.util.did_you_mean import did_you_mean
 
@@ -48,10 +61,15 @@ def read_yaml(path: str | Path) -> dict:
     except UnicodeDecodeError as e:
         raise RecipeError([("", f"not a UTF-8 text file ({e})")], source=str(path)) from None
     if not isinstance(data, dict):
-        got = "nothing (the file is empty, or holds only comments or null)" if data is None \
+        got = (
+            "nothing (the file is empty, or holds only comments or null)"
+            if data is None
             else type(data).__name__
-        raise RecipeError([("", f"a recipe is a YAML mapping of fields (name:, data:, model:, ...), "
-                                f"got {got}")], source=str(path))
+        )
+        raise RecipeError(
+            [("", f"a recipe is a YAML mapping of fields (name:, data:, model:, ...), got {got}")],
+            source=str(path),
+        )
     return data
 
 
@@ -71,8 +89,16 @@ def _recipe_text(path: Path) -> str:
     except OSError as e:
         raise RecipeError([("", f"cannot read {path} ({e.strerror or e})")], source=str(path)) from None
     if len(raw) > MAX_RECIPE_BYTES:
-        raise RecipeError([("", f"{path} is larger than {MAX_RECIPE_BYTES:,} bytes: not a recipe "
-                                f"(a recipe is a small YAML text file)")], source=str(path))
+        raise RecipeError(
+            [
+                (
+                    "",
+                    f"{path} is larger than {MAX_RECIPE_BYTES:,} bytes: not a recipe "
+                    f"(a recipe is a small YAML text file)",
+                )
+            ],
+            source=str(path),
+        )
     return raw.decode("utf-8")
 
 
@@ -80,8 +106,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     """``"optim.lr=0.01"`` -> (["optim", "lr"], 0.01). The value is read as in a recipe file
     (clfkit.util.yaml_text.parse_value, the same for --grid values and sweep files)."""
     if "=" not in text:
-        raise RecipeError([("", f"--set {text!r}: expected dotted.path=value, e.g. optim.lr=0.01")],
-                          source="--set")
+        raise RecipeError(
+            [("", f"--set {text!r}: expected dotted.path=value, e.g. optim.lr=0.01")], source="--set"
+        )
     key, _, raw = text.partition("=")
     key = key.strip()
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", key):
@@ -89,7 +116,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yamltext.parse_value(raw)
     except yamltext.YAMLProblem as e:
-        raise RecipeError([(f"{key}.{e.path}" if e.path else key, f"--set {key}=...: {e}")], source="--set") from None
+        raise RecipeError(
+            [(f"{key}.{e.path}" if e.path else key, f"--set {key}=...: {e}")], source="--set"
+        ) from None
     return key.split("."), value
 
 
@@ -98,11 +127,13 @@ def parse_overrides(texts: list[str] | tuple[str, ...]) -> list[tuple[list[str],
     then ``model=cnn`` drops the depth), is refused: one of the two would be lost silently."""
     parsed = [parse_override(text) for text in texts]
     for i, (keys, _) in enumerate(parsed):
-        earlier = next((k for k, _ in parsed[:i] if k[:len(keys)] == keys), None)
+        earlier = next((k for k, _ in parsed[:i] if k[: len(keys)] == keys), None)
         if earlier is not None:
             what = "is set twice" if earlier == keys else f"replaces the earlier --set {'.'.join(earlier)}"
-            raise RecipeError([(".".join(keys), f"--set {'.'.join(keys)} {what}; keep one (the later "
-                                                f"would silently win)")], source="--set")
+            raise RecipeError(
+                [(".".join(keys), f"--set {'.'.join(keys)} {what}; keep one (the later would silently win)")],
+                source="--set",
+            )
     return parsed
 
 
@@ -120,8 +151,10 @@ def apply_override(data: dict, path: list[str], value: Any) -> None:
         if child is None and isinstance(node, dict):  # `--set optim.lr=...` with no optim: its default
             child = _default_component(".".join(here)) or {}
         if not isinstance(child, (dict, list)):
-            raise RecipeError([(".".join(here), f"is {child!r}, not a mapping or a list; cannot set "
-                                                f"{'.'.join(path)}")], source="--set")
+            raise RecipeError(
+                [(".".join(here), f"is {child!r}, not a mapping or a list; cannot set {'.'.join(path)}")],
+                source="--set",
+            )
         node[key] = child
         node = child
     if isinstance(node, list):
@@ -141,15 +174,20 @@ def _default_component(path: str) -> Optional[dict]:
 
 def _index(node: list, part: str, path: list[str]) -> int:
     if not part.isdigit() or int(part) >= len(node):
-        raise RecipeError([(".".join(path), f"list index {part!r} out of range "
-                                            f"(the list has {len(node)} item(s))")], source="--set")
+        raise RecipeError(
+            [(".".join(path), f"list index {part!r} out of range (the list has {len(node)} item(s))")],
+            source="--set",
+        )
     return int(part)
 
 
 def validate_recipe(data: dict, source: str = "recipe") -> Recipe:
     """Validate a recipe mapping: structure (pydantic), then every component's arguments."""
-    too_big = [(path, f"{value} does not fit in 64 bits (torch and numpy need it to)")
-               for path, value in _ints_in(data) if not -2**63 <= value < 2**63]
+    too_big = [
+        (path, f"{value} does not fit in 64 bits (torch and numpy need it to)")
+        for path, value in _ints_in(data)
+        if not -(2**63) <= value < 2**63
+    ]
     if too_big:
         raise RecipeError(too_big, source=source)
     try:
@@ -180,9 +218,14 @@ def validate_recipe(data: dict, source: str = "recipe") -> Recipe:
             problems += check(final, path)
     problems += _bools_read_as_numbers(data, final.to_dict())
     if final.data.normalize == "init" and not final.init:
-        problems.append(("data.normalize", "`init` takes the mean/std of the init: run, but this recipe has no "
-                                           "init:; name a run folder in init:, or use auto, imagenet, none or "
-                                           "{mean: [...], std: [...]}"))
+        problems.append(
+            (
+                "data.normalize",
+                "`init` takes the mean/std of the init: run, but this recipe has no "
+                "init:; name a run folder in init:, or use auto, imagenet, none or "
+                "{mean: [...], std: [...]}",
+            )
+        )
     if problems:
         raise RecipeError(problems, source=source)
     return final
@@ -198,8 +241,11 @@ def _leaves(node: Any, path: tuple = ()) -> list[tuple[tuple, Any]]:
 
 def _ints_in(node: Any) -> list[tuple[str, int]]:
     """(dotted path, value) of every integer in a raw recipe mapping."""
-    return [(".".join(map(str, keys)), value) for keys, value in _leaves(node)
-            if isinstance(value, int) and not isinstance(value, bool)]
+    return [
+        (".".join(map(str, keys)), value)
+        for keys, value in _leaves(node)
+        if isinstance(value, int) and not isinstance(value, bool)
+    ]
 
 
 def _bools_read_as_numbers(data: dict, resolved: dict) -> list[tuple[str, str]]:
@@ -213,13 +259,23 @@ def _bools_read_as_numbers(data: dict, resolved: dict) -> list[tuple[str, str]]:
             continue
         got: Any = resolved
         for key in keys:
-            ok = isinstance(got, dict) and key in got or isinstance(got, list) and isinstance(key, int) \
+            ok = (
+                isinstance(got, dict)
+                and key in got
+                or isinstance(got, list)
+                and isinstance(key, int)
                 and key < len(got)
+            )
             got = got[key] if ok else None
         if isinstance(got, (int, float)) and not isinstance(got, bool):
-            problems.append((".".join(map(str, keys)), f"{str(value).lower()} is a yes/no value, but this "
-                                                       f"field takes a number (it would be read as {got!r}); "
-                                                       f"write the number"))
+            problems.append(
+                (
+                    ".".join(map(str, keys)),
+                    f"{str(value).lower()} is a yes/no value, but this "
+                    f"field takes a number (it would be read as {got!r}); "
+                    f"write the number",
+                )
+            )
     return problems
 
 
@@ -229,9 +285,16 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     data is read."""
     data = read_yaml(path)
     if "sweep" in data:
-        raise RecipeError([("sweep", "this is a sweep file: run it with `clfkit sweep "
-                                     f"{path}` (or remove the sweep: block to train one recipe)")],
-                          source=str(path))
+        raise RecipeError(
+            [
+                (
+                    "sweep",
+                    "this is a sweep file: run it with `clfkit sweep "
+                    f"{path}` (or remove the sweep: block to train one recipe)",
+                )
+            ],
+            source=str(path),
+        )
     for keys, value in parse_overrides(overrides):
         apply_override(data, keys, value)
     return validate_recipe(data, source=str(path))

@@ -33,21 +33,59 @@ This module holds the one registry clfkit uses, :data:`REGISTRY`, and the functi
 that components, recipes and plugins call. They read ``REGISTRY`` when called, so a test may
 swap it for a private ``Registry()``.
 """
+
 from __future__ import annotations
 
 import functools
 from typing import Any
 
 from clfkit.registry import specs
-from clfkit.registry.entries import BUILTIN, Entry, Kind, KINDS, REGULARIZER_HOOKS, check_kind, define_kind, type_hints, type_text
-from clfkit.registry.plugins import ENTRY_POINT_GROUP, REGISTRATIONS, plugin_selection, plugins_disabled, register
+from clfkit.registry.entries import (
+    BUILTIN,
+    Entry,
+    Kind,
+    KINDS,
+    REGULARIZER_HOOKS,
+    check_kind,
+    define_kind,
+    type_hints,
+    type_text,
+)
+from clfkit.registry.plugins import (
+    ENTRY_POINT_GROUP,
+    REGISTRATIONS,
+    plugin_selection,
+    plugins_disabled,
+    register,
+)
 from clfkit.registry.specs import split_spec
 from clfkit.registry.table import Registry
 
-__all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "KINDS", "REGISTRY", "REGULARIZER_HOOKS", "Entry", "Kind",
-           "Registry", "check_args", "check_kind", "check_spec", "create", "define_kind", "get", "names",
-           "plugin_selection", "plugins_disabled", "register", "resolve_spec", "split_spec",
-           "type_hints", "type_text", "validate_args"]
+__all__ = [
+    "BUILTIN",
+    "ENTRY_POINT_GROUP",
+    "KINDS",
+    "REGISTRY",
+    "REGULARIZER_HOOKS",
+    "Entry",
+    "Kind",
+    "Registry",
+    "check_args",
+    "check_kind",
+    "check_spec",
+    "create",
+    "define_kind",
+    "get",
+    "names",
+    "plugin_selection",
+    "plugins_disabled",
+    "register",
+    "resolve_spec",
+    "split_spec",
+    "type_hints",
+    "type_text",
+    "validate_args",
+]
 
 # The one registry clfkit uses; built-ins and direct registrations land in it (its "home").
 REGISTRY = Registry()

@@ -11,6 +11,7 @@ first use (what it returned is what the kind promises).
 Type hints as text are what the README's component reference and ``clfkit plugins show`` print
 for a component's arguments (``float (>= 0, < 1)``, ``'a' | 'b'``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -54,8 +55,13 @@ class Kind:
 KINDS: dict[str, Kind] = {}
 
 
-def define_kind(name: str, doc: str, required: tuple[str, ...] = (), context: tuple[str, ...] = (),
-                refs: dict[str, str] | None = None) -> Kind:
+def define_kind(
+    name: str,
+    doc: str,
+    required: tuple[str, ...] = (),
+    context: tuple[str, ...] = (),
+    refs: dict[str, str] | None = None,
+) -> Kind:
     """Add a kind of component. Adding one is one line; see the calls below."""
     KINDS[name] = Kind(name, doc, tuple(required), tuple(context), dict(refs or {}))
     return KINDS[name]
@@ -71,31 +77,61 @@ def check_kind(kind: str) -> Kind:
 # The hooks a `regularizer` may define and the arguments the trainer calls each with. The kind
 # holds training-step hooks (grad_clip, no_decay_norm_bias) as well as regularizers proper
 # (mixup, label smoothing): the recipe field keeps its name, the doc below says what it holds.
-HOOK_ARGS = {"on_model": ("model",), "on_param_groups": ("groups",),
-             "on_batch": ("x", "y", "num_classes"), "on_loss": ("loss", "model"),
-             "before_step": ("model", "optimizer")}
+HOOK_ARGS = {
+    "on_model": ("model",),
+    "on_param_groups": ("groups",),
+    "on_batch": ("x", "y", "num_classes"),
+    "on_loss": ("loss", "model"),
+    "before_step": ("model", "optimizer"),
+}
 REGULARIZER_HOOKS = tuple(HOOK_ARGS)
 
-define_kind("model", "builds an nn.Module mapping (N, C, H, W) float images to (N, num_classes) logits",
-            required=("num_classes",), context=("in_chans", "image_size"),
-            refs={"norm": "norm", "activation": "activation"})
-define_kind("norm", "builds a normalization layer for `num_features` channels of `dim`-d features (1 or 2)",
-            required=("num_features",), context=("dim",))
+define_kind(
+    "model",
+    "builds an nn.Module mapping (N, C, H, W) float images to (N, num_classes) logits",
+    required=("num_classes",),
+    context=("in_chans", "image_size"),
+    refs={"norm": "norm", "activation": "activation"},
+)
+define_kind(
+    "norm",
+    "builds a normalization layer for `num_features` channels of `dim`-d features (1 or 2)",
+    required=("num_features",),
+    context=("dim",),
+)
 define_kind("activation", "builds an activation nn.Module", context=("inplace",))
-define_kind("regularizer", "returns a regularizer or a training-step hook: an object with any of the hooks "
-                           + ", ".join(REGULARIZER_HOOKS) + ", which the trainer calls at those points of "
-                           "every step (mixup and label smoothing regularize; grad_clip and no_decay_norm_bias "
-                           "are step hooks)")
+define_kind(
+    "regularizer",
+    "returns a regularizer or a training-step hook: an object with any of the hooks "
+    + ", ".join(REGULARIZER_HOOKS)
+    + ", which the trainer calls at those points of "
+    "every step (mixup and label smoothing regularize; grad_clip and no_decay_norm_bias "
+    "are step hooks)",
+)
 define_kind("augmentation", "returns a per-image transform (albumentations-style) or a BatchTransform")
-define_kind("loss", "builds a loss nn.Module taking (logits, targets); targets are indices or (N, C) soft labels; "
-                    "`class_counts` (train images per class) and `class_names` are passed when accepted",
-            required=("num_classes",), context=("class_counts", "class_names"))
-define_kind("optimizer", "builds a torch.optim.Optimizer over `params` (parameter groups); `device` is 'cuda' or 'cpu'",
-            required=("params",), context=("device",))
-define_kind("schedule", "builds a per-step LR multiplier function f(step) -> float",
-            context=("total_steps", "steps_per_epoch", "epochs"))
-define_kind("dataset", "returns a clfkit.data.Splits (uint8 images, labels, class names)",
-            context=("image_size", "channels", "resize", "seed", "on_error"))
+define_kind(
+    "loss",
+    "builds a loss nn.Module taking (logits, targets); targets are indices or (N, C) soft labels; "
+    "`class_counts` (train images per class) and `class_names` are passed when accepted",
+    required=("num_classes",),
+    context=("class_counts", "class_names"),
+)
+define_kind(
+    "optimizer",
+    "builds a torch.optim.Optimizer over `params` (parameter groups); `device` is 'cuda' or 'cpu'",
+    required=("params",),
+    context=("device",),
+)
+define_kind(
+    "schedule",
+    "builds a per-step LR multiplier function f(step) -> float",
+    context=("total_steps", "steps_per_epoch", "epochs"),
+)
+define_kind(
+    "dataset",
+    "returns a clfkit.data.Splits (uint8 images, labels, class names)",
+    context=("image_size", "channels", "resize", "seed", "on_error"),
+)
 
 
 def type_hints(obj: Any) -> dict[str, Any]:
@@ -177,9 +213,11 @@ class Entry:
     def user_params(self) -> list[inspect.Parameter]:
         """The parameters a recipe may set (everything but the kind's context)."""
         supplied = set(KINDS[self.kind].supplied)
-        return [p for p in self.signature.parameters.values()
-                if p.name not in supplied and p.name != "self"
-                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        return [
+            p
+            for p in self.signature.parameters.values()
+            if p.name not in supplied and p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
 
     def accepts(self, arg: str) -> bool:
         """Whether the factory can be called with keyword ``arg``."""
@@ -197,7 +235,9 @@ class Entry:
             fields[p.name] = (ann, default)
         extra = "allow" if self.accepts_var_kwargs else "forbid"
         # allow_inf_nan=False: an inf or NaN float argument (mixup_alpha: .inf) is a typo, never a setting
-        config = ConfigDict(extra=extra, arbitrary_types_allowed=True, protected_namespaces=(), allow_inf_nan=False)
+        config = ConfigDict(
+            extra=extra, arbitrary_types_allowed=True, protected_namespaces=(), allow_inf_nan=False
+        )
         return pydantic.create_model(f"{self.kind}.{self.name}", __config__=config, **fields)
 
     def describe_args(self) -> list[tuple[str, str, str]]:
@@ -206,8 +246,11 @@ class Entry:
         refs = KINDS[self.kind].refs
         out = []
         for p in self.user_params():
-            tname = (f"{refs[p.name]} component" if p.name in refs
-                     else type_text(hints.get(p.name, p.annotation), literal_sep=" | "))
+            tname = (
+                f"{refs[p.name]} component"
+                if p.name in refs
+                else type_text(hints.get(p.name, p.annotation), literal_sep=" | ")
+            )
             default = "required" if p.default is inspect.Parameter.empty else repr(p.default)
             out.append((p.name, tname, default))
         return out
@@ -219,8 +262,9 @@ def check_contract(entry: Entry) -> None:
     try:
         sig = entry.signature
     except (TypeError, ValueError) as e:
-        raise RegistryError(f"{entry.kind} {entry.name!r} from {entry.provider}: "
-                            f"cannot read its signature ({e})") from e
+        raise RegistryError(
+            f"{entry.kind} {entry.name!r} from {entry.provider}: cannot read its signature ({e})"
+        ) from e
     params = sig.parameters
     var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
     missing = [r for r in KINDS[entry.kind].required if r not in params and not var_kw]
@@ -228,13 +272,15 @@ def check_contract(entry: Entry) -> None:
         raise RegistryError(
             f"{entry.kind} {entry.name!r} from {entry.provider} breaks the {entry.kind} contract: "
             f"its signature {sig} must accept {', '.join(missing)} "
-            f"({KINDS[entry.kind].doc})")
+            f"({KINDS[entry.kind].doc})"
+        )
 
 
 def _refuse(entry: Entry, obj: Any, expected: str) -> None:
     raise RegistryError(
         f"{entry.kind} {entry.name!r} from {entry.provider} returned a {type(obj).__name__}; "
-        f"the {entry.kind} contract expects {expected}")
+        f"the {entry.kind} contract expects {expected}"
+    )
 
 
 def check_result(entry: Entry, obj: Any) -> None:
@@ -242,8 +288,13 @@ def check_result(entry: Entry, obj: Any) -> None:
     import torch  # here, not at the top: the registry itself does not need torch to load
     import torch.nn as nn
 
-    expected = {"model": nn.Module, "norm": nn.Module, "activation": nn.Module, "loss": nn.Module,
-                "optimizer": torch.optim.Optimizer}
+    expected = {
+        "model": nn.Module,
+        "norm": nn.Module,
+        "activation": nn.Module,
+        "loss": nn.Module,
+        "optimizer": torch.optim.Optimizer,
+    }
     want = expected.get(entry.kind)
     if want is not None and not isinstance(obj, want):
         _refuse(entry, obj, f"a {want.__module__}.{want.__name__}")
@@ -255,8 +306,11 @@ def check_result(entry: Entry, obj: Any) -> None:
             _refuse(entry, obj, f"an object with at least one of the methods {', '.join(REGULARIZER_HOOKS)}")
         for hook in hooks:
             _check_arity(entry, obj, hook, getattr(obj, hook), HOOK_ARGS[hook])
-        _check_split(entry, obj, {"on_batch_draw": ("shape", "device"),
-                                  "on_batch_apply": ("x", "y", "num_classes", "draws")})
+        _check_split(
+            entry,
+            obj,
+            {"on_batch_draw": ("shape", "device"), "on_batch_apply": ("x", "y", "num_classes", "draws")},
+        )
     if entry.kind == "augmentation":
         _check_augmentation(entry, obj)
 
@@ -270,8 +324,12 @@ def _check_split(entry: Entry, obj: Any, methods: dict[str, tuple[str, ...]]) ->
 
 def _check_augmentation(entry: Entry, obj: Any) -> None:
     if not callable(obj):
-        _refuse(entry, obj, "a callable: a per-image transform t(image=HWC uint8 array) -> {'image': ...}, "
-                            "or a batched transform with `batched = True` and __call__(x, generator) -> x")
+        _refuse(
+            entry,
+            obj,
+            "a callable: a per-image transform t(image=HWC uint8 array) -> {'image': ...}, "
+            "or a batched transform with `batched = True` and __call__(x, generator) -> x",
+        )
     if getattr(obj, "batched", False):
         _check_arity(entry, obj, "__call__", obj, ("x", "generator"))
         _check_split(entry, obj, {"draw": ("shape", "device", "generator"), "apply": ("x", "draws")})
@@ -279,8 +337,12 @@ def _check_augmentation(entry: Entry, obj: Any) -> None:
     try:
         inspect.signature(obj).bind(image=None)
     except TypeError:
-        _refuse(entry, obj, "a per-image transform called as t(image=HWC uint8 array) -> {'image': ...}; "
-                            "a batched transform must set `batched = True` and take (x, generator)")
+        _refuse(
+            entry,
+            obj,
+            "a per-image transform called as t(image=HWC uint8 array) -> {'image': ...}; "
+            "a batched transform must set `batched = True` and take (x, generator)",
+        )
     except ValueError:
         pass
 
@@ -293,6 +355,7 @@ def _check_arity(entry: Entry, obj: Any, hook: str, fn: Callable, args: tuple[st
         raise RegistryError(
             f"{entry.kind} {entry.name!r} from {entry.provider}: {type(obj).__name__}.{hook} has "
             f"the signature {inspect.signature(fn)}; the {entry.kind} contract calls it as "
-            f"{hook}({', '.join(args)})") from None
+            f"{hook}({', '.join(args)})"
+        ) from None
     except ValueError:  # builtins without a signature: nothing to check
         pass

@@ -20,6 +20,7 @@ isolation. A plugin that fails to load (an exception, an unmet ``clfkit>=X`` req
 and the cause, what it registered is rolled back, and clfkit keeps working; only a real Ctrl-C
 stops the loading.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,7 +57,8 @@ class Registrations:
         self.home: Any = None  # set by clfkit.registry when it creates REGISTRY
         self.by_entry_point: dict[str, list[Entry]] = {}
         self._loading: contextvars.ContextVar[Loading | None] = contextvars.ContextVar(
-            "clfkit_loading", default=None)
+            "clfkit_loading", default=None
+        )
 
     def current(self) -> Loading | None:
         """The plugin being loaded in this thread or task, if any."""
@@ -147,9 +149,13 @@ def _check_selection(registry: Any, wanted: set[str] | None, installed: list[md.
     with the installed names: a typo must not silently train without the plugin."""
     names = sorted({dist_of(ep) for ep in installed})
     for key in sorted((wanted or set()) - {dist_key(n) for n in names}):
-        registry.plugin_errors.append(PluginError(
-            key, f"CLFKIT_PLUGINS names {key!r}, but no installed plugin distribution is called "
-                 f"that; installed: {', '.join(names) or '(none)'} (or CLFKIT_PLUGINS=none / all)"))
+        registry.plugin_errors.append(
+            PluginError(
+                key,
+                f"CLFKIT_PLUGINS names {key!r}, but no installed plugin distribution is called "
+                f"that; installed: {', '.join(names) or '(none)'} (or CLFKIT_PLUGINS=none / all)",
+            )
+        )
 
 
 def load_entry_point(registry: Any, ep: md.EntryPoint, ctrl_c: threading.Event | None = None) -> None:
@@ -184,8 +190,12 @@ def _import_or_replay(registry: Any, ep: md.EntryPoint, dist: str, added: list) 
     obj = ep.load()  # a module registers with decorators as it is imported ...
     if not inspect.ismodule(obj):
         if not callable(obj):
-            raise PluginError(dist, f"entry point {ep.value!r} names a {type(obj).__name__}; "
-                              f"it must name a module or a function to call", ep.name)
+            raise PluginError(
+                dist,
+                f"entry point {ep.value!r} names a {type(obj).__name__}; "
+                f"it must name a module or a function to call",
+                ep.name,
+            )
         obj()  # ... a function registers when called (with no arguments)
     REGISTRATIONS.by_entry_point[ep.value] = list(added)
 
@@ -256,5 +266,8 @@ def _check_requirement(ep: md.EntryPoint) -> None:
             continue  # an optional extra's requirement, or another platform's
         if r.name.lower() == "clfkit" and r.specifier:
             if not r.specifier.contains(Version(__version__), prereleases=True):
-                raise PluginError(ep.dist.name, f"requires clfkit{r.specifier} but clfkit "
-                                  f"{__version__} is installed; upgrade clfkit", ep.name)
+                raise PluginError(
+                    ep.dist.name,
+                    f"requires clfkit{r.specifier} but clfkit {__version__} is installed; upgrade clfkit",
+                    ep.name,
+                )

@@ -12,6 +12,7 @@
     python -m clfkit.registry.reference --check    exit 1 when either is out of date
     --file PATH (repeatable)         only the references in PATH instead
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,17 +40,24 @@ RECIPE_DOC = DOCS / "recipe-reference.md"  # holds RECIPE_BEGIN ... RECIPE_END
 RECIPE_BEGIN = "<!-- recipe-reference:start -->"
 RECIPE_END = "<!-- recipe-reference:end -->"
 
-_TITLES = {"model": "Models", "norm": "Norms", "activation": "Activations", "loss": "Losses",
-           "optimizer": "Optimizers", "schedule": "Schedules",
-           "regularizer": "Regularizers and training-step hooks",
-           "augmentation": "Augmentations", "dataset": "Datasets"}
+_TITLES = {
+    "model": "Models",
+    "norm": "Norms",
+    "activation": "Activations",
+    "loss": "Losses",
+    "optimizer": "Optimizers",
+    "schedule": "Schedules",
+    "regularizer": "Regularizers and training-step hooks",
+    "augmentation": "Augmentations",
+    "dataset": "Datasets",
+}
 _NOTES = {
     "augmentation": "Any albumentations transform can also be named by its class name with its own "
-                    "arguments (`{name: ColorJitter, brightness: 0.2}`, `RandomResizedCrop`, `CoarseDropout`, "
-                    "...); the arguments are checked by building it when the recipe loads. `Normalize`, "
-                    "`ToTensorV2`, `ToFloat` and `FromFloat` are refused: `data.normalize` does that job.",
+    "arguments (`{name: ColorJitter, brightness: 0.2}`, `RandomResizedCrop`, `CoarseDropout`, "
+    "...); the arguments are checked by building it when the recipe loads. `Normalize`, "
+    "`ToTensorV2`, `ToFloat` and `FromFloat` are refused: `data.normalize` does that job.",
     "regularizer": "Dropout and dropout2d are model arguments (`dropout`, `dropout_kind`), weight decay an "
-                   "optimizer argument, stochastic depth the resnet's `drop_path`.",
+    "optimizer argument, stochastic depth the resnet's `drop_path`.",
 }
 
 
@@ -67,7 +75,11 @@ def _args_cell(entry: registry.Entry, models: dict[str, type]) -> str:
     refs = KINDS[entry.kind].refs
     parts = []
     for p in entry.user_params():
-        t = f"{refs[p.name]} component" if p.name in refs else type_text(hints.get(p.name, p.annotation), models)
+        t = (
+            f"{refs[p.name]} component"
+            if p.name in refs
+            else type_text(hints.get(p.name, p.annotation), models)
+        )
         parts.append(f"`{p.name}`: {t} = `{default_text(p.default)}`")
     if entry.accepts_var_kwargs:
         parts.append("any other keyword is passed through")
@@ -82,8 +94,11 @@ def _table(rows: list[tuple[str, str, str]], head=("name", "arguments", "descrip
 
 def render() -> str:
     """The whole generated reference, as markdown."""
-    lines = ["Every built-in component, generated from the registry. A recipe names a component as "
-             "`name` or `{name: ..., <arguments>}`; `clfkit plugins --kind KIND` lists plugins' ones too.", ""]
+    lines = [
+        "Every built-in component, generated from the registry. A recipe names a component as "
+        "`name` or `{name: ..., <arguments>}`; `clfkit plugins --kind KIND` lists plugins' ones too.",
+        "",
+    ]
     models: dict[str, type] = {}
     for kind in KINDS:
         entries = [e for e in registry.REGISTRY.entries(kind) if e.provider == BUILTIN]
@@ -92,8 +107,14 @@ def render() -> str:
         k = KINDS[kind]
         lines += [f"## {_TITLES.get(kind, kind.title())}", ""]
         article = "An" if kind[0] in "aeiou" else "A"
-        lines.append(f"{article} {kind} {k.doc}." + (f" Supplied by clfkit, never written in recipes: "
-                                             f"{', '.join(f'`{a}`' for a in k.supplied)}." if k.supplied else ""))
+        lines.append(
+            f"{article} {kind} {k.doc}."
+            + (
+                f" Supplied by clfkit, never written in recipes: {', '.join(f'`{a}`' for a in k.supplied)}."
+                if k.supplied
+                else ""
+            )
+        )
         if kind in _NOTES:
             lines.append(_NOTES[kind])
         lines.append("")
@@ -102,21 +123,29 @@ def render() -> str:
     for name, model in sorted(models.items()):
         lines += [f"## `{name}` fields", "", (inspect.getdoc(model) or "").splitlines()[0], ""]
         hints = typing.get_type_hints(model, include_extras=True)
-        rows = [(f"`{f}`", type_text(hints.get(f, info.annotation)),
-                 f"`{default_text(info.default if not info.is_required() else inspect.Parameter.empty)}`",
-                 info.description or "")
-                for f, info in model.model_fields.items()]
+        rows = [
+            (
+                f"`{f}`",
+                type_text(hints.get(f, info.annotation)),
+                f"`{default_text(info.default if not info.is_required() else inspect.Parameter.empty)}`",
+                info.description or "",
+            )
+            for f, info in model.model_fields.items()
+        ]
         lines += _table(rows, head=("field", "type", "default", "meaning")) + [""]
     return "\n".join(lines).rstrip() + "\n"
 
 
 # --------------------------------------------------------------------------- recipe fields
 # The recipe's sections, in docs/recipe-reference.md order: (title, model, dotted prefix of its fields).
-_SECTIONS = (("top level", Recipe, ""), ("data", DataConfig, "data."),
-             ("data.normalize (when given as mean/std)", Normalize, "data.normalize."),
-             ("train", TrainConfig, "train."),
-             ("train.early_stopping", EarlyStopping, "train.early_stopping."),
-             ("train.ema", EMA, "train.ema."))
+_SECTIONS = (
+    ("top level", Recipe, ""),
+    ("data", DataConfig, "data."),
+    ("data.normalize (when given as mean/std)", Normalize, "data.normalize."),
+    ("train", TrainConfig, "train."),
+    ("train.early_stopping", EarlyStopping, "train.early_stopping."),
+    ("train.ema", EMA, "train.ema."),
+)
 
 
 def recipe_reference() -> str:
@@ -131,10 +160,15 @@ def recipe_reference() -> str:
                 default = "required"
             else:
                 default = f.get_default(call_default_factory=True)
-                default = "see below" if isinstance(default, BaseModel) else \
-                    yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+                default = (
+                    "see below"
+                    if isinstance(default, BaseModel)
+                    else yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+                )
             many = component_fields.get(f"{prefix}{name}")
-            kind = _schema_type(props[name]) if many is None else "list of components" if many else "component"
+            kind = (
+                _schema_type(props[name]) if many is None else "list of components" if many else "component"
+            )
             doc = (f.description or "").replace("|", "\\|")
             lines.append(f"| `{prefix}{name}` | {kind} | `{default}` | {doc} |")
         lines.append("")
@@ -151,12 +185,21 @@ def _schema_type(s: dict) -> str:
         return str(s["const"])
     if "$ref" in s:
         return s["$ref"].rsplit("/", 1)[-1]
-    t = {"integer": "int", "number": "float", "string": "str", "boolean": "bool", "null": "null"}.get(s.get("type"), s.get("type", "any"))
+    t = {"integer": "int", "number": "float", "string": "str", "boolean": "bool", "null": "null"}.get(
+        s.get("type"), s.get("type", "any")
+    )
     if t == "array":
         items = s.get("prefixItems") or [s.get("items", {})]
-        return f"[{', '.join(_schema_type(x) for x in items)}]" if "prefixItems" in s else f"list of {_schema_type(items[0])}"
-    bounds = [f">= {s['minimum']}" if "minimum" in s else "", f"> {s['exclusiveMinimum']}" if "exclusiveMinimum" in s else "",
-              f"<= {s['maximum']}" if "maximum" in s else ""]
+        return (
+            f"[{', '.join(_schema_type(x) for x in items)}]"
+            if "prefixItems" in s
+            else f"list of {_schema_type(items[0])}"
+        )
+    bounds = [
+        f">= {s['minimum']}" if "minimum" in s else "",
+        f"> {s['exclusiveMinimum']}" if "exclusiveMinimum" in s else "",
+        f"<= {s['maximum']}" if "maximum" in s else "",
+    ]
     return " ".join([t] + [b for b in bounds if b])
 
 
@@ -186,8 +229,10 @@ def updated_readme(text: str, reference: str) -> str:
     if BEGIN in text and END in text:
         return replace_block(text, BEGIN, END, reference)
     if SECTION not in text:
-        raise ClfkitError(f"the file has no {SECTION} line to put the component reference after "
-                          f"(nor {RECIPE_BEGIN} ... {RECIPE_END} markers for the recipe reference)")
+        raise ClfkitError(
+            f"the file has no {SECTION} line to put the component reference after "
+            f"(nor {RECIPE_BEGIN} ... {RECIPE_END} markers for the recipe reference)"
+        )
     head, rest = text.split(SECTION, 1)
     return f"{head}{SECTION}\n\n{BEGIN}\n{reference}{END}\n{rest}"
 
@@ -205,12 +250,20 @@ def regenerated(text: str, reference: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m clfkit.registry.reference [--write | --check] [--file PATH ...]``; returns the exit status."""
-    ap = argparse.ArgumentParser(prog="python -m clfkit.registry.reference", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m clfkit.registry.reference", description=__doc__.splitlines()[0]
+    )
     ap.add_argument("--write", action="store_true", help="rewrite the generated references in docs/")
     ap.add_argument("--check", action="store_true", help="exit 1 when a generated reference is out of date")
-    ap.add_argument("--file", "--readme", dest="files", type=Path, action="append",
-                    help="only this file's references (repeatable; default: docs/components.md and "
-                         "docs/recipe-reference.md)")
+    ap.add_argument(
+        "--file",
+        "--readme",
+        dest="files",
+        type=Path,
+        action="append",
+        help="only this file's references (repeatable; default: docs/components.md and "
+        "docs/recipe-reference.md)",
+    )
     a = ap.parse_args(argv)
     reference = render()
     if not (a.write or a.check):
@@ -225,7 +278,9 @@ def _regenerate(path: Path, reference: str, check: bool) -> int:
         text = path.read_text(encoding="utf-8")
         new = regenerated(text, reference)
         if check and new != text:
-            print(f"{path}: the generated reference is out of date; run python -m clfkit.registry.reference --write")
+            print(
+                f"{path}: the generated reference is out of date; run python -m clfkit.registry.reference --write"
+            )
             return 1
         if not check and new != text:
             path.write_text(new, encoding="utf-8")

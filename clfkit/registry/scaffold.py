@@ -5,6 +5,7 @@ The skeleton comes from ``clfkit/registry/templates/plugin/`` (package data): a 
 README and a test. ``plugins/clfkit-example`` in clfkit's repository is exactly
 ``new_plugin("example", "plugins")``, and a test keeps the two identical.
 """
+
 from __future__ import annotations
 
 import keyword
@@ -32,16 +33,25 @@ def plugin_names(name: str) -> dict[str, str]:
     """The names a plugin called ``name`` uses: distribution, module and component prefix."""
     base = name.strip().lower().replace("-", "_")
     if base.startswith("clfkit_"):
-        base = base[len("clfkit_"):]
+        base = base[len("clfkit_") :]
     # a distribution name ends with a letter or digit (PEP 508: pip refuses 'clfkit-x-')
-    if not re.fullmatch(r"[a-z](?:[a-z0-9_]*[a-z0-9])?", base) or keyword.iskeyword(base) \
-            or len(base) > MAX_NAME:
-        raise ClfkitError(f"plugin name {name!r}: use lowercase letters, digits, '-' or '_', "
-                          f"starting with a letter and ending with a letter or digit, at most "
-                          f"{MAX_NAME} characters (e.g. 'mynets')")
+    if (
+        not re.fullmatch(r"[a-z](?:[a-z0-9_]*[a-z0-9])?", base)
+        or keyword.iskeyword(base)
+        or len(base) > MAX_NAME
+    ):
+        raise ClfkitError(
+            f"plugin name {name!r}: use lowercase letters, digits, '-' or '_', "
+            f"starting with a letter and ending with a letter or digit, at most "
+            f"{MAX_NAME} characters (e.g. 'mynets')"
+        )
     release = __version__.split("+")[0]
-    return {"name": base, "dist": "clfkit-" + base.replace("_", "-"), "module": "clfkit_" + base,
-            "clfkit_version": release}
+    return {
+        "name": base,
+        "dist": "clfkit-" + base.replace("_", "-"),
+        "module": "clfkit_" + base,
+        "clfkit_version": release,
+    }
 
 
 def render(text: str, names: dict[str, str]) -> str:
@@ -63,8 +73,10 @@ def new_plugin(name: str, dest: str | Path = ".") -> Path:
     if root.is_symlink() or (root.exists() and not root.is_dir()):
         raise ClfkitError(f"{root} already exists and is not a folder; pick another name or --dir")
     if root.is_dir() and any(root.iterdir()):
-        raise ClfkitError(f"{root} already exists and is not empty; nothing was written. Pick another "
-                          f"name or --dir, or remove that folder first")
+        raise ClfkitError(
+            f"{root} already exists and is not empty; nothing was written. Pick another "
+            f"name or --dir, or remove that folder first"
+        )
     try:
         dest.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{names['dist']}.", suffix=".tmp", dir=dest))
@@ -77,7 +89,9 @@ def new_plugin(name: str, dest: str | Path = ".") -> Path:
             root.rmdir()  # empty (checked above); rename needs the name free
         os.rename(tmp, root)
     except OSError as e:
-        raise WriteError(f"cannot write the plugin package {root}: {e.strerror or e}; nothing was written") from None
+        raise WriteError(
+            f"cannot write the plugin package {root}: {e.strerror or e}; nothing was written"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root

@@ -3,6 +3,7 @@ signature (names, types, ranges), with every problem reported at its dotted reci
 
 The functions take ``lookup(kind, name) -> Entry`` (a registry's ``get``) rather than a
 registry, so that the spec rules do not depend on where the components are kept."""
+
 from __future__ import annotations
 
 import math
@@ -51,8 +52,11 @@ def validated(entry: Entry, args: dict) -> dict:
 def check_args(entry: Entry, args: dict, path: str, lookup: Lookup) -> list[tuple[str, str]]:
     """All problems with ``args`` for ``entry``, as (dotted path, message) pairs."""
     kind = KINDS[entry.kind]
-    problems = [(f"{path}.{a}", "is set by clfkit (from the data or the trainer), not in the recipe; remove it")
-                for a in args if a in kind.supplied]
+    problems = [
+        (f"{path}.{a}", "is set by clfkit (from the data or the trainer), not in the recipe; remove it")
+        for a in args
+        if a in kind.supplied
+    ]
     args = {k: v for k, v in args.items() if k not in kind.supplied}
     if entry.validator is not None:
         try:
@@ -79,8 +83,10 @@ def _arg_problem(entry: Entry, err: Any, path: str) -> tuple[str, str]:
     elif err["type"] == "extra_forbidden":
         valid = [p.name for p in entry.user_params()]
         hint = did_you_mean(str(err["loc"][0]), valid, n=1)
-        msg = (f"{entry.kind} {entry.name!r} has no argument {err['loc'][0]!r}{hint} "
-               f"Valid: {', '.join(valid) or '(none)'}")
+        msg = (
+            f"{entry.kind} {entry.name!r} has no argument {err['loc'][0]!r}{hint} "
+            f"Valid: {', '.join(valid) or '(none)'}"
+        )
     elif err["type"] == "missing":
         msg = f"required argument of {entry.kind} {entry.name!r} is missing"
     else:
@@ -122,7 +128,7 @@ def _recordable(value: Any) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)  # JSON has no nan/inf: they would be saved as null
     if isinstance(value, int) and not isinstance(value, bool):
-        return -2**63 <= value < 2**63  # what a recipe may hold (clfkit.recipe)
+        return -(2**63) <= value < 2**63  # what a recipe may hold (clfkit.recipe)
     return value is None or isinstance(value, (bool, str))
 
 

@@ -1,5 +1,6 @@
 """The registry table: named factories by kind, plus the plugins they came from. Looking a
 name up loads the built-ins and the plugins first (once), never by import order."""
+
 from __future__ import annotations
 
 import importlib
@@ -26,8 +27,9 @@ class Registry:
         self._lock = threading.RLock()
 
     # ---- registering
-    def register(self, kind: str, name: str | None = None, *,
-                 validator: Callable[[dict], dict] | None = None) -> Callable[[Any], Any]:
+    def register(
+        self, kind: str, name: str | None = None, *, validator: Callable[[dict], dict] | None = None
+    ) -> Callable[[Any], Any]:
         """Decorator: register a function or class as component ``name`` of ``kind``."""
         self._check_kind(kind)
 
@@ -37,20 +39,26 @@ class Registry:
 
         return deco
 
-    def add(self, kind: str, name: str, obj: Callable, *, validator: Callable[[dict], dict] | None = None) -> Entry:
+    def add(
+        self, kind: str, name: str, obj: Callable, *, validator: Callable[[dict], dict] | None = None
+    ) -> Entry:
         """Register ``obj`` as ``name`` of ``kind``; refuse a duplicate or a broken contract.
         While a plugin loads, the component is recorded as that plugin's."""
         self._check_kind(kind)
         loading = REGISTRATIONS.current()
         provider, version = (loading.provider, loading.version) if loading else infer_provider(obj)
         if not callable(obj):
-            raise RegistryError(f"{kind} {name!r} from {provider} is a {type(obj).__name__}, "
-                                f"not a function or class: a {kind} must be a factory "
-                                f"({KINDS[kind].doc})")
+            raise RegistryError(
+                f"{kind} {name!r} from {provider} is a {type(obj).__name__}, "
+                f"not a function or class: a {kind} must be a factory "
+                f"({KINDS[kind].doc})"
+            )
         problem = _name_problem(name)
         if problem:
-            raise RegistryError(f"{kind} {name!r} from {provider}: {problem}; a component name is text a "
-                                f"recipe can write as it is, e.g. 'my_net' or 'MyNet'")
+            raise RegistryError(
+                f"{kind} {name!r} from {provider}: {problem}; a component name is text a "
+                f"recipe can write as it is, e.g. 'my_net' or 'MyNet'"
+            )
         entry = Entry(kind, name, obj, provider, version, validator)
         check_contract(entry)
         with self._lock:
@@ -59,7 +67,8 @@ class Registry:
                 old = table[name]
                 raise RegistryError(
                     f"{kind} {name!r} is registered twice: by {old.provider} and by {provider}. "
-                    f"Rename one of them, or uninstall one of the two packages.")
+                    f"Rename one of them, or uninstall one of the two packages."
+                )
             table[name] = entry
             if loading is not None and loading.registry is self:
                 loading.added.append(entry)  # rolled back if the plugin fails later
@@ -96,7 +105,7 @@ class Registry:
     def entries(self, kind: str | None = None) -> Iterator[Entry]:
         """Every entry (of ``kind``, or of all kinds in kind order), sorted by name."""
         self.load()
-        for k in ([kind] if kind else KINDS):
+        for k in [kind] if kind else KINDS:
             yield from (self._entries[k][n] for n in sorted(self._entries.get(k, {})))
 
     # ---- building
@@ -122,8 +131,9 @@ class Registry:
         except (Exception, SystemExit) as e:  # noqa: BLE001 - a plugin's own code: named, with its error
             shown = {k: getattr(v, "spec", v) for k, v in user.items()}
             why = str(e) if isinstance(e, (TypeError, ValueError)) else f"{type(e).__name__}: {e}"
-            raise RegistryError(f"{kind} {name!r} (from {entry.provider}) failed to build "
-                                f"with {shown}: {why}") from e
+            raise RegistryError(
+                f"{kind} {name!r} (from {entry.provider}) failed to build with {shown}: {why}"
+            ) from e
         check_result(entry, obj)
         return obj
 
@@ -168,7 +178,8 @@ class Registry:
     def _take_builtins(self, home: Registry) -> None:
         for kind, table in home._entries.items():
             self._entries.setdefault(kind, {}).update(
-                {n: e for n, e in table.items() if e.provider == BUILTIN})
+                {n: e for n, e in table.items() if e.provider == BUILTIN}
+            )
         for kind, resolvers in home._fallbacks.items():
             self._fallbacks.setdefault(kind, []).extend(resolvers)
 

@@ -13,6 +13,7 @@ The trainer (best.pt) and ``clfkit eval`` (the checkpoint it evaluates) write
 ``clfkit export --calibrate`` fits a temperature T on the val split with :func:`fit_temperature`
 and divides the graph's logits by it (clfkit.deploy.export.calibrate).
 """
+
 from __future__ import annotations
 
 import io
@@ -31,7 +32,9 @@ BINNING = f"{BINS} equal-width bins of the top-1 probability over [0, 1]"
 
 
 @torch.inference_mode()
-def split_logits(model: torch.nn.Module, data: Any, rt: Any, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def split_logits(
+    model: torch.nn.Module, data: Any, rt: Any, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(float32 logits, labels) of every image of a labelled split, on the CPU. ``rt``: a
     Runtime (device, autocast, channels_last), duck-typed."""
     model.eval()
@@ -64,10 +67,22 @@ def reliability(logits: torch.Tensor, labels: torch.Tensor, temperature: float =
         mean_conf = float(conf[inside].mean()) if count else None
         if count:
             ece += count / n * abs(acc - mean_conf)
-        bins.append({"lo": round(float(edges[k]), 4), "hi": round(float(edges[k + 1]), 4), "count": count,
-                     "accuracy": acc, "confidence": mean_conf})
-    return {"ece": ece if n else None, "images": n, "accuracy": float(right.mean()) if n else None,
-            "mean_confidence": float(conf.mean()) if n else None, "bins": bins}
+        bins.append(
+            {
+                "lo": round(float(edges[k]), 4),
+                "hi": round(float(edges[k + 1]), 4),
+                "count": count,
+                "accuracy": acc,
+                "confidence": mean_conf,
+            }
+        )
+    return {
+        "ece": ece if n else None,
+        "images": n,
+        "accuracy": float(right.mean()) if n else None,
+        "mean_confidence": float(conf.mean()) if n else None,
+        "bins": bins,
+    }
 
 
 def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
@@ -79,7 +94,10 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The temperature T > 0 that minimizes the NLL of ``softmax(logits / T)`` (Guo et al.):
     L-BFGS on log T (so T stays positive), started at T = 1. Dividing by T > 0 never changes
     the top-1 class."""
-    logits, labels = logits.double().clone(), labels.long().clone()  # not inference tensors: autograd needs them
+    logits, labels = (
+        logits.double().clone(),
+        labels.long().clone(),
+    )  # not inference tensors: autograd needs them
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
 
@@ -97,13 +115,16 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return t
 
 
-def write_calibration(run: str | Path, by_split: dict[str, Any], checkpoint: str = "best.pt",
-                      seconds: float | None = None) -> list[Path]:
+def write_calibration(
+    run: str | Path, by_split: dict[str, Any], checkpoint: str = "best.pt", seconds: float | None = None
+) -> list[Path]:
     """``calibration.json`` and ``reliability.png`` of ``by_split`` (split name -> :func:`reliability`)
     for ``checkpoint``; ``seconds``: what computing them took."""
     run = Path(run)
-    write_json(run / CALIBRATION_JSON, {"checkpoint": checkpoint, "binning": BINNING, "seconds": seconds,
-                                        "splits": by_split})
+    write_json(
+        run / CALIBRATION_JSON,
+        {"checkpoint": checkpoint, "binning": BINNING, "seconds": seconds, "splits": by_split},
+    )
     return [run / CALIBRATION_JSON, plot_reliability(by_split, run / RELIABILITY_PNG, checkpoint)]
 
 
@@ -130,12 +151,31 @@ def plot_reliability(by_split: dict[str, Any], path: Path, checkpoint: str) -> P
             r = by_split.get(name)
             if r:
                 filled = [b for b in r["bins"] if b["count"]]
-                top.bar([b["lo"] for b in filled], [b["accuracy"] for b in filled], width=1 / BINS, align="edge",
-                        edgecolor="#235", color="#58c", alpha=0.8, label="accuracy in bin")
-                top.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled], "o", color="#c33",
-                         ms=3, label="(mean confidence, accuracy)")
-                bottom.bar([b["lo"] for b in r["bins"]], [b["count"] / max(r["images"], 1) for b in r["bins"]],
-                           width=1 / BINS, align="edge", color="0.6")
+                top.bar(
+                    [b["lo"] for b in filled],
+                    [b["accuracy"] for b in filled],
+                    width=1 / BINS,
+                    align="edge",
+                    edgecolor="#235",
+                    color="#58c",
+                    alpha=0.8,
+                    label="accuracy in bin",
+                )
+                top.plot(
+                    [b["confidence"] for b in filled],
+                    [b["accuracy"] for b in filled],
+                    "o",
+                    color="#c33",
+                    ms=3,
+                    label="(mean confidence, accuracy)",
+                )
+                bottom.bar(
+                    [b["lo"] for b in r["bins"]],
+                    [b["count"] / max(r["images"], 1) for b in r["bins"]],
+                    width=1 / BINS,
+                    align="edge",
+                    color="0.6",
+                )
                 top.set_title(f"{name}: ECE {r['ece']:.4f} on {r['images']} images")
             top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy")
             top.legend(loc="upper left", fontsize=8)

@@ -5,6 +5,7 @@ A checkpoint holds what is needed to rebuild and use the model without the run f
 weights, the resolved recipe, the class names and the input spec (size, channels, mean/std,
 resize), plus the training state in ``last.pt``.
 """
+
 from __future__ import annotations
 
 import io as _io
@@ -48,20 +49,27 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise ModelFileError(f"{path} is not a clfkit checkpoint: {_unloadable(e)}; give a run folder or a "
-                             f"checkpoint (best.pt, last.pt) written by `clfkit train`") from None
+        raise ModelFileError(
+            f"{path} is not a clfkit checkpoint: {_unloadable(e)}; give a run folder or a "
+            f"checkpoint (best.pt, last.pt) written by `clfkit train`"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ModelFileError(f"{path} is a torch file but not a clfkit checkpoint (no '{FORMAT}' marker); give a "
-                             f"run folder or a checkpoint (best.pt, last.pt) written by `clfkit train`. Plain "
-                             f"weights (a state dict, a .safetensors file) go to a timm model's `weights:` "
-                             f"(docs/fine-tuning.md)")
+        raise ModelFileError(
+            f"{path} is a torch file but not a clfkit checkpoint (no '{FORMAT}' marker); give a "
+            f"run folder or a checkpoint (best.pt, last.pt) written by `clfkit train`. Plain "
+            f"weights (a state dict, a .safetensors file) go to a timm model's `weights:` "
+            f"(docs/fine-tuning.md)"
+        )
     if not isinstance(state.get("format_version", 0), int) or state.get("format_version", 0) > FORMAT_VERSION:
-        raise ModelFileError(f"{path} was written by a newer clfkit ({state.get('clfkit_version')}); "
-                             f"upgrade clfkit to read it")
+        raise ModelFileError(
+            f"{path} was written by a newer clfkit ({state.get('clfkit_version')}); upgrade clfkit to read it"
+        )
     problem = _field_problem(state)
     if problem:
-        raise ModelFileError(f"{path} is a damaged or hand-edited clfkit checkpoint: {problem}; use another "
-                             f"checkpoint of the run (best.pt or last.pt) or train again")
+        raise ModelFileError(
+            f"{path} is a damaged or hand-edited clfkit checkpoint: {problem}; use another "
+            f"checkpoint of the run (best.pt or last.pt) or train again"
+        )
     state = Checkpoint(state)
     state.path = path
     return state
@@ -72,8 +80,10 @@ def _unloadable(e: Exception) -> str:
     advises loading with weights_only=False, which runs whatever code the file holds."""
     text = str(e)
     if "Weights only load failed" in text:
-        return ("it holds Python objects other than tensors and plain values (a pickle, or a whole model "
-                "saved with torch.save(model)); clfkit never unpickles those, as opening them could run code")
+        return (
+            "it holds Python objects other than tensors and plain values (a pickle, or a whole model "
+            "saved with torch.save(model)); clfkit never unpickles those, as opening them could run code"
+        )
     if isinstance(e, EOFError) or not text:
         return f"the file is empty or cut short ({type(e).__name__})"
     return f"not a torch file ({type(e).__name__}: {text.splitlines()[0][:160]})"
@@ -87,8 +97,12 @@ def _field_problem(state: dict[str, Any]) -> str | None:
     if "recipe" in state and not isinstance(state["recipe"], dict):
         return "'recipe' is not a mapping"
     names = state.get("class_names")
-    if "class_names" in state and not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)
-                                       and len(set(names)) == len(names)):
+    if "class_names" in state and not (
+        isinstance(names, list)
+        and names
+        and all(isinstance(n, str) for n in names)
+        and len(set(names)) == len(names)
+    ):
         return f"'class_names' is {names!r}, not a list of distinct names"
     if "input" in state:
         return _input_problem(state["input"])
@@ -97,8 +111,11 @@ def _field_problem(state: dict[str, Any]) -> str | None:
 
 def _input_problem(spec: Any) -> str | None:
     def ints(v, n):
-        return isinstance(v, (list, tuple)) and len(v) == n and all(
-            isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)
+        return (
+            isinstance(v, (list, tuple))
+            and len(v) == n
+            and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)
+        )
 
     if not isinstance(spec, dict):
         return "'input' is not a mapping"
@@ -109,8 +126,11 @@ def _input_problem(spec: Any) -> str | None:
         return f"input.image_size is {spec.get('image_size')!r}, not [height, width]"
     for key in ("mean", "std"):
         v = spec.get(key)
-        if not (isinstance(v, (list, tuple)) and len(v) == channels and all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
+        if not (
+            isinstance(v, (list, tuple))
+            and len(v) == channels
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        ):
             return f"input.{key} is {v!r}, not {channels} number(s)"
     if any(x == 0 for x in spec["std"]):
         return "input.std holds a 0"
@@ -128,8 +148,14 @@ def model_from_checkpoint(state: dict[str, Any], path: str | Path | None = None)
     require_model_fields(state, name)
     recipe = validate_recipe(state["recipe"], source=f"{name} recipe")
     spec = state["input"]
-    model = build_model(recipe, len(state["class_names"]), spec["channels"], tuple(spec["image_size"]),
-                        spec["mean"], spec["std"])
+    model = build_model(
+        recipe,
+        len(state["class_names"]),
+        spec["channels"],
+        tuple(spec["image_size"]),
+        spec["mean"],
+        spec["std"],
+    )
     load_weights(model, state["model"], name)
     return model.eval()
 
@@ -145,21 +171,25 @@ def run_checkpoint(run_dir: str | Path, name: str | None, command: str) -> tuple
         raise RunFolderError(f"run folder {run_dir} {what}")
     path = run_dir / _checkpoint_name(run_dir, name, command)
     if path.resolve().parent != run_dir.resolve():
-        raise RunFolderError(f"{path} is a link to {path.resolve()}, outside the run folder {run_dir}; "
-                             f"run `clfkit {command} {path.resolve().parent}` for the run it belongs to")
+        raise RunFolderError(
+            f"{path} is a link to {path.resolve()}, outside the run folder {run_dir}; "
+            f"run `clfkit {command} {path.resolve().parent}` for the run it belongs to"
+        )
     state = load_checkpoint(path)
     _check_belongs(run_dir, path, state, command)
     return path, state
 
 
 def unfinished_note(run_dir: str | Path, state: dict[str, Any]) -> str:
-    """"" for a finished run; else what `export` and `eval` say of its checkpoint: a stopped
+    """ "" for a finished run; else what `export` and `eval` say of its checkpoint: a stopped
     run's best epoch so far, which the epochs still planned may well beat."""
     if RunFolder(run_dir).finished:
         return ""
     planned = state.get("recipe", {}).get("train", {}).get("epochs", "?")
-    return (f"the run is not finished (no summary.json; {planned} epochs planned, later ones may do better); "
-            f"`clfkit train --resume {run_dir}` continues a stopped run")
+    return (
+        f"the run is not finished (no summary.json; {planned} epochs planned, later ones may do better); "
+        f"`clfkit train --resume {run_dir}` continues a stopped run"
+    )
 
 
 def _checkpoint_name(run_dir: Path, name: str | None, command: str) -> str:
@@ -167,14 +197,18 @@ def _checkpoint_name(run_dir: Path, name: str | None, command: str) -> str:
     the checkpoints there are."""
     found = sorted(p.name for p in run_dir.glob("*.pt") if p.is_file())
     if not found:
-        raise RunFolderError(f"{run_dir} is not a run folder: it holds no checkpoint (*.pt). Give a folder "
-                             f"written by `clfkit train`, e.g. runs/<name>")
+        raise RunFolderError(
+            f"{run_dir} is not a run folder: it holds no checkpoint (*.pt). Give a folder "
+            f"written by `clfkit train`, e.g. runs/<name>"
+        )
     if name is None:  # an unfinished run may have only last.pt; a finished one always has best.pt
         if BEST_PT not in found and LAST_PT in found and RunFolder(run_dir).finished:
-            raise RunFolderError(f"{run_dir} is a finished run without its best.pt (removed or moved?); "
-                                 f"its summary and reports are best.pt's, so clfkit {command} does not "
-                                 f"silently use last.pt: restore best.pt, or give --checkpoint last.pt for "
-                                 f"the last epoch's weights")
+            raise RunFolderError(
+                f"{run_dir} is a finished run without its best.pt (removed or moved?); "
+                f"its summary and reports are best.pt's, so clfkit {command} does not "
+                f"silently use last.pt: restore best.pt, or give --checkpoint last.pt for "
+                f"the last epoch's weights"
+            )
         name = BEST_PT if BEST_PT in found or LAST_PT not in found else LAST_PT
     if Path(name).name != name or name in ("", ".", ".."):
         given = Path(name)
@@ -182,14 +216,21 @@ def _checkpoint_name(run_dir: Path, name: str | None, command: str) -> str:
         if not inside:
             # the path is read from the working folder or from the run folder; suggest the one that exists
             elsewhere = next((p for p in (given, run_dir / given) if p.is_file()), None)
-            hint = (f". To use that checkpoint, run `clfkit {command} {elsewhere.resolve().parent}` instead"
-                    if elsewhere else f"; no such file exists either (for another run's checkpoint, "
-                                      f"run `clfkit {command} THAT_RUN_DIR`)")
-            raise RunFolderError(f"--checkpoint {name} is not in the run folder {run_dir}; a checkpoint is "
-                                 f"named by its file name there ({', '.join(found)}){hint}")
+            hint = (
+                f". To use that checkpoint, run `clfkit {command} {elsewhere.resolve().parent}` instead"
+                if elsewhere
+                else f"; no such file exists either (for another run's checkpoint, "
+                f"run `clfkit {command} THAT_RUN_DIR`)"
+            )
+            raise RunFolderError(
+                f"--checkpoint {name} is not in the run folder {run_dir}; a checkpoint is "
+                f"named by its file name there ({', '.join(found)}){hint}"
+            )
         name = inside[0].name
     if name not in found:
-        raise RunFolderError(f"--checkpoint {name}: no such checkpoint in {run_dir}; it has {', '.join(found)}")
+        raise RunFolderError(
+            f"--checkpoint {name}: no such checkpoint in {run_dir}; it has {', '.join(found)}"
+        )
     return name
 
 
@@ -203,33 +244,46 @@ def _check_belongs(run_dir: Path, path: Path, state: dict[str, Any], command: st
     try:
         run_recipe = yaml.safe_load(recipe_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise RunFolderError(f"{run_dir} is not a run folder: it has no recipe.yaml (a folder written by "
-                             f"`clfkit train` has one)") from None
+        raise RunFolderError(
+            f"{run_dir} is not a run folder: it has no recipe.yaml (a folder written by "
+            f"`clfkit train` has one)"
+        ) from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise RunFolderError(f"{recipe_file} cannot be read ({type(e).__name__}); the run folder is damaged") from None
+        raise RunFolderError(
+            f"{recipe_file} cannot be read ({type(e).__name__}); the run folder is damaged"
+        ) from None
     differences = recipe_differences(run_recipe, state.get("recipe"))
     if differences and _normalized(run_recipe) != _normalized(state.get("recipe")):
         where = differences[0][0]
-        raise RunFolderError(f"{path} was not trained by this run: its recipe differs from {recipe_file} at "
-                             f"{where or '<root>'}. Either {recipe_file.name} was edited (restore it: it must "
-                             f"say what the run trained) or the checkpoint was copied from another run (run "
-                             f"`clfkit {command}` on the run folder it came from)")
+        raise RunFolderError(
+            f"{path} was not trained by this run: its recipe differs from {recipe_file} at "
+            f"{where or '<root>'}. Either {recipe_file.name} was edited (restore it: it must "
+            f"say what the run trained) or the checkpoint was copied from another run (run "
+            f"`clfkit {command}` on the run folder it came from)"
+        )
     summary = RunFolder(run_dir).summary
     try:
-        names = json.loads(summary.read_text(encoding="utf-8")).get("class_names") if summary.is_file() else None
+        names = (
+            json.loads(summary.read_text(encoding="utf-8")).get("class_names") if summary.is_file() else None
+        )
     except (OSError, ValueError, AttributeError):
         names = None  # an unreadable summary says nothing about the classes; the recipe matched
     if names is not None and names != state.get("class_names"):
-        raise RunFolderError(f"{path} was not trained by this run: its classes {state.get('class_names')} differ "
-                             f"from the run's {names} (summary.json)")
+        raise RunFolderError(
+            f"{path} was not trained by this run: its classes {state.get('class_names')} differ "
+            f"from the run's {names} (summary.json)"
+        )
 
 
 def recipe_differences(old: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any]]:
     """(dotted path, old, new) of every value that differs between two recipe mappings, in
     the order of their keys ("" for values that are not both mappings)."""
     if isinstance(old, dict) and isinstance(new, dict):
-        return [d for key in dict.fromkeys([*old, *new])
-                for d in recipe_differences(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))]
+        return [
+            d
+            for key in dict.fromkeys([*old, *new])
+            for d in recipe_differences(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+        ]
     return [] if old == new else [(path, old, new)]
 
 
@@ -250,8 +304,10 @@ MODEL_FIELDS = ("model", "recipe", "class_names", "input")  # what rebuilding th
 def require_model_fields(state: dict[str, Any], name: str) -> None:
     missing = [k for k in MODEL_FIELDS if k not in state]
     if missing:
-        raise ModelFileError(f"{name} lacks {', '.join(map(repr, missing))}: it cannot rebuild the model "
-                             f"(a damaged or hand-edited checkpoint, or not one saved by the trainer)")
+        raise ModelFileError(
+            f"{name} lacks {', '.join(map(repr, missing))}: it cannot rebuild the model "
+            f"(a damaged or hand-edited checkpoint, or not one saved by the trainer)"
+        )
 
 
 def load_weights(model: torch.nn.Module, weights: dict[str, Any], name: str) -> None:
@@ -261,6 +317,8 @@ def load_weights(model: torch.nn.Module, weights: dict[str, Any], name: str) -> 
         model.load_state_dict(weights)
     except RuntimeError as e:  # missing/unexpected keys, shape mismatches
         first = str(e).strip().splitlines()
-        raise ModelFileError(f"{name}: its weights do not fit the model its recipe describes "
-                             f"({' '.join(l.strip() for l in first[:3])[:400]}); a damaged or "
-                             f"hand-edited checkpoint") from None
+        raise ModelFileError(
+            f"{name}: its weights do not fit the model its recipe describes "
+            f"({' '.join(l.strip() for l in first[:3])[:400]}); a damaged or "
+            f"hand-edited checkpoint"
+        ) from None

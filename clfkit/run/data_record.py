@@ -16,6 +16,7 @@ files the remaining epochs train on other images, val may hold images trained on
 val/test numbers no longer compare with the epochs before. ``--allow-data-change`` continues
 anyway; each such resume is kept in ``changes_allowed`` (checkpoints and summary.json).
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,10 @@ from clfkit.run.run_folder import RunFolder
 
 def data_record(splits: Splits, previous: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The checkpoints' ``data`` entry for ``splits``, carrying ``previous``'s allowed changes."""
-    return {"fingerprint": splits.fingerprint,
-            "changes_allowed": list((previous or {}).get("changes_allowed") or [])}
+    return {
+        "fingerprint": splits.fingerprint,
+        "changes_allowed": list((previous or {}).get("changes_allowed") or []),
+    }
 
 
 def where(source: Any) -> str:
@@ -59,11 +62,14 @@ def file_manifest(source: Any) -> Optional[dict[str, list]]:
         plan = scan_folder(args["root"])
     except (DataError, OSError):
         return None
-    paths = [(path, name) for paths, _ in plan.splits.values()
-             for path, name in zip(paths, relative_names(paths, plan.root))]
+    paths = [
+        (path, name)
+        for paths, _ in plan.splits.values()
+        for path, name in zip(paths, relative_names(paths, plan.root))
+    ]
     # reads and hashing release the GIL. Tasks of FILES_PER_TASK files: a future per file (175k
     # of them, all submitted at once by map) held ~300 MB of a 175k-image run's peak RSS
-    chunks = [paths[i:i + FILES_PER_TASK] for i in range(0, len(paths), FILES_PER_TASK)]
+    chunks = [paths[i : i + FILES_PER_TASK] for i in range(0, len(paths), FILES_PER_TASK)]
     with ThreadPoolExecutor(min(32, 2 * (os.cpu_count() or 1))) as pool:
         return {name: entry for done in pool.map(_file_entries, chunks) for name, entry in done}
 
@@ -98,10 +104,15 @@ def _recorded_files(run_dir: Path) -> Optional[dict[str, list]]:
 def manifest_changes(old: dict[str, list], new: dict[str, list]) -> dict[str, int]:
     """Files added, removed and changed from ``old`` to ``new`` (manifests of file_manifest):
     changed by content hash, or by size and time against a record without hashes (older runs)."""
+
     def differs(a: list, b: list) -> bool:
         return a[2] != b[2] if len(a) > 2 and len(b) > 2 else list(a[:2]) != list(b[:2])
-    return {"added": len(new.keys() - old.keys()), "removed": len(old.keys() - new.keys()),
-            "changed": sum(differs(list(old[k]), list(new[k])) for k in old.keys() & new.keys())}
+
+    return {
+        "added": len(new.keys() - old.keys()),
+        "removed": len(old.keys() - new.keys()),
+        "changed": sum(differs(list(old[k]), list(new[k])) for k in old.keys() & new.keys()),
+    }
 
 
 def _counts_text(counts: dict[str, int]) -> str:
@@ -114,20 +125,28 @@ def describe_changes(run_dir: Path, source: Any) -> str:
     old, new = _recorded_files(run_dir), file_manifest(source)
     if old is None or new is None:
         return ""
-    return _counts_text(manifest_changes(old, new)) or "the contents of files changed, their names, sizes and times did not"
+    return (
+        _counts_text(manifest_changes(old, new))
+        or "the contents of files changed, their names, sizes and times did not"
+    )
 
 
-def check_unchanged(run_dir: Path, recorded: Optional[dict[str, Any]], splits: Splits, source: Any,
-                    allow: bool, epoch: int) -> tuple[dict[str, Any], Optional[str]]:
+def check_unchanged(
+    run_dir: Path, recorded: Optional[dict[str, Any]], splits: Splits, source: Any, allow: bool, epoch: int
+) -> tuple[dict[str, Any], Optional[str]]:
     """(the data record the resumed run goes on with, a line for its log or None). Data other
     than the run's is a DataChangedError, unless ``allow`` (--allow-data-change): then the
     change is kept in the record. A last.pt without a record (older clfkit): one warning."""
     now = splits.fingerprint
     if not isinstance(recorded, dict) or recorded.get("fingerprint") is None:
         if now is not None:  # a run from before the record, or from a dataset that had no fingerprint
-            warnings.warn(f"{run_dir}'s last.pt does not record which data it trained on (an older clfkit): "
-                          f"cannot check that the data at {where(source)} is unchanged since the run started; "
-                          f"it is recorded from now on", DataRecordWarning, stacklevel=2)
+            warnings.warn(
+                f"{run_dir}'s last.pt does not record which data it trained on (an older clfkit): "
+                f"cannot check that the data at {where(source)} is unchanged since the run started; "
+                f"it is recorded from now on",
+                DataRecordWarning,
+                stacklevel=2,
+            )
         return data_record(splits, recorded if isinstance(recorded, dict) else None), None
     if recorded["fingerprint"] == now:
         return data_record(splits, recorded), None
@@ -139,15 +158,18 @@ def check_unchanged(run_dir: Path, recorded: Optional[dict[str, Any]], splits: S
             f"order, and the val/test numbers would not compare with the earlier epochs'. Restore the data as "
             f"it was, or start a new run (clfkit train {RunFolder(run_dir).recipe}); to continue on the changed "
             f"data anyway: clfkit train --resume {run_dir} --allow-data-change. Nothing in the run folder "
-            f"was changed")
+            f"was changed"
+        )
     record = data_record(splits, recorded)
-    record["changes_allowed"].append({"after_epoch": epoch, "was": recorded.get("fingerprint"), "now": now,
-                                      "detail": detail})
+    record["changes_allowed"].append(
+        {"after_epoch": epoch, "was": recorded.get("fingerprint"), "now": now, "detail": detail}
+    )
     return record, f"warning: {what}; continuing on it from epoch {epoch + 1} (--allow-data-change)"
 
 
-def compare_eval_data(state: dict[str, Any], splits: Splits, source: Any, data_root: Any,
-                      run_dir: Optional[Path] = None) -> tuple[Optional[bool], str]:
+def compare_eval_data(
+    state: dict[str, Any], splits: Splits, source: Any, data_root: Any, run_dir: Optional[Path] = None
+) -> tuple[Optional[bool], str]:
     """(whether the data ``clfkit eval`` read differs from the data the run trained on, a line
     saying so). Files are compared by relative name and content with the run's data_files.json
     (an identical copy under ``--data-root`` is the same data; a larger set is not); without
@@ -169,25 +191,37 @@ def compare_eval_data(state: dict[str, Any], splits: Splits, source: Any, data_r
         detail = describe_changes(run_dir, source) if changed and run_dir is not None else ""
         same = "same data as the run trained on (fingerprint)"
     else:  # another folder, and a record without content hashes: files cannot be matched
-        return None, (f"cannot say whether --data-root {data_root} holds the run's data: its data_files.json "
-                      f"records no content hashes (an older clfkit)")
+        return None, (
+            f"cannot say whether --data-root {data_root} holds the run's data: its data_files.json "
+            f"records no content hashes (an older clfkit)"
+        )
     if not changed:
         return False, same
-    what = (f"the data at {where(source)} changed since this run trained on it" if data_root is None
-            else f"--data-root {data_root} holds other data than this run trained on")
+    what = (
+        f"the data at {where(source)} changed since this run trained on it"
+        if data_root is None
+        else f"--data-root {data_root} holds other data than this run trained on"
+    )
     text = what + (f" ({detail})" if detail else "")
-    warnings.warn(f"{text}: these numbers are on other images than its summary.json's, and val (held out of "
-                  f"train by seed) may now hold images it trained on", DataRecordWarning, stacklevel=2)
+    warnings.warn(
+        f"{text}: these numbers are on other images than its summary.json's, and val (held out of "
+        f"train by seed) may now hold images it trained on",
+        DataRecordWarning,
+        stacklevel=2,
+    )
     return True, "changed: " + text
 
 
-def eval_data_changed(state: dict[str, Any], splits: Splits, source: Any, data_root: Any,
-                      run_dir: Optional[Path] = None) -> Optional[bool]:
+def eval_data_changed(
+    state: dict[str, Any], splits: Splits, source: Any, data_root: Any, run_dir: Optional[Path] = None
+) -> Optional[bool]:
     """:func:`compare_eval_data`'s verdict alone."""
     return compare_eval_data(state, splits, source, data_root, run_dir)[0]
 
 
-def recipe_on_data(recorded: dict[str, Any], data_root: Optional[str | Path], source: str, purpose: str) -> Any:
+def recipe_on_data(
+    recorded: dict[str, Any], data_root: Optional[str | Path], source: str, purpose: str
+) -> Any:
     """The checkpoint's recipe with its folder dataset's root replaced by ``data_root`` (``--data-root``
     of eval and export) when given. A DataError naming the option when the folder it would read
     is not there (the run's data moved), or when the dataset is not read from a folder."""
@@ -197,14 +231,18 @@ def recipe_on_data(recorded: dict[str, Any], data_root: Optional[str | Path], so
     name, args = registry.split_spec(data["data"]["source"])
     if data_root is not None:
         if "root" not in args:
-            raise DataError(f"--data-root: this run's dataset {name!r} is not read from a folder "
-                            f"(it has no root to replace)")
+            raise DataError(
+                f"--data-root: this run's dataset {name!r} is not read from a folder "
+                f"(it has no root to replace)"
+            )
         args = {**args, "root": str(data_root)}
         data["data"] = {**data["data"], "source": {"name": name, **args}}
     root = args.get("root")
     if root is not None and not Path(root).is_dir():
         what = f"--data-root {root}" if data_root is not None else f"the run's data folder {root}"
         state = "is a file, not a folder" if Path(root).exists() else "does not exist"
-        raise DataError(f"{purpose} reads the run's {name} dataset, but {what} {state}. If the data moved, "
-                        f"give its new place with --data-root PATH (the folder holding train/)")
+        raise DataError(
+            f"{purpose} reads the run's {name} dataset, but {what} {state}. If the data moved, "
+            f"give its new place with --data-root PATH (the folder holding train/)"
+        )
     return validate_recipe(data, source=source)

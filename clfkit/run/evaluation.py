@@ -5,6 +5,7 @@ split), used by the trainer every epoch and for the final test, by ``clfkit eval
 ``eval_run`` recomputes a finished run's reports from ``best.pt`` (on another split, or with
 the data moved elsewhere), writes ``eval_<split>.json`` and rebuilds ``report.html``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,7 +25,13 @@ from clfkit.util.safe_names import check_same_spelling
 from clfkit.util.atomic import write_json
 from clfkit.run.misclassified import write_mistakes
 from clfkit.run.report_page import write_run_report
-from clfkit.run.checkpoint import load_checkpoint, load_weights, model_from_checkpoint, run_checkpoint, unfinished_note
+from clfkit.run.checkpoint import (
+    load_checkpoint,
+    load_weights,
+    model_from_checkpoint,
+    run_checkpoint,
+    unfinished_note,
+)
 from clfkit.run.data_record import compare_eval_data, recipe_on_data
 from clfkit.run.run_folder import CALIBRATION_JSON, CAM_JSON, RELIABILITY_PNG, RunFolder, holds_run_lock
 from clfkit.run.insight import insight_line, write_insight
@@ -35,8 +42,9 @@ TOP_K = 5  # top-5 accuracy, reported when a task has more than 5 classes
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, data: ImageSet, *, rt: Runtime, loss_fn: nn.Module, num_classes: int,
-             batch_size: int) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module, data: ImageSet, *, rt: Runtime, loss_fn: nn.Module, num_classes: int, batch_size: int
+) -> dict[str, Any]:
     """Loss, accuracy and the confusion matrix (rows: true class) on a labelled split; with
     more than 5 classes also top-5 accuracy (``top5_acc``) and its hits per true class."""
     model.eval()
@@ -62,13 +70,25 @@ def evaluate(model: nn.Module, data: ImageSet, *, rt: Runtime, loss_fn: nn.Modul
     cm = confusion.view(num_classes, num_classes).cpu()
     n = int(cm.sum())
     top5 = num_classes > TOP_K
-    return {"loss": float(loss_sum) / max(n, 1), "acc": float(cm.diag().sum()) / max(n, 1), "confusion": cm,
-            "top5_acc": float(top5_hits.sum()) / max(n, 1) if top5 else None,
-            "top5_hits": top5_hits.cpu().tolist() if top5 else None}
+    return {
+        "loss": float(loss_sum) / max(n, 1),
+        "acc": float(cm.diag().sum()) / max(n, 1),
+        "confusion": cm,
+        "top5_acc": float(top5_hits.sum()) / max(n, 1) if top5 else None,
+        "top5_hits": top5_hits.cpu().tolist() if top5 else None,
+    }
 
 
-def evaluate_best(best_pt: Path, model: nn.Module, splits: Splits, val_set: Optional[ImageSet], *,
-                  rt: Runtime, loss_fn: nn.Module, batch_size: int) -> dict[str, Any]:
+def evaluate_best(
+    best_pt: Path,
+    model: nn.Module,
+    splits: Splits,
+    val_set: Optional[ImageSet],
+    *,
+    rt: Runtime,
+    loss_fn: nn.Module,
+    batch_size: int,
+) -> dict[str, Any]:
     """The trainer's final evaluation: load best.pt into ``model`` and evaluate it on the
     labelled test split (the val split when there is none). Returns the summary's eval_split,
     per_class and confusion, plus test_acc, test_loss and test_images when it was the test
@@ -82,8 +102,11 @@ def evaluate_best(best_pt: Path, model: nn.Module, splits: Splits, val_set: Opti
         return {}
     load_weights(model, load_checkpoint(best_pt, map_location=rt.device)["model"], str(best_pt))
     ev = evaluate(model, data, rt=rt, loss_fn=loss_fn, num_classes=splits.num_classes, batch_size=batch_size)
-    out = {"eval_split": split, "per_class": per_class(ev["confusion"], splits.class_names),
-           "confusion": ev["confusion"].tolist()}
+    out = {
+        "eval_split": split,
+        "per_class": per_class(ev["confusion"], splits.class_names),
+        "confusion": ev["confusion"].tolist(),
+    }
     if ev["top5_hits"] is not None:
         out["top5_hits"] = ev["top5_hits"]  # per true class: per_class.csv's top5_accuracy
         out[f"{split}_top5_acc"] = ev["top5_acc"]
@@ -109,8 +132,14 @@ class EvalResult:
 
 
 @holds_run_lock("evaluate")  # it rewrites the run's reports: not while the run trains
-def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Optional[str | Path] = None,
-             checkpoint: Optional[str] = None, batch_size: int = 256, tta: str = "none") -> EvalResult:
+def eval_run(
+    run_dir: str | Path,
+    split: Optional[str] = None,
+    data_root: Optional[str | Path] = None,
+    checkpoint: Optional[str] = None,
+    batch_size: int = 256,
+    tta: str = "none",
+) -> EvalResult:
     """Evaluate ``run_dir/checkpoint`` (default best.pt, or last.pt of an unfinished run) on
     ``split`` (default: test if labelled, else val) of the run's own data, read as the run read
     it (same size, resize, val hold-out and seed); ``data_root`` points a folder dataset
@@ -130,28 +159,52 @@ def eval_run(run_dir: str | Path, split: Optional[str] = None, data_root: Option
     rt = resolve_runtime(recipe.train.device, recipe.train.precision, recipe.train.channels_last)
     model = with_tta(model_from_checkpoint(state).to(rt.device), tta)
     loss_fn = build_loss(recipe, splits.num_classes, splits).to(rt.device)
-    ev = evaluate(model, subset, rt=rt, loss_fn=loss_fn, num_classes=splits.num_classes, batch_size=batch_size)
+    ev = evaluate(
+        model, subset, rt=rt, loss_fn=loss_fn, num_classes=splits.num_classes, batch_size=batch_size
+    )
     cm = ev["confusion"].tolist()
     rows = per_class_rows(cm, splits.class_names)
     files, calibration = [], {}
     if tta == "none":  # the report files describe the plain model: now this checkpoint on this split
-        source = {"by": "clfkit eval", "checkpoint": checkpoint, "data_root": str(data_root) if data_root else None,
-                  "data": data_text, "data_changed": data_changed}
-        files, calibration = _write_reports(run_dir, model, splits, split=split, cm=cm, source=source, rt=rt,
-                                            batch_size=batch_size)
+        source = {
+            "by": "clfkit eval",
+            "checkpoint": checkpoint,
+            "data_root": str(data_root) if data_root else None,
+            "data": data_text,
+            "data_changed": data_changed,
+        }
+        files, calibration = _write_reports(
+            run_dir, model, splits, split=split, cm=cm, source=source, rt=rt, batch_size=batch_size
+        )
     out = RunFolder(run_dir).eval_json(split, tta)
-    write_json(out, {"split": split, "tta": tta, "checkpoint": checkpoint, "acc": ev["acc"], "loss": ev["loss"],
-                     "images": len(subset), "class_names": splits.class_names, "per_class": rows,
-                     "confusion": cm, "data_root": str(data_root) if data_root else None,
-                     "data_changed": data_changed, "data": data_text, "run_finished": RunFolder(run_dir).finished,
-                     **calibration})
+    write_json(
+        out,
+        {
+            "split": split,
+            "tta": tta,
+            "checkpoint": checkpoint,
+            "acc": ev["acc"],
+            "loss": ev["loss"],
+            "images": len(subset),
+            "class_names": splits.class_names,
+            "per_class": rows,
+            "confusion": cm,
+            "data_root": str(data_root) if data_root else None,
+            "data_changed": data_changed,
+            "data": data_text,
+            "run_finished": RunFolder(run_dir).finished,
+            **calibration,
+        },
+    )
     # last: report.html inlines every file above, so it never shows the numbers of before
     files += [out, write_run_report(run_dir)]
     note = unfinished_note(run_dir, state)
     if note:
         note += f"; evaluated {checkpoint} (epoch {state.get('epoch', '?')})"
     insight = insight_line(calibration, _read_cam(run_dir)) if tta == "none" else ""
-    return EvalResult(run_dir, split, ev["acc"], ev["loss"], len(subset), rows, files, note, insight, data_text)
+    return EvalResult(
+        run_dir, split, ev["acc"], ev["loss"], len(subset), rows, files, note, insight, data_text
+    )
 
 
 def _run_data(checkpoint_path: Path, state: dict[str, Any], data_root: Optional[str | Path]):
@@ -159,11 +212,14 @@ def _run_data(checkpoint_path: Path, state: dict[str, Any], data_root: Optional[
     the run read it; classes other than the run's (or spelled otherwise) are an error."""
     recipe = recipe_on_data(state["recipe"], data_root, f"{checkpoint_path} recipe", "clfkit eval")
     splits = build_data(recipe)
-    check_same_spelling(state["class_names"], splits.class_names, "the run's classes (its checkpoint)",
-                        "the data's classes")
+    check_same_spelling(
+        state["class_names"], splits.class_names, "the run's classes (its checkpoint)", "the data's classes"
+    )
     if splits.class_names != state["class_names"]:
-        raise DataError(f"the data now has classes {splits.class_names}, but the run was trained on "
-                        f"{state['class_names']}")
+        raise DataError(
+            f"the data now has classes {splits.class_names}, but the run was trained on "
+            f"{state['class_names']}"
+        )
     return recipe, splits
 
 
@@ -181,16 +237,35 @@ def _eval_split(splits, split: Optional[str]) -> tuple[str, Any]:
     return split, subset
 
 
-def _write_reports(run_dir: Path, model, splits, *, split: str, cm: list, source: dict[str, Any], rt,
-                   batch_size: int) -> tuple[list[Path], dict[str, Any]]:
+def _write_reports(
+    run_dir: Path, model, splits, *, split: str, cm: list, source: dict[str, Any], rt, batch_size: int
+) -> tuple[list[Path], dict[str, Any]]:
     """The run's report files for the plain model, now this checkpoint on this split: per-class
     tables and figures, mistakes.json, the insight files (ECE of val and test, Grad-CAM)."""
     checkpoint, subset = source["checkpoint"], splits.test if split == "test" else splits.val
     files = write_run_reports(run_dir, cm, splits.class_names, split, source)
-    files.append(write_mistakes(run_dir, model, subset, split=split, rt=rt, class_names=splits.class_names,
-                                batch_size=batch_size, checkpoint=checkpoint))
-    calibration = write_insight(run_dir, model, {"val": splits.val, "test": splits.test}, eval_split=split, rt=rt,
-                                class_names=splits.class_names, batch_size=batch_size, checkpoint=checkpoint)
+    files.append(
+        write_mistakes(
+            run_dir,
+            model,
+            subset,
+            split=split,
+            rt=rt,
+            class_names=splits.class_names,
+            batch_size=batch_size,
+            checkpoint=checkpoint,
+        )
+    )
+    calibration = write_insight(
+        run_dir,
+        model,
+        {"val": splits.val, "test": splits.test},
+        eval_split=split,
+        rt=rt,
+        class_names=splits.class_names,
+        batch_size=batch_size,
+        checkpoint=checkpoint,
+    )
     files += [RunFolder(run_dir).path / n for n in (CALIBRATION_JSON, RELIABILITY_PNG, CAM_JSON)]
     return files, calibration
 

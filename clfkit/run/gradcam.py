@@ -18,6 +18,7 @@ noted on the page too: the run's other reports never depend on it.
 ``cam.json`` holds the layer (or why there is none) and, per image, the image and its overlay as
 base64 PNGs: for a mistake the map of the predicted class and of the true one.
 """
+
 from __future__ import annotations
 
 import base64
@@ -34,7 +35,7 @@ from PIL import Image
 from clfkit.util.atomic import write_json
 from clfkit.run.run_folder import CAM_JSON
 
-MISTAKES = 8           # the most confident mistakes shown with their maps
+MISTAKES = 8  # the most confident mistakes shown with their maps
 CORRECT_PER_CLASS = 2  # the most confident right answers per class
 # Every map is a backward pass and two inlined PNGs in report.html: with many classes the right
 # answers per class alone would be thousands. At most MAX_MAPS maps (a mistake takes two, its
@@ -69,10 +70,14 @@ def target_layer(model: torch.nn.Module, example: torch.Tensor) -> tuple[torch.n
             continue
         shape = _output_shape(model, layer, example)
         if shape is None or len(shape) != 4:
-            why = (f"its layer {name or type(net).__name__} gives a {len(shape or ())}-d output, not a "
-                   f"(N, C, H, W) feature map")
+            why = (
+                f"its layer {name or type(net).__name__} gives a {len(shape or ())}-d output, not a "
+                f"(N, C, H, W) feature map"
+            )
         elif shape[2] * shape[3] <= 1:
-            why = f"its layer {name} is pooled down to {shape[2]}x{shape[3]} at this image size: no map to show"
+            why = (
+                f"its layer {name} is pooled down to {shape[2]}x{shape[3]} at this image size: no map to show"
+            )
         else:
             return layer, f"{name or '(the model)'} ({type(layer).__name__}, {shape[2]}x{shape[3]} map)"
     return None, why
@@ -95,14 +100,18 @@ def _candidates(net: torch.nn.Module) -> tuple[list[torch.nn.Module], str]:
             return [net.get_submodule(f["module"]) for f in reversed(list(info))], ""
         except (AttributeError, KeyError, TypeError):
             pass
-    return [], (f"the model ({type(net).__name__}) has no convolutional feature map for Grad-CAM "
-                f"(cnn, resnet and timm CNNs have one; a plugin names its own with a cam_target_layer() method)")
+    return [], (
+        f"the model ({type(net).__name__}) has no convolutional feature map for Grad-CAM "
+        f"(cnn, resnet and timm CNNs have one; a plugin names its own with a cam_target_layer() method)"
+    )
 
 
 @torch.no_grad()
 def _output_shape(model: torch.nn.Module, layer: torch.nn.Module, example: torch.Tensor) -> tuple | None:
     seen: list[tuple] = []
-    hook = layer.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape) if torch.is_tensor(o) else ()))
+    hook = layer.register_forward_hook(
+        lambda m, i, o: seen.append(tuple(o.shape) if torch.is_tensor(o) else ())
+    )
     try:
         model.eval()
         model(example[:1].float())
@@ -125,9 +134,14 @@ def _chosen(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tupl
             break
         correct += best
         shown += 1
-    capped = "" if shown == num_classes else (
-        f"right answers shown for the first {shown} of {num_classes} classes: the page draws at most {MAX_MAPS} "
-        f"Grad-CAM maps ({len(mistakes)} mistakes take {2 * len(mistakes)})")
+    capped = (
+        ""
+        if shown == num_classes
+        else (
+            f"right answers shown for the first {shown} of {num_classes} classes: the page draws at most {MAX_MAPS} "
+            f"Grad-CAM maps ({len(mistakes)} mistakes take {2 * len(mistakes)})"
+        )
+    )
     return mistakes, correct, capped
 
 
@@ -147,8 +161,13 @@ def _rgb01(image: torch.Tensor) -> np.ndarray:
     return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr[:, :, :3]
 
 
-def _maps(model: torch.nn.Module, layer: torch.nn.Module, images: torch.Tensor, classes: list[int],
-          device: torch.device) -> np.ndarray:
+def _maps(
+    model: torch.nn.Module,
+    layer: torch.nn.Module,
+    images: torch.Tensor,
+    classes: list[int],
+    device: torch.device,
+) -> np.ndarray:
     """Grad-CAM maps (N, H, W) in 0..1 of ``images`` (uint8) for ``classes``, in fp32,
     CAM_BATCH images at a time (each batch holds its activations and gradients)."""
     from pytorch_grad_cam import GradCAM
@@ -158,8 +177,10 @@ def _maps(model: torch.nn.Module, layer: torch.nn.Module, images: torch.Tensor, 
     with GradCAM(model=model, target_layers=[layer]) as cam:
         for i in range(0, len(images), CAM_BATCH):
             # a float input that wants its gradient: gradients reach the layer even when it is frozen
-            x = images[i:i + CAM_BATCH].to(device).float().requires_grad_(True)
-            out.append(cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes[i:i + CAM_BATCH]]))
+            x = images[i : i + CAM_BATCH].to(device).float().requires_grad_(True)
+            out.append(
+                cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes[i : i + CAM_BATCH]])
+            )
     return np.concatenate(out)
 
 
@@ -169,56 +190,115 @@ def _overlay(image: torch.Tensor, mask: np.ndarray) -> str:
     return _png(show_cam_on_image(_rgb01(image), mask, use_rgb=True))
 
 
-def cam_cards(model: torch.nn.Module, data: Any, probs: torch.Tensor, class_names: list[str],
-              device: torch.device) -> dict[str, Any]:
+def cam_cards(
+    model: torch.nn.Module, data: Any, probs: torch.Tensor, class_names: list[str], device: torch.device
+) -> dict[str, Any]:
     """cam.json's content for ``data`` (a labelled ImageSet) given ``probs`` (N, classes) of
     ``model`` on it: the target layer (or why none) and the chosen images with their maps."""
     labels = data.labels.cpu()
     layer, name = target_layer(model, data.images[:1].to(device))
     if layer is None:
-        return {"method": METHOD, "target_layer": None, "note": f"no Grad-CAM: {name}", "mistakes": [], "correct": []}
+        return {
+            "method": METHOD,
+            "target_layer": None,
+            "note": f"no Grad-CAM: {name}",
+            "mistakes": [],
+            "correct": [],
+        }
     mistakes, correct, capped = _chosen(probs, labels, len(class_names))
     pred = probs.argmax(1)
     picked = mistakes + correct
     images = data.images[picked] if picked else data.images[:0]
     # the maps' classes: the predicted class of every image, then the true class of each mistake
     classes = [int(pred[i]) for i in picked] + [int(labels[i]) for i in mistakes]
-    maps = _maps(model, layer, torch.cat([images, images[:len(mistakes)]]), classes, device) if picked else []
+    maps = (
+        _maps(model, layer, torch.cat([images, images[: len(mistakes)]]), classes, device) if picked else []
+    )
     cards = []
     for k, i in enumerate(picked):
-        card = {"index": i, "path": data.paths[i] if data.paths is not None else None,
-                "true": class_names[int(labels[i])], "predicted": class_names[int(pred[i])],
-                "confidence": round(float(probs[i].max()), 4),
-                "png_base64": _png((_rgb01(images[k]) * 255).round().astype(np.uint8)),
-                "cam_predicted": _overlay(images[k], maps[k])}
+        card = {
+            "index": i,
+            "path": data.paths[i] if data.paths is not None else None,
+            "true": class_names[int(labels[i])],
+            "predicted": class_names[int(pred[i])],
+            "confidence": round(float(probs[i].max()), 4),
+            "png_base64": _png((_rgb01(images[k]) * 255).round().astype(np.uint8)),
+            "cam_predicted": _overlay(images[k], maps[k]),
+        }
         if k < len(mistakes):
             card["cam_true"] = _overlay(images[k], maps[len(picked) + k])
         cards.append(card)
-    return {"method": METHOD, "target_layer": name, "note": "", "capped": capped, "maps": len(classes),
-            "mistakes": cards[:len(mistakes)], "correct": cards[len(mistakes):]}
+    return {
+        "method": METHOD,
+        "target_layer": name,
+        "note": "",
+        "capped": capped,
+        "maps": len(classes),
+        "mistakes": cards[: len(mistakes)],
+        "correct": cards[len(mistakes) :],
+    }
 
 
-def write_cams(run: str | Path, model: torch.nn.Module, data: Any, *, probs: torch.Tensor, split: str,
-               class_names: list[str], device: torch.device, checkpoint: str = "best.pt") -> Path:
+def write_cams(
+    run: str | Path,
+    model: torch.nn.Module,
+    data: Any,
+    *,
+    probs: torch.Tensor,
+    split: str,
+    class_names: list[str],
+    device: torch.device,
+    checkpoint: str = "best.pt",
+) -> Path:
     """``run/cam.json``: :func:`cam_cards` of ``model`` (the weights of ``checkpoint``) on the
     ``split`` split. A model Grad-CAM fails on gets a note, not an error: the run's reports stand."""
     t0 = time.perf_counter()
     if not enabled():
-        return write_no_cams(run, split, checkpoint, f"Grad-CAM maps are off ({OFF_VARIABLE}=0 in the environment)",
-                             images=len(data))
+        return write_no_cams(
+            run,
+            split,
+            checkpoint,
+            f"Grad-CAM maps are off ({OFF_VARIABLE}=0 in the environment)",
+            images=len(data),
+        )
     try:
         found = cam_cards(model, data, probs, class_names, device)
     except Exception as e:  # noqa: BLE001 - a plugin's model may defeat the hooks in any way
-        found = {"method": METHOD, "target_layer": None, "mistakes": [], "correct": [],
-                 "note": f"Grad-CAM failed on this model ({type(e).__name__}: {str(e)[:200]})"}
-    return _write(run, {"split": split, "checkpoint": checkpoint, "images": len(data),
-                        "seconds": round(time.perf_counter() - t0, 3), **found})
+        found = {
+            "method": METHOD,
+            "target_layer": None,
+            "mistakes": [],
+            "correct": [],
+            "note": f"Grad-CAM failed on this model ({type(e).__name__}: {str(e)[:200]})",
+        }
+    return _write(
+        run,
+        {
+            "split": split,
+            "checkpoint": checkpoint,
+            "images": len(data),
+            "seconds": round(time.perf_counter() - t0, 3),
+            **found,
+        },
+    )
 
 
 def write_no_cams(run: str | Path, split: str, checkpoint: str, note: str, images: int = 0) -> Path:
     """``run/cam.json`` without maps, ``note`` saying why: it replaces an earlier evaluation's."""
-    return _write(run, {"split": split, "checkpoint": checkpoint, "images": images, "seconds": 0.0, "method": METHOD,
-                        "target_layer": None, "mistakes": [], "correct": [], "note": note})
+    return _write(
+        run,
+        {
+            "split": split,
+            "checkpoint": checkpoint,
+            "images": images,
+            "seconds": 0.0,
+            "method": METHOD,
+            "target_layer": None,
+            "mistakes": [],
+            "correct": [],
+            "note": note,
+        },
+    )
 
 
 def _write(run: str | Path, cam: dict[str, Any]) -> Path:

@@ -4,6 +4,7 @@ run (clfkit.run.tracking: TensorBoard event files, MLflow, a tune study's pruner
 metrics.csv is rewritten from metrics.jsonl after every epoch, so it always agrees with it,
 also after a resume re-runs epochs.
 """
+
 from __future__ import annotations
 
 import csv

@@ -6,6 +6,7 @@ highest confidence; ``clfkit eval`` rewrites it for the checkpoint and split it 
 the data came from a folder, true and predicted class, the predicted probability and a small
 PNG thumbnail as base64 (so report.html can inline it without reading the data again).
 """
+
 from __future__ import annotations
 
 import base64
@@ -27,23 +28,26 @@ def _thumbnail_png(image: torch.Tensor) -> str:
     arr = image.permute(1, 2, 0).cpu().numpy()
     pil = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
     scale = THUMB_PIXELS / max(pil.size)
-    pil = pil.resize((max(1, round(pil.width * scale)), max(1, round(pil.height * scale))), Image.NEAREST
-                     if max(pil.size) < THUMB_PIXELS else Image.BILINEAR)
+    pil = pil.resize(
+        (max(1, round(pil.width * scale)), max(1, round(pil.height * scale))),
+        Image.NEAREST if max(pil.size) < THUMB_PIXELS else Image.BILINEAR,
+    )
     buf = io.BytesIO()
     pil.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 @torch.inference_mode()
-def most_confident_mistakes(model: torch.nn.Module, data: Any, rt: Any, class_names: list[str],
-                            batch_size: int, k: int = 16) -> list[dict[str, Any]]:
+def most_confident_mistakes(
+    model: torch.nn.Module, data: Any, rt: Any, class_names: list[str], batch_size: int, k: int = 16
+) -> list[dict[str, Any]]:
     """The ``k`` misclassified images of ``data`` (a labelled clfkit.data.ImageSet) with the
     highest predicted probability, most confident first. ``rt``: the trainer's Runtime (device,
     autocast, channels_last); duck-typed so this module needs nothing from the trainer."""
     model.eval()
     probs, preds = [], []
     for i in range(0, len(data), batch_size):
-        x = data.images[i:i + batch_size].to(rt.device, non_blocking=True)
+        x = data.images[i : i + batch_size].to(rt.device, non_blocking=True)
         if rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with rt.autocast():
@@ -59,14 +63,31 @@ def most_confident_mistakes(model: torch.nn.Module, data: Any, rt: Any, class_na
     order = wrong[prob[wrong].argsort(descending=True)][:k]
     found = []
     for i in order.tolist():
-        found.append({"index": i, "path": data.paths[i] if data.paths is not None else None,
-                      "true": class_names[int(labels[i])], "predicted": class_names[int(pred[i])],
-                      "confidence": round(float(prob[i]), 4), "png_base64": _thumbnail_png(data.images[i])})
+        found.append(
+            {
+                "index": i,
+                "path": data.paths[i] if data.paths is not None else None,
+                "true": class_names[int(labels[i])],
+                "predicted": class_names[int(pred[i])],
+                "confidence": round(float(prob[i]), 4),
+                "png_base64": _thumbnail_png(data.images[i]),
+            }
+        )
     return found
 
 
-def write_mistakes(run: Path, model: torch.nn.Module, data: Any, *, split: str, rt: Any,
-                   class_names: list[str], batch_size: int, k: int = 16, checkpoint: str = "best.pt") -> Path:
+def write_mistakes(
+    run: Path,
+    model: torch.nn.Module,
+    data: Any,
+    *,
+    split: str,
+    rt: Any,
+    class_names: list[str],
+    batch_size: int,
+    k: int = 16,
+    checkpoint: str = "best.pt",
+) -> Path:
     """``run/mistakes.json``: :func:`most_confident_mistakes` of ``data`` (the ``split`` split)
     by ``model`` (the weights of ``checkpoint``)."""
     found = most_confident_mistakes(model, data, rt, class_names, batch_size, k)

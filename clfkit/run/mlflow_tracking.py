@@ -3,6 +3,7 @@
 artifact folder) checked before the run folder exists, the parent run of a sweep or study
 (:func:`parent_run`), and after the run the export logged into the run that trained it
 (:func:`log_export`, by the id the run folder's ``tracking.json`` records)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -21,13 +22,23 @@ EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
 DEFAULT_EXPERIMENT = "clfkit"
 TRACKING_FILE = "tracking.json"  # the MLflow run id, so a resumed run logs into the same run
 # the report files a finished run hands to MLflow as artifacts (those that exist)
-ARTIFACTS = ("summary.json", "recipe.yaml", "curves.png", "confusion.png", "per_class.csv", "report.html",
-             "mistakes.json")
+ARTIFACTS = (
+    "summary.json",
+    "recipe.yaml",
+    "curves.png",
+    "confusion.png",
+    "per_class.csv",
+    "report.html",
+    "mistakes.json",
+)
 
 
 def _numbers(row: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in row.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"}
+    return {
+        k: float(v)
+        for k, v in row.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"
+    }
 
 
 # --------------------------------------------------------------------------- MLflow
@@ -35,9 +46,11 @@ def _require_mlflow() -> Any:
     try:
         from mlflow.tracking import MlflowClient
     except ImportError:
-        raise TrackingError('train.track asks for mlflow, but MLflow is not installed here: '
-                            'pip install -e ".[mlflow]" (or pip install mlflow-skinny sqlalchemy alembic), '
-                            'or remove mlflow from train.track') from None
+        raise TrackingError(
+            "train.track asks for mlflow, but MLflow is not installed here: "
+            'pip install -e ".[mlflow]" (or pip install mlflow-skinny sqlalchemy alembic), '
+            "or remove mlflow from train.track"
+        ) from None
     return MlflowClient
 
 
@@ -52,7 +65,7 @@ def sqlite_path(uri: str) -> Optional[Path]:
     """The file of an ``sqlite:///`` URL (:func:`sqlite_url`'s or a user's), else None."""
     if not uri.startswith("sqlite:///"):
         return None
-    return Path(unquote(uri[len("sqlite:///"):].split("?", 1)[0]))
+    return Path(unquote(uri[len("sqlite:///") :].split("?", 1)[0]))
 
 
 def tracking_uri() -> str:
@@ -64,9 +77,11 @@ def tracking_uri() -> str:
     try:
         folder.mkdir(exist_ok=True)
     except OSError as e:  # a file named mlruns, a read-only working folder
-        raise TrackingError(f"train.track: mlflow: cannot use {folder} as the MLflow store ({e.strerror}); "
-                            f"run from a writable folder without a file named mlruns, set MLFLOW_TRACKING_URI "
-                            f"(e.g. sqlite:///PATH/mlflow.db), or remove mlflow from train.track") from None
+        raise TrackingError(
+            f"train.track: mlflow: cannot use {folder} as the MLflow store ({e.strerror}); "
+            f"run from a writable folder without a file named mlruns, set MLFLOW_TRACKING_URI "
+            f"(e.g. sqlite:///PATH/mlflow.db), or remove mlflow from train.track"
+        ) from None
     return sqlite_url(folder / "mlflow.db")
 
 
@@ -74,10 +89,14 @@ def _client_and_experiment() -> tuple[Any, str]:
     client = _require_mlflow()(tracking_uri())
     name = os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
     exp = client.get_experiment_by_name(name)
-    if exp is not None and exp.lifecycle_stage == "deleted":  # MLflow refuses runs in it, and a new one of that name
-        raise TrackingError(f"train.track: mlflow: the experiment {name!r} (id {exp.experiment_id}) was deleted "
-                            f"from the store {tracking_uri()}; restore it (MlflowClient().restore_experiment"
-                            f"({exp.experiment_id!r})), or set {EXPERIMENT_ENV} to another name")
+    if (
+        exp is not None and exp.lifecycle_stage == "deleted"
+    ):  # MLflow refuses runs in it, and a new one of that name
+        raise TrackingError(
+            f"train.track: mlflow: the experiment {name!r} (id {exp.experiment_id}) was deleted "
+            f"from the store {tracking_uri()}; restore it (MlflowClient().restore_experiment"
+            f"({exp.experiment_id!r})), or set {EXPERIMENT_ENV} to another name"
+        )
     if exp is not None:
         return client, exp.experiment_id
     artifacts = None
@@ -120,10 +139,16 @@ def checked_store() -> tuple[Any, str]:
         raise
     except Exception as e:  # noqa: BLE001 - MLflow raises many kinds for one cause: the store
         uri = tracking_uri()
-        hint = (" (a folder or file: URI is MLflow's file store, which MLflow refuses now; give "
-                "sqlite:///PATH/mlflow.db)" if "://" not in uri or uri.startswith("file:") else "")
-        raise TrackingError(f"train.track: mlflow: the tracking store {uri} cannot be used{hint} "
-                            f"({_first_line(e)}); fix MLFLOW_TRACKING_URI or remove mlflow from train.track") from None
+        hint = (
+            " (a folder or file: URI is MLflow's file store, which MLflow refuses now; give "
+            "sqlite:///PATH/mlflow.db)"
+            if "://" not in uri or uri.startswith("file:")
+            else ""
+        )
+        raise TrackingError(
+            f"train.track: mlflow: the tracking store {uri} cannot be used{hint} "
+            f"({_first_line(e)}); fix MLFLOW_TRACKING_URI or remove mlflow from train.track"
+        ) from None
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
@@ -157,9 +182,11 @@ class MLflowTracker:
                 run_id = str(json.loads(saved.read_text(encoding="utf-8"))["mlflow_run_id"])
                 client.update_run(run_id, status="RUNNING")
             except Exception as e:  # noqa: BLE001 - an edited tracking.json, a run deleted from the store
-                raise TrackingError(f"train.track: mlflow: cannot continue the MLflow run recorded in {saved} "
-                                    f"({_first_line(e)}); restore that file (or the run in the store), or "
-                                    f"delete the file to log the rest of the run as a new MLflow run") from None
+                raise TrackingError(
+                    f"train.track: mlflow: cannot continue the MLflow run recorded in {saved} "
+                    f"({_first_line(e)}); restore that file (or the run in the store), or "
+                    f"delete the file to log the rest of the run as a new MLflow run"
+                ) from None
             return cls(client, run_id)
         tags = {"clfkit.run_dir": str(run.resolve())}
         if os.environ.get(PARENT_ENV):
@@ -178,7 +205,7 @@ class MLflowTracker:
 
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(self.run_id, params=items[i:i + 100])
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
 
     def log_numbers(self, numbers: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -209,14 +236,20 @@ class MLflowTracker:
                 action()
         except Exception as e:  # noqa: BLE001 - MLflow raises many kinds for one cause: the store
             if not self.failing:
-                warnings.warn(f"MLflow: logging {what} to {getattr(self.client, 'tracking_uri', 'the store')} failed ({_first_line(e)}); training "
-                              f"goes on and the run folder keeps everything; clfkit tries again after each epoch",
-                              TrackingWarning, stacklevel=2)
+                warnings.warn(
+                    f"MLflow: logging {what} to {getattr(self.client, 'tracking_uri', 'the store')} failed ({_first_line(e)}); training "
+                    f"goes on and the run folder keeps everything; clfkit tries again after each epoch",
+                    TrackingWarning,
+                    stacklevel=2,
+                )
             self.failing = True
             return False
         if self.failing:
-            warnings.warn(f"MLflow: logging works again at {what}; the epochs it missed were sent",
-                          TrackingWarning, stacklevel=2)
+            warnings.warn(
+                f"MLflow: logging works again at {what}; the epochs it missed were sent",
+                TrackingWarning,
+                stacklevel=2,
+            )
         self.failing = False
         return True
 
@@ -233,8 +266,11 @@ class MLflowTracker:
         self.failing = False  # the end of the run: say it again if it still fails
         self.finished = self._guarded("the summary and report files", send)
         if not self.finished:
-            warnings.warn(f"MLflow run {self.run_id} is incomplete (the run folder {run} is complete)",
-                          TrackingWarning, stacklevel=2)
+            warnings.warn(
+                f"MLflow run {self.run_id} is incomplete (the run folder {run} is complete)",
+                TrackingWarning,
+                stacklevel=2,
+            )
 
     def close(self) -> None:
         if not self.finished:  # an error, a stop signal, a pruned trial, or a store that failed
@@ -254,19 +290,32 @@ def parent_run(name: str, params: dict[str, str], folder: Path, enabled: bool) -
     client, experiment = checked_store()
     run_id = _continued_parent(client, Path(folder))
     if run_id is None:
-        mlrun = client.create_run(experiment, run_name=name, tags={"clfkit.folder": str(Path(folder).resolve())})
+        mlrun = client.create_run(
+            experiment, run_name=name, tags={"clfkit.folder": str(Path(folder).resolve())}
+        )
         run_id = mlrun.info.run_id
         from clfkit.util.atomic import write_json
 
         write_json(Path(folder) / TRACKING_FILE, {"mlflow_run_id": run_id, "tracking_uri": tracking_uri()})
-        MLflowTracker(client, run_id).log_params(params)  # a continued run keeps its first params (MLflow's are fixed)
+        MLflowTracker(client, run_id).log_params(
+            params
+        )  # a continued run keeps its first params (MLflow's are fixed)
     parent = MLflowTracker(client, run_id)
     before = os.environ.get(PARENT_ENV)
     os.environ[PARENT_ENV] = run_id
     try:
         yield run_id
-        for file in ("report.html", "sweep.md", "sweep.csv", "compare.png", "trials.md", "trials.csv",
-                     "best.yaml", "history.png", "importance.png"):
+        for file in (
+            "report.html",
+            "sweep.md",
+            "sweep.csv",
+            "compare.png",
+            "trials.md",
+            "trials.csv",
+            "best.yaml",
+            "history.png",
+            "importance.png",
+        ):
             if (Path(folder) / file).is_file():
                 client.log_artifact(run_id, str(Path(folder) / file))
         client.set_terminated(run_id, "FINISHED")
@@ -334,7 +383,7 @@ def log_export(run: str | Path, files: Sequence[str | Path]) -> tuple[Optional[s
     try:
         MlflowClient = _require_mlflow()
     except TrackingError:
-        return None, f"{why}: mlflow is not installed here (pip install -e \".[mlflow]\")"
+        return None, f'{why}: mlflow is not installed here (pip install -e ".[mlflow]")'
     missing = _local_store_missing(uri)
     if missing:
         return None, f"{why}: its store {missing} no longer exists"

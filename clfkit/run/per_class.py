@@ -7,6 +7,7 @@
 for the labelled test split, or the val split when there is none. ``clfkit eval``
 (clfkit.run.evaluation.eval_run) rewrites them from another checkpoint or split.
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,13 +28,21 @@ def per_class(cm: torch.Tensor, class_names: list[str]) -> list[dict[str, Any]]:
         support = int(cm[i].sum())
         predicted = int(cm[:, i].sum())
         tp = int(cm[i, i])
-        rows.append({"class": name, "accuracy": tp / support if support else None,
-                     "precision": tp / predicted if predicted else None, "recall": tp / support if support else None,
-                     "support": support})
+        rows.append(
+            {
+                "class": name,
+                "accuracy": tp / support if support else None,
+                "precision": tp / predicted if predicted else None,
+                "recall": tp / support if support else None,
+                "support": support,
+            }
+        )
     return rows
 
 
-def per_class_rows(confusion, class_names: list[str], top5_hits: Optional[list[int]] = None) -> list[dict[str, Any]]:
+def per_class_rows(
+    confusion, class_names: list[str], top5_hits: Optional[list[int]] = None
+) -> list[dict[str, Any]]:
     """Per-class accuracy, precision, recall, f1 and support from a confusion matrix
     (rows: true class); top5_accuracy too when ``top5_hits`` (per true class) are given."""
     rows = per_class(torch.as_tensor(confusion), class_names)
@@ -54,13 +63,23 @@ def write_per_class_csv(rows: list[dict[str, Any]], path: str | Path, split: str
         w = csv.writer(f, lineterminator="\n")
         w.writerow(cols)
         for r in rows:
-            w.writerow([split] + ["" if r.get(c) is None else (f"{r[c]:.6f}" if isinstance(r[c], float) else r[c])
-                                  for c in cols[1:]])
+            w.writerow(
+                [split]
+                + [
+                    "" if r.get(c) is None else (f"{r[c]:.6f}" if isinstance(r[c], float) else r[c])
+                    for c in cols[1:]
+                ]
+            )
     return Path(path)
 
 
-def write_run_reports(run_dir: str | Path, confusion=None, class_names: Optional[list[str]] = None,
-                      split: Optional[str] = None, source: Optional[dict[str, Any]] = None) -> list[Path]:
+def write_run_reports(
+    run_dir: str | Path,
+    confusion=None,
+    class_names: Optional[list[str]] = None,
+    split: Optional[str] = None,
+    source: Optional[dict[str, Any]] = None,
+) -> list[Path]:
     """curves.png always; per_class.csv and confusion.png from ``confusion`` or, by default,
     from the confusion matrix the trainer stored in summary.json, and reports_source.json: what
     they were computed on (``source``: clfkit eval's checkpoint, split and data; by default the
@@ -79,16 +98,29 @@ def write_run_reports(run_dir: str | Path, confusion=None, class_names: Optional
     class_names = class_names or summary.get("class_names")
     if confusion is not None and class_names:
         split = split or "test"
-        rows = per_class_rows(confusion, class_names, summary.get("top5_hits") if confusion is summary.get("confusion") else None)
+        rows = per_class_rows(
+            confusion,
+            class_names,
+            summary.get("top5_hits") if confusion is summary.get("confusion") else None,
+        )
         files.append(write_per_class_csv(rows, folder.per_class, split))
         n = sum(sum(r) for r in confusion)
         acc = sum(confusion[i][i] for i in range(len(confusion))) / max(n, 1)
-        source = source or {"by": "training", "checkpoint": "best.pt", "data": "the data the run trained on",
-                            "data_changed": False}
+        source = source or {
+            "by": "training",
+            "checkpoint": "best.pt",
+            "data": "the data the run trained on",
+            "data_changed": False,
+        }
         other = "\nON OTHER DATA THAN TRAINING (report.html says which)" if source.get("data_changed") else ""
-        files.append(plot_confusion(confusion, class_names, folder.confusion,
-                                    f"{info.label}: {split} split, {n} images\n"
-                                    f"accuracy {acc:.4f}; rows normalized (%){other}"))
+        files.append(
+            plot_confusion(
+                confusion,
+                class_names,
+                folder.confusion,
+                f"{info.label}: {split} split, {n} images\naccuracy {acc:.4f}; rows normalized (%){other}",
+            )
+        )
         write_json(folder.reports_source, {**source, "split": split, "images": n})
         files.append(folder.reports_source)
     return files

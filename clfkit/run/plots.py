@@ -4,6 +4,7 @@ matplotlib through ``matplotlib.figure.Figure`` (Agg), never pyplot: no display 
 no global state is touched (safe in notebooks and worker processes), and each figure has a
 fixed pixel size, so reports can lay them out. PNGs are written atomically.
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,8 +24,8 @@ from clfkit.run.run_folder import RunFolderError
 from clfkit.run.reader import SELECTED_ON_VAL, RunInfo, find_runs, rank
 
 DPI = 100
-CURVES_INCHES = (12.0, 4.5)          # curves.png: 1200 x 450 px
-COMPARE_PANEL_INCHES = (14.0, 9.0)   # the 2x2 panels of compare.png; the legend adds rows below
+CURVES_INCHES = (12.0, 4.5)  # curves.png: 1200 x 450 px
+COMPARE_PANEL_INCHES = (14.0, 9.0)  # the 2x2 panels of compare.png; the legend adds rows below
 LEGEND_ROW_INCHES = 0.26
 P = ParamSpec("P")
 # best.pt is the best val epoch, or the last epoch of a run without a val split (clfkit.run.reader)
@@ -35,10 +36,12 @@ def _plain_text(plot: Callable[P, Path]) -> Callable[P, Path]:
     """Draw every text of the figure as given: class names, run names and titles come from
     folder names and options, and matplotlib reads text between two ``$`` as math (a class
     folder named ``$\\frac$`` ended the run with a traceback, ``$x$`` showed as math)."""
+
     @functools.wraps(plot)
     def drawn(*args: P.args, **kwargs: P.kwargs) -> Path:
         with matplotlib.rc_context({"text.parse_math": False}):  # tick labels are made at savefig
             return plot(*args, **kwargs)
+
     return drawn
 
 
@@ -69,16 +72,26 @@ def plot_curves(run: RunInfo, path: str | Path) -> Path:
             if x:
                 ax.plot(x, y, "-", marker="o" if len(x) <= 30 else None, ms=3, label=split)
         if best:
-            ax.axvline(best, color="0.6", ls=":", lw=1,
-                       label=f"best val (epoch {best})" if on_val else f"best.pt = last epoch ({best})")
+            ax.axvline(
+                best,
+                color="0.6",
+                ls=":",
+                lw=1,
+                label=f"best val (epoch {best})" if on_val else f"best.pt = last epoch ({best})",
+            )
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("accuracy" if what == "acc" else "loss")
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=9)
     test = f", test of best.pt {run.test_acc:.4f}" if run.test_acc is not None else ""
-    val = (f"best val acc {run.best_val_acc:.4f} (epoch {best})" if on_val and run.best_val_acc is not None
-           else f"no val split: best.pt is the last epoch ({best})" if best else "no epochs yet")
+    val = (
+        f"best val acc {run.best_val_acc:.4f} (epoch {best})"
+        if on_val and run.best_val_acc is not None
+        else f"no val split: best.pt is the last epoch ({best})"
+        if best
+        else "no epochs yet"
+    )
     fig.suptitle(f"{run.label}: {val}{test}", fontsize=11)
     return _save(fig, path)
 
@@ -89,8 +102,9 @@ def confusion_inches(num_classes: int) -> float:
 
 
 @_plain_text
-def plot_confusion(cm: Sequence[Sequence[int]], class_names: list[str], path: str | Path,
-                   title: str = "") -> Path:
+def plot_confusion(
+    cm: Sequence[Sequence[int]], class_names: list[str], path: str | Path, title: str = ""
+) -> Path:
     """confusion.png: rows (true class) normalized to 1, class names on both axes, the
     percentage in each cell when there are at most 30 classes."""
     cm = np.asarray(cm, dtype=np.float64)
@@ -104,8 +118,13 @@ def plot_confusion(cm: Sequence[Sequence[int]], class_names: list[str], path: st
     fig.colorbar(im, ax=ax, shrink=0.8)
     ticks = np.arange(n)
     fontsize = 9 if n <= 20 else 6
-    ax.set_xticks(ticks, labels=class_names, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center",
-                  fontsize=fontsize)
+    ax.set_xticks(
+        ticks,
+        labels=class_names,
+        rotation=45 if n > 4 else 0,
+        ha="right" if n > 4 else "center",
+        fontsize=fontsize,
+    )
     ax.set_yticks(ticks, labels=class_names, fontsize=fontsize)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
@@ -113,8 +132,15 @@ def plot_confusion(cm: Sequence[Sequence[int]], class_names: list[str], path: st
         for i in range(n):
             for j in range(n):
                 if cm[i, j]:
-                    ax.text(j, i, f"{100 * norm[i, j]:.0f}", ha="center", va="center", fontsize=fontsize - 1,
-                            color="white" if norm[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{100 * norm[i, j]:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=fontsize - 1,
+                        color="white" if norm[i, j] > 0.5 else "black",
+                    )
     ax.set_title(title or "confusion (rows normalized, %)", fontsize=10)
     return _save(fig, path)
 
@@ -139,8 +165,12 @@ def plot_compare(runs: list[RunInfo], path: str | Path, title: str = "", ncol: i
     fig = Figure(figsize=(w, h), dpi=DPI, layout="constrained")
     axes = fig.subplots(2, 2)
     colors = matplotlib.colormaps["tab10" if len(runs) <= 10 else "tab20"]
-    panels = [("train_loss", "train loss"), ("val_loss", "val loss"), ("train_acc", "train accuracy"),
-              ("val_acc", "val accuracy")]
+    panels = [
+        ("train_loss", "train loss"),
+        ("val_loss", "val loss"),
+        ("train_acc", "train accuracy"),
+        ("val_acc", "val accuracy"),
+    ]
     handles = []
     for i, run in enumerate(runs):
         color = colors(i % colors.N)
@@ -159,14 +189,26 @@ def plot_compare(runs: list[RunInfo], path: str | Path, title: str = "", ncol: i
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=9, frameon=False,
-                   title=LEGEND_TITLE, title_fontsize=9)
+        fig.legend(
+            handles=handles,
+            loc="outside lower center",
+            ncol=ncol,
+            fontsize=9,
+            frameon=False,
+            title=LEGEND_TITLE,
+            title_fontsize=9,
+        )
     fig.suptitle(title or "comparison", fontsize=11)
     return _save(fig, path)
 
 
-def compare_runs(paths: list[str | Path], output: str | Path = "compare.png", top: int = 10,
-                 metric: str = "val_acc", title: str = "") -> tuple[Path, list[RunInfo]]:
+def compare_runs(
+    paths: list[str | Path],
+    output: str | Path = "compare.png",
+    top: int = 10,
+    metric: str = "val_acc",
+    title: str = "",
+) -> tuple[Path, list[RunInfo]]:
     """``clfkit compare``: the ``top`` runs (by ``metric``) among run folders and sweep
     folders, overlaid in one compare.png. Returns the file and the runs drawn, best first."""
     _check_output(Path(output))

@@ -5,6 +5,7 @@ Used by ``clfkit compare``, the sweep tables and ``clfkit eval``; it only reads 
 trainer wrote (metrics.jsonl, summary.json), so it works on runs from any clfkit version that
 wrote those.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,7 +42,9 @@ def replaces_best(row: dict[str, Any], best_row: Optional[dict[str, Any]]) -> bo
 
 def selected_on(best_row: Optional[dict[str, Any]]) -> str:
     """How best.pt was chosen: ``best_val_acc`` or ``last_epoch`` (no val split)."""
-    return SELECTED_ON_VAL if best_row is not None and best_row.get("val_acc") is not None else SELECTED_ON_LAST
+    return (
+        SELECTED_ON_VAL if best_row is not None and best_row.get("val_acc") is not None else SELECTED_ON_LAST
+    )
 
 
 def _row_problem(row: Any) -> Optional[str]:
@@ -191,8 +194,10 @@ class RunInfo:
     def legend(self) -> str:
         """``label (best train, best val, test of best.pt)``, the study reports' style; a run
         without a val split shows ``-`` for best val (its best.pt is the last epoch)."""
+
         def f(v):
             return "-" if v is None else f"{v:.3f}"
+
         return f"{self.label} ({f(self.best_train_acc)}, {f(self.best_val_acc)}, {f(self.test_acc)})"
 
 
@@ -222,7 +227,9 @@ def read_summary(path: str | Path) -> Optional[dict[str, Any]]:
     for key in ("test_acc", "best_val_acc", "wall_seconds", "best_epoch"):
         v = summary.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
-            warnings.warn(f"{file}: {key!r} is {v!r}, not a finite number; ignored", RunFileWarning, stacklevel=3)
+            warnings.warn(
+                f"{file}: {key!r} is {v!r}, not a finite number; ignored", RunFileWarning, stacklevel=3
+            )
             summary[key] = None
     return summary
 
@@ -243,8 +250,10 @@ def find_runs(paths: list[str | Path]) -> list[RunInfo]:
             continue
         children = sorted(c for c in p.iterdir() if c.is_dir() and is_run(c))
         if not children:
-            raise RunFolderError(f"{p} is neither a run folder nor a folder of runs (no metrics.jsonl "
-                                 f"in it or in its sub-folders)")
+            raise RunFolderError(
+                f"{p} is neither a run folder nor a folder of runs (no metrics.jsonl "
+                f"in it or in its sub-folders)"
+            )
         found += [read_run(c) for c in children]
     # the same folder name from two sweeps: tell them apart by the parent folder
     names = [r.label for r in found]
@@ -276,12 +285,25 @@ def read_samples(run: str | Path, shape: tuple[int, int, int]):
     try:
         images = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise RunFolderError(f"{path} is not a readable .npy array ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
-                             f"delete it to export with random images instead") from None
+        raise RunFolderError(
+            f"{path} is not a readable .npy array ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+            f"delete it to export with random images instead"
+        ) from None
     want = f"uint8 images of shape (N, {shape[0]}, {shape[1]}, {shape[2]})"
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 \
-            or tuple(images.shape[1:]) != tuple(shape) or len(images) == 0:
-        got = f"{images.dtype} of shape {tuple(images.shape)}" if isinstance(images, np.ndarray) else type(images).__name__
-        raise RunFolderError(f"{path} holds {got}, but the model expects {want}; delete it to export "
-                             f"with random images instead")
+    if (
+        not isinstance(images, np.ndarray)
+        or images.dtype != np.uint8
+        or images.ndim != 4
+        or tuple(images.shape[1:]) != tuple(shape)
+        or len(images) == 0
+    ):
+        got = (
+            f"{images.dtype} of shape {tuple(images.shape)}"
+            if isinstance(images, np.ndarray)
+            else type(images).__name__
+        )
+        raise RunFolderError(
+            f"{path} holds {got}, but the model expects {want}; delete it to export "
+            f"with random images instead"
+        )
     return images

@@ -7,6 +7,7 @@ per_class.csv, mistakes.json, cam.json, calibration.json, reliability.png, eval_
 finished run; ``clfkit eval`` rebuilds it after rewriting the files it shows. It is written
 atomically like every other run file.
 """
+
 from __future__ import annotations
 
 import base64
@@ -20,8 +21,11 @@ from typing import Any, Iterable, Optional
 
 from clfkit.util.atomic import write_text
 from clfkit.run.report_insight import STYLE as _INSIGHT_STYLE, calibration_section, cam_section
-from clfkit.run.run_folder import (MISTAKES_JSON as MISTAKES_FILE, REPORT_HTML as REPORT_FILE,  # one home for run file names
-                               REPORTS_SOURCE_JSON as REPORTS_SOURCE_FILE)
+from clfkit.run.run_folder import (
+    MISTAKES_JSON as MISTAKES_FILE,
+    REPORT_HTML as REPORT_FILE,  # one home for run file names
+    REPORTS_SOURCE_JSON as REPORTS_SOURCE_FILE,
+)
 from clfkit.run.reader import RunFileWarning, read_history
 
 
@@ -67,7 +71,7 @@ def _table(rows: list[dict[str, Any]], columns: Optional[list[str]] = None) -> s
         for c in columns:
             v = r.get(c)
             num = isinstance(v, (int, float)) and not isinstance(v, bool)
-            cells.append(f'<td{" class=num" if num else ""}>{html.escape(_fmt(v))}</td>')
+            cells.append(f"<td{' class=num' if num else ''}>{html.escape(_fmt(v))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
@@ -80,9 +84,12 @@ def _figure(title: str, path: Path) -> str:
 
 
 def _page(title: str, sections: Iterable[str]) -> str:
-    return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
-            f"<title>{html.escape(title)}</title><style>{_STYLE}{_INSIGHT_STYLE}</style></head><body>"
-            + "\n".join(sections) + "</body></html>\n")
+    return (
+        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+        f"<title>{html.escape(title)}</title><style>{_STYLE}{_INSIGHT_STYLE}</style></head><body>"
+        + "\n".join(sections)
+        + "</body></html>\n"
+    )
 
 
 def _read_json(path: Path) -> Optional[dict[str, Any]]:
@@ -103,20 +110,42 @@ def _unreadable(path: Path, e: Exception | str) -> str:
 
 
 # --------------------------------------------------------------------------- one run
-SUMMARY_KEYS = ("best_val_acc", "best_epoch", "test_acc", "test_loss", "val_ece", "test_ece", "train_acc_at_best", "epochs_run",
-                "stopped_early_at", "eval_split", "params", "device", "precision", "train_images",
-                "val_images", "test_images", "skipped_files", "train_seconds", "wall_seconds",
-                "clfkit_version")
+SUMMARY_KEYS = (
+    "best_val_acc",
+    "best_epoch",
+    "test_acc",
+    "test_loss",
+    "val_ece",
+    "test_ece",
+    "train_acc_at_best",
+    "epochs_run",
+    "stopped_early_at",
+    "eval_split",
+    "params",
+    "device",
+    "precision",
+    "train_images",
+    "val_images",
+    "test_images",
+    "skipped_files",
+    "train_seconds",
+    "wall_seconds",
+    "clfkit_version",
+)
 
 
 def _mistake_card(m: dict[str, Any]) -> str:
     """One misclassified image of mistakes.json; a KeyError/TypeError for an entry that is not one."""
     where = html.escape(str(m.get("path") or f"#{m.get('index')}"))
-    png = base64.b64encode(base64.b64decode(m["png_base64"], validate=True)).decode("ascii")  # only base64 reaches the page
-    return (f'<figure><img alt="{where}" title="{where}" src="data:image/png;base64,{png}">'
-            f'<figcaption><span class="true">true: {html.escape(str(m["true"]))}</span><br>'
-            f'<span class="pred">predicted: {html.escape(str(m["predicted"]))}</span><br>'
-            f'p = {float(m["confidence"]):.3f}</figcaption></figure>')
+    png = base64.b64encode(base64.b64decode(m["png_base64"], validate=True)).decode(
+        "ascii"
+    )  # only base64 reaches the page
+    return (
+        f'<figure><img alt="{where}" title="{where}" src="data:image/png;base64,{png}">'
+        f'<figcaption><span class="true">true: {html.escape(str(m["true"]))}</span><br>'
+        f'<span class="pred">predicted: {html.escape(str(m["predicted"]))}</span><br>'
+        f"p = {float(m['confidence']):.3f}</figcaption></figure>"
+    )
 
 
 def _mistakes_section(run: Path) -> str:
@@ -126,15 +155,21 @@ def _mistakes_section(run: Path) -> str:
         return head + '<p class="muted">no mistakes.json (no labelled test or val split)</p>'
     found = data.get("mistakes") or []
     if not found:
-        return head + f'<p>no misclassified image in the {html.escape(str(data.get("split")))} split</p>'
+        return head + f"<p>no misclassified image in the {html.escape(str(data.get('split')))} split</p>"
     try:
         cards = [_mistake_card(m) for m in found]
     except (AttributeError, KeyError, TypeError, ValueError) as e:
-        return head + _unreadable(run / MISTAKES_FILE, f"not the list of mistakes clfkit writes: {type(e).__name__}: {e}")
+        return head + _unreadable(
+            run / MISTAKES_FILE, f"not the list of mistakes clfkit writes: {type(e).__name__}: {e}"
+        )
     checkpoint = html.escape(str(data.get("checkpoint") or "best.pt"))  # older runs: the trainer's best.pt
-    return (head + f'<p>{len(found)} most confident errors of {checkpoint} on the {html.escape(str(data.get("split")))} '
-            f'split ({data.get("images")} images), most confident first.</p><div class="grid">'
-            + "".join(cards) + "</div>")
+    return (
+        head
+        + f"<p>{len(found)} most confident errors of {checkpoint} on the {html.escape(str(data.get('split')))} "
+        f'split ({data.get("images")} images), most confident first.</p><div class="grid">'
+        + "".join(cards)
+        + "</div>"
+    )
 
 
 EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
@@ -175,7 +210,11 @@ def _per_class_section(run: Path) -> str:
 def _cell(column: str, value: str) -> Any:
     """A per_class.csv cell as a number where it is one (right-aligned in the table)."""
     try:
-        return int(value) if column == "support" else (float(value) if column not in ("split", "class") and value else value)
+        return (
+            int(value)
+            if column == "support"
+            else (float(value) if column not in ("split", "class") and value else value)
+        )
     except ValueError:
         return value
 
@@ -197,12 +236,17 @@ def _source_note(run: Path) -> str:
     if src is None:  # an older run: its report files are the trainer's
         return ""
     other = src.get("data_changed") is True
-    text = (f"Confusion matrix, per-class table and mistakes: {src.get('checkpoint')} on the {src.get('split')} "
-            f"split ({src.get('images')} images) by {src.get('by')}"
-            + (f", data from --data-root {src['data_root']}" if src.get("data_root") else "")
-            + f"; {src.get('data')}."
-            + (" The summary and the curves are from training, on the run's own data: the two do not compare."
-               if other else ""))
+    text = (
+        f"Confusion matrix, per-class table and mistakes: {src.get('checkpoint')} on the {src.get('split')} "
+        f"split ({src.get('images')} images) by {src.get('by')}"
+        + (f", data from --data-root {src['data_root']}" if src.get("data_root") else "")
+        + f"; {src.get('data')}."
+        + (
+            " The summary and the curves are from training, on the run's own data: the two do not compare."
+            if other
+            else ""
+        )
+    )
     return f'<p class="source{" other" if other else ""}">{html.escape(text)}</p>'
 
 
@@ -238,14 +282,23 @@ def run_href(run: str) -> str:
     return f"{urllib.parse.quote(run, safe='=,+')}/{REPORT_FILE}"
 
 
-def write_folder_report(folder: str | Path, title: str, intro: str, rows: list[dict[str, Any]],
-                        figures: list[tuple[str, Path]], tables: Iterable[tuple[str, str, list[dict]]] = ()) -> Path:
+def write_folder_report(
+    folder: str | Path,
+    title: str,
+    intro: str,
+    rows: list[dict[str, Any]],
+    figures: list[tuple[str, Path]],
+    tables: Iterable[tuple[str, str, list[dict]]] = (),
+) -> Path:
     """``folder/report.html`` for a sweep or tune folder: ``intro``, ``tables`` ((title, note,
     rows): a sweep over seeds' comparison), the table of runs ``rows`` and ``figures`` ((title,
     png path), inlined). Runs link to their own reports."""
     folder = Path(folder)
-    links = [f'<li><a href="{html.escape(run_href(str(r["run"])))}">{html.escape(str(r["run"]))}</a></li>'
-             for r in rows if r.get("run") and (folder / str(r["run"]) / REPORT_FILE).is_file()]
+    links = [
+        f'<li><a href="{html.escape(run_href(str(r["run"])))}">{html.escape(str(r["run"]))}</a></li>'
+        for r in rows
+        if r.get("run") and (folder / str(r["run"]) / REPORT_FILE).is_file()
+    ]
     sections = [f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>"]
     sections += [f"<h2>{html.escape(t)}</h2><p>{html.escape(note)}</p>" + _table(r) for t, note, r in tables]
     sections.append("<h2>Runs</h2>" + _table(rows))

@@ -32,6 +32,7 @@ therefore resumes only with the world size that saved it (anything else is refus
 epoch-boundary one resumes with any: every rank's next augmentation seed and batch order
 derive from (seed, epoch, rank), and a rank with no saved entry takes rank 0's generators.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -56,10 +57,10 @@ class Resumed:
 
     run_dir: Path
     state: dict[str, Any]
-    epoch: int                           # epochs completed
+    epoch: int  # epochs completed
     history: list[dict] = field(default_factory=list)
-    recipe: Any = None                   # the validated recipe of last.pt (check_resumable)
-    allow_data_change: bool = False      # --allow-data-change (clfkit.run.data_record)
+    recipe: Any = None  # the validated recipe of last.pt (check_resumable)
+    allow_data_change: bool = False  # --allow-data-change (clfkit.run.data_record)
 
     @property
     def mid_epoch(self) -> bool:
@@ -73,24 +74,44 @@ class Resumed:
             return (ranks[rank] if len(ranks) == world_size else ranks[0])["rng"], None
         if len(ranks) != world_size:
             saved = len(ranks)
-            how = ("clfkit train --resume RUN" if saved == 1 else
-                   f"torchrun --nproc_per_node={saved} -m clfkit train --resume RUN on one machine")
+            how = (
+                "clfkit train --resume RUN"
+                if saved == 1
+                else f"torchrun --nproc_per_node={saved} -m clfkit train --resume RUN on one machine"
+            )
             raise TrainingError(
                 f"cannot resume {self.run_dir} with {world_size} process(es): its last.pt was saved in the "
                 f"middle of epoch {self.epoch + 1} (after batch {in_epoch['batch']}) by {saved} process(es) "
                 f"and holds each one's own random and augmentation state, so it continues only with {saved}. "
                 f"Resume with {saved} ({how}); to change the number of processes, let that resumed run pass "
                 f"an epoch end and stop it there (Ctrl-C after an epoch line): an epoch-end last.pt resumes "
-                f"with any number")
+                f"with any number"
+            )
         mine = ranks[rank]
         return mine["rng"], EpochProgress(
-            batch=int(in_epoch["batch"]), lr=in_epoch.get("lr"), aug_rng=mine["aug_rng"],
-            loss_sum=mine["loss_sum"], correct=mine["correct"], seen=int(mine["seen"]),
-            nonfinite=int(mine["nonfinite"]), rng=mine["rng"])
+            batch=int(in_epoch["batch"]),
+            lr=in_epoch.get("lr"),
+            aug_rng=mine["aug_rng"],
+            loss_sum=mine["loss_sum"],
+            correct=mine["correct"],
+            seen=int(mine["seen"]),
+            nonfinite=int(mine["nonfinite"]),
+            rng=mine["rng"],
+        )
 
 
-def training_state(*, epoch: int, step: int, progress: Optional[EpochProgress], optimizer, scheduler,
-                   scaler, best: dict, history: list[dict], extra: dict[str, Any]) -> dict[str, Any]:
+def training_state(
+    *,
+    epoch: int,
+    step: int,
+    progress: Optional[EpochProgress],
+    optimizer,
+    scheduler,
+    scaler,
+    best: dict,
+    history: list[dict],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
     """The resume part of ``last.pt`` (merged with the weights and recipe by the trainer).
     Under DDP every rank must call it at once: it gathers the ranks' own states."""
     best = {k: v for k, v in best.items() if k in ("val_acc", "epoch", "row")}
@@ -98,12 +119,16 @@ def training_state(*, epoch: int, step: int, progress: Optional[EpochProgress], 
     if progress is not None:
         mine.update({k: getattr(progress, k) for k in RANK_KEYS})
     return {
-        "resume_format": RESUME_FORMAT, "epoch": epoch, "step": step,
+        "resume_format": RESUME_FORMAT,
+        "epoch": epoch,
+        "step": step,
         "in_epoch": {"batch": progress.batch, "lr": progress.lr} if progress is not None else None,
         "ranks": distributed.gather(mine),
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
-        "best": best, "history": history,
+        "best": best,
+        "history": history,
         "extra": {k: obj.state_dict() for k, obj in extra.items()},
     }
 
@@ -122,13 +147,16 @@ def restore(resumed: Resumed, *, model, optimizer, scheduler, scaler, extra: dic
             if key in saved:
                 obj.load_state_dict(saved[key])
     except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as e:
-        raise ResumeError(f"cannot resume: the training state in {last} does not fit the run its recipe "
-                          f"builds ({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); "
-                          f"a damaged or hand-edited last.pt. Train the run again") from None
+        raise ResumeError(
+            f"cannot resume: the training state in {last} does not fit the run its recipe "
+            f"builds ({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); "
+            f"a damaged or hand-edited last.pt. Train the run again"
+        ) from None
     unknown = sorted(set(saved) - set(extra))
     if unknown:
-        warnings.warn(f"last.pt holds state for {unknown}, which this trainer does not use; ignored",
-                      stacklevel=2)
+        warnings.warn(
+            f"last.pt holds state for {unknown}, which this trainer does not use; ignored", stacklevel=2
+        )
 
 
 def load_resume_state(run_dir: str | Path) -> Resumed:
@@ -149,7 +177,9 @@ def load_resume_state(run_dir: str | Path) -> Resumed:
         raise ResumeError(f"cannot resume: {last} is damaged or hand-edited: {problem}. Train the run again")
     if "ranks" not in state:  # format 1: one process, its own state at the top level
         in_epoch = state.get("in_epoch")
-        state["ranks"] = [{"rng": state["rng"], **({k: in_epoch.get(k, 0) for k in RANK_KEYS} if in_epoch else {})}]
+        state["ranks"] = [
+            {"rng": state["rng"], **({k: in_epoch.get(k, 0) for k in RANK_KEYS} if in_epoch else {})}
+        ]
         state["in_epoch"] = {"batch": in_epoch["batch"], "lr": in_epoch.get("lr")} if in_epoch else None
     best = RunFolder(run_dir).best
     if best.exists():  # the final test evaluation (and export) use it: refuse now, not after the training
@@ -171,9 +201,11 @@ def describe_class_change(old: list[str], new: list[str]) -> Optional[str]:
         parts.append(f"new: {', '.join(map(repr, added))}")
     if not parts:
         parts.append("the same names in another order")
-    return (f"the run was trained on {len(old)} classes {list(old)}, but its data now has {len(new)} classes "
-            f"{list(new)} ({'; '.join(parts)}). Class indices would no longer match the labels the model "
-            f"learned")
+    return (
+        f"the run was trained on {len(old)} classes {list(old)}, but its data now has {len(new)} classes "
+        f"{list(new)} ({'; '.join(parts)}). Class indices would no longer match the labels the model "
+        f"learned"
+    )
 
 
 def check_same_data(resumed: Resumed, class_names: list[str], channels: int, image_size) -> None:
@@ -182,14 +214,18 @@ def check_same_data(resumed: Resumed, class_names: list[str], channels: int, ima
     last = RunFolder(resumed.run_dir).last
     change = describe_class_change(resumed.state["class_names"], class_names)
     if change:
-        raise ResumeError(f"cannot resume {resumed.run_dir}: {change}. Restore the class folders as they were, "
-                          f"or train a new run on the new classes; nothing was changed in the run folder")
+        raise ResumeError(
+            f"cannot resume {resumed.run_dir}: {change}. Restore the class folders as they were, "
+            f"or train a new run on the new classes; nothing was changed in the run folder"
+        )
     spec = resumed.state["input"]
     now = {"channels": channels, "image_size": list(image_size)}
     was = {"channels": spec["channels"], "image_size": list(spec["image_size"])}
     if now != was:
-        raise ResumeError(f"cannot resume {resumed.run_dir}: {last} was trained on {was}, but the data now "
-                          f"gives {now}; train a new run instead")
+        raise ResumeError(
+            f"cannot resume {resumed.run_dir}: {last} was trained on {was}, but the data now "
+            f"gives {now}; train a new run instead"
+        )
 
 
 def stored_normalization(resumed: Resumed) -> tuple[list[float], list[float], str]:
@@ -206,9 +242,11 @@ def _check_best(best_state: dict[str, Any], last_state: dict[str, Any], best: Pa
     theirs = {k: tuple(getattr(v, "shape", ())) for k, v in best_state["model"].items()}
     if shapes and shapes != theirs:
         odd = sorted(k for k in shapes.keys() | theirs.keys() if shapes.get(k) != theirs.get(k))
-        raise ResumeError(f"cannot resume: {best} does not hold the weights of this run's model (they differ "
-                          f"from last.pt's at {', '.join(odd[:3])}{' ...' if len(odd) > 3 else ''}); a damaged or "
-                          f"hand-edited best.pt. Restore it, or train the run again")
+        raise ResumeError(
+            f"cannot resume: {best} does not hold the weights of this run's model (they differ "
+            f"from last.pt's at {', '.join(odd[:3])}{' ...' if len(odd) > 3 else ''}); a damaged or "
+            f"hand-edited best.pt. Restore it, or train the run again"
+        )
 
 
 def _resume_state_problem(state: dict[str, Any]) -> Optional[str]:
@@ -224,8 +262,11 @@ def _resume_state_problem(state: dict[str, Any]) -> Optional[str]:
     if in_epoch is not None and not (isinstance(in_epoch, dict) and isinstance(in_epoch.get("batch"), int)):
         return f"'in_epoch' is {in_epoch!r}"
     ranks = state.get("ranks", [{"rng": state.get("rng")}])
-    if not (isinstance(ranks, list) and ranks and all(isinstance(r, dict) and isinstance(r.get("rng"), dict)
-                                                        for r in ranks)):
+    if not (
+        isinstance(ranks, list)
+        and ranks
+        and all(isinstance(r, dict) and isinstance(r.get("rng"), dict) for r in ranks)
+    ):
         return "'ranks' is not a list of per-process states"
     if not isinstance(state.get("best", {}), dict) or not isinstance(state.get("history", []), list):
         return "'best' or 'history' is not what the trainer writes"
@@ -240,10 +281,14 @@ def check_resumable(run_dir: str | Path) -> Resumed:
     resumed = load_resume_state(run_dir)
     folder = RunFolder(run_dir)
     last = folder.last
-    missing = [k for k in ("model", "recipe", "class_names", "input", "scheduler", "best") if k not in resumed.state]
+    missing = [
+        k for k in ("model", "recipe", "class_names", "input", "scheduler", "best") if k not in resumed.state
+    ]
     if missing:
-        raise ResumeError(f"cannot resume: {last} is damaged or hand-edited: it lacks "
-                          f"{', '.join(map(repr, missing))}. Train the run again")
+        raise ResumeError(
+            f"cannot resume: {last} is damaged or hand-edited: it lacks "
+            f"{', '.join(map(repr, missing))}. Train the run again"
+        )
     resumed.recipe = validate_recipe(resumed.state["recipe"], source=f"{last} recipe")
     epochs = resumed.recipe.train.epochs
     if resumed.epoch >= epochs and not resumed.mid_epoch and folder.finished:
@@ -258,19 +303,25 @@ def check_recipe_file(folder: RunFolder, recipe: Recipe) -> None:
     recording a recipe its run never used. A missing recipe.yaml is written back on resume."""
     if not folder.recipe.is_file():
         return
-    how = (f"restore {folder.recipe} (or delete it: --resume writes it back from last.pt); to train "
-           f"with the edited recipe, start a new run: clfkit train {folder.recipe} --out OTHER_FOLDER")
+    how = (
+        f"restore {folder.recipe} (or delete it: --resume writes it back from last.pt); to train "
+        f"with the edited recipe, start a new run: clfkit train {folder.recipe} --out OTHER_FOLDER"
+    )
     try:
         on_file = validate_recipe(read_yaml(folder.recipe), source=str(folder.recipe)).to_dict()
     except ClfkitError as e:
-        raise ResumeError(f"cannot resume: {folder.recipe} no longer reads as the run's recipe ({e}); {how}") from None
+        raise ResumeError(
+            f"cannot resume: {folder.recipe} no longer reads as the run's recipe ({e}); {how}"
+        ) from None
     changed = recipe_differences(recipe.to_dict(), on_file)
     if changed:
         shown = "; ".join(f"{path}: {old!r} -> {new!r}" for path, old, new in changed[:5])
         more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
-        raise ResumeError(f"cannot resume: {folder.recipe} was edited since the run started ({shown}{more}); "
-                          f"--resume continues the run exactly as last.pt records it, so the edit would be "
-                          f"ignored; {how}")
+        raise ResumeError(
+            f"cannot resume: {folder.recipe} was edited since the run started ({shown}{more}); "
+            f"--resume continues the run exactly as last.pt records it, so the edit would be "
+            f"ignored; {how}"
+        )
 
 
 def check_folder_resumable(run_dir: Path) -> None:
@@ -291,7 +342,11 @@ def _no_last_pt(run_dir: Path) -> ResumeError:
             runs = []
         if runs:
             shown = ", ".join(str(run_dir / r) for r in runs[:5]) + (", ..." if len(runs) > 5 else "")
-            return ResumeError(f"cannot resume: {run_dir} is not a run folder, it holds run folders; "
-                               f"name one of them: {shown}")
-    return ResumeError(f"cannot resume: {run_dir} has no last.pt (the run stopped before its first "
-                       f"checkpoint); start it again with `clfkit train RECIPE`")
+            return ResumeError(
+                f"cannot resume: {run_dir} is not a run folder, it holds run folders; "
+                f"name one of them: {shown}"
+            )
+    return ResumeError(
+        f"cannot resume: {run_dir} has no last.pt (the run stopped before its first "
+        f"checkpoint); start it again with `clfkit train RECIPE`"
+    )

@@ -39,6 +39,7 @@ Under torchrun only rank 0 writes the run folder (the others use private folders
 rank 0 (``RANK`` unset or 0) takes the lock. A process may take the same run's lock again
 while it holds it (``train --resume`` locks, then the trainer it calls locks again).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -95,8 +96,10 @@ def _holder_text(lock_path: Path) -> str:
         try:
             info = json.loads(lock_path.read_text(encoding="utf-8"))
             if isinstance(info, dict) and info.get("pid"):
-                return (f"pid {info['pid']} on host {info.get('host', '?')}, since {info.get('started', '?')}, "
-                        f"running `{info.get('command', '?')}`")
+                return (
+                    f"pid {info['pid']} on host {info.get('host', '?')}, since {info.get('started', '?')}, "
+                    f"running `{info.get('command', '?')}`"
+                )
         except (OSError, ValueError):
             pass
         time.sleep(0.05)
@@ -104,11 +107,13 @@ def _holder_text(lock_path: Path) -> str:
 
 
 def _locked_message(run: Path, lock_path: Path, purpose: str) -> str:
-    return (f"cannot {purpose} {run}: another clfkit process is writing into this run folder "
-            f"({_holder_text(lock_path)}). Two writers would duplicate metrics and overwrite each other's "
-            f"checkpoints. Wait for it to finish, or stop it (Ctrl-C saves last.pt) and then resume with "
-            f"`clfkit train --resume {run}`. The lock ({lock_path}) goes away by itself when that process "
-            f"ends, even if it is killed")
+    return (
+        f"cannot {purpose} {run}: another clfkit process is writing into this run folder "
+        f"({_holder_text(lock_path)}). Two writers would duplicate metrics and overwrite each other's "
+        f"checkpoints. Wait for it to finish, or stop it (Ctrl-C saves last.pt) and then resume with "
+        f"`clfkit train --resume {run}`. The lock ({lock_path}) goes away by itself when that process "
+        f"ends, even if it is killed"
+    )
 
 
 def _acquire(run: Path, purpose: str) -> int:
@@ -118,16 +123,21 @@ def _acquire(run: Path, purpose: str) -> int:
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise WriteError(f"cannot {purpose} {run}: cannot create its lock file {lock_path}: "
-                             f"{e.strerror or e}") from None
+            raise WriteError(
+                f"cannot {purpose} {run}: cannot create its lock file {lock_path}: {e.strerror or e}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise RunLockedError(_locked_message(run, lock_path, purpose)) from None
         except OSError as e:  # a filesystem without locks (some network mounts)
-            warnings.warn(f"cannot lock {run} ({e.strerror or e}): nothing stops a second clfkit process from "
-                          f"writing into it at the same time", RunLockWarning, stacklevel=4)
+            warnings.warn(
+                f"cannot lock {run} ({e.strerror or e}): nothing stops a second clfkit process from "
+                f"writing into it at the same time",
+                RunLockWarning,
+                stacklevel=4,
+            )
             return fd
         try:
             same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
@@ -139,10 +149,17 @@ def _acquire(run: Path, purpose: str) -> int:
 
 
 def _write_holder(fd: int) -> None:
-    info = {"pid": os.getpid(), "host": socket.gethostname(),
-            "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-            "command": " ".join(["clfkit" if i == 0 and a.endswith(("clfkit", "__main__.py")) else a
-                                 for i, a in enumerate(sys.argv)])}
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "command": " ".join(
+            [
+                "clfkit" if i == 0 and a.endswith(("clfkit", "__main__.py")) else a
+                for i, a in enumerate(sys.argv)
+            ]
+        ),
+    }
     data = (json.dumps(info) + "\n").encode()
     os.ftruncate(fd, 0)
     os.pwrite(fd, data, 0)
@@ -182,12 +199,15 @@ def run_lock(run: str | os.PathLike, purpose: str = "write into") -> Iterator[No
 def holds_run_lock(purpose: str) -> Callable[[F], F]:
     """Decorator: the function's first argument (or ``run_dir=``) is a run folder, locked for
     the whole call."""
+
     def wrap(fn: F) -> F:
         @functools.wraps(fn)
         def locked(*args, **kwargs):
             with run_lock(args[0] if args else kwargs["run_dir"], purpose):
                 return fn(*args, **kwargs)
+
         return locked  # type: ignore[return-value]
+
     return wrap
 
 

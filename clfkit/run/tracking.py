@@ -24,6 +24,7 @@ After the run, ``clfkit export`` logs the ONNX file it wrote into the same MLflo
 Anything with ``epoch`` (and optionally ``finish``/``close``) can be passed to
 ``clfkit.train.trainer.train(..., trackers=[...])``; ``clfkit tune`` feeds its pruner this way.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,22 @@ from typing import Any, Optional, Protocol, Sequence
 
 from clfkit.errors import TrackingError, TrackingWarning  # noqa: F401 - importable from here too
 from clfkit.run.mlflow_tracking import (  # noqa: F401 - the mlflow tracker's names, importable from here
-    ARTIFACTS, DEFAULT_EXPERIMENT, EXPERIMENT_ENV, EXPORT_ARTIFACTS, PARENT_ENV, TRACKING_FILE, MLflowTracker,
-    _numbers, checked_store, flatten, log_export, parent_run, sqlite_path, sqlite_url, tracking_uri)
+    ARTIFACTS,
+    DEFAULT_EXPERIMENT,
+    EXPERIMENT_ENV,
+    EXPORT_ARTIFACTS,
+    PARENT_ENV,
+    TRACKING_FILE,
+    MLflowTracker,
+    _numbers,
+    checked_store,
+    flatten,
+    log_export,
+    parent_run,
+    sqlite_path,
+    sqlite_url,
+    tracking_uri,
+)
 from clfkit.run.run_folder import RunFolder
 
 TRACKERS = ("tensorboard", "mlflow")
@@ -49,10 +64,8 @@ def _tag(key: str) -> str:
     """train_loss -> loss/train, val_acc -> acc/val: TensorBoard then overlays train and val."""
     for split in ("train", "val", "test"):
         if key.startswith(split + "_"):
-            return f"{key[len(split) + 1:]}/{split}"
+            return f"{key[len(split) + 1 :]}/{split}"
     return f"run/{key}"
-
-
 
 
 class TensorBoardTracker:
@@ -68,8 +81,11 @@ class TensorBoardTracker:
         except ImportError:  # the optional extra is not installed: CSV and JSONL only
             return None
         # purge_step drops events a resumed run is about to write again
-        return cls(SummaryWriter(log_dir=str(RunFolder(run).tensorboard),
-                                 purge_step=start_epoch + 1 if start_epoch else None))
+        return cls(
+            SummaryWriter(
+                log_dir=str(RunFolder(run).tensorboard), purge_step=start_epoch + 1 if start_epoch else None
+            )
+        )
 
     def epoch(self, row: dict[str, Any]) -> None:
         if self.writer is None:
@@ -79,9 +95,13 @@ class TensorBoardTracker:
                 self.writer.add_scalar(_tag(key), value, int(row["epoch"]))
             self.writer.flush()
         except OSError as e:  # a full disk must not end the run: the event files are a copy
-            warnings.warn(f"TensorBoard: writing {self.writer.log_dir} failed at epoch {row['epoch']} "
-                          f"({e.strerror or e}); training goes on without TensorBoard, and metrics.jsonl "
-                          f"has every epoch", TrackingWarning, stacklevel=2)
+            warnings.warn(
+                f"TensorBoard: writing {self.writer.log_dir} failed at epoch {row['epoch']} "
+                f"({e.strerror or e}); training goes on without TensorBoard, and metrics.jsonl "
+                f"has every epoch",
+                TrackingWarning,
+                stacklevel=2,
+            )
             self.close()
 
     def close(self) -> None:
@@ -119,8 +139,14 @@ def require_trackers(names: Sequence[str]) -> None:
         checked_store()  # the package, and a store that works, before the run folder exists
 
 
-def open_trackers(names: Sequence[str], run: Path, recipe: dict[str, Any], start_epoch: int,
-                  extra: Sequence[Any] = (), main: bool = True) -> Trackers:
+def open_trackers(
+    names: Sequence[str],
+    run: Path,
+    recipe: dict[str, Any],
+    start_epoch: int,
+    extra: Sequence[Any] = (),
+    main: bool = True,
+) -> Trackers:
     """The trackers ``names`` (the recipe's train.track) for run folder ``run``, then ``extra``.
     Only the main process of a multi-process run reports to MLflow."""
     found: list[Any] = []

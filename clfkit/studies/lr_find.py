@@ -20,6 +20,7 @@ Nothing is written but the plot: no run folder, no checkpoint. The plot goes
 where ``out`` says (default ``lr_find_<recipe name>.png`` in the current folder), and an
 existing file there is replaced only when it is a PNG.
 """
+
 from __future__ import annotations
 
 import io
@@ -58,8 +59,8 @@ from clfkit.recipe import Recipe
 from clfkit.train.init_weights import input_normalization, load_init
 from clfkit.run.reader import is_run
 
-BETA = 0.98      # the loss's moving average
-DIVERGE = 4.0    # stop once the smoothed loss is this many times its minimum
+BETA = 0.98  # the loss's moving average
+DIVERGE = 4.0  # stop once the smoothed loss is this many times its minimum
 STEPS = (10, 10_000)  # --steps: fewer find no descent; more is a typo (fastai and Lightning take 100)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -68,28 +69,39 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 class LRFindResult:
     plot: Path
     lrs: list[float] = field(default_factory=list)
-    losses: list[float] = field(default_factory=list)     # each step's loss
-    smoothed: list[float] = field(default_factory=list)   # the bias-corrected moving average
-    suggested: float | None = None                     # steepest descent of the smoothed loss
-    min_over_10: float | None = None                   # the LR of the lowest smoothed loss / 10
-    stopped: str = ""                                     # why the test ended before end_lr, if it did
-    settings: str = ""                                    # the training settings its steps follow
+    losses: list[float] = field(default_factory=list)  # each step's loss
+    smoothed: list[float] = field(default_factory=list)  # the bias-corrected moving average
+    suggested: float | None = None  # steepest descent of the smoothed loss
+    min_over_10: float | None = None  # the LR of the lowest smoothed loss / 10
+    stopped: str = ""  # why the test ended before end_lr, if it did
+    settings: str = ""  # the training settings its steps follow
 
     def lines(self) -> list[str]:
         """What the CLI prints: the range, why it stopped, the suggestion, the plot."""
-        out = [f"{len(self.lrs)} steps, lr {self.lrs[0]:.2e} to {self.lrs[-1]:.2e}" if self.lrs else "no step finished"]
+        out = [
+            f"{len(self.lrs)} steps, lr {self.lrs[0]:.2e} to {self.lrs[-1]:.2e}"
+            if self.lrs
+            else "no step finished"
+        ]
         out += [self.settings] if self.settings else []
         if self.stopped:
             out.append(f"stopped early: {self.stopped}")
         if self.min_over_10 is None:
-            out.append(f"no suggestion: {len(self.lrs)} step(s) before the test ended are too few to find a descent; "
-                       f"raise --steps, or lower --end-lr when the loss diverged")
+            out.append(
+                f"no suggestion: {len(self.lrs)} step(s) before the test ended are too few to find a descent; "
+                f"raise --steps, or lower --end-lr when the loss diverged"
+            )
         elif self.suggested is None:
-            out.append("no suggestion: the loss was lowest within the first tenth of the steps (no descent to find); "
-                       "lower --start-lr" + (f". The minimum / 10: {self.min_over_10:.2e}" if self.min_over_10 else ""))
+            out.append(
+                "no suggestion: the loss was lowest within the first tenth of the steps (no descent to find); "
+                "lower --start-lr"
+                + (f". The minimum / 10: {self.min_over_10:.2e}" if self.min_over_10 else "")
+            )
         else:
-            out.append(f"suggested lr: {self.suggested:.2e} (steepest descent of the smoothed loss); the minimum / 10: "
-                       f"{self.min_over_10:.2e}. Try: --set optim.lr={self.suggested:.2e}")
+            out.append(
+                f"suggested lr: {self.suggested:.2e} (steepest descent of the smoothed loss); the minimum / 10: "
+                f"{self.min_over_10:.2e}. Try: --set optim.lr={self.suggested:.2e}"
+            )
         return out + [f"wrote {self.plot}"]
 
 
@@ -104,8 +116,10 @@ def plot_path(recipe: Recipe, out: str | Path | None) -> Path:
     if not path.parent.is_dir():
         raise LRFindError(f"-o {path}: the folder {path.parent} does not exist")
     if is_run(path.parent):
-        raise LRFindError(f"-o {path}: {path.parent} is a run folder, and lr-find writes nothing into run "
-                          f"folders; give a path outside it")
+        raise LRFindError(
+            f"-o {path}: {path.parent} is a run folder, and lr-find writes nothing into run "
+            f"folders; give a path outside it"
+        )
     if path.exists():
         try:
             with path.open("rb") as f:
@@ -113,8 +127,10 @@ def plot_path(recipe: Recipe, out: str | Path | None) -> Path:
         except OSError as e:
             raise LRFindError(f"-o {path}: cannot read the file there ({e.strerror})") from None
         if not is_png:
-            raise LRFindError(f"-o {path} exists and is not a PNG image; lr-find replaces only an earlier plot. "
-                              f"Give another name")
+            raise LRFindError(
+                f"-o {path} exists and is not a PNG image; lr-find replaces only an earlier plot. "
+                f"Give another name"
+            )
     return path
 
 
@@ -128,18 +144,27 @@ def suggestions(lrs: list[float], smoothed: list[float]) -> tuple[float | None, 
     lowest = skip + int(np.argmin(smoothed[skip:]))
     if lowest - skip < 2:
         return None, float(lrs[lowest]) / 10
-    x, y = np.log10(lrs[skip:lowest + 1]), np.array(smoothed[skip:lowest + 1])
+    x, y = np.log10(lrs[skip : lowest + 1]), np.array(smoothed[skip : lowest + 1])
     slope = np.gradient(y, x)[:-1]  # not the minimum itself (a one-sided difference there)
     return float(lrs[skip + int(np.argmin(slope))]), float(lrs[lowest]) / 10
 
 
-def lr_find(recipe: Recipe, out: str | Path | None = None, *, start_lr: float = 1e-7, end_lr: float = 10.0,
-            steps: int = 100, log: Callable[[str], None] = print) -> LRFindResult:
+def lr_find(
+    recipe: Recipe,
+    out: str | Path | None = None,
+    *,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    steps: int = 100,
+    log: Callable[[str], None] = print,
+) -> LRFindResult:
     """Run the range test on ``recipe`` and write its plot; see the module docstring."""
     if not (math.isfinite(start_lr) and math.isfinite(end_lr) and 0 < start_lr < end_lr):
         raise LRFindError(f"--start-lr {start_lr:g} and --end-lr {end_lr:g}: need 0 < start < end")
     if not STEPS[0] <= steps <= STEPS[1]:
-        raise LRFindError(f"--steps {steps}: give {STEPS[0]} to {STEPS[1]:,} optimizer steps (100 is the usual)")
+        raise LRFindError(
+            f"--steps {steps}: give {STEPS[0]} to {STEPS[1]:,} optimizer steps (100 is the usual)"
+        )
     path = plot_path(recipe, out)  # before any data is read: a bad -o fails at once
     result = LRFindResult(path)
     _range_test(recipe, result, start_lr, end_lr, steps)
@@ -165,15 +190,34 @@ def _setup(recipe: Recipe) -> tuple[TrainState, Any, Any]:
     model = place_model(model, rt)
     optimizer = build_optimizer(recipe, model, regularizers)
     per_image, batched = build_augmentations(recipe)
-    prep = BatchPrep(batched, [r for r in regularizers if hasattr(r, "on_batch")], splits.num_classes,
-                     rt.channels_last)
+    prep = BatchPrep(
+        batched, [r for r in regularizers if hasattr(r, "on_batch")], splits.num_classes, rt.channels_last
+    )
     loss_fn = build_loss(recipe, splits.num_classes, splits).to(rt.device)
     # on_nonfinite "skip": a NaN/inf loss returns None from train_step, and the test ends there
-    state = TrainState(rt=rt, model=model, net=model, loss_fn=loss_fn, optimizer=optimizer, scheduler=None,
-                       scaler=grad_scaler(rt), prep=prep, regularizers=regularizers, on_nonfinite="skip")
+    state = TrainState(
+        rt=rt,
+        model=model,
+        net=model,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        scheduler=None,
+        scaler=grad_scaler(rt),
+        prep=prep,
+        regularizers=regularizers,
+        on_nonfinite="skip",
+    )
     tc, workers = recipe.train, recipe.data.workers if recipe.data.workers is not None else 0
-    batches = train_batches_for(splits.train, tc.batch_size, recipe.seed, drop_last=tc.drop_last, device=rt.device,
-                                per_image=per_image, workers=workers, sampler=recipe.data.sampler)
+    batches = train_batches_for(
+        splits.train,
+        tc.batch_size,
+        recipe.seed,
+        drop_last=tc.drop_last,
+        device=rt.device,
+        per_image=per_image,
+        workers=workers,
+        sampler=recipe.data.sampler,
+    )
     return state, batches, splits
 
 
@@ -181,11 +225,17 @@ def as_trained(recipe: Recipe, precision: str) -> str:
     """The training settings the test's steps follow (``precision``: as resolved on this machine)."""
     tc = recipe.train
     hooks = [str(r.get("name", "?")) for r in recipe.regularizers]
-    return (f"each step as in training: batch {tc.batch_size}" + (f" x accumulate {tc.accumulate}" if tc.accumulate > 1
-                                                                 else "")
-            + f", precision {precision}" + (f", regularizers {', '.join(hooks)}" if hooks else "")
-            + (", backbone frozen as in epoch 1 (train.freeze)" if frozen_in_epoch(tc.freeze, tc.unfreeze_epoch, 0)
-               else ""))
+    return (
+        f"each step as in training: batch {tc.batch_size}"
+        + (f" x accumulate {tc.accumulate}" if tc.accumulate > 1 else "")
+        + f", precision {precision}"
+        + (f", regularizers {', '.join(hooks)}" if hooks else "")
+        + (
+            ", backbone frozen as in epoch 1 (train.freeze)"
+            if frozen_in_epoch(tc.freeze, tc.unfreeze_epoch, 0)
+            else ""
+        )
+    )
 
 
 def _range_test(recipe: Recipe, result: LRFindResult, start_lr: float, end_lr: float, steps: int) -> None:
@@ -204,24 +254,32 @@ def _range_test(recipe: Recipe, result: LRFindResult, start_lr: float, end_lr: f
     while len(result.lrs) < steps and _epoch(recipe, state, batches, epoch, result, steps):
         epoch += 1
     if not result.lrs and not result.stopped:
-        raise LRFindError(f"the train split gave no batch: {len(splits.train)} image(s), train.batch_size "
-                          f"{recipe.train.batch_size}, drop_last {recipe.train.drop_last}; give it more images or "
-                          f"a smaller batch" + _kept(result.plot))
+        raise LRFindError(
+            f"the train split gave no batch: {len(splits.train)} image(s), train.batch_size "
+            f"{recipe.train.batch_size}, drop_last {recipe.train.drop_last}; give it more images or "
+            f"a smaller batch" + _kept(result.plot)
+        )
 
 
-def _epoch(recipe: Recipe, state: TrainState, batches: Any, epoch: int, result: LRFindResult, steps: int) -> bool:
+def _epoch(
+    recipe: Recipe, state: TrainState, batches: Any, epoch: int, result: LRFindResult, steps: int
+) -> bool:
     """One pass over the train batches; False once the test is over (or the epoch gave no step)."""
     tc = recipe.train
     if tc.freeze:  # as the trainer does: a function of the epoch
-        state.frozen_norms = set_backbone_frozen(getattr(state.net, "net", state.net),
-                                                 frozen_in_epoch(tc.freeze, tc.unfreeze_epoch, epoch))
+        state.frozen_norms = set_backbone_frozen(
+            getattr(state.net, "net", state.net), frozen_in_epoch(tc.freeze, tc.unfreeze_epoch, epoch)
+        )
     state.model.train()
     for m in state.frozen_norms:
         m.eval()
     rt = state.rt
-    sums = EpochSums(torch.zeros((), device=rt.device), torch.zeros((), device=rt.device),
-                     torch.Generator(device=rt.device).manual_seed(recipe.seed * 7919 + epoch),
-                     NonFiniteGuard(rt, "skip", epoch, state.optimizer))
+    sums = EpochSums(
+        torch.zeros((), device=rt.device),
+        torch.zeros((), device=rt.device),
+        torch.Generator(device=rt.device).manual_seed(recipe.seed * 7919 + epoch),
+        NonFiniteGuard(rt, "skip", epoch, state.optimizer),
+    )
     total, stepped, loss_before, seen_before = len(batches), False, 0.0, 0
     for i, (x, y) in enumerate(batches.epoch(epoch)):
         micro, group = in_group(i, total, tc.accumulate)
@@ -246,7 +304,7 @@ def _record(result: LRFindResult, lr: float, value: float) -> bool:
         _not_finite(result, lr)
         return bool(result.lrs)
     i = len(result.lrs)
-    avg = result.smoothed[-1] * (1 - BETA ** i) if i else 0.0  # the moving average before bias correction
+    avg = result.smoothed[-1] * (1 - BETA**i) if i else 0.0  # the moving average before bias correction
     avg = BETA * avg + (1 - BETA) * value
     smooth = avg / (1 - BETA ** (i + 1))
     result.lrs.append(lr)
@@ -262,15 +320,20 @@ def _not_finite(result: LRFindResult, lr: float) -> None:
     if result.lrs:
         result.stopped = f"the loss was not finite at lr {lr:.3g}"
         return
-    raise LRFindError(f"the loss was not finite at lr={lr:.2e} on the first step, before the LR could matter: the "
-                      f"model's initial weights (or init:), the loss or the data give it. Try train.precision: fp32, check the data "
-                      f"(clfkit data check) and any custom model or loss, or a recipe that trains" + _kept(result.plot))
+    raise LRFindError(
+        f"the loss was not finite at lr={lr:.2e} on the first step, before the LR could matter: the "
+        f"model's initial weights (or init:), the loss or the data give it. Try train.precision: fp32, check the data "
+        f"(clfkit data check) and any custom model or loss, or a recipe that trains" + _kept(result.plot)
+    )
 
 
 def _kept(plot: Path) -> str:
     """The note an error adds when an earlier plot lies where this one was to go."""
-    return f". No plot was written; {plot} is an earlier one, not of this test" if plot.exists() else \
-        ". No plot was written"
+    return (
+        f". No plot was written; {plot} is an earlier one, not of this test"
+        if plot.exists()
+        else ". No plot was written"
+    )
 
 
 def _plot(result: LRFindResult, name: str) -> None:
@@ -280,21 +343,27 @@ def _plot(result: LRFindResult, name: str) -> None:
     ax = fig.subplots()
     ax.plot(result.lrs, result.losses, color="0.75", lw=1, label="loss per step")
     ax.plot(result.lrs, result.smoothed, color="#235", lw=2, label=f"smoothed (EMA {BETA})")
-    for lr, style, label in ((result.suggested, "#c33", "suggested: steepest descent"),
-                             (result.min_over_10, "#e90", "minimum / 10")):
+    for lr, style, label in (
+        (result.suggested, "#c33", "suggested: steepest descent"),
+        (result.min_over_10, "#e90", "minimum / 10"),
+    ):
         if lr is not None:
             ax.axvline(lr, color=style, ls="--", lw=1, label=f"{label} {lr:.2e}")
     ax.set_xscale("log")  # its tick labels are mathtext: only the title (the recipe's name) is plain
     if result.smoothed:  # the divergence tail would squash the interesting part
-        shown = result.smoothed[max(1, len(result.smoothed) // 10):] or result.smoothed
+        shown = result.smoothed[max(1, len(result.smoothed) // 10) :] or result.smoothed
         lo = min(shown)
-        hi = max(shown[:shown.index(lo) + 1])
+        hi = max(shown[: shown.index(lo) + 1])
         ax.set_ylim(lo - 0.1 * (hi - lo) - 1e-3, hi + 0.25 * (hi - lo) + 1e-3)
     ax.set(xlabel="learning rate (optim.lr)", ylabel="training loss")
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="best", fontsize=9)
-    ax.set_title(f"LR range test of {name}: {len(result.lrs)} steps" + (f"; {result.stopped}" if result.stopped else ""),
-                 fontsize=10, parse_math=False)
+    ax.set_title(
+        f"LR range test of {name}: {len(result.lrs)} steps"
+        + (f"; {result.stopped}" if result.stopped else ""),
+        fontsize=10,
+        parse_math=False,
+    )
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     write_bytes(result.plot, buf.getvalue())

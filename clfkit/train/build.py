@@ -1,5 +1,6 @@
 """Recipe -> objects: the registry lookups that turn a validated recipe into data, a model,
 a loss, an optimizer, a schedule, augmentations and regularizers."""
+
 from __future__ import annotations
 
 import inspect
@@ -45,8 +46,16 @@ def build_data(recipe: Recipe) -> Splits:
     settings = {"image_size": list(d.size), "channels": channels, "resize": d.resize, "on_error": d.on_error}
 
     def load() -> Splits:
-        return registry.create("dataset", name, image_size=d.size, channels=channels, resize=d.resize,
-                               seed=recipe.seed, on_error=d.on_error, **args)
+        return registry.create(
+            "dataset",
+            name,
+            image_size=d.size,
+            channels=channels,
+            resize=d.resize,
+            seed=recipe.seed,
+            on_error=d.on_error,
+            **args,
+        )
 
     # a streamed source (WebDataset shards) is read while training: nothing to decode or cache
     streamed = getattr(registry.get("dataset", name).obj, "streamed", False)
@@ -87,18 +96,27 @@ def normalization(recipe: Recipe, train: ImageSet) -> tuple[list[float], list[fl
     if n == "auto":
         return train_statistics(train)
     if n == "init":  # the init run's: clfkit.train.init_weights.input_normalization resolves it
-        raise RecipeError([("data.normalize", "`init` is resolved from the init run (clfkit.train.init_weights)")])
+        raise RecipeError(
+            [("data.normalize", "`init` is resolved from the init run (clfkit.train.init_weights)")]
+        )
     mean, std = list(n.mean), list(n.std)
     if c == 1 and len(mean) == 3:  # an RGB recipe run on grayscale data
         mean, std = [sum(mean) / 3], [sum(std) / 3]
     if len(mean) != c or len(std) != c:
-        raise DataError(f"data.normalize gives {len(mean)} mean / {len(std)} std values, "
-                        f"but the data has {c} channel(s)")
+        raise DataError(
+            f"data.normalize gives {len(mean)} mean / {len(std)} std values, but the data has {c} channel(s)"
+        )
     return mean, std
 
 
-def build_model(recipe: Recipe, num_classes: int, in_chans: int, image_size: tuple[int, int],
-                mean: list[float], std: list[float]) -> ImageClassifier:
+def build_model(
+    recipe: Recipe,
+    num_classes: int,
+    in_chans: int,
+    image_size: tuple[int, int],
+    mean: list[float],
+    std: list[float],
+) -> ImageClassifier:
     """The recipe's model for data of this shape, wrapped with its input normalization."""
     name, args = registry.split_spec(recipe.model)
     context = dict(num_classes=num_classes, in_chans=in_chans, image_size=tuple(image_size))
@@ -120,15 +138,23 @@ def _check_output(net: nn.Module, name: str, num_classes: int, in_chans: int, si
     except ClfkitError:
         raise
     except Exception as e:  # noqa: BLE001 - the plugin's own code: named, with its error
-        raise RegistryError(f"{who} failed on a batch of shape {tuple(x.shape)}: {type(e).__name__}: "
-                            f"{e}") from e
+        raise RegistryError(
+            f"{who} failed on a batch of shape {tuple(x.shape)}: {type(e).__name__}: {e}"
+        ) from e
     finally:
         net.train(was_training)
-    if not (isinstance(out, torch.Tensor) and out.is_floating_point() and tuple(out.shape) == (1, num_classes)):
-        got = (f"a {out.dtype} tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor)
-               else f"a {type(out).__name__}")
-        raise RegistryError(f"{who} returned {got} for a batch of shape {tuple(x.shape)}; the model "
-                            f"contract expects float logits of shape (N, num_classes) = (1, {num_classes})")
+    if not (
+        isinstance(out, torch.Tensor) and out.is_floating_point() and tuple(out.shape) == (1, num_classes)
+    ):
+        got = (
+            f"a {out.dtype} tensor of shape {tuple(out.shape)}"
+            if isinstance(out, torch.Tensor)
+            else f"a {type(out).__name__}"
+        )
+        raise RegistryError(
+            f"{who} returned {got} for a batch of shape {tuple(x.shape)}; the model "
+            f"contract expects float logits of shape (N, num_classes) = (1, {num_classes})"
+        )
 
 
 def check_model_size(recipe: Recipe, source: str = "recipe") -> None:
@@ -173,11 +199,19 @@ def _check_model_size(name: str, args: dict, context: dict) -> None:
     cap = _max_params()
     if params > cap:
         c, (h, w) = context["in_chans"], context["image_size"]
-        raise RecipeError([("model", (
-            f"{name} for {c}x{h}x{w} images has {params:,} parameters ({params * 4 / 1e9:,.1f} GB as "
-            f"fp32), more than the cap of {cap:,}; use a smaller data.image_size or a model whose "
-            f"size does not grow with the image (cnn, resnet), or raise the cap with "
-            f"CLFKIT_MAX_PARAMS=<count>"))])
+        raise RecipeError(
+            [
+                (
+                    "model",
+                    (
+                        f"{name} for {c}x{h}x{w} images has {params:,} parameters ({params * 4 / 1e9:,.1f} GB as "
+                        f"fp32), more than the cap of {cap:,}; use a smaller data.image_size or a model whose "
+                        f"size does not grow with the image (cnn, resnet), or raise the cap with "
+                        f"CLFKIT_MAX_PARAMS=<count>"
+                    ),
+                )
+            ]
+        )
 
 
 def _max_params() -> int:
@@ -190,8 +224,10 @@ def _max_params() -> int:
     except yamltext.YAMLProblem:
         value = None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
-        raise ClfkitError(f"CLFKIT_MAX_PARAMS={text!r} is not a number of parameters "
-                          f"(e.g. 5e9, or unset for {DEFAULT_MAX_PARAMS:,})")
+        raise ClfkitError(
+            f"CLFKIT_MAX_PARAMS={text!r} is not a number of parameters "
+            f"(e.g. 5e9, or unset for {DEFAULT_MAX_PARAMS:,})"
+        )
     return int(value)
 
 
@@ -201,16 +237,21 @@ def build_loss(recipe: Recipe, num_classes: int, splits: Optional[Splits] = None
     name, args = registry.split_spec(recipe.loss)
     context: dict[str, Any] = {}
     if splits is not None:
-        counts = (splits.train.class_counts() if is_streamed(splits.train)
-                  else torch.bincount(splits.train.labels.cpu(), minlength=num_classes).tolist())
+        counts = (
+            splits.train.class_counts()
+            if is_streamed(splits.train)
+            else torch.bincount(splits.train.labels.cpu(), minlength=num_classes).tolist()
+        )
         context = dict(class_counts=counts, class_names=list(splits.class_names))
     return registry.create("loss", name, num_classes=num_classes, **context, **args)
 
 
 def build_regularizers(recipe: Recipe) -> list[Any]:
     """The recipe's regularizers, in recipe order."""
-    return [registry.create("regularizer", name, **args)
-            for name, args in map(registry.split_spec, recipe.regularizers)]
+    return [
+        registry.create("regularizer", name, **args)
+        for name, args in map(registry.split_spec, recipe.regularizers)
+    ]
 
 
 def build_optimizer(recipe: Recipe, model: nn.Module, regularizers: list[Any]) -> torch.optim.Optimizer:
@@ -253,22 +294,41 @@ def without_fused_step(optimizer: torch.optim.Optimizer) -> torch.optim.Optimize
     groups = [{**g, "fused": None} for g in optimizer.param_groups]
     try:
         return cls(groups, **{**settings, "fused": None})
-    except (TypeError, ValueError, RuntimeError) as e:  # a plugin class that cannot be rebuilt from its defaults
-        raise RecipeError([("optim", f"{cls.__name__} was made fused, which fp16 cannot use (a fused step "
-                                     f"ignores GradScaler's skipped steps), and rebuilding it unfused failed "
-                                     f"({type(e).__name__}: {e}); use train.precision: bf16, or an optimizer "
-                                     f"that is not fused")]) from None
+    except (
+        TypeError,
+        ValueError,
+        RuntimeError,
+    ) as e:  # a plugin class that cannot be rebuilt from its defaults
+        raise RecipeError(
+            [
+                (
+                    "optim",
+                    f"{cls.__name__} was made fused, which fp16 cannot use (a fused step "
+                    f"ignores GradScaler's skipped steps), and rebuilding it unfused failed "
+                    f"({type(e).__name__}: {e}); use train.precision: bf16, or an optimizer "
+                    f"that is not fused",
+                )
+            ]
+        ) from None
 
 
 def build_schedule(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
     """The recipe's LR multiplier as a function of the optimizer step."""
     name, args = registry.split_spec(recipe.schedule)
     epochs = recipe.train.epochs
-    return registry.create("schedule", name, total_steps=epochs * steps_per_epoch,
-                           steps_per_epoch=steps_per_epoch, epochs=epochs, **args)
+    return registry.create(
+        "schedule",
+        name,
+        total_steps=epochs * steps_per_epoch,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        **args,
+    )
 
 
-def build_augmentations(recipe: Recipe, names: Optional[dict[str, list[str]]] = None) -> tuple[list[Any], list[Any]]:
+def build_augmentations(
+    recipe: Recipe, names: Optional[dict[str, list[str]]] = None
+) -> tuple[list[Any], list[Any]]:
     """(per-image CPU transforms, batched transforms), each in recipe order. A batched
     transform listed before a per-image one still runs after it (batched ones run on the
     training device once the batch is assembled). ``names``, if given, receives the recipe
@@ -282,4 +342,3 @@ def build_augmentations(recipe: Recipe, names: Optional[dict[str, list[str]]] = 
         if names is not None:
             names.setdefault("batched" if is_batched else "per_image", []).append(name)
     return per_image, batched
-

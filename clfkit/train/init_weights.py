@@ -2,6 +2,7 @@
 checkpoint, or of a run folder's best.pt. Tensors load by name and shape, the classifier head
 by class name (docs/fine-tuning.md); the receipt (clfkit.train.weights_receipt) says what loaded,
 what stays freshly initialized and why."""
+
 from __future__ import annotations
 
 import math
@@ -31,11 +32,15 @@ def init_checkpoint(path: str | Path) -> Path:
         if folder.best.is_file():
             return folder.best
         if folder.last.is_file():
-            raise RunFolderError(f"init: {path} holds last.pt but no best.pt: the run stopped before its first "
-                                 f"evaluated epoch; continue it with `clfkit train --resume {path}`, or name "
-                                 f"{folder.last} itself to start from those weights")
-        raise RunFolderError(f"init: {path} is a folder without best.pt (not a clfkit run folder); "
-                             f"name a run folder or a checkpoint file")
+            raise RunFolderError(
+                f"init: {path} holds last.pt but no best.pt: the run stopped before its first "
+                f"evaluated epoch; continue it with `clfkit train --resume {path}`, or name "
+                f"{folder.last} itself to start from those weights"
+            )
+        raise RunFolderError(
+            f"init: {path} is a folder without best.pt (not a clfkit run folder); "
+            f"name a run folder or a checkpoint file"
+        )
     if not path.is_file():
         what = "is not a regular file (a device, a pipe or a socket)" if path.exists() else "does not exist"
         raise RunFolderError(f"init: {path} {what}; name a run folder or a clfkit checkpoint file")
@@ -65,8 +70,14 @@ def load_init(model: nn.Module, path: str | Path, min_match: float, class_names:
     return receipt
 
 
-def _head_by_name(receipt: WeightsReceipt, head: list[str], own: dict[str, Tensor], state: dict[str, Tensor],
-                  old: Optional[list[str]], new: list[str]) -> dict[str, Tensor]:
+def _head_by_name(
+    receipt: WeightsReceipt,
+    head: list[str],
+    own: dict[str, Tensor],
+    state: dict[str, Tensor],
+    old: Optional[list[str]],
+    new: list[str],
+) -> dict[str, Tensor]:
     """The head tensors to load, after matching the init run's classes ``old`` to ``new`` by
     name: the same names in the same order load as they are; other names (or another order)
     copy the rows of the shared classes into a freshly initialized head (counted as adapted);
@@ -88,8 +99,11 @@ def _head_by_name(receipt: WeightsReceipt, head: list[str], own: dict[str, Tenso
         return {k: state[k] for k in head}
     counts = f"classifier {head_owner(head)} {len(old) if old else '?'} -> {len(new)} classes"
     if not shared:
-        why = ("the init checkpoint records no class names" if not old else
-               f"no class in common: the init run's {_few(old)}, this data's {_few(new)}")
+        why = (
+            "the init checkpoint records no class names"
+            if not old
+            else f"no class in common: the init run's {_few(old)}, this data's {_few(new)}"
+        )
         receipt.head = f"{counts}, re-initialized: {why}"
         receipt.reinitialized += [(k, receipt.head) for k in head]
         return {}
@@ -148,19 +162,32 @@ def input_normalization(recipe: Any, train: ImageSet) -> tuple[list[float], list
         file = init_checkpoint(recipe.init)
         stats = init_statistics(file)
         if stats is None:
-            raise RecipeError([("data.normalize", f"`init` takes the init run's mean/std, but {file} records "
-                                                  f"none (no input.mean/std in it); use auto (the train split's), "
-                                                  f"imagenet, none or {{mean: [...], std: [...]}}")],
-                              source="recipe")
+            raise RecipeError(
+                [
+                    (
+                        "data.normalize",
+                        f"`init` takes the init run's mean/std, but {file} records "
+                        f"none (no input.mean/std in it); use auto (the train split's), "
+                        f"imagenet, none or {{mean: [...], std: [...]}}",
+                    )
+                ],
+                source="recipe",
+            )
         return (*_for_channels(*stats, int(train.images.shape[1]), file), f"init run {file}")
     mean, std = normalization(recipe, train)
     source = asked if isinstance(asked, str) else "recipe"
     # a streamed split's statistics are its head's (clfkit.data.streamed): say so
-    auto = f"train split, first {len(train.images)} streamed images" if getattr(train, "streamed", False) else "train split"
+    auto = (
+        f"train split, first {len(train.images)} streamed images"
+        if getattr(train, "streamed", False)
+        else "train split"
+    )
     return mean, std, {"auto": auto}.get(source, source)
 
 
-def _for_channels(mean: list[float], std: list[float], channels: int, file: Path) -> tuple[list[float], list[float]]:
+def _for_channels(
+    mean: list[float], std: list[float], channels: int, file: Path
+) -> tuple[list[float], list[float]]:
     """The init's statistics for data with ``channels`` channels (RGB ones averaged for
     grayscale data, as for a recipe's own mean/std; a grayscale init's repeated for RGB data)."""
     if channels == 1 and len(mean) == 3:
@@ -168,7 +195,9 @@ def _for_channels(mean: list[float], std: list[float], channels: int, file: Path
     if channels == 3 and len(mean) == 1:
         return mean * 3, std * 3
     if len(mean) != channels:
-        raise DataError(f"data.normalize: the init run {file} was trained on {len(mean)}-channel inputs, but this "
-                        f"data has {channels} channel(s); set data.normalize to imagenet, none or "
-                        f"{{mean: [...], std: [...]}} with {channels} values")
+        raise DataError(
+            f"data.normalize: the init run {file} was trained on {len(mean)}-channel inputs, but this "
+            f"data has {channels} channel(s); set data.normalize to imagenet, none or "
+            f"{{mean: [...], std: [...]}} with {channels} values"
+        )
     return mean, std

@@ -1,4 +1,5 @@
 """Model statistics for `clfkit recipe check`: parameters and MACs at the recipe's input size."""
+
 from __future__ import annotations
 
 import torch
@@ -20,5 +21,11 @@ def model_stats(recipe: Recipe) -> dict:
     params = sum(p.numel() for p in model.parameters())
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, c, *size))
-    return {"params": params, "macs": counter.get_total_flops() // 2, "num_classes": num_classes,
-            "in_chans": c, "image_size": size, "classes_assumed": assumed}
+    return {
+        "params": params,
+        "macs": counter.get_total_flops() // 2,
+        "num_classes": num_classes,
+        "in_chans": c,
+        "image_size": size,
+        "classes_assumed": assumed,
+    }

@@ -14,6 +14,7 @@ optimizer is built, so the schedule (LambdaLR: one base LR per group) keeps the 
 Weight-decay exclusion (the ``no_decay_norm_bias`` regularizer) splits these groups further and
 keeps each one's ``lr_scale``: the two compose.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -52,10 +53,18 @@ def layer_ids(net: nn.Module, model_name: str) -> dict[str, int]:
         except NotImplementedError:
             spec = None
     if spec is None:
-        raise RecipeError([("optim.layer_decay", (
-            f"model {model_name!r} ({type(net).__name__}) does not say its layers: layer-wise LR decay needs "
-            f"a group_matcher(coarse) method like timm's models (clfkit's linear, mlp, cnn and resnet have "
-            f"one); set optim.layer_decay: 1 (optim.head_lr_mult works with any model)"))])
+        raise RecipeError(
+            [
+                (
+                    "optim.layer_decay",
+                    (
+                        f"model {model_name!r} ({type(net).__name__}) does not say its layers: layer-wise LR decay needs "
+                        f"a group_matcher(coarse) method like timm's models (clfkit's linear, mlp, cnn and resnet have "
+                        f"one); set optim.layer_decay: 1 (optim.head_lr_mult works with any model)"
+                    ),
+                )
+            ]
+        )
     return group_parameters(net, spec, reverse=True)
 
 
@@ -67,12 +76,15 @@ def lr_scales(model: nn.Module, layer_decay: float, head_lr_mult: float, model_n
     head = head_names(net)
     ids = layer_ids(net, model_name) if layer_decay < 1 else {}
     top = max(ids.values(), default=0)
-    return {prefix + name: head_lr_mult if name in head else layer_decay ** (top - ids.get(name, top))
-            for name, _ in net.named_parameters()}
+    return {
+        prefix + name: head_lr_mult if name in head else layer_decay ** (top - ids.get(name, top))
+        for name, _ in net.named_parameters()
+    }
 
 
-def lr_groups(model: nn.Module, layer_decay: float = 1.0, head_lr_mult: float = 1.0,
-              model_name: str = "model") -> list[dict[str, Any]]:
+def lr_groups(
+    model: nn.Module, layer_decay: float = 1.0, head_lr_mult: float = 1.0, model_name: str = "model"
+) -> list[dict[str, Any]]:
     """The trainable parameters as optimizer groups, one per LR multiplier (``lr_scale``), stem
     first; one plain group when both knobs are 1 (the optimizer's state dict as before)."""
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]

@@ -9,6 +9,7 @@ frozen record the next steps read: :func:`set_up` (device, processes, console) -
 The data and the model are built before the run folder exists: a data error, a bad ``init:``
 file or a bad ``loss.class_weights`` leaves nothing behind.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,15 +30,29 @@ from clfkit.recipe import Recipe
 from clfkit.run.data_record import check_unchanged, data_record, write_manifest
 from clfkit.run.resume import Resumed, check_same_data, restore, stored_normalization
 from clfkit.run.run_folder import RunFolder
-from clfkit.train.build import (build_augmentations, build_data, build_loss, build_model, build_optimizer,
-                                build_regularizers, build_schedule)
+from clfkit.train.build import (
+    build_augmentations,
+    build_data,
+    build_loss,
+    build_model,
+    build_optimizer,
+    build_regularizers,
+    build_schedule,
+)
 from clfkit.train.engine import distributed
 from clfkit.train.engine.batches import num_batches
 from clfkit.train.engine.ema import WeightEMA
 from clfkit.train.engine.loop import TrainState, optimizer_steps
 from clfkit.train.engine.placement import place_splits
 from clfkit.train.engine.prep import BatchPrep
-from clfkit.train.engine.runtime import Runtime, compiled, grad_scaler, place_model, resolve_runtime, seed_everything
+from clfkit.train.engine.runtime import (
+    Runtime,
+    compiled,
+    grad_scaler,
+    place_model,
+    resolve_runtime,
+    seed_everything,
+)
 from clfkit.train.engine.snapshot import EpochProgress, set_rng_state
 from clfkit.train.engine.stopping import EarlyStopper
 from clfkit.train.engine.stream_batches import train_batches_for
@@ -111,14 +126,19 @@ def set_up(recipe: Recipe, *, quiet: bool, resume: Optional[Resumed]) -> RunSetu
     world = distributed.setup(rt)  # under torchrun: join the group, pin this rank's GPU
     # this rank's part of last.pt (a mid-epoch one resumes only with the world size that saved it)
     resume_rng, resume_at = resume.for_rank(world.rank, world.size) if resume is not None else (None, None)
-    distributed.check_batch_size(tc.batch_size, world.size, resume is not None)  # before the data is read or the run folder made
+    distributed.check_batch_size(
+        tc.batch_size, world.size, resume is not None
+    )  # before the data is read or the run folder made
     if world.active and tc.freeze:  # DDP registers its gradients once, at wrap time
-        raise TrainingError("train.freeze is not supported with several processes (torchrun) yet; "
-                            "train in one process")
+        raise TrainingError(
+            "train.freeze is not supported with several processes (torchrun) yet; train in one process"
+        )
     if world.active and tc.on_nonfinite == "skip":
         # a rank skipping its step alone would desynchronize DDP's gradient all-reduce
-        raise TrainingError("train.on_nonfinite: skip is not supported with several processes "
-                            "(torchrun); use the default `stop`, or train in one process")
+        raise TrainingError(
+            "train.on_nonfinite: skip is not supported with several processes "
+            "(torchrun); use the default `stop`, or train in one process"
+        )
     seed_everything(recipe.seed, tc.deterministic)
     report = Reporter(tc.epochs, quiet or not distributed.is_main())
     return RunSetup(rt, world, report, resume_rng, resume_at)
@@ -145,8 +165,14 @@ def load_data(recipe: Recipe, resume: Optional[Resumed], splits: Optional[Splits
     # the labels are class indices: other classes would silently mislabel
     check_same_data(resume, splits.class_names, splits.in_chans, splits.image_size)
     # the files themselves (clfkit.run.data_record): other data would silently train on other images
-    record, note = check_unchanged(resume.run_dir, resume.state.get("data"), splits, recipe.data.source,
-                                   resume.allow_data_change, resume.epoch)
+    record, note = check_unchanged(
+        resume.run_dir,
+        resume.state.get("data"),
+        splits,
+        recipe.data.source,
+        resume.allow_data_change,
+        resume.epoch,
+    )
     # the statistics the run started with (the init run may have changed since)
     mean, std, normalize_from = stored_normalization(resume)
     return RunData(splits, seconds, record, note, mean, std, normalize_from, **said)
@@ -174,34 +200,75 @@ def build(recipe: Recipe, rt: Runtime, data: RunData, resume: Optional[Resumed])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, build_schedule(recipe, steps_per_epoch))
     train_model = compiled(distributed.wrap(model, tc.sync_bn), tc.compile)  # DDP when launched by torchrun
     workers = recipe.data.workers if recipe.data.workers is not None else min(8, os.cpu_count() or 1)
-    prep = BatchPrep(batched_aug, [r for r in regularizers if hasattr(r, "on_batch")], splits.num_classes,
-                     rt.channels_last, compile=tc.compile)  # train.compile: the batch preparation too
-    state = TrainState(rt, train_model, model, loss_fn, optimizer, scheduler, grad_scaler(rt), prep,
-                       regularizers, tc.on_nonfinite)
+    prep = BatchPrep(
+        batched_aug,
+        [r for r in regularizers if hasattr(r, "on_batch")],
+        splits.num_classes,
+        rt.channels_last,
+        compile=tc.compile,
+    )  # train.compile: the batch preparation too
+    state = TrainState(
+        rt,
+        train_model,
+        model,
+        loss_fn,
+        optimizer,
+        scheduler,
+        grad_scaler(rt),
+        prep,
+        regularizers,
+        tc.on_nonfinite,
+    )
     placed = place_splits(splits, rt, on_device=not per_image)  # the device's free memory decides
-    batches = train_batches_for(placed.train, tc.batch_size, recipe.seed, drop_last=tc.drop_last, device=rt.device,
-                                per_image=per_image, workers=workers,
-                                sampler=recipe.data.sampler)  # streamed shards: StreamBatches
+    batches = train_batches_for(
+        placed.train,
+        tc.batch_size,
+        recipe.seed,
+        drop_last=tc.drop_last,
+        device=rt.device,
+        per_image=per_image,
+        workers=workers,
+        sampler=recipe.data.sampler,
+    )  # streamed shards: StreamBatches
     # printed once the run folder is open (clfkit.train.engine.batches; the loss's class weights)
-    lines = [_data_path(aug_names, rt, workers, recipe.data.sampler, placed.train),
-             f"normalize ({data.normalize_from}): mean {_rounded(data.mean)} std {_rounded(data.std)}"]
+    lines = [
+        _data_path(aug_names, rt, workers, recipe.data.sampler, placed.train),
+        f"normalize ({data.normalize_from}): mean {_rounded(data.mean)} std {_rounded(data.std)}",
+    ]
     lines += [placed.note] if placed.note else []
     if class_weights is not None:
         lines.append(_weights_line(recipe.loss, splits.class_names, class_weights))
-    return Built(state, batches, placed.val, n_params=sum(p.numel() for p in model.parameters()),
-                 class_weights=class_weights, batches_per_epoch=batches_per_epoch,
-                 eval_batch_size=tc.eval_batch_size or tc.batch_size * 2,
-                 checkpoint_base=_checkpoint_base(recipe, data), receipts=receipts, lines=lines)
+    return Built(
+        state,
+        batches,
+        placed.val,
+        n_params=sum(p.numel() for p in model.parameters()),
+        class_weights=class_weights,
+        batches_per_epoch=batches_per_epoch,
+        eval_batch_size=tc.eval_batch_size or tc.batch_size * 2,
+        checkpoint_base=_checkpoint_base(recipe, data),
+        receipts=receipts,
+        lines=lines,
+    )
 
 
 def _checkpoint_base(recipe: Recipe, data: RunData) -> dict[str, Any]:
     """Every checkpoint's fields besides the weights: the recipe, the classes, the input the
     model expects (what export and predict read back) and the data's record."""
     splits = data.splits
-    return {"recipe": recipe.to_dict(), "class_names": splits.class_names,
-            "input": {"image_size": list(splits.image_size), "channels": splits.in_chans,
-                      "mean": data.mean, "std": data.std, "resize": recipe.data.resize,
-                      "normalize_from": data.normalize_from}, "data": data.record}
+    return {
+        "recipe": recipe.to_dict(),
+        "class_names": splits.class_names,
+        "input": {
+            "image_size": list(splits.image_size),
+            "channels": splits.in_chans,
+            "mean": data.mean,
+            "std": data.std,
+            "resize": recipe.data.resize,
+            "normalize_from": data.normalize_from,
+        },
+        "data": data.record,
+    }
 
 
 def _weights_in(recipe: Recipe, model: torch.nn.Module, class_names: list[str]) -> list[Any]:
@@ -213,14 +280,28 @@ def _weights_in(recipe: Recipe, model: torch.nn.Module, class_names: list[str]) 
     return receipts
 
 
-def open_folder(recipe: Recipe, setup: RunSetup, data: RunData, built: Built, *, out: str | Path,
-                run_dir: str | Path | None, resume: Optional[Resumed], lock: contextlib.ExitStack) -> RunFolder:
+def open_folder(
+    recipe: Recipe,
+    setup: RunSetup,
+    data: RunData,
+    built: Built,
+    *,
+    out: str | Path,
+    run_dir: str | Path | None,
+    resume: Optional[Resumed],
+    lock: contextlib.ExitStack,
+) -> RunFolder:
     """Create (or, resuming, reopen) the run folder and lock it for the rest of the run; print
     the run's first lines."""
     # only rank 0 writes the run folder; other DDP ranks get a private temp folder
     private = distributed.private_run_dir()
-    folder = (RunFolder(private) if private else RunFolder(run_dir) if run_dir
-              else RunFolder.create(out, recipe.name))
+    folder = (
+        RunFolder(private)
+        if private
+        else RunFolder(run_dir)
+        if run_dir
+        else RunFolder.create(out, recipe.name)
+    )
     folder.path.mkdir(parents=True, exist_ok=True)
     if distributed.is_main():  # first, before anything in the folder is touched
         lock.enter_context(folder.lock("resume" if resume is not None else "train into"))
@@ -233,8 +314,10 @@ def open_folder(recipe: Recipe, setup: RunSetup, data: RunData, built: Built, *,
     if resume is None or data.note:  # the files the run (from now on) trains on
         write_manifest(folder, recipe.data.source)
     report = setup.report
-    report.print(f"run {folder}  device {setup.rt.device} ({setup.rt.precision})  "
-                 f"data: {_describe(data.splits, data.seconds)}")
+    report.print(
+        f"run {folder}  device {setup.rt.device} ({setup.rt.precision})  "
+        f"data: {_describe(data.splits, data.seconds)}"
+    )
     for line in ([data.note] if data.note else []) + list(data.check_lines):
         report.print(line)
     for message in data.check_warnings:
@@ -248,8 +331,9 @@ def open_folder(recipe: Recipe, setup: RunSetup, data: RunData, built: Built, *,
     return folder
 
 
-def start(recipe: Recipe, setup: RunSetup, data: RunData, built: Built, folder: RunFolder,
-          resume: Optional[Resumed]) -> Start:
+def start(
+    recipe: Recipe, setup: RunSetup, data: RunData, built: Built, folder: RunFolder, resume: Optional[Resumed]
+) -> Start:
     """Fresh run: the parity samples. Resumed run: every state as last.pt saved it."""
     tc, state, splits = recipe.train, built.state, data.splits
     if resume is None:
@@ -257,22 +341,38 @@ def start(recipe: Recipe, setup: RunSetup, data: RunData, built: Built, folder: 
         folder.write_samples(src.images[:64].numpy())  # for the exporter's parity check
     # val, best.pt and test use the EMA weights when train.ema is set
     state.ema = WeightEMA(state.net, decay=tc.ema.decay, warmup=tc.ema.warmup) if tc.ema else None
-    stopper = (EarlyStopper(metric=tc.early_stopping.metric, patience=tc.early_stopping.patience,
-                            min_delta=tc.early_stopping.min_delta, has_val=bool(splits.val))
-               if tc.early_stopping else None)
+    stopper = (
+        EarlyStopper(
+            metric=tc.early_stopping.metric,
+            patience=tc.early_stopping.patience,
+            min_delta=tc.early_stopping.min_delta,
+            has_val=bool(splits.val),
+        )
+        if tc.early_stopping
+        else None
+    )
     # Objects with state_dict()/load_state_dict() that last.pt must carry (EMA, early
     # stopping, ...): add them here under a stable key and resume restores them.
     resumable = {k: v for k, v in {"ema": state.ema, "early_stopping": stopper}.items() if v is not None}
     if resume is None:
         return Start(0, stopper, resumable, {"val_acc": -1.0, "epoch": 0}, [])
-    restore(resume, model=state.net, optimizer=state.optimizer, scheduler=state.scheduler, scaler=state.scaler,
-            extra=resumable)
+    restore(
+        resume,
+        model=state.net,
+        optimizer=state.optimizer,
+        scheduler=state.scheduler,
+        scaler=state.scaler,
+        extra=resumable,
+    )
     best, history, state.step = dict(resume.state["best"]), list(resume.history), int(resume.state["step"])
     folder.rewrite_metrics(history)  # drop a metrics line written after last.pt (a crash between the two)
     if setup.resume_at is None:
         set_rng_state(setup.resume_rng)
-    setup.report.print(f"resuming {folder} at epoch {resume.epoch + 1}" + (
-        f", batch {setup.resume_at.batch + 1}" if setup.resume_at else "") + f" (step {state.step})")
+    setup.report.print(
+        f"resuming {folder} at epoch {resume.epoch + 1}"
+        + (f", batch {setup.resume_at.batch + 1}" if setup.resume_at else "")
+        + f" (step {state.step})"
+    )
     return Start(resume.epoch, stopper, resumable, best, history)
 
 
@@ -286,12 +386,19 @@ def _weights_line(loss: dict, class_names: list[str], weights: list[float]) -> s
     return f"loss class weights ({how}): " + ", ".join(f"{n} {w:.3g}" for n, w in zip(class_names, weights))
 
 
-def _data_path(names: dict[str, list[str]], rt: Runtime, workers: int, sampler: str = "shuffle",
-               train: Optional[ImageSet] = None) -> str:
+def _data_path(
+    names: dict[str, list[str]],
+    rt: Runtime,
+    workers: int,
+    sampler: str = "shuffle",
+    train: Optional[ImageSet] = None,
+) -> str:
     """Which input path the run takes, for the log: a transform without a batched version
     sends every batch through CPU loader workers, and users should see that."""
     per_image, batched = names.get("per_image", []), names.get("batched", [])
-    on_host = per_image or rt.device.type == "cpu" or (train is not None and train.images.device.type == "cpu")
+    on_host = (
+        per_image or rt.device.type == "cpu" or (train is not None and train.images.device.type == "cpu")
+    )
     where = "host memory" if on_host else f"{rt.device.type} memory"
     line = f"data path: uint8 tensors in {where}"
     if getattr(train, "streamed", False):  # clfkit.data.streamed
@@ -309,8 +416,13 @@ def _data_path(names: dict[str, list[str]], rt: Runtime, workers: int, sampler: 
 
 def _describe(splits: Splits, data_seconds: float) -> str:
     """The data part of the run's first line: source, split sizes, classes, input shape."""
-    return (f"{splits.description}: {len(splits.train)} train / {len(splits.val) if splits.val else 0} val / "
-            f"{len(splits.test) if splits.test else 0} test, {splits.num_classes} classes, "
-            f"{splits.in_chans}x{splits.image_size[0]}x{splits.image_size[1]} (loaded in {data_seconds:.1f}s)"
-            + (f", {len(splits.skipped)} unreadable file(s) skipped, listed in skipped.txt"
-               if splits.skipped else ""))
+    return (
+        f"{splits.description}: {len(splits.train)} train / {len(splits.val) if splits.val else 0} val / "
+        f"{len(splits.test) if splits.test else 0} test, {splits.num_classes} classes, "
+        f"{splits.in_chans}x{splits.image_size[0]}x{splits.image_size[1]} (loaded in {data_seconds:.1f}s)"
+        + (
+            f", {len(splits.skipped)} unreadable file(s) skipped, listed in skipped.txt"
+            if splits.skipped
+            else ""
+        )
+    )

@@ -11,6 +11,7 @@ What it assembles: clfkit.train.engine (runtime, batches, the loop, DDP, EMA, ea
 clfkit.run.evaluation (``evaluate``), clfkit.run (the run folder, checkpoints, resume state,
 metrics log, reports). The files of a run folder: clfkit.run.run_folder.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,9 +53,16 @@ class RunResult:
     summary: dict[str, Any]
 
 
-def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
-          run_dir: str | Path | None = None, resume: Optional[Resumed] = None,
-          trackers: tuple[Any, ...] = (), splits: Optional[Splits] = None) -> RunResult:
+def train(
+    recipe: Recipe,
+    out: str | Path = "runs",
+    *,
+    quiet: bool = False,
+    run_dir: str | Path | None = None,
+    resume: Optional[Resumed] = None,
+    trackers: tuple[Any, ...] = (),
+    splits: Optional[Splits] = None,
+) -> RunResult:
     """Train ``recipe``; write everything into a new run folder under ``out``. ``splits``: train
     on these instead of the recipe's data (``clfkit data check --folds``: one fold each). ``resume``
     (from clfkit.run.resume.check_resumable) continues the run in ``run_dir`` from its last.pt.
@@ -66,15 +74,32 @@ def train(recipe: Recipe, out: str | Path = "runs", *, quiet: bool = False,
         setup = prepare.set_up(recipe, quiet=quiet, resume=resume)
         data = prepare.load_data(recipe, resume, splits)
         built = prepare.build(recipe, setup.rt, data, resume)  # before the run folder too
-        folder = prepare.open_folder(recipe, setup, data, built, out=out, run_dir=run_dir, resume=resume, lock=lock)
+        folder = prepare.open_folder(
+            recipe, setup, data, built, out=out, run_dir=run_dir, resume=resume, lock=lock
+        )
         start = prepare.start(recipe, setup, data, built, folder, resume)
         # the recipe's trackers (TensorBoard, MLflow) plus ``trackers`` (a tune pruner); closed with
         # the run, after finish() has logged the summary to them
-        run_trackers = open_trackers(recipe.train.track, folder.path, recipe.to_dict(), start.epoch, trackers,
-                                     main=distributed.is_main())
+        run_trackers = open_trackers(
+            recipe.train.track,
+            folder.path,
+            recipe.to_dict(),
+            start.epoch,
+            trackers,
+            main=distributed.is_main(),
+        )
         lock.callback(run_trackers.close)
-        trainer = Trainer(recipe, setup=setup, data=data, built=built, folder=folder, start=start,
-                          trackers=run_trackers, resume=resume, t_start=t_start)
+        trainer = Trainer(
+            recipe,
+            setup=setup,
+            data=data,
+            built=built,
+            folder=folder,
+            start=start,
+            trackers=run_trackers,
+            resume=resume,
+            t_start=t_start,
+        )
         trainer.fit()
         return trainer.finish()
 
@@ -97,9 +122,19 @@ class Trainer:
     (clfkit.train.prepare). Every attribute is set here; the epochs change only the run's
     progress (best, history, timings, the epoch being trained)."""
 
-    def __init__(self, recipe: Recipe, *, setup: prepare.RunSetup, data: prepare.RunData, built: prepare.Built,
-                 folder: RunFolder, start: prepare.Start, trackers: Any, resume: Optional[Resumed],
-                 t_start: float):
+    def __init__(
+        self,
+        recipe: Recipe,
+        *,
+        setup: prepare.RunSetup,
+        data: prepare.RunData,
+        built: prepare.Built,
+        folder: RunFolder,
+        start: prepare.Start,
+        trackers: Any,
+        resume: Optional[Resumed],
+        t_start: float,
+    ):
         self.recipe, self.tc, self.resume, self.t_start = recipe, recipe.train, resume, t_start
         self.setup, self.data, self.built, self.folder, self.trackers = setup, data, built, folder, trackers
         self.rt, self.report, self.splits, self.state = setup.rt, setup.report, data.splits, built.state
@@ -120,8 +155,11 @@ class Trainer:
     def fit(self) -> None:
         """Train from start_epoch to train.epochs (or an early stop); a stop signal saves last.pt
         and raises Interrupted."""
-        with catch_stop_signals() as stop, contextlib.closing(self.report), \
-                contextlib.closing(MetricsLog(self.folder.path, self.start_epoch, self.trackers)) as metrics_log:
+        with (
+            catch_stop_signals() as stop,
+            contextlib.closing(self.report),
+            contextlib.closing(MetricsLog(self.folder.path, self.start_epoch, self.trackers)) as metrics_log,
+        ):
             self.stop, self.metrics_log = stop, metrics_log
             for epoch in range(self.start_epoch, self.tc.epochs):
                 if self._epoch(epoch):
@@ -136,7 +174,8 @@ class Trainer:
         self.epoch, self.epoch_lr = epoch, base_lr(state.optimizer)  # the recipe's lr, whatever the groups
         if tc.freeze:  # a function of the epoch alone: a resume freezes exactly as the run did
             state.frozen_norms = set_backbone_frozen(
-                getattr(state.net, "net", state.net), frozen_in_epoch(tc.freeze, tc.unfreeze_epoch, epoch))
+                getattr(state.net, "net", state.net), frozen_in_epoch(tc.freeze, tc.unfreeze_epoch, epoch)
+            )
         if self.resume_at is not None and self.resume_at.lr is not None:
             self.epoch_lr = self.resume_at.lr  # the row reports the LR the epoch started with
         row: dict[str, Any] = {"epoch": epoch + 1}
@@ -147,14 +186,24 @@ class Trainer:
         t_train = time.perf_counter() - t0
         self.train_seconds += t_train
         if self.built.val_set is not None:
-            ev = evaluate(state.eval_model, self.built.val_set, rt=self.rt, loss_fn=self.state.loss_fn,
-                          num_classes=self.splits.num_classes, batch_size=self.built.eval_batch_size)
+            ev = evaluate(
+                state.eval_model,
+                self.built.val_set,
+                rt=self.rt,
+                loss_fn=self.state.loss_fn,
+                num_classes=self.splits.num_classes,
+                batch_size=self.built.eval_batch_size,
+            )
             row.update(val_loss=ev["loss"], val_acc=ev["acc"])
             if ev["top5_acc"] is not None:
                 row["val_top5_acc"] = ev["top5_acc"]
         n_train = self.built.batches.images_per_epoch()  # drop_last's dropped images are not trained on
-        row.update(lr=self.epoch_lr, seconds=round(time.perf_counter() - t0, 3),
-                   images_per_s=round(n_train / max(t_train, 1e-9), 1), step=state.step)
+        row.update(
+            lr=self.epoch_lr,
+            seconds=round(time.perf_counter() - t0, 3),
+            images_per_s=round(n_train / max(t_train, 1e-9), 1),
+            step=state.step,
+        )
         self._record(row)
         early_stop = self.stopper is not None and self.stopper.update(row)
         self._save_last(epoch + 1, None, row)
@@ -171,28 +220,50 @@ class Trainer:
         self.report.end_epoch(row)
         if replaces_best(row, self.best.get("row")):
             self.best = {"val_acc": row.get("val_acc"), "epoch": row["epoch"], "row": row}
-            save_checkpoint(self.folder.best, {**self.built.checkpoint_base, "model": self.state.eval_model.state_dict(),
-                                               "epoch": row["epoch"], "metrics": row})
+            save_checkpoint(
+                self.folder.best,
+                {
+                    **self.built.checkpoint_base,
+                    "model": self.state.eval_model.state_dict(),
+                    "epoch": row["epoch"],
+                    "metrics": row,
+                },
+            )
 
     def _train_epoch(self, epoch: int, progress: Callable[[int], None]) -> dict[str, float]:
         """train_one_epoch; an error raised after a stop signal came is the signal's doing: Ctrl-C
         reaches the whole process group, and a compiler torch.compile runs (g++ building the
         first step) dies of it mid-build. That stop is Interrupted, not a traceback."""
         try:
-            return train_one_epoch(self.state, self.built.batches, epoch, progress=progress, resume_at=self.resume_at,
-                                   after_step=self._after_step, accumulate=self.tc.accumulate)
+            return train_one_epoch(
+                self.state,
+                self.built.batches,
+                epoch,
+                progress=progress,
+                resume_at=self.resume_at,
+                after_step=self._after_step,
+                accumulate=self.tc.accumulate,
+            )
         except Exception as e:
-            if not self.stop.pending or isinstance(e, Interrupted):  # Interrupted: the step ended, last.pt saved
+            if not self.stop.pending or isinstance(
+                e, Interrupted
+            ):  # Interrupted: the step ended, last.pt saved
                 raise
             # nothing is saved now: the broken step may have run part of its work (a forward
             # pass updates BatchNorm statistics), so no state of this moment resumes exactly
             why = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:120]}"
-            then = (f"resume from the last checkpoint with: "
-                    f"{distributed.launch_command(f'train --resume {self.folder}')}" if self.folder.last.exists()
-                    else f"no checkpoint was saved yet; remove {self.folder} and run the same command again")
-            raise Interrupted(f"{self.stop.name} received: stopped in epoch {epoch + 1} at step {self.state.step} "
-                              f"while a step was running ({why}; the signal stops the compiler torch.compile "
-                              f"runs too); {then}", self.stop.signum) from None
+            then = (
+                f"resume from the last checkpoint with: "
+                f"{distributed.launch_command(f'train --resume {self.folder}')}"
+                if self.folder.last.exists()
+                else f"no checkpoint was saved yet; remove {self.folder} and run the same command again"
+            )
+            raise Interrupted(
+                f"{self.stop.name} received: stopped in epoch {epoch + 1} at step {self.state.step} "
+                f"while a step was running ({why}; the signal stops the compiler torch.compile "
+                f"runs too); {then}",
+                self.stop.signum,
+            ) from None
 
     def _after_step(self, batch: int, snapshot: Callable[[], EpochProgress]) -> None:
         """After every optimizer step: compile timing, EMA, and a mid-epoch last.pt when due
@@ -202,7 +273,9 @@ class Trainer:
             if self.rt.device.type == "cuda":
                 torch.cuda.synchronize(self.rt.device)
             self.compile_seconds = round(time.perf_counter() - self.compile_t0, 2)
-            self.report.print(f"torch.compile: first step took {self.compile_seconds:.1f}s (compilation included)")
+            self.report.print(
+                f"torch.compile: first step took {self.compile_seconds:.1f}s (compilation included)"
+            )
         if state.ema is not None:
             state.ema.update(state.step)
         # one process: the signal flag, every step; DDP: all ranks agree every few steps
@@ -218,20 +291,38 @@ class Trainer:
             where = f"in epoch {self.epoch + 1} after batch {batch}/{self.built.batches_per_epoch}"
             raise Interrupted(self._stop_message(where), self.stop.signum)
 
-    def _save_last(self, epochs_done: int, in_epoch: Optional[EpochProgress], row: Optional[dict] = None) -> None:
+    def _save_last(
+        self, epochs_done: int, in_epoch: Optional[EpochProgress], row: Optional[dict] = None
+    ) -> None:
         state = self.state
-        save_checkpoint(self.folder.last, {
-            **self.built.checkpoint_base, "model": state.net.state_dict(), "metrics": row,
-            **training_state(epoch=epochs_done, step=state.step, progress=in_epoch, optimizer=state.optimizer,
-                             scheduler=state.scheduler, scaler=state.scaler, best=self.best, history=self.history,
-                             extra=self.resumable)})
+        save_checkpoint(
+            self.folder.last,
+            {
+                **self.built.checkpoint_base,
+                "model": state.net.state_dict(),
+                "metrics": row,
+                **training_state(
+                    epoch=epochs_done,
+                    step=state.step,
+                    progress=in_epoch,
+                    optimizer=state.optimizer,
+                    scheduler=state.scheduler,
+                    scaler=state.scaler,
+                    best=self.best,
+                    history=self.history,
+                    extra=self.resumable,
+                ),
+            },
+        )
 
     def _stop_message(self, where: str) -> str:
         step = self.state.step
         if not distributed.is_main():  # its last.pt is a private copy; rank 0's message says what to do
             return f"rank {self.setup.world.rank}: {self.stop.name}: stopped with the other ranks {where}, step {step}"
-        return (f"{self.stop.name} received: stopped {where}, step {step}; saved {self.folder.last}.\n"
-                f"Resume with: {distributed.launch_command(f'train --resume {self.folder}')}")
+        return (
+            f"{self.stop.name} received: stopped {where}, step {step}; saved {self.folder.last}.\n"
+            f"Resume with: {distributed.launch_command(f'train --resume {self.folder}')}"
+        )
 
     # ------------------------------------------------------------------ the end
     def finish(self) -> RunResult:
@@ -240,15 +331,40 @@ class Trainer:
         # a resumed DDP rank's private folder lacks the best.pt of epochs before the resume: every
         # rank reads rank 0's (written before the last checkpoint's gather, which they all passed)
         best_pt = RunFolder(self.resume.run_dir).best if self.resume is not None else self.folder.best
-        summary.update(evaluate_best(best_pt, self.state.net, self.splits, self.built.val_set, rt=self.rt,
-                                     loss_fn=self.state.loss_fn, batch_size=self.built.eval_batch_size))
+        summary.update(
+            evaluate_best(
+                best_pt,
+                self.state.net,
+                self.splits,
+                self.built.val_set,
+                rt=self.rt,
+                loss_fn=self.state.loss_fn,
+                batch_size=self.built.eval_batch_size,
+            )
+        )
         if summary.get("eval_split") and distributed.is_main():  # the net holds best.pt: its surest errors
             data = self.splits.test if summary["eval_split"] == "test" else self.built.val_set
-            write_mistakes(self.folder.path, self.state.net, data, split=summary["eval_split"], rt=self.rt,
-                           class_names=self.splits.class_names, batch_size=self.built.eval_batch_size)
+            write_mistakes(
+                self.folder.path,
+                self.state.net,
+                data,
+                split=summary["eval_split"],
+                rt=self.rt,
+                class_names=self.splits.class_names,
+                batch_size=self.built.eval_batch_size,
+            )
             # calibration of val and test, Grad-CAM of the evaluated split (clfkit.run.insight)
-            summary.update(write_insight(self.folder.path, self.state.net, {"val": self.built.val_set, "test": self.splits.test},
-                                         eval_split=summary["eval_split"], rt=self.rt, class_names=self.splits.class_names, batch_size=self.built.eval_batch_size))
+            summary.update(
+                write_insight(
+                    self.folder.path,
+                    self.state.net,
+                    {"val": self.built.val_set, "test": self.splits.test},
+                    eval_split=summary["eval_split"],
+                    rt=self.rt,
+                    class_names=self.splits.class_names,
+                    batch_size=self.built.eval_batch_size,
+                )
+            )
         summary["wall_seconds"] = round(time.perf_counter() - self.t_start, 2)
         self.folder.write_summary(summary)
         write_run_reports(self.folder.path)  # curves.png, per_class.csv, confusion.png (clfkit.run.per_class)
@@ -261,22 +377,37 @@ class Trainer:
         """summary.json's fields known when the epochs are over (the test fields come next)."""
         rt, splits, best_row, stopper = self.rt, self.splits, self.best["row"], self.stopper
         return {
-            "name": self.recipe.name, "run_dir": str(self.folder), "epochs": self.tc.epochs,
-            "best_epoch": self.best["epoch"], "best_val_acc": best_row.get("val_acc"),
-            "selected_on": selected_on(best_row), "train_acc_at_best": best_row["train_acc"],
+            "name": self.recipe.name,
+            "run_dir": str(self.folder),
+            "epochs": self.tc.epochs,
+            "best_epoch": self.best["epoch"],
+            "best_val_acc": best_row.get("val_acc"),
+            "selected_on": selected_on(best_row),
+            "train_acc_at_best": best_row["train_acc"],
             "params": self.built.n_params,
-            "device": str(rt.device) + (f" ({torch.cuda.get_device_name(rt.device)})" if rt.device.type == "cuda" else ""),
-            "precision": rt.precision, "num_classes": splits.num_classes, "class_names": splits.class_names,
-            "train_images": len(splits.train), "val_images": len(splits.val) if splits.val else 0,
-            "test_acc": None, "test_top5_acc": None, "test_loss": None, "skipped_files": len(splits.skipped),
-            "data_seconds": round(self.data.seconds, 2), "train_seconds": round(self.train_seconds, 2),
+            "device": str(rt.device)
+            + (f" ({torch.cuda.get_device_name(rt.device)})" if rt.device.type == "cuda" else ""),
+            "precision": rt.precision,
+            "num_classes": splits.num_classes,
+            "class_names": splits.class_names,
+            "train_images": len(splits.train),
+            "val_images": len(splits.val) if splits.val else 0,
+            "test_acc": None,
+            "test_top5_acc": None,
+            "test_loss": None,
+            "skipped_files": len(splits.skipped),
+            "data_seconds": round(self.data.seconds, 2),
+            "train_seconds": round(self.train_seconds, 2),
             "compile_seconds": self.compile_seconds,
             # as used, and where from (the train split, the init run, the recipe)
             "normalize": {"mean": self.data.mean, "std": self.data.std, "from": self.data.normalize_from},
             "data_check": self.data.check,  # exact duplicates, leaks, conflicts (clfkit.data.audit.quick)
             "data": self.data.record,  # its fingerprint, and any resume on changed data (--allow-data-change)
-            "class_weights": self.built.class_weights, "sampler": self.recipe.data.sampler,
-            "clfkit_version": __version__, "epochs_run": len(self.history), "ema": self.state.ema is not None,
+            "class_weights": self.built.class_weights,
+            "sampler": self.recipe.data.sampler,
+            "clfkit_version": __version__,
+            "epochs_run": len(self.history),
+            "ema": self.state.ema is not None,
             "stopped_early_at": stopper.stopped_epoch if stopper and stopper.stopped_epoch else None,
         }
 
@@ -284,12 +415,15 @@ class Trainer:
 def _done_message(summary: dict[str, Any]) -> str:
     """The run's last console line (less the run folder)."""
     if summary["best_val_acc"] is not None:
-        msg = (f"done in {summary['wall_seconds']:.0f}s: best val acc {summary['best_val_acc']:.4f} "
-               f"(epoch {summary['best_epoch']})")
+        msg = (
+            f"done in {summary['wall_seconds']:.0f}s: best val acc {summary['best_val_acc']:.4f} "
+            f"(epoch {summary['best_epoch']})"
+        )
     else:  # never call train accuracy "val"
-        msg = (f"done in {summary['wall_seconds']:.0f}s: no val split, so best.pt is the last epoch "
-               f"({summary['best_epoch']}, train acc {summary['train_acc_at_best']:.4f})")
+        msg = (
+            f"done in {summary['wall_seconds']:.0f}s: no val split, so best.pt is the last epoch "
+            f"({summary['best_epoch']}, train acc {summary['train_acc_at_best']:.4f})"
+        )
     if summary["test_acc"] is not None:
         msg += f", test acc {summary['test_acc']:.4f}"
     return msg
-

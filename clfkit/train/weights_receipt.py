@@ -6,6 +6,7 @@ Used by the timm model's ``weights:`` (clfkit.components.models) and by the reci
 holds another architecture: that is an error, never a silent start from scratch. The trainer
 prints :meth:`WeightsReceipt.line` and writes :meth:`WeightsReceipt.to_dict` to weights.json.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -27,14 +28,14 @@ class WeightsReceipt:
     name, why); ``adapted``: loaded after a change (a first conv for other input channels)."""
 
     source: str
-    field: str                     # the recipe field that asked for it: init, model.weights
-    total: int                     # the model's tensors (parameters and buffers) considered
+    field: str  # the recipe field that asked for it: init, model.weights
+    total: int  # the model's tensors (parameters and buffers) considered
     loaded: list[str] = dc_field(default_factory=list)
     adapted: list[tuple[str, str]] = dc_field(default_factory=list)
     reinitialized: list[tuple[str, str]] = dc_field(default_factory=list)
     unexpected: list[tuple[str, str]] = dc_field(default_factory=list)
     how: str = "by name and shape"
-    head: Optional[str] = None     # what became of the classifier when it did not load as is
+    head: Optional[str] = None  # what became of the classifier when it did not load as is
     notes: list[str] = dc_field(default_factory=list)  # said on the console and in weights.json
 
     def line(self) -> str:
@@ -44,17 +45,26 @@ class WeightsReceipt:
         reasons = "; ".join(dict.fromkeys(w for _, w in self.adapted))
         adapted = f", {len(self.adapted)} adapted ({reasons})" if self.adapted else ""
         notes = "".join(f"\n{self.field}: note: {n}" for n in self.notes)
-        return (f"{self.field}: {self.source}: {len(self.loaded)}/{self.total} tensors loaded{adapted}, "
-                f"{len(self.reinitialized)} re-initialized{why}, {len(self.unexpected)} unexpected "
-                f"[weights.json]{notes}")
+        return (
+            f"{self.field}: {self.source}: {len(self.loaded)}/{self.total} tensors loaded{adapted}, "
+            f"{len(self.reinitialized)} re-initialized{why}, {len(self.unexpected)} unexpected "
+            f"[weights.json]{notes}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """weights.json's entry: every list in full."""
-        return {"source": self.source, "field": self.field, "how": self.how, "total": self.total,
-                "loaded": self.loaded, "adapted": [{"tensor": k, "why": w} for k, w in self.adapted],
-                "reinitialized": [{"tensor": k, "why": w} for k, w in self.reinitialized],
-                "unexpected": [{"tensor": k, "why": w} for k, w in self.unexpected], "head": self.head,
-                "notes": self.notes}
+        return {
+            "source": self.source,
+            "field": self.field,
+            "how": self.how,
+            "total": self.total,
+            "loaded": self.loaded,
+            "adapted": [{"tensor": k, "why": w} for k, w in self.adapted],
+            "reinitialized": [{"tensor": k, "why": w} for k, w in self.reinitialized],
+            "unexpected": [{"tensor": k, "why": w} for k, w in self.unexpected],
+            "head": self.head,
+            "notes": self.notes,
+        }
 
 
 def read_state_dict(path: str, what: str) -> dict[str, torch.Tensor]:
@@ -70,23 +80,44 @@ def read_state_dict(path: str, what: str) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch/safetensors raise many types for a file that is not theirs
         # torch's weights_only refusal is a page about pickle; the type says enough
-        cause = "" if "Weights only load failed" in str(e) else f": {str(e).splitlines()[0][:160]}" if str(e) else ""
-        raise ModelFileError(f"{what} {path} cannot be read as a state dict ({type(e).__name__}{cause}); "
-                             f"give a .safetensors file or a torch.save()d state dict of tensors") from None
+        cause = (
+            ""
+            if "Weights only load failed" in str(e)
+            else f": {str(e).splitlines()[0][:160]}"
+            if str(e)
+            else ""
+        )
+        raise ModelFileError(
+            f"{what} {path} cannot be read as a state dict ({type(e).__name__}{cause}); "
+            f"give a .safetensors file or a torch.save()d state dict of tensors"
+        ) from None
     for key in _WRAPPER_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelFileError(f"{what} {path} is not a state dict (a mapping of parameter names to "
-                             f"tensors); got {type(state).__name__}")
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(v, torch.Tensor) for v in state.values())
+    ):
+        raise ModelFileError(
+            f"{what} {path} is not a state dict (a mapping of parameter names to "
+            f"tensors); got {type(state).__name__}"
+        )
     if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
-def compare(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], *, source: str, field_name: str,
-            head: Iterable[str] = (), first_conv: Optional[str] = None) -> WeightsReceipt:
+def compare(
+    own: dict[str, torch.Tensor],
+    state: dict[str, torch.Tensor],
+    *,
+    source: str,
+    field_name: str,
+    head: Iterable[str] = (),
+    first_conv: Optional[str] = None,
+) -> WeightsReceipt:
     """The receipt of loading ``state`` into a model whose state dict is ``own``, by name and
     shape. ``head``: the classifier's tensor names, loaded whole or not at all (an old bias
     under a new weight would be neither model); when only their class count differs the
@@ -119,7 +150,9 @@ def _mismatch(mine: torch.Tensor, theirs: Optional[torch.Tensor]) -> Optional[st
     return None
 
 
-def _compare_head(receipt: WeightsReceipt, head: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> None:
+def _compare_head(
+    receipt: WeightsReceipt, head: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
+) -> None:
     """The classifier's tensors: all loaded, or all re-initialized with the true reason (other
     class counts; else the first tensor that does not fit, which costs the whole head)."""
     problems = [(k, _mismatch(v, state.get(k))) for k, v in head.items()]
@@ -150,7 +183,12 @@ def class_counts(head: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) 
     counts = set()
     for k, v in head.items():
         theirs = state.get(k)
-        if theirs is None or theirs.ndim != v.ndim or v.ndim == 0 or tuple(theirs.shape[1:]) != tuple(v.shape[1:]):
+        if (
+            theirs is None
+            or theirs.ndim != v.ndim
+            or v.ndim == 0
+            or tuple(theirs.shape[1:]) != tuple(v.shape[1:])
+        ):
             return None
         counts.add((int(theirs.shape[0]), int(v.shape[0])))
     return next(iter(counts)) if len(counts) == 1 else None
@@ -169,11 +207,14 @@ def require_match(receipt: WeightsReceipt, min_match: float, bar_field: str) -> 
             f"{receipt.field} {receipt.source}: only the classifier differs ({receipt.head}), but it is "
             f"{len(receipt.reinitialized)} of the model's {receipt.total} tensors, so {matched} would load "
             f"(needs {min_match:g} of them): next to nothing to start from. Train without {receipt.field}"
-            + (f", or lower the bar with {bar_field}" if matched else ""))
+            + (f", or lower the bar with {bar_field}" if matched else "")
+        )
     first = "; ".join(f"{k} ({why})" for k, why in receipt.reinitialized[:3])
     extra = "; ".join(k for k, _ in receipt.unexpected[:3])
     raise ModelFileError(
         f"{receipt.field} {receipt.source} matches only {matched} of the model's {receipt.total} tensors "
         f"(needs {min_match:g} of them), so it holds weights of another architecture; first mismatches: "
-        f"{first}" + (f"; in the file but not the model: {extra}" if extra else "")
-        + f". Use weights saved from this model, or lower the bar with {bar_field}")
+        f"{first}"
+        + (f"; in the file but not the model: {extra}" if extra else "")
+        + f". Use weights saved from this model, or lower the bar with {bar_field}"
+    )

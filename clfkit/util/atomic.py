@@ -1,5 +1,6 @@
 """Atomic file writes: a temp file in the same folder, fsync, then rename over the target.
 A crash at any moment leaves either the previous file or the new one, never half of one."""
+
 from __future__ import annotations
 
 import contextlib
@@ -21,6 +22,7 @@ def _read_umask() -> int:
 
 
 _UMASK = _read_umask()
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
@@ -52,7 +54,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(e, OSError):
-            raise WriteError(f"cannot write {shown}: {_why(e)}; the previous file (if any) is intact") from None
+            raise WriteError(
+                f"cannot write {shown}: {_why(e)}; the previous file (if any) is intact"
+            ) from None
         raise
 
 

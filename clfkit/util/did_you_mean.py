@@ -1,6 +1,7 @@
 """The one "did you mean" of clfkit: the nearest known names to a mistyped one, and the hint
 that every unknown-name message (components, recipe fields, component arguments, timm
 architectures, `clfkit plugins show`) ends with, so they all suggest the same way."""
+
 from __future__ import annotations
 
 import difflib

@@ -5,6 +5,7 @@ A write goes through a symbolic link to its target (clfkit.util.atomic), so ever
 the resolved path: ``-o link.txt`` whose target is a run's best.pt is a write to best.pt. A leaf
 module (no torch, nothing of the training side): predict uses it on a deployment machine.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,7 +35,11 @@ def run_file_refusal(out: str | os.PathLike) -> str | None:
     folder (best.pt, summary.json, ...); None otherwise."""
     out = Path(out)
     owner = run_folder_holding(out) if out.resolve().is_file() else None
-    return None if owner is None else f"is a file of the run folder {owner}{_via(out)}; writing there would overwrite it"
+    return (
+        None
+        if owner is None
+        else f"is a file of the run folder {owner}{_via(out)}; writing there would overwrite it"
+    )
 
 
 def overwrite_refusal(out: str | os.PathLike, replaceable: tuple[str, ...], kind: str) -> str | None:
@@ -50,6 +55,8 @@ def overwrite_refusal(out: str | os.PathLike, replaceable: tuple[str, ...], kind
         return why
     if target.suffix.lower() not in replaceable:
         allowed = "/".join(s for s in replaceable if s) + (" or suffix-less" if "" in replaceable else "")
-        return (f"exists{_via(out)} and is not a {allowed} file (it is {target.name!r}); only an earlier "
-                f"{kind} is replaced")
+        return (
+            f"exists{_via(out)} and is not a {allowed} file (it is {target.name!r}); only an earlier "
+            f"{kind} is replaced"
+        )
     return None

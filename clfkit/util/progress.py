@@ -1,5 +1,6 @@
 """The console side of a training run: a rich progress bar on a terminal, one plain line per
 epoch otherwise (the same lines either way)."""
+
 from __future__ import annotations
 
 import sys
@@ -22,8 +23,13 @@ class Reporter:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         if self._progress is None:
-            self._progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
-                                      MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
+            self._progress = Progress(
+                TextColumn("epoch {task.fields[epoch]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                transient=True,
+            )
             self._progress.start()
         self._task = self._progress.add_task("train", total=n_images, epoch=f"{epoch + 1}/{self.total}")
         return lambda n: self._progress.advance(self._task, n)
@@ -34,8 +40,10 @@ class Reporter:
             self._progress.remove_task(self._task)
         if self.quiet:
             return
-        line = (f"epoch {row['epoch']:>3}/{self.total}  train loss {row['train_loss']:.4f} "
-                f"acc {row['train_acc']:.4f}")
+        line = (
+            f"epoch {row['epoch']:>3}/{self.total}  train loss {row['train_loss']:.4f} "
+            f"acc {row['train_acc']:.4f}"
+        )
         if "val_acc" in row:
             line += f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
         line += f"  lr {row['lr']:.3g}  {row['seconds']:.1f}s  {row['images_per_s']:.0f} img/s"

@@ -6,6 +6,7 @@ A name is one plain path component: it can never be ``..``, hold a separator, be
 hide a control character, so a folder made from it always stays inside its parent and a
 clean-up of it can never reach anything else.
 """
+
 from __future__ import annotations
 
 import re
@@ -16,8 +17,10 @@ from clfkit.errors import BadNameError, DataError
 
 MAX_LENGTH = 200  # file systems allow 255 bytes per component; leave room for "-2", ".onnx"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.,=+\-]*")
-ALLOWED = (f"letters, digits and _ . , = + - (ASCII), starting with a letter or digit, "
-           f"at most {MAX_LENGTH} characters")
+ALLOWED = (
+    f"letters, digits and _ . , = + - (ASCII), starting with a letter or digit, "
+    f"at most {MAX_LENGTH} characters"
+)
 _NOT_ALLOWED_CHAR = re.compile(r"[^A-Za-z0-9_.,=+\-]")
 
 
@@ -41,8 +44,9 @@ def check_name(name: object, what: str = "name") -> str:
     """``name`` itself, or a :class:`BadNameError` naming it, saying why and what is allowed."""
     problem = name_problem(name)
     if problem is not None:
-        raise BadNameError(f"{what} {name!r} {problem}; a {what} becomes a folder name, so it may "
-                         f"only hold {ALLOWED}")
+        raise BadNameError(
+            f"{what} {name!r} {problem}; a {what} becomes a folder name, so it may only hold {ALLOWED}"
+        )
     return name
 
 
@@ -60,8 +64,7 @@ def child_folder(parent: str | Path, name: str, what: str = "name") -> Path:
     check_name(name, what)
     path = Path(parent) / name
     if path.is_symlink() or path.resolve().parent != Path(parent).resolve():
-        raise BadNameError(f"{path} is not a folder directly inside {parent} (a symlink?); "
-                         f"not touching it")
+        raise BadNameError(f"{path} is not a folder directly inside {parent} (a symlink?); not touching it")
     return path
 
 
@@ -77,8 +80,9 @@ def class_key(name: str) -> str:
 
 def _spellings(pairs: list[tuple[str, str]]) -> str:
     # ascii(), not repr(): repr shows NFD 'cafe\u0301' as 'café', the very look-alike being reported
-    return "; ".join(f"{ascii(a)} and {ascii(b)}" for a, b in pairs[:5]) + (f" and {len(pairs) - 5} more pair(s)"
-                                                                  if len(pairs) > 5 else "")
+    return "; ".join(f"{ascii(a)} and {ascii(b)}" for a, b in pairs[:5]) + (
+        f" and {len(pairs) - 5} more pair(s)" if len(pairs) > 5 else ""
+    )
 
 
 def check_class_names(names: list[str], where: str) -> None:
@@ -91,9 +95,11 @@ def check_class_names(names: list[str], where: str) -> None:
         if other != name:
             pairs.append((other, name))
     if pairs:
-        raise DataError(f"{where} has class names that differ only in Unicode normalization (NFC/NFD), "
-                        f"invisible characters or surrounding whitespace: {_spellings(pairs)}; they would "
-                        f"print as the same name. Rename one of each pair (merge the folders, or fix the labels)")
+        raise DataError(
+            f"{where} has class names that differ only in Unicode normalization (NFC/NFD), "
+            f"invisible characters or surrounding whitespace: {_spellings(pairs)}; they would "
+            f"print as the same name. Rename one of each pair (merge the folders, or fix the labels)"
+        )
 
 
 def check_same_spelling(a: list[str], b: list[str], a_what: str, b_what: str) -> None:
@@ -102,6 +108,8 @@ def check_same_spelling(a: list[str], b: list[str], a_what: str, b_what: str) ->
     keys = {class_key(n): n for n in a}
     pairs = [(keys[class_key(n)], n) for n in b if class_key(n) in keys and keys[class_key(n)] != n]
     if pairs:
-        raise DataError(f"{a_what} and {b_what} spell the same class differently (Unicode NFC/NFD, "
-                        f"invisible characters or surrounding whitespace): {_spellings(pairs)}. Rename one so "
-                        f"both spell it identically")
+        raise DataError(
+            f"{a_what} and {b_what} spell the same class differently (Unicode NFC/NFD, "
+            f"invisible characters or surrounding whitespace): {_spellings(pairs)}. Rename one so "
+            f"both spell it identically"
+        )

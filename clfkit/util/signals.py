@@ -6,6 +6,7 @@ weights are never saved halfway through an update. Under DDP the ranks agree on 
 ``distributed.STOP_CHECK_EVERY`` steps and at each epoch end instead, and all stop together. A second Ctrl-C while the first is being
 handled stops at once (KeyboardInterrupt), leaving the previous checkpoint intact.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -14,6 +14,7 @@ It is ``yaml.SafeLoader`` (no code runs) with three changes:
   ``MAX_NODES`` nodes, so an alias bomb ("billion laughs") fails at once with a short message,
   and an alias inside its own anchor (a value that would contain itself) is refused.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,10 @@ _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
 _EXP = r"[eE][-+]?[0-9]+"
 _INT_RE = re.compile(r"^[-+]?(?:[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+|0b[01_]+)$")
-_FLOAT_RE = re.compile(rf"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:{_EXP})?|\.[0-9][0-9_]*(?:{_EXP})?"
-                       rf"|[0-9][0-9_]*{_EXP}|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+_FLOAT_RE = re.compile(
+    rf"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:{_EXP})?|\.[0-9][0-9_]*(?:{_EXP})?"
+    rf"|[0-9][0-9_]*{_EXP}|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
 _BOOL_RE = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
 
 
@@ -49,7 +52,8 @@ class Loader(yaml.SafeLoader):
 
     yaml_implicit_resolvers = {
         first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _INT, _FLOAT)]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
 
     def construct_yaml_int(self, node: yaml.Node) -> int:
         text = self.construct_scalar(node).replace("_", "")
@@ -72,8 +76,11 @@ class Loader(yaml.SafeLoader):
         return node
 
 
-for _tag, _rx, _first in ((_BOOL, _BOOL_RE, list("tTfF")), (_INT, _INT_RE, list("-+0123456789")),
-                          (_FLOAT, _FLOAT_RE, list("-+0123456789."))):
+for _tag, _rx, _first in (
+    (_BOOL, _BOOL_RE, list("tTfF")),
+    (_INT, _INT_RE, list("-+0123456789")),
+    (_FLOAT, _FLOAT_RE, list("-+0123456789.")),
+):
     Loader.add_implicit_resolver(_tag, _rx, _first)
 Loader.add_constructor(_INT, Loader.construct_yaml_int)
 Loader.add_constructor(_FLOAT, Loader.construct_yaml_float)
@@ -116,8 +123,11 @@ def _check_mapping(loader: Loader, node: yaml.MappingNode, path: str) -> list[tu
         except TypeError:  # an unhashable key: SafeLoader reports it itself
             continue
         if first is not None:
-            where = (f"on line {line} (columns {first[1]} and {column})" if first[0] == line
-                     else f"on line {first[0]} and on line {line}")
+            where = (
+                f"on line {line} (columns {first[1]} and {column})"
+                if first[0] == line
+                else f"on line {first[0]} and on line {line}"
+            )
             raise YAMLProblem(f"key {key!r} is given twice, {where}; keep one", line, _join(path, key))
         seen[key] = (line, column)
     return children
@@ -134,15 +144,22 @@ def _check_expanded_size(root: yaml.Node) -> None:
         node, children_done = stack.pop()
         if id(node) in sizes:
             continue
-        kids = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) \
-            else node.value if isinstance(node, yaml.SequenceNode) else []
+        kids = (
+            [n for pair in node.value for n in pair]
+            if isinstance(node, yaml.MappingNode)
+            else node.value
+            if isinstance(node, yaml.SequenceNode)
+            else []
+        )
         if not children_done:
             if any(id(k) in open_ or k is node for k in kids):
                 line = node.start_mark.line + 1
-                raise YAMLProblem(f"the anchor (&) on line {line} is used by an alias (*) inside "
-                                  f"itself, so its value would contain itself without end; "
-                                  f"write the value out, or move the alias outside the anchored block",
-                                  line)
+                raise YAMLProblem(
+                    f"the anchor (&) on line {line} is used by an alias (*) inside "
+                    f"itself, so its value would contain itself without end; "
+                    f"write the value out, or move the alias outside the anchored block",
+                    line,
+                )
             open_.add(id(node))
             stack.append((node, True))
             stack.extend((k, False) for k in kids if id(k) not in sizes)
@@ -150,10 +167,12 @@ def _check_expanded_size(root: yaml.Node) -> None:
         open_.discard(id(node))
         sizes[id(node)] = 1 + sum(sizes.get(id(k), 1) for k in kids)
         if sizes[id(node)] > MAX_NODES:
-            raise YAMLProblem(f"the YAML expands to more than {MAX_NODES:,} values through its "
-                              f"anchors (&) and aliases (*), around line {node.start_mark.line + 1}: "
-                              f"an alias bomb? Write the values out, or use fewer aliases",
-                              node.start_mark.line + 1)
+            raise YAMLProblem(
+                f"the YAML expands to more than {MAX_NODES:,} values through its "
+                f"anchors (&) and aliases (*), around line {node.start_mark.line + 1}: "
+                f"an alias bomb? Write the values out, or use fewer aliases",
+                node.start_mark.line + 1,
+            )
 
 
 def load(text: str) -> Any:

@@ -2,6 +2,7 @@
 listing (clfkit.data.class_folders.scan_folder: the same files, labels and refusals as training) and
 each file's record (clfkit.data.audit.records, cached by content). Nothing under the root is
 written."""
+
 from __future__ import annotations
 
 import time
@@ -32,11 +33,15 @@ def load_catalog(root: str | Path, cache_base: Optional[Path]) -> tuple[Catalog,
     recs, errors, stats = records.records_for(paths, records.cache_file(cache_base, plan.root))
     readable = np.array([e is None for e in errors], dtype=bool)
     if not readable.any():
-        raise DataError(f"no image under {image_files.escape_path(str(plan.root))} could be decoded "
-                        f"(e.g. {image_files.escape_path(paths[0])}: {errors[0]})")
+        raise DataError(
+            f"no image under {image_files.escape_path(str(plan.root))} could be decoded "
+            f"(e.g. {image_files.escape_path(paths[0])}: {errors[0]})"
+        )
     shown = relative_names(paths, plan.root)
     skipped = list(plan.not_followed) + [(plan.show(p), e) for p, e in zip(paths, errors) if e is not None]
-    catalog = Catalog(plan.class_names, split, shown, np.array(labels, dtype=np.int64), recs, readable, skipped)
+    catalog = Catalog(
+        plan.class_names, split, shown, np.array(labels, dtype=np.int64), recs, readable, skipped
+    )
     stats["seconds"] = round(time.perf_counter() - t0, 3)
     stats["root"] = str(plan.root)
     return catalog, stats

@@ -13,6 +13,7 @@ and a one-line detail. Kinds, in the order they are reported:
 - ``dark``, ``light``, ``blurry``, ``low_information``, ``odd_aspect_ratio``: CleanVision's
   image issues with its default thresholds (clfkit.data.audit.records).
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -24,11 +25,28 @@ import numpy as np
 from clfkit.data import image_files
 from clfkit.data.audit import neighbours
 
-KINDS = ("conflict", "leak", "exact_duplicate", "near_duplicate", "feature_neighbour", "label_issue",
-         "dark", "light", "blurry", "low_information", "odd_aspect_ratio")
+KINDS = (
+    "conflict",
+    "leak",
+    "exact_duplicate",
+    "near_duplicate",
+    "feature_neighbour",
+    "label_issue",
+    "dark",
+    "light",
+    "blurry",
+    "low_information",
+    "odd_aspect_ratio",
+)
 SPLIT_ORDER = ("train", "val", "test")
 # CleanVision's default thresholds: an image is flagged when its score is below them
-QUALITY_THRESHOLDS = {"dark": 0.32, "light": 0.05, "blurry": 0.29, "low_information": 0.3, "odd_aspect_ratio": 0.35}
+QUALITY_THRESHOLDS = {
+    "dark": 0.32,
+    "light": 0.05,
+    "blurry": 0.29,
+    "low_information": 0.3,
+    "odd_aspect_ratio": 0.35,
+}
 # Hamming distance (of 64 bits) up to which two images of different splits are near-duplicates.
 # Chosen on flowers5_128 (bench/data_check_bench.py, docs/data-check.md): planted JPEG q70
 # re-encodes and 90% resizes are 0-2 bits from their source, 4-px crops 2-12 (24 of 30 within
@@ -62,15 +80,20 @@ class Catalog:
         return len(self.path)
 
     def rows_of(self, split: str) -> np.ndarray:
-        return np.array([i for i, s in enumerate(self.split) if s == split and self.readable[i]], dtype=np.int64)
+        return np.array(
+            [i for i, s in enumerate(self.split) if s == split and self.readable[i]], dtype=np.int64
+        )
 
     def splits(self) -> list[str]:
         return [s for s in SPLIT_ORDER if s in set(self.split)]
 
     def file(self, row: int) -> dict[str, Any]:
         lab = int(self.label[row])
-        return {"split": self.split[row], "path": image_files.escape_path(self.path[row]),
-                "label": self.class_names[lab] if lab >= 0 else None}
+        return {
+            "split": self.split[row],
+            "path": image_files.escape_path(self.path[row]),
+            "label": self.class_names[lab] if lab >= 0 else None,
+        }
 
 
 @dataclass
@@ -82,8 +105,13 @@ class Finding:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self, catalog: Catalog) -> dict[str, Any]:
-        return {"kind": self.kind, "score": round(float(self.score), 4), "detail": self.detail,
-                "files": [catalog.file(r) for r in self.rows], **self.extra}
+        return {
+            "kind": self.kind,
+            "score": round(float(self.score), 4),
+            "detail": self.detail,
+            "files": [catalog.file(r) for r in self.rows],
+            **self.extra,
+        }
 
 
 # --------------------------------------------------------------------------- exact
@@ -93,11 +121,12 @@ def same_content_groups(keys: np.ndarray) -> list[np.ndarray]:
     sorted_keys = keys[order]
     starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
     sizes = np.diff(np.r_[starts, len(keys)])
-    return [order[s:s + n] for s, n in zip(starts, sizes) if n > 1]
+    return [order[s : s + n] for s, n in zip(starts, sizes) if n > 1]
 
 
-def exact_findings(split: list[str], label: np.ndarray, keys: np.ndarray, rows: np.ndarray,
-                   class_names: list[str]) -> list[Finding]:
+def exact_findings(
+    split: list[str], label: np.ndarray, keys: np.ndarray, rows: np.ndarray, class_names: list[str]
+) -> list[Finding]:
     """Conflicts, leaks and duplicates among ``rows`` (catalog rows) whose ``keys`` (pixel
     hashes, one per row) are equal. A group in two splits and two classes is both a leak and
     a conflict."""
@@ -107,8 +136,14 @@ def exact_findings(split: list[str], label: np.ndarray, keys: np.ndarray, rows: 
         labels = sorted({int(label[r]) for r in members if label[r] >= 0})
         splits = sorted({split[r] for r in members}, key=SPLIT_ORDER.index)
         if len(labels) > 1:
-            found.append(Finding("conflict", members, 1.0, "the same image under classes "
-                                 + ", ".join(class_names[k] for k in labels)))
+            found.append(
+                Finding(
+                    "conflict",
+                    members,
+                    1.0,
+                    "the same image under classes " + ", ".join(class_names[k] for k in labels),
+                )
+            )
         if len(splits) > 1:
             found.append(Finding("leak", members, 1.0, "the same image in " + " and ".join(splits)))
         elif len(labels) <= 1:
@@ -135,9 +170,15 @@ def near_duplicate_findings(catalog: Catalog, max_distance: int = PHASH_DISTANCE
                 if catalog.records["pixels"][q] == catalog.records["pixels"][r]:
                     continue
                 bits = int(round((64 - s) / 2))
-                found.append(Finding("near_duplicate", [int(r), int(q)], 1 - bits / 64,
-                                     f"{earlier}/{later}: perceptual hashes {bits} bit(s) apart",
-                                     {"distance_bits": bits}))
+                found.append(
+                    Finding(
+                        "near_duplicate",
+                        [int(r), int(q)],
+                        1 - bits / 64,
+                        f"{earlier}/{later}: perceptual hashes {bits} bit(s) apart",
+                        {"distance_bits": bits},
+                    )
+                )
     return found
 
 
@@ -149,8 +190,15 @@ def quality_findings(catalog: Catalog) -> list[Finding]:
     for kind, threshold in QUALITY_THRESHOLDS.items():
         values = catalog.records[kind][ok].astype(np.float64)
         for r, v in zip(ok[values < threshold], values[values < threshold]):
-            found.append(Finding(kind, [int(r)], 1 - float(v) / threshold,
-                                 f"score {v:.3f} below CleanVision's {threshold}", {"value": round(float(v), 4)}))
+            found.append(
+                Finding(
+                    kind,
+                    [int(r)],
+                    1 - float(v) / threshold,
+                    f"score {v:.3f} below CleanVision's {threshold}",
+                    {"value": round(float(v), 4)},
+                )
+            )
     return found
 
 
@@ -184,11 +232,15 @@ def overview(catalog: Catalog) -> dict[str, Any]:
     modes = Counter(m.decode() for m in rec["mode"].tolist())
     # decoded images only: an unreadable file is listed in "skipped", never counted as its class's
     counts = class_counts(catalog.split, np.where(catalog.readable, catalog.label, -1), catalog.class_names)
-    return {"images": {s: int(len(catalog.rows_of(s))) for s in catalog.splits()},
-            "class_counts": counts,
-            "imbalance": {s: imbalance_note(c) for s, c in counts.items() if imbalance_note(c)},
-            "sizes": dict(sizes.most_common(8)), "distinct_sizes": len(sizes),
-            "modes": dict(modes.most_common()), "skipped": [list(s) for s in catalog.skipped]}
+    return {
+        "images": {s: int(len(catalog.rows_of(s))) for s in catalog.splits()},
+        "class_counts": counts,
+        "imbalance": {s: imbalance_note(c) for s, c in counts.items() if imbalance_note(c)},
+        "sizes": dict(sizes.most_common(8)),
+        "distinct_sizes": len(sizes),
+        "modes": dict(modes.most_common()),
+        "skipped": [list(s) for s in catalog.skipped],
+    }
 
 
 def sort_findings(findings: list[Finding]) -> list[Finding]:

@@ -6,6 +6,7 @@ Similarities are computed a block of queries against a block of references at a 
 loop over pairs. Perceptual hashes become +-1 vectors, whose dot product is 64 - 2 x Hamming
 distance; model features are L2-normalised, whose dot product is the cosine similarity.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,15 +38,16 @@ def _keep_best(q: np.ndarray, r: np.ndarray, s: np.ndarray, per_query: int) -> t
     return q[keep], r[keep], s[keep]
 
 
-def pairs_above(query: np.ndarray, ref: np.ndarray, min_similarity: float,
-                per_query: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pairs_above(
+    query: np.ndarray, ref: np.ndarray, min_similarity: float, per_query: int = 5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(query rows, reference rows, similarity) of every pair whose dot product is at least
     ``min_similarity``, at most ``per_query`` per query row (the most similar)."""
     found_q, found_r, found_s = [], [], []
     for i in range(0, len(query), QUERY_BLOCK):
-        q = query[i:i + QUERY_BLOCK]
+        q = query[i : i + QUERY_BLOCK]
         for j in range(0, len(ref), REF_BLOCK):
-            sim = q @ ref[j:j + REF_BLOCK].T
+            sim = q @ ref[j : j + REF_BLOCK].T
             # 1-D flatnonzero, then divmod: 2-D nonzero costs ~100x more on a sparse block
             rows, cols = np.divmod(np.flatnonzero(sim >= min_similarity), sim.shape[1])
             if len(rows) > per_query * len(q):  # many: keep each row's best now, memory stays flat
@@ -64,9 +66,9 @@ def nearest(query: np.ndarray, ref: np.ndarray, skip_self: bool = False) -> tupl
     best_i = np.full(len(query), -1, np.int64)
     best_s = np.full(len(query), -np.inf, np.float32)
     for i in range(0, len(query), QUERY_BLOCK):
-        q = query[i:i + QUERY_BLOCK]
+        q = query[i : i + QUERY_BLOCK]
         for j in range(0, len(ref), REF_BLOCK):
-            sim = q @ ref[j:j + REF_BLOCK].T
+            sim = q @ ref[j : j + REF_BLOCK].T
             if skip_self:
                 rows = np.arange(len(q))
                 cols = rows + i - j
@@ -74,7 +76,7 @@ def nearest(query: np.ndarray, ref: np.ndarray, skip_self: bool = False) -> tupl
                 sim[rows[inside], cols[inside]] = -np.inf
             k = sim.argmax(1)
             s = sim[np.arange(len(q)), k]
-            better = s > best_s[i:i + len(q)]
-            best_i[i:i + len(q)][better] = k[better] + j
-            best_s[i:i + len(q)][better] = s[better]
+            better = s > best_s[i : i + len(q)]
+            best_i[i : i + len(q)][better] = k[better] + j
+            best_s[i : i + len(q)][better] = s[better]
     return best_i, best_s

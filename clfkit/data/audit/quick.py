@@ -7,6 +7,7 @@ files are the same here when the model would see the same pixels (after the reci
 a PNG and a BMP of one picture, or one photo under two names. Near-duplicates, label errors
 and image quality need ``clfkit data check``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,7 +25,9 @@ def row_hashes(images: Any) -> np.ndarray:
     """A 16-byte hash of each image's pixels (uint8 tensors or a disk split, in blocks)."""
     out = []
     for i in range(0, len(images), BLOCK_ROWS):
-        block = np.ascontiguousarray(images[i:i + BLOCK_ROWS].numpy()).reshape(min(BLOCK_ROWS, len(images) - i), -1)
+        block = np.ascontiguousarray(images[i : i + BLOCK_ROWS].numpy()).reshape(
+            min(BLOCK_ROWS, len(images) - i), -1
+        )
         out += [hashlib.blake2b(row, digest_size=16).digest() for row in block]
     return np.array(out, dtype="S16")
 
@@ -50,9 +53,11 @@ def _example(f: Finding, names: list[str], paths: list[str]) -> str:
     return " = ".join(f"{paths[r]} in {names[r]}" for r in f.rows[:3]) + (" = ..." if len(f.rows) > 3 else "")
 
 
-WHY = {"conflict": "the same image under two classes: one label is wrong",
-       "leak": "the same image in two splits: val/test figures are measured partly on training images",
-       "exact_duplicate": "the same image twice in one split: it counts (and trains) twice"}
+WHY = {
+    "conflict": "the same image under two classes: one label is wrong",
+    "leak": "the same image in two splits: val/test figures are measured partly on training images",
+    "exact_duplicate": "the same image twice in one split: it counts (and trains) twice",
+}
 
 
 def warning_lines(found: list[Finding], names: list[str], paths: list[str]) -> list[str]:
@@ -62,8 +67,10 @@ def warning_lines(found: list[Finding], names: list[str], paths: list[str]) -> l
         of_kind = [f for f in found if f.kind == kind]
         if of_kind:
             files = sum(len(f.rows) for f in of_kind)
-            lines.append(f"{len(of_kind)} {kind.replace('_', ' ')} group(s), {files} files ({why}), "
-                         f"e.g. {_example(of_kind[0], names, paths)}")
+            lines.append(
+                f"{len(of_kind)} {kind.replace('_', ' ')} group(s), {files} files ({why}), "
+                f"e.g. {_example(of_kind[0], names, paths)}"
+            )
     return lines
 
 
@@ -80,9 +87,11 @@ def quick_check(splits: Any, warn: Callable[[str], None]) -> tuple[str, dict[str
         warn(f"class imbalance in train: {imbalance} (loss.class_weights or data.sampler: balanced can help)")
     train_counts = per_class.get("train", {})
     parts = [f"{counts[k]} {k.replace('_', ' ')}(s)" for k in WHY if counts[k]]
-    line = (f"data check: {len(names)} images, train classes {min(train_counts.values(), default=0)}-"
-            f"{max(train_counts.values(), default=0)} images; "
-            + (", ".join(parts) if parts else "no exact duplicates, leaks or conflicts")
-            + (f"; {len(splits.skipped)} file(s) skipped" if splits.skipped else "")
-            + "; `clfkit data check` also finds near-duplicates, label errors and image-quality issues")
+    line = (
+        f"data check: {len(names)} images, train classes {min(train_counts.values(), default=0)}-"
+        f"{max(train_counts.values(), default=0)} images; "
+        + (", ".join(parts) if parts else "no exact duplicates, leaks or conflicts")
+        + (f"; {len(splits.skipped)} file(s) skipped" if splits.skipped else "")
+        + "; `clfkit data check` also finds near-duplicates, label errors and image-quality issues"
+    )
     return line, {**counts, "imbalance": imbalance}

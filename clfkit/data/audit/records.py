@@ -22,6 +22,7 @@ Records are computed with one process per core, and cached under the cache dir b
 (``audit/<root hash>.npz``): a second check hashes each file's bytes and decodes only files
 it has not seen, so it costs a read of the data, not a decode.
 """
+
 from __future__ import annotations
 
 import functools
@@ -39,9 +40,21 @@ from PIL import Image, ImageOps
 from clfkit.data import image_files
 
 VERSION = 1  # bump when a field's meaning changes: older cached records are then ignored
-RECORD = np.dtype([("digest", "S32"), ("pixels", "S32"), ("phash", "<u8"), ("width", "<i4"),
-                   ("height", "<i4"), ("mode", "S8"), ("dark", "<f4"), ("light", "<f4"),
-                   ("low_information", "<f4"), ("blurry", "<f4"), ("odd_aspect_ratio", "<f4")])
+RECORD = np.dtype(
+    [
+        ("digest", "S32"),
+        ("pixels", "S32"),
+        ("phash", "<u8"),
+        ("width", "<i4"),
+        ("height", "<i4"),
+        ("mode", "S8"),
+        ("dark", "<f4"),
+        ("light", "<f4"),
+        ("low_information", "<f4"),
+        ("blurry", "<f4"),
+        ("odd_aspect_ratio", "<f4"),
+    ]
+)
 _DCT = np.cos(np.pi * np.outer(np.arange(32), 2 * np.arange(32) + 1) / 64)  # DCT-II basis, N=32
 TASK_FILES = 128  # files per pool task: small results, few hand-offs
 
@@ -88,8 +101,16 @@ def find_edges(gray: np.ndarray) -> np.ndarray:
     out = gray.copy()
     if gray.shape[-2] > 2 and gray.shape[-1] > 2:
         x = gray.astype(np.int16)
-        ring = (x[..., :-2, :-2] + x[..., :-2, 1:-1] + x[..., :-2, 2:] + x[..., 1:-1, :-2] + x[..., 1:-1, 2:]
-                + x[..., 2:, :-2] + x[..., 2:, 1:-1] + x[..., 2:, 2:])
+        ring = (
+            x[..., :-2, :-2]
+            + x[..., :-2, 1:-1]
+            + x[..., :-2, 2:]
+            + x[..., 1:-1, :-2]
+            + x[..., 1:-1, 2:]
+            + x[..., 2:, :-2]
+            + x[..., 2:, 1:-1]
+            + x[..., 2:, 2:]
+        )
         out[..., 1:-1, 1:-1] = np.clip(8 * x[..., 1:-1, 1:-1] - ring, 0, 255)
     return out
 
@@ -164,9 +185,18 @@ def measure(img: Image.Image, digest: str) -> tuple:
     gray = rgb.convert("L")
     small = gray if max(gray.size) <= 64 else gray.resize(_fit(gray.size, 64))
     w, hgt = rgb.size
-    fields = (digest, h.hexdigest(), w, hgt, mode[:8], min(1.0, 0.1 * (gray if gray_image else rgb).entropy()),
-              min(w / hgt, hgt / w))
-    for_light = pixels if max(rgb.size) <= 256 else np.asarray(rgb.resize(_fit(rgb.size, 256), Image.BILINEAR))
+    fields = (
+        digest,
+        h.hexdigest(),
+        w,
+        hgt,
+        mode[:8],
+        min(1.0, 0.1 * (gray if gray_image else rgb).entropy()),
+        min(w / hgt, hgt / w),
+    )
+    for_light = (
+        pixels if max(rgb.size) <= 256 else np.asarray(rgb.resize(_fit(rgb.size, 256), Image.BILINEAR))
+    )
     small_levels = np.asarray(small)
     gray32 = None if max(w, hgt) <= 32 else np.asarray(gray.resize((32, 32), Image.LANCZOS))  # else batched
     return fields, gray32, for_light.reshape(-1, 3), small_levels
@@ -178,7 +208,9 @@ def _brightness_histograms(pixels: list[np.ndarray]) -> np.ndarray:
     light = np.sqrt((a * a) @ np.array([0.241, 0.691, 0.068], np.float32)) / 255
     bins = np.minimum((light * BRIGHT_BINS).astype(np.int64), BRIGHT_BINS - 1)
     owner = np.repeat(np.arange(len(pixels)), [len(p) for p in pixels])
-    return np.bincount(owner * BRIGHT_BINS + bins, minlength=len(pixels) * BRIGHT_BINS).reshape(len(pixels), -1)
+    return np.bincount(owner * BRIGHT_BINS + bins, minlength=len(pixels) * BRIGHT_BINS).reshape(
+        len(pixels), -1
+    )
 
 
 def finish(measured: list[tuple]) -> list[tuple]:
@@ -195,11 +227,13 @@ def finish(measured: list[tuple]) -> list[tuple]:
     levels = np.arange(256)
     n = edge_hist.sum(axis=1)
     mean = edge_hist @ levels / n
-    blur = 1 - np.exp(-0.01 * np.sqrt(np.maximum(edge_hist @ (levels ** 2) / n - mean ** 2, 0)))
+    blur = 1 - np.exp(-0.01 * np.sqrt(np.maximum(edge_hist @ (levels**2) / n - mean**2, 0)))
     spread = 1 - np.exp(-0.01 * np.std(_row_histograms(list(grays), 256), axis=1))
     blurry = np.minimum(blur + np.where(spread > 0.18, spread, 0.0), 1.0)  # CleanVision's blurry score
-    return [(f[0], f[1], int(hv), f[2], f[3], f[4], float(d), float(lt), f[5], float(b), f[6])
-            for f, hv, d, lt, b in zip(fields, hashes, dark, light, blurry)]
+    return [
+        (f[0], f[1], int(hv), f[2], f[3], f[4], float(d), float(lt), f[5], float(b), f[6])
+        for f, hv, d, lt, b in zip(fields, hashes, dark, light, blurry)
+    ]
 
 
 def _measure_file(path: str) -> tuple[Optional[tuple], Optional[str]]:
@@ -239,11 +273,15 @@ def compute(paths: list[str], workers: Optional[int] = None) -> list[tuple[Optio
     """:func:`file_record` of every path, in order, with one process per core (forked: the
     workers need nothing pickled but file names)."""
     workers = workers or _workers()
-    chunks = [paths[i:i + TASK_FILES] for i in range(0, len(paths), TASK_FILES)]
+    chunks = [paths[i : i + TASK_FILES] for i in range(0, len(paths), TASK_FILES)]
     if workers <= 1 or len(chunks) <= 1 or "fork" not in multiprocessing.get_all_start_methods():
         return _records_of(paths)
-    pool = ProcessPoolExecutor(min(workers, len(chunks)), mp_context=multiprocessing.get_context("fork"),
-                               initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+    pool = ProcessPoolExecutor(
+        min(workers, len(chunks)),
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=signal.signal,
+        initargs=(signal.SIGINT, signal.SIG_IGN),
+    )
     try:  # Ctrl-C reaches the workers too: they ignore it, the parent stops them (no traceback each)
         return [r for part in pool.map(_records_of, chunks) for r in part]
     except BaseException:

@@ -16,6 +16,7 @@ images.
 
 Modules: ``graph`` (torch -> checked ONNX bytes, parity figures), ``quantize`` (int8).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,14 @@ from clfkit.run.run_folder import BEST_PT
 from clfkit.errors import ExportError
 from clfkit.util.atomic import write_bytes
 from clfkit.deploy.export.graph import DEFAULT_OPSET, parity, run_onnx, to_onnx_bytes, torch_reference
-from clfkit.deploy.onnx_contract import INPUT_NAME, META_FORMAT, META_PREFIX, OUTPUT_NAME, build_metadata, validate_metadata
+from clfkit.deploy.onnx_contract import (
+    INPUT_NAME,
+    META_FORMAT,
+    META_PREFIX,
+    OUTPUT_NAME,
+    build_metadata,
+    validate_metadata,
+)
 from clfkit.deploy.tta import TTA_MODES, with_tta
 
 __all__ = ["INPUT_NAME", "META_FORMAT", "META_PREFIX", "OUTPUT_NAME", "ExportResult", "export_run"]
@@ -50,7 +58,9 @@ class ExportResult:
     exporter: str = "dynamo"
     tta: str = "none"
     int8: dict = field(default_factory=dict)  # quantize.Int8Report as a dict when --int8
-    calibration: dict = field(default_factory=dict)  # --calibrate: temperature, ECE before/after (export.calibrate)
+    calibration: dict = field(
+        default_factory=dict
+    )  # --calibrate: temperature, ECE before/after (export.calibrate)
 
 
 def default_output(run_dir: Path) -> Path:
@@ -65,15 +75,21 @@ def default_output(run_dir: Path) -> Path:
 def _check_output(out: Path, run_dir: Path) -> None:
     """Refuse an output that would replace the run's own files (checkpoints, reports, ...)."""
     if out.is_dir():
-        raise ExportError(f"-o {out} is a folder; give a file name, e.g. {out / (run_dir.resolve().name + '.onnx')}")
+        raise ExportError(
+            f"-o {out} is a folder; give a file name, e.g. {out / (run_dir.resolve().name + '.onnx')}"
+        )
     # an earlier export kept in the run folder may be replaced; nothing else there may
     own = [p for p in run_dir.rglob("*") if p.is_file() and p.suffix.lower() != ".onnx"]
     if any(_same_file(out, p) for p in own):
-        raise ExportError(f"-o {out} is a file of the run folder {run_dir}; exporting there would overwrite "
-                          f"it. Give a new file name, e.g. -o {default_output(run_dir)}")
+        raise ExportError(
+            f"-o {out} is a file of the run folder {run_dir}; exporting there would overwrite "
+            f"it. Give a new file name, e.g. -o {default_output(run_dir)}"
+        )
     if out.exists() and out.suffix.lower() != ".onnx":  # e.g. another run's best.pt, a dataset file
-        raise ExportError(f"-o {out} exists and is not an .onnx file; an export replaces only an earlier "
-                          f"export. Give a new name or one ending in .onnx")
+        raise ExportError(
+            f"-o {out} exists and is not an .onnx file; an export replaces only an earlier "
+            f"export. Give a new name or one ending in .onnx"
+        )
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -93,15 +109,19 @@ def _parity_images(run_dir: Path, channels: int, h: int, w: int) -> np.ndarray:
     return images
 
 
-def _prove_parity(model: torch.nn.Module, model_bytes: bytes, images: np.ndarray, atol: float) -> tuple[float, float]:
+def _prove_parity(
+    model: torch.nn.Module, model_bytes: bytes, images: np.ndarray, atol: float
+) -> tuple[float, float]:
     """(max abs diff, top-1 agreement) of the ONNX graph against torch; ExportError unless exact."""
     ref = torch_reference(model, images)
     got = run_onnx(model_bytes, images)
     max_diff, agreement = parity(ref, got)
     report = f"parity on {len(images)} validation images: max abs diff {max_diff:.2e}, top-1 agreement {agreement:.2%}"
     if agreement < 1.0 or not max_diff <= atol:
-        raise ExportError(f"exported model does not match the trained one ({report}; tolerance {atol:g}); "
-                          f"nothing was written")
+        raise ExportError(
+            f"exported model does not match the trained one ({report}; tolerance {atol:g}); "
+            f"nothing was written"
+        )
     return max_diff, agreement
 
 
@@ -121,10 +141,19 @@ def _with_metadata(model_bytes: bytes, meta: dict[str, str], state: dict, doc: s
     return proto.SerializeToString()
 
 
-def export_run(run_dir: str | Path, out: Optional[str | Path] = None, *, atol: float = 1e-3,
-               opset: int = DEFAULT_OPSET, checkpoint: Optional[str] = None, tta: str = "none",
-               int8: bool = False, min_agreement: float = 99.0, calibrate: bool = False,
-               data_root: Optional[str | Path] = None) -> ExportResult:
+def export_run(
+    run_dir: str | Path,
+    out: Optional[str | Path] = None,
+    *,
+    atol: float = 1e-3,
+    opset: int = DEFAULT_OPSET,
+    checkpoint: Optional[str] = None,
+    tta: str = "none",
+    int8: bool = False,
+    min_agreement: float = 99.0,
+    calibrate: bool = False,
+    data_root: Optional[str | Path] = None,
+) -> ExportResult:
     """Export a run's checkpoint (default best.pt, or last.pt of an unfinished run) to ONNX,
     verify parity (and with ``int8``, agreement of the quantized graph, calibrated on the run's
     training images), then write ``out`` atomically. ``calibrate``: divide the logits by a
@@ -156,17 +185,37 @@ def export_run(run_dir: str | Path, out: Optional[str | Path] = None, *, atol: f
     if calibrate:
         extra["calibration"] = json.dumps(calibration)
     meta = build_metadata(
-        state["class_names"], spec, version=__version__,
+        state["class_names"],
+        spec,
+        version=__version__,
         input="uint8 NCHW 0..255; normalization (mean/std) is inside the graph",
-        recipe=json.dumps(state["recipe"]), run=run_name, checkpoint=ckpt_path.name,
-        epoch=str(state.get("epoch", "")), exporter=exporter, tta=tta,
-        parity=json.dumps({"max_abs_diff": max_diff, "top1_agreement": agreement, "images": len(images)}), **extra)
-    doc = (f"clfkit export of {run_name} ({ckpt_path.name}): {len(state['class_names'])} classes"
-           f"{', flip TTA' if tta == 'flip' else ''}{', int8' if int8 else ''}"
-           f"{', temperature-scaled' if calibrate else ''}")
+        recipe=json.dumps(state["recipe"]),
+        run=run_name,
+        checkpoint=ckpt_path.name,
+        epoch=str(state.get("epoch", "")),
+        exporter=exporter,
+        tta=tta,
+        parity=json.dumps({"max_abs_diff": max_diff, "top1_agreement": agreement, "images": len(images)}),
+        **extra,
+    )
+    doc = (
+        f"clfkit export of {run_name} ({ckpt_path.name}): {len(state['class_names'])} classes"
+        f"{', flip TTA' if tta == 'flip' else ''}{', int8' if int8 else ''}"
+        f"{', temperature-scaled' if calibrate else ''}"
+    )
     write_bytes(out, _with_metadata(model_bytes, meta, state, doc))
-    return ExportResult(out, max_diff, agreement, len(images), ckpt_path, _note(run_dir, ckpt_path, state),
-                        exporter, tta, int8_report, calibration)
+    return ExportResult(
+        out,
+        max_diff,
+        agreement,
+        len(images),
+        ckpt_path,
+        _note(run_dir, ckpt_path, state),
+        exporter,
+        tta,
+        int8_report,
+        calibration,
+    )
 
 
 def _note(run_dir: Path, ckpt_path: Path, state: dict) -> str:

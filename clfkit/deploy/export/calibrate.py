@@ -8,6 +8,7 @@ Dividing by T > 0 keeps every top-1 class, which is checked on the val split, an
 then proven on the scaled graph as on any other. The metadata's ``calibration`` entry records
 T, the split and the ECE and NLL before and after.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -49,31 +50,47 @@ def _val_split(state: dict, data_root: Optional[str | Path] = None) -> Any:
     splits = read_run_splits(state, data_root, "--calibrate", "fits the temperature on the run's val images")
     val = splits.val
     if val is None or len(val) == 0 or not val.labelled:
-        raise ExportError("--calibrate fits the temperature on the run's val split, and this run's data has no "
-                          "labelled val split (data.val_fraction: 0 and no val folder); export without --calibrate")
+        raise ExportError(
+            "--calibrate fits the temperature on the run's val split, and this run's data has no "
+            "labelled val split (data.val_fraction: 0 and no val folder); export without --calibrate"
+        )
     return val
 
 
-def calibrate(model: torch.nn.Module, state: dict, batch_size: int = 256,
-              data_root: Optional[str | Path] = None) -> tuple[TemperatureScaled, dict[str, Any]]:
+def calibrate(
+    model: torch.nn.Module, state: dict, batch_size: int = 256, data_root: Optional[str | Path] = None
+) -> tuple[TemperatureScaled, dict[str, Any]]:
     """(``model`` scaled by the temperature fitted on the run's val split, the metadata's report)."""
     val = _val_split(state, data_root)
-    cpu = types.SimpleNamespace(device=torch.device("cpu"), channels_last=False, autocast=contextlib.nullcontext)
+    cpu = types.SimpleNamespace(
+        device=torch.device("cpu"), channels_last=False, autocast=contextlib.nullcontext
+    )
     logits, labels = split_logits(model, val, cpu, batch_size)
     t = fit_temperature(logits, labels)
     if not torch.equal((logits / t).argmax(1), logits.argmax(1)):  # T > 0 cannot; a NaN logit could
-        raise ExportError(f"--calibrate: temperature {t:.4g} would change a top-1 class on the val split; "
-                          f"nothing was written")
+        raise ExportError(
+            f"--calibrate: temperature {t:.4g} would change a top-1 class on the val split; "
+            f"nothing was written"
+        )
     before, after = reliability(logits, labels), reliability(logits, labels, t)
-    report = {"temperature": t, "split": "val", "images": len(labels), "binning": BINNING,
-              "ece_before": before["ece"], "ece_after": after["ece"],
-              "nll_before": nll(logits, labels), "nll_after": nll(logits, labels, t)}
+    report = {
+        "temperature": t,
+        "split": "val",
+        "images": len(labels),
+        "binning": BINNING,
+        "ece_before": before["ece"],
+        "ece_after": after["ece"],
+        "nll_before": nll(logits, labels),
+        "nll_after": nll(logits, labels, t),
+    }
     return TemperatureScaled(model, t).eval(), report
 
 
 def describe(report: dict[str, Any]) -> str:
     """The export's line about the calibration (``report``: :func:`calibrate`'s)."""
-    return (f"calibrated: temperature {report['temperature']:.4f} fitted on {report['images']} val images; ECE "
-            f"{report['ece_before']:.4f} -> {report['ece_after']:.4f}, NLL {report['nll_before']:.4f} -> "
-            f"{report['nll_after']:.4f}" + (" (few images: the temperature is a rough estimate)"
-                                            if report["images"] < SMALL_VAL else ""))
+    return (
+        f"calibrated: temperature {report['temperature']:.4f} fitted on {report['images']} val images; ECE "
+        f"{report['ece_before']:.4f} -> {report['ece_after']:.4f}, NLL {report['nll_before']:.4f} -> "
+        f"{report['nll_after']:.4f}"
+        + (" (few images: the temperature is a rough estimate)" if report["images"] < SMALL_VAL else "")
+    )

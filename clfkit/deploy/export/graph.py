@@ -6,6 +6,7 @@ dimension and parity with every built-in model. If it fails on a model (a plugin
 onnxscript is missing, the TorchScript exporter is used instead and the metadata says so; the
 parity check that follows guards either result.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,21 +33,39 @@ def _quiet():
 
 def _dynamo_bytes(model: torch.nn.Module, example: torch.Tensor, opset: int) -> bytes:
     batch = torch.export.Dim("batch", min=1)
-    program = torch.onnx.export(model, (example,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True,
-                                verbose=False, optimize=True)
+    program = torch.onnx.export(
+        model,
+        (example,),
+        None,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes=({0: batch},),
+        opset_version=opset,
+        dynamo=True,
+        verbose=False,
+        optimize=True,
+    )
     return program.model_proto.SerializeToString()
 
 
 def _torchscript_bytes(model: torch.nn.Module, example: torch.Tensor, opset: int) -> bytes:
     buf = io.BytesIO()
-    torch.onnx.export(model, (example,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                      dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                      opset_version=opset, dynamo=False)
+    torch.onnx.export(
+        model,
+        (example,),
+        buf,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        opset_version=opset,
+        dynamo=False,
+    )
     return buf.getvalue()
 
 
-def to_onnx_bytes(model: torch.nn.Module, example: torch.Tensor, opset: int = DEFAULT_OPSET) -> tuple[bytes, str]:
+def to_onnx_bytes(
+    model: torch.nn.Module, example: torch.Tensor, opset: int = DEFAULT_OPSET
+) -> tuple[bytes, str]:
     """(ONNX bytes, the exporter used: "dynamo" or "torchscript (...why)"); only dim 0 of the
     input and output is dynamic. The result passes :func:`check_onnx`."""
     with _quiet():
@@ -66,8 +85,9 @@ def check_onnx(model_bytes: bytes) -> None:
     try:
         onnx.checker.check_model(onnx.load_from_string(model_bytes), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise ExportError(f"the exported graph fails onnx.checker ({str(e).splitlines()[0][:200]}); "
-                          f"nothing was written") from None
+        raise ExportError(
+            f"the exported graph fails onnx.checker ({str(e).splitlines()[0][:200]}); nothing was written"
+        ) from None
 
 
 def run_onnx(model_bytes: bytes, images: np.ndarray) -> np.ndarray:

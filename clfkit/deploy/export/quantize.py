@@ -11,6 +11,7 @@ cache included). Agreement is top-1 agreement with the fp32 graph on the run's v
 threshold nothing is written.
 Size and CPU speed are measured against the fp32 graph in the same process.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,7 +33,9 @@ AGREEMENT_IMAGES = 1000
 SPEED_BATCH = 64
 
 
-def run_images(state: dict[str, Any], data_root: Optional[str | Path] = None) -> tuple[np.ndarray, np.ndarray, str]:
+def run_images(
+    state: dict[str, Any], data_root: Optional[str | Path] = None
+) -> tuple[np.ndarray, np.ndarray, str]:
     """(calibration images from train, agreement images, where those come from), uint8 NCHW,
     read from the run's folder dataset or, with ``data_root`` (``export --data-root``), from
     that folder instead."""
@@ -46,10 +49,11 @@ def run_images(state: dict[str, Any], data_root: Optional[str | Path] = None) ->
     calibration = train[order[:CALIBRATION_IMAGES]].numpy()
     if splits.val is not None and len(splits.val):
         return calibration, splits.val.images[:AGREEMENT_IMAGES].numpy(), "val"
-    held_out = train[order[CALIBRATION_IMAGES:CALIBRATION_IMAGES + AGREEMENT_IMAGES]].numpy()
+    held_out = train[order[CALIBRATION_IMAGES : CALIBRATION_IMAGES + AGREEMENT_IMAGES]].numpy()
     if not len(held_out):
-        raise ExportError("--int8 needs val images or more training images than the calibration set; "
-                          "nothing was written")
+        raise ExportError(
+            "--int8 needs val images or more training images than the calibration set; nothing was written"
+        )
     return calibration, held_out, "held-out train"
 
 
@@ -57,7 +61,7 @@ class _Batches:
     """onnxruntime's CalibrationDataReader protocol over uint8 images, 32 at a time."""
 
     def __init__(self, images: np.ndarray, batch: int = 32) -> None:
-        self._it = iter([{INPUT_NAME: images[i:i + batch]} for i in range(0, len(images), batch)])
+        self._it = iter([{INPUT_NAME: images[i : i + batch]} for i in range(0, len(images), batch)])
 
     def get_next(self):
         return next(self._it, None)
@@ -95,17 +99,23 @@ class Int8Config:
     op_types: Optional[tuple[str, ...]] = None
 
     def describe(self) -> str:
-        kept = {"none": "every layer int8", "first": "a small first layer kept in fp32",
-                "first_last": "first and last layers kept in fp32"}[self.keep]
+        kept = {
+            "none": "every layer int8",
+            "first": "a small first layer kept in fp32",
+            "first_last": "first and last layers kept in fp32",
+        }[self.keep]
         ops = f", only {'/'.join(self.op_types)}" if self.op_types else ""
-        return (f"onnxruntime quantize_static: {self.fmt.upper()}, {self.activations.upper()}{self.weights.upper()} "
-                f"(activations/weights), {'per-channel' if self.per_channel else 'per-tensor'} weights"
-                f"{', reduce_range' if self.reduce_range else ''}, min/max; {kept}{ops}")
-
+        return (
+            f"onnxruntime quantize_static: {self.fmt.upper()}, {self.activations.upper()}{self.weights.upper()} "
+            f"(activations/weights), {'per-channel' if self.per_channel else 'per-tensor'} weights"
+            f"{', reduce_range' if self.reduce_range else ''}, min/max; {kept}{ops}"
+        )
 
     def short(self) -> str:
-        return (f"{self.fmt} {self.activations}{self.weights} {'per-channel' if self.per_channel else 'per-tensor'}"
-                f"{' reduce_range' if self.reduce_range else ''}{'' if self.keep == 'none' else ' keep ' + self.keep}")
+        return (
+            f"{self.fmt} {self.activations}{self.weights} {'per-channel' if self.per_channel else 'per-tensor'}"
+            f"{' reduce_range' if self.reduce_range else ''}{'' if self.keep == 'none' else ' keep ' + self.keep}"
+        )
 
 
 # What --int8 tries, fastest first; export keeps the first that meets --min-agreement. Measured
@@ -114,9 +124,11 @@ class Int8Config:
 # on cnn 64 px); per-channel QDQ with the first layer in fp32 (the former default: 1.5x and
 # 0.8x) agrees best on most; keeping the last layer too rescued a cnn whose large final Gemm
 # lost all agreement in int8 (2% -> 100%). S8S8 activations ran 3-10x slower than U8S8 there.
-CONFIGS = (Int8Config("qoperator", "u8", "s8", per_channel=False, keep="none"),
-           Int8Config("qdq", "u8", "s8", per_channel=True, keep="first"),
-           Int8Config("qdq", "u8", "s8", per_channel=True, keep="first_last"))
+CONFIGS = (
+    Int8Config("qoperator", "u8", "s8", per_channel=False, keep="none"),
+    Int8Config("qdq", "u8", "s8", per_channel=True, keep="first"),
+    Int8Config("qdq", "u8", "s8", per_channel=True, keep="first_last"),
+)
 DEFAULT_CONFIG = CONFIGS[0]
 
 
@@ -130,12 +142,19 @@ def quantize_bytes(fp32_bytes: bytes, calibration: np.ndarray, config: Int8Confi
         src, pre, dst = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
         src.write_bytes(fp32_bytes)
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(dst), _Batches(calibration),
-                        quant_format=QuantFormat.QDQ if config.fmt == "qdq" else QuantFormat.QOperator,
-                        per_channel=config.per_channel, reduce_range=config.reduce_range,
-                        weight_type=types[config.weights], activation_type=types[config.activations],
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=layers_to_keep(pre.read_bytes(), config.keep),
-                        op_types_to_quantize=list(config.op_types) if config.op_types else None)
+        quantize_static(
+            str(pre),
+            str(dst),
+            _Batches(calibration),
+            quant_format=QuantFormat.QDQ if config.fmt == "qdq" else QuantFormat.QOperator,
+            per_channel=config.per_channel,
+            reduce_range=config.reduce_range,
+            weight_type=types[config.weights],
+            activation_type=types[config.activations],
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=layers_to_keep(pre.read_bytes(), config.keep),
+            op_types_to_quantize=list(config.op_types) if config.op_types else None,
+        )
         return dst.read_bytes()
 
 
@@ -148,7 +167,11 @@ def layers_to_keep(model_bytes: bytes, keep: str) -> list[str]:
         return first
     import onnx
 
-    layers = [n.name for n in onnx.load_from_string(model_bytes).graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    layers = [
+        n.name
+        for n in onnx.load_from_string(model_bytes).graph.node
+        if n.op_type in ("Conv", "Gemm", "MatMul")
+    ]
     return sorted(set(first) | set(layers[-1:]))
 
 
@@ -161,8 +184,11 @@ def first_layer_to_keep(model_bytes: bytes, share: float = 0.05) -> list[str]:
 
     graph = onnx.load_from_string(model_bytes).graph
     sizes = {i.name: int(np.prod(i.dims)) for i in graph.initializer}
-    layers = [(n.name, sum(sizes.get(x, 0) for x in n.input)) for n in graph.node
-              if n.op_type in ("Conv", "Gemm", "MatMul")]
+    layers = [
+        (n.name, sum(sizes.get(x, 0) for x in n.input))
+        for n in graph.node
+        if n.op_type in ("Conv", "Gemm", "MatMul")
+    ]
     total = sum(s for _, s in layers)
     return [layers[0][0]] if layers and total and layers[0][1] < share * total else []
 
@@ -178,8 +204,9 @@ def cpu_int8_support(cpuinfo: str = "/proc/cpuinfo") -> dict[str, Any]:
         text = Path(cpuinfo).read_text(errors="replace")
     except OSError:
         return {"flags": [], "vnni": None}
-    flags = next((set(line.split(":", 1)[1].split()) for line in text.splitlines()
-                  if line.startswith("flags")), set())
+    flags = next(
+        (set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), set()
+    )
     have = [f for f in INT8_FLAGS if f in flags]
     return {"flags": have, "vnni": any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))}
 
@@ -196,8 +223,12 @@ def _session(model_bytes: bytes):
 
 
 def _logits(sess, images: np.ndarray) -> np.ndarray:
-    return np.concatenate([sess.run([OUTPUT_NAME], {INPUT_NAME: images[i:i + SPEED_BATCH]})[0]
-                           for i in range(0, len(images), SPEED_BATCH)])
+    return np.concatenate(
+        [
+            sess.run([OUTPUT_NAME], {INPUT_NAME: images[i : i + SPEED_BATCH]})[0]
+            for i in range(0, len(images), SPEED_BATCH)
+        ]
+    )
 
 
 def _seconds_per_batch(sessions: list, batch: np.ndarray, rounds: int = 7) -> list[float]:
@@ -217,8 +248,9 @@ def _agreement(fp32, int8, check: np.ndarray) -> float:
     return 100.0 * float((_logits(fp32, check).argmax(1) == _logits(int8, check).argmax(1)).mean())
 
 
-def quantize_run(fp32_bytes: bytes, state: dict[str, Any], min_agreement: float,
-                 data_root: Optional[str | Path] = None) -> tuple[bytes, dict[str, Any]]:
+def quantize_run(
+    fp32_bytes: bytes, state: dict[str, Any], min_agreement: float, data_root: Optional[str | Path] = None
+) -> tuple[bytes, dict[str, Any]]:
     """(int8 graph bytes, report) for a run's fp32 graph: the first of :data:`CONFIGS` (fastest
     first) whose graph agrees with fp32 on at least ``min_agreement`` % of the held-out images;
     ExportError with the figures when none does. ``data_root``: read the run's folder dataset from
@@ -235,15 +267,29 @@ def quantize_run(fp32_bytes: bytes, state: dict[str, Any], min_agreement: float,
         tried.append(f"{agreement:.2f}% ({config.short()})")
     else:
         figures = "; ".join(tried)
-        raise ExportError(f"the int8 model agrees with fp32 on {figures} of {len(check)} {source} images, "
-                          f"below --min-agreement {min_agreement:g}%; nothing was written")
+        raise ExportError(
+            f"the int8 model agrees with fp32 on {figures} of {len(check)} {source} images, "
+            f"below --min-agreement {min_agreement:g}%; nothing was written"
+        )
     t_fp32, t_int8 = _seconds_per_batch([fp32, int8], check[:SPEED_BATCH])
     return int8_bytes, {
-        "agreement": agreement, "images": int(len(check)), "images_from": source, "min_agreement": min_agreement,
-        "calibration_images": int(len(calibration)), "fp32_bytes": len(fp32_bytes), "bytes": len(int8_bytes),
-        "size_ratio": len(int8_bytes) / len(fp32_bytes), "speed_ratio": t_fp32 / t_int8,
-        "speed_batch": int(min(SPEED_BATCH, len(check))), "fp32_ms": 1000 * t_fp32, "int8_ms": 1000 * t_int8,
-        "method": config.describe(), "config": config.short(), "fell_back_from": tried, "cpu": cpu_int8_support()}
+        "agreement": agreement,
+        "images": int(len(check)),
+        "images_from": source,
+        "min_agreement": min_agreement,
+        "calibration_images": int(len(calibration)),
+        "fp32_bytes": len(fp32_bytes),
+        "bytes": len(int8_bytes),
+        "size_ratio": len(int8_bytes) / len(fp32_bytes),
+        "speed_ratio": t_fp32 / t_int8,
+        "speed_batch": int(min(SPEED_BATCH, len(check))),
+        "fp32_ms": 1000 * t_fp32,
+        "int8_ms": 1000 * t_int8,
+        "method": config.describe(),
+        "config": config.short(),
+        "fell_back_from": tried,
+        "cpu": cpu_int8_support(),
+    }
 
 
 def cpu_note(report: dict[str, Any]) -> str:
@@ -251,7 +297,9 @@ def cpu_note(report: dict[str, Any]) -> str:
     near fp32 speed, or slower, whatever the configuration (docs/performance.md)."""
     cpu = report.get("cpu") or {}
     if cpu.get("vnni") is False:
-        return (f"note: this CPU has no VNNI/AMX int8 unit (int8 flags: {', '.join(cpu['flags']) or 'none'}), so "
-                f"int8 runs near fp32 speed here ({report['speed_ratio']:.2f}x); its gain is the smaller file, "
-                f"and speed on a CPU with avx512_vnni, avx_vnni or amx_int8")
+        return (
+            f"note: this CPU has no VNNI/AMX int8 unit (int8 flags: {', '.join(cpu['flags']) or 'none'}), so "
+            f"int8 runs near fp32 speed here ({report['speed_ratio']:.2f}x); its gain is the smaller file, "
+            f"and speed on a CPU with avx512_vnni, avx_vnni or amx_int8"
+        )
     return ""

@@ -1,5 +1,6 @@
 """The run's data as export reads it (``--int8`` calibration, ``--calibrate``): read as the run
 read it, or from ``--data-root``, every failure one ExportError saying what the option needs."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,11 +23,15 @@ def read_run_splits(state: dict, data_root: Optional[str | Path], option: str, n
     try:
         splits = build_data(recipe)
     except Exception as e:  # noqa: BLE001 - unreadable data: say what the option needs
-        raise ExportError(f"{option} {needs}, which cannot be read ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:200]}); give the data's place with --data-root; nothing "
-                          f"was written") from None
+        raise ExportError(
+            f"{option} {needs}, which cannot be read ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]}); give the data's place with --data-root; nothing "
+            f"was written"
+        ) from None
     if splits.class_names != state["class_names"]:
-        raise ExportError(f"{option}: the data at {where(recipe.data.source)} has classes {splits.class_names}, but "
-                          f"the run was trained on {state['class_names']}; give the run's data with --data-root; "
-                          f"nothing was written")
+        raise ExportError(
+            f"{option}: the data at {where(recipe.data.source)} has classes {splits.class_names}, but "
+            f"the run was trained on {state['class_names']}; give the run's data with --data-root; "
+            f"nothing was written"
+        )
     return splits

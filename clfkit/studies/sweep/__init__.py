@@ -25,11 +25,22 @@ last.pt when the trainer can, and restarts the others. At the end it writes::
 The package: :mod:`~clfkit.studies.sweep.plan` (axes and trials), :mod:`~clfkit.studies.sweep.running`
 (training them, stop signals, worker processes), :mod:`~clfkit.studies.sweep.tables` (the results).
 """
+
 from __future__ import annotations
 
 from clfkit.studies.sweep.plan import Axis, Sweep, SweepError, Trial, axes_from_block, parse_grid, plan_sweep
 from clfkit.studies.sweep.running import run_sweep, run_trial
 from clfkit.studies.sweep.tables import write_tables
 
-__all__ = ["Axis", "Sweep", "SweepError", "Trial", "axes_from_block", "parse_grid", "plan_sweep", "run_sweep",
-           "run_trial", "write_tables"]
+__all__ = [
+    "Axis",
+    "Sweep",
+    "SweepError",
+    "Trial",
+    "axes_from_block",
+    "parse_grid",
+    "plan_sweep",
+    "run_sweep",
+    "run_trial",
+    "write_tables",
+]

@@ -1,5 +1,6 @@
 """Planning a sweep: the axes (--grid, a sweep file's block), their labels and overlaps, and
 the trials (one validated recipe per combination). Nothing here trains or writes."""
+
 from __future__ import annotations
 
 import copy
@@ -15,8 +16,16 @@ import yaml
 from clfkit.train.build import check_model_size
 from clfkit.errors import RecipeError, SweepError
 from clfkit.util.safe_names import check_name, name_problem, safe_label
-from clfkit.recipe import (SEED_MAX, Recipe, apply_override, parse_override, parse_overrides, read_yaml,
-                           seed_range_problem, validate_recipe)
+from clfkit.recipe import (
+    SEED_MAX,
+    Recipe,
+    apply_override,
+    parse_override,
+    parse_overrides,
+    read_yaml,
+    seed_range_problem,
+    validate_recipe,
+)
 from clfkit.run.run_folder import RunFolder
 from clfkit.util.yaml_text import YAMLProblem, parse_value
 
@@ -29,8 +38,10 @@ MAX_RUNS = 1000
 def check_run_count(runs: int, what: str) -> None:
     """A SweepError naming the count and the cap when ``runs`` is over MAX_RUNS."""
     if runs > MAX_RUNS:
-        raise SweepError(f"{what} make {runs:,} runs; a sweep plans at most {MAX_RUNS:,}. Give fewer values or "
-                         f"seeds, or split it into several sweeps (each its own --out)")
+        raise SweepError(
+            f"{what} make {runs:,} runs; a sweep plans at most {MAX_RUNS:,}. Give fewer values or "
+            f"seeds, or split it into several sweeps (each its own --out)"
+        )
 
 
 # --------------------------------------------------------------------------- axes
@@ -98,10 +109,17 @@ def parse_grid(text: str) -> Axis:
     items = split_top_level(raw)
     if not raw.strip() or any(not i for i in items):
         raise SweepError(f"--grid {text!r}: empty value; write values separated by commas")
-    check_run_count(len(items), f"the {len(items):,} values of --grid {key.strip()[:80]}")  # before parsing each
+    check_run_count(
+        len(items), f"the {len(items):,} values of --grid {key.strip()[:80]}"
+    )  # before parsing each
     path = ".".join(keys)
-    return Axis(path, [(_value_label(item, value), {path: value})
-                       for item, value in ((item, _parse_value(item)) for item in items)])
+    return Axis(
+        path,
+        [
+            (_value_label(item, value), {path: value})
+            for item, value in ((item, _parse_value(item)) for item in items)
+        ],
+    )
 
 
 def _value_label(text: str, value: Any) -> str:
@@ -128,28 +146,38 @@ def axes_from_block(block: Any, source: str) -> list[Axis]:
     for key, spec in block.items():
         if key == "variants":
             if not isinstance(spec, dict) or not spec:
-                raise SweepError(f"{source}: sweep.variants must map a name to its overrides, "
-                                 f"e.g. {{full: {{}}, wo_bn: {{model.norm: none}}}}")
+                raise SweepError(
+                    f"{source}: sweep.variants must map a name to its overrides, "
+                    f"e.g. {{full: {{}}, wo_bn: {{model.norm: none}}}}"
+                )
             options = []
             for name, sets in spec.items():
                 if sets is None:
                     sets = {}
                 if not isinstance(sets, dict):
-                    raise SweepError(f"{source}: sweep.variants.{name} must be a mapping of "
-                                     f"dotted.path: value, got {sets!r}")
+                    raise SweepError(
+                        f"{source}: sweep.variants.{name} must be a mapping of "
+                        f"dotted.path: value, got {sets!r}"
+                    )
                 label = check_name(str(name), "sweep variant name")
                 options.append((label, {_dotted_path(k, source): v for k, v in sets.items()}))
             axes.append(Axis("variant", options))
-        elif isinstance(spec, dict):   # labelled values: the user names them
+        elif isinstance(spec, dict):  # labelled values: the user names them
             path = _dotted_path(key, source)
-            axes.append(Axis(path, [(check_name(str(label), "sweep value label"), {path: v})
-                                    for label, v in spec.items()]))
+            axes.append(
+                Axis(
+                    path,
+                    [(check_name(str(label), "sweep value label"), {path: v}) for label, v in spec.items()],
+                )
+            )
         elif isinstance(spec, list) and spec:
             path = _dotted_path(key, source)
             axes.append(Axis(path, [(safe_label(_label(v)), {path: v}) for v in spec]))
         else:
-            raise SweepError(f"{source}: sweep.{key} must be a non-empty list of values "
-                             f"(or a mapping label: value), got {spec!r}")
+            raise SweepError(
+                f"{source}: sweep.{key} must be a non-empty list of values "
+                f"(or a mapping label: value), got {spec!r}"
+            )
     return axes
 
 
@@ -162,12 +190,12 @@ def short_names(axes: list[Axis]) -> dict[str, str]:
 # --------------------------------------------------------------------------- planning
 @dataclass
 class Trial:
-    name: str                      # run folder name, e.g. "lr=0.001,head_dropout=0.3"
-    values: dict[str, str]         # axis key -> option label
-    overrides: dict[str, Any]      # dotted path -> value
+    name: str  # run folder name, e.g. "lr=0.001,head_dropout=0.3"
+    values: dict[str, str]  # axis key -> option label
+    overrides: dict[str, Any]  # dotted path -> value
     recipe: Recipe
     run_dir: Path
-    status: str = "new"            # new | done | unfinished | failed | skipped
+    status: str = "new"  # new | done | unfinished | failed | skipped
     error: str = ""
     seconds: float = 0.0
 
@@ -178,7 +206,7 @@ class Sweep:
     out: Path
     axes: list[Axis]
     trials: list[Trial]
-    seeds: int = 1                 # runs per variant, each under its own seed (clfkit.studies.sweep.seeds)
+    seeds: int = 1  # runs per variant, each under its own seed (clfkit.studies.sweep.seeds)
     written: list[Path] = dataclasses.field(default_factory=list)  # the tables and figures write_tables wrote
     removed: list[Path] = dataclasses.field(default_factory=list)  # stale ones of an earlier sweep it removed
 
@@ -193,7 +221,9 @@ def pop_seeds(block: Any, source: str) -> tuple[Any, Optional[int]]:
     block = dict(block)
     n = block.pop("seeds")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise SweepError(f"{source}: sweep.seeds must be a whole number of seeds per variant (1 or more), got {n!r}")
+        raise SweepError(
+            f"{source}: sweep.seeds must be a whole number of seeds per variant (1 or more), got {n!r}"
+        )
     return (block or None), n
 
 
@@ -203,15 +233,21 @@ def seed_axis(seeds: int, base_seed: int) -> list[Axis]:
     if seeds <= 1:
         return []
     if base_seed + seeds - 1 > SEED_MAX:
-        raise SweepError(f"--seeds {seeds} (or sweep.seeds) from the recipe's seed {base_seed} runs seeds {base_seed} to "
-                         f"{base_seed + seeds - 1}, and {seed_range_problem(base_seed + seeds - 1)}; lower the "
-                         f"recipe's seed (--set seed=...) or the number of seeds")
+        raise SweepError(
+            f"--seeds {seeds} (or sweep.seeds) from the recipe's seed {base_seed} runs seeds {base_seed} to "
+            f"{base_seed + seeds - 1}, and {seed_range_problem(base_seed + seeds - 1)}; lower the "
+            f"recipe's seed (--set seed=...) or the number of seeds"
+        )
     return [Axis(SEED_AXIS, [(str(base_seed + i), {"seed": base_seed + i}) for i in range(seeds)])]
 
 
-def plan_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
-               overrides: list[str] | tuple[str, ...] = (), out: Optional[str | Path] = None,
-               seeds: Optional[int] = None) -> Sweep:
+def plan_sweep(
+    recipe_path: str | Path,
+    grid: list[str] | tuple[str, ...] = (),
+    overrides: list[str] | tuple[str, ...] = (),
+    out: Optional[str | Path] = None,
+    seeds: Optional[int] = None,
+) -> Sweep:
     """Read the recipe (and its ``sweep:`` block), add ``--grid`` axes (and the seed axis of
     ``seeds``, default the block's ``seeds:``), and validate every combination's recipe before
     anything trains."""
@@ -224,18 +260,24 @@ def plan_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
     for text in grid:  # a --grid axis replaces a sweep-file axis of the same path
         axis = parse_grid(text)
         if axis.key in given:
-            raise SweepError(f"--grid {axis.key} is given twice; give all its values in one --grid "
-                             f"{axis.key}=v1,v2,...")
+            raise SweepError(
+                f"--grid {axis.key} is given twice; give all its values in one --grid {axis.key}=v1,v2,..."
+            )
         given.add(axis.key)
         axes = [a for a in axes if a.key != axis.key] + [axis]
     if not axes and seeds <= 1:
-        raise SweepError(f"nothing to sweep: give --grid dotted.path=v1,v2, --seeds N or a 'sweep:' block in "
-                         f"{recipe_path}")
-    check_run_count(math.prod(len(a.options) for a in axes) * seeds,
-                    " x ".join([f"{len(a.options):,} {a.key} values" for a in axes] + [f"{seeds:,} seeds"] * (seeds > 1)))
+        raise SweepError(
+            f"nothing to sweep: give --grid dotted.path=v1,v2, --seeds N or a 'sweep:' block in {recipe_path}"
+        )
+    check_run_count(
+        math.prod(len(a.options) for a in axes) * seeds,
+        " x ".join([f"{len(a.options):,} {a.key} values" for a in axes] + [f"{seeds:,} seeds"] * (seeds > 1)),
+    )
     if seeds > 1 and any(a.key == SEED_AXIS for a in axes):
-        raise SweepError("--seeds N (or sweep.seeds) runs every variant under N seeds, and a 'seed' axis sweeps "
-                         "the seed too: give one of them")
+        raise SweepError(
+            "--seeds N (or sweep.seeds) runs every variant under N seeds, and a 'seed' axis sweeps "
+            "the seed too: give one of them"
+        )
     fixed = parse_overrides(overrides)
     base_data = copy.deepcopy(data)
     for keys, value in fixed:
@@ -248,19 +290,29 @@ def plan_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
     names = [t.name for t in trials]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise SweepError(f"two combinations would share the run folder {dupes[0]!r}; give the values labels "
-                         f"(sweep: {{path: {{label: value}}}})")
+        raise SweepError(
+            f"two combinations would share the run folder {dupes[0]!r}; give the values labels "
+            f"(sweep: {{path: {{label: value}}}})"
+        )
     return Sweep(recipe_path, out, axes, trials, seeds)
 
 
-def _plan_trials(data: dict, fixed: list[tuple[list[str], Any]], axes: list[Axis], base_name: str,
-                 out: Path, recipe_path: Path) -> list[Trial]:
+def _plan_trials(
+    data: dict,
+    fixed: list[tuple[list[str], Any]],
+    axes: list[Axis],
+    base_name: str,
+    out: Path,
+    recipe_path: Path,
+) -> list[Trial]:
     """One validated Trial per combination of the axes' options."""
     short = short_names(axes)
     trials, problems = [], []
     for combo in itertools.product(*(a.options for a in axes)):
         values = {a.key: label for a, (label, _) in zip(axes, combo)}
-        parts = [label if a.key == "variant" else f"{short[a.key]}={label}" for a, (label, _) in zip(axes, combo)]
+        parts = [
+            label if a.key == "variant" else f"{short[a.key]}={label}" for a, (label, _) in zip(axes, combo)
+        ]
         name = check_name(",".join(parts), "sweep run name")
         sets: dict[str, Any] = {}
         for _, o in combo:
@@ -277,7 +329,9 @@ def _plan_trials(data: dict, fixed: list[tuple[list[str], Any]], axes: list[Axis
             continue
         trials.append(Trial(name, values, sets, recipe, out / name))
     if problems:
-        raise SweepError("some combinations are not valid recipes (nothing was trained):\n" + "\n".join(problems))
+        raise SweepError(
+            "some combinations are not valid recipes (nothing was trained):\n" + "\n".join(problems)
+        )
     return trials
 
 
@@ -301,13 +355,17 @@ def _check_overlaps(axes: list[Axis]) -> None:
         if outer is inner:
             continue
         if outer_path == inner_path:
-            raise SweepError(f"sweep axes {outer.key!r} and {inner.key!r} both set {outer_path}; "
-                             f"sweep it in one axis (or in the variants only)")
-        field = inner_path[len(outer_path) + 1:] if inner_path.startswith(outer_path + ".") else ""
+            raise SweepError(
+                f"sweep axes {outer.key!r} and {inner.key!r} both set {outer_path}; "
+                f"sweep it in one axis (or in the variants only)"
+            )
+        field = inner_path[len(outer_path) + 1 :] if inner_path.startswith(outer_path + ".") else ""
         if field and _sets_field(value, field.split(".")):
-            raise SweepError(f"sweep axis {outer.key!r} gives {outer_path} a value that sets {field} "
-                             f"({value!r}), and axis {inner.key!r} sweeps {inner_path}: one would win "
-                             f"silently; drop {field} from the {outer.key!r} values")
+            raise SweepError(
+                f"sweep axis {outer.key!r} gives {outer_path} a value that sets {field} "
+                f"({value!r}), and axis {inner.key!r} sweeps {inner_path}: one would win "
+                f"silently; drop {field} from the {outer.key!r} values"
+            )
 
 
 def _sets_field(value: Any, field: list[str]) -> bool:
@@ -336,8 +394,10 @@ def check_same_recipe(trial: Trial) -> None:
     if old == new:
         return
     diff = sorted(_diff_paths(old, new))
-    raise SweepError(f"{trial.run_dir} holds a run of a different recipe (differs at: {', '.join(diff[:5])}); "
-                     f"delete that folder or sweep into another --out")
+    raise SweepError(
+        f"{trial.run_dir} holds a run of a different recipe (differs at: {', '.join(diff[:5])}); "
+        f"delete that folder or sweep into another --out"
+    )
 
 
 def _diff_paths(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -347,5 +407,3 @@ def _diff_paths(a: Any, b: Any, prefix: str = "") -> list[str]:
             out += _diff_paths(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
         return out
     return [] if a == b else [prefix or "(root)"]
-
-

@@ -1,5 +1,6 @@
 """Running a sweep's trials, one after another or in worker processes, with one stop
 signal for all of them (a stopped sweep stays resumable)."""
+
 from __future__ import annotations
 
 import os
@@ -105,28 +106,47 @@ def _worker_init(stopping: Any) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def run_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
-              *, overrides: list[str] | tuple[str, ...] = (), out: Optional[str | Path] = None,
-              jobs: int = 1, quiet: bool = False, log: Callable[[str], None] = print,
-              top: int = 10, seeds: Optional[int] = None) -> Sweep:
+def run_sweep(
+    recipe_path: str | Path,
+    grid: list[str] | tuple[str, ...] = (),
+    *,
+    overrides: list[str] | tuple[str, ...] = (),
+    out: Optional[str | Path] = None,
+    jobs: int = 1,
+    quiet: bool = False,
+    log: Callable[[str], None] = print,
+    top: int = 10,
+    seeds: Optional[int] = None,
+) -> Sweep:
     """Plan, train what is not finished (``jobs`` at a time), and write the sweep tables.
     SIGINT/SIGTERM stops the whole sweep: no further run starts, the runs in progress save
     their last.pt, the tables are written, and :class:`Interrupted` says how to continue."""
     sweep = plan_sweep(recipe_path, grid, overrides, out, seeds)
     for t in sweep.trials:
         check_same_recipe(t)
-        t.status = "done" if RunFolder(t.run_dir).finished else ("unfinished" if t.run_dir.exists() else "new")
+        t.status = (
+            "done" if RunFolder(t.run_dir).finished else ("unfinished" if t.run_dir.exists() else "new")
+        )
     todo = [t for t in sweep.trials if t.status != "done"]
     tracked = any("mlflow" in t.recipe.train.track for t in sweep.trials)
     require_trackers(["mlflow"] if tracked else [])  # a store that cannot be used: before the sweep folder
     sweep.out.mkdir(parents=True, exist_ok=True)
     write_manifest(sweep)
     n = len(sweep.trials)
-    log(f"sweep {sweep.out}: {n} run(s), {n - len(todo)} already finished, {len(todo)} to train"
-        + (f", {jobs} at a time" if jobs > 1 and len(todo) > 1 else ""))
+    log(
+        f"sweep {sweep.out}: {n} run(s), {n - len(todo)} already finished, {len(todo)} to train"
+        + (f", {jobs} at a time" if jobs > 1 and len(todo) > 1 else "")
+    )
     # MLflow (when a run tracks to it): the sweep is the parent run of its runs (clfkit.run.tracking)
-    with parent_run(f"sweep {sweep.out.name}", {"recipe": str(recipe_path), "grid": " ".join(grid)}, sweep.out,
-                    tracked), catch_stop_signals() as stop:
+    with (
+        parent_run(
+            f"sweep {sweep.out.name}",
+            {"recipe": str(recipe_path), "grid": " ".join(grid)},
+            sweep.out,
+            tracked,
+        ),
+        catch_stop_signals() as stop,
+    ):
         if jobs <= 1 or len(todo) <= 1:
             for i, t in enumerate(todo, 1):
                 if stop.pending:
@@ -144,10 +164,12 @@ def run_sweep(recipe_path: str | Path, grid: list[str] | tuple[str, ...] = (),
 def _stopped_message(sweep: Sweep, signame: str) -> str:
     stopped = [t.name for t in sweep.trials if t.status == "interrupted"]
     waiting = [t.name for t in sweep.trials if t.status in ("new", "unfinished")]
-    return (f"{signame} received: sweep {sweep.out} stopped; "
-            + (f"{len(stopped)} run(s) saved their last.pt mid-way ({', '.join(stopped)}); " if stopped else "")
-            + f"{len(waiting)} run(s) not started. To continue, run the same `clfkit sweep` command "
-              f"again: finished runs are skipped, stopped ones resume from their last.pt.")
+    return (
+        f"{signame} received: sweep {sweep.out} stopped; "
+        + (f"{len(stopped)} run(s) saved their last.pt mid-way ({', '.join(stopped)}); " if stopped else "")
+        + f"{len(waiting)} run(s) not started. To continue, run the same `clfkit sweep` command "
+        f"again: finished runs are skipped, stopped ones resume from their last.pt."
+    )
 
 
 def _run_parallel(todo: list[Trial], jobs: int, log: Callable[[str], None], stop: StopFlag) -> None:
@@ -159,10 +181,12 @@ def _run_parallel(todo: list[Trial], jobs: int, log: Callable[[str], None], stop
     threads = max(1, (os.cpu_count() or 1) // jobs)
     ctx = multiprocessing.get_context("spawn")
     stopping = ctx.Event()
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
-                             initargs=(stopping,)) as pool:
-        futures = {pool.submit(_run_trial_safe, t.recipe.to_dict(), str(t.run_dir), True, threads): t
-                   for t in todo}
+    with ProcessPoolExecutor(
+        max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(stopping,)
+    ) as pool:
+        futures = {
+            pool.submit(_run_trial_safe, t.recipe.to_dict(), str(t.run_dir), True, threads): t for t in todo
+        }
         log(f"started {len(todo)} run(s) in {jobs} processes, {threads} thread(s) each")
         pending, finished = set(futures), 0
         try:
@@ -189,8 +213,11 @@ def _record(t: Trial, res: dict, log: Callable[[str], None]) -> None:
         t.status = "done"
         s = res["summary"]
         val = s.get("best_val_acc")
-        log(f"    done in {t.seconds:.0f}s: best val acc {val:.4f} (epoch {s.get('best_epoch')})"
-            if val is not None else f"    done in {t.seconds:.0f}s")
+        log(
+            f"    done in {t.seconds:.0f}s: best val acc {val:.4f} (epoch {s.get('best_epoch')})"
+            if val is not None
+            else f"    done in {t.seconds:.0f}s"
+        )
     elif res.get("not_started"):
         log("    not started: the sweep is stopping")
     elif res.get("interrupted"):
@@ -199,5 +226,3 @@ def _record(t: Trial, res: dict, log: Callable[[str], None]) -> None:
     else:
         t.status, t.error = "failed", res["error"]
         log(f"    FAILED: {t.error.splitlines()[0] if t.error else ''}")
-
-

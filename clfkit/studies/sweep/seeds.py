@@ -16,6 +16,7 @@ Written into the sweep folder: ``seeds.csv`` / ``seeds.md`` (the table), ``seeds
 the table, the curves and the per-class accuracy of the best variant minus the baseline (the
 first variant of the plan: the sweep's first value of every axis), each class's mean over seeds.
 """
+
 from __future__ import annotations
 
 import csv
@@ -80,7 +81,9 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
         return None
     if np.std(a) == 0 and np.std(b) == 0:
         return 1.0 if np.mean(a) == np.mean(b) else 0.0
-    with warnings.catch_warnings():  # nearly equal accuracies: scipy warns of precision loss, p is still right
+    with (
+        warnings.catch_warnings()
+    ):  # nearly equal accuracies: scipy warns of precision loss, p is still right
         warnings.simplefilter("ignore", RuntimeWarning)
         return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
@@ -98,14 +101,34 @@ def seed_rows(groups: list[tuple[str, list[RunInfo]]]) -> list[dict[str, Any]]:
     rows = []
     for i, (name, val, v, t) in enumerate(ranked):
         p = None if i == 0 else welch_p(val, best_val)
-        verdict = ("best" if i == 0 and v["mean"] is not None else "no finished run" if v["mean"] is None
-                   else "one seed: no noise estimate" if p is None
-                   else WITHIN_NOISE if p >= ALPHA else f"worse than best (p < {ALPHA})")
-        rows.append({"variant": name, "seeds": v["n"], "val_acc_mean": v["mean"], "val_acc_sd": v["sd"],
-                     "val_acc_ci95_low": v["ci_low"], "val_acc_ci95_high": v["ci_high"],
-                     "test_acc_mean": t["mean"], "test_acc_sd": t["sd"],
-                     "delta_vs_best": None if v["mean"] is None or not best_val else v["mean"] - float(np.mean(best_val)),
-                     "welch_p": p, "verdict": verdict})
+        verdict = (
+            "best"
+            if i == 0 and v["mean"] is not None
+            else "no finished run"
+            if v["mean"] is None
+            else "one seed: no noise estimate"
+            if p is None
+            else WITHIN_NOISE
+            if p >= ALPHA
+            else f"worse than best (p < {ALPHA})"
+        )
+        rows.append(
+            {
+                "variant": name,
+                "seeds": v["n"],
+                "val_acc_mean": v["mean"],
+                "val_acc_sd": v["sd"],
+                "val_acc_ci95_low": v["ci_low"],
+                "val_acc_ci95_high": v["ci_high"],
+                "test_acc_mean": t["mean"],
+                "test_acc_sd": t["sd"],
+                "delta_vs_best": None
+                if v["mean"] is None or not best_val
+                else v["mean"] - float(np.mean(best_val)),
+                "welch_p": p,
+                "verdict": verdict,
+            }
+        )
     return rows
 
 
@@ -116,17 +139,32 @@ def _pm(mean: float | None, sd: float | None) -> str:
 
 
 def seeds_markdown(rows: list[dict[str, Any]], seeds: int) -> str:
-    head = (f"Variants under {seeds} seeds each: best val acc and test acc as mean ± sd, 95% t-interval of the "
-            f"mean val acc; verdict by Welch's t-test against the best variant (p >= {ALPHA}: {WITHIN_NOISE}).")
-    lines = [head, "", "| variant | seeds | val acc | 95% interval | test acc | Δ val vs best | p | verdict |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    head = (
+        f"Variants under {seeds} seeds each: best val acc and test acc as mean ± sd, 95% t-interval of the "
+        f"mean val acc; verdict by Welch's t-test against the best variant (p >= {ALPHA}: {WITHIN_NOISE})."
+    )
+    lines = [
+        head,
+        "",
+        "| variant | seeds | val acc | 95% interval | test acc | Δ val vs best | p | verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
-        ci = (f"[{r['val_acc_ci95_low']:.4f}, {r['val_acc_ci95_high']:.4f}]" if r["val_acc_ci95_low"] is not None
-              else "-")
-        cells = [f"`{r['variant']}`", str(r["seeds"]), _pm(r["val_acc_mean"], r["val_acc_sd"]), ci,
-                 _pm(r["test_acc_mean"], r["test_acc_sd"]),
-                 "-" if r["delta_vs_best"] is None else f"{r['delta_vs_best']:+.4f}",
-                 "-" if r["welch_p"] is None else f"{r['welch_p']:.3f}", r["verdict"]]
+        ci = (
+            f"[{r['val_acc_ci95_low']:.4f}, {r['val_acc_ci95_high']:.4f}]"
+            if r["val_acc_ci95_low"] is not None
+            else "-"
+        )
+        cells = [
+            f"`{r['variant']}`",
+            str(r["seeds"]),
+            _pm(r["val_acc_mean"], r["val_acc_sd"]),
+            ci,
+            _pm(r["test_acc_mean"], r["test_acc_sd"]),
+            "-" if r["delta_vs_best"] is None else f"{r['delta_vs_best']:+.4f}",
+            "-" if r["welch_p"] is None else f"{r['welch_p']:.3f}",
+            r["verdict"],
+        ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -156,11 +194,18 @@ def class_deltas(groups: list[tuple[str, list[RunInfo]]], best: str) -> tuple[st
         return {c: float(np.mean([t[c] for t in tables if c in t])) for c in names}
 
     base, top = means(by_name[baseline]), means(by_name[best])
-    rows = [{"class": c, f"baseline ({baseline})": base[c], f"best ({best})": top[c], "delta": top[c] - base[c]}
-            for c in top if c in base]
-    return ((f"Per-class accuracy (per_class.csv of each run: its test split, or val without one), mean over "
-            f"seeds: best variant {best} minus baseline {baseline} (the plan's first variant)."),
-            sorted(rows, key=lambda r: r["delta"]))
+    rows = [
+        {"class": c, f"baseline ({baseline})": base[c], f"best ({best})": top[c], "delta": top[c] - base[c]}
+        for c in top
+        if c in base
+    ]
+    return (
+        (
+            f"Per-class accuracy (per_class.csv of each run: its test split, or val without one), mean over "
+            f"seeds: best variant {best} minus baseline {baseline} (the plan's first variant)."
+        ),
+        sorted(rows, key=lambda r: r["delta"]),
+    )
 
 
 def plot_seed_curves(groups: list[tuple[str, list[RunInfo]]], path: Path, title: str) -> Path:
@@ -197,7 +242,9 @@ def plot_seed_curves(groups: list[tuple[str, list[RunInfo]]], path: Path, title:
     return path
 
 
-def write_seed_files(sweep: Sweep, infos: dict[str, RunInfo]) -> tuple[list[Path], list[tuple[str, str, list]]]:
+def write_seed_files(
+    sweep: Sweep, infos: dict[str, RunInfo]
+) -> tuple[list[Path], list[tuple[str, str, list]]]:
     """seeds.csv, seeds.md and seeds_curves.png; returns (files, report.html's tables as
     (title, note, rows))."""
     groups = variants(sweep, infos)
@@ -207,12 +254,20 @@ def write_seed_files(sweep: Sweep, infos: dict[str, RunInfo]) -> tuple[list[Path
         w = csv.DictWriter(f, fieldnames=cols, lineterminator="\n")
         w.writeheader()
         for r in rows:
-            w.writerow({k: ("" if v is None else round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
+            w.writerow(
+                {k: ("" if v is None else round(v, 6) if isinstance(v, float) else v) for k, v in r.items()}
+            )
     md = seeds_markdown(rows, sweep.seeds)
     write_text(sweep.out / "seeds.md", md)
-    curves = plot_seed_curves(groups, sweep.out / "seeds_curves.png",
-                              f"{sweep.recipe_path.name}: {len(groups)} variant(s) x {sweep.seeds} seeds")
+    curves = plot_seed_curves(
+        groups,
+        sweep.out / "seeds_curves.png",
+        f"{sweep.recipe_path.name}: {len(groups)} variant(s) x {sweep.seeds} seeds",
+    )
     best = rows[0]["variant"] if rows and rows[0]["val_acc_mean"] is not None else ""
     note, deltas = class_deltas(groups, best)
-    tables = [("Variants over seeds", md.splitlines()[0], rows), ("Per-class: best variant - baseline", note, deltas)]
+    tables = [
+        ("Variants over seeds", md.splitlines()[0], rows),
+        ("Per-class: best variant - baseline", note, deltas),
+    ]
     return [sweep.out / "seeds.csv", sweep.out / "seeds.md", curves], tables

@@ -26,6 +26,7 @@ The package: :mod:`~clfkit.studies.tune.space` (--space, the grid), :mod:`~clfki
 Optuna study, its sampler, pruner and checks), :mod:`~clfkit.studies.tune.results` (tables, plots,
 best.yaml, report.html); here: one trial, the run loop and the command.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,16 +40,41 @@ from clfkit.util.signals import Interrupted, catch_stop_signals
 from clfkit.studies.sweep.plan import MAX_RUNS
 from clfkit.studies.tune.results import TuneResult, trial_rows, write_results
 from clfkit.studies.tune.space import Dimension, TuneError, check_space, grid_size, parse_space
-from clfkit.studies.tune.study import (PRUNERS, SAMPLERS, TuneSetup, counted, fail_stale_trials, first_prune_epoch,
-                               make_pruner, make_sampler, open_study, pruning_start, queue_grid, trial_recipe)
+from clfkit.studies.tune.study import (
+    PRUNERS,
+    SAMPLERS,
+    TuneSetup,
+    counted,
+    fail_stale_trials,
+    first_prune_epoch,
+    make_pruner,
+    make_sampler,
+    open_study,
+    pruning_start,
+    queue_grid,
+    trial_recipe,
+)
 from clfkit.studies.tune.study_data import check_study_data, check_val_split
 from clfkit.studies.tune.trials import optimize
 
 GRID_POINTS = 100_000  # a grid tune enumerates (and shuffles) every point before it walks --trials of them
 
-__all__ = ["Dimension", "TuneError", "TuneResult", "TuneSetup", "check_space", "first_prune_epoch", "make_pruner",
-           "make_sampler",
-           "parse_space", "plan_tune", "pruning_start", "run_tune", "trial_recipe", "trial_rows"]
+__all__ = [
+    "Dimension",
+    "TuneError",
+    "TuneResult",
+    "TuneSetup",
+    "check_space",
+    "first_prune_epoch",
+    "make_pruner",
+    "make_sampler",
+    "parse_space",
+    "plan_tune",
+    "pruning_start",
+    "run_tune",
+    "trial_recipe",
+    "trial_rows",
+]
 
 
 # --------------------------------------------------------------------------- the command
@@ -56,13 +82,25 @@ def _refuse_set_on_space(key: str, dims: list[Dimension]) -> None:
     """A --set on a searched field (or inside it) would be replaced by every trial's value."""
     for d in dims:
         if key == d.key or key.startswith(d.key + "."):
-            raise TuneError(f"--set {key} is searched by --space {d.text or d.describe()}; every trial would "
-                            f"replace it. Drop the --set, or the --space")
+            raise TuneError(
+                f"--set {key} is searched by --space {d.text or d.describe()}; every trial would "
+                f"replace it. Drop the --set, or the --space"
+            )
 
-def plan_tune(recipe_path: str | Path, spaces: list[str] | tuple[str, ...], *, trials: Optional[int],
-              overrides: list[str] | tuple[str, ...] = (), out: Optional[str | Path] = None,
-              seed: int = 0, pruner: str = "quartile", quiet: bool = True, sampler: str = "tpe",
-              prune_from: Optional[int] = None) -> TuneSetup:
+
+def plan_tune(
+    recipe_path: str | Path,
+    spaces: list[str] | tuple[str, ...],
+    *,
+    trials: Optional[int],
+    overrides: list[str] | tuple[str, ...] = (),
+    out: Optional[str | Path] = None,
+    seed: int = 0,
+    pruner: str = "quartile",
+    quiet: bool = True,
+    sampler: str = "tpe",
+    prune_from: Optional[int] = None,
+) -> TuneSetup:
     """Read the recipe, apply --set, parse and check every --space; nothing runs yet.
     ``trials`` None: 20, or the whole grid with ``sampler="grid"``."""
     if not spaces:
@@ -87,10 +125,24 @@ def plan_tune(recipe_path: str | Path, spaces: list[str] | tuple[str, ...], *, t
     _check_tune_folder(out)
     epochs = next((max(d.args) for d in dims if d.key == "train.epochs"), base.train.epochs)
     if prune_from is not None and not 1 <= prune_from <= epochs:
-        raise TuneError(f"--prune-from {prune_from}: a trial runs {epochs} epoch(s); give 1 to {epochs} "
-                        f"(or --pruner none to prune nothing)")
-    return TuneSetup(str(recipe_path), data, dims, str(out), trials, seed, pruner, quiet,
-                     track=list(base.train.track), sampler=sampler, epochs=int(epochs), prune_from=prune_from)
+        raise TuneError(
+            f"--prune-from {prune_from}: a trial runs {epochs} epoch(s); give 1 to {epochs} "
+            f"(or --pruner none to prune nothing)"
+        )
+    return TuneSetup(
+        str(recipe_path),
+        data,
+        dims,
+        str(out),
+        trials,
+        seed,
+        pruner,
+        quiet,
+        track=list(base.train.track),
+        sampler=sampler,
+        epochs=int(epochs),
+        prune_from=prune_from,
+    )
 
 
 def _check_tune_folder(out: Path) -> None:
@@ -102,9 +154,11 @@ def _check_tune_folder(out: Path) -> None:
         return
     held = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     if held:
-        raise TuneError(f"--out {out} is not a tune folder (no study.db; it holds {', '.join(held[:4])}"
-                        f"{', ...' if len(held) > 4 else ''}): the tune's files would mix with or replace "
-                        f"those. Give a new or empty folder, or a tune folder to continue")
+        raise TuneError(
+            f"--out {out} is not a tune folder (no study.db; it holds {', '.join(held[:4])}"
+            f"{', ...' if len(held) > 4 else ''}): the tune's files would mix with or replace "
+            f"those. Give a new or empty folder, or a tune folder to continue"
+        )
 
 
 def _trials_for(sampler: str, dims: list[Dimension], trials: Optional[int]) -> int:
@@ -113,16 +167,23 @@ def _trials_for(sampler: str, dims: list[Dimension], trials: Optional[int]) -> i
         return 20 if trials is None else trials
     ranged = [d.text or d.describe() for d in dims if d.kind != "choice"]
     if ranged:
-        raise TuneError(f"--sampler grid walks choice() values; {', '.join(ranged)} is a range. Give it as "
-                        f"choice(v1,v2,...), or use --sampler tpe")
+        raise TuneError(
+            f"--sampler grid walks choice() values; {', '.join(ranged)} is a range. Give it as "
+            f"choice(v1,v2,...), or use --sampler tpe"
+        )
     size = grid_size(dims)
     if trials is not None and trials > size:
-        raise TuneError(f"--trials {trials}: the grid has {size} combination(s); give --trials {size} or fewer")
+        raise TuneError(
+            f"--trials {trials}: the grid has {size} combination(s); give --trials {size} or fewer"
+        )
     # as a sweep plans at most MAX_RUNS runs: a grid of a million points would be queued for hours
     if size > GRID_POINTS or (trials or size) > MAX_RUNS:
-        raise TuneError(f"--sampler grid: the space has {size:,} combinations" + (f", --trials {trials:,}" if trials else "")
-                        + f"; a grid tune walks at most {MAX_RUNS:,} of at most {GRID_POINTS:,}. Give fewer choice() "
-                          f"values or --trials {MAX_RUNS} or fewer, or use --sampler tpe or random")
+        raise TuneError(
+            f"--sampler grid: the space has {size:,} combinations"
+            + (f", --trials {trials:,}" if trials else "")
+            + f"; a grid tune walks at most {MAX_RUNS:,} of at most {GRID_POINTS:,}. Give fewer choice() "
+            f"values or --trials {MAX_RUNS} or fewer, or use --sampler tpe or random"
+        )
     return size if trials is None else trials
 
 
@@ -150,9 +211,11 @@ def _tune_lock(out: Path) -> Iterator[None]:
             yield
     except RunLockedError:
         holder = _holder_text(out / LOCK_NAME)  # the run lock's message speaks of runs and --resume
-        raise TuneError(f"cannot tune into {out}: another clfkit tune is running there ({holder}); two tunes on "
-                        f"one study would fail each other's trials. Wait for it to finish, or stop it (Ctrl-C) "
-                        f"and run the same command again") from None
+        raise TuneError(
+            f"cannot tune into {out}: another clfkit tune is running there ({holder}); two tunes on "
+            f"one study would fail each other's trials. Wait for it to finish, or stop it (Ctrl-C) "
+            f"and run the same command again"
+        ) from None
 
 
 def _run_locked(setup: TuneSetup, jobs: int, log: Callable[[str], None]) -> TuneResult:
@@ -170,10 +233,18 @@ def _run_locked(setup: TuneSetup, jobs: int, log: Callable[[str], None]) -> Tune
     if done > setup.trials:  # a study continued with a smaller --trials
         log(f"tune {out}: {done} trial(s) already done, --trials {setup.trials} asks for no more")
     else:
-        log(f"tune {out}: {done} of {setup.trials} trial(s) already done" + (f", {jobs} at a time" if jobs > 1 else ""))
-    params = {"recipe": setup.recipe_path, "trials": str(setup.trials), "pruner": setup.pruner,
-              "sampler": setup.sampler, "prune_from": str(first_prune_epoch(setup)),
-              "space": "; ".join(d.describe() for d in setup.dims)}
+        log(
+            f"tune {out}: {done} of {setup.trials} trial(s) already done"
+            + (f", {jobs} at a time" if jobs > 1 else "")
+        )
+    params = {
+        "recipe": setup.recipe_path,
+        "trials": str(setup.trials),
+        "pruner": setup.pruner,
+        "sampler": setup.sampler,
+        "prune_from": str(first_prune_epoch(setup)),
+        "space": "; ".join(d.describe() for d in setup.dims),
+    }
     signum: Optional[int] = None
     with parent_run(f"tune {out.name}", params, out, "mlflow" in setup.track), catch_stop_signals() as stop:
         try:
@@ -189,7 +260,10 @@ def _run_locked(setup: TuneSetup, jobs: int, log: Callable[[str], None]) -> Tune
         result = write_results(setup, log)
     signum = signum or stop.signum
     if signum is not None:
-        raise Interrupted(f"{signal.Signals(signum).name} received: tune stopped after {counted(study, setup)} of "
-                          f"{setup.trials} trial(s); results so far are in {out}. Run the same command again to "
-                          f"continue the study (a stopped trial runs again)", signum)
+        raise Interrupted(
+            f"{signal.Signals(signum).name} received: tune stopped after {counted(study, setup)} of "
+            f"{setup.trials} trial(s); results so far are in {out}. Run the same command again to "
+            f"continue the study (a stopped trial runs again)",
+            signum,
+        )
     return result

@@ -1,5 +1,6 @@
 """What a tune writes from its study: trials.csv / trials.md, best.yaml, Optuna's plots and
 report.html."""
+
 from __future__ import annotations
 
 import csv
@@ -35,10 +36,17 @@ def trial_rows(study: Any, dims: list[Dimension]) -> list[dict[str, Any]]:
             continue  # a queued grid point not started yet (or taken back); a worker's draw after the queue ran out
         row: dict[str, Any] = {"trial": t.number, "run": f"trials/trial-{t.number:03d}"}
         row.update({d.key: t.params.get(d.key) for d in dims})
-        value = t.value if t.value is not None else (max(t.intermediate_values.values())
-                                                     if t.intermediate_values else None)
-        row.update(best_val_acc=value, epochs_run=t.user_attrs.get("epochs_run", 0),
-                   test_acc=t.user_attrs.get("test_acc"), state=t.state.name.lower())
+        value = (
+            t.value
+            if t.value is not None
+            else (max(t.intermediate_values.values()) if t.intermediate_values else None)
+        )
+        row.update(
+            best_val_acc=value,
+            epochs_run=t.user_attrs.get("epochs_run", 0),
+            test_acc=t.user_attrs.get("test_acc"),
+            state=t.state.name.lower(),
+        )
         if t.user_attrs.get("error"):
             row["state"] += ": " + t.user_attrs["error"]
         elif t.state == fail:
@@ -83,7 +91,10 @@ def write_plots(study: Any, out: Path, log: Callable[[str], None]) -> list[Path]
     from optuna.visualization import matplotlib as ovm
 
     files = []
-    for name, plot in (("history.png", ovm.plot_optimization_history), ("importance.png", ovm.plot_param_importances)):
+    for name, plot in (
+        ("history.png", ovm.plot_optimization_history),
+        ("importance.png", ovm.plot_param_importances),
+    ):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "experimental" warnings from optuna.visualization
@@ -107,10 +118,12 @@ def write_best(setup: TuneSetup, study: Any) -> Optional[Path]:
         return None
     best = study.best_trial
     # a name at the length limit stays in it: best.yaml failing after every trial lost the tables' report
-    name = f"{str(setup.base.get('name', 'tuned'))[:MAX_LENGTH - len('-best')]}-best"
+    name = f"{str(setup.base.get('name', 'tuned'))[: MAX_LENGTH - len('-best')]}-best"
     recipe = validate_recipe(trial_recipe(setup, best.params, name), source="best.yaml")
-    text = (f"# clfkit tune {setup.recipe_path}: trial {best.number}, best val acc {best.value:.4f}\n"
-            f"# " + ", ".join(f"{k}={v!r}" for k, v in best.params.items()) + "\n" + recipe.to_yaml())
+    text = (
+        f"# clfkit tune {setup.recipe_path}: trial {best.number}, best val acc {best.value:.4f}\n"
+        f"# " + ", ".join(f"{k}={v!r}" for k, v in best.params.items()) + "\n" + recipe.to_yaml()
+    )
     write_text(Path(setup.out) / "best.yaml", text)
     return Path(setup.out) / "best.yaml"
 
@@ -128,14 +141,29 @@ def write_results(setup: TuneSetup, log: Callable[[str], None]) -> TuneResult:
     figures = write_plots(study, out, log)
     files += figures
     pruned = sum(r["state"] == "pruned" for r in rows)
-    pruning = ("no pruning" if setup.pruner == "none"
-               else f"{setup.pruner} pruner from epoch {first_prune_epoch(setup)}")
-    intro = (f"clfkit tune {setup.recipe_path}: {len(rows)} trial(s), {pruned} pruned ({setup.sampler} sampler, {pruning}), "
-             f"{sum(r['epochs_run'] for r in rows)} epochs trained; space: "
-             + "; ".join(d.describe() for d in setup.dims))
-    files.append(write_folder_report(out, f"tune {out.name}", intro, rows,
-                                     [("Val accuracy per trial", out / "history.png"),
-                                      ("Parameter importance", out / "importance.png")]))
-    best_row = max((r for r in rows if r["state"] == "complete"), key=lambda r: r["best_val_acc"], default=None)
+    pruning = (
+        "no pruning"
+        if setup.pruner == "none"
+        else f"{setup.pruner} pruner from epoch {first_prune_epoch(setup)}"
+    )
+    intro = (
+        f"clfkit tune {setup.recipe_path}: {len(rows)} trial(s), {pruned} pruned ({setup.sampler} sampler, {pruning}), "
+        f"{sum(r['epochs_run'] for r in rows)} epochs trained; space: "
+        + "; ".join(d.describe() for d in setup.dims)
+    )
+    files.append(
+        write_folder_report(
+            out,
+            f"tune {out.name}",
+            intro,
+            rows,
+            [
+                ("Val accuracy per trial", out / "history.png"),
+                ("Parameter importance", out / "importance.png"),
+            ],
+        )
+    )
+    best_row = max(
+        (r for r in rows if r["state"] == "complete"), key=lambda r: r["best_val_acc"], default=None
+    )
     return TuneResult(out, rows, best_row, files)
-

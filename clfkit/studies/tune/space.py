@@ -1,6 +1,7 @@
 """The search space of ``clfkit tune``: ``--space dotted.path=kind(args)`` parsed and checked
 against the recipe; the grid a ``choice()``-only space spans. Also tune's error and its one
 import of Optuna (an optional dependency)."""
+
 from __future__ import annotations
 
 import copy
@@ -22,9 +23,10 @@ def optuna_module() -> Any:
     try:
         import optuna
     except ImportError:
-        raise TuneError('clfkit tune needs Optuna: pip install -e ".[tune]" (or pip install optuna)') from None
+        raise TuneError(
+            'clfkit tune needs Optuna: pip install -e ".[tune]" (or pip install optuna)'
+        ) from None
     return optuna
-
 
 
 @dataclass
@@ -55,14 +57,18 @@ def parse_space(text: str) -> Dimension:
     try:
         path, _ = parse_override(f"{key.strip()}=0")  # the dotted-path rule of --set
     except ClfkitError:
-        raise TuneError(f"--space {text!r}: expected dotted.path=kind(args), e.g. optim.lr=loguniform(1e-4,1e-1)") from None
+        raise TuneError(
+            f"--space {text!r}: expected dotted.path=kind(args), e.g. optim.lr=loguniform(1e-4,1e-1)"
+        ) from None
     m = re.fullmatch(r"\s*([a-z]+)\s*\((.*)\)\s*", spec, re.S)
     if not m or m.group(1) not in KINDS:
         raise TuneError(f"--space {text!r}: the value must be one of {', '.join(k + '(...)' for k in KINDS)}")
     kind = m.group(1)
     texts = split_top_level(m.group(2))
     if "" in texts:  # choice(0.1,) would search 0.1 and the empty string
-        raise TuneError(f"--space {text!r}: an empty value; write {kind}(v1,v2,...) with values between the commas")
+        raise TuneError(
+            f"--space {text!r}: an empty value; write {kind}(v1,v2,...) with values between the commas"
+        )
     try:
         args = [parse_value(a) for a in texts]
     except YAMLProblem as e:
@@ -91,13 +97,17 @@ def _check_choices(text: str, args: list[Any]) -> None:
         raise TuneError(f"--space {text!r}: choice needs at least one value")
     for a in args:
         if a is not None and not isinstance(a, (bool, int, float, str)):
-            raise TuneError(f"--space {text!r}: choice values must be numbers, strings, true/false or null, "
-                            f"not {a!r}; search lists and mappings with clfkit sweep --grid")
+            raise TuneError(
+                f"--space {text!r}: choice values must be numbers, strings, true/false or null, "
+                f"not {a!r}; search lists and mappings with clfkit sweep --grid"
+            )
     for i, a in enumerate(args):
         same = next((b for b in args[:i] if b == a or (a != a and b != b)), _NONE)  # a != a: nan
         if same is not _NONE:
-            raise TuneError(f"--space {text!r}: choice needs distinct values; {same!r} and {a!r} are the same "
-                            f"value to Optuna (give one of them)")
+            raise TuneError(
+                f"--space {text!r}: choice needs distinct values; {same!r} and {a!r} are the same "
+                f"value to Optuna (give one of them)"
+            )
 
 
 _NONE = object()
@@ -115,8 +125,9 @@ def check_space(data: dict, dims: list[Dimension], source: str) -> None:
         for value in d.args:  # each choice, or both bounds: values the field must accept
             trial = copy.deepcopy(data)
             apply_override(trial, d.key.split("."), value)
-            validate_recipe(trial, source=f"{source} with --space {d.text or d.describe()} ({d.key}={value!r})")
-
+            validate_recipe(
+                trial, source=f"{source} with --space {d.text or d.describe()} ({d.key}={value!r})"
+            )
 
 
 def grid_size(dims: list[Dimension]) -> int:
@@ -132,7 +143,9 @@ def grid_points(dims: list[Dimension], seed: int) -> list[dict[str, Any]]:
     (the same order every time, whatever the order of the --space options: a continued grid
     takes up where it stopped)."""
     dims = sorted(dims, key=lambda d: d.key)  # the order of the --space options changes nothing
-    points = [dict(zip((d.key for d in dims), values)) for values in itertools.product(*(d.args for d in dims))]
+    points = [
+        dict(zip((d.key for d in dims), values)) for values in itertools.product(*(d.args for d in dims))
+    ]
     random.Random(seed).shuffle(points)
     return points
 

@@ -1,6 +1,7 @@
 """The Optuna study of a tune folder: what every trial needs (:class:`TuneSetup`), the study in
 ``study.db`` with its sampler and pruner, the checks that keep one study to one space, recipe
 and sampler, and the queue of a grid."""
+
 from __future__ import annotations
 
 import copy
@@ -24,15 +25,15 @@ class TuneSetup:
     """What every trial needs (picklable: it travels to --jobs worker processes)."""
 
     recipe_path: str
-    base: dict[str, Any]          # the recipe file's mapping with --set applied
+    base: dict[str, Any]  # the recipe file's mapping with --set applied
     dims: list[Dimension]
     out: str
     trials: int
     seed: int
     pruner: str
     quiet: bool = True
-    sampler: str = "tpe"          # tpe | grid (every combination of choice() values) | random
-    epochs: int = 1               # a full trial's epochs (the most a searched train.epochs allows)
+    sampler: str = "tpe"  # tpe | grid (every combination of choice() values) | random
+    epochs: int = 1  # a full trial's epochs (the most a searched train.epochs allows)
     prune_from: Optional[int] = None  # --prune-from: the first epoch a trial may be pruned at
     threads: int = 0
     track: list[str] = field(default_factory=list)
@@ -47,7 +48,6 @@ def trial_recipe(setup: TuneSetup, params: dict[str, Any], name: str) -> dict[st
     return data
 
 
-
 def open_study(setup: TuneSetup) -> Any:
     """Create, or load and continue, the study in ``out/study.db``; a study searched over
     another space is refused (its trials would not be comparable)."""
@@ -57,20 +57,29 @@ def open_study(setup: TuneSetup) -> Any:
 
     db = Path(setup.out) / "study.db"
     try:
-        study = optuna.create_study(storage=sqlite_url(db),
-                                    study_name=STUDY_NAME, direction="maximize", load_if_exists=True,
-                                    sampler=make_sampler(setup, 0), pruner=make_pruner(setup))
+        study = optuna.create_study(
+            storage=sqlite_url(db),
+            study_name=STUDY_NAME,
+            direction="maximize",
+            load_if_exists=True,
+            sampler=make_sampler(setup, 0),
+            pruner=make_pruner(setup),
+        )
     except SQLAlchemyError as e:
         reason = str(getattr(e, "orig", None) or e).splitlines()[0]
-        raise TuneError(f"{db} is not a readable Optuna study ({reason}); move it away to start a new "
-                        f"study there, or give another --out") from None
+        raise TuneError(
+            f"{db} is not a readable Optuna study ({reason}); move it away to start a new "
+            f"study there, or give another --out"
+        ) from None
     space = [d.describe() for d in setup.dims]
     had = study.user_attrs.get("space")
     if had is None:
         study.set_user_attr("space", space)
         study.set_user_attr("recipe", setup.recipe_path)
     elif sorted(had) != sorted(space):  # the order of the --space options searches nothing else
-        raise TuneError(f"{setup.out}/study.db searched {had}, not {space}; use another --out for a new space")
+        raise TuneError(
+            f"{setup.out}/study.db searched {had}, not {space}; use another --out for a new space"
+        )
     _check_same_base(study, setup)
     _check_same_sampler(study, setup)
     # a continued study would otherwise redraw the first run's values (same seed, fresh sampler)
@@ -113,7 +122,10 @@ def make_sampler(setup: TuneSetup, drawn: int) -> Any:
     GridSampler would count a stopped point as visited and never run it again)."""
     samplers = optuna_module().samplers
     seed = (setup.seed + drawn) % 2**32  # numpy's range: a seed near its top plus the trials drawn
-    if setup.sampler in ("grid", "random"):  # a grid's trials take queued values (queue_grid), never drawn ones
+    if setup.sampler in (
+        "grid",
+        "random",
+    ):  # a grid's trials take queued values (queue_grid), never drawn ones
         return samplers.RandomSampler(seed=seed)
     return samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, setup.trials // 3)))
 
@@ -134,8 +146,10 @@ def _check_same_sampler(study: Any, setup: TuneSetup) -> None:
         had = "tpe" if study.get_trials(deepcopy=False) else setup.sampler
         study.set_user_attr("sampler", had)
     if had != setup.sampler:
-        raise TuneError(f"{setup.out}/study.db was searched with --sampler {had}, not {setup.sampler}; "
-                        f"continue it with --sampler {had}, or use another --out for a new study")
+        raise TuneError(
+            f"{setup.out}/study.db was searched with --sampler {had}, not {setup.sampler}; "
+            f"continue it with --sampler {had}, or use another --out for a new study"
+        )
 
 
 def _check_same_base(study: Any, setup: TuneSetup) -> None:
@@ -148,8 +162,10 @@ def _check_same_base(study: Any, setup: TuneSetup) -> None:
         return
     if had != base:
         where = _first_change(had, base) or "<root>"
-        raise TuneError(f"{setup.out}/study.db was run with another recipe or --set (they differ at {where}); "
-                        f"run the same recipe and --set to continue it, or use another --out for a new study")
+        raise TuneError(
+            f"{setup.out}/study.db was run with another recipe or --set (they differ at {where}); "
+            f"run the same recipe and --set to continue it, or use another --out for a new study"
+        )
 
 
 def _first_change(a: Any, b: Any, path: str = "") -> Optional[str]:
@@ -178,9 +194,11 @@ def counted(study: Any, setup: TuneSetup) -> int:
 
 def _grid_done(study: Any, setup: TuneSetup) -> set[tuple[str, ...]]:
     states = optuna_module().trial.TrialState
-    return {point_key(t.params, setup.dims)
-            for t in study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED, states.FAIL))
-            if t.params and (t.state != states.FAIL or t.user_attrs.get("error"))}
+    return {
+        point_key(t.params, setup.dims)
+        for t in study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED, states.FAIL))
+        if t.params and (t.state != states.FAIL or t.user_attrs.get("error"))
+    }
 
 
 def queue_grid(study: Any, setup: TuneSetup) -> int:
@@ -192,9 +210,11 @@ def queue_grid(study: Any, setup: TuneSetup) -> int:
     states = optuna_module().trial.TrialState
     done = _grid_done(study, setup)
     todo = [p for p in grid_points(setup.dims, setup.seed) if point_key(p, setup.dims) not in done]
-    todo = todo[:max(0, setup.trials - len(done))]
-    waiting = [point_key(t.system_attrs.get("fixed_params", {}), setup.dims)
-               for t in study.get_trials(deepcopy=False, states=(states.WAITING,))]
+    todo = todo[: max(0, setup.trials - len(done))]
+    waiting = [
+        point_key(t.system_attrs.get("fixed_params", {}), setup.dims)
+        for t in study.get_trials(deepcopy=False, states=(states.WAITING,))
+    ]
     wanted = {point_key(p, setup.dims) for p in todo}
     if len(set(waiting)) < len(waiting) or not set(waiting) <= wanted:
         _withdraw_queue(study, len(waiting))

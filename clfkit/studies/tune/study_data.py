@@ -8,6 +8,7 @@ study when it begins, with ``data_files.json`` in the tune folder to say what ch
 continued study on other files is refused. A generated dataset has no files: the recipe
 (checked by clfkit.studies.tune.study) is what identifies it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -57,10 +58,14 @@ def check_val_split(setup: TuneSetup) -> None:
 
         has_val = build_data(recipe).val is not None
     if not has_val:
-        searched = "a trial with data.val_fraction=0 (--space)" if len(fractions) > 1 else "data.val_fraction is 0"
-        raise TuneError(f"clfkit tune ranks trials by val accuracy, but {searched} and the data at "
-                        f"{where(recipe.data.source)} has no val split of its own; set data.val_fraction > 0 "
-                        f"(--set data.val_fraction=0.2) or give the dataset a val/ folder. No trial was run")
+        searched = (
+            "a trial with data.val_fraction=0 (--space)" if len(fractions) > 1 else "data.val_fraction is 0"
+        )
+        raise TuneError(
+            f"clfkit tune ranks trials by val accuracy, but {searched} and the data at "
+            f"{where(recipe.data.source)} has no val split of its own; set data.val_fraction > 0 "
+            f"(--set data.val_fraction=0.2) or give the dataset a val/ folder. No trial was run"
+        )
 
 
 def check_study_data(study: Any, setup: TuneSetup, log: Callable[[str], None]) -> None:
@@ -78,8 +83,10 @@ def check_study_data(study: Any, setup: TuneSetup, log: Callable[[str], None]) -
     trials = study.get_trials(deepcopy=False)
     if not isinstance(had, dict) or not trials:  # a new study, or one no trial has run in yet
         if trials:
-            log(f"warning: {out}/study.db does not record the data its trials ran on (an older clfkit); "
-                f"recorded from now on")
+            log(
+                f"warning: {out}/study.db does not record the data its trials ran on (an older clfkit); "
+                f"recorded from now on"
+            )
         study.set_user_attr(DATA_ATTR, {"where": where(source), "fingerprint": now})
         write_manifest(RunFolder(out), source)
         return
@@ -88,6 +95,8 @@ def check_study_data(study: Any, setup: TuneSetup, log: Callable[[str], None]) -
     detail = describe_changes(out, source)
     raise DataChangedError(
         f"cannot continue the study in {out}: the data at {where(source)} changed since it began"
-        + (f" ({detail})" if detail else "") + ". Its trials so far were ranked on the old val split; new "
+        + (f" ({detail})" if detail else "")
+        + ". Its trials so far were ranked on the old val split; new "
         "ones would be scored on another and the ranking would mix the two. Restore the data as it was, or "
-        "start a new study on the changed data with another --out. Nothing in the tune folder was changed")
+        "start a new study on the changed data with another --out. Nothing in the tune folder was changed"
+    )

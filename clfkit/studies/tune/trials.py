@@ -1,6 +1,7 @@
 """The trials of a tune: one trial (a training run whose epochs report to the pruner) and
 the loop that runs them, in the tune process or in each ``--jobs`` worker
 (clfkit.studies.tune.workers)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -19,7 +20,6 @@ class TrialFailed(Exception):
     Not a ClfkitError on purpose: Optuna's ``catch`` must not also catch a stop signal."""
 
 
-
 # --------------------------------------------------------------------------- one trial
 class PruneOnEpoch:
     """A tracker (clfkit.run.tracking) that reports each epoch's val acc to the Optuna trial and
@@ -35,7 +35,6 @@ class PruneOnEpoch:
         self.trial.report(float(row["val_acc"]), step=int(row["epoch"]))
         if self.trial.should_prune():
             raise optuna_module().TrialPruned(f"val acc {row['val_acc']:.4f} at epoch {row['epoch']}")
-
 
 
 def _objective(setup: TuneSetup, stop: StopFlag) -> Callable[[Any], float]:
@@ -56,7 +55,9 @@ def _objective(setup: TuneSetup, stop: StopFlag) -> Callable[[Any], float]:
         run_dir = Path(setup.out) / "trials" / name
         trial.set_user_attr("run_dir", str(run_dir))
         try:
-            summary = train(recipe, run_dir=run_dir, quiet=setup.quiet, trackers=(PruneOnEpoch(trial),)).summary
+            summary = train(
+                recipe, run_dir=run_dir, quiet=setup.quiet, trackers=(PruneOnEpoch(trial),)
+            ).summary
         except Interrupted:
             raise  # a stop signal ends the search (the trial is marked failed)
         except ClfkitError as e:  # e.g. a non-finite loss at a high lr: this trial fails, the search goes on
@@ -64,8 +65,8 @@ def _objective(setup: TuneSetup, stop: StopFlag) -> Callable[[Any], float]:
             raise TrialFailed(str(e)) from None
         trial.set_user_attr("test_acc", summary.get("test_acc"))
         return float(summary["best_val_acc"])  # a val split: checked before the first trial (check_val_split)
-    return objective
 
+    return objective
 
 
 def optimize(setup: TuneSetup, stop: StopFlag | None = None) -> None:
@@ -88,9 +89,14 @@ def optimize(setup: TuneSetup, stop: StopFlag | None = None) -> None:
     def stop_on_signal(study: Any, trial: Any) -> None:
         if stop.pending:
             study.stop()
+
     if remaining:
-        study.optimize(_objective(setup, stop), n_trials=remaining, catch=(TrialFailed,),
-                       callbacks=[stop_rule, stop_on_signal])
+        study.optimize(
+            _objective(setup, stop),
+            n_trials=remaining,
+            catch=(TrialFailed,),
+            callbacks=[stop_rule, stop_on_signal],
+        )
 
 
 def _queued_values(trial: Any) -> dict[str, Any]:

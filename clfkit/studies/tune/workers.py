@@ -7,6 +7,7 @@ watches, and each worker stops its trial as SIGTERM would: the trial saves last.
 marked stopped in the study (it runs again when the tune is continued), and the worker
 starts no further trial. The parent then writes the tables for the trials so far.
 """
+
 from __future__ import annotations
 
 import os
@@ -75,7 +76,9 @@ def run_jobs(setup: TuneSetup, jobs: int, stop: StopFlag, log: Callable[[str], N
     threads = max(1, (os.cpu_count() or 1) // jobs)
     # each worker's sampler gets its own seed, else all would propose the same values; the
     # total may end up to jobs-1 over --trials (workers check the count when a trial ends)
-    workers = [TuneSetup(**{**setup.__dict__, "threads": threads, "seed": setup.seed + i}) for i in range(jobs)]
+    workers = [
+        TuneSetup(**{**setup.__dict__, "threads": threads, "seed": setup.seed + i}) for i in range(jobs)
+    ]
     ctx = get_context("spawn")  # no forked torch state
     stopping = ctx.Event()
     stopped, errors = None, []
@@ -94,8 +97,10 @@ def run_jobs(setup: TuneSetup, jobs: int, stop: StopFlag, log: Callable[[str], N
             stopping.set()
             if stop.pending:  # a Ctrl-C while a worker was still starting (before its handlers)
                 return stop.signum
-            raise TuneError("a tune worker process died (killed, or out of memory); its trial is marked stopped "
-                            "and runs again when you run the same command") from None
+            raise TuneError(
+                "a tune worker process died (killed, or out of memory); its trial is marked stopped "
+                "and runs again when you run the same command"
+            ) from None
         except KeyboardInterrupt:  # a second Ctrl-C: stop now
             pool.shutdown(wait=False, cancel_futures=True)
             raise

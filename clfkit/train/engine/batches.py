@@ -3,6 +3,7 @@ shuffled, or class-balanced draws with replacement), the training and evaluation
 uint8 data (in memory, or in a split's file with ``data.storage: disk``). What the device then
 does to a training batch (augmentation, mixup, layout) is :class:`BatchPrep`, in
 clfkit.train.engine.prep."""
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,9 @@ class PerImage(torch.utils.data.Dataset):
         # an image index, or (draw, index) when an image may be drawn twice in an epoch
         # (data.sampler: balanced): each draw is then augmented anew
         key, i = item if isinstance(item, tuple) else (item, item)
-        img = augment_image(self.data.images[i].permute(1, 2, 0).numpy(), self.transforms,
-                            self.seed * 1_000_003 + key)
+        img = augment_image(
+            self.data.images[i].permute(1, 2, 0).numpy(), self.transforms, self.seed * 1_000_003 + key
+        )
         return torch.from_numpy(img).permute(2, 0, 1), self.data.labels[i]
 
 
@@ -92,7 +94,7 @@ def disk_epoch_order(n: int, seed: int, epoch: int, chunk: int, window: int) -> 
     chunks = torch.randperm(math.ceil(n / chunk), generator=g).tolist()
     parts = []
     for w in range(0, len(chunks), window):
-        rows = torch.cat([torch.arange(c * chunk, min(n, (c + 1) * chunk)) for c in chunks[w:w + window]])
+        rows = torch.cat([torch.arange(c * chunk, min(n, (c + 1) * chunk)) for c in chunks[w : w + window]])
         parts.append(rows[torch.randperm(len(rows), generator=g)])
     return torch.cat(parts)
 
@@ -108,9 +110,19 @@ def images_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
     return n - n % batch_size if drop_last and n >= batch_size else n
 
 
-def train_batches(data: ImageSet, batch_size: int, seed: int, epoch: int, *, drop_last: bool,
-                  device: torch.device, per_image: list[Any], workers: int, start_batch: int = 0,
-                  weights: Optional[torch.Tensor] = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def train_batches(
+    data: ImageSet,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    *,
+    drop_last: bool,
+    device: torch.device,
+    per_image: list[Any],
+    workers: int,
+    start_batch: int = 0,
+    weights: Optional[torch.Tensor] = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (uint8 images, labels) batches on ``device`` in this epoch's order, from batch
     ``start_batch`` on (a resumed epoch); ``weights``: see :func:`epoch_order`."""
     disk = storage.is_disk(data.images)
@@ -120,19 +132,24 @@ def train_batches(data: ImageSet, batch_size: int, seed: int, epoch: int, *, dro
         order = epoch_order(len(data), seed, epoch, weights)
     order, batch_size = distributed.shard_order(order, batch_size, drop_last)  # DDP: this rank's part
     # the epoch's batches, less those a resumed epoch has already trained on
-    order = order[start_batch * batch_size:num_batches(len(order), batch_size, drop_last) * batch_size]
+    order = order[start_batch * batch_size : num_batches(len(order), batch_size, drop_last) * batch_size]
     if per_image:
         items, aug_seed = order.tolist(), seed * 100003 + epoch
         if weights is not None:  # draws with replacement: key each by its place in the epoch (and rank)
             items = [(start_batch * batch_size + k, i) for k, i in enumerate(items)]
             aug_seed = distributed.rank_seed(aug_seed)
         loader = torch.utils.data.DataLoader(
-            PerImage(data, per_image, aug_seed), batch_size=batch_size, sampler=items,
-            num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=False,
+            PerImage(data, per_image, aug_seed),
+            batch_size=batch_size,
+            sampler=items,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=False,
             prefetch_factor=4 if workers else None,
             # workers' seeds from (seed, epoch): creating the loader must not draw from the
             # global generator, which a mid-epoch resume has just restored
-            generator=torch.Generator().manual_seed(seed * 100003 + epoch + 7))
+            generator=torch.Generator().manual_seed(seed * 100003 + epoch + 7),
+        )
         for x, y in loader:
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         return
@@ -144,9 +161,11 @@ def train_batches(data: ImageSet, batch_size: int, seed: int, epoch: int, *, dro
     # budget) is gathered into pinned memory, so the copy runs asynchronously
     pin = data.images.device.type == "cpu" and device.type == "cuda"
     for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
-        yield (gather(data.images, idx, pin).to(device, non_blocking=True),
-               gather(data.labels, idx, pin).to(device, non_blocking=True))
+        idx = order[i : i + batch_size]
+        yield (
+            gather(data.images, idx, pin).to(device, non_blocking=True),
+            gather(data.labels, idx, pin).to(device, non_blocking=True),
+        )
 
 
 def gather(values: torch.Tensor, idx: torch.Tensor, pin: bool) -> torch.Tensor:
@@ -158,14 +177,15 @@ def gather(values: torch.Tensor, idx: torch.Tensor, pin: bool) -> torch.Tensor:
     return torch.index_select(values, 0, idx, out=out)
 
 
-def _disk_batches(data: ImageSet, order: torch.Tensor, batch_size: int,
-                  device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _disk_batches(
+    data: ImageSet, order: torch.Tensor, batch_size: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of a disk split in ``order``: blocks of about a window's images (whole
     batches), each read in runs of consecutive rows into one (pinned, for CUDA) buffer by a
     reader thread while the previous block trains."""
     chunk, window = disk_chunks(data.images.row_bytes)
     step = max(1, chunk * window // batch_size) * batch_size
-    blocks = [order[i:i + step] for i in range(0, len(order), step)]
+    blocks = [order[i : i + step] for i in range(0, len(order), step)]
     pin = device.type == "cuda"
 
     # The reader's staging buffer (file order) is its own, reused for every block. The block
@@ -187,15 +207,19 @@ def _disk_batches(data: ImageSet, order: torch.Tensor, batch_size: int,
             x, y = pending.result()
             pending = reader.submit(read, blocks[k + 1]) if k + 1 < len(blocks) else None
             for i in range(0, len(x), batch_size):
-                yield x[i:i + batch_size].to(device, non_blocking=True), y[i:i + batch_size].to(device, non_blocking=True)
+                yield (
+                    x[i : i + batch_size].to(device, non_blocking=True),
+                    y[i : i + batch_size].to(device, non_blocking=True),
+                )
 
 
-def eval_batches(data: ImageSet, batch_size: int,
-                 device: torch.device) -> Iterator[tuple[torch.Tensor, Optional[torch.Tensor]]]:
+def eval_batches(
+    data: ImageSet, batch_size: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, Optional[torch.Tensor]]]:
     """(images, labels or None) batches of ``data`` in order, on ``device``."""
     for i in range(0, len(data), batch_size):
-        x = data.images[i:i + batch_size].to(device, non_blocking=True)
-        y = data.labels[i:i + batch_size].to(device, non_blocking=True) if data.labels is not None else None
+        x = data.images[i : i + batch_size].to(device, non_blocking=True)
+        y = data.labels[i : i + batch_size].to(device, non_blocking=True) if data.labels is not None else None
         yield x, y
 
 
@@ -225,5 +249,15 @@ class TrainBatches:
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This epoch's batches from ``start_batch`` on."""
-        return train_batches(self.data, self.batch_size, self.seed, epoch, drop_last=self.drop_last, device=self.device,
-                             per_image=self.per_image, workers=self.workers, start_batch=start_batch, weights=self.weights)
+        return train_batches(
+            self.data,
+            self.batch_size,
+            self.seed,
+            epoch,
+            drop_last=self.drop_last,
+            device=self.device,
+            per_image=self.per_image,
+            workers=self.workers,
+            start_batch=start_batch,
+            weights=self.weights,
+        )

@@ -25,6 +25,7 @@ every epoch end, and all stop at the same step.
 
 The trainer calls these functions; DDP itself lives only here.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -69,8 +70,10 @@ def setup(rt) -> World:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if rt.device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise TrainingError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) here; "
-                                f"use --nproc_per_node <= {torch.cuda.device_count()}")
+            raise TrainingError(
+                f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) here; "
+                f"use --nproc_per_node <= {torch.cuda.device_count()}"
+            )
         rt.device = torch.device("cuda", local_rank)
         torch.cuda.set_device(rt.device)
     if not dist.is_initialized():
@@ -128,8 +131,9 @@ def wrap(model: torch.nn.Module, sync_bn: bool = False) -> torch.nn.Module:
 def to_sync_bn(model: torch.nn.Module, device: torch.device) -> None:
     """``model``'s BatchNorm layers as SyncBatchNorm, replaced in place (train.sync_bn)."""
     if device.type != "cuda":  # DDP refuses SyncBatchNorm on CPU (gloo) processes
-        raise TrainingError("train.sync_bn needs CUDA GPUs (NCCL); this DDP run is on the CPU: "
-                            "set train.sync_bn=false")
+        raise TrainingError(
+            "train.sync_bn needs CUDA GPUs (NCCL); this DDP run is on the CPU: set train.sync_bn=false"
+        )
     converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if converted is not model:  # the model is one bare BatchNorm layer: no parent to replace it in
         raise TrainingError("train.sync_bn needs a model that contains its BatchNorm layers")
@@ -140,10 +144,14 @@ def check_batch_size(batch_size: int, w: int, resuming: bool = False) -> None:
     starts, before its data is read or its folder made, and again where the batches are cut.
     ``resuming``: the recipe is the run's own and cannot change; the number of processes can."""
     if w > 1 and batch_size % w:
-        fix = (f"resume it with a number of processes that divides {batch_size} (--nproc_per_node)" if resuming
-               else f"use a multiple of {w}")
-        raise TrainingError(f"train.batch_size {batch_size} is the global batch and must divide by the "
-                            f"{w} processes; {fix}")
+        fix = (
+            f"resume it with a number of processes that divides {batch_size} (--nproc_per_node)"
+            if resuming
+            else f"use a multiple of {w}"
+        )
+        raise TrainingError(
+            f"train.batch_size {batch_size} is the global batch and must divide by the {w} processes; {fix}"
+        )
 
 
 def shard_order(order: torch.Tensor, batch_size: int, drop_last: bool) -> tuple[torch.Tensor, int]:
@@ -157,11 +165,11 @@ def shard_order(order: torch.Tensor, batch_size: int, drop_last: bool) -> tuple[
     check_batch_size(batch_size, w)
     b, n = batch_size // w, len(order)
     full = n // batch_size
-    mine = order[:full * batch_size].view(full, w, b)[:, r].reshape(-1)
-    rest = order[full * batch_size:]
+    mine = order[: full * batch_size].view(full, w, b)[:, r].reshape(-1)
+    rest = order[full * batch_size :]
     if len(rest) and (not drop_last or full == 0):
         per = math.ceil(len(rest) / w)
-        padded = torch.cat([rest, order[:per * w - len(rest)]])
+        padded = torch.cat([rest, order[: per * w - len(rest)]])
         mine = torch.cat([mine, padded.view(w, per)[r]])
     return mine, b
 
@@ -175,8 +183,10 @@ def rank_seed(seed: int) -> int:
 def sum_over_ranks(*values) -> list[float]:
     """Floats of ``values`` (tensors on the device or numbers), summed over ranks: one
     all-reduce and one host sync for all of them."""
-    tensors = [v.detach().double().reshape(()) if torch.is_tensor(v) else torch.tensor(float(v), dtype=torch.float64)
-               for v in values]
+    tensors = [
+        v.detach().double().reshape(()) if torch.is_tensor(v) else torch.tensor(float(v), dtype=torch.float64)
+        for v in values
+    ]
     device = next((v.device for v in values if torch.is_tensor(v)), torch.device("cpu"))
     stacked = torch.stack([t.to(device) for t in tensors])
     if WORLD.active:
@@ -212,8 +222,10 @@ def _signal_on_device(signum: int) -> torch.Tensor:
     if WORLD.device.type != "cuda":
         return torch.tensor(signum, dtype=torch.int64, device=WORLD.device)
     if WORLD.device not in _SIGNAL_BUFFERS:
-        _SIGNAL_BUFFERS[WORLD.device] = (torch.zeros((), dtype=torch.int64).pin_memory(),
-                                         torch.zeros((), dtype=torch.int64, device=WORLD.device))
+        _SIGNAL_BUFFERS[WORLD.device] = (
+            torch.zeros((), dtype=torch.int64).pin_memory(),
+            torch.zeros((), dtype=torch.int64, device=WORLD.device),
+        )
     host, dev = _SIGNAL_BUFFERS[WORLD.device]
     host.fill_(signum)
     dev.copy_(host, non_blocking=True)
@@ -266,5 +278,8 @@ def eval_shard(model: torch.nn.Module, data):
 
     # a disk split (data.storage) stays on disk: its shard is a range of rows, read as evaluated
     images = data.images.select(np.arange(lo, hi)) if storage.is_disk(data.images) else data.images[lo:hi]
-    return ImageSet(images, data.labels[lo:hi] if data.labels is not None else None,
-                    data.paths[lo:hi] if data.paths is not None else None)
+    return ImageSet(
+        images,
+        data.labels[lo:hi] if data.labels is not None else None,
+        data.paths[lo:hi] if data.paths is not None else None,
+    )

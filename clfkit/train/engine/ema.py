@@ -4,13 +4,13 @@ The trainer updates it after every optimizer step and evaluates, saves as best.p
 the averaged copy. Its state for resume is the averaged weights alone: the decay warmup is a
 function of the optimizer step, which ``last.pt`` already records.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
 
 import torch
 import torch.nn as nn
-
 
 
 class WeightEMA:
@@ -31,7 +31,9 @@ class WeightEMA:
     def _tensor_pairs(self) -> tuple[list[torch.Tensor], ...]:
         if self._pairs is None:
             pairs: tuple[list[torch.Tensor], ...] = ([], [], [], [])
-            for ema_v, src_v in zip(self._ema.module.state_dict().values(), self.source.state_dict().values()):
+            for ema_v, src_v in zip(
+                self._ema.module.state_dict().values(), self.source.state_dict().values()
+            ):
                 k = 0 if ema_v.is_floating_point() else 2
                 pairs[k].append(ema_v)
                 pairs[k + 1].append(src_v)

@@ -8,6 +8,7 @@ statistics (BatchNorm) are put in eval mode after ``model.train()``, so their st
 change either. Which tensors are frozen is a function of the epoch alone, so a resume is exact
 across the unfreeze epoch.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -31,6 +32,10 @@ def set_backbone_frozen(net: nn.Module, frozen: bool) -> list[nn.Module]:
     if not frozen:
         return []
     head_modules = {n.rsplit(".", 1)[0] for n in head}
-    return [m for n, m in net.named_modules()
-            if n not in head_modules and getattr(m, "track_running_stats", False)
-            and getattr(m, "running_mean", None) is not None]
+    return [
+        m
+        for n, m in net.named_modules()
+        if n not in head_modules
+        and getattr(m, "track_running_stats", False)
+        and getattr(m, "running_mean", None) is not None
+    ]

@@ -1,4 +1,5 @@
 """The NaN/inf guard of the training loss (``train.on_nonfinite``: stop or skip)."""
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,9 @@ class NonFiniteGuard:
         """False: skip this batch. Raises in stop mode when the loss is not finite."""
         if not self.sync_each_step:
             bad = ~torch.isfinite(loss.detach())
-            self.first_bad = torch.where(bad & (self.first_bad < 0), torch.full_like(self.first_bad, step),
-                                         self.first_bad)
+            self.first_bad = torch.where(
+                bad & (self.first_bad < 0), torch.full_like(self.first_bad, step), self.first_bad
+            )
             return True
         value = float(loss.detach())
         if math.isfinite(value):
@@ -57,12 +59,16 @@ class NonFiniteGuard:
         lr = base_lr(self.optimizer)  # the recipe's lr as scheduled, not one layer's share of it
         where = f"epoch {self.epoch + 1}, step {step}" + (f" (batch {batch} of the epoch)" if batch else "")
         if step <= 1:
-            cause = ("at the very first step, so the model or loss produces it on fresh weights "
-                     "(a custom component, or data normalization with std 0)")
+            cause = (
+                "at the very first step, so the model or loss produces it on fresh weights "
+                "(a custom component, or data normalization with std 0)"
+            )
         else:
             cause = f"the learning rate ({lr:.3g}) is probably too high"
             if self.rt.precision == "fp16":
                 cause += ", or fp16 overflowed (use train.precision: bf16)"
-        return (f"non-finite training loss ({value}) at {where}: {cause}. Stopped; last.pt keeps the last "
-                f"good checkpoint. Lower optim.lr, add warmup or gradient clipping, or set "
-                f"train.on_nonfinite: skip to skip such batches")
+        return (
+            f"non-finite training loss ({value}) at {where}: {cause}. Stopped; last.pt keeps the last "
+            f"good checkpoint. Lower optim.lr, add warmup or gradient clipping, or set "
+            f"train.on_nonfinite: skip to skip such batches"
+        )

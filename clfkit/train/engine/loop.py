@@ -6,6 +6,7 @@ loop on the GPU path). A half-done epoch continues from an :class:`EpochProgress
 (clfkit.run.resume): the epoch's batches are a pure function of (seed, epoch), so skipping
 the first ``batch`` batches and restoring the generators gives the uninterrupted run's steps.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,14 +41,16 @@ class TrainState:
     net: nn.Module
     loss_fn: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: Any                 # torch.optim.lr_scheduler.LambdaLR, stepped every step
+    scheduler: Any  # torch.optim.lr_scheduler.LambdaLR, stepped every step
     scaler: Optional[torch.amp.GradScaler]
     prep: BatchPrep
     regularizers: list[Any] = field(default_factory=list)
-    on_nonfinite: str = "stop"     # train.on_nonfinite: stop | skip
+    on_nonfinite: str = "stop"  # train.on_nonfinite: stop | skip
     ema: Any = None
-    frozen_norms: list[nn.Module] = field(default_factory=list)  # kept in eval mode (clfkit.train.engine.freeze)
-    step: int = 0                  # optimizer steps taken so far in the run
+    frozen_norms: list[nn.Module] = field(
+        default_factory=list
+    )  # kept in eval mode (clfkit.train.engine.freeze)
+    step: int = 0  # optimizer steps taken so far in the run
     warned_probs: bool = False
 
     @property
@@ -81,13 +84,21 @@ class EpochSums:
         """This rank's position after ``batch`` batches (one sync): its own sums and generator,
         which each rank restores for itself (clfkit.train.engine.snapshot)."""
         self.guard.check(step)  # never checkpoint weights a non-finite step has touched
-        return EpochProgress(batch=batch, aug_rng=self.gen.get_state(), loss_sum=float(self.loss_sum),
-                             correct=float(self.correct), seen=self.seen, nonfinite=self.guard.skipped)
+        return EpochProgress(
+            batch=batch,
+            aug_rng=self.gen.get_state(),
+            loss_sum=float(self.loss_sum),
+            correct=float(self.correct),
+            seen=self.seen,
+            nonfinite=self.guard.skipped,
+        )
 
 
 def _looks_like_probabilities(out: torch.Tensor) -> bool:
     out = out.detach().float()
-    return bool((out >= 0).all() and torch.allclose(out.sum(1), torch.ones(len(out), device=out.device), atol=1e-3))
+    return bool(
+        (out >= 0).all() and torch.allclose(out.sum(1), torch.ones(len(out), device=out.device), atol=1e-3)
+    )
 
 
 def _warn_if_probabilities(state: TrainState, out: torch.Tensor) -> None:
@@ -100,7 +111,9 @@ def _warn_if_probabilities(state: TrainState, out: torch.Tensor) -> None:
             "the model's outputs on the first batch are already probabilities (non-negative, "
             "rows sum to 1): the model probably ends in softmax. clfkit's losses expect raw "
             "logits (cross_entropy applies log-softmax itself, so a second softmax flattens the "
-            "gradients and trains badly). Remove the final softmax from the model.", stacklevel=4)
+            "gradients and trains badly). Remove the final softmax from the model.",
+            stacklevel=4,
+        )
 
 
 def _step(state: TrainState) -> None:
@@ -120,8 +133,16 @@ def _step(state: TrainState) -> None:
     state.step += 1
 
 
-def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, *, sums: EpochSums,
-               batch: int, micro: int = 0, group: int = 1) -> Optional[torch.Tensor]:
+def train_step(
+    state: TrainState,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    sums: EpochSums,
+    batch: int,
+    micro: int = 0,
+    group: int = 1,
+) -> Optional[torch.Tensor]:
     """Micro-batch ``micro`` (0-based) of a group of ``group`` (train.accumulate) on the uint8
     batch (x, y), ``batch`` (1-based) of the epoch: the gradients of the group's mean loss
     accumulate, and the group's last micro-batch takes the optimizer step (group 1: one step
@@ -149,9 +170,12 @@ def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, *, sums: Epo
 def _start_epoch(state: TrainState, seed: int, epoch: int, resume_at: Optional[EpochProgress]) -> EpochSums:
     """The epoch's sums and generators, continued from ``resume_at`` when given."""
     rt = state.rt
-    sums = EpochSums(torch.zeros((), device=rt.device), torch.zeros((), device=rt.device),
-                     torch.Generator(device=rt.device).manual_seed(distributed.rank_seed(seed * 7919 + epoch)),
-                     NonFiniteGuard(rt, state.on_nonfinite, epoch, state.optimizer))
+    sums = EpochSums(
+        torch.zeros((), device=rt.device),
+        torch.zeros((), device=rt.device),
+        torch.Generator(device=rt.device).manual_seed(distributed.rank_seed(seed * 7919 + epoch)),
+        NonFiniteGuard(rt, state.on_nonfinite, epoch, state.optimizer),
+    )
     if resume_at is not None:
         sums.seen = resume_at.seen
         sums.loss_sum += resume_at.loss_sum
@@ -173,9 +197,16 @@ def optimizer_steps(batches: int, accumulate: int) -> int:
     return -(-batches // accumulate)
 
 
-def train_one_epoch(state: TrainState, batches: TrainBatches, epoch: int, *,
-                    progress: Callable[[int], None], resume_at: Optional[EpochProgress] = None,
-                    after_step: Optional[AfterStep] = None, accumulate: int = 1) -> dict[str, float]:
+def train_one_epoch(
+    state: TrainState,
+    batches: TrainBatches,
+    epoch: int,
+    *,
+    progress: Callable[[int], None],
+    resume_at: Optional[EpochProgress] = None,
+    after_step: Optional[AfterStep] = None,
+    accumulate: int = 1,
+) -> dict[str, float]:
     """One pass over the training split. Returns mean loss and accuracy (one host sync), and
     the count of skipped batches under on_nonfinite=skip. ``resume_at``: continue a half-done
     epoch (at an optimizer step); ``after_step``: see :data:`AfterStep`; ``accumulate``:
@@ -194,9 +225,13 @@ def train_one_epoch(state: TrainState, batches: TrainBatches, epoch: int, *,
         if after_step is not None and micro == group - 1:
             after_step(i + 1, lambda: sums.snapshot(i + 1, state.step))
     if sums.seen == 0:  # every batch has at least one image (num_batches), so all were skipped
-        raise TrainingError(f"every batch of epoch {epoch + 1} had a non-finite loss and was skipped "
-                            f"(train.on_nonfinite: skip); lower optim.lr or check the data and model")
-    loss_v, correct_v, seen = distributed.sum_over_ranks(sums.loss_sum, sums.correct, sums.seen)  # the one sync
+        raise TrainingError(
+            f"every batch of epoch {epoch + 1} had a non-finite loss and was skipped "
+            f"(train.on_nonfinite: skip); lower optim.lr or check the data and model"
+        )
+    loss_v, correct_v, seen = distributed.sum_over_ranks(
+        sums.loss_sum, sums.correct, sums.seen
+    )  # the one sync
     sums.guard.check(state.step)
     if not math.isfinite(loss_v):
         raise TrainingError(sums.guard.message(state.step, None, loss_v))

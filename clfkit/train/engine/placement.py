@@ -13,6 +13,7 @@ like ``CLFKIT_MEMORY_BUDGET`` does for host memory. The two budgets are separate
 this module asks the GPU whether it holds the set, which a disk split can too (read into it
 in blocks, once).
 """
+
 from __future__ import annotations
 
 import os
@@ -58,8 +59,10 @@ def device_data_budget(device: torch.device) -> Optional[int]:
         try:
             return storage.parse_bytes(text)
         except ValueError:
-            raise ClfkitError(f"{DEVICE_BUDGET_ENV}={text!r} is not an amount of memory (e.g. 8G, 512M, "
-                              f"1000000; unset: {DEVICE_DATA_SHARE:.0%} of the GPU's free memory)") from None
+            raise ClfkitError(
+                f"{DEVICE_BUDGET_ENV}={text!r} is not an amount of memory (e.g. 8G, 512M, "
+                f"1000000; unset: {DEVICE_DATA_SHARE:.0%} of the GPU's free memory)"
+            ) from None
     free = device_free_memory(device)
     return None if free is None else int(free * DEVICE_DATA_SHARE)
 
@@ -79,11 +82,16 @@ def place_splits(splits: Splits, rt: Runtime, on_device: bool) -> Placed:
     budget = device_data_budget(rt.device)
     if budget is not None and need > budget:
         where = "on disk, read in shuffled chunks" if storage.is_disk(train.images) else "in host memory"
-        return Placed(train, val, note=(
-            f"data placement: the {_size(need)} of train/val data (images and labels) do not fit the "
-            f"{_size(budget)} data budget on {rt.device} ({_budget_source()}); they stay {where} and "
-            f"each batch is copied over from pinned memory (slower than on-device batches; free GPU "
-            f"memory, use smaller images, or set {DEVICE_BUDGET_ENV})"))
+        return Placed(
+            train,
+            val,
+            note=(
+                f"data placement: the {_size(need)} of train/val data (images and labels) do not fit the "
+                f"{_size(budget)} data budget on {rt.device} ({_budget_source()}); they stay {where} and "
+                f"each batch is copied over from pinned memory (slower than on-device batches; free GPU "
+                f"memory, use smaller images, or set {DEVICE_BUDGET_ENV})"
+            ),
+        )
     return Placed(_moved(train, rt.device), _moved(val, rt.device) if val is not None else None)
 
 
@@ -95,7 +103,7 @@ def _moved(data: ImageSet, device: torch.device) -> ImageSet:
     images = torch.empty(tuple(data.images.shape), dtype=torch.uint8, device=device)
     step = max(1, COPY_BLOCK_BYTES // data.images.row_bytes)
     for i in range(0, len(images), step):
-        images[i:i + step].copy_(data.images[i:i + step])
+        images[i : i + step].copy_(data.images[i : i + step])
     return ImageSet(images, labels, data.paths)
 
 

@@ -11,6 +11,7 @@ consecutive split steps is one torch.compile graph (``dynamic=False``: a batch o
 shape, such as a short last batch, compiles once more). A step without the split (a plugin's
 plain ``__call__(x, generator)`` or ``on_batch``) runs eagerly between the graphs.
 """
+
 from __future__ import annotations
 
 import types
@@ -52,8 +53,9 @@ class _Step:
         return self.obj.on_batch(x, target, num_classes)
 
 
-def _pure_chain(steps: list[_Step], num_classes: int, to_float: bool,
-                layout: Optional[torch.memory_format]) -> Callable:
+def _pure_chain(
+    steps: list[_Step], num_classes: int, to_float: bool, layout: Optional[torch.memory_format]
+) -> Callable:
     """The pure part of consecutive split steps: f(x, target, draws) -> (x, target)."""
 
     def run(x: torch.Tensor, target: torch.Tensor, draws: tuple):
@@ -111,8 +113,11 @@ class BatchPrep:
         if not isinstance(self.segments[0], list):
             self.segments.insert(0, [])
         last = len(self.segments) - 1
-        self.pure = {k: _pure_chain(seg, self.num_classes, k == 0, layout if k == last else None)
-                     for k, seg in enumerate(self.segments) if isinstance(seg, list)}
+        self.pure = {
+            k: _pure_chain(seg, self.num_classes, k == 0, layout if k == last else None)
+            for k, seg in enumerate(self.segments)
+            if isinstance(seg, list)
+        }
         if self.compile:
             self.pure = {k: compile_chain(fn, self.backend) for k, fn in self.pure.items()}
 
@@ -121,8 +126,9 @@ class BatchPrep:
         """The class names of the steps that run eagerly (no draw/apply split)."""
         return [s.name for s in self.segments if not isinstance(s, list)]
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor,
-                 gen: Optional[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, gen: Optional[torch.Generator]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(model input, training target) of the uint8 batch (x, y)."""
         target = y
         for k, seg in enumerate(self.segments):
@@ -134,7 +140,9 @@ class BatchPrep:
             x, target = self.pure[k](x, target, draws)
             if tuple(x.shape) != shape:
                 names = ", ".join(s.name for s in seg)
-                raise TrainingError(f"batched step(s) {names}: apply changed the batch's shape from "
-                                    f"{list(shape)} to {list(x.shape)}; a transform with draw/apply must keep "
-                                    f"(N, C, H, W) (one that resizes implements __call__(x, generator) only)")
+                raise TrainingError(
+                    f"batched step(s) {names}: apply changed the batch's shape from "
+                    f"{list(shape)} to {list(x.shape)}; a transform with draw/apply must keep "
+                    f"(N, C, H, W) (one that resizes implements __call__(x, generator) only)"
+                )
         return x, target

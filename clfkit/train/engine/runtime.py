@@ -1,6 +1,7 @@
 """The runtime of a training run: device, precision (autocast, GradScaler), memory format,
 torch.compile, seeding. Asking for what the machine lacks is a clear error here, before any
 data is read."""
+
 from __future__ import annotations
 
 import contextlib
@@ -52,8 +53,9 @@ def resolve_device(want: str) -> torch.device:
     if not want.startswith("cuda"):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise TrainingError(f"train.device is {want!r} but no CUDA GPU is available here; "
-                            f"use train.device=auto or cpu")
+        raise TrainingError(
+            f"train.device is {want!r} but no CUDA GPU is available here; use train.device=auto or cpu"
+        )
     device = torch.device(want)
     if device.index is not None and device.index >= torch.cuda.device_count():
         raise TrainingError(f"train.device {want!r}: only {torch.cuda.device_count()} GPU(s)")
@@ -67,8 +69,10 @@ def resolve_precision(want: str, device: torch.device) -> str:
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if precision in ("bf16", "fp16") and device.type != "cuda":
-        raise TrainingError(f"train.precision {precision} needs a CUDA GPU; this run is on the CPU, "
-                            f"where clfkit trains in fp32 (set train.precision=fp32 or auto)")
+        raise TrainingError(
+            f"train.precision {precision} needs a CUDA GPU; this run is on the CPU, "
+            f"where clfkit trains in fp32 (set train.precision=fp32 or auto)"
+        )
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         raise TrainingError("train.precision bf16: this GPU does not support bfloat16; use fp16")
     return precision

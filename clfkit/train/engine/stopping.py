@@ -1,4 +1,5 @@
 """Early stopping (``train.early_stopping``): patience on one validation metric."""
+
 from __future__ import annotations
 
 import math
@@ -16,11 +17,13 @@ class EarlyStopper:
 
     def __init__(self, *, metric: str, patience: int, min_delta: float, has_val: bool):
         if not has_val:
-            raise TrainingError(f"train.early_stopping watches {metric}, but this run has no validation "
-                                f"split; set data.val_fraction > 0 or drop train.early_stopping")
+            raise TrainingError(
+                f"train.early_stopping watches {metric}, but this run has no validation "
+                f"split; set data.val_fraction > 0 or drop train.early_stopping"
+            )
         self.metric, self.patience, self.min_delta = metric, patience, min_delta
         self.sign = 1.0 if metric.endswith("acc") else -1.0
-        self.best = -math.inf   # sign * metric: larger is better
+        self.best = -math.inf  # sign * metric: larger is better
         self.best_epoch = 0
         self.waited = 0
         self.stopped_epoch = 0
@@ -38,12 +41,18 @@ class EarlyStopper:
         return False
 
     def describe(self) -> str:
-        return (f"early stop after epoch {self.stopped_epoch}: {self.metric} has not improved for "
-                f"{self.waited} epoch(s) (best {self.sign * self.best:.4f} at epoch {self.best_epoch})")
+        return (
+            f"early stop after epoch {self.stopped_epoch}: {self.metric} has not improved for "
+            f"{self.waited} epoch(s) (best {self.sign * self.best:.4f} at epoch {self.best_epoch})"
+        )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch, "waited": self.waited,
-                "stopped_epoch": self.stopped_epoch}
+        return {
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "waited": self.waited,
+            "stopped_epoch": self.stopped_epoch,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best = float(state["best"])

@@ -21,6 +21,7 @@ not decoded, so the resumed epoch trains exactly the batches an uninterrupted on
 exception, documented in docs/data-formats.md: samples skipped as undecodable before the
 resume point shift that stream by as many samples).
 """
+
 from __future__ import annotations
 
 import math
@@ -77,8 +78,9 @@ def segments(counts: list[int], order: list[int], lo: int, hi: int) -> list[tupl
     return runs
 
 
-def rank_plan(counts: list[int], seed: int, epoch: int, *, batch_size: int, drop_last: bool,
-              rank: int, world: int) -> tuple[list[Stream], int]:
+def rank_plan(
+    counts: list[int], seed: int, epoch: int, *, batch_size: int, drop_last: bool, rank: int, world: int
+) -> tuple[list[Stream], int]:
     """(this rank's streams, its per-rank batch size) for the epoch; see the module doc."""
     n, b = sum(counts), batch_size // world
     m = (n // batch_size) * b if drop_last and n >= batch_size else math.ceil(n / world)
@@ -122,8 +124,15 @@ class StreamDataset(torch.utils.data.IterableDataset):
     """One rank's epoch from batch ``start`` on, as batch dicts, decoded where it is iterated
     (loader worker w runs the streams j with j % workers == w, in epoch order)."""
 
-    def __init__(self, split: StreamedSplit, streams: list[Stream], batch_size: int, start: int,
-                 per_image: list[Any], seed: int):
+    def __init__(
+        self,
+        split: StreamedSplit,
+        streams: list[Stream],
+        batch_size: int,
+        start: int,
+        per_image: list[Any],
+        seed: int,
+    ):
         self.split, self.streams, self.b, self.start = split, streams, batch_size, start
         self.per_image, self.seed = per_image, seed
         self.order = round_robin(streams)
@@ -136,7 +145,7 @@ class StreamDataset(torch.utils.data.IterableDataset):
         mine = {s.index: s for s in self.streams if info is None or s.index % info.num_workers == info.id}
         its = {j: self._batches(s) for j, s in mine.items()}
         try:
-            for j, _ in self.order[self.start:]:
+            for j, _ in self.order[self.start :]:
                 if j in its:
                     yield next(its[j])
         except DataError as e:  # handed to the main process as a message: a loader worker's
@@ -146,8 +155,14 @@ class StreamDataset(torch.utils.data.IterableDataset):
         shards = self.split.shards
         for shard, first, stop in stream.segments:
             url = shards.urls[shard]
-            for sample in read_shard(url, first, stop, image_key=shards.image_key, label_key=shards.label_key,
-                                     expected=shards.counts[shard]):
+            for sample in read_shard(
+                url,
+                first,
+                stop,
+                image_key=shards.image_key,
+                label_key=shards.label_key,
+                expected=shards.counts[shard],
+            ):
                 yield url, sample
 
     def _decoded(self, stream: Stream, raw: Iterator[Any]) -> Iterator[tuple[tuple | None, tuple | None]]:
@@ -162,8 +177,10 @@ class StreamDataset(torch.utils.data.IterableDataset):
                     x, y = self.split.decoding(sample)
                 except (ValueError, image_files.DecodeError) as e:
                     if self.split.on_error == "fail":
-                        raise DataError(f"{url}: sample {sample.key!r}: {e} (set data.on_error: skip to skip "
-                                        f"such samples)") from None
+                        raise DataError(
+                            f"{url}: sample {sample.key!r}: {e} (set data.on_error: skip to skip "
+                            f"such samples)"
+                        ) from None
                     yield None, (f"{url}#{sample.key}", str(e))
                     continue
                 got = True
@@ -199,9 +216,13 @@ class StreamDataset(torch.utils.data.IterableDataset):
             # NCHW as a view of the NHWC stack (channels_last strides): batch preparation makes
             # the float batch contiguous in the run's layout anyway, and a uint8 permute-copy here
             # was a tenth of a streamed 32 px epoch
-            yield {"x": torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2),
-                   "y": torch.tensor(ys, dtype=torch.int64), "keys": keys, "skipped": skipped,
-                   "stream": stream.index}
+            yield {
+                "x": torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2),
+                "y": torch.tensor(ys, dtype=torch.int64),
+                "keys": keys,
+                "skipped": skipped,
+                "stream": stream.index,
+            }
 
 
 @dataclass
@@ -222,8 +243,10 @@ class StreamBatches:
 
     def __post_init__(self):
         if self.sampler != "shuffle":
-            raise DataError(f"data.sampler: {self.sampler} draws images by index, which a streamed split "
-                            f"(WebDataset shards) does not have; use data.sampler: shuffle")
+            raise DataError(
+                f"data.sampler: {self.sampler} draws images by index, which a streamed split "
+                f"(WebDataset shards) does not have; use data.sampler: shuffle"
+            )
 
     def __len__(self) -> int:
         return num_batches(len(self.data), self.batch_size, self.drop_last)
@@ -234,31 +257,58 @@ class StreamBatches:
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's batches of epoch ``epoch`` from ``start_batch`` on, in the plan's order."""
         world = distributed.WORLD
-        streams, b = rank_plan(self.data.shards.counts, self.seed, epoch, batch_size=self.batch_size, drop_last=self.drop_last,
-                               rank=world.rank, world=world.size)
-        dataset = StreamDataset(self.data, streams, b, start_batch, self.per_image, self.seed * 100003 + epoch)
+        streams, b = rank_plan(
+            self.data.shards.counts,
+            self.seed,
+            epoch,
+            batch_size=self.batch_size,
+            drop_last=self.drop_last,
+            rank=world.rank,
+            world=world.size,
+        )
+        dataset = StreamDataset(
+            self.data, streams, b, start_batch, self.per_image, self.seed * 100003 + epoch
+        )
         workers = min(self.workers, len(streams))
-        loader = (torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=2,
-                                              pin_memory=self.device.type == "cuda", persistent_workers=False)
-                  if workers else dataset)
+        loader = (
+            torch.utils.data.DataLoader(
+                dataset,
+                batch_size=None,
+                num_workers=workers,
+                prefetch_factor=2,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=False,
+            )
+            if workers
+            else dataset
+        )
         skipped: list[tuple[str, str]] = []
         try:
             for batch in _in_order(iter(loader), dataset.order[start_batch:]):
                 skipped += batch["skipped"]
                 if self.keys is not None:
                     self.keys += batch["keys"]
-                yield batch["x"].to(self.device, non_blocking=True), batch["y"].to(self.device, non_blocking=True)
+                yield (
+                    batch["x"].to(self.device, non_blocking=True),
+                    batch["y"].to(self.device, non_blocking=True),
+                )
         finally:
             skipped = list(dict(skipped).items())  # a sample met again while making up for skips counts once
             if skipped:
-                warnings.warn(SkippedSamples(
-                    f"epoch {epoch + 1}: {len(skipped)} training sample(s) skipped and made up for from their "
-                    f"stream (first: {skipped[0][0]}: {skipped[0][1]})"), stacklevel=2)
+                warnings.warn(
+                    SkippedSamples(
+                        f"epoch {epoch + 1}: {len(skipped)} training sample(s) skipped and made up for from their "
+                        f"stream (first: {skipped[0][0]}: {skipped[0][1]})"
+                    ),
+                    stacklevel=2,
+                )
 
     def describe(self) -> str:
-        return (f"{self.data.describe()}, {len(self.data.shards.urls)} shard(s), {STREAMS} streams per rank "
-                f"through a {self.data.shuffle_buffer}-sample shuffle buffer each, decoded in "
-                f"{min(self.workers, STREAMS)} loader worker(s)")
+        return (
+            f"{self.data.describe()}, {len(self.data.shards.urls)} shard(s), {STREAMS} streams per rank "
+            f"through a {self.data.shuffle_buffer}-sample shuffle buffer each, decoded in "
+            f"{min(self.workers, STREAMS)} loader worker(s)"
+        )
 
 
 def _in_order(batches: Iterator[dict[str, Any]], order: list[tuple[int, int]]) -> Iterator[dict[str, Any]]:
@@ -275,8 +325,17 @@ def _in_order(batches: Iterator[dict[str, Any]], order: list[tuple[int, int]]) -
         yield pending[j].pop(0)
 
 
-def train_batches_for(data, batch_size: int, seed: int, *, drop_last: bool, device: torch.device, per_image: list[Any],
-                      workers: int, sampler: str = "shuffle"):
+def train_batches_for(
+    data,
+    batch_size: int,
+    seed: int,
+    *,
+    drop_last: bool,
+    device: torch.device,
+    per_image: list[Any],
+    workers: int,
+    sampler: str = "shuffle",
+):
     """TrainBatches for in-memory or disk data, StreamBatches for a streamed split."""
     from clfkit.data.streamed import is_streamed
     from clfkit.train.engine.batches import TrainBatches

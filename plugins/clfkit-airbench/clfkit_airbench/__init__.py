@@ -14,6 +14,7 @@ Left out from airbench, because clfkit's recipe already covers them or its hooks
 label smoothing 0.2 and Nesterov SGD (recipe settings), the data-dependent whitening init of
 the stem, lookahead, test-time flipping and the alternating-flip schedule across epochs.
 """
+
 from __future__ import annotations
 
 import torch
@@ -44,8 +45,12 @@ class FrozenScaleBatchNorm(nn.BatchNorm2d):
 
 
 @register("norm", "airbench_bn")
-def airbench_bn(num_features: int, dim: int = 2, momentum: Annotated[float, Field(gt=0, le=1)] = 0.6,
-                eps: Annotated[float, Field(gt=0)] = 1e-12) -> nn.Module:
+def airbench_bn(
+    num_features: int,
+    dim: int = 2,
+    momentum: Annotated[float, Field(gt=0, le=1)] = 0.6,
+    eps: Annotated[float, Field(gt=0)] = 1e-12,
+) -> nn.Module:
     """BatchNorm with frozen scale (only the bias learns), momentum 0.6: airbench's norm."""
     return FrozenScaleBatchNorm(num_features, momentum, eps, dim)
 
@@ -87,9 +92,15 @@ class AirbenchNet(nn.Module):
 
 
 @register("model", "airbench")
-def airbench(num_classes: int, in_chans: int, norm: str | dict = "airbench_bn",
-             activation: str | dict = "gelu", widths: list[PosInt] = [64, 256, 256],
-             stem_width: PosInt = 24, scale: Annotated[float, Field(gt=0)] = 1 / 9) -> nn.Module:
+def airbench(
+    num_classes: int,
+    in_chans: int,
+    norm: str | dict = "airbench_bn",
+    activation: str | dict = "gelu",
+    widths: list[PosInt] = [64, 256, 256],
+    stem_width: PosInt = 24,
+    scale: Annotated[float, Field(gt=0)] = 1 / 9,
+) -> nn.Module:
     """airbench94 (Jordan 2024): a 2x2 stem and three conv groups; 94% on CIFAR-10 in seconds.
 
     ``widths`` are the three groups' channels (airbench96 uses 128/384/512); ``scale``
@@ -121,14 +132,16 @@ class FlipTranslate:
             return x
         padded = F.pad(x, (t, t, t, t), mode="reflect")
         dy, dx = draw(2 * t + 1), draw(2 * t + 1)
-        rows = torch.arange(h, device=x.device)[None] + dy[:, None]       # (N, H)
-        cols = torch.arange(w, device=x.device)[None] + dx[:, None]       # (N, W)
+        rows = torch.arange(h, device=x.device)[None] + dy[:, None]  # (N, H)
+        cols = torch.arange(w, device=x.device)[None] + dx[:, None]  # (N, W)
         idx = torch.arange(n, device=x.device)[:, None, None]
         out = padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]]  # one gather
         return out.permute(0, 3, 1, 2).contiguous()
 
 
 @register("augmentation", "airbench_flip_translate")
-def airbench_flip_translate(translate: Annotated[int, Field(ge=0, le=8)] = 2, flip: bool = True) -> FlipTranslate:
+def airbench_flip_translate(
+    translate: Annotated[int, Field(ge=0, le=8)] = 2, flip: bool = True
+) -> FlipTranslate:
     """Random horizontal flip and translation by up to ``translate`` px (reflect), batched."""
     return FlipTranslate(translate, flip)

@@ -1,4 +1,5 @@
 """clfkit-airbench's own tests: entry point, contracts, shapes, the augmentation's law."""
+
 from __future__ import annotations
 
 import torch
@@ -8,14 +9,18 @@ from clfkit import registry
 
 def test_found_through_the_entry_point():
     assert not [e for e in registry.REGISTRY.plugin_errors if e.dist == "clfkit-airbench"]
-    for kind, name in (("model", "airbench"), ("norm", "airbench_bn"),
-                       ("augmentation", "airbench_flip_translate")):
+    for kind, name in (
+        ("model", "airbench"),
+        ("norm", "airbench_bn"),
+        ("augmentation", "airbench_flip_translate"),
+    ):
         assert registry.get(kind, name).provider == "clfkit-airbench"
 
 
 def test_model_shapes_and_frozen_norm_scale():
-    model = registry.create("model", "airbench", num_classes=7, in_chans=3, image_size=(32, 32),
-                            widths=[8, 16, 16], stem_width=6)
+    model = registry.create(
+        "model", "airbench", num_classes=7, in_chans=3, image_size=(32, 32), widths=[8, 16, 16], stem_width=6
+    )
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
     assert model(torch.randn(2, 3, 20, 24)).shape == (2, 7)  # any size with 3 halvings
     bn = model.groups[0].norm1
@@ -34,7 +39,11 @@ def test_flip_translate_moves_whole_images_reproducibly():
     for i in range(2):
         centre = a[i, :, 2:6, 2:6]
         cands = [x[i], x[i].flip(-1)]
-        assert any(torch.equal(centre, c[:, 2 + dy:6 + dy, 2 + dx:6 + dx])
-                   for c in cands for dy in range(-2, 3) for dx in range(-2, 3))
+        assert any(
+            torch.equal(centre, c[:, 2 + dy : 6 + dy, 2 + dx : 6 + dx])
+            for c in cands
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+        )
     same = registry.create("augmentation", "airbench_flip_translate", translate=0, flip=False)
     assert torch.equal(same(x, torch.Generator()), x)

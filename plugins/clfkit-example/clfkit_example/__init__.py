@@ -5,6 +5,7 @@ below adds one component. What clfkit passes to each factory, and what it must r
 kind's contract (clfkit's README, "Writing a plugin"); a factory's own keyword arguments, with
 their type hints and defaults, are what a recipe may set, and are validated when it is loaded.
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,9 +20,14 @@ __version__ = "0.1.0"
 
 # --------------------------------------------------------------------------- model
 @register("model", "example_net")
-def example_net(num_classes: int, in_chans: int, norm: str | dict = "batch",
-        activation: str | dict = "relu", width: Annotated[int, Field(ge=1)] = 32,
-        depth: Annotated[int, Field(ge=1, le=6)] = 3) -> nn.Module:
+def example_net(
+    num_classes: int,
+    in_chans: int,
+    norm: str | dict = "batch",
+    activation: str | dict = "relu",
+    width: Annotated[int, Field(ge=1)] = 32,
+    depth: Annotated[int, Field(ge=1, le=6)] = 3,
+) -> nn.Module:
     """Small CNN: ``depth`` blocks of conv -> norm -> activation -> max-pool, then a linear head.
 
     ``norm`` and ``activation`` are written in the recipe as component names (or
@@ -31,9 +37,13 @@ def example_net(num_classes: int, in_chans: int, norm: str | dict = "batch",
     layers: list[nn.Module] = []
     c = in_chans
     for i in range(depth):
-        out = width * 2 ** i
-        layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), norm(out, dim=2), activation(),
-                   nn.MaxPool2d(2, ceil_mode=True)]
+        out = width * 2**i
+        layers += [
+            nn.Conv2d(c, out, 3, padding=1, bias=False),
+            norm(out, dim=2),
+            activation(),
+            nn.MaxPool2d(2, ceil_mode=True),
+        ]
         c = out
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes)]
     return nn.Sequential(*layers)
@@ -96,7 +106,8 @@ class GaussianNoise:
 
 
 @register("augmentation", "example_noise")
-def example_noise(std: Annotated[float, Field(gt=0)] = 8.0,
-        p: Annotated[float, Field(ge=0, le=1)] = 0.5) -> GaussianNoise:
+def example_noise(
+    std: Annotated[float, Field(gt=0)] = 8.0, p: Annotated[float, Field(ge=0, le=1)] = 0.5
+) -> GaussianNoise:
     """Add Gaussian pixel noise (``std`` in 0..255 units) to a fraction ``p`` of the images."""
     return GaussianNoise(std, p)

@@ -1,5 +1,6 @@
 """clfkit-example's own tests: clfkit finds the components through the entry point, builds each one
 (checking its contract) and trains the plugin's recipe for a few steps on the CPU."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +10,12 @@ import yaml
 
 from clfkit import registry
 
-COMPONENTS = [("model", "example_net"), ("norm", "example_rmsnorm"),
-              ("regularizer", "example_l1"), ("augmentation", "example_noise")]
+COMPONENTS = [
+    ("model", "example_net"),
+    ("norm", "example_rmsnorm"),
+    ("regularizer", "example_l1"),
+    ("augmentation", "example_noise"),
+]
 
 
 def test_found_through_the_entry_point():
@@ -21,8 +26,16 @@ def test_found_through_the_entry_point():
 
 
 def test_components_build_and_keep_their_contracts():
-    model = registry.create("model", "example_net", num_classes=5, in_chans=3, image_size=(16, 16),
-                            norm="example_rmsnorm", width=8, depth=2)
+    model = registry.create(
+        "model",
+        "example_net",
+        num_classes=5,
+        in_chans=3,
+        image_size=(16, 16),
+        norm="example_rmsnorm",
+        width=8,
+        depth=2,
+    )
     assert model(torch.randn(2, 3, 16, 16)).shape == (2, 5)
     for dim, shape in ((2, (2, 4, 3, 3)), (1, (2, 4))):
         norm = registry.create("norm", "example_rmsnorm", num_features=4, dim=dim)
