@@ -222,3 +222,23 @@ def test_committed_sweep_files_plan(monkeypatch):
     for path in files:
         sweep = plan_sweep(path.relative_to(repo))
         assert len(sweep.trials) >= 2
+
+
+@pytest.mark.parametrize("command", ["sweep", "tune"])
+def test_more_jobs_than_cores_are_refused_before_any_folder(tmp_path, monkeypatch, command):
+    """--jobs 500 spawned 500 interpreters, each with its own torch: the count is refused with the
+    machine's core count, before a sweep or tune folder exists."""
+    from conftest import refused, tiny_recipe_file
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    recipe = tiny_recipe_file(tmp_path)
+    out = tmp_path / "study"
+    extra = (
+        ["--grid", "seed=0,1"]
+        if command == "sweep"
+        else ["--space", "optim.lr=loguniform(1e-3,1e-1)", "--trials", 2]
+    )
+    refused(
+        ["--jobs 4", "3 CPU core(s)", "--jobs 3 or fewer"], command, recipe, *extra, "--jobs", 4, "--out", out
+    )
+    assert not out.exists()

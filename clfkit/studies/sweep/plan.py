@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import itertools
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -41,6 +42,21 @@ def check_run_count(runs: int, what: str) -> None:
         raise SweepError(
             f"{what} make {runs:,} runs; a sweep plans at most {MAX_RUNS:,}. Give fewer values or "
             f"seeds, or split it into several sweeps (each its own --out)"
+        )
+
+
+def check_jobs(jobs: int, what: str, error: type[Exception] = SweepError) -> None:
+    """An ``error`` when ``jobs`` worker processes are more than this machine's cores: each is a
+    process with its own torch (about half a GB) and at least one thread, so more of them than
+    cores run no faster and can exhaust memory (``--jobs 500`` spawned 500 interpreters)."""
+    cores = os.cpu_count() or 1
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise error(f"--jobs {jobs!r}: give a whole number of {what} at once, from 1 to {cores}")
+    if jobs > cores:
+        raise error(
+            f"--jobs {jobs}: this machine has {cores} CPU core(s); each of the {what} at once is a process "
+            f"with its own copy of torch and at least one core's thread, so more than {cores} run no faster "
+            f"and may run out of memory. Give --jobs {cores} or fewer"
         )
 
 

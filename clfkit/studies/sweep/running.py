@@ -16,7 +16,7 @@ from clfkit.util.safe_names import child_folder
 from clfkit.recipe import Recipe
 from clfkit.run.run_folder import LOCK_NAME, RunFolder, run_lock
 from clfkit.util.signals import Interrupted, StopFlag, catch_stop_signals
-from clfkit.studies.sweep.plan import Sweep, SweepError, Trial, check_same_recipe, plan_sweep
+from clfkit.studies.sweep.plan import Sweep, SweepError, Trial, check_jobs, check_same_recipe, plan_sweep
 from clfkit.studies.sweep.tables import write_manifest, write_tables
 from clfkit.run.tracking import parent_run, require_trackers
 
@@ -121,6 +121,7 @@ def run_sweep(
     """Plan, train what is not finished (``jobs`` at a time), and write the sweep tables.
     SIGINT/SIGTERM stops the whole sweep: no further run starts, the runs in progress save
     their last.pt, the tables are written, and :class:`Interrupted` says how to continue."""
+    check_jobs(jobs, "runs")
     sweep = plan_sweep(recipe_path, grid, overrides, out, seeds)
     for t in sweep.trials:
         check_same_recipe(t)

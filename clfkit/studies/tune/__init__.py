@@ -37,7 +37,7 @@ from typing import Callable, Iterator, Optional
 from clfkit.util.safe_names import check_name
 from clfkit.recipe import apply_override, parse_overrides, read_yaml, validate_recipe
 from clfkit.util.signals import Interrupted, catch_stop_signals
-from clfkit.studies.sweep.plan import MAX_RUNS
+from clfkit.studies.sweep.plan import MAX_RUNS, check_jobs
 from clfkit.studies.tune.results import TuneResult, trial_rows, write_results
 from clfkit.studies.tune.space import Dimension, TuneError, check_space, grid_size, parse_space
 from clfkit.studies.tune.study import (
@@ -193,6 +193,7 @@ def run_tune(setup: TuneSetup, jobs: int = 1, log: Callable[[str], None] = print
     far and :class:`Interrupted` says how to continue."""
     from clfkit.run.tracking import require_trackers
 
+    check_jobs(jobs, "trials", TuneError)
     require_trackers(setup.track)  # a store that cannot be used fails before the tune folder exists
     out = Path(setup.out)
     out.mkdir(parents=True, exist_ok=True)
