@@ -78,6 +78,11 @@ def test_statistics():
         s["mean"] == 2 and s["sd"] == 1 and s["ci_high"] == pytest.approx(2 + 4.3027 / math.sqrt(3), abs=1e-4)
     )
     assert mean_sd_ci([0.5])["sd"] is None and mean_sd_ci([])["mean"] is None
+    near_one = mean_sd_ci([0.96, 1.0, 1.0], bounds=(0.0, 1.0))  # unclipped: [0.93, 1.04]
+    assert near_one["ci_high"] == 1.0 and near_one["ci_low"] == pytest.approx(
+        0.9867 - 4.3027 * 0.023094 / math.sqrt(3), abs=1e-3
+    )
+    assert mean_sd_ci([0.0, 0.0, 0.04], bounds=(0.0, 1.0))["ci_low"] == 0.0
     assert welch_p([0.5, 0.5], [0.5, 0.5]) == 1.0 and welch_p([0.5, 0.5], [0.7, 0.7]) == 0.0
     assert welch_p([0.1, 0.2, 0.15], [0.8, 0.9, 0.85]) < 0.05
     assert welch_p([0.5], [0.5, 0.6]) is None

@@ -38,6 +38,7 @@ from clfkit.studies.sweep.plan import SEED_AXIS, Sweep, Trial
 
 ALPHA = 0.05  # Welch's test: p below this is a difference bigger than the seeds' noise
 WITHIN_NOISE = "within noise"
+ACCURACY = (0.0, 1.0)  # the bounds a mean accuracy's interval is clipped to
 
 
 def variants(sweep: Sweep, infos: dict[str, RunInfo]) -> list[tuple[str, list[RunInfo]]]:
@@ -57,8 +58,10 @@ def variant_name(sweep: Sweep, trial: Trial) -> str:
     return ",".join(parts) or "(recipe)"
 
 
-def mean_sd_ci(values: list[float]) -> dict[str, float | None]:
-    """n, mean, sample sd and the 95% t-interval of the mean (None where n is too small)."""
+def mean_sd_ci(values: list[float], bounds: tuple[float, float] | None = None) -> dict[str, float | None]:
+    """n, mean, sample sd and the 95% t-interval of the mean (None where n is too small). With
+    ``bounds`` (an accuracy's 0..1) the interval is clipped to them: a t-interval is symmetric,
+    so near 100% it would promise accuracies over 1."""
     from scipy import stats
 
     n = len(values)
@@ -69,7 +72,10 @@ def mean_sd_ci(values: list[float]) -> dict[str, float | None]:
         return {"n": 1, "mean": mean, "sd": None, "ci_low": None, "ci_high": None}
     sd = float(np.std(values, ddof=1))
     half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    return {"n": n, "mean": mean, "sd": sd, "ci_low": mean - half, "ci_high": mean + half}
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return {"n": n, "mean": mean, "sd": sd, "ci_low": low, "ci_high": high}
 
 
 def welch_p(a: list[float], b: list[float]) -> float | None:
@@ -94,7 +100,7 @@ def seed_rows(groups: list[tuple[str, list[RunInfo]]]) -> list[dict[str, Any]]:
     for name, runs in groups:
         val = [r.best_val_acc for r in runs if r.best_val_acc is not None]
         test = [r.test_acc for r in runs if r.test_acc is not None]
-        stats.append((name, val, mean_sd_ci(val), mean_sd_ci(test)))
+        stats.append((name, val, mean_sd_ci(val, ACCURACY), mean_sd_ci(test, ACCURACY)))
     ranked = sorted((s for s in stats if s[2]["mean"] is not None), key=lambda s: -s[2]["mean"])
     ranked += [s for s in stats if s[2]["mean"] is None]
     best_val = ranked[0][1] if ranked else []
