@@ -65,7 +65,9 @@ def test_seeds_flag_on_a_grid_gives_intervals_and_class_deltas(tmp_path):
         assert float(r["val_acc_mean"]) == pytest.approx(mean, abs=1e-6)
         assert float(r["val_acc_sd"]) == pytest.approx(sd, abs=1e-6)
         half = 12.7062 * sd / math.sqrt(2)  # t(0.975, 1 degree of freedom)
-        assert float(r["val_acc_ci95_high"]) == pytest.approx(mean + half, abs=1e-4)
+        # an accuracy's interval is clipped to [0, 1]
+        assert float(r["val_acc_ci95_high"]) == pytest.approx(min(1.0, mean + half), abs=1e-4)
+        assert float(r["val_acc_ci95_low"]) == pytest.approx(max(0.0, mean - half), abs=1e-4)
     page = (tmp_path / "sw" / "report.html").read_text()
     assert "baseline (lr=1e-6)" in page or "the baseline (lr=1e-6" in page
 
