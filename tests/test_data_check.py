@@ -275,6 +275,8 @@ def test_train_warns_once_per_kind_and_records_the_check(tmp_path):
     assert len(lines) == 2, lines  # one per kind: the leak, the conflict
     leak = next(line for line in lines if "leak group(s)" in line)
     assert "cat0.png in " in leak and "leaked.png in test" in leak
+    conflict = next(line for line in lines if "conflict group(s)" in line)
+    assert "as 'cat'" in conflict and "as 'dog'" in conflict
     summary = json.loads((tmp_path / "runs/dc/summary.json").read_text())
     assert summary["data_check"]["conflict"] == 1 and summary["data_check"]["leak"] >= 1
 
@@ -350,3 +352,15 @@ def test_a_class_of_unreadable_files_counts_zero_and_is_said(tmp_path):
     assert result["overview"]["images"] == {"train": 8, "test": 6}
     assert "train/dog: none of its 8 file(s) could be decoded" in text and "dog has no images" in text
     assert len(result["overview"]["skipped"]) == 8
+
+
+def test_a_warning_example_shows_the_other_split_however_many_copies_train_holds():
+    """A leak whose group has many train copies still names the test file in its example."""
+    from clfkit.data.audit.findings import Finding
+    from clfkit.data.audit.quick import warning_lines
+
+    names = ["train"] * 5 + ["test"]
+    paths = [f"a/{i}.png" for i in range(5)] + ["a/t.png"]
+    leak = Finding("leak", list(range(6)), 1.0, "")
+    (line,) = warning_lines([leak], names, paths, np.zeros(6, dtype=int), ["a", "b"])
+    assert "a/0.png in train = a/t.png in test = a/1.png in train = ..." in line

@@ -48,9 +48,25 @@ def split_findings(splits: Any) -> tuple[list[Finding], list[str], list[str], np
     return found, names, paths, label
 
 
-def _example(f: Finding, names: list[str], paths: list[str]) -> str:
-    # "in val", not "val/...": a val split carved from train has no folder of its own
-    return " = ".join(f"{paths[r]} in {names[r]}" for r in f.rows[:3]) + (" = ..." if len(f.rows) > 3 else "")
+def _example(
+    f: Finding, names: list[str], paths: list[str], label: np.ndarray, class_names: list[str]
+) -> str:
+    """Up to three files of the group, one of each split (and class) first, so that the example
+    shows what the finding is: a leak's train and test file, a conflict's two classes."""
+    seen: set[tuple[str, int]] = set()
+    first, rest = [], []
+    for r in f.rows:
+        (rest if (names[r], int(label[r])) in seen else first).append(r)
+        seen.add((names[r], int(label[r])))
+    shown = (first + rest)[:3]
+
+    def where(r: int) -> str:
+        # "in val", not "val/...": a val split carved from train has no folder of its own
+        c = int(label[r])
+        cls = f" as {class_names[c]!r}" if f.kind == "conflict" and 0 <= c < len(class_names) else ""
+        return f"{paths[r]} in {names[r]}{cls}"
+
+    return " = ".join(where(r) for r in shown) + (" = ..." if len(f.rows) > 3 else "")
 
 
 WHY = {
@@ -60,7 +76,9 @@ WHY = {
 }
 
 
-def warning_lines(found: list[Finding], names: list[str], paths: list[str]) -> list[str]:
+def warning_lines(
+    found: list[Finding], names: list[str], paths: list[str], label: np.ndarray, class_names: list[str]
+) -> list[str]:
     """One line per kind of finding, with its first example."""
     lines = []
     for kind, why in WHY.items():
@@ -69,7 +87,7 @@ def warning_lines(found: list[Finding], names: list[str], paths: list[str]) -> l
             files = sum(len(f.rows) for f in of_kind)
             lines.append(
                 f"{len(of_kind)} {kind.replace('_', ' ')} group(s), {files} files ({why}), "
-                f"e.g. {_example(of_kind[0], names, paths)}"
+                f"e.g. {_example(of_kind[0], names, paths, label, class_names)}"
             )
     return lines
 
@@ -78,7 +96,7 @@ def quick_check(splits: Any, warn: Callable[[str], None]) -> tuple[str, dict[str
     """Run the cheap checks on decoded ``splits`` (clfkit.data.Splits); each kind of finding
     goes to ``warn`` as one line. Returns the summary line and the counts (for summary.json)."""
     found, names, paths, label = split_findings(splits)
-    for line in warning_lines(found, names, paths):
+    for line in warning_lines(found, names, paths, label, splits.class_names):
         warn(line)
     counts = {kind: sum(1 for f in found if f.kind == kind) for kind in WHY}
     per_class = class_counts(names, label, splits.class_names)
