@@ -4,12 +4,15 @@ Grad-CAM maps in report.html and ``clfkit eval``, through the CLI."""
 from __future__ import annotations
 
 import json
+import platform
+import sys
 import shutil
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import torch
 from conftest import invoke, refused, tiny_recipe_file
 
 
@@ -281,3 +284,27 @@ def test_calibrate_int8_and_flip_tta_compose_with_the_temperature_applied_once(o
     expected = np.exp(logits[scaled] - logits[scaled].max(1, keepdims=True))
     expected /= expected.sum(1, keepdims=True)
     assert [p.prob for p in probs] == pytest.approx(list(expected.max(1)), abs=1e-4)
+
+
+def test_rows_fill_batch_by_batch_and_refuse_more_than_they_hold():
+    """clfkit.util.rows.Rows: what split_logits and the mistakes collect per image (not lists)."""
+    from clfkit.util.rows import Rows
+
+    rows = Rows(5)
+    rows.put(torch.arange(6.0).view(3, 2))
+    rows.put(torch.full((2, 2), 7.0))
+    assert torch.equal(rows.result(), torch.tensor([[0.0, 1], [2, 3], [4, 5], [7, 7], [7, 7]]))
+    with pytest.raises(ValueError, match="6 rows put into a buffer of 5"):
+        rows.put(torch.zeros(1, 2))
+    assert Rows(3).result((0, 4)).shape == (0, 4)
+    part = Rows(4)
+    part.put(torch.ones(1, 3, dtype=torch.long))
+    assert part.result().dtype == torch.long and part.result().shape == (1, 3)
+
+
+def test_heap_release_finds_glibc_malloc_trim_on_linux():
+    from clfkit.util import heap
+
+    heap.release_free_memory()  # never raises, whatever the C library
+    if sys.platform == "linux" and platform.libc_ver()[0] == "glibc":
+        assert heap._malloc_trim() is not None

@@ -26,6 +26,7 @@ from clfkit.data.image_files import escape_path
 from clfkit.recipe import Recipe, validate_recipe
 from clfkit.run.checkpoint import load_checkpoint, model_from_checkpoint, run_checkpoint, unfinished_note
 from clfkit.run.run_folder import RunFolder
+from clfkit.util.rows import Rows
 from clfkit.train.trainer import train
 
 
@@ -50,29 +51,33 @@ def predict(
 ) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """(softmax probabilities, penultimate features or None) of uint8 ``images``, in batches."""
     model.eval()
-    head, seen = _head(model), []
-    hook = (
-        head.register_forward_pre_hook(lambda m, args: seen.append(args[0].float().flatten(1).cpu()))
-        if head
-        else None
-    )
-    probs = []
+    head = _head(model)
+    probs, features = Rows(len(images)), Rows(len(images))  # not lists: see clfkit.util.rows
+    usable = [head is not None]  # False once the head's inputs do not line up one per image
+
+    def keep(module, args):
+        try:
+            features.put(args[0].float().flatten(1))
+        except (ValueError, RuntimeError):  # a head called twice a forward, or on other shapes
+            usable[0] = False
+
+    hook = head.register_forward_pre_hook(keep) if head else None
     try:
         for i in range(0, len(images), batch_size):
             x = images[i : i + batch_size].to(rt.device)
             with rt.autocast():
-                probs.append(model(x).float().softmax(1).cpu())
+                probs.put(model(x).float().softmax(1))
     finally:
         if hook is not None:
             hook.remove()
-    c = _num_outputs(model, probs)
-    p = torch.cat(probs).numpy() if probs else np.zeros((0, c), np.float32)
-    return p, (torch.cat(seen).numpy() if seen and len(seen) == len(probs) else None)
+    p = probs.result((0, _num_outputs(model))).numpy()
+    ok = usable[0] and features.filled == probs.filled and features.filled
+    return p, (features.result().numpy() if ok else None)
 
 
-def _num_outputs(model: torch.nn.Module, probs: list) -> int:
+def _num_outputs(model: torch.nn.Module) -> int:
     head = _head(model)
-    return probs[0].shape[1] if probs else (head.out_features if head else 0)
+    return head.out_features if head else 0
 
 
 def recipe_for_root(

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from clfkit.util.atomic import write_bytes, write_json
+from clfkit.util.rows import Rows
 from clfkit.train.engine.batches import eval_batches
 from clfkit.run.run_folder import CALIBRATION_JSON, RELIABILITY_PNG
 
@@ -38,16 +39,14 @@ def split_logits(
     """(float32 logits, labels) of every image of a labelled split, on the CPU. ``rt``: a
     Runtime (device, autocast, channels_last), duck-typed."""
     model.eval()
-    outs, labels = [], []
+    logits, labels = Rows(len(data)), Rows(len(data))  # not lists: see clfkit.util.rows
     for x, y in eval_batches(data, batch_size, rt.device):
         if rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with rt.autocast():
-            outs.append(model(x).float().cpu())
-        labels.append(y.cpu())
-    if not outs:
-        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
-    return torch.cat(outs), torch.cat(labels)
+            logits.put(model(x).float())
+        labels.put(y)
+    return logits.result((0, 0)), labels.result((0,), torch.long)
 
 
 def reliability(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> dict[str, Any]:

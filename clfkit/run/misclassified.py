@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from clfkit.run.calibration import split_logits
 from clfkit.util.atomic import write_json
 from clfkit.run.run_folder import MISTAKES_JSON as MISTAKES_FILE  # one home for run file names
 
@@ -44,21 +45,10 @@ def most_confident_mistakes(
     """The ``k`` misclassified images of ``data`` (a labelled clfkit.data.ImageSet) with the
     highest predicted probability, most confident first. ``rt``: the trainer's Runtime (device,
     autocast, channels_last); duck-typed so this module needs nothing from the trainer."""
-    model.eval()
-    probs, preds = [], []
-    for i in range(0, len(data), batch_size):
-        x = data.images[i : i + batch_size].to(rt.device, non_blocking=True)
-        if rt.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with rt.autocast():
-            out = model(x)
-        p, c = out.float().softmax(1).max(1)
-        probs.append(p.cpu())
-        preds.append(c.cpu())
-    if not probs:
+    logits, labels = split_logits(model, data, rt, batch_size)
+    if not len(logits):
         return []
-    prob, pred = torch.cat(probs), torch.cat(preds)
-    labels = data.labels.cpu()
+    prob, pred = logits.softmax(1).max(1)
     wrong = (pred != labels).nonzero().flatten()
     order = wrong[prob[wrong].argsort(descending=True)][:k]
     found = []

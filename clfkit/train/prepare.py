@@ -57,6 +57,7 @@ from clfkit.train.engine.snapshot import EpochProgress, set_rng_state
 from clfkit.train.engine.stopping import EarlyStopper
 from clfkit.train.engine.stream_batches import train_batches_for
 from clfkit.train.init_weights import input_normalization, load_init
+from clfkit.util.heap import release_free_memory
 from clfkit.util.atomic import remove_stale_temps
 from clfkit.util.progress import Reporter
 
@@ -313,6 +314,7 @@ def open_folder(
         folder.write_skipped(data.splits.skipped)
     if resume is None or data.note:  # the files the run (from now on) trains on
         write_manifest(folder, recipe.data.source)
+        release_free_memory()  # the listing of every file (175k of them: ~100 MB) is garbage now
     report = setup.report
     report.print(
         f"run {folder}  device {setup.rt.device} ({setup.rt.precision})  "

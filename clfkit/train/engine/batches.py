@@ -16,6 +16,7 @@ import torch
 
 from clfkit.data import ImageSet, disk_storage as storage
 from clfkit.train.engine import distributed
+from clfkit.util.heap import release_free_memory
 
 # Disk storage reads an epoch as shuffled chunks of consecutive images (one sequential read
 # each), shuffled again within windows of chunks read as one block while the previous block
@@ -205,6 +206,8 @@ def _disk_batches(
         pending = reader.submit(read, blocks[0]) if blocks else None
         for k in range(len(blocks)):
             x, y = pending.result()
+            if not pin:
+                release_free_memory()
             pending = reader.submit(read, blocks[k + 1]) if k + 1 < len(blocks) else None
             for i in range(0, len(x), batch_size):
                 yield (
