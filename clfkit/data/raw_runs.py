@@ -43,7 +43,7 @@ class Layout:
     stride: int  # bytes per sample
     headers: tuple[int, int]  # offsets of the two member headers in a row
     first: tuple[np.ndarray, np.ndarray]  # the first sample's two headers
-    fixed: tuple[np.ndarray, np.ndarray]  # per header: True at the bytes every row must repeat
+    checks: tuple[tuple, tuple]  # per header: its words, the words' fixed bytes, free columns, checksum base
     digits: np.ndarray  # name columns that may vary (the key's digits), in both headers
     label: int  # which header (0, 1) is the label's
     label_at: int  # offset of the label's bytes in a row
@@ -93,13 +93,13 @@ def layout(path: str, *, image_key: str | None, label_key: str, decoding: Decodi
     digits = np.array([i for i, c in enumerate(key_field) if 48 <= c <= 57], dtype=np.int64)
     free = [np.concatenate([digits, np.arange(148, 154)])] * 2
     free[1 - image] = np.concatenate([free[1 - image], np.arange(124, 135)])  # the label's size may vary
-    fixed = tuple(~np.isin(np.arange(BLOCK), f) for f in free)
+    checks = tuple(_checks(h, f) for h, f in zip((h0, h1), free))
     npy_header, pixels = _pixels_header(npy, decoding)
     return Layout(
         stride=at,
         headers=(a0, a1),
         first=(h0, h1),
-        fixed=fixed,
+        checks=checks,
         digits=digits,
         label=1 - image,
         label_at=members[1 - image][0] + BLOCK,
@@ -110,6 +110,17 @@ def layout(path: str, *, image_key: str | None, label_key: str, decoding: Decodi
         npy_header=npy_header,
         pixels=pixels,
     )
+
+
+def _checks(first: np.ndarray, free: np.ndarray) -> tuple:
+    """How rows are checked against header ``first`` whose columns ``free`` may differ (and 148:154,
+    the checksum): its 64 words, a mask of the fixed bytes in each, the free columns outside the
+    checksum field, and the checksum of the fixed bytes (the field counted as spaces)."""
+    fixed = ~np.isin(np.arange(BLOCK), free)
+    summed = fixed & ~np.isin(np.arange(BLOCK), np.arange(148, 156))
+    free_sum = np.setdiff1d(free, np.arange(148, 156))
+    mask = np.where(fixed, 0xFF, 0).astype(np.uint8)
+    return first.view(np.uint64), mask.view(np.uint64), free_sum, int(first[summed].sum()) + 256
 
 
 def _pixels_header(npy: bytes, decoding: Decoding) -> tuple[bytes | None, int]:
@@ -125,13 +136,15 @@ def _pixels_header(npy: bytes, decoding: Decoding) -> tuple[bytes | None, int]:
 
 def _headers_ok(h: np.ndarray, which: int, lay: Layout) -> np.ndarray:
     """Per row of headers ``h`` (rows, 512): the first sample's header but for the key's digits
-    (and the label's size), with a valid checksum."""
-    ok = ~((h != lay.first[which]) & lay.fixed[which]).any(1)
+    (and the label's size), with a valid checksum. Compared 8 bytes at a time; the checksum
+    from the bytes that may differ (the others are the first header's)."""
+    first, fixed, free, base = lay.checks[which]
+    ok = ~((h.view(np.uint64) ^ first) & fixed).any(1)
     d = h[:, lay.digits]
     ok &= ((d >= 48) & (d <= 57)).all(1)
     c = h[:, 148:154].astype(np.int64) - 48
     ok &= ((c >= 0) & (c <= 7)).all(1)
-    ok &= c @ _OCTAL[5:] == h.sum(1, dtype=np.int64) - h[:, 148:156].sum(1, dtype=np.int64) + 256
+    ok &= c @ _OCTAL[5:] == base + h[:, free].sum(1, dtype=np.int64)
     return ok
 
 
@@ -146,23 +159,26 @@ def _good_rows(data: bytes, n: int, lay: Layout, prev: np.ndarray | None) -> tup
     has one): does the per-sample reader parse it as one sample of this layout? And the rows'
     key digits."""
     fit = min(n, len(data) // lay.stride)
+    tail = data[fit * lay.stride : fit * lay.stride + BLOCK].ljust(BLOCK, b"\1")  # short: neither end
     rows = np.frombuffer(data, np.uint8, count=fit * lay.stride).reshape(fit, lay.stride)
-    h = [rows[:, at : at + BLOCK] for at in lay.headers]
-    ok = _headers_ok(h[0], 0, lay) & _headers_ok(h[1], 1, lay)
-    size = _label_sizes(h[lay.label])
+    second = rows[:, lay.headers[1] : lay.headers[1] + BLOCK]
+    heads = np.concatenate(
+        [rows[:, lay.headers[0] : lay.headers[0] + BLOCK], np.frombuffer(tail, np.uint8)[None]]
+    )
+    starts = _headers_ok(heads, 0, lay)  # a header that starts a sample: each row's first, and the tail
+    if lay.label == 0:  # a label's header: its size must parse too
+        starts &= _label_sizes(heads) >= 0
+    keys = heads[:, lay.digits]
+    differ = (keys[1:] != keys[:-1]).any(1)  # row i's key against the next header's
+    ok = starts[:-1] & _headers_ok(second, 1, lay) & (keys[:-1] == second[:, lay.digits]).all(1)
+    size = _label_sizes(heads[:-1] if lay.label == 0 else second)
     ok &= (size > 0) & (size <= LABEL_BYTES)
-    keys = h[0][:, lay.digits]
-    ok &= (keys == h[1][:, lay.digits]).all(1)
-    ok[1:] &= (keys[1:] != keys[:-1]).any(1)
+    ok[1:] &= differ[:-1]
     if prev is not None and fit:
         ok[0] &= bool((keys[0] != prev).any())
-    tail = data[fit * lay.stride : fit * lay.stride + BLOCK].ljust(BLOCK, b"\1")  # short: neither end
-    nxt = np.concatenate([h[0][1:], np.frombuffer(tail, np.uint8)[None]])
-    starts = _headers_ok(nxt, 0, lay) & (nxt[:, lay.digits] != keys).any(1)
-    if lay.label == 0:  # the next header is a label's: its size must parse too
-        starts &= _label_sizes(nxt) >= 0
-    ends = (nxt == 0).all(1) | starts
-    return ok & ends, keys
+    # a row ends where another sample starts (another key) or the archive does (a zero block)
+    ends = ~heads[1:].view(np.uint64).any(1) | (starts[1:] & differ)
+    return ok & ends, keys[:-1]
 
 
 def _leading(ok: np.ndarray) -> int:
@@ -172,12 +188,19 @@ def _leading(ok: np.ndarray) -> int:
 def _ends_cleanly(f, lay: Layout, stop: int) -> bool:
     """Would the per-sample reader, having read sample ``stop - 1``, get past sample ``stop``
     (the archive's end, or a whole sample of this layout)? It reads that far before it stops."""
-    f.seek(stop * lay.stride)
-    if f.read(BLOCK) == bytes(BLOCK):
+    if _read(f, stop * lay.stride, BLOCK) == bytes(BLOCK):
         return True
-    f.seek((stop - 1) * lay.stride)
-    ok, _ = _good_rows(f.read(2 * lay.stride + BLOCK), 2, lay, None)
+    ok, _ = _good_rows(_read(f, (stop - 1) * lay.stride, 2 * lay.stride + BLOCK), 2, lay, None)
     return len(ok) == 2 and bool(ok[1])
+
+
+def _read(f, at: int, n: int) -> bytes:
+    """``n`` bytes of file ``f`` from ``at``, fewer only at its end."""
+    f.seek(at)
+    parts = [f.read(n)]
+    while parts[-1] and (got := sum(map(len, parts))) < n:
+        parts.append(f.read(n - got))
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _items(data: bytes, n: int, lay: Layout, decoding: Decoding) -> list:
@@ -186,30 +209,36 @@ def _items(data: bytes, n: int, lay: Layout, decoding: Decoding) -> list:
     rows = np.frombuffer(data, np.uint8, count=n * stride).reshape(n, stride)
     h0, width = lay.headers[0], lay.key_width
     names = np.ascontiguousarray(rows[:, h0 : h0 + width]).view(f"S{width}").ravel().tolist()
-    keys = [lay.key_prefix + k.decode("utf-8", "surrogateescape") for k in names]
+    keys = b"\0".join(names).decode("utf-8", "surrogateescape").split("\0")  # names hold no NUL
+    if lay.key_prefix:
+        keys = [lay.key_prefix + k for k in keys]
     size = _label_sizes(rows[:, lay.headers[lay.label] : lay.headers[lay.label] + BLOCK])
     _, one, which = np.unique(_label_codes(rows, size, lay), return_index=True, return_inverse=True)
+    at = lay.label_at
     texts = [
-        data[i * stride + lay.label_at : i * stride + lay.label_at + size[i]]
-        .decode("utf-8", "replace")
-        .strip()
-        for i in one.tolist()
+        data[i * stride + at : i * stride + at + size[i]].decode("utf-8", "replace").strip() for i in one
     ]
-    classes = [_class(decoding, t) for t in texts]
-    fast = np.zeros(n, bool)
+    classes = np.array([_class(decoding, t) for t in texts])[which.reshape(-1)]
+    fast = classes >= 0
     if lay.npy_header is not None:
         header = np.frombuffer(lay.npy_header, np.uint8)
-        fast = (rows[:, lay.image_at : lay.image_at + len(header)] == header).all(1)
+        fast &= (rows[:, lay.image_at : lay.image_at + len(header)] == header).all(1)
+        at, m = lay.image_at + len(header), lay.pixels
+        if fast.all():
+            return [
+                (data[p : p + m], y, k)
+                for p, y, k in zip(range(at, n * stride, stride), classes.tolist(), keys)
+            ]
+    else:
+        fast[:] = False
     out: list = []
-    for i, (key, t) in enumerate(zip(keys, which.reshape(-1).tolist())):
-        at = i * stride
-        y = classes[t]
-        if fast[i] and y is not None:
-            p = at + lay.image_at + len(lay.npy_header)
-            out.append((data[p : p + lay.pixels], y, key))
+    for i, (f, y, key) in enumerate(zip(fast.tolist(), classes.tolist(), keys)):
+        p = i * stride
+        if f:
+            out.append((data[p + at : p + at + m], y, key))
         else:
-            image = data[at + lay.image_at : at + lay.image_at + lay.image_size]
-            out.append(Sample(key, image, texts[t]))
+            image = data[p + lay.image_at : p + lay.image_at + lay.image_size]
+            out.append(Sample(key, image, texts[which.reshape(-1)[i]]))
     return out
 
 
@@ -224,11 +253,12 @@ def _label_codes(rows: np.ndarray, size: np.ndarray, lay: Layout) -> np.ndarray:
     return np.unique(np.column_stack([size, label]), axis=0, return_inverse=True)[1].reshape(-1)
 
 
-def _class(decoding: Decoding, text: str) -> int | None:
+def _class(decoding: Decoding, text: str) -> int:
+    """The class of label ``text``, -1 for a label the per-sample path refuses."""
     try:
         return decoding.label(Sample("", None, text))
     except ValueError:
-        return None
+        return -1
 
 
 def runs(
@@ -241,13 +271,12 @@ def runs(
     if lay is None:
         return
     per = max(1, CHUNK_BYTES // lay.stride)
-    with open(path, "rb") as f:
+    with open(path, "rb", buffering=0) as f:  # unbuffered: one copy, not two
         end = stop if _ends_cleanly(f, lay, stop) else stop - 1
         at, prev = 0, None
         while at < end:  # the rows before ``first`` are checked too: they place the run
             n = min(per, (first if at < first else end) - at)
-            f.seek(at * lay.stride)
-            data = f.read(n * lay.stride + BLOCK)
+            data = _read(f, at * lay.stride, n * lay.stride + BLOCK)
             ok, keys = _good_rows(data, n, lay, prev)
             good = _leading(ok)
             if at >= first and good:
