@@ -10,7 +10,9 @@ same in both members, and never the same as the row before), the row's end (the 
 header starts another sample, or the archive ends), and, for the run's last row, that the
 per-sample reader would also get past the sample after it. The first row that fails ends the
 run: the caller reads on per sample from there (the same samples, the same errors), so this
-path never yields a wrong pixel, only the same samples sooner.
+path never yields a wrong pixel, only the same samples sooner. The rows before ``first`` are
+checked too (they place the run); a process remembers how far a shard file checked good, by
+inode, size and modification time, so its next run in that file starts where it starts.
 
 A row comes out as ``(pixels, class, key)``, its .npy pixels as bytes already in the shape
 training wants, when its label is valid and its .npy header is the first sample's, of shape
@@ -20,6 +22,7 @@ per-sample reader would give, decoded (or refused) by the usual rules.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +37,7 @@ BLOCK = tar_stream.BLOCK
 CHUNK_BYTES = 4 << 20  # read per step: the run is never held whole
 LABEL_BYTES = 64  # labels up to this long are parsed per distinct text; longer ones go the per-sample way
 _OCTAL = 8 ** np.arange(10, -1, -1, dtype=np.int64)
+_CHECKED: dict[tuple, int] = {}  # per shard file as it is now (inode, size, mtime): rows from 0 known good
 
 
 @dataclass(frozen=True)
@@ -273,7 +277,15 @@ def runs(
     per = max(1, CHUNK_BYTES // lay.stride)
     with open(path, "rb", buffering=0) as f:  # unbuffered: one copy, not two
         end = stop if _ends_cleanly(f, lay, stop) else stop - 1
+        st = os.fstat(f.fileno())
+        file = (path, st.st_ino, st.st_size, st.st_mtime_ns, lay.stride, lay.headers)
         at, prev = 0, None
+        if 0 < first <= _CHECKED.get(file, 0):  # this process checked the rows before ``first``
+            at, prev = (
+                first,
+                np.frombuffer(_read(f, (first - 1) * lay.stride + lay.headers[0], BLOCK), np.uint8),
+            )
+            prev = prev[lay.digits] if len(prev) == BLOCK else None
         while at < end:  # the rows before ``first`` are checked too: they place the run
             n = min(per, (first if at < first else end) - at)
             data = _read(f, at * lay.stride, n * lay.stride + BLOCK)
@@ -282,6 +294,7 @@ def runs(
             if at >= first and good:
                 yield _items(data, good, lay, decoding)
             at += good
+            _CHECKED[file] = max(_CHECKED.get(file, 0), at)
             if good < n:
                 return
             prev = keys[-1]
