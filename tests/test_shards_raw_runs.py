@@ -119,6 +119,14 @@ def test_fast_runs_give_the_per_sample_batches(tmp_path, monkeypatch):
         ):
             _same(split, monkeypatch, seed=seed, epoch=epoch, rank=rank, world=world, start=start)
     _same(_split(pattern, shuffle_buffer=1), monkeypatch, start=2)
+    from clfkit.train.engine.stream_batches import StreamBatches
+
+    monkeypatch.setattr(stream_batches, "STREAMS", 8)
+    got = {}
+    for workers in (0, 2):  # read in loader workers: the same batches
+        batches = StreamBatches(split, 8, 0, False, torch.device("cpu"), [], workers, keys=[])
+        got[workers] = (torch.cat([x for x, _ in batches.epoch(1, start_batch=3)]), batches.keys)
+    assert torch.equal(got[0][0], got[2][0]) and got[0][1] == got[2][1] and len(got[0][1]) == 300 - 24
 
 
 BAD = {
@@ -160,10 +168,13 @@ def test_keys_out_of_step_between_members_are_read_as_before(tmp_path, monkeypat
     _same(split, monkeypatch)
 
 
-@pytest.mark.parametrize("cut", [3000, 2048 * 20, 2048 * 20 + 1100, 2048 * 40, 2048 * 40 + 100])
+@pytest.mark.parametrize(
+    "cut", [3000, 2048 * 20, *(2048 * k + 1100 for k in (8, 16, 20, 24)), 2048 * 40, 2048 * 40 + 100]
+)
 def test_a_truncated_shard_raises_the_same_error(tmp_path, monkeypatch, cut):
     pattern = write_raw_shards(tmp_path / "s", 80, 40)
     split = _split(pattern)
+    _epoch(split, True, monkeypatch)  # the process has checked the whole shard: that must not outlive it
     shard = tmp_path / "s" / "train-000001.tar"
     shard.write_bytes(shard.read_bytes()[:cut])
     fast = _same(split, monkeypatch)
