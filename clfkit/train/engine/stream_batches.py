@@ -16,6 +16,12 @@ epoch order (clfkit.train.engine.batches), so resume stays exact and the worker 
   runs the streams j with j % workers == w; the main process puts their batches back in that
   order.
 
+Runs of raw-pixel samples in local shards (``clfkit data pack --raw auto``: a constant member
+layout) are read a few MB at a time and checked in numpy (clfkit.data.raw_runs) when the split
+has no per-image augmentation: the same samples in the same order, so the shuffle buffer, the
+plan and resume are unchanged; a batch of such rows is one join of their pixel bytes. Anything
+else (URLs, other samples, a row that does not check) is read and decoded per sample.
+
 Resume mid-epoch: each stream skips the samples of its batches already trained on, read but
 not decoded, so the resumed epoch trains exactly the batches an uninterrupted one would (one
 exception, documented in docs/data-formats.md: samples skipped as undecodable before the
@@ -34,14 +40,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from clfkit.data import image_files
-from clfkit.data.shards import read_shard
+from clfkit.data import image_files, raw_runs
+from clfkit.data.shards import is_url, read_shard
 from clfkit.data.streamed import StreamedSplit
+from clfkit.errors import DataError, SkippedSamples
 from clfkit.train.engine import distributed
 from clfkit.train.engine.batches import augment_image, images_per_epoch, num_batches
-from clfkit.errors import DataError, SkippedSamples
 
 STREAMS = 8  # streams per rank: the unit of reading (and of workers); fixed, so the plan is too
+FAST_RUNS = True  # read runs of raw-pixel samples as blocks (clfkit.data.raw_runs); tests compare both ways
 
 
 @dataclass
@@ -152,12 +159,30 @@ class StreamDataset(torch.utils.data.IterableDataset):
             yield {"error": str(e)}  # exception would arrive wrapped in its traceback text
 
     def _raw(self, stream: Stream) -> Iterator[Any]:
+        """(url, raw sample) per sample of the stream's shard runs, in file order: a Sample, or
+        from a run of raw-pixel samples in a local shard (clfkit.data.raw_runs, when the split has
+        no per-image augmentation) (pixel bytes, class, key) for a sample already known good."""
         shards = self.split.shards
+        fast = FAST_RUNS and not self.per_image
         for shard, first, stop in stream.segments:
-            url = shards.urls[shard]
+            url, at = shards.urls[shard], first
+            if fast and not is_url(url):
+                for rows in raw_runs.runs(
+                    url,
+                    first,
+                    stop,
+                    image_key=shards.image_key,
+                    label_key=shards.label_key,
+                    decoding=self.split.decoding,
+                ):
+                    at += len(rows)
+                    for row in rows:
+                        yield url, row
+            if at == stop:
+                continue
             for sample in read_shard(
                 url,
-                first,
+                at,
                 stop,
                 image_key=shards.image_key,
                 label_key=shards.label_key,
@@ -173,6 +198,10 @@ class StreamDataset(torch.utils.data.IterableDataset):
         while True:
             got = False
             for url, sample in source:
+                if type(sample) is tuple:  # a raw-pixel row, checked good
+                    got = True
+                    yield sample, None
+                    continue
                 try:
                     x, y = self.split.decoding(sample)
                 except (ValueError, image_files.DecodeError) as e:
@@ -209,7 +238,9 @@ class StreamDataset(torch.utils.data.IterableDataset):
                     skipped.append(bad)
                     continue
                 x, y, key = sample
-                xs.append(augment_image(x, self.per_image, self.seed * 1_000_003 + position + len(xs)))
+                if type(x) is not bytes:
+                    x = augment_image(x, self.per_image, self.seed * 1_000_003 + position + len(xs))
+                xs.append(x)
                 ys.append(y)
                 keys.append(key)
             position, remaining = position + len(xs), remaining - len(xs)
@@ -217,12 +248,20 @@ class StreamDataset(torch.utils.data.IterableDataset):
             # the float batch contiguous in the run's layout anyway, and a uint8 permute-copy here
             # was a tenth of a streamed 32 px epoch
             yield {
-                "x": torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2),
+                "x": torch.from_numpy(self._stack(xs)).permute(0, 3, 1, 2),
                 "y": torch.tensor(ys, dtype=torch.int64),
                 "keys": keys,
                 "skipped": skipped,
                 "stream": stream.index,
             }
+
+    def _stack(self, xs: list) -> np.ndarray:
+        """(N, H, W, C) uint8 of decoded images and raw-pixel rows (bytes in that shape): rows
+        alone are joined in one copy."""
+        (h, w), c = self.split.decoding.size, self.split.decoding.channels
+        if all(type(x) is bytes for x in xs):
+            return np.frombuffer(bytearray().join(xs), np.uint8).reshape(len(xs), h, w, c)
+        return np.stack([np.frombuffer(x, np.uint8).reshape(h, w, c) if type(x) is bytes else x for x in xs])
 
 
 @dataclass
