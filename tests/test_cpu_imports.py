@@ -4,6 +4,7 @@ process, so their memory is not part of its peak RSS. Checked in a fresh interpr
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -42,3 +43,16 @@ def test_a_cpu_training_epoch_loads_no_plotting_export_or_unused_augmentation_pa
     assert out.returncode == 0, out.stderr[-2000:]
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     assert loaded == {"import": [], "epoch": []}, loaded
+
+
+def test_openmp_threads_wait_passively_unless_the_user_chose(tmp_path):
+    """clfkit sets OMP_WAIT_POLICY=PASSIVE before torch loads OpenMP; an explicit setting wins."""
+    code = "import os, clfkit, torch; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        run_env = env if given is None else {**env, "OMP_WAIT_POLICY": given}
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=run_env, cwd=tmp_path
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == expected
