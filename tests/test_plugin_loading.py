@@ -4,36 +4,15 @@ working, a real Ctrl-C while one loads still interrupts, `clfkit plugins` names 
 
 from __future__ import annotations
 
-from clfkit import registry
-from clfkit.cli import cli
-from clfkit.registry import Registry
-from click.testing import CliRunner
-from pathlib import Path
-import pytest
 import signal
 import textwrap
-import yaml
 
+import pytest
+from cli_cases import TINY, write
+from cli_cases import cli_result as invoke
 
-TINY = {
-    "name": "tiny",
-    "data": {
-        "source": {"name": "shapes", "num_classes": 2, "train_size": 64, "val_size": 16, "test_size": 16},
-        "image_size": 8,
-    },
-    "model": "linear",
-    "optim": {"name": "sgd", "lr": 0.1},
-    "train": {"epochs": 1, "batch_size": 16},
-}
-
-
-def write(path: Path, data: dict | str) -> Path:
-    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(cli, [str(a) for a in args])
+from clfkit import registry
+from clfkit.registry import Registry
 
 
 # --------------------------------------------------------------------------- rows 12, 16: plugins

@@ -9,10 +9,9 @@ import multiprocessing
 import time
 
 import pytest
-
-from conftest import invoke, refused, tiny_recipe, tiny_recipe_file
 import yaml
-from pathlib import Path
+from cli_cases import TINY, clear_error, cli_result, write
+from conftest import invoke, refused, tiny_recipe, tiny_recipe_file
 
 
 @pytest.fixture(scope="module")
@@ -213,42 +212,6 @@ def test_a_recipe_name_at_the_length_limit_gets_its_best_yaml(recipe_file, tmp_p
     assert code == 0, out
     best = yaml.safe_load((tmp_path / "t" / "best.yaml").read_text())
     assert best["name"] == "a" * 195 + "-best" and (tmp_path / "t" / "report.html").is_file()
-
-
-TINY = {
-    "name": "tiny",
-    "data": {
-        "source": {"name": "shapes", "num_classes": 2, "train_size": 64, "val_size": 16, "test_size": 16},
-        "image_size": 8,
-    },
-    "model": "linear",
-    "optim": {"name": "sgd", "lr": 0.1},
-    "train": {"epochs": 1, "batch_size": 16},
-}
-
-
-def write(path: Path, data: dict | str) -> Path:
-    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def cli_result(*args: str):
-    """The CLI's click Result (exit code, output) for ``args`` (conftest's ``invoke`` returns a tuple)."""
-    from click.testing import CliRunner
-
-    from clfkit.cli import cli
-
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def clear_error(result, *words: str) -> str:
-    """Exit 2, `error: ...` naming the words, no traceback."""
-    text = result.output
-    assert result.exit_code == 2, text
-    assert "Traceback" not in text and not isinstance(result.exception, (AssertionError, TypeError)), text
-    for w in words:
-        assert w in text, (w, text)
-    return text
 
 
 # --------------------------------------------------------------------------- row 19: tracebacks

@@ -5,44 +5,15 @@ duplicates), and the same text means the same value in --set, --grid and a sweep
 
 from __future__ import annotations
 
-from clfkit.cli import cli
-from clfkit.recipe import parse_override, read_yaml
-from click.testing import CliRunner
-from pathlib import Path
-import pytest
 import time
+from pathlib import Path
+
+import pytest
 import yaml
+from cli_cases import TINY, clear_error, write
+from cli_cases import cli_result as invoke
 
-
-TINY = {
-    "name": "tiny",
-    "data": {
-        "source": {"name": "shapes", "num_classes": 2, "train_size": 64, "val_size": 16, "test_size": 16},
-        "image_size": 8,
-    },
-    "model": "linear",
-    "optim": {"name": "sgd", "lr": 0.1},
-    "train": {"epochs": 1, "batch_size": 16},
-}
-
-
-def write(path: Path, data: dict | str) -> Path:
-    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def clear_error(result, *words: str) -> str:
-    """Exit 2, `error: ...` naming the words, no traceback."""
-    text = result.output
-    assert result.exit_code == 2, text
-    assert "Traceback" not in text and not isinstance(result.exception, (AssertionError, TypeError)), text
-    for w in words:
-        assert w in text, (w, text)
-    return text
+from clfkit.recipe import parse_override, read_yaml
 
 
 # --------------------------------------------------------------------------- rows 7, 8: YAML
