@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -572,3 +573,84 @@ def test_pack_raw_pixels_train_the_same_pixels(tmp_path):
         assert batches["auto"][0] == batches["never"][0]
         assert torch.equal(batches["auto"][1], batches["never"][1]), (size, channels)
     refused(["--raw", "sometimes"], "data", "pack", src, tmp_path / "x", "--raw", "sometimes")
+
+
+def test_train_time_check_reads_shard_labels_and_names_samples(tmp_path, monkeypatch):
+    """The train-time check on a streamed split: labels from the shards (a photo under two
+    classes is a conflict, not a duplicate), samples named shard#key, the head's extent said,
+    and hold-out's head keeps only the kept shards' images."""
+    import clfkit.data.shard_source as shard_source
+    from clfkit.data.audit.quick import quick_check
+    from clfkit.train.build import build_data
+
+    distinct = {i: {"png": _png(2 + 7 * i)} for i in range(24)}
+    planted = {**distinct, 5: {"png": _png(2 + 7 * 2)}}  # train 2 (dark) again as train 5 (bright)
+    train = write_shards(tmp_path / "s", 24, 8, bad=planted)
+    val = write_shards(
+        tmp_path / "v",
+        6,
+        6,
+        prefix="val",
+        bad={0: {"png": _png(2 + 7 * 4), "cls": "1"}, 1: {"png": _png(201)}},
+    )
+    monkeypatch.setattr(shard_source, "HEAD", 16)  # the head: the first 16 of 24
+    splits = build_data(
+        tiny_recipe(data__source={"name": "webdataset", "train": train, "val": val}, data__image_size=8)
+    )
+    warnings: list[str] = []
+    line, counts = quick_check(splits, warnings.append)
+    assert counts["conflict"] == 2 and counts["exact_duplicate"] == 0, (line, warnings)
+    assert "(train: the first 16 of 24 streamed images)" in line and "train classes 8-8" in line, line
+    conflict = next(w for w in warnings if w.startswith("2 conflict"))
+    assert "train-000000.tar#train00002 in train as 'dark'" in conflict, conflict
+    assert "train-000000.tar#train00005 in train as 'bright'" in conflict, conflict
+
+    monkeypatch.setattr(shard_source, "HEAD", 2048)  # the head: all 24, one of them skipped
+    train = write_shards(tmp_path / "h", 24, 8, bad={**distinct, 3: {"cls": None}})
+    held = build_data(
+        tiny_recipe(
+            data__source={"name": "webdataset", "train": train},
+            data__image_size=8,
+            data__val_fraction=0.3,
+            data__on_error="skip",
+        )
+    )
+    shards = {p.split("#")[0].rsplit("/", 1)[-1] for p in held.train.head_paths}
+    assert shards == {"train-000000.tar", "train-000001.tar"}, "no held-out image left in the head"
+    assert len(held.train.images) == len(held.train.head_labels) == 15
+    assert held.val.paths[0].endswith("train-000002.tar#train00016")
+
+
+def test_damaged_shard_errors_name_their_cause(tmp_path):
+    """A flipped header byte is named as a damaged header, a key written twice in a row as
+    such, a cut shard as truncated once (not "(truncated)); truncated?")."""
+
+    def error(data: bytes) -> str:
+        (tmp_path / "s" / "train-000000.tar").write_bytes(data)
+        with pytest.raises(DataError) as e:
+            list(read_shard(str(tmp_path / "s" / "train-000000.tar"), 0, None, expected=8))
+        return str(e.value)
+
+    from clfkit.data.shards import read_shard
+
+    write_shards(tmp_path / "s", 8, 8, plain=True)
+    clean = (tmp_path / "s" / "train-000000.tar").read_bytes()
+    third = clean.index(b"train00002.cls")  # the header of sample 2's first member
+    flipped = bytearray(clean)
+    flipped[third + 3] ^= 1  # the name changes, the stored checksum no longer matches
+    assert "damaged tar header (header checksum after 1 samples); pack it again" in error(bytes(flipped))
+    members = [
+        (f"k{i // 2 if i < 4 else i}.{ext}", data)
+        for i in range(8)
+        for ext, data in (("cls", b"0"), ("png", _png(9)))
+    ]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:  # k0 k0 k1 k1 k4 ...: two samples in a row with one key
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1_700_000_000
+            tar.addfile(info, io.BytesIO(data))
+    twice = buf.getvalue()
+    assert "a key written twice in a row?" in error(twice) and "truncated" not in error(twice)
+    cut = error(clean[:3000])
+    assert cut.count("truncated") == 1, cut

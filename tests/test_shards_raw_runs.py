@@ -183,3 +183,33 @@ def test_a_truncated_shard_raises_the_same_error(tmp_path, monkeypatch, cut):
         from clfkit.train.engine.stream_batches import StreamBatches
 
         list(StreamBatches(split, 8, 0, False, torch.device("cpu"), [], 0).epoch(0))
+
+
+def test_in_place_rewrite_with_the_old_mtime_is_checked_again(tmp_path):
+    """The rows a process found good are remembered per file as it is; a shard rewritten in place
+    with its size, inode and mtime put back (its ctime moves) is checked again, not trusted."""
+    import os
+
+    from clfkit.data import raw_runs
+
+    split = _split(write_raw_shards(tmp_path / "s", 12, 12))
+    path = split.shards.urls[0]
+
+    def rows(first: int) -> int:
+        found = raw_runs.runs(path, first, 12, image_key=None, label_key="cls", decoding=split.decoding)
+        return sum(len(r) for r in found)
+
+    assert rows(0) == 12 and rows(6) == 6
+    st = os.stat(path)
+    data = Path(path).read_bytes()
+    at = data.index(b"000000002.cls") + 3  # sample 2's label's header: its checksum fails now
+    with open(path, "r+b") as f:
+        f.seek(at)
+        f.write(b"5")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (os.stat(path).st_ino, os.stat(path).st_size, os.stat(path).st_mtime_ns) == (
+        st.st_ino,
+        st.st_size,
+        st.st_mtime_ns,
+    )
+    assert rows(6) == 0, "row 2 is bad now: the run is left to the per-sample reader"

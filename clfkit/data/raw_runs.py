@@ -37,7 +37,9 @@ BLOCK = tar_stream.BLOCK
 CHUNK_BYTES = 4 << 20  # read per step: the run is never held whole
 LABEL_BYTES = 64  # labels up to this long are parsed per distinct text; longer ones go the per-sample way
 _OCTAL = 8 ** np.arange(10, -1, -1, dtype=np.int64)
-_CHECKED: dict[tuple, int] = {}  # per shard file as it is now (inode, size, mtime): rows from 0 known good
+_CHECKED: dict[
+    tuple, int
+] = {}  # per shard file as it is now (inode, size, mtime, ctime): rows from 0 known good
 
 
 @dataclass(frozen=True)
@@ -278,7 +280,8 @@ def runs(
     with open(path, "rb", buffering=0) as f:  # unbuffered: one copy, not two
         end = stop if _ends_cleanly(f, lay, stop) else stop - 1
         st = os.fstat(f.fileno())
-        file = (path, st.st_ino, st.st_size, st.st_mtime_ns, lay.stride, lay.headers)
+        # ctime too: a rewrite in place that puts the old mtime back still moves the ctime
+        file = (path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, lay.stride, lay.headers)
         at, prev = 0, None
         if 0 < first <= _CHECKED.get(file, 0):  # this process checked the rows before ``first``
             at, prev = (

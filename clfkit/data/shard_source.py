@@ -73,8 +73,8 @@ def _in_memory(
 ) -> ImageSet | None:
     if shards is None:
         return None
-    x, y = read_all(shards, decoding, on_error, skipped)
-    return ImageSet(torch.from_numpy(x), torch.from_numpy(y)) if len(x) else None
+    x, y, where = read_all(shards, decoding, on_error, skipped)
+    return ImageSet(torch.from_numpy(x), torch.from_numpy(y), where) if len(x) else None
 
 
 def load_webdataset(
@@ -102,14 +102,20 @@ def load_webdataset(
     c = channels or int((manifest or {}).get("channels", 3))
     decoding = Decoding(names, tuple(image_size), c, resize)
     skipped: list[tuple[str, str]] = []
-    head, head_y = read_all(sets["train"], decoding, on_error, skipped, limit=HEAD)
+    head, head_y, head_where = read_all(sets["train"], decoding, on_error, skipped, limit=HEAD)
     if not len(head):
         raise DataError(
             f"no readable training samples in the first shards of {sets['train'].urls[0]} "
             f"({len(skipped)} skipped: {skipped[:3]})"
         )
     split = StreamedSplit(
-        sets["train"], decoding, on_error, shuffle_buffer, torch.from_numpy(head), torch.from_numpy(head_y)
+        sets["train"],
+        decoding,
+        on_error,
+        shuffle_buffer,
+        torch.from_numpy(head),
+        torch.from_numpy(head_y),
+        head_where,
     )
     digest = hashlib.blake2b(
         repr((names, [(s.urls, s.counts) for s in sets.values() if s is not None])).encode(), digest_size=16
@@ -144,8 +150,14 @@ def hold_out(
     keep, held = shards.subset(0, n - k), shards.subset(n - k, n)
     skipped: list[tuple[str, str]] = []
     val = _in_memory(held, split.decoding, split.on_error, skipped)
-    n = len(keep)  # the head is in shard order: its part from the held-out shards goes (about: skips aside)
-    kept = StreamedSplit(
-        keep, split.decoding, split.on_error, split.shuffle_buffer, split.images[:n], split.head_labels[:n]
-    )
+    prefixes = tuple(f"{u}#" for u in keep.urls)  # the head's images from held-out shards go
+    rows = [i for i, p in enumerate(split.head_paths) if p.startswith(prefixes)]
+    if not rows:
+        raise DataError(
+            f"no readable training samples in {keep.urls[0]} and the other train shards kept after "
+            f"data.val_fraction {fraction} held out the last {k}"
+        )
+    index = torch.tensor(rows, dtype=torch.long)
+    head = (split.images[index], split.head_labels[index], [split.head_paths[i] for i in rows])
+    kept = StreamedSplit(keep, split.decoding, split.on_error, split.shuffle_buffer, *head)
     return kept, val, skipped

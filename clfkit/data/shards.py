@@ -213,7 +213,7 @@ def read_shard(
     """Samples ``start``..``stop`` of shard ``url`` (``stop`` None: to its end). A failed read of
     a URL is retried (RETRIES re-opens, skipping what was read); a shard ending before ``stop``
     (or with fewer than ``expected`` samples) is a DataError: never a silently short epoch."""
-    done, attempt, fast = start, 0, True
+    done, attempt, fast, fallback = start, 0, True, ""
     while True:
         try:
             for i, sample in enumerate(_samples(url, image_key, label_key, done, fast), start=done):
@@ -224,23 +224,40 @@ def read_shard(
             break
         except DataError:
             raise
-        except tar_stream.Unsupported:  # read on from sample `done` through webdataset
-            fast = False
+        except tar_stream.Unsupported as e:  # read on from sample `done` through webdataset
+            fast, fallback = False, f"{e} after {done} samples"
         except Exception as e:  # noqa: BLE001 - tarfile, curl's pipe, sockets: many types
             attempt += 1
             if not is_url(url) or attempt > RETRIES:
-                cause = str(e.args[0] if e.args else e).splitlines()[0][:200] if str(e) else ""
-                raise DataError(
-                    f"shard {url}: read failed after {done} samples ({type(e).__name__}: {cause})"
-                    + (f"; {RETRIES} retries failed too" if is_url(url) else "; truncated?")
-                ) from None
+                raise DataError(_failed_read(url, done, e, fallback)) from None
             time.sleep(RETRY_DELAY_S * attempt)
     want = stop if stop is not None else expected
     if want is not None and done < want:
         raise DataError(
             f"shard {url} ended after {done} samples, but {want} were expected (from the manifest or "
-            f"the count at the run's start): truncated or replaced while in use?"
+            f"the count at the run's start): "
+            + (
+                f"it has a damaged tar header ({fallback}); pack it again"
+                if "checksum" in fallback
+                else "truncated or replaced while in use?"
+            )
         )
+
+
+def _failed_read(url: str, done: int, e: Exception, fallback: str) -> str:
+    """The error line of a shard read that failed after ``done`` samples, with its likely cause."""
+    cause = str(e.args[0] if e.args else e).splitlines()[0][:200] if str(e) else ""
+    if is_url(url):
+        hint = f"; {RETRIES} retries failed too"
+    elif "duplicate file name" in cause:
+        hint = "; two members of one sample have the same name: a key written twice in a row?"
+    elif "checksum" in fallback:
+        hint = f"; it has a damaged tar header ({fallback})"
+    elif "truncated" not in cause:
+        hint = "; truncated?"
+    else:
+        hint = ""
+    return f"shard {url}: read failed after {done} samples ({type(e).__name__}: {cause}){hint}"
 
 
 def count_samples(url: str, image_key: str | None = None, label_key: str = "cls") -> int:

@@ -61,10 +61,11 @@ def read_all(
     on_error: str,
     skipped: list[tuple[str, str]],
     limit: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Every sample of ``shards`` (or the first ``limit``), decoded: (N, C, H, W) uint8 and
-    labels; bad samples listed in ``skipped`` or, with on_error: fail, an error."""
-    images, labels = [], []
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Every sample of ``shards`` (or the first ``limit``), decoded: (N, C, H, W) uint8, labels
+    and where each came from (``SHARD#key``, the shard's path or URL); bad samples listed in ``skipped`` or, with
+    on_error: fail, an error."""
+    images, labels, where = [], [], []
     for url, count in zip(shards.urls, shards.counts):
         for s in read_shard(
             url, 0, None, image_key=shards.image_key, label_key=shards.label_key, expected=count
@@ -82,11 +83,12 @@ def read_all(
                 continue
             images.append(x.transpose(2, 0, 1))
             labels.append(y)
+            where.append(f"{url}#{s.key}")
         if limit is not None and len(images) >= limit:
             break
     c, (h, w) = decoding.channels, decoding.size
     x = np.stack(images) if images else np.zeros((0, c, h, w), np.uint8)
-    return x, np.asarray(labels, dtype=np.int64)
+    return x, np.asarray(labels, dtype=np.int64), where
 
 
 @dataclass
@@ -100,6 +102,7 @@ class StreamedSplit:
     shuffle_buffer: int
     images: torch.Tensor  # the head
     head_labels: torch.Tensor
+    head_paths: list[str]  # ``SHARD#key`` of each head image
     streamed: bool = field(default=True, init=False)
     labels = None  # no per-image label tensor: the labels arrive with the batches
     paths = None

@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from clfkit.data.audit.findings import Finding, class_counts, exact_findings, imbalance_note
+from clfkit.data.streamed import is_streamed
 from clfkit.errors import DataCheckWarning  # noqa: F401 - defined in errors.py, importable from here too
 
 BLOCK_ROWS = 4096  # rows read at a time: a disk split is never loaded whole
@@ -32,6 +33,22 @@ def row_hashes(images: Any) -> np.ndarray:
     return np.array(out, dtype="S16")
 
 
+def _rows(s: Any) -> tuple[Any, np.ndarray, list[str]]:
+    """(images, labels (-1: none), paths) of the rows of split ``s`` the check reads: a streamed
+    split's head (its first images, clfkit.data.streamed), every row of any other split."""
+    if is_streamed(s):
+        return s.images, s.head_labels.numpy(), [_short(p) for p in s.head_paths]
+    labels = s.labels.numpy() if s.labels is not None else np.full(len(s), -1)
+    paths = [_short(p) for p in s.paths] if s.paths is not None else [f"#{i}" for i in range(len(s))]
+    return s.images, labels, paths
+
+
+def _short(path: str) -> str:
+    """A shard sample (``/dir/train-000003.tar#key``) as ``train-000003.tar#key``; a file unchanged."""
+    shard, hash_sign, key = path.partition("#")
+    return f"{shard.rsplit('/', 1)[-1]}#{key}" if hash_sign and shard.endswith(".tar") else path
+
+
 def split_findings(splits: Any) -> tuple[list[Finding], list[str], list[str], np.ndarray]:
     """(exact findings, the split, path and label (-1: none) of each row) over the splits' images."""
     names, keys, labels, paths = [], [], [], []
@@ -39,10 +56,11 @@ def split_findings(splits: Any) -> tuple[list[Finding], list[str], list[str], np
         s = getattr(splits, name)
         if s is None or len(s) == 0:
             continue
-        names += [name] * len(s)
-        keys.append(row_hashes(s.images))
-        labels.append(s.labels.numpy() if s.labels is not None else np.full(len(s), -1))
-        paths += s.paths if s.paths is not None else [f"#{i}" for i in range(len(s))]
+        images, split_labels, split_paths = _rows(s)
+        names += [name] * len(images)
+        keys.append(row_hashes(images))
+        labels.append(split_labels)
+        paths += split_paths
     label = np.concatenate(labels)
     found = exact_findings(names, label, np.concatenate(keys), np.arange(len(names)), splits.class_names)
     return found, names, paths, label
@@ -100,13 +118,19 @@ def quick_check(splits: Any, warn: Callable[[str], None]) -> tuple[str, dict[str
         warn(line)
     counts = {kind: sum(1 for f in found if f.kind == kind) for kind in WHY}
     per_class = class_counts(names, label, splits.class_names)
+    train, scope = splits.train, ""
+    if train is not None and is_streamed(train):
+        if len(train.images) < len(train):
+            scope = f" (train: the first {len(train.images)} of {len(train)} streamed images)"
+        if train.class_counts() is not None:  # the whole split, from the shards' manifest
+            per_class["train"] = dict(zip(splits.class_names, train.class_counts()))
     imbalance: Optional[str] = imbalance_note(per_class["train"]) if "train" in per_class else None
     if imbalance:
         warn(f"class imbalance in train: {imbalance} (loss.class_weights or data.sampler: balanced can help)")
     train_counts = per_class.get("train", {})
     parts = [f"{counts[k]} {k.replace('_', ' ')}(s)" for k in WHY if counts[k]]
     line = (
-        f"data check: {len(names)} images, train classes {min(train_counts.values(), default=0)}-"
+        f"data check: {len(names)} images{scope}, train classes {min(train_counts.values(), default=0)}-"
         f"{max(train_counts.values(), default=0)} images; "
         + (", ".join(parts) if parts else "no exact duplicates, leaks or conflicts")
         + (f"; {len(splits.skipped)} file(s) skipped" if splits.skipped else "")
