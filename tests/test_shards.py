@@ -157,6 +157,15 @@ def test_pack_train_export_predict(tmp_path):
     lines = (tmp_path / "pred.txt").read_text().splitlines()
     assert len(lines) == 4 and all(line.split()[-1] in ("cat", "dog") for line in lines)
     refused(["exists", "never writes into an existing one"], "data", "pack", src, tmp_path / "packed")
+    # a shard changed after packing (a sample appended): its manifest count is stale, the run refuses it
+    with open(tmp_path / "packed" / "train-000001.tar", "ab") as f:
+        f.write(bytes(1024))
+    recipe = _recipe(tmp_path, source)
+    refused(["train-000001.tar", "manifest.json", "changed after clfkit data pack"], "train", recipe)
+    for shard in manifest["shards"]:
+        del shard["bytes"]  # a manifest from before sizes were written: still read
+    (tmp_path / "packed" / "manifest.json").write_text(json.dumps(manifest))
+    assert len(_streamed(train_pattern)) == 24
     refused(["--shard-size 'lots'"], "data", "pack", src, tmp_path / "p2", "--shard-size", "lots")
     assert not (tmp_path / "p2").exists()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from typing import Any
 
 import torch
@@ -16,6 +17,7 @@ from clfkit.data.shards import (
     class_names_beside,
     count_samples,
     expand,
+    is_url,
     read_manifest,
 )
 from clfkit.data.streamed import HEAD, Decoding, StreamedSplit, read_all
@@ -41,6 +43,8 @@ def open_shards(
     counts, notes, shard_classes = [], [], None
     for url in urls:
         entry = listed.get(_name(url))
+        if entry:
+            _check_size(url, entry)
         counts.append(int(entry["count"]) if entry else count_samples(url, image_key, label_key))
     if manifest is None:
         notes.append(
@@ -50,6 +54,20 @@ def open_shards(
     if listed and all(_name(u) in listed and "per_class" in listed[_name(u)] for u in urls):
         shard_classes = [list(listed[_name(u)]["per_class"]) for u in urls]
     return Shards(urls, counts, image_key, label_key, shard_classes, notes)
+
+
+def _check_size(url: str, entry: dict[str, Any]) -> None:
+    """A local shard whose size is not the manifest's changed after clfkit data pack wrote it:
+    its counts would plan the epoch wrong (samples appended never read, a cut one a late error)."""
+    if "bytes" not in entry or is_url(url) or not os.path.isfile(url):
+        return
+    size = os.path.getsize(url)
+    if size != int(entry["bytes"]):
+        raise DataError(
+            f"shard {url} is {size:,} bytes, but manifest.json beside it says {int(entry['bytes']):,}: it "
+            f"changed after clfkit data pack wrote it. Pack the data again, or delete manifest.json to "
+            f"have the run count the samples of every shard at its start"
+        )
 
 
 def class_names_for(
