@@ -221,6 +221,9 @@ def test_a_run_on_other_classes_and_other_bad_input_are_refused(mislabelled, tmp
         yaml.safe_dump({"name": "s", "data": {"source": {"name": "shapes"}}, "model": {"name": "cnn"}})
     )
     refused(["reads image folders"], "data", "check", recipe, *out)
+    shards = {"name": "webdataset", "train": str(tmp_path / "train-000000.tar"), "classes": ["a", "b"]}
+    recipe.write_text(yaml.safe_dump({"name": "s", "data": {"source": shards}, "model": {"name": "cnn"}}))
+    refused(["reads image folders", "packed from"], "data", "check", recipe, *out, max_lines=None)
     empty = make_folder(tmp_path / "e")
     shutil.rmtree(empty / "test/dog")
     (empty / "test/dog").mkdir()

@@ -102,6 +102,12 @@ def resolve_target(target: Path, overrides: tuple[str, ...] = ()) -> tuple[Path,
         raise DataError(
             f"{image_files.escape_path(str(target))}: data.source is {spec.get('name')!r}; clfkit data check reads image folders "
             f"(data.source: {{name: folder, root: ...}})"
+            + (
+                "; for shards, check the folder they were packed from (manifest.json's source names it): "
+                "a run checks only the first images of a streamed split"
+                if spec.get("name") == "webdataset"
+                else ""
+            )
         )
     return Path(spec["root"]).expanduser(), recipe
 
