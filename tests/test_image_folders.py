@@ -9,7 +9,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +19,12 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from conftest import TINY, tiny_recipe
 from PIL import Image
 
-from clfkit.data import image_files
-from clfkit.train.build import build_data
 from clfkit.cli import cli
-from clfkit.data import cache
-
-from conftest import TINY, tiny_recipe
-import shutil
-import subprocess
-import sys
+from clfkit.data import cache, image_files
+from clfkit.train.build import build_data
 
 SIZE = 8  # the recipe's image size: small, training is not what these tests look at
 
@@ -584,9 +581,6 @@ def test_a_fifo_or_a_device_named_like_an_image_is_skipped_not_read(tmp_path):
     assert out.array()[0].min() == 200 and out.array()[1:].max() == 0
 
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 # --------------------------------------------------------------------------- read_file (open + fstat + read)
 def test_read_file_keeps_reading_after_a_short_read(tmp_path, monkeypatch):
     """One read() was taken as the whole file unless it filled the buffer: on a filesystem that
@@ -605,13 +599,15 @@ def test_read_file_keeps_reading_after_a_short_read(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- files a folder dataset leaves out
-def test_training_says_which_files_it_leaves_out_for_their_extension(tmp_path):
+def test_training_says_which_files_it_leaves_out_for_their_extension(tmp_path, monkeypatch):
     """A phone's .heic photos (or .avif, .jpe) beside its .jpg ones were dropped without a word:
     the run trained on part of the class. Said on every run, cache hit or not; not data."""
-    from conftest import write_image_folder
+    from conftest import invoke, write_image_folder
+
+    from clfkit.cli import _format_warning
 
     root = write_image_folder(tmp_path / "data", per_class=6, size=16)
-    cls = sorted(p for p in (root / "train").iterdir())[0]
+    cls = min((root / "train").iterdir())
     (cls / "IMG_0001.heic").write_bytes(b"heic bytes")
     (root / "test").mkdir(exist_ok=True)
     (root / "test" / "labels.csv").write_text("x")
@@ -621,19 +617,14 @@ def test_training_says_which_files_it_leaves_out_for_their_extension(tmp_path):
         f"name: t\ndata: {{source: {{name: folder, root: {root}}}, image_size: 8}}\n"
         f"model: {{name: cnn, blocks: [{{channels: 4}}]}}\ntrain: {{epochs: 1, batch_size: 8}}\n"
     )
-    env_cache = {"CLFKIT_CACHE": "1", "CLFKIT_CACHE_DIR": str(tmp_path / "cache")}
+    monkeypatch.setenv("CLFKIT_CACHE", "1")
+    monkeypatch.setenv("CLFKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(warnings, "formatwarning", _format_warning)  # as `clfkit` (cli.main) shows them
     for attempt in ("decoded", "from the cache"):
-        res = subprocess.run(
-            [sys.executable, "-m", "clfkit", "train", str(recipe), "--out", str(tmp_path / attempt)],
-            env={**os.environ, "PYTHONPATH": str(ROOT), **env_cache},
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=tmp_path,
-        )
-        assert res.returncode == 0, res.stderr
-        lines = [line for line in res.stderr.splitlines() if "not read" in line]
-        assert len(lines) == 2, res.stderr
+        code, out = invoke("train", recipe, "--out", tmp_path / attempt)
+        assert code == 0, out
+        lines = [line for line in out.splitlines() if "not read" in line]
+        assert len(lines) == 2, out
         assert (
             lines[0].startswith("warning: 1 file(s) under ")
             and "their extension is not an image's" in lines[0]
@@ -641,7 +632,7 @@ def test_training_says_which_files_it_leaves_out_for_their_extension(tmp_path):
         assert f"train/{cls.name}/IMG_0001.heic" in lines[0]
         assert lines[1].startswith("warning: 2 file(s) under ") and "in no class" in lines[1]
         assert "train/stray.png, test/labels.csv" in lines[1]
-    assert "decoded images from cache" in res.stdout
+    assert "decoded images from cache" in out
 
 
 # --------------------------------------------------------------------------- predict over linked folders
@@ -650,8 +641,8 @@ def test_predict_follows_linked_folders_as_training_does_and_names_loops(trained
     them) got predictions for none of the linked images, and no word about them."""
     from PIL import Image
 
-    from clfkit.deploy.export import export_run
     from clfkit.deploy.batch_predict import predict_folder
+    from clfkit.deploy.export import export_run
 
     model = export_run(trained_run.run_dir, tmp_path / "m.onnx").path
     elsewhere = tmp_path / "elsewhere" / "bees"
