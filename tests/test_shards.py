@@ -591,7 +591,7 @@ def test_train_time_check_reads_shard_labels_and_names_samples(tmp_path, monkeyp
     classes is a conflict, not a duplicate), samples named shard#key, the head's extent said,
     and hold-out's head keeps only the kept shards' images."""
     import clfkit.data.shard_source as shard_source
-    from clfkit.data.audit.quick import quick_check
+    from clfkit.data.audit.quick import _short, quick_check
     from clfkit.train.build import build_data
 
     distinct = {i: {"png": _png(2 + 7 * i)} for i in range(24)}
@@ -617,7 +617,7 @@ def test_train_time_check_reads_shard_labels_and_names_samples(tmp_path, monkeyp
     assert "train-000000.tar#train00005 in train as 'bright'" in conflict, conflict
 
     monkeypatch.setattr(shard_source, "HEAD", 2048)  # the head: all 24, one of them skipped
-    train = write_shards(tmp_path / "h", 24, 8, bad={**distinct, 3: {"cls": None}})
+    train = write_shards(tmp_path / "h", 24, 8, bad={**distinct, 3: {"cls": None}, 20: {"cls": None}})
     held = build_data(
         tiny_recipe(
             data__source={"name": "webdataset", "train": train},
@@ -629,27 +629,41 @@ def test_train_time_check_reads_shard_labels_and_names_samples(tmp_path, monkeyp
     shards = {p.split("#")[0].rsplit("/", 1)[-1] for p in held.train.head_paths}
     assert shards == {"train-000000.tar", "train-000001.tar"}, "no held-out image left in the head"
     assert len(held.train.images) == len(held.train.head_labels) == 15
+    skipped = [name.rsplit("/", 1)[-1] for name, _ in held.skipped]
+    assert skipped == ["train-000000.tar#train00003", "train-000002.tar#train00020"], "each listed once"
+    line, _ = quick_check(held, warnings.append)
+    assert "(train: the first" not in line and "22 images" in line, "the head holds all kept train shards"
+    assert _short("/d/odd#1/tr#ain-000000.tar#h#0") == "tr#ain-000000.tar#h#0"
     assert held.val.paths[0].endswith("train-000002.tar#train00016")
 
 
 def test_damaged_shard_errors_name_their_cause(tmp_path):
-    """A flipped header byte is named as a damaged header, a key written twice in a row as
-    such, a cut shard as truncated once (not "(truncated)); truncated?")."""
+    """A damaged header (a flipped byte; a zeroed block) is an error with or without a count to
+    expect (tarfile would end the archive there without a word), samples past the expected count
+    are one, a key written twice in a row is named as such, a cut shard is "truncated" once."""
+    from clfkit.data.shards import read_shard
 
-    def error(data: bytes) -> str:
+    def error(data: bytes, expected: int | None = 8, stop: int | None = None) -> str:
         (tmp_path / "s" / "train-000000.tar").write_bytes(data)
         with pytest.raises(DataError) as e:
-            list(read_shard(str(tmp_path / "s" / "train-000000.tar"), 0, None, expected=8))
+            list(read_shard(str(tmp_path / "s" / "train-000000.tar"), 0, stop, expected=expected))
         return str(e.value)
-
-    from clfkit.data.shards import read_shard
 
     write_shards(tmp_path / "s", 8, 8, plain=True)
     clean = (tmp_path / "s" / "train-000000.tar").read_bytes()
     third = clean.index(b"train00002.cls")  # the header of sample 2's first member
     flipped = bytearray(clean)
     flipped[third + 3] ^= 1  # the name changes, the stored checksum no longer matches
-    assert "damaged tar header (header checksum after 1 samples); pack it again" in error(bytes(flipped))
+    zeroed = clean[:third] + bytes(512) + clean[third + 512 :]
+    for damaged, what in (
+        (bytes(flipped), "damaged tar header (bad checksum)"),
+        (zeroed, "zeroed tar header"),
+    ):
+        for expected in (8, None):
+            assert what in error(damaged, expected), (what, expected)
+    assert "pack it again" in error(bytes(flipped), None)
+    longer = error(clean, expected=6, stop=6)
+    assert "holds more than the 6 samples" in longer and "'train00006' follows them" in longer
     members = [
         (f"k{i // 2 if i < 4 else i}.{ext}", data)
         for i in range(8)
@@ -665,3 +679,25 @@ def test_damaged_shard_errors_name_their_cause(tmp_path):
     assert "a key written twice in a row?" in error(twice) and "truncated" not in error(twice)
     cut = error(clean[:3000])
     assert cut.count("truncated") == 1, cut
+
+
+@pytest.mark.parametrize(
+    "entry,problem",
+    [
+        ({"count": 4, "bytes": "abc"}, "bytes that is not a whole number"),
+        ({"count": None}, "has no count"),
+        ({}, "has no count"),
+        ({"count": 4, "per_class": [2, -2]}, "per_class that is not a list"),
+    ],
+)
+def test_a_manifest_entry_of_the_wrong_type_is_named(tmp_path, entry, problem):
+    from clfkit.data.shards import MANIFEST_FORMAT
+
+    pattern = write_shards(tmp_path / "s", 8, 4)
+    shards = [{"name": "train-000000.tar", **entry}, {"name": "train-000001.tar", "count": 4}]
+    manifest = {"format": MANIFEST_FORMAT, "class_names": ["dark", "bright"], "shards": shards}
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=f"manifest.json: the shard entry .*train-000000.tar.* {problem}"):
+        _streamed(pattern)
+    (tmp_path / "s" / "manifest.json").unlink()
+    assert len(_streamed("file://" + pattern)) == 8, "a file URL names the local shards"

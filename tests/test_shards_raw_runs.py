@@ -213,3 +213,14 @@ def test_in_place_rewrite_with_the_old_mtime_is_checked_again(tmp_path):
         st.st_mtime_ns,
     )
     assert rows(6) == 0, "row 2 is bad now: the run is left to the per-sample reader"
+
+
+def test_samples_past_the_expected_count_are_an_error_both_ways(tmp_path, monkeypatch):
+    """A shard holding more samples than the count the epoch was planned with (a stale manifest:
+    samples appended inside the tar's padding keep its size): the same error, fast or per sample."""
+    split = _split(write_raw_shards(tmp_path / "s", 24, 12))
+    split.shards.counts[0] -= 2  # the manifest said 10 for a shard that holds 12
+    fast, slow = _epoch(split, True, monkeypatch), _epoch(split, False, monkeypatch)
+    errors = [b["error"] for b in fast if "error" in b], [b["error"] for b in slow if "error" in b]
+    assert errors[0] == errors[1] and len(errors[0]) == 1, errors
+    assert "holds more than the 10 samples" in errors[0][0] and "'000000010' follows them" in errors[0][0]

@@ -191,11 +191,14 @@ def _leading(ok: np.ndarray) -> int:
     return len(ok) if ok.all() else int(np.argmin(ok))
 
 
-def _ends_cleanly(f, lay: Layout, stop: int) -> bool:
+def _ends_cleanly(f, lay: Layout, stop: int, expected: int | None) -> bool:
     """Would the per-sample reader, having read sample ``stop - 1``, get past sample ``stop``
-    (the archive's end, or a whole sample of this layout)? It reads that far before it stops."""
+    (the archive's end, or a whole sample of this layout)? It reads that far before it stops.
+    A sample past the shard's ``expected`` count is its error to raise: False."""
     if _read(f, stop * lay.stride, BLOCK) == bytes(BLOCK):
         return True
+    if stop == expected:
+        return False
     ok, _ = _good_rows(_read(f, (stop - 1) * lay.stride, 2 * lay.stride + BLOCK), 2, lay, None)
     return len(ok) == 2 and bool(ok[1])
 
@@ -268,7 +271,14 @@ def _class(decoding: Decoding, text: str) -> int:
 
 
 def runs(
-    path: str, first: int, stop: int, *, image_key: str | None, label_key: str, decoding: Decoding
+    path: str,
+    first: int,
+    stop: int,
+    *,
+    image_key: str | None,
+    label_key: str,
+    decoding: Decoding,
+    expected: int | None = None,
 ) -> Iterator[list]:
     """Samples ``first``.. of local shard ``path`` (at most up to ``stop``) in file order, as lists
     of rows (see the module doc), for as long as they keep the first sample's layout; the caller
@@ -278,7 +288,7 @@ def runs(
         return
     per = max(1, CHUNK_BYTES // lay.stride)
     with open(path, "rb", buffering=0) as f:  # unbuffered: one copy, not two
-        end = stop if _ends_cleanly(f, lay, stop) else stop - 1
+        end = stop if _ends_cleanly(f, lay, stop, expected) else stop - 1
         st = os.fstat(f.fileno())
         # ctime too: a rewrite in place that puts the old mtime back still moves the ctime
         file = (path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, lay.stride, lay.headers)

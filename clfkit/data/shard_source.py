@@ -91,8 +91,10 @@ def _in_memory(
 ) -> ImageSet | None:
     if shards is None:
         return None
-    x, y, where = read_all(shards, decoding, on_error, skipped)
-    return ImageSet(torch.from_numpy(x), torch.from_numpy(y), where) if len(x) else None
+    got = read_all(shards, decoding, on_error, skipped)
+    return (
+        ImageSet(torch.from_numpy(got.images), torch.from_numpy(got.labels), got.where) if got.where else None
+    )
 
 
 def load_webdataset(
@@ -120,8 +122,8 @@ def load_webdataset(
     c = channels or int((manifest or {}).get("channels", 3))
     decoding = Decoding(names, tuple(image_size), c, resize)
     skipped: list[tuple[str, str]] = []
-    head, head_y, head_where = read_all(sets["train"], decoding, on_error, skipped, limit=HEAD)
-    if not len(head):
+    head = read_all(sets["train"], decoding, on_error, skipped, limit=HEAD)
+    if not head.where:
         raise DataError(
             f"no readable training samples in the first shards of {sets['train'].urls[0]} "
             f"({len(skipped)} skipped: {skipped[:3]})"
@@ -131,9 +133,10 @@ def load_webdataset(
         decoding,
         on_error,
         shuffle_buffer,
-        torch.from_numpy(head),
-        torch.from_numpy(head_y),
-        head_where,
+        torch.from_numpy(head.images),
+        torch.from_numpy(head.labels),
+        head.where,
+        head.complete,
     )
     digest = hashlib.blake2b(
         repr((names, [(s.urls, s.counts) for s in sets.values() if s is not None])).encode(), digest_size=16
@@ -154,9 +157,10 @@ def load_webdataset(
 
 
 def hold_out(
-    split: StreamedSplit, fraction: float
+    split: StreamedSplit, fraction: float, skipped: list[tuple[str, str]]
 ) -> tuple[StreamedSplit, ImageSet | None, list[tuple[str, str]]]:
-    """``fraction`` of the train shards (whole shards, the last ones) decoded into memory as val."""
+    """``fraction`` of the train shards (whole shards, the last ones) decoded into memory as val:
+    (train, val, ``skipped`` with the held-out shards' samples listed once, as val's)."""
     shards = split.shards
     n = len(shards.urls)
     k = min(n - 1, max(1, math.ceil(n * fraction)))
@@ -166,16 +170,18 @@ def hold_out(
             f"({shards.urls[0]}); give val: SHARDS in data.source, or set data.val_fraction: 0"
         )
     keep, held = shards.subset(0, n - k), shards.subset(n - k, n)
-    skipped: list[tuple[str, str]] = []
+    held_prefixes = tuple(f"{u}#" for u in held.urls)
+    skipped = [s for s in skipped if not s[0].startswith(held_prefixes)]  # read again just below
     val = _in_memory(held, split.decoding, split.on_error, skipped)
-    prefixes = tuple(f"{u}#" for u in keep.urls)  # the head's images from held-out shards go
-    rows = [i for i, p in enumerate(split.head_paths) if p.startswith(prefixes)]
+    rows = [i for i, p in enumerate(split.head_paths) if not p.startswith(held_prefixes)]
     if not rows:
         raise DataError(
             f"no readable training samples in {keep.urls[0]} and the other train shards kept after "
             f"data.val_fraction {fraction} held out the last {k}"
         )
     index = torch.tensor(rows, dtype=torch.long)
-    head = (split.images[index], split.head_labels[index], [split.head_paths[i] for i in rows])
+    # the head is in shard order: one that reached the held-out shards holds all of the kept ones
+    complete = split.head_complete or len(rows) < len(split.head_paths)
+    head = (split.images[index], split.head_labels[index], [split.head_paths[i] for i in rows], complete)
     kept = StreamedSplit(keep, split.decoding, split.on_error, split.shuffle_buffer, *head)
     return kept, val, skipped

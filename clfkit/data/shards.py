@@ -97,6 +97,8 @@ def expand(pattern: str | list[str]) -> list[str]:
 def _local_paths(path: str) -> list[str]:
     """``path`` made absolute; a glob's matches, sorted (one matching nothing is an error: an
     empty shard list would otherwise read as a missing file or an empty split)."""
+    if path.startswith("file://"):  # a file URL names a local path
+        path = path[len("file://") :]
     full = Path(path).expanduser().absolute()
     if full.exists() or not glob.has_magic(str(full)):
         return [str(full)]
@@ -139,7 +141,33 @@ def read_manifest(first_shard: str) -> dict[str, Any] | None:
         ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise DataError(f"{where} is not a clfkit shard manifest (format {MANIFEST_FORMAT!r})")
+    for entry in manifest.get("shards", []):
+        _check_entry(entry, where)
     return {**manifest, "__where__": where}
+
+
+def _check_entry(entry: Any, where: str) -> None:
+    """One shard's entry of a manifest: a name, a count, optional per_class counts and size."""
+
+    def whole(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        problem = "is not an object with a name"
+    elif not whole(entry.get("count")):
+        problem = "has no count (a whole number)"
+    elif "per_class" in entry and not (
+        isinstance(entry["per_class"], list) and all(map(whole, entry["per_class"]))
+    ):
+        problem = "has per_class that is not a list of whole numbers"
+    elif "bytes" in entry and not whole(entry["bytes"]):
+        problem = "has bytes that is not a whole number"
+    else:
+        return
+    raise DataError(
+        f"{where}: the shard entry {json.dumps(entry)[:120]} {problem}; write it again with clfkit "
+        f"data pack, or delete it to have the run count the samples"
+    )
 
 
 def class_names_beside(first_shard: str) -> list[str] | None:
@@ -212,12 +240,15 @@ def read_shard(
 ) -> Iterator[Sample]:
     """Samples ``start``..``stop`` of shard ``url`` (``stop`` None: to its end). A failed read of
     a URL is retried (RETRIES re-opens, skipping what was read); a shard ending before ``stop``
-    (or with fewer than ``expected`` samples) is a DataError: never a silently short epoch."""
+    (or with fewer than ``expected`` samples), holding more than ``expected`` when read up to it,
+    or with a damaged header is a DataError: never a silently short or long epoch."""
     done, attempt, fast, fallback = start, 0, True, ""
     while True:
         try:
             for i, sample in enumerate(_samples(url, image_key, label_key, done, fast), start=done):
                 if stop is not None and i >= stop:
+                    if stop == expected:
+                        raise DataError(_longer(url, expected, sample.key))
                     return
                 done += 1
                 yield sample
@@ -225,23 +256,31 @@ def read_shard(
         except DataError:
             raise
         except tar_stream.Unsupported as e:  # read on from sample `done` through webdataset
-            fast, fallback = False, f"{e} after {done} samples"
+            fast, fallback = False, str(e)
         except Exception as e:  # noqa: BLE001 - tarfile, curl's pipe, sockets: many types
             attempt += 1
             if not is_url(url) or attempt > RETRIES:
                 raise DataError(_failed_read(url, done, e, fallback)) from None
             time.sleep(RETRY_DELAY_S * attempt)
+    if "checksum" in fallback:  # tarfile takes a bad header past the first for the archive's end
+        raise DataError(
+            f"shard {url}: a damaged tar header (bad checksum) follows its first {done} samples, so the "
+            f"rest cannot be read; pack it again"
+        )
     want = stop if stop is not None else expected
     if want is not None and done < want:
         raise DataError(
             f"shard {url} ended after {done} samples, but {want} were expected (from the manifest or "
-            f"the count at the run's start): "
-            + (
-                f"it has a damaged tar header ({fallback}); pack it again"
-                if "checksum" in fallback
-                else "truncated or replaced while in use?"
-            )
+            f"the count at the run's start): truncated or replaced while in use?"
         )
+
+
+def _longer(url: str, expected: int, key: str) -> str:
+    return (
+        f"shard {url} holds more than the {expected} samples of its manifest.json (or of the count at "
+        f"the run's start): {key!r} follows them, so it changed after that. Pack the data again, or "
+        f"delete manifest.json to have the run count the samples at its start"
+    )
 
 
 def _failed_read(url: str, done: int, e: Exception, fallback: str) -> str:
@@ -252,7 +291,7 @@ def _failed_read(url: str, done: int, e: Exception, fallback: str) -> str:
     elif "duplicate file name" in cause:
         hint = "; two members of one sample have the same name: a key written twice in a row?"
     elif "checksum" in fallback:
-        hint = f"; it has a damaged tar header ({fallback})"
+        hint = "; it has a damaged tar header (bad checksum): pack it again"
     elif "truncated" not in cause:
         hint = "; truncated?"
     else:

@@ -55,23 +55,34 @@ class Decoding:
         return decode_blob(sample.image, self.size, self.channels, self.resize)[0], y
 
 
+@dataclass
+class Decoded:
+    """Samples of shards, decoded: (N, C, H, W) uint8, labels, where each came from (``SHARD#key``,
+    the shard's path or URL), and whether every sample of the shards was read (not cut by a limit)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    where: list[str]
+    complete: bool
+
+
 def read_all(
     shards: Shards,
     decoding: Decoding,
     on_error: str,
     skipped: list[tuple[str, str]],
     limit: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Every sample of ``shards`` (or the first ``limit``), decoded: (N, C, H, W) uint8, labels
-    and where each came from (``SHARD#key``, the shard's path or URL); bad samples listed in ``skipped`` or, with
-    on_error: fail, an error."""
+) -> Decoded:
+    """Every sample of ``shards`` (or the first ``limit`` good ones), decoded; bad samples listed
+    in ``skipped`` or, with on_error: fail, an error. A shard is read up to its count, as an epoch
+    reads it (one holding more is an error: clfkit.data.shards.read_shard)."""
     images, labels, where = [], [], []
     for url, count in zip(shards.urls, shards.counts):
         for s in read_shard(
-            url, 0, None, image_key=shards.image_key, label_key=shards.label_key, expected=count
+            url, 0, count, image_key=shards.image_key, label_key=shards.label_key, expected=count
         ):
             if limit is not None and len(images) >= limit:
-                break
+                return _stacked(images, labels, where, decoding, complete=False)
             try:
                 x, y = decoding(s)
             except (ValueError, image_files.DecodeError) as e:
@@ -84,11 +95,13 @@ def read_all(
             images.append(x.transpose(2, 0, 1))
             labels.append(y)
             where.append(f"{url}#{s.key}")
-        if limit is not None and len(images) >= limit:
-            break
+    return _stacked(images, labels, where, decoding, complete=True)
+
+
+def _stacked(images: list, labels: list, where: list[str], decoding: Decoding, complete: bool) -> Decoded:
     c, (h, w) = decoding.channels, decoding.size
     x = np.stack(images) if images else np.zeros((0, c, h, w), np.uint8)
-    return x, np.asarray(labels, dtype=np.int64), where
+    return Decoded(x, np.asarray(labels, dtype=np.int64), where, complete)
 
 
 @dataclass
@@ -103,6 +116,7 @@ class StreamedSplit:
     images: torch.Tensor  # the head
     head_labels: torch.Tensor
     head_paths: list[str]  # ``SHARD#key`` of each head image
+    head_complete: bool  # the head holds every readable image of the split
     streamed: bool = field(default=True, init=False)
     labels = None  # no per-image label tensor: the labels arrive with the batches
     paths = None

@@ -57,7 +57,13 @@ def _members(stream: BinaryIO) -> Iterator[tuple[str, int, bytes]]:
         if first and (not block or block[:2] == b"\x1f\x8b"):  # empty, or gzip: tarfile's own errors
             raise Unsupported("empty or compressed")
         first = False
-        if block == bytes(BLOCK):  # the end-of-archive marker every tar writer closes with
+        if block == bytes(BLOCK):  # the end-of-archive marker every tar writer closes with (two
+            after = stream.read(BLOCK)  # zero blocks): a lone one before more members is damage
+            if after.strip(b"\0"):
+                raise ValueError(
+                    "a zeroed tar header block before more members (a damaged shard: tarfile would end "
+                    "the archive there without a word)"
+                )
             return
         if len(block) < BLOCK:  # seeking over a member past the end reads nothing here, too
             raise EOFError("the tar stream ends before its end-of-archive marker (truncated)")

@@ -68,8 +68,7 @@ def build_data(recipe: Recipe) -> Splits:
     if splits.val is None and d.val_fraction > 0 and is_streamed(splits.train):
         from clfkit.data.shard_source import hold_out  # whole shards: a stream has no index to split by
 
-        splits.train, splits.val, skipped = hold_out(splits.train, d.val_fraction)
-        splits.skipped += skipped
+        splits.train, splits.val, splits.skipped = hold_out(splits.train, d.val_fraction, splits.skipped)
     elif splits.val is None and d.val_fraction > 0:
         keep, held = stratified_split(splits.train.labels, d.val_fraction, recipe.seed)
         splits.val = splits.train.subset(held)

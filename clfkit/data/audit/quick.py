@@ -44,9 +44,10 @@ def _rows(s: Any) -> tuple[Any, np.ndarray, list[str]]:
 
 
 def _short(path: str) -> str:
-    """A shard sample (``/dir/train-000003.tar#key``) as ``train-000003.tar#key``; a file unchanged."""
-    shard, hash_sign, key = path.partition("#")
-    return f"{shard.rsplit('/', 1)[-1]}#{key}" if hash_sign and shard.endswith(".tar") else path
+    """A shard sample (``/dir/train-000003.tar#key``) as ``train-000003.tar#key``; a file unchanged.
+    Folders and keys may hold '#': the shard ends at the first ".tar#"."""
+    at = path.find(".tar#")
+    return path if at < 0 else path[: at + 4].rsplit("/", 1)[-1] + path[at + 4 :]
 
 
 def split_findings(splits: Any) -> tuple[list[Finding], list[str], list[str], np.ndarray]:
@@ -120,13 +121,15 @@ def quick_check(splits: Any, warn: Callable[[str], None]) -> tuple[str, dict[str
     per_class = class_counts(names, label, splits.class_names)
     train, scope = splits.train, ""
     if train is not None and is_streamed(train):
-        if len(train.images) < len(train):
+        if not train.head_complete:
             scope = f" (train: the first {len(train.images)} of {len(train)} streamed images)"
         if train.class_counts() is not None:  # the whole split, from the shards' manifest
             per_class["train"] = dict(zip(splits.class_names, train.class_counts()))
     imbalance: Optional[str] = imbalance_note(per_class["train"]) if "train" in per_class else None
     if imbalance:
-        warn(f"class imbalance in train: {imbalance} (loss.class_weights or data.sampler: balanced can help)")
+        streamed = train is not None and is_streamed(train)  # no index to draw by
+        remedy = "loss.class_weights" + ("" if streamed else " or data.sampler: balanced")
+        warn(f"class imbalance in train: {imbalance} ({remedy} can help)")
     train_counts = per_class.get("train", {})
     parts = [f"{counts[k]} {k.replace('_', ' ')}(s)" for k in WHY if counts[k]]
     line = (

@@ -174,6 +174,7 @@ class StreamDataset(torch.utils.data.IterableDataset):
                     image_key=shards.image_key,
                     label_key=shards.label_key,
                     decoding=self.split.decoding,
+                    expected=shards.counts[shard],
                 ):
                     at += len(rows)
                     for row in rows:
