@@ -701,3 +701,44 @@ def test_a_manifest_entry_of_the_wrong_type_is_named(tmp_path, entry, problem):
         _streamed(pattern)
     (tmp_path / "s" / "manifest.json").unlink()
     assert len(_streamed("file://" + pattern)) == 8, "a file URL names the local shards"
+
+
+def _write_manifest(folder: Path, counts: list[int], names=("dark", "bright")) -> None:
+    """A manifest.json as clfkit data pack writes it for the shards in ``folder`` (sorted)."""
+    from clfkit.data.shards import MANIFEST_FORMAT
+
+    tars = sorted(folder.glob("*.tar"))
+    shards = [{"name": p.name, "count": n, "bytes": p.stat().st_size} for p, n in zip(tars, counts)]
+    manifest = {"format": MANIFEST_FORMAT, "class_names": list(names), "shards": shards}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_each_shard_is_read_with_its_own_folders_manifest(tmp_path, monkeypatch):
+    """Val/test shards from another pack folder are counted by their own manifest (not by the
+    train folder's entry of the same file name); a recipe's classes in another order than a
+    manifest's, and a shard named twice, are refused; a head cut exactly at the held-out shards
+    holds all of train."""
+    import clfkit.data.shard_source as shard_source
+    from clfkit.data.audit.quick import quick_check
+    from clfkit.train.build import build_data
+
+    train = write_shards(tmp_path / "a", 24, 8)
+    _write_manifest(tmp_path / "a", [8, 8, 8])
+    other = write_shards(tmp_path / "b", 5, 8)  # also named train-000000.tar
+    _write_manifest(tmp_path / "b", [5])
+    source = {"name": "webdataset", "train": train, "test": other}
+    splits = build_data(tiny_recipe(data__source=source, data__image_size=8, data__val_fraction=0))
+    assert len(splits.test) == 5 and len(splits.train) == 24
+    with pytest.raises(DataError, match=r"lists the classes \['dark', 'bright'\].*indices"):
+        _streamed(train, classes=["bright", "dark"])
+    first = str(tmp_path / "a" / "train-000000.tar")
+    with pytest.raises(DataError, match="train-000000.tar is named twice"):
+        _streamed([first, str(tmp_path / "a" / "train-*.tar")])
+    monkeypatch.setattr(shard_source, "HEAD", 16)  # the head ends where the held-out shard begins
+    held = build_data(
+        tiny_recipe(
+            data__source={"name": "webdataset", "train": train}, data__image_size=8, data__val_fraction=0.3
+        )
+    )
+    line, _ = quick_check(held, lambda _: None)
+    assert len(held.train) == 16 and "(train: the first" not in line, line

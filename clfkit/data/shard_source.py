@@ -7,13 +7,16 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections import Counter
 from typing import Any
 
 import torch
 
 from clfkit.data import ImageSet, Splits
 from clfkit.data.shards import (
+    MANIFEST,
     Shards,
+    beside,
     class_names_beside,
     count_samples,
     expand,
@@ -33,27 +36,59 @@ def open_shards(
     role: str,
     image_key: str | None,
     label_key: str,
-    manifest: dict[str, Any] | None,
+    manifests: dict[str, dict[str, Any] | None],
 ) -> Shards:
-    """The shards ``pattern`` names, with their sample counts (the manifest's, else counted)."""
+    """The shards ``pattern`` names, with their sample counts: the manifest's beside each shard
+    (``manifests`` caches them by path), else counted."""
     urls = expand(pattern)
     if not urls:
         raise DataError(f"data.source {role}: {pattern!r} names no shards")
-    listed = {s["name"]: s for s in (manifest or {}).get("shards", [])}
-    counts, notes, shard_classes = [], [], None
+    twice = [u for u, n in Counter(urls).items() if n > 1]
+    if twice:
+        raise DataError(
+            f"data.source {role}: shard {twice[0]} is named twice (a glob or pattern and a path to the "
+            f"same file?): an epoch would read it twice; name each shard once"
+        )
+    entries, counts, notes = [], [], []
+    by_name: dict[str, dict[str, Any]] = {}  # per manifest, its shard entries by file name
     for url in urls:
-        entry = listed.get(_name(url))
+        manifest = manifest_beside(url, manifests) or {"__where__": "", "shards": []}
+        if manifest["__where__"] not in by_name:
+            by_name[manifest["__where__"]] = {e["name"]: e for e in manifest.get("shards", [])}
+        entry = by_name[manifest["__where__"]].get(_name(url.split("?", 1)[0] if is_url(url) else url))
         if entry:
             _check_size(url, entry)
+        entries.append(entry)
         counts.append(int(entry["count"]) if entry else count_samples(url, image_key, label_key))
-    if manifest is None:
+    if not any(entries):
         notes.append(
             f"{role}: no manifest.json beside the shards: counted "
             f"{sum(counts)} samples by reading every shard once"
         )
-    if listed and all(_name(u) in listed and "per_class" in listed[_name(u)] for u in urls):
-        shard_classes = [list(listed[_name(u)]["per_class"]) for u in urls]
+    shard_classes = None
+    if all(e and "per_class" in e for e in entries):
+        shard_classes = [list(e["per_class"]) for e in entries]
     return Shards(urls, counts, image_key, label_key, shard_classes, notes)
+
+
+def manifest_beside(url: str, manifests: dict[str, dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The manifest.json in the shard's own folder (read once per folder), or None."""
+    where = beside(url, MANIFEST)
+    if where not in manifests:
+        manifests[where] = read_manifest(url)
+    return manifests[where]
+
+
+def _same_classes(names: list[str], manifests: dict[str, dict[str, Any] | None]) -> None:
+    """Every manifest lists the run's classes in its order: shards hold class indices into it."""
+    for m in manifests.values():
+        if m and m.get("class_names") and list(m["class_names"]) != names:
+            raise DataError(
+                f"{m['__where__']} lists the classes {m['class_names']}, but the run's are {names} (from "
+                f"data.source classes or another split's manifest): the shards' labels are indices into "
+                f"their manifest's list, so they would name other classes. Give classes in the manifest's "
+                f"order (or leave them out), or pack the splits together"
+            )
 
 
 def _check_size(url: str, entry: dict[str, Any]) -> None:
@@ -112,13 +147,14 @@ def load_webdataset(
     shuffle_buffer: int = 512,
 ) -> Splits:
     """Splits whose train is a StreamedSplit; val and test decoded into memory."""
-    first = expand(train)[:1]
-    manifest = read_manifest(first[0]) if first else None
+    manifests: dict[str, dict[str, Any] | None] = {}
     sets = {
-        role: open_shards(p, role, image_key, label_key, manifest) if p is not None else None
+        role: open_shards(p, role, image_key, label_key, manifests) if p is not None else None
         for role, p in (("train", train), ("val", val), ("test", test))
     }
+    manifest = manifest_beside(sets["train"].urls[0], manifests)
     names = class_names_for(sets["train"].urls[0], classes, manifest)
+    _same_classes(names, manifests)
     c = channels or int((manifest or {}).get("channels", 3))
     decoding = Decoding(names, tuple(image_size), c, resize)
     skipped: list[tuple[str, str]] = []
@@ -126,7 +162,7 @@ def load_webdataset(
     if not head.where:
         raise DataError(
             f"no readable training samples in the first shards of {sets['train'].urls[0]} "
-            f"({len(skipped)} skipped: {skipped[:3]})"
+            f"({len(skipped)} skipped; " + "; ".join(f"{name}: {why}" for name, why in skipped[:3]) + ")"
         )
     split = StreamedSplit(
         sets["train"],
@@ -136,7 +172,7 @@ def load_webdataset(
         torch.from_numpy(head.images),
         torch.from_numpy(head.labels),
         head.where,
-        head.complete,
+        head.stopped_in,
     )
     digest = hashlib.blake2b(
         repr((names, [(s.urls, s.counts) for s in sets.values() if s is not None])).encode(), digest_size=16
@@ -180,8 +216,8 @@ def hold_out(
             f"data.val_fraction {fraction} held out the last {k}"
         )
     index = torch.tensor(rows, dtype=torch.long)
-    # the head is in shard order: one that reached the held-out shards holds all of the kept ones
-    complete = split.head_complete or len(rows) < len(split.head_paths)
-    head = (split.images[index], split.head_labels[index], [split.head_paths[i] for i in rows], complete)
+    # the head is in shard order: one stopped in a held-out shard holds all of the kept ones
+    stopped_in = min(split.head_stopped_in, len(keep.urls))
+    head = (split.images[index], split.head_labels[index], [split.head_paths[i] for i in rows], stopped_in)
     kept = StreamedSplit(keep, split.decoding, split.on_error, split.shuffle_buffer, *head)
     return kept, val, skipped

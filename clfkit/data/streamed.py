@@ -58,12 +58,13 @@ class Decoding:
 @dataclass
 class Decoded:
     """Samples of shards, decoded: (N, C, H, W) uint8, labels, where each came from (``SHARD#key``,
-    the shard's path or URL), and whether every sample of the shards was read (not cut by a limit)."""
+    the shard's path or URL), and the index of the shard a limit stopped the reading in (the
+    number of shards when every sample was read)."""
 
     images: np.ndarray
     labels: np.ndarray
     where: list[str]
-    complete: bool
+    stopped_in: int
 
 
 def read_all(
@@ -77,12 +78,12 @@ def read_all(
     in ``skipped`` or, with on_error: fail, an error. A shard is read up to its count, as an epoch
     reads it (one holding more is an error: clfkit.data.shards.read_shard)."""
     images, labels, where = [], [], []
-    for url, count in zip(shards.urls, shards.counts):
+    for shard, (url, count) in enumerate(zip(shards.urls, shards.counts)):
         for s in read_shard(
             url, 0, count, image_key=shards.image_key, label_key=shards.label_key, expected=count
         ):
             if limit is not None and len(images) >= limit:
-                return _stacked(images, labels, where, decoding, complete=False)
+                return _stacked(images, labels, where, decoding, stopped_in=shard)
             try:
                 x, y = decoding(s)
             except (ValueError, image_files.DecodeError) as e:
@@ -95,13 +96,13 @@ def read_all(
             images.append(x.transpose(2, 0, 1))
             labels.append(y)
             where.append(f"{url}#{s.key}")
-    return _stacked(images, labels, where, decoding, complete=True)
+    return _stacked(images, labels, where, decoding, stopped_in=len(shards.urls))
 
 
-def _stacked(images: list, labels: list, where: list[str], decoding: Decoding, complete: bool) -> Decoded:
+def _stacked(images: list, labels: list, where: list[str], decoding: Decoding, stopped_in: int) -> Decoded:
     c, (h, w) = decoding.channels, decoding.size
     x = np.stack(images) if images else np.zeros((0, c, h, w), np.uint8)
-    return Decoded(x, np.asarray(labels, dtype=np.int64), where, complete)
+    return Decoded(x, np.asarray(labels, dtype=np.int64), where, stopped_in)
 
 
 @dataclass
@@ -116,13 +117,18 @@ class StreamedSplit:
     images: torch.Tensor  # the head
     head_labels: torch.Tensor
     head_paths: list[str]  # ``SHARD#key`` of each head image
-    head_complete: bool  # the head holds every readable image of the split
+    head_stopped_in: int  # the shard the head's limit stopped in (len(shards.urls): none)
     streamed: bool = field(default=True, init=False)
     labels = None  # no per-image label tensor: the labels arrive with the batches
     paths = None
 
     def __len__(self) -> int:
         return len(self.shards)
+
+    @property
+    def head_complete(self) -> bool:
+        """Does the head hold every readable image of the split?"""
+        return self.head_stopped_in >= len(self.shards.urls)
 
     @property
     def labelled(self) -> bool:

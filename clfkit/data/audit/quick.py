@@ -11,6 +11,7 @@ and image quality need ``clfkit data check``.
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -43,11 +44,15 @@ def _rows(s: Any) -> tuple[Any, np.ndarray, list[str]]:
     return s.images, labels, paths
 
 
+_SHARD_SAMPLE = re.compile(r"(?:.*/)?([^/?]*?\.(?:tar|tgz|tar\.gz))(?:\?[^#/]*)?(#.*)")
+
+
 def _short(path: str) -> str:
-    """A shard sample (``/dir/train-000003.tar#key``) as ``train-000003.tar#key``; a file unchanged.
-    Folders and keys may hold '#': the shard ends at the first ".tar#"."""
-    at = path.find(".tar#")
-    return path if at < 0 else path[: at + 4].rsplit("/", 1)[-1] + path[at + 4 :]
+    """A shard sample (``/dir/train-000003.tar#key``, a URL's query too) as
+    ``train-000003.tar#key``; a file unchanged. Folders and keys may hold '#': the shard is the
+    first name ending in .tar, .tgz or .tar.gz before one."""
+    m = _SHARD_SAMPLE.match(path)
+    return path if m is None else m.group(1) + m.group(2)
 
 
 def split_findings(splits: Any) -> tuple[list[Finding], list[str], list[str], np.ndarray]:
