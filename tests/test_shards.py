@@ -677,6 +677,23 @@ def test_damaged_shard_errors_name_their_cause(tmp_path):
             tar.addfile(info, io.BytesIO(data))
     twice = buf.getvalue()
     assert "a key written twice in a row?" in error(twice) and "truncated" not in error(twice)
+    assert "not a tar file?" in error(b"{}" * 600)
+    folder = str(tmp_path / "s")
+    with pytest.raises(DataError, match=r"is a folder: name its shards, e\.g\. .*train-\*\.tar"):
+        list(read_shard(folder, 0, None))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in ("img.0000.png", "img.0000.cls"):  # the key is "img": members "0000.png", "0000.cls"
+            info = tarfile.TarInfo(name)
+            data = _png(9) if name.endswith("png") else b"0"
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "s" / "train-000000.tar").write_bytes(buf.getvalue())
+    from clfkit.data.streamed import Decoding
+
+    (sample,) = read_shard(str(tmp_path / "s" / "train-000000.tar"), 0, None)
+    with pytest.raises(ValueError, match=r"no label \(it has a member img\.0000\.cls: .*img_0001\.cls"):
+        Decoding(["a", "b"], (8, 8), 3, "squash").label(sample)
     cut = error(clean[:3000])
     assert cut.count("truncated") == 1, cut
 

@@ -227,6 +227,13 @@ def _pattern(role: str, shards: list[dict[str, Any]]) -> str:
     return f"{role}-{{{shards[0]['name'][len(role) + 1 : -4]}..{shards[-1]['name'][len(role) + 1 : -4]}}}.tar"
 
 
+def _where(src: str) -> str:
+    """The source as the manifest records it: a local path made absolute (a later ``clfkit data
+    check`` runs from anywhere), anything else (a dataset name) as given."""
+    path = Path(src).expanduser()
+    return str(path.absolute()) if path.exists() else str(src)
+
+
 def _refuse_inside_source(src: str, out: Path) -> None:
     """The shards never go into the folder they are read from: the data is only read (and a
     folder source would list them as images of a class on its next read)."""
@@ -274,7 +281,7 @@ def pack(
         manifest: dict[str, Any] = {
             "format": MANIFEST_FORMAT,
             "class_names": class_names,
-            "source": str(src),
+            "source": _where(src),
             "seed": seed,
             "raw": raw,
             "splits": {},

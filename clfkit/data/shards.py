@@ -42,6 +42,7 @@ class Sample:
     key: str
     image: bytes | None
     label: str | None
+    hint: str = ""  # why a sample without a label has none, when its member names say
 
 
 @dataclass
@@ -195,6 +196,8 @@ def class_names_beside(first_shard: str) -> list[str] | None:
 # --------------------------------------------------------------------------- reading samples
 def _open(url: str):
     if not is_url(url):
+        if Path(url).is_dir():
+            raise DataError(f"shard {url} is a folder: name its shards, e.g. {Path(url) / 'train-*.tar'}")
         if not Path(url).is_file():
             raise DataError(f"shard {url} does not exist")
         return open(url, "rb", buffering=1 << 20)
@@ -204,9 +207,16 @@ def _open(url: str):
 def _sample(s: dict[str, Any], image_key: str | None, label_key: str) -> Sample:
     image = s.get(image_key) if image_key else next((s[e] for e in SAMPLE_EXTENSIONS if e in s), None)
     label = s.get(label_key, s.get("label"))
-    return Sample(
-        s["__key__"], image, label.decode("utf-8", "replace").strip() if label is not None else None
-    )
+    if label is None:
+        dotted = next((e for e in s if e.endswith(f".{label_key}")), None)
+        hint = (
+            f" (it has a member {s['__key__']}.{dotted}: a sample's key ends at the first '.' of a "
+            f"file name, so name files like img_0001.{label_key}, not img.0001.{label_key})"
+            if dotted
+            else ""
+        )
+        return Sample(s["__key__"], image, None, hint)
+    return Sample(s["__key__"], image, label.decode("utf-8", "replace").strip())
 
 
 def _samples(url: str, image_key: str | None, label_key: str, skip: int, fast: bool) -> Iterator[Sample]:
@@ -259,7 +269,7 @@ def read_shard(
             fast, fallback = False, str(e)
         except Exception as e:  # noqa: BLE001 - tarfile, curl's pipe, sockets: many types
             attempt += 1
-            if not is_url(url) or attempt > RETRIES:
+            if not is_url(url) or attempt > RETRIES or isinstance(e, ValueError):  # the data's, not the net's
                 raise DataError(_failed_read(url, done, e, fallback)) from None
             time.sleep(RETRY_DELAY_S * attempt)
     if "checksum" in fallback:  # tarfile takes a bad header past the first for the archive's end
@@ -286,12 +296,14 @@ def _longer(url: str, expected: int, key: str) -> str:
 def _failed_read(url: str, done: int, e: Exception, fallback: str) -> str:
     """The error line of a shard read that failed after ``done`` samples, with its likely cause."""
     cause = str(e.args[0] if e.args else e).splitlines()[0][:200] if str(e) else ""
-    if is_url(url):
-        hint = f"; {RETRIES} retries failed too"
-    elif "duplicate file name" in cause:
+    if "duplicate file name" in cause:
         hint = "; two members of one sample have the same name: a key written twice in a row?"
     elif "checksum" in fallback:
         hint = "; it has a damaged tar header (bad checksum): pack it again"
+    elif is_url(url):
+        hint = f"; {RETRIES} retries failed too"
+    elif "invalid header" in cause and done == 0:
+        hint = "; not a tar file?"
     elif "truncated" not in cause:
         hint = "; truncated?"
     else:

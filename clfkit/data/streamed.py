@@ -34,7 +34,7 @@ class Decoding:
         """The class index of ``sample``; ValueError saying why when it has none."""
         text = sample.label
         if text is None or text == "":
-            raise ValueError("no label")
+            raise ValueError("no label" + sample.hint)
         n = len(self.class_names)
         if text.lstrip("-").isdigit():
             i = int(text)
