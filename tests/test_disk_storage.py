@@ -234,8 +234,9 @@ def test_descriptors_do_not_pile_up_over_epochs_and_evals(tmp_path, monkeypatch)
 
 def test_eval_over_a_disk_split_gives_free_heap_back_every_window(tmp_path, monkeypatch):
     """A CPU pass over a disk split trims the heap every window's worth of rows (its batches'
-    float temporaries otherwise grew the heap past training's peak); data in memory never,
-    and a training epoch from disk once more after its last block."""
+    float temporaries otherwise grew the heap past training's peak); data in memory never;
+    a training epoch from disk once a window (read in half-window blocks) and after its last
+    block."""
     _small_windows(monkeypatch, chunk=2, window=3)  # 6 rows a window
     trims = []
     monkeypatch.setattr(batches, "release_free_memory", lambda: trims.append(1))
@@ -251,7 +252,7 @@ def test_eval_over_a_disk_split_gives_free_heap_back_every_window(tmp_path, monk
     list(batches.eval_batches(ImageSet(x, torch.arange(40)), 3, CPU))
     assert not trims
     list(batches.train_batches(disk, 3, 0, 0, drop_last=False, device=CPU, per_image=[], workers=0))
-    assert len(trims) == 7 + 1  # 40 rows in blocks of 6: one per block, one after the last
+    assert len(trims) == 7 + 1  # 40 rows in windows of 6: one per window, one after the last
 
 
 def test_a_slice_reads_without_indexing_the_whole_file(tmp_path):

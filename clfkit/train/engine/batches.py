@@ -18,11 +18,15 @@ from clfkit.data import ImageSet, disk_storage as storage
 from clfkit.train.engine import distributed
 from clfkit.util.heap import release_free_memory
 
-# Disk storage reads an epoch as shuffled chunks of consecutive images (one sequential read
-# each), shuffled again within windows of chunks read as one block while the previous block
-# trains: CHUNK_BYTES per read, WINDOW_BYTES per block (at most 3 blocks in memory).
+# Disk storage reads an epoch as shuffled chunks of consecutive images, shuffled again within
+# windows of chunks: CHUNK_BYTES per chunk, WINDOW_BYTES per window. A window's order is read in
+# BLOCKS_PER_WINDOW blocks, each while the previous block trains (at most 3 blocks in memory).
 CHUNK_BYTES = 1 << 20
 WINDOW_BYTES = 32 << 20
+# Half-window blocks: 175k 64x64 images on 2 cores, the epoch's peak RSS 876-893 MB against
+# 943-948 MB with whole-window blocks, at the same speed (27.8-31.8k vs 27.6-30.2k images/s);
+# the epoch order, and so the batches, are the window's either way.
+BLOCKS_PER_WINDOW = 2
 
 
 class PerImage(torch.utils.data.Dataset):
@@ -181,11 +185,13 @@ def gather(values: torch.Tensor, idx: torch.Tensor, pin: bool) -> torch.Tensor:
 def _disk_batches(
     data: ImageSet, order: torch.Tensor, batch_size: int, device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of a disk split in ``order``: blocks of about a window's images (whole
-    batches), each read in runs of consecutive rows into one (pinned, for CUDA) buffer by a
-    reader thread while the previous block trains."""
+    """Batches of a disk split in ``order``: blocks of about 1 / BLOCKS_PER_WINDOW of a
+    window's images (whole batches), each read in runs of consecutive rows into one (pinned,
+    for CUDA) buffer by a reader thread while the previous block trains. On the CPU the heap's
+    free pages go back to the system once a window (each batch's float temporaries leave
+    holes the next cannot reuse: about one batch's worth of fresh pages a batch)."""
     chunk, window = disk_chunks(data.images.row_bytes)
-    step = max(1, chunk * window // batch_size) * batch_size
+    step = max(1, chunk * window // (batch_size * BLOCKS_PER_WINDOW)) * batch_size
     blocks = [order[i : i + step] for i in range(0, len(order), step)]
     pin = device.type == "cuda"
 
@@ -206,7 +212,7 @@ def _disk_batches(
         pending = reader.submit(read, blocks[0]) if blocks else None
         for k in range(len(blocks)):
             x, y = pending.result()
-            if not pin:
+            if not pin and k % BLOCKS_PER_WINDOW == 0:
                 release_free_memory()
             pending = reader.submit(read, blocks[k + 1]) if k + 1 < len(blocks) else None
             for i in range(0, len(x), batch_size):
