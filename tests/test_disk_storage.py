@@ -232,6 +232,29 @@ def test_descriptors_do_not_pile_up_over_epochs_and_evals(tmp_path, monkeypatch)
     assert _open_fds() == before - 2  # the file's descriptor and the subset's
 
 
+def test_eval_over_a_disk_split_gives_free_heap_back_every_window(tmp_path, monkeypatch):
+    """A CPU pass over a disk split trims the heap every window's worth of rows (its batches'
+    float temporaries otherwise grew the heap past training's peak); data in memory never;
+    a training epoch from disk once a window (read in half-window blocks) and after its last
+    block."""
+    _small_windows(monkeypatch, chunk=2, window=3)  # 6 rows a window
+    trims = []
+    monkeypatch.setattr(batches, "release_free_memory", lambda: trims.append(1))
+    x = _images(40)
+    disk = ImageSet(_disk(tmp_path, x), torch.arange(40))
+    assert batches.eval_trim_every(disk, 3, CPU) == 2
+    assert batches.eval_trim_every(disk, 8, CPU) == 1
+    assert batches.eval_trim_every(disk, 3, torch.device("cuda")) == 0
+    assert batches.eval_trim_every(ImageSet(x, torch.arange(40)), 3, CPU) == 0
+    got = list(batches.eval_batches(disk, 3, CPU))  # 14 batches
+    assert torch.equal(torch.cat([b for b, _ in got]), x) and len(trims) == 7
+    trims.clear()
+    list(batches.eval_batches(ImageSet(x, torch.arange(40)), 3, CPU))
+    assert not trims
+    list(batches.train_batches(disk, 3, 0, 0, drop_last=False, device=CPU, per_image=[], workers=0))
+    assert len(trims) == 7 + 1  # 40 rows in windows of 6: one per window, one after the last
+
+
 def test_a_slice_reads_without_indexing_the_whole_file(tmp_path):
     """eval_batches and the statistics slice a split batch by batch: a slice must not build
     an index of every row (8 bytes a row, per batch: quadratic over an epoch of a large set)."""
