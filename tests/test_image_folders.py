@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -619,9 +620,15 @@ def test_training_says_which_files_it_leaves_out_for_their_extension(tmp_path, m
     )
     monkeypatch.setenv("CLFKIT_CACHE", "1")
     monkeypatch.setenv("CLFKIT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(warnings, "formatwarning", _format_warning)  # as `clfkit` (cli.main) shows them
+
+    def show(message, category, filename, lineno, file=None, line=None):  # as `clfkit` (cli.main) does
+        sys.stderr.write(_format_warning(message, category, filename, lineno))
+
+    monkeypatch.setattr(warnings, "showwarning", show)  # also under pytest's own warning capture
     for attempt in ("decoded", "from the cache"):
-        code, out = invoke("train", recipe, "--out", tmp_path / attempt)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            code, out = invoke("train", recipe, "--out", tmp_path / attempt)
         assert code == 0, out
         lines = [line for line in out.splitlines() if "not read" in line]
         assert len(lines) == 2, out
