@@ -213,9 +213,8 @@ def _write_split(
                 progress(f"{role}: {k + 1}/{len(items)} samples")
     for empty in set(p.name for p in tmp.glob(f"{role}-*.tar")) - {s["name"] for s in shards}:
         (tmp / empty).unlink()  # the writer opens its first shard before any sample comes
-    for (
-        s
-    ) in shards:  # a run checks it: a shard changed since (appended to, cut) is not planned by stale counts
+    # a run checks each size: a shard changed since (appended to, cut) is not planned by stale counts
+    for s in shards:
         s["bytes"] = (tmp / s["name"]).stat().st_size
     return [s for s in shards if s["count"]]
 

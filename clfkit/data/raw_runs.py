@@ -37,9 +37,8 @@ BLOCK = tar_stream.BLOCK
 CHUNK_BYTES = 4 << 20  # read per step: the run is never held whole
 LABEL_BYTES = 64  # labels up to this long are parsed per distinct text; longer ones go the per-sample way
 _OCTAL = 8 ** np.arange(10, -1, -1, dtype=np.int64)
-_CHECKED: dict[
-    tuple, int
-] = {}  # per shard file as it is now (inode, size, mtime, ctime): rows from 0 known good
+# per shard file as it is now (inode, size, mtime, ctime): rows from 0 known good
+_CHECKED: dict[tuple, int] = {}
 
 
 @dataclass(frozen=True)

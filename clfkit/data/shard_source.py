@@ -50,12 +50,12 @@ def open_shards(
             f"same file?): an epoch would read it twice; name each shard once"
         )
     entries, counts, notes = [], [], []
-    by_name: dict[str, dict[str, Any]] = {}  # per manifest, its shard entries by file name
+    by_name: dict[str, dict[str, Any]] = {}  # per manifest's path, its shard entries by file name
     for url in urls:
-        manifest = manifest_beside(url, manifests) or {"__where__": "", "shards": []}
-        if manifest["__where__"] not in by_name:
-            by_name[manifest["__where__"]] = {e["name"]: e for e in manifest.get("shards", [])}
-        entry = by_name[manifest["__where__"]].get(_name(url.split("?", 1)[0] if is_url(url) else url))
+        where = beside(url, MANIFEST)
+        if where not in by_name:
+            by_name[where] = {e["name"]: e for e in (manifest_beside(url, manifests) or {}).get("shards", [])}
+        entry = by_name[where].get(_name(url.split("?", 1)[0] if is_url(url) else url))
         if entry:
             _check_size(url, entry)
         entries.append(entry)
